@@ -1,0 +1,443 @@
+//! Code generation: the wrapper and its companions. Everything they do is a call into
+//! `::cache_runtime`; this file only arranges the calls.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Error, Ident, ItemFn};
+
+use crate::options::{Options, Tier};
+use crate::signature::{Analyzed, Kind, Param};
+use crate::template::{self, Segment};
+
+pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
+    let a = crate::signature::analyze(&f, opts.cache_none)?;
+    let plan = KeyPlan::new(&opts, &a, &f.sig.ident)?;
+
+    let name = &f.sig.ident;
+    let vis = &f.vis;
+    let generics = &f.sig.generics;
+    let inputs = &f.sig.inputs;
+    let ret = &a.ret;
+    let value_ty = &a.value_ty;
+    let asyncness = &f.sig.asyncness;
+    let is_method = a.receiver.is_some();
+
+    let uncached = format_ident!("{}_uncached", name);
+    let invalidate = format_ident!("invalidate_{}", name);
+    let populate = format_ident!("populate_{}", name);
+    let lookup = format_ident!("lookup_{}", name);
+    let refresh = format_ident!("refresh_{}", name);
+    let accessor = format_ident!("{}_cache", name);
+
+    let cache = Ident::new("__cache", Span::mixed_site());
+    let key = Ident::new("__key", Span::mixed_site());
+
+    let (cfg_attrs, doc_attrs, other_attrs) = split_attrs(&f.attrs);
+    let get_cache = if is_method {
+        quote!(Self::#accessor())
+    } else {
+        quote!(#accessor())
+    };
+    let build_key = plan.tokens(&cache, is_method, name);
+    let prologue = quote! {
+        let #cache = #get_cache;
+        let #key: ::std::string::String = #build_key;
+    };
+
+    // `self` first for methods; then the parameters.
+    let self_arg = is_method.then(|| quote!(&self,));
+    let call_args: Vec<&Ident> = a.params.iter().map(|p| &p.ident).collect();
+    let call_uncached = if is_method {
+        quote!(self.#uncached(#(#call_args),*))
+    } else {
+        quote!(#uncached(#(#call_args),*))
+    };
+    let key_params: Vec<TokenStream> = plan
+        .key_params
+        .iter()
+        .map(|p| {
+            let (i, t) = (&p.ident, &p.ty);
+            quote!(#i: #t)
+        })
+        .collect();
+    let value_arg = if a.params.iter().any(|p| p.ident == "value") {
+        Ident::new("cached_value", Span::call_site())
+    } else {
+        Ident::new("value", Span::call_site())
+    };
+
+    let shape = match a.kind {
+        Kind::Plain => quote!(::cache_runtime::__private::Plain),
+        Kind::OkOnly => quote!(::cache_runtime::__private::OkOnly),
+        Kind::SomeOnly => quote!(::cache_runtime::__private::SomeOnly),
+        Kind::SomeOrNone => quote!(::cache_runtime::__private::SomeOrNone),
+    };
+    let sharing = match a.kind {
+        Kind::Plain | Kind::SomeOrNone => quote!(::cache_runtime::Sharing::<#ret>::none()),
+        Kind::SomeOnly => quote!(::cache_runtime::Sharing::<#ret>::absent()),
+        Kind::OkOnly => quote! {
+            ::cache_runtime::Sharing::<#ret>::new(
+                |__r| match __r {
+                    ::core::result::Result::Err(__e) => {
+                        #[allow(unused_imports)]
+                        use ::cache_runtime::__private::{ShareClone as _, ShareNever as _};
+                        (&::cache_runtime::__private::Probe(__e)).share()
+                    }
+                    ::core::result::Result::Ok(_) => ::core::option::Option::None,
+                },
+                |__b| {
+                    #[allow(unused_imports)]
+                    use ::cache_runtime::__private::{UnshareClone as _, UnshareNever as _};
+                    (&::cache_runtime::__private::TypeProbe::<
+                        <#ret as ::cache_runtime::__private::ResultLike>::Err,
+                    >::new())
+                    .unshare(__b)
+                    .map(::core::result::Result::Err)
+                },
+            )
+        },
+    };
+
+    let (aw, get_or_load, inv, pop, look, refr) = if a.is_async {
+        (
+            quote!(.await),
+            quote!(get_or_load::<#ret, #shape>(#key, #call_uncached, &#sharing)),
+            quote!(invalidate),
+            quote!(populate),
+            quote!(lookup),
+            quote!(refresh::<#ret, #shape>(&#key, #call_uncached)),
+        )
+    } else {
+        (
+            quote!(),
+            quote!(get_or_load_blocking::<#ret, #shape>(#key, move || #call_uncached, &#sharing)),
+            quote!(invalidate_blocking),
+            quote!(populate_blocking),
+            quote!(lookup_blocking),
+            quote!(refresh_blocking::<#ret, #shape>(&#key, move || #call_uncached)),
+        )
+    };
+
+    let accessor_fn = accessor_tokens(&opts, &a, name, vis, &accessor);
+    let body = &f.block;
+    let link = format!(
+        "[`{name}`]({}{name})",
+        if is_method { "Self::" } else { "" }
+    );
+    let doc_uncached = format!("The body of {link}, without the cache.");
+    let doc_invalidate = format!(
+        "Removes the entry of {link} for these arguments from every tier. The local tier is \
+         always cleared; `Err` means Redis did not confirm the delete."
+    );
+    let doc_populate = format!(
+        "Writes `{value_arg}` as the entry of {link} for these arguments into every tier \
+         (write-through). The local tier is always written; `Err` means Redis did not take it."
+    );
+    let doc_lookup =
+        format!("The cached value of {link} for these arguments, without running its body.");
+    let doc_refresh =
+        format!("Runs the body of {link} now and stores a cacheable result in every tier.");
+
+    Ok(quote! {
+        #(#cfg_attrs)*
+        #(#doc_attrs)*
+        #vis #asyncness fn #name #generics (#inputs) -> #ret {
+            #prologue
+            #cache.#get_or_load #aw
+        }
+
+        #(#cfg_attrs)*
+        #[doc = #doc_uncached]
+        #(#other_attrs)*
+        #vis #asyncness fn #uncached #generics (#inputs) -> #ret #body
+
+        #(#cfg_attrs)*
+        #[doc = #doc_invalidate]
+        #vis #asyncness fn #invalidate #generics (#self_arg #(#key_params),*)
+            -> ::core::result::Result<(), ::cache_runtime::CacheError>
+        {
+            #prologue
+            #cache.#inv(&#key) #aw
+        }
+
+        #(#cfg_attrs)*
+        #[doc = #doc_populate]
+        #vis #asyncness fn #populate #generics (#self_arg #(#key_params,)* #value_arg: #value_ty)
+            -> ::core::result::Result<(), ::cache_runtime::CacheError>
+        {
+            #prologue
+            #cache.#pop(&#key, #value_arg) #aw
+        }
+
+        #(#cfg_attrs)*
+        #[doc = #doc_lookup]
+        #vis #asyncness fn #lookup #generics (#self_arg #(#key_params),*)
+            -> ::core::option::Option<#value_ty>
+        {
+            #prologue
+            #cache.#look(&#key) #aw
+        }
+
+        #(#cfg_attrs)*
+        #[doc = #doc_refresh]
+        #vis #asyncness fn #refresh #generics (#inputs) -> #ret {
+            #prologue
+            #cache.#refr #aw
+        }
+
+        #(#cfg_attrs)*
+        #accessor_fn
+    })
+}
+
+fn accessor_tokens(
+    opts: &Options,
+    a: &Analyzed,
+    name: &Ident,
+    vis: &syn::Visibility,
+    accessor: &Ident,
+) -> TokenStream {
+    let v = &a.value_ty;
+    let vspan = v.span();
+    let name_str = name.to_string();
+    let cache_name = match (&opts.name, a.receiver.is_some()) {
+        (Some(n), _) => quote!(#n),
+        (None, false) => quote!(::core::concat!(::core::module_path!(), "::", #name_str)),
+        (None, true) => quote!(::std::format!(
+            "{}::{}",
+            ::std::any::type_name::<Self>(),
+            #name_str
+        )),
+    };
+    let ttl = opts.ttl_ms;
+    let version = opts.version;
+    let mut chain = quote!(.ttl(::core::time::Duration::from_millis(#ttl)).version(#version));
+    if let Some(ms) = opts.local_ttl_ms {
+        chain.extend(quote!(.local_ttl(::core::time::Duration::from_millis(#ms))));
+    }
+    if let Some((ms, _)) = opts.none_ttl_ms {
+        chain.extend(quote!(.none_ttl(::core::time::Duration::from_millis(#ms))));
+    }
+    if let Some(n) = opts.capacity {
+        chain.extend(quote!(.capacity(#n)));
+    }
+    let redis_check = match opts.tier {
+        Tier::Local => quote!(),
+        Tier::Redis => {
+            chain.extend(quote_spanned!(vspan=> .tier(::cache_runtime::Tier::Redis)));
+            quote_spanned!(vspan=> ::cache_runtime::__private::assert_redis_value::<#v>();)
+        }
+        Tier::LocalRedis => {
+            chain.extend(quote_spanned!(vspan=> .tier(::cache_runtime::Tier::LocalRedis)));
+            quote_spanned!(vspan=> ::cache_runtime::__private::assert_redis_value::<#v>();)
+        }
+    };
+    let _ = opts.tier_span;
+    let doc = format!(
+        "The cache of [`{name}`]({}{name}): its name, tiers, stats, local clear.",
+        if a.receiver.is_some() { "Self::" } else { "" }
+    );
+    let build =
+        quote_spanned!(vspan=> ::cache_runtime::Cache::<#v>::builder(#cache_name) #chain .build());
+    quote! {
+        #[doc = #doc]
+        #vis fn #accessor() -> &'static ::cache_runtime::Cache<#v> {
+            #redis_check
+            static CACHE: ::std::sync::OnceLock<::cache_runtime::Cache<#v>> =
+                ::std::sync::OnceLock::new();
+            CACHE.get_or_init(|| #build)
+        }
+    }
+}
+
+fn split_attrs(
+    attrs: &[syn::Attribute],
+) -> (
+    Vec<&syn::Attribute>,
+    Vec<&syn::Attribute>,
+    Vec<&syn::Attribute>,
+) {
+    let (mut cfg, mut doc, mut other) = (Vec::new(), Vec::new(), Vec::new());
+    for attr in attrs {
+        if attr.path().is_ident("cfg") {
+            cfg.push(attr);
+        } else if attr.path().is_ident("doc") {
+            doc.push(attr);
+        } else {
+            other.push(attr);
+        }
+    }
+    (cfg, doc, other)
+}
+
+enum Piece {
+    Literal(TokenStream),
+    Arg { expr: TokenStream, span: Span },
+}
+
+struct KeyPlan<'a> {
+    pieces: Vec<Piece>,
+    key_params: Vec<&'a Param>,
+}
+
+impl<'a> KeyPlan<'a> {
+    fn new(opts: &Options, a: &'a Analyzed, fn_name: &Ident) -> syn::Result<Self> {
+        let is_method = a.receiver.is_some();
+        let param_names = || {
+            let mut names: Vec<String> = a.params.iter().map(|p| p.ident.to_string()).collect();
+            if is_method {
+                names.insert(0, "self".into());
+            }
+            if names.is_empty() {
+                "it has no parameters".to_string()
+            } else {
+                format!("its parameters are: {}", names.join(", "))
+            }
+        };
+        for s in &opts.skip {
+            let known = a.params.iter().any(|p| p.ident == *s) || (is_method && s == "self");
+            if !known {
+                return Err(Error::new(
+                    s.span(),
+                    format!(
+                        "`skip({s})` names no parameter of `{fn_name}`; {}",
+                        param_names()
+                    ),
+                ));
+            }
+        }
+        let skipped = |n: &str| opts.skip.iter().any(|s| s == n);
+        let self_skipped = skipped("self");
+
+        let mut pieces = Vec::new();
+        match &opts.key {
+            Some(lit) => {
+                let mut used: Vec<String> = Vec::new();
+                for seg in template::parse(lit)? {
+                    match seg {
+                        Segment::Literal(text) => pieces.push(Piece::Literal(quote!(#text))),
+                        Segment::Placeholder { root, fields } => {
+                            let is_self = root == "self";
+                            if is_self && !is_method {
+                                return Err(Error::new(
+                                    lit.span(),
+                                    format!("placeholder `<{root}>` in the key: `{fn_name}` is not a `&self` method; {}", param_names()),
+                                ));
+                            }
+                            if !is_self && !a.params.iter().any(|p| p.ident == root) {
+                                return Err(Error::new(
+                                    lit.span(),
+                                    format!("unknown placeholder `<{root}>` in the key of `{fn_name}`; {}", param_names()),
+                                ));
+                            }
+                            if skipped(&root) {
+                                return Err(Error::new(
+                                    lit.span(),
+                                    format!("`{root}` is in `skip(...)` but the key uses `<{root}>`; remove one of them"),
+                                ));
+                            }
+                            let root_tokens = if is_self {
+                                quote!(self)
+                            } else {
+                                let id = Ident::new(&root, lit.span());
+                                quote!(#id)
+                            };
+                            let field_tokens = fields.iter().map(|f| {
+                                if f.chars().all(|c| c.is_ascii_digit()) {
+                                    let idx = syn::Index {
+                                        index: f.parse().unwrap_or(0),
+                                        span: lit.span(),
+                                    };
+                                    quote!(.#idx)
+                                } else {
+                                    let id = Ident::new(f, lit.span());
+                                    quote!(.#id)
+                                }
+                            });
+                            pieces.push(Piece::Arg {
+                                expr: quote!(#root_tokens #(#field_tokens)*),
+                                span: lit.span(),
+                            });
+                            used.push(root);
+                        }
+                    }
+                }
+                if is_method && !self_skipped && !used.iter().any(|u| u == "self") {
+                    return Err(Error::new(
+                        a.receiver.unwrap_or_else(Span::call_site),
+                        format!(
+                            "the key of `{fn_name}` does not use `self`: entries would be shared by every \
+                             instance; add `<self.field>` to the key, or `skip(self)` if that sharing is intended"
+                        ),
+                    ));
+                }
+                for p in &a.params {
+                    let n = p.ident.to_string();
+                    if !skipped(&n) && !used.contains(&n) {
+                        return Err(Error::new(
+                            p.ident.span(),
+                            format!(
+                                "parameter `{n}` is not part of the key \"{}\", so calls that differ only in \
+                                 `{n}` would return the same cached value; add `<{n}>` to the key, or list it \
+                                 in `skip({n})` if it does not affect the result",
+                                lit.value()
+                            ),
+                        ));
+                    }
+                }
+            }
+            None => {
+                // The function's path, then `:<param>` for each parameter in the key.
+                if is_method {
+                    let n = fn_name.to_string();
+                    pieces.push(Piece::Literal(quote!(::std::any::type_name::<Self>())));
+                    pieces.push(Piece::Literal(quote!(::core::concat!("::", #n))));
+                    if !self_skipped {
+                        pieces.push(Piece::Literal(quote!(":")));
+                        pieces.push(Piece::Arg {
+                            expr: quote!(self),
+                            span: a.receiver.unwrap_or_else(Span::call_site),
+                        });
+                    }
+                } else {
+                    let n = fn_name.to_string();
+                    pieces.push(Piece::Literal(quote!(
+                        ::core::concat!(::core::module_path!(), "::", #n)
+                    )));
+                }
+                for p in &a.params {
+                    if !skipped(&p.ident.to_string()) {
+                        let id = &p.ident;
+                        pieces.push(Piece::Literal(quote!(":")));
+                        pieces.push(Piece::Arg {
+                            expr: quote!(#id),
+                            span: p.ty.span(),
+                        });
+                    }
+                }
+            }
+        }
+        let key_params = a
+            .params
+            .iter()
+            .filter(|p| !skipped(&p.ident.to_string()))
+            .collect();
+        Ok(Self { pieces, key_params })
+    }
+
+    fn tokens(&self, cache: &Ident, _is_method: bool, _name: &Ident) -> TokenStream {
+        let w = Ident::new("__w", Span::mixed_site());
+        let steps = self.pieces.iter().map(|p| match p {
+            Piece::Literal(t) => quote!(#w.literal(#t);),
+            Piece::Arg { expr, span } => quote_spanned! {*span=>
+                ::cache_runtime::key::KeyPart::write_key(&(#expr), &mut #w);
+            },
+        });
+        quote! {{
+            let mut #w = #cache.key_writer();
+            #(#steps)*
+            #w.finish()
+        }}
+    }
+}

@@ -1,0 +1,265 @@
+//! The attribute's options, parsed and checked with spans.
+
+use proc_macro2::{Span, TokenStream};
+use syn::meta::ParseNestedMeta;
+use syn::{Error, Ident, Lit, LitBool, LitInt, LitStr};
+
+use crate::duration;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    Local,
+    Redis,
+    LocalRedis,
+}
+
+pub struct Options {
+    pub tier: Tier,
+    pub tier_span: Span,
+    pub ttl_ms: u64,
+    pub local_ttl_ms: Option<u64>,
+    pub key: Option<LitStr>,
+    pub skip: Vec<Ident>,
+    pub capacity: Option<u64>,
+    pub name: Option<LitStr>,
+    pub version: u32,
+    pub cache_none: Option<Span>,
+    pub none_ttl_ms: Option<(u64, Span)>,
+}
+
+const KNOWN: &[&str] = &[
+    "tier",
+    "ttl",
+    "local_ttl",
+    "key",
+    "skip",
+    "capacity",
+    "name",
+    "version",
+    "cache_none",
+    "none_ttl",
+];
+
+#[derive(Default)]
+struct Raw {
+    seen: Vec<String>,
+    tier: Option<LitStr>,
+    ttl: Option<Lit>,
+    local_ttl: Option<Lit>,
+    key: Option<LitStr>,
+    skip: Option<Vec<Ident>>,
+    capacity: Option<LitInt>,
+    name: Option<LitStr>,
+    version: Option<LitInt>,
+    cache_none: Option<LitBool>,
+    none_ttl: Option<Lit>,
+}
+
+pub fn parse(attr: TokenStream) -> syn::Result<Options> {
+    let mut raw = Raw::default();
+    let parser = syn::meta::parser(|meta| raw.option(meta));
+    syn::parse::Parser::parse2(parser, attr)?;
+    raw.finish()
+}
+
+impl Raw {
+    fn option(&mut self, meta: ParseNestedMeta<'_>) -> syn::Result<()> {
+        let Some(ident) = meta.path.get_ident() else {
+            return Err(meta.error(unknown_msg("this path")));
+        };
+        let name = ident.to_string();
+        if !KNOWN.contains(&name.as_str()) {
+            return Err(Error::new(ident.span(), unknown_msg(&format!("`{name}`"))));
+        }
+        if self.seen.contains(&name) {
+            return Err(Error::new(
+                ident.span(),
+                format!("duplicate option `{name}`: it may appear once"),
+            ));
+        }
+        self.seen.push(name.clone());
+        match name.as_str() {
+            "tier" => self.tier = Some(value(&meta, &name)?),
+            "ttl" => self.ttl = Some(value(&meta, &name)?),
+            "local_ttl" => self.local_ttl = Some(value(&meta, &name)?),
+            "none_ttl" => self.none_ttl = Some(value(&meta, &name)?),
+            "key" => self.key = Some(value(&meta, &name)?),
+            "name" => self.name = Some(value(&meta, &name)?),
+            "capacity" => self.capacity = Some(value(&meta, &name)?),
+            "version" => self.version = Some(value(&meta, &name)?),
+            "cache_none" => {
+                self.cache_none = Some(if meta.input.peek(syn::Token![=]) {
+                    value(&meta, &name)?
+                } else {
+                    LitBool::new(true, ident.span())
+                })
+            }
+            "skip" => {
+                if !meta.input.peek(syn::token::Paren) {
+                    return Err(meta.error("`skip` lists parameters: `skip(pool, ctx)`"));
+                }
+                let mut list = Vec::new();
+                meta.parse_nested_meta(|inner| {
+                    let Some(id) = inner.path.get_ident() else {
+                        return Err(inner.error("expected a parameter name"));
+                    };
+                    if list.iter().any(|x: &Ident| x == id) {
+                        return Err(Error::new(id.span(), format!("`{id}` is skipped twice")));
+                    }
+                    list.push(id.clone());
+                    Ok(())
+                })?;
+                self.skip = Some(list);
+            }
+            _ => unreachable!("checked against KNOWN"),
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> syn::Result<Options> {
+        let (tier, tier_span) = match &self.tier {
+            None => (Tier::Local, Span::call_site()),
+            Some(s) => (
+                match s.value().as_str() {
+                    "local" => Tier::Local,
+                    "redis" => Tier::Redis,
+                    "local+redis" => Tier::LocalRedis,
+                    other => {
+                        return Err(Error::new(
+                            s.span(),
+                            format!(
+                                "unknown tier `{other}`; expected \"local\", \"redis\" or \"local+redis\""
+                            ),
+                        ))
+                    }
+                },
+                s.span(),
+            ),
+        };
+        let ttl = self.ttl.as_ref().ok_or_else(|| {
+            Error::new(
+                Span::call_site(),
+                "missing `ttl`: every cache needs a time to live, e.g. `ttl = 300` (seconds) or `ttl = \"5m\"`",
+            )
+        })?;
+        let ttl_ms = duration::parse(ttl, "ttl")?;
+        let local_ttl_ms = match &self.local_ttl {
+            None => None,
+            Some(lit) => {
+                if tier != Tier::LocalRedis {
+                    return Err(Error::new(
+                        lit.span(),
+                        "`local_ttl` only applies to `tier = \"local+redis\"`; with one tier, use `ttl`",
+                    ));
+                }
+                let ms = duration::parse(lit, "local_ttl")?;
+                if ms > ttl_ms {
+                    return Err(Error::new(
+                        lit.span(),
+                        format!(
+                            "`local_ttl` ({ms} ms) must not exceed `ttl` ({ttl_ms} ms): a local copy must never outlive the shared one"
+                        ),
+                    ));
+                }
+                Some(ms)
+            }
+        };
+        let cache_none = match &self.cache_none {
+            Some(b) if b.value => Some(b.span()),
+            _ => None,
+        };
+        let none_ttl_ms = match &self.none_ttl {
+            None => None,
+            Some(lit) => {
+                if cache_none.is_none() {
+                    return Err(Error::new(
+                        lit.span(),
+                        "`none_ttl` needs `cache_none = true` (only cached `None`s use it)",
+                    ));
+                }
+                Some((duration::parse(lit, "none_ttl")?, lit.span()))
+            }
+        };
+        let capacity = match &self.capacity {
+            None => None,
+            Some(lit) => {
+                if tier == Tier::Redis {
+                    return Err(Error::new(
+                        lit.span(),
+                        "`capacity` bounds the local tier, and `tier = \"redis\"` has none",
+                    ));
+                }
+                let n: u64 = lit.base10_parse()?;
+                if n == 0 {
+                    return Err(Error::new(lit.span(), "`capacity` must be at least 1"));
+                }
+                Some(n)
+            }
+        };
+        let version = match &self.version {
+            None => 1,
+            Some(lit) => lit.base10_parse::<u32>().map_err(|_| {
+                Error::new(
+                    lit.span(),
+                    "`version` must be an integer between 0 and 4294967295",
+                )
+            })?,
+        };
+        if let Some(k) = &self.key {
+            if k.value().is_empty() {
+                return Err(Error::new(k.span(), "`key` must not be empty"));
+            }
+        }
+        if let Some(n) = &self.name {
+            if n.value().trim().is_empty() {
+                return Err(Error::new(n.span(), "`name` must not be empty"));
+            }
+        }
+        Ok(Options {
+            tier,
+            tier_span,
+            ttl_ms,
+            local_ttl_ms,
+            key: self.key,
+            skip: self.skip.unwrap_or_default(),
+            capacity,
+            name: self.name,
+            version,
+            cache_none,
+            none_ttl_ms,
+        })
+    }
+}
+
+fn unknown_msg(what: &str) -> String {
+    format!(
+        "unknown option {what}; expected one of: {}",
+        KNOWN.join(", ")
+    )
+}
+
+fn value<T: syn::parse::Parse>(meta: &ParseNestedMeta<'_>, name: &str) -> syn::Result<T> {
+    let input = meta
+        .value()
+        .map_err(|_| meta.error(format!("`{name}` needs a value: `{name} = ...`")))?;
+    let fork = input.fork();
+    match input.parse::<T>() {
+        Ok(v) => Ok(v),
+        Err(_) => {
+            let expected = match name {
+                "tier" => "a string: \"local\", \"redis\" or \"local+redis\"",
+                "key" => "a string template, e.g. \"user:<id>\"",
+                "name" => "a string",
+                "capacity" => "an integer (max local entries)",
+                "version" => "an integer (schema version of the value type)",
+                "cache_none" => "`true` or `false`",
+                _ => "seconds (`300`) or a duration string (`\"5m\"`)",
+            };
+            let span = fork
+                .parse::<proc_macro2::TokenTree>()
+                .map(|t| t.span())
+                .unwrap_or_else(|_| fork.span());
+            Err(Error::new(span, format!("`{name}` expects {expected}")))
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! Which function shapes can be cached, and what their parts are.
+
+use proc_macro2::Span;
+use syn::spanned::Spanned;
+use syn::visit::Visit;
+use syn::{
+    Error, FnArg, GenericArgument, GenericParam, Ident, ItemFn, Pat, PathArguments, ReturnType,
+    Type,
+};
+
+pub struct Param {
+    pub ident: Ident,
+    pub ty: Type,
+}
+
+pub enum Kind {
+    /// Every value is cached.
+    Plain,
+    /// `Result<T, E>`: `Ok` is cached.
+    OkOnly,
+    /// `Option<T>`: `Some` is cached.
+    SomeOnly,
+    /// `Option<T>` with `cache_none`.
+    SomeOrNone,
+}
+
+pub struct Analyzed {
+    pub is_async: bool,
+    /// Span of `self` when the function is a `&self` method.
+    pub receiver: Option<Span>,
+    pub params: Vec<Param>,
+    pub ret: Type,
+    pub kind: Kind,
+    /// The cached value's type: `T` of `Result<T, _>` / `Option<T>`, or the return type.
+    pub value_ty: Type,
+}
+
+pub fn analyze(f: &ItemFn, cache_none: Option<Span>) -> syn::Result<Analyzed> {
+    let sig = &f.sig;
+    if let Some(c) = &sig.constness {
+        return Err(Error::new(c.span, "`const fn` cannot be cached"));
+    }
+    if let Some(u) = &sig.unsafety {
+        return Err(Error::new(
+            u.span,
+            "`unsafe fn` cannot be cached; wrap the unsafe call in a safe function",
+        ));
+    }
+    if let Some(abi) = &sig.abi {
+        return Err(Error::new(
+            abi.span(),
+            "`extern` functions cannot be cached",
+        ));
+    }
+    if let Some(v) = &sig.variadic {
+        return Err(Error::new(v.span(), "variadic functions cannot be cached"));
+    }
+    for p in &sig.generics.params {
+        match p {
+            GenericParam::Lifetime(_) => {}
+            GenericParam::Type(t) => {
+                return Err(Error::new(
+                    t.ident.span(),
+                    format!(
+                        "generic functions cannot be cached: the cache is one static with one value type, \
+                         and `{}` would need one per instantiation; write a non-generic wrapper that \
+                         calls this function with concrete types and cache that",
+                        t.ident
+                    ),
+                ))
+            }
+            GenericParam::Const(c) => {
+                return Err(Error::new(
+                    c.ident.span(),
+                    "const-generic functions cannot be cached: write a non-generic wrapper and cache that",
+                ))
+            }
+        }
+    }
+    if let Some(w) = &sig.generics.where_clause {
+        return Err(Error::new(
+            w.span(),
+            "cached functions cannot have a `where` clause",
+        ));
+    }
+
+    let mut receiver = None;
+    let mut params = Vec::new();
+    for arg in &sig.inputs {
+        match arg {
+            FnArg::Receiver(r) => {
+                if r.colon_token.is_some() {
+                    return Err(Error::new(
+                        r.span(),
+                        "only `&self` methods can be cached (not `self: Type`)",
+                    ));
+                }
+                match (&r.reference, &r.mutability) {
+                    (Some(_), None) => receiver = Some(r.self_token.span),
+                    (Some(_), Some(m)) => return Err(Error::new(
+                        m.span,
+                        "`&mut self` methods cannot be cached: a cache hit skips the body, so its \
+                             mutation would silently not happen; take `&self`",
+                    )),
+                    (None, _) => {
+                        return Err(Error::new(
+                            r.self_token.span,
+                            "methods taking `self` by value cannot be cached; take `&self`",
+                        ))
+                    }
+                }
+            }
+            FnArg::Typed(pt) => {
+                let ident =
+                    match &*pt.pat {
+                        Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none() => {
+                            pi.ident.clone()
+                        }
+                        other => return Err(Error::new(
+                            other.span(),
+                            "cached functions need plain parameter names (`id: u64`), not patterns",
+                        )),
+                    };
+                check_param_type(&pt.ty)?;
+                params.push(Param {
+                    ident,
+                    ty: (*pt.ty).clone(),
+                });
+            }
+        }
+    }
+
+    let ret = match &sig.output {
+        ReturnType::Default => {
+            return Err(Error::new(
+                sig.ident.span(),
+                format!(
+                    "`{}` returns nothing, so there is nothing to cache",
+                    sig.ident
+                ),
+            ))
+        }
+        ReturnType::Type(_, ty) => (**ty).clone(),
+    };
+    check_return_type(&ret)?;
+
+    let (kind, value_ty) = match last_segment(&ret) {
+        Some((name, args)) if name == "Result" && !args.is_empty() => {
+            (Kind::OkOnly, args[0].clone())
+        }
+        Some((name, args)) if name == "Option" && args.len() == 1 => {
+            if cache_none.is_some() {
+                (Kind::SomeOrNone, ret.clone())
+            } else {
+                (Kind::SomeOnly, args[0].clone())
+            }
+        }
+        _ => (Kind::Plain, ret.clone()),
+    };
+    if let (Some(span), false) = (cache_none, matches!(kind, Kind::SomeOrNone)) {
+        return Err(Error::new(
+            span,
+            "`cache_none` needs a function that returns `Option<T>`",
+        ));
+    }
+    Ok(Analyzed {
+        is_async: sig.asyncness.is_some(),
+        receiver,
+        params,
+        ret,
+        kind,
+        value_ty,
+    })
+}
+
+fn last_segment(ty: &Type) -> Option<(Ident, Vec<Type>)> {
+    let Type::Path(tp) = ty else { return None };
+    if tp.qself.is_some() {
+        return None;
+    }
+    let seg = tp.path.segments.last()?;
+    let args = match &seg.arguments {
+        PathArguments::AngleBracketed(a) => a
+            .args
+            .iter()
+            .filter_map(|g| match g {
+                GenericArgument::Type(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Some((seg.ident.clone(), args))
+}
+
+struct Finder<'a> {
+    ret: bool,
+    found: Option<Error>,
+    _p: std::marker::PhantomData<&'a ()>,
+}
+
+impl<'ast> Visit<'ast> for Finder<'_> {
+    fn visit_type_impl_trait(&mut self, i: &'ast syn::TypeImplTrait) {
+        if self.found.is_none() {
+            self.found = Some(Error::new(
+                i.span(),
+                if self.ret {
+                    "a cached function cannot return `impl Trait`: the cache must name the value type"
+                } else {
+                    "`impl Trait` parameters make the function generic, and generic functions cannot be \
+                     cached; take a concrete type (e.g. `&str` instead of `impl AsRef<str>`)"
+                },
+            ));
+        }
+    }
+
+    fn visit_type_reference(&mut self, i: &'ast syn::TypeReference) {
+        if self.found.is_none() {
+            if self.ret {
+                self.found = Some(Error::new(
+                    i.span(),
+                    "cached values are stored and cloned, so they cannot borrow; return an owned type \
+                     (`String`, `Vec<T>`, `Arc<T>`)",
+                ));
+            } else if let Some(m) = &i.mutability {
+                self.found = Some(Error::new(
+                    m.span,
+                    "`&mut` parameters cannot be cached: a cache hit skips the body, so its mutation \
+                     would silently not happen",
+                ));
+            }
+        }
+        syn::visit::visit_type_reference(self, i);
+    }
+
+    fn visit_path_segment(&mut self, i: &'ast syn::PathSegment) {
+        if self.ret && self.found.is_none() && i.ident == "Self" {
+            self.found = Some(Error::new(
+                i.ident.span(),
+                "write the concrete type instead of `Self` in a cached method's return type \
+                 (the cache is a static, which cannot name `Self`)",
+            ));
+        }
+        syn::visit::visit_path_segment(self, i);
+    }
+
+    fn visit_type_bare_fn(&mut self, i: &'ast syn::TypeBareFn) {
+        // `fn(&mut T)` pointers are plain values.
+        let _ = i;
+    }
+}
+
+fn find(ty: &Type, ret: bool) -> syn::Result<()> {
+    let mut f = Finder {
+        ret,
+        found: None,
+        _p: std::marker::PhantomData,
+    };
+    f.visit_type(ty);
+    match f.found {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn check_param_type(ty: &Type) -> syn::Result<()> {
+    find(ty, false)
+}
+
+fn check_return_type(ty: &Type) -> syn::Result<()> {
+    if let Type::Tuple(t) = ty {
+        if t.elems.is_empty() {
+            return Err(Error::new(
+                t.span(),
+                "the function returns `()`, so there is nothing to cache",
+            ));
+        }
+    }
+    find(ty, true)
+}

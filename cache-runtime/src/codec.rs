@@ -1,0 +1,312 @@
+//! The value envelope stored in Redis.
+//!
+//! ```text
+//! offset size field
+//!      0    2 magic            b"CR"
+//!      2    1 wire version     1
+//!      3    1 flags            0 (reserved: anything else is rejected)
+//!      4    8 type fingerprint u64 LE, FNV-1a of the value type's name and schema version
+//!     12    8 created at       u64 LE, Unix milliseconds
+//!     20    8 expires at       u64 LE, Unix milliseconds
+//!     28    4 payload length   u32 LE
+//!     32    4 payload CRC-32   u32 LE
+//!     36    n payload          bincode 2 (standard config) of the value, via serde
+//! ```
+//!
+//! Anything that does not match exactly (magic, version, fingerprint, length, checksum, a
+//! payload that does not decode or leaves trailing bytes, an expiry in the past) is rejected
+//! as a [`DecodeError`]; the cache counts it and treats it as a miss. Bincode is the only
+//! serializer and it stays behind this module.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{de::DeserializeOwned, Serialize};
+
+/// First bytes of every value the runtime writes.
+pub const MAGIC: [u8; 2] = *b"CR";
+/// Version of the envelope layout; part of every Redis key too (`w1`).
+pub const WIRE_VERSION: u8 = 1;
+/// Size of the fixed header before the payload.
+pub const HEADER_LEN: usize = 36;
+
+/// Why bytes read from Redis were not accepted as a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Fewer bytes than a header, or a length that does not match.
+    #[error("truncated or oversized envelope")]
+    Length,
+    /// Not written by this runtime.
+    #[error("bad magic bytes")]
+    Magic,
+    /// Written by another wire version.
+    #[error("unsupported wire version {0}")]
+    Version(u8),
+    /// Written for another value type or schema version.
+    #[error("type fingerprint mismatch")]
+    Fingerprint,
+    /// Payload bytes changed after they were written.
+    #[error("payload checksum mismatch")]
+    Checksum,
+    /// The envelope's expiry has passed.
+    #[error("expired")]
+    Expired,
+    /// The payload is above the configured cap.
+    #[error("payload of {0} bytes is above the cap")]
+    TooLarge(usize),
+    /// bincode rejected the payload.
+    #[error("payload does not decode: {0}")]
+    Payload(String),
+}
+
+/// Stable 64-bit fingerprint of a value type and its schema version (FNV-1a).
+///
+/// ```
+/// let a = cache_runtime::codec::fingerprint("app::Profile", 1);
+/// assert_ne!(a, cache_runtime::codec::fingerprint("app::Profile", 2));
+/// ```
+pub fn fingerprint(type_name: &str, schema_version: u32) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in type_name
+        .as_bytes()
+        .iter()
+        .chain(&[0xff])
+        .chain(&schema_version.to_le_bytes())
+    {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+pub(crate) fn unix_millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Encodes a value with its envelope.
+pub fn encode<V: Serialize>(value: &V, fingerprint: u64, ttl: Duration) -> Result<Vec<u8>, String> {
+    let payload = bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .map_err(|e| e.to_string())?;
+    let len = u32::try_from(payload.len()).map_err(|_| "value above 4 GiB".to_string())?;
+    let now = SystemTime::now();
+    let created = unix_millis(now);
+    let expires = created.saturating_add(ttl.as_millis() as u64);
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(&MAGIC);
+    out.push(WIRE_VERSION);
+    out.push(0);
+    out.extend_from_slice(&fingerprint.to_le_bytes());
+    out.extend_from_slice(&created.to_le_bytes());
+    out.extend_from_slice(&expires.to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// A decoded envelope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded<V> {
+    /// The value.
+    pub value: V,
+    /// When it was written (Unix ms, writer's clock).
+    pub created_unix_ms: u64,
+    /// When it expires (Unix ms, writer's clock).
+    pub expires_unix_ms: u64,
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// Decodes and validates an envelope. Never panics; allocation is bounded by a small multiple
+/// of `max_payload` (bincode's decode limit).
+///
+/// ```
+/// use cache_runtime::codec::{decode, encode, fingerprint, DecodeError};
+/// use std::time::Duration;
+/// let fp = fingerprint("u32", 1);
+/// let bytes = encode(&7u32, fp, Duration::from_secs(60)).unwrap();
+/// assert_eq!(decode::<u32>(&bytes, fp, 1 << 20).unwrap().value, 7);
+/// assert_eq!(decode::<u32>(&bytes, fp ^ 1, 1 << 20), Err(DecodeError::Fingerprint));
+/// assert_eq!(decode::<u32>(b"garbage", fp, 1 << 20), Err(DecodeError::Length));
+/// ```
+pub fn decode<V: DeserializeOwned>(
+    bytes: &[u8],
+    fingerprint: u64,
+    max_payload: usize,
+) -> Result<Decoded<V>, DecodeError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(DecodeError::Length);
+    }
+    if bytes[0..2] != MAGIC {
+        return Err(DecodeError::Magic);
+    }
+    if bytes[2] != WIRE_VERSION {
+        return Err(DecodeError::Version(bytes[2]));
+    }
+    if bytes[3] != 0 {
+        // Reserved for future envelope features; a reader must not guess their meaning.
+        return Err(DecodeError::Version(bytes[2]));
+    }
+    if u64_at(bytes, 4) != fingerprint {
+        return Err(DecodeError::Fingerprint);
+    }
+    let created = u64_at(bytes, 12);
+    let expires = u64_at(bytes, 20);
+    let len = u32_at(bytes, 28) as usize;
+    if len > max_payload {
+        return Err(DecodeError::TooLarge(len));
+    }
+    if bytes.len() - HEADER_LEN != len {
+        return Err(DecodeError::Length);
+    }
+    let payload = &bytes[HEADER_LEN..];
+    if crc32fast::hash(payload) != u32_at(bytes, 32) {
+        return Err(DecodeError::Checksum);
+    }
+    if expires <= unix_millis(SystemTime::now()) {
+        return Err(DecodeError::Expired);
+    }
+    let value = decode_payload(payload)?;
+    Ok(Decoded {
+        value,
+        created_unix_ms: created,
+        expires_unix_ms: expires,
+    })
+}
+
+/// bincode's limit is a const generic: pick the smallest bucket that fits the payload, so a
+/// hostile length prefix inside a small payload cannot claim a huge allocation.
+fn decode_payload<V: DeserializeOwned>(payload: &[u8]) -> Result<V, DecodeError> {
+    const KIB: usize = 1024;
+    let std = bincode::config::standard();
+    let res = match payload.len() {
+        n if n <= 4 * KIB => {
+            bincode::serde::decode_from_slice(payload, std.with_limit::<{ 64 * KIB }>())
+        }
+        n if n <= 256 * KIB => {
+            bincode::serde::decode_from_slice(payload, std.with_limit::<{ 4 * 1024 * KIB }>())
+        }
+        n if n <= 4 * 1024 * KIB => {
+            bincode::serde::decode_from_slice(payload, std.with_limit::<{ 64 * 1024 * KIB }>())
+        }
+        _ => bincode::serde::decode_from_slice(payload, std.with_limit::<{ 1024 * 1024 * KIB }>()),
+    };
+    match res {
+        Ok((value, used)) if used == payload.len() => Ok(value),
+        Ok((_, used)) => Err(DecodeError::Payload(format!(
+            "{} trailing bytes",
+            payload.len() - used
+        ))),
+        Err(e) => Err(DecodeError::Payload(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Profile {
+        id: u64,
+        name: String,
+        tags: Vec<String>,
+    }
+
+    fn sample() -> Profile {
+        Profile {
+            id: 42,
+            name: "Ada".into(),
+            tags: vec!["a".into(), "b".into()],
+        }
+    }
+
+    #[test]
+    fn round_trip_and_golden_header() {
+        let fp = fingerprint("Profile", 1);
+        let bytes = encode(&sample(), fp, Duration::from_secs(60)).unwrap();
+        assert_eq!(&bytes[..4], b"CR\x01\x00");
+        assert_eq!(&bytes[4..12], &fp.to_le_bytes());
+        // bincode 2 standard config, varint ints: pins the payload format.
+        assert_eq!(&bytes[HEADER_LEN..], b"\x2a\x03Ada\x02\x01a\x01b");
+        let d = decode::<Profile>(&bytes, fp, 1 << 20).unwrap();
+        assert_eq!(d.value, sample());
+        assert_eq!(d.expires_unix_ms - d.created_unix_ms, 60_000);
+    }
+
+    #[test]
+    fn every_truncation_and_bit_flip_is_rejected() {
+        let fp = fingerprint("Profile", 1);
+        let bytes = encode(&sample(), fp, Duration::from_secs(60)).unwrap();
+        for n in 0..bytes.len() {
+            assert!(
+                decode::<Profile>(&bytes[..n], fp, 1 << 20).is_err(),
+                "prefix {n}"
+            );
+        }
+        // Timestamps are not covered by the checksum (flipping them changes expiry only).
+        for i in (0..12).chain(28..bytes.len()) {
+            for bit in 0..8 {
+                let mut b = bytes.clone();
+                b[i] ^= 1 << bit;
+                assert!(
+                    decode::<Profile>(&b, fp, 1 << 20).is_err(),
+                    "byte {i} bit {bit}"
+                );
+            }
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(
+            decode::<Profile>(&longer, fp, 1 << 20),
+            Err(DecodeError::Length)
+        );
+    }
+
+    #[test]
+    fn another_type_with_same_fingerprint_does_not_decode_to_garbage() {
+        let fp = fingerprint("x", 1);
+        let bytes = encode(&"hello".to_string(), fp, Duration::from_secs(5)).unwrap();
+        assert!(decode::<(u64, u64, u64, u64)>(&bytes, fp, 1 << 20).is_err());
+    }
+
+    #[test]
+    fn hostile_length_prefix_is_bounded() {
+        // A payload that claims a 2^60-element Vec must fail fast, not allocate.
+        let mut payload = vec![0xfd];
+        payload.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&MAGIC);
+        bytes.extend_from_slice(&[WIRE_VERSION, 0]);
+        bytes.extend_from_slice(&7u64.to_le_bytes());
+        bytes.extend_from_slice(&0u64.to_le_bytes());
+        bytes.extend_from_slice(&u64::MAX.to_le_bytes());
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        assert!(matches!(
+            decode::<Vec<u64>>(&bytes, 7, 1 << 20),
+            Err(DecodeError::Payload(_))
+        ));
+    }
+
+    #[test]
+    fn expired_and_oversized_are_rejected() {
+        let fp = fingerprint("u8", 1);
+        let bytes = encode(&1u8, fp, Duration::ZERO).unwrap();
+        assert_eq!(decode::<u8>(&bytes, fp, 10), Err(DecodeError::Expired));
+        let big = encode(&vec![0u8; 100], fp, Duration::from_secs(1)).unwrap();
+        assert_eq!(
+            decode::<Vec<u8>>(&big, fp, 10),
+            Err(DecodeError::TooLarge(101))
+        );
+    }
+}

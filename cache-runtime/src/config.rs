@@ -1,0 +1,214 @@
+//! Process-wide runtime configuration: Redis URL, key prefix, timeouts, limits.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::redis_tier::RedisTier;
+use crate::InitError;
+
+/// Runtime configuration, set once at start-up with [`init`]. Without `init`, the first cache
+/// use configures the runtime from the environment (`REDIS_URL`), see [`Config::from_env`].
+///
+/// ```
+/// use cache_runtime::Config;
+/// use std::time::Duration;
+/// let config = Config::builder()
+///     .redis_url("redis://127.0.0.1:6379/0")
+///     .key_prefix("myapp")
+///     .redis_timeout(Duration::from_millis(50))
+///     .build();
+/// assert_eq!(config.key_prefix(), "myapp");
+/// ```
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub(crate) redis_url: Option<String>,
+    pub(crate) key_prefix: String,
+    pub(crate) redis_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) max_value_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            key_prefix: "cr".to_string(),
+            redis_timeout: Duration::from_millis(100),
+            connect_timeout: Duration::from_secs(1),
+            max_value_bytes: 1 << 20,
+        }
+    }
+}
+
+impl Config {
+    /// A builder starting from the defaults: no Redis, prefix `cr`, 100 ms Redis timeout,
+    /// 1 s connect timeout, 1 MiB value cap.
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder(Config::default())
+    }
+
+    /// The defaults plus `REDIS_URL` (and `CACHE_KEY_PREFIX`) from the environment.
+    pub fn from_env() -> Self {
+        let mut c = Config::default();
+        c.redis_url = std::env::var("REDIS_URL").ok().filter(|s| !s.is_empty());
+        if let Ok(p) = std::env::var("CACHE_KEY_PREFIX") {
+            if !p.is_empty() {
+                c.key_prefix = p;
+            }
+        }
+        c
+    }
+
+    /// The Redis URL, if any.
+    pub fn redis_url(&self) -> Option<&str> {
+        self.redis_url.as_deref()
+    }
+
+    /// The global key prefix.
+    pub fn key_prefix(&self) -> &str {
+        &self.key_prefix
+    }
+
+    /// Timeout of each Redis operation.
+    pub fn redis_timeout(&self) -> Duration {
+        self.redis_timeout
+    }
+
+    /// Largest encoded value written to Redis.
+    pub fn max_value_bytes(&self) -> usize {
+        self.max_value_bytes
+    }
+}
+
+/// Builds a [`Config`].
+///
+/// ```
+/// let c = cache_runtime::Config::builder().max_value_bytes(4096).build();
+/// assert_eq!(c.max_value_bytes(), 4096);
+/// ```
+#[derive(Debug, Clone)]
+pub struct ConfigBuilder(Config);
+
+impl ConfigBuilder {
+    /// Redis to use for `redis` and `local+redis` caches (`redis://`, `rediss://`, `unix://`).
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        self.0.redis_url = Some(url.into());
+        self
+    }
+
+    /// No Redis: `local+redis` caches keep their local tier, `redis` caches run the body.
+    pub fn without_redis(mut self) -> Self {
+        self.0.redis_url = None;
+        self
+    }
+
+    /// First segment of every Redis key (default `cr`). Use one per application.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.0.key_prefix = prefix.into();
+        self
+    }
+
+    /// Timeout of each Redis operation, connection included (default 100 ms). On timeout a
+    /// lookup is a miss and a write is skipped.
+    pub fn redis_timeout(mut self, timeout: Duration) -> Self {
+        self.0.redis_timeout = timeout;
+        self
+    }
+
+    /// Timeout of one (re)connection attempt in the background (default 1 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.0.connect_timeout = timeout;
+        self
+    }
+
+    /// Largest encoded value written to or decoded from Redis (default 1 MiB). Larger values
+    /// stay in the local tier only, and are counted in `Stats::oversize`.
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.0.max_value_bytes = bytes;
+        self
+    }
+
+    /// The configuration.
+    pub fn build(self) -> Config {
+        self.0
+    }
+}
+
+pub(crate) struct Runtime {
+    pub config: Config,
+    pub redis: Option<RedisTier>,
+}
+
+static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+
+fn make_runtime(config: Config) -> Result<Runtime, InitError> {
+    let redis = match &config.redis_url {
+        Some(url) => Some(RedisTier::new(url, &config)?),
+        None => None,
+    };
+    Ok(Runtime { config, redis })
+}
+
+/// Configures the runtime. Call it once at start-up, before the first cached call.
+///
+/// ```no_run
+/// use cache_runtime::{init, Config};
+/// init(Config::builder().redis_url("redis://127.0.0.1:6379").key_prefix("shop").build())
+///     .expect("cache runtime configured twice");
+/// ```
+pub fn init(config: Config) -> Result<(), InitError> {
+    if RUNTIME.get().is_some() {
+        return Err(InitError::AlreadyInitialized);
+    }
+    let mut made = Some(make_runtime(config)?);
+    RUNTIME.get_or_init(|| made.take().expect("runtime built once"));
+    match made {
+        None => Ok(()),
+        Some(_) => Err(InitError::AlreadyInitialized),
+    }
+}
+
+pub(crate) fn runtime() -> &'static Runtime {
+    RUNTIME.get_or_init(|| {
+        let config = Config::from_env();
+        if config.redis_url.is_none() {
+            tracing::warn!(
+                "cache_runtime: REDIS_URL is not set and init() was not called; the Redis tier \
+                 is disabled (local+redis caches use their local tier only, redis caches run \
+                 the body on every call)"
+            );
+        }
+        match make_runtime(config.clone()) {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!("cache_runtime: {e}; the Redis tier is disabled");
+                Runtime {
+                    config: Config {
+                        redis_url: None,
+                        ..config
+                    },
+                    redis: None,
+                }
+            }
+        }
+    })
+}
+
+/// The configuration in force (initialising it from the environment if nothing was set).
+///
+/// ```
+/// let prefix = cache_runtime::config().key_prefix().to_string();
+/// assert!(!prefix.is_empty());
+/// ```
+pub fn config() -> &'static Config {
+    &runtime().config
+}
+
+/// Whether a Redis tier is configured (it may still be unreachable).
+///
+/// ```
+/// let _ = cache_runtime::redis_enabled();
+/// ```
+pub fn redis_enabled() -> bool {
+    runtime().redis.is_some()
+}

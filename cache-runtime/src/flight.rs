@@ -1,0 +1,170 @@
+//! In-process single-flight: concurrent misses on one key run the body once.
+//!
+//! The first caller becomes the leader; the others wait on the flight. The leader publishes
+//! an outcome; if it panics or its future is dropped, its guard publishes `Abandoned` and one
+//! of the waiters takes over. No lock is held while the body runs.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+pub(crate) enum Outcome<V> {
+    /// The value that was cached (or found in Redis).
+    Value(V),
+    /// A non-cached result (an `Err`, a `None`) that waiters can rebuild.
+    Shared(Box<dyn Any + Send>),
+    /// A non-cached result that cannot be shared (non-`Clone` error): waiters run the body.
+    Unshareable,
+    /// The leader panicked or was cancelled.
+    Abandoned,
+}
+
+pub(crate) struct Flight<V> {
+    outcome: Mutex<Option<Outcome<V>>>,
+    notify: Notify,
+}
+
+pub(crate) struct Flights<V> {
+    map: Mutex<HashMap<String, Arc<Flight<V>>>>,
+}
+
+pub(crate) enum Joined<'a, V> {
+    Leader(Leader<'a, V>),
+    Follower(Arc<Flight<V>>),
+}
+
+impl<V> Flights<V> {
+    pub(crate) fn new() -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn join(&self, key: &str) -> Joined<'_, V> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = map.get(key) {
+            return Joined::Follower(f.clone());
+        }
+        let flight = Arc::new(Flight {
+            outcome: Mutex::new(None),
+            notify: Notify::new(),
+        });
+        map.insert(key.to_string(), flight.clone());
+        Joined::Leader(Leader {
+            flights: self,
+            key: key.to_string(),
+            flight,
+            done: false,
+        })
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.lock().unwrap().len()
+    }
+}
+
+pub(crate) struct Leader<'a, V> {
+    flights: &'a Flights<V>,
+    key: String,
+    flight: Arc<Flight<V>>,
+    done: bool,
+}
+
+impl<V> Leader<'_, V> {
+    pub(crate) fn finish(mut self, outcome: Outcome<V>) {
+        self.publish(outcome);
+    }
+
+    fn publish(&mut self, outcome: Outcome<V>) {
+        self.done = true;
+        *self
+            .flight
+            .outcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+        {
+            let mut map = self.flights.map.lock().unwrap_or_else(|p| p.into_inner());
+            if map
+                .get(&self.key)
+                .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
+            {
+                map.remove(&self.key);
+            }
+        }
+        self.flight.notify.notify_waiters();
+    }
+}
+
+impl<V> Drop for Leader<'_, V> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.publish(Outcome::Abandoned);
+        }
+    }
+}
+
+impl<V: Clone> Flight<V> {
+    /// Waits for the leader. `None`: the caller must try again (the leader gave up, or its
+    /// result cannot be shared).
+    pub(crate) async fn wait<R>(
+        &self,
+        rebuild: impl FnOnce(V) -> R,
+        unshare: fn(&(dyn Any + Send)) -> Option<R>,
+    ) -> Option<R> {
+        loop {
+            // Registered before the check, so a publish in between is not missed.
+            let notified = self.notify.notified();
+            {
+                let outcome = self.outcome.lock().unwrap_or_else(|p| p.into_inner());
+                match &*outcome {
+                    None => {}
+                    Some(Outcome::Value(v)) => return Some(rebuild(v.clone())),
+                    Some(Outcome::Shared(b)) => return unshare(b.as_ref()),
+                    Some(Outcome::Unshareable | Outcome::Abandoned) => return None,
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn never(_: &(dyn Any + Send)) -> Option<u32> {
+        None
+    }
+
+    #[test]
+    fn dropped_leader_releases_waiters_and_the_key() {
+        let flights = Flights::<u32>::new();
+        let Joined::Leader(leader) = flights.join("k") else {
+            panic!("first join leads")
+        };
+        let Joined::Follower(f) = flights.join("k") else {
+            panic!("second join follows")
+        };
+        drop(leader);
+        assert_eq!(flights.len(), 0);
+        assert_eq!(pollster::block_on(f.wait(|v| v, never)), None);
+        assert!(matches!(flights.join("k"), Joined::Leader(_)));
+    }
+
+    #[test]
+    fn waiters_get_the_value() {
+        let flights = Flights::<u32>::new();
+        let Joined::Leader(leader) = flights.join("k") else {
+            panic!()
+        };
+        let Joined::Follower(f) = flights.join("k") else {
+            panic!()
+        };
+        let t = std::thread::spawn(move || pollster::block_on(f.wait(|v| v + 1, never)));
+        leader.finish(Outcome::Value(41));
+        assert_eq!(t.join().unwrap(), Some(42));
+    }
+}

@@ -1,0 +1,322 @@
+//! Cache keys: injective encoding of arguments into a readable Redis key.
+//!
+//! A key is `{prefix}:w{WIRE}:v{schema}:{template}`, where each `<placeholder>` of the template
+//! is replaced by the [`KeyPart`] encoding of the argument. Encodings are *injective* and
+//! never contain a [separator](SEPARATORS) (those characters, `%` and a few more are
+//! percent-escaped), and the macro requires every placeholder to be followed by a separator or
+//! the end of the template. Together this guarantees that distinct argument tuples can never
+//! produce the same key (`"1:2"` and `(1, 2)` differ), whatever the strings contain.
+
+use std::fmt::{self, Write};
+
+/// Characters that may follow a placeholder in a key template. Interpolated values never
+/// contain them unescaped, so they delimit values unambiguously.
+pub const SEPARATORS: &[char] = &[':', '/', '|', ',', ';', '#', '=', '&', '@', '!', '?', '.'];
+
+/// Builds one key. Created by the cache (which writes the prefix) and fed by generated code.
+///
+/// ```
+/// use cache_runtime::key::{KeyPart, KeyWriter};
+/// let mut w = KeyWriter::with_head("app:w1:v1:");
+/// w.literal("user:");
+/// "a:b c".write_key(&mut w);
+/// assert_eq!(w.finish(), "app:w1:v1:user:a%3Ab%20c");
+/// ```
+#[derive(Debug, Clone)]
+pub struct KeyWriter {
+    buf: String,
+}
+
+impl KeyWriter {
+    /// Starts a key with an already formatted head (prefix and versions).
+    pub fn with_head(head: &str) -> Self {
+        let mut buf = String::with_capacity(head.len() + 48);
+        buf.push_str(head);
+        Self { buf }
+    }
+
+    /// Appends template text verbatim. Only for the template's literal parts.
+    pub fn literal(&mut self, text: &str) {
+        self.buf.push_str(text);
+    }
+
+    /// Appends a string value, escaped.
+    pub fn str(&mut self, s: &str) {
+        for c in s.chars() {
+            if needs_escape(c) {
+                let mut bytes = [0u8; 4];
+                for b in c.encode_utf8(&mut bytes).bytes() {
+                    let _ = write!(self.buf, "%{b:02X}");
+                }
+            } else {
+                self.buf.push(c);
+            }
+        }
+    }
+
+    /// Appends the `Display` form of a value, escaped. The way to implement [`KeyPart`] for
+    /// an identifier type whose `Display` output is unique per value.
+    pub fn display(&mut self, value: &dyn fmt::Display) {
+        let mut tmp = String::new();
+        let _ = write!(tmp, "{value}");
+        self.str(&tmp);
+    }
+
+    /// Appends text that is known to need no escaping (digits, `-`, `true`).
+    fn token(&mut self, args: fmt::Arguments<'_>) {
+        let _ = self.buf.write_fmt(args);
+    }
+
+    fn raw(&mut self, s: &str) {
+        self.buf.push_str(s);
+    }
+
+    /// The finished key.
+    pub fn finish(self) -> String {
+        self.buf
+    }
+}
+
+fn needs_escape(c: char) -> bool {
+    SEPARATORS.contains(&c)
+        || matches!(
+            c,
+            '%' | '[' | ']' | '+' | '*' | '\\' | '<' | '>' | '"' | '\'' | '{' | '}' | '^' | '$'
+        )
+        || c.is_whitespace()
+        || c.is_control()
+}
+
+/// A value that can be interpolated into a cache key.
+///
+/// Implemented for integers, `bool`, `char`, strings, `Option`, slices, `Vec`, tuples (up to
+/// 6), `()` and smart pointers. Implement it for your own key types; the encoding must be
+/// injective (distinct values, distinct output) and must escape separators, which
+/// [`KeyWriter::str`] and [`KeyWriter::display`] do for you:
+///
+/// ```
+/// use cache_runtime::key::{KeyPart, KeyWriter};
+///
+/// struct UserId(u64);
+/// impl KeyPart for UserId {
+///     fn write_key(&self, w: &mut KeyWriter) {
+///         w.display(&self.0);
+///     }
+/// }
+///
+/// let mut w = KeyWriter::with_head("");
+/// UserId(7).write_key(&mut w);
+/// assert_eq!(w.finish(), "7");
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be used in a cache key",
+    label = "this value is interpolated into the cache key",
+    note = "implement `cache_runtime::key::KeyPart` for `{Self}` (usually `w.display(&self.id)`), \
+            use a field with `<param.field>`, or list the parameter in `skip(...)`"
+)]
+pub trait KeyPart {
+    /// Appends this value's encoding.
+    fn write_key(&self, w: &mut KeyWriter);
+}
+
+macro_rules! int_key_part {
+    ($($t:ty),*) => {$(
+        impl KeyPart for $t {
+            fn write_key(&self, w: &mut KeyWriter) {
+                w.token(format_args!("{self}"));
+            }
+        }
+    )*};
+}
+int_key_part!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, bool);
+
+macro_rules! nonzero_key_part {
+    ($($t:ty),*) => {$(
+        impl KeyPart for $t {
+            fn write_key(&self, w: &mut KeyWriter) {
+                w.token(format_args!("{self}"));
+            }
+        }
+    )*};
+}
+nonzero_key_part!(
+    std::num::NonZeroU32,
+    std::num::NonZeroU64,
+    std::num::NonZeroI32,
+    std::num::NonZeroI64,
+    std::num::NonZeroUsize
+);
+
+impl KeyPart for char {
+    fn write_key(&self, w: &mut KeyWriter) {
+        w.str(self.encode_utf8(&mut [0u8; 4]));
+    }
+}
+
+impl KeyPart for str {
+    fn write_key(&self, w: &mut KeyWriter) {
+        w.str(self);
+    }
+}
+
+impl KeyPart for String {
+    fn write_key(&self, w: &mut KeyWriter) {
+        w.str(self);
+    }
+}
+
+impl KeyPart for std::borrow::Cow<'_, str> {
+    fn write_key(&self, w: &mut KeyWriter) {
+        w.str(self);
+    }
+}
+
+impl KeyPart for () {
+    fn write_key(&self, _w: &mut KeyWriter) {}
+}
+
+impl<T: KeyPart + ?Sized> KeyPart for &T {
+    fn write_key(&self, w: &mut KeyWriter) {
+        (**self).write_key(w);
+    }
+}
+
+impl<T: KeyPart + ?Sized> KeyPart for &mut T {
+    fn write_key(&self, w: &mut KeyWriter) {
+        (**self).write_key(w);
+    }
+}
+
+impl<T: KeyPart + ?Sized> KeyPart for Box<T> {
+    fn write_key(&self, w: &mut KeyWriter) {
+        (**self).write_key(w);
+    }
+}
+
+impl<T: KeyPart + ?Sized> KeyPart for std::sync::Arc<T> {
+    fn write_key(&self, w: &mut KeyWriter) {
+        (**self).write_key(w);
+    }
+}
+
+impl<T: KeyPart + ?Sized> KeyPart for std::rc::Rc<T> {
+    fn write_key(&self, w: &mut KeyWriter) {
+        (**self).write_key(w);
+    }
+}
+
+/// `None` is `%N`; `Some(v)` is `v`, or `%S` + `v` when `v` itself starts with `%N`/`%S`
+/// (nested options). Escapes are always `%` + two hex digits, so no string starts with these.
+impl<T: KeyPart> KeyPart for Option<T> {
+    fn write_key(&self, w: &mut KeyWriter) {
+        match self {
+            None => w.raw("%N"),
+            Some(v) => {
+                let start = w.buf.len();
+                v.write_key(w);
+                let written = &w.buf[start..];
+                if written.starts_with("%N") || written.starts_with("%S") {
+                    w.buf.insert_str(start, "%S");
+                }
+            }
+        }
+    }
+}
+
+/// `[a+b+c]`: brackets and `+` are escaped inside strings, so nesting stays unambiguous.
+impl<T: KeyPart> KeyPart for [T] {
+    fn write_key(&self, w: &mut KeyWriter) {
+        w.raw("[");
+        for (i, item) in self.iter().enumerate() {
+            if i > 0 {
+                w.raw("+");
+            }
+            item.write_key(w);
+        }
+        w.raw("]");
+    }
+}
+
+impl<T: KeyPart> KeyPart for Vec<T> {
+    fn write_key(&self, w: &mut KeyWriter) {
+        self.as_slice().write_key(w);
+    }
+}
+
+impl<T: KeyPart, const N: usize> KeyPart for [T; N] {
+    fn write_key(&self, w: &mut KeyWriter) {
+        self.as_slice().write_key(w);
+    }
+}
+
+macro_rules! tuple_key_part {
+    ($($name:ident $idx:tt),+) => {
+        impl<$($name: KeyPart),+> KeyPart for ($($name,)+) {
+            fn write_key(&self, w: &mut KeyWriter) {
+                w.raw("[");
+                tuple_key_part!(@items self w $($idx)+);
+                w.raw("]");
+            }
+        }
+    };
+    (@items $self:ident $w:ident $first:tt $($rest:tt)*) => {
+        $self.$first.write_key($w);
+        $( $w.raw("+"); $self.$rest.write_key($w); )*
+    };
+}
+tuple_key_part!(A 0);
+tuple_key_part!(A 0, B 1);
+tuple_key_part!(A 0, B 1, C 2);
+tuple_key_part!(A 0, B 1, C 2, D 3);
+tuple_key_part!(A 0, B 1, C 2, D 3, E 4);
+tuple_key_part!(A 0, B 1, C 2, D 3, E 4, F 5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn enc<T: KeyPart + ?Sized>(v: &T) -> String {
+        let mut w = KeyWriter::with_head("");
+        v.write_key(&mut w);
+        w.finish()
+    }
+
+    #[test]
+    fn strings_escape_separators_and_escape_char() {
+        assert_eq!(enc("a:b"), "a%3Ab");
+        assert_eq!(enc("%3A"), "%253A");
+        assert_eq!(enc("x\ny"), "x%0Ay");
+        assert_eq!(enc("é"), "é");
+        assert_eq!(enc("{tag}"), "%7Btag%7D");
+        for s in ["a:b", "%", "[1+2]", "*?", "a.b", "x y"] {
+            assert!(!enc(s).contains(SEPARATORS), "{s}");
+        }
+    }
+
+    #[test]
+    fn options_and_nesting_are_injective() {
+        let values: Vec<Option<Option<String>>> = vec![
+            None,
+            Some(None),
+            Some(Some(String::new())),
+            Some(Some("%N".into())),
+            Some(Some("%S".into())),
+        ];
+        let set: HashSet<_> = values.iter().map(|v| enc(v)).collect();
+        assert_eq!(set.len(), values.len(), "{set:?}");
+    }
+
+    #[test]
+    fn sequences_are_injective() {
+        let a = vec![vec![1u8, 2], vec![3]];
+        let b = vec![vec![1u8], vec![2, 3]];
+        assert_ne!(enc(&a), enc(&b));
+        assert_ne!(
+            enc(&vec!["a+b".to_string()]),
+            enc(&vec!["a".to_string(), "b".to_string()])
+        );
+        assert_ne!(enc(&("1", "2")), enc(&("1+2", "")));
+        assert_eq!(enc(&(1u8, "x", true)), "[1+x+true]");
+    }
+}

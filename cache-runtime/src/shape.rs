@@ -1,0 +1,123 @@
+//! How a function's return type maps to the value that is cached.
+//!
+//! | return type | shape | cached | not cached (returned to every waiter) |
+//! |---|---|---|---|
+//! | `T` | [`Plain`] | every value | — |
+//! | `Result<T, E>` | [`OkOnly`] | `Ok(t)` as `t` | `Err(e)` (shared when `E: Clone`) |
+//! | `Option<T>` | [`SomeOnly`] | `Some(t)` as `t` | `None` |
+//! | `Option<T>` + `cache_none` | [`SomeOrNone`] | `Some(t)` (ttl) and `None` (`none_ttl`) | — |
+
+use std::any::Any;
+
+/// Splits a return value into "cache this" or "return it without caching".
+///
+/// ```
+/// use cache_runtime::shape::{OkOnly, Shape};
+/// let ok: Result<u8, String> = Ok(1);
+/// assert_eq!(<OkOnly as Shape<_>>::cacheable(&ok), Some((1, false)));
+/// assert_eq!(<OkOnly as Shape<Result<u8, String>>>::cacheable(&Err("x".into())), None);
+/// ```
+pub trait Shape<R> {
+    /// The cached value type.
+    type Value;
+    /// The value to cache (a clone) and whether it is a negative entry (`none_ttl`).
+    fn cacheable(r: &R) -> Option<(Self::Value, bool)>;
+    /// The return value for a cached value.
+    fn rebuild(v: Self::Value) -> R;
+}
+
+/// Every return value is cached.
+#[derive(Debug, Clone, Copy)]
+pub struct Plain;
+/// Only `Ok` is cached.
+#[derive(Debug, Clone, Copy)]
+pub struct OkOnly;
+/// Only `Some` is cached.
+#[derive(Debug, Clone, Copy)]
+pub struct SomeOnly;
+/// `Some` and `None` are cached, `None` with its own TTL.
+#[derive(Debug, Clone, Copy)]
+pub struct SomeOrNone;
+
+impl<V: Clone> Shape<V> for Plain {
+    type Value = V;
+    fn cacheable(r: &V) -> Option<(V, bool)> {
+        Some((r.clone(), false))
+    }
+    fn rebuild(v: V) -> V {
+        v
+    }
+}
+
+impl<T: Clone, E> Shape<Result<T, E>> for OkOnly {
+    type Value = T;
+    fn cacheable(r: &Result<T, E>) -> Option<(T, bool)> {
+        r.as_ref().ok().map(|t| (t.clone(), false))
+    }
+    fn rebuild(v: T) -> Result<T, E> {
+        Ok(v)
+    }
+}
+
+impl<T: Clone> Shape<Option<T>> for SomeOnly {
+    type Value = T;
+    fn cacheable(r: &Option<T>) -> Option<(T, bool)> {
+        r.as_ref().map(|t| (t.clone(), false))
+    }
+    fn rebuild(v: T) -> Option<T> {
+        Some(v)
+    }
+}
+
+impl<T: Clone> Shape<Option<T>> for SomeOrNone {
+    type Value = Option<T>;
+    fn cacheable(r: &Option<T>) -> Option<(Option<T>, bool)> {
+        Some((r.clone(), r.is_none()))
+    }
+    fn rebuild(v: Option<T>) -> Option<T> {
+        v
+    }
+}
+
+/// How a non-cached result reaches the callers that waited for it (single-flight).
+///
+/// ```
+/// use cache_runtime::Sharing;
+/// let s = Sharing::<Option<u8>>::absent();
+/// let shared = (s.share)(&None).unwrap();
+/// assert_eq!((s.unshare)(shared.as_ref()), Some(None));
+/// ```
+pub struct Sharing<R> {
+    /// Makes a shareable copy of a non-cached result, if possible.
+    pub share: fn(&R) -> Option<Box<dyn Any + Send>>,
+    /// Rebuilds a waiter's result from the shared copy.
+    pub unshare: fn(&(dyn Any + Send)) -> Option<R>,
+}
+
+impl<R> Sharing<R> {
+    /// Nothing is shared: waiters whose leader produced a non-cached result run the body.
+    pub fn none() -> Self {
+        Self {
+            share: |_| None,
+            unshare: |_| None,
+        }
+    }
+
+    /// From a pair of functions.
+    pub fn new(
+        share: fn(&R) -> Option<Box<dyn Any + Send>>,
+        unshare: fn(&(dyn Any + Send)) -> Option<R>,
+    ) -> Self {
+        Self { share, unshare }
+    }
+}
+
+impl<T> Sharing<Option<T>> {
+    /// A `None` is shared with every waiter.
+    pub fn absent() -> Self {
+        Self {
+            share: |r| r.is_none().then(|| Box::new(()) as Box<dyn Any + Send>),
+            unshare: |_| Some(None),
+        }
+    }
+}

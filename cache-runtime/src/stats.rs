@@ -1,0 +1,183 @@
+//! Per-cache counters and the process-wide registry of caches.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::Tier;
+
+/// Live counters of one cache. Cheap relaxed atomics; read them through [`Stats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub local_hits: AtomicU64,
+    pub redis_hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub coalesced: AtomicU64,
+    pub body_calls: AtomicU64,
+    pub body_nanos: AtomicU64,
+    pub populates: AtomicU64,
+    pub invalidations: AtomicU64,
+    pub decode_failures: AtomicU64,
+    pub redis_errors: AtomicU64,
+    pub oversize: AtomicU64,
+}
+
+impl Counters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Stats {
+        Stats {
+            local_hits: self.local_hits.load(Relaxed),
+            redis_hits: self.redis_hits.load(Relaxed),
+            misses: self.misses.load(Relaxed),
+            coalesced: self.coalesced.load(Relaxed),
+            body_calls: self.body_calls.load(Relaxed),
+            body_time: Duration::from_nanos(self.body_nanos.load(Relaxed)),
+            populates: self.populates.load(Relaxed),
+            invalidations: self.invalidations.load(Relaxed),
+            decode_failures: self.decode_failures.load(Relaxed),
+            redis_errors: self.redis_errors.load(Relaxed),
+            oversize: self.oversize.load(Relaxed),
+        }
+    }
+
+    pub fn reset(&self) {
+        for c in [
+            &self.local_hits,
+            &self.redis_hits,
+            &self.misses,
+            &self.coalesced,
+            &self.body_calls,
+            &self.body_nanos,
+            &self.populates,
+            &self.invalidations,
+            &self.decode_failures,
+            &self.redis_errors,
+            &self.oversize,
+        ] {
+            c.store(0, Relaxed);
+        }
+    }
+}
+
+/// A snapshot of one cache's counters.
+///
+/// ```
+/// use cache_runtime::Stats;
+/// let s = Stats { local_hits: 3, redis_hits: 1, misses: 1, body_calls: 1,
+///                 body_time: std::time::Duration::from_millis(20), ..Stats::default() };
+/// assert_eq!(s.hits(), 4);
+/// assert_eq!(s.hit_ratio(), 0.8);
+/// assert_eq!(s.estimated_time_saved(), std::time::Duration::from_millis(80));
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Calls answered by the in-process tier.
+    pub local_hits: u64,
+    /// Calls answered by Redis (the value was then promoted to the local tier).
+    pub redis_hits: u64,
+    /// Calls that found no usable value in any tier (each led to a body run or joined one).
+    pub misses: u64,
+    /// Misses that waited for a concurrent call's body instead of running their own.
+    pub coalesced: u64,
+    /// Times the original function body ran (misses, `refresh_*`).
+    pub body_calls: u64,
+    /// Total wall time spent in the body.
+    pub body_time: Duration,
+    /// Values written into the cache (after a body run, `populate_*`, `refresh_*`).
+    pub populates: u64,
+    /// Calls to `invalidate_*`.
+    pub invalidations: u64,
+    /// Values found in Redis that did not decode (corrupt, foreign, another type or version).
+    pub decode_failures: u64,
+    /// Redis operations that failed or timed out (each one fell back to the source).
+    pub redis_errors: u64,
+    /// Values not written to Redis because they exceeded `max_value_bytes`.
+    pub oversize: u64,
+}
+
+impl Stats {
+    /// Hits in any tier.
+    pub fn hits(&self) -> u64 {
+        self.local_hits + self.redis_hits
+    }
+
+    /// Hits / (hits + misses); 0 when the cache was never read.
+    pub fn hit_ratio(&self) -> f64 {
+        let total = self.hits() + self.misses;
+        if total == 0 {
+            0.0
+        } else {
+            self.hits() as f64 / total as f64
+        }
+    }
+
+    /// Mean duration of one body run.
+    pub fn avg_body_time(&self) -> Option<Duration> {
+        (self.body_calls > 0).then(|| self.body_time / self.body_calls as u32)
+    }
+
+    /// Hits × mean body time: what the source would have spent without the cache.
+    pub fn estimated_time_saved(&self) -> Duration {
+        self.avg_body_time().unwrap_or_default() * self.hits() as u32
+    }
+}
+
+/// Description of one cache in the process, as listed by [`caches`].
+#[derive(Debug, Clone)]
+pub struct CacheInfo {
+    /// The cache's name (`name = ".."`, default: module path + function).
+    pub name: String,
+    /// Its tiers.
+    pub tier: Tier,
+    /// The Redis TTL (or local TTL for a local cache).
+    pub ttl: Duration,
+    /// Its counters at the time of the call.
+    pub stats: Stats,
+}
+
+pub(crate) struct Registered {
+    pub name: String,
+    pub tier: Tier,
+    pub ttl: Duration,
+    pub counters: Arc<Counters>,
+}
+
+static REGISTRY: Mutex<Vec<Registered>> = Mutex::new(Vec::new());
+
+pub(crate) fn register(entry: Registered) {
+    REGISTRY
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(entry);
+}
+
+/// Every cache created so far in this process (a `#[cached]` cache is created on its first
+/// use), with a snapshot of its stats.
+///
+/// ```
+/// use cache_runtime::cached;
+///
+/// #[cached(ttl = 60)]
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// square(3);
+/// square(3);
+/// let info = cache_runtime::caches().into_iter().find(|c| c.name.ends_with("::square")).unwrap();
+/// assert_eq!(info.stats.local_hits, 1);
+/// ```
+pub fn caches() -> Vec<CacheInfo> {
+    REGISTRY
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|r| CacheInfo {
+            name: r.name.clone(),
+            tier: r.tier,
+            ttl: r.ttl,
+            stats: r.counters.snapshot(),
+        })
+        .collect()
+}
