@@ -1,1 +1,275 @@
-//! Redis test harness.
+//! Test harness: a real `redis-server` per test binary (or per test), on a free loopback port,
+//! that tests can kill, pause and restart.
+//!
+//! ```no_run
+//! let server = cache_tests::RedisServer::start();
+//! let mut raw = server.client();
+//! let _: () = redis::cmd("SET").arg("k").arg("v").query(&mut raw).unwrap();
+//! server.kill();
+//! server.restart();
+//! ```
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+const INSTALL_HINT: &str = "redis-server was not found on PATH. The tests need a real Redis: \
+install Debian's package with `apt-get install -y redis-server` (or run `bash .ci/run`, which does)";
+
+/// A `redis-server` process owned by the test. Killed when dropped and when the test process
+/// exits (even on a panic or abort: the child is tied to a keeper thread with PDEATHSIG).
+pub struct RedisServer {
+    port: u16,
+    dir: PathBuf,
+    child: Mutex<Option<Child>>,
+}
+
+impl RedisServer {
+    /// Starts a server on a free loopback port and waits until it answers `PING`.
+    /// Panics with an install hint when `redis-server` is missing.
+    pub fn start() -> Self {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("cache-tests-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create redis dir");
+        let server = Self {
+            port,
+            dir,
+            child: Mutex::new(None),
+        };
+        server.launch();
+        server
+    }
+
+    /// Starts a server on a given port (e.g. one that a test first used while nothing listened).
+    pub fn start_on(port: u16) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("cache-tests-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create redis dir");
+        let server = Self {
+            port,
+            dir,
+            child: Mutex::new(None),
+        };
+        server.launch();
+        server
+    }
+
+    fn launch(&self) {
+        let mut cmd = Command::new(redis_server_path());
+        cmd.args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--daemonize", "no"])
+            .args(["--protected-mode", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = spawn_tied_to_process(cmd);
+        *self.child.lock().unwrap() = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut c) = redis::Client::open(self.url())
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+            {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    return;
+                }
+            }
+            if let Some(child) = self.child.lock().unwrap().as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "redis-server on port {} exited at start: {status}",
+                        self.port
+                    );
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} did not answer PING within 10 s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// A raw (blocking) client, to check or tamper with what the cache wrote.
+    pub fn client(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .expect("connect to the test redis")
+    }
+
+    /// SIGKILL, and wait until the process is gone.
+    pub fn kill(&self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (after `kill`). Data is gone, as after a
+    /// crash of a Redis without persistence.
+    pub fn restart(&self) {
+        self.kill();
+        self.launch();
+    }
+
+    /// SIGSTOP: the server hangs, connections stay open.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self
+            .child
+            .lock()
+            .unwrap()
+            .as_ref()
+            .expect("server is running")
+            .id();
+        let ok = Command::new("kill")
+            .arg(sig)
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill {sig} {pid} failed");
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn redis_server_path() -> PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain([
+        "/usr/bin",
+        "/usr/sbin",
+        "/usr/local/bin",
+    ]) {
+        let p = PathBuf::from(dir).join("redis-server");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("{INSTALL_HINT}");
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
+/// PDEATHSIG fires when the *thread* that spawned the child exits, so children are spawned by
+/// one keeper thread that lives as long as the process.
+fn spawn_tied_to_process(cmd: Command) -> Child {
+    type Job = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static KEEPER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    let keeper = KEEPER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("redis-keeper".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+                    unsafe {
+                        cmd.pre_exec(|| {
+                            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                                return Err(std::io::Error::last_os_error());
+                            }
+                            Ok(())
+                        });
+                    }
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("spawn keeper thread");
+        Mutex::new(tx)
+    });
+    let (tx, rx) = mpsc::channel();
+    keeper
+        .lock()
+        .unwrap()
+        .send((cmd, tx))
+        .expect("keeper alive");
+    rx.recv()
+        .expect("keeper replied")
+        .unwrap_or_else(|e| panic!("cannot start redis-server: {e}. {INSTALL_HINT}"))
+}
+
+/// The process-wide server of a test binary, started on first use, with the cache runtime
+/// configured to use it (key prefix `t`, 200 ms timeout).
+pub fn shared_redis() -> &'static RedisServer {
+    static SERVER: OnceLock<RedisServer> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let server = RedisServer::start();
+        cache_runtime::init(
+            cache_runtime::Config::builder()
+                .redis_url(server.url())
+                .key_prefix("t")
+                .redis_timeout(Duration::from_millis(200))
+                .build(),
+        )
+        .expect("the cache runtime is configured by the harness only");
+        server
+    })
+}
+
+/// Polls `cond` until it holds (or panics after `within`). For conditions that have no event
+/// to await, such as a counter in another component reaching a value.
+pub async fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Blocking [`eventually`].
+pub fn eventually_blocking(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}

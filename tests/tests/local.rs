@@ -1,0 +1,526 @@
+//! The in-process tier, every option and generated item, without Redis.
+
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use cache_runtime::{cached, CacheError, Config};
+use cache_tests::{eventually, eventually_blocking};
+
+fn setup() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        cache_runtime::init(Config::builder().without_redis().build()).expect("first init");
+    });
+}
+
+static SQUARE_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = 60)]
+fn square(x: u64) -> u64 {
+    SQUARE_RUNS.fetch_add(1, SeqCst);
+    x * x
+}
+
+#[test]
+fn sync_hit_miss_and_generated_items() {
+    setup();
+    assert_eq!(square(3), 9);
+    assert_eq!(square(3), 9);
+    assert_eq!(square(4), 16);
+    assert_eq!(SQUARE_RUNS.load(SeqCst), 2);
+    let stats = square_cache().stats();
+    assert_eq!(
+        (stats.local_hits, stats.misses, stats.body_calls),
+        (1, 2, 2)
+    );
+
+    assert_eq!(lookup_square(3), Some(9));
+    assert_eq!(lookup_square(5), None);
+    invalidate_square(3).unwrap();
+    assert_eq!(lookup_square(3), None);
+    assert_eq!(square(3), 9);
+    assert_eq!(SQUARE_RUNS.load(SeqCst), 3);
+
+    populate_square(7, 1000).unwrap();
+    assert_eq!(
+        square(7),
+        1000,
+        "populate writes the value returned by later calls"
+    );
+    assert_eq!(refresh_square(7), 49);
+    assert_eq!(square(7), 49);
+    assert_eq!(square_uncached(8), 64);
+    assert_eq!(lookup_square(8), None, "_uncached does not touch the cache");
+
+    let name = square_cache().name().to_string();
+    assert!(name.ends_with("local::square"), "{name}");
+    let info = cache_runtime::caches()
+        .into_iter()
+        .find(|c| c.name == name)
+        .expect("registered");
+    assert_eq!(info.tier, cache_runtime::Tier::Local);
+    assert_eq!(info.ttl, Duration::from_secs(60));
+    assert!(info.stats.invalidations >= 1 && info.stats.populates >= 3);
+}
+
+static SHORT_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = "80ms", key = "short:<x>")]
+async fn short_lived(x: u32) -> u32 {
+    SHORT_RUNS.fetch_add(1, SeqCst);
+    x
+}
+
+#[tokio::test]
+async fn millisecond_ttl_expires() {
+    setup();
+    assert_eq!(short_lived(1).await, 1);
+    assert_eq!(short_lived(1).await, 1);
+    assert_eq!(SHORT_RUNS.load(SeqCst), 1);
+    assert_eq!(short_lived_cache().ttl(), Duration::from_millis(80));
+    // Time passing is what is under test here, not a synchronisation.
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(lookup_short_lived(1).await, None);
+    assert_eq!(short_lived(1).await, 1);
+    assert_eq!(SHORT_RUNS.load(SeqCst), 2);
+}
+
+static RESULT_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[derive(Debug, Clone, PartialEq)]
+struct DbError(String);
+
+#[cached(ttl = 60, key = "res:<id>")]
+async fn fallible(id: u32) -> Result<String, DbError> {
+    RESULT_RUNS.fetch_add(1, SeqCst);
+    if id == 0 {
+        Err(DbError("no such row".into()))
+    } else {
+        Ok(format!("row {id}"))
+    }
+}
+
+#[tokio::test]
+async fn result_caches_only_ok() {
+    setup();
+    assert_eq!(fallible(0).await, Err(DbError("no such row".into())));
+    assert_eq!(fallible(0).await, Err(DbError("no such row".into())));
+    assert_eq!(RESULT_RUNS.load(SeqCst), 2, "Err is never cached");
+    assert_eq!(lookup_fallible(0).await, None);
+    assert_eq!(fallible(5).await.unwrap(), "row 5");
+    assert_eq!(fallible(5).await.unwrap(), "row 5");
+    assert_eq!(RESULT_RUNS.load(SeqCst), 3);
+    assert_eq!(lookup_fallible(5).await.as_deref(), Some("row 5"));
+    populate_fallible(6, "given".into()).await.unwrap();
+    assert_eq!(fallible(6).await.unwrap(), "given");
+}
+
+static OPT_RUNS: AtomicUsize = AtomicUsize::new(0);
+static NEG_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = 60, key = "opt:<id>")]
+fn maybe(id: u32) -> Option<u32> {
+    OPT_RUNS.fetch_add(1, SeqCst);
+    (id % 2 == 0).then_some(id)
+}
+
+#[cached(ttl = 60, key = "neg:<id>", cache_none = true, none_ttl = "60ms")]
+fn maybe_negative(id: u32) -> Option<u32> {
+    NEG_RUNS.fetch_add(1, SeqCst);
+    (id % 2 == 0).then_some(id)
+}
+
+#[test]
+fn option_caches_some_and_none_only_when_asked() {
+    setup();
+    assert_eq!(maybe(1), None);
+    assert_eq!(maybe(1), None);
+    assert_eq!(OPT_RUNS.load(SeqCst), 2, "None is not cached by default");
+    assert_eq!(maybe(2), Some(2));
+    assert_eq!(maybe(2), Some(2));
+    assert_eq!(OPT_RUNS.load(SeqCst), 3);
+
+    assert_eq!(maybe_negative(1), None);
+    assert_eq!(maybe_negative(1), None);
+    assert_eq!(NEG_RUNS.load(SeqCst), 1, "None is cached with cache_none");
+    assert_eq!(lookup_maybe_negative(1), Some(None));
+    assert_eq!(maybe_negative(2), Some(2));
+    // The negative entry expires after none_ttl; the positive one (ttl 60 s) stays.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(lookup_maybe_negative(1), None);
+    assert_eq!(lookup_maybe_negative(2), Some(Some(2)));
+    populate_maybe_negative(3, None).unwrap();
+    assert_eq!(maybe_negative(3), None);
+    assert_eq!(NEG_RUNS.load(SeqCst), 2);
+}
+
+#[derive(Debug, Clone)]
+struct User {
+    id: u64,
+    name: String,
+}
+
+struct Repo {
+    tenant: String,
+    runs: AtomicUsize,
+}
+
+impl Repo {
+    #[cached(ttl = 60, key = "t:<self.tenant>:user:<user.id>")]
+    fn greeting(&self, user: &User) -> String {
+        self.runs.fetch_add(1, SeqCst);
+        format!("{}@{}", user.name, self.tenant)
+    }
+
+    #[cached(ttl = 60, key = "shared:<id>", skip(self))]
+    async fn shared_by_all_instances(&self, id: u64) -> String {
+        self.runs.fetch_add(1, SeqCst);
+        format!("{id} via {}", self.tenant)
+    }
+}
+
+#[tokio::test]
+async fn methods_key_on_self_fields_and_param_fields() {
+    setup();
+    let a = Repo {
+        tenant: "a".into(),
+        runs: AtomicUsize::new(0),
+    };
+    let b = Repo {
+        tenant: "b".into(),
+        runs: AtomicUsize::new(0),
+    };
+    let ada = User {
+        id: 1,
+        name: "ada".into(),
+    };
+    let ada_renamed = User {
+        id: 1,
+        name: "ADA".into(),
+    };
+    assert_eq!(a.greeting(&ada), "ada@a");
+    assert_eq!(
+        a.greeting(&ada_renamed),
+        "ada@a",
+        "only user.id is in the key"
+    );
+    assert_eq!(b.greeting(&ada), "ada@b", "tenant is in the key");
+    assert_eq!(a.runs.load(SeqCst), 1);
+    assert_eq!(b.runs.load(SeqCst), 1);
+    a.invalidate_greeting(&ada).unwrap();
+    assert_eq!(a.lookup_greeting(&ada), None);
+    assert_eq!(b.lookup_greeting(&ada).as_deref(), Some("ada@b"));
+    assert!(Repo::greeting_cache().name().ends_with("Repo::greeting"));
+
+    assert_eq!(a.shared_by_all_instances(9).await, "9 via a");
+    assert_eq!(
+        b.shared_by_all_instances(9).await,
+        "9 via a",
+        "skip(self) shares entries"
+    );
+    assert_eq!(b.runs.load(SeqCst), 1);
+}
+
+static SKIP_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+struct Pool;
+
+#[cached(ttl = 60, key = "skip:<id>", skip(pool, trace))]
+fn with_pool(pool: &Pool, id: u32, trace: bool) -> u32 {
+    let _ = (pool, trace);
+    SKIP_RUNS.fetch_add(1, SeqCst);
+    id
+}
+
+#[test]
+fn skipped_parameters_are_not_in_the_key() {
+    setup();
+    assert_eq!(with_pool(&Pool, 1, true), 1);
+    assert_eq!(with_pool(&Pool, 1, false), 1);
+    assert_eq!(SKIP_RUNS.load(SeqCst), 1);
+    // Companions take only the key parameters.
+    invalidate_with_pool(1).unwrap();
+    assert_eq!(lookup_with_pool(1), None);
+}
+
+static PAIR_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = 60, key = "pair:<a>:<b>")]
+fn pair(a: String, b: String) -> String {
+    PAIR_RUNS.fetch_add(1, SeqCst);
+    format!("{a}|{b}")
+}
+
+static DEFAULT_KEY_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = 60)]
+fn default_key(a: &str, b: Option<&str>, c: Vec<u8>) -> String {
+    DEFAULT_KEY_RUNS.fetch_add(1, SeqCst);
+    format!("{a}/{b:?}/{c:?}")
+}
+
+#[test]
+fn colliding_looking_arguments_get_distinct_entries() {
+    setup();
+    let tuples = [
+        ("1:2", "3"),
+        ("1", "2:3"),
+        ("1%3A2", "3"),
+        ("", "1:2:3"),
+        ("1:2:3", ""),
+    ];
+    for (a, b) in tuples {
+        assert_eq!(pair(a.into(), b.into()), format!("{a}|{b}"));
+    }
+    assert_eq!(PAIR_RUNS.load(SeqCst), tuples.len());
+    for (a, b) in tuples {
+        assert_eq!(lookup_pair(a.into(), b.into()), Some(format!("{a}|{b}")));
+    }
+
+    let calls: [(&str, Option<&str>, Vec<u8>); 6] = [
+        ("a", None, vec![]),
+        ("a", Some(""), vec![]),
+        ("a", Some("%N"), vec![]),
+        ("a:%N", None, vec![]),
+        ("a", None, vec![1, 2]),
+        ("a", None, vec![12]),
+    ];
+    for (a, b, c) in &calls {
+        assert_eq!(default_key(a, *b, c.clone()), format!("{a}/{b:?}/{c:?}"));
+    }
+    assert_eq!(DEFAULT_KEY_RUNS.load(SeqCst), calls.len());
+}
+
+static CONCURRENT_RUNS: AtomicUsize = AtomicUsize::new(0);
+static GATE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+#[cached(ttl = 60, key = "hot:<id>")]
+async fn hot(id: u32) -> u32 {
+    CONCURRENT_RUNS.fetch_add(1, SeqCst);
+    GATE.notified().await;
+    id * 10
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_concurrent_misses_run_the_body_once() {
+    setup();
+    let tasks: Vec<_> = (0..500).map(|_| tokio::spawn(hot(7))).collect();
+    // Every caller but the leader is parked on the flight before the body may finish.
+    eventually(Duration::from_secs(10), "499 coalesced waiters", || {
+        hot_cache().stats().coalesced == 499
+    })
+    .await;
+    eventually(Duration::from_secs(10), "leader in the body", || {
+        CONCURRENT_RUNS.load(SeqCst) == 1
+    })
+    .await;
+    GATE.notify_waiters();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 70);
+    }
+    assert_eq!(CONCURRENT_RUNS.load(SeqCst), 1);
+    assert_eq!(hot_cache().stats().body_calls, 1);
+}
+
+static PANIC_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = 60, key = "panicky:<id>")]
+async fn panicky(id: u32) -> u32 {
+    if PANIC_RUNS.fetch_add(1, SeqCst) == 0 {
+        eventually(Duration::from_secs(10), "9 waiters", || {
+            panicky_cache().stats().coalesced == 9
+        })
+        .await;
+        panic!("leader fails");
+    }
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_leader_does_not_wedge_waiters() {
+    setup();
+    let tasks: Vec<_> = (0..10).map(|_| tokio::spawn(panicky(3))).collect();
+    let mut ok = 0;
+    let mut panicked = 0;
+    for t in tasks {
+        match t.await {
+            Ok(v) => {
+                assert_eq!(v, 3);
+                ok += 1;
+            }
+            Err(e) => {
+                assert!(e.is_panic());
+                panicked += 1;
+            }
+        }
+    }
+    assert_eq!((ok, panicked), (9, 1));
+    assert_eq!(PANIC_RUNS.load(SeqCst), 2, "one waiter took over, once");
+}
+
+static CANCEL_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = 60, key = "cancel:<id>")]
+async fn cancellable(id: u32) -> u32 {
+    if CANCEL_RUNS.fetch_add(1, SeqCst) == 0 {
+        std::future::pending::<()>().await;
+    }
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_leader_does_not_wedge_waiters() {
+    setup();
+    let leader = tokio::spawn(cancellable(4));
+    eventually(Duration::from_secs(10), "leader in the body", || {
+        CANCEL_RUNS.load(SeqCst) == 1
+    })
+    .await;
+    let waiters: Vec<_> = (0..5).map(|_| tokio::spawn(cancellable(4))).collect();
+    eventually(Duration::from_secs(10), "5 waiters", || {
+        cancellable_cache().stats().coalesced == 5
+    })
+    .await;
+    leader.abort();
+    assert!(leader.await.unwrap_err().is_cancelled());
+    for w in waiters {
+        assert_eq!(w.await.unwrap(), 4);
+    }
+    assert_eq!(CANCEL_RUNS.load(SeqCst), 2);
+}
+
+static ERR_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = 60, key = "err:<id>")]
+async fn shared_error(id: u32) -> Result<u32, DbError> {
+    ERR_RUNS.fetch_add(1, SeqCst);
+    eventually(Duration::from_secs(10), "7 waiters", || {
+        shared_error_cache().stats().coalesced == 7
+    })
+    .await;
+    Err(DbError(format!("down {id}")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_reaches_every_waiter_and_is_not_cached() {
+    setup();
+    let tasks: Vec<_> = (0..8).map(|_| tokio::spawn(shared_error(1))).collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), Err(DbError("down 1".into())));
+    }
+    assert_eq!(ERR_RUNS.load(SeqCst), 1);
+    assert_eq!(lookup_shared_error(1).await, None);
+}
+
+/// An error that cannot be cloned: waiters cannot receive a copy, so each runs the body.
+#[derive(Debug)]
+struct OpaqueError;
+
+static OPAQUE_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = 60, key = "opaque:<id>")]
+async fn opaque(id: u32) -> Result<u32, OpaqueError> {
+    let _ = id;
+    if OPAQUE_RUNS.fetch_add(1, SeqCst) == 0 {
+        eventually(Duration::from_secs(10), "3 waiters", || {
+            opaque_cache().stats().coalesced == 3
+        })
+        .await;
+    }
+    Err(OpaqueError)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_clone_error_makes_waiters_run_the_body() {
+    setup();
+    let tasks: Vec<_> = (0..4).map(|_| tokio::spawn(opaque(1))).collect();
+    for t in tasks {
+        assert!(t.await.unwrap().is_err());
+    }
+    assert_eq!(OPAQUE_RUNS.load(SeqCst), 4);
+}
+
+static THREAD_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = 60, key = "threads:<id>")]
+fn blocking_hot(id: u32) -> u32 {
+    THREAD_RUNS.fetch_add(1, SeqCst);
+    eventually_blocking(Duration::from_secs(10), "7 waiting threads", || {
+        blocking_hot_cache().stats().coalesced == 7
+    });
+    id + 1
+}
+
+#[test]
+fn concurrent_sync_misses_run_the_body_once() {
+    setup();
+    let threads: Vec<_> = (0..8)
+        .map(|_| std::thread::spawn(|| blocking_hot(41)))
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), 42);
+    }
+    assert_eq!(THREAD_RUNS.load(SeqCst), 1);
+}
+
+#[cached(ttl = 60, key = "fib:<n>")]
+fn fib(n: u64) -> u64 {
+    if n < 2 {
+        n
+    } else {
+        fib(n - 1) + fib(n - 2)
+    }
+}
+
+#[test]
+fn recursive_sync_functions_work() {
+    setup();
+    assert_eq!(fib(80), 23_416_728_348_467_685);
+    assert_eq!(fib_cache().stats().body_calls, 81);
+}
+
+#[cached(ttl = 60, key = "cap:<id>", capacity = 16)]
+fn bounded(id: u32) -> u32 {
+    id
+}
+
+#[test]
+fn capacity_bounds_the_local_tier() {
+    setup();
+    for i in 0..2_000 {
+        bounded(i);
+    }
+    let n = bounded_cache().local_entry_count();
+    assert!(n <= 16, "{n} entries in a capacity-16 cache");
+}
+
+#[cached(ttl = 60, key = "arc:<id>")]
+fn shared_value(id: u32) -> Arc<Vec<u32>> {
+    Arc::new(vec![id; 3])
+}
+
+#[test]
+fn arc_values_are_shared_not_copied() {
+    setup();
+    let a = shared_value(1);
+    let b = shared_value(1);
+    assert!(Arc::ptr_eq(&a, &b));
+}
+
+#[cached(ttl = 60)]
+fn cube(x: u64) -> u64 {
+    x * x * x
+}
+
+#[test]
+fn local_invalidate_reports_ok_and_clear_local_drops_everything() {
+    setup();
+    cube(100);
+    cube(101);
+    let r: Result<(), CacheError> = invalidate_cube(100);
+    assert_eq!(r, Ok(()));
+    assert_eq!(lookup_cube(101), Some(1_030_301));
+    cube_cache().clear_local();
+    assert_eq!(lookup_cube(101), None);
+}
