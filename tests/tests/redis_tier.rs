@@ -1,0 +1,372 @@
+//! The Redis tier against a real redis-server started by the harness.
+
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::time::Duration;
+
+use cache_runtime::codec::{self, DecodeError};
+use cache_runtime::{cached, CacheError};
+use cache_tests::shared_redis;
+use redis::Commands;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Profile {
+    id: u64,
+    name: String,
+}
+
+fn raw() -> redis::Connection {
+    shared_redis().client()
+}
+
+fn profile(id: u64) -> Profile {
+    Profile {
+        id,
+        name: format!("user {id}"),
+    }
+}
+
+static REDIS_ONLY_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(tier = "redis", ttl = "1500ms", key = "user:profile:<id>")]
+async fn redis_only(id: u64) -> Result<Profile, String> {
+    REDIS_ONLY_RUNS.fetch_add(1, SeqCst);
+    Ok(profile(id))
+}
+
+#[tokio::test]
+async fn redis_tier_writes_with_px_and_reads_back() {
+    shared_redis();
+    assert!(redis_only_cache().redis_active());
+    assert_eq!(redis_only(1).await.unwrap(), profile(1));
+    // The documented key layout: prefix, wire version, schema version, template.
+    let key = "t:w1:v1:user:profile:1";
+    let bytes: Vec<u8> = raw().get(key).unwrap();
+    let fp = codec::fingerprint(std::any::type_name::<Profile>(), 1);
+    assert_eq!(
+        codec::decode::<Profile>(&bytes, fp, 1 << 20).unwrap().value,
+        profile(1)
+    );
+    let pttl: i64 = raw().pttl(key).unwrap();
+    assert!(pttl > 0 && pttl <= 1500, "PX in milliseconds, got {pttl}");
+
+    assert_eq!(redis_only(1).await.unwrap(), profile(1));
+    assert_eq!(REDIS_ONLY_RUNS.load(SeqCst), 1);
+    let s = redis_only_cache().stats();
+    assert_eq!((s.redis_hits, s.local_hits, s.redis_errors), (1, 0, 0));
+}
+
+static SHORT_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(tier = "redis", ttl = "250ms", key = "short:<id>")]
+fn short_redis(id: u64) -> u64 {
+    SHORT_RUNS.fetch_add(1, SeqCst);
+    id
+}
+
+#[test]
+fn sub_second_ttl_is_kept_in_milliseconds() {
+    shared_redis();
+    assert_eq!(short_redis(5), 5);
+    let pttl: i64 = raw().pttl("t:w1:v1:short:5").unwrap();
+    assert!(pttl > 0 && pttl <= 250, "got {pttl}");
+    assert_eq!(short_redis(5), 5);
+    assert_eq!(SHORT_RUNS.load(SeqCst), 1);
+    // Time passing is what is under test.
+    std::thread::sleep(Duration::from_millis(300));
+    let exists: bool = raw().exists("t:w1:v1:short:5").unwrap();
+    assert!(!exists);
+    assert_eq!(short_redis(5), 5);
+    assert_eq!(SHORT_RUNS.load(SeqCst), 2);
+}
+
+static TWO_TIER_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(tier = "local+redis", ttl = 60, key = "two:<id>")]
+async fn two_tier(id: u64) -> Profile {
+    TWO_TIER_RUNS.fetch_add(1, SeqCst);
+    profile(id)
+}
+
+/// Another function over the same keys and type: stands in for another process.
+#[cached(tier = "local+redis", ttl = 60, key = "two:<id>")]
+async fn two_tier_elsewhere(id: u64) -> Profile {
+    let _ = id;
+    unreachable!("served from Redis")
+}
+
+#[tokio::test]
+async fn local_miss_falls_through_to_redis_and_promotes() {
+    shared_redis();
+    assert_eq!(two_tier(1).await, profile(1));
+    assert_eq!(two_tier_elsewhere(1).await, profile(1));
+    assert_eq!(two_tier_elsewhere(1).await, profile(1));
+    let s = two_tier_elsewhere_cache().stats();
+    assert_eq!(
+        (s.redis_hits, s.local_hits, s.body_calls),
+        (1, 1, 0),
+        "promoted after the Redis hit"
+    );
+
+    two_tier_cache().clear_local();
+    assert_eq!(two_tier(1).await, profile(1));
+    assert_eq!(two_tier_cache().stats().redis_hits, 1);
+    assert_eq!(TWO_TIER_RUNS.load(SeqCst), 1);
+    assert_eq!(
+        two_tier_cache().local_ttl(),
+        Duration::from_secs(30),
+        "default local_ttl is min(ttl, 30s)"
+    );
+}
+
+static WRITE_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(tier = "local+redis", ttl = 60, key = "write:<id>")]
+async fn written(id: u64) -> Profile {
+    WRITE_RUNS.fetch_add(1, SeqCst);
+    profile(id)
+}
+
+/// Same keys and type as `written`: stands in for another process.
+#[cached(tier = "local+redis", ttl = 60, key = "write:<id>")]
+async fn written_elsewhere(id: u64) -> Profile {
+    let _ = id;
+    unreachable!("served from Redis")
+}
+
+#[tokio::test]
+async fn invalidate_clears_both_tiers_and_populate_writes_both() {
+    shared_redis();
+    let key = "t:w1:v1:write:2";
+    assert_eq!(written(2).await, profile(2));
+    assert!(raw().exists::<_, bool>(key).unwrap());
+    invalidate_written(2).await.expect("redis confirmed");
+    assert!(!raw().exists::<_, bool>(key).unwrap());
+    assert_eq!(lookup_written(2).await, None);
+    assert_eq!(lookup_written_elsewhere(2).await, None);
+
+    let updated = Profile {
+        id: 2,
+        name: "renamed".into(),
+    };
+    populate_written(2, updated.clone())
+        .await
+        .expect("redis took it");
+    assert_eq!(written(2).await, updated, "served locally");
+    assert_eq!(written_elsewhere(2).await, updated, "served from Redis");
+    let bytes: Vec<u8> = raw().get(key).unwrap();
+    assert_eq!(&bytes[..3], b"CR\x01");
+
+    assert_eq!(refresh_written(2).await, profile(2));
+    written_elsewhere_cache().clear_local();
+    assert_eq!(
+        written_elsewhere(2).await,
+        profile(2),
+        "refresh wrote Redis"
+    );
+}
+
+static PROMOTED_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(tier = "local+redis", ttl = 60, local_ttl = 30, key = "promoted:<id>")]
+async fn promoted(id: u64) -> u64 {
+    PROMOTED_RUNS.fetch_add(1, SeqCst);
+    id
+}
+
+#[tokio::test]
+async fn a_local_copy_never_outlives_the_redis_copy() {
+    shared_redis();
+    let key = "t:w1:v1:promoted:1";
+    assert_eq!(promoted(1).await, 1);
+    promoted_cache().clear_local();
+    // Redis now holds the value for only 150 ms more; the promoted copy must not last longer.
+    let _: bool = raw().pexpire(key, 150).unwrap();
+    assert_eq!(promoted(1).await, 1);
+    assert_eq!(promoted_cache().stats().redis_hits, 1);
+    assert_eq!(
+        lookup_promoted(1).await,
+        Some(1),
+        "promoted to the local tier"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        lookup_promoted(1).await,
+        None,
+        "local copy expired with the Redis copy"
+    );
+    assert_eq!(promoted(1).await, 1);
+    assert_eq!(PROMOTED_RUNS.load(SeqCst), 2);
+}
+
+static V1_RUNS: AtomicUsize = AtomicUsize::new(0);
+static V2_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(tier = "redis", ttl = 60, key = "schema:<id>", version = 1)]
+fn schema_v1(id: u64) -> (u64, u64) {
+    V1_RUNS.fetch_add(1, SeqCst);
+    (id, 1)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct SchemaV2 {
+    id: u64,
+    extra: String,
+}
+
+#[cached(tier = "redis", ttl = 60, key = "schema:<id>", version = 2)]
+fn schema_v2(id: u64) -> SchemaV2 {
+    V2_RUNS.fetch_add(1, SeqCst);
+    SchemaV2 {
+        id,
+        extra: "new".into(),
+    }
+}
+
+#[test]
+fn a_schema_version_bump_never_reads_old_bytes() {
+    shared_redis();
+    assert_eq!(schema_v1(1), (1, 1));
+    assert_eq!(schema_v2(1).extra, "new");
+    assert_eq!(V2_RUNS.load(SeqCst), 1, "v2 does not read v1's entry");
+    assert!(raw().exists::<_, bool>("t:w1:v1:schema:1").unwrap());
+    assert!(raw().exists::<_, bool>("t:w1:v2:schema:1").unwrap());
+    // Even v1 bytes copied under v2's key are rejected (type fingerprint), not misread.
+    let old: Vec<u8> = raw().get("t:w1:v1:schema:1").unwrap();
+    let _: () = raw().set("t:w1:v2:schema:1", old).unwrap();
+    let before = schema_v2_cache().stats().decode_failures;
+    assert_eq!(schema_v2(1).extra, "new");
+    assert_eq!(schema_v2_cache().stats().decode_failures, before + 1);
+    assert_eq!(V2_RUNS.load(SeqCst), 2);
+    assert_eq!(schema_v1(1), (1, 1));
+    assert_eq!(V1_RUNS.load(SeqCst), 1, "v1 still reads its own entry");
+}
+
+static CORRUPT_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(tier = "local+redis", ttl = 60, key = "corrupt:<id>")]
+async fn corruptible(id: u64) -> Profile {
+    CORRUPT_RUNS.fetch_add(1, SeqCst);
+    profile(id)
+}
+
+#[tokio::test]
+async fn corrupt_foreign_and_wrongly_typed_values_are_misses() {
+    shared_redis();
+    let fp = codec::fingerprint(std::any::type_name::<Profile>(), 1);
+    let good = codec::encode(&profile(1), fp, Duration::from_secs(60)).unwrap();
+    let mut flipped = good.clone();
+    *flipped.last_mut().unwrap() ^= 0x40;
+    let foreign = codec::encode(
+        &"a string".to_string(),
+        codec::fingerprint("alloc::string::String", 1),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let bad_values: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", b"not an envelope at all".to_vec()),
+        ("truncated", good[..good.len() - 3].to_vec()),
+        ("bit flip", flipped),
+        ("another type", foreign),
+        ("json", br#"{"id":1,"name":"user 1"}"#.to_vec()),
+        ("empty", Vec::new()),
+    ];
+    let key = "t:w1:v1:corrupt:1";
+    for (i, (what, bytes)) in bad_values.iter().enumerate() {
+        let _: () = raw().set(key, bytes).unwrap();
+        corruptible_cache().clear_local();
+        assert_eq!(corruptible(1).await, profile(1), "{what}");
+        assert_eq!(
+            corruptible_cache().stats().decode_failures,
+            i as u64 + 1,
+            "{what}"
+        );
+        assert_eq!(CORRUPT_RUNS.load(SeqCst), i + 1, "{what}: the body ran");
+        let now: Vec<u8> = raw().get(key).unwrap();
+        assert_eq!(
+            codec::decode::<Profile>(&now, fp, 1 << 20).map(|d| d.value),
+            Ok(profile(1)),
+            "{what}: overwritten"
+        );
+    }
+
+    // A key of another Redis type (a hash) is a miss too, and the populate replaces it.
+    let _: () = raw().del(key).unwrap();
+    let _: () = raw().hset(key, "field", "value").unwrap();
+    corruptible_cache().clear_local();
+    assert_eq!(corruptible(1).await, profile(1));
+    assert_eq!(
+        corruptible_cache().stats().decode_failures,
+        bad_values.len() as u64 + 1
+    );
+    let kind: String = redis::cmd("TYPE").arg(key).query(&mut raw()).unwrap();
+    assert_eq!(kind, "string");
+    assert_eq!(corruptible_cache().stats().redis_errors, 0);
+}
+
+#[test]
+fn decode_errors_name_the_problem() {
+    let fp = codec::fingerprint("x", 1);
+    assert_eq!(
+        codec::decode::<u8>(b"CR\x02\x00", fp, 10),
+        Err(DecodeError::Length)
+    );
+}
+
+#[cached(tier = "local+redis", ttl = 60, key = "big:<id>")]
+fn big(id: u64) -> Vec<u8> {
+    vec![id as u8; 2 << 20]
+}
+
+#[test]
+fn values_over_the_cap_stay_local_and_are_counted() {
+    shared_redis();
+    assert_eq!(big(1).len(), 2 << 20);
+    assert!(!raw().exists::<_, bool>("t:w1:v1:big:1").unwrap());
+    assert_eq!(big_cache().stats().oversize, 1);
+    assert_eq!(big(1).len(), 2 << 20);
+    assert_eq!(big_cache().stats().local_hits, 1);
+    match populate_big(2, vec![0; 2 << 20]) {
+        Err(CacheError::TooLarge { size, limit }) => assert!(size > limit && limit == 1 << 20),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert_eq!(
+        lookup_big(2).map(|v| v.len()),
+        Some(2 << 20),
+        "still cached locally"
+    );
+}
+
+struct Catalog {
+    shop: String,
+}
+
+impl Catalog {
+    #[cached(tier = "local+redis", ttl = 60, key = "shop:<self.shop>:item:<sku>")]
+    fn price(&self, sku: &str) -> u64 {
+        sku.len() as u64 * 100
+    }
+}
+
+#[test]
+fn sync_methods_use_redis_too() {
+    shared_redis();
+    let c = Catalog {
+        shop: "eu/north".into(),
+    };
+    assert_eq!(c.price("abc"), 300);
+    // `/` is a separator, so it is escaped inside the value.
+    assert!(raw()
+        .exists::<_, bool>("t:w1:v1:shop:eu%2Fnorth:item:abc")
+        .unwrap());
+    c.invalidate_price("abc").unwrap();
+    assert!(!raw()
+        .exists::<_, bool>("t:w1:v1:shop:eu%2Fnorth:item:abc")
+        .unwrap());
+}
+
+#[tokio::test]
+async fn health_check_reports_a_reachable_redis() {
+    shared_redis();
+    cache_runtime::health_check().await.expect("PING");
+}
