@@ -105,7 +105,16 @@ impl RedisTier {
         let task = self.handle.spawn(async move {
             let res = tokio::time::timeout(timeout, async {
                 let conn = Shared::connection(&shared).await?;
-                op(conn).await.map_err(classify)
+                op(conn).await.map_err(|e| {
+                    let lost = is_connection_lost(&e);
+                    let e = classify(e);
+                    if lost {
+                        // Fail fast from now on instead of every caller waiting for the
+                        // manager's own reconnect attempts; reconnect in the background.
+                        shared.connection_lost(&e);
+                    }
+                    e
+                })
             })
             .await
             .unwrap_or(Err(CacheError::Timeout(timeout)));
@@ -233,6 +242,13 @@ impl Shared {
         let _ = done.send(true);
     }
 
+    fn connection_lost(&self, error: &CacheError) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if matches!(*state, ConnState::Ready(_)) {
+            *state = self.failed(0, error.to_string());
+        }
+    }
+
     fn failed(&self, failures: u32, error: String) -> ConnState {
         let backoff = Duration::from_millis(100 << failures.min(4)).min(Duration::from_secs(1));
         self.log.warn(&CacheError::Unavailable(error.clone()));
@@ -244,10 +260,14 @@ impl Shared {
     }
 }
 
+fn is_connection_lost(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
+}
+
 fn classify(e: RedisError) -> CacheError {
     if e.is_timeout() {
         CacheError::Unavailable(format!("timeout: {e}"))
-    } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+    } else if is_connection_lost(&e) {
         CacheError::Unavailable(redact(&e.to_string()))
     } else {
         CacheError::Redis(redact(&e.to_string()))
