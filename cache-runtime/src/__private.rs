@@ -96,7 +96,9 @@ mod tests {
 
     struct NotClone;
 
+    // The explicit borrows select the impl (autoref specialisation); they are not needless.
     #[test]
+    #[allow(clippy::needless_borrow)]
     fn specialisation_picks_clone_when_available() {
         let e = String::from("boom");
         let shared = (&Probe(&e)).share().expect("String is Clone");

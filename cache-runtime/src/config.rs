@@ -49,8 +49,10 @@ impl Config {
 
     /// The defaults plus `REDIS_URL` (and `CACHE_KEY_PREFIX`) from the environment.
     pub fn from_env() -> Self {
-        let mut c = Config::default();
-        c.redis_url = std::env::var("REDIS_URL").ok().filter(|s| !s.is_empty());
+        let mut c = Config {
+            redis_url: std::env::var("REDIS_URL").ok().filter(|s| !s.is_empty()),
+            ..Config::default()
+        };
         if let Ok(p) = std::env::var("CACHE_KEY_PREFIX") {
             if !p.is_empty() {
                 c.key_prefix = p;

@@ -303,7 +303,7 @@ mod tests {
             Some(Some("%N".into())),
             Some(Some("%S".into())),
         ];
-        let set: HashSet<_> = values.iter().map(|v| enc(v)).collect();
+        let set: HashSet<_> = values.iter().map(enc).collect();
         assert_eq!(set.len(), values.len(), "{set:?}");
     }
 

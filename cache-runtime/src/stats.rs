@@ -66,11 +66,12 @@ impl Counters {
 ///
 /// ```
 /// use cache_runtime::Stats;
-/// let s = Stats { local_hits: 3, redis_hits: 1, misses: 1, body_calls: 1,
+/// let s = Stats { local_hits: 3, redis_hits: 1, misses: 4, coalesced: 3, body_calls: 1,
 ///                 body_time: std::time::Duration::from_millis(20), ..Stats::default() };
 /// assert_eq!(s.hits(), 4);
-/// assert_eq!(s.hit_ratio(), 0.8);
-/// assert_eq!(s.estimated_time_saved(), std::time::Duration::from_millis(80));
+/// assert_eq!(s.hit_ratio(), 0.5);
+/// assert_eq!(s.offload_ratio(), 7.0 / 8.0);
+/// assert_eq!(s.estimated_time_saved(), std::time::Duration::from_millis(140));
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -116,12 +117,30 @@ impl Stats {
 
     /// Mean duration of one body run.
     pub fn avg_body_time(&self) -> Option<Duration> {
-        (self.body_calls > 0).then(|| self.body_time / self.body_calls as u32)
+        (self.body_calls > 0)
+            .then(|| self.body_time / self.body_calls.min(u64::from(u32::MAX)) as u32)
     }
 
-    /// Hits × mean body time: what the source would have spent without the cache.
+    /// Reads of the cache: hits plus misses (`refresh_*` and `populate_*` are not reads).
+    pub fn calls(&self) -> u64 {
+        self.hits() + self.misses
+    }
+
+    /// Fraction of reads that did not reach the source: hits, and misses that shared another
+    /// call's body run. What the cache spares the database; 0 when never read.
+    pub fn offload_ratio(&self) -> f64 {
+        if self.calls() == 0 {
+            0.0
+        } else {
+            (self.hits() + self.coalesced) as f64 / self.calls() as f64
+        }
+    }
+
+    /// Calls that did not run the body × mean body time: what the source would have spent
+    /// without the cache.
     pub fn estimated_time_saved(&self) -> Duration {
-        self.avg_body_time().unwrap_or_default() * self.hits() as u32
+        let spared = (self.hits() + self.coalesced).min(u64::from(u32::MAX)) as u32;
+        self.avg_body_time().unwrap_or_default() * spared
     }
 }
 
