@@ -12,8 +12,19 @@ pub use crate::shape::{OkOnly, Plain, SomeOnly, SomeOrNone};
     label = "every cache hit returns a clone of this value",
     note = "wrap it in `std::sync::Arc<...>` to share it cheaply, or derive `Clone`"
 )]
-pub trait CacheValue: Clone + Send + Sync + 'static {}
-impl<T: Clone + Send + Sync + 'static> CacheValue for T {}
+pub trait CacheValue: Clone + Send + Sync + 'static {
+    /// `Cache<Self>`. Generated code names its cache and builder through these projections:
+    /// when the bound does not hold, each is one error at the value type and an error type
+    /// that silences the follow-up "method exists but its trait bounds were not satisfied"
+    /// errors of every generated function.
+    type Cache;
+    /// `CacheBuilder<Self>`.
+    type Builder;
+}
+impl<T: Clone + Send + Sync + 'static> CacheValue for T {
+    type Cache = crate::Cache<T>;
+    type Builder = crate::CacheBuilder<T>;
+}
 
 /// Marks a type the macro needs to store in Redis.
 #[diagnostic::on_unimplemented(
@@ -23,6 +34,35 @@ impl<T: Clone + Send + Sync + 'static> CacheValue for T {}
 )]
 pub trait RedisValue: serde::Serialize + serde::de::DeserializeOwned {}
 impl<T: serde::Serialize + serde::de::DeserializeOwned> RedisValue for T {}
+
+/// First half of the Redis check (`Serialize`), as a projection: see [`CacheValue::Cache`].
+/// The two halves are chained so that a type missing both derives gets one error, not two.
+#[diagnostic::on_unimplemented(
+    message = "the cached value type `{Self}` must be `serde::Serialize + serde::de::DeserializeOwned` to use a Redis tier",
+    label = "this value is stored in Redis",
+    note = "add `#[derive(serde::Serialize, serde::Deserialize)]`, or use `tier = \"local\"`"
+)]
+pub trait RedisSerialize {
+    /// `Self`.
+    type Checked;
+}
+impl<T: serde::Serialize> RedisSerialize for T {
+    type Checked = T;
+}
+
+/// Second half of the Redis check (`DeserializeOwned`).
+#[diagnostic::on_unimplemented(
+    message = "the cached value type `{Self}` must be `serde::Serialize + serde::de::DeserializeOwned` to use a Redis tier",
+    label = "this value is stored in Redis",
+    note = "add `#[derive(serde::Deserialize)]`, or use `tier = \"local\"`"
+)]
+pub trait RedisDeserialize {
+    /// `CacheBuilder<Self>`.
+    type Builder;
+}
+impl<T: serde::de::DeserializeOwned> RedisDeserialize for T {
+    type Builder = crate::CacheBuilder<T>;
+}
 
 pub const fn assert_cache_value<T: CacheValue>() {}
 pub const fn assert_redis_value<T: RedisValue>() {}

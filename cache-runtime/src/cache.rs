@@ -10,7 +10,7 @@ use crate::config::runtime;
 use crate::flight::{Flights, Joined, Outcome};
 use crate::key::KeyWriter;
 use crate::local::LocalTier;
-use crate::redis_tier::{Fetched, RedisTier};
+use crate::redis_tier::{Fetched, LogLimiter, RedisTier};
 use crate::shape::{Shape, Sharing};
 use crate::stats::{self, Counters, Stats};
 use crate::CacheError;
@@ -145,6 +145,7 @@ pub struct Cache<V> {
     counters: Arc<Counters>,
     flights: Flights<V>,
     generations: Generations,
+    decode_log: LogLimiter,
 }
 
 /// Builds a [`Cache`]. TTL is required; everything else has a default.
@@ -241,7 +242,8 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
                 decode,
             }),
             (Some(_), None) => {
-                tracing::warn!(
+                // The runtime already warned once that Redis is not configured.
+                tracing::debug!(
                     cache = %self.name,
                     "cache_runtime: no Redis configured; `{}` runs without its Redis tier",
                     self.tier
@@ -279,6 +281,7 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
             counters,
             flights: Flights::new(),
             generations: Generations::new(),
+            decode_log: LogLimiter::default(),
         }
     }
 }
@@ -555,7 +558,10 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             Ok(Fetched::Missing) => return None,
             Ok(Fetched::WrongType) => {
                 Counters::add(&self.counters.decode_failures, 1);
-                tracing::debug!(cache = %self.name, key, "redis key holds another type: miss");
+                self.decode_log.warn(
+                    &self.name,
+                    "a redis key holds another Redis type; treated as a miss",
+                );
                 return None;
             }
             Err(e) => {
@@ -567,7 +573,10 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             Ok(d) => d,
             Err(e) => {
                 Counters::add(&self.counters.decode_failures, 1);
-                tracing::debug!(cache = %self.name, key, error = %e, "undecodable redis value: miss");
+                self.decode_log.warn(
+                    &self.name,
+                    &format!("undecodable redis value ({e}); treated as a miss"),
+                );
                 return None;
             }
         };
@@ -599,6 +608,9 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         } else {
             self.generations.bump_with(key, || {});
         }
+        // Taken before the Redis write: the local deadline then never passes Redis's expiry,
+        // which starts when Redis receives the SET.
+        let start = Instant::now();
         let mut res = Ok(());
         if let Some(redis) = &self.redis {
             res = match (redis.encode)(&value, self.fingerprint, ttl) {
@@ -616,7 +628,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         } else {
             ttl
         };
-        let deadline = Instant::now() + local_life;
+        let deadline = start + local_life;
         let write_local = || {
             if let Some(local) = &self.local {
                 local.insert(key.to_string(), value, deadline);

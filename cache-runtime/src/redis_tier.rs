@@ -119,7 +119,10 @@ impl RedisTier {
             .await
             .unwrap_or(Err(CacheError::Timeout(timeout)));
             if let Err(e) = &res {
-                shared.log.warn(e);
+                shared.log.warn(
+                    "redis",
+                    &format!("redis operation failed, falling back to the source: {e}"),
+                );
             }
             res
         });
@@ -251,7 +254,8 @@ impl Shared {
 
     fn failed(&self, failures: u32, error: String) -> ConnState {
         let backoff = Duration::from_millis(100 << failures.min(4)).min(Duration::from_secs(1));
-        self.log.warn(&CacheError::Unavailable(error.clone()));
+        self.log
+            .warn("redis", &format!("cannot connect to redis: {error}"));
         ConnState::Idle {
             retry_at: Instant::now() + backoff,
             failures: failures.saturating_add(1),
@@ -298,7 +302,8 @@ pub(crate) struct LogLimiter {
 const LOG_INTERVAL_MS: u64 = 10_000;
 
 impl LogLimiter {
-    pub(crate) fn warn(&self, e: &CacheError) {
+    /// Logs `message` about `subject` unless a line was logged in the last interval.
+    pub(crate) fn warn(&self, subject: &str, message: &str) {
         let now = crate::codec::unix_millis(std::time::SystemTime::now());
         let last = self.last_ms.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= LOG_INTERVAL_MS
@@ -308,10 +313,7 @@ impl LogLimiter {
                 .is_ok()
         {
             let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
-            tracing::warn!(
-                suppressed,
-                "cache_runtime: redis operation failed, falling back to the source: {e}"
-            );
+            tracing::warn!(suppressed, "cache_runtime: {subject}: {message}");
         } else {
             self.suppressed.fetch_add(1, Ordering::Relaxed);
         }

@@ -524,3 +524,21 @@ fn local_invalidate_reports_ok_and_clear_local_drops_everything() {
     cube_cache().clear_local();
     assert_eq!(lookup_cube(101), None);
 }
+
+#[cached(ttl = 60, key = "named:<id>", name = "catalog.named")]
+fn named(id: u32) -> u32 {
+    id
+}
+
+#[test]
+fn the_name_option_names_the_cache_in_stats() {
+    setup();
+    named(1);
+    named(1);
+    assert_eq!(named_cache().name(), "catalog.named");
+    let info = cache_runtime::caches()
+        .into_iter()
+        .find(|c| c.name == "catalog.named")
+        .expect("listed under its name");
+    assert_eq!(info.stats.local_hits, 1);
+}

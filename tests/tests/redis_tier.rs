@@ -370,3 +370,33 @@ async fn health_check_reports_a_reachable_redis() {
     shared_redis();
     cache_runtime::health_check().await.expect("PING");
 }
+
+static STAMPEDE_RUNS: AtomicUsize = AtomicUsize::new(0);
+static STAMPEDE_GATE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+#[cached(tier = "redis", ttl = 60, key = "stampede:<id>")]
+async fn stampede(id: u64) -> u64 {
+    STAMPEDE_RUNS.fetch_add(1, SeqCst);
+    STAMPEDE_GATE.notified().await;
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_concurrent_misses_on_the_redis_tier_run_the_body_once() {
+    shared_redis();
+    let tasks: Vec<_> = (0..500).map(|_| tokio::spawn(stampede(1))).collect();
+    cache_tests::eventually(Duration::from_secs(10), "499 coalesced waiters", || {
+        stampede_cache().stats().coalesced == 499
+    })
+    .await;
+    cache_tests::eventually(Duration::from_secs(10), "the leader in the body", || {
+        STAMPEDE_RUNS.load(SeqCst) == 1
+    })
+    .await;
+    STAMPEDE_GATE.notify_waiters();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 1);
+    }
+    assert_eq!(STAMPEDE_RUNS.load(SeqCst), 1);
+    assert!(raw().exists::<_, bool>("t:w1:v1:stampede:1").unwrap());
+}
