@@ -39,6 +39,15 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     } else {
         quote!(#accessor())
     };
+    // Through `__private::Check`: a value type that is not `Clone + Send + Sync + 'static`
+    // is one error at its span, not one per generated function.
+    let get_cache = quote_spanned! {value_ty.span()=>
+        {
+            #[allow(unused_imports)]
+            use ::cache_runtime::__private::{CheckValue as _, CheckValueFailed as _};
+            (&::cache_runtime::__private::Check::<#value_ty>::new()).value(#get_cache)
+        }
+    };
     let build_key = plan.tokens(&cache, is_method, name);
     let prologue = quote! {
         let #cache = #get_cache;
@@ -222,31 +231,43 @@ fn accessor_tokens(
     if let Some(n) = opts.capacity {
         chain.extend(quote!(.capacity(#n)));
     }
-    let redis_check = match opts.tier {
-        Tier::Local => quote!(),
-        Tier::Redis => {
-            chain.extend(quote_spanned!(vspan=> .tier(::cache_runtime::Tier::Redis)));
-            quote_spanned!(vspan=> ::cache_runtime::__private::assert_redis_value::<#v>();)
-        }
-        Tier::LocalRedis => {
-            chain.extend(quote_spanned!(vspan=> .tier(::cache_runtime::Tier::LocalRedis)));
-            quote_spanned!(vspan=> ::cache_runtime::__private::assert_redis_value::<#v>();)
-        }
+    // The bounds are checked through `__private::Check` (see there): a value type that is
+    // not `Clone + Send + Sync` or, with a Redis tier, not serde is one error at its span,
+    // and the `.tier(...)`/`.build()` calls that follow report nothing more.
+    let b = Ident::new("__builder", Span::mixed_site());
+    let tier = match opts.tier {
+        Tier::Local => None,
+        Tier::Redis => Some(quote!(::cache_runtime::Tier::Redis)),
+        Tier::LocalRedis => Some(quote!(::cache_runtime::Tier::LocalRedis)),
     };
+    let redis_steps = tier.map(|tier| {
+        quote_spanned! {vspan=>
+            let #b = (&::cache_runtime::__private::Check::<#v>::new()).redis(#b);
+            let #b = #b.tier(#tier);
+        }
+    });
     let _ = opts.tier_span;
     let doc = format!(
         "The cache of [`{name}`]({}{name}): its name, tiers, stats, local clear.",
         if a.receiver.is_some() { "Self::" } else { "" }
     );
-    let build =
-        quote_spanned!(vspan=> ::cache_runtime::Cache::<#v>::builder(#cache_name) #chain .build());
+    let build = quote_spanned! {vspan=>
+        #[allow(unused_imports)]
+        use ::cache_runtime::__private::{
+            CheckRedis as _, CheckRedisFailed as _, CheckValue as _, CheckValueFailed as _,
+        };
+        let #b = ::cache_runtime::Cache::<#v>::builder(#cache_name) #chain;
+        #redis_steps
+        (&::cache_runtime::__private::Check::<#v>::new()).value(#b).build()
+    };
+    // At the value type too: a value type that is not `Send + Sync` also fails the static's
+    // `Sync` requirement, and that error should point at the type, not at the attribute.
+    let static_ty = quote_spanned!(vspan=> ::std::sync::OnceLock<::cache_runtime::Cache<#v>>);
     quote! {
         #[doc = #doc]
         #vis fn #accessor() -> &'static ::cache_runtime::Cache<#v> {
-            #redis_check
-            static CACHE: ::std::sync::OnceLock<::cache_runtime::Cache<#v>> =
-                ::std::sync::OnceLock::new();
-            CACHE.get_or_init(|| #build)
+            static CACHE: #static_ty = ::std::sync::OnceLock::new();
+            CACHE.get_or_init(|| { #build })
         }
     }
 }
@@ -338,7 +359,8 @@ impl<'a> KeyPlan<'a> {
                                 ));
                             }
                             let root_tokens = if is_self {
-                                quote!(self)
+                                let s = syn::token::SelfValue { span: lit.span() };
+                                quote!(#s)
                             } else {
                                 let id = Ident::new(&root, lit.span());
                                 quote!(#id)
@@ -394,10 +416,14 @@ impl<'a> KeyPlan<'a> {
                     pieces.push(Piece::Literal(quote!(::std::any::type_name::<Self>())));
                     pieces.push(Piece::Literal(quote!(::core::concat!("::", #n))));
                     if !self_skipped {
+                        // Spanned at the receiver, so that a `Self` that is not a `KeyPart`
+                        // is reported at `self`.
+                        let span = a.receiver.unwrap_or_else(Span::call_site);
+                        let s = syn::token::SelfValue { span };
                         pieces.push(Piece::Literal(quote!(":")));
                         pieces.push(Piece::Arg {
-                            expr: quote!(self),
-                            span: a.receiver.unwrap_or_else(Span::call_site),
+                            expr: quote!(#s),
+                            span,
                         });
                     }
                 } else {

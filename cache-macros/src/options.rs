@@ -58,8 +58,8 @@ struct Raw {
 pub fn parse(attr: TokenStream) -> syn::Result<Options> {
     let mut raw = Raw::default();
     let parser = syn::meta::parser(|meta| raw.option(meta));
-    syn::parse::Parser::parse2(parser, attr)?;
-    raw.finish()
+    syn::parse::Parser::parse2(parser, attr.clone())?;
+    raw.finish(&attr)
 }
 
 impl Raw {
@@ -96,7 +96,9 @@ impl Raw {
             }
             "skip" => {
                 if !meta.input.peek(syn::token::Paren) {
-                    return Err(meta.error("`skip` lists parameters: `skip(pool, ctx)`"));
+                    return Err(meta.error(
+                        "`skip` takes a list of parameter names in parentheses: `skip(pool, ctx)`",
+                    ));
                 }
                 let mut list = Vec::new();
                 meta.parse_nested_meta(|inner| {
@@ -116,7 +118,8 @@ impl Raw {
         Ok(())
     }
 
-    fn finish(self) -> syn::Result<Options> {
+    /// `attr`: the option list, for errors about a missing option.
+    fn finish(self, attr: &TokenStream) -> syn::Result<Options> {
         let (tier, tier_span) = match &self.tier {
             None => (Tier::Local, Span::call_site()),
             Some(s) => (
@@ -137,10 +140,12 @@ impl Raw {
             ),
         };
         let ttl = self.ttl.as_ref().ok_or_else(|| {
-            Error::new(
-                Span::call_site(),
-                "missing `ttl`: every cache needs a time to live, e.g. `ttl = 300` (seconds) or `ttl = \"5m\"`",
-            )
+            let msg = "missing `ttl`: every cache needs a time to live, e.g. `ttl = 300` (seconds) or `ttl = \"5m\"`";
+            if attr.is_empty() {
+                Error::new(Span::call_site(), msg)
+            } else {
+                Error::new_spanned(attr, msg)
+            }
         })?;
         let ttl_ms = duration::parse(ttl, "ttl")?;
         let local_ttl_ms = match &self.local_ttl {

@@ -1,7 +1,6 @@
 //! Which function shapes can be cached, and what their parts are.
 
 use proc_macro2::Span;
-use syn::spanned::Spanned;
 use syn::visit::Visit;
 use syn::{
     Error, FnArg, GenericArgument, GenericParam, Ident, ItemFn, Pat, PathArguments, ReturnType,
@@ -47,13 +46,13 @@ pub fn analyze(f: &ItemFn, cache_none: Option<Span>) -> syn::Result<Analyzed> {
         ));
     }
     if let Some(abi) = &sig.abi {
-        return Err(Error::new(
-            abi.span(),
+        return Err(Error::new_spanned(
+            abi,
             "`extern` functions cannot be cached",
         ));
     }
     if let Some(v) = &sig.variadic {
-        return Err(Error::new(v.span(), "variadic functions cannot be cached"));
+        return Err(Error::new_spanned(v, "variadic functions cannot be cached"));
     }
     for p in &sig.generics.params {
         match p {
@@ -78,9 +77,10 @@ pub fn analyze(f: &ItemFn, cache_none: Option<Span>) -> syn::Result<Analyzed> {
         }
     }
     if let Some(w) = &sig.generics.where_clause {
-        return Err(Error::new(
-            w.span(),
-            "cached functions cannot have a `where` clause",
+        return Err(Error::new_spanned(
+            w,
+            "cached functions cannot have a `where` clause (they cannot be generic); remove it, \
+             or cache a wrapper function that has none",
         ));
     }
 
@@ -90,8 +90,8 @@ pub fn analyze(f: &ItemFn, cache_none: Option<Span>) -> syn::Result<Analyzed> {
         match arg {
             FnArg::Receiver(r) => {
                 if r.colon_token.is_some() {
-                    return Err(Error::new(
-                        r.span(),
+                    return Err(Error::new_spanned(
+                        r,
                         "only `&self` methods can be cached (not `self: Type`)",
                     ));
                 }
@@ -116,8 +116,8 @@ pub fn analyze(f: &ItemFn, cache_none: Option<Span>) -> syn::Result<Analyzed> {
                         Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none() => {
                             pi.ident.clone()
                         }
-                        other => return Err(Error::new(
-                            other.span(),
+                        other => return Err(Error::new_spanned(
+                            other,
                             "cached functions need plain parameter names (`id: u64`), not patterns",
                         )),
                     };
@@ -202,8 +202,8 @@ struct Finder<'a> {
 impl<'ast> Visit<'ast> for Finder<'_> {
     fn visit_type_impl_trait(&mut self, i: &'ast syn::TypeImplTrait) {
         if self.found.is_none() {
-            self.found = Some(Error::new(
-                i.span(),
+            self.found = Some(Error::new_spanned(
+                i,
                 if self.ret {
                     "a cached function cannot return `impl Trait`: the cache must name the value type"
                 } else {
@@ -217,8 +217,8 @@ impl<'ast> Visit<'ast> for Finder<'_> {
     fn visit_type_reference(&mut self, i: &'ast syn::TypeReference) {
         if self.found.is_none() {
             if self.ret {
-                self.found = Some(Error::new(
-                    i.span(),
+                self.found = Some(Error::new_spanned(
+                    i,
                     "cached values are stored and cloned, so they cannot borrow; return an owned type \
                      (`String`, `Vec<T>`, `Arc<T>`)",
                 ));
@@ -270,8 +270,8 @@ fn check_param_type(ty: &Type) -> syn::Result<()> {
 fn check_return_type(ty: &Type) -> syn::Result<()> {
     if let Type::Tuple(t) = ty {
         if t.elems.is_empty() {
-            return Err(Error::new(
-                t.span(),
+            return Err(Error::new_spanned(
+                t,
                 "the function returns `()`, so there is nothing to cache",
             ));
         }

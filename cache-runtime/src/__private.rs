@@ -12,19 +12,8 @@ pub use crate::shape::{OkOnly, Plain, SomeOnly, SomeOrNone};
     label = "every cache hit returns a clone of this value",
     note = "wrap it in `std::sync::Arc<...>` to share it cheaply, or derive `Clone`"
 )]
-pub trait CacheValue: Clone + Send + Sync + 'static {
-    /// `Cache<Self>`. Generated code names its cache and builder through these projections:
-    /// when the bound does not hold, each is one error at the value type and an error type
-    /// that silences the follow-up "method exists but its trait bounds were not satisfied"
-    /// errors of every generated function.
-    type Cache;
-    /// `CacheBuilder<Self>`.
-    type Builder;
-}
-impl<T: Clone + Send + Sync + 'static> CacheValue for T {
-    type Cache = crate::Cache<T>;
-    type Builder = crate::CacheBuilder<T>;
-}
+pub trait CacheValue: Clone + Send + Sync + 'static {}
+impl<T: Clone + Send + Sync + 'static> CacheValue for T {}
 
 /// Marks a type the macro needs to store in Redis.
 #[diagnostic::on_unimplemented(
@@ -35,33 +24,69 @@ impl<T: Clone + Send + Sync + 'static> CacheValue for T {
 pub trait RedisValue: serde::Serialize + serde::de::DeserializeOwned {}
 impl<T: serde::Serialize + serde::de::DeserializeOwned> RedisValue for T {}
 
-/// First half of the Redis check (`Serialize`), as a projection: see [`CacheValue::Cache`].
-/// The two halves are chained so that a type missing both derives gets one error, not two.
-#[diagnostic::on_unimplemented(
-    message = "the cached value type `{Self}` must be `serde::Serialize + serde::de::DeserializeOwned` to use a Redis tier",
-    label = "this value is stored in Redis",
-    note = "add `#[derive(serde::Serialize, serde::Deserialize)]`, or use `tier = \"local\"`"
-)]
-pub trait RedisSerialize {
-    /// `Self`.
-    type Checked;
-}
-impl<T: serde::Serialize> RedisSerialize for T {
-    type Checked = T;
+/// `(&Check::<V>::new()).value(x)` is `x` when `V: CacheValue`. Otherwise it is one
+/// error (the unmet `V: CacheValue` bound, at the value type's span) and a value of an
+/// uninferred type, which makes rustc skip the generated calls that follow instead of
+/// reporting "method exists but its trait bounds were not satisfied" for each of them.
+/// `.redis(x)` does the same for `V: RedisValue`. Autoref specialisation, as with [`Probe`].
+pub struct Check<V>(PhantomData<fn() -> V>);
+
+impl<V> Check<V> {
+    pub fn new() -> Self {
+        Self(PhantomData)
+    }
 }
 
-/// Second half of the Redis check (`DeserializeOwned`).
-#[diagnostic::on_unimplemented(
-    message = "the cached value type `{Self}` must be `serde::Serialize + serde::de::DeserializeOwned` to use a Redis tier",
-    label = "this value is stored in Redis",
-    note = "add `#[derive(serde::Deserialize)]`, or use `tier = \"local\"`"
-)]
-pub trait RedisDeserialize {
-    /// `CacheBuilder<Self>`.
-    type Builder;
+impl<V> Default for Check<V> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
-impl<T: serde::de::DeserializeOwned> RedisDeserialize for T {
-    type Builder = crate::CacheBuilder<T>;
+
+pub trait CheckValue {
+    fn value<T>(&self, t: T) -> T;
+}
+impl<V: CacheValue> CheckValue for Check<V> {
+    fn value<T>(&self, t: T) -> T {
+        t
+    }
+}
+
+pub trait CheckValueFailed<V> {
+    fn value<T, U>(&self, t: T) -> U
+    where
+        V: CacheValue;
+}
+impl<V> CheckValueFailed<V> for &Check<V> {
+    fn value<T, U>(&self, _t: T) -> U
+    where
+        V: CacheValue,
+    {
+        unreachable!("`CheckValue` is selected whenever `V: CacheValue`")
+    }
+}
+
+pub trait CheckRedis {
+    fn redis<T>(&self, t: T) -> T;
+}
+impl<V: RedisValue> CheckRedis for Check<V> {
+    fn redis<T>(&self, t: T) -> T {
+        t
+    }
+}
+
+pub trait CheckRedisFailed<V> {
+    fn redis<T, U>(&self, t: T) -> U
+    where
+        V: RedisValue;
+}
+impl<V> CheckRedisFailed<V> for &Check<V> {
+    fn redis<T, U>(&self, _t: T) -> U
+    where
+        V: RedisValue,
+    {
+        unreachable!("`CheckRedis` is selected whenever `V: RedisValue`")
+    }
 }
 
 pub const fn assert_cache_value<T: CacheValue>() {}

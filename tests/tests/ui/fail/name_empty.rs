@@ -1,0 +1,8 @@
+use cache_runtime::cached;
+
+#[cached(ttl = 60, name = " ")]
+fn f(x: u64) -> u64 {
+    x
+}
+
+fn main() {}

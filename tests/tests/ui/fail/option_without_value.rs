@@ -1,0 +1,8 @@
+use cache_runtime::cached;
+
+#[cached(ttl)]
+fn f(x: u64) -> u64 {
+    x
+}
+
+fn main() {}

@@ -1,0 +1,9 @@
+use cache_runtime::cached;
+
+#[cached(ttl = 60, skip(pool))]
+fn f(x: u64, db: &str) -> u64 {
+    let _ = db;
+    x
+}
+
+fn main() {}
