@@ -51,7 +51,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     let build_key = plan.tokens(&cache, is_method, name);
     let prologue = quote! {
         let #cache = #get_cache;
-        let #key: ::std::string::String = #build_key;
+        let #key = #build_key;
     };
 
     // `self` first for methods; then the parameters.
@@ -115,7 +115,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
             quote!(invalidate),
             quote!(populate),
             quote!(lookup),
-            quote!(refresh::<#ret, #shape>(&#key, #call_uncached)),
+            quote!(refresh::<#ret, #shape>(#key, #call_uncached)),
         )
     } else {
         (
@@ -124,7 +124,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
             quote!(invalidate_blocking),
             quote!(populate_blocking),
             quote!(lookup_blocking),
-            quote!(refresh_blocking::<#ret, #shape>(&#key, move || #call_uncached)),
+            quote!(refresh_blocking::<#ret, #shape>(#key, move || #call_uncached)),
         )
     };
 
@@ -167,7 +167,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
             -> ::core::result::Result<(), ::cache_runtime::CacheError>
         {
             #prologue
-            #cache.#inv(&#key) #aw
+            #cache.#inv(#key) #aw
         }
 
         #(#cfg_attrs)*
@@ -176,7 +176,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
             -> ::core::result::Result<(), ::cache_runtime::CacheError>
         {
             #prologue
-            #cache.#pop(&#key, #value_arg) #aw
+            #cache.#pop(#key, #value_arg) #aw
         }
 
         #(#cfg_attrs)*
@@ -185,7 +185,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
             -> ::core::option::Option<#value_ty>
         {
             #prologue
-            #cache.#look(&#key) #aw
+            #cache.#look(#key) #aw
         }
 
         #(#cfg_attrs)*
@@ -230,6 +230,12 @@ fn accessor_tokens(
     }
     if let Some(n) = opts.capacity {
         chain.extend(quote!(.capacity(#n)));
+    }
+    if !opts.tags.is_empty() {
+        chain.extend(quote!(.tagged()));
+    }
+    if let Some(ms) = opts.lock_lease_ms {
+        chain.extend(quote!(.lock(::core::time::Duration::from_millis(#ms))));
     }
     // The bounds are checked through `__private::Check` (see there): a value type that is
     // not `Clone + Send + Sync` or, with a Redis tier, not serde is one error at its span,
@@ -292,6 +298,21 @@ fn split_attrs(
     (cfg, doc, other)
 }
 
+fn build_string(pieces: &[Piece], cache: &Ident) -> TokenStream {
+    let w = Ident::new("__w", Span::mixed_site());
+    let steps = pieces.iter().map(|p| match p {
+        Piece::Literal(t) => quote!(#w.literal(#t);),
+        Piece::Arg { expr, span } => quote_spanned! {*span=>
+            ::cache_runtime::key::KeyPart::write_key(&(#expr), &mut #w);
+        },
+    });
+    quote! {{
+        let mut #w = #cache.key_writer();
+        #(#steps)*
+        #w.finish()
+    }}
+}
+
 enum Piece {
     Literal(TokenStream),
     Arg { expr: TokenStream, span: Span },
@@ -299,7 +320,82 @@ enum Piece {
 
 struct KeyPlan<'a> {
     pieces: Vec<Piece>,
+    tags: Vec<Vec<Piece>>,
     key_params: Vec<&'a Param>,
+}
+
+/// Resolves a template's placeholders to expressions over the parameters (or `self`),
+/// rejecting unknown and skipped names. Returns the pieces and the roots it used.
+fn template_pieces(
+    lit: &syn::LitStr,
+    what: &str,
+    a: &Analyzed,
+    fn_name: &Ident,
+    skipped: &dyn Fn(&str) -> bool,
+    param_names: &dyn Fn() -> String,
+) -> syn::Result<(Vec<Piece>, Vec<String>)> {
+    let is_method = a.receiver.is_some();
+    let mut pieces = Vec::new();
+    let mut used = Vec::new();
+    for seg in template::parse(lit)? {
+        match seg {
+            Segment::Literal(text) => pieces.push(Piece::Literal(quote!(#text))),
+            Segment::Placeholder { root, fields } => {
+                let is_self = root == "self";
+                if is_self && !is_method {
+                    return Err(Error::new(
+                        lit.span(),
+                        format!(
+                            "placeholder `<{root}>` in the {what}: `{fn_name}` is not a `&self` method; {}",
+                            param_names()
+                        ),
+                    ));
+                }
+                if !is_self && !a.params.iter().any(|p| p.ident == root) {
+                    return Err(Error::new(
+                        lit.span(),
+                        format!(
+                            "unknown placeholder `<{root}>` in the {what} of `{fn_name}`; {}",
+                            param_names()
+                        ),
+                    ));
+                }
+                if skipped(&root) {
+                    return Err(Error::new(
+                        lit.span(),
+                        format!(
+                            "`{root}` is in `skip(...)` but the {what} uses `<{root}>`; remove one of them"
+                        ),
+                    ));
+                }
+                let root_tokens = if is_self {
+                    let s = syn::token::SelfValue { span: lit.span() };
+                    quote!(#s)
+                } else {
+                    let id = Ident::new(&root, lit.span());
+                    quote!(#id)
+                };
+                let field_tokens = fields.iter().map(|f| {
+                    if f.chars().all(|c| c.is_ascii_digit()) {
+                        let idx = syn::Index {
+                            index: f.parse().unwrap_or(0),
+                            span: lit.span(),
+                        };
+                        quote!(.#idx)
+                    } else {
+                        let id = Ident::new(f, lit.span());
+                        quote!(.#id)
+                    }
+                });
+                pieces.push(Piece::Arg {
+                    expr: quote!(#root_tokens #(#field_tokens)*),
+                    span: lit.span(),
+                });
+                used.push(root);
+            }
+        }
+    }
+    Ok((pieces, used))
 }
 
 impl<'a> KeyPlan<'a> {
@@ -334,57 +430,9 @@ impl<'a> KeyPlan<'a> {
         let mut pieces = Vec::new();
         match &opts.key {
             Some(lit) => {
-                let mut used: Vec<String> = Vec::new();
-                for seg in template::parse(lit)? {
-                    match seg {
-                        Segment::Literal(text) => pieces.push(Piece::Literal(quote!(#text))),
-                        Segment::Placeholder { root, fields } => {
-                            let is_self = root == "self";
-                            if is_self && !is_method {
-                                return Err(Error::new(
-                                    lit.span(),
-                                    format!("placeholder `<{root}>` in the key: `{fn_name}` is not a `&self` method; {}", param_names()),
-                                ));
-                            }
-                            if !is_self && !a.params.iter().any(|p| p.ident == root) {
-                                return Err(Error::new(
-                                    lit.span(),
-                                    format!("unknown placeholder `<{root}>` in the key of `{fn_name}`; {}", param_names()),
-                                ));
-                            }
-                            if skipped(&root) {
-                                return Err(Error::new(
-                                    lit.span(),
-                                    format!("`{root}` is in `skip(...)` but the key uses `<{root}>`; remove one of them"),
-                                ));
-                            }
-                            let root_tokens = if is_self {
-                                let s = syn::token::SelfValue { span: lit.span() };
-                                quote!(#s)
-                            } else {
-                                let id = Ident::new(&root, lit.span());
-                                quote!(#id)
-                            };
-                            let field_tokens = fields.iter().map(|f| {
-                                if f.chars().all(|c| c.is_ascii_digit()) {
-                                    let idx = syn::Index {
-                                        index: f.parse().unwrap_or(0),
-                                        span: lit.span(),
-                                    };
-                                    quote!(.#idx)
-                                } else {
-                                    let id = Ident::new(f, lit.span());
-                                    quote!(.#id)
-                                }
-                            });
-                            pieces.push(Piece::Arg {
-                                expr: quote!(#root_tokens #(#field_tokens)*),
-                                span: lit.span(),
-                            });
-                            used.push(root);
-                        }
-                    }
-                }
+                let (key_pieces, used) =
+                    template_pieces(lit, "key", a, fn_name, &skipped, &param_names)?;
+                pieces = key_pieces;
                 if is_method && !self_skipped && !used.iter().any(|u| u == "self") {
                     return Err(Error::new(
                         a.receiver.unwrap_or_else(Span::call_site),
@@ -444,26 +492,32 @@ impl<'a> KeyPlan<'a> {
                 }
             }
         }
+        let tags = opts
+            .tags
+            .iter()
+            .map(|lit| template_pieces(lit, "tag", a, fn_name, &skipped, &param_names).map(|t| t.0))
+            .collect::<syn::Result<Vec<_>>>()?;
         let key_params = a
             .params
             .iter()
             .filter(|p| !skipped(&p.ident.to_string()))
             .collect();
-        Ok(Self { pieces, key_params })
+        Ok(Self {
+            pieces,
+            tags,
+            key_params,
+        })
     }
 
+    /// The key expression: a `String`, or a `cache_runtime::Key` with its tags.
     fn tokens(&self, cache: &Ident, _is_method: bool, _name: &Ident) -> TokenStream {
-        let w = Ident::new("__w", Span::mixed_site());
-        let steps = self.pieces.iter().map(|p| match p {
-            Piece::Literal(t) => quote!(#w.literal(#t);),
-            Piece::Arg { expr, span } => quote_spanned! {*span=>
-                ::cache_runtime::key::KeyPart::write_key(&(#expr), &mut #w);
-            },
-        });
-        quote! {{
-            let mut #w = #cache.key_writer();
-            #(#steps)*
-            #w.finish()
-        }}
+        let key = build_string(&self.pieces, cache);
+        if self.tags.is_empty() {
+            return key;
+        }
+        let tags = self.tags.iter().map(|t| build_string(t, cache));
+        quote! {
+            ::cache_runtime::Key::new(#key).with_tags(::std::vec![#(#tags),*])
+        }
     }
 }

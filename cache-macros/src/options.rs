@@ -25,6 +25,9 @@ pub struct Options {
     pub version: u32,
     pub cache_none: Option<Span>,
     pub none_ttl_ms: Option<(u64, Span)>,
+    pub tags: Vec<LitStr>,
+    /// `Some(lease)` with `lock = true`.
+    pub lock_lease_ms: Option<u64>,
 }
 
 const KNOWN: &[&str] = &[
@@ -38,6 +41,9 @@ const KNOWN: &[&str] = &[
     "version",
     "cache_none",
     "none_ttl",
+    "tags",
+    "lock",
+    "lock_lease",
 ];
 
 #[derive(Default)]
@@ -53,6 +59,9 @@ struct Raw {
     version: Option<LitInt>,
     cache_none: Option<LitBool>,
     none_ttl: Option<Lit>,
+    tags: Option<Vec<LitStr>>,
+    lock: Option<LitBool>,
+    lock_lease: Option<Lit>,
 }
 
 pub fn parse(attr: TokenStream) -> syn::Result<Options> {
@@ -93,6 +102,32 @@ impl Raw {
                 } else {
                     LitBool::new(true, ident.span())
                 })
+            }
+            "lock" => {
+                self.lock = Some(if meta.input.peek(syn::Token![=]) {
+                    value(&meta, &name)?
+                } else {
+                    LitBool::new(true, ident.span())
+                })
+            }
+            "lock_lease" => self.lock_lease = Some(value(&meta, &name)?),
+            "tags" => {
+                let array: syn::ExprArray = value(&meta, &name)?;
+                let mut tags = Vec::new();
+                for elem in array.elems {
+                    match elem {
+                        syn::Expr::Lit(syn::ExprLit {
+                            lit: Lit::Str(s), ..
+                        }) if !s.value().is_empty() => tags.push(s),
+                        other => {
+                            return Err(Error::new(
+                                syn::spanned::Spanned::span(&other),
+                                "each tag is a non-empty string template, e.g. `tags = [\"user:<id>\", \"catalog\"]`",
+                            ))
+                        }
+                    }
+                }
+                self.tags = Some(tags);
             }
             "skip" => {
                 if !meta.input.peek(syn::token::Paren) {
@@ -220,7 +255,25 @@ impl Raw {
                 return Err(Error::new(n.span(), "`name` must not be empty"));
             }
         }
+        let lock = self.lock.as_ref().filter(|b| b.value);
+        if let (Some(b), Tier::Local) = (lock, tier) {
+            return Err(Error::new(
+                b.span(),
+                "`lock` coordinates processes through Redis; it needs `tier = \"redis\"` or `\"local+redis\"` \
+                 (in one process, concurrent misses already run the body once)",
+            ));
+        }
+        let lock_lease_ms = match (&self.lock_lease, lock) {
+            (Some(lit), None) => {
+                return Err(Error::new(lit.span(), "`lock_lease` needs `lock = true`"))
+            }
+            (Some(lit), Some(_)) => Some(duration::parse(lit, "lock_lease")?),
+            (None, Some(_)) => Some(10_000),
+            (None, None) => None,
+        };
         Ok(Options {
+            tags: self.tags.unwrap_or_default(),
+            lock_lease_ms,
             tier,
             tier_span,
             ttl_ms,
@@ -257,7 +310,8 @@ fn value<T: syn::parse::Parse>(meta: &ParseNestedMeta<'_>, name: &str) -> syn::R
                 "name" => "a string",
                 "capacity" => "an integer (max local entries)",
                 "version" => "an integer (schema version of the value type)",
-                "cache_none" => "`true` or `false`",
+                "cache_none" | "lock" => "`true` or `false`",
+                "tags" => "a list of string templates, e.g. `[\"user:<id>\"]`",
                 _ => "seconds (`300`) or a duration string (`\"5m\"`)",
             };
             let span = fork

@@ -2,15 +2,17 @@
 
 use std::future::Future;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::bus;
 use crate::codec::{self, DecodeError, Decoded};
 use crate::config::runtime;
 use crate::flight::{Flights, Joined, Outcome};
 use crate::key::KeyWriter;
 use crate::local::LocalTier;
-use crate::redis_tier::{Fetched, LogLimiter, RedisTier};
+use crate::redis_tier::{Fetched, LogLimiter, ReadRequest, RedisTier};
 use crate::shape::{Shape, Sharing};
 use crate::stats::{self, Counters, Stats};
 use crate::CacheError;
@@ -53,19 +55,115 @@ impl std::fmt::Display for Tier {
     }
 }
 
-type EncodeFn<V> = fn(&V, u64, Duration) -> Result<Vec<u8>, String>;
+type EncodeFn<V> = fn(&V, u64, Duration, &[u64]) -> Result<Vec<u8>, String>;
 type DecodeFn<V> = fn(&[u8], u64, usize) -> Result<Decoded<V>, DecodeError>;
+
+/// The key of one entry: the template's output, plus the entry's tags.
+///
+/// ```
+/// use cache_runtime::Key;
+/// let k = Key::new("user:42").with_tags(vec!["tenant:7".into()]);
+/// assert_eq!(k.as_str(), "user:42");
+/// assert_eq!(k.tags(), ["tenant:7".to_string()]);
+/// let plain: Key = "user:42".into();
+/// assert!(plain.tags().is_empty());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    logical: String,
+    tags: Vec<String>,
+}
+
+impl Key {
+    /// A key without tags.
+    pub fn new(logical: impl Into<String>) -> Self {
+        Self {
+            logical: logical.into(),
+            tags: Vec::new(),
+        }
+    }
+
+    /// The same key with tags (see `tags = [...]` on the attribute).
+    pub fn with_tags(mut self, tags: Vec<String>) -> Self {
+        self.tags = tags;
+        self
+    }
+
+    /// The logical key (without prefix and versions).
+    pub fn as_str(&self) -> &str {
+        &self.logical
+    }
+
+    /// The entry's tags.
+    pub fn tags(&self) -> &[String] {
+        &self.tags
+    }
+}
+
+impl From<String> for Key {
+    fn from(logical: String) -> Self {
+        Key::new(logical)
+    }
+}
+
+impl From<&str> for Key {
+    fn from(logical: &str) -> Self {
+        Key::new(logical)
+    }
+}
+
+impl From<&String> for Key {
+    fn from(logical: &String) -> Self {
+        Key::new(logical.clone())
+    }
+}
 
 struct RedisSide<V> {
     tier: &'static RedisTier,
     encode: EncodeFn<V>,
     decode: DecodeFn<V>,
+    /// `{prefix}:w1:v{version}:`
+    value_head: String,
+    /// `{prefix}:lock:v{version}:`
+    lock_head: String,
+    /// `{prefix}:gen:` (shared by every schema version, so an invalidation reaches all)
+    gen_head: String,
+    /// `{prefix}:tag:`
+    tag_head: String,
+    /// `{prefix}:clear:{name}`
+    cache_clear_key: String,
+    /// `{prefix}:clear`
+    all_clear_key: String,
+    channel: String,
+    /// How long a generation counter outlives its last bump (≥ 2 × ttl, ≥ 1 day).
+    retention: Duration,
 }
 
-/// Striped generation counters. Every explicit write (invalidate, populate, refresh, clear)
-/// bumps the key's stripe under its lock; a body result or a Redis promotion is stored only
-/// if the stripe did not move since the lookup started, so a value computed before an
-/// invalidation is never stored after it.
+impl<V> RedisSide<V> {
+    fn value_key(&self, key: &Key) -> String {
+        format!("{}{}", self.value_head, key.logical)
+    }
+
+    fn lock_key(&self, key: &Key) -> String {
+        format!("{}{}", self.lock_head, key.logical)
+    }
+
+    /// Generation, cache clear, global clear, then one per tag: the counters an entry is
+    /// stamped with. A value is current only while all of them are unchanged.
+    fn stamp_keys(&self, key: &Key) -> Vec<String> {
+        let mut keys = Vec::with_capacity(3 + key.tags.len());
+        keys.push(format!("{}{}", self.gen_head, key.logical));
+        keys.push(self.cache_clear_key.clone());
+        keys.push(self.all_clear_key.clone());
+        keys.extend(key.tags.iter().map(|t| format!("{}{t}", self.tag_head)));
+        keys
+    }
+}
+
+/// Striped generation counters. Every explicit write (invalidate, populate, refresh, clear,
+/// a bus eviction) bumps the key's stripe under its lock; a body result or a Redis promotion
+/// is stored locally only if the stripe did not move since the lookup started, so a value
+/// computed before an invalidation is never stored after it.
 struct Generations {
     stripes: Box<[Mutex<u64>]>,
 }
@@ -115,6 +213,39 @@ impl Generations {
     }
 }
 
+/// The local tier with its generations; registered with the bus.
+struct LocalSide<V> {
+    name: String,
+    tier: LocalTier<V>,
+    generations: Generations,
+    shared: bool,
+}
+
+impl<V: Clone + Send + Sync + 'static> bus::Target for LocalSide<V> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn shared(&self) -> bool {
+        self.shared
+    }
+
+    fn evict(&self, key: &str, generation: u64) {
+        self.generations
+            .bump_with(key, || self.tier.remove_older_than(key, generation));
+    }
+
+    fn evict_tag(&self, tag: &str) {
+        self.generations.bump_all();
+        self.tier.remove_tagged(tag);
+    }
+
+    fn clear(&self) {
+        self.generations.bump_all();
+        self.tier.clear();
+    }
+}
+
 /// One cache: the tiers of one cached function. `#[cached]` creates one per function and
 /// exposes it through `<fn>_cache()`; it can also be built and used by hand.
 ///
@@ -124,10 +255,9 @@ impl Generations {
 ///
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let cache: Cache<String> = Cache::builder("greetings").ttl(Duration::from_secs(60)).build();
-/// let key = { let mut k = cache.key_writer(); k.literal("hello"); k.finish() };
-/// let v = cache.get_or_load::<_, Plain>(key.clone(), async { "hi".to_string() }, &Sharing::none()).await;
+/// let v = cache.get_or_load::<_, Plain>("hello", async { "hi".to_string() }, &Sharing::none()).await;
 /// assert_eq!(v, "hi");
-/// assert_eq!(cache.lookup(&key).await.as_deref(), Some("hi"));
+/// assert_eq!(cache.lookup("hello").await.as_deref(), Some("hi"));
 /// assert_eq!(cache.stats().body_calls, 1);
 /// # });
 /// ```
@@ -137,14 +267,13 @@ pub struct Cache<V> {
     ttl: Duration,
     local_ttl: Duration,
     none_ttl: Duration,
-    key_head: String,
     fingerprint: u64,
     max_value_bytes: usize,
-    local: Option<LocalTier<V>>,
+    lock_lease: Option<Duration>,
+    local: Option<Arc<LocalSide<V>>>,
     redis: Option<RedisSide<V>>,
     counters: Arc<Counters>,
     flights: Flights<V>,
-    generations: Generations,
     decode_log: LogLimiter,
 }
 
@@ -170,6 +299,8 @@ pub struct CacheBuilder<V> {
     none_ttl: Option<Duration>,
     capacity: u64,
     version: u32,
+    tagged: bool,
+    lock_lease: Option<Duration>,
     redis: Option<(EncodeFn<V>, DecodeFn<V>)>,
     _v: PhantomData<fn() -> V>,
 }
@@ -178,6 +309,8 @@ pub struct CacheBuilder<V> {
 pub const DEFAULT_LOCAL_TTL_CAP: Duration = Duration::from_secs(30);
 /// Default maximum number of local entries.
 pub const DEFAULT_CAPACITY: u64 = 10_000;
+/// Default lease of the distributed single-flight lock.
+pub const DEFAULT_LOCK_LEASE: Duration = Duration::from_secs(10);
 
 impl<V> CacheBuilder<V> {
     /// Time to live in Redis (and locally for a `local` cache). Millisecond precision.
@@ -187,7 +320,7 @@ impl<V> CacheBuilder<V> {
     }
 
     /// Time to live of local copies in `local+redis` (clamped to `ttl`). Default:
-    /// `min(ttl, 30s)`, which bounds how long another process's write stays invisible here.
+    /// `min(ttl, 30s)`: the bound on staleness when an invalidation message is lost.
     pub fn local_ttl(mut self, ttl: Duration) -> Self {
         self.local_ttl = Some(ttl);
         self
@@ -211,6 +344,20 @@ impl<V> CacheBuilder<V> {
         self.version = version;
         self
     }
+
+    /// Entries carry tags (`Key::with_tags`), so `invalidate_tag` can reach them.
+    pub fn tagged(mut self) -> Self {
+        self.tagged = true;
+        self
+    }
+
+    /// Distributed single-flight: on a miss in every tier, one process (holding a Redis
+    /// lease of `lease`) runs the body while the others wait for its value, for at most
+    /// `lease`, then compute it themselves.
+    pub fn lock(mut self, lease: Duration) -> Self {
+        self.lock_lease = Some(lease.max(Duration::from_millis(1)));
+        self
+    }
 }
 
 impl<V: crate::__private::RedisValue> CacheBuilder<V> {
@@ -230,6 +377,7 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
     /// configuration (initialising it from the environment if needed).
     pub fn build(self) -> Cache<V> {
         let rt = runtime();
+        let prefix = &rt.config.key_prefix;
         let ttl = self.ttl.max(Duration::from_millis(1));
         let local_ttl = match self.tier {
             Tier::LocalRedis => self.local_ttl.unwrap_or(DEFAULT_LOCAL_TTL_CAP).min(ttl),
@@ -240,6 +388,14 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
                 tier,
                 encode,
                 decode,
+                value_head: format!("{prefix}:w{}:v{}:", codec::WIRE_VERSION, self.version),
+                lock_head: format!("{prefix}:lock:v{}:", self.version),
+                gen_head: format!("{prefix}:gen:"),
+                tag_head: format!("{prefix}:tag:"),
+                cache_clear_key: format!("{prefix}:clear:{}", self.name),
+                all_clear_key: format!("{prefix}:clear"),
+                channel: bus::channel(prefix),
+                retention: (ttl * 2).max(Duration::from_secs(86_400)),
             }),
             (Some(_), None) => {
                 // The runtime already warned once that Redis is not configured.
@@ -259,19 +415,23 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
             ttl,
             counters: counters.clone(),
         });
+        let local = self.tier.has_local().then(|| {
+            let side = Arc::new(LocalSide {
+                name: self.name.clone(),
+                tier: LocalTier::new(&self.name, self.capacity, self.tagged),
+                generations: Generations::new(),
+                shared: redis.is_some(),
+            });
+            let weak: std::sync::Weak<dyn bus::Target> =
+                Arc::downgrade(&side) as std::sync::Weak<dyn bus::Target>;
+            bus::register(weak);
+            side
+        });
         Cache {
-            key_head: format!(
-                "{}:w{}:v{}:",
-                rt.config.key_prefix,
-                codec::WIRE_VERSION,
-                self.version
-            ),
             fingerprint: codec::fingerprint(std::any::type_name::<V>(), self.version),
             max_value_bytes: rt.config.max_value_bytes,
-            local: self
-                .tier
-                .has_local()
-                .then(|| LocalTier::new(&self.name, self.capacity)),
+            lock_lease: self.lock_lease.filter(|_| redis.is_some()),
+            local,
             name: self.name,
             tier: self.tier,
             ttl,
@@ -280,7 +440,6 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
             redis,
             counters,
             flights: Flights::new(),
-            generations: Generations::new(),
             decode_log: LogLimiter::default(),
         }
     }
@@ -297,6 +456,8 @@ impl<V> Cache<V> {
             none_ttl: None,
             capacity: DEFAULT_CAPACITY,
             version: 1,
+            tagged: false,
+            lock_lease: None,
             redis: None,
             _v: PhantomData,
         }
@@ -337,44 +498,88 @@ impl<V> Cache<V> {
         self.counters.reset();
     }
 
-    /// Starts a key: `{prefix}:w{wire}:v{version}:`. Generated code appends the template.
+    /// Starts a key. Generated code appends the template's parts.
     pub fn key_writer(&self) -> KeyWriter {
-        KeyWriter::with_head(&self.key_head)
+        KeyWriter::with_head("")
     }
+
+    /// The Redis key of `key`'s value (`{prefix}:w1:v{version}:{key}`), if this cache uses
+    /// Redis. For operators and tests.
+    pub fn redis_key(&self, key: &str) -> Option<String> {
+        self.redis.as_ref().map(|r| r.value_key(&Key::new(key)))
+    }
+}
+
+/// The result of the Redis side of a miss.
+enum Fill<V> {
+    /// A current value was found (and promoted).
+    Found(V),
+    /// Nothing usable: run the body, then store under these stamps (`None`: Redis could not
+    /// be read, so nothing is written there) and release this lock token.
+    Compute {
+        stamps: Option<Vec<u64>>,
+        token: Option<String>,
+    },
 }
 
 impl<V: Clone + Send + Sync + 'static> Cache<V> {
     /// Entries in the local tier (after pending maintenance).
     pub fn local_entry_count(&self) -> u64 {
-        self.local.as_ref().map_or(0, LocalTier::entry_count)
+        self.local.as_ref().map_or(0, |l| l.tier.entry_count())
     }
 
-    /// Drops every local entry of this cache (Redis entries stay until their TTL).
+    /// Drops every local entry of this cache, in this process only.
     pub fn clear_local(&self) {
-        self.generations.bump_all();
         if let Some(local) = &self.local {
-            local.clear();
+            bus::Target::clear(local.as_ref());
         }
     }
 
+    /// Drops every entry of this cache in every tier and process: local copies here now,
+    /// Redis entries by bumping the cache's clear version (one `INCR`, no key scan), and
+    /// other processes' local copies through the bus.
+    pub async fn clear(&self) -> Result<(), CacheError> {
+        self.clear_local();
+        let res = match &self.redis {
+            Some(r) => r
+                .tier
+                .bump_version(
+                    r.cache_clear_key.clone(),
+                    r.channel.clone(),
+                    bus::message_prefix(bus::Action::ClearCache, &self.name),
+                )
+                .await
+                .map(drop),
+            None => Ok(()),
+        };
+        self.count_redis(res)
+    }
+
+    /// Blocking [`clear`](Self::clear).
+    pub fn clear_blocking(&self) -> Result<(), CacheError> {
+        pollster::block_on(self.clear())
+    }
+
     /// The waterfall: local → Redis (promoting the value) → `body` (once per key across
-    /// concurrent callers) → store in every tier. Redis failures are misses.
+    /// concurrent callers in this process, and across processes with a lock) → store in every
+    /// tier. Redis failures are misses.
     pub async fn get_or_load<R, S>(
         &self,
-        key: String,
+        key: impl Into<Key>,
         body: impl Future<Output = R>,
         sharing: &Sharing<R>,
     ) -> R
     where
         S: Shape<R, Value = V>,
     {
-        if let Some(v) = self.local_hit(&key) {
+        let key = key.into();
+        if let Some(v) = self.local_hit(&key.logical) {
             return S::rebuild(v);
         }
         let mut body = Some(body);
         let mut counted_miss = false;
         loop {
-            match self.flights.join(&key) {
+            match self.flights.join(&key.logical) {
                 Joined::Follower(flight) => {
                     if !counted_miss {
                         counted_miss = true;
@@ -385,21 +590,24 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                         return r;
                     }
                     // The leader gave up or could not share its result: try again.
-                    if let Some(v) = self.local_peek(&key) {
+                    if let Some(v) = self.local_peek(&key.logical) {
                         return S::rebuild(v);
                     }
                 }
                 Joined::Leader(leader) => {
                     // A flight may have completed between our local miss and the join.
-                    if let Some(v) = self.local_peek(&key) {
+                    if let Some(v) = self.local_peek(&key.logical) {
                         leader.finish(Outcome::Value(v.clone()));
                         return S::rebuild(v);
                     }
-                    let seen = self.generations.current(&key);
-                    if let Some(v) = self.redis_fetch(&key, seen).await {
-                        leader.finish(Outcome::Value(v.clone()));
-                        return S::rebuild(v);
-                    }
+                    let seen_local = self.local_generation(&key.logical);
+                    let (stamps, token) = match self.redis_fill(&key, seen_local).await {
+                        Fill::Found(v) => {
+                            leader.finish(Outcome::Value(v.clone()));
+                            return S::rebuild(v);
+                        }
+                        Fill::Compute { stamps, token } => (stamps, token),
+                    };
                     if !counted_miss {
                         Counters::add(&self.counters.misses, 1);
                     }
@@ -409,13 +617,18 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                         Some((v, negative)) => {
                             // A failed Redis write is counted and logged; the caller still
                             // gets the value.
-                            let _ = self.store(&key, v.clone(), negative, Some(seen)).await;
+                            let _ = self
+                                .store_fresh(&key, v.clone(), negative, seen_local, stamps, token)
+                                .await;
                             leader.finish(Outcome::Value(v));
                         }
-                        None => leader.finish(match (sharing.share)(&r) {
-                            Some(b) => Outcome::Shared(b),
-                            None => Outcome::Unshareable,
-                        }),
+                        None => {
+                            self.release(&key, token).await;
+                            leader.finish(match (sharing.share)(&r) {
+                                Some(b) => Outcome::Shared(b),
+                                None => Outcome::Unshareable,
+                            })
+                        }
                     }
                     return r;
                 }
@@ -426,81 +639,103 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     /// [`get_or_load`](Self::get_or_load) for a blocking body, from synchronous code.
     pub fn get_or_load_blocking<R, S>(
         &self,
-        key: String,
+        key: impl Into<Key>,
         body: impl FnOnce() -> R,
         sharing: &Sharing<R>,
     ) -> R
     where
         S: Shape<R, Value = V>,
     {
-        if let Some(v) = self.local_hit(&key) {
+        let key = key.into();
+        if let Some(v) = self.local_hit(&key.logical) {
             return S::rebuild(v);
         }
         pollster::block_on(self.get_or_load::<R, S>(key, async move { body() }, sharing))
     }
 
     /// The cached value, from the local tier or Redis (promoting it), without running the body.
-    pub async fn lookup(&self, key: &str) -> Option<V> {
-        if let Some(v) = self.local_hit(key) {
+    pub async fn lookup(&self, key: impl Into<Key>) -> Option<V> {
+        let key = key.into();
+        if let Some(v) = self.local_hit(&key.logical) {
             return Some(v);
         }
-        let seen = self.generations.current(key);
-        let v = self.redis_fetch(key, seen).await;
-        if v.is_none() {
-            Counters::add(&self.counters.misses, 1);
+        let seen_local = self.local_generation(&key.logical);
+        match self.redis_read(&key, seen_local, None).await {
+            Read::Found(v) => Some(v),
+            _ => {
+                Counters::add(&self.counters.misses, 1);
+                None
+            }
         }
-        v
     }
 
     /// Blocking [`lookup`](Self::lookup).
-    pub fn lookup_blocking(&self, key: &str) -> Option<V> {
+    pub fn lookup_blocking(&self, key: impl Into<Key>) -> Option<V> {
         pollster::block_on(self.lookup(key))
     }
 
-    /// Removes the entry from every tier. The local tier is always cleared; the result says
-    /// whether Redis confirmed the delete (`Ok` too when this cache has no Redis tier).
-    pub async fn invalidate(&self, key: &str) -> Result<(), CacheError> {
+    /// Removes the entry from every tier and, through the bus, from other processes' local
+    /// tiers. The local tier is always cleared; the result says whether Redis confirmed
+    /// (`Ok` too when this cache has no Redis tier). One round trip.
+    pub async fn invalidate(&self, key: impl Into<Key>) -> Result<(), CacheError> {
+        let key = key.into();
         Counters::add(&self.counters.invalidations, 1);
-        self.drop_local(key);
+        self.drop_local(&key.logical);
         let res = match &self.redis {
-            Some(r) => r.tier.del(key.to_string()).await.map(drop),
+            Some(r) => r
+                .tier
+                .invalidate(
+                    r.value_key(&key),
+                    format!("{}{}", r.gen_head, key.logical),
+                    r.retention,
+                    r.channel.clone(),
+                    bus::message_prefix(bus::Action::Invalidated, &key.logical),
+                )
+                .await
+                .map(|generation| {
+                    // Other caches of this process over the same key (e.g. another schema
+                    // version) drop their copies too, as remote processes do.
+                    bus::apply_locally(bus::Action::Invalidated, &key.logical, generation)
+                }),
             None => Ok(()),
         };
-        // Again after Redis: a concurrent miss may have promoted the old Redis value meanwhile.
-        self.drop_local(key);
+        // Again after Redis: a concurrent miss may have promoted the old value meanwhile.
+        self.drop_local(&key.logical);
         self.count_redis(res)
     }
 
     /// Blocking [`invalidate`](Self::invalidate).
-    pub fn invalidate_blocking(&self, key: &str) -> Result<(), CacheError> {
+    pub fn invalidate_blocking(&self, key: impl Into<Key>) -> Result<(), CacheError> {
         pollster::block_on(self.invalidate(key))
     }
 
-    /// Writes `value` into every tier (write-through after an update). Local is always
-    /// written; the result says whether Redis accepted it.
-    pub async fn populate(&self, key: &str, value: V) -> Result<(), CacheError> {
-        self.store(key, value, false, None).await
+    /// Writes `value` into every tier (write-through after an update) and evicts other
+    /// processes' local copies. Local is always written; the result says whether Redis
+    /// accepted it. Two round trips.
+    pub async fn populate(&self, key: impl Into<Key>, value: V) -> Result<(), CacheError> {
+        self.store_explicit(&key.into(), value, false).await
     }
 
     /// Blocking [`populate`](Self::populate).
-    pub fn populate_blocking(&self, key: &str, value: V) -> Result<(), CacheError> {
+    pub fn populate_blocking(&self, key: impl Into<Key>, value: V) -> Result<(), CacheError> {
         pollster::block_on(self.populate(key, value))
     }
 
-    /// Runs `body` now (no lookup) and stores a cacheable result unconditionally.
-    pub async fn refresh<R, S>(&self, key: &str, body: impl Future<Output = R>) -> R
+    /// Runs `body` now (no lookup) and stores a cacheable result like [`populate`](Self::populate).
+    pub async fn refresh<R, S>(&self, key: impl Into<Key>, body: impl Future<Output = R>) -> R
     where
         S: Shape<R, Value = V>,
     {
+        let key = key.into();
         let r = self.timed(body).await;
         if let Some((v, negative)) = S::cacheable(&r) {
-            let _ = self.store(key, v, negative, None).await;
+            let _ = self.store_explicit(&key, v, negative).await;
         }
         r
     }
 
     /// Blocking [`refresh`](Self::refresh).
-    pub fn refresh_blocking<R, S>(&self, key: &str, body: impl FnOnce() -> R) -> R
+    pub fn refresh_blocking<R, S>(&self, key: impl Into<Key>, body: impl FnOnce() -> R) -> R
     where
         S: Shape<R, Value = V>,
     {
@@ -508,7 +743,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     }
 
     fn local_peek(&self, key: &str) -> Option<V> {
-        self.local.as_ref()?.get(key)
+        self.local.as_ref()?.tier.get(key)
     }
 
     fn local_hit(&self, key: &str) -> Option<V> {
@@ -517,12 +752,20 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         Some(v)
     }
 
+    fn local_generation(&self, key: &str) -> u64 {
+        self.local
+            .as_ref()
+            .map_or(0, |l| l.generations.current(key))
+    }
+
     fn drop_local(&self, key: &str) {
-        self.generations.bump_with(key, || {
-            if let Some(local) = &self.local {
-                local.remove(key);
-            }
-        });
+        if let Some(local) = &self.local {
+            local.generations.bump_with(key, || local.tier.remove(key));
+        }
+    }
+
+    fn local_deadline(&self, start: Instant, ttl: Duration) -> Instant {
+        start + self.local_ttl.min(ttl)
     }
 
     async fn timed<R>(&self, body: impl Future<Output = R>) -> R {
@@ -536,7 +779,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         r
     }
 
-    fn count_redis(&self, res: Result<(), CacheError>) -> Result<(), CacheError> {
+    fn count_redis<T>(&self, res: Result<T, CacheError>) -> Result<T, CacheError> {
         if let Err(e) = &res {
             match e {
                 CacheError::TooLarge { .. } => Counters::add(&self.counters.oversize, 1),
@@ -547,26 +790,102 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         res
     }
 
-    /// Reads Redis; a decodable value is promoted to the local tier for at most its remaining
-    /// Redis lifetime (measured from before the request), if no write happened meanwhile.
-    async fn redis_fetch(&self, key: &str, seen: u64) -> Option<V> {
-        let redis = self.redis.as_ref()?;
+    /// A miss's Redis side: read; with a lock, wait for the holder (polling, bounded by
+    /// the lease) unless this call gets the lock.
+    async fn redis_fill(&self, key: &Key, seen_local: u64) -> Fill<V> {
+        let Some(redis) = &self.redis else {
+            return Fill::Compute {
+                stamps: None,
+                token: None,
+            };
+        };
+        let Some(lease) = self.lock_lease else {
+            return match self.redis_read(key, seen_local, None).await {
+                Read::Found(v) => Fill::Found(v),
+                Read::Missing { stamps, .. } => Fill::Compute {
+                    stamps: Some(stamps),
+                    token: None,
+                },
+                Read::Failed => Fill::Compute {
+                    stamps: None,
+                    token: None,
+                },
+            };
+        };
+        let token = lock_token();
+        let deadline = Instant::now() + lease;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let lock = Some((token.clone(), lease.as_millis().max(1) as u64));
+            match self.redis_read(key, seen_local, lock).await {
+                Read::Found(v) => return Fill::Found(v),
+                Read::Missing {
+                    stamps,
+                    locked: true,
+                } => {
+                    return Fill::Compute {
+                        stamps: Some(stamps),
+                        token: Some(token),
+                    }
+                }
+                Read::Missing { stamps, .. } if Instant::now() >= deadline => {
+                    Counters::add(&self.counters.lock_timeouts, 1);
+                    return Fill::Compute {
+                        stamps: Some(stamps),
+                        token: None,
+                    };
+                }
+                Read::Missing { .. } => {
+                    Counters::add(&self.counters.lock_waits, 1);
+                    redis.tier.sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                Read::Failed => {
+                    return Fill::Compute {
+                        stamps: None,
+                        token: None,
+                    }
+                }
+            }
+        }
+    }
+
+    /// One read of Redis: the value and its stamps in one round trip. A value is used only
+    /// if it decodes and its stamps are current; it is then promoted to the local tier for at
+    /// most its remaining Redis lifetime (measured from before the request), unless a local
+    /// write happened meanwhile.
+    async fn redis_read(&self, key: &Key, seen_local: u64, lock: Option<(String, u64)>) -> Read<V> {
+        let Some(redis) = &self.redis else {
+            return Read::Failed;
+        };
         let sent = Instant::now();
-        let fetched = redis.tier.get(key.to_string()).await;
-        let (bytes, pttl) = match fetched {
-            Ok(Fetched::Found(bytes, pttl)) => (bytes, pttl),
-            Ok(Fetched::Missing) => return None,
-            Ok(Fetched::WrongType) => {
+        let req = ReadRequest {
+            value_key: redis.value_key(key),
+            lock_key: redis.lock_key(key),
+            try_lock: lock,
+            stamp_keys: redis.stamp_keys(key),
+        };
+        let (bytes, pttl, stamps) = match redis.tier.read(req).await {
+            Ok(Fetched::Found {
+                bytes,
+                pttl,
+                stamps,
+            }) => (bytes, pttl, stamps),
+            Ok(Fetched::Missing { stamps, locked }) => return Read::Missing { stamps, locked },
+            Ok(Fetched::WrongType { stamps }) => {
                 Counters::add(&self.counters.decode_failures, 1);
                 self.decode_log.warn(
                     &self.name,
                     "a redis key holds another Redis type; treated as a miss",
                 );
-                return None;
+                return Read::Missing {
+                    stamps,
+                    locked: false,
+                };
             }
             Err(e) => {
-                let _ = self.count_redis(Err(e));
-                return None;
+                let _ = self.count_redis::<()>(Err(e));
+                return Read::Failed;
             }
         };
         let decoded = match (redis.decode)(&bytes, self.fingerprint, self.max_value_bytes) {
@@ -577,75 +896,271 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                     &self.name,
                     &format!("undecodable redis value ({e}); treated as a miss"),
                 );
-                return None;
+                return Read::Missing {
+                    stamps,
+                    locked: false,
+                };
             }
         };
+        if decoded.stamps != stamps {
+            // Written before an invalidation, tag invalidation or clear that happened since.
+            Counters::add(&self.counters.stale_rejected, 1);
+            return Read::Missing {
+                stamps,
+                locked: false,
+            };
+        }
         Counters::add(&self.counters.redis_hits, 1);
         if let Some(local) = &self.local {
             let life = pttl.unwrap_or(self.local_ttl).min(self.local_ttl);
             let value = decoded.value.clone();
-            self.generations.if_current(key, seen, || {
-                local.insert(key.to_string(), value, sent + life)
+            let generation = stamps.first().copied().unwrap_or(0);
+            local.generations.if_current(&key.logical, seen_local, || {
+                local.tier.insert(
+                    key.logical.clone(),
+                    value,
+                    sent + life,
+                    generation,
+                    key.tags.clone().into(),
+                )
             });
         }
-        Some(decoded.value)
+        Read::Found(decoded.value)
     }
 
-    /// Stores in Redis, then locally. `seen: Some(g)`: a body result, stored only if no write
-    /// happened since generation `g`. `None`: an explicit write, which bumps the generation.
-    async fn store(
+    async fn release(&self, key: &Key, token: Option<String>) {
+        if let (Some(redis), Some(token)) = (&self.redis, token) {
+            let res = redis.tier.release_lock(redis.lock_key(key), token).await;
+            let _ = self.count_redis(res);
+        }
+    }
+
+    /// Stores a body result: in Redis only if the stamps read at lookup are still current
+    /// (one round trip, which also releases the lock), then locally only if Redis did not
+    /// refuse it and no local write happened since the lookup.
+    async fn store_fresh(
         &self,
-        key: &str,
+        key: &Key,
         value: V,
         negative: bool,
-        seen: Option<u64>,
+        seen_local: u64,
+        stamps: Option<Vec<u64>>,
+        token: Option<String>,
     ) -> Result<(), CacheError> {
         let ttl = if negative { self.none_ttl } else { self.ttl };
-        if let Some(seen) = seen {
-            if self.generations.current(key) != seen {
-                return Ok(());
-            }
-        } else {
-            self.generations.bump_with(key, || {});
-        }
         // Taken before the Redis write: the local deadline then never passes Redis's expiry,
         // which starts when Redis receives the SET.
         let start = Instant::now();
         let mut res = Ok(());
-        if let Some(redis) = &self.redis {
-            res = match (redis.encode)(&value, self.fingerprint, ttl) {
-                Err(e) => Err(CacheError::Encode(e)),
-                Ok(bytes) if bytes.len() > self.max_value_bytes => Err(CacheError::TooLarge {
-                    size: bytes.len(),
-                    limit: self.max_value_bytes,
-                }),
-                Ok(bytes) => redis.tier.set_px(key.to_string(), bytes, ttl).await,
+        let mut generation = 0;
+        if let (Some(redis), Some(stamps)) = (&self.redis, stamps) {
+            generation = stamps.first().copied().unwrap_or(0);
+            res = match self.encode_for_redis(&value, ttl, &stamps) {
+                Err(e) => {
+                    self.release(key, token).await;
+                    Err(e)
+                }
+                Ok(bytes) => {
+                    let written = redis
+                        .tier
+                        .write_if(
+                            redis.value_key(key),
+                            redis.lock_key(key),
+                            bytes,
+                            ttl,
+                            redis.stamp_keys(key),
+                            stamps,
+                            token,
+                        )
+                        .await;
+                    match written {
+                        Ok(true) => Ok(()),
+                        Ok(false) => {
+                            // A write happened while the body ran: this value is stale.
+                            Counters::add(&self.counters.superseded, 1);
+                            return Ok(());
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
             };
             res = self.count_redis(res);
         }
-        let local_life = if self.redis.is_some() || self.tier == Tier::LocalRedis {
-            self.local_ttl.min(ttl)
-        } else {
-            ttl
-        };
-        let deadline = start + local_life;
-        let write_local = || {
-            if let Some(local) = &self.local {
-                local.insert(key.to_string(), value, deadline);
-            }
-        };
-        let stored = match seen {
-            Some(seen) => self.generations.if_current(key, seen, write_local),
-            None => {
-                self.generations.bump_with(key, write_local);
-                true
-            }
+        let stored = match &self.local {
+            Some(local) => local.generations.if_current(&key.logical, seen_local, || {
+                local.tier.insert(
+                    key.logical.clone(),
+                    value,
+                    self.local_deadline(start, ttl),
+                    generation,
+                    key.tags.clone().into(),
+                )
+            }),
+            None => res.is_ok() && self.redis.is_some(),
         };
         if stored {
             Counters::add(&self.counters.populates, 1);
+        } else if self.local.is_some() {
+            Counters::add(&self.counters.superseded, 1);
         }
         res
     }
+
+    /// An explicit write (populate, refresh): bumps the generation (evicting other
+    /// processes' copies, failing in-flight stale writes), then writes under the new stamps.
+    async fn store_explicit(&self, key: &Key, value: V, negative: bool) -> Result<(), CacheError> {
+        let ttl = if negative { self.none_ttl } else { self.ttl };
+        if let Some(local) = &self.local {
+            local.generations.bump_with(&key.logical, || {});
+        }
+        let start = Instant::now();
+        let mut generation = 0;
+        let mut res = Ok(());
+        if let Some(redis) = &self.redis {
+            res = async {
+                let bytes = self.encode_for_redis(&value, ttl, &[])?;
+                let stamps = redis
+                    .tier
+                    .bump_generation(
+                        redis.stamp_keys(key),
+                        redis.retention,
+                        redis.channel.clone(),
+                        bus::message_prefix(bus::Action::Updated, &key.logical),
+                    )
+                    .await?;
+                generation = stamps.first().copied().unwrap_or(0);
+                // Other caches of this process over the same key drop their copies.
+                bus::apply_locally(bus::Action::Updated, &key.logical, generation);
+                let bytes = self.encode_for_redis(&value, ttl, &stamps).unwrap_or(bytes);
+                let written = redis
+                    .tier
+                    .write_if(
+                        redis.value_key(key),
+                        redis.lock_key(key),
+                        bytes,
+                        ttl,
+                        redis.stamp_keys(key),
+                        stamps,
+                        None,
+                    )
+                    .await?;
+                if !written {
+                    // Another write landed between the bump and the SET: it is newer.
+                    Counters::add(&self.counters.superseded, 1);
+                }
+                Ok(())
+            }
+            .await;
+            res = self.count_redis(res);
+        }
+        if let Some(local) = &self.local {
+            local.generations.bump_with(&key.logical, || {
+                local.tier.insert(
+                    key.logical.clone(),
+                    value,
+                    self.local_deadline(start, ttl),
+                    generation,
+                    key.tags.clone().into(),
+                )
+            });
+        }
+        Counters::add(&self.counters.populates, 1);
+        res
+    }
+
+    fn encode_for_redis(
+        &self,
+        value: &V,
+        ttl: Duration,
+        stamps: &[u64],
+    ) -> Result<Vec<u8>, CacheError> {
+        let Some(redis) = &self.redis else {
+            return Err(CacheError::Encode("no redis tier".into()));
+        };
+        let bytes =
+            (redis.encode)(value, self.fingerprint, ttl, stamps).map_err(CacheError::Encode)?;
+        if bytes.len() > self.max_value_bytes {
+            return Err(CacheError::TooLarge {
+                size: bytes.len(),
+                limit: self.max_value_bytes,
+            });
+        }
+        Ok(bytes)
+    }
+}
+
+enum Read<V> {
+    Found(V),
+    Missing { stamps: Vec<u64>, locked: bool },
+    Failed,
+}
+
+fn lock_token() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{:016x}-{}",
+        bus::instance_id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Invalidates every entry carrying `tag`, in every cache and process: local copies here
+/// now, Redis entries by bumping the tag's version (one `INCR`; entries stamped with the old
+/// version become misses), other processes' local copies through the bus.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// cache_runtime::invalidate_tag("user:42").await.unwrap();
+/// # });
+/// ```
+pub async fn invalidate_tag(tag: &str) -> Result<(), CacheError> {
+    bus::apply_locally(bus::Action::Tag, tag, 0);
+    let rt = runtime();
+    match &rt.redis {
+        Some(r) => r
+            .bump_version(
+                format!("{}:tag:{tag}", rt.config.key_prefix),
+                bus::channel(&rt.config.key_prefix),
+                bus::message_prefix(bus::Action::Tag, tag),
+            )
+            .await
+            .map(drop),
+        None => Ok(()),
+    }
+}
+
+/// Blocking [`invalidate_tag`].
+pub fn invalidate_tag_blocking(tag: &str) -> Result<(), CacheError> {
+    pollster::block_on(invalidate_tag(tag))
+}
+
+/// Clears every cache in every tier and process (one `INCR` of a global clear version; no
+/// key scan, no `FLUSHALL`: old entries become misses and expire by their TTL).
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// cache_runtime::clear_all().await.unwrap();
+/// # });
+/// ```
+pub async fn clear_all() -> Result<(), CacheError> {
+    bus::apply_locally(bus::Action::ClearAll, "", 0);
+    let rt = runtime();
+    match &rt.redis {
+        Some(r) => r
+            .bump_version(
+                format!("{}:clear", rt.config.key_prefix),
+                bus::channel(&rt.config.key_prefix),
+                bus::message_prefix(bus::Action::ClearAll, ""),
+            )
+            .await
+            .map(drop),
+        None => Ok(()),
+    }
+}
+
+/// Blocking [`clear_all`].
+pub fn clear_all_blocking() -> Result<(), CacheError> {
+    pollster::block_on(clear_all())
 }
 
 #[cfg(test)]

@@ -10,7 +10,11 @@
 //!     20    8 expires at       u64 LE, Unix milliseconds
 //!     28    4 payload length   u32 LE
 //!     32    4 payload CRC-32   u32 LE
-//!     36    n payload          bincode 2 (standard config) of the value, via serde
+//!     36    1 stamp count      k ≤ 64
+//!     37   8k stamps           u64 LE each: the generation and version counters the value
+//!                              was written under (see `cache.rs`); a reader compares them
+//!                              with the current counters, read in the same round trip
+//!  37+8k    n payload          bincode 2 (standard config) of the value, via serde
 //! ```
 //!
 //! Anything that does not match exactly (magic, version, fingerprint, length, checksum, a
@@ -26,8 +30,10 @@ use serde::{de::DeserializeOwned, Serialize};
 pub const MAGIC: [u8; 2] = *b"CR";
 /// Version of the envelope layout; part of every Redis key too (`w1`).
 pub const WIRE_VERSION: u8 = 1;
-/// Size of the fixed header before the payload.
-pub const HEADER_LEN: usize = 36;
+/// Size of the fixed header (before the stamps and the payload).
+pub const HEADER_LEN: usize = 37;
+/// Most stamps an envelope may carry.
+pub const MAX_STAMPS: usize = 64;
 
 /// Why bytes read from Redis were not accepted as a value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -85,15 +91,23 @@ pub(crate) fn unix_millis(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// Encodes a value with its envelope.
-pub fn encode<V: Serialize>(value: &V, fingerprint: u64, ttl: Duration) -> Result<Vec<u8>, String> {
+/// Encodes a value with its envelope and the stamps it is written under.
+pub fn encode<V: Serialize>(
+    value: &V,
+    fingerprint: u64,
+    ttl: Duration,
+    stamps: &[u64],
+) -> Result<Vec<u8>, String> {
+    if stamps.len() > MAX_STAMPS {
+        return Err(format!("{} stamps, at most {MAX_STAMPS}", stamps.len()));
+    }
     let payload = bincode::serde::encode_to_vec(value, bincode::config::standard())
         .map_err(|e| e.to_string())?;
     let len = u32::try_from(payload.len()).map_err(|_| "value above 4 GiB".to_string())?;
     let now = SystemTime::now();
     let created = unix_millis(now);
     let expires = created.saturating_add(ttl.as_millis() as u64);
-    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    let mut out = Vec::with_capacity(HEADER_LEN + 8 * stamps.len() + payload.len());
     out.extend_from_slice(&MAGIC);
     out.push(WIRE_VERSION);
     out.push(0);
@@ -102,6 +116,10 @@ pub fn encode<V: Serialize>(value: &V, fingerprint: u64, ttl: Duration) -> Resul
     out.extend_from_slice(&expires.to_le_bytes());
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.push(stamps.len() as u8);
+    for s in stamps {
+        out.extend_from_slice(&s.to_le_bytes());
+    }
     out.extend_from_slice(&payload);
     Ok(out)
 }
@@ -115,6 +133,8 @@ pub struct Decoded<V> {
     pub created_unix_ms: u64,
     /// When it expires (Unix ms, writer's clock).
     pub expires_unix_ms: u64,
+    /// The stamps it was written under.
+    pub stamps: Vec<u64>,
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
@@ -132,7 +152,7 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 /// use cache_runtime::codec::{decode, encode, fingerprint, DecodeError};
 /// use std::time::Duration;
 /// let fp = fingerprint("u32", 1);
-/// let bytes = encode(&7u32, fp, Duration::from_secs(60)).unwrap();
+/// let bytes = encode(&7u32, fp, Duration::from_secs(60), &[3]).unwrap();
 /// assert_eq!(decode::<u32>(&bytes, fp, 1 << 20).unwrap().value, 7);
 /// assert_eq!(decode::<u32>(&bytes, fp ^ 1, 1 << 20), Err(DecodeError::Fingerprint));
 /// assert_eq!(decode::<u32>(b"garbage", fp, 1 << 20), Err(DecodeError::Length));
@@ -164,10 +184,18 @@ pub fn decode<V: DeserializeOwned>(
     if len > max_payload {
         return Err(DecodeError::TooLarge(len));
     }
-    if bytes.len() - HEADER_LEN != len {
+    let n_stamps = bytes[36] as usize;
+    if n_stamps > MAX_STAMPS {
         return Err(DecodeError::Length);
     }
-    let payload = &bytes[HEADER_LEN..];
+    let payload_at = HEADER_LEN + 8 * n_stamps;
+    if bytes.len() < payload_at || bytes.len() - payload_at != len {
+        return Err(DecodeError::Length);
+    }
+    let stamps = (0..n_stamps)
+        .map(|i| u64_at(bytes, HEADER_LEN + 8 * i))
+        .collect();
+    let payload = &bytes[payload_at..];
     if crc32fast::hash(payload) != u32_at(bytes, 32) {
         return Err(DecodeError::Checksum);
     }
@@ -179,6 +207,7 @@ pub fn decode<V: DeserializeOwned>(
         value,
         created_unix_ms: created,
         expires_unix_ms: expires,
+        stamps,
     })
 }
 
@@ -232,20 +261,23 @@ mod tests {
     #[test]
     fn round_trip_and_golden_header() {
         let fp = fingerprint("Profile", 1);
-        let bytes = encode(&sample(), fp, Duration::from_secs(60)).unwrap();
+        let bytes = encode(&sample(), fp, Duration::from_secs(60), &[7, 0]).unwrap();
         assert_eq!(&bytes[..4], b"CR\x01\x00");
         assert_eq!(&bytes[4..12], &fp.to_le_bytes());
+        assert_eq!(bytes[36], 2);
+        assert_eq!(&bytes[37..45], &7u64.to_le_bytes());
         // bincode 2 standard config, varint ints: pins the payload format.
-        assert_eq!(&bytes[HEADER_LEN..], b"\x2a\x03Ada\x02\x01a\x01b");
+        assert_eq!(&bytes[HEADER_LEN + 16..], b"\x2a\x03Ada\x02\x01a\x01b");
         let d = decode::<Profile>(&bytes, fp, 1 << 20).unwrap();
         assert_eq!(d.value, sample());
+        assert_eq!(d.stamps, vec![7, 0]);
         assert_eq!(d.expires_unix_ms - d.created_unix_ms, 60_000);
     }
 
     #[test]
     fn every_truncation_and_bit_flip_is_rejected() {
         let fp = fingerprint("Profile", 1);
-        let bytes = encode(&sample(), fp, Duration::from_secs(60)).unwrap();
+        let bytes = encode(&sample(), fp, Duration::from_secs(60), &[]).unwrap();
         for n in 0..bytes.len() {
             assert!(
                 decode::<Profile>(&bytes[..n], fp, 1 << 20).is_err(),
@@ -274,7 +306,7 @@ mod tests {
     #[test]
     fn another_type_with_same_fingerprint_does_not_decode_to_garbage() {
         let fp = fingerprint("x", 1);
-        let bytes = encode(&"hello".to_string(), fp, Duration::from_secs(5)).unwrap();
+        let bytes = encode(&"hello".to_string(), fp, Duration::from_secs(5), &[]).unwrap();
         assert!(decode::<(u64, u64, u64, u64)>(&bytes, fp, 1 << 20).is_err());
     }
 
@@ -291,6 +323,7 @@ mod tests {
         bytes.extend_from_slice(&u64::MAX.to_le_bytes());
         bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.push(0);
         bytes.extend_from_slice(&payload);
         assert!(matches!(
             decode::<Vec<u64>>(&bytes, 7, 1 << 20),
@@ -301,9 +334,9 @@ mod tests {
     #[test]
     fn expired_and_oversized_are_rejected() {
         let fp = fingerprint("u8", 1);
-        let bytes = encode(&1u8, fp, Duration::ZERO).unwrap();
+        let bytes = encode(&1u8, fp, Duration::ZERO, &[]).unwrap();
         assert_eq!(decode::<u8>(&bytes, fp, 10), Err(DecodeError::Expired));
-        let big = encode(&vec![0u8; 100], fp, Duration::from_secs(1)).unwrap();
+        let big = encode(&vec![0u8; 100], fp, Duration::from_secs(1), &[]).unwrap();
         assert_eq!(
             decode::<Vec<u8>>(&big, fp, 10),
             Err(DecodeError::TooLarge(101))

@@ -145,7 +145,15 @@ static RUNTIME: OnceLock<Runtime> = OnceLock::new();
 
 fn make_runtime(config: Config) -> Result<Runtime, InitError> {
     let redis = match &config.redis_url {
-        Some(url) => Some(RedisTier::new(url, &config)?),
+        Some(url) => {
+            let tier = RedisTier::new(url, &config)?;
+            tier.handle().spawn(crate::bus::run(
+                tier.client().clone(),
+                crate::bus::channel(&config.key_prefix),
+                config.connect_timeout,
+            ));
+            Some(tier)
+        }
         None => None,
     };
     Ok(Runtime { config, redis })

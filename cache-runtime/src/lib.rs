@@ -26,6 +26,7 @@
 
 #![warn(missing_docs)]
 
+mod bus;
 mod cache;
 pub mod codec;
 mod config;
@@ -40,7 +41,11 @@ mod stats;
 #[doc(hidden)]
 pub mod __private;
 
-pub use cache::{Cache, CacheBuilder, Tier, DEFAULT_CAPACITY, DEFAULT_LOCAL_TTL_CAP};
+pub use bus::{bus_status, recent_propagation_delays_us, BusStatus};
+pub use cache::{
+    clear_all, clear_all_blocking, invalidate_tag, invalidate_tag_blocking, Cache, CacheBuilder,
+    Key, Tier, DEFAULT_CAPACITY, DEFAULT_LOCAL_TTL_CAP, DEFAULT_LOCK_LEASE,
+};
 pub use config::{config, init, redis_enabled, Config, ConfigBuilder};
 pub use error::{CacheError, InitError};
 pub use shape::{OkOnly, Plain, Sharing, SomeOnly, SomeOrNone};

@@ -1,6 +1,7 @@
 //! The in-process tier: a moka cache with a deadline per entry.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::sync::Cache as Moka;
@@ -11,6 +12,10 @@ struct Entry<V> {
     value: V,
     deadline: Instant,
     epoch: u64,
+    /// The Redis generation the value was read or written under (0 without Redis).
+    generation: u64,
+    /// Tags of the entry, for tag invalidation (empty for untagged caches).
+    tags: Arc<[String]>,
 }
 
 /// Expires each entry at its own deadline: a value promoted from Redis must not outlive the
@@ -46,13 +51,18 @@ pub(crate) struct LocalTier<V> {
 }
 
 impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
-    pub(crate) fn new(name: &str, capacity: u64) -> Self {
+    pub(crate) fn new(name: &str, capacity: u64, tagged: bool) -> Self {
+        let builder = Moka::builder()
+            .name(name)
+            .max_capacity(capacity)
+            .expire_after(DeadlineExpiry);
+        let moka = if tagged {
+            builder.support_invalidation_closures().build()
+        } else {
+            builder.build()
+        };
         Self {
-            moka: Moka::builder()
-                .name(name)
-                .max_capacity(capacity)
-                .expire_after(DeadlineExpiry)
-                .build(),
+            moka,
             epoch: AtomicU64::new(0),
         }
     }
@@ -63,7 +73,14 @@ impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
             .then_some(entry.value)
     }
 
-    pub(crate) fn insert(&self, key: String, value: V, deadline: Instant) {
+    pub(crate) fn insert(
+        &self,
+        key: String,
+        value: V,
+        deadline: Instant,
+        generation: u64,
+        tags: Arc<[String]>,
+    ) {
         if deadline <= Instant::now() {
             self.moka.invalidate(&key);
             return;
@@ -75,12 +92,31 @@ impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
                 value,
                 deadline,
                 epoch,
+                generation,
+                tags,
             },
         );
     }
 
     pub(crate) fn remove(&self, key: &str) {
         self.moka.invalidate(key);
+    }
+
+    /// Removes the entry unless it already is at `generation` or newer.
+    pub(crate) fn remove_older_than(&self, key: &str, generation: u64) {
+        if let Some(e) = self.moka.get(key) {
+            if e.generation < generation {
+                self.moka.invalidate(key);
+            }
+        }
+    }
+
+    /// Removes every entry carrying `tag` (a no-op for an untagged cache).
+    pub(crate) fn remove_tagged(&self, tag: &str) {
+        let tag = tag.to_string();
+        let _ = self
+            .moka
+            .invalidate_entries_if(move |_, e| e.tags.iter().any(|t| *t == tag));
     }
 
     pub(crate) fn clear(&self) {

@@ -41,16 +41,114 @@ struct Shared {
 pub(crate) struct RedisTier {
     handle: tokio::runtime::Handle,
     shared: Arc<Shared>,
-    get_script: Script,
+    scripts: Arc<Scripts>,
 }
 
-/// What a GET found.
+/// What a read found. `stamps` are the current counters of the request's stamp keys
+/// (missing keys read as 0), read atomically with the value.
 pub(crate) enum Fetched {
-    Missing,
+    Missing {
+        stamps: Vec<u64>,
+        locked: bool,
+    },
     /// Bytes and the key's remaining lifetime (`None`: no expiry set).
-    Found(Vec<u8>, Option<Duration>),
+    Found {
+        bytes: Vec<u8>,
+        pttl: Option<Duration>,
+        stamps: Vec<u64>,
+    },
     /// The key holds another Redis type (hash, list, ...).
-    WrongType,
+    WrongType {
+        stamps: Vec<u64>,
+    },
+}
+
+/// One read: the value key, the lock key (tried only with `try_lock`), and the stamp keys.
+pub(crate) struct ReadRequest {
+    pub value_key: String,
+    pub lock_key: String,
+    pub try_lock: Option<(String, u64)>,
+    pub stamp_keys: Vec<String>,
+}
+
+/// Scripts keep each operation to one round trip and make it atomic.
+struct Scripts {
+    read: Script,
+    write_if: Script,
+    release: Script,
+    invalidate: Script,
+    bump_gen: Script,
+    bump_version: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            // KEYS: value, lock, stamps...; ARGV: try-lock flag, token, lease ms.
+            read: Script::new(
+                r"
+local stamps = redis.call('MGET', unpack(KEYS, 3))
+local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'table' and v.err then return {2, false, -2, stamps, 0} end
+if v then return {1, v, redis.call('PTTL', KEYS[1]), stamps, 0} end
+local locked = 0
+if ARGV[1] == '1' and redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
+  locked = 1
+end
+return {0, false, -2, stamps, locked}",
+            ),
+            // KEYS: value, lock, stamps...; ARGV: bytes, px, token or '', seen stamps...
+            write_if: Script::new(
+                r"
+local cur = redis.call('MGET', unpack(KEYS, 3))
+local ok = 1
+for i = 1, #cur do
+  if (tonumber(cur[i]) or 0) ~= tonumber(ARGV[i + 3]) then ok = 0 break end
+end
+if ok == 1 then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
+return ok",
+            ),
+            // KEYS: lock; ARGV: token.
+            release: Script::new(
+                r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0",
+            ),
+            // KEYS: value, generation; ARGV: retention ms, channel, message prefix.
+            invalidate: Script::new(
+                r"
+local g = redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3] .. g)
+return g",
+            ),
+            // KEYS: generation, other stamps...; ARGV: retention ms, channel, message prefix.
+            bump_gen: Script::new(
+                r"
+local g = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3] .. g)
+local stamps = redis.call('MGET', unpack(KEYS))
+stamps[1] = g
+return stamps",
+            ),
+            // KEYS: version; ARGV: channel, message prefix.
+            bump_version: Script::new(
+                r"
+local v = redis.call('INCR', KEYS[1])
+redis.call('PUBLISH', ARGV[1], ARGV[2] .. v)
+return v",
+            ),
+        }
+    }
+}
+
+fn parse_stamps(raw: Vec<Option<String>>) -> Vec<u64> {
+    raw.into_iter()
+        .map(|s| s.and_then(|s| s.parse().ok()).unwrap_or(0))
+        .collect()
 }
 
 impl RedisTier {
@@ -85,11 +183,7 @@ impl RedisTier {
                 }),
                 log: LogLimiter::default(),
             }),
-            get_script: Script::new(
-                "local v = redis.call('GET', KEYS[1]) \
-                 if not v then return false end \
-                 return {v, redis.call('PTTL', KEYS[1])}",
-            ),
+            scripts: Arc::new(Scripts::new()),
         })
     }
 
@@ -130,53 +224,178 @@ impl RedisTier {
             .unwrap_or_else(|e| Err(CacheError::Unavailable(format!("redis task failed: {e}"))))
     }
 
-    pub(crate) async fn get(&self, key: String) -> Result<Fetched, CacheError> {
-        let script = self.get_script.clone();
+    pub(crate) async fn read(&self, req: ReadRequest) -> Result<Fetched, CacheError> {
+        let scripts = self.scripts.clone();
+        type Reply = (i64, Option<Vec<u8>>, i64, Vec<Option<String>>, i64);
         let res = self
             .exec(move |mut c| async move {
-                let v: Option<(Vec<u8>, i64)> = script.key(&key).invoke_async(&mut c).await?;
-                Ok(v)
+                let mut inv = scripts.read.prepare_invoke();
+                inv.key(&req.value_key).key(&req.lock_key);
+                for k in &req.stamp_keys {
+                    inv.key(k);
+                }
+                match &req.try_lock {
+                    Some((token, lease_ms)) => inv.arg("1").arg(token).arg(*lease_ms),
+                    None => inv.arg("0").arg("").arg(0),
+                };
+                inv.invoke_async::<Reply>(&mut c).await
             })
             .await;
         match res {
-            Ok(None) => Ok(Fetched::Missing),
-            Ok(Some((bytes, pttl))) => {
-                let ttl = (pttl >= 0).then(|| Duration::from_millis(pttl as u64));
-                Ok(Fetched::Found(bytes, ttl))
-            }
-            Err(CacheError::Redis(msg)) if msg.contains("WRONGTYPE") => Ok(Fetched::WrongType),
+            Ok((1, Some(bytes), pttl, stamps, _)) => Ok(Fetched::Found {
+                bytes,
+                pttl: (pttl >= 0).then(|| Duration::from_millis(pttl as u64)),
+                stamps: parse_stamps(stamps),
+            }),
+            Ok((2, _, _, stamps, _)) => Ok(Fetched::WrongType {
+                stamps: parse_stamps(stamps),
+            }),
+            Ok((_, _, _, stamps, locked)) => Ok(Fetched::Missing {
+                stamps: parse_stamps(stamps),
+                locked: locked == 1,
+            }),
             Err(e) => Err(e),
         }
     }
 
-    pub(crate) async fn set_px(
+    /// `SET value PX` if every stamp key still holds `seen`; releases the lock if `token`
+    /// still owns it. `Ok(false)`: a write happened since `seen` was read; nothing stored.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn write_if(
         &self,
-        key: String,
+        value_key: String,
+        lock_key: String,
         bytes: Vec<u8>,
         ttl: Duration,
-    ) -> Result<(), CacheError> {
+        stamp_keys: Vec<String>,
+        seen: Vec<u64>,
+        token: Option<String>,
+    ) -> Result<bool, CacheError> {
         let ms = ttl.as_millis().max(1) as u64;
+        let scripts = self.scripts.clone();
         self.exec(move |mut c| async move {
-            redis::cmd("SET")
-                .arg(&key)
-                .arg(bytes)
-                .arg("PX")
-                .arg(ms)
-                .query_async::<()>(&mut c)
+            let mut inv = scripts.write_if.prepare_invoke();
+            inv.key(&value_key).key(&lock_key);
+            for k in &stamp_keys {
+                inv.key(k);
+            }
+            inv.arg(bytes).arg(ms).arg(token.as_deref().unwrap_or(""));
+            for s in &seen {
+                inv.arg(*s);
+            }
+            inv.invoke_async::<i64>(&mut c).await.map(|ok| ok == 1)
+        })
+        .await
+    }
+
+    pub(crate) async fn release_lock(
+        &self,
+        lock_key: String,
+        token: String,
+    ) -> Result<(), CacheError> {
+        let scripts = self.scripts.clone();
+        self.exec(move |mut c| async move {
+            scripts
+                .release
+                .key(&lock_key)
+                .arg(&token)
+                .invoke_async::<i64>(&mut c)
+                .await
+                .map(drop)
+        })
+        .await
+    }
+
+    /// Bumps the key's generation (kept `retention`), deletes the value, and publishes
+    /// `message_prefix` + the new generation on `channel`: one round trip.
+    pub(crate) async fn invalidate(
+        &self,
+        value_key: String,
+        gen_key: String,
+        retention: Duration,
+        channel: String,
+        message_prefix: String,
+    ) -> Result<u64, CacheError> {
+        let scripts = self.scripts.clone();
+        self.exec(move |mut c| async move {
+            scripts
+                .invalidate
+                .key(&value_key)
+                .key(&gen_key)
+                .arg(retention.as_millis() as u64)
+                .arg(&channel)
+                .arg(&message_prefix)
+                .invoke_async::<u64>(&mut c)
                 .await
         })
         .await
     }
 
-    pub(crate) async fn del(&self, key: String) -> Result<bool, CacheError> {
+    /// Bumps the generation (first stamp key) and returns every stamp after the bump.
+    pub(crate) async fn bump_generation(
+        &self,
+        stamp_keys: Vec<String>,
+        retention: Duration,
+        channel: String,
+        message_prefix: String,
+    ) -> Result<Vec<u64>, CacheError> {
+        let scripts = self.scripts.clone();
         self.exec(move |mut c| async move {
-            redis::cmd("DEL")
-                .arg(&key)
-                .query_async::<i64>(&mut c)
-                .await
-                .map(|n| n > 0)
+            let mut inv = scripts.bump_gen.prepare_invoke();
+            for k in &stamp_keys {
+                inv.key(k);
+            }
+            inv.arg(retention.as_millis() as u64)
+                .arg(&channel)
+                .arg(&message_prefix);
+            // The first element is an integer (the new generation), the rest MGET strings.
+            let raw: Vec<redis::Value> = inv.invoke_async(&mut c).await?;
+            Ok(raw
+                .into_iter()
+                .map(|v| match v {
+                    redis::Value::Int(i) => i.max(0) as u64,
+                    redis::Value::BulkString(b) => std::str::from_utf8(&b)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0),
+                    _ => 0,
+                })
+                .collect())
         })
         .await
+    }
+
+    /// Bumps a version counter (tag or clear; never expires) and publishes.
+    pub(crate) async fn bump_version(
+        &self,
+        key: String,
+        channel: String,
+        message_prefix: String,
+    ) -> Result<u64, CacheError> {
+        let scripts = self.scripts.clone();
+        self.exec(move |mut c| async move {
+            scripts
+                .bump_version
+                .key(&key)
+                .arg(&channel)
+                .arg(&message_prefix)
+                .invoke_async::<u64>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// Sleeps on the Redis thread: usable from any executor, `pollster` included.
+    pub(crate) async fn sleep(&self, d: Duration) {
+        let _ = self.handle.spawn(tokio::time::sleep(d)).await;
+    }
+
+    pub(crate) fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+
+    pub(crate) fn client(&self) -> &redis::Client {
+        &self.shared.client
     }
 
     pub(crate) async fn ping(&self) -> Result<(), CacheError> {

@@ -20,6 +20,10 @@ pub(crate) struct Counters {
     pub decode_failures: AtomicU64,
     pub redis_errors: AtomicU64,
     pub oversize: AtomicU64,
+    pub stale_rejected: AtomicU64,
+    pub superseded: AtomicU64,
+    pub lock_waits: AtomicU64,
+    pub lock_timeouts: AtomicU64,
 }
 
 impl Counters {
@@ -40,6 +44,10 @@ impl Counters {
             decode_failures: self.decode_failures.load(Relaxed),
             redis_errors: self.redis_errors.load(Relaxed),
             oversize: self.oversize.load(Relaxed),
+            stale_rejected: self.stale_rejected.load(Relaxed),
+            superseded: self.superseded.load(Relaxed),
+            lock_waits: self.lock_waits.load(Relaxed),
+            lock_timeouts: self.lock_timeouts.load(Relaxed),
         }
     }
 
@@ -56,6 +64,10 @@ impl Counters {
             &self.decode_failures,
             &self.redis_errors,
             &self.oversize,
+            &self.stale_rejected,
+            &self.superseded,
+            &self.lock_waits,
+            &self.lock_timeouts,
         ] {
             c.store(0, Relaxed);
         }
@@ -97,6 +109,16 @@ pub struct Stats {
     pub redis_errors: u64,
     /// Values not written to Redis because they exceeded `max_value_bytes`.
     pub oversize: u64,
+    /// Values found in Redis but written before an invalidation, tag invalidation or clear
+    /// that happened since (their stamps are outdated): misses.
+    pub stale_rejected: u64,
+    /// Body results not stored because a write happened while the body ran (the
+    /// stale-write-back race, prevented).
+    pub superseded: u64,
+    /// Polls while another process held the single-flight lock (`lock = true`).
+    pub lock_waits: u64,
+    /// Times a caller stopped waiting for a lock holder after the lease and ran the body.
+    pub lock_timeouts: u64,
 }
 
 impl Stats {

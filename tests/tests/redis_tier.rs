@@ -254,13 +254,14 @@ async fn corruptible(id: u64) -> Profile {
 async fn corrupt_foreign_and_wrongly_typed_values_are_misses() {
     shared_redis();
     let fp = codec::fingerprint(std::any::type_name::<Profile>(), 1);
-    let good = codec::encode(&profile(1), fp, Duration::from_secs(60)).unwrap();
+    let good = codec::encode(&profile(1), fp, Duration::from_secs(60), &[0, 0, 0]).unwrap();
     let mut flipped = good.clone();
     *flipped.last_mut().unwrap() ^= 0x40;
     let foreign = codec::encode(
         &"a string".to_string(),
         codec::fingerprint("alloc::string::String", 1),
         Duration::from_secs(60),
+        &[0, 0, 0],
     )
     .unwrap();
     let bad_values: Vec<(&str, Vec<u8>)> = vec![

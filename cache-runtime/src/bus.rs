@@ -1,0 +1,341 @@
+//! The invalidation bus: Redis pub/sub messages that evict local copies in every process.
+//!
+//! Writes (`invalidate`, `populate`, `refresh`, tag invalidations, clears) publish from inside
+//! the same Lua script that changes Redis, so a message is sent exactly when the write
+//! happened, in the same round trip. Reads that fill the cache publish nothing.
+//!
+//! A message is one line of fields separated by `0x1F`:
+//!
+//! ```text
+//! C1 ␟ sender instance (hex) ␟ action ␟ sent at (Unix µs) ␟ target ␟ counter
+//! ```
+//!
+//! `action` is `I` (key invalidated), `U` (key written), `T` (tag invalidated), `C` (cache
+//! cleared, target = cache name) or `A` (all cleared). `counter` is the key's generation or the
+//! version after the write; it is appended by the script. Values never travel on the bus.
+//!
+//! The subscriber runs on the Redis thread, reconnects with backoff, pings every second to
+//! notice a hung server, and clears the local tier of every `local+redis` cache whenever it
+//! (re)subscribes, since messages may have been lost meanwhile.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+
+/// Version of the message format; part of the channel name.
+pub const BUS_VERSION: u32 = 1;
+
+/// What a message asks the receivers to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    Invalidated,
+    Updated,
+    Tag,
+    ClearCache,
+    ClearAll,
+}
+
+impl Action {
+    fn code(self) -> char {
+        match self {
+            Action::Invalidated => 'I',
+            Action::Updated => 'U',
+            Action::Tag => 'T',
+            Action::ClearCache => 'C',
+            Action::ClearAll => 'A',
+        }
+    }
+
+    fn from_code(s: &str) -> Option<Self> {
+        Some(match s {
+            "I" => Action::Invalidated,
+            "U" => Action::Updated,
+            "T" => Action::Tag,
+            "C" => Action::ClearCache,
+            "A" => Action::ClearAll,
+            _ => return None,
+        })
+    }
+}
+
+const SEP: char = '\u{1f}';
+
+/// This process's id on the bus (random per process).
+pub(crate) fn instance_id() -> u64 {
+    static ID: OnceLock<u64> = OnceLock::new();
+    *ID.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.write_u128(now_us() as u128);
+        h.finish()
+    })
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// The message without its counter, which the publishing script appends.
+pub(crate) fn message_prefix(action: Action, target: &str) -> String {
+    format!(
+        "C{BUS_VERSION}{SEP}{:016x}{SEP}{}{SEP}{}{SEP}{target}{SEP}",
+        instance_id(),
+        action.code(),
+        now_us()
+    )
+}
+
+#[derive(Debug, PartialEq)]
+pub(crate) struct Message<'a> {
+    pub sender: u64,
+    pub action: Action,
+    pub sent_us: u64,
+    pub target: &'a str,
+    pub counter: u64,
+}
+
+pub(crate) fn parse(payload: &str) -> Option<Message<'_>> {
+    let mut head = payload.splitn(5, SEP);
+    if head.next()? != format!("C{BUS_VERSION}") {
+        return None;
+    }
+    let sender = u64::from_str_radix(head.next()?, 16).ok()?;
+    let action = Action::from_code(head.next()?)?;
+    let sent_us = head.next()?.parse().ok()?;
+    let (target, counter) = head.next()?.rsplit_once(SEP)?;
+    Some(Message {
+        sender,
+        action,
+        sent_us,
+        target,
+        counter: counter.parse().ok()?,
+    })
+}
+
+/// The channel of a key prefix.
+pub(crate) fn channel(prefix: &str) -> String {
+    format!("{prefix}:bus:{BUS_VERSION}")
+}
+
+/// A local tier that the bus can evict.
+pub(crate) trait Target: Send + Sync {
+    fn name(&self) -> &str;
+    /// Whether it fronts Redis (`local+redis` with Redis configured): such tiers are
+    /// cleared whenever the bus may have lost messages.
+    fn shared(&self) -> bool;
+    /// Evict `key` unless the local copy is at generation ≥ `generation`.
+    fn evict(&self, key: &str, generation: u64);
+    fn evict_tag(&self, tag: &str);
+    fn clear(&self);
+}
+
+static TARGETS: Mutex<Vec<Weak<dyn Target>>> = Mutex::new(Vec::new());
+
+pub(crate) fn register(target: Weak<dyn Target>) {
+    let mut targets = TARGETS.lock().unwrap_or_else(|p| p.into_inner());
+    targets.retain(|t| t.strong_count() > 0);
+    targets.push(target);
+}
+
+fn each_target(mut f: impl FnMut(&dyn Target)) {
+    let targets: Vec<Arc<dyn Target>> = TARGETS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter_map(Weak::upgrade)
+        .collect();
+    for t in targets {
+        f(t.as_ref());
+    }
+}
+
+fn clear_shared() {
+    each_target(|t| {
+        if t.shared() {
+            t.clear()
+        }
+    });
+}
+
+/// Applies an action to this process's local tiers (for messages from others, and for this
+/// process's own writes, which do not wait for their echo).
+pub(crate) fn apply_locally(action: Action, target: &str, counter: u64) {
+    match action {
+        Action::Invalidated | Action::Updated => each_target(|t| t.evict(target, counter)),
+        Action::Tag => each_target(|t| t.evict_tag(target)),
+        Action::ClearCache => each_target(|t| {
+            if t.name() == target {
+                t.clear()
+            }
+        }),
+        Action::ClearAll => each_target(|t| t.clear()),
+    }
+}
+
+/// State of this process's subscription.
+///
+/// ```
+/// let s = cache_runtime::bus_status();
+/// assert!(s.received >= s.applied);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BusStatus {
+    /// Whether the subscription is up now.
+    pub connected: bool,
+    /// Times the subscription was (re)established.
+    pub subscriptions: u64,
+    /// Messages received, this process's own included.
+    pub received: u64,
+    /// Messages from other processes that were applied.
+    pub applied: u64,
+    /// Messages that did not parse (other versions, foreign publishers).
+    pub rejected: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    connected: AtomicBool,
+    subscriptions: AtomicU64,
+    received: AtomicU64,
+    applied: AtomicU64,
+    rejected: AtomicU64,
+}
+
+static COUNTERS: OnceLock<Counters> = OnceLock::new();
+static DELAYS: Mutex<VecDeque<u64>> = Mutex::new(VecDeque::new());
+const DELAY_SAMPLES: usize = 4096;
+
+fn counters() -> &'static Counters {
+    COUNTERS.get_or_init(Counters::default)
+}
+
+/// The subscription's state and counters.
+pub fn bus_status() -> BusStatus {
+    let c = counters();
+    BusStatus {
+        connected: c.connected.load(Ordering::Relaxed),
+        subscriptions: c.subscriptions.load(Ordering::Relaxed),
+        received: c.received.load(Ordering::Relaxed),
+        applied: c.applied.load(Ordering::Relaxed),
+        rejected: c.rejected.load(Ordering::Relaxed),
+    }
+}
+
+/// Delays (µs, sender's clock at publish → this process applying the eviction) of the most
+/// recent messages from other processes on this host, oldest first. For measuring
+/// propagation; across hosts it includes clock skew.
+pub fn recent_propagation_delays_us() -> Vec<u64> {
+    DELAYS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .copied()
+        .collect()
+}
+
+fn handle(payload: &[u8]) {
+    let c = counters();
+    c.received.fetch_add(1, Ordering::Relaxed);
+    let Some(msg) = std::str::from_utf8(payload).ok().and_then(parse) else {
+        c.rejected.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    if msg.sender == instance_id() {
+        return;
+    }
+    apply_locally(msg.action, msg.target, msg.counter);
+    c.applied.fetch_add(1, Ordering::Relaxed);
+    let delay = now_us().saturating_sub(msg.sent_us);
+    let mut d = DELAYS.lock().unwrap_or_else(|p| p.into_inner());
+    if d.len() == DELAY_SAMPLES {
+        d.pop_front();
+    }
+    d.push_back(delay);
+}
+
+/// Runs forever on the Redis thread: subscribe, apply, reconnect.
+pub(crate) async fn run(client: redis::Client, channel: String, timeout: Duration) {
+    let mut failures: u32 = 0;
+    loop {
+        match subscribe_and_listen(&client, &channel, timeout).await {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                if failures == 1 || failures % 50 == 0 {
+                    tracing::warn!("cache_runtime: invalidation bus unavailable: {e}");
+                }
+            }
+        }
+        counters().connected.store(false, Ordering::Relaxed);
+        // Messages may be lost while we are away: drop every local copy now, and again on
+        // resubscribing. Until then local copies live at most `local_ttl`.
+        clear_shared();
+        let backoff = Duration::from_millis(50 << failures.min(5)).min(Duration::from_secs(2));
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+async fn subscribe_and_listen(
+    client: &redis::Client,
+    channel: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let connect = tokio::time::timeout(timeout.max(Duration::from_secs(1)), async {
+        let pubsub = client.get_async_pubsub().await?;
+        let (mut sink, stream) = pubsub.split();
+        sink.subscribe(channel).await?;
+        Ok::<_, redis::RedisError>((sink, stream))
+    })
+    .await
+    .map_err(|_| "subscribe timed out".to_string())?
+    .map_err(|e| e.to_string())?;
+    let (mut sink, mut stream) = connect;
+    let c = counters();
+    c.subscriptions.fetch_add(1, Ordering::Relaxed);
+    c.connected.store(true, Ordering::Relaxed);
+    clear_shared();
+    tracing::debug!("cache_runtime: invalidation bus subscribed to {channel}");
+    let mut ping = tokio::time::interval(Duration::from_secs(1));
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            msg = stream.next() => match msg {
+                Some(msg) => handle(msg.get_payload_bytes()),
+                None => return Err("subscription closed".into()),
+            },
+            _ = ping.tick() => {
+                match tokio::time::timeout(Duration::from_secs(1), sink.ping::<redis::Value>()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(format!("ping failed: {e}")),
+                    Err(_) => return Err("ping timed out".into()),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_with_any_target() {
+        for target in ["user:1", "", "a\u{1f}b", "x|y"] {
+            let line = format!("{}42", message_prefix(Action::Invalidated, target));
+            let m = parse(&line).expect("parses");
+            assert_eq!(m.sender, instance_id());
+            assert_eq!(m.action, Action::Invalidated);
+            assert_eq!(m.target, target);
+            assert_eq!(m.counter, 42);
+        }
+        assert!(parse("C2\u{1f}00\u{1f}I\u{1f}1\u{1f}k\u{1f}1").is_none());
+        assert!(parse("garbage").is_none());
+    }
+}
