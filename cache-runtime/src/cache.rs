@@ -1181,7 +1181,7 @@ mod tests {
         let c2 = c.clone();
         let reader = tokio::spawn(async move {
             c2.get_or_load::<_, Plain>(
-                "k".into(),
+                "k",
                 async move {
                     started_tx.send(()).unwrap();
                     go_rx.await.unwrap();
@@ -1212,7 +1212,7 @@ mod tests {
         );
         let r = c
             .get_or_load::<_, OkOnly>(
-                "k".into(),
+                "k",
                 async {
                     runs.fetch_add(1, Ordering::SeqCst);
                     Err::<u64, _>("db down".to_string())
