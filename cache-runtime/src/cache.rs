@@ -352,8 +352,9 @@ impl<V> CacheBuilder<V> {
     }
 
     /// Distributed single-flight: on a miss in every tier, one process (holding a Redis
-    /// lease of `lease`) runs the body while the others wait for its value, for at most
-    /// `lease`, then compute it themselves.
+    /// lease of `lease`) runs the body while the others poll for its value. If the holder
+    /// dies, its lease expires and a waiter takes over; a waiter gives up and runs the body
+    /// itself after `2 × lease`.
     pub fn lock(mut self, lease: Duration) -> Self {
         self.lock_lease = Some(lease.max(Duration::from_millis(1)));
         self
@@ -742,6 +743,11 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         pollster::block_on(self.refresh::<R, S>(key, async move { body() }))
     }
 
+    /// The local tier's copy of `key`, if any: no Redis, no stats. For tests and debugging.
+    pub fn peek_local(&self, key: &str) -> Option<V> {
+        self.local_peek(key)
+    }
+
     fn local_peek(&self, key: &str) -> Option<V> {
         self.local.as_ref()?.tier.get(key)
     }
@@ -813,7 +819,8 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             };
         };
         let token = lock_token();
-        let deadline = Instant::now() + lease;
+        // Long enough for a crashed holder's lease to expire and a waiter to take over.
+        let deadline = Instant::now() + lease * 2;
         let mut pause = Duration::from_millis(2);
         loop {
             let lock = Some((token.clone(), lease.as_millis().max(1) as u64));

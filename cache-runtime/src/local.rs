@@ -116,7 +116,7 @@ impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
         let tag = tag.to_string();
         let _ = self
             .moka
-            .invalidate_entries_if(move |_, e| e.tags.iter().any(|t| *t == tag));
+            .invalidate_entries_if(move |_, e| e.tags.contains(&tag));
     }
 
     pub(crate) fn clear(&self) {

@@ -9,6 +9,8 @@
 //! server.restart();
 //! ```
 
+pub mod node;
+
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -271,5 +273,157 @@ pub fn eventually_blocking(within: Duration, what: &str, mut cond: impl FnMut() 
             "timed out after {within:?} waiting for: {what}"
         );
         std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A running cache node (see [`node`]), driven over stdin/stdout.
+pub struct Node {
+    child: Mutex<Option<Child>>,
+    stdin: Mutex<std::process::ChildStdin>,
+    inbox: std::sync::Arc<(Mutex<Inbox>, std::sync::Condvar)>,
+    next: std::sync::atomic::AtomicU64,
+    pid: u32,
+}
+
+#[derive(Default)]
+struct Inbox {
+    replies: std::collections::HashMap<u64, Result<String, String>>,
+    events: Vec<String>,
+    closed: bool,
+}
+
+const NODE_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Node {
+    /// Starts `binary` (e.g. `env!("CARGO_BIN_EXE_cache-node")`) against `server`, with
+    /// extra environment variables, and waits until it is ready.
+    pub fn start(binary: &str, server: &RedisServer, env: &[(&str, &str)]) -> Self {
+        use std::io::BufRead;
+        let mut cmd = Command::new(binary);
+        cmd.args(["--redis", &server.url()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = spawn_tied_to_process(cmd);
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let pid = child.id();
+        let inbox = std::sync::Arc::new((Mutex::new(Inbox::default()), std::sync::Condvar::new()));
+        let reader_inbox = inbox.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let (lock, cv) = &*reader_inbox;
+                let mut inbox = lock.lock().unwrap();
+                if let Some(event) = line.strip_prefix("! ") {
+                    inbox.events.push(event.to_string());
+                } else {
+                    let mut parts = line.splitn(3, ' ');
+                    let id = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+                    let status = parts.next().unwrap_or("");
+                    let rest = parts.next().unwrap_or("").to_string();
+                    inbox
+                        .replies
+                        .insert(id, if status == "ok" { Ok(rest) } else { Err(rest) });
+                }
+                cv.notify_all();
+            }
+            let (lock, cv) = &*reader_inbox;
+            lock.lock().unwrap().closed = true;
+            cv.notify_all();
+        });
+        let node = Self {
+            child: Mutex::new(Some(child)),
+            stdin: Mutex::new(stdin),
+            inbox,
+            next: std::sync::atomic::AtomicU64::new(1),
+            pid,
+        };
+        node.wait_event("ready");
+        node
+    }
+
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Sends a command without waiting; returns its request id for [`Node::reply`].
+    pub fn send(&self, command: &str) -> u64 {
+        use std::io::Write;
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut stdin = self.stdin.lock().unwrap();
+        writeln!(stdin, "{id} {command}").expect("node stdin");
+        stdin.flush().expect("node stdin");
+        id
+    }
+
+    /// Waits for the reply to request `id`.
+    pub fn reply(&self, id: u64) -> Result<String, String> {
+        let (lock, cv) = &*self.inbox;
+        let deadline = Instant::now() + NODE_TIMEOUT;
+        let mut inbox = lock.lock().unwrap();
+        loop {
+            if let Some(r) = inbox.replies.remove(&id) {
+                return r;
+            }
+            assert!(
+                !inbox.closed,
+                "node {} exited before replying to request {id}",
+                self.pid
+            );
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "node {} did not reply to request {id} within {NODE_TIMEOUT:?}",
+                self.pid
+            );
+            inbox = cv.wait_timeout(inbox, left).unwrap().0;
+        }
+    }
+
+    /// Sends a command and returns its successful result (panics on `err`).
+    pub fn call(&self, command: &str) -> String {
+        let id = self.send(command);
+        self.reply(id)
+            .unwrap_or_else(|e| panic!("node {}: `{command}` failed: {e}", self.pid))
+    }
+
+    /// Waits until the node has reported `event` (e.g. `paused 1`), and consumes it.
+    pub fn wait_event(&self, event: &str) {
+        let (lock, cv) = &*self.inbox;
+        let deadline = Instant::now() + NODE_TIMEOUT;
+        let mut inbox = lock.lock().unwrap();
+        loop {
+            if let Some(i) = inbox.events.iter().position(|e| e == event) {
+                inbox.events.remove(i);
+                return;
+            }
+            assert!(!inbox.closed, "node {} exited before `{event}`", self.pid);
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "node {} did not report `{event}` within {NODE_TIMEOUT:?}",
+                self.pid
+            );
+            inbox = cv.wait_timeout(inbox, left).unwrap().0;
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill(&self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

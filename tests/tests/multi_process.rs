@@ -1,0 +1,293 @@
+//! Several OS processes (cache nodes, see `cache_tests::node`) sharing one harness-started
+//! Redis: invalidation propagation, the stale write-back race, bus reconnects, distributed
+//! single-flight, tags and clears, and a rolling deploy of two schema versions.
+
+use std::time::Duration;
+
+use cache_tests::{eventually_blocking, Node, RedisServer};
+use redis::Commands;
+
+const V1: &str = env!("CARGO_BIN_EXE_cache-node");
+const V2: &str = env!("CARGO_BIN_EXE_cache-node-v2");
+const WITHIN: Duration = Duration::from_secs(10);
+
+fn set_db(server: &RedisServer, id: u64, value: &str) {
+    let _: () = server.client().set(format!("db:{id}"), value).unwrap();
+}
+
+fn body_runs(server: &RedisServer, what: &str, id: u64) -> u64 {
+    server
+        .client()
+        .get::<_, Option<u64>>(format!("body:{what}:{id}"))
+        .unwrap()
+        .unwrap_or(0)
+}
+
+/// (connected, subscriptions, received, applied)
+fn bus(node: &Node) -> (bool, u64, u64, u64) {
+    let s = node.call("bus");
+    let f: Vec<&str> = s.split(' ').collect();
+    (
+        f[0] == "true",
+        f[1].parse().unwrap(),
+        f[2].parse().unwrap(),
+        f[3].parse().unwrap(),
+    )
+}
+
+fn wait_subscribed(node: &Node, at_least: u64) {
+    eventually_blocking(WITHIN, "the node's bus subscription", || {
+        let (connected, subscriptions, ..) = bus(node);
+        connected && subscriptions >= at_least
+    });
+}
+
+#[test]
+fn writes_in_one_process_evict_local_copies_in_the_others() {
+    let server = RedisServer::start();
+    let (a, b) = (Node::start(V1, &server, &[]), Node::start(V1, &server, &[]));
+    wait_subscribed(&a, 1);
+    wait_subscribed(&b, 1);
+    set_db(&server, 1, "ada");
+    assert_eq!(a.call("get 1"), "ada");
+    assert_eq!(b.call("get 1"), "ada");
+    assert_eq!(
+        body_runs(&server, "profile", 1),
+        1,
+        "b read a's value from Redis"
+    );
+    assert_eq!(b.call("peek 1"), "ada", "b holds a local copy");
+
+    set_db(&server, 1, "grace");
+    assert_eq!(a.call("invalidate 1"), "done");
+    eventually_blocking(WITHIN, "b's local copy evicted by the bus", || {
+        b.call("peek 1") == "-"
+    });
+    assert_eq!(b.call("get 1"), "grace");
+
+    assert_eq!(a.call("populate 1 hopper"), "done");
+    eventually_blocking(WITHIN, "b's copy evicted after a populate", || {
+        b.call("peek 1") == "-"
+    });
+    assert_eq!(
+        b.call("get 1"),
+        "hopper",
+        "served from the populated Redis entry"
+    );
+    assert_eq!(body_runs(&server, "profile", 1), 2);
+
+    // Only real writes publish: a miss that fills the cache sends nothing.
+    let (_, _, received_before, _) = bus(&b);
+    set_db(&server, 2, "x");
+    assert_eq!(a.call("get 2"), "x");
+    assert_eq!(a.call("invalidate 3"), "done");
+    eventually_blocking(WITHIN, "b receiving the invalidation", || {
+        bus(&b).2 > received_before
+    });
+    assert_eq!(bus(&b).2, received_before + 1, "the fill published nothing");
+}
+
+#[test]
+fn a_value_read_before_an_invalidation_in_another_process_is_never_stored() {
+    let server = RedisServer::start();
+    let (a, b) = (Node::start(V1, &server, &[]), Node::start(V1, &server, &[]));
+    wait_subscribed(&a, 1);
+    set_db(&server, 5, "old");
+    // a misses, reads the old row, and is held between its body and its populate.
+    let pending = a.send("get_paused 5");
+    a.wait_event("paused 5");
+    // Meanwhile the row changes and b invalidates.
+    set_db(&server, 5, "new");
+    assert_eq!(b.call("invalidate 5"), "done");
+    assert_eq!(a.call("resume 5"), "true");
+    assert_eq!(
+        a.reply(pending).unwrap(),
+        "old",
+        "that caller started before the write"
+    );
+    // The old row was not written back, in either tier or process.
+    assert_eq!(a.call("peek 5"), "-");
+    assert_eq!(b.call("lookup 5"), "-");
+    assert_eq!(a.call("lookup 5"), "-");
+    assert_eq!(b.call("get 5"), "new");
+    assert_eq!(a.call("get 5"), "new");
+    assert!(
+        a.call("stats").contains("superseded: 1"),
+        "{}",
+        a.call("stats")
+    );
+}
+
+#[test]
+fn a_value_read_before_an_invalidation_in_the_same_process_is_never_stored() {
+    let server = RedisServer::start();
+    let a = Node::start(V1, &server, &[]);
+    set_db(&server, 6, "old");
+    let pending = a.send("get_paused 6");
+    a.wait_event("paused 6");
+    set_db(&server, 6, "new");
+    assert_eq!(a.call("invalidate 6"), "done");
+    assert_eq!(a.call("resume 6"), "true");
+    assert_eq!(a.reply(pending).unwrap(), "old");
+    assert_eq!(a.call("peek 6"), "-");
+    assert_eq!(a.call("lookup 6"), "-");
+    assert_eq!(a.call("get 6"), "new");
+}
+
+#[test]
+fn a_bus_disconnect_drops_local_copies_and_the_bus_comes_back() {
+    let server = RedisServer::start();
+    let a = Node::start(V1, &server, &[]);
+    wait_subscribed(&a, 1);
+    set_db(&server, 7, "x");
+    assert_eq!(a.call("get 7"), "x");
+    assert_eq!(a.call("peek 7"), "x");
+    server.kill();
+    // Messages may now be lost: the node must not keep serving its local copy.
+    eventually_blocking(
+        WITHIN,
+        "the local copy dropped after the disconnect",
+        || a.call("peek 7") == "-",
+    );
+    server.restart();
+    wait_subscribed(&a, 2);
+    set_db(&server, 7, "y");
+    assert_eq!(a.call("get 7"), "y");
+}
+
+#[test]
+fn four_processes_missing_together_run_the_body_once() {
+    let server = RedisServer::start();
+    let nodes: Vec<Node> = (0..4).map(|_| Node::start(V1, &server, &[])).collect();
+    set_db(&server, 9, "v9");
+    let pending: Vec<u64> = nodes.iter().map(|n| n.send("burst 9 100")).collect();
+    for (node, id) in nodes.iter().zip(pending) {
+        assert_eq!(
+            node.reply(id).unwrap(),
+            "v9",
+            "every caller got the one value"
+        );
+    }
+    assert_eq!(
+        body_runs(&server, "locked", 9),
+        1,
+        "4 processes × 100 tasks, one body run"
+    );
+}
+
+#[test]
+fn a_killed_lock_holder_does_not_block_the_others() {
+    let server = RedisServer::start();
+    let nodes: Vec<Node> = (0..4)
+        .map(|_| Node::start(V1, &server, &[("NODE_SLOW_FIRST_LOCK", "1")]))
+        .collect();
+    set_db(&server, 10, "v10");
+    let pending: Vec<u64> = nodes.iter().map(|n| n.send("burst 10 50")).collect();
+    let mut raw = server.client();
+    let mut holder: Option<u32> = None;
+    eventually_blocking(WITHIN, "a lock holder in its body", || {
+        holder = raw.get("holder:10").unwrap();
+        holder.is_some()
+    });
+    let holder = holder.unwrap();
+    let victim = nodes
+        .iter()
+        .position(|n| n.pid() == holder)
+        .expect("holder is a node");
+    nodes[victim].kill();
+    for (i, (node, id)) in nodes.iter().zip(pending).enumerate() {
+        if i != victim {
+            assert_eq!(node.reply(id).unwrap(), "v10");
+        }
+    }
+    assert_eq!(
+        body_runs(&server, "locked", 10),
+        2,
+        "the killed holder's run, then exactly one takeover after its lease"
+    );
+}
+
+#[test]
+fn tags_and_clears_reach_every_process() {
+    let server = RedisServer::start();
+    let (a, b) = (Node::start(V1, &server, &[]), Node::start(V1, &server, &[]));
+    wait_subscribed(&b, 1);
+    for id in [11, 12, 13] {
+        set_db(&server, id, &format!("v{id}"));
+        assert_eq!(a.call(&format!("get {id}")), format!("v{id}"));
+        assert_eq!(b.call(&format!("get {id}")), format!("v{id}"));
+        assert_eq!(b.call(&format!("peek {id}")), format!("v{id}"));
+    }
+
+    assert_eq!(a.call("tag user:11"), "done");
+    eventually_blocking(WITHIN, "b's tagged copy evicted", || {
+        b.call("peek 11") == "-"
+    });
+    assert_eq!(
+        a.call("lookup 11"),
+        "-",
+        "the Redis entry is stale by its tag version"
+    );
+    assert_eq!(b.call("peek 12"), "v12", "other tags untouched");
+
+    assert_eq!(a.call("clear"), "done");
+    eventually_blocking(WITHIN, "b's copies cleared", || b.call("peek 12") == "-");
+    assert_eq!(b.call("lookup 12"), "-");
+
+    assert_eq!(
+        b.call("get 13"),
+        "v13",
+        "recomputed: the cache clear covered 13 too"
+    );
+    assert_eq!(b.call("clear_all"), "done");
+    eventually_blocking(WITHIN, "a's copies cleared", || a.call("peek 13") == "-");
+    assert_eq!(a.call("lookup 13"), "-");
+    assert_eq!(a.call("get 13"), "v13");
+    assert_eq!(
+        body_runs(&server, "profile", 13),
+        3,
+        "first fill, after clear, after clear_all"
+    );
+}
+
+#[test]
+fn a_rolling_deploy_shares_invalidations_but_never_bytes() {
+    let server = RedisServer::start();
+    let (old, new) = (Node::start(V1, &server, &[]), Node::start(V2, &server, &[]));
+    wait_subscribed(&old, 1);
+    wait_subscribed(&new, 1);
+    set_db(&server, 20, "ada");
+    assert_eq!(old.call("get 20"), "ada");
+    assert_eq!(new.call("get 20"), "ada#v2");
+    assert_eq!(
+        body_runs(&server, "profile", 20),
+        2,
+        "each version has its own entry"
+    );
+    // No eviction loop: each keeps reading its own entry from Redis.
+    for _ in 0..3 {
+        old.call("clear_local");
+        new.call("clear_local");
+        assert_eq!(old.call("get 20"), "ada");
+        assert_eq!(new.call("get 20"), "ada#v2");
+    }
+    assert_eq!(body_runs(&server, "profile", 20), 2);
+
+    // An invalidation by either version clears the entry for both.
+    set_db(&server, 20, "grace");
+    assert_eq!(old.call("invalidate 20"), "done");
+    eventually_blocking(WITHIN, "the new version's local copy evicted", || {
+        new.call("peek 20") == "-"
+    });
+    assert_eq!(new.call("lookup 20"), "-", "its Redis entry is stale too");
+    assert_eq!(new.call("get 20"), "grace#v2");
+    assert_eq!(old.call("get 20"), "grace");
+
+    set_db(&server, 20, "hopper");
+    assert_eq!(new.call("invalidate 20"), "done");
+    eventually_blocking(WITHIN, "the old version's local copy evicted", || {
+        old.call("peek 20") == "-"
+    });
+    assert_eq!(old.call("get 20"), "hopper");
+    assert_eq!(new.call("get 20"), "hopper#v2");
+}
