@@ -829,7 +829,30 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 Read::Missing {
                     stamps,
                     locked: true,
+                    ..
                 } => {
+                    return Fill::Compute {
+                        stamps: Some(stamps),
+                        token: Some(token),
+                    }
+                }
+                // An unusable value blocks the script's lock attempt: try it separately.
+                Read::Missing {
+                    stamps,
+                    unusable: true,
+                    ..
+                } if matches!(
+                    redis
+                        .tier
+                        .try_lock(
+                            redis.lock_key(key),
+                            token.clone(),
+                            lease.as_millis().max(1) as u64
+                        )
+                        .await,
+                    Ok(true)
+                ) =>
+                {
                     return Fill::Compute {
                         stamps: Some(stamps),
                         token: Some(token),
@@ -878,7 +901,13 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 pttl,
                 stamps,
             }) => (bytes, pttl, stamps),
-            Ok(Fetched::Missing { stamps, locked }) => return Read::Missing { stamps, locked },
+            Ok(Fetched::Missing { stamps, locked }) => {
+                return Read::Missing {
+                    stamps,
+                    locked,
+                    unusable: false,
+                }
+            }
             Ok(Fetched::WrongType { stamps }) => {
                 Counters::add(&self.counters.decode_failures, 1);
                 self.decode_log.warn(
@@ -888,6 +917,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 return Read::Missing {
                     stamps,
                     locked: false,
+                    unusable: true,
                 };
             }
             Err(e) => {
@@ -906,6 +936,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 return Read::Missing {
                     stamps,
                     locked: false,
+                    unusable: true,
                 };
             }
         };
@@ -915,6 +946,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             return Read::Missing {
                 stamps,
                 locked: false,
+                unusable: true,
             };
         }
         Counters::add(&self.counters.redis_hits, 1);
@@ -1098,7 +1130,13 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
 
 enum Read<V> {
     Found(V),
-    Missing { stamps: Vec<u64>, locked: bool },
+    /// `unusable`: a value was there but stale, undecodable or of another type, so the read
+    /// script did not try the lock.
+    Missing {
+        stamps: Vec<u64>,
+        locked: bool,
+        unusable: bool,
+    },
     Failed,
 }
 

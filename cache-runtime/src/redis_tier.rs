@@ -288,6 +288,27 @@ impl RedisTier {
         .await
     }
 
+    /// `SET lock token NX PX lease`: whether this call took the lock.
+    pub(crate) async fn try_lock(
+        &self,
+        lock_key: String,
+        token: String,
+        lease_ms: u64,
+    ) -> Result<bool, CacheError> {
+        self.exec(move |mut c| async move {
+            redis::cmd("SET")
+                .arg(&lock_key)
+                .arg(&token)
+                .arg("NX")
+                .arg("PX")
+                .arg(lease_ms)
+                .query_async::<Option<String>>(&mut c)
+                .await
+                .map(|r| r.is_some())
+        })
+        .await
+    }
+
     pub(crate) async fn release_lock(
         &self,
         lock_key: String,

@@ -401,3 +401,68 @@ async fn five_hundred_concurrent_misses_on_the_redis_tier_run_the_body_once() {
     assert_eq!(STAMPEDE_RUNS.load(SeqCst), 1);
     assert!(raw().exists::<_, bool>("t:w1:v1:stampede:1").unwrap());
 }
+
+static LOCKED_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(
+    tier = "redis",
+    ttl = 60,
+    key = "locked-stale:<id>",
+    lock = true,
+    lock_lease = "5s"
+)]
+async fn locked_stale(id: u64) -> u64 {
+    LOCKED_RUNS.fetch_add(1, SeqCst);
+    id
+}
+
+#[tokio::test]
+async fn a_stale_value_does_not_make_a_lock_user_wait_for_nobody() {
+    shared_redis();
+    assert_eq!(locked_stale(1).await, 1);
+    // The value stays in Redis but is stale after the clear.
+    locked_stale_cache().clear().await.unwrap();
+    assert!(raw().exists::<_, bool>("t:w1:v1:locked-stale:1").unwrap());
+    assert_eq!(locked_stale(1).await, 1);
+    let s = locked_stale_cache().stats();
+    assert_eq!(LOCKED_RUNS.load(SeqCst), 2);
+    assert_eq!(
+        (s.stale_rejected, s.lock_timeouts, s.lock_waits),
+        (1, 0, 0),
+        "{s:?}"
+    );
+    assert!(
+        !raw().exists::<_, bool>("t:lock:v1:locked-stale:1").unwrap(),
+        "lock released"
+    );
+}
+
+static TAGGED_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(tier = "local+redis", ttl = 60, key = "tagged:<id>:<owner>", tags = ["owner:<owner>"])]
+async fn tagged(id: u64, owner: u64) -> (u64, u64) {
+    TAGGED_RUNS.fetch_add(1, SeqCst);
+    (id, owner)
+}
+
+#[tokio::test]
+async fn tag_invalidation_reaches_both_tiers_of_tagged_entries_only() {
+    shared_redis();
+    assert_eq!(tagged(1, 7).await, (1, 7));
+    assert_eq!(tagged(2, 7).await, (2, 7));
+    assert_eq!(tagged(3, 8).await, (3, 8));
+    cache_runtime::invalidate_tag("owner:7").await.unwrap();
+    assert_eq!(tagged_cache().peek_local("tagged:1:7"), None);
+    assert_eq!(tagged_cache().peek_local("tagged:3:8"), Some((3, 8)));
+    tagged_cache().clear_local();
+    assert_eq!(
+        lookup_tagged(1, 7).await,
+        None,
+        "the Redis entry is stale by tag version"
+    );
+    assert_eq!(lookup_tagged(3, 8).await, Some((3, 8)));
+    assert_eq!(tagged(2, 7).await, (2, 7));
+    assert_eq!(TAGGED_RUNS.load(SeqCst), 4);
+    let tag_version: u64 = raw().get("t:tag:owner:7").unwrap();
+    assert_eq!(tag_version, 1);
+}
