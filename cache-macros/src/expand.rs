@@ -234,6 +234,10 @@ fn accessor_tokens(
     if !opts.tags.is_empty() {
         chain.extend(quote!(.tagged()));
     }
+    if let Some(mode) = opts.mode {
+        let m = Ident::new(mode, Span::call_site());
+        chain.extend(quote!(.mode(::cache_runtime::Mode::#m)));
+    }
     if let Some(ms) = opts.lock_lease_ms {
         chain.extend(quote!(.lock(::core::time::Duration::from_millis(#ms))));
     }

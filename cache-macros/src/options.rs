@@ -28,6 +28,8 @@ pub struct Options {
     pub tags: Vec<LitStr>,
     /// `Some(lease)` with `lock = true`.
     pub lock_lease_ms: Option<u64>,
+    /// `mode = "observe" | "bypass"` (`None`: normal).
+    pub mode: Option<&'static str>,
 }
 
 const KNOWN: &[&str] = &[
@@ -44,6 +46,7 @@ const KNOWN: &[&str] = &[
     "tags",
     "lock",
     "lock_lease",
+    "mode",
 ];
 
 #[derive(Default)]
@@ -62,6 +65,7 @@ struct Raw {
     tags: Option<Vec<LitStr>>,
     lock: Option<LitBool>,
     lock_lease: Option<Lit>,
+    mode: Option<LitStr>,
 }
 
 pub fn parse(attr: TokenStream) -> syn::Result<Options> {
@@ -111,6 +115,7 @@ impl Raw {
                 })
             }
             "lock_lease" => self.lock_lease = Some(value(&meta, &name)?),
+            "mode" => self.mode = Some(value(&meta, &name)?),
             "tags" => {
                 let array: syn::ExprArray = value(&meta, &name)?;
                 let mut tags = Vec::new();
@@ -271,7 +276,24 @@ impl Raw {
             (None, Some(_)) => Some(10_000),
             (None, None) => None,
         };
+        let mode = match &self.mode {
+            None => None,
+            Some(m) => match m.value().as_str() {
+                "normal" => None,
+                "observe" => Some("Observe"),
+                "bypass" => Some("Bypass"),
+                other => {
+                    return Err(Error::new(
+                        m.span(),
+                        format!(
+                        "unknown mode `{other}`; expected \"normal\", \"observe\" or \"bypass\""
+                    ),
+                    ))
+                }
+            },
+        };
         Ok(Options {
+            mode,
             tags: self.tags.unwrap_or_default(),
             lock_lease_ms,
             tier,
@@ -308,6 +330,7 @@ fn value<T: syn::parse::Parse>(meta: &ParseNestedMeta<'_>, name: &str) -> syn::R
                 "tier" => "a string: \"local\", \"redis\" or \"local+redis\"",
                 "key" => "a string template, e.g. \"user:<id>\"",
                 "name" => "a string",
+                "mode" => "a string: \"normal\", \"observe\" or \"bypass\"",
                 "capacity" => "an integer (max local entries)",
                 "version" => "an integer (schema version of the value type)",
                 "cache_none" | "lock" => "`true` or `false`",

@@ -245,6 +245,7 @@ fn handle(payload: &[u8]) {
     c.received.fetch_add(1, Ordering::Relaxed);
     let Some(msg) = std::str::from_utf8(payload).ok().and_then(parse) else {
         c.rejected.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("cache_bus_messages_total", "result" => "rejected").increment(1);
         return;
     };
     if msg.sender == instance_id() {
@@ -252,6 +253,7 @@ fn handle(payload: &[u8]) {
     }
     apply_locally(msg.action, msg.target, msg.counter);
     c.applied.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("cache_bus_messages_total", "result" => "applied").increment(1);
     let delay = now_us().saturating_sub(msg.sent_us);
     let mut d = DELAYS.lock().unwrap_or_else(|p| p.into_inner());
     if d.len() == DELAY_SAMPLES {
@@ -274,6 +276,7 @@ pub(crate) async fn run(client: redis::Client, channel: String, timeout: Duratio
             }
         }
         counters().connected.store(false, Ordering::Relaxed);
+        metrics::gauge!("cache_bus_connected").set(0.0);
         // Messages may be lost while we are away: drop every local copy now, and again on
         // resubscribing. Until then local copies live at most `local_ttl`.
         clear_shared();
@@ -300,6 +303,7 @@ async fn subscribe_and_listen(
     let c = counters();
     c.subscriptions.fetch_add(1, Ordering::Relaxed);
     c.connected.store(true, Ordering::Relaxed);
+    metrics::gauge!("cache_bus_connected").set(1.0);
     clear_shared();
     tracing::debug!("cache_runtime: invalidation bus subscribed to {channel}");
     let mut ping = tokio::time::interval(Duration::from_secs(1));

@@ -2,8 +2,8 @@
 
 use std::future::Future;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::bus;
@@ -12,10 +12,12 @@ use crate::config::runtime;
 use crate::flight::{Flights, Joined, Outcome};
 use crate::key::KeyWriter;
 use crate::local::LocalTier;
+use crate::observe::{Mode, ObserveReport, Observer};
 use crate::redis_tier::{Fetched, LogLimiter, ReadRequest, RedisTier};
 use crate::shape::{Shape, Sharing};
 use crate::stats::{self, Counters, Stats};
 use crate::CacheError;
+use tracing::Instrument;
 
 /// Where a cache keeps its values.
 ///
@@ -275,6 +277,9 @@ pub struct Cache<V> {
     counters: Arc<Counters>,
     flights: Flights<V>,
     decode_log: LogLimiter,
+    mode: AtomicU8,
+    observer: OnceLock<Observer>,
+    capacity: u64,
 }
 
 /// Builds a [`Cache`]. TTL is required; everything else has a default.
@@ -301,6 +306,7 @@ pub struct CacheBuilder<V> {
     version: u32,
     tagged: bool,
     lock_lease: Option<Duration>,
+    mode: Mode,
     redis: Option<(EncodeFn<V>, DecodeFn<V>)>,
     _v: PhantomData<fn() -> V>,
 }
@@ -348,6 +354,12 @@ impl<V> CacheBuilder<V> {
     /// Entries carry tags (`Key::with_tags`), so `invalidate_tag` can reach them.
     pub fn tagged(mut self) -> Self {
         self.tagged = true;
+        self
+    }
+
+    /// The mode the cache starts in (default [`Mode::Normal`]).
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
         self
     }
 
@@ -409,7 +421,7 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
             }
             _ => None,
         };
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters::new(&self.name));
         stats::register(stats::Registered {
             name: self.name.clone(),
             tier: self.tier,
@@ -442,6 +454,9 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
             counters,
             flights: Flights::new(),
             decode_log: LogLimiter::default(),
+            mode: AtomicU8::new(self.mode.to_u8()),
+            observer: OnceLock::new(),
+            capacity: self.capacity,
         }
     }
 }
@@ -459,6 +474,7 @@ impl<V> Cache<V> {
             version: 1,
             tagged: false,
             lock_lease: None,
+            mode: Mode::Normal,
             redis: None,
             _v: PhantomData,
         }
@@ -497,6 +513,29 @@ impl<V> Cache<V> {
     /// Resets the counters to zero.
     pub fn reset_stats(&self) {
         self.counters.reset();
+    }
+
+    /// The current mode.
+    pub fn mode(&self) -> Mode {
+        Mode::from_u8(self.mode.load(Ordering::Relaxed))
+    }
+
+    /// Switches the mode at run time (e.g. from an admin endpoint): `Observe` to measure
+    /// whether caching pays off, `Bypass` to rule the cache out while debugging.
+    ///
+    /// ```
+    /// use cache_runtime::{Cache, Mode};
+    /// let cache: Cache<u8> = Cache::builder("m").build();
+    /// cache.set_mode(Mode::Bypass);
+    /// assert_eq!(cache.mode(), Mode::Bypass);
+    /// ```
+    pub fn set_mode(&self, mode: Mode) {
+        self.mode.store(mode.to_u8(), Ordering::Relaxed);
+    }
+
+    /// What observe mode measured so far (`None` if this cache never observed a call).
+    pub fn observe_report(&self) -> Option<ObserveReport> {
+        self.observer.get().map(Observer::report)
     }
 
     /// Starts a key. Generated code appends the template's parts.
@@ -574,6 +613,9 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         S: Shape<R, Value = V>,
     {
         let key = key.into();
+        if self.mode.load(Ordering::Relaxed) != 0 {
+            return self.unserved(&key, body).await;
+        }
         if let Some(v) = self.local_hit(&key.logical) {
             return S::rebuild(v);
         }
@@ -584,8 +626,8 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 Joined::Follower(flight) => {
                     if !counted_miss {
                         counted_miss = true;
-                        Counters::add(&self.counters.misses, 1);
-                        Counters::add(&self.counters.coalesced, 1);
+                        self.counters.misses.add(1);
+                        self.counters.coalesced.add(1);
                     }
                     if let Some(r) = flight.wait(S::rebuild, sharing.unshare).await {
                         return r;
@@ -610,7 +652,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                         Fill::Compute { stamps, token } => (stamps, token),
                     };
                     if !counted_miss {
-                        Counters::add(&self.counters.misses, 1);
+                        self.counters.misses.add(1);
                     }
                     let body = body.take().expect("the body future is used at most once");
                     let r = self.timed(body).await;
@@ -648,8 +690,10 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         S: Shape<R, Value = V>,
     {
         let key = key.into();
-        if let Some(v) = self.local_hit(&key.logical) {
-            return S::rebuild(v);
+        if self.mode.load(Ordering::Relaxed) == 0 {
+            if let Some(v) = self.local_hit(&key.logical) {
+                return S::rebuild(v);
+            }
         }
         pollster::block_on(self.get_or_load::<R, S>(key, async move { body() }, sharing))
     }
@@ -664,7 +708,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         match self.redis_read(&key, seen_local, None).await {
             Read::Found(v) => Some(v),
             _ => {
-                Counters::add(&self.counters.misses, 1);
+                self.counters.misses.add(1);
                 None
             }
         }
@@ -680,7 +724,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     /// (`Ok` too when this cache has no Redis tier). One round trip.
     pub async fn invalidate(&self, key: impl Into<Key>) -> Result<(), CacheError> {
         let key = key.into();
-        Counters::add(&self.counters.invalidations, 1);
+        self.counters.invalidations.add(1);
         self.drop_local(&key.logical);
         let res = match &self.redis {
             Some(r) => r
@@ -748,13 +792,31 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         self.local_peek(key)
     }
 
+    /// Observe and bypass modes: the body runs; nothing is served or stored.
+    async fn unserved<R>(&self, key: &Key, body: impl Future<Output = R>) -> R {
+        let start = Instant::now();
+        let r = self.timed(body).await;
+        if self.mode() == Mode::Observe {
+            let ttl = self.ttl;
+            let capacity = if self.tier.has_local() {
+                self.capacity
+            } else {
+                DEFAULT_CAPACITY * 5
+            };
+            self.observer
+                .get_or_init(|| Observer::new(ttl, capacity, self.tier))
+                .record(&key.logical, start.elapsed());
+        }
+        r
+    }
+
     fn local_peek(&self, key: &str) -> Option<V> {
         self.local.as_ref()?.tier.get(key)
     }
 
     fn local_hit(&self, key: &str) -> Option<V> {
         let v = self.local_peek(key)?;
-        Counters::add(&self.counters.local_hits, 1);
+        self.counters.local_hits.add(1);
         Some(v)
     }
 
@@ -776,21 +838,23 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
 
     async fn timed<R>(&self, body: impl Future<Output = R>) -> R {
         let start = Instant::now();
-        let r = body.await;
-        Counters::add(&self.counters.body_calls, 1);
-        Counters::add(
-            &self.counters.body_nanos,
-            start.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64,
-        );
+        let r = body
+            .instrument(tracing::debug_span!("cache.body", cache = %self.name))
+            .await;
+        self.counters.body(start.elapsed());
         r
     }
 
     fn count_redis<T>(&self, res: Result<T, CacheError>) -> Result<T, CacheError> {
         if let Err(e) = &res {
             match e {
-                CacheError::TooLarge { .. } => Counters::add(&self.counters.oversize, 1),
+                CacheError::TooLarge { .. } => self.counters.oversize.add(1),
                 CacheError::Encode(_) => {}
-                _ => Counters::add(&self.counters.redis_errors, 1),
+                CacheError::Timeout(_) => {
+                    self.counters.redis_errors.add(1);
+                    self.counters.redis_timeouts.add(1);
+                }
+                _ => self.counters.redis_errors.add(1),
             }
         }
         res
@@ -859,14 +923,14 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                     }
                 }
                 Read::Missing { stamps, .. } if Instant::now() >= deadline => {
-                    Counters::add(&self.counters.lock_timeouts, 1);
+                    self.counters.lock_timeouts.add(1);
                     return Fill::Compute {
                         stamps: Some(stamps),
                         token: None,
                     };
                 }
                 Read::Missing { .. } => {
-                    Counters::add(&self.counters.lock_waits, 1);
+                    self.counters.lock_waits.add(1);
                     redis.tier.sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(50));
                 }
@@ -909,7 +973,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 }
             }
             Ok(Fetched::WrongType { stamps }) => {
-                Counters::add(&self.counters.decode_failures, 1);
+                self.counters.decode_failures.add(1);
                 self.decode_log.warn(
                     &self.name,
                     "a redis key holds another Redis type; treated as a miss",
@@ -928,7 +992,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let decoded = match (redis.decode)(&bytes, self.fingerprint, self.max_value_bytes) {
             Ok(d) => d,
             Err(e) => {
-                Counters::add(&self.counters.decode_failures, 1);
+                self.counters.decode_failures.add(1);
                 self.decode_log.warn(
                     &self.name,
                     &format!("undecodable redis value ({e}); treated as a miss"),
@@ -942,14 +1006,14 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         };
         if decoded.stamps != stamps {
             // Written before an invalidation, tag invalidation or clear that happened since.
-            Counters::add(&self.counters.stale_rejected, 1);
+            self.counters.stale_rejected.add(1);
             return Read::Missing {
                 stamps,
                 locked: false,
                 unusable: true,
             };
         }
-        Counters::add(&self.counters.redis_hits, 1);
+        self.counters.redis_hits.add(1);
         if let Some(local) = &self.local {
             let life = pttl.unwrap_or(self.local_ttl).min(self.local_ttl);
             let value = decoded.value.clone();
@@ -1016,7 +1080,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                         Ok(true) => Ok(()),
                         Ok(false) => {
                             // A write happened while the body ran: this value is stale.
-                            Counters::add(&self.counters.superseded, 1);
+                            self.counters.superseded.add(1);
                             return Ok(());
                         }
                         Err(e) => Err(e),
@@ -1038,9 +1102,9 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             None => res.is_ok() && self.redis.is_some(),
         };
         if stored {
-            Counters::add(&self.counters.populates, 1);
+            self.counters.populates.add(1);
         } else if self.local.is_some() {
-            Counters::add(&self.counters.superseded, 1);
+            self.counters.superseded.add(1);
         }
         res
     }
@@ -1085,7 +1149,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                     .await?;
                 if !written {
                     // Another write landed between the bump and the SET: it is newer.
-                    Counters::add(&self.counters.superseded, 1);
+                    self.counters.superseded.add(1);
                 }
                 Ok(())
             }
@@ -1103,7 +1167,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 )
             });
         }
-        Counters::add(&self.counters.populates, 1);
+        self.counters.populates.add(1);
         res
     }
 

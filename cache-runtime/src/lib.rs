@@ -34,6 +34,7 @@ mod error;
 mod flight;
 pub mod key;
 mod local;
+mod observe;
 mod redis_tier;
 pub mod shape;
 mod stats;
@@ -48,6 +49,7 @@ pub use cache::{
 };
 pub use config::{config, init, redis_enabled, Config, ConfigBuilder};
 pub use error::{CacheError, InitError};
+pub use observe::{Mode, ObserveReport, Verdict};
 pub use shape::{OkOnly, Plain, Sharing, SomeOnly, SomeOrNone};
 pub use stats::{caches, CacheInfo, Stats};
 

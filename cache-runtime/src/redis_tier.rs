@@ -196,30 +196,34 @@ impl RedisTier {
     {
         let shared = self.shared.clone();
         let timeout = shared.op_timeout;
-        let task = self.handle.spawn(async move {
-            let res = tokio::time::timeout(timeout, async {
-                let conn = Shared::connection(&shared).await?;
-                op(conn).await.map_err(|e| {
-                    let lost = is_connection_lost(&e);
-                    let e = classify(e);
-                    if lost {
-                        // Fail fast from now on instead of every caller waiting for the
-                        // manager's own reconnect attempts; reconnect in the background.
-                        shared.connection_lost(&e);
-                    }
-                    e
+        let span = tracing::trace_span!("cache.redis");
+        let task = self.handle.spawn(tracing::Instrument::instrument(
+            async move {
+                let res = tokio::time::timeout(timeout, async {
+                    let conn = Shared::connection(&shared).await?;
+                    op(conn).await.map_err(|e| {
+                        let lost = is_connection_lost(&e);
+                        let e = classify(e);
+                        if lost {
+                            // Fail fast from now on instead of every caller waiting for the
+                            // manager's own reconnect attempts; reconnect in the background.
+                            shared.connection_lost(&e);
+                        }
+                        e
+                    })
                 })
-            })
-            .await
-            .unwrap_or(Err(CacheError::Timeout(timeout)));
-            if let Err(e) = &res {
-                shared.log.warn(
-                    "redis",
-                    &format!("redis operation failed, falling back to the source: {e}"),
-                );
-            }
-            res
-        });
+                .await
+                .unwrap_or(Err(CacheError::Timeout(timeout)));
+                if let Err(e) = &res {
+                    shared.log.warn(
+                        "redis",
+                        &format!("redis operation failed, falling back to the source: {e}"),
+                    );
+                }
+                res
+            },
+            span,
+        ));
         task.await
             .unwrap_or_else(|e| Err(CacheError::Unavailable(format!("redis task failed: {e}"))))
     }

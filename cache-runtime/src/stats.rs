@@ -6,48 +6,120 @@ use std::time::Duration;
 
 use crate::Tier;
 
-/// Live counters of one cache. Cheap relaxed atomics; read them through [`Stats`].
+/// One counter: a relaxed atomic for [`Stats`], mirrored to a `metrics` counter handle
+/// (a no-op unless the application installed a recorder before the cache was created).
+#[derive(Debug, Default)]
+pub(crate) struct Stat {
+    value: AtomicU64,
+    metric: Option<metrics::Counter>,
+}
+
+impl Stat {
+    fn new(name: &'static str, labels: Vec<metrics::Label>) -> Self {
+        Self {
+            value: AtomicU64::new(0),
+            metric: Some(metrics::counter!(name, labels)),
+        }
+    }
+
+    pub fn add(&self, n: u64) {
+        self.value.fetch_add(n, Relaxed);
+        if let Some(m) = &self.metric {
+            m.increment(n);
+        }
+    }
+
+    fn get(&self) -> u64 {
+        self.value.load(Relaxed)
+    }
+
+    fn reset(&self) {
+        self.value.store(0, Relaxed);
+    }
+}
+
+/// Live counters of one cache. Metric names follow Prometheus conventions (`_total`,
+/// `_seconds`), with a `cache` label (and `tier` for hits).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub local_hits: AtomicU64,
-    pub redis_hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub coalesced: AtomicU64,
-    pub body_calls: AtomicU64,
-    pub body_nanos: AtomicU64,
-    pub populates: AtomicU64,
-    pub invalidations: AtomicU64,
-    pub decode_failures: AtomicU64,
-    pub redis_errors: AtomicU64,
-    pub oversize: AtomicU64,
-    pub stale_rejected: AtomicU64,
-    pub superseded: AtomicU64,
-    pub lock_waits: AtomicU64,
-    pub lock_timeouts: AtomicU64,
+    pub local_hits: Stat,
+    pub redis_hits: Stat,
+    pub misses: Stat,
+    pub coalesced: Stat,
+    pub body_calls: Stat,
+    pub body_nanos: Stat,
+    pub populates: Stat,
+    pub invalidations: Stat,
+    pub decode_failures: Stat,
+    pub redis_errors: Stat,
+    pub redis_timeouts: Stat,
+    pub oversize: Stat,
+    pub stale_rejected: Stat,
+    pub superseded: Stat,
+    pub lock_waits: Stat,
+    pub lock_timeouts: Stat,
+    body_seconds: Option<metrics::Histogram>,
 }
 
 impl Counters {
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Relaxed);
+    pub fn new(cache: &str) -> Self {
+        let l = |extra: Option<(&'static str, &'static str)>| {
+            let mut v = vec![metrics::Label::new("cache", cache.to_string())];
+            if let Some((k, val)) = extra {
+                v.push(metrics::Label::new(k, val));
+            }
+            v
+        };
+        Self {
+            local_hits: Stat::new("cache_hits_total", l(Some(("tier", "local")))),
+            redis_hits: Stat::new("cache_hits_total", l(Some(("tier", "redis")))),
+            misses: Stat::new("cache_misses_total", l(None)),
+            coalesced: Stat::new("cache_singleflight_waits_total", l(None)),
+            body_calls: Stat::new("cache_body_calls_total", l(None)),
+            // Exported as the histogram below, not as a counter of nanoseconds.
+            body_nanos: Stat::default(),
+            populates: Stat::new("cache_populates_total", l(None)),
+            invalidations: Stat::new("cache_invalidations_total", l(None)),
+            decode_failures: Stat::new("cache_decode_failures_total", l(None)),
+            redis_errors: Stat::new("cache_redis_errors_total", l(None)),
+            redis_timeouts: Stat::new("cache_redis_timeouts_total", l(None)),
+            oversize: Stat::new("cache_oversize_values_total", l(None)),
+            stale_rejected: Stat::new("cache_stale_rejected_total", l(None)),
+            superseded: Stat::new("cache_superseded_writes_total", l(None)),
+            lock_waits: Stat::new("cache_lock_waits_total", l(None)),
+            lock_timeouts: Stat::new("cache_lock_timeouts_total", l(None)),
+            body_seconds: Some(metrics::histogram!("cache_body_duration_seconds", l(None))),
+        }
+    }
+
+    /// Records one body run.
+    pub fn body(&self, elapsed: Duration) {
+        self.body_calls.add(1);
+        self.body_nanos
+            .add(elapsed.as_nanos().min(u128::from(u64::MAX)) as u64);
+        if let Some(h) = &self.body_seconds {
+            h.record(elapsed.as_secs_f64());
+        }
     }
 
     pub fn snapshot(&self) -> Stats {
         Stats {
-            local_hits: self.local_hits.load(Relaxed),
-            redis_hits: self.redis_hits.load(Relaxed),
-            misses: self.misses.load(Relaxed),
-            coalesced: self.coalesced.load(Relaxed),
-            body_calls: self.body_calls.load(Relaxed),
-            body_time: Duration::from_nanos(self.body_nanos.load(Relaxed)),
-            populates: self.populates.load(Relaxed),
-            invalidations: self.invalidations.load(Relaxed),
-            decode_failures: self.decode_failures.load(Relaxed),
-            redis_errors: self.redis_errors.load(Relaxed),
-            oversize: self.oversize.load(Relaxed),
-            stale_rejected: self.stale_rejected.load(Relaxed),
-            superseded: self.superseded.load(Relaxed),
-            lock_waits: self.lock_waits.load(Relaxed),
-            lock_timeouts: self.lock_timeouts.load(Relaxed),
+            local_hits: self.local_hits.get(),
+            redis_hits: self.redis_hits.get(),
+            misses: self.misses.get(),
+            coalesced: self.coalesced.get(),
+            body_calls: self.body_calls.get(),
+            body_time: Duration::from_nanos(self.body_nanos.get()),
+            populates: self.populates.get(),
+            invalidations: self.invalidations.get(),
+            decode_failures: self.decode_failures.get(),
+            redis_errors: self.redis_errors.get(),
+            redis_timeouts: self.redis_timeouts.get(),
+            oversize: self.oversize.get(),
+            stale_rejected: self.stale_rejected.get(),
+            superseded: self.superseded.get(),
+            lock_waits: self.lock_waits.get(),
+            lock_timeouts: self.lock_timeouts.get(),
         }
     }
 
@@ -63,13 +135,14 @@ impl Counters {
             &self.invalidations,
             &self.decode_failures,
             &self.redis_errors,
+            &self.redis_timeouts,
             &self.oversize,
             &self.stale_rejected,
             &self.superseded,
             &self.lock_waits,
             &self.lock_timeouts,
         ] {
-            c.store(0, Relaxed);
+            c.reset();
         }
     }
 }
@@ -107,6 +180,8 @@ pub struct Stats {
     pub decode_failures: u64,
     /// Redis operations that failed or timed out (each one fell back to the source).
     pub redis_errors: u64,
+    /// Of those, the ones that timed out.
+    pub redis_timeouts: u64,
     /// Values not written to Redis because they exceeded `max_value_bytes`.
     pub oversize: u64,
     /// Values found in Redis but written before an invalidation, tag invalidation or clear

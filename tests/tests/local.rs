@@ -542,3 +542,89 @@ fn the_name_option_names_the_cache_in_stats() {
         .expect("listed under its name");
     assert_eq!(info.stats.local_hits, 1);
 }
+
+static OBSERVED_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = 60, key = "obs:<id>", mode = "observe")]
+fn observed(id: u32) -> u32 {
+    OBSERVED_RUNS.fetch_add(1, SeqCst);
+    id
+}
+
+#[test]
+fn observe_mode_serves_nothing_and_estimates_the_hit_ratio() {
+    setup();
+    assert_eq!(observed_cache().mode(), cache_runtime::Mode::Observe);
+    // 100 calls over 10 keys: 90 would have been hits.
+    for i in 0..100 {
+        assert_eq!(observed(i % 10), i % 10);
+    }
+    assert_eq!(OBSERVED_RUNS.load(SeqCst), 100, "every call ran the body");
+    assert_eq!(lookup_observed(1), None, "nothing was stored");
+    let report = observed_cache().observe_report().expect("observed");
+    assert_eq!((report.calls, report.would_be_hits), (100, 90));
+    // A body that takes nanoseconds is not worth caching, whatever its hit ratio.
+    assert_eq!(
+        report.verdict,
+        cache_runtime::Verdict::NotWorthIt,
+        "{report}"
+    );
+    assert!(
+        report.to_string().contains("estimated hit ratio 90 %"),
+        "{report}"
+    );
+
+    // Switched at run time: now it serves.
+    observed_cache().set_mode(cache_runtime::Mode::Normal);
+    observed(1);
+    observed(1);
+    assert_eq!(OBSERVED_RUNS.load(SeqCst), 101);
+}
+
+static SLOW_OBSERVED_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = 60, key = "slow-obs:<id>", mode = "observe")]
+async fn slow_observed(id: u32) -> u32 {
+    SLOW_OBSERVED_RUNS.fetch_add(1, SeqCst);
+    // A slow query is what is being modelled here.
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    id
+}
+
+#[tokio::test]
+async fn observe_mode_recommends_caching_a_slow_repeated_call() {
+    setup();
+    for i in 0..60 {
+        slow_observed(i % 3).await;
+    }
+    let report = slow_observed_cache().observe_report().unwrap();
+    assert_eq!((report.calls, report.would_be_hits), (60, 57));
+    assert!(report.body_p50 >= Duration::from_millis(3));
+    assert_eq!(report.verdict, cache_runtime::Verdict::WorthIt, "{report}");
+}
+
+static BYPASS_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = 60, key = "bypass:<id>")]
+fn bypassable(id: u32) -> u32 {
+    BYPASS_RUNS.fetch_add(1, SeqCst);
+    id
+}
+
+#[test]
+fn bypass_mode_is_a_pass_through() {
+    setup();
+    bypassable(1);
+    bypassable(1);
+    assert_eq!(BYPASS_RUNS.load(SeqCst), 1);
+    bypassable_cache().set_mode(cache_runtime::Mode::Bypass);
+    bypassable(1);
+    bypassable(2);
+    assert_eq!(
+        BYPASS_RUNS.load(SeqCst),
+        3,
+        "bypass runs the body even for a cached key"
+    );
+    assert_eq!(lookup_bypassable(2), None, "and stores nothing");
+    assert!(bypassable_cache().observe_report().is_none());
+}
