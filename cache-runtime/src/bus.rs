@@ -275,11 +275,13 @@ pub(crate) async fn run(client: redis::Client, channel: String, timeout: Duratio
                 }
             }
         }
-        counters().connected.store(false, Ordering::Relaxed);
+        let was_connected = counters().connected.swap(false, Ordering::Relaxed);
         metrics::gauge!("cache_bus_connected").set(0.0);
-        // Messages may be lost while we are away: drop every local copy now, and again on
-        // resubscribing. Until then local copies live at most `local_ttl`.
-        clear_shared();
+        if was_connected {
+            // Messages may be lost while we are away: drop every local copy now, and again
+            // on resubscribing. Until then local copies live at most `local_ttl`.
+            clear_shared();
+        }
         let backoff = Duration::from_millis(50 << failures.min(5)).min(Duration::from_secs(2));
         tokio::time::sleep(backoff).await;
     }

@@ -13,6 +13,7 @@ use crate::flight::{Flights, Joined, Outcome};
 use crate::key::KeyWriter;
 use crate::local::LocalTier;
 use crate::observe::{Mode, ObserveReport, Observer};
+use crate::pending::PendingOp;
 use crate::redis_tier::{Fetched, LogLimiter, ReadRequest, RedisTier};
 use crate::shape::{Shape, Sharing};
 use crate::stats::{self, Counters, Stats};
@@ -581,15 +582,26 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     pub async fn clear(&self) -> Result<(), CacheError> {
         self.clear_local();
         let res = match &self.redis {
-            Some(r) => r
-                .tier
-                .bump_version(
-                    r.cache_clear_key.clone(),
-                    r.channel.clone(),
-                    bus::message_prefix(bus::Action::ClearCache, &self.name),
-                )
-                .await
-                .map(drop),
+            Some(r) => {
+                let res = r
+                    .tier
+                    .bump_version(
+                        r.cache_clear_key.clone(),
+                        r.channel.clone(),
+                        bus::message_prefix(bus::Action::ClearCache, &self.name),
+                    )
+                    .await
+                    .map(drop);
+                if res.is_err() {
+                    r.tier.defer(PendingOp::Bump {
+                        key: r.cache_clear_key.clone(),
+                        channel: r.channel.clone(),
+                        action: bus::Action::ClearCache,
+                        target: self.name.clone(),
+                    });
+                }
+                res
+            }
             None => Ok(()),
         };
         self.count_redis(res)
@@ -727,21 +739,27 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         self.counters.invalidations.add(1);
         self.drop_local(&key.logical);
         let res = match &self.redis {
-            Some(r) => r
-                .tier
-                .invalidate(
-                    r.value_key(&key),
-                    format!("{}{}", r.gen_head, key.logical),
-                    r.retention,
-                    r.channel.clone(),
-                    bus::message_prefix(bus::Action::Invalidated, &key.logical),
-                )
-                .await
-                .map(|generation| {
-                    // Other caches of this process over the same key (e.g. another schema
-                    // version) drop their copies too, as remote processes do.
-                    bus::apply_locally(bus::Action::Invalidated, &key.logical, generation)
-                }),
+            Some(r) => {
+                let res = r
+                    .tier
+                    .invalidate(
+                        r.value_key(&key),
+                        format!("{}{}", r.gen_head, key.logical),
+                        r.retention,
+                        r.channel.clone(),
+                        bus::message_prefix(bus::Action::Invalidated, &key.logical),
+                    )
+                    .await
+                    .map(|generation| {
+                        // Other caches of this process over the same key (e.g. another schema
+                        // version) drop their copies too, as remote processes do.
+                        bus::apply_locally(bus::Action::Invalidated, &key.logical, generation)
+                    });
+                if res.is_err() {
+                    self.defer_invalidation(r, &key);
+                }
+                res
+            }
             None => Ok(()),
         };
         // Again after Redis: a concurrent miss may have promoted the old value meanwhile.
@@ -790,6 +808,19 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     /// The local tier's copy of `key`, if any: no Redis, no stats. For tests and debugging.
     pub fn peek_local(&self, key: &str) -> Option<V> {
         self.local_peek(key)
+    }
+
+    /// Redis did not take an invalidation (or a write): retry it in the background, and
+    /// meanwhile do not read this key from Redis, where a stale value may remain.
+    fn defer_invalidation(&self, r: &RedisSide<V>, key: &Key) {
+        bus::apply_locally(bus::Action::Invalidated, &key.logical, u64::MAX);
+        r.tier.defer(PendingOp::Invalidate {
+            value_key: r.value_key(key),
+            gen_key: format!("{}{}", r.gen_head, key.logical),
+            retention: r.retention,
+            channel: r.channel.clone(),
+            logical: key.logical.clone(),
+        });
     }
 
     /// Observe and bypass modes: the body runs; nothing is served or stored.
@@ -952,6 +983,13 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let Some(redis) = &self.redis else {
             return Read::Failed;
         };
+        if redis
+            .tier
+            .pending
+            .blocks(&key.logical, &key.tags, &self.name)
+        {
+            return Read::Failed;
+        }
         let sent = Instant::now();
         let req = ReadRequest {
             value_key: redis.value_key(key),
@@ -1154,6 +1192,17 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 Ok(())
             }
             .await;
+            if matches!(
+                res,
+                Err(CacheError::Timeout(_)
+                    | CacheError::Unavailable(_)
+                    | CacheError::CircuitOpen
+                    | CacheError::Redis(_))
+            ) {
+                // Other processes may still read the old value: invalidate it as soon as
+                // Redis is back.
+                self.defer_invalidation(redis, key);
+            }
             res = self.count_redis(res);
         }
         if let Some(local) = &self.local {
@@ -1223,19 +1272,39 @@ fn lock_token() -> String {
 /// # });
 /// ```
 pub async fn invalidate_tag(tag: &str) -> Result<(), CacheError> {
-    bus::apply_locally(bus::Action::Tag, tag, 0);
+    bump_everywhere(
+        bus::Action::Tag,
+        tag,
+        format!("{}:tag:{tag}", runtime().config.key_prefix),
+    )
+    .await
+}
+
+/// Applies a version bump here, then in Redis (deferred if Redis does not take it).
+async fn bump_everywhere(action: bus::Action, target: &str, key: String) -> Result<(), CacheError> {
+    bus::apply_locally(action, target, 0);
     let rt = runtime();
-    match &rt.redis {
-        Some(r) => r
-            .bump_version(
-                format!("{}:tag:{tag}", rt.config.key_prefix),
-                bus::channel(&rt.config.key_prefix),
-                bus::message_prefix(bus::Action::Tag, tag),
-            )
-            .await
-            .map(drop),
-        None => Ok(()),
+    let Some(r) = &rt.redis else {
+        return Ok(());
+    };
+    let channel = bus::channel(&rt.config.key_prefix);
+    let res = r
+        .bump_version(
+            key.clone(),
+            channel.clone(),
+            bus::message_prefix(action, target),
+        )
+        .await
+        .map(drop);
+    if res.is_err() {
+        r.defer(PendingOp::Bump {
+            key,
+            channel,
+            action,
+            target: target.to_string(),
+        });
     }
+    res
 }
 
 /// Blocking [`invalidate_tag`].
@@ -1252,19 +1321,12 @@ pub fn invalidate_tag_blocking(tag: &str) -> Result<(), CacheError> {
 /// # });
 /// ```
 pub async fn clear_all() -> Result<(), CacheError> {
-    bus::apply_locally(bus::Action::ClearAll, "", 0);
-    let rt = runtime();
-    match &rt.redis {
-        Some(r) => r
-            .bump_version(
-                format!("{}:clear", rt.config.key_prefix),
-                bus::channel(&rt.config.key_prefix),
-                bus::message_prefix(bus::Action::ClearAll, ""),
-            )
-            .await
-            .map(drop),
-        None => Ok(()),
-    }
+    bump_everywhere(
+        bus::Action::ClearAll,
+        "",
+        format!("{}:clear", runtime().config.key_prefix),
+    )
+    .await
 }
 
 /// Blocking [`clear_all`].

@@ -26,6 +26,8 @@ pub struct Config {
     pub(crate) redis_timeout: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) max_value_bytes: usize,
+    pub(crate) breaker_threshold: u32,
+    pub(crate) breaker_cooldown: Duration,
 }
 
 impl Default for Config {
@@ -36,13 +38,15 @@ impl Default for Config {
             redis_timeout: Duration::from_millis(100),
             connect_timeout: Duration::from_secs(1),
             max_value_bytes: 1 << 20,
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_secs(1),
         }
     }
 }
 
 impl Config {
     /// A builder starting from the defaults: no Redis, prefix `cr`, 100 ms Redis timeout,
-    /// 1 s connect timeout, 1 MiB value cap.
+    /// 1 s connect timeout, 1 MiB value cap, breaker opening after 5 failures for 1 s.
     pub fn builder() -> ConfigBuilder {
         ConfigBuilder(Config::default())
     }
@@ -127,6 +131,19 @@ impl ConfigBuilder {
     /// stay in the local tier only, and are counted in `Stats::oversize`.
     pub fn max_value_bytes(mut self, bytes: usize) -> Self {
         self.0.max_value_bytes = bytes;
+        self
+    }
+
+    /// Consecutive Redis failures (timeouts, lost connections) that open the circuit breaker
+    /// (default 5). While open, Redis is skipped without waiting.
+    pub fn breaker_threshold(mut self, failures: u32) -> Self {
+        self.0.breaker_threshold = failures;
+        self
+    }
+
+    /// How long the breaker stays open before one probe (default 1 s).
+    pub fn breaker_cooldown(mut self, cooldown: Duration) -> Self {
+        self.0.breaker_cooldown = cooldown;
         self
     }
 

@@ -25,6 +25,9 @@ pub enum CacheError {
     /// Redis could not be reached (connection refused, reconnect backoff in progress, ...).
     #[error("redis is unavailable: {0}")]
     Unavailable(String),
+    /// The circuit breaker is open after repeated failures: Redis was not tried.
+    #[error("redis skipped: circuit breaker open after repeated failures")]
+    CircuitOpen,
     /// Redis answered with an error (for example `NOPERM`).
     #[error("redis error: {0}")]
     Redis(String),

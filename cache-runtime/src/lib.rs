@@ -26,6 +26,7 @@
 
 #![warn(missing_docs)]
 
+mod breaker;
 mod bus;
 mod cache;
 pub mod codec;
@@ -35,6 +36,7 @@ mod flight;
 pub mod key;
 mod local;
 mod observe;
+mod pending;
 mod redis_tier;
 pub mod shape;
 mod stats;
@@ -42,6 +44,7 @@ mod stats;
 #[doc(hidden)]
 pub mod __private;
 
+pub use breaker::BreakerState;
 pub use bus::{bus_status, recent_propagation_delays_us, BusStatus};
 pub use cache::{
     clear_all, clear_all_blocking, invalidate_tag, invalidate_tag_blocking, Cache, CacheBuilder,
@@ -68,6 +71,39 @@ pub use stats::{caches, CacheInfo, Stats};
 /// assert_eq!(lookup_user_name(1).as_deref(), Some("Ada"));
 /// ```
 pub use cache_macros::cached;
+
+/// The Redis tier's health as this process sees it.
+///
+/// ```
+/// let s = cache_runtime::redis_status();
+/// assert!(s.pending_writes == 0 || s.configured);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisStatus {
+    /// Whether a Redis URL is configured.
+    pub configured: bool,
+    /// The circuit breaker's state.
+    pub breaker: BreakerState,
+    /// Invalidations, tag invalidations and clears that Redis has not taken yet (retried in
+    /// the background; meanwhile the entries they cover are not read from Redis).
+    pub pending_writes: usize,
+}
+
+/// See [`RedisStatus`].
+pub fn redis_status() -> RedisStatus {
+    match &config::runtime().redis {
+        Some(r) => RedisStatus {
+            configured: true,
+            breaker: r.breaker_state(),
+            pending_writes: r.pending.len(),
+        },
+        None => RedisStatus {
+            configured: false,
+            breaker: BreakerState::Closed,
+            pending_writes: 0,
+        },
+    }
+}
 
 /// Checks that Redis answers (a `PING` through the runtime's connection). Call it at boot to
 /// fail fast on a wrong URL or password; cached calls themselves never fail on Redis errors.

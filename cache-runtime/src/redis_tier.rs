@@ -9,7 +9,7 @@
 //! (usually nothing: during backoff operations fail immediately).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 use tokio::sync::watch;
 
+use crate::breaker::{Breaker, BreakerState};
+use crate::bus;
 use crate::config::Config;
+use crate::pending::{Pending, PendingOp};
 use crate::{CacheError, InitError};
 
 enum ConnState {
@@ -42,6 +45,9 @@ pub(crate) struct RedisTier {
     handle: tokio::runtime::Handle,
     shared: Arc<Shared>,
     scripts: Arc<Scripts>,
+    breaker: Arc<Breaker>,
+    pub(crate) pending: Pending,
+    retrying: AtomicBool,
 }
 
 /// What a read found. `stamps` are the current counters of the request's stamp keys
@@ -184,6 +190,12 @@ impl RedisTier {
                 log: LogLimiter::default(),
             }),
             scripts: Arc::new(Scripts::new()),
+            breaker: Arc::new(Breaker::new(
+                config.breaker_threshold,
+                config.breaker_cooldown,
+            )),
+            pending: Pending::default(),
+            retrying: AtomicBool::new(false),
         })
     }
 
@@ -194,6 +206,10 @@ impl RedisTier {
         F: FnOnce(ConnectionManager) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, RedisError>> + Send,
     {
+        if !self.breaker.allow() {
+            return Err(CacheError::CircuitOpen);
+        }
+        let breaker = self.breaker.clone();
         let shared = self.shared.clone();
         let timeout = shared.op_timeout;
         let span = tracing::trace_span!("cache.redis");
@@ -214,6 +230,11 @@ impl RedisTier {
                 })
                 .await
                 .unwrap_or(Err(CacheError::Timeout(timeout)));
+                match &res {
+                    // A server error (NOPERM, ...) still means Redis is there and answering.
+                    Ok(_) | Err(CacheError::Redis(_)) => breaker.success(),
+                    Err(_) => breaker.failure(),
+                }
                 if let Err(e) = &res {
                     shared.log.warn(
                         "redis",
@@ -408,6 +429,65 @@ impl RedisTier {
                 .await
         })
         .await
+    }
+
+    /// Keeps a write that Redis did not take, and makes sure the retry loop runs.
+    pub(crate) fn defer(&'static self, op: PendingOp) {
+        self.pending.add(op);
+        if !self.retrying.swap(true, Ordering::AcqRel) {
+            self.handle.spawn(self.retry_loop());
+        }
+    }
+
+    async fn retry_loop(&'static self) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            for op in self.pending.snapshot() {
+                let res = match &op {
+                    PendingOp::Invalidate {
+                        value_key,
+                        gen_key,
+                        retention,
+                        channel,
+                        logical,
+                    } => self
+                        .invalidate(
+                            value_key.clone(),
+                            gen_key.clone(),
+                            *retention,
+                            channel.clone(),
+                            bus::message_prefix(bus::Action::Invalidated, logical),
+                        )
+                        .await
+                        .map(|g| bus::apply_locally(bus::Action::Invalidated, logical, g)),
+                    PendingOp::Bump {
+                        key,
+                        channel,
+                        action,
+                        target,
+                    } => self
+                        .bump_version(
+                            key.clone(),
+                            channel.clone(),
+                            bus::message_prefix(*action, target),
+                        )
+                        .await
+                        .map(|_| bus::apply_locally(*action, target, 0)),
+                };
+                match res {
+                    Ok(()) => {
+                        tracing::info!("cache_runtime: a deferred redis write went through");
+                        self.pending.done(&op.id());
+                    }
+                    // Still down: try the rest next round.
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    pub(crate) fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
     }
 
     /// Sleeps on the Redis thread: usable from any executor, `pollster` included.

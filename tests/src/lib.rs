@@ -28,34 +28,41 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     child: Mutex<Option<Child>>,
+    extra_args: Vec<String>,
+    password: Option<String>,
 }
 
 impl RedisServer {
     /// Starts a server on a free loopback port and waits until it answers `PING`.
     /// Panics with an install hint when `redis-server` is missing.
     pub fn start() -> Self {
-        let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("cache-tests-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create redis dir");
-        let server = Self {
-            port,
-            dir,
-            child: Mutex::new(None),
-        };
-        server.launch();
-        server
+        Self::start_with(free_port(), &[])
     }
 
     /// Starts a server on a given port (e.g. one that a test first used while nothing listened).
     pub fn start_on(port: u16) -> Self {
+        Self::start_with(port, &[])
+    }
+
+    /// Starts a server whose default user needs `password` (`--requirepass`).
+    pub fn start_with_password(password: &str) -> Self {
+        Self::start_with(free_port(), &["--requirepass", password])
+    }
+
+    fn start_with(port: u16, extra: &[&str]) -> Self {
         let dir =
             std::env::temp_dir().join(format!("cache-tests-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create redis dir");
+        let password = extra
+            .windows(2)
+            .find(|w| w[0] == "--requirepass")
+            .map(|w| w[1].to_string());
         let server = Self {
             port,
             dir,
             child: Mutex::new(None),
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            password,
         };
         server.launch();
         server
@@ -71,6 +78,7 @@ impl RedisServer {
             .args(["--protected-mode", "no"])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -111,9 +119,12 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:PORT/`.
+    /// `redis://127.0.0.1:PORT/` (with the password, if the server has one).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        match &self.password {
+            Some(p) => format!("redis://default:{p}@127.0.0.1:{}/", self.port),
+            None => format!("redis://127.0.0.1:{}/", self.port),
+        }
     }
 
     /// A raw (blocking) client, to check or tamper with what the cache wrote.

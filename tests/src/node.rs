@@ -235,6 +235,7 @@ async fn run(h: &Handlers, cmd: &str, args: &[String]) -> Result<String, String>
             .join(","),
         "stats" => (h.stats)(),
         "pid" => std::process::id().to_string(),
+        "pending" => cache_runtime::redis_status().pending_writes.to_string(),
         other => return Err(format!("unknown command {other}")),
     })
 }

@@ -291,3 +291,32 @@ fn a_rolling_deploy_shares_invalidations_but_never_bytes() {
     assert_eq!(old.call("get 20"), "hopper");
     assert_eq!(new.call("get 20"), "hopper#v2");
 }
+
+#[test]
+fn an_invalidation_issued_during_an_outage_reaches_the_other_processes_afterwards() {
+    let server = RedisServer::start();
+    let (a, b) = (Node::start(V1, &server, &[]), Node::start(V1, &server, &[]));
+    wait_subscribed(&b, 1);
+    set_db(&server, 30, "old");
+    assert_eq!(a.call("get 30"), "old");
+    assert_eq!(b.call("get 30"), "old");
+    // The row changes; the writer's invalidation hits a hung Redis.
+    set_db(&server, 30, "new");
+    server.pause();
+    let res = a.send("invalidate 30");
+    assert!(a.reply(res).is_err(), "Redis did not confirm");
+    assert_eq!(a.call("pending"), "1");
+    // (The "database" lives in the same hung Redis, so the body cannot read it now.)
+    assert_ne!(
+        a.call("get 30"),
+        "old",
+        "the writer never serves the old value"
+    );
+    server.resume();
+    eventually_blocking(WITHIN, "the deferred invalidation applied", || {
+        a.call("pending") == "0"
+    });
+    // The retry bumped the generation in Redis and told the bus.
+    assert_eq!(b.call("get 30"), "new");
+    assert_eq!(b.call("lookup 30"), "new");
+}
