@@ -9,7 +9,7 @@
 //!     12    8 created at       u64 LE, Unix milliseconds
 //!     20    8 expires at       u64 LE, Unix milliseconds
 //!     28    4 payload length   u32 LE
-//!     32    4 payload CRC-32   u32 LE
+//!     32    4 CRC-32           u32 LE, of every other byte of the envelope
 //!     36    1 stamp count      k ≤ 64
 //!     37   8k stamps           u64 LE each: the generation and version counters the value
 //!                              was written under (see `cache.rs`); a reader compares them
@@ -51,8 +51,8 @@ pub enum DecodeError {
     /// Written for another value type or schema version.
     #[error("type fingerprint mismatch")]
     Fingerprint,
-    /// Payload bytes changed after they were written.
-    #[error("payload checksum mismatch")]
+    /// Bytes changed after they were written.
+    #[error("checksum mismatch")]
     Checksum,
     /// The envelope's expiry has passed.
     #[error("expired")]
@@ -115,13 +115,23 @@ pub fn encode<V: Serialize>(
     out.extend_from_slice(&created.to_le_bytes());
     out.extend_from_slice(&expires.to_le_bytes());
     out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
     out.push(stamps.len() as u8);
     for s in stamps {
         out.extend_from_slice(&s.to_le_bytes());
     }
     out.extend_from_slice(&payload);
+    let crc = checksum(&out);
+    out[32..36].copy_from_slice(&crc.to_le_bytes());
     Ok(out)
+}
+
+/// CRC-32 of the whole envelope except the checksum field itself.
+fn checksum(envelope: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&envelope[..32]);
+    h.update(&envelope[36..]);
+    h.finalize()
 }
 
 /// A decoded envelope.
@@ -196,7 +206,7 @@ pub fn decode<V: DeserializeOwned>(
         .map(|i| u64_at(bytes, HEADER_LEN + 8 * i))
         .collect();
     let payload = &bytes[payload_at..];
-    if crc32fast::hash(payload) != u32_at(bytes, 32) {
+    if checksum(bytes) != u32_at(bytes, 32) {
         return Err(DecodeError::Checksum);
     }
     if expires <= unix_millis(SystemTime::now()) {
@@ -284,8 +294,7 @@ mod tests {
                 "prefix {n}"
             );
         }
-        // Timestamps are not covered by the checksum (flipping them changes expiry only).
-        for i in (0..12).chain(28..bytes.len()) {
+        for i in 0..bytes.len() {
             for bit in 0..8 {
                 let mut b = bytes.clone();
                 b[i] ^= 1 << bit;
@@ -322,9 +331,11 @@ mod tests {
         bytes.extend_from_slice(&0u64.to_le_bytes());
         bytes.extend_from_slice(&u64::MAX.to_le_bytes());
         bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&[0; 4]);
         bytes.push(0);
         bytes.extend_from_slice(&payload);
+        let crc = checksum(&bytes);
+        bytes[32..36].copy_from_slice(&crc.to_le_bytes());
         assert!(matches!(
             decode::<Vec<u64>>(&bytes, 7, 1 << 20),
             Err(DecodeError::Payload(_))

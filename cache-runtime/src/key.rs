@@ -223,14 +223,13 @@ impl<T: KeyPart> KeyPart for Option<T> {
     }
 }
 
-/// `[a+b+c]`: brackets and `+` are escaped inside strings, so nesting stays unambiguous.
+/// `[+a+b+c]` (and `[]` when empty): every element is introduced by `+`, so `[]` and `[""]`
+/// differ; brackets and `+` are escaped inside strings, so nesting stays unambiguous.
 impl<T: KeyPart> KeyPart for [T] {
     fn write_key(&self, w: &mut KeyWriter) {
         w.raw("[");
-        for (i, item) in self.iter().enumerate() {
-            if i > 0 {
-                w.raw("+");
-            }
+        for item in self {
+            w.raw("+");
             item.write_key(w);
         }
         w.raw("]");
