@@ -234,6 +234,9 @@ fn accessor_tokens(
     if !opts.tags.is_empty() {
         chain.extend(quote!(.tagged()));
     }
+    if let Some(j) = &opts.jitter {
+        chain.extend(quote!(.jitter(#j)));
+    }
     if let Some(mode) = opts.mode {
         let m = Ident::new(mode, Span::call_site());
         chain.extend(quote!(.mode(::cache_runtime::Mode::#m)));

@@ -30,6 +30,8 @@ pub struct Options {
     pub lock_lease_ms: Option<u64>,
     /// `mode = "observe" | "bypass"` (`None`: normal).
     pub mode: Option<&'static str>,
+    /// `jitter = 0.1`: the literal, checked to be in (0, 0.5].
+    pub jitter: Option<syn::LitFloat>,
 }
 
 const KNOWN: &[&str] = &[
@@ -47,6 +49,7 @@ const KNOWN: &[&str] = &[
     "lock",
     "lock_lease",
     "mode",
+    "jitter",
 ];
 
 #[derive(Default)]
@@ -66,6 +69,7 @@ struct Raw {
     lock: Option<LitBool>,
     lock_lease: Option<Lit>,
     mode: Option<LitStr>,
+    jitter: Option<syn::LitFloat>,
 }
 
 pub fn parse(attr: TokenStream) -> syn::Result<Options> {
@@ -116,6 +120,7 @@ impl Raw {
             }
             "lock_lease" => self.lock_lease = Some(value(&meta, &name)?),
             "mode" => self.mode = Some(value(&meta, &name)?),
+            "jitter" => self.jitter = Some(value(&meta, &name)?),
             "tags" => {
                 let array: syn::ExprArray = value(&meta, &name)?;
                 let mut tags = Vec::new();
@@ -292,7 +297,17 @@ impl Raw {
                 }
             },
         };
+        if let Some(j) = &self.jitter {
+            let v: f64 = j.base10_parse()?;
+            if !(v > 0.0 && v <= 0.5) {
+                return Err(Error::new(
+                    j.span(),
+                    "`jitter` is a fraction of the TTL in (0, 0.5], e.g. `jitter = 0.1` for ±10 %",
+                ));
+            }
+        }
         Ok(Options {
+            jitter: self.jitter,
             mode,
             tags: self.tags.unwrap_or_default(),
             lock_lease_ms,
@@ -331,6 +346,7 @@ fn value<T: syn::parse::Parse>(meta: &ParseNestedMeta<'_>, name: &str) -> syn::R
                 "key" => "a string template, e.g. \"user:<id>\"",
                 "name" => "a string",
                 "mode" => "a string: \"normal\", \"observe\" or \"bypass\"",
+                "jitter" => "a fraction of the TTL, e.g. `0.1` for ±10 %",
                 "capacity" => "an integer (max local entries)",
                 "version" => "an integer (schema version of the value type)",
                 "cache_none" | "lock" => "`true` or `false`",

@@ -281,6 +281,7 @@ pub struct Cache<V> {
     mode: AtomicU8,
     observer: OnceLock<Observer>,
     capacity: u64,
+    jitter: f64,
 }
 
 /// Builds a [`Cache`]. TTL is required; everything else has a default.
@@ -308,6 +309,7 @@ pub struct CacheBuilder<V> {
     tagged: bool,
     lock_lease: Option<Duration>,
     mode: Mode,
+    jitter: f64,
     redis: Option<(EncodeFn<V>, DecodeFn<V>)>,
     _v: PhantomData<fn() -> V>,
 }
@@ -355,6 +357,17 @@ impl<V> CacheBuilder<V> {
     /// Entries carry tags (`Key::with_tags`), so `invalidate_tag` can reach them.
     pub fn tagged(mut self) -> Self {
         self.tagged = true;
+        self
+    }
+
+    /// Spreads each entry's TTL uniformly by ± `fraction` (clamped to 0–0.5), so entries
+    /// written together do not expire together (default 0).
+    pub fn jitter(mut self, fraction: f64) -> Self {
+        self.jitter = if fraction.is_finite() {
+            fraction.clamp(0.0, 0.5)
+        } else {
+            0.0
+        };
         self
     }
 
@@ -458,6 +471,7 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
             mode: AtomicU8::new(self.mode.to_u8()),
             observer: OnceLock::new(),
             capacity: self.capacity,
+            jitter: self.jitter,
         }
     }
 }
@@ -476,6 +490,7 @@ impl<V> Cache<V> {
             tagged: false,
             lock_lease: None,
             mode: Mode::Normal,
+            jitter: 0.0,
             redis: None,
             _v: PhantomData,
         }
@@ -1088,7 +1103,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         stamps: Option<Vec<u64>>,
         token: Option<String>,
     ) -> Result<(), CacheError> {
-        let ttl = if negative { self.none_ttl } else { self.ttl };
+        let ttl = self.entry_ttl(negative);
         // Taken before the Redis write: the local deadline then never passes Redis's expiry,
         // which starts when Redis receives the SET.
         let start = Instant::now();
@@ -1150,7 +1165,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     /// An explicit write (populate, refresh): bumps the generation (evicting other
     /// processes' copies, failing in-flight stale writes), then writes under the new stamps.
     async fn store_explicit(&self, key: &Key, value: V, negative: bool) -> Result<(), CacheError> {
-        let ttl = if negative { self.none_ttl } else { self.ttl };
+        let ttl = self.entry_ttl(negative);
         if let Some(local) = &self.local {
             local.generations.bump_with(&key.logical, || {});
         }
@@ -1220,6 +1235,18 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         res
     }
 
+    /// The TTL of one new entry: `ttl` (or `none_ttl`), spread by ± `jitter` so that entries
+    /// written together do not expire together.
+    fn entry_ttl(&self, negative: bool) -> Duration {
+        let base = if negative { self.none_ttl } else { self.ttl };
+        if self.jitter <= 0.0 {
+            return base;
+        }
+        let u = (random_u64() >> 11) as f64 / (1u64 << 53) as f64; // [0, 1)
+        let factor = 1.0 + self.jitter * (2.0 * u - 1.0);
+        base.mul_f64(factor).max(Duration::from_millis(1))
+    }
+
     fn encode_for_redis(
         &self,
         value: &V,
@@ -1251,6 +1278,28 @@ enum Read<V> {
         unusable: bool,
     },
     Failed,
+}
+
+/// A fast, per-thread pseudo-random number (xorshift64*, seeded from the OS-randomised
+/// `RandomState`): for TTL jitter only.
+fn random_u64() -> u64 {
+    use std::cell::Cell;
+    use std::hash::{BuildHasher, Hasher};
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(0x5EED);
+            h.finish() | 1
+        });
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    })
 }
 
 fn lock_token() -> String {

@@ -466,3 +466,27 @@ async fn tag_invalidation_reaches_both_tiers_of_tagged_entries_only() {
     let tag_version: u64 = raw().get("t:tag:owner:7").unwrap();
     assert_eq!(tag_version, 1);
 }
+
+#[cached(tier = "local+redis", ttl = 100, key = "jitter:<id>", jitter = 0.1)]
+fn jittered(id: u64) -> u64 {
+    id
+}
+
+#[test]
+fn jitter_spreads_the_ttls_of_entries_written_together() {
+    shared_redis();
+    let mut raw = raw();
+    let mut ttls: Vec<i64> = (0..200)
+        .map(|id| {
+            jittered(id);
+            raw.pttl(format!("t:w1:v1:jitter:{id}")).unwrap()
+        })
+        .collect();
+    ttls.sort_unstable();
+    let (min, max) = (ttls[0], ttls[ttls.len() - 1]);
+    assert!(
+        min >= 89_000 && max <= 110_000,
+        "outside ±10 %: {min}..{max}"
+    );
+    assert!(min < 95_000 && max > 105_000, "not spread: {min}..{max}");
+}
