@@ -12,6 +12,12 @@ use crate::template::{self, Segment};
 
 pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     let a = crate::signature::analyze(&f, opts.cache_none)?;
+    if let (Some((_, _, Some((_, span)))), false) = (&opts.stale_ms, a.is_async) {
+        return Err(Error::new(
+            *span,
+            "`timeout` needs an `async fn`: a blocking body cannot be interrupted",
+        ));
+    }
     let plan = KeyPlan::new(&opts, &a, &f.sig.ident)?;
 
     let name = &f.sig.ident;
@@ -233,6 +239,19 @@ fn accessor_tokens(
     }
     if !opts.tags.is_empty() {
         chain.extend(quote!(.tagged()));
+    }
+    if let Some((stale, retry, timeout)) = &opts.stale_ms {
+        let timeout = match timeout {
+            Some((ms, _)) => {
+                quote!(::core::option::Option::Some(::core::time::Duration::from_millis(#ms)))
+            }
+            None => quote!(::core::option::Option::None),
+        };
+        chain.extend(quote!(.stale(
+            ::core::time::Duration::from_millis(#stale),
+            ::core::time::Duration::from_millis(#retry),
+            #timeout
+        )));
     }
     if let Some(j) = &opts.jitter {
         chain.extend(quote!(.jitter(#j)));

@@ -32,6 +32,8 @@ pub struct Options {
     pub mode: Option<&'static str>,
     /// `jitter = 0.1`: the literal, checked to be in (0, 0.5].
     pub jitter: Option<syn::LitFloat>,
+    /// `stale`, `stale_retry` (default 10 s) and `timeout`, in ms.
+    pub stale_ms: Option<(u64, u64, Option<(u64, Span)>)>,
 }
 
 const KNOWN: &[&str] = &[
@@ -50,6 +52,9 @@ const KNOWN: &[&str] = &[
     "lock_lease",
     "mode",
     "jitter",
+    "stale",
+    "stale_retry",
+    "timeout",
 ];
 
 #[derive(Default)]
@@ -70,6 +75,9 @@ struct Raw {
     lock_lease: Option<Lit>,
     mode: Option<LitStr>,
     jitter: Option<syn::LitFloat>,
+    stale: Option<Lit>,
+    stale_retry: Option<Lit>,
+    timeout: Option<Lit>,
 }
 
 pub fn parse(attr: TokenStream) -> syn::Result<Options> {
@@ -121,6 +129,9 @@ impl Raw {
             "lock_lease" => self.lock_lease = Some(value(&meta, &name)?),
             "mode" => self.mode = Some(value(&meta, &name)?),
             "jitter" => self.jitter = Some(value(&meta, &name)?),
+            "stale" => self.stale = Some(value(&meta, &name)?),
+            "stale_retry" => self.stale_retry = Some(value(&meta, &name)?),
+            "timeout" => self.timeout = Some(value(&meta, &name)?),
             "tags" => {
                 let array: syn::ExprArray = value(&meta, &name)?;
                 let mut tags = Vec::new();
@@ -306,7 +317,34 @@ impl Raw {
                 ));
             }
         }
+        let stale_ms = match (&self.stale, &self.stale_retry, &self.timeout) {
+            (None, Some(lit), _) => {
+                return Err(Error::new(
+                    lit.span(),
+                    "`stale_retry` needs `stale = \"...\"` (how long expired values are kept as a fallback)",
+                ))
+            }
+            (None, None, Some(lit)) => {
+                return Err(Error::new(
+                    lit.span(),
+                    "`timeout` needs `stale = \"...\"`: on timeout the stale value is served instead",
+                ))
+            }
+            (None, None, None) => None,
+            (Some(stale), retry, timeout) => Some((
+                duration::parse(stale, "stale")?,
+                match retry {
+                    Some(lit) => duration::parse(lit, "stale_retry")?,
+                    None => 10_000,
+                },
+                match timeout {
+                    Some(lit) => Some((duration::parse(lit, "timeout")?, lit.span())),
+                    None => None,
+                },
+            )),
+        };
         Ok(Options {
+            stale_ms,
             jitter: self.jitter,
             mode,
             tags: self.tags.unwrap_or_default(),

@@ -59,7 +59,7 @@ impl std::fmt::Display for Tier {
 }
 
 type EncodeFn<V> = fn(&V, u64, Duration, &[u64]) -> Result<Vec<u8>, String>;
-type DecodeFn<V> = fn(&[u8], u64, usize) -> Result<Decoded<V>, DecodeError>;
+type DecodeFn<V> = fn(&[u8], u64, usize, Duration) -> Result<Decoded<V>, DecodeError>;
 
 /// The key of one entry: the template's output, plus the entry's tags.
 ///
@@ -282,6 +282,15 @@ pub struct Cache<V> {
     observer: OnceLock<Observer>,
     capacity: u64,
     jitter: f64,
+    fail_safe: Option<FailSafe>,
+}
+
+/// `stale = ...`: expired values kept as a fallback for failing bodies.
+struct FailSafe {
+    stale: Duration,
+    timeout: Option<Duration>,
+    /// Keys whose body failed recently: served stale without retrying until this expires.
+    failed: moka::sync::Cache<String, ()>,
 }
 
 /// Builds a [`Cache`]. TTL is required; everything else has a default.
@@ -310,6 +319,7 @@ pub struct CacheBuilder<V> {
     lock_lease: Option<Duration>,
     mode: Mode,
     jitter: f64,
+    stale: Option<(Duration, Duration, Option<Duration>)>,
     redis: Option<(EncodeFn<V>, DecodeFn<V>)>,
     _v: PhantomData<fn() -> V>,
 }
@@ -371,6 +381,16 @@ impl<V> CacheBuilder<V> {
         self
     }
 
+    /// Fail-safe: keep each value `stale` past its TTL as a fallback. When the body fails
+    /// (`Err`, a panic, or running past `timeout`) and a fallback exists, the fallback is
+    /// returned instead (and counted in `Stats::stale_served`), and the body is retried at
+    /// most once per `retry` for that key. A fallback is never served as a hit otherwise,
+    /// and is never re-stored with a fresh TTL.
+    pub fn stale(mut self, stale: Duration, retry: Duration, timeout: Option<Duration>) -> Self {
+        self.stale = Some((stale, retry, timeout));
+        self
+    }
+
     /// The mode the cache starts in (default [`Mode::Normal`]).
     pub fn mode(mut self, mode: Mode) -> Self {
         self.mode = mode;
@@ -393,7 +413,7 @@ impl<V: crate::__private::RedisValue> CacheBuilder<V> {
         self.tier = tier;
         self.redis = tier.has_redis().then_some((
             codec::encode::<V> as EncodeFn<V>,
-            codec::decode::<V> as DecodeFn<V>,
+            codec::decode_with_grace::<V> as DecodeFn<V>,
         ));
         self
     }
@@ -472,6 +492,14 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
             observer: OnceLock::new(),
             capacity: self.capacity,
             jitter: self.jitter,
+            fail_safe: self.stale.map(|(stale, retry, timeout)| FailSafe {
+                stale,
+                timeout,
+                failed: moka::sync::Cache::builder()
+                    .max_capacity(10_000)
+                    .time_to_live(retry.max(Duration::from_millis(1)))
+                    .build(),
+            }),
         }
     }
 }
@@ -491,6 +519,7 @@ impl<V> Cache<V> {
             lock_lease: None,
             mode: Mode::Normal,
             jitter: 0.0,
+            stale: None,
             redis: None,
             _v: PhantomData,
         }
@@ -571,10 +600,12 @@ enum Fill<V> {
     /// A current value was found (and promoted).
     Found(V),
     /// Nothing usable: run the body, then store under these stamps (`None`: Redis could not
-    /// be read, so nothing is written there) and release this lock token.
+    /// be read, so nothing is written there) and release this lock token. `fallback`: a
+    /// stale value from Redis (fail-safe).
     Compute {
         stamps: Option<Vec<u64>>,
         token: Option<String>,
+        fallback: Option<V>,
     },
 }
 
@@ -671,18 +702,47 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                         return S::rebuild(v);
                     }
                     let seen_local = self.local_generation(&key.logical);
-                    let (stamps, token) = match self.redis_fill(&key, seen_local).await {
+                    let (stamps, token, fallback) = match self.redis_fill(&key, seen_local).await {
                         Fill::Found(v) => {
                             leader.finish(Outcome::Value(v.clone()));
                             return S::rebuild(v);
                         }
-                        Fill::Compute { stamps, token } => (stamps, token),
+                        Fill::Compute {
+                            stamps,
+                            token,
+                            fallback,
+                        } => (stamps, token, fallback),
                     };
                     if !counted_miss {
                         self.counters.misses.add(1);
                     }
                     let body = body.take().expect("the body future is used at most once");
-                    let r = self.timed(body).await;
+                    let fallback = match &self.fail_safe {
+                        Some(_) => fallback.or_else(|| {
+                            self.local
+                                .as_ref()
+                                .and_then(|l| l.tier.get_stale(&key.logical))
+                        }),
+                        None => None,
+                    };
+                    let r = match (fallback, &self.fail_safe) {
+                        (Some(fb), Some(fs)) => match self.guarded(&key, body, fs).await {
+                            Some(r) if !S::is_failure(&r) => r,
+                            failed => {
+                                // `Err`, panic or timeout: serve the stale value, and do not
+                                // retry this key's body before `stale_retry`.
+                                if let Some(r) = failed {
+                                    drop(r);
+                                }
+                                fs.failed.insert(key.logical.clone(), ());
+                                self.counters.stale_served.add(1);
+                                self.release(&key, token).await;
+                                leader.finish(Outcome::Value(fb.clone()));
+                                return S::rebuild(fb);
+                            }
+                        },
+                        _ => self.timed(body).await,
+                    };
                     match S::cacheable(&r) {
                         Some((v, negative)) => {
                             // A failed Redis write is counted and logged; the caller still
@@ -838,6 +898,51 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         });
     }
 
+    /// Runs the body for the fail-safe: `None` if it panicked or ran past the timeout. A key
+    /// that failed within `stale_retry` is not run at all (`None`).
+    async fn guarded<R>(
+        &self,
+        key: &Key,
+        body: impl Future<Output = R>,
+        fs: &FailSafe,
+    ) -> Option<R> {
+        use futures_util::FutureExt;
+        if fs.failed.contains_key(&key.logical) {
+            return None;
+        }
+        let run = std::panic::AssertUnwindSafe(self.timed(body)).catch_unwind();
+        let outcome = match fs.timeout {
+            None => run.await,
+            Some(t) => {
+                let timer = std::pin::pin!(sleep_anywhere(t));
+                let run = std::pin::pin!(run);
+                match futures_util::future::select(run, timer).await {
+                    futures_util::future::Either::Left((r, _)) => r,
+                    futures_util::future::Either::Right(_) => {
+                        tracing::debug!(cache = %self.name, "body timed out; serving stale");
+                        return None;
+                    }
+                }
+            }
+        };
+        match outcome {
+            Ok(r) => Some(r),
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::warn!(cache = %self.name, "body panicked ({msg}); serving stale");
+                None
+            }
+        }
+    }
+
+    fn stale_window(&self) -> Duration {
+        self.fail_safe.as_ref().map_or(Duration::ZERO, |f| f.stale)
+    }
+
     /// Observe and bypass modes: the body runs; nothing is served or stored.
     async fn unserved<R>(&self, key: &Key, body: impl Future<Output = R>) -> R {
         let start = Instant::now();
@@ -907,86 +1012,95 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     }
 
     /// A miss's Redis side: read; with a lock, wait for the holder (polling, bounded by
-    /// the lease) unless this call gets the lock.
+    /// the lease) unless this call gets the lock. A stale fallback found on the way is kept.
     async fn redis_fill(&self, key: &Key, seen_local: u64) -> Fill<V> {
         let Some(redis) = &self.redis else {
             return Fill::Compute {
                 stamps: None,
                 token: None,
+                fallback: None,
             };
         };
+        let mut fallback = None;
+        // A stale value blocks the script's lock attempt like any unusable value.
+        let mut read = |r: Read<V>| match r {
+            Read::Stale { stamps, value } => {
+                fallback = Some(value);
+                Read::Missing {
+                    stamps,
+                    locked: false,
+                    unusable: true,
+                }
+            }
+            other => other,
+        };
         let Some(lease) = self.lock_lease else {
-            return match self.redis_read(key, seen_local, None).await {
+            let r = read(self.redis_read(key, seen_local, None).await);
+            return match r {
                 Read::Found(v) => Fill::Found(v),
-                Read::Missing { stamps, .. } => Fill::Compute {
+                Read::Missing { stamps, .. } | Read::Stale { stamps, .. } => Fill::Compute {
                     stamps: Some(stamps),
                     token: None,
+                    fallback,
                 },
                 Read::Failed => Fill::Compute {
                     stamps: None,
                     token: None,
+                    fallback,
                 },
             };
         };
         let token = lock_token();
+        let lease_ms = lease.as_millis().max(1) as u64;
         // Long enough for a crashed holder's lease to expire and a waiter to take over.
         let deadline = Instant::now() + lease * 2;
         let mut pause = Duration::from_millis(2);
         loop {
-            let lock = Some((token.clone(), lease.as_millis().max(1) as u64));
-            match self.redis_read(key, seen_local, lock).await {
-                Read::Found(v) => return Fill::Found(v),
-                Read::Missing {
-                    stamps,
-                    locked: true,
-                    ..
-                } => {
-                    return Fill::Compute {
-                        stamps: Some(stamps),
-                        token: Some(token),
+            let lock = Some((token.clone(), lease_ms));
+            let (stamps, locked, unusable) =
+                match read(self.redis_read(key, seen_local, lock).await) {
+                    Read::Found(v) => return Fill::Found(v),
+                    Read::Missing {
+                        stamps,
+                        locked,
+                        unusable,
+                    } => (stamps, locked, unusable),
+                    Read::Stale { stamps, .. } => (stamps, false, true),
+                    Read::Failed => {
+                        return Fill::Compute {
+                            stamps: None,
+                            token: None,
+                            fallback,
+                        }
                     }
-                }
-                // An unusable value blocks the script's lock attempt: try it separately.
-                Read::Missing {
-                    stamps,
-                    unusable: true,
-                    ..
-                } if matches!(
-                    redis
-                        .tier
-                        .try_lock(
-                            redis.lock_key(key),
-                            token.clone(),
-                            lease.as_millis().max(1) as u64
-                        )
-                        .await,
-                    Ok(true)
-                ) =>
-                {
-                    return Fill::Compute {
-                        stamps: Some(stamps),
-                        token: Some(token),
-                    }
-                }
-                Read::Missing { stamps, .. } if Instant::now() >= deadline => {
-                    self.counters.lock_timeouts.add(1);
-                    return Fill::Compute {
-                        stamps: Some(stamps),
-                        token: None,
-                    };
-                }
-                Read::Missing { .. } => {
-                    self.counters.lock_waits.add(1);
-                    redis.tier.sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(50));
-                }
-                Read::Failed => {
-                    return Fill::Compute {
-                        stamps: None,
-                        token: None,
-                    }
-                }
+                };
+            let locked = locked
+                || (unusable
+                    && matches!(
+                        redis
+                            .tier
+                            .try_lock(redis.lock_key(key), token.clone(), lease_ms)
+                            .await,
+                        Ok(true)
+                    ));
+            if locked {
+                return Fill::Compute {
+                    stamps: Some(stamps),
+                    token: Some(token),
+                    fallback,
+                };
             }
+            if Instant::now() >= deadline {
+                self.counters.lock_timeouts.add(1);
+                return Fill::Compute {
+                    stamps: Some(stamps),
+                    token: None,
+                    fallback,
+                };
+            }
+            self.counters.lock_waits.add(1);
+            redis.tier.sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
         }
     }
 
@@ -1042,7 +1156,12 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 return Read::Failed;
             }
         };
-        let decoded = match (redis.decode)(&bytes, self.fingerprint, self.max_value_bytes) {
+        let decoded = match (redis.decode)(
+            &bytes,
+            self.fingerprint,
+            self.max_value_bytes,
+            self.stale_window(),
+        ) {
             Ok(d) => d,
             Err(e) => {
                 self.counters.decode_failures.add(1);
@@ -1066,16 +1185,27 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 unusable: true,
             };
         }
+        if !decoded.fresh {
+            return Read::Stale {
+                stamps,
+                value: decoded.value,
+            };
+        }
         self.counters.redis_hits.add(1);
         if let Some(local) = &self.local {
-            let life = pttl.unwrap_or(self.local_ttl).min(self.local_ttl);
+            // Redis keeps the value `stale` past its TTL: only the rest is fresh.
+            let until_stale_end = pttl.unwrap_or(self.local_ttl + self.stale_window());
+            let fresh = until_stale_end
+                .saturating_sub(self.stale_window())
+                .min(self.local_ttl);
             let value = decoded.value.clone();
             let generation = stamps.first().copied().unwrap_or(0);
             local.generations.if_current(&key.logical, seen_local, || {
                 local.tier.insert(
                     key.logical.clone(),
                     value,
-                    sent + life,
+                    sent + fresh,
+                    sent + until_stale_end.max(fresh),
                     generation,
                     key.tags.clone().into(),
                 )
@@ -1123,7 +1253,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                             redis.value_key(key),
                             redis.lock_key(key),
                             bytes,
-                            ttl,
+                            ttl + self.stale_window(),
                             redis.stamp_keys(key),
                             stamps,
                             token,
@@ -1148,6 +1278,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                     key.logical.clone(),
                     value,
                     self.local_deadline(start, ttl),
+                    start + ttl + self.stale_window(),
                     generation,
                     key.tags.clone().into(),
                 )
@@ -1194,7 +1325,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                         redis.value_key(key),
                         redis.lock_key(key),
                         bytes,
-                        ttl,
+                        ttl + self.stale_window(),
                         redis.stamp_keys(key),
                         stamps,
                         None,
@@ -1226,6 +1357,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                     key.logical.clone(),
                     value,
                     self.local_deadline(start, ttl),
+                    start + ttl + self.stale_window(),
                     generation,
                     key.tags.clone().into(),
                 )
@@ -1277,6 +1409,11 @@ enum Read<V> {
         locked: bool,
         unusable: bool,
     },
+    /// Past its TTL but within `stale`, and current: a fallback, not a hit.
+    Stale {
+        stamps: Vec<u64>,
+        value: V,
+    },
     Failed,
 }
 
@@ -1300,6 +1437,18 @@ fn random_u64() -> u64 {
         s.set(x);
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     })
+}
+
+/// Sleeps on the caller's Tokio runtime, or on the Redis thread, or (outside both) never
+/// wakes, which disables the timeout rather than panicking.
+async fn sleep_anywhere(d: Duration) {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        tokio::time::sleep(d).await;
+    } else if let Some(r) = &runtime().redis {
+        r.sleep(d).await;
+    } else {
+        std::future::pending::<()>().await;
+    }
 }
 
 fn lock_token() -> String {

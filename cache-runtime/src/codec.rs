@@ -145,6 +145,9 @@ pub struct Decoded<V> {
     pub expires_unix_ms: u64,
     /// The stamps it was written under.
     pub stamps: Vec<u64>,
+    /// Whether it is before its expiry (otherwise it is within the grace period that
+    /// [`decode_with_grace`] allowed: a stale fallback, not a hit).
+    pub fresh: bool,
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
@@ -171,6 +174,26 @@ pub fn decode<V: DeserializeOwned>(
     bytes: &[u8],
     fingerprint: u64,
     max_payload: usize,
+) -> Result<Decoded<V>, DecodeError> {
+    decode_with_grace(bytes, fingerprint, max_payload, Duration::ZERO)
+}
+
+/// [`decode`], also accepting a value up to `grace` past its expiry (marked not `fresh`):
+/// the stale fallback of `stale = "..."`.
+///
+/// ```
+/// use cache_runtime::codec::{decode_with_grace, encode, fingerprint};
+/// use std::time::Duration;
+/// let fp = fingerprint("u8", 1);
+/// let bytes = encode(&1u8, fp, Duration::ZERO, &[]).unwrap();
+/// let d = decode_with_grace::<u8>(&bytes, fp, 16, Duration::from_secs(60)).unwrap();
+/// assert!(!d.fresh);
+/// ```
+pub fn decode_with_grace<V: DeserializeOwned>(
+    bytes: &[u8],
+    fingerprint: u64,
+    max_payload: usize,
+    grace: Duration,
 ) -> Result<Decoded<V>, DecodeError> {
     if bytes.len() < HEADER_LEN {
         return Err(DecodeError::Length);
@@ -209,7 +232,8 @@ pub fn decode<V: DeserializeOwned>(
     if checksum(bytes) != u32_at(bytes, 32) {
         return Err(DecodeError::Checksum);
     }
-    if expires <= unix_millis(SystemTime::now()) {
+    let now = unix_millis(SystemTime::now());
+    if expires.saturating_add(grace.as_millis() as u64) <= now {
         return Err(DecodeError::Expired);
     }
     let value = decode_payload(payload)?;
@@ -218,6 +242,7 @@ pub fn decode<V: DeserializeOwned>(
         created_unix_ms: created,
         expires_unix_ms: expires,
         stamps,
+        fresh: expires > now,
     })
 }
 

@@ -10,6 +10,8 @@ use moka::Expiry;
 #[derive(Clone)]
 struct Entry<V> {
     value: V,
+    /// Served until then; kept until `deadline` as a stale fallback (`stale = ...`).
+    fresh_until: Instant,
     deadline: Instant,
     epoch: u64,
     /// The Redis generation the value was read or written under (0 without Redis).
@@ -69,14 +71,23 @@ impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
 
     pub(crate) fn get(&self, key: &str) -> Option<V> {
         let entry = self.moka.get(key)?;
+        (entry.fresh_until > Instant::now() && entry.epoch == self.epoch.load(Ordering::Acquire))
+            .then_some(entry.value)
+    }
+
+    /// A fresh or stale (past `fresh_until`, before `deadline`) value.
+    pub(crate) fn get_stale(&self, key: &str) -> Option<V> {
+        let entry = self.moka.get(key)?;
         (entry.deadline > Instant::now() && entry.epoch == self.epoch.load(Ordering::Acquire))
             .then_some(entry.value)
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn insert(
         &self,
         key: String,
         value: V,
+        fresh_until: Instant,
         deadline: Instant,
         generation: u64,
         tags: Arc<[String]>,
@@ -90,6 +101,7 @@ impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
             key,
             Entry {
                 value,
+                fresh_until: fresh_until.min(deadline),
                 deadline,
                 epoch,
                 generation,

@@ -24,6 +24,10 @@ pub trait Shape<R> {
     fn cacheable(r: &R) -> Option<(Self::Value, bool)>;
     /// The return value for a cached value.
     fn rebuild(v: Self::Value) -> R;
+    /// Whether the result is a failure (`Err`) for which a stale value may be served instead.
+    fn is_failure(_r: &R) -> bool {
+        false
+    }
 }
 
 /// Every return value is cached.
@@ -56,6 +60,9 @@ impl<T: Clone, E> Shape<Result<T, E>> for OkOnly {
     }
     fn rebuild(v: T) -> Result<T, E> {
         Ok(v)
+    }
+    fn is_failure(r: &Result<T, E>) -> bool {
+        r.is_err()
     }
 }
 

@@ -58,6 +58,7 @@ pub(crate) struct Counters {
     pub superseded: Stat,
     pub lock_waits: Stat,
     pub lock_timeouts: Stat,
+    pub stale_served: Stat,
     body_seconds: Option<metrics::Histogram>,
 }
 
@@ -88,6 +89,7 @@ impl Counters {
             superseded: Stat::new("cache_superseded_writes_total", l(None)),
             lock_waits: Stat::new("cache_lock_waits_total", l(None)),
             lock_timeouts: Stat::new("cache_lock_timeouts_total", l(None)),
+            stale_served: Stat::new("cache_stale_served_total", l(None)),
             body_seconds: Some(metrics::histogram!("cache_body_duration_seconds", l(None))),
         }
     }
@@ -120,6 +122,7 @@ impl Counters {
             superseded: self.superseded.get(),
             lock_waits: self.lock_waits.get(),
             lock_timeouts: self.lock_timeouts.get(),
+            stale_served: self.stale_served.get(),
         }
     }
 
@@ -141,6 +144,7 @@ impl Counters {
             &self.superseded,
             &self.lock_waits,
             &self.lock_timeouts,
+            &self.stale_served,
         ] {
             c.reset();
         }
@@ -194,6 +198,8 @@ pub struct Stats {
     pub lock_waits: u64,
     /// Times a caller stopped waiting for a lock holder after the lease and ran the body.
     pub lock_timeouts: u64,
+    /// Stale values served because the body failed, panicked or timed out (`stale = ...`).
+    pub stale_served: u64,
 }
 
 impl Stats {

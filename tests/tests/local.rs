@@ -628,3 +628,96 @@ fn bypass_mode_is_a_pass_through() {
     assert_eq!(lookup_bypassable(2), None, "and stores nothing");
     assert!(bypassable_cache().observe_report().is_none());
 }
+
+static FS_FAIL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static FS_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = "100ms", key = "fs:<id>", stale = "10m", stale_retry = "1h")]
+async fn fail_safe(id: u32) -> Result<String, DbError> {
+    FS_RUNS.fetch_add(1, SeqCst);
+    if FS_FAIL.load(SeqCst) {
+        Err(DbError("database down".into()))
+    } else {
+        Ok(format!("v{id}"))
+    }
+}
+
+#[tokio::test]
+async fn a_failing_body_gets_the_stale_value_and_is_not_hammered() {
+    setup();
+    assert_eq!(fail_safe(1).await.unwrap(), "v1");
+    // The TTL passing is what is under test.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        lookup_fail_safe(1).await,
+        None,
+        "a stale value is never a hit"
+    );
+    FS_FAIL.store(true, SeqCst);
+    assert_eq!(
+        fail_safe(1).await.unwrap(),
+        "v1",
+        "served stale instead of the error"
+    );
+    assert_eq!(FS_RUNS.load(SeqCst), 2);
+    assert_eq!(fail_safe(1).await.unwrap(), "v1");
+    assert_eq!(FS_RUNS.load(SeqCst), 2, "no retry before stale_retry");
+    assert_eq!(fail_safe_cache().stats().stale_served, 2);
+    assert_eq!(
+        fail_safe(2).await,
+        Err(DbError("database down".into())),
+        "no fallback: the error"
+    );
+    // An invalidated value is never a fallback.
+    invalidate_fail_safe(1).await.unwrap();
+    assert_eq!(fail_safe(1).await, Err(DbError("database down".into())));
+    FS_FAIL.store(false, SeqCst);
+    assert_eq!(fail_safe(1).await.unwrap(), "v1");
+}
+
+static PANIC_FS_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = "50ms", key = "fs-panic:<id>", stale = "10m")]
+fn panicky_source(id: u32) -> u32 {
+    if PANIC_FS_RUNS.fetch_add(1, SeqCst) > 0 {
+        panic!("driver bug");
+    }
+    id
+}
+
+#[test]
+fn a_panicking_body_gets_the_stale_value() {
+    setup();
+    assert_eq!(panicky_source(4), 4);
+    std::thread::sleep(Duration::from_millis(80));
+    assert_eq!(
+        panicky_source(4),
+        4,
+        "the panic was contained and the stale value served"
+    );
+    assert_eq!(panicky_source_cache().stats().stale_served, 1);
+}
+
+static SLOW_FS_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = "50ms", key = "fs-slow:<id>", stale = "10m", timeout = "50ms")]
+async fn slow_source(id: u32) -> Result<u32, DbError> {
+    if SLOW_FS_RUNS.fetch_add(1, SeqCst) > 0 {
+        // A source that hangs is what is modelled here.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
+    Ok(id)
+}
+
+#[tokio::test]
+async fn a_body_past_its_timeout_gets_the_stale_value() {
+    setup();
+    assert_eq!(slow_source(5).await, Ok(5));
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert_eq!(
+        slow_source(5).await,
+        Ok(5),
+        "served stale after the timeout"
+    );
+    assert_eq!(slow_source_cache().stats().stale_served, 1);
+}

@@ -490,3 +490,37 @@ fn jitter_spreads_the_ttls_of_entries_written_together() {
     );
     assert!(min < 95_000 && max > 105_000, "not spread: {min}..{max}");
 }
+
+static REDIS_FS_FAIL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[cached(tier = "redis", ttl = "100ms", key = "fs:<id>", stale = "10m")]
+async fn redis_fail_safe(id: u64) -> Result<u64, String> {
+    if REDIS_FS_FAIL.load(SeqCst) {
+        Err("down".into())
+    } else {
+        Ok(id)
+    }
+}
+
+#[tokio::test]
+async fn redis_keeps_the_stale_fallback_past_the_ttl() {
+    shared_redis();
+    assert_eq!(redis_fail_safe(3).await, Ok(3));
+    let pttl: i64 = raw().pttl("t:w1:v1:fs:3").unwrap();
+    assert!(pttl > 100_000, "kept for ttl + stale, got {pttl}");
+    // The TTL passing is what is under test.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        lookup_redis_fail_safe(3).await,
+        None,
+        "stale in Redis is not a hit"
+    );
+    REDIS_FS_FAIL.store(true, SeqCst);
+    assert_eq!(
+        redis_fail_safe(3).await,
+        Ok(3),
+        "the stale value from Redis"
+    );
+    assert_eq!(redis_fail_safe_cache().stats().stale_served, 1);
+    REDIS_FS_FAIL.store(false, SeqCst);
+}
