@@ -12,9 +12,14 @@ use crate::template::{self, Segment};
 
 pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     let a = crate::signature::analyze(&f, opts.cache_none)?;
-    if let (Some((_, _, Some((_, span)))), false) = (&opts.stale_ms, a.is_async) {
+    let timeout_span = opts
+        .fail_safe
+        .as_ref()
+        .and_then(|f| f.timeout.as_ref())
+        .map(|t| t.1);
+    if let (Some(span), false) = (timeout_span, a.is_async) {
         return Err(Error::new(
-            *span,
+            span,
             "`timeout` needs an `async fn`: a blocking body cannot be interrupted",
         ));
     }
@@ -240,8 +245,9 @@ fn accessor_tokens(
     if !opts.tags.is_empty() {
         chain.extend(quote!(.tagged()));
     }
-    if let Some((stale, retry, timeout)) = &opts.stale_ms {
-        let timeout = match timeout {
+    if let Some(fs) = &opts.fail_safe {
+        let (stale, retry) = (fs.stale_ms, fs.retry_ms);
+        let timeout = match &fs.timeout {
             Some((ms, _)) => {
                 quote!(::core::option::Option::Some(::core::time::Duration::from_millis(#ms)))
             }

@@ -32,8 +32,17 @@ pub struct Options {
     pub mode: Option<&'static str>,
     /// `jitter = 0.1`: the literal, checked to be in (0, 0.5].
     pub jitter: Option<syn::LitFloat>,
-    /// `stale`, `stale_retry` (default 10 s) and `timeout`, in ms.
-    pub stale_ms: Option<(u64, u64, Option<(u64, Span)>)>,
+    /// `stale`, `stale_retry` and `timeout`.
+    pub fail_safe: Option<FailSafe>,
+}
+
+/// The fail-safe options, in milliseconds.
+pub struct FailSafe {
+    pub stale_ms: u64,
+    /// Default 10 s.
+    pub retry_ms: u64,
+    /// With the span of the `timeout` value, for errors.
+    pub timeout: Option<(u64, Span)>,
 }
 
 const KNOWN: &[&str] = &[
@@ -317,7 +326,7 @@ impl Raw {
                 ));
             }
         }
-        let stale_ms = match (&self.stale, &self.stale_retry, &self.timeout) {
+        let fail_safe = match (&self.stale, &self.stale_retry, &self.timeout) {
             (None, Some(lit), _) => {
                 return Err(Error::new(
                     lit.span(),
@@ -331,20 +340,20 @@ impl Raw {
                 ))
             }
             (None, None, None) => None,
-            (Some(stale), retry, timeout) => Some((
-                duration::parse(stale, "stale")?,
-                match retry {
+            (Some(stale), retry, timeout) => Some(FailSafe {
+                stale_ms: duration::parse(stale, "stale")?,
+                retry_ms: match retry {
                     Some(lit) => duration::parse(lit, "stale_retry")?,
                     None => 10_000,
                 },
-                match timeout {
+                timeout: match timeout {
                     Some(lit) => Some((duration::parse(lit, "timeout")?, lit.span())),
                     None => None,
                 },
-            )),
+            }),
         };
         Ok(Options {
-            stale_ms,
+            fail_safe,
             jitter: self.jitter,
             mode,
             tags: self.tags.unwrap_or_default(),
