@@ -273,6 +273,13 @@ fn accessor_tokens(
     // not `Clone + Send + Sync` or, with a Redis tier, not serde is one error at its span,
     // and the `.tier(...)`/`.build()` calls that follow report nothing more.
     let b = Ident::new("__builder", Span::mixed_site());
+    let max_bytes = opts.max_bytes.map(|n| {
+        quote_spanned! {vspan=>
+            let #b = (&::cache_runtime::__private::Check::<#v>::new()).redis(#b);
+            let #b = #b.max_bytes(#n);
+        }
+    });
+
     let tier = match opts.tier {
         Tier::Local => None,
         Tier::Redis => Some(quote!(::cache_runtime::Tier::Redis)),
@@ -296,6 +303,7 @@ fn accessor_tokens(
         };
         let #b = ::cache_runtime::Cache::<#v>::builder(#cache_name) #chain;
         #redis_steps
+        #max_bytes
         (&::cache_runtime::__private::Check::<#v>::new()).value(#b).build()
     };
     // At the value type too: a value type that is not `Send + Sync` also fails the static's

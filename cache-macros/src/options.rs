@@ -34,6 +34,8 @@ pub struct Options {
     pub jitter: Option<syn::LitFloat>,
     /// `stale`, `stale_retry` and `timeout`.
     pub fail_safe: Option<FailSafe>,
+    /// `max_bytes = "64MiB"`.
+    pub max_bytes: Option<u64>,
 }
 
 /// The fail-safe options, in milliseconds.
@@ -64,6 +66,7 @@ const KNOWN: &[&str] = &[
     "stale",
     "stale_retry",
     "timeout",
+    "max_bytes",
 ];
 
 #[derive(Default)]
@@ -87,6 +90,7 @@ struct Raw {
     stale: Option<Lit>,
     stale_retry: Option<Lit>,
     timeout: Option<Lit>,
+    max_bytes: Option<Lit>,
 }
 
 pub fn parse(attr: TokenStream) -> syn::Result<Options> {
@@ -141,6 +145,7 @@ impl Raw {
             "stale" => self.stale = Some(value(&meta, &name)?),
             "stale_retry" => self.stale_retry = Some(value(&meta, &name)?),
             "timeout" => self.timeout = Some(value(&meta, &name)?),
+            "max_bytes" => self.max_bytes = Some(value(&meta, &name)?),
             "tags" => {
                 let array: syn::ExprArray = value(&meta, &name)?;
                 let mut tags = Vec::new();
@@ -352,7 +357,26 @@ impl Raw {
                 },
             }),
         };
+        let max_bytes = match &self.max_bytes {
+            None => None,
+            Some(lit) => {
+                if tier == Tier::Redis {
+                    return Err(Error::new(
+                        lit.span(),
+                        "`max_bytes` bounds the local tier, and `tier = \"redis\"` has none",
+                    ));
+                }
+                if let Some(c) = &self.capacity {
+                    return Err(Error::new(
+                        c.span(),
+                        "use either `capacity` (entries) or `max_bytes` (memory), not both",
+                    ));
+                }
+                Some(parse_bytes(lit)?)
+            }
+        };
         Ok(Options {
+            max_bytes,
             fail_safe,
             jitter: self.jitter,
             mode,
@@ -371,6 +395,41 @@ impl Raw {
             none_ttl_ms,
         })
     }
+}
+
+/// `1048576`, `"512KiB"`, `"64MiB"`, `"1GiB"` (also `KB`/`MB`/`GB` as powers of 1000).
+fn parse_bytes(lit: &Lit) -> syn::Result<u64> {
+    let bad = || {
+        Error::new(
+            lit.span(),
+            "`max_bytes` expects bytes (`1048576`) or a size string (`\"512KiB\"`, `\"64MiB\"`, `\"1GiB\"`)",
+        )
+    };
+    let n = match lit {
+        Lit::Int(i) => i.base10_parse::<u64>().map_err(|_| bad())?,
+        Lit::Str(s) => {
+            let v = s.value();
+            let split = v.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+            let (num, unit) = v.split_at(split);
+            let num: u64 = num.parse().map_err(|_| bad())?;
+            let factor: u64 = match unit.trim() {
+                "B" => 1,
+                "KiB" => 1 << 10,
+                "MiB" => 1 << 20,
+                "GiB" => 1 << 30,
+                "KB" => 1_000,
+                "MB" => 1_000_000,
+                "GB" => 1_000_000_000,
+                _ => return Err(bad()),
+            };
+            num.checked_mul(factor).ok_or_else(bad)?
+        }
+        _ => return Err(bad()),
+    };
+    if n < 1024 {
+        return Err(Error::new(lit.span(), "`max_bytes` must be at least 1KiB"));
+    }
+    Ok(n)
 }
 
 fn unknown_msg(what: &str) -> String {

@@ -17,8 +17,8 @@ impl<T: Clone + Send + Sync + 'static> CacheValue for T {}
 
 /// Marks a type the macro needs to store in Redis.
 #[diagnostic::on_unimplemented(
-    message = "the cached value type `{Self}` must be `serde::Serialize + serde::de::DeserializeOwned` to use a Redis tier",
-    label = "this value is stored in Redis",
+    message = "the cached value type `{Self}` must be `serde::Serialize + serde::de::DeserializeOwned` to use a Redis tier or `max_bytes`",
+    label = "this value is stored in Redis or weighed in bytes",
     note = "add `#[derive(serde::Serialize, serde::Deserialize)]`, or use `tier = \"local\"`"
 )]
 pub trait RedisValue: serde::Serialize + serde::de::DeserializeOwned {}

@@ -59,6 +59,7 @@ impl std::fmt::Display for Tier {
 }
 
 type EncodeFn<V> = fn(&V, u64, Duration, &[u64]) -> Result<Vec<u8>, String>;
+type WeighFn<V> = fn(&V) -> usize;
 type DecodeFn<V> = fn(&[u8], u64, usize, Duration) -> Result<Decoded<V>, DecodeError>;
 
 /// The key of one entry: the template's output, plus the entry's tags.
@@ -281,6 +282,7 @@ pub struct Cache<V> {
     mode: AtomicU8,
     observer: OnceLock<Observer>,
     capacity: u64,
+    weigh: Option<WeighFn<V>>,
     jitter: f64,
     fail_safe: Option<FailSafe>,
 }
@@ -320,6 +322,7 @@ pub struct CacheBuilder<V> {
     mode: Mode,
     jitter: f64,
     stale: Option<(Duration, Duration, Option<Duration>)>,
+    max_bytes: Option<(u64, WeighFn<V>)>,
     redis: Option<(EncodeFn<V>, DecodeFn<V>)>,
     _v: PhantomData<fn() -> V>,
 }
@@ -408,6 +411,14 @@ impl<V> CacheBuilder<V> {
 }
 
 impl<V: crate::__private::RedisValue> CacheBuilder<V> {
+    /// Bounds the local tier by memory instead of entries: each entry weighs its key, its
+    /// encoded size and a fixed overhead, and the least valuable entries are evicted past
+    /// `bytes`. Needs a serde value (the size is measured without allocating).
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = Some((bytes, codec::encoded_size::<V> as WeighFn<V>));
+        self
+    }
+
     /// Chooses the tiers (default [`Tier::Local`]). Redis tiers need a serde value.
     pub fn tier(mut self, tier: Tier) -> Self {
         self.tier = tier;
@@ -465,7 +476,10 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
         let local = self.tier.has_local().then(|| {
             let side = Arc::new(LocalSide {
                 name: self.name.clone(),
-                tier: LocalTier::new(&self.name, self.capacity, self.tagged),
+                tier: match self.max_bytes {
+                    Some((bytes, _)) => LocalTier::new(&self.name, bytes, self.tagged, true),
+                    None => LocalTier::new(&self.name, self.capacity, self.tagged, false),
+                },
                 generations: Generations::new(),
                 shared: redis.is_some(),
             });
@@ -491,6 +505,7 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
             mode: AtomicU8::new(self.mode.to_u8()),
             observer: OnceLock::new(),
             capacity: self.capacity,
+            weigh: self.max_bytes.map(|(_, f)| f),
             jitter: self.jitter,
             fail_safe: self.stale.map(|(stale, retry, timeout)| FailSafe {
                 stale,
@@ -520,6 +535,7 @@ impl<V> Cache<V> {
             mode: Mode::Normal,
             jitter: 0.0,
             stale: None,
+            max_bytes: None,
             redis: None,
             _v: PhantomData,
         }
@@ -939,6 +955,25 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         }
     }
 
+    /// An entry's weight: 1, or its estimated bytes when bounded by `max_bytes`. A value in
+    /// memory (headers, heap blocks) is about 3 × its compact encoding, and moka's bookkeeping
+    /// plus ours is about 480 bytes per entry: calibrated with `examples/bounded_memory.rs`
+    /// (see docs/BENCHMARKS.md), so that `max_bytes` approximates resident memory.
+    fn weight_of(&self, key: &str, value: &V) -> u32 {
+        const ENTRY_OVERHEAD: usize = 480;
+        match self.weigh {
+            Some(size) => {
+                (key.len() + 3 * size(value) + ENTRY_OVERHEAD).min(u32::MAX as usize) as u32
+            }
+            None => 1,
+        }
+    }
+
+    /// Bytes (estimated) in the local tier of a `max_bytes` cache; entries otherwise.
+    pub fn local_weighted_size(&self) -> u64 {
+        self.local.as_ref().map_or(0, |l| l.tier.weighted_size())
+    }
+
     fn stale_window(&self) -> Duration {
         self.fail_safe.as_ref().map_or(Duration::ZERO, |f| f.stale)
     }
@@ -1200,6 +1235,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 .min(self.local_ttl);
             let value = decoded.value.clone();
             let generation = stamps.first().copied().unwrap_or(0);
+            let weight = self.weight_of(&key.logical, &value);
             local.generations.if_current(&key.logical, seen_local, || {
                 local.tier.insert(
                     key.logical.clone(),
@@ -1208,6 +1244,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                     sent + until_stale_end.max(fresh),
                     generation,
                     key.tags.clone().into(),
+                    weight,
                 )
             });
         }
@@ -1272,6 +1309,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             };
             res = self.count_redis(res);
         }
+        let weight = self.weight_of(&key.logical, &value);
         let stored = match &self.local {
             Some(local) => local.generations.if_current(&key.logical, seen_local, || {
                 local.tier.insert(
@@ -1281,6 +1319,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                     start + ttl + self.stale_window(),
                     generation,
                     key.tags.clone().into(),
+                    weight,
                 )
             }),
             None => res.is_ok() && self.redis.is_some(),
@@ -1352,6 +1391,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             res = self.count_redis(res);
         }
         if let Some(local) = &self.local {
+            let weight = self.weight_of(&key.logical, &value);
             local.generations.bump_with(&key.logical, || {
                 local.tier.insert(
                     key.logical.clone(),
@@ -1360,6 +1400,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                     start + ttl + self.stale_window(),
                     generation,
                     key.tags.clone().into(),
+                    weight,
                 )
             });
         }

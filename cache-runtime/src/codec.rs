@@ -134,6 +134,19 @@ fn checksum(envelope: &[u8]) -> u32 {
     h.finalize()
 }
 
+/// The size of a value's payload, without allocating it (for `max_bytes` weighing).
+///
+/// ```
+/// assert_eq!(cache_runtime::codec::encoded_size(&"abc".to_string()), 4);
+/// ```
+pub fn encoded_size<V: Serialize>(value: &V) -> usize {
+    let mut w = bincode::enc::write::SizeWriter::default();
+    match bincode::serde::encode_into_writer(value, &mut w, bincode::config::standard()) {
+        Ok(()) => w.bytes_written,
+        Err(_) => 0,
+    }
+}
+
 /// A decoded envelope.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decoded<V> {

@@ -18,6 +18,8 @@ struct Entry<V> {
     generation: u64,
     /// Tags of the entry, for tag invalidation (empty for untagged caches).
     tags: Arc<[String]>,
+    /// Estimated bytes, for a cache bounded by `max_bytes` (1 otherwise).
+    weight: u32,
 }
 
 /// Expires each entry at its own deadline: a value promoted from Redis must not outlive the
@@ -53,11 +55,17 @@ pub(crate) struct LocalTier<V> {
 }
 
 impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
-    pub(crate) fn new(name: &str, capacity: u64, tagged: bool) -> Self {
+    /// `capacity` counts entries, or bytes when `weighted` (then every insert says its weight).
+    pub(crate) fn new(name: &str, capacity: u64, tagged: bool, weighted: bool) -> Self {
         let builder = Moka::builder()
             .name(name)
             .max_capacity(capacity)
             .expire_after(DeadlineExpiry);
+        let builder = if weighted {
+            builder.weigher(|_: &String, e: &Entry<V>| e.weight)
+        } else {
+            builder
+        };
         let moka = if tagged {
             builder.support_invalidation_closures().build()
         } else {
@@ -91,6 +99,7 @@ impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
         deadline: Instant,
         generation: u64,
         tags: Arc<[String]>,
+        weight: u32,
     ) {
         if deadline <= Instant::now() {
             self.moka.invalidate(&key);
@@ -106,6 +115,7 @@ impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
                 epoch,
                 generation,
                 tags,
+                weight,
             },
         );
     }
@@ -139,5 +149,11 @@ impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
     pub(crate) fn entry_count(&self) -> u64 {
         self.moka.run_pending_tasks();
         self.moka.entry_count()
+    }
+
+    /// Total weight (bytes for a `max_bytes` cache, entries otherwise).
+    pub(crate) fn weighted_size(&self) -> u64 {
+        self.moka.run_pending_tasks();
+        self.moka.weighted_size()
     }
 }

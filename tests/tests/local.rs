@@ -721,3 +721,23 @@ async fn a_body_past_its_timeout_gets_the_stale_value() {
     );
     assert_eq!(slow_source_cache().stats().stale_served, 1);
 }
+
+#[cached(ttl = 600, key = "blob:<id>", max_bytes = "256KiB")]
+fn blob(id: u64) -> Vec<u8> {
+    vec![id as u8; 1000]
+}
+
+#[test]
+fn max_bytes_bounds_the_local_tier_by_memory() {
+    setup();
+    for id in 0..5_000 {
+        blob(id);
+    }
+    let bytes = blob_cache().local_weighted_size();
+    let entries = blob_cache().local_entry_count();
+    assert!(bytes <= 256 * 1024, "{bytes} bytes in a 256 KiB cache");
+    assert!(
+        entries > 50 && entries <= 256,
+        "{entries} entries of ~1.2 KB each"
+    );
+}
