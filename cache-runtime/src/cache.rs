@@ -223,6 +223,32 @@ struct LocalSide<V> {
     tier: LocalTier<V>,
     generations: Generations,
     shared: bool,
+    flights: Arc<Flights<V>>,
+}
+
+/// A Redis-only cache's in-flight bodies, registered with the bus so that a write elsewhere
+/// keeps later callers from joining a body that started before it.
+struct FlightSide<V> {
+    name: String,
+    flights: Arc<Flights<V>>,
+}
+
+impl<V: Send + Sync + 'static> bus::Target for FlightSide<V> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn shared(&self) -> bool {
+        false
+    }
+    fn evict(&self, key: &str, _generation: u64) {
+        self.flights.detach(key);
+    }
+    fn evict_tag(&self, _tag: &str) {
+        self.flights.detach_all();
+    }
+    fn clear(&self) {
+        self.flights.detach_all();
+    }
 }
 
 impl<V: Clone + Send + Sync + 'static> bus::Target for LocalSide<V> {
@@ -235,16 +261,19 @@ impl<V: Clone + Send + Sync + 'static> bus::Target for LocalSide<V> {
     }
 
     fn evict(&self, key: &str, generation: u64) {
+        self.flights.detach(key);
         self.generations
             .bump_with(key, || self.tier.remove_older_than(key, generation));
     }
 
     fn evict_tag(&self, tag: &str) {
+        self.flights.detach_all();
         self.generations.bump_all();
         self.tier.remove_tagged(tag);
     }
 
     fn clear(&self) {
+        self.flights.detach_all();
         self.generations.bump_all();
         self.tier.clear();
     }
@@ -277,7 +306,9 @@ pub struct Cache<V> {
     local: Option<Arc<LocalSide<V>>>,
     redis: Option<RedisSide<V>>,
     counters: Arc<Counters>,
-    flights: Flights<V>,
+    flights: Arc<Flights<V>>,
+    /// Registered with the bus for Redis-only caches (which have no local side to register).
+    _flight_target: Option<Arc<FlightSide<V>>>,
     decode_log: LogLimiter,
     mode: AtomicU8,
     observer: OnceLock<Observer>,
@@ -473,8 +504,10 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
             ttl,
             counters: counters.clone(),
         });
+        let flights = Arc::new(Flights::new());
         let local = self.tier.has_local().then(|| {
             let side = Arc::new(LocalSide {
+                flights: flights.clone(),
                 name: self.name.clone(),
                 tier: match self.max_bytes {
                     Some((bytes, _)) => LocalTier::new(&self.name, bytes, self.tagged, true),
@@ -482,6 +515,16 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
                 },
                 generations: Generations::new(),
                 shared: redis.is_some(),
+            });
+            let weak: std::sync::Weak<dyn bus::Target> =
+                Arc::downgrade(&side) as std::sync::Weak<dyn bus::Target>;
+            bus::register(weak);
+            side
+        });
+        let flight_target = (local.is_none() && redis.is_some()).then(|| {
+            let side = Arc::new(FlightSide {
+                name: self.name.clone(),
+                flights: flights.clone(),
             });
             let weak: std::sync::Weak<dyn bus::Target> =
                 Arc::downgrade(&side) as std::sync::Weak<dyn bus::Target>;
@@ -500,7 +543,8 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
             none_ttl: self.none_ttl.unwrap_or(ttl).max(Duration::from_millis(1)),
             redis,
             counters,
-            flights: Flights::new(),
+            _flight_target: flight_target,
+            flights,
             decode_log: LogLimiter::default(),
             mode: AtomicU8::new(self.mode.to_u8()),
             observer: OnceLock::new(),
@@ -1013,6 +1057,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     }
 
     fn drop_local(&self, key: &str) {
+        self.flights.detach(key);
         if let Some(local) = &self.local {
             local.generations.bump_with(key, || local.tier.remove(key));
         }
@@ -1336,6 +1381,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     /// processes' copies, failing in-flight stale writes), then writes under the new stamps.
     async fn store_explicit(&self, key: &Key, value: V, negative: bool) -> Result<(), CacheError> {
         let ttl = self.entry_ttl(negative);
+        self.flights.detach(&key.logical);
         if let Some(local) = &self.local {
             local.generations.bump_with(&key.logical, || {});
         }

@@ -60,6 +60,21 @@ impl<V> Flights<V> {
         })
     }
 
+    /// Makes later callers start a new flight for `key` instead of joining the running one,
+    /// whose body began before a write and whose value must not reach callers that start
+    /// after it. Callers already waiting keep their flight.
+    pub(crate) fn detach(&self, key: &str) {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
+    /// [`detach`](Self::detach) for every key.
+    pub(crate) fn detach_all(&self) {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.map.lock().unwrap().len()

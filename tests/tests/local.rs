@@ -741,3 +741,43 @@ fn max_bytes_bounds_the_local_tier_by_memory() {
         "{entries} entries of ~1.2 KB each"
     );
 }
+
+static JOIN_VERSION: AtomicUsize = AtomicUsize::new(1);
+static JOIN_RUNS: AtomicUsize = AtomicUsize::new(0);
+static JOIN_GATE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+#[cached(ttl = 60, key = "join:<id>")]
+async fn joinable(id: u32) -> usize {
+    let _ = id;
+    let version = JOIN_VERSION.load(SeqCst);
+    if JOIN_RUNS.fetch_add(1, SeqCst) == 0 {
+        // The first body read the old row and is still running.
+        JOIN_GATE.notified().await;
+    }
+    version
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_after_an_invalidation_does_not_join_a_body_that_started_before_it() {
+    setup();
+    let early = tokio::spawn(joinable(1));
+    eventually(Duration::from_secs(10), "the first body running", || {
+        JOIN_RUNS.load(SeqCst) == 1
+    })
+    .await;
+    JOIN_VERSION.store(2, SeqCst);
+    invalidate_joinable(1).await.unwrap();
+    // Started after the invalidation: must not be handed the first body's old row.
+    assert_eq!(joinable(1).await, 2);
+    JOIN_GATE.notify_waiters();
+    assert_eq!(
+        early.await.unwrap(),
+        1,
+        "that caller started before the write"
+    );
+    assert_eq!(
+        lookup_joinable(1).await,
+        Some(2),
+        "the old row was not stored over the new one"
+    );
+}
