@@ -1329,17 +1329,8 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                     Err(e)
                 }
                 Ok(bytes) => {
-                    let written = redis
-                        .tier
-                        .write_if(
-                            redis.value_key(key),
-                            redis.lock_key(key),
-                            bytes,
-                            ttl + self.stale_window(),
-                            redis.stamp_keys(key),
-                            stamps,
-                            token,
-                        )
+                    let written = self
+                        .write_entry(redis, key, bytes, ttl, stamps, token)
                         .await;
                     match written {
                         Ok(true) => Ok(()),
@@ -1390,7 +1381,6 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let mut res = Ok(());
         if let Some(redis) = &self.redis {
             res = async {
-                let bytes = self.encode_for_redis(&value, ttl, &[])?;
                 let stamps = redis
                     .tier
                     .bump_generation(
@@ -1403,18 +1393,11 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 generation = stamps.first().copied().unwrap_or(0);
                 // Other caches of this process over the same key drop their copies.
                 bus::apply_locally(bus::Action::Updated, &key.logical, generation);
-                let bytes = self.encode_for_redis(&value, ttl, &stamps).unwrap_or(bytes);
-                let written = redis
-                    .tier
-                    .write_if(
-                        redis.value_key(key),
-                        redis.lock_key(key),
-                        bytes,
-                        ttl + self.stale_window(),
-                        redis.stamp_keys(key),
-                        stamps,
-                        None,
-                    )
+                // Encoded after the bump: the envelope carries the new stamps. (If it is too
+                // large, the bump alone still invalidated the old value everywhere.)
+                let bytes = self.encode_for_redis(&value, ttl, &stamps)?;
+                let written = self
+                    .write_entry(redis, key, bytes, ttl, stamps, None)
                     .await?;
                 if !written {
                     // Another write landed between the bump and the SET: it is newer.
@@ -1464,6 +1447,30 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let u = (random_u64() >> 11) as f64 / (1u64 << 53) as f64; // [0, 1)
         let factor = 1.0 + self.jitter * (2.0 * u - 1.0);
         base.mul_f64(factor).max(Duration::from_millis(1))
+    }
+
+    /// The conditional write of an entry (kept `stale` past its TTL for the fail-safe).
+    async fn write_entry(
+        &self,
+        redis: &RedisSide<V>,
+        key: &Key,
+        bytes: Vec<u8>,
+        ttl: Duration,
+        stamps: Vec<u64>,
+        token: Option<String>,
+    ) -> Result<bool, CacheError> {
+        redis
+            .tier
+            .write_if(
+                redis.value_key(key),
+                redis.lock_key(key),
+                bytes,
+                ttl + self.stale_window(),
+                redis.stamp_keys(key),
+                stamps,
+                token,
+            )
+            .await
     }
 
     fn encode_for_redis(
