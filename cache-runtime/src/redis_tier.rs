@@ -209,44 +209,39 @@ impl RedisTier {
         if !self.breaker.allow() {
             return Err(CacheError::CircuitOpen);
         }
-        let breaker = self.breaker.clone();
+        // Fast path: an async caller on a Tokio runtime, with the connection up, talks to the
+        // multiplexed connection directly: no hop through the Redis thread, no extra timer
+        // (the connection's response timeout is the operation timeout). The connection's
+        // driver and reconnects stay on the Redis thread, whatever runtime the caller uses.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            if let Some(conn) = self.shared.ready() {
+                let shared = &self.shared;
+                let res = op(conn).await.map_err(|e| shared.failed_op(e));
+                self.settle(&res);
+                return res;
+            }
+        }
+        // Otherwise (a blocking caller, or the connection still coming up): on the Redis
+        // thread, bounded by the operation timeout, connecting included.
         let shared = self.shared.clone();
         let timeout = shared.op_timeout;
         let span = tracing::trace_span!("cache.redis");
         let task = self.handle.spawn(tracing::Instrument::instrument(
             async move {
-                let res = tokio::time::timeout(timeout, async {
+                tokio::time::timeout(timeout, async {
                     let conn = Shared::connection(&shared).await?;
-                    op(conn).await.map_err(|e| {
-                        let lost = is_connection_lost(&e);
-                        let e = classify(e);
-                        if lost {
-                            // Fail fast from now on instead of every caller waiting for the
-                            // manager's own reconnect attempts; reconnect in the background.
-                            shared.connection_lost(&e);
-                        }
-                        e
-                    })
+                    op(conn).await.map_err(|e| shared.failed_op(e))
                 })
                 .await
-                .unwrap_or(Err(CacheError::Timeout(timeout)));
-                match &res {
-                    // A server error (NOPERM, ...) still means Redis is there and answering.
-                    Ok(_) | Err(CacheError::Redis(_)) => breaker.success(),
-                    Err(_) => breaker.failure(),
-                }
-                if let Err(e) = &res {
-                    shared.log.warn(
-                        "redis",
-                        &format!("redis operation failed, falling back to the source: {e}"),
-                    );
-                }
-                res
+                .unwrap_or(Err(CacheError::Timeout(timeout)))
             },
             span,
         ));
-        task.await
-            .unwrap_or_else(|e| Err(CacheError::Unavailable(format!("redis task failed: {e}"))))
+        let res = task
+            .await
+            .unwrap_or_else(|e| Err(CacheError::Unavailable(format!("redis task failed: {e}"))));
+        self.settle(&res);
+        res
     }
 
     pub(crate) async fn read(&self, req: ReadRequest) -> Result<Fetched, CacheError> {
@@ -510,7 +505,48 @@ impl RedisTier {
     }
 }
 
+impl RedisTier {
+    /// Breaker bookkeeping and rate-limited logging of one operation's result.
+    fn settle<T>(&self, res: &Result<T, CacheError>) {
+        match res {
+            // A server error (NOPERM, ...) still means Redis is there and answering.
+            Ok(_) | Err(CacheError::Redis(_)) => self.breaker.success(),
+            Err(_) => self.breaker.failure(),
+        }
+        if let Err(e) = res {
+            self.shared.log.warn(
+                "redis",
+                &format!("redis operation failed, falling back to the source: {e}"),
+            );
+        }
+    }
+}
+
 impl Shared {
+    /// The connection if it is up (no waiting).
+    fn ready(&self) -> Option<ConnectionManager> {
+        match &*self.state.lock().unwrap_or_else(|p| p.into_inner()) {
+            ConnState::Ready(c) => Some(c.clone()),
+            _ => None,
+        }
+    }
+
+    /// Classifies a failed operation; a lost connection makes later operations fail fast
+    /// (instead of each waiting for the manager's own reconnect attempts) while it reconnects
+    /// in the background.
+    fn failed_op(&self, e: RedisError) -> CacheError {
+        let lost = is_connection_lost(&e);
+        let e = if e.is_timeout() {
+            CacheError::Timeout(self.op_timeout)
+        } else {
+            classify(e)
+        };
+        if lost {
+            self.connection_lost(&e);
+        }
+        e
+    }
+
     /// The connection, connecting in the background first if needed. Fails fast while a
     /// previous connection attempt's backoff runs.
     async fn connection(self: &Arc<Self>) -> Result<ConnectionManager, CacheError> {

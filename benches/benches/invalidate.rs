@@ -1,0 +1,250 @@
+//! Benchmark 5: Invalidate: the cost of one `invalidate_<fn>` call on a `tier = "redis"` cache
+//! (and, for reference, on a `local+redis` one), against hand-written redis-rs `DEL` and the
+//! `cached` crate's `async_cache_delete` (a plain `DEL`). Most calls delete an existing entry:
+//! the key pools are refilled (untimed) whenever a contender has gone through them.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use cache_benches::{bench_mode, count_commands, criterion, current_thread_runtime, hand_key};
+use cache_benches::{our_key, profile, record_commands, record_fact, redis_url, start_redis};
+use cache_benches::{process_cost, raw_ping, record_cost, Profile, FIRST_ID};
+use cached::{AsyncRedisCache, ConcurrentCachedAsync};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use redis::aio::ConnectionManager;
+
+const TTL: Duration = Duration::from_secs(300);
+
+/// Entries per contender; refilled (untimed) when a contender has deleted them all.
+fn pool() -> u64 {
+    if bench_mode() {
+        20_000
+    } else {
+        16
+    }
+}
+
+/// After a refill of ours: lets the runtime's bus subscriber process the refill's messages
+/// before timing resumes (every `populate` publishes one, and this process receives its own).
+async fn settle(who: Who) {
+    if matches!(who, Who::Ours | Who::OursTwoTier) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cache_runtime::cached(tier = "redis", ttl = 300, key = "user:profile:<id>")]
+#[allow(dead_code)] // only its companions are called (`<fn>_uncached` would warn)
+async fn ours(id: u64) -> Profile {
+    profile(id)
+}
+
+#[cache_runtime::cached(tier = "local+redis", ttl = 300, key = "two:profile:<id>")]
+#[allow(dead_code)] // only its companions are called (`<fn>_uncached` would warn)
+async fn ours_two_tier(id: u64) -> Profile {
+    profile(id)
+}
+
+async fn rival_store(prefix: &str) -> AsyncRedisCache<String, Profile> {
+    AsyncRedisCache::builder(prefix)
+        .connection_string(&redis_url())
+        .connection_manager(true)
+        .ttl(TTL)
+        .build()
+        .await
+        .expect("build the cached crate's AsyncRedisCache")
+}
+
+#[cached::macros::concurrent_cached(
+    ty = "cached::AsyncRedisCache<String, Profile>",
+    create = r#"{ rival_store("invalidate").await }"#,
+    key = "String",
+    convert = r#"{ our_key(id) }"#,
+    map_error = r#"|e| format!("{e:?}")"#
+)]
+async fn rival(id: u64) -> Result<Profile, String> {
+    Ok(profile(id))
+}
+
+#[derive(Clone, Copy)]
+enum Who {
+    Ours,
+    OursTwoTier,
+    Hand,
+    Rival,
+}
+
+/// Writes the pool's entries for one contender, 64 writes in flight.
+async fn fill(who: Who, conn: &ConnectionManager, pool: u64) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for lane in 0..64 {
+        let mut conn = conn.clone();
+        tasks.spawn(async move {
+            let mut id = FIRST_ID + lane;
+            while id < FIRST_ID + pool {
+                match who {
+                    Who::Ours => populate_ours(id, profile(id)).await.expect("populate"),
+                    Who::OursTwoTier => populate_ours_two_tier(id, profile(id))
+                        .await
+                        .expect("populate"),
+                    Who::Hand => {
+                        let b =
+                            bincode::serde::encode_to_vec(profile(id), bincode::config::standard())
+                                .expect("encode");
+                        let _: () = redis::cmd("SET")
+                            .arg(hand_key(id))
+                            .arg(b)
+                            .arg("PX")
+                            .arg(TTL.as_millis() as u64)
+                            .query_async(&mut conn)
+                            .await
+                            .expect("SET");
+                    }
+                    Who::Rival => {
+                        rival_prime_cache(id).await.expect("prime");
+                    }
+                }
+                id += 64;
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.expect("fill task");
+    }
+}
+
+async fn invalidate(who: Who, conn: &mut ConnectionManager, id: u64) {
+    match who {
+        Who::Ours => invalidate_ours(id).await.expect("invalidate"),
+        Who::OursTwoTier => invalidate_ours_two_tier(id).await.expect("invalidate"),
+        Who::Hand => {
+            let _: i64 = redis::cmd("DEL")
+                .arg(hand_key(id))
+                .query_async(conn)
+                .await
+                .expect("DEL");
+        }
+        Who::Rival => {
+            let store = RIVAL.get().expect("the rival store is built by the fill");
+            black_box(
+                store
+                    .async_cache_delete(&our_key(id))
+                    .await
+                    .expect("async_cache_delete"),
+            );
+        }
+    }
+}
+
+fn invalidate_bench(c: &mut Criterion) {
+    let server = start_redis();
+    let rt = current_thread_runtime();
+    let pool = pool();
+    let conn = rt.block_on(async {
+        let client = redis::Client::open(server.url()).expect("client");
+        ConnectionManager::new(client)
+            .await
+            .expect("connection manager")
+    });
+    let contenders = [
+        ("ours", Who::Ours),
+        ("ours_local_redis", Who::OursTwoTier),
+        ("hand_written", Who::Hand),
+        ("cached_crate", Who::Rival),
+    ];
+    for (name, who) in contenders {
+        rt.block_on(async {
+            fill(who, &conn, pool).await;
+            // The first use of a script loads it: not part of the steady state.
+            invalidate(who, &mut conn.clone(), 1).await;
+            settle(who).await;
+        });
+        let n = 100.min(pool);
+        let count = count_commands(server, n, || {
+            rt.block_on(async {
+                let mut c = conn.clone();
+                for id in FIRST_ID..FIRST_ID + n {
+                    invalidate(who, &mut c, id).await;
+                }
+            })
+        });
+        record_commands("invalidate", &format!("commands/{name}"), &count);
+        // Client-side cost (CPU of this process, context switches) on existing entries.
+        let costed = (pool - n).min(2_000);
+        let cost = process_cost(costed, || {
+            rt.block_on(async {
+                let mut c = conn.clone();
+                for id in FIRST_ID + n..FIRST_ID + n + costed {
+                    invalidate(who, &mut c, id).await;
+                }
+            })
+        });
+        record_cost("invalidate", &format!("cost/{name}"), &cost);
+    }
+
+    // The counting above deleted some entries: refill every pool once more.
+    rt.block_on(async {
+        for (_, who) in contenders {
+            fill(who, &conn, pool).await;
+        }
+        settle(Who::Ours).await;
+    });
+
+    let mut g = c.benchmark_group("invalidate");
+    g.throughput(Throughput::Elements(1));
+    for (name, who) in contenders {
+        // Across samples (criterion calls the closure once per sample).
+        let mut next = 0u64;
+        g.bench_function(name, |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let start = next;
+                next += iters;
+                let conn = conn.clone();
+                async move {
+                    let mut c = conn.clone();
+                    let mut total = Duration::ZERO;
+                    for i in 0..iters {
+                        let k = (start + i) % pool;
+                        if k == 0 && start + i > 0 {
+                            fill(who, &conn, pool).await;
+                            settle(who).await;
+                        }
+                        let t = Instant::now();
+                        invalidate(who, &mut c, FIRST_ID + k).await;
+                        total += t.elapsed();
+                    }
+                    total
+                }
+            })
+        });
+    }
+    g.bench_function("raw_ping", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let mut c = conn.clone();
+            async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    raw_ping(&mut c).await;
+                }
+                start.elapsed()
+            }
+        })
+    });
+    g.finish();
+    record_fact(
+        "invalidate",
+        "ours_stats",
+        format!("{:?}", ours_cache().stats()).into(),
+    );
+    record_fact(
+        "invalidate",
+        "ours_local_redis_stats",
+        format!("{:?}", ours_two_tier_cache().stats()).into(),
+    );
+}
+
+criterion_group! {
+    name = benches;
+    config = criterion();
+    targets = invalidate_bench
+}
+criterion_main!(benches);
