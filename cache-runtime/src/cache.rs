@@ -509,9 +509,22 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
             let side = Arc::new(LocalSide {
                 flights: flights.clone(),
                 name: self.name.clone(),
-                tier: match self.max_bytes {
-                    Some((bytes, _)) => LocalTier::new(&self.name, bytes, self.tagged, true),
-                    None => LocalTier::new(&self.name, self.capacity, self.tagged, false),
+                tier: {
+                    let uniform = (self.tier == Tier::Local
+                        && self.jitter == 0.0
+                        && self.stale.is_none()
+                        && self
+                            .none_ttl
+                            .is_none_or(|n| n.max(Duration::from_millis(1)) == ttl))
+                    .then_some(ttl);
+                    match self.max_bytes {
+                        Some((bytes, _)) => {
+                            LocalTier::new(&self.name, bytes, self.tagged, true, uniform)
+                        }
+                        None => {
+                            LocalTier::new(&self.name, self.capacity, self.tagged, false, uniform)
+                        }
+                    }
                 },
                 generations: Generations::new(),
                 shared: redis.is_some(),

@@ -42,6 +42,11 @@ impl KeyWriter {
 
     /// Appends a string value, escaped.
     pub fn str(&mut self, s: &str) {
+        // Fast path: plain ASCII needs no escaping and is copied at once.
+        if s.bytes().all(|b| b < 128 && !ASCII_ESCAPE[b as usize]) {
+            self.buf.push_str(s);
+            return;
+        }
         for c in s.chars() {
             if needs_escape(c) {
                 let mut bytes = [0u8; 4];
@@ -76,6 +81,31 @@ impl KeyWriter {
         self.buf
     }
 }
+
+/// `needs_escape` for every ASCII byte, computed at compile time.
+const ASCII_ESCAPE: [bool; 128] = {
+    let mut t = [false; 128];
+    let mut i = 0;
+    while i < 128 {
+        let c = i as u8 as char;
+        let mut sep = false;
+        let mut j = 0;
+        while j < SEPARATORS.len() {
+            if SEPARATORS[j] == c {
+                sep = true;
+            }
+            j += 1;
+        }
+        t[i] =
+            sep || matches!(
+                c,
+                '%' | '[' | ']' | '+' | '*' | '\\' | '<' | '>' | '"' | '\'' | '{' | '}' | '^' | '$'
+            ) || c.is_ascii_whitespace()
+                || c.is_ascii_control();
+        i += 1;
+    }
+    t
+};
 
 fn needs_escape(c: char) -> bool {
     SEPARATORS.contains(&c)
@@ -290,6 +320,13 @@ mod tests {
         assert_eq!(enc("{tag}"), "%7Btag%7D");
         for s in ["a:b", "%", "[1+2]", "*?", "a.b", "x y"] {
             assert!(!enc(s).contains(SEPARATORS), "{s}");
+        }
+    }
+
+    #[test]
+    fn the_ascii_table_agrees_with_needs_escape() {
+        for b in 0u8..128 {
+            assert_eq!(ASCII_ESCAPE[b as usize], needs_escape(b as char), "{b}");
         }
     }
 

@@ -52,15 +52,27 @@ pub(crate) struct LocalTier<V> {
     /// Bumped by `clear`: entries from an older epoch are never returned, even before moka's
     /// lazy `invalidate_all` has reached them.
     epoch: AtomicU64,
+    /// Every entry lives the same TTL, enforced by moka itself: no per-entry expiry and no
+    /// clock read on a hit.
+    uniform: bool,
 }
 
 impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
     /// `capacity` counts entries, or bytes when `weighted` (then every insert says its weight).
-    pub(crate) fn new(name: &str, capacity: u64, tagged: bool, weighted: bool) -> Self {
-        let builder = Moka::builder()
-            .name(name)
-            .max_capacity(capacity)
-            .expire_after(DeadlineExpiry);
+    /// `uniform_ttl`: every entry has this TTL (a local-only cache without jitter, stale or a
+    /// separate `none_ttl`), so moka's cheaper time-to-live replaces per-entry deadlines.
+    pub(crate) fn new(
+        name: &str,
+        capacity: u64,
+        tagged: bool,
+        weighted: bool,
+        uniform_ttl: Option<Duration>,
+    ) -> Self {
+        let builder = Moka::builder().name(name).max_capacity(capacity);
+        let builder = match uniform_ttl {
+            Some(ttl) => builder.time_to_live(ttl),
+            None => builder.expire_after(DeadlineExpiry),
+        };
         let builder = if weighted {
             builder.weigher(|_: &String, e: &Entry<V>| e.weight)
         } else {
@@ -74,13 +86,14 @@ impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
         Self {
             moka,
             epoch: AtomicU64::new(0),
+            uniform: uniform_ttl.is_some(),
         }
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<V> {
         let entry = self.moka.get(key)?;
-        (entry.fresh_until > Instant::now() && entry.epoch == self.epoch.load(Ordering::Acquire))
-            .then_some(entry.value)
+        let fresh = self.uniform || entry.fresh_until > Instant::now();
+        (fresh && entry.epoch == self.epoch.load(Ordering::Acquire)).then_some(entry.value)
     }
 
     /// A fresh or stale (past `fresh_until`, before `deadline`) value.
