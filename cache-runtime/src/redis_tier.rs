@@ -245,6 +245,9 @@ impl RedisTier {
     }
 
     pub(crate) async fn read(&self, req: ReadRequest) -> Result<Fetched, CacheError> {
+        if req.try_lock.is_none() {
+            return self.read_plain(req).await;
+        }
         let scripts = self.scripts.clone();
         type Reply = (i64, Option<Vec<u8>>, i64, Vec<Option<String>>, i64);
         let res = self
@@ -276,6 +279,47 @@ impl RedisTier {
             }),
             Err(e) => Err(e),
         }
+    }
+
+    /// A read without a lock attempt: `MGET value stamps…` and `PTTL value`, pipelined (one
+    /// round trip, and about a tenth of a script's server time). `MGET` answers nil for a key
+    /// of another type, which `PTTL` (≥ -1: the key exists) tells apart from a missing key.
+    async fn read_plain(&self, req: ReadRequest) -> Result<Fetched, CacheError> {
+        let (mut values, pttl) = self
+            .exec(move |mut c| async move {
+                let mut p = redis::pipe();
+                p.cmd("MGET").arg(&req.value_key);
+                for k in &req.stamp_keys {
+                    p.arg(k);
+                }
+                p.cmd("PTTL").arg(&req.value_key);
+                p.query_async::<(Vec<Option<Vec<u8>>>, i64)>(&mut c).await
+            })
+            .await?;
+        let value = if values.is_empty() {
+            None
+        } else {
+            values.remove(0)
+        };
+        let stamps = values
+            .into_iter()
+            .map(|v| {
+                v.and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok())
+                    .unwrap_or(0)
+            })
+            .collect();
+        Ok(match value {
+            Some(bytes) => Fetched::Found {
+                bytes,
+                pttl: (pttl >= 0).then(|| Duration::from_millis(pttl as u64)),
+                stamps,
+            },
+            None if pttl != -2 => Fetched::WrongType { stamps },
+            None => Fetched::Missing {
+                stamps,
+                locked: false,
+            },
+        })
     }
 
     /// `SET value PX` if every stamp key still holds `seen`; releases the lock if `token`
