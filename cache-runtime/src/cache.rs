@@ -182,10 +182,8 @@ impl Generations {
     }
 
     fn stripe(&self, key: &str) -> &Mutex<u64> {
-        // FNV-1a: cheap and good enough to spread keys over stripes.
-        let h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
+        // Cheap and good enough to spread keys over stripes.
+        let h = codec::fnv1a(key.bytes());
         &self.stripes[(h % STRIPES as u64) as usize]
     }
 

@@ -72,17 +72,21 @@ pub enum DecodeError {
 /// assert_ne!(a, cache_runtime::codec::fingerprint("app::Profile", 2));
 /// ```
 pub fn fingerprint(type_name: &str, schema_version: u32) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in type_name
-        .as_bytes()
-        .iter()
-        .chain(&[0xff])
-        .chain(&schema_version.to_le_bytes())
-    {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+    fnv1a(
+        type_name
+            .as_bytes()
+            .iter()
+            .chain(&[0xff])
+            .chain(&schema_version.to_le_bytes())
+            .copied(),
+    )
+}
+
+/// FNV-1a, 64 bits: stable across builds and platforms (unlike `std`'s hashers).
+pub(crate) fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 pub(crate) fn unix_millis(t: SystemTime) -> u64 {
