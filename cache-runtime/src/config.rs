@@ -28,6 +28,7 @@ pub struct Config {
     pub(crate) max_value_bytes: usize,
     pub(crate) breaker_threshold: u32,
     pub(crate) breaker_cooldown: Duration,
+    pub(crate) tls_root_pem: Option<Vec<u8>>,
 }
 
 impl Default for Config {
@@ -40,6 +41,7 @@ impl Default for Config {
             max_value_bytes: 1 << 20,
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(1),
+            tls_root_pem: None,
         }
     }
 }
@@ -144,6 +146,13 @@ impl ConfigBuilder {
     /// How long the breaker stays open before one probe (default 1 s).
     pub fn breaker_cooldown(mut self, cooldown: Duration) -> Self {
         self.0.breaker_cooldown = cooldown;
+        self
+    }
+
+    /// For `rediss://` URLs: trust this CA certificate (PEM) instead of the system's roots,
+    /// e.g. a private CA of your Redis deployment.
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.0.tls_root_pem = Some(pem.into());
         self
     }
 

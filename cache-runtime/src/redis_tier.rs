@@ -159,8 +159,8 @@ fn parse_stamps(raw: Vec<Option<String>>) -> Vec<u64> {
 
 impl RedisTier {
     pub(crate) fn new(url: &str, config: &Config) -> Result<Self, InitError> {
-        let client =
-            redis::Client::open(url).map_err(|e| InitError::InvalidUrl(redact(&e.to_string())))?;
+        let client = open_client(url, config.tls_root_pem.clone())
+            .map_err(|e| InitError::InvalidUrl(redact(&e.to_string())))?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("cache-runtime-redis".into())
@@ -665,6 +665,28 @@ impl Shared {
             failures: failures.saturating_add(1),
             last_error: error,
         }
+    }
+}
+
+/// A client for `url`; `rediss://` uses rustls (ring), with `root_pem` as the only trusted CA
+/// when given, the system's roots otherwise.
+pub(crate) fn open_client(
+    url: &str,
+    root_pem: Option<Vec<u8>>,
+) -> redis::RedisResult<redis::Client> {
+    if url.starts_with("rediss://") {
+        // A no-op if the application installed a provider already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    match root_pem {
+        Some(pem) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            },
+        ),
+        None => redis::Client::open(url),
     }
 }
 

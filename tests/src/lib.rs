@@ -30,6 +30,8 @@ pub struct RedisServer {
     child: Mutex<Option<Child>>,
     extra_args: Vec<String>,
     password: Option<String>,
+    /// CA certificate (PEM) of a TLS-only server.
+    tls_ca: Option<Vec<u8>>,
 }
 
 impl RedisServer {
@@ -63,6 +65,46 @@ impl RedisServer {
             child: Mutex::new(None),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             password,
+            tls_ca: None,
+        };
+        server.launch();
+        server
+    }
+
+    /// A TLS-only server (`--tls-port`, plain port disabled) with `cert_pem`/`key_pem`,
+    /// trusted through `ca_pem`; clients need `rediss://` and that CA.
+    pub fn start_tls(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Self {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("cache-tests-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create redis dir");
+        for (name, pem) in [
+            ("ca.pem", ca_pem),
+            ("cert.pem", cert_pem),
+            ("key.pem", key_pem),
+        ] {
+            std::fs::write(dir.join(name), pem).expect("write a TLS file");
+        }
+        let file = |n: &str| dir.join(n).to_string_lossy().into_owned();
+        let extra = vec![
+            "--tls-port".to_string(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            file("cert.pem"),
+            "--tls-key-file".into(),
+            file("key.pem"),
+            "--tls-ca-cert-file".into(),
+            file("ca.pem"),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ];
+        let server = Self {
+            port,
+            dir,
+            child: Mutex::new(None),
+            extra_args: extra,
+            password: None,
+            tls_ca: Some(ca_pem.as_bytes().to_vec()),
         };
         server.launch();
         server
@@ -70,7 +112,12 @@ impl RedisServer {
 
     fn launch(&self) {
         let mut cmd = Command::new(redis_server_path());
-        cmd.args(["--port", &self.port.to_string()])
+        let plain_port = if self.tls_ca.is_some() {
+            "0".to_string()
+        } else {
+            self.port.to_string()
+        };
+        cmd.args(["--port", &plain_port])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
@@ -90,7 +137,8 @@ impl RedisServer {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(mut c) = redis::Client::open(self.url())
+            if let Ok(mut c) = self
+                .raw_client()
                 .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
             {
                 if redis::cmd("PING").query::<String>(&mut c).is_ok() {
@@ -119,17 +167,40 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:PORT/` (with the password, if the server has one).
+    /// `redis://127.0.0.1:PORT/` (with the password, if the server has one), or
+    /// `rediss://127.0.0.1:PORT/` for a TLS server.
     pub fn url(&self) -> String {
-        match &self.password {
-            Some(p) => format!("redis://default:{p}@127.0.0.1:{}/", self.port),
-            None => format!("redis://127.0.0.1:{}/", self.port),
+        match (&self.password, &self.tls_ca) {
+            (Some(p), _) => format!("redis://default:{p}@127.0.0.1:{}/", self.port),
+            (None, Some(_)) => format!("rediss://127.0.0.1:{}/", self.port),
+            (None, None) => format!("redis://127.0.0.1:{}/", self.port),
+        }
+    }
+
+    /// The CA certificate (PEM) of a TLS server.
+    pub fn tls_ca(&self) -> Option<&[u8]> {
+        self.tls_ca.as_deref()
+    }
+
+    fn raw_client(&self) -> redis::RedisResult<redis::Client> {
+        match &self.tls_ca {
+            Some(ca) => {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                redis::Client::build_with_tls(
+                    self.url(),
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(ca.clone()),
+                    },
+                )
+            }
+            None => redis::Client::open(self.url()),
         }
     }
 
     /// A raw (blocking) client, to check or tamper with what the cache wrote.
     pub fn client(&self) -> redis::Connection {
-        redis::Client::open(self.url())
+        self.raw_client()
             .unwrap()
             .get_connection_with_timeout(Duration::from_secs(2))
             .expect("connect to the test redis")
