@@ -1074,8 +1074,29 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         }
     }
 
-    fn local_deadline(&self, start: Instant, ttl: Duration) -> Instant {
-        start + self.local_ttl.min(ttl)
+    /// Inserts a value just stored (by a body or an explicit write, whose Redis write began
+    /// at `start`): fresh for `min(local_ttl, ttl)`, kept as a stale fallback as long as
+    /// Redis keeps it. Called under the key's generation stripe.
+    #[allow(clippy::too_many_arguments)]
+    fn insert_stored(
+        &self,
+        local: &LocalSide<V>,
+        key: &Key,
+        value: V,
+        weight: u32,
+        start: Instant,
+        ttl: Duration,
+        generation: u64,
+    ) {
+        local.tier.insert(
+            key.logical.clone(),
+            value,
+            start + self.local_ttl.min(ttl),
+            start + ttl + self.stale_window(),
+            generation,
+            key.tags.clone().into(),
+            weight,
+        );
     }
 
     async fn timed<R>(&self, body: impl Future<Output = R>) -> R {
@@ -1112,35 +1133,27 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 fallback: None,
             };
         };
-        let mut fallback = None;
-        // A stale value blocks the script's lock attempt like any unusable value.
-        let mut read = |r: Read<V>| match r {
-            Read::Stale { stamps, value } => {
-                fallback = Some(value);
-                Read::Missing {
-                    stamps,
-                    locked: false,
-                    unusable: true,
-                }
-            }
-            other => other,
-        };
         let Some(lease) = self.lock_lease else {
-            let r = read(self.redis_read(key, seen_local, None).await);
-            return match r {
+            return match self.redis_read(key, seen_local, None).await {
                 Read::Found(v) => Fill::Found(v),
-                Read::Missing { stamps, .. } | Read::Stale { stamps, .. } => Fill::Compute {
+                Read::Missing { stamps, .. } => Fill::Compute {
                     stamps: Some(stamps),
                     token: None,
-                    fallback,
+                    fallback: None,
+                },
+                Read::Stale { stamps, value } => Fill::Compute {
+                    stamps: Some(stamps),
+                    token: None,
+                    fallback: Some(value),
                 },
                 Read::Failed => Fill::Compute {
                     stamps: None,
                     token: None,
-                    fallback,
+                    fallback: None,
                 },
             };
         };
+        let mut fallback = None;
         let token = lock_token();
         let lease_ms = lease.as_millis().max(1) as u64;
         // Long enough for a crashed holder's lease to expire and a waiter to take over.
@@ -1148,23 +1161,26 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let mut pause = Duration::from_millis(2);
         loop {
             let lock = Some((token.clone(), lease_ms));
-            let (stamps, locked, unusable) =
-                match read(self.redis_read(key, seen_local, lock).await) {
-                    Read::Found(v) => return Fill::Found(v),
-                    Read::Missing {
-                        stamps,
-                        locked,
-                        unusable,
-                    } => (stamps, locked, unusable),
-                    Read::Stale { stamps, .. } => (stamps, false, true),
-                    Read::Failed => {
-                        return Fill::Compute {
-                            stamps: None,
-                            token: None,
-                            fallback,
-                        }
+            let (stamps, locked, unusable) = match self.redis_read(key, seen_local, lock).await {
+                Read::Found(v) => return Fill::Found(v),
+                Read::Missing {
+                    stamps,
+                    locked,
+                    unusable,
+                } => (stamps, locked, unusable),
+                // A stale value blocks the script's lock attempt like any unusable value.
+                Read::Stale { stamps, value } => {
+                    fallback = Some(value);
+                    (stamps, false, true)
+                }
+                Read::Failed => {
+                    return Fill::Compute {
+                        stamps: None,
+                        token: None,
+                        fallback,
                     }
-                };
+                }
+            };
             let locked = locked
                 || (unusable
                     && matches!(
@@ -1356,18 +1372,11 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             };
             res = self.count_redis(res);
         }
+        // Weighed before taking the stripe: nothing but the insert runs under it.
         let weight = self.weight_of(&key.logical, &value);
         let stored = match &self.local {
             Some(local) => local.generations.if_current(&key.logical, seen_local, || {
-                local.tier.insert(
-                    key.logical.clone(),
-                    value,
-                    self.local_deadline(start, ttl),
-                    start + ttl + self.stale_window(),
-                    generation,
-                    key.tags.clone().into(),
-                    weight,
-                )
+                self.insert_stored(local, key, value, weight, start, ttl, generation)
             }),
             None => res.is_ok() && self.redis.is_some(),
         };
@@ -1433,15 +1442,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         if let Some(local) = &self.local {
             let weight = self.weight_of(&key.logical, &value);
             local.generations.bump_with(&key.logical, || {
-                local.tier.insert(
-                    key.logical.clone(),
-                    value,
-                    self.local_deadline(start, ttl),
-                    start + ttl + self.stale_window(),
-                    generation,
-                    key.tags.clone().into(),
-                    weight,
-                )
+                self.insert_stored(local, key, value, weight, start, ttl, generation)
             });
         }
         self.counters.populates.add(1);
