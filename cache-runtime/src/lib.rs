@@ -31,6 +31,8 @@ mod bus;
 mod cache;
 pub mod codec;
 mod config;
+pub mod edge;
+mod entry;
 mod error;
 mod flight;
 pub mod key;
@@ -51,6 +53,7 @@ pub use cache::{
     Key, Tier, DEFAULT_CAPACITY, DEFAULT_LOCAL_TTL_CAP, DEFAULT_LOCK_LEASE,
 };
 pub use config::{config, init, redis_enabled, Config, ConfigBuilder};
+pub use entry::{ETag, Entry, Meta, Source};
 pub use error::{CacheError, InitError};
 pub use observe::{Mode, ObserveReport, Verdict};
 pub use shape::{OkOnly, Plain, Sharing, SomeOnly, SomeOrNone};
