@@ -35,6 +35,8 @@ pub mod edge;
 mod entry;
 mod error;
 mod flight;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod key;
 mod local;
 mod observe;

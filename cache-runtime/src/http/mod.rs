@@ -1,0 +1,49 @@
+//! HTTP caching (layer 3): `Cache-Control`, `Vary`, validators and conditional requests for
+//! cached values, over plain [`http`](::http) types, with an optional axum integration.
+//! Enabled by the `http` feature (`axum` adds the integration).
+//!
+//! * [`CachePolicy`] says who may keep a response and for how long, and renders the headers
+//!   from an [`Entry`](crate::Entry): its strong `ETag` (computed once, when the value was
+//!   stored), `Last-Modified` and `Age` from its creation time, freshness capped by its
+//!   remaining TTL, its tags as surrogate keys.
+//! * [`Conditional`] is a request's `If-None-Match` / `If-Modified-Since`, evaluated per
+//!   RFC 9110.
+//! * [`respond`] builds the `200` or the `304 Not Modified` (without calling the body
+//!   closure) as an `http::Response`, for any framework.
+//! * With the `axum` feature, `Conditional` is an extractor and answers in one line:
+//!
+//! ```
+//! # #[cfg(feature = "axum")] {
+//! use axum::extract::Path;
+//! use axum::response::Response;
+//! use cache_runtime::http::{CachePolicy, Conditional};
+//! use cache_runtime::{Entry, ETag, Source};
+//! use std::time::{Duration, SystemTime};
+//!
+//! const USER: CachePolicy = CachePolicy::private().max_age(Duration::from_secs(30));
+//!
+//! # async fn get_user_entry(id: u64) -> Result<Entry<String>, std::convert::Infallible> {
+//! #     Ok(Entry::new(format!("user {id}"), Some(ETag::of(b"u")), SystemTime::now(),
+//! #         Duration::from_secs(60), vec![], Source::Body))
+//! # }
+//! async fn user(cond: Conditional, Path(id): Path<u64>) -> Result<Response, std::convert::Infallible> {
+//!     Ok(cond.json(get_user_entry(id).await?, &USER))
+//! }
+//! let _app: axum::Router = axum::Router::new().route("/users/{id}", axum::routing::get(user));
+//! # }
+//! ```
+//!
+//! See `docs/HTTP.md` for the rules implemented and what is left out.
+
+#[cfg(feature = "axum")]
+mod axum;
+mod conditional;
+mod policy;
+mod respond;
+
+pub use conditional::{Conditional, Precondition};
+pub use policy::{
+    source_name, surrogate_key, CachePolicy, SurrogateKeys, MAX_VARY, SURROGATE_KEY, XKEY,
+    X_CACHE_SOURCE,
+};
+pub use respond::respond;
