@@ -1,0 +1,567 @@
+//! Unit tests of the edge queue: drops, retries, deduplication, flush; and of the encodings.
+
+use super::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Mutex};
+use std::time::Instant;
+use tokio::sync::Semaphore;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A purger that reports each batch as it starts, then waits for a permit from the test.
+struct Gated {
+    started: Mutex<mpsc::Sender<PurgeBatch>>,
+    gate: Arc<Semaphore>,
+    done: Arc<Mutex<Vec<PurgeBatch>>>,
+}
+
+struct GatedHandle {
+    started: mpsc::Receiver<PurgeBatch>,
+    gate: Arc<Semaphore>,
+    done: Arc<Mutex<Vec<PurgeBatch>>>,
+}
+
+fn gated() -> (Gated, GatedHandle) {
+    let (tx, rx) = mpsc::channel();
+    let gate = Arc::new(Semaphore::new(0));
+    let done = Arc::new(Mutex::new(Vec::new()));
+    (
+        Gated {
+            started: Mutex::new(tx),
+            gate: gate.clone(),
+            done: done.clone(),
+        },
+        GatedHandle {
+            started: rx,
+            gate,
+            done,
+        },
+    )
+}
+
+impl GatedHandle {
+    fn next_started(&self) -> PurgeBatch {
+        self.started
+            .recv_timeout(WAIT)
+            .expect("the worker started a batch")
+    }
+    fn release(&self, batches: usize) {
+        self.gate.add_permits(batches);
+    }
+}
+
+impl Purger for Gated {
+    fn purge<'a>(&'a self, batch: &'a PurgeBatch) -> BoxFuture<'a, Result<(), PurgeError>> {
+        Box::pin(async move {
+            let _ = self.started.lock().unwrap().send(batch.clone());
+            self.gate.acquire().await.expect("gate open").forget();
+            self.done.lock().unwrap().push(batch.clone());
+            Ok(())
+        })
+    }
+    fn name(&self) -> &str {
+        "gated"
+    }
+}
+
+fn paths(b: &PurgeBatch) -> Vec<&str> {
+    b.paths().iter().map(String::as_str).collect()
+}
+
+fn assert_balanced(s: EdgeStats) {
+    assert_eq!(
+        s.enqueued,
+        s.coalesced + s.sent + s.failed + s.pending,
+        "{s:?}"
+    );
+}
+
+#[test]
+fn queued_duplicates_are_coalesced_into_one_batch() {
+    let (purger, h) = gated();
+    let edge = Edge::builder().purger(purger).build();
+    edge.enqueue_paths(["/x"]);
+    assert_eq!(paths(&h.next_started()), ["/x"]); // in flight, held by the gate
+                                                  // Waiting items are deduplicated; the in-flight one is not (it may predate the write).
+    edge.enqueue_paths(["/a", "/x", "/a"]);
+    edge.enqueue_tags(["t", "t"]);
+    edge.enqueue_paths(["/b", "/a", ""]);
+    let s = edge.stats();
+    assert_eq!((s.enqueued, s.coalesced, s.pending), (8, 3, 5), "{s:?}");
+    h.release(2);
+    let second = h.next_started();
+    assert_eq!(paths(&second), ["/a", "/x", "/b"]);
+    assert_eq!(second.tags(), ["t"]);
+    assert!(edge.flush_blocking(WAIT));
+    let s = edge.stats();
+    assert_eq!((s.sent, s.failed, s.pending), (5, 0, 0), "{s:?}");
+    assert_balanced(s);
+    assert_eq!(h.done.lock().unwrap().len(), 2);
+}
+
+#[test]
+fn a_full_queue_drops_and_counts_without_blocking() {
+    let (purger, h) = gated();
+    let edge = Edge::builder().purger(purger).capacity(2).build();
+    edge.enqueue_paths(["/in-flight"]);
+    h.next_started();
+    edge.enqueue_paths(["/1", "/2", "/3", "/4"]);
+    edge.enqueue_paths(["/1"]); // a duplicate of a waiting item still coalesces
+    let s = edge.stats();
+    assert_eq!((s.enqueued, s.coalesced, s.dropped), (4, 1, 2), "{s:?}");
+    h.release(2);
+    assert!(edge.flush_blocking(WAIT));
+    let s = edge.stats();
+    assert_eq!((s.sent, s.dropped, s.pending), (3, 2, 0), "{s:?}");
+    assert_balanced(s);
+}
+
+#[test]
+fn enqueue_returns_while_the_purger_hangs() {
+    let (purger, h) = gated();
+    let edge = Edge::builder().purger(purger).capacity(100).build();
+    edge.enqueue_paths(["/first"]);
+    h.next_started(); // the worker is now stuck in the purger
+    for i in 0..1000 {
+        edge.enqueue_paths([format!("/p/{i}")]);
+    }
+    let s = edge.stats();
+    assert_eq!((s.enqueued, s.dropped, s.pending), (101, 900, 101), "{s:?}");
+    // Not released: dropping the edge must not wait for the hung purger either.
+    drop(edge);
+}
+
+#[test]
+fn flush_waits_for_what_was_enqueued_and_times_out() {
+    let (purger, h) = gated();
+    let edge = Edge::builder().purger(purger).build();
+    assert!(
+        edge.flush_blocking(Duration::from_millis(1)),
+        "nothing enqueued"
+    );
+    edge.enqueue_paths(["/a"]);
+    h.next_started();
+    assert!(
+        !edge.flush_blocking(Duration::from_millis(20)),
+        "held by the gate"
+    );
+    h.release(1);
+    assert!(edge.flush_blocking(WAIT));
+    assert_eq!(edge.stats().sent, 1);
+    // The async flush works from another runtime too.
+    edge.enqueue_tags(["t"]);
+    h.release(1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    assert!(rt.block_on(edge.flush(WAIT)));
+    assert_eq!(edge.stats().sent, 2);
+}
+
+#[test]
+fn retries_are_bounded_and_failures_counted() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let edge = Edge::builder()
+        .purger(FnPurger::new("down", move |_: &PurgeBatch| {
+            c.fetch_add(1, Ordering::SeqCst);
+            Err(PurgeError::transient("connection refused"))
+        }))
+        .retries(3)
+        .backoff(Duration::from_millis(1), Duration::from_millis(4))
+        .build();
+    edge.enqueue_paths(["/a", "/b"]);
+    assert!(edge.flush_blocking(WAIT));
+    assert_eq!(calls.load(Ordering::SeqCst), 4, "one try and three retries");
+    let s = edge.stats();
+    assert_eq!(
+        (s.sent, s.failed, s.retried, s.pending),
+        (0, 2, 3, 0),
+        "{s:?}"
+    );
+    assert_balanced(s);
+}
+
+#[test]
+fn permanent_errors_are_not_retried() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let edge = Edge::builder()
+        .purger(FnPurger::new("forbidden", move |_: &PurgeBatch| {
+            c.fetch_add(1, Ordering::SeqCst);
+            Err(PurgeError::permanent("403 Forbidden"))
+        }))
+        .backoff(Duration::from_millis(1), Duration::from_millis(1))
+        .build();
+    edge.enqueue_tags(["t"]);
+    assert!(edge.flush_blocking(WAIT));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let s = edge.stats();
+    assert_eq!((s.failed, s.retried), (1, 0), "{s:?}");
+}
+
+#[test]
+fn only_the_items_a_purger_blames_are_retried() {
+    let batches = Arc::new(Mutex::new(Vec::new()));
+    let seen = batches.clone();
+    let ok = Arc::new(Mutex::new(Vec::new()));
+    let ok2 = ok.clone();
+    let edge = Edge::builder()
+        .purger(FnPurger::new("flaky", move |b: &PurgeBatch| {
+            seen.lock().unwrap().push(b.clone());
+            if b.paths().iter().any(|p| p == "/bad") {
+                Err(PurgeError::transient("503").with_items(PurgeBatch::new().with_path("/bad")))
+            } else {
+                Ok(())
+            }
+        }))
+        .purger(FnPurger::new("fine", move |b: &PurgeBatch| {
+            ok2.lock().unwrap().push(b.clone());
+            Ok(())
+        }))
+        .retries(2)
+        .backoff(Duration::from_millis(1), Duration::from_millis(1))
+        .build();
+    edge.enqueue_paths(["/good", "/bad"]);
+    assert!(edge.flush_blocking(WAIT));
+    let batches = batches.lock().unwrap();
+    assert_eq!(batches.len(), 3);
+    assert_eq!(paths(&batches[0]), ["/good", "/bad"]);
+    assert_eq!(paths(&batches[1]), ["/bad"]);
+    assert_eq!(paths(&batches[2]), ["/bad"]);
+    assert_eq!(
+        ok.lock().unwrap().len(),
+        1,
+        "the healthy purger is called once"
+    );
+    let s = edge.stats();
+    assert_eq!((s.sent, s.failed, s.retried), (1, 1, 2), "{s:?}");
+}
+
+#[test]
+fn a_hung_purger_call_times_out_and_is_retried() {
+    struct Never;
+    impl Purger for Never {
+        fn purge<'a>(&'a self, _: &'a PurgeBatch) -> BoxFuture<'a, Result<(), PurgeError>> {
+            Box::pin(std::future::pending())
+        }
+    }
+    let edge = Edge::builder()
+        .purger(Never)
+        .timeout(Duration::from_millis(10))
+        .retries(1)
+        .backoff(Duration::from_millis(1), Duration::from_millis(1))
+        .build();
+    edge.enqueue_paths(["/a"]);
+    assert!(edge.flush_blocking(WAIT));
+    let s = edge.stats();
+    assert_eq!((s.failed, s.retried), (1, 1), "{s:?}");
+    assert_eq!(edge.purger_names(), ["purger"]);
+}
+
+#[test]
+fn batches_are_bounded() {
+    let sizes = Arc::new(Mutex::new(Vec::new()));
+    let s2 = sizes.clone();
+    let (purger, h) = gated();
+    let edge = Edge::builder()
+        .purger(purger)
+        .purger(FnPurger::new("sizes", move |b: &PurgeBatch| {
+            s2.lock().unwrap().push(b.len());
+            Ok(())
+        }))
+        .max_batch(3)
+        .build();
+    edge.enqueue_paths(["/0"]);
+    h.next_started();
+    edge.enqueue_paths((1..=7).map(|i| format!("/{i}")));
+    h.release(10);
+    assert!(edge.flush_blocking(WAIT));
+    assert_eq!(*sizes.lock().unwrap(), [1, 3, 3, 1]);
+}
+
+#[test]
+fn the_installed_edge_receives_the_global_enqueues() {
+    // The only test of this binary that installs an edge.
+    let seen = Arc::new(Mutex::new(PurgeBatch::new()));
+    let s = seen.clone();
+    let edge = Edge::builder()
+        .purger(FnPurger::new("global", move |b: &PurgeBatch| {
+            let mut all = s.lock().unwrap();
+            for p in b.paths() {
+                all.add_path(p.clone());
+            }
+            for t in b.tags() {
+                all.add_tag(t.clone());
+            }
+            Ok(())
+        }))
+        .build();
+    assert_eq!(install(edge), Ok(()));
+    assert!(configured());
+    assert_eq!(
+        install(Edge::builder().build()),
+        Err(EdgeError::AlreadyInstalled)
+    );
+    enqueue_paths(vec!["/users/1".into()]);
+    enqueue_tags(vec!["user:1".into()]);
+    assert!(flush_blocking(WAIT));
+    let seen = seen.lock().unwrap();
+    assert!(seen.paths().contains(&"/users/1".to_string()));
+    assert!(seen.tags().contains(&"user:1".to_string()));
+    assert!(stats().sent >= 2);
+}
+
+/// Decodes `%XX` (the inverse of both encodings).
+fn decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap();
+            out.push(u8::from_str_radix(hex, 16).unwrap());
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn surrogate_keys_become_single_reversible_tokens() {
+    for key in [
+        "user:42",
+        "a b",
+        "a,b",
+        "50%",
+        "%20",
+        "tab\there",
+        "new\nline",
+        "ünï",
+        "",
+        "\u{7f}",
+    ] {
+        let e = encode_surrogate_key(key);
+        assert!(
+            e.bytes().all(|b| b.is_ascii_graphic() && b != b','),
+            "{key:?} → {e:?}"
+        );
+        assert_eq!(decode(&e), key.as_bytes(), "{key:?} → {e:?}");
+    }
+    assert!(matches!(encode_surrogate_key("user:42"), Cow::Borrowed(_)));
+}
+
+#[test]
+fn paths_keep_their_structure_and_lose_unsafe_bytes() {
+    assert!(matches!(
+        encode_path("/users/42?a=1&b=%20"),
+        Cow::Borrowed(_)
+    ));
+    let e = encode_path("/q/a b\r\n\"<x>\"#frag");
+    assert!(e.bytes().all(|b| b.is_ascii_graphic()), "{e}");
+    assert_eq!(e, "/q/a%20b%0D%0A%22%3Cx%3E%22%23frag");
+}
+
+#[test]
+fn jitter_and_clock_do_not_stall() {
+    // The backoff of a default edge stays near its configured values.
+    let start = Instant::now();
+    let edge = Edge::builder()
+        .purger(FnPurger::new("down", |_: &PurgeBatch| {
+            Err(PurgeError::transient("down"))
+        }))
+        .retries(2)
+        .backoff(Duration::from_millis(5), Duration::from_millis(5))
+        .build();
+    edge.enqueue_paths(["/a"]);
+    assert!(edge.flush_blocking(WAIT));
+    assert!(start.elapsed() >= Duration::from_millis(10));
+}
+
+#[cfg(feature = "edge")]
+mod http {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A one-thread HTTP endpoint answering every request with `status`, recording the
+    /// request heads.
+    struct Endpoint {
+        url: String,
+        heads: Arc<Mutex<Vec<String>>>,
+        _rt: tokio::runtime::Runtime,
+    }
+
+    fn endpoint(statuses: Vec<u16>) -> Endpoint {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let h = heads.clone();
+        let statuses = Arc::new(Mutex::new(statuses.into_iter()));
+        rt.spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let h = h.clone();
+                let statuses = statuses.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let mut chunk = [0u8; 4096];
+                        let Ok(n) = sock.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                            buf.drain(..end + 4);
+                            h.lock().unwrap().push(head);
+                            let status = statuses.lock().unwrap().next().unwrap_or(200);
+                            let resp =
+                                format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\n\r\nok");
+                            if sock.write_all(resp.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Endpoint {
+            url,
+            heads,
+            _rt: rt,
+        }
+    }
+
+    fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+        head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    #[test]
+    fn http_purger_sends_one_purge_per_encoded_path() {
+        let ep = endpoint(vec![]);
+        let edge = Edge::builder()
+            .purger(
+                HttpPurger::builder(format!("{}/", ep.url))
+                    .host("www.example.com")
+                    .header("x-token", "s3cret")
+                    .build()
+                    .unwrap(),
+            )
+            .build();
+        edge.enqueue_paths(["/users/1", "users/a b"]);
+        edge.enqueue_tags(["ignored"]);
+        assert!(edge.flush_blocking(WAIT));
+        let mut heads = ep.heads.lock().unwrap().clone();
+        heads.sort();
+        assert_eq!(heads.len(), 2, "{heads:?}");
+        assert!(heads[0].starts_with("PURGE /users/1 HTTP/1.1"), "{heads:?}");
+        assert!(
+            heads[1].starts_with("PURGE /users/a%20b HTTP/1.1"),
+            "{heads:?}"
+        );
+        for h in &heads {
+            assert_eq!(header(h, "host"), Some("www.example.com"));
+            assert_eq!(header(h, "x-token"), Some("s3cret"));
+        }
+        assert_eq!(edge.stats().sent, 3);
+    }
+
+    #[test]
+    fn xkey_purger_sends_keys_in_bulk() {
+        let ep = endpoint(vec![]);
+        let edge = Edge::builder()
+            .purger(
+                SurrogateKeyPurger::xkey(&ep.url)
+                    .max_keys(2)
+                    .build()
+                    .unwrap(),
+            )
+            .build();
+        edge.enqueue_tags(["user:1", "team a", "x,y"]);
+        edge.enqueue_paths(["/ignored"]);
+        assert!(edge.flush_blocking(WAIT));
+        let heads = ep.heads.lock().unwrap().clone();
+        assert_eq!(heads.len(), 2, "{heads:?}");
+        assert!(heads.iter().all(|h| h.starts_with("PURGE / HTTP/1.1")));
+        assert_eq!(header(&heads[0], "xkey-purge"), Some("user:1 team%20a"));
+        assert_eq!(header(&heads[1], "xkey-purge"), Some("x%2Cy"));
+    }
+
+    #[test]
+    fn server_errors_are_retried_and_client_errors_are_not() {
+        let ep = endpoint(vec![503, 503, 200]);
+        let edge = Edge::builder()
+            .purger(HttpPurger::new(&ep.url).unwrap())
+            .backoff(Duration::from_millis(1), Duration::from_millis(2))
+            .build();
+        edge.enqueue_paths(["/a"]);
+        assert!(edge.flush_blocking(WAIT));
+        let s = edge.stats();
+        assert_eq!((s.sent, s.failed, s.retried), (1, 0, 2), "{s:?}");
+
+        let ep = endpoint(vec![403]);
+        let edge = Edge::builder()
+            .purger(SurrogateKeyPurger::xkey(&ep.url).build().unwrap())
+            .backoff(Duration::from_millis(1), Duration::from_millis(2))
+            .build();
+        edge.enqueue_tags(["t"]);
+        assert!(edge.flush_blocking(WAIT));
+        let s = edge.stats();
+        assert_eq!((s.sent, s.failed, s.retried), (0, 1, 0), "{s:?}");
+        assert_eq!(ep.heads.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn an_unreachable_edge_fails_after_bounded_retries() {
+        // A port nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let edge = Edge::builder()
+            .purger(HttpPurger::new(format!("http://127.0.0.1:{port}")).unwrap())
+            .retries(2)
+            .backoff(Duration::from_millis(1), Duration::from_millis(2))
+            .build();
+        edge.enqueue_paths(["/a"]);
+        assert!(edge.flush_blocking(WAIT));
+        let s = edge.stats();
+        assert_eq!((s.failed, s.retried), (1, 2), "{s:?}");
+    }
+
+    #[test]
+    fn the_environment_spec_configures_both_purgers_per_url() {
+        let edge = from_spec(" http://127.0.0.1:1 ,, http://127.0.0.1:2/", Some("ex.com"))
+            .expect("two valid urls");
+        assert_eq!(
+            edge.purger_names(),
+            [
+                "http-purge http://127.0.0.1:1",
+                "xkey http://127.0.0.1:1/",
+                "http-purge http://127.0.0.1:2",
+                "xkey http://127.0.0.1:2/",
+            ]
+        );
+        assert!(from_spec("not a url", None).is_none());
+        assert!(from_spec("", None).is_none());
+    }
+}
