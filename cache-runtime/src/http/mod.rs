@@ -43,7 +43,6 @@ mod respond;
 
 pub use conditional::{Conditional, Precondition};
 pub use policy::{
-    source_name, surrogate_key, CachePolicy, SurrogateKeys, MAX_VARY, SURROGATE_KEY, XKEY,
-    X_CACHE_SOURCE,
+    source_name, CachePolicy, SurrogateKeys, MAX_VARY, SURROGATE_KEY, XKEY, X_CACHE_SOURCE,
 };
 pub use respond::respond;

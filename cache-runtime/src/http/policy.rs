@@ -1,12 +1,12 @@
 //! [`CachePolicy`]: what a response tells HTTP caches (`Cache-Control`, `Vary`, validators,
 //! surrogate keys), rendered from a policy and an [`Entry`]'s metadata.
 
-use std::borrow::Cow;
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::edge::encode_surrogate_key;
 use crate::entry::unix_ms;
 use crate::{Entry, Meta, Source};
 
@@ -111,8 +111,10 @@ pub enum SurrogateKeys {
 ///   (that would tell a client to reuse a copy it was told not to keep). The `ETag` is still
 ///   sent (it identifies the value, e.g. for `If-Match` on a later write).
 /// * **Surrogate keys** (the entry's tags, in `Surrogate-Key` and `xkey`) are sent on public
-///   responses so a CDN can purge by tag; see [`surrogate_keys`](Self::surrogate_keys). Strip
-///   them at the edge before they reach clients if the tag names are private.
+///   responses so a CDN can purge by tag; see [`surrogate_keys`](Self::surrogate_keys). Each
+///   tag is encoded with [`encode_surrogate_key`](crate::edge::encode_surrogate_key), the
+///   tokens the edge purgers send. Strip them at the edge before they reach clients if the
+///   tag names are private.
 /// * **`x-cache-source`** names where the value came from (`local`, `redis`, `body`,
 ///   `stale`); turn it off with [`source_header`](Self::source_header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -529,7 +531,7 @@ impl CachePolicy {
                     if i > 0 {
                         v.push(' ');
                     }
-                    v.push_str(&surrogate_key(tag));
+                    v.push_str(&encode_surrogate_key(tag));
                 }
                 let v = HeaderValue::try_from(v).expect("surrogate keys are visible ASCII");
                 if matches!(
@@ -603,31 +605,6 @@ impl fmt::Display for CachePolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.render(&Timing::UNBOUNDED, f)
     }
-}
-
-/// The header token for one tag in `Surrogate-Key` / `xkey`: the tag itself when it is
-/// visible ASCII without `%`, otherwise with every other byte (space, control, non-ASCII, `%`)
-/// percent-encoded. A purger must send the same token (see [`crate::edge`]).
-///
-/// ```
-/// use cache_runtime::http::surrogate_key;
-/// assert_eq!(surrogate_key("user:42"), "user:42");
-/// assert_eq!(surrogate_key("a b%ü"), "a%20b%25%C3%BC");
-/// ```
-pub fn surrogate_key(tag: &str) -> Cow<'_, str> {
-    let plain = |b: u8| (0x21..=0x7e).contains(&b) && b != b'%';
-    if tag.bytes().all(plain) {
-        return Cow::Borrowed(tag);
-    }
-    let mut s = String::with_capacity(tag.len() + 8);
-    for b in tag.bytes() {
-        if plain(b) {
-            s.push(b as char);
-        } else {
-            let _ = write!(s, "%{b:02X}");
-        }
-    }
-    Cow::Owned(s)
 }
 
 /// The [`X_CACHE_SOURCE`] value for a source: `local`, `redis`, `body` or `stale`.
@@ -987,10 +964,10 @@ mod tests {
 
     #[test]
     fn surrogate_keys_on_public_responses() {
-        let e = entry(5_000, 60, &["users", "user:42", "a b"], Source::Local);
+        let e = entry(5_000, 60, &["users", "user:42", "a b,c"], Source::Local);
         let h = headers(&CachePolicy::public(), &e, false);
-        assert_eq!(get(&h, "surrogate-key"), Some("users user:42 a%20b"));
-        assert_eq!(get(&h, "xkey"), Some("users user:42 a%20b"));
+        assert_eq!(get(&h, "surrogate-key"), Some("users user:42 a%20b%2Cc"));
+        assert_eq!(get(&h, "xkey"), Some("users user:42 a%20b%2Cc"));
         let only = |which| headers(&CachePolicy::public().surrogate_keys(which), &e, false);
         let h = only(SurrogateKeys::Xkey);
         assert!(h.contains_key("xkey") && !h.contains_key("surrogate-key"));
@@ -1019,14 +996,5 @@ mod tests {
             assert!(!h.contains_key(name), "{name}");
         }
         assert!(h.contains_key("etag"));
-    }
-
-    #[test]
-    fn surrogate_key_encoding() {
-        assert_eq!(surrogate_key("plain:1"), "plain:1");
-        assert!(matches!(surrogate_key("plain"), Cow::Borrowed(_)));
-        assert_eq!(surrogate_key("100%"), "100%25");
-        assert_eq!(surrogate_key("a\tb\n"), "a%09b%0A");
-        assert_eq!(surrogate_key(""), "");
     }
 }
