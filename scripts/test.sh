@@ -1,18 +1,50 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. The Redis tests start their own redis-server on free
-# loopback ports, so the server binary must be installed; this installs Debian's package
-# when it is missing.
+# loopback ports, and the edge tests their own varnishd (with the xkey vmod), so those binaries
+# must be installed; this installs Debian's packages when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+APT_UPDATED=""
+apt_install() {
+    if [ -z "$APT_UPDATED" ]; then
+        $SUDO apt-get update -qq
+        APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+
 if ! command -v redis-server >/dev/null 2>&1; then
     echo "redis-server not found: installing Debian's redis-server package" >&2
-    SUDO=""
-    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+    apt_install redis-server
 fi
 redis-server --version
+
+have_varnish() {
+    [ -x /usr/sbin/varnishd ] || command -v varnishd >/dev/null 2>&1 || return 1
+    compgen -G "/usr/lib/*/varnish/vmods/libvmod_xkey.so" >/dev/null \
+        || compgen -G "/usr/lib/varnish/vmods/libvmod_xkey.so" >/dev/null
+}
+if ! have_varnish; then
+    echo "varnishd or its xkey vmod not found: installing Debian's varnish and varnish-modules" >&2
+    # The tests start their own varnishd on free loopback ports; keep the package's service
+    # (which would listen on :6081 and :6082) from being started by the install, through the
+    # standard policy-rc.d hook, unless the machine already has one.
+    POLICY=/usr/sbin/policy-rc.d
+    if [ ! -e "$POLICY" ]; then
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$POLICY" >/dev/null
+        $SUDO chmod +x "$POLICY"
+        trap '$SUDO rm -f "$POLICY"' EXIT
+    fi
+    apt_install varnish varnish-modules
+    if [ -n "$(trap -p EXIT)" ]; then
+        $SUDO rm -f "$POLICY"
+        trap - EXIT
+    fi
+fi
+PATH="$PATH:/usr/sbin" varnishd -V 2>&1 | head -n 1
 
 cargo test --workspace --all-targets
 cargo test --workspace --doc

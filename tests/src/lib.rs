@@ -10,6 +10,9 @@
 //! ```
 
 pub mod node;
+pub mod varnish;
+
+pub use varnish::VarnishServer;
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
