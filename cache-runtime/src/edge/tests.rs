@@ -261,6 +261,29 @@ fn a_hung_purger_call_times_out_and_is_retried() {
 }
 
 #[test]
+fn a_panicking_purger_fails_its_items_and_the_worker_lives_on() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let edge = Edge::builder()
+        .purger(FnPurger::new("buggy", move |b: &PurgeBatch| {
+            c.fetch_add(1, Ordering::SeqCst);
+            if b.paths().iter().any(|p| p == "/boom") {
+                panic!("a bug in a purger");
+            }
+            Ok(())
+        }))
+        .backoff(Duration::from_millis(1), Duration::from_millis(1))
+        .build();
+    edge.enqueue_paths(["/boom"]);
+    assert!(edge.flush_blocking(WAIT));
+    edge.enqueue_paths(["/fine"]);
+    assert!(edge.flush_blocking(WAIT));
+    let s = edge.stats();
+    assert_eq!((s.failed, s.sent, s.retried), (1, 1, 0), "{s:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "a panic is not retried");
+}
+
+#[test]
 fn batches_are_bounded() {
     let sizes = Arc::new(Mutex::new(Vec::new()));
     let s2 = sizes.clone();

@@ -9,11 +9,12 @@
 //! prompted the new request.
 
 use std::collections::{HashSet, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::future::join_all;
+use futures_util::future::{join_all, FutureExt};
 use tokio::sync::{watch, Notify};
 
 use super::{EdgeStats, PurgeBatch, PurgeError, Purger, Settings};
@@ -302,13 +303,7 @@ async fn purge_with_retries(
     let mut todo = batch.clone();
     let mut attempt = 0u32;
     let error = loop {
-        let outcome = match tokio::time::timeout(settings.timeout, purger.purge(&todo)).await {
-            Ok(r) => r,
-            Err(_) => Err(PurgeError::transient(format!(
-                "no answer within {:?}",
-                settings.timeout
-            ))),
-        };
+        let outcome = call(purger, &todo, settings.timeout).await;
         let e = match outcome {
             Ok(()) => return None,
             Err(e) => e,
@@ -343,6 +338,25 @@ async fn purge_with_retries(
         ),
     );
     Some(todo)
+}
+
+/// One purger call, bounded by `timeout`; a panic (in `purge` or in its future) is a
+/// permanent error, so a buggy purger cannot take the worker down.
+async fn call(
+    purger: &dyn Purger,
+    batch: &PurgeBatch,
+    timeout: Duration,
+) -> Result<(), PurgeError> {
+    let panicked = |_| PurgeError::permanent(format!("purger {:?} panicked", purger.name()));
+    let future =
+        std::panic::catch_unwind(AssertUnwindSafe(|| purger.purge(batch))).map_err(panicked)?;
+    match tokio::time::timeout(timeout, AssertUnwindSafe(future).catch_unwind()).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(panic)) => Err(panicked(panic)),
+        Err(_) => Err(PurgeError::transient(format!(
+            "no answer within {timeout:?}"
+        ))),
+    }
 }
 
 /// `backoff × 2^attempt`, capped, plus up to 25 % jitter.
