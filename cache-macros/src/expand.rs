@@ -23,6 +23,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
             "`timeout` needs an `async fn`: a blocking body cannot be interrupted",
         ));
     }
+    let detached = check_detached(&opts, &a)?;
     let plan = KeyPlan::new(&opts, &a, &f.sig.ident)?;
 
     let name = &f.sig.ident;
@@ -39,6 +40,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     let populate = format_ident!("populate_{}", name);
     let lookup = format_ident!("lookup_{}", name);
     let refresh = format_ident!("refresh_{}", name);
+    let entry = format_ident!("{}_entry", name);
     let accessor = format_ident!("{}_cache", name);
 
     let cache = Ident::new("__cache", Span::mixed_site());
@@ -63,6 +65,19 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     let prologue = quote! {
         let #cache = #get_cache;
         let #key = #build_key;
+    };
+    // Edge paths are built before the call (which may move the arguments) and enqueued
+    // after it, once the tiers no longer hold the old value.
+    let purge = Ident::new("__purge", Span::mixed_site());
+    let result = Ident::new("__result", Span::mixed_site());
+    let (build_purge, send_purge) = if plan.purge.is_empty() {
+        (quote!(), quote!())
+    } else {
+        let paths = plan.purge.iter().map(|p| build_path(p));
+        (
+            quote!(let #purge: ::std::vec::Vec<::std::string::String> = ::std::vec![#(#paths),*];),
+            quote!(::cache_runtime::edge::enqueue_paths(#purge);),
+        )
     };
 
     // `self` first for methods; then the parameters.
@@ -119,10 +134,25 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         },
     };
 
-    let (aw, get_or_load, inv, pop, look, refr) = if a.is_async {
+    let (aw, get_or_load, get_entry, inv, pop, look, refr) = if a.is_async {
+        let (get_or_load, get_entry) = if detached {
+            // The body may outlive the call (soft timeout, refresh ahead): owned arguments.
+            (
+                quote!(get_or_load_detached::<#ret, #shape, _>(
+                    ::cache_runtime::Key::from(#key), #call_uncached, #sharing)),
+                quote!(get_or_load_entry_detached::<#ret, #shape, _>(
+                    ::cache_runtime::Key::from(#key), #call_uncached, #sharing)),
+            )
+        } else {
+            (
+                quote!(get_or_load::<#ret, #shape>(#key, #call_uncached, &#sharing)),
+                quote!(get_or_load_entry::<#ret, #shape>(#key, #call_uncached, &#sharing)),
+            )
+        };
         (
             quote!(.await),
-            quote!(get_or_load::<#ret, #shape>(#key, #call_uncached, &#sharing)),
+            get_or_load,
+            get_entry,
             quote!(invalidate),
             quote!(populate),
             quote!(lookup),
@@ -132,6 +162,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         (
             quote!(),
             quote!(get_or_load_blocking::<#ret, #shape>(#key, move || #call_uncached, &#sharing)),
+            quote!(get_or_load_entry_blocking::<#ret, #shape>(#key, move || #call_uncached, &#sharing)),
             quote!(invalidate_blocking),
             quote!(populate_blocking),
             quote!(lookup_blocking),
@@ -158,6 +189,11 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         format!("The cached value of {link} for these arguments, without running its body.");
     let doc_refresh =
         format!("Runs the body of {link} now and stores a cacheable result in every tier.");
+    let doc_entry = format!(
+        "{link} with the value wrapped in a [`cache_runtime::Entry`]: its ETag, creation time, \
+         tags and source, for HTTP responses (see `cache_runtime::http`)."
+    );
+    let entry_ty = quote!(<#shape as ::cache_runtime::shape::EntryShape<#ret>>::Entries);
 
     Ok(quote! {
         #(#cfg_attrs)*
@@ -173,12 +209,22 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         #vis #asyncness fn #uncached #generics (#inputs) -> #ret #body
 
         #(#cfg_attrs)*
+        #[doc = #doc_entry]
+        #vis #asyncness fn #entry #generics (#inputs) -> #entry_ty {
+            #prologue
+            #cache.#get_entry #aw
+        }
+
+        #(#cfg_attrs)*
         #[doc = #doc_invalidate]
         #vis #asyncness fn #invalidate #generics (#self_arg #(#key_params),*)
             -> ::core::result::Result<(), ::cache_runtime::CacheError>
         {
             #prologue
-            #cache.#inv(#key) #aw
+            #build_purge
+            let #result = #cache.#inv(#key) #aw;
+            #send_purge
+            #result
         }
 
         #(#cfg_attrs)*
@@ -187,7 +233,10 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
             -> ::core::result::Result<(), ::cache_runtime::CacheError>
         {
             #prologue
-            #cache.#pop(#key, #value_arg) #aw
+            #build_purge
+            let #result = #cache.#pop(#key, #value_arg) #aw;
+            #send_purge
+            #result
         }
 
         #(#cfg_attrs)*
@@ -203,12 +252,73 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         #[doc = #doc_refresh]
         #vis #asyncness fn #refresh #generics (#inputs) -> #ret {
             #prologue
-            #cache.#refr #aw
+            #build_purge
+            let #result = #cache.#refr #aw;
+            #send_purge
+            #result
         }
 
         #(#cfg_attrs)*
         #accessor_fn
     })
+}
+
+/// `soft_timeout` and `refresh_ahead` keep or start the body after the caller returned, so
+/// the body must own everything it uses: an `async fn` with owned parameters, not a method.
+fn check_detached(opts: &Options, a: &Analyzed) -> syn::Result<bool> {
+    let option = match (&opts.soft_timeout, &opts.refresh_ahead) {
+        (Some((_, span)), _) => ("soft_timeout", *span),
+        (None, Some(f)) => ("refresh_ahead", f.span()),
+        (None, None) => return Ok(false),
+    };
+    let (name, span) = option;
+    if !a.is_async {
+        return Err(Error::new(
+            span,
+            format!(
+                "`{name}` needs an `async fn`: it finishes or starts the body in the background"
+            ),
+        ));
+    }
+    if let Some(recv) = a.receiver {
+        return Err(Error::new(
+            recv,
+            format!(
+                "`{name}` runs the body in the background after the caller returned, which a `&self` \
+                 method cannot do; use a free function taking owned arguments"
+            ),
+        ));
+    }
+    for p in &a.params {
+        if let Some(span) = borrowed(&p.ty) {
+            return Err(Error::new(
+                span,
+                format!(
+                    "`{name}` runs the body in the background after the caller returned, so parameter \
+                     `{}` must be owned (e.g. `String` instead of `&str`, `Arc<T>` instead of `&T`)",
+                    p.ident
+                ),
+            ));
+        }
+    }
+    Ok(true)
+}
+
+/// The span of a reference or lifetime inside a type, if any.
+fn borrowed(ty: &syn::Type) -> Option<Span> {
+    use syn::visit::Visit;
+    struct Find(Option<Span>);
+    impl<'ast> Visit<'ast> for Find {
+        fn visit_type_reference(&mut self, r: &'ast syn::TypeReference) {
+            self.0.get_or_insert(r.and_token.span);
+        }
+        fn visit_lifetime(&mut self, l: &'ast syn::Lifetime) {
+            self.0.get_or_insert(l.span());
+        }
+    }
+    let mut f = Find(None);
+    f.visit_type(ty);
+    f.0
 }
 
 fn accessor_tokens(
@@ -262,6 +372,12 @@ fn accessor_tokens(
     if let Some(j) = &opts.jitter {
         chain.extend(quote!(.jitter(#j)));
     }
+    if let Some((ms, _)) = opts.soft_timeout {
+        chain.extend(quote!(.soft_timeout(::core::time::Duration::from_millis(#ms))));
+    }
+    if let Some(f) = &opts.refresh_ahead {
+        chain.extend(quote!(.refresh_ahead(#f)));
+    }
     if let Some(mode) = opts.mode {
         let m = Ident::new(mode, Span::call_site());
         chain.extend(quote!(.mode(::cache_runtime::Mode::#m)));
@@ -273,6 +389,12 @@ fn accessor_tokens(
     // not `Clone + Send + Sync` or, with a Redis tier, not serde is one error at its span,
     // and the `.tier(...)`/`.build()` calls that follow report nothing more.
     let b = Ident::new("__builder", Span::mixed_site());
+    let etag = (opts.etag && opts.tier == Tier::Local).then(|| {
+        quote_spanned! {vspan=>
+            let #b = (&::cache_runtime::__private::Check::<#v>::new()).redis(#b);
+            let #b = #b.etag();
+        }
+    });
     let max_bytes = opts.max_bytes.map(|n| {
         quote_spanned! {vspan=>
             let #b = (&::cache_runtime::__private::Check::<#v>::new()).redis(#b);
@@ -303,6 +425,7 @@ fn accessor_tokens(
         };
         let #b = ::cache_runtime::Cache::<#v>::builder(#cache_name) #chain;
         #redis_steps
+        #etag
         #max_bytes
         (&::cache_runtime::__private::Check::<#v>::new()).value(#b).build()
     };
@@ -353,6 +476,22 @@ fn build_string(pieces: &[Piece], cache: &Ident) -> TokenStream {
     }}
 }
 
+/// A purge path: literals as written, arguments percent-encoded.
+fn build_path(pieces: &[Piece]) -> TokenStream {
+    let p = Ident::new("__path", Span::mixed_site());
+    let steps = pieces.iter().map(|piece| match piece {
+        Piece::Literal(t) => quote!(#p.push_str(#t);),
+        Piece::Arg { expr, span } => quote_spanned! {*span=>
+            ::cache_runtime::__private::push_path_arg(&mut #p, &(#expr));
+        },
+    });
+    quote! {{
+        let mut #p = ::std::string::String::new();
+        #(#steps)*
+        #p
+    }}
+}
+
 enum Piece {
     Literal(TokenStream),
     Arg { expr: TokenStream, span: Span },
@@ -361,6 +500,7 @@ enum Piece {
 struct KeyPlan<'a> {
     pieces: Vec<Piece>,
     tags: Vec<Vec<Piece>>,
+    purge: Vec<Vec<Piece>>,
     key_params: Vec<&'a Param>,
 }
 
@@ -537,6 +677,13 @@ impl<'a> KeyPlan<'a> {
             .iter()
             .map(|lit| template_pieces(lit, "tag", a, fn_name, &skipped, &param_names).map(|t| t.0))
             .collect::<syn::Result<Vec<_>>>()?;
+        let purge = opts
+            .purge
+            .iter()
+            .map(|lit| {
+                template_pieces(lit, "purge path", a, fn_name, &skipped, &param_names).map(|t| t.0)
+            })
+            .collect::<syn::Result<Vec<_>>>()?;
         let key_params = a
             .params
             .iter()
@@ -545,6 +692,7 @@ impl<'a> KeyPlan<'a> {
         Ok(Self {
             pieces,
             tags,
+            purge,
             key_params,
         })
     }

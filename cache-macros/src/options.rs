@@ -36,6 +36,14 @@ pub struct Options {
     pub fail_safe: Option<FailSafe>,
     /// `max_bytes = "64MiB"`.
     pub max_bytes: Option<u64>,
+    /// `purge = ["/users/<id>"]`: edge paths purged by writes.
+    pub purge: Vec<LitStr>,
+    /// `etag = true`: ETags for a local-only cache (always on with Redis).
+    pub etag: bool,
+    /// `soft_timeout = "100ms"` (needs `stale`), with the span of the option's value.
+    pub soft_timeout: Option<(u64, Span)>,
+    /// `refresh_ahead = 0.8`, checked to be in (0, 1).
+    pub refresh_ahead: Option<syn::LitFloat>,
 }
 
 /// The fail-safe options, in milliseconds.
@@ -67,6 +75,10 @@ const KNOWN: &[&str] = &[
     "stale_retry",
     "timeout",
     "max_bytes",
+    "purge",
+    "etag",
+    "soft_timeout",
+    "refresh_ahead",
 ];
 
 #[derive(Default)]
@@ -91,6 +103,10 @@ struct Raw {
     stale_retry: Option<Lit>,
     timeout: Option<Lit>,
     max_bytes: Option<Lit>,
+    purge: Option<Vec<LitStr>>,
+    etag: Option<LitBool>,
+    soft_timeout: Option<Lit>,
+    refresh_ahead: Option<syn::LitFloat>,
 }
 
 pub fn parse(attr: TokenStream) -> syn::Result<Options> {
@@ -139,6 +155,45 @@ impl Raw {
                     LitBool::new(true, ident.span())
                 })
             }
+            "etag" => {
+                self.etag = Some(if meta.input.peek(syn::Token![=]) {
+                    value(&meta, &name)?
+                } else {
+                    LitBool::new(true, ident.span())
+                })
+            }
+            "purge" => {
+                let array: syn::ExprArray = value(&meta, &name)?;
+                let mut paths = Vec::new();
+                for elem in array.elems {
+                    match elem {
+                        syn::Expr::Lit(syn::ExprLit {
+                            lit: Lit::Str(s), ..
+                        }) => {
+                            let v = s.value();
+                            if !v.starts_with('/') || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                                return Err(Error::new(
+                                    s.span(),
+                                    "each purge path is an absolute URL path template without spaces, e.g. \"/users/<id>\"",
+                                ));
+                            }
+                            paths.push(s)
+                        }
+                        other => {
+                            return Err(Error::new(
+                                syn::spanned::Spanned::span(&other),
+                                "each purge path is a string template, e.g. `purge = [\"/users/<id>\"]`",
+                            ))
+                        }
+                    }
+                }
+                if paths.is_empty() {
+                    return Err(meta.error(
+                        "`purge` needs at least one path, e.g. `purge = [\"/users/<id>\"]`",
+                    ));
+                }
+                self.purge = Some(paths);
+            }
             "lock_lease" => self.lock_lease = Some(value(&meta, &name)?),
             "mode" => self.mode = Some(value(&meta, &name)?),
             "jitter" => self.jitter = Some(value(&meta, &name)?),
@@ -146,6 +201,8 @@ impl Raw {
             "stale_retry" => self.stale_retry = Some(value(&meta, &name)?),
             "timeout" => self.timeout = Some(value(&meta, &name)?),
             "max_bytes" => self.max_bytes = Some(value(&meta, &name)?),
+            "soft_timeout" => self.soft_timeout = Some(value(&meta, &name)?),
+            "refresh_ahead" => self.refresh_ahead = Some(value(&meta, &name)?),
             "tags" => {
                 let array: syn::ExprArray = value(&meta, &name)?;
                 let mut tags = Vec::new();
@@ -375,7 +432,30 @@ impl Raw {
                 Some(parse_bytes(lit)?)
             }
         };
+        let soft_timeout = match (&self.soft_timeout, &fail_safe) {
+            (None, _) => None,
+            (Some(lit), None) => {
+                return Err(Error::new(
+                    lit.span(),
+                    "`soft_timeout` needs `stale = \"...\"`: past the soft timeout the stale value is served while the body finishes in the background",
+                ))
+            }
+            (Some(lit), Some(_)) => Some((duration::parse(lit, "soft_timeout")?, lit.span())),
+        };
+        if let Some(f) = &self.refresh_ahead {
+            let v: f64 = f.base10_parse()?;
+            if !(v > 0.0 && v < 1.0) {
+                return Err(Error::new(
+                    f.span(),
+                    "`refresh_ahead` is the fraction of the TTL after which a read refreshes the entry in the background, in (0, 1), e.g. `refresh_ahead = 0.8`",
+                ));
+            }
+        }
         Ok(Options {
+            soft_timeout,
+            refresh_ahead: self.refresh_ahead,
+            purge: self.purge.unwrap_or_default(),
+            etag: self.etag.is_some_and(|b| b.value),
             max_bytes,
             fail_safe,
             jitter: self.jitter,
@@ -453,9 +533,11 @@ fn value<T: syn::parse::Parse>(meta: &ParseNestedMeta<'_>, name: &str) -> syn::R
                 "name" => "a string",
                 "mode" => "a string: \"normal\", \"observe\" or \"bypass\"",
                 "jitter" => "a fraction of the TTL, e.g. `0.1` for ±10 %",
+                "refresh_ahead" => "a fraction of the TTL, e.g. `0.8`",
                 "capacity" => "an integer (max local entries)",
                 "version" => "an integer (schema version of the value type)",
-                "cache_none" | "lock" => "`true` or `false`",
+                "cache_none" | "lock" | "etag" => "`true` or `false`",
+                "purge" => "a list of URL path templates, e.g. `[\"/users/<id>\"]`",
                 "tags" => "a list of string templates, e.g. `[\"user:<id>\"]`",
                 _ => "seconds (`300`) or a duration string (`\"5m\"`)",
             };

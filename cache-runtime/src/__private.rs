@@ -17,9 +17,9 @@ impl<T: Clone + Send + Sync + 'static> CacheValue for T {}
 
 /// Marks a type the macro needs to store in Redis.
 #[diagnostic::on_unimplemented(
-    message = "the cached value type `{Self}` must be `serde::Serialize + serde::de::DeserializeOwned` to use a Redis tier or `max_bytes`",
-    label = "this value is stored in Redis or weighed in bytes",
-    note = "add `#[derive(serde::Serialize, serde::Deserialize)]`, or use `tier = \"local\"`"
+    message = "the cached value type `{Self}` must be `serde::Serialize + serde::de::DeserializeOwned` to use a Redis tier, `max_bytes` or `etag`",
+    label = "this value is stored in Redis, weighed in bytes or hashed for its ETag",
+    note = "add `#[derive(serde::Serialize, serde::Deserialize)]`, or use `tier = \"local\"` without `max_bytes` and `etag`"
 )]
 pub trait RedisValue: serde::Serialize + serde::de::DeserializeOwned {}
 impl<T: serde::Serialize + serde::de::DeserializeOwned> RedisValue for T {}
@@ -172,5 +172,32 @@ mod tests {
         assert!((&Probe(&NotClone)).share().is_none());
         let nothing: Option<NotClone> = (&TypeProbe::<NotClone>::new()).unshare(&());
         assert!(nothing.is_none());
+    }
+}
+
+/// Appends `value` (its `Display` form) to a purge path, percent-encoding every byte except
+/// RFC 3986's unreserved characters, so an argument can never add a segment or a query.
+pub fn push_path_arg(out: &mut String, value: &dyn std::fmt::Display) {
+    use std::fmt::Write;
+    let text = value.to_string();
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod path_tests {
+    #[test]
+    fn path_args_cannot_escape_their_segment() {
+        let mut p = String::from("/users/");
+        super::push_path_arg(&mut p, &"a b/../c?x=1&y#é");
+        assert_eq!(p, "/users/a%20b%2F..%2Fc%3Fx%3D1%26y%23%C3%A9");
+        let mut q = String::from("/n/");
+        super::push_path_arg(&mut q, &42u64);
+        assert_eq!(q, "/n/42");
     }
 }

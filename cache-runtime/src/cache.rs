@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 use crate::bus;
 use crate::codec::{self, DecodeError, Decoded};
 use crate::config::runtime;
-use crate::flight::{Flights, Joined, Outcome};
+use crate::entry::{unix_ms, ETag, Meta, Source};
+use crate::flight::{Flights, Joined, Leader, Outcome};
 use crate::key::KeyWriter;
 use crate::local::LocalTier;
 use crate::observe::{Mode, ObserveReport, Observer};
 use crate::pending::PendingOp;
 use crate::redis_tier::{Fetched, LogLimiter, ReadRequest, RedisTier};
-use crate::shape::{Shape, Sharing};
+use crate::shape::{EntryShape, Shape, Sharing};
 use crate::stats::{self, Counters, Stats};
 use crate::CacheError;
 use tracing::Instrument;
@@ -58,7 +59,8 @@ impl std::fmt::Display for Tier {
     }
 }
 
-type EncodeFn<V> = fn(&V, u64, Duration, &[u64]) -> Result<Vec<u8>, String>;
+type EncodeFn<V> = fn(&V, u64, u64, Duration, &[u64]) -> Result<Vec<u8>, String>;
+type EtagFn<V> = fn(&V) -> Option<ETag>;
 type WeighFn<V> = fn(&V) -> usize;
 type DecodeFn<V> = fn(&[u8], u64, usize, Duration) -> Result<Decoded<V>, DecodeError>;
 
@@ -215,20 +217,28 @@ impl Generations {
     }
 }
 
+/// A value as single-flight hands it to waiters: with its metadata and where it came from.
+#[derive(Clone)]
+struct Got<V> {
+    value: V,
+    meta: Meta,
+    source: Source,
+}
+
 /// The local tier with its generations; registered with the bus.
 struct LocalSide<V> {
     name: String,
     tier: LocalTier<V>,
     generations: Generations,
     shared: bool,
-    flights: Arc<Flights<V>>,
+    flights: Arc<Flights<Got<V>>>,
 }
 
 /// A Redis-only cache's in-flight bodies, registered with the bus so that a write elsewhere
 /// keeps later callers from joining a body that started before it.
 struct FlightSide<V> {
     name: String,
-    flights: Arc<Flights<V>>,
+    flights: Arc<Flights<Got<V>>>,
 }
 
 impl<V: Send + Sync + 'static> bus::Target for FlightSide<V> {
@@ -304,7 +314,7 @@ pub struct Cache<V> {
     local: Option<Arc<LocalSide<V>>>,
     redis: Option<RedisSide<V>>,
     counters: Arc<Counters>,
-    flights: Arc<Flights<V>>,
+    flights: Arc<Flights<Got<V>>>,
     /// Registered with the bus for Redis-only caches (which have no local side to register).
     _flight_target: Option<Arc<FlightSide<V>>>,
     decode_log: LogLimiter,
@@ -312,8 +322,14 @@ pub struct Cache<V> {
     observer: OnceLock<Observer>,
     capacity: u64,
     weigh: Option<WeighFn<V>>,
+    /// Computes a value's ETag when it is stored without a Redis encoding at hand.
+    etag: Option<EtagFn<V>>,
     jitter: f64,
     fail_safe: Option<FailSafe>,
+    /// `soft_timeout`: with a stale value at hand, a slower body finishes in the background.
+    soft_timeout: Option<Duration>,
+    /// `refresh_ahead`: the fraction of an entry's TTL after which a read refreshes it.
+    refresh_ahead: Option<f64>,
 }
 
 /// `stale = ...`: expired values kept as a fallback for failing bodies.
@@ -351,8 +367,11 @@ pub struct CacheBuilder<V> {
     mode: Mode,
     jitter: f64,
     stale: Option<(Duration, Duration, Option<Duration>)>,
+    soft_timeout: Option<Duration>,
+    refresh_ahead: Option<f64>,
     max_bytes: Option<(u64, WeighFn<V>)>,
     redis: Option<(EncodeFn<V>, DecodeFn<V>)>,
+    etag: Option<EtagFn<V>>,
     _v: PhantomData<fn() -> V>,
 }
 
@@ -423,6 +442,26 @@ impl<V> CacheBuilder<V> {
         self
     }
 
+    /// With [`stale`](Self::stale): when a stale value exists and the body has not answered
+    /// within `soft`, return the stale value and let the body finish in the background to
+    /// update the cache (counted in `Stats::soft_timeouts`). Applies to the
+    /// [`get_or_load_detached`](Cache::get_or_load_detached) family, which can keep a body
+    /// running after its caller returned.
+    pub fn soft_timeout(mut self, soft: Duration) -> Self {
+        self.soft_timeout = Some(soft);
+        self
+    }
+
+    /// Refresh ahead: a read of an entry older than `fraction` (0–1, exclusive) of its TTL
+    /// starts one background refresh of that entry (per process; across processes with
+    /// `lock`), while readers keep getting the current value. No timer per key: only reads
+    /// trigger it. Applies to the [`get_or_load_detached`](Cache::get_or_load_detached) family.
+    pub fn refresh_ahead(mut self, fraction: f64) -> Self {
+        self.refresh_ahead =
+            (fraction.is_finite() && fraction > 0.0 && fraction < 1.0).then_some(fraction);
+        self
+    }
+
     /// The mode the cache starts in (default [`Mode::Normal`]).
     pub fn mode(mut self, mode: Mode) -> Self {
         self.mode = mode;
@@ -448,13 +487,34 @@ impl<V: crate::__private::RedisValue> CacheBuilder<V> {
         self
     }
 
-    /// Chooses the tiers (default [`Tier::Local`]). Redis tiers need a serde value.
+    /// Chooses the tiers (default [`Tier::Local`]). Redis tiers need a serde value, and
+    /// give every entry an [`ETag`] (see [`etag`](Self::etag)).
     pub fn tier(mut self, tier: Tier) -> Self {
         self.tier = tier;
         self.redis = tier.has_redis().then_some((
-            codec::encode::<V> as EncodeFn<V>,
+            codec::encode_at::<V> as EncodeFn<V>,
             codec::decode_with_grace::<V> as DecodeFn<V>,
         ));
+        if tier.has_redis() {
+            self = self.etag();
+        }
+        self
+    }
+
+    /// Gives every entry a strong [`ETag`] (the hash of its encoding, computed once when the
+    /// value is stored), for HTTP conditional requests. Automatic with a Redis tier; for a
+    /// local-only cache it costs one encoding per stored value.
+    ///
+    /// ```
+    /// use cache_runtime::{Cache, Plain, Sharing};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let cache: Cache<String> = Cache::builder("doc::etag").etag().build();
+    /// let e = cache.get_or_load_entry::<_, Plain>("k", async { "v".to_string() }, &Sharing::none()).await;
+    /// assert_eq!(e.etag(), cache_runtime::codec::payload_etag(&"v".to_string()));
+    /// # });
+    /// ```
+    pub fn etag(mut self) -> Self {
+        self.etag = Some(codec::payload_etag::<V> as EtagFn<V>);
         self
     }
 }
@@ -561,7 +621,10 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
             observer: OnceLock::new(),
             capacity: self.capacity,
             weigh: self.max_bytes.map(|(_, f)| f),
+            etag: self.etag,
             jitter: self.jitter,
+            soft_timeout: self.soft_timeout.filter(|_| self.stale.is_some()),
+            refresh_ahead: self.refresh_ahead,
             fail_safe: self.stale.map(|(stale, retry, timeout)| FailSafe {
                 stale,
                 timeout,
@@ -590,8 +653,11 @@ impl<V> Cache<V> {
             mode: Mode::Normal,
             jitter: 0.0,
             stale: None,
+            soft_timeout: None,
+            refresh_ahead: None,
             max_bytes: None,
             redis: None,
+            etag: None,
             _v: PhantomData,
         }
     }
@@ -669,14 +735,14 @@ impl<V> Cache<V> {
 /// The result of the Redis side of a miss.
 enum Fill<V> {
     /// A current value was found (and promoted).
-    Found(V),
+    Found(V, Meta),
     /// Nothing usable: run the body, then store under these stamps (`None`: Redis could not
     /// be read, so nothing is written there) and release this lock token. `fallback`: a
     /// stale value from Redis (fail-safe).
     Compute {
         stamps: Option<Vec<u64>>,
         token: Option<String>,
-        fallback: Option<V>,
+        fallback: Option<(V, Meta)>,
     },
 }
 
@@ -741,14 +807,241 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     where
         S: Shape<R, Value = V>,
     {
+        self.load::<R, S, _>(&key.into(), &mut Some(body), sharing)
+            .await
+            .0
+    }
+
+    /// [`get_or_load`](Self::get_or_load), with the value wrapped in an [`Entry`](crate::Entry):
+    /// its ETag, creation time, tags and where it came from, for HTTP responses. A hit
+    /// returns what was computed when the value was stored; nothing is hashed again.
+    ///
+    /// ```
+    /// use cache_runtime::{Cache, OkOnly, Sharing, Source};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let cache: Cache<u32> = Cache::builder("doc::entry").etag().build();
+    /// let load = || async { Ok::<u32, String>(7) };
+    /// let first = cache.get_or_load_entry::<_, OkOnly>("k", load(), &Sharing::none()).await.unwrap();
+    /// let again = cache.get_or_load_entry::<_, OkOnly>("k", load(), &Sharing::none()).await.unwrap();
+    /// assert_eq!((first.source(), again.source()), (Source::Body, Source::Local));
+    /// assert_eq!(first.etag(), again.etag());
+    /// assert_eq!(first.created(), again.created());
+    /// # });
+    /// ```
+    pub async fn get_or_load_entry<R, S>(
+        &self,
+        key: impl Into<Key>,
+        body: impl Future<Output = R>,
+        sharing: &Sharing<R>,
+    ) -> S::Entries
+    where
+        S: EntryShape<R, Value = V>,
+    {
         let key = key.into();
-        if self.mode.load(Ordering::Relaxed) != 0 {
-            return self.unserved(&key, body).await;
-        }
-        if let Some(v) = self.local_hit(&key.logical) {
-            return S::rebuild(v);
-        }
+        let (r, meta, source) = self.load::<R, S, _>(&key, &mut Some(body), sharing).await;
+        S::with_entry(r, meta, key.tags.into(), source)
+    }
+
+    /// Blocking [`get_or_load_entry`](Self::get_or_load_entry).
+    pub fn get_or_load_entry_blocking<R, S>(
+        &self,
+        key: impl Into<Key>,
+        body: impl FnOnce() -> R,
+        sharing: &Sharing<R>,
+    ) -> S::Entries
+    where
+        S: EntryShape<R, Value = V>,
+    {
+        pollster::block_on(self.get_or_load_entry::<R, S>(key, async move { body() }, sharing))
+    }
+
+    /// [`get_or_load`](Self::get_or_load) for a cache that lives for the whole program, with
+    /// a body that can outlive its caller (owned arguments, `Send`): needed for
+    /// [`soft_timeout`](CacheBuilder::soft_timeout) and
+    /// [`refresh_ahead`](CacheBuilder::refresh_ahead), which keep or start a body in the
+    /// background. `#[cached]` uses it when either option is set. Background work runs on the
+    /// caller's Tokio runtime (or the runtime's Redis thread outside one).
+    ///
+    /// ```
+    /// use cache_runtime::{Cache, Plain, Sharing};
+    /// use std::sync::OnceLock;
+    /// use std::time::Duration;
+    ///
+    /// fn cache() -> &'static Cache<u64> {
+    ///     static C: OnceLock<Cache<u64>> = OnceLock::new();
+    ///     C.get_or_init(|| Cache::builder("doc::detached").ttl(Duration::from_secs(60)).refresh_ahead(0.8).build())
+    /// }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let v = cache().get_or_load_detached::<_, Plain, _>("k".into(), async { 42 }, Sharing::none()).await;
+    /// assert_eq!(v, 42);
+    /// # });
+    /// ```
+    pub async fn get_or_load_detached<R, S, B>(
+        &'static self,
+        key: Key,
+        body: B,
+        sharing: Sharing<R>,
+    ) -> R
+    where
+        S: Shape<R, Value = V> + 'static,
+        R: Send + 'static,
+        B: Future<Output = R> + Send + 'static,
+    {
+        self.load_detached::<R, S, B>(key, body, sharing).await.0
+    }
+
+    /// [`get_or_load_detached`](Self::get_or_load_detached) returning an
+    /// [`Entry`](crate::Entry) (see [`get_or_load_entry`](Self::get_or_load_entry)).
+    pub async fn get_or_load_entry_detached<R, S, B>(
+        &'static self,
+        key: Key,
+        body: B,
+        sharing: Sharing<R>,
+    ) -> S::Entries
+    where
+        S: EntryShape<R, Value = V> + 'static,
+        R: Send + 'static,
+        B: Future<Output = R> + Send + 'static,
+    {
+        let tags: Arc<[String]> = key.tags.clone().into();
+        let (r, meta, source) = self.load_detached::<R, S, B>(key, body, sharing).await;
+        S::with_entry(r, meta, tags, source)
+    }
+
+    async fn load_detached<R, S, B>(
+        &'static self,
+        key: Key,
+        body: B,
+        sharing: Sharing<R>,
+    ) -> (R, Meta, Source)
+    where
+        S: Shape<R, Value = V> + 'static,
+        R: Send + 'static,
+        B: Future<Output = R> + Send + 'static,
+    {
+        let normal = self.mode.load(Ordering::Relaxed) == 0;
         let mut body = Some(body);
+        if let (Some(soft), true) = (self.soft_timeout, normal) {
+            if self.local_peek(&key.logical).is_none() {
+                return self.load_soft::<R, S, B>(key, body, sharing, soft).await;
+            }
+        }
+        let out = self.load::<R, S, B>(&key, &mut body, &sharing).await;
+        if let (Some(body), true, Source::Local | Source::Redis) = (body, normal, out.2) {
+            if self.refresh_due(&out.1) {
+                self.refresh_in_background::<R, S, B>(key, body, sharing);
+            }
+        }
+        out
+    }
+
+    /// The miss path in a task, raced against `soft`: past it, a stale value (local, or
+    /// Redis's) is returned and the task completes in the background, storing its result.
+    async fn load_soft<R, S, B>(
+        &'static self,
+        key: Key,
+        body: Option<B>,
+        sharing: Sharing<R>,
+        soft: Duration,
+    ) -> (R, Meta, Source)
+    where
+        S: Shape<R, Value = V> + 'static,
+        R: Send + 'static,
+        B: Future<Output = R> + Send + 'static,
+    {
+        use futures_util::future::{select, Either};
+        let task_key = key.clone();
+        let task = async move {
+            let mut body = body;
+            self.load::<R, S, B>(&task_key, &mut body, &sharing).await
+        };
+        let mut handle = match spawn_task(task) {
+            Ok(handle) => handle,
+            // No runtime to finish a body in: wait for it here.
+            Err(task) => return task.await,
+        };
+        let timer = std::pin::pin!(sleep_anywhere(soft));
+        let handle = match select(&mut handle, timer).await {
+            Either::Left((done, _)) => return joined(done),
+            Either::Right(((), _)) => handle,
+        };
+        if let Some((v, meta)) = self.stale_fallback(&key).await {
+            self.counters.soft_timeouts.add(1);
+            self.counters.stale_served.add(1);
+            tracing::debug!(cache = %self.name, "body past soft_timeout; serving stale");
+            return (S::rebuild(v), meta, Source::Stale);
+        }
+        joined(handle.await)
+    }
+
+    /// A fallback for a soft timeout: a local copy (fresh if a write landed meanwhile, else
+    /// stale), or a stale one still in Redis.
+    async fn stale_fallback(&self, key: &Key) -> Option<(V, Meta)> {
+        if let Some(local) = &self.local {
+            return local.tier.get_stale(&key.logical);
+        }
+        let seen = self.local_generation(&key.logical);
+        match self.redis_read(key, seen, None, false).await {
+            Read::Found(v, meta)
+            | Read::Stale {
+                value: (v, meta), ..
+            } => Some((v, meta)),
+            _ => None,
+        }
+    }
+
+    /// Whether a value read now is late enough in its TTL for a refresh ahead.
+    fn refresh_due(&self, meta: &Meta) -> bool {
+        let Some(fraction) = self.refresh_ahead else {
+            return false;
+        };
+        let span = meta.expires_unix_ms.saturating_sub(meta.created_unix_ms);
+        let age = unix_ms(std::time::SystemTime::now()).saturating_sub(meta.created_unix_ms);
+        span > 0 && age as f64 >= fraction * span as f64
+    }
+
+    /// Starts one background refresh of `key` unless one (or any load) is already running:
+    /// the flight is joined here, so concurrent readers do not start a second one.
+    fn refresh_in_background<R, S, B>(&'static self, key: Key, body: B, sharing: Sharing<R>)
+    where
+        S: Shape<R, Value = V> + 'static,
+        R: Send + 'static,
+        B: Future<Output = R> + Send + 'static,
+    {
+        let Joined::Leader(leader) = self.flights.join(&key.logical) else {
+            return;
+        };
+        let task = async move {
+            let mut body = Some(body);
+            self.lead::<R, S, B>(&key, leader, &mut body, &sharing, true)
+                .await;
+        };
+        // Without a runtime the leader is dropped here, which releases the flight.
+        if spawn_task(task).is_ok() {
+            self.counters.refreshes_ahead.add(1);
+        }
+    }
+
+    /// The waterfall, returning the value's metadata and source too. `body` is taken only
+    /// if it runs (a caller may still use it for a refresh ahead).
+    async fn load<R, S, B>(
+        &self,
+        key: &Key,
+        body: &mut Option<B>,
+        sharing: &Sharing<R>,
+    ) -> (R, Meta, Source)
+    where
+        S: Shape<R, Value = V>,
+        B: Future<Output = R>,
+    {
+        if self.mode.load(Ordering::Relaxed) != 0 {
+            let body = body.take().expect("the body future is used at most once");
+            let r = self.unserved(key, body).await;
+            return (r, Meta::fresh(Duration::ZERO, None), Source::Body);
+        }
+        if let Some((v, meta)) = self.local_hit(&key.logical) {
+            return (S::rebuild(v), meta, Source::Local);
+        }
         let mut counted_miss = false;
         loop {
             match self.flights.join(&key.logical) {
@@ -758,81 +1051,129 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                         self.counters.misses.add(1);
                         self.counters.coalesced.add(1);
                     }
-                    if let Some(r) = flight.wait(S::rebuild, sharing.unshare).await {
+                    let waited = flight
+                        .wait(
+                            |g: Got<V>| (S::rebuild(g.value), g.meta, g.source),
+                            |b| {
+                                (sharing.unshare)(b)
+                                    .map(|r| (r, Meta::fresh(Duration::ZERO, None), Source::Body))
+                            },
+                        )
+                        .await;
+                    if let Some(r) = waited {
                         return r;
                     }
                     // The leader gave up or could not share its result: try again.
-                    if let Some(v) = self.local_peek(&key.logical) {
-                        return S::rebuild(v);
+                    if let Some((v, meta)) = self.local_peek(&key.logical) {
+                        return (S::rebuild(v), meta, Source::Local);
                     }
                 }
                 Joined::Leader(leader) => {
                     // A flight may have completed between our local miss and the join.
-                    if let Some(v) = self.local_peek(&key.logical) {
-                        leader.finish(Outcome::Value(v.clone()));
-                        return S::rebuild(v);
+                    if let Some((v, meta)) = self.local_peek(&key.logical) {
+                        let source = Source::Local;
+                        leader.finish(Outcome::Value(Got {
+                            value: v.clone(),
+                            meta,
+                            source,
+                        }));
+                        return (S::rebuild(v), meta, source);
                     }
-                    let seen_local = self.local_generation(&key.logical);
-                    let (stamps, token, fallback) = match self.redis_fill(&key, seen_local).await {
-                        Fill::Found(v) => {
-                            leader.finish(Outcome::Value(v.clone()));
-                            return S::rebuild(v);
-                        }
-                        Fill::Compute {
-                            stamps,
-                            token,
-                            fallback,
-                        } => (stamps, token, fallback),
-                    };
                     if !counted_miss {
                         self.counters.misses.add(1);
                     }
-                    let body = body.take().expect("the body future is used at most once");
-                    let fallback = match &self.fail_safe {
-                        Some(_) => fallback.or_else(|| {
-                            self.local
-                                .as_ref()
-                                .and_then(|l| l.tier.get_stale(&key.logical))
-                        }),
-                        None => None,
-                    };
-                    let r = match (fallback, &self.fail_safe) {
-                        (Some(fb), Some(fs)) => match self.guarded(&key, body, fs).await {
-                            Some(r) if !S::is_failure(&r) => r,
-                            failed => {
-                                // `Err`, panic or timeout: serve the stale value, and do not
-                                // retry this key's body before `stale_retry`.
-                                if let Some(r) = failed {
-                                    drop(r);
-                                }
-                                fs.failed.insert(key.logical.clone(), ());
-                                self.counters.stale_served.add(1);
-                                self.release(&key, token).await;
-                                leader.finish(Outcome::Value(fb.clone()));
-                                return S::rebuild(fb);
-                            }
-                        },
-                        _ => self.timed(body).await,
-                    };
-                    match S::cacheable(&r) {
-                        Some((v, negative)) => {
-                            // A failed Redis write is counted and logged; the caller still
-                            // gets the value.
-                            let _ = self
-                                .store_fresh(&key, v.clone(), negative, seen_local, stamps, token)
-                                .await;
-                            leader.finish(Outcome::Value(v));
-                        }
-                        None => {
-                            self.release(&key, token).await;
-                            leader.finish(match (sharing.share)(&r) {
-                                Some(b) => Outcome::Shared(b),
-                                None => Outcome::Unshareable,
-                            })
-                        }
-                    }
-                    return r;
+                    return self
+                        .lead::<R, S, B>(key, leader, body, sharing, false)
+                        .await;
                 }
+            }
+        }
+    }
+
+    /// A leader's work: Redis (with the lock, if any), then the body under the fail-safe,
+    /// then the store. `refresh`: a refresh ahead, for which a value that is itself due for
+    /// refresh does not count as found.
+    async fn lead<R, S, B>(
+        &self,
+        key: &Key,
+        leader: Leader<'_, Got<V>>,
+        body: &mut Option<B>,
+        sharing: &Sharing<R>,
+        refresh: bool,
+    ) -> (R, Meta, Source)
+    where
+        S: Shape<R, Value = V>,
+        B: Future<Output = R>,
+    {
+        let seen_local = self.local_generation(&key.logical);
+        let (stamps, token, fallback) = match self.redis_fill(key, seen_local, refresh).await {
+            Fill::Found(v, meta) => {
+                let source = Source::Redis;
+                leader.finish(Outcome::Value(Got {
+                    value: v.clone(),
+                    meta,
+                    source,
+                }));
+                return (S::rebuild(v), meta, source);
+            }
+            Fill::Compute {
+                stamps,
+                token,
+                fallback,
+            } => (stamps, token, fallback),
+        };
+        let body = body.take().expect("the body future is used at most once");
+        let fallback = match &self.fail_safe {
+            Some(_) => fallback.or_else(|| {
+                self.local
+                    .as_ref()
+                    .and_then(|l| l.tier.get_stale(&key.logical))
+            }),
+            None => None,
+        };
+        let r = match (fallback, &self.fail_safe) {
+            (Some((fb, fb_meta)), Some(fs)) => match self.guarded(key, body, fs).await {
+                Some(r) if !S::is_failure(&r) => r,
+                failed => {
+                    // `Err`, panic or timeout: serve the stale value, and do not retry this
+                    // key's body before `stale_retry`.
+                    if let Some(r) = failed {
+                        drop(r);
+                    }
+                    fs.failed.insert(key.logical.clone(), ());
+                    self.counters.stale_served.add(1);
+                    self.release(key, token).await;
+                    let source = Source::Stale;
+                    leader.finish(Outcome::Value(Got {
+                        value: fb.clone(),
+                        meta: fb_meta,
+                        source,
+                    }));
+                    return (S::rebuild(fb), fb_meta, source);
+                }
+            },
+            _ => self.timed(body).await,
+        };
+        match S::cacheable(&r) {
+            Some((v, negative)) => {
+                // A failed Redis write is counted and logged; the caller still gets the value.
+                let (_, meta) = self
+                    .store_fresh(key, v.clone(), negative, seen_local, stamps, token)
+                    .await;
+                leader.finish(Outcome::Value(Got {
+                    value: v,
+                    meta,
+                    source: Source::Body,
+                }));
+                (r, meta, Source::Body)
+            }
+            None => {
+                self.release(key, token).await;
+                leader.finish(match (sharing.share)(&r) {
+                    Some(b) => Outcome::Shared(b),
+                    None => Outcome::Unshareable,
+                });
+                (r, Meta::fresh(Duration::ZERO, None), Source::Body)
             }
         }
     }
@@ -849,7 +1190,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     {
         let key = key.into();
         if self.mode.load(Ordering::Relaxed) == 0 {
-            if let Some(v) = self.local_hit(&key.logical) {
+            if let Some((v, _)) = self.local_hit(&key.logical) {
                 return S::rebuild(v);
             }
         }
@@ -859,12 +1200,12 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     /// The cached value, from the local tier or Redis (promoting it), without running the body.
     pub async fn lookup(&self, key: impl Into<Key>) -> Option<V> {
         let key = key.into();
-        if let Some(v) = self.local_hit(&key.logical) {
+        if let Some((v, _)) = self.local_hit(&key.logical) {
             return Some(v);
         }
         let seen_local = self.local_generation(&key.logical);
-        match self.redis_read(&key, seen_local, None).await {
-            Read::Found(v) => Some(v),
+        match self.redis_read(&key, seen_local, None, false).await {
+            Read::Found(v, _) => Some(v),
             _ => {
                 self.counters.misses.add(1);
                 None
@@ -953,7 +1294,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
 
     /// The local tier's copy of `key`, if any: no Redis, no stats. For tests and debugging.
     pub fn peek_local(&self, key: &str) -> Option<V> {
-        self.local_peek(key)
+        self.local_peek(key).map(|(v, _)| v)
     }
 
     /// Redis did not take an invalidation (or a write): retry it in the background, and
@@ -1051,14 +1392,14 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         r
     }
 
-    fn local_peek(&self, key: &str) -> Option<V> {
+    fn local_peek(&self, key: &str) -> Option<(V, Meta)> {
         self.local.as_ref()?.tier.get(key)
     }
 
-    fn local_hit(&self, key: &str) -> Option<V> {
-        let v = self.local_peek(key)?;
+    fn local_hit(&self, key: &str) -> Option<(V, Meta)> {
+        let hit = self.local_peek(key)?;
         self.counters.local_hits.add(1);
-        Some(v)
+        Some(hit)
     }
 
     fn local_generation(&self, key: &str) -> u64 {
@@ -1087,6 +1428,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         start: Instant,
         ttl: Duration,
         generation: u64,
+        meta: Meta,
     ) {
         local.tier.insert(
             key.logical.clone(),
@@ -1096,6 +1438,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             generation,
             key.tags.clone().into(),
             weight,
+            meta,
         );
     }
 
@@ -1125,7 +1468,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
 
     /// A miss's Redis side: read; with a lock, wait for the holder (polling, bounded by
     /// the lease) unless this call gets the lock. A stale fallback found on the way is kept.
-    async fn redis_fill(&self, key: &Key, seen_local: u64) -> Fill<V> {
+    async fn redis_fill(&self, key: &Key, seen_local: u64, refresh: bool) -> Fill<V> {
         let Some(redis) = &self.redis else {
             return Fill::Compute {
                 stamps: None,
@@ -1134,8 +1477,8 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             };
         };
         let Some(lease) = self.lock_lease else {
-            return match self.redis_read(key, seen_local, None).await {
-                Read::Found(v) => Fill::Found(v),
+            return match self.redis_read(key, seen_local, None, refresh).await {
+                Read::Found(v, meta) => Fill::Found(v, meta),
                 Read::Missing { stamps, .. } => Fill::Compute {
                     stamps: Some(stamps),
                     token: None,
@@ -1161,26 +1504,27 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let mut pause = Duration::from_millis(2);
         loop {
             let lock = Some((token.clone(), lease_ms));
-            let (stamps, locked, unusable) = match self.redis_read(key, seen_local, lock).await {
-                Read::Found(v) => return Fill::Found(v),
-                Read::Missing {
-                    stamps,
-                    locked,
-                    unusable,
-                } => (stamps, locked, unusable),
-                // A stale value blocks the script's lock attempt like any unusable value.
-                Read::Stale { stamps, value } => {
-                    fallback = Some(value);
-                    (stamps, false, true)
-                }
-                Read::Failed => {
-                    return Fill::Compute {
-                        stamps: None,
-                        token: None,
-                        fallback,
+            let (stamps, locked, unusable) =
+                match self.redis_read(key, seen_local, lock, refresh).await {
+                    Read::Found(v, meta) => return Fill::Found(v, meta),
+                    Read::Missing {
+                        stamps,
+                        locked,
+                        unusable,
+                    } => (stamps, locked, unusable),
+                    // A stale value blocks the script's lock attempt like any unusable value.
+                    Read::Stale { stamps, value } => {
+                        fallback = Some(value);
+                        (stamps, false, true)
                     }
-                }
-            };
+                    Read::Failed => {
+                        return Fill::Compute {
+                            stamps: None,
+                            token: None,
+                            fallback,
+                        }
+                    }
+                };
             let locked = locked
                 || (unusable
                     && matches!(
@@ -1215,7 +1559,14 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     /// if it decodes and its stamps are current; it is then promoted to the local tier for at
     /// most its remaining Redis lifetime (measured from before the request), unless a local
     /// write happened meanwhile.
-    async fn redis_read(&self, key: &Key, seen_local: u64, lock: Option<(String, u64)>) -> Read<V> {
+    /// `refresh`: a value that is itself due for a refresh ahead is returned as stale.
+    async fn redis_read(
+        &self,
+        key: &Key,
+        seen_local: u64,
+        lock: Option<(String, u64)>,
+        refresh: bool,
+    ) -> Read<V> {
         let Some(redis) = &self.redis else {
             return Read::Failed;
         };
@@ -1292,10 +1643,35 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 unusable: true,
             };
         }
-        if !decoded.fresh {
+        let meta = Meta {
+            created_unix_ms: decoded.created_unix_ms,
+            expires_unix_ms: decoded.expires_unix_ms,
+            etag: Some(decoded.etag),
+        };
+        if !decoded.fresh || (refresh && self.refresh_due(&meta)) {
+            if let (Some(local), Some(pttl), false, Some(_)) =
+                (&self.local, pttl, decoded.fresh, &self.fail_safe)
+            {
+                // Kept as this process's fallback (soft timeout, failing body); never a hit.
+                let value = decoded.value.clone();
+                let generation = stamps.first().copied().unwrap_or(0);
+                let weight = self.weight_of(&key.logical, &value);
+                local.generations.if_current(&key.logical, seen_local, || {
+                    local.tier.insert(
+                        key.logical.clone(),
+                        value,
+                        sent,
+                        sent + pttl,
+                        generation,
+                        key.tags.clone().into(),
+                        weight,
+                        meta,
+                    )
+                });
+            }
             return Read::Stale {
                 stamps,
-                value: decoded.value,
+                value: (decoded.value, meta),
             };
         }
         self.counters.redis_hits.add(1);
@@ -1317,10 +1693,11 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                     generation,
                     key.tags.clone().into(),
                     weight,
+                    meta,
                 )
             });
         }
-        Read::Found(decoded.value)
+        Read::Found(decoded.value, meta)
     }
 
     async fn release(&self, key: &Key, token: Option<String>) {
@@ -1332,7 +1709,8 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
 
     /// Stores a body result: in Redis only if the stamps read at lookup are still current
     /// (one round trip, which also releases the lock), then locally only if Redis did not
-    /// refuse it and no local write happened since the lookup.
+    /// refuse it and no local write happened since the lookup. Returns Redis's answer and
+    /// the value's metadata.
     async fn store_fresh(
         &self,
         key: &Key,
@@ -1341,21 +1719,23 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         seen_local: u64,
         stamps: Option<Vec<u64>>,
         token: Option<String>,
-    ) -> Result<(), CacheError> {
+    ) -> (Result<(), CacheError>, Meta) {
         let ttl = self.entry_ttl(negative);
         // Taken before the Redis write: the local deadline then never passes Redis's expiry,
         // which starts when Redis receives the SET.
         let start = Instant::now();
+        let mut meta = Meta::fresh(ttl, None);
         let mut res = Ok(());
         let mut generation = 0;
         if let (Some(redis), Some(stamps)) = (&self.redis, stamps) {
             generation = stamps.first().copied().unwrap_or(0);
-            res = match self.encode_for_redis(&value, ttl, &stamps) {
+            res = match self.encode_for_redis(&value, meta.created_unix_ms, ttl, &stamps) {
                 Err(e) => {
                     self.release(key, token).await;
                     Err(e)
                 }
                 Ok(bytes) => {
+                    meta.etag = codec::envelope_etag(&bytes);
                     let written = self
                         .write_entry(redis, key, bytes, ttl, stamps, token)
                         .await;
@@ -1364,7 +1744,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                         Ok(false) => {
                             // A write happened while the body ran: this value is stale.
                             self.counters.superseded.add(1);
-                            return Ok(());
+                            return (Ok(()), meta);
                         }
                         Err(e) => Err(e),
                     }
@@ -1372,11 +1752,14 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             };
             res = self.count_redis(res);
         }
+        if meta.etag.is_none() {
+            meta.etag = self.etag.and_then(|etag_of| etag_of(&value));
+        }
         // Weighed before taking the stripe: nothing but the insert runs under it.
         let weight = self.weight_of(&key.logical, &value);
         let stored = match &self.local {
             Some(local) => local.generations.if_current(&key.logical, seen_local, || {
-                self.insert_stored(local, key, value, weight, start, ttl, generation)
+                self.insert_stored(local, key, value, weight, start, ttl, generation, meta)
             }),
             None => res.is_ok() && self.redis.is_some(),
         };
@@ -1385,7 +1768,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         } else if self.local.is_some() {
             self.counters.superseded.add(1);
         }
-        res
+        (res, meta)
     }
 
     /// An explicit write (populate, refresh): bumps the generation (evicting other
@@ -1397,6 +1780,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             local.generations.bump_with(&key.logical, || {});
         }
         let start = Instant::now();
+        let mut meta = Meta::fresh(ttl, None);
         let mut generation = 0;
         let mut res = Ok(());
         if let Some(redis) = &self.redis {
@@ -1415,7 +1799,8 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 bus::apply_locally(bus::Action::Updated, &key.logical, generation);
                 // Encoded after the bump: the envelope carries the new stamps. (If it is too
                 // large, the bump alone still invalidated the old value everywhere.)
-                let bytes = self.encode_for_redis(&value, ttl, &stamps)?;
+                let bytes = self.encode_for_redis(&value, meta.created_unix_ms, ttl, &stamps)?;
+                meta.etag = codec::envelope_etag(&bytes);
                 let written = self
                     .write_entry(redis, key, bytes, ttl, stamps, None)
                     .await?;
@@ -1439,10 +1824,13 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             }
             res = self.count_redis(res);
         }
+        if meta.etag.is_none() {
+            meta.etag = self.etag.and_then(|etag_of| etag_of(&value));
+        }
         if let Some(local) = &self.local {
             let weight = self.weight_of(&key.logical, &value);
             local.generations.bump_with(&key.logical, || {
-                self.insert_stored(local, key, value, weight, start, ttl, generation)
+                self.insert_stored(local, key, value, weight, start, ttl, generation, meta)
             });
         }
         self.counters.populates.add(1);
@@ -1488,14 +1876,15 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     fn encode_for_redis(
         &self,
         value: &V,
+        created_unix_ms: u64,
         ttl: Duration,
         stamps: &[u64],
     ) -> Result<Vec<u8>, CacheError> {
         let Some(redis) = &self.redis else {
             return Err(CacheError::Encode("no redis tier".into()));
         };
-        let bytes =
-            (redis.encode)(value, self.fingerprint, ttl, stamps).map_err(CacheError::Encode)?;
+        let bytes = (redis.encode)(value, self.fingerprint, created_unix_ms, ttl, stamps)
+            .map_err(CacheError::Encode)?;
         if bytes.len() > self.max_value_bytes {
             return Err(CacheError::TooLarge {
                 size: bytes.len(),
@@ -1507,7 +1896,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
 }
 
 enum Read<V> {
-    Found(V),
+    Found(V, Meta),
     /// `unusable`: a value was there but stale, undecodable or of another type, so the read
     /// script did not try the lock.
     Missing {
@@ -1518,7 +1907,7 @@ enum Read<V> {
     /// Past its TTL but within `stale`, and current: a fallback, not a hit.
     Stale {
         stamps: Vec<u64>,
-        value: V,
+        value: (V, Meta),
     },
     Failed,
 }
@@ -1557,6 +1946,31 @@ async fn sleep_anywhere(d: Duration) {
     }
 }
 
+/// Spawns on the caller's Tokio runtime, or the runtime's Redis thread; gives the task back
+/// if there is neither.
+fn spawn_task<F>(task: F) -> Result<tokio::task::JoinHandle<F::Output>, F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        return Ok(handle.spawn(task));
+    }
+    match &runtime().redis {
+        Some(r) => Ok(r.handle().spawn(task)),
+        None => Err(task),
+    }
+}
+
+/// A background load's result; its panic is the caller's panic, as if run inline.
+fn joined<T>(done: Result<T, tokio::task::JoinError>) -> T {
+    match done {
+        Ok(v) => v,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => panic!("cache_runtime: a background load was cancelled (runtime shut down)"),
+    }
+}
+
 fn lock_token() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!(
@@ -1568,7 +1982,8 @@ fn lock_token() -> String {
 
 /// Invalidates every entry carrying `tag`, in every cache and process: local copies here
 /// now, Redis entries by bumping the tag's version (one `INCR`; entries stamped with the old
-/// version become misses), other processes' local copies through the bus.
+/// version become misses), other processes' local copies through the bus; then, when an edge
+/// is configured ([`edge`](crate::edge)), purges the tag there as a surrogate key.
 ///
 /// ```
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -1576,12 +1991,15 @@ fn lock_token() -> String {
 /// # });
 /// ```
 pub async fn invalidate_tag(tag: &str) -> Result<(), CacheError> {
-    bump_everywhere(
+    let res = bump_everywhere(
         bus::Action::Tag,
         tag,
         format!("{}:tag:{tag}", runtime().config.key_prefix),
     )
-    .await
+    .await;
+    // After the tiers: an edge that refetches now gets the new value.
+    crate::edge::enqueue_tags(vec![tag.to_string()]);
+    res
 }
 
 /// Applies a version bump here, then in Redis (deferred if Redis does not take it).

@@ -26,6 +26,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{de::DeserializeOwned, Serialize};
 
+use crate::entry::ETag;
+
 /// First bytes of every value the runtime writes.
 pub const MAGIC: [u8; 2] = *b"CR";
 /// Version of the envelope layout; part of every Redis key too (`w1`).
@@ -102,14 +104,40 @@ pub fn encode<V: Serialize>(
     ttl: Duration,
     stamps: &[u64],
 ) -> Result<Vec<u8>, String> {
+    encode_at(
+        value,
+        fingerprint,
+        unix_millis(SystemTime::now()),
+        ttl,
+        stamps,
+    )
+}
+
+/// [`encode`] with the creation time given (Unix ms), so that the writer's own copy and the
+/// envelope agree on it.
+///
+/// ```
+/// use cache_runtime::codec::{decode, encode_at, envelope_etag, fingerprint};
+/// use std::time::Duration;
+/// let fp = fingerprint("u8", 1);
+/// let bytes = encode_at(&7u8, fp, u64::MAX / 2, Duration::from_secs(1), &[]).unwrap();
+/// let d = decode::<u8>(&bytes, fp, 16).unwrap();
+/// assert_eq!(d.created_unix_ms, u64::MAX / 2);
+/// assert_eq!(Some(d.etag), envelope_etag(&bytes));
+/// ```
+pub fn encode_at<V: Serialize>(
+    value: &V,
+    fingerprint: u64,
+    created: u64,
+    ttl: Duration,
+    stamps: &[u64],
+) -> Result<Vec<u8>, String> {
     if stamps.len() > MAX_STAMPS {
         return Err(format!("{} stamps, at most {MAX_STAMPS}", stamps.len()));
     }
     let payload = bincode::serde::encode_to_vec(value, bincode::config::standard())
         .map_err(|e| e.to_string())?;
     let len = u32::try_from(payload.len()).map_err(|_| "value above 4 GiB".to_string())?;
-    let now = SystemTime::now();
-    let created = unix_millis(now);
     let expires = created.saturating_add(ttl.as_millis() as u64);
     let mut out = Vec::with_capacity(HEADER_LEN + 8 * stamps.len() + payload.len());
     out.extend_from_slice(&MAGIC);
@@ -138,6 +166,29 @@ fn checksum(envelope: &[u8]) -> u32 {
     h.finalize()
 }
 
+/// The [`ETag`] of an envelope this crate encoded: the hash of its payload only, so the same
+/// value has the same tag whoever wrote it and whenever. `None` if `bytes` is no envelope.
+pub fn envelope_etag(bytes: &[u8]) -> Option<ETag> {
+    let n_stamps = *bytes.get(36)? as usize;
+    bytes.get(HEADER_LEN + 8 * n_stamps..).map(ETag::of)
+}
+
+/// The [`ETag`] of a value for a cache that does not encode otherwise (a local-only cache
+/// with `etag = true`): the hash of its payload encoding, equal to [`envelope_etag`] of the
+/// same value.
+///
+/// ```
+/// use cache_runtime::codec::{encode, envelope_etag, payload_etag};
+/// use std::time::Duration;
+/// let bytes = encode(&"v".to_string(), 1, Duration::from_secs(1), &[3]).unwrap();
+/// assert_eq!(payload_etag(&"v".to_string()), envelope_etag(&bytes));
+/// ```
+pub fn payload_etag<V: Serialize>(value: &V) -> Option<ETag> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .ok()
+        .map(|p| ETag::of(&p))
+}
+
 /// The size of a value's payload, without allocating it (for `max_bytes` weighing).
 ///
 /// ```
@@ -162,6 +213,8 @@ pub struct Decoded<V> {
     pub expires_unix_ms: u64,
     /// The stamps it was written under.
     pub stamps: Vec<u64>,
+    /// The payload's entity tag (see [`envelope_etag`]).
+    pub etag: ETag,
     /// Whether it is before its expiry (otherwise it is within the grace period that
     /// [`decode_with_grace`] allowed: a stale fallback, not a hit).
     pub fresh: bool,
@@ -259,6 +312,7 @@ pub fn decode_with_grace<V: DeserializeOwned>(
         created_unix_ms: created,
         expires_unix_ms: expires,
         stamps,
+        etag: ETag::of(payload),
         fresh: expires > now,
     })
 }

@@ -127,7 +127,7 @@ impl<V: Clone> Flight<V> {
     pub(crate) async fn wait<R>(
         &self,
         rebuild: impl FnOnce(V) -> R,
-        unshare: fn(&(dyn Any + Send)) -> Option<R>,
+        unshare: impl FnOnce(&(dyn Any + Send)) -> Option<R>,
     ) -> Option<R> {
         loop {
             // Registered before the check, so a publish in between is not missed.

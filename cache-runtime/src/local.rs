@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use moka::sync::Cache as Moka;
 use moka::Expiry;
 
+use crate::entry::Meta;
+
 #[derive(Clone)]
 struct Entry<V> {
     value: V,
@@ -20,6 +22,8 @@ struct Entry<V> {
     tags: Arc<[String]>,
     /// Estimated bytes, for a cache bounded by `max_bytes` (1 otherwise).
     weight: u32,
+    /// Creation time, expiry and ETag (for HTTP responses), computed once at insert.
+    meta: Meta,
 }
 
 /// Expires each entry at its own deadline: a value promoted from Redis must not outlive the
@@ -90,17 +94,18 @@ impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
         }
     }
 
-    pub(crate) fn get(&self, key: &str) -> Option<V> {
+    pub(crate) fn get(&self, key: &str) -> Option<(V, Meta)> {
         let entry = self.moka.get(key)?;
         let fresh = self.uniform || entry.fresh_until > Instant::now();
-        (fresh && entry.epoch == self.epoch.load(Ordering::Acquire)).then_some(entry.value)
+        (fresh && entry.epoch == self.epoch.load(Ordering::Acquire))
+            .then_some((entry.value, entry.meta))
     }
 
     /// A fresh or stale (past `fresh_until`, before `deadline`) value.
-    pub(crate) fn get_stale(&self, key: &str) -> Option<V> {
+    pub(crate) fn get_stale(&self, key: &str) -> Option<(V, Meta)> {
         let entry = self.moka.get(key)?;
         (entry.deadline > Instant::now() && entry.epoch == self.epoch.load(Ordering::Acquire))
-            .then_some(entry.value)
+            .then_some((entry.value, entry.meta))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -113,6 +118,7 @@ impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
         generation: u64,
         tags: Arc<[String]>,
         weight: u32,
+        meta: Meta,
     ) {
         if deadline <= Instant::now() {
             self.moka.invalidate(&key);
@@ -129,6 +135,7 @@ impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
                 generation,
                 tags,
                 weight,
+                meta,
             },
         );
     }

@@ -8,6 +8,9 @@
 //! | `Option<T>` + `cache_none` | [`SomeOrNone`] | `Some(t)` (ttl) and `None` (`none_ttl`) | — |
 
 use std::any::Any;
+use std::sync::Arc;
+
+use crate::entry::{Entry, Meta, Source};
 
 /// Splits a return value into "cache this" or "return it without caching".
 ///
@@ -83,6 +86,67 @@ impl<T: Clone> Shape<Option<T>> for SomeOrNone {
     }
     fn rebuild(v: Option<T>) -> Option<T> {
         v
+    }
+}
+
+/// The result of a function with its value wrapped in an [`Entry`] (validators, tags,
+/// source): what the generated `<fn>_entry` returns — `Entry<T>` for `T`,
+/// `Result<Entry<T>, E>`, `Option<Entry<T>>`, and `Entry<Option<T>>` with `cache_none`.
+///
+/// ```
+/// use cache_runtime::shape::{EntryShape, OkOnly};
+/// use cache_runtime::{Meta, Source};
+/// let r: Result<u8, String> = Ok(3);
+/// let e = <OkOnly as EntryShape<_>>::with_entry(r, Meta::fresh(Default::default(), None), [].into(), Source::Body);
+/// assert_eq!(*e.unwrap().value(), 3);
+/// ```
+pub trait EntryShape<R>: Shape<R> {
+    /// `R` with the cached value replaced by `Entry<value>`.
+    type Entries;
+    /// Wraps the value in `r` (if any) with `meta`, `tags` and `source`.
+    fn with_entry(r: R, meta: Meta, tags: Arc<[String]>, source: Source) -> Self::Entries;
+}
+
+impl<V: Clone> EntryShape<V> for Plain {
+    type Entries = Entry<V>;
+    fn with_entry(r: V, meta: Meta, tags: Arc<[String]>, source: Source) -> Entry<V> {
+        Entry::from_meta(r, meta, tags, source)
+    }
+}
+
+impl<T: Clone, E> EntryShape<Result<T, E>> for OkOnly {
+    type Entries = Result<Entry<T>, E>;
+    fn with_entry(
+        r: Result<T, E>,
+        meta: Meta,
+        tags: Arc<[String]>,
+        source: Source,
+    ) -> Result<Entry<T>, E> {
+        r.map(|t| Entry::from_meta(t, meta, tags, source))
+    }
+}
+
+impl<T: Clone> EntryShape<Option<T>> for SomeOnly {
+    type Entries = Option<Entry<T>>;
+    fn with_entry(
+        r: Option<T>,
+        meta: Meta,
+        tags: Arc<[String]>,
+        source: Source,
+    ) -> Option<Entry<T>> {
+        r.map(|t| Entry::from_meta(t, meta, tags, source))
+    }
+}
+
+impl<T: Clone> EntryShape<Option<T>> for SomeOrNone {
+    type Entries = Entry<Option<T>>;
+    fn with_entry(
+        r: Option<T>,
+        meta: Meta,
+        tags: Arc<[String]>,
+        source: Source,
+    ) -> Entry<Option<T>> {
+        Entry::from_meta(r, meta, tags, source)
     }
 }
 

@@ -59,6 +59,8 @@ pub(crate) struct Counters {
     pub lock_waits: Stat,
     pub lock_timeouts: Stat,
     pub stale_served: Stat,
+    pub soft_timeouts: Stat,
+    pub refreshes_ahead: Stat,
     body_seconds: Option<metrics::Histogram>,
 }
 
@@ -90,6 +92,8 @@ impl Counters {
             lock_waits: Stat::new("cache_lock_waits_total", l(None)),
             lock_timeouts: Stat::new("cache_lock_timeouts_total", l(None)),
             stale_served: Stat::new("cache_stale_served_total", l(None)),
+            soft_timeouts: Stat::new("cache_soft_timeouts_total", l(None)),
+            refreshes_ahead: Stat::new("cache_refreshes_ahead_total", l(None)),
             body_seconds: Some(metrics::histogram!("cache_body_duration_seconds", l(None))),
         }
     }
@@ -123,6 +127,8 @@ impl Counters {
             lock_waits: self.lock_waits.get(),
             lock_timeouts: self.lock_timeouts.get(),
             stale_served: self.stale_served.get(),
+            soft_timeouts: self.soft_timeouts.get(),
+            refreshes_ahead: self.refreshes_ahead.get(),
         }
     }
 
@@ -145,6 +151,8 @@ impl Counters {
             &self.lock_waits,
             &self.lock_timeouts,
             &self.stale_served,
+            &self.soft_timeouts,
+            &self.refreshes_ahead,
         ] {
             c.reset();
         }
@@ -200,6 +208,11 @@ pub struct Stats {
     pub lock_timeouts: u64,
     /// Stale values served because the body failed, panicked or timed out (`stale = ...`).
     pub stale_served: u64,
+    /// Of those, the ones served because the body ran past `soft_timeout` (it finished in
+    /// the background and updated the cache).
+    pub soft_timeouts: u64,
+    /// Background refreshes started by `refresh_ahead` (a read late in an entry's TTL).
+    pub refreshes_ahead: u64,
 }
 
 impl Stats {

@@ -1,0 +1,182 @@
+//! `soft_timeout` and `refresh_ahead`: bodies that finish or start in the background, against
+//! the harness Redis. Bodies are held on semaphores, so what runs when is decided by the test;
+//! only expiry (time passing, which is what is under test) is waited for.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::time::Duration;
+
+use cache_runtime::{cached, Source};
+use cache_tests::{eventually, shared_redis};
+use tokio::sync::Semaphore;
+
+/// The harness Redis, with the invalidation bus subscribed: its (re)subscription clears
+/// local tiers, which would refuse a value stored during it.
+async fn ready() {
+    shared_redis();
+    let _ = (soft_cache(), ahead_cache());
+    eventually(Duration::from_secs(10), "the bus to subscribe", || {
+        cache_runtime::bus_status().connected
+    })
+    .await;
+}
+
+static SOFT_RUNS: AtomicUsize = AtomicUsize::new(0);
+static SOFT_VERSION: AtomicU64 = AtomicU64::new(0);
+static SOFT_HOLD: AtomicBool = AtomicBool::new(false);
+static SOFT_GATE: Semaphore = Semaphore::const_new(0);
+
+#[cached(
+    tier = "local+redis",
+    ttl = "300ms",
+    key = "soft:<id>",
+    stale = "1h",
+    soft_timeout = "50ms"
+)]
+async fn soft(id: u64) -> Result<u64, String> {
+    SOFT_RUNS.fetch_add(1, SeqCst);
+    if SOFT_HOLD.load(SeqCst) {
+        SOFT_GATE.acquire().await.unwrap().forget();
+    }
+    Ok(id * 1000 + SOFT_VERSION.load(SeqCst))
+}
+
+#[tokio::test]
+async fn soft_timeout_serves_stale_and_the_body_updates_the_cache_in_the_background() {
+    ready().await;
+    assert_eq!(soft(1).await.unwrap(), 1000);
+    SOFT_VERSION.store(1, SeqCst);
+    // Expired locally and in Redis (whose copy is kept an hour as the fallback).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while soft_cache().lookup("soft:1").await.is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the entry never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // The body is held past the soft timeout: the caller gets the stale value at once...
+    SOFT_HOLD.store(true, SeqCst);
+    let e = soft_entry(1).await.unwrap();
+    assert_eq!((*e.value(), e.source()), (1000, Source::Stale));
+    let s = soft_cache().stats();
+    assert_eq!((s.soft_timeouts, s.stale_served), (1, 1));
+    assert_eq!(
+        SOFT_RUNS.load(SeqCst),
+        2,
+        "the body runs on, in the background"
+    );
+
+    // ...and concurrent callers too, without starting another body.
+    let again = soft_entry(1).await.unwrap();
+    assert_eq!((*again.value(), again.source()), (1000, Source::Stale));
+    assert_eq!(SOFT_RUNS.load(SeqCst), 2, "one body in the background");
+
+    // Once the body finishes, its value is stored and served as a hit.
+    SOFT_GATE.add_permits(1);
+    eventually(
+        Duration::from_secs(5),
+        "the background body to store",
+        || soft_cache().peek_local("soft:1") == Some(1001),
+    )
+    .await;
+    SOFT_HOLD.store(false, SeqCst);
+    let hit = soft_entry(1).await.unwrap();
+    assert_eq!((*hit.value(), hit.source()), (1001, Source::Local));
+    assert_eq!(SOFT_RUNS.load(SeqCst), 2);
+}
+
+static COLD_RUNS: AtomicUsize = AtomicUsize::new(0);
+static COLD_GATE: Semaphore = Semaphore::const_new(0);
+
+#[cached(ttl = "1m", key = "cold:<id>", stale = "1h", soft_timeout = "50ms")]
+async fn cold(id: u64) -> Result<u64, String> {
+    COLD_RUNS.fetch_add(1, SeqCst);
+    COLD_GATE.acquire().await.unwrap().forget();
+    Ok(id)
+}
+
+#[tokio::test]
+async fn soft_timeout_without_a_stale_value_waits_for_the_body() {
+    ready().await;
+    let call = tokio::spawn(cold(2));
+    eventually(Duration::from_secs(5), "the body to start", || {
+        COLD_RUNS.load(SeqCst) == 1
+    })
+    .await;
+    // Time passing is what is under test: well past the 50 ms soft timeout.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !call.is_finished(),
+        "nothing stale to serve: the caller waits"
+    );
+    COLD_GATE.add_permits(1);
+    assert_eq!(call.await.unwrap().unwrap(), 2);
+    assert_eq!(cold_cache().stats().soft_timeouts, 0);
+}
+
+static AHEAD_RUNS: AtomicUsize = AtomicUsize::new(0);
+static AHEAD_VERSION: AtomicU64 = AtomicU64::new(0);
+static AHEAD_HOLD: AtomicBool = AtomicBool::new(false);
+static AHEAD_GATE: Semaphore = Semaphore::const_new(0);
+
+#[cached(
+    tier = "local+redis",
+    ttl = "2s",
+    key = "ahead:<id>",
+    refresh_ahead = 0.5
+)]
+async fn ahead(id: u64) -> u64 {
+    AHEAD_RUNS.fetch_add(1, SeqCst);
+    if AHEAD_HOLD.load(SeqCst) {
+        AHEAD_GATE.acquire().await.unwrap().forget();
+    }
+    id * 1000 + AHEAD_VERSION.load(SeqCst)
+}
+
+#[tokio::test]
+async fn refresh_ahead_refreshes_once_in_the_background_while_readers_keep_the_value() {
+    ready().await;
+    assert_eq!(ahead(1).await, 1000);
+    let first = ahead_entry(1).await;
+    assert_eq!(first.source(), Source::Local);
+    assert_eq!(
+        ahead_cache().stats().refreshes_ahead,
+        0,
+        "early reads refresh nothing"
+    );
+
+    // Time passing is what is under test: past half of the 2 s TTL.
+    AHEAD_VERSION.store(1, SeqCst);
+    AHEAD_HOLD.store(true, SeqCst);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    // Many readers late in the TTL: all get the current value at once, one refresh starts
+    // (and Redis's copy, as old as the local one, does not satisfy it).
+    let readers: Vec<_> = (0..50).map(|_| tokio::spawn(ahead(1))).collect();
+    for r in readers {
+        assert_eq!(r.await.unwrap(), 1000);
+    }
+    eventually(Duration::from_secs(5), "the refresh body to start", || {
+        AHEAD_RUNS.load(SeqCst) == 2
+    })
+    .await;
+    assert_eq!(ahead_cache().stats().refreshes_ahead, 1);
+    assert_eq!(
+        ahead(1).await,
+        1000,
+        "readers keep the value during the refresh"
+    );
+
+    AHEAD_GATE.add_permits(1);
+    eventually(Duration::from_secs(5), "the refreshed value", || {
+        ahead_cache().peek_local("ahead:1") == Some(1001)
+    })
+    .await;
+    AHEAD_HOLD.store(false, SeqCst);
+    let refreshed = ahead_entry(1).await;
+    assert_eq!(*refreshed.value(), 1001);
+    assert!(refreshed.created() > first.created());
+    assert_eq!(AHEAD_RUNS.load(SeqCst), 2);
+    assert_eq!(ahead_cache().stats().refreshes_ahead, 1);
+}

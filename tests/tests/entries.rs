@@ -1,0 +1,164 @@
+//! `<fn>_entry`: values with their validators (ETag, creation time), tags and source.
+
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+use cache_runtime::{cached, codec, Cache, OkOnly, Sharing, Source, Tier};
+use cache_tests::shared_redis;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Card {
+    id: u64,
+    title: String,
+}
+
+fn card(id: u64, rev: u32) -> Card {
+    Card {
+        id,
+        title: format!("card {id} rev {rev}"),
+    }
+}
+
+static LOCAL_RUNS: AtomicUsize = AtomicUsize::new(0);
+static LOCAL_REV: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = 60, key = "card:<id>", etag = true, tags = ["cards"])]
+async fn local_card(id: u64) -> Result<Card, String> {
+    LOCAL_RUNS.fetch_add(1, SeqCst);
+    Ok(card(id, LOCAL_REV.load(SeqCst) as u32))
+}
+
+#[tokio::test]
+async fn local_entries_keep_their_validators_until_the_value_changes() {
+    // One runtime configuration per test binary: the harness Redis.
+    shared_redis();
+    let first = local_card_entry(1).await.unwrap();
+    assert_eq!(first.source(), Source::Body);
+    let etag = first.etag().expect("etag = true gives an ETag");
+    assert_eq!(Some(etag), codec::payload_etag(&card(1, 0)));
+    assert_eq!(first.tags(), ["cards".to_string()]);
+
+    let hit = local_card_entry(1).await.unwrap();
+    assert_eq!(hit.source(), Source::Local);
+    assert_eq!(hit.etag(), Some(etag));
+    assert_eq!(hit.created(), first.created());
+    assert_eq!(hit.value(), first.value());
+    assert_eq!(LOCAL_RUNS.load(SeqCst), 1, "a hit runs no body");
+
+    // The plain function shares the entry.
+    assert_eq!(local_card(1).await.unwrap(), card(1, 0));
+    assert_eq!(LOCAL_RUNS.load(SeqCst), 1);
+
+    // A write gives a new value, hence a new tag.
+    LOCAL_REV.store(1, SeqCst);
+    invalidate_local_card(1).await.unwrap();
+    let changed = local_card_entry(1).await.unwrap();
+    assert_eq!(changed.source(), Source::Body);
+    assert_ne!(changed.etag(), Some(etag));
+    assert_eq!(changed.etag(), codec::payload_etag(&card(1, 1)));
+}
+
+#[cached(ttl = 60, key = "plain:<id>")]
+fn no_etag(id: u64) -> u64 {
+    id
+}
+
+#[test]
+fn local_caches_without_etag_still_give_times() {
+    // One runtime configuration per test binary: the harness Redis.
+    shared_redis();
+    let e = no_etag_entry(3);
+    assert_eq!(*e.value(), 3);
+    assert_eq!(
+        e.etag(),
+        None,
+        "a local cache encodes nothing unless `etag = true`"
+    );
+    assert!(e.remaining_ttl() <= std::time::Duration::from_secs(60));
+    assert!(e.remaining_ttl() > std::time::Duration::from_secs(50));
+}
+
+#[cached(ttl = 60, key = "maybe:<id>")]
+fn maybe_card(id: u64) -> Option<Card> {
+    (id < 10).then(|| card(id, 0))
+}
+
+#[test]
+fn option_entries_wrap_only_some() {
+    // One runtime configuration per test binary: the harness Redis.
+    shared_redis();
+    assert_eq!(
+        maybe_card_entry(1).map(|e| e.into_value()),
+        Some(card(1, 0))
+    );
+    assert!(maybe_card_entry(11).is_none());
+}
+
+#[cached(ttl = 60, key = "failing:<id>")]
+async fn failing(id: u64) -> Result<Card, String> {
+    Err(format!("no card {id}"))
+}
+
+#[tokio::test]
+async fn errors_pass_through_entries() {
+    // One runtime configuration per test binary: the harness Redis.
+    shared_redis();
+    assert_eq!(failing_entry(2).await.unwrap_err(), "no card 2");
+}
+
+static REDIS_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(tier = "local+redis", ttl = 60, key = "rcard:<id>")]
+async fn redis_card(id: u64) -> Result<Card, String> {
+    REDIS_RUNS.fetch_add(1, SeqCst);
+    Ok(card(id, 0))
+}
+
+#[tokio::test]
+async fn every_process_sees_the_same_etag_and_creation_time() {
+    shared_redis();
+    let written = redis_card_entry(7).await.unwrap();
+    assert_eq!(written.source(), Source::Body);
+    let etag = written.etag().expect("a Redis tier always gives an ETag");
+    assert_eq!(Some(etag), codec::payload_etag(&card(7, 0)));
+
+    // Another process's cache over the same Redis entry: a fresh local tier, same name and
+    // version, so the value comes from Redis with the writer's validators.
+    let other: Cache<Card> = Cache::builder(redis_card_cache().name())
+        .tier(Tier::LocalRedis)
+        .ttl(std::time::Duration::from_secs(60))
+        .build();
+    let key = redis_card_cache().redis_key("rcard:7").unwrap();
+    assert_eq!(other.redis_key("rcard:7").unwrap(), key);
+    let promoted = other
+        .get_or_load_entry::<_, OkOnly>(
+            "rcard:7",
+            async { Err::<Card, String>("must not run".into()) },
+            &Sharing::none(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(promoted.source(), Source::Redis);
+    assert_eq!(promoted.etag(), Some(etag));
+    assert_eq!(promoted.created(), written.created());
+    assert_eq!(promoted.expires(), written.expires());
+
+    // And from its local tier afterwards, still without hashing anew.
+    let local = other
+        .get_or_load_entry::<_, OkOnly>(
+            "rcard:7",
+            async { Err::<Card, String>("must not run".into()) },
+            &Sharing::none(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(local.source(), Source::Local);
+    assert_eq!(local.etag(), Some(etag));
+    assert_eq!(REDIS_RUNS.load(SeqCst), 1);
+
+    // populate: the new value's tag everywhere.
+    populate_redis_card(7, card(7, 5)).await.unwrap();
+    let after = redis_card_entry(7).await.unwrap();
+    assert_eq!(after.etag(), codec::payload_etag(&card(7, 5)));
+    assert_eq!(after.source(), Source::Local);
+}
