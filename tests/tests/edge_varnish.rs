@@ -365,3 +365,89 @@ fn with_varnish_down_purges_are_retried_counted_as_failed_and_never_block() {
     assert!(edge.flush_blocking(WAIT));
     assert_eq!(edge.stats().sent, 2, "{:?}", edge.stats());
 }
+
+#[cache_runtime::cached(
+    ttl = 60,
+    key = "edge-test:user:<id>",
+    purge = ["/t6/users/<id>", "/t6/users/<id>/card"]
+)]
+async fn edge_user(id: u64) -> String {
+    format!("user {id}")
+}
+
+#[cache_runtime::cached(ttl = 60, key = "edge-test:search:<q>", purge = ["/t6/search/<q>"])]
+fn edge_search(q: &str) -> Vec<String> {
+    vec![q.to_string()]
+}
+
+#[tokio::test]
+async fn invalidate_and_populate_of_a_cached_function_purge_its_pages() {
+    let s = shared();
+    let port = s.varnish.port();
+    let pages = ["/t6/users/5", "/t6/users/5/card"];
+    for p in pages {
+        assert_eq!(get(port, p, &[]).await.x_cache(), "MISS");
+        assert_eq!(get(port, p, &[]).await.x_cache(), "HIT");
+        s.backend.bump(p);
+    }
+    assert_eq!(edge_user(5).await, "user 5");
+    let _ = invalidate_edge_user(5).await;
+    assert!(edge::flush(WAIT).await);
+    for p in pages {
+        let page = get(port, p, &[]).await;
+        assert_eq!(
+            page.x_cache(),
+            "MISS",
+            "{p} was purged by invalidate_edge_user"
+        );
+        assert_eq!(page.body, format!("{p} v1"));
+        assert_eq!(get(port, p, &[]).await.x_cache(), "HIT");
+        s.backend.bump(p);
+    }
+    let _ = populate_edge_user(5, "user 5 (new)".to_string()).await;
+    assert!(edge::flush(WAIT).await);
+    for p in pages {
+        assert_eq!(
+            get(port, p, &[]).await.body,
+            format!("{p} v2"),
+            "{p} purged by populate"
+        );
+    }
+}
+
+#[test]
+fn purge_paths_are_encoded_like_the_urls_clients_request() {
+    let s = shared();
+    let port = s.varnish.port();
+    // What a client sends for the query "a b/c": the macro percent-encodes the argument the
+    // same way, so the purge hits the object Varnish cached under that URL.
+    let url = "/t6/search/a%20b%2Fc";
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    assert_eq!(rt.block_on(get(port, url, &[])).x_cache(), "MISS");
+    assert_eq!(rt.block_on(get(port, url, &[])).x_cache(), "HIT");
+    assert_eq!(edge_search("a b/c"), ["a b/c"]);
+    invalidate_edge_search("a b/c").unwrap();
+    assert!(edge::flush_blocking(WAIT));
+    assert_eq!(rt.block_on(get(port, url, &[])).x_cache(), "MISS");
+    assert_eq!(s.backend.hits(url), 2);
+}
+
+#[tokio::test]
+async fn invalidate_tag_purges_the_pages_carrying_the_tag() {
+    let s = shared();
+    let port = s.varnish.port();
+    let (tagged, other) = ("/t7/users/9", "/t7/users/10");
+    s.backend.set_tags(tagged, &["t7 user:9"]);
+    s.backend.set_tags(other, &["t7 user:10"]);
+    for p in [tagged, other] {
+        get(port, p, &[]).await;
+        assert_eq!(get(port, p, &[]).await.x_cache(), "HIT");
+    }
+    let _ = cache_runtime::invalidate_tag("t7 user:9").await;
+    assert!(edge::flush(WAIT).await);
+    assert_eq!(get(port, tagged, &[]).await.x_cache(), "MISS");
+    assert_eq!(get(port, other, &[]).await.x_cache(), "HIT");
+}
