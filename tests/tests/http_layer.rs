@@ -1,10 +1,6 @@
 //! HTTP caching (layer 3) through a real axum `Router`, driven with `oneshot` (no network):
 //! handlers serve `#[cached]` functions with their validators, and conditional requests are
 //! answered `304` from the cache without running the function's body.
-//!
-//! Interim: until `#[cached]` generates `<fn>_entry` (returning the value with the validators
-//! the cache computed when storing it), the `*_entry` shims below wrap the cached value by
-//! hand. They keep the handlers and assertions in their final form.
 
 use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,10 +13,8 @@ use axum::routing::get;
 use axum::Router;
 use cache_runtime::edge::encode_surrogate_key;
 use cache_runtime::http::{CachePolicy, Conditional};
-use cache_runtime::{cached, ETag, Entry, Source};
+use cache_runtime::{cached, codec};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use std::sync::Mutex;
 use tower::ServiceExt;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,7 +43,7 @@ fn user(id: u64) -> User {
 
 // One cached function per test below: each asserts its own function's body calls.
 
-#[cached(ttl = 60, key = "http:user:<id>")]
+#[cached(ttl = 60, key = "http:user:<id>", etag = true)]
 async fn get_user(id: u64) -> Result<User, String> {
     if id == 0 {
         return Err("no such user".into());
@@ -57,12 +51,12 @@ async fn get_user(id: u64) -> Result<User, String> {
     Ok(user(id))
 }
 
-#[cached(ttl = 60, key = "http:user_ims:<id>")]
+#[cached(ttl = 60, key = "http:user_ims:<id>", etag = true)]
 async fn get_user_ims(id: u64) -> Result<User, String> {
     Ok(user(id))
 }
 
-#[cached(ttl = 60, key = "http:user_write:<id>")]
+#[cached(ttl = 60, key = "http:user_write:<id>", etag = true)]
 async fn get_user_write(id: u64) -> Result<User, String> {
     Ok(User {
         rev: WRITE_REV.load(SeqCst),
@@ -70,7 +64,7 @@ async fn get_user_write(id: u64) -> Result<User, String> {
     })
 }
 
-#[cached(ttl = 60, key = "http:product:<id>", tags = ["products", "product:<id>"])]
+#[cached(ttl = 60, key = "http:product:<id>", etag = true, tags = ["products", "product:<id>"])]
 async fn get_product(id: u64) -> Option<Product> {
     (id < 100).then(|| Product {
         id,
@@ -78,61 +72,9 @@ async fn get_product(id: u64) -> Option<Product> {
     })
 }
 
-#[cached(ttl = 60, key = "http:secret:<id>")]
+#[cached(ttl = 60, key = "http:secret:<id>", etag = true)]
 async fn get_secret(id: u64) -> u64 {
     id * 7
-}
-
-// Interim shims for the generated `<fn>_entry` functions: the cached value, with an ETag of
-// its JSON and the time this (key, value) was first seen as its creation time.
-
-fn etag_of<T: Serialize>(v: &T) -> ETag {
-    ETag::of(&serde_json::to_vec(v).unwrap())
-}
-
-fn wrap<T: Serialize>(key: String, value: T, tags: &[String]) -> Entry<T> {
-    static SEEN: Mutex<Option<HashMap<(String, u128), SystemTime>>> = Mutex::new(None);
-    let etag = etag_of(&value);
-    let mut seen = SEEN.lock().unwrap();
-    let map = seen.get_or_insert_with(HashMap::new);
-    let mut source = Source::Local;
-    let created = *map.entry((key, etag.as_u128())).or_insert_with(|| {
-        source = Source::Body;
-        SystemTime::now()
-    });
-    Entry::new(
-        value,
-        Some(etag),
-        created,
-        Duration::from_secs(60),
-        tags.to_vec(),
-        source,
-    )
-}
-
-async fn user_entry_shim(id: u64) -> Result<Entry<User>, String> {
-    Ok(wrap(format!("user:{id}"), get_user(id).await?, &[]))
-}
-
-async fn user_ims_entry_shim(id: u64) -> Result<Entry<User>, String> {
-    Ok(wrap(format!("user_ims:{id}"), get_user_ims(id).await?, &[]))
-}
-
-async fn user_write_entry_shim(id: u64) -> Result<Entry<User>, String> {
-    Ok(wrap(
-        format!("user_write:{id}"),
-        get_user_write(id).await?,
-        &[],
-    ))
-}
-
-async fn product_entry_shim(id: u64) -> Option<Entry<Product>> {
-    let tags = ["products".to_string(), format!("product:{id}")];
-    Some(wrap(format!("product:{id}"), get_product(id).await?, &tags))
-}
-
-async fn secret_entry_shim(id: u64) -> Entry<u64> {
-    wrap(format!("secret:{id}"), get_secret(id).await, &[])
 }
 
 const USER: CachePolicy = CachePolicy::private().max_age(Duration::from_secs(30));
@@ -146,7 +88,7 @@ const SECRET: CachePolicy = CachePolicy::no_store_at_all();
 
 async fn user_handler(cond: Conditional, Path(id): Path<u64>) -> Result<Response, StatusCode> {
     Ok(cond.json(
-        user_entry_shim(id)
+        get_user_entry(id)
             .await
             .map_err(|_| StatusCode::NOT_FOUND)?,
         &USER,
@@ -154,20 +96,20 @@ async fn user_handler(cond: Conditional, Path(id): Path<u64>) -> Result<Response
 }
 
 async fn user_ims_handler(cond: Conditional, Path(id): Path<u64>) -> Result<Response, String> {
-    Ok(cond.json(user_ims_entry_shim(id).await?, &USER))
+    Ok(cond.json(get_user_ims_entry(id).await?, &USER))
 }
 
 async fn user_write_handler(cond: Conditional, Path(id): Path<u64>) -> Result<Response, String> {
-    Ok(cond.json(user_write_entry_shim(id).await?, &USER))
+    Ok(cond.json(get_user_write_entry(id).await?, &USER))
 }
 
 async fn product_handler(cond: Conditional, Path(id): Path<u64>) -> Result<Response, StatusCode> {
-    let entry = product_entry_shim(id).await.ok_or(StatusCode::NOT_FOUND)?;
+    let entry = get_product_entry(id).await.ok_or(StatusCode::NOT_FOUND)?;
     Ok(cond.json(entry, &PRODUCT))
 }
 
 async fn secret_handler(cond: Conditional, Path(id): Path<u64>) -> Response {
-    cond.json(secret_entry_shim(id).await, &SECRET)
+    cond.json(get_secret_entry(id).await, &SECRET)
 }
 
 fn app() -> Router {
@@ -208,7 +150,10 @@ async fn conditional_gets_are_answered_from_the_cache_without_running_the_body()
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(get_user_cache().stats().body_calls, 1);
     let etag = header(&r, "etag").expect("an ETag").to_string();
-    assert_eq!(Some(etag.clone()), Some(etag_of(&user(1)).to_string()));
+    assert_eq!(
+        Some(etag.clone()),
+        codec::payload_etag(&user(1)).map(|t| t.to_string())
+    );
     assert_eq!(header(&r, "content-type"), Some("application/json"));
     assert_eq!(header(&r, "content-length"), Some(&*body.len().to_string()));
     assert_eq!(serde_json::from_slice::<User>(&body).unwrap(), user(1));
@@ -269,7 +214,7 @@ async fn if_modified_since_with_past_equal_and_future_dates() {
     assert_eq!(r.status(), StatusCode::OK);
     let etag = header(&r, "etag").unwrap().to_string();
     // Last-Modified is only sent once the creation second is over (RFC 9110 §8.8.2.2).
-    let created = user_ims_entry_shim(1).await.unwrap().created();
+    let created = get_user_ims_entry(1).await.unwrap().created();
     let created_s = created.duration_since(UNIX_EPOCH).unwrap().as_secs();
     if SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -341,7 +286,10 @@ async fn a_write_changes_the_etag_and_old_copies_get_the_new_value() {
     let new = header(&r, "etag").unwrap().to_string();
     assert_ne!(new, old);
     let got: User = serde_json::from_slice(&body).unwrap();
-    assert_eq!(Some(new.clone()), Some(etag_of(&got).to_string()));
+    assert_eq!(
+        Some(new.clone()),
+        codec::payload_etag(&got).map(|t| t.to_string())
+    );
     assert_eq!(get_user_write_cache().stats().body_calls, 2);
     let (r, _) = get_req("/write/users/5", &[("if-none-match", &new)]).await;
     assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
@@ -363,7 +311,7 @@ async fn public_responses_carry_shared_cache_directives_and_surrogate_keys() {
         "{cc}"
     );
     assert_eq!(header(&r, "vary"), None);
-    let entry = product_entry_shim(7).await.unwrap();
+    let entry = get_product_entry(7).await.unwrap();
     let keys: Vec<String> = entry
         .tags()
         .iter()
