@@ -40,25 +40,26 @@ impl Conditional {
     /// `Content-Length` and drops the content). A value that fails to serialize is a `500`.
     ///
     /// The handler idiom, for a function cached with `#[cached]` (whose generated
-    /// `<fn>_entry` returns the value with its validators):
+    /// `<fn>_entry` returns the value with the validators computed when it was stored):
     ///
     /// ```
     /// use axum::{body::Body, extract::Path, http::Request, response::Response, routing::get, Router};
+    /// use cache_runtime::cached;
     /// use cache_runtime::http::{CachePolicy, Conditional};
-    /// use cache_runtime::{Entry, ETag, Source};
-    /// use std::time::{Duration, SystemTime};
+    /// use std::time::Duration;
     /// use tower::ServiceExt;
     ///
-    /// #[derive(serde::Serialize)]
-    /// struct User { id: u64, name: &'static str }
+    /// #[derive(Clone, serde::Serialize, serde::Deserialize)]
+    /// struct User { id: u64, name: String }
+    ///
+    /// #[cached(ttl = 60, key = "doc:user:<id>", etag = true)]
+    /// async fn get_user(id: u64) -> Result<User, String> {
+    ///     Ok(User { id, name: "Ada".into() })
+    /// }
     ///
     /// const USER: CachePolicy = CachePolicy::private().max_age(Duration::from_secs(30));
     ///
-    /// # async fn get_user_entry(id: u64) -> Result<Entry<User>, std::convert::Infallible> {
-    /// #     Ok(Entry::new(User { id, name: "Ada" }, Some(ETag::of(b"ada")),
-    /// #         SystemTime::now() - Duration::from_secs(2), Duration::from_secs(60), vec![], Source::Local))
-    /// # }
-    /// async fn user(cond: Conditional, Path(id): Path<u64>) -> Result<Response, std::convert::Infallible> {
+    /// async fn user(cond: Conditional, Path(id): Path<u64>) -> Result<Response, String> {
     ///     Ok(cond.json(get_user_entry(id).await?, &USER))
     /// }
     ///
@@ -67,13 +68,14 @@ impl Conditional {
     /// let r = app.clone().oneshot(Request::get("/users/1").body(Body::empty()).unwrap()).await.unwrap();
     /// assert_eq!(r.status(), 200);
     /// assert_eq!(r.headers()["content-type"], "application/json");
-    /// assert_eq!(r.headers()["cache-control"], "private, max-age=32");
+    /// assert_eq!(r.headers()["vary"], "Authorization");
     /// let etag = r.headers()["etag"].clone();
     ///
     /// let again = Request::get("/users/1").header("if-none-match", etag).body(Body::empty()).unwrap();
     /// let r = app.oneshot(again).await.unwrap();
     /// assert_eq!(r.status(), 304);
     /// assert!(r.headers().get("content-length").is_none());
+    /// assert_eq!(get_user_cache().stats().body_calls, 1); // the 304 came from the cache
     /// # });
     /// ```
     pub fn json<V: serde::Serialize>(

@@ -16,17 +16,18 @@
 //! # #[cfg(feature = "axum")] {
 //! use axum::extract::Path;
 //! use axum::response::Response;
+//! use cache_runtime::cached;
 //! use cache_runtime::http::{CachePolicy, Conditional};
-//! use cache_runtime::{Entry, ETag, Source};
-//! use std::time::{Duration, SystemTime};
+//! use std::time::Duration;
+//!
+//! #[cached(ttl = "5m", key = "mod:user:<id>", etag = true)]
+//! async fn get_user(id: u64) -> Result<String, String> {
+//!     Ok(format!("user {id}"))
+//! }
 //!
 //! const USER: CachePolicy = CachePolicy::private().max_age(Duration::from_secs(30));
 //!
-//! # async fn get_user_entry(id: u64) -> Result<Entry<String>, std::convert::Infallible> {
-//! #     Ok(Entry::new(format!("user {id}"), Some(ETag::of(b"u")), SystemTime::now(),
-//! #         Duration::from_secs(60), vec![], Source::Body))
-//! # }
-//! async fn user(cond: Conditional, Path(id): Path<u64>) -> Result<Response, std::convert::Infallible> {
+//! async fn user(cond: Conditional, Path(id): Path<u64>) -> Result<Response, String> {
 //!     Ok(cond.json(get_user_entry(id).await?, &USER))
 //! }
 //! let _app: axum::Router = axum::Router::new().route("/users/{id}", axum::routing::get(user));
