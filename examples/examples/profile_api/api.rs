@@ -2,23 +2,28 @@
 //!
 //! HTTP caching choices (see docs/LAYERS.md):
 //!
-//! - Every `GET` is public data (a public profile, the catalogue), so the CDN may keep it:
-//!   `Cache-Control: public, max-age=0, s-maxage=300, must-revalidate`. Browsers keep the
-//!   body but revalidate on each use (`If-None-Match`, answered `304` by the CDN or by the
-//!   service without running the query); the CDN keeps it up to 5 minutes, and every write
-//!   purges it. Per-user data (a profile with the e-mail visible to its owner only, say)
-//!   would be `private` with `Vary: Authorization`: the CDN would not keep it at all.
+//! - Every `GET` here is public data (a public profile, the catalogue), the same for every
+//!   caller, so the CDN may keep it: `Cache-Control: public, max-age=0, s-maxage=300`.
+//!   Browsers keep the body but revalidate on each use (`If-None-Match`, answered `304` by
+//!   the CDN, or by the service from its cache without running the query); the CDN keeps it
+//!   up to 5 minutes (never past the server cache's remaining TTL), and every write purges
+//!   it (`purge = [...]` paths, and the list's tag through `xkey`). Per-user data (a profile
+//!   with the e-mail visible to its owner only, say) would use `CachePolicy::private()`:
+//!   `private` with `Vary: Authorization`, which no CDN stores.
 //! - `ETag`s are strong, computed once when a value enters the cache and kept with it.
 //! - Writes answer `Cache-Control: no-store`.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Path, Query, RawQuery};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use cache_runtime::{cached, ETag, Entry, Mode, Source};
+use cache_runtime::http::{CachePolicy, Conditional};
+use cache_runtime::{cached, edge, Entry, Mode, Source};
 use serde::{Deserialize, Serialize};
 
 use crate::db::{db, DbError, Product, ProductUpdate, User, UserUpdate};
@@ -26,6 +31,7 @@ use crate::settings::Layers;
 
 // ---------------------------------------------------------------------------------------
 // The cached reads. `local+redis`: without Redis configured the local tier works alone.
+// Writes go through `invalidate_*`, which also purge the `purge` paths at the edge.
 
 /// A user's public profile.
 #[cached(
@@ -33,6 +39,7 @@ use crate::settings::Layers;
     ttl = "10m",
     local_ttl = "30s",
     key = "user:<id>",
+    purge = ["/users/<id>"],
     name = "users"
 )]
 pub async fn user(id: u64) -> Result<User, DbError> {
@@ -45,13 +52,15 @@ pub async fn user(id: u64) -> Result<User, DbError> {
     ttl = "10m",
     local_ttl = "30s",
     key = "product:<id>",
+    purge = ["/products/<id>"],
     name = "products"
 )]
 pub async fn product(id: u64) -> Result<Product, DbError> {
     db().product(id).await
 }
 
-/// The products of a category, tagged so that a write to any of them drops the list.
+/// The products of a category, tagged so that a write to any of them drops the list (in
+/// every process, and at the edge through the response's `xkey` header).
 #[cached(
     tier = "local+redis",
     ttl = "10m",
@@ -79,11 +88,6 @@ pub fn set_mode(layers: Layers) {
     products_in_cache().set_mode(mode);
 }
 
-/// Switches edge purging on.
-pub fn install_edge(url: &str) {
-    let _ = url;
-}
-
 // ---------------------------------------------------------------------------------------
 // Routes.
 
@@ -96,7 +100,10 @@ pub fn router() -> Router {
         .route("/health", get(|| async { "ok" }))
 }
 
-/// Errors as JSON with a status.
+/// Public data: browsers revalidate every time, the CDN keeps it 5 minutes or until purged.
+const PUBLIC: CachePolicy = CachePolicy::public().s_maxage(Duration::from_secs(300));
+
+/// Errors as JSON with a status, never stored by any cache.
 pub struct ApiError(StatusCode, String);
 
 impl From<DbError> for ApiError {
@@ -110,29 +117,22 @@ impl From<DbError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut r = (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response();
-        r.headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        r
+        no_store((self.0, Json(serde_json::json!({ "error": self.1 }))).into_response())
     }
 }
 
-const PUBLIC: &str = "public, max-age=0, s-maxage=300, must-revalidate";
-
-async fn get_user(Path(id): Path<u64>, headers: HeaderMap) -> Result<Response, ApiError> {
-    if let Some(r) = not_modified(&headers, lookup_user(id).await) {
-        return Ok(r);
-    }
-    let u = user(id).await?;
-    Ok(respond(&headers, entry_of(u, &[]), PUBLIC))
+fn no_store(mut r: Response) -> Response {
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
 }
 
-async fn get_product(Path(id): Path<u64>, headers: HeaderMap) -> Result<Response, ApiError> {
-    if let Some(r) = not_modified(&headers, lookup_product(id).await) {
-        return Ok(r);
-    }
-    let p = product(id).await?;
-    Ok(respond(&headers, entry_of(p, &[]), PUBLIC))
+async fn get_user(cond: Conditional, Path(id): Path<u64>) -> Result<Response, ApiError> {
+    Ok(reply(&cond, user_entry(id).await?))
+}
+
+async fn get_product(cond: Conditional, Path(id): Path<u64>) -> Result<Response, ApiError> {
+    Ok(reply(&cond, product_entry(id).await?))
 }
 
 #[derive(Deserialize)]
@@ -141,21 +141,32 @@ struct ListQuery {
 }
 
 async fn list_products(
+    cond: Conditional,
     Query(q): Query<ListQuery>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Some(category) = q.category else {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            "?category= is required".into(),
-        ));
+    let category = q
+        .category
+        .ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, "?category= is required".into()))?;
+    Ok(reply(&cond, products_in_entry(category).await?))
+}
+
+/// The entry as JSON with its validators and `PUBLIC`, or a `304` if the client's copy is
+/// current; counted by where the value came from.
+fn reply<V: Serialize>(cond: &Conditional, e: Entry<V>) -> Response {
+    let source = e.source();
+    let r = cond.json(&e, &PUBLIC);
+    let i = if r.status() == StatusCode::NOT_MODIFIED {
+        4
+    } else {
+        match source {
+            Source::Local => 0,
+            Source::Redis => 1,
+            Source::Body => 2,
+            Source::Stale => 3,
+        }
     };
-    if let Some(r) = not_modified(&headers, lookup_products_in(category.clone()).await) {
-        return Ok(r);
-    }
-    let tag = format!("products:{category}");
-    let list = products_in(category).await?;
-    Ok(respond(&headers, entry_of(list, &[tag]), PUBLIC))
+    SERVED[i].fetch_add(1, Relaxed);
+    r
 }
 
 async fn put_user(
@@ -163,11 +174,12 @@ async fn put_user(
     Json(update): Json<UserUpdate>,
 ) -> Result<Response, ApiError> {
     let u = db().update_user(id, update).await?;
-    // After the write: drop the entry in every tier and process (and the CDN's copy).
-    if invalidate_user(id).await.is_err() {
-        UNCONFIRMED.fetch_add(1, Relaxed);
-    }
-    Ok(written(u))
+    // After the write: drop the entry in every tier and process, and purge `/users/{id}` at
+    // the edge. (Not `populate_user`: two concurrent writes could then store the older row
+    // last; an invalidation is idempotent, and the next read loads the current row.)
+    let dropped = invalidate_user(id).await;
+    after_write(dropped.is_ok());
+    Ok(no_store(Json(u).into_response()))
 }
 
 async fn put_product(
@@ -175,79 +187,56 @@ async fn put_product(
     Json(update): Json<ProductUpdate>,
 ) -> Result<Response, ApiError> {
     let p = db().update_product(id, update).await?;
-    let product_dropped = invalidate_product(id).await;
+    // The product (and `/products/{id}` at the edge), and every list tagged with its
+    // category (and, at the edge, every response carrying that `xkey`).
+    let dropped = invalidate_product(id).await;
     let list_dropped = cache_runtime::invalidate_tag(&format!("products:{}", p.category)).await;
-    if product_dropped.is_err() || list_dropped.is_err() {
+    after_write(dropped.is_ok() && list_dropped.is_ok());
+    Ok(no_store(Json(p).into_response()))
+}
+
+/// Counts invalidations Redis did not confirm (the runtime retries them), and measures how
+/// long the edge takes to purge what the write enqueued.
+fn after_write(confirmed: bool) {
+    if !confirmed {
         UNCONFIRMED.fetch_add(1, Relaxed);
     }
-    Ok(written(p))
+    if edge::configured() {
+        let start = Instant::now();
+        tokio::spawn(async move {
+            if edge::flush(Duration::from_secs(30)).await {
+                PURGE_DELAYS.record(start.elapsed());
+            }
+        });
+    }
 }
 
-fn written<T: Serialize>(v: T) -> Response {
-    let mut r = Json(v).into_response();
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
-}
-
-// ---------------------------------------------------------------------------------------
-// HTTP caching helpers (to be replaced by cache_runtime::http).
-
+/// Responses by source: local, redis, body, stale, and 304 Not Modified.
 static SERVED: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
 static UNCONFIRMED: AtomicU64 = AtomicU64::new(0);
+static PURGE_DELAYS: Delays = Delays(Mutex::new(Vec::new()));
 
-fn source_index(s: Source) -> usize {
-    match s {
-        Source::Local => 0,
-        Source::Redis => 1,
-        Source::Body => 2,
-        Source::Stale => 3,
-    }
-}
+/// Write → purged at the edge, in µs (the last 100 000).
+struct Delays(Mutex<Vec<u32>>);
 
-fn entry_of<T: Serialize>(v: T, tags: &[String]) -> Entry<T> {
-    let etag = ETag::of(&serde_json::to_vec(&v).expect("serializable"));
-    Entry::new(
-        v,
-        Some(etag),
-        std::time::SystemTime::now(),
-        std::time::Duration::from_secs(600),
-        tags.to_vec(),
-        Source::Body,
-    )
-}
+impl Delays {
+    fn record(&self, d: Duration) {
+        let mut v = self.0.lock().unwrap();
+        if v.len() >= 100_000 {
+            v.drain(..50_000);
+        }
+        v.push(d.as_micros().min(u32::MAX as u128) as u32);
+    }
 
-fn not_modified<T: Serialize>(headers: &HeaderMap, cached: Option<T>) -> Option<Response> {
-    let inm = headers.get(header::IF_NONE_MATCH)?.to_str().ok()?;
-    let v = cached?;
-    let etag = ETag::of(&serde_json::to_vec(&v).ok()?).to_string();
-    if inm.split(',').any(|t| t.trim() == etag || t.trim() == "*") {
-        SERVED[4].fetch_add(1, Relaxed);
-        let mut r = StatusCode::NOT_MODIFIED.into_response();
-        r.headers_mut()
-            .insert(header::ETAG, HeaderValue::from_str(&etag).unwrap());
-        r.headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static(PUBLIC));
-        return Some(r);
+    fn summary(&self) -> serde_json::Value {
+        let mut v = self.0.lock().unwrap().clone();
+        v.sort_unstable();
+        let at = |q: f64| {
+            v.get(((v.len().max(1) - 1) as f64 * q).round() as usize)
+                .map_or(0.0, |us| *us as f64 / 1000.0)
+        };
+        serde_json::json!({ "count": v.len(), "p50": at(0.5), "p99": at(0.99), "max": at(1.0) })
     }
-    None
-}
-
-fn respond<T: Serialize>(_req: &HeaderMap, e: Entry<T>, cache_control: &'static str) -> Response {
-    SERVED[source_index(e.source())].fetch_add(1, Relaxed);
-    let mut r = Json(e.value()).into_response();
-    let h = r.headers_mut();
-    if let Some(t) = e.etag() {
-        h.insert(header::ETAG, HeaderValue::from_str(&t.to_string()).unwrap());
-    }
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static(cache_control),
-    );
-    if !e.tags().is_empty() {
-        h.insert("xkey", HeaderValue::from_str(&e.tags().join(" ")).unwrap());
-    }
-    r
 }
 
 // ---------------------------------------------------------------------------------------
@@ -298,6 +287,7 @@ async fn metrics(RawQuery(q): RawQuery) -> Response {
     })
     .collect();
     let db = db().stats();
+    let e = edge::stats();
     let served = |i: usize| SERVED[i].load(Relaxed);
     let responses = serde_json::json!({
         "local": served(0), "redis": served(1), "body": served(2), "stale": served(3),
@@ -330,6 +320,17 @@ async fn metrics(RawQuery(q): RawQuery) -> Response {
                 served(i)
             );
         }
+        let _ = writeln!(out, "# TYPE profile_api_edge_purges_total counter");
+        for (result, n) in [
+            ("sent", e.sent),
+            ("failed", e.failed),
+            ("dropped", e.dropped),
+        ] {
+            let _ = writeln!(
+                out,
+                "profile_api_edge_purges_total{{result=\"{result}\"}} {n}"
+            );
+        }
         let _ = writeln!(out, "# TYPE profile_api_cache_hits_total counter");
         for c in &caches {
             let _ = writeln!(
@@ -358,15 +359,21 @@ async fn metrics(RawQuery(q): RawQuery) -> Response {
         );
         return r;
     }
-    let mut r = Json(serde_json::json!({
-        "pid": std::process::id(),
-        "db": db,
-        "caches": caches,
-        "responses": responses,
-        "invalidations_unconfirmed": UNCONFIRMED.load(Relaxed),
-    }))
-    .into_response();
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
+    no_store(
+        Json(serde_json::json!({
+            "pid": std::process::id(),
+            "db": db,
+            "caches": caches,
+            "responses": responses,
+            "invalidations_unconfirmed": UNCONFIRMED.load(Relaxed),
+            "edge": {
+                "configured": edge::configured(),
+                "enqueued": e.enqueued, "coalesced": e.coalesced, "sent": e.sent,
+                "failed": e.failed, "dropped": e.dropped, "retried": e.retried,
+                "pending": e.pending,
+                "purge_delay_ms": PURGE_DELAYS.summary(),
+            },
+        }))
+        .into_response(),
+    )
 }

@@ -71,8 +71,11 @@ async fn main() {
     };
     cache_runtime::init(config.build()).expect("the runtime is configured once, here");
     api::set_mode(s.layers);
-    if let Some(url) = &s.edge_purge_url {
-        api::install_edge(url);
+    // The edge: `cache_runtime::edge` reads CACHE_EDGE_PURGE_URL on the first purge (one
+    // HTTP `PURGE` per path and one xkey purge per batch of tags, per URL).
+    match &s.edge_purge_url {
+        Some(url) => std::env::set_var("CACHE_EDGE_PURGE_URL", url),
+        None => std::env::remove_var("CACHE_EDGE_PURGE_URL"),
     }
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", s.port))

@@ -26,7 +26,7 @@
 //! --duration S      measured seconds per run (20)       --warmup S   unmeasured start (3)
 //! --clients N       concurrent client tasks (64)         --writes F   write fraction (0.08)
 //! --zipf S          Zipf exponent of ids (1.0)           --processes N  for runs 3-4 (3)
-//! --db-latency-ms N per query (20)                       --db-pool N  connections per process (8)
+//! --db-latency-ms N per query (20)                       --db-connections N  in all (12)
 //! --window-ms N     allowed staleness after a write for asynchronous layers (1000)
 //! --runs 1,2,3,4    which runs                           --svg PATH   chart ("-": none)
 //! --markdown PATH   also write the table there
@@ -50,7 +50,8 @@ struct Args {
     workload: Workload,
     processes: usize,
     db_latency_ms: u64,
-    db_pool: usize,
+    /// Database connections in all, split over the processes of a run.
+    db_connections: usize,
     window_ms: u64,
     runs: Vec<usize>,
     svg: Option<PathBuf>,
@@ -72,7 +73,7 @@ fn parse_args() -> Args {
         },
         processes: 3,
         db_latency_ms: 20,
-        db_pool: 8,
+        db_connections: 12,
         window_ms: 1000,
         runs: vec![1, 2, 3, 4],
         svg: Some(docs.join("layers.svg")),
@@ -91,7 +92,7 @@ fn parse_args() -> Args {
             "--seed" => a.workload.seed = val().parse().expect("--seed N"),
             "--processes" => a.processes = val().parse().expect("--processes N"),
             "--db-latency-ms" => a.db_latency_ms = val().parse().expect("--db-latency-ms N"),
-            "--db-pool" => a.db_pool = val().parse().expect("--db-pool N"),
+            "--db-connections" => a.db_connections = val().parse().expect("--db-connections N"),
             "--window-ms" => a.window_ms = val().parse().expect("--window-ms N"),
             "--runs" => {
                 a.runs = val()
@@ -124,10 +125,9 @@ struct Spec {
 async fn main() {
     let args = parse_args();
     let binary = procs::service_binary();
-    let shipped_vcl = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy/varnish/cache-toolkit.vcl")
-        .canonicalize()
-        .ok();
+    let vcl_path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/varnish/cache-toolkit.vcl");
+    let shipped_vcl = std::fs::read_to_string(&vcl_path).ok();
     let specs = [
         Spec {
             number: 1,
@@ -165,7 +165,7 @@ async fn main() {
     let w = &args.workload;
     println!(
         "waterfall: {} clients, {:?} warm-up + {:?} measured per run, {:.0} % writes, Zipf s = {}, \
-         {} users / {} products, {} ms per query, {} connections per process",
+         {} users / {} products, {} ms per query, {} database connections (split over the processes)",
         w.clients,
         w.warmup,
         w.duration,
@@ -174,17 +174,19 @@ async fn main() {
         w.users,
         w.products,
         args.db_latency_ms,
-        args.db_pool
+        args.db_connections
     );
     println!("service binary: {}", binary.display());
-    match &shipped_vcl {
-        Some(p) => println!(
-            "VCL: {} (with a generated round-robin director)",
-            p.display()
-        ),
-        None => println!(
-            "VCL: deploy/varnish/cache-toolkit.vcl not found; using a minimal built-in VCL"
-        ),
+    if args.runs.contains(&4) {
+        assert!(
+            shipped_vcl.is_some(),
+            "{} not found: run 4 needs the shipped VCL",
+            vcl_path.display()
+        );
+        println!(
+            "VCL: {} with a generated round-robin director over the services",
+            vcl_path.display()
+        );
     }
     let mut results = Vec::new();
     for spec in specs.iter().filter(|s| args.runs.contains(&s.number)) {
@@ -214,7 +216,7 @@ async fn run(
     spec: &Spec,
     args: &Args,
     binary: &std::path::Path,
-    shipped_vcl: Option<&std::path::Path>,
+    shipped_vcl: Option<&str>,
 ) -> RunResult {
     let dir = std::env::temp_dir().join(format!(
         "waterfall-{}-run{}",
@@ -226,9 +228,11 @@ async fn run(
 
     let redis = (spec.layers == "redis").then(cache_tests::RedisServer::start);
     let ports: Vec<u16> = (0..spec.processes).map(|_| free_port()).collect();
-    let mut varnish = spec
-        .varnish
-        .then(|| procs::Varnish::start(&dir, free_port(), &ports, shipped_vcl));
+    // Varnish first (it needs no backend to start): the services get its address to purge.
+    let varnish = spec.varnish.then(|| {
+        let vcl = procs::director_vcl(shipped_vcl.expect("the shipped VCL"), &ports);
+        cache_tests::VarnishServer::start_with_vcl(&vcl, ports[0])
+    });
     let env = ServiceEnv {
         binary,
         dir: &dir,
@@ -236,7 +240,7 @@ async fn run(
         redis_url: redis.as_ref().map(|r| r.url()),
         edge_url: varnish.as_ref().map(|v| v.url()),
         db_latency_ms: args.db_latency_ms,
-        db_pool: args.db_pool,
+        db_pool: (args.db_connections / spec.processes).max(1),
     };
     // The first process creates and seeds the database; the others open it.
     let mut services = Vec::new();
@@ -253,11 +257,7 @@ async fn run(
         let log = s.log.clone();
         procs::wait_http(&url, &mut s.proc, &log, Duration::from_secs(60)).await;
     }
-    if let Some(v) = &mut varnish {
-        let url = format!("{}/health", v.url());
-        let log = v.log.clone();
-        procs::wait_http(&url, &mut v.proc, &log, Duration::from_secs(30)).await;
-    }
+    let varnish_before = varnish.as_ref().map(|v| v.stats());
     if let Some(first) = std::fs::read_to_string(&services[0].log)
         .ok()
         .and_then(|l| {
@@ -266,10 +266,7 @@ async fn run(
                 .map(str::to_string)
         })
     {
-        println!(
-            "service:{}",
-            first.trim_start_matches(' ').trim_start_matches("layers")
-        );
+        println!("service {}", first.trim());
     }
 
     let targets = match &varnish {
@@ -289,6 +286,18 @@ async fn run(
         })
     };
     let rec = load::run(targets, &w, spec.conditional, start).await;
+    if let (Some(v), Some(before)) = (&varnish, &varnish_before) {
+        let after = v.stats();
+        let d = |k: &str| after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0);
+        println!(
+            "varnishstat: {} hits, {} misses, {} hit-for-miss/pass, {} purges by path, {} backend fetches",
+            d("MAIN.cache_hit"),
+            d("MAIN.cache_miss"),
+            d("MAIN.cache_hitmiss") + d("MAIN.s_pass"),
+            d("MAIN.n_purges"),
+            d("MAIN.s_fetch")
+        );
+    }
     let measured = start.elapsed().saturating_sub(w.warmup);
     let before = at_warmup.await.expect("snapshot task");
     let after = report::snapshot(&service_urls).await;

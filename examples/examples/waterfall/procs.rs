@@ -3,7 +3,6 @@
 //! services. Every child is killed when its handle drops, and by the kernel when this process
 //! dies (`PR_SET_PDEATHSIG`).
 
-use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -194,97 +193,30 @@ pub async fn wait_http(url: &str, proc: &mut Proc, log: &Path, within: Duration)
     }
 }
 
-/// A `varnishd` in front of the services, with a round-robin director.
-pub struct Varnish {
-    pub proc: Proc,
-    pub port: u16,
-    pub log: PathBuf,
-}
-
-impl Varnish {
-    /// Starts varnishd on `port` with the VCL: a generated head (one backend per service
-    /// port, a round-robin director chosen in `vcl_recv`) followed by the shipped VCL's
-    /// caching rules (`include`d when `shipped_vcl` exists).
-    pub fn start(dir: &Path, port: u16, backends: &[u16], shipped_vcl: Option<&Path>) -> Varnish {
-        let workdir = dir.join("varnish");
-        let vcl = dir.join("waterfall.vcl");
-        let mut f = std::fs::File::create(&vcl).expect("write the VCL");
-        writeln!(f, "vcl 4.1;\nimport directors;").unwrap();
-        for (i, p) in backends.iter().enumerate() {
-            writeln!(
-                f,
-                "backend service{i} {{ .host = \"127.0.0.1\"; .port = \"{p}\"; }}"
-            )
-            .unwrap();
-        }
-        writeln!(
-            f,
-            "sub vcl_init {{\n    new services = directors.round_robin();"
-        )
-        .unwrap();
-        for i in 0..backends.len() {
-            writeln!(f, "    services.add_backend(service{i});").unwrap();
-        }
-        writeln!(
-            f,
-            "}}\nsub vcl_recv {{\n    set req.backend_hint = services.backend();\n}}"
-        )
-        .unwrap();
-        match shipped_vcl {
-            Some(p) => writeln!(f, "include \"{}\";", p.display()).unwrap(),
-            None => f.write_all(FALLBACK_VCL.as_bytes()).unwrap(),
-        }
-        drop(f);
-        let mut cmd = Command::new(varnishd_path());
-        cmd.arg("-F")
-            .arg("-n")
-            .arg(&workdir)
-            .args(["-a", &format!("127.0.0.1:{port}")])
-            .arg("-f")
-            .arg(&vcl)
-            .args(["-s", "malloc,256m"])
-            // The shipped VCL's own backend is unused: the director replaces it.
-            .args(["-p", "vcc_err_unref=off"])
-            .args(["-p", "default_grace=0"]);
-        let log = dir.join("varnish.log");
-        Varnish {
-            proc: Proc::spawn("varnishd", cmd, &log),
-            port,
-            log,
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-/// Used when the repository's VCL is not there: cache what the backend allows, answer
-/// `PURGE` per URL, mark hits.
-const FALLBACK_VCL: &str = r#"
-sub vcl_recv {
-    if (req.method == "PURGE") {
-        if (client.ip != "127.0.0.1") { return (synth(405)); }
-        return (purge);
-    }
-}
-sub vcl_deliver {
-    if (obj.hits > 0) { set resp.http.x-cache = "HIT"; } else { set resp.http.x-cache = "MISS"; }
-}
-"#;
-
-fn varnishd_path() -> PathBuf {
-    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain([
-        "/usr/sbin",
-        "/usr/bin",
-        "/usr/local/sbin",
-    ]) {
-        let p = PathBuf::from(dir).join("varnishd");
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!(
-        "varnishd not found: install Debian's `varnish` package (and `varnish-modules` for xkey)"
+/// The VCL for Varnish in front of several services: the shipped VCL
+/// (`deploy/varnish/cache-toolkit.vcl`), whose backend block the harness replaces with
+/// `backend default` = the first service, followed by one more backend per other service and
+/// a round-robin director over all of them, chosen in a `vcl_recv` that runs before the
+/// shipped one (VCL concatenates subroutines of the same name in order).
+pub fn director_vcl(shipped: &str, ports: &[u16]) -> String {
+    let marker = "# END backend";
+    let at = shipped
+        .find(marker)
+        .map(|i| i + marker.len())
+        .expect("the shipped VCL marks its backend block with `# END backend`");
+    let mut head = String::from(
+        "\n# Added by the waterfall driver: a round-robin director.\nimport directors;\n",
     );
+    for (i, p) in ports.iter().enumerate().skip(1) {
+        head.push_str(&format!(
+            "backend service{i} {{\n    .host = \"127.0.0.1\";\n    .port = \"{p}\";\n    \
+             .connect_timeout = 1s;\n    .first_byte_timeout = 30s;\n}}\n"
+        ));
+    }
+    head.push_str("sub vcl_init {\n    new services = directors.round_robin();\n    services.add_backend(default);\n");
+    for i in 1..ports.len() {
+        head.push_str(&format!("    services.add_backend(service{i});\n"));
+    }
+    head.push_str("}\nsub vcl_recv {\n    set req.backend_hint = services.backend();\n}\n");
+    format!("{}{head}{}", &shipped[..at], &shipped[at..])
 }
