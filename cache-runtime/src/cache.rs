@@ -1082,9 +1082,9 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                     if !counted_miss {
                         self.counters.misses.add(1);
                     }
-                    return self
-                        .lead::<R, S, B>(key, leader, body, sharing, false)
-                        .await;
+                    // Boxed: the miss path's state (Redis, lock, body, store) stays off the
+                    // stack of callers that only hit; a miss allocates anyway.
+                    return Box::pin(self.lead::<R, S, B>(key, leader, body, sharing, false)).await;
                 }
             }
         }
