@@ -76,8 +76,38 @@ pub async fn products_in(category: String) -> Result<Vec<Product>, DbError> {
     }
 }
 
-/// Puts every cache in `Mode::Bypass` for `CACHE_LAYERS=none`.
-pub fn set_mode(layers: Layers) {
+/// How a product write drops the cached list of its category.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListInvalidation {
+    /// `cache_runtime::invalidate_tag("products:<category>")`: every entry carrying the tag,
+    /// in every process (and, at the edge, every response with that `xkey`).
+    Tag,
+    /// `invalidate_products_in(category)`: the one list entry, by key (and the tag purged at
+    /// the edge with `edge::enqueue_tags`). Same effect here, since one list is cached per
+    /// category; see docs/LAYERS.md for why the difference is measurable.
+    Key,
+}
+
+/// Options of the routes, set once at start-up.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub list_invalidation: ListInvalidation,
+    /// Purge the written paths and tags at the edge a second time, this long after the
+    /// write: a CDN fetch that started before the write may store the old response after
+    /// the first purge. Responses that took longer than half of it to produce are sent
+    /// `no-store`, so no fetch can outlive the second purge. `None`: purge once.
+    pub repurge: Option<Duration>,
+}
+
+static OPTIONS: std::sync::OnceLock<Options> = std::sync::OnceLock::new();
+
+fn options() -> Options {
+    *OPTIONS.get().expect("api::configure is called at start-up")
+}
+
+/// Sets the options, and puts every cache in `Mode::Bypass` for `CACHE_LAYERS=none`.
+pub fn configure(layers: Layers, options: Options) {
+    OPTIONS.set(options).expect("configured once");
     let mode = if layers == Layers::None {
         Mode::Bypass
     } else {
@@ -128,11 +158,13 @@ fn no_store(mut r: Response) -> Response {
 }
 
 async fn get_user(cond: Conditional, Path(id): Path<u64>) -> Result<Response, ApiError> {
-    Ok(reply(&cond, user_entry(id).await?))
+    let started = Instant::now();
+    Ok(reply(&cond, user_entry(id).await?, started))
 }
 
 async fn get_product(cond: Conditional, Path(id): Path<u64>) -> Result<Response, ApiError> {
-    Ok(reply(&cond, product_entry(id).await?))
+    let started = Instant::now();
+    Ok(reply(&cond, product_entry(id).await?, started))
 }
 
 #[derive(Deserialize)]
@@ -144,17 +176,29 @@ async fn list_products(
     cond: Conditional,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
+    let started = Instant::now();
     let category = q
         .category
         .ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, "?category= is required".into()))?;
-    Ok(reply(&cond, products_in_entry(category).await?))
+    Ok(reply(&cond, products_in_entry(category).await?, started))
 }
+
+/// Sent instead of `PUBLIC` when producing the response took so long that a CDN storing it
+/// could outlive the second purge of a write (see [`Options::repurge`]).
+const TOO_SLOW_TO_SHARE: CachePolicy = CachePolicy::public().no_store();
 
 /// The entry as JSON with its validators and `PUBLIC`, or a `304` if the client's copy is
 /// current; counted by where the value came from.
-fn reply<V: Serialize>(cond: &Conditional, e: Entry<V>) -> Response {
+fn reply<V: Serialize>(cond: &Conditional, e: Entry<V>, started: Instant) -> Response {
     let source = e.source();
-    let r = cond.json(&e, &PUBLIC);
+    let policy = match options().repurge {
+        Some(d) if started.elapsed() > d / 2 => {
+            SLOW_NOT_SHARED.fetch_add(1, Relaxed);
+            &TOO_SLOW_TO_SHARE
+        }
+        _ => &PUBLIC,
+    };
+    let r = cond.json(&e, policy);
     let i = if r.status() == StatusCode::NOT_MODIFIED {
         4
     } else {
@@ -178,7 +222,7 @@ async fn put_user(
     // the edge. (Not `populate_user`: two concurrent writes could then store the older row
     // last; an invalidation is idempotent, and the next read loads the current row.)
     let dropped = invalidate_user(id).await;
-    after_write(dropped.is_ok());
+    after_write(dropped.is_ok(), vec![format!("/users/{id}")], vec![]);
     Ok(no_store(Json(u).into_response()))
 }
 
@@ -187,17 +231,30 @@ async fn put_product(
     Json(update): Json<ProductUpdate>,
 ) -> Result<Response, ApiError> {
     let p = db().update_product(id, update).await?;
-    // The product (and `/products/{id}` at the edge), and every list tagged with its
-    // category (and, at the edge, every response carrying that `xkey`).
+    // The product (and `/products/{id}` at the edge), and the list of its category (and, at
+    // the edge, every response carrying its `xkey`).
     let dropped = invalidate_product(id).await;
-    let list_dropped = cache_runtime::invalidate_tag(&format!("products:{}", p.category)).await;
-    after_write(dropped.is_ok() && list_dropped.is_ok());
+    let tag = format!("products:{}", p.category);
+    let list_dropped = match options().list_invalidation {
+        ListInvalidation::Tag => cache_runtime::invalidate_tag(&tag).await,
+        ListInvalidation::Key => {
+            let r = invalidate_products_in(p.category.clone()).await;
+            edge::enqueue_tags(vec![tag.clone()]);
+            r
+        }
+    };
+    after_write(
+        dropped.is_ok() && list_dropped.is_ok(),
+        vec![format!("/products/{id}")],
+        vec![tag],
+    );
     Ok(no_store(Json(p).into_response()))
 }
 
-/// Counts invalidations Redis did not confirm (the runtime retries them), and measures how
-/// long the edge takes to purge what the write enqueued.
-fn after_write(confirmed: bool) {
+/// Counts invalidations Redis did not confirm (the runtime retries them), measures how long
+/// the edge takes to purge what the write enqueued, and purges `paths` and `tags` a second
+/// time after [`Options::repurge`].
+fn after_write(confirmed: bool, paths: Vec<String>, tags: Vec<String>) {
     if !confirmed {
         UNCONFIRMED.fetch_add(1, Relaxed);
     }
@@ -207,6 +264,14 @@ fn after_write(confirmed: bool) {
             if edge::flush(Duration::from_secs(30)).await {
                 PURGE_DELAYS.record(start.elapsed());
             }
+            if let Some(d) = options().repurge {
+                tokio::time::sleep_until((start + d).into()).await;
+                edge::enqueue_paths(paths);
+                if !tags.is_empty() {
+                    edge::enqueue_tags(tags);
+                }
+                REPURGES.fetch_add(1, Relaxed);
+            }
         });
     }
 }
@@ -214,6 +279,8 @@ fn after_write(confirmed: bool) {
 /// Responses by source: local, redis, body, stale, and 304 Not Modified.
 static SERVED: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
 static UNCONFIRMED: AtomicU64 = AtomicU64::new(0);
+static SLOW_NOT_SHARED: AtomicU64 = AtomicU64::new(0);
+static REPURGES: AtomicU64 = AtomicU64::new(0);
 static PURGE_DELAYS: Delays = Delays(Mutex::new(Vec::new()));
 
 /// Write → purged at the edge, in µs (the last 100 000).
@@ -372,6 +439,8 @@ async fn metrics(RawQuery(q): RawQuery) -> Response {
                 "failed": e.failed, "dropped": e.dropped, "retried": e.retried,
                 "pending": e.pending,
                 "purge_delay_ms": PURGE_DELAYS.summary(),
+            "repurges": REPURGES.load(Relaxed),
+            "slow_responses_not_shared": SLOW_NOT_SHARED.load(Relaxed),
             },
         }))
         .into_response(),

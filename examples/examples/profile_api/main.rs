@@ -24,6 +24,8 @@
 //! | `CACHE_LAYERS` (`--layers`) | `redis` with `REDIS_URL`, else `local` | `none` (every cache bypassed), `local`, `redis` (local + Redis) |
 //! | `REDIS_URL` (`--redis-url`) | none | the Redis tier (needed by `CACHE_LAYERS=redis`) |
 //! | `CACHE_EDGE_PURGE_URL` (`--edge`) | none | the edge (Varnish) to purge, e.g. `http://127.0.0.1:6081` |
+//! | `EDGE_REPURGE_MS` | 1000 | purge each write's paths and tags again this long after it (0: once) |
+//! | `LIST_INVALIDATION` | `tag` | how a product write drops its category's list: `tag` or `key` |
 //! | `DB_PATH` (`--db`) | a new file in the temp dir | SQLite file; several processes may share one (WAL) |
 //! | `DB_LATENCY_MS` (`--db-latency-ms`) | 20 | artificial latency of each query |
 //! | `DB_POOL` (`--db-pool`) | 8 | connections (concurrent queries) per process |
@@ -70,7 +72,13 @@ async fn main() {
         _ => config.without_redis(),
     };
     cache_runtime::init(config.build()).expect("the runtime is configured once, here");
-    api::set_mode(s.layers);
+    api::configure(
+        s.layers,
+        api::Options {
+            list_invalidation: s.list_invalidation,
+            repurge: (s.edge_repurge_ms > 0).then(|| Duration::from_millis(s.edge_repurge_ms)),
+        },
+    );
     // The edge: `cache_runtime::edge` reads CACHE_EDGE_PURGE_URL on the first purge (one
     // HTTP `PURGE` per path and one xkey purge per batch of tags, per URL).
     match &s.edge_purge_url {
@@ -114,9 +122,17 @@ async fn main() {
             "on"
         },
         redis,
-        match &s.edge_purge_url {
-            Some(u) => format!("on ({u})"),
-            None => "off".to_string(),
+        match (&s.edge_purge_url, s.edge_repurge_ms) {
+            (Some(u), 0) => format!("on ({u})"),
+            (Some(u), ms) => format!("on ({u}, again after {ms} ms)"),
+            (None, _) => "off".to_string(),
+        }
+    );
+    println!(
+        "  a product write drops its category's list by {}",
+        match s.list_invalidation {
+            api::ListInvalidation::Tag => "tag (invalidate_tag)",
+            api::ListInvalidation::Key => "key (invalidate_products_in)",
         }
     );
     if s.layers == Layers::Local && s.redis_url.is_none() {

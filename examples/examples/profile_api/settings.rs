@@ -2,11 +2,13 @@
 
 use std::path::PathBuf;
 
+use crate::api::ListInvalidation;
+
 pub const USAGE: &str = "\
 usage: profile_api [--port N] [--layers none|local|redis] [--redis-url URL] [--edge URL]
                    [--db PATH] [--db-latency-ms N] [--db-pool N]
 (or the environment: PORT, CACHE_LAYERS, REDIS_URL, CACHE_EDGE_PURGE_URL, DB_PATH,
- DB_LATENCY_MS, DB_POOL, SEED_USERS, SEED_PRODUCTS)";
+ DB_LATENCY_MS, DB_POOL, SEED_USERS, SEED_PRODUCTS, EDGE_REPURGE_MS, LIST_INVALIDATION)";
 
 /// Which cache layers inside the service are on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +32,8 @@ pub struct Settings {
     pub db_pool: usize,
     pub seed_users: u64,
     pub seed_products: u64,
+    pub edge_repurge_ms: u64,
+    pub list_invalidation: ListInvalidation,
 }
 
 impl Settings {
@@ -44,6 +48,8 @@ impl Settings {
             "DB_POOL",
             "SEED_USERS",
             "SEED_PRODUCTS",
+            "EDGE_REPURGE_MS",
+            "LIST_INVALIDATION",
         ]
         .into_iter()
         .filter_map(|k| {
@@ -111,7 +117,7 @@ impl Settings {
             }
         };
         Ok(Settings {
-            port: num("PORT", 8080)? as u16,
+            port: u16::try_from(num("PORT", 8080)?).map_err(|_| "PORT: not a port number")?,
             layers,
             redis_url,
             edge_purge_url: vars.get("CACHE_EDGE_PURGE_URL").cloned(),
@@ -120,6 +126,14 @@ impl Settings {
             db_pool: num("DB_POOL", 8)?.max(1) as usize,
             seed_users: num("SEED_USERS", 10_000)?,
             seed_products: num("SEED_PRODUCTS", 2_000)?,
+            edge_repurge_ms: num("EDGE_REPURGE_MS", 1000)?,
+            list_invalidation: match vars.get("LIST_INVALIDATION").map(String::as_str) {
+                None | Some("tag") => ListInvalidation::Tag,
+                Some("key") => ListInvalidation::Key,
+                Some(other) => {
+                    return Err(format!("LIST_INVALIDATION: `{other}` is not tag or key"))
+                }
+            },
         })
     }
 }

@@ -134,6 +134,8 @@ pub struct ServiceEnv<'a> {
     pub edge_url: Option<String>,
     pub db_latency_ms: u64,
     pub db_pool: usize,
+    pub repurge_ms: u64,
+    pub list_invalidation: &'a str,
 }
 
 impl ServiceEnv<'_> {
@@ -145,7 +147,9 @@ impl ServiceEnv<'_> {
             .env("CACHE_LAYERS", self.layers)
             .env("DB_PATH", self.dir.join("db.sqlite"))
             .env("DB_LATENCY_MS", self.db_latency_ms.to_string())
-            .env("DB_POOL", self.db_pool.to_string());
+            .env("DB_POOL", self.db_pool.to_string())
+            .env("EDGE_REPURGE_MS", self.repurge_ms.to_string())
+            .env("LIST_INVALIDATION", self.list_invalidation);
         if let Some(u) = &self.redis_url {
             cmd.env("REDIS_URL", u);
         }

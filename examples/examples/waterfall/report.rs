@@ -17,6 +17,8 @@ pub struct Counters {
     pub db_queries: u64,
     pub db_reads: u64,
     pub db_writes: u64,
+    /// Per cache (by name): local hits, Redis hits, misses, coalesced misses, invalidations.
+    pub caches: BTreeMap<String, [u64; 5]>,
     pub purge: Option<Purge>,
 }
 
@@ -26,6 +28,10 @@ pub struct Purge {
     pub sent: u64,
     pub failed: u64,
     pub dropped: u64,
+    /// Second purges (see the service's `EDGE_REPURGE_MS`).
+    pub repurges: u64,
+    /// Responses sent `no-store` because they took too long to produce.
+    pub slow_not_shared: u64,
     /// Write → purge acknowledged by the edge, over all processes (ms).
     pub delay_p50_ms: f64,
     pub delay_p99_ms: f64,
@@ -38,6 +44,18 @@ impl Counters {
             db_queries: self.db_queries - before.db_queries.min(self.db_queries),
             db_reads: self.db_reads - before.db_reads.min(self.db_reads),
             db_writes: self.db_writes - before.db_writes.min(self.db_writes),
+            caches: self
+                .caches
+                .iter()
+                .map(|(name, now)| {
+                    let then = before.caches.get(name).copied().unwrap_or_default();
+                    let mut d = [0; 5];
+                    for i in 0..5 {
+                        d[i] = now[i].saturating_sub(then[i]);
+                    }
+                    (name.clone(), d)
+                })
+                .collect(),
             purge: self.purge.clone(),
         }
     }
@@ -67,11 +85,29 @@ pub async fn snapshot(urls: &[String]) -> Counters {
         c.db_queries += n("/db/queries");
         c.db_reads += n("/db/reads");
         c.db_writes += n("/db/writes");
+        for cache in v["caches"].as_array().into_iter().flatten() {
+            let name = cache["name"].as_str().unwrap_or("?").to_string();
+            let row = c.caches.entry(name).or_default();
+            for (i, f) in [
+                "local_hits",
+                "redis_hits",
+                "misses",
+                "coalesced",
+                "invalidations",
+            ]
+            .iter()
+            .enumerate()
+            {
+                row[i] += cache[f].as_u64().unwrap_or(0);
+            }
+        }
         if v.pointer("/edge/configured").and_then(|x| x.as_bool()) == Some(true) {
             let p = c.purge.get_or_insert_with(Purge::default);
             p.sent += n("/edge/sent");
             p.failed += n("/edge/failed");
             p.dropped += n("/edge/dropped");
+            p.repurges += n("/edge/repurges");
+            p.slow_not_shared += n("/edge/slow_responses_not_shared");
             p.delay_p50_ms = p.delay_p50_ms.max(f("/edge/purge_delay_ms/p50"));
             p.delay_p99_ms = p.delay_p99_ms.max(f("/edge/purge_delay_ms/p99"));
             p.delay_max_ms = p.delay_max_ms.max(f("/edge/purge_delay_ms/max"));
@@ -182,27 +218,47 @@ pub fn print_run(r: &RunResult) {
         r.staleness.beyond_window,
         r.window_ms
     );
+    if !r.staleness.by_layer.is_empty() {
+        println!("stale values by layer: {:?}", r.staleness.by_layer);
+    }
+    for (name, c) in &r.db.caches {
+        println!(
+            "  cache {name}: {} local hits, {} Redis hits, {} misses ({} coalesced), {} invalidations",
+            c[0], c[1], c[2], c[3], c[4]
+        );
+    }
     if let Some(p) = &r.purge {
         println!(
-            "edge purges: {} sent, {} failed, {} dropped; write → purged p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-            p.sent, p.failed, p.dropped, p.delay_p50_ms, p.delay_p99_ms, p.delay_max_ms
+            "edge purges: {} sent, {} failed, {} dropped; write → purged p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; \
+             {} second purges; {} slow responses sent no-store",
+            p.sent,
+            p.failed,
+            p.dropped,
+            p.delay_p50_ms,
+            p.delay_p99_ms,
+            p.delay_max_ms,
+            p.repurges,
+            p.slow_not_shared
         );
     }
 }
 
 /// The results table (markdown).
-pub fn markdown(results: &[RunResult], window_ms: u64) -> String {
+pub fn markdown(results: &[RunResult]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| run | processes | requests/s | read p50 | read p99 | write p50 | client 304 | Varnish hit | local hit | Redis hit | body | DB queries/s | stale reads (beyond window) |"
+        "| run | processes | requests/s | read p50 | read p99 | write p50 | client 304 | Varnish hit | local hit | Redis hit | body | DB queries/s | DB queries per 100 requests | stale reads (beyond window) |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for r in results {
         let pct = |l: Layer| format!("{:.1} %", r.share(l));
         let _ = writeln!(
             s,
-            "| {}. {} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {} | {} | {} | {} | {} | {:.0} | {} ({}) |",
+            "| {}. {} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {} | {} | {} | {} | {} | {:.0} | {:.1} | {} ({}) |",
             r.number,
             r.name,
             r.processes,
@@ -216,16 +272,21 @@ pub fn markdown(results: &[RunResult], window_ms: u64) -> String {
             pct(Layer::Redis),
             pct(Layer::Body),
             r.db.db_queries as f64 / r.measured.as_secs_f64(),
+            r.db.db_queries as f64 * 100.0 / r.requests().max(1) as f64,
             r.staleness.stale,
             r.staleness.beyond_window
         );
     }
+    let windows: Vec<String> = results
+        .iter()
+        .map(|r| format!("{} ms in run {}", r.window_ms, r.number))
+        .collect();
     let _ = writeln!(
         s,
         "\nShares are of reads in the measured window. \"stale reads\": values older than a write \
-         whose response had completed before the read started; the window allowed for \
-         asynchronous invalidation (runs with several processes or a CDN) is {window_ms} ms, \
-         0 otherwise."
+         whose response had completed before the read started (lists count each product); \
+         the allowed window after the write is {}.",
+        windows.join(", ")
     );
     s
 }
@@ -256,10 +317,11 @@ pub fn chart(results: &[RunResult], path: &Path) -> Result<(), String> {
     }
     let e = |e: DrawingAreaErrorKind<_>| e.to_string();
     let n = results.len();
-    let height = 150 + 70 * n as u32;
-    let root = SVGBackend::new(path, (1000, height)).into_drawing_area();
+    let height = 130 + 60 * n as u32;
+    let root = SVGBackend::new(path, (1060, height)).into_drawing_area();
     root.fill(&WHITE).map_err(e)?;
-    let (left, right) = root.split_horizontally(640);
+    let (main, legend) = root.split_vertically(height - 36);
+    let (left, right) = main.split_horizontally(600);
     let mut ch = ChartBuilder::on(&left)
         .caption(
             "Which layer answered each read (% of reads)",
@@ -272,6 +334,7 @@ pub fn chart(results: &[RunResult], path: &Path) -> Result<(), String> {
         .map_err(e)?;
     ch.configure_mesh()
         .disable_y_mesh()
+        .light_line_style(WHITE)
         .y_labels(0)
         .x_labels(11)
         .x_label_formatter(&|x| format!("{x:.0}%"))
@@ -310,31 +373,37 @@ pub fn chart(results: &[RunResult], path: &Path) -> Result<(), String> {
         right
             .draw(&Text::new(
                 format!(
-                    "{:.0} req/s · p99 {:.1} ms · DB {:.0} q/s",
+                    "{:.0} req/s · read p50 {:.1} ms, p99 {:.0} ms · {:.0} DB queries per 100 requests",
                     r.throughput(),
+                    r.read_latency.p50,
                     r.read_latency.p99,
-                    r.db.db_queries as f64 / r.measured.as_secs_f64()
+                    r.db.db_queries as f64 * 100.0 / r.requests().max(1) as f64
                 ),
                 (10, y - 6),
                 ("sans-serif", 13).into_font(),
             ))
             .map_err(e)?;
     }
-    // Legend.
-    let legend_y = (height - 40) as i32;
+    // Legend (the layers that answered anything).
+    let legend_y = 10;
     let mut x = 10;
     for (k, label) in LABELS.iter().enumerate() {
-        root.draw(&Rectangle::new(
-            [(x, legend_y), (x + 12, legend_y + 12)],
-            COLORS[k].filled(),
-        ))
-        .map_err(e)?;
-        root.draw(&Text::new(
-            label.to_string(),
-            (x + 16, legend_y),
-            ("sans-serif", 12).into_font(),
-        ))
-        .map_err(e)?;
+        if results.iter().all(|r| r.share(READ_LAYERS[k]) == 0.0) {
+            continue;
+        }
+        legend
+            .draw(&Rectangle::new(
+                [(x, legend_y), (x + 12, legend_y + 12)],
+                COLORS[k].filled(),
+            ))
+            .map_err(e)?;
+        legend
+            .draw(&Text::new(
+                label.to_string(),
+                (x + 16, legend_y),
+                ("sans-serif", 12).into_font(),
+            ))
+            .map_err(e)?;
         x += 30 + 7 * label.len() as i32;
     }
     root.present().map_err(e)?;
