@@ -145,4 +145,9 @@ async fn main() {
         })
         .await
         .expect("serve");
+    if s.db_is_temporary {
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", s.db_path.display()));
+        }
+    }
 }

@@ -28,6 +28,8 @@ pub struct Settings {
     pub redis_url: Option<String>,
     pub edge_purge_url: Option<String>,
     pub db_path: PathBuf,
+    /// The database is a temporary file of this process (no `DB_PATH`): removed on Ctrl-C.
+    pub db_is_temporary: bool,
     pub db_latency_ms: u64,
     pub db_pool: usize,
     pub seed_users: u64,
@@ -104,6 +106,7 @@ impl Settings {
         if layers == Layers::Redis && redis_url.is_none() {
             return Err("CACHE_LAYERS=redis needs REDIS_URL".into());
         }
+        let db_is_temporary = !vars.contains_key("DB_PATH");
         let db_path = match vars.get("DB_PATH") {
             Some(p) => PathBuf::from(p),
             None => {
@@ -122,6 +125,7 @@ impl Settings {
             redis_url,
             edge_purge_url: vars.get("CACHE_EDGE_PURGE_URL").cloned(),
             db_path,
+            db_is_temporary,
             db_latency_ms: num("DB_LATENCY_MS", 20)?,
             db_pool: num("DB_POOL", 8)?.max(1) as usize,
             seed_users: num("SEED_USERS", 10_000)?,
