@@ -231,6 +231,8 @@ struct LocalSide<V> {
     tier: LocalTier<V>,
     generations: Generations,
     shared: bool,
+    /// Whether entries carry tags: an untagged cache ignores tag invalidations.
+    tagged: bool,
     flights: Arc<Flights<Got<V>>>,
 }
 
@@ -239,6 +241,7 @@ struct LocalSide<V> {
 struct FlightSide<V> {
     name: String,
     flights: Arc<Flights<Got<V>>>,
+    tagged: bool,
 }
 
 impl<V: Send + Sync + 'static> bus::Target for FlightSide<V> {
@@ -251,8 +254,10 @@ impl<V: Send + Sync + 'static> bus::Target for FlightSide<V> {
     fn evict(&self, key: &str, _generation: u64) {
         self.flights.detach(key);
     }
-    fn evict_tag(&self, _tag: &str) {
-        self.flights.detach_all();
+    fn evict_tag(&self, tag: &str) {
+        if self.tagged {
+            self.flights.detach_tagged(tag);
+        }
     }
     fn clear(&self) {
         self.flights.detach_all();
@@ -274,9 +279,16 @@ impl<V: Clone + Send + Sync + 'static> bus::Target for LocalSide<V> {
             .bump_with(key, || self.tier.remove_older_than(key, generation));
     }
 
+    /// Only loads and entries that carry `tag` are affected: their flights are detached and
+    /// their keys' generations bumped (so a value read before the tag's bump is not stored),
+    /// then tagged entries are removed. Other keys keep caching through a tag storm.
     fn evict_tag(&self, tag: &str) {
-        self.flights.detach_all();
-        self.generations.bump_all();
+        if !self.tagged {
+            return;
+        }
+        for key in self.flights.detach_tagged(tag) {
+            self.generations.bump_with(&key, || {});
+        }
         self.tier.remove_tagged(tag);
     }
 
@@ -586,6 +598,7 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
                 },
                 generations: Generations::new(),
                 shared: redis.is_some(),
+                tagged: self.tagged,
             });
             let weak: std::sync::Weak<dyn bus::Target> =
                 Arc::downgrade(&side) as std::sync::Weak<dyn bus::Target>;
@@ -596,6 +609,7 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
             let side = Arc::new(FlightSide {
                 name: self.name.clone(),
                 flights: flights.clone(),
+                tagged: self.tagged,
             });
             let weak: std::sync::Weak<dyn bus::Target> =
                 Arc::downgrade(&side) as std::sync::Weak<dyn bus::Target>;
@@ -1008,7 +1022,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         R: Send + 'static,
         B: Future<Output = R> + Send + 'static,
     {
-        let Joined::Leader(leader) = self.flights.join(&key.logical) else {
+        let Joined::Leader(leader) = self.flights.join(&key.logical, &key.tags) else {
             return;
         };
         let task = async move {
@@ -1044,7 +1058,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         }
         let mut counted_miss = false;
         loop {
-            match self.flights.join(&key.logical) {
+            match self.flights.join(&key.logical, &key.tags) {
                 Joined::Follower(flight) => {
                     if !counted_miss {
                         counted_miss = true;
@@ -1203,7 +1217,12 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         if let Some((v, _)) = self.local_hit(&key.logical) {
             return Some(v);
         }
-        let seen_local = self.local_generation(&key.logical);
+        // A tagged value is promoted only under a flight (which a tag invalidation detaches);
+        // a lookup has none, so it does not promote (no generation equals `u64::MAX`).
+        let seen_local = match key.tags.is_empty() {
+            true => self.local_generation(&key.logical),
+            false => u64::MAX,
+        };
         match self.redis_read(&key, seen_local, None, false).await {
             Read::Found(v, _) => Some(v),
             _ => {
@@ -2018,6 +2037,11 @@ async fn bump_everywhere(action: bus::Action, target: &str, key: String) -> Resu
         )
         .await
         .map(drop);
+    if res.is_ok() {
+        // Again after Redis: a load here may have read the old version meanwhile (other
+        // processes apply the bus message, which is published after the bump).
+        bus::apply_locally(action, target, 0);
+    }
     if res.is_err() {
         r.defer(PendingOp::Bump {
             key,

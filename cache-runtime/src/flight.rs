@@ -24,6 +24,8 @@ pub(crate) enum Outcome<V> {
 pub(crate) struct Flight<V> {
     outcome: Mutex<Option<Outcome<V>>>,
     notify: Notify,
+    /// The entry's tags: a tag invalidation detaches only the flights that carry it.
+    tags: Box<[String]>,
 }
 
 pub(crate) struct Flights<V> {
@@ -42,7 +44,7 @@ impl<V> Flights<V> {
         }
     }
 
-    pub(crate) fn join(&self, key: &str) -> Joined<'_, V> {
+    pub(crate) fn join(&self, key: &str, tags: &[String]) -> Joined<'_, V> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = map.get(key) {
             return Joined::Follower(f.clone());
@@ -50,6 +52,7 @@ impl<V> Flights<V> {
         let flight = Arc::new(Flight {
             outcome: Mutex::new(None),
             notify: Notify::new(),
+            tags: tags.into(),
         });
         map.insert(key.to_string(), flight.clone());
         Joined::Leader(Leader {
@@ -68,6 +71,22 @@ impl<V> Flights<V> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);
+    }
+
+    /// [`detach`](Self::detach) for every flight carrying `tag`; returns their keys.
+    pub(crate) fn detach_tagged(&self, tag: &str) -> Vec<String> {
+        let mut detached = Vec::new();
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|key, f| {
+                let carries = f.tags.iter().any(|t| t == tag);
+                if carries {
+                    detached.push(key.clone());
+                }
+                !carries
+            });
+        detached
     }
 
     /// [`detach`](Self::detach) for every key.
@@ -157,25 +176,37 @@ mod tests {
     #[test]
     fn dropped_leader_releases_waiters_and_the_key() {
         let flights = Flights::<u32>::new();
-        let Joined::Leader(leader) = flights.join("k") else {
+        let Joined::Leader(leader) = flights.join("k", &[]) else {
             panic!("first join leads")
         };
-        let Joined::Follower(f) = flights.join("k") else {
+        let Joined::Follower(f) = flights.join("k", &[]) else {
             panic!("second join follows")
         };
         drop(leader);
         assert_eq!(flights.len(), 0);
         assert_eq!(pollster::block_on(f.wait(|v| v, never)), None);
-        assert!(matches!(flights.join("k"), Joined::Leader(_)));
+        assert!(matches!(flights.join("k", &[]), Joined::Leader(_)));
+    }
+
+    #[test]
+    fn a_tag_detaches_only_the_flights_that_carry_it() {
+        let flights = Flights::<u32>::new();
+        let _a = flights.join("a", &["t".to_string()]);
+        let _b = flights.join("b", &["u".to_string()]);
+        let _c = flights.join("c", &[]);
+        assert_eq!(flights.detach_tagged("t"), vec!["a".to_string()]);
+        assert_eq!(flights.len(), 2);
+        assert!(matches!(flights.join("a", &[]), Joined::Leader(_)));
+        assert!(matches!(flights.join("b", &[]), Joined::Follower(_)));
     }
 
     #[test]
     fn waiters_get_the_value() {
         let flights = Flights::<u32>::new();
-        let Joined::Leader(leader) = flights.join("k") else {
+        let Joined::Leader(leader) = flights.join("k", &[]) else {
             panic!()
         };
-        let Joined::Follower(f) = flights.join("k") else {
+        let Joined::Follower(f) = flights.join("k", &[]) else {
             panic!()
         };
         let t = std::thread::spawn(move || pollster::block_on(f.wait(|v| v + 1, never)));
