@@ -10,15 +10,22 @@
 //! drops the new items (counted in [`EdgeStats::dropped`], with a rate-limited warning) rather
 //! than block a caller; failures are counted and logged, never returned to the caller.
 //!
+//! Every item is purged a second time, [`repurge_after`](EdgeBuilder::repurge_after) (1 s by
+//! default) after its first purge: a fetch by the edge that started before the write can
+//! deliver the old response after the first purge, and the edge would keep it for its whole
+//! `s-maxage`. [`EdgeStats`] counts the second purges (`repurged`) and reports how long purges
+//! take from enqueue to acknowledgement (`latency_p50`, `latency_p99`, `latency_max`).
+//!
 //! Configure the edge once at start-up with [`install`], or set `CACHE_EDGE_PURGE_URL` (with the
 //! `edge` cargo feature): a comma-separated list of base URLs of edge caches, e.g.
 //! `http://127.0.0.1:6081`. Each URL gets an `HttpPurger` (one `PURGE <path>` per path)
 //! and a `SurrogateKeyPurger::xkey` (one `PURGE /` with an `xkey-purge: tag1 tag2` header per
 //! batch of tags), which is what the VCL shipped in `deploy/varnish/cache-toolkit.vcl`
 //! understands. `CACHE_EDGE_PURGE_HOST` optionally sets the `Host` header of those requests
-//! (the site's name, when it differs from the edge's address). The variables are read once, on
-//! the first enqueue, if nothing was installed before. With neither, every function here is a
-//! no-op.
+//! (the site's name, when it differs from the edge's address), and `CACHE_EDGE_REPURGE_MS`
+//! the delay of the second purge (1000 by default; 0 turns it off). The variables are read
+//! once, on the first enqueue, if nothing was installed before. With neither, every function
+//! here is a no-op.
 //!
 //! ```
 //! use cache_runtime::edge::{self, Edge, FnPurger, PurgeBatch, PurgeError};
@@ -33,13 +40,18 @@
 //!         log.lock().unwrap().extend(batch.paths().iter().cloned());
 //!         Ok::<(), PurgeError>(())
 //!     }))
+//!     .repurge_after(Duration::from_millis(50)) // the second purge (default: 1 s)
 //!     .build();
 //! edge::install(edge).unwrap();
 //!
 //! edge::enqueue_paths(vec!["/users/42".into(), "/users/42/card".into()]);
-//! assert!(edge::flush_blocking(Duration::from_secs(5)));
-//! assert_eq!(*seen.lock().unwrap(), ["/users/42", "/users/42/card"]);
-//! assert_eq!(edge::stats().sent, 2);
+//! assert!(edge::flush_blocking(Duration::from_secs(5))); // the first purges
+//! assert_eq!(seen.lock().unwrap()[..2], ["/users/42", "/users/42/card"]);
+//! assert!(edge::flush_all_blocking(Duration::from_secs(5))); // and the second ones
+//! assert_eq!(seen.lock().unwrap().len(), 4);
+//! let s = edge::stats();
+//! assert_eq!((s.sent, s.repurged), (4, 2));
+//! assert!(s.latency_max >= s.latency_p50);
 //! ```
 //!
 //! # Encoding
@@ -444,9 +456,20 @@ pub enum EdgeError {
 /// gave up on it) or, meanwhile, `pending`: `enqueued == coalesced + sent + failed + pending`.
 /// Items refused because the queue was full are counted in `dropped` only.
 ///
+/// Second purges ([`EdgeBuilder::repurge_after`]) are counted in `delayed` while they wait
+/// for their time, then enter the queue like any item (counted in `enqueued`, and in
+/// `repurged`), so the equation above holds for them too.
+///
+/// The latencies are the time from an item's enqueue to its acknowledgement by every purger,
+/// for first purges that succeeded: p50 and p99 of the most recent 4 096, and the longest
+/// since the edge started (all zero before the first purge). The same times are recorded in
+/// the `cache_edge_purge_latency_seconds` histogram.
+///
 /// ```
 /// let s = cache_runtime::edge::stats();
 /// assert_eq!(s.enqueued, s.coalesced + s.sent + s.failed + s.pending);
+/// assert!(s.repurged <= s.enqueued);
+/// assert!(s.latency_p50 <= s.latency_p99 && s.latency_p99 <= s.latency_max);
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EdgeStats {
@@ -464,6 +487,16 @@ pub struct EdgeStats {
     pub retried: u64,
     /// Items waiting in the queue or being purged.
     pub pending: u64,
+    /// Second purges that entered the queue (also counted in `enqueued`).
+    pub repurged: u64,
+    /// Second purges scheduled and not yet due (not counted in `pending`).
+    pub delayed: u64,
+    /// Median time from enqueue to purged, over the most recent first purges.
+    pub latency_p50: Duration,
+    /// 99th percentile of the same.
+    pub latency_p99: Duration,
+    /// Longest time from enqueue to purged since the edge started.
+    pub latency_max: Duration,
 }
 
 /// The defaults of [`EdgeBuilder`].
@@ -473,6 +506,7 @@ const DEFAULT_BACKOFF: Duration = Duration::from_millis(100);
 const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(5);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_MAX_BATCH: usize = 256;
+const DEFAULT_REPURGE_AFTER: Duration = Duration::from_secs(1);
 
 /// Configures an [`Edge`]: its purgers, queue and retries.
 ///
@@ -486,6 +520,7 @@ const DEFAULT_MAX_BATCH: usize = 256;
 ///     .backoff(Duration::from_millis(50), Duration::from_secs(2))
 ///     .timeout(Duration::from_secs(3))
 ///     .max_batch(100)
+///     .repurge_after(Duration::from_secs(2))
 ///     .build();
 /// assert_eq!(edge.purger_names(), ["noop"]);
 /// ```
@@ -502,6 +537,7 @@ pub(crate) struct Settings {
     pub max_backoff: Duration,
     pub timeout: Duration,
     pub max_batch: usize,
+    pub repurge_after: Option<Duration>,
 }
 
 impl EdgeBuilder {
@@ -594,6 +630,52 @@ impl EdgeBuilder {
         self
     }
 
+    /// Purges every item a second time, `delay` after its first purge finished (default 1 s);
+    /// `Duration::ZERO` turns second purges off.
+    ///
+    /// Why it is on by default: a fetch by the edge that started before a write (the service
+    /// read the old value, then the write and its purge happened, then the edge received the
+    /// old response) stores the old page *after* the purge, and the edge serves it for the
+    /// whole `s-maxage`, which is what purging is meant to prevent. The race needs no bad luck
+    /// beyond concurrent reads and writes of the same page (measured in `docs/LAYERS.md`), and
+    /// one more purge per item is cheap for Varnish or Fastly. Every fetch that completes
+    /// within `delay` of the write is covered; choose `delay` above the time your service takes
+    /// to produce a cacheable response (or send slower responses with `no-store`). Turn it off,
+    /// or lengthen it, for a CDN whose purge API is rate-limited.
+    ///
+    /// Second purges are deduplicated: an item scheduled again (another write) is purged once,
+    /// at the later time, which covers both writes. A second purge is not purged again. They
+    /// wait in the worker's delay queue (no timer or thread per item), bounded by
+    /// [`capacity`](Self::capacity) (more are dropped and counted). [`Edge::flush`] does not
+    /// wait for them; [`Edge::flush_all`] does.
+    ///
+    /// ```
+    /// use cache_runtime::edge::{Edge, FnPurger, PurgeBatch, PurgeError};
+    /// use std::sync::{Arc, Mutex};
+    /// use std::time::Duration;
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let log = seen.clone();
+    /// let edge = Edge::builder()
+    ///     .purger(FnPurger::new("log", move |b: &PurgeBatch| {
+    ///         log.lock().unwrap().extend(b.paths().iter().cloned());
+    ///         Ok::<(), PurgeError>(())
+    ///     }))
+    ///     .repurge_after(Duration::from_millis(20))
+    ///     .build();
+    /// assert_eq!(edge.repurge_after(), Some(Duration::from_millis(20)));
+    /// edge.enqueue_paths(["/users/1"]);
+    /// assert!(edge.flush_all_blocking(Duration::from_secs(5)));
+    /// assert_eq!(*seen.lock().unwrap(), ["/users/1", "/users/1"]);
+    /// assert_eq!(edge.stats().repurged, 1);
+    ///
+    /// let once = Edge::builder().repurge_after(Duration::ZERO).build();
+    /// assert_eq!(once.repurge_after(), None);
+    /// ```
+    pub fn repurge_after(mut self, delay: Duration) -> Self {
+        self.settings.repurge_after = (!delay.is_zero()).then_some(delay);
+        self
+    }
+
     /// Starts the edge: its worker thread and runtime. Install it with [`install`], or use it
     /// directly through its methods.
     ///
@@ -612,13 +694,15 @@ impl EdgeBuilder {
 ///
 /// Most applications [`install`] one and use the module's functions; an `Edge` can also be
 /// used on its own (e.g. in tests). Dropping it stops its worker after the batch in progress;
-/// items still queued are abandoned, so [`flush`](Edge::flush) first for a graceful shutdown.
+/// items still queued or waiting for their second purge are abandoned, so
+/// [`flush_all`](Edge::flush_all) first for a graceful shutdown.
 ///
 /// ```
 /// use cache_runtime::edge::{Edge, FnPurger, PurgeBatch, PurgeError};
 /// use std::time::Duration;
 /// let edge = Edge::builder()
 ///     .purger(FnPurger::new("noop", |_: &PurgeBatch| Ok::<(), PurgeError>(())))
+///     .repurge_after(Duration::ZERO) // one purge per item
 ///     .build();
 /// edge.enqueue_tags(["user:1", "user:1", "team:7"]);
 /// assert!(edge.flush_blocking(Duration::from_secs(5)));
@@ -641,7 +725,8 @@ impl fmt::Debug for Edge {
 
 impl Edge {
     /// A builder with the defaults: no purger, capacity 10 000, 3 retries from 100 ms up to
-    /// 5 s, 10 s per purger call, batches of up to 256 items.
+    /// 5 s, 10 s per purger call, batches of up to 256 items, a second purge of every item
+    /// 1 s after its first.
     ///
     /// ```
     /// let _edge = cache_runtime::edge::Edge::builder().build();
@@ -656,6 +741,7 @@ impl Edge {
                 max_backoff: DEFAULT_MAX_BACKOFF,
                 timeout: DEFAULT_TIMEOUT,
                 max_batch: DEFAULT_MAX_BATCH,
+                repurge_after: Some(DEFAULT_REPURGE_AFTER),
             },
         }
     }
@@ -705,7 +791,8 @@ impl Edge {
     }
 
     /// Waits until every item enqueued before the call was sent or given up on, for at most
-    /// `timeout`; returns whether it was. Works from any async runtime.
+    /// `timeout`; returns whether it was. Works from any async runtime. Second purges that
+    /// are not yet due are not waited for (see [`flush_all`](Self::flush_all)).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -729,6 +816,49 @@ impl Edge {
     /// ```
     pub fn flush_blocking(&self, timeout: Duration) -> bool {
         pollster::block_on(self.worker.flush(timeout))
+    }
+
+    /// Waits until the edge is idle: nothing waiting, being purged, or scheduled for a second
+    /// purge (which takes at least [`repurge_after`](EdgeBuilder::repurge_after)), for at
+    /// most `timeout`; returns whether it became idle. Items enqueued meanwhile are waited for
+    /// too, so call it once enqueues have stopped: at shutdown, or in tests.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::time::Duration;
+    /// let edge = cache_runtime::edge::Edge::builder()
+    ///     .repurge_after(Duration::from_millis(10))
+    ///     .build();
+    /// edge.enqueue_paths(["/a"]);
+    /// assert!(edge.flush_all(Duration::from_secs(5)).await);
+    /// let s = edge.stats();
+    /// assert_eq!((s.sent, s.repurged, s.delayed, s.pending), (2, 1, 0, 0));
+    /// # }
+    /// ```
+    pub async fn flush_all(&self, timeout: Duration) -> bool {
+        self.worker.flush_all(timeout).await
+    }
+
+    /// Blocking [`flush_all`](Self::flush_all). Do not call it on an async runtime's thread.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let edge = cache_runtime::edge::Edge::builder().build();
+    /// assert!(edge.flush_all_blocking(Duration::from_secs(1)));
+    /// ```
+    pub fn flush_all_blocking(&self, timeout: Duration) -> bool {
+        pollster::block_on(self.worker.flush_all(timeout))
+    }
+
+    /// The delay of second purges, `None` when they are off.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let edge = cache_runtime::edge::Edge::builder().build();
+    /// assert_eq!(edge.repurge_after(), Some(Duration::from_secs(1)));
+    /// ```
+    pub fn repurge_after(&self) -> Option<Duration> {
+        self.worker.repurge_after()
     }
 
     /// The purgers' names, in the order they were added.
@@ -857,6 +987,48 @@ pub fn flush_blocking(timeout: Duration) -> bool {
     }
 }
 
+/// Waits until the installed edge is idle, second purges included ([`Edge::flush_all`]), for
+/// at most `timeout`; `true` if so (and when no edge is installed). For graceful shutdown,
+/// once the service stopped taking writes.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// assert!(cache_runtime::edge::flush_all(std::time::Duration::from_secs(1)).await);
+/// # }
+/// ```
+pub async fn flush_all(timeout: Duration) -> bool {
+    match INSTALLED.get() {
+        Some(edge) => edge.flush_all(timeout).await,
+        None => true,
+    }
+}
+
+/// Blocking [`flush_all`]. Do not call it on an async runtime's thread.
+///
+/// ```
+/// assert!(cache_runtime::edge::flush_all_blocking(std::time::Duration::from_secs(1)));
+/// ```
+pub fn flush_all_blocking(timeout: Duration) -> bool {
+    match INSTALLED.get() {
+        Some(edge) => edge.flush_all_blocking(timeout),
+        None => true,
+    }
+}
+
+/// The configured edge's delay of second purges ([`EdgeBuilder::repurge_after`]): `None` when
+/// no edge is configured (this reads `CACHE_EDGE_PURGE_URL` if nothing was installed) or
+/// second purges are off. A service can use it to send `no-store` for responses too slow for
+/// the second purge to cover.
+///
+/// ```
+/// if std::env::var_os("CACHE_EDGE_PURGE_URL").is_none() {
+///     assert_eq!(cache_runtime::edge::repurge_after(), None);
+/// }
+/// ```
+pub fn repurge_after() -> Option<Duration> {
+    global().and_then(Edge::repurge_after)
+}
+
 /// Percent-encodes what may not appear in an HTTP request target: control characters, space,
 /// non-ASCII bytes (as UTF-8), and `"` `#` `<` `>` `\` `^` `` ` `` `{` `|` `}`. Everything
 /// else, `%` included, is kept, so an already encoded path comes back unchanged (borrowed).
@@ -913,16 +1085,39 @@ fn percent_encode(s: &str, keep: impl Fn(u8) -> bool) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// The edge described by `CACHE_EDGE_PURGE_URL` (and `CACHE_EDGE_PURGE_HOST`), if set.
+/// The edge described by `CACHE_EDGE_PURGE_URL` (and `CACHE_EDGE_PURGE_HOST`,
+/// `CACHE_EDGE_REPURGE_MS`), if set.
 fn from_env() -> Option<Edge> {
     let urls = std::env::var("CACHE_EDGE_PURGE_URL").ok()?;
     let host = std::env::var("CACHE_EDGE_PURGE_HOST").ok();
-    from_spec(&urls, host.as_deref().filter(|h| !h.is_empty()))
+    let repurge = std::env::var("CACHE_EDGE_REPURGE_MS").ok();
+    from_spec(
+        &urls,
+        host.as_deref().filter(|h| !h.is_empty()),
+        repurge_from_env(repurge.as_deref()),
+    )
+}
+
+/// `CACHE_EDGE_REPURGE_MS`: milliseconds (0: off); unset, empty or invalid: the default.
+fn repurge_from_env(value: Option<&str>) -> Duration {
+    match value.map(str::trim).filter(|v| !v.is_empty()) {
+        None => DEFAULT_REPURGE_AFTER,
+        Some(v) => match v.parse::<u64>() {
+            Ok(ms) => Duration::from_millis(ms),
+            Err(_) => {
+                tracing::warn!(
+                    "cache_runtime: CACHE_EDGE_REPURGE_MS={v:?} is not a number of \
+                     milliseconds; using {DEFAULT_REPURGE_AFTER:?}"
+                );
+                DEFAULT_REPURGE_AFTER
+            }
+        },
+    }
 }
 
 #[cfg(feature = "edge")]
-fn from_spec(urls: &str, host: Option<&str>) -> Option<Edge> {
-    let mut builder = Edge::builder();
+fn from_spec(urls: &str, host: Option<&str>, repurge: Duration) -> Option<Edge> {
+    let mut builder = Edge::builder().repurge_after(repurge);
     let mut any = false;
     for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
         let mut paths = HttpPurger::builder(url);
@@ -945,7 +1140,7 @@ fn from_spec(urls: &str, host: Option<&str>) -> Option<Edge> {
 }
 
 #[cfg(not(feature = "edge"))]
-fn from_spec(urls: &str, _host: Option<&str>) -> Option<Edge> {
+fn from_spec(urls: &str, _host: Option<&str>, _repurge: Duration) -> Option<Edge> {
     if !urls.trim().is_empty() {
         tracing::warn!(
             "cache_runtime: CACHE_EDGE_PURGE_URL is set, but cache-runtime was built without \

@@ -197,6 +197,9 @@ fn shared() -> &'static Shared {
                 .purger(SurrogateKeyPurger::xkey(varnish.url()).build().unwrap())
                 .retries(2)
                 .backoff(Duration::from_millis(20), Duration::from_millis(100))
+                // These tests count hits and misses after single purges; the second purge
+                // is covered by cache-runtime's unit tests and the profile_api test.
+                .repurge_after(Duration::ZERO)
                 .build(),
         )
         .expect("only this test binary installs the edge");
@@ -328,6 +331,7 @@ fn with_varnish_down_purges_are_retried_counted_as_failed_and_never_block() {
         .purger(SurrogateKeyPurger::xkey(varnish.url()).build().unwrap())
         .retries(2)
         .backoff(Duration::from_millis(300), Duration::from_secs(1))
+        .repurge_after(Duration::ZERO) // counts single purges
         .build();
     edge.enqueue_paths(["/t5/warm-up"]);
     assert!(edge.flush_blocking(WAIT));

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use cache_runtime::edge::{Edge, FnPurger, PurgeBatch, PurgeError};
 use cache_runtime::{cached, Config};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use metrics_util::MetricKind;
@@ -24,6 +25,16 @@ fn cache_events_are_exported_as_prometheus_style_metrics() {
     demo(1);
     demo(2);
     invalidate_demo(1).unwrap();
+
+    // An edge: purge latencies and second purges.
+    let edge = Edge::builder()
+        .purger(FnPurger::new("ok", |_: &PurgeBatch| {
+            Ok::<(), PurgeError>(())
+        }))
+        .repurge_after(Duration::from_millis(10))
+        .build();
+    edge.enqueue_paths(["/a", "/b"]);
+    assert!(edge.flush_all_blocking(Duration::from_secs(10)));
 
     let snapshot = snapshotter.snapshot().into_vec();
     let counter = |name: &str, labels: &[(&str, &str)]| -> u64 {
@@ -60,4 +71,17 @@ fn cache_events_are_exported_as_prometheus_style_metrics() {
         }
         other => panic!("expected a histogram, got {other:?}"),
     }
+    let latency = snapshot
+        .iter()
+        .find(|(key, _, _, _)| key.key().name() == "cache_edge_purge_latency_seconds")
+        .expect("edge purge latency histogram");
+    match &latency.3 {
+        DebugValue::Histogram(samples) => {
+            assert_eq!(samples.len(), 2, "first purges only");
+            assert!(samples.iter().all(|s| s.into_inner() < 10.0));
+        }
+        other => panic!("expected a histogram, got {other:?}"),
+    }
+    assert_eq!(counter("cache_edge_purges_repurged_total", &[]), 2);
+    assert_eq!(counter("cache_edge_purges_sent_total", &[]), 4);
 }

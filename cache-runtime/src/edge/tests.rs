@@ -8,6 +8,34 @@ use tokio::sync::Semaphore;
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// An edge without second purges, for the tests that count single purges.
+fn builder() -> EdgeBuilder {
+    Edge::builder().repurge_after(Duration::ZERO)
+}
+
+/// Waits (polling) until `cond` holds.
+fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Batches with the time they were received.
+type Received = Arc<Mutex<Vec<(Instant, PurgeBatch)>>>;
+
+/// A purger recording each batch with the time it was received.
+fn recorder() -> (impl Purger, Received) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let purger = FnPurger::new("recorder", move |b: &PurgeBatch| {
+        log.lock().unwrap().push((Instant::now(), b.clone()));
+        Ok(())
+    });
+    (purger, seen)
+}
+
 /// A purger that reports each batch as it starts, then waits for a permit from the test.
 struct Gated {
     started: Mutex<mpsc::Sender<PurgeBatch>>,
@@ -79,7 +107,7 @@ fn assert_balanced(s: EdgeStats) {
 #[test]
 fn queued_duplicates_are_coalesced_into_one_batch() {
     let (purger, h) = gated();
-    let edge = Edge::builder().purger(purger).build();
+    let edge = builder().purger(purger).build();
     edge.enqueue_paths(["/x"]);
     assert_eq!(paths(&h.next_started()), ["/x"]); // in flight, held by the gate
                                                   // Waiting items are deduplicated; the in-flight one is not (it may predate the write).
@@ -102,7 +130,7 @@ fn queued_duplicates_are_coalesced_into_one_batch() {
 #[test]
 fn a_full_queue_drops_and_counts_without_blocking() {
     let (purger, h) = gated();
-    let edge = Edge::builder().purger(purger).capacity(2).build();
+    let edge = builder().purger(purger).capacity(2).build();
     edge.enqueue_paths(["/in-flight"]);
     h.next_started();
     edge.enqueue_paths(["/1", "/2", "/3", "/4"]);
@@ -119,7 +147,7 @@ fn a_full_queue_drops_and_counts_without_blocking() {
 #[test]
 fn enqueue_returns_while_the_purger_hangs() {
     let (purger, h) = gated();
-    let edge = Edge::builder().purger(purger).capacity(100).build();
+    let edge = builder().purger(purger).capacity(100).build();
     edge.enqueue_paths(["/first"]);
     h.next_started(); // the worker is now stuck in the purger
     for i in 0..1000 {
@@ -134,7 +162,7 @@ fn enqueue_returns_while_the_purger_hangs() {
 #[test]
 fn flush_waits_for_what_was_enqueued_and_times_out() {
     let (purger, h) = gated();
-    let edge = Edge::builder().purger(purger).build();
+    let edge = builder().purger(purger).build();
     assert!(
         edge.flush_blocking(Duration::from_millis(1)),
         "nothing enqueued"
@@ -163,7 +191,7 @@ fn flush_waits_for_what_was_enqueued_and_times_out() {
 fn retries_are_bounded_and_failures_counted() {
     let calls = Arc::new(AtomicUsize::new(0));
     let c = calls.clone();
-    let edge = Edge::builder()
+    let edge = builder()
         .purger(FnPurger::new("down", move |_: &PurgeBatch| {
             c.fetch_add(1, Ordering::SeqCst);
             Err(PurgeError::transient("connection refused"))
@@ -187,7 +215,7 @@ fn retries_are_bounded_and_failures_counted() {
 fn permanent_errors_are_not_retried() {
     let calls = Arc::new(AtomicUsize::new(0));
     let c = calls.clone();
-    let edge = Edge::builder()
+    let edge = builder()
         .purger(FnPurger::new("forbidden", move |_: &PurgeBatch| {
             c.fetch_add(1, Ordering::SeqCst);
             Err(PurgeError::permanent("403 Forbidden"))
@@ -207,7 +235,7 @@ fn only_the_items_a_purger_blames_are_retried() {
     let seen = batches.clone();
     let ok = Arc::new(Mutex::new(Vec::new()));
     let ok2 = ok.clone();
-    let edge = Edge::builder()
+    let edge = builder()
         .purger(FnPurger::new("flaky", move |b: &PurgeBatch| {
             seen.lock().unwrap().push(b.clone());
             if b.paths().iter().any(|p| p == "/bad") {
@@ -247,7 +275,7 @@ fn a_hung_purger_call_times_out_and_is_retried() {
             Box::pin(std::future::pending())
         }
     }
-    let edge = Edge::builder()
+    let edge = builder()
         .purger(Never)
         .timeout(Duration::from_millis(10))
         .retries(1)
@@ -264,7 +292,7 @@ fn a_hung_purger_call_times_out_and_is_retried() {
 fn a_panicking_purger_fails_its_items_and_the_worker_lives_on() {
     let calls = Arc::new(AtomicUsize::new(0));
     let c = calls.clone();
-    let edge = Edge::builder()
+    let edge = builder()
         .purger(FnPurger::new("buggy", move |b: &PurgeBatch| {
             c.fetch_add(1, Ordering::SeqCst);
             if b.paths().iter().any(|p| p == "/boom") {
@@ -288,7 +316,7 @@ fn batches_are_bounded() {
     let sizes = Arc::new(Mutex::new(Vec::new()));
     let s2 = sizes.clone();
     let (purger, h) = gated();
-    let edge = Edge::builder()
+    let edge = builder()
         .purger(purger)
         .purger(FnPurger::new("sizes", move |b: &PurgeBatch| {
             s2.lock().unwrap().push(b.len());
@@ -309,7 +337,7 @@ fn the_installed_edge_receives_the_global_enqueues() {
     // The only test of this binary that installs an edge.
     let seen = Arc::new(Mutex::new(PurgeBatch::new()));
     let s = seen.clone();
-    let edge = Edge::builder()
+    let edge = builder()
         .purger(FnPurger::new("global", move |b: &PurgeBatch| {
             let mut all = s.lock().unwrap();
             for p in b.paths() {
@@ -323,10 +351,7 @@ fn the_installed_edge_receives_the_global_enqueues() {
         .build();
     assert_eq!(install(edge), Ok(()));
     assert!(configured());
-    assert_eq!(
-        install(Edge::builder().build()),
-        Err(EdgeError::AlreadyInstalled)
-    );
+    assert_eq!(install(builder().build()), Err(EdgeError::AlreadyInstalled));
     enqueue_paths(vec!["/users/1".into()]);
     enqueue_tags(vec!["user:1".into()]);
     assert!(flush_blocking(WAIT));
@@ -334,6 +359,184 @@ fn the_installed_edge_receives_the_global_enqueues() {
     assert!(seen.paths().contains(&"/users/1".to_string()));
     assert!(seen.tags().contains(&"user:1".to_string()));
     assert!(stats().sent >= 2);
+}
+
+#[test]
+fn every_item_is_purged_again_once_after_the_delay() {
+    let (purger, seen) = recorder();
+    let delay = Duration::from_millis(300);
+    let edge = Edge::builder().purger(purger).repurge_after(delay).build();
+    edge.enqueue_paths(["/a", "/b"]);
+    edge.enqueue_tags(["t"]);
+    assert!(edge.flush_blocking(WAIT));
+    let first_done = Instant::now();
+    // `flush` does not wait for the second purges: they are scheduled, not pending.
+    let s = edge.stats();
+    assert_eq!(
+        (s.sent, s.pending, s.delayed, s.repurged),
+        (3, 0, 3, 0),
+        "{s:?}"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+
+    eventually("the second purge", || seen.lock().unwrap().len() == 2);
+    let (at, second) = seen.lock().unwrap()[1].clone();
+    assert!(
+        at >= first_done + delay - Duration::from_millis(5),
+        "too early"
+    );
+    assert_eq!(paths(&second), ["/a", "/b"]);
+    assert_eq!(second.tags(), ["t"]);
+
+    // `flush_all` waits until nothing is scheduled; a second purge is not purged again.
+    assert!(edge.flush_all_blocking(WAIT));
+    let s = edge.stats();
+    assert_eq!(
+        (s.enqueued, s.sent, s.repurged, s.delayed, s.pending),
+        (6, 6, 3, 0, 0),
+        "{s:?}"
+    );
+    assert_balanced(s);
+    assert_eq!(seen.lock().unwrap().len(), 2, "no third purge");
+}
+
+#[test]
+fn a_rescheduled_repurge_happens_once_after_the_later_purge() {
+    let (purger, seen) = recorder();
+    let delay = Duration::from_millis(300);
+    let edge = Edge::builder().purger(purger).repurge_after(delay).build();
+    edge.enqueue_paths(["/a", "/b"]);
+    assert!(edge.flush_blocking(WAIT));
+    // Another write of /a: its second purge moves to after this one.
+    edge.enqueue_paths(["/a"]);
+    assert!(edge.flush_blocking(WAIT));
+    let second_write_done = Instant::now();
+    assert_eq!(edge.stats().delayed, 2, "one entry per item");
+    assert!(edge.flush_all_blocking(WAIT));
+    let seen = seen.lock().unwrap();
+    let purges_of = |p: &str| {
+        seen.iter()
+            .filter(|(_, b)| b.paths().iter().any(|x| x == p))
+            .map(|(at, _)| *at)
+            .collect::<Vec<_>>()
+    };
+    let a = purges_of("/a");
+    assert_eq!(a.len(), 3, "two first purges and one second purge");
+    assert!(a[2] >= second_write_done + delay - Duration::from_millis(5));
+    assert_eq!(purges_of("/b").len(), 2);
+    let s = edge.stats();
+    assert_eq!((s.repurged, s.sent, s.delayed), (2, 5, 0), "{s:?}");
+    assert_balanced(s);
+}
+
+#[test]
+fn a_write_during_a_waiting_second_purge_is_purged_again() {
+    let (purger, h) = gated();
+    let edge = Edge::builder()
+        .purger(purger)
+        .max_batch(1)
+        .repurge_after(Duration::from_millis(1))
+        .build();
+    edge.enqueue_paths(["/a"]);
+    assert_eq!(paths(&h.next_started()), ["/a"]);
+    edge.enqueue_paths(["/busy", "/x"]);
+    h.release(1);
+    assert_eq!(paths(&h.next_started()), ["/busy"]);
+    // Let the second purge of /a become due (time passing, not synchronisation); it joins
+    // the queue behind /x when /busy is done, and waits there while /x is held.
+    std::thread::sleep(Duration::from_millis(5));
+    h.release(1);
+    assert_eq!(paths(&h.next_started()), ["/x"]);
+    let s = edge.stats();
+    assert_eq!((s.repurged, s.pending), (1, 2), "{s:?}");
+    // A new write of /a coalesces with that waiting second purge, which thus becomes a first
+    // purge: it is purged again afterwards.
+    edge.enqueue_paths(["/a"]);
+    h.release(10);
+    assert!(edge.flush_all_blocking(WAIT));
+    let done = h.done.lock().unwrap();
+    let a = done.iter().filter(|b| paths(b) == ["/a"]).count();
+    assert_eq!(a, 3, "{done:?}");
+    let s = edge.stats();
+    // Second purges: /a twice, /busy and /x once.
+    assert_eq!((s.coalesced, s.repurged, s.sent), (1, 4, 7), "{s:?}");
+    assert_balanced(s);
+}
+
+#[test]
+fn second_purges_off_and_from_the_environment() {
+    assert_eq!(builder().build().repurge_after(), None);
+    assert_eq!(
+        Edge::builder().build().repurge_after(),
+        Some(Duration::from_secs(1))
+    );
+    assert_eq!(repurge_from_env(None), Duration::from_secs(1));
+    assert_eq!(repurge_from_env(Some("")), Duration::from_secs(1));
+    assert_eq!(repurge_from_env(Some("250")), Duration::from_millis(250));
+    assert_eq!(repurge_from_env(Some("0")), Duration::ZERO);
+    assert_eq!(repurge_from_env(Some("soon")), Duration::from_secs(1));
+}
+
+#[test]
+fn purge_latency_is_measured_from_enqueue_to_acknowledgement() {
+    let (purger, h) = gated();
+    let edge = builder().purger(purger).build();
+    assert_eq!(
+        edge.stats().latency_max,
+        Duration::ZERO,
+        "nothing purged yet"
+    );
+    edge.enqueue_paths(["/slow"]);
+    h.next_started();
+    // The purge is held 40 ms by the gate (time passing, not synchronisation).
+    std::thread::sleep(Duration::from_millis(40));
+    h.release(1);
+    assert!(edge.flush_blocking(WAIT));
+    let s = edge.stats();
+    assert!(s.latency_p50 >= Duration::from_millis(40), "{s:?}");
+    assert!(s.latency_p50 < WAIT, "{s:?}");
+    assert_eq!(s.latency_p50, s.latency_max, "one sample");
+    // Fast purges: the percentiles follow the recent samples, the maximum stays.
+    for i in 0..20 {
+        edge.enqueue_paths([format!("/fast/{i}")]);
+        h.release(1);
+        assert!(edge.flush_blocking(WAIT));
+    }
+    let s = edge.stats();
+    assert!(s.latency_p50 < Duration::from_millis(40), "{s:?}");
+    assert!(s.latency_p50 <= s.latency_p99 && s.latency_p99 <= s.latency_max);
+    assert!(s.latency_max >= Duration::from_millis(40), "{s:?}");
+}
+
+#[test]
+fn failed_purges_and_second_purges_are_not_timed() {
+    let edge = builder()
+        .purger(FnPurger::new("forbidden", |_: &PurgeBatch| {
+            Err(PurgeError::permanent("403"))
+        }))
+        .build();
+    edge.enqueue_paths(["/a"]);
+    assert!(edge.flush_blocking(WAIT));
+    assert_eq!(edge.stats().latency_max, Duration::ZERO);
+
+    let (purger, h) = gated();
+    let edge = Edge::builder()
+        .purger(purger)
+        .repurge_after(Duration::from_millis(1))
+        .build();
+    edge.enqueue_paths(["/a"]);
+    h.next_started();
+    h.release(1);
+    assert!(edge.flush_blocking(WAIT));
+    let first = edge.stats().latency_max;
+    // The second purge is held 50 ms; it does not count as a purge latency.
+    h.next_started();
+    std::thread::sleep(Duration::from_millis(50));
+    h.release(1);
+    assert!(edge.flush_all_blocking(WAIT));
+    let s = edge.stats();
+    assert_eq!(s.repurged, 1);
+    assert_eq!(s.latency_max, first, "{s:?}");
 }
 
 /// Decodes `%XX` (the inverse of both encodings).
@@ -393,7 +596,7 @@ fn paths_keep_their_structure_and_lose_unsafe_bytes() {
 fn jitter_and_clock_do_not_stall() {
     // The backoff of a default edge stays near its configured values.
     let start = Instant::now();
-    let edge = Edge::builder()
+    let edge = builder()
         .purger(FnPurger::new("down", |_: &PurgeBatch| {
             Err(PurgeError::transient("down"))
         }))
@@ -480,7 +683,7 @@ mod http {
     #[test]
     fn http_purger_sends_one_purge_per_encoded_path() {
         let ep = endpoint(vec![]);
-        let edge = Edge::builder()
+        let edge = builder()
             .purger(
                 HttpPurger::builder(format!("{}/", ep.url))
                     .host("www.example.com")
@@ -510,7 +713,7 @@ mod http {
     #[test]
     fn xkey_purger_sends_keys_in_bulk() {
         let ep = endpoint(vec![]);
-        let edge = Edge::builder()
+        let edge = builder()
             .purger(
                 SurrogateKeyPurger::xkey(&ep.url)
                     .max_keys(2)
@@ -531,7 +734,7 @@ mod http {
     #[test]
     fn server_errors_are_retried_and_client_errors_are_not() {
         let ep = endpoint(vec![503, 503, 200]);
-        let edge = Edge::builder()
+        let edge = builder()
             .purger(HttpPurger::new(&ep.url).unwrap())
             .backoff(Duration::from_millis(1), Duration::from_millis(2))
             .build();
@@ -541,7 +744,7 @@ mod http {
         assert_eq!((s.sent, s.failed, s.retried), (1, 0, 2), "{s:?}");
 
         let ep = endpoint(vec![403]);
-        let edge = Edge::builder()
+        let edge = builder()
             .purger(SurrogateKeyPurger::xkey(&ep.url).build().unwrap())
             .backoff(Duration::from_millis(1), Duration::from_millis(2))
             .build();
@@ -560,7 +763,7 @@ mod http {
             .local_addr()
             .unwrap()
             .port();
-        let edge = Edge::builder()
+        let edge = builder()
             .purger(HttpPurger::new(format!("http://127.0.0.1:{port}")).unwrap())
             .retries(2)
             .backoff(Duration::from_millis(1), Duration::from_millis(2))
@@ -573,8 +776,13 @@ mod http {
 
     #[test]
     fn the_environment_spec_configures_both_purgers_per_url() {
-        let edge = from_spec(" http://127.0.0.1:1 ,, http://127.0.0.1:2/", Some("ex.com"))
-            .expect("two valid urls");
+        let edge = from_spec(
+            " http://127.0.0.1:1 ,, http://127.0.0.1:2/",
+            Some("ex.com"),
+            Duration::from_millis(250),
+        )
+        .expect("two valid urls");
+        assert_eq!(edge.repurge_after(), Some(Duration::from_millis(250)));
         assert_eq!(
             edge.purger_names(),
             [
@@ -584,7 +792,9 @@ mod http {
                 "xkey http://127.0.0.1:2/",
             ]
         );
-        assert!(from_spec("not a url", None).is_none());
-        assert!(from_spec("", None).is_none());
+        let once = from_spec("http://127.0.0.1:1", None, Duration::ZERO).unwrap();
+        assert_eq!(once.repurge_after(), None);
+        assert!(from_spec("not a url", None, Duration::ZERO).is_none());
+        assert!(from_spec("", None, Duration::ZERO).is_none());
     }
 }

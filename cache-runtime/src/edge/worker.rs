@@ -7,8 +7,17 @@
 //! against items still *waiting*: once a batch is taken, a new request for the same path is
 //! queued again, since the purge in flight may have reached the edge before the write that
 //! prompted the new request.
+//!
+//! Second purges ([`Settings::repurge_after`]) wait in a delay queue of the same lock: when a
+//! batch is finished, each of its first purges is scheduled once, `repurge_after` later. All
+//! delays are equal and batches finish in order, so the delay queue is a FIFO sorted by due
+//! time; one entry per item is current (`delayed_due`): scheduling an item that is already
+//! scheduled moves it to the later time (the older entry is skipped when it reaches the front),
+//! which covers both writes. The worker sleeps until the earliest due time or a wake-up, moves
+//! what is due to the back of the main queue (as second purges, which are not purged again)
+//! and carries on: no timer or thread per item.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -42,16 +51,96 @@ impl Item {
     }
 }
 
+/// A waiting item: its sequence number, the item, and when it was enqueued.
+struct Waiting {
+    seq: u64,
+    item: Item,
+    since: Instant,
+}
+
 #[derive(Default)]
 struct Queue {
-    /// Waiting items with their sequence numbers, oldest first.
-    items: VecDeque<(u64, Item)>,
-    /// The same items, for deduplication.
-    waiting: HashSet<Item>,
+    /// Waiting items, oldest first.
+    items: VecDeque<Waiting>,
+    /// The same items, for deduplication, each with whether it is a first purge (purged again
+    /// after `repurge_after`, and timed) rather than a second one.
+    waiting: HashMap<Item, bool>,
     /// The last sequence number given out.
     last_seq: u64,
     /// Items of the batch being purged.
     in_flight: usize,
+    /// Second purges by due time (non-decreasing); entries whose due time is not the item's
+    /// current one in `delayed_due` were rescheduled and are skipped.
+    delayed: VecDeque<(Instant, Item)>,
+    /// The current due time of every scheduled second purge.
+    delayed_due: HashMap<Item, Instant>,
+}
+
+/// One item of the batch being purged.
+struct Taken {
+    item: Item,
+    since: Instant,
+    first: bool,
+}
+
+/// How many recent enqueue → purged times the percentiles are computed from.
+const LATENCY_SAMPLES: usize = 4096;
+
+/// The most recent enqueue → purged times (µs), in a ring, and the longest since the start.
+#[derive(Default)]
+struct Latencies {
+    ring: Mutex<(Vec<u32>, usize)>,
+    max_us: AtomicU64,
+}
+
+impl Latencies {
+    fn record(&self, samples: &[Duration]) {
+        if samples.is_empty() {
+            return;
+        }
+        let mut max = 0;
+        {
+            let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+            let (v, next) = &mut *ring;
+            for d in samples {
+                let us = d.as_micros().min(u128::from(u32::MAX)) as u32;
+                max = max.max(u64::from(us));
+                if v.len() < LATENCY_SAMPLES {
+                    v.push(us);
+                } else {
+                    v[*next] = us;
+                }
+                *next = (*next + 1) % LATENCY_SAMPLES;
+            }
+        }
+        self.max_us.fetch_max(max, Relaxed);
+        let h = metrics::histogram!("cache_edge_purge_latency_seconds");
+        for d in samples {
+            h.record(d.as_secs_f64());
+        }
+    }
+
+    /// p50, p99 of the ring and the maximum since the start.
+    fn summary(&self) -> (Duration, Duration, Duration) {
+        let mut v = self
+            .ring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone();
+        if v.is_empty() {
+            return Default::default();
+        }
+        v.sort_unstable();
+        let at = |q: f64| {
+            Duration::from_micros(u64::from(v[((v.len() - 1) as f64 * q).round() as usize]))
+        };
+        (
+            at(0.50),
+            at(0.99),
+            Duration::from_micros(self.max_us.load(Relaxed)),
+        )
+    }
 }
 
 #[derive(Default)]
@@ -62,6 +151,7 @@ struct Counters {
     failed: AtomicU64,
     dropped: AtomicU64,
     retried: AtomicU64,
+    repurged: AtomicU64,
 }
 
 struct Shared {
@@ -74,6 +164,7 @@ struct Shared {
     done: watch::Sender<u64>,
     closed: AtomicBool,
     counters: Counters,
+    latencies: Latencies,
     drop_log: LogLimiter,
     fail_log: LogLimiter,
 }
@@ -94,6 +185,7 @@ impl Worker {
             done: watch::Sender::new(0),
             closed: AtomicBool::new(false),
             counters: Counters::default(),
+            latencies: Latencies::default(),
             drop_log: LogLimiter::default(),
             fail_log: LogLimiter::default(),
         });
@@ -120,12 +212,15 @@ impl Worker {
         let s = &self.shared;
         let (mut accepted, mut coalesced, mut dropped) = (0u64, 0u64, 0u64);
         {
+            let now = Instant::now();
             let mut q = s.queue.lock().unwrap_or_else(|e| e.into_inner());
             for item in items {
                 if item.is_empty() {
                     continue;
                 }
-                if q.waiting.contains(&item) {
+                if let Some(first) = q.waiting.get_mut(&item) {
+                    // A waiting second purge becomes a first one: it is purged again later.
+                    *first = true;
                     accepted += 1;
                     coalesced += 1;
                     metrics::counter!("cache_edge_purges_enqueued_total", "kind" => item.kind())
@@ -136,10 +231,7 @@ impl Worker {
                     accepted += 1;
                     metrics::counter!("cache_edge_purges_enqueued_total", "kind" => item.kind())
                         .increment(1);
-                    q.last_seq += 1;
-                    let seq = q.last_seq;
-                    q.waiting.insert(item.clone());
-                    q.items.push_back((seq, item));
+                    push(&mut q, item, true, now);
                 }
             }
             if accepted > coalesced {
@@ -152,18 +244,7 @@ impl Worker {
             s.counters.coalesced.fetch_add(coalesced, Relaxed);
             metrics::counter!("cache_edge_purges_coalesced_total").increment(coalesced);
         }
-        if dropped > 0 {
-            s.counters.dropped.fetch_add(dropped, Relaxed);
-            metrics::counter!("cache_edge_purges_dropped_total").increment(dropped);
-            s.drop_log.warn(
-                "edge purge",
-                &format!(
-                    "queue full ({} items): dropped {dropped} purge(s); the edge may serve \
-                     stale pages until they expire",
-                    s.settings.capacity
-                ),
-            );
-        }
+        count_dropped(s, dropped);
         if accepted > coalesced {
             s.wake.notify_one();
         }
@@ -171,10 +252,14 @@ impl Worker {
 
     pub(crate) fn stats(&self) -> EdgeStats {
         let c = &self.shared.counters;
-        let pending = {
+        let (pending, delayed) = {
             let q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-            (q.items.len() + q.in_flight) as u64
+            (
+                (q.items.len() + q.in_flight) as u64,
+                q.delayed_due.len() as u64,
+            )
         };
+        let (latency_p50, latency_p99, latency_max) = self.shared.latencies.summary();
         EdgeStats {
             enqueued: c.enqueued.load(Relaxed),
             coalesced: c.coalesced.load(Relaxed),
@@ -183,6 +268,11 @@ impl Worker {
             dropped: c.dropped.load(Relaxed),
             retried: c.retried.load(Relaxed),
             pending,
+            repurged: c.repurged.load(Relaxed),
+            delayed,
+            latency_p50,
+            latency_p99,
+            latency_max,
         }
     }
 
@@ -206,6 +296,26 @@ impl Worker {
         wait.await.unwrap_or(false)
     }
 
+    /// Waits until nothing is waiting, being purged or scheduled for a second purge.
+    pub(crate) async fn flush_all(&self, timeout: Duration) -> bool {
+        let shared = self.shared.clone();
+        if idle(&shared) {
+            return true;
+        }
+        let mut done = self.shared.done.subscribe();
+        // Every path to idleness ends with a finished batch, which notifies `done`.
+        let wait = self.handle.spawn(async move {
+            tokio::time::timeout(timeout, done.wait_for(|_| idle(&shared)))
+                .await
+                .is_ok_and(|r| r.is_ok())
+        });
+        wait.await.unwrap_or(false)
+    }
+
+    pub(crate) fn repurge_after(&self) -> Option<Duration> {
+        self.shared.settings.repurge_after
+    }
+
     pub(crate) fn purger_names(&self) -> Vec<String> {
         self.shared
             .purgers
@@ -222,20 +332,66 @@ impl Drop for Worker {
     }
 }
 
+fn idle(shared: &Shared) -> bool {
+    let q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+    q.items.is_empty() && q.in_flight == 0 && q.delayed_due.is_empty()
+}
+
+/// Appends a new (not waiting) item to the queue.
+fn push(q: &mut Queue, item: Item, first: bool, now: Instant) {
+    q.last_seq += 1;
+    let seq = q.last_seq;
+    q.waiting.insert(item.clone(), first);
+    q.items.push_back(Waiting {
+        seq,
+        item,
+        since: now,
+    });
+}
+
+fn count_dropped(s: &Shared, dropped: u64) {
+    if dropped > 0 {
+        s.counters.dropped.fetch_add(dropped, Relaxed);
+        metrics::counter!("cache_edge_purges_dropped_total").increment(dropped);
+        s.drop_log.warn(
+            "edge purge",
+            &format!(
+                "queue full ({} items): dropped {dropped} purge(s); the edge may serve \
+                 stale pages until they expire",
+                s.settings.capacity
+            ),
+        );
+    }
+}
+
 async fn run(shared: Arc<Shared>) {
     loop {
-        let (last_seq, batch) = loop {
+        let (last_seq, taken, batch) = loop {
             if shared.closed.load(Relaxed) {
                 return;
             }
-            if let Some(b) = take_batch(&shared) {
-                break b;
-            }
+            let next_due = {
+                let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+                promote_due(&shared, &mut q, Instant::now());
+                if let Some(b) = take_batch(&shared, &mut q) {
+                    break b;
+                }
+                q.delayed.front().map(|(due, _)| *due)
+            };
             // `notify_one` stores a permit when nobody waits, so a wake-up between the check
             // above and this await is not lost.
-            shared.wake.notified().await;
+            match next_due {
+                Some(due) => {
+                    tokio::select! {
+                        _ = shared.wake.notified() => {}
+                        _ = tokio::time::sleep_until(due.into()) => {}
+                    }
+                }
+                None => shared.wake.notified().await,
+            }
         };
         let failed = purge_everywhere(&shared, &batch).await;
+        let finished = Instant::now();
         let n = batch.len() as u64;
         let failed_n = failed.len() as u64;
         shared.counters.sent.fetch_add(n - failed_n, Relaxed);
@@ -244,36 +400,115 @@ async fn run(shared: Arc<Shared>) {
         if failed_n > 0 {
             metrics::counter!("cache_edge_purges_failed_total").increment(failed_n);
         }
-        let pending = {
+        // Enqueue → purged everywhere, for first purges (a second purge's wait is by design).
+        let latencies: Vec<Duration> = taken
+            .iter()
+            .filter(|t| t.first && !failed.contains(&t.item))
+            .map(|t| finished.saturating_duration_since(t.since))
+            .collect();
+        shared.latencies.record(&latencies);
+        let (pending, delayed, dropped) = {
             let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
             q.in_flight = 0;
-            q.items.len()
+            let mut dropped = 0;
+            if let Some(after) = shared.settings.repurge_after {
+                let due = finished + after;
+                for t in taken.into_iter().filter(|t| t.first) {
+                    if !schedule(&shared, &mut q, t.item, due) {
+                        dropped += 1;
+                    }
+                }
+            }
+            (q.items.len(), q.delayed_due.len(), dropped)
         };
+        count_dropped(&shared, dropped);
         metrics::gauge!("cache_edge_purges_pending").set(pending as f64);
+        metrics::gauge!("cache_edge_purges_delayed").set(delayed as f64);
         shared.done.send_modify(|d| *d = (*d).max(last_seq));
     }
 }
 
+/// Schedules a second purge of `item` at `due` (moving an earlier one there); `false` if the
+/// delay queue is full.
+fn schedule(shared: &Shared, q: &mut Queue, item: Item, due: Instant) -> bool {
+    let capacity = shared.settings.capacity;
+    if !q.delayed_due.contains_key(&item) && q.delayed_due.len() >= capacity {
+        return false;
+    }
+    q.delayed_due.insert(item.clone(), due);
+    q.delayed.push_back((due, item));
+    if q.delayed.len() > 2 * capacity + 64 {
+        // Many reschedules: drop the superseded entries.
+        let current = &q.delayed_due;
+        let kept: VecDeque<_> = std::mem::take(&mut q.delayed)
+            .into_iter()
+            .filter(|(due, item)| current.get(item) == Some(due))
+            .collect();
+        q.delayed = kept;
+    }
+    true
+}
+
+/// Moves the second purges due by `now` to the back of the queue.
+fn promote_due(shared: &Shared, q: &mut Queue, now: Instant) {
+    let (mut moved, mut coalesced, mut dropped) = (0u64, 0u64, 0u64);
+    while let Some((due, _)) = q.delayed.front() {
+        if *due > now {
+            break;
+        }
+        let (due, item) = q.delayed.pop_front().expect("a front entry");
+        if q.delayed_due.get(&item) != Some(&due) {
+            continue; // rescheduled later
+        }
+        q.delayed_due.remove(&item);
+        if q.waiting.contains_key(&item) {
+            moved += 1;
+            coalesced += 1;
+        } else if q.items.len() >= shared.settings.capacity {
+            dropped += 1;
+        } else {
+            moved += 1;
+            push(q, item, false, now);
+        }
+    }
+    if moved + dropped == 0 {
+        return;
+    }
+    let c = &shared.counters;
+    c.enqueued.fetch_add(moved, Relaxed);
+    c.repurged.fetch_add(moved, Relaxed);
+    c.coalesced.fetch_add(coalesced, Relaxed);
+    metrics::counter!("cache_edge_purges_repurged_total").increment(moved);
+    if coalesced > 0 {
+        metrics::counter!("cache_edge_purges_coalesced_total").increment(coalesced);
+    }
+    count_dropped(shared, dropped);
+}
+
 /// Takes up to `max_batch` items from the front of the queue.
-fn take_batch(shared: &Shared) -> Option<(u64, PurgeBatch)> {
-    let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+fn take_batch(shared: &Shared, q: &mut Queue) -> Option<(u64, Vec<Taken>, PurgeBatch)> {
     if q.items.is_empty() {
         return None;
     }
-    let (mut paths, mut tags, mut last) = (Vec::new(), Vec::new(), 0);
-    while paths.len() + tags.len() < shared.settings.max_batch {
-        let Some((seq, item)) = q.items.pop_front() else {
+    let (mut paths, mut tags, mut taken, mut last) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    while taken.len() < shared.settings.max_batch {
+        let Some(w) = q.items.pop_front() else {
             break;
         };
-        q.waiting.remove(&item);
-        last = seq;
-        match item {
-            Item::Path(p) => paths.push(p),
-            Item::Tag(t) => tags.push(t),
+        let first = q.waiting.remove(&w.item).unwrap_or(true);
+        last = w.seq;
+        match &w.item {
+            Item::Path(p) => paths.push(p.clone()),
+            Item::Tag(t) => tags.push(t.clone()),
         }
+        taken.push(Taken {
+            item: w.item,
+            since: w.since,
+            first,
+        });
     }
-    q.in_flight = paths.len() + tags.len();
-    Some((last, PurgeBatch::from_distinct(paths, tags)))
+    q.in_flight = taken.len();
+    Some((last, taken, PurgeBatch::from_distinct(paths, tags)))
 }
 
 /// Sends the batch to every purger concurrently; returns the items some purger gave up on.
@@ -397,6 +632,7 @@ mod tests {
             max_backoff: Duration::from_millis(350),
             timeout: Duration::from_secs(1),
             max_batch: 1,
+            repurge_after: None,
         };
         let within = |d: Duration, base: u64| {
             d >= Duration::from_millis(base) && d <= Duration::from_millis(base + base / 4)
