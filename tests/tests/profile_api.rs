@@ -383,4 +383,20 @@ fn varnish_serves_repeats_until_a_write_purges_them() {
     );
     assert!(list.body.contains("\"price_cents\":4242"), "{}", list.body);
     assert_eq!(served(&svc), reached + 2);
+
+    // The runtime purges each of them a second time, 1 s later (a fetch racing the write
+    // could have stored the old page after the first purge): /users/42, /products/1 and the
+    // tag products:books.
+    assert_eq!(svc.metric("edge", "repurge_after_ms"), 1000);
+    eventually(Duration::from_secs(20), "the second purges", || {
+        svc.metric("edge", "repurged") >= 3
+            && svc.metric("edge", "delayed") == 0
+            && svc.metric("edge", "pending") == 0
+    });
+    assert_eq!(svc.metric("edge", "failed"), 0);
+    let served_before = served(&svc);
+    let list = get(edge, "/products?category=books", &[]).unwrap();
+    assert_eq!(list.header("x-cache"), Some("MISS"), "purged again");
+    assert!(list.body.contains("\"price_cents\":4242"), "{}", list.body);
+    assert_eq!(served(&svc), served_before + 1);
 }

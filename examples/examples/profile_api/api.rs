@@ -14,7 +14,6 @@
 //! - Writes answer `Cache-Control: no-store`.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, Query, RawQuery};
@@ -92,11 +91,6 @@ pub enum ListInvalidation {
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     pub list_invalidation: ListInvalidation,
-    /// Purge the written paths and tags at the edge a second time, this long after the
-    /// write: a CDN fetch that started before the write may store the old response after
-    /// the first purge. Responses that took longer than half of it to produce are sent
-    /// `no-store`, so no fetch can outlive the second purge. `None`: purge once.
-    pub repurge: Option<Duration>,
 }
 
 static OPTIONS: std::sync::OnceLock<Options> = std::sync::OnceLock::new();
@@ -183,15 +177,23 @@ async fn list_products(
     Ok(reply(&cond, products_in_entry(category).await?, started))
 }
 
-/// Sent instead of `PUBLIC` when producing the response took so long that a CDN storing it
-/// could outlive the second purge of a write (see [`Options::repurge`]).
+/// Sent instead of `PUBLIC` when producing the response took so long that the CDN could
+/// store it after the second purge of a write that happened meanwhile.
+///
+/// `cache_runtime::edge` purges every path and tag a second time, `repurge_after` (1 s)
+/// after the first purge, which covers every CDN fetch that ends within that time of the
+/// write. Only the service knows how long a response took: a response whose value was read
+/// before a write and that reaches the CDN after the second purge would stay there for the
+/// whole `s-maxage`. So a response that took more than half of `repurge_after` (half: the
+/// time measured here misses the request's wait before the handler and the invalidation
+/// bus's delay in other processes) is not shared.
 const TOO_SLOW_TO_SHARE: CachePolicy = CachePolicy::public().no_store();
 
 /// The entry as JSON with its validators and `PUBLIC`, or a `304` if the client's copy is
 /// current; counted by where the value came from.
 fn reply<V: Serialize>(cond: &Conditional, e: Entry<V>, started: Instant) -> Response {
     let source = e.source();
-    let policy = match options().repurge {
+    let policy = match edge::repurge_after() {
         Some(d) if started.elapsed() > d / 2 => {
             SLOW_NOT_SHARED.fetch_add(1, Relaxed);
             &TOO_SLOW_TO_SHARE
@@ -222,7 +224,7 @@ async fn put_user(
     // the edge. (Not `populate_user`: two concurrent writes could then store the older row
     // last; an invalidation is idempotent, and the next read loads the current row.)
     let dropped = invalidate_user(id).await;
-    after_write(dropped.is_ok(), vec![format!("/users/{id}")], vec![]);
+    after_write(dropped.is_ok());
     Ok(no_store(Json(u).into_response()))
 }
 
@@ -239,40 +241,21 @@ async fn put_product(
         ListInvalidation::Tag => cache_runtime::invalidate_tag(&tag).await,
         ListInvalidation::Key => {
             let r = invalidate_products_in(p.category.clone()).await;
-            edge::enqueue_tags(vec![tag.clone()]);
+            edge::enqueue_tags(vec![tag]);
             r
         }
     };
-    after_write(
-        dropped.is_ok() && list_dropped.is_ok(),
-        vec![format!("/products/{id}")],
-        vec![tag],
-    );
+    after_write(dropped.is_ok() && list_dropped.is_ok());
     Ok(no_store(Json(p).into_response()))
 }
 
-/// Counts invalidations Redis did not confirm (the runtime retries them), measures how long
-/// the edge takes to purge what the write enqueued, and purges `paths` and `tags` a second
-/// time after [`Options::repurge`].
-fn after_write(confirmed: bool, paths: Vec<String>, tags: Vec<String>) {
+/// Counts invalidations Redis did not confirm (the runtime retries them). The edge purges
+/// (`purge = [...]` paths, tags) were enqueued by the invalidations; `cache_runtime::edge`
+/// purges each one a second time by itself (see `TOO_SLOW_TO_SHARE`) and times them (the
+/// purge latency in `/metrics`).
+fn after_write(confirmed: bool) {
     if !confirmed {
         UNCONFIRMED.fetch_add(1, Relaxed);
-    }
-    if edge::configured() {
-        let start = Instant::now();
-        tokio::spawn(async move {
-            if edge::flush(Duration::from_secs(30)).await {
-                PURGE_DELAYS.record(start.elapsed());
-            }
-            if let Some(d) = options().repurge {
-                tokio::time::sleep_until((start + d).into()).await;
-                edge::enqueue_paths(paths);
-                if !tags.is_empty() {
-                    edge::enqueue_tags(tags);
-                }
-                REPURGES.fetch_add(1, Relaxed);
-            }
-        });
     }
 }
 
@@ -280,31 +263,6 @@ fn after_write(confirmed: bool, paths: Vec<String>, tags: Vec<String>) {
 static SERVED: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
 static UNCONFIRMED: AtomicU64 = AtomicU64::new(0);
 static SLOW_NOT_SHARED: AtomicU64 = AtomicU64::new(0);
-static REPURGES: AtomicU64 = AtomicU64::new(0);
-static PURGE_DELAYS: Delays = Delays(Mutex::new(Vec::new()));
-
-/// Write → purged at the edge, in µs (the last 100 000).
-struct Delays(Mutex<Vec<u32>>);
-
-impl Delays {
-    fn record(&self, d: Duration) {
-        let mut v = self.0.lock().unwrap();
-        if v.len() >= 100_000 {
-            v.drain(..50_000);
-        }
-        v.push(d.as_micros().min(u32::MAX as u128) as u32);
-    }
-
-    fn summary(&self) -> serde_json::Value {
-        let mut v = self.0.lock().unwrap().clone();
-        v.sort_unstable();
-        let at = |q: f64| {
-            v.get(((v.len().max(1) - 1) as f64 * q).round() as usize)
-                .map_or(0.0, |us| *us as f64 / 1000.0)
-        };
-        serde_json::json!({ "count": v.len(), "p50": at(0.5), "p99": at(0.99), "max": at(1.0) })
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // Metrics.
@@ -398,6 +356,18 @@ async fn metrics(RawQuery(q): RawQuery) -> Response {
                 "profile_api_edge_purges_total{{result=\"{result}\"}} {n}"
             );
         }
+        let _ = writeln!(out, "# TYPE profile_api_edge_purge_latency_seconds summary");
+        for (q, d) in [
+            ("0.5", e.latency_p50),
+            ("0.99", e.latency_p99),
+            ("1", e.latency_max),
+        ] {
+            let _ = writeln!(
+                out,
+                "profile_api_edge_purge_latency_seconds{{quantile=\"{q}\"}} {}",
+                d.as_secs_f64()
+            );
+        }
         let _ = writeln!(out, "# TYPE profile_api_cache_hits_total counter");
         for c in &caches {
             let _ = writeln!(
@@ -437,12 +407,19 @@ async fn metrics(RawQuery(q): RawQuery) -> Response {
                 "configured": edge::configured(),
                 "enqueued": e.enqueued, "coalesced": e.coalesced, "sent": e.sent,
                 "failed": e.failed, "dropped": e.dropped, "retried": e.retried,
-                "pending": e.pending,
-                "purge_delay_ms": PURGE_DELAYS.summary(),
-            "repurges": REPURGES.load(Relaxed),
-            "slow_responses_not_shared": SLOW_NOT_SHARED.load(Relaxed),
+                "pending": e.pending, "repurged": e.repurged, "delayed": e.delayed,
+                "repurge_after_ms": edge::repurge_after().map_or(0, |d| d.as_millis() as u64),
+                // Enqueue → acknowledged by every purger (recent first purges; max: ever).
+                "purge_latency_ms": {
+                    "p50": ms(e.latency_p50), "p99": ms(e.latency_p99), "max": ms(e.latency_max),
+                },
+                "slow_responses_not_shared": SLOW_NOT_SHARED.load(Relaxed),
             },
         }))
         .into_response(),
     )
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }

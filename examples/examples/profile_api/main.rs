@@ -24,7 +24,7 @@
 //! | `CACHE_LAYERS` (`--layers`) | `redis` with `REDIS_URL`, else `local` | `none` (every cache bypassed), `local`, `redis` (local + Redis) |
 //! | `REDIS_URL` (`--redis-url`) | none | the Redis tier (needed by `CACHE_LAYERS=redis`) |
 //! | `CACHE_EDGE_PURGE_URL` (`--edge`) | none | the edge (Varnish) to purge, e.g. `http://127.0.0.1:6081` |
-//! | `EDGE_REPURGE_MS` | 1000 | purge each write's paths and tags again this long after it (0: once) |
+//! | `CACHE_EDGE_REPURGE_MS` | 1000 | read by `cache_runtime::edge`: purge every path and tag again this long after its first purge (0: once) |
 //! | `LIST_INVALIDATION` | `tag` | how a product write drops its category's list: `tag` or `key` |
 //! | `DB_PATH` (`--db`) | a new file in the temp dir | SQLite file; several processes may share one (WAL) |
 //! | `DB_LATENCY_MS` (`--db-latency-ms`) | 20 | artificial latency of each query |
@@ -76,15 +76,17 @@ async fn main() {
         s.layers,
         api::Options {
             list_invalidation: s.list_invalidation,
-            repurge: (s.edge_repurge_ms > 0).then(|| Duration::from_millis(s.edge_repurge_ms)),
         },
     );
-    // The edge: `cache_runtime::edge` reads CACHE_EDGE_PURGE_URL on the first purge (one
-    // HTTP `PURGE` per path and one xkey purge per batch of tags, per URL).
+    // The edge: `cache_runtime::edge` reads CACHE_EDGE_PURGE_URL (one HTTP `PURGE` per path
+    // and one xkey purge per batch of tags, per URL) and CACHE_EDGE_REPURGE_MS (the second
+    // purge, 1 s by default) once; `repurge_after` reads them now rather than on the first
+    // purge.
     match &s.edge_purge_url {
         Some(url) => std::env::set_var("CACHE_EDGE_PURGE_URL", url),
         None => std::env::remove_var("CACHE_EDGE_PURGE_URL"),
     }
+    let repurge = cache_runtime::edge::repurge_after();
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", s.port))
         .await
@@ -122,9 +124,9 @@ async fn main() {
             "on"
         },
         redis,
-        match (&s.edge_purge_url, s.edge_repurge_ms) {
-            (Some(u), 0) => format!("on ({u})"),
-            (Some(u), ms) => format!("on ({u}, again after {ms} ms)"),
+        match (&s.edge_purge_url, repurge) {
+            (Some(u), None) => format!("on ({u})"),
+            (Some(u), Some(d)) => format!("on ({u}, again after {} ms)", d.as_millis()),
             (None, _) => "off".to_string(),
         }
     );

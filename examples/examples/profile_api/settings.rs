@@ -8,7 +8,8 @@ pub const USAGE: &str = "\
 usage: profile_api [--port N] [--layers none|local|redis] [--redis-url URL] [--edge URL]
                    [--db PATH] [--db-latency-ms N] [--db-pool N]
 (or the environment: PORT, CACHE_LAYERS, REDIS_URL, CACHE_EDGE_PURGE_URL, DB_PATH,
- DB_LATENCY_MS, DB_POOL, SEED_USERS, SEED_PRODUCTS, EDGE_REPURGE_MS, LIST_INVALIDATION)";
+ DB_LATENCY_MS, DB_POOL, SEED_USERS, SEED_PRODUCTS, LIST_INVALIDATION; and the runtime's
+ CACHE_EDGE_REPURGE_MS, CACHE_EDGE_PURGE_HOST)";
 
 /// Which cache layers inside the service are on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +35,6 @@ pub struct Settings {
     pub db_pool: usize,
     pub seed_users: u64,
     pub seed_products: u64,
-    pub edge_repurge_ms: u64,
     pub list_invalidation: ListInvalidation,
 }
 
@@ -50,7 +50,6 @@ impl Settings {
             "DB_POOL",
             "SEED_USERS",
             "SEED_PRODUCTS",
-            "EDGE_REPURGE_MS",
             "LIST_INVALIDATION",
         ]
         .into_iter()
@@ -130,7 +129,6 @@ impl Settings {
             db_pool: num("DB_POOL", 8)?.max(1) as usize,
             seed_users: num("SEED_USERS", 10_000)?,
             seed_products: num("SEED_PRODUCTS", 2_000)?,
-            edge_repurge_ms: num("EDGE_REPURGE_MS", 1000)?,
             list_invalidation: match vars.get("LIST_INVALIDATION").map(String::as_str) {
                 None | Some("tag") => ListInvalidation::Tag,
                 Some("key") => ListInvalidation::Key,

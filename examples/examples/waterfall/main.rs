@@ -28,8 +28,8 @@
 //! --zipf S          Zipf exponent of ids (1.0)           --processes N  for runs 3-4 (3)
 //! --db-latency-ms N per query (20)                       --db-connections N  in all (12)
 //! --window-ms N     allowed staleness after a write with several processes (bus) (100)
-//! --repurge-ms N    services purge each write again after N ms (1000); the CDN run allows
-//!                   N + window-ms of staleness after a write
+//! --repurge-ms N    the services' second edge purge, after N ms (CACHE_EDGE_REPURGE_MS,
+//!                   1000; 0: none); the CDN run allows N + window-ms of staleness after a write
 //! --list-invalidation tag|key   how a product write drops its list (tag)
 //! --runs 1,2,3,4    which runs                           --svg PATH   chart ("-": none)
 //! --markdown PATH   also write the table there

@@ -148,7 +148,7 @@ impl ServiceEnv<'_> {
             .env("DB_PATH", self.dir.join("db.sqlite"))
             .env("DB_LATENCY_MS", self.db_latency_ms.to_string())
             .env("DB_POOL", self.db_pool.to_string())
-            .env("EDGE_REPURGE_MS", self.repurge_ms.to_string())
+            .env("CACHE_EDGE_REPURGE_MS", self.repurge_ms.to_string())
             .env("LIST_INVALIDATION", self.list_invalidation);
         if let Some(u) = &self.redis_url {
             cmd.env("REDIS_URL", u);

@@ -28,11 +28,11 @@ pub struct Purge {
     pub sent: u64,
     pub failed: u64,
     pub dropped: u64,
-    /// Second purges (see the service's `EDGE_REPURGE_MS`).
+    /// Second purges (`cache_runtime::edge`, `CACHE_EDGE_REPURGE_MS`).
     pub repurges: u64,
     /// Responses sent `no-store` because they took too long to produce.
     pub slow_not_shared: u64,
-    /// Write → purge acknowledged by the edge, over all processes (ms).
+    /// Enqueue → purge acknowledged by the edge, the largest of the processes' (ms).
     pub delay_p50_ms: f64,
     pub delay_p99_ms: f64,
     pub delay_max_ms: f64,
@@ -106,11 +106,11 @@ pub async fn snapshot(urls: &[String]) -> Counters {
             p.sent += n("/edge/sent");
             p.failed += n("/edge/failed");
             p.dropped += n("/edge/dropped");
-            p.repurges += n("/edge/repurges");
+            p.repurges += n("/edge/repurged");
             p.slow_not_shared += n("/edge/slow_responses_not_shared");
-            p.delay_p50_ms = p.delay_p50_ms.max(f("/edge/purge_delay_ms/p50"));
-            p.delay_p99_ms = p.delay_p99_ms.max(f("/edge/purge_delay_ms/p99"));
-            p.delay_max_ms = p.delay_max_ms.max(f("/edge/purge_delay_ms/max"));
+            p.delay_p50_ms = p.delay_p50_ms.max(f("/edge/purge_latency_ms/p50"));
+            p.delay_p99_ms = p.delay_p99_ms.max(f("/edge/purge_latency_ms/p99"));
+            p.delay_max_ms = p.delay_max_ms.max(f("/edge/purge_latency_ms/max"));
         }
     }
     c
@@ -229,7 +229,7 @@ pub fn print_run(r: &RunResult) {
     }
     if let Some(p) = &r.purge {
         println!(
-            "edge purges: {} sent, {} failed, {} dropped; write → purged p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; \
+            "edge purges: {} sent, {} failed, {} dropped; enqueue → purged p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; \
              {} second purges; {} slow responses sent no-store",
             p.sent,
             p.failed,
