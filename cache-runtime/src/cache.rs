@@ -934,12 +934,21 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         B: Future<Output = R> + Send + 'static,
     {
         let normal = self.mode.load(Ordering::Relaxed) == 0;
-        let mut body = Some(body);
-        if let (Some(soft), true) = (self.soft_timeout, normal) {
-            if self.local_peek(&key.logical).is_none() {
-                return self.load_soft::<R, S, B>(key, body, sharing, soft).await;
+        if normal {
+            // The hit is handled here (one local lookup), so a miss can go to `load_soft`.
+            if let Some((v, meta)) = self.local_hit(&key.logical) {
+                if self.refresh_due(&meta) {
+                    self.refresh_in_background::<R, S, B>(key, body, sharing);
+                }
+                return (S::rebuild(v), meta, Source::Local);
+            }
+            if let Some(soft) = self.soft_timeout {
+                return self
+                    .load_soft::<R, S, B>(key, Some(body), sharing, soft)
+                    .await;
             }
         }
+        let mut body = Some(body);
         let out = self.load::<R, S, B>(&key, &mut body, &sharing).await;
         if let (Some(body), true, Source::Local | Source::Redis) = (body, normal, out.2) {
             if self.refresh_due(&out.1) {
@@ -1085,13 +1094,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 Joined::Leader(leader) => {
                     // A flight may have completed between our local miss and the join.
                     if let Some((v, meta)) = self.local_peek(&key.logical) {
-                        let source = Source::Local;
-                        leader.finish(Outcome::Value(Got {
-                            value: v.clone(),
-                            meta,
-                            source,
-                        }));
-                        return (S::rebuild(v), meta, source);
+                        return hand_over::<R, S, V>(leader, v, meta, Source::Local);
                     }
                     if !counted_miss {
                         self.counters.misses.add(1);
@@ -1121,15 +1124,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     {
         let seen_local = self.local_generation(&key.logical);
         let (stamps, token, fallback) = match self.redis_fill(key, seen_local, refresh).await {
-            Fill::Found(v, meta) => {
-                let source = Source::Redis;
-                leader.finish(Outcome::Value(Got {
-                    value: v.clone(),
-                    meta,
-                    source,
-                }));
-                return (S::rebuild(v), meta, source);
-            }
+            Fill::Found(v, meta) => return hand_over::<R, S, V>(leader, v, meta, Source::Redis),
             Fill::Compute {
                 stamps,
                 token,
@@ -1157,13 +1152,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                     fs.failed.insert(key.logical.clone(), ());
                     self.counters.stale_served.add(1);
                     self.release(key, token).await;
-                    let source = Source::Stale;
-                    leader.finish(Outcome::Value(Got {
-                        value: fb.clone(),
-                        meta: fb_meta,
-                        source,
-                    }));
-                    return (S::rebuild(fb), fb_meta, source);
+                    return hand_over::<R, S, V>(leader, fb, fb_meta, Source::Stale);
                 }
             },
             _ => self.timed(body).await,
@@ -1963,6 +1952,26 @@ async fn sleep_anywhere(d: Duration) {
     } else {
         std::future::pending::<()>().await;
     }
+}
+
+/// A leader's answer that is a value (found, or a fallback): to the waiters, then to the
+/// caller.
+fn hand_over<R, S, V>(
+    leader: Leader<'_, Got<V>>,
+    value: V,
+    meta: Meta,
+    source: Source,
+) -> (R, Meta, Source)
+where
+    S: Shape<R, Value = V>,
+    V: Clone,
+{
+    leader.finish(Outcome::Value(Got {
+        value: value.clone(),
+        meta,
+        source,
+    }));
+    (S::rebuild(value), meta, source)
 }
 
 /// Spawns on the caller's Tokio runtime, or the runtime's Redis thread; gives the task back
