@@ -12,29 +12,7 @@ use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-/// The 20 product categories (the `category` query parameter).
-pub const CATEGORIES: [&str; 20] = [
-    "books",
-    "music",
-    "movies",
-    "games",
-    "garden",
-    "kitchen",
-    "toys",
-    "sports",
-    "outdoor",
-    "tools",
-    "auto",
-    "beauty",
-    "health",
-    "grocery",
-    "pets",
-    "baby",
-    "office",
-    "shoes",
-    "jewelry",
-    "computers",
-];
+use crate::catalog::CATEGORIES;
 
 /// A user profile (public data: what `/users/{id}` shows to anyone).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

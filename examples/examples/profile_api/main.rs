@@ -32,6 +32,8 @@
 //! | `SEED_USERS`, `SEED_PRODUCTS` | 10000, 2000 | rows created in an empty database |
 
 mod api;
+#[path = "../common/catalog.rs"]
+mod catalog;
 mod db;
 mod settings;
 

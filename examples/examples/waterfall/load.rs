@@ -12,29 +12,7 @@ use rand_distr::{Distribution, Zipf};
 use reqwest::header::{HeaderMap, ETAG, IF_NONE_MATCH};
 use reqwest::StatusCode;
 
-/// The 20 categories of the service (same order as its seed data).
-pub const CATEGORIES: [&str; 20] = [
-    "books",
-    "music",
-    "movies",
-    "games",
-    "garden",
-    "kitchen",
-    "toys",
-    "sports",
-    "outdoor",
-    "tools",
-    "auto",
-    "beauty",
-    "health",
-    "grocery",
-    "pets",
-    "baby",
-    "office",
-    "shoes",
-    "jewelry",
-    "computers",
-];
+use crate::catalog::CATEGORIES;
 
 /// Workload parameters.
 #[derive(Debug, Clone)]

@@ -35,6 +35,8 @@
 //! --markdown PATH   also write the table there
 //! ```
 
+#[path = "../common/catalog.rs"]
+mod catalog;
 mod check;
 mod load;
 mod procs;
