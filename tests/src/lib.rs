@@ -336,6 +336,22 @@ pub fn shared_redis() -> &'static RedisServer {
     })
 }
 
+/// [`shared_redis`], once the invalidation bus has subscribed. The bus clears local tiers
+/// when it (re)subscribes, which refuses a value stored meanwhile: tests that assert on local
+/// copies right after a first load wait for this first.
+pub async fn shared_redis_with_bus() -> &'static RedisServer {
+    let server = shared_redis();
+    // Creates the runtime, which starts the bus.
+    let _ = cache_runtime::redis_status();
+    eventually(
+        Duration::from_secs(10),
+        "the invalidation bus to subscribe",
+        || cache_runtime::bus_status().connected,
+    )
+    .await;
+    server
+}
+
 /// Polls `cond` until it holds (or panics after `within`). For conditions that have no event
 /// to await, such as a counter in another component reaching a value.
 pub async fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {

@@ -6,19 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
 use cache_runtime::{cached, Source};
-use cache_tests::{eventually, shared_redis};
+use cache_tests::{eventually, shared_redis_with_bus};
 use tokio::sync::Semaphore;
-
-/// The harness Redis, with the invalidation bus subscribed: its (re)subscription clears
-/// local tiers, which would refuse a value stored during it.
-async fn ready() {
-    shared_redis();
-    let _ = (soft_cache(), ahead_cache());
-    eventually(Duration::from_secs(10), "the bus to subscribe", || {
-        cache_runtime::bus_status().connected
-    })
-    .await;
-}
 
 static SOFT_RUNS: AtomicUsize = AtomicUsize::new(0);
 static SOFT_VERSION: AtomicU64 = AtomicU64::new(0);
@@ -42,7 +31,7 @@ async fn soft(id: u64) -> Result<u64, String> {
 
 #[tokio::test]
 async fn soft_timeout_serves_stale_and_the_body_updates_the_cache_in_the_background() {
-    ready().await;
+    shared_redis_with_bus().await;
     assert_eq!(soft(1).await.unwrap(), 1000);
     SOFT_VERSION.store(1, SeqCst);
     // Expired locally and in Redis (whose copy is kept an hour as the fallback).
@@ -98,7 +87,7 @@ async fn cold(id: u64) -> Result<u64, String> {
 
 #[tokio::test]
 async fn soft_timeout_without_a_stale_value_waits_for_the_body() {
-    ready().await;
+    shared_redis_with_bus().await;
     let call = tokio::spawn(cold(2));
     eventually(Duration::from_secs(5), "the body to start", || {
         COLD_RUNS.load(SeqCst) == 1
@@ -136,7 +125,7 @@ async fn ahead(id: u64) -> u64 {
 
 #[tokio::test]
 async fn refresh_ahead_refreshes_once_in_the_background_while_readers_keep_the_value() {
-    ready().await;
+    shared_redis_with_bus().await;
     assert_eq!(ahead(1).await, 1000);
     let first = ahead_entry(1).await;
     assert_eq!(first.source(), Source::Local);

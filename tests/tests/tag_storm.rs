@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
 use cache_runtime::{cached, invalidate_tag};
-use cache_tests::{eventually, shared_redis};
+use cache_tests::{eventually, shared_redis_with_bus};
 use tokio::sync::Semaphore;
 
 static UNTAGGED_STARTED: AtomicUsize = AtomicUsize::new(0);
@@ -29,18 +29,9 @@ async fn tagged(id: u64, group: u64) -> u64 {
     id * 100 + group
 }
 
-async fn bus_ready() {
-    shared_redis();
-    let _ = (untagged_cache(), tagged_cache());
-    eventually(Duration::from_secs(10), "the bus to subscribe", || {
-        cache_runtime::bus_status().connected
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn a_tag_invalidation_refuses_only_the_loads_that_carry_the_tag() {
-    bus_ready().await;
+    shared_redis_with_bus().await;
     let plain = tokio::spawn(untagged(1));
     let same_tag = tokio::spawn(tagged(1, 7));
     let other_tag = tokio::spawn(tagged(2, 8));
