@@ -1,0 +1,175 @@
+//! Runs one contender's hit path `N` times, for instruction counts under
+//! `valgrind --tool=callgrind` (stable on a noisy machine, unlike times).
+//!
+//! `scripts/callgrind-hits.sh` runs every contender twice (N = 2 000 and N = 12 000) and
+//! divides the difference by 10 000, so set-up, warm-up and exit cancel out and what remains
+//! is the client-side cost of one hit (every thread of this process: callers, the runtime's
+//! Redis thread, Tokio's workers; redis-server runs in its own process and is not counted).
+//!
+//! ```text
+//! hit-instructions <contender> <calls>
+//! contenders: local-ours local-hand local-cached redis-ours redis-hand redis-cached
+//! ```
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use cache_benches::{hand_key, init_local_only, our_key, profile, redis_url, start_redis};
+use cache_benches::{Profile, FIRST_ID};
+use cached::AsyncRedisCache;
+use redis::aio::ConnectionManager;
+
+/// Distinct keys read round-robin (all warm before counting starts).
+const KEYS: u64 = 1_000;
+
+#[cache_runtime::cached(tier = "local", ttl = 300, key = "user:profile:<id>")]
+fn local_ours(id: u64) -> Profile {
+    profile(id)
+}
+
+#[cached::macros::cached(
+    max_size = 10_000,
+    ttl_secs = 300,
+    key = "String",
+    convert = r#"{ our_key(id) }"#
+)]
+fn local_rival(id: u64) -> Profile {
+    profile(id)
+}
+
+#[cache_runtime::cached(tier = "redis", ttl = 300, key = "user:profile:<id>")]
+async fn redis_ours(id: u64) -> Profile {
+    profile(id)
+}
+
+async fn rival_store() -> AsyncRedisCache<String, Profile> {
+    AsyncRedisCache::builder("hi")
+        .connection_string(&redis_url())
+        .connection_manager(true)
+        .ttl(Duration::from_secs(300))
+        .build()
+        .await
+        .expect("build the cached crate's AsyncRedisCache")
+}
+
+#[cached::macros::concurrent_cached(
+    ty = "cached::AsyncRedisCache<String, Profile>",
+    create = r#"{ rival_store().await }"#,
+    key = "String",
+    convert = r#"{ our_key(id) }"#,
+    map_error = r#"|e| format!("{e:?}")"#
+)]
+async fn redis_rival(id: u64) -> Result<Profile, String> {
+    Ok(profile(id))
+}
+
+fn hand_moka() -> moka::sync::Cache<String, Profile> {
+    moka::sync::Cache::builder()
+        .max_capacity(10_000)
+        .time_to_live(Duration::from_secs(300))
+        .build()
+}
+
+fn local_hand_get(moka: &moka::sync::Cache<String, Profile>, id: u64) -> Profile {
+    let key = our_key(id);
+    match moka.get(&key) {
+        Some(v) => v,
+        None => {
+            let v = profile(id);
+            moka.insert(key, v.clone());
+            v
+        }
+    }
+}
+
+/// Hand-written Redis hit: `GET` + bincode 2 decode; a miss fills with `SET PX`.
+async fn redis_hand_get(conn: &mut ConnectionManager, id: u64) -> Profile {
+    let key = hand_key(id);
+    let bytes: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(conn)
+        .await
+        .expect("GET");
+    if let Some(b) = bytes {
+        if let Ok((v, _)) = bincode::serde::decode_from_slice(&b, bincode::config::standard()) {
+            return v;
+        }
+    }
+    let v = profile(id);
+    let bytes = bincode::serde::encode_to_vec(&v, bincode::config::standard()).expect("encode");
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(bytes)
+        .arg("PX")
+        .arg(300_000)
+        .query_async(conn)
+        .await
+        .expect("SET");
+    v
+}
+
+fn ids(calls: u64) -> impl Iterator<Item = u64> {
+    (0..calls).map(|i| FIRST_ID + i % KEYS)
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let usage = "usage: hit-instructions <local-ours|local-hand|local-cached|redis-ours|redis-hand|redis-cached> <calls>";
+    let contender = args.next().expect(usage);
+    let calls: u64 = args.next().and_then(|s| s.parse().ok()).expect(usage);
+    let warm = ids(KEYS);
+    match contender.as_str() {
+        "local-ours" => {
+            init_local_only();
+            warm.for_each(|id| drop(local_ours(id)));
+            ids(calls).for_each(|id| drop(black_box(local_ours(black_box(id)))));
+        }
+        "local-hand" => {
+            let moka = hand_moka();
+            warm.for_each(|id| drop(local_hand_get(&moka, id)));
+            ids(calls).for_each(|id| drop(black_box(local_hand_get(&moka, black_box(id)))));
+        }
+        "local-cached" => {
+            warm.for_each(|id| drop(local_rival(id)));
+            ids(calls).for_each(|id| drop(black_box(local_rival(black_box(id)))));
+        }
+        "redis-ours" | "redis-hand" | "redis-cached" => {
+            start_redis();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            rt.block_on(async {
+                match contender.as_str() {
+                    "redis-ours" => {
+                        for id in warm {
+                            redis_ours(id).await;
+                        }
+                        for id in ids(calls) {
+                            black_box(redis_ours(black_box(id)).await);
+                        }
+                    }
+                    "redis-hand" => {
+                        let client = redis::Client::open(redis_url()).expect("redis url");
+                        let mut conn = ConnectionManager::new(client).await.expect("connect");
+                        for id in warm {
+                            redis_hand_get(&mut conn, id).await;
+                        }
+                        for id in ids(calls) {
+                            black_box(redis_hand_get(&mut conn, black_box(id)).await);
+                        }
+                    }
+                    _ => {
+                        for id in warm {
+                            redis_rival(id).await.expect("rival");
+                        }
+                        for id in ids(calls) {
+                            black_box(redis_rival(black_box(id)).await.expect("rival"));
+                        }
+                    }
+                }
+            });
+        }
+        other => panic!("unknown contender {other:?}; {usage}"),
+    }
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Instructions per hit, counted by valgrind's callgrind (stable on a noisy machine, unlike
+# times): every contender of benches/src/bin/hit-instructions.rs runs N1 and N2 hits, and
+# (I(N2) - I(N1)) / (N2 - N1) is the client-side cost of one hit (all threads of the caller's
+# process; redis-server is another process and not counted). See docs/BENCHMARKS.md.
+#
+#   bash scripts/callgrind-hits.sh                 # every contender
+#   bash scripts/callgrind-hits.sh local-ours ...  # some
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v valgrind >/dev/null || { echo "valgrind not found: apt-get install -y valgrind" >&2; exit 1; }
+N1=${N1:-2000}
+N2=${N2:-12000}
+cargo build -q --release -p cache-benches --bin hit-instructions
+BIN=target/release/hit-instructions
+CONTENDERS=("$@")
+if [ ${#CONTENDERS[@]} -eq 0 ]; then
+    CONTENDERS=(local-ours local-hand local-cached redis-ours redis-hand redis-cached)
+fi
+count() { # contender calls -> total instructions ("Collected" line of callgrind)
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null "$BIN" "$1" "$2" 2>&1 \
+        | sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
+}
+printf '| contender | instructions per hit |\n|---|---|\n'
+for c in "${CONTENDERS[@]}"; do
+    a=$(count "$c" "$N1")
+    b=$(count "$c" "$N2")
+    printf '| %s | %d |\n' "$c" $(( (b - a) / (N2 - N1) ))
+done
