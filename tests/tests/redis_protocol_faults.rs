@@ -364,6 +364,66 @@ fn repeated_subscriber_drops_keep_the_staleness_window() {
     );
 }
 
+/// Item 4, second half: a subscriber that falls behind during a burst is disconnected by the
+/// server's `client-output-buffer-limit pubsub`; the invalidations in the lost part of the
+/// burst must still take effect in that process within the window. (The process is stopped
+/// with SIGSTOP during the burst, so that it surely falls behind.)
+#[test]
+fn a_subscriber_cut_off_by_its_output_buffer_limit_keeps_the_window() {
+    const WINDOW: Duration = Duration::from_secs(1);
+    let server = RedisServer::start_with_options(RedisOptions::new().pubsub_buffer_limit("256kb"));
+    let (a, b) = (Node::start(V1, &server, &[]), Node::start(V1, &server, &[]));
+    wait_subscribed(&a, 1);
+    wait_subscribed(&b, 1);
+    let ids: Vec<u64> = (1..=20).collect();
+    for &id in &ids {
+        set_db(&server, id, "old");
+        assert_eq!(a.call(&format!("get {id}")), "old");
+        assert_eq!(a.call(&format!("peek {id}")), "old", "a holds a local copy");
+    }
+    let (_, subscriptions, ..) = bus(&a);
+
+    stop(&a, true);
+    // 8 MiB of tag messages (more than the socket buffers and the 256 KiB limit), with the
+    // key invalidations in the middle of the burst.
+    let long_tag = "x".repeat(16 * 1024);
+    let mut sent: Vec<u64> = (0..256)
+        .map(|i| b.send(&format!("tag {long_tag}{i}")))
+        .collect();
+    for &id in &ids {
+        set_db(&server, id, "new");
+        sent.push(b.send(&format!("invalidate {id}")));
+    }
+    sent.extend((256..512).map(|i| b.send(&format!("tag {long_tag}{i}"))));
+    for id in sent {
+        b.reply(id).expect("every write of the burst returns Ok");
+    }
+    stop(&a, false);
+
+    eventually_blocking(WITHIN, "a to resubscribe after being cut off", || {
+        bus(&a).1 > subscriptions
+    });
+    std::thread::sleep(WINDOW);
+    let stale: Vec<u64> = ids
+        .iter()
+        .copied()
+        .filter(|id| a.call(&format!("get {id}")) != "new")
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "a served {} invalidated values {WINDOW:?} after the burst: {stale:?}",
+        stale.len()
+    );
+}
+
+/// SIGSTOP (`true`) or SIGCONT a node.
+fn stop(node: &Node, stop: bool) {
+    let sig = if stop { libc::SIGSTOP } else { libc::SIGCONT };
+    // SAFETY: kill(2) on a child process id we own.
+    let rc = unsafe { libc::kill(node.pid() as libc::pid_t, sig) };
+    assert_eq!(rc, 0, "kill({}, {sig})", node.pid());
+}
+
 /// Item 5: under `maxmemory` + `noeviction`, an invalidation must still remove the value
 /// (DEL is allowed under OOM) and return Ok.
 #[test]
