@@ -458,9 +458,9 @@ fn invalidation_works_out_of_memory_with_noeviction() {
 }
 
 // Item 8 runs the cache runtime in this process (one runtime per test binary: only this
-// test may use it). Same key, version and tier as the nodes' `profile`, so its writes reach
-// their entries.
-#[cached(tier = "local+redis", ttl = 60, local_ttl = 30, key = "profile:<id>", tags = ["user:<id>"], version = 1)]
+// test may use it). Same name, key, version and tier as the nodes' `profile` (the same
+// function deployed in another process), so its writes, folded or not, reach their entries.
+#[cached(name = "cache_node::profile", tier = "local+redis", ttl = 60, local_ttl = 30, key = "profile:<id>", tags = ["user:<id>"], version = 1)]
 async fn profile(id: u64) -> String {
     format!("in-process-{id}")
 }
