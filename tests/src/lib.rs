@@ -1,5 +1,6 @@
 //! Test harness: a real `redis-server` per test binary (or per test), on a free loopback port,
-//! that tests can kill, pause and restart.
+//! that tests can kill, pause, restart, flush and configure; a Sentinel set
+//! ([`SentinelSet`]) and a Redis Cluster ([`RedisCluster`]) built from the same servers.
 //!
 //! ```no_run
 //! let server = cache_tests::RedisServer::start();
@@ -8,10 +9,27 @@
 //! server.kill();
 //! server.restart();
 //! ```
+//!
+//! With extra configuration (memory pressure, a small pub/sub output buffer):
+//!
+//! ```no_run
+//! use cache_tests::{RedisOptions, RedisServer};
+//! let server = RedisServer::start_with_options(
+//!     RedisOptions::new()
+//!         .maxmemory("2mb", "allkeys-random")
+//!         .pubsub_buffer_limit("64kb"),
+//! );
+//! server.acl_setuser("cache on >pw ~{cr:* &{cr:* -@all +get");
+//! assert_eq!(server.flushall(), ());
+//! ```
 
+pub mod cluster;
 pub mod node;
+pub mod sentinel;
 pub mod varnish;
 
+pub use cluster::RedisCluster;
+pub use sentinel::SentinelSet;
 pub use varnish::VarnishServer;
 
 use std::net::TcpListener;
@@ -22,7 +40,7 @@ use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-const INSTALL_HINT: &str = "redis-server was not found on PATH. The tests need a real Redis: \
+const INSTALL_HINT: &str = "The tests need a real Redis (redis-server, redis-cli, redis-sentinel): \
 install Debian's package with `apt-get install -y redis-server` (or run `bash .ci/run`, which does)";
 
 /// A `redis-server` process owned by the test. Killed when dropped and when the test process
@@ -52,6 +70,17 @@ impl RedisServer {
     /// Starts a server whose default user needs `password` (`--requirepass`).
     pub fn start_with_password(password: &str) -> Self {
         Self::start_with(free_port(), &["--requirepass", password])
+    }
+
+    /// Starts a server on a free port with extra configuration (see [`RedisOptions`]).
+    pub fn start_with_options(options: RedisOptions) -> Self {
+        Self::start_with_options_on(free_port(), options)
+    }
+
+    /// [`start_with_options`](Self::start_with_options) on a given port.
+    pub fn start_with_options_on(port: u16, options: RedisOptions) -> Self {
+        let args: Vec<&str> = options.args.iter().map(String::as_str).collect();
+        Self::start_with(port, &args)
     }
 
     fn start_with(port: u16, extra: &[&str]) -> Self {
@@ -124,6 +153,7 @@ impl RedisServer {
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
+            .args(["--repl-diskless-sync-delay", "0"])
             .args(["--daemonize", "no"])
             .args(["--protected-mode", "no"])
             .arg("--dir")
@@ -252,6 +282,190 @@ impl RedisServer {
     }
 }
 
+impl RedisServer {
+    /// The server's process id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.lock().unwrap().as_ref().map(Child::id)
+    }
+
+    /// Whether the process is still running (it may have exited on its own, e.g. a
+    /// `SHUTDOWN`).
+    pub fn is_running(&self) -> bool {
+        match self.child.lock().unwrap().as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Runs one command on a fresh raw connection and returns its reply.
+    /// Fails (rather than panics) when the server does not answer.
+    pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> redis::RedisResult<T> {
+        let mut c = self
+            .raw_client()?
+            .get_connection_with_timeout(Duration::from_secs(2))?;
+        c.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut c)
+    }
+
+    /// `FLUSHALL` (every database, synchronously).
+    pub fn flushall(&self) {
+        self.cmd::<()>(&["FLUSHALL", "SYNC"]).expect("FLUSHALL");
+    }
+
+    /// `FLUSHDB` of database 0 (the one the runtime uses unless its URL says otherwise).
+    pub fn flushdb(&self) {
+        self.cmd::<()>(&["FLUSHDB", "SYNC"]).expect("FLUSHDB");
+    }
+
+    /// Kills the process and starts an empty server on the same port and configuration: a
+    /// restart of a Redis without persistence.
+    pub fn restart_empty(&self) {
+        self.restart();
+    }
+
+    /// `CLIENT KILL TYPE pubsub`: drops every subscriber (the runtime's bus included).
+    /// Returns how many connections were closed.
+    pub fn kill_pubsub_clients(&self) -> u64 {
+        self.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"])
+            .expect("CLIENT KILL TYPE pubsub")
+    }
+
+    /// `CLIENT KILL TYPE normal SKIPME yes`: drops every ordinary connection but the one
+    /// sending the command. Returns how many were closed.
+    pub fn kill_normal_clients(&self) -> u64 {
+        self.cmd(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"])
+            .expect("CLIENT KILL TYPE normal")
+    }
+
+    /// `CONFIG SET name value`.
+    pub fn config_set(&self, name: &str, value: &str) {
+        self.cmd::<()>(&["CONFIG", "SET", name, value])
+            .unwrap_or_else(|e| panic!("CONFIG SET {name} {value}: {e}"));
+    }
+
+    /// `CONFIG GET name`: the value.
+    pub fn config_get(&self, name: &str) -> String {
+        let pair: Vec<String> = self.cmd(&["CONFIG", "GET", name]).expect("CONFIG GET");
+        pair.into_iter().nth(1).unwrap_or_default()
+    }
+
+    /// `ACL SETUSER` with the rules of `line` (split on whitespace), e.g.
+    /// `"cache on >pw ~{cr:* &{cr:* -@all +get"`.
+    pub fn acl_setuser(&self, line: &str) {
+        let mut args = vec!["ACL", "SETUSER"];
+        args.extend(line.split_whitespace());
+        self.cmd::<()>(&args)
+            .unwrap_or_else(|e| panic!("ACL SETUSER {line}: {e}"));
+    }
+
+    /// `redis://user:password@127.0.0.1:PORT/`: a URL for an ACL user.
+    pub fn url_for_user(&self, user: &str, password: &str) -> String {
+        format!("redis://{user}:{password}@127.0.0.1:{}/", self.port)
+    }
+
+    /// A field of `INFO` (e.g. `used_memory`, `role`, `master_link_status`, `run_id`).
+    pub fn info_field(&self, field: &str) -> Option<String> {
+        let info: String = self.cmd(&["INFO", "everything"]).ok()?;
+        info_field(&info, field)
+    }
+
+    /// Keys matching `pattern` (`SCAN`, never `KEYS`).
+    pub fn scan(&self, pattern: &str) -> Vec<String> {
+        let mut c = self.client();
+        let iter: redis::Iter<String> = redis::cmd("SCAN")
+            .cursor_arg(0)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .clone()
+            .iter(&mut c)
+            .expect("SCAN");
+        iter.collect::<Result<Vec<_>, _>>().expect("SCAN")
+    }
+}
+
+/// A field (`name:value` line) of an `INFO` reply.
+pub fn info_field(info: &str, field: &str) -> Option<String> {
+    info.lines().find_map(|l| {
+        l.strip_prefix(field)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .map(|v| v.trim().to_string())
+    })
+}
+
+/// Extra `redis-server` configuration for [`RedisServer::start_with_options`]. Every option
+/// is a command-line `--name value` pair; persistence is always off.
+///
+/// ```no_run
+/// use cache_tests::{RedisOptions, RedisServer};
+/// let opts = RedisOptions::new()
+///     .maxmemory("1mb", "noeviction")
+///     .arg("--hz", "100");
+/// let server = RedisServer::start_with_options(opts);
+/// assert_eq!(server.config_get("maxmemory-policy"), "noeviction");
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct RedisOptions {
+    args: Vec<String>,
+}
+
+impl RedisOptions {
+    /// No extra configuration.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Any `--name value` option.
+    pub fn arg(mut self, name: &str, value: &str) -> Self {
+        self.args.push(name.to_string());
+        self.args.push(value.to_string());
+        self
+    }
+
+    /// `--maxmemory <size> --maxmemory-policy <policy>` (e.g. `"2mb"`, `"allkeys-lru"`).
+    pub fn maxmemory(self, size: &str, policy: &str) -> Self {
+        self.arg("--maxmemory", size)
+            .arg("--maxmemory-policy", policy)
+    }
+
+    /// `--client-output-buffer-limit "pubsub <hard> 0 0"`: a subscriber that falls more than
+    /// `hard` behind is disconnected by the server.
+    pub fn pubsub_buffer_limit(mut self, hard: &str) -> Self {
+        self.args
+            .extend(["--client-output-buffer-limit", "pubsub", hard, "0", "0"].map(str::to_string));
+        self
+    }
+
+    /// `--user <rules>`: an ACL user defined at start (e.g.
+    /// `"cache on >pw ~{cr:* &{cr:* -@all +get"`).
+    pub fn user(mut self, rules: &str) -> Self {
+        self.args.push("--user".to_string());
+        self.args
+            .extend(rules.split_whitespace().map(str::to_string));
+        self
+    }
+
+    /// `--replicaof 127.0.0.1 <port>`.
+    pub fn replica_of(mut self, port: u16) -> Self {
+        self.args.extend([
+            "--replicaof".to_string(),
+            "127.0.0.1".into(),
+            port.to_string(),
+        ]);
+        self
+    }
+
+    /// The options given so far, as command-line arguments.
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
@@ -260,17 +474,28 @@ impl Drop for RedisServer {
 }
 
 fn redis_server_path() -> PathBuf {
+    binary_path("redis-server")
+}
+
+/// The path of a Redis binary (`redis-server`, `redis-cli`, `redis-sentinel`) on `PATH`, or a
+/// panic with an install hint.
+pub fn binary_path(name: &str) -> PathBuf {
+    find_binary(name).unwrap_or_else(|| panic!("{name} was not found on PATH. {INSTALL_HINT}"))
+}
+
+/// The path of a binary on `PATH` (or in the usual system directories), if any.
+pub fn find_binary(name: &str) -> Option<PathBuf> {
     for dir in std::env::var("PATH").unwrap_or_default().split(':').chain([
         "/usr/bin",
         "/usr/sbin",
         "/usr/local/bin",
     ]) {
-        let p = PathBuf::from(dir).join("redis-server");
+        let p = PathBuf::from(dir).join(name);
         if p.is_file() {
-            return p;
+            return Some(p);
         }
     }
-    panic!("{INSTALL_HINT}");
+    None
 }
 
 /// A port nothing listens on right now.
@@ -283,7 +508,7 @@ pub fn free_port() -> u16 {
 
 /// PDEATHSIG fires when the *thread* that spawned the child exits, so children are spawned by
 /// one keeper thread that lives as long as the process.
-fn spawn_tied_to_process(cmd: Command) -> Child {
+pub(crate) fn spawn_tied_to_process(cmd: Command) -> Child {
     type Job = (Command, mpsc::Sender<std::io::Result<Child>>);
     static KEEPER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
     let keeper = KEEPER.get_or_init(|| {
@@ -362,6 +587,19 @@ pub async fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> 
             "timed out after {within:?} waiting for: {what}"
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds, or panics after `within` naming `what`. For the
+/// harness's own waits (servers, sentinels, cluster nodes), which run on plain threads.
+pub fn wait_until(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
