@@ -9,7 +9,7 @@
 //! (usually nothing: during backoff operations fail immediately).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,11 +17,16 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 use tokio::sync::watch;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
+
 use crate::breaker::{Breaker, BreakerState};
 use crate::bus;
 use crate::config::Config;
+use crate::error::{CacheError, InitError};
+// `pub(crate)` only for `edge/worker.rs`, which still imports the limiter from here: its home
+// is `log_limit`; make this private once that import points there.
+pub(crate) use crate::log_limit::LogLimiter;
 use crate::pending::{Pending, PendingOp};
-use crate::{CacheError, InitError};
 
 enum ConnState {
     Idle {
@@ -69,12 +74,28 @@ pub(crate) enum Fetched {
     },
 }
 
-/// One read: the value key, the lock key (tried only with `try_lock`), and the stamp keys.
+/// The Redis keys of one entry: its value, its lock, and the counters it is stamped with
+/// (generation, cache clear, global clear, tags), built by the cache's key scheme.
+pub(crate) struct EntryKeys {
+    pub value: String,
+    pub lock: String,
+    pub stamps: Vec<String>,
+}
+
+/// One read; the lock is tried (`SET NX PX lease`) only with `try_lock` (token, lease ms).
 pub(crate) struct ReadRequest {
-    pub value_key: String,
-    pub lock_key: String,
+    pub keys: EntryKeys,
     pub try_lock: Option<(String, u64)>,
-    pub stamp_keys: Vec<String>,
+}
+
+/// One conditional write: `bytes` for `ttl`, if the stamps still hold `seen`; releases the
+/// lock if `token` still owns it.
+pub(crate) struct WriteRequest {
+    pub keys: EntryKeys,
+    pub bytes: Vec<u8>,
+    pub ttl: Duration,
+    pub seen: Vec<u64>,
+    pub token: Option<String>,
 }
 
 /// Scripts keep each operation to one round trip and make it atomic.
@@ -253,8 +274,8 @@ impl RedisTier {
         let res = self
             .exec(move |mut c| async move {
                 let mut inv = scripts.read.prepare_invoke();
-                inv.key(&req.value_key).key(&req.lock_key);
-                for k in &req.stamp_keys {
+                inv.key(&req.keys.value).key(&req.keys.lock);
+                for k in &req.keys.stamps {
                     inv.key(k);
                 }
                 match &req.try_lock {
@@ -288,11 +309,11 @@ impl RedisTier {
         let (mut values, pttl) = self
             .exec(move |mut c| async move {
                 let mut p = redis::pipe();
-                p.cmd("MGET").arg(&req.value_key);
-                for k in &req.stamp_keys {
+                p.cmd("MGET").arg(&req.keys.value);
+                for k in &req.keys.stamps {
                     p.arg(k);
                 }
-                p.cmd("PTTL").arg(&req.value_key);
+                p.cmd("PTTL").arg(&req.keys.value);
                 p.query_async::<(Vec<Option<Vec<u8>>>, i64)>(&mut c).await
             })
             .await?;
@@ -324,23 +345,20 @@ impl RedisTier {
 
     /// `SET value PX` if every stamp key still holds `seen`; releases the lock if `token`
     /// still owns it. `Ok(false)`: a write happened since `seen` was read; nothing stored.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn write_if(
-        &self,
-        value_key: String,
-        lock_key: String,
-        bytes: Vec<u8>,
-        ttl: Duration,
-        stamp_keys: Vec<String>,
-        seen: Vec<u64>,
-        token: Option<String>,
-    ) -> Result<bool, CacheError> {
-        let ms = ttl.as_millis().max(1) as u64;
+    pub(crate) async fn write_if(&self, req: WriteRequest) -> Result<bool, CacheError> {
+        let ms = req.ttl.as_millis().max(1) as u64;
         let scripts = self.scripts.clone();
         self.exec(move |mut c| async move {
+            let WriteRequest {
+                keys,
+                bytes,
+                seen,
+                token,
+                ..
+            } = req;
             let mut inv = scripts.write_if.prepare_invoke();
-            inv.key(&value_key).key(&lock_key);
-            for k in &stamp_keys {
+            inv.key(&keys.value).key(&keys.lock);
+            for k in &keys.stamps {
                 inv.key(k);
             }
             inv.arg(bytes).arg(ms).arg(token.as_deref().unwrap_or(""));
@@ -515,7 +533,7 @@ impl RedisTier {
                 };
                 match res {
                     Ok(()) => {
-                        tracing::info!("cache_runtime: a deferred redis write went through");
+                        tracing::info!(write = %op.id(), "a deferred redis write went through");
                         self.pending.done(&op.id());
                     }
                     // Still down: try the rest next round.
@@ -558,9 +576,10 @@ impl RedisTier {
             Err(_) => self.breaker.failure(),
         }
         if let Err(e) = res {
-            self.shared.log.warn(
+            self.shared.log.warn_error(
                 "redis",
-                &format!("redis operation failed, falling back to the source: {e}"),
+                "redis operation failed, falling back to the source",
+                e,
             );
         }
     }
@@ -635,7 +654,7 @@ impl Shared {
         let next = match attempt {
             Ok(Ok(conn)) => {
                 if failures > 0 {
-                    tracing::info!("cache_runtime: connected to redis");
+                    tracing::info!("connected to redis");
                 }
                 ConnState::Ready(conn)
             }
@@ -657,15 +676,26 @@ impl Shared {
     }
 
     fn failed(&self, failures: u32, error: String) -> ConnState {
-        let backoff = Duration::from_millis(100 << failures.min(4)).min(Duration::from_secs(1));
         self.log
-            .warn("redis", &format!("cannot connect to redis: {error}"));
+            .warn_error("redis", "cannot connect to redis", &error);
         ConnState::Idle {
-            retry_at: Instant::now() + backoff,
+            retry_at: Instant::now() + reconnect_delay(failures),
             failures: failures.saturating_add(1),
             last_error: error,
         }
     }
+}
+
+/// The wait before reconnect attempt `failures + 1`: 100 ms, doubling up to 1 s.
+fn reconnect_delay(failures: u32) -> Duration {
+    const MAX: Duration = Duration::from_secs(1);
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(MAX)
+        .without_max_times()
+        .build()
+        .nth(failures.min(8) as usize)
+        .unwrap_or(MAX)
 }
 
 /// A client for `url`; `rediss://` uses rustls (ring), with `root_pem` as the only trusted CA
@@ -718,37 +748,17 @@ fn redact(s: &str) -> String {
     }
 }
 
-/// At most one warning per interval; the rest are counted and reported with the next one.
-#[derive(Default)]
-pub(crate) struct LogLimiter {
-    last_ms: AtomicU64,
-    suppressed: AtomicU64,
-}
-
-const LOG_INTERVAL_MS: u64 = 10_000;
-
-impl LogLimiter {
-    /// Logs `message` about `subject` unless a line was logged in the last interval.
-    pub(crate) fn warn(&self, subject: &str, message: &str) {
-        let now = crate::codec::unix_millis(std::time::SystemTime::now());
-        let last = self.last_ms.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= LOG_INTERVAL_MS
-            && self
-                .last_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
-            tracing::warn!(suppressed, "cache_runtime: {subject}: {message}");
-        } else {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{reconnect_delay, redact};
+    use std::time::Duration;
+
+    #[test]
+    fn reconnects_back_off_exponentially_up_to_a_second() {
+        let ms: Vec<u128> = (0..7).map(|f| reconnect_delay(f).as_millis()).collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1000, 1000, 1000]);
+        assert_eq!(reconnect_delay(u32::MAX), Duration::from_secs(1));
+    }
 
     #[test]
     fn passwords_are_redacted() {
