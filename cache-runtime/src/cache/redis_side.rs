@@ -263,35 +263,9 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             return Read::Failed;
         }
         let sent = Instant::now();
-        let req = ReadRequest {
-            keys: redis.keys.entry(key),
-            try_lock: lock,
-        };
-        let (bytes, pttl, stamps) = match redis.tier.read(req).await {
-            Ok(Fetched::Found {
-                bytes,
-                pttl,
-                stamps,
-            }) => (bytes, pttl, stamps),
-            Ok(Fetched::Missing { stamps, locked }) => {
-                return Read::Missing {
-                    stamps,
-                    locked,
-                    unusable: false,
-                }
-            }
-            Ok(Fetched::WrongType { stamps }) => {
-                self.counters.decode_failures.add(1);
-                self.decode_log.warn(
-                    &self.name,
-                    "a redis key holds another Redis type; treated as a miss",
-                );
-                return Read::unusable(stamps);
-            }
-            Err(e) => {
-                let _ = self.count_redis::<()>(Err(e));
-                return Read::Failed;
-            }
+        let (bytes, pttl, stamps) = match self.redis_fetch(redis, key, lock).await {
+            Ok(found) => found,
+            Err(read) => return read,
         };
         let Some(decoded) = self.decode_current(redis, &bytes, &stamps) else {
             return Read::unusable(stamps);
@@ -320,6 +294,45 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             seen_local,
         );
         Read::Found(value.0, meta)
+    }
+
+    /// The round trip of a read: the value's bytes, remaining lifetime and the stamps, or
+    /// what to answer when there is no value to decode.
+    async fn redis_fetch(
+        &self,
+        redis: &RedisSide<V>,
+        key: &Key,
+        lock: Option<(String, u64)>,
+    ) -> Result<(Vec<u8>, Option<Duration>, Vec<u64>), Read<V>> {
+        let req = ReadRequest {
+            keys: redis.keys.entry(key),
+            try_lock: lock,
+        };
+        match redis.tier.read(req).await {
+            Ok(Fetched::Found {
+                bytes,
+                pttl,
+                stamps,
+            }) => Ok((bytes, pttl, stamps)),
+            Ok(Fetched::Missing { stamps, locked }) => Err(Read::Missing {
+                stamps,
+                locked,
+                unusable: false,
+            }),
+            Ok(Fetched::WrongType { stamps }) => {
+                self.counters.decode_failures.add(1);
+                self.decode_log.warn_error(
+                    &self.name,
+                    "a redis key holds another Redis type; treated as a miss",
+                    &"WRONGTYPE",
+                );
+                Err(Read::unusable(stamps))
+            }
+            Err(e) => {
+                let _ = self.count_redis::<()>(Err(e));
+                Err(Read::Failed)
+            }
+        }
     }
 
     /// Decodes a value read from Redis; `None` (counted, logged) if it does not decode or was
