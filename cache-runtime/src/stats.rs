@@ -256,3 +256,44 @@ pub fn caches() -> Vec<CacheInfo> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_counter_reaches_the_snapshot_and_is_reset() {
+        let c = Counters::new("t::stats");
+        let names = [
+            &c.local_hits,
+            &c.redis_hits,
+            &c.misses,
+            &c.coalesced,
+            &c.body_calls,
+            &c.populates,
+            &c.invalidations,
+            &c.decode_failures,
+            &c.redis_errors,
+            &c.redis_timeouts,
+            &c.oversize,
+            &c.stale_rejected,
+            &c.superseded,
+            &c.lock_waits,
+            &c.lock_timeouts,
+            &c.stale_served,
+            &c.soft_timeouts,
+            &c.refreshes_ahead,
+        ];
+        for (i, stat) in names.iter().enumerate() {
+            stat.add(i as u64 + 1);
+        }
+        c.body(Duration::from_millis(5));
+        let s = c.snapshot();
+        assert_eq!((s.local_hits, s.redis_hits, s.misses), (1, 2, 3));
+        assert_eq!(s.body_calls, 5 + 1, "add(5) and one body run");
+        assert_eq!(s.refreshes_ahead, 18);
+        assert_eq!(s.body_time, Duration::from_millis(5));
+        c.reset();
+        assert_eq!(c.snapshot(), Stats::default());
+    }
+}

@@ -300,6 +300,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let (r, meta, source) = self.load_detached::<R, S, B>(key, body, sharing).await;
         S::with_entry(r, meta, tags, source)
     }
+
     /// [`get_or_load`](Self::get_or_load) for a blocking body, from synchronous code.
     pub fn get_or_load_blocking<R, S>(
         &self,

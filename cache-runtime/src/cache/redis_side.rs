@@ -626,3 +626,30 @@ pub(super) async fn bump_everywhere(bump: Bump<'_>) -> Result<(), CacheError> {
     }
     res
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_scheme_is_the_documented_one() {
+        let keys = KeyScheme::new("cr", "app::user", 3);
+        let key = Key::new("user:42").with_tags(vec!["t:1".into(), "t:2".into()]);
+        let entry = keys.entry(&key);
+        assert_eq!(entry.value, "cr:w1:v3:user:42");
+        assert_eq!(entry.lock, "cr:lock:v3:user:42");
+        assert_eq!(
+            entry.stamps,
+            [
+                "cr:gen:user:42",
+                "cr:clear:app::user",
+                "cr:clear",
+                "cr:tag:t:1",
+                "cr:tag:t:2"
+            ]
+        );
+        assert_eq!(keys.channel, "cr:bus:1");
+        assert_eq!(tag_key("cr", "t:1"), entry.stamps[3]);
+        assert_eq!(all_clear_key("cr"), entry.stamps[2]);
+    }
+}
