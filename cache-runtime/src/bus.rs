@@ -254,7 +254,8 @@ fn handle(payload: &[u8]) {
 
 /// Runs forever on the Redis thread: subscribe, apply, reconnect.
 pub(crate) async fn run(client: redis::Client, channel: String, timeout: Duration) {
-    // 50 ms doubling up to 1.6 s; the first failure waits 100 ms.
+    // After a failure 100 ms, doubling up to 1.6 s; after a clean end 50 ms (the first
+    // delay of a fresh backoff, skipped before the first failure).
     let backoff = ExponentialBuilder::new()
         .with_min_delay(Duration::from_millis(50))
         .with_max_delay(Duration::from_millis(1600))
