@@ -21,6 +21,8 @@
 
 use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
+
 use crate::bus;
 use crate::codec::{self, DecodeError, Decoded};
 use crate::entry::Meta;
@@ -34,6 +36,9 @@ use super::Cache;
 
 pub(super) type EncodeFn<V> = fn(&V, u64, u64, Duration, &[u64]) -> Result<Vec<u8>, String>;
 pub(super) type DecodeFn<V> = fn(&[u8], u64, usize, Duration) -> Result<Decoded<V>, DecodeError>;
+
+/// The longest pause between two reads while another process holds the lock.
+const MAX_LOCK_POLL: Duration = Duration::from_millis(50);
 
 /// The Redis key of tag `tag`'s version.
 fn tag_key(prefix: &str, tag: &str) -> String {
@@ -192,7 +197,12 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let lease_ms = lease.as_millis().max(1) as u64;
         // Long enough for a crashed holder's lease to expire and a waiter to take over.
         let deadline = Instant::now() + lease * 2;
-        let mut pause = Duration::from_millis(2);
+        // Poll often at first (the holder may be about to store), then every 50 ms.
+        let mut pauses = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(2))
+            .with_max_delay(MAX_LOCK_POLL)
+            .without_max_times()
+            .build();
         loop {
             let lock = Some((token.clone(), lease_ms));
             let (stamps, locked, unusable) =
@@ -235,8 +245,10 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 };
             }
             self.counters.lock_waits.add(1);
-            redis.tier.sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
+            redis
+                .tier
+                .sleep(pauses.next().unwrap_or(MAX_LOCK_POLL))
+                .await;
         }
     }
 
