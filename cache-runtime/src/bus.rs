@@ -69,7 +69,13 @@ const SEP: char = '\u{1f}';
 /// This process's id on the bus (random per process).
 pub(crate) fn instance_id() -> u64 {
     static ID: OnceLock<u64> = OnceLock::new();
-    *ID.get_or_init(|| fastrand::u64(..))
+    // Not from `fastrand`, whose seed is the monotonic clock: OS-seeded, so two hosts or
+    // processes never share an id (a process ignores messages carrying its own).
+    *ID.get_or_init(|| {
+        use std::hash::BuildHasher;
+        std::collections::hash_map::RandomState::new()
+            .hash_one((std::process::id(), clock::now_unix_us()))
+    })
 }
 
 /// The message without its counter, which the publishing script appends.
