@@ -54,7 +54,7 @@ impl Breaker {
     pub(crate) fn success(&self) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if !matches!(*s, State::Closed { .. }) {
-            tracing::info!("cache_runtime: redis answers again; circuit breaker closed");
+            tracing::info!("redis answers again; circuit breaker closed");
             metrics::gauge!("cache_redis_breaker_open").set(0.0);
         }
         *s = State::Closed { failures: 0 };

@@ -12,7 +12,7 @@
 //!     32    4 CRC-32           u32 LE, of every other byte of the envelope
 //!     36    1 stamp count      k ≤ 64
 //!     37   8k stamps           u64 LE each: the generation and version counters the value
-//!                              was written under (see `cache.rs`); a reader compares them
+//!                              was written under (see `cache/redis_side.rs`); a reader compares them
 //!                              with the current counters, read in the same round trip
 //!  37+8k    n payload          bincode 2 (standard config) of the value, via serde
 //! ```
@@ -22,10 +22,11 @@
 //! as a [`DecodeError`]; the cache counts it and treats it as a miss. Bincode is the only
 //! serializer and it stays behind this module.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
 
+use crate::clock;
 use crate::entry::ETag;
 
 /// First bytes of every value the runtime writes.
@@ -85,16 +86,10 @@ pub fn fingerprint(type_name: &str, schema_version: u32) -> u64 {
 }
 
 /// FNV-1a, 64 bits: stable across builds and platforms (unlike `std`'s hashers).
-pub(crate) fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
     bytes.into_iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
-}
-
-pub(crate) fn unix_millis(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Encodes a value with its envelope and the stamps it is written under.
@@ -104,13 +99,7 @@ pub fn encode<V: Serialize>(
     ttl: Duration,
     stamps: &[u64],
 ) -> Result<Vec<u8>, String> {
-    encode_at(
-        value,
-        fingerprint,
-        unix_millis(SystemTime::now()),
-        ttl,
-        stamps,
-    )
+    encode_at(value, fingerprint, clock::now_unix_ms(), ttl, stamps)
 }
 
 /// [`encode`] with the creation time given (Unix ms), so that the writer's own copy and the
@@ -302,7 +291,7 @@ pub fn decode_with_grace<V: DeserializeOwned>(
     if checksum(bytes) != u32_at(bytes, 32) {
         return Err(DecodeError::Checksum);
     }
-    let now = unix_millis(SystemTime::now());
+    let now = clock::now_unix_ms();
     if expires.saturating_add(grace.as_millis() as u64) <= now {
         return Err(DecodeError::Expired);
     }

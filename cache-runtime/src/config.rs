@@ -1,10 +1,7 @@
-//! Process-wide runtime configuration: Redis URL, key prefix, timeouts, limits.
+//! Process-wide configuration: Redis URL, key prefix, timeouts, limits. Plain data; the
+//! runtime built from it lives in `runtime`.
 
-use std::sync::OnceLock;
 use std::time::Duration;
-
-use crate::redis_tier::RedisTier;
-use crate::InitError;
 
 /// Runtime configuration, set once at start-up with [`init`]. Without `init`, the first cache
 /// use configures the runtime from the environment (`REDIS_URL`), see [`Config::from_env`].
@@ -160,91 +157,4 @@ impl ConfigBuilder {
     pub fn build(self) -> Config {
         self.0
     }
-}
-
-pub(crate) struct Runtime {
-    pub config: Config,
-    pub redis: Option<RedisTier>,
-}
-
-static RUNTIME: OnceLock<Runtime> = OnceLock::new();
-
-fn make_runtime(config: Config) -> Result<Runtime, InitError> {
-    let redis = match &config.redis_url {
-        Some(url) => {
-            let tier = RedisTier::new(url, &config)?;
-            tier.handle().spawn(crate::bus::run(
-                tier.client().clone(),
-                crate::bus::channel(&config.key_prefix),
-                config.connect_timeout,
-            ));
-            Some(tier)
-        }
-        None => None,
-    };
-    Ok(Runtime { config, redis })
-}
-
-/// Configures the runtime. Call it once at start-up, before the first cached call.
-///
-/// ```no_run
-/// use cache_runtime::{init, Config};
-/// init(Config::builder().redis_url("redis://127.0.0.1:6379").key_prefix("shop").build())
-///     .expect("cache runtime configured twice");
-/// ```
-pub fn init(config: Config) -> Result<(), InitError> {
-    if RUNTIME.get().is_some() {
-        return Err(InitError::AlreadyInitialized);
-    }
-    let mut made = Some(make_runtime(config)?);
-    RUNTIME.get_or_init(|| made.take().expect("runtime built once"));
-    match made {
-        None => Ok(()),
-        Some(_) => Err(InitError::AlreadyInitialized),
-    }
-}
-
-pub(crate) fn runtime() -> &'static Runtime {
-    RUNTIME.get_or_init(|| {
-        let config = Config::from_env();
-        if config.redis_url.is_none() {
-            tracing::warn!(
-                "cache_runtime: REDIS_URL is not set and init() was not called; the Redis tier \
-                 is disabled (local+redis caches use their local tier only, redis caches run \
-                 the body on every call)"
-            );
-        }
-        match make_runtime(config.clone()) {
-            Ok(rt) => rt,
-            Err(e) => {
-                tracing::error!("cache_runtime: {e}; the Redis tier is disabled");
-                Runtime {
-                    config: Config {
-                        redis_url: None,
-                        ..config
-                    },
-                    redis: None,
-                }
-            }
-        }
-    })
-}
-
-/// The configuration in force (initialising it from the environment if nothing was set).
-///
-/// ```
-/// let prefix = cache_runtime::config().key_prefix().to_string();
-/// assert!(!prefix.is_empty());
-/// ```
-pub fn config() -> &'static Config {
-    &runtime().config
-}
-
-/// Whether a Redis tier is configured (it may still be unreachable).
-///
-/// ```
-/// let _ = cache_runtime::redis_enabled();
-/// ```
-pub fn redis_enabled() -> bool {
-    runtime().redis.is_some()
 }

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::clock;
+
 /// A strong entity tag: a 128-bit hash (XXH3) of the value's encoded bytes, computed once
 /// when the value enters the cache. Every process computes the same tag for the same value.
 ///
@@ -81,7 +83,7 @@ pub struct Meta {
 impl Meta {
     /// Meta for a value created now that lives `ttl`.
     pub fn fresh(ttl: Duration, etag: Option<ETag>) -> Self {
-        let created = unix_ms(SystemTime::now());
+        let created = clock::now_unix_ms();
         Meta {
             created_unix_ms: created,
             expires_unix_ms: created.saturating_add(ttl.as_millis() as u64),
@@ -90,10 +92,9 @@ impl Meta {
     }
 }
 
-pub(crate) fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+// The clock's home is `clock`; re-exported for `http::policy`, which still imports it here.
+#[cfg(feature = "http")]
+pub(crate) use crate::clock::unix_ms;
 
 /// A cached value with its validators, tags and source, as returned by the generated
 /// `<fn>_entry` functions and [`Cache::get_or_load_entry`](crate::Cache::get_or_load_entry).
@@ -131,7 +132,7 @@ impl<V> Entry<V> {
         tags: Vec<String>,
         source: Source,
     ) -> Self {
-        let created = unix_ms(created);
+        let created = clock::unix_ms(created);
         Entry {
             value,
             meta: Meta {

@@ -51,7 +51,7 @@ impl KeyWriter {
             if needs_escape(c) {
                 let mut bytes = [0u8; 4];
                 for b in c.encode_utf8(&mut bytes).bytes() {
-                    let _ = write!(self.buf, "%{b:02X}");
+                    self.buf.push_str(percent_encoding::percent_encode_byte(b));
                 }
             } else {
                 self.buf.push(c);
@@ -107,14 +107,13 @@ const ASCII_ESCAPE: [bool; 128] = {
     t
 };
 
+/// ASCII by the table; beyond ASCII, only whitespace and control characters (other
+/// characters stay readable: `é` is `é`).
 fn needs_escape(c: char) -> bool {
-    SEPARATORS.contains(&c)
-        || matches!(
-            c,
-            '%' | '[' | ']' | '+' | '*' | '\\' | '<' | '>' | '"' | '\'' | '{' | '}' | '^' | '$'
-        )
-        || c.is_whitespace()
-        || c.is_control()
+    match u8::try_from(c) {
+        Ok(b) if b < 128 => ASCII_ESCAPE[b as usize],
+        _ => c.is_whitespace() || c.is_control(),
+    }
 }
 
 /// A value that can be interpolated into a cache key.
@@ -324,10 +323,16 @@ mod tests {
     }
 
     #[test]
-    fn the_ascii_table_agrees_with_needs_escape() {
-        for b in 0u8..128 {
-            assert_eq!(ASCII_ESCAPE[b as usize], needs_escape(b as char), "{b}");
+    fn escapes_whitespace_controls_and_reserved_characters() {
+        for c in [
+            ' ', '\t', '\u{7f}', '%', '+', '[', '{', '\u{a0}', '\u{2028}', '\u{85}',
+        ] {
+            assert!(needs_escape(c), "{c:?}");
         }
+        for c in ['a', 'Z', '0', '-', '_', '~', 'é', '日'] {
+            assert!(!needs_escape(c), "{c:?}");
+        }
+        assert_eq!(enc("a\u{a0}b"), "a%C2%A0b");
     }
 
     #[test]

@@ -29,6 +29,7 @@
 mod breaker;
 mod bus;
 mod cache;
+mod clock;
 pub mod codec;
 mod config;
 pub mod edge;
@@ -39,11 +40,14 @@ mod flight;
 pub mod http;
 pub mod key;
 mod local;
+mod log_limit;
 mod observe;
 mod pending;
 mod redis_tier;
+mod runtime;
 pub mod shape;
 mod stats;
+mod tier;
 
 #[doc(hidden)]
 pub mod __private;
@@ -52,14 +56,16 @@ pub use breaker::BreakerState;
 pub use bus::{bus_status, recent_propagation_delays_us, BusStatus};
 pub use cache::{
     clear_all, clear_all_blocking, invalidate_tag, invalidate_tag_blocking, Cache, CacheBuilder,
-    Key, Tier, DEFAULT_CAPACITY, DEFAULT_LOCAL_TTL_CAP, DEFAULT_LOCK_LEASE,
+    DEFAULT_CAPACITY, DEFAULT_LOCAL_TTL_CAP, DEFAULT_LOCK_LEASE,
 };
-pub use config::{config, init, redis_enabled, Config, ConfigBuilder};
+pub use config::{Config, ConfigBuilder};
 pub use entry::{ETag, Entry, Meta, Source};
 pub use error::{CacheError, InitError};
 pub use observe::{Mode, ObserveReport, Verdict};
+pub use runtime::{config, health_check, init, redis_enabled, redis_status, RedisStatus};
 pub use shape::{OkOnly, Plain, Sharing, SomeOnly, SomeOrNone};
 pub use stats::{caches, CacheInfo, Stats};
+pub use tier::{Key, Tier};
 
 /// Caches a function. See the crate README for every option and generated item.
 ///
@@ -76,55 +82,3 @@ pub use stats::{caches, CacheInfo, Stats};
 /// assert_eq!(lookup_user_name(1).as_deref(), Some("Ada"));
 /// ```
 pub use cache_macros::cached;
-
-/// The Redis tier's health as this process sees it.
-///
-/// ```
-/// let s = cache_runtime::redis_status();
-/// assert!(s.pending_writes == 0 || s.configured);
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisStatus {
-    /// Whether a Redis URL is configured.
-    pub configured: bool,
-    /// The circuit breaker's state.
-    pub breaker: BreakerState,
-    /// Invalidations, tag invalidations and clears that Redis has not taken yet (retried in
-    /// the background; meanwhile the entries they cover are not read from Redis).
-    pub pending_writes: usize,
-}
-
-/// See [`RedisStatus`].
-pub fn redis_status() -> RedisStatus {
-    match &config::runtime().redis {
-        Some(r) => RedisStatus {
-            configured: true,
-            breaker: r.breaker_state(),
-            pending_writes: r.pending.len(),
-        },
-        None => RedisStatus {
-            configured: false,
-            breaker: BreakerState::Closed,
-            pending_writes: 0,
-        },
-    }
-}
-
-/// Checks that Redis answers (a `PING` through the runtime's connection). Call it at boot to
-/// fail fast on a wrong URL or password; cached calls themselves never fail on Redis errors.
-///
-/// ```no_run
-/// # async fn boot() {
-/// if let Err(e) = cache_runtime::health_check().await {
-///     eprintln!("redis cache unavailable, serving from the source: {e}");
-/// }
-/// # }
-/// ```
-pub async fn health_check() -> Result<(), CacheError> {
-    match &config::runtime().redis {
-        Some(r) => r.ping().await,
-        None => Err(CacheError::Unavailable(
-            "no redis configured (set REDIS_URL or call cache_runtime::init)".into(),
-        )),
-    }
-}

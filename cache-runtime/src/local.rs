@@ -51,6 +51,20 @@ impl<V> Expiry<String, Entry<V>> for DeadlineExpiry {
     }
 }
 
+/// What to insert: a value with its lifetime, generation and validators.
+pub(crate) struct Stored<V> {
+    pub value: V,
+    /// Served until then; kept until `deadline` as a stale fallback.
+    pub fresh_until: Instant,
+    pub deadline: Instant,
+    /// The Redis generation the value was read or written under (0 without Redis).
+    pub generation: u64,
+    pub tags: Arc<[String]>,
+    /// Estimated bytes for a `max_bytes` cache, 1 otherwise.
+    pub weight: u32,
+    pub meta: Meta,
+}
+
 pub(crate) struct LocalTier<V> {
     moka: Moka<String, Entry<V>>,
     /// Bumped by `clear`: entries from an older epoch are never returned, even before moka's
@@ -108,18 +122,16 @@ impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
             .then_some((entry.value, entry.meta))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn insert(
-        &self,
-        key: String,
-        value: V,
-        fresh_until: Instant,
-        deadline: Instant,
-        generation: u64,
-        tags: Arc<[String]>,
-        weight: u32,
-        meta: Meta,
-    ) {
+    pub(crate) fn insert(&self, key: String, stored: Stored<V>) {
+        let Stored {
+            value,
+            fresh_until,
+            deadline,
+            generation,
+            tags,
+            weight,
+            meta,
+        } = stored;
         if deadline <= Instant::now() {
             self.moka.invalidate(&key);
             return;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::Tier;
+use crate::tier::Tier;
 
 /// What a cache does with calls. Switch it at run time with
 /// [`Cache::set_mode`](crate::Cache::set_mode), or start in one with `mode = "..."`.

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::Tier;
+use crate::tier::Tier;
 
 /// One counter: a relaxed atomic for [`Stats`], mirrored to a `metrics` counter handle
 /// (a no-op unless the application installed a recorder before the cache was created).
@@ -38,66 +38,112 @@ impl Stat {
     }
 }
 
-/// Live counters of one cache. Metric names follow Prometheus conventions (`_total`,
-/// `_seconds`), with a `cache` label (and `tier` for hits).
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub local_hits: Stat,
-    pub redis_hits: Stat,
-    pub misses: Stat,
-    pub coalesced: Stat,
-    pub body_calls: Stat,
-    pub body_nanos: Stat,
-    pub populates: Stat,
-    pub invalidations: Stat,
-    pub decode_failures: Stat,
-    pub redis_errors: Stat,
-    pub redis_timeouts: Stat,
-    pub oversize: Stat,
-    pub stale_rejected: Stat,
-    pub superseded: Stat,
-    pub lock_waits: Stat,
-    pub lock_timeouts: Stat,
-    pub stale_served: Stat,
-    pub soft_timeouts: Stat,
-    pub refreshes_ahead: Stat,
-    body_seconds: Option<metrics::Histogram>,
+/// Declares every counter once: its [`Stats`] field (with its doc), its `metrics` name and
+/// labels. Generates `Counters` (the live atomics), its snapshot and reset, and `Stats`.
+macro_rules! counters {
+    ($( $(#[doc = $doc:literal])* $field:ident => $metric:literal $(, $label:literal = $value:literal)?; )*) => {
+        /// Live counters of one cache. Metric names follow Prometheus conventions (`_total`,
+        /// `_seconds`), with a `cache` label (and `tier` for hits).
+        #[derive(Debug, Default)]
+        pub(crate) struct Counters {
+            $(pub $field: Stat,)*
+            /// Exported as the `body_seconds` histogram, not as a counter of nanoseconds.
+            body_nanos: Stat,
+            body_seconds: Option<metrics::Histogram>,
+        }
+
+        impl Counters {
+            pub fn new(cache: &str) -> Self {
+                let cache = metrics::Label::new("cache", cache.to_string());
+                Self {
+                    $($field: Stat::new(
+                        $metric,
+                        vec![cache.clone() $(, metrics::Label::new($label, $value))?],
+                    ),)*
+                    body_nanos: Stat::default(),
+                    body_seconds: Some(metrics::histogram!(
+                        "cache_body_duration_seconds",
+                        vec![cache]
+                    )),
+                }
+            }
+
+            pub fn snapshot(&self) -> Stats {
+                Stats {
+                    $($field: self.$field.get(),)*
+                    body_time: Duration::from_nanos(self.body_nanos.get()),
+                }
+            }
+
+            pub fn reset(&self) {
+                $(self.$field.reset();)*
+                self.body_nanos.reset();
+            }
+        }
+
+        /// A snapshot of one cache's counters.
+        ///
+        /// ```
+        /// use cache_runtime::Stats;
+        /// let s = Stats { local_hits: 3, redis_hits: 1, misses: 4, coalesced: 3, body_calls: 1,
+        ///                 body_time: std::time::Duration::from_millis(20), ..Stats::default() };
+        /// assert_eq!(s.hits(), 4);
+        /// assert_eq!(s.hit_ratio(), 0.5);
+        /// assert_eq!(s.offload_ratio(), 7.0 / 8.0);
+        /// assert_eq!(s.estimated_time_saved(), std::time::Duration::from_millis(140));
+        /// ```
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct Stats {
+            $($(#[doc = $doc])* pub $field: u64,)*
+            /// Total wall time spent in the body.
+            pub body_time: Duration,
+        }
+    };
+}
+
+counters! {
+    /// Calls answered by the in-process tier.
+    local_hits => "cache_hits_total", "tier" = "local";
+    /// Calls answered by Redis (the value was then promoted to the local tier).
+    redis_hits => "cache_hits_total", "tier" = "redis";
+    /// Calls that found no usable value in any tier (each led to a body run or joined one).
+    misses => "cache_misses_total";
+    /// Misses that waited for a concurrent call's body instead of running their own.
+    coalesced => "cache_singleflight_waits_total";
+    /// Times the original function body ran (misses, `refresh_*`).
+    body_calls => "cache_body_calls_total";
+    /// Values written into the cache (after a body run, `populate_*`, `refresh_*`).
+    populates => "cache_populates_total";
+    /// Calls to `invalidate_*`.
+    invalidations => "cache_invalidations_total";
+    /// Values found in Redis that did not decode (corrupt, foreign, another type or version).
+    decode_failures => "cache_decode_failures_total";
+    /// Redis operations that failed or timed out (each one fell back to the source).
+    redis_errors => "cache_redis_errors_total";
+    /// Of those, the ones that timed out.
+    redis_timeouts => "cache_redis_timeouts_total";
+    /// Values not written to Redis because they exceeded `max_value_bytes`.
+    oversize => "cache_oversize_values_total";
+    /// Values found in Redis but written before an invalidation, tag invalidation or clear
+    /// that happened since (their stamps are outdated): misses.
+    stale_rejected => "cache_stale_rejected_total";
+    /// Body results not stored because a write happened while the body ran (the
+    /// stale-write-back race, prevented).
+    superseded => "cache_superseded_writes_total";
+    /// Polls while another process held the single-flight lock (`lock = true`).
+    lock_waits => "cache_lock_waits_total";
+    /// Times a caller stopped waiting for a lock holder after the lease and ran the body.
+    lock_timeouts => "cache_lock_timeouts_total";
+    /// Stale values served because the body failed, panicked or timed out (`stale = ...`).
+    stale_served => "cache_stale_served_total";
+    /// Of those, the ones served because the body ran past `soft_timeout` (it finished in
+    /// the background and updated the cache).
+    soft_timeouts => "cache_soft_timeouts_total";
+    /// Background refreshes started by `refresh_ahead` (a read late in an entry's TTL).
+    refreshes_ahead => "cache_refreshes_ahead_total";
 }
 
 impl Counters {
-    pub fn new(cache: &str) -> Self {
-        let l = |extra: Option<(&'static str, &'static str)>| {
-            let mut v = vec![metrics::Label::new("cache", cache.to_string())];
-            if let Some((k, val)) = extra {
-                v.push(metrics::Label::new(k, val));
-            }
-            v
-        };
-        Self {
-            local_hits: Stat::new("cache_hits_total", l(Some(("tier", "local")))),
-            redis_hits: Stat::new("cache_hits_total", l(Some(("tier", "redis")))),
-            misses: Stat::new("cache_misses_total", l(None)),
-            coalesced: Stat::new("cache_singleflight_waits_total", l(None)),
-            body_calls: Stat::new("cache_body_calls_total", l(None)),
-            // Exported as the histogram below, not as a counter of nanoseconds.
-            body_nanos: Stat::default(),
-            populates: Stat::new("cache_populates_total", l(None)),
-            invalidations: Stat::new("cache_invalidations_total", l(None)),
-            decode_failures: Stat::new("cache_decode_failures_total", l(None)),
-            redis_errors: Stat::new("cache_redis_errors_total", l(None)),
-            redis_timeouts: Stat::new("cache_redis_timeouts_total", l(None)),
-            oversize: Stat::new("cache_oversize_values_total", l(None)),
-            stale_rejected: Stat::new("cache_stale_rejected_total", l(None)),
-            superseded: Stat::new("cache_superseded_writes_total", l(None)),
-            lock_waits: Stat::new("cache_lock_waits_total", l(None)),
-            lock_timeouts: Stat::new("cache_lock_timeouts_total", l(None)),
-            stale_served: Stat::new("cache_stale_served_total", l(None)),
-            soft_timeouts: Stat::new("cache_soft_timeouts_total", l(None)),
-            refreshes_ahead: Stat::new("cache_refreshes_ahead_total", l(None)),
-            body_seconds: Some(metrics::histogram!("cache_body_duration_seconds", l(None))),
-        }
-    }
-
     /// Records one body run.
     pub fn body(&self, elapsed: Duration) {
         self.body_calls.add(1);
@@ -107,112 +153,6 @@ impl Counters {
             h.record(elapsed.as_secs_f64());
         }
     }
-
-    pub fn snapshot(&self) -> Stats {
-        Stats {
-            local_hits: self.local_hits.get(),
-            redis_hits: self.redis_hits.get(),
-            misses: self.misses.get(),
-            coalesced: self.coalesced.get(),
-            body_calls: self.body_calls.get(),
-            body_time: Duration::from_nanos(self.body_nanos.get()),
-            populates: self.populates.get(),
-            invalidations: self.invalidations.get(),
-            decode_failures: self.decode_failures.get(),
-            redis_errors: self.redis_errors.get(),
-            redis_timeouts: self.redis_timeouts.get(),
-            oversize: self.oversize.get(),
-            stale_rejected: self.stale_rejected.get(),
-            superseded: self.superseded.get(),
-            lock_waits: self.lock_waits.get(),
-            lock_timeouts: self.lock_timeouts.get(),
-            stale_served: self.stale_served.get(),
-            soft_timeouts: self.soft_timeouts.get(),
-            refreshes_ahead: self.refreshes_ahead.get(),
-        }
-    }
-
-    pub fn reset(&self) {
-        for c in [
-            &self.local_hits,
-            &self.redis_hits,
-            &self.misses,
-            &self.coalesced,
-            &self.body_calls,
-            &self.body_nanos,
-            &self.populates,
-            &self.invalidations,
-            &self.decode_failures,
-            &self.redis_errors,
-            &self.redis_timeouts,
-            &self.oversize,
-            &self.stale_rejected,
-            &self.superseded,
-            &self.lock_waits,
-            &self.lock_timeouts,
-            &self.stale_served,
-            &self.soft_timeouts,
-            &self.refreshes_ahead,
-        ] {
-            c.reset();
-        }
-    }
-}
-
-/// A snapshot of one cache's counters.
-///
-/// ```
-/// use cache_runtime::Stats;
-/// let s = Stats { local_hits: 3, redis_hits: 1, misses: 4, coalesced: 3, body_calls: 1,
-///                 body_time: std::time::Duration::from_millis(20), ..Stats::default() };
-/// assert_eq!(s.hits(), 4);
-/// assert_eq!(s.hit_ratio(), 0.5);
-/// assert_eq!(s.offload_ratio(), 7.0 / 8.0);
-/// assert_eq!(s.estimated_time_saved(), std::time::Duration::from_millis(140));
-/// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// Calls answered by the in-process tier.
-    pub local_hits: u64,
-    /// Calls answered by Redis (the value was then promoted to the local tier).
-    pub redis_hits: u64,
-    /// Calls that found no usable value in any tier (each led to a body run or joined one).
-    pub misses: u64,
-    /// Misses that waited for a concurrent call's body instead of running their own.
-    pub coalesced: u64,
-    /// Times the original function body ran (misses, `refresh_*`).
-    pub body_calls: u64,
-    /// Total wall time spent in the body.
-    pub body_time: Duration,
-    /// Values written into the cache (after a body run, `populate_*`, `refresh_*`).
-    pub populates: u64,
-    /// Calls to `invalidate_*`.
-    pub invalidations: u64,
-    /// Values found in Redis that did not decode (corrupt, foreign, another type or version).
-    pub decode_failures: u64,
-    /// Redis operations that failed or timed out (each one fell back to the source).
-    pub redis_errors: u64,
-    /// Of those, the ones that timed out.
-    pub redis_timeouts: u64,
-    /// Values not written to Redis because they exceeded `max_value_bytes`.
-    pub oversize: u64,
-    /// Values found in Redis but written before an invalidation, tag invalidation or clear
-    /// that happened since (their stamps are outdated): misses.
-    pub stale_rejected: u64,
-    /// Body results not stored because a write happened while the body ran (the
-    /// stale-write-back race, prevented).
-    pub superseded: u64,
-    /// Polls while another process held the single-flight lock (`lock = true`).
-    pub lock_waits: u64,
-    /// Times a caller stopped waiting for a lock holder after the lease and ran the body.
-    pub lock_timeouts: u64,
-    /// Stale values served because the body failed, panicked or timed out (`stale = ...`).
-    pub stale_served: u64,
-    /// Of those, the ones served because the body ran past `soft_timeout` (it finished in
-    /// the background and updated the cache).
-    pub soft_timeouts: u64,
-    /// Background refreshes started by `refresh_ahead` (a read late in an entry's TTL).
-    pub refreshes_ahead: u64,
 }
 
 impl Stats {
@@ -315,4 +255,45 @@ pub fn caches() -> Vec<CacheInfo> {
             stats: r.counters.snapshot(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_counter_reaches_the_snapshot_and_is_reset() {
+        let c = Counters::new("t::stats");
+        let names = [
+            &c.local_hits,
+            &c.redis_hits,
+            &c.misses,
+            &c.coalesced,
+            &c.body_calls,
+            &c.populates,
+            &c.invalidations,
+            &c.decode_failures,
+            &c.redis_errors,
+            &c.redis_timeouts,
+            &c.oversize,
+            &c.stale_rejected,
+            &c.superseded,
+            &c.lock_waits,
+            &c.lock_timeouts,
+            &c.stale_served,
+            &c.soft_timeouts,
+            &c.refreshes_ahead,
+        ];
+        for (i, stat) in names.iter().enumerate() {
+            stat.add(i as u64 + 1);
+        }
+        c.body(Duration::from_millis(5));
+        let s = c.snapshot();
+        assert_eq!((s.local_hits, s.redis_hits, s.misses), (1, 2, 3));
+        assert_eq!(s.body_calls, 5 + 1, "add(5) and one body run");
+        assert_eq!(s.refreshes_ahead, 18);
+        assert_eq!(s.body_time, Duration::from_millis(5));
+        c.reset();
+        assert_eq!(c.snapshot(), Stats::default());
+    }
 }

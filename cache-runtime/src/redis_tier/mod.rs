@@ -9,37 +9,27 @@
 //! (usually nothing: during backoff operations fail immediately).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, Script};
-use tokio::sync::watch;
+use redis::aio::ConnectionManager;
+use redis::RedisError;
 
 use crate::breaker::{Breaker, BreakerState};
 use crate::bus;
 use crate::config::Config;
+use crate::error::{CacheError, InitError};
+// `pub(crate)` only for `edge/worker.rs`, which still imports the limiter from here: its home
+// is `log_limit`; make this private once that import points there.
+pub(crate) use crate::log_limit::LogLimiter;
 use crate::pending::{Pending, PendingOp};
-use crate::{CacheError, InitError};
 
-enum ConnState {
-    Idle {
-        retry_at: Instant,
-        failures: u32,
-        last_error: String,
-    },
-    Connecting(watch::Receiver<bool>),
-    Ready(ConnectionManager),
-}
+mod connection;
+mod scripts;
 
-struct Shared {
-    client: redis::Client,
-    connect_timeout: Duration,
-    op_timeout: Duration,
-    state: Mutex<ConnState>,
-    log: LogLimiter,
-}
+use connection::{open_client, redact, Shared};
+use scripts::{parse_stamps, Scripts};
 
 pub(crate) struct RedisTier {
     handle: tokio::runtime::Handle,
@@ -69,92 +59,28 @@ pub(crate) enum Fetched {
     },
 }
 
-/// One read: the value key, the lock key (tried only with `try_lock`), and the stamp keys.
+/// The Redis keys of one entry: its value, its lock, and the counters it is stamped with
+/// (generation, cache clear, global clear, tags), built by the cache's key scheme.
+pub(crate) struct EntryKeys {
+    pub value: String,
+    pub lock: String,
+    pub stamps: Vec<String>,
+}
+
+/// One read; the lock is tried (`SET NX PX lease`) only with `try_lock` (token, lease ms).
 pub(crate) struct ReadRequest {
-    pub value_key: String,
-    pub lock_key: String,
+    pub keys: EntryKeys,
     pub try_lock: Option<(String, u64)>,
-    pub stamp_keys: Vec<String>,
 }
 
-/// Scripts keep each operation to one round trip and make it atomic.
-struct Scripts {
-    read: Script,
-    write_if: Script,
-    release: Script,
-    invalidate: Script,
-    bump_gen: Script,
-    bump_version: Script,
-}
-
-impl Scripts {
-    fn new() -> Self {
-        Self {
-            // KEYS: value, lock, stamps...; ARGV: try-lock flag, token, lease ms.
-            read: Script::new(
-                r"
-local stamps = redis.call('MGET', unpack(KEYS, 3))
-local v = redis.pcall('GET', KEYS[1])
-if type(v) == 'table' and v.err then return {2, false, -2, stamps, 0} end
-if v then return {1, v, redis.call('PTTL', KEYS[1]), stamps, 0} end
-local locked = 0
-if ARGV[1] == '1' and redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
-  locked = 1
-end
-return {0, false, -2, stamps, locked}",
-            ),
-            // KEYS: value, lock, stamps...; ARGV: bytes, px, token or '', seen stamps...
-            write_if: Script::new(
-                r"
-local cur = redis.call('MGET', unpack(KEYS, 3))
-local ok = 1
-for i = 1, #cur do
-  if (tonumber(cur[i]) or 0) ~= tonumber(ARGV[i + 3]) then ok = 0 break end
-end
-if ok == 1 then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
-if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
-return ok",
-            ),
-            // KEYS: lock; ARGV: token.
-            release: Script::new(
-                r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0",
-            ),
-            // KEYS: value, generation; ARGV: retention ms, channel, message prefix.
-            invalidate: Script::new(
-                r"
-local g = redis.call('INCR', KEYS[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[1])
-redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3] .. g)
-return g",
-            ),
-            // KEYS: generation, other stamps...; ARGV: retention ms, channel, message prefix.
-            bump_gen: Script::new(
-                r"
-local g = redis.call('INCR', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3] .. g)
-local stamps = redis.call('MGET', unpack(KEYS))
-stamps[1] = g
-return stamps",
-            ),
-            // KEYS: version; ARGV: channel, message prefix.
-            bump_version: Script::new(
-                r"
-local v = redis.call('INCR', KEYS[1])
-redis.call('PUBLISH', ARGV[1], ARGV[2] .. v)
-return v",
-            ),
-        }
-    }
-}
-
-fn parse_stamps(raw: Vec<Option<String>>) -> Vec<u64> {
-    raw.into_iter()
-        .map(|s| s.and_then(|s| s.parse().ok()).unwrap_or(0))
-        .collect()
+/// One conditional write: `bytes` for `ttl`, if the stamps still hold `seen`; releases the
+/// lock if `token` still owns it.
+pub(crate) struct WriteRequest {
+    pub keys: EntryKeys,
+    pub bytes: Vec<u8>,
+    pub ttl: Duration,
+    pub seen: Vec<u64>,
+    pub token: Option<String>,
 }
 
 impl RedisTier {
@@ -178,17 +104,7 @@ impl RedisTier {
             .expect("cache-runtime: the Redis I/O thread died at start");
         Ok(Self {
             handle,
-            shared: Arc::new(Shared {
-                client,
-                connect_timeout: config.connect_timeout,
-                op_timeout: config.redis_timeout,
-                state: Mutex::new(ConnState::Idle {
-                    retry_at: Instant::now(),
-                    failures: 0,
-                    last_error: String::new(),
-                }),
-                log: LogLimiter::default(),
-            }),
+            shared: Arc::new(Shared::new(client, config)),
             scripts: Arc::new(Scripts::new()),
             breaker: Arc::new(Breaker::new(
                 config.breaker_threshold,
@@ -253,8 +169,8 @@ impl RedisTier {
         let res = self
             .exec(move |mut c| async move {
                 let mut inv = scripts.read.prepare_invoke();
-                inv.key(&req.value_key).key(&req.lock_key);
-                for k in &req.stamp_keys {
+                inv.key(&req.keys.value).key(&req.keys.lock);
+                for k in &req.keys.stamps {
                     inv.key(k);
                 }
                 match &req.try_lock {
@@ -288,11 +204,11 @@ impl RedisTier {
         let (mut values, pttl) = self
             .exec(move |mut c| async move {
                 let mut p = redis::pipe();
-                p.cmd("MGET").arg(&req.value_key);
-                for k in &req.stamp_keys {
+                p.cmd("MGET").arg(&req.keys.value);
+                for k in &req.keys.stamps {
                     p.arg(k);
                 }
-                p.cmd("PTTL").arg(&req.value_key);
+                p.cmd("PTTL").arg(&req.keys.value);
                 p.query_async::<(Vec<Option<Vec<u8>>>, i64)>(&mut c).await
             })
             .await?;
@@ -324,23 +240,20 @@ impl RedisTier {
 
     /// `SET value PX` if every stamp key still holds `seen`; releases the lock if `token`
     /// still owns it. `Ok(false)`: a write happened since `seen` was read; nothing stored.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn write_if(
-        &self,
-        value_key: String,
-        lock_key: String,
-        bytes: Vec<u8>,
-        ttl: Duration,
-        stamp_keys: Vec<String>,
-        seen: Vec<u64>,
-        token: Option<String>,
-    ) -> Result<bool, CacheError> {
-        let ms = ttl.as_millis().max(1) as u64;
+    pub(crate) async fn write_if(&self, req: WriteRequest) -> Result<bool, CacheError> {
+        let ms = req.ttl.as_millis().max(1) as u64;
         let scripts = self.scripts.clone();
         self.exec(move |mut c| async move {
+            let WriteRequest {
+                keys,
+                bytes,
+                seen,
+                token,
+                ..
+            } = req;
             let mut inv = scripts.write_if.prepare_invoke();
-            inv.key(&value_key).key(&lock_key);
-            for k in &stamp_keys {
+            inv.key(&keys.value).key(&keys.lock);
+            for k in &keys.stamps {
                 inv.key(k);
             }
             inv.arg(bytes).arg(ms).arg(token.as_deref().unwrap_or(""));
@@ -515,7 +428,7 @@ impl RedisTier {
                 };
                 match res {
                     Ok(()) => {
-                        tracing::info!("cache_runtime: a deferred redis write went through");
+                        tracing::info!(write = %op.id(), "a deferred redis write went through");
                         self.pending.done(&op.id());
                     }
                     // Still down: try the rest next round.
@@ -558,204 +471,11 @@ impl RedisTier {
             Err(_) => self.breaker.failure(),
         }
         if let Err(e) = res {
-            self.shared.log.warn(
+            self.shared.log.warn_error(
                 "redis",
-                &format!("redis operation failed, falling back to the source: {e}"),
+                "redis operation failed, falling back to the source",
+                e,
             );
         }
-    }
-}
-
-impl Shared {
-    /// The connection if it is up (no waiting).
-    fn ready(&self) -> Option<ConnectionManager> {
-        match &*self.state.lock().unwrap_or_else(|p| p.into_inner()) {
-            ConnState::Ready(c) => Some(c.clone()),
-            _ => None,
-        }
-    }
-
-    /// Classifies a failed operation; a lost connection makes later operations fail fast
-    /// (instead of each waiting for the manager's own reconnect attempts) while it reconnects
-    /// in the background.
-    fn failed_op(&self, e: RedisError) -> CacheError {
-        let lost = is_connection_lost(&e);
-        let e = if e.is_timeout() {
-            CacheError::Timeout(self.op_timeout)
-        } else {
-            classify(e)
-        };
-        if lost {
-            self.connection_lost(&e);
-        }
-        e
-    }
-
-    /// The connection, connecting in the background first if needed. Fails fast while a
-    /// previous connection attempt's backoff runs.
-    async fn connection(self: &Arc<Self>) -> Result<ConnectionManager, CacheError> {
-        loop {
-            let mut rx = {
-                let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                match &*state {
-                    ConnState::Ready(c) => return Ok(c.clone()),
-                    ConnState::Connecting(rx) => rx.clone(),
-                    ConnState::Idle {
-                        retry_at,
-                        last_error,
-                        ..
-                    } if *retry_at > Instant::now() => {
-                        return Err(CacheError::Unavailable(last_error.clone()));
-                    }
-                    ConnState::Idle { failures, .. } => {
-                        let failures = *failures;
-                        let (tx, rx) = watch::channel(false);
-                        *state = ConnState::Connecting(rx.clone());
-                        tokio::spawn(self.clone().connect(tx, failures));
-                        rx
-                    }
-                }
-            };
-            let _ = rx.wait_for(|done| *done).await;
-        }
-    }
-
-    async fn connect(self: Arc<Self>, done: watch::Sender<bool>, failures: u32) {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.op_timeout))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_millis(500));
-        let attempt = tokio::time::timeout(
-            self.connect_timeout,
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await;
-        let next = match attempt {
-            Ok(Ok(conn)) => {
-                if failures > 0 {
-                    tracing::info!("cache_runtime: connected to redis");
-                }
-                ConnState::Ready(conn)
-            }
-            Ok(Err(e)) => self.failed(failures, redact(&e.to_string())),
-            Err(_) => self.failed(
-                failures,
-                format!("connect timed out after {:?}", self.connect_timeout),
-            ),
-        };
-        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = next;
-        let _ = done.send(true);
-    }
-
-    fn connection_lost(&self, error: &CacheError) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if matches!(*state, ConnState::Ready(_)) {
-            *state = self.failed(0, error.to_string());
-        }
-    }
-
-    fn failed(&self, failures: u32, error: String) -> ConnState {
-        let backoff = Duration::from_millis(100 << failures.min(4)).min(Duration::from_secs(1));
-        self.log
-            .warn("redis", &format!("cannot connect to redis: {error}"));
-        ConnState::Idle {
-            retry_at: Instant::now() + backoff,
-            failures: failures.saturating_add(1),
-            last_error: error,
-        }
-    }
-}
-
-/// A client for `url`; `rediss://` uses rustls (ring), with `root_pem` as the only trusted CA
-/// when given, the system's roots otherwise.
-pub(crate) fn open_client(
-    url: &str,
-    root_pem: Option<Vec<u8>>,
-) -> redis::RedisResult<redis::Client> {
-    if url.starts_with("rediss://") {
-        // A no-op if the application installed a provider already.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
-    match root_pem {
-        Some(pem) => redis::Client::build_with_tls(
-            url,
-            redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(pem),
-            },
-        ),
-        None => redis::Client::open(url),
-    }
-}
-
-fn is_connection_lost(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
-}
-
-fn classify(e: RedisError) -> CacheError {
-    if e.is_timeout() {
-        CacheError::Unavailable(format!("timeout: {e}"))
-    } else if is_connection_lost(&e) {
-        CacheError::Unavailable(redact(&e.to_string()))
-    } else {
-        CacheError::Redis(redact(&e.to_string()))
-    }
-}
-
-/// Keeps passwords out of logs and errors (`redis://user:secret@host` → `redis://user:***@host`).
-fn redact(s: &str) -> String {
-    match (s.find("://"), s.find('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &s[scheme + 3..at];
-            match creds.find(':') {
-                Some(colon) => format!("{}:***{}", &s[..scheme + 3 + colon], &s[at..]),
-                None => s.to_string(),
-            }
-        }
-        _ => s.to_string(),
-    }
-}
-
-/// At most one warning per interval; the rest are counted and reported with the next one.
-#[derive(Default)]
-pub(crate) struct LogLimiter {
-    last_ms: AtomicU64,
-    suppressed: AtomicU64,
-}
-
-const LOG_INTERVAL_MS: u64 = 10_000;
-
-impl LogLimiter {
-    /// Logs `message` about `subject` unless a line was logged in the last interval.
-    pub(crate) fn warn(&self, subject: &str, message: &str) {
-        let now = crate::codec::unix_millis(std::time::SystemTime::now());
-        let last = self.last_ms.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= LOG_INTERVAL_MS
-            && self
-                .last_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
-            tracing::warn!(suppressed, "cache_runtime: {subject}: {message}");
-        } else {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact("redis://u:secret@h:1/0"),
-            "redis://u:***@h:1/0".to_string()
-        );
-        assert_eq!(redact("redis://h:1"), "redis://h:1");
     }
 }

@@ -1,0 +1,272 @@
+//! What runs beside or after the caller: the fail-safe (a stale fallback for a failing,
+//! panicking or slow body), the soft timeout (the body finishes in a task), refresh ahead
+//! (a task refreshes an entry late in its TTL), and where such tasks and timers run.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::future::{select, Either};
+use futures_util::FutureExt;
+
+use crate::entry::{Meta, Source};
+use crate::flight::Joined;
+use crate::runtime::runtime;
+use crate::shape::{Shape, Sharing};
+use crate::tier::Key;
+
+use super::redis_side::Read;
+use super::Cache;
+
+/// `stale = ...`: expired values kept as a fallback for failing bodies.
+pub(super) struct FailSafe {
+    pub(super) stale: Duration,
+    pub(super) timeout: Option<Duration>,
+    /// Keys whose body failed recently: served stale without retrying until this expires.
+    pub(super) failed: moka::sync::Cache<String, ()>,
+}
+
+impl FailSafe {
+    pub(super) fn new(stale: Duration, retry: Duration, timeout: Option<Duration>) -> Self {
+        Self {
+            stale,
+            timeout,
+            failed: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(retry.max(Duration::from_millis(1)))
+                .build(),
+        }
+    }
+}
+
+impl<V: Clone + Send + Sync + 'static> Cache<V> {
+    /// How long past its TTL a value is kept as a fallback (zero without `stale`).
+    pub(super) fn stale_window(&self) -> Duration {
+        self.fail_safe.as_ref().map_or(Duration::ZERO, |f| f.stale)
+    }
+
+    /// Runs the body; under the fail-safe, with a fallback at hand (`fallback`, or a stale
+    /// local copy), a failure (`Err`, panic, timeout) gives the fallback back as `Err`, and
+    /// the key's body is not retried before `stale_retry`.
+    pub(super) async fn run_body<R, S>(
+        &self,
+        key: &Key,
+        body: impl Future<Output = R>,
+        fallback: Option<(V, Meta)>,
+    ) -> Result<R, (V, Meta)>
+    where
+        S: Shape<R, Value = V>,
+    {
+        let Some(fs) = &self.fail_safe else {
+            return Ok(self.timed(body).await);
+        };
+        let fallback = fallback.or_else(|| {
+            self.local
+                .as_ref()
+                .and_then(|l| l.tier.get_stale(&key.logical))
+        });
+        let Some(fallback) = fallback else {
+            return Ok(self.timed(body).await);
+        };
+        match self.guarded(key, body, fs).await {
+            Some(r) if !S::is_failure(&r) => Ok(r),
+            failed => {
+                drop(failed);
+                fs.failed.insert(key.logical.clone(), ());
+                self.counters.stale_served.add(1);
+                Err(fallback)
+            }
+        }
+    }
+
+    /// Runs the body for the fail-safe: `None` if it panicked or ran past the timeout. A key
+    /// that failed within `stale_retry` is not run at all (`None`).
+    async fn guarded<R>(
+        &self,
+        key: &Key,
+        body: impl Future<Output = R>,
+        fs: &FailSafe,
+    ) -> Option<R> {
+        if fs.failed.contains_key(&key.logical) {
+            return None;
+        }
+        let run = std::panic::AssertUnwindSafe(self.timed(body)).catch_unwind();
+        let outcome = match fs.timeout {
+            None => run.await,
+            Some(t) => {
+                let timer = std::pin::pin!(sleep_anywhere(t));
+                let run = std::pin::pin!(run);
+                match select(run, timer).await {
+                    Either::Left((r, _)) => r,
+                    Either::Right(_) => {
+                        tracing::debug!(cache = %self.name, "body timed out; serving stale");
+                        return None;
+                    }
+                }
+            }
+        };
+        match outcome {
+            Ok(r) => Some(r),
+            Err(panic) => {
+                let panic = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::warn!(cache = %self.name, panic, "body panicked; serving stale");
+                None
+            }
+        }
+    }
+
+    /// The detached waterfall: a local hit (starting a refresh ahead if due), the miss path
+    /// under the soft timeout, or the plain waterfall (refreshing ahead a value found late).
+    pub(super) async fn load_detached<R, S, B>(
+        &'static self,
+        key: Key,
+        body: B,
+        sharing: Sharing<R>,
+    ) -> (R, Meta, Source)
+    where
+        S: Shape<R, Value = V> + 'static,
+        R: Send + 'static,
+        B: Future<Output = R> + Send + 'static,
+    {
+        let normal = self.mode.load(Ordering::Relaxed) == 0;
+        if normal {
+            // The hit is handled here (one local lookup), so a miss can go to `load_soft`.
+            if let Some((v, meta)) = self.local_hit(&key.logical) {
+                if self.refresh_due(&meta) {
+                    self.refresh_in_background::<R, S, B>(key, body, sharing);
+                }
+                return (S::rebuild(v), meta, Source::Local);
+            }
+            if let Some(soft) = self.soft_timeout {
+                return self
+                    .load_soft::<R, S, B>(key, Some(body), sharing, soft)
+                    .await;
+            }
+        }
+        let mut body = Some(body);
+        let out = self.load::<R, S, B>(&key, &mut body, &sharing).await;
+        if let (Some(body), true, Source::Local | Source::Redis) = (body, normal, out.2) {
+            if self.refresh_due(&out.1) {
+                self.refresh_in_background::<R, S, B>(key, body, sharing);
+            }
+        }
+        out
+    }
+
+    /// The miss path in a task, raced against `soft`: past it, a stale value (local, or
+    /// Redis's) is returned and the task completes in the background, storing its result.
+    async fn load_soft<R, S, B>(
+        &'static self,
+        key: Key,
+        body: Option<B>,
+        sharing: Sharing<R>,
+        soft: Duration,
+    ) -> (R, Meta, Source)
+    where
+        S: Shape<R, Value = V> + 'static,
+        R: Send + 'static,
+        B: Future<Output = R> + Send + 'static,
+    {
+        let task_key = key.clone();
+        let task = async move {
+            let mut body = body;
+            self.load::<R, S, B>(&task_key, &mut body, &sharing).await
+        };
+        let mut handle = match spawn_task(task) {
+            Ok(handle) => handle,
+            // No runtime to finish a body in: wait for it here.
+            Err(task) => return task.await,
+        };
+        let timer = std::pin::pin!(sleep_anywhere(soft));
+        let handle = match select(&mut handle, timer).await {
+            Either::Left((done, _)) => return joined(done),
+            Either::Right(((), _)) => handle,
+        };
+        if let Some((v, meta)) = self.stale_fallback(&key).await {
+            self.counters.soft_timeouts.add(1);
+            self.counters.stale_served.add(1);
+            tracing::debug!(cache = %self.name, "body past soft_timeout; serving stale");
+            return (S::rebuild(v), meta, Source::Stale);
+        }
+        joined(handle.await)
+    }
+
+    /// A fallback for a soft timeout: a local copy (fresh if a write landed meanwhile, else
+    /// stale), or a stale one still in Redis.
+    async fn stale_fallback(&self, key: &Key) -> Option<(V, Meta)> {
+        if let Some(local) = &self.local {
+            return local.tier.get_stale(&key.logical);
+        }
+        let seen = self.local_generation(&key.logical);
+        match self.redis_read(key, seen, None, false).await {
+            Read::Found(v, meta)
+            | Read::Stale {
+                value: (v, meta), ..
+            } => Some((v, meta)),
+            _ => None,
+        }
+    }
+
+    /// Starts one background refresh of `key` unless one (or any load) is already running:
+    /// the flight is joined here, so concurrent readers do not start a second one.
+    fn refresh_in_background<R, S, B>(&'static self, key: Key, body: B, sharing: Sharing<R>)
+    where
+        S: Shape<R, Value = V> + 'static,
+        R: Send + 'static,
+        B: Future<Output = R> + Send + 'static,
+    {
+        let Joined::Leader(leader) = self.flights.join(&key.logical, &key.tags) else {
+            return;
+        };
+        let task = async move {
+            let mut body = Some(body);
+            self.lead::<R, S, B>(&key, leader, &mut body, &sharing, true)
+                .await;
+        };
+        // Without a runtime the leader is dropped here, which releases the flight.
+        if spawn_task(task).is_ok() {
+            self.counters.refreshes_ahead.add(1);
+        }
+    }
+}
+
+/// Sleeps on the caller's Tokio runtime, or on the Redis thread, or (outside both) never
+/// wakes, which disables the timeout rather than panicking.
+async fn sleep_anywhere(d: Duration) {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        tokio::time::sleep(d).await;
+    } else if let Some(r) = &runtime().redis {
+        r.sleep(d).await;
+    } else {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Spawns on the caller's Tokio runtime, or the runtime's Redis thread; gives the task back
+/// if there is neither.
+fn spawn_task<F>(task: F) -> Result<tokio::task::JoinHandle<F::Output>, F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        return Ok(handle.spawn(task));
+    }
+    match &runtime().redis {
+        Some(r) => Ok(r.handle().spawn(task)),
+        None => Err(task),
+    }
+}
+
+/// A background load's result; its panic is the caller's panic, as if run inline.
+fn joined<T>(done: Result<T, tokio::task::JoinError>) -> T {
+    match done {
+        Ok(v) => v,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => panic!("cache_runtime: a background load was cancelled (runtime shut down)"),
+    }
+}

@@ -1,0 +1,300 @@
+//! The waterfall of one call: local tier → single-flight → Redis → body → store, and the
+//! stores themselves (a body's result, an explicit write).
+//!
+//! [`Cache::load`] answers a hit from the local tier or joins the key's flight; the leader
+//! runs [`Cache::lead`]: the Redis side ([`redis_side`](super::redis_side)), then the body
+//! (under the fail-safe, see [`background`](super::background)), then [`Cache::store_fresh`].
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tracing::Instrument;
+
+use crate::entry::{Meta, Source};
+use crate::error::CacheError;
+use crate::flight::{Joined, Leader, Outcome};
+use crate::observe::{Mode, Observer};
+use crate::shape::{Shape, Sharing};
+use crate::tier::Key;
+
+use super::local_side::Written;
+use super::redis_side::{Claim, Fill};
+use super::{Cache, DEFAULT_CAPACITY};
+
+/// A value as single-flight hands it to waiters: with its metadata and where it came from.
+#[derive(Clone)]
+pub(super) struct Got<V> {
+    pub(super) value: V,
+    pub(super) meta: Meta,
+    pub(super) source: Source,
+}
+
+impl<V: Clone + Send + Sync + 'static> Cache<V> {
+    /// The waterfall, returning the value's metadata and source too. `body` is taken only
+    /// if it runs (a caller may still use it for a refresh ahead).
+    pub(super) async fn load<R, S, B>(
+        &self,
+        key: &Key,
+        body: &mut Option<B>,
+        sharing: &Sharing<R>,
+    ) -> (R, Meta, Source)
+    where
+        S: Shape<R, Value = V>,
+        B: Future<Output = R>,
+    {
+        if self.mode.load(Ordering::Relaxed) != 0 {
+            let body = body.take().expect("the body future is used at most once");
+            let r = self.unserved(key, body).await;
+            return (r, Meta::fresh(Duration::ZERO, None), Source::Body);
+        }
+        if let Some((v, meta)) = self.local_hit(&key.logical) {
+            return (S::rebuild(v), meta, Source::Local);
+        }
+        let mut counted_miss = false;
+        loop {
+            match self.flights.join(&key.logical, &key.tags) {
+                Joined::Follower(flight) => {
+                    if !counted_miss {
+                        counted_miss = true;
+                        self.counters.misses.add(1);
+                        self.counters.coalesced.add(1);
+                    }
+                    let waited = flight
+                        .wait(
+                            |g: Got<V>| (S::rebuild(g.value), g.meta, g.source),
+                            |b| {
+                                (sharing.unshare)(b)
+                                    .map(|r| (r, Meta::fresh(Duration::ZERO, None), Source::Body))
+                            },
+                        )
+                        .await;
+                    if let Some(r) = waited {
+                        return r;
+                    }
+                    // The leader gave up or could not share its result: try again.
+                    if let Some((v, meta)) = self.local_peek(&key.logical) {
+                        return (S::rebuild(v), meta, Source::Local);
+                    }
+                }
+                Joined::Leader(leader) => {
+                    // A flight may have completed between our local miss and the join.
+                    if let Some((v, meta)) = self.local_peek(&key.logical) {
+                        return hand_over::<R, S, V>(leader, v, meta, Source::Local);
+                    }
+                    if !counted_miss {
+                        self.counters.misses.add(1);
+                    }
+                    // Boxed: the miss path's state (Redis, lock, body, store) stays off the
+                    // stack of callers that only hit; a miss allocates anyway.
+                    return Box::pin(self.lead::<R, S, B>(key, leader, body, sharing, false)).await;
+                }
+            }
+        }
+    }
+
+    /// A leader's work: Redis (with the lock, if any), then the body under the fail-safe,
+    /// then the store. `refresh`: a refresh ahead, for which a value that is itself due for
+    /// refresh does not count as found.
+    pub(super) async fn lead<R, S, B>(
+        &self,
+        key: &Key,
+        leader: Leader<'_, Got<V>>,
+        body: &mut Option<B>,
+        sharing: &Sharing<R>,
+        refresh: bool,
+    ) -> (R, Meta, Source)
+    where
+        S: Shape<R, Value = V>,
+        B: Future<Output = R>,
+    {
+        let seen_local = self.local_generation(&key.logical);
+        let (claim, fallback) = match self.redis_fill(key, seen_local, refresh).await {
+            Fill::Found(v, meta) => return hand_over::<R, S, V>(leader, v, meta, Source::Redis),
+            Fill::Compute { claim, fallback } => (claim, fallback),
+        };
+        let body = body.take().expect("the body future is used at most once");
+        let r = match self.run_body::<R, S>(key, body, fallback).await {
+            Ok(r) => r,
+            Err((fb, fb_meta)) => {
+                self.release(key, claim.and_then(Claim::into_token)).await;
+                return hand_over::<R, S, V>(leader, fb, fb_meta, Source::Stale);
+            }
+        };
+        match S::cacheable(&r) {
+            Some((v, negative)) => {
+                // A failed Redis write is counted and logged; the caller still gets the value.
+                let (_, meta) = self
+                    .store_fresh(key, v.clone(), negative, seen_local, claim)
+                    .await;
+                leader.finish(Outcome::Value(Got {
+                    value: v,
+                    meta,
+                    source: Source::Body,
+                }));
+                (r, meta, Source::Body)
+            }
+            None => {
+                self.release(key, claim.and_then(Claim::into_token)).await;
+                leader.finish(match (sharing.share)(&r) {
+                    Some(b) => Outcome::Shared(b),
+                    None => Outcome::Unshareable,
+                });
+                (r, Meta::fresh(Duration::ZERO, None), Source::Body)
+            }
+        }
+    }
+
+    /// Whether a value read now is late enough in its TTL for a refresh ahead.
+    pub(super) fn refresh_due(&self, meta: &Meta) -> bool {
+        let Some(fraction) = self.refresh_ahead else {
+            return false;
+        };
+        let span = meta.expires_unix_ms.saturating_sub(meta.created_unix_ms);
+        let age = crate::clock::now_unix_ms().saturating_sub(meta.created_unix_ms);
+        span > 0 && age as f64 >= fraction * span as f64
+    }
+
+    /// Observe and bypass modes: the body runs; nothing is served or stored.
+    async fn unserved<R>(&self, key: &Key, body: impl Future<Output = R>) -> R {
+        let start = Instant::now();
+        let r = self.timed(body).await;
+        if self.mode() == Mode::Observe {
+            let ttl = self.ttl;
+            let capacity = if self.tier.has_local() {
+                self.capacity
+            } else {
+                DEFAULT_CAPACITY * 5
+            };
+            self.observer
+                .get_or_init(|| Observer::new(ttl, capacity, self.tier))
+                .record(&key.logical, start.elapsed());
+        }
+        r
+    }
+
+    /// Runs the body in a span, counting it and its time.
+    pub(super) async fn timed<R>(&self, body: impl Future<Output = R>) -> R {
+        let start = Instant::now();
+        let r = body
+            .instrument(tracing::debug_span!("cache.body", cache = %self.name))
+            .await;
+        self.counters.body(start.elapsed());
+        r
+    }
+
+    /// Stores a body result: in Redis only if the stamps read at lookup are still current
+    /// (one round trip, which also releases the lock), then locally only if Redis did not
+    /// refuse it and no local write happened since the lookup. Returns Redis's answer and
+    /// the value's metadata.
+    pub(super) async fn store_fresh(
+        &self,
+        key: &Key,
+        value: V,
+        negative: bool,
+        seen_local: u64,
+        claim: Option<Claim>,
+    ) -> (Result<(), CacheError>, Meta) {
+        let ttl = self.entry_ttl(negative);
+        // Taken before the Redis write: the local deadline then never passes Redis's expiry,
+        // which starts when Redis receives the SET.
+        let start = Instant::now();
+        let mut meta = Meta::fresh(ttl, None);
+        let mut res = Ok(());
+        let mut generation = 0;
+        if let (Some(_), Some(claim)) = (&self.redis, claim) {
+            generation = claim.generation();
+            match self
+                .redis_store_fresh(key, &value, &mut meta, ttl, claim)
+                .await
+            {
+                Ok(false) => {
+                    // A write happened while the body ran: this value is stale.
+                    self.counters.superseded.add(1);
+                    return (Ok(()), meta);
+                }
+                written => res = self.count_redis(written.map(drop)),
+            }
+        }
+        self.etag_if_missing(&mut meta, &value);
+        let written = Written {
+            generation,
+            start,
+            ttl,
+        };
+        let stored = self
+            .store_local_if_current(key, value, meta, written, seen_local)
+            .unwrap_or(res.is_ok() && self.redis.is_some());
+        if stored {
+            self.counters.populates.add(1);
+        } else if self.local.is_some() {
+            self.counters.superseded.add(1);
+        }
+        (res, meta)
+    }
+
+    /// An explicit write (populate, refresh): bumps the generation (evicting other
+    /// processes' copies, failing in-flight stale writes), then writes under the new stamps.
+    pub(super) async fn store_explicit(
+        &self,
+        key: &Key,
+        value: V,
+        negative: bool,
+    ) -> Result<(), CacheError> {
+        let ttl = self.entry_ttl(negative);
+        self.flights.detach(&key.logical);
+        if let Some(local) = &self.local {
+            local.generations.bump_with(&key.logical, || {});
+        }
+        let start = Instant::now();
+        let mut meta = Meta::fresh(ttl, None);
+        let (res, generation) = self.redis_store_explicit(key, &value, &mut meta, ttl).await;
+        self.etag_if_missing(&mut meta, &value);
+        let written = Written {
+            generation,
+            start,
+            ttl,
+        };
+        self.store_local_bumped(key, value, meta, written);
+        self.counters.populates.add(1);
+        res
+    }
+
+    /// Without a Redis encoding at hand, the ETag is computed from the value (if enabled).
+    fn etag_if_missing(&self, meta: &mut Meta, value: &V) {
+        if meta.etag.is_none() {
+            meta.etag = self.etag.and_then(|etag_of| etag_of(value));
+        }
+    }
+
+    /// The TTL of one new entry: `ttl` (or `none_ttl`), spread by ± `jitter` so that entries
+    /// written together do not expire together.
+    fn entry_ttl(&self, negative: bool) -> Duration {
+        let base = if negative { self.none_ttl } else { self.ttl };
+        if self.jitter <= 0.0 {
+            return base;
+        }
+        let factor = 1.0 + self.jitter * (2.0 * fastrand::f64() - 1.0);
+        base.mul_f64(factor).max(Duration::from_millis(1))
+    }
+}
+
+/// A leader's answer that is a value (found, or a fallback): to the waiters, then to the
+/// caller.
+pub(super) fn hand_over<R, S, V>(
+    leader: Leader<'_, Got<V>>,
+    value: V,
+    meta: Meta,
+    source: Source,
+) -> (R, Meta, Source)
+where
+    S: Shape<R, Value = V>,
+    V: Clone,
+{
+    leader.finish(Outcome::Value(Got {
+        value: value.clone(),
+        meta,
+        source,
+    }));
+    (S::rebuild(value), meta, source)
+}

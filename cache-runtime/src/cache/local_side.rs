@@ -1,0 +1,289 @@
+//! The local side of a [`Cache`]: generations (so a value read or computed before a write is
+//! never stored after it), the glue to the moka tier (peek, hit, store, promote, drop), and
+//! the bus targets through which other processes' writes reach this process.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::bus;
+use crate::entry::Meta;
+use crate::flight::Flights;
+use crate::local::{LocalTier, Stored};
+use crate::tier::Key;
+
+use super::flow::Got;
+use super::Cache;
+
+/// Striped generation counters. Every explicit write (invalidate, populate, refresh, clear,
+/// a bus eviction) bumps the key's stripe under its lock; a body result or a Redis promotion
+/// is stored locally only if the stripe did not move since the lookup started, so a value
+/// computed before an invalidation is never stored after it.
+pub(super) struct Generations {
+    stripes: Box<[Mutex<u64>]>,
+}
+
+const STRIPES: usize = 64;
+
+impl Generations {
+    pub(super) fn new() -> Self {
+        Self {
+            stripes: (0..STRIPES).map(|_| Mutex::new(0)).collect(),
+        }
+    }
+
+    fn stripe(&self, key: &str) -> &Mutex<u64> {
+        // Any hash that spreads keys over stripes will do; it never leaves the process.
+        let h = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
+        &self.stripes[(h % STRIPES as u64) as usize]
+    }
+
+    pub(super) fn current(&self, key: &str) -> u64 {
+        *self.stripe(key).lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bumps the generation and runs `f` while holding the stripe.
+    pub(super) fn bump_with(&self, key: &str, f: impl FnOnce()) {
+        let mut g = self.stripe(key).lock().unwrap_or_else(|p| p.into_inner());
+        *g += 1;
+        f();
+    }
+
+    /// Runs `f` only if the generation is still `seen`.
+    pub(super) fn if_current(&self, key: &str, seen: u64, f: impl FnOnce()) -> bool {
+        let g = self.stripe(key).lock().unwrap_or_else(|p| p.into_inner());
+        let current = *g == seen;
+        if current {
+            f();
+        }
+        current
+    }
+
+    fn bump_all(&self) {
+        for s in self.stripes.iter() {
+            *s.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        }
+    }
+}
+
+/// The local tier with its generations; registered with the bus.
+pub(super) struct LocalSide<V> {
+    pub(super) name: String,
+    pub(super) tier: LocalTier<V>,
+    pub(super) generations: Generations,
+    pub(super) shared: bool,
+    /// Whether entries carry tags: an untagged cache ignores tag invalidations.
+    pub(super) tagged: bool,
+    pub(super) flights: Arc<Flights<Got<V>>>,
+}
+
+/// A Redis-only cache's in-flight bodies, registered with the bus so that a write elsewhere
+/// keeps later callers from joining a body that started before it.
+pub(super) struct FlightSide<V> {
+    pub(super) name: String,
+    pub(super) flights: Arc<Flights<Got<V>>>,
+    pub(super) tagged: bool,
+}
+
+impl<V: Send + Sync + 'static> bus::Target for FlightSide<V> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn shared(&self) -> bool {
+        false
+    }
+    fn evict(&self, key: &str, _generation: u64) {
+        self.flights.detach(key);
+    }
+    fn evict_tag(&self, tag: &str) {
+        if self.tagged {
+            self.flights.detach_tagged(tag);
+        }
+    }
+    fn clear(&self) {
+        self.flights.detach_all();
+    }
+}
+
+impl<V: Clone + Send + Sync + 'static> bus::Target for LocalSide<V> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn shared(&self) -> bool {
+        self.shared
+    }
+
+    fn evict(&self, key: &str, generation: u64) {
+        self.flights.detach(key);
+        self.generations
+            .bump_with(key, || self.tier.remove_older_than(key, generation));
+    }
+
+    /// Only loads and entries that carry `tag` are affected: their flights are detached and
+    /// their keys' generations bumped (so a value read before the tag's bump is not stored),
+    /// then tagged entries are removed. Other keys keep caching through a tag storm.
+    fn evict_tag(&self, tag: &str) {
+        if !self.tagged {
+            return;
+        }
+        for key in self.flights.detach_tagged(tag) {
+            self.generations.bump_with(&key, || {});
+        }
+        self.tier.remove_tagged(tag);
+    }
+
+    fn clear(&self) {
+        self.flights.detach_all();
+        self.generations.bump_all();
+        self.tier.clear();
+    }
+}
+
+/// When and under what a value was written: the generation (first stamp) it was written
+/// under, when its Redis write began, and its TTL.
+#[derive(Clone, Copy)]
+pub(super) struct Written {
+    pub(super) generation: u64,
+    pub(super) start: Instant,
+    pub(super) ttl: Duration,
+}
+
+/// Registers a bus target; the bus keeps it only while the cache holds the `Arc`.
+pub(super) fn register<T: bus::Target + 'static>(target: &Arc<T>) {
+    let weak: std::sync::Weak<dyn bus::Target> =
+        Arc::downgrade(target) as std::sync::Weak<dyn bus::Target>;
+    bus::register(weak);
+}
+
+impl<V: Clone + Send + Sync + 'static> Cache<V> {
+    pub(super) fn local_peek(&self, key: &str) -> Option<(V, Meta)> {
+        self.local.as_ref()?.tier.get(key)
+    }
+
+    pub(super) fn local_hit(&self, key: &str) -> Option<(V, Meta)> {
+        let hit = self.local_peek(key)?;
+        self.counters.local_hits.add(1);
+        Some(hit)
+    }
+
+    pub(super) fn local_generation(&self, key: &str) -> u64 {
+        self.local
+            .as_ref()
+            .map_or(0, |l| l.generations.current(key))
+    }
+
+    pub(super) fn drop_local(&self, key: &str) {
+        self.flights.detach(key);
+        if let Some(local) = &self.local {
+            local.generations.bump_with(key, || local.tier.remove(key));
+        }
+    }
+
+    /// An entry's weight: 1, or its estimated bytes when bounded by `max_bytes`. A value in
+    /// memory (headers, heap blocks) is about 3 × its compact encoding, and moka's bookkeeping
+    /// plus ours is about 480 bytes per entry: calibrated with `examples/bounded_memory.rs`
+    /// (see docs/BENCHMARKS.md), so that `max_bytes` approximates resident memory.
+    fn weight_of(&self, key: &str, value: &V) -> u32 {
+        const ENTRY_OVERHEAD: usize = 480;
+        match self.weigh {
+            Some(size) => {
+                (key.len() + 3 * size(value) + ENTRY_OVERHEAD).min(u32::MAX as usize) as u32
+            }
+            None => 1,
+        }
+    }
+
+    /// A local entry for a value just stored (by a body or an explicit write): fresh for
+    /// `min(local_ttl, ttl)` from its Redis write's start, kept as a stale fallback as long
+    /// as Redis keeps it.
+    fn entry_for(&self, key: &Key, value: V, meta: Meta, w: Written) -> Stored<V> {
+        let lifetime = (
+            w.start + self.local_ttl.min(w.ttl),
+            w.start + w.ttl + self.stale_window(),
+        );
+        self.entry_with(key, value, meta, w.generation, lifetime)
+    }
+
+    /// A local entry fresh until `fresh_until` and kept as a fallback until `deadline`.
+    /// Weighed here, before any stripe is taken: only the insert runs under it.
+    fn entry_with(
+        &self,
+        key: &Key,
+        value: V,
+        meta: Meta,
+        generation: u64,
+        (fresh_until, deadline): (Instant, Instant),
+    ) -> Stored<V> {
+        Stored {
+            weight: self.weight_of(&key.logical, &value),
+            value,
+            fresh_until,
+            deadline,
+            generation,
+            tags: key.tags.clone().into(),
+            meta,
+        }
+    }
+
+    /// Stores a body result locally if no local write happened since the lookup (`seen`).
+    pub(super) fn store_local_if_current(
+        &self,
+        key: &Key,
+        value: V,
+        meta: Meta,
+        written: Written,
+        seen: u64,
+    ) -> Option<bool> {
+        let local = self.local.as_ref()?;
+        let entry = self.entry_for(key, value, meta, written);
+        Some(local.generations.if_current(&key.logical, seen, || {
+            local.tier.insert(key.logical.clone(), entry)
+        }))
+    }
+
+    /// Stores an explicit write locally, bumping the generation (so loads that started
+    /// before it do not overwrite it).
+    pub(super) fn store_local_bumped(&self, key: &Key, value: V, meta: Meta, written: Written) {
+        let Some(local) = &self.local else {
+            return;
+        };
+        let entry = self.entry_for(key, value, meta, written);
+        local.generations.bump_with(&key.logical, || {
+            local.tier.insert(key.logical.clone(), entry)
+        });
+    }
+
+    /// Promotes a value read from Redis at `sent` (`pttl`: its remaining Redis lifetime),
+    /// unless a local write happened since the lookup (`seen`). A current value is fresh for
+    /// at most `local_ttl` and never past Redis's own expiry; a value past its TTL (`fresh`
+    /// false) is kept only as a fail-safe fallback, never a hit.
+    pub(super) fn promote(
+        &self,
+        key: &Key,
+        (value, meta): (&V, Meta),
+        generation: u64,
+        (sent, pttl, fresh): (Instant, Option<Duration>, bool),
+        seen: u64,
+    ) {
+        let Some(local) = &self.local else {
+            return;
+        };
+        let lifetime = if fresh {
+            // Redis keeps the value `stale` past its TTL: only the rest is fresh.
+            let until_stale_end = pttl.unwrap_or(self.local_ttl + self.stale_window());
+            let fresh = until_stale_end
+                .saturating_sub(self.stale_window())
+                .min(self.local_ttl);
+            (sent + fresh, sent + until_stale_end.max(fresh))
+        } else {
+            match (pttl, &self.fail_safe) {
+                (Some(pttl), Some(_)) => (sent, sent + pttl),
+                _ => return,
+            }
+        };
+        let entry = self.entry_with(key, value.clone(), meta, generation, lifetime);
+        local.generations.if_current(&key.logical, seen, || {
+            local.tier.insert(key.logical.clone(), entry)
+        });
+    }
+}

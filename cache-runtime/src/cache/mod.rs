@@ -1,0 +1,527 @@
+//! [`Cache`]: one cached function's tiers, single-flight, generations and stats. This file is
+//! the facade (the type, its public API and docs); the behaviour lives beside it:
+//!
+//! | module | concept |
+//! |---|---|
+//! | `builder` | [`CacheBuilder`]: options, and how they become a cache |
+//! | `flow` | the waterfall: `load` → `lead` (Redis, body, store), `hand_over`, the stores |
+//! | `redis_side` | the Redis key scheme, reads with stamps and lock, encoding, conditional stores, invalidations, deferred writes |
+//! | `local_side` | generations, the local tier glue (hit, store, promote), the bus targets |
+//! | `background` | fail-safe, soft timeout, refresh ahead, spawning tasks and timers |
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use crate::bus;
+use crate::entry::ETag;
+use crate::error::CacheError;
+use crate::flight::Flights;
+use crate::key::KeyWriter;
+use crate::log_limit::LogLimiter;
+use crate::observe::{Mode, ObserveReport, Observer};
+use crate::shape::{EntryShape, Shape, Sharing};
+use crate::stats::{Counters, Stats};
+use crate::tier::{Key, Tier};
+
+mod background;
+mod builder;
+mod flow;
+mod local_side;
+mod redis_side;
+
+pub use builder::{CacheBuilder, DEFAULT_CAPACITY, DEFAULT_LOCAL_TTL_CAP, DEFAULT_LOCK_LEASE};
+
+use background::FailSafe;
+use flow::Got;
+use local_side::{FlightSide, LocalSide};
+use redis_side::{Bump, Read, RedisSide};
+
+type EtagFn<V> = fn(&V) -> Option<ETag>;
+type WeighFn<V> = fn(&V) -> usize;
+
+/// One cache: the tiers of one cached function. `#[cached]` creates one per function and
+/// exposes it through `<fn>_cache()`; it can also be built and used by hand.
+///
+/// ```
+/// use cache_runtime::{Cache, Plain, Sharing};
+/// use std::time::Duration;
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let cache: Cache<String> = Cache::builder("greetings").ttl(Duration::from_secs(60)).build();
+/// let v = cache.get_or_load::<_, Plain>("hello", async { "hi".to_string() }, &Sharing::none()).await;
+/// assert_eq!(v, "hi");
+/// assert_eq!(cache.lookup("hello").await.as_deref(), Some("hi"));
+/// assert_eq!(cache.stats().body_calls, 1);
+/// # });
+/// ```
+pub struct Cache<V> {
+    name: String,
+    tier: Tier,
+    ttl: Duration,
+    local_ttl: Duration,
+    none_ttl: Duration,
+    fingerprint: u64,
+    max_value_bytes: usize,
+    lock_lease: Option<Duration>,
+    local: Option<Arc<LocalSide<V>>>,
+    redis: Option<RedisSide<V>>,
+    counters: Arc<Counters>,
+    flights: Arc<Flights<Got<V>>>,
+    /// Registered with the bus for Redis-only caches (which have no local side to register).
+    _flight_target: Option<Arc<FlightSide<V>>>,
+    decode_log: LogLimiter,
+    mode: AtomicU8,
+    observer: OnceLock<Observer>,
+    capacity: u64,
+    weigh: Option<WeighFn<V>>,
+    /// Computes a value's ETag when it is stored without a Redis encoding at hand.
+    etag: Option<EtagFn<V>>,
+    jitter: f64,
+    fail_safe: Option<FailSafe>,
+    /// `soft_timeout`: with a stale value at hand, a slower body finishes in the background.
+    soft_timeout: Option<Duration>,
+    /// `refresh_ahead`: the fraction of an entry's TTL after which a read refreshes it.
+    refresh_ahead: Option<f64>,
+}
+
+impl<V> Cache<V> {
+    /// A builder for a cache named `name` (the name used in stats and logs).
+    pub fn builder(name: impl Into<String>) -> CacheBuilder<V> {
+        CacheBuilder::new(name.into())
+    }
+
+    /// The cache's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The configured tiers.
+    pub fn tier(&self) -> Tier {
+        self.tier
+    }
+
+    /// Whether this cache is really using Redis (tier includes it and Redis is configured).
+    pub fn redis_active(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    /// TTL of entries (in Redis, or locally for a `local` cache).
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Upper bound of a local copy's lifetime.
+    pub fn local_ttl(&self) -> Duration {
+        self.local_ttl
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        self.counters.snapshot()
+    }
+
+    /// Resets the counters to zero.
+    pub fn reset_stats(&self) {
+        self.counters.reset();
+    }
+
+    /// The current mode.
+    pub fn mode(&self) -> Mode {
+        Mode::from_u8(self.mode.load(Ordering::Relaxed))
+    }
+
+    /// Switches the mode at run time (e.g. from an admin endpoint): `Observe` to measure
+    /// whether caching pays off, `Bypass` to rule the cache out while debugging.
+    ///
+    /// ```
+    /// use cache_runtime::{Cache, Mode};
+    /// let cache: Cache<u8> = Cache::builder("m").build();
+    /// cache.set_mode(Mode::Bypass);
+    /// assert_eq!(cache.mode(), Mode::Bypass);
+    /// ```
+    pub fn set_mode(&self, mode: Mode) {
+        self.mode.store(mode.to_u8(), Ordering::Relaxed);
+    }
+
+    /// What observe mode measured so far (`None` if this cache never observed a call).
+    pub fn observe_report(&self) -> Option<ObserveReport> {
+        self.observer.get().map(Observer::report)
+    }
+
+    /// Starts a key. Generated code appends the template's parts.
+    pub fn key_writer(&self) -> KeyWriter {
+        KeyWriter::with_head("")
+    }
+
+    /// The Redis key of `key`'s value (`{prefix}:w1:v{version}:{key}`), if this cache uses
+    /// Redis. For operators and tests.
+    pub fn redis_key(&self, key: &str) -> Option<String> {
+        self.redis.as_ref().map(|r| r.keys.value(&Key::new(key)))
+    }
+}
+
+impl<V: Clone + Send + Sync + 'static> Cache<V> {
+    /// Entries in the local tier (after pending maintenance).
+    pub fn local_entry_count(&self) -> u64 {
+        self.local.as_ref().map_or(0, |l| l.tier.entry_count())
+    }
+
+    /// Drops every local entry of this cache, in this process only.
+    pub fn clear_local(&self) {
+        if let Some(local) = &self.local {
+            bus::Target::clear(local.as_ref());
+        }
+    }
+
+    /// Drops every entry of this cache in every tier and process: local copies here now,
+    /// Redis entries by bumping the cache's clear version (one `INCR`, no key scan), and
+    /// other processes' local copies through the bus.
+    pub async fn clear(&self) -> Result<(), CacheError> {
+        self.clear_local();
+        self.redis_clear().await
+    }
+
+    /// Blocking [`clear`](Self::clear).
+    pub fn clear_blocking(&self) -> Result<(), CacheError> {
+        pollster::block_on(self.clear())
+    }
+
+    /// The waterfall: local → Redis (promoting the value) → `body` (once per key across
+    /// concurrent callers in this process, and across processes with a lock) → store in every
+    /// tier. Redis failures are misses.
+    pub async fn get_or_load<R, S>(
+        &self,
+        key: impl Into<Key>,
+        body: impl Future<Output = R>,
+        sharing: &Sharing<R>,
+    ) -> R
+    where
+        S: Shape<R, Value = V>,
+    {
+        self.load::<R, S, _>(&key.into(), &mut Some(body), sharing)
+            .await
+            .0
+    }
+
+    /// [`get_or_load`](Self::get_or_load), with the value wrapped in an [`Entry`](crate::Entry):
+    /// its ETag, creation time, tags and where it came from, for HTTP responses. A hit
+    /// returns what was computed when the value was stored; nothing is hashed again.
+    ///
+    /// ```
+    /// use cache_runtime::{Cache, OkOnly, Sharing, Source};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let cache: Cache<u32> = Cache::builder("doc::entry").etag().build();
+    /// let load = || async { Ok::<u32, String>(7) };
+    /// let first = cache.get_or_load_entry::<_, OkOnly>("k", load(), &Sharing::none()).await.unwrap();
+    /// let again = cache.get_or_load_entry::<_, OkOnly>("k", load(), &Sharing::none()).await.unwrap();
+    /// assert_eq!((first.source(), again.source()), (Source::Body, Source::Local));
+    /// assert_eq!(first.etag(), again.etag());
+    /// assert_eq!(first.created(), again.created());
+    /// # });
+    /// ```
+    pub async fn get_or_load_entry<R, S>(
+        &self,
+        key: impl Into<Key>,
+        body: impl Future<Output = R>,
+        sharing: &Sharing<R>,
+    ) -> S::Entries
+    where
+        S: EntryShape<R, Value = V>,
+    {
+        let key = key.into();
+        let (r, meta, source) = self.load::<R, S, _>(&key, &mut Some(body), sharing).await;
+        S::with_entry(r, meta, key.tags.into(), source)
+    }
+
+    /// Blocking [`get_or_load_entry`](Self::get_or_load_entry).
+    pub fn get_or_load_entry_blocking<R, S>(
+        &self,
+        key: impl Into<Key>,
+        body: impl FnOnce() -> R,
+        sharing: &Sharing<R>,
+    ) -> S::Entries
+    where
+        S: EntryShape<R, Value = V>,
+    {
+        pollster::block_on(self.get_or_load_entry::<R, S>(key, async move { body() }, sharing))
+    }
+
+    /// [`get_or_load`](Self::get_or_load) for a cache that lives for the whole program, with
+    /// a body that can outlive its caller (owned arguments, `Send`): needed for
+    /// [`soft_timeout`](CacheBuilder::soft_timeout) and
+    /// [`refresh_ahead`](CacheBuilder::refresh_ahead), which keep or start a body in the
+    /// background. `#[cached]` uses it when either option is set. Background work runs on the
+    /// caller's Tokio runtime (or the runtime's Redis thread outside one).
+    ///
+    /// ```
+    /// use cache_runtime::{Cache, Plain, Sharing};
+    /// use std::sync::OnceLock;
+    /// use std::time::Duration;
+    ///
+    /// fn cache() -> &'static Cache<u64> {
+    ///     static C: OnceLock<Cache<u64>> = OnceLock::new();
+    ///     C.get_or_init(|| Cache::builder("doc::detached").ttl(Duration::from_secs(60)).refresh_ahead(0.8).build())
+    /// }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let v = cache().get_or_load_detached::<_, Plain, _>("k".into(), async { 42 }, Sharing::none()).await;
+    /// assert_eq!(v, 42);
+    /// # });
+    /// ```
+    pub async fn get_or_load_detached<R, S, B>(
+        &'static self,
+        key: Key,
+        body: B,
+        sharing: Sharing<R>,
+    ) -> R
+    where
+        S: Shape<R, Value = V> + 'static,
+        R: Send + 'static,
+        B: Future<Output = R> + Send + 'static,
+    {
+        self.load_detached::<R, S, B>(key, body, sharing).await.0
+    }
+
+    /// [`get_or_load_detached`](Self::get_or_load_detached) returning an
+    /// [`Entry`](crate::Entry) (see [`get_or_load_entry`](Self::get_or_load_entry)).
+    pub async fn get_or_load_entry_detached<R, S, B>(
+        &'static self,
+        key: Key,
+        body: B,
+        sharing: Sharing<R>,
+    ) -> S::Entries
+    where
+        S: EntryShape<R, Value = V> + 'static,
+        R: Send + 'static,
+        B: Future<Output = R> + Send + 'static,
+    {
+        let tags: Arc<[String]> = key.tags.clone().into();
+        let (r, meta, source) = self.load_detached::<R, S, B>(key, body, sharing).await;
+        S::with_entry(r, meta, tags, source)
+    }
+
+    /// [`get_or_load`](Self::get_or_load) for a blocking body, from synchronous code.
+    pub fn get_or_load_blocking<R, S>(
+        &self,
+        key: impl Into<Key>,
+        body: impl FnOnce() -> R,
+        sharing: &Sharing<R>,
+    ) -> R
+    where
+        S: Shape<R, Value = V>,
+    {
+        let key = key.into();
+        if self.mode.load(Ordering::Relaxed) == 0 {
+            if let Some((v, _)) = self.local_hit(&key.logical) {
+                return S::rebuild(v);
+            }
+        }
+        pollster::block_on(self.get_or_load::<R, S>(key, async move { body() }, sharing))
+    }
+
+    /// The cached value, from the local tier or Redis (promoting it), without running the body.
+    pub async fn lookup(&self, key: impl Into<Key>) -> Option<V> {
+        let key = key.into();
+        if let Some((v, _)) = self.local_hit(&key.logical) {
+            return Some(v);
+        }
+        // A tagged value is promoted only under a flight (which a tag invalidation detaches);
+        // a lookup has none, so it does not promote (no generation equals `u64::MAX`).
+        let seen_local = match key.tags.is_empty() {
+            true => self.local_generation(&key.logical),
+            false => u64::MAX,
+        };
+        match self.redis_read(&key, seen_local, None, false).await {
+            Read::Found(v, _) => Some(v),
+            _ => {
+                self.counters.misses.add(1);
+                None
+            }
+        }
+    }
+
+    /// Blocking [`lookup`](Self::lookup).
+    pub fn lookup_blocking(&self, key: impl Into<Key>) -> Option<V> {
+        pollster::block_on(self.lookup(key))
+    }
+
+    /// Removes the entry from every tier and, through the bus, from other processes' local
+    /// tiers. The local tier is always cleared; the result says whether Redis confirmed
+    /// (`Ok` too when this cache has no Redis tier). One round trip.
+    pub async fn invalidate(&self, key: impl Into<Key>) -> Result<(), CacheError> {
+        let key = key.into();
+        self.counters.invalidations.add(1);
+        self.drop_local(&key.logical);
+        let res = self.redis_invalidate(&key).await;
+        // Again after Redis: a concurrent miss may have promoted the old value meanwhile.
+        self.drop_local(&key.logical);
+        res
+    }
+
+    /// Blocking [`invalidate`](Self::invalidate).
+    pub fn invalidate_blocking(&self, key: impl Into<Key>) -> Result<(), CacheError> {
+        pollster::block_on(self.invalidate(key))
+    }
+
+    /// Writes `value` into every tier (write-through after an update) and evicts other
+    /// processes' local copies. Local is always written; the result says whether Redis
+    /// accepted it. Two round trips.
+    pub async fn populate(&self, key: impl Into<Key>, value: V) -> Result<(), CacheError> {
+        self.store_explicit(&key.into(), value, false).await
+    }
+
+    /// Blocking [`populate`](Self::populate).
+    pub fn populate_blocking(&self, key: impl Into<Key>, value: V) -> Result<(), CacheError> {
+        pollster::block_on(self.populate(key, value))
+    }
+
+    /// Runs `body` now (no lookup) and stores a cacheable result like [`populate`](Self::populate).
+    pub async fn refresh<R, S>(&self, key: impl Into<Key>, body: impl Future<Output = R>) -> R
+    where
+        S: Shape<R, Value = V>,
+    {
+        let key = key.into();
+        let r = self.timed(body).await;
+        if let Some((v, negative)) = S::cacheable(&r) {
+            let _ = self.store_explicit(&key, v, negative).await;
+        }
+        r
+    }
+
+    /// Blocking [`refresh`](Self::refresh).
+    pub fn refresh_blocking<R, S>(&self, key: impl Into<Key>, body: impl FnOnce() -> R) -> R
+    where
+        S: Shape<R, Value = V>,
+    {
+        pollster::block_on(self.refresh::<R, S>(key, async move { body() }))
+    }
+
+    /// The local tier's copy of `key`, if any: no Redis, no stats. For tests and debugging.
+    pub fn peek_local(&self, key: &str) -> Option<V> {
+        self.local_peek(key).map(|(v, _)| v)
+    }
+
+    /// Bytes (estimated) in the local tier of a `max_bytes` cache; entries otherwise.
+    pub fn local_weighted_size(&self) -> u64 {
+        self.local.as_ref().map_or(0, |l| l.tier.weighted_size())
+    }
+
+    /// Counts a failed Redis operation by kind; passes the result through.
+    fn count_redis<T>(&self, res: Result<T, CacheError>) -> Result<T, CacheError> {
+        if let Err(e) = &res {
+            match e {
+                CacheError::TooLarge { .. } => self.counters.oversize.add(1),
+                CacheError::Encode(_) => {}
+                CacheError::Timeout(_) => {
+                    self.counters.redis_errors.add(1);
+                    self.counters.redis_timeouts.add(1);
+                }
+                _ => self.counters.redis_errors.add(1),
+            }
+        }
+        res
+    }
+}
+
+/// Invalidates every entry carrying `tag`, in every cache and process: local copies here
+/// now, Redis entries by bumping the tag's version (one `INCR`; entries stamped with the old
+/// version become misses), other processes' local copies through the bus; then, when an edge
+/// is configured ([`edge`](crate::edge)), purges the tag there as a surrogate key.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// cache_runtime::invalidate_tag("user:42").await.unwrap();
+/// # });
+/// ```
+pub async fn invalidate_tag(tag: &str) -> Result<(), CacheError> {
+    let res = redis_side::bump_everywhere(Bump::Tag(tag)).await;
+    // After the tiers: an edge that refetches now gets the new value.
+    crate::edge::enqueue_tags(vec![tag.to_string()]);
+    res
+}
+
+/// Blocking [`invalidate_tag`].
+pub fn invalidate_tag_blocking(tag: &str) -> Result<(), CacheError> {
+    pollster::block_on(invalidate_tag(tag))
+}
+
+/// Clears every cache in every tier and process (one `INCR` of a global clear version; no
+/// key scan, no `FLUSHALL`: old entries become misses and expire by their TTL).
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// cache_runtime::clear_all().await.unwrap();
+/// # });
+/// ```
+pub async fn clear_all() -> Result<(), CacheError> {
+    redis_side::bump_everywhere(Bump::ClearAll).await
+}
+
+/// Blocking [`clear_all`].
+pub fn clear_all_blocking() -> Result<(), CacheError> {
+    pollster::block_on(clear_all())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shape::{OkOnly, Plain};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn cache(name: &str) -> Cache<u64> {
+        Cache::builder(name).ttl(Duration::from_secs(60)).build()
+    }
+
+    #[tokio::test]
+    async fn invalidation_during_body_prevents_the_stale_store() {
+        let c = Arc::new(cache("t::race"));
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let c2 = c.clone();
+        let reader = tokio::spawn(async move {
+            c2.get_or_load::<_, Plain>(
+                "k",
+                async move {
+                    started_tx.send(()).unwrap();
+                    go_rx.await.unwrap();
+                    1u64 // the "old row"
+                },
+                &Sharing::none(),
+            )
+            .await
+        });
+        started_rx.await.unwrap();
+        c.invalidate("k").await.unwrap();
+        go_tx.send(()).unwrap();
+        assert_eq!(reader.await.unwrap(), 1);
+        assert_eq!(
+            c.lookup("k").await,
+            None,
+            "stale value stored after invalidate"
+        );
+    }
+
+    #[tokio::test]
+    async fn errors_are_not_cached_and_reach_waiters() {
+        let c: Cache<u64> = cache("t::err");
+        let runs = AtomicUsize::new(0);
+        let sharing = Sharing::<Result<u64, String>>::new(
+            |r| r.as_ref().err().map(|e| Box::new(e.clone()) as _),
+            |b| b.downcast_ref::<String>().cloned().map(Err),
+        );
+        let r = c
+            .get_or_load::<_, OkOnly>(
+                "k",
+                async {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    Err::<u64, _>("db down".to_string())
+                },
+                &sharing,
+            )
+            .await;
+        assert_eq!(r, Err("db down".to_string()));
+        assert_eq!(c.lookup("k").await, None);
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
+}

@@ -1,0 +1,149 @@
+//! The process-wide runtime: the configuration in force and the Redis tier built from it
+//! (connection thread, bus subscriber), created by [`init`] or lazily from the environment.
+
+use std::sync::OnceLock;
+
+use crate::breaker::BreakerState;
+use crate::bus;
+use crate::config::Config;
+use crate::error::{CacheError, InitError};
+use crate::redis_tier::RedisTier;
+
+pub(crate) struct Runtime {
+    pub config: Config,
+    pub redis: Option<RedisTier>,
+}
+
+static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+
+fn make_runtime(config: Config) -> Result<Runtime, InitError> {
+    let redis = match &config.redis_url {
+        Some(url) => {
+            let tier = RedisTier::new(url, &config)?;
+            tier.handle().spawn(bus::run(
+                tier.client().clone(),
+                bus::channel(&config.key_prefix),
+                config.connect_timeout,
+            ));
+            Some(tier)
+        }
+        None => None,
+    };
+    Ok(Runtime { config, redis })
+}
+
+/// Configures the runtime. Call it once at start-up, before the first cached call.
+///
+/// ```no_run
+/// use cache_runtime::{init, Config};
+/// init(Config::builder().redis_url("redis://127.0.0.1:6379").key_prefix("shop").build())
+///     .expect("cache runtime configured twice");
+/// ```
+pub fn init(config: Config) -> Result<(), InitError> {
+    if RUNTIME.get().is_some() {
+        return Err(InitError::AlreadyInitialized);
+    }
+    let mut made = Some(make_runtime(config)?);
+    RUNTIME.get_or_init(|| made.take().expect("runtime built once"));
+    match made {
+        None => Ok(()),
+        Some(_) => Err(InitError::AlreadyInitialized),
+    }
+}
+
+pub(crate) fn runtime() -> &'static Runtime {
+    RUNTIME.get_or_init(|| {
+        let config = Config::from_env();
+        if config.redis_url.is_none() {
+            tracing::warn!(
+                "REDIS_URL is not set and init() was not called; the Redis tier is disabled \
+                 (local+redis caches use their local tier only, redis caches run the body on \
+                 every call)"
+            );
+        }
+        match make_runtime(config.clone()) {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "the Redis tier is disabled");
+                Runtime {
+                    config: Config {
+                        redis_url: None,
+                        ..config
+                    },
+                    redis: None,
+                }
+            }
+        }
+    })
+}
+
+/// The configuration in force (initialising it from the environment if nothing was set).
+///
+/// ```
+/// let prefix = cache_runtime::config().key_prefix().to_string();
+/// assert!(!prefix.is_empty());
+/// ```
+pub fn config() -> &'static Config {
+    &runtime().config
+}
+
+/// Whether a Redis tier is configured (it may still be unreachable).
+///
+/// ```
+/// let _ = cache_runtime::redis_enabled();
+/// ```
+pub fn redis_enabled() -> bool {
+    runtime().redis.is_some()
+}
+
+/// The Redis tier's health as this process sees it.
+///
+/// ```
+/// let s = cache_runtime::redis_status();
+/// assert!(s.pending_writes == 0 || s.configured);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisStatus {
+    /// Whether a Redis URL is configured.
+    pub configured: bool,
+    /// The circuit breaker's state.
+    pub breaker: BreakerState,
+    /// Invalidations, tag invalidations and clears that Redis has not taken yet (retried in
+    /// the background; meanwhile the entries they cover are not read from Redis).
+    pub pending_writes: usize,
+}
+
+/// See [`RedisStatus`].
+pub fn redis_status() -> RedisStatus {
+    match &runtime().redis {
+        Some(r) => RedisStatus {
+            configured: true,
+            breaker: r.breaker_state(),
+            pending_writes: r.pending.len(),
+        },
+        None => RedisStatus {
+            configured: false,
+            breaker: BreakerState::Closed,
+            pending_writes: 0,
+        },
+    }
+}
+
+/// Checks that Redis answers (a `PING` through the runtime's connection). Call it at boot to
+/// fail fast on a wrong URL or password; cached calls themselves never fail on Redis errors.
+///
+/// ```no_run
+/// # async fn boot() {
+/// if let Err(e) = cache_runtime::health_check().await {
+///     eprintln!("redis cache unavailable, serving from the source: {e}");
+/// }
+/// # }
+/// ```
+pub async fn health_check() -> Result<(), CacheError> {
+    match &runtime().redis {
+        Some(r) => r.ping().await,
+        None => Err(CacheError::Unavailable(
+            "no redis configured (set REDIS_URL or call cache_runtime::init)".into(),
+        )),
+    }
+}
