@@ -9,6 +9,7 @@
 //! server.restart();
 //! ```
 
+pub mod cdn;
 pub mod node;
 pub mod varnish;
 

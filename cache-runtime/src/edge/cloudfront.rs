@@ -82,6 +82,7 @@ pub struct CloudFrontPurger {
     credentials: Credentials,
     tags: Tags,
     max_paths: usize,
+    in_progress_wait: Duration,
     timeout: Duration,
     name: String,
     client: HttpClient,
@@ -113,6 +114,7 @@ pub struct CloudFrontPurgerBuilder {
     tags: Tags,
     api: String,
     max_paths: usize,
+    in_progress_wait: Duration,
     timeout: Duration,
     name: Option<String>,
 }
@@ -139,6 +141,7 @@ impl CloudFrontPurger {
             tags: Tags::Fail,
             api: API.into(),
             max_paths: DEFAULT_MAX_PATHS,
+            in_progress_wait: IN_PROGRESS_WAIT,
             timeout: DEFAULT_TIMEOUT,
             name: None,
         }
@@ -169,7 +172,7 @@ impl CloudFrontPurger {
             "TooManyInvalidationsInProgress" | "Throttling" | "ThrottlingException" => {
                 PurgeError::rate_limited(
                     format!("cloudfront answered {}: {detail}", answer.status),
-                    answer.retry_after.unwrap_or(IN_PROGRESS_WAIT),
+                    answer.retry_after.unwrap_or(self.in_progress_wait),
                 )
             }
             _ => status_error("cloudfront", &answer, &detail),
@@ -393,6 +396,18 @@ impl CloudFrontPurgerBuilder {
         self
     }
 
+    /// The wait after `TooManyInvalidationsInProgress` or throttling when the answer has no
+    /// `Retry-After` (default 30 s: invalidations take minutes to complete).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let _ = cache_runtime::edge::CloudFrontPurger::builder("D").in_progress_wait(Duration::from_secs(60));
+    /// ```
+    pub fn in_progress_wait(mut self, wait: Duration) -> Self {
+        self.in_progress_wait = wait;
+        self
+    }
+
     /// Deadline of one request (default 10 s).
     ///
     /// ```
@@ -444,6 +459,7 @@ impl CloudFrontPurgerBuilder {
             credentials,
             tags: self.tags,
             max_paths: self.max_paths,
+            in_progress_wait: self.in_progress_wait,
             timeout: self.timeout,
             client: client(self.timeout),
         })
