@@ -6,7 +6,9 @@
 //! and a CDN, and whose writes invalidate every layer, the CDN included.
 //!
 //! ```text
-//! GET  /users/{id}               a user's public profile
+//! GET  /users/{id}               a user's public profile (name, bio: cached by the CDN)
+//! GET  /users/{id}/private       the user's e-mail, for `Authorization: Bearer <id>.<API_SECRET>`
+//!                                (private, never stored by the CDN)
 //! PUT  /users/{id}               {"name"?, "email"?, "bio"?}: write, then invalidate
 //! GET  /products/{id}            a product
 //! GET  /products?category=books  the products of a category (cached with a tag)
@@ -30,6 +32,11 @@
 //! | `DB_LATENCY_MS` (`--db-latency-ms`) | 20 | artificial latency of each query |
 //! | `DB_POOL` (`--db-pool`) | 8 | connections (concurrent queries) per process |
 //! | `SEED_USERS`, `SEED_PRODUCTS` | 10000, 2000 | rows created in an empty database |
+//! | `API_SECRET` | `dev-secret` | the bearer tokens of `/users/{id}/private` are `<id>.<API_SECRET>` |
+//!
+//! Ctrl-C (SIGINT) and SIGTERM (what service managers and containers send) stop it the same
+//! way: in-flight requests finish, pending edge purges are sent, and a temporary database is
+//! removed.
 
 mod api;
 #[path = "../common/catalog.rs"]
@@ -144,14 +151,26 @@ async fn main() {
     }
 
     axum::serve(listener, api::router())
-        .with_graceful_shutdown(async {
-            tokio::signal::ctrl_c().await.ok();
-        })
+        .with_graceful_shutdown(shutdown_signal())
         .await
         .expect("serve");
+    // Purges enqueued by the last writes (and their second purges) before the process ends.
+    if !cache_runtime::edge::flush_all(Duration::from_secs(5)).await {
+        eprintln!("profile_api: some edge purges were still pending at exit");
+    }
     if s.db_is_temporary {
         for ext in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{ext}", s.db_path.display()));
         }
+    }
+}
+
+/// Ctrl-C (SIGINT) or SIGTERM, whichever comes first.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
 }
