@@ -50,9 +50,19 @@ pub const CLOUDFRONT_MAX_WILDCARDS: usize = 15;
 /// Which API the server plays.
 #[derive(Debug, Clone)]
 enum Provider {
-    Cloudflare { zone: String, token: String },
-    Fastly { service: String, token: String },
-    CloudFront { distribution: String, key_id: String, secret: String },
+    Cloudflare {
+        zone: String,
+        token: String,
+    },
+    Fastly {
+        service: String,
+        token: String,
+    },
+    CloudFront {
+        distribution: String,
+        key_id: String,
+        secret: String,
+    },
 }
 
 /// An answer the server gives instead of a success, once per request.
@@ -261,7 +271,9 @@ async fn handle(
             match checked {
                 Ok(purge) => {
                     if let Purge::Paths(_) = &purge {
-                        if let Some(r) = xml_text(&String::from_utf8_lossy(&body), "CallerReference") {
+                        if let Some(r) =
+                            xml_text(&String::from_utf8_lossy(&body), "CallerReference")
+                        {
                             if !s.caller_refs.insert(r.clone()) {
                                 s.violations.push(format!("CallerReference {r} reused"));
                             }
@@ -308,7 +320,12 @@ fn cloudflare_error(status: StatusCode, code: u32, message: &str) -> Response {
         "messages": [],
         "result": null
     });
-    (status, [("content-type", "application/json")], body.to_string()).into_response()
+    (
+        status,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn cloudflare(
@@ -333,16 +350,25 @@ fn cloudflare(
         return Err(contract("cloudflare: content-type is not application/json"));
     }
     let v: Value = serde_json::from_slice(body).map_err(|e| contract(format!("json: {e}")))?;
-    let obj = v.as_object().ok_or_else(|| contract("body is not an object"))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| contract("body is not an object"))?;
     if obj.len() != 1 {
-        return Err(contract(format!("one purge type per request, got {:?}", obj.keys())));
+        return Err(contract(format!(
+            "one purge type per request, got {:?}",
+            obj.keys()
+        )));
     }
     let list = |key: &str| -> Result<Vec<String>, Refusal> {
         let items: Vec<String> = obj[key]
             .as_array()
             .ok_or_else(|| contract(format!("{key} is not an array")))?
             .iter()
-            .map(|x| x.as_str().map(str::to_string).ok_or_else(|| contract("not a string")))
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| contract("not a string"))
+            })
             .collect::<Result<_, _>>()?;
         if items.is_empty() || items.len() > CLOUDFLARE_MAX_PER_REQUEST {
             return Err(contract(format!("{key}: {} items", items.len())));
@@ -351,7 +377,10 @@ fn cloudflare(
     };
     if obj.contains_key("files") {
         let files = list("files")?;
-        if let Some(bad) = files.iter().find(|f| !f.starts_with("http://") && !f.starts_with("https://")) {
+        if let Some(bad) = files
+            .iter()
+            .find(|f| !f.starts_with("http://") && !f.starts_with("https://"))
+        {
             return Err(contract(format!("files: {bad:?} is not a full URL")));
         }
         Ok(Purge::Urls(files))
@@ -370,7 +399,12 @@ fn cloudflare(
 
 fn fastly_error(status: StatusCode, msg: &str) -> Response {
     let body = json!({ "msg": msg, "detail": "" });
-    (status, [("content-type", "application/json")], body.to_string()).into_response()
+    (
+        status,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn fastly(
@@ -420,7 +454,10 @@ fn fastly(
         return Err(contract(format!("surrogate_keys: {} keys", keys.len())));
     }
     // Keys are printable ASCII without spaces (they are space-separated in headers).
-    if let Some(bad) = keys.iter().find(|k| !k.bytes().all(|b| b.is_ascii_graphic())) {
+    if let Some(bad) = keys
+        .iter()
+        .find(|k| !k.bytes().all(|b| b.is_ascii_graphic()))
+    {
         return Err(contract(format!("surrogate key {bad:?}")));
     }
     Ok(Purge::Tags(keys))
@@ -453,7 +490,9 @@ fn cloudfront(
         Refusal::Auth(cloudfront_error(StatusCode::FORBIDDEN, code, &msg))
     })?;
     let xml = String::from_utf8_lossy(body);
-    if !xml.contains("<InvalidationBatch xmlns=\"http://cloudfront.amazonaws.com/doc/2020-05-31/\">") {
+    if !xml
+        .contains("<InvalidationBatch xmlns=\"http://cloudfront.amazonaws.com/doc/2020-05-31/\">")
+    {
         return Err(contract("cloudfront: not an InvalidationBatch"));
     }
     if xml_text(&xml, "CallerReference").is_none_or(|r| r.is_empty()) {
@@ -497,11 +536,21 @@ fn success(provider: &Provider) -> Response {
     match provider {
         Provider::Cloudflare { .. } => {
             let body = json!({ "success": true, "errors": [], "messages": [], "result": { "id": "purge-1" } });
-            (StatusCode::OK, [("content-type", "application/json")], body.to_string()).into_response()
+            (
+                StatusCode::OK,
+                [("content-type", "application/json")],
+                body.to_string(),
+            )
+                .into_response()
         }
         Provider::Fastly { .. } => {
             let body = json!({ "status": "ok", "id": "108-1391560174-974124" });
-            (StatusCode::OK, [("content-type", "application/json")], body.to_string()).into_response()
+            (
+                StatusCode::OK,
+                [("content-type", "application/json")],
+                body.to_string(),
+            )
+                .into_response()
         }
         Provider::CloudFront { .. } => {
             let body = "<?xml version=\"1.0\"?><Invalidation xmlns=\"http://cloudfront.amazonaws.com/doc/2020-05-31/\">\

@@ -55,7 +55,10 @@ pub fn verify(
     }
     // The signer adds host (from the URI) and x-amz-date (from the time) itself.
     let host = headers.get("host").ok_or_else(|| mismatch("no Host"))?;
-    let url = format!("http://{host}{}", uri.path_and_query().map_or("/", |p| p.as_str()));
+    let url = format!(
+        "http://{host}{}",
+        uri.path_and_query().map_or("/", |p| p.as_str())
+    );
     let extra = signed
         .iter()
         .filter(|h| !matches!(**h, "host" | "x-amz-date"))

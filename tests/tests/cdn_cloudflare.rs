@@ -71,18 +71,29 @@ fn lists_are_split_at_the_documented_limit() {
 #[test]
 fn a_429_storm_loses_nothing_and_waits_for_retry_after() {
     let cf = CdnContract::cloudflare("zone1", "token");
-    cf.fail_next(3, Fault::RateLimited { retry_after_secs: 1 });
+    cf.fail_next(
+        3,
+        Fault::RateLimited {
+            retry_after_secs: 1,
+        },
+    );
     let edge = edge(&cf).retries(0).build(); // rate limits do not use up retries
     edge.enqueue_paths(["/a", "/b"]);
     assert!(edge.flush_blocking(WAIT));
     let s = edge.stats();
     assert_eq!((s.sent, s.failed, s.retried), (2, 0, 3), "{s:?}");
-    assert_eq!(cf.purged_items(), ["https://www.example.com/a", "https://www.example.com/b"]);
+    assert_eq!(
+        cf.purged_items(),
+        ["https://www.example.com/a", "https://www.example.com/b"]
+    );
     let attempts = cf.attempts();
     assert_eq!(attempts.len(), 4);
     for pair in attempts.windows(2) {
         let gap = pair[1].at.duration_since(pair[0].at);
-        assert!(gap >= Duration::from_millis(990), "Retry-After: 1 was not respected: {gap:?}");
+        assert!(
+            gap >= Duration::from_millis(990),
+            "Retry-After: 1 was not respected: {gap:?}"
+        );
     }
 }
 
@@ -110,7 +121,11 @@ fn a_wrong_token_is_reported_and_not_retried() {
     assert!(edge.flush_blocking(WAIT));
     let s = edge.stats();
     assert_eq!((s.sent, s.failed, s.retried), (0, 1, 0), "{s:?}");
-    assert_eq!(cf.attempts().len(), 1, "refused credentials are not retried");
+    assert_eq!(
+        cf.attempts().len(),
+        1,
+        "refused credentials are not retried"
+    );
     let h = &edge.health()[0];
     assert!(h.unauthorized, "{h:?}");
     let error = h.last_error.as_deref().unwrap();
@@ -141,9 +156,21 @@ fn an_api_down_for_a_while_folds_the_queue_and_loses_no_write() {
     assert!(s.folded >= 4950, "{s:?}");
     assert!(edge.flush_blocking(WAIT));
     let s = edge.stats();
-    assert_eq!((s.dropped, s.failed, s.purged_everything), (0, 0, 1), "{s:?}");
-    assert_eq!(s.enqueued, s.coalesced + s.sent + s.failed + s.pending, "{s:?}");
+    assert_eq!(
+        (s.dropped, s.failed, s.purged_everything),
+        (0, 0, 1),
+        "{s:?}"
+    );
+    assert_eq!(
+        s.enqueued,
+        s.coalesced + s.sent + s.failed + s.pending,
+        "{s:?}"
+    );
     // Every write of the burst is covered by the purge of everything that reached the API.
-    assert!(cf.purges().contains(&Purge::Everything), "{:?}", cf.purges());
+    assert!(
+        cf.purges().contains(&Purge::Everything),
+        "{:?}",
+        cf.purges()
+    );
     assert_eq!(cf.violations(), Vec::<String>::new());
 }

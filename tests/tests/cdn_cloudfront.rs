@@ -43,10 +43,16 @@ fn signed_invalidations_are_accepted_and_paths_encoded() {
     assert_eq!(cf.violations(), Vec::<String>::new());
     assert_eq!(
         cf.purges(),
-        [Purge::Paths(vec!["/users/42".into(), "/search/a%20b".into()])]
+        [Purge::Paths(vec![
+            "/users/42".into(),
+            "/search/a%20b".into()
+        ])]
     );
     let auth = &cf.purges_with_headers()[0].1["authorization"];
-    assert!(auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/"), "{auth}");
+    assert!(
+        auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/"),
+        "{auth}"
+    );
     assert!(!auth.contains(SECRET));
 }
 
@@ -77,7 +83,11 @@ fn tags_fail_by_default_and_map_to_paths_when_told() {
     strict.enqueue_tags(["user:42"]);
     assert!(strict.flush_blocking(WAIT));
     let s = strict.stats();
-    assert_eq!((s.failed, s.retried), (1, 0), "a tag is never silently lost: {s:?}");
+    assert_eq!(
+        (s.failed, s.retried),
+        (1, 0),
+        "a tag is never silently lost: {s:?}"
+    );
     assert!(cf.attempts().is_empty());
     let error = strict.health()[0].last_error.clone().unwrap();
     assert!(error.contains("tag_paths"), "{error}");
@@ -103,7 +113,13 @@ fn a_wrong_secret_is_a_refused_signature_not_retried() {
     assert_eq!(cf.attempts().len(), 1);
     let h = &edge.health()[0];
     assert!(h.unauthorized, "{h:?}");
-    assert!(h.last_error.as_deref().unwrap().contains("SignatureDoesNotMatch"), "{h:?}");
+    assert!(
+        h.last_error
+            .as_deref()
+            .unwrap()
+            .contains("SignatureDoesNotMatch"),
+        "{h:?}"
+    );
     assert!(cf.purges().is_empty());
 }
 
@@ -111,7 +127,12 @@ fn a_wrong_secret_is_a_refused_signature_not_retried() {
 fn too_many_invalidations_in_progress_waits_and_loses_nothing() {
     let cf = contract();
     cf.fail_next(2, Fault::TooManyInvalidations);
-    cf.fail_next(1, Fault::RateLimited { retry_after_secs: 1 });
+    cf.fail_next(
+        1,
+        Fault::RateLimited {
+            retry_after_secs: 1,
+        },
+    );
     let edge = Edge::builder()
         .purger(builder(&cf, SECRET).build().unwrap())
         .repurge_after(Duration::ZERO)
@@ -124,7 +145,10 @@ fn too_many_invalidations_in_progress_waits_and_loses_nothing() {
     assert_eq!(cf.purges(), [Purge::Paths(vec!["/a".into()])]);
     let at: Vec<_> = cf.attempts().iter().map(|a| a.at).collect();
     assert!(at[1].duration_since(at[0]) >= Duration::from_millis(190));
-    assert!(at[3].duration_since(at[2]) >= Duration::from_millis(990), "Retry-After: 1");
+    assert!(
+        at[3].duration_since(at[2]) >= Duration::from_millis(990),
+        "Retry-After: 1"
+    );
 }
 
 #[test]
@@ -142,6 +166,10 @@ fn everything_invalidates_the_whole_distribution() {
     });
     edge.enqueue_paths(["/1", "/2", "/3"]);
     assert!(edge.flush_blocking(WAIT));
-    assert!(cf.purges().contains(&Purge::Paths(vec!["/*".into()])), "{:?}", cf.purges());
+    assert!(
+        cf.purges().contains(&Purge::Paths(vec!["/*".into()])),
+        "{:?}",
+        cf.purges()
+    );
     assert_eq!(edge.stats().purged_everything, 1);
 }

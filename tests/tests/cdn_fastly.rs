@@ -87,7 +87,11 @@ fn everything_is_a_hard_purge_all() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(p.purge(&PurgeBatch::everything())).unwrap();
     assert_eq!(f.purges(), [Purge::Everything]);
-    assert_eq!(f.violations(), Vec::<String>::new(), "purge_all is never soft");
+    assert_eq!(
+        f.violations(),
+        Vec::<String>::new(),
+        "purge_all is never soft"
+    );
 }
 
 #[test]

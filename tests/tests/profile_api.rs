@@ -422,8 +422,12 @@ fn personal_fields_are_private_and_never_shared_by_varnish() {
     let public = get(edge, "/users/9", &[]).unwrap();
     assert_eq!(public.status, 200, "{public:?}");
     assert!(!public.body.contains("email"), "{}", public.body);
-    assert!(public.header("cache-control").unwrap().starts_with("public"));
-    // Age is for caches (Varnish adds its own); the origin sends none.
+    assert!(public
+        .header("cache-control")
+        .unwrap()
+        .starts_with("public"));
+    // Age is for caches: Varnish adds its own; the origin sends none.
+    assert!(public.header("age").is_some(), "{public:?}");
     let direct = get(svc.port, "/users/9", &[]).unwrap();
     assert_eq!(direct.header("age"), None, "{direct:?}");
     let again = get(edge, "/users/9", &[]).unwrap();
@@ -431,19 +435,42 @@ fn personal_fields_are_private_and_never_shared_by_varnish() {
 
     let anonymous = get(edge, "/users/9/private", &[]).unwrap();
     assert_eq!(anonymous.status, 401, "{anonymous:?}");
-    let someone_else = get(edge, "/users/9/private", &[("authorization", "Bearer 8.s3cret")]);
+    let someone_else = get(
+        edge,
+        "/users/9/private",
+        &[("authorization", "Bearer 8.s3cret")],
+    );
     assert_eq!(someone_else.unwrap().status, 401);
 
     for _ in 0..3 {
-        let mine = get(edge, "/users/9/private", &[("authorization", "Bearer 9.s3cret")]).unwrap();
+        let mine = get(
+            edge,
+            "/users/9/private",
+            &[("authorization", "Bearer 9.s3cret")],
+        )
+        .unwrap();
         assert_eq!(mine.status, 200, "{mine:?}");
         assert!(mine.body.contains("\"email\":"), "{}", mine.body);
         let cc = mine.header("cache-control").unwrap();
-        assert!(cc.starts_with("private") && cc.contains("max-age=30"), "{cc}");
-        assert!(mine.header("vary").unwrap().contains("Authorization"), "{mine:?}");
-        assert_ne!(mine.header("x-cache"), Some("HIT"), "a private response was shared");
+        assert!(
+            cc.starts_with("private") && cc.contains("max-age=30"),
+            "{cc}"
+        );
+        assert!(
+            mine.header("vary").unwrap().contains("Authorization"),
+            "{mine:?}"
+        );
+        assert_ne!(
+            mine.header("x-cache"),
+            Some("HIT"),
+            "a private response was shared"
+        );
     }
-    assert_eq!(varnish.stat("MAIN.cache_hit"), 1, "only the public GET was a hit");
+    assert_eq!(
+        varnish.stat("MAIN.cache_hit"),
+        1,
+        "only the public GET was a hit"
+    );
 }
 
 /// SIGTERM (what service managers and containers send) stops the service like Ctrl-C: it

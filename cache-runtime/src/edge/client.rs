@@ -87,16 +87,13 @@ pub(super) fn status_error(who: &str, answer: &Answer, detail: &str) -> PurgeErr
     };
     match status {
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => PurgeError::unauthorized(msg),
-        StatusCode::TOO_MANY_REQUESTS => PurgeError::rate_limited(
-            msg,
-            answer.retry_after.unwrap_or(DEFAULT_RATE_LIMIT_WAIT),
-        ),
-        s if s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT => {
-            match answer.retry_after {
-                Some(after) => PurgeError::rate_limited(msg, after),
-                None => PurgeError::transient(msg),
-            }
+        StatusCode::TOO_MANY_REQUESTS => {
+            PurgeError::rate_limited(msg, answer.retry_after.unwrap_or(DEFAULT_RATE_LIMIT_WAIT))
         }
+        s if s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT => match answer.retry_after {
+            Some(after) => PurgeError::rate_limited(msg, after),
+            None => PurgeError::transient(msg),
+        },
         _ => PurgeError::permanent(msg),
     }
 }
@@ -250,7 +247,10 @@ mod tests {
         let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
         h.insert(RETRY_AFTER, HeaderValue::from_str(&later).unwrap());
         let d = retry_after(&h).unwrap();
-        assert!(d > Duration::from_secs(25) && d <= Duration::from_secs(30), "{d:?}");
+        assert!(
+            d > Duration::from_secs(25) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
     }
 
     #[test]

@@ -198,9 +198,13 @@ impl CloudFrontPurger {
             .headers()
             .iter()
             .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)));
-        let signable =
-            SignableRequest::new(req.method().as_str(), uri, headers, SignableBody::Bytes(body))
-                .map_err(|e| failed(&e))?;
+        let signable = SignableRequest::new(
+            req.method().as_str(),
+            uri,
+            headers,
+            SignableBody::Bytes(body),
+        )
+        .map_err(|e| failed(&e))?;
         let (instructions, _signature) = sign(signable, &params)
             .map_err(|e| failed(&e))?
             .into_parts();
@@ -438,9 +442,9 @@ impl CloudFrontPurgerBuilder {
     /// assert!(CloudFrontPurger::builder("D").build().is_err()); // no credentials
     /// ```
     pub fn build(self) -> Result<CloudFrontPurger, EdgeError> {
-        let credentials = self.credentials.ok_or_else(|| {
-            EdgeError::Config("cloudfront: credentials are needed".into())
-        })?;
+        let credentials = self
+            .credentials
+            .ok_or_else(|| EdgeError::Config("cloudfront: credentials are needed".into()))?;
         if self.distribution.trim().is_empty() {
             return Err(EdgeError::Config(
                 "cloudfront: a distribution id is needed".into(),
@@ -486,7 +490,10 @@ mod tests {
         assert!(b.contains("<CallerReference>ref-1</CallerReference>"));
         assert!(b.contains("<Quantity>2</Quantity>"));
         assert!(b.contains("<Path>/a&amp;b</Path><Path>/c*</Path>"));
-        assert_eq!(xml_field("<E><Code>X</Code></E>", "Code").as_deref(), Some("X"));
+        assert_eq!(
+            xml_field("<E><Code>X</Code></E>", "Code").as_deref(),
+            Some("X")
+        );
         assert_ne!(caller_reference(), caller_reference());
     }
 }

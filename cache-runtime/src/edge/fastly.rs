@@ -114,7 +114,10 @@ impl FastlyPurger {
     /// ```
     /// let _b = cache_runtime::edge::FastlyPurger::builder("SERVICE_ID", "API_TOKEN");
     /// ```
-    pub fn builder(service_id: impl Into<String>, api_token: impl Into<String>) -> FastlyPurgerBuilder {
+    pub fn builder(
+        service_id: impl Into<String>,
+        api_token: impl Into<String>,
+    ) -> FastlyPurgerBuilder {
         FastlyPurgerBuilder {
             service: service_id.into(),
             token: api_token.into(),

@@ -11,8 +11,8 @@ use hyper::header::{HeaderName, HeaderValue, HOST};
 use hyper::{Method, Request, StatusCode, Uri};
 
 use super::client::{
-    check_url, client, header_value, headers, partial_failure, redact, send, snippet,
-    status_error, HttpClient,
+    check_url, client, header_value, headers, partial_failure, redact, send, snippet, status_error,
+    HttpClient,
 };
 use super::{
     encode_path, encode_surrogate_key, BoxFuture, EdgeError, PurgeBatch, PurgeError, Purger,
@@ -244,8 +244,8 @@ impl HttpPurgerBuilder {
         let base = check_url(&self.base)?.trim_end_matches('/').to_string();
         let method = Method::from_bytes(self.method.as_bytes())
             .map_err(|_| EdgeError::InvalidHeader(format!("method {:?}", self.method)))?;
-        let everything_method = Method::from_bytes(self.everything_method.as_bytes())
-            .map_err(|_| {
+        let everything_method =
+            Method::from_bytes(self.everything_method.as_bytes()).map_err(|_| {
                 EdgeError::InvalidHeader(format!("method {:?}", self.everything_method))
             })?;
         Ok(HttpPurger {

@@ -1,8 +1,8 @@
 //! Unit tests of the edge queue: drops, retries, deduplication, flush; and of the encodings.
 
 use super::*;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::Semaphore;
@@ -146,7 +146,10 @@ fn a_full_queue_folds_into_one_purge_of_everything() {
     assert_balanced(s);
     h.release(2);
     let folded = h.next_started();
-    assert!(folded.is_everything() && folded.paths().is_empty(), "{folded:?}");
+    assert!(
+        folded.is_everything() && folded.paths().is_empty(),
+        "{folded:?}"
+    );
     assert!(edge.flush_blocking(WAIT));
     let s = edge.stats();
     assert_eq!((s.sent, s.purged_everything, s.pending), (2, 1, 0), "{s:?}");
@@ -187,7 +190,12 @@ fn a_full_delay_queue_folds_its_second_purges() {
     assert!(edge.flush_blocking(WAIT));
     edge.enqueue_paths(["/d"]);
     assert!(edge.flush_all_blocking(WAIT));
-    let batches: Vec<PurgeBatch> = seen.lock().unwrap().iter().map(|(_, b)| b.clone()).collect();
+    let batches: Vec<PurgeBatch> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, b)| b.clone())
+        .collect();
     // The fourth second purge did not fit: the four became one purge of everything.
     assert!(batches.iter().any(PurgeBatch::is_everything), "{batches:?}");
     let s = edge.stats();
@@ -212,7 +220,10 @@ fn rate_limits_wait_for_retry_after_without_using_up_retries() {
     let start = Instant::now();
     edge.enqueue_paths(["/a"]);
     assert!(edge.flush_blocking(WAIT));
-    assert!(start.elapsed() >= Duration::from_millis(120), "waited for each Retry-After");
+    assert!(
+        start.elapsed() >= Duration::from_millis(120),
+        "waited for each Retry-After"
+    );
     let s = edge.stats();
     assert_eq!((s.sent, s.failed, s.retried), (1, 0, 4), "{s:?}");
     assert_eq!(calls.load(Ordering::SeqCst), 5);
@@ -547,7 +558,10 @@ fn second_purges_off_and_from_the_environment() {
     );
     assert_eq!(env::repurge_from_env(None), Duration::from_secs(1));
     assert_eq!(env::repurge_from_env(Some("")), Duration::from_secs(1));
-    assert_eq!(env::repurge_from_env(Some("250")), Duration::from_millis(250));
+    assert_eq!(
+        env::repurge_from_env(Some("250")),
+        Duration::from_millis(250)
+    );
     assert_eq!(env::repurge_from_env(Some("0")), Duration::ZERO);
     assert_eq!(env::repurge_from_env(Some("soon")), Duration::from_secs(1));
 }
@@ -860,7 +874,10 @@ mod http {
     #[test]
     fn the_environment_configures_both_purgers_per_varnish_url() {
         let edge = env::from_vars(&vars(&[
-            ("CACHE_EDGE_PURGE_URL", " http://127.0.0.1:1 ,, http://127.0.0.1:2/"),
+            (
+                "CACHE_EDGE_PURGE_URL",
+                " http://127.0.0.1:1 ,, http://127.0.0.1:2/",
+            ),
             ("CACHE_EDGE_PURGE_HOST", "ex.com"),
             ("CACHE_EDGE_REPURGE_MS", "250"),
         ]))

@@ -574,7 +574,11 @@ fn take_batch(shared: &Shared, q: &mut Queue) -> Option<(u64, Vec<Taken>, PurgeB
         });
     }
     q.in_flight = taken.len();
-    Some((last, taken, PurgeBatch::from_distinct(paths, tags, everything)))
+    Some((
+        last,
+        taken,
+        PurgeBatch::from_distinct(paths, tags, everything),
+    ))
 }
 
 /// Sends the batch to every purger concurrently; returns the items some purger gave up on.
@@ -653,7 +657,9 @@ async fn purge_with_retries(
             .increment(1);
     };
     let message = format!("gave up on {} item(s) after {tries} attempt(s)", todo.len());
-    shared.fail_log.warn(purger.name(), &format!("{message}: {error}"));
+    shared
+        .fail_log
+        .warn(purger.name(), &format!("{message}: {error}"));
     Some(todo)
 }
 

@@ -223,8 +223,11 @@ async fn get_user_private(
     Path(id): Path<u64>,
 ) -> Result<Response, ApiError> {
     if !authorized(&headers, id) {
-        let mut r = ApiError(StatusCode::UNAUTHORIZED, "a bearer token is required".into())
-            .into_response();
+        let mut r = ApiError(
+            StatusCode::UNAUTHORIZED,
+            "a bearer token is required".into(),
+        )
+        .into_response();
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return Ok(r);
