@@ -265,7 +265,14 @@ async fn handle(
                     distribution,
                     key_id,
                     secret,
-                } => cloudfront(distribution, key_id, secret, &method, &uri, &heads, &body),
+                } => cloudfront(
+                    distribution,
+                    AwsKey { id: key_id, secret },
+                    &method,
+                    &uri,
+                    &heads,
+                    &body,
+                ),
             };
             let mut s = state.lock().unwrap();
             match checked {
@@ -282,7 +289,7 @@ async fn handle(
                     s.purges.push((purge, heads.clone()));
                     success(provider)
                 }
-                Err(Refusal::Auth(r)) => r,
+                Err(Refusal::Auth(r)) => *r,
                 Err(Refusal::Contract(why)) => {
                     s.violations.push(why.clone());
                     bad_request(provider, &why)
@@ -302,7 +309,7 @@ async fn handle(
 
 enum Refusal {
     /// Credentials refused: the provider's own answer.
-    Auth(Response),
+    Auth(Box<Response>),
     /// Not what the documentation allows: 400.
     Contract(String),
 }
@@ -340,11 +347,11 @@ fn cloudflare(
         return Err(contract(format!("cloudflare: {method} {uri}")));
     }
     if h.get("authorization") != Some(&format!("Bearer {token}")) {
-        return Err(Refusal::Auth(cloudflare_error(
+        return Err(Refusal::Auth(Box::new(cloudflare_error(
             StatusCode::FORBIDDEN,
             10000,
             "Authentication error",
-        )));
+        ))));
     }
     if h.get("content-type").map(String::as_str) != Some("application/json") {
         return Err(contract("cloudflare: content-type is not application/json"));
@@ -419,10 +426,10 @@ fn fastly(
         return Err(contract(format!("fastly: {method} {uri}")));
     }
     if h.get("fastly-key") != Some(&token.to_string()) {
-        return Err(Refusal::Auth(fastly_error(
+        return Err(Refusal::Auth(Box::new(fastly_error(
             StatusCode::UNAUTHORIZED,
             "Provided credentials are missing or invalid",
-        )));
+        ))));
     }
     let path = uri.path();
     if let Some(url) = path.strip_prefix("/purge/") {
@@ -472,11 +479,15 @@ fn cloudfront_error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, [("content-type", "text/xml")], body).into_response()
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The access key and secret a CloudFront contract server accepts.
+struct AwsKey<'a> {
+    id: &'a str,
+    secret: &'a str,
+}
+
 fn cloudfront(
     distribution: &str,
-    key_id: &str,
-    secret: &str,
+    key: AwsKey<'_>,
     method: &Method,
     uri: &Uri,
     h: &HashMap<String, String>,
@@ -486,8 +497,12 @@ fn cloudfront(
     if method != Method::POST || uri.path() != expected {
         return Err(contract(format!("cloudfront: {method} {uri}")));
     }
-    sigv4::verify(key_id, secret, method, uri, h, body).map_err(|(code, msg)| {
-        Refusal::Auth(cloudfront_error(StatusCode::FORBIDDEN, code, &msg))
+    sigv4::verify(key.id, key.secret, method, uri, h, body).map_err(|(code, msg)| {
+        Refusal::Auth(Box::new(cloudfront_error(
+            StatusCode::FORBIDDEN,
+            code,
+            &msg,
+        )))
     })?;
     let xml = String::from_utf8_lossy(body);
     if !xml

@@ -33,13 +33,12 @@ pub(super) fn from_vars(var: Vars<'_>) -> Option<Edge> {
         if cdn.is_empty() {
             continue;
         }
-        match add_cdn(builder, &cdn, var) {
-            Ok(b) => {
-                builder = b;
+        match cdn_purgers(&cdn, var) {
+            Ok(purgers) => {
+                builder = purgers.into_iter().fold(builder, |b, p| b.purger_arc(p));
                 any = true;
             }
-            Err((b, e)) => {
-                builder = b;
+            Err(e) => {
                 tracing::warn!(cdn = %cdn, error = %e, "edge purges for this CDN are off");
             }
         }
@@ -65,89 +64,79 @@ pub(super) fn repurge_from_env(value: Option<&str>) -> Duration {
     }
 }
 
-#[cfg(feature = "edge")]
-type Added = Result<super::EdgeBuilder, (super::EdgeBuilder, super::EdgeError)>;
+type Purgers = Vec<std::sync::Arc<dyn super::Purger>>;
 
-/// Adds the purgers of one CDN to `builder`.
+/// The purgers of one CDN.
 #[cfg(feature = "edge")]
-fn add_cdn(builder: super::EdgeBuilder, cdn: &str, var: Vars<'_>) -> Added {
+fn cdn_purgers(cdn: &str, var: Vars<'_>) -> Result<Purgers, super::EdgeError> {
     use super::{CloudFrontPurger, CloudflarePurger, EdgeError, FastlyPurger};
     let need = |name: &str| {
         var(name).ok_or_else(|| EdgeError::Config(format!("{name} is not set (CACHE_EDGE={cdn})")))
     };
-    let built = (|| -> Result<Vec<std::sync::Arc<dyn super::Purger>>, EdgeError> {
-        Ok(match cdn {
-            "varnish" => return varnish(&need("CACHE_EDGE_PURGE_URL")?, var),
-            "cloudflare" => {
-                let mut b = CloudflarePurger::builder(
-                    need("CACHE_EDGE_CLOUDFLARE_ZONE")?,
-                    need("CACHE_EDGE_CLOUDFLARE_TOKEN")?,
-                )
-                .site(need("CACHE_EDGE_SITE_URL")?);
-                if let Some(api) = var("CACHE_EDGE_CLOUDFLARE_API") {
-                    b = b.api_base(api);
-                }
-                vec![std::sync::Arc::new(b.build()?)]
+    Ok(match cdn {
+        "varnish" => return varnish(&need("CACHE_EDGE_PURGE_URL")?, var),
+        "cloudflare" => {
+            let mut b = CloudflarePurger::builder(
+                need("CACHE_EDGE_CLOUDFLARE_ZONE")?,
+                need("CACHE_EDGE_CLOUDFLARE_TOKEN")?,
+            )
+            .site(need("CACHE_EDGE_SITE_URL")?);
+            if let Some(api) = var("CACHE_EDGE_CLOUDFLARE_API") {
+                b = b.api_base(api);
             }
-            "fastly" => {
-                let mut b = FastlyPurger::builder(
-                    need("CACHE_EDGE_FASTLY_SERVICE")?,
-                    need("CACHE_EDGE_FASTLY_TOKEN")?,
-                )
-                .soft(var("CACHE_EDGE_FASTLY_SOFT").is_some_and(|v| truthy(&v)));
-                if let Some(site) = var("CACHE_EDGE_SITE_URL") {
-                    b = b.site(site);
-                }
-                if let Some(api) = var("CACHE_EDGE_FASTLY_API") {
-                    b = b.api_base(api);
-                }
-                vec![std::sync::Arc::new(b.build()?)]
+            vec![std::sync::Arc::new(b.build()?)]
+        }
+        "fastly" => {
+            let mut b = FastlyPurger::builder(
+                need("CACHE_EDGE_FASTLY_SERVICE")?,
+                need("CACHE_EDGE_FASTLY_TOKEN")?,
+            )
+            .soft(var("CACHE_EDGE_FASTLY_SOFT").is_some_and(|v| truthy(&v)));
+            if let Some(site) = var("CACHE_EDGE_SITE_URL") {
+                b = b.site(site);
             }
-            "cloudfront" => {
-                let mut b = CloudFrontPurger::builder(need("CACHE_EDGE_CLOUDFRONT_DISTRIBUTION")?)
-                    .credentials(
-                        need("AWS_ACCESS_KEY_ID")?,
-                        need("AWS_SECRET_ACCESS_KEY")?,
-                        var("AWS_SESSION_TOKEN"),
-                    );
-                match var("CACHE_EDGE_CLOUDFRONT_TAGS").as_deref() {
-                    None | Some("fail") => {}
-                    Some("ignore") => b = b.ignore_tags(),
-                    Some(other) => {
-                        return Err(EdgeError::Config(format!(
-                            "CACHE_EDGE_CLOUDFRONT_TAGS={other:?}: expected `fail` or `ignore`"
-                        )))
-                    }
-                }
-                if let Some(api) = var("CACHE_EDGE_CLOUDFRONT_API") {
-                    b = b.api_base(api);
-                }
-                vec![std::sync::Arc::new(b.build()?)]
+            if let Some(api) = var("CACHE_EDGE_FASTLY_API") {
+                b = b.api_base(api);
             }
-            other => {
-                return Err(EdgeError::Config(format!(
-                    "CACHE_EDGE: unknown CDN {other:?} (expected varnish, cloudflare, fastly \
+            vec![std::sync::Arc::new(b.build()?)]
+        }
+        "cloudfront" => {
+            let mut b = CloudFrontPurger::builder(need("CACHE_EDGE_CLOUDFRONT_DISTRIBUTION")?)
+                .credentials(
+                    need("AWS_ACCESS_KEY_ID")?,
+                    need("AWS_SECRET_ACCESS_KEY")?,
+                    var("AWS_SESSION_TOKEN"),
+                );
+            match var("CACHE_EDGE_CLOUDFRONT_TAGS").as_deref() {
+                None | Some("fail") => {}
+                Some("ignore") => b = b.ignore_tags(),
+                Some(other) => {
+                    return Err(EdgeError::Config(format!(
+                        "CACHE_EDGE_CLOUDFRONT_TAGS={other:?}: expected `fail` or `ignore`"
+                    )))
+                }
+            }
+            if let Some(api) = var("CACHE_EDGE_CLOUDFRONT_API") {
+                b = b.api_base(api);
+            }
+            vec![std::sync::Arc::new(b.build()?)]
+        }
+        other => {
+            return Err(EdgeError::Config(format!(
+                "CACHE_EDGE: unknown CDN {other:?} (expected varnish, cloudflare, fastly \
                      or cloudfront)"
-                )))
-            }
-        })
-    })();
-    match built {
-        Ok(purgers) => Ok(purgers.into_iter().fold(builder, |b, p| b.purger_arc(p))),
-        Err(e) => Err((builder, e)),
-    }
+            )))
+        }
+    })
 }
 
 /// `CACHE_EDGE_PURGE_URL` (comma-separated) and `CACHE_EDGE_PURGE_HOST`: an `HttpPurger` and
 /// an xkey `SurrogateKeyPurger` per URL, what the shipped VCL expects.
 #[cfg(feature = "edge")]
-fn varnish(
-    urls: &str,
-    var: Vars<'_>,
-) -> Result<Vec<std::sync::Arc<dyn super::Purger>>, super::EdgeError> {
+fn varnish(urls: &str, var: Vars<'_>) -> Result<Purgers, super::EdgeError> {
     use super::{HttpPurger, SurrogateKeyPurger};
     let host = var("CACHE_EDGE_PURGE_HOST");
-    let mut purgers: Vec<std::sync::Arc<dyn super::Purger>> = Vec::new();
+    let mut purgers: Purgers = Vec::new();
     for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
         let mut paths = HttpPurger::builder(url);
         let mut keys = SurrogateKeyPurger::xkey(url);
@@ -182,12 +171,6 @@ fn truthy(v: &str) -> bool {
 }
 
 #[cfg(not(feature = "edge"))]
-type Added = Result<super::EdgeBuilder, (super::EdgeBuilder, String)>;
-
-#[cfg(not(feature = "edge"))]
-fn add_cdn(builder: super::EdgeBuilder, _cdn: &str, _var: Vars<'_>) -> Added {
-    Err((
-        builder,
-        "cache-runtime was built without its `edge` feature: edge purges are disabled".into(),
-    ))
+fn cdn_purgers(_cdn: &str, _var: Vars<'_>) -> Result<Purgers, &'static str> {
+    Err("cache-runtime was built without its `edge` feature: edge purges are disabled")
 }

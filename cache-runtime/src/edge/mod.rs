@@ -214,8 +214,6 @@ impl<F> fmt::Debug for FnPurger<F> {
     }
 }
 
-/// Paths and surrogate keys (tags) to purge together, each listed once, in the order first
-
 /// Errors of edge configuration.
 ///
 /// ```

@@ -483,9 +483,9 @@ fn finish_batch(shared: &Shared, taken: Vec<Taken>, failed: &HashSet<Item>) {
 /// queue is full, its second purges fold into one second purge of everything at `due`.
 fn schedule(shared: &Shared, q: &mut Queue, item: Item, due: Instant) {
     let capacity = shared.settings.capacity;
-    if q.delayed_due.contains_key(&Item::Everything) {
+    if let Some(everything) = q.delayed_due.get_mut(&Item::Everything) {
         // A later purge of everything covers it (every entry is due no later than `due`).
-        q.delayed_due.insert(Item::Everything, due);
+        *everything = due;
         q.delayed.push_back((due, Item::Everything));
         shared.counters.folded.fetch_add(1, Relaxed);
         return;
