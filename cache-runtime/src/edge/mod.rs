@@ -1,14 +1,16 @@
 //! CDN / edge purge (layer 4): when a cached value changes, the pages built from it are purged
-//! at every configured edge cache (Varnish, Fastly, Cloudflare, ...).
+//! at every configured edge cache: Varnish, Cloudflare, Fastly, CloudFront, or any [`Purger`].
 //!
 //! The generated `invalidate_*`, `populate_*` and `refresh_*` functions of a
 //! `#[cached(..., purge = ["/users/<id>"])]` function call [`enqueue_paths`], and
 //! [`invalidate_tag`](crate::invalidate_tag) calls [`enqueue_tags`]. Both only put the items in
 //! a bounded in-memory queue and return: the purges are sent by a background worker (its own
 //! thread and one-thread Tokio runtime, so callers need no runtime), in deduplicated batches,
-//! by every configured [`Purger`], with bounded retries and exponential backoff. A full queue
-//! drops the new items (counted in [`EdgeStats::dropped`], with a rate-limited warning) rather
-//! than block a caller; failures are counted and logged, never returned to the caller.
+//! by every configured [`Purger`], with bounded retries, exponential backoff, and waits for a
+//! rate limit's `Retry-After`. A full queue never blocks a caller and never drops a purge: it
+//! folds the waiting items into one purge of everything ([`PurgeBatch::everything`], counted
+//! in [`EdgeStats::folded`]). Failures are counted, logged and reported per purger by
+//! [`health`] (refused credentials included), never returned to the caller.
 //!
 //! Every item is purged a second time, [`repurge_after`](EdgeBuilder::repurge_after) (1 s by
 //! default) after its first purge: a fetch by the edge that started before the write can
@@ -16,16 +18,17 @@
 //! `s-maxage`. [`EdgeStats`] counts the second purges (`repurged`) and reports how long purges
 //! take from enqueue to acknowledgement (`latency_p50`, `latency_p99`, `latency_max`).
 //!
-//! Configure the edge once at start-up with [`install`], or set `CACHE_EDGE_PURGE_URL` (with the
-//! `edge` cargo feature): a comma-separated list of base URLs of edge caches, e.g.
-//! `http://127.0.0.1:6081`. Each URL gets an `HttpPurger` (one `PURGE <path>` per path)
-//! and a `SurrogateKeyPurger::xkey` (one `PURGE /` with an `xkey-purge: tag1 tag2` header per
-//! batch of tags), which is what the VCL shipped in `deploy/varnish/cache-toolkit.vcl`
-//! understands. `CACHE_EDGE_PURGE_HOST` optionally sets the `Host` header of those requests
-//! (the site's name, when it differs from the edge's address), and `CACHE_EDGE_REPURGE_MS`
-//! the delay of the second purge (1000 by default; 0 turns it off). The variables are read
-//! once, on the first enqueue, if nothing was installed before. With neither, every function
-//! here is a no-op.
+//! Configure the edge once at start-up with [`install`], or from the environment (with the
+//! `edge` cargo feature): `CACHE_EDGE` names the edges (`varnish`, `cloudflare`, `fastly`,
+//! `cloudfront`, several at once), each with its variables, e.g. `CACHE_EDGE_PURGE_URL` for
+//! Varnish (a comma-separated list of base URLs; each gets an `HttpPurger` and a
+//! `SurrogateKeyPurger::xkey`, what `deploy/varnish/cache-toolkit.vcl` understands), or
+//! `CACHE_EDGE_CLOUDFLARE_ZONE` / `CACHE_EDGE_CLOUDFLARE_TOKEN` / `CACHE_EDGE_SITE_URL`.
+//! Without `CACHE_EDGE`, a set `CACHE_EDGE_PURGE_URL` means Varnish. `CACHE_EDGE_REPURGE_MS`
+//! sets the delay of the second purge (1000 by default; 0 turns it off). The variables are
+//! read once, on the first enqueue, if nothing was installed before; secrets are never logged.
+//! With no edge, every function here is a no-op. `docs/EDGE.md` lists every variable and each
+//! CDN's limits.
 //!
 //! ```
 //! use cache_runtime::edge::{self, Edge, FnPurger, PurgeBatch, PurgeError};

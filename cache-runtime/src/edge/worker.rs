@@ -241,8 +241,10 @@ impl Worker {
                 accepted += 1;
                 metrics::counter!("cache_edge_purges_enqueued_total", "kind" => item.kind())
                     .increment(1);
-                if q.waiting.contains_key(&Item::Everything) {
-                    // A waiting purge of everything covers it.
+                if let Some(first) = q.waiting.get_mut(&Item::Everything) {
+                    // A waiting purge of everything covers it (and, like any item written
+                    // meanwhile, gets a second purge).
+                    *first = true;
                     coalesced += 1;
                     s.counters.folded.fetch_add(1, Relaxed);
                 } else if let Some(first) = q.waiting.get_mut(&item) {

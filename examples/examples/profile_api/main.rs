@@ -26,6 +26,7 @@
 //! | `CACHE_LAYERS` (`--layers`) | `redis` with `REDIS_URL`, else `local` | `none` (every cache bypassed), `local`, `redis` (local + Redis) |
 //! | `REDIS_URL` (`--redis-url`) | none | the Redis tier (needed by `CACHE_LAYERS=redis`) |
 //! | `CACHE_EDGE_PURGE_URL` (`--edge`) | none | the edge (Varnish) to purge, e.g. `http://127.0.0.1:6081` |
+//! | `CACHE_EDGE` and its variables | none | read by `cache_runtime::edge`: a CDN (`cloudflare`, `fastly`, `cloudfront`) instead of or beside Varnish, see docs/EDGE.md |
 //! | `CACHE_EDGE_REPURGE_MS` | 1000 | read by `cache_runtime::edge`: purge every path and tag again this long after its first purge (0: once) |
 //! | `LIST_INVALIDATION` | `tag` | how a product write drops its category's list: `tag` or `key` |
 //! | `DB_PATH` (`--db`) | a new file in the temp dir | SQLite file; several processes may share one (WAL) |
@@ -96,6 +97,10 @@ async fn main() {
         None => std::env::remove_var("CACHE_EDGE_PURGE_URL"),
     }
     let repurge = cache_runtime::edge::repurge_after();
+    let edge_names: Vec<String> = cache_runtime::edge::health()
+        .into_iter()
+        .map(|h| h.name)
+        .collect();
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", s.port))
         .await
@@ -133,10 +138,15 @@ async fn main() {
             "on"
         },
         redis,
-        match (&s.edge_purge_url, repurge) {
-            (Some(u), None) => format!("on ({u})"),
-            (Some(u), Some(d)) => format!("on ({u}, again after {} ms)", d.as_millis()),
-            (None, _) => "off".to_string(),
+        // The purgers the edge was configured with (CACHE_EDGE_PURGE_URL, or CACHE_EDGE).
+        match (edge_names.is_empty(), repurge) {
+            (true, _) => "off".to_string(),
+            (false, None) => format!("on ({})", edge_names.join(", ")),
+            (false, Some(d)) => format!(
+                "on ({}, again after {} ms)",
+                edge_names.join(", "),
+                d.as_millis()
+            ),
         }
     );
     println!(
