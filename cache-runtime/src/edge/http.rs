@@ -28,9 +28,13 @@ const MAX_KEY_HEADER_BYTES: usize = 4096;
 /// Fastly's purge-by-URL, nginx/Squid setups that accept `PURGE`). Ignores tags.
 ///
 /// A path is appended to the base URL (after [`encode_path`]; a missing leading `/` is added),
-/// and requests go out concurrently (8 at a time by default). 2xx means purged; 404 too (some
-/// edges answer it when nothing was cached at that URL). 408, 429, 5xx and connection errors
-/// and timeouts are transient (retried by the edge worker), other statuses permanent.
+/// and requests go out concurrently (8 at a time by default). A batch of
+/// [everything](PurgeBatch::everything) (a folded queue) is one `BAN /`
+/// ([`everything_method`](HttpPurgerBuilder::everything_method)), which the shipped VCL turns
+/// into a ban of the whole `Host`. 2xx means purged; 404 too (some edges answer it when
+/// nothing was cached at that URL). 408, 429 (after its `Retry-After`), 5xx, connection
+/// errors and timeouts are transient (retried by the edge worker); 401/403 are refused
+/// credentials; other statuses are permanent.
 ///
 /// ```
 /// use cache_runtime::edge::HttpPurger;
