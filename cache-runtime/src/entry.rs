@@ -92,10 +92,6 @@ impl Meta {
     }
 }
 
-// The clock's home is `clock`; re-exported for `http::policy`, which still imports it here.
-#[cfg(feature = "http")]
-pub(crate) use crate::clock::unix_ms;
-
 /// A cached value with its validators, tags and source, as returned by the generated
 /// `<fn>_entry` functions and [`Cache::get_or_load_entry`](crate::Cache::get_or_load_entry).
 ///

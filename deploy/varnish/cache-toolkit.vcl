@@ -9,6 +9,8 @@ vcl 4.1;
 #     PURGE /some/path                        -> drops that URL (every Vary variant) for this Host
 #     PURGE /  with  xkey-purge: k1 k2 ...     -> drops every object tagged with any of the keys
 #     PURGE /  with  xkey-softpurge: k1 ...    -> marks them stale (kept for grace/conditional use)
+#     BAN /                                   -> drops every object of this Host (what the purge
+#                                                queue sends when it folded more purges than it holds)
 #   Surrogate keys come from the backend's `xkey` response header (vmod xkey), or from
 #   `Surrogate-Key` when the backend only sends that one. Keys are space (or comma) separated
 #   and percent-encoded by cache_runtime::edge::encode_surrogate_key on both sides.
@@ -44,6 +46,15 @@ acl purgers {
 }
 
 sub vcl_recv {
+    if (req.method == "BAN") {
+        if (client.ip !~ purgers) {
+            return (synth(403, "Forbidden"));
+        }
+        # Objects keep their request's Host in obj.http.x-host (set in vcl_backend_response),
+        # so the ban is checked by the ban lurker in the background.
+        ban("obj.http.x-host == " + req.http.host);
+        return (synth(200, "Banned"));
+    }
     if (req.method == "PURGE") {
         if (client.ip !~ purgers) {
             return (synth(403, "Forbidden"));
@@ -68,7 +79,7 @@ sub vcl_recv {
 }
 
 sub vcl_synth {
-    if (req.method == "PURGE") {
+    if (req.method == "PURGE" || req.method == "BAN") {
         # A small plain body: purgers read it for their logs.
         set resp.http.Content-Type = "text/plain; charset=utf-8";
         set resp.body = resp.reason + {"
@@ -78,6 +89,8 @@ sub vcl_synth {
 }
 
 sub vcl_backend_response {
+    # For host-wide bans (BAN /): lurker-friendly, removed before delivery.
+    set beresp.http.x-host = bereq.http.host;
     # vmod xkey indexes objects by their `xkey` header; accept the Fastly-style header too.
     if (!beresp.http.xkey && beresp.http.Surrogate-Key) {
         set beresp.http.xkey = beresp.http.Surrogate-Key;
@@ -105,4 +118,5 @@ sub vcl_deliver {
     # Surrogate keys are for this cache only.
     unset resp.http.xkey;
     unset resp.http.Surrogate-Key;
+    unset resp.http.x-host;
 }

@@ -23,6 +23,7 @@
 //! assert_eq!(server.flushall(), ());
 //! ```
 
+pub mod cdn;
 pub mod cluster;
 pub mod node;
 pub mod sentinel;

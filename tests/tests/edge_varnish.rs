@@ -455,3 +455,35 @@ async fn invalidate_tag_purges_the_pages_carrying_the_tag() {
     assert_eq!(get(port, tagged, &[]).await.x_cache(), "MISS");
     assert_eq!(get(port, other, &[]).await.x_cache(), "HIT");
 }
+
+/// A full queue folds its purges into one purge of everything: `BAN /` from the `HttpPurger`,
+/// which the shipped VCL turns into a ban of every object of that `Host`.
+#[tokio::test]
+async fn a_folded_queue_bans_every_page_of_the_host() {
+    let backend = &shared().backend;
+    let varnish = VarnishServer::start(backend.port);
+    let port = varnish.port();
+    let paths = ["/t8/a", "/t8/b", "/t8/c"];
+    for p in paths {
+        assert_eq!(get(port, p, &[]).await.x_cache(), "MISS");
+        assert_eq!(get(port, p, &[]).await.x_cache(), "HIT");
+        backend.bump(p);
+    }
+    let edge = Edge::builder()
+        .purger(HttpPurger::new(varnish.url()).unwrap())
+        .purger(SurrogateKeyPurger::xkey(varnish.url()).build().unwrap())
+        .capacity(1)
+        .repurge_after(Duration::ZERO)
+        .build();
+    // More than the queue holds at once: folded (the first may already be in flight).
+    edge.enqueue_paths(["/t8/other", "/t8/x", "/t8/y", "/t8/z"]);
+    assert!(edge.flush(WAIT).await);
+    let s = edge.stats();
+    assert!(s.folded >= 2 && s.purged_everything == 1, "{s:?}");
+    assert_eq!((s.failed, s.dropped), (0, 0), "{s:?}");
+    for p in paths {
+        let after = get(port, p, &[]).await;
+        assert_eq!(after.x_cache(), "MISS", "{p} was banned");
+        assert!(after.body.ends_with(" v1"), "{p}: new data: {}", after.body);
+    }
+}

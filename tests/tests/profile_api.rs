@@ -403,3 +403,117 @@ fn varnish_serves_repeats_until_a_write_purges_them() {
     assert!(list.body.contains("\"price_cents\":4242"), "{}", list.body);
     assert_eq!(served(&svc), served_before + 1);
 }
+
+/// The layer-3 rule the example teaches, through the shipped Varnish: the public profile has
+/// no personal field and is shared (a Varnish hit); the e-mail is only in the per-user
+/// endpoint, `private` with `Vary: Authorization`, refused without the user's token and never
+/// a Varnish hit.
+#[test]
+fn personal_fields_are_private_and_never_shared_by_varnish() {
+    let port = cache_tests::free_port();
+    let varnish = cache_tests::VarnishServer::start(port);
+    let svc = Service::start(&[
+        ("PORT", &port.to_string()),
+        ("CACHE_LAYERS", "local"),
+        ("API_SECRET", "s3cret"),
+    ]);
+    let edge = varnish.port();
+
+    let public = get(edge, "/users/9", &[]).unwrap();
+    assert_eq!(public.status, 200, "{public:?}");
+    assert!(!public.body.contains("email"), "{}", public.body);
+    assert!(public
+        .header("cache-control")
+        .unwrap()
+        .starts_with("public"));
+    // Age is for caches: Varnish adds its own; the origin sends none.
+    assert!(public.header("age").is_some(), "{public:?}");
+    let direct = get(svc.port, "/users/9", &[]).unwrap();
+    assert_eq!(direct.header("age"), None, "{direct:?}");
+    let again = get(edge, "/users/9", &[]).unwrap();
+    assert_eq!(again.header("x-cache"), Some("HIT"), "{again:?}");
+
+    let anonymous = get(edge, "/users/9/private", &[]).unwrap();
+    assert_eq!(anonymous.status, 401, "{anonymous:?}");
+    let someone_else = get(
+        edge,
+        "/users/9/private",
+        &[("authorization", "Bearer 8.s3cret")],
+    );
+    assert_eq!(someone_else.unwrap().status, 401);
+
+    for _ in 0..3 {
+        let mine = get(
+            edge,
+            "/users/9/private",
+            &[("authorization", "Bearer 9.s3cret")],
+        )
+        .unwrap();
+        assert_eq!(mine.status, 200, "{mine:?}");
+        assert!(mine.body.contains("\"email\":"), "{}", mine.body);
+        let cc = mine.header("cache-control").unwrap();
+        assert!(
+            cc.starts_with("private") && cc.contains("max-age=30"),
+            "{cc}"
+        );
+        assert!(
+            mine.header("vary").unwrap().contains("Authorization"),
+            "{mine:?}"
+        );
+        assert_ne!(
+            mine.header("x-cache"),
+            Some("HIT"),
+            "a private response was shared"
+        );
+    }
+    assert_eq!(
+        varnish.stat("MAIN.cache_hit"),
+        1,
+        "only the public GET was a hit"
+    );
+}
+
+/// SIGTERM (what service managers and containers send) stops the service like Ctrl-C: it
+/// exits cleanly and removes its temporary SQLite files.
+#[test]
+fn sigterm_removes_the_temporary_database() {
+    let mut cmd = Command::new(service_binary());
+    cmd.env_remove("REDIS_URL")
+        .env_remove("CACHE_EDGE_PURGE_URL")
+        .env_remove("DB_PATH")
+        .env("PORT", "0")
+        .env("CACHE_LAYERS", "local")
+        .env("DB_LATENCY_MS", "0")
+        .env("SEED_USERS", "20")
+        .env("SEED_PRODUCTS", "5")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = cmd.spawn().expect("start profile_api");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let db = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            let rest = l.trim().strip_prefix("database: ")?;
+            Some(PathBuf::from(rest.split(" (").next()?))
+        })
+        .expect("the service printed its database");
+    assert!(db.is_file(), "{} exists while running", db.display());
+    std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    for ext in ["", "-wal", "-shm"] {
+        let f = format!("{}{ext}", db.display());
+        assert!(!std::path::Path::new(&f).exists(), "{f} was left behind");
+    }
+}

@@ -6,36 +6,35 @@ use std::fmt;
 use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::body::Bytes;
+use http_body_util::Full;
 use hyper::header::{HeaderName, HeaderValue, HOST};
 use hyper::{Method, Request, StatusCode, Uri};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::client::{
+    check_url, client, header_value, headers, partial_failure, redact, send, snippet, status_error,
+    HttpClient,
+};
 use super::{
     encode_path, encode_surrogate_key, BoxFuture, EdgeError, PurgeBatch, PurgeError, Purger,
 };
-
-type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_CONCURRENCY: usize = 8;
 const DEFAULT_MAX_KEYS: usize = 256;
 /// Keeps one request's key header under the 8 KiB Varnish accepts by default.
 const MAX_KEY_HEADER_BYTES: usize = 4096;
-/// Response bodies are read (so connections are reused) up to this size, for error messages.
-const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 /// Sends one `PURGE <path>` request per path to an edge cache (Varnish with the shipped VCL,
 /// Fastly's purge-by-URL, nginx/Squid setups that accept `PURGE`). Ignores tags.
 ///
 /// A path is appended to the base URL (after [`encode_path`]; a missing leading `/` is added),
-/// and requests go out concurrently (8 at a time by default). 2xx means purged; 404 too (some
-/// edges answer it when nothing was cached at that URL). 408, 429, 5xx and connection errors
-/// and timeouts are transient (retried by the edge worker), other statuses permanent.
+/// and requests go out concurrently (8 at a time by default). A batch of
+/// [everything](PurgeBatch::everything) (a folded queue) is one `BAN /`
+/// ([`everything_method`](HttpPurgerBuilder::everything_method)), which the shipped VCL turns
+/// into a ban of the whole `Host`. 2xx means purged; 404 too (some edges answer it when
+/// nothing was cached at that URL). 408, 429 (after its `Retry-After`), 5xx, connection
+/// errors and timeouts are transient (retried by the edge worker); 401/403 are refused
+/// credentials; other statuses are permanent.
 ///
 /// ```
 /// use cache_runtime::edge::HttpPurger;
@@ -53,6 +52,7 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 pub struct HttpPurger {
     base: String,
     method: Method,
+    everything_method: Method,
     host: Option<HeaderValue>,
     headers: Vec<(HeaderName, HeaderValue)>,
     timeout: Duration,
@@ -85,6 +85,7 @@ impl fmt::Debug for HttpPurger {
 pub struct HttpPurgerBuilder {
     base: String,
     method: String,
+    everything_method: String,
     host: Option<String>,
     headers: Vec<(String, String)>,
     timeout: Duration,
@@ -114,6 +115,7 @@ impl HttpPurger {
         HttpPurgerBuilder {
             base: base_url.into(),
             method: "PURGE".into(),
+            everything_method: "BAN".into(),
             host: None,
             headers: Vec::new(),
             timeout: DEFAULT_REQUEST_TIMEOUT,
@@ -123,13 +125,17 @@ impl HttpPurger {
     }
 
     async fn purge_one(&self, path: &str) -> Result<(), PurgeError> {
+        self.request(&self.method, path).await
+    }
+
+    async fn request(&self, method: &Method, path: &str) -> Result<(), PurgeError> {
         let encoded = encode_path(path);
         let slash = if encoded.starts_with('/') { "" } else { "/" };
         let url = format!("{}{slash}{encoded}", self.base);
         let uri: Uri = url
             .parse()
             .map_err(|e| PurgeError::permanent(format!("{url}: {e}")))?;
-        let mut req = Request::builder().method(self.method.clone()).uri(uri);
+        let mut req = Request::builder().method(method.clone()).uri(uri);
         if let Some(h) = &self.host {
             req = req.header(HOST, h.clone());
         }
@@ -137,13 +143,13 @@ impl HttpPurger {
             req = req.header(k.clone(), v.clone());
         }
         let req = req
-            .body(Empty::new())
+            .body(Full::default())
             .map_err(|e| PurgeError::permanent(format!("{url}: {e}")))?;
-        let (status, body) = send(&self.client, req, self.timeout).await?;
-        if status.is_success() || status == StatusCode::NOT_FOUND {
+        let answer = send(&self.client, req, self.timeout).await?;
+        if answer.status.is_success() || answer.status == StatusCode::NOT_FOUND {
             Ok(())
         } else {
-            Err(status_error(status, &body))
+            Err(status_error("edge", &answer, &snippet(&answer.body)))
         }
     }
 }
@@ -156,6 +162,18 @@ impl HttpPurgerBuilder {
     /// ```
     pub fn method(mut self, method: impl Into<String>) -> Self {
         self.method = method.into();
+        self
+    }
+
+    /// The method of the request that purges everything (default `BAN`, on `/`), sent when
+    /// the queue [folded](crate::edge::EdgeStats::folded) its purges. The shipped VCL bans
+    /// every object of the request's `Host`.
+    ///
+    /// ```
+    /// let _ = cache_runtime::edge::HttpPurger::builder("http://127.0.0.1:6081").everything_method("BAN");
+    /// ```
+    pub fn everything_method(mut self, method: impl Into<String>) -> Self {
+        self.everything_method = method.into();
         self
     }
 
@@ -230,7 +248,12 @@ impl HttpPurgerBuilder {
         let base = check_url(&self.base)?.trim_end_matches('/').to_string();
         let method = Method::from_bytes(self.method.as_bytes())
             .map_err(|_| EdgeError::InvalidHeader(format!("method {:?}", self.method)))?;
+        let everything_method =
+            Method::from_bytes(self.everything_method.as_bytes()).map_err(|_| {
+                EdgeError::InvalidHeader(format!("method {:?}", self.everything_method))
+            })?;
         Ok(HttpPurger {
+            everything_method,
             name: self
                 .name
                 .unwrap_or_else(|| format!("http-purge {}", redact(&base))),
@@ -248,6 +271,10 @@ impl HttpPurgerBuilder {
 impl Purger for HttpPurger {
     fn purge<'a>(&'a self, batch: &'a PurgeBatch) -> BoxFuture<'a, Result<(), PurgeError>> {
         Box::pin(async move {
+            if batch.is_everything() {
+                // Covers the batch's paths too.
+                return self.request(&self.everything_method, "/").await;
+            }
             // By index: a closure over `&String` trips the compiler's higher-ranked lifetime
             // check inside this `Send` future.
             let paths = batch.paths();
@@ -258,29 +285,23 @@ impl Purger for HttpPurger {
                 .await;
             let mut failed = PurgeBatch::new();
             let mut retryable = false;
-            let mut first: Option<String> = None;
+            let mut first: Option<PurgeError> = None;
             for (path, r) in results {
                 if let Err(e) = r {
                     retryable |= e.is_retryable();
-                    first.get_or_insert_with(|| format!("{path}: {e}"));
+                    first.get_or_insert_with(|| e.prefixed(path));
                     failed.add_path(path.clone());
                 }
             }
             match first {
                 None => Ok(()),
-                Some(first) => {
-                    let msg = format!(
-                        "{} of {} path purge(s) failed, e.g. {first}",
-                        failed.len(),
-                        batch.paths().len()
-                    );
-                    let e = if retryable {
-                        PurgeError::transient(msg)
-                    } else {
-                        PurgeError::permanent(msg)
-                    };
-                    Err(e.with_items(failed))
-                }
+                Some(first) => Err(partial_failure(
+                    "path purge(s)",
+                    paths.len(),
+                    failed,
+                    first,
+                    retryable,
+                )),
             }
         })
     }
@@ -412,13 +433,13 @@ impl SurrogateKeyPurger {
             req = req.header(k.clone(), v.clone());
         }
         let req = req
-            .body(Empty::new())
+            .body(Full::default())
             .map_err(|e| PurgeError::permanent(e.to_string()))?;
-        let (status, body) = send(&self.client, req, self.timeout).await?;
-        if status.is_success() {
+        let answer = send(&self.client, req, self.timeout).await?;
+        if answer.status.is_success() {
             Ok(())
         } else {
-            Err(status_error(status, &body))
+            Err(status_error("edge", &answer, &snippet(&answer.body)))
         }
     }
 }
@@ -537,6 +558,8 @@ impl SurrogateKeyPurgerBuilder {
 }
 
 impl Purger for SurrogateKeyPurger {
+    /// Purges the batch's tags; a batch of [everything](PurgeBatch::everything) is left to
+    /// the path purger of the same edge (an `HttpPurger` bans everything).
     fn purge<'a>(&'a self, batch: &'a PurgeBatch) -> BoxFuture<'a, Result<(), PurgeError>> {
         Box::pin(async move {
             let mut failed = PurgeBatch::new();
@@ -558,19 +581,13 @@ impl Purger for SurrogateKeyPurger {
             }
             match first {
                 None => Ok(()),
-                Some(e) => {
-                    let msg = format!(
-                        "{} of {} key purge(s) failed: {e}",
-                        failed.len(),
-                        batch.tags().len()
-                    );
-                    let e = if retryable {
-                        PurgeError::transient(msg)
-                    } else {
-                        PurgeError::permanent(msg)
-                    };
-                    Err(e.with_items(failed))
-                }
+                Some(e) => Err(partial_failure(
+                    "key purge(s)",
+                    batch.tags().len(),
+                    failed,
+                    e,
+                    retryable,
+                )),
             }
         })
     }
@@ -602,136 +619,6 @@ fn key_chunks(keys: &[String], max_keys: usize, max_bytes: usize) -> Vec<Vec<&St
     chunks
 }
 
-/// Sends a request with a deadline and reads (a bounded part of) the answer.
-async fn send(
-    client: &HttpClient,
-    req: Request<Empty<Bytes>>,
-    timeout: Duration,
-) -> Result<(StatusCode, String), PurgeError> {
-    let what = format!("{} {}", req.method(), redact(&req.uri().to_string()));
-    let exchange = async {
-        let resp = client
-            .request(req)
-            .await
-            .map_err(|e| PurgeError::transient(format!("{what}: {}", error_chain(&e))))?;
-        let status = resp.status();
-        let body = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
-            .collect()
-            .await
-            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-            .unwrap_or_default();
-        Ok((status, body))
-    };
-    tokio::time::timeout(timeout, exchange)
-        .await
-        .unwrap_or_else(|_| {
-            Err(PurgeError::transient(format!(
-                "{what}: no answer within {timeout:?}"
-            )))
-        })
-}
-
-fn status_error(status: StatusCode, body: &str) -> PurgeError {
-    let snippet: String = body.trim().chars().take(200).collect();
-    let msg = if snippet.is_empty() {
-        format!("edge answered {status}")
-    } else {
-        format!("edge answered {status}: {snippet}")
-    };
-    let transient = status.is_server_error()
-        || status == StatusCode::REQUEST_TIMEOUT
-        || status == StatusCode::TOO_MANY_REQUESTS;
-    if transient {
-        PurgeError::transient(msg)
-    } else {
-        PurgeError::permanent(msg)
-    }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
-}
-
-fn check_url(url: &str) -> Result<&str, EdgeError> {
-    let uri: Uri = url
-        .parse()
-        .map_err(|e| EdgeError::InvalidUrl(format!("{}: {e}", redact(url))))?;
-    match (uri.scheme_str(), uri.authority()) {
-        (Some("http" | "https"), Some(_)) => Ok(url),
-        _ => Err(EdgeError::InvalidUrl(format!(
-            "{}: expected http://host[:port][/prefix] or https://...",
-            redact(url)
-        ))),
-    }
-}
-
-fn header_value(v: &str) -> Result<HeaderValue, EdgeError> {
-    HeaderValue::from_str(v).map_err(|_| EdgeError::InvalidHeader(format!("value {v:?}")))
-}
-
-fn headers(list: &[(String, String)]) -> Result<Vec<(HeaderName, HeaderValue)>, EdgeError> {
-    list.iter()
-        .map(|(k, v)| {
-            let name = HeaderName::from_bytes(k.as_bytes())
-                .map_err(|_| EdgeError::InvalidHeader(format!("name {k:?}")))?;
-            let mut value = HeaderValue::from_str(v)
-                .map_err(|_| EdgeError::InvalidHeader(format!("value of {k}")))?;
-            value.set_sensitive(true);
-            Ok((name, value))
-        })
-        .collect()
-}
-
-/// Hides credentials in `scheme://user:password@host/...` for logs.
-fn redact(url: &str) -> String {
-    if let Some(s) = url.find("://") {
-        let rest = &url[s + 3..];
-        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_end].rfind('@') {
-            return format!("{}://***@{}", &url[..s], &rest[at + 1..]);
-        }
-    }
-    url.to_string()
-}
-
-fn client(timeout: Duration) -> HttpClient {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(timeout));
-    http.set_nodelay(true);
-    let provider = rustls::crypto::ring::default_provider();
-    let connector = match hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_native_roots(provider.clone())
-    {
-        Ok(b) => b,
-        Err(e) => {
-            // No system certificates: plain http:// still works; https:// fails per request
-            // with a certificate error that names the cause.
-            tracing::debug!("cache_runtime: edge purge: no native root certificates: {e}");
-            let config = rustls::ClientConfig::builder_with_provider(provider.into())
-                .with_safe_default_protocol_versions()
-                .expect("ring supports the default TLS versions")
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth();
-            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
-        }
-    }
-    .https_or_http()
-    .enable_http1()
-    .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -747,23 +634,5 @@ mod tests {
         let big = vec!["x".repeat(50), "".to_string(), "y".into()];
         let chunks = key_chunks(&big, 10, 10);
         assert_eq!(chunks.iter().map(Vec::len).collect::<Vec<_>>(), [1, 1]);
-    }
-
-    #[test]
-    fn urls_are_checked_and_credentials_redacted() {
-        assert!(check_url("http://127.0.0.1:6081").is_ok());
-        assert!(check_url("https://edge.example.com/prefix").is_ok());
-        assert!(check_url("ftp://x").is_err());
-        assert!(check_url("/relative").is_err());
-        assert_eq!(redact("https://u:p@h/x"), "https://***@h/x");
-        assert_eq!(redact("http://h/a@b"), "http://h/a@b");
-    }
-
-    #[test]
-    fn statuses_are_classified() {
-        assert!(status_error(StatusCode::SERVICE_UNAVAILABLE, "").is_retryable());
-        assert!(status_error(StatusCode::TOO_MANY_REQUESTS, "").is_retryable());
-        assert!(!status_error(StatusCode::FORBIDDEN, "no").is_retryable());
-        assert!(!status_error(StatusCode::METHOD_NOT_ALLOWED, "").is_retryable());
     }
 }

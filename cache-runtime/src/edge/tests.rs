@@ -1,8 +1,9 @@
 //! Unit tests of the edge queue: drops, retries, deduplication, flush; and of the encodings.
 
 use super::*;
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::Semaphore;
 
@@ -128,24 +129,35 @@ fn queued_duplicates_are_coalesced_into_one_batch() {
 }
 
 #[test]
-fn a_full_queue_drops_and_counts_without_blocking() {
+fn a_full_queue_folds_into_one_purge_of_everything() {
     let (purger, h) = gated();
     let edge = builder().purger(purger).capacity(2).build();
     edge.enqueue_paths(["/in-flight"]);
     h.next_started();
+    // /1 and /2 fill the queue; /3 folds them into a purge of everything, which covers /4.
     edge.enqueue_paths(["/1", "/2", "/3", "/4"]);
-    edge.enqueue_paths(["/1"]); // a duplicate of a waiting item still coalesces
+    edge.enqueue_tags(["t"]);
     let s = edge.stats();
-    assert_eq!((s.enqueued, s.coalesced, s.dropped), (4, 1, 2), "{s:?}");
+    assert_eq!(
+        (s.enqueued, s.coalesced, s.folded, s.dropped, s.pending),
+        (7, 5, 5, 0, 2),
+        "{s:?}"
+    );
+    assert_balanced(s);
     h.release(2);
+    let folded = h.next_started();
+    assert!(
+        folded.is_everything() && folded.paths().is_empty(),
+        "{folded:?}"
+    );
     assert!(edge.flush_blocking(WAIT));
     let s = edge.stats();
-    assert_eq!((s.sent, s.dropped, s.pending), (3, 2, 0), "{s:?}");
+    assert_eq!((s.sent, s.purged_everything, s.pending), (2, 1, 0), "{s:?}");
     assert_balanced(s);
 }
 
 #[test]
-fn enqueue_returns_while_the_purger_hangs() {
+fn enqueue_returns_while_the_purger_hangs_and_memory_stays_bounded() {
     let (purger, h) = gated();
     let edge = builder().purger(purger).capacity(100).build();
     edge.enqueue_paths(["/first"]);
@@ -154,9 +166,83 @@ fn enqueue_returns_while_the_purger_hangs() {
         edge.enqueue_paths([format!("/p/{i}")]);
     }
     let s = edge.stats();
-    assert_eq!((s.enqueued, s.dropped, s.pending), (101, 900, 101), "{s:?}");
+    // 100 queued, then folded with the other 900 into one purge of everything.
+    assert_eq!(
+        (s.enqueued, s.folded, s.dropped, s.pending),
+        (1002, 1000, 0, 2),
+        "{s:?}"
+    );
+    assert_balanced(s);
     // Not released: dropping the edge must not wait for the hung purger either.
     drop(edge);
+}
+
+#[test]
+fn a_full_delay_queue_folds_its_second_purges() {
+    let (purger, seen) = recorder();
+    let edge = Edge::builder()
+        .purger(purger)
+        .capacity(3)
+        .max_batch(10)
+        .repurge_after(Duration::from_millis(20))
+        .build();
+    edge.enqueue_paths(["/a", "/b", "/c"]);
+    assert!(edge.flush_blocking(WAIT));
+    edge.enqueue_paths(["/d"]);
+    assert!(edge.flush_all_blocking(WAIT));
+    let batches: Vec<PurgeBatch> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, b)| b.clone())
+        .collect();
+    // The fourth second purge did not fit: the four became one purge of everything.
+    assert!(batches.iter().any(PurgeBatch::is_everything), "{batches:?}");
+    let s = edge.stats();
+    assert_eq!(s.folded, 4, "{s:?}");
+    assert_balanced(s);
+}
+
+#[test]
+fn rate_limits_wait_for_retry_after_without_using_up_retries() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let edge = builder()
+        .purger(FnPurger::new("limited", move |_: &PurgeBatch| {
+            if counted.fetch_add(1, Ordering::SeqCst) < 4 {
+                Err(PurgeError::rate_limited("429", Duration::from_millis(30)))
+            } else {
+                Ok(())
+            }
+        }))
+        .retries(1)
+        .build();
+    let start = Instant::now();
+    edge.enqueue_paths(["/a"]);
+    assert!(edge.flush_blocking(WAIT));
+    assert!(
+        start.elapsed() >= Duration::from_millis(120),
+        "waited for each Retry-After"
+    );
+    let s = edge.stats();
+    assert_eq!((s.sent, s.failed, s.retried), (1, 0, 4), "{s:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+}
+
+#[test]
+fn refused_credentials_are_reported_in_health_and_not_retried() {
+    let edge = builder()
+        .purger(FnPurger::new("cdn", |_: &PurgeBatch| {
+            Err(PurgeError::unauthorized("401: bad token"))
+        }))
+        .retries(5)
+        .build();
+    edge.enqueue_paths(["/a"]);
+    assert!(edge.flush_blocking(WAIT));
+    let s = edge.stats();
+    assert_eq!((s.failed, s.retried), (1, 0), "{s:?}");
+    let h = edge.health();
+    assert!(h[0].unauthorized && h[0].consecutive_failures == 1, "{h:?}");
 }
 
 #[test]
@@ -470,11 +556,14 @@ fn second_purges_off_and_from_the_environment() {
         Edge::builder().build().repurge_after(),
         Some(Duration::from_secs(1))
     );
-    assert_eq!(repurge_from_env(None), Duration::from_secs(1));
-    assert_eq!(repurge_from_env(Some("")), Duration::from_secs(1));
-    assert_eq!(repurge_from_env(Some("250")), Duration::from_millis(250));
-    assert_eq!(repurge_from_env(Some("0")), Duration::ZERO);
-    assert_eq!(repurge_from_env(Some("soon")), Duration::from_secs(1));
+    assert_eq!(env::repurge_from_env(None), Duration::from_secs(1));
+    assert_eq!(env::repurge_from_env(Some("")), Duration::from_secs(1));
+    assert_eq!(
+        env::repurge_from_env(Some("250")),
+        Duration::from_millis(250)
+    );
+    assert_eq!(env::repurge_from_env(Some("0")), Duration::ZERO);
+    assert_eq!(env::repurge_from_env(Some("soon")), Duration::from_secs(1));
 }
 
 #[test]
@@ -774,13 +863,24 @@ mod http {
         assert_eq!((s.failed, s.retried), (1, 2), "{s:?}");
     }
 
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: std::collections::HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
     #[test]
-    fn the_environment_spec_configures_both_purgers_per_url() {
-        let edge = from_spec(
-            " http://127.0.0.1:1 ,, http://127.0.0.1:2/",
-            Some("ex.com"),
-            Duration::from_millis(250),
-        )
+    fn the_environment_configures_both_purgers_per_varnish_url() {
+        let edge = env::from_vars(&vars(&[
+            (
+                "CACHE_EDGE_PURGE_URL",
+                " http://127.0.0.1:1 ,, http://127.0.0.1:2/",
+            ),
+            ("CACHE_EDGE_PURGE_HOST", "ex.com"),
+            ("CACHE_EDGE_REPURGE_MS", "250"),
+        ]))
         .expect("two valid urls");
         assert_eq!(edge.repurge_after(), Some(Duration::from_millis(250)));
         assert_eq!(
@@ -792,9 +892,52 @@ mod http {
                 "xkey http://127.0.0.1:2/",
             ]
         );
-        let once = from_spec("http://127.0.0.1:1", None, Duration::ZERO).unwrap();
+        let once = env::from_vars(&vars(&[
+            ("CACHE_EDGE_PURGE_URL", "http://127.0.0.1:1"),
+            ("CACHE_EDGE_REPURGE_MS", "0"),
+        ]))
+        .unwrap();
         assert_eq!(once.repurge_after(), None);
-        assert!(from_spec("not a url", None, Duration::ZERO).is_none());
-        assert!(from_spec("", None, Duration::ZERO).is_none());
+        assert!(env::from_vars(&vars(&[("CACHE_EDGE_PURGE_URL", "not a url")])).is_none());
+        assert!(env::from_vars(&vars(&[])).is_none());
+    }
+
+    #[test]
+    fn the_environment_names_several_cdns() {
+        let edge = env::from_vars(&vars(&[
+            ("CACHE_EDGE", "varnish, cloudflare,fastly,cloudfront"),
+            ("CACHE_EDGE_PURGE_URL", "http://127.0.0.1:1"),
+            ("CACHE_EDGE_SITE_URL", "https://www.example.com"),
+            ("CACHE_EDGE_CLOUDFLARE_ZONE", "zone1"),
+            ("CACHE_EDGE_CLOUDFLARE_TOKEN", "cf-secret"),
+            ("CACHE_EDGE_FASTLY_SERVICE", "svc1"),
+            ("CACHE_EDGE_FASTLY_TOKEN", "fastly-secret"),
+            ("CACHE_EDGE_CLOUDFRONT_DISTRIBUTION", "dist1"),
+            ("AWS_ACCESS_KEY_ID", "AKID"),
+            ("AWS_SECRET_ACCESS_KEY", "aws-secret"),
+        ]))
+        .expect("four CDNs");
+        assert_eq!(
+            edge.purger_names(),
+            [
+                "http-purge http://127.0.0.1:1",
+                "xkey http://127.0.0.1:1/",
+                "cloudflare zone1",
+                "fastly svc1",
+                "cloudfront dist1",
+            ]
+        );
+        let shown = format!("{edge:?}");
+        for secret in ["cf-secret", "fastly-secret", "aws-secret"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        // A CDN without its settings is skipped; an unknown name too.
+        let partial = env::from_vars(&vars(&[
+            ("CACHE_EDGE", "cloudflare,fastly,akamai"),
+            ("CACHE_EDGE_FASTLY_SERVICE", "svc1"),
+            ("CACHE_EDGE_FASTLY_TOKEN", "t"),
+        ]))
+        .expect("fastly alone");
+        assert_eq!(partial.purger_names(), ["fastly svc1"]);
     }
 }

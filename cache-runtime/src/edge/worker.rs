@@ -26,20 +26,25 @@ use std::time::{Duration, Instant};
 use futures_util::future::{join_all, FutureExt};
 use tokio::sync::{watch, Notify};
 
-use super::{EdgeStats, PurgeBatch, PurgeError, Purger, Settings};
-use crate::redis_tier::LogLimiter;
+use backon::{BackoffBuilder, ExponentialBuilder};
+
+use super::{EdgeStats, PurgeBatch, PurgeError, Purger, PurgerHealth, Settings};
+use crate::log_limit::LogLimiter;
 
 /// One thing to purge.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Item {
     Path(String),
     Tag(String),
+    /// Everything the edge caches: what a full queue folds into.
+    Everything,
 }
 
 impl Item {
     fn is_empty(&self) -> bool {
         match self {
             Item::Path(s) | Item::Tag(s) => s.is_empty(),
+            Item::Everything => false,
         }
     }
 
@@ -47,6 +52,7 @@ impl Item {
         match self {
             Item::Path(_) => "path",
             Item::Tag(_) => "tag",
+            Item::Everything => "everything",
         }
     }
 }
@@ -152,6 +158,8 @@ struct Counters {
     dropped: AtomicU64,
     retried: AtomicU64,
     repurged: AtomicU64,
+    folded: AtomicU64,
+    purged_everything: AtomicU64,
 }
 
 struct Shared {
@@ -165,7 +173,9 @@ struct Shared {
     closed: AtomicBool,
     counters: Counters,
     latencies: Latencies,
-    drop_log: LogLimiter,
+    /// One per purger, in the same order.
+    health: Vec<Mutex<PurgerHealth>>,
+    fold_log: LogLimiter,
     fail_log: LogLimiter,
 }
 
@@ -177,7 +187,17 @@ pub(crate) struct Worker {
 
 impl Worker {
     pub(crate) fn start(purgers: Vec<Arc<dyn Purger>>, settings: Settings) -> Self {
+        let health = purgers
+            .iter()
+            .map(|p| {
+                Mutex::new(PurgerHealth {
+                    name: p.name().to_string(),
+                    ..PurgerHealth::default()
+                })
+            })
+            .collect();
         let shared = Arc::new(Shared {
+            health,
             purgers,
             settings,
             queue: Mutex::new(Queue::default()),
@@ -186,7 +206,7 @@ impl Worker {
             closed: AtomicBool::new(false),
             counters: Counters::default(),
             latencies: Latencies::default(),
-            drop_log: LogLimiter::default(),
+            fold_log: LogLimiter::default(),
             fail_log: LogLimiter::default(),
         });
         let (tx, rx) = std::sync::mpsc::channel();
@@ -210,7 +230,7 @@ impl Worker {
 
     pub(crate) fn enqueue(&self, items: impl Iterator<Item = Item>) {
         let s = &self.shared;
-        let (mut accepted, mut coalesced, mut dropped) = (0u64, 0u64, 0u64);
+        let (mut accepted, mut coalesced) = (0u64, 0u64);
         {
             let now = Instant::now();
             let mut q = s.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -218,19 +238,25 @@ impl Worker {
                 if item.is_empty() {
                     continue;
                 }
-                if let Some(first) = q.waiting.get_mut(&item) {
+                accepted += 1;
+                metrics::counter!("cache_edge_purges_enqueued_total", "kind" => item.kind())
+                    .increment(1);
+                if let Some(first) = q.waiting.get_mut(&Item::Everything) {
+                    // A waiting purge of everything covers it (and, like any item written
+                    // meanwhile, gets a second purge).
+                    *first = true;
+                    coalesced += 1;
+                    s.counters.folded.fetch_add(1, Relaxed);
+                } else if let Some(first) = q.waiting.get_mut(&item) {
                     // A waiting second purge becomes a first one: it is purged again later.
                     *first = true;
-                    accepted += 1;
                     coalesced += 1;
-                    metrics::counter!("cache_edge_purges_enqueued_total", "kind" => item.kind())
-                        .increment(1);
                 } else if q.items.len() >= s.settings.capacity {
-                    dropped += 1;
+                    fold(s, &mut q, now);
+                    coalesced += 1;
+                    s.counters.folded.fetch_add(1, Relaxed);
+                    metrics::counter!("cache_edge_purges_folded_total").increment(1);
                 } else {
-                    accepted += 1;
-                    metrics::counter!("cache_edge_purges_enqueued_total", "kind" => item.kind())
-                        .increment(1);
                     push(&mut q, item, true, now);
                 }
             }
@@ -244,8 +270,7 @@ impl Worker {
             s.counters.coalesced.fetch_add(coalesced, Relaxed);
             metrics::counter!("cache_edge_purges_coalesced_total").increment(coalesced);
         }
-        count_dropped(s, dropped);
-        if accepted > coalesced {
+        if accepted > 0 {
             s.wake.notify_one();
         }
     }
@@ -269,6 +294,8 @@ impl Worker {
             retried: c.retried.load(Relaxed),
             pending,
             repurged: c.repurged.load(Relaxed),
+            folded: c.folded.load(Relaxed),
+            purged_everything: c.purged_everything.load(Relaxed),
             delayed,
             latency_p50,
             latency_p99,
@@ -316,6 +343,14 @@ impl Worker {
         self.shared.settings.repurge_after
     }
 
+    pub(crate) fn health(&self) -> Vec<PurgerHealth> {
+        self.shared
+            .health
+            .iter()
+            .map(|h| h.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect()
+    }
+
     pub(crate) fn purger_names(&self) -> Vec<String> {
         self.shared
             .purgers
@@ -349,91 +384,123 @@ fn push(q: &mut Queue, item: Item, first: bool, now: Instant) {
     });
 }
 
-fn count_dropped(s: &Shared, dropped: u64) {
-    if dropped > 0 {
-        s.counters.dropped.fetch_add(dropped, Relaxed);
-        metrics::counter!("cache_edge_purges_dropped_total").increment(dropped);
-        s.drop_log.warn(
-            "edge purge",
-            &format!(
-                "queue full ({} items): dropped {dropped} purge(s); the edge may serve \
-                 stale pages until they expire",
-                s.settings.capacity
-            ),
-        );
-    }
+/// Replaces every waiting item by one purge of everything, which covers them: the queue's
+/// memory stays bounded and no purge is lost. The folded items count as coalesced.
+fn fold(s: &Shared, q: &mut Queue, now: Instant) {
+    let n = q.items.len() as u64;
+    let since = q.items.front().map_or(now, |w| w.since);
+    q.items.clear();
+    q.waiting.clear();
+    push(q, Item::Everything, true, since);
+    let c = &s.counters;
+    c.enqueued.fetch_add(1, Relaxed);
+    c.coalesced.fetch_add(n, Relaxed);
+    c.folded.fetch_add(n, Relaxed);
+    metrics::counter!("cache_edge_purges_enqueued_total", "kind" => "everything").increment(1);
+    metrics::counter!("cache_edge_purges_coalesced_total").increment(n);
+    metrics::counter!("cache_edge_purges_folded_total").increment(n);
+    s.fold_log.warn(
+        "edge purge",
+        &format!(
+            "queue full ({} items): folded the waiting purges into one purge of everything",
+            s.settings.capacity
+        ),
+    );
 }
 
 async fn run(shared: Arc<Shared>) {
-    loop {
-        let (last_seq, taken, batch) = loop {
-            if shared.closed.load(Relaxed) {
-                return;
-            }
-            let next_due = {
-                let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-                promote_due(&shared, &mut q, Instant::now());
-                if let Some(b) = take_batch(&shared, &mut q) {
-                    break b;
-                }
-                q.delayed.front().map(|(due, _)| *due)
-            };
-            // `notify_one` stores a permit when nobody waits, so a wake-up between the check
-            // above and this await is not lost.
-            match next_due {
-                Some(due) => {
-                    tokio::select! {
-                        _ = shared.wake.notified() => {}
-                        _ = tokio::time::sleep_until(due.into()) => {}
-                    }
-                }
-                None => shared.wake.notified().await,
-            }
-        };
+    while let Some((last_seq, taken, batch)) = next_batch(&shared).await {
         let failed = purge_everywhere(&shared, &batch).await;
-        let finished = Instant::now();
-        let n = batch.len() as u64;
-        let failed_n = failed.len() as u64;
-        shared.counters.sent.fetch_add(n - failed_n, Relaxed);
-        shared.counters.failed.fetch_add(failed_n, Relaxed);
-        metrics::counter!("cache_edge_purges_sent_total").increment(n - failed_n);
-        if failed_n > 0 {
-            metrics::counter!("cache_edge_purges_failed_total").increment(failed_n);
-        }
-        // Enqueue → purged everywhere, for first purges (a second purge's wait is by design).
-        let latencies: Vec<Duration> = taken
-            .iter()
-            .filter(|t| t.first && !failed.contains(&t.item))
-            .map(|t| finished.saturating_duration_since(t.since))
-            .collect();
-        shared.latencies.record(&latencies);
-        let (pending, delayed, dropped) = {
-            let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-            q.in_flight = 0;
-            let mut dropped = 0;
-            if let Some(after) = shared.settings.repurge_after {
-                let due = finished + after;
-                for t in taken.into_iter().filter(|t| t.first) {
-                    if !schedule(&shared, &mut q, t.item, due) {
-                        dropped += 1;
-                    }
-                }
-            }
-            (q.items.len(), q.delayed_due.len(), dropped)
-        };
-        count_dropped(&shared, dropped);
-        metrics::gauge!("cache_edge_purges_pending").set(pending as f64);
-        metrics::gauge!("cache_edge_purges_delayed").set(delayed as f64);
+        finish_batch(&shared, taken, &failed);
         shared.done.send_modify(|d| *d = (*d).max(last_seq));
     }
 }
 
-/// Schedules a second purge of `item` at `due` (moving an earlier one there); `false` if the
-/// delay queue is full.
-fn schedule(shared: &Shared, q: &mut Queue, item: Item, due: Instant) -> bool {
+/// Waits for the next batch (promoting due second purges); `None` once the edge is dropped.
+async fn next_batch(shared: &Shared) -> Option<(u64, Vec<Taken>, PurgeBatch)> {
+    loop {
+        if shared.closed.load(Relaxed) {
+            return None;
+        }
+        let next_due = {
+            let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            promote_due(shared, &mut q, Instant::now());
+            if let Some(b) = take_batch(shared, &mut q) {
+                return Some(b);
+            }
+            q.delayed.front().map(|(due, _)| *due)
+        };
+        // `notify_one` stores a permit when nobody waits, so a wake-up between the check
+        // above and this await is not lost.
+        match next_due {
+            Some(due) => {
+                tokio::select! {
+                    _ = shared.wake.notified() => {}
+                    _ = tokio::time::sleep_until(due.into()) => {}
+                }
+            }
+            None => shared.wake.notified().await,
+        }
+    }
+}
+
+/// Counts a finished batch, records its latencies and schedules its second purges.
+fn finish_batch(shared: &Shared, taken: Vec<Taken>, failed: &HashSet<Item>) {
+    let finished = Instant::now();
+    let c = &shared.counters;
+    let n = taken.len() as u64;
+    let failed_n = failed.len() as u64;
+    c.sent.fetch_add(n - failed_n, Relaxed);
+    c.failed.fetch_add(failed_n, Relaxed);
+    metrics::counter!("cache_edge_purges_sent_total").increment(n - failed_n);
+    if failed_n > 0 {
+        metrics::counter!("cache_edge_purges_failed_total").increment(failed_n);
+    }
+    if taken.iter().any(|t| t.item == Item::Everything) && !failed.contains(&Item::Everything) {
+        c.purged_everything.fetch_add(1, Relaxed);
+    }
+    // Enqueue → purged everywhere, for first purges (a second purge's wait is by design).
+    let latencies: Vec<Duration> = taken
+        .iter()
+        .filter(|t| t.first && !failed.contains(&t.item))
+        .map(|t| finished.saturating_duration_since(t.since))
+        .collect();
+    shared.latencies.record(&latencies);
+    let (pending, delayed) = {
+        let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.in_flight = 0;
+        if let Some(after) = shared.settings.repurge_after {
+            let due = finished + after;
+            for t in taken.into_iter().filter(|t| t.first) {
+                schedule(shared, &mut q, t.item, due);
+            }
+        }
+        (q.items.len(), q.delayed_due.len())
+    };
+    metrics::gauge!("cache_edge_purges_pending").set(pending as f64);
+    metrics::gauge!("cache_edge_purges_delayed").set(delayed as f64);
+}
+
+/// Schedules a second purge of `item` at `due` (moving an earlier one there). When the delay
+/// queue is full, its second purges fold into one second purge of everything at `due`.
+fn schedule(shared: &Shared, q: &mut Queue, item: Item, due: Instant) {
     let capacity = shared.settings.capacity;
+    if let Some(everything) = q.delayed_due.get_mut(&Item::Everything) {
+        // A later purge of everything covers it (every entry is due no later than `due`).
+        *everything = due;
+        q.delayed.push_back((due, Item::Everything));
+        shared.counters.folded.fetch_add(1, Relaxed);
+        return;
+    }
     if !q.delayed_due.contains_key(&item) && q.delayed_due.len() >= capacity {
-        return false;
+        let n = q.delayed_due.len() as u64 + 1;
+        q.delayed.clear();
+        q.delayed_due.clear();
+        q.delayed_due.insert(Item::Everything, due);
+        q.delayed.push_back((due, Item::Everything));
+        shared.counters.folded.fetch_add(n, Relaxed);
+        metrics::counter!("cache_edge_purges_folded_total").increment(n);
+        return;
     }
     q.delayed_due.insert(item.clone(), due);
     q.delayed.push_back((due, item));
@@ -446,12 +513,11 @@ fn schedule(shared: &Shared, q: &mut Queue, item: Item, due: Instant) -> bool {
             .collect();
         q.delayed = kept;
     }
-    true
 }
 
-/// Moves the second purges due by `now` to the back of the queue.
+/// Moves the second purges due by `now` to the back of the queue (folding it when full).
 fn promote_due(shared: &Shared, q: &mut Queue, now: Instant) {
-    let (mut moved, mut coalesced, mut dropped) = (0u64, 0u64, 0u64);
+    let (mut moved, mut coalesced) = (0u64, 0u64);
     while let Some((due, _)) = q.delayed.front() {
         if *due > now {
             break;
@@ -461,17 +527,18 @@ fn promote_due(shared: &Shared, q: &mut Queue, now: Instant) {
             continue; // rescheduled later
         }
         q.delayed_due.remove(&item);
-        if q.waiting.contains_key(&item) {
-            moved += 1;
+        moved += 1;
+        if q.waiting.contains_key(&item) || q.waiting.contains_key(&Item::Everything) {
             coalesced += 1;
         } else if q.items.len() >= shared.settings.capacity {
-            dropped += 1;
+            fold(shared, q, now);
+            coalesced += 1;
+            shared.counters.folded.fetch_add(1, Relaxed);
         } else {
-            moved += 1;
             push(q, item, false, now);
         }
     }
-    if moved + dropped == 0 {
+    if moved == 0 {
         return;
     }
     let c = &shared.counters;
@@ -482,7 +549,6 @@ fn promote_due(shared: &Shared, q: &mut Queue, now: Instant) {
     if coalesced > 0 {
         metrics::counter!("cache_edge_purges_coalesced_total").increment(coalesced);
     }
-    count_dropped(shared, dropped);
 }
 
 /// Takes up to `max_batch` items from the front of the queue.
@@ -491,6 +557,7 @@ fn take_batch(shared: &Shared, q: &mut Queue) -> Option<(u64, Vec<Taken>, PurgeB
         return None;
     }
     let (mut paths, mut tags, mut taken, mut last) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    let mut everything = false;
     while taken.len() < shared.settings.max_batch {
         let Some(w) = q.items.pop_front() else {
             break;
@@ -500,6 +567,7 @@ fn take_batch(shared: &Shared, q: &mut Queue) -> Option<(u64, Vec<Taken>, PurgeB
         match &w.item {
             Item::Path(p) => paths.push(p.clone()),
             Item::Tag(t) => tags.push(t.clone()),
+            Item::Everything => everything = true,
         }
         taken.push(Taken {
             item: w.item,
@@ -508,7 +576,11 @@ fn take_batch(shared: &Shared, q: &mut Queue) -> Option<(u64, Vec<Taken>, PurgeB
         });
     }
     q.in_flight = taken.len();
-    Some((last, taken, PurgeBatch::from_distinct(paths, tags)))
+    Some((
+        last,
+        taken,
+        PurgeBatch::from_distinct(paths, tags, everything),
+    ))
 }
 
 /// Sends the batch to every purger concurrently; returns the items some purger gave up on.
@@ -517,32 +589,46 @@ async fn purge_everywhere(shared: &Shared, batch: &PurgeBatch) -> HashSet<Item> 
         shared
             .purgers
             .iter()
-            .map(|p| purge_with_retries(shared, p.as_ref(), batch)),
+            .zip(&shared.health)
+            .map(|(p, h)| purge_with_retries(shared, p.as_ref(), h, batch)),
     )
     .await;
     let mut failed = HashSet::new();
     for left in results.into_iter().flatten() {
         failed.extend(left.paths().iter().cloned().map(Item::Path));
         failed.extend(left.tags().iter().cloned().map(Item::Tag));
+        if left.is_everything() {
+            failed.insert(Item::Everything);
+        }
     }
     failed
 }
 
 /// One purger's attempts on one batch; `Some(items)` it gave up on.
+///
+/// Transient failures are retried after an exponential backoff with jitter (`backon`), at
+/// most `retries` times; a rate limit's `Retry-After` is waited for without using up a retry
+/// while those waits stay within `rate_limit_patience`.
 async fn purge_with_retries(
     shared: &Shared,
     purger: &dyn Purger,
+    health: &Mutex<PurgerHealth>,
     batch: &PurgeBatch,
 ) -> Option<PurgeBatch> {
     let settings = &shared.settings;
+    let mut delays = backoff(settings);
     let mut todo = batch.clone();
-    let mut attempt = 0u32;
+    let (mut tries, mut rate_limited) = (0u32, Duration::ZERO);
     let error = loop {
-        let outcome = call(purger, &todo, settings.timeout).await;
-        let e = match outcome {
-            Ok(()) => return None,
+        tries += 1;
+        let e = match call(purger, &todo, settings.timeout).await {
+            Ok(()) => {
+                record(health, None);
+                return None;
+            }
             Err(e) => e,
         };
+        record(health, Some(&e));
         metrics::counter!("cache_edge_purge_errors_total", "purger" => purger.name().to_string())
             .increment(1);
         if let Some(items) = e.items() {
@@ -554,25 +640,46 @@ async fn purge_with_retries(
             }
             todo = left;
         }
-        if !e.is_retryable() || attempt >= settings.retries {
+        if !e.is_retryable() {
             break e;
         }
-        tokio::time::sleep(backoff(settings, attempt)).await;
-        attempt += 1;
+        let wait = match e.retry_after() {
+            Some(after) if rate_limited + after <= settings.rate_limit_patience => {
+                rate_limited += after;
+                after
+            }
+            after => match delays.next() {
+                Some(d) => d.max(after.unwrap_or_default()),
+                None => break e,
+            },
+        };
+        tokio::time::sleep(wait).await;
         shared.counters.retried.fetch_add(1, Relaxed);
         metrics::counter!("cache_edge_purge_retries_total", "purger" => purger.name().to_string())
             .increment(1);
     };
-    let tries = attempt + 1;
-    shared.fail_log.warn(
-        "edge purge",
-        &format!(
-            "{}: gave up on {} item(s) after {tries} attempt(s): {error}",
-            purger.name(),
-            todo.len(),
-        ),
-    );
+    let message = format!("gave up on {} item(s) after {tries} attempt(s)", todo.len());
+    shared
+        .fail_log
+        .warn(purger.name(), &format!("{message}: {error}"));
     Some(todo)
+}
+
+/// Updates a purger's health after an attempt.
+fn record(health: &Mutex<PurgerHealth>, error: Option<&PurgeError>) {
+    let mut h = health.lock().unwrap_or_else(|e| e.into_inner());
+    match error {
+        None => {
+            h.consecutive_failures = 0;
+            h.unauthorized = false;
+            h.last_error = None;
+        }
+        Some(e) => {
+            h.consecutive_failures += 1;
+            h.unauthorized = e.is_unauthorized();
+            h.last_error = Some(e.message().to_string());
+        }
+    }
 }
 
 /// One purger call, bounded by `timeout`; a panic (in `purge` or in its future) is a
@@ -594,29 +701,16 @@ async fn call(
     }
 }
 
-/// `backoff × 2^attempt`, capped, plus up to 25 % jitter.
-fn backoff(settings: &Settings, attempt: u32) -> Duration {
-    let base = settings
-        .backoff
-        .saturating_mul(1u32 << attempt.min(20))
-        .min(settings.max_backoff);
-    let jitter_range = base.as_nanos() as u64 / 4;
-    let jitter = if jitter_range == 0 {
-        0
-    } else {
-        pseudo_random() % jitter_range
-    };
-    base + Duration::from_nanos(jitter)
-}
-
-/// Good enough for jitter: the clock's nanoseconds, mixed.
-fn pseudo_random() -> u64 {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let n = START.get_or_init(Instant::now).elapsed().as_nanos() as u64;
-    let mut x = n ^ 0x9E37_79B9_7F4A_7C15;
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
-    x ^ (x >> 33)
+/// The waits before the retries of one batch: `backoff` doubling up to `max_backoff`, each
+/// plus a random jitter of up to itself, `retries` of them.
+fn backoff(settings: &Settings) -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(settings.backoff)
+        .with_max_delay(settings.max_backoff)
+        .with_factor(2.0)
+        .with_jitter()
+        .with_max_times(settings.retries as usize)
+        .build()
 }
 
 #[cfg(test)]
@@ -624,22 +718,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_up_to_the_cap() {
+    fn backoff_doubles_up_to_the_cap_with_jitter() {
         let s = Settings {
             capacity: 1,
-            retries: 10,
+            retries: 4,
             backoff: Duration::from_millis(100),
             max_backoff: Duration::from_millis(350),
             timeout: Duration::from_secs(1),
             max_batch: 1,
             repurge_after: None,
+            rate_limit_patience: Duration::ZERO,
         };
+        let delays: Vec<Duration> = backoff(&s).collect();
+        assert_eq!(delays.len(), 4, "{delays:?}");
         let within = |d: Duration, base: u64| {
-            d >= Duration::from_millis(base) && d <= Duration::from_millis(base + base / 4)
+            d >= Duration::from_millis(base) && d <= Duration::from_millis(2 * base)
         };
-        assert!(within(backoff(&s, 0), 100));
-        assert!(within(backoff(&s, 1), 200));
-        assert!(within(backoff(&s, 2), 350));
-        assert!(within(backoff(&s, 30), 350));
+        for (d, base) in delays.iter().zip([100, 200, 350, 350]) {
+            assert!(within(*d, base), "{delays:?}");
+        }
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! * [`CachePolicy`] says who may keep a response and for how long, and renders the headers
 //!   from an [`Entry`](crate::Entry): its strong `ETag` (computed once, when the value was
-//!   stored), `Last-Modified` and `Age` from its creation time, freshness capped by its
+//!   stored), `Last-Modified` from its creation time, freshness capped by its
 //!   remaining TTL, its tags as surrogate keys.
 //! * [`Conditional`] is a request's `If-None-Match` / `If-Modified-Since`, evaluated per
 //!   RFC 9110.
@@ -44,6 +44,7 @@ mod respond;
 
 pub use conditional::{Conditional, Precondition};
 pub use policy::{
-    source_name, CachePolicy, SurrogateKeys, MAX_VARY, SURROGATE_KEY, XKEY, X_CACHE_SOURCE,
+    source_name, CachePolicy, SurrogateKeys, CACHE_TAG, MAX_VARY, SURROGATE_KEY, XKEY,
+    X_CACHE_SOURCE,
 };
 pub use respond::respond;

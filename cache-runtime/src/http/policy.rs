@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::edge::encode_surrogate_key;
-use crate::entry::unix_ms;
+use crate::clock::unix_ms;
 use crate::{Entry, Meta, Source};
 
 /// The response header naming where the value came from: `local`, `redis`, `body` or
@@ -32,6 +32,13 @@ pub const SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
 /// ```
 pub const XKEY: HeaderName = HeaderName::from_static("xkey");
 
+/// The `Cache-Tag` response header read by Cloudflare: the entry's tags, comma separated.
+///
+/// ```
+/// assert_eq!(cache_runtime::http::CACHE_TAG.as_str(), "cache-tag");
+/// ```
+pub const CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
+
 /// How many `Vary` names a policy holds (it is `Copy` and built in `const` context).
 pub const MAX_VARY: usize = 8;
 
@@ -54,6 +61,10 @@ pub enum SurrogateKeys {
     /// Both `Surrogate-Key` and `xkey` (the default).
     #[default]
     Both,
+    /// `Cache-Tag` only (Cloudflare; comma separated).
+    CacheTag,
+    /// `Surrogate-Key`, `xkey` and `Cache-Tag`.
+    All,
 }
 
 /// What a response tells HTTP caches, browsers and CDNs alike.
@@ -98,15 +109,15 @@ pub enum SurrogateKeys {
 ///   The freshness a response grants from now is `min(max-age, remaining TTL)` (likewise
 ///   `s-maxage`), so an invalidation or expiry on the server is never outlived by a client
 ///   copy for longer than the window the policy allows.
-/// * **`Age` is sent** (how old the cached value is), and, as HTTP defines it, caches count
-///   `max-age` from the value's creation: a response carries `max-age = Age + window`. For a
-///   value computed for this request that is the configured `max-age`; for a value cached for
-///   250 s with 50 s left, a 60 s policy renders `max-age=300` with `Age: 250`, i.e. 50 s of
-///   freshness left, which is what every cache computes.
+/// * **No `Age`**: the service is the origin, and RFC 9111 §5.1 reserves `Age` for caches
+///   (checkers such as REDbot read an origin's `Age` as an intermediary having rewritten
+///   `Date`). Freshness is sent as the window left from now instead: for a value cached for
+///   250 s with 50 s left, a 60 s policy renders `max-age=50`, which is what a cache would
+///   have computed from `max-age=300` and `Age: 250`, so no cache in front loses anything.
 /// * A fail-safe [`Source::Stale`] value is never given freshness (its window is 0).
 /// * `stale-while-revalidate` and `stale-if-error` are sent as configured (not capped): they
 ///   are an explicit allowance to serve past freshness.
-/// * **`no-store`** renders `Cache-Control: no-store` alone: no freshness, no `Age`, no
+/// * **`no-store`** renders `Cache-Control: no-store` alone: no freshness, no
 ///   `Last-Modified`, no surrogate keys, and conditional requests are not answered with a `304`
 ///   (that would tell a client to reuse a copy it was told not to keep). The `ETag` is still
 ///   sent (it identifies the value, e.g. for `If-Match` on a later write).
@@ -427,7 +438,8 @@ impl CachePolicy {
     }
 
     /// Every caching header for a `200` response carrying this entry, now: `Cache-Control`,
-    /// `Vary`, `ETag`, `Last-Modified`, `Age`, the surrogate keys and [`X_CACHE_SOURCE`].
+    /// `Vary`, `ETag`, `Last-Modified`, the surrogate keys and [`X_CACHE_SOURCE`] (no `Age`:
+    /// see the type's docs).
     ///
     /// ```
     /// use cache_runtime::http::CachePolicy;
@@ -447,7 +459,7 @@ impl CachePolicy {
     /// assert_eq!(h["xkey"], "products");
     /// assert_eq!(h["surrogate-key"], "products");
     /// assert_eq!(h["x-cache-source"], "local");
-    /// assert!(h.contains_key("last-modified") && h.contains_key("age"));
+    /// assert!(h.contains_key("last-modified") && !h.contains_key("age"));
     /// ```
     pub fn headers<V>(&self, entry: &Entry<V>) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -484,7 +496,7 @@ impl CachePolicy {
 
     /// Writes the headers of a `200` (`not_modified == false`) or of a `304`: per RFC 9110
     /// §15.4.5 a `304` carries what the `200` would have for updating stored responses
-    /// (`Cache-Control`, `Vary`, `ETag`, `Age`, and `Last-Modified` only without an `ETag`).
+    /// (`Cache-Control`, `Vary`, `ETag`, and `Last-Modified` only without an `ETag`).
     pub(crate) fn write(
         &self,
         t: &Timing,
@@ -524,7 +536,6 @@ impl CachePolicy {
                     );
                 }
             }
-            headers.insert(header::AGE, HeaderValue::from(t.age_s));
             if self.public && !tags.is_empty() && self.surrogate_keys != SurrogateKeys::Off {
                 let mut v = String::new();
                 for (i, tag) in tags.iter().enumerate() {
@@ -534,16 +545,20 @@ impl CachePolicy {
                     v.push_str(&encode_surrogate_key(tag));
                 }
                 let v = HeaderValue::try_from(v).expect("surrogate keys are visible ASCII");
-                if matches!(
-                    self.surrogate_keys,
-                    SurrogateKeys::SurrogateKey | SurrogateKeys::Both
-                ) {
+                use SurrogateKeys as K;
+                let which = self.surrogate_keys;
+                if matches!(which, K::SurrogateKey | K::Both | K::All) {
                     headers.insert(SURROGATE_KEY, v.clone());
                 }
-                if matches!(
-                    self.surrogate_keys,
-                    SurrogateKeys::Xkey | SurrogateKeys::Both
-                ) {
+                if matches!(which, K::CacheTag | K::All) {
+                    // Cloudflare separates tags by commas (which the encoding escapes).
+                    let tags = v.to_str().expect("visible ASCII").replace(' ', ",");
+                    headers.insert(
+                        CACHE_TAG,
+                        HeaderValue::try_from(tags).expect("visible ASCII"),
+                    );
+                }
+                if matches!(which, K::Xkey | K::Both | K::All) {
                     headers.insert(XKEY, v);
                 }
             }
@@ -627,8 +642,6 @@ pub const fn source_name(source: Source) -> &'static str {
 /// conditional evaluation of one response.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Timing {
-    /// Whole seconds since the value was created (the `Age`).
-    pub(crate) age_s: u64,
     /// Whole seconds of server freshness left (`None`: unbounded).
     remaining_s: Option<u64>,
     /// A fail-safe value: never granted freshness.
@@ -639,7 +652,6 @@ pub(crate) struct Timing {
 
 impl Timing {
     const UNBOUNDED: Timing = Timing {
-        age_s: 0,
         remaining_s: None,
         stale: false,
         last_modified: None,
@@ -649,7 +661,6 @@ impl Timing {
         let now_ms = unix_ms(now);
         let created_s = meta.created_unix_ms / 1000;
         Timing {
-            age_s: now_ms.saturating_sub(meta.created_unix_ms) / 1000,
             remaining_s: Some(meta.expires_unix_ms.saturating_sub(now_ms) / 1000),
             stale: source == Source::Stale,
             // RFC 9110 §8.8.2.2: a Last-Modified is only a safe validator once its second is
@@ -660,7 +671,7 @@ impl Timing {
         }
     }
 
-    /// A freshness directive's value: the age plus the window granted from now.
+    /// A freshness directive's value: the window granted from now.
     fn header_secs(&self, configured: Duration, cap: bool) -> u64 {
         let mut window = configured.as_secs();
         if let (true, Some(r)) = (cap, self.remaining_s) {
@@ -669,7 +680,7 @@ impl Timing {
         if self.stale {
             window = 0;
         }
-        self.age_s.saturating_add(window)
+        window
     }
 }
 
@@ -838,38 +849,37 @@ mod tests {
             get(&h, "cache-control"),
             Some("public, max-age=60, s-maxage=120")
         );
-        assert_eq!(get(&h, "age"), Some("0"));
+        assert_eq!(get(&h, "age"), None, "the origin sends no Age");
     }
 
     #[test]
-    fn freshness_is_capped_by_the_remaining_ttl_and_counted_from_creation() {
-        // 250.4 s old, 49.6 s left: the window is 49 s, on top of Age 250.
+    fn freshness_is_capped_by_the_remaining_ttl_and_counted_from_now() {
+        // 250.4 s old, 49.6 s left: the window is 49 s, from now (no Age).
         let e = entry(250_400, 300, &[], Source::Local);
         let p = CachePolicy::public().max_age(secs(60)).s_maxage(secs(600));
         let h = headers(&p, &e, false);
-        assert_eq!(get(&h, "age"), Some("250"));
+        assert_eq!(get(&h, "age"), None);
         assert_eq!(
             get(&h, "cache-control"),
-            Some("public, max-age=299, s-maxage=299")
+            Some("public, max-age=49, s-maxage=49")
         );
-        // What a cache computes: max-age - Age = window <= remaining TTL.
-        assert!(299 - 250 <= e.meta().expires_unix_ms.saturating_sub(NOW_MS) / 1000);
+        assert!(49 <= e.meta().expires_unix_ms.saturating_sub(NOW_MS) / 1000);
         // Smaller than the remaining TTL: the policy's window.
         let p = CachePolicy::public().max_age(secs(10));
         let h = headers(&p, &e, false);
-        assert_eq!(get(&h, "cache-control"), Some("public, max-age=260"));
+        assert_eq!(get(&h, "cache-control"), Some("public, max-age=10"));
         // Uncapped: the policy's window even past the server's expiry.
         let p = CachePolicy::public().max_age(secs(60)).cap_to_ttl(false);
         assert_eq!(
             get(&headers(&p, &e, false), "cache-control"),
-            Some("public, max-age=310")
+            Some("public, max-age=60")
         );
         // Expired on the server: no freshness.
         let e = entry(400_000, 300, &[], Source::Local);
         let p = CachePolicy::private().max_age(secs(60));
         assert_eq!(
             get(&headers(&p, &e, false), "cache-control"),
-            Some("private, max-age=400")
+            Some("private, max-age=0")
         );
         // stale-while-revalidate / stale-if-error are not capped.
         let p = CachePolicy::public()
@@ -877,7 +887,7 @@ mod tests {
             .stale_if_error(secs(60));
         assert_eq!(
             get(&headers(&p, &e, false), "cache-control"),
-            Some("public, max-age=400, stale-while-revalidate=30, stale-if-error=60")
+            Some("public, max-age=0, stale-while-revalidate=30, stale-if-error=60")
         );
     }
 
@@ -889,7 +899,7 @@ mod tests {
             CachePolicy::public().max_age(secs(60)).cap_to_ttl(false),
         ] {
             let h = headers(&p, &e, false);
-            assert_eq!(get(&h, "cache-control"), Some("public, max-age=10"));
+            assert_eq!(get(&h, "cache-control"), Some("public, max-age=0"));
             assert_eq!(get(&h, "x-cache-source"), Some("stale"));
         }
     }
@@ -905,7 +915,7 @@ mod tests {
             get(&h, "last-modified"),
             Some(&*httpdate::fmt_http_date(lm))
         );
-        assert_eq!(get(&h, "age"), Some("5"));
+        assert_eq!(get(&h, "age"), None);
         assert_eq!(get(&h, "x-cache-source"), Some("redis"));
         // Private: no surrogate keys.
         assert!(h.get("xkey").is_none() && h.get("surrogate-key").is_none());
@@ -945,7 +955,6 @@ mod tests {
         for name in [
             "cache-control",
             "etag",
-            "age",
             "x-cache-source",
             "xkey",
             "surrogate-key",
@@ -975,6 +984,12 @@ mod tests {
         assert!(!h.contains_key("xkey") && h.contains_key("surrogate-key"));
         let h = only(SurrogateKeys::Off);
         assert!(!h.contains_key("xkey") && !h.contains_key("surrogate-key"));
+        let h = only(SurrogateKeys::CacheTag);
+        assert_eq!(get(&h, "cache-tag"), Some("users,user:42,a%20b%2Cc"));
+        assert!(!h.contains_key("xkey") && !h.contains_key("surrogate-key"));
+        let h = only(SurrogateKeys::All);
+        assert!(h.contains_key("xkey") && h.contains_key("surrogate-key"));
+        assert!(h.contains_key("cache-tag"));
         // No tags: no headers.
         let h = headers(
             &CachePolicy::public(),

@@ -20,9 +20,6 @@ use crate::breaker::{Breaker, BreakerState};
 use crate::bus;
 use crate::config::Config;
 use crate::error::{CacheError, InitError};
-// `pub(crate)` only for `edge/worker.rs`, which still imports the limiter from here: its home
-// is `log_limit`; make this private once that import points there.
-pub(crate) use crate::log_limit::LogLimiter;
 use crate::pending::{Pending, PendingOp};
 
 mod connection;

@@ -2,14 +2,16 @@
 //!
 //! HTTP caching choices (see docs/LAYERS.md):
 //!
-//! - Every `GET` here is public data (a public profile, the catalogue), the same for every
-//!   caller, so the CDN may keep it: `Cache-Control: public, max-age=0, s-maxage=300`.
-//!   Browsers keep the body but revalidate on each use (`If-None-Match`, answered `304` by
-//!   the CDN, or by the service from its cache without running the query); the CDN keeps it
-//!   up to 5 minutes (never past the server cache's remaining TTL), and every write purges
-//!   it (`purge = [...]` paths, and the list's tag through `xkey`). Per-user data (a profile
-//!   with the e-mail visible to its owner only, say) would use `CachePolicy::private()`:
-//!   `private` with `Vary: Authorization`, which no CDN stores.
+//! - Public data (a profile's public fields, the catalogue) is the same for every caller, so
+//!   the CDN may keep it: `Cache-Control: public, max-age=0, s-maxage=300`. Browsers keep the
+//!   body but revalidate on each use (`If-None-Match`, answered `304` by the CDN, or by the
+//!   service from its cache without running the query); the CDN keeps it up to 5 minutes
+//!   (never past the server cache's remaining TTL), and every write purges it
+//!   (`purge = [...]` paths, and the list's tag through `xkey`).
+//! - Personal data (the e-mail) is only in `GET /users/{id}/private`, for the user's own
+//!   bearer token: `Cache-Control: private, max-age=30` with `Vary: Authorization`, which no
+//!   CDN stores and a browser keeps for that token only. Both endpoints read the same cached
+//!   row; the public one never serializes the personal fields.
 //! - `ETag`s are strong, computed once when a value enters the cache and kept with it.
 //! - Writes answer `Cache-Control: no-store`.
 
@@ -17,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, Query, RawQuery};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -118,6 +120,7 @@ pub fn configure(layers: Layers, options: Options) {
 pub fn router() -> Router {
     Router::new()
         .route("/users/{id}", get(get_user).put(put_user))
+        .route("/users/{id}/private", get(get_user_private))
         .route("/products/{id}", get(get_product).put(put_product))
         .route("/products", get(list_products))
         .route("/metrics", get(metrics))
@@ -126,6 +129,63 @@ pub fn router() -> Router {
 
 /// Public data: browsers revalidate every time, the CDN keeps it 5 minutes or until purged.
 const PUBLIC: CachePolicy = CachePolicy::public().s_maxage(Duration::from_secs(300));
+
+/// Personal data: the caller's browser only, 30 s, per `Authorization` (`private` varies on
+/// it by default); never a shared cache.
+const PRIVATE: CachePolicy = CachePolicy::private().max_age(Duration::from_secs(30));
+
+/// What anyone may see of a user, and so what a CDN may store.
+#[derive(Serialize)]
+struct PublicProfile {
+    id: u64,
+    name: String,
+    bio: String,
+    version: u64,
+    updated_unix_ms: u64,
+}
+
+impl From<User> for PublicProfile {
+    fn from(u: User) -> Self {
+        Self {
+            id: u.id,
+            name: u.name,
+            bio: u.bio,
+            version: u.version,
+            updated_unix_ms: u.updated_unix_ms,
+        }
+    }
+}
+
+/// What only the user may see.
+#[derive(Serialize)]
+struct PrivateProfile {
+    id: u64,
+    email: String,
+    version: u64,
+}
+
+impl From<User> for PrivateProfile {
+    fn from(u: User) -> Self {
+        Self {
+            id: u.id,
+            email: u.email,
+            version: u.version,
+        }
+    }
+}
+
+/// A tiny stand-in for a real session or JWT check: user `id`'s bearer token is
+/// `<id>.<API_SECRET>` (`API_SECRET` from the environment, `dev-secret` when unset).
+fn authorized(headers: &HeaderMap, id: u64) -> bool {
+    static SECRET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let secret =
+        SECRET.get_or_init(|| std::env::var("API_SECRET").unwrap_or_else(|_| "dev-secret".into()));
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|token| token == format!("{id}.{secret}"))
+}
 
 /// Errors as JSON with a status, never stored by any cache.
 pub struct ApiError(StatusCode, String);
@@ -153,7 +213,27 @@ fn no_store(mut r: Response) -> Response {
 
 async fn get_user(cond: Conditional, Path(id): Path<u64>) -> Result<Response, ApiError> {
     let started = Instant::now();
-    Ok(reply(&cond, user_entry(id).await?, started))
+    let profile = user_entry(id).await?.map(PublicProfile::from);
+    Ok(reply(&cond, profile, started))
+}
+
+async fn get_user_private(
+    cond: Conditional,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+) -> Result<Response, ApiError> {
+    if !authorized(&headers, id) {
+        let mut r = ApiError(
+            StatusCode::UNAUTHORIZED,
+            "a bearer token is required".into(),
+        )
+        .into_response();
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return Ok(r);
+    }
+    let profile = user_entry(id).await?.map(PrivateProfile::from);
+    Ok(cond.json(&profile, &PRIVATE))
 }
 
 async fn get_product(cond: Conditional, Path(id): Path<u64>) -> Result<Response, ApiError> {

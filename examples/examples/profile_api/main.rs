@@ -6,7 +6,9 @@
 //! and a CDN, and whose writes invalidate every layer, the CDN included.
 //!
 //! ```text
-//! GET  /users/{id}               a user's public profile
+//! GET  /users/{id}               a user's public profile (name, bio: cached by the CDN)
+//! GET  /users/{id}/private       the user's e-mail, for `Authorization: Bearer <id>.<API_SECRET>`
+//!                                (private, never stored by the CDN)
 //! PUT  /users/{id}               {"name"?, "email"?, "bio"?}: write, then invalidate
 //! GET  /products/{id}            a product
 //! GET  /products?category=books  the products of a category (cached with a tag)
@@ -24,12 +26,18 @@
 //! | `CACHE_LAYERS` (`--layers`) | `redis` with `REDIS_URL`, else `local` | `none` (every cache bypassed), `local`, `redis` (local + Redis) |
 //! | `REDIS_URL` (`--redis-url`) | none | the Redis tier (needed by `CACHE_LAYERS=redis`) |
 //! | `CACHE_EDGE_PURGE_URL` (`--edge`) | none | the edge (Varnish) to purge, e.g. `http://127.0.0.1:6081` |
+//! | `CACHE_EDGE` and its variables | none | read by `cache_runtime::edge`: a CDN (`cloudflare`, `fastly`, `cloudfront`) instead of or beside Varnish, see docs/EDGE.md |
 //! | `CACHE_EDGE_REPURGE_MS` | 1000 | read by `cache_runtime::edge`: purge every path and tag again this long after its first purge (0: once) |
 //! | `LIST_INVALIDATION` | `tag` | how a product write drops its category's list: `tag` or `key` |
 //! | `DB_PATH` (`--db`) | a new file in the temp dir | SQLite file; several processes may share one (WAL) |
 //! | `DB_LATENCY_MS` (`--db-latency-ms`) | 20 | artificial latency of each query |
 //! | `DB_POOL` (`--db-pool`) | 8 | connections (concurrent queries) per process |
 //! | `SEED_USERS`, `SEED_PRODUCTS` | 10000, 2000 | rows created in an empty database |
+//! | `API_SECRET` | `dev-secret` | the bearer tokens of `/users/{id}/private` are `<id>.<API_SECRET>` |
+//!
+//! Ctrl-C (SIGINT) and SIGTERM (what service managers and containers send) stop it the same
+//! way: in-flight requests finish, pending edge purges are sent, and a temporary database is
+//! removed.
 
 mod api;
 #[path = "../common/catalog.rs"]
@@ -89,6 +97,10 @@ async fn main() {
         None => std::env::remove_var("CACHE_EDGE_PURGE_URL"),
     }
     let repurge = cache_runtime::edge::repurge_after();
+    let edge_names: Vec<String> = cache_runtime::edge::health()
+        .into_iter()
+        .map(|h| h.name)
+        .collect();
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", s.port))
         .await
@@ -126,10 +138,15 @@ async fn main() {
             "on"
         },
         redis,
-        match (&s.edge_purge_url, repurge) {
-            (Some(u), None) => format!("on ({u})"),
-            (Some(u), Some(d)) => format!("on ({u}, again after {} ms)", d.as_millis()),
-            (None, _) => "off".to_string(),
+        // The purgers the edge was configured with (CACHE_EDGE_PURGE_URL, or CACHE_EDGE).
+        match (edge_names.is_empty(), repurge) {
+            (true, _) => "off".to_string(),
+            (false, None) => format!("on ({})", edge_names.join(", ")),
+            (false, Some(d)) => format!(
+                "on ({}, again after {} ms)",
+                edge_names.join(", "),
+                d.as_millis()
+            ),
         }
     );
     println!(
@@ -144,14 +161,26 @@ async fn main() {
     }
 
     axum::serve(listener, api::router())
-        .with_graceful_shutdown(async {
-            tokio::signal::ctrl_c().await.ok();
-        })
+        .with_graceful_shutdown(shutdown_signal())
         .await
         .expect("serve");
+    // Purges enqueued by the last writes (and their second purges) before the process ends.
+    if !cache_runtime::edge::flush_all(Duration::from_secs(5)).await {
+        eprintln!("profile_api: some edge purges were still pending at exit");
+    }
     if s.db_is_temporary {
         for ext in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{ext}", s.db_path.display()));
         }
+    }
+}
+
+/// Ctrl-C (SIGINT) or SIGTERM, whichever comes first.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
 }

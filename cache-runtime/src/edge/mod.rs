@@ -1,14 +1,16 @@
 //! CDN / edge purge (layer 4): when a cached value changes, the pages built from it are purged
-//! at every configured edge cache (Varnish, Fastly, Cloudflare, ...).
+//! at every configured edge cache: Varnish, Cloudflare, Fastly, CloudFront, or any [`Purger`].
 //!
 //! The generated `invalidate_*`, `populate_*` and `refresh_*` functions of a
 //! `#[cached(..., purge = ["/users/<id>"])]` function call [`enqueue_paths`], and
 //! [`invalidate_tag`](crate::invalidate_tag) calls [`enqueue_tags`]. Both only put the items in
 //! a bounded in-memory queue and return: the purges are sent by a background worker (its own
 //! thread and one-thread Tokio runtime, so callers need no runtime), in deduplicated batches,
-//! by every configured [`Purger`], with bounded retries and exponential backoff. A full queue
-//! drops the new items (counted in [`EdgeStats::dropped`], with a rate-limited warning) rather
-//! than block a caller; failures are counted and logged, never returned to the caller.
+//! by every configured [`Purger`], with bounded retries, exponential backoff, and waits for a
+//! rate limit's `Retry-After`. A full queue never blocks a caller and never drops a purge: it
+//! folds the waiting items into one purge of everything ([`PurgeBatch::everything`], counted
+//! in [`EdgeStats::folded`]). Failures are counted, logged and reported per purger by
+//! [`health`] (refused credentials included), never returned to the caller.
 //!
 //! Every item is purged a second time, [`repurge_after`](EdgeBuilder::repurge_after) (1 s by
 //! default) after its first purge: a fetch by the edge that started before the write can
@@ -16,16 +18,17 @@
 //! `s-maxage`. [`EdgeStats`] counts the second purges (`repurged`) and reports how long purges
 //! take from enqueue to acknowledgement (`latency_p50`, `latency_p99`, `latency_max`).
 //!
-//! Configure the edge once at start-up with [`install`], or set `CACHE_EDGE_PURGE_URL` (with the
-//! `edge` cargo feature): a comma-separated list of base URLs of edge caches, e.g.
-//! `http://127.0.0.1:6081`. Each URL gets an `HttpPurger` (one `PURGE <path>` per path)
-//! and a `SurrogateKeyPurger::xkey` (one `PURGE /` with an `xkey-purge: tag1 tag2` header per
-//! batch of tags), which is what the VCL shipped in `deploy/varnish/cache-toolkit.vcl`
-//! understands. `CACHE_EDGE_PURGE_HOST` optionally sets the `Host` header of those requests
-//! (the site's name, when it differs from the edge's address), and `CACHE_EDGE_REPURGE_MS`
-//! the delay of the second purge (1000 by default; 0 turns it off). The variables are read
-//! once, on the first enqueue, if nothing was installed before. With neither, every function
-//! here is a no-op.
+//! Configure the edge once at start-up with [`install`], or from the environment (with the
+//! `edge` cargo feature): `CACHE_EDGE` names the edges (`varnish`, `cloudflare`, `fastly`,
+//! `cloudfront`, several at once), each with its variables, e.g. `CACHE_EDGE_PURGE_URL` for
+//! Varnish (a comma-separated list of base URLs; each gets an `HttpPurger` and a
+//! `SurrogateKeyPurger::xkey`, what `deploy/varnish/cache-toolkit.vcl` understands), or
+//! `CACHE_EDGE_CLOUDFLARE_ZONE` / `CACHE_EDGE_CLOUDFLARE_TOKEN` / `CACHE_EDGE_SITE_URL`.
+//! Without `CACHE_EDGE`, a set `CACHE_EDGE_PURGE_URL` means Varnish. `CACHE_EDGE_REPURGE_MS`
+//! sets the delay of the second purge (1000 by default; 0 turns it off). The variables are
+//! read once, on the first enqueue, if nothing was installed before; secrets are never logged.
+//! With no edge, every function here is a no-op. `docs/EDGE.md` lists every variable and each
+//! CDN's limits.
 //!
 //! ```
 //! use cache_runtime::edge::{self, Edge, FnPurger, PurgeBatch, PurgeError};
@@ -65,18 +68,40 @@
 //!
 //! See `docs/EDGE.md` for the VCL, the queue, and pointing the purgers at a CDN's API.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Once, OnceLock};
+use std::sync::{Once, OnceLock};
 use std::time::Duration;
 
+mod batch;
+mod builder;
+mod encode;
+mod env;
 mod worker;
 
 #[cfg(feature = "edge")]
+mod client;
+#[cfg(feature = "edge")]
+mod cloudflare;
+#[cfg(feature = "edge")]
+mod cloudfront;
+#[cfg(feature = "edge")]
+mod fastly;
+#[cfg(feature = "edge")]
 mod http;
 
+pub use batch::{PurgeBatch, PurgeError};
+pub use builder::EdgeBuilder;
+pub(crate) use builder::Settings;
+pub use encode::{encode_path, encode_surrogate_key};
+
+#[cfg(feature = "edge")]
+pub use cloudflare::{CloudflarePurger, CloudflarePurgerBuilder};
+#[cfg(feature = "edge")]
+pub use cloudfront::{CloudFrontPurger, CloudFrontPurgerBuilder};
+#[cfg(feature = "edge")]
+pub use fastly::{FastlyPurger, FastlyPurgerBuilder};
 #[cfg(feature = "edge")]
 pub use http::{HttpPurger, HttpPurgerBuilder, SurrogateKeyPurger, SurrogateKeyPurgerBuilder};
 
@@ -192,240 +217,6 @@ impl<F> fmt::Debug for FnPurger<F> {
     }
 }
 
-/// Paths and surrogate keys (tags) to purge together, each listed once, in the order first
-/// added.
-///
-/// ```
-/// use cache_runtime::edge::PurgeBatch;
-/// let mut b = PurgeBatch::new().with_path("/a").with_tag("user:1");
-/// assert!(!b.add_path("/a")); // already there
-/// assert!(b.add_path("/b"));
-/// assert_eq!(b.paths(), ["/a", "/b"]);
-/// assert_eq!(b.tags(), ["user:1"]);
-/// assert_eq!(b.len(), 3);
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PurgeBatch {
-    paths: Vec<String>,
-    tags: Vec<String>,
-}
-
-impl PurgeBatch {
-    /// An empty batch.
-    ///
-    /// ```
-    /// assert!(cache_runtime::edge::PurgeBatch::new().is_empty());
-    /// ```
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds a path unless it is already in the batch; returns whether it was added.
-    ///
-    /// ```
-    /// let mut b = cache_runtime::edge::PurgeBatch::new();
-    /// assert!(b.add_path("/x"));
-    /// assert!(!b.add_path("/x"));
-    /// ```
-    pub fn add_path(&mut self, path: impl Into<String>) -> bool {
-        push_unique(&mut self.paths, path.into())
-    }
-
-    /// Adds a tag unless it is already in the batch; returns whether it was added.
-    ///
-    /// ```
-    /// let mut b = cache_runtime::edge::PurgeBatch::new();
-    /// assert!(b.add_tag("t"));
-    /// assert!(!b.add_tag("t"));
-    /// ```
-    pub fn add_tag(&mut self, tag: impl Into<String>) -> bool {
-        push_unique(&mut self.tags, tag.into())
-    }
-
-    /// [`add_path`](Self::add_path), by value.
-    ///
-    /// ```
-    /// let b = cache_runtime::edge::PurgeBatch::new().with_path("/x");
-    /// assert_eq!(b.paths(), ["/x"]);
-    /// ```
-    pub fn with_path(mut self, path: impl Into<String>) -> Self {
-        self.add_path(path);
-        self
-    }
-
-    /// [`add_tag`](Self::add_tag), by value.
-    ///
-    /// ```
-    /// let b = cache_runtime::edge::PurgeBatch::new().with_tag("t");
-    /// assert_eq!(b.tags(), ["t"]);
-    /// ```
-    pub fn with_tag(mut self, tag: impl Into<String>) -> Self {
-        self.add_tag(tag);
-        self
-    }
-
-    /// The paths, unencoded (see [`encode_path`]).
-    ///
-    /// ```
-    /// assert!(cache_runtime::edge::PurgeBatch::new().paths().is_empty());
-    /// ```
-    pub fn paths(&self) -> &[String] {
-        &self.paths
-    }
-
-    /// The tags (surrogate keys), unencoded (see [`encode_surrogate_key`]).
-    ///
-    /// ```
-    /// assert!(cache_runtime::edge::PurgeBatch::new().tags().is_empty());
-    /// ```
-    pub fn tags(&self) -> &[String] {
-        &self.tags
-    }
-
-    /// Number of paths plus number of tags.
-    ///
-    /// ```
-    /// let b = cache_runtime::edge::PurgeBatch::new().with_path("/x").with_tag("t");
-    /// assert_eq!(b.len(), 2);
-    /// ```
-    pub fn len(&self) -> usize {
-        self.paths.len() + self.tags.len()
-    }
-
-    /// Whether there is nothing to purge.
-    ///
-    /// ```
-    /// assert!(cache_runtime::edge::PurgeBatch::new().is_empty());
-    /// ```
-    pub fn is_empty(&self) -> bool {
-        self.paths.is_empty() && self.tags.is_empty()
-    }
-
-    /// The items of `self` that are also in `other`.
-    pub(crate) fn intersect(&self, other: &PurgeBatch) -> PurgeBatch {
-        PurgeBatch {
-            paths: self
-                .paths
-                .iter()
-                .filter(|p| other.paths.contains(p))
-                .cloned()
-                .collect(),
-            tags: self
-                .tags
-                .iter()
-                .filter(|t| other.tags.contains(t))
-                .cloned()
-                .collect(),
-        }
-    }
-
-    /// Builds a batch from items known to be distinct.
-    pub(crate) fn from_distinct(paths: Vec<String>, tags: Vec<String>) -> Self {
-        Self { paths, tags }
-    }
-}
-
-fn push_unique(v: &mut Vec<String>, s: String) -> bool {
-    if v.contains(&s) {
-        false
-    } else {
-        v.push(s);
-        true
-    }
-}
-
-/// Why a purge did not go through: a message, whether trying again may help, and optionally
-/// which items of the batch were not purged (by default, all of them).
-///
-/// ```
-/// use cache_runtime::edge::{PurgeBatch, PurgeError};
-/// let e = PurgeError::transient("503 Service Unavailable")
-///     .with_items(PurgeBatch::new().with_path("/b"));
-/// assert!(e.is_retryable());
-/// assert_eq!(e.items().unwrap().paths(), ["/b"]);
-/// assert_eq!(e.to_string(), "503 Service Unavailable");
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PurgeError {
-    message: String,
-    retryable: bool,
-    items: Option<PurgeBatch>,
-}
-
-impl PurgeError {
-    /// A failure that may go away (timeout, connection refused, 5xx, 429): retried.
-    ///
-    /// ```
-    /// assert!(cache_runtime::edge::PurgeError::transient("timeout").is_retryable());
-    /// ```
-    pub fn transient(message: impl fmt::Display) -> Self {
-        Self {
-            message: message.to_string(),
-            retryable: true,
-            items: None,
-        }
-    }
-
-    /// A failure that will not go away by retrying (403, 405, a malformed URL): not retried.
-    ///
-    /// ```
-    /// assert!(!cache_runtime::edge::PurgeError::permanent("403 Forbidden").is_retryable());
-    /// ```
-    pub fn permanent(message: impl fmt::Display) -> Self {
-        Self {
-            retryable: false,
-            ..Self::transient(message)
-        }
-    }
-
-    /// Says that only `items` of the batch were not purged; a retry sends only those.
-    ///
-    /// ```
-    /// use cache_runtime::edge::{PurgeBatch, PurgeError};
-    /// let e = PurgeError::transient("x").with_items(PurgeBatch::new().with_tag("t"));
-    /// assert_eq!(e.items().unwrap().tags(), ["t"]);
-    /// ```
-    pub fn with_items(mut self, items: PurgeBatch) -> Self {
-        self.items = Some(items);
-        self
-    }
-
-    /// Whether trying again may help.
-    ///
-    /// ```
-    /// assert!(cache_runtime::edge::PurgeError::transient("x").is_retryable());
-    /// ```
-    pub fn is_retryable(&self) -> bool {
-        self.retryable
-    }
-
-    /// The items that were not purged, if the purger said (`None`: the whole batch).
-    ///
-    /// ```
-    /// assert!(cache_runtime::edge::PurgeError::transient("x").items().is_none());
-    /// ```
-    pub fn items(&self) -> Option<&PurgeBatch> {
-        self.items.as_ref()
-    }
-
-    /// The message.
-    ///
-    /// ```
-    /// assert_eq!(cache_runtime::edge::PurgeError::transient("x").message(), "x");
-    /// ```
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-}
-
-impl fmt::Display for PurgeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for PurgeError {}
-
 /// Errors of edge configuration.
 ///
 /// ```
@@ -447,6 +238,10 @@ pub enum EdgeError {
     /// A header name or value is not valid HTTP.
     #[error("invalid header: {0}")]
     InvalidHeader(String),
+    /// A CDN purger lacks a setting it needs (a zone, a token, a service or distribution
+    /// id, credentials), or `CACHE_EDGE` names an unknown CDN.
+    #[error("edge configuration: {0}")]
+    Config(String),
 }
 
 /// Counters of an [`Edge`], in items (one path or one tag).
@@ -454,7 +249,10 @@ pub enum EdgeError {
 /// Every accepted item is counted in `enqueued`, and ends up in exactly one of `coalesced` (it
 /// was already waiting in the queue), `sent` (every purger purged it), `failed` (some purger
 /// gave up on it) or, meanwhile, `pending`: `enqueued == coalesced + sent + failed + pending`.
-/// Items refused because the queue was full are counted in `dropped` only.
+/// When the queue is full, the waiting items and the new ones are *folded* into one purge of
+/// everything ([`PurgeBatch::everything`]) rather than dropped: they are counted in `folded`
+/// and `coalesced`, the purge of everything in `enqueued`, so the equation holds and no write
+/// is left stale at the edge.
 ///
 /// Second purges ([`EdgeBuilder::repurge_after`]) are counted in `delayed` while they wait
 /// for their time, then enter the queue like any item (counted in `enqueued`, and in
@@ -481,8 +279,14 @@ pub struct EdgeStats {
     pub sent: u64,
     /// Items some purger gave up on (a permanent error, or retries exhausted).
     pub failed: u64,
-    /// Items refused because the queue was full.
+    /// Items refused because the queue was full. Full queues fold instead (see `folded`), so
+    /// this stays 0; kept for dashboards that read it.
     pub dropped: u64,
+    /// Items folded into a purge of everything because the queue (or the delay queue of
+    /// second purges) was full.
+    pub folded: u64,
+    /// Purges of everything sent (one per fold that reached the edge).
+    pub purged_everything: u64,
     /// Purger calls that were retries.
     pub retried: u64,
     /// Items waiting in the queue or being purged.
@@ -497,197 +301,6 @@ pub struct EdgeStats {
     pub latency_p99: Duration,
     /// Longest time from enqueue to purged since the edge started.
     pub latency_max: Duration,
-}
-
-/// The defaults of [`EdgeBuilder`].
-const DEFAULT_CAPACITY: usize = 10_000;
-const DEFAULT_RETRIES: u32 = 3;
-const DEFAULT_BACKOFF: Duration = Duration::from_millis(100);
-const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(5);
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-const DEFAULT_MAX_BATCH: usize = 256;
-const DEFAULT_REPURGE_AFTER: Duration = Duration::from_secs(1);
-
-/// Configures an [`Edge`]: its purgers, queue and retries.
-///
-/// ```
-/// use cache_runtime::edge::{Edge, FnPurger, PurgeBatch, PurgeError};
-/// use std::time::Duration;
-/// let edge = Edge::builder()
-///     .purger(FnPurger::new("noop", |_: &PurgeBatch| Ok::<(), PurgeError>(())))
-///     .capacity(1_000)
-///     .retries(5)
-///     .backoff(Duration::from_millis(50), Duration::from_secs(2))
-///     .timeout(Duration::from_secs(3))
-///     .max_batch(100)
-///     .repurge_after(Duration::from_secs(2))
-///     .build();
-/// assert_eq!(edge.purger_names(), ["noop"]);
-/// ```
-pub struct EdgeBuilder {
-    purgers: Vec<Arc<dyn Purger>>,
-    settings: Settings,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Settings {
-    pub capacity: usize,
-    pub retries: u32,
-    pub backoff: Duration,
-    pub max_backoff: Duration,
-    pub timeout: Duration,
-    pub max_batch: usize,
-    pub repurge_after: Option<Duration>,
-}
-
-impl EdgeBuilder {
-    /// Adds a purger. Every item is sent to every purger (each ignores what it does not
-    /// handle); an item counts as sent when all of them succeeded.
-    ///
-    /// ```
-    /// use cache_runtime::edge::{Edge, FnPurger, PurgeBatch, PurgeError};
-    /// let ok = |_: &PurgeBatch| Ok::<(), PurgeError>(());
-    /// let edge = Edge::builder()
-    ///     .purger(FnPurger::new("a", ok))
-    ///     .purger(FnPurger::new("b", ok))
-    ///     .build();
-    /// assert_eq!(edge.purger_names(), ["a", "b"]);
-    /// ```
-    pub fn purger(mut self, purger: impl Purger) -> Self {
-        self.purgers.push(Arc::new(purger));
-        self
-    }
-
-    /// [`purger`](Self::purger) for a shared purger.
-    ///
-    /// ```
-    /// use cache_runtime::edge::{Edge, FnPurger, PurgeBatch, PurgeError, Purger};
-    /// use std::sync::Arc;
-    /// let p: Arc<dyn Purger> = Arc::new(FnPurger::new("a", |_: &PurgeBatch| Ok::<(), PurgeError>(())));
-    /// let edge = Edge::builder().purger_arc(p).build();
-    /// assert_eq!(edge.purger_names(), ["a"]);
-    /// ```
-    pub fn purger_arc(mut self, purger: Arc<dyn Purger>) -> Self {
-        self.purgers.push(purger);
-        self
-    }
-
-    /// How many distinct items may wait in the queue (default 10 000); more are dropped and
-    /// counted. The batch being purged does not count.
-    ///
-    /// ```
-    /// let _ = cache_runtime::edge::Edge::builder().capacity(100);
-    /// ```
-    pub fn capacity(mut self, items: usize) -> Self {
-        self.settings.capacity = items.max(1);
-        self
-    }
-
-    /// How many times a failed purger call is retried (default 3, so at most 4 calls).
-    ///
-    /// ```
-    /// let _ = cache_runtime::edge::Edge::builder().retries(0); // one try only
-    /// ```
-    pub fn retries(mut self, retries: u32) -> Self {
-        self.settings.retries = retries;
-        self
-    }
-
-    /// The wait before the first retry (default 100 ms), doubled at each further retry up to
-    /// `max` (default 5 s), plus up to 25 % random jitter.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// let _ = cache_runtime::edge::Edge::builder()
-    ///     .backoff(Duration::from_millis(10), Duration::from_secs(1));
-    /// ```
-    pub fn backoff(mut self, first: Duration, max: Duration) -> Self {
-        self.settings.backoff = first;
-        self.settings.max_backoff = max.max(first);
-        self
-    }
-
-    /// The deadline of one purger call on one batch (default 10 s); a call past it counts as
-    /// a transient failure. The built-in HTTP purgers also bound each request (see
-    /// `HttpPurgerBuilder::timeout`).
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// let _ = cache_runtime::edge::Edge::builder().timeout(Duration::from_secs(2));
-    /// ```
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.settings.timeout = timeout;
-        self
-    }
-
-    /// The most items in one batch (default 256).
-    ///
-    /// ```
-    /// let _ = cache_runtime::edge::Edge::builder().max_batch(32);
-    /// ```
-    pub fn max_batch(mut self, items: usize) -> Self {
-        self.settings.max_batch = items.max(1);
-        self
-    }
-
-    /// Purges every item a second time, `delay` after its first purge finished (default 1 s);
-    /// `Duration::ZERO` turns second purges off.
-    ///
-    /// Why it is on by default: a fetch by the edge that started before a write (the service
-    /// read the old value, then the write and its purge happened, then the edge received the
-    /// old response) stores the old page *after* the purge, and the edge serves it for the
-    /// whole `s-maxage`, which is what purging is meant to prevent. The race needs no bad luck
-    /// beyond concurrent reads and writes of the same page (measured in `docs/LAYERS.md`), and
-    /// one more purge per item is cheap for Varnish or Fastly. Every fetch that completes
-    /// within `delay` of the write is covered; choose `delay` above the time your service takes
-    /// to produce a cacheable response (or send slower responses with `no-store`). Turn it off,
-    /// or lengthen it, for a CDN whose purge API is rate-limited.
-    ///
-    /// Second purges are deduplicated: an item scheduled again (another write) is purged once,
-    /// at the later time, which covers both writes. A second purge is not purged again. They
-    /// wait in the worker's delay queue (no timer or thread per item), bounded by
-    /// [`capacity`](Self::capacity) (more are dropped and counted). [`Edge::flush`] does not
-    /// wait for them; [`Edge::flush_all`] does.
-    ///
-    /// ```
-    /// use cache_runtime::edge::{Edge, FnPurger, PurgeBatch, PurgeError};
-    /// use std::sync::{Arc, Mutex};
-    /// use std::time::Duration;
-    /// let seen = Arc::new(Mutex::new(Vec::new()));
-    /// let log = seen.clone();
-    /// let edge = Edge::builder()
-    ///     .purger(FnPurger::new("log", move |b: &PurgeBatch| {
-    ///         log.lock().unwrap().extend(b.paths().iter().cloned());
-    ///         Ok::<(), PurgeError>(())
-    ///     }))
-    ///     .repurge_after(Duration::from_millis(20))
-    ///     .build();
-    /// assert_eq!(edge.repurge_after(), Some(Duration::from_millis(20)));
-    /// edge.enqueue_paths(["/users/1"]);
-    /// assert!(edge.flush_all_blocking(Duration::from_secs(5)));
-    /// assert_eq!(*seen.lock().unwrap(), ["/users/1", "/users/1"]);
-    /// assert_eq!(edge.stats().repurged, 1);
-    ///
-    /// let once = Edge::builder().repurge_after(Duration::ZERO).build();
-    /// assert_eq!(once.repurge_after(), None);
-    /// ```
-    pub fn repurge_after(mut self, delay: Duration) -> Self {
-        self.settings.repurge_after = (!delay.is_zero()).then_some(delay);
-        self
-    }
-
-    /// Starts the edge: its worker thread and runtime. Install it with [`install`], or use it
-    /// directly through its methods.
-    ///
-    /// ```
-    /// let edge = cache_runtime::edge::Edge::builder().build();
-    /// assert_eq!(edge.stats().enqueued, 0);
-    /// ```
-    pub fn build(self) -> Edge {
-        Edge {
-            worker: Worker::start(self.purgers, self.settings),
-        }
-    }
 }
 
 /// A running edge purge queue: purgers, a bounded queue, and the worker that drains it.
@@ -732,18 +345,7 @@ impl Edge {
     /// let _edge = cache_runtime::edge::Edge::builder().build();
     /// ```
     pub fn builder() -> EdgeBuilder {
-        EdgeBuilder {
-            purgers: Vec::new(),
-            settings: Settings {
-                capacity: DEFAULT_CAPACITY,
-                retries: DEFAULT_RETRIES,
-                backoff: DEFAULT_BACKOFF,
-                max_backoff: DEFAULT_MAX_BACKOFF,
-                timeout: DEFAULT_TIMEOUT,
-                max_batch: DEFAULT_MAX_BATCH,
-                repurge_after: Some(DEFAULT_REPURGE_AFTER),
-            },
-        }
+        EdgeBuilder::new()
     }
 
     /// Queues purges of these URL paths. Never blocks (beyond a short lock), never fails;
@@ -869,6 +471,70 @@ impl Edge {
     pub fn purger_names(&self) -> Vec<String> {
         self.worker.purger_names()
     }
+
+    /// Each purger's state: its last error and whether the edge refused its credentials, so
+    /// that a health check can report a purger that fails (e.g. a revoked API token) instead
+    /// of counters slowly growing.
+    ///
+    /// ```
+    /// use cache_runtime::edge::{Edge, FnPurger, PurgeBatch, PurgeError};
+    /// use std::time::Duration;
+    /// let edge = Edge::builder()
+    ///     .purger(FnPurger::new("cdn", |_: &PurgeBatch| {
+    ///         Err::<(), _>(PurgeError::unauthorized("401 Unauthorized: invalid token"))
+    ///     }))
+    ///     .repurge_after(Duration::ZERO)
+    ///     .build();
+    /// edge.enqueue_paths(["/a"]);
+    /// assert!(edge.flush_blocking(Duration::from_secs(5)));
+    /// let h = &edge.health()[0];
+    /// assert_eq!(h.name, "cdn");
+    /// assert!(h.unauthorized && !h.healthy());
+    /// assert!(h.last_error.as_deref().unwrap().contains("invalid token"));
+    /// ```
+    pub fn health(&self) -> Vec<PurgerHealth> {
+        self.worker.health()
+    }
+}
+
+/// One purger's state, from [`Edge::health`] / [`health`].
+///
+/// ```
+/// let h = cache_runtime::edge::PurgerHealth::default();
+/// assert!(h.healthy());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PurgerHealth {
+    /// The purger's [name](Purger::name).
+    pub name: String,
+    /// Whether its last attempt failed because the edge refused the credentials
+    /// ([`PurgeError::unauthorized`]); cleared by the next success.
+    pub unauthorized: bool,
+    /// Attempts that failed since its last success.
+    pub consecutive_failures: u64,
+    /// Its last error message (never the credentials), cleared by the next success.
+    pub last_error: Option<String>,
+}
+
+impl PurgerHealth {
+    /// No failure since the last success.
+    ///
+    /// ```
+    /// assert!(cache_runtime::edge::PurgerHealth::default().healthy());
+    /// ```
+    pub fn healthy(&self) -> bool {
+        self.consecutive_failures == 0
+    }
+}
+
+/// The installed edge's purgers' state ([`Edge::health`]); empty when no edge is installed.
+///
+/// ```
+/// assert!(cache_runtime::edge::health().iter().all(|h| !h.name.is_empty()));
+/// ```
+pub fn health() -> Vec<PurgerHealth> {
+    INSTALLED.get().map(Edge::health).unwrap_or_default()
 }
 
 static INSTALLED: OnceLock<Edge> = OnceLock::new();
@@ -881,7 +547,7 @@ fn global() -> Option<&'static Edge> {
         return Some(edge);
     }
     FROM_ENV.call_once(|| {
-        if let Some(edge) = from_env() {
+        if let Some(edge) = env::from_env() {
             let _ = INSTALLED.set(edge);
         }
     });
@@ -1027,127 +693,6 @@ pub fn flush_all_blocking(timeout: Duration) -> bool {
 /// ```
 pub fn repurge_after() -> Option<Duration> {
     global().and_then(Edge::repurge_after)
-}
-
-/// Percent-encodes what may not appear in an HTTP request target: control characters, space,
-/// non-ASCII bytes (as UTF-8), and `"` `#` `<` `>` `\` `^` `` ` `` `{` `|` `}`. Everything
-/// else, `%` included, is kept, so an already encoded path comes back unchanged (borrowed).
-///
-/// ```
-/// use cache_runtime::edge::encode_path;
-/// assert_eq!(encode_path("/users/42?x=1"), "/users/42?x=1");
-/// assert_eq!(encode_path("/search/a b\n"), "/search/a%20b%0A");
-/// assert_eq!(encode_path("/café"), "/caf%C3%A9");
-/// assert_eq!(encode_path("/a%20b"), "/a%20b");
-/// ```
-pub fn encode_path(path: &str) -> Cow<'_, str> {
-    percent_encode(path, |b| {
-        b.is_ascii_graphic()
-            && !matches!(
-                b,
-                b'"' | b'#' | b'<' | b'>' | b'\\' | b'^' | b'`' | b'{' | b'|' | b'}'
-            )
-    })
-}
-
-/// Encodes a surrogate key (tag) for `Surrogate-Key` / `xkey` headers, where keys are
-/// separated by spaces (and commas, for Varnish's xkey): percent-encodes `%`, space, comma,
-/// control characters and non-ASCII bytes (as UTF-8), so that every key becomes one token of
-/// visible ASCII and distinct keys stay distinct. Keys of letters, digits and `:-_./` come
-/// back unchanged (borrowed). The HTTP layer and the purgers both use it.
-///
-/// ```
-/// use cache_runtime::edge::encode_surrogate_key;
-/// assert_eq!(encode_surrogate_key("user:42"), "user:42");
-/// assert_eq!(encode_surrogate_key("team a,b"), "team%20a%2Cb");
-/// assert_eq!(encode_surrogate_key("100%"), "100%25");
-/// assert_eq!(encode_surrogate_key("é\t"), "%C3%A9%09");
-/// ```
-pub fn encode_surrogate_key(key: &str) -> Cow<'_, str> {
-    percent_encode(key, |b| b.is_ascii_graphic() && b != b'%' && b != b',')
-}
-
-fn percent_encode(s: &str, keep: impl Fn(u8) -> bool) -> Cow<'_, str> {
-    if s.bytes().all(&keep) {
-        return Cow::Borrowed(s);
-    }
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut out = String::with_capacity(s.len() + 8);
-    for b in s.bytes() {
-        if keep(b) {
-            out.push(b as char);
-        } else {
-            out.push('%');
-            out.push(HEX[usize::from(b >> 4)] as char);
-            out.push(HEX[usize::from(b & 15)] as char);
-        }
-    }
-    Cow::Owned(out)
-}
-
-/// The edge described by `CACHE_EDGE_PURGE_URL` (and `CACHE_EDGE_PURGE_HOST`,
-/// `CACHE_EDGE_REPURGE_MS`), if set.
-fn from_env() -> Option<Edge> {
-    let urls = std::env::var("CACHE_EDGE_PURGE_URL").ok()?;
-    let host = std::env::var("CACHE_EDGE_PURGE_HOST").ok();
-    let repurge = std::env::var("CACHE_EDGE_REPURGE_MS").ok();
-    from_spec(
-        &urls,
-        host.as_deref().filter(|h| !h.is_empty()),
-        repurge_from_env(repurge.as_deref()),
-    )
-}
-
-/// `CACHE_EDGE_REPURGE_MS`: milliseconds (0: off); unset, empty or invalid: the default.
-fn repurge_from_env(value: Option<&str>) -> Duration {
-    match value.map(str::trim).filter(|v| !v.is_empty()) {
-        None => DEFAULT_REPURGE_AFTER,
-        Some(v) => match v.parse::<u64>() {
-            Ok(ms) => Duration::from_millis(ms),
-            Err(_) => {
-                tracing::warn!(
-                    "cache_runtime: CACHE_EDGE_REPURGE_MS={v:?} is not a number of \
-                     milliseconds; using {DEFAULT_REPURGE_AFTER:?}"
-                );
-                DEFAULT_REPURGE_AFTER
-            }
-        },
-    }
-}
-
-#[cfg(feature = "edge")]
-fn from_spec(urls: &str, host: Option<&str>, repurge: Duration) -> Option<Edge> {
-    let mut builder = Edge::builder().repurge_after(repurge);
-    let mut any = false;
-    for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
-        let mut paths = HttpPurger::builder(url);
-        let mut keys = SurrogateKeyPurger::xkey(url);
-        if let Some(h) = host {
-            paths = paths.host(h);
-            keys = keys.host(h);
-        }
-        match (paths.build(), keys.build()) {
-            (Ok(p), Ok(k)) => {
-                builder = builder.purger(p).purger(k);
-                any = true;
-            }
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::warn!("cache_runtime: CACHE_EDGE_PURGE_URL: skipping {url:?}: {e}");
-            }
-        }
-    }
-    any.then(|| builder.build())
-}
-
-#[cfg(not(feature = "edge"))]
-fn from_spec(urls: &str, _host: Option<&str>, _repurge: Duration) -> Option<Edge> {
-    if !urls.trim().is_empty() {
-        tracing::warn!(
-            "cache_runtime: CACHE_EDGE_PURGE_URL is set, but cache-runtime was built without \
-             its `edge` feature: edge purges are disabled"
-        );
-    }
-    None
 }
 
 #[cfg(test)]
