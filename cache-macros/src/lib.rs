@@ -3,6 +3,7 @@
 
 mod duration;
 mod expand;
+mod forward;
 mod options;
 mod signature;
 mod template;
@@ -34,4 +35,22 @@ pub fn cached(attr: TokenStream, item: TokenStream) -> TokenStream {
             out.into()
         }
     }
+}
+
+/// The key separators as an array literal, `&[':', '/', ...]`, for
+/// `cache_runtime::key::SEPARATORS`: one definition shared by the runtime's key encoding
+/// and the macro's template check. Not a public API.
+#[doc(hidden)]
+#[proc_macro]
+pub fn __key_separators(input: TokenStream) -> TokenStream {
+    if !input.is_empty() {
+        return syn::Error::new(
+            proc_macro2::Span::call_site(),
+            "`__key_separators!` takes no input",
+        )
+        .to_compile_error()
+        .into();
+    }
+    let chars = template::SEPARATORS;
+    quote::quote!(&[#(#chars),*]).into()
 }
