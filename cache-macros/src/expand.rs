@@ -268,6 +268,8 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         }
 
         #[doc = #doc_uncached]
+        // A function without `self` carries its body, so this may be unused.
+        #[allow(dead_code)]
         #at_uncached
         #vis #asyncness fn #uncached #generics (#inputs) -> #ret #where_clause #body
 

@@ -272,12 +272,14 @@ impl Raw {
                 "local" => Tier::Local,
                 "redis" => Tier::Redis,
                 "local+redis" => Tier::LocalRedis,
-                other => return Err(Error::new(
-                    s.span(),
-                    format!(
+                other => {
+                    return Err(Error::new(
+                        s.span(),
+                        format!(
                         "unknown tier `{other}`; expected \"local\", \"redis\" or \"local+redis\""
                     ),
-                )),
+                    ))
+                }
             },
         };
         let ttl = self.ttl.as_ref().ok_or_else(|| {
