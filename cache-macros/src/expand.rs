@@ -77,6 +77,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     let get_instance = |generated: &Ident| {
         let generated = generated.unraw().to_string();
         let slot = Ident::new("__SLOT", Span::mixed_site());
+        let k = at(k, value_ty.span());
         quote_spanned! {value_ty.span()=>
             let #inst = {
                 #[allow(unused_imports)]
@@ -332,6 +333,26 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     })
 }
 
+/// The runtime's path with every token at `span`, for code spanned at a user token: a
+/// diagnostic about that code then points at the token alone.
+fn at(k: &syn::Path, span: Span) -> TokenStream {
+    fn respan(ts: TokenStream, span: Span) -> TokenStream {
+        ts.into_iter()
+            .map(|mut t| {
+                if let proc_macro2::TokenTree::Group(g) = &t {
+                    let mut ng = proc_macro2::Group::new(g.delimiter(), respan(g.stream(), span));
+                    ng.set_span(span);
+                    t = proc_macro2::TokenTree::Group(ng);
+                } else {
+                    t.set_span(span);
+                }
+                t
+            })
+            .collect()
+    }
+    respan(k.to_token_stream(), span)
+}
+
 /// The inputs with `mut` removed from `mut name: T` patterns.
 fn without_mut(
     inputs: &Punctuated<syn::FnArg, syn::Token![,]>,
@@ -514,15 +535,16 @@ fn build_tokens(opts: &Options, a: &Analyzed) -> TokenStream {
     // not `Clone + Send + Sync` or, with a Redis tier, not serde is one error at its span,
     // and the `.tier(...)`/`.build()` calls that follow report nothing more.
     let b = Ident::new("__builder", Span::mixed_site());
+    let ks = at(k, vspan);
     let etag = (opts.etag && opts.tier == Tier::Local).then(|| {
         quote_spanned! {vspan=>
-            let #b = (&#k::__private::Check::<#v>::new()).redis(#b);
+            let #b = (&#ks::__private::Check::<#v>::new()).redis(#b);
             let #b = #b.etag();
         }
     });
     let max_bytes = opts.max_bytes.map(|n| {
         quote_spanned! {vspan=>
-            let #b = (&#k::__private::Check::<#v>::new()).redis(#b);
+            let #b = (&#ks::__private::Check::<#v>::new()).redis(#b);
             let #b = #b.max_bytes(#n);
         }
     });
@@ -534,20 +556,20 @@ fn build_tokens(opts: &Options, a: &Analyzed) -> TokenStream {
     };
     let redis_steps = tier.map(|tier| {
         quote_spanned! {vspan=>
-            let #b = (&#k::__private::Check::<#v>::new()).redis(#b);
+            let #b = (&#ks::__private::Check::<#v>::new()).redis(#b);
             let #b = #b.tier(#tier);
         }
     });
     let build = quote_spanned! {vspan=>
         #[allow(unused_imports)]
-        use #k::__private::{
+        use #ks::__private::{
             CheckRedis as _, CheckRedisFailed as _, CheckValue as _, CheckValueFailed as _,
         };
-        let #b = #k::Cache::<#v>::builder(#cache_name) #chain;
+        let #b = #ks::Cache::<#v>::builder(#cache_name) #chain;
         #redis_steps
         #etag
         #max_bytes
-        (&#k::__private::Check::<#v>::new()).value(#b).build()
+        (&#ks::__private::Check::<#v>::new()).value(#b).build()
     };
     quote! {
         |#info: &#k::__private::InstanceInfo<'_>| -> #k::Cache<#v> { #build }
@@ -559,9 +581,12 @@ fn build_string(k: &syn::Path, pieces: &[Piece], writer: TokenStream) -> TokenSt
     let w = Ident::new("__w", Span::mixed_site());
     let steps = pieces.iter().map(|p| match p {
         Piece::Literal(t) => quote!(#w.literal(#t);),
-        Piece::Arg { expr, span } => quote_spanned! {*span=>
-            #k::key::KeyPart::write_key(&(#expr), &mut #w);
-        },
+        Piece::Arg { expr, span } => {
+            let k = at(k, *span);
+            quote_spanned! {*span=>
+                #k::key::KeyPart::write_key(&(#expr), &mut #w);
+            }
+        }
     });
     quote! {{
         let mut #w = #writer;
@@ -575,9 +600,12 @@ fn build_path(k: &syn::Path, pieces: &[Piece]) -> TokenStream {
     let p = Ident::new("__path", Span::mixed_site());
     let steps = pieces.iter().map(|piece| match piece {
         Piece::Literal(t) => quote!(#p.push_str(#t);),
-        Piece::Arg { expr, span } => quote_spanned! {*span=>
-            #k::__private::push_path_arg(&mut #p, &(#expr));
-        },
+        Piece::Arg { expr, span } => {
+            let k = at(k, *span);
+            quote_spanned! {*span=>
+                #k::__private::push_path_arg(&mut #p, &(#expr));
+            }
+        }
     });
     quote! {{
         let mut #p = ::std::string::String::new();
@@ -750,18 +778,15 @@ impl<'a> KeyPlan<'a> {
             None => {
                 // The function's path (written by `Instance::default_key`, with its type
                 // arguments), then `:<param>` for each parameter in the key.
-                if is_method {
-                    if !self_skipped {
-                        // Spanned at the receiver, so that a `Self` that is not a `KeyPart`
-                        // is reported at `self`.
-                        let span = a.receiver.unwrap_or_else(Span::call_site);
-                        let s = syn::token::SelfValue { span };
-                        pieces.push(Piece::Literal(quote!(":")));
-                        pieces.push(Piece::Arg {
-                            expr: quote!(#s),
-                            span,
-                        });
-                    }
+                if let (Some(span), false) = (a.receiver, self_skipped) {
+                    // Spanned at the receiver, so that a `Self` that is not a `KeyPart`
+                    // is reported at `self`.
+                    let s = syn::token::SelfValue { span };
+                    pieces.push(Piece::Literal(quote!(":")));
+                    pieces.push(Piece::Arg {
+                        expr: quote!(#s),
+                        span,
+                    });
                 }
                 for p in &a.params {
                     if !skipped(&p.ident.unraw().to_string()) {

@@ -1,5 +1,6 @@
 //! Generic `impl`s and generic functions: one cache per instantiation (type identity in the
-//! cache's name and in the key), in both directions, locally and in Redis.
+//! cache's name and in the key), in both directions, locally and in Redis. Every test starts
+//! the harness's Redis first: the runtime is configured once per process.
 
 use std::marker::PhantomData;
 
@@ -41,6 +42,7 @@ fn echo<T: KeyPart + Clone + Send + Sync + 'static>(x: T) -> T {
 
 #[test]
 fn u8_first_then_u64() {
+    shared_redis();
     assert_eq!(typed::<u8>(1).sized_by_id(0), 1);
     assert_eq!(typed::<u64>(1).sized_by_id(0), 8);
     assert_eq!(typed::<u8>(1).sized_by_id(0), 1);
@@ -48,6 +50,7 @@ fn u8_first_then_u64() {
 
 #[test]
 fn u64_first_then_u8() {
+    shared_redis();
     assert_eq!(typed::<u64>(2).sized_by_id(0), 8);
     assert_eq!(typed::<u8>(2).sized_by_id(0), 1);
     assert_eq!(typed::<u64>(2).sized_by_id(0), 8);
@@ -55,6 +58,7 @@ fn u64_first_then_u8() {
 
 #[test]
 fn companions_reach_their_own_instantiation() {
+    shared_redis();
     let (small, big) = (typed::<u16>(3), typed::<u32>(3));
     assert_eq!(small.sized_by_id(1), 3);
     assert_eq!(big.sized_by_id(1), 5);
@@ -87,6 +91,7 @@ fn companions_reach_their_own_instantiation() {
 
 #[test]
 fn generic_function_per_instantiation() {
+    shared_redis();
     assert_eq!(echo(7u8), 7u8);
     assert_eq!(echo(7u64), 7u64);
     assert_eq!(echo("seven".to_string()), "seven");

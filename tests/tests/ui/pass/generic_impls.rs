@@ -98,7 +98,7 @@ pub fn main() {
     assert_eq!(Node::make(4), Node(4));
     assert_eq!(Node::lookup_make(4), Some(Node(4)));
     assert_eq!(echo(1u8), 1);
-    assert_eq!(echo(true), true);
+    assert!(echo(true));
     assert_eq!(lookup_echo(1u8), Some(1));
     assert_eq!(zeros::<2>(1), vec![1, 1]);
     assert_eq!(zeros::<3>(1), vec![1, 1, 1]);
