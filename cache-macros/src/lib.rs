@@ -241,8 +241,13 @@ use proc_macro::TokenStream;
 ///
 /// `#[cfg_attr(pred, a, b)]` is read as `a` and `b`, each kept under `pred`. A deprecated
 /// cached function warns its callers, not its own definition (the generated
-/// functions allow `deprecated`). Since `NAME_uncached` holds the body, `#[tracing::instrument]`
-/// records only the calls that run it (misses and refreshes).
+/// functions allow `deprecated`).
+///
+/// Attribute macros see what is below them. To trace every run of the body (misses and
+/// refreshes, not hits), put `#[tracing::instrument]` *above* `#[cached]`: it instruments the
+/// body before `#[cached]` copies it. Below `#[cached]` it lands on `NAME_uncached`, which a
+/// `&self` method calls on every miss but a function without `self` does not (it runs its
+/// own copy of the body).
 ///
 /// ```
 /// #![deny(warnings)]
