@@ -4,7 +4,7 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock, RwLock};
 
 use crate::key::KeyWriter;
 use crate::Cache;
@@ -317,6 +317,8 @@ impl Default for Slot {
 }
 
 type Registry = Mutex<HashMap<(&'static str, String), &'static (dyn Any + Send + Sync)>>;
+/// Instances by generated function (its slot's address) and closure type name.
+type ByCaller = RwLock<HashMap<(usize, &'static str), &'static (dyn Any + Send + Sync)>>;
 
 /// The instance of a cached function for the instantiation that calls this.
 ///
@@ -350,6 +352,23 @@ pub fn instance<V: Send + Sync + 'static>(
             }
         }
     }
+    // The other instantiations of a generic function: one read lock, no allocation.
+    static BY_CALLER: OnceLock<ByCaller> = OnceLock::new();
+    let by_caller = BY_CALLER.get_or_init(Default::default);
+    let caller_key = (slot as *const Slot as usize, here);
+    let known = by_caller
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&caller_key)
+        .copied();
+    if let Some(cell) = known {
+        if let Some(i) = cell
+            .downcast_ref::<OnceLock<Instance<V>>>()
+            .and_then(OnceLock::get)
+        {
+            return i;
+        }
+    }
     static REGISTRY: OnceLock<Registry> = OnceLock::new();
     let path = instance_path(here, generated, cached);
     let cell: &'static (dyn Any + Send + Sync) = *REGISTRY
@@ -374,7 +393,12 @@ pub fn instance<V: Send + Sync + 'static>(
             generic,
         }
     });
-    let _ = slot.0.set((here, cell));
+    if slot.0.set((here, cell)).is_err() {
+        by_caller
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(caller_key, cell);
+    }
     instance
 }
 
@@ -427,7 +451,7 @@ fn path_in_key(path: &str) -> String {
 mod instance_tests {
     use super::*;
 
-    struct Typed<'a, T>(&'a T);
+    struct Typed<'a, T>(PhantomData<&'a T>);
     impl<T> Typed<'_, T> {
         fn here(&self) -> &'static str {
             std::any::type_name_of_val(&|| ())
@@ -447,7 +471,7 @@ mod instance_tests {
     #[test]
     fn paths_of_instantiations() {
         let me = module_path!();
-        let t = Typed(&1u8);
+        let t = Typed::<u8>(PhantomData);
         assert_eq!(
             instance_path(t.here(), "here", "load"),
             format!("{me}::Typed<u8>::load")
