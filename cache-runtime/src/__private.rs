@@ -457,7 +457,7 @@ mod instance_tests {
             std::any::type_name_of_val(&|| ())
         }
         fn generic_here<U>() -> &'static str {
-            std::any::type_name_of_val(&|| ())
+            std::any::type_name_of_val(&|| PhantomData::<U>)
         }
         async fn async_here(&self) -> &'static str {
             std::any::type_name_of_val(&|| ())
