@@ -268,8 +268,9 @@ use proc_macro::TokenStream;
 ///
 /// # Coming from the `cached` crate
 ///
-/// `time` is `ttl`, `size` is `capacity`, `convert` is a `key` template, `result`/`option` are
-/// not needed (`Ok`/`Some` are cached by return type), `sync_writes` is always on,
+/// `time` (`ttl_secs`) is `ttl`, `size` (`max_size`) is `capacity`, `convert` is a `key`
+/// template, `result`/`option` are not needed (`Ok`/`Some` are cached by return type),
+/// `sync_writes` is always on, expiry is never restarted by a hit (`time_refresh`),
 /// `NAME_no_cache` is `NAME_uncached`, `NAME_prime_cache` is `refresh_NAME`. The README's
 /// "Migrating from the `cached` crate" has the full mapping.
 #[proc_macro_attribute]

@@ -144,13 +144,16 @@ fn option_name(meta: &ParseNestedMeta<'_>) -> syn::Result<String> {
     }
     let hint = match name.as_str() {
         "time" => " (the `cached` crate's `time` is `ttl` here)",
-        "size" => " (the `cached` crate's `size` is `capacity` here)",
+        "ttl_secs" => " (the `cached` crate's `ttl_secs` is `ttl` here)",
+        "size" | "max_size" => " (the `cached` crate's `size`/`max_size` is `capacity` here)",
         "result" | "option" => {
             " (`Result` and `Option` return types are recognised without an option: `Ok` and `Some` are cached)"
         }
         "convert" => " (the `cached` crate's `convert` is a `key` template here, e.g. `key = \"user:<id>\"`)",
         "sync_writes" => " (concurrent misses of one key always run the body once here)",
-        "time_refresh" => " (see `refresh_ahead`)",
+        "time_refresh" | "refresh" => {
+            " (expiry is absolute here, so every process and Redis agree; `refresh_ahead` keeps hot entries fresh)"
+        }
         "with_cached_flag" => " (`NAME_entry` returns the value with its `source()`)",
         "result_fallback" => " (see `stale`)",
         "ty" | "create" | "unbound" => " (the cache type is built from the options here)",
