@@ -1,11 +1,20 @@
-//! Code generation: the wrapper and its companions. Everything they do is a call into
-//! `::cache_runtime`; this file only arranges the calls.
+//! Code generation: the wrapper and its companions. Everything they do is a call into the
+//! runtime (`::cache_runtime`, or the `crate = "..."` path); this file only arranges the
+//! calls.
+//!
+//! The generated functions never call each other by path: a function without `self` may be
+//! a free function or an associated one, and no path names it in both places. So each one
+//! finds the cache through `__private::instance` (keyed by the call site and the
+//! instantiation, see there), and a function without `self` carries the body itself.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote, quote_spanned};
+use quote::{format_ident, quote, quote_spanned, ToTokens};
+use syn::ext::IdentExt;
+use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{Error, Ident, ItemFn};
 
+use crate::forward::{Forwarded, Target};
 use crate::options::{Options, Tier};
 use crate::signature::{Analyzed, Kind, Param};
 use crate::template::{self, Segment};
@@ -25,15 +34,26 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     }
     let detached = check_detached(&opts, &a)?;
     let plan = KeyPlan::new(&opts, &a, &f.sig.ident)?;
+    let fwd = Forwarded::split(&f.attrs)?;
+    let k = &opts.krate;
 
     let name = &f.sig.ident;
     let vis = &f.vis;
     let generics = &f.sig.generics;
-    let inputs = &f.sig.inputs;
+    let where_clause = &generics.where_clause;
     let ret = &a.ret;
     let value_ty = &a.value_ty;
     let asyncness = &f.sig.asyncness;
     let is_method = a.receiver.is_some();
+    // A function without `self` carries its body (see the module docs), so its parameters
+    // keep their `mut`; a method passes them on to `self.NAME_uncached(..)`, so they lose it
+    // (else `unused_mut`).
+    let inputs = &f.sig.inputs;
+    let wrapper_inputs = if is_method {
+        without_mut(inputs)
+    } else {
+        inputs.clone()
+    };
 
     let uncached = format_ident!("{}_uncached", name);
     let invalidate = format_ident!("invalidate_{}", name);
@@ -43,28 +63,47 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     let entry = format_ident!("{}_entry", name);
     let accessor = format_ident!("{}_cache", name);
 
+    let inst = Ident::new("__instance", Span::mixed_site());
     let cache = Ident::new("__cache", Span::mixed_site());
     let key = Ident::new("__key", Span::mixed_site());
 
-    let (cfg_attrs, doc_attrs, other_attrs) = split_attrs(&f.attrs);
-    let get_cache = if is_method {
-        quote!(Self::#accessor())
-    } else {
-        quote!(#accessor())
+    let build = build_tokens(&opts, &a);
+    let name_str = name.unraw().to_string();
+    let site = quote_spanned! {name.span()=>
+        ::core::concat!(::core::file!(), ":", ::core::line!(), ":", ::core::column!())
     };
     // Through `__private::Check`: a value type that is not `Clone + Send + Sync + 'static`
     // is one error at its span, not one per generated function.
-    let get_cache = quote_spanned! {value_ty.span()=>
-        {
-            #[allow(unused_imports)]
-            use ::cache_runtime::__private::{CheckValue as _, CheckValueFailed as _};
-            (&::cache_runtime::__private::Check::<#value_ty>::new()).value(#get_cache)
+    let get_instance = |generated: &Ident| {
+        let generated = generated.unraw().to_string();
+        let slot = Ident::new("__SLOT", Span::mixed_site());
+        let k = at(k, value_ty.span());
+        quote_spanned! {value_ty.span()=>
+            let #inst = {
+                #[allow(unused_imports)]
+                use #k::__private::{CheckInstance as _, CheckInstanceFailed as _};
+                static #slot: #k::__private::Slot = #k::__private::Slot::new();
+                (&#k::__private::Check::<#value_ty>::new()).instance(
+                    #k::__private::Caller {
+                        slot: &#slot,
+                        here: ::core::any::type_name_of_val(&|| ()),
+                        generated: #generated,
+                        cached: #name_str,
+                        site: #site,
+                    },
+                    #build,
+                )
+            };
+            let #cache = &#inst.cache;
         }
     };
-    let build_key = plan.tokens(&cache, is_method, name);
-    let prologue = quote! {
-        let #cache = #get_cache;
-        let #key = #build_key;
+    let build_key = plan.tokens(k, &inst, &cache);
+    let prologue = |generated: &Ident| {
+        let get = get_instance(generated);
+        quote! {
+            #get
+            let #key = #build_key;
+        }
     };
     // Edge paths are built before the call (which may move the arguments) and enqueued
     // after it, once the tiers no longer hold the old value.
@@ -73,20 +112,23 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     let (build_purge, send_purge) = if plan.purge.is_empty() {
         (quote!(), quote!())
     } else {
-        let paths = plan.purge.iter().map(|p| build_path(p));
+        let paths = plan.purge.iter().map(|p| build_path(k, p));
         (
             quote!(let #purge: ::std::vec::Vec<::std::string::String> = ::std::vec![#(#paths),*];),
-            quote!(::cache_runtime::edge::enqueue_paths(#purge);),
+            quote!(#k::edge::enqueue_paths(#purge);),
         )
     };
 
     // `self` first for methods; then the parameters.
     let self_arg = is_method.then(|| quote!(&self,));
     let call_args: Vec<&Ident> = a.params.iter().map(|p| &p.ident).collect();
-    let call_uncached = if is_method {
-        quote!(self.#uncached(#(#call_args),*))
+    let body = &f.block;
+    // The body as a closure (blocking) or a future (async).
+    let (body_closure, body_future) = if is_method {
+        let call = quote!(self.#uncached(#(#call_args),*));
+        (quote!(move || #call), call)
     } else {
-        quote!(#uncached(#(#call_args),*))
+        (quote!(move || -> #ret #body), quote!(async move #body))
     };
     let key_params: Vec<TokenStream> = plan
         .key_params
@@ -96,36 +138,36 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
             quote!(#i: #t)
         })
         .collect();
-    let value_arg = if a.params.iter().any(|p| p.ident == "value") {
+    let value_arg = if a.params.iter().any(|p| p.ident.unraw() == "value") {
         Ident::new("cached_value", Span::call_site())
     } else {
         Ident::new("value", Span::call_site())
     };
 
     let shape = match a.kind {
-        Kind::Plain => quote!(::cache_runtime::__private::Plain),
-        Kind::OkOnly => quote!(::cache_runtime::__private::OkOnly),
-        Kind::SomeOnly => quote!(::cache_runtime::__private::SomeOnly),
-        Kind::SomeOrNone => quote!(::cache_runtime::__private::SomeOrNone),
+        Kind::Plain => quote!(#k::__private::Plain),
+        Kind::OkOnly => quote!(#k::__private::OkOnly),
+        Kind::SomeOnly => quote!(#k::__private::SomeOnly),
+        Kind::SomeOrNone => quote!(#k::__private::SomeOrNone),
     };
     let sharing = match a.kind {
-        Kind::Plain | Kind::SomeOrNone => quote!(::cache_runtime::Sharing::<#ret>::none()),
-        Kind::SomeOnly => quote!(::cache_runtime::Sharing::<#ret>::absent()),
+        Kind::Plain | Kind::SomeOrNone => quote!(#k::Sharing::<#ret>::none()),
+        Kind::SomeOnly => quote!(#k::Sharing::<#ret>::absent()),
         Kind::OkOnly => quote! {
-            ::cache_runtime::Sharing::<#ret>::new(
+            #k::Sharing::<#ret>::new(
                 |__r| match __r {
                     ::core::result::Result::Err(__e) => {
                         #[allow(unused_imports)]
-                        use ::cache_runtime::__private::{ShareClone as _, ShareNever as _};
-                        (&::cache_runtime::__private::Probe(__e)).share()
+                        use #k::__private::{ShareClone as _, ShareNever as _};
+                        (&#k::__private::Probe(__e)).share()
                     }
                     ::core::result::Result::Ok(_) => ::core::option::Option::None,
                 },
                 |__b| {
                     #[allow(unused_imports)]
-                    use ::cache_runtime::__private::{UnshareClone as _, UnshareNever as _};
-                    (&::cache_runtime::__private::TypeProbe::<
-                        <#ret as ::cache_runtime::__private::ResultLike>::Err,
+                    use #k::__private::{UnshareClone as _, UnshareNever as _};
+                    (&#k::__private::TypeProbe::<
+                        <#ret as #k::__private::ResultLike>::Err,
                     >::new())
                     .unshare(__b)
                     .map(::core::result::Result::Err)
@@ -139,14 +181,14 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
             // The body may outlive the call (soft timeout, refresh ahead): owned arguments.
             (
                 quote!(get_or_load_detached::<#ret, #shape, _>(
-                    ::cache_runtime::Key::from(#key), #call_uncached, #sharing)),
+                    #k::Key::from(#key), #body_future, #sharing)),
                 quote!(get_or_load_entry_detached::<#ret, #shape, _>(
-                    ::cache_runtime::Key::from(#key), #call_uncached, #sharing)),
+                    #k::Key::from(#key), #body_future, #sharing)),
             )
         } else {
             (
-                quote!(get_or_load::<#ret, #shape>(#key, #call_uncached, &#sharing)),
-                quote!(get_or_load_entry::<#ret, #shape>(#key, #call_uncached, &#sharing)),
+                quote!(get_or_load::<#ret, #shape>(#key, #body_future, &#sharing)),
+                quote!(get_or_load_entry::<#ret, #shape>(#key, #body_future, &#sharing)),
             )
         };
         (
@@ -156,26 +198,27 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
             quote!(invalidate),
             quote!(populate),
             quote!(lookup),
-            quote!(refresh::<#ret, #shape>(#key, #call_uncached)),
+            quote!(refresh::<#ret, #shape>(#key, #body_future)),
         )
     } else {
         (
             quote!(),
-            quote!(get_or_load_blocking::<#ret, #shape>(#key, move || #call_uncached, &#sharing)),
-            quote!(get_or_load_entry_blocking::<#ret, #shape>(#key, move || #call_uncached, &#sharing)),
+            quote!(get_or_load_blocking::<#ret, #shape>(#key, #body_closure, &#sharing)),
+            quote!(get_or_load_entry_blocking::<#ret, #shape>(#key, #body_closure, &#sharing)),
             quote!(invalidate_blocking),
             quote!(populate_blocking),
             quote!(lookup_blocking),
-            quote!(refresh_blocking::<#ret, #shape>(#key, move || #call_uncached)),
+            quote!(refresh_blocking::<#ret, #shape>(#key, #body_closure)),
         )
     };
 
-    let accessor_fn = accessor_tokens(&opts, &a, name, vis, &accessor);
-    let body = &f.block;
-    let link = format!(
-        "[`{name}`]({}{name})",
-        if is_method { "Self::" } else { "" }
-    );
+    // Links only where the path is known: `Self::` for a method; a function without `self`
+    // may be free or associated.
+    let link = if is_method {
+        format!("[`{name}`](Self::{name})")
+    } else {
+        format!("`{name}`")
+    };
     let doc_uncached = format!("The body of {link}, without the cache.");
     let doc_invalidate = format!(
         "Removes the entry of {link} for these arguments from every tier. The local tier is \
@@ -190,77 +233,188 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     let doc_refresh =
         format!("Runs the body of {link} now and stores a cacheable result in every tier.");
     let doc_entry = format!(
-        "{link} with the value wrapped in a [`cache_runtime::Entry`]: its ETag, creation time, \
+        "{link} with the value wrapped in a `cache_runtime::Entry`: its ETag, creation time, \
          tags and source, for HTTP responses (see `cache_runtime::http`)."
     );
-    let entry_ty = quote!(<#shape as ::cache_runtime::shape::EntryShape<#ret>>::Entries);
+    let doc_accessor = format!(
+        "The cache of {link} (of this instantiation, for a generic one): its name, tiers, \
+         stats, local clear."
+    );
+    let entry_ty = quote!(<#shape as #k::shape::EntryShape<#ret>>::Entries);
+    let (acc_generics, acc_where) = static_generics(generics);
+
+    let [at_wrapper, at_uncached, at_entry, at_refresh, at_companion, at_accessor] = [
+        Target::Wrapper,
+        Target::Uncached,
+        Target::Entry,
+        Target::Refresh,
+        Target::Companion,
+        Target::Accessor,
+    ]
+    .map(|t| fwd.for_target(t));
+
+    let p_wrapper = prologue(name);
+    let p_entry = prologue(&entry);
+    let p_invalidate = prologue(&invalidate);
+    let p_populate = prologue(&populate);
+    let p_lookup = prologue(&lookup);
+    let p_refresh = prologue(&refresh);
+    let get_accessor = get_instance(&accessor);
 
     Ok(quote! {
-        #(#cfg_attrs)*
-        #(#doc_attrs)*
-        #vis #asyncness fn #name #generics (#inputs) -> #ret {
-            #prologue
+        #at_wrapper
+        #vis #asyncness fn #name #generics (#wrapper_inputs) -> #ret #where_clause {
+            #p_wrapper
             #cache.#get_or_load #aw
         }
 
-        #(#cfg_attrs)*
         #[doc = #doc_uncached]
-        #(#other_attrs)*
-        #vis #asyncness fn #uncached #generics (#inputs) -> #ret #body
+        // A function without `self` carries its body, so this may be unused.
+        #[allow(dead_code)]
+        #at_uncached
+        #vis #asyncness fn #uncached #generics (#inputs) -> #ret #where_clause #body
 
-        #(#cfg_attrs)*
         #[doc = #doc_entry]
-        #vis #asyncness fn #entry #generics (#inputs) -> #entry_ty {
-            #prologue
+        #at_entry
+        #vis #asyncness fn #entry #generics (#wrapper_inputs) -> #entry_ty #where_clause {
+            #p_entry
             #cache.#get_entry #aw
         }
 
-        #(#cfg_attrs)*
         #[doc = #doc_invalidate]
+        #at_companion
         #vis #asyncness fn #invalidate #generics (#self_arg #(#key_params),*)
-            -> ::core::result::Result<(), ::cache_runtime::CacheError>
+            -> ::core::result::Result<(), #k::CacheError> #where_clause
         {
-            #prologue
+            #p_invalidate
             #build_purge
             let #result = #cache.#inv(#key) #aw;
             #send_purge
             #result
         }
 
-        #(#cfg_attrs)*
         #[doc = #doc_populate]
+        #at_companion
         #vis #asyncness fn #populate #generics (#self_arg #(#key_params,)* #value_arg: #value_ty)
-            -> ::core::result::Result<(), ::cache_runtime::CacheError>
+            -> ::core::result::Result<(), #k::CacheError> #where_clause
         {
-            #prologue
+            #p_populate
             #build_purge
             let #result = #cache.#pop(#key, #value_arg) #aw;
             #send_purge
             #result
         }
 
-        #(#cfg_attrs)*
         #[doc = #doc_lookup]
+        #at_companion
         #vis #asyncness fn #lookup #generics (#self_arg #(#key_params),*)
-            -> ::core::option::Option<#value_ty>
+            -> ::core::option::Option<#value_ty> #where_clause
         {
-            #prologue
+            #p_lookup
             #cache.#look(#key) #aw
         }
 
-        #(#cfg_attrs)*
         #[doc = #doc_refresh]
-        #vis #asyncness fn #refresh #generics (#inputs) -> #ret {
-            #prologue
+        #at_refresh
+        #vis #asyncness fn #refresh #generics (#wrapper_inputs) -> #ret #where_clause {
+            #p_refresh
             #build_purge
             let #result = #cache.#refr #aw;
             #send_purge
             #result
         }
 
-        #(#cfg_attrs)*
-        #accessor_fn
+        #[doc = #doc_accessor]
+        #at_accessor
+        #vis fn #accessor #acc_generics () -> &'static #k::Cache<#value_ty> #acc_where {
+            #get_accessor
+            #cache
+        }
     })
+}
+
+/// The runtime's path with every token at `span`, for code spanned at a user token: a
+/// diagnostic about that code then points at the token alone.
+fn at(k: &syn::Path, span: Span) -> TokenStream {
+    fn respan(ts: TokenStream, span: Span) -> TokenStream {
+        ts.into_iter()
+            .map(|mut t| {
+                if let proc_macro2::TokenTree::Group(g) = &t {
+                    let mut ng = proc_macro2::Group::new(g.delimiter(), respan(g.stream(), span));
+                    ng.set_span(span);
+                    t = proc_macro2::TokenTree::Group(ng);
+                } else {
+                    t.set_span(span);
+                }
+                t
+            })
+            .collect()
+    }
+    respan(k.to_token_stream(), span)
+}
+
+/// The inputs with `mut` removed from `mut name: T` patterns.
+fn without_mut(
+    inputs: &Punctuated<syn::FnArg, syn::Token![,]>,
+) -> Punctuated<syn::FnArg, syn::Token![,]> {
+    let mut out = inputs.clone();
+    for arg in out.iter_mut() {
+        if let syn::FnArg::Typed(pt) = arg {
+            if let syn::Pat::Ident(pi) = &mut *pt.pat {
+                pi.mutability = None;
+            }
+        }
+    }
+    out
+}
+
+/// The accessor takes no parameters, so it keeps only the type and const parameters (an
+/// unused lifetime parameter is a lint) and the `where` predicates that name no lifetime
+/// parameter.
+fn static_generics(generics: &syn::Generics) -> (TokenStream, TokenStream) {
+    use syn::{GenericParam, TypeParamBound, WherePredicate};
+    let lifetimes: Vec<&syn::Lifetime> = generics.lifetimes().map(|l| &l.lifetime).collect();
+    let names_lifetime = |tokens: TokenStream| {
+        let text = tokens.to_string();
+        lifetimes.iter().any(|l| {
+            let l = l.to_string();
+            text.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '\''))
+                .any(|w| w == l)
+        })
+    };
+    let mut g = generics.clone();
+    g.params = g
+        .params
+        .into_iter()
+        .filter(|p| !matches!(p, GenericParam::Lifetime(_)))
+        .map(|mut p| {
+            if let GenericParam::Type(t) = &mut p {
+                t.bounds = std::mem::take(&mut t.bounds)
+                    .into_iter()
+                    .filter(|b: &TypeParamBound| !names_lifetime(b.to_token_stream()))
+                    .collect();
+            }
+            p
+        })
+        .collect();
+    if let Some(w) = &mut g.where_clause {
+        w.predicates = std::mem::take(&mut w.predicates)
+            .into_iter()
+            .filter(|p| match p {
+                WherePredicate::Type(t) => !names_lifetime(t.to_token_stream()),
+                _ => false,
+            })
+            .collect();
+    }
+    if g.params.is_empty() {
+        g.lt_token = None;
+        g.gt_token = None;
+    }
+    let where_clause = match &g.where_clause {
+        Some(w) if !w.predicates.is_empty() => quote!(#w),
+        _ => quote!(),
+    };
+    (quote!(#g), where_clause)
 }
 
 /// `soft_timeout` and `refresh_ahead` keep or start the body after the caller returned, so
@@ -321,25 +475,17 @@ fn borrowed(ty: &syn::Type) -> Option<Span> {
     f.0
 }
 
-fn accessor_tokens(
-    opts: &Options,
-    a: &Analyzed,
-    name: &Ident,
-    vis: &syn::Visibility,
-    accessor: &Ident,
-) -> TokenStream {
+/// The closure that builds the cache of one instantiation from the options.
+fn build_tokens(opts: &Options, a: &Analyzed) -> TokenStream {
+    let k = &opts.krate;
     let v = &a.value_ty;
     let vspan = v.span();
-    let name_str = name.to_string();
-    let cache_name = match (&opts.name, a.receiver.is_some()) {
-        (Some(n), _) => quote!(#n),
-        (None, false) => quote!(::core::concat!(::core::module_path!(), "::", #name_str)),
-        (None, true) => quote!(::std::format!(
-            "{}::{}",
-            ::std::any::type_name::<Self>(),
-            #name_str
-        )),
+    let info = Ident::new("__info", Span::mixed_site());
+    let explicit = match &opts.name {
+        Some(n) => quote!(::core::option::Option::Some(#n)),
+        None => quote!(::core::option::Option::None),
     };
+    let cache_name = quote!(#info.name(#explicit));
     let ttl = opts.ttl_ms;
     let version = opts.version;
     let mut chain = quote!(.ttl(::core::time::Duration::from_millis(#ttl)).version(#version));
@@ -380,7 +526,7 @@ fn accessor_tokens(
     }
     if let Some(mode) = opts.mode {
         let m = Ident::new(mode, Span::call_site());
-        chain.extend(quote!(.mode(::cache_runtime::Mode::#m)));
+        chain.extend(quote!(.mode(#k::Mode::#m)));
     }
     if let Some(ms) = opts.lock_lease_ms {
         chain.extend(quote!(.lock(::core::time::Duration::from_millis(#ms))));
@@ -389,101 +535,77 @@ fn accessor_tokens(
     // not `Clone + Send + Sync` or, with a Redis tier, not serde is one error at its span,
     // and the `.tier(...)`/`.build()` calls that follow report nothing more.
     let b = Ident::new("__builder", Span::mixed_site());
+    let ks = at(k, vspan);
     let etag = (opts.etag && opts.tier == Tier::Local).then(|| {
         quote_spanned! {vspan=>
-            let #b = (&::cache_runtime::__private::Check::<#v>::new()).redis(#b);
+            let #b = (&#ks::__private::Check::<#v>::new()).redis(#b);
             let #b = #b.etag();
         }
     });
     let max_bytes = opts.max_bytes.map(|n| {
         quote_spanned! {vspan=>
-            let #b = (&::cache_runtime::__private::Check::<#v>::new()).redis(#b);
+            let #b = (&#ks::__private::Check::<#v>::new()).redis(#b);
             let #b = #b.max_bytes(#n);
         }
     });
 
     let tier = match opts.tier {
         Tier::Local => None,
-        Tier::Redis => Some(quote!(::cache_runtime::Tier::Redis)),
-        Tier::LocalRedis => Some(quote!(::cache_runtime::Tier::LocalRedis)),
+        Tier::Redis => Some(quote!(#k::Tier::Redis)),
+        Tier::LocalRedis => Some(quote!(#k::Tier::LocalRedis)),
     };
     let redis_steps = tier.map(|tier| {
         quote_spanned! {vspan=>
-            let #b = (&::cache_runtime::__private::Check::<#v>::new()).redis(#b);
+            let #b = (&#ks::__private::Check::<#v>::new()).redis(#b);
             let #b = #b.tier(#tier);
         }
     });
-    let _ = opts.tier_span;
-    let doc = format!(
-        "The cache of [`{name}`]({}{name}): its name, tiers, stats, local clear.",
-        if a.receiver.is_some() { "Self::" } else { "" }
-    );
     let build = quote_spanned! {vspan=>
         #[allow(unused_imports)]
-        use ::cache_runtime::__private::{
+        use #ks::__private::{
             CheckRedis as _, CheckRedisFailed as _, CheckValue as _, CheckValueFailed as _,
         };
-        let #b = ::cache_runtime::Cache::<#v>::builder(#cache_name) #chain;
+        let #b = #ks::Cache::<#v>::builder(#cache_name) #chain;
         #redis_steps
         #etag
         #max_bytes
-        (&::cache_runtime::__private::Check::<#v>::new()).value(#b).build()
+        (&#ks::__private::Check::<#v>::new()).value(#b).build()
     };
-    // At the value type too: a value type that is not `Send + Sync` also fails the static's
-    // `Sync` requirement, and that error should point at the type, not at the attribute.
-    let static_ty = quote_spanned!(vspan=> ::std::sync::OnceLock<::cache_runtime::Cache<#v>>);
     quote! {
-        #[doc = #doc]
-        #vis fn #accessor() -> &'static ::cache_runtime::Cache<#v> {
-            static CACHE: #static_ty = ::std::sync::OnceLock::new();
-            CACHE.get_or_init(|| { #build })
-        }
+        |#info: &#k::__private::InstanceInfo<'_>| -> #k::Cache<#v> { #build }
     }
 }
 
-fn split_attrs(
-    attrs: &[syn::Attribute],
-) -> (
-    Vec<&syn::Attribute>,
-    Vec<&syn::Attribute>,
-    Vec<&syn::Attribute>,
-) {
-    let (mut cfg, mut doc, mut other) = (Vec::new(), Vec::new(), Vec::new());
-    for attr in attrs {
-        if attr.path().is_ident("cfg") {
-            cfg.push(attr);
-        } else if attr.path().is_ident("doc") {
-            doc.push(attr);
-        } else {
-            other.push(attr);
-        }
-    }
-    (cfg, doc, other)
-}
-
-fn build_string(pieces: &[Piece], cache: &Ident) -> TokenStream {
+/// A key or tag: `writer` (a `KeyWriter` expression) fed with the pieces.
+fn build_string(k: &syn::Path, pieces: &[Piece], writer: TokenStream) -> TokenStream {
     let w = Ident::new("__w", Span::mixed_site());
     let steps = pieces.iter().map(|p| match p {
         Piece::Literal(t) => quote!(#w.literal(#t);),
-        Piece::Arg { expr, span } => quote_spanned! {*span=>
-            ::cache_runtime::key::KeyPart::write_key(&(#expr), &mut #w);
-        },
+        Piece::Arg { expr, span } => {
+            let k = at(k, *span);
+            quote_spanned! {*span=>
+                #k::key::KeyPart::write_key(&(#expr), &mut #w);
+            }
+        }
     });
     quote! {{
-        let mut #w = #cache.key_writer();
+        let mut #w = #writer;
         #(#steps)*
         #w.finish()
     }}
 }
 
 /// A purge path: literals as written, arguments percent-encoded.
-fn build_path(pieces: &[Piece]) -> TokenStream {
+fn build_path(k: &syn::Path, pieces: &[Piece]) -> TokenStream {
     let p = Ident::new("__path", Span::mixed_site());
     let steps = pieces.iter().map(|piece| match piece {
         Piece::Literal(t) => quote!(#p.push_str(#t);),
-        Piece::Arg { expr, span } => quote_spanned! {*span=>
-            ::cache_runtime::__private::push_path_arg(&mut #p, &(#expr));
-        },
+        Piece::Arg { expr, span } => {
+            let k = at(k, *span);
+            quote_spanned! {*span=>
+                #k::__private::push_path_arg(&mut #p, &(#expr));
+            }
+        }
     });
     quote! {{
         let mut #p = ::std::string::String::new();
@@ -498,6 +620,8 @@ enum Piece {
 }
 
 struct KeyPlan<'a> {
+    /// No `key = "..."`: the function's path and every key parameter.
+    default_key: bool,
     pieces: Vec<Piece>,
     tags: Vec<Vec<Piece>>,
     purge: Vec<Vec<Piece>>,
@@ -531,7 +655,8 @@ fn template_pieces(
                         ),
                     ));
                 }
-                if !is_self && !a.params.iter().any(|p| p.ident == root) {
+                let param = a.params.iter().find(|p| p.ident.unraw() == root);
+                if !is_self && param.is_none() {
                     return Err(Error::new(
                         lit.span(),
                         format!(
@@ -548,12 +673,16 @@ fn template_pieces(
                         ),
                     ));
                 }
-                let root_tokens = if is_self {
-                    let s = syn::token::SelfValue { span: lit.span() };
-                    quote!(#s)
-                } else {
-                    let id = Ident::new(&root, lit.span());
-                    quote!(#id)
+                let root_tokens = match param {
+                    Some(p) => {
+                        let mut id = p.ident.clone();
+                        id.set_span(lit.span());
+                        quote!(#id)
+                    }
+                    None => {
+                        let s = syn::token::SelfValue { span: lit.span() };
+                        quote!(#s)
+                    }
                 };
                 let field_tokens = fields.iter().map(|f| {
                     if f.chars().all(|c| c.is_ascii_digit()) {
@@ -563,7 +692,11 @@ fn template_pieces(
                         };
                         quote!(.#idx)
                     } else {
-                        let id = Ident::new(f, lit.span());
+                        // `<self.type>` and `<self.r#type>` both name the field `r#type`.
+                        let id = match syn::parse_str::<Ident>(f) {
+                            Ok(_) => Ident::new(f, lit.span()),
+                            Err(_) => Ident::new_raw(f, lit.span()),
+                        };
                         quote!(.#id)
                     }
                 });
@@ -582,7 +715,11 @@ impl<'a> KeyPlan<'a> {
     fn new(opts: &Options, a: &'a Analyzed, fn_name: &Ident) -> syn::Result<Self> {
         let is_method = a.receiver.is_some();
         let param_names = || {
-            let mut names: Vec<String> = a.params.iter().map(|p| p.ident.to_string()).collect();
+            let mut names: Vec<String> = a
+                .params
+                .iter()
+                .map(|p| p.ident.unraw().to_string())
+                .collect();
             if is_method {
                 names.insert(0, "self".into());
             }
@@ -593,7 +730,8 @@ impl<'a> KeyPlan<'a> {
             }
         };
         for s in &opts.skip {
-            let known = a.params.iter().any(|p| p.ident == *s) || (is_method && s == "self");
+            let known =
+                a.params.iter().any(|p| p.ident.unraw() == s.unraw()) || (is_method && s == "self");
             if !known {
                 return Err(Error::new(
                     s.span(),
@@ -604,7 +742,7 @@ impl<'a> KeyPlan<'a> {
                 ));
             }
         }
-        let skipped = |n: &str| opts.skip.iter().any(|s| s == n);
+        let skipped = |n: &str| opts.skip.iter().any(|s| s.unraw() == n);
         let self_skipped = skipped("self");
 
         let mut pieces = Vec::new();
@@ -623,7 +761,7 @@ impl<'a> KeyPlan<'a> {
                     ));
                 }
                 for p in &a.params {
-                    let n = p.ident.to_string();
+                    let n = p.ident.unraw().to_string();
                     if !skipped(&n) && !used.contains(&n) {
                         return Err(Error::new(
                             p.ident.span(),
@@ -638,30 +776,20 @@ impl<'a> KeyPlan<'a> {
                 }
             }
             None => {
-                // The function's path, then `:<param>` for each parameter in the key.
-                if is_method {
-                    let n = fn_name.to_string();
-                    pieces.push(Piece::Literal(quote!(::std::any::type_name::<Self>())));
-                    pieces.push(Piece::Literal(quote!(::core::concat!("::", #n))));
-                    if !self_skipped {
-                        // Spanned at the receiver, so that a `Self` that is not a `KeyPart`
-                        // is reported at `self`.
-                        let span = a.receiver.unwrap_or_else(Span::call_site);
-                        let s = syn::token::SelfValue { span };
-                        pieces.push(Piece::Literal(quote!(":")));
-                        pieces.push(Piece::Arg {
-                            expr: quote!(#s),
-                            span,
-                        });
-                    }
-                } else {
-                    let n = fn_name.to_string();
-                    pieces.push(Piece::Literal(quote!(
-                        ::core::concat!(::core::module_path!(), "::", #n)
-                    )));
+                // The function's path (written by `Instance::default_key`, with its type
+                // arguments), then `:<param>` for each parameter in the key.
+                if let (Some(span), false) = (a.receiver, self_skipped) {
+                    // Spanned at the receiver, so that a `Self` that is not a `KeyPart`
+                    // is reported at `self`.
+                    let s = syn::token::SelfValue { span };
+                    pieces.push(Piece::Literal(quote!(":")));
+                    pieces.push(Piece::Arg {
+                        expr: quote!(#s),
+                        span,
+                    });
                 }
                 for p in &a.params {
-                    if !skipped(&p.ident.to_string()) {
+                    if !skipped(&p.ident.unraw().to_string()) {
                         let id = &p.ident;
                         pieces.push(Piece::Literal(quote!(":")));
                         pieces.push(Piece::Arg {
@@ -687,9 +815,10 @@ impl<'a> KeyPlan<'a> {
         let key_params = a
             .params
             .iter()
-            .filter(|p| !skipped(&p.ident.to_string()))
+            .filter(|p| !skipped(&p.ident.unraw().to_string()))
             .collect();
         Ok(Self {
+            default_key: opts.key.is_none(),
             pieces,
             tags,
             purge,
@@ -698,14 +827,24 @@ impl<'a> KeyPlan<'a> {
     }
 
     /// The key expression: a `String`, or a `cache_runtime::Key` with its tags.
-    fn tokens(&self, cache: &Ident, _is_method: bool, _name: &Ident) -> TokenStream {
-        let key = build_string(&self.pieces, cache);
+    /// `inst`: the `__private::Instance`, whose writers start the key; `cache`: the cache,
+    /// whose plain writer builds tags (tags are shared by every cache and instantiation).
+    fn tokens(&self, k: &syn::Path, inst: &Ident, cache: &Ident) -> TokenStream {
+        let writer = if self.default_key {
+            quote!(#inst.default_key())
+        } else {
+            quote!(#inst.template_key())
+        };
+        let key = build_string(k, &self.pieces, writer);
         if self.tags.is_empty() {
             return key;
         }
-        let tags = self.tags.iter().map(|t| build_string(t, cache));
+        let tags = self
+            .tags
+            .iter()
+            .map(|t| build_string(k, t, quote!(#cache.key_writer())));
         quote! {
-            ::cache_runtime::Key::new(#key).with_tags(::std::vec![#(#tags),*])
+            #k::Key::new(#key).with_tags(::std::vec![#(#tags),*])
         }
     }
 }

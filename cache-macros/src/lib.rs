@@ -3,15 +3,276 @@
 
 mod duration;
 mod expand;
+mod forward;
 mod options;
 mod signature;
 mod template;
 
 use proc_macro::TokenStream;
 
-/// Caches a function in-process, in Redis, or both, and generates `invalidate_<fn>`,
-/// `populate_<fn>`, `lookup_<fn>`, `refresh_<fn>`, `<fn>_uncached` and `<fn>_cache`.
-/// See the `cache_runtime` crate documentation for the options.
+/// Caches a function in-process, in Redis, or both, and generates the functions that
+/// invalidate, populate, inspect and refresh its entries.
+///
+/// A call looks in the local tier, then in Redis, then runs the body (once per key across
+/// concurrent callers) and stores a cacheable result in every tier. The attribute only
+/// generates glue: the key, the call into `cache_runtime::Cache`, the companions. Every option
+/// is checked at compile time; a wrong one is a compile error at the offending token.
+///
+/// ```
+/// use cache_runtime::cached;
+///
+/// #[cached(ttl = "5m", key = "square:<x>")]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// assert_eq!(square(4), 16); // runs the body
+/// assert_eq!(square(4), 16); // a local hit
+/// assert_eq!(lookup_square(4), Some(16));
+/// invalidate_square(4).unwrap();
+/// assert_eq!(lookup_square(4), None);
+/// assert_eq!(square_cache().stats().body_calls, 1);
+/// ```
+///
+/// # Options
+///
+/// `#[cached(option = value, ...)]`; only `ttl` is required. Durations are seconds (`300`) or
+/// strings: `"250ms"`, `"30s"`, `"5m"`, `"1h"`, `"1d"`.
+///
+/// | option | values | default | meaning |
+/// |---|---|---|---|
+/// | `ttl` | duration | required | Lifetime of an entry (Redis `PX`: millisecond precision). |
+/// | `tier` | `"local"`, `"redis"`, `"local+redis"` | `"local"` | Where values live; `local+redis` reads local first. A Redis tier needs a serde value type. |
+/// | `local_ttl` | duration ≤ `ttl` | `min(ttl, 30s)` | `local+redis` only: lifetime of the local copy (how long another process's write may stay invisible here). |
+/// | `key` | template: `"user:<id>"`, `"<param.field>"`, `"<self.field>"` | the function's path and every key parameter | The entry's key. See [Keys](#keys). |
+/// | `skip(a, b)` | parameter names, `self` | none | Parameters that do not change the result (a pool, a logger). Every other parameter must be in the key. |
+/// | `capacity` | integer ≥ 1 | 10 000 | Maximum local entries. Not with `tier = "redis"`. |
+/// | `max_bytes` | `1048576`, `"512KiB"`, `"64MiB"`, `"1GiB"` | none | Bound the local tier by memory instead of entries (not with `capacity`; needs a serde value). |
+/// | `name` | string | the function's path (`Type::method` for methods) | The cache's name in stats, metrics and logs. |
+/// | `version` | integer | 1 | Schema version of the value type, part of the Redis key and of the value's fingerprint: bump it when the type changes. |
+/// | `cache_none` | `true`/`false`, or bare `cache_none` | `false` | `Option<T>` only: cache `None` too. |
+/// | `none_ttl` | duration | `ttl` | Lifetime of a cached `None`. Needs `cache_none`. |
+/// | `tags` | `["user:<id>", "catalog"]` | none | Tags of each entry (templates, checked like `key`); `cache_runtime::invalidate_tag("user:42")` drops every entry carrying the tag, in every cache and process. |
+/// | `lock` | `true`/`false`, or bare `lock` | `false` | Redis tiers only: on a miss everywhere, one process takes a Redis lease and runs the body; the others wait for its value. |
+/// | `lock_lease` | duration | `"10s"` | The lease. Needs `lock`. |
+/// | `stale` | duration | none | Fail-safe: keep each value this long past its TTL, and serve it when the body returns `Err`, panics or runs past `timeout`. |
+/// | `stale_retry` | duration | `"10s"` | After a failure, serve the stale value without running the body for that key for this long. Needs `stale`. |
+/// | `timeout` | duration | none | `async fn` only: abandon a body still running after this and serve the stale value (when there is one). Needs `stale`. |
+/// | `soft_timeout` | duration | none | `async fn` with owned parameters only; needs `stale`. Past this, return the stale value and let the body finish in the background. |
+/// | `refresh_ahead` | fraction in (0, 1), e.g. `0.8` | none | `async fn` with owned parameters only: a read of an entry older than this fraction of its TTL starts one background refresh and returns the current value. |
+/// | `etag` | `true`/`false`, or bare `etag` | `false` (`true` with Redis) | A strong ETag per entry (see `NAME_entry`); needs a serde value. |
+/// | `purge` | `["/users/<id>"]` | none | Edge (CDN) paths that `invalidate_NAME`, `populate_NAME` and `refresh_NAME` purge through `cache_runtime::edge`; arguments are percent-encoded. |
+/// | `jitter` | fraction in (0, 0.5] | none | Spread each entry's TTL by ± this fraction. |
+/// | `mode` | `"normal"`, `"observe"`, `"bypass"` | `"normal"` | The starting mode (switch at run time with `NAME_cache().set_mode(..)`). |
+/// | `crate` | path string: `"my_app::cache"` | `"::cache_runtime"` | Where the generated code finds the runtime, for a crate that renames or re-exports it (as serde's `#[serde(crate = "...")]`). |
+///
+/// # Generated items
+///
+/// For `#[cached(...)] fn NAME(params) -> R` with cached value type `V` (below), all with the
+/// function's visibility, `async` for an `async fn` and blocking otherwise. "Key params" are
+/// the parameters not in `skip(...)`. In an `impl` block they are associated functions too
+/// (`Self::invalidate_NAME(id)`, `self.lookup_NAME(id)` for a `&self` method, which takes
+/// `&self` first).
+///
+/// | item | what it does |
+/// |---|---|
+/// | `NAME(params) -> R` | The cached function: local → Redis → body (once per key) → store → return. |
+/// | `NAME_entry(params) -> R with V as Entry<V>` | `NAME`, with the value wrapped in a `cache_runtime::Entry` (ETag, creation time, tags, `source()`: local, Redis, body or stale), for HTTP responses: `Entry<T>`, `Result<Entry<T>, E>`, `Option<Entry<T>>`, `Entry<Option<T>>` with `cache_none`. |
+/// | `NAME_uncached(params) -> R` | The original body, without the cache. |
+/// | `invalidate_NAME(key params) -> Result<(), CacheError>` | Removes the entry from every tier (`Err`: Redis did not confirm; the local tier is always cleared). |
+/// | `populate_NAME(key params, value: V) -> Result<(), CacheError>` | Writes `value` into every tier (write-through). The argument is `cached_value` if a parameter is already called `value`. |
+/// | `lookup_NAME(key params) -> Option<V>` | The cached value, without running the body. |
+/// | `refresh_NAME(params) -> R` | Runs the body now and stores a cacheable result in every tier. |
+/// | `NAME_cache() -> &'static Cache<V>` | The cache itself: `name()`, `stats()`, `clear()`, `set_mode(..)`, `redis_key(..)`, ... |
+///
+/// What is cached depends on the return type, recognised by name:
+///
+/// | return type | `V` | cached | returned without caching |
+/// |---|---|---|---|
+/// | `T` | `T` | every value | — |
+/// | `Result<T, E>` (also `io::Result<T>`) | `T` | `Ok(t)` | `Err(e)` |
+/// | `Option<T>` | `T` | `Some(t)` | `None` |
+/// | `Option<T>` with `cache_none` | `Option<T>` | both | — |
+///
+/// `V` must be `Clone + Send + Sync + 'static` (every hit returns a clone: return `Arc<T>` for
+/// large values) and, with a Redis tier, `max_bytes` or `etag`, `Serialize + DeserializeOwned`.
+///
+/// ```
+/// use cache_runtime::cached;
+///
+/// #[cached(ttl = 60, key = "user:<id>")]
+/// fn user_name(id: u64) -> Option<String> {
+///     (id == 1).then(|| "Ada".to_string())
+/// }
+///
+/// assert_eq!(user_name(1).as_deref(), Some("Ada"));
+/// assert_eq!(user_name(2), None); // not cached without `cache_none`
+/// assert_eq!(lookup_user_name(1).as_deref(), Some("Ada"));
+/// populate_user_name(2, "Grace".into()).unwrap();
+/// assert_eq!(user_name(2).as_deref(), Some("Grace"));
+/// assert_eq!(user_name_entry(1).unwrap().source(), cache_runtime::Source::Local);
+/// ```
+///
+/// # Keys
+///
+/// Every parameter is either in the key or listed in `skip(...)`: a parameter left out of a
+/// template would make calls that differ only in it share one entry, so that is a compile
+/// error, not a silent default. Without `key`, the key is the function's path followed by
+/// every key parameter (`self` too, for a method: then `Self` must implement
+/// `cache_runtime::key::KeyPart`). In a template, `<name>` is a parameter (`<type>` and
+/// `<r#type>` both name `r#type`), `<name.field.0>` a field of it, `<self.field>` a field of the
+/// receiver; each placeholder must be followed by a separator (`: / | , ; # = & @ ! ? .`) or
+/// end the template, and values are escaped, so distinct arguments never share a key.
+/// Placeholder types implement `cache_runtime::key::KeyPart` (integers, `bool`, `char`,
+/// strings, `Option`, tuples and sequences do; your own identifier types in one line,
+/// `w.display(&self.0)`).
+///
+/// ```
+/// use cache_runtime::cached;
+///
+/// struct Repo { tenant: u64 }
+///
+/// impl Repo {
+///     #[cached(ttl = 60, key = "tenant:<self.tenant>:user:<id>", skip(verbose))]
+///     fn user(&self, id: u64, verbose: bool) -> String {
+///         if verbose { format!("user {id} of tenant {}", self.tenant) } else { id.to_string() }
+///     }
+/// }
+///
+/// let repo = Repo { tenant: 7 };
+/// assert_eq!(repo.user(1, false), "1");
+/// assert_eq!(repo.user(1, true), "1"); // `verbose` is skipped: the same entry
+/// assert_eq!(repo.lookup_user(1), Some("1".to_string()));
+/// ```
+///
+/// # Signatures
+///
+/// Cached: `fn` and `async fn`; free functions, `&self` methods and associated functions
+/// without `self` in inherent `impl` blocks; lifetime, type and const parameters and `where`
+/// clauses; generic `impl` blocks; `mut` parameters; raw identifiers.
+///
+/// **Generic functions and generic `impl`s get one cache per instantiation**: `Typed::<u8>`
+/// and `Typed::<u64>` never share an entry. The instantiation (its path with type arguments,
+/// e.g. `my_app::Typed<u8>::sized`) is the cache's name (an explicit `name` gets it appended
+/// in brackets) and starts its keys: a template key of an instantiation with type arguments
+/// becomes `my_app::Typed<u8>::sized|typed:1:0`. Type parameters in the key need a `KeyPart`
+/// bound, a type parameter in `V` the value bounds above.
+///
+/// ```
+/// use std::marker::PhantomData;
+/// use cache_runtime::cached;
+///
+/// struct Typed<T>(u64, PhantomData<T>);
+///
+/// impl<T: Send + Sync + 'static> Typed<T> {
+///     #[cached(ttl = 300, key = "typed:<self.0>:<x>")]
+///     fn sized(&self, x: usize) -> usize {
+///         std::mem::size_of::<T>() + x
+///     }
+///
+///     #[cached(ttl = 300, key = "count:<id>")]
+///     fn count(id: u64) -> u64 {
+///         id * std::mem::size_of::<T>() as u64
+///     }
+///
+///     fn reset(id: u64) {
+///         Self::invalidate_count(id).unwrap();
+///     }
+/// }
+///
+/// assert_eq!(Typed::<u8>(1, PhantomData).sized(0), 1);
+/// assert_eq!(Typed::<u64>(1, PhantomData).sized(0), 8);
+/// assert_eq!(Typed::<u64>::count(2), 16);
+/// Typed::<u64>::reset(2);
+/// assert_eq!(Typed::<u64>::lookup_count(2), None);
+/// assert!(Typed::<u8>::sized_cache().name().ends_with("Typed<u8>::sized"));
+/// ```
+///
+/// Refused with an explanation at the offending token: `&mut self`, `self` by value,
+/// `&mut` parameters (a hit would skip the mutation), `impl Trait` parameters or return
+/// types, returning `()` or a reference, `const`, `unsafe` and `extern` functions, and
+/// parameter patterns (`(a, b): (u8, u8)`, `_`: name the parameter and `skip` it).
+///
+/// **Methods of trait impls** cannot be cached: the companions (`invalidate_NAME`, ...) cannot
+/// be members of the trait, and rustc reports each of them (`E0407 method ... is not a member
+/// of trait`). Cache an inherent or free function and call it from the trait method:
+///
+/// ```
+/// use cache_runtime::cached;
+///
+/// trait Load { fn load(&self, id: u64) -> u64; }
+/// struct Repo;
+///
+/// impl Repo {
+///     #[cached(ttl = 60, skip(self))]
+///     fn load_cached(&self, id: u64) -> u64 { id * 2 }
+/// }
+///
+/// impl Load for Repo {
+///     fn load(&self, id: u64) -> u64 { self.load_cached(id) }
+/// }
+///
+/// assert_eq!(Repo.load(2), 4);
+/// assert_eq!(Repo.lookup_load_cached(2), Some(4));
+/// ```
+///
+/// A function without `self` may be a free function or an associated one, and no path names
+/// it in both places; so the generated functions never call each other by path: each finds
+/// the cache of its instantiation itself, and for a function without `self`, `NAME`,
+/// `NAME_entry` and `refresh_NAME` contain a copy of the body (`NAME_uncached` is the
+/// original). Keep long bodies in a helper function.
+///
+/// # Attributes
+///
+/// Other attributes on the cached function go where they belong:
+///
+/// | attribute | `NAME` | `NAME_uncached` | `NAME_entry` | `refresh_NAME` | `invalidate_`/`populate_`/`lookup_NAME`, `NAME_cache` |
+/// |---|---|---|---|---|---|
+/// | `///` docs, `#[doc = ...]`, `#[doc(alias)]` | ✓ | generated | generated | generated | generated |
+/// | `#[doc(hidden)]` | ✓ | ✓ | ✓ | ✓ | ✓ |
+/// | `#[cfg(...)]` | ✓ | ✓ | ✓ | ✓ | ✓ |
+/// | `#[allow(...)]` (any lint, `clippy::` too) | ✓ | ✓ | ✓ | ✓ | ✓ |
+/// | `#[expect(...)]` | as `allow` | ✓ (checked here, once) | as `allow` | as `allow` | as `allow` |
+/// | `#[warn]`, `#[deny]`, `#[forbid]` | | ✓ | | | |
+/// | `#[deprecated]` | ✓ | ✓ | ✓ | ✓ | ✓ |
+/// | `#[must_use]` | ✓ | ✓ | ✓ | | |
+/// | `#[inline]`, `#[cold]`, `#[track_caller]` | ✓ | ✓ | | | |
+/// | any other (`#[tracing::instrument]`, ...) | | ✓ | | | |
+///
+/// `#[cfg_attr(pred, a, b)]` is read as `a` and `b`, each kept under `pred`. A deprecated
+/// cached function warns its callers, not its own definition (the generated
+/// functions allow `deprecated`).
+///
+/// Attribute macros see what is below them. To trace every run of the body (misses and
+/// refreshes, not hits), put `#[tracing::instrument]` *above* `#[cached]`: it instruments the
+/// body before `#[cached]` copies it. Below `#[cached]` it lands on `NAME_uncached`, which a
+/// `&self` method calls on every miss but a function without `self` does not (it runs its
+/// own copy of the body).
+///
+/// ```
+/// #![deny(warnings)]
+/// use cache_runtime::cached;
+///
+/// /// Total price in cents.
+/// #[must_use]
+/// #[allow(clippy::too_many_arguments, non_snake_case)]
+/// #[cached(ttl = 60)]
+/// pub fn priceOf(a: u8, b: u8, c: u8, d: u8, e: u8, f: u8, g: u8, mut h: u8) -> u32 {
+///     h += 1;
+///     [a, b, c, d, e, f, g, h].iter().map(|&x| u32::from(x)).sum()
+/// }
+///
+/// assert_eq!(priceOf(1, 1, 1, 1, 1, 1, 1, 0), 8);
+/// assert_eq!(lookup_priceOf(1, 1, 1, 1, 1, 1, 1, 0), Some(8));
+/// ```
+///
+/// # Coming from the `cached` crate
+///
+/// `time` (`ttl_secs`) is `ttl`, `size` (`max_size`) is `capacity`, `convert` is a `key`
+/// template, `result`/`option` are not needed (`Ok`/`Some` are cached by return type),
+/// `sync_writes` is always on, expiry is never restarted by a hit (`time_refresh`),
+/// `NAME_no_cache` is `NAME_uncached`, `NAME_prime_cache` is `refresh_NAME`. The README's
+/// "Migrating from the `cached` crate" has the full mapping.
 #[proc_macro_attribute]
 pub fn cached(attr: TokenStream, item: TokenStream) -> TokenStream {
     let item2: proc_macro2::TokenStream = item.clone().into();
@@ -34,4 +295,22 @@ pub fn cached(attr: TokenStream, item: TokenStream) -> TokenStream {
             out.into()
         }
     }
+}
+
+/// The key separators as an array literal, `&[':', '/', ...]`, for
+/// `cache_runtime::key::SEPARATORS`: one definition shared by the runtime's key encoding
+/// and the macro's template check. Not a public API.
+#[doc(hidden)]
+#[proc_macro]
+pub fn __key_separators(input: TokenStream) -> TokenStream {
+    if !input.is_empty() {
+        return syn::Error::new(
+            proc_macro2::Span::call_site(),
+            "`__key_separators!` takes no input",
+        )
+        .to_compile_error()
+        .into();
+    }
+    let chars = template::SEPARATORS;
+    quote::quote!(&[#(#chars),*]).into()
 }

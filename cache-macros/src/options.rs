@@ -1,7 +1,12 @@
 //! The attribute's options, parsed and checked with spans.
+//!
+//! Each option is defined once, in the [`options!`] table below: its name, the field that
+//! holds its raw value, how the value is parsed, and what it expects (for the error message).
+//! [`Raw::finish`] then checks the combinations.
 
 use proc_macro2::{Span, TokenStream};
 use syn::meta::ParseNestedMeta;
+use syn::spanned::Spanned;
 use syn::{Error, Ident, Lit, LitBool, LitInt, LitStr};
 
 use crate::duration;
@@ -15,7 +20,6 @@ pub enum Tier {
 
 pub struct Options {
     pub tier: Tier,
-    pub tier_span: Span,
     pub ttl_ms: u64,
     pub local_ttl_ms: Option<u64>,
     pub key: Option<LitStr>,
@@ -44,6 +48,8 @@ pub struct Options {
     pub soft_timeout: Option<(u64, Span)>,
     /// `refresh_ahead = 0.8`, checked to be in (0, 1).
     pub refresh_ahead: Option<syn::LitFloat>,
+    /// `crate = "path"`: the path of the runtime crate (default `::cache_runtime`).
+    pub krate: syn::Path,
 }
 
 /// The fail-safe options, in milliseconds.
@@ -55,216 +61,229 @@ pub struct FailSafe {
     pub timeout: Option<(u64, Span)>,
 }
 
-const KNOWN: &[&str] = &[
-    "tier",
-    "ttl",
-    "local_ttl",
-    "key",
-    "skip",
-    "capacity",
-    "name",
-    "version",
-    "cache_none",
-    "none_ttl",
-    "tags",
-    "lock",
-    "lock_lease",
-    "mode",
-    "jitter",
-    "stale",
-    "stale_retry",
-    "timeout",
-    "max_bytes",
-    "purge",
-    "etag",
-    "soft_timeout",
-    "refresh_ahead",
-];
+const DURATION: &str = "seconds (`300`) or a duration string (`\"5m\"`)";
+const BOOL: &str = "`true` or `false`";
 
-#[derive(Default)]
-struct Raw {
-    seen: Vec<String>,
-    tier: Option<LitStr>,
-    ttl: Option<Lit>,
-    local_ttl: Option<Lit>,
-    key: Option<LitStr>,
-    skip: Option<Vec<Ident>>,
-    capacity: Option<LitInt>,
-    name: Option<LitStr>,
-    version: Option<LitInt>,
-    cache_none: Option<LitBool>,
-    none_ttl: Option<Lit>,
-    tags: Option<Vec<LitStr>>,
-    lock: Option<LitBool>,
-    lock_lease: Option<Lit>,
-    mode: Option<LitStr>,
-    jitter: Option<syn::LitFloat>,
-    stale: Option<Lit>,
-    stale_retry: Option<Lit>,
-    timeout: Option<Lit>,
-    max_bytes: Option<Lit>,
-    purge: Option<Vec<LitStr>>,
-    etag: Option<LitBool>,
-    soft_timeout: Option<Lit>,
-    refresh_ahead: Option<syn::LitFloat>,
+/// `options! { field: Type = "name" by parser, "what it expects"; ... }` defines [`KNOWN`],
+/// the [`Raw`] struct (one `Option` per option) and [`Raw::set`].
+macro_rules! options {
+    ($($field:ident: $ty:ty = $name:literal by $parse:ident, $expected:expr;)*) => {
+        /// Every option name, in the order of the reference.
+        const KNOWN: &[&str] = &[$($name),*];
+
+        #[derive(Default)]
+        struct Raw {
+            $($field: Option<$ty>,)*
+        }
+
+        impl Raw {
+            /// Parses the value of option `name` (known, seen once) into its field.
+            fn set(&mut self, name: &str, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+                match name {
+                    $($name => self.$field = Some($parse(meta, $name, $expected)?),)*
+                    _ => unreachable!("checked against KNOWN"),
+                }
+                Ok(())
+            }
+        }
+    };
+}
+
+options! {
+    tier: LitStr = "tier" by value, "a string: \"local\", \"redis\" or \"local+redis\"";
+    ttl: Lit = "ttl" by value, DURATION;
+    local_ttl: Lit = "local_ttl" by value, DURATION;
+    key: LitStr = "key" by value, "a string template, e.g. \"user:<id>\"";
+    skip: Vec<Ident> = "skip" by skip_list, "";
+    capacity: LitInt = "capacity" by value, "an integer (max local entries)";
+    name: LitStr = "name" by value, "a string";
+    version: LitInt = "version" by value, "an integer (schema version of the value type)";
+    cache_none: LitBool = "cache_none" by flag, BOOL;
+    none_ttl: Lit = "none_ttl" by value, DURATION;
+    tags: Vec<LitStr> = "tags" by tag_list, "a list of string templates, e.g. `[\"user:<id>\"]`";
+    lock: LitBool = "lock" by flag, BOOL;
+    lock_lease: Lit = "lock_lease" by value, DURATION;
+    mode: LitStr = "mode" by value, "a string: \"normal\", \"observe\" or \"bypass\"";
+    jitter: syn::LitFloat = "jitter" by value, "a fraction of the TTL, e.g. `0.1` for ±10 %";
+    stale: Lit = "stale" by value, DURATION;
+    stale_retry: Lit = "stale_retry" by value, DURATION;
+    timeout: Lit = "timeout" by value, DURATION;
+    max_bytes: Lit = "max_bytes" by value, "bytes (`1048576`) or a size string (`\"64MiB\"`)";
+    purge: Vec<LitStr> = "purge" by purge_list, "a list of URL path templates, e.g. `[\"/users/<id>\"]`";
+    etag: LitBool = "etag" by flag, BOOL;
+    soft_timeout: Lit = "soft_timeout" by value, DURATION;
+    refresh_ahead: syn::LitFloat = "refresh_ahead" by value, "a fraction of the TTL, e.g. `0.8`";
+    krate: LitStr = "crate" by value, "a string naming the runtime crate's path, e.g. `crate = \"my_app::cache\"`";
 }
 
 pub fn parse(attr: TokenStream) -> syn::Result<Options> {
     let mut raw = Raw::default();
-    let parser = syn::meta::parser(|meta| raw.option(meta));
+    let mut seen: Vec<String> = Vec::new();
+    let parser = syn::meta::parser(|meta| {
+        let name = option_name(&meta)?;
+        if seen.contains(&name) {
+            return Err(meta.error(format!("duplicate option `{name}`: it may appear once")));
+        }
+        raw.set(&name, &meta)?;
+        seen.push(name);
+        Ok(())
+    });
     syn::parse::Parser::parse2(parser, attr.clone())?;
     raw.finish(&attr)
 }
 
-impl Raw {
-    fn option(&mut self, meta: ParseNestedMeta<'_>) -> syn::Result<()> {
-        let Some(ident) = meta.path.get_ident() else {
-            return Err(meta.error(unknown_msg("this path")));
-        };
-        let name = ident.to_string();
-        if !KNOWN.contains(&name.as_str()) {
-            return Err(Error::new(ident.span(), unknown_msg(&format!("`{name}`"))));
-        }
-        if self.seen.contains(&name) {
-            return Err(Error::new(
-                ident.span(),
-                format!("duplicate option `{name}`: it may appear once"),
-            ));
-        }
-        self.seen.push(name.clone());
-        match name.as_str() {
-            "tier" => self.tier = Some(value(&meta, &name)?),
-            "ttl" => self.ttl = Some(value(&meta, &name)?),
-            "local_ttl" => self.local_ttl = Some(value(&meta, &name)?),
-            "none_ttl" => self.none_ttl = Some(value(&meta, &name)?),
-            "key" => self.key = Some(value(&meta, &name)?),
-            "name" => self.name = Some(value(&meta, &name)?),
-            "capacity" => self.capacity = Some(value(&meta, &name)?),
-            "version" => self.version = Some(value(&meta, &name)?),
-            "cache_none" => {
-                self.cache_none = Some(if meta.input.peek(syn::Token![=]) {
-                    value(&meta, &name)?
-                } else {
-                    LitBool::new(true, ident.span())
-                })
-            }
-            "lock" => {
-                self.lock = Some(if meta.input.peek(syn::Token![=]) {
-                    value(&meta, &name)?
-                } else {
-                    LitBool::new(true, ident.span())
-                })
-            }
-            "etag" => {
-                self.etag = Some(if meta.input.peek(syn::Token![=]) {
-                    value(&meta, &name)?
-                } else {
-                    LitBool::new(true, ident.span())
-                })
-            }
-            "purge" => {
-                let array: syn::ExprArray = value(&meta, &name)?;
-                let mut paths = Vec::new();
-                for elem in array.elems {
-                    match elem {
-                        syn::Expr::Lit(syn::ExprLit {
-                            lit: Lit::Str(s), ..
-                        }) => {
-                            let v = s.value();
-                            if !v.starts_with('/') || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                                return Err(Error::new(
-                                    s.span(),
-                                    "each purge path is an absolute URL path template without spaces, e.g. \"/users/<id>\"",
-                                ));
-                            }
-                            paths.push(s)
-                        }
-                        other => {
-                            return Err(Error::new(
-                                syn::spanned::Spanned::span(&other),
-                                "each purge path is a string template, e.g. `purge = [\"/users/<id>\"]`",
-                            ))
-                        }
-                    }
-                }
-                if paths.is_empty() {
-                    return Err(meta.error(
-                        "`purge` needs at least one path, e.g. `purge = [\"/users/<id>\"]`",
-                    ));
-                }
-                self.purge = Some(paths);
-            }
-            "lock_lease" => self.lock_lease = Some(value(&meta, &name)?),
-            "mode" => self.mode = Some(value(&meta, &name)?),
-            "jitter" => self.jitter = Some(value(&meta, &name)?),
-            "stale" => self.stale = Some(value(&meta, &name)?),
-            "stale_retry" => self.stale_retry = Some(value(&meta, &name)?),
-            "timeout" => self.timeout = Some(value(&meta, &name)?),
-            "max_bytes" => self.max_bytes = Some(value(&meta, &name)?),
-            "soft_timeout" => self.soft_timeout = Some(value(&meta, &name)?),
-            "refresh_ahead" => self.refresh_ahead = Some(value(&meta, &name)?),
-            "tags" => {
-                let array: syn::ExprArray = value(&meta, &name)?;
-                let mut tags = Vec::new();
-                for elem in array.elems {
-                    match elem {
-                        syn::Expr::Lit(syn::ExprLit {
-                            lit: Lit::Str(s), ..
-                        }) if !s.value().is_empty() => tags.push(s),
-                        other => {
-                            return Err(Error::new(
-                                syn::spanned::Spanned::span(&other),
-                                "each tag is a non-empty string template, e.g. `tags = [\"user:<id>\", \"catalog\"]`",
-                            ))
-                        }
-                    }
-                }
-                self.tags = Some(tags);
-            }
-            "skip" => {
-                if !meta.input.peek(syn::token::Paren) {
-                    return Err(meta.error(
-                        "`skip` takes a list of parameter names in parentheses: `skip(pool, ctx)`",
-                    ));
-                }
-                let mut list = Vec::new();
-                meta.parse_nested_meta(|inner| {
-                    let Some(id) = inner.path.get_ident() else {
-                        return Err(inner.error("expected a parameter name"));
-                    };
-                    if list.iter().any(|x: &Ident| x == id) {
-                        return Err(Error::new(id.span(), format!("`{id}` is skipped twice")));
-                    }
-                    list.push(id.clone());
-                    Ok(())
-                })?;
-                self.skip = Some(list);
-            }
-            _ => unreachable!("checked against KNOWN"),
-        }
-        Ok(())
+/// The option's name, checked to be one of [`KNOWN`] (with a hint for the `cached` crate's
+/// option names).
+fn option_name(meta: &ParseNestedMeta<'_>) -> syn::Result<String> {
+    let Some(ident) = meta.path.get_ident() else {
+        return Err(meta.error(unknown_msg("this path")));
+    };
+    let name = syn::ext::IdentExt::unraw(ident).to_string();
+    if KNOWN.contains(&name.as_str()) {
+        return Ok(name);
     }
+    let hint = match name.as_str() {
+        "time" => " (the `cached` crate's `time` is `ttl` here)",
+        "ttl_secs" => " (the `cached` crate's `ttl_secs` is `ttl` here)",
+        "size" | "max_size" => " (the `cached` crate's `size`/`max_size` is `capacity` here)",
+        "result" | "option" => {
+            " (`Result` and `Option` return types are recognised without an option: `Ok` and `Some` are cached)"
+        }
+        "convert" => " (the `cached` crate's `convert` is a `key` template here, e.g. `key = \"user:<id>\"`)",
+        "sync_writes" => " (concurrent misses of one key always run the body once here)",
+        "time_refresh" | "refresh" => {
+            " (expiry is absolute here, so every process and Redis agree; `refresh_ahead` keeps hot entries fresh)"
+        }
+        "with_cached_flag" => " (`NAME_entry` returns the value with its `source()`)",
+        "result_fallback" => " (see `stale`)",
+        "ty" | "create" | "unbound" => " (the cache type is built from the options here)",
+        _ => "",
+    };
+    Err(Error::new(
+        ident.span(),
+        format!("{}{hint}", unknown_msg(&format!("`{name}`"))),
+    ))
+}
 
+/// `name = value`, with an error naming what the option expects.
+fn value<T: syn::parse::Parse>(
+    meta: &ParseNestedMeta<'_>,
+    name: &str,
+    expected: &str,
+) -> syn::Result<T> {
+    let input = meta
+        .value()
+        .map_err(|_| meta.error(format!("`{name}` needs a value: `{name} = ...`")))?;
+    let fork = input.fork();
+    input.parse::<T>().map_err(|_| {
+        let span = fork
+            .parse::<proc_macro2::TokenTree>()
+            .map(|t| t.span())
+            .unwrap_or_else(|_| fork.span());
+        Error::new(span, format!("`{name}` expects {expected}"))
+    })
+}
+
+/// `name = true | false`, or the bare `name` for `true`.
+fn flag(meta: &ParseNestedMeta<'_>, name: &str, expected: &str) -> syn::Result<LitBool> {
+    if meta.input.peek(syn::Token![=]) {
+        value(meta, name, expected)
+    } else {
+        Ok(LitBool::new(true, meta.path.span()))
+    }
+}
+
+/// `skip(a, b)`.
+fn skip_list(meta: &ParseNestedMeta<'_>, _: &str, _: &str) -> syn::Result<Vec<Ident>> {
+    if !meta.input.peek(syn::token::Paren) {
+        return Err(
+            meta.error("`skip` takes a list of parameter names in parentheses: `skip(pool, ctx)`")
+        );
+    }
+    let mut list: Vec<Ident> = Vec::new();
+    meta.parse_nested_meta(|inner| {
+        let id = match inner.path.get_ident() {
+            Some(id) => id.clone(),
+            None if inner.path.is_ident("self") => Ident::new("self", inner.path.span()),
+            None => return Err(inner.error("expected a parameter name")),
+        };
+        if list.iter().any(|x| x == &id) {
+            return Err(Error::new(id.span(), format!("`{id}` is skipped twice")));
+        }
+        list.push(id);
+        Ok(())
+    })?;
+    Ok(list)
+}
+
+/// `tags = ["user:<id>", "catalog"]`.
+fn tag_list(meta: &ParseNestedMeta<'_>, name: &str, expected: &str) -> syn::Result<Vec<LitStr>> {
+    let array: syn::ExprArray = value(meta, name, expected)?;
+    array
+        .elems
+        .into_iter()
+        .map(|elem| match elem {
+            syn::Expr::Lit(syn::ExprLit {
+                lit: Lit::Str(s), ..
+            }) if !s.value().is_empty() => Ok(s),
+            other => Err(Error::new(
+                syn::spanned::Spanned::span(&other),
+                "each tag is a non-empty string template, e.g. `tags = [\"user:<id>\", \"catalog\"]`",
+            )),
+        })
+        .collect()
+}
+
+/// `purge = ["/users/<id>"]`.
+fn purge_list(meta: &ParseNestedMeta<'_>, name: &str, expected: &str) -> syn::Result<Vec<LitStr>> {
+    let array: syn::ExprArray = value(meta, name, expected)?;
+    let mut paths = Vec::new();
+    for elem in array.elems {
+        match elem {
+            syn::Expr::Lit(syn::ExprLit {
+                lit: Lit::Str(s), ..
+            }) => {
+                let v = s.value();
+                if !v.starts_with('/') || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(Error::new(
+                        s.span(),
+                        "each purge path is an absolute URL path template without spaces, e.g. \"/users/<id>\"",
+                    ));
+                }
+                paths.push(s)
+            }
+            other => {
+                return Err(Error::new(
+                    syn::spanned::Spanned::span(&other),
+                    "each purge path is a string template, e.g. `purge = [\"/users/<id>\"]`",
+                ))
+            }
+        }
+    }
+    if paths.is_empty() {
+        return Err(meta.error("`purge` needs at least one path, e.g. `purge = [\"/users/<id>\"]`"));
+    }
+    Ok(paths)
+}
+
+impl Raw {
     /// `attr`: the option list, for errors about a missing option.
     fn finish(self, attr: &TokenStream) -> syn::Result<Options> {
-        let (tier, tier_span) = match &self.tier {
-            None => (Tier::Local, Span::call_site()),
-            Some(s) => (
-                match s.value().as_str() {
-                    "local" => Tier::Local,
-                    "redis" => Tier::Redis,
-                    "local+redis" => Tier::LocalRedis,
-                    other => {
-                        return Err(Error::new(
-                            s.span(),
-                            format!(
-                                "unknown tier `{other}`; expected \"local\", \"redis\" or \"local+redis\""
-                            ),
-                        ))
-                    }
-                },
-                s.span(),
-            ),
+        let tier = match &self.tier {
+            None => Tier::Local,
+            Some(s) => match s.value().as_str() {
+                "local" => Tier::Local,
+                "redis" => Tier::Redis,
+                "local+redis" => Tier::LocalRedis,
+                other => {
+                    return Err(Error::new(
+                        s.span(),
+                        format!(
+                        "unknown tier `{other}`; expected \"local\", \"redis\" or \"local+redis\""
+                    ),
+                    ))
+                }
+            },
         };
         let ttl = self.ttl.as_ref().ok_or_else(|| {
             let msg = "missing `ttl`: every cache needs a time to live, e.g. `ttl = 300` (seconds) or `ttl = \"5m\"`";
@@ -451,7 +470,20 @@ impl Raw {
                 ));
             }
         }
+        let krate = match &self.krate {
+            None => syn::parse_quote!(::cache_runtime),
+            Some(lit) => lit.parse::<syn::Path>().map_err(|_| {
+                Error::new(
+                    lit.span(),
+                    format!(
+                        "`crate` expects the path of the runtime crate, e.g. `crate = \"my_app::cache\"`; `{}` is not a path",
+                        lit.value()
+                    ),
+                )
+            })?,
+        };
         Ok(Options {
+            krate,
             soft_timeout,
             refresh_ahead: self.refresh_ahead,
             purge: self.purge.unwrap_or_default(),
@@ -463,7 +495,6 @@ impl Raw {
             tags: self.tags.unwrap_or_default(),
             lock_lease_ms,
             tier,
-            tier_span,
             ttl_ms,
             local_ttl_ms,
             key: self.key,
@@ -517,35 +548,4 @@ fn unknown_msg(what: &str) -> String {
         "unknown option {what}; expected one of: {}",
         KNOWN.join(", ")
     )
-}
-
-fn value<T: syn::parse::Parse>(meta: &ParseNestedMeta<'_>, name: &str) -> syn::Result<T> {
-    let input = meta
-        .value()
-        .map_err(|_| meta.error(format!("`{name}` needs a value: `{name} = ...`")))?;
-    let fork = input.fork();
-    match input.parse::<T>() {
-        Ok(v) => Ok(v),
-        Err(_) => {
-            let expected = match name {
-                "tier" => "a string: \"local\", \"redis\" or \"local+redis\"",
-                "key" => "a string template, e.g. \"user:<id>\"",
-                "name" => "a string",
-                "mode" => "a string: \"normal\", \"observe\" or \"bypass\"",
-                "jitter" => "a fraction of the TTL, e.g. `0.1` for ±10 %",
-                "refresh_ahead" => "a fraction of the TTL, e.g. `0.8`",
-                "capacity" => "an integer (max local entries)",
-                "version" => "an integer (schema version of the value type)",
-                "cache_none" | "lock" | "etag" => "`true` or `false`",
-                "purge" => "a list of URL path templates, e.g. `[\"/users/<id>\"]`",
-                "tags" => "a list of string templates, e.g. `[\"user:<id>\"]`",
-                _ => "seconds (`300`) or a duration string (`\"5m\"`)",
-            };
-            let span = fork
-                .parse::<proc_macro2::TokenTree>()
-                .map(|t| t.span())
-                .unwrap_or_else(|_| fork.span());
-            Err(Error::new(span, format!("`{name}` expects {expected}")))
-        }
-    }
 }

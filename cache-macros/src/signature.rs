@@ -2,10 +2,7 @@
 
 use proc_macro2::Span;
 use syn::visit::Visit;
-use syn::{
-    Error, FnArg, GenericArgument, GenericParam, Ident, ItemFn, Pat, PathArguments, ReturnType,
-    Type,
-};
+use syn::{Error, FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Type};
 
 pub struct Param {
     pub ident: Ident,
@@ -54,35 +51,8 @@ pub fn analyze(f: &ItemFn, cache_none: Option<Span>) -> syn::Result<Analyzed> {
     if let Some(v) = &sig.variadic {
         return Err(Error::new_spanned(v, "variadic functions cannot be cached"));
     }
-    for p in &sig.generics.params {
-        match p {
-            GenericParam::Lifetime(_) => {}
-            GenericParam::Type(t) => {
-                return Err(Error::new(
-                    t.ident.span(),
-                    format!(
-                        "generic functions cannot be cached: the cache is one static with one value type, \
-                         and `{}` would need one per instantiation; write a non-generic wrapper that \
-                         calls this function with concrete types and cache that",
-                        t.ident
-                    ),
-                ))
-            }
-            GenericParam::Const(c) => {
-                return Err(Error::new(
-                    c.ident.span(),
-                    "const-generic functions cannot be cached: write a non-generic wrapper and cache that",
-                ))
-            }
-        }
-    }
-    if let Some(w) = &sig.generics.where_clause {
-        return Err(Error::new_spanned(
-            w,
-            "cached functions cannot have a `where` clause (they cannot be generic); remove it, \
-             or cache a wrapper function that has none",
-        ));
-    }
+    // Generic functions (and functions of a generic `impl`) are fine: each instantiation
+    // gets its own cache (see `cache_runtime::__private::instance`).
 
     let mut receiver = None;
     let mut params = Vec::new();
@@ -116,10 +86,19 @@ pub fn analyze(f: &ItemFn, cache_none: Option<Span>) -> syn::Result<Analyzed> {
                         Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none() => {
                             pi.ident.clone()
                         }
-                        other => return Err(Error::new_spanned(
-                            other,
-                            "cached functions need plain parameter names (`id: u64`), not patterns",
+                        Pat::Wild(w) => return Err(Error::new_spanned(
+                            w,
+                            "cached functions need a name for every parameter (the key is built \
+                             from them): name it, e.g. `_pool: &Pool`, and list it in \
+                             `skip(_pool)` if it does not affect the result",
                         )),
+                        other => {
+                            return Err(Error::new_spanned(
+                                other,
+                                "cached functions need plain parameter names (`id: u64`), not \
+                             patterns; destructure inside the body",
+                            ))
+                        }
                     };
                 check_param_type(&pt.ty)?;
                 params.push(Param {
@@ -207,8 +186,9 @@ impl<'ast> Visit<'ast> for Finder<'_> {
                 if self.ret {
                     "a cached function cannot return `impl Trait`: the cache must name the value type"
                 } else {
-                    "`impl Trait` parameters make the function generic, and generic functions cannot be \
-                     cached; take a concrete type (e.g. `&str` instead of `impl AsRef<str>`)"
+                    "`impl Trait` parameters cannot be cached: the key needs a type that implements \
+                     `KeyPart`; name a type parameter (`fn f<T: KeyPart>(x: T)`) or take a concrete \
+                     type (e.g. `&str` instead of `impl AsRef<str>`)"
                 },
             ));
         }
@@ -231,17 +211,6 @@ impl<'ast> Visit<'ast> for Finder<'_> {
             }
         }
         syn::visit::visit_type_reference(self, i);
-    }
-
-    fn visit_path_segment(&mut self, i: &'ast syn::PathSegment) {
-        if self.ret && self.found.is_none() && i.ident == "Self" {
-            self.found = Some(Error::new(
-                i.ident.span(),
-                "write the concrete type instead of `Self` in a cached method's return type \
-                 (the cache is a static, which cannot name `Self`)",
-            ));
-        }
-        syn::visit::visit_path_segment(self, i);
     }
 
     fn visit_type_bare_fn(&mut self, i: &'ast syn::TypeBareFn) {

@@ -2,8 +2,9 @@
 
 use syn::{Error, LitStr};
 
-/// Must equal `cache_runtime::key::SEPARATORS`: interpolated values never contain these
-/// unescaped, so a placeholder followed by one of them (or by the end) is unambiguous.
+/// The one definition of the key separators: `cache_runtime::key::SEPARATORS` is this list,
+/// through [`__key_separators!`](crate::__key_separators). Interpolated values never contain
+/// these unescaped, so a placeholder followed by one of them (or by the end) is unambiguous.
 pub const SEPARATORS: &[char] = &[':', '/', '|', ',', ';', '#', '=', '&', '@', '!', '?', '.'];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -68,9 +69,10 @@ pub fn parse(lit: &LitStr) -> syn::Result<Vec<Segment>> {
                         )));
                     }
                 }
+                let unraw = |n: &str| n.strip_prefix("r#").unwrap_or(n).to_string();
                 segments.push(Segment::Placeholder {
-                    root: root.to_string(),
-                    fields,
+                    root: unraw(root),
+                    fields: fields.iter().map(|f| unraw(f)).collect(),
                 });
                 rest = &rest[c + 1..];
                 if let Some(next) = rest.chars().next() {
@@ -93,6 +95,8 @@ fn is_ident_or_index(s: &str) -> bool {
     let mut chars = s.chars();
     match chars.next() {
         Some(c) if c.is_ascii_digit() => s.chars().all(|c| c.is_ascii_digit()),
+        // `r#type`: a raw identifier names the same parameter or field as `type`.
+        Some('r') if s.starts_with("r#") && s.len() > 2 => is_ident_or_index(&s[2..]),
         Some(c) if c == '_' || c.is_alphabetic() => chars.all(|c| c == '_' || c.is_alphanumeric()),
         _ => false,
     }
@@ -123,6 +127,15 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn raw_identifiers_name_the_plain_name() {
+        assert_eq!(
+            p("<r#type>:<self.r#loop>").unwrap(),
+            p("<type>:<self.loop>").unwrap()
+        );
+        assert!(p("<r#>").is_err());
     }
 
     #[test]

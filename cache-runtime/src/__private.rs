@@ -2,7 +2,12 @@
 #![doc(hidden)]
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::sync::{Mutex, OnceLock, RwLock};
+
+use crate::key::KeyWriter;
+use crate::Cache;
 
 pub use crate::shape::{OkOnly, Plain, SomeOnly, SomeOrNone};
 
@@ -66,6 +71,48 @@ impl<V> CheckValueFailed<V> for &Check<V> {
     }
 }
 
+/// Where a generated function asks for its instance (see [`instance`]).
+pub struct Caller {
+    pub slot: &'static Slot,
+    pub here: &'static str,
+    pub generated: &'static str,
+    pub cached: &'static str,
+    pub site: &'static str,
+}
+
+/// `(&Check::<V>::new()).instance(caller, build)`: [`instance`] when `V: CacheValue`, else
+/// one error at the value type's span (as [`CheckValue`]).
+pub trait CheckInstance<V> {
+    fn instance<B: FnOnce(&InstanceInfo<'_>) -> Cache<V>>(
+        &self,
+        caller: Caller,
+        build: B,
+    ) -> &'static Instance<V>;
+}
+impl<V: CacheValue> CheckInstance<V> for Check<V> {
+    fn instance<B: FnOnce(&InstanceInfo<'_>) -> Cache<V>>(
+        &self,
+        caller: Caller,
+        build: B,
+    ) -> &'static Instance<V> {
+        instance(caller, build)
+    }
+}
+
+pub trait CheckInstanceFailed<V> {
+    fn instance<B, U>(&self, caller: Caller, build: B) -> U
+    where
+        V: CacheValue;
+}
+impl<V> CheckInstanceFailed<V> for &Check<V> {
+    fn instance<B, U>(&self, _caller: Caller, _build: B) -> U
+    where
+        V: CacheValue,
+    {
+        unreachable!("`CheckInstance` is selected whenever `V: CacheValue`")
+    }
+}
+
 pub trait CheckRedis {
     fn redis<T>(&self, t: T) -> T;
 }
@@ -88,9 +135,6 @@ impl<V> CheckRedisFailed<V> for &Check<V> {
         unreachable!("`CheckRedis` is selected whenever `V: RedisValue`")
     }
 }
-
-pub const fn assert_cache_value<T: CacheValue>() {}
-pub const fn assert_redis_value<T: RedisValue>() {}
 
 /// Autoref specialisation: `(&Probe(&e)).share()` boxes a clone when `E: Clone + Send`,
 /// and returns `None` otherwise.
@@ -175,18 +219,18 @@ mod tests {
     }
 }
 
+/// Everything but RFC 3986's unreserved characters (`A-Z a-z 0-9 - . _ ~`).
+const PATH_ARG: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Appends `value` (its `Display` form) to a purge path, percent-encoding every byte except
 /// RFC 3986's unreserved characters, so an argument can never add a segment or a query.
 pub fn push_path_arg(out: &mut String, value: &dyn std::fmt::Display) {
-    use std::fmt::Write;
     let text = value.to_string();
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
+    out.extend(percent_encoding::utf8_percent_encode(&text, PATH_ARG));
 }
 
 #[cfg(test)]
@@ -199,5 +243,273 @@ mod path_tests {
         let mut q = String::from("/n/");
         super::push_path_arg(&mut q, &42u64);
         assert_eq!(q, "/n/42");
+    }
+}
+
+/// One cached function as one instantiation of it sees it: its cache and the path that
+/// tells it apart from the function's other instantiations (type arguments included).
+///
+/// A generic `impl` or a generic function has one instance per instantiation: a `static`
+/// inside a generic function would be shared by all of them, so the caches live in a
+/// process-wide registry keyed by the call site and this path.
+pub struct Instance<V> {
+    pub cache: Cache<V>,
+    /// `crate::Typed<u8>::sized_by_id`, `crate::convert<u64>`, `crate::square`.
+    path: String,
+    /// Whether `path` has type or const arguments (lifetimes do not count).
+    generic: bool,
+}
+
+impl<V> Instance<V> {
+    /// A writer for a key built from a `key = "..."` template. An instantiation with type
+    /// arguments starts the key with its path and `|` (which a path never contains after
+    /// [`path_in_key`]), so instantiations never share entries; otherwise the key is the
+    /// template alone.
+    pub fn template_key(&self) -> KeyWriter {
+        let mut w = self.cache.key_writer();
+        if self.generic {
+            w.literal(&path_in_key(&self.path));
+            w.literal("|");
+        }
+        w
+    }
+
+    /// A writer for the default key: the function's path, then `:<arg>` per key parameter.
+    pub fn default_key(&self) -> KeyWriter {
+        let mut w = self.cache.key_writer();
+        w.literal(&self.path);
+        w
+    }
+}
+
+/// What the generated builder needs to name the cache of one instantiation.
+pub struct InstanceInfo<'a> {
+    path: &'a str,
+    generic: bool,
+}
+
+impl InstanceInfo<'_> {
+    /// The cache's name: `name = "..."` as written for a non-generic function (with the
+    /// instantiation's path appended in brackets otherwise), or the function's path.
+    pub fn name(&self, explicit: Option<&str>) -> String {
+        match explicit {
+            None => self.path.to_string(),
+            Some(n) if !self.generic => n.to_string(),
+            Some(n) => format!("{n}[{}]", self.path),
+        }
+    }
+}
+
+/// A generated function's fast path to its instance: the first instantiation that called
+/// it (in a non-generic function, the only one), checked by the closure type name.
+pub struct Slot(OnceLock<(&'static str, &'static (dyn Any + Send + Sync))>);
+
+impl Slot {
+    pub const fn new() -> Self {
+        Self(OnceLock::new())
+    }
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+type Registry = Mutex<HashMap<(&'static str, String), &'static (dyn Any + Send + Sync)>>;
+/// Instances by generated function (its slot's address) and closure type name.
+type ByCaller = RwLock<HashMap<(usize, &'static str), &'static (dyn Any + Send + Sync)>>;
+
+/// The instance of a cached function for the instantiation that calls this.
+///
+/// `caller`:
+/// - `slot`: a `static` of the calling generated function (the fast path).
+/// - `here`: `type_name_of_val(&|| ())` inside the generated function: a closure's type
+///   name carries every type argument of the enclosing function and `impl`
+///   (`crate::Typed<u8>::lookup_load::{{closure}}`), whatever the context, without naming
+///   `Self` (which a free function cannot).
+/// - `generated`: the generated function's name (`lookup_load`); `cached`: the cached
+///   function's (`load`); `site`: `file:line:column` of the cached function, so that two
+///   functions of the same path (in two blocks of one function) never share.
+/// - `build`: builds the cache on the instantiation's first call.
+pub fn instance<V: Send + Sync + 'static>(
+    caller: Caller,
+    build: impl FnOnce(&InstanceInfo<'_>) -> Cache<V>,
+) -> &'static Instance<V> {
+    let Caller {
+        slot,
+        here,
+        generated,
+        cached,
+        site,
+    } = caller;
+    if let Some((h, any)) = slot.0.get() {
+        if std::ptr::eq(*h, here) || *h == here {
+            if let Some(i) = any.downcast_ref::<OnceLock<Instance<V>>>() {
+                if let Some(i) = i.get() {
+                    return i;
+                }
+            }
+        }
+    }
+    // The other instantiations of a generic function: one read lock, no allocation.
+    static BY_CALLER: OnceLock<ByCaller> = OnceLock::new();
+    let by_caller = BY_CALLER.get_or_init(Default::default);
+    let caller_key = (slot as *const Slot as usize, here);
+    let known = by_caller
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&caller_key)
+        .copied();
+    if let Some(cell) = known {
+        if let Some(i) = cell
+            .downcast_ref::<OnceLock<Instance<V>>>()
+            .and_then(OnceLock::get)
+        {
+            return i;
+        }
+    }
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    let path = instance_path(here, generated, cached);
+    let cell: &'static (dyn Any + Send + Sync) = *REGISTRY
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry((site, path.clone()))
+        .or_insert_with(|| Box::leak(Box::new(OnceLock::<Instance<V>>::new())));
+    let typed = cell
+        .downcast_ref::<OnceLock<Instance<V>>>()
+        .expect("one cached function has one value type per instantiation");
+    // Built outside the registry's lock: building may create other caches.
+    let instance = typed.get_or_init(|| {
+        let generic = has_type_args(&path);
+        let cache = build(&InstanceInfo {
+            path: &path,
+            generic,
+        });
+        Instance {
+            cache,
+            path,
+            generic,
+        }
+    });
+    if slot.0.set((here, cell)).is_err() {
+        by_caller
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(caller_key, cell);
+    }
+    instance
+}
+
+/// `crate::Typed<'_, u8>::lookup_load<T>::{{closure}}::{{closure}}` with `generated` =
+/// `lookup_load` and `cached` = `load` → `crate::Typed<u8>::load<T>`: the trailing closures
+/// removed, the generated function's name replaced by the cached one's, erased lifetimes
+/// dropped. Falls back to the closure's name when the shape is unexpected (then each
+/// generated function has its own cache; a test in this module guards the shape).
+fn instance_path(here: &str, generated: &str, cached: &str) -> String {
+    let mut s = here;
+    while let Some(rest) = s.strip_suffix("::{{closure}}") {
+        s = rest;
+    }
+    // The last `::` outside angle brackets starts the generated function's segment.
+    let mut depth = 0i32;
+    let mut cut = None;
+    let bytes = s.as_bytes();
+    for i in 0..bytes.len() {
+        match bytes[i] {
+            b'<' => depth += 1,
+            b'>' => depth -= 1,
+            b':' if depth == 0 && bytes.get(i + 1) == Some(&b':') => cut = Some(i),
+            _ => {}
+        }
+    }
+    let (parent, segment) = match cut {
+        Some(i) => (&s[..i + 2], &s[i + 2..]),
+        None => ("", s),
+    };
+    let Some(args) = segment.strip_prefix(generated) else {
+        return here.to_string();
+    };
+    if !(args.is_empty() || args.starts_with('<')) {
+        return here.to_string();
+    }
+    let path = format!("{parent}{cached}{args}");
+    path.replace("<'_>", "").replace("'_, ", "")
+}
+
+fn has_type_args(path: &str) -> bool {
+    path.contains('<')
+}
+
+/// The path as a key's head: `%` and `|` escaped, so `|` ends it unambiguously.
+fn path_in_key(path: &str) -> String {
+    path.replace('%', "%25").replace('|', "%7C")
+}
+
+#[cfg(test)]
+mod instance_tests {
+    use super::*;
+
+    struct Typed<'a, T>(PhantomData<&'a T>);
+    impl<T> Typed<'_, T> {
+        fn here(&self) -> &'static str {
+            std::any::type_name_of_val(&|| ())
+        }
+        fn generic_here<U>() -> &'static str {
+            std::any::type_name_of_val(&|| PhantomData::<U>)
+        }
+        async fn async_here(&self) -> &'static str {
+            std::any::type_name_of_val(&|| ())
+        }
+    }
+    fn free_here() -> &'static str {
+        std::any::type_name_of_val(&|| ())
+    }
+
+    /// Guards the closure type name shape that [`instance_path`] relies on.
+    #[test]
+    fn paths_of_instantiations() {
+        let me = module_path!();
+        let t = Typed::<u8>(PhantomData);
+        assert_eq!(
+            instance_path(t.here(), "here", "load"),
+            format!("{me}::Typed<u8>::load")
+        );
+        assert_eq!(
+            instance_path(
+                Typed::<u64>::generic_here::<String>(),
+                "generic_here",
+                "load"
+            ),
+            format!("{me}::Typed<u64>::load<alloc::string::String>")
+        );
+        let fut = t.async_here();
+        let here = pollster::block_on(fut);
+        assert_eq!(
+            instance_path(here, "async_here", "load"),
+            format!("{me}::Typed<u8>::load")
+        );
+        assert_eq!(
+            instance_path(free_here(), "free_here", "square"),
+            format!("{me}::square")
+        );
+        assert!(!has_type_args(&instance_path(
+            free_here(),
+            "free_here",
+            "x"
+        )));
+        assert!(has_type_args(&instance_path(t.here(), "here", "x")));
+        // An unexpected shape falls back to the name itself.
+        assert_eq!(
+            instance_path("a::b::{{closure}}", "c", "d"),
+            "a::b::{{closure}}"
+        );
+    }
+
+    #[test]
+    fn key_heads_are_unambiguous() {
+        assert_eq!(path_in_key("a::B<u8>"), "a::B<u8>");
+        assert_eq!(path_in_key("a|b%"), "a%7Cb%25");
     }
 }

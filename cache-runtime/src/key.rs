@@ -11,7 +11,9 @@ use std::fmt::{self, Write};
 
 /// Characters that may follow a placeholder in a key template. Interpolated values never
 /// contain them unescaped, so they delimit values unambiguously.
-pub const SEPARATORS: &[char] = &[':', '/', '|', ',', ';', '#', '=', '&', '@', '!', '?', '.'];
+///
+/// Defined once, in the macro crate, which checks key templates against the same list.
+pub const SEPARATORS: &[char] = cache_macros::__key_separators!();
 
 /// Builds one key. Created by the cache (which writes the prefix) and fed by generated code.
 ///

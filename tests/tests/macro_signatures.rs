@@ -1,0 +1,48 @@
+//! The trybuild pass cases of the signatures a codebase has (generic impls, attributes,
+//! `mut` parameters, associated functions, raw identifiers, `crate = "..."`), also built as
+//! an integration test of this crate: so they run here, and
+//! `cargo clippy --workspace --all-targets -- -D warnings` lints their expansion as a user
+//! crate's code.
+
+#[path = "ui/pass/associated_fns.rs"]
+mod associated_fns;
+#[path = "ui/pass/attributes.rs"]
+mod attributes;
+#[path = "ui/pass/crate_path.rs"]
+mod crate_path;
+#[path = "ui/pass/generic_impls.rs"]
+mod generic_impls;
+#[path = "ui/pass/mut_params.rs"]
+mod mut_params;
+#[path = "ui/pass/raw_idents.rs"]
+mod raw_idents;
+
+#[test]
+fn associated_functions() {
+    associated_fns::main();
+}
+
+#[test]
+fn attributes_forwarded() {
+    attributes::main();
+}
+
+#[test]
+fn crate_path_option() {
+    crate_path::main();
+}
+
+#[test]
+fn generic_impls_and_functions() {
+    generic_impls::main();
+}
+
+#[test]
+fn mut_parameters() {
+    mut_params::main();
+}
+
+#[test]
+fn raw_identifiers() {
+    raw_idents::main();
+}
