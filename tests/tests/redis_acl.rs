@@ -1,6 +1,6 @@
 //! A Redis user without permissions (`NOPERM` on every command): every call still returns the
-//! correct value, the error is counted, the health check says why, and the breaker stays
-//! closed (Redis answers; it only refuses).
+//! correct value, the error is counted, the health check says why, and the refusals count as
+//! failures for the breaker (a refusing Redis is not a working one).
 
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
@@ -41,5 +41,8 @@ async fn a_user_without_permissions_gets_correct_values_from_the_source() {
         Err(CacheError::Redis(msg)) => assert!(msg.to_uppercase().contains("NOPERM"), "{msg}"),
         other => panic!("expected a NOPERM error, got {other:?}"),
     }
-    assert_eq!(cache_runtime::redis_status().breaker, BreakerState::Closed);
+    for _ in 0..5 {
+        assert!(cache_runtime::health_check().await.is_err());
+    }
+    assert_eq!(cache_runtime::redis_status().breaker, BreakerState::Open);
 }
