@@ -136,8 +136,13 @@ pub fn redis_status() -> RedisStatus {
     }
 }
 
-/// Checks that Redis answers (a `PING` through the runtime's connection). Call it at boot to
-/// fail fast on a wrong URL or password; cached calls themselves never fail on Redis errors.
+/// Checks that the runtime can really use Redis, as the configured user: it loads every
+/// script and runs each operation on probe keys under the key prefix (`{prefix}:health:*`),
+/// reads the server `TIME`, confirms with `ROLE` / `WAIT` when writes wait for replicas, and
+/// publishes and subscribes on the bus's channel (`{prefix}:bus:*`). The first failure names
+/// its step and, for a missing permission, the command to grant (`NOPERM ... 'zadd'` →
+/// `grant +zadd`). Call it at boot to fail fast on a wrong URL, password or ACL; cached calls
+/// themselves never fail on Redis errors.
 ///
 /// ```no_run
 /// # async fn boot() {
@@ -147,10 +152,16 @@ pub fn redis_status() -> RedisStatus {
 /// # }
 /// ```
 pub async fn health_check() -> Result<(), CacheError> {
-    match &runtime().redis {
-        Some(r) => r.ping().await,
+    let rt = runtime();
+    match &rt.redis {
+        Some(r) => {
+            r.health_check(&rt.config.key_prefix, &bus::channel(&rt.config.key_prefix))
+                .await
+        }
         None => Err(CacheError::Unavailable(
-            "no redis configured (set REDIS_URL or call cache_runtime::init)".into(),
+            "no redis configured (set REDIS_URL or REDIS_SENTINEL_URLS, or call \
+             cache_runtime::init)"
+                .into(),
         )),
     }
 }

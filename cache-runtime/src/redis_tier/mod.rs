@@ -18,7 +18,7 @@ use redis::RedisError;
 
 use crate::breaker::{Breaker, BreakerState};
 use crate::bus;
-use crate::config::Config;
+use crate::config::{Config, WaitReplicas};
 use crate::error::{CacheError, InitError};
 // `pub(crate)` only for `edge/worker.rs`, which still imports the limiter from here: its home
 // is `log_limit`; make this private once that import points there.
@@ -492,10 +492,171 @@ impl RedisTier {
         self.shared.target.clone()
     }
 
-    pub(crate) async fn ping(&self) -> Result<(), CacheError> {
-        self.exec(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
+    /// Exercises what the runtime really sends, as the configured user, on probe keys under
+    /// `prefix` (`{prefix}:health:*`) and a probe channel under the bus's (`{channel}:health`):
+    /// `PING`, `SCRIPT LOAD` of every script, each operation (and so every command its script
+    /// calls), `TIME`, `ROLE` / `WAIT` when writes wait, `PUBLISH` and `SUBSCRIBE`. The first
+    /// failure names its step and, for `NOPERM`, the command the user may not run. Bypasses
+    /// the breaker: it is the probe an operator asks for.
+    pub(crate) async fn health_check(&self, prefix: &str, channel: &str) -> Result<(), CacheError> {
+        let step = |name: &'static str| {
+            move |e: CacheError| match e {
+                CacheError::Redis(msg) => CacheError::Redis(health_message(name, &msg)),
+                other => other,
+            }
+        };
+        let shared = self.shared.clone();
+        let conns = self
+            .handle
+            .spawn(async move {
+                tokio::time::timeout(shared.connect_timeout, Shared::connection(&shared))
+                    .await
+                    .unwrap_or_else(|_| Err(CacheError::Timeout(shared.connect_timeout)))
+            })
             .await
-            .map(drop)
+            .unwrap_or_else(|e| Err(CacheError::Unavailable(e.to_string())))?;
+        let run = |conn: ConnectionManager, cmd: redis::Cmd, name: &'static str| {
+            let shared = self.shared.clone();
+            async move {
+                let mut c = conn;
+                cmd.query_async::<redis::Value>(&mut c)
+                    .await
+                    .map_err(|e| shared.failed_op(e).0)
+                    .map_err(step(name))
+            }
+        };
+        run(conns.data.clone(), redis::cmd("PING"), "PING").await?;
+        for script in self.scripts.all() {
+            let mut c = conns.data.clone();
+            script
+                .load_async(&mut c)
+                .await
+                .map_err(|e| self.shared.failed_op(e).0)
+                .map_err(step("SCRIPT LOAD"))?;
+        }
+        // The commands the scripts call, one by one first: inside a script a refusal names
+        // only the script's line, so a direct refusal is what names the command to grant.
+        // Not the bus's own channel: receivers never see the probe.
+        let channel = format!("{channel}:health");
+        let channel = channel.as_str();
+        let k = format!("{prefix}:health:cmd");
+        let n = format!("{prefix}:health:n");
+        let direct: [(&'static str, &[&str]); 8] = [
+            ("SET", &["SET", &k, "ok", "PX", "10000"]),
+            ("GET", &["GET", &k]),
+            ("MGET", &["MGET", &k, &n]),
+            ("PTTL", &["PTTL", &k]),
+            ("INCR", &["INCR", &n]),
+            ("PEXPIRE", &["PEXPIRE", &n, "10000"]),
+            ("DEL", &["DEL", &k, &n]),
+            ("PUBLISH", &["PUBLISH", channel, "probe"]),
+        ];
+        for (name, args) in direct {
+            let mut cmd = redis::cmd(args[0]);
+            cmd.arg(&args[1..]);
+            run(conns.data.clone(), cmd, name).await?;
+        }
+        let keys = |k: &str| EntryKeys {
+            value: format!("{prefix}:health:v:{k}"),
+            lock: format!("{prefix}:health:lock:{k}"),
+            stamps: vec![format!("{prefix}:health:gen:{k}")],
+        };
+        let ttl = Duration::from_secs(10);
+        let msg = format!("{prefix}:health:");
+        let probe = async {
+            let seen = self
+                .bump_generation(keys("p").stamps, ttl, channel.into(), msg.clone())
+                .await?;
+            self.write_if(WriteRequest {
+                keys: keys("p"),
+                bytes: b"ok".to_vec(),
+                ttl,
+                seen,
+                token: Some("health".into()),
+            })
+            .await?;
+            self.read(ReadRequest {
+                keys: keys("p"),
+                try_lock: None,
+            })
+            .await?;
+            self.read(ReadRequest {
+                keys: keys("l"),
+                try_lock: Some(("health".into(), 10_000)),
+            })
+            .await?;
+            self.try_lock(keys("l").lock, "health".into(), 10_000)
+                .await?;
+            self.release_lock(keys("l").lock, "health".into()).await?;
+            self.bump_version(format!("{prefix}:health:tag"), channel.into(), msg.clone())
+                .await?;
+            for k in ["p", "l"] {
+                let EntryKeys { value, stamps, .. } = keys(k);
+                self.invalidate(value, stamps[0].clone(), ttl, channel.into(), msg.clone())
+                    .await?;
+            }
+            Ok::<_, CacheError>(())
+        };
+        probe.await.map_err(step("an operation (script)"))?;
+        run(conns.data.clone(), redis::cmd("TIME"), "TIME").await?;
+        if self.shared.wait != WaitReplicas::Off {
+            run(conns.data.clone(), redis::cmd("ROLE"), "ROLE").await?;
+            let mut wait = redis::cmd("WAIT");
+            wait.arg(0).arg(0);
+            run(conns.write.clone(), wait, "WAIT").await?;
+        }
+        let target = self.target();
+        let channel = channel.to_string();
+        let timeout = self.shared.connect_timeout;
+        self.handle
+            .spawn(async move {
+                let sub = async {
+                    let mut pubsub = target.client().await?.get_async_pubsub().await?;
+                    pubsub.subscribe(&channel).await?;
+                    pubsub.unsubscribe(&channel).await
+                };
+                match tokio::time::timeout(timeout, sub).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(CacheError::Redis(health_message(
+                        "SUBSCRIBE",
+                        &redact(&e.to_string()),
+                    ))),
+                    Err(_) => Err(CacheError::Timeout(timeout)),
+                }
+            })
+            .await
+            .unwrap_or_else(|e| Err(CacheError::Unavailable(e.to_string())))
+    }
+}
+
+impl Scripts {
+    /// Every script, for the health check's `SCRIPT LOAD`.
+    fn all(&self) -> [&redis::Script; 6] {
+        [
+            &self.read,
+            &self.write_if,
+            &self.release,
+            &self.invalidate,
+            &self.bump_gen,
+            &self.bump_version,
+        ]
+    }
+}
+
+/// `health check: <step> failed: the redis user may not run 'zadd' (grant +zadd): NOPERM ...`
+fn health_message(step: &str, msg: &str) -> String {
+    let denied = msg
+        .to_ascii_uppercase()
+        .contains("NOPERM")
+        .then(|| msg.split('\'').nth(1))
+        .flatten()
+        .filter(|c| !c.is_empty() && !c.contains(' '));
+    match denied {
+        Some(cmd) => format!(
+            "health check: {step} failed: the redis user may not run '{cmd}' (grant +{}): {msg}",
+            cmd.to_lowercase()
+        ),
+        None => format!("health check: {step} failed: {msg}"),
     }
 }
 
