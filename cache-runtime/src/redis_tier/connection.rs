@@ -401,8 +401,60 @@ pub(crate) fn redact(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{reconnect_delay, redact};
+    use super::{fault_of, reconnect_delay, redact, Fault};
     use std::time::Duration;
+
+    /// The error redis-rs makes of a server's error reply.
+    fn server_error(reply: &str) -> redis::RedisError {
+        redis::parse_redis_value(format!("-{reply}\r\n").as_bytes())
+            .and_then(|v| v.extract_error())
+            .expect_err("an error reply")
+    }
+
+    #[test]
+    fn node_faults_are_failures_and_a_demoted_master_is_a_lost_connection() {
+        let cases = [
+            (
+                "READONLY You can't write against a read only replica.",
+                Fault::Lost,
+            ),
+            ("MASTERDOWN Link with MASTER is down", Fault::Lost),
+            (
+                "NOPERM this user has no permissions to run the 'incr' command",
+                Fault::Refused,
+            ),
+            (
+                "OOM command not allowed when used memory > 'maxmemory'.",
+                Fault::Refused,
+            ),
+            (
+                "CROSSSLOT Keys in request don't hash to the same slot",
+                Fault::Refused,
+            ),
+            ("CLUSTERDOWN The cluster is down", Fault::Refused),
+            (
+                "TRYAGAIN Multiple keys request during rehashing of slot",
+                Fault::Refused,
+            ),
+            (
+                "LOADING Redis is loading the dataset in memory",
+                Fault::Refused,
+            ),
+            (
+                "WRONGTYPE Operation against a key holding the wrong kind of value",
+                Fault::Answered,
+            ),
+            ("ERR unknown command", Fault::Answered),
+        ];
+        for (reply, fault) in cases {
+            assert_eq!(fault_of(&server_error(reply)), fault, "{reply}");
+        }
+        // A script relays the code of the command that failed inside it.
+        let in_script = server_error(
+            "OOM command not allowed when used memory > 'maxmemory'. script: 1234, on @user_script:2.",
+        );
+        assert_eq!(fault_of(&in_script), Fault::Refused);
+    }
 
     #[test]
     fn reconnects_back_off_exponentially_up_to_a_second() {
