@@ -259,7 +259,11 @@ fn handle(payload: &[u8]) {
 }
 
 /// Runs forever on the Redis thread: subscribe, apply, reconnect.
-pub(crate) async fn run(client: redis::Client, channel: String, timeout: Duration) {
+pub(crate) async fn run(
+    client: Arc<crate::redis_tier::RedisTarget>,
+    channel: String,
+    timeout: Duration,
+) {
     // After a failure 100 ms, doubling up to 1.6 s; after a clean end 50 ms (the first
     // delay of a fresh backoff, skipped before the first failure).
     let backoff = ExponentialBuilder::new()
@@ -294,12 +298,12 @@ pub(crate) async fn run(client: redis::Client, channel: String, timeout: Duratio
 }
 
 async fn subscribe_and_listen(
-    client: &redis::Client,
+    client: &crate::redis_tier::RedisTarget,
     channel: &str,
     timeout: Duration,
 ) -> Result<(), String> {
     let connect = tokio::time::timeout(timeout.max(Duration::from_secs(1)), async {
-        let pubsub = client.get_async_pubsub().await?;
+        let pubsub = client.client().await?.get_async_pubsub().await?;
         let (mut sink, stream) = pubsub.split();
         sink.subscribe(channel).await?;
         Ok::<_, redis::RedisError>((sink, stream))

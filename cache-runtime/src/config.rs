@@ -26,6 +26,64 @@ pub struct Config {
     pub(crate) breaker_threshold: u32,
     pub(crate) breaker_cooldown: Duration,
     pub(crate) tls_root_pem: Option<Vec<u8>>,
+    pub(crate) sentinel: Option<SentinelConfig>,
+    pub(crate) wait_replicas: WaitReplicas,
+}
+
+/// Redis behind Sentinel: the sentinels to ask and the name of the master they monitor.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct SentinelConfig {
+    /// `redis://` or `rediss://` URLs of the sentinels (their credentials, if any, are the
+    /// sentinels' own).
+    pub urls: Vec<String>,
+    pub master: String,
+    /// Credentials for the master (and replicas), which the sentinels do not hand out.
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for SentinelConfig {
+    // Passwords stay out of logs, in the URLs too.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentinelConfig")
+            .field(
+                "urls",
+                &self
+                    .urls
+                    .iter()
+                    .map(|u| crate::redis_tier::redact(u))
+                    .collect::<Vec<_>>(),
+            )
+            .field("master", &self.master)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// Whether writes (invalidate, populate, tag invalidation, clear) wait for replicas to
+/// acknowledge them (`WAIT n timeout`) before they return `Ok`.
+///
+/// Replication is asynchronous: without `WAIT`, a failover can lose an invalidation that
+/// already returned `Ok`. A write that is not confirmed in time returns `Err` and is retried
+/// in the background, like a write Redis did not take. Hits never wait.
+///
+/// ```
+/// use cache_runtime::{Config, WaitReplicas};
+/// let c = Config::builder().wait_replicas(WaitReplicas::Count(2)).build();
+/// assert_eq!(c.wait_replicas(), WaitReplicas::Count(2));
+/// assert_eq!(Config::builder().build().wait_replicas(), WaitReplicas::Auto);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WaitReplicas {
+    /// `WAIT 1` when the master reports at least one connected replica (`ROLE`, checked on
+    /// connect and every 10 s), no `WAIT` otherwise. The default.
+    #[default]
+    Auto,
+    /// Always `WAIT n`: a master with fewer replicas makes every write `Err`.
+    Count(u32),
+    /// Never wait (a failover may lose writes that returned `Ok`).
+    Off,
 }
 
 impl Default for Config {
@@ -39,6 +97,8 @@ impl Default for Config {
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(1),
             tls_root_pem: None,
+            sentinel: None,
+            wait_replicas: WaitReplicas::Auto,
         }
     }
 }
@@ -50,12 +110,35 @@ impl Config {
         ConfigBuilder(Config::default())
     }
 
-    /// The defaults plus `REDIS_URL` (and `CACHE_KEY_PREFIX`) from the environment.
+    /// The defaults plus `REDIS_URL` (and `CACHE_KEY_PREFIX`) from the environment, or, with
+    /// `REDIS_SENTINEL_URLS` (comma-separated sentinel URLs) and `REDIS_SENTINEL_MASTER`,
+    /// Redis behind Sentinel (`REDIS_USERNAME` / `REDIS_PASSWORD`: the master's credentials).
+    ///
+    /// ```
+    /// let c = cache_runtime::Config::from_env();
+    /// assert!(!c.key_prefix().is_empty());
+    /// ```
     pub fn from_env() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|s| !s.is_empty());
         let mut c = Config {
-            redis_url: std::env::var("REDIS_URL").ok().filter(|s| !s.is_empty()),
+            redis_url: var("REDIS_URL"),
             ..Config::default()
         };
+        if let (Some(urls), Some(master)) =
+            (var("REDIS_SENTINEL_URLS"), var("REDIS_SENTINEL_MASTER"))
+        {
+            c.sentinel = Some(SentinelConfig {
+                urls: urls
+                    .split(',')
+                    .map(|u| u.trim().to_string())
+                    .filter(|u| !u.is_empty())
+                    .collect(),
+                master,
+                username: var("REDIS_USERNAME"),
+                password: var("REDIS_PASSWORD"),
+            });
+            c.redis_url = None;
+        }
         if let Ok(p) = std::env::var("CACHE_KEY_PREFIX") {
             if !p.is_empty() {
                 c.key_prefix = p;
@@ -67,6 +150,23 @@ impl Config {
     /// The Redis URL, if any.
     pub fn redis_url(&self) -> Option<&str> {
         self.redis_url.as_deref()
+    }
+
+    /// Whether Redis is configured, by URL or through Sentinel.
+    pub fn redis_configured(&self) -> bool {
+        self.redis_url.is_some() || self.sentinel.is_some()
+    }
+
+    /// The sentinel URLs and master name, when Redis is found through Sentinel.
+    pub fn redis_sentinel(&self) -> Option<(&[String], &str)> {
+        self.sentinel
+            .as_ref()
+            .map(|s| (s.urls.as_slice(), s.master.as_str()))
+    }
+
+    /// Whether writes wait for replicas, see [`WaitReplicas`].
+    pub fn wait_replicas(&self) -> WaitReplicas {
+        self.wait_replicas
     }
 
     /// The global key prefix.
@@ -98,12 +198,64 @@ impl ConfigBuilder {
     /// Redis to use for `redis` and `local+redis` caches (`redis://`, `rediss://`, `unix://`).
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
         self.0.redis_url = Some(url.into());
+        self.0.sentinel = None;
+        self
+    }
+
+    /// Redis behind Sentinel: the master named `master`, as the `sentinels` (`redis://` or
+    /// `rediss://` URLs, with the sentinels' own credentials if they need any) report it. The
+    /// runtime verifies the master's role, follows failovers (a lost connection or a
+    /// `READONLY` reply asks the sentinels again, never the old address), and the bus follows
+    /// the same master. With `rediss://` sentinels the master is reached over TLS too.
+    ///
+    /// ```
+    /// let c = cache_runtime::Config::builder()
+    ///     .redis_sentinel(["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"], "cache")
+    ///     .redis_credentials(Some("app"), "secret")
+    ///     .build();
+    /// let (urls, master) = c.redis_sentinel().unwrap();
+    /// assert_eq!((urls.len(), master), (2, "cache"));
+    /// assert!(!format!("{c:?}").contains("secret"));
+    /// ```
+    pub fn redis_sentinel<I, S>(mut self, sentinels: I, master: impl Into<String>) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let (username, password) = match self.0.sentinel.take() {
+            Some(s) => (s.username, s.password),
+            None => (None, None),
+        };
+        self.0.sentinel = Some(SentinelConfig {
+            urls: sentinels.into_iter().map(Into::into).collect(),
+            master: master.into(),
+            username,
+            password,
+        });
+        self.0.redis_url = None;
+        self
+    }
+
+    /// The master's credentials when Redis is found through Sentinel (with a URL, put them
+    /// in the URL). Call it after [`redis_sentinel`](Self::redis_sentinel).
+    pub fn redis_credentials(mut self, username: Option<&str>, password: &str) -> Self {
+        if let Some(s) = &mut self.0.sentinel {
+            s.username = username.map(str::to_string);
+            s.password = Some(password.to_string());
+        }
+        self
+    }
+
+    /// Whether writes wait for replicas (default [`WaitReplicas::Auto`]).
+    pub fn wait_replicas(mut self, wait: WaitReplicas) -> Self {
+        self.0.wait_replicas = wait;
         self
     }
 
     /// No Redis: `local+redis` caches keep their local tier, `redis` caches run the body.
     pub fn without_redis(mut self) -> Self {
         self.0.redis_url = None;
+        self.0.sentinel = None;
         self
     }
 

@@ -58,7 +58,7 @@ pub use cache::{
     clear_all, clear_all_blocking, invalidate_tag, invalidate_tag_blocking, Cache, CacheBuilder,
     DEFAULT_CAPACITY, DEFAULT_LOCAL_TTL_CAP, DEFAULT_LOCK_LEASE,
 };
-pub use config::{Config, ConfigBuilder};
+pub use config::{Config, ConfigBuilder, WaitReplicas};
 pub use entry::{ETag, Entry, Meta, Source};
 pub use error::{CacheError, InitError};
 pub use observe::{Mode, ObserveReport, Verdict};

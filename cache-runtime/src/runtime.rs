@@ -17,17 +17,17 @@ pub(crate) struct Runtime {
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
 
 fn make_runtime(config: Config) -> Result<Runtime, InitError> {
-    let redis = match &config.redis_url {
-        Some(url) => {
-            let tier = RedisTier::new(url, &config)?;
+    let redis = match config.redis_configured() {
+        true => {
+            let tier = RedisTier::new(&config)?;
             tier.handle().spawn(bus::run(
-                tier.client().clone(),
+                tier.target(),
                 bus::channel(&config.key_prefix),
                 config.connect_timeout,
             ));
             Some(tier)
         }
-        None => None,
+        false => None,
     };
     Ok(Runtime { config, redis })
 }
@@ -54,9 +54,9 @@ pub fn init(config: Config) -> Result<(), InitError> {
 pub(crate) fn runtime() -> &'static Runtime {
     RUNTIME.get_or_init(|| {
         let config = Config::from_env();
-        if config.redis_url.is_none() {
+        if !config.redis_configured() {
             tracing::warn!(
-                "REDIS_URL is not set and init() was not called; the Redis tier is disabled \
+                "neither REDIS_URL nor REDIS_SENTINEL_URLS is set and init() was not called; the Redis tier is disabled \
                  (local+redis caches use their local tier only, redis caches run the body on \
                  every call)"
             );
@@ -68,6 +68,7 @@ pub(crate) fn runtime() -> &'static Runtime {
                 Runtime {
                     config: Config {
                         redis_url: None,
+                        sentinel: None,
                         ..config
                     },
                     redis: None,
@@ -111,6 +112,10 @@ pub struct RedisStatus {
     /// Invalidations, tag invalidations and clears that Redis has not taken yet (retried in
     /// the background; meanwhile the entries they cover are not read from Redis).
     pub pending_writes: usize,
+    /// Writes the replicas did not confirm in time (`WAIT`, see
+    /// [`WaitReplicas`](crate::WaitReplicas)) since start: each returned `Err` and was kept
+    /// pending.
+    pub unconfirmed_writes: u64,
 }
 
 /// See [`RedisStatus`].
@@ -120,17 +125,24 @@ pub fn redis_status() -> RedisStatus {
             configured: true,
             breaker: r.breaker_state(),
             pending_writes: r.pending.len(),
+            unconfirmed_writes: crate::redis_tier::counters::unconfirmed_writes(),
         },
         None => RedisStatus {
             configured: false,
             breaker: BreakerState::Closed,
             pending_writes: 0,
+            unconfirmed_writes: 0,
         },
     }
 }
 
-/// Checks that Redis answers (a `PING` through the runtime's connection). Call it at boot to
-/// fail fast on a wrong URL or password; cached calls themselves never fail on Redis errors.
+/// Checks that the runtime can really use Redis, as the configured user: it loads every
+/// script and runs each operation on probe keys under the key prefix (`{prefix}:health:*`),
+/// reads the server `TIME`, confirms with `ROLE` / `WAIT` when writes wait for replicas, and
+/// publishes and subscribes on the bus's channel (`{prefix}:bus:*`). The first failure names
+/// its step and, for a missing permission, the command to grant (`NOPERM ... 'zadd'` →
+/// `grant +zadd`). Call it at boot to fail fast on a wrong URL, password or ACL; cached calls
+/// themselves never fail on Redis errors.
 ///
 /// ```no_run
 /// # async fn boot() {
@@ -140,10 +152,16 @@ pub fn redis_status() -> RedisStatus {
 /// # }
 /// ```
 pub async fn health_check() -> Result<(), CacheError> {
-    match &runtime().redis {
-        Some(r) => r.ping().await,
+    let rt = runtime();
+    match &rt.redis {
+        Some(r) => {
+            r.health_check(&rt.config.key_prefix, &bus::channel(&rt.config.key_prefix))
+                .await
+        }
         None => Err(CacheError::Unavailable(
-            "no redis configured (set REDIS_URL or call cache_runtime::init)".into(),
+            "no redis configured (set REDIS_URL or REDIS_SENTINEL_URLS, or call \
+             cache_runtime::init)"
+                .into(),
         )),
     }
 }

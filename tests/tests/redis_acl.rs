@@ -1,45 +1,109 @@
-//! A Redis user without permissions (`NOPERM` on every command): every call still returns the
-//! correct value, the error is counted, the health check says why, and the breaker stays
-//! closed (Redis answers; it only refuses).
+//! The minimal ACL of README.md ("Redis user and ACL"): every operation works as exactly that
+//! user, `health_check()` passes, and removing any one permission makes `health_check()` name
+//! the command to grant. A user without permissions (`NOPERM` on every command) still gets
+//! correct values from the source and the errors are counted.
 
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
-use cache_runtime::{cached, BreakerState, CacheError, Config};
+use cache_runtime::{cached, CacheError, Config};
 use cache_tests::RedisServer;
+
+/// The README's line, for the default key prefix `cr` (the user's name and password aside).
+const README_ACL: &str = "on >secret resetkeys resetchannels ~cr:* &cr:bus:* -@all \
+    +ping +auth +hello +select +get +mget +set +del +pttl +incr +pexpire +evalsha \
+    +script|load +publish +subscribe +unsubscribe +time +role +wait";
+
+/// The permissions the health check exercises (connection set-up ones aside: `auth`,
+/// `hello`, `select` happen before it can run).
+const CHECKED: &[&str] = &[
+    "ping",
+    "get",
+    "mget",
+    "set",
+    "del",
+    "pttl",
+    "incr",
+    "pexpire",
+    "evalsha",
+    "script|load",
+    "publish",
+    "subscribe",
+    "unsubscribe",
+    "time",
+    "role",
+    "wait",
+];
 
 static RUNS: AtomicUsize = AtomicUsize::new(0);
 
-#[cached(tier = "local+redis", ttl = 60, key = "acl:<id>")]
+#[cached(tier = "local+redis", ttl = 60, key = "acl:<id>", tags = ["acl"])]
 fn value(id: u64) -> u64 {
     RUNS.fetch_add(1, SeqCst);
     id * 3
 }
 
-#[tokio::test]
-async fn a_user_without_permissions_gets_correct_values_from_the_source() {
+#[tokio::test(flavor = "multi_thread")]
+async fn the_documented_acl_is_enough_and_each_missing_permission_is_named() {
+    // The README's line must be the one tested here.
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let documented = format!("ACL SETUSER cache {README_ACL}");
+    assert!(
+        readme.contains(&documented),
+        "README.md must document exactly: {documented}"
+    );
+
     let server = RedisServer::start();
-    let _: () = redis::cmd("ACL")
-        .arg(&["SETUSER", "limited", "on", ">secret", "~*", "-@all"][..])
-        .query(&mut server.client())
-        .unwrap();
-    let port = server.port();
+    server.acl_setuser(&format!("cache {README_ACL}"));
     cache_runtime::init(
         Config::builder()
-            .redis_url(format!("redis://limited:secret@127.0.0.1:{port}/"))
+            .redis_url(server.url_for_user("cache", "secret"))
+            // Refusals are failures: keep the breaker out of the way of repeated checks.
+            .breaker_threshold(10_000)
             .build(),
     )
     .unwrap();
-    for _ in 0..3 {
-        assert_eq!(tokio::task::spawn_blocking(|| value(5)).await.unwrap(), 15);
-    }
-    assert_eq!(RUNS.load(SeqCst), 1, "the local tier still caches");
+    cache_runtime::health_check()
+        .await
+        .expect("the documented ACL passes the health check");
+
+    // Every operation works as this user: reads, stores, invalidations, tags, clears.
+    let call = |id| tokio::task::spawn_blocking(move || value(id));
+    assert_eq!(call(5).await.unwrap(), 15);
     value_cache().clear_local();
-    assert_eq!(tokio::task::spawn_blocking(|| value(5)).await.unwrap(), 15);
-    assert_eq!(RUNS.load(SeqCst), 2);
-    assert!(value_cache().stats().redis_errors >= 2);
+    assert_eq!(call(5).await.unwrap(), 15);
+    assert_eq!(RUNS.load(SeqCst), 1, "the second call is a Redis hit");
+    invalidate_value(5).unwrap();
+    populate_value(6, 18).unwrap();
+    cache_runtime::invalidate_tag("acl").await.unwrap();
+    value_cache().clear().await.unwrap();
+    cache_runtime::clear_all().await.unwrap();
+    assert_eq!(value_cache().stats().redis_errors, 0);
+
+    for perm in CHECKED {
+        server.acl_setuser(&format!("cache -{perm}"));
+        let err = cache_runtime::health_check().await.map(|_| ()).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("grant +{perm}")),
+            "without {perm}, the health check should name it: {msg}"
+        );
+        server.acl_setuser(&format!("cache +{perm}"));
+        cache_runtime::health_check()
+            .await
+            .unwrap_or_else(|e| panic!("with {perm} back: {e}"));
+    }
+
+    // No permissions at all: values still come from the source, the errors are counted.
+    server.acl_setuser("cache -@all");
+    value_cache().clear_local();
+    let before = RUNS.load(SeqCst);
+    assert_eq!(call(7).await.unwrap(), 21);
+    assert_eq!(call(7).await.unwrap(), 21);
+    assert_eq!(RUNS.load(SeqCst), before + 1, "the local tier still caches");
+    assert!(value_cache().stats().redis_errors >= 1);
     match cache_runtime::health_check().await {
         Err(CacheError::Redis(msg)) => assert!(msg.to_uppercase().contains("NOPERM"), "{msg}"),
         other => panic!("expected a NOPERM error, got {other:?}"),
     }
-    assert_eq!(cache_runtime::redis_status().breaker, BreakerState::Closed);
 }

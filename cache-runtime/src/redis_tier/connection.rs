@@ -1,17 +1,28 @@
 //! The connection state machine (`Idle { retry_at } → Connecting → Ready`), reconnects with
 //! backoff in the background, TLS clients, and how a failed operation is classified.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::RedisError;
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{ConnectionAddr, IntoConnectionInfo, RedisError, TlsMode};
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{Config, SentinelConfig, WaitReplicas};
 use crate::error::CacheError;
 use crate::log_limit::LogLimiter;
+
+/// The connections of one master: `data` for reads and writes that do not wait, `write` for
+/// writes followed by `WAIT` (which blocks its client on the server, so hits never queue
+/// behind it); the same connection when writes never wait.
+#[derive(Clone)]
+pub(super) struct Conns {
+    pub(super) data: ConnectionManager,
+    pub(super) write: ConnectionManager,
+}
 
 pub(super) enum ConnState {
     Idle {
@@ -20,25 +31,102 @@ pub(super) enum ConnState {
         last_error: String,
     },
     Connecting(watch::Receiver<bool>),
-    Ready(ConnectionManager),
+    Ready(Conns),
 }
 
-/// What the Redis thread and every caller share: the client, the timeouts, the connection
-/// state and the connection's log limiter.
+/// Where the master is: a fixed URL, or whatever the sentinels report (asked again on every
+/// connect, so a failover is followed and the old address is never reused).
+pub(crate) enum RedisTarget {
+    Url(redis::Client),
+    Sentinel(tokio::sync::Mutex<SentinelClient>),
+}
+
+impl RedisTarget {
+    /// A client for the current master. Through Sentinel, the master's `ROLE` is verified.
+    pub(crate) async fn client(&self) -> redis::RedisResult<redis::Client> {
+        match self {
+            RedisTarget::Url(c) => Ok(c.clone()),
+            RedisTarget::Sentinel(s) => s.lock().await.async_get_client().await,
+        }
+    }
+}
+
+/// What a failed operation says about Redis, decided here only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fault {
+    /// The connection is gone or points at a node that is no longer the master (`READONLY`,
+    /// `MASTERDOWN`): reconnect, through the sentinels when configured.
+    Lost,
+    /// No answer in time.
+    Timeout,
+    /// Redis answered but refused the operation (`NOPERM`, `OOM`, `LOADING`, `BUSY`,
+    /// `CROSSSLOT`, `CLUSTERDOWN`, `TRYAGAIN`, ...): a failure, not an answer.
+    Refused,
+    /// Any other server error: Redis is there and took the request (e.g. `WRONGTYPE`).
+    Answered,
+}
+
+/// Error codes that mean "this node cannot serve the operation", with the fault they are.
+fn fault_of_code(code: &str) -> Option<Fault> {
+    Some(match code {
+        "READONLY" | "MASTERDOWN" => Fault::Lost,
+        "NOPERM" | "NOAUTH" | "WRONGPASS" | "OOM" | "LOADING" | "BUSY" | "CROSSSLOT"
+        | "CLUSTERDOWN" | "TRYAGAIN" | "MISCONF" | "NOREPLICAS" => Fault::Refused,
+        _ => return None,
+    })
+}
+
+pub(super) fn fault_of(e: &RedisError) -> Fault {
+    if e.is_timeout() {
+        Fault::Timeout
+    } else if is_connection_lost(e) {
+        Fault::Lost
+    } else {
+        // Scripts relay the code of the command that failed inside them; some versions put
+        // it after a prefix, so look at the words of the message too.
+        e.code()
+            .and_then(fault_of_code)
+            .or_else(|| {
+                e.to_string()
+                    .split(|c: char| !c.is_ascii_alphabetic())
+                    .find_map(|w| fault_of_code(w).filter(|_| w.len() >= 3))
+            })
+            .unwrap_or(Fault::Answered)
+    }
+}
+
+/// Replicas the master reported (`ROLE`), for [`WaitReplicas::Auto`].
+pub(super) struct Replicas {
+    count: AtomicU32,
+    checked: Mutex<Option<Instant>>,
+}
+
+/// How often `Auto` asks the master how many replicas it has.
+const ROLE_REFRESH: Duration = Duration::from_secs(10);
+
+/// What the Redis thread and every caller share: where the master is, the timeouts, the
+/// connection state and the connection's log limiter.
 pub(super) struct Shared {
-    pub(super) client: redis::Client,
+    pub(super) target: Arc<RedisTarget>,
     pub(super) connect_timeout: Duration,
     pub(super) op_timeout: Duration,
+    pub(super) wait: WaitReplicas,
+    pub(super) replicas: Replicas,
     pub(super) state: Mutex<ConnState>,
     pub(super) log: LogLimiter,
 }
 
 impl Shared {
-    pub(super) fn new(client: redis::Client, config: &Config) -> Self {
+    pub(super) fn new(target: RedisTarget, config: &Config) -> Self {
         Shared {
-            client,
+            target: Arc::new(target),
             connect_timeout: config.connect_timeout,
             op_timeout: config.redis_timeout,
+            wait: config.wait_replicas,
+            replicas: Replicas {
+                count: AtomicU32::new(0),
+                checked: Mutex::new(None),
+            },
             state: Mutex::new(ConnState::Idle {
                 retry_at: Instant::now(),
                 failures: 0,
@@ -48,33 +136,70 @@ impl Shared {
         }
     }
 
-    /// The connection if it is up (no waiting).
-    pub(super) fn ready(&self) -> Option<ConnectionManager> {
+    /// The connections if they are up (no waiting).
+    pub(super) fn ready(&self) -> Option<Conns> {
         match &*self.state.lock().unwrap_or_else(|p| p.into_inner()) {
             ConnState::Ready(c) => Some(c.clone()),
             _ => None,
         }
     }
 
-    /// Classifies a failed operation; a lost connection makes later operations fail fast
-    /// (instead of each waiting for the manager's own reconnect attempts) while it reconnects
-    /// in the background.
-    pub(super) fn failed_op(&self, e: RedisError) -> CacheError {
-        let lost = is_connection_lost(&e);
-        let e = if e.is_timeout() {
-            CacheError::Timeout(self.op_timeout)
-        } else {
-            classify(e)
+    /// Classifies a failed operation; a lost connection (or a demoted master) makes later
+    /// operations fail fast (instead of each waiting for the manager's own reconnect
+    /// attempts) while it reconnects, through the sentinels if configured, in the background.
+    pub(super) fn failed_op(&self, e: RedisError) -> (CacheError, Fault) {
+        let fault = fault_of(&e);
+        let err = match fault {
+            Fault::Timeout => CacheError::Timeout(self.op_timeout),
+            Fault::Lost => CacheError::Unavailable(redact(&e.to_string())),
+            Fault::Refused | Fault::Answered => CacheError::Redis(redact(&e.to_string())),
         };
-        if lost {
-            self.connection_lost(&e);
+        if fault == Fault::Lost {
+            self.connection_lost(&err);
         }
-        e
+        (err, fault)
     }
 
-    /// The connection, connecting in the background first if needed. Fails fast while a
+    /// The replicas a write must wait for: 0 = no `WAIT`.
+    pub(super) async fn replicas_to_wait(&self, conn: &mut ConnectionManager) -> u32 {
+        match self.wait {
+            WaitReplicas::Off => 0,
+            WaitReplicas::Count(n) => n,
+            WaitReplicas::Auto => {
+                let due = {
+                    let mut checked = self
+                        .replicas
+                        .checked
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    let due = checked.is_none_or(|t| t.elapsed() >= ROLE_REFRESH);
+                    if due {
+                        *checked = Some(Instant::now());
+                    }
+                    due
+                };
+                if due {
+                    self.refresh_replicas(conn).await;
+                }
+                self.replicas.count.load(Ordering::Relaxed).min(1)
+            }
+        }
+    }
+
+    /// `ROLE` → how many replicas the master reports (kept as it was on an error).
+    async fn refresh_replicas(&self, conn: &mut ConnectionManager) {
+        if let Ok(redis::Role::Primary { replicas, .. }) =
+            redis::cmd("ROLE").query_async::<redis::Role>(conn).await
+        {
+            self.replicas
+                .count
+                .store(replicas.len() as u32, Ordering::Relaxed);
+        }
+    }
+
+    /// The connections, connecting in the background first if needed. Fails fast while a
     /// previous connection attempt's backoff runs.
-    pub(super) async fn connection(self: &Arc<Self>) -> Result<ConnectionManager, CacheError> {
+    pub(super) async fn connection(self: &Arc<Self>) -> Result<Conns, CacheError> {
         loop {
             let mut rx = {
                 let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -101,24 +226,43 @@ impl Shared {
         }
     }
 
-    async fn connect(self: Arc<Self>, done: watch::Sender<bool>, failures: u32) {
+    async fn open(&self) -> redis::RedisResult<Conns> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.op_timeout))
             .set_number_of_retries(2)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(500));
-        let attempt = tokio::time::timeout(
-            self.connect_timeout,
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await;
+        // Resolved again on every connect: after a failover the sentinels name the new master.
+        let client = self.target.client().await?;
+        let mut data = ConnectionManager::new_with_config(client.clone(), config.clone()).await?;
+        let write = match self.wait {
+            WaitReplicas::Off => data.clone(),
+            _ => {
+                // `WAIT` may take the whole operation timeout on the server.
+                let config = config.set_response_timeout(Some(self.op_timeout * 2));
+                ConnectionManager::new_with_config(client, config).await?
+            }
+        };
+        if self.wait == WaitReplicas::Auto {
+            self.refresh_replicas(&mut data).await;
+            *self
+                .replicas
+                .checked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        }
+        Ok(Conns { data, write })
+    }
+
+    async fn connect(self: Arc<Self>, done: watch::Sender<bool>, failures: u32) {
+        let attempt = tokio::time::timeout(self.connect_timeout, self.open()).await;
         let next = match attempt {
-            Ok(Ok(conn)) => {
+            Ok(Ok(conns)) => {
                 if failures > 0 {
                     tracing::info!("connected to redis");
                 }
-                ConnState::Ready(conn)
+                ConnState::Ready(conns)
             }
             Ok(Err(e)) => self.failed(failures, redact(&e.to_string())),
             Err(_) => self.failed(
@@ -182,22 +326,67 @@ pub(super) fn open_client(
     }
 }
 
+/// A client asking `s.urls` for the master `s.master`. `rediss://` sentinels mean TLS to the
+/// master too; `root_pem`, when given, is the only CA trusted for both.
+pub(super) fn open_sentinel(
+    s: &SentinelConfig,
+    root_pem: Option<Vec<u8>>,
+) -> redis::RedisResult<SentinelClient> {
+    let infos = s
+        .urls
+        .iter()
+        .map(|u| u.as_str().into_connection_info())
+        .collect::<redis::RedisResult<Vec<_>>>()?;
+    let tls = infos
+        .iter()
+        .any(|i| matches!(i.addr(), ConnectionAddr::TcpTls { .. }));
+    if tls {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let mut b = SentinelClientBuilder::new(
+        infos.iter().map(|i| i.addr().clone()),
+        &s.master,
+        SentinelServerType::Master,
+    )?;
+    // The sentinels' own credentials come from their URLs.
+    if let Some(i) = infos
+        .iter()
+        .find(|i| i.redis_settings().password().is_some())
+    {
+        if let Some(u) = i.redis_settings().username() {
+            b = b.set_client_to_sentinel_username(u);
+        }
+        if let Some(p) = i.redis_settings().password() {
+            b = b.set_client_to_sentinel_password(p);
+        }
+    }
+    if let Some(u) = &s.username {
+        b = b.set_client_to_redis_username(u);
+    }
+    if let Some(p) = &s.password {
+        b = b.set_client_to_redis_password(p);
+    }
+    if tls {
+        b = b.set_client_to_redis_tls_mode(TlsMode::Secure);
+        if let Some(pem) = root_pem {
+            let certs = || redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            };
+            b = b
+                .set_client_to_sentinel_certificates(certs())
+                .set_client_to_redis_certificates(certs());
+        }
+    }
+    b.build()
+}
+
 fn is_connection_lost(e: &RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
 }
 
-fn classify(e: RedisError) -> CacheError {
-    if e.is_timeout() {
-        CacheError::Unavailable(format!("timeout: {e}"))
-    } else if is_connection_lost(&e) {
-        CacheError::Unavailable(redact(&e.to_string()))
-    } else {
-        CacheError::Redis(redact(&e.to_string()))
-    }
-}
-
 /// Keeps passwords out of logs and errors (`redis://user:secret@host` → `redis://user:***@host`).
-pub(super) fn redact(s: &str) -> String {
+pub(crate) fn redact(s: &str) -> String {
     match (s.find("://"), s.find('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let creds = &s[scheme + 3..at];
@@ -212,8 +401,60 @@ pub(super) fn redact(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{reconnect_delay, redact};
+    use super::{fault_of, reconnect_delay, redact, Fault};
     use std::time::Duration;
+
+    /// The error redis-rs makes of a server's error reply.
+    fn server_error(reply: &str) -> redis::RedisError {
+        redis::parse_redis_value(format!("-{reply}\r\n").as_bytes())
+            .and_then(|v| v.extract_error())
+            .expect_err("an error reply")
+    }
+
+    #[test]
+    fn node_faults_are_failures_and_a_demoted_master_is_a_lost_connection() {
+        let cases = [
+            (
+                "READONLY You can't write against a read only replica.",
+                Fault::Lost,
+            ),
+            ("MASTERDOWN Link with MASTER is down", Fault::Lost),
+            (
+                "NOPERM this user has no permissions to run the 'incr' command",
+                Fault::Refused,
+            ),
+            (
+                "OOM command not allowed when used memory > 'maxmemory'.",
+                Fault::Refused,
+            ),
+            (
+                "CROSSSLOT Keys in request don't hash to the same slot",
+                Fault::Refused,
+            ),
+            ("CLUSTERDOWN The cluster is down", Fault::Refused),
+            (
+                "TRYAGAIN Multiple keys request during rehashing of slot",
+                Fault::Refused,
+            ),
+            (
+                "LOADING Redis is loading the dataset in memory",
+                Fault::Refused,
+            ),
+            (
+                "WRONGTYPE Operation against a key holding the wrong kind of value",
+                Fault::Answered,
+            ),
+            ("ERR unknown command", Fault::Answered),
+        ];
+        for (reply, fault) in cases {
+            assert_eq!(fault_of(&server_error(reply)), fault, "{reply}");
+        }
+        // A script relays the code of the command that failed inside it.
+        let in_script = server_error(
+            "OOM command not allowed when used memory > 'maxmemory'. script: 1234, on @user_script:2.",
+        );
+        assert_eq!(fault_of(&in_script), Fault::Refused);
+    }
 
     #[test]
     fn reconnects_back_off_exponentially_up_to_a_second() {

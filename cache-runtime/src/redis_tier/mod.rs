@@ -18,14 +18,15 @@ use redis::RedisError;
 
 use crate::breaker::{Breaker, BreakerState};
 use crate::bus;
-use crate::config::Config;
+use crate::config::{Config, WaitReplicas};
 use crate::error::{CacheError, InitError};
 use crate::pending::{Pending, PendingOp};
 
 mod connection;
 mod scripts;
 
-use connection::{open_client, redact, Shared};
+use connection::{open_client, open_sentinel, Conns, Fault, Shared};
+pub(crate) use connection::{redact, RedisTarget};
 use scripts::{parse_stamps, Scripts};
 
 pub(crate) struct RedisTier {
@@ -81,9 +82,18 @@ pub(crate) struct WriteRequest {
 }
 
 impl RedisTier {
-    pub(crate) fn new(url: &str, config: &Config) -> Result<Self, InitError> {
-        let client = open_client(url, config.tls_root_pem.clone())
-            .map_err(|e| InitError::InvalidUrl(redact(&e.to_string())))?;
+    /// The tier for `config`'s Redis (a URL or Sentinel); `None` without either.
+    pub(crate) fn new(config: &Config) -> Result<Self, InitError> {
+        let invalid = |e: RedisError| InitError::InvalidUrl(redact(&e.to_string()));
+        let target = match (&config.sentinel, &config.redis_url) {
+            (Some(s), _) => RedisTarget::Sentinel(tokio::sync::Mutex::new(
+                open_sentinel(s, config.tls_root_pem.clone()).map_err(invalid)?,
+            )),
+            (None, Some(url)) => {
+                RedisTarget::Url(open_client(url, config.tls_root_pem.clone()).map_err(invalid)?)
+            }
+            (None, None) => return Err(InitError::InvalidUrl("no redis configured".into())),
+        };
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("cache-runtime-redis".into())
@@ -101,7 +111,7 @@ impl RedisTier {
             .expect("cache-runtime: the Redis I/O thread died at start");
         Ok(Self {
             handle,
-            shared: Arc::new(Shared::new(client, config)),
+            shared: Arc::new(Shared::new(target, config)),
             scripts: Arc::new(Scripts::new()),
             breaker: Arc::new(Breaker::new(
                 config.breaker_threshold,
@@ -112,8 +122,30 @@ impl RedisTier {
         })
     }
 
-    /// Runs `op` on the Redis thread with the connection, bounded by the operation timeout.
+    /// Runs `op` on the Redis thread with the data connection, bounded by the operation
+    /// timeout.
     async fn exec<T, F, Fut>(&self, op: F) -> Result<T, CacheError>
+    where
+        T: Send + 'static,
+        F: FnOnce(ConnectionManager) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, RedisError>> + Send,
+    {
+        self.exec_on(false, op).await
+    }
+
+    /// A write that must survive a failover: `op` on the write connection, then `WAIT n` for
+    /// the replicas (`Config::wait_replicas`). Fewer acknowledgements than `n` is `Err`
+    /// (the caller keeps the write pending and retries it).
+    async fn exec_write<T, F, Fut>(&self, op: F) -> Result<T, CacheError>
+    where
+        T: Send + 'static,
+        F: FnOnce(ConnectionManager) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, RedisError>> + Send,
+    {
+        self.exec_on(true, op).await
+    }
+
+    async fn exec_on<T, F, Fut>(&self, confirm: bool, op: F) -> Result<T, CacheError>
     where
         T: Send + 'static,
         F: FnOnce(ConnectionManager) -> Fut + Send + 'static,
@@ -127,34 +159,38 @@ impl RedisTier {
         // (the connection's response timeout is the operation timeout). The connection's
         // driver and reconnects stay on the Redis thread, whatever runtime the caller uses.
         if tokio::runtime::Handle::try_current().is_ok() {
-            if let Some(conn) = self.shared.ready() {
-                let shared = &self.shared;
-                let res = op(conn).await.map_err(|e| shared.failed_op(e));
-                self.settle(&res);
-                return res;
+            if let Some(conns) = self.shared.ready() {
+                let res = run_op(&self.shared, conns, confirm, op).await;
+                return self.settle(res);
             }
         }
         // Otherwise (a blocking caller, or the connection still coming up): on the Redis
         // thread, bounded by the operation timeout, connecting included.
         let shared = self.shared.clone();
-        let timeout = shared.op_timeout;
+        // A confirmed write may use a second operation timeout for its `WAIT`.
+        let timeout = shared.op_timeout * if confirm { 2 } else { 1 };
         let span = tracing::trace_span!("cache.redis");
         let task = self.handle.spawn(tracing::Instrument::instrument(
             async move {
                 tokio::time::timeout(timeout, async {
-                    let conn = Shared::connection(&shared).await?;
-                    op(conn).await.map_err(|e| shared.failed_op(e))
+                    let conns = match Shared::connection(&shared).await {
+                        Ok(c) => c,
+                        Err(e) => return (Err(e), Fault::Lost),
+                    };
+                    run_op(&shared, conns, confirm, op).await
                 })
                 .await
-                .unwrap_or(Err(CacheError::Timeout(timeout)))
+                .unwrap_or((Err(CacheError::Timeout(timeout)), Fault::Timeout))
             },
             span,
         ));
-        let res = task
-            .await
-            .unwrap_or_else(|e| Err(CacheError::Unavailable(format!("redis task failed: {e}"))));
-        self.settle(&res);
-        res
+        let res = task.await.unwrap_or_else(|e| {
+            (
+                Err(CacheError::Unavailable(format!("redis task failed: {e}"))),
+                Fault::Lost,
+            )
+        });
+        self.settle(res)
     }
 
     pub(crate) async fn read(&self, req: ReadRequest) -> Result<Fetched, CacheError> {
@@ -312,7 +348,7 @@ impl RedisTier {
         message_prefix: String,
     ) -> Result<u64, CacheError> {
         let scripts = self.scripts.clone();
-        self.exec(move |mut c| async move {
+        self.exec_write(move |mut c| async move {
             scripts
                 .invalidate
                 .key(&value_key)
@@ -335,7 +371,7 @@ impl RedisTier {
         message_prefix: String,
     ) -> Result<Vec<u64>, CacheError> {
         let scripts = self.scripts.clone();
-        self.exec(move |mut c| async move {
+        self.exec_write(move |mut c| async move {
             let mut inv = scripts.bump_gen.prepare_invoke();
             for k in &stamp_keys {
                 inv.key(k);
@@ -368,7 +404,7 @@ impl RedisTier {
         message_prefix: String,
     ) -> Result<u64, CacheError> {
         let scripts = self.scripts.clone();
-        self.exec(move |mut c| async move {
+        self.exec_write(move |mut c| async move {
             scripts
                 .bump_version
                 .key(&key)
@@ -448,31 +484,268 @@ impl RedisTier {
         &self.handle
     }
 
-    pub(crate) fn client(&self) -> &redis::Client {
-        &self.shared.client
+    /// Where the master is, for the bus subscriber (which follows the same master).
+    pub(crate) fn target(&self) -> Arc<RedisTarget> {
+        self.shared.target.clone()
     }
 
-    pub(crate) async fn ping(&self) -> Result<(), CacheError> {
-        self.exec(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
+    /// Exercises what the runtime really sends, as the configured user, on probe keys under
+    /// `prefix` (`{prefix}:health:*`) and a probe channel under the bus's (`{channel}:health`):
+    /// `PING`, `SCRIPT LOAD` of every script, each operation (and so every command its script
+    /// calls), `TIME`, `ROLE` / `WAIT` when writes wait, `PUBLISH` and `SUBSCRIBE`. The first
+    /// failure names its step and, for `NOPERM`, the command the user may not run. Bypasses
+    /// the breaker: it is the probe an operator asks for.
+    pub(crate) async fn health_check(&self, prefix: &str, channel: &str) -> Result<(), CacheError> {
+        let step = |name: &'static str| {
+            move |e: CacheError| match e {
+                CacheError::Redis(msg) => CacheError::Redis(health_message(name, &msg)),
+                other => other,
+            }
+        };
+        let shared = self.shared.clone();
+        let conns = self
+            .handle
+            .spawn(async move {
+                tokio::time::timeout(shared.connect_timeout, Shared::connection(&shared))
+                    .await
+                    .unwrap_or_else(|_| Err(CacheError::Timeout(shared.connect_timeout)))
+            })
             .await
-            .map(drop)
+            .unwrap_or_else(|e| Err(CacheError::Unavailable(e.to_string())))?;
+        let run = |conn: ConnectionManager, cmd: redis::Cmd, name: &'static str| {
+            let shared = self.shared.clone();
+            async move {
+                let mut c = conn;
+                cmd.query_async::<redis::Value>(&mut c)
+                    .await
+                    .map_err(|e| shared.failed_op(e).0)
+                    .map_err(step(name))
+            }
+        };
+        run(conns.data.clone(), redis::cmd("PING"), "PING").await?;
+        for script in self.scripts.all() {
+            let mut c = conns.data.clone();
+            script
+                .load_async(&mut c)
+                .await
+                .map_err(|e| self.shared.failed_op(e).0)
+                .map_err(step("SCRIPT LOAD"))?;
+        }
+        // The commands the scripts call, one by one first: inside a script a refusal names
+        // only the script's line, so a direct refusal is what names the command to grant.
+        // Not the bus's own channel: receivers never see the probe.
+        let channel = format!("{channel}:health");
+        let channel = channel.as_str();
+        let k = format!("{prefix}:health:cmd");
+        let n = format!("{prefix}:health:n");
+        let direct: [(&'static str, &[&str]); 8] = [
+            ("SET", &["SET", &k, "ok", "PX", "10000"]),
+            ("GET", &["GET", &k]),
+            ("MGET", &["MGET", &k, &n]),
+            ("PTTL", &["PTTL", &k]),
+            ("INCR", &["INCR", &n]),
+            ("PEXPIRE", &["PEXPIRE", &n, "10000"]),
+            ("DEL", &["DEL", &k, &n]),
+            ("PUBLISH", &["PUBLISH", channel, "probe"]),
+        ];
+        for (name, args) in direct {
+            let mut cmd = redis::cmd(args[0]);
+            cmd.arg(&args[1..]);
+            run(conns.data.clone(), cmd, name).await?;
+        }
+        let keys = |k: &str| EntryKeys {
+            value: format!("{prefix}:health:v:{k}"),
+            lock: format!("{prefix}:health:lock:{k}"),
+            stamps: vec![format!("{prefix}:health:gen:{k}")],
+        };
+        let ttl = Duration::from_secs(10);
+        let msg = format!("{prefix}:health:");
+        let probe = async {
+            let seen = self
+                .bump_generation(keys("p").stamps, ttl, channel.into(), msg.clone())
+                .await?;
+            self.write_if(WriteRequest {
+                keys: keys("p"),
+                bytes: b"ok".to_vec(),
+                ttl,
+                seen,
+                token: Some("health".into()),
+            })
+            .await?;
+            self.read(ReadRequest {
+                keys: keys("p"),
+                try_lock: None,
+            })
+            .await?;
+            self.read(ReadRequest {
+                keys: keys("l"),
+                try_lock: Some(("health".into(), 10_000)),
+            })
+            .await?;
+            self.try_lock(keys("l").lock, "health".into(), 10_000)
+                .await?;
+            self.release_lock(keys("l").lock, "health".into()).await?;
+            self.bump_version(format!("{prefix}:health:tag"), channel.into(), msg.clone())
+                .await?;
+            for k in ["p", "l"] {
+                let EntryKeys { value, stamps, .. } = keys(k);
+                self.invalidate(value, stamps[0].clone(), ttl, channel.into(), msg.clone())
+                    .await?;
+            }
+            Ok::<_, CacheError>(())
+        };
+        probe.await.map_err(step("an operation (script)"))?;
+        run(conns.data.clone(), redis::cmd("TIME"), "TIME").await?;
+        if self.shared.wait != WaitReplicas::Off {
+            run(conns.data.clone(), redis::cmd("ROLE"), "ROLE").await?;
+            let mut wait = redis::cmd("WAIT");
+            wait.arg(0).arg(0);
+            run(conns.write.clone(), wait, "WAIT").await?;
+        }
+        let target = self.target();
+        let channel = channel.to_string();
+        let timeout = self.shared.connect_timeout;
+        self.handle
+            .spawn(async move {
+                let sub = async {
+                    let mut pubsub = target.client().await?.get_async_pubsub().await?;
+                    pubsub.subscribe(&channel).await?;
+                    pubsub.unsubscribe(&channel).await
+                };
+                match tokio::time::timeout(timeout, sub).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(CacheError::Redis(health_message(
+                        "SUBSCRIBE",
+                        &redact(&e.to_string()),
+                    ))),
+                    Err(_) => Err(CacheError::Timeout(timeout)),
+                }
+            })
+            .await
+            .unwrap_or_else(|e| Err(CacheError::Unavailable(e.to_string())))
+    }
+}
+
+impl Scripts {
+    /// Every script, for the health check's `SCRIPT LOAD`.
+    fn all(&self) -> [&redis::Script; 6] {
+        [
+            &self.read,
+            &self.write_if,
+            &self.release,
+            &self.invalidate,
+            &self.bump_gen,
+            &self.bump_version,
+        ]
+    }
+}
+
+/// `health check: <step> failed: the redis user may not run 'zadd' (grant +zadd): NOPERM ...`
+fn health_message(step: &str, msg: &str) -> String {
+    let denied = msg
+        .to_ascii_uppercase()
+        .contains("NOPERM")
+        .then(|| msg.split('\'').nth(1))
+        .flatten()
+        .filter(|c| !c.is_empty() && !c.contains(' '));
+    match denied {
+        Some(cmd) => format!(
+            "health check: {step} failed: the redis user may not run '{cmd}' (grant +{}): {msg}",
+            cmd.to_lowercase()
+        ),
+        None => format!("health check: {step} failed: {msg}"),
     }
 }
 
 impl RedisTier {
     /// Breaker bookkeeping and rate-limited logging of one operation's result.
-    fn settle<T>(&self, res: &Result<T, CacheError>) {
-        match res {
-            // A server error (NOPERM, ...) still means Redis is there and answering.
-            Ok(_) | Err(CacheError::Redis(_)) => self.breaker.success(),
-            Err(_) => self.breaker.failure(),
+    fn settle<T>(&self, (res, fault): (Result<T, CacheError>, Fault)) -> Result<T, CacheError> {
+        match (&res, fault) {
+            // Only an error that says nothing about this node's health (`WRONGTYPE`, ...)
+            // counts as Redis answering; `READONLY`, `NOPERM`, `OOM`, ... are failures.
+            (Ok(_), _) | (Err(_), Fault::Answered) => self.breaker.success(),
+            (Err(_), _) => self.breaker.failure(),
         }
-        if let Err(e) = res {
+        if let Err(e) = &res {
             self.shared.log.warn_error(
                 "redis",
                 "redis operation failed, falling back to the source",
                 e,
             );
         }
+        res
+    }
+}
+
+/// Runs `op` on the data connection, or on the write connection followed by `WAIT` when
+/// `confirm`, and classifies a failure.
+async fn run_op<T, F, Fut>(
+    shared: &Shared,
+    conns: Conns,
+    confirm: bool,
+    op: F,
+) -> (Result<T, CacheError>, Fault)
+where
+    F: FnOnce(ConnectionManager) -> Fut,
+    Fut: Future<Output = Result<T, RedisError>>,
+{
+    let fail = |e| {
+        let (e, f) = shared.failed_op(e);
+        (Err(e), f)
+    };
+    if !confirm {
+        return match op(conns.data).await {
+            Ok(v) => (Ok(v), Fault::Answered),
+            Err(e) => fail(e),
+        };
+    }
+    let mut write = conns.write;
+    let mut data = conns.data;
+    let value = match op(write.clone()).await {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    let wanted = shared.replicas_to_wait(&mut data).await;
+    if wanted == 0 {
+        return (Ok(value), Fault::Answered);
+    }
+    // `WAIT` covers every write sent before it on this connection, the one above included.
+    let wait_ms = shared.op_timeout.as_millis().max(1) as u64;
+    match redis::cmd("WAIT")
+        .arg(wanted)
+        .arg(wait_ms)
+        .query_async::<u32>(&mut write)
+        .await
+    {
+        Ok(acked) if acked >= wanted => (Ok(value), Fault::Answered),
+        Ok(acked) => {
+            counters::unconfirmed();
+            (
+                Err(CacheError::Unavailable(format!(
+                    "write not confirmed: {acked} of {wanted} replica(s) acknowledged it \
+                     within {wait_ms} ms (WAIT)"
+                ))),
+                Fault::Refused,
+            )
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// Process-wide counts of the connection layer (exported as metrics).
+pub(crate) mod counters {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static UNCONFIRMED: AtomicU64 = AtomicU64::new(0);
+
+    /// A write the replicas did not confirm in time.
+    pub(crate) fn unconfirmed() {
+        UNCONFIRMED.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("cache_redis_unconfirmed_writes").increment(1);
+    }
+
+    /// Writes the replicas did not confirm in time, since start.
+    pub(crate) fn unconfirmed_writes() -> u64 {
+        UNCONFIRMED.load(Ordering::Relaxed)
     }
 }
