@@ -661,7 +661,7 @@ async fn purge_with_retries(
     let message = format!("gave up on {} item(s) after {tries} attempt(s)", todo.len());
     shared
         .fail_log
-        .warn(purger.name(), &format!("{message}: {error}"));
+        .warn_error(purger.name(), &message, &error);
     Some(todo)
 }
 
