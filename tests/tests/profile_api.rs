@@ -480,6 +480,7 @@ fn sigterm_removes_the_temporary_database() {
     let mut cmd = Command::new(service_binary());
     cmd.env_remove("REDIS_URL")
         .env_remove("CACHE_EDGE_PURGE_URL")
+        .env_remove("CACHE_EDGE")
         .env_remove("DB_PATH")
         .env("PORT", "0")
         .env("CACHE_LAYERS", "local")
@@ -491,6 +492,13 @@ fn sigterm_removes_the_temporary_database() {
         .stderr(Stdio::inherit());
     let mut child = cmd.spawn().expect("start profile_api");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("a first line").expect("read stdout");
+    let port: u16 = first
+        .split("http://127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line: {first}"));
     let db = lines
         .by_ref()
         .map_while(Result::ok)
@@ -501,6 +509,12 @@ fn sigterm_removes_the_temporary_database() {
         .expect("the service printed its database");
     assert!(db.is_file(), "{} exists while running", db.display());
     std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
+    // SIGTERM once it serves, as a service manager would send it.
+    eventually(
+        Duration::from_secs(30),
+        "the service answers /health",
+        || get(port, "/health", &[]).is_ok_and(|r| r.status == 200),
+    );
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     let deadline = Instant::now() + Duration::from_secs(30);

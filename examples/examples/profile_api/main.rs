@@ -54,6 +54,10 @@ async fn main() {
     tracing_subscriber::fmt()
         .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
         .init();
+    // Installed first: a SIGTERM that arrives during start-up then also stops the service
+    // cleanly instead of killing it with its temporary files.
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install a SIGTERM handler");
     let s = match Settings::from_env_and_args() {
         Ok(s) => s,
         Err(e) => {
@@ -161,7 +165,7 @@ async fn main() {
     }
 
     axum::serve(listener, api::router())
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown_signal(term))
         .await
         .expect("serve");
     // Purges enqueued by the last writes (and their second purges) before the process ends.
@@ -176,9 +180,7 @@ async fn main() {
 }
 
 /// Ctrl-C (SIGINT) or SIGTERM, whichever comes first.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install a SIGTERM handler");
+async fn shutdown_signal(mut term: tokio::signal::unix::Signal) {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
