@@ -88,6 +88,11 @@ pub(crate) fn message_prefix(action: Action, target: &str) -> String {
     )
 }
 
+/// A complete key message (`I`/`U`): receivers evict unconditionally, so its counter is 0.
+pub(crate) fn message(action: Action, target: &str) -> String {
+    format!("{}0", message_prefix(action, target))
+}
+
 #[derive(Debug, PartialEq)]
 pub(crate) struct Message<'a> {
     pub sender: u64,
@@ -126,7 +131,8 @@ pub(crate) trait Target: Send + Sync {
     /// Whether it fronts Redis (`local+redis` with Redis configured): such tiers are
     /// cleared whenever the bus may have lost messages.
     fn shared(&self) -> bool;
-    /// Evict `key` unless the local copy is at generation ≥ `generation`.
+    /// Evict `key`, whatever the local copy (no counter comparison: a flush that resets
+    /// counters cannot make a receiver keep an old copy). `generation` is informative.
     fn evict(&self, key: &str, generation: u64);
     fn evict_tag(&self, tag: &str);
     fn clear(&self);

@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use crate::bus::Action;
 
@@ -15,8 +14,7 @@ pub(crate) enum PendingOp {
     /// A key invalidation (also used for a populate that Redis did not take).
     Invalidate {
         value_key: String,
-        gen_key: String,
-        retention: Duration,
+        ticket_key: String,
         channel: String,
         logical: String,
     },

@@ -40,47 +40,56 @@ pub(crate) struct RedisTier {
     retrying: AtomicBool,
 }
 
-/// What a read found. `stamps` are the current counters of the request's stamp keys
-/// (missing keys read as 0), read atomically with the value.
-pub(crate) enum Fetched {
-    Missing {
-        stamps: Vec<u64>,
-        locked: bool,
-    },
-    /// Bytes and the key's remaining lifetime (`None`: no expiry set).
-    Found {
-        bytes: Vec<u8>,
-        pttl: Option<Duration>,
-        stamps: Vec<u64>,
-    },
-    /// The key holds another Redis type (hash, list, ...).
-    WrongType {
-        stamps: Vec<u64>,
-    },
+/// What a read found, atomically: the value's bytes (`None`: missing, or a key of another
+/// Redis type, which `MGET` answers as nil), the key's ticket, the scope counters (missing
+/// ones read as 0) and whether the lock was taken.
+pub(crate) struct Fetched {
+    pub value: Option<Vec<u8>>,
+    pub ticket: Option<u64>,
+    pub stamps: Vec<u64>,
+    pub locked: bool,
 }
 
-/// The Redis keys of one entry: its value, its lock, and the counters it is stamped with
-/// (generation, cache clear, global clear, tags), built by the cache's key scheme.
+/// The Redis keys of one entry (docs/PROTOCOL.md §2): its value, ticket and lock (one hash
+/// tag), and the scope counters it is stamped with (cache clear, global clear, tags), built
+/// by the cache's key scheme.
 pub(crate) struct EntryKeys {
     pub value: String,
+    pub ticket: String,
     pub lock: String,
     pub stamps: Vec<String>,
 }
 
-/// One read; the lock is tried (`SET NX PX lease`) only with `try_lock` (token, lease ms).
+/// One read; with `try_lock` (token, lease ms) it is the read script, which also sets
+/// `new_ticket` (for `ticket_px` ms) if the key has none and tries the lock.
 pub(crate) struct ReadRequest {
     pub keys: EntryKeys,
     pub try_lock: Option<(String, u64)>,
+    pub new_ticket: u64,
+    pub ticket_px: u64,
 }
 
-/// One conditional write: `bytes` for `ttl`, if the stamps still hold `seen`; releases the
-/// lock if `token` still owns it.
+/// One conditional write: `bytes` for `ttl`, if the key's ticket is still `ticket` and the
+/// scope counters still hold `seen`; releases the lock if `token` still owns it.
 pub(crate) struct WriteRequest {
     pub keys: EntryKeys,
     pub bytes: Vec<u8>,
     pub ttl: Duration,
+    pub ticket: u64,
+    pub ticket_px: u64,
     pub seen: Vec<u64>,
     pub token: Option<String>,
+}
+
+/// A ticket as stored in Redis: 16 lower-case hex digits.
+pub(crate) fn ticket_text(ticket: u64) -> String {
+    format!("{ticket:016x}")
+}
+
+/// A ticket read from Redis; anything else than 16 hex digits never matches an envelope.
+fn parse_ticket(raw: &[u8]) -> Option<u64> {
+    let s = std::str::from_utf8(raw).ok()?;
+    (s.len() == 16).then(|| u64::from_str_radix(s, 16).ok())?
 }
 
 impl RedisTier {
@@ -165,81 +174,91 @@ impl RedisTier {
             return self.read_plain(req).await;
         }
         let scripts = self.scripts.clone();
-        type Reply = (i64, Option<Vec<u8>>, i64, Vec<Option<String>>, i64);
-        let res = self
+        type Reply = (Option<Vec<u8>>, Option<Vec<u8>>, i64, Vec<Option<String>>);
+        let (value, ticket, locked, stamps) = self
             .exec(move |mut c| async move {
                 let mut inv = scripts.read.prepare_invoke();
-                inv.key(&req.keys.value).key(&req.keys.lock);
+                inv.key(&req.keys.value)
+                    .key(&req.keys.ticket)
+                    .key(&req.keys.lock);
                 for k in &req.keys.stamps {
                     inv.key(k);
                 }
-                match &req.try_lock {
-                    Some((token, lease_ms)) => inv.arg("1").arg(token).arg(*lease_ms),
-                    None => inv.arg("0").arg("").arg(0),
-                };
+                let (token, lease_ms) = req.try_lock.unwrap_or_default();
+                inv.arg(ticket_text(req.new_ticket))
+                    .arg(req.ticket_px)
+                    .arg(token)
+                    .arg(lease_ms);
                 inv.invoke_async::<Reply>(&mut c).await
             })
-            .await;
-        match res {
-            Ok((1, Some(bytes), pttl, stamps, _)) => Ok(Fetched::Found {
-                bytes,
-                pttl: (pttl >= 0).then(|| Duration::from_millis(pttl as u64)),
-                stamps: parse_stamps(stamps),
-            }),
-            Ok((2, _, _, stamps, _)) => Ok(Fetched::WrongType {
-                stamps: parse_stamps(stamps),
-            }),
-            Ok((_, _, _, stamps, locked)) => Ok(Fetched::Missing {
-                stamps: parse_stamps(stamps),
-                locked: locked == 1,
-            }),
-            Err(e) => Err(e),
-        }
+            .await?;
+        Ok(Fetched {
+            value,
+            ticket: ticket.as_deref().and_then(parse_ticket),
+            stamps: parse_stamps(stamps),
+            locked: locked == 1,
+        })
     }
 
-    /// A read without a lock attempt: `MGET value stamps…` and `PTTL value`, pipelined (one
-    /// round trip, and about a tenth of a script's server time). `MGET` answers nil for a key
-    /// of another type, which `PTTL` (≥ -1: the key exists) tells apart from a missing key.
+    /// A read without a lock attempt: one `MGET value ticket scope-counters…` (one command,
+    /// one round trip).
     async fn read_plain(&self, req: ReadRequest) -> Result<Fetched, CacheError> {
-        let (mut values, pttl) = self
+        let mut values = self
             .exec(move |mut c| async move {
-                let mut p = redis::pipe();
-                p.cmd("MGET").arg(&req.keys.value);
+                let mut cmd = redis::cmd("MGET");
+                cmd.arg(&req.keys.value).arg(&req.keys.ticket);
                 for k in &req.keys.stamps {
-                    p.arg(k);
+                    cmd.arg(k);
                 }
-                p.cmd("PTTL").arg(&req.keys.value);
-                p.query_async::<(Vec<Option<Vec<u8>>>, i64)>(&mut c).await
+                cmd.query_async::<Vec<Option<Vec<u8>>>>(&mut c).await
             })
-            .await?;
-        let value = if values.is_empty() {
-            None
-        } else {
-            values.remove(0)
-        };
+            .await?
+            .into_iter();
+        let value = values.next().flatten();
+        let ticket = values.next().flatten().as_deref().and_then(parse_ticket);
         let stamps = values
-            .into_iter()
             .map(|v| {
                 v.and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok())
                     .unwrap_or(0)
             })
             .collect();
-        Ok(match value {
-            Some(bytes) => Fetched::Found {
-                bytes,
-                pttl: (pttl >= 0).then(|| Duration::from_millis(pttl as u64)),
-                stamps,
-            },
-            None if pttl != -2 => Fetched::WrongType { stamps },
-            None => Fetched::Missing {
-                stamps,
-                locked: false,
-            },
+        Ok(Fetched {
+            value,
+            ticket,
+            stamps,
+            locked: false,
         })
     }
 
-    /// `SET value PX` if every stamp key still holds `seen`; releases the lock if `token`
-    /// still owns it. `Ok(false)`: a write happened since `seen` was read; nothing stored.
+    /// `SET ticket new NX GET PX px`: the key's ticket in force (ours if it had none).
+    pub(crate) async fn claim_ticket(
+        &self,
+        ticket_key: String,
+        new: u64,
+        px: u64,
+    ) -> Result<Option<u64>, CacheError> {
+        self.exec(move |mut c| async move {
+            redis::cmd("SET")
+                .arg(&ticket_key)
+                .arg(ticket_text(new))
+                .arg("NX")
+                .arg("GET")
+                .arg("PX")
+                .arg(px.max(1))
+                .query_async::<Option<Vec<u8>>>(&mut c)
+                .await
+                .map(|old| match old {
+                    None => Some(new),
+                    Some(old) => parse_ticket(&old),
+                })
+        })
+        .await
+    }
+
+    /// The `store` script: `SET value PX` if the ticket is still ours and the scope counters
+    /// still hold `seen` (extending the ticket with `PEXPIRE GT`); releases the lock if
+    /// `token` still owns it. `Ok(false)`: the key was invalidated or replaced since the
+    /// ticket was taken (or a tag/clear happened); nothing stored.
     pub(crate) async fn write_if(&self, req: WriteRequest) -> Result<bool, CacheError> {
         let ms = req.ttl.as_millis().max(1) as u64;
         let scripts = self.scripts.clone();
@@ -247,16 +266,22 @@ impl RedisTier {
             let WriteRequest {
                 keys,
                 bytes,
+                ticket,
+                ticket_px,
                 seen,
                 token,
                 ..
             } = req;
-            let mut inv = scripts.write_if.prepare_invoke();
-            inv.key(&keys.value).key(&keys.lock);
+            let mut inv = scripts.store.prepare_invoke();
+            inv.key(&keys.value).key(&keys.ticket).key(&keys.lock);
             for k in &keys.stamps {
                 inv.key(k);
             }
-            inv.arg(bytes).arg(ms).arg(token.as_deref().unwrap_or(""));
+            inv.arg(ticket_text(ticket))
+                .arg(bytes)
+                .arg(ms)
+                .arg(ticket_px.max(ms))
+                .arg(token.as_deref().unwrap_or(""));
             for s in &seen {
                 inv.arg(*s);
             }
@@ -304,61 +329,60 @@ impl RedisTier {
         .await
     }
 
-    /// Bumps the key's generation (kept `retention`), deletes the value, and publishes
-    /// `message_prefix` + the new generation on `channel`: one round trip.
+    /// Invalidates one key: `DEL value ticket` then `PUBLISH`, pipelined (one round trip, no
+    /// script). `DEL` comes first and is allowed under `noeviction` OOM; deleting the ticket
+    /// kills every schema version's value and every in-flight store. `Ok` needs both replies.
     pub(crate) async fn invalidate(
         &self,
         value_key: String,
-        gen_key: String,
-        retention: Duration,
+        ticket_key: String,
         channel: String,
-        message_prefix: String,
-    ) -> Result<u64, CacheError> {
-        let scripts = self.scripts.clone();
+        message: String,
+    ) -> Result<(), CacheError> {
         self.exec(move |mut c| async move {
-            scripts
-                .invalidate
-                .key(&value_key)
-                .key(&gen_key)
-                .arg(retention.as_millis() as u64)
+            redis::pipe()
+                .cmd("DEL")
+                .arg(&value_key)
+                .arg(&ticket_key)
+                .ignore()
+                .cmd("PUBLISH")
                 .arg(&channel)
-                .arg(&message_prefix)
-                .invoke_async::<u64>(&mut c)
+                .arg(&message)
+                .ignore()
+                .query_async::<()>(&mut c)
                 .await
         })
         .await
     }
 
-    /// Bumps the generation (first stamp key) and returns every stamp after the bump.
-    pub(crate) async fn bump_generation(
+    /// The first half of a populate: `DEL value ticket` (first, so the old value is gone even
+    /// under OOM), the new ticket, the bus message, and the scope counters to stamp the new
+    /// envelope with (one script, one round trip). The value is then written with
+    /// [`Self::write_if`] under the new ticket.
+    pub(crate) async fn replace_ticket(
         &self,
-        stamp_keys: Vec<String>,
-        retention: Duration,
+        keys: &EntryKeys,
+        ticket: u64,
+        ticket_px: u64,
         channel: String,
-        message_prefix: String,
+        message: String,
     ) -> Result<Vec<u64>, CacheError> {
         let scripts = self.scripts.clone();
+        let (value, ticket_key, stamps) =
+            (keys.value.clone(), keys.ticket.clone(), keys.stamps.clone());
         self.exec(move |mut c| async move {
-            let mut inv = scripts.bump_gen.prepare_invoke();
-            for k in &stamp_keys {
+            let mut inv = scripts.populate.prepare_invoke();
+            inv.key(&value).key(&ticket_key);
+            for k in &stamps {
                 inv.key(k);
             }
-            inv.arg(retention.as_millis() as u64)
+            inv.arg(ticket_text(ticket))
+                .arg(ticket_px.max(1))
                 .arg(&channel)
-                .arg(&message_prefix);
-            // The first element is an integer (the new generation), the rest MGET strings.
-            let raw: Vec<redis::Value> = inv.invoke_async(&mut c).await?;
-            Ok(raw
-                .into_iter()
-                .map(|v| match v {
-                    redis::Value::Int(i) => i.max(0) as u64,
-                    redis::Value::BulkString(b) => std::str::from_utf8(&b)
-                        .ok()
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(0),
-                    _ => 0,
-                })
-                .collect())
+                .arg(&message);
+            inv.invoke_async::<Vec<Option<String>>>(&mut c)
+                .await
+                .map(parse_stamps)
         })
         .await
     }
@@ -398,20 +422,18 @@ impl RedisTier {
                 let res = match &op {
                     PendingOp::Invalidate {
                         value_key,
-                        gen_key,
-                        retention,
+                        ticket_key,
                         channel,
                         logical,
                     } => self
                         .invalidate(
                             value_key.clone(),
-                            gen_key.clone(),
-                            *retention,
+                            ticket_key.clone(),
                             channel.clone(),
-                            bus::message_prefix(bus::Action::Invalidated, logical),
+                            bus::message(bus::Action::Invalidated, logical),
                         )
                         .await
-                        .map(|g| bus::apply_locally(bus::Action::Invalidated, logical, g)),
+                        .map(|()| bus::apply_locally(bus::Action::Invalidated, logical, 0)),
                     PendingOp::Bump {
                         key,
                         channel,
