@@ -318,9 +318,11 @@ fn an_invalidation_issued_during_an_outage_reaches_the_other_processes_afterward
     });
     // The retry deleted the key's ticket in Redis and told the bus; b applies the message
     // asynchronously, so its eviction is awaited (not assumed the instant a drained).
-    eventually_blocking(WITHIN, "b's copy evicted by the retried invalidation", || {
-        b.call("peek 30") != "old"
-    });
+    eventually_blocking(
+        WITHIN,
+        "b's copy evicted by the retried invalidation",
+        || b.call("peek 30") != "old",
+    );
     assert_eq!(b.call("get 30"), "new");
     assert_eq!(b.call("lookup 30"), "new");
 }

@@ -471,7 +471,6 @@ fn rss_bytes() -> u64 {
 /// Item 8: a million invalidations while Redis hangs stay within bounded memory, drain within
 /// seconds of Redis returning, and afterwards no process reads an invalidated value.
 #[test]
-#[ignore = "issue 11 item 8: one pending entry per key, cloned every retry round, drained one key at a time"]
 fn a_million_invalidations_during_a_hang_stay_bounded_and_drain_fast() {
     const KEYS: u64 = 1_000_000;
     const RSS_BOUND: u64 = 64 << 20;

@@ -33,7 +33,7 @@ use crate::error::CacheError;
 use crate::key::redis_bucket;
 #[cfg(test)]
 use crate::key::REDIS_BUCKETS;
-use crate::pending::PendingOp;
+use crate::pending::{Added, PendingOp};
 use crate::redis_tier::{EntryKeys, Fetched, ReadRequest, RedisTier, WriteRequest};
 use crate::runtime::runtime;
 use crate::tier::Key;
@@ -590,12 +590,21 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     /// meanwhile do not read this key from Redis, where a stale value may remain.
     fn defer_invalidation(&self, r: &RedisSide<V>, key: &Key) {
         bus::apply_locally(bus::Action::Invalidated, &key.logical, u64::MAX);
-        r.tier.defer(PendingOp::Invalidate {
+        let added = r.tier.defer(PendingOp::Invalidate {
             value_key: r.keys.value(key),
             ticket_key: r.keys.ticket(key),
             channel: r.keys.channel.clone(),
             logical: key.logical.clone(),
+            cache: std::sync::Arc::from(self.name.as_str()),
         });
+        if let Added::Folded(n) = added {
+            self.counters.pending_folded.add(n as u64);
+            self.decode_log.warn_error(
+                &self.name,
+                "too many pending redis writes: key invalidations folded into a pending clear of the cache",
+                &n,
+            );
+        }
     }
 
     /// The conditional write of an entry (kept `stale` past its TTL for the fail-safe).

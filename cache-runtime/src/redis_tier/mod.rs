@@ -23,13 +23,16 @@ use crate::error::{CacheError, InitError};
 // `pub(crate)` only for `edge/worker.rs`, which still imports the limiter from here: its home
 // is `log_limit`; make this private once that import points there.
 pub(crate) use crate::log_limit::LogLimiter;
-use crate::pending::{Pending, PendingOp};
+use crate::pending::{Added, Pending, PendingOp};
 
 mod connection;
 mod scripts;
 
 use connection::{open_client, redact, Shared};
 use scripts::{parse_stamps, Scripts};
+
+/// Pending key invalidations sent per round trip when draining.
+const DRAIN_BATCH: usize = 512;
 
 pub(crate) struct RedisTier {
     handle: tokio::runtime::Handle,
@@ -119,7 +122,7 @@ impl RedisTier {
                 config.breaker_threshold,
                 config.breaker_cooldown,
             )),
-            pending: Pending::default(),
+            pending: Pending::new(&config.key_prefix),
             retrying: AtomicBool::new(false),
         })
     }
@@ -407,57 +410,93 @@ impl RedisTier {
         .await
     }
 
-    /// Keeps a write that Redis did not take, and makes sure the retry loop runs.
-    pub(crate) fn defer(&'static self, op: PendingOp) {
-        self.pending.add(op);
+    /// Keeps a write that Redis did not take (maybe folded, see `pending`), and makes sure
+    /// the retry loop runs.
+    pub(crate) fn defer(&'static self, op: PendingOp) -> Added {
+        let added = self.pending.add(op);
         if !self.retrying.swap(true, Ordering::AcqRel) {
             self.handle.spawn(self.retry_loop());
         }
+        added
     }
 
+    /// Retries pending writes every 100 ms: scope writes (at most 65) one by one, then key
+    /// invalidations in pipelines of [`DRAIN_BATCH`], taken out of the set (never cloning
+    /// it) and put back if Redis did not take them.
     async fn retry_loop(&'static self) {
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            for op in self.pending.snapshot() {
-                let res = match &op {
-                    PendingOp::Invalidate {
-                        value_key,
-                        ticket_key,
-                        channel,
-                        logical,
-                    } => self
-                        .invalidate(
-                            value_key.clone(),
-                            ticket_key.clone(),
-                            channel.clone(),
-                            bus::message(bus::Action::Invalidated, logical),
-                        )
-                        .await
-                        .map(|()| bus::apply_locally(bus::Action::Invalidated, logical, 0)),
-                    PendingOp::Bump {
-                        key,
-                        channel,
-                        action,
-                        target,
-                    } => self
-                        .bump_version(
-                            key.clone(),
-                            channel.clone(),
-                            bus::message_prefix(*action, target),
-                        )
-                        .await
-                        .map(|_| bus::apply_locally(*action, target, 0)),
-                };
-                match res {
-                    Ok(()) => {
-                        tracing::info!(write = %op.id(), "a deferred redis write went through");
-                        self.pending.done(&op.id());
+            let _ = self.retry_round().await;
+        }
+    }
+
+    async fn retry_round(&'static self) -> Result<(), CacheError> {
+        for op in self.pending.scopes() {
+            if let PendingOp::Bump {
+                key,
+                channel,
+                action,
+                target,
+            } = &op
+            {
+                self.bump_version(
+                    key.clone(),
+                    channel.clone(),
+                    bus::message_prefix(*action, target),
+                )
+                .await?;
+                bus::apply_locally(*action, target, 0);
+                tracing::info!(write = %op.id(), "a deferred redis write went through");
+                self.pending.done(&op.id());
+            }
+        }
+        loop {
+            let batch = self.pending.take_keys(DRAIN_BATCH);
+            if batch.is_empty() {
+                return Ok(());
+            }
+            match self.invalidate_batch(&batch).await {
+                Ok(()) => {
+                    for op in &batch {
+                        if let PendingOp::Invalidate { logical, .. } = op {
+                            bus::apply_locally(bus::Action::Invalidated, logical, 0);
+                        }
                     }
-                    // Still down: try the rest next round.
-                    Err(_) => break,
+                    self.pending.keys_done(&batch);
+                    tracing::info!(
+                        writes = batch.len(),
+                        "deferred redis invalidations went through"
+                    );
+                }
+                Err(e) => {
+                    self.pending.restore(batch);
+                    return Err(e);
                 }
             }
         }
+    }
+
+    /// Pending key invalidations in one pipeline: `DEL value ticket` + `PUBLISH` each.
+    async fn invalidate_batch(&self, batch: &[PendingOp]) -> Result<(), CacheError> {
+        let mut p = redis::pipe();
+        for op in batch {
+            if let PendingOp::Invalidate {
+                value_key,
+                ticket_key,
+                channel,
+                logical,
+                ..
+            } = op
+            {
+                p.cmd("DEL").arg(value_key).arg(ticket_key).ignore();
+                p.cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(bus::message(bus::Action::Invalidated, logical))
+                    .ignore();
+            }
+        }
+        self.exec(move |mut c| async move { p.query_async::<()>(&mut c).await })
+            .await
     }
 
     pub(crate) fn breaker_state(&self) -> BreakerState {
