@@ -193,7 +193,7 @@ pub struct BusStatus {
     pub connected: bool,
     /// Times the subscription was (re)established.
     pub subscriptions: u64,
-    /// Messages received, this process's own included.
+    /// Messages received from other processes (this process's own are dropped unread).
     pub received: u64,
     /// Messages from other processes that were applied.
     pub applied: u64,
@@ -242,7 +242,22 @@ pub fn recent_propagation_delays_us() -> Vec<u64> {
         .collect()
 }
 
+/// This process's origin as it appears in its messages (bytes 3..19).
+fn own_origin() -> &'static [u8; 16] {
+    static HEX: OnceLock<[u8; 16]> = OnceLock::new();
+    HEX.get_or_init(|| {
+        let mut out = [0u8; 16];
+        out.copy_from_slice(format!("{:016x}", instance_id()).as_bytes());
+        out
+    })
+}
+
 fn handle(payload: &[u8]) {
+    // Own messages are dropped before any parsing or counting (PROTOCOL §5.2): the writer
+    // applied its write locally before returning.
+    if payload.get(3..19) == Some(own_origin().as_slice()) {
+        return;
+    }
     let c = counters();
     c.received.fetch_add(1, Ordering::Relaxed);
     let Some(msg) = std::str::from_utf8(payload).ok().and_then(parse) else {
@@ -264,6 +279,9 @@ fn handle(payload: &[u8]) {
     d.push_back(delay);
 }
 
+/// How long a subscription must stay up for the reconnect backoff to start over.
+const HEALTHY: Duration = Duration::from_secs(10);
+
 /// Runs forever on the Redis thread: subscribe, apply, reconnect.
 pub(crate) async fn run(client: redis::Client, channel: String, timeout: Duration) {
     // After a failure 100 ms, doubling up to 1.6 s; after a clean end 50 ms (the first
@@ -276,7 +294,16 @@ pub(crate) async fn run(client: redis::Client, channel: String, timeout: Duratio
     delays.next();
     let mut failures: u32 = 0;
     loop {
-        match subscribe_and_listen(&client, &channel, timeout).await {
+        let started = tokio::time::Instant::now();
+        let res = subscribe_and_listen(&client, &channel, timeout).await;
+        if counters().connected.load(Ordering::Relaxed) && started.elapsed() >= HEALTHY {
+            // A subscription that stayed up this long was healthy: the next loss starts a
+            // fresh backoff (the old loop only reset on `Ok`, which never came: fault 4).
+            failures = 0;
+            delays = backoff.build();
+            delays.next();
+        }
+        match res {
             Ok(()) => {
                 failures = 0;
                 delays = backoff.build();
@@ -355,5 +382,18 @@ mod tests {
         }
         assert!(parse("C2\u{1f}00\u{1f}I\u{1f}1\u{1f}k\u{1f}1").is_none());
         assert!(parse("garbage").is_none());
+    }
+
+    #[test]
+    fn own_messages_are_dropped_unread_and_others_counted() {
+        let before = bus_status().received;
+        handle(message(Action::Invalidated, "own:1").as_bytes());
+        assert_eq!(bus_status().received, before, "own echo not counted");
+        let other = format!(
+            "C{BUS_VERSION}{SEP}{:016x}{SEP}I{SEP}1{SEP}other:1{SEP}0",
+            instance_id() ^ 1
+        );
+        handle(other.as_bytes());
+        assert_eq!(bus_status().received, before + 1);
     }
 }
