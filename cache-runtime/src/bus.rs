@@ -88,6 +88,11 @@ pub(crate) fn message_prefix(action: Action, target: &str) -> String {
     )
 }
 
+/// A complete key message (`I`/`U`): receivers evict unconditionally, so its counter is 0.
+pub(crate) fn message(action: Action, target: &str) -> String {
+    format!("{}0", message_prefix(action, target))
+}
+
 #[derive(Debug, PartialEq)]
 pub(crate) struct Message<'a> {
     pub sender: u64,
@@ -126,7 +131,8 @@ pub(crate) trait Target: Send + Sync {
     /// Whether it fronts Redis (`local+redis` with Redis configured): such tiers are
     /// cleared whenever the bus may have lost messages.
     fn shared(&self) -> bool;
-    /// Evict `key` unless the local copy is at generation ≥ `generation`.
+    /// Evict `key`, whatever the local copy (no counter comparison: a flush that resets
+    /// counters cannot make a receiver keep an old copy). `generation` is informative.
     fn evict(&self, key: &str, generation: u64);
     fn evict_tag(&self, tag: &str);
     fn clear(&self);
@@ -187,7 +193,7 @@ pub struct BusStatus {
     pub connected: bool,
     /// Times the subscription was (re)established.
     pub subscriptions: u64,
-    /// Messages received, this process's own included.
+    /// Messages received from other processes (this process's own are dropped unread).
     pub received: u64,
     /// Messages from other processes that were applied.
     pub applied: u64,
@@ -236,7 +242,22 @@ pub fn recent_propagation_delays_us() -> Vec<u64> {
         .collect()
 }
 
+/// This process's origin as it appears in its messages (bytes 3..19).
+fn own_origin() -> &'static [u8; 16] {
+    static HEX: OnceLock<[u8; 16]> = OnceLock::new();
+    HEX.get_or_init(|| {
+        let mut out = [0u8; 16];
+        out.copy_from_slice(format!("{:016x}", instance_id()).as_bytes());
+        out
+    })
+}
+
 fn handle(payload: &[u8]) {
+    // Own messages are dropped before any parsing or counting (PROTOCOL §5.2): the writer
+    // applied its write locally before returning.
+    if payload.get(3..19) == Some(own_origin().as_slice()) {
+        return;
+    }
     let c = counters();
     c.received.fetch_add(1, Ordering::Relaxed);
     let Some(msg) = std::str::from_utf8(payload).ok().and_then(parse) else {
@@ -258,6 +279,9 @@ fn handle(payload: &[u8]) {
     d.push_back(delay);
 }
 
+/// How long a subscription must stay up for the reconnect backoff to start over.
+const HEALTHY: Duration = Duration::from_secs(10);
+
 /// Runs forever on the Redis thread: subscribe, apply, reconnect.
 pub(crate) async fn run(
     client: Arc<crate::redis_tier::RedisTarget>,
@@ -274,7 +298,16 @@ pub(crate) async fn run(
     delays.next();
     let mut failures: u32 = 0;
     loop {
-        match subscribe_and_listen(&client, &channel, timeout).await {
+        let started = tokio::time::Instant::now();
+        let res = subscribe_and_listen(&client, &channel, timeout).await;
+        if counters().connected.load(Ordering::Relaxed) && started.elapsed() >= HEALTHY {
+            // A subscription that stayed up this long was healthy: the next loss starts a
+            // fresh backoff (the old loop only reset on `Ok`, which never came: fault 4).
+            failures = 0;
+            delays = backoff.build();
+            delays.next();
+        }
+        match res {
             Ok(()) => {
                 failures = 0;
                 delays = backoff.build();
@@ -353,5 +386,18 @@ mod tests {
         }
         assert!(parse("C2\u{1f}00\u{1f}I\u{1f}1\u{1f}k\u{1f}1").is_none());
         assert!(parse("garbage").is_none());
+    }
+
+    #[test]
+    fn own_messages_are_dropped_unread_and_others_counted() {
+        let before = bus_status().received;
+        handle(message(Action::Invalidated, "own:1").as_bytes());
+        assert_eq!(bus_status().received, before, "own echo not counted");
+        let other = format!(
+            "C{BUS_VERSION}{SEP}{:016x}{SEP}I{SEP}1{SEP}other:1{SEP}0",
+            instance_id() ^ 1
+        );
+        handle(other.as_bytes());
+        assert_eq!(bus_status().received, before + 1);
     }
 }

@@ -3,19 +3,23 @@
 //! ```text
 //! offset size field
 //!      0    2 magic            b"CR"
-//!      2    1 wire version     1
+//!      2    1 wire version     2
 //!      3    1 flags            0 (reserved: anything else is rejected)
 //!      4    8 type fingerprint u64 LE, FNV-1a of the value type's name and schema version
-//!     12    8 created at       u64 LE, Unix milliseconds
-//!     20    8 expires at       u64 LE, Unix milliseconds
-//!     28    4 payload length   u32 LE
-//!     32    4 CRC-32           u32 LE, of every other byte of the envelope
-//!     36    1 stamp count      k ≤ 64
-//!     37   8k stamps           u64 LE each: the generation and version counters the value
-//!                              was written under (see `cache/redis_side.rs`); a reader compares them
-//!                              with the current counters, read in the same round trip
-//!  37+8k    n payload          bincode 2 (standard config) of the value, via serde
+//!     12    8 ticket           u64 LE: the key's random ticket the value was stored under
+//!                              (docs/PROTOCOL.md §4.1); a reader compares it with the ticket
+//!                              key, read in the same `MGET`
+//!     20    8 created at       u64 LE, Unix milliseconds
+//!     28    8 expires at       u64 LE, Unix milliseconds
+//!     36    4 payload length   u32 LE
+//!     40    4 CRC-32           u32 LE, of every other byte of the envelope
+//!     44    1 stamp count      k ≤ 64
+//!     45   8k stamps           u64 LE each: the tag and clear counters the value was written
+//!                              under (until the scope floors of PROTOCOL.md §4.3 replace them)
+//!  45+8k    n payload          bincode 2 (standard config) of the value, via serde
 //! ```
+//!
+//! Wire version 1 values (no ticket) are rejected as [`DecodeError::Version`]: a miss.
 //!
 //! Anything that does not match exactly (magic, version, fingerprint, length, checksum, a
 //! payload that does not decode or leaves trailing bytes, an expiry in the past) is rejected
@@ -31,10 +35,10 @@ use crate::entry::ETag;
 
 /// First bytes of every value the runtime writes.
 pub const MAGIC: [u8; 2] = *b"CR";
-/// Version of the envelope layout; part of every Redis key too (`w1`).
-pub const WIRE_VERSION: u8 = 1;
+/// Version of the envelope layout; part of every value key too (`v2`).
+pub const WIRE_VERSION: u8 = 2;
 /// Size of the fixed header (before the stamps and the payload).
-pub const HEADER_LEN: usize = 37;
+pub const HEADER_LEN: usize = 45;
 /// Most stamps an envelope may carry.
 pub const MAX_STAMPS: usize = 64;
 
@@ -86,7 +90,7 @@ pub fn fingerprint(type_name: &str, schema_version: u32) -> u64 {
 }
 
 /// FNV-1a, 64 bits: stable across builds and platforms (unlike `std`'s hashers).
-fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+pub(crate) fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
     bytes.into_iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
@@ -99,24 +103,26 @@ pub fn encode<V: Serialize>(
     ttl: Duration,
     stamps: &[u64],
 ) -> Result<Vec<u8>, String> {
-    encode_at(value, fingerprint, clock::now_unix_ms(), ttl, stamps)
+    encode_at(value, fingerprint, 0, clock::now_unix_ms(), ttl, stamps)
 }
 
-/// [`encode`] with the creation time given (Unix ms), so that the writer's own copy and the
-/// envelope agree on it.
+/// [`encode`] with the key's ticket and the creation time given (Unix ms), so that the
+/// writer's own copy and the envelope agree on it.
 ///
 /// ```
 /// use cache_runtime::codec::{decode, encode_at, envelope_etag, fingerprint};
 /// use std::time::Duration;
 /// let fp = fingerprint("u8", 1);
-/// let bytes = encode_at(&7u8, fp, u64::MAX / 2, Duration::from_secs(1), &[]).unwrap();
+/// let bytes = encode_at(&7u8, fp, 0xfeed, u64::MAX / 2, Duration::from_secs(1), &[]).unwrap();
 /// let d = decode::<u8>(&bytes, fp, 16).unwrap();
 /// assert_eq!(d.created_unix_ms, u64::MAX / 2);
+/// assert_eq!(d.ticket, 0xfeed);
 /// assert_eq!(Some(d.etag), envelope_etag(&bytes));
 /// ```
 pub fn encode_at<V: Serialize>(
     value: &V,
     fingerprint: u64,
+    ticket: u64,
     created: u64,
     ttl: Duration,
     stamps: &[u64],
@@ -133,6 +139,7 @@ pub fn encode_at<V: Serialize>(
     out.push(WIRE_VERSION);
     out.push(0);
     out.extend_from_slice(&fingerprint.to_le_bytes());
+    out.extend_from_slice(&ticket.to_le_bytes());
     out.extend_from_slice(&created.to_le_bytes());
     out.extend_from_slice(&expires.to_le_bytes());
     out.extend_from_slice(&len.to_le_bytes());
@@ -143,22 +150,22 @@ pub fn encode_at<V: Serialize>(
     }
     out.extend_from_slice(&payload);
     let crc = checksum(&out);
-    out[32..36].copy_from_slice(&crc.to_le_bytes());
+    out[40..44].copy_from_slice(&crc.to_le_bytes());
     Ok(out)
 }
 
 /// CRC-32 of the whole envelope except the checksum field itself.
 fn checksum(envelope: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
-    h.update(&envelope[..32]);
-    h.update(&envelope[36..]);
+    h.update(&envelope[..40]);
+    h.update(&envelope[44..]);
     h.finalize()
 }
 
 /// The [`ETag`] of an envelope this crate encoded: the hash of its payload only, so the same
 /// value has the same tag whoever wrote it and whenever. `None` if `bytes` is no envelope.
 pub fn envelope_etag(bytes: &[u8]) -> Option<ETag> {
-    let n_stamps = *bytes.get(36)? as usize;
+    let n_stamps = *bytes.get(HEADER_LEN - 1)? as usize;
     bytes.get(HEADER_LEN + 8 * n_stamps..).map(ETag::of)
 }
 
@@ -196,6 +203,8 @@ pub fn encoded_size<V: Serialize>(value: &V) -> usize {
 pub struct Decoded<V> {
     /// The value.
     pub value: V,
+    /// The key's ticket it was stored under (0 for values encoded outside a cache).
+    pub ticket: u64,
     /// When it was written (Unix ms, writer's clock).
     pub created_unix_ms: u64,
     /// When it expires (Unix ms, writer's clock).
@@ -270,13 +279,14 @@ pub fn decode_with_grace<V: DeserializeOwned>(
     if u64_at(bytes, 4) != fingerprint {
         return Err(DecodeError::Fingerprint);
     }
-    let created = u64_at(bytes, 12);
-    let expires = u64_at(bytes, 20);
-    let len = u32_at(bytes, 28) as usize;
+    let ticket = u64_at(bytes, 12);
+    let created = u64_at(bytes, 20);
+    let expires = u64_at(bytes, 28);
+    let len = u32_at(bytes, 36) as usize;
     if len > max_payload {
         return Err(DecodeError::TooLarge(len));
     }
-    let n_stamps = bytes[36] as usize;
+    let n_stamps = bytes[44] as usize;
     if n_stamps > MAX_STAMPS {
         return Err(DecodeError::Length);
     }
@@ -288,7 +298,7 @@ pub fn decode_with_grace<V: DeserializeOwned>(
         .map(|i| u64_at(bytes, HEADER_LEN + 8 * i))
         .collect();
     let payload = &bytes[payload_at..];
-    if checksum(bytes) != u32_at(bytes, 32) {
+    if checksum(bytes) != u32_at(bytes, 40) {
         return Err(DecodeError::Checksum);
     }
     let now = clock::now_unix_ms();
@@ -298,6 +308,7 @@ pub fn decode_with_grace<V: DeserializeOwned>(
     let value = decode_payload(payload)?;
     Ok(Decoded {
         value,
+        ticket,
         created_unix_ms: created,
         expires_unix_ms: expires,
         stamps,
@@ -357,10 +368,10 @@ mod tests {
     fn round_trip_and_golden_header() {
         let fp = fingerprint("Profile", 1);
         let bytes = encode(&sample(), fp, Duration::from_secs(60), &[7, 0]).unwrap();
-        assert_eq!(&bytes[..4], b"CR\x01\x00");
+        assert_eq!(&bytes[..4], b"CR\x02\x00");
         assert_eq!(&bytes[4..12], &fp.to_le_bytes());
-        assert_eq!(bytes[36], 2);
-        assert_eq!(&bytes[37..45], &7u64.to_le_bytes());
+        assert_eq!(bytes[44], 2);
+        assert_eq!(&bytes[45..53], &7u64.to_le_bytes());
         // bincode 2 standard config, varint ints: pins the payload format.
         assert_eq!(&bytes[HEADER_LEN + 16..], b"\x2a\x03Ada\x02\x01a\x01b");
         let d = decode::<Profile>(&bytes, fp, 1 << 20).unwrap();
@@ -414,13 +425,14 @@ mod tests {
         bytes.extend_from_slice(&[WIRE_VERSION, 0]);
         bytes.extend_from_slice(&7u64.to_le_bytes());
         bytes.extend_from_slice(&0u64.to_le_bytes());
+        bytes.extend_from_slice(&0u64.to_le_bytes());
         bytes.extend_from_slice(&u64::MAX.to_le_bytes());
         bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         bytes.extend_from_slice(&[0; 4]);
         bytes.push(0);
         bytes.extend_from_slice(&payload);
         let crc = checksum(&bytes);
-        bytes[32..36].copy_from_slice(&crc.to_le_bytes());
+        bytes[40..44].copy_from_slice(&crc.to_le_bytes());
         assert!(matches!(
             decode::<Vec<u64>>(&bytes, 7, 1 << 20),
             Err(DecodeError::Payload(_))

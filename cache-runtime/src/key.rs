@@ -9,6 +9,42 @@
 
 use std::fmt::{self, Write};
 
+/// Buckets of the Redis key layout (docs/PROTOCOL.md §2): a key's bucket is its hash tag.
+pub const REDIS_BUCKETS: u32 = 1024;
+
+/// The bucket of a logical key: `fnv1a(logical) mod 1024`, stable across builds and hosts.
+///
+/// ```
+/// let b = cache_runtime::key::redis_bucket("user:42");
+/// assert!(b < cache_runtime::key::REDIS_BUCKETS);
+/// assert_eq!(b, cache_runtime::key::redis_bucket("user:42"));
+/// ```
+pub fn redis_bucket(logical: &str) -> u32 {
+    (crate::codec::fnv1a(logical.bytes()) % u64::from(REDIS_BUCKETS)) as u32
+}
+
+/// The Redis keys of one logical key (value, ticket, lock) for a key prefix and schema
+/// version, as the runtime writes them: for operators and tests (docs/PROTOCOL.md §2).
+///
+/// ```
+/// let (value, ticket, lock) = cache_runtime::key::redis_keys("cr", 1, "user:42");
+/// let b = cache_runtime::key::redis_bucket("user:42");
+/// assert_eq!(value, format!("{{cr:{b}}}:v2:1:user:42"));
+/// assert_eq!(ticket, format!("{{cr:{b}}}:t:user:42"));
+/// assert_eq!(lock, format!("{{cr:{b}}}:l:1:user:42"));
+/// ```
+pub fn redis_keys(prefix: &str, schema_version: u32, logical: &str) -> (String, String, String) {
+    let tag = format!("{{{prefix}:{}}}", redis_bucket(logical));
+    (
+        format!(
+            "{tag}:v{}:{schema_version}:{logical}",
+            crate::codec::WIRE_VERSION
+        ),
+        format!("{tag}:t:{logical}"),
+        format!("{tag}:l:{schema_version}:{logical}"),
+    )
+}
+
 /// Characters that may follow a placeholder in a key template. Interpolated values never
 /// contain them unescaped, so they delimit values unambiguously.
 ///

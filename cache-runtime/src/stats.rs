@@ -141,6 +141,9 @@ counters! {
     soft_timeouts => "cache_soft_timeouts_total";
     /// Background refreshes started by `refresh_ahead` (a read late in an entry's TTL).
     refreshes_ahead => "cache_refreshes_ahead_total";
+    /// Key invalidations Redis did not take that were folded into a pending clear of the
+    /// cache (past `max_pending` pending writes; docs/RESILIENCE.md).
+    pending_folded => "cache_pending_folded_total";
 }
 
 impl Counters {

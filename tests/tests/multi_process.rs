@@ -316,7 +316,13 @@ fn an_invalidation_issued_during_an_outage_reaches_the_other_processes_afterward
     eventually_blocking(WITHIN, "the deferred invalidation applied", || {
         a.call("pending") == "0"
     });
-    // The retry bumped the generation in Redis and told the bus.
+    // The retry deleted the key's ticket in Redis and told the bus; b applies the message
+    // asynchronously, so its eviction is awaited (not assumed the instant a drained).
+    eventually_blocking(
+        WITHIN,
+        "b's copy evicted by the retried invalidation",
+        || b.call("peek 30") != "old",
+    );
     assert_eq!(b.call("get 30"), "new");
     assert_eq!(b.call("lookup 30"), "new");
 }

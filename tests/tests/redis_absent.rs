@@ -8,6 +8,11 @@ use cache_runtime::{cached, CacheError, Config};
 use cache_tests::{eventually_blocking, free_port, RedisServer};
 use redis::Commands;
 
+/// The Redis key of a value (docs/PROTOCOL.md §2: bucket hash tag, wire version 2).
+fn vkey(schema: u32, logical: &str) -> String {
+    cache_runtime::key::redis_keys("t", schema, logical).0
+}
+
 static RUNS: AtomicUsize = AtomicUsize::new(0);
 
 #[cached(tier = "redis", ttl = 60, key = "absent:<id>")]
@@ -60,7 +65,7 @@ fn redis_absent_at_start_then_started() {
     let mut raw = server.client();
     eventually_blocking(Duration::from_secs(15), "caching in the new Redis", || {
         redis_only(9);
-        raw.exists::<_, bool>("t:w1:v1:absent:9").unwrap()
+        raw.exists::<_, bool>(&vkey(1, "absent:9")).unwrap()
     });
     let runs = RUNS.load(SeqCst);
     assert_eq!(redis_only(9), 10);

@@ -8,6 +8,11 @@ use cache_runtime::cached;
 use cache_tests::{eventually, shared_redis};
 use redis::Commands;
 
+/// The Redis key of a value (docs/PROTOCOL.md §2: bucket hash tag, wire version 2).
+fn vkey(schema: u32, logical: &str) -> String {
+    cache_runtime::key::redis_keys("t", schema, logical).0
+}
+
 static RUNS: AtomicUsize = AtomicUsize::new(0);
 
 #[cached(tier = "local+redis", ttl = 60, local_ttl = "1ms", key = "fault:<id>")]
@@ -43,7 +48,7 @@ async fn calls_stay_correct_through_kill_restart_and_pause() {
             id * 2
         );
     }
-    assert!(in_redis("t:w1:v1:fault:0") && in_redis("t:w1:v1:fault-r:0"));
+    assert!(in_redis(&vkey(1, "fault:0")) && in_redis(&vkey(1, "fault-r:0")));
     let healthy_runs = RUNS.load(SeqCst);
 
     // Killed: every call is still correct (from the body), and writes report the failure.
@@ -76,7 +81,7 @@ async fn calls_stay_correct_through_kill_restart_and_pause() {
         "a populate reaching the restarted Redis",
         || {
             let _ = futures_lite_block(two_tier(7));
-            in_redis("t:w1:v1:fault:7")
+            in_redis(&vkey(1, "fault:7"))
         },
     )
     .await;
@@ -90,7 +95,7 @@ async fn calls_stay_correct_through_kill_restart_and_pause() {
         "the redis-only cache writing again",
         || {
             redis_only(3);
-            in_redis("t:w1:v1:fault-r:3")
+            in_redis(&vkey(1, "fault-r:3"))
         },
     )
     .await;
@@ -103,7 +108,7 @@ async fn calls_stay_correct_through_kill_restart_and_pause() {
     server.resume();
     eventually(Duration::from_secs(15), "caching after SIGCONT", || {
         let _ = futures_lite_block(two_tier(200));
-        in_redis("t:w1:v1:fault:200")
+        in_redis(&vkey(1, "fault:200"))
     })
     .await;
 }

@@ -9,6 +9,11 @@ use cache_runtime::{cached, BreakerState, CacheError, Config};
 use cache_tests::{eventually, RedisServer};
 use redis::Commands;
 
+/// The Redis key of a value (docs/PROTOCOL.md §2: bucket hash tag, wire version 2).
+fn vkey(schema: u32, logical: &str) -> String {
+    cache_runtime::key::redis_keys("t", schema, logical).0
+}
+
 static VERSION: AtomicUsize = AtomicUsize::new(1);
 static RUNS: AtomicUsize = AtomicUsize::new(0);
 
@@ -40,8 +45,10 @@ async fn a_hung_redis_opens_the_breaker_and_invalidations_are_retried() {
     assert_eq!(row(1).await, "row 1 v1");
     assert!(server
         .client()
-        .exists::<_, bool>("t:w1:v1:outage:1")
+        .exists::<_, bool>(&vkey(1, "outage:1"))
         .unwrap());
+    let ticket_key = cache_runtime::key::redis_keys("t", 1, "outage:1").1;
+    let ticket_before: String = server.client().get(&ticket_key).unwrap();
 
     server.pause();
     // The row changes and the writer invalidates while Redis hangs.
@@ -78,8 +85,12 @@ async fn a_hung_redis_opens_the_breaker_and_invalidations_are_retried() {
     )
     .await;
     assert_eq!(cache_runtime::redis_status().breaker, BreakerState::Closed);
-    let generation: u64 = server.client().get("t:gen:outage:1").unwrap();
-    assert_eq!(generation, 1, "the invalidation reached Redis");
+    let ticket_after: Option<String> = server.client().get(&ticket_key).unwrap();
+    assert_ne!(
+        ticket_after.as_deref(),
+        Some(ticket_before.as_str()),
+        "the invalidation reached Redis (it deleted the key's ticket)"
+    );
     row_elsewhere_cache().clear_local();
     assert_eq!(row_elsewhere(1).await, "row 1 v2");
     assert!(row_cache().stats().redis_errors >= 3);

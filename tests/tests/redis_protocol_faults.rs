@@ -189,55 +189,49 @@ fn counter_goes_back(reset: Reset, write: Write, same_process: bool) {
 }
 
 #[test]
-#[ignore = "issue 11 item 1: an empty restart lets the generation come back to the held body's stamp"]
 fn key_invalidation_survives_an_empty_restart_during_a_held_body() {
     counter_goes_back(Reset::RestartEmpty, Write::Key, false);
 }
 
 #[test]
-#[ignore = "issue 11 item 1: FLUSHALL lets the generation come back"]
 fn key_invalidation_survives_flushall_during_a_held_body() {
     counter_goes_back(Reset::FlushAll, Write::Key, false);
 }
 
 #[test]
-#[ignore = "issue 11 item 1: FLUSHDB lets the generation come back"]
 fn key_invalidation_survives_flushdb_during_a_held_body() {
     counter_goes_back(Reset::FlushDb, Write::Key, false);
 }
 
 #[test]
-#[ignore = "issue 11 item 1: a deleted generation comes back"]
 fn key_invalidation_survives_deleting_the_key_state() {
     counter_goes_back(Reset::Del(KEY_STATE), Write::Key, false);
 }
 
 #[test]
-#[ignore = "issue 11 item 1: store_fresh writes to Redis after the process's own invalidate"]
 fn own_invalidation_survives_flushall_during_a_held_body() {
     counter_goes_back(Reset::FlushAll, Write::Key, true);
 }
 
 #[test]
-#[ignore = "issue 11 items 1 and 3: a deleted tag counter comes back"]
+#[ignore = "issue 11 stage 1 (not yet): tags still use counters; a deleted tag counter comes back until the scope floors (PROTOCOL §4.3)"]
 fn tag_invalidation_survives_deleting_the_tag_state() {
     counter_goes_back(Reset::Del(TAG_STATE), Write::Tag, false);
 }
 
 #[test]
-#[ignore = "issue 11 item 1: FLUSHALL resets the tag counter"]
 fn tag_invalidation_survives_flushall_during_a_held_body() {
     counter_goes_back(Reset::FlushAll, Write::Tag, false);
 }
 
 #[test]
-#[ignore = "issue 11 items 1 and 3: a deleted cache-clear counter comes back"]
+#[ignore = "issue 11 stage 1 (not yet): clears still use counters; a deleted clear counter comes back until the scope floors (PROTOCOL §4.3)"]
 fn cache_clear_survives_deleting_the_clear_state() {
     counter_goes_back(Reset::Del(CACHE_CLEAR_STATE), Write::CacheClear, false);
 }
 
 #[test]
-#[ignore = "issue 11 items 1 and 3: a deleted global-clear counter comes back"]
+#[ignore = "issue 11 stage 1 (not yet): clears still use counters; a deleted clear counter comes back until the scope floors (PROTOCOL §4.3)"]
 fn global_clear_survives_deleting_the_clear_state() {
     counter_goes_back(Reset::Del(GLOBAL_CLEAR_STATE), Write::GlobalClear, false);
 }
@@ -245,7 +239,6 @@ fn global_clear_survives_deleting_the_clear_state() {
 /// Item 2: after `FLUSHALL`, a process holding a local copy written under a high generation
 /// must still drop it when an invalidation of that key arrives.
 #[test]
-#[ignore = "issue 11 item 2: receivers keep copies whose generation is >= the message's, and a flush restarts generations"]
 fn remote_copies_obey_invalidations_after_flushall() {
     let server = RedisServer::start();
     let (a, b) = (Node::start(V1, &server, &[]), Node::start(V1, &server, &[]));
@@ -277,7 +270,7 @@ fn remote_copies_obey_invalidations_after_flushall() {
 /// Item 3: tag invalidations that returned Ok must hold under real memory pressure with an
 /// `allkeys-random` policy (which evicts counters and values alike).
 #[test]
-#[ignore = "issue 11 item 3: tag counters are evictable and a missing counter equals the stamp 0"]
+#[ignore = "issue 11 stage 1 (not yet): tag counters are evictable and a missing counter equals the stamp 0, until the scope floors (PROTOCOL §4.3)"]
 fn tag_invalidations_hold_under_allkeys_random_eviction() {
     let server =
         RedisServer::start_with_options(RedisOptions::new().arg("--maxmemory-samples", "10"));
@@ -327,7 +320,7 @@ fn tag_invalidations_hold_under_allkeys_random_eviction() {
 /// pubsub`), an invalidation that returned Ok must stop another process from serving its
 /// copy within the bus window (docs/PROTOCOL.md: 250 ms; 1 s allowed here).
 #[test]
-#[ignore = "issue 11 item 4: promotions during a subscriber gap stay until the resubscribe, whose backoff never resets"]
+#[ignore = "issue 11 stage 1 (not yet): promotions during a subscriber gap stay until the resubscribe; needs the bus trust window and probes (PROTOCOL §5.4)"]
 fn repeated_subscriber_drops_keep_the_staleness_window() {
     const WINDOW: Duration = Duration::from_secs(1);
     let server = RedisServer::start();
@@ -427,7 +420,6 @@ fn stop(node: &Node, stop: bool) {
 /// Item 5: under `maxmemory` + `noeviction`, an invalidation must still remove the value
 /// (DEL is allowed under OOM) and return Ok.
 #[test]
-#[ignore = "issue 11 item 5: the invalidate script starts with INCR, refused under OOM before its DEL"]
 fn invalidation_works_out_of_memory_with_noeviction() {
     let server = RedisServer::start_with_options(RedisOptions::new().maxmemory("0", "noeviction"));
     let (a, b) = (Node::start(V1, &server, &[]), Node::start(V1, &server, &[]));
@@ -479,7 +471,6 @@ fn rss_bytes() -> u64 {
 /// Item 8: a million invalidations while Redis hangs stay within bounded memory, drain within
 /// seconds of Redis returning, and afterwards no process reads an invalidated value.
 #[test]
-#[ignore = "issue 11 item 8: one pending entry per key, cloned every retry round, drained one key at a time"]
 fn a_million_invalidations_during_a_hang_stay_bounded_and_drain_fast() {
     const KEYS: u64 = 1_000_000;
     const RSS_BOUND: u64 = 64 << 20;

@@ -9,6 +9,11 @@ use cache_tests::shared_redis;
 use redis::Commands;
 use serde::{Deserialize, Serialize};
 
+/// The Redis key of a value (docs/PROTOCOL.md §2: bucket hash tag, wire version 2).
+fn vkey(schema: u32, logical: &str) -> String {
+    cache_runtime::key::redis_keys("t", schema, logical).0
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Profile {
     id: u64,
@@ -40,7 +45,7 @@ async fn redis_tier_writes_with_px_and_reads_back() {
     assert!(redis_only_cache().redis_active());
     assert_eq!(redis_only(1).await.unwrap(), profile(1));
     // The documented key layout: prefix, wire version, schema version, template.
-    let key = "t:w1:v1:user:profile:1";
+    let key = &vkey(1, "user:profile:1");
     let bytes: Vec<u8> = raw().get(key).unwrap();
     let fp = codec::fingerprint(std::any::type_name::<Profile>(), 1);
     assert_eq!(
@@ -68,13 +73,13 @@ fn short_redis(id: u64) -> u64 {
 fn sub_second_ttl_is_kept_in_milliseconds() {
     shared_redis();
     assert_eq!(short_redis(5), 5);
-    let pttl: i64 = raw().pttl("t:w1:v1:short:5").unwrap();
+    let pttl: i64 = raw().pttl(vkey(1, "short:5")).unwrap();
     assert!(pttl > 0 && pttl <= 250, "got {pttl}");
     assert_eq!(short_redis(5), 5);
     assert_eq!(SHORT_RUNS.load(SeqCst), 1);
     // Time passing is what is under test.
     std::thread::sleep(Duration::from_millis(300));
-    let exists: bool = raw().exists("t:w1:v1:short:5").unwrap();
+    let exists: bool = raw().exists(vkey(1, "short:5")).unwrap();
     assert!(!exists);
     assert_eq!(short_redis(5), 5);
     assert_eq!(SHORT_RUNS.load(SeqCst), 2);
@@ -137,7 +142,7 @@ async fn written_elsewhere(id: u64) -> Profile {
 #[tokio::test]
 async fn invalidate_clears_both_tiers_and_populate_writes_both() {
     shared_redis();
-    let key = "t:w1:v1:write:2";
+    let key = &vkey(1, "write:2");
     assert_eq!(written(2).await, profile(2));
     assert!(raw().exists::<_, bool>(key).unwrap());
     invalidate_written(2).await.expect("redis confirmed");
@@ -155,7 +160,7 @@ async fn invalidate_clears_both_tiers_and_populate_writes_both() {
     assert_eq!(written(2).await, updated, "served locally");
     assert_eq!(written_elsewhere(2).await, updated, "served from Redis");
     let bytes: Vec<u8> = raw().get(key).unwrap();
-    assert_eq!(&bytes[..3], b"CR\x01");
+    assert_eq!(&bytes[..3], b"CR\x02");
 
     assert_eq!(refresh_written(2).await, profile(2));
     written_elsewhere_cache().clear_local();
@@ -177,11 +182,28 @@ async fn promoted(id: u64) -> u64 {
 #[tokio::test]
 async fn a_local_copy_never_outlives_the_redis_copy() {
     shared_redis();
-    let key = "t:w1:v1:promoted:1";
+    let key = &vkey(1, "promoted:1");
     assert_eq!(promoted(1).await, 1);
     promoted_cache().clear_local();
-    // Redis now holds the value for only 150 ms more; the promoted copy must not last longer.
-    let _: bool = raw().pexpire(key, 150).unwrap();
+    // The value in Redis now expires 150 ms from now (its envelope says so, as a writer's
+    // short TTL would: the one-command hit reads the expiry from the envelope, not PTTL);
+    // the promoted copy must not last longer.
+    let fp = codec::fingerprint("u64", 1);
+    let stored = codec::decode::<u64>(&raw().get::<_, Vec<u8>>(key).unwrap(), fp, 64).unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let short = codec::encode_at(
+        &stored.value,
+        fp,
+        stored.ticket,
+        now_ms,
+        Duration::from_millis(150),
+        &stored.stamps,
+    )
+    .unwrap();
+    let _: () = raw().pset_ex(key, short, 150).unwrap();
     assert_eq!(promoted(1).await, 1);
     assert_eq!(promoted_cache().stats().redis_hits, 1);
     assert_eq!(
@@ -229,11 +251,11 @@ fn a_schema_version_bump_never_reads_old_bytes() {
     assert_eq!(schema_v1(1), (1, 1));
     assert_eq!(schema_v2(1).extra, "new");
     assert_eq!(V2_RUNS.load(SeqCst), 1, "v2 does not read v1's entry");
-    assert!(raw().exists::<_, bool>("t:w1:v1:schema:1").unwrap());
-    assert!(raw().exists::<_, bool>("t:w1:v2:schema:1").unwrap());
+    assert!(raw().exists::<_, bool>(&vkey(1, "schema:1")).unwrap());
+    assert!(raw().exists::<_, bool>(&vkey(2, "schema:1")).unwrap());
     // Even v1 bytes copied under v2's key are rejected (type fingerprint), not misread.
-    let old: Vec<u8> = raw().get("t:w1:v1:schema:1").unwrap();
-    let _: () = raw().set("t:w1:v2:schema:1", old).unwrap();
+    let old: Vec<u8> = raw().get(vkey(1, "schema:1")).unwrap();
+    let _: () = raw().set(vkey(2, "schema:1"), old).unwrap();
     let before = schema_v2_cache().stats().decode_failures;
     assert_eq!(schema_v2(1).extra, "new");
     assert_eq!(schema_v2_cache().stats().decode_failures, before + 1);
@@ -272,7 +294,7 @@ async fn corrupt_foreign_and_wrongly_typed_values_are_misses() {
         ("json", br#"{"id":1,"name":"user 1"}"#.to_vec()),
         ("empty", Vec::new()),
     ];
-    let key = "t:w1:v1:corrupt:1";
+    let key = &vkey(1, "corrupt:1");
     for (i, (what, bytes)) in bad_values.iter().enumerate() {
         let _: () = raw().set(key, bytes).unwrap();
         corruptible_cache().clear_local();
@@ -291,14 +313,17 @@ async fn corrupt_foreign_and_wrongly_typed_values_are_misses() {
         );
     }
 
-    // A key of another Redis type (a hash) is a miss too, and the populate replaces it.
+    // A key of another Redis type (a hash) is a miss too (`MGET` answers nil for it, so
+    // the hit stays one command), and the store replaces it.
     let _: () = raw().del(key).unwrap();
     let _: () = raw().hset(key, "field", "value").unwrap();
     corruptible_cache().clear_local();
+    let runs = CORRUPT_RUNS.load(SeqCst);
     assert_eq!(corruptible(1).await, profile(1));
+    assert_eq!(CORRUPT_RUNS.load(SeqCst), runs + 1, "a hash is a miss");
     assert_eq!(
         corruptible_cache().stats().decode_failures,
-        bad_values.len() as u64 + 1
+        bad_values.len() as u64
     );
     let kind: String = redis::cmd("TYPE").arg(key).query(&mut raw()).unwrap();
     assert_eq!(kind, "string");
@@ -323,7 +348,7 @@ fn big(id: u64) -> Vec<u8> {
 fn values_over_the_cap_stay_local_and_are_counted() {
     shared_redis();
     assert_eq!(big(1).len(), 2 << 20);
-    assert!(!raw().exists::<_, bool>("t:w1:v1:big:1").unwrap());
+    assert!(!raw().exists::<_, bool>(&vkey(1, "big:1")).unwrap());
     assert_eq!(big_cache().stats().oversize, 1);
     assert_eq!(big(1).len(), 2 << 20);
     assert_eq!(big_cache().stats().local_hits, 1);
@@ -358,11 +383,11 @@ fn sync_methods_use_redis_too() {
     assert_eq!(c.price("abc"), 300);
     // `/` is a separator, so it is escaped inside the value.
     assert!(raw()
-        .exists::<_, bool>("t:w1:v1:shop:eu%2Fnorth:item:abc")
+        .exists::<_, bool>(&vkey(1, "shop:eu%2Fnorth:item:abc"))
         .unwrap());
     c.invalidate_price("abc").unwrap();
     assert!(!raw()
-        .exists::<_, bool>("t:w1:v1:shop:eu%2Fnorth:item:abc")
+        .exists::<_, bool>(&vkey(1, "shop:eu%2Fnorth:item:abc"))
         .unwrap());
 }
 
@@ -399,7 +424,7 @@ async fn five_hundred_concurrent_misses_on_the_redis_tier_run_the_body_once() {
         assert_eq!(t.await.unwrap(), 1);
     }
     assert_eq!(STAMPEDE_RUNS.load(SeqCst), 1);
-    assert!(raw().exists::<_, bool>("t:w1:v1:stampede:1").unwrap());
+    assert!(raw().exists::<_, bool>(&vkey(1, "stampede:1")).unwrap());
 }
 
 static LOCKED_RUNS: AtomicUsize = AtomicUsize::new(0);
@@ -422,7 +447,7 @@ async fn a_stale_value_does_not_make_a_lock_user_wait_for_nobody() {
     assert_eq!(locked_stale(1).await, 1);
     // The value stays in Redis but is stale after the clear.
     locked_stale_cache().clear().await.unwrap();
-    assert!(raw().exists::<_, bool>("t:w1:v1:locked-stale:1").unwrap());
+    assert!(raw().exists::<_, bool>(&vkey(1, "locked-stale:1")).unwrap());
     assert_eq!(locked_stale(1).await, 1);
     let s = locked_stale_cache().stats();
     assert_eq!(LOCKED_RUNS.load(SeqCst), 2);
@@ -432,7 +457,9 @@ async fn a_stale_value_does_not_make_a_lock_user_wait_for_nobody() {
         "{s:?}"
     );
     assert!(
-        !raw().exists::<_, bool>("t:lock:v1:locked-stale:1").unwrap(),
+        !raw()
+            .exists::<_, bool>(&cache_runtime::key::redis_keys("t", 1, "locked-stale:1").2)
+            .unwrap(),
         "lock released"
     );
 }
@@ -479,7 +506,7 @@ fn jitter_spreads_the_ttls_of_entries_written_together() {
     let mut ttls: Vec<i64> = (0..200)
         .map(|id| {
             jittered(id);
-            raw.pttl(format!("t:w1:v1:jitter:{id}")).unwrap()
+            raw.pttl(vkey(1, &format!("jitter:{id}"))).unwrap()
         })
         .collect();
     ttls.sort_unstable();
@@ -506,7 +533,7 @@ async fn redis_fail_safe(id: u64) -> Result<u64, String> {
 async fn redis_keeps_the_stale_fallback_past_the_ttl() {
     shared_redis();
     assert_eq!(redis_fail_safe(3).await, Ok(3));
-    let pttl: i64 = raw().pttl("t:w1:v1:fs:3").unwrap();
+    let pttl: i64 = raw().pttl(vkey(1, "fs:3")).unwrap();
     assert!(pttl > 100_000, "kept for ttl + stale, got {pttl}");
     // The TTL passing is what is under test.
     tokio::time::sleep(Duration::from_millis(150)).await;

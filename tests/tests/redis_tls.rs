@@ -8,6 +8,11 @@ use cache_tests::RedisServer;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use redis::Commands;
 
+/// The Redis key of a value (docs/PROTOCOL.md §2: bucket hash tag, wire version 2).
+fn vkey(schema: u32, logical: &str) -> String {
+    cache_runtime::key::redis_keys("t", schema, logical).0
+}
+
 static RUNS: AtomicUsize = AtomicUsize::new(0);
 
 #[cached(tier = "local+redis", ttl = 60, key = "tls:<id>")]
@@ -45,7 +50,7 @@ async fn values_are_cached_through_a_tls_redis() {
     .unwrap();
     cache_runtime::health_check().await.expect("PING over TLS");
     assert_eq!(secret(1).await, "value 1");
-    let stored: bool = server.client().exists("t:w1:v1:tls:1").unwrap();
+    let stored: bool = server.client().exists(vkey(1, "tls:1")).unwrap();
     assert!(stored, "written to Redis over TLS");
     secret_cache().clear_local();
     assert_eq!(secret(1).await, "value 1");

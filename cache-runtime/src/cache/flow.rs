@@ -201,9 +201,21 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let start = Instant::now();
         let mut meta = Meta::fresh(ttl, None);
         let mut res = Ok(());
-        let mut generation = 0;
-        if let (Some(_), Some(claim)) = (&self.redis, claim) {
-            generation = claim.generation();
+        if let (Some(redis), Some(claim)) = (&self.redis, claim) {
+            if redis
+                .tier
+                .pending
+                .blocks(&key.logical, &key.tags, &self.name)
+            {
+                // This process invalidated the key while the body ran and Redis did not take
+                // it yet (it still holds the old ticket): nothing is written there (F1e). An
+                // invalidation Redis took deleted the ticket, so the store script refuses.
+                // (The striped local generation is not used here: other keys of its stripe
+                // and bus-gap clears move it too, which would skip legitimate stores.)
+                self.release(key, claim.into_token()).await;
+                self.counters.superseded.add(1);
+                return (Ok(()), meta);
+            }
             match self
                 .redis_store_fresh(key, &value, &mut meta, ttl, claim)
                 .await
@@ -218,7 +230,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         }
         self.etag_if_missing(&mut meta, &value);
         let written = Written {
-            generation,
+            generation: 0,
             start,
             ttl,
         };

@@ -113,10 +113,12 @@ impl<V: Clone + Send + Sync + 'static> bus::Target for LocalSide<V> {
         self.shared
     }
 
-    fn evict(&self, key: &str, generation: u64) {
+    /// Unconditional (docs/PROTOCOL.md §5.1): whatever the copy, it goes.
+    fn evict(&self, key: &str, _generation: u64) {
         self.flights.detach(key);
+        // Every stored copy is below `u64::MAX`: removed whatever it was written under.
         self.generations
-            .bump_with(key, || self.tier.remove_older_than(key, generation));
+            .bump_with(key, || self.tier.remove_older_than(key, u64::MAX));
     }
 
     /// Only loads and entries that carry `tag` are affected: their flights are detached and

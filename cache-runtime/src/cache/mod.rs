@@ -155,7 +155,7 @@ impl<V> Cache<V> {
         KeyWriter::with_head("")
     }
 
-    /// The Redis key of `key`'s value (`{prefix}:w1:v{version}:{key}`), if this cache uses
+    /// The Redis key of `key`'s value (`{{prefix}:{bucket}}:v2:{version}:{key}`), if this cache uses
     /// Redis. For operators and tests.
     pub fn redis_key(&self, key: &str) -> Option<String> {
         self.redis.as_ref().map(|r| r.keys.value(&Key::new(key)))

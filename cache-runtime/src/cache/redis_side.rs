@@ -1,23 +1,26 @@
 //! The Redis side of a [`Cache`]: the key scheme (every Redis key and the bus channel are
-//! built here and nowhere else), reads with their stamps and the distributed lock, the
-//! encoding of values, conditional stores, invalidations and version bumps, and what is
-//! deferred when Redis does not take a write. The transport (connection, scripts, timeouts,
-//! breaker) is [`RedisTier`].
+//! built here and nowhere else), reads with their ticket and the distributed lock, the
+//! encoding of values, conditional stores, invalidations, and what is deferred when Redis
+//! does not take a write. The transport (connection, scripts, timeouts, breaker) is
+//! [`RedisTier`]. The protocol is docs/PROTOCOL.md (stage 1: per-key tickets).
 //!
-//! Keys, for prefix `cr`, schema version `v` and logical key `k`:
+//! Keys, for prefix `cr`, schema version `v`, logical key `k` and its bucket
+//! `b = fnv1a(k) mod 1024` (the hash tag: one key's keys share a slot):
 //!
 //! ```text
-//! cr:w1:v{v}:{k}      the value (an envelope, see `codec`), kept ttl + stale
-//! cr:lock:v{v}:{k}    the distributed single-flight lock (`lock = ...`)
-//! cr:gen:{k}          the key's generation (every schema version shares it)
-//! cr:clear:{name}     the cache's clear version
-//! cr:clear            the global clear version
-//! cr:tag:{tag}        a tag's version
+//! {cr:b}:v2:{v}:{k}   the value (an envelope, see `codec`), kept ttl + stale
+//! {cr:b}:t:{k}        the key's random ticket (every schema version shares it)
+//! {cr:b}:l:{v}:{k}    the distributed single-flight lock (`lock = ...`)
+//! cr:clear:{name}     the cache's clear version   } scope counters, until the scope
+//! cr:clear            the global clear version    } floors of PROTOCOL.md §4.3
+//! cr:tag:{tag}        a tag's version             }
 //! cr:bus:1            the bus channel
 //! ```
 //!
-//! A value is stamped with the generation, both clear versions and its tags' versions when
-//! written; a read uses it only if every stamp still equals its counter.
+//! A value is served only if the ticket key exists and equals the envelope's ticket, and its
+//! scope stamps still equal their counters. Every invalidation deletes the ticket; a new one
+//! is random, so nothing stored before can match it again (no ABA after a flush, restart,
+//! eviction or `DEL`).
 
 use std::time::{Duration, Instant};
 
@@ -27,18 +30,24 @@ use crate::bus;
 use crate::codec::{self, DecodeError, Decoded};
 use crate::entry::Meta;
 use crate::error::CacheError;
-use crate::pending::PendingOp;
+use crate::key::redis_bucket;
+#[cfg(test)]
+use crate::key::REDIS_BUCKETS;
+use crate::pending::{Added, PendingOp};
 use crate::redis_tier::{EntryKeys, Fetched, ReadRequest, RedisTier, WriteRequest};
 use crate::runtime::runtime;
 use crate::tier::Key;
 
 use super::Cache;
 
-pub(super) type EncodeFn<V> = fn(&V, u64, u64, Duration, &[u64]) -> Result<Vec<u8>, String>;
+pub(super) type EncodeFn<V> = fn(&V, u64, u64, u64, Duration, &[u64]) -> Result<Vec<u8>, String>;
 pub(super) type DecodeFn<V> = fn(&[u8], u64, usize, Duration) -> Result<Decoded<V>, DecodeError>;
 
 /// The longest pause between two reads while another process holds the lock.
 const MAX_LOCK_POLL: Duration = Duration::from_millis(50);
+
+/// How long a body may run and still store (the ticket outlives values by this much).
+const FILL_ALLOWANCE: Duration = Duration::from_secs(60);
 
 /// The Redis key of tag `tag`'s version.
 fn tag_key(prefix: &str, tag: &str) -> String {
@@ -50,16 +59,29 @@ fn all_clear_key(prefix: &str) -> String {
     format!("{prefix}:clear")
 }
 
+/// A random ticket (docs/PROTOCOL.md §4.1): never derived from a counter, never 0.
+fn new_ticket() -> u64 {
+    use std::hash::BuildHasher;
+    thread_local! {
+        static RNG: std::cell::Cell<u64> = std::cell::Cell::new(
+            std::collections::hash_map::RandomState::new().hash_one(bus::instance_id()) | 1,
+        );
+    }
+    // xorshift64*, seeded per thread from the OS-seeded `RandomState`.
+    RNG.with(|r| {
+        let mut x = r.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        r.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d).max(1)
+    })
+}
+
 /// One cache's Redis keys (see the module docs).
 pub(super) struct KeyScheme {
-    /// `{prefix}:w1:v{version}:`
-    value_head: String,
-    /// `{prefix}:lock:v{version}:`
-    lock_head: String,
-    /// `{prefix}:gen:` (shared by every schema version, so an invalidation reaches all)
-    gen_head: String,
-    /// `{prefix}:`, for tag keys
     prefix: String,
+    version: u32,
     /// `{prefix}:clear:{name}`
     cache_clear: String,
     /// `{prefix}:clear`
@@ -70,33 +92,40 @@ pub(super) struct KeyScheme {
 impl KeyScheme {
     pub(super) fn new(prefix: &str, cache: &str, version: u32) -> Self {
         Self {
-            value_head: format!("{prefix}:w{}:v{version}:", codec::WIRE_VERSION),
-            lock_head: format!("{prefix}:lock:v{version}:"),
-            gen_head: format!("{prefix}:gen:"),
             prefix: prefix.to_string(),
+            version,
             cache_clear: format!("{prefix}:clear:{cache}"),
             all_clear: all_clear_key(prefix),
             channel: bus::channel(prefix),
         }
     }
 
+    fn tag(&self, key: &Key) -> String {
+        format!("{{{}:{}}}", self.prefix, redis_bucket(&key.logical))
+    }
+
     pub(super) fn value(&self, key: &Key) -> String {
-        format!("{}{}", self.value_head, key.logical)
+        format!(
+            "{}:v{}:{}:{}",
+            self.tag(key),
+            codec::WIRE_VERSION,
+            self.version,
+            key.logical
+        )
+    }
+
+    fn ticket(&self, key: &Key) -> String {
+        format!("{}:t:{}", self.tag(key), key.logical)
     }
 
     fn lock(&self, key: &Key) -> String {
-        format!("{}{}", self.lock_head, key.logical)
+        format!("{}:l:{}:{}", self.tag(key), self.version, key.logical)
     }
 
-    fn generation(&self, key: &Key) -> String {
-        format!("{}{}", self.gen_head, key.logical)
-    }
-
-    /// Generation, cache clear, global clear, then one per tag: the counters an entry is
-    /// stamped with. A value is current only while all of them are unchanged.
+    /// Cache clear, global clear, then one per tag: the scope counters an entry is stamped
+    /// with (until the scope floors replace them).
     fn stamps(&self, key: &Key) -> Vec<String> {
-        let mut keys = Vec::with_capacity(3 + key.tags.len());
-        keys.push(self.generation(key));
+        let mut keys = Vec::with_capacity(2 + key.tags.len());
         keys.push(self.cache_clear.clone());
         keys.push(self.all_clear.clone());
         keys.extend(key.tags.iter().map(|t| tag_key(&self.prefix, t)));
@@ -106,6 +135,7 @@ impl KeyScheme {
     fn entry(&self, key: &Key) -> EntryKeys {
         EntryKeys {
             value: self.value(key),
+            ticket: self.ticket(key),
             lock: self.lock(key),
             stamps: self.stamps(key),
         }
@@ -118,23 +148,21 @@ pub(super) struct RedisSide<V> {
     pub(super) encode: EncodeFn<V>,
     pub(super) decode: DecodeFn<V>,
     pub(super) keys: KeyScheme,
-    /// How long a generation counter outlives its last bump (≥ 2 × ttl, ≥ 1 day).
+    /// The longest a ticket is kept (≥ 2 × ttl, ≥ 1 day); usually it is shorter (see
+    /// `ticket_px`).
     pub(super) retention: Duration,
 }
 
-/// What a miss holds on to while its body runs: the stamps read at lookup (the store is
-/// conditional on them) and the lock token, if this call took the lock.
+/// What a miss holds on to while its body runs: the key's ticket and the scope counters
+/// read at lookup (the store is conditional on them) and the lock token, if this call took
+/// the lock.
 pub(super) struct Claim {
+    ticket: u64,
     stamps: Vec<u64>,
     token: Option<String>,
 }
 
 impl Claim {
-    /// The key's generation at lookup (the first stamp).
-    pub(super) fn generation(&self) -> u64 {
-        self.stamps.first().copied().unwrap_or(0)
-    }
-
     pub(super) fn into_token(self) -> Option<String> {
         self.token
     }
@@ -145,34 +173,41 @@ pub(super) enum Fill<V> {
     /// A current value was found (and promoted).
     Found(V, Meta),
     /// Nothing usable: run the body, then store under `claim` (`None`: Redis could not be
-    /// read, so nothing is written there). `fallback`: a stale value from Redis (fail-safe).
+    /// read, or no ticket could be taken, so nothing is written there). `fallback`: a stale
+    /// value from Redis (fail-safe).
     Compute {
         claim: Option<Claim>,
         fallback: Option<(V, Meta)>,
     },
 }
 
+/// What a read saw besides a usable value: the ticket in force and the scope counters.
+pub(super) struct Seen {
+    ticket: Option<u64>,
+    stamps: Vec<u64>,
+}
+
 pub(super) enum Read<V> {
     Found(V, Meta),
-    /// `unusable`: a value was there but stale, undecodable or of another type, so the read
-    /// script did not try the lock.
+    /// `unusable`: a value was there but stale, undecodable, of another type or under
+    /// another ticket, so the read script did not try the lock.
     Missing {
-        stamps: Vec<u64>,
+        seen: Seen,
         locked: bool,
         unusable: bool,
     },
     /// Past its TTL but within `stale`, and current: a fallback, not a hit.
     Stale {
-        stamps: Vec<u64>,
+        seen: Seen,
         value: (V, Meta),
     },
     Failed,
 }
 
 impl<V> Read<V> {
-    fn unusable(stamps: Vec<u64>) -> Self {
+    fn unusable(seen: Seen) -> Self {
         Read::Missing {
-            stamps,
+            seen,
             locked: false,
             unusable: true,
         }
@@ -180,16 +215,56 @@ impl<V> Read<V> {
 }
 
 impl<V: Clone + Send + Sync + 'static> Cache<V> {
+    /// How long a ticket lives: past every value stored under it, plus the time a body may
+    /// take to run (docs/PROTOCOL.md §2); each store extends it (`PEXPIRE GT`).
+    fn ticket_px(&self, redis: &RedisSide<V>) -> u64 {
+        let longest = self.ttl.max(self.none_ttl) * 2 + self.stale_window() + FILL_ALLOWANCE;
+        longest.min(redis.retention.max(FILL_ALLOWANCE)).as_millis() as u64
+    }
+
+    /// A claim under the ticket read, or (the key had none) under a ticket taken now with
+    /// `SET NX GET` (one more round trip). `None`: Redis did not answer; nothing is stored.
+    async fn claim(&self, key: &Key, seen: Seen, token: Option<String>) -> Option<Claim> {
+        let redis = self.redis.as_ref()?;
+        let ticket = match seen.ticket {
+            Some(t) => Some(t),
+            None => {
+                let res = redis
+                    .tier
+                    .claim_ticket(redis.keys.ticket(key), new_ticket(), self.ticket_px(redis))
+                    .await;
+                self.count_redis(res).ok().flatten()
+            }
+        };
+        match ticket {
+            Some(ticket) => Some(Claim {
+                ticket,
+                stamps: seen.stamps,
+                token,
+            }),
+            None => {
+                self.release(key, token).await;
+                None
+            }
+        }
+    }
+
     /// A miss's Redis side: read; with a lock, wait for the holder (polling, bounded by
     /// the lease) unless this call gets the lock. A stale fallback found on the way is kept.
     pub(super) async fn redis_fill(&self, key: &Key, seen_local: u64, refresh: bool) -> Fill<V> {
         let (Some(redis), Some(lease)) = (&self.redis, self.lock_lease) else {
-            let (claim, fallback) = match self.redis_read(key, seen_local, None, refresh).await {
+            let (seen, fallback) = match self.redis_read(key, seen_local, None, refresh).await {
                 Read::Found(v, meta) => return Fill::Found(v, meta),
-                Read::Missing { stamps, .. } => (Some(Claim::unlocked(stamps)), None),
-                Read::Stale { stamps, value } => (Some(Claim::unlocked(stamps)), Some(value)),
-                Read::Failed => (None, None),
+                Read::Missing { seen, .. } => (seen, None),
+                Read::Stale { seen, value } => (seen, Some(value)),
+                Read::Failed => {
+                    return Fill::Compute {
+                        claim: None,
+                        fallback: None,
+                    }
+                }
             };
+            let claim = self.claim(key, seen, None).await;
             return Fill::Compute { claim, fallback };
         };
         let mut fallback = None;
@@ -205,18 +280,18 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             .build();
         loop {
             let lock = Some((token.clone(), lease_ms));
-            let (stamps, locked, unusable) =
+            let (seen, locked, unusable) =
                 match self.redis_read(key, seen_local, lock, refresh).await {
                     Read::Found(v, meta) => return Fill::Found(v, meta),
                     Read::Missing {
-                        stamps,
+                        seen,
                         locked,
                         unusable,
-                    } => (stamps, locked, unusable),
+                    } => (seen, locked, unusable),
                     // A stale value blocks the script's lock attempt like any unusable value.
-                    Read::Stale { stamps, value } => {
+                    Read::Stale { seen, value } => {
                         fallback = Some(value);
-                        (stamps, false, true)
+                        (seen, false, true)
                     }
                     Read::Failed => {
                         return Fill::Compute {
@@ -238,11 +313,9 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 if !locked {
                     self.counters.lock_timeouts.add(1);
                 }
-                let token = locked.then_some(token);
-                return Fill::Compute {
-                    claim: Some(Claim { stamps, token }),
-                    fallback,
-                };
+                let token = locked.then(|| token.clone());
+                let claim = self.claim(key, seen, token).await;
+                return Fill::Compute { claim, fallback };
             }
             self.counters.lock_waits.add(1);
             redis
@@ -252,10 +325,10 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         }
     }
 
-    /// One read of Redis: the value and its stamps in one round trip. A value is used only
-    /// if it decodes and its stamps are current; it is then promoted to the local tier for at
-    /// most its remaining Redis lifetime (measured from before the request), unless a local
-    /// write happened meanwhile.
+    /// One read of Redis: the value, its key's ticket and the scope counters in one round
+    /// trip (`MGET`). A value is used only if it decodes, names the ticket in force and its
+    /// stamps are current; it is then promoted to the local tier for at most its remaining
+    /// Redis lifetime, unless a local write happened meanwhile.
     /// `refresh`: a value that is itself due for a refresh ahead is returned as stale.
     pub(super) async fn redis_read(
         &self,
@@ -275,85 +348,66 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             return Read::Failed;
         }
         let sent = Instant::now();
-        let (bytes, pttl, stamps) = match self.redis_fetch(redis, key, lock).await {
-            Ok(found) => found,
-            Err(read) => return read,
+        let req = ReadRequest {
+            keys: redis.keys.entry(key),
+            try_lock: lock,
+            new_ticket: new_ticket(),
+            ticket_px: self.ticket_px(redis),
         };
-        let Some(decoded) = self.decode_current(redis, &bytes, &stamps) else {
-            return Read::unusable(stamps);
+        let Fetched {
+            value,
+            ticket,
+            stamps,
+            locked,
+        } = match redis.tier.read(req).await {
+            Ok(fetched) => fetched,
+            Err(e) => {
+                let _ = self.count_redis::<()>(Err(e));
+                return Read::Failed;
+            }
+        };
+        let seen = Seen { ticket, stamps };
+        let Some(bytes) = value else {
+            return Read::Missing {
+                seen,
+                locked,
+                unusable: false,
+            };
+        };
+        let Some(decoded) = self.decode_current(redis, &bytes, &seen) else {
+            return Read::unusable(seen);
         };
         let meta = Meta {
             created_unix_ms: decoded.created_unix_ms,
             expires_unix_ms: decoded.expires_unix_ms,
             etag: Some(decoded.etag),
         };
-        let generation = stamps.first().copied().unwrap_or(0);
+        // Its remaining Redis lifetime (kept `stale` past its expiry), from the envelope.
+        let pttl = Some(Duration::from_millis(
+            (decoded.expires_unix_ms + self.stale_window().as_millis() as u64)
+                .saturating_sub(crate::clock::now_unix_ms()),
+        ));
         let value = (decoded.value, meta);
         if !decoded.fresh || (refresh && self.refresh_due(&meta)) {
             if !decoded.fresh {
                 // Kept as this process's fallback (soft timeout, failing body); never a hit.
-                let read = (sent, pttl, false);
-                self.promote(key, (&value.0, meta), generation, read, seen_local);
+                self.promote(key, (&value.0, meta), 0, (sent, pttl, false), seen_local);
             }
-            return Read::Stale { stamps, value };
+            return Read::Stale { seen, value };
         }
         self.counters.redis_hits.add(1);
-        self.promote(
-            key,
-            (&value.0, meta),
-            generation,
-            (sent, pttl, true),
-            seen_local,
-        );
+        self.promote(key, (&value.0, meta), 0, (sent, pttl, true), seen_local);
         Read::Found(value.0, meta)
     }
 
-    /// The round trip of a read: the value's bytes, remaining lifetime and the stamps, or
-    /// what to answer when there is no value to decode.
-    async fn redis_fetch(
-        &self,
-        redis: &RedisSide<V>,
-        key: &Key,
-        lock: Option<(String, u64)>,
-    ) -> Result<(Vec<u8>, Option<Duration>, Vec<u64>), Read<V>> {
-        let req = ReadRequest {
-            keys: redis.keys.entry(key),
-            try_lock: lock,
-        };
-        match redis.tier.read(req).await {
-            Ok(Fetched::Found {
-                bytes,
-                pttl,
-                stamps,
-            }) => Ok((bytes, pttl, stamps)),
-            Ok(Fetched::Missing { stamps, locked }) => Err(Read::Missing {
-                stamps,
-                locked,
-                unusable: false,
-            }),
-            Ok(Fetched::WrongType { stamps }) => {
-                self.counters.decode_failures.add(1);
-                self.decode_log.warn_error(
-                    &self.name,
-                    "a redis key holds another Redis type; treated as a miss",
-                    &"WRONGTYPE",
-                );
-                Err(Read::unusable(stamps))
-            }
-            Err(e) => {
-                let _ = self.count_redis::<()>(Err(e));
-                Err(Read::Failed)
-            }
-        }
-    }
-
     /// Decodes a value read from Redis; `None` (counted, logged) if it does not decode or was
-    /// written before an invalidation, tag invalidation or clear that happened since.
+    /// stored under another ticket (the key was invalidated, flushed, evicted) or before a
+    /// tag invalidation or clear that happened since.
     fn decode_current(
         &self,
         redis: &RedisSide<V>,
         bytes: &[u8],
-        stamps: &[u64],
+        seen: &Seen,
     ) -> Option<Decoded<V>> {
         let decoded = (redis.decode)(
             bytes,
@@ -362,6 +416,11 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             self.stale_window(),
         );
         match decoded {
+            // A value of the previous wire version is simply a miss.
+            Err(DecodeError::Version(1)) => {
+                self.counters.stale_rejected.add(1);
+                None
+            }
             Err(e) => {
                 self.counters.decode_failures.add(1);
                 self.decode_log.warn_error(
@@ -371,7 +430,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 );
                 None
             }
-            Ok(d) if d.stamps != stamps => {
+            Ok(d) if Some(d.ticket) != seen.ticket || d.stamps != seen.stamps => {
                 self.counters.stale_rejected.add(1);
                 None
             }
@@ -387,9 +446,10 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         }
     }
 
-    /// Stores a body result in Redis if the stamps read at lookup are still current (one
-    /// round trip, which also releases the lock). Sets the value's ETag from its encoding.
-    /// `Ok(false)`: a write happened while the body ran; nothing was stored.
+    /// Stores a body result in Redis if the key's ticket is still the claim's and the scope
+    /// counters are unchanged (one round trip, which also releases the lock). Sets the
+    /// value's ETag from its encoding. `Ok(false)`: a write happened while the body ran;
+    /// nothing was stored.
     pub(super) async fn redis_store_fresh(
         &self,
         key: &Key,
@@ -398,7 +458,13 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         ttl: Duration,
         claim: Claim,
     ) -> Result<bool, CacheError> {
-        let bytes = match self.encode_for_redis(value, meta.created_unix_ms, ttl, &claim.stamps) {
+        let bytes = match self.encode_for_redis(
+            value,
+            claim.ticket,
+            meta.created_unix_ms,
+            ttl,
+            &claim.stamps,
+        ) {
             Ok(bytes) => bytes,
             Err(e) => {
                 self.release(key, claim.token).await;
@@ -409,9 +475,10 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         self.write_entry(key, bytes, ttl, claim).await
     }
 
-    /// An explicit write's Redis side: bumps the generation (evicting other processes'
-    /// copies, failing in-flight stale writes), then writes under the new stamps. Returns
-    /// Redis's answer and the new generation; a write Redis may not have seen is deferred.
+    /// An explicit write's Redis side: replaces the key's ticket (deleting the old value and
+    /// ticket first, evicting other processes' copies, failing in-flight stores), then
+    /// writes under the new ticket. A write Redis may not have seen is deferred as an
+    /// invalidation.
     pub(super) async fn redis_store_explicit(
         &self,
         key: &Key,
@@ -422,27 +489,32 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let Some(redis) = &self.redis else {
             return (Ok(()), 0);
         };
-        let mut generation = 0;
         let res = async {
+            let ticket = new_ticket();
+            let keys = redis.keys.entry(key);
             let stamps = redis
                 .tier
-                .bump_generation(
-                    redis.keys.stamps(key),
-                    redis.retention,
+                .replace_ticket(
+                    &keys,
+                    ticket,
+                    self.ticket_px(redis),
                     redis.keys.channel.clone(),
-                    bus::message_prefix(bus::Action::Updated, &key.logical),
+                    bus::message(bus::Action::Updated, &key.logical),
                 )
                 .await?;
-            let claim = Claim::unlocked(stamps);
-            generation = claim.generation();
             // Other caches of this process over the same key drop their copies.
-            bus::apply_locally(bus::Action::Updated, &key.logical, generation);
-            // Encoded after the bump: the envelope carries the new stamps. (If it is too
-            // large, the bump alone still invalidated the old value everywhere.)
-            let bytes = self.encode_for_redis(value, meta.created_unix_ms, ttl, &claim.stamps)?;
+            bus::apply_locally(bus::Action::Updated, &key.logical, 0);
+            // Encoded after the replacement: the envelope carries the new ticket. (If it is
+            // too large, the replacement alone still invalidated the old value everywhere.)
+            let bytes = self.encode_for_redis(value, ticket, meta.created_unix_ms, ttl, &stamps)?;
             meta.etag = codec::envelope_etag(&bytes);
+            let claim = Claim {
+                ticket,
+                stamps,
+                token: None,
+            };
             if !self.write_entry(key, bytes, ttl, claim).await? {
-                // Another write landed between the bump and the SET: it is newer.
+                // Another write landed between the two round trips: it is newer.
                 self.counters.superseded.add(1);
             }
             Ok(())
@@ -459,11 +531,11 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             // is back.
             self.defer_invalidation(redis, key);
         }
-        (self.count_redis(res), generation)
+        (self.count_redis(res), 0)
     }
 
-    /// Invalidates `key` in Redis (generation bump, delete, bus message) and in this
-    /// process's other caches over the same key; deferred if Redis does not take it.
+    /// Invalidates `key` in Redis (`DEL value ticket`, bus message) and in this process's
+    /// other caches over the same key; deferred if Redis does not take it.
     pub(super) async fn redis_invalidate(&self, key: &Key) -> Result<(), CacheError> {
         let Some(r) = &self.redis else {
             return Ok(());
@@ -472,16 +544,15 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             .tier
             .invalidate(
                 r.keys.value(key),
-                r.keys.generation(key),
-                r.retention,
+                r.keys.ticket(key),
                 r.keys.channel.clone(),
-                bus::message_prefix(bus::Action::Invalidated, &key.logical),
+                bus::message(bus::Action::Invalidated, &key.logical),
             )
             .await
-            .map(|generation| {
+            .map(|()| {
                 // Other caches of this process over the same key (e.g. another schema
                 // version) drop their copies too, as remote processes do.
-                bus::apply_locally(bus::Action::Invalidated, &key.logical, generation)
+                bus::apply_locally(bus::Action::Invalidated, &key.logical, 0)
             });
         if res.is_err() {
             self.defer_invalidation(r, key);
@@ -519,13 +590,21 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     /// meanwhile do not read this key from Redis, where a stale value may remain.
     fn defer_invalidation(&self, r: &RedisSide<V>, key: &Key) {
         bus::apply_locally(bus::Action::Invalidated, &key.logical, u64::MAX);
-        r.tier.defer(PendingOp::Invalidate {
+        let added = r.tier.defer(PendingOp::Invalidate {
             value_key: r.keys.value(key),
-            gen_key: r.keys.generation(key),
-            retention: r.retention,
+            ticket_key: r.keys.ticket(key),
             channel: r.keys.channel.clone(),
             logical: key.logical.clone(),
+            cache: std::sync::Arc::from(self.name.as_str()),
         });
+        if let Added::Folded(n) = added {
+            self.counters.pending_folded.add(n as u64);
+            self.decode_log.warn_error(
+                &self.name,
+                "too many pending redis writes: key invalidations folded into a pending clear of the cache",
+                &n,
+            );
+        }
     }
 
     /// The conditional write of an entry (kept `stale` past its TTL for the fail-safe).
@@ -543,6 +622,8 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             keys: redis.keys.entry(key),
             bytes,
             ttl: ttl + self.stale_window(),
+            ticket: claim.ticket,
+            ticket_px: self.ticket_px(redis),
             seen: claim.stamps,
             token: claim.token,
         };
@@ -552,6 +633,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     fn encode_for_redis(
         &self,
         value: &V,
+        ticket: u64,
         created_unix_ms: u64,
         ttl: Duration,
         stamps: &[u64],
@@ -559,8 +641,15 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let Some(redis) = &self.redis else {
             return Err(CacheError::Encode("no redis tier".into()));
         };
-        let bytes = (redis.encode)(value, self.fingerprint, created_unix_ms, ttl, stamps)
-            .map_err(CacheError::Encode)?;
+        let bytes = (redis.encode)(
+            value,
+            self.fingerprint,
+            ticket,
+            created_unix_ms,
+            ttl,
+            stamps,
+        )
+        .map_err(CacheError::Encode)?;
         if bytes.len() > self.max_value_bytes {
             return Err(CacheError::TooLarge {
                 size: bytes.len(),
@@ -568,15 +657,6 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             });
         }
         Ok(bytes)
-    }
-}
-
-impl Claim {
-    fn unlocked(stamps: Vec<u64>) -> Self {
-        Claim {
-            stamps,
-            token: None,
-        }
     }
 }
 
@@ -648,20 +728,28 @@ mod tests {
         let keys = KeyScheme::new("cr", "app::user", 3);
         let key = Key::new("user:42").with_tags(vec!["t:1".into(), "t:2".into()]);
         let entry = keys.entry(&key);
-        assert_eq!(entry.value, "cr:w1:v3:user:42");
-        assert_eq!(entry.lock, "cr:lock:v3:user:42");
+        let b = redis_bucket("user:42");
+        assert!(b < REDIS_BUCKETS);
+        assert_eq!(entry.value, format!("{{cr:{b}}}:v2:3:user:42"));
+        assert_eq!(entry.ticket, format!("{{cr:{b}}}:t:user:42"));
+        assert_eq!(entry.lock, format!("{{cr:{b}}}:l:3:user:42"));
         assert_eq!(
             entry.stamps,
-            [
-                "cr:gen:user:42",
-                "cr:clear:app::user",
-                "cr:clear",
-                "cr:tag:t:1",
-                "cr:tag:t:2"
-            ]
+            ["cr:clear:app::user", "cr:clear", "cr:tag:t:1", "cr:tag:t:2"]
         );
         assert_eq!(keys.channel, "cr:bus:1");
-        assert_eq!(tag_key("cr", "t:1"), entry.stamps[3]);
-        assert_eq!(all_clear_key("cr"), entry.stamps[2]);
+        assert_eq!(tag_key("cr", "t:1"), entry.stamps[2]);
+        assert_eq!(all_clear_key("cr"), entry.stamps[1]);
+        assert_eq!(
+            crate::key::redis_keys("cr", 3, "user:42"),
+            (entry.value, entry.ticket, entry.lock)
+        );
+    }
+
+    #[test]
+    fn tickets_are_random_and_never_zero() {
+        let a: std::collections::HashSet<u64> = (0..10_000).map(|_| new_ticket()).collect();
+        assert_eq!(a.len(), 10_000);
+        assert!(!a.contains(&0));
     }
 }

@@ -20,7 +20,7 @@ use crate::breaker::{Breaker, BreakerState};
 use crate::bus;
 use crate::config::{Config, WaitReplicas};
 use crate::error::{CacheError, InitError};
-use crate::pending::{Pending, PendingOp};
+use crate::pending::{Added, Pending, PendingOp};
 
 mod connection;
 mod scripts;
@@ -28,6 +28,9 @@ mod scripts;
 use connection::{open_client, open_sentinel, Conns, Fault, Shared};
 pub(crate) use connection::{redact, RedisTarget};
 use scripts::{parse_stamps, Scripts};
+
+/// Pending key invalidations sent per round trip when draining.
+const DRAIN_BATCH: usize = 512;
 
 pub(crate) struct RedisTier {
     handle: tokio::runtime::Handle,
@@ -38,47 +41,56 @@ pub(crate) struct RedisTier {
     retrying: AtomicBool,
 }
 
-/// What a read found. `stamps` are the current counters of the request's stamp keys
-/// (missing keys read as 0), read atomically with the value.
-pub(crate) enum Fetched {
-    Missing {
-        stamps: Vec<u64>,
-        locked: bool,
-    },
-    /// Bytes and the key's remaining lifetime (`None`: no expiry set).
-    Found {
-        bytes: Vec<u8>,
-        pttl: Option<Duration>,
-        stamps: Vec<u64>,
-    },
-    /// The key holds another Redis type (hash, list, ...).
-    WrongType {
-        stamps: Vec<u64>,
-    },
+/// What a read found, atomically: the value's bytes (`None`: missing, or a key of another
+/// Redis type, which `MGET` answers as nil), the key's ticket, the scope counters (missing
+/// ones read as 0) and whether the lock was taken.
+pub(crate) struct Fetched {
+    pub value: Option<Vec<u8>>,
+    pub ticket: Option<u64>,
+    pub stamps: Vec<u64>,
+    pub locked: bool,
 }
 
-/// The Redis keys of one entry: its value, its lock, and the counters it is stamped with
-/// (generation, cache clear, global clear, tags), built by the cache's key scheme.
+/// The Redis keys of one entry (docs/PROTOCOL.md §2): its value, ticket and lock (one hash
+/// tag), and the scope counters it is stamped with (cache clear, global clear, tags), built
+/// by the cache's key scheme.
 pub(crate) struct EntryKeys {
     pub value: String,
+    pub ticket: String,
     pub lock: String,
     pub stamps: Vec<String>,
 }
 
-/// One read; the lock is tried (`SET NX PX lease`) only with `try_lock` (token, lease ms).
+/// One read; with `try_lock` (token, lease ms) it is the read script, which also sets
+/// `new_ticket` (for `ticket_px` ms) if the key has none and tries the lock.
 pub(crate) struct ReadRequest {
     pub keys: EntryKeys,
     pub try_lock: Option<(String, u64)>,
+    pub new_ticket: u64,
+    pub ticket_px: u64,
 }
 
-/// One conditional write: `bytes` for `ttl`, if the stamps still hold `seen`; releases the
-/// lock if `token` still owns it.
+/// One conditional write: `bytes` for `ttl`, if the key's ticket is still `ticket` and the
+/// scope counters still hold `seen`; releases the lock if `token` still owns it.
 pub(crate) struct WriteRequest {
     pub keys: EntryKeys,
     pub bytes: Vec<u8>,
     pub ttl: Duration,
+    pub ticket: u64,
+    pub ticket_px: u64,
     pub seen: Vec<u64>,
     pub token: Option<String>,
+}
+
+/// A ticket as stored in Redis: 16 lower-case hex digits.
+pub(crate) fn ticket_text(ticket: u64) -> String {
+    format!("{ticket:016x}")
+}
+
+/// A ticket read from Redis; anything else than 16 hex digits never matches an envelope.
+fn parse_ticket(raw: &[u8]) -> Option<u64> {
+    let s = std::str::from_utf8(raw).ok()?;
+    (s.len() == 16).then(|| u64::from_str_radix(s, 16).ok())?
 }
 
 impl RedisTier {
@@ -117,7 +129,7 @@ impl RedisTier {
                 config.breaker_threshold,
                 config.breaker_cooldown,
             )),
-            pending: Pending::default(),
+            pending: Pending::new(&config.key_prefix),
             retrying: AtomicBool::new(false),
         })
     }
@@ -198,81 +210,91 @@ impl RedisTier {
             return self.read_plain(req).await;
         }
         let scripts = self.scripts.clone();
-        type Reply = (i64, Option<Vec<u8>>, i64, Vec<Option<String>>, i64);
-        let res = self
+        type Reply = (Option<Vec<u8>>, Option<Vec<u8>>, i64, Vec<Option<String>>);
+        let (value, ticket, locked, stamps) = self
             .exec(move |mut c| async move {
                 let mut inv = scripts.read.prepare_invoke();
-                inv.key(&req.keys.value).key(&req.keys.lock);
+                inv.key(&req.keys.value)
+                    .key(&req.keys.ticket)
+                    .key(&req.keys.lock);
                 for k in &req.keys.stamps {
                     inv.key(k);
                 }
-                match &req.try_lock {
-                    Some((token, lease_ms)) => inv.arg("1").arg(token).arg(*lease_ms),
-                    None => inv.arg("0").arg("").arg(0),
-                };
+                let (token, lease_ms) = req.try_lock.unwrap_or_default();
+                inv.arg(ticket_text(req.new_ticket))
+                    .arg(req.ticket_px)
+                    .arg(token)
+                    .arg(lease_ms);
                 inv.invoke_async::<Reply>(&mut c).await
             })
-            .await;
-        match res {
-            Ok((1, Some(bytes), pttl, stamps, _)) => Ok(Fetched::Found {
-                bytes,
-                pttl: (pttl >= 0).then(|| Duration::from_millis(pttl as u64)),
-                stamps: parse_stamps(stamps),
-            }),
-            Ok((2, _, _, stamps, _)) => Ok(Fetched::WrongType {
-                stamps: parse_stamps(stamps),
-            }),
-            Ok((_, _, _, stamps, locked)) => Ok(Fetched::Missing {
-                stamps: parse_stamps(stamps),
-                locked: locked == 1,
-            }),
-            Err(e) => Err(e),
-        }
+            .await?;
+        Ok(Fetched {
+            value,
+            ticket: ticket.as_deref().and_then(parse_ticket),
+            stamps: parse_stamps(stamps),
+            locked: locked == 1,
+        })
     }
 
-    /// A read without a lock attempt: `MGET value stamps…` and `PTTL value`, pipelined (one
-    /// round trip, and about a tenth of a script's server time). `MGET` answers nil for a key
-    /// of another type, which `PTTL` (≥ -1: the key exists) tells apart from a missing key.
+    /// A read without a lock attempt: one `MGET value ticket scope-counters…` (one command,
+    /// one round trip).
     async fn read_plain(&self, req: ReadRequest) -> Result<Fetched, CacheError> {
-        let (mut values, pttl) = self
+        let mut values = self
             .exec(move |mut c| async move {
-                let mut p = redis::pipe();
-                p.cmd("MGET").arg(&req.keys.value);
+                let mut cmd = redis::cmd("MGET");
+                cmd.arg(&req.keys.value).arg(&req.keys.ticket);
                 for k in &req.keys.stamps {
-                    p.arg(k);
+                    cmd.arg(k);
                 }
-                p.cmd("PTTL").arg(&req.keys.value);
-                p.query_async::<(Vec<Option<Vec<u8>>>, i64)>(&mut c).await
+                cmd.query_async::<Vec<Option<Vec<u8>>>>(&mut c).await
             })
-            .await?;
-        let value = if values.is_empty() {
-            None
-        } else {
-            values.remove(0)
-        };
+            .await?
+            .into_iter();
+        let value = values.next().flatten();
+        let ticket = values.next().flatten().as_deref().and_then(parse_ticket);
         let stamps = values
-            .into_iter()
             .map(|v| {
                 v.and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok())
                     .unwrap_or(0)
             })
             .collect();
-        Ok(match value {
-            Some(bytes) => Fetched::Found {
-                bytes,
-                pttl: (pttl >= 0).then(|| Duration::from_millis(pttl as u64)),
-                stamps,
-            },
-            None if pttl != -2 => Fetched::WrongType { stamps },
-            None => Fetched::Missing {
-                stamps,
-                locked: false,
-            },
+        Ok(Fetched {
+            value,
+            ticket,
+            stamps,
+            locked: false,
         })
     }
 
-    /// `SET value PX` if every stamp key still holds `seen`; releases the lock if `token`
-    /// still owns it. `Ok(false)`: a write happened since `seen` was read; nothing stored.
+    /// `SET ticket new NX GET PX px`: the key's ticket in force (ours if it had none).
+    pub(crate) async fn claim_ticket(
+        &self,
+        ticket_key: String,
+        new: u64,
+        px: u64,
+    ) -> Result<Option<u64>, CacheError> {
+        self.exec(move |mut c| async move {
+            redis::cmd("SET")
+                .arg(&ticket_key)
+                .arg(ticket_text(new))
+                .arg("NX")
+                .arg("GET")
+                .arg("PX")
+                .arg(px.max(1))
+                .query_async::<Option<Vec<u8>>>(&mut c)
+                .await
+                .map(|old| match old {
+                    None => Some(new),
+                    Some(old) => parse_ticket(&old),
+                })
+        })
+        .await
+    }
+
+    /// The `store` script: `SET value PX` if the ticket is still ours and the scope counters
+    /// still hold `seen` (extending the ticket with `PEXPIRE GT`); releases the lock if
+    /// `token` still owns it. `Ok(false)`: the key was invalidated or replaced since the
+    /// ticket was taken (or a tag/clear happened); nothing stored.
     pub(crate) async fn write_if(&self, req: WriteRequest) -> Result<bool, CacheError> {
         let ms = req.ttl.as_millis().max(1) as u64;
         let scripts = self.scripts.clone();
@@ -280,16 +302,22 @@ impl RedisTier {
             let WriteRequest {
                 keys,
                 bytes,
+                ticket,
+                ticket_px,
                 seen,
                 token,
                 ..
             } = req;
-            let mut inv = scripts.write_if.prepare_invoke();
-            inv.key(&keys.value).key(&keys.lock);
+            let mut inv = scripts.store.prepare_invoke();
+            inv.key(&keys.value).key(&keys.ticket).key(&keys.lock);
             for k in &keys.stamps {
                 inv.key(k);
             }
-            inv.arg(bytes).arg(ms).arg(token.as_deref().unwrap_or(""));
+            inv.arg(ticket_text(ticket))
+                .arg(bytes)
+                .arg(ms)
+                .arg(ticket_px.max(ms))
+                .arg(token.as_deref().unwrap_or(""));
             for s in &seen {
                 inv.arg(*s);
             }
@@ -337,61 +365,60 @@ impl RedisTier {
         .await
     }
 
-    /// Bumps the key's generation (kept `retention`), deletes the value, and publishes
-    /// `message_prefix` + the new generation on `channel`: one round trip.
+    /// Invalidates one key: `DEL value ticket` then `PUBLISH`, pipelined (one round trip, no
+    /// script). `DEL` comes first and is allowed under `noeviction` OOM; deleting the ticket
+    /// kills every schema version's value and every in-flight store. `Ok` needs both replies.
     pub(crate) async fn invalidate(
         &self,
         value_key: String,
-        gen_key: String,
-        retention: Duration,
+        ticket_key: String,
         channel: String,
-        message_prefix: String,
-    ) -> Result<u64, CacheError> {
-        let scripts = self.scripts.clone();
+        message: String,
+    ) -> Result<(), CacheError> {
         self.exec_write(move |mut c| async move {
-            scripts
-                .invalidate
-                .key(&value_key)
-                .key(&gen_key)
-                .arg(retention.as_millis() as u64)
+            redis::pipe()
+                .cmd("DEL")
+                .arg(&value_key)
+                .arg(&ticket_key)
+                .ignore()
+                .cmd("PUBLISH")
                 .arg(&channel)
-                .arg(&message_prefix)
-                .invoke_async::<u64>(&mut c)
+                .arg(&message)
+                .ignore()
+                .query_async::<()>(&mut c)
                 .await
         })
         .await
     }
 
-    /// Bumps the generation (first stamp key) and returns every stamp after the bump.
-    pub(crate) async fn bump_generation(
+    /// The first half of a populate: `DEL value ticket` (first, so the old value is gone even
+    /// under OOM), the new ticket, the bus message, and the scope counters to stamp the new
+    /// envelope with (one script, one round trip). The value is then written with
+    /// [`Self::write_if`] under the new ticket.
+    pub(crate) async fn replace_ticket(
         &self,
-        stamp_keys: Vec<String>,
-        retention: Duration,
+        keys: &EntryKeys,
+        ticket: u64,
+        ticket_px: u64,
         channel: String,
-        message_prefix: String,
+        message: String,
     ) -> Result<Vec<u64>, CacheError> {
         let scripts = self.scripts.clone();
+        let (value, ticket_key, stamps) =
+            (keys.value.clone(), keys.ticket.clone(), keys.stamps.clone());
         self.exec_write(move |mut c| async move {
-            let mut inv = scripts.bump_gen.prepare_invoke();
-            for k in &stamp_keys {
+            let mut inv = scripts.populate.prepare_invoke();
+            inv.key(&value).key(&ticket_key);
+            for k in &stamps {
                 inv.key(k);
             }
-            inv.arg(retention.as_millis() as u64)
+            inv.arg(ticket_text(ticket))
+                .arg(ticket_px.max(1))
                 .arg(&channel)
-                .arg(&message_prefix);
-            // The first element is an integer (the new generation), the rest MGET strings.
-            let raw: Vec<redis::Value> = inv.invoke_async(&mut c).await?;
-            Ok(raw
-                .into_iter()
-                .map(|v| match v {
-                    redis::Value::Int(i) => i.max(0) as u64,
-                    redis::Value::BulkString(b) => std::str::from_utf8(&b)
-                        .ok()
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(0),
-                    _ => 0,
-                })
-                .collect())
+                .arg(&message);
+            inv.invoke_async::<Vec<Option<String>>>(&mut c)
+                .await
+                .map(parse_stamps)
         })
         .await
     }
@@ -416,59 +443,93 @@ impl RedisTier {
         .await
     }
 
-    /// Keeps a write that Redis did not take, and makes sure the retry loop runs.
-    pub(crate) fn defer(&'static self, op: PendingOp) {
-        self.pending.add(op);
+    /// Keeps a write that Redis did not take (maybe folded, see `pending`), and makes sure
+    /// the retry loop runs.
+    pub(crate) fn defer(&'static self, op: PendingOp) -> Added {
+        let added = self.pending.add(op);
         if !self.retrying.swap(true, Ordering::AcqRel) {
             self.handle.spawn(self.retry_loop());
         }
+        added
     }
 
+    /// Retries pending writes every 100 ms: scope writes (at most 65) one by one, then key
+    /// invalidations in pipelines of [`DRAIN_BATCH`], taken out of the set (never cloning
+    /// it) and put back if Redis did not take them.
     async fn retry_loop(&'static self) {
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            for op in self.pending.snapshot() {
-                let res = match &op {
-                    PendingOp::Invalidate {
-                        value_key,
-                        gen_key,
-                        retention,
-                        channel,
-                        logical,
-                    } => self
-                        .invalidate(
-                            value_key.clone(),
-                            gen_key.clone(),
-                            *retention,
-                            channel.clone(),
-                            bus::message_prefix(bus::Action::Invalidated, logical),
-                        )
-                        .await
-                        .map(|g| bus::apply_locally(bus::Action::Invalidated, logical, g)),
-                    PendingOp::Bump {
-                        key,
-                        channel,
-                        action,
-                        target,
-                    } => self
-                        .bump_version(
-                            key.clone(),
-                            channel.clone(),
-                            bus::message_prefix(*action, target),
-                        )
-                        .await
-                        .map(|_| bus::apply_locally(*action, target, 0)),
-                };
-                match res {
-                    Ok(()) => {
-                        tracing::info!(write = %op.id(), "a deferred redis write went through");
-                        self.pending.done(&op.id());
+            let _ = self.retry_round().await;
+        }
+    }
+
+    async fn retry_round(&'static self) -> Result<(), CacheError> {
+        for op in self.pending.scopes() {
+            if let PendingOp::Bump {
+                key,
+                channel,
+                action,
+                target,
+            } = &op
+            {
+                self.bump_version(
+                    key.clone(),
+                    channel.clone(),
+                    bus::message_prefix(*action, target),
+                )
+                .await?;
+                bus::apply_locally(*action, target, 0);
+                tracing::info!(write = %op.id(), "a deferred redis write went through");
+                self.pending.done(&op.id());
+            }
+        }
+        loop {
+            let batch = self.pending.take_keys(DRAIN_BATCH);
+            if batch.is_empty() {
+                return Ok(());
+            }
+            match self.invalidate_batch(&batch).await {
+                Ok(()) => {
+                    for op in &batch {
+                        if let PendingOp::Invalidate { logical, .. } = op {
+                            bus::apply_locally(bus::Action::Invalidated, logical, 0);
+                        }
                     }
-                    // Still down: try the rest next round.
-                    Err(_) => break,
+                    self.pending.keys_done(&batch);
+                    tracing::info!(
+                        writes = batch.len(),
+                        "deferred redis invalidations went through"
+                    );
+                }
+                Err(e) => {
+                    self.pending.restore(batch);
+                    return Err(e);
                 }
             }
         }
+    }
+
+    /// Pending key invalidations in one pipeline: `DEL value ticket` + `PUBLISH` each.
+    async fn invalidate_batch(&self, batch: &[PendingOp]) -> Result<(), CacheError> {
+        let mut p = redis::pipe();
+        for op in batch {
+            if let PendingOp::Invalidate {
+                value_key,
+                ticket_key,
+                channel,
+                logical,
+                ..
+            } = op
+            {
+                p.cmd("DEL").arg(value_key).arg(ticket_key).ignore();
+                p.cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(bus::message(bus::Action::Invalidated, logical))
+                    .ignore();
+            }
+        }
+        self.exec_write(move |mut c| async move { p.query_async::<()>(&mut c).await })
+            .await
     }
 
     pub(crate) fn breaker_state(&self) -> BreakerState {
@@ -538,11 +599,10 @@ impl RedisTier {
         let channel = channel.as_str();
         let k = format!("{prefix}:health:cmd");
         let n = format!("{prefix}:health:n");
-        let direct: [(&'static str, &[&str]); 8] = [
+        let direct: [(&'static str, &[&str]); 7] = [
             ("SET", &["SET", &k, "ok", "PX", "10000"]),
             ("GET", &["GET", &k]),
             ("MGET", &["MGET", &k, &n]),
-            ("PTTL", &["PTTL", &k]),
             ("INCR", &["INCR", &n]),
             ("PEXPIRE", &["PEXPIRE", &n, "10000"]),
             ("DEL", &["DEL", &k, &n]),
@@ -555,19 +615,26 @@ impl RedisTier {
         }
         let keys = |k: &str| EntryKeys {
             value: format!("{prefix}:health:v:{k}"),
+            ticket: format!("{prefix}:health:t:{k}"),
             lock: format!("{prefix}:health:lock:{k}"),
             stamps: vec![format!("{prefix}:health:gen:{k}")],
         };
         let ttl = Duration::from_secs(10);
+        let px = 10_000;
         let msg = format!("{prefix}:health:");
         let probe = async {
+            // Every operation the runtime sends, on probe keys: populate (new ticket, then
+            // the conditional store), a read, a ticket claim, the lock read and lock
+            // commands, a tag bump, invalidations.
             let seen = self
-                .bump_generation(keys("p").stamps, ttl, channel.into(), msg.clone())
+                .replace_ticket(&keys("p"), 0x4845_414c_5448, px, channel.into(), msg.clone())
                 .await?;
             self.write_if(WriteRequest {
                 keys: keys("p"),
                 bytes: b"ok".to_vec(),
                 ttl,
+                ticket: 0x4845_414c_5448,
+                ticket_px: px,
                 seen,
                 token: Some("health".into()),
             })
@@ -575,21 +642,25 @@ impl RedisTier {
             self.read(ReadRequest {
                 keys: keys("p"),
                 try_lock: None,
+                new_ticket: 1,
+                ticket_px: px,
             })
             .await?;
+            self.claim_ticket(keys("c").ticket, 2, px).await?;
             self.read(ReadRequest {
                 keys: keys("l"),
-                try_lock: Some(("health".into(), 10_000)),
+                try_lock: Some(("health".into(), px)),
+                new_ticket: 3,
+                ticket_px: px,
             })
             .await?;
-            self.try_lock(keys("l").lock, "health".into(), 10_000)
-                .await?;
+            self.try_lock(keys("l").lock, "health".into(), px).await?;
             self.release_lock(keys("l").lock, "health".into()).await?;
             self.bump_version(format!("{prefix}:health:tag"), channel.into(), msg.clone())
                 .await?;
-            for k in ["p", "l"] {
-                let EntryKeys { value, stamps, .. } = keys(k);
-                self.invalidate(value, stamps[0].clone(), ttl, channel.into(), msg.clone())
+            for k in ["p", "l", "c"] {
+                let EntryKeys { value, ticket, .. } = keys(k);
+                self.invalidate(value, ticket, channel.into(), msg.clone())
                     .await?;
             }
             Ok::<_, CacheError>(())
@@ -628,13 +699,12 @@ impl RedisTier {
 
 impl Scripts {
     /// Every script, for the health check's `SCRIPT LOAD`.
-    fn all(&self) -> [&redis::Script; 6] {
+    fn all(&self) -> [&redis::Script; 5] {
         [
             &self.read,
-            &self.write_if,
+            &self.store,
             &self.release,
-            &self.invalidate,
-            &self.bump_gen,
+            &self.populate,
             &self.bump_version,
         ]
     }

@@ -2,43 +2,56 @@
 
 use redis::Script;
 
-/// Scripts keep each operation to one round trip and make it atomic.
+/// Scripts keep each operation to one round trip and make it atomic (docs/PROTOCOL.md §7).
 pub(super) struct Scripts {
     pub(super) read: Script,
-    pub(super) write_if: Script,
+    pub(super) store: Script,
     pub(super) release: Script,
-    pub(super) invalidate: Script,
-    pub(super) bump_gen: Script,
+    pub(super) populate: Script,
     pub(super) bump_version: Script,
 }
 
 impl Scripts {
     pub(super) fn new() -> Self {
         Self {
-            // KEYS: value, lock, stamps...; ARGV: try-lock flag, token, lease ms.
+            // The read with lock (§7.3). KEYS: value, ticket, lock, scope counters...;
+            // ARGV: new ticket, ticket px, lock token, lease ms. A key without a ticket gets
+            // ours (only when there is no value: a value without a ticket is unusable and
+            // the caller claims one). Returns {value or false, ticket or false, locked,
+            // counters}.
             read: Script::new(
                 r"
-local stamps = redis.call('MGET', unpack(KEYS, 3))
+local stamps = {}
+if #KEYS > 3 then stamps = redis.call('MGET', unpack(KEYS, 4)) end
 local v = redis.pcall('GET', KEYS[1])
-if type(v) == 'table' and v.err then return {2, false, -2, stamps, 0} end
-if v then return {1, v, redis.call('PTTL', KEYS[1]), stamps, 0} end
+if type(v) == 'table' then v = false end
+local t = redis.call('GET', KEYS[2])
+if v then return {v, t, 0, stamps} end
+if not t then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  t = ARGV[1]
+end
 local locked = 0
-if ARGV[1] == '1' and redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
-  locked = 1
-end
-return {0, false, -2, stamps, locked}",
+if redis.call('SET', KEYS[3], ARGV[3], 'NX', 'PX', ARGV[4]) then locked = 1 end
+return {false, t, locked, stamps}",
             ),
-            // KEYS: value, lock, stamps...; ARGV: bytes, px, token or '', seen stamps...
-            write_if: Script::new(
+            // The store (§7.2). KEYS: value, ticket, lock, scope counters...; ARGV: ticket,
+            // bytes, value px, ticket px, token or '', seen counters...
+            store: Script::new(
                 r"
-local cur = redis.call('MGET', unpack(KEYS, 3))
-local ok = 1
-for i = 1, #cur do
-  if (tonumber(cur[i]) or 0) ~= tonumber(ARGV[i + 3]) then ok = 0 break end
+local ok = redis.call('GET', KEYS[2]) == ARGV[1]
+if ok and #KEYS > 3 then
+  local cur = redis.call('MGET', unpack(KEYS, 4))
+  for i = 1, #cur do
+    if (tonumber(cur[i]) or 0) ~= tonumber(ARGV[i + 5]) then ok = false break end
+  end
 end
-if ok == 1 then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
-if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
-return ok",
+if ok then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], ARGV[4], 'GT')
+end
+if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) == ARGV[5] then redis.call('DEL', KEYS[3]) end
+return ok and 1 or 0",
             ),
             // KEYS: lock; ARGV: token.
             release: Script::new(
@@ -46,24 +59,16 @@ return ok",
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0",
             ),
-            // KEYS: value, generation; ARGV: retention ms, channel, message prefix.
-            invalidate: Script::new(
+            // Populate / refresh (§7.5), DEL first (allowed under OOM, and a script that
+            // wrote first is not refused later). KEYS: value, ticket, scope counters...;
+            // ARGV: new ticket, ticket px, channel, message. Returns the scope counters.
+            populate: Script::new(
                 r"
-local g = redis.call('INCR', KEYS[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[1])
-redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3] .. g)
-return g",
-            ),
-            // KEYS: generation, other stamps...; ARGV: retention ms, channel, message prefix.
-            bump_gen: Script::new(
-                r"
-local g = redis.call('INCR', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3] .. g)
-local stamps = redis.call('MGET', unpack(KEYS))
-stamps[1] = g
-return stamps",
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+if #KEYS > 2 then return redis.call('MGET', unpack(KEYS, 3)) end
+return {}",
             ),
             // KEYS: version; ARGV: channel, message prefix.
             bump_version: Script::new(
@@ -76,7 +81,7 @@ return v",
     }
 }
 
-/// Stamps as `MGET` returns them: a missing or unparsable counter reads as 0.
+/// Counters as `MGET` returns them: a missing or unparsable counter reads as 0.
 pub(super) fn parse_stamps(raw: Vec<Option<String>>) -> Vec<u64> {
     raw.into_iter()
         .map(|s| s.and_then(|s| s.parse().ok()).unwrap_or(0))
