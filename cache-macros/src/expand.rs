@@ -410,7 +410,8 @@ fn accessor_tokens(
     let redis_steps = tier.map(|tier| {
         quote_spanned! {vspan=>
             let #b = (&::cache_runtime::__private::Check::<#v>::new()).redis(#b);
-            let #b = #b.tier(#tier);
+            // A compile error naming the feature when the runtime is built without `redis`.
+            let #b = #b.tier(::cache_runtime::__private::redis_tier(#tier));
         }
     });
     let _ = opts.tier_span;

@@ -258,7 +258,12 @@ fn handle(payload: &[u8]) {
     d.push_back(delay);
 }
 
+/// Without the `redis` feature: a stand-in that is never called.
+#[cfg(not(feature = "redis"))]
+pub(crate) use crate::redis_tier::run;
+
 /// Runs forever on the Redis thread: subscribe, apply, reconnect.
+#[cfg(feature = "redis")]
 pub(crate) async fn run(client: redis::Client, channel: String, timeout: Duration) {
     // After a failure 100 ms, doubling up to 1.6 s; after a clean end 50 ms (the first
     // delay of a fresh backoff, skipped before the first failure).
@@ -293,6 +298,7 @@ pub(crate) async fn run(client: redis::Client, channel: String, timeout: Duratio
     }
 }
 
+#[cfg(feature = "redis")]
 async fn subscribe_and_listen(
     client: &redis::Client,
     channel: &str,
