@@ -182,6 +182,7 @@ pub(crate) fn apply_locally(action: Action, target: &str, counter: u64) {
 /// assert!(s.received >= s.applied);
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BusStatus {
     /// Whether the subscription is up now.
     pub connected: bool,
