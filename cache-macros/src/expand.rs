@@ -557,7 +557,8 @@ fn build_tokens(opts: &Options, a: &Analyzed) -> TokenStream {
     let redis_steps = tier.map(|tier| {
         quote_spanned! {vspan=>
             let #b = (&#ks::__private::Check::<#v>::new()).redis(#b);
-            let #b = #b.tier(#tier);
+            // A compile error naming the feature when the runtime is built without `redis`.
+            let #b = #b.tier(#ks::__private::redis_tier(#tier));
         }
     });
     let build = quote_spanned! {vspan=>

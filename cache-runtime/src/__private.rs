@@ -199,6 +199,22 @@ impl<T, E> ResultLike for Result<T, E> {
     type Err = E;
 }
 
+/// Implemented for [`Tier`](crate::Tier) only when the `redis` feature is on, so a Redis tier
+/// in a build without it is one clear compile error naming the feature.
+#[diagnostic::on_unimplemented(
+    message = "`tier = \"redis\"` and `tier = \"local+redis\"` need cache-runtime's `redis` feature",
+    label = "this cache has a Redis tier",
+    note = "enable the feature (it is a default one): `cache-runtime = {{ version = \"0.1\", features = [\"redis\"] }}`, or use `tier = \"local\"`"
+)]
+pub trait RedisFeatureEnabled {}
+#[cfg(feature = "redis")]
+impl RedisFeatureEnabled for crate::Tier {}
+
+/// `tier`, if the `redis` feature is on; otherwise a compile error (see [`RedisFeatureEnabled`]).
+pub fn redis_tier<T: RedisFeatureEnabled>(tier: T) -> T {
+    tier
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -188,6 +188,7 @@ pub(crate) fn apply_locally(action: Action, target: &str, counter: u64) {
 /// assert!(s.received >= s.applied);
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BusStatus {
     /// Whether the subscription is up now.
     pub connected: bool,
@@ -279,10 +280,15 @@ fn handle(payload: &[u8]) {
     d.push_back(delay);
 }
 
+/// Without the `redis` feature: a stand-in that is never called.
+#[cfg(not(feature = "redis"))]
+pub(crate) use crate::redis_tier::run;
+
 /// How long a subscription must stay up for the reconnect backoff to start over.
 const HEALTHY: Duration = Duration::from_secs(10);
 
 /// Runs forever on the Redis thread: subscribe, apply, reconnect.
+#[cfg(feature = "redis")]
 pub(crate) async fn run(
     client: Arc<crate::redis_tier::RedisTarget>,
     channel: String,
@@ -330,6 +336,7 @@ pub(crate) async fn run(
     }
 }
 
+#[cfg(feature = "redis")]
 async fn subscribe_and_listen(
     client: &crate::redis_tier::RedisTarget,
     channel: &str,

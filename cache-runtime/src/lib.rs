@@ -23,10 +23,29 @@
 //! `Option`), the local and Redis tiers, single-flight, and [`Stats`].
 //!
 //! Configure Redis once at start-up with [`init`], or set `REDIS_URL`.
-
+//!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `redis` | yes | the Redis tier (`tier = "redis"` / `"local+redis"`), the invalidation bus, `REDIS_URL` |
+//! | `tls` | no | `rediss://` and [`ConfigBuilder::tls_root_certificate`] (rustls with ring) |
+//! | `http` | no | [`http`]: Cache-Control, ETags, conditional requests |
+//! | `axum` | no | the axum extractor of [`http`] (implies `http`) |
+//! | `edge` | no | the HTTP purgers of [`edge`] (the queue and the `Purger` trait are always there) |
+//!
+//! `default-features = false` is a local-only cache: no redis, rustls or hyper in the build.
+//!
+//! ---
+//!
+#![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 mod breaker;
+// Without Redis, the bus and the deferred writes keep only their local halves.
+#[cfg_attr(not(feature = "redis"), allow(dead_code, unused_imports))]
 mod bus;
 mod cache;
 mod clock;
@@ -37,12 +56,20 @@ mod entry;
 mod error;
 mod flight;
 #[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
 pub mod key;
 mod local;
 mod log_limit;
 mod observe;
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 mod pending;
+#[cfg(feature = "redis")]
+mod redis_tier;
+// Same names, no Redis: the runtime's `Option<RedisTier>` is always `None`.
+#[cfg(not(feature = "redis"))]
+#[allow(dead_code)]
+#[path = "redis_tier_off.rs"]
 mod redis_tier;
 mod runtime;
 pub mod shape;

@@ -92,6 +92,7 @@ pub enum Verdict {
 /// assert!(r.to_string().contains("estimated hit ratio 12 %"));
 /// ```
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct ObserveReport {
     /// Calls observed.
     pub calls: u64,

@@ -104,6 +104,7 @@ pub fn redis_enabled() -> bool {
 /// assert!(s.pending_writes == 0 || s.configured);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RedisStatus {
     /// Whether a Redis URL is configured.
     pub configured: bool,

@@ -85,14 +85,17 @@ macro_rules! counters {
         ///
         /// ```
         /// use cache_runtime::Stats;
-        /// let s = Stats { local_hits: 3, redis_hits: 1, misses: 4, coalesced: 3, body_calls: 1,
-        ///                 body_time: std::time::Duration::from_millis(20), ..Stats::default() };
+        /// // `Stats` is `#[non_exhaustive]` (counters get added): build one field by field.
+        /// let mut s = Stats::default();
+        /// (s.local_hits, s.redis_hits, s.misses, s.coalesced, s.body_calls) = (3, 1, 4, 3, 1);
+        /// s.body_time = std::time::Duration::from_millis(20);
         /// assert_eq!(s.hits(), 4);
         /// assert_eq!(s.hit_ratio(), 0.5);
         /// assert_eq!(s.offload_ratio(), 7.0 / 8.0);
         /// assert_eq!(s.estimated_time_saved(), std::time::Duration::from_millis(140));
         /// ```
         #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        #[non_exhaustive]
         pub struct Stats {
             $($(#[doc = $doc])* pub $field: u64,)*
             /// Total wall time spent in the body.
@@ -205,6 +208,7 @@ impl Stats {
 
 /// Description of one cache in the process, as listed by [`caches`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct CacheInfo {
     /// The cache's name (`name = ".."`, default: module path + function).
     pub name: String,

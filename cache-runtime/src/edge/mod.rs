@@ -270,6 +270,7 @@ pub enum EdgeError {
 /// assert!(s.latency_p50 <= s.latency_p99 && s.latency_p99 <= s.latency_max);
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct EdgeStats {
     /// Items accepted into the queue.
     pub enqueued: u64,

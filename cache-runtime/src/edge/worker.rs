@@ -659,9 +659,7 @@ async fn purge_with_retries(
             .increment(1);
     };
     let message = format!("gave up on {} item(s) after {tries} attempt(s)", todo.len());
-    shared
-        .fail_log
-        .warn_error(purger.name(), &message, &error);
+    shared.fail_log.warn_error(purger.name(), &message, &error);
     Some(todo)
 }
 

@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::edge::encode_surrogate_key;
 use crate::clock::unix_ms;
+use crate::edge::encode_surrogate_key;
 use crate::{Entry, Meta, Source};
 
 /// The response header naming where the value came from: `local`, `redis`, `body` or

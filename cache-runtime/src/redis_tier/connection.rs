@@ -304,8 +304,25 @@ fn reconnect_delay(failures: u32) -> Duration {
         .unwrap_or(MAX)
 }
 
+/// Without the `tls` feature: `rediss://` and a custom root certificate are refused with a
+/// message naming the feature.
+#[cfg(not(feature = "tls"))]
+pub(super) fn open_client(
+    url: &str,
+    root_pem: Option<Vec<u8>>,
+) -> redis::RedisResult<redis::Client> {
+    if url.starts_with("rediss://") || root_pem.is_some() {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "rediss:// (TLS) needs cache-runtime's `tls` feature (features = [\"tls\"])",
+        )));
+    }
+    redis::Client::open(url)
+}
+
 /// A client for `url`; `rediss://` uses rustls (ring), with `root_pem` as the only trusted CA
 /// when given, the system's roots otherwise.
+#[cfg(feature = "tls")]
 pub(super) fn open_client(
     url: &str,
     root_pem: Option<Vec<u8>>,

@@ -627,7 +627,13 @@ impl RedisTier {
             // the conditional store), a read, a ticket claim, the lock read and lock
             // commands, a tag bump, invalidations.
             let seen = self
-                .replace_ticket(&keys("p"), 0x4845_414c_5448, px, channel.into(), msg.clone())
+                .replace_ticket(
+                    &keys("p"),
+                    0x4845_414c_5448,
+                    px,
+                    channel.into(),
+                    msg.clone(),
+                )
                 .await?;
             self.write_if(WriteRequest {
                 keys: keys("p"),

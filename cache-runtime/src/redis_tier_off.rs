@@ -1,0 +1,170 @@
+//! Stand-in for `redis_tier` when the `redis` feature is off: the same names, no Redis.
+//!
+//! [`RedisTier`] cannot be built (`new` reports the missing feature and the struct holds an
+//! [`Infallible`]), so the runtime's `Option<RedisTier>` is always `None` and every Redis
+//! branch of the cache is dead code the compiler removes. Keep the signatures in step with
+//! `redis_tier/mod.rs`: only the names the rest of the crate uses are here.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::breaker::BreakerState;
+use crate::config::Config;
+use crate::error::{CacheError, InitError};
+use crate::pending::{Added, Pending, PendingOp};
+
+/// Never constructed: holds an [`Infallible`].
+pub(crate) struct RedisTier {
+    pub(crate) pending: Pending,
+    never: Infallible,
+}
+
+/// The stand-in for the connection target handed to the (absent) bus subscriber.
+pub(crate) struct RedisTarget(Infallible);
+
+pub(crate) struct Fetched {
+    pub value: Option<Vec<u8>>,
+    pub ticket: Option<u64>,
+    pub stamps: Vec<u64>,
+    pub locked: bool,
+}
+
+pub(crate) struct EntryKeys {
+    pub value: String,
+    pub ticket: String,
+    pub lock: String,
+    pub stamps: Vec<String>,
+}
+
+pub(crate) struct ReadRequest {
+    pub keys: EntryKeys,
+    pub try_lock: Option<(String, u64)>,
+    pub new_ticket: u64,
+    pub ticket_px: u64,
+}
+
+pub(crate) struct WriteRequest {
+    pub keys: EntryKeys,
+    pub bytes: Vec<u8>,
+    pub ttl: Duration,
+    pub ticket: u64,
+    pub ticket_px: u64,
+    pub seen: Vec<u64>,
+    pub token: Option<String>,
+}
+
+/// The bus subscriber (`bus::run` re-exports this without the feature): never called.
+pub(crate) async fn run(target: Arc<RedisTarget>, _channel: String, _timeout: Duration) {
+    match target.0 {}
+}
+
+/// Keeps passwords out of logs and errors, as the real tier does (`Config`'s `Debug`).
+pub(crate) fn redact(s: &str) -> String {
+    match (s.find("://"), s.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &s[scheme + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!("{}:***{}", &s[..scheme + 3 + colon], &s[at..]),
+                None => s.to_string(),
+            }
+        }
+        _ => s.to_string(),
+    }
+}
+
+/// Process-wide counts of the connection layer: always zero without Redis.
+pub(crate) mod counters {
+    pub(crate) fn unconfirmed_writes() -> u64 {
+        0
+    }
+}
+
+#[allow(clippy::unused_async, dead_code)] // same signatures as the real tier
+impl RedisTier {
+    pub(crate) fn new(_config: &Config) -> Result<Self, InitError> {
+        Err(InitError::InvalidUrl(
+            "a Redis URL or Sentinel is configured, but cache-runtime was built without its \
+             `redis` feature (enable it: features = [\"redis\"])"
+                .into(),
+        ))
+    }
+    pub(crate) async fn read(&self, _req: ReadRequest) -> Result<Fetched, CacheError> {
+        match self.never {}
+    }
+    pub(crate) async fn claim_ticket(
+        &self,
+        _ticket_key: String,
+        _new: u64,
+        _px: u64,
+    ) -> Result<Option<u64>, CacheError> {
+        match self.never {}
+    }
+    pub(crate) async fn write_if(&self, _req: WriteRequest) -> Result<bool, CacheError> {
+        match self.never {}
+    }
+    pub(crate) async fn try_lock(
+        &self,
+        _lock_key: String,
+        _token: String,
+        _lease_ms: u64,
+    ) -> Result<bool, CacheError> {
+        match self.never {}
+    }
+    pub(crate) async fn release_lock(
+        &self,
+        _lock_key: String,
+        _token: String,
+    ) -> Result<(), CacheError> {
+        match self.never {}
+    }
+    pub(crate) async fn invalidate(
+        &self,
+        _value_key: String,
+        _ticket_key: String,
+        _channel: String,
+        _message: String,
+    ) -> Result<(), CacheError> {
+        match self.never {}
+    }
+    pub(crate) async fn replace_ticket(
+        &self,
+        _keys: &EntryKeys,
+        _ticket: u64,
+        _ticket_px: u64,
+        _channel: String,
+        _message: String,
+    ) -> Result<Vec<u64>, CacheError> {
+        match self.never {}
+    }
+    pub(crate) async fn bump_version(
+        &self,
+        _key: String,
+        _channel: String,
+        _message_prefix: String,
+    ) -> Result<u64, CacheError> {
+        match self.never {}
+    }
+    pub(crate) fn defer(&'static self, _op: PendingOp) -> Added {
+        match self.never {}
+    }
+    pub(crate) fn breaker_state(&self) -> BreakerState {
+        match self.never {}
+    }
+    pub(crate) async fn sleep(&self, _d: Duration) {
+        match self.never {}
+    }
+    pub(crate) fn handle(&self) -> &tokio::runtime::Handle {
+        match self.never {}
+    }
+    pub(crate) fn target(&self) -> Arc<RedisTarget> {
+        match self.never {}
+    }
+    pub(crate) async fn health_check(
+        &self,
+        _prefix: &str,
+        _channel: &str,
+    ) -> Result<(), CacheError> {
+        match self.never {}
+    }
+}
