@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use redis::{ConnectionAddr, IntoConnectionInfo, RedisError, TlsMode};
+#[cfg(feature = "tls")]
+use redis::TlsMode;
+use redis::{ConnectionAddr, IntoConnectionInfo, RedisError};
 use tokio::sync::watch;
 
 use crate::config::{Config, SentinelConfig, WaitReplicas};
@@ -357,6 +359,14 @@ pub(super) fn open_sentinel(
     let tls = infos
         .iter()
         .any(|i| matches!(i.addr(), ConnectionAddr::TcpTls { .. }));
+    #[cfg(not(feature = "tls"))]
+    if tls || root_pem.is_some() {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "rediss:// (TLS) needs cache-runtime's `tls` feature (features = [\"tls\"])",
+        )));
+    }
+    #[cfg(feature = "tls")]
     if tls {
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
@@ -383,6 +393,7 @@ pub(super) fn open_sentinel(
     if let Some(p) = &s.password {
         b = b.set_client_to_redis_password(p);
     }
+    #[cfg(feature = "tls")]
     if tls {
         b = b.set_client_to_redis_tls_mode(TlsMode::Secure);
         if let Some(pem) = root_pem {
