@@ -48,11 +48,7 @@ impl std::fmt::Debug for SentinelConfig {
         f.debug_struct("SentinelConfig")
             .field(
                 "urls",
-                &self
-                    .urls
-                    .iter()
-                    .map(|u| crate::redis_tier::redact(u))
-                    .collect::<Vec<_>>(),
+                &self.urls.iter().map(|u| redact(u)).collect::<Vec<_>>(),
             )
             .field("master", &self.master)
             .field("username", &self.username)
@@ -308,5 +304,19 @@ impl ConfigBuilder {
     /// The configuration.
     pub fn build(self) -> Config {
         self.0
+    }
+}
+
+/// Keeps passwords out of logs and errors (`redis://user:secret@host` → `redis://user:***@host`).
+pub(crate) fn redact(s: &str) -> String {
+    match (s.find("://"), s.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &s[scheme + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!("{}:***{}", &s[..scheme + 3 + colon], &s[at..]),
+                None => s.to_string(),
+            }
+        }
+        _ => s.to_string(),
     }
 }

@@ -64,6 +64,8 @@ mod log_limit;
 mod observe;
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 mod pending;
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+mod redis_request;
 #[cfg(feature = "redis")]
 mod redis_tier;
 // Same names, no Redis: the runtime's `Option<RedisTier>` is always `None`.

@@ -23,54 +23,11 @@ pub(crate) struct RedisTier {
 /// The stand-in for the connection target handed to the (absent) bus subscriber.
 pub(crate) struct RedisTarget(Infallible);
 
-pub(crate) struct Fetched {
-    pub value: Option<Vec<u8>>,
-    pub ticket: Option<u64>,
-    pub stamps: Vec<u64>,
-    pub locked: bool,
-}
-
-pub(crate) struct EntryKeys {
-    pub value: String,
-    pub ticket: String,
-    pub lock: String,
-    pub stamps: Vec<String>,
-}
-
-pub(crate) struct ReadRequest {
-    pub keys: EntryKeys,
-    pub try_lock: Option<(String, u64)>,
-    pub new_ticket: u64,
-    pub ticket_px: u64,
-}
-
-pub(crate) struct WriteRequest {
-    pub keys: EntryKeys,
-    pub bytes: Vec<u8>,
-    pub ttl: Duration,
-    pub ticket: u64,
-    pub ticket_px: u64,
-    pub seen: Vec<u64>,
-    pub token: Option<String>,
-}
+pub(crate) use crate::redis_request::{EntryKeys, Fetched, ReadRequest, WriteRequest};
 
 /// The bus subscriber (`bus::run` re-exports this without the feature): never called.
 pub(crate) async fn run(target: Arc<RedisTarget>, _channel: String, _timeout: Duration) {
     match target.0 {}
-}
-
-/// Keeps passwords out of logs and errors, as the real tier does (`Config`'s `Debug`).
-pub(crate) fn redact(s: &str) -> String {
-    match (s.find("://"), s.find('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &s[scheme + 3..at];
-            match creds.find(':') {
-                Some(colon) => format!("{}:***{}", &s[..scheme + 3 + colon], &s[at..]),
-                None => s.to_string(),
-            }
-        }
-        _ => s.to_string(),
-    }
 }
 
 /// Process-wide counts of the connection layer: always zero without Redis.

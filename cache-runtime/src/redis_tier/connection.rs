@@ -13,7 +13,7 @@ use redis::TlsMode;
 use redis::{ConnectionAddr, IntoConnectionInfo, RedisError};
 use tokio::sync::watch;
 
-use crate::config::{Config, SentinelConfig, WaitReplicas};
+use crate::config::{redact, Config, SentinelConfig, WaitReplicas};
 use crate::error::CacheError;
 use crate::log_limit::LogLimiter;
 
@@ -413,23 +413,10 @@ fn is_connection_lost(e: &RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
 }
 
-/// Keeps passwords out of logs and errors (`redis://user:secret@host` → `redis://user:***@host`).
-pub(crate) fn redact(s: &str) -> String {
-    match (s.find("://"), s.find('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &s[scheme + 3..at];
-            match creds.find(':') {
-                Some(colon) => format!("{}:***{}", &s[..scheme + 3 + colon], &s[at..]),
-                None => s.to_string(),
-            }
-        }
-        _ => s.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{fault_of, reconnect_delay, redact, Fault};
+    use super::{fault_of, reconnect_delay, Fault};
+    use crate::config::redact;
     use std::time::Duration;
 
     /// The error redis-rs makes of a server's error reply.

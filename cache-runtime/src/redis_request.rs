@@ -1,0 +1,46 @@
+//! What the cache asks of the Redis tier and what it gets back: plain data, shared by the
+//! real tier (`redis_tier/`) and its stand-in without the `redis` feature
+//! (`redis_tier_off.rs`), so the two cannot drift apart.
+
+use std::time::Duration;
+
+/// What a read found, atomically: the value's bytes (`None`: missing, or a key of another
+/// Redis type, which `MGET` answers as nil), the key's ticket, the scope counters (missing
+/// ones read as 0) and whether the lock was taken.
+pub(crate) struct Fetched {
+    pub value: Option<Vec<u8>>,
+    pub ticket: Option<u64>,
+    pub stamps: Vec<u64>,
+    pub locked: bool,
+}
+
+/// The Redis keys of one entry (docs/PROTOCOL.md §2): its value, ticket and lock (one hash
+/// tag), and the scope counters it is stamped with (cache clear, global clear, tags), built
+/// by the cache's key scheme.
+pub(crate) struct EntryKeys {
+    pub value: String,
+    pub ticket: String,
+    pub lock: String,
+    pub stamps: Vec<String>,
+}
+
+/// One read; with `try_lock` (token, lease ms) it is the read script, which also sets
+/// `new_ticket` (for `ticket_px` ms) if the key has none and tries the lock.
+pub(crate) struct ReadRequest {
+    pub keys: EntryKeys,
+    pub try_lock: Option<(String, u64)>,
+    pub new_ticket: u64,
+    pub ticket_px: u64,
+}
+
+/// One conditional write: `bytes` for `ttl`, if the key's ticket is still `ticket` and the
+/// scope counters still hold `seen`; releases the lock if `token` still owns it.
+pub(crate) struct WriteRequest {
+    pub keys: EntryKeys,
+    pub bytes: Vec<u8>,
+    pub ttl: Duration,
+    pub ticket: u64,
+    pub ticket_px: u64,
+    pub seen: Vec<u64>,
+    pub token: Option<String>,
+}
