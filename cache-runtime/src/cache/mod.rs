@@ -245,7 +245,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     where
         S: EntryShape<R, Value = V>,
     {
-        pollster::block_on(self.get_or_load_entry::<R, S>(key, async move { body() }, sharing))
+        block_on_miss(self.get_or_load_entry::<R, S>(key, async move { body() }, sharing))
     }
 
     /// [`get_or_load`](Self::get_or_load) for a cache that lives for the whole program, with
@@ -317,7 +317,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 return S::rebuild(v);
             }
         }
-        pollster::block_on(self.get_or_load::<R, S>(key, async move { body() }, sharing))
+        block_on_miss(self.get_or_load::<R, S>(key, async move { body() }, sharing))
     }
 
     /// The cached value, from the local tier or Redis (promoting it), without running the body.
@@ -394,7 +394,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     where
         S: Shape<R, Value = V>,
     {
-        pollster::block_on(self.refresh::<R, S>(key, async move { body() }))
+        block_on_miss(self.refresh::<R, S>(key, async move { body() }))
     }
 
     /// The local tier's copy of `key`, if any: no Redis, no stats. For tests and debugging.
@@ -439,6 +439,13 @@ pub async fn invalidate_tag(tag: &str) -> Result<(), CacheError> {
     // After the tiers: an edge that refetches now gets the new value.
     crate::edge::enqueue_tags(vec![tag.to_string()]);
     res
+}
+
+/// Drives a blocking call's miss (which runs the body) on this thread. A recursive cached
+/// function nests one miss per level, each with the cache's frames around the body, so the
+/// stack is grown on demand (`stacker`) instead of overflowing a thread's default stack.
+fn block_on_miss<F: Future>(fut: F) -> F::Output {
+    stacker::maybe_grow(128 * 1024, 2 * 1024 * 1024, || pollster::block_on(fut))
 }
 
 /// Blocking [`invalidate_tag`].
