@@ -46,5 +46,5 @@ if ! have_varnish; then
 fi
 PATH="$PATH:/usr/sbin" varnishd -V 2>&1 | head -n 1
 
-cargo test --workspace --all-targets
-cargo test --workspace --doc
+cargo test --workspace --all-targets --no-fail-fast
+cargo test --workspace --doc --no-fail-fast
