@@ -732,6 +732,27 @@ impl Node {
             .unwrap_or_else(|e| panic!("node {}: `{command}` failed: {e}", self.pid))
     }
 
+    /// The node's bus status: (connected, subscriptions, received, applied).
+    pub fn bus(&self) -> (bool, u64, u64, u64) {
+        let s = self.call("bus");
+        let f: Vec<&str> = s.split(' ').collect();
+        (
+            f[0] == "true",
+            f[1].parse().unwrap(),
+            f[2].parse().unwrap(),
+            f[3].parse().unwrap(),
+        )
+    }
+
+    /// Waits (up to `within`) until the node's bus is connected with at least `at_least`
+    /// subscriptions since start.
+    pub fn wait_subscribed(&self, at_least: u64, within: Duration) {
+        eventually_blocking(within, "the node's bus subscription", || {
+            let (connected, subscriptions, ..) = self.bus();
+            connected && subscriptions >= at_least
+        });
+    }
+
     /// Waits until the node has reported `event` (e.g. `paused 1`), and consumes it.
     pub fn wait_event(&self, event: &str) {
         let (lock, cv) = &*self.inbox;

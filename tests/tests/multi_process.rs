@@ -23,31 +23,12 @@ fn body_runs(server: &RedisServer, what: &str, id: u64) -> u64 {
         .unwrap_or(0)
 }
 
-/// (connected, subscriptions, received, applied)
-fn bus(node: &Node) -> (bool, u64, u64, u64) {
-    let s = node.call("bus");
-    let f: Vec<&str> = s.split(' ').collect();
-    (
-        f[0] == "true",
-        f[1].parse().unwrap(),
-        f[2].parse().unwrap(),
-        f[3].parse().unwrap(),
-    )
-}
-
-fn wait_subscribed(node: &Node, at_least: u64) {
-    eventually_blocking(WITHIN, "the node's bus subscription", || {
-        let (connected, subscriptions, ..) = bus(node);
-        connected && subscriptions >= at_least
-    });
-}
-
 #[test]
 fn writes_in_one_process_evict_local_copies_in_the_others() {
     let server = RedisServer::start();
     let (a, b) = (Node::start(V1, &server, &[]), Node::start(V1, &server, &[]));
-    wait_subscribed(&a, 1);
-    wait_subscribed(&b, 1);
+    a.wait_subscribed(1, WITHIN);
+    b.wait_subscribed(1, WITHIN);
     set_db(&server, 1, "ada");
     assert_eq!(a.call("get 1"), "ada");
     assert_eq!(b.call("get 1"), "ada");
@@ -77,21 +58,21 @@ fn writes_in_one_process_evict_local_copies_in_the_others() {
     assert_eq!(body_runs(&server, "profile", 1), 2);
 
     // Only real writes publish: a miss that fills the cache sends nothing.
-    let (_, _, received_before, _) = bus(&b);
+    let (_, _, received_before, _) = b.bus();
     set_db(&server, 2, "x");
     assert_eq!(a.call("get 2"), "x");
     assert_eq!(a.call("invalidate 3"), "done");
     eventually_blocking(WITHIN, "b receiving the invalidation", || {
-        bus(&b).2 > received_before
+        b.bus().2 > received_before
     });
-    assert_eq!(bus(&b).2, received_before + 1, "the fill published nothing");
+    assert_eq!(b.bus().2, received_before + 1, "the fill published nothing");
 }
 
 #[test]
 fn a_value_read_before_an_invalidation_in_another_process_is_never_stored() {
     let server = RedisServer::start();
     let (a, b) = (Node::start(V1, &server, &[]), Node::start(V1, &server, &[]));
-    wait_subscribed(&a, 1);
+    a.wait_subscribed(1, WITHIN);
     set_db(&server, 5, "old");
     // a misses, reads the old row, and is held between its body and its populate.
     let pending = a.send("get_paused 5");
@@ -138,7 +119,7 @@ fn a_value_read_before_an_invalidation_in_the_same_process_is_never_stored() {
 fn a_bus_disconnect_drops_local_copies_and_the_bus_comes_back() {
     let server = RedisServer::start();
     let a = Node::start(V1, &server, &[]);
-    wait_subscribed(&a, 1);
+    a.wait_subscribed(1, WITHIN);
     set_db(&server, 7, "x");
     assert_eq!(a.call("get 7"), "x");
     assert_eq!(a.call("peek 7"), "x");
@@ -150,7 +131,7 @@ fn a_bus_disconnect_drops_local_copies_and_the_bus_comes_back() {
         || a.call("peek 7") == "-",
     );
     server.restart();
-    wait_subscribed(&a, 2);
+    a.wait_subscribed(2, WITHIN);
     set_db(&server, 7, "y");
     assert_eq!(a.call("get 7"), "y");
 }
@@ -211,7 +192,7 @@ fn a_killed_lock_holder_does_not_block_the_others() {
 fn tags_and_clears_reach_every_process() {
     let server = RedisServer::start();
     let (a, b) = (Node::start(V1, &server, &[]), Node::start(V1, &server, &[]));
-    wait_subscribed(&b, 1);
+    b.wait_subscribed(1, WITHIN);
     for id in [11, 12, 13] {
         set_db(&server, id, &format!("v{id}"));
         assert_eq!(a.call(&format!("get {id}")), format!("v{id}"));
@@ -254,8 +235,8 @@ fn tags_and_clears_reach_every_process() {
 fn a_rolling_deploy_shares_invalidations_but_never_bytes() {
     let server = RedisServer::start();
     let (old, new) = (Node::start(V1, &server, &[]), Node::start(V2, &server, &[]));
-    wait_subscribed(&old, 1);
-    wait_subscribed(&new, 1);
+    old.wait_subscribed(1, WITHIN);
+    new.wait_subscribed(1, WITHIN);
     set_db(&server, 20, "ada");
     assert_eq!(old.call("get 20"), "ada");
     assert_eq!(new.call("get 20"), "ada#v2");
@@ -296,7 +277,7 @@ fn a_rolling_deploy_shares_invalidations_but_never_bytes() {
 fn an_invalidation_issued_during_an_outage_reaches_the_other_processes_afterwards() {
     let server = RedisServer::start();
     let (a, b) = (Node::start(V1, &server, &[]), Node::start(V1, &server, &[]));
-    wait_subscribed(&b, 1);
+    b.wait_subscribed(1, WITHIN);
     set_db(&server, 30, "old");
     assert_eq!(a.call("get 30"), "old");
     assert_eq!(b.call("get 30"), "old");

@@ -43,25 +43,6 @@ fn del_matching(server: &RedisServer, patterns: &[&str]) -> usize {
     n
 }
 
-/// (connected, subscriptions, received, applied)
-fn bus(node: &Node) -> (bool, u64, u64, u64) {
-    let s = node.call("bus");
-    let f: Vec<&str> = s.split(' ').collect();
-    (
-        f[0] == "true",
-        f[1].parse().unwrap(),
-        f[2].parse().unwrap(),
-        f[3].parse().unwrap(),
-    )
-}
-
-fn wait_subscribed(node: &Node, at_least: u64) {
-    eventually_blocking(WITHIN, "the node's bus subscription", || {
-        let (connected, subscriptions, ..) = bus(node);
-        connected && subscriptions >= at_least
-    });
-}
-
 fn stat(node: &Node, name: &str) -> u64 {
     let stats = node.call("stats");
     let at = stats
@@ -139,8 +120,8 @@ fn counter_goes_back(reset: Reset, write: Write, same_process: bool) {
     let holder = Node::start(V1, &server, &[]);
     let other = Node::start(V1, &server, &[]);
     let writer = if same_process { &holder } else { &other };
-    wait_subscribed(&holder, 1);
-    wait_subscribed(&other, 1);
+    holder.wait_subscribed(1, WITHIN);
+    other.wait_subscribed(1, WITHIN);
     let id = 7;
     set_db(&server, id, "old");
     // State N = 1 of the kind the write changes.
@@ -151,8 +132,8 @@ fn counter_goes_back(reset: Reset, write: Write, same_process: bool) {
     match reset {
         Reset::RestartEmpty => {
             server.restart_empty();
-            wait_subscribed(&holder, 2);
-            wait_subscribed(&other, 2);
+            holder.wait_subscribed(2, WITHIN);
+            other.wait_subscribed(2, WITHIN);
             wait_redis_ok(&holder);
             wait_redis_ok(&other);
         }
@@ -242,8 +223,8 @@ fn global_clear_survives_deleting_the_clear_state() {
 fn remote_copies_obey_invalidations_after_flushall() {
     let server = RedisServer::start();
     let (a, b) = (Node::start(V1, &server, &[]), Node::start(V1, &server, &[]));
-    wait_subscribed(&a, 1);
-    wait_subscribed(&b, 1);
+    a.wait_subscribed(1, WITHIN);
+    b.wait_subscribed(1, WITHIN);
     let id = 3;
     for _ in 0..3 {
         invalidate_ok(&b, &format!("invalidate {id}"));
@@ -254,10 +235,10 @@ fn remote_copies_obey_invalidations_after_flushall() {
 
     server.flushall();
     set_db(&server, id, "b");
-    let (_, _, _, applied) = bus(&a);
+    let (_, _, _, applied) = a.bus();
     invalidate_ok(&b, &format!("invalidate {id}"));
     eventually_blocking(WITHIN, "a to receive b's invalidation", || {
-        bus(&a).3 > applied
+        a.bus().3 > applied
     });
     assert_eq!(
         a.call(&format!("peek {id}")),
@@ -275,7 +256,7 @@ fn tag_invalidations_hold_under_allkeys_random_eviction() {
     let server =
         RedisServer::start_with_options(RedisOptions::new().arg("--maxmemory-samples", "10"));
     let writer = Node::start(V1, &server, &[]);
-    wait_subscribed(&writer, 1);
+    writer.wait_subscribed(1, WITHIN);
     let ids: Vec<u64> = (1..=400).collect();
     for &id in &ids {
         set_db(&server, id, &format!("old-{id}"));
@@ -325,17 +306,17 @@ fn repeated_subscriber_drops_keep_the_staleness_window() {
     const WINDOW: Duration = Duration::from_secs(1);
     let server = RedisServer::start();
     let (a, b) = (Node::start(V1, &server, &[]), Node::start(V1, &server, &[]));
-    wait_subscribed(&a, 1);
-    wait_subscribed(&b, 1);
+    a.wait_subscribed(1, WITHIN);
+    b.wait_subscribed(1, WITHIN);
     let mut stale = Vec::new();
     for round in 1..=6u64 {
         let id = 100 + round;
         set_db(&server, id, "old");
         assert_eq!(b.call(&format!("get {id}")), "old", "Redis holds the value");
-        let (_, subscriptions, ..) = bus(&a);
+        let (_, subscriptions, ..) = a.bus();
         assert!(server.kill_pubsub_clients() >= 1);
         eventually_blocking(WITHIN, "a to notice its subscriber was dropped", || {
-            !bus(&a).0
+            !a.bus().0
         });
         // During the gap, a reads the value from Redis (and may keep it locally)...
         assert_eq!(a.call(&format!("get {id}")), "old");
@@ -348,8 +329,8 @@ fn repeated_subscriber_drops_keep_the_staleness_window() {
             stale.push((round, seen));
         }
         // A healthy bus between drops.
-        wait_subscribed(&a, subscriptions + 1);
-        wait_subscribed(&b, 1);
+        a.wait_subscribed(subscriptions + 1, WITHIN);
+        b.wait_subscribed(1, WITHIN);
     }
     assert!(
         stale.is_empty(),
@@ -366,15 +347,15 @@ fn a_subscriber_cut_off_by_its_output_buffer_limit_keeps_the_window() {
     const WINDOW: Duration = Duration::from_secs(1);
     let server = RedisServer::start_with_options(RedisOptions::new().pubsub_buffer_limit("256kb"));
     let (a, b) = (Node::start(V1, &server, &[]), Node::start(V1, &server, &[]));
-    wait_subscribed(&a, 1);
-    wait_subscribed(&b, 1);
+    a.wait_subscribed(1, WITHIN);
+    b.wait_subscribed(1, WITHIN);
     let ids: Vec<u64> = (1..=20).collect();
     for &id in &ids {
         set_db(&server, id, "old");
         assert_eq!(a.call(&format!("get {id}")), "old");
         assert_eq!(a.call(&format!("peek {id}")), "old", "a holds a local copy");
     }
-    let (_, subscriptions, ..) = bus(&a);
+    let (_, subscriptions, ..) = a.bus();
 
     stop(&a, true);
     // 8 MiB of tag messages (more than the socket buffers and the 256 KiB limit), with the
@@ -394,7 +375,7 @@ fn a_subscriber_cut_off_by_its_output_buffer_limit_keeps_the_window() {
     stop(&a, false);
 
     eventually_blocking(WITHIN, "a to resubscribe after being cut off", || {
-        bus(&a).1 > subscriptions
+        a.bus().1 > subscriptions
     });
     std::thread::sleep(WINDOW);
     let stale: Vec<u64> = ids
@@ -423,8 +404,8 @@ fn stop(node: &Node, stop: bool) {
 fn invalidation_works_out_of_memory_with_noeviction() {
     let server = RedisServer::start_with_options(RedisOptions::new().maxmemory("0", "noeviction"));
     let (a, b) = (Node::start(V1, &server, &[]), Node::start(V1, &server, &[]));
-    wait_subscribed(&a, 1);
-    wait_subscribed(&b, 1);
+    a.wait_subscribed(1, WITHIN);
+    b.wait_subscribed(1, WITHIN);
     let id = 5;
     set_db(&server, id, "old");
     assert_eq!(a.call(&format!("get {id}")), "old");
@@ -484,7 +465,7 @@ fn a_million_invalidations_during_a_hang_stay_bounded_and_drain_fast() {
     )
     .expect("the only runtime of this binary");
     let reader = Node::start(V1, &server, &[]);
-    wait_subscribed(&reader, 1);
+    reader.wait_subscribed(1, WITHIN);
     let watched: Vec<u64> = (0..100).collect();
     for &id in &watched {
         set_db(&server, id, "old");
