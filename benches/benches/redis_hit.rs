@@ -10,7 +10,9 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use cache_benches::{access_pattern, criterion, current_thread_runtime, hand_key, our_key};
+use cache_benches::{
+    access_pattern, criterion, current_thread_runtime, hand_key, hand_redis_get, our_key,
+};
 use cache_benches::{bench_mode, process_cost, profile, raw_ping, record_cost, Profile, FIRST_ID};
 use cache_benches::{count_commands, record_commands, record_fact, redis_url, start_redis};
 use cached::AsyncRedisCache;
@@ -45,33 +47,6 @@ async fn rival_store(prefix: &str) -> AsyncRedisCache<String, Profile> {
 )]
 async fn rival(id: u64) -> Result<Profile, String> {
     Ok(profile(id))
-}
-
-/// Hand-written: `GET`, then bincode 2 (standard, serde) decode. A miss fills like ours
-/// (body, encode, `SET PX`) but the benchmark only reads warm keys.
-async fn hand(conn: &mut ConnectionManager, id: u64) -> Profile {
-    let key = hand_key(id);
-    let bytes: Option<Vec<u8>> = redis::cmd("GET")
-        .arg(&key)
-        .query_async(conn)
-        .await
-        .expect("GET");
-    if let Some(b) = bytes {
-        if let Ok((v, _)) = bincode::serde::decode_from_slice(&b, bincode::config::standard()) {
-            return v;
-        }
-    }
-    let v = profile(id);
-    let b = bincode::serde::encode_to_vec(&v, bincode::config::standard()).expect("encode");
-    let _: () = redis::cmd("SET")
-        .arg(&key)
-        .arg(b)
-        .arg("PX")
-        .arg(300_000)
-        .query_async(conn)
-        .await
-        .expect("SET");
-    v
 }
 
 /// Diagnostic: the hand-written `GET` + decode, but with the request shape of our read
@@ -178,7 +153,7 @@ fn redis_hit(c: &mut Criterion) {
         for id in FIRST_ID..FIRST_ID + KEYS {
             ours(id).await;
             rival(id).await.expect("rival fill");
-            hand(&mut c, id).await;
+            hand_redis_get(&mut c, id).await;
         }
     });
     ours_cache().reset_stats();
@@ -197,7 +172,7 @@ fn redis_hit(c: &mut Criterion) {
         rt.block_on(async {
             let mut c = conn.clone();
             for &id in &ids[..COUNTED as usize] {
-                black_box(hand(&mut c, id).await);
+                black_box(hand_redis_get(&mut c, id).await);
             }
         })
     });
@@ -238,7 +213,7 @@ fn redis_hit(c: &mut Criterion) {
         &seq(&|id| {
             let mut c = conn.clone();
             Box::pin(async move {
-                black_box(hand(&mut c, id).await);
+                black_box(hand_redis_get(&mut c, id).await);
             })
         }),
     );
@@ -269,7 +244,7 @@ fn redis_hit(c: &mut Criterion) {
             sequential(ids, &mut i, iters, move |id| {
                 let mut c = c.clone();
                 async move {
-                    black_box(hand(&mut c, id).await);
+                    black_box(hand_redis_get(&mut c, id).await);
                 }
             })
         })
@@ -323,7 +298,7 @@ fn redis_hit(c: &mut Criterion) {
             concurrent(ids, iters, move |id| {
                 let mut c = c.clone();
                 async move {
-                    black_box(hand(&mut c, id).await);
+                    black_box(hand_redis_get(&mut c, id).await);
                 }
             })
         })
@@ -340,7 +315,7 @@ fn redis_hit(c: &mut Criterion) {
             let (io, c) = (io.clone(), io_conn.clone());
             concurrent(ids, iters, move |id| {
                 let mut c = c.clone();
-                let task = io.spawn(async move { hand(&mut c, id).await });
+                let task = io.spawn(async move { hand_redis_get(&mut c, id).await });
                 async move {
                     black_box(task.await.expect("hop"));
                 }
@@ -367,7 +342,7 @@ fn redis_hit(c: &mut Criterion) {
             rt.block_on(concurrent(ids, costed64, move |id| {
                 let mut c = c.clone();
                 async move {
-                    black_box(hand(&mut c, id).await);
+                    black_box(hand_redis_get(&mut c, id).await);
                 }
             }));
         }),
@@ -394,7 +369,7 @@ fn redis_hit(c: &mut Criterion) {
             let (io, c) = (io.clone(), io_conn.clone());
             sequential(ids, &mut i, iters, move |id| {
                 let mut c = c.clone();
-                let task = io.spawn(async move { hand(&mut c, id).await });
+                let task = io.spawn(async move { hand_redis_get(&mut c, id).await });
                 async move {
                     black_box(task.await.expect("hop"));
                 }

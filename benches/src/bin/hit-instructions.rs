@@ -14,7 +14,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use cache_benches::{hand_key, init_local_only, our_key, profile, redis_url, start_redis};
+use cache_benches::{hand_redis_get, init_local_only, our_key, profile, redis_url, start_redis};
 use cache_benches::{Profile, FIRST_ID};
 use cached::AsyncRedisCache;
 use redis::aio::ConnectionManager;
@@ -82,32 +82,6 @@ fn local_hand_get(moka: &moka::sync::Cache<String, Profile>, id: u64) -> Profile
     }
 }
 
-/// Hand-written Redis hit: `GET` + bincode 2 decode; a miss fills with `SET PX`.
-async fn redis_hand_get(conn: &mut ConnectionManager, id: u64) -> Profile {
-    let key = hand_key(id);
-    let bytes: Option<Vec<u8>> = redis::cmd("GET")
-        .arg(&key)
-        .query_async(conn)
-        .await
-        .expect("GET");
-    if let Some(b) = bytes {
-        if let Ok((v, _)) = bincode::serde::decode_from_slice(&b, bincode::config::standard()) {
-            return v;
-        }
-    }
-    let v = profile(id);
-    let bytes = bincode::serde::encode_to_vec(&v, bincode::config::standard()).expect("encode");
-    let _: () = redis::cmd("SET")
-        .arg(&key)
-        .arg(bytes)
-        .arg("PX")
-        .arg(300_000)
-        .query_async(conn)
-        .await
-        .expect("SET");
-    v
-}
-
 fn ids(calls: u64) -> impl Iterator<Item = u64> {
     (0..calls).map(|i| FIRST_ID + i % KEYS)
 }
@@ -153,10 +127,10 @@ fn main() {
                         let client = redis::Client::open(redis_url()).expect("redis url");
                         let mut conn = ConnectionManager::new(client).await.expect("connect");
                         for id in warm {
-                            redis_hand_get(&mut conn, id).await;
+                            hand_redis_get(&mut conn, id).await;
                         }
                         for id in ids(calls) {
-                            black_box(redis_hand_get(&mut conn, black_box(id)).await);
+                            black_box(hand_redis_get(&mut conn, black_box(id)).await);
                         }
                     }
                     _ => {
