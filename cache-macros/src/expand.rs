@@ -489,6 +489,10 @@ fn build_tokens(opts: &Options, a: &Analyzed) -> TokenStream {
     let ttl = opts.ttl_ms;
     let version = opts.version;
     let mut chain = quote!(.ttl(::core::time::Duration::from_millis(#ttl)).version(#version));
+    if let Some(template) = &opts.key {
+        // Functions over the same template, version and type share entries, so `clear()`.
+        chain.extend(quote!(.key_space(#template)));
+    }
     if let Some(ms) = opts.local_ttl_ms {
         chain.extend(quote!(.local_ttl(::core::time::Duration::from_millis(#ms))));
     }

@@ -14,9 +14,20 @@
 //! cleared, target = cache name) or `A` (all cleared). `counter` is the key's generation or the
 //! version after the write; it is appended by the script. Values never travel on the bus.
 //!
-//! The subscriber runs on the Redis thread, reconnects with backoff, pings every second to
-//! notice a hung server, and clears the local tier of every `local+redis` cache whenever it
-//! (re)subscribes, since messages may have been lost meanwhile.
+//! The subscriber runs on the Redis thread, reconnects with backoff, and clears the local
+//! tier of every `local+redis` cache whenever it loses or (re)establishes its subscription,
+//! since messages may have been lost meanwhile (Redis loses pub/sub messages only together
+//! with the connection).
+//!
+//! **Trust** (docs/PROTOCOL.md §5.4). The subscriber probes its own subscription with `PING`
+//! every [`BUS_WINDOW`]` / 4`. Replies come in order with the messages, so when the reply to
+//! a probe sent at `p` arrives, every message published before `p` has been received. The
+//! bus is trusted until `p + BUS_WINDOW` for the latest answered probe: while trusted, a
+//! message not yet received was published less than [`BUS_WINDOW`] ago. While not trusted
+//! (disconnected, resubscribing, a hung server, a subscriber far behind), `local+redis`
+//! caches do not serve their local copies: calls go on to Redis, whose tickets and scope
+//! tokens are always current. So a lost subscriber costs round trips, never stale values
+//! beyond the window.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,6 +41,32 @@ use crate::clock;
 
 /// Version of the message format; part of the channel name.
 pub const BUS_VERSION: u32 = 1;
+
+/// How stale another process's write may leave this process's local copies: the bus is
+/// trusted for this long after the last answered probe (docs/PROTOCOL.md §5.4).
+///
+/// ```
+/// // Another process's Ok invalidation stops this process's local copies within this bound.
+/// assert_eq!(cache_runtime::BUS_WINDOW, std::time::Duration::from_millis(250));
+/// ```
+pub const BUS_WINDOW: Duration = Duration::from_millis(250);
+
+static TRUSTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether local copies of `local+redis` caches may be served now: the subscription is up
+/// and a probe sent less than [`BUS_WINDOW`] ago was answered.
+pub(crate) fn trusted() -> bool {
+    TRUSTED.load(Ordering::Acquire)
+}
+
+fn set_trusted(trusted: bool) {
+    if TRUSTED.swap(trusted, Ordering::AcqRel) != trusted {
+        metrics::gauge!("cache_bus_trusted").set(if trusted { 1.0 } else { 0.0 });
+        if !trusted {
+            counters().distrusted.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
 
 /// What a message asks the receivers to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,7 +164,8 @@ pub(crate) fn channel(prefix: &str) -> String {
 
 /// A local tier that the bus can evict.
 pub(crate) trait Target: Send + Sync {
-    fn name(&self) -> &str;
+    /// What a cache-clear message (`C`) names: the cache's clear scope.
+    fn clear_scope(&self) -> &str;
     /// Whether it fronts Redis (`local+redis` with Redis configured): such tiers are
     /// cleared whenever the bus may have lost messages.
     fn shared(&self) -> bool;
@@ -173,7 +211,7 @@ pub(crate) fn apply_locally(action: Action, target: &str, counter: u64) {
         Action::Invalidated | Action::Updated => each_target(|t| t.evict(target, counter)),
         Action::Tag => each_target(|t| t.evict_tag(target)),
         Action::ClearCache => each_target(|t| {
-            if t.name() == target {
+            if t.clear_scope() == target {
                 t.clear()
             }
         }),
@@ -200,6 +238,11 @@ pub struct BusStatus {
     pub applied: u64,
     /// Messages that did not parse (other versions, foreign publishers).
     pub rejected: u64,
+    /// Whether the bus is trusted now (local copies of `local+redis` caches are served).
+    pub trusted: bool,
+    /// Times the bus stopped being trusted (a lost subscription, a probe unanswered for
+    /// [`BUS_WINDOW`]).
+    pub distrusted: u64,
 }
 
 #[derive(Default)]
@@ -209,6 +252,7 @@ struct Counters {
     received: AtomicU64,
     applied: AtomicU64,
     rejected: AtomicU64,
+    distrusted: AtomicU64,
 }
 
 static COUNTERS: OnceLock<Counters> = OnceLock::new();
@@ -228,6 +272,8 @@ pub fn bus_status() -> BusStatus {
         received: c.received.load(Ordering::Relaxed),
         applied: c.applied.load(Ordering::Relaxed),
         rejected: c.rejected.load(Ordering::Relaxed),
+        trusted: trusted(),
+        distrusted: c.distrusted.load(Ordering::Relaxed),
     }
 }
 
@@ -325,6 +371,7 @@ pub(crate) async fn run(
                 }
             }
         }
+        set_trusted(false);
         let was_connected = counters().connected.swap(false, Ordering::Relaxed);
         metrics::gauge!("cache_bus_connected").set(0.0);
         if was_connected {
@@ -342,35 +389,77 @@ async fn subscribe_and_listen(
     channel: &str,
     timeout: Duration,
 ) -> Result<(), String> {
+    use std::future::Future;
+    use std::pin::Pin;
+    use tokio::time::Instant;
+
     let connect = tokio::time::timeout(timeout.max(Duration::from_secs(1)), async {
+        let epoch = client.epoch();
         let pubsub = client.client().await?.get_async_pubsub().await?;
         let (mut sink, stream) = pubsub.split();
         sink.subscribe(channel).await?;
-        Ok::<_, redis::RedisError>((sink, stream))
+        Ok::<_, redis::RedisError>((sink, stream, epoch))
     })
     .await
     .map_err(|_| "subscribe timed out".to_string())?
     .map_err(|e| e.to_string())?;
-    let (mut sink, mut stream) = connect;
+    let (sink, mut stream, epoch) = connect;
     let c = counters();
     c.subscriptions.fetch_add(1, Ordering::Relaxed);
     c.connected.store(true, Ordering::Relaxed);
     metrics::gauge!("cache_bus_connected").set(1.0);
+    // Messages sent before the subscription took effect are lost: drop what they may have
+    // invalidated. Trust comes back with the first probe answered after this.
     clear_shared();
     tracing::debug!(channel, "invalidation bus subscribed");
-    let mut ping = tokio::time::interval(Duration::from_secs(1));
-    ping.tick().await;
+    // A probe that takes longer than this ends the subscription (a hung or lost server).
+    let give_up = timeout.max(Duration::from_secs(1));
+    type Probe = Pin<Box<dyn Future<Output = redis::RedisResult<redis::Value>> + Send>>;
+    let mut in_flight: Option<(Instant, Probe)> = None;
+    let mut trusted_until: Option<Instant> = None;
+    let mut probes = tokio::time::interval(BUS_WINDOW / 4);
+    probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            // Messages first: the driver queues a message before it resolves the reply of a
+            // probe sent after it, so trust is never renewed past an unapplied message.
+            biased;
             msg = stream.next() => match msg {
                 Some(msg) => handle(msg.get_payload_bytes()),
                 None => return Err("subscription closed".into()),
             },
-            _ = ping.tick() => {
-                match tokio::time::timeout(Duration::from_secs(1), sink.ping::<redis::Value>()).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Err(format!("ping failed: {e}")),
-                    Err(_) => return Err("ping timed out".into()),
+            res = async {
+                match &mut in_flight {
+                    Some((_, probe)) => probe.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let (sent, _) = in_flight.take().expect("a probe was in flight");
+                res.map_err(|e| format!("probe failed: {e}"))?;
+                // Every message published before `sent` has been received (same
+                // connection, in order): trusted until `sent + BUS_WINDOW`.
+                trusted_until = Some(sent + BUS_WINDOW);
+                set_trusted(Instant::now() < sent + BUS_WINDOW);
+            }
+            _ = probes.tick() => {
+                let now = Instant::now();
+                if trusted_until.is_none_or(|t| now >= t) {
+                    set_trusted(false);
+                }
+                if client.epoch() != epoch {
+                    // The data connection found a new master (Sentinel failover): this
+                    // subscription is on the old one, which no longer gets the messages.
+                    return Err("the master changed".into());
+                }
+                match &in_flight {
+                    None => {
+                        let mut sink = sink.clone();
+                        in_flight = Some((now, Box::pin(async move { sink.ping().await })));
+                    }
+                    Some((sent, _)) if now.duration_since(*sent) > give_up => {
+                        return Err("probe timed out".into());
+                    }
+                    Some(_) => {}
                 }
             }
         }

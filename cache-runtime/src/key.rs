@@ -45,6 +45,35 @@ pub fn redis_keys(prefix: &str, schema_version: u32, logical: &str) -> (String, 
     )
 }
 
+/// What a tag invalidation or a clear invalidates: a **scope** (docs/PROTOCOL.md §4.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope<'a> {
+    /// Every cache (`clear_all`).
+    All,
+    /// One cache, by name (`clear`).
+    Cache(&'a str),
+    /// Every entry carrying a tag (`invalidate_tag`).
+    Tag(&'a str),
+}
+
+/// The Redis key of a scope's random token (docs/PROTOCOL.md §4.3). Every value carries the
+/// tokens of its scopes; a tag invalidation or a clear deletes the scope's token, so every
+/// value stamped with it is refused everywhere, and the next token is a new random number.
+///
+/// ```
+/// use cache_runtime::key::{scope_key, Scope};
+/// assert_eq!(scope_key("cr", Scope::All), "{cr:scopes}:a");
+/// assert_eq!(scope_key("cr", Scope::Cache("app::user")), "{cr:scopes}:c:app::user");
+/// assert_eq!(scope_key("cr", Scope::Tag("team:7")), "{cr:scopes}:t:team:7");
+/// ```
+pub fn scope_key(prefix: &str, scope: Scope<'_>) -> String {
+    match scope {
+        Scope::All => format!("{{{prefix}:scopes}}:a"),
+        Scope::Cache(name) => format!("{{{prefix}:scopes}}:c:{name}"),
+        Scope::Tag(tag) => format!("{{{prefix}:scopes}}:t:{tag}"),
+    }
+}
+
 /// Characters that may follow a placeholder in a key template. Interpolated values never
 /// contain them unescaped, so they delimit values unambiguously.
 ///

@@ -82,7 +82,7 @@ mod tier;
 pub mod __private;
 
 pub use breaker::BreakerState;
-pub use bus::{bus_status, recent_propagation_delays_us, BusStatus};
+pub use bus::{bus_status, recent_propagation_delays_us, BusStatus, BUS_WINDOW};
 pub use cache::{
     clear_all, clear_all_blocking, invalidate_tag, invalidate_tag_blocking, Cache, CacheBuilder,
     DEFAULT_CAPACITY, DEFAULT_LOCAL_TTL_CAP, DEFAULT_LOCK_LEASE,

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::bus::{self, Action};
+use crate::key::{scope_key, Scope};
 
 /// Most pending key invalidations kept one by one (≈ 200 B each).
 pub(crate) const MAX_PENDING: usize = 10_000;
@@ -31,8 +32,8 @@ pub(crate) enum PendingOp {
         /// The cache's name: what a fold clears.
         cache: Arc<str>,
     },
-    /// A tag invalidation or a clear: a version bump.
-    Bump {
+    /// A tag invalidation or a clear: the scope's token deleted (docs/PROTOCOL.md §4.3).
+    Scope {
         key: String,
         channel: String,
         action: Action,
@@ -45,7 +46,7 @@ impl PendingOp {
     pub(crate) fn id(&self) -> String {
         match self {
             PendingOp::Invalidate { value_key, .. } => format!("i:{value_key}"),
-            PendingOp::Bump { key, .. } => format!("b:{key}"),
+            PendingOp::Scope { key, .. } => format!("b:{key}"),
         }
     }
 }
@@ -83,7 +84,7 @@ impl Inner {
 
     fn covered(&self, cache: &str) -> bool {
         self.scopes.values().any(|op| match op {
-            PendingOp::Bump { action, target, .. } => {
+            PendingOp::Scope { action, target, .. } => {
                 *action == Action::ClearAll || (*action == Action::ClearCache && target == cache)
             }
             PendingOp::Invalidate { .. } => false,
@@ -114,12 +115,12 @@ impl Pending {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn bump(&self, action: Action, target: &str) -> PendingOp {
+    fn scope(&self, action: Action, target: &str) -> PendingOp {
         let key = match action {
-            Action::ClearCache => format!("{}:clear:{target}", self.prefix),
-            _ => format!("{}:clear", self.prefix),
+            Action::ClearCache => scope_key(&self.prefix, Scope::Cache(target)),
+            _ => scope_key(&self.prefix, Scope::All),
         };
-        PendingOp::Bump {
+        PendingOp::Scope {
             key,
             channel: bus::channel(&self.prefix),
             action,
@@ -140,7 +141,7 @@ impl Pending {
                     PendingOp::Invalidate {
                         value_key, logical, ..
                     } => (value_key.clone(), logical.clone()),
-                    PendingOp::Bump { .. } => unreachable!("matched above"),
+                    PendingOp::Scope { .. } => unreachable!("matched above"),
                 };
                 if let Some(old) = inner.keys.insert(id, op) {
                     inner.forget_key(&old);
@@ -161,11 +162,11 @@ impl Pending {
                         inner.forget_key(&op);
                     }
                 }
-                let clear = self.bump(Action::ClearCache, &cache);
+                let clear = self.scope(Action::ClearCache, &cache);
                 self.add_scope(&mut inner, clear);
                 Added::Folded(folded.len())
             }
-            PendingOp::Bump { .. } => {
+            PendingOp::Scope { .. } => {
                 self.add_scope(&mut inner, op);
                 Added::Kept
             }
@@ -176,7 +177,7 @@ impl Pending {
         if inner.scopes.values().any(|op| {
             matches!(
                 op,
-                PendingOp::Bump {
+                PendingOp::Scope {
                     action: Action::ClearAll,
                     ..
                 }
@@ -187,7 +188,7 @@ impl Pending {
         }
         let all = matches!(
             op,
-            PendingOp::Bump {
+            PendingOp::Scope {
                 action: Action::ClearAll,
                 ..
             }
@@ -198,7 +199,7 @@ impl Pending {
             inner.scopes.clear();
             inner.keys.clear();
             inner.logicals.clear();
-            let all = self.bump(Action::ClearAll, "");
+            let all = self.scope(Action::ClearAll, "");
             inner.scopes.insert(all.id(), all);
         }
     }
@@ -272,7 +273,7 @@ impl Pending {
         let inner = self.lock();
         inner.logicals.contains_key(logical)
             || inner.scopes.values().any(|op| match op {
-                PendingOp::Bump { action, target, .. } => match action {
+                PendingOp::Scope { action, target, .. } => match action {
                     Action::Tag => tags.iter().any(|t| t == target),
                     Action::ClearCache => target == cache,
                     Action::ClearAll => true,
@@ -288,7 +289,7 @@ impl PendingOp {
     fn id_key(&self) -> String {
         match self {
             PendingOp::Invalidate { value_key, .. } => value_key.clone(),
-            PendingOp::Bump { .. } => self.id(),
+            PendingOp::Scope { .. } => self.id(),
         }
     }
 }
@@ -322,7 +323,7 @@ mod tests {
         assert_eq!(p.add(inv("a", 7)), Added::Folded(1), "already covered");
         assert_eq!(p.len(), 1);
         for i in 0..=MAX_SCOPES {
-            p.add(PendingOp::Bump {
+            p.add(PendingOp::Scope {
                 key: format!("t:tag:{i}"),
                 channel: "t:bus:1".into(),
                 action: Action::Tag,
@@ -344,7 +345,7 @@ mod tests {
         assert_eq!(p.len(), 10, "taken but not confirmed");
         let logical = match &batch[0] {
             PendingOp::Invalidate { logical, .. } => logical.clone(),
-            PendingOp::Bump { .. } => unreachable!(),
+            PendingOp::Scope { .. } => unreachable!(),
         };
         assert!(p.blocks(&logical, &[], "a"));
         p.restore(batch);

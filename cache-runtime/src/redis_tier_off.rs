@@ -49,12 +49,12 @@ impl RedisTier {
     pub(crate) async fn read(&self, _req: ReadRequest) -> Result<Fetched, CacheError> {
         match self.never {}
     }
-    pub(crate) async fn claim_ticket(
+    pub(crate) async fn claim_tokens(
         &self,
-        _ticket_key: String,
+        _ticket: Option<(String, u64)>,
+        _scopes: Vec<String>,
         _new: u64,
-        _px: u64,
-    ) -> Result<Option<u64>, CacheError> {
+    ) -> Result<(Option<u64>, Vec<u64>), CacheError> {
         match self.never {}
     }
     pub(crate) async fn write_if(&self, _req: WriteRequest) -> Result<bool, CacheError> {
@@ -94,12 +94,12 @@ impl RedisTier {
     ) -> Result<Vec<u64>, CacheError> {
         match self.never {}
     }
-    pub(crate) async fn bump_version(
+    pub(crate) async fn invalidate_scope(
         &self,
         _key: String,
         _channel: String,
-        _message_prefix: String,
-    ) -> Result<u64, CacheError> {
+        _message: String,
+    ) -> Result<(), CacheError> {
         match self.never {}
     }
     pub(crate) fn defer(&'static self, _op: PendingOp) -> Added {

@@ -116,21 +116,26 @@ fn resume(id: u64) -> bool {
         .unwrap_or(false)
 }
 
-/// Runs a node: configures the runtime from `--redis URL`, then serves commands from stdin
-/// until it closes.
+/// Runs a node: configures the runtime from `--redis URL` (or from the Sentinel variables
+/// above, with `--redis` the database only), then serves commands from stdin until it closes.
 pub fn serve(handlers: Handlers) {
     let url = std::env::args()
         .skip_while(|a| a != "--redis")
         .nth(1)
         .expect("--redis URL");
-    cache_runtime::init(
-        cache_runtime::Config::builder()
-            .redis_url(url.clone())
-            .key_prefix("t")
-            .redis_timeout(Duration::from_millis(500))
-            .build(),
-    )
-    .expect("init");
+    // Behind Sentinel (`NODE_SENTINEL_URLS`, comma-separated, and `NODE_SENTINEL_MASTER`) the
+    // cache follows the master; the "database" is then `--redis` (a separate server).
+    let builder = cache_runtime::Config::builder()
+        .key_prefix("t")
+        .redis_timeout(Duration::from_millis(500));
+    let builder = match (
+        std::env::var("NODE_SENTINEL_URLS"),
+        std::env::var("NODE_SENTINEL_MASTER"),
+    ) {
+        (Ok(urls), Ok(master)) => builder.redis_sentinel(urls.split(','), master),
+        _ => builder.redis_url(url.clone()),
+    };
+    cache_runtime::init(builder.build()).expect("init");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()

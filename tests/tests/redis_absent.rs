@@ -49,13 +49,19 @@ fn redis_absent_at_start_then_started() {
     assert_eq!(two_tier(1), 3);
     assert_eq!(
         two_tier_cache().stats().body_calls,
-        1,
-        "the local tier still works"
+        2,
+        "without the bus, local+redis does not serve local copies (another process may have \
+         invalidated them: docs/PROTOCOL.md §5.4); calls are correct from the source"
     );
-    assert!(matches!(
-        invalidate_two_tier(1),
-        Err(CacheError::Unavailable(_))
-    ));
+    assert!(!cache_runtime::bus_status().trusted);
+    let res = invalidate_two_tier(1);
+    assert!(
+        matches!(
+            res,
+            Err(CacheError::Unavailable(_) | CacheError::CircuitOpen)
+        ),
+        "{res:?}"
+    );
     assert!(
         pollster_block(cache_runtime::health_check()).is_err(),
         "the boot-time health check reports the outage"

@@ -21,11 +21,11 @@ const WITHIN: Duration = Duration::from_secs(10);
 /// Every key that holds per-key validity state: old generations, new tickets.
 const KEY_STATE: &[&str] = &["t:gen:*", "{t:*}:t:*"];
 /// Tag counters (old) and the scope set (new).
-const TAG_STATE: &[&str] = &["t:tag:*", "{t:scopes}:*"];
+const TAG_STATE: &[&str] = &["t:tag:*", "{t:scopes}:t:*"];
 /// Cache-clear counters (old) and the scope set (new).
-const CACHE_CLEAR_STATE: &[&str] = &["t:clear:*", "{t:scopes}:*"];
+const CACHE_CLEAR_STATE: &[&str] = &["t:clear:*", "{t:scopes}:c:*"];
 /// The global clear counter (old) and the scope set (new).
-const GLOBAL_CLEAR_STATE: &[&str] = &["t:clear", "{t:scopes}:*"];
+const GLOBAL_CLEAR_STATE: &[&str] = &["t:clear", "{t:scopes}:a"];
 
 fn set_db(server: &RedisServer, id: u64, value: &str) {
     server
@@ -195,7 +195,6 @@ fn own_invalidation_survives_flushall_during_a_held_body() {
 }
 
 #[test]
-#[ignore = "issue 11 stage 1 (not yet): tags still use counters; a deleted tag counter comes back until the scope floors (PROTOCOL §4.3)"]
 fn tag_invalidation_survives_deleting_the_tag_state() {
     counter_goes_back(Reset::Del(TAG_STATE), Write::Tag, false);
 }
@@ -206,13 +205,11 @@ fn tag_invalidation_survives_flushall_during_a_held_body() {
 }
 
 #[test]
-#[ignore = "issue 11 stage 1 (not yet): clears still use counters; a deleted clear counter comes back until the scope floors (PROTOCOL §4.3)"]
 fn cache_clear_survives_deleting_the_clear_state() {
     counter_goes_back(Reset::Del(CACHE_CLEAR_STATE), Write::CacheClear, false);
 }
 
 #[test]
-#[ignore = "issue 11 stage 1 (not yet): clears still use counters; a deleted clear counter comes back until the scope floors (PROTOCOL §4.3)"]
 fn global_clear_survives_deleting_the_clear_state() {
     counter_goes_back(Reset::Del(GLOBAL_CLEAR_STATE), Write::GlobalClear, false);
 }
@@ -251,7 +248,6 @@ fn remote_copies_obey_invalidations_after_flushall() {
 /// Item 3: tag invalidations that returned Ok must hold under real memory pressure with an
 /// `allkeys-random` policy (which evicts counters and values alike).
 #[test]
-#[ignore = "issue 11 stage 1 (not yet): tag counters are evictable and a missing counter equals the stamp 0, until the scope floors (PROTOCOL §4.3)"]
 fn tag_invalidations_hold_under_allkeys_random_eviction() {
     let server =
         RedisServer::start_with_options(RedisOptions::new().arg("--maxmemory-samples", "10"));
@@ -301,7 +297,6 @@ fn tag_invalidations_hold_under_allkeys_random_eviction() {
 /// pubsub`), an invalidation that returned Ok must stop another process from serving its
 /// copy within the bus window (docs/PROTOCOL.md: 250 ms; 1 s allowed here).
 #[test]
-#[ignore = "issue 11 stage 1 (not yet): promotions during a subscriber gap stay until the resubscribe; needs the bus trust window and probes (PROTOCOL §5.4)"]
 fn repeated_subscriber_drops_keep_the_staleness_window() {
     const WINDOW: Duration = Duration::from_secs(1);
     let server = RedisServer::start();

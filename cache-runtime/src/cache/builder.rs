@@ -52,6 +52,7 @@ pub struct CacheBuilder<V> {
     max_bytes: Option<(u64, WeighFn<V>)>,
     redis: Option<(EncodeFn<V>, DecodeFn<V>)>,
     etag: Option<EtagFn<V>>,
+    key_space: Option<String>,
     _v: PhantomData<fn() -> V>,
 }
 
@@ -63,6 +64,23 @@ pub const DEFAULT_CAPACITY: u64 = 10_000;
 pub const DEFAULT_LOCK_LEASE: Duration = Duration::from_secs(10);
 
 impl<V> CacheBuilder<V> {
+    /// The key template this cache's keys come from (`#[cached(key = ...)]` passes it).
+    /// Caches with the same template, schema version and value type read and write the
+    /// same Redis entries (e.g. the same function in two services), so they share one
+    /// **clear scope**: [`Cache::clear`] of one clears those entries for all of them, in
+    /// every process. Without it the clear scope is the cache's name.
+    ///
+    /// ```
+    /// use cache_runtime::Cache;
+    /// let a = Cache::<u64>::builder("svc_a::user").key_space("user:<id>").build();
+    /// let b = Cache::<u64>::builder("svc_b::user").key_space("user:<id>").build();
+    /// assert_eq!(a.clear_scope(), b.clear_scope());
+    /// ```
+    pub fn key_space(mut self, template: impl Into<String>) -> Self {
+        self.key_space = Some(template.into());
+        self
+    }
+
     /// Time to live in Redis (and locally for a `local` cache). Millisecond precision.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
@@ -205,11 +223,17 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
     pub fn build(self) -> Cache<V> {
         let rt = runtime();
         let ttl = self.ttl.max(Duration::from_millis(1));
+        let fingerprint = codec::fingerprint(std::any::type_name::<V>(), self.version);
+        // What `clear()` covers: every cache over the same entries (see `key_space`).
+        let clear_scope = match &self.key_space {
+            Some(template) => format!("{template}#{fingerprint:016x}"),
+            None => self.name.clone(),
+        };
         let local_ttl = match self.tier {
             Tier::LocalRedis => self.local_ttl.unwrap_or(DEFAULT_LOCAL_TTL_CAP).min(ttl),
             _ => ttl,
         };
-        let redis = self.redis_side(rt, ttl);
+        let redis = self.redis_side(rt, ttl, &clear_scope);
         let counters = Arc::new(Counters::new(&self.name));
         stats::register(stats::Registered {
             name: self.name.clone(),
@@ -218,10 +242,10 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
             counters: counters.clone(),
         });
         let flights = Arc::new(Flights::new());
-        let local = self.local_side(&flights, ttl, redis.is_some());
+        let local = self.local_side(&flights, ttl, redis.is_some(), &clear_scope);
         let flight_target = (local.is_none() && redis.is_some()).then(|| {
             let side = Arc::new(FlightSide {
-                name: self.name.clone(),
+                clear_scope: clear_scope.clone(),
                 flights: flights.clone(),
                 tagged: self.tagged,
             });
@@ -229,7 +253,8 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
             side
         });
         Cache {
-            fingerprint: codec::fingerprint(std::any::type_name::<V>(), self.version),
+            fingerprint,
+            clear_scope,
             max_value_bytes: rt.config.max_value_bytes,
             lock_lease: self.lock_lease.filter(|_| redis.is_some()),
             local,
@@ -258,13 +283,18 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
     }
 
     /// The Redis side, if the tier includes Redis and Redis is configured.
-    fn redis_side(&self, rt: &'static Runtime, ttl: Duration) -> Option<RedisSide<V>> {
+    fn redis_side(
+        &self,
+        rt: &'static Runtime,
+        ttl: Duration,
+        clear_scope: &str,
+    ) -> Option<RedisSide<V>> {
         match (self.redis, &rt.redis) {
             (Some((encode, decode)), Some(tier)) => Some(RedisSide {
                 tier,
                 encode,
                 decode,
-                keys: KeyScheme::new(&rt.config.key_prefix, &self.name, self.version),
+                keys: KeyScheme::new(&rt.config.key_prefix, clear_scope, self.version),
                 retention: (ttl * 2).max(Duration::from_secs(86_400)),
             }),
             (Some(_), None) => {
@@ -286,6 +316,7 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
         flights: &Arc<Flights<super::flow::Got<V>>>,
         ttl: Duration,
         shared: bool,
+        clear_scope: &str,
     ) -> Option<Arc<LocalSide<V>>> {
         if !self.tier.has_local() {
             return None;
@@ -304,7 +335,7 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
         };
         let side = Arc::new(LocalSide {
             flights: flights.clone(),
-            name: self.name.clone(),
+            clear_scope: clear_scope.to_string(),
             tier,
             generations: Generations::new(),
             shared,
@@ -336,6 +367,7 @@ impl<V> CacheBuilder<V> {
             max_bytes: None,
             redis: None,
             etag: None,
+            key_space: None,
             _v: PhantomData,
         }
     }

@@ -205,7 +205,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             if redis
                 .tier
                 .pending
-                .blocks(&key.logical, &key.tags, &self.name)
+                .blocks(&key.logical, &key.tags, &self.clear_scope)
             {
                 // This process invalidated the key while the body ran and Redis did not take
                 // it yet (it still holds the old ticket): nothing is written there (F1e). An

@@ -67,7 +67,8 @@ impl Generations {
 
 /// The local tier with its generations; registered with the bus.
 pub(super) struct LocalSide<V> {
-    pub(super) name: String,
+    /// What `clear()` messages name (see `CacheBuilder::key_space`).
+    pub(super) clear_scope: String,
     pub(super) tier: LocalTier<V>,
     pub(super) generations: Generations,
     pub(super) shared: bool,
@@ -79,14 +80,14 @@ pub(super) struct LocalSide<V> {
 /// A Redis-only cache's in-flight bodies, registered with the bus so that a write elsewhere
 /// keeps later callers from joining a body that started before it.
 pub(super) struct FlightSide<V> {
-    pub(super) name: String,
+    pub(super) clear_scope: String,
     pub(super) flights: Arc<Flights<Got<V>>>,
     pub(super) tagged: bool,
 }
 
 impl<V: Send + Sync + 'static> bus::Target for FlightSide<V> {
-    fn name(&self) -> &str {
-        &self.name
+    fn clear_scope(&self) -> &str {
+        &self.clear_scope
     }
     fn shared(&self) -> bool {
         false
@@ -105,8 +106,8 @@ impl<V: Send + Sync + 'static> bus::Target for FlightSide<V> {
 }
 
 impl<V: Clone + Send + Sync + 'static> bus::Target for LocalSide<V> {
-    fn name(&self) -> &str {
-        &self.name
+    fn clear_scope(&self) -> &str {
+        &self.clear_scope
     }
 
     fn shared(&self) -> bool {
@@ -158,8 +159,14 @@ pub(super) fn register<T: bus::Target + 'static>(target: &Arc<T>) {
 }
 
 impl<V: Clone + Send + Sync + 'static> Cache<V> {
+    /// A fresh local copy, if it may be served: a `local+redis` cache serves its copies only
+    /// while the bus is trusted (docs/PROTOCOL.md §5.4); otherwise the call goes on to Redis.
     pub(super) fn local_peek(&self, key: &str) -> Option<(V, Meta)> {
-        self.local.as_ref()?.tier.get(key)
+        let local = self.local.as_ref()?;
+        if local.shared && !bus::trusted() {
+            return None;
+        }
+        local.tier.get(key)
     }
 
     pub(super) fn local_hit(&self, key: &str) -> Option<(V, Meta)> {

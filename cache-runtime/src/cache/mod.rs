@@ -36,7 +36,7 @@ pub use builder::{CacheBuilder, DEFAULT_CAPACITY, DEFAULT_LOCAL_TTL_CAP, DEFAULT
 use background::FailSafe;
 use flow::Got;
 use local_side::{FlightSide, LocalSide};
-use redis_side::{Bump, Read, RedisSide};
+use redis_side::{Read, RedisSide};
 
 type EtagFn<V> = fn(&V) -> Option<ETag>;
 type WeighFn<V> = fn(&V) -> usize;
@@ -58,6 +58,8 @@ type WeighFn<V> = fn(&V) -> usize;
 /// ```
 pub struct Cache<V> {
     name: String,
+    /// What `clear()` covers (see `CacheBuilder::key_space`).
+    clear_scope: String,
     tier: Tier,
     ttl: Duration,
     local_ttl: Duration,
@@ -95,6 +97,18 @@ impl<V> Cache<V> {
     /// The cache's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// What [`clear`](Self::clear) covers in every process: the key template and value
+    /// fingerprint when built with [`key_space`](CacheBuilder::key_space) (every cache over
+    /// the same Redis entries), else the cache's name.
+    ///
+    /// ```
+    /// let c = cache_runtime::Cache::<u64>::builder("app::n").build();
+    /// assert_eq!(c.clear_scope(), "app::n");
+    /// ```
+    pub fn clear_scope(&self) -> &str {
+        &self.clear_scope
     }
 
     /// The configured tiers.
@@ -176,7 +190,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     }
 
     /// Drops every entry of this cache in every tier and process: local copies here now,
-    /// Redis entries by bumping the cache's clear version (one `INCR`, no key scan), and
+    /// Redis entries by deleting the cache's clear token (one `DEL`, no key scan), and
     /// other processes' local copies through the bus.
     pub async fn clear(&self) -> Result<(), CacheError> {
         self.clear_local();
@@ -425,8 +439,10 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
 }
 
 /// Invalidates every entry carrying `tag`, in every cache and process: local copies here
-/// now, Redis entries by bumping the tag's version (one `INCR`; entries stamped with the old
-/// version become misses), other processes' local copies through the bus; then, when an edge
+/// now, Redis entries by deleting the tag's random token (one `DEL`; entries stamped with
+/// the old token become misses, and the next token is a new random number, so a restart,
+/// flush or eviction can never bring the old one back), other processes' local copies
+/// through the bus; then, when an edge
 /// is configured ([`edge`](crate::edge)), purges the tag there as a surrogate key.
 ///
 /// ```
@@ -435,7 +451,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
 /// # });
 /// ```
 pub async fn invalidate_tag(tag: &str) -> Result<(), CacheError> {
-    let res = redis_side::bump_everywhere(Bump::Tag(tag)).await;
+    let res = redis_side::invalidate_scope_everywhere(crate::key::Scope::Tag(tag)).await;
     // After the tiers: an edge that refetches now gets the new value.
     crate::edge::enqueue_tags(vec![tag.to_string()]);
     res
@@ -453,7 +469,7 @@ pub fn invalidate_tag_blocking(tag: &str) -> Result<(), CacheError> {
     pollster::block_on(invalidate_tag(tag))
 }
 
-/// Clears every cache in every tier and process (one `INCR` of a global clear version; no
+/// Clears every cache in every tier and process (one `DEL` of the global clear token; no
 /// key scan, no `FLUSHALL`: old entries become misses and expire by their TTL).
 ///
 /// ```
@@ -462,7 +478,7 @@ pub fn invalidate_tag_blocking(tag: &str) -> Result<(), CacheError> {
 /// # });
 /// ```
 pub async fn clear_all() -> Result<(), CacheError> {
-    redis_side::bump_everywhere(Bump::ClearAll).await
+    redis_side::invalidate_scope_everywhere(crate::key::Scope::All).await
 }
 
 /// Blocking [`clear_all`].

@@ -11,16 +11,17 @@
 //! {cr:b}:v2:{v}:{k}   the value (an envelope, see `codec`), kept ttl + stale
 //! {cr:b}:t:{k}        the key's random ticket (every schema version shares it)
 //! {cr:b}:l:{v}:{k}    the distributed single-flight lock (`lock = ...`)
-//! cr:clear:{name}     the cache's clear version   } scope counters, until the scope
-//! cr:clear            the global clear version    } floors of PROTOCOL.md §4.3
-//! cr:tag:{tag}        a tag's version             }
+//! {cr:scopes}:c:{name} the cache's clear token    } scope tokens (random, no TTL)
+//! {cr:scopes}:a        the global clear token     }
+//! {cr:scopes}:t:{tag}  a tag's token              }
 //! cr:bus:1            the bus channel
 //! ```
 //!
-//! A value is served only if the ticket key exists and equals the envelope's ticket, and its
-//! scope stamps still equal their counters. Every invalidation deletes the ticket; a new one
-//! is random, so nothing stored before can match it again (no ABA after a flush, restart,
-//! eviction or `DEL`).
+//! A value is served only if the ticket key exists and equals the envelope's ticket, and
+//! every scope token it was stamped with exists and equals the stamp. Every invalidation
+//! deletes the ticket (a tag invalidation or a clear, the scope's token); a new one is
+//! random, so nothing stored before can match it again (no ABA after a flush, restart,
+//! eviction or `DEL`), and a missing token matches nothing.
 
 use std::time::{Duration, Instant};
 
@@ -30,7 +31,7 @@ use crate::bus;
 use crate::codec::{self, DecodeError, Decoded};
 use crate::entry::Meta;
 use crate::error::CacheError;
-use crate::key::redis_bucket;
+use crate::key::{redis_bucket, scope_key, Scope};
 #[cfg(test)]
 use crate::key::REDIS_BUCKETS;
 use crate::pending::{Added, PendingOp};
@@ -48,16 +49,6 @@ const MAX_LOCK_POLL: Duration = Duration::from_millis(50);
 
 /// How long a body may run and still store (the ticket outlives values by this much).
 const FILL_ALLOWANCE: Duration = Duration::from_secs(60);
-
-/// The Redis key of tag `tag`'s version.
-fn tag_key(prefix: &str, tag: &str) -> String {
-    format!("{prefix}:tag:{tag}")
-}
-
-/// The Redis key of the global clear version.
-fn all_clear_key(prefix: &str) -> String {
-    format!("{prefix}:clear")
-}
 
 /// A random ticket (docs/PROTOCOL.md §4.1): never derived from a counter, never 0.
 fn new_ticket() -> u64 {
@@ -82,9 +73,9 @@ fn new_ticket() -> u64 {
 pub(super) struct KeyScheme {
     prefix: String,
     version: u32,
-    /// `{prefix}:clear:{name}`
+    /// `{prefix:scopes}:c:{name}`
     cache_clear: String,
-    /// `{prefix}:clear`
+    /// `{prefix:scopes}:a`
     all_clear: String,
     channel: String,
 }
@@ -94,8 +85,8 @@ impl KeyScheme {
         Self {
             prefix: prefix.to_string(),
             version,
-            cache_clear: format!("{prefix}:clear:{cache}"),
-            all_clear: all_clear_key(prefix),
+            cache_clear: scope_key(prefix, Scope::Cache(cache)),
+            all_clear: scope_key(prefix, Scope::All),
             channel: bus::channel(prefix),
         }
     }
@@ -122,13 +113,17 @@ impl KeyScheme {
         format!("{}:l:{}:{}", self.tag(key), self.version, key.logical)
     }
 
-    /// Cache clear, global clear, then one per tag: the scope counters an entry is stamped
-    /// with (until the scope floors replace them).
+    /// Cache clear, global clear, then one per tag: the scope tokens an entry is stamped
+    /// with.
     fn stamps(&self, key: &Key) -> Vec<String> {
         let mut keys = Vec::with_capacity(2 + key.tags.len());
         keys.push(self.cache_clear.clone());
         keys.push(self.all_clear.clone());
-        keys.extend(key.tags.iter().map(|t| tag_key(&self.prefix, t)));
+        keys.extend(
+            key.tags
+                .iter()
+                .map(|t| scope_key(&self.prefix, Scope::Tag(t))),
+        );
         keys
     }
 
@@ -153,7 +148,7 @@ pub(super) struct RedisSide<V> {
     pub(super) retention: Duration,
 }
 
-/// What a miss holds on to while its body runs: the key's ticket and the scope counters
+/// What a miss holds on to while its body runs: the key's ticket and the scope tokens
 /// read at lookup (the store is conditional on them) and the lock token, if this call took
 /// the lock.
 pub(super) struct Claim {
@@ -181,7 +176,8 @@ pub(super) enum Fill<V> {
     },
 }
 
-/// What a read saw besides a usable value: the ticket in force and the scope counters.
+/// What a read saw besides a usable value: the ticket in force and the scope tokens (0:
+/// missing).
 pub(super) struct Seen {
     ticket: Option<u64>,
     stamps: Vec<u64>,
@@ -222,24 +218,41 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         longest.min(redis.retention.max(FILL_ALLOWANCE)).as_millis() as u64
     }
 
-    /// A claim under the ticket read, or (the key had none) under a ticket taken now with
-    /// `SET NX GET` (one more round trip). `None`: Redis did not answer; nothing is stored.
+    /// A claim under the ticket and scope tokens read; those missing (the key had no ticket,
+    /// a scope was invalidated since) are taken now with `SET NX GET` (one more round trip).
+    /// `None`: Redis did not answer, or holds a foreign token; nothing is stored.
     async fn claim(&self, key: &Key, seen: Seen, token: Option<String>) -> Option<Claim> {
         let redis = self.redis.as_ref()?;
-        let ticket = match seen.ticket {
-            Some(t) => Some(t),
-            None => {
-                let res = redis
-                    .tier
-                    .claim_ticket(redis.keys.ticket(key), new_ticket(), self.ticket_px(redis))
-                    .await;
-                self.count_redis(res).ok().flatten()
+        let Seen { ticket, mut stamps } = seen;
+        let missing: Vec<usize> = (0..stamps.len()).filter(|&i| stamps[i] == 0).collect();
+        let ticket = if ticket.is_none() || !missing.is_empty() {
+            let scope_keys = redis.keys.stamps(key);
+            let res = redis
+                .tier
+                .claim_tokens(
+                    ticket
+                        .is_none()
+                        .then(|| (redis.keys.ticket(key), self.ticket_px(redis))),
+                    missing.iter().map(|&i| scope_keys[i].clone()).collect(),
+                    new_ticket(),
+                )
+                .await;
+            match self.count_redis(res) {
+                Ok((claimed, tokens)) => {
+                    for (&i, t) in missing.iter().zip(tokens) {
+                        stamps[i] = t;
+                    }
+                    ticket.or(claimed)
+                }
+                Err(_) => None,
             }
+        } else {
+            ticket
         };
-        match ticket {
+        match ticket.filter(|t| *t != 0 && !stamps.contains(&0)) {
             Some(ticket) => Some(Claim {
                 ticket,
-                stamps: seen.stamps,
+                stamps,
                 token,
             }),
             None => {
@@ -325,9 +338,9 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         }
     }
 
-    /// One read of Redis: the value, its key's ticket and the scope counters in one round
+    /// One read of Redis: the value, its key's ticket and the scope tokens in one round
     /// trip (`MGET`). A value is used only if it decodes, names the ticket in force and its
-    /// stamps are current; it is then promoted to the local tier for at most its remaining
+    /// scope tokens are all there and equal to its stamps; it is then promoted to the local tier for at most its remaining
     /// Redis lifetime, unless a local write happened meanwhile.
     /// `refresh`: a value that is itself due for a refresh ahead is returned as stale.
     pub(super) async fn redis_read(
@@ -343,7 +356,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         if redis
             .tier
             .pending
-            .blocks(&key.logical, &key.tags, &self.name)
+            .blocks(&key.logical, &key.tags, &self.clear_scope)
         {
             return Read::Failed;
         }
@@ -430,7 +443,12 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 );
                 None
             }
-            Ok(d) if Some(d.ticket) != seen.ticket || d.stamps != seen.stamps => {
+            // A missing scope token (0) matches nothing, whatever an envelope carries.
+            Ok(d)
+                if Some(d.ticket) != seen.ticket
+                    || d.stamps != seen.stamps
+                    || seen.stamps.contains(&0) =>
+            {
                 self.counters.stale_rejected.add(1);
                 None
             }
@@ -447,7 +465,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     }
 
     /// Stores a body result in Redis if the key's ticket is still the claim's and the scope
-    /// counters are unchanged (one round trip, which also releases the lock). Sets the
+    /// tokens are unchanged (one round trip, which also releases the lock). Sets the
     /// value's ETag from its encoding. `Ok(false)`: a write happened while the body ran;
     /// nothing was stored.
     pub(super) async fn redis_store_fresh(
@@ -504,6 +522,11 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 .await?;
             // Other caches of this process over the same key drop their copies.
             bus::apply_locally(bus::Action::Updated, &key.logical, 0);
+            if stamps.contains(&0) {
+                // A foreign value where a scope token belongs: the old value is gone
+                // everywhere; the new one is not stored (it could not be validated).
+                return Ok(());
+            }
             // Encoded after the replacement: the envelope carries the new ticket. (If it is
             // too large, the replacement alone still invalidated the old value everywhere.)
             let bytes = self.encode_for_redis(value, ticket, meta.created_unix_ms, ttl, &stamps)?;
@@ -560,27 +583,27 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         self.count_redis(res)
     }
 
-    /// Bumps this cache's clear version (one `INCR`, no key scan) and tells other processes;
-    /// deferred if Redis does not take it.
+    /// Clears this cache everywhere: deletes its scope token (no key scan; every value
+    /// stamped with it is refused from now on) and tells other processes; deferred if Redis
+    /// does not take it.
     pub(super) async fn redis_clear(&self) -> Result<(), CacheError> {
         let Some(r) = &self.redis else {
             return Ok(());
         };
         let res = r
             .tier
-            .bump_version(
+            .invalidate_scope(
                 r.keys.cache_clear.clone(),
                 r.keys.channel.clone(),
-                bus::message_prefix(bus::Action::ClearCache, &self.name),
+                bus::message(bus::Action::ClearCache, &self.clear_scope),
             )
-            .await
-            .map(drop);
+            .await;
         if res.is_err() {
-            r.tier.defer(PendingOp::Bump {
+            r.tier.defer(PendingOp::Scope {
                 key: r.keys.cache_clear.clone(),
                 channel: r.keys.channel.clone(),
                 action: bus::Action::ClearCache,
-                target: self.name.clone(),
+                target: self.clear_scope.clone(),
             });
         }
         self.count_redis(res)
@@ -595,7 +618,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             ticket_key: r.keys.ticket(key),
             channel: r.keys.channel.clone(),
             logical: key.logical.clone(),
-            cache: std::sync::Arc::from(self.name.as_str()),
+            cache: std::sync::Arc::from(self.clear_scope.as_str()),
         });
         if let Added::Folded(n) = added {
             self.counters.pending_folded.add(n as u64);
@@ -671,18 +694,13 @@ fn lock_token() -> String {
     )
 }
 
-/// What a tag invalidation or a global clear bumps.
-pub(super) enum Bump<'a> {
-    Tag(&'a str),
-    ClearAll,
-}
-
-/// Applies a tag invalidation or a global clear here, then in Redis (deferred if Redis does
-/// not take it), then here again.
-pub(super) async fn bump_everywhere(bump: Bump<'_>) -> Result<(), CacheError> {
-    let (action, target) = match bump {
-        Bump::Tag(tag) => (bus::Action::Tag, tag),
-        Bump::ClearAll => (bus::Action::ClearAll, ""),
+/// Applies a tag invalidation or a global clear (`Scope::Tag` / `Scope::All`) here, then in
+/// Redis (deferred if Redis does not take it), then here again.
+pub(super) async fn invalidate_scope_everywhere(scope: Scope<'_>) -> Result<(), CacheError> {
+    let (action, target) = match scope {
+        Scope::Tag(tag) => (bus::Action::Tag, tag),
+        Scope::All => (bus::Action::ClearAll, ""),
+        Scope::Cache(name) => (bus::Action::ClearCache, name),
     };
     bus::apply_locally(action, target, 0);
     let rt = runtime();
@@ -690,26 +708,18 @@ pub(super) async fn bump_everywhere(bump: Bump<'_>) -> Result<(), CacheError> {
         return Ok(());
     };
     let prefix = &rt.config.key_prefix;
-    let key = match bump {
-        Bump::Tag(tag) => tag_key(prefix, tag),
-        Bump::ClearAll => all_clear_key(prefix),
-    };
+    let key = scope_key(prefix, scope);
     let channel = bus::channel(prefix);
     let res = r
-        .bump_version(
-            key.clone(),
-            channel.clone(),
-            bus::message_prefix(action, target),
-        )
-        .await
-        .map(drop);
+        .invalidate_scope(key.clone(), channel.clone(), bus::message(action, target))
+        .await;
     if res.is_ok() {
-        // Again after Redis: a load here may have read the old version meanwhile (other
-        // processes apply the bus message, which is published after the bump).
+        // Again after Redis: a load here may have read the old token meanwhile (other
+        // processes apply the bus message, which is published after the delete).
         bus::apply_locally(action, target, 0);
     }
     if res.is_err() {
-        r.defer(PendingOp::Bump {
+        r.defer(PendingOp::Scope {
             key,
             channel,
             action,
@@ -735,11 +745,16 @@ mod tests {
         assert_eq!(entry.lock, format!("{{cr:{b}}}:l:3:user:42"));
         assert_eq!(
             entry.stamps,
-            ["cr:clear:app::user", "cr:clear", "cr:tag:t:1", "cr:tag:t:2"]
+            [
+                "{cr:scopes}:c:app::user",
+                "{cr:scopes}:a",
+                "{cr:scopes}:t:t:1",
+                "{cr:scopes}:t:t:2"
+            ]
         );
         assert_eq!(keys.channel, "cr:bus:1");
-        assert_eq!(tag_key("cr", "t:1"), entry.stamps[2]);
-        assert_eq!(all_clear_key("cr"), entry.stamps[1]);
+        assert_eq!(scope_key("cr", Scope::Tag("t:1")), entry.stamps[2]);
+        assert_eq!(scope_key("cr", Scope::All), entry.stamps[1]);
         assert_eq!(
             crate::key::redis_keys("cr", 3, "user:42"),
             (entry.value, entry.ticket, entry.lock)

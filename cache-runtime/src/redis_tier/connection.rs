@@ -40,7 +40,25 @@ pub(super) enum ConnState {
 /// connect, so a failover is followed and the old address is never reused).
 pub(crate) enum RedisTarget {
     Url(redis::Client),
-    Sentinel(tokio::sync::Mutex<SentinelClient>),
+    Sentinel(SentinelTarget),
+}
+
+/// The sentinels, and which master they reported last (`epoch` counts changes, so the bus
+/// can tell that its subscription is on a demoted master).
+pub(crate) struct SentinelTarget {
+    client: tokio::sync::Mutex<SentinelClient>,
+    last: Mutex<Option<String>>,
+    epoch: std::sync::atomic::AtomicU64,
+}
+
+impl SentinelTarget {
+    pub(super) fn new(client: SentinelClient) -> Self {
+        Self {
+            client: tokio::sync::Mutex::new(client),
+            last: Mutex::new(None),
+            epoch: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
 }
 
 impl RedisTarget {
@@ -48,7 +66,24 @@ impl RedisTarget {
     pub(crate) async fn client(&self) -> redis::RedisResult<redis::Client> {
         match self {
             RedisTarget::Url(c) => Ok(c.clone()),
-            RedisTarget::Sentinel(s) => s.lock().await.async_get_client().await,
+            RedisTarget::Sentinel(s) => {
+                let client = s.client.lock().await.async_get_client().await?;
+                let addr = client.get_connection_info().addr().to_string();
+                let mut last = s.last.lock().unwrap_or_else(|p| p.into_inner());
+                if last.as_deref().is_some_and(|l| l != addr) {
+                    s.epoch.fetch_add(1, Ordering::AcqRel);
+                }
+                *last = Some(addr);
+                Ok(client)
+            }
+        }
+    }
+
+    /// Changes every time the sentinels report another master (0 for a fixed URL).
+    pub(crate) fn epoch(&self) -> u64 {
+        match self {
+            RedisTarget::Url(_) => 0,
+            RedisTarget::Sentinel(s) => s.epoch.load(Ordering::Acquire),
         }
     }
 }

@@ -27,7 +27,7 @@ mod scripts;
 
 pub(crate) use crate::redis_request::{EntryKeys, Fetched, ReadRequest, WriteRequest};
 pub(crate) use connection::RedisTarget;
-use connection::{open_client, open_sentinel, Conns, Fault, Shared};
+use connection::{open_client, open_sentinel, Conns, Fault, SentinelTarget, Shared};
 use scripts::{parse_stamps, Scripts};
 
 /// Pending key invalidations sent per round trip when draining.
@@ -58,7 +58,7 @@ impl RedisTier {
     pub(crate) fn new(config: &Config) -> Result<Self, InitError> {
         let invalid = |e: RedisError| InitError::InvalidUrl(redact(&e.to_string()));
         let target = match (&config.sentinel, &config.redis_url) {
-            (Some(s), _) => RedisTarget::Sentinel(tokio::sync::Mutex::new(
+            (Some(s), _) => RedisTarget::Sentinel(SentinelTarget::new(
                 open_sentinel(s, config.tls_root_pem.clone()).map_err(invalid)?,
             )),
             (None, Some(url)) => {
@@ -170,7 +170,7 @@ impl RedisTier {
             return self.read_plain(req).await;
         }
         let scripts = self.scripts.clone();
-        type Reply = (Option<Vec<u8>>, Option<Vec<u8>>, i64, Vec<Option<String>>);
+        type Reply = (Option<Vec<u8>>, Option<Vec<u8>>, i64, Vec<Option<Vec<u8>>>);
         let (value, ticket, locked, stamps) = self
             .exec(move |mut c| async move {
                 let mut inv = scripts.read.prepare_invoke();
@@ -196,7 +196,7 @@ impl RedisTier {
         })
     }
 
-    /// A read without a lock attempt: one `MGET value ticket scope-counters…` (one command,
+    /// A read without a lock attempt: one `MGET value ticket scope-tokens…` (one command,
     /// one round trip).
     async fn read_plain(&self, req: ReadRequest) -> Result<Fetched, CacheError> {
         let mut values = self
@@ -212,12 +212,7 @@ impl RedisTier {
             .into_iter();
         let value = values.next().flatten();
         let ticket = values.next().flatten().as_deref().and_then(parse_ticket);
-        let stamps = values
-            .map(|v| {
-                v.and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok())
-                    .unwrap_or(0)
-            })
-            .collect();
+        let stamps = parse_stamps(values.collect());
         Ok(Fetched {
             value,
             ticket,
@@ -226,33 +221,45 @@ impl RedisTier {
         })
     }
 
-    /// `SET ticket new NX GET PX px`: the key's ticket in force (ours if it had none).
-    pub(crate) async fn claim_ticket(
+    /// `SET ticket new NX GET PX px` (when `ticket` is given) and `SET token new NX GET` for
+    /// each scope key given, pipelined (one round trip): the tokens in force, ours where
+    /// there was none. Scope tokens never expire (a value's lifetime bounds their use).
+    pub(crate) async fn claim_tokens(
         &self,
-        ticket_key: String,
+        ticket: Option<(String, u64)>,
+        scopes: Vec<String>,
         new: u64,
-        px: u64,
-    ) -> Result<Option<u64>, CacheError> {
+    ) -> Result<(Option<u64>, Vec<u64>), CacheError> {
         self.exec(move |mut c| async move {
-            redis::cmd("SET")
-                .arg(&ticket_key)
-                .arg(ticket_text(new))
-                .arg("NX")
-                .arg("GET")
-                .arg("PX")
-                .arg(px.max(1))
-                .query_async::<Option<Vec<u8>>>(&mut c)
-                .await
-                .map(|old| match old {
-                    None => Some(new),
-                    Some(old) => parse_ticket(&old),
-                })
+            let mut p = redis::pipe();
+            if let Some((key, px)) = &ticket {
+                p.cmd("SET")
+                    .arg(key)
+                    .arg(ticket_text(new))
+                    .arg("NX")
+                    .arg("GET")
+                    .arg("PX")
+                    .arg((*px).max(1));
+            }
+            for key in &scopes {
+                p.cmd("SET").arg(key).arg(ticket_text(new)).arg("NX").arg("GET");
+            }
+            let replies = p.query_async::<Vec<Option<Vec<u8>>>>(&mut c).await?;
+            let mut tokens = replies.into_iter().map(|old| match old {
+                None => new,
+                Some(old) => parse_ticket(&old).unwrap_or(0),
+            });
+            let ticket = match ticket {
+                Some(_) => tokens.next(),
+                None => None,
+            };
+            Ok((ticket, tokens.collect()))
         })
         .await
     }
 
-    /// The `store` script: `SET value PX` if the ticket is still ours and the scope counters
-    /// still hold `seen` (extending the ticket with `PEXPIRE GT`); releases the lock if
+    /// The `store` script: `SET value PX` if the ticket is still ours and the scope tokens
+    /// still are `seen` (extending the ticket with `PEXPIRE GT`); releases the lock if
     /// `token` still owns it. `Ok(false)`: the key was invalidated or replaced since the
     /// ticket was taken (or a tag/clear happened); nothing stored.
     pub(crate) async fn write_if(&self, req: WriteRequest) -> Result<bool, CacheError> {
@@ -279,7 +286,7 @@ impl RedisTier {
                 .arg(ticket_px.max(ms))
                 .arg(token.as_deref().unwrap_or(""));
             for s in &seen {
-                inv.arg(*s);
+                inv.arg(ticket_text(*s));
             }
             inv.invoke_async::<i64>(&mut c).await.map(|ok| ok == 1)
         })
@@ -352,8 +359,8 @@ impl RedisTier {
     }
 
     /// The first half of a populate: `DEL value ticket` (first, so the old value is gone even
-    /// under OOM), the new ticket, the bus message, and the scope counters to stamp the new
-    /// envelope with (one script, one round trip). The value is then written with
+    /// under OOM), the new ticket, the bus message, and the scope tokens to stamp the new
+    /// envelope with (created where missing) (one script, one round trip). The value is then written with
     /// [`Self::write_if`] under the new ticket.
     pub(crate) async fn replace_ticket(
         &self,
@@ -376,28 +383,32 @@ impl RedisTier {
                 .arg(ticket_px.max(1))
                 .arg(&channel)
                 .arg(&message);
-            inv.invoke_async::<Vec<Option<String>>>(&mut c)
+            inv.invoke_async::<Vec<Option<Vec<u8>>>>(&mut c)
                 .await
                 .map(parse_stamps)
         })
         .await
     }
 
-    /// Bumps a version counter (tag or clear; never expires) and publishes.
-    pub(crate) async fn bump_version(
+    /// A tag invalidation or a clear: `DEL` of the scope's token then `PUBLISH`, pipelined
+    /// (one round trip, no script, allowed under `noeviction` OOM). Every value stamped with
+    /// the deleted token is refused from now on; the next token is a new random number.
+    pub(crate) async fn invalidate_scope(
         &self,
         key: String,
         channel: String,
-        message_prefix: String,
-    ) -> Result<u64, CacheError> {
-        let scripts = self.scripts.clone();
+        message: String,
+    ) -> Result<(), CacheError> {
         self.exec_write(move |mut c| async move {
-            scripts
-                .bump_version
-                .key(&key)
+            redis::pipe()
+                .cmd("DEL")
+                .arg(&key)
+                .ignore()
+                .cmd("PUBLISH")
                 .arg(&channel)
-                .arg(&message_prefix)
-                .invoke_async::<u64>(&mut c)
+                .arg(&message)
+                .ignore()
+                .query_async::<()>(&mut c)
                 .await
         })
         .await
@@ -425,19 +436,15 @@ impl RedisTier {
 
     async fn retry_round(&'static self) -> Result<(), CacheError> {
         for op in self.pending.scopes() {
-            if let PendingOp::Bump {
+            if let PendingOp::Scope {
                 key,
                 channel,
                 action,
                 target,
             } = &op
             {
-                self.bump_version(
-                    key.clone(),
-                    channel.clone(),
-                    bus::message_prefix(*action, target),
-                )
-                .await?;
+                self.invalidate_scope(key.clone(), channel.clone(), bus::message(*action, target))
+                    .await?;
                 bus::apply_locally(*action, target, 0);
                 tracing::info!(write = %op.id(), "a deferred redis write went through");
                 self.pending.done(&op.id());
@@ -511,7 +518,7 @@ impl RedisTier {
     }
 
     /// Exercises what the runtime really sends, as the configured user, on probe keys under
-    /// `prefix` (`{prefix}:health:*`) and a probe channel under the bus's (`{channel}:health`):
+    /// `prefix` (`{prefix:health}:*`) and a probe channel under the bus's (`{channel}:health`):
     /// `PING`, `SCRIPT LOAD` of every script, each operation (and so every command its script
     /// calls), `TIME`, `ROLE` / `WAIT` when writes wait, `PUBLISH` and `SUBSCRIBE`. The first
     /// failure names its step and, for `NOPERM`, the command the user may not run. Bypasses
@@ -557,14 +564,15 @@ impl RedisTier {
         // Not the bus's own channel: receivers never see the probe.
         let channel = format!("{channel}:health");
         let channel = channel.as_str();
-        let k = format!("{prefix}:health:cmd");
-        let n = format!("{prefix}:health:n");
-        let direct: [(&'static str, &[&str]); 7] = [
+        // One hash tag for every probe key (one slot), under the prefix's ACL pattern.
+        let head = format!("{{{prefix}:health}}");
+        let k = format!("{head}:cmd");
+        let n = format!("{head}:n");
+        let direct: [(&'static str, &[&str]); 6] = [
             ("SET", &["SET", &k, "ok", "PX", "10000"]),
             ("GET", &["GET", &k]),
             ("MGET", &["MGET", &k, &n]),
-            ("INCR", &["INCR", &n]),
-            ("PEXPIRE", &["PEXPIRE", &n, "10000"]),
+            ("PEXPIRE", &["PEXPIRE", &k, "10000"]),
             ("DEL", &["DEL", &k, &n]),
             ("PUBLISH", &["PUBLISH", channel, "probe"]),
         ];
@@ -574,18 +582,18 @@ impl RedisTier {
             run(conns.data.clone(), cmd, name).await?;
         }
         let keys = |k: &str| EntryKeys {
-            value: format!("{prefix}:health:v:{k}"),
-            ticket: format!("{prefix}:health:t:{k}"),
-            lock: format!("{prefix}:health:lock:{k}"),
-            stamps: vec![format!("{prefix}:health:gen:{k}")],
+            value: format!("{head}:v:{k}"),
+            ticket: format!("{head}:t:{k}"),
+            lock: format!("{head}:lock:{k}"),
+            stamps: vec![format!("{head}:scope:{k}")],
         };
         let ttl = Duration::from_secs(10);
         let px = 10_000;
-        let msg = format!("{prefix}:health:");
+        let msg = format!("{head}:probe");
         let probe = async {
             // Every operation the runtime sends, on probe keys: populate (new ticket, then
             // the conditional store), a read, a ticket claim, the lock read and lock
-            // commands, a tag bump, invalidations.
+            // commands, scope and key invalidations.
             let seen = self
                 .replace_ticket(
                     &keys("p"),
@@ -612,7 +620,8 @@ impl RedisTier {
                 ticket_px: px,
             })
             .await?;
-            self.claim_ticket(keys("c").ticket, 2, px).await?;
+            self.claim_tokens(Some((keys("c").ticket, px)), keys("c").stamps, 2)
+                .await?;
             self.read(ReadRequest {
                 keys: keys("l"),
                 try_lock: Some(("health".into(), px)),
@@ -622,10 +631,17 @@ impl RedisTier {
             .await?;
             self.try_lock(keys("l").lock, "health".into(), px).await?;
             self.release_lock(keys("l").lock, "health".into()).await?;
-            self.bump_version(format!("{prefix}:health:tag"), channel.into(), msg.clone())
-                .await?;
             for k in ["p", "l", "c"] {
-                let EntryKeys { value, ticket, .. } = keys(k);
+                let EntryKeys {
+                    value,
+                    ticket,
+                    stamps,
+                    ..
+                } = keys(k);
+                for scope in stamps {
+                    self.invalidate_scope(scope, channel.into(), msg.clone())
+                        .await?;
+                }
                 self.invalidate(value, ticket, channel.into(), msg.clone())
                     .await?;
             }
@@ -665,14 +681,8 @@ impl RedisTier {
 
 impl Scripts {
     /// Every script, for the health check's `SCRIPT LOAD`.
-    fn all(&self) -> [&redis::Script; 5] {
-        [
-            &self.read,
-            &self.store,
-            &self.release,
-            &self.populate,
-            &self.bump_version,
-        ]
+    fn all(&self) -> [&redis::Script; 4] {
+        [&self.read, &self.store, &self.release, &self.populate]
     }
 }
 

@@ -8,17 +8,16 @@ pub(super) struct Scripts {
     pub(super) store: Script,
     pub(super) release: Script,
     pub(super) populate: Script,
-    pub(super) bump_version: Script,
 }
 
 impl Scripts {
     pub(super) fn new() -> Self {
         Self {
-            // The read with lock (§7.3). KEYS: value, ticket, lock, scope counters...;
+            // The read with lock (§7.3). KEYS: value, ticket, lock, scope tokens...;
             // ARGV: new ticket, ticket px, lock token, lease ms. A key without a ticket gets
             // ours (only when there is no value: a value without a ticket is unusable and
             // the caller claims one). Returns {value or false, ticket or false, locked,
-            // counters}.
+            // tokens}.
             read: Script::new(
                 r"
 local stamps = {}
@@ -35,15 +34,16 @@ local locked = 0
 if redis.call('SET', KEYS[3], ARGV[3], 'NX', 'PX', ARGV[4]) then locked = 1 end
 return {false, t, locked, stamps}",
             ),
-            // The store (§7.2). KEYS: value, ticket, lock, scope counters...; ARGV: ticket,
-            // bytes, value px, ticket px, token or '', seen counters...
+            // The store (§7.2). KEYS: value, ticket, lock, scope tokens...; ARGV: ticket,
+            // bytes, value px, ticket px, token or '', seen scope tokens... A missing token
+            // never equals a seen one (tokens are random, compared as text).
             store: Script::new(
                 r"
 local ok = redis.call('GET', KEYS[2]) == ARGV[1]
 if ok and #KEYS > 3 then
   local cur = redis.call('MGET', unpack(KEYS, 4))
   for i = 1, #cur do
-    if (tonumber(cur[i]) or 0) ~= tonumber(ARGV[i + 5]) then ok = false break end
+    if cur[i] ~= ARGV[i + 5] then ok = false break end
   end
 end
 if ok then
@@ -60,30 +60,33 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0",
             ),
             // Populate / refresh (§7.5), DEL first (allowed under OOM, and a script that
-            // wrote first is not refused later). KEYS: value, ticket, scope counters...;
-            // ARGV: new ticket, ticket px, channel, message. Returns the scope counters.
+            // wrote first is not refused later). KEYS: value, ticket, scope tokens...; ARGV:
+            // new ticket, ticket px, channel, message. A missing scope token gets the new
+            // ticket's value (any fresh random number will do). Returns the scope tokens.
             populate: Script::new(
                 r"
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
-if #KEYS > 2 then return redis.call('MGET', unpack(KEYS, 3)) end
-return {}",
-            ),
-            // KEYS: version; ARGV: channel, message prefix.
-            bump_version: Script::new(
-                r"
-local v = redis.call('INCR', KEYS[1])
-redis.call('PUBLISH', ARGV[1], ARGV[2] .. v)
-return v",
+local out = {}
+for i = 3, #KEYS do
+  local s = redis.call('GET', KEYS[i])
+  if not s then
+    redis.call('SET', KEYS[i], ARGV[1])
+    s = ARGV[1]
+  end
+  out[#out + 1] = s
+end
+return out",
             ),
         }
     }
 }
 
-/// Counters as `MGET` returns them: a missing or unparsable counter reads as 0.
-pub(super) fn parse_stamps(raw: Vec<Option<String>>) -> Vec<u64> {
+/// Scope tokens as `MGET` returns them: a missing or foreign one reads as 0, which no
+/// envelope carries (tokens are never 0).
+pub(super) fn parse_stamps(raw: Vec<Option<Vec<u8>>>) -> Vec<u64> {
     raw.into_iter()
-        .map(|s| s.and_then(|s| s.parse().ok()).unwrap_or(0))
+        .map(|s| s.as_deref().and_then(super::parse_ticket).unwrap_or(0))
         .collect()
 }

@@ -1,0 +1,387 @@
+//! Chaos soak across two OS processes (issue 11): a reader process and a writer process share
+//! one cache Redis through `local+redis` caches while Redis misbehaves, and every value the
+//! reader gets is checked against the source of truth and the writer's `Ok` invalidations.
+//!
+//! `cargo bench -p cache-tests --bench chaos_soak` runs 60 s; `cargo test` runs a 10 s smoke
+//! version (`CHAOS_SECS` overrides both).
+//!
+//! - The **source of truth** is a second `redis-server` (`db:<id>` = the row's version), so
+//!   flushing or restarting the cache Redis never touches it.
+//! - The **writer** (this binary re-executed with `CHAOS_ROLE=writer`) loops: bump a row,
+//!   then invalidate it (`invalidate_item`, or `invalidate_tag("k:<id>")` every third time);
+//!   when that returned `Ok` it records the version and the instant (`settled:<id>` =
+//!   `version µs`) in the source Redis.
+//! - The **reader** (this process, 16 tasks) reads `settled:<id>` before each call; a value
+//!   older than a version settled more than the bus window before the call started is
+//!   **wrong**. A value older than a version settled less than that before is stale within
+//!   the window (allowed for local copies, docs/PROTOCOL.md §5.4): counted and its age kept.
+//! - The **chaos** thread, every 0.5–1 s, does one of: `CLIENT KILL TYPE pubsub` (both
+//!   processes lose their subscriptions), `FLUSHALL`, `FLUSHDB`, an empty restart, a 300 ms
+//!   SIGSTOP, `DEL` of every ticket or every scope token, or memory pressure with
+//!   `allkeys-random` eviction. `CHAOS_FAULTS=kill-pubsub,flushall` picks some of them and
+//!   `CHAOS_PERIOD_MS=100` fixes the period (e.g. to measure the staleness window under
+//!   repeated subscriber drops).
+//!
+//! The run fails on any wrong value or any error surfaced to a caller.
+
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cache_runtime::{bus_status, cached, Config, BUS_WINDOW};
+use cache_tests::{RedisOptions, RedisServer};
+
+const KEYS: u64 = 200;
+/// Scheduling slack between the two processes' clocks and threads, on top of the window.
+const SLACK: Duration = Duration::from_millis(100);
+
+static SOURCE: OnceLock<redis::aio::MultiplexedConnection> = OnceLock::new();
+
+fn source() -> redis::aio::MultiplexedConnection {
+    SOURCE.get().expect("source connection").clone()
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+#[cached(tier = "local+redis", ttl = 30, local_ttl = 5, key = "chaos:<id>", tags = ["k:<id>"])]
+async fn item(id: u64) -> Result<u64, String> {
+    // A 200 µs query.
+    tokio::time::sleep(Duration::from_micros(200)).await;
+    redis::cmd("GET")
+        .arg(format!("db:{id}"))
+        .query_async::<Option<u64>>(&mut source())
+        .await
+        .map(|v| v.unwrap_or(0))
+        .map_err(|e| e.to_string())
+}
+
+fn skewed(x: u64) -> u64 {
+    let u = (x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
+    (KEYS as f64 * u * u) as u64
+}
+
+fn init(cache_url: &str, source_url: &str, rt: &tokio::runtime::Runtime) {
+    cache_runtime::init(
+        Config::builder()
+            .redis_url(cache_url)
+            .key_prefix("chaos")
+            .redis_timeout(Duration::from_millis(100))
+            .build(),
+    )
+    .unwrap();
+    let client = redis::Client::open(source_url).unwrap();
+    let conn = rt
+        .block_on(client.get_multiplexed_async_connection())
+        .expect("the source redis");
+    let _ = SOURCE.set(conn);
+}
+
+/// The writer process: bump, invalidate, record what returned Ok.
+fn writer(total: Duration) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    init(
+        &std::env::var("CHAOS_CACHE_URL").unwrap(),
+        &std::env::var("CHAOS_SOURCE_URL").unwrap(),
+        &rt,
+    );
+    let (ok, err) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    rt.block_on(async {
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for task in 0..2u64 {
+            let (ok, err) = (ok.clone(), err.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut i = task * 7_000_003;
+                while start.elapsed() < total {
+                    i += 1;
+                    // Writers touch the popular keys too.
+                    let id = skewed(i);
+                    let v: u64 = redis::cmd("INCR")
+                        .arg(format!("db:{id}"))
+                        .query_async(&mut source())
+                        .await
+                        .expect("the source redis");
+                    // Reads of this key in this process fill the cache meanwhile.
+                    let _ = item(id).await;
+                    let res = if i % 3 == 0 {
+                        cache_runtime::invalidate_tag(&format!("k:{id}")).await
+                    } else {
+                        invalidate_item(id).await
+                    };
+                    match res {
+                        Ok(()) => {
+                            ok.fetch_add(1, SeqCst);
+                            // `settled:<id>` = "version µs", only ever raised.
+                            let _: () = redis::Script::new(
+                                r"
+local cur = redis.call('GET', KEYS[1])
+if not cur or tonumber(string.match(cur, '^(%d+)')) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2])
+end",
+                            )
+                            .key(format!("settled:{id}"))
+                            .arg(v)
+                            .arg(now_us())
+                            .invoke_async(&mut source())
+                            .await
+                            .expect("the source redis");
+                        }
+                        Err(_) => {
+                            err.fetch_add(1, SeqCst);
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    println!(
+        "writer: {} invalidations returned Ok, {} returned Err",
+        ok.load(SeqCst),
+        err.load(SeqCst)
+    );
+}
+
+#[derive(Default)]
+struct Tally {
+    reads: u64,
+    wrong: Vec<String>,
+    errors: u64,
+    stale_in_window: u64,
+    stale_ages_us: Vec<u64>,
+}
+
+fn main() {
+    let total = match std::env::var("CHAOS_SECS") {
+        Ok(s) => Duration::from_secs(s.parse().expect("CHAOS_SECS")),
+        Err(_) if std::env::args().any(|a| a == "--bench") => Duration::from_secs(60),
+        Err(_) => Duration::from_secs(10),
+    };
+    if std::env::var("CHAOS_ROLE").as_deref() == Ok("writer") {
+        return writer(total);
+    }
+    let cache = Arc::new(RedisServer::start_with_options(
+        RedisOptions::new().arg("--maxmemory-samples", "10"),
+    ));
+    let db = RedisServer::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    init(&cache.url(), &db.url(), &rt);
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("CHAOS_ROLE", "writer")
+        .env("CHAOS_CACHE_URL", cache.url())
+        .env("CHAOS_SOURCE_URL", db.url())
+        .env("CHAOS_SECS", total.as_secs().to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the writer process");
+
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let faults = Arc::new(Mutex::new(Vec::<&'static str>::new()));
+    rt.block_on(async {
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for task in 0..16u64 {
+            let tally = tally.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut mine = Tally::default();
+                let mut i = task * 1_000_003;
+                while start.elapsed() < total {
+                    i += 1;
+                    let id = skewed(i);
+                    let settled: Option<String> = redis::cmd("GET")
+                        .arg(format!("settled:{id}"))
+                        .query_async(&mut source())
+                        .await
+                        .expect("the source redis");
+                    let started = now_us();
+                    let (must, at) = settled
+                        .and_then(|s| {
+                            let (v, t) = s.split_once(' ')?;
+                            Some((v.parse::<u64>().ok()?, t.parse::<u64>().ok()?))
+                        })
+                        .unwrap_or((0, 0));
+                    mine.reads += 1;
+                    match item(id).await {
+                        Ok(v) if v >= must => {}
+                        Ok(v) => {
+                            let age = started.saturating_sub(at);
+                            if age > (BUS_WINDOW + SLACK).as_micros() as u64 {
+                                mine.wrong.push(format!(
+                                    "key {id}: got version {v}, but {must} was settled {age} µs before the read started (bus {:?})",
+                                    bus_status()
+                                ));
+                            } else {
+                                mine.stale_in_window += 1;
+                                mine.stale_ages_us.push(age);
+                            }
+                        }
+                        Err(_) => mine.errors += 1,
+                    }
+                }
+                let mut t = tally.lock().unwrap();
+                t.reads += mine.reads;
+                t.errors += mine.errors;
+                t.stale_in_window += mine.stale_in_window;
+                t.wrong.extend(mine.wrong);
+                t.stale_ages_us.extend(mine.stale_ages_us);
+            }));
+        }
+        let (c, f) = (cache.clone(), faults.clone());
+        let chaos = tokio::task::spawn_blocking(move || chaos(&c, total, &f));
+        for t in tasks {
+            t.await.unwrap();
+        }
+        chaos.await.unwrap();
+    });
+    let out = child.wait_with_output().expect("the writer process");
+    assert!(out.status.success(), "the writer process failed");
+    let writer_line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+
+    let mut t = std::mem::take(&mut *tally.lock().unwrap());
+    t.stale_ages_us.sort_unstable();
+    let faults = faults.lock().unwrap().clone();
+    let stats = item_cache().stats();
+    println!("chaos soak: {total:?}, reader process 16 tasks, writer process 2 tasks, {KEYS} keys (skewed)");
+    let mut counts: Vec<(&str, usize)> = FAULTS
+        .iter()
+        .map(|f| (*f, faults.iter().filter(|x| *x == f).count()))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    counts.sort();
+    println!("faults ({}): {counts:?}", faults.len());
+    println!("{writer_line}");
+    let pct = |p: f64| {
+        let l = &t.stale_ages_us;
+        if l.is_empty() {
+            0
+        } else {
+            l[((l.len() - 1) as f64 * p).round() as usize]
+        }
+    };
+    println!(
+        "reader: {} reads, wrong values: {}, errors surfaced: {}, stale within the {:?} window: {} (age after the Ok: p50 {} µs, p99 {} µs, max {} µs)",
+        t.reads,
+        t.wrong.len(),
+        t.errors,
+        BUS_WINDOW,
+        t.stale_in_window,
+        pct(0.5),
+        pct(0.99),
+        t.stale_ages_us.last().copied().unwrap_or(0)
+    );
+    println!(
+        "reader cache: {} local hits, {} redis hits, {} body runs, {} redis errors, {} stale rejected; bus {:?}",
+        stats.local_hits,
+        stats.redis_hits,
+        stats.body_calls,
+        stats.redis_errors,
+        stats.stale_rejected,
+        bus_status()
+    );
+    assert!(faults.len() >= 4, "the chaos ran: {faults:?}");
+    assert!(
+        writer_line.contains("returned Ok") && !writer_line.starts_with("writer: 0 "),
+        "the writer's invalidations went through: {writer_line}"
+    );
+    assert!(
+        t.wrong.is_empty(),
+        "{} wrong values, e.g. {:?}",
+        t.wrong.len(),
+        &t.wrong[..t.wrong.len().min(5)]
+    );
+    assert_eq!(t.errors, 0, "errors surfaced to callers");
+}
+
+/// The faults, in rotation: (name, what it does).
+const FAULTS: &[&str] = &[
+    "kill-pubsub",
+    "flushall",
+    "sigstop",
+    "del-scopes",
+    "restart-empty",
+    "del-tickets",
+    "eviction",
+    "flushdb",
+];
+
+fn inject(server: &RedisServer, fault: &str) {
+    match fault {
+        "kill-pubsub" => {
+            server.kill_pubsub_clients();
+        }
+        "flushall" => server.flushall(),
+        "sigstop" => {
+            server.pause();
+            std::thread::sleep(Duration::from_millis(300));
+            server.resume();
+        }
+        "del-scopes" => {
+            for k in server.scan("{chaos:scopes}:*") {
+                let _ = server.cmd::<u64>(&["DEL", &k]);
+            }
+        }
+        "restart-empty" => server.restart_empty(),
+        "del-tickets" => {
+            for k in server.scan("{chaos:*}:t:*") {
+                let _ = server.cmd::<u64>(&["DEL", &k]);
+            }
+        }
+        "eviction" => {
+            let used: u64 = server.info_field("used_memory").unwrap().parse().unwrap();
+            server.config_set("maxmemory-policy", "allkeys-random");
+            server.config_set("maxmemory", &used.to_string());
+            let filler = "f".repeat(1024);
+            for i in 0..512 {
+                let _ = server.cmd::<()>(&["SET", &format!("filler:{i}"), &filler]);
+            }
+            server.config_set("maxmemory", "0");
+        }
+        "flushdb" => server.flushdb(),
+        other => panic!("unknown fault {other}; known: {FAULTS:?}"),
+    }
+}
+
+/// One fault every 0.5–1 s (`CHAOS_PERIOD_MS` sets a fixed period), in rotation over
+/// `CHAOS_FAULTS` (comma-separated names of [`FAULTS`]; all by default), until the end.
+fn chaos(server: &RedisServer, total: Duration, done: &Mutex<Vec<&'static str>>) {
+    let chosen: Vec<&'static str> = match std::env::var("CHAOS_FAULTS") {
+        Ok(list) => FAULTS
+            .iter()
+            .copied()
+            .filter(|f| list.split(',').any(|x| x == *f))
+            .collect(),
+        Err(_) => FAULTS.to_vec(),
+    };
+    assert!(!chosen.is_empty(), "CHAOS_FAULTS names none of {FAULTS:?}");
+    let period: Option<u64> = std::env::var("CHAOS_PERIOD_MS")
+        .ok()
+        .map(|p| p.parse().expect("CHAOS_PERIOD_MS"));
+    let start = Instant::now();
+    let mut n = 0u64;
+    // Let both processes warm up first.
+    std::thread::sleep(Duration::from_millis(700));
+    while start.elapsed() + Duration::from_secs(1) < total {
+        let fault = chosen[(n % chosen.len() as u64) as usize];
+        inject(server, fault);
+        done.lock().unwrap().push(fault);
+        n += 1;
+        let pause = period.unwrap_or(500 + (n * 137) % 500);
+        std::thread::sleep(Duration::from_millis(pause));
+    }
+}
