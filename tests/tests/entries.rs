@@ -122,9 +122,10 @@ async fn every_process_sees_the_same_etag_and_creation_time() {
     let etag = written.etag().expect("a Redis tier always gives an ETag");
     assert_eq!(Some(etag), codec::payload_etag(&card(7, 0)));
 
-    // Another process's cache over the same Redis entry: a fresh local tier, same name and
-    // version, so the value comes from Redis with the writer's validators.
+    // Another process's cache over the same Redis entry: a fresh local tier, same name, key
+    // template and version, so the value comes from Redis with the writer's validators.
     let other: Cache<Card> = Cache::builder(redis_card_cache().name())
+        .key_space("rcard:<id>")
         .tier(Tier::LocalRedis)
         .ttl(std::time::Duration::from_secs(60))
         .build();

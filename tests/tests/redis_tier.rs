@@ -492,8 +492,7 @@ async fn tag_invalidation_reaches_both_tiers_of_tagged_entries_only() {
     assert_eq!(TAGGED_RUNS.load(SeqCst), 4);
     // The tag's token was deleted by the invalidation and recreated, at random, by the miss
     // of (2, 7): never a counter that could come back to an old value.
-    let token_key =
-        cache_runtime::key::scope_key("t", cache_runtime::key::Scope::Tag("owner:7"));
+    let token_key = cache_runtime::key::scope_key("t", cache_runtime::key::Scope::Tag("owner:7"));
     let token: String = raw().get(&token_key).unwrap();
     assert_eq!(token.len(), 16, "{token_key} = {token}");
     assert!(token.chars().all(|c| c.is_ascii_hexdigit()));

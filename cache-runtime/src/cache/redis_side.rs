@@ -31,9 +31,9 @@ use crate::bus;
 use crate::codec::{self, DecodeError, Decoded};
 use crate::entry::Meta;
 use crate::error::CacheError;
-use crate::key::{redis_bucket, scope_key, Scope};
 #[cfg(test)]
 use crate::key::REDIS_BUCKETS;
+use crate::key::{redis_bucket, scope_key, Scope};
 use crate::pending::{Added, PendingOp};
 use crate::redis_tier::{EntryKeys, Fetched, ReadRequest, RedisTier, WriteRequest};
 use crate::runtime::runtime;

@@ -133,9 +133,15 @@ pub(super) fn fault_of(e: &RedisError) -> Fault {
 }
 
 /// Replicas the master reported (`ROLE`), for [`WaitReplicas::Auto`].
+///
+/// On one connection the count only goes down after two readings of 0 at least
+/// [`ROLE_REFRESH`] apart: a master whose replica was just promoted by a failover also reports
+/// 0 replicas until it is demoted, and writes it takes then are lost at the demotion. Waiting
+/// for 1 there makes them `Err` (retried on the new master) instead of a lost `Ok`.
 pub(super) struct Replicas {
     count: AtomicU32,
     checked: Mutex<Option<Instant>>,
+    zero_since: Mutex<Option<Instant>>,
 }
 
 /// How often `Auto` asks the master how many replicas it has.
@@ -163,6 +169,7 @@ impl Shared {
             replicas: Replicas {
                 count: AtomicU32::new(0),
                 checked: Mutex::new(None),
+                zero_since: Mutex::new(None),
             },
             state: Mutex::new(ConnState::Idle {
                 retry_at: Instant::now(),
@@ -216,21 +223,42 @@ impl Shared {
                     due
                 };
                 if due {
-                    self.refresh_replicas(conn).await;
+                    self.refresh_replicas(conn, false).await;
                 }
                 self.replicas.count.load(Ordering::Relaxed).min(1)
             }
         }
     }
 
-    /// `ROLE` → how many replicas the master reports (kept as it was on an error).
-    async fn refresh_replicas(&self, conn: &mut ConnectionManager) {
-        if let Ok(redis::Role::Primary { replicas, .. }) =
+    /// `ROLE` → how many replicas the master reports (kept as it was on an error). `fresh`:
+    /// a new connection, taken as it is; otherwise a drop to 0 needs a second reading (see
+    /// [`Replicas`]).
+    async fn refresh_replicas(&self, conn: &mut ConnectionManager, fresh: bool) {
+        let Ok(redis::Role::Primary { replicas, .. }) =
             redis::cmd("ROLE").query_async::<redis::Role>(conn).await
-        {
-            self.replicas
-                .count
-                .store(replicas.len() as u32, Ordering::Relaxed);
+        else {
+            return;
+        };
+        let n = replicas.len() as u32;
+        let mut zero_since = self
+            .replicas
+            .zero_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let lower = match (n, *zero_since) {
+            (0, _) if fresh => true,
+            (0, Some(t)) => t.elapsed() >= ROLE_REFRESH,
+            (0, None) => {
+                *zero_since = Some(Instant::now());
+                false
+            }
+            _ => true,
+        };
+        if n > 0 || fresh {
+            *zero_since = None;
+        }
+        if lower {
+            self.replicas.count.store(n, Ordering::Relaxed);
         }
     }
 
@@ -282,7 +310,7 @@ impl Shared {
             }
         };
         if self.wait == WaitReplicas::Auto {
-            self.refresh_replicas(&mut data).await;
+            self.refresh_replicas(&mut data, true).await;
             *self
                 .replicas
                 .checked

@@ -242,7 +242,11 @@ impl RedisTier {
                     .arg((*px).max(1));
             }
             for key in &scopes {
-                p.cmd("SET").arg(key).arg(ticket_text(new)).arg("NX").arg("GET");
+                p.cmd("SET")
+                    .arg(key)
+                    .arg(ticket_text(new))
+                    .arg("NX")
+                    .arg("GET");
             }
             let replies = p.query_async::<Vec<Option<Vec<u8>>>>(&mut c).await?;
             let mut tokens = replies.into_iter().map(|old| match old {
