@@ -1,7 +1,8 @@
 //! The connection state machine (`Idle { retry_at } → Connecting → Ready`), reconnects with
 //! backoff in the background, TLS clients, and how a failed operation is classified.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -157,6 +158,25 @@ pub(super) struct Shared {
     pub(super) replicas: Replicas,
     pub(super) state: Mutex<ConnState>,
     pub(super) log: LogLimiter,
+    /// Bumped whenever the main connections are (re)opened or lost: connections of callers'
+    /// runtimes opened under an older epoch are dropped (they may point at an old master).
+    epoch: AtomicU64,
+    /// The client of the current master (resolved by the last successful open).
+    client: Mutex<Option<redis::Client>>,
+    /// Connections driven by callers' runtimes: (runtime, epoch, `None` while opening).
+    runtimes: Mutex<Vec<(tokio::runtime::Id, u64, Option<Conns>)>>,
+    /// The Redis thread's own runtime, which uses the main connections.
+    pub(super) home: std::sync::OnceLock<tokio::runtime::Id>,
+}
+
+/// Callers' runtimes with a connection of their own, at most (the oldest is dropped first;
+/// a runtime that ended leaves an entry behind until then).
+const MAX_RUNTIMES: usize = 16;
+
+thread_local! {
+    /// This thread's last connection of a caller's runtime: (shared state, runtime, epoch).
+    static CALLER_CONNS: RefCell<Option<(usize, tokio::runtime::Id, u64, Conns)>> =
+        const { RefCell::new(None) };
 }
 
 impl Shared {
@@ -177,6 +197,79 @@ impl Shared {
                 last_error: String::new(),
             }),
             log: LogLimiter::default(),
+            epoch: AtomicU64::new(0),
+            client: Mutex::new(None),
+            runtimes: Mutex::new(Vec::new()),
+            home: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Connections for an async caller, driven by the caller's own Tokio runtime (so a
+    /// request and its reply do not cross to the Redis thread and back: docs/PROTOCOL.md
+    /// §11). Opened in the background on the runtime's first call, which meanwhile uses the
+    /// main connections, as does the Redis thread itself. `None`: not on a Tokio runtime, or
+    /// the main connections are not up (the caller then goes through the Redis thread).
+    pub(super) fn caller_conns(self: &Arc<Self>) -> Option<Conns> {
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        let id = handle.id();
+        if self.home.get() == Some(&id) {
+            return self.ready();
+        }
+        let me = Arc::as_ptr(self) as usize;
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let cached = CALLER_CONNS.with(|c| match &*c.borrow() {
+            Some((who, rt, e, conns)) if *who == me && *rt == id && *e == epoch => {
+                Some(conns.clone())
+            }
+            _ => None,
+        });
+        if cached.is_some() {
+            return cached;
+        }
+        let main = self.ready()?;
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let mut runtimes = self.runtimes.lock().unwrap_or_else(|p| p.into_inner());
+        runtimes.retain(|(_, e, _)| *e == epoch);
+        match runtimes.iter().find(|(rt, ..)| *rt == id) {
+            Some((_, _, Some(conns))) => {
+                let conns = conns.clone();
+                CALLER_CONNS.with(|c| *c.borrow_mut() = Some((me, id, epoch, conns.clone())));
+                Some(conns)
+            }
+            Some((_, _, None)) => Some(main),
+            None => {
+                let client = self
+                    .client
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                let Some(client) = client else {
+                    return Some(main);
+                };
+                if runtimes.len() >= MAX_RUNTIMES {
+                    runtimes.remove(0);
+                }
+                runtimes.push((id, epoch, None));
+                let shared = self.clone();
+                handle.spawn(async move {
+                    let opened =
+                        tokio::time::timeout(shared.connect_timeout, shared.open_managers(client))
+                            .await;
+                    let mut runtimes = shared.runtimes.lock().unwrap_or_else(|p| p.into_inner());
+                    let slot = runtimes
+                        .iter()
+                        .position(|(rt, e, _)| *rt == id && *e == epoch);
+                    match (opened, slot) {
+                        (Ok(Ok(conns)), Some(i)) => runtimes[i].2 = Some(conns),
+                        // Failed: the next call of this runtime tries again.
+                        (_, Some(i)) => {
+                            runtimes.remove(i);
+                        }
+                        (_, None) => {}
+                    }
+                });
+                Some(main)
+            }
         }
     }
 
@@ -291,16 +384,15 @@ impl Shared {
         }
     }
 
-    async fn open(&self) -> redis::RedisResult<Conns> {
+    /// The data and write connections to `client`, driven by the current runtime.
+    async fn open_managers(&self, client: redis::Client) -> redis::RedisResult<Conns> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.op_timeout))
             .set_number_of_retries(2)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(500));
-        // Resolved again on every connect: after a failover the sentinels name the new master.
-        let client = self.target.client().await?;
-        let mut data = ConnectionManager::new_with_config(client.clone(), config.clone()).await?;
+        let data = ConnectionManager::new_with_config(client.clone(), config.clone()).await?;
         let write = match self.wait {
             WaitReplicas::Off => data.clone(),
             _ => {
@@ -309,6 +401,14 @@ impl Shared {
                 ConnectionManager::new_with_config(client, config).await?
             }
         };
+        Ok(Conns { data, write })
+    }
+
+    async fn open(&self) -> redis::RedisResult<Conns> {
+        // Resolved again on every connect: after a failover the sentinels name the new master.
+        let client = self.target.client().await?;
+        let Conns { mut data, write } = self.open_managers(client.clone()).await?;
+        *self.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(client);
         if self.wait == WaitReplicas::Auto {
             self.refresh_replicas(&mut data, true).await;
             *self
@@ -327,6 +427,7 @@ impl Shared {
                 if failures > 0 {
                     tracing::info!("connected to redis");
                 }
+                self.epoch.fetch_add(1, Ordering::AcqRel);
                 ConnState::Ready(conns)
             }
             Ok(Err(e)) => self.failed(failures, redact(&e.to_string())),
@@ -342,6 +443,7 @@ impl Shared {
     fn connection_lost(&self, error: &CacheError) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if matches!(*state, ConnState::Ready(_)) {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
             *state = self.failed(0, error.to_string());
         }
     }

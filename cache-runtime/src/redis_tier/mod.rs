@@ -1,9 +1,10 @@
 //! The shared tier: one reconnecting, multiplexed Redis connection per process.
 //!
-//! All Redis I/O runs on a small dedicated Tokio runtime (one thread) owned by the cache
-//! runtime. Callers, async ones on any executor and blocking ones alike, submit an operation
-//! and await its result, so the connection never depends on the lifetime of a caller's
-//! runtime, and a plain `fn` can use Redis without nesting runtimes. Every operation is
+//! Connecting, reconnects, the bus and retries run on a small dedicated Tokio runtime (one
+//! thread) owned by the cache runtime; blocking callers (and async callers outside Tokio)
+//! submit their operations there, so a plain `fn` can use Redis without nesting runtimes.
+//! Async callers on a Tokio runtime use connections driven by their own runtime (one set
+//! per runtime, opened on its first call), so a request and its reply never cross threads. Every operation is
 //! bounded by `Config::redis_timeout`, connection included; connecting happens in the
 //! background with exponential backoff, so a down Redis costs callers at most one timeout
 //! (usually nothing: during backoff operations fail immediately).
@@ -81,9 +82,11 @@ impl RedisTier {
         let handle = rx
             .recv()
             .expect("cache-runtime: the Redis I/O thread died at start");
+        let shared = Arc::new(Shared::new(target, config));
+        let _ = shared.home.set(handle.id());
         Ok(Self {
             handle,
-            shared: Arc::new(Shared::new(target, config)),
+            shared,
             scripts: Arc::new(Scripts::new()),
             breaker: Arc::new(Breaker::new(
                 config.breaker_threshold,
@@ -126,15 +129,14 @@ impl RedisTier {
         if !self.breaker.allow() {
             return Err(CacheError::CircuitOpen);
         }
-        // Fast path: an async caller on a Tokio runtime, with the connection up, talks to the
-        // multiplexed connection directly: no hop through the Redis thread, no extra timer
-        // (the connection's response timeout is the operation timeout). The connection's
-        // driver and reconnects stay on the Redis thread, whatever runtime the caller uses.
-        if tokio::runtime::Handle::try_current().is_ok() {
-            if let Some(conns) = self.shared.ready() {
-                let res = run_op(&self.shared, conns, confirm, op).await;
-                return self.settle(res);
-            }
+        // Fast path: an async caller on a Tokio runtime, with the connection up, talks to a
+        // multiplexed connection driven by its own runtime (opened on the runtime's first
+        // call): no hop through the Redis thread, no extra timer (the connection's response
+        // timeout is the operation timeout). Connecting, reconnects and blocking callers stay
+        // on the Redis thread.
+        if let Some(conns) = self.shared.caller_conns() {
+            let res = run_op(&self.shared, conns, confirm, op).await;
+            return self.settle(res);
         }
         // Otherwise (a blocking caller, or the connection still coming up): on the Redis
         // thread, bounded by the operation timeout, connecting included.
