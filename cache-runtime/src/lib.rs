@@ -89,7 +89,7 @@ pub use cache::{
 };
 pub use config::{Config, ConfigBuilder, WaitReplicas};
 pub use entry::{ETag, Entry, Meta, Source};
-pub use error::{CacheError, InitError};
+pub use error::{CacheError, ErrorSource, InitError};
 pub use observe::{Mode, ObserveReport, Verdict};
 pub use runtime::{config, health_check, init, redis_enabled, redis_status, RedisStatus};
 pub use shape::{OkOnly, Plain, Sharing, SomeOnly, SomeOrNone};
