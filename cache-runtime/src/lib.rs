@@ -33,8 +33,10 @@
 //! | `http` | no | [`http`]: Cache-Control, ETags, conditional requests |
 //! | `axum` | no | the axum extractor of [`http`] (implies `http`) |
 //! | `edge` | no | the HTTP purgers of [`edge`] (the queue and the `Purger` trait are always there) |
+//! | `metrics` | yes | counters, gauges and histograms through the `metrics` facade (without it they compile away; [`Stats`] is always there) |
 //!
-//! `default-features = false` is a local-only cache: no redis, rustls or hyper in the build.
+//! `default-features = false` is a local-only cache: no redis, rustls, hyper or metrics in the
+//! build.
 //!
 //! ---
 //!
@@ -61,6 +63,7 @@ pub mod http;
 pub mod key;
 mod local;
 mod log_limit;
+mod metrics_shim;
 mod observe;
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 mod pending;
@@ -80,6 +83,15 @@ mod tier;
 
 #[doc(hidden)]
 pub mod __private;
+
+// Without the `metrics` feature, `metrics::counter!` / `metrics::gauge!` in a module that
+// names the crate (rather than `use crate::metrics_shim as metrics`) resolve to the no-op
+// shim: `metrics` is this crate, whose root re-exports them (see `metrics_shim`).
+#[cfg(not(feature = "metrics"))]
+extern crate self as metrics;
+#[cfg(not(feature = "metrics"))]
+#[allow(unused_imports)]
+use metrics_shim::{counter, gauge};
 
 pub use breaker::BreakerState;
 pub use bus::{bus_status, recent_propagation_delays_us, BusStatus};

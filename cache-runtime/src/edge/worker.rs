@@ -30,6 +30,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 
 use super::{EdgeStats, PurgeBatch, PurgeError, Purger, PurgerHealth, Settings};
 use crate::log_limit::LogLimiter;
+use crate::metrics_shim as metrics;
 
 /// One thing to purge.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
