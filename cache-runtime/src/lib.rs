@@ -108,7 +108,9 @@ pub use shape::{OkOnly, Plain, Sharing, SomeOnly, SomeOrNone};
 pub use stats::{caches, CacheInfo, Stats};
 pub use tier::{Key, Tier};
 
-/// Caches a function. See the crate README for every option and generated item.
+/// Caches a function. Its full reference (every option, generated item, supported signature
+/// and forwarded attribute, with examples) is the documentation of
+/// [`cache_macros::cached`](macro@cache_macros::cached), shown below.
 ///
 /// ```
 /// use cache_runtime::cached;
