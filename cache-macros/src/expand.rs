@@ -257,6 +257,13 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     .map(|t| fwd.for_target(t));
 
     let p_wrapper = prologue(name);
+    // With `in_trait` the wrapper is also the body: it takes the attributes of both (a
+    // `#[tracing::instrument]` below `#[cached]` then traces every call, hits included).
+    let at_wrapper = if in_trait {
+        fwd.for_targets(&[Target::Wrapper, Target::Uncached])
+    } else {
+        at_wrapper
+    };
     let wrapper = quote! {
         #at_wrapper
         #vis #asyncness fn #name #generics (#wrapper_inputs) -> #ret #where_clause {

@@ -200,7 +200,10 @@ use proc_macro::TokenStream;
 /// A trait impl may contain only the trait's items, and an attribute cannot see the `impl`
 /// around it. So in a trait impl write `in_trait`: the method is generated alone, carrying its
 /// body (no `NAME_uncached`, `NAME_entry`, `invalidate_NAME`, `populate_NAME`,
-/// `lookup_NAME`, `refresh_NAME` or `NAME_cache`). Each implementing type (and each
+/// `lookup_NAME`, `refresh_NAME` or `NAME_cache`), and takes the attributes of both `NAME`
+/// and `NAME_uncached` (see [Attributes](#attributes); `#[expect]` is checked there, and an
+/// attribute macro such as `#[tracing::instrument]` wraps every call, hits included). Each
+/// implementing type (and each
 /// instantiation of a generic one) has its own cache, named `<my_app::Pg as my_app::Repo>::load`;
 /// a template key starts with that path, as for a generic instantiation, so implementors never
 /// share an entry. A trait's default method takes `in_trait` too and gets one cache per
