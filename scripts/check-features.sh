@@ -5,8 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 sets=(
-    "--no-default-features"                     # local only: no redis, rustls, hyper
-    ""                                          # default: redis
+    "--no-default-features"                     # local only: no redis, rustls, hyper, metrics
+    "--no-default-features --features metrics"  # local only, with metrics
+    "--no-default-features --features redis"    # redis without metrics (the shim's no-ops)
+    ""                                          # default: redis, metrics
     "--features tls"                            # rediss://
     "--no-default-features --features http"
     "--no-default-features --features axum"

@@ -60,8 +60,10 @@ pub fn our_key(id: u64) -> String {
     format!("user:profile:{id}")
 }
 
-/// Hand-written Redis contenders' key: the same length and shape as our Redis key
-/// (`cb:w1:v1:user:profile:1000042`) under another first segment.
+/// Hand-written Redis contenders' key: `hw:w1:v1:user:profile:1000042` (29 bytes). Ours has
+/// the `{prefix:bucket}:v2:<schema>:<key>` shape of `cache_runtime::key::redis_keys`, e.g.
+/// `{cb:517}:v2:1:user:profile:1000042` (32 to 35 bytes with `KEY_PREFIX`, by bucket): a
+/// few bytes longer, the hash tag and wire version that the hand-written code does without.
 pub fn hand_key(id: u64) -> String {
     format!("hw:w1:v1:user:profile:{id}")
 }

@@ -45,14 +45,17 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     let value_ty = &a.value_ty;
     let asyncness = &f.sig.asyncness;
     let is_method = a.receiver.is_some();
-    // A function without `self` carries its body (see the module docs), so its parameters
-    // keep their `mut`; a method passes them on to `self.NAME_uncached(..)`, so they lose it
-    // (else `unused_mut`).
+    // `in_trait`: the function alone (a trait impl may hold only the trait's items), so it
+    // carries its body, as a function without `self` does.
+    let in_trait = opts.in_trait.is_some();
+    let carries_body = !is_method || in_trait;
+    // A function that carries its body (see the module docs) keeps its parameters' `mut`; a
+    // method passes them on to `self.NAME_uncached(..)`, so they lose it (else `unused_mut`).
     let inputs = &f.sig.inputs;
-    let wrapper_inputs = if is_method {
-        without_mut(inputs)
-    } else {
+    let wrapper_inputs = if carries_body {
         inputs.clone()
+    } else {
+        without_mut(inputs)
     };
 
     let uncached = format_ident!("{}_uncached", name);
@@ -124,11 +127,11 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     let call_args: Vec<&Ident> = a.params.iter().map(|p| &p.ident).collect();
     let body = &f.block;
     // The body as a closure (blocking) or a future (async).
-    let (body_closure, body_future) = if is_method {
+    let (body_closure, body_future) = if carries_body {
+        (quote!(move || -> #ret #body), quote!(async move #body))
+    } else {
         let call = quote!(self.#uncached(#(#call_args),*));
         (quote!(move || #call), call)
-    } else {
-        (quote!(move || -> #ret #body), quote!(async move #body))
     };
     let key_params: Vec<TokenStream> = plan
         .key_params
@@ -254,6 +257,31 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     .map(|t| fwd.for_target(t));
 
     let p_wrapper = prologue(name);
+    // With `in_trait` the wrapper is also the body: it takes the attributes of both (a
+    // `#[tracing::instrument]` below `#[cached]` then traces every call, hits included).
+    let at_wrapper = if in_trait {
+        fwd.for_targets(&[Target::Wrapper, Target::Uncached])
+    } else {
+        at_wrapper
+    };
+    let wrapper = quote! {
+        #at_wrapper
+        #vis #asyncness fn #name #generics (#wrapper_inputs) -> #ret #where_clause {
+            #p_wrapper
+            #cache.#get_or_load #aw
+        }
+    };
+    if in_trait {
+        return Ok(wrapper);
+    }
+    // A trait impl may hold only the trait's items, and an attribute cannot see whether it
+    // is in one: there every generated item below is an error (E0407). This one comes first
+    // and its name is the explanation. Everywhere else it is an unused private constant.
+    let hint = format_ident!(
+        "__{}_in_a_trait_impl_needs_the_in_trait_option",
+        name.unraw(),
+        span = name.span()
+    );
     let p_entry = prologue(&entry);
     let p_invalidate = prologue(&invalidate);
     let p_populate = prologue(&populate);
@@ -262,11 +290,12 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     let get_accessor = get_instance(&accessor);
 
     Ok(quote! {
-        #at_wrapper
-        #vis #asyncness fn #name #generics (#wrapper_inputs) -> #ret #where_clause {
-            #p_wrapper
-            #cache.#get_or_load #aw
-        }
+        #[doc(hidden)]
+        #[allow(dead_code, non_upper_case_globals)]
+        #at_accessor
+        const #hint: () = ();
+
+        #wrapper
 
         #[doc = #doc_uncached]
         // A function without `self` carries its body, so this may be unused.

@@ -106,14 +106,22 @@ impl Forwarded {
 
     /// The attributes of one generated function.
     pub fn for_target(&self, t: Target) -> TokenStream {
+        self.for_targets(&[t])
+    }
+
+    /// The attributes of one generated function that plays several parts (with `in_trait`,
+    /// the wrapper is also the original body), each attribute once.
+    pub fn for_targets(&self, ts: &[Target]) -> TokenStream {
+        let mask = ts.iter().fold(0, |m, &t| m | bit(t));
+        let has_body = ts.contains(&Target::Uncached);
         let mut out = TokenStream::new();
-        for r in self.rules.iter().filter(|r| r.mask & bit(t) != 0) {
-            let meta = match (&r.meta, t) {
-                (Meta::List(l), t) if l.path.is_ident("expect") && t != Target::Uncached => {
+        for r in self.rules.iter().filter(|r| r.mask & mask != 0) {
+            let meta = match &r.meta {
+                Meta::List(l) if l.path.is_ident("expect") && !has_body => {
                     let tokens = &l.tokens;
                     quote!(allow(#tokens))
                 }
-                (m, _) => quote!(#m),
+                m => quote!(#m),
             };
             out.extend(match &r.cfg {
                 Some(cfg) => quote!(#[cfg_attr(#cfg, #meta)]),
@@ -122,7 +130,7 @@ impl Forwarded {
         }
         // The generated functions call or contain the deprecated function; its callers are
         // warned, the definition is not (`NAME_uncached`, the user's own code, keeps the lint).
-        if self.deprecated && t != Target::Uncached {
+        if self.deprecated && !has_body {
             out.extend(quote!(#[allow(deprecated)]));
         }
         out

@@ -65,6 +65,7 @@ use proc_macro::TokenStream;
 /// | `jitter` | fraction in (0, 0.5] | none | Spread each entry's TTL by ± this fraction. |
 /// | `mode` | `"normal"`, `"observe"`, `"bypass"` | `"normal"` | The starting mode (switch at run time with `NAME_cache().set_mode(..)`). |
 /// | `crate` | path string: `"my_app::cache"` | `"::cache_runtime"` | Where the generated code finds the runtime, for a crate that renames or re-exports it (as serde's `#[serde(crate = "...")]`). |
+/// | `in_trait` | `true`/`false`, or bare `in_trait` | `false` | A method of a trait impl, or a trait's default method: generate the function alone, without companions. See [Trait impls](#trait-impls). Not with `purge` or `etag`. |
 ///
 /// # Generated items
 ///
@@ -148,7 +149,8 @@ use proc_macro::TokenStream;
 /// # Signatures
 ///
 /// Cached: `fn` and `async fn`; free functions, `&self` methods and associated functions
-/// without `self` in inherent `impl` blocks; lifetime, type and const parameters and `where`
+/// without `self` in inherent `impl` blocks, and in trait impls with `in_trait` (see
+/// [Trait impls](#trait-impls)); lifetime, type and const parameters and `where`
 /// clauses; generic `impl` blocks; `mut` parameters; raw identifiers.
 ///
 /// **Generic functions and generic `impl`s get one cache per instantiation**: `Typed::<u8>`
@@ -193,9 +195,54 @@ use proc_macro::TokenStream;
 /// types, returning `()` or a reference, `const`, `unsafe` and `extern` functions, and
 /// parameter patterns (`(a, b): (u8, u8)`, `_`: name the parameter and `skip` it).
 ///
-/// **Methods of trait impls** cannot be cached: the companions (`invalidate_NAME`, ...) cannot
-/// be members of the trait, and rustc reports each of them (`E0407 method ... is not a member
-/// of trait`). Cache an inherent or free function and call it from the trait method:
+/// # Trait impls
+///
+/// A trait impl may contain only the trait's items, and an attribute cannot see the `impl`
+/// around it. So in a trait impl write `in_trait`: the method is generated alone, carrying its
+/// body (no `NAME_uncached`, `NAME_entry`, `invalidate_NAME`, `populate_NAME`,
+/// `lookup_NAME`, `refresh_NAME` or `NAME_cache`), and takes the attributes of both `NAME`
+/// and `NAME_uncached` (see [Attributes](#attributes); `#[expect]` is checked there, and an
+/// attribute macro such as `#[tracing::instrument]` wraps every call, hits included). Each
+/// implementing type (and each
+/// instantiation of a generic one) has its own cache, named `<my_app::Pg as my_app::Repo>::load`;
+/// a template key starts with that path, as for a generic instantiation, so implementors never
+/// share an entry. A trait's default method takes `in_trait` too and gets one cache per
+/// implementing type. Invalidate through `tags` and `cache_runtime::invalidate_tag`; for the
+/// companions, cache an inherent or free function and call it from the trait method.
+///
+/// ```
+/// use cache_runtime::cached;
+///
+/// trait Repo {
+///     fn load(&self, id: u64) -> Option<String>;
+///     async fn fetch(&self, id: u64) -> Result<u64, String>;
+/// }
+///
+/// struct Pg { tenant: u64 }
+///
+/// impl Repo for Pg {
+///     #[cached(ttl = 60, in_trait, key = "user:<self.tenant>:<id>", tags = ["user:<id>"])]
+///     fn load(&self, id: u64) -> Option<String> {
+///         Some(format!("user {id} of tenant {}", self.tenant))
+///     }
+///
+///     #[cached(ttl = 60, in_trait, skip(self))]
+///     async fn fetch(&self, id: u64) -> Result<u64, String> {
+///         Ok(id * 2)
+///     }
+/// }
+///
+/// let pg = Pg { tenant: 7 };
+/// assert_eq!(pg.load(1).as_deref(), Some("user 1 of tenant 7"));
+/// cache_runtime::invalidate_tag_blocking("user:1").unwrap(); // drops it in every tier
+/// assert_eq!(pollster::block_on(pg.fetch(2)), Ok(4));
+/// ```
+///
+/// Without `in_trait`, rustc reports every companion as not a member of the trait (`E0407`);
+/// the first error, ``const `__NAME_in_a_trait_impl_needs_the_in_trait_option` is not a member
+/// of trait``, names the fix. `#[async_trait]` turns an `async fn` into a boxed future before
+/// `#[cached]` sees it: with it, cache an inherent `async fn` and call it from the trait method
+/// (native `async fn` in traits needs nothing more).
 ///
 /// ```
 /// use cache_runtime::cached;
@@ -213,8 +260,10 @@ use proc_macro::TokenStream;
 /// }
 ///
 /// assert_eq!(Repo.load(2), 4);
-/// assert_eq!(Repo.lookup_load_cached(2), Some(4));
+/// assert_eq!(Repo.lookup_load_cached(2), Some(4)); // the companions, from the inherent fn
 /// ```
+///
+/// # How the generated functions find their cache
 ///
 /// A function without `self` may be a free function or an associated one, and no path names
 /// it in both places; so the generated functions never call each other by path: each finds

@@ -50,6 +50,9 @@ pub struct Options {
     pub refresh_ahead: Option<syn::LitFloat>,
     /// `crate = "path"`: the path of the runtime crate (default `::cache_runtime`).
     pub krate: syn::Path,
+    /// `in_trait`: a method of a trait impl (or a trait's default method): the function
+    /// alone, no companions. With the flag's span.
+    pub in_trait: Option<Span>,
 }
 
 /// The fail-safe options, in milliseconds.
@@ -114,6 +117,7 @@ options! {
     soft_timeout: Lit = "soft_timeout" by value, DURATION;
     refresh_ahead: syn::LitFloat = "refresh_ahead" by value, "a fraction of the TTL, e.g. `0.8`";
     krate: LitStr = "crate" by value, "a string naming the runtime crate's path, e.g. `crate = \"my_app::cache\"`";
+    in_trait: LitBool = "in_trait" by flag, BOOL;
 }
 
 pub fn parse(attr: TokenStream) -> syn::Result<Options> {
@@ -482,7 +486,25 @@ impl Raw {
                 )
             })?,
         };
+        let in_trait = self.in_trait.as_ref().filter(|b| b.value).map(|b| b.span());
+        if in_trait.is_some() {
+            if let Some(p) = self.purge.as_ref().and_then(|p| p.first()) {
+                return Err(Error::new(
+                    p.span(),
+                    "`purge` paths are purged by `invalidate_NAME`, `populate_NAME` and `refresh_NAME`, \
+                     which `in_trait` does not generate; purge through `cache_runtime::edge` instead",
+                ));
+            }
+            if let Some(e) = self.etag.as_ref().filter(|b| b.value) {
+                return Err(Error::new(
+                    e.span(),
+                    "`etag` is read through `NAME_entry`, which `in_trait` does not generate; cache an \
+                     inherent or free function and call its `NAME_entry` from the trait method",
+                ));
+            }
+        }
         Ok(Options {
+            in_trait,
             krate,
             soft_timeout,
             refresh_ahead: self.refresh_ahead,

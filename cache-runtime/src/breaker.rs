@@ -5,6 +5,8 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::metrics_shim as metrics;
+
 /// The breaker's state, as reported by [`redis_status`](crate::redis_status).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {

@@ -33,8 +33,10 @@
 //! | `http` | no | [`http`]: Cache-Control, ETags, conditional requests |
 //! | `axum` | no | the axum extractor of [`http`] (implies `http`) |
 //! | `edge` | no | the HTTP purgers of [`edge`] (the queue and the `Purger` trait are always there) |
+//! | `metrics` | yes | counters, gauges and histograms through the `metrics` facade (without it they compile away; [`Stats`] is always there) |
 //!
-//! `default-features = false` is a local-only cache: no redis, rustls or hyper in the build.
+//! `default-features = false` is a local-only cache: no redis, rustls, hyper or metrics in the
+//! build.
 //!
 //! ---
 //!
@@ -61,6 +63,7 @@ pub mod http;
 pub mod key;
 mod local;
 mod log_limit;
+mod metrics_shim;
 mod observe;
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 mod pending;
@@ -81,6 +84,15 @@ mod tier;
 #[doc(hidden)]
 pub mod __private;
 
+// Without the `metrics` feature, `metrics::counter!` / `metrics::gauge!` in a module that
+// names the crate (rather than `use crate::metrics_shim as metrics`) resolve to the no-op
+// shim: `metrics` is this crate, whose root re-exports them (see `metrics_shim`).
+#[cfg(not(feature = "metrics"))]
+extern crate self as metrics;
+#[cfg(not(feature = "metrics"))]
+#[allow(unused_imports)]
+use metrics_shim::{counter, gauge};
+
 pub use breaker::BreakerState;
 pub use bus::{bus_status, recent_propagation_delays_us, BusStatus, BUS_WINDOW};
 pub use cache::{
@@ -89,14 +101,16 @@ pub use cache::{
 };
 pub use config::{Config, ConfigBuilder, WaitReplicas};
 pub use entry::{ETag, Entry, Meta, Source};
-pub use error::{CacheError, InitError};
+pub use error::{CacheError, ErrorSource, InitError};
 pub use observe::{Mode, ObserveReport, Verdict};
 pub use runtime::{config, health_check, init, redis_enabled, redis_status, RedisStatus};
 pub use shape::{OkOnly, Plain, Sharing, SomeOnly, SomeOrNone};
 pub use stats::{caches, CacheInfo, Stats};
 pub use tier::{Key, Tier};
 
-/// Caches a function. See the crate README for every option and generated item.
+/// Caches a function. Its full reference (every option, generated item, supported signature
+/// and forwarded attribute, with examples) is the documentation of
+/// [`cache_macros::cached`](macro@cache_macros::cached), shown below.
 ///
 /// ```
 /// use cache_runtime::cached;

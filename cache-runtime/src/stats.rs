@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::metrics_shim as metrics;
 use crate::tier::Tier;
 
 /// One counter: a relaxed atomic for [`Stats`], mirrored to a `metrics` counter handle

@@ -1,6 +1,6 @@
 //! The trybuild pass cases of the signatures a codebase has (generic impls, attributes,
-//! `mut` parameters, associated functions, raw identifiers, `crate = "..."`), also built as
-//! an integration test of this crate: so they run here, and
+//! `mut` parameters, associated functions, raw identifiers, `crate = "..."`, trait impls),
+//! also built as an integration test of this crate: so they run here, and
 //! `cargo clippy --workspace --all-targets -- -D warnings` lints their expansion as a user
 //! crate's code.
 
@@ -16,6 +16,8 @@ mod generic_impls;
 mod mut_params;
 #[path = "ui/pass/raw_idents.rs"]
 mod raw_idents;
+#[path = "ui/pass/trait_impls.rs"]
+mod trait_impls;
 
 #[test]
 fn associated_functions() {
@@ -45,4 +47,9 @@ fn mut_parameters() {
 #[test]
 fn raw_identifiers() {
     raw_idents::main();
+}
+
+#[test]
+fn trait_impl_methods() {
+    trait_impls::main();
 }

@@ -672,7 +672,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             ttl,
             stamps,
         )
-        .map_err(CacheError::Encode)?;
+        .map_err(|e| CacheError::Encode(e.into()))?;
         if bytes.len() > self.max_value_bytes {
             return Err(CacheError::TooLarge {
                 size: bytes.len(),

@@ -30,6 +30,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 
 use super::{EdgeStats, PurgeBatch, PurgeError, Purger, PurgerHealth, Settings};
 use crate::log_limit::LogLimiter;
+use crate::metrics_shim as metrics;
 
 /// One thing to purge.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -434,10 +435,11 @@ async fn next_batch(shared: &Shared) -> Option<(u64, Vec<Taken>, PurgeBatch)> {
         // above and this await is not lost.
         match next_due {
             Some(due) => {
-                tokio::select! {
-                    _ = shared.wake.notified() => {}
-                    _ = tokio::time::sleep_until(due.into()) => {}
-                }
+                // Whichever comes first (no `tokio::select!`: tokio's `macros` feature is
+                // not in the local-only build).
+                let woken = std::pin::pin!(shared.wake.notified());
+                let due = std::pin::pin!(tokio::time::sleep_until(due.into()));
+                futures_util::future::select(woken, due).await;
             }
             None => shared.wake.notified().await,
         }

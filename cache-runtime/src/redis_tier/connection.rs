@@ -288,8 +288,12 @@ impl Shared {
         let fault = fault_of(&e);
         let err = match fault {
             Fault::Timeout => CacheError::Timeout(self.op_timeout),
-            Fault::Lost => CacheError::Unavailable(redact(&e.to_string())),
-            Fault::Refused | Fault::Answered => CacheError::Redis(redact(&e.to_string())),
+            Fault::Lost => {
+                CacheError::Unavailable(crate::ErrorSource::with_message(redact(&e.to_string()), e))
+            }
+            Fault::Refused | Fault::Answered => {
+                CacheError::Redis(crate::ErrorSource::with_message(redact(&e.to_string()), e))
+            }
         };
         if fault == Fault::Lost {
             self.connection_lost(&err);
@@ -369,7 +373,7 @@ impl Shared {
                         last_error,
                         ..
                     } if *retry_at > Instant::now() => {
-                        return Err(CacheError::Unavailable(last_error.clone()));
+                        return Err(CacheError::Unavailable(last_error.clone().into()));
                     }
                     ConnState::Idle { failures, .. } => {
                         let failures = *failures;

@@ -160,7 +160,10 @@ impl RedisTier {
         ));
         let res = task.await.unwrap_or_else(|e| {
             (
-                Err(CacheError::Unavailable(format!("redis task failed: {e}"))),
+                Err(CacheError::Unavailable(crate::ErrorSource::with_message(
+                    format!("redis task failed: {e}"),
+                    e,
+                ))),
                 Fault::Lost,
             )
         });
@@ -532,7 +535,9 @@ impl RedisTier {
     pub(crate) async fn health_check(&self, prefix: &str, channel: &str) -> Result<(), CacheError> {
         let step = |name: &'static str| {
             move |e: CacheError| match e {
-                CacheError::Redis(msg) => CacheError::Redis(health_message(name, &msg)),
+                CacheError::Redis(msg) => {
+                    CacheError::Redis(msg.map_message(|m| health_message(name, m)))
+                }
                 other => other,
             }
         };
@@ -545,7 +550,7 @@ impl RedisTier {
                     .unwrap_or_else(|_| Err(CacheError::Timeout(shared.connect_timeout)))
             })
             .await
-            .unwrap_or_else(|e| Err(CacheError::Unavailable(e.to_string())))?;
+            .unwrap_or_else(|e| Err(CacheError::Unavailable(crate::ErrorSource::new(e))))?;
         let run = |conn: ConnectionManager, cmd: redis::Cmd, name: &'static str| {
             let shared = self.shared.clone();
             async move {
@@ -673,15 +678,15 @@ impl RedisTier {
                 };
                 match tokio::time::timeout(timeout, sub).await {
                     Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(CacheError::Redis(health_message(
-                        "SUBSCRIBE",
-                        &redact(&e.to_string()),
+                    Ok(Err(e)) => Err(CacheError::Redis(crate::ErrorSource::with_message(
+                        health_message("SUBSCRIBE", &redact(&e.to_string())),
+                        e,
                     ))),
                     Err(_) => Err(CacheError::Timeout(timeout)),
                 }
             })
             .await
-            .unwrap_or_else(|e| Err(CacheError::Unavailable(e.to_string())))
+            .unwrap_or_else(|e| Err(CacheError::Unavailable(crate::ErrorSource::new(e))))
     }
 }
 
@@ -773,10 +778,10 @@ where
         Ok(acked) => {
             counters::unconfirmed();
             (
-                Err(CacheError::Unavailable(format!(
+                Err(CacheError::Unavailable(crate::ErrorSource::from(format!(
                     "write not confirmed: {acked} of {wanted} replica(s) acknowledged it \
                      within {wait_ms} ms (WAIT)"
-                ))),
+                )))),
                 Fault::Refused,
             )
         }

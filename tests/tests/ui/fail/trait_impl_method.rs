@@ -6,8 +6,8 @@ trait Load {
 
 struct Repo;
 
-// The companions (`invalidate_load`, ...) cannot be members of the trait. Cache an inherent
-// or free function and call it from the trait method instead.
+// Without `in_trait`, the companions (`invalidate_load`, ...) are generated too, and they
+// cannot be members of the trait. The first error names the fix.
 impl Load for Repo {
     #[cached(ttl = 60, skip(self))]
     fn load(&self, id: u64) -> u64 {
