@@ -38,6 +38,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 
 use crate::clock;
+use crate::metrics_shim as metrics;
 
 /// Version of the message format; part of the channel name.
 pub const BUS_VERSION: u32 = 1;

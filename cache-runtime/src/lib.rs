@@ -84,15 +84,6 @@ mod tier;
 #[doc(hidden)]
 pub mod __private;
 
-// Without the `metrics` feature, `metrics::counter!` / `metrics::gauge!` in a module that
-// names the crate (rather than `use crate::metrics_shim as metrics`) resolve to the no-op
-// shim: `metrics` is this crate, whose root re-exports them (see `metrics_shim`).
-#[cfg(not(feature = "metrics"))]
-extern crate self as metrics;
-#[cfg(not(feature = "metrics"))]
-#[allow(unused_imports)]
-use metrics_shim::{counter, gauge};
-
 pub use breaker::BreakerState;
 pub use bus::{bus_status, recent_propagation_delays_us, BusStatus, BUS_WINDOW};
 pub use cache::{

@@ -2,10 +2,6 @@
 //! feature, else handles and macros of the same shape that do nothing and compile away. A
 //! module emits with `use crate::metrics_shim as metrics;` and then `metrics::counter!(..)`,
 //! `metrics::Label::new(..)`, ... exactly as with the crate, without a `cfg` of its own.
-//!
-//! Without the feature, `lib.rs` also declares `extern crate self as metrics` and re-exports
-//! [`counter!`] and [`gauge!`] at the crate root, so that a module still naming the crate
-//! (`metrics::counter!` without the `use` above) compiles in both feature sets.
 
 #[cfg(feature = "metrics")]
 pub(crate) use ::metrics::{counter, gauge, histogram, Counter, Histogram, Label};

@@ -793,6 +793,8 @@ where
 pub(crate) mod counters {
     use std::sync::atomic::{AtomicU64, Ordering};
 
+    use crate::metrics_shim as metrics;
+
     static UNCONFIRMED: AtomicU64 = AtomicU64::new(0);
 
     /// A write the replicas did not confirm in time.
