@@ -10,6 +10,11 @@
 //! hit-instructions <contender> <calls>
 //! contenders: local-ours local-hand local-cached redis-ours redis-hand redis-cached
 //! ```
+//!
+//! It also prints, on stderr, the heap allocations per hit of the measured loop (a counting
+//! global allocator: every thread of the process, so the runtime's Redis thread and the
+//! connection's driver are included): `cargo run --release -p cache-benches --bin
+//! hit-instructions -- redis-ours 20000`.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -18,6 +23,49 @@ use cache_benches::{hand_redis_get, init_local_only, our_key, profile, redis_url
 use cache_benches::{Profile, FIRST_ID};
 use cached::AsyncRedisCache;
 use redis::aio::ConnectionManager;
+
+/// Counts heap allocations (and reallocations) of every thread.
+struct CountingAlloc;
+
+static ALLOCS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { std::alloc::System.realloc(ptr, layout, size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+fn allocs() -> u64 {
+    ALLOCS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Prints the allocations per hit since `before` on stderr.
+fn report(calls: u64, before: u64) {
+    let per = (allocs() - before) as f64 / calls.max(1) as f64;
+    eprintln!("allocations per hit: {per:.1}");
+}
+
+/// Runs the measured loop, then prints its allocations per hit on stderr.
+fn measured(calls: u64, f: impl FnOnce()) {
+    let before = allocs();
+    f();
+    report(calls, before);
+}
 
 /// Distinct keys read round-robin (all warm before counting starts).
 const KEYS: u64 = 1_000;
@@ -96,16 +144,22 @@ fn main() {
         "local-ours" => {
             init_local_only();
             warm.for_each(|id| drop(local_ours(id)));
-            ids(calls).for_each(|id| drop(black_box(local_ours(black_box(id)))));
+            measured(calls, || {
+                ids(calls).for_each(|id| drop(black_box(local_ours(black_box(id)))))
+            });
         }
         "local-hand" => {
             let moka = hand_moka();
             warm.for_each(|id| drop(local_hand_get(&moka, id)));
-            ids(calls).for_each(|id| drop(black_box(local_hand_get(&moka, black_box(id)))));
+            measured(calls, || {
+                ids(calls).for_each(|id| drop(black_box(local_hand_get(&moka, black_box(id)))))
+            });
         }
         "local-cached" => {
             warm.for_each(|id| drop(local_rival(id)));
-            ids(calls).for_each(|id| drop(black_box(local_rival(black_box(id)))));
+            measured(calls, || {
+                ids(calls).for_each(|id| drop(black_box(local_rival(black_box(id)))))
+            });
         }
         "redis-ours" | "redis-hand" | "redis-cached" => {
             start_redis();
@@ -119,9 +173,11 @@ fn main() {
                         for id in warm {
                             redis_ours(id).await;
                         }
+                        let before = allocs();
                         for id in ids(calls) {
                             black_box(redis_ours(black_box(id)).await);
                         }
+                        report(calls, before);
                     }
                     "redis-hand" => {
                         let client = redis::Client::open(redis_url()).expect("redis url");
@@ -129,17 +185,21 @@ fn main() {
                         for id in warm {
                             hand_redis_get(&mut conn, id).await;
                         }
+                        let before = allocs();
                         for id in ids(calls) {
                             black_box(hand_redis_get(&mut conn, black_box(id)).await);
                         }
+                        report(calls, before);
                     }
                     _ => {
                         for id in warm {
                             redis_rival(id).await.expect("rival");
                         }
+                        let before = allocs();
                         for id in ids(calls) {
                             black_box(redis_rival(black_box(id)).await.expect("rival"));
                         }
+                        report(calls, before);
                     }
                 }
             });
