@@ -29,7 +29,7 @@ pub(crate) struct Flight<V> {
 }
 
 pub(crate) struct Flights<V> {
-    map: Mutex<HashMap<String, Arc<Flight<V>>>>,
+    map: Mutex<HashMap<Arc<str>, Arc<Flight<V>>>>,
 }
 
 pub(crate) enum Joined<'a, V> {
@@ -54,10 +54,11 @@ impl<V> Flights<V> {
             notify: Notify::new(),
             tags: tags.into(),
         });
-        map.insert(key.to_string(), flight.clone());
+        let key: Arc<str> = Arc::from(key);
+        map.insert(key.clone(), flight.clone());
         Joined::Leader(Leader {
             flights: self,
-            key: key.to_string(),
+            key,
             flight,
             done: false,
         })
@@ -82,7 +83,7 @@ impl<V> Flights<V> {
             .retain(|key, f| {
                 let carries = f.tags.iter().any(|t| t == tag);
                 if carries {
-                    detached.push(key.clone());
+                    detached.push(key.to_string());
                 }
                 !carries
             });
@@ -102,40 +103,50 @@ impl<V> Flights<V> {
 
 pub(crate) struct Leader<'a, V> {
     flights: &'a Flights<V>,
-    key: String,
+    key: Arc<str>,
     flight: Arc<Flight<V>>,
     done: bool,
 }
 
 impl<V> Leader<'_, V> {
-    pub(crate) fn finish(mut self, outcome: Outcome<V>) {
+    pub(crate) fn finish(self, outcome: Outcome<V>) {
+        self.finish_with(|| outcome);
+    }
+
+    /// Publishes the outcome `outcome()` builds, which is called only if another caller
+    /// joined this flight (on most hits nobody did, and the value is not cloned for nobody).
+    pub(crate) fn finish_with(mut self, outcome: impl FnOnce() -> Outcome<V>) {
         self.publish(outcome);
     }
 
-    fn publish(&mut self, outcome: Outcome<V>) {
+    fn publish(&mut self, outcome: impl FnOnce() -> Outcome<V>) {
         self.done = true;
-        *self
-            .flight
-            .outcome
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(outcome);
         {
             let mut map = self.flights.map.lock().unwrap_or_else(|p| p.into_inner());
             if map
-                .get(&self.key)
+                .get(&*self.key)
                 .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
             {
-                map.remove(&self.key);
+                map.remove(&*self.key);
             }
         }
-        self.flight.notify.notify_waiters();
+        // Out of the map, nobody can join any more: only the followers that joined before
+        // hold the flight besides this leader.
+        if Arc::strong_count(&self.flight) > 1 {
+            *self
+                .flight
+                .outcome
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(outcome());
+            self.flight.notify.notify_waiters();
+        }
     }
 }
 
 impl<V> Drop for Leader<'_, V> {
     fn drop(&mut self) {
         if !self.done {
-            self.publish(Outcome::Abandoned);
+            self.publish(|| Outcome::Abandoned);
         }
     }
 }

@@ -20,8 +20,9 @@ pub(crate) struct Fetched {
 pub(crate) struct EntryKeys {
     pub value: String,
     pub ticket: String,
+    /// Empty for a read without a lock attempt.
     pub lock: String,
-    pub stamps: Vec<String>,
+    pub stamps: Vec<std::sync::Arc<str>>,
 }
 
 /// One read; with `try_lock` (token, lease ms) it is the read script, which also sets

@@ -303,10 +303,13 @@ where
     S: Shape<R, Value = V>,
     V: Clone,
 {
-    leader.finish(Outcome::Value(Got {
-        value: value.clone(),
-        meta,
-        source,
-    }));
+    // The value is cloned only for followers, if any joined.
+    leader.finish_with(|| {
+        Outcome::Value(Got {
+            value: value.clone(),
+            meta,
+            source,
+        })
+    });
     (S::rebuild(value), meta, source)
 }

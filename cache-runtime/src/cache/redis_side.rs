@@ -23,6 +23,7 @@
 //! random, so nothing stored before can match it again (no ABA after a flush, restart,
 //! eviction or `DEL`), and a missing token matches nothing.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -74,9 +75,9 @@ pub(super) struct KeyScheme {
     prefix: String,
     version: u32,
     /// `{prefix:scopes}:c:{name}`
-    cache_clear: String,
+    cache_clear: Arc<str>,
     /// `{prefix:scopes}:a`
-    all_clear: String,
+    all_clear: Arc<str>,
     channel: String,
 }
 
@@ -85,53 +86,65 @@ impl KeyScheme {
         Self {
             prefix: prefix.to_string(),
             version,
-            cache_clear: scope_key(prefix, Scope::Cache(cache)),
-            all_clear: scope_key(prefix, Scope::All),
+            cache_clear: scope_key(prefix, Scope::Cache(cache)).into(),
+            all_clear: scope_key(prefix, Scope::All).into(),
             channel: bus::channel(prefix),
         }
     }
 
-    fn tag(&self, key: &Key) -> String {
-        format!("{{{}:{}}}", self.prefix, redis_bucket(&key.logical))
+    /// `{prefix:bucket}:<middle><logical>` in one allocation.
+    fn keyed(&self, key: &Key, middle: std::fmt::Arguments<'_>) -> String {
+        use std::fmt::Write;
+        let mut out = String::with_capacity(self.prefix.len() + key.logical.len() + 24);
+        let _ = write!(
+            out,
+            "{{{}:{}}}:{middle}{}",
+            self.prefix,
+            redis_bucket(&key.logical),
+            key.logical
+        );
+        out
     }
 
     pub(super) fn value(&self, key: &Key) -> String {
-        format!(
-            "{}:v{}:{}:{}",
-            self.tag(key),
-            codec::WIRE_VERSION,
-            self.version,
-            key.logical
+        self.keyed(
+            key,
+            format_args!("v{}:{}:", codec::WIRE_VERSION, self.version),
         )
     }
 
     fn ticket(&self, key: &Key) -> String {
-        format!("{}:t:{}", self.tag(key), key.logical)
+        self.keyed(key, format_args!("t:"))
     }
 
     fn lock(&self, key: &Key) -> String {
-        format!("{}:l:{}:{}", self.tag(key), self.version, key.logical)
+        self.keyed(key, format_args!("l:{}:", self.version))
     }
 
     /// Cache clear, global clear, then one per tag: the scope tokens an entry is stamped
-    /// with.
-    fn stamps(&self, key: &Key) -> Vec<String> {
+    /// with (the first two shared, not copied).
+    fn stamps(&self, key: &Key) -> Vec<Arc<str>> {
         let mut keys = Vec::with_capacity(2 + key.tags.len());
         keys.push(self.cache_clear.clone());
         keys.push(self.all_clear.clone());
         keys.extend(
             key.tags
                 .iter()
-                .map(|t| scope_key(&self.prefix, Scope::Tag(t))),
+                .map(|t| Arc::from(scope_key(&self.prefix, Scope::Tag(t)))),
         );
         keys
     }
 
-    fn entry(&self, key: &Key) -> EntryKeys {
+    /// The entry's keys; the lock key only when `with_lock` (a plain read does not need it).
+    fn entry(&self, key: &Key, with_lock: bool) -> EntryKeys {
         EntryKeys {
             value: self.value(key),
             ticket: self.ticket(key),
-            lock: self.lock(key),
+            lock: if with_lock {
+                self.lock(key)
+            } else {
+                String::new()
+            },
             stamps: self.stamps(key),
         }
     }
@@ -233,7 +246,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                     ticket
                         .is_none()
                         .then(|| (redis.keys.ticket(key), self.ticket_px(redis))),
-                    missing.iter().map(|&i| scope_keys[i].clone()).collect(),
+                    missing.iter().map(|&i| scope_keys[i].to_string()).collect(),
                     new_ticket(),
                 )
                 .await;
@@ -362,7 +375,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         }
         let sent = Instant::now();
         let req = ReadRequest {
-            keys: redis.keys.entry(key),
+            keys: redis.keys.entry(key, lock.is_some()),
             try_lock: lock,
             new_ticket: new_ticket(),
             ticket_px: self.ticket_px(redis),
@@ -509,7 +522,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         };
         let res = async {
             let ticket = new_ticket();
-            let keys = redis.keys.entry(key);
+            let keys = redis.keys.entry(key, false);
             let stamps = redis
                 .tier
                 .replace_ticket(
@@ -593,14 +606,14 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let res = r
             .tier
             .invalidate_scope(
-                r.keys.cache_clear.clone(),
+                r.keys.cache_clear.to_string(),
                 r.keys.channel.clone(),
                 bus::message(bus::Action::ClearCache, &self.clear_scope),
             )
             .await;
         if res.is_err() {
             r.tier.defer(PendingOp::Scope {
-                key: r.keys.cache_clear.clone(),
+                key: r.keys.cache_clear.to_string(),
                 channel: r.keys.channel.clone(),
                 action: bus::Action::ClearCache,
                 target: self.clear_scope.clone(),
@@ -642,7 +655,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             return Ok(false);
         };
         let req = WriteRequest {
-            keys: redis.keys.entry(key),
+            keys: redis.keys.entry(key, true),
             bytes,
             ttl: ttl + self.stale_window(),
             ticket: claim.ticket,
@@ -737,14 +750,15 @@ mod tests {
     fn the_key_scheme_is_the_documented_one() {
         let keys = KeyScheme::new("cr", "app::user", 3);
         let key = Key::new("user:42").with_tags(vec!["t:1".into(), "t:2".into()]);
-        let entry = keys.entry(&key);
+        let entry = keys.entry(&key, true);
         let b = redis_bucket("user:42");
         assert!(b < REDIS_BUCKETS);
         assert_eq!(entry.value, format!("{{cr:{b}}}:v2:3:user:42"));
         assert_eq!(entry.ticket, format!("{{cr:{b}}}:t:user:42"));
         assert_eq!(entry.lock, format!("{{cr:{b}}}:l:3:user:42"));
+        let stamps: Vec<&str> = entry.stamps.iter().map(|s| &**s).collect();
         assert_eq!(
-            entry.stamps,
+            stamps,
             [
                 "{cr:scopes}:c:app::user",
                 "{cr:scopes}:a",
@@ -753,8 +767,8 @@ mod tests {
             ]
         );
         assert_eq!(keys.channel, "cr:bus:1");
-        assert_eq!(scope_key("cr", Scope::Tag("t:1")), entry.stamps[2]);
-        assert_eq!(scope_key("cr", Scope::All), entry.stamps[1]);
+        assert_eq!(scope_key("cr", Scope::Tag("t:1")), stamps[2]);
+        assert_eq!(scope_key("cr", Scope::All), stamps[1]);
         assert_eq!(
             crate::key::redis_keys("cr", 3, "user:42"),
             (entry.value, entry.ticket, entry.lock)

@@ -183,7 +183,7 @@ impl RedisTier {
                     .key(&req.keys.ticket)
                     .key(&req.keys.lock);
                 for k in &req.keys.stamps {
-                    inv.key(k);
+                    inv.key(&**k);
                 }
                 let (token, lease_ms) = req.try_lock.unwrap_or_default();
                 inv.arg(ticket_text(req.new_ticket))
@@ -204,20 +204,37 @@ impl RedisTier {
     /// A read without a lock attempt: one `MGET value ticket scope-tokens…` (one command,
     /// one round trip).
     async fn read_plain(&self, req: ReadRequest) -> Result<Fetched, CacheError> {
-        let mut values = self
+        let reply = self
             .exec(move |mut c| async move {
-                let mut cmd = redis::cmd("MGET");
-                cmd.arg(&req.keys.value).arg(&req.keys.ticket);
-                for k in &req.keys.stamps {
-                    cmd.arg(k);
+                let keys = &req.keys;
+                let bytes = keys.value.len()
+                    + keys.ticket.len()
+                    + keys.stamps.iter().map(|k| k.len()).sum::<usize>();
+                // Sized up front: no regrowth while the arguments are written.
+                let mut cmd = redis::Cmd::with_capacity(3 + keys.stamps.len(), bytes + 4);
+                cmd.arg("MGET").arg(&keys.value).arg(&keys.ticket);
+                for k in &keys.stamps {
+                    cmd.arg(&**k);
                 }
-                cmd.query_async::<Vec<Option<Vec<u8>>>>(&mut c).await
+                cmd.query_async::<redis::Value>(&mut c).await
             })
-            .await?
-            .into_iter();
-        let value = values.next().flatten();
-        let ticket = values.next().flatten().as_deref().and_then(parse_ticket);
-        let stamps = parse_stamps(values.collect());
+            .await?;
+        // Parsed in place: the value's bytes are moved out of the reply, the ticket and
+        // tokens read from it without copies.
+        let redis::Value::Array(items) = reply else {
+            return Err(CacheError::Redis(format!("unexpected MGET reply: {reply:?}").into()));
+        };
+        let mut items = items.into_iter();
+        let value = match items.next() {
+            Some(redis::Value::BulkString(bytes)) => Some(bytes),
+            _ => None,
+        };
+        let token = |v: Option<redis::Value>| match v {
+            Some(redis::Value::BulkString(b)) => parse_ticket(&b),
+            _ => None,
+        };
+        let ticket = token(items.next());
+        let stamps = items.map(|v| token(Some(v)).unwrap_or(0)).collect();
         Ok(Fetched {
             value,
             ticket,
@@ -287,7 +304,7 @@ impl RedisTier {
             let mut inv = scripts.store.prepare_invoke();
             inv.key(&keys.value).key(&keys.ticket).key(&keys.lock);
             for k in &keys.stamps {
-                inv.key(k);
+                inv.key(&**k);
             }
             inv.arg(ticket_text(ticket))
                 .arg(bytes)
@@ -386,7 +403,7 @@ impl RedisTier {
             let mut inv = scripts.populate.prepare_invoke();
             inv.key(&value).key(&ticket_key);
             for k in &stamps {
-                inv.key(k);
+                inv.key(&**k);
             }
             inv.arg(ticket_text(ticket))
                 .arg(ticket_px.max(1))
@@ -596,7 +613,7 @@ impl RedisTier {
             value: format!("{head}:v:{k}"),
             ticket: format!("{head}:t:{k}"),
             lock: format!("{head}:lock:{k}"),
-            stamps: vec![format!("{head}:scope:{k}")],
+            stamps: vec![format!("{head}:scope:{k}").into()],
         };
         let ttl = Duration::from_secs(10);
         let px = 10_000;
@@ -631,7 +648,8 @@ impl RedisTier {
                 ticket_px: px,
             })
             .await?;
-            self.claim_tokens(Some((keys("c").ticket, px)), keys("c").stamps, 2)
+            let scopes = keys("c").stamps.iter().map(|k| k.to_string()).collect();
+            self.claim_tokens(Some((keys("c").ticket, px)), scopes, 2)
                 .await?;
             self.read(ReadRequest {
                 keys: keys("l"),
@@ -650,7 +668,7 @@ impl RedisTier {
                     ..
                 } = keys(k);
                 for scope in stamps {
-                    self.invalidate_scope(scope, channel.into(), msg.clone())
+                    self.invalidate_scope(scope.to_string(), channel.into(), msg.clone())
                         .await?;
                 }
                 self.invalidate(value, ticket, channel.into(), msg.clone())
