@@ -21,6 +21,9 @@
 //!   `allkeys-random` eviction. `CHAOS_FAULTS=kill-pubsub,flushall` picks some of them and
 //!   `CHAOS_PERIOD_MS=100` fixes the period (e.g. to measure the staleness window under
 //!   repeated subscriber drops).
+//! - `CHAOS_SENTINEL=1`: the cache Redis is a Sentinel set (1 master, 1 replica, 3
+//!   sentinels) that both processes reach through the sentinels; the faults hit the current
+//!   master and a `SENTINEL FAILOVER` joins the rotation.
 //!
 //! The run fails on any wrong value or any error surfaced to a caller.
 
@@ -29,7 +32,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cache_runtime::{bus_status, cached, Config, BUS_WINDOW};
-use cache_tests::{RedisOptions, RedisServer};
+use cache_tests::{RedisOptions, RedisServer, SentinelSet};
 
 const KEYS: u64 = 200;
 /// Scheduling slack between the two processes' clocks and threads, on top of the window.
@@ -65,15 +68,19 @@ fn skewed(x: u64) -> u64 {
     (KEYS as f64 * u * u) as u64
 }
 
-fn init(cache_url: &str, source_url: &str, rt: &tokio::runtime::Runtime) {
-    cache_runtime::init(
-        Config::builder()
-            .redis_url(cache_url)
-            .key_prefix("chaos")
-            .redis_timeout(Duration::from_millis(100))
-            .build(),
-    )
-    .unwrap();
+/// Where the cache Redis is: `redis://…`, or `sentinel:<name>:<url>,<url>,…`.
+fn init(cache: &str, source_url: &str, rt: &tokio::runtime::Runtime) {
+    let builder = Config::builder()
+        .key_prefix("chaos")
+        .redis_timeout(Duration::from_millis(100));
+    let builder = match cache.strip_prefix("sentinel:") {
+        Some(rest) => {
+            let (name, urls) = rest.split_once(':').expect("sentinel:<name>:<urls>");
+            builder.redis_sentinel(urls.split(','), name)
+        }
+        None => builder.redis_url(cache),
+    };
+    cache_runtime::init(builder.build()).unwrap();
     let client = redis::Client::open(source_url).unwrap();
     let conn = rt
         .block_on(client.get_multiplexed_async_connection())
@@ -172,19 +179,24 @@ fn main() {
     if std::env::var("CHAOS_ROLE").as_deref() == Ok("writer") {
         return writer(total);
     }
-    let cache = Arc::new(RedisServer::start_with_options(
-        RedisOptions::new().arg("--maxmemory-samples", "10"),
-    ));
+    // `CHAOS_SENTINEL=1`: the cache Redis is a Sentinel set (1 master, 1 replica, 3
+    // sentinels), the faults hit whichever node is master, and failovers join the rotation.
+    let options = RedisOptions::new().arg("--maxmemory-samples", "10");
+    let cache = Arc::new(if std::env::var_os("CHAOS_SENTINEL").is_some() {
+        Cluster::Sentinel(SentinelSet::start_with_options("chaos", options))
+    } else {
+        Cluster::Single(RedisServer::start_with_options(options))
+    });
     let db = RedisServer::start();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    init(&cache.url(), &db.url(), &rt);
+    init(&cache.target(), &db.url(), &rt);
     let child = std::process::Command::new(std::env::current_exe().unwrap())
         .env("CHAOS_ROLE", "writer")
-        .env("CHAOS_CACHE_URL", cache.url())
+        .env("CHAOS_CACHE_URL", cache.target())
         .env("CHAOS_SOURCE_URL", db.url())
         .env("CHAOS_SECS", total.as_secs().to_string())
         .stdout(std::process::Stdio::piped())
@@ -308,7 +320,35 @@ fn main() {
     assert_eq!(t.errors, 0, "errors surfaced to callers");
 }
 
-/// The faults, in rotation: (name, what it does).
+/// The cache Redis: one server, or a Sentinel set.
+enum Cluster {
+    Single(RedisServer),
+    Sentinel(SentinelSet),
+}
+
+impl Cluster {
+    /// What `init` takes.
+    fn target(&self) -> String {
+        match self {
+            Cluster::Single(s) => s.url(),
+            Cluster::Sentinel(set) => format!(
+                "sentinel:{}:{}",
+                set.master_name(),
+                set.sentinel_urls().join(",")
+            ),
+        }
+    }
+
+    /// The node faults hit: the server, or the current master.
+    fn master(&self) -> &RedisServer {
+        match self {
+            Cluster::Single(s) => s,
+            Cluster::Sentinel(set) => set.master(),
+        }
+    }
+}
+
+/// The faults, in rotation (`failover` only with `CHAOS_SENTINEL`).
 const FAULTS: &[&str] = &[
     "kill-pubsub",
     "flushall",
@@ -318,10 +358,18 @@ const FAULTS: &[&str] = &[
     "del-tickets",
     "eviction",
     "flushdb",
+    "failover",
 ];
 
-fn inject(server: &RedisServer, fault: &str) {
+fn inject(cluster: &Cluster, fault: &str) {
+    let server = cluster.master();
     match fault {
+        "failover" => match cluster {
+            Cluster::Sentinel(set) => {
+                set.failover();
+            }
+            Cluster::Single(_) => unreachable!("failover needs CHAOS_SENTINEL"),
+        },
         "kill-pubsub" => {
             server.kill_pubsub_clients();
         }
@@ -359,14 +407,19 @@ fn inject(server: &RedisServer, fault: &str) {
 
 /// One fault every 0.5–1 s (`CHAOS_PERIOD_MS` sets a fixed period), in rotation over
 /// `CHAOS_FAULTS` (comma-separated names of [`FAULTS`]; all by default), until the end.
-fn chaos(server: &RedisServer, total: Duration, done: &Mutex<Vec<&'static str>>) {
+fn chaos(cluster: &Cluster, total: Duration, done: &Mutex<Vec<&'static str>>) {
+    let sentinel = matches!(cluster, Cluster::Sentinel(_));
     let chosen: Vec<&'static str> = match std::env::var("CHAOS_FAULTS") {
         Ok(list) => FAULTS
             .iter()
             .copied()
             .filter(|f| list.split(',').any(|x| x == *f))
             .collect(),
-        Err(_) => FAULTS.to_vec(),
+        Err(_) => FAULTS
+            .iter()
+            .copied()
+            .filter(|f| sentinel || *f != "failover")
+            .collect(),
     };
     assert!(!chosen.is_empty(), "CHAOS_FAULTS names none of {FAULTS:?}");
     let period: Option<u64> = std::env::var("CHAOS_PERIOD_MS")
@@ -378,7 +431,7 @@ fn chaos(server: &RedisServer, total: Duration, done: &Mutex<Vec<&'static str>>)
     std::thread::sleep(Duration::from_millis(700));
     while start.elapsed() + Duration::from_secs(1) < total {
         let fault = chosen[(n % chosen.len() as u64) as usize];
-        inject(server, fault);
+        inject(cluster, fault);
         done.lock().unwrap().push(fault);
         n += 1;
         let pause = period.unwrap_or(500 + (n * 137) % 500);

@@ -224,7 +224,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         };
         let task = async move {
             let mut body = Some(body);
-            self.lead::<R, S, B>(&key, leader, &mut body, &sharing, true)
+            self.lead::<R, S, B>(&key, leader, &mut body, &sharing, false, true)
                 .await;
         };
         // Without a runtime the leader is dropped here, which releases the flight.

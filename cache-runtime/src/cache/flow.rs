@@ -82,26 +82,28 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                     if let Some((v, meta)) = self.local_peek(&key.logical) {
                         return hand_over::<R, S, V>(leader, v, meta, Source::Local);
                     }
-                    if !counted_miss {
-                        self.counters.misses.add(1);
-                    }
                     // Boxed: the miss path's state (Redis, lock, body, store) stays off the
-                    // stack of callers that only hit; a miss allocates anyway.
-                    return Box::pin(self.lead::<R, S, B>(key, leader, body, sharing, false)).await;
+                    // stack of callers that only hit; a miss allocates anyway. A miss is
+                    // counted there, once Redis had nothing either (a Redis hit is not one).
+                    let lead =
+                        self.lead::<R, S, B>(key, leader, body, sharing, !counted_miss, false);
+                    return Box::pin(lead).await;
                 }
             }
         }
     }
 
     /// A leader's work: Redis (with the lock, if any), then the body under the fail-safe,
-    /// then the store. `refresh`: a refresh ahead, for which a value that is itself due for
-    /// refresh does not count as found.
+    /// then the store. `count_miss`: counted as a miss when Redis has no usable value either
+    /// (a caller's read not counted yet). `refresh`: a refresh ahead, for which a value that
+    /// is itself due for refresh does not count as found.
     pub(super) async fn lead<R, S, B>(
         &self,
         key: &Key,
         leader: Leader<'_, Got<V>>,
         body: &mut Option<B>,
         sharing: &Sharing<R>,
+        count_miss: bool,
         refresh: bool,
     ) -> (R, Meta, Source)
     where
@@ -113,6 +115,9 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             Fill::Found(v, meta) => return hand_over::<R, S, V>(leader, v, meta, Source::Redis),
             Fill::Compute { claim, fallback } => (claim, fallback),
         };
+        if count_miss {
+            self.counters.misses.add(1);
+        }
         let body = body.take().expect("the body future is used at most once");
         let r = match self.run_body::<R, S>(key, body, fallback).await {
             Ok(r) => r,

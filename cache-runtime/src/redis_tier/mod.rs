@@ -222,7 +222,9 @@ impl RedisTier {
         // Parsed in place: the value's bytes are moved out of the reply, the ticket and
         // tokens read from it without copies.
         let redis::Value::Array(items) = reply else {
-            return Err(CacheError::Redis(format!("unexpected MGET reply: {reply:?}").into()));
+            return Err(CacheError::Redis(
+                format!("unexpected MGET reply: {reply:?}").into(),
+            ));
         };
         let mut items = items.into_iter();
         let value = match items.next() {
