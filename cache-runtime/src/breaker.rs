@@ -2,6 +2,7 @@
 //! connections), Redis is skipped outright for a cool-down, so callers pay no timeout while
 //! it is down or hung; then one probe decides whether to close again.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,9 @@ enum State {
 
 pub(crate) struct Breaker {
     state: Mutex<State>,
+    /// `Closed` with no failure counted: the common case, answered without the lock (two
+    /// lock round trips per Redis operation otherwise, contended under concurrent hits).
+    healthy: AtomicBool,
     threshold: u32,
     cooldown: Duration,
 }
@@ -34,6 +38,7 @@ impl Breaker {
     pub(crate) fn new(threshold: u32, cooldown: Duration) -> Self {
         Self {
             state: Mutex::new(State::Closed { failures: 0 }),
+            healthy: AtomicBool::new(true),
             threshold: threshold.max(1),
             cooldown,
         }
@@ -42,6 +47,9 @@ impl Breaker {
     /// Whether an operation may go to Redis now. In `Open`, the first call after the
     /// cool-down becomes the probe.
     pub(crate) fn allow(&self) -> bool {
+        if self.healthy.load(Ordering::Acquire) {
+            return true;
+        }
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         match *s {
             State::Closed { .. } => true,
@@ -54,16 +62,21 @@ impl Breaker {
     }
 
     pub(crate) fn success(&self) {
+        if self.healthy.load(Ordering::Acquire) {
+            return;
+        }
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if !matches!(*s, State::Closed { .. }) {
             tracing::info!("redis answers again; circuit breaker closed");
             metrics::gauge!("cache_redis_breaker_open").set(0.0);
         }
         *s = State::Closed { failures: 0 };
+        self.healthy.store(true, Ordering::Release);
     }
 
     pub(crate) fn failure(&self) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.healthy.store(false, Ordering::Release);
         let open = match *s {
             State::Closed { failures } if failures + 1 >= self.threshold => true,
             State::Closed { failures } => {

@@ -28,9 +28,13 @@ pub(crate) struct Flight<V> {
     tags: Box<[String]>,
 }
 
+/// In-flight loads by key, in shards (by key hash), so concurrent misses of different keys
+/// rarely wait for one another's bookkeeping.
 pub(crate) struct Flights<V> {
-    map: Mutex<HashMap<Arc<str>, Arc<Flight<V>>>>,
+    shards: Box<[Mutex<HashMap<Arc<str>, Arc<Flight<V>>>>]>,
 }
+
+const SHARDS: usize = 16;
 
 pub(crate) enum Joined<'a, V> {
     Leader(Leader<'a, V>),
@@ -40,12 +44,17 @@ pub(crate) enum Joined<'a, V> {
 impl<V> Flights<V> {
     pub(crate) fn new() -> Self {
         Self {
-            map: Mutex::new(HashMap::new()),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
         }
     }
 
+    fn shard(&self, key: &str) -> &Mutex<HashMap<Arc<str>, Arc<Flight<V>>>> {
+        let h = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
+        &self.shards[(h % SHARDS as u64) as usize]
+    }
+
     pub(crate) fn join(&self, key: &str, tags: &[String]) -> Joined<'_, V> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = map.get(key) {
             return Joined::Follower(f.clone());
         }
@@ -68,7 +77,7 @@ impl<V> Flights<V> {
     /// whose body began before a write and whose value must not reach callers that start
     /// after it. Callers already waiting keep their flight.
     pub(crate) fn detach(&self, key: &str) {
-        self.map
+        self.shard(key)
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);
@@ -77,27 +86,31 @@ impl<V> Flights<V> {
     /// [`detach`](Self::detach) for every flight carrying `tag`; returns their keys.
     pub(crate) fn detach_tagged(&self, tag: &str) -> Vec<String> {
         let mut detached = Vec::new();
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|key, f| {
-                let carries = f.tags.iter().any(|t| t == tag);
-                if carries {
-                    detached.push(key.to_string());
-                }
-                !carries
-            });
+        for shard in self.shards.iter() {
+            shard
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|key, f| {
+                    let carries = f.tags.iter().any(|t| t == tag);
+                    if carries {
+                        detached.push(key.to_string());
+                    }
+                    !carries
+                });
+        }
         detached
     }
 
     /// [`detach`](Self::detach) for every key.
     pub(crate) fn detach_all(&self) {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        for shard in self.shards.iter() {
+            shard.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.map.lock().unwrap().len()
+        self.shards.iter().map(|s| s.lock().unwrap().len()).sum()
     }
 }
 
@@ -122,7 +135,11 @@ impl<V> Leader<'_, V> {
     fn publish(&mut self, outcome: impl FnOnce() -> Outcome<V>) {
         self.done = true;
         {
-            let mut map = self.flights.map.lock().unwrap_or_else(|p| p.into_inner());
+            let mut map = self
+                .flights
+                .shard(&self.key)
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             if map
                 .get(&*self.key)
                 .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
