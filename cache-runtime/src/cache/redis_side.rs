@@ -73,7 +73,9 @@ fn new_ticket() -> u64 {
 /// One cache's Redis keys (see the module docs).
 pub(super) struct KeyScheme {
     prefix: String,
-    version: u32,
+    /// `v{wire}:{schema}:` and `l:{schema}:`, between a key's hash tag and its logical key.
+    value_middle: String,
+    lock_middle: String,
     /// `{prefix:scopes}:c:{name}`
     cache_clear: Arc<str>,
     /// `{prefix:scopes}:a`
@@ -85,40 +87,53 @@ impl KeyScheme {
     pub(super) fn new(prefix: &str, cache: &str, version: u32) -> Self {
         Self {
             prefix: prefix.to_string(),
-            version,
+            value_middle: format!("v{}:{version}:", codec::WIRE_VERSION),
+            lock_middle: format!("l:{version}:"),
             cache_clear: scope_key(prefix, Scope::Cache(cache)).into(),
             all_clear: scope_key(prefix, Scope::All).into(),
             channel: bus::channel(prefix),
         }
     }
 
-    /// `{prefix:bucket}:<middle><logical>` in one allocation.
-    fn keyed(&self, key: &Key, middle: std::fmt::Arguments<'_>) -> String {
-        use std::fmt::Write;
-        let mut out = String::with_capacity(self.prefix.len() + key.logical.len() + 24);
-        let _ = write!(
-            out,
-            "{{{}:{}}}:{middle}{}",
-            self.prefix,
-            redis_bucket(&key.logical),
-            key.logical
-        );
+    /// `{prefix:bucket}:<middle><logical>` in one allocation, without the formatting
+    /// machinery (two of these are built on every Redis hit).
+    fn keyed(&self, key: &Key, middle: &str) -> String {
+        let mut out =
+            String::with_capacity(self.prefix.len() + middle.len() + key.logical.len() + 8);
+        out.push('{');
+        out.push_str(&self.prefix);
+        out.push(':');
+        let bucket = redis_bucket(&key.logical);
+        let mut digits = [0u8; 10];
+        let mut n = bucket;
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for &d in &digits[at..] {
+            out.push(char::from(d));
+        }
+        out.push_str("}:");
+        out.push_str(middle);
+        out.push_str(&key.logical);
         out
     }
 
     pub(super) fn value(&self, key: &Key) -> String {
-        self.keyed(
-            key,
-            format_args!("v{}:{}:", codec::WIRE_VERSION, self.version),
-        )
+        self.keyed(key, &self.value_middle)
     }
 
     fn ticket(&self, key: &Key) -> String {
-        self.keyed(key, format_args!("t:"))
+        self.keyed(key, "t:")
     }
 
     fn lock(&self, key: &Key) -> String {
-        self.keyed(key, format_args!("l:{}:", self.version))
+        self.keyed(key, &self.lock_middle)
     }
 
     /// Cache clear, global clear, then one per tag: the scope tokens an entry is stamped

@@ -49,9 +49,20 @@ pub(crate) fn ticket_text(ticket: u64) -> String {
 }
 
 /// A ticket read from Redis; anything else than 16 hex digits never matches an envelope.
+/// (By hand over the bytes: three of these are read on every Redis hit.)
 fn parse_ticket(raw: &[u8]) -> Option<u64> {
-    let s = std::str::from_utf8(raw).ok()?;
-    (s.len() == 16).then(|| u64::from_str_radix(s, 16).ok())?
+    if raw.len() != 16 {
+        return None;
+    }
+    raw.iter().try_fold(0u64, |acc, &c| {
+        let nibble = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            b'A'..=b'F' => c - b'A' + 10,
+            _ => return None,
+        };
+        Some(acc << 4 | u64::from(nibble))
+    })
 }
 
 impl RedisTier {
@@ -806,6 +817,31 @@ where
             )
         }
         Err(e) => fail(e),
+    }
+}
+
+#[cfg(test)]
+mod ticket_tests {
+    use super::{parse_ticket, ticket_text};
+
+    #[test]
+    fn tickets_round_trip_and_foreign_text_never_parses() {
+        for t in [1u64, 0xdead_beef, u64::MAX, 0x0123_4567_89ab_cdef] {
+            assert_eq!(parse_ticket(ticket_text(t).as_bytes()), Some(t));
+        }
+        assert_eq!(
+            parse_ticket(b"0123456789ABCDEF"),
+            Some(0x0123_4567_89ab_cdef)
+        );
+        for bad in [
+            &b""[..],
+            b"123",
+            b"0123456789abcdeg",
+            b"0123456789abcdef0",
+            b"+123456789abcdef",
+        ] {
+            assert_eq!(parse_ticket(bad), None, "{bad:?}");
+        }
     }
 }
 
