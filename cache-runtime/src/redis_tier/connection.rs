@@ -163,8 +163,8 @@ pub(super) struct Shared {
     epoch: AtomicU64,
     /// The client of the current master (resolved by the last successful open).
     client: Mutex<Option<redis::Client>>,
-    /// Connections driven by callers' runtimes: (runtime, epoch, `None` while opening).
-    runtimes: Mutex<Vec<(tokio::runtime::Id, u64, Option<Conns>)>>,
+    /// Connections driven by callers' runtimes.
+    runtimes: Mutex<Vec<RuntimeConns>>,
     /// The Redis thread's own runtime, which uses the main connections.
     pub(super) home: std::sync::OnceLock<tokio::runtime::Id>,
 }
@@ -172,6 +172,19 @@ pub(super) struct Shared {
 /// Callers' runtimes with a connection of their own, at most (the oldest is dropped first;
 /// a runtime that ended leaves an entry behind until then).
 const MAX_RUNTIMES: usize = 16;
+
+/// Calls a runtime makes through the main connections before it gets its own: a runtime
+/// built for a handful of calls (one per request, a test's) never opens connections.
+const CALLS_BEFORE_OWN: u32 = 32;
+
+/// One caller runtime's connections: its calls are counted until [`CALLS_BEFORE_OWN`], then
+/// they are opened.
+struct RuntimeConns {
+    runtime: tokio::runtime::Id,
+    epoch: u64,
+    calls: u32,
+    conns: Option<Conns>,
+}
 
 thread_local! {
     /// This thread's last connection of a caller's runtime: (shared state, runtime, epoch).
@@ -206,9 +219,10 @@ impl Shared {
 
     /// Connections for an async caller, driven by the caller's own Tokio runtime (so a
     /// request and its reply do not cross to the Redis thread and back: docs/PROTOCOL.md
-    /// §11). Opened in the background on the runtime's first call, which meanwhile uses the
-    /// main connections, as does the Redis thread itself. `None`: not on a Tokio runtime, or
-    /// the main connections are not up (the caller then goes through the Redis thread).
+    /// §11). A runtime's first [`CALLS_BEFORE_OWN`] calls use the main connections (as the
+    /// Redis thread itself does); then its own are opened in the background on it. `None`:
+    /// not on a Tokio runtime, or the main connections are not up (the caller then goes
+    /// through the Redis thread).
     pub(super) fn caller_conns(self: &Arc<Self>) -> Option<Conns> {
         let handle = tokio::runtime::Handle::try_current().ok()?;
         let id = handle.id();
@@ -229,48 +243,59 @@ impl Shared {
         let main = self.ready()?;
         let epoch = self.epoch.load(Ordering::Acquire);
         let mut runtimes = self.runtimes.lock().unwrap_or_else(|p| p.into_inner());
-        runtimes.retain(|(_, e, _)| *e == epoch);
-        match runtimes.iter().find(|(rt, ..)| *rt == id) {
-            Some((_, _, Some(conns))) => {
-                let conns = conns.clone();
-                CALLER_CONNS.with(|c| *c.borrow_mut() = Some((me, id, epoch, conns.clone())));
-                Some(conns)
-            }
-            Some((_, _, None)) => Some(main),
+        runtimes.retain(|r| r.epoch == epoch);
+        let i = match runtimes.iter().position(|r| r.runtime == id) {
+            Some(i) => i,
             None => {
-                let client = self
-                    .client
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
-                let Some(client) = client else {
-                    return Some(main);
-                };
                 if runtimes.len() >= MAX_RUNTIMES {
                     runtimes.remove(0);
                 }
-                runtimes.push((id, epoch, None));
-                let shared = self.clone();
-                handle.spawn(async move {
-                    let opened =
-                        tokio::time::timeout(shared.connect_timeout, shared.open_managers(client))
-                            .await;
-                    let mut runtimes = shared.runtimes.lock().unwrap_or_else(|p| p.into_inner());
-                    let slot = runtimes
-                        .iter()
-                        .position(|(rt, e, _)| *rt == id && *e == epoch);
-                    match (opened, slot) {
-                        (Ok(Ok(conns)), Some(i)) => runtimes[i].2 = Some(conns),
-                        // Failed: the next call of this runtime tries again.
-                        (_, Some(i)) => {
-                            runtimes.remove(i);
-                        }
-                        (_, None) => {}
-                    }
+                runtimes.push(RuntimeConns {
+                    runtime: id,
+                    epoch,
+                    calls: 0,
+                    conns: None,
                 });
-                Some(main)
+                runtimes.len() - 1
             }
+        };
+        let entry = &mut runtimes[i];
+        if let Some(conns) = &entry.conns {
+            let conns = conns.clone();
+            CALLER_CONNS.with(|c| *c.borrow_mut() = Some((me, id, epoch, conns.clone())));
+            return Some(conns);
         }
+        entry.calls = entry.calls.saturating_add(1);
+        if entry.calls != CALLS_BEFORE_OWN {
+            // Still counting, or already opening.
+            return Some(main);
+        }
+        let client = self
+            .client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(client) = client else {
+            return Some(main);
+        };
+        let shared = self.clone();
+        handle.spawn(async move {
+            let opened =
+                tokio::time::timeout(shared.connect_timeout, shared.open_managers(client)).await;
+            let mut runtimes = shared.runtimes.lock().unwrap_or_else(|p| p.into_inner());
+            let slot = runtimes
+                .iter()
+                .position(|r| r.runtime == id && r.epoch == epoch);
+            match (opened, slot) {
+                (Ok(Ok(conns)), Some(i)) => runtimes[i].conns = Some(conns),
+                // Failed: this runtime counts its calls again before the next attempt.
+                (_, Some(i)) => {
+                    runtimes.remove(i);
+                }
+                (_, None) => {}
+            }
+        });
+        Some(main)
     }
 
     /// The connections if they are up (no waiting).
