@@ -31,8 +31,11 @@ pub(crate) struct Flight<V> {
 /// In-flight loads by key, in shards (by key hash), so concurrent misses of different keys
 /// rarely wait for one another's bookkeeping.
 pub(crate) struct Flights<V> {
-    shards: Box<[Mutex<HashMap<Arc<str>, Arc<Flight<V>>>>]>,
+    shards: Box<[Shard<V>]>,
 }
+
+/// One shard of the in-flight map: key → flight.
+type Shard<V> = Mutex<HashMap<Arc<str>, Arc<Flight<V>>>>;
 
 const SHARDS: usize = 16;
 
@@ -48,7 +51,7 @@ impl<V> Flights<V> {
         }
     }
 
-    fn shard(&self, key: &str) -> &Mutex<HashMap<Arc<str>, Arc<Flight<V>>>> {
+    fn shard(&self, key: &str) -> &Shard<V> {
         let h = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
         &self.shards[(h % SHARDS as u64) as usize]
     }

@@ -29,9 +29,45 @@ fn the_cluster_comes_up_spreads_keys_and_fails_over() {
     owner.cmd::<()>(&["SET", key, "ticket"]).unwrap();
     let acked: u64 = owner.cmd(&["WAIT", "1", "5000"]).unwrap();
     assert_eq!(acked, 1);
+    // The owner's replica holds it (read on the replica itself).
+    let topo = cluster.topology();
+    let owner_id = topo
+        .iter()
+        .find(|n| n.port == owner.port())
+        .map(|n| n.id.clone())
+        .expect("the owner in the topology");
+    let replica = topo
+        .iter()
+        .find(|n| n.master_id.as_deref() == Some(owner_id.as_str()))
+        .map(|n| n.port)
+        .expect("the owner's replica");
+    // Observed on Redis 7.0.15 right after the cluster came up (about one run in three): WAIT
+    // counted the replica before a READONLY GET on it could see the write, for a few ms. The
+    // harness checks the failover, so it waits until the replica serves the write (an open
+    // question for the cluster issue: whether WAIT's acknowledgement can precede the data).
+    let mut conn = cluster.node(replica).client();
+    redis::cmd("READONLY").query::<()>(&mut conn).unwrap();
+    cache_tests::wait_until(
+        std::time::Duration::from_secs(10),
+        "the owner's replica to serve the acknowledged write",
+        || {
+            redis::cmd("GET")
+                .arg(key)
+                .query::<Option<String>>(&mut conn)
+                .unwrap()
+                .as_deref()
+                == Some("ticket")
+        },
+    );
     let killed = cluster.kill_master(owner.port());
     let promoted = cluster.wait_failover(killed);
     assert_ne!(promoted, killed);
+    assert_eq!(
+        promoted,
+        replica,
+        "the owner's replica took over: {:?}",
+        cluster.topology()
+    );
     assert_eq!(cluster.master_for_key(key).port(), promoted);
     assert_eq!(
         cluster

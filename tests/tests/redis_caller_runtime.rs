@@ -58,14 +58,18 @@ fn a_busy_runtime_gets_its_own_connections_and_short_lived_ones_do_not() {
         .enable_all()
         .build()
         .unwrap();
-    wait_until(Duration::from_secs(10), "the busy runtime's own connections", || {
-        busy.block_on(async {
-            for id in 0..50 {
-                assert_eq!(value(id).await, id * 7);
-            }
-        });
-        clients(&server) >= baseline + 1
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "the busy runtime's own connections",
+        || {
+            busy.block_on(async {
+                for id in 0..50 {
+                    assert_eq!(value(id).await, id * 7);
+                }
+            });
+            clients(&server) >= baseline + 1
+        },
+    );
     // And keeps answering correctly through them, hits from Redis included.
     let hits_before = value_cache().stats().redis_hits;
     busy.block_on(async {
