@@ -193,7 +193,10 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     /// Redis entries by deleting the cache's clear token (one `DEL`, no key scan), and
     /// other processes' local copies through the bus.
     pub async fn clear(&self) -> Result<(), CacheError> {
-        self.clear_local();
+        if self.redis.is_none() {
+            self.clear_local();
+            return Ok(());
+        }
         self.redis_clear().await
     }
 

@@ -32,9 +32,9 @@ use crate::bus;
 use crate::codec::{self, DecodeError, Decoded};
 use crate::entry::Meta;
 use crate::error::CacheError;
+use crate::key::{bucket_key, key_middles, scope_key, Scope, TICKET_MIDDLE};
 #[cfg(test)]
-use crate::key::REDIS_BUCKETS;
-use crate::key::{redis_bucket, scope_key, Scope};
+use crate::key::{redis_bucket, REDIS_BUCKETS};
 use crate::pending::{Added, PendingOp};
 use crate::redis_tier::{EntryKeys, Fetched, ReadRequest, RedisTier, WriteRequest};
 use crate::runtime::runtime;
@@ -85,55 +85,27 @@ pub(super) struct KeyScheme {
 
 impl KeyScheme {
     pub(super) fn new(prefix: &str, cache: &str, version: u32) -> Self {
+        let (value_middle, lock_middle) = key_middles(version);
         Self {
             prefix: prefix.to_string(),
-            value_middle: format!("v{}:{version}:", codec::WIRE_VERSION),
-            lock_middle: format!("l:{version}:"),
+            value_middle,
+            lock_middle,
             cache_clear: scope_key(prefix, Scope::Cache(cache)).into(),
             all_clear: scope_key(prefix, Scope::All).into(),
             channel: bus::channel(prefix),
         }
     }
 
-    /// `{prefix:bucket}:<middle><logical>` in one allocation, without the formatting
-    /// machinery (two of these are built on every Redis hit).
-    fn keyed(&self, key: &Key, middle: &str) -> String {
-        let mut out =
-            String::with_capacity(self.prefix.len() + middle.len() + key.logical.len() + 8);
-        out.push('{');
-        out.push_str(&self.prefix);
-        out.push(':');
-        let bucket = redis_bucket(&key.logical);
-        let mut digits = [0u8; 10];
-        let mut n = bucket;
-        let mut at = digits.len();
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        for &d in &digits[at..] {
-            out.push(char::from(d));
-        }
-        out.push_str("}:");
-        out.push_str(middle);
-        out.push_str(&key.logical);
-        out
-    }
-
     pub(super) fn value(&self, key: &Key) -> String {
-        self.keyed(key, &self.value_middle)
+        bucket_key(&self.prefix, &self.value_middle, &key.logical)
     }
 
     fn ticket(&self, key: &Key) -> String {
-        self.keyed(key, "t:")
+        bucket_key(&self.prefix, TICKET_MIDDLE, &key.logical)
     }
 
     fn lock(&self, key: &Key) -> String {
-        self.keyed(key, &self.lock_middle)
+        bucket_key(&self.prefix, &self.lock_middle, &key.logical)
     }
 
     /// Cache clear, global clear, then one per tag: the scope tokens an entry is stamped
@@ -611,29 +583,12 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         self.count_redis(res)
     }
 
-    /// Clears this cache everywhere: deletes its scope token (no key scan; every value
-    /// stamped with it is refused from now on) and tells other processes; deferred if Redis
-    /// does not take it.
+    /// Clears this cache's clear scope everywhere, like a tag: the local tiers and in-flight
+    /// bodies of every cache of this process over it, then its token in Redis (no key scan;
+    /// every value stamped with it is refused from now on) with a bus message to other
+    /// processes (deferred if Redis does not take it), then the local side again.
     pub(super) async fn redis_clear(&self) -> Result<(), CacheError> {
-        let Some(r) = &self.redis else {
-            return Ok(());
-        };
-        let res = r
-            .tier
-            .invalidate_scope(
-                r.keys.cache_clear.to_string(),
-                r.keys.channel.clone(),
-                bus::message(bus::Action::ClearCache, &self.clear_scope),
-            )
-            .await;
-        if res.is_err() {
-            r.tier.defer(PendingOp::Scope {
-                key: r.keys.cache_clear.to_string(),
-                channel: r.keys.channel.clone(),
-                action: bus::Action::ClearCache,
-                target: self.clear_scope.clone(),
-            });
-        }
+        let res = invalidate_scope_everywhere(Scope::Cache(&self.clear_scope)).await;
         self.count_redis(res)
     }
 
@@ -722,8 +677,9 @@ fn lock_token() -> String {
     )
 }
 
-/// Applies a tag invalidation or a global clear (`Scope::Tag` / `Scope::All`) here, then in
-/// Redis (deferred if Redis does not take it), then here again.
+/// Applies a tag invalidation, a cache clear or a global clear here (every local tier and
+/// in-flight body it covers), then in Redis (deferred if Redis does not take it), then here
+/// again.
 pub(super) async fn invalidate_scope_everywhere(scope: Scope<'_>) -> Result<(), CacheError> {
     let (action, target) = match scope {
         Scope::Tag(tag) => (bus::Action::Tag, tag),

@@ -266,22 +266,19 @@ impl RedisTier {
         new: u64,
     ) -> Result<(Option<u64>, Vec<u64>), CacheError> {
         self.exec(move |mut c| async move {
+            let new_text = ticket_text(new);
             let mut p = redis::pipe();
             if let Some((key, px)) = &ticket {
                 p.cmd("SET")
                     .arg(key)
-                    .arg(ticket_text(new))
+                    .arg(&new_text)
                     .arg("NX")
                     .arg("GET")
                     .arg("PX")
                     .arg((*px).max(1));
             }
             for key in &scopes {
-                p.cmd("SET")
-                    .arg(key)
-                    .arg(ticket_text(new))
-                    .arg("NX")
-                    .arg("GET");
+                p.cmd("SET").arg(key).arg(&new_text).arg("NX").arg("GET");
             }
             let replies = p.query_async::<Vec<Option<Vec<u8>>>>(&mut c).await?;
             let mut tokens = replies.into_iter().map(|old| match old {
