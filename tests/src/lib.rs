@@ -732,6 +732,24 @@ impl Node {
             .unwrap_or_else(|e| panic!("node {}: `{command}` failed: {e}", self.pid))
     }
 
+    /// Sends `command` again every 20 ms until it returns Ok (a write is `Err` while the
+    /// node reconnects or a failover is under way); panics past `within`. Returns the instant
+    /// the Ok arrived.
+    pub fn call_until_ok(&self, command: &str, within: Duration) -> Instant {
+        let deadline = Instant::now() + within;
+        loop {
+            match self.reply(self.send(command)) {
+                Ok(_) => return Instant::now(),
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "node {}: `{command}` never returned Ok within {within:?}: {e}",
+                    self.pid
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The node's bus status: (connected, subscriptions, received, applied).
     pub fn bus(&self) -> (bool, u64, u64, u64) {
         let s = self.call("bus");

@@ -100,12 +100,7 @@ impl Service {
             .next()
             .expect("profile_api printed nothing")
             .expect("read its stdout");
-        let port: u16 = first
-            .split("http://127.0.0.1:")
-            .nth(1)
-            .and_then(|rest| rest.split(' ').next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line: {first}"));
+        let port = listening_port(&first);
         // Keep draining its output (and show it with the test's output).
         std::thread::spawn(move || {
             for l in lines.map_while(Result::ok) {
@@ -493,12 +488,7 @@ fn sigterm_removes_the_temporary_database() {
     let mut child = cmd.spawn().expect("start profile_api");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().expect("a first line").expect("read stdout");
-    let port: u16 = first
-        .split("http://127.0.0.1:")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line: {first}"));
+    let port = listening_port(&first);
     let db = lines
         .by_ref()
         .map_while(Result::ok)
@@ -530,4 +520,14 @@ fn sigterm_removes_the_temporary_database() {
         let f = format!("{}{ext}", db.display());
         assert!(!std::path::Path::new(&f).exists(), "{f} was left behind");
     }
+}
+
+/// The port in `profile_api`'s first line (`profile_api listening on http://127.0.0.1:<port> (pid …)`).
+fn listening_port(first: &str) -> u16 {
+    first
+        .split("http://127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line: {first}"))
 }

@@ -68,18 +68,7 @@ fn wait_redis_ok(node: &Node) {
 
 /// Retries an invalidation until it returns `Ok` (a node may still be reconnecting).
 fn invalidate_ok(node: &Node, command: &str) {
-    let deadline = Instant::now() + WITHIN;
-    loop {
-        let id = node.send(command);
-        match node.reply(id) {
-            Ok(_) => return,
-            Err(e) => assert!(
-                Instant::now() < deadline,
-                "`{command}` never returned Ok: {e}"
-            ),
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    node.call_until_ok(command, WITHIN);
 }
 
 /// What happens to Redis while a body is held.

@@ -23,23 +23,6 @@ fn set_db(db: &RedisServer, id: u64, value: &str) {
         .expect("set the source of truth");
 }
 
-/// Retries `invalidate <id>` until it returns Ok (a write is `Err` while the failover is in
-/// progress: unconfirmed by the replica, `READONLY`, or the master unreachable). Returns the
-/// instant it returned Ok.
-fn invalidate_ok(node: &Node, id: u64) -> Instant {
-    let deadline = Instant::now() + WITHIN;
-    loop {
-        match node.reply(node.send(&format!("invalidate {id}"))) {
-            Ok(_) => return Instant::now(),
-            Err(e) => assert!(
-                Instant::now() < deadline,
-                "invalidate {id} never returned Ok: {e}"
-            ),
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_failover_under_two_processes_serves_nothing_invalidated() {
     let set = SentinelSet::start("twoproc");
@@ -82,7 +65,9 @@ fn a_failover_under_two_processes_serves_nothing_invalidated() {
             for id in 1..=KEYS {
                 let v = format!("r{round}-{id}");
                 set_db(&db, id, &v);
-                let at = invalidate_ok(&a, id);
+                // `Err` while the failover is under way (unconfirmed by the replica,
+                // `READONLY`, the master unreachable): retried.
+                let at = a.call_until_ok(&format!("invalidate {id}"), WITHIN);
                 settled.insert(id, (v, at));
                 // B reads a key invalidated earlier in this round (or the last round).
                 let probe = (id * 7) % KEYS + 1;
