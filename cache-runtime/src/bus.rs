@@ -163,6 +163,18 @@ pub(crate) fn channel(prefix: &str) -> String {
     format!("{prefix}:bus:{BUS_VERSION}")
 }
 
+/// Cluster: the shard channel of a bucket, `{prefix:b}:bus:1`, in the bucket's slot (so a
+/// write publishes with `SPUBLISH` on the master it writes to, in the same round trip).
+pub(crate) fn shard_channel(prefix: &str, bucket: u32) -> String {
+    format!("{{{prefix}:{bucket}}}:bus:{BUS_VERSION}")
+}
+
+/// The shard channel of a key's bucket: the key's hash tag + `:bus:1`.
+pub(crate) fn shard_channel_of(key: &str) -> String {
+    let tag_end = key.find('}').map_or(key.len(), |i| i + 1);
+    format!("{}:bus:{BUS_VERSION}", &key[..tag_end])
+}
+
 /// A local tier that the bus can evict.
 pub(crate) trait Target: Send + Sync {
     /// What a cache-clear message (`C`) names: the cache's clear scope.
@@ -338,9 +350,10 @@ const HEALTHY: Duration = Duration::from_secs(10);
 #[cfg(feature = "redis")]
 pub(crate) async fn run(
     client: Arc<crate::redis_tier::RedisTarget>,
-    channel: String,
+    prefix: String,
     timeout: Duration,
 ) {
+    let channel = channel(&prefix);
     // After a failure 100 ms, doubling up to 1.6 s; after a clean end 50 ms (the first
     // delay of a fresh backoff, skipped before the first failure).
     let backoff = ExponentialBuilder::new()
@@ -352,7 +365,12 @@ pub(crate) async fn run(
     let mut failures: u32 = 0;
     loop {
         let started = tokio::time::Instant::now();
-        let res = subscribe_and_listen(&client, &channel, timeout).await;
+        let res = match &*client {
+            crate::redis_tier::RedisTarget::Cluster(c) => {
+                cluster::subscribe_and_listen(c, &prefix, timeout).await
+            }
+            _ => subscribe_and_listen(&client, &channel, timeout).await,
+        };
         if counters().connected.load(Ordering::Relaxed) && started.elapsed() >= HEALTHY {
             // A subscription that stayed up this long was healthy: the next loss starts a
             // fresh backoff (the old loop only reset on `Ok`, which never came: fault 4).
@@ -461,6 +479,253 @@ async fn subscribe_and_listen(
                         return Err("probe timed out".into());
                     }
                     Some(_) => {}
+                }
+            }
+        }
+    }
+}
+
+/// The bus on Redis Cluster (docs/PROTOCOL.md §5.3–5.4): sharded pub/sub.
+///
+/// Every process `SSUBSCRIBE`s to the 1024 bucket channels `{p:b}:bus:1` on one cluster
+/// connection (RESP3, a connection per master; each channel lives on its slot's master).
+/// Writers `SPUBLISH` in the same pipeline or script as the write, on the key's master.
+///
+/// **Trust, per shard.** Each probe round publishes, on each master, a message to a channel
+/// only this process subscribes to (`{p:b}:bus:1:p:<origin>`, for one bucket `b` of that
+/// master); it arrives on the same node connection, after every message that master
+/// published before it (and through the same in-order forwarding in redis-rs). When the
+/// round sent at `p` has come back from every master, the bus is trusted until `p + W`: the
+/// single-node argument, per shard, with trust = every shard trusted. A node connection lost
+/// (`Disconnection` push) or a shard channel taken away (`sunsubscribe`: the slot moved) is a
+/// gap: the subscription is rebuilt from scratch (new connection, every channel subscribed
+/// again on the slots' current masters) and local copies are cleared, as on a single node.
+#[cfg(feature = "redis")]
+mod cluster {
+    use std::collections::{BTreeMap, HashSet};
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use futures_util::StreamExt;
+    use redis::cluster_async::ClusterConnection;
+    use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+    use redis::{PushKind, Value};
+    use tokio::time::Instant;
+
+    use super::{
+        clear_shared, counters, handle, metrics, set_trusted, shard_channel, BUS_VERSION,
+        BUS_WINDOW,
+    };
+    use crate::key::REDIS_BUCKETS;
+    use crate::redis_tier::{key_slot, ClusterTarget};
+
+    /// How often the masters are asked again which buckets they hold (for the probes).
+    const TOPOLOGY_REFRESH: Duration = Duration::from_secs(1);
+
+    fn probe_channel(prefix: &str, bucket: u32) -> String {
+        format!(
+            "{{{prefix}:{bucket}}}:bus:{BUS_VERSION}:p:{:016x}",
+            super::instance_id()
+        )
+    }
+
+    /// One bucket per master (`CLUSTER SLOTS`): the buckets whose probes cover every shard.
+    async fn representatives(
+        conn: &mut ClusterConnection,
+        prefix: &str,
+    ) -> Result<Vec<u32>, String> {
+        let reply = conn
+            .route_command(
+                redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
+            )
+            .await
+            .map_err(|e| format!("CLUSTER SLOTS: {e}"))?;
+        let Value::Array(ranges) = reply else {
+            return Err(format!("unexpected CLUSTER SLOTS reply: {reply:?}"));
+        };
+        // master address -> slot ranges
+        let mut masters: BTreeMap<String, Vec<(u16, u16)>> = BTreeMap::new();
+        for range in ranges {
+            let Value::Array(items) = range else { continue };
+            let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(node))) =
+                (items.first(), items.get(1), items.get(2))
+            else {
+                continue;
+            };
+            let addr = node
+                .iter()
+                .take(2)
+                .map(|v| match v {
+                    Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                    Value::SimpleString(s) => s.clone(),
+                    Value::Int(i) => i.to_string(),
+                    _ => String::new(),
+                })
+                .collect::<Vec<_>>()
+                .join(":");
+            masters
+                .entry(addr)
+                .or_default()
+                .push((*start as u16, *end as u16));
+        }
+        let slot_of = |b: u32| key_slot(format!("{{{prefix}:{b}}}").as_bytes());
+        let mut reps = Vec::new();
+        for ranges in masters.values() {
+            if let Some(b) = (0..REDIS_BUCKETS).find(|&b| {
+                let s = slot_of(b);
+                ranges.iter().any(|&(lo, hi)| lo <= s && s <= hi)
+            }) {
+                reps.push(b);
+            }
+        }
+        if reps.is_empty() {
+            return Err("no master holds a bucket".into());
+        }
+        Ok(reps)
+    }
+
+    async fn subscribe_all(
+        conn: &ClusterConnection,
+        channels: Vec<String>,
+    ) -> redis::RedisResult<()> {
+        let mut results = futures_util::stream::iter(channels.into_iter().map(|ch| {
+            let mut conn = conn.clone();
+            async move { conn.ssubscribe(&ch).await }
+        }))
+        .buffer_unordered(64);
+        while let Some(res) = results.next().await {
+            res?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn subscribe_and_listen(
+        target: &ClusterTarget,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let give_up = timeout.max(Duration::from_secs(1));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<redis::PushInfo>();
+        let connect = tokio::time::timeout(give_up * 4, async {
+            let client = target
+                .builder()?
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(tx)
+                .build()?;
+            let conn = client.get_async_connection().await?;
+            let channels = (0..REDIS_BUCKETS)
+                .map(|b| shard_channel(prefix, b))
+                .collect::<Vec<_>>();
+            subscribe_all(&conn, channels).await?;
+            Ok::<_, redis::RedisError>(conn)
+        })
+        .await
+        .map_err(|_| "subscribe timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+        let mut conn = connect;
+        let c = counters();
+        c.subscriptions.fetch_add(1, Ordering::Relaxed);
+        c.connected.store(true, Ordering::Relaxed);
+        metrics::gauge!("cache_bus_connected").set(1.0);
+        // Messages sent before the subscription took effect are lost.
+        clear_shared();
+        tracing::debug!(prefix, "invalidation bus subscribed (cluster, sharded)");
+        let probe_suffix = format!(":p:{:016x}", super::instance_id());
+        let mut reps: Vec<u32> = Vec::new();
+        let mut probe_subscribed: HashSet<u32> = HashSet::new();
+        let mut topology_at: Option<Instant> = None;
+        // (sent at, round, buckets whose probe has not come back)
+        let mut in_flight: Option<(Instant, u64, HashSet<u32>)> = None;
+        let mut round: u64 = 0;
+        let mut trusted_until: Option<Instant> = None;
+        let mut probes = tokio::time::interval(BUS_WINDOW / 4);
+        probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                push = rx.recv() => {
+                    let Some(push) = push else {
+                        return Err("subscription closed".into());
+                    };
+                    match push.kind {
+                        PushKind::SMessage | PushKind::Message => {
+                            let (Some(Value::BulkString(ch)), Some(Value::BulkString(payload))) =
+                                (push.data.first(), push.data.get(1))
+                            else {
+                                continue;
+                            };
+                            if ch.ends_with(probe_suffix.as_bytes()) {
+                                let Some((_, sent_round, left)) = &mut in_flight else {
+                                    continue;
+                                };
+                                let answered = std::str::from_utf8(payload)
+                                    .ok()
+                                    .and_then(|p| p.split_once(':'))
+                                    .and_then(|(r, b)| Some((r.parse::<u64>().ok()?, b.parse::<u32>().ok()?)));
+                                if let Some((r, b)) = answered {
+                                    if r == *sent_round {
+                                        left.remove(&b);
+                                    }
+                                }
+                                if left.is_empty() {
+                                    let (sent, _, _) = in_flight.take().expect("in flight");
+                                    // Every shard delivered what it published before `sent`.
+                                    trusted_until = Some(sent + BUS_WINDOW);
+                                    set_trusted(Instant::now() < sent + BUS_WINDOW);
+                                }
+                            } else {
+                                handle(payload);
+                            }
+                        }
+                        PushKind::Disconnection => {
+                            return Err("a node's subscription connection was lost".into());
+                        }
+                        PushKind::SUnsubscribe => {
+                            // Never asked for: the slot moved (resharding, failover).
+                            return Err("a shard channel was unsubscribed (slot moved)".into());
+                        }
+                        _ => {}
+                    }
+                }
+                _ = probes.tick() => {
+                    let now = Instant::now();
+                    if trusted_until.is_none_or(|t| now >= t) {
+                        set_trusted(false);
+                    }
+                    match &in_flight {
+                        Some((sent, _, _)) if now.duration_since(*sent) > give_up => {
+                            return Err("probe timed out".into());
+                        }
+                        Some(_) => continue,
+                        None => {}
+                    }
+                    if topology_at.is_none_or(|t| now.duration_since(t) >= TOPOLOGY_REFRESH) {
+                        reps = representatives(&mut conn, prefix).await?;
+                        let new: Vec<String> = reps
+                            .iter()
+                            .filter(|b| !probe_subscribed.contains(b))
+                            .map(|&b| probe_channel(prefix, b))
+                            .collect();
+                        subscribe_all(&conn, new).await.map_err(|e| format!("probe subscribe: {e}"))?;
+                        probe_subscribed.extend(reps.iter().copied());
+                        topology_at = Some(Instant::now());
+                    }
+                    round += 1;
+                    let sent = Instant::now();
+                    in_flight = Some((sent, round, reps.iter().copied().collect()));
+                    for &b in &reps {
+                        let mut conn = conn.clone();
+                        let channel = probe_channel(prefix, b);
+                        let payload = format!("{round}:{b}");
+                        tokio::spawn(async move {
+                            let _ = redis::cmd("SPUBLISH")
+                                .arg(&channel)
+                                .arg(&payload)
+                                .query_async::<()>(&mut conn)
+                                .await;
+                        });
+                    }
                 }
             }
         }

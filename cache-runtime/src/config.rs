@@ -27,7 +27,30 @@ pub struct Config {
     pub(crate) breaker_cooldown: Duration,
     pub(crate) tls_root_pem: Option<Vec<u8>>,
     pub(crate) sentinel: Option<SentinelConfig>,
+    pub(crate) cluster: Option<ClusterConfig>,
     pub(crate) wait_replicas: WaitReplicas,
+}
+
+/// Redis Cluster: seed nodes (any reachable node will do; the slot map is asked from them)
+/// and whether reads may go to replicas.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct ClusterConfig {
+    /// `redis://` or `rediss://` URLs of seed nodes; credentials in the URLs apply to every
+    /// node.
+    pub urls: Vec<String>,
+    pub read_from_replicas: bool,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field(
+                "urls",
+                &self.urls.iter().map(|u| redact(u)).collect::<Vec<_>>(),
+            )
+            .field("read_from_replicas", &self.read_from_replicas)
+            .finish()
+    }
 }
 
 /// Redis behind Sentinel: the sentinels to ask and the name of the master they monitor.
@@ -94,6 +117,7 @@ impl Default for Config {
             breaker_cooldown: Duration::from_secs(1),
             tls_root_pem: None,
             sentinel: None,
+            cluster: None,
             wait_replicas: WaitReplicas::Auto,
         }
     }
@@ -108,7 +132,9 @@ impl Config {
 
     /// The defaults plus `REDIS_URL` (and `CACHE_KEY_PREFIX`) from the environment, or, with
     /// `REDIS_SENTINEL_URLS` (comma-separated sentinel URLs) and `REDIS_SENTINEL_MASTER`,
-    /// Redis behind Sentinel (`REDIS_USERNAME` / `REDIS_PASSWORD`: the master's credentials).
+    /// Redis behind Sentinel (`REDIS_USERNAME` / `REDIS_PASSWORD`: the master's credentials),
+    /// or, with `REDIS_CLUSTER_URLS` (comma-separated seed node URLs), Redis Cluster
+    /// (`REDIS_READ_FROM_REPLICAS=1` sends hits to replicas; off by default).
     ///
     /// ```
     /// let c = cache_runtime::Config::from_env();
@@ -124,16 +150,21 @@ impl Config {
             (var("REDIS_SENTINEL_URLS"), var("REDIS_SENTINEL_MASTER"))
         {
             c.sentinel = Some(SentinelConfig {
-                urls: urls
-                    .split(',')
-                    .map(|u| u.trim().to_string())
-                    .filter(|u| !u.is_empty())
-                    .collect(),
+                urls: split_urls(&urls),
                 master,
                 username: var("REDIS_USERNAME"),
                 password: var("REDIS_PASSWORD"),
             });
             c.redis_url = None;
+        }
+        if let Some(urls) = var("REDIS_CLUSTER_URLS") {
+            c.cluster = Some(ClusterConfig {
+                urls: split_urls(&urls),
+                read_from_replicas: var("REDIS_READ_FROM_REPLICAS")
+                    .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true")),
+            });
+            c.redis_url = None;
+            c.sentinel = None;
         }
         if let Ok(p) = std::env::var("CACHE_KEY_PREFIX") {
             if !p.is_empty() {
@@ -150,7 +181,18 @@ impl Config {
 
     /// Whether Redis is configured, by URL or through Sentinel.
     pub fn redis_configured(&self) -> bool {
-        self.redis_url.is_some() || self.sentinel.is_some()
+        self.redis_url.is_some() || self.sentinel.is_some() || self.cluster.is_some()
+    }
+
+    /// The seed node URLs, when Redis is a cluster.
+    pub fn redis_cluster(&self) -> Option<&[String]> {
+        self.cluster.as_ref().map(|c| c.urls.as_slice())
+    }
+
+    /// Whether hits may be served by cluster replicas (see
+    /// [`ConfigBuilder::read_from_replicas`]).
+    pub fn read_from_replicas(&self) -> bool {
+        self.cluster.as_ref().is_some_and(|c| c.read_from_replicas)
     }
 
     /// The sentinel URLs and master name, when Redis is found through Sentinel.
@@ -195,6 +237,60 @@ impl ConfigBuilder {
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
         self.0.redis_url = Some(url.into());
         self.0.sentinel = None;
+        self.0.cluster = None;
+        self
+    }
+
+    /// Redis Cluster, found through these seed nodes (`redis://` or `rediss://` URLs of any
+    /// nodes; username and password in the URLs apply to every node; with `rediss://`,
+    /// [`tls_root_certificate`](Self::tls_root_certificate) is the CA trusted for every
+    /// node). Uses redis-rs's cluster client: a connection per node, `MOVED` / `ASK`,
+    /// slot-map refreshes. Values spread over every master (docs/PROTOCOL.md §2), the bus
+    /// uses sharded pub/sub (§5.3).
+    ///
+    /// ```
+    /// let c = cache_runtime::Config::builder()
+    ///     .redis_cluster(["redis://:secret@10.0.0.1:7000", "redis://:secret@10.0.0.2:7000"])
+    ///     .build();
+    /// assert_eq!(c.redis_cluster().map(<[String]>::len), Some(2));
+    /// assert!(c.redis_configured());
+    /// assert!(!format!("{c:?}").contains("secret"));
+    /// ```
+    pub fn redis_cluster<I, S>(mut self, seeds: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let read_from_replicas = self
+            .0
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.read_from_replicas);
+        self.0.cluster = Some(ClusterConfig {
+            urls: seeds.into_iter().map(Into::into).collect(),
+            read_from_replicas,
+        });
+        self.0.redis_url = None;
+        self.0.sentinel = None;
+        self
+    }
+
+    /// With [`redis_cluster`](Self::redis_cluster): send hits (`MGET`) to replicas (off by
+    /// default). A replica may still hold a ticket its master already deleted, so this adds
+    /// the replication lag to the window of invalidations for Redis reads. Call it after
+    /// `redis_cluster`.
+    ///
+    /// ```
+    /// let c = cache_runtime::Config::builder()
+    ///     .redis_cluster(["redis://10.0.0.1:7000"])
+    ///     .read_from_replicas(true)
+    ///     .build();
+    /// assert!(c.read_from_replicas());
+    /// ```
+    pub fn read_from_replicas(mut self, on: bool) -> Self {
+        if let Some(c) = &mut self.0.cluster {
+            c.read_from_replicas = on;
+        }
         self
     }
 
@@ -229,6 +325,7 @@ impl ConfigBuilder {
             password,
         });
         self.0.redis_url = None;
+        self.0.cluster = None;
         self
     }
 
@@ -252,6 +349,7 @@ impl ConfigBuilder {
     pub fn without_redis(mut self) -> Self {
         self.0.redis_url = None;
         self.0.sentinel = None;
+        self.0.cluster = None;
         self
     }
 
@@ -319,4 +417,12 @@ pub(crate) fn redact(s: &str) -> String {
         }
         _ => s.to_string(),
     }
+}
+
+/// Comma-separated URLs, trimmed, empty ones dropped.
+fn split_urls(urls: &str) -> Vec<String> {
+    urls.split(',')
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .collect()
 }

@@ -92,9 +92,11 @@ pub enum Scope<'a> {
     Tag(&'a str),
 }
 
-/// The Redis key of a scope's random token (docs/PROTOCOL.md §4.3). Every value carries the
-/// tokens of its scopes; a tag invalidation or a clear deletes the scope's token, so every
-/// value stamped with it is refused everywhere, and the next token is a new random number.
+/// The Redis key of a scope's random token on a single node or Sentinel (docs/PROTOCOL.md
+/// §4.3). Every value carries the tokens of its scopes; a tag invalidation or a clear
+/// deletes the scope's token, so every value stamped with it is refused everywhere, and the
+/// next token is a new random number. On a cluster the token is striped per bucket instead:
+/// see [`scope_token_key`].
 ///
 /// ```
 /// use cache_runtime::key::{scope_key, Scope};
@@ -108,6 +110,66 @@ pub fn scope_key(prefix: &str, scope: Scope<'_>) -> String {
         Scope::Cache(name) => format!("{{{prefix}:scopes}}:c:{name}"),
         Scope::Tag(tag) => format!("{{{prefix}:scopes}}:t:{tag}"),
     }
+}
+
+/// Scope names longer than this are hashed in striped token keys (a tag invalidation deletes
+/// one key per bucket: 1 024 copies of the name).
+const STRIPED_NAME_MAX: usize = 64;
+
+/// The Redis key of a scope's random token **in one bucket**, on Redis Cluster
+/// (docs/PROTOCOL.md §4.3, stage 3). Tokens are striped: every bucket has its own token for
+/// each scope it holds entries of, in the bucket's slot, so a hit reads value, ticket and
+/// tokens with one single-slot `MGET` and no node is a hot spot; a tag invalidation or a
+/// clear deletes the scope's token in every bucket. A scope part (`t:<tag>`, `c:<cache>`)
+/// longer than 64 bytes is replaced by `#` and its 128-bit xxh3 in hex.
+///
+/// ```
+/// use cache_runtime::key::{scope_token_key, Scope};
+/// assert_eq!(scope_token_key("cr", 7, Scope::All), "{cr:7}:s:a");
+/// assert_eq!(scope_token_key("cr", 7, Scope::Cache("app::user")), "{cr:7}:s:c:app::user");
+/// assert_eq!(scope_token_key("cr", 1023, Scope::Tag("team:7")), "{cr:1023}:s:t:team:7");
+/// assert!(scope_token_key("cr", 1, Scope::Tag(&"x".repeat(100))).starts_with("{cr:1}:s:#"));
+/// ```
+pub fn scope_token_key(prefix: &str, bucket: u32, scope: Scope<'_>) -> String {
+    let single = scope_key(prefix, scope);
+    striped_key(
+        prefix,
+        bucket,
+        scope_suffix(prefix, &single).unwrap_or(&single),
+    )
+}
+
+/// The part of a single-node scope key after `{prefix:scopes}:`.
+fn scope_suffix<'a>(prefix: &str, single: &'a str) -> Option<&'a str> {
+    single
+        .strip_prefix('{')?
+        .strip_prefix(prefix)?
+        .strip_prefix(":scopes}:")
+}
+
+fn striped_key(prefix: &str, bucket: u32, suffix: &str) -> String {
+    if suffix.len() > STRIPED_NAME_MAX {
+        let h = xxhash_rust::xxh3::xxh3_128(suffix.as_bytes());
+        format!("{{{prefix}:{bucket}}}:s:#{h:032x}")
+    } else {
+        format!("{{{prefix}:{bucket}}}:s:{suffix}")
+    }
+}
+
+/// Every bucket's token key (cluster layout) of the scope whose single-node key is
+/// `single` ([`scope_key`]), in bucket order.
+///
+/// ```
+/// use cache_runtime::key::{scope_key, scope_token_keys, Scope, REDIS_BUCKETS};
+/// let keys = scope_token_keys("cr", &scope_key("cr", Scope::Tag("t")));
+/// assert_eq!(keys.len(), REDIS_BUCKETS as usize);
+/// assert_eq!(keys[5], "{cr:5}:s:t:t");
+/// ```
+pub fn scope_token_keys(prefix: &str, single: &str) -> Vec<String> {
+    let suffix = scope_suffix(prefix, single).unwrap_or(single);
+    (0..REDIS_BUCKETS)
+        .map(|b| striped_key(prefix, b, suffix))
+        .collect()
 }
 
 /// Characters that may follow a placeholder in a key template. Interpolated values never

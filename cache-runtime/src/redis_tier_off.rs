@@ -26,7 +26,7 @@ pub(crate) struct RedisTarget(Infallible);
 pub(crate) use crate::redis_request::{EntryKeys, Fetched, ReadRequest, WriteRequest};
 
 /// The bus subscriber (`bus::run` re-exports this without the feature): never called.
-pub(crate) async fn run(target: Arc<RedisTarget>, _channel: String, _timeout: Duration) {
+pub(crate) async fn run(target: Arc<RedisTarget>, _prefix: String, _timeout: Duration) {
     match target.0 {}
 }
 
@@ -51,7 +51,8 @@ impl RedisTier {
     }
     pub(crate) async fn claim_tokens(
         &self,
-        _ticket: Option<(String, u64)>,
+        _ticket: Option<String>,
+        _px: u64,
         _scopes: Vec<String>,
         _new: u64,
     ) -> Result<(Option<u64>, Vec<u64>), CacheError> {
@@ -96,7 +97,7 @@ impl RedisTier {
     }
     pub(crate) async fn invalidate_scope(
         &self,
-        _key: String,
+        _keys: Vec<String>,
         _channel: String,
         _message: String,
     ) -> Result<(), CacheError> {

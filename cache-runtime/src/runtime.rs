@@ -22,7 +22,7 @@ fn make_runtime(config: Config) -> Result<Runtime, InitError> {
             let tier = RedisTier::new(&config)?;
             tier.handle().spawn(bus::run(
                 tier.target(),
-                bus::channel(&config.key_prefix),
+                config.key_prefix.clone(),
                 config.connect_timeout,
             ));
             Some(tier)
@@ -56,7 +56,7 @@ pub(crate) fn runtime() -> &'static Runtime {
         let config = Config::from_env();
         if !config.redis_configured() {
             tracing::warn!(
-                "neither REDIS_URL nor REDIS_SENTINEL_URLS is set and init() was not called; the Redis tier is disabled \
+                "none of REDIS_URL, REDIS_SENTINEL_URLS, REDIS_CLUSTER_URLS is set and init() was not called; the Redis tier is disabled \
                  (local+redis caches use their local tier only, redis caches run the body on \
                  every call)"
             );
@@ -69,6 +69,7 @@ pub(crate) fn runtime() -> &'static Runtime {
                     config: Config {
                         redis_url: None,
                         sentinel: None,
+                        cluster: None,
                         ..config
                     },
                     redis: None,
@@ -160,7 +161,7 @@ pub async fn health_check() -> Result<(), CacheError> {
                 .await
         }
         None => Err(CacheError::Unavailable(
-            "no redis configured (set REDIS_URL or REDIS_SENTINEL_URLS, or call \
+            "no redis configured (set REDIS_URL, REDIS_SENTINEL_URLS or REDIS_CLUSTER_URLS, or call \
              cache_runtime::init)"
                 .into(),
         )),

@@ -125,15 +125,25 @@ pub fn serve(handlers: Handlers) {
         .expect("--redis URL");
     // Behind Sentinel (`NODE_SENTINEL_URLS`, comma-separated, and `NODE_SENTINEL_MASTER`) the
     // cache follows the master; the "database" is then `--redis` (a separate server).
+    // `NODE_KEY_PREFIX` isolates the nodes of one test from others sharing a Redis.
+    let prefix = std::env::var("NODE_KEY_PREFIX").unwrap_or_else(|_| "t".into());
     let builder = cache_runtime::Config::builder()
-        .key_prefix("t")
+        .key_prefix(prefix)
         .redis_timeout(Duration::from_millis(500));
+    // On a cluster (`NODE_CLUSTER_URLS`, comma-separated seed nodes) the same: the cache is
+    // the cluster, the "database" `--redis`.
     let builder = match (
         std::env::var("NODE_SENTINEL_URLS"),
         std::env::var("NODE_SENTINEL_MASTER"),
+        std::env::var("NODE_CLUSTER_URLS"),
     ) {
-        (Ok(urls), Ok(master)) => builder.redis_sentinel(urls.split(','), master),
+        (_, _, Ok(seeds)) => builder.redis_cluster(seeds.split(',')),
+        (Ok(urls), Ok(master), _) => builder.redis_sentinel(urls.split(','), master),
         _ => builder.redis_url(url.clone()),
+    };
+    let builder = match std::env::var("NODE_REDIS_TIMEOUT_MS") {
+        Ok(ms) => builder.redis_timeout(Duration::from_millis(ms.parse().expect("ms"))),
+        Err(_) => builder,
     };
     cache_runtime::init(builder.build()).expect("init");
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -239,6 +249,17 @@ async fn run(h: &Handlers, cmd: &str, args: &[String]) -> Result<String, String>
             .collect::<Vec<_>>()
             .join(","),
         "stats" => (h.stats)(),
+        "trusted" => cache_runtime::bus_status().trusted.to_string(),
+        // Every cache's counters, `name=Stats {..}` separated by ` | `.
+        "stats_all" => cache_runtime::caches()
+            .into_iter()
+            .map(|c| format!("{}={:?}", c.name, c.stats))
+            .collect::<Vec<_>>()
+            .join(" | "),
+        "health" => match cache_runtime::health_check().await {
+            Ok(()) => "ok".to_string(),
+            Err(e) => return Err(e.to_string()),
+        },
         "pid" => std::process::id().to_string(),
         "pending" => cache_runtime::redis_status().pending_writes.to_string(),
         other => return Err(format!("unknown command {other}")),

@@ -11,10 +11,14 @@
 //! {cr:b}:v2:{v}:{k}   the value (an envelope, see `codec`), kept ttl + stale
 //! {cr:b}:t:{k}        the key's random ticket (every schema version shares it)
 //! {cr:b}:l:{v}:{k}    the distributed single-flight lock (`lock = ...`)
-//! {cr:scopes}:c:{name} the cache's clear token    } scope tokens (random, no TTL)
-//! {cr:scopes}:a        the global clear token     }
-//! {cr:scopes}:t:{tag}  a tag's token              }
-//! cr:bus:1            the bus channel
+//! {cr:scopes}:c:{name} the cache's clear token  } scope tokens, single node and Sentinel
+//! {cr:scopes}:a        the global clear token   } (random, kept as long as the tickets
+//! {cr:scopes}:t:{tag}  a tag's token            } of the values stamped with them)
+//! {cr:b}:s:c:{name}    } the same on a cluster, striped: one per bucket, in its slot
+//! {cr:b}:s:a           }
+//! {cr:b}:s:t:{tag}     }
+//! cr:bus:1             the bus channel (single node, Sentinel)
+//! {cr:b}:bus:1         bucket b's shard channel (cluster: SPUBLISH / SSUBSCRIBE)
 //! ```
 //!
 //! A value is served only if the ticket key exists and equals the envelope's ticket, and
@@ -32,9 +36,10 @@ use crate::bus;
 use crate::codec::{self, DecodeError, Decoded};
 use crate::entry::Meta;
 use crate::error::CacheError;
-use crate::key::{bucket_key, key_middles, scope_key, Scope, TICKET_MIDDLE};
-#[cfg(test)]
-use crate::key::{redis_bucket, REDIS_BUCKETS};
+use crate::key::{
+    bucket_key, key_middles, redis_bucket, scope_key, scope_token_key, Scope, REDIS_BUCKETS,
+    TICKET_MIDDLE,
+};
 use crate::pending::{Added, PendingOp};
 use crate::redis_tier::{EntryKeys, Fetched, ReadRequest, RedisTier, WriteRequest};
 use crate::runtime::runtime;
@@ -76,22 +81,45 @@ pub(super) struct KeyScheme {
     /// `v{wire}:{schema}:` and `l:{schema}:`, between a key's hash tag and its logical key.
     value_middle: String,
     lock_middle: String,
-    /// `{prefix:scopes}:c:{name}`
-    cache_clear: Arc<str>,
-    /// `{prefix:scopes}:a`
-    all_clear: Arc<str>,
+    /// The cache-clear and global-clear token keys: one pair (single node, Sentinel), or
+    /// one per bucket (cluster: `{prefix:b}:s:c:{name}`, `{prefix:b}:s:a`), built once (two
+    /// of these are read on every Redis hit).
+    clears: Vec<[Arc<str>; 2]>,
+    /// Cluster layout: scope tokens striped per bucket (docs/PROTOCOL.md §4.3).
+    striped: bool,
     channel: String,
 }
 
 impl KeyScheme {
+    /// The scheme of the runtime's Redis: striped scope tokens on a cluster.
     pub(super) fn new(prefix: &str, cache: &str, version: u32) -> Self {
+        let striped = runtime().config.cluster.is_some();
+        Self::with_layout(prefix, cache, version, striped)
+    }
+
+    pub(super) fn with_layout(prefix: &str, cache: &str, version: u32, striped: bool) -> Self {
         let (value_middle, lock_middle) = key_middles(version);
+        let clears = if striped {
+            (0..REDIS_BUCKETS)
+                .map(|b| {
+                    [
+                        scope_token_key(prefix, b, Scope::Cache(cache)).into(),
+                        scope_token_key(prefix, b, Scope::All).into(),
+                    ]
+                })
+                .collect()
+        } else {
+            vec![[
+                scope_key(prefix, Scope::Cache(cache)).into(),
+                scope_key(prefix, Scope::All).into(),
+            ]]
+        };
         Self {
             prefix: prefix.to_string(),
             value_middle,
             lock_middle,
-            cache_clear: scope_key(prefix, Scope::Cache(cache)).into(),
-            all_clear: scope_key(prefix, Scope::All).into(),
+            clears,
+            striped,
             channel: bus::channel(prefix),
         }
     }
@@ -112,13 +140,22 @@ impl KeyScheme {
     /// with (the first two shared, not copied).
     fn stamps(&self, key: &Key) -> Vec<Arc<str>> {
         let mut keys = Vec::with_capacity(2 + key.tags.len());
-        keys.push(self.cache_clear.clone());
-        keys.push(self.all_clear.clone());
-        keys.extend(
-            key.tags
-                .iter()
-                .map(|t| Arc::from(scope_key(&self.prefix, Scope::Tag(t)))),
-        );
+        if self.striped {
+            let b = redis_bucket(&key.logical);
+            keys.extend(self.clears[b as usize].iter().cloned());
+            keys.extend(
+                key.tags
+                    .iter()
+                    .map(|t| Arc::from(scope_token_key(&self.prefix, b, Scope::Tag(t)))),
+            );
+        } else {
+            keys.extend(self.clears[0].iter().cloned());
+            keys.extend(
+                key.tags
+                    .iter()
+                    .map(|t| Arc::from(scope_key(&self.prefix, Scope::Tag(t)))),
+            );
+        }
         keys
     }
 
@@ -230,9 +267,8 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             let res = redis
                 .tier
                 .claim_tokens(
-                    ticket
-                        .is_none()
-                        .then(|| (redis.keys.ticket(key), self.ticket_px(redis))),
+                    ticket.is_none().then(|| redis.keys.ticket(key)),
+                    self.ticket_px(redis),
                     missing.iter().map(|&i| scope_keys[i].to_string()).collect(),
                     new_ticket(),
                 )
@@ -695,7 +731,11 @@ pub(super) async fn invalidate_scope_everywhere(scope: Scope<'_>) -> Result<(), 
     let key = scope_key(prefix, scope);
     let channel = bus::channel(prefix);
     let res = r
-        .invalidate_scope(key.clone(), channel.clone(), bus::message(action, target))
+        .invalidate_scope(
+            r.scope_keys(prefix, &key),
+            channel.clone(),
+            bus::message(action, target),
+        )
         .await;
     if res.is_ok() {
         // Again after Redis: a load here may have read the old token meanwhile (other
@@ -719,31 +759,55 @@ mod tests {
 
     #[test]
     fn the_key_scheme_is_the_documented_one() {
-        let keys = KeyScheme::new("cr", "app::user", 3);
         let key = Key::new("user:42").with_tags(vec!["t:1".into(), "t:2".into()]);
-        let entry = keys.entry(&key, true);
         let b = redis_bucket("user:42");
         assert!(b < REDIS_BUCKETS);
-        assert_eq!(entry.value, format!("{{cr:{b}}}:v2:3:user:42"));
-        assert_eq!(entry.ticket, format!("{{cr:{b}}}:t:user:42"));
-        assert_eq!(entry.lock, format!("{{cr:{b}}}:l:3:user:42"));
-        let stamps: Vec<&str> = entry.stamps.iter().map(|s| &**s).collect();
-        assert_eq!(
-            stamps,
-            [
-                "{cr:scopes}:c:app::user",
-                "{cr:scopes}:a",
-                "{cr:scopes}:t:t:1",
-                "{cr:scopes}:t:t:2"
-            ]
-        );
-        assert_eq!(keys.channel, "cr:bus:1");
-        assert_eq!(scope_key("cr", Scope::Tag("t:1")), stamps[2]);
-        assert_eq!(scope_key("cr", Scope::All), stamps[1]);
-        assert_eq!(
-            crate::key::redis_keys("cr", 3, "user:42"),
-            (entry.value, entry.ticket, entry.lock)
-        );
+        for striped in [false, true] {
+            let keys = KeyScheme::with_layout("cr", "app::user", 3, striped);
+            let entry = keys.entry(&key, true);
+            assert_eq!(entry.value, format!("{{cr:{b}}}:v2:3:user:42"));
+            assert_eq!(entry.ticket, format!("{{cr:{b}}}:t:user:42"));
+            assert_eq!(entry.lock, format!("{{cr:{b}}}:l:3:user:42"));
+            assert_eq!(keys.channel, "cr:bus:1");
+            assert_eq!(
+                crate::key::redis_keys("cr", 3, "user:42"),
+                (
+                    entry.value.clone(),
+                    entry.ticket.clone(),
+                    entry.lock.clone()
+                )
+            );
+            let stamps: Vec<&str> = entry.stamps.iter().map(|s| &**s).collect();
+            if !striped {
+                assert_eq!(
+                    stamps,
+                    [
+                        "{cr:scopes}:c:app::user",
+                        "{cr:scopes}:a",
+                        "{cr:scopes}:t:t:1",
+                        "{cr:scopes}:t:t:2"
+                    ]
+                );
+                continue;
+            }
+            assert_eq!(
+                stamps,
+                [
+                    format!("{{cr:{b}}}:s:c:app::user"),
+                    format!("{{cr:{b}}}:s:a"),
+                    format!("{{cr:{b}}}:s:t:t:1"),
+                    format!("{{cr:{b}}}:s:t:t:2"),
+                ]
+            );
+            let every = |scope| crate::key::scope_token_keys("cr", &scope_key("cr", scope));
+            assert_eq!(every(Scope::Tag("t:1"))[b as usize], stamps[2]);
+            assert_eq!(every(Scope::All)[b as usize], stamps[1]);
+            // Every key of an entry shares its bucket's slot (one MGET, single-slot scripts).
+            let slot = crate::redis_tier::key_slot(entry.value.as_bytes());
+            for k in stamps.iter().copied().chain([&*entry.ticket, &*entry.lock]) {
+                assert_eq!(crate::redis_tier::key_slot(k.as_bytes()), slot, "{k}");
+            }
+        }
     }
 
     #[test]

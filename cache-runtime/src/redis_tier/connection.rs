@@ -8,13 +8,18 @@ use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{
+    MultipleNodeRoutingInfo, ResponsePolicy, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
+};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 #[cfg(feature = "tls")]
 use redis::TlsMode;
 use redis::{ConnectionAddr, IntoConnectionInfo, RedisError};
 use tokio::sync::watch;
 
-use crate::config::{redact, Config, SentinelConfig, WaitReplicas};
+use crate::config::{redact, ClusterConfig, Config, SentinelConfig, WaitReplicas};
 use crate::error::CacheError;
 use crate::log_limit::LogLimiter;
 
@@ -23,8 +28,154 @@ use crate::log_limit::LogLimiter;
 /// behind it); the same connection when writes never wait.
 #[derive(Clone)]
 pub(super) struct Conns {
-    pub(super) data: ConnectionManager,
-    pub(super) write: ConnectionManager,
+    pub(super) data: Conn,
+    pub(super) write: Conn,
+}
+
+/// One logical connection: to a single master (URL or Sentinel), or to a cluster (a
+/// connection per node inside redis-rs's `ClusterConnection`, which follows `MOVED` / `ASK`
+/// and refreshes its slot map). Commands are routed by their first key on a cluster, so every
+/// operation of the runtime touches one slot (docs/PROTOCOL.md §2).
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Conn {
+    /// `WAIT n ms` on the connection that carried the write: on a cluster, the master of
+    /// `key`'s slot (the same per-node connection, so `WAIT` covers the write), or every
+    /// master when `key` is `None` (the smallest count wins). redis-rs would otherwise send
+    /// it to every master.
+    pub(super) async fn wait(
+        &mut self,
+        n: u32,
+        ms: u64,
+        key: Option<&str>,
+    ) -> redis::RedisResult<u32> {
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(n).arg(ms);
+        match (self, key) {
+            (Conn::Cluster(c), Some(key)) => {
+                let route = Route::new(key_slot(key.as_bytes()), SlotAddr::Master);
+                let v = c
+                    .route_command(
+                        cmd,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                    )
+                    .await?;
+                Ok(redis::from_redis_value(v)?)
+            }
+            (Conn::Cluster(c), None) => {
+                let v = c
+                    .route_command(
+                        cmd,
+                        RoutingInfo::MultiNode((
+                            MultipleNodeRoutingInfo::AllMasters,
+                            Some(ResponsePolicy::Aggregate(
+                                redis::cluster_routing::AggregateOp::Min,
+                            )),
+                        )),
+                    )
+                    .await?;
+                Ok(redis::from_redis_value(v)?)
+            }
+            (c, _) => cmd.query_async::<u32>(c).await,
+        }
+    }
+
+    /// `ROLE` of the master (single), or of every master (cluster): the fewest replicas any
+    /// master reports; `None` if no master answered as one.
+    pub(super) async fn master_replicas(&mut self) -> Option<u32> {
+        match self {
+            Conn::Single(c) => match redis::cmd("ROLE").query_async::<redis::Role>(c).await {
+                Ok(redis::Role::Primary { replicas, .. }) => Some(replicas.len() as u32),
+                _ => None,
+            },
+            Conn::Cluster(c) => {
+                let v = c
+                    .route_command(
+                        redis::cmd("ROLE"),
+                        RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None)),
+                    )
+                    .await
+                    .ok()?;
+                let redis::Value::Map(per_node) = v else {
+                    return None;
+                };
+                per_node
+                    .into_iter()
+                    .filter_map(
+                        |(_, role)| match redis::from_redis_value::<redis::Role>(role) {
+                            Ok(redis::Role::Primary { replicas, .. }) => {
+                                Some(replicas.len() as u32)
+                            }
+                            _ => None,
+                        },
+                    )
+                    .min()
+            }
+        }
+    }
+}
+
+/// The cluster slot of a key: CRC16/XMODEM of its hash tag (or of the whole key) mod 16384,
+/// as `CLUSTER KEYSLOT` computes it (redis-rs keeps its own private).
+pub(crate) fn key_slot(key: &[u8]) -> u16 {
+    let tag = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            rest.iter()
+                .position(|&b| b == b'}')
+                .filter(|&close| close > 0)
+                .map(|close| &rest[..close])
+        })
+        .unwrap_or(key);
+    let mut crc: u16 = 0;
+    for &b in tag {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
 }
 
 pub(super) enum ConnState {
@@ -42,6 +193,101 @@ pub(super) enum ConnState {
 pub(crate) enum RedisTarget {
     Url(redis::Client),
     Sentinel(SentinelTarget),
+    Cluster(Box<ClusterTarget>),
+}
+
+/// A cluster's seed nodes and options; clients are built from them (the bus's own with
+/// RESP3 and a push sender).
+pub(crate) struct ClusterTarget {
+    config: ClusterConfig,
+    root_pem: Option<Vec<u8>>,
+    connect_timeout: Duration,
+    op_timeout: Duration,
+    client: ClusterClient,
+    write_client: ClusterClient,
+}
+
+impl ClusterTarget {
+    pub(super) fn new(
+        config: &ClusterConfig,
+        root_pem: Option<Vec<u8>>,
+        connect_timeout: Duration,
+        op_timeout: Duration,
+    ) -> redis::RedisResult<Self> {
+        let client =
+            cluster_builder(config, root_pem.as_deref(), connect_timeout, op_timeout)?.build()?;
+        // `WAIT` may take the whole operation timeout on the server.
+        let write_client =
+            cluster_builder(config, root_pem.as_deref(), connect_timeout, op_timeout * 2)?
+                .build()?;
+        Ok(Self {
+            config: config.clone(),
+            root_pem,
+            connect_timeout,
+            op_timeout,
+            client,
+            write_client,
+        })
+    }
+
+    /// A builder for this cluster (the bus adds RESP3 and its push sender).
+    pub(crate) fn builder(&self) -> redis::RedisResult<ClusterClientBuilder> {
+        cluster_builder(
+            &self.config,
+            self.root_pem.as_deref(),
+            self.connect_timeout,
+            self.op_timeout,
+        )
+    }
+
+    /// The clients for data and write connections.
+    fn clients(&self) -> (ClusterClient, ClusterClient) {
+        (self.client.clone(), self.write_client.clone())
+    }
+}
+
+/// Seeds, TLS and its CA, timeouts, few quick retries (every operation is bounded by the
+/// operation timeout anyway), replicas for reads if asked.
+fn cluster_builder(
+    config: &ClusterConfig,
+    root_pem: Option<&[u8]>,
+    connect_timeout: Duration,
+    op_timeout: Duration,
+) -> redis::RedisResult<ClusterClientBuilder> {
+    let tls = config.urls.iter().any(|u| u.starts_with("rediss://"));
+    #[cfg(not(feature = "tls"))]
+    if tls || root_pem.is_some() {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "rediss:// (TLS) needs cache-runtime's `tls` feature (features = [\"tls\"])",
+        )));
+    }
+    #[cfg(feature = "tls")]
+    if tls {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let infos = config
+        .urls
+        .iter()
+        .map(|u| u.as_str().into_connection_info())
+        .collect::<redis::RedisResult<Vec<_>>>()?;
+    let mut b = ClusterClientBuilder::new(infos)
+        .connection_timeout(connect_timeout)
+        .response_timeout(op_timeout)
+        .retries(3)
+        .min_retry_wait(5)
+        .max_retry_wait(100);
+    if config.read_from_replicas {
+        b = b.read_routing_strategy(redis::cluster_read_routing::RandomReplicaStrategy);
+    }
+    #[cfg(feature = "tls")]
+    if let Some(pem) = root_pem {
+        b = b.certs(redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.to_vec()),
+        });
+    }
+    Ok(b)
 }
 
 /// The sentinels, and which master they reported last (`epoch` counts changes, so the bus
@@ -67,6 +313,10 @@ impl RedisTarget {
     pub(crate) async fn client(&self) -> redis::RedisResult<redis::Client> {
         match self {
             RedisTarget::Url(c) => Ok(c.clone()),
+            RedisTarget::Cluster(_) => Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "a cluster has no single master",
+            ))),
             RedisTarget::Sentinel(s) => {
                 let client = s.client.lock().await.async_get_client().await?;
                 let addr = client.get_connection_info().addr().to_string();
@@ -83,7 +333,7 @@ impl RedisTarget {
     /// Changes every time the sentinels report another master (0 for a fixed URL).
     pub(crate) fn epoch(&self) -> u64 {
         match self {
-            RedisTarget::Url(_) => 0,
+            RedisTarget::Url(_) | RedisTarget::Cluster(_) => 0,
             RedisTarget::Sentinel(s) => s.epoch.load(Ordering::Acquire),
         }
     }
@@ -150,6 +400,14 @@ const ROLE_REFRESH: Duration = Duration::from_secs(10);
 
 /// What the Redis thread and every caller share: where the master is, the timeouts, the
 /// connection state and the connection's log limiter.
+/// What connections are opened from: one master's client, or the cluster's.
+#[derive(Clone)]
+#[allow(clippy::large_enum_variant)] // Cloned once per connect, never stored in bulk.
+enum Opener {
+    Single(redis::Client),
+    Cluster(ClusterClient, ClusterClient),
+}
+
 pub(super) struct Shared {
     pub(super) target: Arc<RedisTarget>,
     pub(super) connect_timeout: Duration,
@@ -161,8 +419,9 @@ pub(super) struct Shared {
     /// Bumped whenever the main connections are (re)opened or lost: connections of callers'
     /// runtimes opened under an older epoch are dropped (they may point at an old master).
     epoch: AtomicU64,
-    /// The client of the current master (resolved by the last successful open).
-    client: Mutex<Option<redis::Client>>,
+    /// The client of the current master (resolved by the last successful open), or of the
+    /// cluster.
+    client: Mutex<Option<Opener>>,
     /// Connections driven by callers' runtimes.
     runtimes: Mutex<Vec<RuntimeConns>>,
     /// The Redis thread's own runtime, which uses the main connections.
@@ -320,14 +579,16 @@ impl Shared {
                 CacheError::Redis(crate::ErrorSource::with_message(redact(&e.to_string()), e))
             }
         };
-        if fault == Fault::Lost {
+        // A cluster connection repairs itself (reconnects nodes, refreshes the slot map): a
+        // lost node is a failure of this operation, not a reason to drop every node's.
+        if fault == Fault::Lost && !matches!(*self.target, RedisTarget::Cluster(_)) {
             self.connection_lost(&err);
         }
         (err, fault)
     }
 
     /// The replicas a write must wait for: 0 = no `WAIT`.
-    pub(super) async fn replicas_to_wait(&self, conn: &mut ConnectionManager) -> u32 {
+    pub(super) async fn replicas_to_wait(&self, conn: &mut Conn) -> u32 {
         match self.wait {
             WaitReplicas::Off => 0,
             WaitReplicas::Count(n) => n,
@@ -355,13 +616,10 @@ impl Shared {
     /// `ROLE` → how many replicas the master reports (kept as it was on an error). `fresh`:
     /// a new connection, taken as it is; otherwise a drop to 0 needs a second reading (see
     /// [`Replicas`]).
-    async fn refresh_replicas(&self, conn: &mut ConnectionManager, fresh: bool) {
-        let Ok(redis::Role::Primary { replicas, .. }) =
-            redis::cmd("ROLE").query_async::<redis::Role>(conn).await
-        else {
+    async fn refresh_replicas(&self, conn: &mut Conn, fresh: bool) {
+        let Some(n) = conn.master_replicas().await else {
             return;
         };
-        let n = replicas.len() as u32;
         let mut zero_since = self
             .replicas
             .zero_since
@@ -414,20 +672,34 @@ impl Shared {
     }
 
     /// The data and write connections to `client`, driven by the current runtime.
-    async fn open_managers(&self, client: redis::Client) -> redis::RedisResult<Conns> {
+    async fn open_managers(&self, client: Opener) -> redis::RedisResult<Conns> {
+        let client = match client {
+            Opener::Single(c) => c,
+            Opener::Cluster(c, w) => {
+                // A connection per node each; `WAIT` blocks a node's connection, so writes
+                // that wait have their own.
+                let data = Conn::Cluster(c.get_async_connection().await?);
+                let write = match self.wait {
+                    WaitReplicas::Off => data.clone(),
+                    _ => Conn::Cluster(w.get_async_connection().await?),
+                };
+                return Ok(Conns { data, write });
+            }
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.op_timeout))
             .set_number_of_retries(2)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(500));
-        let data = ConnectionManager::new_with_config(client.clone(), config.clone()).await?;
+        let data =
+            Conn::Single(ConnectionManager::new_with_config(client.clone(), config.clone()).await?);
         let write = match self.wait {
             WaitReplicas::Off => data.clone(),
             _ => {
                 // `WAIT` may take the whole operation timeout on the server.
                 let config = config.set_response_timeout(Some(self.op_timeout * 2));
-                ConnectionManager::new_with_config(client, config).await?
+                Conn::Single(ConnectionManager::new_with_config(client, config).await?)
             }
         };
         Ok(Conns { data, write })
@@ -435,7 +707,13 @@ impl Shared {
 
     async fn open(&self) -> redis::RedisResult<Conns> {
         // Resolved again on every connect: after a failover the sentinels name the new master.
-        let client = self.target.client().await?;
+        let client = match &*self.target {
+            RedisTarget::Cluster(c) => {
+                let (data, write) = c.clients();
+                Opener::Cluster(data, write)
+            }
+            _ => Opener::Single(self.target.client().await?),
+        };
         let Conns { mut data, write } = self.open_managers(client.clone()).await?;
         *self.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(client);
         if self.wait == WaitReplicas::Auto {

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::RedisError;
 
 use crate::breaker::{Breaker, BreakerState};
@@ -28,6 +27,7 @@ mod scripts;
 
 pub(crate) use crate::redis_request::{EntryKeys, Fetched, ReadRequest, WriteRequest};
 pub(crate) use connection::RedisTarget;
+pub(crate) use connection::{key_slot, ClusterTarget, Conn};
 use connection::{open_client, open_sentinel, Conns, Fault, SentinelTarget, Shared};
 use scripts::{parse_stamps, Scripts};
 
@@ -41,6 +41,11 @@ pub(crate) struct RedisTier {
     breaker: Arc<Breaker>,
     pub(crate) pending: Pending,
     retrying: AtomicBool,
+    /// Redis Cluster: bus messages go with `SPUBLISH` to bucket channels, scope tokens are
+    /// striped per bucket.
+    cluster: bool,
+    /// The key prefix (pending scope writes are expanded with it on a cluster).
+    pending_prefix: String,
 }
 
 /// A ticket as stored in Redis: 16 lower-case hex digits.
@@ -66,10 +71,19 @@ fn parse_ticket(raw: &[u8]) -> Option<u64> {
 }
 
 impl RedisTier {
-    /// The tier for `config`'s Redis (a URL or Sentinel); `None` without either.
+    /// The tier for `config`'s Redis (a URL, Sentinel or a cluster); `None` without any.
     pub(crate) fn new(config: &Config) -> Result<Self, InitError> {
         let invalid = |e: RedisError| InitError::InvalidUrl(redact(&e.to_string()));
         let target = match (&config.sentinel, &config.redis_url) {
+            _ if config.cluster.is_some() => RedisTarget::Cluster(Box::new(
+                ClusterTarget::new(
+                    config.cluster.as_ref().expect("checked"),
+                    config.tls_root_pem.clone(),
+                    config.connect_timeout,
+                    config.redis_timeout,
+                )
+                .map_err(invalid)?,
+            )),
             (Some(s), _) => RedisTarget::Sentinel(SentinelTarget::new(
                 open_sentinel(s, config.tls_root_pem.clone()).map_err(invalid)?,
             )),
@@ -105,6 +119,8 @@ impl RedisTier {
             )),
             pending: Pending::new(&config.key_prefix),
             retrying: AtomicBool::new(false),
+            cluster: config.cluster.is_some(),
+            pending_prefix: config.key_prefix.clone(),
         })
     }
 
@@ -113,28 +129,35 @@ impl RedisTier {
     async fn exec<T, F, Fut>(&self, op: F) -> Result<T, CacheError>
     where
         T: Send + 'static,
-        F: FnOnce(ConnectionManager) -> Fut + Send + 'static,
+        F: FnOnce(Conn) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, RedisError>> + Send,
     {
-        self.exec_on(false, op).await
+        self.exec_on(Confirm::No, op).await
     }
 
     /// A write that must survive a failover: `op` on the write connection, then `WAIT n` for
     /// the replicas (`Config::wait_replicas`). Fewer acknowledgements than `n` is `Err`
     /// (the caller keeps the write pending and retries it).
-    async fn exec_write<T, F, Fut>(&self, op: F) -> Result<T, CacheError>
+    ///
+    /// On a cluster `WAIT` goes to the master of `route` (a key of the write's slot), or to
+    /// every master when `route` is `None` (a write that touched every node).
+    async fn exec_write<T, F, Fut>(&self, route: Option<String>, op: F) -> Result<T, CacheError>
     where
         T: Send + 'static,
-        F: FnOnce(ConnectionManager) -> Fut + Send + 'static,
+        F: FnOnce(Conn) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, RedisError>> + Send,
     {
-        self.exec_on(true, op).await
+        let confirm = match route {
+            Some(key) => Confirm::Key(key),
+            None => Confirm::All,
+        };
+        self.exec_on(confirm, op).await
     }
 
-    async fn exec_on<T, F, Fut>(&self, confirm: bool, op: F) -> Result<T, CacheError>
+    async fn exec_on<T, F, Fut>(&self, confirm: Confirm, op: F) -> Result<T, CacheError>
     where
         T: Send + 'static,
-        F: FnOnce(ConnectionManager) -> Fut + Send + 'static,
+        F: FnOnce(Conn) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, RedisError>> + Send,
     {
         if !self.breaker.allow() {
@@ -153,7 +176,7 @@ impl RedisTier {
         // thread, bounded by the operation timeout, connecting included.
         let shared = self.shared.clone();
         // A confirmed write may use a second operation timeout for its `WAIT`.
-        let timeout = shared.op_timeout * if confirm { 2 } else { 1 };
+        let timeout = shared.op_timeout * if confirm.waits() { 2 } else { 1 };
         let span = tracing::trace_span!("cache.redis");
         let task = self.handle.spawn(tracing::Instrument::instrument(
             async move {
@@ -256,29 +279,29 @@ impl RedisTier {
         })
     }
 
-    /// `SET ticket new NX GET PX px` (when `ticket` is given) and `SET token new NX GET` for
-    /// each scope key given, pipelined (one round trip): the tokens in force, ours where
-    /// there was none. Scope tokens never expire (a value's lifetime bounds their use).
+    /// `SET ticket new NX GET PX px` (when `ticket` is given) and `SET token new NX GET PX px`
+    /// for each scope token key given (all in the entry's bucket: one slot), pipelined (one
+    /// round trip): the tokens in force, ours where there was none. A scope token lives as
+    /// long as the tickets of the values stamped with it (each store extends both with
+    /// `PEXPIRE GT`); an expired one only turns those values into misses.
     pub(crate) async fn claim_tokens(
         &self,
-        ticket: Option<(String, u64)>,
+        ticket: Option<String>,
+        px: u64,
         scopes: Vec<String>,
         new: u64,
     ) -> Result<(Option<u64>, Vec<u64>), CacheError> {
         self.exec(move |mut c| async move {
             let new_text = ticket_text(new);
             let mut p = redis::pipe();
-            if let Some((key, px)) = &ticket {
+            for key in ticket.iter().chain(&scopes) {
                 p.cmd("SET")
                     .arg(key)
                     .arg(&new_text)
                     .arg("NX")
                     .arg("GET")
                     .arg("PX")
-                    .arg((*px).max(1));
-            }
-            for key in &scopes {
-                p.cmd("SET").arg(key).arg(&new_text).arg("NX").arg("GET");
+                    .arg(px.max(1));
             }
             let replies = p.query_async::<Vec<Option<Vec<u8>>>>(&mut c).await?;
             let mut tokens = replies.into_iter().map(|old| match old {
@@ -371,6 +394,8 @@ impl RedisTier {
     /// Invalidates one key: `DEL value ticket` then `PUBLISH`, pipelined (one round trip, no
     /// script). `DEL` comes first and is allowed under `noeviction` OOM; deleting the ticket
     /// kills every schema version's value and every in-flight store. `Ok` needs both replies.
+    /// On a cluster the message goes with `SPUBLISH` to the key's bucket channel, in the same
+    /// pipeline on the key's master (docs/PROTOCOL.md §5.3).
     pub(crate) async fn invalidate(
         &self,
         value_key: String,
@@ -378,13 +403,14 @@ impl RedisTier {
         channel: String,
         message: String,
     ) -> Result<(), CacheError> {
-        self.exec_write(move |mut c| async move {
+        let (publish, channel) = self.message_route(&value_key, channel);
+        self.exec_write(Some(value_key.clone()), move |mut c| async move {
             redis::pipe()
                 .cmd("DEL")
                 .arg(&value_key)
                 .arg(&ticket_key)
                 .ignore()
-                .cmd("PUBLISH")
+                .cmd(publish)
                 .arg(&channel)
                 .arg(&message)
                 .ignore()
@@ -392,6 +418,26 @@ impl RedisTier {
                 .await
         })
         .await
+    }
+
+    /// The token keys a scope invalidation deletes, from the scope's single-node key: that
+    /// key (single node, Sentinel), or the scope's token in every bucket (cluster).
+    pub(crate) fn scope_keys(&self, prefix: &str, scope_key: &str) -> Vec<String> {
+        if self.cluster {
+            crate::key::scope_token_keys(prefix, scope_key)
+        } else {
+            vec![scope_key.to_string()]
+        }
+    }
+
+    /// How a message about `key` is published: `PUBLISH` on `channel` (single node,
+    /// Sentinel), or `SPUBLISH` on the key's bucket channel (cluster: same slot as the key).
+    fn message_route(&self, key: &str, channel: String) -> (&'static str, String) {
+        if self.cluster {
+            ("SPUBLISH", bus::shard_channel_of(key))
+        } else {
+            ("PUBLISH", channel)
+        }
     }
 
     /// The first half of a populate: `DEL value ticket` (first, so the old value is gone even
@@ -409,7 +455,8 @@ impl RedisTier {
         let scripts = self.scripts.clone();
         let (value, ticket_key, stamps) =
             (keys.value.clone(), keys.ticket.clone(), keys.stamps.clone());
-        self.exec_write(move |mut c| async move {
+        let (publish, channel) = self.message_route(&value, channel);
+        self.exec_write(Some(value.clone()), move |mut c| async move {
             let mut inv = scripts.populate.prepare_invoke();
             inv.key(&value).key(&ticket_key);
             for k in &stamps {
@@ -418,7 +465,8 @@ impl RedisTier {
             inv.arg(ticket_text(ticket))
                 .arg(ticket_px.max(1))
                 .arg(&channel)
-                .arg(&message);
+                .arg(&message)
+                .arg(publish);
             inv.invoke_async::<Vec<Option<Vec<u8>>>>(&mut c)
                 .await
                 .map(parse_stamps)
@@ -426,21 +474,39 @@ impl RedisTier {
         .await
     }
 
-    /// A tag invalidation or a clear: `DEL` of the scope's token then `PUBLISH`, pipelined
-    /// (one round trip, no script, allowed under `noeviction` OOM). Every value stamped with
-    /// the deleted token is refused from now on; the next token is a new random number.
+    /// A tag invalidation or a clear: `DEL` of the scope's token in every bucket (`keys`),
+    /// then the bus message (allowed under `noeviction` OOM, idempotent). Every value stamped
+    /// with a deleted token is refused from now on; the next token is a new random number.
+    /// Single node: one pipeline, one round trip. Cluster: the `DEL` is split per slot by the
+    /// cluster client (each master its part, in parallel), then `SPUBLISH` on the bucket
+    /// channel of the scope; `WAIT` (if any) goes to every master.
     pub(crate) async fn invalidate_scope(
         &self,
-        key: String,
+        keys: Vec<String>,
         channel: String,
         message: String,
     ) -> Result<(), CacheError> {
-        self.exec_write(move |mut c| async move {
+        let first = keys.first().cloned().unwrap_or_default();
+        let pick = crate::key::redis_bucket(&first) as usize % keys.len().max(1);
+        let (publish, channel) = self.message_route(keys.get(pick).unwrap_or(&first), channel);
+        let cluster = self.cluster;
+        self.exec_write(None, move |mut c| async move {
+            if cluster {
+                redis::cmd("DEL")
+                    .arg(&keys)
+                    .query_async::<()>(&mut c)
+                    .await?;
+                return redis::cmd(publish)
+                    .arg(&channel)
+                    .arg(&message)
+                    .query_async::<()>(&mut c)
+                    .await;
+            }
             redis::pipe()
                 .cmd("DEL")
-                .arg(&key)
+                .arg(&keys)
                 .ignore()
-                .cmd("PUBLISH")
+                .cmd(publish)
                 .arg(&channel)
                 .arg(&message)
                 .ignore()
@@ -479,8 +545,12 @@ impl RedisTier {
                 target,
             } = &op
             {
-                self.invalidate_scope(key.clone(), channel.clone(), bus::message(*action, target))
-                    .await?;
+                self.invalidate_scope(
+                    self.scope_keys(&self.pending_prefix, key),
+                    channel.clone(),
+                    bus::message(*action, target),
+                )
+                .await?;
                 bus::apply_locally(*action, target, 0);
                 tracing::info!(write = %op.id(), "a deferred redis write went through");
                 self.pending.done(&op.id());
@@ -512,9 +582,12 @@ impl RedisTier {
         }
     }
 
-    /// Pending key invalidations in one pipeline: `DEL value ticket` + `PUBLISH` each.
+    /// Pending key invalidations in one pipeline: `DEL value ticket` + `PUBLISH` each. On a
+    /// cluster, one pipeline per bucket (a pipeline is single-slot), all in parallel; `Err` if
+    /// any failed (they are idempotent: the whole batch is retried).
     async fn invalidate_batch(&self, batch: &[PendingOp]) -> Result<(), CacheError> {
-        let mut p = redis::pipe();
+        let mut groups: std::collections::BTreeMap<u32, (String, redis::Pipeline)> =
+            std::collections::BTreeMap::new();
         for op in batch {
             if let PendingOp::Invalidate {
                 value_key,
@@ -524,15 +597,31 @@ impl RedisTier {
                 ..
             } = op
             {
+                let bucket = if self.cluster {
+                    crate::key::redis_bucket(logical)
+                } else {
+                    0
+                };
+                let (publish, channel) = self.message_route(value_key, channel.clone());
+                let (_, p) = groups
+                    .entry(bucket)
+                    .or_insert_with(|| (value_key.clone(), redis::pipe()));
                 p.cmd("DEL").arg(value_key).arg(ticket_key).ignore();
-                p.cmd("PUBLISH")
+                p.cmd(publish)
                     .arg(channel)
                     .arg(bus::message(bus::Action::Invalidated, logical))
                     .ignore();
             }
         }
-        self.exec_write(move |mut c| async move { p.query_async::<()>(&mut c).await })
-            .await
+        let sends = groups.into_values().map(|(route, p)| {
+            self.exec_write(Some(route), move |mut c| async move {
+                p.query_async::<()>(&mut c).await
+            })
+        });
+        for res in futures_util::future::join_all(sends).await {
+            res?;
+        }
+        Ok(())
     }
 
     pub(crate) fn breaker_state(&self) -> BreakerState {
@@ -578,7 +667,7 @@ impl RedisTier {
             })
             .await
             .unwrap_or_else(|e| Err(CacheError::Unavailable(crate::ErrorSource::new(e))))?;
-        let run = |conn: ConnectionManager, cmd: redis::Cmd, name: &'static str| {
+        let run = |conn: Conn, cmd: redis::Cmd, name: &'static str| {
             let shared = self.shared.clone();
             async move {
                 let mut c = conn;
@@ -600,10 +689,15 @@ impl RedisTier {
         // The commands the scripts call, one by one first: inside a script a refusal names
         // only the script's line, so a direct refusal is what names the command to grant.
         // Not the bus's own channel: receivers never see the probe.
-        let channel = format!("{channel}:health");
-        let channel = channel.as_str();
         // One hash tag for every probe key (one slot), under the prefix's ACL pattern.
         let head = format!("{{{prefix}:health}}");
+        // On a cluster the probe channel is a shard channel in the probe keys' slot.
+        let channel = match self.cluster {
+            true => format!("{head}:bus:health"),
+            false => format!("{channel}:health"),
+        };
+        let channel = channel.as_str();
+        let publish = if self.cluster { "SPUBLISH" } else { "PUBLISH" };
         let k = format!("{head}:cmd");
         let n = format!("{head}:n");
         let direct: [(&'static str, &[&str]); 6] = [
@@ -612,7 +706,7 @@ impl RedisTier {
             ("MGET", &["MGET", &k, &n]),
             ("PEXPIRE", &["PEXPIRE", &k, "10000"]),
             ("DEL", &["DEL", &k, &n]),
-            ("PUBLISH", &["PUBLISH", channel, "probe"]),
+            (publish, &[publish, channel, "probe"]),
         ];
         for (name, args) in direct {
             let mut cmd = redis::cmd(args[0]);
@@ -659,7 +753,7 @@ impl RedisTier {
             })
             .await?;
             let scopes = keys("c").stamps.iter().map(|k| k.to_string()).collect();
-            self.claim_tokens(Some((keys("c").ticket, px)), scopes, 2)
+            self.claim_tokens(Some(keys("c").ticket), px, scopes, 2)
                 .await?;
             self.read(ReadRequest {
                 keys: keys("l"),
@@ -678,7 +772,7 @@ impl RedisTier {
                     ..
                 } = keys(k);
                 for scope in stamps {
-                    self.invalidate_scope(scope.to_string(), channel.into(), msg.clone())
+                    self.invalidate_scope(vec![scope.to_string()], channel.into(), msg.clone())
                         .await?;
                 }
                 self.invalidate(value, ticket, channel.into(), msg.clone())
@@ -697,6 +791,41 @@ impl RedisTier {
         let target = self.target();
         let channel = channel.to_string();
         let timeout = self.shared.connect_timeout;
+        if let RedisTarget::Cluster(cluster) = &*target {
+            // The bus's commands: `CLUSTER SLOTS` (probe routing), `SSUBSCRIBE` on a RESP3
+            // cluster connection, `SUNSUBSCRIBE`.
+            run(
+                conns.data.clone(),
+                redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                "CLUSTER SLOTS",
+            )
+            .await?;
+            let builder = cluster.builder();
+            return self
+                .handle
+                .spawn(async move {
+                    let sub = async {
+                        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel::<redis::PushInfo>();
+                        let client = builder?
+                            .use_protocol(redis::ProtocolVersion::RESP3)
+                            .push_sender(tx)
+                            .build()?;
+                        let mut conn = client.get_async_connection().await?;
+                        conn.ssubscribe(&channel).await?;
+                        conn.sunsubscribe(&channel).await
+                    };
+                    match tokio::time::timeout(timeout, sub).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(CacheError::Redis(crate::ErrorSource::with_message(
+                            health_message("SSUBSCRIBE", &redact(&e.to_string())),
+                            e,
+                        ))),
+                        Err(_) => Err(CacheError::Timeout(timeout)),
+                    }
+                })
+                .await
+                .unwrap_or_else(|e| Err(CacheError::Unavailable(crate::ErrorSource::new(e))));
+        }
         self.handle
             .spawn(async move {
                 let sub = async {
@@ -762,23 +891,39 @@ impl RedisTier {
     }
 }
 
+/// Whether a write waits for replicas, and where its `WAIT` goes on a cluster.
+enum Confirm {
+    /// A read, or a write that never waits.
+    No,
+    /// The master of this key's slot.
+    Key(String),
+    /// Every master.
+    All,
+}
+
+impl Confirm {
+    fn waits(&self) -> bool {
+        !matches!(self, Confirm::No)
+    }
+}
+
 /// Runs `op` on the data connection, or on the write connection followed by `WAIT` when
 /// `confirm`, and classifies a failure.
 async fn run_op<T, F, Fut>(
     shared: &Shared,
     conns: Conns,
-    confirm: bool,
+    confirm: Confirm,
     op: F,
 ) -> (Result<T, CacheError>, Fault)
 where
-    F: FnOnce(ConnectionManager) -> Fut,
+    F: FnOnce(Conn) -> Fut,
     Fut: Future<Output = Result<T, RedisError>>,
 {
     let fail = |e| {
         let (e, f) = shared.failed_op(e);
         (Err(e), f)
     };
-    if !confirm {
+    if !confirm.waits() {
         return match op(conns.data).await {
             Ok(v) => (Ok(v), Fault::Answered),
             Err(e) => fail(e),
@@ -794,14 +939,14 @@ where
     if wanted == 0 {
         return (Ok(value), Fault::Answered);
     }
-    // `WAIT` covers every write sent before it on this connection, the one above included.
+    // `WAIT` covers every write sent before it on this connection (on a cluster: on this
+    // node's connection), the one above included.
     let wait_ms = shared.op_timeout.as_millis().max(1) as u64;
-    match redis::cmd("WAIT")
-        .arg(wanted)
-        .arg(wait_ms)
-        .query_async::<u32>(&mut write)
-        .await
-    {
+    let route = match &confirm {
+        Confirm::Key(k) => Some(k.as_str()),
+        _ => None,
+    };
+    match write.wait(wanted, wait_ms, route).await {
         Ok(acked) if acked >= wanted => (Ok(value), Fault::Answered),
         Ok(acked) => {
             counters::unconfirmed();

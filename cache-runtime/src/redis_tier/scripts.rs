@@ -36,7 +36,8 @@ return {false, t, locked, stamps}",
             ),
             // The store (§7.2). KEYS: value, ticket, lock, scope tokens...; ARGV: ticket,
             // bytes, value px, ticket px, token or '', seen scope tokens... A missing token
-            // never equals a seen one (tokens are random, compared as text).
+            // never equals a seen one (tokens are random, compared as text). The scope
+            // tokens are extended like the ticket: they outlive every value stamped with them.
             store: Script::new(
                 r"
 local ok = redis.call('GET', KEYS[2]) == ARGV[1]
@@ -49,6 +50,7 @@ end
 if ok then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   redis.call('PEXPIRE', KEYS[2], ARGV[4], 'GT')
+  for i = 4, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[4], 'GT') end
 end
 if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) == ARGV[5] then redis.call('DEL', KEYS[3]) end
 return ok and 1 or 0",
@@ -61,18 +63,19 @@ return 0",
             ),
             // Populate / refresh (§7.5), DEL first (allowed under OOM, and a script that
             // wrote first is not refused later). KEYS: value, ticket, scope tokens...; ARGV:
-            // new ticket, ticket px, channel, message. A missing scope token gets the new
-            // ticket's value (any fresh random number will do). Returns the scope tokens.
+            // new ticket, ticket px, channel, message, PUBLISH or SPUBLISH (cluster: the
+            // channel is in the keys' slot). A missing scope token gets the new ticket's
+            // value (any fresh random number will do) and its PX. Returns the scope tokens.
             populate: Script::new(
                 r"
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+redis.call(ARGV[5], ARGV[3], ARGV[4])
 local out = {}
 for i = 3, #KEYS do
   local s = redis.call('GET', KEYS[i])
   if not s then
-    redis.call('SET', KEYS[i], ARGV[1])
+    redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2])
     s = ARGV[1]
   end
   out[#out + 1] = s
