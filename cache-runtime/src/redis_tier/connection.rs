@@ -14,6 +14,7 @@ use redis::TlsMode;
 use redis::{ConnectionAddr, IntoConnectionInfo, RedisError};
 use tokio::sync::watch;
 
+use crate::clock;
 use crate::config::{redact, Config, SentinelConfig, WaitReplicas};
 use crate::error::CacheError;
 use crate::log_limit::LogLimiter;
@@ -438,6 +439,8 @@ impl Shared {
         let client = self.target.client().await?;
         let Conns { mut data, write } = self.open_managers(client.clone()).await?;
         *self.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(client);
+        // Before the first read or write: values are stamped and judged on Redis's clock.
+        sample_clock(&mut data, &self.log).await;
         if self.wait == WaitReplicas::Auto {
             self.refresh_replicas(&mut data, true).await;
             *self
@@ -456,7 +459,8 @@ impl Shared {
                 if failures > 0 {
                     tracing::info!("connected to redis");
                 }
-                self.epoch.fetch_add(1, Ordering::AcqRel);
+                let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+                tokio::spawn(self.clone().keep_clock(conns.data.clone(), epoch));
                 ConnState::Ready(conns)
             }
             Ok(Err(e)) => self.failed(failures, redact(&e.to_string())),
@@ -467,6 +471,18 @@ impl Shared {
         };
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = next;
         let _ = done.send(true);
+    }
+
+    /// Samples Redis's clock every [`CLOCK_SAMPLE_EVERY`] while `conn` is the current
+    /// connection (the estimate's error grows with its age; the server's clock may step).
+    async fn keep_clock(self: Arc<Self>, mut conn: ConnectionManager, epoch: u64) {
+        loop {
+            tokio::time::sleep(CLOCK_SAMPLE_EVERY).await;
+            if self.epoch.load(Ordering::Acquire) != epoch {
+                return;
+            }
+            sample_clock(&mut conn, &self.log).await;
+        }
     }
 
     fn connection_lost(&self, error: &CacheError) {
@@ -485,6 +501,27 @@ impl Shared {
             failures: failures.saturating_add(1),
             last_error: error,
         }
+    }
+}
+
+/// How often a connection samples Redis's clock (docs/PROTOCOL.md §6): the estimate's error
+/// grows by at most [`clock::DRIFT_PPM`] × this between samples (1 ms).
+const CLOCK_SAMPLE_EVERY: Duration = Duration::from_secs(10);
+
+/// One sample of Redis's clock (`TIME`) for the reference clock. A failure is logged and
+/// otherwise harmless: the previous estimate (or the wall clock) stays.
+async fn sample_clock(conn: &mut ConnectionManager, log: &LogLimiter) {
+    let sent = Instant::now();
+    let reply: redis::RedisResult<(u64, u64)> = redis::cmd("TIME").query_async(conn).await;
+    match reply {
+        Ok((s, us)) => {
+            clock::observe(sent, s * 1_000_000 + us, Instant::now());
+        }
+        Err(e) => log.warn_error(
+            "redis",
+            "cannot read Redis's clock (TIME): expiry uses this host's clock",
+            &redact(&e.to_string()),
+        ),
     }
 }
 
