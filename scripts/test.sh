@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. The Redis tests start their own redis-server on free
-# loopback ports, and the edge tests their own varnishd (with the xkey vmod), so those binaries
-# must be installed; this installs Debian's packages when they are missing.
+# loopback ports, the edge tests their own varnishd (with the xkey vmod), and the clock-skew
+# test runs nodes under libfaketime, so those must be installed; this installs Debian's
+# packages when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,13 @@ if ! command -v redis-server >/dev/null 2>&1; then
     apt_install redis-server
 fi
 redis-server --version
+
+# The clock-skew test runs cache nodes under libfaketime.
+if ! compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null \
+    && [ ! -e /usr/lib/faketime/libfaketime.so.1 ]; then
+    echo "libfaketime not found: installing Debian's faketime package" >&2
+    apt_install faketime
+fi
 
 have_varnish() {
     [ -x /usr/sbin/varnishd ] || command -v varnishd >/dev/null 2>&1 || return 1

@@ -9,8 +9,9 @@
 //!     12    8 ticket           u64 LE: the key's random ticket the value was stored under
 //!                              (docs/PROTOCOL.md §4.1); a reader compares it with the ticket
 //!                              key, read in the same `MGET`
-//!     20    8 created at       u64 LE, Unix milliseconds
-//!     28    8 expires at       u64 LE, Unix milliseconds
+//!     20    8 created at       u64 LE, Unix milliseconds, reference clock (Redis's `TIME`
+//!                              as the writer estimates it: docs/PROTOCOL.md §6)
+//!     28    8 expires at       u64 LE, Unix milliseconds, reference clock
 //!     36    4 payload length   u32 LE
 //!     40    4 CRC-32           u32 LE, of every other byte of the envelope
 //!     44    1 stamp count      k ≤ 64
@@ -205,9 +206,9 @@ pub struct Decoded<V> {
     pub value: V,
     /// The key's ticket it was stored under (0 for values encoded outside a cache).
     pub ticket: u64,
-    /// When it was written (Unix ms, writer's clock).
+    /// When it was written (Unix ms, reference clock: docs/PROTOCOL.md §6).
     pub created_unix_ms: u64,
-    /// When it expires (Unix ms, writer's clock).
+    /// When it expires (Unix ms, reference clock: docs/PROTOCOL.md §6).
     pub expires_unix_ms: u64,
     /// The stamps it was written under.
     pub stamps: Vec<u64>,

@@ -72,7 +72,8 @@ pub enum Source {
 /// encodes its values, a strong [`ETag`]. Small and `Copy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Meta {
-    /// When the value was computed (Unix ms, the writer's clock).
+    /// When the value was computed (Unix ms, on the reference clock: Redis's `TIME` as this
+    /// process estimates it, docs/PROTOCOL.md §6; the wall clock without a Redis tier).
     pub created_unix_ms: u64,
     /// When it stops being fresh (Unix ms).
     pub expires_unix_ms: u64,
@@ -182,7 +183,7 @@ impl<V> Entry<V> {
 
     /// How old the value is now (the HTTP `Age`).
     pub fn age(&self) -> Duration {
-        SystemTime::now()
+        crate::clock::now_system()
             .duration_since(self.created())
             .unwrap_or(Duration::ZERO)
     }
@@ -190,7 +191,7 @@ impl<V> Entry<V> {
     /// How long the value stays fresh from now (zero once expired).
     pub fn remaining_ttl(&self) -> Duration {
         self.expires()
-            .duration_since(SystemTime::now())
+            .duration_since(crate::clock::now_system())
             .unwrap_or(Duration::ZERO)
     }
 

@@ -204,7 +204,7 @@ impl Conditional {
     /// assert_eq!(c.evaluate(None, Some(at + Duration::from_secs(1))), Precondition::Proceed);
     /// ```
     pub fn evaluate(&self, etag: Option<ETag>, last_modified: Option<SystemTime>) -> Precondition {
-        self.evaluate_at(etag, last_modified, SystemTime::now())
+        self.evaluate_at(etag, last_modified, crate::clock::now_system())
     }
 
     /// Whether a `GET`/`HEAD` may be answered `304 Not Modified`:

@@ -433,7 +433,7 @@ impl CachePolicy {
     /// assert!(cc == "public, max-age=10" || cc == "public, max-age=9");
     /// ```
     pub fn cache_control<V>(&self, entry: &Entry<V>) -> HeaderValue {
-        let t = Timing::of(&entry.meta(), entry.source(), SystemTime::now());
+        let t = Timing::of(&entry.meta(), entry.source(), crate::clock::now_system());
         self.cache_control_value(&t)
     }
 
@@ -483,7 +483,7 @@ impl CachePolicy {
     /// assert_eq!(h.get_all("vary").iter().collect::<Vec<_>>(), ["Origin", "Authorization"]);
     /// ```
     pub fn write_headers<V>(&self, entry: &Entry<V>, headers: &mut HeaderMap) {
-        let t = Timing::of(&entry.meta(), entry.source(), SystemTime::now());
+        let t = Timing::of(&entry.meta(), entry.source(), crate::clock::now_system());
         self.write(
             &t,
             &entry.meta(),

@@ -61,7 +61,7 @@ pub fn respond<V, B>(
     policy: &CachePolicy,
     body: impl FnOnce(&V) -> B,
 ) -> Response<Option<B>> {
-    respond_at(cond, entry, policy, body, SystemTime::now())
+    respond_at(cond, entry, policy, body, crate::clock::now_system())
 }
 
 pub(crate) fn respond_at<V, B>(

@@ -19,6 +19,7 @@ use redis::TlsMode;
 use redis::{ConnectionAddr, IntoConnectionInfo, RedisError};
 use tokio::sync::watch;
 
+use crate::clock;
 use crate::config::{redact, ClusterConfig, Config, SentinelConfig, WaitReplicas};
 use crate::error::CacheError;
 use crate::log_limit::LogLimiter;
@@ -112,6 +113,24 @@ impl Conn {
                 Ok(redis::from_redis_value(v)?)
             }
             (c, _) => cmd.query_async::<u32>(c).await,
+        }
+    }
+
+    /// `TIME`: of the master, or on a cluster of the master serving slot 0 (one reference
+    /// clock for the process; a failover of that shard is a clock step, docs/PROTOCOL.md §6).
+    pub(super) async fn time(&mut self) -> redis::RedisResult<(u64, u64)> {
+        match self {
+            Conn::Cluster(c) => {
+                let route = Route::new(0, SlotAddr::Master);
+                let v = c
+                    .route_command(
+                        redis::cmd("TIME"),
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                    )
+                    .await?;
+                Ok(redis::from_redis_value(v)?)
+            }
+            c => redis::cmd("TIME").query_async(c).await,
         }
     }
 
@@ -716,6 +735,8 @@ impl Shared {
         };
         let Conns { mut data, write } = self.open_managers(client.clone()).await?;
         *self.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(client);
+        // Before the first read or write: values are stamped and judged on Redis's clock.
+        sample_clock(&mut data, &self.log).await;
         if self.wait == WaitReplicas::Auto {
             self.refresh_replicas(&mut data, true).await;
             *self
@@ -734,7 +755,8 @@ impl Shared {
                 if failures > 0 {
                     tracing::info!("connected to redis");
                 }
-                self.epoch.fetch_add(1, Ordering::AcqRel);
+                let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+                tokio::spawn(self.clone().keep_clock(conns.data.clone(), epoch));
                 ConnState::Ready(conns)
             }
             Ok(Err(e)) => self.failed(failures, redact(&e.to_string())),
@@ -745,6 +767,18 @@ impl Shared {
         };
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = next;
         let _ = done.send(true);
+    }
+
+    /// Samples Redis's clock every [`CLOCK_SAMPLE_EVERY`] while `conn` is the current
+    /// connection (the estimate's error grows with its age; the server's clock may step).
+    async fn keep_clock(self: Arc<Self>, mut conn: Conn, epoch: u64) {
+        loop {
+            tokio::time::sleep(CLOCK_SAMPLE_EVERY).await;
+            if self.epoch.load(Ordering::Acquire) != epoch {
+                return;
+            }
+            sample_clock(&mut conn, &self.log).await;
+        }
     }
 
     fn connection_lost(&self, error: &CacheError) {
@@ -763,6 +797,27 @@ impl Shared {
             failures: failures.saturating_add(1),
             last_error: error,
         }
+    }
+}
+
+/// How often a connection samples Redis's clock (docs/PROTOCOL.md §6): the estimate's error
+/// grows by at most [`clock::DRIFT_PPM`] × this between samples (1 ms).
+const CLOCK_SAMPLE_EVERY: Duration = Duration::from_secs(10);
+
+/// One sample of Redis's clock (`TIME`) for the reference clock. A failure is logged and
+/// otherwise harmless: the previous estimate (or the wall clock) stays.
+async fn sample_clock(conn: &mut Conn, log: &LogLimiter) {
+    let sent = Instant::now();
+    let reply = conn.time().await;
+    match reply {
+        Ok((s, us)) => {
+            clock::observe(sent, s * 1_000_000 + us, Instant::now());
+        }
+        Err(e) => log.warn_error(
+            "redis",
+            "cannot read Redis's clock (TIME): expiry uses this host's clock",
+            &redact(&e.to_string()),
+        ),
     }
 }
 
