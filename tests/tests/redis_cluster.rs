@@ -259,3 +259,20 @@ fn processes_missing_together_run_a_locked_body_once() {
         );
     }
 }
+
+#[test]
+fn a_single_node_url_pointed_at_a_cluster_node_fails_the_health_check() {
+    // The mistake of the issue: `REDIS_URL` at one master. The probe keys of most prefixes
+    // live on another master: the health check names the redirection instead of saying Ok.
+    let s = setup();
+    let prefixes = ["h1", "h2", "h3", "h4", "h5", "h6"];
+    let seed = s.cluster.nodes()[0].port();
+    let prefix = prefixes
+        .iter()
+        .find(|p| s.cluster.master_for_key(&format!("{{{p}:health}}")).port() != seed)
+        .expect("a prefix whose probe keys live on another node");
+    // `--redis` is the cache's URL (and the bodies' database, unused here).
+    let n = Node::start(V1, &s.cluster.nodes()[0], &[("NODE_KEY_PREFIX", prefix)]);
+    let err = n.reply(n.send("health")).expect_err("not healthy");
+    assert!(err.to_ascii_uppercase().contains("MOVED"), "{err}");
+}

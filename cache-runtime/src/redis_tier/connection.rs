@@ -379,6 +379,9 @@ fn fault_of_code(code: &str) -> Option<Fault> {
         "READONLY" | "MASTERDOWN" => Fault::Lost,
         "NOPERM" | "NOAUTH" | "WRONGPASS" | "OOM" | "LOADING" | "BUSY" | "CROSSSLOT"
         | "CLUSTERDOWN" | "TRYAGAIN" | "MISCONF" | "NOREPLICAS" => Fault::Refused,
+        // A redirection the cluster client did not follow (retries exhausted during a
+        // resharding or failover, or a single-node URL pointed at a cluster node).
+        "MOVED" | "ASK" => Fault::Refused,
         _ => return None,
     })
 }
@@ -974,6 +977,9 @@ mod tests {
                 Fault::Refused,
             ),
             ("CLUSTERDOWN The cluster is down", Fault::Refused),
+            ("CLUSTERDOWN Hash slot not served", Fault::Refused),
+            ("MOVED 3999 127.0.0.1:6381", Fault::Refused),
+            ("ASK 3999 127.0.0.1:6381", Fault::Refused),
             (
                 "TRYAGAIN Multiple keys request during rehashing of slot",
                 Fault::Refused,
