@@ -3,11 +3,14 @@
 //! message it applies, the time from A's publish to B's eviction (same host clock).
 //!
 //! `cargo bench -p cache-tests --bench bus_propagation` (N = 4000; the receiver keeps the last 4096 samples). Under `cargo test` it
-//! runs a 100-message smoke version.
+//! runs a 100-message smoke version. It runs on one Redis server (`PUBLISH`/`SUBSCRIBE`),
+//! then on a local Redis Cluster of 3 masters + 3 replicas (`SPUBLISH` to bucket channels,
+//! every process `SSUBSCRIBE`d to all 1 024 of them); `BUS_ONLY=single` or `cluster` runs
+//! one of them.
 
 use std::time::{Duration, Instant};
 
-use cache_tests::{eventually_blocking, Node, RedisServer};
+use cache_tests::{eventually_blocking, Node, RedisCluster, RedisServer};
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -20,10 +23,29 @@ fn main() {
     } else {
         100
     };
+    let only = std::env::var("BUS_ONLY").unwrap_or_default();
+    if only != "cluster" {
+        let server = RedisServer::start();
+        measure("single node", n, &server, &[]);
+    }
+    if only != "single" {
+        let cluster = RedisCluster::start();
+        // The bodies' "database" (unused by invalidations) is a separate server.
+        let db = RedisServer::start();
+        let seeds = cluster.seed_urls().join(",");
+        measure(
+            "cluster (3 masters + 3 replicas)",
+            n,
+            &db,
+            &[("NODE_CLUSTER_URLS", seeds.as_str())],
+        );
+    }
+}
+
+fn measure(what: &str, n: usize, server: &RedisServer, env: &[(&str, &str)]) {
     let node = env!("CARGO_BIN_EXE_cache-node");
-    let server = RedisServer::start();
-    let a = Node::start(node, &server, &[]);
-    let b = Node::start(node, &server, &[]);
+    let a = Node::start(node, server, env);
+    let b = Node::start(node, server, env);
     eventually_blocking(Duration::from_secs(10), "both subscribed", || {
         [&a, &b].iter().all(|x| x.call("bus").starts_with("true"))
     });
@@ -49,6 +71,7 @@ fn main() {
         .map(|s| s.parse().unwrap())
         .collect();
     delays.sort_unstable();
+    println!("## {what}");
     println!("invalidations: {n}, sequential, one process publishing, one receiving");
     println!(
         "driver round trip per invalidate (stdin → node → Redis → reply): {:.1} µs",
