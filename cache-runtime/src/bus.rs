@@ -502,13 +502,12 @@ async fn subscribe_and_listen(
 /// again on the slots' current masters) and local copies are cleared, as on a single node.
 #[cfg(feature = "redis")]
 mod cluster {
-    use std::collections::{BTreeMap, HashSet};
+    use std::collections::HashSet;
     use std::sync::atomic::Ordering;
     use std::time::Duration;
 
     use futures_util::StreamExt;
     use redis::cluster_async::ClusterConnection;
-    use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
     use redis::{PushKind, Value};
     use tokio::time::Instant;
 
@@ -517,7 +516,7 @@ mod cluster {
         BUS_WINDOW,
     };
     use crate::key::REDIS_BUCKETS;
-    use crate::redis_tier::{key_slot, ClusterTarget};
+    use crate::redis_tier::{key_slot, master_slot_ranges, ClusterTarget};
 
     /// How often the masters are asked again which buckets they hold (for the probes).
     const TOPOLOGY_REFRESH: Duration = Duration::from_secs(1);
@@ -534,51 +533,19 @@ mod cluster {
         conn: &mut ClusterConnection,
         prefix: &str,
     ) -> Result<Vec<u32>, String> {
-        let reply = conn
-            .route_command(
-                redis::cmd("CLUSTER").arg("SLOTS").clone(),
-                RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
-            )
+        let masters = master_slot_ranges(conn)
             .await
             .map_err(|e| format!("CLUSTER SLOTS: {e}"))?;
-        let Value::Array(ranges) = reply else {
-            return Err(format!("unexpected CLUSTER SLOTS reply: {reply:?}"));
-        };
-        // master address -> slot ranges
-        let mut masters: BTreeMap<String, Vec<(u16, u16)>> = BTreeMap::new();
-        for range in ranges {
-            let Value::Array(items) = range else { continue };
-            let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(node))) =
-                (items.first(), items.get(1), items.get(2))
-            else {
-                continue;
-            };
-            let addr = node
-                .iter()
-                .take(2)
-                .map(|v| match v {
-                    Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-                    Value::SimpleString(s) => s.clone(),
-                    Value::Int(i) => i.to_string(),
-                    _ => String::new(),
-                })
-                .collect::<Vec<_>>()
-                .join(":");
-            masters
-                .entry(addr)
-                .or_default()
-                .push((*start as u16, *end as u16));
-        }
         let slot_of = |b: u32| key_slot(format!("{{{prefix}:{b}}}").as_bytes());
-        let mut reps = Vec::new();
-        for ranges in masters.values() {
-            if let Some(b) = (0..REDIS_BUCKETS).find(|&b| {
-                let s = slot_of(b);
-                ranges.iter().any(|&(lo, hi)| lo <= s && s <= hi)
-            }) {
-                reps.push(b);
-            }
-        }
+        let reps: Vec<u32> = masters
+            .iter()
+            .filter_map(|(_, ranges)| {
+                (0..REDIS_BUCKETS).find(|&b| {
+                    let s = slot_of(b);
+                    ranges.iter().any(|&(lo, hi)| lo <= s && s <= hi)
+                })
+            })
+            .collect();
         if reps.is_empty() {
             return Err("no master holds a bucket".into());
         }

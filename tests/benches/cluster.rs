@@ -84,7 +84,12 @@ fn command_counts(cluster: &RedisCluster) -> BTreeMap<u16, BTreeMap<String, u64>
                 .lines()
                 .filter_map(|l| {
                     let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-                    let calls = rest.strip_prefix("calls=")?.split(',').next()?.parse().ok()?;
+                    let calls = rest
+                        .strip_prefix("calls=")?
+                        .split(',')
+                        .next()?
+                        .parse()
+                        .ok()?;
                     Some((name.to_string(), calls))
                 })
                 .collect();
@@ -116,7 +121,10 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         let client = redis::cluster::ClusterClient::new(seeds).expect("cluster client");
-        let mut hand = client.get_async_connection().await.expect("cluster connection");
+        let mut hand = client
+            .get_async_connection()
+            .await
+            .expect("cluster connection");
         // Fill: every key once (ours: miss + store; hand-written: SET).
         for id in 0..KEYS {
             ours(id).await;
@@ -152,11 +160,17 @@ fn main() {
             std::hint::black_box(hand_get(&mut hand, i % KEYS).await);
             ns.push(t.elapsed().as_nanos() as u64);
         }
-        println!("| hand-written `GET` + decode (`ClusterConnection`) | {} |", summary(ns));
+        println!(
+            "| hand-written `GET` + decode (`ClusterConnection`) | {} |",
+            summary(ns)
+        );
         let mut ns = Vec::with_capacity(hits);
         for _ in 0..hits {
             let t = Instant::now();
-            let _: String = redis::cmd("PING").query_async(&mut hand).await.expect("PING");
+            let _: String = redis::cmd("PING")
+                .query_async(&mut hand)
+                .await
+                .expect("PING");
             ns.push(t.elapsed().as_nanos() as u64);
         }
         println!("| `PING` (round-trip reference) | {} |", summary(ns));
@@ -221,11 +235,13 @@ fn main() {
             let delta: Vec<String> = counts
                 .iter()
                 .filter_map(|(name, &n)| {
-                    let was = before.get(port).and_then(|b| b.get(name)).copied().unwrap_or(0);
+                    let was = before
+                        .get(port)
+                        .and_then(|b| b.get(name))
+                        .copied()
+                        .unwrap_or(0);
                     let d = n - was;
-                    (d > 0).then(|| {
-                        format!("{name} {:.0}", d as f64 * 1000.0 / hits as f64)
-                    })
+                    (d > 0).then(|| format!("{name} {:.0}", d as f64 * 1000.0 / hits as f64))
                 })
                 .collect();
             println!("| {port} | {} |", delta.join(", "));
@@ -241,7 +257,10 @@ fn main() {
             invalidate_ours(id % KEYS).await.expect("invalidate");
             ns.push(t.elapsed().as_nanos() as u64);
         }
-        println!("| key (`DEL v t` + `SPUBLISH` + `WAIT`, one master) | {} |", summary(ns));
+        println!(
+            "| key (`DEL v t` + `SPUBLISH` + `WAIT`, one master) | {} |",
+            summary(ns)
+        );
         let mut ns = Vec::new();
         for id in 0..invalidations {
             let t = Instant::now();

@@ -276,3 +276,37 @@ fn a_single_node_url_pointed_at_a_cluster_node_fails_the_health_check() {
     let err = n.reply(n.send("health")).expect_err("not healthy");
     assert!(err.to_ascii_uppercase().contains("MOVED"), "{err}");
 }
+
+#[test]
+fn the_documented_cluster_acl_is_enough() {
+    // docs/PROTOCOL.md §10 and README.md: the cluster line, with the prefix `ta`, on every
+    // node (ACL users are per node).
+    let s = setup();
+    let rules = "on >secret resetkeys resetchannels ~{ta:* &{ta:* -@all +ping +auth +hello \
+                 +select +get +mget +set +del +pexpire +evalsha +script|load +spublish \
+                 +ssubscribe +sunsubscribe +time +role +wait +cluster|slots";
+    for n in s.cluster.nodes() {
+        n.acl_setuser(&format!("cache_ta {rules}"));
+    }
+    let seeds = s
+        .cluster
+        .nodes()
+        .iter()
+        .map(|n| n.url_for_user("cache_ta", "secret"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let n = Node::start(
+        V1,
+        &s.db,
+        &[("NODE_CLUSTER_URLS", &seeds), ("NODE_KEY_PREFIX", "ta")],
+    );
+    n.wait_subscribed(1, WITHIN);
+    assert_eq!(n.call("health"), "ok");
+    set_db(s, 6000, "acl");
+    assert_eq!(n.call("get 6000"), "acl");
+    assert_eq!(n.call("invalidate 6000"), "done");
+    assert_eq!(n.call("tag user:6000"), "done");
+    eventually_blocking(WITHIN, "the bus trusted as the ACL user", || {
+        n.call("trusted") == "true"
+    });
+}

@@ -116,6 +116,85 @@ impl Conn {
         }
     }
 
+    /// `DEL` of `keys` spread over every slot (a scope's striped tokens). Single node: one
+    /// `DEL`. Cluster: one pipeline of one-key `DEL`s per master (from `CLUSTER SLOTS`), the
+    /// masters in parallel; a master's pipeline that fails or meets a redirection (a slot
+    /// moving meanwhile) is sent again as one multi-key `DEL`, which redis-rs splits by slot
+    /// and routes with `MOVED` / `ASK`. Idempotent, so a retry of the whole call is harmless.
+    pub(super) async fn del_everywhere(&mut self, keys: &[String]) -> redis::RedisResult<()> {
+        let c = match self {
+            Conn::Cluster(c) => c,
+            other => return redis::cmd("DEL").arg(keys).query_async(other).await,
+        };
+        let masters = master_slot_ranges(c).await?;
+        let mut groups: Vec<Vec<&String>> = vec![Vec::new(); masters.len() + 1];
+        for key in keys {
+            let slot = key_slot(key.as_bytes());
+            let i = masters
+                .iter()
+                .position(|(_, ranges)| ranges.iter().any(|&(lo, hi)| lo <= slot && slot <= hi))
+                .unwrap_or(masters.len());
+            groups[i].push(key);
+        }
+        let sends = groups.into_iter().filter(|g| !g.is_empty()).map(|group| {
+            let mut c = c.clone();
+            async move {
+                let route = Route::new(key_slot(group[0].as_bytes()), SlotAddr::Master);
+                let mut pipe = redis::pipe();
+                for key in &group {
+                    pipe.cmd("DEL").arg(*key);
+                }
+                let sent = c
+                    .route_pipeline(
+                        pipe,
+                        0,
+                        group.len(),
+                        SingleNodeRoutingInfo::SpecificNode(route),
+                    )
+                    .await;
+                let clean = matches!(&sent, Ok(replies)
+                    if replies.iter().all(|v| !matches!(v, redis::Value::ServerError(_))));
+                if clean {
+                    return Ok(());
+                }
+                redis::cmd("DEL")
+                    .arg(&group)
+                    .query_async::<()>(&mut c)
+                    .await
+            }
+        });
+        for res in futures_util::future::join_all(sends).await {
+            res?;
+        }
+        Ok(())
+    }
+
+    /// A read whose keys are all in `key`'s slot, sent straight to that slot's master (or a
+    /// replica, when `replica`); on a single node, as is.
+    pub(super) async fn query_in_slot(
+        &mut self,
+        cmd: redis::Cmd,
+        key: &str,
+        replica: bool,
+    ) -> redis::RedisResult<redis::Value> {
+        match self {
+            Conn::Cluster(c) => {
+                let addr = if replica {
+                    SlotAddr::ReplicaOptional
+                } else {
+                    SlotAddr::Master
+                };
+                let route = Route::new(key_slot(key.as_bytes()), addr);
+                c.route_command(
+                    cmd,
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                )
+                .await
+            }
+            c => cmd.query_async(c).await,
+        }
+    }
+
     /// `TIME`: of the master, or on a cluster of the master serving slot 0 (one reference
     /// clock for the process; a failover of that shard is a clock step, docs/PROTOCOL.md §6).
     pub(super) async fn time(&mut self) -> redis::RedisResult<(u64, u64)> {
@@ -167,6 +246,55 @@ impl Conn {
             }
         }
     }
+}
+
+/// Every master's address and slot ranges (`CLUSTER SLOTS`, asked of a random master).
+pub(crate) async fn master_slot_ranges(
+    conn: &mut ClusterConnection,
+) -> redis::RedisResult<Vec<(String, Vec<(u16, u16)>)>> {
+    let reply = conn
+        .route_command(
+            redis::cmd("CLUSTER").arg("SLOTS").clone(),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
+        )
+        .await?;
+    let redis::Value::Array(ranges) = reply else {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "unexpected CLUSTER SLOTS reply",
+        )));
+    };
+    let mut masters: Vec<(String, Vec<(u16, u16)>)> = Vec::new();
+    for range in ranges {
+        let redis::Value::Array(items) = range else {
+            continue;
+        };
+        let (
+            Some(redis::Value::Int(start)),
+            Some(redis::Value::Int(end)),
+            Some(redis::Value::Array(node)),
+        ) = (items.first(), items.get(1), items.get(2))
+        else {
+            continue;
+        };
+        let addr = node
+            .iter()
+            .take(2)
+            .map(|v| match v {
+                redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                redis::Value::SimpleString(s) => s.clone(),
+                redis::Value::Int(i) => i.to_string(),
+                _ => String::new(),
+            })
+            .collect::<Vec<_>>()
+            .join(":");
+        let range = (*start as u16, *end as u16);
+        match masters.iter_mut().find(|(a, _)| *a == addr) {
+            Some((_, r)) => r.push(range),
+            None => masters.push((addr, vec![range])),
+        }
+    }
+    Ok(masters)
 }
 
 /// The cluster slot of a key: CRC16/XMODEM of its hash tag (or of the whole key) mod 16384,

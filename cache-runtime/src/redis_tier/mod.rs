@@ -27,7 +27,7 @@ mod scripts;
 
 pub(crate) use crate::redis_request::{EntryKeys, Fetched, ReadRequest, WriteRequest};
 pub(crate) use connection::RedisTarget;
-pub(crate) use connection::{key_slot, ClusterTarget, Conn};
+pub(crate) use connection::{key_slot, master_slot_ranges, ClusterTarget, Conn};
 use connection::{open_client, open_sentinel, Conns, Fault, SentinelTarget, Shared};
 use scripts::{parse_stamps, Scripts};
 
@@ -46,6 +46,8 @@ pub(crate) struct RedisTier {
     cluster: bool,
     /// The key prefix (pending scope writes are expanded with it on a cluster).
     pending_prefix: String,
+    /// Cluster hits may be served by replicas.
+    read_replicas: bool,
 }
 
 /// A ticket as stored in Redis: 16 lower-case hex digits.
@@ -121,6 +123,7 @@ impl RedisTier {
             retrying: AtomicBool::new(false),
             cluster: config.cluster.is_some(),
             pending_prefix: config.key_prefix.clone(),
+            read_replicas: config.read_from_replicas(),
         })
     }
 
@@ -238,6 +241,7 @@ impl RedisTier {
     /// A read without a lock attempt: one `MGET value ticket scope-tokens…` (one command,
     /// one round trip).
     async fn read_plain(&self, req: ReadRequest) -> Result<Fetched, CacheError> {
+        let read_replicas = self.read_replicas;
         let reply = self
             .exec(move |mut c| async move {
                 let keys = &req.keys;
@@ -250,7 +254,10 @@ impl RedisTier {
                 for k in &keys.stamps {
                     cmd.arg(&**k);
                 }
-                cmd.query_async::<redis::Value>(&mut c).await
+                // On a cluster, straight to the slot's node: every key is in the value's
+                // slot, and redis-rs would otherwise split the multi-key `MGET` by slot and
+                // reassemble it (measured: a third of a cluster hit's time).
+                c.query_in_slot(cmd, &keys.value, read_replicas).await
             })
             .await?;
         // Parsed in place: the value's bytes are moved out of the reply, the ticket and
@@ -492,10 +499,7 @@ impl RedisTier {
         let cluster = self.cluster;
         self.exec_write(None, move |mut c| async move {
             if cluster {
-                redis::cmd("DEL")
-                    .arg(&keys)
-                    .query_async::<()>(&mut c)
-                    .await?;
+                c.del_everywhere(&keys).await?;
                 return redis::cmd(publish)
                     .arg(&channel)
                     .arg(&message)
