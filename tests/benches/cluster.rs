@@ -73,8 +73,8 @@ fn summary(mut ns: Vec<u64>) -> String {
     )
 }
 
-/// `cmdstat_<name>:calls=N` of every master, per master port.
-fn command_counts(cluster: &RedisCluster) -> BTreeMap<u16, BTreeMap<String, u64>> {
+/// `cmdstat_<name>:calls=N,usec=U` of every master, per master port: (calls, µs).
+fn command_counts(cluster: &RedisCluster) -> BTreeMap<u16, BTreeMap<String, (u64, u64)>> {
     cluster
         .masters()
         .iter()
@@ -84,13 +84,13 @@ fn command_counts(cluster: &RedisCluster) -> BTreeMap<u16, BTreeMap<String, u64>
                 .lines()
                 .filter_map(|l| {
                     let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-                    let calls = rest
-                        .strip_prefix("calls=")?
-                        .split(',')
-                        .next()?
-                        .parse()
-                        .ok()?;
-                    Some((name.to_string(), calls))
+                    let field = |f: &str| -> Option<u64> {
+                        rest.split(',')
+                            .find_map(|kv| kv.strip_prefix(f)?.strip_prefix('='))?
+                            .parse()
+                            .ok()
+                    };
+                    Some((name.to_string(), (field("calls")?, field("usec")?)))
                 })
                 .collect();
             (m.port(), counts)
@@ -107,6 +107,14 @@ fn main() {
     };
     let cluster = RedisCluster::start();
     let seeds = cluster.seed_urls();
+    let used_memory = |c: &RedisCluster| -> u64 {
+        c.masters()
+            .iter()
+            .map(|m| m.info_field("used_memory").unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    let memory_before = used_memory(&cluster);
+    let init_at = Instant::now();
     cache_runtime::init(
         Config::builder()
             .redis_cluster(seeds.clone())
@@ -120,6 +128,45 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
+        // The bus: 1 024 bucket channels and one probe channel per master, then one probe
+        // round answered by every master.
+        let _ = cache_runtime::redis_status();
+        while !cache_runtime::bus_status().trusted {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let trusted_after = init_at.elapsed();
+        let memory_after = used_memory(&cluster);
+        let grown = memory_after.saturating_sub(memory_before);
+        println!("## One process's sharded subscription");
+        println!("| figure | value |");
+        println!("|---|---|");
+        println!(
+            "| start → subscribed to 1 024 + 3 channels and trusted | {:.1} ms |",
+            trusted_after.as_secs_f64() * 1e3
+        );
+        println!(
+            "| masters' `used_memory` growth (3 connections, 1 027 subscriptions) | {grown} bytes (≈ {} per subscription, connections included) |",
+            grown / 1027
+        );
+        // A second process (a cache node): what every further process adds.
+        let db = cache_tests::RedisServer::start();
+        let before_second = used_memory(&cluster);
+        let seeds_env = cluster.seed_urls().join(",");
+        let second = cache_tests::Node::start(
+            env!("CARGO_BIN_EXE_cache-node"),
+            &db,
+            &[("NODE_CLUSTER_URLS", seeds_env.as_str())],
+        );
+        cache_tests::eventually_blocking(Duration::from_secs(30), "the node trusted", || {
+            second.call("trusted") == "true"
+        });
+        let grown = used_memory(&cluster).saturating_sub(before_second);
+        println!(
+            "| a second process's growth (its bus connection and 1 027 subscriptions; channels exist already) | {grown} bytes (≈ {} per subscription, connection included) |",
+            grown / 1027
+        );
+        drop(second);
+        println!();
         let client = redis::cluster::ClusterClient::new(seeds).expect("cluster client");
         let mut hand = client
             .get_async_connection()
@@ -229,19 +276,25 @@ fn main() {
             ours(i % KEYS).await;
         }
         let after = command_counts(&cluster);
-        println!("| master | commands per 1 000 hits |");
+        println!("| master | commands per 1 000 hits (server µs per call) |");
         println!("|---|---|");
         for (port, counts) in &after {
             let delta: Vec<String> = counts
                 .iter()
-                .filter_map(|(name, &n)| {
-                    let was = before
+                .filter_map(|(name, &(n, us))| {
+                    let (was, was_us) = before
                         .get(port)
                         .and_then(|b| b.get(name))
                         .copied()
-                        .unwrap_or(0);
+                        .unwrap_or((0, 0));
                     let d = n - was;
-                    (d > 0).then(|| format!("{name} {:.0}", d as f64 * 1000.0 / hits as f64))
+                    (d * 1000 >= hits as u64).then(|| {
+                        format!(
+                            "{name} {:.0} ({:.2} µs)",
+                            d as f64 * 1000.0 / hits as f64,
+                            (us - was_us) as f64 / d as f64
+                        )
+                    })
                 })
                 .collect();
             println!("| {port} | {} |", delta.join(", "));
@@ -251,6 +304,7 @@ fn main() {
         println!("## Invalidations ({invalidations} sequential, confirmed by `WAIT 1`)");
         println!("| operation | p50 | p99 | mean |");
         println!("|---|---|---|---|");
+        let before = command_counts(&cluster);
         let mut ns = Vec::new();
         for id in 0..invalidations {
             let t = Instant::now();
@@ -273,5 +327,31 @@ fn main() {
             "| tag (`DEL` of its 1 024 bucket tokens on every master + `SPUBLISH` + `WAIT`) | {} |",
             summary(ns)
         );
+        let after = command_counts(&cluster);
+        println!();
+        println!(
+            "Server time of the {invalidations} key and {invalidations} tag invalidations, all masters:"
+        );
+        println!();
+        println!("| command | calls | server µs per call |");
+        println!("|---|---|---|");
+        let mut total: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for (port, counts) in &after {
+            for (name, &(n, us)) in counts {
+                let (was, was_us) = before
+                    .get(port)
+                    .and_then(|b| b.get(name))
+                    .copied()
+                    .unwrap_or((0, 0));
+                let e = total.entry(name.clone()).or_default();
+                e.0 += n - was;
+                e.1 += us - was_us;
+            }
+        }
+        for (name, (n, us)) in total {
+            if n >= invalidations {
+                println!("| {name} | {n} | {:.2} |", us as f64 / n as f64);
+            }
+        }
     });
 }
