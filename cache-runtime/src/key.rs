@@ -23,6 +23,48 @@ pub fn redis_bucket(logical: &str) -> u32 {
     (crate::codec::fnv1a(logical.bytes()) % u64::from(REDIS_BUCKETS)) as u32
 }
 
+/// The Redis Cluster slot of a Redis key, as `CLUSTER KEYSLOT` computes it: CRC16/XMODEM
+/// of its hash tag (the text between the first `{` and the next `}`, if not empty) or of the
+/// whole key, mod 16384. Every key of one cache entry has the same slot.
+///
+/// ```
+/// use cache_runtime::key::{cluster_slot, redis_keys};
+/// assert_eq!(cluster_slot("foo"), 12182); // CLUSTER KEYSLOT foo
+/// assert_eq!(cluster_slot("{user1000}.following"), cluster_slot("{user1000}.followers"));
+/// let (value, ticket, lock) = redis_keys("cr", 1, "user:42");
+/// assert_eq!(cluster_slot(&value), cluster_slot(&ticket));
+/// assert_eq!(cluster_slot(&value), cluster_slot(&lock));
+/// ```
+pub fn cluster_slot(key: &str) -> u16 {
+    slot_of_bytes(key.as_bytes())
+}
+
+pub(crate) fn slot_of_bytes(key: &[u8]) -> u16 {
+    let tag = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            rest.iter()
+                .position(|&b| b == b'}')
+                .filter(|&close| close > 0)
+                .map(|close| &rest[..close])
+        })
+        .unwrap_or(key);
+    let mut crc: u16 = 0;
+    for &b in tag {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
 /// The Redis keys of one logical key (value, ticket, lock) for a key prefix and schema
 /// version, as the runtime writes them: for operators and tests (docs/PROTOCOL.md §2).
 ///

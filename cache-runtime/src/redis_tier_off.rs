@@ -95,6 +95,9 @@ impl RedisTier {
     ) -> Result<Vec<u64>, CacheError> {
         match self.never {}
     }
+    pub(crate) fn scope_keys(&self, _prefix: &str, _scope_key: &str) -> Vec<String> {
+        match self.never {}
+    }
     pub(crate) async fn invalidate_scope(
         &self,
         _keys: Vec<String>,

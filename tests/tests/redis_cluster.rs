@@ -116,6 +116,20 @@ fn values_spread_over_every_master_and_another_process_is_served_from_redis() {
         owners.insert(owner.port());
     }
     assert_eq!(owners.len(), 3, "60 values spread over all 3 masters");
+    // The runtime's slot function is the server's.
+    for key in [
+        "foo",
+        "{user1000}.following",
+        &value_key(1000),
+        "{}x",
+        "a{b}c{d}",
+    ] {
+        assert_eq!(
+            cache_runtime::key::cluster_slot(key),
+            s.cluster.slot_of(key),
+            "CLUSTER KEYSLOT {key}"
+        );
+    }
     for &id in &ids {
         assert_eq!(b.call(&format!("get {id}")), format!("v{id}"));
         assert_eq!(body_runs(s, "profile", id), 1, "b read id {id} from Redis");

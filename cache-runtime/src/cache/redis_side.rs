@@ -803,9 +803,9 @@ mod tests {
             assert_eq!(every(Scope::Tag("t:1"))[b as usize], stamps[2]);
             assert_eq!(every(Scope::All)[b as usize], stamps[1]);
             // Every key of an entry shares its bucket's slot (one MGET, single-slot scripts).
-            let slot = crate::redis_tier::key_slot(entry.value.as_bytes());
+            let slot = crate::key::cluster_slot(&entry.value);
             for k in stamps.iter().copied().chain([&*entry.ticket, &*entry.lock]) {
-                assert_eq!(crate::redis_tier::key_slot(k.as_bytes()), slot, "{k}");
+                assert_eq!(crate::key::cluster_slot(k), slot, "{k}");
             }
         }
     }

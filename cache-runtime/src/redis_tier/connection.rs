@@ -297,32 +297,9 @@ pub(crate) async fn master_slot_ranges(
     Ok(masters)
 }
 
-/// The cluster slot of a key: CRC16/XMODEM of its hash tag (or of the whole key) mod 16384,
-/// as `CLUSTER KEYSLOT` computes it (redis-rs keeps its own private).
+/// The cluster slot of a key (see [`crate::key::cluster_slot`]).
 pub(crate) fn key_slot(key: &[u8]) -> u16 {
-    let tag = key
-        .iter()
-        .position(|&b| b == b'{')
-        .and_then(|open| {
-            let rest = &key[open + 1..];
-            rest.iter()
-                .position(|&b| b == b'}')
-                .filter(|&close| close > 0)
-                .map(|close| &rest[..close])
-        })
-        .unwrap_or(key);
-    let mut crc: u16 = 0;
-    for &b in tag {
-        crc ^= u16::from(b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc % 16384
+    crate::key::slot_of_bytes(key)
 }
 
 pub(super) enum ConnState {
