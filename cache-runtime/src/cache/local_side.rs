@@ -229,7 +229,8 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             fresh_until,
             deadline,
             generation,
-            tags: key.tags.clone().into(),
+            // No allocation for an untagged entry.
+            tags: (!key.tags.is_empty()).then(|| key.tags.clone().into()),
             meta,
         }
     }
