@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use quick_cache::sync::Cache as Store;
 use quick_cache::{DefaultHashBuilder, OptionsBuilder, Weighter};
@@ -83,16 +83,9 @@ pub(crate) struct LocalTier<V> {
 
 impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
     /// `capacity` counts entries, or bytes when `weighted` (then every insert says its weight).
-    /// The total weight never exceeds `capacity`. `tagged` and `uniform_ttl` (every entry
-    /// has this TTL) need nothing of this store: tags are matched on invalidation, and every
-    /// entry's deadline is checked on read either way.
-    pub(crate) fn new(
-        _name: &str,
-        capacity: u64,
-        _tagged: bool,
-        weighted: bool,
-        _uniform_ttl: Option<Duration>,
-    ) -> Self {
+    /// The total weight never exceeds `capacity`. Tags are matched on invalidation, and every
+    /// entry's deadline is checked on read, so neither needs a setting here.
+    pub(crate) fn new(capacity: u64, weighted: bool) -> Self {
         let capacity = capacity.max(1);
         let items = if weighted {
             (capacity / MEAN_WEIGHT).max(1)
@@ -222,6 +215,7 @@ impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn meta() -> Meta {
         Meta::fresh(Duration::from_secs(60), None)
@@ -241,7 +235,7 @@ mod tests {
     }
 
     fn tier(capacity: u64) -> LocalTier<u64> {
-        LocalTier::new("t", capacity, true, false, None)
+        LocalTier::new(capacity, false)
     }
 
     const MIN: Duration = Duration::from_secs(60);
@@ -298,7 +292,7 @@ mod tests {
     #[test]
     fn the_byte_bound_holds() {
         let capacity = 256 * 1024;
-        let t: LocalTier<u64> = LocalTier::new("t", capacity, false, true, None);
+        let t: LocalTier<u64> = LocalTier::new(capacity, true);
         for i in 0..2_000u64 {
             let mut s = stored(i, MIN, MIN, &[]);
             s.weight = 1_000 + (i % 7) as u32 * 500;
