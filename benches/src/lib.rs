@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 
 pub use cache_tests::RedisServer;
 
+pub mod stores;
+
 /// The cached value: strings and a `Vec`, about 200 bytes (203 bytes in bincode 2, 201 in
 /// postcard, 254 in JSON; the codec bench prints them).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -348,7 +348,29 @@ type ByCaller = RwLock<HashMap<(usize, &'static str), &'static (dyn Any + Send +
 ///   function's (`load`); `site`: `file:line:column` of the cached function, so that two
 ///   functions of the same path (in two blocks of one function) never share.
 /// - `build`: builds the cache on the instantiation's first call.
+#[inline]
 pub fn instance<V: Send + Sync + 'static>(
+    caller: Caller,
+    build: impl FnOnce(&InstanceInfo<'_>) -> Cache<V>,
+) -> &'static Instance<V> {
+    // Every call of a non-generic cached function ends here: inlined into it.
+    if let Some((h, any)) = caller.slot.0.get() {
+        if std::ptr::eq(*h, caller.here) {
+            if let Some(i) = any
+                .downcast_ref::<OnceLock<Instance<V>>>()
+                .and_then(OnceLock::get)
+            {
+                return i;
+            }
+        }
+    }
+    instance_slow(caller, build)
+}
+
+/// [`instance`] past its fast path: the first call, and other instantiations of a generic
+/// function.
+#[inline(never)]
+fn instance_slow<V: Send + Sync + 'static>(
     caller: Caller,
     build: impl FnOnce(&InstanceInfo<'_>) -> Cache<V>,
 ) -> &'static Instance<V> {

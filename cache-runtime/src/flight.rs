@@ -3,11 +3,18 @@
 //! The first caller becomes the leader; the others wait on the flight. The leader publishes
 //! an outcome; if it panics or its future is dropped, its guard publishes `Abandoned` and one
 //! of the waiters takes over. No lock is held while the body runs.
+//!
+//! A leader nobody joins costs no allocation (most Redis hits and misses): its slot in the
+//! map holds the key inline (up to 24 bytes) and no flight; the shared [`Flight`] is created
+//! by the first follower. A slot detached by a write while followers wait moves to its
+//! shard's detached list, where its leader still finds it to release them.
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use compact_str::CompactString;
 use tokio::sync::Notify;
 
 pub(crate) enum Outcome<V> {
@@ -24,18 +31,30 @@ pub(crate) enum Outcome<V> {
 pub(crate) struct Flight<V> {
     outcome: Mutex<Option<Outcome<V>>>,
     notify: Notify,
-    /// The entry's tags: a tag invalidation detaches only the flights that carry it.
+}
+
+/// A leader's entry in the map.
+struct Slot<V> {
+    /// Which leader (unique per [`Flights`]): a detached slot's key may lead again.
+    leader: u64,
+    /// The entry's tags: a tag invalidation detaches only the flights that carry them.
     tags: Box<[String]>,
+    /// Created by the first follower.
+    flight: Option<Arc<Flight<V>>>,
 }
 
 /// In-flight loads by key, in shards (by key hash), so concurrent misses of different keys
 /// rarely wait for one another's bookkeeping.
 pub(crate) struct Flights<V> {
-    shards: Box<[Shard<V>]>,
+    shards: Box<[Mutex<Shard<V>>]>,
+    leaders: AtomicU64,
 }
 
-/// One shard of the in-flight map: key → flight.
-type Shard<V> = Mutex<HashMap<Arc<str>, Arc<Flight<V>>>>;
+/// One shard: key → slot, and the detached slots whose followers still wait.
+struct Shard<V> {
+    slots: HashMap<CompactString, Slot<V>>,
+    detached: Vec<(u64, Arc<Flight<V>>)>,
+}
 
 const SHARDS: usize = 16;
 
@@ -47,31 +66,52 @@ pub(crate) enum Joined<'a, V> {
 impl<V> Flights<V> {
     pub(crate) fn new() -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        slots: HashMap::new(),
+                        detached: Vec::new(),
+                    })
+                })
+                .collect(),
+            leaders: AtomicU64::new(0),
         }
     }
 
-    fn shard(&self, key: &str) -> &Shard<V> {
-        let h = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
-        &self.shards[(h % SHARDS as u64) as usize]
+    fn shard_index(key: &str) -> usize {
+        (xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % SHARDS as u64) as usize
+    }
+
+    fn lock(&self, shard: usize) -> std::sync::MutexGuard<'_, Shard<V>> {
+        self.shards[shard].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn join(&self, key: &str, tags: &[String]) -> Joined<'_, V> {
-        let mut map = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = map.get(key) {
-            return Joined::Follower(f.clone());
+        let shard = Self::shard_index(key);
+        let mut map = self.lock(shard);
+        if let Some(slot) = map.slots.get_mut(key) {
+            let flight = slot.flight.get_or_insert_with(|| {
+                Arc::new(Flight {
+                    outcome: Mutex::new(None),
+                    notify: Notify::new(),
+                })
+            });
+            return Joined::Follower(flight.clone());
         }
-        let flight = Arc::new(Flight {
-            outcome: Mutex::new(None),
-            notify: Notify::new(),
-            tags: tags.into(),
-        });
-        let key: Arc<str> = Arc::from(key);
-        map.insert(key.clone(), flight.clone());
+        let leader = self.leaders.fetch_add(1, Ordering::Relaxed);
+        map.slots.insert(
+            CompactString::from(key),
+            Slot {
+                leader,
+                tags: tags.into(),
+                flight: None,
+            },
+        );
         Joined::Leader(Leader {
             flights: self,
-            key,
-            flight,
+            shard,
+            key: CompactString::from(key),
+            leader,
             done: false,
         })
     }
@@ -80,47 +120,69 @@ impl<V> Flights<V> {
     /// whose body began before a write and whose value must not reach callers that start
     /// after it. Callers already waiting keep their flight.
     pub(crate) fn detach(&self, key: &str) {
-        self.shard(key)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
+        let mut map = self.lock(Self::shard_index(key));
+        if let Some(slot) = map.slots.remove(key) {
+            map.park(slot);
+        }
     }
 
     /// [`detach`](Self::detach) for every flight carrying `tag`; returns their keys.
     pub(crate) fn detach_tagged(&self, tag: &str) -> Vec<String> {
         let mut detached = Vec::new();
-        for shard in self.shards.iter() {
-            shard
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .retain(|key, f| {
-                    let carries = f.tags.iter().any(|t| t == tag);
-                    if carries {
-                        detached.push(key.to_string());
-                    }
-                    !carries
-                });
+        for shard in 0..SHARDS {
+            let mut map = self.lock(shard);
+            let carrying: Vec<CompactString> = map
+                .slots
+                .iter()
+                .filter(|(_, slot)| slot.tags.iter().any(|t| t == tag))
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in carrying {
+                if let Some(slot) = map.slots.remove(&key) {
+                    map.park(slot);
+                }
+                detached.push(key.into_string());
+            }
         }
         detached
     }
 
     /// [`detach`](Self::detach) for every key.
     pub(crate) fn detach_all(&self) {
-        for shard in self.shards.iter() {
-            shard.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        for shard in 0..SHARDS {
+            let mut map = self.lock(shard);
+            let slots: Vec<Slot<V>> = map.slots.drain().map(|(_, slot)| slot).collect();
+            for slot in slots {
+                map.park(slot);
+            }
         }
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().unwrap().len()).sum()
+        (0..SHARDS).map(|s| self.lock(s).slots.len()).sum()
+    }
+
+    #[cfg(test)]
+    fn parked(&self) -> usize {
+        (0..SHARDS).map(|s| self.lock(s).detached.len()).sum()
+    }
+}
+
+impl<V> Shard<V> {
+    /// Keeps a detached slot's flight for its leader, if anyone waits on it.
+    fn park(&mut self, slot: Slot<V>) {
+        if let Some(flight) = slot.flight {
+            self.detached.push((slot.leader, flight));
+        }
     }
 }
 
 pub(crate) struct Leader<'a, V> {
     flights: &'a Flights<V>,
-    key: Arc<str>,
-    flight: Arc<Flight<V>>,
+    shard: usize,
+    key: CompactString,
+    leader: u64,
     done: bool,
 }
 
@@ -137,28 +199,27 @@ impl<V> Leader<'_, V> {
 
     fn publish(&mut self, outcome: impl FnOnce() -> Outcome<V>) {
         self.done = true;
-        {
-            let mut map = self
-                .flights
-                .shard(&self.key)
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if map
-                .get(&*self.key)
-                .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
-            {
-                map.remove(&*self.key);
+        let flight = {
+            let mut map = self.flights.lock(self.shard);
+            let ours = map
+                .slots
+                .get(self.key.as_str())
+                .is_some_and(|slot| slot.leader == self.leader);
+            if ours {
+                map.slots
+                    .remove(self.key.as_str())
+                    .and_then(|slot| slot.flight)
+            } else {
+                // Detached by a write: found on the detached list if anyone waits.
+                let at = map.detached.iter().position(|(l, _)| *l == self.leader);
+                at.map(|i| map.detached.swap_remove(i).1)
             }
-        }
+        };
         // Out of the map, nobody can join any more: only the followers that joined before
-        // hold the flight besides this leader.
-        if Arc::strong_count(&self.flight) > 1 {
-            *self
-                .flight
-                .outcome
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some(outcome());
-            self.flight.notify.notify_waiters();
+        // hold the flight.
+        if let Some(flight) = flight {
+            *flight.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome());
+            flight.notify.notify_waiters();
         }
     }
 }
@@ -243,5 +304,51 @@ mod tests {
         let t = std::thread::spawn(move || pollster::block_on(f.wait(|v| v + 1, never)));
         leader.finish(Outcome::Value(41));
         assert_eq!(t.join().unwrap(), Some(42));
+    }
+
+    #[test]
+    fn a_detached_flight_still_reaches_its_followers_and_a_new_leader_runs_apart() {
+        let flights = Flights::<u32>::new();
+        let Joined::Leader(old) = flights.join("k", &["t".to_string()]) else {
+            panic!("first join leads")
+        };
+        let Joined::Follower(waiting) = flights.join("k", &[]) else {
+            panic!("second join follows")
+        };
+        // A write detaches the running flight: the next caller leads a new one.
+        assert_eq!(flights.detach_tagged("t"), vec!["k".to_string()]);
+        assert_eq!(flights.parked(), 1);
+        let Joined::Leader(new) = flights.join("k", &[]) else {
+            panic!("a detached key leads again")
+        };
+        let Joined::Follower(late) = flights.join("k", &[]) else {
+            panic!("joins the new flight")
+        };
+        // The old leader's outcome reaches only the follower that joined it.
+        old.finish(Outcome::Value(1));
+        assert_eq!(flights.parked(), 0);
+        assert_eq!(pollster::block_on(waiting.wait(|v| v, never)), Some(1));
+        new.finish(Outcome::Value(2));
+        assert_eq!(pollster::block_on(late.wait(|v| v, never)), Some(2));
+        assert_eq!(flights.len(), 0);
+    }
+
+    #[test]
+    fn a_leader_nobody_joined_leaves_nothing_behind() {
+        let flights = Flights::<u32>::new();
+        let long_key = "k".repeat(100);
+        for key in ["short", long_key.as_str()] {
+            let Joined::Leader(l) = flights.join(key, &[]) else {
+                panic!()
+            };
+            flights.detach(key);
+            assert_eq!(flights.parked(), 0, "no follower: nothing to keep");
+            l.finish(Outcome::Value(1));
+            let Joined::Leader(l) = flights.join(key, &[]) else {
+                panic!()
+            };
+            drop(l);
+        }
+        assert_eq!((flights.len(), flights.parked()), (0, 0));
     }
 }

@@ -359,12 +359,20 @@ macro_rules! int_key_part {
     ($($t:ty),*) => {$(
         impl KeyPart for $t {
             fn write_key(&self, w: &mut KeyWriter) {
-                w.token(format_args!("{self}"));
+                // The same digits as `Display`, without the formatting machinery (on every
+                // call of a cache keyed by a number).
+                w.raw(itoa::Buffer::new().format(*self));
             }
         }
     )*};
 }
-int_key_part!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, bool);
+int_key_part!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize);
+
+impl KeyPart for bool {
+    fn write_key(&self, w: &mut KeyWriter) {
+        w.raw(if *self { "true" } else { "false" });
+    }
+}
 
 macro_rules! nonzero_key_part {
     ($($t:ty),*) => {$(

@@ -1,4 +1,4 @@
-//! A two-tier function cache: one attribute, a correct in-process cache (moka), a shared
+//! A two-tier function cache: one attribute, a correct in-process cache (quick_cache), a shared
 //! Redis cache, or both, with generated invalidation.
 //!
 //! ```

@@ -9,7 +9,7 @@
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Tier {
-    /// In process only (moka).
+    /// In process only (a sharded S3-FIFO store, `quick_cache`: docs/LOCAL_TIER.md).
     Local,
     /// Redis only, shared by every process.
     Redis,

@@ -8,7 +8,8 @@
 //!
 //! ```text
 //! hit-instructions <contender> <calls>
-//! contenders: local-ours local-hand local-cached redis-ours redis-hand redis-cached
+//! contenders: local-ours local-hand local-cached local-quick local-mini
+//!             redis-ours redis-hand redis-cached
 //! ```
 //!
 //! It also prints, on stderr, the heap allocations per hit of the measured loop (a counting
@@ -19,6 +20,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
+use cache_benches::stores::{self, HandStore};
 use cache_benches::{hand_redis_get, init_local_only, our_key, profile, redis_url, start_redis};
 use cache_benches::{Profile, FIRST_ID};
 use cached::AsyncRedisCache;
@@ -136,7 +138,7 @@ fn ids(calls: u64) -> impl Iterator<Item = u64> {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: hit-instructions <local-ours|local-hand|local-cached|redis-ours|redis-hand|redis-cached> <calls>";
+    let usage = "usage: hit-instructions <local-ours|local-hand|local-cached|local-quick|local-mini|redis-ours|redis-hand|redis-cached> <calls>";
     let contender = args.next().expect(usage);
     let calls: u64 = args.next().and_then(|s| s.parse().ok()).expect(usage);
     let warm = ids(KEYS);
@@ -153,6 +155,17 @@ fn main() {
             warm.for_each(|id| drop(local_hand_get(&moka, id)));
             measured(calls, || {
                 ids(calls).for_each(|id| drop(black_box(local_hand_get(&moka, black_box(id)))))
+            });
+        }
+        "local-quick" | "local-mini" => {
+            // Hand-written caches on the candidate stores of docs/LOCAL_TIER.md.
+            let store: Box<dyn HandStore> = match contender.as_str() {
+                "local-quick" => Box::new(stores::Quick::new()),
+                _ => Box::new(stores::MiniMoka::new()),
+            };
+            warm.for_each(|id| drop(store.get(id)));
+            measured(calls, || {
+                ids(calls).for_each(|id| drop(black_box(store.get(black_box(id)))))
             });
         }
         "local-cached" => {

@@ -242,7 +242,7 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
             counters: counters.clone(),
         });
         let flights = Arc::new(Flights::new());
-        let local = self.local_side(&flights, ttl, redis.is_some(), &clear_scope);
+        let local = self.local_side(&flights, redis.is_some(), &clear_scope);
         let flight_target = (local.is_none() && redis.is_some()).then(|| {
             let side = Arc::new(FlightSide {
                 clear_scope: clear_scope.clone(),
@@ -314,24 +314,15 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
     fn local_side(
         &self,
         flights: &Arc<Flights<super::flow::Got<V>>>,
-        ttl: Duration,
         shared: bool,
         clear_scope: &str,
     ) -> Option<Arc<LocalSide<V>>> {
         if !self.tier.has_local() {
             return None;
         }
-        // Every entry lives `ttl`: moka's own time-to-live replaces per-entry deadlines.
-        let uniform = (self.tier == Tier::Local
-            && self.jitter == 0.0
-            && self.stale.is_none()
-            && self
-                .none_ttl
-                .is_none_or(|n| n.max(Duration::from_millis(1)) == ttl))
-        .then_some(ttl);
         let tier = match self.max_bytes {
-            Some((bytes, _)) => LocalTier::new(&self.name, bytes, self.tagged, true, uniform),
-            None => LocalTier::new(&self.name, self.capacity, self.tagged, false, uniform),
+            Some((bytes, _)) => LocalTier::new(bytes, true),
+            None => LocalTier::new(self.capacity, false),
         };
         let side = Arc::new(LocalSide {
             flights: flights.clone(),

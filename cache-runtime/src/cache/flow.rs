@@ -82,12 +82,11 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                     if let Some((v, meta)) = self.local_peek(&key.logical) {
                         return hand_over::<R, S, V>(leader, v, meta, Source::Local);
                     }
-                    // Boxed: the miss path's state (Redis, lock, body, store) stays off the
-                    // stack of callers that only hit; a miss allocates anyway. A miss is
-                    // counted there, once Redis had nothing either (a Redis hit is not one).
-                    let lead =
-                        self.lead::<R, S, B>(key, leader, body, sharing, !counted_miss, false);
-                    return Box::pin(lead).await;
+                    // A miss is counted there, once Redis had nothing either (a Redis hit
+                    // is not one).
+                    return self
+                        .lead::<R, S, B>(key, leader, body, sharing, !counted_miss, false)
+                        .await;
                 }
             }
         }

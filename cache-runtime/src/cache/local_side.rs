@@ -1,5 +1,5 @@
 //! The local side of a [`Cache`]: generations (so a value read or computed before a write is
-//! never stored after it), the glue to the moka tier (peek, hit, store, promote, drop), and
+//! never stored after it), the glue to the local tier (peek, hit, store, promote, drop), and
 //! the bus targets through which other processes' writes reach this process.
 
 use std::sync::{Arc, Mutex};
@@ -189,9 +189,10 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     }
 
     /// An entry's weight: 1, or its estimated bytes when bounded by `max_bytes`. A value in
-    /// memory (headers, heap blocks) is about 3 × its compact encoding, and moka's bookkeeping
-    /// plus ours is about 480 bytes per entry: calibrated with `examples/bounded_memory.rs`
-    /// (see docs/BENCHMARKS.md), so that `max_bytes` approximates resident memory.
+    /// memory (headers, heap blocks) is about 3 × its compact encoding, and the store's
+    /// bookkeeping plus ours is at most about 480 bytes per entry: calibrated with
+    /// `examples/bounded_memory.rs` on moka (see docs/BENCHMARKS.md; quick_cache's own
+    /// bookkeeping is smaller, docs/LOCAL_TIER.md), so that `max_bytes` bounds resident memory.
     fn weight_of(&self, key: &str, value: &V) -> u32 {
         const ENTRY_OVERHEAD: usize = 480;
         match self.weigh {
@@ -229,7 +230,8 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             fresh_until,
             deadline,
             generation,
-            tags: key.tags.clone().into(),
+            // No allocation for an untagged entry.
+            tags: (!key.tags.is_empty()).then(|| key.tags.clone().into()),
             meta,
         }
     }
