@@ -141,6 +141,7 @@ pub fn serve(handlers: Handlers) {
         (Ok(urls), Ok(master), _) => builder.redis_sentinel(urls.split(','), master),
         _ => builder.redis_url(url.clone()),
     };
+    let builder = builder.read_from_replicas(std::env::var("NODE_READ_FROM_REPLICAS").is_ok());
     let builder = match std::env::var("NODE_REDIS_TIMEOUT_MS") {
         Ok(ms) => builder.redis_timeout(Duration::from_millis(ms.parse().expect("ms"))),
         Err(_) => builder,

@@ -324,3 +324,51 @@ fn the_documented_cluster_acl_is_enough() {
         n.call("trusted") == "true"
     });
 }
+
+#[test]
+fn with_read_from_replicas_hits_are_served_by_replicas() {
+    let s = setup();
+    let replicas: Vec<&RedisServer> = s
+        .cluster
+        .topology()
+        .into_iter()
+        .filter(|n| n.master_id.is_some())
+        .map(|n| s.cluster.node(n.port))
+        .collect();
+    assert_eq!(replicas.len(), 3);
+    let mget_calls = |n: &RedisServer| -> u64 {
+        let info: String = n.cmd(&["INFO", "commandstats"]).unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_mget:calls="))
+            .and_then(|r| r.split(',').next())
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    };
+    let before: u64 = replicas.iter().map(|r| mget_calls(r)).sum();
+    let writer = node_with_prefix(s, "tr");
+    let reader = Node::start(
+        V1,
+        &s.db,
+        &[
+            ("NODE_CLUSTER_URLS", &s.seeds),
+            ("NODE_KEY_PREFIX", "tr"),
+            ("NODE_READ_FROM_REPLICAS", "1"),
+        ],
+    );
+    let ids = ids_on_every_master_with(s, "tr", 7000, 2);
+    for &id in &ids {
+        set_db(s, id, &format!("r{id}"));
+        assert_eq!(writer.call(&format!("get {id}")), format!("r{id}"));
+    }
+    // Correct values either way: a replica that has not replicated a store yet is a miss
+    // (the reader runs the body on the same row), never a wrong value.
+    for &id in &ids {
+        reader.call("clear_local");
+        assert_eq!(reader.call(&format!("get {id}")), format!("r{id}"));
+    }
+    let after: u64 = replicas.iter().map(|r| mget_calls(r)).sum();
+    assert!(
+        after > before,
+        "replicas served MGETs ({before} -> {after})"
+    );
+}
