@@ -27,12 +27,13 @@
 //! (disconnected, resubscribing, a hung server, a subscriber far behind), `local+redis`
 //! caches do not serve their local copies: calls go on to Redis, whose tickets and scope
 //! tokens are always current. So a lost subscriber costs round trips, never stale values
-//! beyond the window.
+//! beyond the window. Readers check the deadline against the clock themselves, so trust
+//! lapses on time even while the subscriber task waits for a CPU.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
@@ -52,20 +53,69 @@ pub const BUS_VERSION: u32 = 1;
 /// ```
 pub const BUS_WINDOW: Duration = Duration::from_millis(250);
 
-static TRUSTED: AtomicBool = AtomicBool::new(false);
+/// Until when this process's local copies may be served (docs/PROTOCOL.md §5.4).
+static TRUST: Trust = Trust::new();
+
+/// A trust deadline that readers check against the monotonic clock themselves, so that trust
+/// lapses on time even when the subscriber task is not scheduled (a starved Redis thread, a
+/// stalled process): a flag set and cleared by that task would stay `true` past its deadline
+/// for as long as the task waits for a CPU, and with it local copies another process has
+/// invalidated.
+struct Trust {
+    /// µs on [`clock::mono_us`]; 0: not trusted.
+    until_us: AtomicU64,
+}
+
+impl Trust {
+    const fn new() -> Self {
+        Trust {
+            until_us: AtomicU64::new(0),
+        }
+    }
+
+    fn trusted_at(&self, now: Instant) -> bool {
+        let until = self.until_us.load(Ordering::Acquire);
+        until != 0 && (clock::mono_us(now) as u64) < until
+    }
+
+    /// Trusted until `deadline`. Returns `(was trusted, lapsed unnoticed)`.
+    fn extend(&self, deadline: Instant, now: Instant) -> (bool, bool) {
+        let until = (clock::mono_us(deadline) as u64).max(1);
+        let old = self.until_us.swap(until, Ordering::AcqRel);
+        let was = old != 0 && (clock::mono_us(now) as u64) < old;
+        (was, old != 0 && !was)
+    }
+
+    /// Not trusted from now on. Returns whether it was trusted (or lapsed unnoticed).
+    fn revoke(&self) -> bool {
+        self.until_us.swap(0, Ordering::AcqRel) != 0
+    }
+}
 
 /// Whether local copies of `local+redis` caches may be served now: the subscription is up
 /// and a probe sent less than [`BUS_WINDOW`] ago was answered.
 pub(crate) fn trusted() -> bool {
-    TRUSTED.load(Ordering::Acquire)
+    TRUST.trusted_at(Instant::now())
 }
 
-fn set_trusted(trusted: bool) {
-    if TRUSTED.swap(trusted, Ordering::AcqRel) != trusted {
-        metrics::gauge!("cache_bus_trusted").set(if trusted { 1.0 } else { 0.0 });
-        if !trusted {
-            counters().distrusted.fetch_add(1, Ordering::Relaxed);
-        }
+/// Trusted until `deadline` (the send of an answered probe + [`BUS_WINDOW`]).
+fn trust_until(deadline: Instant) {
+    let now = Instant::now();
+    let (was, lapsed) = TRUST.extend(deadline, now);
+    if lapsed {
+        counters().distrusted.fetch_add(1, Ordering::Relaxed);
+    }
+    let is = TRUST.trusted_at(now);
+    if is != was {
+        metrics::gauge!("cache_bus_trusted").set(if is { 1.0 } else { 0.0 });
+    }
+}
+
+/// Not trusted (a lost subscription, or the deadline passed without a newer answer).
+fn distrust() {
+    if TRUST.revoke() {
+        metrics::gauge!("cache_bus_trusted").set(0.0);
+        counters().distrusted.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -390,7 +440,7 @@ pub(crate) async fn run(
                 }
             }
         }
-        set_trusted(false);
+        distrust();
         let was_connected = counters().connected.swap(false, Ordering::Relaxed);
         metrics::gauge!("cache_bus_connected").set(0.0);
         if was_connected {
@@ -458,12 +508,12 @@ async fn subscribe_and_listen(
                 // Every message published before `sent` has been received (same
                 // connection, in order): trusted until `sent + BUS_WINDOW`.
                 trusted_until = Some(sent + BUS_WINDOW);
-                set_trusted(Instant::now() < sent + BUS_WINDOW);
+                trust_until((sent + BUS_WINDOW).into_std());
             }
             _ = probes.tick() => {
                 let now = Instant::now();
                 if trusted_until.is_none_or(|t| now >= t) {
-                    set_trusted(false);
+                    distrust();
                 }
                 if client.epoch() != epoch {
                     // The data connection found a new master (Sentinel failover): this
@@ -512,7 +562,7 @@ mod cluster {
     use tokio::time::Instant;
 
     use super::{
-        clear_shared, counters, handle, metrics, set_trusted, shard_channel, BUS_VERSION,
+        clear_shared, counters, distrust, handle, metrics, shard_channel, trust_until, BUS_VERSION,
         BUS_WINDOW,
     };
     use crate::key::REDIS_BUCKETS;
@@ -639,7 +689,7 @@ mod cluster {
                                     let (sent, _, _) = in_flight.take().expect("in flight");
                                     // Every shard delivered what it published before `sent`.
                                     trusted_until = Some(sent + BUS_WINDOW);
-                                    set_trusted(Instant::now() < sent + BUS_WINDOW);
+                                    trust_until((sent + BUS_WINDOW).into_std());
                                 }
                             } else {
                                 handle(payload);
@@ -658,7 +708,7 @@ mod cluster {
                 _ = probes.tick() => {
                     let now = Instant::now();
                     if trusted_until.is_none_or(|t| now >= t) {
-                        set_trusted(false);
+                        distrust();
                     }
                     match &in_flight {
                         Some((sent, _, _)) if now.duration_since(*sent) > give_up => {
@@ -702,6 +752,25 @@ mod cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trust_lapses_at_its_deadline_without_the_subscriber_running() {
+        let t = Trust::new();
+        let now = Instant::now();
+        assert!(!t.trusted_at(now), "not trusted before a probe");
+        assert_eq!(t.extend(now + BUS_WINDOW, now), (false, false));
+        assert!(t.trusted_at(now));
+        // Nobody revokes it (the subscriber is starved): it lapses by itself.
+        assert!(t.trusted_at(now + BUS_WINDOW - Duration::from_millis(1)));
+        assert!(!t.trusted_at(now + BUS_WINDOW));
+        // A later answer renews it; the lapse before it is reported.
+        let later = now + BUS_WINDOW * 2;
+        assert_eq!(t.extend(later + BUS_WINDOW, later), (false, true));
+        assert!(t.trusted_at(later));
+        assert!(t.revoke());
+        assert!(!t.trusted_at(later));
+        assert!(!t.revoke(), "revoked once");
+    }
 
     #[test]
     fn messages_round_trip_with_any_target() {

@@ -70,7 +70,8 @@ fn base() -> Instant {
     *BASE.get_or_init(Instant::now)
 }
 
-fn mono_us(t: Instant) -> i64 {
+/// `t` in µs on this process's monotonic clock (since an origin fixed at the first use).
+pub(crate) fn mono_us(t: Instant) -> i64 {
     t.saturating_duration_since(base()).as_micros() as i64
 }
 
