@@ -15,13 +15,17 @@
 //! assert_ne!(promoted, killed);
 //! ```
 //!
+//! [`RedisCluster::start_tls`] starts a TLS-only cluster (plain ports disabled; clients,
+//! the cluster bus and replication use TLS with a [`TlsFiles`] certificate); the harness's
+//! own queries then go over TLS with its CA.
+//!
 //! Nodes are [`RedisServer`]s: they die with the test process.
 
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::{binary_path, free_port, info_field, wait_until, RedisOptions, RedisServer};
+use crate::{binary_path, free_port, info_field, wait_until, RedisOptions, RedisServer, TlsFiles};
 
 /// How long creation and failovers may take before the harness gives up.
 const SETTLE: Duration = Duration::from_secs(60);
@@ -102,24 +106,54 @@ impl RedisCluster {
 
     /// `masters` masters, each with one replica, with extra configuration for every node.
     pub fn start_with(masters: usize, options: RedisOptions) -> Self {
+        Self::start_nodes(masters, options, None)
+    }
+
+    /// 3 masters + 3 replicas, TLS only: every node serves `rediss://` on its port (the
+    /// plain port is disabled) with `tls`'s certificate, and the cluster bus and replication
+    /// use TLS too (`--tls-cluster yes --tls-replication yes`). Clients need the CA
+    /// (`tls.ca`); the harness's own queries use it.
+    pub fn start_tls(tls: &TlsFiles) -> Self {
+        Self::start_tls_with(3, tls, RedisOptions::new())
+    }
+
+    /// [`start_tls`](Self::start_tls) with `masters` masters and extra configuration for
+    /// every node (e.g. an ACL user with [`RedisOptions::user`]).
+    pub fn start_tls_with(masters: usize, tls: &TlsFiles, options: RedisOptions) -> Self {
+        Self::start_nodes(masters, options, Some(tls))
+    }
+
+    fn start_nodes(masters: usize, options: RedisOptions, tls: Option<&TlsFiles>) -> Self {
         assert!(masters >= 3, "redis-cli --cluster create needs 3 masters");
         let ports = cluster_ports(masters * 2);
         let nodes: Vec<RedisServer> = ports
             .iter()
             .map(|&port| {
-                RedisServer::start_with_options_on(
-                    port,
-                    options
-                        .clone()
-                        .arg("--cluster-enabled", "yes")
-                        .arg("--cluster-config-file", "nodes.conf")
-                        .arg("--cluster-node-timeout", "1000")
-                        // A replica may take over however long it was disconnected.
-                        .arg("--cluster-replica-validity-factor", "0"),
-                )
+                let options = options
+                    .clone()
+                    .arg("--cluster-enabled", "yes")
+                    .arg("--cluster-config-file", "nodes.conf")
+                    .arg("--cluster-node-timeout", "1000")
+                    // A replica may take over however long it was disconnected.
+                    .arg("--cluster-replica-validity-factor", "0");
+                match tls {
+                    // The bus port is `port + 10000` with TLS too (of the TLS port).
+                    Some(tls) => RedisServer::start_tls_with_options_on(
+                        port,
+                        tls,
+                        options
+                            .arg("--tls-cluster", "yes")
+                            .arg("--tls-replication", "yes"),
+                    ),
+                    None => RedisServer::start_with_options_on(port, options),
+                }
             })
             .collect();
         let mut create = Command::new(binary_path("redis-cli"));
+        if tls.is_some() {
+            let ca = nodes[0].tls_ca_file().expect("a TLS node has a CA file");
+            create.arg("--tls").arg("--cacert").arg(ca);
+        }
         create.arg("--cluster").arg("create");
         for p in &ports {
             create.arg(format!("127.0.0.1:{p}"));
@@ -131,7 +165,12 @@ impl RedisCluster {
             .expect("run redis-cli --cluster create");
         assert!(
             out.status.success(),
-            "redis-cli --cluster create failed: {}\n{}",
+            "redis-cli --cluster create failed{}: {}\n{}",
+            if tls.is_some() {
+                " (TLS: this redis-cli needs TLS support, as Debian's has)"
+            } else {
+                ""
+            },
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
@@ -148,7 +187,8 @@ impl RedisCluster {
         &self.nodes
     }
 
-    /// `redis://127.0.0.1:PORT/` of every node (seed nodes for `REDIS_CLUSTER_URLS`).
+    /// `redis://127.0.0.1:PORT/` (`rediss://` for a TLS cluster) of every node (seed nodes
+    /// for `REDIS_CLUSTER_URLS`).
     pub fn seed_urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
     }

@@ -27,10 +27,12 @@ pub mod cdn;
 pub mod cluster;
 pub mod node;
 pub mod sentinel;
+pub mod tls;
 pub mod varnish;
 
 pub use cluster::RedisCluster;
 pub use sentinel::SentinelSet;
+pub use tls::TlsFiles;
 pub use varnish::VarnishServer;
 
 use std::net::TcpListener;
@@ -107,19 +109,29 @@ impl RedisServer {
     /// A TLS-only server (`--tls-port`, plain port disabled) with `cert_pem`/`key_pem`,
     /// trusted through `ca_pem`; clients need `rediss://` and that CA.
     pub fn start_tls(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Self {
-        let port = free_port();
+        let tls = TlsFiles {
+            ca: ca_pem.to_string(),
+            cert: cert_pem.to_string(),
+            key: key_pem.to_string(),
+        };
+        Self::start_tls_with_options_on(free_port(), &tls, RedisOptions::new())
+    }
+
+    /// [`start_tls`](Self::start_tls) on a given port (its TLS port; the plain port is
+    /// disabled), with extra configuration (e.g. `--tls-cluster yes`).
+    pub fn start_tls_with_options_on(port: u16, tls: &TlsFiles, options: RedisOptions) -> Self {
         let dir =
             std::env::temp_dir().join(format!("cache-tests-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create redis dir");
         for (name, pem) in [
-            ("ca.pem", ca_pem),
-            ("cert.pem", cert_pem),
-            ("key.pem", key_pem),
+            ("ca.pem", &tls.ca),
+            ("cert.pem", &tls.cert),
+            ("key.pem", &tls.key),
         ] {
             std::fs::write(dir.join(name), pem).expect("write a TLS file");
         }
         let file = |n: &str| dir.join(n).to_string_lossy().into_owned();
-        let extra = vec![
+        let mut extra = vec![
             "--tls-port".to_string(),
             port.to_string(),
             "--tls-cert-file".into(),
@@ -131,16 +143,22 @@ impl RedisServer {
             "--tls-auth-clients".into(),
             "no".into(),
         ];
+        extra.extend(options.args);
         let server = Self {
             port,
             dir,
             child: Mutex::new(None),
             extra_args: extra,
             password: None,
-            tls_ca: Some(ca_pem.as_bytes().to_vec()),
+            tls_ca: Some(tls.ca.as_bytes().to_vec()),
         };
         server.launch();
         server
+    }
+
+    /// The file of the CA certificate (PEM) of a TLS server (e.g. for `redis-cli --cacert`).
+    pub fn tls_ca_file(&self) -> Option<PathBuf> {
+        self.tls_ca.as_ref().map(|_| self.dir.join("ca.pem"))
     }
 
     fn launch(&self) {
@@ -181,8 +199,14 @@ impl RedisServer {
             }
             if let Some(child) = self.child.lock().unwrap().as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
+                    let hint = if self.tls_ca.is_some() {
+                        " (a TLS-only server: this redis-server needs TLS support, \
+                         as Debian's has)"
+                    } else {
+                        ""
+                    };
                     panic!(
-                        "redis-server on port {} exited at start: {status}",
+                        "redis-server on port {} exited at start: {status}{hint}",
                         self.port
                     );
                 }

@@ -4,8 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
 use cache_runtime::{cached, Config};
-use cache_tests::RedisServer;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use cache_tests::{RedisServer, TlsFiles};
 use redis::Commands;
 
 /// The Redis key of a value (docs/PROTOCOL.md §2: bucket hash tag, wire version 2).
@@ -21,24 +20,10 @@ async fn secret(id: u64) -> String {
     format!("value {id}")
 }
 
-/// A CA, and a server certificate for 127.0.0.1 signed by it: (ca, cert, key) as PEM.
-fn certificates() -> (String, String, String) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let params =
-        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    (ca.pem(), cert.pem(), key.serialize_pem())
-}
-
 #[tokio::test]
 async fn values_are_cached_through_a_tls_redis() {
-    let (ca, cert, key) = certificates();
-    let server = RedisServer::start_tls(&ca, &cert, &key);
+    let tls = TlsFiles::generate();
+    let server = RedisServer::start_tls(&tls.ca, &tls.cert, &tls.key);
     assert!(server.url().starts_with("rediss://"));
     cache_runtime::init(
         Config::builder()
