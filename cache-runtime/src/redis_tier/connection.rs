@@ -379,17 +379,7 @@ fn cluster_builder(
     op_timeout: Duration,
 ) -> redis::RedisResult<ClusterClientBuilder> {
     let tls = config.urls.iter().any(|u| u.starts_with("rediss://"));
-    #[cfg(not(feature = "tls"))]
-    if tls || root_pem.is_some() {
-        return Err(redis::RedisError::from((
-            redis::ErrorKind::InvalidClientConfig,
-            "rediss:// (TLS) needs cache-runtime's `tls` feature (features = [\"tls\"])",
-        )));
-    }
-    #[cfg(feature = "tls")]
-    if tls {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
+    prepare_tls(tls, root_pem.is_some())?;
     let infos = config
         .urls
         .iter()
@@ -941,6 +931,25 @@ fn reconnect_delay(failures: u32) -> Duration {
         .unwrap_or(MAX)
 }
 
+/// Before connecting with TLS (`tls`: a `rediss://` address; `custom_ca`: a root certificate
+/// was configured): without the `tls` feature, an error naming the feature; with it, rustls's
+/// ring provider installed (a no-op if the application installed one already).
+fn prepare_tls(tls: bool, custom_ca: bool) -> redis::RedisResult<()> {
+    #[cfg(not(feature = "tls"))]
+    if tls || custom_ca {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "rediss:// (TLS) needs cache-runtime's `tls` feature (features = [\"tls\"])",
+        )));
+    }
+    #[cfg(feature = "tls")]
+    if tls {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let _ = custom_ca;
+    Ok(())
+}
+
 /// Without the `tls` feature: `rediss://` and a custom root certificate are refused with a
 /// message naming the feature.
 #[cfg(not(feature = "tls"))]
@@ -948,12 +957,7 @@ pub(super) fn open_client(
     url: &str,
     root_pem: Option<Vec<u8>>,
 ) -> redis::RedisResult<redis::Client> {
-    if url.starts_with("rediss://") || root_pem.is_some() {
-        return Err(redis::RedisError::from((
-            redis::ErrorKind::InvalidClientConfig,
-            "rediss:// (TLS) needs cache-runtime's `tls` feature (features = [\"tls\"])",
-        )));
-    }
+    prepare_tls(url.starts_with("rediss://"), root_pem.is_some())?;
     redis::Client::open(url)
 }
 
@@ -964,10 +968,7 @@ pub(super) fn open_client(
     url: &str,
     root_pem: Option<Vec<u8>>,
 ) -> redis::RedisResult<redis::Client> {
-    if url.starts_with("rediss://") {
-        // A no-op if the application installed a provider already.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
+    prepare_tls(url.starts_with("rediss://"), root_pem.is_some())?;
     match root_pem {
         Some(pem) => redis::Client::build_with_tls(
             url,
@@ -994,17 +995,7 @@ pub(super) fn open_sentinel(
     let tls = infos
         .iter()
         .any(|i| matches!(i.addr(), ConnectionAddr::TcpTls { .. }));
-    #[cfg(not(feature = "tls"))]
-    if tls || root_pem.is_some() {
-        return Err(redis::RedisError::from((
-            redis::ErrorKind::InvalidClientConfig,
-            "rediss:// (TLS) needs cache-runtime's `tls` feature (features = [\"tls\"])",
-        )));
-    }
-    #[cfg(feature = "tls")]
-    if tls {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
+    prepare_tls(tls, root_pem.is_some())?;
     let mut b = SentinelClientBuilder::new(
         infos.iter().map(|i| i.addr().clone()),
         &s.master,
