@@ -5,7 +5,7 @@
 //! of the waiters takes over. No lock is held while the body runs.
 //!
 //! A leader nobody joins costs no allocation (most Redis hits and misses): its slot in the
-//! map holds the key inline (up to 24 bytes) and no flight; the shared [`Flight`] is created
+//! map holds the key inline (up to 23 bytes) and no flight; the shared [`Flight`] is created
 //! by the first follower. A slot detached by a write while followers wait moves to its
 //! shard's detached list, where its leader still finds it to release them.
 
@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use compact_str::CompactString;
+use smol_str::SmolStr;
 use tokio::sync::Notify;
 
 pub(crate) enum Outcome<V> {
@@ -54,7 +54,7 @@ pub(crate) struct Flights<V> {
 /// callers' arguments: hashed with a per-process random seed (foldhash, several times faster
 /// than the default SipHash on short keys).
 struct Shard<V> {
-    slots: HashMap<CompactString, Slot<V>, foldhash::fast::RandomState>,
+    slots: HashMap<SmolStr, Slot<V>, foldhash::fast::RandomState>,
     detached: Vec<(u64, Arc<Flight<V>>)>,
 }
 
@@ -102,7 +102,7 @@ impl<V> Flights<V> {
         }
         let leader = self.leaders.fetch_add(1, Ordering::Relaxed);
         map.slots.insert(
-            CompactString::from(key),
+            SmolStr::new(key),
             Slot {
                 leader,
                 tags: tags.into(),
@@ -112,7 +112,7 @@ impl<V> Flights<V> {
         Joined::Leader(Leader {
             flights: self,
             shard,
-            key: CompactString::from(key),
+            key: SmolStr::new(key),
             leader,
             done: false,
         })
@@ -133,7 +133,7 @@ impl<V> Flights<V> {
         let mut detached = Vec::new();
         for shard in 0..SHARDS {
             let mut map = self.lock(shard);
-            let carrying: Vec<CompactString> = map
+            let carrying: Vec<SmolStr> = map
                 .slots
                 .iter()
                 .filter(|(_, slot)| slot.tags.iter().any(|t| t == tag))
@@ -143,7 +143,7 @@ impl<V> Flights<V> {
                 if let Some(slot) = map.slots.remove(&key) {
                     map.park(slot);
                 }
-                detached.push(key.into_string());
+                detached.push(key.to_string());
             }
         }
         detached
@@ -183,7 +183,7 @@ impl<V> Shard<V> {
 pub(crate) struct Leader<'a, V> {
     flights: &'a Flights<V>,
     shard: usize,
-    key: CompactString,
+    key: SmolStr,
     leader: u64,
     done: bool,
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use quick_cache::sync::Cache as Store;
-use quick_cache::{DefaultHashBuilder, OptionsBuilder, Weighter};
+use quick_cache::{OptionsBuilder, Weighter};
 
 use crate::entry::Meta;
 
@@ -75,7 +75,8 @@ const MEAN_WEIGHT: u64 = 4096;
 const MIN_SHARD_ENTRIES: u64 = 32;
 
 pub(crate) struct LocalTier<V> {
-    store: Store<String, Entry<V>, ByWeight>,
+    /// Hashed with foldhash (a per-process random seed), as the flight map.
+    store: Store<String, Entry<V>, ByWeight, foldhash::fast::RandomState>,
     /// Bumped by `clear`: entries inserted under an older epoch are never returned, even if
     /// an insert raced with the clear.
     epoch: AtomicU64,
@@ -111,7 +112,7 @@ impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
             store: Store::with_options(
                 options,
                 ByWeight,
-                DefaultHashBuilder::default(),
+                foldhash::fast::RandomState::default(),
                 Default::default(),
             ),
             epoch: AtomicU64::new(0),
