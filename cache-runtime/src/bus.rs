@@ -111,6 +111,14 @@ fn trust_until(deadline: Instant) {
     }
 }
 
+/// The deadline passed without a newer answer: not trusted any more (reported once; readers
+/// stopped trusting at the deadline already).
+fn distrust_if_lapsed() {
+    if !trusted() {
+        distrust();
+    }
+}
+
 /// Not trusted (a lost subscription, or the deadline passed without a newer answer).
 fn distrust() {
     if TRUST.revoke() {
@@ -396,6 +404,18 @@ pub(crate) use crate::redis_tier::run;
 /// How long a subscription must stay up for the reconnect backoff to start over.
 const HEALTHY: Duration = Duration::from_secs(10);
 
+/// A subscription (single node or every shard) took effect: counted, and every shared local
+/// copy dropped, since messages sent before it are lost. Trust comes back with the first
+/// probe answered after this.
+#[cfg(feature = "redis")]
+fn subscribed() {
+    let c = counters();
+    c.subscriptions.fetch_add(1, Ordering::Relaxed);
+    c.connected.store(true, Ordering::Relaxed);
+    metrics::gauge!("cache_bus_connected").set(1.0);
+    clear_shared();
+}
+
 /// Runs forever on the Redis thread: subscribe, apply, reconnect.
 #[cfg(feature = "redis")]
 pub(crate) async fn run(
@@ -473,19 +493,12 @@ async fn subscribe_and_listen(
     .map_err(|_| "subscribe timed out".to_string())?
     .map_err(|e| e.to_string())?;
     let (sink, mut stream, epoch) = connect;
-    let c = counters();
-    c.subscriptions.fetch_add(1, Ordering::Relaxed);
-    c.connected.store(true, Ordering::Relaxed);
-    metrics::gauge!("cache_bus_connected").set(1.0);
-    // Messages sent before the subscription took effect are lost: drop what they may have
-    // invalidated. Trust comes back with the first probe answered after this.
-    clear_shared();
+    subscribed();
     tracing::debug!(channel, "invalidation bus subscribed");
     // A probe that takes longer than this ends the subscription (a hung or lost server).
     let give_up = timeout.max(Duration::from_secs(1));
     type Probe = Pin<Box<dyn Future<Output = redis::RedisResult<redis::Value>> + Send>>;
     let mut in_flight: Option<(Instant, Probe)> = None;
-    let mut trusted_until: Option<Instant> = None;
     let mut probes = tokio::time::interval(BUS_WINDOW / 4);
     probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -507,14 +520,11 @@ async fn subscribe_and_listen(
                 res.map_err(|e| format!("probe failed: {e}"))?;
                 // Every message published before `sent` has been received (same
                 // connection, in order): trusted until `sent + BUS_WINDOW`.
-                trusted_until = Some(sent + BUS_WINDOW);
                 trust_until((sent + BUS_WINDOW).into_std());
             }
             _ = probes.tick() => {
                 let now = Instant::now();
-                if trusted_until.is_none_or(|t| now >= t) {
-                    distrust();
-                }
+                distrust_if_lapsed();
                 if client.epoch() != epoch {
                     // The data connection found a new master (Sentinel failover): this
                     // subscription is on the old one, which no longer gets the messages.
@@ -553,7 +563,6 @@ async fn subscribe_and_listen(
 #[cfg(feature = "redis")]
 mod cluster {
     use std::collections::HashSet;
-    use std::sync::atomic::Ordering;
     use std::time::Duration;
 
     use futures_util::StreamExt;
@@ -562,8 +571,7 @@ mod cluster {
     use tokio::time::Instant;
 
     use super::{
-        clear_shared, counters, distrust, handle, metrics, shard_channel, trust_until, BUS_VERSION,
-        BUS_WINDOW,
+        distrust_if_lapsed, handle, shard_channel, subscribed, trust_until, BUS_VERSION, BUS_WINDOW,
     };
     use crate::key::REDIS_BUCKETS;
     use crate::redis_tier::{key_slot, master_slot_ranges, ClusterTarget};
@@ -641,12 +649,7 @@ mod cluster {
         .map_err(|_| "subscribe timed out".to_string())?
         .map_err(|e| e.to_string())?;
         let mut conn = connect;
-        let c = counters();
-        c.subscriptions.fetch_add(1, Ordering::Relaxed);
-        c.connected.store(true, Ordering::Relaxed);
-        metrics::gauge!("cache_bus_connected").set(1.0);
-        // Messages sent before the subscription took effect are lost.
-        clear_shared();
+        subscribed();
         tracing::debug!(prefix, "invalidation bus subscribed (cluster, sharded)");
         let probe_suffix = format!(":p:{:016x}", super::instance_id());
         let mut reps: Vec<u32> = Vec::new();
@@ -655,7 +658,6 @@ mod cluster {
         // (sent at, round, buckets whose probe has not come back)
         let mut in_flight: Option<(Instant, u64, HashSet<u32>)> = None;
         let mut round: u64 = 0;
-        let mut trusted_until: Option<Instant> = None;
         let mut probes = tokio::time::interval(BUS_WINDOW / 4);
         probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -688,7 +690,6 @@ mod cluster {
                                 if left.is_empty() {
                                     let (sent, _, _) = in_flight.take().expect("in flight");
                                     // Every shard delivered what it published before `sent`.
-                                    trusted_until = Some(sent + BUS_WINDOW);
                                     trust_until((sent + BUS_WINDOW).into_std());
                                 }
                             } else {
@@ -707,9 +708,7 @@ mod cluster {
                 }
                 _ = probes.tick() => {
                     let now = Instant::now();
-                    if trusted_until.is_none_or(|t| now >= t) {
-                        distrust();
-                    }
+                    distrust_if_lapsed();
                     match &in_flight {
                         Some((sent, _, _)) if now.duration_since(*sent) > give_up => {
                             return Err("probe timed out".into());

@@ -809,9 +809,10 @@ impl RedisTier {
         let target = self.target();
         let channel = channel.to_string();
         let timeout = self.shared.connect_timeout;
-        if let RedisTarget::Cluster(cluster) = &*target {
-            // The bus's commands: `CLUSTER SLOTS` (probe routing), `SSUBSCRIBE` on a RESP3
-            // cluster connection, `SUNSUBSCRIBE`.
+        // The bus's subscription, as the subscriber makes it: on a cluster `SSUBSCRIBE` on a
+        // RESP3 cluster connection (and `CLUSTER SLOTS` for probe routing), else `SUBSCRIBE`.
+        type Sub = std::pin::Pin<Box<dyn Future<Output = redis::RedisResult<()>> + Send>>;
+        let (command, sub): (&str, Sub) = if let RedisTarget::Cluster(cluster) = &*target {
             run(
                 conns.data.clone(),
                 redis::cmd("CLUSTER").arg("SLOTS").clone(),
@@ -819,42 +820,31 @@ impl RedisTier {
             )
             .await?;
             let builder = cluster.builder();
-            return self
-                .handle
-                .spawn(async move {
-                    let sub = async {
-                        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel::<redis::PushInfo>();
-                        let client = builder?
-                            .use_protocol(redis::ProtocolVersion::RESP3)
-                            .push_sender(tx)
-                            .build()?;
-                        let mut conn = client.get_async_connection().await?;
-                        conn.ssubscribe(&channel).await?;
-                        conn.sunsubscribe(&channel).await
-                    };
-                    match tokio::time::timeout(timeout, sub).await {
-                        Ok(Ok(())) => Ok(()),
-                        Ok(Err(e)) => Err(CacheError::Redis(crate::ErrorSource::with_message(
-                            health_message("SSUBSCRIBE", &redact(&e.to_string())),
-                            e,
-                        ))),
-                        Err(_) => Err(CacheError::Timeout(timeout)),
-                    }
-                })
-                .await
-                .unwrap_or_else(|e| Err(CacheError::Unavailable(crate::ErrorSource::new(e))));
-        }
+            let sub = async move {
+                let (tx, _rx) = tokio::sync::mpsc::unbounded_channel::<redis::PushInfo>();
+                let client = builder?
+                    .use_protocol(redis::ProtocolVersion::RESP3)
+                    .push_sender(tx)
+                    .build()?;
+                let mut conn = client.get_async_connection().await?;
+                conn.ssubscribe(&channel).await?;
+                conn.sunsubscribe(&channel).await
+            };
+            ("SSUBSCRIBE", Box::pin(sub))
+        } else {
+            let sub = async move {
+                let mut pubsub = target.client().await?.get_async_pubsub().await?;
+                pubsub.subscribe(&channel).await?;
+                pubsub.unsubscribe(&channel).await
+            };
+            ("SUBSCRIBE", Box::pin(sub))
+        };
         self.handle
             .spawn(async move {
-                let sub = async {
-                    let mut pubsub = target.client().await?.get_async_pubsub().await?;
-                    pubsub.subscribe(&channel).await?;
-                    pubsub.unsubscribe(&channel).await
-                };
                 match tokio::time::timeout(timeout, sub).await {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(e)) => Err(CacheError::Redis(crate::ErrorSource::with_message(
-                        health_message("SUBSCRIBE", &redact(&e.to_string())),
+                        health_message(command, &redact(&e.to_string())),
                         e,
                     ))),
                     Err(_) => Err(CacheError::Timeout(timeout)),
