@@ -5,10 +5,10 @@
 //! the same pseudo-random order; every call is a hit and returns an owned clone.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
 
+use cache_benches::stores::{HandStore, Moka};
 use cache_benches::{access_pattern, criterion, init_local_only, our_key, profile, Profile};
-use cache_benches::{record_fact, FIRST_ID};
+use cache_benches::{record_fact, two_threads, FIRST_ID};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 
 const KEYS: u64 = 1_000;
@@ -31,59 +31,15 @@ fn rival(id: u64) -> Profile {
     profile(id)
 }
 
-/// Hand-written moka: `format!` the key, `moka::sync::Cache::get` (which returns a clone),
-/// fill on a miss. Same capacity and TTL as ours.
-struct Hand {
-    moka: moka::sync::Cache<String, Profile>,
-}
-
-impl Hand {
-    fn new() -> Self {
-        Self {
-            moka: moka::sync::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(Duration::from_secs(300))
-                .build(),
-        }
-    }
-
-    fn get(&self, id: u64) -> Profile {
-        let key = our_key(id);
-        if let Some(v) = self.moka.get(&key) {
-            return v;
-        }
-        let v = profile(id);
-        self.moka.insert(key, v.clone());
-        v
-    }
-}
-
-/// Runs `iters` calls split over two threads (each walking the pattern from its own offset);
-/// the wall time from start to both done.
-fn two_threads(ids: &[u64], iters: u64, f: &(dyn Fn(u64) -> Profile + Sync)) -> Duration {
-    let start = Instant::now();
-    std::thread::scope(|s| {
-        for t in 0..2u64 {
-            let n = iters / 2 + (t < iters % 2) as u64;
-            s.spawn(move || {
-                let mut i = (t as usize) * PATTERN / 2;
-                for _ in 0..n {
-                    i = (i + 1) & (PATTERN - 1);
-                    black_box(f(black_box(ids[i])));
-                }
-            });
-        }
-    });
-    start.elapsed()
-}
-
 fn local_hit(c: &mut Criterion) {
     init_local_only();
     let ids: Vec<u64> = access_pattern(PATTERN, KEYS)
         .into_iter()
         .map(|i| FIRST_ID + i)
         .collect();
-    let hand = Hand::new();
+    // Hand-written moka: `format!` the key, `get` (a clone), fill on a miss; same capacity
+    // and TTL as ours.
+    let hand = Moka::new();
     for id in FIRST_ID..FIRST_ID + KEYS {
         ours(id);
         rival(id);

@@ -8,9 +8,9 @@
 //! `cargo bench -p cache-benches --bench local_store`
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
 
 use cache_benches::stores::{HandStore, MiniMoka, Moka, Quick};
+use cache_benches::two_threads;
 use cache_benches::FIRST_ID;
 use cache_benches::{access_pattern, criterion, init_local_only, our_key, profile, Profile};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
@@ -31,25 +31,6 @@ fn ours(id: u64) -> Profile {
 )]
 fn rival(id: u64) -> Profile {
     profile(id)
-}
-
-/// Runs `iters` calls split over two threads (each walking the pattern from its own offset);
-/// the wall time from start to both done.
-fn two_threads(ids: &[u64], iters: u64, f: &(dyn Fn(u64) -> Profile + Sync)) -> Duration {
-    let start = Instant::now();
-    std::thread::scope(|s| {
-        for t in 0..2u64 {
-            let n = iters / 2 + (t < iters % 2) as u64;
-            s.spawn(move || {
-                let mut i = (t as usize) * PATTERN / 2;
-                for _ in 0..n {
-                    i = (i + 1) & (PATTERN - 1);
-                    black_box(f(black_box(ids[i])));
-                }
-            });
-        }
-    });
-    start.elapsed()
 }
 
 fn local_store(c: &mut Criterion) {

@@ -87,6 +87,30 @@ pub fn criterion() -> Criterion {
         .nresamples(20_000)
 }
 
+/// Runs `iters` calls of `f` split over two threads, each walking `ids` (whose length is a
+/// power of two) round-robin from its own offset; the wall time from start to both done.
+pub fn two_threads(ids: &[u64], iters: u64, f: &(dyn Fn(u64) -> Profile + Sync)) -> Duration {
+    let len = ids.len();
+    assert!(
+        len.is_power_of_two(),
+        "the pattern's length is a power of two"
+    );
+    let start = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..2u64 {
+            let n = iters / 2 + (t < iters % 2) as u64;
+            s.spawn(move || {
+                let mut i = (t as usize) * len / 2;
+                for _ in 0..n {
+                    i = (i + 1) & (len - 1);
+                    std::hint::black_box(f(std::hint::black_box(ids[i])));
+                }
+            });
+        }
+    });
+    start.elapsed()
+}
+
 /// `n` pseudo-random indices in `0..keys` (xorshift), so every contender reads the same keys
 /// in the same order and no RNG runs inside a timed loop.
 pub fn access_pattern(n: usize, keys: u64) -> Vec<u64> {

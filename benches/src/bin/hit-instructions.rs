@@ -113,25 +113,6 @@ async fn redis_rival(id: u64) -> Result<Profile, String> {
     Ok(profile(id))
 }
 
-fn hand_moka() -> moka::sync::Cache<String, Profile> {
-    moka::sync::Cache::builder()
-        .max_capacity(10_000)
-        .time_to_live(Duration::from_secs(300))
-        .build()
-}
-
-fn local_hand_get(moka: &moka::sync::Cache<String, Profile>, id: u64) -> Profile {
-    let key = our_key(id);
-    match moka.get(&key) {
-        Some(v) => v,
-        None => {
-            let v = profile(id);
-            moka.insert(key, v.clone());
-            v
-        }
-    }
-}
-
 fn ids(calls: u64) -> impl Iterator<Item = u64> {
     (0..calls).map(|i| FIRST_ID + i % KEYS)
 }
@@ -151,10 +132,10 @@ fn main() {
             });
         }
         "local-hand" => {
-            let moka = hand_moka();
-            warm.for_each(|id| drop(local_hand_get(&moka, id)));
+            let moka = stores::Moka::new();
+            warm.for_each(|id| drop(moka.get(id)));
             measured(calls, || {
-                ids(calls).for_each(|id| drop(black_box(local_hand_get(&moka, black_box(id)))))
+                ids(calls).for_each(|id| drop(black_box(moka.get(black_box(id)))))
             });
         }
         "local-quick" | "local-mini" => {
