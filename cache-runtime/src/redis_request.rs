@@ -9,7 +9,11 @@ use std::time::Duration;
 /// ones read as 0) and whether the lock was taken.
 pub(crate) struct Fetched {
     pub value: Option<Vec<u8>>,
+    /// The ticket in force after the read: the one found, or ours if the read claimed it
+    /// (the read script, or a speculative claim).
     pub ticket: Option<u64>,
+    /// The read found no ticket (whether or not it then claimed one).
+    pub ticketless: bool,
     pub stamps: Vec<u64>,
     pub locked: bool,
 }
@@ -26,10 +30,14 @@ pub(crate) struct EntryKeys {
 }
 
 /// One read; with `try_lock` (token, lease ms) it is the read script, which also sets
-/// `new_ticket` (for `ticket_px` ms) if the key has none and tries the lock.
+/// `new_ticket` (for `ticket_px` ms) if the key has none and tries the lock. Without it,
+/// `claim` pipelines `SET ticket new_ticket NX GET PX ticket_px` after the `MGET` (a
+/// speculative claim, for caches whose reads mostly find no ticket: the miss then needs no
+/// round trip of its own before the body).
 pub(crate) struct ReadRequest {
     pub keys: EntryKeys,
     pub try_lock: Option<(String, u64)>,
+    pub claim: bool,
     pub new_ticket: u64,
     pub ticket_px: u64,
 }

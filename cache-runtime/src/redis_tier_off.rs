@@ -80,6 +80,7 @@ impl RedisTier {
         &self,
         _value_key: String,
         _ticket_key: String,
+        _fresh: (u64, u64),
         _channel: String,
         _message: String,
     ) -> Result<(), CacheError> {

@@ -414,6 +414,111 @@ fn invalidation_works_out_of_memory_with_noeviction() {
     assert_eq!(a.call(&format!("get {id}")), "new");
 }
 
+/// The key's ticket in Redis (the `profile` cache's logical key `profile:<id>`), if any.
+fn ticket_of(server: &RedisServer, id: u64) -> Option<String> {
+    let keys = server.scan(&format!("{{t:*}}:t:profile:{id}"));
+    assert!(keys.len() <= 1, "one ticket key per logical key: {keys:?}");
+    let key = keys.first()?;
+    server.cmd::<Option<String>>(&["GET", key]).expect("GET")
+}
+
+/// Misses on new keys until the cache claims tickets inside its reads (docs/PROTOCOL.md
+/// §7.2: half of its last eight reads found no ticket).
+fn warm_up_claiming_reads(server: &RedisServer, node: &Node, ids: std::ops::Range<u64>) {
+    for id in ids {
+        set_db(server, id, "warm");
+        assert_eq!(node.call(&format!("get {id}")), "warm");
+    }
+}
+
+/// A cache of mostly new keys claims the ticket in its read's round trip (docs/PROTOCOL.md
+/// §7.2): that claim must keep the held-body guarantee, and an invalidation leaves a fresh
+/// ticket (§7.4) that the next miss adopts instead of claiming one of its own.
+#[test]
+fn a_claim_inside_the_read_keeps_the_held_body_guarantee() {
+    let server = RedisServer::start();
+    let holder = Node::start(V1, &server, &[]);
+    let other = Node::start(V1, &server, &[]);
+    holder.wait_subscribed(1, WITHIN);
+    other.wait_subscribed(1, WITHIN);
+    warm_up_claiming_reads(&server, &holder, 100..110);
+
+    let id = 7;
+    set_db(&server, id, "old");
+    assert_eq!(ticket_of(&server, id), None, "a new key");
+    let held = holder.send(&format!("get_paused {id}"));
+    holder.wait_event(&format!("paused {id}"));
+    let claimed = ticket_of(&server, id).expect("the read claimed the key's ticket");
+
+    set_db(&server, id, "new");
+    invalidate_ok(&other, &format!("invalidate {id}"));
+    let fresh = ticket_of(&server, id).expect("the invalidation left a fresh ticket");
+    assert_ne!(
+        fresh, claimed,
+        "the invalidation replaced the held body's ticket"
+    );
+    assert_eq!(holder.call(&format!("resume {id}")), "true");
+    assert_eq!(
+        holder.reply(held).unwrap(),
+        "old",
+        "the held body started first"
+    );
+
+    assert_eq!(other.call(&format!("get {id}")), "new");
+    assert_eq!(
+        ticket_of(&server, id).as_deref(),
+        Some(fresh.as_str()),
+        "the next miss stored under the invalidation's ticket"
+    );
+    let newcomer = Node::start(V1, &server, &[]);
+    for (who, node) in [
+        ("a new process", &newcomer),
+        ("the other process", &other),
+        ("the holder", &holder),
+    ] {
+        assert_eq!(
+            node.call(&format!("get {id}")),
+            "new",
+            "{who} was served the value of a body that started before an Ok invalidation"
+        );
+    }
+    assert_eq!(
+        stat(&newcomer, "redis_hits"),
+        1,
+        "the miss's store was served from Redis"
+    );
+}
+
+/// Under `noeviction` OOM a claiming read's `SET` is refused: the read still stands, and
+/// values already in Redis are hits.
+#[test]
+fn claiming_reads_still_hit_out_of_memory() {
+    let server = RedisServer::start_with_options(RedisOptions::new().maxmemory("0", "noeviction"));
+    let (writer, reader) = (Node::start(V1, &server, &[]), Node::start(V1, &server, &[]));
+    let ids = 100..110;
+    warm_up_claiming_reads(&server, &writer, ids.clone());
+    warm_up_claiming_reads(&server, &reader, 200..210);
+    server.config_set("maxmemory", "1");
+    assert!(
+        server.cmd::<()>(&["SET", "probe", "x"]).is_err(),
+        "the server is out of memory"
+    );
+    let (hits, errors) = (stat(&reader, "redis_hits"), stat(&reader, "redis_errors"));
+    for id in ids.clone() {
+        assert_eq!(reader.call(&format!("get {id}")), "warm");
+    }
+    assert_eq!(
+        stat(&reader, "redis_hits") - hits,
+        ids.end - ids.start,
+        "every read was a Redis hit"
+    );
+    assert_eq!(
+        stat(&reader, "redis_errors"),
+        errors,
+        "a refused claim is no error"
+    );
+}
+
 // Item 8 runs the cache runtime in this process (one runtime per test binary: only this
 // test may use it). Same name, key, version and tier as the nodes' `profile` (the same
 // function deployed in another process), so its writes, folded or not, reach their entries.

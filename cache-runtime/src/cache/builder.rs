@@ -296,6 +296,7 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
                 decode,
                 keys: KeyScheme::new(&rt.config.key_prefix, clear_scope, self.version),
                 retention: (ttl * 2).max(Duration::from_secs(86_400)),
+                ticketless: Default::default(),
             }),
             (Some(_), None) => {
                 // The runtime already warned once that Redis is not configured.

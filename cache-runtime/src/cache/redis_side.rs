@@ -27,6 +27,7 @@
 //! random, so nothing stored before can match it again (no ABA after a flush, restart,
 //! eviction or `DEL`), and a missing token matches nothing.
 
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -183,6 +184,25 @@ pub(super) struct RedisSide<V> {
     /// The longest a ticket is kept (≥ 2 × ttl, ≥ 1 day); usually it is shorter (see
     /// `ticket_px`).
     pub(super) retention: Duration,
+    /// The last eight plain reads, a bit each: 1 = the key had no ticket. While half or
+    /// more had none (a cache of mostly new keys), reads claim the ticket in the same round
+    /// trip, so a miss costs two round trips instead of three (docs/PROTOCOL.md §7.2).
+    pub(super) ticketless: AtomicU8,
+}
+
+impl<V> RedisSide<V> {
+    fn speculate(&self) -> bool {
+        self.ticketless.load(Relaxed).count_ones() >= 4
+    }
+
+    fn note_read(&self, ticketless: bool) {
+        let old = self.ticketless.load(Relaxed);
+        let new = old << 1 | u8::from(ticketless);
+        // No store while nothing changes: a cache of hits never writes the shared line.
+        if new != old {
+            self.ticketless.store(new, Relaxed);
+        }
+    }
 }
 
 /// What a miss holds on to while its body runs: the key's ticket and the scope tokens
@@ -397,15 +417,18 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             return Read::Failed;
         }
         let sent = Instant::now();
+        let plain = lock.is_none();
         let req = ReadRequest {
-            keys: redis.keys.entry(key, lock.is_some()),
+            keys: redis.keys.entry(key, !plain),
             try_lock: lock,
+            claim: plain && redis.speculate(),
             new_ticket: new_ticket(),
             ticket_px: self.ticket_px(redis),
         };
         let Fetched {
             value,
             ticket,
+            ticketless,
             stamps,
             locked,
         } = match redis.tier.read(req).await {
@@ -415,6 +438,9 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 return Read::Failed;
             }
         };
+        if plain {
+            redis.note_read(ticketless);
+        }
         let seen = Seen { ticket, stamps };
         let Some(bytes) = value else {
             return Read::Missing {
@@ -604,6 +630,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             .invalidate(
                 r.keys.value(key),
                 r.keys.ticket(key),
+                (new_ticket(), self.ticket_px(r)),
                 r.keys.channel.clone(),
                 bus::message(bus::Action::Invalidated, &key.logical),
             )

@@ -247,16 +247,22 @@ impl RedisTier {
         Ok(Fetched {
             value,
             ticket: ticket.as_deref().and_then(parse_ticket),
+            // The script sets a missing ticket itself.
+            ticketless: false,
             stamps: parse_stamps(stamps),
             locked: locked == 1,
         })
     }
 
     /// A read without a lock attempt: one `MGET value ticket scope-tokens…` (one command,
-    /// one round trip).
+    /// one round trip); with `claim`, followed in the same pipeline by `SET ticket new NX GET
+    /// PX px`, whose reply is the ticket in force (ours where there was none). A claim Redis
+    /// refuses (`noeviction` OOM) is dropped: the read stands, as a plain read.
     async fn read_plain(&self, req: ReadRequest) -> Result<Fetched, CacheError> {
+        // A replica read cannot carry a write: the claim then has its own round trip.
         let read_replicas = self.read_replicas;
-        let reply = self
+        let claim = req.claim && !read_replicas;
+        let (reply, claimed) = self
             .exec(move |mut c| async move {
                 let keys = &req.keys;
                 let bytes = keys.value.len()
@@ -268,10 +274,40 @@ impl RedisTier {
                 for k in &keys.stamps {
                     cmd.arg(&**k);
                 }
-                // On a cluster, straight to the slot's node: every key is in the value's
-                // slot, and redis-rs would otherwise split the multi-key `MGET` by slot and
-                // reassemble it (measured: a third of a cluster hit's time).
-                c.query_in_slot(cmd, &keys.value, read_replicas).await
+                if !claim {
+                    // On a cluster, straight to the slot's node: every key is in the value's
+                    // slot, and redis-rs would otherwise split the multi-key `MGET` by slot
+                    // and reassemble it (measured: a third of a cluster hit's time).
+                    let reply = c.query_in_slot(cmd, &keys.value, read_replicas).await?;
+                    return Ok((reply, None));
+                }
+                // A pipeline goes whole to the slot of its first single-key command (the
+                // `SET`), which is the `MGET`'s slot.
+                let mut p = redis::pipe();
+                p.add_command(cmd)
+                    .cmd("SET")
+                    .arg(&keys.ticket)
+                    .arg(ticket_text(req.new_ticket))
+                    .arg("NX")
+                    .arg("GET")
+                    .arg("PX")
+                    .arg(req.ticket_px.max(1))
+                    .ignore_errors();
+                let mut replies = p
+                    .query_async::<Vec<redis::Value>>(&mut c)
+                    .await?
+                    .into_iter();
+                let reply = replies
+                    .next()
+                    .unwrap_or(redis::Value::Nil)
+                    .extract_error()?;
+                let claimed = match replies.next() {
+                    Some(redis::Value::Nil) => Some(req.new_ticket),
+                    Some(redis::Value::BulkString(old)) => Some(parse_ticket(&old).unwrap_or(0)),
+                    // Refused (OOM) or not a string: no claim.
+                    _ => None,
+                };
+                Ok((reply, claimed))
             })
             .await?;
         // Parsed in place: the value's bytes are moved out of the reply, the ticket and
@@ -290,11 +326,13 @@ impl RedisTier {
             Some(redis::Value::BulkString(b)) => parse_ticket(&b),
             _ => None,
         };
-        let ticket = token(items.next());
+        let found = token(items.next());
         let stamps = items.map(|v| token(Some(v)).unwrap_or(0)).collect();
         Ok(Fetched {
             value,
-            ticket,
+            // The claim's reply is the later reading (a foreign ticket reads as 0: unusable).
+            ticket: claimed.or(found).filter(|t| *t != 0),
+            ticketless: found.is_none(),
             stamps,
             locked: false,
         })
@@ -412,31 +450,47 @@ impl RedisTier {
         .await
     }
 
-    /// Invalidates one key: `DEL value ticket` then `PUBLISH`, pipelined (one round trip, no
-    /// script). `DEL` comes first and is allowed under `noeviction` OOM; deleting the ticket
-    /// kills every schema version's value and every in-flight store. `Ok` needs both replies.
-    /// On a cluster the message goes with `SPUBLISH` to the key's bucket channel, in the same
-    /// pipeline on the key's master (docs/PROTOCOL.md §5.3).
+    /// Invalidates one key: `DEL value ticket`, `SET ticket <new> PX px`, then `PUBLISH`,
+    /// pipelined (one round trip, no script). `DEL` comes first and is allowed under
+    /// `noeviction` OOM; deleting the ticket kills every schema version's value and every
+    /// in-flight store. The fresh random ticket only spares the next miss its claim round
+    /// trip: if Redis refuses it (OOM), the key simply has no ticket, as after a plain `DEL`.
+    /// `Ok` needs the `DEL` and the message. On a cluster the message goes with `SPUBLISH` to
+    /// the key's bucket channel, in the same pipeline on the key's master
+    /// (docs/PROTOCOL.md §5.3, §7.4).
     pub(crate) async fn invalidate(
         &self,
         value_key: String,
         ticket_key: String,
+        fresh: (u64, u64),
         channel: String,
         message: String,
     ) -> Result<(), CacheError> {
         let (publish, channel) = self.message_route(&value_key, channel);
+        let (new_ticket, ticket_px) = fresh;
         self.exec_write(Some(value_key.clone()), move |mut c| async move {
-            redis::pipe()
+            let replies = redis::pipe()
                 .cmd("DEL")
                 .arg(&value_key)
                 .arg(&ticket_key)
-                .ignore()
+                .cmd("SET")
+                .arg(&ticket_key)
+                .arg(ticket_text(new_ticket))
+                .arg("PX")
+                .arg(ticket_px.max(1))
                 .cmd(publish)
                 .arg(&channel)
                 .arg(&message)
-                .ignore()
-                .query_async::<()>(&mut c)
-                .await
+                .ignore_errors()
+                .query_async::<Vec<redis::Value>>(&mut c)
+                .await?;
+            // The `DEL` and the message must have run; the `SET` may be refused.
+            for (i, reply) in replies.into_iter().enumerate() {
+                if i != 1 {
+                    reply.extract_error()?;
+                }
+            }
+            Ok(())
         })
         .await
     }
@@ -766,6 +820,7 @@ impl RedisTier {
             self.read(ReadRequest {
                 keys: keys("p"),
                 try_lock: None,
+                claim: true,
                 new_ticket: 1,
                 ticket_px: px,
             })
@@ -776,6 +831,7 @@ impl RedisTier {
             self.read(ReadRequest {
                 keys: keys("l"),
                 try_lock: Some(("health".into(), px)),
+                claim: false,
                 new_ticket: 3,
                 ticket_px: px,
             })
@@ -793,7 +849,7 @@ impl RedisTier {
                     self.invalidate_scope(vec![scope.to_string()], channel.into(), msg.clone())
                         .await?;
                 }
-                self.invalidate(value, ticket, channel.into(), msg.clone())
+                self.invalidate(value, ticket, (4, px), channel.into(), msg.clone())
                     .await?;
             }
             Ok::<_, CacheError>(())
