@@ -71,6 +71,11 @@ pub enum DecodeError {
     /// bincode rejected the payload.
     #[error("payload does not decode: {0}")]
     Payload(String),
+    /// Stored under another ticket or other scope tokens than the reader requires (the key
+    /// was invalidated, or a tag invalidation or clear happened since): only from a check
+    /// that names them (docs/PROTOCOL.md §4).
+    #[error("superseded: stored under another ticket or scope tokens")]
+    Superseded,
 }
 
 /// Stable 64-bit fingerprint of a value type and its schema version (FNV-1a).
@@ -264,6 +269,44 @@ pub fn decode_with_grace<V: DeserializeOwned>(
     max_payload: usize,
     grace: Duration,
 ) -> Result<Decoded<V>, DecodeError> {
+    let (h, value) = decode_checked(bytes, fingerprint, max_payload, grace, None)?;
+    Ok(Decoded {
+        value,
+        ticket: h.ticket,
+        created_unix_ms: h.created_unix_ms,
+        expires_unix_ms: h.expires_unix_ms,
+        stamps: stamps_in(h.stamps).collect(),
+        etag: h.etag,
+        fresh: h.fresh,
+    })
+}
+
+/// An envelope's fields besides the value, borrowed from its bytes.
+pub(crate) struct Header<'a> {
+    pub ticket: u64,
+    pub created_unix_ms: u64,
+    pub expires_unix_ms: u64,
+    /// The stamps, 8 bytes LE each.
+    pub stamps: &'a [u8],
+    pub etag: ETag,
+    pub fresh: bool,
+}
+
+fn stamps_in(raw: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    raw.chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+}
+
+/// [`decode_with_grace`] without copying the stamps out; with `expect` (ticket, stamps), an
+/// envelope stored under anything else is [`DecodeError::Superseded`], found before the
+/// payload decode (a superseded value costs its header and checksum).
+pub(crate) fn decode_checked<'a, V: DeserializeOwned>(
+    bytes: &'a [u8],
+    fingerprint: u64,
+    max_payload: usize,
+    grace: Duration,
+    expect: Option<(u64, &[u64])>,
+) -> Result<(Header<'a>, V), DecodeError> {
     if bytes.len() < HEADER_LEN {
         return Err(DecodeError::Length);
     }
@@ -295,27 +338,34 @@ pub fn decode_with_grace<V: DeserializeOwned>(
     if bytes.len() < payload_at || bytes.len() - payload_at != len {
         return Err(DecodeError::Length);
     }
-    let stamps = (0..n_stamps)
-        .map(|i| u64_at(bytes, HEADER_LEN + 8 * i))
-        .collect();
+    let stamps = &bytes[HEADER_LEN..payload_at];
     let payload = &bytes[payload_at..];
+    // Corruption first, so that it is reported as such even in a superseded value.
     if checksum(bytes) != u32_at(bytes, 40) {
         return Err(DecodeError::Checksum);
+    }
+    if let Some((want_ticket, want_stamps)) = expect {
+        if ticket != want_ticket
+            || n_stamps != want_stamps.len()
+            || !stamps_in(stamps).eq(want_stamps.iter().copied())
+        {
+            return Err(DecodeError::Superseded);
+        }
     }
     let now = clock::now_unix_ms();
     if expires.saturating_add(grace.as_millis() as u64) <= now {
         return Err(DecodeError::Expired);
     }
     let value = decode_payload(payload)?;
-    Ok(Decoded {
-        value,
+    let header = Header {
         ticket,
         created_unix_ms: created,
         expires_unix_ms: expires,
         stamps,
         etag: ETag::of(payload),
         fresh: expires > now,
-    })
+    };
+    Ok((header, value))
 }
 
 /// bincode's limit is a const generic: pick the smallest bucket that fits the payload, so a
@@ -349,6 +399,37 @@ fn decode_payload<V: DeserializeOwned>(payload: &[u8]) -> Result<V, DecodeError>
 mod tests {
     use super::*;
     use serde::Deserialize;
+
+    #[test]
+    fn a_reader_accepts_only_the_ticket_and_stamps_it_read() {
+        let fp = fingerprint("u32", 1);
+        let ttl = Duration::from_secs(60);
+        let bytes = encode_at(&7u32, fp, 42, clock::now_unix_ms(), ttl, &[5, 6]).unwrap();
+        let check = |expect| decode_checked::<u32>(&bytes, fp, 64, Duration::ZERO, expect);
+        let (h, v) = check(Some((42, &[5, 6]))).unwrap();
+        assert_eq!((v, h.ticket), (7, 42));
+        assert_eq!(stamps_in(h.stamps).collect::<Vec<_>>(), [5, 6]);
+        for (ticket, stamps) in [
+            (41, &[5, 6][..]),
+            (42, &[5, 7]),
+            (42, &[5]),
+            (42, &[5, 6, 0]),
+        ] {
+            assert_eq!(
+                check(Some((ticket, stamps))).err(),
+                Some(DecodeError::Superseded),
+                "{ticket} {stamps:?}"
+            );
+        }
+        assert!(check(None).is_ok(), "no expectation: any ticket");
+        // Corruption is reported as such, whatever the reader expects.
+        let mut flipped = bytes.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert_eq!(
+            decode_checked::<u32>(&flipped, fp, 64, Duration::ZERO, Some((1, &[]))).err(),
+            Some(DecodeError::Checksum)
+        );
+    }
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     struct Profile {

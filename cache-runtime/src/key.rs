@@ -156,7 +156,7 @@ pub fn scope_key(prefix: &str, scope: Scope<'_>) -> String {
 
 /// Scope names longer than this are hashed in striped token keys (a tag invalidation deletes
 /// one key per bucket: 1 024 copies of the name).
-const STRIPED_NAME_MAX: usize = 64;
+pub(crate) const STRIPED_NAME_MAX: usize = 64;
 
 /// The Redis key of a scope's random token **in one bucket**, on Redis Cluster
 /// (docs/PROTOCOL.md §4.3, stage 3). Tokens are striped: every bucket has its own token for

@@ -4,6 +4,10 @@
 
 use std::time::Duration;
 
+/// Scope tokens read or stamped (cache clear, global clear, tags): inline up to two tags,
+/// so a Redis hit allocates none.
+pub(crate) type Stamps = smallvec::SmallVec<[u64; 4]>;
+
 /// What a read found, atomically: the value's bytes (`None`: missing, or a key of another
 /// Redis type, which `MGET` answers as nil), the key's ticket, the scope counters (missing
 /// ones read as 0) and whether the lock was taken.
@@ -14,7 +18,7 @@ pub(crate) struct Fetched {
     pub ticket: Option<u64>,
     /// The read found no ticket (whether or not it then claimed one).
     pub ticketless: bool,
-    pub stamps: Vec<u64>,
+    pub stamps: Stamps,
     pub locked: bool,
 }
 
@@ -29,17 +33,38 @@ pub(crate) struct EntryKeys {
     pub stamps: Vec<std::sync::Arc<str>>,
 }
 
-/// One read; with `try_lock` (token, lease ms) it is the read script, which also sets
-/// `new_ticket` (for `ticket_px` ms) if the key has none and tries the lock. Without it,
-/// `claim` pipelines `SET ticket new_ticket NX GET PX ticket_px` after the `MGET` (a
-/// speculative claim, for caches whose reads mostly find no ticket: the miss then needs no
-/// round trip of its own before the body).
+/// A read with a lock attempt: the read script, which also sets `new_ticket` (for
+/// `ticket_px` ms) if the key has none and tries the lock (`try_lock`: token, lease ms).
 pub(crate) struct ReadRequest {
     pub keys: EntryKeys,
-    pub try_lock: Option<(String, u64)>,
-    pub claim: bool,
+    pub try_lock: (String, u64),
     pub new_ticket: u64,
     pub ticket_px: u64,
+}
+
+/// The keys of a plain read (docs/PROTOCOL.md §2), borrowed from the cache's key scheme:
+/// the tier writes them straight into its `MGET`, so a hit builds no key string.
+pub(crate) struct ReadKeys<'a> {
+    pub prefix: &'a str,
+    pub bucket: u32,
+    /// The cluster slot of the bucket's hash tag (0 off a cluster).
+    pub slot: u16,
+    pub value_middle: &'a str,
+    pub logical: &'a str,
+    /// The cache-clear and global-clear token keys (built once per cache).
+    pub clears: &'a [std::sync::Arc<str>; 2],
+    pub tags: &'a [String],
+    /// Tag token keys striped per bucket (cluster) or under `{prefix:scopes}`.
+    pub striped: bool,
+}
+
+/// A plain read: `MGET value ticket tokens…`; with `claim` (new ticket, px), followed in
+/// the same pipeline by `SET ticket new NX GET PX px` (a speculative claim, for caches whose
+/// reads mostly find no ticket: the miss then needs no round trip of its own before the
+/// body).
+pub(crate) struct PlainRead<'a> {
+    pub keys: ReadKeys<'a>,
+    pub claim: Option<(u64, u64)>,
 }
 
 /// One conditional write: `bytes` for `ttl`, if the key's ticket is still `ticket` and the
@@ -50,6 +75,6 @@ pub(crate) struct WriteRequest {
     pub ttl: Duration,
     pub ticket: u64,
     pub ticket_px: u64,
-    pub seen: Vec<u64>,
+    pub seen: Stamps,
     pub token: Option<String>,
 }

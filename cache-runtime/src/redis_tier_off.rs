@@ -23,7 +23,9 @@ pub(crate) struct RedisTier {
 /// The stand-in for the connection target handed to the (absent) bus subscriber.
 pub(crate) struct RedisTarget(Infallible);
 
-pub(crate) use crate::redis_request::{EntryKeys, Fetched, ReadRequest, WriteRequest};
+pub(crate) use crate::redis_request::{
+    EntryKeys, Fetched, PlainRead, ReadKeys, ReadRequest, Stamps, WriteRequest,
+};
 
 /// The bus subscriber (`bus::run` re-exports this without the feature): never called.
 pub(crate) async fn run(target: Arc<RedisTarget>, _prefix: String, _timeout: Duration) {
@@ -47,6 +49,9 @@ impl RedisTier {
         ))
     }
     pub(crate) async fn read(&self, _req: ReadRequest) -> Result<Fetched, CacheError> {
+        match self.never {}
+    }
+    pub(crate) async fn read_plain(&self, _req: PlainRead<'_>) -> Result<Fetched, CacheError> {
         match self.never {}
     }
     pub(crate) async fn claim_tokens(
@@ -93,7 +98,7 @@ impl RedisTier {
         _ticket_px: u64,
         _channel: String,
         _message: String,
-    ) -> Result<Vec<u64>, CacheError> {
+    ) -> Result<Stamps, CacheError> {
         match self.never {}
     }
     pub(crate) fn scope_keys(&self, _prefix: &str, _scope_key: &str) -> Vec<String> {

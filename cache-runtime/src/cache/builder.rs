@@ -191,7 +191,7 @@ impl<V: crate::__private::RedisValue> CacheBuilder<V> {
         self.tier = tier;
         self.redis = tier.has_redis().then_some((
             codec::encode_at::<V> as EncodeFn<V>,
-            codec::decode_with_grace::<V> as DecodeFn<V>,
+            codec::decode_checked::<V> as DecodeFn<V>,
         ));
         if tier.has_redis() {
             self = self.etag();

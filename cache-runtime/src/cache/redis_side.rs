@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBuilder};
 
 use crate::bus;
-use crate::codec::{self, DecodeError, Decoded};
+use crate::codec::{self, DecodeError, Header};
 use crate::entry::Meta;
 use crate::error::CacheError;
 use crate::key::{
@@ -42,14 +42,22 @@ use crate::key::{
     TICKET_MIDDLE,
 };
 use crate::pending::{Added, PendingOp};
-use crate::redis_tier::{EntryKeys, Fetched, ReadRequest, RedisTier, WriteRequest};
+use crate::redis_tier::{
+    EntryKeys, Fetched, PlainRead, ReadKeys, ReadRequest, RedisTier, Stamps, WriteRequest,
+};
 use crate::runtime::runtime;
 use crate::tier::Key;
 
 use super::Cache;
 
 pub(super) type EncodeFn<V> = fn(&V, u64, u64, u64, Duration, &[u64]) -> Result<Vec<u8>, String>;
-pub(super) type DecodeFn<V> = fn(&[u8], u64, usize, Duration) -> Result<Decoded<V>, DecodeError>;
+pub(super) type DecodeFn<V> = for<'a, 'b> fn(
+    &'a [u8],
+    u64,
+    usize,
+    Duration,
+    Option<(u64, &'b [u64])>,
+) -> Result<(Header<'a>, V), DecodeError>;
 
 /// The longest pause between two reads while another process holds the lock.
 const MAX_LOCK_POLL: Duration = Duration::from_millis(50);
@@ -88,6 +96,8 @@ pub(super) struct KeyScheme {
     clears: Vec<[Arc<str>; 2]>,
     /// Cluster layout: scope tokens striped per bucket (docs/PROTOCOL.md §4.3).
     striped: bool,
+    /// Each bucket's cluster slot (cluster only; a hit routes by it).
+    slots: Vec<u16>,
     channel: String,
 }
 
@@ -115,12 +125,19 @@ impl KeyScheme {
                 scope_key(prefix, Scope::All).into(),
             ]]
         };
+        let slots = match striped {
+            true => (0..REDIS_BUCKETS)
+                .map(|b| crate::key::cluster_slot(&format!("{{{prefix}:{b}}}")))
+                .collect(),
+            false => Vec::new(),
+        };
         Self {
             prefix: prefix.to_string(),
             value_middle,
             lock_middle,
             clears,
             striped,
+            slots,
             channel: bus::channel(prefix),
         }
     }
@@ -160,7 +177,7 @@ impl KeyScheme {
         keys
     }
 
-    /// The entry's keys; the lock key only when `with_lock` (a plain read does not need it).
+    /// The entry's keys; the lock key only when `with_lock`.
     fn entry(&self, key: &Key, with_lock: bool) -> EntryKeys {
         EntryKeys {
             value: self.value(key),
@@ -171,6 +188,25 @@ impl KeyScheme {
                 String::new()
             },
             stamps: self.stamps(key),
+        }
+    }
+
+    /// A plain read's keys, borrowed (the tier writes them into its `MGET`).
+    fn read_keys<'a>(&'a self, key: &'a Key) -> ReadKeys<'a> {
+        let bucket = redis_bucket(&key.logical);
+        let (clears, slot) = match self.striped {
+            true => (&self.clears[bucket as usize], self.slots[bucket as usize]),
+            false => (&self.clears[0], 0),
+        };
+        ReadKeys {
+            prefix: &self.prefix,
+            bucket,
+            slot,
+            value_middle: &self.value_middle,
+            logical: &key.logical,
+            clears,
+            tags: &key.tags,
+            striped: self.striped,
         }
     }
 }
@@ -210,7 +246,7 @@ impl<V> RedisSide<V> {
 /// the lock.
 pub(super) struct Claim {
     ticket: u64,
-    stamps: Vec<u64>,
+    stamps: Stamps,
     token: Option<String>,
 }
 
@@ -237,7 +273,7 @@ pub(super) enum Fill<V> {
 /// missing).
 pub(super) struct Seen {
     ticket: Option<u64>,
-    stamps: Vec<u64>,
+    stamps: Stamps,
 }
 
 pub(super) enum Read<V> {
@@ -418,12 +454,25 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         }
         let sent = Instant::now();
         let plain = lock.is_none();
-        let req = ReadRequest {
-            keys: redis.keys.entry(key, !plain),
-            try_lock: lock,
-            claim: plain && redis.speculate(),
-            new_ticket: new_ticket(),
-            ticket_px: self.ticket_px(redis),
+        let read = match lock {
+            Some(try_lock) => {
+                let req = ReadRequest {
+                    keys: redis.keys.entry(key, true),
+                    try_lock,
+                    new_ticket: new_ticket(),
+                    ticket_px: self.ticket_px(redis),
+                };
+                redis.tier.read(req).await
+            }
+            None => {
+                let req = PlainRead {
+                    keys: redis.keys.read_keys(key),
+                    claim: redis
+                        .speculate()
+                        .then(|| (new_ticket(), self.ticket_px(redis))),
+                };
+                redis.tier.read_plain(req).await
+            }
         };
         let Fetched {
             value,
@@ -431,7 +480,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             ticketless,
             stamps,
             locked,
-        } = match redis.tier.read(req).await {
+        } = match read {
             Ok(fetched) => fetched,
             Err(e) => {
                 let _ = self.count_redis::<()>(Err(e));
@@ -449,7 +498,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 unusable: false,
             };
         };
-        let Some(decoded) = self.decode_current(redis, &bytes, &seen) else {
+        let Some((decoded, value)) = self.decode_current(redis, &bytes, &seen) else {
             return Read::unusable(seen);
         };
         let meta = Meta {
@@ -462,7 +511,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             (decoded.expires_unix_ms + self.stale_window().as_millis() as u64)
                 .saturating_sub(crate::clock::now_unix_ms()),
         ));
-        let value = (decoded.value, meta);
+        let value = (value, meta);
         if !decoded.fresh || (refresh && self.refresh_due(&meta)) {
             if !decoded.fresh {
                 // Kept as this process's fallback (soft timeout, failing body); never a hit.
@@ -477,22 +526,26 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
 
     /// Decodes a value read from Redis; `None` (counted, logged) if it does not decode or was
     /// stored under another ticket (the key was invalidated, flushed, evicted) or before a
-    /// tag invalidation or clear that happened since.
-    fn decode_current(
+    /// tag invalidation or clear that happened since (checked before the payload decode).
+    fn decode_current<'a>(
         &self,
         redis: &RedisSide<V>,
-        bytes: &[u8],
+        bytes: &'a [u8],
         seen: &Seen,
-    ) -> Option<Decoded<V>> {
+    ) -> Option<(Header<'a>, V)> {
+        // A missing ticket or scope token (0) matches nothing, whatever an envelope carries;
+        // the value is still decoded, so that a corrupt one is reported as such.
+        let current = seen.ticket.filter(|_| !seen.stamps.contains(&0));
         let decoded = (redis.decode)(
             bytes,
             self.fingerprint,
             self.max_value_bytes,
             self.stale_window(),
+            current.map(|t| (t, &seen.stamps[..])),
         );
         match decoded {
             // A value of the previous wire version is simply a miss.
-            Err(DecodeError::Version(1)) => {
+            Err(DecodeError::Version(1) | DecodeError::Superseded) => {
                 self.counters.stale_rejected.add(1);
                 None
             }
@@ -505,12 +558,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 );
                 None
             }
-            // A missing scope token (0) matches nothing, whatever an envelope carries.
-            Ok(d)
-                if Some(d.ticket) != seen.ticket
-                    || d.stamps != seen.stamps
-                    || seen.stamps.contains(&0) =>
-            {
+            Ok(_) if current.is_none() => {
                 self.counters.stale_rejected.add(1);
                 None
             }
@@ -833,6 +881,33 @@ mod tests {
             let slot = crate::key::cluster_slot(&entry.value);
             for k in stamps.iter().copied().chain([&*entry.ticket, &*entry.lock]) {
                 assert_eq!(crate::key::cluster_slot(k), slot, "{k}");
+            }
+        }
+    }
+
+    /// The keys a hit writes straight into its `MGET` are the scheme's, byte for byte.
+    #[cfg(feature = "redis")]
+    #[test]
+    fn a_hit_reads_the_schemes_keys() {
+        let long = "x".repeat(80);
+        let key = Key::new("user:42").with_tags(vec!["t:1".into(), long]);
+        for striped in [false, true] {
+            let keys = KeyScheme::with_layout("cr", "app::user", 3, striped);
+            let entry = keys.entry(&key, false);
+            let mget = crate::redis_tier::mget_command(&keys.read_keys(&key));
+            let args: Vec<String> = mget
+                .args_iter()
+                .map(|a| match a {
+                    redis::Arg::Simple(b) => String::from_utf8(b.to_vec()).unwrap(),
+                    _ => unreachable!("a key is a simple argument"),
+                })
+                .collect();
+            let mut want = vec!["MGET".to_string(), entry.value, entry.ticket];
+            want.extend(entry.stamps.iter().map(|s| s.to_string()));
+            assert_eq!(args, want);
+            if striped {
+                let slot = crate::key::cluster_slot(&want[1]);
+                assert_eq!(keys.read_keys(&key).slot, slot);
             }
         }
     }

@@ -169,12 +169,12 @@ impl Conn {
         Ok(())
     }
 
-    /// A read whose keys are all in `key`'s slot, sent straight to that slot's master (or a
+    /// A read whose keys are all in `slot`, sent straight to that slot's master (or a
     /// replica, when `replica`); on a single node, as is.
     pub(super) async fn query_in_slot(
         &mut self,
         cmd: redis::Cmd,
-        key: &str,
+        slot: u16,
         replica: bool,
     ) -> redis::RedisResult<redis::Value> {
         match self {
@@ -184,7 +184,7 @@ impl Conn {
                 } else {
                     SlotAddr::Master
                 };
-                let route = Route::new(key_slot(key.as_bytes()), addr);
+                let route = Route::new(slot, addr);
                 c.route_command(
                     cmd,
                     RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),

@@ -25,7 +25,9 @@ use crate::pending::{Added, Pending, PendingOp};
 mod connection;
 mod scripts;
 
-pub(crate) use crate::redis_request::{EntryKeys, Fetched, ReadRequest, WriteRequest};
+pub(crate) use crate::redis_request::{
+    EntryKeys, Fetched, PlainRead, ReadKeys, ReadRequest, Stamps, WriteRequest,
+};
 pub(crate) use connection::RedisTarget;
 pub(crate) use connection::{key_slot, master_slot_ranges, ClusterTarget, Conn};
 use connection::{open_client, open_sentinel, Conns, Fault, SentinelTarget, Shared};
@@ -84,6 +86,75 @@ fn parse_ticket(raw: &[u8]) -> Option<u64> {
     }
     // Only a non-digit has bit 4 set.
     (bad & 16 == 0).then_some(out)
+}
+
+/// Writes `{prefix:bucket}:<middle><tail>` as the command's next argument, straight into
+/// its buffer (docs/PROTOCOL.md §2; the same bytes as `key::bucket_key`).
+fn write_bucket_key(cmd: &mut redis::Cmd, k: &ReadKeys<'_>, middle: &str, tail: &str) {
+    use std::io::Write;
+    let mut digits = itoa::Buffer::new();
+    let mut w = redis::RedisWrite::writer_for_next_arg(cmd);
+    // Writing to the command's `Vec` cannot fail.
+    let _ = (
+        w.write_all(b"{"),
+        w.write_all(k.prefix.as_bytes()),
+        w.write_all(b":"),
+        w.write_all(digits.format(k.bucket).as_bytes()),
+        w.write_all(b"}:"),
+        w.write_all(middle.as_bytes()),
+        w.write_all(tail.as_bytes()),
+    );
+}
+
+/// `MGET value ticket clear-tokens tag-tokens…` of a plain read (docs/PROTOCOL.md §7.1),
+/// sized up front (no regrowth while the keys are written).
+pub(crate) fn mget_command(k: &ReadKeys<'_>) -> redis::Cmd {
+    let mut mget = redis::Cmd::with_capacity(
+        5 + k.tags.len(),
+        2 * (k.prefix.len() + k.logical.len() + 8)
+            + k.value_middle.len()
+            + k.clears.iter().map(|c| c.len()).sum::<usize>()
+            + k.tags
+                .iter()
+                .map(|t| t.len() + k.prefix.len() + 16)
+                .sum::<usize>()
+            + 8,
+    );
+    mget.arg("MGET");
+    write_bucket_key(&mut mget, k, k.value_middle, k.logical);
+    write_bucket_key(&mut mget, k, crate::key::TICKET_MIDDLE, k.logical);
+    for c in k.clears {
+        mget.arg(&**c);
+    }
+    for tag in k.tags {
+        write_tag_token_key(&mut mget, k, tag);
+    }
+    mget
+}
+
+/// Writes a tag's token key as the command's next argument: `{prefix:scopes}:t:<tag>`, or
+/// on a cluster the bucket's `{prefix:bucket}:s:t:<tag>` (a long name, hashed, is built by
+/// `key::scope_token_key`, the one place that knows how).
+fn write_tag_token_key(cmd: &mut redis::Cmd, k: &ReadKeys<'_>, tag: &str) {
+    use crate::key::Scope;
+    use std::io::Write;
+    if !k.striped {
+        let mut w = redis::RedisWrite::writer_for_next_arg(cmd);
+        let _ = (
+            w.write_all(b"{"),
+            w.write_all(k.prefix.as_bytes()),
+            w.write_all(b":scopes}:t:"),
+            w.write_all(tag.as_bytes()),
+        );
+    } else if "t:".len() + tag.len() > crate::key::STRIPED_NAME_MAX {
+        cmd.arg(crate::key::scope_token_key(
+            k.prefix,
+            k.bucket,
+            Scope::Tag(tag),
+        ));
+    } else {
+        write_bucket_key(cmd, k, "s:t:", tag);
+    }
 }
 
 impl RedisTier {
@@ -221,10 +292,9 @@ impl RedisTier {
         self.settle(res)
     }
 
+    /// The read script (`lock = true`): value, ticket and tokens, the ticket set if missing
+    /// and the lock tried, in one round trip (docs/PROTOCOL.md §7.3).
     pub(crate) async fn read(&self, req: ReadRequest) -> Result<Fetched, CacheError> {
-        if req.try_lock.is_none() {
-            return self.read_plain(req).await;
-        }
         let scripts = self.scripts.clone();
         type Reply = (Option<Vec<u8>>, Option<Vec<u8>>, i64, Vec<Option<Vec<u8>>>);
         let (value, ticket, locked, stamps) = self
@@ -236,7 +306,7 @@ impl RedisTier {
                 for k in &req.keys.stamps {
                     inv.key(&**k);
                 }
-                let (token, lease_ms) = req.try_lock.unwrap_or_default();
+                let (token, lease_ms) = req.try_lock;
                 inv.arg(ticket_text(req.new_ticket))
                     .arg(req.ticket_px)
                     .arg(token)
@@ -255,44 +325,41 @@ impl RedisTier {
     }
 
     /// A read without a lock attempt: one `MGET value ticket scope-tokens…` (one command,
-    /// one round trip); with `claim`, followed in the same pipeline by `SET ticket new NX GET
-    /// PX px`, whose reply is the ticket in force (ours where there was none). A claim Redis
-    /// refuses (`noeviction` OOM) is dropped: the read stands, as a plain read.
-    async fn read_plain(&self, req: ReadRequest) -> Result<Fetched, CacheError> {
+    /// one round trip), the keys written straight into the command; with a claim, followed
+    /// in the same pipeline by `SET ticket new NX GET PX px`, whose reply is the ticket in
+    /// force (ours where there was none). A claim Redis refuses (`noeviction` OOM) is
+    /// dropped: the read stands, as a plain read.
+    pub(crate) async fn read_plain(&self, req: PlainRead<'_>) -> Result<Fetched, CacheError> {
         // A replica read cannot carry a write: the claim then has its own round trip.
         let read_replicas = self.read_replicas;
-        let claim = req.claim && !read_replicas;
+        let claim = req.claim.filter(|_| !read_replicas);
+        let k = &req.keys;
+        let mget = mget_command(k);
+        let claim = claim.map(|(new, px)| {
+            let mut set = redis::Cmd::with_capacity(7, k.prefix.len() + k.logical.len() + 48);
+            set.arg("SET");
+            write_bucket_key(&mut set, k, crate::key::TICKET_MIDDLE, k.logical);
+            set.arg(ticket_text(new))
+                .arg("NX")
+                .arg("GET")
+                .arg("PX")
+                .arg(px.max(1));
+            (set, new)
+        });
+        let slot = k.slot;
         let (reply, claimed) = self
             .exec(move |mut c| async move {
-                let keys = &req.keys;
-                let bytes = keys.value.len()
-                    + keys.ticket.len()
-                    + keys.stamps.iter().map(|k| k.len()).sum::<usize>();
-                // Sized up front: no regrowth while the arguments are written.
-                let mut cmd = redis::Cmd::with_capacity(3 + keys.stamps.len(), bytes + 4);
-                cmd.arg("MGET").arg(&keys.value).arg(&keys.ticket);
-                for k in &keys.stamps {
-                    cmd.arg(&**k);
-                }
-                if !claim {
+                let Some((set, new)) = claim else {
                     // On a cluster, straight to the slot's node: every key is in the value's
                     // slot, and redis-rs would otherwise split the multi-key `MGET` by slot
                     // and reassemble it (measured: a third of a cluster hit's time).
-                    let reply = c.query_in_slot(cmd, &keys.value, read_replicas).await?;
+                    let reply = c.query_in_slot(mget, slot, read_replicas).await?;
                     return Ok((reply, None));
-                }
+                };
                 // A pipeline goes whole to the slot of its first single-key command (the
                 // `SET`), which is the `MGET`'s slot.
                 let mut p = redis::pipe();
-                p.add_command(cmd)
-                    .cmd("SET")
-                    .arg(&keys.ticket)
-                    .arg(ticket_text(req.new_ticket))
-                    .arg("NX")
-                    .arg("GET")
-                    .arg("PX")
-                    .arg(req.ticket_px.max(1))
-                    .ignore_errors();
+                p.add_command(mget).add_command(set).ignore_errors();
                 let mut replies = p
                     .query_async::<Vec<redis::Value>>(&mut c)
                     .await?
@@ -302,7 +369,7 @@ impl RedisTier {
                     .unwrap_or(redis::Value::Nil)
                     .extract_error()?;
                 let claimed = match replies.next() {
-                    Some(redis::Value::Nil) => Some(req.new_ticket),
+                    Some(redis::Value::Nil) => Some(new),
                     Some(redis::Value::BulkString(old)) => Some(parse_ticket(&old).unwrap_or(0)),
                     // Refused (OOM) or not a string: no claim.
                     _ => None,
@@ -526,7 +593,7 @@ impl RedisTier {
         ticket_px: u64,
         channel: String,
         message: String,
-    ) -> Result<Vec<u64>, CacheError> {
+    ) -> Result<Stamps, CacheError> {
         let scripts = self.scripts.clone();
         let (value, ticket_key, stamps) =
             (keys.value.clone(), keys.ticket.clone(), keys.stamps.clone());
@@ -817,12 +884,22 @@ impl RedisTier {
                 token: Some("health".into()),
             })
             .await?;
-            self.read(ReadRequest {
-                keys: keys("p"),
-                try_lock: None,
-                claim: true,
-                new_ticket: 1,
-                ticket_px: px,
+            // A claiming read, as a cache of new keys sends it (its own hash tag, one slot).
+            let (tag_prefix, logical) = (format!("{prefix}:health"), "p".to_string());
+            let tag = format!("{{{tag_prefix}:0}}");
+            let clears = [format!("{tag}:s:c").into(), format!("{tag}:s:a").into()];
+            self.read_plain(PlainRead {
+                keys: ReadKeys {
+                    prefix: &tag_prefix,
+                    bucket: 0,
+                    slot: crate::key::cluster_slot(&tag),
+                    value_middle: "v:",
+                    logical: &logical,
+                    clears: &clears,
+                    tags: &[],
+                    striped: self.cluster,
+                },
+                claim: Some((1, px)),
             })
             .await?;
             let scopes = keys("c").stamps.iter().map(|k| k.to_string()).collect();
@@ -830,8 +907,7 @@ impl RedisTier {
                 .await?;
             self.read(ReadRequest {
                 keys: keys("l"),
-                try_lock: Some(("health".into(), px)),
-                claim: false,
+                try_lock: ("health".into(), px),
                 new_ticket: 3,
                 ticket_px: px,
             })

@@ -88,7 +88,7 @@ return out",
 
 /// Scope tokens as `MGET` returns them: a missing or foreign one reads as 0, which no
 /// envelope carries (tokens are never 0).
-pub(super) fn parse_stamps(raw: Vec<Option<Vec<u8>>>) -> Vec<u64> {
+pub(super) fn parse_stamps(raw: Vec<Option<Vec<u8>>>) -> crate::redis_request::Stamps {
     raw.into_iter()
         .map(|s| s.as_deref().and_then(super::parse_ticket).unwrap_or(0))
         .collect()
