@@ -15,7 +15,7 @@ cargo build -q --release -p cache-benches --bin hit-instructions
 BIN=target/release/hit-instructions
 CONTENDERS=("$@")
 if [ ${#CONTENDERS[@]} -eq 0 ]; then
-    CONTENDERS=(local-ours local-hand local-cached local-quick local-mini redis-ours redis-hand redis-cached)
+    CONTENDERS=(local-ours local-hand local-cached local-quick local-mini redis-ours redis-hand redis-hand-mget redis-cached)
 fi
 count() { # contender calls -> total instructions ("Collected" line of callgrind)
     valgrind --tool=callgrind --callgrind-out-file=/dev/null "$BIN" "$1" "$2" 2>&1 \

@@ -9,8 +9,13 @@
 //! ```text
 //! hit-instructions <contender> <calls>
 //! contenders: local-ours local-hand local-cached local-quick local-mini
-//!             redis-ours redis-hand redis-cached
+//!             redis-ours redis-hand redis-hand-mget redis-cached
 //! ```
+//!
+//! `redis-hand-mget` is the hand-written `GET` + decode with the same reply shape as ours: an
+//! `MGET` of the value and three more keys (16-byte strings, as a ticket and two scope
+//! tokens), only the value decoded. Against `redis-hand` it prices the protocol's extra
+//! reply elements in redis-rs (its reply parser), apart from everything else ours does.
 //!
 //! It also prints, on stderr, the heap allocations per hit of the measured loop (a counting
 //! global allocator: every thread of the process, so the runtime's Redis thread and the
@@ -21,7 +26,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use cache_benches::stores::{self, HandStore};
-use cache_benches::{hand_redis_get, init_local_only, our_key, profile, redis_url, start_redis};
+use cache_benches::{hand_key, hand_redis_get, init_local_only, our_key, profile};
+use cache_benches::{redis_url, start_redis};
 use cache_benches::{Profile, FIRST_ID};
 use cached::AsyncRedisCache;
 use redis::aio::ConnectionManager;
@@ -117,9 +123,23 @@ fn ids(calls: u64) -> impl Iterator<Item = u64> {
     (0..calls).map(|i| FIRST_ID + i % KEYS)
 }
 
+/// Three keys holding 16-byte strings, read beside each value by `redis-hand-mget`.
+const HAND_MGET_EXTRA: [&str; 3] = ["hand:x1", "hand:x2", "hand:x3"];
+
+/// `MGET key hand:x1 hand:x2 hand:x3`, then the value decoded as `hand_redis_get` does.
+async fn hand_redis_mget(conn: &mut ConnectionManager, id: u64) -> Profile {
+    let mut cmd = redis::cmd("MGET");
+    cmd.arg(hand_key(id)).arg(&HAND_MGET_EXTRA[..]);
+    let mut reply: Vec<Option<Vec<u8>>> = cmd.query_async(conn).await.expect("MGET");
+    let bytes = reply.swap_remove(0).expect("warm");
+    bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
+        .expect("decode")
+        .0
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: hit-instructions <local-ours|local-hand|local-cached|local-quick|local-mini|redis-ours|redis-hand|redis-cached> <calls>";
+    let usage = "usage: hit-instructions <local-ours|local-hand|local-cached|local-quick|local-mini|redis-ours|redis-hand|redis-hand-mget|redis-cached> <calls>";
     let contender = args.next().expect(usage);
     let calls: u64 = args.next().and_then(|s| s.parse().ok()).expect(usage);
     let warm = ids(KEYS);
@@ -155,7 +175,7 @@ fn main() {
                 ids(calls).for_each(|id| drop(black_box(local_rival(black_box(id)))))
             });
         }
-        "redis-ours" | "redis-hand" | "redis-cached" => {
+        "redis-ours" | "redis-hand" | "redis-hand-mget" | "redis-cached" => {
             start_redis();
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -182,6 +202,23 @@ fn main() {
                         let before = allocs();
                         for id in ids(calls) {
                             black_box(hand_redis_get(&mut conn, black_box(id)).await);
+                        }
+                        report(calls, before);
+                    }
+                    "redis-hand-mget" => {
+                        let client = redis::Client::open(redis_url()).expect("redis url");
+                        let mut conn = ConnectionManager::new(client).await.expect("connect");
+                        let mut mset = redis::cmd("MSET");
+                        for k in HAND_MGET_EXTRA {
+                            mset.arg(k).arg("0123456789abcdef");
+                        }
+                        let _: () = mset.query_async(&mut conn).await.expect("MSET");
+                        for id in warm {
+                            hand_redis_get(&mut conn, id).await;
+                        }
+                        let before = allocs();
+                        for id in ids(calls) {
+                            black_box(hand_redis_mget(&mut conn, black_box(id)).await);
                         }
                         report(calls, before);
                     }
