@@ -10,6 +10,7 @@
 //! hit-instructions <contender> <calls>
 //! contenders: local-ours local-hand local-cached local-quick local-mini
 //!             redis-ours redis-hand redis-hand-mget redis-cached
+//!             invalidate-ours invalidate-hand
 //! ```
 //!
 //! `redis-hand-mget` is the hand-written `GET` + decode with the same reply shape as ours: an
@@ -139,7 +140,7 @@ async fn hand_redis_mget(conn: &mut ConnectionManager, id: u64) -> Profile {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: hit-instructions <local-ours|local-hand|local-cached|local-quick|local-mini|redis-ours|redis-hand|redis-hand-mget|redis-cached> <calls>";
+    let usage = "usage: hit-instructions <local-ours|local-hand|local-cached|local-quick|local-mini|redis-ours|redis-hand|redis-hand-mget|redis-cached|invalidate-ours|invalidate-hand> <calls>";
     let contender = args.next().expect(usage);
     let calls: u64 = args.next().and_then(|s| s.parse().ok()).expect(usage);
     let warm = ids(KEYS);
@@ -173,6 +174,37 @@ fn main() {
             warm.for_each(|id| drop(local_rival(id)));
             measured(calls, || {
                 ids(calls).for_each(|id| drop(black_box(local_rival(black_box(id)))))
+            });
+        }
+        "invalidate-ours" | "invalidate-hand" => {
+            start_redis();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            rt.block_on(async {
+                if contender == "invalidate-ours" {
+                    for id in warm {
+                        invalidate_redis_ours(id).await.expect("invalidate");
+                    }
+                    let before = allocs();
+                    for id in ids(calls) {
+                        invalidate_redis_ours(black_box(id)).await.expect("invalidate");
+                    }
+                    report(calls, before);
+                } else {
+                    let client = redis::Client::open(redis_url()).expect("redis url");
+                    let mut conn = ConnectionManager::new(client).await.expect("connect");
+                    let before = allocs();
+                    for id in ids(calls) {
+                        let _: () = redis::cmd("DEL")
+                            .arg(hand_key(black_box(id)))
+                            .query_async(&mut conn)
+                            .await
+                            .expect("DEL");
+                    }
+                    report(calls, before);
+                }
             });
         }
         "redis-ours" | "redis-hand" | "redis-hand-mget" | "redis-cached" => {
