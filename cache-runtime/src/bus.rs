@@ -174,19 +174,32 @@ pub(crate) fn instance_id() -> u64 {
     })
 }
 
-/// The message without its counter, which the publishing script appends.
+/// The message without its counter, which the publishing script appends:
+/// `C<version> <origin> <action> <sent µs> <target> ` (separated by `SEP`). Written piece by
+/// piece into one sized buffer (one is built per invalidation).
 pub(crate) fn message_prefix(action: Action, target: &str) -> String {
-    format!(
-        "C{BUS_VERSION}{SEP}{:016x}{SEP}{}{SEP}{}{SEP}{target}{SEP}",
-        instance_id(),
-        action.code(),
-        clock::now_unix_us()
-    )
+    let mut m = String::with_capacity(target.len() + 56);
+    let mut digits = itoa::Buffer::new();
+    m.push('C');
+    m.push_str(digits.format(BUS_VERSION));
+    m.push(SEP);
+    // The origin is 16 ASCII hex digits.
+    m.push_str(std::str::from_utf8(own_origin()).unwrap_or_default());
+    m.push(SEP);
+    m.push(action.code());
+    m.push(SEP);
+    m.push_str(digits.format(clock::now_unix_us()));
+    m.push(SEP);
+    m.push_str(target);
+    m.push(SEP);
+    m
 }
 
 /// A complete key message (`I`/`U`): receivers evict unconditionally, so its counter is 0.
 pub(crate) fn message(action: Action, target: &str) -> String {
-    format!("{}0", message_prefix(action, target))
+    let mut m = message_prefix(action, target);
+    m.push('0');
+    m
 }
 
 #[derive(Debug, PartialEq)]

@@ -189,7 +189,9 @@ fn main() {
                     }
                     let before = allocs();
                     for id in ids(calls) {
-                        invalidate_redis_ours(black_box(id)).await.expect("invalidate");
+                        invalidate_redis_ours(black_box(id))
+                            .await
+                            .expect("invalidate");
                     }
                     report(calls, before);
                 } else {
