@@ -59,9 +59,9 @@ pub(crate) struct ReadKeys<'a> {
 }
 
 /// A plain read: `MGET value ticket tokens…`; with `claim` (new ticket, px), followed in
-/// the same pipeline by `SET ticket new NX GET PX px` (a speculative claim, for caches whose
-/// reads mostly find no ticket: the miss then needs no round trip of its own before the
-/// body).
+/// the same pipeline by `SET ticket new NX GET PX px` and the same for each tag's token (a
+/// speculative claim, for caches whose reads mostly find no ticket: the miss then needs no
+/// round trip of its own before the body).
 pub(crate) struct PlainRead<'a> {
     pub keys: ReadKeys<'a>,
     pub claim: Option<(u64, u64)>,

@@ -335,31 +335,53 @@ impl RedisTier {
         let claim = req.claim.filter(|_| !read_replicas);
         let k = &req.keys;
         let mget = mget_command(k);
-        let claim = claim.map(|(new, px)| {
-            let mut set = redis::Cmd::with_capacity(7, k.prefix.len() + k.logical.len() + 48);
-            set.arg("SET");
-            write_bucket_key(&mut set, k, crate::key::TICKET_MIDDLE, k.logical);
-            set.arg(ticket_text(new))
-                .arg("NX")
-                .arg("GET")
-                .arg("PX")
-                .arg(px.max(1));
-            (set, new)
-        });
+        // The claim: the ticket, and each tag's token (a cache of mostly new keys often has
+        // per-key tags, `user:<id>`, whose tokens are as new as the keys). The cache-clear
+        // and global-clear tokens almost always exist: a missing one takes its own round trip.
+        let request = match claim {
+            None => Err(mget),
+            Some((new, px)) => {
+                let new_text = ticket_text(new);
+                let mut p = redis::pipe();
+                p.add_command(mget);
+                let set = |p: &mut redis::Pipeline, tag: Option<&str>| {
+                    let mut set =
+                        redis::Cmd::with_capacity(7, k.prefix.len() + k.logical.len() + 48);
+                    set.arg("SET");
+                    match tag {
+                        None => write_bucket_key(&mut set, k, crate::key::TICKET_MIDDLE, k.logical),
+                        Some(tag) => write_tag_token_key(&mut set, k, tag),
+                    }
+                    set.arg(&new_text)
+                        .arg("NX")
+                        .arg("GET")
+                        .arg("PX")
+                        .arg(px.max(1));
+                    p.add_command(set);
+                };
+                set(&mut p, None);
+                for tag in k.tags {
+                    set(&mut p, Some(tag));
+                }
+                p.ignore_errors();
+                Ok((p, new))
+            }
+        };
         let slot = k.slot;
         let (reply, claimed) = self
             .exec(move |mut c| async move {
-                let Some((set, new)) = claim else {
+                let (p, new) = match request {
+                    Ok(claiming) => claiming,
                     // On a cluster, straight to the slot's node: every key is in the value's
                     // slot, and redis-rs would otherwise split the multi-key `MGET` by slot
                     // and reassemble it (measured: a third of a cluster hit's time).
-                    let reply = c.query_in_slot(mget, slot, read_replicas).await?;
-                    return Ok((reply, None));
+                    Err(mget) => {
+                        let reply = c.query_in_slot(mget, slot, read_replicas).await?;
+                        return Ok((reply, Vec::new()));
+                    }
                 };
                 // A pipeline goes whole to the slot of its first single-key command (the
-                // `SET`), which is the `MGET`'s slot.
-                let mut p = redis::pipe();
-                p.add_command(mget).add_command(set).ignore_errors();
+                // ticket's `SET`), which is the `MGET`'s slot.
                 let mut replies = p
                     .query_async::<Vec<redis::Value>>(&mut c)
                     .await?
@@ -368,12 +390,14 @@ impl RedisTier {
                     .next()
                     .unwrap_or(redis::Value::Nil)
                     .extract_error()?;
-                let claimed = match replies.next() {
-                    Some(redis::Value::Nil) => Some(new),
-                    Some(redis::Value::BulkString(old)) => Some(parse_ticket(&old).unwrap_or(0)),
-                    // Refused (OOM) or not a string: no claim.
-                    _ => None,
-                };
+                let claimed = replies
+                    .map(|r| match r {
+                        redis::Value::Nil => Some(new),
+                        redis::Value::BulkString(old) => Some(parse_ticket(&old).unwrap_or(0)),
+                        // Refused (OOM) or not a string: no claim.
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>();
                 Ok((reply, claimed))
             })
             .await?;
@@ -394,11 +418,19 @@ impl RedisTier {
             _ => None,
         };
         let found = token(items.next());
-        let stamps = items.map(|v| token(Some(v)).unwrap_or(0)).collect();
+        let mut stamps: Stamps = items.map(|v| token(Some(v)).unwrap_or(0)).collect();
+        // A claim's reply is the later reading: the token in force when the body starts.
+        let mut claimed = claimed.into_iter();
+        let claimed_ticket = claimed.next().flatten();
+        for (stamp, tag_token) in stamps.iter_mut().skip(2).zip(claimed) {
+            if let Some(t) = tag_token {
+                *stamp = t;
+            }
+        }
         Ok(Fetched {
             value,
-            // The claim's reply is the later reading (a foreign ticket reads as 0: unusable).
-            ticket: claimed.or(found).filter(|t| *t != 0),
+            // (A foreign ticket reads as 0: unusable.)
+            ticket: claimed_ticket.or(found).filter(|t| *t != 0),
             ticketless: found.is_none(),
             stamps,
             locked: false,
