@@ -127,6 +127,12 @@ impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
         self.fresh(key).map(|e| (e.value.clone(), e.meta))
     }
 
+    /// [`get`](Self::get) without the metadata: what a plain hit returns.
+    #[inline]
+    pub(crate) fn get_value(&self, key: &str) -> Option<V> {
+        self.fresh(key).map(|e| e.value.clone())
+    }
+
     /// The entry of `key` if it is fresh.
     #[inline]
     fn fresh(&self, key: &str) -> Option<Arc<Entry<V>>> {

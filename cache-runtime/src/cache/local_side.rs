@@ -175,6 +175,19 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         Some(hit)
     }
 
+    /// [`local_hit`](Self::local_hit) without the metadata: the fast path of a plain call,
+    /// inlined into it (same trust check, same counter).
+    #[inline]
+    pub(super) fn local_hit_value(&self, key: &str) -> Option<V> {
+        let local = self.local.as_ref()?;
+        if local.shared && !bus::trusted() {
+            return None;
+        }
+        let v = local.tier.get_value(key)?;
+        self.counters.local_hits.add(1);
+        Some(v)
+    }
+
     pub(super) fn local_generation(&self, key: &str) -> u64 {
         self.local
             .as_ref()
