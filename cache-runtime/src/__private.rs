@@ -281,6 +281,7 @@ impl<V> Instance<V> {
     /// arguments starts the key with its path and `|` (which a path never contains after
     /// [`path_in_key`]), so instantiations never share entries; otherwise the key is the
     /// template alone.
+    #[inline]
     pub fn template_key(&self) -> KeyWriter {
         let mut w = self.cache.key_writer();
         if self.generic {
@@ -291,6 +292,7 @@ impl<V> Instance<V> {
     }
 
     /// A writer for the default key: the function's path, then `:<arg>` per key parameter.
+    #[inline]
     pub fn default_key(&self) -> KeyWriter {
         let mut w = self.cache.key_writer();
         w.literal(&self.path);

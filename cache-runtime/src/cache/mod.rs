@@ -165,6 +165,7 @@ impl<V> Cache<V> {
     }
 
     /// Starts a key. Generated code appends the template's parts.
+    #[inline]
     pub fn key_writer(&self) -> KeyWriter {
         KeyWriter::with_head("")
     }
