@@ -42,6 +42,23 @@ struct Entry<V> {
     weight: u32,
 }
 
+/// A fresh entry as read from the tier (shared with it: holding it costs no copy).
+pub(crate) struct Fresh<V>(Arc<Entry<V>>);
+
+impl<V> Fresh<V> {
+    /// The value.
+    #[inline]
+    pub(crate) fn value(&self) -> &V {
+        &self.0.value
+    }
+
+    /// Its creation time, expiry and ETag.
+    #[inline]
+    pub(crate) fn meta(&self) -> Meta {
+        self.0.meta
+    }
+}
+
 /// Weighs an entry by what the cache computed at insert.
 #[derive(Clone, Copy)]
 struct ByWeight;
@@ -124,22 +141,17 @@ impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
     /// A fresh value (before its `fresh_until`, of the current epoch) with its metadata.
     #[inline]
     pub(crate) fn get(&self, key: &str) -> Option<(V, Meta)> {
-        self.fresh(key).map(|e| (e.value.clone(), e.meta))
+        self.get_fresh(key).map(|e| (e.value().clone(), e.meta()))
     }
 
-    /// [`get`](Self::get) without the metadata: what a plain hit returns.
+    /// The entry of `key` if it is fresh, not cloned: a plain hit clones the value alone,
+    /// straight into its return slot.
     #[inline]
-    pub(crate) fn get_value(&self, key: &str) -> Option<V> {
-        self.fresh(key).map(|e| e.value.clone())
-    }
-
-    /// The entry of `key` if it is fresh.
-    #[inline]
-    fn fresh(&self, key: &str) -> Option<Arc<Entry<V>>> {
+    pub(crate) fn get_fresh(&self, key: &str) -> Option<Fresh<V>> {
         let entry = self.store.get(key)?;
         let now = Instant::now();
         if entry.fresh_until > now && entry.epoch == self.epoch.load(Ordering::Acquire) {
-            return Some(entry);
+            return Some(Fresh(entry));
         }
         self.drop_expired(key, now, entry.deadline);
         None

@@ -221,8 +221,8 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let key = key.into();
         let normal = self.mode.load(Ordering::Relaxed) == 0;
         if normal {
-            if let Some(v) = self.local_hit_value(&key.logical) {
-                return S::rebuild(v);
+            if let Some(hit) = self.local_hit_fresh(&key.logical) {
+                return S::rebuild(hit.value().clone());
             }
         }
         self.load_unhit::<R, S, _>(&key, body, sharing, normal)
@@ -371,8 +371,8 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         // miss path's frame is set up.
         let normal = self.mode.load(Ordering::Relaxed) == 0;
         if normal {
-            if let Some(v) = self.local_hit_value(&key.logical) {
-                return S::rebuild(v);
+            if let Some(hit) = self.local_hit_fresh(&key.logical) {
+                return S::rebuild(hit.value().clone());
             }
         }
         self.load_unhit_blocking::<R, S>(key, body, sharing, normal)
