@@ -85,15 +85,11 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
             let #inst = {
                 #[allow(unused_imports)]
                 use #k::__private::{CheckInstance as _, CheckInstanceFailed as _};
-                static #slot: #k::__private::Slot = #k::__private::Slot::new();
+                static #slot: #k::__private::Slot =
+                    #k::__private::Slot::new(#generated, #name_str, #site);
                 (&#k::__private::Check::<#value_ty>::new()).instance(
-                    #k::__private::Caller {
-                        slot: &#slot,
-                        here: ::core::any::type_name_of_val(&|| ()),
-                        generated: #generated,
-                        cached: #name_str,
-                        site: #site,
-                    },
+                    &#slot,
+                    ::core::any::type_name_of_val(&|| ()),
                     #build,
                 )
             };

@@ -71,41 +71,35 @@ impl<V> CheckValueFailed<V> for &Check<V> {
     }
 }
 
-/// Where a generated function asks for its instance (see [`instance`]).
-pub struct Caller {
-    pub slot: &'static Slot,
-    pub here: &'static str,
-    pub generated: &'static str,
-    pub cached: &'static str,
-    pub site: &'static str,
-}
-
-/// `(&Check::<V>::new()).instance(caller, build)`: [`instance`] when `V: CacheValue`, else
-/// one error at the value type's span (as [`CheckValue`]).
+/// `(&Check::<V>::new()).instance(slot, here, build)`: [`instance`] when `V: CacheValue`,
+/// else one error at the value type's span (as [`CheckValue`]).
 pub trait CheckInstance<V> {
     fn instance<B: FnOnce(&InstanceInfo<'_>) -> Cache<V>>(
         &self,
-        caller: Caller,
+        slot: &'static Slot,
+        here: &'static str,
         build: B,
     ) -> &'static Instance<V>;
 }
 impl<V: CacheValue> CheckInstance<V> for Check<V> {
+    #[inline]
     fn instance<B: FnOnce(&InstanceInfo<'_>) -> Cache<V>>(
         &self,
-        caller: Caller,
+        slot: &'static Slot,
+        here: &'static str,
         build: B,
     ) -> &'static Instance<V> {
-        instance(caller, build)
+        instance(slot, here, build)
     }
 }
 
 pub trait CheckInstanceFailed<V> {
-    fn instance<B, U>(&self, caller: Caller, build: B) -> U
+    fn instance<B, U>(&self, slot: &'static Slot, here: &'static str, build: B) -> U
     where
         V: CacheValue;
 }
 impl<V> CheckInstanceFailed<V> for &Check<V> {
-    fn instance<B, U>(&self, _caller: Caller, _build: B) -> U
+    fn instance<B, U>(&self, _slot: &'static Slot, _here: &'static str, _build: B) -> U
     where
         V: CacheValue,
     {
@@ -281,6 +275,7 @@ impl<V> Instance<V> {
     /// arguments starts the key with its path and `|` (which a path never contains after
     /// [`path_in_key`]), so instantiations never share entries; otherwise the key is the
     /// template alone.
+    #[inline]
     pub fn template_key(&self) -> KeyWriter {
         let mut w = self.cache.key_writer();
         if self.generic {
@@ -291,6 +286,7 @@ impl<V> Instance<V> {
     }
 
     /// A writer for the default key: the function's path, then `:<arg>` per key parameter.
+    #[inline]
     pub fn default_key(&self) -> KeyWriter {
         let mut w = self.cache.key_writer();
         w.literal(&self.path);
@@ -316,19 +312,28 @@ impl InstanceInfo<'_> {
     }
 }
 
-/// A generated function's fast path to its instance: the first instantiation that called
-/// it (in a non-generic function, the only one), checked by the closure type name.
-pub struct Slot(OnceLock<(&'static str, &'static (dyn Any + Send + Sync))>);
-
-impl Slot {
-    pub const fn new() -> Self {
-        Self(OnceLock::new())
-    }
+/// A generated function's `static`: where it is (constants), and its fast path to its
+/// instance: the first instantiation that called it (in a non-generic function, the only
+/// one), checked by the closure type name.
+pub struct Slot {
+    cell: OnceLock<(&'static str, &'static (dyn Any + Send + Sync))>,
+    /// The generated function's name (`lookup_load`).
+    generated: &'static str,
+    /// The cached function's name (`load`).
+    cached: &'static str,
+    /// `file:line:column` of the cached function, so that two functions of the same path (in
+    /// two blocks of one function) never share.
+    site: &'static str,
 }
 
-impl Default for Slot {
-    fn default() -> Self {
-        Self::new()
+impl Slot {
+    pub const fn new(generated: &'static str, cached: &'static str, site: &'static str) -> Self {
+        Self {
+            cell: OnceLock::new(),
+            generated,
+            cached,
+            site,
+        }
     }
 }
 
@@ -338,24 +343,24 @@ type ByCaller = RwLock<HashMap<(usize, &'static str), &'static (dyn Any + Send +
 
 /// The instance of a cached function for the instantiation that calls this.
 ///
-/// `caller`:
-/// - `slot`: a `static` of the calling generated function (the fast path).
+/// - `slot`: a `static` of the calling generated function (the fast path), with its names
+///   and site.
 /// - `here`: `type_name_of_val(&|| ())` inside the generated function: a closure's type
 ///   name carries every type argument of the enclosing function and `impl`
 ///   (`crate::Typed<u8>::lookup_load::{{closure}}`), whatever the context, without naming
 ///   `Self` (which a free function cannot).
-/// - `generated`: the generated function's name (`lookup_load`); `cached`: the cached
-///   function's (`load`); `site`: `file:line:column` of the cached function, so that two
-///   functions of the same path (in two blocks of one function) never share.
 /// - `build`: builds the cache on the instantiation's first call.
+///
+/// Three arguments in registers: nothing is written to memory before the fast path's check.
 #[inline]
 pub fn instance<V: Send + Sync + 'static>(
-    caller: Caller,
+    slot: &'static Slot,
+    here: &'static str,
     build: impl FnOnce(&InstanceInfo<'_>) -> Cache<V>,
 ) -> &'static Instance<V> {
     // Every call of a non-generic cached function ends here: inlined into it.
-    if let Some((h, any)) = caller.slot.0.get() {
-        if std::ptr::eq(*h, caller.here) {
+    if let Some((h, any)) = slot.cell.get() {
+        if std::ptr::eq(*h, here) {
             if let Some(i) = any
                 .downcast_ref::<OnceLock<Instance<V>>>()
                 .and_then(OnceLock::get)
@@ -364,24 +369,18 @@ pub fn instance<V: Send + Sync + 'static>(
             }
         }
     }
-    instance_slow(caller, build)
+    instance_slow(slot, here, build)
 }
 
 /// [`instance`] past its fast path: the first call, and other instantiations of a generic
 /// function.
 #[inline(never)]
 fn instance_slow<V: Send + Sync + 'static>(
-    caller: Caller,
+    slot: &'static Slot,
+    here: &'static str,
     build: impl FnOnce(&InstanceInfo<'_>) -> Cache<V>,
 ) -> &'static Instance<V> {
-    let Caller {
-        slot,
-        here,
-        generated,
-        cached,
-        site,
-    } = caller;
-    if let Some((h, any)) = slot.0.get() {
+    if let Some((h, any)) = slot.cell.get() {
         if std::ptr::eq(*h, here) || *h == here {
             if let Some(i) = any.downcast_ref::<OnceLock<Instance<V>>>() {
                 if let Some(i) = i.get() {
@@ -408,12 +407,12 @@ fn instance_slow<V: Send + Sync + 'static>(
         }
     }
     static REGISTRY: OnceLock<Registry> = OnceLock::new();
-    let path = instance_path(here, generated, cached);
+    let path = instance_path(here, slot.generated, slot.cached);
     let cell: &'static (dyn Any + Send + Sync) = *REGISTRY
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .entry((site, path.clone()))
+        .entry((slot.site, path.clone()))
         .or_insert_with(|| Box::leak(Box::new(OnceLock::<Instance<V>>::new())));
     let typed = cell
         .downcast_ref::<OnceLock<Instance<V>>>()
@@ -431,7 +430,7 @@ fn instance_slow<V: Send + Sync + 'static>(
             generic,
         }
     });
-    if slot.0.set((here, cell)).is_err() {
+    if slot.cell.set((here, cell)).is_err() {
         by_caller
             .write()
             .unwrap_or_else(|p| p.into_inner())

@@ -236,6 +236,7 @@ pub struct KeyWriter {
 
 impl KeyWriter {
     /// Starts a key with an already formatted head (prefix and versions).
+    #[inline]
     pub fn with_head(head: &str) -> Self {
         let mut buf = String::with_capacity(head.len() + 48);
         buf.push_str(head);
@@ -243,11 +244,13 @@ impl KeyWriter {
     }
 
     /// Appends template text verbatim. Only for the template's literal parts.
+    #[inline]
     pub fn literal(&mut self, text: &str) {
         self.buf.push_str(text);
     }
 
     /// Appends a string value, escaped.
+    #[inline]
     pub fn str(&mut self, s: &str) {
         // Fast path: plain ASCII needs no escaping and is copied at once.
         if s.bytes().all(|b| b < 128 && !ASCII_ESCAPE[b as usize]) {
@@ -279,11 +282,13 @@ impl KeyWriter {
         let _ = self.buf.write_fmt(args);
     }
 
+    #[inline]
     fn raw(&mut self, s: &str) {
         self.buf.push_str(s);
     }
 
     /// The finished key.
+    #[inline]
     pub fn finish(self) -> String {
         self.buf
     }
@@ -358,6 +363,7 @@ pub trait KeyPart {
 macro_rules! int_key_part {
     ($($t:ty),*) => {$(
         impl KeyPart for $t {
+            #[inline]
             fn write_key(&self, w: &mut KeyWriter) {
                 // The same digits as `Display`, without the formatting machinery (on every
                 // call of a cache keyed by a number).

@@ -19,7 +19,9 @@ use quick_cache::{OptionsBuilder, Weighter};
 
 use crate::entry::Meta;
 
-#[derive(Clone)]
+/// One stored value. The store holds it behind an `Arc`: a hit clones the pointer under the
+/// shard's read lock and then only the value, instead of copying the whole entry out
+/// (docs/LOCAL_TIER.md, third round). One more allocation per insert, none per hit.
 struct Entry<V> {
     value: V,
     /// Creation time, expiry and ETag (for HTTP responses), computed once at insert.
@@ -40,12 +42,29 @@ struct Entry<V> {
     weight: u32,
 }
 
+/// A fresh entry as read from the tier (shared with it: holding it costs no copy).
+pub(crate) struct Fresh<V>(Arc<Entry<V>>);
+
+impl<V> Fresh<V> {
+    /// The value.
+    #[inline]
+    pub(crate) fn value(&self) -> &V {
+        &self.0.value
+    }
+
+    /// Its creation time, expiry and ETag.
+    #[inline]
+    pub(crate) fn meta(&self) -> Meta {
+        self.0.meta
+    }
+}
+
 /// Weighs an entry by what the cache computed at insert.
 #[derive(Clone, Copy)]
 struct ByWeight;
 
-impl<V> Weighter<String, Entry<V>> for ByWeight {
-    fn weight(&self, _key: &String, entry: &Entry<V>) -> u64 {
+impl<V> Weighter<String, Arc<Entry<V>>> for ByWeight {
+    fn weight(&self, _key: &String, entry: &Arc<Entry<V>>) -> u64 {
         u64::from(entry.weight)
     }
 }
@@ -76,7 +95,7 @@ const MIN_SHARD_ENTRIES: u64 = 32;
 
 pub(crate) struct LocalTier<V> {
     /// Hashed with foldhash (a per-process random seed), as the flight map.
-    store: Store<String, Entry<V>, ByWeight, foldhash::fast::RandomState>,
+    store: Store<String, Arc<Entry<V>>, ByWeight, foldhash::fast::RandomState>,
     /// Bumped by `clear`: entries inserted under an older epoch are never returned, even if
     /// an insert raced with the clear.
     epoch: AtomicU64,
@@ -119,12 +138,20 @@ impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
         }
     }
 
-    /// A fresh value (before its `fresh_until`, of the current epoch).
+    /// A fresh value (before its `fresh_until`, of the current epoch) with its metadata.
+    #[inline]
     pub(crate) fn get(&self, key: &str) -> Option<(V, Meta)> {
+        self.get_fresh(key).map(|e| (e.value().clone(), e.meta()))
+    }
+
+    /// The entry of `key` if it is fresh, not cloned: a plain hit clones the value alone,
+    /// straight into its return slot.
+    #[inline]
+    pub(crate) fn get_fresh(&self, key: &str) -> Option<Fresh<V>> {
         let entry = self.store.get(key)?;
         let now = Instant::now();
         if entry.fresh_until > now && entry.epoch == self.epoch.load(Ordering::Acquire) {
-            return Some((entry.value, entry.meta));
+            return Some(Fresh(entry));
         }
         self.drop_expired(key, now, entry.deadline);
         None
@@ -135,7 +162,7 @@ impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
         let entry = self.store.get(key)?;
         let now = Instant::now();
         if entry.deadline > now && entry.epoch == self.epoch.load(Ordering::Acquire) {
-            return Some((entry.value, entry.meta));
+            return Some((entry.value.clone(), entry.meta));
         }
         self.drop_expired(key, now, entry.deadline);
         None
@@ -168,7 +195,7 @@ impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
         // is removed): quick_cache's rule, as moka's for one heavier than the whole cache.
         self.store.insert(
             key,
-            Entry {
+            Arc::new(Entry {
                 value,
                 meta,
                 fresh_until: fresh_until.min(deadline),
@@ -177,7 +204,7 @@ impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
                 generation,
                 tags,
                 weight: weight.max(1),
-            },
+            }),
         );
     }
 
@@ -321,7 +348,7 @@ mod tests {
         let now = Instant::now();
         t.store.insert(
             "late".into(),
-            Entry {
+            Arc::new(Entry {
                 value: 2,
                 meta: meta(),
                 fresh_until: now + MIN,
@@ -330,7 +357,7 @@ mod tests {
                 generation: 0,
                 tags: None,
                 weight: 1,
-            },
+            }),
         );
         assert!(t.get("late").is_none());
         assert!(t.get_stale("late").is_none());

@@ -23,6 +23,7 @@ impl Stat {
         }
     }
 
+    #[inline]
     pub fn add(&self, n: u64) {
         self.value.fetch_add(n, Relaxed);
         if let Some(m) = &self.metric {

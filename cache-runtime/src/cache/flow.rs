@@ -51,6 +51,21 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         if let Some((v, meta)) = self.local_hit(&key.logical) {
             return (S::rebuild(v), meta, Source::Local);
         }
+        self.load_missed::<R, S, B>(key, body, sharing).await
+    }
+
+    /// [`load`](Self::load) past a local miss in normal mode: join the key's flight or
+    /// lead it. For callers that checked the local tier themselves (their inlined hit).
+    pub(super) async fn load_missed<R, S, B>(
+        &self,
+        key: &Key,
+        body: &mut Option<B>,
+        sharing: &Sharing<R>,
+    ) -> (R, Meta, Source)
+    where
+        S: Shape<R, Value = V>,
+        B: Future<Output = R>,
+    {
         let mut counted_miss = false;
         loop {
             match self.flights.join(&key.logical, &key.tags) {

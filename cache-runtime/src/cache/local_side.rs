@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::bus;
 use crate::entry::Meta;
 use crate::flight::Flights;
-use crate::local::{LocalTier, Stored};
+use crate::local::{Fresh, LocalTier, Stored};
 use crate::tier::Key;
 
 use super::flow::Got;
@@ -171,6 +171,20 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
 
     pub(super) fn local_hit(&self, key: &str) -> Option<(V, Meta)> {
         let hit = self.local_peek(key)?;
+        self.counters.local_hits.add(1);
+        Some(hit)
+    }
+
+    /// [`local_hit`](Self::local_hit), uncloned: the fast path of a plain call, inlined into
+    /// it (same trust check, same counter). The caller clones the value into its return
+    /// slot; the entry is released after that.
+    #[inline]
+    pub(super) fn local_hit_fresh(&self, key: &str) -> Option<Fresh<V>> {
+        let local = self.local.as_ref()?;
+        if local.shared && !bus::trusted() {
+            return None;
+        }
+        let hit = local.tier.get_fresh(key)?;
         self.counters.local_hits.add(1);
         Some(hit)
     }

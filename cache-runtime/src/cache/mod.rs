@@ -165,6 +165,7 @@ impl<V> Cache<V> {
     }
 
     /// Starts a key. Generated code appends the template's parts.
+    #[inline]
     pub fn key_writer(&self) -> KeyWriter {
         KeyWriter::with_head("")
     }
@@ -217,9 +218,45 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     where
         S: Shape<R, Value = V>,
     {
-        self.load::<R, S, _>(&key.into(), &mut Some(body), sharing)
+        let key = key.into();
+        let normal = self.mode.load(Ordering::Relaxed) == 0;
+        if normal {
+            if let Some(hit) = self.local_hit_fresh(&key.logical) {
+                return S::rebuild(hit.value().clone());
+            }
+        }
+        self.load_unhit::<R, S, _>(&key, body, sharing, normal)
             .await
-            .0
+    }
+
+    /// The rest of a call whose local hit (`normal` mode) missed: the waterfall past the
+    /// local tier, or the whole of it outside normal mode.
+    async fn load_unhit<R, S, B>(&self, key: &Key, body: B, sharing: &Sharing<R>, normal: bool) -> R
+    where
+        S: Shape<R, Value = V>,
+        B: Future<Output = R>,
+    {
+        let body = &mut Some(body);
+        match normal {
+            true => self.load_missed::<R, S, B>(key, body, sharing).await.0,
+            false => self.load::<R, S, B>(key, body, sharing).await.0,
+        }
+    }
+
+    /// A blocking call past its hit check: apart, so that the hit (inlined into the caller)
+    /// does not carry the miss's large future in its frame.
+    #[inline(never)]
+    fn load_unhit_blocking<R, S>(
+        &self,
+        key: Key,
+        body: impl FnOnce() -> R,
+        sharing: &Sharing<R>,
+        normal: bool,
+    ) -> R
+    where
+        S: Shape<R, Value = V>,
+    {
+        block_on_miss(self.load_unhit::<R, S, _>(&key, async move { body() }, sharing, normal))
     }
 
     /// [`get_or_load`](Self::get_or_load), with the value wrapped in an [`Entry`](crate::Entry):
@@ -319,6 +356,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     }
 
     /// [`get_or_load`](Self::get_or_load) for a blocking body, from synchronous code.
+    #[inline]
     pub fn get_or_load_blocking<R, S>(
         &self,
         key: impl Into<Key>,
@@ -329,12 +367,15 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         S: Shape<R, Value = V>,
     {
         let key = key.into();
-        if self.mode.load(Ordering::Relaxed) == 0 {
-            if let Some((v, _)) = self.local_hit(&key.logical) {
-                return S::rebuild(v);
+        // A plain `String` key moves into `Key` (no allocation); a hit returns before the
+        // miss path's frame is set up.
+        let normal = self.mode.load(Ordering::Relaxed) == 0;
+        if normal {
+            if let Some(hit) = self.local_hit_fresh(&key.logical) {
+                return S::rebuild(hit.value().clone());
             }
         }
-        block_on_miss(self.get_or_load::<R, S>(key, async move { body() }, sharing))
+        self.load_unhit_blocking::<R, S>(key, body, sharing, normal)
     }
 
     /// The cached value, from the local tier or Redis (promoting it), without running the body.
