@@ -96,30 +96,30 @@ pub(crate) fn key_middles(schema_version: u32) -> (String, String) {
 /// The ticket's middle part (every schema version shares the ticket).
 pub(crate) const TICKET_MIDDLE: &str = "t:";
 
-/// `{prefix:bucket}:<middle><logical>` in one allocation, without the formatting machinery
-/// (two of these are built on every Redis hit).
+/// `{prefix:bucket}:<middle><tail>` as its parts, in order: the one layout of a bucket key,
+/// for every writer (a `String` here, a command's buffer in the Redis tier).
+pub(crate) fn bucket_key_parts<'a>(
+    prefix: &'a str,
+    bucket: &'a str,
+    middle: &'a str,
+    tail: &'a str,
+) -> [&'a str; 7] {
+    ["{", prefix, ":", bucket, "}:", middle, tail]
+}
+
+/// `{prefix:bucket}:<middle><logical>` in one allocation, without the formatting machinery.
 pub(crate) fn bucket_key(prefix: &str, middle: &str, logical: &str) -> String {
-    let mut out = String::with_capacity(prefix.len() + middle.len() + logical.len() + 8);
-    out.push('{');
-    out.push_str(prefix);
-    out.push(':');
-    let mut digits = [0u8; 10];
-    let mut n = redis_bucket(logical);
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+    let mut digits = itoa::Buffer::new();
+    let parts = bucket_key_parts(
+        prefix,
+        digits.format(redis_bucket(logical)),
+        middle,
+        logical,
+    );
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        out.push_str(p);
     }
-    for &d in &digits[at..] {
-        out.push(char::from(d));
-    }
-    out.push_str("}:");
-    out.push_str(middle);
-    out.push_str(logical);
     out
 }
 

@@ -93,17 +93,12 @@ fn parse_ticket(raw: &[u8]) -> Option<u64> {
 fn write_bucket_key(cmd: &mut redis::Cmd, k: &ReadKeys<'_>, middle: &str, tail: &str) {
     use std::io::Write;
     let mut digits = itoa::Buffer::new();
+    let parts = crate::key::bucket_key_parts(k.prefix, digits.format(k.bucket), middle, tail);
     let mut w = redis::RedisWrite::writer_for_next_arg(cmd);
-    // Writing to the command's `Vec` cannot fail.
-    let _ = (
-        w.write_all(b"{"),
-        w.write_all(k.prefix.as_bytes()),
-        w.write_all(b":"),
-        w.write_all(digits.format(k.bucket).as_bytes()),
-        w.write_all(b"}:"),
-        w.write_all(middle.as_bytes()),
-        w.write_all(tail.as_bytes()),
-    );
+    for p in parts {
+        // Writing to the command's `Vec` cannot fail.
+        let _ = w.write_all(p.as_bytes());
+    }
 }
 
 /// `MGET value ticket clear-tokens tag-tokens…` of a plain read (docs/PROTOCOL.md §7.1),
