@@ -10,8 +10,9 @@ use cache_tests::RedisServer;
 
 /// The README's line, for the default key prefix `cr` (the user's name and password aside).
 const README_ACL: &str = "on >secret resetkeys resetchannels ~{cr:* &cr:bus:* -@all \
-    +ping +auth +hello +select +get +mget +set +del +pexpire +evalsha \
-    +script|load +publish +subscribe +unsubscribe +time +role +wait";
+    +ping +auth +hello +select +get +mget +set +del +pexpire +pttl +evalsha \
+    +script|load +publish +subscribe +unsubscribe +time +role +wait +client|tracking \
+    +client|caching";
 
 /// The permissions the health check exercises (connection set-up ones aside: `auth`,
 /// `hello`, `select` happen before it can run).
@@ -22,6 +23,7 @@ const CHECKED: &[&str] = &[
     "set",
     "del",
     "pexpire",
+    "pttl",
     "evalsha",
     "script|load",
     "publish",
@@ -30,6 +32,8 @@ const CHECKED: &[&str] = &[
     "time",
     "role",
     "wait",
+    "client|tracking",
+    "client|caching",
 ];
 
 static RUNS: AtomicUsize = AtomicUsize::new(0);

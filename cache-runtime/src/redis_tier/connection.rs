@@ -24,13 +24,20 @@ use crate::config::{redact, ClusterConfig, Config, SentinelConfig, WaitReplicas}
 use crate::error::CacheError;
 use crate::log_limit::LogLimiter;
 
+use super::tracking::{self, Tracked};
+
 /// The connections of one master: `data` for reads and writes that do not wait, `write` for
 /// writes followed by `WAIT` (which blocks its client on the server, so hits never queue
 /// behind it); the same connection when writes never wait.
+///
+/// `tracked`: on a single node, a RESP3 connection with client tracking whose plain reads
+/// check scope tokens kept in the process (`tracking.rs`); `None` on a cluster, or where the
+/// server or the ACL refused tracking (reads then carry the tokens).
 #[derive(Clone)]
 pub(super) struct Conns {
     pub(super) data: Conn,
     pub(super) write: Conn,
+    pub(super) tracked: Option<Tracked>,
 }
 
 /// One logical connection: to a single master (URL or Sentinel), or to a cluster (a
@@ -674,6 +681,14 @@ impl Shared {
         Some(main)
     }
 
+    /// The single node's client as last connected (`None` on a cluster, or before).
+    pub(super) fn single_client(&self) -> Option<redis::Client> {
+        match &*self.client.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(Opener::Single(c)) => Some(c.clone()),
+            _ => None,
+        }
+    }
+
     /// The connections if they are up (no waiting).
     pub(super) fn ready(&self) -> Option<Conns> {
         match &*self.state.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -800,7 +815,11 @@ impl Shared {
                     WaitReplicas::Off => data.clone(),
                     _ => Conn::Cluster(w.get_async_connection().await?),
                 };
-                return Ok(Conns { data, write });
+                return Ok(Conns {
+                    data,
+                    write,
+                    tracked: None,
+                });
             }
         };
         let config = ConnectionManagerConfig::new()
@@ -816,10 +835,27 @@ impl Shared {
             _ => {
                 // `WAIT` may take the whole operation timeout on the server.
                 let config = config.set_response_timeout(Some(self.op_timeout * 2));
-                Conn::Single(ConnectionManager::new_with_config(client, config).await?)
+                Conn::Single(ConnectionManager::new_with_config(client.clone(), config).await?)
             }
         };
-        Ok(Conns { data, write })
+        let tracked = match tracking::open(&client, self.connect_timeout, self.op_timeout).await {
+            Ok(t) => Some(t),
+            Err(e) => {
+                // Correct either way; only slower (each hit reads its scope tokens).
+                self.log.warn_error(
+                    "redis",
+                    "client tracking refused (RESP3 `HELLO 3`, `CLIENT TRACKING`): hits read \
+                     their scope tokens from Redis",
+                    &redact(&e.to_string()),
+                );
+                None
+            }
+        };
+        Ok(Conns {
+            data,
+            write,
+            tracked,
+        })
     }
 
     async fn open(&self) -> redis::RedisResult<Conns> {
@@ -831,7 +867,11 @@ impl Shared {
             }
             _ => Opener::Single(self.target.client().await?),
         };
-        let Conns { mut data, write } = self.open_managers(client.clone()).await?;
+        let Conns {
+            mut data,
+            write,
+            tracked,
+        } = self.open_managers(client.clone()).await?;
         *self.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(client);
         // Before the first read or write: values are stamped and judged on Redis's clock.
         sample_clock(&mut data, &self.log).await;
@@ -843,7 +883,11 @@ impl Shared {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         }
-        Ok(Conns { data, write })
+        Ok(Conns {
+            data,
+            write,
+            tracked,
+        })
     }
 
     async fn connect(self: Arc<Self>, done: watch::Sender<bool>, failures: u32) {

@@ -24,6 +24,7 @@ use crate::pending::{Added, Pending, PendingOp};
 
 mod connection;
 mod scripts;
+mod tracking;
 
 pub(crate) use crate::redis_request::{
     EntryKeys, Fetched, PlainRead, ReadKeys, ReadRequest, Stamps, WriteRequest,
@@ -104,27 +105,135 @@ fn write_bucket_key(cmd: &mut redis::Cmd, k: &ReadKeys<'_>, middle: &str, tail: 
 /// `MGET value ticket clear-tokens tag-tokens…` of a plain read (docs/PROTOCOL.md §7.1),
 /// sized up front (no regrowth while the keys are written).
 pub(crate) fn mget_command(k: &ReadKeys<'_>) -> redis::Cmd {
+    mget_of(k, true, true)
+}
+
+/// `MGET` of the entry's value and ticket (`entry`), then of its scope tokens (`tokens`).
+fn mget_of(k: &ReadKeys<'_>, entry: bool, tokens: bool) -> redis::Cmd {
+    let entry_len = 2 * (k.prefix.len() + k.logical.len() + 8) + k.value_middle.len();
+    let tokens_len = k.clears.iter().map(|c| c.len()).sum::<usize>()
+        + k.tags
+            .iter()
+            .map(|t| t.len() + k.prefix.len() + 16)
+            .sum::<usize>();
     let mut mget = redis::Cmd::with_capacity(
         5 + k.tags.len(),
-        2 * (k.prefix.len() + k.logical.len() + 8)
-            + k.value_middle.len()
-            + k.clears.iter().map(|c| c.len()).sum::<usize>()
-            + k.tags
-                .iter()
-                .map(|t| t.len() + k.prefix.len() + 16)
-                .sum::<usize>()
-            + 8,
+        usize::from(entry) * entry_len + usize::from(tokens) * tokens_len + 8,
     );
     mget.arg("MGET");
-    write_bucket_key(&mut mget, k, k.value_middle, k.logical);
-    write_bucket_key(&mut mget, k, crate::key::TICKET_MIDDLE, k.logical);
-    for c in k.clears {
-        mget.arg(&**c);
+    if entry {
+        write_bucket_key(&mut mget, k, k.value_middle, k.logical);
+        write_bucket_key(&mut mget, k, crate::key::TICKET_MIDDLE, k.logical);
     }
-    for tag in k.tags {
-        write_tag_token_key(&mut mget, k, tag);
+    if tokens {
+        for c in k.clears {
+            mget.arg(&**c);
+        }
+        for tag in k.tags {
+            write_tag_token_key(&mut mget, k, tag);
+        }
     }
     mget
+}
+
+/// A token as `MGET` returns it: a missing or foreign one reads as 0 (no token is 0).
+fn token_of(v: redis::Value) -> u64 {
+    match v {
+        redis::Value::BulkString(b) => parse_ticket(&b).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// The items of an `MGET` reply.
+fn mget_items(reply: redis::Value) -> Result<Vec<redis::Value>, CacheError> {
+    match reply {
+        redis::Value::Array(items) => Ok(items),
+        other => Err(CacheError::Redis(
+            format!("unexpected MGET reply: {other:?}").into(),
+        )),
+    }
+}
+
+/// The value and ticket at the head of an `MGET` reply, parsed in place (the value's bytes
+/// moved out, the ticket read without a copy); the rest of the items follow.
+fn entry_of(
+    items: Vec<redis::Value>,
+) -> (
+    Option<Vec<u8>>,
+    Option<u64>,
+    std::vec::IntoIter<redis::Value>,
+) {
+    let mut items = items.into_iter();
+    let value = match items.next() {
+        Some(redis::Value::BulkString(bytes)) => Some(bytes),
+        _ => None,
+    };
+    let ticket = match items.next() {
+        Some(redis::Value::BulkString(b)) => parse_ticket(&b),
+        _ => None,
+    };
+    (value, ticket, items)
+}
+
+/// A plain read on the tracked connection (docs/PROTOCOL.md §7.1, `tracking.rs`): `MGET
+/// value ticket` when every scope token of the entry is cached and still is when the reply
+/// arrives (the pushes of writes that executed before the read were applied before it);
+/// otherwise `MGET value ticket`, `CLIENT CACHING yes`, `MGET tokens…` in one pipeline, the
+/// tokens read after the value (a token that still matches then matched at the read) and
+/// cached from then on.
+async fn read_tracked(
+    shared: &Shared,
+    k: &ReadKeys<'_>,
+    mut t: tracking::Tracked,
+) -> (Result<Fetched, CacheError>, Fault) {
+    let fail = |e| {
+        let (e, f) = shared.failed_op(e);
+        (Err(e), f)
+    };
+    let fetched = |items: Vec<redis::Value>, stamps: Stamps| {
+        let (value, found, _) = entry_of(items);
+        Fetched {
+            value,
+            ticket: found.filter(|t| *t != 0),
+            ticketless: found.is_none(),
+            stamps,
+            locked: false,
+        }
+    };
+    if t.tokens.stamps(k).is_some() {
+        let reply = match mget_of(k, true, false)
+            .query_async::<redis::Value>(&mut t.conn)
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => return fail(e),
+        };
+        if let Some(stamps) = t.tokens.stamps(k) {
+            return (
+                mget_items(reply).map(|i| fetched(i, stamps)),
+                Fault::Answered,
+            );
+        }
+        // A token was invalidated while the read was in flight: read them all again.
+    }
+    let epoch = t.tokens.epoch();
+    let mut p = redis::pipe();
+    p.add_command(mget_of(k, true, false));
+    p.cmd("CLIENT").arg("CACHING").arg("YES").ignore();
+    p.add_command(mget_of(k, false, true));
+    let (entry, tokens) = match p
+        .query_async::<(redis::Value, redis::Value)>(&mut t.conn)
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    let res = mget_items(entry).and_then(|entry| {
+        let stamps: Stamps = mget_items(tokens)?.into_iter().map(token_of).collect();
+        t.tokens.insert(k, &stamps, epoch);
+        Ok(fetched(entry, stamps))
+    });
+    (res, Fault::Answered)
 }
 
 /// Writes a tag's token key as the command's next argument: `{prefix:scopes}:t:<tag>`, or
@@ -329,6 +438,19 @@ impl RedisTier {
         let read_replicas = self.read_replicas;
         let claim = req.claim.filter(|_| !read_replicas);
         let k = &req.keys;
+        // An async caller with a tracked connection checks the tokens it keeps.
+        if claim.is_none() {
+            if let Some(Conns {
+                tracked: Some(t), ..
+            }) = self.shared.caller_conns()
+            {
+                if !self.breaker.allow() {
+                    return Err(CacheError::CircuitOpen);
+                }
+                let res = read_tracked(&self.shared, k, t).await;
+                return self.settle(res);
+            }
+        }
         let mget = mget_command(k);
         // The claim: the ticket, and each tag's token (a cache of mostly new keys often has
         // per-key tags, `user:<id>`, whose tokens are as new as the keys). The cache-clear
@@ -396,24 +518,8 @@ impl RedisTier {
                 Ok((reply, claimed))
             })
             .await?;
-        // Parsed in place: the value's bytes are moved out of the reply, the ticket and
-        // tokens read from it without copies.
-        let redis::Value::Array(items) = reply else {
-            return Err(CacheError::Redis(
-                format!("unexpected MGET reply: {reply:?}").into(),
-            ));
-        };
-        let mut items = items.into_iter();
-        let value = match items.next() {
-            Some(redis::Value::BulkString(bytes)) => Some(bytes),
-            _ => None,
-        };
-        let token = |v: Option<redis::Value>| match v {
-            Some(redis::Value::BulkString(b)) => parse_ticket(&b),
-            _ => None,
-        };
-        let found = token(items.next());
-        let mut stamps: Stamps = items.map(|v| token(Some(v)).unwrap_or(0)).collect();
+        let (value, found, items) = entry_of(mget_items(reply)?);
+        let mut stamps: Stamps = items.map(token_of).collect();
         // A claim's reply is the later reading: the token in force when the body starts.
         let mut claimed = claimed.into_iter();
         let claimed_ticket = claimed.next().flatten();
@@ -866,11 +972,12 @@ impl RedisTier {
         let publish = if self.cluster { "SPUBLISH" } else { "PUBLISH" };
         let k = format!("{head}:cmd");
         let n = format!("{head}:n");
-        let direct: [(&'static str, &[&str]); 6] = [
+        let direct: [(&'static str, &[&str]); 7] = [
             ("SET", &["SET", &k, "ok", "PX", "10000"]),
             ("GET", &["GET", &k]),
             ("MGET", &["MGET", &k, &n]),
             ("PEXPIRE", &["PEXPIRE", &k, "10000"]),
+            ("PTTL", &["PTTL", &k]),
             ("DEL", &["DEL", &k, &n]),
             (publish, &[publish, channel, "probe"]),
         ];
@@ -958,6 +1065,22 @@ impl RedisTier {
             Ok::<_, CacheError>(())
         };
         probe.await.map_err(step("an operation (script)"))?;
+        // Client tracking (single node): what the hits' token cache needs, on a connection
+        // of its own, as each set of connections opens it.
+        if let (false, Some(client)) = (self.cluster, self.shared.single_client()) {
+            let shared = &self.shared;
+            let mut t = tracking::open(&client, shared.connect_timeout, shared.op_timeout)
+                .await
+                .map_err(|e| shared.failed_op(e).0)
+                .map_err(step("CLIENT TRACKING"))?;
+            let mut p = redis::pipe();
+            p.cmd("CLIENT").arg("CACHING").arg("YES").ignore();
+            p.cmd("MGET").arg(&k).arg(&n);
+            p.query_async::<(redis::Value,)>(&mut t.conn)
+                .await
+                .map_err(|e| shared.failed_op(e).0)
+                .map_err(step("CLIENT CACHING"))?;
+        }
         run(conns.data.clone(), redis::cmd("TIME"), "TIME").await?;
         if self.shared.wait != WaitReplicas::Off {
             run(conns.data.clone(), redis::cmd("ROLE"), "ROLE").await?;

@@ -37,7 +37,12 @@ return {false, t, locked, stamps}",
             // The store (§7.2). KEYS: value, ticket, lock, scope tokens...; ARGV: ticket,
             // bytes, value px, ticket px, token or '', seen scope tokens... A missing token
             // never equals a seen one (tokens are random, compared as text). The scope
-            // tokens are extended like the ticket: they outlive every value stamped with them.
+            // tokens outlive every value stamped with them: one with less than a ticket's
+            // lifetime left is extended to two. Only then: an extension is a write, which
+            // pushes an invalidation to every connection tracking the token (tracking.rs),
+            // so extending on every store would empty every process's token cache. (A user
+            // the ACL refuses `PTTL` extends on every store, as before; it has no tracking
+            // either: the health check names both.)
             store: Script::new(
                 r"
 local ok = redis.call('GET', KEYS[2]) == ARGV[1]
@@ -50,7 +55,11 @@ end
 if ok then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   redis.call('PEXPIRE', KEYS[2], ARGV[4], 'GT')
-  for i = 4, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[4], 'GT') end
+  local keep = tonumber(ARGV[4])
+  for i = 4, #KEYS do
+    local left = redis.pcall('PTTL', KEYS[i])
+    if type(left) ~= 'number' or left < keep then redis.call('PEXPIRE', KEYS[i], 2 * keep, 'GT') end
+  end
 end
 if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) == ARGV[5] then redis.call('DEL', KEYS[3]) end
 return ok and 1 or 0",

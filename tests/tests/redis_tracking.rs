@@ -1,0 +1,244 @@
+//! Scope tokens kept in the process, exact by Redis's client tracking (docs/PROTOCOL.md
+//! §7.1, §12): a Redis hit reads only the value and its ticket, and compares the envelope's
+//! stamps with tokens the process keeps; Redis pushes an invalidation when one changes.
+//!
+//! Each test first gets a reader node to serve a value from Redis with its tokens kept
+//! (its local copy dropped, so the Redis check is what decides), then removes a token behind
+//! its back, with no bus message (as eviction, expiry or another deployment's write would),
+//! and asserts the reader does not serve the old value again.
+
+use std::time::Duration;
+
+use cache_tests::{eventually_blocking, Node, RedisServer};
+
+const V1: &str = env!("CARGO_BIN_EXE_cache-node");
+const WITHIN: Duration = Duration::from_secs(10);
+/// The reader's tag token for id 1, its cache-clear token, the global clear token (prefix
+/// `t`, the nodes' `profile` cache).
+const TAG_TOKEN: &str = "{t:scopes}:t:user:1";
+const GLOBAL_TOKEN: &str = "{t:scopes}:a";
+
+fn set_db(server: &RedisServer, id: u64, value: &str) {
+    server
+        .cmd::<()>(&["SET", &format!("db:{id}"), value])
+        .expect("set the source of truth");
+}
+
+fn stat(node: &Node, name: &str) -> u64 {
+    let stats = node.call("stats");
+    let at = stats
+        .find(&format!("{name}: "))
+        .unwrap_or_else(|| panic!("no {name} in {stats}"));
+    stats[at + name.len() + 2..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
+/// A node that has served id 1 = `old` from Redis twice (so its tokens are kept), with no
+/// local copy left.
+fn reader_with_kept_tokens(server: &RedisServer) -> Node {
+    let reader = Node::start(V1, server, &[]);
+    reader.wait_subscribed(1, WITHIN);
+    set_db(server, 1, "old");
+    assert_eq!(reader.call("get 1"), "old");
+    for _ in 0..2 {
+        assert_eq!(reader.call("clear_local"), "done");
+        let hits = stat(&reader, "redis_hits");
+        assert_eq!(reader.call("get 1"), "old");
+        assert_eq!(stat(&reader, "redis_hits"), hits + 1, "served from Redis");
+    }
+    assert_eq!(reader.call("clear_local"), "done");
+    assert_eq!(
+        stat(&reader, "body_calls"),
+        1,
+        "the body ran once before the token is removed"
+    );
+    reader
+}
+
+/// After a token of the value was removed behind the reader's back, the reader's next read
+/// must not be the old value.
+fn reads_new_after(remove: impl FnOnce(&RedisServer)) {
+    let server = RedisServer::start();
+    let reader = reader_with_kept_tokens(&server);
+    set_db(&server, 1, "new");
+    remove(&server);
+    assert_eq!(
+        reader.call("get 1"),
+        "new",
+        "a value stamped with a token Redis no longer holds was served from the kept tokens"
+    );
+}
+
+#[test]
+fn a_deleted_tag_token_is_seen() {
+    reads_new_after(|s| assert_eq!(s.cmd::<u64>(&["DEL", TAG_TOKEN]).unwrap(), 1));
+}
+
+#[test]
+fn a_deleted_cache_clear_token_is_seen() {
+    reads_new_after(|s| {
+        let keys = s.scan("{t:scopes}:c:*");
+        assert_eq!(keys.len(), 1, "one cache-clear token: {keys:?}");
+        assert_eq!(s.cmd::<u64>(&["DEL", &keys[0]]).unwrap(), 1);
+    });
+}
+
+#[test]
+fn a_deleted_global_clear_token_is_seen() {
+    reads_new_after(|s| assert_eq!(s.cmd::<u64>(&["DEL", GLOBAL_TOKEN]).unwrap(), 1));
+}
+
+#[test]
+fn a_replaced_tag_token_is_seen() {
+    reads_new_after(|s| {
+        s.cmd::<()>(&["SET", TAG_TOKEN, "0123456789abcdef"])
+            .unwrap();
+    });
+}
+
+#[test]
+fn an_expired_tag_token_is_seen() {
+    reads_new_after(|s| {
+        assert_eq!(s.cmd::<u64>(&["PEXPIRE", TAG_TOKEN, "1"]).unwrap(), 1);
+        eventually_blocking(WITHIN, "the token to expire", || {
+            s.cmd::<u64>(&["EXISTS", TAG_TOKEN]).unwrap() == 0
+        });
+    });
+}
+
+#[test]
+fn an_evicted_tag_token_is_seen() {
+    reads_new_after(|s| {
+        // Eviction under memory pressure: only the token is volatile enough to go first
+        // (`volatile-ttl` evicts the key nearest its expiry; the token's is made nearest).
+        s.cmd::<u64>(&["PEXPIRE", TAG_TOKEN, "50000"]).unwrap();
+        for k in s.scan("{t:*") {
+            if k != TAG_TOKEN {
+                s.cmd::<u64>(&["PERSIST", &k]).unwrap();
+            }
+        }
+        let used: u64 = s.info_field("used_memory").unwrap().parse().unwrap();
+        s.config_set("maxmemory-policy", "volatile-ttl");
+        s.config_set("maxmemory", &used.to_string());
+        let _ = s.cmd::<()>(&["SET", "filler", &"f".repeat(64 * 1024)]);
+        s.config_set("maxmemory", "0");
+        assert_eq!(
+            s.cmd::<u64>(&["EXISTS", TAG_TOKEN]).unwrap(),
+            0,
+            "the token was evicted"
+        );
+        let evicted: u64 = s.info_field("evicted_keys").unwrap().parse().unwrap();
+        assert!(evicted >= 1);
+    });
+}
+
+#[test]
+fn flushall_empties_the_kept_tokens() {
+    reads_new_after(|s| {
+        // The value goes too; put it back (as a replica's stale copy would) to see that the
+        // tokens went with the flush.
+        let value = s.scan("{t:*}:v2:*");
+        assert_eq!(value.len(), 1, "{value:?}");
+        let bytes: Vec<u8> = s.cmd(&["GET", &value[0]]).unwrap();
+        let ticket_key = s.scan("{t:*}:t:profile:1");
+        let ticket: String = s.cmd(&["GET", &ticket_key[0]]).unwrap();
+        s.flushall();
+        set_db(s, 1, "new");
+        let mut c = s.client();
+        redis::cmd("SET")
+            .arg(&value[0])
+            .arg(bytes)
+            .query::<()>(&mut c)
+            .unwrap();
+        s.cmd::<()>(&["SET", &ticket_key[0], &ticket]).unwrap();
+    });
+}
+
+/// The tracking connections are cut, a token is deleted while none is there to be told,
+/// and the reader reconnects: the tokens it kept went with the connection.
+#[test]
+fn a_dropped_tracking_connection_takes_its_tokens_along() {
+    let server = RedisServer::start();
+    let reader = reader_with_kept_tokens(&server);
+    set_db(&server, 1, "new");
+    let list: String = server.cmd(&["CLIENT", "LIST"]).unwrap();
+    let tracking: Vec<&str> = list
+        .lines()
+        .filter(|l| {
+            l.split(' ')
+                .any(|f| f.strip_prefix("flags=").is_some_and(|v| v.contains('t')))
+        })
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .collect();
+    assert!(!tracking.is_empty(), "a tracking client: {list}");
+    for id in tracking {
+        server.cmd::<u64>(&["CLIENT", "KILL", "ID", id]).unwrap();
+    }
+    assert_eq!(server.cmd::<u64>(&["DEL", TAG_TOKEN]).unwrap(), 1);
+    // Reconnected: a read of another key no longer fails.
+    eventually_blocking(WITHIN, "the reader to reach Redis again", || {
+        let before = stat(&reader, "redis_errors");
+        reader.call("lookup 999999");
+        stat(&reader, "redis_errors") == before
+    });
+    assert_eq!(
+        reader.call("get 1"),
+        "new",
+        "tokens kept by a lost connection were used after the reconnect"
+    );
+}
+
+/// The server's view of a hit: `MGET` of the value and the ticket only, once the tokens are
+/// kept; the tokens are read once, behind `CLIENT CACHING yes`.
+#[test]
+fn a_hit_reads_two_keys_once_the_tokens_are_kept() {
+    let server = RedisServer::start();
+    let reader = reader_with_kept_tokens(&server);
+    server.config_set("slowlog-log-slower-than", "0");
+    server.config_set("slowlog-max-len", "1024");
+    server.cmd::<()>(&["SLOWLOG", "RESET"]).unwrap();
+    for _ in 0..20 {
+        assert_eq!(reader.call("get 1"), "old");
+        assert_eq!(reader.call("clear_local"), "done");
+    }
+    let log: Vec<redis::Value> = server.cmd(&["SLOWLOG", "GET", "1024"]).unwrap();
+    let commands: Vec<Vec<String>> = log
+        .iter()
+        .filter_map(|entry| match entry {
+            redis::Value::Array(fields) => match fields.get(3) {
+                Some(redis::Value::Array(args)) => Some(
+                    args.iter()
+                        .map(|a| match a {
+                            redis::Value::BulkString(b) => String::from_utf8_lossy(b).into(),
+                            other => format!("{other:?}"),
+                        })
+                        .collect(),
+                ),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    let mgets: Vec<&Vec<String>> = commands
+        .iter()
+        .filter(|c| c[0].eq_ignore_ascii_case("mget"))
+        .collect();
+    assert_eq!(mgets.len(), 20, "one MGET per hit: {commands:?}");
+    for m in &mgets {
+        assert_eq!(m.len(), 3, "MGET value ticket, no token: {m:?}");
+        assert!(
+            m[1].contains(":v2:") && m[2].contains(":t:profile:1"),
+            "{m:?}"
+        );
+    }
+    assert!(
+        !commands
+            .iter()
+            .any(|c| c.iter().any(|a| a.contains("{t:scopes}"))),
+        "no token read while they are kept: {commands:?}"
+    );
+}
