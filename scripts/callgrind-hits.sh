@@ -12,7 +12,7 @@ command -v valgrind >/dev/null || { echo "valgrind not found: apt-get install -y
 N1=${N1:-2000}
 N2=${N2:-12000}
 cargo build -q --release -p cache-benches --bin hit-instructions
-BIN=target/release/hit-instructions
+BIN=${CARGO_TARGET_DIR:-target}/release/hit-instructions
 CONTENDERS=("$@")
 if [ ${#CONTENDERS[@]} -eq 0 ]; then
     CONTENDERS=(local-ours local-hand local-cached local-quick local-mini redis-ours redis-hand redis-hand-mget redis-cached)

@@ -200,7 +200,8 @@ async fn read_tracked(
             locked: false,
         }
     };
-    if t.tokens.stamps(k).is_some() {
+    let epoch = t.tokens.epoch();
+    if let Some(stamps) = t.tokens.stamps(k) {
         let reply = match mget_of(k, true, false)
             .query_async::<redis::Value>(&mut t.conn)
             .await
@@ -208,7 +209,13 @@ async fn read_tracked(
             Ok(v) => v,
             Err(e) => return fail(e),
         };
-        if let Some(stamps) = t.tokens.stamps(k) {
+        // No push since the tokens were looked up: they still hold (the common case, one
+        // atomic load); otherwise look again.
+        let stamps = match t.tokens.epoch() == epoch {
+            true => Some(stamps),
+            false => t.tokens.stamps(k),
+        };
+        if let Some(stamps) = stamps {
             return (
                 mget_items(reply).map(|i| fetched(i, stamps)),
                 Fault::Answered,

@@ -44,7 +44,8 @@ pub(crate) struct TokenCache {
 }
 
 struct Tokens {
-    by_key: HashMap<Box<[u8]>, u64>,
+    /// Hashed with foldhash (a per-process random seed), as the flight map.
+    by_key: HashMap<Box<[u8]>, u64, foldhash::fast::RandomState>,
     /// The connection is gone: nothing is cached any more.
     dead: bool,
 }
@@ -53,7 +54,7 @@ impl TokenCache {
     pub(super) fn new() -> Self {
         Self {
             map: Mutex::new(Tokens {
-                by_key: HashMap::new(),
+                by_key: HashMap::default(),
                 dead: false,
             }),
             epoch: AtomicU64::new(0),
@@ -93,7 +94,9 @@ impl TokenCache {
         }
     }
 
-    /// The epoch to pass to [`TokenCache::insert`] for a read sent after this call.
+    /// The epoch to pass to [`TokenCache::insert`] for a read sent after this call, or to
+    /// compare with later: unchanged, no push was applied since, so every token cached then
+    /// still is, with the same value (a cached token only changes by a push removing it).
     pub(super) fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
     }
