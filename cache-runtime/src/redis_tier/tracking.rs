@@ -22,10 +22,10 @@ use redis::{PushInfo, PushKind, Value};
 use super::ReadKeys;
 use crate::redis_request::Stamps;
 
-/// Tokens kept per connection, at most: past this the cache starts over (a cache of
-/// per-key tags would otherwise grow without bound). Redis keeps tracking the dropped keys;
-/// their pushes then remove nothing.
-const MAX_TOKENS: usize = 8192;
+/// Tokens kept per connection, at most (about 80 bytes each): a cache of per-key tags
+/// (`user:<id>`) has one per key. Past it an eighth of them, arbitrary ones, are dropped.
+/// Redis keeps tracking the dropped keys; their pushes then remove nothing.
+const MAX_TOKENS: usize = 32_768;
 
 /// A tracked connection and the tokens it has read.
 #[derive(Clone)]
@@ -127,7 +127,11 @@ impl TokenCache {
             return;
         }
         if tokens.by_key.len() + stamps.len() > MAX_TOKENS {
-            tokens.by_key.clear();
+            let mut i = 0u32;
+            tokens.by_key.retain(|_, _| {
+                i = i.wrapping_add(1);
+                i % 8 != 0
+            });
         }
         let mut stamps = stamps.iter();
         for c in k.clears {
@@ -263,6 +267,24 @@ mod tests {
         assert!(
             cache.stamps(&k).is_none(),
             "a lost connection's cache stays empty"
+        );
+    }
+
+    #[test]
+    fn the_cache_stays_bounded_and_keeps_most_tokens_when_full() {
+        let clears: [Arc<str>; 2] = ["{cr:scopes}:c:app::a".into(), "{cr:scopes}:a".into()];
+        let cache = TokenCache::new();
+        for i in 0..MAX_TOKENS as u64 {
+            let tags = vec![format!("user:{i}")];
+            cache.insert(&keys(&clears, &tags), &[1, 2, i + 1], cache.epoch());
+            assert!(cache.len() <= MAX_TOKENS);
+        }
+        assert!(cache.len() > MAX_TOKENS * 3 / 4, "{}", cache.len());
+        let tags = vec![format!("user:{}", MAX_TOKENS - 1)];
+        assert_eq!(
+            cache.stamps(&keys(&clears, &tags)).unwrap().as_slice(),
+            &[1, 2, MAX_TOKENS as u64],
+            "the newest tokens are kept"
         );
     }
 
