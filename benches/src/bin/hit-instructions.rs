@@ -10,7 +10,7 @@
 //! hit-instructions <contender> <calls>
 //! contenders: local-ours local-hand local-cached local-quick local-mini
 //!             redis-ours redis-hand redis-hand-mget redis-cached
-//!             invalidate-ours invalidate-hand
+//!             redis-ours-64 redis-hand-64 invalidate-ours invalidate-hand
 //! ```
 //!
 //! `redis-hand-mget` is the hand-written `GET` + decode with the same reply shape as ours: an
@@ -120,6 +120,9 @@ async fn redis_rival(id: u64) -> Result<Profile, String> {
     Ok(profile(id))
 }
 
+/// Concurrent callers of the `-64` contenders.
+const TASKS: u64 = 64;
+
 fn ids(calls: u64) -> impl Iterator<Item = u64> {
     (0..calls).map(|i| FIRST_ID + i % KEYS)
 }
@@ -140,7 +143,7 @@ async fn hand_redis_mget(conn: &mut ConnectionManager, id: u64) -> Profile {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: hit-instructions <local-ours|local-hand|local-cached|local-quick|local-mini|redis-ours|redis-hand|redis-hand-mget|redis-cached|invalidate-ours|invalidate-hand> <calls>";
+    let usage = "usage: hit-instructions <local-ours|local-hand|local-cached|local-quick|local-mini|redis-ours|redis-hand|redis-hand-mget|redis-cached|redis-ours-64|redis-hand-64|invalidate-ours|invalidate-hand> <calls>";
     let contender = args.next().expect(usage);
     let calls: u64 = args.next().and_then(|s| s.parse().ok()).expect(usage);
     let warm = ids(KEYS);
@@ -207,6 +210,56 @@ fn main() {
                     }
                     report(calls, before);
                 }
+            });
+        }
+        "redis-ours-64" | "redis-hand-64" => {
+            // The same hits from 64 tasks at once on one thread (the 64-task bench's shape:
+            // replies arrive in batches, flights coalesce concurrent calls of one key).
+            start_redis();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            rt.block_on(async {
+                let hand = match contender.as_str() {
+                    "redis-hand-64" => {
+                        let client = redis::Client::open(redis_url()).expect("redis url");
+                        let mut conn = ConnectionManager::new(client).await.expect("connect");
+                        for id in warm {
+                            hand_redis_get(&mut conn, id).await;
+                        }
+                        Some(conn)
+                    }
+                    _ => {
+                        for id in warm {
+                            redis_ours(id).await;
+                        }
+                        None
+                    }
+                };
+                let before = allocs();
+                let tasks: Vec<_> = (0..TASKS)
+                    .map(|t| {
+                        let mut hand = hand.clone();
+                        tokio::spawn(async move {
+                            for i in (t..calls).step_by(TASKS as usize) {
+                                let id = FIRST_ID + i % KEYS;
+                                match &mut hand {
+                                    Some(conn) => {
+                                        black_box(hand_redis_get(conn, black_box(id)).await);
+                                    }
+                                    None => {
+                                        black_box(redis_ours(black_box(id)).await);
+                                    }
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.expect("task");
+                }
+                report(calls, before);
             });
         }
         "redis-ours" | "redis-hand" | "redis-hand-mget" | "redis-cached" => {
