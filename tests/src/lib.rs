@@ -756,6 +756,20 @@ impl Node {
             .unwrap_or_else(|e| panic!("node {}: `{command}` failed: {e}", self.pid))
     }
 
+    /// One counter of the node's cache stats (`stats`: the `Debug` form of `Stats`).
+    pub fn stat(&self, name: &str) -> u64 {
+        let stats = self.call("stats");
+        let at = stats
+            .find(&format!("{name}: "))
+            .unwrap_or_else(|| panic!("no {name} in {stats}"));
+        stats[at + name.len() + 2..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap()
+    }
+
     /// Sends `command` again every 20 ms until it returns Ok (a write is `Err` while the
     /// node reconnects or a failover is under way); panics past `within`. Returns the instant
     /// the Ok arrived.

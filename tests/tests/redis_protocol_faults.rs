@@ -43,26 +43,13 @@ fn del_matching(server: &RedisServer, patterns: &[&str]) -> usize {
     n
 }
 
-fn stat(node: &Node, name: &str) -> u64 {
-    let stats = node.call("stats");
-    let at = stats
-        .find(&format!("{name}: "))
-        .unwrap_or_else(|| panic!("no {name} in {stats}"));
-    stats[at + name.len() + 2..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .unwrap()
-}
-
 /// Waits until the node's data connection works again (after a restart): a lookup of an
 /// unrelated key no longer counts a Redis error, and nothing is pending.
 fn wait_redis_ok(node: &Node) {
     eventually_blocking(WITHIN, "the node to reach Redis again", || {
-        let before = stat(node, "redis_errors");
+        let before = node.stat("redis_errors");
         node.call("lookup 999999");
-        stat(node, "redis_errors") == before && node.call("pending") == "0"
+        node.stat("redis_errors") == before && node.call("pending") == "0"
     });
 }
 
@@ -478,7 +465,7 @@ fn a_claim_inside_the_read_keeps_the_held_body_guarantee() {
     let newcomer = Node::start(V1, &server, &[]);
     everyone_reads_the_new_value(id, &newcomer, &other, &holder);
     assert_eq!(
-        stat(&newcomer, "redis_hits"),
+        newcomer.stat("redis_hits"),
         1,
         "the miss's store was served from Redis"
     );
@@ -498,17 +485,17 @@ fn claiming_reads_still_hit_out_of_memory() {
         server.cmd::<()>(&["SET", "probe", "x"]).is_err(),
         "the server is out of memory"
     );
-    let (hits, errors) = (stat(&reader, "redis_hits"), stat(&reader, "redis_errors"));
+    let (hits, errors) = (reader.stat("redis_hits"), reader.stat("redis_errors"));
     for id in ids.clone() {
         assert_eq!(reader.call(&format!("get {id}")), "warm");
     }
     assert_eq!(
-        stat(&reader, "redis_hits") - hits,
+        reader.stat("redis_hits") - hits,
         ids.end - ids.start,
         "every read was a Redis hit"
     );
     assert_eq!(
-        stat(&reader, "redis_errors"),
+        reader.stat("redis_errors"),
         errors,
         "a refused claim is no error"
     );

@@ -24,19 +24,6 @@ fn set_db(server: &RedisServer, id: u64, value: &str) {
         .expect("set the source of truth");
 }
 
-fn stat(node: &Node, name: &str) -> u64 {
-    let stats = node.call("stats");
-    let at = stats
-        .find(&format!("{name}: "))
-        .unwrap_or_else(|| panic!("no {name} in {stats}"));
-    stats[at + name.len() + 2..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .unwrap()
-}
-
 /// A node that has served id 1 = `old` from Redis twice (so its tokens are kept), with no
 /// local copy left.
 fn reader_with_kept_tokens(server: &RedisServer) -> Node {
@@ -46,13 +33,13 @@ fn reader_with_kept_tokens(server: &RedisServer) -> Node {
     assert_eq!(reader.call("get 1"), "old");
     for _ in 0..2 {
         assert_eq!(reader.call("clear_local"), "done");
-        let hits = stat(&reader, "redis_hits");
+        let hits = reader.stat("redis_hits");
         assert_eq!(reader.call("get 1"), "old");
-        assert_eq!(stat(&reader, "redis_hits"), hits + 1, "served from Redis");
+        assert_eq!(reader.stat("redis_hits"), hits + 1, "served from Redis");
     }
     assert_eq!(reader.call("clear_local"), "done");
     assert_eq!(
-        stat(&reader, "body_calls"),
+        reader.stat("body_calls"),
         1,
         "the body ran once before the token is removed"
     );
@@ -181,9 +168,9 @@ fn a_dropped_tracking_connection_takes_its_tokens_along() {
     assert_eq!(server.cmd::<u64>(&["DEL", TAG_TOKEN]).unwrap(), 1);
     // Reconnected: a read of another key no longer fails.
     eventually_blocking(WITHIN, "the reader to reach Redis again", || {
-        let before = stat(&reader, "redis_errors");
+        let before = reader.stat("redis_errors");
         reader.call("lookup 999999");
-        stat(&reader, "redis_errors") == before
+        reader.stat("redis_errors") == before
     });
     assert_eq!(
         reader.call("get 1"),

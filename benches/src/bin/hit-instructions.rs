@@ -27,7 +27,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use cache_benches::stores::{self, HandStore};
-use cache_benches::{hand_key, hand_redis_get, init_local_only, our_key, profile};
+use cache_benches::{
+    current_thread_runtime, hand_key, hand_redis_get, init_local_only, our_key, profile,
+};
 use cache_benches::{redis_url, start_redis};
 use cache_benches::{Profile, FIRST_ID};
 use cached::AsyncRedisCache;
@@ -181,10 +183,7 @@ fn main() {
         }
         "invalidate-ours" | "invalidate-hand" => {
             start_redis();
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
+            let rt = current_thread_runtime();
             rt.block_on(async {
                 if contender == "invalidate-ours" {
                     for id in warm {
@@ -216,10 +215,7 @@ fn main() {
             // The same hits from 64 tasks at once on one thread (the 64-task bench's shape:
             // replies arrive in batches, flights coalesce concurrent calls of one key).
             start_redis();
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
+            let rt = current_thread_runtime();
             rt.block_on(async {
                 let hand = match contender.as_str() {
                     "redis-hand-64" => {
@@ -264,10 +260,7 @@ fn main() {
         }
         "redis-ours" | "redis-hand" | "redis-hand-mget" | "redis-cached" => {
             start_redis();
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
+            let rt = current_thread_runtime();
             rt.block_on(async {
                 match contender.as_str() {
                     "redis-ours" => {
