@@ -150,8 +150,15 @@ pub fn scope_key(prefix: &str, scope: Scope<'_>) -> String {
     match scope {
         Scope::All => format!("{{{prefix}:scopes}}:a"),
         Scope::Cache(name) => format!("{{{prefix}:scopes}}:c:{name}"),
-        Scope::Tag(tag) => format!("{{{prefix}:scopes}}:t:{tag}"),
+        Scope::Tag(tag) => tag_token_key_parts(prefix, tag).concat(),
     }
+}
+
+/// A tag's token key on a single node, `{prefix:scopes}:t:<tag>`, as its parts: the one
+/// layout for every writer (a `String` in [`scope_key`], a command's buffer and the kept
+/// tokens' lookup key in the Redis tier).
+pub(crate) fn tag_token_key_parts<'a>(prefix: &'a str, tag: &'a str) -> [&'a str; 4] {
+    ["{", prefix, ":scopes}:t:", tag]
 }
 
 /// Scope names longer than this are hashed in striped token keys (a tag invalidation deletes

@@ -251,12 +251,10 @@ fn write_tag_token_key(cmd: &mut redis::Cmd, k: &ReadKeys<'_>, tag: &str) {
     use std::io::Write;
     if !k.striped {
         let mut w = redis::RedisWrite::writer_for_next_arg(cmd);
-        let _ = (
-            w.write_all(b"{"),
-            w.write_all(k.prefix.as_bytes()),
-            w.write_all(b":scopes}:t:"),
-            w.write_all(tag.as_bytes()),
-        );
+        for p in crate::key::tag_token_key_parts(k.prefix, tag) {
+            // Writing to the command's `Vec` cannot fail.
+            let _ = w.write_all(p.as_bytes());
+        }
     } else if "t:".len() + tag.len() > crate::key::STRIPED_NAME_MAX {
         cmd.arg(crate::key::scope_token_key(
             k.prefix,
@@ -362,12 +360,29 @@ impl RedisTier {
         if !self.breaker.allow() {
             return Err(CacheError::CircuitOpen);
         }
+        self.exec_allowed(self.shared.caller_conns(), confirm, op)
+            .await
+    }
+
+    /// [`exec_on`](Self::exec_on) past the breaker, with the caller's connections already
+    /// looked up (`Shared::caller_conns`).
+    async fn exec_allowed<T, F, Fut>(
+        &self,
+        caller_conns: Option<Conns>,
+        confirm: Confirm,
+        op: F,
+    ) -> Result<T, CacheError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Conn) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, RedisError>> + Send,
+    {
         // Fast path: an async caller on a Tokio runtime, with the connection up, talks to a
         // multiplexed connection driven by its own runtime (opened on the runtime's first
         // call): no hop through the Redis thread, no extra timer (the connection's response
         // timeout is the operation timeout). Connecting, reconnects and blocking callers stay
         // on the Redis thread.
-        if let Some(conns) = self.shared.caller_conns() {
+        if let Some(conns) = caller_conns {
             let res = run_op(&self.shared, conns, confirm, op).await;
             return self.settle(res);
         }
@@ -445,19 +460,23 @@ impl RedisTier {
         let read_replicas = self.read_replicas;
         let claim = req.claim.filter(|_| !read_replicas);
         let k = &req.keys;
-        // An async caller with a tracked connection checks the tokens it keeps.
-        if claim.is_none() {
-            if let Some(Conns {
-                tracked: Some(t), ..
-            }) = self.shared.caller_conns()
-            {
-                if !self.breaker.allow() {
-                    return Err(CacheError::CircuitOpen);
-                }
+        if !self.breaker.allow() {
+            return Err(CacheError::CircuitOpen);
+        }
+        // An async caller with a tracked connection checks the tokens it keeps; the others
+        // go on with the connections looked up here.
+        let caller_conns = match (claim, self.shared.caller_conns()) {
+            (
+                None,
+                Some(Conns {
+                    tracked: Some(t), ..
+                }),
+            ) => {
                 let res = read_tracked(&self.shared, k, t).await;
                 return self.settle(res);
             }
-        }
+            (_, conns) => conns,
+        };
         let mget = mget_command(k);
         // The claim: the ticket, and each tag's token (a cache of mostly new keys often has
         // per-key tags, `user:<id>`, whose tokens are as new as the keys). The cache-clear
@@ -493,7 +512,7 @@ impl RedisTier {
         };
         let slot = k.slot;
         let (reply, claimed) = self
-            .exec(move |mut c| async move {
+            .exec_allowed(caller_conns, Confirm::No, move |mut c| async move {
                 let (p, new) = match request {
                     Ok(claiming) => claiming,
                     // On a cluster, straight to the slot's node: every key is in the value's

@@ -121,6 +121,8 @@ impl TokenCache {
 
     /// Caches the tokens a read found (`stamps`, in [`TokenCache::stamps`]'s order; 0 = none,
     /// not cached) if no push arrived since `epoch` was taken, before the read was sent.
+    /// (The clears-then-tags walk is spelled out here and in `stamps`: one shared iterator
+    /// of keys cost 500–700 instructions per hit, measured.)
     pub(super) fn insert(&self, k: &ReadKeys<'_>, stamps: &[u64], epoch: u64) {
         let mut tokens = self.lock();
         if tokens.dead || self.epoch.load(Ordering::Acquire) != epoch {
@@ -163,10 +165,9 @@ impl TokenCache {
 /// `{prefix:scopes}:t:<tag>` (single node; docs/PROTOCOL.md §2), on the stack when short.
 fn tag_token_key(prefix: &str, tag: &str) -> smallvec::SmallVec<[u8; 96]> {
     let mut key = smallvec::SmallVec::new();
-    key.push(b'{');
-    key.extend_from_slice(prefix.as_bytes());
-    key.extend_from_slice(b":scopes}:t:");
-    key.extend_from_slice(tag.as_bytes());
+    for p in crate::key::tag_token_key_parts(prefix, tag) {
+        key.extend_from_slice(p.as_bytes());
+    }
     key
 }
 
