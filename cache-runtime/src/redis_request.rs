@@ -33,6 +33,16 @@ pub(crate) struct EntryKeys {
     pub stamps: Vec<std::sync::Arc<str>>,
 }
 
+impl EntryKeys {
+    /// The keys' total length (to size a command up front).
+    pub fn total_len(&self) -> usize {
+        self.value.len()
+            + self.ticket.len()
+            + self.lock.len()
+            + self.stamps.iter().map(|s| s.len()).sum::<usize>()
+    }
+}
+
 /// A read with a lock attempt: the read script, which also sets `new_ticket` (for
 /// `ticket_px` ms) if the key has none and tries the lock (`try_lock`: token, lease ms).
 pub(crate) struct ReadRequest {

@@ -555,3 +555,45 @@ async fn redis_keeps_the_stale_fallback_past_the_ttl() {
     assert_eq!(redis_fail_safe_cache().stats().stale_served, 1);
     REDIS_FS_FAIL.store(false, SeqCst);
 }
+
+static RELOADED_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(tier = "redis", ttl = 60, key = "reloaded:<id>")]
+async fn reloaded(id: u64) -> Profile {
+    RELOADED_RUNS.fetch_add(1, SeqCst);
+    profile(id)
+}
+
+/// `SCRIPT FLUSH` (what an empty restart or a failover to a fresh replica does to loaded
+/// scripts): every script the runtime sends is loaded again on `NOSCRIPT`, and the operation
+/// goes through in the same call.
+#[tokio::test]
+async fn scripts_flushed_from_redis_are_loaded_again() {
+    shared_redis();
+    let flush = || {
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query(&mut raw())
+            .expect("SCRIPT FLUSH");
+    };
+    let key = &vkey(1, "reloaded:1");
+    // A miss and its store (the store script).
+    flush();
+    assert_eq!(reloaded(1).await, profile(1));
+    assert!(raw().exists::<_, bool>(key).unwrap(), "the store landed");
+    assert_eq!(reloaded(1).await, profile(1));
+    assert_eq!(RELOADED_RUNS.load(SeqCst), 1, "the second call was a hit");
+    // A populate (the populate script, then the store script).
+    flush();
+    let updated = Profile {
+        id: 1,
+        name: "reloaded".into(),
+    };
+    populate_reloaded(1, updated.clone())
+        .await
+        .expect("redis took it");
+    assert_eq!(reloaded(1).await, updated);
+    assert_eq!(RELOADED_RUNS.load(SeqCst), 1);
+    let s = reloaded_cache().stats();
+    assert_eq!(s.redis_errors, 0, "{s:?}");
+}

@@ -11,7 +11,11 @@
 //! contenders: local-ours local-hand local-cached local-quick local-mini
 //!             redis-ours redis-hand redis-hand-mget redis-cached
 //!             redis-ours-64 redis-hand-64 invalidate-ours invalidate-hand
+//!             miss-ours miss-hand
 //! ```
+//!
+//! `miss-ours` / `miss-hand` are the miss + populate path on a key never seen before (ours:
+//! `MGET` and the store script; hand-written: `GET`, body, encode, `SET PX`).
 //!
 //! `redis-hand-mget` is the hand-written `GET` + decode with the same reply shape as ours: an
 //! `MGET` of the value and three more keys (16-byte strings, as a ticket and two scope
@@ -122,6 +126,9 @@ async fn redis_rival(id: u64) -> Result<Profile, String> {
     Ok(profile(id))
 }
 
+/// The first key of the `miss-` contenders, far from the hits' keys.
+const MISS_FIRST_ID: u64 = 50_000_000;
+
 /// Concurrent callers of the `-64` contenders.
 const TASKS: u64 = 64;
 
@@ -145,7 +152,7 @@ async fn hand_redis_mget(conn: &mut ConnectionManager, id: u64) -> Profile {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: hit-instructions <local-ours|local-hand|local-cached|local-quick|local-mini|redis-ours|redis-hand|redis-hand-mget|redis-cached|redis-ours-64|redis-hand-64|invalidate-ours|invalidate-hand> <calls>";
+    let usage = "usage: hit-instructions <local-ours|local-hand|local-cached|local-quick|local-mini|redis-ours|redis-hand|redis-hand-mget|redis-cached|redis-ours-64|redis-hand-64|invalidate-ours|invalidate-hand|miss-ours|miss-hand> <calls>";
     let contender = args.next().expect(usage);
     let calls: u64 = args.next().and_then(|s| s.parse().ok()).expect(usage);
     let warm = ids(KEYS);
@@ -312,6 +319,35 @@ fn main() {
                         }
                         report(calls, before);
                     }
+                }
+            });
+        }
+        "miss-ours" | "miss-hand" => {
+            start_redis();
+            let rt = current_thread_runtime();
+            // Every call a key never read before; the warm-up's keys too (connections, scripts).
+            let fresh = |from: u64, n: u64| (0..n).map(move |i| MISS_FIRST_ID + from + i);
+            rt.block_on(async {
+                if contender == "miss-ours" {
+                    for id in fresh(0, KEYS) {
+                        redis_ours(id).await;
+                    }
+                    let before = allocs();
+                    for id in fresh(KEYS, calls) {
+                        black_box(redis_ours(black_box(id)).await);
+                    }
+                    report(calls, before);
+                } else {
+                    let client = redis::Client::open(redis_url()).expect("redis url");
+                    let mut conn = ConnectionManager::new(client).await.expect("connect");
+                    for id in fresh(0, KEYS) {
+                        hand_redis_get(&mut conn, id).await;
+                    }
+                    let before = allocs();
+                    for id in fresh(KEYS, calls) {
+                        black_box(hand_redis_get(&mut conn, black_box(id)).await);
+                    }
+                    report(calls, before);
                 }
             });
         }

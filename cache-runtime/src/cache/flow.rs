@@ -143,14 +143,14 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         match S::cacheable(&r) {
             Some((v, negative)) => {
                 // A failed Redis write is counted and logged; the caller still gets the value.
-                let (_, meta) = self
-                    .store_fresh(key, v.clone(), negative, seen_local, claim)
-                    .await;
-                leader.finish(Outcome::Value(Got {
-                    value: v,
-                    meta,
-                    source: Source::Body,
-                }));
+                let (_, meta) = self.store_fresh(key, &v, negative, seen_local, claim).await;
+                leader.finish_with(|| {
+                    Outcome::Value(Got {
+                        value: v,
+                        meta,
+                        source: Source::Body,
+                    })
+                });
                 (r, meta, Source::Body)
             }
             None => {
@@ -209,7 +209,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     pub(super) async fn store_fresh(
         &self,
         key: &Key,
-        value: V,
+        value: &V,
         negative: bool,
         seen_local: u64,
         claim: Option<Claim>,
@@ -236,7 +236,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 return (Ok(()), meta);
             }
             match self
-                .redis_store_fresh(key, &value, &mut meta, ttl, claim)
+                .redis_store_fresh(key, value, &mut meta, ttl, claim)
                 .await
             {
                 Ok(false) => {
@@ -247,7 +247,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 written => res = self.count_redis(written.map(drop)),
             }
         }
-        self.etag_if_missing(&mut meta, &value);
+        self.etag_if_missing(&mut meta, value);
         let written = Written {
             generation: 0,
             start,

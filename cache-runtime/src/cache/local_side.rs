@@ -254,13 +254,14 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     pub(super) fn store_local_if_current(
         &self,
         key: &Key,
-        value: V,
+        value: &V,
         meta: Meta,
         written: Written,
         seen: u64,
     ) -> Option<bool> {
         let local = self.local.as_ref()?;
-        let entry = self.entry_for(key, value, meta, written);
+        // Cloned only here: a cache without a local tier copies nothing.
+        let entry = self.entry_for(key, value.clone(), meta, written);
         Some(local.generations.if_current(&key.logical, seen, || {
             local.tier.insert(key.logical.clone(), entry)
         }))

@@ -32,7 +32,7 @@ pub(crate) use crate::redis_request::{
 pub(crate) use connection::RedisTarget;
 pub(crate) use connection::{key_slot, master_slot_ranges, ClusterTarget, Conn};
 use connection::{open_client, open_sentinel, Conns, Fault, SentinelTarget, Shared};
-use scripts::{parse_stamps, Scripts};
+use scripts::{parse_stamps, ScriptCall, Scripts};
 
 /// Pending key invalidations sent per round trip when draining.
 const DRAIN_BATCH: usize = 512;
@@ -53,9 +53,32 @@ pub(crate) struct RedisTier {
     read_replicas: bool,
 }
 
-/// A ticket as stored in Redis: 16 lower-case hex digits.
-pub(crate) fn ticket_text(ticket: u64) -> String {
-    format!("{ticket:016x}")
+/// A ticket as stored in Redis: 16 lower-case hex digits, on the stack (a command argument:
+/// misses and invalidations write one to four of these, and `format!` cost 600 instructions
+/// and an allocation each).
+#[derive(Clone, Copy)]
+pub(crate) struct TicketText([u8; 16]);
+
+#[cfg(test)]
+impl TicketText {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl redis::ToRedisArgs for TicketText {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        out.write_arg(&self.0);
+    }
+}
+
+pub(crate) fn ticket_text(ticket: u64) -> TicketText {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 16];
+    for (i, d) in out.iter_mut().enumerate() {
+        *d = DIGITS[((ticket >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    TicketText(out)
 }
 
 /// A ticket read from Redis; anything else than 16 hex digits never matches an envelope.
@@ -425,19 +448,23 @@ impl RedisTier {
         type Reply = (Option<Vec<u8>>, Option<Vec<u8>>, i64, Vec<Option<Vec<u8>>>);
         let (value, ticket, locked, stamps) = self
             .exec(move |mut c| async move {
-                let mut inv = scripts.read.prepare_invoke();
-                inv.key(&req.keys.value)
-                    .key(&req.keys.ticket)
-                    .key(&req.keys.lock);
-                for k in &req.keys.stamps {
-                    inv.key(&**k);
+                let keys = &req.keys;
+                let (token, lease_ms) = &req.try_lock;
+                let mut call = ScriptCall::new(
+                    &scripts.read,
+                    3 + keys.stamps.len(),
+                    4,
+                    keys.total_len() + token.len() + 48,
+                );
+                call.arg(&keys.value).arg(&keys.ticket).arg(&keys.lock);
+                for k in &keys.stamps {
+                    call.arg(&**k);
                 }
-                let (token, lease_ms) = req.try_lock;
-                inv.arg(ticket_text(req.new_ticket))
+                call.arg(ticket_text(req.new_ticket))
                     .arg(req.ticket_px)
                     .arg(token)
-                    .arg(lease_ms);
-                inv.invoke_async::<Reply>(&mut c).await
+                    .arg(*lease_ms);
+                call.invoke::<Reply>(&mut c).await
             })
             .await?;
         Ok(Fetched {
@@ -495,7 +522,7 @@ impl RedisTier {
                         None => write_bucket_key(&mut set, k, crate::key::TICKET_MIDDLE, k.logical),
                         Some(tag) => write_tag_token_key(&mut set, k, tag),
                     }
-                    set.arg(&new_text)
+                    set.arg(new_text)
                         .arg("NX")
                         .arg("GET")
                         .arg("PX")
@@ -578,15 +605,18 @@ impl RedisTier {
     ) -> Result<(Option<u64>, Vec<u64>), CacheError> {
         self.exec(move |mut c| async move {
             let new_text = ticket_text(new);
-            let mut p = redis::pipe();
+            let mut p =
+                redis::Pipeline::with_capacity(usize::from(ticket.is_some()) + scopes.len());
             for key in ticket.iter().chain(&scopes) {
-                p.cmd("SET")
+                let mut set = redis::Cmd::with_capacity(7, key.len() + 48);
+                set.arg("SET")
                     .arg(key)
-                    .arg(&new_text)
+                    .arg(new_text)
                     .arg("NX")
                     .arg("GET")
                     .arg("PX")
                     .arg(px.max(1));
+                p.add_command(set);
             }
             let replies = p.query_async::<Vec<Option<Vec<u8>>>>(&mut c).await?;
             let mut tokens = replies.into_iter().map(|old| match old {
@@ -619,20 +649,26 @@ impl RedisTier {
                 token,
                 ..
             } = req;
-            let mut inv = scripts.store.prepare_invoke();
-            inv.key(&keys.value).key(&keys.ticket).key(&keys.lock);
+            let token = token.as_deref().unwrap_or("");
+            let mut call = ScriptCall::new(
+                &scripts.store,
+                3 + keys.stamps.len(),
+                5 + seen.len(),
+                keys.total_len() + bytes.len() + token.len() + 16 * seen.len() + 64,
+            );
+            call.arg(&keys.value).arg(&keys.ticket).arg(&keys.lock);
             for k in &keys.stamps {
-                inv.key(&**k);
+                call.arg(&**k);
             }
-            inv.arg(ticket_text(ticket))
-                .arg(bytes)
+            call.arg(ticket_text(ticket))
+                .arg(&bytes[..])
                 .arg(ms)
                 .arg(ticket_px.max(ms))
-                .arg(token.as_deref().unwrap_or(""));
+                .arg(token);
             for s in &seen {
-                inv.arg(ticket_text(*s));
+                call.arg(ticket_text(*s));
             }
-            inv.invoke_async::<i64>(&mut c).await.map(|ok| ok == 1)
+            call.invoke::<i64>(&mut c).await.map(|ok| ok == 1)
         })
         .await
     }
@@ -665,13 +701,9 @@ impl RedisTier {
     ) -> Result<(), CacheError> {
         let scripts = self.scripts.clone();
         self.exec(move |mut c| async move {
-            scripts
-                .release
-                .key(&lock_key)
-                .arg(&token)
-                .invoke_async::<i64>(&mut c)
-                .await
-                .map(drop)
+            let mut call = ScriptCall::new(&scripts.release, 1, 1, lock_key.len() + token.len());
+            call.arg(&lock_key).arg(&token);
+            call.invoke::<i64>(&mut c).await.map(drop)
         })
         .await
     }
@@ -695,18 +727,21 @@ impl RedisTier {
         let (publish, channel) = self.message_route(&value_key, channel);
         let (new_ticket, ticket_px) = fresh;
         self.exec_write(Some(value_key.clone()), move |mut c| async move {
-            let replies = redis::pipe()
-                .cmd("DEL")
-                .arg(&value_key)
-                .arg(&ticket_key)
-                .cmd("SET")
+            let keys = value_key.len() + ticket_key.len();
+            let mut del = redis::Cmd::with_capacity(3, 3 + keys);
+            del.arg("DEL").arg(&value_key).arg(&ticket_key);
+            let mut set = redis::Cmd::with_capacity(5, ticket_key.len() + 48);
+            set.arg("SET")
                 .arg(&ticket_key)
                 .arg(ticket_text(new_ticket))
                 .arg("PX")
-                .arg(ticket_px.max(1))
-                .cmd(publish)
-                .arg(&channel)
-                .arg(&message)
+                .arg(ticket_px.max(1));
+            let mut message_cmd = redis::Cmd::with_capacity(3, 8 + channel.len() + message.len());
+            message_cmd.arg(publish).arg(&channel).arg(&message);
+            let replies = redis::Pipeline::with_capacity(3)
+                .add_command(del)
+                .add_command(set)
+                .add_command(message_cmd)
                 .ignore_errors()
                 .query_async::<Vec<redis::Value>>(&mut c)
                 .await?;
@@ -758,17 +793,22 @@ impl RedisTier {
             (keys.value.clone(), keys.ticket.clone(), keys.stamps.clone());
         let (publish, channel) = self.message_route(&value, channel);
         self.exec_write(Some(value.clone()), move |mut c| async move {
-            let mut inv = scripts.populate.prepare_invoke();
-            inv.key(&value).key(&ticket_key);
+            let mut call = ScriptCall::new(
+                &scripts.populate,
+                2 + stamps.len(),
+                5,
+                value.len() + ticket_key.len() + channel.len() + message.len() + 64,
+            );
+            call.arg(&value).arg(&ticket_key);
             for k in &stamps {
-                inv.key(&**k);
+                call.arg(&**k);
             }
-            inv.arg(ticket_text(ticket))
+            call.arg(ticket_text(ticket))
                 .arg(ticket_px.max(1))
                 .arg(&channel)
                 .arg(&message)
                 .arg(publish);
-            inv.invoke_async::<Vec<Option<Vec<u8>>>>(&mut c)
+            call.invoke::<Vec<Option<Vec<u8>>>>(&mut c)
                 .await
                 .map(parse_stamps)
         })
@@ -1286,6 +1326,7 @@ mod ticket_tests {
     fn tickets_round_trip_and_foreign_text_never_parses() {
         for t in [1u64, 0xdead_beef, u64::MAX, 0x0123_4567_89ab_cdef] {
             assert_eq!(parse_ticket(ticket_text(t).as_bytes()), Some(t));
+            assert_eq!(ticket_text(t).as_bytes(), format!("{t:016x}").as_bytes());
         }
         assert_eq!(
             parse_ticket(b"0123456789ABCDEF"),
