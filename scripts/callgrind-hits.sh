@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Instructions per hit, counted by valgrind's callgrind (stable on a noisy machine, unlike
-# times): every contender of benches/src/bin/hit-instructions.rs runs N1 and N2 hits, and
-# (I(N2) - I(N1)) / (N2 - N1) is the client-side cost of one hit (all threads of the caller's
+# Instructions per call (hits, misses, invalidations), counted by valgrind's callgrind
+# (stable on a noisy machine, unlike times): every contender of
+# benches/src/bin/hit-instructions.rs runs N1 and N2 calls, and (I(N2) - I(N1)) / (N2 - N1)
+# is the client-side cost of one call (all threads of the caller's
 # process; redis-server is another process and not counted). See docs/BENCHMARKS.md.
 #
 #   bash scripts/callgrind-hits.sh                 # every contender
@@ -15,13 +16,13 @@ cargo build -q --release -p cache-benches --bin hit-instructions
 BIN=${CARGO_TARGET_DIR:-target}/release/hit-instructions
 CONTENDERS=("$@")
 if [ ${#CONTENDERS[@]} -eq 0 ]; then
-    CONTENDERS=(local-ours local-hand local-cached local-quick local-mini redis-ours redis-hand redis-hand-mget redis-cached)
+    CONTENDERS=(local-ours local-hand local-cached local-quick local-mini redis-ours redis-hand redis-hand-mget redis-cached miss-ours miss-hand invalidate-ours invalidate-hand)
 fi
 count() { # contender calls -> total instructions ("Collected" line of callgrind)
     valgrind --tool=callgrind --callgrind-out-file=/dev/null "$BIN" "$1" "$2" 2>&1 \
         | sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
 }
-printf '| contender | instructions per hit |\n|---|---|\n'
+printf '| contender | instructions per call |\n|---|---|\n'
 for c in "${CONTENDERS[@]}"; do
     a=$(count "$c" "$N1")
     b=$(count "$c" "$N2")

@@ -112,9 +112,14 @@ counters! {
     /// Calls answered by Redis (the value was then promoted to the local tier).
     redis_hits => "cache_hits_total", "tier" = "redis";
     /// Calls that found no usable value in any tier (each led to a body run or joined one).
+    /// A call that joined a concurrent call's load is counted by what that load found: a
+    /// Redis hit, a local hit, or (the body ran) a miss.
     misses => "cache_misses_total";
     /// Misses that waited for a concurrent call's body instead of running their own.
     coalesced => "cache_singleflight_waits_total";
+    /// Calls that joined a concurrent call's load of the same key instead of starting their
+    /// own, counted as they join (then as hits or misses, by what that load found).
+    joined => "cache_singleflight_joins_total";
     /// Times the original function body ran (misses, `refresh_*`).
     body_calls => "cache_body_calls_total";
     /// Values written into the cache (after a body run, `populate_*`, `refresh_*`).

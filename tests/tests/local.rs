@@ -307,8 +307,8 @@ async fn five_hundred_concurrent_misses_run_the_body_once() {
     setup();
     let tasks: Vec<_> = (0..500).map(|_| tokio::spawn(hot(7))).collect();
     // Every caller but the leader is parked on the flight before the body may finish.
-    eventually(Duration::from_secs(10), "499 coalesced waiters", || {
-        hot_cache().stats().coalesced == 499
+    eventually(Duration::from_secs(10), "499 joined waiters", || {
+        hot_cache().stats().joined == 499
     })
     .await;
     eventually(Duration::from_secs(10), "leader in the body", || {
@@ -329,7 +329,7 @@ static PANIC_RUNS: AtomicUsize = AtomicUsize::new(0);
 async fn panicky(id: u32) -> u32 {
     if PANIC_RUNS.fetch_add(1, SeqCst) == 0 {
         eventually(Duration::from_secs(10), "9 waiters", || {
-            panicky_cache().stats().coalesced == 9
+            panicky_cache().stats().joined == 9
         })
         .await;
         panic!("leader fails");
@@ -379,7 +379,7 @@ async fn a_cancelled_leader_does_not_wedge_waiters() {
     .await;
     let waiters: Vec<_> = (0..5).map(|_| tokio::spawn(cancellable(4))).collect();
     eventually(Duration::from_secs(10), "5 waiters", || {
-        cancellable_cache().stats().coalesced == 5
+        cancellable_cache().stats().joined == 5
     })
     .await;
     leader.abort();
@@ -396,7 +396,7 @@ static ERR_RUNS: AtomicUsize = AtomicUsize::new(0);
 async fn shared_error(id: u32) -> Result<u32, DbError> {
     ERR_RUNS.fetch_add(1, SeqCst);
     eventually(Duration::from_secs(10), "7 waiters", || {
-        shared_error_cache().stats().coalesced == 7
+        shared_error_cache().stats().joined == 7
     })
     .await;
     Err(DbError(format!("down {id}")))
@@ -424,7 +424,7 @@ async fn opaque(id: u32) -> Result<u32, OpaqueError> {
     let _ = id;
     if OPAQUE_RUNS.fetch_add(1, SeqCst) == 0 {
         eventually(Duration::from_secs(10), "3 waiters", || {
-            opaque_cache().stats().coalesced == 3
+            opaque_cache().stats().joined == 3
         })
         .await;
     }
@@ -447,7 +447,7 @@ static THREAD_RUNS: AtomicUsize = AtomicUsize::new(0);
 fn blocking_hot(id: u32) -> u32 {
     THREAD_RUNS.fetch_add(1, SeqCst);
     eventually_blocking(Duration::from_secs(10), "7 waiting threads", || {
-        blocking_hot_cache().stats().coalesced == 7
+        blocking_hot_cache().stats().joined == 7
     });
     id + 1
 }

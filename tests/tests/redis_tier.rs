@@ -411,8 +411,8 @@ async fn stampede(id: u64) -> u64 {
 async fn five_hundred_concurrent_misses_on_the_redis_tier_run_the_body_once() {
     shared_redis();
     let tasks: Vec<_> = (0..500).map(|_| tokio::spawn(stampede(1))).collect();
-    cache_tests::eventually(Duration::from_secs(10), "499 coalesced waiters", || {
-        stampede_cache().stats().coalesced == 499
+    cache_tests::eventually(Duration::from_secs(10), "499 joined waiters", || {
+        stampede_cache().stats().joined == 499
     })
     .await;
     cache_tests::eventually(Duration::from_secs(10), "the leader in the body", || {

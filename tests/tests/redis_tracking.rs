@@ -179,22 +179,11 @@ fn a_dropped_tracking_connection_takes_its_tokens_along() {
     );
 }
 
-/// The server's view of a hit: `MGET` of the value and the ticket only, once the tokens are
-/// kept; the tokens are read once, behind `CLIENT CACHING yes`.
-#[test]
-fn a_hit_reads_two_keys_once_the_tokens_are_kept() {
-    let server = RedisServer::start();
-    let reader = reader_with_kept_tokens(&server);
-    server.config_set("slowlog-log-slower-than", "0");
-    server.config_set("slowlog-max-len", "1024");
-    server.cmd::<()>(&["SLOWLOG", "RESET"]).unwrap();
-    for _ in 0..20 {
-        assert_eq!(reader.call("get 1"), "old");
-        assert_eq!(reader.call("clear_local"), "done");
-    }
+/// Every command of the server's `SLOWLOG` (all of them, with `slowlog-log-slower-than 0`),
+/// as text arguments.
+fn slowlog(server: &RedisServer) -> Vec<Vec<String>> {
     let log: Vec<redis::Value> = server.cmd(&["SLOWLOG", "GET", "1024"]).unwrap();
-    let commands: Vec<Vec<String>> = log
-        .iter()
+    log.iter()
         .filter_map(|entry| match entry {
             redis::Value::Array(fields) => match fields.get(3) {
                 Some(redis::Value::Array(args)) => Some(
@@ -209,7 +198,72 @@ fn a_hit_reads_two_keys_once_the_tokens_are_kept() {
             },
             _ => None,
         })
+        .collect()
+}
+
+fn log_every_command(server: &RedisServer) {
+    server.config_set("slowlog-log-slower-than", "0");
+    server.config_set("slowlog-max-len", "1024");
+    server.cmd::<()>(&["SLOWLOG", "RESET"]).unwrap();
+}
+
+/// A cache of mostly new keys claims each key's ticket in its read's round trip
+/// (PROTOCOL.md §7.2); those reads too check the kept tokens (the `MGET` reads the value and
+/// the ticket only), and a clear token deleted behind the reader's back is seen.
+#[test]
+fn claiming_reads_use_the_kept_tokens_and_see_a_deleted_clear_token() {
+    let server = RedisServer::start();
+    let reader = reader_with_kept_tokens(&server);
+    // Eight keys without a ticket: the reader now claims on every read.
+    for id in 100..108 {
+        reader.call(&format!("get {id}"));
+    }
+    log_every_command(&server);
+    assert_eq!(reader.call("get 1"), "old", "served from Redis, claiming");
+    let commands = slowlog(&server);
+    let claims: Vec<&Vec<String>> = commands
+        .iter()
+        .filter(|c| c[0].eq_ignore_ascii_case("set") && c.iter().any(|a| a == "NX"))
         .collect();
+    assert!(
+        claims.iter().any(|c| c[1].contains(":t:profile:1")),
+        "the read claimed the ticket: {commands:?}"
+    );
+    let mgets: Vec<&Vec<String>> = commands
+        .iter()
+        .filter(|c| c[0].eq_ignore_ascii_case("mget"))
+        .collect();
+    assert_eq!(mgets.len(), 1, "{commands:?}");
+    assert_eq!(
+        mgets[0].len(),
+        3,
+        "MGET value ticket, no token: {commands:?}"
+    );
+
+    set_db(&server, 1, "new");
+    let keys = server.scan("{t:scopes}:c:*");
+    assert_eq!(keys.len(), 1, "one cache-clear token: {keys:?}");
+    assert_eq!(server.cmd::<u64>(&["DEL", &keys[0]]).unwrap(), 1);
+    assert_eq!(reader.call("clear_local"), "done");
+    assert_eq!(
+        reader.call("get 1"),
+        "new",
+        "a claiming read served a value stamped with a deleted token"
+    );
+}
+
+/// The server's view of a hit: `MGET` of the value and the ticket only, once the tokens are
+/// kept; the tokens are read once, behind `CLIENT CACHING yes`.
+#[test]
+fn a_hit_reads_two_keys_once_the_tokens_are_kept() {
+    let server = RedisServer::start();
+    let reader = reader_with_kept_tokens(&server);
+    log_every_command(&server);
+    for _ in 0..20 {
+        assert_eq!(reader.call("get 1"), "old");
+        assert_eq!(reader.call("clear_local"), "done");
+    }
+    let commands = slowlog(&server);
     let mgets: Vec<&Vec<String>> = commands
         .iter()
         .filter(|c| c[0].eq_ignore_ascii_case("mget"))

@@ -66,14 +66,13 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         S: Shape<R, Value = V>,
         B: Future<Output = R>,
     {
-        let mut counted_miss = false;
+        let mut joined = false;
         loop {
             match self.flights.join(&key.logical, &key.tags) {
                 Joined::Follower(flight) => {
-                    if !counted_miss {
-                        counted_miss = true;
-                        self.counters.misses.add(1);
-                        self.counters.coalesced.add(1);
+                    if !joined {
+                        joined = true;
+                        self.counters.joined.add(1);
                     }
                     let waited = flight
                         .wait(
@@ -85,24 +84,38 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                         )
                         .await;
                     if let Some(r) = waited {
+                        self.count_follower(r.2);
                         return r;
                     }
                     // The leader gave up or could not share its result: try again.
-                    if let Some((v, meta)) = self.local_peek(&key.logical) {
+                    if let Some((v, meta)) = self.local_hit(&key.logical) {
                         return (S::rebuild(v), meta, Source::Local);
                     }
                 }
                 Joined::Leader(leader) => {
                     // A flight may have completed between our local miss and the join.
-                    if let Some((v, meta)) = self.local_peek(&key.logical) {
+                    if let Some((v, meta)) = self.local_hit(&key.logical) {
                         return hand_over::<R, S, V>(leader, v, meta, Source::Local);
                     }
                     // A miss is counted there, once Redis had nothing either (a Redis hit
                     // is not one).
                     return self
-                        .lead::<R, S, B>(key, leader, body, sharing, !counted_miss, false)
+                        .lead::<R, S, B>(key, leader, body, sharing, true, false)
                         .await;
                 }
+            }
+        }
+    }
+
+    /// Counts a call that joined a concurrent load by what that load found: a leader's
+    /// Redis hit is a Redis hit for its followers too (not a miss: nothing ran for them).
+    fn count_follower(&self, source: Source) {
+        match source {
+            Source::Local => self.counters.local_hits.add(1),
+            Source::Redis => self.counters.redis_hits.add(1),
+            Source::Body | Source::Stale => {
+                self.counters.misses.add(1);
+                self.counters.coalesced.add(1);
             }
         }
     }

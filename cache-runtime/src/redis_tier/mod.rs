@@ -208,27 +208,34 @@ async fn read_tracked(
     shared: &Shared,
     k: &ReadKeys<'_>,
     mut t: tracking::Tracked,
+    claim: Option<(u64, u64)>,
 ) -> (Result<Fetched, CacheError>, Fault) {
     let fail = |e| {
         let (e, f) = shared.failed_op(e);
         (Err(e), f)
     };
-    let fetched = |items: Vec<redis::Value>, stamps: Stamps| {
-        let (value, found, _) = entry_of(items);
-        Fetched {
-            value,
-            ticket: found.filter(|t| *t != 0),
-            ticketless: found.is_none(),
-            stamps,
-            locked: false,
-        }
-    };
     let epoch = t.tokens.epoch();
     if let Some(stamps) = t.tokens.stamps(k) {
-        let reply = match mget_of(k, true, false)
-            .query_async::<redis::Value>(&mut t.conn)
-            .await
-        {
+        let replies = match claim {
+            None => mget_of(k, true, false)
+                .query_async::<redis::Value>(&mut t.conn)
+                .await
+                .map(|v| (v, Vec::new())),
+            Some((new, px)) => {
+                let mut p = redis::Pipeline::with_capacity(2 + k.tags.len());
+                p.add_command(mget_of(k, true, false));
+                add_claims(&mut p, k, new, px);
+                p.ignore_errors()
+                    .query_async::<Vec<redis::Value>>(&mut t.conn)
+                    .await
+                    .and_then(|replies| {
+                        let mut replies = replies.into_iter();
+                        let entry = replies.next().unwrap_or(redis::Value::Nil);
+                        Ok((entry.extract_error()?, claims_of(replies, new)))
+                    })
+            }
+        };
+        let (reply, claimed) = match replies {
             Ok(v) => v,
             Err(e) => return fail(e),
         };
@@ -239,31 +246,115 @@ async fn read_tracked(
             false => t.tokens.stamps(k),
         };
         if let Some(stamps) = stamps {
-            return (
-                mget_items(reply).map(|i| fetched(i, stamps)),
-                Fault::Answered,
-            );
+            let res = mget_items(reply).map(|items| {
+                let (value, found, _) = entry_of(items);
+                fetched(value, found, stamps, claimed)
+            });
+            return (res, Fault::Answered);
         }
         // A token was invalidated while the read was in flight: read them all again.
     }
     let epoch = t.tokens.epoch();
-    let mut p = redis::pipe();
+    let mut p = redis::Pipeline::with_capacity(4 + k.tags.len());
     p.add_command(mget_of(k, true, false));
-    p.cmd("CLIENT").arg("CACHING").arg("YES").ignore();
+    p.cmd("CLIENT").arg("CACHING").arg("YES");
     p.add_command(mget_of(k, false, true));
-    let (entry, tokens) = match p
-        .query_async::<(redis::Value, redis::Value)>(&mut t.conn)
+    if let Some((new, px)) = claim {
+        add_claims(&mut p, k, new, px);
+    }
+    // Errors come back in place: a claim Redis refuses (OOM) is dropped, the reads are not.
+    let replies = match p
+        .ignore_errors()
+        .query_async::<Vec<redis::Value>>(&mut t.conn)
         .await
     {
         Ok(v) => v,
         Err(e) => return fail(e),
     };
+    let mut replies = replies.into_iter();
+    let mut next = || replies.next().unwrap_or(redis::Value::Nil).extract_error();
+    let (entry, caching, tokens) = match (next(), next(), next()) {
+        (Ok(entry), Ok(caching), Ok(tokens)) => (entry, caching, tokens),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return fail(e),
+    };
+    let claimed = match claim {
+        Some((new, _)) => claims_of(replies, new),
+        None => Vec::new(),
+    };
     let res = mget_items(entry).and_then(|entry| {
         let stamps: Stamps = mget_items(tokens)?.into_iter().map(token_of).collect();
-        t.tokens.insert(k, &stamps, epoch);
-        Ok(fetched(entry, stamps))
+        // Kept only if Redis tracks them for this connection now (`CLIENT CACHING` took).
+        if matches!(caching, redis::Value::Okay) {
+            t.tokens.insert(k, &stamps, epoch);
+        }
+        let (value, found, _) = entry_of(entry);
+        Ok(fetched(value, found, stamps, claimed))
     });
     (res, Fault::Answered)
+}
+
+/// Appends the claim of a read to its pipeline: `SET ticket new NX GET PX px`, and the
+/// same for each tag's token (a cache of mostly new keys often has per-key tags,
+/// `user:<id>`, whose tokens are as new as the keys). The cache-clear and global-clear
+/// tokens almost always exist: a missing one takes its own round trip.
+fn add_claims(p: &mut redis::Pipeline, k: &ReadKeys<'_>, new: u64, px: u64) {
+    let new_text = ticket_text(new);
+    let mut set = |tag: Option<&str>| {
+        let mut set = redis::Cmd::with_capacity(7, k.prefix.len() + k.logical.len() + 48);
+        set.arg("SET");
+        match tag {
+            None => write_bucket_key(&mut set, k, crate::key::TICKET_MIDDLE, k.logical),
+            Some(tag) => write_tag_token_key(&mut set, k, tag),
+        }
+        set.arg(new_text)
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(px.max(1));
+        p.add_command(set);
+    };
+    set(None);
+    for tag in k.tags {
+        set(Some(tag));
+    }
+}
+
+/// The claims' replies: the token in force after each `SET NX GET` (ours where there was
+/// none), or `None` where Redis refused it (OOM) or held something else than a string.
+fn claims_of(replies: impl Iterator<Item = redis::Value>, new: u64) -> Vec<Option<u64>> {
+    replies
+        .map(|r| match r {
+            redis::Value::Nil => Some(new),
+            redis::Value::BulkString(old) => Some(parse_ticket(&old).unwrap_or(0)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A read's result: the claims' replies (ticket first, then the tags' tokens) are the later
+/// reading, so they win over what the `MGET` or the kept tokens said.
+fn fetched(
+    value: Option<Vec<u8>>,
+    found: Option<u64>,
+    mut stamps: Stamps,
+    claimed: Vec<Option<u64>>,
+) -> Fetched {
+    let mut claimed = claimed.into_iter();
+    let claimed_ticket = claimed.next().flatten();
+    // The stamps are cache clear, global clear, then one per tag.
+    for (stamp, tag_token) in stamps.iter_mut().skip(2).zip(claimed) {
+        if let Some(t) = tag_token {
+            *stamp = t;
+        }
+    }
+    Fetched {
+        value,
+        // (A foreign ticket reads as 0: unusable.)
+        ticket: claimed_ticket.or(found).filter(|t| *t != 0),
+        ticketless: found.is_none(),
+        stamps,
+        locked: false,
+    }
 }
 
 /// Writes a tag's token key as the command's next argument: `{prefix:scopes}:t:<tag>`, or
@@ -490,49 +581,25 @@ impl RedisTier {
         if !self.breaker.allow() {
             return Err(CacheError::CircuitOpen);
         }
-        // An async caller with a tracked connection checks the tokens it keeps; the others
-        // go on with the connections looked up here.
-        let caller_conns = match (claim, self.shared.caller_conns()) {
-            (
-                None,
-                Some(Conns {
-                    tracked: Some(t), ..
-                }),
-            ) => {
-                let res = read_tracked(&self.shared, k, t).await;
+        // An async caller with a tracked connection checks the tokens it keeps (its claim,
+        // if any, rides in the same pipeline); the others go on with the connections looked
+        // up here.
+        let caller_conns = match self.shared.caller_conns() {
+            Some(Conns {
+                tracked: Some(t), ..
+            }) => {
+                let res = read_tracked(&self.shared, k, t, claim).await;
                 return self.settle(res);
             }
-            (_, conns) => conns,
+            conns => conns,
         };
         let mget = mget_command(k);
-        // The claim: the ticket, and each tag's token (a cache of mostly new keys often has
-        // per-key tags, `user:<id>`, whose tokens are as new as the keys). The cache-clear
-        // and global-clear tokens almost always exist: a missing one takes its own round trip.
         let request = match claim {
             None => Err(mget),
             Some((new, px)) => {
-                let new_text = ticket_text(new);
-                let mut p = redis::pipe();
+                let mut p = redis::Pipeline::with_capacity(2 + k.tags.len());
                 p.add_command(mget);
-                let set = |p: &mut redis::Pipeline, tag: Option<&str>| {
-                    let mut set =
-                        redis::Cmd::with_capacity(7, k.prefix.len() + k.logical.len() + 48);
-                    set.arg("SET");
-                    match tag {
-                        None => write_bucket_key(&mut set, k, crate::key::TICKET_MIDDLE, k.logical),
-                        Some(tag) => write_tag_token_key(&mut set, k, tag),
-                    }
-                    set.arg(new_text)
-                        .arg("NX")
-                        .arg("GET")
-                        .arg("PX")
-                        .arg(px.max(1));
-                    p.add_command(set);
-                };
-                set(&mut p, None);
-                for tag in k.tags {
-                    set(&mut p, Some(tag));
-                }
+                add_claims(&mut p, k, new, px);
                 p.ignore_errors();
                 Ok((p, new))
             }
@@ -560,35 +627,16 @@ impl RedisTier {
                     .next()
                     .unwrap_or(redis::Value::Nil)
                     .extract_error()?;
-                let claimed = replies
-                    .map(|r| match r {
-                        redis::Value::Nil => Some(new),
-                        redis::Value::BulkString(old) => Some(parse_ticket(&old).unwrap_or(0)),
-                        // Refused (OOM) or not a string: no claim.
-                        _ => None,
-                    })
-                    .collect::<Vec<_>>();
-                Ok((reply, claimed))
+                Ok((reply, claims_of(replies, new)))
             })
             .await?;
         let (value, found, items) = entry_of(mget_items(reply)?);
-        let mut stamps: Stamps = items.map(token_of).collect();
-        // A claim's reply is the later reading: the token in force when the body starts.
-        let mut claimed = claimed.into_iter();
-        let claimed_ticket = claimed.next().flatten();
-        for (stamp, tag_token) in stamps.iter_mut().skip(2).zip(claimed) {
-            if let Some(t) = tag_token {
-                *stamp = t;
-            }
-        }
-        Ok(Fetched {
+        Ok(fetched(
             value,
-            // (A foreign ticket reads as 0: unusable.)
-            ticket: claimed_ticket.or(found).filter(|t| *t != 0),
-            ticketless: found.is_none(),
-            stamps,
-            locked: false,
-        })
+            found,
+            items.map(token_of).collect(),
+            claimed,
+        ))
     }
 
     /// `SET ticket new NX GET PX px` (when `ticket` is given) and `SET token new NX GET PX px`
