@@ -19,7 +19,7 @@ if [ ${#CONTENDERS[@]} -eq 0 ]; then
     CONTENDERS=(local-ours local-hand local-cached local-quick local-mini redis-ours redis-hand redis-hand-mget redis-cached miss-ours miss-hand invalidate-ours invalidate-hand)
 fi
 count() { # contender calls -> total instructions ("Collected" line of callgrind)
-    valgrind --tool=callgrind --callgrind-out-file=/dev/null "$BIN" "$1" "$2" 2>&1 \
+    BENCH_REDIS_TIMEOUT_MS=5000 valgrind --tool=callgrind --callgrind-out-file=/dev/null "$BIN" "$1" "$2" 2>&1 \
         | sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
 }
 printf '| contender | instructions per call |\n|---|---|\n'

@@ -132,13 +132,18 @@ pub fn start_redis() -> &'static RedisServer {
     static SERVER: OnceLock<RedisServer> = OnceLock::new();
     SERVER.get_or_init(|| {
         let server = RedisServer::start();
-        cache_runtime::init(
-            cache_runtime::Config::builder()
-                .redis_url(server.url())
-                .key_prefix(KEY_PREFIX)
-                .build(),
-        )
-        .expect("the bench configures the cache runtime first");
+        let mut config = cache_runtime::Config::builder()
+            .redis_url(server.url())
+            .key_prefix(KEY_PREFIX);
+        // Under valgrind (scripts/callgrind-hits.sh) everything runs ~50 × slower and one
+        // thread at a time: the default 200 ms would time some operations out.
+        if let Some(ms) = std::env::var("BENCH_REDIS_TIMEOUT_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            config = config.redis_timeout(std::time::Duration::from_millis(ms));
+        }
+        cache_runtime::init(config.build()).expect("the bench configures the cache runtime first");
         server
     })
 }
