@@ -68,6 +68,47 @@ pub(crate) struct ReadKeys<'a> {
     pub striped: bool,
 }
 
+/// [`ReadKeys`] owned, for a read that runs on the runtime's Redis thread (a blocking
+/// caller's): the same keys, copied once.
+pub(crate) struct OwnedReadKeys {
+    prefix: String,
+    bucket: u32,
+    slot: u16,
+    value_middle: String,
+    logical: String,
+    clears: [std::sync::Arc<str>; 2],
+    tags: Vec<String>,
+    striped: bool,
+}
+
+impl OwnedReadKeys {
+    pub fn of(k: &ReadKeys<'_>) -> Self {
+        Self {
+            prefix: k.prefix.to_owned(),
+            bucket: k.bucket,
+            slot: k.slot,
+            value_middle: k.value_middle.to_owned(),
+            logical: k.logical.to_owned(),
+            clears: k.clears.clone(),
+            tags: k.tags.to_vec(),
+            striped: k.striped,
+        }
+    }
+
+    pub fn keys(&self) -> ReadKeys<'_> {
+        ReadKeys {
+            prefix: &self.prefix,
+            bucket: self.bucket,
+            slot: self.slot,
+            value_middle: &self.value_middle,
+            logical: &self.logical,
+            clears: &self.clears,
+            tags: &self.tags,
+            striped: self.striped,
+        }
+    }
+}
+
 /// A plain read: `MGET value ticket tokens…`; with `claim` (new ticket, px), followed in
 /// the same pipeline by `SET ticket new NX GET PX px` and the same for each tag's token (a
 /// speculative claim, for caches whose reads mostly find no ticket: the miss then needs no

@@ -412,6 +412,36 @@ impl RedisServer {
             .expect("SCAN");
         iter.collect::<Result<Vec<_>, _>>().expect("SCAN")
     }
+
+    /// Logs every command from now on in the `SLOWLOG` (emptied), for
+    /// [`slowlog_commands`](Self::slowlog_commands).
+    pub fn log_every_command(&self) {
+        self.config_set("slowlog-log-slower-than", "0");
+        self.config_set("slowlog-max-len", "1024");
+        self.cmd::<()>(&["SLOWLOG", "RESET"])
+            .expect("SLOWLOG RESET");
+    }
+
+    /// The commands in the `SLOWLOG` (newest first), each as its arguments in text.
+    pub fn slowlog_commands(&self) -> Vec<Vec<String>> {
+        let log: Vec<redis::Value> = self.cmd(&["SLOWLOG", "GET", "1024"]).expect("SLOWLOG");
+        log.iter()
+            .filter_map(|entry| match entry {
+                redis::Value::Array(fields) => match fields.get(3) {
+                    Some(redis::Value::Array(args)) => Some(
+                        args.iter()
+                            .map(|a| match a {
+                                redis::Value::BulkString(b) => String::from_utf8_lossy(b).into(),
+                                other => format!("{other:?}"),
+                            })
+                            .collect(),
+                    ),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 /// A field (`name:value` line) of an `INFO` reply.

@@ -179,34 +179,6 @@ fn a_dropped_tracking_connection_takes_its_tokens_along() {
     );
 }
 
-/// Every command of the server's `SLOWLOG` (all of them, with `slowlog-log-slower-than 0`),
-/// as text arguments.
-fn slowlog(server: &RedisServer) -> Vec<Vec<String>> {
-    let log: Vec<redis::Value> = server.cmd(&["SLOWLOG", "GET", "1024"]).unwrap();
-    log.iter()
-        .filter_map(|entry| match entry {
-            redis::Value::Array(fields) => match fields.get(3) {
-                Some(redis::Value::Array(args)) => Some(
-                    args.iter()
-                        .map(|a| match a {
-                            redis::Value::BulkString(b) => String::from_utf8_lossy(b).into(),
-                            other => format!("{other:?}"),
-                        })
-                        .collect(),
-                ),
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect()
-}
-
-fn log_every_command(server: &RedisServer) {
-    server.config_set("slowlog-log-slower-than", "0");
-    server.config_set("slowlog-max-len", "1024");
-    server.cmd::<()>(&["SLOWLOG", "RESET"]).unwrap();
-}
-
 /// A cache of mostly new keys claims each key's ticket in its read's round trip
 /// (PROTOCOL.md §7.2); those reads too check the kept tokens (the `MGET` reads the value and
 /// the ticket only), and a clear token deleted behind the reader's back is seen.
@@ -218,9 +190,9 @@ fn claiming_reads_use_the_kept_tokens_and_see_a_deleted_clear_token() {
     for id in 100..108 {
         reader.call(&format!("get {id}"));
     }
-    log_every_command(&server);
+    server.log_every_command();
     assert_eq!(reader.call("get 1"), "old", "served from Redis, claiming");
-    let commands = slowlog(&server);
+    let commands = server.slowlog_commands();
     let claims: Vec<&Vec<String>> = commands
         .iter()
         .filter(|c| c[0].eq_ignore_ascii_case("set") && c.iter().any(|a| a == "NX"))
@@ -258,12 +230,12 @@ fn claiming_reads_use_the_kept_tokens_and_see_a_deleted_clear_token() {
 fn a_hit_reads_two_keys_once_the_tokens_are_kept() {
     let server = RedisServer::start();
     let reader = reader_with_kept_tokens(&server);
-    log_every_command(&server);
+    server.log_every_command();
     for _ in 0..20 {
         assert_eq!(reader.call("get 1"), "old");
         assert_eq!(reader.call("clear_local"), "done");
     }
-    let commands = slowlog(&server);
+    let commands = server.slowlog_commands();
     let mgets: Vec<&Vec<String>> = commands
         .iter()
         .filter(|c| c[0].eq_ignore_ascii_case("mget"))

@@ -293,6 +293,79 @@ async fn read_tracked(
     (res, Fault::Answered)
 }
 
+/// A read that carries its scope tokens: `MGET value ticket tokens…`, with the claims (if
+/// any) in the same pipeline, the keys written into the commands up front.
+struct UntrackedRead {
+    /// The pipeline and the new ticket of a claiming read, else the `MGET` alone.
+    request: Result<(redis::Pipeline, u64), redis::Cmd>,
+    slot: u16,
+    read_replicas: bool,
+}
+
+fn untracked_read(
+    k: &ReadKeys<'_>,
+    claim: Option<(u64, u64)>,
+    read_replicas: bool,
+) -> UntrackedRead {
+    let mget = mget_command(k);
+    let request = match claim {
+        None => Err(mget),
+        Some((new, px)) => {
+            let mut p = redis::Pipeline::with_capacity(2 + k.tags.len());
+            p.add_command(mget);
+            add_claims(&mut p, k, new, px);
+            p.ignore_errors();
+            Ok((p, new))
+        }
+    };
+    UntrackedRead {
+        request,
+        slot: k.slot,
+        read_replicas,
+    }
+}
+
+impl UntrackedRead {
+    /// The `MGET`'s reply and the claims'.
+    async fn run(self, mut c: Conn) -> Result<(redis::Value, Vec<Option<u64>>), RedisError> {
+        let (p, new) = match self.request {
+            Ok(claiming) => claiming,
+            // On a cluster, straight to the slot's node: every key is in the value's slot,
+            // and redis-rs would otherwise split the multi-key `MGET` by slot and
+            // reassemble it (measured: a third of a cluster hit's time).
+            Err(mget) => {
+                let reply = c.query_in_slot(mget, self.slot, self.read_replicas).await?;
+                return Ok((reply, Vec::new()));
+            }
+        };
+        // A pipeline goes whole to the slot of its first single-key command (the ticket's
+        // `SET`), which is the `MGET`'s slot.
+        let mut replies = p
+            .query_async::<Vec<redis::Value>>(&mut c)
+            .await?
+            .into_iter();
+        let reply = replies
+            .next()
+            .unwrap_or(redis::Value::Nil)
+            .extract_error()?;
+        Ok((reply, claims_of(replies, new)))
+    }
+}
+
+/// What [`untracked_read`] found: the tokens are the `MGET`'s, overridden by the claims.
+fn untracked_fetched(
+    reply: redis::Value,
+    claimed: Vec<Option<u64>>,
+) -> Result<Fetched, CacheError> {
+    let (value, found, items) = entry_of(mget_items(reply)?);
+    Ok(fetched(
+        value,
+        found,
+        items.map(token_of).collect(),
+        claimed,
+    ))
+}
+
 /// Appends the claim of a read to its pipeline: `SET ticket new NX GET PX px`, and the
 /// same for each tag's token (a cache of mostly new keys often has per-key tags,
 /// `user:<id>`, whose tokens are as new as the keys). The cache-clear and global-clear
@@ -501,10 +574,24 @@ impl RedisTier {
             return self.settle(res);
         }
         // Otherwise (a blocking caller, or the connection still coming up): on the Redis
-        // thread, bounded by the operation timeout, connecting included.
+        // thread, bounded by the operation timeout, connecting included. A confirmed write
+        // may use a second operation timeout for its `WAIT`.
+        let timeout = self.shared.op_timeout * if confirm.waits() { 2 } else { 1 };
+        self.on_redis_thread(timeout, move |shared, conns| async move {
+            run_op(&shared, conns, confirm, op).await
+        })
+        .await
+    }
+
+    /// Runs `op` on the Redis thread with the connections (waiting for them while they are
+    /// coming up), the whole bounded by `timeout`.
+    async fn on_redis_thread<T, F, Fut>(&self, timeout: Duration, op: F) -> Result<T, CacheError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Shared>, Conns) -> Fut + Send + 'static,
+        Fut: Future<Output = (Result<T, CacheError>, Fault)> + Send,
+    {
         let shared = self.shared.clone();
-        // A confirmed write may use a second operation timeout for its `WAIT`.
-        let timeout = shared.op_timeout * if confirm.waits() { 2 } else { 1 };
         let span = tracing::trace_span!("cache.redis");
         let task = self.handle.spawn(tracing::Instrument::instrument(
             async move {
@@ -513,7 +600,7 @@ impl RedisTier {
                         Ok(c) => c,
                         Err(e) => return (Err(e), Fault::Lost),
                     };
-                    run_op(&shared, conns, confirm, op).await
+                    op(shared, conns).await
                 })
                 .await
                 .unwrap_or((Err(CacheError::Timeout(timeout)), Fault::Timeout))
@@ -591,52 +678,38 @@ impl RedisTier {
                 let res = read_tracked(&self.shared, k, t, claim).await;
                 return self.settle(res);
             }
+            // A blocking caller (or the connection still coming up): the read runs on the
+            // Redis thread, there too on the tracked connection if there is one.
+            None if !self.cluster => return self.read_on_redis_thread(k, claim).await,
             conns => conns,
         };
-        let mget = mget_command(k);
-        let request = match claim {
-            None => Err(mget),
-            Some((new, px)) => {
-                let mut p = redis::Pipeline::with_capacity(2 + k.tags.len());
-                p.add_command(mget);
-                add_claims(&mut p, k, new, px);
-                p.ignore_errors();
-                Ok((p, new))
-            }
-        };
-        let slot = k.slot;
+        let read = untracked_read(k, claim, self.read_replicas);
         let (reply, claimed) = self
-            .exec_allowed(caller_conns, Confirm::No, move |mut c| async move {
-                let (p, new) = match request {
-                    Ok(claiming) => claiming,
-                    // On a cluster, straight to the slot's node: every key is in the value's
-                    // slot, and redis-rs would otherwise split the multi-key `MGET` by slot
-                    // and reassemble it (measured: a third of a cluster hit's time).
-                    Err(mget) => {
-                        let reply = c.query_in_slot(mget, slot, read_replicas).await?;
-                        return Ok((reply, Vec::new()));
-                    }
-                };
-                // A pipeline goes whole to the slot of its first single-key command (the
-                // ticket's `SET`), which is the `MGET`'s slot.
-                let mut replies = p
-                    .query_async::<Vec<redis::Value>>(&mut c)
-                    .await?
-                    .into_iter();
-                let reply = replies
-                    .next()
-                    .unwrap_or(redis::Value::Nil)
-                    .extract_error()?;
-                Ok((reply, claims_of(replies, new)))
-            })
+            .exec_allowed(caller_conns, Confirm::No, move |c| read.run(c))
             .await?;
-        let (value, found, items) = entry_of(mget_items(reply)?);
-        Ok(fetched(
-            value,
-            found,
-            items.map(token_of).collect(),
-            claimed,
-        ))
+        untracked_fetched(reply, claimed)
+    }
+
+    /// [`read_plain`](Self::read_plain) for a caller without connections of its own: on
+    /// the Redis thread, the keys copied there.
+    async fn read_on_redis_thread(
+        &self,
+        k: &ReadKeys<'_>,
+        claim: Option<(u64, u64)>,
+    ) -> Result<Fetched, CacheError> {
+        let keys = crate::redis_request::OwnedReadKeys::of(k);
+        let read_replicas = self.read_replicas;
+        self.on_redis_thread(self.shared.op_timeout, move |shared, conns| async move {
+            let k = keys.keys();
+            if let Some(t) = conns.tracked.clone() {
+                return read_tracked(&shared, &k, t, claim).await;
+            }
+            let read = untracked_read(&k, claim, read_replicas);
+            let (res, fault) = run_op(&shared, conns, Confirm::No, move |c| read.run(c)).await;
+            let res = res.and_then(|(reply, claimed)| untracked_fetched(reply, claimed));
+            (res, fault)
+        })
+        .await
     }
 
     /// `SET ticket new NX GET PX px` (when `ticket` is given) and `SET token new NX GET PX px`

@@ -1,0 +1,70 @@
+//! A blocking caller's Redis reads (a plain `fn`: they run on the runtime's Redis thread)
+//! also check the scope tokens the process keeps (docs/PROTOCOL.md §7.1): a hit reads the
+//! value and its ticket only, and a token deleted behind the process's back, with no bus
+//! message, is seen.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use cache_runtime::{cached, Config};
+use cache_tests::RedisServer;
+
+/// The source of truth.
+static DB: Mutex<BTreeMap<u64, String>> = Mutex::new(BTreeMap::new());
+
+fn set_db(id: u64, value: &str) {
+    DB.lock().unwrap().insert(id, value.to_string());
+}
+
+#[cached(tier = "redis", ttl = 60, key = "row:<id>", tags = ["user:<id>"])]
+fn row(id: u64) -> String {
+    DB.lock().unwrap().get(&id).cloned().unwrap_or_default()
+}
+
+#[test]
+fn blocking_hits_read_two_keys_and_see_a_deleted_tag_token() {
+    let server = RedisServer::start();
+    cache_runtime::init(
+        Config::builder()
+            .redis_url(server.url())
+            .key_prefix("t")
+            .build(),
+    )
+    .unwrap();
+    set_db(1, "old");
+    assert_eq!(row(1), "old");
+    // The first hit reads the tokens behind `CLIENT CACHING yes`; the next ones use them.
+    for _ in 0..3 {
+        assert_eq!(row(1), "old");
+    }
+    assert_eq!(row_cache().stats().redis_hits, 3);
+
+    server.log_every_command();
+    for _ in 0..5 {
+        assert_eq!(row(1), "old");
+    }
+    let commands = server.slowlog_commands();
+    let mgets: Vec<&Vec<String>> = commands
+        .iter()
+        .filter(|c| c[0].eq_ignore_ascii_case("mget"))
+        .collect();
+    assert_eq!(mgets.len(), 5, "one MGET per hit: {commands:?}");
+    for m in &mgets {
+        assert_eq!(m.len(), 3, "MGET value ticket, no token: {m:?}");
+    }
+
+    set_db(1, "new");
+    assert_eq!(
+        server
+            .cmd::<u64>(&["DEL", "{t:scopes}:t:user:1"])
+            .expect("DEL the tag token"),
+        1
+    );
+    assert_eq!(
+        row(1),
+        "new",
+        "a value stamped with a token Redis no longer holds was served from the kept tokens"
+    );
+    let s = row_cache().stats();
+    assert_eq!((s.body_calls, s.redis_errors), (2, 0), "{s:?}");
+}
