@@ -422,6 +422,13 @@ impl RedisServer {
             .expect("SLOWLOG RESET");
     }
 
+    /// The commands named `name` (any case) in the `SLOWLOG`, newest first.
+    pub fn slowlog_commands_named(&self, name: &str) -> Vec<Vec<String>> {
+        let mut commands = self.slowlog_commands();
+        commands.retain(|c| c[0].eq_ignore_ascii_case(name));
+        commands
+    }
+
     /// The commands in the `SLOWLOG` (newest first), each as its arguments in text.
     pub fn slowlog_commands(&self) -> Vec<Vec<String>> {
         let log: Vec<redis::Value> = self.cmd(&["SLOWLOG", "GET", "1024"]).expect("SLOWLOG");

@@ -16,6 +16,21 @@ async fn fanout(id: u64) -> u64 {
     id * 3
 }
 
+/// Ten concurrent `fanout(1)` calls, all joined to one load: the server is stopped until
+/// nine have joined the first one's (which is still reading).
+async fn ten_callers_of_one_load(server: &RedisServer) {
+    server.pause();
+    let tasks: Vec<_> = (0..10).map(|_| tokio::spawn(fanout(1))).collect();
+    eventually(Duration::from_secs(10), "9 joined callers", || {
+        fanout_cache().stats().joined == 9
+    })
+    .await;
+    server.resume();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 3);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followers_of_a_redis_hit_are_redis_hits_and_followers_of_a_body_are_misses() {
     let server = RedisServer::start();
@@ -35,16 +50,7 @@ async fn followers_of_a_redis_hit_are_redis_hits_and_followers_of_a_body_are_mis
 
     // Followers of a body run: misses, coalesced. The server is stopped while they join,
     // so the leader is still reading (then runs the body).
-    server.pause();
-    let tasks: Vec<_> = (0..10).map(|_| tokio::spawn(fanout(1))).collect();
-    eventually(Duration::from_secs(10), "9 joined callers", || {
-        fanout_cache().stats().joined == 9
-    })
-    .await;
-    server.resume();
-    for t in tasks {
-        assert_eq!(t.await.unwrap(), 3);
-    }
+    ten_callers_of_one_load(&server).await;
     assert_eq!(RUNS.load(SeqCst), 1);
     let s = fanout_cache().stats();
     assert_eq!(
@@ -55,16 +61,7 @@ async fn followers_of_a_redis_hit_are_redis_hits_and_followers_of_a_body_are_mis
 
     // Followers of a Redis hit: Redis hits (nothing ran for them), not misses.
     fanout_cache().reset_stats();
-    server.pause();
-    let tasks: Vec<_> = (0..10).map(|_| tokio::spawn(fanout(1))).collect();
-    eventually(Duration::from_secs(10), "9 joined callers", || {
-        fanout_cache().stats().joined == 9
-    })
-    .await;
-    server.resume();
-    for t in tasks {
-        assert_eq!(t.await.unwrap(), 3);
-    }
+    ten_callers_of_one_load(&server).await;
     assert_eq!(RUNS.load(SeqCst), 1, "served from Redis");
     let s = fanout_cache().stats();
     assert_eq!(

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use cache_runtime::{cached, Config};
-use cache_tests::RedisServer;
+use cache_runtime::cached;
+use cache_tests::shared_redis;
 
 /// The source of truth.
 static DB: Mutex<BTreeMap<u64, String>> = Mutex::new(BTreeMap::new());
@@ -23,14 +23,7 @@ fn row(id: u64) -> String {
 
 #[test]
 fn blocking_hits_read_two_keys_and_see_a_deleted_tag_token() {
-    let server = RedisServer::start();
-    cache_runtime::init(
-        Config::builder()
-            .redis_url(server.url())
-            .key_prefix("t")
-            .build(),
-    )
-    .unwrap();
+    let server = shared_redis();
     set_db(1, "old");
     assert_eq!(row(1), "old");
     // The first hit reads the tokens behind `CLIENT CACHING yes`; the next ones use them.
@@ -43,12 +36,8 @@ fn blocking_hits_read_two_keys_and_see_a_deleted_tag_token() {
     for _ in 0..5 {
         assert_eq!(row(1), "old");
     }
-    let commands = server.slowlog_commands();
-    let mgets: Vec<&Vec<String>> = commands
-        .iter()
-        .filter(|c| c[0].eq_ignore_ascii_case("mget"))
-        .collect();
-    assert_eq!(mgets.len(), 5, "one MGET per hit: {commands:?}");
+    let mgets = server.slowlog_commands_named("mget");
+    assert_eq!(mgets.len(), 5, "one MGET per hit: {mgets:?}");
     for m in &mgets {
         assert_eq!(m.len(), 3, "MGET value ticket, no token: {m:?}");
     }
