@@ -11,11 +11,12 @@
 //! contenders: local-ours local-hand local-cached local-quick local-mini
 //!             redis-ours redis-hand redis-hand-mget redis-cached
 //!             redis-ours-64 redis-hand-64 invalidate-ours invalidate-hand
-//!             miss-ours miss-hand
+//!             miss-ours miss-hand miss-cached
 //! ```
 //!
-//! `miss-ours` / `miss-hand` are the miss + populate path on a key never seen before (ours:
-//! `MGET` and the store script; hand-written: `GET`, body, encode, `SET PX`).
+//! `miss-ours` / `miss-hand` / `miss-cached` are the miss + populate path on a key never seen
+//! before (ours: `MGET` and the store script; hand-written: `GET`, body, encode, `SET PX`;
+//! the `cached` crate's `AsyncRedisCache`: `GET`, body, `SET PX`).
 //!
 //! `redis-hand-mget` is the hand-written `GET` + decode with the same reply shape as ours: an
 //! `MGET` of the value and three more keys (16-byte strings, as a ticket and two scope
@@ -152,7 +153,7 @@ async fn hand_redis_mget(conn: &mut ConnectionManager, id: u64) -> Profile {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: hit-instructions <local-ours|local-hand|local-cached|local-quick|local-mini|redis-ours|redis-hand|redis-hand-mget|redis-cached|redis-ours-64|redis-hand-64|invalidate-ours|invalidate-hand|miss-ours|miss-hand> <calls>";
+    let usage = "usage: hit-instructions <local-ours|local-hand|local-cached|local-quick|local-mini|redis-ours|redis-hand|redis-hand-mget|redis-cached|redis-ours-64|redis-hand-64|invalidate-ours|invalidate-hand|miss-ours|miss-hand|miss-cached> <calls>";
     let contender = args.next().expect(usage);
     let calls: u64 = args.next().and_then(|s| s.parse().ok()).expect(usage);
     let warm = ids(KEYS);
@@ -322,7 +323,7 @@ fn main() {
                 }
             });
         }
-        "miss-ours" | "miss-hand" => {
+        "miss-ours" | "miss-hand" | "miss-cached" => {
             start_redis();
             let rt = current_thread_runtime();
             // Every call a key never read before; the warm-up's keys too (connections, scripts).
@@ -335,6 +336,15 @@ fn main() {
                     let before = allocs();
                     for id in fresh(KEYS, calls) {
                         black_box(redis_ours(black_box(id)).await);
+                    }
+                    report(calls, before);
+                } else if contender == "miss-cached" {
+                    for id in fresh(0, KEYS) {
+                        redis_rival(id).await.expect("rival");
+                    }
+                    let before = allocs();
+                    for id in fresh(KEYS, calls) {
+                        black_box(redis_rival(black_box(id)).await.expect("rival"));
                     }
                     report(calls, before);
                 } else {
