@@ -221,19 +221,10 @@ async fn read_tracked(
                 .query_async::<redis::Value>(&mut t.conn)
                 .await
                 .map(|v| (v, Vec::new())),
-            Some((new, px)) => {
-                let mut p = redis::Pipeline::with_capacity(2 + k.tags.len());
-                p.add_command(mget_of(k, true, false));
-                add_claims(&mut p, k, new, px);
-                p.ignore_errors()
-                    .query_async::<Vec<redis::Value>>(&mut t.conn)
-                    .await
-                    .and_then(|replies| {
-                        let mut replies = replies.into_iter();
-                        let entry = replies.next().unwrap_or(redis::Value::Nil);
-                        Ok((entry.extract_error()?, claims_of(replies, new)))
-                    })
-            }
+            Some((new, px)) => claiming_read(mget_of(k, true, false), k, new, px)
+                .query_async::<Vec<redis::Value>>(&mut t.conn)
+                .await
+                .and_then(|replies| split_claims(replies, new)),
         };
         let (reply, claimed) = match replies {
             Ok(v) => v,
@@ -310,13 +301,7 @@ fn untracked_read(
     let mget = mget_command(k);
     let request = match claim {
         None => Err(mget),
-        Some((new, px)) => {
-            let mut p = redis::Pipeline::with_capacity(2 + k.tags.len());
-            p.add_command(mget);
-            add_claims(&mut p, k, new, px);
-            p.ignore_errors();
-            Ok((p, new))
-        }
+        Some((new, px)) => Ok((claiming_read(mget, k, new, px), new)),
     };
     UntrackedRead {
         request,
@@ -340,15 +325,7 @@ impl UntrackedRead {
         };
         // A pipeline goes whole to the slot of its first single-key command (the ticket's
         // `SET`), which is the `MGET`'s slot.
-        let mut replies = p
-            .query_async::<Vec<redis::Value>>(&mut c)
-            .await?
-            .into_iter();
-        let reply = replies
-            .next()
-            .unwrap_or(redis::Value::Nil)
-            .extract_error()?;
-        Ok((reply, claims_of(replies, new)))
+        split_claims(p.query_async::<Vec<redis::Value>>(&mut c).await?, new)
     }
 }
 
@@ -366,39 +343,77 @@ fn untracked_fetched(
     ))
 }
 
-/// Appends the claim of a read to its pipeline: `SET ticket new NX GET PX px`, and the
-/// same for each tag's token (a cache of mostly new keys often has per-key tags,
-/// `user:<id>`, whose tokens are as new as the keys). The cache-clear and global-clear
-/// tokens almost always exist: a missing one takes its own round trip.
+/// A claiming read's pipeline: its `mget`, then `SET ticket new NX GET PX px` and the same
+/// for each tag's token (a cache of mostly new keys often has per-key tags, `user:<id>`,
+/// whose tokens are as new as the keys; the cache-clear and global-clear tokens almost
+/// always exist: a missing one takes its own round trip). Errors come back in place: a
+/// claim Redis refuses (OOM) is dropped, the read is not ([`split_claims`]).
+fn claiming_read(mget: redis::Cmd, k: &ReadKeys<'_>, new: u64, px: u64) -> redis::Pipeline {
+    let mut p = redis::Pipeline::with_capacity(2 + k.tags.len());
+    p.add_command(mget);
+    add_claims(&mut p, k, new, px);
+    p.ignore_errors();
+    p
+}
+
+/// Appends a read's claims to `p`: the ticket's, then each tag token's.
 fn add_claims(p: &mut redis::Pipeline, k: &ReadKeys<'_>, new: u64, px: u64) {
-    let new_text = ticket_text(new);
-    let mut set = |tag: Option<&str>| {
-        let mut set = redis::Cmd::with_capacity(7, k.prefix.len() + k.logical.len() + 48);
-        set.arg("SET");
-        match tag {
-            None => write_bucket_key(&mut set, k, crate::key::TICKET_MIDDLE, k.logical),
-            Some(tag) => write_tag_token_key(&mut set, k, tag),
-        }
-        set.arg(new_text)
-            .arg("NX")
-            .arg("GET")
-            .arg("PX")
-            .arg(px.max(1));
-        p.add_command(set);
-    };
-    set(None);
+    let key_len = k.prefix.len() + k.logical.len();
+    p.add_command(claim_command(key_len, new, px, |set| {
+        write_bucket_key(set, k, crate::key::TICKET_MIDDLE, k.logical)
+    }));
     for tag in k.tags {
-        set(Some(tag));
+        p.add_command(claim_command(key_len, new, px, |set| {
+            write_tag_token_key(set, k, tag)
+        }));
     }
 }
 
-/// The claims' replies: the token in force after each `SET NX GET` (ours where there was
-/// none), or `None` where Redis refused it (OOM) or held something else than a string.
+/// `SET <key> new NX GET PX px`, the key written by `write_key` (about `key_len` bytes).
+fn claim_command(
+    key_len: usize,
+    new: u64,
+    px: u64,
+    write_key: impl FnOnce(&mut redis::Cmd),
+) -> redis::Cmd {
+    let mut set = redis::Cmd::with_capacity(7, key_len + 48);
+    set.arg("SET");
+    write_key(&mut set);
+    set.arg(ticket_text(new))
+        .arg("NX")
+        .arg("GET")
+        .arg("PX")
+        .arg(px.max(1));
+    set
+}
+
+/// The token a claim leaves in force: ours where there was none (`old` nil), else the one
+/// found (a foreign one reads as 0, which matches nothing).
+fn claimed_token(old: Option<&[u8]>, new: u64) -> u64 {
+    old.map_or(new, |old| parse_ticket(old).unwrap_or(0))
+}
+
+/// A claiming read's replies: the `MGET`'s (an error fails the read), then the claims':
+/// the token in force after each, or `None` where Redis refused the claim (OOM) or held
+/// something else than a string.
+fn split_claims(
+    replies: Vec<redis::Value>,
+    new: u64,
+) -> redis::RedisResult<(redis::Value, Vec<Option<u64>>)> {
+    let mut replies = replies.into_iter();
+    let reply = replies
+        .next()
+        .unwrap_or(redis::Value::Nil)
+        .extract_error()?;
+    Ok((reply, claims_of(replies, new)))
+}
+
+/// The claims' replies, as [`split_claims`] reads them.
 fn claims_of(replies: impl Iterator<Item = redis::Value>, new: u64) -> Vec<Option<u64>> {
     replies
         .map(|r| match r {
-            redis::Value::Nil => Some(new),
-            redis::Value::BulkString(old) => Some(parse_ticket(&old).unwrap_or(0)),
+            redis::Value::Nil => Some(claimed_token(None, new)),
+            redis::Value::BulkString(old) => Some(claimed_token(Some(&old), new)),
             _ => None,
         })
         .collect()
@@ -680,12 +695,12 @@ impl RedisTier {
             }
             // A blocking caller (or the connection still coming up): the read runs on the
             // Redis thread, there too on the tracked connection if there is one.
-            None if !self.cluster => return self.read_on_redis_thread(k, claim).await,
-            conns => conns,
+            None => return self.read_on_redis_thread(k, claim).await,
+            Some(conns) => conns,
         };
         let read = untracked_read(k, claim, self.read_replicas);
         let (reply, claimed) = self
-            .exec_allowed(caller_conns, Confirm::No, move |c| read.run(c))
+            .exec_allowed(Some(caller_conns), Confirm::No, move |c| read.run(c))
             .await?;
         untracked_fetched(reply, claimed)
     }
@@ -699,16 +714,19 @@ impl RedisTier {
     ) -> Result<Fetched, CacheError> {
         let keys = crate::redis_request::OwnedReadKeys::of(k);
         let read_replicas = self.read_replicas;
-        self.on_redis_thread(self.shared.op_timeout, move |shared, conns| async move {
-            let k = keys.keys();
-            if let Some(t) = conns.tracked.clone() {
-                return read_tracked(&shared, &k, t, claim).await;
-            }
-            let read = untracked_read(&k, claim, read_replicas);
-            let (res, fault) = run_op(&shared, conns, Confirm::No, move |c| read.run(c)).await;
-            let res = res.and_then(|(reply, claimed)| untracked_fetched(reply, claimed));
-            (res, fault)
-        })
+        self.on_redis_thread(
+            self.shared.op_timeout,
+            move |shared, mut conns| async move {
+                let k = keys.keys();
+                if let Some(t) = conns.tracked.take() {
+                    return read_tracked(&shared, &k, t, claim).await;
+                }
+                let read = untracked_read(&k, claim, read_replicas);
+                let (res, fault) = run_op(&shared, conns, Confirm::No, move |c| read.run(c)).await;
+                let res = res.and_then(|(reply, claimed)| untracked_fetched(reply, claimed));
+                (res, fault)
+            },
+        )
         .await
     }
 
@@ -725,25 +743,17 @@ impl RedisTier {
         new: u64,
     ) -> Result<(Option<u64>, Vec<u64>), CacheError> {
         self.exec(move |mut c| async move {
-            let new_text = ticket_text(new);
             let mut p =
                 redis::Pipeline::with_capacity(usize::from(ticket.is_some()) + scopes.len());
             for key in ticket.iter().chain(&scopes) {
-                let mut set = redis::Cmd::with_capacity(7, key.len() + 48);
-                set.arg("SET")
-                    .arg(key)
-                    .arg(new_text)
-                    .arg("NX")
-                    .arg("GET")
-                    .arg("PX")
-                    .arg(px.max(1));
-                p.add_command(set);
+                p.add_command(claim_command(key.len(), new, px, |set| {
+                    set.arg(key);
+                }));
             }
             let replies = p.query_async::<Vec<Option<Vec<u8>>>>(&mut c).await?;
-            let mut tokens = replies.into_iter().map(|old| match old {
-                None => new,
-                Some(old) => parse_ticket(&old).unwrap_or(0),
-            });
+            let mut tokens = replies
+                .into_iter()
+                .map(|old| claimed_token(old.as_deref(), new));
             let ticket = match ticket {
                 Some(_) => tokens.next(),
                 None => None,
