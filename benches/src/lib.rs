@@ -129,7 +129,6 @@ pub fn access_pattern(n: usize, keys: u64) -> Vec<u64> {
 /// machine's own Redis) and configures the cache runtime to use it with prefix [`KEY_PREFIX`]
 /// and the default 100 ms Redis timeout. Once per bench process.
 pub fn start_redis() -> &'static RedisServer {
-    static SERVER: OnceLock<RedisServer> = OnceLock::new();
     SERVER.get_or_init(|| {
         let server = RedisServer::start();
         let mut config = cache_runtime::Config::builder()
@@ -146,6 +145,35 @@ pub fn start_redis() -> &'static RedisServer {
         cache_runtime::init(config.build()).expect("the bench configures the cache runtime first");
         server
     })
+}
+
+static SERVER: OnceLock<RedisServer> = OnceLock::new();
+
+/// The CPU time (user + system, seconds) the server started by [`start_redis`] has used so
+/// far, from its `INFO cpu`; `None` if no server was started. The difference across a loop,
+/// per call, is the server's cost of one call: every command, script and reply included,
+/// which `INFO commandstats` splits (and counts a script's commands twice).
+pub fn server_cpu_seconds() -> Option<f64> {
+    let server = SERVER.get()?;
+    let mut conn = redis::Client::open(server.url())
+        .and_then(|c| c.get_connection())
+        .expect("connect to the bench's redis-server");
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query(&mut conn)
+        .expect("INFO cpu");
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix(':')?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .expect("INFO cpu field")
+    };
+    Some(field("used_cpu_user") + field("used_cpu_sys"))
 }
 
 /// The URL of the server started by [`start_redis`].

@@ -189,6 +189,16 @@ pub(crate) struct Leader<'a, V> {
 }
 
 impl<V> Leader<'_, V> {
+    /// Whether a write covering this key (an invalidation, a populate, its tag, a clear;
+    /// here or heard on the bus) detached this flight since it started: its body may have
+    /// read the source before that write.
+    pub(crate) fn detached(&self) -> bool {
+        let map = self.flights.lock(self.shard);
+        map.slots
+            .get(self.key.as_str())
+            .is_none_or(|slot| slot.leader != self.leader)
+    }
+
     pub(crate) fn finish(self, outcome: Outcome<V>) {
         self.finish_with(|| outcome);
     }
@@ -306,6 +316,29 @@ mod tests {
         let t = std::thread::spawn(move || pollster::block_on(f.wait(|v| v + 1, never)));
         leader.finish(Outcome::Value(41));
         assert_eq!(t.join().unwrap(), Some(42));
+    }
+
+    #[test]
+    fn a_leader_knows_whether_a_write_detached_it() {
+        let flights = Flights::<u32>::new();
+        let Joined::Leader(a) = flights.join("a", &["t".to_string()]) else {
+            panic!("first join leads")
+        };
+        let Joined::Leader(b) = flights.join("b", &[]) else {
+            panic!("another key leads apart")
+        };
+        flights.detach("b");
+        assert!(!a.detached(), "a write to another key");
+        assert!(b.detached());
+        let Joined::Leader(b2) = flights.join("b", &[]) else {
+            panic!("a detached key leads again")
+        };
+        assert!(!b2.detached(), "the new leader started after the write");
+        assert!(b.detached(), "the old one still knows");
+        flights.detach_tagged("t");
+        assert!(a.detached(), "its tag");
+        flights.detach_all();
+        assert!(b2.detached(), "a clear");
     }
 
     #[test]

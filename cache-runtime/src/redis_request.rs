@@ -31,6 +31,10 @@ pub(crate) struct EntryKeys {
     /// Empty for a read without a lock attempt.
     pub lock: String,
     pub stamps: Vec<std::sync::Arc<str>>,
+    /// How many of `stamps` come first and have no TTL: the cache-clear and global-clear
+    /// tokens (a handful per cache, never extended). The rest (tags) expire unless stores
+    /// extend them.
+    pub clears: usize,
 }
 
 impl EntryKeys {
@@ -118,8 +122,9 @@ pub(crate) struct PlainRead<'a> {
     pub claim: Option<(u64, u64)>,
 }
 
-/// One conditional write: `bytes` for `ttl`, if the key's ticket is still `ticket` and the
-/// scope counters still hold `seen`; releases the lock if `token` still owns it.
+/// One write of `bytes` for `ttl` under the key's ticket `ticket` and the scope tokens
+/// `seen`: conditional on them (the store script, which also releases the lock if `token`
+/// still owns it) when `conditional` or a lock is held, else plain (`RedisTier::write_if`).
 pub(crate) struct WriteRequest {
     pub keys: EntryKeys,
     pub bytes: Vec<u8>,
@@ -128,4 +133,5 @@ pub(crate) struct WriteRequest {
     pub ticket_px: u64,
     pub seen: Stamps,
     pub token: Option<String>,
+    pub conditional: bool,
 }

@@ -58,7 +58,7 @@ impl RedisTier {
         &self,
         _ticket: Option<String>,
         _px: u64,
-        _scopes: Vec<String>,
+        _scopes: Vec<(String, bool)>,
         _new: u64,
     ) -> Result<(Option<u64>, Vec<u64>), CacheError> {
         match self.never {}

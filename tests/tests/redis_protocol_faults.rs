@@ -471,6 +471,175 @@ fn a_claim_inside_the_read_keeps_the_held_body_guarantee() {
     );
 }
 
+/// The value key of the nodes' `profile` cache for `id` (schema 1).
+fn value_key_of(server: &RedisServer, id: u64) -> String {
+    let keys = server.scan(&format!("{{t:*}}:v*:1:profile:{id}"));
+    assert_eq!(keys.len(), 1, "one value key: {keys:?}");
+    keys[0].clone()
+}
+
+/// What supersedes a held body's claim behind its back, with no bus message (as eviction,
+/// an operator or another deployment would).
+#[derive(Clone, Copy)]
+enum BehindItsBack {
+    Ticket,
+    TagToken,
+}
+
+/// A body that heard of no write while it ran stores with a plain `SET` (docs/PROTOCOL.md
+/// §7.2). When its claim was superseded behind its back, its value lands in Redis, over a
+/// newer one, under a ticket or token no longer in force: no process serves it, and the next
+/// miss stores the current value again.
+fn a_stale_plain_store_is_refused_by_every_reader(behind: BehindItsBack) {
+    let server = RedisServer::start();
+    let holder = Node::start(V1, &server, &[]);
+    let other = Node::start(V1, &server, &[]);
+    holder.wait_subscribed(1, WITHIN);
+    other.wait_subscribed(1, WITHIN);
+    let id = 7;
+    set_db(&server, id, "old");
+    let held = holder.send(&format!("get_paused {id}"));
+    holder.wait_event(&format!("paused {id}"));
+    let claimed = ticket_of(&server, id).expect("the held body claimed a ticket");
+
+    let state: &[&str] = match behind {
+        BehindItsBack::Ticket => &["{t:*}:t:profile:7"],
+        BehindItsBack::TagToken => &["{t:scopes}:t:user:7"],
+    };
+    assert!(
+        del_matching(&server, state) > 0,
+        "the state to delete exists"
+    );
+    set_db(&server, id, "new");
+    assert_eq!(other.call(&format!("get {id}")), "new");
+    let value_key = value_key_of(&server, id);
+    let current: Vec<u8> = server.cmd(&["GET", &value_key]).expect("GET");
+
+    server.log_every_command();
+    assert_eq!(holder.call(&format!("resume {id}")), "true");
+    assert_eq!(
+        holder.reply(held).unwrap(),
+        "old",
+        "the held body started first"
+    );
+    let writes: Vec<Vec<String>> = server
+        .slowlog_commands()
+        .into_iter()
+        .filter(|c| {
+            ["SET", "EVALSHA"]
+                .iter()
+                .any(|n| c[0].eq_ignore_ascii_case(n))
+        })
+        .collect();
+    assert!(
+        writes.len() == 1 && writes[0][0].eq_ignore_ascii_case("SET") && writes[0][1] == value_key,
+        "a body that heard nothing stores with one plain SET: {writes:?}"
+    );
+    let landed: Vec<u8> = server.cmd(&["GET", &value_key]).expect("GET");
+    assert_ne!(
+        landed, current,
+        "the stale value replaced the newer one in Redis"
+    );
+    if let BehindItsBack::Ticket = behind {
+        assert_ne!(
+            ticket_of(&server, id),
+            Some(claimed),
+            "a new ticket is in force"
+        );
+        assert_eq!(
+            holder.stat("superseded"),
+            1,
+            "the store saw its ticket gone: counted, and not kept locally"
+        );
+    }
+
+    let newcomer = Node::start(V1, &server, &[]);
+    assert_eq!(
+        newcomer.call(&format!("get {id}")),
+        "new",
+        "a value stored under a ticket or token no longer in force was served"
+    );
+    assert_eq!(
+        newcomer.stat("redis_hits"),
+        0,
+        "the stale value was refused"
+    );
+    assert_eq!(newcomer.stat("body_calls"), 1);
+    // Its store put the current value back: every process reads it from Redis.
+    for node in [&holder, &other] {
+        assert_eq!(node.call("clear_local"), "done");
+        let hits = node.stat("redis_hits");
+        assert_eq!(node.call(&format!("get {id}")), "new");
+        assert_eq!(node.stat("redis_hits"), hits + 1, "served from Redis");
+    }
+}
+
+#[test]
+fn a_stale_plain_store_under_a_deleted_ticket_is_never_served() {
+    a_stale_plain_store_is_refused_by_every_reader(BehindItsBack::Ticket);
+}
+
+#[test]
+fn a_stale_plain_store_under_a_deleted_tag_token_is_never_served() {
+    a_stale_plain_store_is_refused_by_every_reader(BehindItsBack::TagToken);
+}
+
+/// A body that heard of a write to its key while it ran (the bus message arrived first)
+/// stores with the conditional script, which refuses it: Redis keeps the newer value.
+#[test]
+fn a_body_that_heard_a_write_stores_conditionally_and_is_refused() {
+    let server = RedisServer::start();
+    let holder = Node::start(V1, &server, &[]);
+    let other = Node::start(V1, &server, &[]);
+    holder.wait_subscribed(1, WITHIN);
+    other.wait_subscribed(1, WITHIN);
+    let id = 7;
+    set_db(&server, id, "old");
+    let held = holder.send(&format!("get_paused {id}"));
+    holder.wait_event(&format!("paused {id}"));
+
+    set_db(&server, id, "new");
+    let (_, _, received, _) = holder.bus();
+    invalidate_ok(&other, &format!("invalidate {id}"));
+    eventually_blocking(WITHIN, "the holder hearing the invalidation", || {
+        holder.bus().2 > received
+    });
+    assert_eq!(other.call(&format!("get {id}")), "new");
+    let value_key = value_key_of(&server, id);
+    let current: Vec<u8> = server.cmd(&["GET", &value_key]).expect("GET");
+
+    server.log_every_command();
+    assert_eq!(holder.call(&format!("resume {id}")), "true");
+    assert_eq!(
+        holder.reply(held).unwrap(),
+        "old",
+        "the held body started first"
+    );
+    let writes: Vec<Vec<String>> = server
+        .slowlog_commands()
+        .into_iter()
+        .filter(|c| {
+            ["SET", "EVALSHA"]
+                .iter()
+                .any(|n| c[0].eq_ignore_ascii_case(n))
+        })
+        .collect();
+    assert!(
+        writes.iter().all(|c| c[0].eq_ignore_ascii_case("EVALSHA")) && !writes.is_empty(),
+        "a body that heard a write stores with the conditional script: {writes:?}"
+    );
+    let kept: Vec<u8> = server.cmd(&["GET", &value_key]).expect("GET");
+    assert_eq!(kept, current, "Redis kept the newer value");
+    assert_eq!(holder.stat("superseded"), 1);
+    let newcomer = Node::start(V1, &server, &[]);
+    assert_eq!(newcomer.call(&format!("get {id}")), "new");
+    assert_eq!(
+        newcomer.stat("redis_hits"),
+        1,
+        "the newer value was served from Redis"
+    );
+}
+
 /// Under `noeviction` OOM a claiming read's `SET` is refused: the read still stands, and
 /// values already in Redis are hits.
 #[test]

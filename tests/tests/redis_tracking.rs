@@ -255,3 +255,64 @@ fn a_hit_reads_two_keys_once_the_tokens_are_kept() {
         "no token read while they are kept: {commands:?}"
     );
 }
+
+/// Clear tokens live until a clear deletes them; a tag's token lives as long as the values
+/// stamped with it, and every store within one quantum names the same deadline
+/// (docs/PROTOCOL.md §4.3): the `PEXPIRE … GT` of the second store changes nothing, so no
+/// push empties the token from every process that keeps it.
+#[test]
+fn stores_extend_a_tag_token_once_per_quantum_and_clear_tokens_never_expire() {
+    let server = RedisServer::start();
+    let node = Node::start(V1, &server, &[]);
+    node.wait_subscribed(1, WITHIN);
+    set_db(&server, 1, "old");
+    assert_eq!(node.call("get 1"), "old");
+    let cache_clear = server.scan("{t:scopes}:c:*");
+    assert_eq!(
+        cache_clear.len(),
+        1,
+        "one cache-clear token: {cache_clear:?}"
+    );
+    for token in [cache_clear[0].as_str(), GLOBAL_TOKEN] {
+        assert_eq!(
+            server.cmd::<i64>(&["PTTL", token]).unwrap(),
+            -1,
+            "{token} has no TTL"
+        );
+    }
+    let deadline = || server.cmd::<i64>(&["PEXPIRETIME", TAG_TOKEN]).unwrap();
+    let first = deadline();
+    let now_ms = || {
+        let t: Vec<String> = server.cmd(&["TIME"]).unwrap();
+        t[0].parse::<i64>().unwrap() * 1000 + t[1].parse::<i64>().unwrap() / 1000
+    };
+    // The profile cache: ttl 60 s, so a ticket (and a tag token) outlives at least 2 × 60 s.
+    assert!(
+        first > now_ms() + 120_000,
+        "the tag token outlives the value: {first}"
+    );
+
+    // Another store of a value stamped with the same tag token.
+    let store_again = |value: &str| {
+        server.log_every_command();
+        assert_eq!(node.call("invalidate 1"), "done");
+        set_db(&server, 1, value);
+        assert_eq!(node.call("get 1"), value);
+        let extensions = server.slowlog_commands_named("PEXPIRE");
+        assert!(
+            extensions.iter().any(|c| c[1] == TAG_TOKEN),
+            "the store extends the tag token: {extensions:?}"
+        );
+        deadline()
+    };
+    let second = store_again("new");
+    // A quantum (over two minutes) may have ended between the two stores, once.
+    let (before, after) = match second == first {
+        true => (first, second),
+        false => (second, store_again("newer")),
+    };
+    assert_eq!(
+        after, before,
+        "within one quantum the deadline does not move"
+    );
+}

@@ -35,7 +35,7 @@ use cache_benches::stores::{self, HandStore};
 use cache_benches::{
     current_thread_runtime, hand_key, hand_redis_get, init_local_only, our_key, profile,
 };
-use cache_benches::{redis_url, start_redis};
+use cache_benches::{redis_url, server_cpu_seconds, start_redis};
 use cache_benches::{Profile, FIRST_ID};
 use cached::AsyncRedisCache;
 use redis::aio::ConnectionManager;
@@ -66,14 +66,31 @@ unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc;
 
-fn allocs() -> u64 {
-    ALLOCS.load(std::sync::atomic::Ordering::Relaxed)
+/// Where a measured loop starts: the allocations so far and, with a Redis server, its CPU.
+struct Before {
+    allocs: u64,
+    server_cpu: Option<f64>,
 }
 
-/// Prints the allocations per hit since `before` on stderr.
-fn report(calls: u64, before: u64) {
-    let per = (allocs() - before) as f64 / calls.max(1) as f64;
+fn allocs() -> Before {
+    Before {
+        // Read first: the server's figure allocates.
+        allocs: ALLOCS.load(std::sync::atomic::Ordering::Relaxed),
+        server_cpu: server_cpu_seconds(),
+    }
+}
+
+/// Prints the allocations per hit since `before` on stderr, and the server's CPU per call
+/// when the contender talks to Redis.
+fn report(calls: u64, before: Before) {
+    let calls = calls.max(1);
+    let after = ALLOCS.load(std::sync::atomic::Ordering::Relaxed);
+    let per = (after - before.allocs) as f64 / calls as f64;
     eprintln!("allocations per hit: {per:.1}");
+    if let (Some(start), Some(end)) = (before.server_cpu, server_cpu_seconds()) {
+        let us = (end - start) * 1e6 / calls as f64;
+        eprintln!("redis-server CPU per call: {us:.2} µs");
+    }
 }
 
 /// Runs the measured loop, then prints its allocations per hit on stderr.

@@ -156,7 +156,10 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         match S::cacheable(&r) {
             Some((v, negative)) => {
                 // A failed Redis write is counted and logged; the caller still gets the value.
-                let (_, meta) = self.store_fresh(key, &v, negative, seen_local, claim).await;
+                let heard = leader.detached();
+                let (_, meta) = self
+                    .store_fresh(key, &v, negative, (seen_local, heard), claim)
+                    .await;
                 leader.finish_with(|| {
                     Outcome::Value(Got {
                         value: v,
@@ -215,16 +218,18 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         r
     }
 
-    /// Stores a body result: in Redis only if the stamps read at lookup are still current
-    /// (one round trip, which also releases the lock), then locally only if Redis did not
-    /// refuse it and no local write happened since the lookup. Returns Redis's answer and
-    /// the value's metadata.
+    /// Stores a body result: in Redis under the ticket claimed at lookup (one round trip,
+    /// which also releases the lock), then locally only if the ticket was still ours and no
+    /// local write happened since the lookup (`seen_local`). `heard`: a write covering the
+    /// key was heard while the body ran, so the Redis write is the conditional script
+    /// instead of a plain `SET` (docs/PROTOCOL.md §7.2). Returns Redis's answer and the
+    /// value's metadata.
     pub(super) async fn store_fresh(
         &self,
         key: &Key,
         value: &V,
         negative: bool,
-        seen_local: u64,
+        (seen_local, heard): (u64, bool),
         claim: Option<Claim>,
     ) -> (Result<(), CacheError>, Meta) {
         let ttl = self.entry_ttl(negative);
@@ -249,7 +254,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 return (Ok(()), meta);
             }
             match self
-                .redis_store_fresh(key, value, &mut meta, ttl, claim)
+                .redis_store_fresh(key, value, &mut meta, ttl, (claim, heard))
                 .await
             {
                 Ok(false) => {

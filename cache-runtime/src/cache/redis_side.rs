@@ -155,7 +155,7 @@ impl KeyScheme {
     }
 
     /// Cache clear, global clear, then one per tag: the scope tokens an entry is stamped
-    /// with (the first two shared, not copied).
+    /// with (the first [`CLEAR_TOKENS`] shared, not copied).
     fn stamps(&self, key: &Key) -> Vec<Arc<str>> {
         let mut keys = Vec::with_capacity(2 + key.tags.len());
         if self.striped {
@@ -188,6 +188,7 @@ impl KeyScheme {
                 String::new()
             },
             stamps: self.stamps(key),
+            clears: CLEAR_TOKENS,
         }
     }
 
@@ -210,6 +211,10 @@ impl KeyScheme {
         }
     }
 }
+
+/// How many of an entry's scope tokens are clear tokens (its cache's and the global one):
+/// they come first, and have no TTL (docs/PROTOCOL.md §4.3).
+const CLEAR_TOKENS: usize = 2;
 
 /// A cache's Redis tier: the shared connection, the value's codec and the key scheme.
 pub(super) struct RedisSide<V> {
@@ -325,7 +330,10 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 .claim_tokens(
                     ticket.is_none().then(|| redis.keys.ticket(key)),
                     self.ticket_px(redis),
-                    missing.iter().map(|&i| scope_keys[i].to_string()).collect(),
+                    missing
+                        .iter()
+                        .map(|&i| (scope_keys[i].to_string(), i >= CLEAR_TOKENS))
+                        .collect(),
                     new_ticket(),
                 )
                 .await;
@@ -584,7 +592,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         value: &V,
         meta: &mut Meta,
         ttl: Duration,
-        claim: Claim,
+        (claim, heard): (Claim, bool),
     ) -> Result<bool, CacheError> {
         let bytes = match self.encode_for_redis(
             value,
@@ -600,7 +608,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             }
         };
         meta.etag = codec::envelope_etag(&bytes);
-        self.write_entry(key, bytes, ttl, claim).await
+        self.write_entry(key, bytes, ttl, claim, heard).await
     }
 
     /// An explicit write's Redis side: replaces the key's ticket (deleting the old value and
@@ -646,7 +654,8 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 stamps,
                 token: None,
             };
-            if !self.write_entry(key, bytes, ttl, claim).await? {
+            // Conditional: of two explicit writes racing, Redis keeps the later one.
+            if !self.write_entry(key, bytes, ttl, claim, true).await? {
                 // Another write landed between the two round trips: it is newer.
                 self.counters.superseded.add(1);
             }
@@ -724,13 +733,16 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         }
     }
 
-    /// The conditional write of an entry (kept `stale` past its TTL for the fail-safe).
+    /// The write of an entry under its claim (kept `stale` past its TTL for the fail-safe);
+    /// `conditional`: written only if the claim still holds (the store script), else a plain
+    /// pipeline whose value readers refuse if the claim no longer holds (`write_if`).
     async fn write_entry(
         &self,
         key: &Key,
         bytes: Vec<u8>,
         ttl: Duration,
         claim: Claim,
+        conditional: bool,
     ) -> Result<bool, CacheError> {
         let Some(redis) = &self.redis else {
             return Ok(false);
@@ -743,6 +755,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             ticket_px: self.ticket_px(redis),
             seen: claim.stamps,
             token: claim.token,
+            conditional,
         };
         redis.tier.write_if(req).await
     }

@@ -359,31 +359,43 @@ fn claiming_read(mget: redis::Cmd, k: &ReadKeys<'_>, new: u64, px: u64) -> redis
 /// Appends a read's claims to `p`: the ticket's, then each tag token's.
 fn add_claims(p: &mut redis::Pipeline, k: &ReadKeys<'_>, new: u64, px: u64) {
     let key_len = k.prefix.len() + k.logical.len();
-    p.add_command(claim_command(key_len, new, px, |set| {
+    p.add_command(claim_command(key_len, new, Some(px), |set| {
         write_bucket_key(set, k, crate::key::TICKET_MIDDLE, k.logical)
     }));
     for tag in k.tags {
-        p.add_command(claim_command(key_len, new, px, |set| {
+        p.add_command(claim_command(key_len, new, Some(px), |set| {
             write_tag_token_key(set, k, tag)
         }));
     }
 }
 
-/// `SET <key> new NX GET PX px`, the key written by `write_key` (about `key_len` bytes).
+/// How far a store extends a tag's token, relative to `now_ms` (the reference clock): to the
+/// end of the quantum of `keep` ms after the next one. Every store within one quantum names
+/// the same deadline, so after the first `PEXPIRE … GT` the rest change nothing: no write,
+/// so no tracking push to every process that keeps the token (an extension by a fixed
+/// `keep` from now would be a write on every store). The token keeps at least `keep` ms
+/// (≥ a ticket's lifetime ≥ the value's) after every store. A deadline that differs by the
+/// request's transit or a process's clock error only makes a few more calls extend.
+fn tag_extension(keep: u64, now_ms: u64) -> u64 {
+    let keep = keep.max(1);
+    (now_ms / keep + 2) * keep - now_ms
+}
+
+/// `SET <key> new NX GET PX px`, the key written by `write_key` (about `key_len` bytes);
+/// without `PX` when `px` is `None` (a clear token, which lives until a clear deletes it).
 fn claim_command(
     key_len: usize,
     new: u64,
-    px: u64,
+    px: Option<u64>,
     write_key: impl FnOnce(&mut redis::Cmd),
 ) -> redis::Cmd {
     let mut set = redis::Cmd::with_capacity(7, key_len + 48);
     set.arg("SET");
     write_key(&mut set);
-    set.arg(ticket_text(new))
-        .arg("NX")
-        .arg("GET")
-        .arg("PX")
-        .arg(px.max(1));
+    set.arg(ticket_text(new)).arg("NX").arg("GET");
+    if let Some(px) = px {
+        set.arg("PX").arg(px.max(1));
+    }
     set
 }
 
@@ -730,25 +742,32 @@ impl RedisTier {
         .await
     }
 
-    /// `SET ticket new NX GET PX px` (when `ticket` is given) and `SET token new NX GET PX px`
-    /// for each scope token key given (all in the entry's bucket: one slot), pipelined (one
-    /// round trip): the tokens in force, ours where there was none. A scope token lives as
-    /// long as the tickets of the values stamped with it (each store extends both with
-    /// `PEXPIRE GT`); an expired one only turns those values into misses.
+    /// `SET ticket new NX GET PX px` (when `ticket` is given) and `SET token new NX GET` for
+    /// each scope token key given (all in the entry's bucket: one slot), pipelined (one
+    /// round trip): the tokens in force, ours where there was none. A tag's token (`expires`)
+    /// takes `PX px` and lives as long as the tickets of the values stamped with it (stores
+    /// extend both); an expired one only turns those values into misses. A clear token has
+    /// no TTL.
     pub(crate) async fn claim_tokens(
         &self,
         ticket: Option<String>,
         px: u64,
-        scopes: Vec<String>,
+        scopes: Vec<(String, bool)>,
         new: u64,
     ) -> Result<(Option<u64>, Vec<u64>), CacheError> {
         self.exec(move |mut c| async move {
             let mut p =
                 redis::Pipeline::with_capacity(usize::from(ticket.is_some()) + scopes.len());
-            for key in ticket.iter().chain(&scopes) {
-                p.add_command(claim_command(key.len(), new, px, |set| {
-                    set.arg(key);
-                }));
+            let keys = ticket.iter().map(|t| (t, true));
+            for (key, expires) in keys.chain(scopes.iter().map(|(k, e)| (k, *e))) {
+                p.add_command(claim_command(
+                    key.len(),
+                    new,
+                    expires.then_some(px),
+                    |set| {
+                        set.arg(key);
+                    },
+                ));
             }
             let replies = p.query_async::<Vec<Option<Vec<u8>>>>(&mut c).await?;
             let mut tokens = replies
@@ -763,11 +782,33 @@ impl RedisTier {
         .await
     }
 
-    /// The `store` script: `SET value PX` if the ticket is still ours and the scope tokens
-    /// still are `seen` (extending the ticket with `PEXPIRE GT`); releases the lock if
-    /// `token` still owns it. `Ok(false)`: the key was invalidated or replaced since the
-    /// ticket was taken (or a tag/clear happened); nothing stored.
+    /// Stores a body result under the ticket it claimed. `Ok(false)`: the key was
+    /// invalidated or replaced since the ticket was taken (the ticket is no longer ours).
+    ///
+    /// Unless `conditional` or a lock is held, a plain pipeline (docs/PROTOCOL.md §4.2,
+    /// §7.2):
+    ///
+    /// ```text
+    /// GET t                   -- still ours? (the answer, for the stats and the local tier)
+    /// SET v <envelope> PX ms
+    /// PEXPIRE t keep GT       -- the ticket outlives the value
+    /// PEXPIRE <tag> q GT      -- each tag's token too, to a quantized deadline
+    /// ```
+    ///
+    /// The `SET` is not conditional: a value stored under a superseded ticket or scope token
+    /// names one that is no longer in force (they never repeat), so every reader refuses it
+    /// and the next miss replaces it. It costs the server a fraction of the script (no Lua
+    /// call). Redis refusing the `SET` (OOM) is `Err`.
+    ///
+    /// Otherwise the `store` script, which writes only if the ticket and scope tokens are
+    /// still the ones read, and releases the lock if `token` still owns it. It serves lock
+    /// holders, explicit writes, and bodies that heard of a write to their key while they
+    /// ran: their value is likely superseded, and a plain `SET` would replace a newer value,
+    /// which readers accept, with one they refuse.
     pub(crate) async fn write_if(&self, req: WriteRequest) -> Result<bool, CacheError> {
+        if req.token.is_none() && !req.conditional {
+            return self.write_plain(req).await;
+        }
         let ms = req.ttl.as_millis().max(1) as u64;
         let scripts = self.scripts.clone();
         self.exec(move |mut c| async move {
@@ -800,6 +841,55 @@ impl RedisTier {
                 call.arg(ticket_text(*s));
             }
             call.invoke::<i64>(&mut c).await.map(|ok| ok == 1)
+        })
+        .await
+    }
+
+    /// [`Self::write_if`] without a lock: one pipeline, no script (a script's server time is
+    /// several times the commands it runs).
+    async fn write_plain(&self, req: WriteRequest) -> Result<bool, CacheError> {
+        let ms = req.ttl.as_millis().max(1) as u64;
+        let keep = req.ticket_px.max(ms);
+        let extend = tag_extension(keep, crate::clock::now_unix_ms());
+        self.exec(move |mut c| async move {
+            let WriteRequest {
+                keys,
+                bytes,
+                ticket,
+                ..
+            } = req;
+            let tags = keys.stamps.get(keys.clears..).unwrap_or_default();
+            let mut p = redis::Pipeline::with_capacity(3 + tags.len());
+            let mut get = redis::Cmd::with_capacity(2, 3 + keys.ticket.len());
+            get.arg("GET").arg(&keys.ticket);
+            let mut set = redis::Cmd::with_capacity(5, keys.value.len() + bytes.len() + 28);
+            set.arg("SET")
+                .arg(&keys.value)
+                .arg(&bytes[..])
+                .arg("PX")
+                .arg(ms);
+            p.add_command(get).add_command(set);
+            for (key, px) in
+                std::iter::once((&*keys.ticket, keep)).chain(tags.iter().map(|t| (&**t, extend)))
+            {
+                let mut pexpire = redis::Cmd::with_capacity(4, key.len() + 32);
+                pexpire.arg("PEXPIRE").arg(key).arg(px).arg("GT");
+                p.add_command(pexpire);
+            }
+            let replies = p
+                .ignore_errors()
+                .query_async::<Vec<redis::Value>>(&mut c)
+                .await?;
+            let mut ours = false;
+            for (i, reply) in replies.into_iter().enumerate() {
+                match reply.extract_error()? {
+                    redis::Value::BulkString(t) if i == 0 => {
+                        ours = parse_ticket(&t) == Some(ticket)
+                    }
+                    _ => {}
+                }
+            }
+            Ok(ours)
         })
         .await
     }
@@ -920,14 +1010,18 @@ impl RedisTier {
         message: String,
     ) -> Result<Stamps, CacheError> {
         let scripts = self.scripts.clone();
-        let (value, ticket_key, stamps) =
-            (keys.value.clone(), keys.ticket.clone(), keys.stamps.clone());
+        let (value, ticket_key, stamps, clears) = (
+            keys.value.clone(),
+            keys.ticket.clone(),
+            keys.stamps.clone(),
+            keys.clears,
+        );
         let (publish, channel) = self.message_route(&value, channel);
         self.exec_write(Some(value.clone()), move |mut c| async move {
             let mut call = ScriptCall::new(
                 &scripts.populate,
                 2 + stamps.len(),
-                5,
+                6,
                 value.len() + ticket_key.len() + channel.len() + message.len() + 64,
             );
             call.arg(&value).arg(&ticket_key);
@@ -938,7 +1032,8 @@ impl RedisTier {
                 .arg(ticket_px.max(1))
                 .arg(&channel)
                 .arg(&message)
-                .arg(publish);
+                .arg(publish)
+                .arg(clears);
             call.invoke::<Vec<Option<Vec<u8>>>>(&mut c)
                 .await
                 .map(parse_stamps)
@@ -1188,6 +1283,8 @@ impl RedisTier {
             ticket: format!("{head}:t:{k}"),
             lock: format!("{head}:lock:{k}"),
             stamps: vec![format!("{head}:scope:{k}").into()],
+            // The probe's token expires like a tag's.
+            clears: 0,
         };
         let ttl = Duration::from_secs(10);
         let px = 10_000;
@@ -1211,8 +1308,21 @@ impl RedisTier {
                 ttl,
                 ticket: 0x4845_414c_5448,
                 ticket_px: px,
-                seen,
+                seen: seen.clone(),
                 token: Some("health".into()),
+                conditional: true,
+            })
+            .await?;
+            // The plain store of a body result.
+            self.write_if(WriteRequest {
+                keys: keys("p"),
+                bytes: b"ok".to_vec(),
+                ttl,
+                ticket: 0x4845_414c_5448,
+                ticket_px: px,
+                seen,
+                token: None,
+                conditional: false,
             })
             .await?;
             // A claiming read, as a cache of new keys sends it (its own hash tag, one slot).
@@ -1233,7 +1343,11 @@ impl RedisTier {
                 claim: Some((1, px)),
             })
             .await?;
-            let scopes = keys("c").stamps.iter().map(|k| k.to_string()).collect();
+            let scopes = keys("c")
+                .stamps
+                .iter()
+                .map(|k| (k.to_string(), true))
+                .collect();
             self.claim_tokens(Some(keys("c").ticket), px, scopes, 2)
                 .await?;
             self.read(ReadRequest {
@@ -1451,7 +1565,29 @@ where
 
 #[cfg(test)]
 mod ticket_tests {
-    use super::{parse_ticket, ticket_text};
+    use super::{parse_ticket, tag_extension, ticket_text};
+
+    #[test]
+    fn tag_extensions_keep_the_token_past_keep_and_name_one_deadline_per_quantum() {
+        let keep = 600_000;
+        let start = 1_764_633_600_000; // a multiple of keep
+        let deadline = |now| now + tag_extension(keep, now);
+        for now in [start, start + 1, start + keep / 2, start + keep - 1] {
+            let px = tag_extension(keep, now);
+            assert!(px > keep && px <= 2 * keep, "{now}: {px}");
+            assert_eq!(
+                deadline(now),
+                start + 2 * keep,
+                "one deadline in the quantum"
+            );
+        }
+        assert_eq!(
+            deadline(start + keep),
+            start + 3 * keep,
+            "the next quantum moves it"
+        );
+        assert_eq!(tag_extension(0, 5), 2, "keep 0 reads as 1 ms");
+    }
 
     #[test]
     fn tickets_round_trip_and_foreign_text_never_parses() {

@@ -73,18 +73,24 @@ return 0",
             // Populate / refresh (§7.5), DEL first (allowed under OOM, and a script that
             // wrote first is not refused later). KEYS: value, ticket, scope tokens...; ARGV:
             // new ticket, ticket px, channel, message, PUBLISH or SPUBLISH (cluster: the
-            // channel is in the keys' slot). A missing scope token gets the new ticket's
-            // value (any fresh random number will do) and its PX. Returns the scope tokens.
+            // channel is in the keys' slot), how many scope tokens are clear tokens (first,
+            // no TTL). A missing scope token gets the new ticket's value (any fresh random
+            // number will do), a tag's with its PX. Returns the scope tokens.
             populate: Script::new(
                 r"
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 redis.call(ARGV[5], ARGV[3], ARGV[4])
+local clears = tonumber(ARGV[6])
 local out = {}
 for i = 3, #KEYS do
   local s = redis.call('GET', KEYS[i])
   if not s then
-    redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2])
+    if i - 2 <= clears then
+      redis.call('SET', KEYS[i], ARGV[1])
+    else
+      redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2])
+    end
     s = ARGV[1]
   end
   out[#out + 1] = s
