@@ -747,8 +747,10 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let Some(redis) = &self.redis else {
             return Ok(false);
         };
+        // The lock key is the script's third key; a plain store names none.
+        let scripted = conditional || claim.token.is_some();
         let req = WriteRequest {
-            keys: redis.keys.entry(key, true),
+            keys: redis.keys.entry(key, scripted),
             bytes,
             ttl: ttl + self.stale_window(),
             ticket: claim.ticket,
