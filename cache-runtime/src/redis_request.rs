@@ -131,6 +131,9 @@ pub(crate) struct WriteRequest {
     pub ttl: Duration,
     pub ticket: u64,
     pub ticket_px: u64,
+    /// Whether a plain store extends the ticket (not when this call just created it with
+    /// a lifetime that outlasts the value).
+    pub extend_ticket: bool,
     pub seen: Stamps,
     pub token: Option<String>,
     pub conditional: bool,

@@ -259,14 +259,27 @@ fn a_hit_reads_two_keys_once_the_tokens_are_kept() {
 /// Clear tokens live until a clear deletes them; a tag's token lives as long as the values
 /// stamped with it, and every store within one quantum names the same deadline
 /// (docs/PROTOCOL.md §4.3): the `PEXPIRE … GT` of the second store changes nothing, so no
-/// push empties the token from every process that keeps it.
+/// push empties the token from every process that keeps it. A ticket the miss created
+/// itself is not extended by its store (it outlives the value already); an adopted one is.
 #[test]
 fn stores_extend_a_tag_token_once_per_quantum_and_clear_tokens_never_expire() {
     let server = RedisServer::start();
     let node = Node::start(V1, &server, &[]);
     node.wait_subscribed(1, WITHIN);
     set_db(&server, 1, "old");
+    server.log_every_command();
     assert_eq!(node.call("get 1"), "old");
+    let ticket_key = server.scan("{t:*}:t:profile:1").pop().expect("a ticket");
+    let extended = |server: &RedisServer| {
+        server
+            .slowlog_commands_named("PEXPIRE")
+            .iter()
+            .any(|c| c[1] == ticket_key)
+    };
+    assert!(
+        !extended(&server),
+        "a ticket created by this miss is not extended"
+    );
     let cache_clear = server.scan("{t:scopes}:c:*");
     assert_eq!(
         cache_clear.len(),
@@ -302,6 +315,10 @@ fn stores_extend_a_tag_token_once_per_quantum_and_clear_tokens_never_expire() {
         assert!(
             extensions.iter().any(|c| c[1] == TAG_TOKEN),
             "the store extends the tag token: {extensions:?}"
+        );
+        assert!(
+            extended(&server),
+            "the invalidation's fresh ticket, adopted by the miss, is extended"
         );
         deadline()
     };

@@ -253,6 +253,9 @@ pub(super) struct Claim {
     ticket: u64,
     stamps: Stamps,
     token: Option<String>,
+    /// Set when this call created the ticket: no earlier than this instant, with the full
+    /// ticket lifetime (a store soon after needs not extend it).
+    created: Option<Instant>,
 }
 
 impl Claim {
@@ -279,6 +282,8 @@ pub(super) enum Fill<V> {
 pub(super) struct Seen {
     ticket: Option<u64>,
     stamps: Stamps,
+    /// The read's claim created the ticket, no earlier than this instant.
+    created: Option<Instant>,
 }
 
 pub(super) enum Read<V> {
@@ -321,10 +326,15 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     /// `None`: Redis did not answer, or holds a foreign token; nothing is stored.
     async fn claim(&self, key: &Key, seen: Seen, token: Option<String>) -> Option<Claim> {
         let redis = self.redis.as_ref()?;
-        let Seen { ticket, mut stamps } = seen;
+        let Seen {
+            ticket,
+            mut stamps,
+            mut created,
+        } = seen;
         let missing: Vec<usize> = (0..stamps.len()).filter(|&i| stamps[i] == 0).collect();
         let ticket = if ticket.is_none() || !missing.is_empty() {
             let scope_keys = redis.keys.stamps(key);
+            let (sent, new) = (Instant::now(), new_ticket());
             let res = redis
                 .tier
                 .claim_tokens(
@@ -334,13 +344,16 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                         .iter()
                         .map(|&i| (scope_keys[i].to_string(), i >= CLEAR_TOKENS))
                         .collect(),
-                    new_ticket(),
+                    new,
                 )
                 .await;
             match self.count_redis(res) {
                 Ok((claimed, tokens)) => {
                     for (&i, t) in missing.iter().zip(tokens) {
                         stamps[i] = t;
+                    }
+                    if ticket.is_none() && claimed == Some(new) {
+                        created = Some(sent);
                     }
                     ticket.or(claimed)
                 }
@@ -354,6 +367,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 ticket,
                 stamps,
                 token,
+                created,
             }),
             None => {
                 self.release(key, token).await;
@@ -462,12 +476,15 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         }
         let sent = Instant::now();
         let plain = lock.is_none();
+        // The ticket the read creates if the key has none (the lock script always may; a
+        // plain read only when it claims).
+        let new = new_ticket();
         let read = match lock {
             Some(try_lock) => {
                 let req = ReadRequest {
                     keys: redis.keys.entry(key, true),
                     try_lock,
-                    new_ticket: new_ticket(),
+                    new_ticket: new,
                     ticket_px: self.ticket_px(redis),
                 };
                 redis.tier.read(req).await
@@ -475,9 +492,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             None => {
                 let req = PlainRead {
                     keys: redis.keys.read_keys(key),
-                    claim: redis
-                        .speculate()
-                        .then(|| (new_ticket(), self.ticket_px(redis))),
+                    claim: redis.speculate().then(|| (new, self.ticket_px(redis))),
                 };
                 redis.tier.read_plain(req).await
             }
@@ -498,7 +513,11 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         if plain {
             redis.note_read(ticketless);
         }
-        let seen = Seen { ticket, stamps };
+        let seen = Seen {
+            created: (ticket == Some(new)).then_some(sent),
+            ticket,
+            stamps,
+        };
         let Some(bytes) = value else {
             return Read::Missing {
                 seen,
@@ -653,6 +672,8 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 ticket,
                 stamps,
                 token: None,
+                // Replaced by the populate script just now, but extended all the same.
+                created: None,
             };
             // Conditional: of two explicit writes racing, Redis keeps the later one.
             if !self.write_entry(key, bytes, ttl, claim, true).await? {
@@ -749,12 +770,19 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         };
         // The lock key is the script's third key; a plain store names none.
         let scripted = conditional || claim.token.is_some();
+        let (ttl, ticket_px) = (ttl + self.stale_window(), self.ticket_px(redis));
+        // A ticket this call created lives `ticket_px` from its creation: past this value's
+        // expiry unless the body took longer than the margin (twice the TTL and more).
+        let extend_ticket = claim
+            .created
+            .is_none_or(|t| t.elapsed() + ttl > Duration::from_millis(ticket_px));
         let req = WriteRequest {
             keys: redis.keys.entry(key, scripted),
             bytes,
-            ttl: ttl + self.stale_window(),
+            ttl,
             ticket: claim.ticket,
-            ticket_px: self.ticket_px(redis),
+            ticket_px,
+            extend_ticket,
             seen: claim.stamps,
             token: claim.token,
             conditional,

@@ -791,7 +791,8 @@ impl RedisTier {
     /// ```text
     /// GET t                   -- still ours? (the answer, for the stats and the local tier)
     /// SET v <envelope> PX ms
-    /// PEXPIRE t keep GT       -- the ticket outlives the value
+    /// PEXPIRE t keep GT       -- the ticket outlives the value (unless this call just
+    ///                            created it: it does already)
     /// PEXPIRE <tag> q GT      -- each tag's token too, to a quantized deadline
     /// ```
     ///
@@ -856,6 +857,7 @@ impl RedisTier {
                 keys,
                 bytes,
                 ticket,
+                extend_ticket,
                 ..
             } = req;
             let tags = keys.stamps.get(keys.clears..).unwrap_or_default();
@@ -869,8 +871,10 @@ impl RedisTier {
                 .arg("PX")
                 .arg(ms);
             p.add_command(get).add_command(set);
-            for (key, px) in
-                std::iter::once((&*keys.ticket, keep)).chain(tags.iter().map(|t| (&**t, extend)))
+            for (key, px) in extend_ticket
+                .then_some((&*keys.ticket, keep))
+                .into_iter()
+                .chain(tags.iter().map(|t| (&**t, extend)))
             {
                 let mut pexpire = redis::Cmd::with_capacity(4, key.len() + 32);
                 pexpire.arg("PEXPIRE").arg(key).arg(px).arg("GT");
@@ -1308,6 +1312,7 @@ impl RedisTier {
                 ttl,
                 ticket: 0x4845_414c_5448,
                 ticket_px: px,
+                extend_ticket: true,
                 seen: seen.clone(),
                 token: Some("health".into()),
                 conditional: true,
@@ -1320,6 +1325,7 @@ impl RedisTier {
                 ttl,
                 ticket: 0x4845_414c_5448,
                 ticket_px: px,
+                extend_ticket: true,
                 seen,
                 token: None,
                 conditional: false,
