@@ -476,15 +476,15 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         }
         let sent = Instant::now();
         let plain = lock.is_none();
-        // The ticket the read creates if the key has none (the lock script always may; a
-        // plain read only when it claims).
-        let new = new_ticket();
+        // The ticket the read creates if the key has none: the lock script always may, a
+        // plain read only when it claims (not on a plain hit: no random number drawn).
+        let new = (!plain || redis.speculate()).then(new_ticket);
         let read = match lock {
             Some(try_lock) => {
                 let req = ReadRequest {
                     keys: redis.keys.entry(key, true),
                     try_lock,
-                    new_ticket: new,
+                    new_ticket: new.unwrap_or_else(new_ticket),
                     ticket_px: self.ticket_px(redis),
                 };
                 redis.tier.read(req).await
@@ -492,7 +492,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             None => {
                 let req = PlainRead {
                     keys: redis.keys.read_keys(key),
-                    claim: redis.speculate().then(|| (new, self.ticket_px(redis))),
+                    claim: new.map(|new| (new, self.ticket_px(redis))),
                 };
                 redis.tier.read_plain(req).await
             }
@@ -514,7 +514,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             redis.note_read(ticketless);
         }
         let seen = Seen {
-            created: (ticket == Some(new)).then_some(sent),
+            created: (new.is_some() && ticket == new).then_some(sent),
             ticket,
             stamps,
         };
