@@ -246,7 +246,8 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             {
                 // This process invalidated the key while the body ran and Redis did not take
                 // it yet (it still holds the old ticket): nothing is written there (F1e). An
-                // invalidation Redis took deleted the ticket, so the store script refuses.
+                // invalidation Redis took deleted the ticket and detached the flight, so the
+                // store is the script, which refuses.
                 // (The striped local generation is not used here: other keys of its stripe
                 // and bus-gap clears move it too, which would skip legitimate stores.)
                 self.release(key, claim.into_token()).await;
