@@ -6,8 +6,8 @@ Each form is sent in pipelined batches of 50 (so the server's per-round-trip cos
 for every form, is spread thin) and the server's `used_cpu_user + used_cpu_sys` (`INFO cpu`)
 is read before and after: the difference per store is what the server spends on it, Lua
 included (`INFO commandstats` would count a script's commands twice). The forms alternate,
-three rounds. The script is the one the runtime sends (two scope tokens: the cache's and the
-global clear); "plain" is `GET t`, `SET v PX`, `PEXPIRE t GT` (an untagged entry), "plain +
+three rounds. The script is the one the runtime sends (read from `scripts.rs`; with two
+scope tokens: the cache's and the global clear); "plain" is `GET t`, `SET v PX`, `PEXPIRE t GT` (an untagged entry), "plain +
 1 tag" adds one `PEXPIRE … GT`, "SET" is a hand-written store. No dependencies: RESP by hand.
 
     python3 scripts/store-server-cost.py [stores per form and round, default 100000]
@@ -19,24 +19,14 @@ import sys
 import tempfile
 import time
 
-STORE = """local ok = redis.call('GET', KEYS[2]) == ARGV[1]
-if ok and #KEYS > 3 then
-  local cur = redis.call('MGET', unpack(KEYS, 4))
-  for i = 1, #cur do
-    if cur[i] ~= ARGV[i + 5] then ok = false break end
-  end
-end
-if ok then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  redis.call('PEXPIRE', KEYS[2], ARGV[4], 'GT')
-  local keep = tonumber(ARGV[4])
-  for i = 4, #KEYS do
-    local left = redis.pcall('PTTL', KEYS[i])
-    if type(left) ~= 'number' or left < keep then redis.call('PEXPIRE', KEYS[i], 2 * keep, 'GT') end
-  end
-end
-if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) == ARGV[5] then redis.call('DEL', KEYS[3]) end
-return ok and 1 or 0"""
+def store_script():
+    """The `store` script as the runtime sends it, read from its source."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "cache-runtime",
+                        "src", "redis_tier", "scripts.rs")
+    text = open(path).read()
+    body = text.split("store: Script::new(", 1)[1].split('r"', 1)[1].split('",', 1)[0]
+    assert "redis.call('SET', KEYS[1]" in body, "the store script moved in scripts.rs"
+    return body.strip()
 
 
 def free_port():
@@ -110,7 +100,7 @@ def main():
                 time.sleep(0.05)
         print(c.cmd("INFO", "server").decode().split("redis_version:")[1].split("\r\n")[0],
               "on port", port)
-        sha = c.cmd("SCRIPT", "LOAD", STORE).decode()
+        sha = c.cmd("SCRIPT", "LOAD", store_script()).decode()
         ticket, cache, everything, tag = (
             "abcdef0123456789", "1111222233334444", "5555666677778888", "9999aaaabbbbcccc")
         value = b"x" * 150

@@ -478,6 +478,63 @@ fn value_key_of(server: &RedisServer, id: u64) -> String {
     keys[0].clone()
 }
 
+/// A holder node whose body for id 7 read `old` and is held, and another node.
+struct HeldStore {
+    server: RedisServer,
+    holder: Node,
+    other: Node,
+    held: u64,
+}
+
+const HELD_ID: u64 = 7;
+
+impl HeldStore {
+    fn start() -> Self {
+        let server = RedisServer::start();
+        let holder = Node::start(V1, &server, &[]);
+        let other = Node::start(V1, &server, &[]);
+        holder.wait_subscribed(1, WITHIN);
+        other.wait_subscribed(1, WITHIN);
+        set_db(&server, HELD_ID, "old");
+        let held = holder.send(&format!("get_paused {HELD_ID}"));
+        holder.wait_event(&format!("paused {HELD_ID}"));
+        Self {
+            server,
+            holder,
+            other,
+            held,
+        }
+    }
+
+    /// The source changes to `new` and the other node stores it; then the held body
+    /// finishes. Returns the value key, its bytes before the held store, and the stores
+    /// (`SET` and `EVALSHA`) the held body sent.
+    fn finish_after_newer_store(&self) -> (String, Vec<u8>, Vec<Vec<String>>) {
+        set_db(&self.server, HELD_ID, "new");
+        assert_eq!(self.other.call(&format!("get {HELD_ID}")), "new");
+        let value_key = value_key_of(&self.server, HELD_ID);
+        let newer: Vec<u8> = self.server.cmd(&["GET", &value_key]).expect("GET");
+        self.server.log_every_command();
+        assert_eq!(self.holder.call(&format!("resume {HELD_ID}")), "true");
+        assert_eq!(
+            self.holder.reply(self.held).unwrap(),
+            "old",
+            "the held body started first"
+        );
+        let stores = self
+            .server
+            .slowlog_commands()
+            .into_iter()
+            .filter(|c| {
+                ["SET", "EVALSHA"]
+                    .iter()
+                    .any(|n| c[0].eq_ignore_ascii_case(n))
+            })
+            .collect();
+        (value_key, newer, stores)
+    }
+}
+
 /// What supersedes a held body's claim behind its back, with no bus message (as eviction,
 /// an operator or another deployment would).
 #[derive(Clone, Copy)]
@@ -491,71 +548,42 @@ enum BehindItsBack {
 /// newer one, under a ticket or token no longer in force: no process serves it, and the next
 /// miss stores the current value again.
 fn a_stale_plain_store_is_refused_by_every_reader(behind: BehindItsBack) {
-    let server = RedisServer::start();
-    let holder = Node::start(V1, &server, &[]);
-    let other = Node::start(V1, &server, &[]);
-    holder.wait_subscribed(1, WITHIN);
-    other.wait_subscribed(1, WITHIN);
-    let id = 7;
-    set_db(&server, id, "old");
-    let held = holder.send(&format!("get_paused {id}"));
-    holder.wait_event(&format!("paused {id}"));
-    let claimed = ticket_of(&server, id).expect("the held body claimed a ticket");
-
+    let t = HeldStore::start();
+    let claimed = ticket_of(&t.server, HELD_ID).expect("the held body claimed a ticket");
     let state: &[&str] = match behind {
         BehindItsBack::Ticket => &["{t:*}:t:profile:7"],
         BehindItsBack::TagToken => &["{t:scopes}:t:user:7"],
     };
     assert!(
-        del_matching(&server, state) > 0,
+        del_matching(&t.server, state) > 0,
         "the state to delete exists"
     );
-    set_db(&server, id, "new");
-    assert_eq!(other.call(&format!("get {id}")), "new");
-    let value_key = value_key_of(&server, id);
-    let current: Vec<u8> = server.cmd(&["GET", &value_key]).expect("GET");
-
-    server.log_every_command();
-    assert_eq!(holder.call(&format!("resume {id}")), "true");
-    assert_eq!(
-        holder.reply(held).unwrap(),
-        "old",
-        "the held body started first"
-    );
-    let writes: Vec<Vec<String>> = server
-        .slowlog_commands()
-        .into_iter()
-        .filter(|c| {
-            ["SET", "EVALSHA"]
-                .iter()
-                .any(|n| c[0].eq_ignore_ascii_case(n))
-        })
-        .collect();
+    let (value_key, newer, stores) = t.finish_after_newer_store();
     assert!(
-        writes.len() == 1 && writes[0][0].eq_ignore_ascii_case("SET") && writes[0][1] == value_key,
-        "a body that heard nothing stores with one plain SET: {writes:?}"
+        stores.len() == 1 && stores[0][0].eq_ignore_ascii_case("SET") && stores[0][1] == value_key,
+        "a body that heard nothing stores with one plain SET: {stores:?}"
     );
-    let landed: Vec<u8> = server.cmd(&["GET", &value_key]).expect("GET");
+    let landed: Vec<u8> = t.server.cmd(&["GET", &value_key]).expect("GET");
     assert_ne!(
-        landed, current,
+        landed, newer,
         "the stale value replaced the newer one in Redis"
     );
     if let BehindItsBack::Ticket = behind {
         assert_ne!(
-            ticket_of(&server, id),
+            ticket_of(&t.server, HELD_ID),
             Some(claimed),
             "a new ticket is in force"
         );
         assert_eq!(
-            holder.stat("superseded"),
+            t.holder.stat("superseded"),
             1,
             "the store saw its ticket gone: counted, and not kept locally"
         );
     }
 
-    let newcomer = Node::start(V1, &server, &[]);
+    let newcomer = Node::start(V1, &t.server, &[]);
     assert_eq!(
-        newcomer.call(&format!("get {id}")),
+        newcomer.call(&format!("get {HELD_ID}")),
         "new",
         "a value stored under a ticket or token no longer in force was served"
     );
@@ -566,10 +594,10 @@ fn a_stale_plain_store_is_refused_by_every_reader(behind: BehindItsBack) {
     );
     assert_eq!(newcomer.stat("body_calls"), 1);
     // Its store put the current value back: every process reads it from Redis.
-    for node in [&holder, &other] {
+    for node in [&t.holder, &t.other] {
         assert_eq!(node.call("clear_local"), "done");
         let hits = node.stat("redis_hits");
-        assert_eq!(node.call(&format!("get {id}")), "new");
+        assert_eq!(node.call(&format!("get {HELD_ID}")), "new");
         assert_eq!(node.stat("redis_hits"), hits + 1, "served from Redis");
     }
 }
@@ -588,51 +616,22 @@ fn a_stale_plain_store_under_a_deleted_tag_token_is_never_served() {
 /// stores with the conditional script, which refuses it: Redis keeps the newer value.
 #[test]
 fn a_body_that_heard_a_write_stores_conditionally_and_is_refused() {
-    let server = RedisServer::start();
-    let holder = Node::start(V1, &server, &[]);
-    let other = Node::start(V1, &server, &[]);
-    holder.wait_subscribed(1, WITHIN);
-    other.wait_subscribed(1, WITHIN);
-    let id = 7;
-    set_db(&server, id, "old");
-    let held = holder.send(&format!("get_paused {id}"));
-    holder.wait_event(&format!("paused {id}"));
-
-    set_db(&server, id, "new");
-    let (_, _, received, _) = holder.bus();
-    invalidate_ok(&other, &format!("invalidate {id}"));
+    let t = HeldStore::start();
+    let (_, _, received, _) = t.holder.bus();
+    invalidate_ok(&t.other, &format!("invalidate {HELD_ID}"));
     eventually_blocking(WITHIN, "the holder hearing the invalidation", || {
-        holder.bus().2 > received
+        t.holder.bus().2 > received
     });
-    assert_eq!(other.call(&format!("get {id}")), "new");
-    let value_key = value_key_of(&server, id);
-    let current: Vec<u8> = server.cmd(&["GET", &value_key]).expect("GET");
-
-    server.log_every_command();
-    assert_eq!(holder.call(&format!("resume {id}")), "true");
-    assert_eq!(
-        holder.reply(held).unwrap(),
-        "old",
-        "the held body started first"
-    );
-    let writes: Vec<Vec<String>> = server
-        .slowlog_commands()
-        .into_iter()
-        .filter(|c| {
-            ["SET", "EVALSHA"]
-                .iter()
-                .any(|n| c[0].eq_ignore_ascii_case(n))
-        })
-        .collect();
+    let (value_key, newer, stores) = t.finish_after_newer_store();
     assert!(
-        writes.iter().all(|c| c[0].eq_ignore_ascii_case("EVALSHA")) && !writes.is_empty(),
-        "a body that heard a write stores with the conditional script: {writes:?}"
+        !stores.is_empty() && stores.iter().all(|c| c[0].eq_ignore_ascii_case("EVALSHA")),
+        "a body that heard a write stores with the conditional script: {stores:?}"
     );
-    let kept: Vec<u8> = server.cmd(&["GET", &value_key]).expect("GET");
-    assert_eq!(kept, current, "Redis kept the newer value");
-    assert_eq!(holder.stat("superseded"), 1);
-    let newcomer = Node::start(V1, &server, &[]);
-    assert_eq!(newcomer.call(&format!("get {id}")), "new");
+    let kept: Vec<u8> = t.server.cmd(&["GET", &value_key]).expect("GET");
+    assert_eq!(kept, newer, "Redis kept the newer value");
+    assert_eq!(t.holder.stat("superseded"), 1);
+    let newcomer = Node::start(V1, &t.server, &[]);
+    assert_eq!(newcomer.call(&format!("get {HELD_ID}")), "new");
     assert_eq!(
         newcomer.stat("redis_hits"),
         1,

@@ -1309,31 +1309,21 @@ impl RedisTier {
                     msg.clone(),
                 )
                 .await?;
-            self.write_if(WriteRequest {
-                keys: keys("p"),
-                bytes: b"ok".to_vec(),
-                ttl,
-                ticket: 0x4845_414c_5448,
-                ticket_px: px,
-                extend_ticket: true,
-                seen: seen.clone(),
-                token: Some("health".into()),
-                conditional: true,
-            })
-            .await?;
-            // The plain store of a body result.
-            self.write_if(WriteRequest {
-                keys: keys("p"),
-                bytes: b"ok".to_vec(),
-                ttl,
-                ticket: 0x4845_414c_5448,
-                ticket_px: px,
-                extend_ticket: true,
-                seen,
-                token: None,
-                conditional: false,
-            })
-            .await?;
+            // The conditional store (with a lock token), then the plain one of a body result.
+            for (token, conditional) in [(Some("health".to_string()), true), (None, false)] {
+                self.write_if(WriteRequest {
+                    keys: keys("p"),
+                    bytes: b"ok".to_vec(),
+                    ttl,
+                    ticket: 0x4845_414c_5448,
+                    ticket_px: px,
+                    extend_ticket: true,
+                    seen: seen.clone(),
+                    token,
+                    conditional,
+                })
+                .await?;
+            }
             // A claiming read, as a cache of new keys sends it (its own hash tag, one slot).
             let (tag_prefix, logical) = (format!("{prefix}:health"), "p".to_string());
             let tag = format!("{{{tag_prefix}:0}}");
