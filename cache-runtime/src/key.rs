@@ -96,6 +96,11 @@ pub(crate) fn key_middles(schema_version: u32) -> (String, String) {
 /// The ticket's middle part (every schema version shares the ticket).
 pub(crate) const TICKET_MIDDLE: &str = "t:";
 
+/// How many of an entry's scope tokens are clear tokens (its cache's, then the global one):
+/// they come first among its stamps, before one per tag, and have no TTL
+/// (docs/PROTOCOL.md §4.3).
+pub(crate) const CLEAR_TOKENS: usize = 2;
+
 /// `{prefix:bucket}:<middle><tail>` as its parts, in order: the one layout of a bucket key,
 /// for every writer (a `String` here, a command's buffer in the Redis tier).
 pub(crate) fn bucket_key_parts<'a>(

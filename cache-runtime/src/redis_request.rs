@@ -66,7 +66,7 @@ pub(crate) struct ReadKeys<'a> {
     pub value_middle: &'a str,
     pub logical: &'a str,
     /// The cache-clear and global-clear token keys (built once per cache).
-    pub clears: &'a [std::sync::Arc<str>; 2],
+    pub clears: &'a [std::sync::Arc<str>; crate::key::CLEAR_TOKENS],
     pub tags: &'a [String],
     /// Tag token keys striped per bucket (cluster) or under `{prefix:scopes}`.
     pub striped: bool,
@@ -80,7 +80,7 @@ pub(crate) struct OwnedReadKeys {
     slot: u16,
     value_middle: String,
     logical: String,
-    clears: [std::sync::Arc<str>; 2],
+    clears: [std::sync::Arc<str>; crate::key::CLEAR_TOKENS],
     tags: Vec<String>,
     striped: bool,
 }
@@ -123,8 +123,9 @@ pub(crate) struct PlainRead<'a> {
 }
 
 /// One write of `bytes` for `ttl` under the key's ticket `ticket` and the scope tokens
-/// `seen`: conditional on them (the store script, which also releases the lock if `token`
-/// still owns it) when `conditional` or a lock is held, else plain (`RedisTier::write_if`).
+/// `seen`: conditional on them when `conditional` (the store script, which also releases
+/// the lock if `token` still owns it; a lock holder's write is always conditional), else
+/// plain (`RedisTier::write_if`).
 pub(crate) struct WriteRequest {
     pub keys: EntryKeys,
     pub bytes: Vec<u8>,

@@ -38,8 +38,8 @@ use crate::codec::{self, DecodeError, Header};
 use crate::entry::Meta;
 use crate::error::CacheError;
 use crate::key::{
-    bucket_key, key_middles, redis_bucket, scope_key, scope_token_key, Scope, REDIS_BUCKETS,
-    TICKET_MIDDLE,
+    bucket_key, key_middles, redis_bucket, scope_key, scope_token_key, Scope, CLEAR_TOKENS,
+    REDIS_BUCKETS, TICKET_MIDDLE,
 };
 use crate::pending::{Added, PendingOp};
 use crate::redis_tier::{
@@ -93,7 +93,7 @@ pub(super) struct KeyScheme {
     /// The cache-clear and global-clear token keys: one pair (single node, Sentinel), or
     /// one per bucket (cluster: `{prefix:b}:s:c:{name}`, `{prefix:b}:s:a`), built once (two
     /// of these are read on every Redis hit).
-    clears: Vec<[Arc<str>; 2]>,
+    clears: Vec<[Arc<str>; CLEAR_TOKENS]>,
     /// Cluster layout: scope tokens striped per bucket (docs/PROTOCOL.md §4.3).
     striped: bool,
     /// Each bucket's cluster slot (cluster only; a hit routes by it).
@@ -157,7 +157,7 @@ impl KeyScheme {
     /// Cache clear, global clear, then one per tag: the scope tokens an entry is stamped
     /// with (the first [`CLEAR_TOKENS`] shared, not copied).
     fn stamps(&self, key: &Key) -> Vec<Arc<str>> {
-        let mut keys = Vec::with_capacity(2 + key.tags.len());
+        let mut keys = Vec::with_capacity(CLEAR_TOKENS + key.tags.len());
         if self.striped {
             let b = redis_bucket(&key.logical);
             keys.extend(self.clears[b as usize].iter().cloned());
@@ -211,10 +211,6 @@ impl KeyScheme {
         }
     }
 }
-
-/// How many of an entry's scope tokens are clear tokens (its cache's and the global one):
-/// they come first, and have no TTL (docs/PROTOCOL.md §4.3).
-const CLEAR_TOKENS: usize = 2;
 
 /// A cache's Redis tier: the shared connection, the value's codec and the key scheme.
 pub(super) struct RedisSide<V> {
@@ -672,7 +668,8 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 ticket,
                 stamps,
                 token: None,
-                // Replaced by the populate script just now, but extended all the same.
+                // Replaced by the populate script just now; its store (the script) extends
+                // it all the same.
                 created: None,
             };
             // Conditional: of two explicit writes racing, Redis keeps the later one.
@@ -768,8 +765,9 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let Some(redis) = &self.redis else {
             return Ok(false);
         };
-        // The lock key is the script's third key; a plain store names none.
-        let scripted = conditional || claim.token.is_some();
+        // A lock holder's store is the script too (it releases the lock), whose third key
+        // is the lock's; a plain store names none.
+        let conditional = conditional || claim.token.is_some();
         let (ttl, ticket_px) = (ttl + self.stale_window(), self.ticket_px(redis));
         // A ticket this call created lives `ticket_px` from its creation: past this value's
         // expiry unless the body took longer than the margin (twice the TTL and more).
@@ -777,7 +775,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             .created
             .is_none_or(|t| t.elapsed() + ttl > Duration::from_millis(ticket_px));
         let req = WriteRequest {
-            keys: redis.keys.entry(key, scripted),
+            keys: redis.keys.entry(key, conditional),
             bytes,
             ttl,
             ticket: claim.ticket,

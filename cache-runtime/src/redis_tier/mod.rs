@@ -449,8 +449,12 @@ fn fetched(
 ) -> Fetched {
     let mut claimed = claimed.into_iter();
     let claimed_ticket = claimed.next().flatten();
-    // The stamps are cache clear, global clear, then one per tag.
-    for (stamp, tag_token) in stamps.iter_mut().skip(2).zip(claimed) {
+    // The stamps are the clear tokens, then one per tag.
+    for (stamp, tag_token) in stamps
+        .iter_mut()
+        .skip(crate::key::CLEAR_TOKENS)
+        .zip(claimed)
+    {
         if let Some(t) = tag_token {
             *stamp = t;
         }
@@ -788,8 +792,7 @@ impl RedisTier {
     /// Stores a body result under the ticket it claimed. `Ok(false)`: the key was
     /// invalidated or replaced since the ticket was taken (the ticket is no longer ours).
     ///
-    /// Unless `conditional` or a lock is held, a plain pipeline (docs/PROTOCOL.md §4.2,
-    /// §7.2):
+    /// Unless `conditional`, a plain pipeline (docs/PROTOCOL.md §4.2, §7.2):
     ///
     /// ```text
     /// GET t                   -- still ours? (the answer, for the stats and the local tier)
@@ -805,12 +808,12 @@ impl RedisTier {
     /// call). Redis refusing the `SET` (OOM) is `Err`.
     ///
     /// Otherwise the `store` script, which writes only if the ticket and scope tokens are
-    /// still the ones read, and releases the lock if `token` still owns it. It serves lock
-    /// holders, explicit writes, and bodies that heard of a write to their key while they
+    /// still the ones read, and releases the lock if `token` still owns it (a lock holder's
+    /// write is always conditional). It serves lock holders, explicit writes, and bodies that heard of a write to their key while they
     /// ran: their value is likely superseded, and a plain `SET` would replace a newer value,
     /// which readers accept, with one they refuse.
     pub(crate) async fn write_if(&self, req: WriteRequest) -> Result<bool, CacheError> {
-        if req.token.is_none() && !req.conditional {
+        if !req.conditional {
             return self.write_plain(req).await;
         }
         let ms = req.ttl.as_millis().max(1) as u64;
