@@ -8,7 +8,7 @@ use std::hint::black_box;
 
 use cache_benches::stores::{HandStore, Moka};
 use cache_benches::{access_pattern, criterion, init_local_only, our_key, profile, Profile};
-use cache_benches::{record_fact, two_threads, FIRST_ID};
+use cache_benches::{bench_mode, process_cost, record_cost, record_fact, two_threads, FIRST_ID};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 
 const KEYS: u64 = 1_000;
@@ -89,6 +89,19 @@ fn local_hit(c: &mut Criterion) {
         b.iter_custom(|n| two_threads(&ids, n, &rival))
     });
     g.finish();
+
+    // Allocations and CPU per hit, outside the timed runs.
+    let costed = if bench_mode() { 1_000_000 } else { 100 };
+    let cost = |f: &dyn Fn(u64) -> Profile| {
+        process_cost(costed, || {
+            for k in 0..costed {
+                black_box(f(ids[k as usize & (PATTERN - 1)]));
+            }
+        })
+    };
+    record_cost("local_hit", "cost/ours", &cost(&ours));
+    record_cost("local_hit", "cost/hand_written", &cost(&|id| hand.get(id)));
+    record_cost("local_hit", "cost/cached_crate", &cost(&rival));
 
     let s = ours_cache().stats();
     record_fact("local_hit", "ours_stats", format!("{s:?}").into());

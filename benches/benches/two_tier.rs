@@ -250,6 +250,27 @@ fn two_tier(c: &mut Criterion) {
     });
     record_cost("two_tier", "cost/promotion/ours", &cost_ours);
     record_cost("two_tier", "cost/promotion/hand_written", &cost_hand);
+    // And of miss + populates, each on a key never seen before.
+    let costed_miss = costed.min(2_000);
+    for (name, call) in [
+        ("cost/miss_populate/ours", 0),
+        ("cost/miss_populate/hand_written", 1),
+        ("cost/miss_populate/cached_crate", 2),
+    ] {
+        let cost = process_cost(costed_miss, || {
+            rt.block_on(async {
+                for _ in 0..costed_miss {
+                    let id = next_fresh();
+                    match call {
+                        0 => drop(black_box(ours(id).await)),
+                        1 => drop(black_box(hand.get(id).await)),
+                        _ => drop(black_box(rival(id).await.expect("rival"))),
+                    }
+                }
+            })
+        });
+        record_cost("two_tier", name, &cost);
+    }
     record_commands("two_tier", "commands/promotion/ours", &promo_ours);
     record_commands("two_tier", "commands/promotion/hand_written", &promo_hand);
     record_commands("two_tier", "commands/miss_populate/ours", &miss_ours);

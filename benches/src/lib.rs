@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use cache_tests::RedisServer;
 
+pub mod alloc_count;
 pub mod stores;
 
 /// The cached value: strings and a `Vec`, about 200 bytes (203 bytes in bincode 2, 201 in
@@ -507,7 +508,8 @@ fn store_fact(bench: &str, name: &str, value: serde_json::Value) {
 }
 
 /// What `calls` calls cost this process (all its threads, not the redis-server child), per
-/// call: wall time, CPU time (user + system) and context switches, from `getrusage`.
+/// call: wall time, CPU time (user + system) and context switches, from `getrusage`, and
+/// heap allocations ([`alloc_count`]).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ProcessCost {
     /// Calls measured.
@@ -521,18 +523,22 @@ pub struct ProcessCost {
     pub voluntary_switches: f64,
     /// Involuntary context switches per call (a thread was preempted).
     pub involuntary_switches: f64,
+    /// Heap allocations per call, every thread of the process ([`alloc_count`]).
+    #[serde(default)]
+    pub allocs: f64,
 }
 
 impl fmt::Display for ProcessCost {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{:.1} µs wall, {:.1} µs CPU, {:.2} voluntary + {:.2} involuntary context switches \
-             per call (over {} calls)",
+            "{:.3} µs wall, {:.3} µs CPU, {:.2} voluntary + {:.2} involuntary context switches, \
+             {:.1} allocations per call (over {} calls)",
             self.wall_us,
             self.cpu_us,
             self.voluntary_switches,
             self.involuntary_switches,
+            self.allocs,
             self.calls
         )
     }
@@ -554,7 +560,7 @@ fn tv_us(t: libc::timeval) -> f64 {
 /// Measures the [`ProcessCost`] of `run`, which makes `calls` calls.
 pub fn process_cost(calls: u64, run: impl FnOnce()) -> ProcessCost {
     let (r0, t0) = (rusage(), std::time::Instant::now());
-    run();
+    let ((), allocs) = alloc_count::counted(run);
     let (r1, wall) = (rusage(), t0.elapsed());
     let n = calls.max(1) as f64;
     let cpu = |r: &libc::rusage| tv_us(r.ru_utime) + tv_us(r.ru_stime);
@@ -564,6 +570,7 @@ pub fn process_cost(calls: u64, run: impl FnOnce()) -> ProcessCost {
         cpu_us: (cpu(&r1) - cpu(&r0)) / n,
         voluntary_switches: (r1.ru_nvcsw - r0.ru_nvcsw) as f64 / n,
         involuntary_switches: (r1.ru_nivcsw - r0.ru_nivcsw) as f64 / n,
+        allocs: allocs as f64 / n,
     }
 }
 

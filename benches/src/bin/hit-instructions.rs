@@ -23,14 +23,15 @@
 //! tokens), only the value decoded. Against `redis-hand` it prices the protocol's extra
 //! reply elements in redis-rs (its reply parser), apart from everything else ours does.
 //!
-//! It also prints, on stderr, the heap allocations per hit of the measured loop (a counting
-//! global allocator: every thread of the process, so the runtime's Redis thread and the
+//! It also prints, on stderr, the heap allocations per hit of the measured loop (the suite's
+//! counting global allocator, `cache_benches::alloc_count`: every thread of the process, so the runtime's Redis thread and the
 //! connection's driver are included): `cargo run --release -p cache-benches --bin
 //! hit-instructions -- redis-ours 20000`.
 
 use std::hint::black_box;
 use std::time::Duration;
 
+use cache_benches::alloc_count;
 use cache_benches::stores::{self, HandStore};
 use cache_benches::{
     current_thread_runtime, hand_key, hand_redis_get, init_local_only, our_key, profile,
@@ -39,32 +40,6 @@ use cache_benches::{redis_url, server_cpu_seconds, start_redis};
 use cache_benches::{Profile, FIRST_ID};
 use cached::AsyncRedisCache;
 use redis::aio::ConnectionManager;
-
-/// Counts heap allocations (and reallocations) of every thread.
-struct CountingAlloc;
-
-static ALLOCS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-// SAFETY: forwards every call to the system allocator unchanged; only counts.
-unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { std::alloc::System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { std::alloc::System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { std::alloc::System.realloc(ptr, layout, size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
 
 /// Where a measured loop starts: the allocations so far and, with a Redis server, its CPU.
 struct Before {
@@ -75,7 +50,7 @@ struct Before {
 fn allocs() -> Before {
     Before {
         // Read first: the server's figure allocates.
-        allocs: ALLOCS.load(std::sync::atomic::Ordering::Relaxed),
+        allocs: alloc_count::allocations(),
         server_cpu: server_cpu_seconds(),
     }
 }
@@ -84,7 +59,7 @@ fn allocs() -> Before {
 /// when the contender talks to Redis.
 fn report(calls: u64, before: Before) {
     let calls = calls.max(1);
-    let after = ALLOCS.load(std::sync::atomic::Ordering::Relaxed);
+    let after = alloc_count::allocations();
     let per = (after - before.allocs) as f64 / calls as f64;
     eprintln!("allocations per hit: {per:.1}");
     if let (Some(start), Some(end)) = (before.server_cpu, server_cpu_seconds()) {
@@ -172,6 +147,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let usage = "usage: hit-instructions <local-ours|local-hand|local-cached|local-quick|local-mini|redis-ours|redis-hand|redis-hand-mget|redis-cached|redis-ours-64|redis-hand-64|invalidate-ours|invalidate-hand|miss-ours|miss-hand|miss-cached> <calls>";
     let contender = args.next().expect(usage);
+    alloc_count::count_from_now();
     let calls: u64 = args.next().and_then(|s| s.parse().ok()).expect(usage);
     let warm = ids(KEYS);
     match contender.as_str() {
