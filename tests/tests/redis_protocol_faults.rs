@@ -640,14 +640,41 @@ fn a_body_that_heard_a_write_stores_conditionally_and_is_refused() {
 }
 
 /// Under `noeviction` OOM a claiming read's `SET` is refused: the read still stands, and
-/// values already in Redis are hits.
+/// values already in Redis are hits (the fast path reads the ticket in a round trip of its
+/// own then).
 #[test]
 fn claiming_reads_still_hit_out_of_memory() {
     let server = RedisServer::start_with_options(RedisOptions::new().maxmemory("0", "noeviction"));
     let (writer, reader) = (Node::start(V1, &server, &[]), Node::start(V1, &server, &[]));
     let ids = 100..110;
+    // The keys' tag tokens exist (as after any earlier tag invalidation): the envelopes are
+    // stamped with them and the reader keeps them.
+    for id in ids.clone() {
+        let token = format!("{:016x}", 0xa000 + id);
+        let key = format!("{{t:scopes}}:t:user:{id}");
+        server.cmd::<()>(&["SET", &key, &token]).unwrap();
+    }
     warm_up_claiming_reads(&server, &writer, ids.clone());
+    // The reader's runtime gets connections of its own after a few dozen calls; then it
+    // keeps these keys' tokens (tracked), so that its claiming reads of them take the fast
+    // path, `GET v` + claim, whose ticket comes from the claim alone.
+    warm_up_claiming_reads(&server, &reader, 300..340);
+    eventually_blocking(WITHIN, "the reader to keep the tokens of a key", || {
+        assert_eq!(reader.call("clear_local"), "done");
+        assert_eq!(reader.call(&format!("get {}", ids.start)), "warm");
+        server.log_every_command();
+        assert_eq!(reader.call("clear_local"), "done");
+        assert_eq!(reader.call(&format!("get {}", ids.start)), "warm");
+        let commands = server.slowlog_commands();
+        commands
+            .iter()
+            .all(|c| !c[0].eq_ignore_ascii_case("client"))
+    });
+    for id in ids.clone() {
+        assert_eq!(reader.call(&format!("get {id}")), "warm");
+    }
     warm_up_claiming_reads(&server, &reader, 200..210);
+    assert_eq!(reader.call("clear_local"), "done");
     server.config_set("maxmemory", "1");
     assert!(
         server.cmd::<()>(&["SET", "probe", "x"]).is_err(),

@@ -167,6 +167,36 @@ fn mget_of(k: &ReadKeys<'_>, entry: bool, tokens: bool) -> redis::Cmd {
     mget
 }
 
+/// `GET value` of a claiming read (its claim reads the ticket).
+fn get_value(k: &ReadKeys<'_>) -> redis::Cmd {
+    let mut get = redis::Cmd::with_capacity(
+        2,
+        k.prefix.len() + k.logical.len() + k.value_middle.len() + 16,
+    );
+    get.arg("GET");
+    write_bucket_key(&mut get, k, k.value_middle, k.logical);
+    get
+}
+
+/// `GET ticket`: the ticket in force, `None` where there is none or a foreign one.
+async fn ticket_of(
+    k: &ReadKeys<'_>,
+    c: &mut impl redis::aio::ConnectionLike,
+) -> redis::RedisResult<Option<u64>> {
+    let mut get = redis::Cmd::with_capacity(2, k.prefix.len() + k.logical.len() + 24);
+    get.arg("GET");
+    write_bucket_key(&mut get, k, crate::key::TICKET_MIDDLE, k.logical);
+    Ok(bulk_bytes(get.query_async::<redis::Value>(c).await?).and_then(|b| parse_ticket(&b)))
+}
+
+/// The bytes of a bulk-string reply (moved out); `None` for nil or anything else.
+fn bulk_bytes(reply: redis::Value) -> Option<Vec<u8>> {
+    match reply {
+        redis::Value::BulkString(bytes) => Some(bytes),
+        _ => None,
+    }
+}
+
 /// A token as `MGET` returns it: a missing or foreign one reads as 0 (no token is 0).
 fn token_of(v: redis::Value) -> u64 {
     match v {
@@ -224,12 +254,14 @@ async fn read_tracked(
     };
     let epoch = t.tokens.epoch();
     if let Some(stamps) = t.tokens.stamps(k) {
+        // A claiming read reads the ticket through its claim (`SET t new NX GET` answers
+        // the ticket in force), so it reads the value alone: `GET v`, not `MGET v t`.
         let replies = match claim {
             None => mget_of(k, true, false)
                 .query_async::<redis::Value>(&mut t.conn)
                 .await
                 .map(|v| (v, Vec::new())),
-            Some((new, px)) => claiming_read(mget_of(k, true, false), k, new, px)
+            Some((new, px)) => claiming_read(get_value(k), k, new, px)
                 .query_async::<Vec<redis::Value>>(&mut t.conn)
                 .await
                 .and_then(|replies| split_claims(replies, new)),
@@ -245,10 +277,28 @@ async fn read_tracked(
             false => t.tokens.stamps(k),
         };
         if let Some(stamps) = stamps {
-            let res = mget_items(reply).map(|items| {
-                let (value, found, _) = entry_of(items);
-                fetched(value, found, stamps, claimed)
-            });
+            let res = match claim {
+                None => mget_items(reply).map(|items| {
+                    let (value, found, _) = entry_of(items);
+                    fetched(value, found, stamps, claimed)
+                }),
+                Some((new, _)) => {
+                    let value = bulk_bytes(reply);
+                    let found = match claimed.first() {
+                        // Ours: there was none.
+                        Some(Some(t)) if *t == new => None,
+                        Some(Some(t)) => Some(*t),
+                        // Refused (`noeviction` OOM): the ticket takes a round trip of its
+                        // own, so that values already in Redis stay hits.
+                        _ if value.is_some() => match ticket_of(k, &mut t.conn).await {
+                            Ok(found) => found,
+                            Err(e) => return fail(e),
+                        },
+                        _ => None,
+                    };
+                    Ok(fetched(value, found, stamps, claimed))
+                }
+            };
             return (res, Fault::Answered);
         }
         // A token was invalidated while the read was in flight: read them all again.
@@ -351,14 +401,15 @@ fn untracked_fetched(
     ))
 }
 
-/// A claiming read's pipeline: its `mget`, then `SET ticket new NX GET PX px` and the same
-/// for each tag's token (a cache of mostly new keys often has per-key tags, `user:<id>`,
-/// whose tokens are as new as the keys; the cache-clear and global-clear tokens almost
-/// always exist: a missing one takes its own round trip). Errors come back in place: a
-/// claim Redis refuses (OOM) is dropped, the read is not ([`split_claims`]).
-fn claiming_read(mget: redis::Cmd, k: &ReadKeys<'_>, new: u64, px: u64) -> redis::Pipeline {
+/// A claiming read's pipeline: its `read` (`GET v` on the tracked connection's fast path,
+/// else the `MGET`), then `SET ticket new NX GET PX px` and the same for each tag's token (a
+/// cache of mostly new keys often has per-key tags, `user:<id>`, whose tokens are as new as
+/// the keys; the cache-clear and global-clear tokens almost always exist: a missing one
+/// takes its own round trip). Errors come back in place: a claim Redis refuses (OOM) is
+/// dropped, the read is not ([`split_claims`]).
+fn claiming_read(read: redis::Cmd, k: &ReadKeys<'_>, new: u64, px: u64) -> redis::Pipeline {
     let mut p = redis::Pipeline::with_capacity(2 + k.tags.len());
-    p.add_command(mget);
+    p.add_command(read);
     add_claims(&mut p, k, new, px);
     p.ignore_errors();
     p
