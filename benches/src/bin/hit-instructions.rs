@@ -11,7 +11,7 @@
 //! contenders: local-ours local-hand local-cached local-quick local-mini
 //!             redis-ours redis-hand redis-hand-mget redis-cached
 //!             redis-ours-64 redis-hand-64 invalidate-ours invalidate-hand
-//!             miss-ours miss-hand miss-cached
+//!             miss-ours miss-ours-tagged miss-hand miss-cached
 //! ```
 //!
 //! `miss-ours` / `miss-hand` / `miss-cached` are the miss + populate path on a key never seen
@@ -98,6 +98,13 @@ async fn redis_ours(id: u64) -> Profile {
     profile(id)
 }
 
+/// `redis_ours` with a per-key tag, as caches of users' data often have: a new key's first
+/// read also reads (and claims) its tag's token.
+#[cache_runtime::cached(tier = "redis", ttl = 300, key = "user:profile:<id>", tags = ["user:<id>"])]
+async fn redis_ours_tagged(id: u64) -> Profile {
+    profile(id)
+}
+
 async fn rival_store() -> AsyncRedisCache<String, Profile> {
     AsyncRedisCache::builder("hi")
         .connection_string(&redis_url())
@@ -145,7 +152,7 @@ async fn hand_redis_mget(conn: &mut ConnectionManager, id: u64) -> Profile {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: hit-instructions <local-ours|local-hand|local-cached|local-quick|local-mini|redis-ours|redis-hand|redis-hand-mget|redis-cached|redis-ours-64|redis-hand-64|invalidate-ours|invalidate-hand|miss-ours|miss-hand|miss-cached> <calls>";
+    let usage = "usage: hit-instructions <local-ours|local-hand|local-cached|local-quick|local-mini|redis-ours|redis-hand|redis-hand-mget|redis-cached|redis-ours-64|redis-hand-64|invalidate-ours|invalidate-hand|miss-ours|miss-ours-tagged|miss-hand|miss-cached> <calls>";
     let contender = args.next().expect(usage);
     alloc_count::count_from_now();
     let calls: u64 = args.next().and_then(|s| s.parse().ok()).expect(usage);
@@ -316,7 +323,7 @@ fn main() {
                 }
             });
         }
-        "miss-ours" | "miss-hand" | "miss-cached" => {
+        "miss-ours" | "miss-ours-tagged" | "miss-hand" | "miss-cached" => {
             start_redis();
             let rt = current_thread_runtime();
             // Every call a key never read before; the warm-up's keys too (connections, scripts).
@@ -329,6 +336,15 @@ fn main() {
                     let before = allocs();
                     for id in fresh(KEYS, calls) {
                         black_box(redis_ours(black_box(id)).await);
+                    }
+                    report(calls, before);
+                } else if contender == "miss-ours-tagged" {
+                    for id in fresh(0, KEYS) {
+                        redis_ours_tagged(id).await;
+                    }
+                    let before = allocs();
+                    for id in fresh(KEYS, calls) {
+                        black_box(redis_ours_tagged(black_box(id)).await);
                     }
                     report(calls, before);
                 } else if contender == "miss-cached" {

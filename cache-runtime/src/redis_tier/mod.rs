@@ -178,6 +178,27 @@ fn get_value(k: &ReadKeys<'_>) -> redis::Cmd {
     get
 }
 
+/// The value and the ticket found by a claiming read that read the value alone (`GET v`):
+/// the claim's reply is the ticket in force, read after the value; `None` found where the
+/// claim created it. A claim Redis refused (`noeviction` OOM) leaves the ticket unknown: it
+/// takes a `GET t` of its own then, so that values already in Redis stay hits.
+async fn claimed_entry(
+    reply: redis::Value,
+    new: u64,
+    claimed: &[Option<u64>],
+    k: &ReadKeys<'_>,
+    c: &mut impl redis::aio::ConnectionLike,
+) -> redis::RedisResult<(Option<Vec<u8>>, Option<u64>)> {
+    let value = bulk_bytes(reply);
+    let found = match claimed.first() {
+        Some(Some(t)) if *t == new => None,
+        Some(Some(t)) => Some(*t),
+        _ if value.is_some() => ticket_of(k, c).await?,
+        _ => None,
+    };
+    Ok((value, found))
+}
+
 /// `GET ticket`: the ticket in force, `None` where there is none or a foreign one.
 async fn ticket_of(
     k: &ReadKeys<'_>,
@@ -282,22 +303,10 @@ async fn read_tracked(
                     let (value, found, _) = entry_of(items);
                     fetched(value, found, stamps, claimed)
                 }),
-                Some((new, _)) => {
-                    let value = bulk_bytes(reply);
-                    let found = match claimed.first() {
-                        // Ours: there was none.
-                        Some(Some(t)) if *t == new => None,
-                        Some(Some(t)) => Some(*t),
-                        // Refused (`noeviction` OOM): the ticket takes a round trip of its
-                        // own, so that values already in Redis stay hits.
-                        _ if value.is_some() => match ticket_of(k, &mut t.conn).await {
-                            Ok(found) => found,
-                            Err(e) => return fail(e),
-                        },
-                        _ => None,
-                    };
-                    Ok(fetched(value, found, stamps, claimed))
-                }
+                Some((new, _)) => match claimed_entry(reply, new, &claimed, k, &mut t.conn).await {
+                    Ok((value, found)) => Ok(fetched(value, found, stamps, claimed)),
+                    Err(e) => return fail(e),
+                },
             };
             return (res, Fault::Answered);
         }
@@ -305,7 +314,11 @@ async fn read_tracked(
     }
     let epoch = t.tokens.epoch();
     let mut p = redis::Pipeline::with_capacity(4 + k.tags.len());
-    p.add_command(mget_of(k, true, false));
+    // As above: a claiming read reads the value alone.
+    p.add_command(match claim {
+        None => mget_of(k, true, false),
+        Some(_) => get_value(k),
+    });
     p.cmd("CLIENT").arg("CACHING").arg("YES");
     p.add_command(mget_of(k, false, true));
     if let Some((new, px)) = claim {
@@ -326,17 +339,28 @@ async fn read_tracked(
         (Ok(entry), Ok(caching), Ok(tokens)) => (entry, caching, tokens),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return fail(e),
     };
-    let claimed = match claim {
-        Some((new, _)) => claims_of(replies, new),
-        None => Vec::new(),
+    let (claimed, entry) = match claim {
+        None => (
+            Vec::new(),
+            mget_items(entry).map(|items| {
+                let (value, found, _) = entry_of(items);
+                (value, found)
+            }),
+        ),
+        Some((new, _)) => {
+            let claimed = claims_of(replies, new);
+            match claimed_entry(entry, new, &claimed, k, &mut t.conn).await {
+                Ok(entry) => (claimed, Ok(entry)),
+                Err(e) => return fail(e),
+            }
+        }
     };
-    let res = mget_items(entry).and_then(|entry| {
+    let res = entry.and_then(|(value, found)| {
         let stamps: Stamps = mget_items(tokens)?.into_iter().map(token_of).collect();
         // Kept only if Redis tracks them for this connection now (`CLIENT CACHING` took).
         if matches!(caching, redis::Value::Okay) {
             t.tokens.insert(k, &stamps, epoch);
         }
-        let (value, found, _) = entry_of(entry);
         Ok(fetched(value, found, stamps, claimed))
     });
     (res, Fault::Answered)
