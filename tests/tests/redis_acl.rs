@@ -10,7 +10,7 @@ use cache_tests::RedisServer;
 
 /// The README's line, for the default key prefix `cr` (the user's name and password aside).
 const README_ACL: &str = "on >secret resetkeys resetchannels ~{cr:* &cr:bus:* -@all \
-    +ping +auth +hello +select +get +mget +set +del +pexpire +pttl +evalsha \
+    +ping +auth +hello +select +get +mget +set +del +pexpire +pexpireat +pttl +evalsha \
     +script|load +publish +subscribe +unsubscribe +time +role +wait +client|tracking \
     +client|caching";
 
@@ -23,6 +23,7 @@ const CHECKED: &[&str] = &[
     "set",
     "del",
     "pexpire",
+    "pexpireat",
     "pttl",
     "evalsha",
     "script|load",

@@ -262,7 +262,8 @@ fn a_hit_reads_two_keys_once_the_tokens_are_kept() {
 /// stamped with it, and every store within one quantum names the same deadline
 /// (docs/PROTOCOL.md §4.3): the `PEXPIRE … GT` of the second store changes nothing, so no
 /// push empties the token from every process that keeps it. A ticket the miss created
-/// itself is not extended by its store (it outlives the value already); an adopted one is.
+/// itself is not extended by its store (it outlives the value already), nor a tag token it
+/// created with it; an adopted one is.
 #[test]
 fn stores_extend_a_tag_token_once_per_quantum_and_clear_tokens_never_expire() {
     let server = RedisServer::start();
@@ -281,6 +282,11 @@ fn stores_extend_a_tag_token_once_per_quantum_and_clear_tokens_never_expire() {
     assert!(
         !extended(&server),
         "a ticket created by this miss is not extended"
+    );
+    let tag_extensions = server.slowlog_commands_named("PEXPIREAT");
+    assert!(
+        !tag_extensions.iter().any(|c| c[1] == TAG_TOKEN),
+        "a tag token created with the ticket is not extended either: {tag_extensions:?}"
     );
     let cache_clear = server.scan("{t:scopes}:c:*");
     assert_eq!(
@@ -313,7 +319,8 @@ fn stores_extend_a_tag_token_once_per_quantum_and_clear_tokens_never_expire() {
         assert_eq!(node.call("invalidate 1"), "done");
         set_db(&server, 1, value);
         assert_eq!(node.call("get 1"), value);
-        let extensions = server.slowlog_commands_named("PEXPIRE");
+        // To an absolute deadline: every store of the quantum names the same one.
+        let extensions = server.slowlog_commands_named("PEXPIREAT");
         assert!(
             extensions.iter().any(|c| c[1] == TAG_TOKEN),
             "the store extends the tag token: {extensions:?}"

@@ -452,16 +452,19 @@ fn add_claims(p: &mut redis::Pipeline, k: &ReadKeys<'_>, new: u64, px: u64) {
     }
 }
 
-/// How far a store extends a tag's token, relative to `now_ms` (the reference clock): to the
-/// end of the quantum of `keep` ms after the next one. Every store within one quantum names
-/// the same deadline, so after the first `PEXPIRE … GT` the rest change nothing: no write,
-/// so no tracking push to every process that keeps the token (an extension by a fixed
-/// `keep` from now would be a write on every store). The token keeps at least `keep` ms
-/// (≥ a ticket's lifetime ≥ the value's) after every store. A deadline that differs by the
-/// request's transit or a process's clock error only makes a few more calls extend.
-fn tag_extension(keep: u64, now_ms: u64) -> u64 {
+/// Until when a store extends a tag's token, from `now_ms` (the reference clock: Redis's
+/// `TIME` as this process estimates it): the end of the quantum of `keep` ms after the next
+/// one, as an absolute Unix time for `PEXPIREAT … GT`. Every store within one quantum names
+/// exactly the same deadline (absolute, so neither the request's transit nor when the
+/// server runs it moves it), so after the first the rest change nothing: no write, so no
+/// tracking push to every process that keeps the token (an extension by a fixed `keep` from
+/// now would be a write on every store, and a relative one computed here would differ by
+/// the transit's milliseconds). The token keeps at least `keep` ms (≥ a ticket's lifetime ≥
+/// the value's) after every store. Processes whose clock estimates straddle a quantum's end
+/// only make a few more calls extend.
+fn tag_deadline(keep: u64, now_ms: u64) -> u64 {
     let keep = keep.max(1);
-    (now_ms / keep + 2) * keep - now_ms
+    (now_ms / keep + 2) * keep
 }
 
 /// `SET <key> new NX GET PX px`, the key written by `write_key` (about `key_len` bytes);
@@ -874,7 +877,8 @@ impl RedisTier {
     /// SET v <envelope> PX ms
     /// PEXPIRE t keep GT       -- the ticket outlives the value (unless this call just
     ///                            created it: it does already)
-    /// PEXPIRE <tag> q GT      -- each tag's token too, to a quantized deadline
+    /// PEXPIREAT <tag> q GT    -- each tag's token too, to a quantized deadline (not one
+    ///                            this call created with the ticket)
     /// ```
     ///
     /// The `SET` is not conditional: a value stored under a superseded ticket or scope token
@@ -932,16 +936,24 @@ impl RedisTier {
     async fn write_plain(&self, req: WriteRequest) -> Result<bool, CacheError> {
         let ms = req.ttl.as_millis().max(1) as u64;
         let keep = req.ticket_px.max(ms);
-        let extend = tag_extension(keep, crate::clock::now_unix_ms());
+        let deadline = tag_deadline(keep, crate::clock::now_unix_ms());
         self.exec(move |mut c| async move {
             let WriteRequest {
                 keys,
                 bytes,
                 ticket,
                 extend_ticket,
+                seen,
                 ..
             } = req;
             let tags = keys.stamps.get(keys.clears..).unwrap_or_default();
+            // A tag token this miss created with its ticket (in one pipeline: the same value,
+            // the same lifetime) outlives the value as that ticket does: not extended either.
+            // No write, so no push empties it from the processes that keep it, this one
+            // included.
+            let created_with_ticket = |i: usize| {
+                !extend_ticket && seen.get(keys.clears + i).is_some_and(|s| *s == ticket)
+            };
             let mut p = redis::Pipeline::with_capacity(3 + tags.len());
             let mut get = redis::Cmd::with_capacity(2, 3 + keys.ticket.len());
             get.arg("GET").arg(&keys.ticket);
@@ -952,14 +964,19 @@ impl RedisTier {
                 .arg("PX")
                 .arg(ms);
             p.add_command(get).add_command(set);
-            for (key, px) in extend_ticket
-                .then_some((&*keys.ticket, keep))
+            for (command, key, at) in extend_ticket
+                .then_some(("PEXPIRE", &*keys.ticket, keep))
                 .into_iter()
-                .chain(tags.iter().map(|t| (&**t, extend)))
+                .chain(
+                    tags.iter()
+                        .enumerate()
+                        .filter(|(i, _)| !created_with_ticket(*i))
+                        .map(|(_, t)| ("PEXPIREAT", &**t, deadline)),
+                )
             {
-                let mut pexpire = redis::Cmd::with_capacity(4, key.len() + 32);
-                pexpire.arg("PEXPIRE").arg(key).arg(px).arg("GT");
-                p.add_command(pexpire);
+                let mut extend = redis::Cmd::with_capacity(4, key.len() + 32);
+                extend.arg(command).arg(key).arg(at).arg("GT");
+                p.add_command(extend);
             }
             let replies = p
                 .ignore_errors()
@@ -1349,11 +1366,13 @@ impl RedisTier {
         let publish = if self.cluster { "SPUBLISH" } else { "PUBLISH" };
         let k = format!("{head}:cmd");
         let n = format!("{head}:n");
-        let direct: [(&'static str, &[&str]); 7] = [
+        let direct: [(&'static str, &[&str]); 8] = [
             ("SET", &["SET", &k, "ok", "PX", "10000"]),
             ("GET", &["GET", &k]),
             ("MGET", &["MGET", &k, &n]),
             ("PEXPIRE", &["PEXPIRE", &k, "10000"]),
+            // Far in the future (2100); the key is deleted below.
+            ("PEXPIREAT", &["PEXPIREAT", &k, "4102444800000"]),
             ("PTTL", &["PTTL", &k]),
             ("DEL", &["DEL", &k, &n]),
             (publish, &[publish, channel, "probe"]),
@@ -1642,28 +1661,23 @@ where
 
 #[cfg(test)]
 mod ticket_tests {
-    use super::{parse_ticket, tag_extension, ticket_text};
+    use super::{parse_ticket, tag_deadline, ticket_text};
 
     #[test]
-    fn tag_extensions_keep_the_token_past_keep_and_name_one_deadline_per_quantum() {
+    fn tag_deadlines_keep_the_token_past_keep_and_are_one_per_quantum() {
         let keep = 600_000;
         let start = 1_764_633_600_000; // a multiple of keep
-        let deadline = |now| now + tag_extension(keep, now);
         for now in [start, start + 1, start + keep / 2, start + keep - 1] {
-            let px = tag_extension(keep, now);
-            assert!(px > keep && px <= 2 * keep, "{now}: {px}");
-            assert_eq!(
-                deadline(now),
-                start + 2 * keep,
-                "one deadline in the quantum"
-            );
+            let at = tag_deadline(keep, now);
+            assert!(at - now > keep && at - now <= 2 * keep, "{now}: {at}");
+            assert_eq!(at, start + 2 * keep, "one deadline in the quantum");
         }
         assert_eq!(
-            deadline(start + keep),
+            tag_deadline(keep, start + keep),
             start + 3 * keep,
             "the next quantum moves it"
         );
-        assert_eq!(tag_extension(0, 5), 2, "keep 0 reads as 1 ms");
+        assert_eq!(tag_deadline(0, 5), 7, "keep 0 reads as 1 ms");
     }
 
     #[test]
