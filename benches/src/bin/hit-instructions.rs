@@ -328,45 +328,30 @@ fn main() {
             let rt = current_thread_runtime();
             // Every call a key never read before; the warm-up's keys too (connections, scripts).
             let fresh = |from: u64, n: u64| (0..n).map(move |i| MISS_FIRST_ID + from + i);
+            // Warm-up on `KEYS` fresh keys (connections, scripts), then the measured calls.
+            macro_rules! misses {
+                (|$id:ident| $call:expr) => {{
+                    for $id in fresh(0, KEYS) {
+                        $call;
+                    }
+                    let before = allocs();
+                    for id in fresh(KEYS, calls) {
+                        let $id = black_box(id);
+                        black_box($call);
+                    }
+                    report(calls, before);
+                }};
+            }
             rt.block_on(async {
-                if contender == "miss-ours" {
-                    for id in fresh(0, KEYS) {
-                        redis_ours(id).await;
+                match contender.as_str() {
+                    "miss-ours" => misses!(|id| redis_ours(id).await),
+                    "miss-ours-tagged" => misses!(|id| redis_ours_tagged(id).await),
+                    "miss-cached" => misses!(|id| redis_rival(id).await.expect("rival")),
+                    _ => {
+                        let client = redis::Client::open(redis_url()).expect("redis url");
+                        let mut conn = ConnectionManager::new(client).await.expect("connect");
+                        misses!(|id| hand_redis_get(&mut conn, id).await)
                     }
-                    let before = allocs();
-                    for id in fresh(KEYS, calls) {
-                        black_box(redis_ours(black_box(id)).await);
-                    }
-                    report(calls, before);
-                } else if contender == "miss-ours-tagged" {
-                    for id in fresh(0, KEYS) {
-                        redis_ours_tagged(id).await;
-                    }
-                    let before = allocs();
-                    for id in fresh(KEYS, calls) {
-                        black_box(redis_ours_tagged(black_box(id)).await);
-                    }
-                    report(calls, before);
-                } else if contender == "miss-cached" {
-                    for id in fresh(0, KEYS) {
-                        redis_rival(id).await.expect("rival");
-                    }
-                    let before = allocs();
-                    for id in fresh(KEYS, calls) {
-                        black_box(redis_rival(black_box(id)).await.expect("rival"));
-                    }
-                    report(calls, before);
-                } else {
-                    let client = redis::Client::open(redis_url()).expect("redis url");
-                    let mut conn = ConnectionManager::new(client).await.expect("connect");
-                    for id in fresh(0, KEYS) {
-                        hand_redis_get(&mut conn, id).await;
-                    }
-                    let before = allocs();
-                    for id in fresh(KEYS, calls) {
-                        black_box(hand_redis_get(&mut conn, black_box(id)).await);
-                    }
-                    report(calls, before);
                 }
             });
         }
