@@ -167,47 +167,48 @@ fn mget_of(k: &ReadKeys<'_>, entry: bool, tokens: bool) -> redis::Cmd {
     mget
 }
 
-/// `GET value` of a claiming read (its claim reads the ticket).
-fn get_value(k: &ReadKeys<'_>) -> redis::Cmd {
-    let mut get = redis::Cmd::with_capacity(
-        2,
-        k.prefix.len() + k.logical.len() + k.value_middle.len() + 16,
-    );
+/// `GET` of the entry's bucket key with `middle`: its value (`k.value_middle`) or its ticket
+/// (`key::TICKET_MIDDLE`).
+fn get_of(k: &ReadKeys<'_>, middle: &str) -> redis::Cmd {
+    let mut get =
+        redis::Cmd::with_capacity(2, k.prefix.len() + middle.len() + k.logical.len() + 16);
     get.arg("GET");
-    write_bucket_key(&mut get, k, k.value_middle, k.logical);
+    write_bucket_key(&mut get, k, middle, k.logical);
     get
 }
 
-/// The value and the ticket found by a claiming read that read the value alone (`GET v`):
-/// the claim's reply is the ticket in force, read after the value; `None` found where the
-/// claim created it. A claim Redis refused (`noeviction` OOM) leaves the ticket unknown: it
-/// takes a `GET t` of its own then, so that values already in Redis stay hits.
-async fn claimed_entry(
+/// The entry read by the tracked connection (as value, ticket found), from its reply:
+/// `MGET v t` for a plain read; `GET v` for a claiming read (`claim`: its new ticket),
+/// whose claim's reply is the ticket in force, read after the value (`None` found where
+/// the claim created it). A claim Redis refused (`noeviction` OOM) leaves the ticket
+/// unknown: it takes a `GET t` of its own then, so that values already in Redis stay hits.
+/// `Err` if that `GET` failed; `Ok(Err)` for an unexpected reply.
+async fn tracked_entry(
     reply: redis::Value,
-    new: u64,
+    claim: Option<u64>,
     claimed: &[Option<u64>],
     k: &ReadKeys<'_>,
     c: &mut impl redis::aio::ConnectionLike,
-) -> redis::RedisResult<(Option<Vec<u8>>, Option<u64>)> {
+) -> redis::RedisResult<Result<(Option<Vec<u8>>, Option<u64>), CacheError>> {
+    let Some(new) = claim else {
+        return Ok(mget_items(reply).map(|items| {
+            let (value, found, _) = entry_of(items);
+            (value, found)
+        }));
+    };
     let value = bulk_bytes(reply);
     let found = match claimed.first() {
         Some(Some(t)) if *t == new => None,
         Some(Some(t)) => Some(*t),
-        _ if value.is_some() => ticket_of(k, c).await?,
+        _ if value.is_some() => {
+            let t = get_of(k, crate::key::TICKET_MIDDLE)
+                .query_async::<redis::Value>(c)
+                .await?;
+            bulk_bytes(t).and_then(|b| parse_ticket(&b))
+        }
         _ => None,
     };
-    Ok((value, found))
-}
-
-/// `GET ticket`: the ticket in force, `None` where there is none or a foreign one.
-async fn ticket_of(
-    k: &ReadKeys<'_>,
-    c: &mut impl redis::aio::ConnectionLike,
-) -> redis::RedisResult<Option<u64>> {
-    let mut get = redis::Cmd::with_capacity(2, k.prefix.len() + k.logical.len() + 24);
-    get.arg("GET");
-    write_bucket_key(&mut get, k, crate::key::TICKET_MIDDLE, k.logical);
-    Ok(bulk_bytes(get.query_async::<redis::Value>(c).await?).and_then(|b| parse_ticket(&b)))
+    Ok(Ok((value, found)))
 }
 
 /// The bytes of a bulk-string reply (moved out); `None` for nil or anything else.
@@ -246,10 +247,7 @@ fn entry_of(
     std::vec::IntoIter<redis::Value>,
 ) {
     let mut items = items.into_iter();
-    let value = match items.next() {
-        Some(redis::Value::BulkString(bytes)) => Some(bytes),
-        _ => None,
-    };
+    let value = items.next().and_then(bulk_bytes);
     let ticket = match items.next() {
         Some(redis::Value::BulkString(b)) => parse_ticket(&b),
         _ => None,
@@ -282,7 +280,7 @@ async fn read_tracked(
                 .query_async::<redis::Value>(&mut t.conn)
                 .await
                 .map(|v| (v, Vec::new())),
-            Some((new, px)) => claiming_read(get_value(k), k, new, px)
+            Some((new, px)) => claiming_read(get_of(k, k.value_middle), k, new, px)
                 .query_async::<Vec<redis::Value>>(&mut t.conn)
                 .await
                 .and_then(|replies| split_claims(replies, new)),
@@ -298,15 +296,10 @@ async fn read_tracked(
             false => t.tokens.stamps(k),
         };
         if let Some(stamps) = stamps {
-            let res = match claim {
-                None => mget_items(reply).map(|items| {
-                    let (value, found, _) = entry_of(items);
-                    fetched(value, found, stamps, claimed)
-                }),
-                Some((new, _)) => match claimed_entry(reply, new, &claimed, k, &mut t.conn).await {
-                    Ok((value, found)) => Ok(fetched(value, found, stamps, claimed)),
-                    Err(e) => return fail(e),
-                },
+            let entry = tracked_entry(reply, claim.map(|c| c.0), &claimed, k, &mut t.conn);
+            let res = match entry.await {
+                Ok(entry) => entry.map(|(value, found)| fetched(value, found, stamps, claimed)),
+                Err(e) => return fail(e),
             };
             return (res, Fault::Answered);
         }
@@ -317,7 +310,7 @@ async fn read_tracked(
     // As above: a claiming read reads the value alone.
     p.add_command(match claim {
         None => mget_of(k, true, false),
-        Some(_) => get_value(k),
+        Some(_) => get_of(k, k.value_middle),
     });
     p.cmd("CLIENT").arg("CACHING").arg("YES");
     p.add_command(mget_of(k, false, true));
@@ -339,21 +332,13 @@ async fn read_tracked(
         (Ok(entry), Ok(caching), Ok(tokens)) => (entry, caching, tokens),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return fail(e),
     };
-    let (claimed, entry) = match claim {
-        None => (
-            Vec::new(),
-            mget_items(entry).map(|items| {
-                let (value, found, _) = entry_of(items);
-                (value, found)
-            }),
-        ),
-        Some((new, _)) => {
-            let claimed = claims_of(replies, new);
-            match claimed_entry(entry, new, &claimed, k, &mut t.conn).await {
-                Ok(entry) => (claimed, Ok(entry)),
-                Err(e) => return fail(e),
-            }
-        }
+    let claimed = match claim {
+        Some((new, _)) => claims_of(replies, new),
+        None => Vec::new(),
+    };
+    let entry = match tracked_entry(entry, claim.map(|c| c.0), &claimed, k, &mut t.conn).await {
+        Ok(entry) => entry,
+        Err(e) => return fail(e),
     };
     let res = entry.and_then(|(value, found)| {
         let stamps: Stamps = mget_items(tokens)?.into_iter().map(token_of).collect();
@@ -425,8 +410,8 @@ fn untracked_fetched(
     ))
 }
 
-/// A claiming read's pipeline: its `read` (`GET v` on the tracked connection's fast path,
-/// else the `MGET`), then `SET ticket new NX GET PX px` and the same for each tag's token (a
+/// A claiming read's pipeline: its `read` (`GET v` on the tracked connection, else the
+/// `MGET`), then `SET ticket new NX GET PX px` and the same for each tag's token (a
 /// cache of mostly new keys often has per-key tags, `user:<id>`, whose tokens are as new as
 /// the keys; the cache-clear and global-clear tokens almost always exist: a missing one
 /// takes its own round trip). Errors come back in place: a claim Redis refuses (OOM) is
@@ -888,9 +873,10 @@ impl RedisTier {
     ///
     /// Otherwise the `store` script, which writes only if the ticket and scope tokens are
     /// still the ones read, and releases the lock if `token` still owns it (a lock holder's
-    /// write is always conditional). It serves lock holders, explicit writes, and bodies that heard of a write to their key while they
-    /// ran: their value is likely superseded, and a plain `SET` would replace a newer value,
-    /// which readers accept, with one they refuse.
+    /// write is always conditional). It serves lock holders, explicit writes, and bodies
+    /// that heard of a write to their key while they ran: their value is likely superseded,
+    /// and a plain `SET` would replace a newer value, which readers accept, with one they
+    /// refuse.
     pub(crate) async fn write_if(&self, req: WriteRequest) -> Result<bool, CacheError> {
         if !req.conditional {
             return self.write_plain(req).await;
