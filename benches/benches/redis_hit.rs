@@ -10,6 +10,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use cache_benches::sequential_cost;
 use cache_benches::{
     access_pattern, criterion, current_thread_runtime, hand_key, hand_redis_get, our_key,
 };
@@ -189,29 +190,23 @@ fn redis_hit(c: &mut Criterion) {
     // Client-side cost per hit (CPU of this process, context switches), outside the timed
     // runs.
     let costed = if bench_mode() { 5_000 } else { 10 };
-    // One loop per contender (no boxed futures: the allocations per call are the
-    // contender's own).
-    macro_rules! sequential_cost {
-        ($name:literal, |$id:ident| $call:expr) => {
-            record_cost(
-                "redis_hit",
-                $name,
-                &process_cost(costed, || {
-                    rt.block_on(async {
-                        for k in 0..costed {
-                            let $id = ids[k as usize & (PATTERN - 1)];
-                            black_box($call);
-                        }
-                    })
-                }),
-            )
-        };
-    }
-    sequential_cost!("cost/ours", |id| ours(id).await);
+    let id = |k: u64| ids[k as usize & (PATTERN - 1)];
+    record_cost(
+        "redis_hit",
+        "cost/ours",
+        &sequential_cost!(rt, costed, |k| ours(id(k)).await),
+    );
     let mut hand_conn = conn.clone();
-    sequential_cost!("cost/hand_written", |id| hand_redis_get(&mut hand_conn, id)
-        .await);
-    sequential_cost!("cost/cached_crate", |id| rival(id).await.expect("rival"));
+    record_cost(
+        "redis_hit",
+        "cost/hand_written",
+        &sequential_cost!(rt, costed, |k| hand_redis_get(&mut hand_conn, id(k)).await),
+    );
+    record_cost(
+        "redis_hit",
+        "cost/cached_crate",
+        &sequential_cost!(rt, costed, |k| rival(id(k)).await.expect("rival")),
+    );
 
     let mut g = c.benchmark_group("redis_hit");
     g.throughput(Throughput::Elements(1));

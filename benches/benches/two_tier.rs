@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use cache_benches::{bench_mode, count_commands, criterion, current_thread_runtime, hand_key};
 use cache_benches::{our_key, profile, record_commands, record_fact, redis_url, start_redis};
-use cache_benches::{process_cost, raw_ping, record_cost, Profile, FIRST_ID};
+use cache_benches::{raw_ping, record_cost, sequential_cost, Profile, FIRST_ID};
 use cached::AsyncRedisCache;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use redis::aio::ConnectionManager;
@@ -234,43 +234,29 @@ fn two_tier(c: &mut Criterion) {
     let costed = if bench_mode() { 2_000 } else { pool };
     ours_cache().clear_local();
     hand.moka.invalidate_all();
-    let cost_ours = process_cost(costed, || {
-        rt.block_on(async {
-            for id in FIRST_ID..FIRST_ID + costed {
-                black_box(ours(id).await);
-            }
-        })
-    });
-    let cost_hand = process_cost(costed, || {
-        rt.block_on(async {
-            for id in FIRST_ID..FIRST_ID + costed {
-                black_box(hand.get(id).await);
-            }
-        })
-    });
+    let cost_ours = sequential_cost!(rt, costed, |k| ours(FIRST_ID + k).await);
+    let cost_hand = sequential_cost!(rt, costed, |k| hand.get(FIRST_ID + k).await);
     record_cost("two_tier", "cost/promotion/ours", &cost_ours);
     record_cost("two_tier", "cost/promotion/hand_written", &cost_hand);
     // And of miss + populates, each on a key never seen before.
     let costed_miss = costed.min(2_000);
-    for (name, call) in [
-        ("cost/miss_populate/ours", 0),
-        ("cost/miss_populate/hand_written", 1),
-        ("cost/miss_populate/cached_crate", 2),
-    ] {
-        let cost = process_cost(costed_miss, || {
-            rt.block_on(async {
-                for _ in 0..costed_miss {
-                    let id = next_fresh();
-                    match call {
-                        0 => drop(black_box(ours(id).await)),
-                        1 => drop(black_box(hand.get(id).await)),
-                        _ => drop(black_box(rival(id).await.expect("rival"))),
-                    }
-                }
-            })
-        });
-        record_cost("two_tier", name, &cost);
-    }
+    record_cost(
+        "two_tier",
+        "cost/miss_populate/ours",
+        &sequential_cost!(rt, costed_miss, |_k| ours(next_fresh()).await),
+    );
+    record_cost(
+        "two_tier",
+        "cost/miss_populate/hand_written",
+        &sequential_cost!(rt, costed_miss, |_k| hand.get(next_fresh()).await),
+    );
+    record_cost(
+        "two_tier",
+        "cost/miss_populate/cached_crate",
+        &sequential_cost!(rt, costed_miss, |_k| rival(next_fresh())
+            .await
+            .expect("rival")),
+    );
     record_commands("two_tier", "commands/promotion/ours", &promo_ours);
     record_commands("two_tier", "commands/promotion/hand_written", &promo_hand);
     record_commands("two_tier", "commands/miss_populate/ours", &miss_ours);

@@ -574,6 +574,30 @@ pub fn process_cost(calls: u64, run: impl FnOnce()) -> ProcessCost {
     }
 }
 
+/// The [`ProcessCost`] of `calls` calls of `call`, one after another on the runtime `rt`;
+/// `k` is the call's index (`0..calls`) and each result goes through `black_box`. A macro
+/// rather than a function: the call may borrow (a connection) and await, and no future is
+/// boxed (the allocations counted are the contender's own).
+///
+/// ```
+/// let rt = cache_benches::current_thread_runtime();
+/// let cost = cache_benches::sequential_cost!(rt, 10, |k| async { k * 2 }.await);
+/// assert_eq!(cost.calls, 10);
+/// ```
+#[macro_export]
+macro_rules! sequential_cost {
+    ($rt:expr, $calls:expr, |$k:ident| $call:expr) => {{
+        let calls: u64 = $calls;
+        $crate::process_cost(calls, || {
+            $rt.block_on(async {
+                for $k in 0..calls {
+                    ::std::hint::black_box($call);
+                }
+            })
+        })
+    }};
+}
+
 /// [`record_fact`] for a [`ProcessCost`].
 pub fn record_cost(bench: &str, name: &str, cost: &ProcessCost) {
     println!("[fact] {bench} / {name}: {cost}");
