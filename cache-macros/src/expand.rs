@@ -180,9 +180,9 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
             // The body may outlive the call (soft timeout, refresh ahead): owned arguments.
             (
                 quote!(get_or_load_detached::<#ret, #shape, _>(
-                    #k::Key::from(#key), #body_future, #sharing)),
+                    #k::key::IntoKey::into_key(#key), #body_future, #sharing)),
                 quote!(get_or_load_entry_detached::<#ret, #shape, _>(
-                    #k::Key::from(#key), #body_future, #sharing)),
+                    #k::key::IntoKey::into_key(#key), #body_future, #sharing)),
             )
         } else {
             (
@@ -606,8 +606,9 @@ fn build_tokens(opts: &Options, a: &Analyzed) -> TokenStream {
     }
 }
 
-/// A key or tag: `writer` (a `KeyWriter` expression) fed with the pieces.
-fn build_string(k: &syn::Path, pieces: &[Piece], writer: TokenStream) -> TokenStream {
+/// A key or tag: `writer` (a `KeyWriter` expression) fed with the pieces, as the writer
+/// itself, whose stack buffer a local hit reads without allocating.
+fn build_writer(k: &syn::Path, pieces: &[Piece], writer: TokenStream) -> TokenStream {
     let w = Ident::new("__w", Span::mixed_site());
     let steps = pieces.iter().map(|p| match p {
         Piece::Literal(t) => quote!(#w.literal(#t);),
@@ -621,7 +622,7 @@ fn build_string(k: &syn::Path, pieces: &[Piece], writer: TokenStream) -> TokenSt
     quote! {{
         let mut #w = #writer;
         #(#steps)*
-        #w.finish()
+        #w
     }}
 }
 
@@ -856,7 +857,7 @@ impl<'a> KeyPlan<'a> {
         })
     }
 
-    /// The key expression: a `String`, or a `cache_runtime::Key` with its tags.
+    /// The key expression: a `KeyWriter`, or a `TaggedKey` with its tags (both on the stack).
     /// `inst`: the `__private::Instance`, whose writers start the key; `cache`: the cache,
     /// whose plain writer builds tags (tags are shared by every cache and instantiation).
     fn tokens(&self, k: &syn::Path, inst: &Ident, cache: &Ident) -> TokenStream {
@@ -865,16 +866,16 @@ impl<'a> KeyPlan<'a> {
         } else {
             quote!(#inst.template_key())
         };
-        let key = build_string(k, &self.pieces, writer);
+        let key = build_writer(k, &self.pieces, writer);
         if self.tags.is_empty() {
             return key;
         }
         let tags = self
             .tags
             .iter()
-            .map(|t| build_string(k, t, quote!(#cache.key_writer())));
+            .map(|t| build_writer(k, t, quote!(#cache.key_writer())));
         quote! {
-            #k::Key::new(#key).with_tags(::std::vec![#(#tags),*])
+            #k::key::TaggedKey::new(#key, [#(#tags),*])
         }
     }
 }

@@ -234,24 +234,118 @@ pub const SEPARATORS: &[char] = cache_macros::__key_separators!();
 
 /// Builds one key. Created by the cache (which writes the prefix) and fed by generated code.
 ///
+/// The key is written on the stack while it fits (the first [`KeyWriter::INLINE`] bytes), so a
+/// call that hits the local tier allocates nothing for its key; only a miss, which stores
+/// the key, turns it into a `String` ([`IntoKey::into_key`]).
+///
 /// ```
 /// use cache_runtime::key::{KeyPart, KeyWriter};
 /// let mut w = KeyWriter::with_head("app:w1:v1:");
 /// w.literal("user:");
 /// "a:b c".write_key(&mut w);
+/// assert_eq!(w.as_str(), "app:w1:v1:user:a%3Ab%20c");
 /// assert_eq!(w.finish(), "app:w1:v1:user:a%3Ab%20c");
 /// ```
 #[derive(Debug, Clone)]
 pub struct KeyWriter {
-    buf: String,
+    buf: KeyBuf,
+}
+
+/// A key's text: inline up to [`KeyWriter::INLINE`] bytes, then on the heap.
+#[derive(Debug, Clone)]
+enum KeyBuf {
+    Inline(arrayvec::ArrayString<{ KeyWriter::INLINE }>),
+    Heap(String),
+}
+
+impl KeyBuf {
+    #[inline]
+    fn push_str(&mut self, s: &str) {
+        match self {
+            KeyBuf::Inline(a) => {
+                if a.try_push_str(s).is_err() {
+                    self.spill(s);
+                }
+            }
+            KeyBuf::Heap(h) => h.push_str(s),
+        }
+    }
+
+    /// The inline text and `s`, moved to the heap (the key outgrew the stack buffer).
+    #[cold]
+    #[inline(never)]
+    fn spill(&mut self, s: &str) {
+        let old = self.as_str();
+        let mut heap = String::with_capacity((old.len() + s.len()) * 2);
+        heap.push_str(old);
+        heap.push_str(s);
+        *self = KeyBuf::Heap(heap);
+    }
+
+    #[inline]
+    fn as_str(&self) -> &str {
+        match self {
+            KeyBuf::Inline(a) => a,
+            KeyBuf::Heap(h) => h,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.as_str().len()
+    }
+
+    /// Inserts `s` at byte `at` (a char boundary).
+    fn insert_str(&mut self, at: usize, s: &str) {
+        let tail = match self {
+            KeyBuf::Heap(h) => return h.insert_str(at, s),
+            KeyBuf::Inline(a) => {
+                let tail = arrayvec::ArrayString::<{ KeyWriter::INLINE }>::from(&a[at..])
+                    .expect("a part of the buffer fits in it");
+                a.truncate(at);
+                tail
+            }
+        };
+        self.push_str(s);
+        self.push_str(&tail);
+    }
+}
+
+impl std::ops::Index<std::ops::RangeFrom<usize>> for KeyBuf {
+    type Output = str;
+    fn index(&self, r: std::ops::RangeFrom<usize>) -> &str {
+        &self.as_str()[r]
+    }
+}
+
+impl Write for KeyBuf {
+    #[inline]
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.push_str(s);
+        Ok(())
+    }
+}
+
+/// [`KeyWriter::str`] as a formatter's sink: `Display` output escaped as it is written.
+struct Escaping<'a>(&'a mut KeyWriter);
+
+impl Write for Escaping<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.str(s);
+        Ok(())
+    }
 }
 
 impl KeyWriter {
+    /// How many bytes of a key are written on the stack before it moves to the heap.
+    pub const INLINE: usize = 96;
+
     /// Starts a key with an already formatted head (prefix and versions).
     #[inline]
     pub fn with_head(head: &str) -> Self {
-        let mut buf = String::with_capacity(head.len() + 48);
-        buf.push_str(head);
+        let mut buf = KeyBuf::Inline(arrayvec::ArrayString::new());
+        if !head.is_empty() {
+            buf.push_str(head);
+        }
         Self { buf }
     }
 
@@ -276,7 +370,7 @@ impl KeyWriter {
                     self.buf.push_str(percent_encoding::percent_encode_byte(b));
                 }
             } else {
-                self.buf.push(c);
+                self.buf.push_str(c.encode_utf8(&mut [0u8; 4]));
             }
         }
     }
@@ -284,9 +378,8 @@ impl KeyWriter {
     /// Appends the `Display` form of a value, escaped. The way to implement [`KeyPart`] for
     /// an identifier type whose `Display` output is unique per value.
     pub fn display(&mut self, value: &dyn fmt::Display) {
-        let mut tmp = String::new();
-        let _ = write!(tmp, "{value}");
-        self.str(&tmp);
+        // Escaped piece by piece as it is formatted: no temporary string.
+        let _ = write!(Escaping(self), "{value}");
     }
 
     /// Appends text that is known to need no escaping (digits, `-`, `true`).
@@ -299,10 +392,100 @@ impl KeyWriter {
         self.buf.push_str(s);
     }
 
+    /// The key written so far.
+    #[inline]
+    pub fn as_str(&self) -> &str {
+        self.buf.as_str()
+    }
+
     /// The finished key.
     #[inline]
     pub fn finish(self) -> String {
-        self.buf
+        match self.buf {
+            KeyBuf::Inline(a) => a.as_str().to_owned(),
+            KeyBuf::Heap(h) => h,
+        }
+    }
+}
+
+/// What a cache call takes as its key: a [`Key`](crate::Key) or anything that converts into
+/// one (`String`, `&str`), or a [`KeyWriter`] as generated code passes it. The call reads
+/// the local tier with [`logical`](IntoKey::logical) and builds the owned [`Key`](crate::Key)
+/// only past a local hit, so a hit allocates nothing for its key.
+///
+/// ```
+/// use cache_runtime::key::{IntoKey, KeyWriter};
+/// let mut w = KeyWriter::with_head("");
+/// w.literal("user:42");
+/// assert_eq!(w.logical(), "user:42");
+/// assert_eq!(w.into_key().as_str(), "user:42");
+/// assert_eq!("user:42".into_key().as_str(), "user:42");
+/// ```
+pub trait IntoKey {
+    /// The logical key (what the local tier is keyed by).
+    fn logical(&self) -> &str;
+    /// The owned key, tags included.
+    fn into_key(self) -> crate::Key;
+}
+
+impl<T: Into<crate::Key> + AsRef<str>> IntoKey for T {
+    #[inline]
+    fn logical(&self) -> &str {
+        self.as_ref()
+    }
+    #[inline]
+    fn into_key(self) -> crate::Key {
+        self.into()
+    }
+}
+
+/// A key with its tags, each still on the stack: what generated code passes for a
+/// `tags = [...]` cache, so that a local hit allocates nothing for the key or its tags.
+///
+/// ```
+/// use cache_runtime::key::{IntoKey, KeyWriter, TaggedKey};
+/// let writer = |s: &str| {
+///     let mut w = KeyWriter::with_head("");
+///     w.literal(s);
+///     w
+/// };
+/// let k = TaggedKey::new(writer("user:42"), [writer("tenant:7")]);
+/// assert_eq!(k.logical(), "user:42");
+/// let key = k.into_key();
+/// assert_eq!(key.tags(), ["tenant:7".to_string()]);
+/// ```
+#[derive(Debug, Clone)]
+pub struct TaggedKey<const N: usize> {
+    key: KeyWriter,
+    tags: [KeyWriter; N],
+}
+
+impl<const N: usize> TaggedKey<N> {
+    /// The key and its tags, as written.
+    #[inline]
+    pub fn new(key: KeyWriter, tags: [KeyWriter; N]) -> Self {
+        Self { key, tags }
+    }
+}
+
+impl<const N: usize> IntoKey for TaggedKey<N> {
+    #[inline]
+    fn logical(&self) -> &str {
+        self.key.as_str()
+    }
+    fn into_key(self) -> crate::Key {
+        crate::Key::new(self.key.finish()).with_tags(self.tags.map(KeyWriter::finish).into())
+    }
+}
+
+impl IntoKey for KeyWriter {
+    #[inline]
+    fn logical(&self) -> &str {
+        self.as_str()
+    }
+    #[inline]
+    fn into_key(self) -> crate::Key {
+        crate::Key::new(self.finish())
     }
 }
 
@@ -541,6 +724,49 @@ mod tests {
         let mut w = KeyWriter::with_head("");
         v.write_key(&mut w);
         w.finish()
+    }
+
+    #[test]
+    fn keys_longer_than_the_stack_buffer_move_to_the_heap_whole() {
+        // Every split of a long key across the inline limit: the same text as one string.
+        let piece = "ab:é日%x";
+        let mut expected = String::from("h:");
+        let mut w = KeyWriter::with_head("h:");
+        for i in 0..40 {
+            w.literal("|");
+            w.str(piece);
+            i.write_key(&mut w);
+            expected.push('|');
+            expected.push_str("ab%3Aé日%25x");
+            expected.push_str(&i.to_string());
+            assert_eq!(w.as_str(), expected);
+        }
+        assert!(expected.len() > KeyWriter::INLINE * 3);
+        assert_eq!(w.clone().into_key().as_str(), expected);
+        assert_eq!(w.finish(), expected);
+        // A nested option's escape inserted where the key crosses the limit.
+        let head = "h".repeat(KeyWriter::INLINE - 2);
+        let mut w = KeyWriter::with_head(&head);
+        Some(None::<u8>).write_key(&mut w);
+        assert_eq!(w.finish(), format!("{head}%S%N"));
+        // A head longer than the buffer on its own.
+        let head = "h".repeat(KeyWriter::INLINE + 1);
+        assert_eq!(KeyWriter::with_head(&head).finish(), head);
+    }
+
+    #[test]
+    fn display_parts_are_escaped_as_a_whole_string_would_be() {
+        struct Spaced;
+        impl fmt::Display for Spaced {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                // Several pieces, one of them a separator, one needing `%`.
+                let (n, tail) = (7, "é\n");
+                write!(f, "a b:{n}%{tail}")
+            }
+        }
+        let mut w = KeyWriter::with_head("");
+        w.display(&Spaced);
+        assert_eq!(w.finish(), enc("a b:7%é\n"));
     }
 
     #[test]

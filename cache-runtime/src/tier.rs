@@ -80,6 +80,12 @@ impl Key {
     }
 }
 
+impl AsRef<str> for Key {
+    fn as_ref(&self) -> &str {
+        &self.logical
+    }
+}
+
 impl From<String> for Key {
     fn from(logical: String) -> Self {
         Key::new(logical)

@@ -83,6 +83,12 @@ fn local_ours(id: u64) -> Profile {
     profile(id)
 }
 
+/// `local_ours` with a per-key tag: the tag is written on every call, read only by a miss.
+#[cache_runtime::cached(tier = "local", ttl = 300, key = "user:profile:<id>", tags = ["user:<id>"])]
+fn local_ours_tagged(id: u64) -> Profile {
+    profile(id)
+}
+
 #[cached::macros::cached(
     max_size = 10_000,
     ttl_secs = 300,
@@ -152,17 +158,21 @@ async fn hand_redis_mget(conn: &mut ConnectionManager, id: u64) -> Profile {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: hit-instructions <local-ours|local-hand|local-cached|local-quick|local-mini|redis-ours|redis-hand|redis-hand-mget|redis-cached|redis-ours-64|redis-hand-64|invalidate-ours|invalidate-hand|miss-ours|miss-ours-tagged|miss-hand|miss-cached> <calls>";
+    let usage = "usage: hit-instructions <local-ours|local-ours-tagged|local-hand|local-cached|local-quick|local-mini|redis-ours|redis-hand|redis-hand-mget|redis-cached|redis-ours-64|redis-hand-64|invalidate-ours|invalidate-hand|miss-ours|miss-ours-tagged|miss-hand|miss-cached> <calls>";
     let contender = args.next().expect(usage);
     alloc_count::count_from_now();
     let calls: u64 = args.next().and_then(|s| s.parse().ok()).expect(usage);
     let warm = ids(KEYS);
     match contender.as_str() {
-        "local-ours" => {
+        "local-ours" | "local-ours-tagged" => {
             init_local_only();
-            warm.for_each(|id| drop(local_ours(id)));
+            let call = match contender.as_str() {
+                "local-ours" => local_ours,
+                _ => local_ours_tagged,
+            };
+            warm.for_each(|id| drop(call(id)));
             measured(calls, || {
-                ids(calls).for_each(|id| drop(black_box(local_ours(black_box(id)))))
+                ids(calls).for_each(|id| drop(black_box(call(black_box(id)))))
             });
         }
         "local-hand" => {

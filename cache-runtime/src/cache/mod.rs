@@ -18,7 +18,7 @@ use crate::bus;
 use crate::entry::ETag;
 use crate::error::CacheError;
 use crate::flight::Flights;
-use crate::key::KeyWriter;
+use crate::key::{IntoKey, KeyWriter};
 use crate::log_limit::LogLimiter;
 use crate::observe::{Mode, ObserveReport, Observer};
 use crate::shape::{EntryShape, Shape, Sharing};
@@ -211,21 +211,21 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     /// tier. Redis failures are misses.
     pub async fn get_or_load<R, S>(
         &self,
-        key: impl Into<Key>,
+        key: impl IntoKey,
         body: impl Future<Output = R>,
         sharing: &Sharing<R>,
     ) -> R
     where
         S: Shape<R, Value = V>,
     {
-        let key = key.into();
+        // The key stays a stack buffer through a local hit; only a miss owns it.
         let normal = self.mode.load(Ordering::Relaxed) == 0;
         if normal {
-            if let Some(hit) = self.local_hit_fresh(&key.logical) {
+            if let Some(hit) = self.local_hit_fresh(key.logical()) {
                 return S::rebuild(hit.value().clone());
             }
         }
-        self.load_unhit::<R, S, _>(&key, body, sharing, normal)
+        self.load_unhit::<R, S, _>(&key.into_key(), body, sharing, normal)
             .await
     }
 
@@ -277,14 +277,14 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     /// ```
     pub async fn get_or_load_entry<R, S>(
         &self,
-        key: impl Into<Key>,
+        key: impl IntoKey,
         body: impl Future<Output = R>,
         sharing: &Sharing<R>,
     ) -> S::Entries
     where
         S: EntryShape<R, Value = V>,
     {
-        let key = key.into();
+        let key = key.into_key();
         let (r, meta, source) = self.load::<R, S, _>(&key, &mut Some(body), sharing).await;
         S::with_entry(r, meta, key.tags.into(), source)
     }
@@ -292,7 +292,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     /// Blocking [`get_or_load_entry`](Self::get_or_load_entry).
     pub fn get_or_load_entry_blocking<R, S>(
         &self,
-        key: impl Into<Key>,
+        key: impl IntoKey,
         body: impl FnOnce() -> R,
         sharing: &Sharing<R>,
     ) -> S::Entries
@@ -359,31 +359,30 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     #[inline]
     pub fn get_or_load_blocking<R, S>(
         &self,
-        key: impl Into<Key>,
+        key: impl IntoKey,
         body: impl FnOnce() -> R,
         sharing: &Sharing<R>,
     ) -> R
     where
         S: Shape<R, Value = V>,
     {
-        let key = key.into();
-        // A plain `String` key moves into `Key` (no allocation); a hit returns before the
-        // miss path's frame is set up.
+        // A hit reads the key where it was written (a stack buffer, for generated code) and
+        // returns before the miss path's frame is set up.
         let normal = self.mode.load(Ordering::Relaxed) == 0;
         if normal {
-            if let Some(hit) = self.local_hit_fresh(&key.logical) {
+            if let Some(hit) = self.local_hit_fresh(key.logical()) {
                 return S::rebuild(hit.value().clone());
             }
         }
-        self.load_unhit_blocking::<R, S>(key, body, sharing, normal)
+        self.load_unhit_blocking::<R, S>(key.into_key(), body, sharing, normal)
     }
 
     /// The cached value, from the local tier or Redis (promoting it), without running the body.
-    pub async fn lookup(&self, key: impl Into<Key>) -> Option<V> {
-        let key = key.into();
-        if let Some((v, _)) = self.local_hit(&key.logical) {
+    pub async fn lookup(&self, key: impl IntoKey) -> Option<V> {
+        if let Some((v, _)) = self.local_hit(key.logical()) {
             return Some(v);
         }
+        let key = key.into_key();
         // A tagged value is promoted only under a flight (which a tag invalidation detaches);
         // a lookup has none, so it does not promote (no generation equals `u64::MAX`).
         let seen_local = match key.tags.is_empty() {
@@ -400,15 +399,15 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     }
 
     /// Blocking [`lookup`](Self::lookup).
-    pub fn lookup_blocking(&self, key: impl Into<Key>) -> Option<V> {
+    pub fn lookup_blocking(&self, key: impl IntoKey) -> Option<V> {
         pollster::block_on(self.lookup(key))
     }
 
     /// Removes the entry from every tier and, through the bus, from other processes' local
     /// tiers. The local tier is always cleared; the result says whether Redis confirmed
     /// (`Ok` too when this cache has no Redis tier). One round trip.
-    pub async fn invalidate(&self, key: impl Into<Key>) -> Result<(), CacheError> {
-        let key = key.into();
+    pub async fn invalidate(&self, key: impl IntoKey) -> Result<(), CacheError> {
+        let key = key.into_key();
         self.counters.invalidations.add(1);
         self.drop_local(&key.logical);
         let res = self.redis_invalidate(&key).await;
@@ -418,28 +417,28 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     }
 
     /// Blocking [`invalidate`](Self::invalidate).
-    pub fn invalidate_blocking(&self, key: impl Into<Key>) -> Result<(), CacheError> {
+    pub fn invalidate_blocking(&self, key: impl IntoKey) -> Result<(), CacheError> {
         pollster::block_on(self.invalidate(key))
     }
 
     /// Writes `value` into every tier (write-through after an update) and evicts other
     /// processes' local copies. Local is always written; the result says whether Redis
     /// accepted it. Two round trips.
-    pub async fn populate(&self, key: impl Into<Key>, value: V) -> Result<(), CacheError> {
-        self.store_explicit(&key.into(), value, false).await
+    pub async fn populate(&self, key: impl IntoKey, value: V) -> Result<(), CacheError> {
+        self.store_explicit(&key.into_key(), value, false).await
     }
 
     /// Blocking [`populate`](Self::populate).
-    pub fn populate_blocking(&self, key: impl Into<Key>, value: V) -> Result<(), CacheError> {
+    pub fn populate_blocking(&self, key: impl IntoKey, value: V) -> Result<(), CacheError> {
         pollster::block_on(self.populate(key, value))
     }
 
     /// Runs `body` now (no lookup) and stores a cacheable result like [`populate`](Self::populate).
-    pub async fn refresh<R, S>(&self, key: impl Into<Key>, body: impl Future<Output = R>) -> R
+    pub async fn refresh<R, S>(&self, key: impl IntoKey, body: impl Future<Output = R>) -> R
     where
         S: Shape<R, Value = V>,
     {
-        let key = key.into();
+        let key = key.into_key();
         let r = self.timed(body).await;
         if let Some((v, negative)) = S::cacheable(&r) {
             let _ = self.store_explicit(&key, v, negative).await;
@@ -448,7 +447,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     }
 
     /// Blocking [`refresh`](Self::refresh).
-    pub fn refresh_blocking<R, S>(&self, key: impl Into<Key>, body: impl FnOnce() -> R) -> R
+    pub fn refresh_blocking<R, S>(&self, key: impl IntoKey, body: impl FnOnce() -> R) -> R
     where
         S: Shape<R, Value = V>,
     {
