@@ -1,6 +1,7 @@
-//! Scope tokens kept in the process, exact by Redis's client tracking (docs/PROTOCOL.md
-//! §7.1, §12): a Redis hit reads only the value and its ticket, and compares the envelope's
-//! stamps with tokens the process keeps; Redis pushes an invalidation when one changes.
+//! Scope tokens and entry tickets kept in the process, exact by Redis's client tracking
+//! (docs/PROTOCOL.md §7.1, §12): a Redis hit reads only the value, and compares the
+//! envelope's ticket and stamps with those the process keeps; Redis pushes an invalidation
+//! when one changes.
 //!
 //! Each test first gets a reader node to serve a value from Redis with its tokens kept
 //! (its local copy dropped, so the Redis check is what decides), then removes a token behind
@@ -24,8 +25,8 @@ fn set_db(server: &RedisServer, id: u64, value: &str) {
         .expect("set the source of truth");
 }
 
-/// A node that has served id 1 = `old` from Redis twice (so its tokens are kept), with no
-/// local copy left.
+/// A node that has served id 1 = `old` from Redis twice (so its tokens and the entry's
+/// ticket are kept), with no local copy left.
 fn reader_with_kept_tokens(server: &RedisServer) -> Node {
     let reader = Node::start(V1, server, &[]);
     reader.wait_subscribed(1, WITHIN);
@@ -226,10 +227,10 @@ fn claiming_reads_use_the_kept_tokens_and_see_a_deleted_clear_token() {
     );
 }
 
-/// The server's view of a hit: `MGET` of the value and the ticket only, once the tokens are
-/// kept; the tokens are read once, behind `CLIENT CACHING yes`.
+/// The server's view of a hit: `GET` of the value alone, once the tokens and the entry's
+/// ticket are kept; they were read once, behind `CLIENT CACHING yes`.
 #[test]
-fn a_hit_reads_two_keys_once_the_tokens_are_kept() {
+fn a_hit_reads_the_value_alone_once_tokens_and_ticket_are_kept() {
     let server = RedisServer::start();
     let reader = reader_with_kept_tokens(&server);
     server.log_every_command();
@@ -238,32 +239,78 @@ fn a_hit_reads_two_keys_once_the_tokens_are_kept() {
         assert_eq!(reader.call("clear_local"), "done");
     }
     let commands = server.slowlog_commands();
-    let mgets: Vec<&Vec<String>> = commands
+    let reads: Vec<&Vec<String>> = commands
         .iter()
-        .filter(|c| c[0].eq_ignore_ascii_case("mget"))
+        .filter(|c| c[0].eq_ignore_ascii_case("mget") || c[0].eq_ignore_ascii_case("get"))
         .collect();
-    assert_eq!(mgets.len(), 20, "one MGET per hit: {commands:?}");
-    for m in &mgets {
-        assert_eq!(m.len(), 3, "MGET value ticket, no token: {m:?}");
+    assert_eq!(reads.len(), 20, "one read per hit: {commands:?}");
+    for r in &reads {
         assert!(
-            m[1].contains(":v2:") && m[2].contains(":t:profile:1"),
-            "{m:?}"
+            r.len() == 2 && r[0].eq_ignore_ascii_case("get") && r[1].contains(":v2:"),
+            "GET value, no ticket, no token: {r:?}"
         );
     }
     assert!(
-        !commands
+        !commands.iter().any(|c| c
             .iter()
-            .any(|c| c.iter().any(|a| a.contains("{t:scopes}"))),
-        "no token read while they are kept: {commands:?}"
+            .any(|a| a.contains("{t:scopes}") || a.contains(":t:profile"))),
+        "no token or ticket read while they are kept: {commands:?}"
     );
 }
 
-/// Clear tokens live until a clear deletes them; a tag's token lives as long as the values
-/// stamped with it, and every store within one quantum names the same deadline
-/// (docs/PROTOCOL.md §4.3): the `PEXPIRE … GT` of the second store changes nothing, so no
-/// push empties the token from every process that keeps it. A ticket the miss created
-/// itself is not extended by its store (it outlives the value already), nor a tag token it
-/// created with it; an adopted one is.
+/// The entry's value and ticket keys of id 1.
+fn entry_keys(server: &RedisServer) -> (String, String) {
+    let values = server.scan("{t:*}:v2:1:profile:1");
+    let tickets = server.scan("{t:*}:t:profile:1");
+    assert_eq!(
+        (values.len(), tickets.len()),
+        (1, 1),
+        "{values:?} {tickets:?}"
+    );
+    (values[0].clone(), tickets[0].clone())
+}
+
+/// A write that invalidated the key behind the reader's back (no bus message), then a
+/// body that had started before it storing its old result under the old ticket, with a
+/// plain `SET` as the protocol allows: the old envelope is back in Redis, its ticket gone.
+#[test]
+fn a_replaced_ticket_is_seen_by_a_reader_that_kept_it() {
+    reads_new_after(|s| {
+        let (value, ticket) = entry_keys(s);
+        let old: Vec<u8> = s.cmd(&["GET", &value]).unwrap();
+        assert_eq!(s.cmd::<u64>(&["DEL", &value, &ticket]).unwrap(), 2);
+        s.cmd::<()>(&["SET", &ticket, "0123456789abcdef", "PX", "60000"])
+            .unwrap();
+        let mut c = s.client();
+        redis::cmd("SET")
+            .arg(&value)
+            .arg(old)
+            .arg("PX")
+            .arg(60_000)
+            .query::<()>(&mut c)
+            .unwrap();
+    });
+}
+
+#[test]
+fn a_deleted_ticket_is_seen_by_a_reader_that_kept_it() {
+    reads_new_after(|s| {
+        let (_, ticket) = entry_keys(s);
+        assert_eq!(s.cmd::<u64>(&["DEL", &ticket]).unwrap(), 1);
+    });
+}
+
+#[test]
+fn an_expired_ticket_is_seen_by_a_reader_that_kept_it() {
+    reads_new_after(|s| {
+        let (_, ticket) = entry_keys(s);
+        assert_eq!(s.cmd::<u64>(&["PEXPIRE", &ticket, "1"]).unwrap(), 1);
+        eventually_blocking(WITHIN, "the ticket to expire", || {
+            s.cmd::<u64>(&["EXISTS", &ticket]).unwrap() == 0
+        });
+    });
+}
+
 #[test]
 fn stores_extend_a_tag_token_once_per_quantum_and_clear_tokens_never_expire() {
     let server = RedisServer::start();

@@ -255,12 +255,102 @@ fn entry_of(
     (value, ticket, items)
 }
 
-/// A plain read on the tracked connection (docs/PROTOCOL.md §7.1, `tracking.rs`): `MGET
-/// value ticket` when every scope token of the entry is cached and still is when the reply
-/// arrives (the pushes of writes that executed before the read were applied before it);
-/// otherwise `MGET value ticket`, `CLIENT CACHING yes`, `MGET tokens…` in one pipeline, the
-/// tokens read after the value (a token that still matches then matched at the read) and
-/// cached from then on.
+/// [`read_tracked`] when every scope token of the entry is kept (`stamps`, looked up at
+/// `epoch`), by what else is kept:
+///
+/// - its ticket too, and no claim: `GET v` alone;
+/// - not its ticket, and no claim: `GET v`, `CLIENT CACHING yes`, `GET t`, the ticket read
+///   after the value (a ticket that still matches then matched at the read: tickets never
+///   repeat) and kept from then on;
+/// - a claim: `GET v` and the claims, whose reply is the ticket in force (`SET t new NX GET`).
+///
+/// `None` if a push overtook the read and what it relied on is no longer kept: the caller
+/// reads everything again.
+async fn read_kept(
+    k: &ReadKeys<'_>,
+    t: &mut tracking::Tracked,
+    stamps: Stamps,
+    ticket: Option<u64>,
+    claim: Option<(u64, u64)>,
+    epoch: u64,
+) -> redis::RedisResult<Option<Result<Fetched, CacheError>>> {
+    match (claim, ticket) {
+        (None, Some(ticket)) => {
+            let reply = get_of(k, k.value_middle)
+                .query_async::<redis::Value>(&mut t.conn)
+                .await?;
+            // No push since the lookup (one atomic load), or both still kept as they were.
+            let stamps = match t.tokens.epoch() == epoch {
+                true => stamps,
+                false => match t.tokens.kept(k) {
+                    Some((stamps, Some(kept))) if kept == ticket => stamps,
+                    _ => return Ok(None),
+                },
+            };
+            Ok(Some(Ok(fetched(
+                bulk_bytes(reply),
+                Some(ticket),
+                stamps,
+                Vec::new(),
+            ))))
+        }
+        (None, None) => {
+            let mut p = redis::Pipeline::with_capacity(3);
+            p.add_command(get_of(k, k.value_middle));
+            p.cmd("CLIENT").arg("CACHING").arg("YES");
+            p.add_command(get_of(k, crate::key::TICKET_MIDDLE));
+            let replies = p
+                .ignore_errors()
+                .query_async::<Vec<redis::Value>>(&mut t.conn)
+                .await?;
+            let mut replies = replies.into_iter();
+            let mut next = || replies.next().unwrap_or(redis::Value::Nil).extract_error();
+            let (value, caching, found) = (next()?, next()?, next()?);
+            let stamps = match t.tokens.epoch() == epoch {
+                true => stamps,
+                false => match t.tokens.stamps(k) {
+                    Some(stamps) => stamps,
+                    None => return Ok(None),
+                },
+            };
+            let found = bulk_bytes(found).and_then(|b| parse_ticket(&b));
+            // Kept only if Redis tracks it for this connection now (`CLIENT CACHING` took).
+            if let (Some(found), redis::Value::Okay) = (found, caching) {
+                t.tokens.insert_ticket(k, found, epoch);
+            }
+            Ok(Some(Ok(fetched(
+                bulk_bytes(value),
+                found,
+                stamps,
+                Vec::new(),
+            ))))
+        }
+        (Some((new, px)), _) => {
+            let replies = claiming_read(get_of(k, k.value_middle), k, new, px)
+                .query_async::<Vec<redis::Value>>(&mut t.conn)
+                .await?;
+            let (reply, claimed) = split_claims(replies, new)?;
+            let stamps = match t.tokens.epoch() == epoch {
+                true => stamps,
+                false => match t.tokens.stamps(k) {
+                    Some(stamps) => stamps,
+                    None => return Ok(None),
+                },
+            };
+            let entry = tracked_entry(reply, Some(new), &claimed, k, &mut t.conn).await?;
+            Ok(Some(entry.map(|(value, found)| {
+                fetched(value, found, stamps, claimed)
+            })))
+        }
+    }
+}
+
+/// A read on the tracked connection (docs/PROTOCOL.md §7.1, `tracking.rs`): [`read_kept`]
+/// when every scope token of the entry is cached and still is when the reply arrives (the
+/// pushes of writes that executed before the read were applied before it); otherwise `MGET
+/// value ticket` (or `GET value` and the claims), `CLIENT CACHING yes`, `MGET tokens…` in
+/// one pipeline, the tokens read after the value (a token that still matches then matched
+/// at the read) and cached from then on.
 async fn read_tracked(
     shared: &Shared,
     k: &ReadKeys<'_>,
@@ -272,38 +362,14 @@ async fn read_tracked(
         (Err(e), f)
     };
     let epoch = t.tokens.epoch();
-    if let Some(stamps) = t.tokens.stamps(k) {
-        // A claiming read reads the ticket through its claim (`SET t new NX GET` answers
-        // the ticket in force), so it reads the value alone: `GET v`, not `MGET v t`.
-        let replies = match claim {
-            None => mget_of(k, true, false)
-                .query_async::<redis::Value>(&mut t.conn)
-                .await
-                .map(|v| (v, Vec::new())),
-            Some((new, px)) => claiming_read(get_of(k, k.value_middle), k, new, px)
-                .query_async::<Vec<redis::Value>>(&mut t.conn)
-                .await
-                .and_then(|replies| split_claims(replies, new)),
-        };
-        let (reply, claimed) = match replies {
-            Ok(v) => v,
+    if let Some((stamps, ticket)) = t.tokens.kept(k) {
+        match read_kept(k, &mut t, stamps, ticket, claim, epoch).await {
+            Ok(Some(res)) => return (res, Fault::Answered),
+            // A token or the ticket was invalidated while the read was in flight: read
+            // them all again.
+            Ok(None) => {}
             Err(e) => return fail(e),
-        };
-        // No push since the tokens were looked up: they still hold (the common case, one
-        // atomic load); otherwise look again.
-        let stamps = match t.tokens.epoch() == epoch {
-            true => Some(stamps),
-            false => t.tokens.stamps(k),
-        };
-        if let Some(stamps) = stamps {
-            let entry = tracked_entry(reply, claim.map(|c| c.0), &claimed, k, &mut t.conn);
-            let res = match entry.await {
-                Ok(entry) => entry.map(|(value, found)| fetched(value, found, stamps, claimed)),
-                Err(e) => return fail(e),
-            };
-            return (res, Fault::Answered);
         }
-        // A token was invalidated while the read was in flight: read them all again.
     }
     let epoch = t.tokens.epoch();
     let mut p = redis::Pipeline::with_capacity(4 + k.tags.len());

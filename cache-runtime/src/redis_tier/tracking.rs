@@ -12,6 +12,9 @@
 //! connection's driver, before it delivers any later reply; so a token still cached when a
 //! reply arrives was in force when that read executed. A lost connection empties the cache
 //! and it is never used again (its connection is replaced).
+//!
+//! Entry tickets are kept the same way (read after the value, behind `CLIENT CACHING yes`),
+//! so that a hit whose ticket and tokens are all kept reads its value alone (`GET v`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +29,10 @@ use crate::redis_request::Stamps;
 /// (`user:<id>`) has one per key. Past it an eighth of them, arbitrary ones, are dropped.
 /// Redis keeps tracking the dropped keys; their pushes then remove nothing.
 const MAX_TOKENS: usize = 32_768;
+
+/// Entry tickets kept per connection, at most (about 100 bytes each: one per key read
+/// through Redis lately). Past it an eighth of them, arbitrary ones, are dropped.
+const MAX_TICKETS: usize = 32_768;
 
 /// A tracked connection and the tokens it has read.
 #[derive(Clone)]
@@ -46,6 +53,9 @@ pub(crate) struct TokenCache {
 struct Tokens {
     /// Hashed with foldhash (a per-process random seed), as the flight map.
     by_key: HashMap<Box<[u8]>, u64, foldhash::fast::RandomState>,
+    /// Entry tickets by ticket key, kept like the tokens: a hit whose ticket is kept reads
+    /// its value alone (`GET v`).
+    tickets: HashMap<Box<[u8]>, u64, foldhash::fast::RandomState>,
     /// The connection is gone: nothing is cached any more.
     dead: bool,
 }
@@ -55,6 +65,7 @@ impl TokenCache {
         Self {
             map: Mutex::new(Tokens {
                 by_key: HashMap::default(),
+                tickets: HashMap::default(),
                 dead: false,
             }),
             epoch: AtomicU64::new(0),
@@ -77,11 +88,15 @@ impl TokenCache {
                         for key in keys {
                             if let Value::BulkString(key) = key {
                                 tokens.by_key.remove(key.as_slice());
+                                tokens.tickets.remove(key.as_slice());
                             }
                         }
                     }
                     // A null key list: `FLUSHALL` / `FLUSHDB`, or a full resync of a replica.
-                    _ => tokens.by_key.clear(),
+                    _ => {
+                        tokens.by_key.clear();
+                        tokens.tickets.clear();
+                    }
                 }
             }
             PushKind::Disconnection => {
@@ -89,6 +104,7 @@ impl TokenCache {
                 self.epoch.fetch_add(1, Ordering::AcqRel);
                 tokens.dead = true;
                 tokens.by_key.clear();
+                tokens.tickets.clear();
             }
             _ => {}
         }
@@ -102,9 +118,24 @@ impl TokenCache {
     }
 
     /// The stamps of `k`'s scopes (cache clear, global clear, tags, in that order) if every
+    /// one is cached, and its entry's ticket if that is cached too (one lock for both).
+    pub(super) fn kept(&self, k: &ReadKeys<'_>) -> Option<(Stamps, Option<u64>)> {
+        let tokens = self.lock();
+        let stamps = Self::stamps_in(&tokens, k)?;
+        let ticket = match tokens.tickets.is_empty() {
+            true => None,
+            false => tokens.tickets.get(ticket_key(k).as_slice()).copied(),
+        };
+        Some((stamps, ticket))
+    }
+
+    /// The stamps of `k`'s scopes (cache clear, global clear, tags, in that order) if every
     /// one is cached.
     pub(super) fn stamps(&self, k: &ReadKeys<'_>) -> Option<Stamps> {
-        let tokens = self.lock();
+        Self::stamps_in(&self.lock(), k)
+    }
+
+    fn stamps_in(tokens: &Tokens, k: &ReadKeys<'_>) -> Option<Stamps> {
         if tokens.dead {
             return None;
         }
@@ -156,10 +187,46 @@ impl TokenCache {
         }
     }
 
+    /// Caches `k`'s entry ticket, read (after `CLIENT CACHING yes`) by a read sent after
+    /// `epoch` was taken, if no push arrived since.
+    pub(super) fn insert_ticket(&self, k: &ReadKeys<'_>, ticket: u64, epoch: u64) {
+        let mut tokens = self.lock();
+        if tokens.dead || self.epoch.load(Ordering::Acquire) != epoch {
+            return;
+        }
+        if tokens.tickets.len() >= MAX_TICKETS {
+            let mut i = 0u32;
+            tokens.tickets.retain(|_, _| {
+                i = i.wrapping_add(1);
+                i % 8 != 0
+            });
+        }
+        tokens
+            .tickets
+            .insert(ticket_key(k).as_slice().into(), ticket);
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.lock().by_key.len()
     }
+}
+
+/// `{prefix:bucket}:t:<logical>`, the entry's ticket key (docs/PROTOCOL.md §2), on the
+/// stack when short.
+fn ticket_key(k: &ReadKeys<'_>) -> smallvec::SmallVec<[u8; 128]> {
+    let mut key = smallvec::SmallVec::new();
+    let mut digits = itoa::Buffer::new();
+    let parts = crate::key::bucket_key_parts(
+        k.prefix,
+        digits.format(k.bucket),
+        crate::key::TICKET_MIDDLE,
+        k.logical,
+    );
+    for p in parts {
+        key.extend_from_slice(p.as_bytes());
+    }
+    key
 }
 
 /// `{prefix:scopes}:t:<tag>` (single node; docs/PROTOCOL.md §2), on the stack when short.
@@ -268,6 +335,57 @@ mod tests {
         assert!(
             cache.stamps(&k).is_none(),
             "a lost connection's cache stays empty"
+        );
+    }
+
+    #[test]
+    fn tickets_go_with_their_push_a_flush_or_the_connection_and_stay_bounded() {
+        let clears: [Arc<str>; 2] = ["{cr:scopes}:c:app::a".into(), "{cr:scopes}:a".into()];
+        let k = keys(&clears, &[]);
+        let cache = TokenCache::new();
+        cache.insert(&k, &[1, 2], cache.epoch());
+        cache.insert_ticket(&k, 9, cache.epoch());
+        assert_eq!(cache.kept(&k).unwrap().1, Some(9));
+        // The ticket key of `keys`: bucket 1, logical `k`.
+        cache.on_push(invalidate(&["{cr:1}:t:k"]));
+        assert_eq!(cache.kept(&k).unwrap().1, None, "its push removes it");
+        let sent = cache.epoch();
+        cache.on_push(invalidate(&["{cr:1}:t:other"]));
+        cache.insert_ticket(&k, 9, sent);
+        assert_eq!(
+            cache.kept(&k).unwrap().1,
+            None,
+            "a read overtaken by a push"
+        );
+        cache.insert_ticket(&k, 10, cache.epoch());
+        cache.on_push(PushInfo {
+            kind: PushKind::Invalidate,
+            data: vec![Value::Nil],
+        });
+        cache.insert(&k, &[1, 2], cache.epoch());
+        assert_eq!(
+            cache.kept(&k).unwrap().1,
+            None,
+            "a flush removes every ticket"
+        );
+        for i in 0..(MAX_TICKETS as u64 + 10) {
+            let logical = format!("k{i}");
+            let ki = ReadKeys {
+                logical: &logical,
+                ..keys(&clears, &[])
+            };
+            cache.insert_ticket(&ki, i + 1, cache.epoch());
+        }
+        assert!(cache.lock().tickets.len() <= MAX_TICKETS);
+        cache.insert_ticket(&k, 11, cache.epoch());
+        cache.on_push(PushInfo {
+            kind: PushKind::Disconnection,
+            data: Vec::new(),
+        });
+        assert!(cache.kept(&k).is_none());
+        assert!(
+            cache.lock().tickets.is_empty(),
+            "a lost connection's tickets go"
         );
     }
 
