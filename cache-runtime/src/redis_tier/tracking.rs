@@ -124,7 +124,10 @@ impl TokenCache {
         let stamps = Self::stamps_in(&tokens, k)?;
         let ticket = match tokens.tickets.is_empty() {
             true => None,
-            false => tokens.tickets.get(ticket_key(k).as_slice()).copied(),
+            false => tokens
+                .tickets
+                .get(ticket_key(k).as_str().as_bytes())
+                .copied(),
         };
         Some((stamps, ticket))
     }
@@ -145,7 +148,7 @@ impl TokenCache {
         }
         for tag in k.tags {
             let key = tag_token_key(k.prefix, tag);
-            stamps.push(*tokens.by_key.get(key.as_slice())?);
+            stamps.push(*tokens.by_key.get(key.as_str().as_bytes())?);
         }
         Some(stamps)
     }
@@ -180,7 +183,7 @@ impl TokenCache {
                 Some(&t) if t != 0 => {
                     tokens
                         .by_key
-                        .insert(tag_token_key(k.prefix, tag).as_slice().into(), t);
+                        .insert(tag_token_key(k.prefix, tag).as_str().as_bytes().into(), t);
                 }
                 _ => {}
             }
@@ -203,7 +206,7 @@ impl TokenCache {
         }
         tokens
             .tickets
-            .insert(ticket_key(k).as_slice().into(), ticket);
+            .insert(ticket_key(k).as_str().as_bytes().into(), ticket);
     }
 
     #[cfg(test)]
@@ -212,28 +215,27 @@ impl TokenCache {
     }
 }
 
-/// `{prefix:bucket}:t:<logical>`, the entry's ticket key (docs/PROTOCOL.md §2), on the
-/// stack when short.
-fn ticket_key(k: &ReadKeys<'_>) -> smallvec::SmallVec<[u8; 128]> {
-    let mut key = smallvec::SmallVec::new();
+/// `{prefix:bucket}:t:<logical>`, the entry's ticket key (docs/PROTOCOL.md §2), written on
+/// the stack (a [`KeyWriter`](crate::key::KeyWriter)) when short.
+fn ticket_key(k: &ReadKeys<'_>) -> crate::key::KeyWriter {
     let mut digits = itoa::Buffer::new();
-    let parts = crate::key::bucket_key_parts(
+    joined(crate::key::bucket_key_parts(
         k.prefix,
         digits.format(k.bucket),
         crate::key::TICKET_MIDDLE,
         k.logical,
-    );
-    for p in parts {
-        key.extend_from_slice(p.as_bytes());
-    }
-    key
+    ))
 }
 
 /// `{prefix:scopes}:t:<tag>` (single node; docs/PROTOCOL.md §2), on the stack when short.
-fn tag_token_key(prefix: &str, tag: &str) -> smallvec::SmallVec<[u8; 96]> {
-    let mut key = smallvec::SmallVec::new();
-    for p in crate::key::tag_token_key_parts(prefix, tag) {
-        key.extend_from_slice(p.as_bytes());
+fn tag_token_key(prefix: &str, tag: &str) -> crate::key::KeyWriter {
+    joined(crate::key::tag_token_key_parts(prefix, tag))
+}
+
+fn joined<const N: usize>(parts: [&str; N]) -> crate::key::KeyWriter {
+    let mut key = crate::key::KeyWriter::with_head("");
+    for p in parts {
+        key.literal(p);
     }
     key
 }
