@@ -313,21 +313,36 @@ async fn corrupt_foreign_and_wrongly_typed_values_are_misses() {
         );
     }
 
-    // A key of another Redis type (a hash) is a miss too (`MGET` answers nil for it, so
-    // the hit stays one command), and the store replaces it.
-    let _: () = raw().del(key).unwrap();
-    let _: () = raw().hset(key, "field", "value").unwrap();
-    corruptible_cache().clear_local();
-    let runs = CORRUPT_RUNS.load(SeqCst);
-    assert_eq!(corruptible(1).await, profile(1));
-    assert_eq!(CORRUPT_RUNS.load(SeqCst), runs + 1, "a hash is a miss");
-    assert_eq!(
-        corruptible_cache().stats().decode_failures,
-        bad_values.len() as u64
-    );
-    let kind: String = redis::cmd("TYPE").arg(key).query(&mut raw()).unwrap();
-    assert_eq!(kind, "string");
-    assert_eq!(corruptible_cache().stats().redis_errors, 0);
+    // A key of another Redis type (a hash) is a miss too (`GET` answers `WRONGTYPE` for it,
+    // `MGET` nil), and the store replaces it: first with the key's ticket not kept by the
+    // process, then with it kept (two Redis hits first: the hit reads `GET v` alone).
+    for kept in [false, true] {
+        if kept {
+            for _ in 0..2 {
+                corruptible_cache().clear_local();
+                let hits = corruptible_cache().stats().redis_hits;
+                assert_eq!(corruptible(1).await, profile(1));
+                assert_eq!(corruptible_cache().stats().redis_hits, hits + 1);
+            }
+        }
+        let _: () = raw().del(key).unwrap();
+        let _: () = raw().hset(key, "field", "value").unwrap();
+        corruptible_cache().clear_local();
+        let runs = CORRUPT_RUNS.load(SeqCst);
+        assert_eq!(corruptible(1).await, profile(1));
+        assert_eq!(
+            CORRUPT_RUNS.load(SeqCst),
+            runs + 1,
+            "a hash is a miss (kept: {kept})"
+        );
+        assert_eq!(
+            corruptible_cache().stats().decode_failures,
+            bad_values.len() as u64
+        );
+        let kind: String = redis::cmd("TYPE").arg(key).query(&mut raw()).unwrap();
+        assert_eq!(kind, "string", "kept: {kept}");
+        assert_eq!(corruptible_cache().stats().redis_errors, 0, "kept: {kept}");
+    }
 }
 
 #[test]

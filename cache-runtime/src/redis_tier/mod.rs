@@ -276,9 +276,13 @@ async fn read_kept(
 ) -> redis::RedisResult<Option<Result<Fetched, CacheError>>> {
     match (claim, ticket) {
         (None, Some(ticket)) => {
-            let reply = get_of(k, k.value_middle)
+            let reply = match get_of(k, k.value_middle)
                 .query_async::<redis::Value>(&mut t.conn)
-                .await?;
+                .await
+            {
+                Err(e) if e.code() == Some(WRONGTYPE) => redis::Value::Nil,
+                reply => value_reply(reply?)?,
+            };
             // No push since the lookup (one atomic load), or both still kept as they were.
             let stamps = match t.tokens.epoch() == epoch {
                 true => stamps,
@@ -304,8 +308,9 @@ async fn read_kept(
                 .query_async::<Vec<redis::Value>>(&mut t.conn)
                 .await?;
             let mut replies = replies.into_iter();
-            let mut next = || replies.next().unwrap_or(redis::Value::Nil).extract_error();
-            let (value, caching, found) = (next()?, next()?, next()?);
+            let mut next = || replies.next().unwrap_or(redis::Value::Nil);
+            let value = value_reply(next())?;
+            let (caching, found) = (next().extract_error()?, next().extract_error()?);
             let stamps = match t.tokens.epoch() == epoch {
                 true => stamps,
                 false => match t.tokens.stamps(k) {
@@ -393,8 +398,12 @@ async fn read_tracked(
         Err(e) => return fail(e),
     };
     let mut replies = replies.into_iter();
-    let mut next = || replies.next().unwrap_or(redis::Value::Nil).extract_error();
-    let (entry, caching, tokens) = match (next(), next(), next()) {
+    let mut next = || replies.next().unwrap_or(redis::Value::Nil);
+    let (entry, caching, tokens) = match (
+        value_reply(next()),
+        next().extract_error(),
+        next().extract_error(),
+    ) {
         (Ok(entry), Ok(caching), Ok(tokens)) => (entry, caching, tokens),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return fail(e),
     };
@@ -550,11 +559,21 @@ fn split_claims(
     new: u64,
 ) -> redis::RedisResult<(redis::Value, Vec<Option<u64>>)> {
     let mut replies = replies.into_iter();
-    let reply = replies
-        .next()
-        .unwrap_or(redis::Value::Nil)
-        .extract_error()?;
+    let reply = value_reply(replies.next().unwrap_or(redis::Value::Nil))?;
     Ok((reply, claims_of(replies, new)))
+}
+
+/// The error code of a `GET` of a key of another Redis type.
+const WRONGTYPE: &str = "WRONGTYPE";
+
+/// A read's reply for the value (`GET v` or the `MGET`), errors extracted. A value key of
+/// another Redis type (a hash where the value belongs) answers `GET` with `WRONGTYPE` where
+/// `MGET` answers nil: a miss all the same, whose store replaces it.
+fn value_reply(reply: redis::Value) -> redis::RedisResult<redis::Value> {
+    match reply {
+        redis::Value::ServerError(e) if e.code() == WRONGTYPE => Ok(redis::Value::Nil),
+        reply => reply.extract_error(),
+    }
 }
 
 /// The claims' replies, as [`split_claims`] reads them.
