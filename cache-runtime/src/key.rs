@@ -290,10 +290,6 @@ impl KeyBuf {
         }
     }
 
-    fn len(&self) -> usize {
-        self.as_str().len()
-    }
-
     /// Inserts `s` at byte `at` (a char boundary).
     fn insert_str(&mut self, at: usize, s: &str) {
         let tail = match self {
@@ -307,13 +303,6 @@ impl KeyBuf {
         };
         self.push_str(s);
         self.push_str(&tail);
-    }
-}
-
-impl std::ops::Index<std::ops::RangeFrom<usize>> for KeyBuf {
-    type Output = str;
-    fn index(&self, r: std::ops::RangeFrom<usize>) -> &str {
-        &self.as_str()[r]
     }
 }
 
@@ -657,9 +646,9 @@ impl<T: KeyPart> KeyPart for Option<T> {
         match self {
             None => w.raw("%N"),
             Some(v) => {
-                let start = w.buf.len();
+                let start = w.as_str().len();
                 v.write_key(w);
-                let written = &w.buf[start..];
+                let written = &w.as_str()[start..];
                 if written.starts_with("%N") || written.starts_with("%S") {
                     w.buf.insert_str(start, "%S");
                 }

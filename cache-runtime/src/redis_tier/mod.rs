@@ -276,20 +276,12 @@ async fn read_kept(
 ) -> redis::RedisResult<Option<Result<Fetched, CacheError>>> {
     match (claim, ticket) {
         (None, Some(ticket)) => {
-            let reply = match get_of(k, k.value_middle)
+            let reply = get_of(k, k.value_middle)
                 .query_async::<redis::Value>(&mut t.conn)
-                .await
-            {
-                Err(e) if e.code() == Some(WRONGTYPE) => redis::Value::Nil,
-                reply => value_reply(reply?)?,
-            };
-            // No push since the lookup (one atomic load), or both still kept as they were.
-            let stamps = match t.tokens.epoch() == epoch {
-                true => stamps,
-                false => match t.tokens.kept(k) {
-                    Some((stamps, Some(kept))) if kept == ticket => stamps,
-                    _ => return Ok(None),
-                },
+                .await;
+            let reply = value_reply(reply)?;
+            let Some(stamps) = t.tokens.still_kept(k, stamps, Some(ticket), epoch) else {
+                return Ok(None);
             };
             Ok(Some(Ok(fetched(
                 bulk_bytes(reply),
@@ -309,14 +301,10 @@ async fn read_kept(
                 .await?;
             let mut replies = replies.into_iter();
             let mut next = || replies.next().unwrap_or(redis::Value::Nil);
-            let value = value_reply(next())?;
+            let value = value_reply(Ok(next()))?;
             let (caching, found) = (next().extract_error()?, next().extract_error()?);
-            let stamps = match t.tokens.epoch() == epoch {
-                true => stamps,
-                false => match t.tokens.stamps(k) {
-                    Some(stamps) => stamps,
-                    None => return Ok(None),
-                },
+            let Some(stamps) = t.tokens.still_kept(k, stamps, None, epoch) else {
+                return Ok(None);
             };
             let found = bulk_bytes(found).and_then(|b| parse_ticket(&b));
             // Kept only if Redis tracks it for this connection now (`CLIENT CACHING` took).
@@ -335,12 +323,8 @@ async fn read_kept(
                 .query_async::<Vec<redis::Value>>(&mut t.conn)
                 .await?;
             let (reply, claimed) = split_claims(replies, new)?;
-            let stamps = match t.tokens.epoch() == epoch {
-                true => stamps,
-                false => match t.tokens.stamps(k) {
-                    Some(stamps) => stamps,
-                    None => return Ok(None),
-                },
+            let Some(stamps) = t.tokens.still_kept(k, stamps, None, epoch) else {
+                return Ok(None);
             };
             let entry = tracked_entry(reply, Some(new), &claimed, k, &mut t.conn).await?;
             Ok(Some(entry.map(|(value, found)| {
@@ -400,7 +384,7 @@ async fn read_tracked(
     let mut replies = replies.into_iter();
     let mut next = || replies.next().unwrap_or(redis::Value::Nil);
     let (entry, caching, tokens) = match (
-        value_reply(next()),
+        value_reply(Ok(next())),
         next().extract_error(),
         next().extract_error(),
     ) {
@@ -559,20 +543,20 @@ fn split_claims(
     new: u64,
 ) -> redis::RedisResult<(redis::Value, Vec<Option<u64>>)> {
     let mut replies = replies.into_iter();
-    let reply = value_reply(replies.next().unwrap_or(redis::Value::Nil))?;
+    let reply = value_reply(Ok(replies.next().unwrap_or(redis::Value::Nil)))?;
     Ok((reply, claims_of(replies, new)))
 }
 
-/// The error code of a `GET` of a key of another Redis type.
-const WRONGTYPE: &str = "WRONGTYPE";
-
-/// A read's reply for the value (`GET v` or the `MGET`), errors extracted. A value key of
-/// another Redis type (a hash where the value belongs) answers `GET` with `WRONGTYPE` where
-/// `MGET` answers nil: a miss all the same, whose store replaces it.
-fn value_reply(reply: redis::Value) -> redis::RedisResult<redis::Value> {
+/// A read's reply for the value (`GET v` or the `MGET`: a command's own result, or its
+/// place in a pipeline), errors extracted. A value key of another Redis type (a hash where
+/// the value belongs) answers `GET` with `WRONGTYPE` where `MGET` answers nil: a miss all
+/// the same, whose store replaces it.
+fn value_reply(reply: redis::RedisResult<redis::Value>) -> redis::RedisResult<redis::Value> {
+    const WRONGTYPE: &str = "WRONGTYPE";
     match reply {
-        redis::Value::ServerError(e) if e.code() == WRONGTYPE => Ok(redis::Value::Nil),
-        reply => reply.extract_error(),
+        Err(e) if e.code() == Some(WRONGTYPE) => Ok(redis::Value::Nil),
+        Ok(redis::Value::ServerError(e)) if e.code() == WRONGTYPE => Ok(redis::Value::Nil),
+        reply => reply?.extract_error(),
     }
 }
 

@@ -158,17 +158,10 @@ impl TokenCache {
     /// (The clears-then-tags walk is spelled out here and in `stamps`: one shared iterator
     /// of keys cost 500–700 instructions per hit, measured.)
     pub(super) fn insert(&self, k: &ReadKeys<'_>, stamps: &[u64], epoch: u64) {
-        let mut tokens = self.lock();
-        if tokens.dead || self.epoch.load(Ordering::Acquire) != epoch {
+        let Some(mut tokens) = self.lock_if_current(epoch) else {
             return;
-        }
-        if tokens.by_key.len() + stamps.len() > MAX_TOKENS {
-            let mut i = 0u32;
-            tokens.by_key.retain(|_, _| {
-                i = i.wrapping_add(1);
-                i % 8 != 0
-            });
-        }
+        };
+        make_room(&mut tokens.by_key, stamps.len(), MAX_TOKENS);
         let mut stamps = stamps.iter();
         for c in k.clears {
             match stamps.next() {
@@ -193,25 +186,62 @@ impl TokenCache {
     /// Caches `k`'s entry ticket, read (after `CLIENT CACHING yes`) by a read sent after
     /// `epoch` was taken, if no push arrived since.
     pub(super) fn insert_ticket(&self, k: &ReadKeys<'_>, ticket: u64, epoch: u64) {
-        let mut tokens = self.lock();
-        if tokens.dead || self.epoch.load(Ordering::Acquire) != epoch {
+        let Some(mut tokens) = self.lock_if_current(epoch) else {
             return;
-        }
-        if tokens.tickets.len() >= MAX_TICKETS {
-            let mut i = 0u32;
-            tokens.tickets.retain(|_, _| {
-                i = i.wrapping_add(1);
-                i % 8 != 0
-            });
-        }
+        };
+        make_room(&mut tokens.tickets, 1, MAX_TICKETS);
         tokens
             .tickets
             .insert(ticket_key(k).as_str().as_bytes().into(), ticket);
     }
 
+    /// The locked cache, if what a read sent at `epoch` found may be cached: the connection
+    /// is alive and no push arrived since (the push may concern a write after the read).
+    fn lock_if_current(&self, epoch: u64) -> Option<std::sync::MutexGuard<'_, Tokens>> {
+        let tokens = self.lock();
+        (!tokens.dead && self.epoch.load(Ordering::Acquire) == epoch).then_some(tokens)
+    }
+
+    /// The stamps looked up for `k` at `epoch` (with its ticket `ticket`, if the read relied
+    /// on one), if they still hold when its reply arrives: no push since (one atomic load),
+    /// or looked up again, the same ticket still kept. `None`: read everything again.
+    pub(super) fn still_kept(
+        &self,
+        k: &ReadKeys<'_>,
+        stamps: Stamps,
+        ticket: Option<u64>,
+        epoch: u64,
+    ) -> Option<Stamps> {
+        if self.epoch() == epoch {
+            return Some(stamps);
+        }
+        match ticket {
+            None => self.stamps(k),
+            Some(ticket) => match self.kept(k)? {
+                (stamps, Some(kept)) if kept == ticket => Some(stamps),
+                _ => None,
+            },
+        }
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.lock().by_key.len()
+    }
+}
+
+/// Drops an eighth of `map`'s entries, arbitrary ones, if `adding` more would pass `max`.
+fn make_room(
+    map: &mut HashMap<Box<[u8]>, u64, foldhash::fast::RandomState>,
+    adding: usize,
+    max: usize,
+) {
+    if map.len() + adding > max {
+        let mut i = 0u32;
+        map.retain(|_, _| {
+            i = i.wrapping_add(1);
+            i % 8 != 0
+        });
     }
 }
 
