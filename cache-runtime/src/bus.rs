@@ -1,8 +1,7 @@
 //! The invalidation bus: Redis pub/sub messages that evict local copies in every process.
 //!
-//! Writes (`invalidate`, `populate`, `refresh`, tag invalidations, clears) publish from inside
-//! the same Lua script that changes Redis, so a message is sent exactly when the write
-//! happened, in the same round trip. Reads that fill the cache publish nothing.
+//! Writes (`invalidate`, `populate`, `refresh`, tag invalidations, clears) publish in the
+//! same pipeline or Lua script that changes Redis, after the change, in the same round trip. Reads that fill the cache publish nothing.
 //!
 //! A message is one line of fields separated by `0x1F`:
 //!
@@ -14,7 +13,9 @@
 //! cleared, target = cache name) or `A` (all cleared). `counter` is the key's generation or the
 //! version after the write; it is appended by the script. Values never travel on the bus.
 //!
-//! The subscriber runs on the Redis thread, reconnects with backoff, and clears the local
+//! The subscriber runs on the Redis thread (over RESP3 its connection's driver applies each
+//! message as it parses it; over RESP2, where `HELLO 3` is refused, a task reads the
+//! `aio::PubSub` stream), reconnects with backoff, and clears the local
 //! tier of every `local+redis` cache whenever it loses or (re)establishes its subscription,
 //! since messages may have been lost meanwhile (Redis loses pub/sub messages only together
 //! with the connection).
@@ -485,42 +486,157 @@ pub(crate) async fn run(
     }
 }
 
+/// A single node's (or Sentinel's master's) subscription, until it is lost.
+///
+/// Over RESP3 (Redis 6 and later) messages are applied by the connection's driver itself, in
+/// its push callback, in order with the replies: no channel and no task switch per message
+/// (the publisher's own echo included, which `handle` drops at once). Where the server
+/// refuses `HELLO 3` (a proxy, an ACL), the RESP2 pub/sub connection carries them.
 #[cfg(feature = "redis")]
 async fn subscribe_and_listen(
     client: &crate::redis_tier::RedisTarget,
     channel: &str,
     timeout: Duration,
 ) -> Result<(), String> {
-    use std::future::Future;
-    use std::pin::Pin;
-    use tokio::time::Instant;
-
-    let connect = tokio::time::timeout(timeout.max(Duration::from_secs(1)), async {
-        let epoch = client.epoch();
-        let pubsub = client.client().await?.get_async_pubsub().await?;
-        let (mut sink, stream) = pubsub.split();
-        sink.subscribe(channel).await?;
-        Ok::<_, redis::RedisError>((sink, stream, epoch))
-    })
-    .await
-    .map_err(|_| "subscribe timed out".to_string())?
-    .map_err(|e| e.to_string())?;
-    let (sink, mut stream, epoch) = connect;
-    subscribed();
-    tracing::debug!(channel, "invalidation bus subscribed");
     // A probe that takes longer than this ends the subscription (a hung or lost server).
     let give_up = timeout.max(Duration::from_secs(1));
-    type Probe = Pin<Box<dyn Future<Output = redis::RedisResult<redis::Value>> + Send>>;
+    let epoch = client.epoch();
+    let redis_client = tokio::time::timeout(give_up, client.client())
+        .await
+        .map_err(|_| "subscribe timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    match resp3::subscribe(&redis_client, channel, give_up).await {
+        Ok((closed, probe)) => {
+            subscribed();
+            tracing::debug!(channel, "invalidation bus subscribed (RESP3)");
+            listen(client, epoch, closed, probe, give_up).await
+        }
+        Err(e) if resp3::refused(&e) => {
+            tracing::debug!(error = %e, "RESP3 refused: the bus subscribes over RESP2");
+            let (sink, stream) = tokio::time::timeout(give_up, async {
+                let (mut sink, stream) = redis_client.get_async_pubsub().await?.split();
+                sink.subscribe(channel).await?;
+                Ok::<_, redis::RedisError>((sink, stream))
+            })
+            .await
+            .map_err(|_| "subscribe timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+            subscribed();
+            tracing::debug!(channel, "invalidation bus subscribed (RESP2)");
+            let messages = stream.map(|msg| handle(msg.get_payload_bytes()));
+            let probe = move || -> Probe {
+                let mut sink = sink.clone();
+                Box::pin(async move { sink.ping::<redis::Value>().await })
+            };
+            listen(client, epoch, messages, probe, give_up).await
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A `PING` on the subscription connection, answered after every message before it.
+#[cfg(feature = "redis")]
+type Probe =
+    std::pin::Pin<Box<dyn std::future::Future<Output = redis::RedisResult<redis::Value>> + Send>>;
+
+/// The single-node subscription over RESP3.
+#[cfg(feature = "redis")]
+mod resp3 {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use futures_util::{Stream, StreamExt};
+    use redis::{ErrorKind, PushInfo, PushKind, Value};
+
+    use super::{handle, Probe};
+
+    /// The server (or a proxy, or the ACL) does not take `HELLO 3` or `SUBSCRIBE` on it:
+    /// subscribe over RESP2 instead. A transport failure is not a refusal.
+    pub(super) fn refused(e: &redis::RedisError) -> bool {
+        matches!(
+            e.kind(),
+            ErrorKind::Server(_) | ErrorKind::RESP3NotSupported
+        )
+    }
+
+    /// Connects, subscribes, and returns a stream that ends when the connection is lost (it
+    /// yields nothing: messages are applied in the push callback) and the probe.
+    pub(super) async fn subscribe(
+        client: &redis::Client,
+        channel: &str,
+        give_up: Duration,
+    ) -> redis::RedisResult<(impl Stream<Item = ()> + Unpin, impl Fn() -> Probe)> {
+        let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
+        let lost_tx = Mutex::new(Some(lost_tx));
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(give_up))
+            .set_response_timeout(Some(give_up))
+            .set_push_sender(move |info: PushInfo| {
+                match info.kind {
+                    // Called by the driver before it delivers any later reply, so a probe's
+                    // reply comes after every message published before the probe executed.
+                    PushKind::Message => {
+                        if let Some(Value::BulkString(payload)) = info.data.get(1) {
+                            handle(payload);
+                        }
+                    }
+                    PushKind::Disconnection => {
+                        let tx = lost_tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+                        if let Some(tx) = tx {
+                            let _ = tx.send(());
+                        }
+                    }
+                    _ => {}
+                }
+                Ok::<(), std::convert::Infallible>(())
+            });
+        let conn = tokio::time::timeout(give_up, async {
+            let mut conn = crate::redis_tier::resp3_client(client)?
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            conn.subscribe(channel).await?;
+            Ok::<_, redis::RedisError>(conn)
+        })
+        .await
+        .map_err(|_| {
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
+        })??;
+        // Ends when the driver reports the loss or is gone (its callback, and the sender in
+        // it, dropped).
+        let closed = futures_util::stream::once(lost_rx).filter_map(|_| async { None::<()> });
+        // `probe` owns the connection: it lives as long as the subscription is listened to.
+        let probe = move || -> Probe {
+            let mut conn = conn.clone();
+            Box::pin(async move { redis::cmd("PING").query_async::<Value>(&mut conn).await })
+        };
+        Ok((Box::pin(closed), probe))
+    }
+}
+
+/// Applies messages (as `messages` is polled) and probes the subscription every
+/// `BUS_WINDOW / 4`, until it is lost, a probe fails or times out, or (Sentinel) the data
+/// connection resolves another master.
+#[cfg(feature = "redis")]
+async fn listen(
+    client: &crate::redis_tier::RedisTarget,
+    epoch: u64,
+    mut messages: impl futures_util::Stream<Item = ()> + Unpin,
+    probe: impl Fn() -> Probe,
+    give_up: Duration,
+) -> Result<(), String> {
+    use tokio::time::Instant;
+
     let mut in_flight: Option<(Instant, Probe)> = None;
     let mut probes = tokio::time::interval(BUS_WINDOW / 4);
     probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            // Messages first: the driver queues a message before it resolves the reply of a
-            // probe sent after it, so trust is never renewed past an unapplied message.
+            // Messages first: the RESP2 driver queues a message before it resolves the reply
+            // of a probe sent after it, so trust is never renewed past an unapplied message.
+            // (Over RESP3 the driver has applied them before it resolves the reply.)
             biased;
-            msg = stream.next() => match msg {
-                Some(msg) => handle(msg.get_payload_bytes()),
+            msg = messages.next() => match msg {
+                Some(()) => {}
                 None => return Err("subscription closed".into()),
             },
             res = async {
@@ -544,10 +660,7 @@ async fn subscribe_and_listen(
                     return Err("the master changed".into());
                 }
                 match &in_flight {
-                    None => {
-                        let mut sink = sink.clone();
-                        in_flight = Some((now, Box::pin(async move { sink.ping().await })));
-                    }
+                    None => in_flight = Some((now, probe())),
                     Some((sent, _)) if now.duration_since(*sent) > give_up => {
                         return Err("probe timed out".into());
                     }

@@ -489,6 +489,15 @@ impl RedisOptions {
         self
     }
 
+    /// `--rename-command <command> <new name>`: e.g. a server whose `HELLO` is gone (as
+    /// behind a proxy that only speaks RESP2).
+    pub fn rename_command(mut self, command: &str, new_name: &str) -> Self {
+        self.args.push("--rename-command".to_string());
+        self.args.push(command.to_string());
+        self.args.push(new_name.to_string());
+        self
+    }
+
     /// `--maxmemory <size> --maxmemory-policy <policy>` (e.g. `"2mb"`, `"allkeys-lru"`).
     pub fn maxmemory(self, size: &str, policy: &str) -> Self {
         self.arg("--maxmemory", size)

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use cache_tests::{eventually_blocking, Node, RedisServer};
+use cache_tests::{eventually_blocking, Node, RedisOptions, RedisServer};
 use redis::Commands;
 
 const V1: &str = env!("CARGO_BIN_EXE_cache-node");
@@ -66,6 +66,57 @@ fn writes_in_one_process_evict_local_copies_in_the_others() {
         b.bus().2 > received_before
     });
     assert_eq!(b.bus().2, received_before + 1, "the fill published nothing");
+}
+
+/// `CLIENT LIST`'s `resp` field of every connection subscribed to a channel.
+fn subscriber_protocols(server: &RedisServer) -> Vec<String> {
+    let list: String = server.cmd(&["CLIENT", "LIST"]).unwrap();
+    let field = |line: &str, name: &str| {
+        line.split(' ')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .unwrap_or_default()
+            .to_string()
+    };
+    list.lines()
+        .filter(|l| !matches!(field(l, "sub").as_str(), "" | "0"))
+        .map(|l| field(l, "resp"))
+        .collect()
+}
+
+#[test]
+fn the_bus_speaks_resp3_and_falls_back_to_resp2_where_hello_is_refused() {
+    // RESP3: the connection's driver applies messages itself (docs/PROTOCOL.md §5.2). A server
+    // (or proxy, or ACL) that refuses `HELLO 3` gets the RESP2 pub/sub connection, and
+    // invalidations still reach the other process either way.
+    for refuse_hello in [false, true] {
+        let server = if refuse_hello {
+            RedisServer::start_with_options(
+                RedisOptions::new().rename_command("HELLO", "hello-is-not-served-here"),
+            )
+        } else {
+            RedisServer::start()
+        };
+        let (a, b) = (Node::start(V1, &server, &[]), Node::start(V1, &server, &[]));
+        a.wait_subscribed(1, WITHIN);
+        b.wait_subscribed(1, WITHIN);
+        let expected = if refuse_hello { "2" } else { "3" };
+        assert_eq!(
+            subscriber_protocols(&server),
+            vec![expected.to_string(); 2],
+            "one subscriber per process, speaking RESP{expected} (HELLO refused: {refuse_hello})"
+        );
+        set_db(&server, 1, "ada");
+        assert_eq!(b.call("get 1"), "ada");
+        assert_eq!(b.call("peek 1"), "ada", "b holds a local copy");
+        set_db(&server, 1, "grace");
+        assert_eq!(a.call("invalidate 1"), "done");
+        eventually_blocking(WITHIN, "b's local copy evicted by the bus", || {
+            b.call("peek 1") == "-"
+        });
+        assert_eq!(b.call("get 1"), "grace");
+        let (_, _, received, _) = a.bus();
+        assert_eq!(received, 0, "a's own message is not counted as received");
+    }
 }
 
 #[test]

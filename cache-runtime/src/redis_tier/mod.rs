@@ -25,6 +25,7 @@ use crate::pending::{Added, Pending, PendingOp};
 mod connection;
 mod scripts;
 mod tracking;
+pub(crate) use tracking::resp3_client;
 
 pub(crate) use crate::redis_request::{
     EntryKeys, Fetched, PlainRead, ReadKeys, ReadRequest, Stamps, WriteRequest,

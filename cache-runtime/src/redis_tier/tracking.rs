@@ -270,6 +270,17 @@ fn joined<const N: usize>(parts: [&str; N]) -> crate::key::KeyWriter {
     key
 }
 
+/// `client`'s server (address, TLS, credentials) speaking RESP3, for connections that take
+/// pushes: tracking invalidations here, bus messages in `bus.rs`.
+pub(crate) fn resp3_client(client: &redis::Client) -> redis::RedisResult<redis::Client> {
+    let info = client.get_connection_info().clone();
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    redis::Client::open(info.set_redis_settings(settings))
+}
+
 /// Opens a tracked connection to `client`'s server: RESP3, pushes applied to a new
 /// [`TokenCache`], `CLIENT TRACKING ON OPTIN`. `Err` where the server or the ACL refuse
 /// (`HELLO 3`, `CLIENT TRACKING`): hits then read the tokens in their `MGET`.
@@ -278,12 +289,7 @@ pub(super) async fn open(
     connect_timeout: std::time::Duration,
     response_timeout: std::time::Duration,
 ) -> redis::RedisResult<Tracked> {
-    let info = client.get_connection_info().clone();
-    let settings = info
-        .redis_settings()
-        .clone()
-        .set_protocol(redis::ProtocolVersion::RESP3);
-    let client = redis::Client::open(info.set_redis_settings(settings))?;
+    let client = resp3_client(client)?;
     let tokens = Arc::new(TokenCache::new());
     let on_push = tokens.clone();
     let config = redis::AsyncConnectionConfig::new()
