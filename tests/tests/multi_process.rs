@@ -23,6 +23,18 @@ fn body_runs(server: &RedisServer, what: &str, id: u64) -> u64 {
         .unwrap_or(0)
 }
 
+/// `b` holds a local copy of key 1 (`ada`); the row changes and `a` invalidates: the bus
+/// evicts `b`'s copy, and `b` then reads the new row.
+fn an_invalidation_evicts_the_other_copy(server: &RedisServer, a: &Node, b: &Node) {
+    assert_eq!(b.call("peek 1"), "ada", "b holds a local copy");
+    set_db(server, 1, "grace");
+    assert_eq!(a.call("invalidate 1"), "done");
+    eventually_blocking(WITHIN, "b's local copy evicted by the bus", || {
+        b.call("peek 1") == "-"
+    });
+    assert_eq!(b.call("get 1"), "grace");
+}
+
 #[test]
 fn writes_in_one_process_evict_local_copies_in_the_others() {
     let server = RedisServer::start();
@@ -37,14 +49,7 @@ fn writes_in_one_process_evict_local_copies_in_the_others() {
         1,
         "b read a's value from Redis"
     );
-    assert_eq!(b.call("peek 1"), "ada", "b holds a local copy");
-
-    set_db(&server, 1, "grace");
-    assert_eq!(a.call("invalidate 1"), "done");
-    eventually_blocking(WITHIN, "b's local copy evicted by the bus", || {
-        b.call("peek 1") == "-"
-    });
-    assert_eq!(b.call("get 1"), "grace");
+    an_invalidation_evicts_the_other_copy(&server, &a, &b);
 
     assert_eq!(a.call("populate 1 hopper"), "done");
     eventually_blocking(WITHIN, "b's copy evicted after a populate", || {
@@ -107,13 +112,7 @@ fn the_bus_speaks_resp3_and_falls_back_to_resp2_where_hello_is_refused() {
         );
         set_db(&server, 1, "ada");
         assert_eq!(b.call("get 1"), "ada");
-        assert_eq!(b.call("peek 1"), "ada", "b holds a local copy");
-        set_db(&server, 1, "grace");
-        assert_eq!(a.call("invalidate 1"), "done");
-        eventually_blocking(WITHIN, "b's local copy evicted by the bus", || {
-            b.call("peek 1") == "-"
-        });
-        assert_eq!(b.call("get 1"), "grace");
+        an_invalidation_evicts_the_other_copy(&server, &a, &b);
         let (_, _, received, _) = a.bus();
         assert_eq!(received, 0, "a's own message is not counted as received");
     }
