@@ -491,7 +491,8 @@ pub(crate) async fn run(
 /// Over RESP3 (Redis 6 and later) messages are applied by the connection's driver itself, in
 /// its push callback, in order with the replies: no channel and no task switch per message
 /// (the publisher's own echo included, which `handle` drops at once). Where the server
-/// refuses `HELLO 3` (a proxy, an ACL), the RESP2 pub/sub connection carries them.
+/// refuses `HELLO 3` (a proxy that speaks RESP2, a renamed command), the RESP2 pub/sub
+/// connection carries them.
 #[cfg(feature = "redis")]
 async fn subscribe_and_listen(
     client: &crate::redis_tier::RedisTarget,
@@ -550,7 +551,7 @@ mod resp3 {
 
     use super::{handle, Probe};
 
-    /// The server (or a proxy, or the ACL) does not take `HELLO 3` or `SUBSCRIBE` on it:
+    /// The server (or a proxy before it) does not take `HELLO 3`, or `SUBSCRIBE` on RESP3:
     /// subscribe over RESP2 instead. A transport failure is not a refusal.
     pub(super) fn refused(e: &redis::RedisError) -> bool {
         matches!(
