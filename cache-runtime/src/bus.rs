@@ -1,7 +1,8 @@
 //! The invalidation bus: Redis pub/sub messages that evict local copies in every process.
 //!
 //! Writes (`invalidate`, `populate`, `refresh`, tag invalidations, clears) publish in the
-//! same pipeline or Lua script that changes Redis, after the change, in the same round trip. Reads that fill the cache publish nothing.
+//! same pipeline or Lua script that changes Redis, after the change, in the same round trip.
+//! Reads that fill the cache publish nothing.
 //!
 //! A message is one line of fields separated by `0x1F`:
 //!
@@ -15,8 +16,8 @@
 //!
 //! The subscriber runs on the Redis thread (over RESP3 its connection's driver applies each
 //! message as it parses it; over RESP2, where `HELLO 3` is refused, a task reads the
-//! `aio::PubSub` stream), reconnects with backoff, and clears the local
-//! tier of every `local+redis` cache whenever it loses or (re)establishes its subscription,
+//! `aio::PubSub` stream), reconnects with backoff, and clears the local tier of every
+//! `local+redis` cache whenever it loses or (re)establishes its subscription,
 //! since messages may have been lost meanwhile (Redis loses pub/sub messages only together
 //! with the connection).
 //!
