@@ -276,7 +276,7 @@ pub fn decode_with_grace<V: DeserializeOwned>(
         created_unix_ms: h.created_unix_ms,
         expires_unix_ms: h.expires_unix_ms,
         stamps: stamps_in(h.stamps).collect(),
-        etag: h.etag,
+        etag: ETag::of(h.payload),
         fresh: h.fresh,
     })
 }
@@ -288,7 +288,8 @@ pub(crate) struct Header<'a> {
     pub expires_unix_ms: u64,
     /// The stamps, 8 bytes LE each.
     pub stamps: &'a [u8],
-    pub etag: ETag,
+    /// The encoded value: its hash is the ETag, computed only when one is wanted.
+    pub payload: &'a [u8],
     pub fresh: bool,
 }
 
@@ -362,7 +363,7 @@ pub(crate) fn decode_checked<'a, V: DeserializeOwned>(
         created_unix_ms: created,
         expires_unix_ms: expires,
         stamps,
-        etag: ETag::of(payload),
+        payload,
         fresh: expires > now,
     };
     Ok((header, value))

@@ -163,3 +163,56 @@ async fn every_process_sees_the_same_etag_and_creation_time() {
     assert_eq!(after.etag(), codec::payload_etag(&card(7, 5)));
     assert_eq!(after.source(), Source::Local);
 }
+
+static LAZY_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(tier = "local+redis", ttl = 60, key = "lazy_card:<id>")]
+async fn lazy_card(id: u64) -> Result<Card, String> {
+    LAZY_RUNS.fetch_add(1, SeqCst);
+    Ok(card(id, 0))
+}
+
+/// Until a cache's first entry call, reads and stores skip the ETag's hash; an entry call
+/// that then meets a value loaded without one (its local copy, a Redis copy another cache
+/// read first) still gets the tag every process computes for that value.
+#[tokio::test]
+async fn values_loaded_before_the_first_entry_call_still_get_their_etag() {
+    shared_redis();
+    let want = codec::payload_etag(&card(9, 0));
+    assert!(want.is_some());
+
+    // Stored by a plain call (body, Redis, local copy), then asked for as an entry.
+    assert_eq!(lazy_card(9).await.unwrap(), card(9, 0));
+    let local = lazy_card_entry(9).await.unwrap();
+    assert_eq!(local.source(), Source::Local);
+    assert_eq!(local.etag(), want);
+
+    // Another process: its plain call promotes the Redis copy, then an entry call finds
+    // the local copy without a tag.
+    let other: Cache<Card> = Cache::builder(lazy_card_cache().name())
+        .key_space("lazy_card:<id>")
+        .tier(Tier::LocalRedis)
+        .ttl(std::time::Duration::from_secs(60))
+        .build();
+    let never = || async { Err::<Card, String>("must not run".into()) };
+    let plain = other
+        .get_or_load::<_, OkOnly>("lazy_card:9", never(), &Sharing::none())
+        .await;
+    assert_eq!(plain.unwrap(), card(9, 0));
+    let promoted = other
+        .get_or_load_entry::<_, OkOnly>("lazy_card:9", never(), &Sharing::none())
+        .await
+        .unwrap();
+    assert_eq!(promoted.source(), Source::Local);
+    assert_eq!(promoted.etag(), want);
+
+    // Once entries are wanted, a Redis read carries the tag from the envelope itself.
+    other.clear_local();
+    let reread = other
+        .get_or_load_entry::<_, OkOnly>("lazy_card:9", never(), &Sharing::none())
+        .await
+        .unwrap();
+    assert_eq!(reread.source(), Source::Redis);
+    assert_eq!(reread.etag(), want);
+    assert_eq!(LAZY_RUNS.load(SeqCst), 1);
+}

@@ -2,7 +2,7 @@
 //! registration with the bus and the stats registry).
 
 use std::marker::PhantomData;
-use std::sync::atomic::AtomicU8;
+use std::sync::atomic::{AtomicBool, AtomicU8};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -201,7 +201,9 @@ impl<V: crate::__private::RedisValue> CacheBuilder<V> {
 
     /// Gives every entry a strong [`ETag`] (the hash of its encoding, computed once when the
     /// value is stored), for HTTP conditional requests. Automatic with a Redis tier; for a
-    /// local-only cache it costs one encoding per stored value.
+    /// local-only cache it costs one encoding per stored value. Only once the cache's first
+    /// entry call (`get_or_load_entry`, a generated `<fn>_entry`) was made: plain calls do not
+    /// pay for a hash they never see.
     ///
     /// ```
     /// use cache_runtime::{Cache, Plain, Sharing};
@@ -273,6 +275,7 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
             capacity: self.capacity,
             weigh: self.max_bytes.map(|(_, f)| f),
             etag: self.etag,
+            etags_wanted: AtomicBool::new(false),
             jitter: self.jitter,
             soft_timeout: self.soft_timeout.filter(|_| self.stale.is_some()),
             refresh_ahead: self.refresh_ahead,

@@ -310,10 +310,40 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         res
     }
 
-    /// Without a Redis encoding at hand, the ETag is computed from the value (if enabled).
+    /// Without a Redis encoding at hand, the ETag is computed from the value (if enabled,
+    /// and once an entry call wants ETags).
     fn etag_if_missing(&self, meta: &mut Meta, value: &V) {
-        if meta.etag.is_none() {
+        if meta.etag.is_none() && self.etags_wanted() {
             meta.etag = self.etag.and_then(|etag_of| etag_of(value));
+        }
+    }
+
+    /// Whether reads and stores compute ETags: once a call returning an
+    /// [`Entry`](crate::Entry) was made.
+    pub(super) fn etags_wanted(&self) -> bool {
+        self.etags_wanted.load(Ordering::Relaxed)
+    }
+
+    /// Called by every call that returns an [`Entry`](crate::Entry), before it loads: from
+    /// then on, reads and stores compute ETags.
+    pub(super) fn want_etags(&self) {
+        if !self.etags_wanted() {
+            self.etags_wanted.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The ETag of an entry call's value: as loaded, or, for a value read or stored before
+    /// ETags were wanted (a local copy, a flight led by a plain call), hashed now from its
+    /// encoding (the same tag: [`codec::payload_etag`](crate::codec::payload_etag) equals
+    /// the envelope's).
+    pub(super) fn etag_for_entry<R, S>(&self, r: &R, meta: &mut Meta)
+    where
+        S: Shape<R, Value = V>,
+    {
+        if meta.etag.is_none() && self.etag.is_some() {
+            if let Some((v, _)) = S::cacheable(r) {
+                self.etag_if_missing(meta, &v);
+            }
         }
     }
 

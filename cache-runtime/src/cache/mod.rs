@@ -10,7 +10,7 @@
 //! | `background` | fail-safe, soft timeout, refresh ahead, spawning tasks and timers |
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -80,6 +80,11 @@ pub struct Cache<V> {
     weigh: Option<WeighFn<V>>,
     /// Computes a value's ETag when it is stored without a Redis encoding at hand.
     etag: Option<EtagFn<V>>,
+    /// Set by the first call that returns an [`Entry`](crate::Entry): until then no read or
+    /// store hashes a value for its ETag (a hash of the whole payload, most of a hit's
+    /// cost for large values), and an entry call that meets a value stored without one
+    /// computes it (see `flow::etag_for_entry`).
+    etags_wanted: AtomicBool,
     jitter: f64,
     fail_safe: Option<FailSafe>,
     /// `soft_timeout`: with a stale value at hand, a slower body finishes in the background.
@@ -261,7 +266,9 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
 
     /// [`get_or_load`](Self::get_or_load), with the value wrapped in an [`Entry`](crate::Entry):
     /// its ETag, creation time, tags and where it came from, for HTTP responses. A hit
-    /// returns what was computed when the value was stored; nothing is hashed again.
+    /// returns what was computed when the value was stored or read from Redis; nothing is
+    /// hashed again. (Until a cache's first entry call, no read or store hashes values for
+    /// their ETag; a value loaded before it is hashed by the entry calls that meet it.)
     ///
     /// ```
     /// use cache_runtime::{Cache, OkOnly, Sharing, Source};
@@ -284,8 +291,10 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     where
         S: EntryShape<R, Value = V>,
     {
+        self.want_etags();
         let key = key.into_key();
-        let (r, meta, source) = self.load::<R, S, _>(&key, &mut Some(body), sharing).await;
+        let (r, mut meta, source) = self.load::<R, S, _>(&key, &mut Some(body), sharing).await;
+        self.etag_for_entry::<R, S>(&r, &mut meta);
         S::with_entry(r, meta, key.tags.into(), source)
     }
 
@@ -350,8 +359,10 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         R: Send + 'static,
         B: Future<Output = R> + Send + 'static,
     {
+        self.want_etags();
         let tags: Arc<[String]> = key.tags.clone().into();
-        let (r, meta, source) = self.load_detached::<R, S, B>(key, body, sharing).await;
+        let (r, mut meta, source) = self.load_detached::<R, S, B>(key, body, sharing).await;
+        self.etag_for_entry::<R, S>(&r, &mut meta);
         S::with_entry(r, meta, tags, source)
     }
 

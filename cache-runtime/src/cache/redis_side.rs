@@ -527,7 +527,9 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let meta = Meta {
             created_unix_ms: decoded.created_unix_ms,
             expires_unix_ms: decoded.expires_unix_ms,
-            etag: Some(decoded.etag),
+            etag: self
+                .etags_wanted()
+                .then(|| crate::entry::ETag::of(decoded.payload)),
         };
         // Its remaining Redis lifetime (kept `stale` past its expiry), from the envelope.
         let pttl = Some(Duration::from_millis(
@@ -622,7 +624,9 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 return Err(e);
             }
         };
-        meta.etag = codec::envelope_etag(&bytes);
+        if self.etags_wanted() {
+            meta.etag = codec::envelope_etag(&bytes);
+        }
         self.write_entry(key, bytes, ttl, claim, heard).await
     }
 
@@ -663,7 +667,9 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             // Encoded after the replacement: the envelope carries the new ticket. (If it is
             // too large, the replacement alone still invalidated the old value everywhere.)
             let bytes = self.encode_for_redis(value, ticket, meta.created_unix_ms, ttl, &stamps)?;
-            meta.etag = codec::envelope_etag(&bytes);
+            if self.etags_wanted() {
+                meta.etag = codec::envelope_etag(&bytes);
+            }
             let claim = Claim {
                 ticket,
                 stamps,
