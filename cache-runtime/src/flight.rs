@@ -8,9 +8,13 @@
 //! map holds the key inline (up to 23 bytes) and no flight; the shared [`Flight`] is created
 //! by the first follower. A slot detached by a write while followers wait moves to its
 //! shard's detached list, where its leader still finds it to release them.
+//!
+//! A key is hashed once per join: the hash picks the shard and is kept in the slot (no
+//! rehash on growth) and by the leader, who finds its slot again by hash and leader number
+//! (no copy of the key, no second hash).
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -35,6 +39,9 @@ pub(crate) struct Flight<V> {
 
 /// A leader's entry in the map.
 struct Slot<V> {
+    /// The key's hash (see [`Flights::hash`]).
+    hash: u64,
+    key: SmolStr,
     /// Which leader (unique per [`Flights`]): a detached slot's key may lead again.
     leader: u64,
     /// The entry's tags: a tag invalidation detaches only the flights that carry them.
@@ -48,13 +55,14 @@ struct Slot<V> {
 pub(crate) struct Flights<V> {
     shards: Box<[Mutex<Shard<V>>]>,
     leaders: AtomicU64,
+    /// Keys come from callers' arguments: hashed with a random seed (foldhash, several times
+    /// faster than the default SipHash on short keys).
+    hasher: foldhash::fast::RandomState,
 }
 
-/// One shard: key → slot, and the detached slots whose followers still wait. Keys come from
-/// callers' arguments: hashed with a per-process random seed (foldhash, several times faster
-/// than the default SipHash on short keys).
+/// One shard: the slots by key, and the detached slots whose followers still wait.
 struct Shard<V> {
-    slots: HashMap<SmolStr, Slot<V>, foldhash::fast::RandomState>,
+    slots: hashbrown::HashTable<Slot<V>>,
     detached: Vec<(u64, Arc<Flight<V>>)>,
 }
 
@@ -71,17 +79,24 @@ impl<V> Flights<V> {
             shards: (0..SHARDS)
                 .map(|_| {
                     Mutex::new(Shard {
-                        slots: HashMap::default(),
+                        slots: hashbrown::HashTable::new(),
                         detached: Vec::new(),
                     })
                 })
                 .collect(),
             leaders: AtomicU64::new(0),
+            hasher: foldhash::fast::RandomState::default(),
         }
     }
 
-    fn shard_index(key: &str) -> usize {
-        (xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % SHARDS as u64) as usize
+    fn hash(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// The shard of a key's hash: bits the shard's table does not use (it takes the low ones
+    /// for buckets and the top seven as tags).
+    fn shard_of(hash: u64) -> usize {
+        (hash >> 32) as usize % SHARDS
     }
 
     fn lock(&self, shard: usize) -> std::sync::MutexGuard<'_, Shard<V>> {
@@ -89,9 +104,10 @@ impl<V> Flights<V> {
     }
 
     pub(crate) fn join(&self, key: &str, tags: &[String]) -> Joined<'_, V> {
-        let shard = Self::shard_index(key);
+        let hash = self.hash(key);
+        let shard = Self::shard_of(hash);
         let mut map = self.lock(shard);
-        if let Some(slot) = map.slots.get_mut(key) {
+        if let Some(slot) = map.slots.find_mut(hash, |s| s.key == key) {
             let flight = slot.flight.get_or_insert_with(|| {
                 Arc::new(Flight {
                     outcome: Mutex::new(None),
@@ -101,18 +117,20 @@ impl<V> Flights<V> {
             return Joined::Follower(flight.clone());
         }
         let leader = self.leaders.fetch_add(1, Ordering::Relaxed);
-        map.slots.insert(
-            SmolStr::new(key),
+        map.slots.insert_unique(
+            hash,
             Slot {
+                hash,
+                key: SmolStr::new(key),
                 leader,
                 tags: tags.into(),
                 flight: None,
             },
+            |s| s.hash,
         );
         Joined::Leader(Leader {
             flights: self,
-            shard,
-            key: SmolStr::new(key),
+            hash,
             leader,
             done: false,
         })
@@ -122,8 +140,10 @@ impl<V> Flights<V> {
     /// whose body began before a write and whose value must not reach callers that start
     /// after it. Callers already waiting keep their flight.
     pub(crate) fn detach(&self, key: &str) {
-        let mut map = self.lock(Self::shard_index(key));
-        if let Some(slot) = map.slots.remove(key) {
+        let hash = self.hash(key);
+        let mut map = self.lock(Self::shard_of(hash));
+        if let Ok(slot) = map.slots.find_entry(hash, |s| s.key == key) {
+            let (slot, _) = slot.remove();
             map.park(slot);
         }
     }
@@ -133,17 +153,13 @@ impl<V> Flights<V> {
         let mut detached = Vec::new();
         for shard in 0..SHARDS {
             let mut map = self.lock(shard);
-            let carrying: Vec<SmolStr> = map
+            let carrying: Vec<Slot<V>> = map
                 .slots
-                .iter()
-                .filter(|(_, slot)| slot.tags.iter().any(|t| t == tag))
-                .map(|(key, _)| key.clone())
+                .extract_if(|slot| slot.tags.iter().any(|t| t == tag))
                 .collect();
-            for key in carrying {
-                if let Some(slot) = map.slots.remove(&key) {
-                    map.park(slot);
-                }
-                detached.push(key.to_string());
+            for slot in carrying {
+                detached.push(slot.key.to_string());
+                map.park(slot);
             }
         }
         detached
@@ -153,7 +169,7 @@ impl<V> Flights<V> {
     pub(crate) fn detach_all(&self) {
         for shard in 0..SHARDS {
             let mut map = self.lock(shard);
-            let slots: Vec<Slot<V>> = map.slots.drain().map(|(_, slot)| slot).collect();
+            let slots: Vec<Slot<V>> = map.slots.drain().collect();
             for slot in slots {
                 map.park(slot);
             }
@@ -182,8 +198,8 @@ impl<V> Shard<V> {
 
 pub(crate) struct Leader<'a, V> {
     flights: &'a Flights<V>,
-    shard: usize,
-    key: SmolStr,
+    /// The key's hash: with `leader`, what finds this flight's slot.
+    hash: u64,
     leader: u64,
     done: bool,
 }
@@ -193,10 +209,10 @@ impl<V> Leader<'_, V> {
     /// here or heard on the bus) detached this flight since it started: its body may have
     /// read the source before that write.
     pub(crate) fn detached(&self) -> bool {
-        let map = self.flights.lock(self.shard);
+        let map = self.flights.lock(Flights::<V>::shard_of(self.hash));
         map.slots
-            .get(self.key.as_str())
-            .is_none_or(|slot| slot.leader != self.leader)
+            .find(self.hash, |s| s.leader == self.leader)
+            .is_none()
     }
 
     pub(crate) fn finish(self, outcome: Outcome<V>) {
@@ -212,15 +228,10 @@ impl<V> Leader<'_, V> {
     fn publish(&mut self, outcome: impl FnOnce() -> Outcome<V>) {
         self.done = true;
         let flight = {
-            let mut map = self.flights.lock(self.shard);
-            let ours = map
-                .slots
-                .get(self.key.as_str())
-                .is_some_and(|slot| slot.leader == self.leader);
-            if ours {
-                map.slots
-                    .remove(self.key.as_str())
-                    .and_then(|slot| slot.flight)
+            let mut map = self.flights.lock(Flights::<V>::shard_of(self.hash));
+            let (hash, leader) = (self.hash, self.leader);
+            if let Ok(slot) = map.slots.find_entry(hash, |s| s.leader == leader) {
+                slot.remove().0.flight
             } else {
                 // Detached by a write: found on the detached list if anyone waits.
                 let at = map.detached.iter().position(|(l, _)| *l == self.leader);
