@@ -17,6 +17,7 @@
 //! so that a hit whose ticket and tokens are all kept reads its value alone (`GET v`).
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -53,11 +54,25 @@ pub(crate) struct TokenCache {
 struct Tokens {
     /// Hashed with foldhash (a per-process random seed), as the flight map.
     by_key: HashMap<Box<[u8]>, u64, foldhash::fast::RandomState>,
-    /// Entry tickets by ticket key, kept like the tokens: a hit whose ticket is kept reads
-    /// its value alone (`GET v`).
-    tickets: HashMap<Box<[u8]>, u64, foldhash::fast::RandomState>,
+    /// Entry tickets, kept like the tokens: a hit whose ticket is kept reads its value
+    /// alone (`GET v`). By the entry's logical key (its ticket key is `{prefix:bucket}:t:`
+    /// and the logical key, the bucket a hash of it): a hit looks its ticket up without
+    /// writing the ticket key out, and a push names the ticket key, from which
+    /// [`ticket_logical`] takes the logical key back.
+    tickets: hashbrown::HashTable<KeptTicket>,
+    hasher: foldhash::fast::RandomState,
+    /// The key prefix of the kept tickets (the runtime's, one for all its caches), learnt
+    /// from the first ticket kept.
+    prefix: Option<Box<str>>,
     /// The connection is gone: nothing is cached any more.
     dead: bool,
+}
+
+struct KeptTicket {
+    /// The hash of `logical` (`Tokens::hasher`).
+    hash: u64,
+    logical: Box<[u8]>,
+    ticket: u64,
 }
 
 impl TokenCache {
@@ -65,7 +80,9 @@ impl TokenCache {
         Self {
             map: Mutex::new(Tokens {
                 by_key: HashMap::default(),
-                tickets: HashMap::default(),
+                tickets: hashbrown::HashTable::new(),
+                hasher: Default::default(),
+                prefix: None,
                 dead: false,
             }),
             epoch: AtomicU64::new(0),
@@ -88,7 +105,7 @@ impl TokenCache {
                         for key in keys {
                             if let Value::BulkString(key) = key {
                                 tokens.by_key.remove(key.as_slice());
-                                tokens.tickets.remove(key.as_slice());
+                                tokens.forget_ticket(key);
                             }
                         }
                     }
@@ -122,12 +139,16 @@ impl TokenCache {
     pub(super) fn kept(&self, k: &ReadKeys<'_>) -> Option<(Stamps, Option<u64>)> {
         let tokens = self.lock();
         let stamps = Self::stamps_in(&tokens, k)?;
-        let ticket = match tokens.tickets.is_empty() {
+        let ticket = match tokens.tickets.is_empty() || tokens.prefix.as_deref() != Some(k.prefix) {
             true => None,
-            false => tokens
-                .tickets
-                .get(ticket_key(k).as_str().as_bytes())
-                .copied(),
+            false => {
+                let logical = k.logical.as_bytes();
+                let hash = tokens.hasher.hash_one(logical);
+                tokens
+                    .tickets
+                    .find(hash, |t| *t.logical == *logical)
+                    .map(|t| t.ticket)
+            }
         };
         Some((stamps, ticket))
     }
@@ -189,10 +210,35 @@ impl TokenCache {
         let Some(mut tokens) = self.lock_if_current(epoch) else {
             return;
         };
-        make_room(&mut tokens.tickets, 1, MAX_TICKETS);
-        tokens
-            .tickets
-            .insert(ticket_key(k).as_str().as_bytes().into(), ticket);
+        match tokens.prefix.as_deref() {
+            None => tokens.prefix = Some(k.prefix.into()),
+            Some(p) if p == k.prefix => {}
+            // Another prefix (one runtime has one): not kept, its pushes could not be read.
+            Some(_) => return,
+        }
+        if tokens.tickets.len() >= MAX_TICKETS {
+            let mut i = 0u32;
+            tokens.tickets.retain(|_| {
+                i = i.wrapping_add(1);
+                i % 8 != 0
+            });
+        }
+        let logical = k.logical.as_bytes();
+        let hash = tokens.hasher.hash_one(logical);
+        match tokens.tickets.find_mut(hash, |t| *t.logical == *logical) {
+            Some(kept) => kept.ticket = ticket,
+            None => {
+                tokens.tickets.insert_unique(
+                    hash,
+                    KeptTicket {
+                        hash,
+                        logical: logical.into(),
+                        ticket,
+                    },
+                    |t| t.hash,
+                );
+            }
+        }
     }
 
     /// The locked cache, if what a read sent at `epoch` found may be cached: the connection
@@ -245,16 +291,33 @@ fn make_room(
     }
 }
 
-/// `{prefix:bucket}:t:<logical>`, the entry's ticket key (docs/PROTOCOL.md §2), written on
-/// the stack (a [`KeyWriter`](crate::key::KeyWriter)) when short.
-fn ticket_key(k: &ReadKeys<'_>) -> crate::key::KeyWriter {
-    let mut digits = itoa::Buffer::new();
-    joined(crate::key::bucket_key_parts(
-        k.prefix,
-        digits.format(k.bucket),
-        crate::key::TICKET_MIDDLE,
-        k.logical,
-    ))
+impl Tokens {
+    /// Drops the ticket kept under `key`, if `key` is a ticket key of this prefix.
+    fn forget_ticket(&mut self, key: &[u8]) {
+        let Some(logical) = self.prefix.as_deref().and_then(|p| ticket_logical(p, key)) else {
+            return;
+        };
+        let hash = self.hasher.hash_one(logical);
+        if let Ok(kept) = self.tickets.find_entry(hash, |t| *t.logical == *logical) {
+            kept.remove();
+        }
+    }
+}
+
+/// The logical key of a ticket key `{prefix:bucket}:t:<logical>` (docs/PROTOCOL.md §2), for
+/// this `prefix`; `None` for any other key. (A well-formed key whose bucket is not its
+/// logical key's is no key of ours: forgetting that logical key's ticket for it costs one
+/// read of the ticket, nothing else.)
+fn ticket_logical<'a>(prefix: &str, key: &'a [u8]) -> Option<&'a [u8]> {
+    let rest = key.strip_prefix(b"{")?.strip_prefix(prefix.as_bytes())?;
+    let rest = rest.strip_prefix(b":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 4 {
+        return None;
+    }
+    rest[digits..]
+        .strip_prefix(b"}:")?
+        .strip_prefix(crate::key::TICKET_MIDDLE.as_bytes())
 }
 
 /// `{prefix:scopes}:t:<tag>` (single node; docs/PROTOCOL.md §2), on the stack when short.
@@ -425,6 +488,49 @@ mod tests {
             cache.lock().tickets.is_empty(),
             "a lost connection's tickets go"
         );
+    }
+
+    #[test]
+    fn a_push_finds_the_kept_ticket_by_the_exact_ticket_key_only() {
+        assert_eq!(ticket_logical("cr", b"{cr:1}:t:k"), Some(&b"k"[..]));
+        assert_eq!(
+            ticket_logical("cr", b"{cr:1023}:t:a:b}:t:c"),
+            Some(&b"a:b}:t:c"[..])
+        );
+        assert_eq!(ticket_logical("a}:t", b"{a}:t:7}:t:k"), Some(&b"k"[..]));
+        for other in [
+            &b"{cr:1}:v2:1:k"[..],
+            b"{cr:scopes}:t:k",
+            b"{crx:1}:t:k",
+            b"{cr:}:t:k",
+            b"{cr:12345}:t:k",
+            b"cr:1}:t:k",
+            b"{cr:1}:t",
+        ] {
+            assert_eq!(ticket_logical("cr", other), None, "{other:?}");
+        }
+
+        let clears: [Arc<str>; 2] = ["{cr:scopes}:c:app::a".into(), "{cr:scopes}:a".into()];
+        let k = keys(&clears, &[]);
+        let cache = TokenCache::new();
+        cache.insert(&k, &[1, 2], cache.epoch());
+        cache.insert_ticket(&k, 9, cache.epoch());
+        // The value key's push, or another key's, leaves the ticket.
+        cache.on_push(invalidate(&["{cr:1}:v2:1:k", "{cr:1}:t:kk", "{cr:1}:t:"]));
+        assert_eq!(cache.kept(&k).unwrap().1, Some(9));
+        cache.insert_ticket(&k, 10, cache.epoch());
+        assert_eq!(cache.kept(&k).unwrap().1, Some(10), "replaced, not added");
+        assert_eq!(cache.lock().tickets.len(), 1);
+        // Another prefix is neither kept nor answered.
+        let other = ReadKeys {
+            prefix: "other",
+            ..keys(&clears, &[])
+        };
+        cache.insert(&other, &[1, 2], cache.epoch());
+        cache.insert_ticket(&other, 11, cache.epoch());
+        assert_eq!(cache.kept(&other).unwrap().1, None);
+        cache.on_push(invalidate(&["{cr:1}:t:k"]));
+        assert_eq!(cache.kept(&k).unwrap().1, None);
     }
 
     #[test]
