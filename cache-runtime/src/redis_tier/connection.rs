@@ -607,22 +607,45 @@ impl Shared {
     /// not on a Tokio runtime, or the main connections are not up (the caller then goes
     /// through the Redis thread).
     pub(super) fn caller_conns(self: &Arc<Self>) -> Option<Conns> {
+        self.caller_conns_with(Conns::clone)
+    }
+
+    /// What `pick` takes of [`caller_conns`](Self::caller_conns): on the common path (this
+    /// thread's runtime already has its connections) from the thread's copy, without
+    /// cloning the rest (a hit takes the tracked connection alone).
+    pub(super) fn caller_conns_with<T>(
+        self: &Arc<Self>,
+        pick: impl FnOnce(&Conns) -> T,
+    ) -> Option<T> {
         let handle = tokio::runtime::Handle::try_current().ok()?;
         let id = handle.id();
         if self.home.get() == Some(&id) {
-            return self.ready();
+            return self.ready().map(|c| pick(&c));
         }
         let me = Arc::as_ptr(self) as usize;
         let epoch = self.epoch.load(Ordering::Acquire);
+        let mut pick = Some(pick);
         let cached = CALLER_CONNS.with(|c| match &*c.borrow() {
             Some((who, rt, e, conns)) if *who == me && *rt == id && *e == epoch => {
-                Some(conns.clone())
+                pick.take().map(|pick| pick(conns))
             }
             _ => None,
         });
         if cached.is_some() {
             return cached;
         }
+        let pick = pick?;
+        self.caller_conns_slow(handle, id, me).map(|c| pick(&c))
+    }
+
+    /// [`caller_conns`](Self::caller_conns) past the thread's copy: the runtime's entry, or
+    /// the main connections while its own are counted towards or opened.
+    fn caller_conns_slow(
+        self: &Arc<Self>,
+        handle: tokio::runtime::Handle,
+        id: tokio::runtime::Id,
+        me: usize,
+    ) -> Option<Conns> {
         let main = self.ready()?;
         let epoch = self.epoch.load(Ordering::Acquire);
         let mut runtimes = self.runtimes.lock().unwrap_or_else(|p| p.into_inner());

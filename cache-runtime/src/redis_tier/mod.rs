@@ -838,17 +838,19 @@ impl RedisTier {
         // An async caller with a tracked connection checks the tokens it keeps (its claim,
         // if any, rides in the same pipeline); the others go on with the connections looked
         // up here.
-        let caller_conns = match self.shared.caller_conns() {
-            Some(Conns {
-                tracked: Some(t), ..
-            }) => {
+        let picked = self.shared.caller_conns_with(|c| match &c.tracked {
+            Some(t) => Ok(t.clone()),
+            None => Err(c.clone()),
+        });
+        let caller_conns = match picked {
+            Some(Ok(t)) => {
                 let res = read_tracked(&self.shared, k, t, claim).await;
                 return self.settle(res);
             }
             // A blocking caller (or the connection still coming up): the read runs on the
             // Redis thread, there too on the tracked connection if there is one.
             None => return self.read_on_redis_thread(k, claim).await,
-            Some(conns) => conns,
+            Some(Err(conns)) => conns,
         };
         let read = untracked_read(k, claim, self.read_replicas);
         let (reply, claimed) = self
