@@ -291,6 +291,8 @@ pub(crate) struct Header<'a> {
     /// The encoded value: its hash is the ETag, computed only when one is wanted.
     pub payload: &'a [u8],
     pub fresh: bool,
+    /// The reference clock's time the expiry was checked against (Unix ms).
+    pub now_unix_ms: u64,
 }
 
 fn stamps_in(raw: &[u8]) -> impl Iterator<Item = u64> + '_ {
@@ -365,6 +367,7 @@ pub(crate) fn decode_checked<'a, V: DeserializeOwned>(
         stamps,
         payload,
         fresh: expires > now,
+        now_unix_ms: now,
     };
     Ok((header, value))
 }

@@ -534,7 +534,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         // Its remaining Redis lifetime (kept `stale` past its expiry), from the envelope.
         let pttl = Some(Duration::from_millis(
             (decoded.expires_unix_ms + self.stale_window().as_millis() as u64)
-                .saturating_sub(crate::clock::now_unix_ms()),
+                .saturating_sub(decoded.now_unix_ms),
         ));
         let value = (value, meta);
         if !decoded.fresh || (refresh && self.refresh_due(&meta)) {
