@@ -216,3 +216,25 @@ async fn values_loaded_before_the_first_entry_call_still_get_their_etag() {
     assert_eq!(reread.etag(), want);
     assert_eq!(LAZY_RUNS.load(SeqCst), 1);
 }
+
+/// Observe and bypass modes neither serve nor store: their entries carry no ETag, as before
+/// ETags became lazy; back in normal mode the same call gets its tag.
+#[tokio::test]
+async fn bypassed_entries_carry_no_etag() {
+    shared_redis();
+    let cache: Cache<Card> = Cache::builder("entries::bypassed").etag().build();
+    let load = || async { Ok::<Card, String>(card(3, 0)) };
+    cache.set_mode(cache_runtime::Mode::Bypass);
+    let bypassed = cache
+        .get_or_load_entry::<_, OkOnly>("b:3", load(), &Sharing::none())
+        .await
+        .unwrap();
+    assert_eq!(bypassed.source(), Source::Body);
+    assert_eq!(bypassed.etag(), None);
+    cache.set_mode(cache_runtime::Mode::Normal);
+    let normal = cache
+        .get_or_load_entry::<_, OkOnly>("b:3", load(), &Sharing::none())
+        .await
+        .unwrap();
+    assert_eq!(normal.etag(), codec::payload_etag(&card(3, 0)));
+}

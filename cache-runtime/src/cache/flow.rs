@@ -335,12 +335,13 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     /// The ETag of an entry call's value: as loaded, or, for a value read or stored before
     /// ETags were wanted (a local copy, a flight led by a plain call), hashed now from its
     /// encoding (the same tag: [`codec::payload_etag`](crate::codec::payload_etag) equals
-    /// the envelope's).
+    /// the envelope's). Not in observe or bypass mode, whose results are neither served nor
+    /// stored and carry no tag.
     pub(super) fn etag_for_entry<R, S>(&self, r: &R, meta: &mut Meta)
     where
         S: Shape<R, Value = V>,
     {
-        if meta.etag.is_none() && self.etag.is_some() {
+        if meta.etag.is_none() && self.etag.is_some() && self.mode.load(Ordering::Relaxed) == 0 {
             if let Some((v, _)) = S::cacheable(r) {
                 self.etag_if_missing(meta, &v);
             }
