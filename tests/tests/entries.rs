@@ -114,6 +114,28 @@ async fn redis_card(id: u64) -> Result<Card, String> {
     Ok(card(id, 0))
 }
 
+/// Another process's cache over `cache`'s Redis entries: a fresh local tier, same name, key
+/// template and version, so values come from Redis with their writer's validators.
+fn other_process(cache: &Cache<Card>, key_space: &str) -> Cache<Card> {
+    Cache::builder(cache.name())
+        .key_space(key_space)
+        .tier(Tier::LocalRedis)
+        .ttl(std::time::Duration::from_secs(60))
+        .build()
+}
+
+/// `cache`'s entry for `key`, which must be found without running the body.
+async fn found_entry(cache: &Cache<Card>, key: &str) -> cache_runtime::Entry<Card> {
+    cache
+        .get_or_load_entry::<_, OkOnly>(
+            key,
+            async { Err::<Card, String>("must not run".into()) },
+            &Sharing::none(),
+        )
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn every_process_sees_the_same_etag_and_creation_time() {
     shared_redis();
@@ -122,37 +144,18 @@ async fn every_process_sees_the_same_etag_and_creation_time() {
     let etag = written.etag().expect("a Redis tier always gives an ETag");
     assert_eq!(Some(etag), codec::payload_etag(&card(7, 0)));
 
-    // Another process's cache over the same Redis entry: a fresh local tier, same name, key
-    // template and version, so the value comes from Redis with the writer's validators.
-    let other: Cache<Card> = Cache::builder(redis_card_cache().name())
-        .key_space("rcard:<id>")
-        .tier(Tier::LocalRedis)
-        .ttl(std::time::Duration::from_secs(60))
-        .build();
+    // Another process's cache over the same Redis entry.
+    let other = other_process(redis_card_cache(), "rcard:<id>");
     let key = redis_card_cache().redis_key("rcard:7").unwrap();
     assert_eq!(other.redis_key("rcard:7").unwrap(), key);
-    let promoted = other
-        .get_or_load_entry::<_, OkOnly>(
-            "rcard:7",
-            async { Err::<Card, String>("must not run".into()) },
-            &Sharing::none(),
-        )
-        .await
-        .unwrap();
+    let promoted = found_entry(&other, "rcard:7").await;
     assert_eq!(promoted.source(), Source::Redis);
     assert_eq!(promoted.etag(), Some(etag));
     assert_eq!(promoted.created(), written.created());
     assert_eq!(promoted.expires(), written.expires());
 
     // And from its local tier afterwards, still without hashing anew.
-    let local = other
-        .get_or_load_entry::<_, OkOnly>(
-            "rcard:7",
-            async { Err::<Card, String>("must not run".into()) },
-            &Sharing::none(),
-        )
-        .await
-        .unwrap();
+    let local = found_entry(&other, "rcard:7").await;
     assert_eq!(local.source(), Source::Local);
     assert_eq!(local.etag(), Some(etag));
     assert_eq!(REDIS_RUNS.load(SeqCst), 1);
@@ -189,29 +192,19 @@ async fn values_loaded_before_the_first_entry_call_still_get_their_etag() {
 
     // Another process: its plain call promotes the Redis copy, then an entry call finds
     // the local copy without a tag.
-    let other: Cache<Card> = Cache::builder(lazy_card_cache().name())
-        .key_space("lazy_card:<id>")
-        .tier(Tier::LocalRedis)
-        .ttl(std::time::Duration::from_secs(60))
-        .build();
-    let never = || async { Err::<Card, String>("must not run".into()) };
+    let other = other_process(lazy_card_cache(), "lazy_card:<id>");
+    let never = async { Err::<Card, String>("must not run".into()) };
     let plain = other
-        .get_or_load::<_, OkOnly>("lazy_card:9", never(), &Sharing::none())
+        .get_or_load::<_, OkOnly>("lazy_card:9", never, &Sharing::none())
         .await;
     assert_eq!(plain.unwrap(), card(9, 0));
-    let promoted = other
-        .get_or_load_entry::<_, OkOnly>("lazy_card:9", never(), &Sharing::none())
-        .await
-        .unwrap();
+    let promoted = found_entry(&other, "lazy_card:9").await;
     assert_eq!(promoted.source(), Source::Local);
     assert_eq!(promoted.etag(), want);
 
     // Once entries are wanted, a Redis read carries the tag from the envelope itself.
     other.clear_local();
-    let reread = other
-        .get_or_load_entry::<_, OkOnly>("lazy_card:9", never(), &Sharing::none())
-        .await
-        .unwrap();
+    let reread = found_entry(&other, "lazy_card:9").await;
     assert_eq!(reread.source(), Source::Redis);
     assert_eq!(reread.etag(), want);
     assert_eq!(LAZY_RUNS.load(SeqCst), 1);
