@@ -217,11 +217,8 @@ impl TokenCache {
             Some(_) => return,
         }
         if tokens.tickets.len() >= MAX_TICKETS {
-            let mut i = 0u32;
-            tokens.tickets.retain(|_| {
-                i = i.wrapping_add(1);
-                i % 8 != 0
-            });
+            let mut keep = all_but_every_eighth();
+            tokens.tickets.retain(|_| keep());
         }
         let logical = k.logical.as_bytes();
         let hash = tokens.hasher.hash_one(logical);
@@ -283,11 +280,18 @@ fn make_room(
     max: usize,
 ) {
     if map.len() + adding > max {
-        let mut i = 0u32;
-        map.retain(|_, _| {
-            i = i.wrapping_add(1);
-            i % 8 != 0
-        });
+        let mut keep = all_but_every_eighth();
+        map.retain(|_, _| keep());
+    }
+}
+
+/// A `retain` predicate that keeps all entries but every eighth (arbitrary ones): how a
+/// full token or ticket cache makes room.
+fn all_but_every_eighth() -> impl FnMut() -> bool {
+    let mut i = 0u32;
+    move || {
+        i = i.wrapping_add(1);
+        i % 8 != 0
     }
 }
 
