@@ -17,14 +17,16 @@ use crate::entry::{Entry, Meta, Source};
 /// ```
 /// use cache_runtime::shape::{OkOnly, Shape};
 /// let ok: Result<u8, String> = Ok(1);
-/// assert_eq!(<OkOnly as Shape<_>>::cacheable(&ok), Some((1, false)));
+/// assert_eq!(<OkOnly as Shape<_>>::cacheable(&ok), Some((&1, false)));
 /// assert_eq!(<OkOnly as Shape<Result<u8, String>>>::cacheable(&Err("x".into())), None);
 /// ```
 pub trait Shape<R> {
     /// The cached value type.
     type Value;
-    /// The value to cache (a clone) and whether it is a negative entry (`none_ttl`).
-    fn cacheable(r: &R) -> Option<(Self::Value, bool)>;
+    /// The value to cache, borrowed from the result (a miss copies it only where it is
+    /// kept: the local tier, concurrent callers), and whether it is a negative entry
+    /// (`none_ttl`).
+    fn cacheable(r: &R) -> Option<(&Self::Value, bool)>;
     /// The return value for a cached value.
     fn rebuild(v: Self::Value) -> R;
     /// Whether the result is a failure (`Err`) for which a stale value may be served instead.
@@ -48,8 +50,8 @@ pub struct SomeOrNone;
 
 impl<V: Clone> Shape<V> for Plain {
     type Value = V;
-    fn cacheable(r: &V) -> Option<(V, bool)> {
-        Some((r.clone(), false))
+    fn cacheable(r: &V) -> Option<(&V, bool)> {
+        Some((r, false))
     }
     fn rebuild(v: V) -> V {
         v
@@ -58,8 +60,8 @@ impl<V: Clone> Shape<V> for Plain {
 
 impl<T: Clone, E> Shape<Result<T, E>> for OkOnly {
     type Value = T;
-    fn cacheable(r: &Result<T, E>) -> Option<(T, bool)> {
-        r.as_ref().ok().map(|t| (t.clone(), false))
+    fn cacheable(r: &Result<T, E>) -> Option<(&T, bool)> {
+        r.as_ref().ok().map(|t| (t, false))
     }
     fn rebuild(v: T) -> Result<T, E> {
         Ok(v)
@@ -71,8 +73,8 @@ impl<T: Clone, E> Shape<Result<T, E>> for OkOnly {
 
 impl<T: Clone> Shape<Option<T>> for SomeOnly {
     type Value = T;
-    fn cacheable(r: &Option<T>) -> Option<(T, bool)> {
-        r.as_ref().map(|t| (t.clone(), false))
+    fn cacheable(r: &Option<T>) -> Option<(&T, bool)> {
+        r.as_ref().map(|t| (t, false))
     }
     fn rebuild(v: T) -> Option<T> {
         Some(v)
@@ -81,8 +83,8 @@ impl<T: Clone> Shape<Option<T>> for SomeOnly {
 
 impl<T: Clone> Shape<Option<T>> for SomeOrNone {
     type Value = Option<T>;
-    fn cacheable(r: &Option<T>) -> Option<(Option<T>, bool)> {
-        Some((r.clone(), r.is_none()))
+    fn cacheable(r: &Option<T>) -> Option<(&Option<T>, bool)> {
+        Some((r, r.is_none()))
     }
     fn rebuild(v: Option<T>) -> Option<T> {
         v

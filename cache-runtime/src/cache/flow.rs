@@ -158,11 +158,12 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 // A failed Redis write is counted and logged; the caller still gets the value.
                 let heard = leader.detached();
                 let (_, meta) = self
-                    .store_fresh(key, &v, negative, (seen_local, heard), claim)
+                    .store_fresh(key, v, negative, (seen_local, heard), claim)
                     .await;
+                // Copied for concurrent callers only, if any joined.
                 leader.finish_with(|| {
                     Outcome::Value(Got {
-                        value: v,
+                        value: v.clone(),
                         meta,
                         source: Source::Body,
                     })
@@ -343,7 +344,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     {
         if meta.etag.is_none() && self.etag.is_some() && self.mode.load(Ordering::Relaxed) == 0 {
             if let Some((v, _)) = S::cacheable(r) {
-                self.etag_if_missing(meta, &v);
+                self.etag_if_missing(meta, v);
             }
         }
     }

@@ -452,7 +452,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let key = key.into_key();
         let r = self.timed(body).await;
         if let Some((v, negative)) = S::cacheable(&r) {
-            let _ = self.store_explicit(&key, v, negative).await;
+            let _ = self.store_explicit(&key, v.clone(), negative).await;
         }
         r
     }
