@@ -133,14 +133,27 @@ pub fn encode_at<V: Serialize>(
     ttl: Duration,
     stamps: &[u64],
 ) -> Result<Vec<u8>, String> {
+    encode_sized(value, fingerprint, ticket, created, ttl, stamps, 0)
+}
+
+/// [`encode_at`] into a buffer of `capacity` bytes at first (a cache passes its previous
+/// envelope's length, so that a value like the last one is encoded without growing the
+/// buffer): the header, then the payload serialized in place, then its length and checksum.
+pub(crate) fn encode_sized<V: Serialize>(
+    value: &V,
+    fingerprint: u64,
+    ticket: u64,
+    created: u64,
+    ttl: Duration,
+    stamps: &[u64],
+    capacity: usize,
+) -> Result<Vec<u8>, String> {
     if stamps.len() > MAX_STAMPS {
         return Err(format!("{} stamps, at most {MAX_STAMPS}", stamps.len()));
     }
-    let payload = bincode::serde::encode_to_vec(value, bincode::config::standard())
-        .map_err(|e| e.to_string())?;
-    let len = u32::try_from(payload.len()).map_err(|_| "value above 4 GiB".to_string())?;
     let expires = created.saturating_add(ttl.as_millis() as u64);
-    let mut out = Vec::with_capacity(HEADER_LEN + 8 * stamps.len() + payload.len());
+    let payload_at = HEADER_LEN + 8 * stamps.len();
+    let mut out = Vec::with_capacity(capacity.max(payload_at + 64));
     out.extend_from_slice(&MAGIC);
     out.push(WIRE_VERSION);
     out.push(0);
@@ -148,13 +161,17 @@ pub fn encode_at<V: Serialize>(
     out.extend_from_slice(&ticket.to_le_bytes());
     out.extend_from_slice(&created.to_le_bytes());
     out.extend_from_slice(&expires.to_le_bytes());
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&[0; 4]); // payload length, below
+    out.extend_from_slice(&[0; 4]); // checksum, below
     out.push(stamps.len() as u8);
     for s in stamps {
         out.extend_from_slice(&s.to_le_bytes());
     }
-    out.extend_from_slice(&payload);
+    debug_assert_eq!(out.len(), payload_at);
+    bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard())
+        .map_err(|e| e.to_string())?;
+    let len = u32::try_from(out.len() - payload_at).map_err(|_| "value above 4 GiB".to_string())?;
+    out[36..40].copy_from_slice(&len.to_le_bytes());
     let crc = checksum(&out);
     out[40..44].copy_from_slice(&crc.to_le_bytes());
     Ok(out)
@@ -464,6 +481,27 @@ mod tests {
         assert_eq!(d.value, sample());
         assert_eq!(d.stamps, vec![7, 0]);
         assert_eq!(d.expires_unix_ms - d.created_unix_ms, 60_000);
+    }
+
+    /// The payload is serialized into the envelope's own buffer, whatever its first
+    /// capacity (none, too small, larger than needed): the same bytes as the payload encoded
+    /// on its own, with its length and checksum filled in after.
+    #[test]
+    fn the_first_capacity_never_changes_the_envelope() {
+        let fp = fingerprint("Profile", 1);
+        let ttl = Duration::from_secs(60);
+        let now = clock::now_unix_ms();
+        let reference = encode_sized(&sample(), fp, 9, now, ttl, &[7, 0], 0).unwrap();
+        let payload = bincode::serde::encode_to_vec(sample(), bincode::config::standard()).unwrap();
+        let payload_at = HEADER_LEN + 16;
+        assert_eq!(&reference[payload_at..], &payload[..]);
+        assert_eq!(u32_at(&reference, 36) as usize, payload.len());
+        for capacity in [1, payload_at, payload_at + 1, reference.len(), 1 << 16] {
+            let bytes = encode_sized(&sample(), fp, 9, now, ttl, &[7, 0], capacity).unwrap();
+            assert_eq!(bytes, reference, "first capacity {capacity}");
+        }
+        let d = decode::<Profile>(&reference, fp, 1 << 20).unwrap();
+        assert_eq!((d.value, d.ticket, d.stamps), (sample(), 9, vec![7, 0]));
     }
 
     #[test]

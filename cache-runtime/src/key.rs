@@ -77,10 +77,11 @@ pub(crate) fn slot_of_bytes(key: &[u8]) -> u16 {
 /// ```
 pub fn redis_keys(prefix: &str, schema_version: u32, logical: &str) -> (String, String, String) {
     let (value, lock) = key_middles(schema_version);
+    let b = redis_bucket(logical);
     (
-        bucket_key(prefix, &value, logical),
-        bucket_key(prefix, TICKET_MIDDLE, logical),
-        bucket_key(prefix, &lock, logical),
+        bucket_key_at(prefix, b, &value, logical),
+        bucket_key_at(prefix, b, TICKET_MIDDLE, logical),
+        bucket_key_at(prefix, b, &lock, logical),
     )
 }
 
@@ -114,13 +115,14 @@ pub(crate) fn bucket_key_parts<'a>(
 
 /// `{prefix:bucket}:<middle><logical>` in one allocation, without the formatting machinery.
 pub(crate) fn bucket_key(prefix: &str, middle: &str, logical: &str) -> String {
+    bucket_key_at(prefix, redis_bucket(logical), middle, logical)
+}
+
+/// [`bucket_key`] with the bucket of `logical` already computed (the keys of one entry
+/// share it).
+pub(crate) fn bucket_key_at(prefix: &str, bucket: u32, middle: &str, logical: &str) -> String {
     let mut digits = itoa::Buffer::new();
-    let parts = bucket_key_parts(
-        prefix,
-        digits.format(redis_bucket(logical)),
-        middle,
-        logical,
-    );
+    let parts = bucket_key_parts(prefix, digits.format(bucket), middle, logical);
     let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
     for p in parts {
         out.push_str(p);

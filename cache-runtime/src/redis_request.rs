@@ -135,6 +135,11 @@ pub(crate) struct WriteRequest {
     /// Whether a plain store extends the ticket (not when this call just created it with
     /// a lifetime that outlasts the value).
     pub extend_ticket: bool,
+    /// Whether a plain store reads the ticket back (`GET t`) to answer whether it still
+    /// held. Only a cache with a local tier needs the answer (it keeps no copy of a value
+    /// whose ticket vanished behind its back); without one a plain store answers `true`
+    /// (readers refuse such a value all the same).
+    pub check_ticket: bool,
     pub seen: Stamps,
     pub token: Option<String>,
     pub conditional: bool,

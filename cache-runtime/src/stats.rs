@@ -138,7 +138,9 @@ counters! {
     /// that happened since (their stamps are outdated): misses.
     stale_rejected => "cache_stale_rejected_total";
     /// Body results not stored because a write happened while the body ran (the
-    /// stale-write-back race, prevented).
+    /// stale-write-back race, prevented). A Redis-only cache does not read its ticket back
+    /// after a plain store (it keeps no local copy to protect), so there it counts the
+    /// writes its body heard of; those behind its back it stores and every reader refuses.
     superseded => "cache_superseded_writes_total";
     /// Polls while another process held the single-flight lock (`lock = true`).
     lock_waits => "cache_lock_waits_total";

@@ -11,12 +11,13 @@
 //! contenders: local-ours local-hand local-cached local-quick local-mini
 //!             redis-ours redis-hand redis-hand-mget redis-cached
 //!             redis-ours-64 redis-hand-64 invalidate-ours invalidate-hand
-//!             miss-ours miss-ours-tagged miss-hand miss-cached
+//!             miss-ours miss-ours-tagged miss-ours-two-tier miss-hand miss-cached
 //! ```
 //!
 //! `miss-ours` / `miss-hand` / `miss-cached` are the miss + populate path on a key never seen
 //! before (ours: `MGET` and the store script; hand-written: `GET`, body, encode, `SET PX`;
-//! the `cached` crate's `AsyncRedisCache`: `GET`, body, `SET PX`).
+//! the `cached` crate's `AsyncRedisCache`: `GET`, body, `SET PX`). `miss-ours-two-tier` is
+//! ours in `local+redis`: the miss also stores a local copy.
 //!
 //! `redis-hand-mget` is the hand-written `GET` + decode with the same reply shape as ours: an
 //! `MGET` of the value and three more keys (16-byte strings, as a ticket and two scope
@@ -132,6 +133,13 @@ async fn redis_rival(id: u64) -> Result<Profile, String> {
     Ok(profile(id))
 }
 
+/// `redis_ours` in both tiers: a miss also stores a local copy (after the store's ticket
+/// check, which only a cache with a local tier sends).
+#[cache_runtime::cached(tier = "local+redis", ttl = 300, key = "user:profile:<id>")]
+async fn two_tier_ours(id: u64) -> Profile {
+    profile(id)
+}
+
 /// The first key of the `miss-` contenders, far from the hits' keys.
 const MISS_FIRST_ID: u64 = 50_000_000;
 
@@ -158,7 +166,7 @@ async fn hand_redis_mget(conn: &mut ConnectionManager, id: u64) -> Profile {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: hit-instructions <local-ours|local-ours-tagged|local-hand|local-cached|local-quick|local-mini|redis-ours|redis-hand|redis-hand-mget|redis-cached|redis-ours-64|redis-hand-64|invalidate-ours|invalidate-hand|miss-ours|miss-ours-tagged|miss-hand|miss-cached> <calls>";
+    let usage = "usage: hit-instructions <local-ours|local-ours-tagged|local-hand|local-cached|local-quick|local-mini|redis-ours|redis-hand|redis-hand-mget|redis-cached|redis-ours-64|redis-hand-64|invalidate-ours|invalidate-hand|miss-ours|miss-ours-tagged|miss-ours-two-tier|miss-hand|miss-cached> <calls>";
     let contender = args.next().expect(usage);
     alloc_count::count_from_now();
     let calls: u64 = args.next().and_then(|s| s.parse().ok()).expect(usage);
@@ -333,7 +341,7 @@ fn main() {
                 }
             });
         }
-        "miss-ours" | "miss-ours-tagged" | "miss-hand" | "miss-cached" => {
+        "miss-ours" | "miss-ours-tagged" | "miss-ours-two-tier" | "miss-hand" | "miss-cached" => {
             start_redis();
             let rt = current_thread_runtime();
             // Every call a key never read before; the warm-up's keys too (connections, scripts).
@@ -356,6 +364,7 @@ fn main() {
                 match contender.as_str() {
                     "miss-ours" => misses!(|id| redis_ours(id).await),
                     "miss-ours-tagged" => misses!(|id| redis_ours_tagged(id).await),
+                    "miss-ours-two-tier" => misses!(|id| two_tier_ours(id).await),
                     "miss-cached" => misses!(|id| redis_rival(id).await.expect("rival")),
                     _ => {
                         let client = redis::Client::open(redis_url()).expect("redis url");

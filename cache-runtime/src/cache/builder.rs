@@ -190,7 +190,7 @@ impl<V: crate::__private::RedisValue> CacheBuilder<V> {
     pub fn tier(mut self, tier: Tier) -> Self {
         self.tier = tier;
         self.redis = tier.has_redis().then_some((
-            codec::encode_at::<V> as EncodeFn<V>,
+            codec::encode_sized::<V> as EncodeFn<V>,
             codec::decode_checked::<V> as DecodeFn<V>,
         ));
         if tier.has_redis() {
@@ -300,6 +300,7 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
                 keys: KeyScheme::new(&rt.config.key_prefix, clear_scope, self.version),
                 retention: (ttl * 2).max(Duration::from_secs(86_400)),
                 ticketless: Default::default(),
+                last_envelope_len: Default::default(),
             }),
             (Some(_), None) => {
                 // The runtime already warned once that Redis is not configured.

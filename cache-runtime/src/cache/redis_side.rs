@@ -27,7 +27,7 @@
 //! random, so nothing stored before can match it again (no ABA after a flush, restart,
 //! eviction or `DEL`), and a missing token matches nothing.
 
-use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,8 +38,8 @@ use crate::codec::{self, DecodeError, Header};
 use crate::entry::Meta;
 use crate::error::CacheError;
 use crate::key::{
-    bucket_key, key_middles, redis_bucket, scope_key, scope_token_key, Scope, CLEAR_TOKENS,
-    REDIS_BUCKETS, TICKET_MIDDLE,
+    bucket_key, bucket_key_at, key_middles, redis_bucket, scope_key, scope_token_key, Scope,
+    CLEAR_TOKENS, REDIS_BUCKETS, TICKET_MIDDLE,
 };
 use crate::pending::{Added, PendingOp};
 use crate::redis_tier::{
@@ -50,7 +50,10 @@ use crate::tier::Key;
 
 use super::Cache;
 
-pub(super) type EncodeFn<V> = fn(&V, u64, u64, u64, Duration, &[u64]) -> Result<Vec<u8>, String>;
+/// `codec::encode_sized`: value, fingerprint, ticket, creation (Unix ms), TTL, stamps, and
+/// the buffer's first capacity.
+pub(super) type EncodeFn<V> =
+    fn(&V, u64, u64, u64, Duration, &[u64], usize) -> Result<Vec<u8>, String>;
 pub(super) type DecodeFn<V> = for<'a, 'b> fn(
     &'a [u8],
     u64,
@@ -58,6 +61,9 @@ pub(super) type DecodeFn<V> = for<'a, 'b> fn(
     Duration,
     Option<(u64, &'b [u64])>,
 ) -> Result<(Header<'a>, V), DecodeError>;
+
+/// The largest first buffer an envelope is encoded into; larger values grow it.
+const ENVELOPE_HINT_MAX: usize = 64 * 1024;
 
 /// The longest pause between two reads while another process holds the lock.
 const MAX_LOCK_POLL: Duration = Duration::from_millis(50);
@@ -150,6 +156,15 @@ impl KeyScheme {
         bucket_key(&self.prefix, TICKET_MIDDLE, &key.logical)
     }
 
+    /// The value's and the ticket's keys (one bucket hash for both).
+    fn value_and_ticket(&self, key: &Key) -> (String, String) {
+        let b = redis_bucket(&key.logical);
+        (
+            bucket_key_at(&self.prefix, b, &self.value_middle, &key.logical),
+            bucket_key_at(&self.prefix, b, TICKET_MIDDLE, &key.logical),
+        )
+    }
+
     fn lock(&self, key: &Key) -> String {
         bucket_key(&self.prefix, &self.lock_middle, &key.logical)
     }
@@ -179,9 +194,10 @@ impl KeyScheme {
 
     /// The entry's keys; the lock key only when `with_lock`.
     fn entry(&self, key: &Key, with_lock: bool) -> EntryKeys {
+        let (value, ticket) = self.value_and_ticket(key);
         EntryKeys {
-            value: self.value(key),
-            ticket: self.ticket(key),
+            value,
+            ticket,
             lock: if with_lock {
                 self.lock(key)
             } else {
@@ -225,6 +241,10 @@ pub(super) struct RedisSide<V> {
     /// more had none (a cache of mostly new keys), reads claim the ticket in the same round
     /// trip, so a miss costs two round trips instead of three (docs/PROTOCOL.md §7.2).
     pub(super) ticketless: AtomicU8,
+    /// The length of the last envelope this cache encoded: the next one's buffer starts
+    /// that large (plus an eighth), so that a value like the last is encoded without
+    /// growing it.
+    pub(super) last_envelope_len: AtomicUsize,
 }
 
 impl<V> RedisSide<V> {
@@ -706,11 +726,12 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let Some(r) = &self.redis else {
             return Ok(());
         };
+        let (value_key, ticket_key) = r.keys.value_and_ticket(key);
         let res = r
             .tier
             .invalidate(
-                r.keys.value(key),
-                r.keys.ticket(key),
+                value_key,
+                ticket_key,
                 (new_ticket(), self.ticket_px(r)),
                 r.keys.channel.clone(),
                 bus::message(bus::Action::Invalidated, &key.logical),
@@ -740,9 +761,10 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     /// meanwhile do not read this key from Redis, where a stale value may remain.
     fn defer_invalidation(&self, r: &RedisSide<V>, key: &Key) {
         bus::apply_locally(bus::Action::Invalidated, &key.logical, u64::MAX);
+        let (value_key, ticket_key) = r.keys.value_and_ticket(key);
         let added = r.tier.defer(PendingOp::Invalidate {
-            value_key: r.keys.value(key),
-            ticket_key: r.keys.ticket(key),
+            value_key,
+            ticket_key,
             channel: r.keys.channel.clone(),
             logical: key.logical.clone(),
             cache: std::sync::Arc::from(self.clear_scope.as_str()),
@@ -787,6 +809,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             ticket: claim.ticket,
             ticket_px,
             extend_ticket,
+            check_ticket: self.local.is_some(),
             seen: claim.stamps,
             token: claim.token,
             conditional,
@@ -805,6 +828,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let Some(redis) = &self.redis else {
             return Err(CacheError::Encode("no redis tier".into()));
         };
+        let last = redis.last_envelope_len.load(Relaxed);
         let bytes = (redis.encode)(
             value,
             self.fingerprint,
@@ -812,8 +836,14 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             created_unix_ms,
             ttl,
             stamps,
+            last + last / 8,
         )
         .map_err(|e| CacheError::Encode(e.into()))?;
+        // A rare large value does not make every later buffer large.
+        let remembered = bytes.len().min(ENVELOPE_HINT_MAX);
+        if remembered != last {
+            redis.last_envelope_len.store(remembered, Relaxed);
+        }
         if bytes.len() > self.max_value_bytes {
             return Err(CacheError::TooLarge {
                 size: bytes.len(),

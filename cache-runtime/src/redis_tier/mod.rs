@@ -930,7 +930,8 @@ impl RedisTier {
     /// Unless `conditional`, a plain pipeline (docs/PROTOCOL.md §4.2, §7.2):
     ///
     /// ```text
-    /// GET t                   -- still ours? (the answer, for the stats and the local tier)
+    /// GET t                   -- still ours? (the answer, for the stats and the local
+    ///                            tier: only when `check_ticket`; else the answer is `true`)
     /// SET v <envelope> PX ms
     /// PEXPIRE t keep GT       -- the ticket outlives the value (unless this call just
     ///                            created it: it does already)
@@ -1001,6 +1002,7 @@ impl RedisTier {
                 bytes,
                 ticket,
                 extend_ticket,
+                check_ticket,
                 seen,
                 ..
             } = req;
@@ -1013,15 +1015,18 @@ impl RedisTier {
                 !extend_ticket && seen.get(keys.clears + i).is_some_and(|s| *s == ticket)
             };
             let mut p = redis::Pipeline::with_capacity(3 + tags.len());
-            let mut get = redis::Cmd::with_capacity(2, 3 + keys.ticket.len());
-            get.arg("GET").arg(&keys.ticket);
+            if check_ticket {
+                let mut get = redis::Cmd::with_capacity(2, 3 + keys.ticket.len());
+                get.arg("GET").arg(&keys.ticket);
+                p.add_command(get);
+            }
             let mut set = redis::Cmd::with_capacity(5, keys.value.len() + bytes.len() + 28);
             set.arg("SET")
                 .arg(&keys.value)
                 .arg(&bytes[..])
                 .arg("PX")
                 .arg(ms);
-            p.add_command(get).add_command(set);
+            p.add_command(set);
             for (command, key, at) in extend_ticket
                 .then_some(("PEXPIRE", &*keys.ticket, keep))
                 .into_iter()
@@ -1040,10 +1045,10 @@ impl RedisTier {
                 .ignore_errors()
                 .query_async::<Vec<redis::Value>>(&mut c)
                 .await?;
-            let mut ours = false;
+            let mut ours = !check_ticket;
             for (i, reply) in replies.into_iter().enumerate() {
                 match reply.extract_error()? {
-                    redis::Value::BulkString(t) if i == 0 => {
+                    redis::Value::BulkString(t) if check_ticket && i == 0 => {
                         ours = parse_ticket(&t) == Some(ticket)
                     }
                     _ => {}
@@ -1473,6 +1478,7 @@ impl RedisTier {
                     ticket: 0x4845_414c_5448,
                     ticket_px: px,
                     extend_ticket: true,
+                    check_ticket: true,
                     seen: seen.clone(),
                     token,
                     conditional,

@@ -1,0 +1,160 @@
+//! What a miss costs beyond the body: the copies of the value it makes, and the commands its
+//! store sends (counted from the server's side). docs/PROTOCOL.md §7.2, docs/BENCHMARKS.md
+//! (issue 12, eleventh round).
+
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+use cache_runtime::cached;
+use cache_tests::shared_redis_with_bus;
+use serde::{Deserialize, Serialize};
+
+/// Counts its clones in `COUNTER` (one counter per test value type, so the tests of this
+/// file do not see each other's copies).
+macro_rules! counted_value {
+    ($name:ident, $counter:ident) => {
+        static $counter: AtomicUsize = AtomicUsize::new(0);
+
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct $name(Vec<String>);
+
+        impl Clone for $name {
+            fn clone(&self) -> Self {
+                $counter.fetch_add(1, SeqCst);
+                $name(self.0.clone())
+            }
+        }
+    };
+}
+
+counted_value!(RedisOnlyRow, REDIS_ONLY_CLONES);
+counted_value!(TwoTierRow, TWO_TIER_CLONES);
+
+#[cached(tier = "redis", ttl = 60, key = "cost-copies-r:<id>")]
+async fn redis_only_row(id: u64) -> RedisOnlyRow {
+    RedisOnlyRow(vec![id.to_string(); 4])
+}
+
+#[cached(tier = "local+redis", ttl = 60, key = "cost-copies-l:<id>")]
+async fn two_tier_row(id: u64) -> Result<TwoTierRow, String> {
+    Ok(TwoTierRow(vec![id.to_string(); 4]))
+}
+
+/// A miss with nobody waiting on it copies the body's value only into a local tier: none in
+/// a Redis-only cache, one in `local+redis` (the copy the local tier keeps). Before, the
+/// value was first copied out of the result to be cached, whether or not anything kept it.
+#[tokio::test]
+async fn a_miss_copies_the_value_only_where_it_is_kept() {
+    shared_redis_with_bus().await;
+    for id in 1..=5u64 {
+        let before = REDIS_ONLY_CLONES.load(SeqCst);
+        assert_eq!(
+            redis_only_row(id).await,
+            RedisOnlyRow(vec![id.to_string(); 4])
+        );
+        assert_eq!(
+            REDIS_ONLY_CLONES.load(SeqCst) - before,
+            0,
+            "a Redis-only miss copied its value"
+        );
+
+        let before = TWO_TIER_CLONES.load(SeqCst);
+        assert_eq!(
+            two_tier_row(id).await,
+            Ok(TwoTierRow(vec![id.to_string(); 4]))
+        );
+        assert_eq!(
+            TWO_TIER_CLONES.load(SeqCst) - before,
+            1,
+            "a local+redis miss copies its value once, into the local tier"
+        );
+    }
+    let stats = two_tier_row_cache().stats();
+    assert_eq!((stats.misses, stats.populates), (5, 5), "{stats:?}");
+    assert_eq!(
+        two_tier_row_cache().peek_local("cost-copies-l:3"),
+        Some(TwoTierRow(vec!["3".into(); 4])),
+        "the local copy is the body's value"
+    );
+    // And the stored values are the body's, from Redis.
+    redis_only_row_cache().clear_local();
+    assert_eq!(redis_only_row(2).await, RedisOnlyRow(vec!["2".into(); 4]));
+    assert_eq!(redis_only_row_cache().stats().redis_hits, 1);
+}
+
+#[cached(tier = "redis", ttl = 60, key = "cost-store-r:<id>")]
+async fn redis_only_store(id: u64) -> u64 {
+    id + 1
+}
+
+#[cached(tier = "local+redis", ttl = 60, key = "cost-store-l:<id>")]
+async fn two_tier_store(id: u64) -> u64 {
+    id + 1
+}
+
+/// The commands of one miss's store, from the server's `SLOWLOG`: those after the value's
+/// read and claim, up to and including the value's `SET` (oldest first).
+fn store_commands(commands: &[Vec<String>], logical: &str) -> Vec<Vec<String>> {
+    let ours: Vec<&Vec<String>> = commands
+        .iter()
+        .rev()
+        .filter(|c| c.iter().any(|a| a.ends_with(logical)))
+        .collect();
+    let set_value = ours
+        .iter()
+        .position(|c| c[0].eq_ignore_ascii_case("set") && c[1].contains(":v2:"))
+        .unwrap_or_else(|| panic!("the value of {logical} was stored: {ours:?}"));
+    let claim = ours
+        .iter()
+        .position(|c| c[0].eq_ignore_ascii_case("set") && c.iter().any(|a| a == "NX"))
+        .unwrap_or_else(|| panic!("the ticket of {logical} was claimed: {ours:?}"));
+    assert!(claim < set_value, "claimed before storing: {ours:?}");
+    ours[claim + 1..=set_value]
+        .iter()
+        .map(|c| (*c).clone())
+        .collect()
+}
+
+/// A plain store reads the ticket back (`GET t` in its pipeline) only where the answer is
+/// used: a cache with a local tier keeps no copy of a value whose ticket vanished behind
+/// its back. A Redis-only cache keeps nothing, and readers refuse such a value anyway: its
+/// store is the `SET` alone. Both values are then served from Redis.
+#[tokio::test]
+async fn a_store_reads_its_ticket_back_only_where_a_local_tier_keeps_a_copy() {
+    let server = shared_redis_with_bus().await;
+    // Connections up, scripts loaded.
+    assert_eq!(redis_only_store(0).await, 1);
+    assert_eq!(two_tier_store(0).await, 1);
+    server.log_every_command();
+    assert_eq!(redis_only_store(7).await, 8);
+    assert_eq!(two_tier_store(7).await, 8);
+    let commands = server.slowlog_commands();
+
+    let ticket_reads = |store: &[Vec<String>]| {
+        store
+            .iter()
+            .filter(|c| c[0].eq_ignore_ascii_case("get") && c[1].contains(":t:"))
+            .count()
+    };
+    let redis_only = store_commands(&commands, "cost-store-r:7");
+    assert_eq!(
+        ticket_reads(&redis_only),
+        0,
+        "a Redis-only store read its ticket: {redis_only:?}"
+    );
+    let two_tier = store_commands(&commands, "cost-store-l:7");
+    assert_eq!(
+        ticket_reads(&two_tier),
+        1,
+        "a local+redis store checks its ticket: {two_tier:?}"
+    );
+    assert_eq!(two_tier_store_cache().peek_local("cost-store-l:7"), Some(8));
+
+    // Both values are valid in Redis: other readers (here, after the local copy is gone)
+    // are served them without running the body.
+    two_tier_store_cache().clear_local();
+    assert_eq!(redis_only_store(7).await, 8);
+    assert_eq!(two_tier_store(7).await, 8);
+    assert_eq!(redis_only_store_cache().stats().redis_hits, 1);
+    assert_eq!(two_tier_store_cache().stats().redis_hits, 1);
+    assert_eq!(redis_only_store_cache().stats().misses, 2);
+}
