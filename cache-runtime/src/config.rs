@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-/// Runtime configuration, set once at start-up with [`init`]. Without `init`, the first cache
+/// Runtime configuration, set once at start-up with [`init`](crate::init). Without `init`, the first cache
 /// use configures the runtime from the environment (`REDIS_URL`), see [`Config::from_env`].
 ///
 /// ```

@@ -30,8 +30,8 @@
 //! |---|---|---|
 //! | `redis` | yes | the Redis tier (`tier = "redis"` / `"local+redis"`), the invalidation bus, `REDIS_URL` |
 //! | `tls` | no | `rediss://` and [`ConfigBuilder::tls_root_certificate`] (rustls with ring) |
-//! | `http` | no | [`http`]: Cache-Control, ETags, conditional requests |
-//! | `axum` | no | the axum extractor of [`http`] (implies `http`) |
+//! | `http` | no | the `http` module: Cache-Control, ETags, conditional requests |
+//! | `axum` | no | the axum extractor of the `http` module (implies `http`) |
 //! | `edge` | no | the HTTP purgers of [`edge`] (the queue and the `Purger` trait are always there) |
 //! | `metrics` | yes | counters, gauges and histograms through the `metrics` facade (without it they compile away; [`Stats`] is always there) |
 //!

@@ -186,7 +186,7 @@ impl<V: crate::__private::RedisValue> CacheBuilder<V> {
     }
 
     /// Chooses the tiers (default [`Tier::Local`]). Redis tiers need a serde value, and
-    /// give every entry an [`ETag`] (see [`etag`](Self::etag)).
+    /// give every entry an [`ETag`](crate::ETag) (see [`etag`](Self::etag)).
     pub fn tier(mut self, tier: Tier) -> Self {
         self.tier = tier;
         self.redis = tier.has_redis().then_some((
@@ -199,7 +199,7 @@ impl<V: crate::__private::RedisValue> CacheBuilder<V> {
         self
     }
 
-    /// Gives every entry a strong [`ETag`] (the hash of its encoding, computed once when the
+    /// Gives every entry a strong [`ETag`](crate::ETag) (the hash of its encoding, computed once when the
     /// value is stored), for HTTP conditional requests. Automatic with a Redis tier; for a
     /// local-only cache it costs one encoding per stored value. Only once the cache's first
     /// entry call (`get_or_load_entry`, a generated `<fn>_entry`) was made: plain calls do not

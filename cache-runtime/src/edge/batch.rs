@@ -76,7 +76,7 @@ impl PurgeBatch {
         self
     }
 
-    /// The paths, unencoded (see [`encode_path`]).
+    /// The paths, unencoded (see [`encode_path`](super::encode_path)).
     ///
     /// ```
     /// assert!(cache_runtime::edge::PurgeBatch::new().paths().is_empty());
@@ -85,7 +85,7 @@ impl PurgeBatch {
         &self.paths
     }
 
-    /// The tags (surrogate keys), unencoded (see [`encode_surrogate_key`]).
+    /// The tags (surrogate keys), unencoded (see [`encode_surrogate_key`](super::encode_surrogate_key)).
     ///
     /// ```
     /// assert!(cache_runtime::edge::PurgeBatch::new().tags().is_empty());

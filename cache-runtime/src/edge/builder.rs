@@ -218,7 +218,7 @@ impl EdgeBuilder {
         self
     }
 
-    /// Starts the edge: its worker thread and runtime. Install it with [`install`], or use it
+    /// Starts the edge: its worker thread and runtime. Install it with [`install`](super::install), or use it
     /// directly through its methods.
     ///
     /// ```

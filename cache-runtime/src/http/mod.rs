@@ -1,5 +1,5 @@
 //! HTTP caching (layer 3): `Cache-Control`, `Vary`, validators and conditional requests for
-//! cached values, over plain [`http`](::http) types, with an optional axum integration.
+//! cached values, over plain [`http`] types, with an optional axum integration.
 //! Enabled by the `http` feature (`axum` adds the integration).
 //!
 //! * [`CachePolicy`] says who may keep a response and for how long, and renders the headers
