@@ -172,9 +172,19 @@ impl KeyScheme {
     /// Cache clear, global clear, then one per tag: the scope tokens an entry is stamped
     /// with (the first [`CLEAR_TOKENS`] shared, not copied).
     fn stamps(&self, key: &Key) -> Vec<Arc<str>> {
+        // The bucket only matters where the tokens are striped per bucket (cluster).
+        let bucket = if self.striped {
+            redis_bucket(&key.logical)
+        } else {
+            0
+        };
+        self.stamps_in(key, bucket)
+    }
+
+    /// [`stamps`](Self::stamps) with the key's bucket already computed.
+    fn stamps_in(&self, key: &Key, b: u32) -> Vec<Arc<str>> {
         let mut keys = Vec::with_capacity(CLEAR_TOKENS + key.tags.len());
         if self.striped {
-            let b = redis_bucket(&key.logical);
             keys.extend(self.clears[b as usize].iter().cloned());
             keys.extend(
                 key.tags
@@ -194,16 +204,18 @@ impl KeyScheme {
 
     /// The entry's keys; the lock key only when `with_lock`.
     fn entry(&self, key: &Key, with_lock: bool) -> EntryKeys {
-        let (value, ticket) = self.value_and_ticket(key);
+        // One bucket hash for every key of the entry.
+        let b = redis_bucket(&key.logical);
+        let (prefix, logical) = (&self.prefix, &key.logical);
         EntryKeys {
-            value,
-            ticket,
+            value: bucket_key_at(prefix, b, &self.value_middle, logical),
+            ticket: bucket_key_at(prefix, b, TICKET_MIDDLE, logical),
             lock: if with_lock {
-                self.lock(key)
+                bucket_key_at(prefix, b, &self.lock_middle, logical)
             } else {
                 String::new()
             },
-            stamps: self.stamps(key),
+            stamps: self.stamps_in(key, b),
             clears: CLEAR_TOKENS,
         }
     }
