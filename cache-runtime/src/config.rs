@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-/// Runtime configuration, set once at start-up with [`init`](crate::init). Without `init`, the first cache
-/// use configures the runtime from the environment (`REDIS_URL`), see [`Config::from_env`].
+/// Runtime configuration, set once at start-up with [`init`](crate::init). Without `init`, the
+/// first cache use configures the runtime from the environment (`REDIS_URL`), see
+/// [`Config::from_env`].
 ///
 /// ```
 /// use cache_runtime::Config;

@@ -199,11 +199,11 @@ impl<V: crate::__private::RedisValue> CacheBuilder<V> {
         self
     }
 
-    /// Gives every entry a strong [`ETag`](crate::ETag) (the hash of its encoding, computed once when the
-    /// value is stored), for HTTP conditional requests. Automatic with a Redis tier; for a
-    /// local-only cache it costs one encoding per stored value. Only once the cache's first
-    /// entry call (`get_or_load_entry`, a generated `<fn>_entry`) was made: plain calls do not
-    /// pay for a hash they never see.
+    /// Gives every entry a strong [`ETag`](crate::ETag) (the hash of its encoding, computed
+    /// once when the value is stored), for HTTP conditional requests. Automatic with a Redis
+    /// tier; for a local-only cache it costs one encoding per stored value. Only once the
+    /// cache's first entry call (`get_or_load_entry`, a generated `<fn>_entry`) was made:
+    /// plain calls do not pay for a hash they never see.
     ///
     /// ```
     /// use cache_runtime::{Cache, Plain, Sharing};

@@ -85,7 +85,8 @@ impl PurgeBatch {
         &self.paths
     }
 
-    /// The tags (surrogate keys), unencoded (see [`encode_surrogate_key`](super::encode_surrogate_key)).
+    /// The tags (surrogate keys), unencoded (see
+    /// [`encode_surrogate_key`](super::encode_surrogate_key)).
     ///
     /// ```
     /// assert!(cache_runtime::edge::PurgeBatch::new().tags().is_empty());

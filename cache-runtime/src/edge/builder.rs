@@ -218,8 +218,8 @@ impl EdgeBuilder {
         self
     }
 
-    /// Starts the edge: its worker thread and runtime. Install it with [`install`](super::install), or use it
-    /// directly through its methods.
+    /// Starts the edge: its worker thread and runtime. Install it with
+    /// [`install`](super::install), or use it directly through its methods.
     ///
     /// ```
     /// let edge = cache_runtime::edge::Edge::builder().build();
