@@ -1,12 +1,16 @@
 //! Benchmark 5: Invalidate: the cost of one `invalidate_<fn>` call on a `tier = "redis"` cache
 //! (and, for reference, on a `local+redis` one), against hand-written redis-rs `DEL` and the
-//! `cached` crate's `async_cache_delete` (a plain `DEL`). Most calls delete an existing entry:
+//! `cached` crate's `async_cache_delete` (a plain `DEL`), and against the hand-written
+//! equivalent of ours' guarantee: `DEL` + `PUBLISH` in one pipeline, with a subscriber to the
+//! channel in the process (`hand_del_publish`; Redis delivers each message to the publisher's
+//! own subscription too, as it does ours). Most calls delete an existing entry:
 //! the key pools are refilled (untimed) whenever a contender has gone through them.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use cache_benches::{bench_mode, count_commands, criterion, current_thread_runtime, hand_key};
+use cache_benches::{hand_bus_subscriber, hand_del_publish};
 use cache_benches::{our_key, profile, record_commands, record_fact, redis_url, start_redis};
 use cache_benches::{process_cost, raw_ping, record_cost, Profile, FIRST_ID};
 use cached::{AsyncRedisCache, ConcurrentCachedAsync};
@@ -70,6 +74,9 @@ enum Who {
     Ours,
     OursTwoTier,
     Hand,
+    /// Hand-written `DEL` + `PUBLISH` with a subscriber in the process: ours' guarantee
+    /// written by hand.
+    HandPublish,
     Rival,
 }
 
@@ -86,7 +93,7 @@ async fn fill(who: Who, conn: &ConnectionManager, pool: u64) {
                     Who::OursTwoTier => populate_ours_two_tier(id, profile(id))
                         .await
                         .expect("populate"),
-                    Who::Hand => {
+                    Who::Hand | Who::HandPublish => {
                         let b =
                             bincode::serde::encode_to_vec(profile(id), bincode::config::standard())
                                 .expect("encode");
@@ -123,6 +130,7 @@ async fn invalidate(who: Who, conn: &mut ConnectionManager, id: u64) {
                 .await
                 .expect("DEL");
         }
+        Who::HandPublish => hand_del_publish(conn, id).await,
         Who::Rival => {
             let store = RIVAL.get().expect("the rival store is built by the fill");
             black_box(
@@ -149,8 +157,10 @@ fn invalidate_bench(c: &mut Criterion) {
         ("ours", Who::Ours),
         ("ours_local_redis", Who::OursTwoTier),
         ("hand_written", Who::Hand),
+        ("hand_del_publish", Who::HandPublish),
         ("cached_crate", Who::Rival),
     ];
+    hand_bus_subscriber();
     for (name, who) in contenders {
         rt.block_on(async {
             fill(who, &conn, pool).await;

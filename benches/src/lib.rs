@@ -631,6 +631,73 @@ pub fn two_worker_runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
+/// The hand-written bus's channel (see [`hand_bus_subscriber`]).
+pub const HAND_BUS_CHANNEL: &str = "hw:bus:1";
+
+/// A hand-written invalidation bus for this process, as a developer would add one beside a
+/// `DEL` so that other processes drop their local copies: a RESP3 connection subscribed to
+/// [`HAND_BUS_CHANNEL`] on a thread of its own (as ours: the runtime's Redis thread), whose
+/// push callback reads each message and drops it. Started once; returns when subscribed.
+/// Like ours, it receives its own process's `PUBLISH`es: Redis delivers a message to every
+/// subscriber of the channel, the publisher's own subscription included.
+pub fn hand_bus_subscriber() {
+    static STARTED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    STARTED.get_or_init(|| {
+        let url = format!("{}?protocol=resp3", redis_url());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("hand-bus".into())
+            .spawn(move || {
+                current_thread_runtime().block_on(async move {
+                    let client = redis::Client::open(url).expect("redis url");
+                    let config = redis::AsyncConnectionConfig::new().set_push_sender(
+                        |info: redis::PushInfo| {
+                            if let Some(redis::Value::BulkString(payload)) = info.data.get(1) {
+                                std::hint::black_box(payload.len());
+                            }
+                            Ok::<(), std::convert::Infallible>(())
+                        },
+                    );
+                    let mut conn = client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                        .expect("the hand-written bus connects");
+                    conn.subscribe(HAND_BUS_CHANNEL)
+                        .await
+                        .expect("the hand-written bus subscribes");
+                    ready_tx.send(()).expect("waiting for the subscription");
+                    // Held for the life of the process.
+                    std::future::pending::<()>().await;
+                    drop(conn);
+                })
+            })
+            .expect("hand-bus thread");
+        ready_rx.recv().expect("the hand-written bus subscribed");
+    });
+}
+
+/// Hand-written invalidation with a bus message: one pipeline, `DEL` + `PUBLISH` of a
+/// message shaped like ours (origin, action, time sent, key; the same length), as the
+/// hand-written equivalent of ours' guarantee (the `DEL` and the message, one round trip).
+/// [`hand_bus_subscriber`] must be running for the message to be delivered as ours are.
+pub async fn hand_del_publish(conn: &mut redis::aio::ConnectionManager, id: u64) {
+    let sent = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    let message =
+        format!("C1\u{1f}00000000deadbeef\u{1f}I\u{1f}{sent}\u{1f}user:profile:{id}\u{1f}0");
+    let (deleted, receivers): (i64, i64) = redis::pipe()
+        .cmd("DEL")
+        .arg(hand_key(id))
+        .cmd("PUBLISH")
+        .arg(HAND_BUS_CHANNEL)
+        .arg(message)
+        .query_async(conn)
+        .await
+        .expect("DEL + PUBLISH");
+    std::hint::black_box((deleted, receivers));
+}
+
 /// Hand-written: `GET`, then bincode 2 (standard, serde) decode. A miss fills like ours
 /// (body, encode, `SET PX`) but the benchmark only reads warm keys.
 pub async fn hand_redis_get(conn: &mut redis::aio::ConnectionManager, id: u64) -> Profile {

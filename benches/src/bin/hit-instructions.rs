@@ -11,6 +11,7 @@
 //! contenders: local-ours local-hand local-cached local-quick local-mini
 //!             redis-ours redis-hand redis-hand-mget redis-cached
 //!             redis-ours-64 redis-hand-64 invalidate-ours invalidate-hand
+//!             invalidate-hand-publish
 //!             miss-ours miss-ours-tagged miss-ours-two-tier miss-hand miss-cached
 //! ```
 //!
@@ -37,6 +38,7 @@ use cache_benches::stores::{self, HandStore};
 use cache_benches::{
     current_thread_runtime, hand_key, hand_redis_get, init_local_only, our_key, profile,
 };
+use cache_benches::{hand_bus_subscriber, hand_del_publish};
 use cache_benches::{redis_url, server_cpu_seconds, start_redis};
 use cache_benches::{Profile, FIRST_ID};
 use cached::AsyncRedisCache;
@@ -166,7 +168,7 @@ async fn hand_redis_mget(conn: &mut ConnectionManager, id: u64) -> Profile {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: hit-instructions <local-ours|local-ours-tagged|local-hand|local-cached|local-quick|local-mini|redis-ours|redis-hand|redis-hand-mget|redis-cached|redis-ours-64|redis-hand-64|invalidate-ours|invalidate-hand|miss-ours|miss-ours-tagged|miss-ours-two-tier|miss-hand|miss-cached> <calls>";
+    let usage = "usage: hit-instructions <local-ours|local-ours-tagged|local-hand|local-cached|local-quick|local-mini|redis-ours|redis-hand|redis-hand-mget|redis-cached|redis-ours-64|redis-hand-64|invalidate-ours|invalidate-hand|invalidate-hand-publish|miss-ours|miss-ours-tagged|miss-ours-two-tier|miss-hand|miss-cached> <calls>";
     let contender = args.next().expect(usage);
     alloc_count::count_from_now();
     let calls: u64 = args.next().and_then(|s| s.parse().ok()).expect(usage);
@@ -207,7 +209,7 @@ fn main() {
                 ids(calls).for_each(|id| drop(black_box(local_rival(black_box(id)))))
             });
         }
-        "invalidate-ours" | "invalidate-hand" => {
+        "invalidate-ours" | "invalidate-hand" | "invalidate-hand-publish" => {
             start_redis();
             let rt = current_thread_runtime();
             rt.block_on(async {
@@ -220,6 +222,15 @@ fn main() {
                         invalidate_redis_ours(black_box(id))
                             .await
                             .expect("invalidate");
+                    }
+                    report(calls, before);
+                } else if contender == "invalidate-hand-publish" {
+                    hand_bus_subscriber();
+                    let client = redis::Client::open(redis_url()).expect("redis url");
+                    let mut conn = ConnectionManager::new(client).await.expect("connect");
+                    let before = allocs();
+                    for id in ids(calls) {
+                        hand_del_publish(&mut conn, black_box(id)).await;
                     }
                     report(calls, before);
                 } else {
