@@ -20,7 +20,7 @@ use crate::signature::{Analyzed, Kind, Param};
 use crate::template::{self, Segment};
 
 pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
-    let a = crate::signature::analyze(&f, opts.cache_none)?;
+    let a = crate::signature::analyze(&f, opts.cache_none, opts.returns, &opts.krate)?;
     let timeout_span = opts
         .fail_safe
         .as_ref()
@@ -253,6 +253,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     .map(|t| fwd.for_target(t));
 
     let p_wrapper = prologue(name);
+    let alias_check = alias_check(k, &a);
     // With `in_trait` the wrapper is also the body: it takes the attributes of both (a
     // `#[tracing::instrument]` below `#[cached]` then traces every call, hits included).
     let at_wrapper = if in_trait {
@@ -263,6 +264,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     let wrapper = quote! {
         #at_wrapper
         #vis #asyncness fn #name #generics (#wrapper_inputs) -> #ret #where_clause {
+            #alias_check
             #p_wrapper
             #cache.#get_or_load #aw
         }
@@ -498,6 +500,35 @@ fn borrowed(ty: &syn::Type) -> Option<Span> {
     let mut f = Find(None);
     f.visit_type(ty);
     f.0
+}
+
+/// For a plain return type: a compile error, at the return type, if it is a `Result` or an
+/// `Option` behind an alias, which the attribute cannot see by name (caching an `AppResult`
+/// whole would cache its errors). Resolved by type: the probe's method is found on the
+/// `Result` / `Option` impls first (autoref), else on the one for every type; in a generic
+/// function a type parameter is a plain value. Nothing runs.
+fn alias_check(k: &syn::Path, a: &Analyzed) -> TokenStream {
+    let checks = a.alias_checks;
+    if !matches!(a.kind, Kind::Plain) || !(checks.result || checks.option) {
+        return quote!();
+    }
+    let ret = &a.ret;
+    let k = at(k, ret.span());
+    let result = checks
+        .result
+        .then(|| quote_spanned!(ret.span()=> ReturnShapeAliasedResult as _,));
+    let option = checks
+        .option
+        .then(|| quote_spanned!(ret.span()=> ReturnShapeAliasedOption as _,));
+    quote_spanned! {ret.span()=>
+        {
+            #[allow(unused_imports)]
+            use #k::__private::{ReturnShapeAny as _, #result #option};
+            #k::__private::return_shape_declared(
+                (&&#k::__private::ReturnProbe::<#ret>::NEW).return_shape(),
+            );
+        }
+    }
 }
 
 /// The closure that builds the cache of one instantiation from the options.

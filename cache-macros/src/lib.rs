@@ -52,6 +52,8 @@ use proc_macro::TokenStream;
 /// | `version` | integer | 1 | Schema version of the value type, part of the Redis key and of the value's fingerprint: bump it when the type changes. |
 /// | `cache_none` | `true`/`false`, or bare `cache_none` | `false` | `Option<T>` only: cache `None` too. |
 /// | `none_ttl` | duration | `ttl` | Lifetime of a cached `None`. Needs `cache_none`. |
+/// | `result` | `true`/`false`, or bare `result` | by name | The return type is a `Result` behind an alias (`AppResult<T>`): only `Ok` is cached. `result = false` caches the whole `Result`, errors included. |
+/// | `option` | `true`/`false`, or bare `option` | by name | The return type is an `Option` behind an alias: only `Some` is cached (`None` too with `cache_none`). `option = false` caches the whole `Option`. |
 /// | `tags` | `["user:<id>", "catalog"]` | none | Tags of each entry (templates, checked like `key`); `cache_runtime::invalidate_tag("user:42")` drops every entry carrying the tag, in every cache and process. |
 /// | `lock` | `true`/`false`, or bare `lock` | `false` | Redis tiers only: on a miss everywhere, one process takes a Redis lease and runs the body; the others wait for its value. |
 /// | `lock_lease` | duration | `"10s"` | The lease. Needs `lock`. |
@@ -94,6 +96,26 @@ use proc_macro::TokenStream;
 /// | `Result<T, E>` (also `io::Result<T>`) | `T` | `Ok(t)` | `Err(e)` |
 /// | `Option<T>` | `T` | `Some(t)` | `None` |
 /// | `Option<T>` with `cache_none` | `Option<T>` | both | — |
+///
+/// An alias of another name (`type AppResult<T> = Result<T, AppError>`) is a compile error at
+/// the return type until the attribute says what it is: `result` (only `Ok` is cached) or
+/// `option` (only `Some`); `result = false` / `option = false` cache the whole value.
+///
+/// ```
+/// use cache_runtime::cached;
+///
+/// #[derive(Debug)]
+/// pub struct AppError;
+/// pub type AppResult<T> = Result<T, AppError>;
+///
+/// #[cached(ttl = 60, result)]
+/// fn parse_port(s: String) -> AppResult<u16> {
+///     s.parse().map_err(|_| AppError)
+/// }
+///
+/// assert_eq!(parse_port("8080".into()).ok(), Some(8080));
+/// assert!(parse_port("x".into()).is_err()); // errors are returned, never cached
+/// ```
 ///
 /// `V` must be `Clone + Send + Sync + 'static` (every hit returns a clone: return `Arc<T>` for
 /// large values) and, with a Redis tier, `max_bytes` or `etag`, `Serialize + DeserializeOwned`.

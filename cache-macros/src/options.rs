@@ -53,6 +53,20 @@ pub struct Options {
     /// `in_trait`: a method of a trait impl (or a trait's default method): the function
     /// alone, no companions. With the flag's span.
     pub in_trait: Option<Span>,
+    /// `result` / `option` (or `= false`): what the return type is, where its name does not
+    /// say (an alias such as `AppResult<T>`).
+    pub returns: Returns,
+}
+
+/// What the attribute declares the return type to be.
+#[derive(Clone, Copy)]
+pub enum Returns {
+    /// Nothing: told by the return type's name (`Result<..>`, `Option<..>`).
+    Inferred,
+    /// `result` (`true`: only `Ok` is cached) or `result = false` (the whole value is).
+    Result(bool),
+    /// `option` (`true`: only `Some` is cached) or `option = false` (the whole value is).
+    Option(bool),
 }
 
 /// The fail-safe options, in milliseconds.
@@ -118,6 +132,8 @@ options! {
     refresh_ahead: syn::LitFloat = "refresh_ahead" by value, "a fraction of the TTL, e.g. `0.8`";
     krate: LitStr = "crate" by value, "a string naming the runtime crate's path, e.g. `crate = \"my_app::cache\"`";
     in_trait: LitBool = "in_trait" by flag, BOOL;
+    result: LitBool = "result" by flag, BOOL;
+    option: LitBool = "option" by flag, BOOL;
 }
 
 pub fn parse(attr: TokenStream) -> syn::Result<Options> {
@@ -150,9 +166,6 @@ fn option_name(meta: &ParseNestedMeta<'_>) -> syn::Result<String> {
         "time" => " (the `cached` crate's `time` is `ttl` here)",
         "ttl_secs" => " (the `cached` crate's `ttl_secs` is `ttl` here)",
         "size" | "max_size" => " (the `cached` crate's `size`/`max_size` is `capacity` here)",
-        "result" | "option" => {
-            " (`Result` and `Option` return types are recognised without an option: `Ok` and `Some` are cached)"
-        }
         "convert" => " (the `cached` crate's `convert` is a `key` template here, e.g. `key = \"user:<id>\"`)",
         "sync_writes" => " (concurrent misses of one key always run the body once here)",
         "time_refresh" | "refresh" => {
@@ -323,6 +336,16 @@ impl Raw {
             Some(b) if b.value => Some(b.span()),
             _ => None,
         };
+        let returns =
+            match (&self.result, &self.option) {
+                (Some(_), Some(o)) => return Err(Error::new(
+                    o.span(),
+                    "`result` and `option` cannot both be set: a return type is one or the other",
+                )),
+                (Some(r), None) => Returns::Result(r.value),
+                (None, Some(o)) => Returns::Option(o.value),
+                (None, None) => Returns::Inferred,
+            };
         let none_ttl_ms = match &self.none_ttl {
             None => None,
             Some(lit) => {
@@ -526,6 +549,7 @@ impl Raw {
             version,
             cache_none,
             none_ttl_ms,
+            returns,
         })
     }
 }

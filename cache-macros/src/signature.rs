@@ -1,7 +1,10 @@
 //! Which function shapes can be cached, and what their parts are.
 
 use proc_macro2::Span;
+use syn::spanned::Spanned;
 use syn::visit::Visit;
+
+use crate::options::Returns;
 use syn::{Error, FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Type};
 
 pub struct Param {
@@ -29,9 +32,25 @@ pub struct Analyzed {
     pub kind: Kind,
     /// The cached value's type: `T` of `Result<T, _>` / `Option<T>`, or the return type.
     pub value_ty: Type,
+    /// A plain return type that may still be a `Result` / an `Option` behind an alias
+    /// (`AppResult<T>`): the wrapper checks it by type (`__private::ReturnProbe`) unless
+    /// the attribute said `result = false` / `option = false`.
+    pub alias_checks: AliasChecks,
 }
 
-pub fn analyze(f: &ItemFn, cache_none: Option<Span>) -> syn::Result<Analyzed> {
+/// Which aliases a plain return type is checked against.
+#[derive(Clone, Copy, Default)]
+pub struct AliasChecks {
+    pub result: bool,
+    pub option: bool,
+}
+
+pub fn analyze(
+    f: &ItemFn,
+    cache_none: Option<Span>,
+    returns: Returns,
+    krate: &syn::Path,
+) -> syn::Result<Analyzed> {
     let sig = &f.sig;
     if let Some(c) = &sig.constness {
         return Err(Error::new(c.span, "`const fn` cannot be cached"));
@@ -123,18 +142,56 @@ pub fn analyze(f: &ItemFn, cache_none: Option<Span>) -> syn::Result<Analyzed> {
     };
     check_return_type(&ret)?;
 
-    let (kind, value_ty) = match last_segment(&ret) {
-        Some((name, args)) if name == "Result" && !args.is_empty() => {
-            (Kind::OkOnly, args[0].clone())
-        }
-        Some((name, args)) if name == "Option" && args.len() == 1 => {
-            if cache_none.is_some() {
-                (Kind::SomeOrNone, ret.clone())
-            } else {
-                (Kind::SomeOnly, args[0].clone())
-            }
-        }
-        _ => (Kind::Plain, ret.clone()),
+    // By the type's name, unless the attribute says what it is: an alias (`AppResult<T>`,
+    // `type Lookup = Option<User>`) is named through `__private::ResultLike` /
+    // `OptionLike`, which the compiler resolves.
+    let named = last_segment(&ret);
+    let named_as = |want: &str| {
+        named
+            .as_ref()
+            .filter(|(name, args)| name == want && !args.is_empty())
+            .map(|(_, args)| args[0].clone())
+    };
+    let span = ret.span();
+    let ok_ty = || {
+        named_as("Result").unwrap_or_else(
+            || syn::parse_quote_spanned!(span=> <#ret as #krate::__private::ResultLike>::Ok),
+        )
+    };
+    let some_ty = || {
+        named_as("Option").unwrap_or_else(
+            || syn::parse_quote_spanned!(span=> <#ret as #krate::__private::OptionLike>::Some),
+        )
+    };
+    let option_kind = || match cache_none {
+        Some(_) => (Kind::SomeOrNone, ret.clone()),
+        None => (Kind::SomeOnly, some_ty()),
+    };
+    let is_named = |want: &str| named_as(want).is_some();
+    let (kind, value_ty) = match returns {
+        Returns::Result(true) => (Kind::OkOnly, ok_ty()),
+        Returns::Option(true) => option_kind(),
+        Returns::Result(false) if is_named("Option") => option_kind(),
+        Returns::Option(false) if is_named("Result") => (Kind::OkOnly, ok_ty()),
+        Returns::Result(false) | Returns::Option(false) => (Kind::Plain, ret.clone()),
+        Returns::Inferred if is_named("Result") => (Kind::OkOnly, ok_ty()),
+        Returns::Inferred if is_named("Option") => option_kind(),
+        Returns::Inferred => (Kind::Plain, ret.clone()),
+    };
+    let alias_checks = match (&kind, returns) {
+        (Kind::Plain, Returns::Result(false)) => AliasChecks {
+            result: false,
+            option: true,
+        },
+        (Kind::Plain, Returns::Option(false)) => AliasChecks {
+            result: true,
+            option: false,
+        },
+        (Kind::Plain, _) => AliasChecks {
+            result: true,
+            option: true,
+        },
+        _ => AliasChecks::default(),
     };
     if let (Some(span), false) = (cache_none, matches!(kind, Kind::SomeOrNone)) {
         return Err(Error::new(
@@ -149,6 +206,7 @@ pub fn analyze(f: &ItemFn, cache_none: Option<Span>) -> syn::Result<Analyzed> {
         ret,
         kind,
         value_ty,
+        alias_checks,
     })
 }
 

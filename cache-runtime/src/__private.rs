@@ -185,13 +185,85 @@ impl<T> UnshareNever<T> for &TypeProbe<T> {
     }
 }
 
-/// Names the error type of a `Result`-like return type (`io::Result<T>` included).
+/// Names the parts of a `Result` return type, whatever alias spells it (`io::Result<T>`,
+/// `AppResult<T>` with `#[cached(result)]`).
+#[diagnostic::on_unimplemented(
+    message = "`#[cached(result)]` needs a function that returns a `Result` (or an alias of one), not `{Self}`",
+    label = "not a `Result`",
+    note = "remove `result`: other return types are cached whole"
+)]
 pub trait ResultLike {
+    type Ok;
     type Err;
 }
 impl<T, E> ResultLike for Result<T, E> {
+    type Ok = T;
     type Err = E;
 }
+
+/// Names the value of an `Option` return type, whatever alias spells it
+/// (`#[cached(option)]`).
+#[diagnostic::on_unimplemented(
+    message = "`#[cached(option)]` needs a function that returns an `Option` (or an alias of one), not `{Self}`",
+    label = "not an `Option`",
+    note = "remove `option`: other return types are cached whole"
+)]
+pub trait OptionLike {
+    type Some;
+}
+impl<T> OptionLike for Option<T> {
+    type Some = T;
+}
+
+/// The return type of a function whose attribute inferred a plain value (its name is not
+/// `Result` / `Option`), probed by type: `(&&ReturnProbe::<R>::NEW).return_shape()` finds
+/// the `Result` / `Option` impls (on `&&ReturnProbe`) before the one for every type (on
+/// `&ReturnProbe`), and [`return_shape_declared`] accepts only the latter's answer.
+pub struct ReturnProbe<R>(PhantomData<fn() -> R>);
+impl<R> ReturnProbe<R> {
+    pub const NEW: Self = ReturnProbe(PhantomData);
+}
+
+/// The probe's answer for a plain value.
+pub struct PlainReturn;
+/// The probe's answer for a `Result` behind an alias.
+pub struct AliasedResult;
+/// The probe's answer for an `Option` behind an alias.
+pub struct AliasedOption;
+
+pub trait ReturnShapeAny: Sized {
+    fn return_shape(self) -> PlainReturn {
+        PlainReturn
+    }
+}
+impl<R> ReturnShapeAny for &ReturnProbe<R> {}
+
+pub trait ReturnShapeAliasedResult: Sized {
+    fn return_shape(self) -> AliasedResult {
+        AliasedResult
+    }
+}
+impl<T, E> ReturnShapeAliasedResult for &&ReturnProbe<Result<T, E>> {}
+
+pub trait ReturnShapeAliasedOption: Sized {
+    fn return_shape(self) -> AliasedOption {
+        AliasedOption
+    }
+}
+impl<T> ReturnShapeAliasedOption for &&ReturnProbe<Option<T>> {}
+
+/// Implemented by [`PlainReturn`] only: an alias of `Result` / `Option` must be declared.
+#[diagnostic::on_unimplemented(
+    message = "`#[cached]` cannot see what this function returns: its return type is an alias of a `Result` or an `Option`",
+    label = "a `Result` or an `Option` behind an alias",
+    note = "say what it is: `#[cached(..., result)]` caches only `Ok` values (errors are returned, never cached), `#[cached(..., option)]` only `Some` (`cache_none` caches `None` too); `result = false` / `option = false` cache the whole value, errors and `None` included"
+)]
+pub trait ReturnShapeDeclared {}
+impl ReturnShapeDeclared for PlainReturn {}
+
+/// Compiles only for a plain return type (see [`ReturnProbe`]).
+#[inline(always)]
+pub fn return_shape_declared<S: ReturnShapeDeclared>(_: S) {}
 
 /// Implemented for [`Tier`](crate::Tier) only when the `redis` feature is on, so a Redis tier
 /// in a build without it is one clear compile error naming the feature.

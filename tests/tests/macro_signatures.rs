@@ -1,9 +1,11 @@
 //! The trybuild pass cases of the signatures a codebase has (generic impls, attributes,
-//! `mut` parameters, associated functions, raw identifiers, `crate = "..."`, trait impls),
+//! `mut` parameters, associated functions, aliased `Result` / `Option` returns, raw identifiers, `crate = "..."`, trait impls),
 //! also built as an integration test of this crate: so they run here, and
 //! `cargo clippy --workspace --all-targets -- -D warnings` lints their expansion as a user
 //! crate's code.
 
+#[path = "ui/pass/aliased_returns.rs"]
+mod aliased_returns;
 #[path = "ui/pass/associated_fns.rs"]
 mod associated_fns;
 #[path = "ui/pass/attributes.rs"]
@@ -18,6 +20,11 @@ mod mut_params;
 mod raw_idents;
 #[path = "ui/pass/trait_impls.rs"]
 mod trait_impls;
+
+#[test]
+fn aliased_result_and_option_returns() {
+    aliased_returns::main();
+}
 
 #[test]
 fn associated_functions() {
