@@ -13,6 +13,7 @@ sets=(
     "--no-default-features --features http"
     "--no-default-features --features axum"
     "--no-default-features --features edge"
+    "--no-default-features --features uuid,chrono"  # key types, local only
     "--all-features"
 )
 for set in "${sets[@]}"; do

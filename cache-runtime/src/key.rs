@@ -517,7 +517,8 @@ fn needs_escape(c: char) -> bool {
 /// A value that can be interpolated into a cache key.
 ///
 /// Implemented for integers, `bool`, `char`, strings, `Option`, slices, `Vec`, tuples (up to
-/// 6), `()` and smart pointers. Implement it for your own key types; the encoding must be
+/// 6), `()`, smart pointers, IP and socket addresses, and with the `uuid` / `chrono` features
+/// `uuid::Uuid` and chrono's dates and times. Implement it for your own key types; the encoding must be
 /// injective (distinct values, distinct output) and must escape separators, which
 /// [`KeyWriter::str`] and [`KeyWriter::display`] do for you:
 ///
@@ -582,6 +583,55 @@ nonzero_key_part!(
     std::num::NonZeroI64,
     std::num::NonZeroUsize
 );
+
+/// Addresses as `Display` writes them (separators escaped: `127%2E0%2E0%2E1`).
+macro_rules! display_key_part {
+    ($($(#[$attr:meta])* $t:ty),* $(,)?) => {$(
+        $(#[$attr])*
+        impl KeyPart for $t {
+            fn write_key(&self, w: &mut KeyWriter) {
+                w.display(self);
+            }
+        }
+    )*};
+}
+display_key_part!(
+    std::net::IpAddr,
+    std::net::Ipv4Addr,
+    std::net::Ipv6Addr,
+    std::net::SocketAddr,
+    std::net::SocketAddrV4,
+    std::net::SocketAddrV6,
+);
+
+// Foreign types a user crate cannot implement `KeyPart` for (orphan rule), behind features.
+// Each `Display` is injective: the hyphenated lowercase UUID; chrono's ISO 8601 forms with
+// every non-zero fraction digit (and the offset, for a `DateTime`).
+display_key_part!(
+    #[cfg(feature = "uuid")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "uuid")))]
+    uuid::Uuid,
+    #[cfg(feature = "chrono")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "chrono")))]
+    chrono::NaiveDate,
+    #[cfg(feature = "chrono")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "chrono")))]
+    chrono::NaiveTime,
+    #[cfg(feature = "chrono")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "chrono")))]
+    chrono::NaiveDateTime,
+);
+
+#[cfg(feature = "chrono")]
+#[cfg_attr(docsrs, doc(cfg(feature = "chrono")))]
+impl<Tz: chrono::TimeZone> KeyPart for chrono::DateTime<Tz>
+where
+    Tz::Offset: std::fmt::Display,
+{
+    fn write_key(&self, w: &mut KeyWriter) {
+        w.display(self);
+    }
+}
 
 impl KeyPart for char {
     fn write_key(&self, w: &mut KeyWriter) {

@@ -1,0 +1,77 @@
+//! Parameters of foreign types a codebase keys by (UUIDs, dates, addresses): a user crate
+//! cannot implement `KeyPart` for them (orphan rule), so the runtime does (`uuid` and
+//! `chrono` features; addresses always). Each value gets its own entry.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use cache_runtime::cached;
+use cache_runtime::key::{KeyPart, KeyWriter};
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use uuid::Uuid;
+
+static BODIES: AtomicU32 = AtomicU32::new(0);
+
+#[cached(ttl = 60, key = "account:<id>:<day>:<at>:<from>")]
+fn account(id: Uuid, day: NaiveDate, at: DateTime<Utc>, from: IpAddr) -> String {
+    BODIES.fetch_add(1, Ordering::Relaxed);
+    format!("{id} {day} {at} {from}")
+}
+
+fn key_of(part: &dyn KeyPart) -> String {
+    let mut w = KeyWriter::with_head("");
+    part.write_key(&mut w);
+    w.finish().to_string()
+}
+
+#[test]
+fn foreign_key_types_are_cached_per_value() {
+    let id = Uuid::from_u128(0x67e5_5044_10b1_426f_9247_bb68_0e5f_e0c8);
+    let other = Uuid::from_u128(1);
+    let day = NaiveDate::from_ymd_opt(2026, 12, 3).expect("date");
+    let at = Utc
+        .with_ymd_and_hms(2026, 12, 3, 6, 30, 0)
+        .single()
+        .expect("time");
+    let from = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    let first = account(id, day, at, from);
+    assert_eq!(account(id, day, at, from), first);
+    assert_eq!(BODIES.load(Ordering::Relaxed), 1, "the same arguments hit");
+    for (i, changed) in [
+        account(other, day, at, from),
+        account(id, day.succ_opt().expect("next day"), at, from),
+        account(id, day, at + chrono::Duration::nanoseconds(1), from),
+        account(id, day, at, IpAddr::V6(Ipv6Addr::LOCALHOST)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert_ne!(changed, first, "argument {i} changed, so did the value");
+    }
+    assert_eq!(
+        BODIES.load(Ordering::Relaxed),
+        5,
+        "every changed argument missed"
+    );
+}
+
+#[test]
+fn foreign_key_types_write_their_display_escaped() {
+    let id = Uuid::from_u128(0x67e5_5044_10b1_426f_9247_bb68_0e5f_e0c8);
+    assert_eq!(key_of(&id), "67e55044-10b1-426f-9247-bb680e5fe0c8");
+    assert_eq!(
+        key_of(&NaiveDate::from_ymd_opt(2026, 12, 3).expect("date")),
+        "2026-12-03"
+    );
+    // Separators (`:` `.`) are escaped, so a placeholder still ends at the next separator.
+    assert_eq!(key_of(&IpAddr::V4(Ipv4Addr::LOCALHOST)), "127%2E0%2E0%2E1");
+    assert_eq!(key_of(&Ipv6Addr::LOCALHOST), "%3A%3A1");
+    let sock: SocketAddr = "10.0.0.1:6379".parse().expect("socket address");
+    assert_eq!(key_of(&sock), "10%2E0%2E0%2E1%3A6379");
+    let at = Utc
+        .with_ymd_and_hms(2026, 12, 3, 6, 30, 0)
+        .single()
+        .expect("time");
+    assert!(!key_of(&at).contains(':'), "{}", key_of(&at));
+}
