@@ -517,8 +517,9 @@ fn needs_escape(c: char) -> bool {
 /// A value that can be interpolated into a cache key.
 ///
 /// Implemented for integers, `bool`, `char`, strings, `Option`, slices, `Vec`, tuples (up to
-/// 6), `()`, smart pointers, IP and socket addresses, and with the `uuid` / `chrono` features
-/// `uuid::Uuid` and chrono's dates and times. Implement it for your own key types; the encoding must be
+/// 6), `()`, smart pointers, floats, `Duration`, paths and OS strings, IP and socket
+/// addresses, and with the `uuid` / `chrono` features `uuid::Uuid` and chrono's dates and
+/// times. Implement it for your own key types; the encoding must be
 /// injective (distinct values, distinct output) and must escape separators, which
 /// [`KeyWriter::str`] and [`KeyWriter::display`] do for you:
 ///
@@ -584,7 +585,7 @@ nonzero_key_part!(
     std::num::NonZeroUsize
 );
 
-/// Addresses as `Display` writes them (separators escaped: `127%2E0%2E0%2E1`).
+/// As `Display` writes them, separators escaped (`127%2E0%2E0%2E1`, `1%2E5`).
 macro_rules! display_key_part {
     ($($(#[$attr:meta])* $t:ty),* $(,)?) => {$(
         $(#[$attr])*
@@ -596,6 +597,10 @@ macro_rules! display_key_part {
     )*};
 }
 display_key_part!(
+    // The shortest digits that read back as the same float: distinct floats, distinct keys
+    // (`-0` and `0` too); every NaN is `NaN`.
+    f32,
+    f64,
     std::net::IpAddr,
     std::net::Ipv4Addr,
     std::net::Ipv6Addr,
@@ -603,6 +608,45 @@ display_key_part!(
     std::net::SocketAddrV4,
     std::net::SocketAddrV6,
 );
+
+/// Nanoseconds: `Duration` has no `Display`, and its `Debug` rounds.
+impl KeyPart for std::time::Duration {
+    fn write_key(&self, w: &mut KeyWriter) {
+        self.as_nanos().write_key(w);
+    }
+}
+
+/// A UTF-8 path as its text (escaped like any string); any other as `%P` and its `Debug`
+/// form, which escapes the bytes that are not UTF-8 (no text starts with an unescaped `%`).
+impl KeyPart for std::ffi::OsStr {
+    fn write_key(&self, w: &mut KeyWriter) {
+        match self.to_str() {
+            Some(text) => w.str(text),
+            None => {
+                w.raw("%P");
+                w.display(&format_args!("{self:?}"));
+            }
+        }
+    }
+}
+
+impl KeyPart for std::ffi::OsString {
+    fn write_key(&self, w: &mut KeyWriter) {
+        self.as_os_str().write_key(w);
+    }
+}
+
+impl KeyPart for std::path::Path {
+    fn write_key(&self, w: &mut KeyWriter) {
+        self.as_os_str().write_key(w);
+    }
+}
+
+impl KeyPart for std::path::PathBuf {
+    fn write_key(&self, w: &mut KeyWriter) {
+        self.as_os_str().write_key(w);
+    }
+}
 
 // Foreign types a user crate cannot implement `KeyPart` for (orphan rule), behind features.
 // Each `Display` is injective: the hyphenated lowercase UUID; chrono's ISO 8601 forms with

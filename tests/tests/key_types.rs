@@ -75,3 +75,39 @@ fn foreign_key_types_write_their_display_escaped() {
         .expect("time");
     assert!(!key_of(&at).contains(':'), "{}", key_of(&at));
 }
+
+#[test]
+fn std_key_types_without_display_or_with_lossy_forms_stay_distinct() {
+    assert_eq!(key_of(&1.5f64), "1%2E5");
+    assert_ne!(key_of(&0.0f64), key_of(&-0.0f64));
+    assert_eq!(
+        key_of(&std::time::Duration::from_millis(1500)),
+        "1500000000"
+    );
+    assert_ne!(
+        key_of(&std::time::Duration::new(1, 1)),
+        key_of(&std::time::Duration::new(1, 0))
+    );
+    assert_eq!(
+        key_of(&std::path::Path::new("/etc/app.toml")),
+        "%2Fetc%2Fapp%2Etoml"
+    );
+    assert_eq!(
+        key_of(&std::path::PathBuf::from("/etc/app.toml")),
+        key_of(&std::path::Path::new("/etc/app.toml"))
+    );
+}
+
+/// Two paths that are not UTF-8 and differ only in their invalid bytes get distinct keys
+/// (a lossy conversion would give both `�`), and neither reads like a text path.
+#[cfg(unix)]
+#[test]
+fn paths_that_are_not_utf8_keep_their_bytes() {
+    use std::os::unix::ffi::OsStrExt;
+    let a = std::ffi::OsStr::from_bytes(b"data/\xff.bin");
+    let b = std::ffi::OsStr::from_bytes(b"data/\xfe.bin");
+    assert_ne!(key_of(&a), key_of(&b));
+    assert!(key_of(&a).starts_with("%P"), "{}", key_of(&a));
+    let text = std::ffi::OsStr::new("%Pdata");
+    assert!(!key_of(&text).starts_with("%P"), "{}", key_of(&text));
+}
