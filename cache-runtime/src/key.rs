@@ -540,8 +540,9 @@ fn needs_escape(c: char) -> bool {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be used in a cache key",
     label = "this value is interpolated into the cache key",
-    note = "implement `cache_runtime::key::KeyPart` for `{Self}` (usually `w.display(&self.id)`), \
-            use a field with `<param.field>`, or list the parameter in `skip(...)`"
+    note = "implement `cache_runtime::key::KeyPart` for `{Self}` (usually `w.display(&self.id)`; \
+            for a type of another crate, on a newtype around it), use a field with \
+            `<param.field>`, or list the parameter in `skip(...)`"
 )]
 pub trait KeyPart {
     /// Appends this value's encoding.
