@@ -61,8 +61,44 @@ fn whole(id: u32) -> Result<u32, String> {
     }
 }
 
+// With a Redis tier (the `Ok` type is what is serialized), a fail-safe and the entry
+// function, whose result is the alias's `Result` around an `Entry`.
+#[cached(
+    tier = "local+redis",
+    ttl = 60,
+    key = "aliased:<id>",
+    result,
+    stale = "1m"
+)]
+async fn two_tier(id: u32) -> AppResult<u32> {
+    match id {
+        0 => Err(DbError("no 0".into())),
+        _ => Ok(id + 1),
+    }
+}
+
+pub trait Repo {
+    fn find(&self, id: u32) -> Lookup;
+}
+
+pub struct Pg;
+
+impl Repo for Pg {
+    #[cached(ttl = 60, in_trait, option, skip(self))]
+    fn find(&self, id: u32) -> Lookup {
+        (id > 0).then(|| format!("pg {id}"))
+    }
+}
+
 #[tokio::main]
 pub async fn main() {
+    assert_eq!(two_tier(1).await, Ok(2));
+    let entry = two_tier_entry(1).await.expect("Ok");
+    assert_eq!(*entry.value(), 2);
+    assert!(two_tier_entry(0).await.is_err());
+    assert_eq!(Pg.find(3), Some("pg 3".to_string()));
+    assert_eq!(Pg.find(0), None);
+
     // Ok: cached; Err: returned, never cached.
     assert_eq!(app(1), Ok(10));
     assert_eq!(app(1), Ok(10));
