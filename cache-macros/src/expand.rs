@@ -20,7 +20,7 @@ use crate::signature::{Analyzed, Kind, Param};
 use crate::template::{self, Segment};
 
 pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
-    let a = crate::signature::analyze(&f, opts.cache_none, opts.returns, &opts.krate)?;
+    let a = crate::signature::analyze(&f, opts.cache_none, opts.returns, &opts.krate, &opts.skip)?;
     let timeout_span = opts
         .fail_safe
         .as_ref()

@@ -213,7 +213,8 @@ use proc_macro::TokenStream;
 /// ```
 ///
 /// Refused with an explanation at the offending token: `&mut self`, `self` by value,
-/// `&mut` parameters (a hit would skip the mutation), `impl Trait` parameters or return
+/// `&mut` parameters in the key (a hit would skip the mutation; a handle listed in
+/// `skip(...)`, such as a connection or a transaction, is accepted), `impl Trait` parameters or return
 /// types, returning `()` or a reference, `const`, `unsafe` and `extern` functions, and
 /// parameter patterns (`(a, b): (u8, u8)`, `_`: name the parameter and `skip` it).
 ///

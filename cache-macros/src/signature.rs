@@ -1,6 +1,7 @@
 //! Which function shapes can be cached, and what their parts are.
 
 use proc_macro2::Span;
+use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::visit::Visit;
 
@@ -50,6 +51,7 @@ pub fn analyze(
     cache_none: Option<Span>,
     returns: Returns,
     krate: &syn::Path,
+    skip: &[Ident],
 ) -> syn::Result<Analyzed> {
     let sig = &f.sig;
     if let Some(c) = &sig.constness {
@@ -119,7 +121,10 @@ pub fn analyze(
                             ))
                         }
                     };
-                check_param_type(&pt.ty)?;
+                // A skipped parameter (a connection, a transaction) does not affect the
+                // result, so a `&mut` one is a handle the body uses, not an output.
+                let skipped = skip.iter().any(|s| s.unraw() == ident.unraw());
+                check_param_type(&pt.ty, skipped)?;
                 params.push(Param {
                     ident,
                     ty: (*pt.ty).clone(),
@@ -232,6 +237,8 @@ fn last_segment(ty: &Type) -> Option<(Ident, Vec<Type>)> {
 
 struct Finder<'a> {
     ret: bool,
+    /// A parameter listed in `skip(...)`: `&mut` allowed.
+    skipped: bool,
     found: Option<Error>,
     _p: std::marker::PhantomData<&'a ()>,
 }
@@ -260,11 +267,12 @@ impl<'ast> Visit<'ast> for Finder<'_> {
                     "cached values are stored and cloned, so they cannot borrow; return an owned type \
                      (`String`, `Vec<T>`, `Arc<T>`)",
                 ));
-            } else if let Some(m) = &i.mutability {
+            } else if let (Some(m), false) = (&i.mutability, self.skipped) {
                 self.found = Some(Error::new(
                     m.span,
-                    "`&mut` parameters cannot be cached: a cache hit skips the body, so its mutation \
-                     would silently not happen",
+                    "a `&mut` parameter in the key: a cache hit skips the body, so its mutation \
+                     would silently not happen; if it is a handle the body only uses (a connection, \
+                     a transaction) and it does not affect the result, list it in `skip(...)`",
                 ));
             }
         }
@@ -277,9 +285,10 @@ impl<'ast> Visit<'ast> for Finder<'_> {
     }
 }
 
-fn find(ty: &Type, ret: bool) -> syn::Result<()> {
+fn find(ty: &Type, ret: bool, skipped: bool) -> syn::Result<()> {
     let mut f = Finder {
         ret,
+        skipped,
         found: None,
         _p: std::marker::PhantomData,
     };
@@ -290,8 +299,8 @@ fn find(ty: &Type, ret: bool) -> syn::Result<()> {
     }
 }
 
-fn check_param_type(ty: &Type) -> syn::Result<()> {
-    find(ty, false)
+fn check_param_type(ty: &Type, skipped: bool) -> syn::Result<()> {
+    find(ty, false, skipped)
 }
 
 fn check_return_type(ty: &Type) -> syn::Result<()> {
@@ -303,5 +312,5 @@ fn check_return_type(ty: &Type) -> syn::Result<()> {
             ));
         }
     }
-    find(ty, true)
+    find(ty, true, false)
 }

@@ -1,5 +1,5 @@
 //! The trybuild pass cases of the signatures a codebase has (generic impls, attributes,
-//! `mut` parameters, associated functions, aliased `Result` / `Option` returns, raw identifiers, `crate = "..."`, trait impls),
+//! `mut` parameters, skipped `&mut` handles, associated functions, aliased `Result` / `Option` returns, raw identifiers, `crate = "..."`, trait impls),
 //! also built as an integration test of this crate: so they run here, and
 //! `cargo clippy --workspace --all-targets -- -D warnings` lints their expansion as a user
 //! crate's code.
@@ -14,6 +14,8 @@ mod attributes;
 mod crate_path;
 #[path = "ui/pass/generic_impls.rs"]
 mod generic_impls;
+#[path = "ui/pass/mut_handles.rs"]
+mod mut_handles;
 #[path = "ui/pass/mut_params.rs"]
 mod mut_params;
 #[path = "ui/pass/raw_idents.rs"]
@@ -44,6 +46,11 @@ fn crate_path_option() {
 #[test]
 fn generic_impls_and_functions() {
     generic_impls::main();
+}
+
+#[test]
+fn skipped_mut_handles() {
+    mut_handles::main();
 }
 
 #[test]
