@@ -509,7 +509,7 @@ fn borrowed(ty: &syn::Type) -> Option<Span> {
 /// function a type parameter is a plain value. Nothing runs.
 fn alias_check(k: &syn::Path, a: &Analyzed) -> TokenStream {
     let checks = a.alias_checks;
-    if !matches!(a.kind, Kind::Plain) || !(checks.result || checks.option) {
+    if !(checks.result || checks.option) {
         return quote!();
     }
     let ret = &a.ret;

@@ -39,8 +39,8 @@ pub struct Analyzed {
     pub alias_checks: AliasChecks,
 }
 
-/// Which aliases a plain return type is checked against.
-#[derive(Clone, Copy, Default)]
+/// Which aliases a plain return type is checked against (none for another kind).
+#[derive(Clone, Copy)]
 pub struct AliasChecks {
     pub result: bool,
     pub option: bool,
@@ -183,20 +183,11 @@ pub fn analyze(
         Returns::Inferred if is_named("Option") => option_kind(),
         Returns::Inferred => (Kind::Plain, ret.clone()),
     };
-    let alias_checks = match (&kind, returns) {
-        (Kind::Plain, Returns::Result(false)) => AliasChecks {
-            result: false,
-            option: true,
-        },
-        (Kind::Plain, Returns::Option(false)) => AliasChecks {
-            result: true,
-            option: false,
-        },
-        (Kind::Plain, _) => AliasChecks {
-            result: true,
-            option: true,
-        },
-        _ => AliasChecks::default(),
+    // Only a plain value can hide an alias, unless the attribute said it is neither.
+    let plain = matches!(kind, Kind::Plain);
+    let alias_checks = AliasChecks {
+        result: plain && !matches!(returns, Returns::Result(false)),
+        option: plain && !matches!(returns, Returns::Option(false)),
     };
     if let (Some(span), false) = (cache_none, matches!(kind, Kind::SomeOrNone)) {
         return Err(Error::new(
