@@ -224,25 +224,25 @@ fn main() {
                             .expect("invalidate");
                     }
                     report(calls, before);
-                } else if contender == "invalidate-hand-publish" {
-                    hand_bus_subscriber();
-                    let client = redis::Client::open(redis_url()).expect("redis url");
-                    let mut conn = ConnectionManager::new(client).await.expect("connect");
-                    let before = allocs();
-                    for id in ids(calls) {
-                        hand_del_publish(&mut conn, black_box(id)).await;
-                    }
-                    report(calls, before);
                 } else {
+                    // `invalidate-hand-publish`: the same `DEL` with the bus message, subscribed.
+                    let publish = contender == "invalidate-hand-publish";
+                    if publish {
+                        hand_bus_subscriber();
+                    }
                     let client = redis::Client::open(redis_url()).expect("redis url");
                     let mut conn = ConnectionManager::new(client).await.expect("connect");
                     let before = allocs();
                     for id in ids(calls) {
-                        let _: () = redis::cmd("DEL")
-                            .arg(hand_key(black_box(id)))
-                            .query_async(&mut conn)
-                            .await
-                            .expect("DEL");
+                        if publish {
+                            hand_del_publish(&mut conn, black_box(id)).await;
+                        } else {
+                            let _: () = redis::cmd("DEL")
+                                .arg(hand_key(black_box(id)))
+                                .query_async(&mut conn)
+                                .await
+                                .expect("DEL");
+                        }
                     }
                     report(calls, before);
                 }
