@@ -23,6 +23,12 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 redis-server --version
 
+# The idle-timeout test reads its sockets' keepalive timers with `ss`.
+if ! command -v ss >/dev/null 2>&1; then
+    echo "ss not found: installing Debian's iproute2 package" >&2
+    apt_install iproute2
+fi
+
 # The clock-skew test runs cache nodes under libfaketime.
 if ! compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null \
     && [ ! -e /usr/lib/faketime/libfaketime.so.1 ]; then

@@ -74,7 +74,9 @@ impl Breaker {
         self.healthy.store(true, Ordering::Release);
     }
 
-    pub(crate) fn failure(&self) {
+    /// Records a failed operation; `true` when it opened the breaker (the threshold reached,
+    /// or the half-open probe failed).
+    pub(crate) fn failure(&self) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         self.healthy.store(false, Ordering::Release);
         let open = match *s {
@@ -102,6 +104,7 @@ impl Breaker {
                 until: Instant::now() + self.cooldown,
             };
         }
+        open
     }
 
     pub(crate) fn state(&self) -> BreakerState {

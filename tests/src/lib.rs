@@ -26,6 +26,7 @@
 pub mod cdn;
 pub mod cluster;
 pub mod node;
+pub mod proxy;
 pub mod sentinel;
 pub mod tls;
 pub mod varnish;

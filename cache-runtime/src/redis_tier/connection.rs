@@ -50,13 +50,24 @@ pub(crate) enum Conn {
     Cluster(ClusterConnection),
 }
 
+/// A request that finds a single node's connection closed (by Redis's idle `timeout`, a
+/// proxy, `CLIENT KILL`, a restart: the manager reconnects when it notices) is sent once
+/// more, on the manager's new connection, instead of failing the operation. Every operation
+/// of the protocol may run twice (docs/PROTOCOL.md §8: writes are idempotent, a read's claim
+/// that took answers with our own ticket); the one whose answer changes, a lock attempt
+/// that took, then finds the lock held, and waits out its own lease, as after any failure.
 impl redis::aio::ConnectionLike for Conn {
     fn req_packed_command<'a>(
         &'a mut self,
         cmd: &'a redis::Cmd,
     ) -> redis::RedisFuture<'a, redis::Value> {
         match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Single(c) => Box::pin(async move {
+                match c.send_packed_command(cmd).await {
+                    Err(e) if e.is_connection_dropped() => c.send_packed_command(cmd).await,
+                    reply => reply,
+                }
+            }),
             Conn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -68,7 +79,14 @@ impl redis::aio::ConnectionLike for Conn {
         count: usize,
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
         match self {
-            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Single(c) => Box::pin(async move {
+                match c.send_packed_commands(pipeline, offset, count).await {
+                    Err(e) if e.is_connection_dropped() => {
+                        c.send_packed_commands(pipeline, offset, count).await
+                    }
+                    replies => replies,
+                }
+            }),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
@@ -316,7 +334,8 @@ pub(super) enum ConnState {
         last_error: String,
     },
     Connecting(watch::Receiver<bool>),
-    Ready(Conns),
+    /// Up, since then.
+    Ready(Conns, Instant),
 }
 
 /// Where the master is: a fixed URL, or whatever the sentinels report (asked again on every
@@ -715,7 +734,7 @@ impl Shared {
     /// The connections if they are up (no waiting).
     pub(super) fn ready(&self) -> Option<Conns> {
         match &*self.state.lock().unwrap_or_else(|p| p.into_inner()) {
-            ConnState::Ready(c) => Some(c.clone()),
+            ConnState::Ready(c, _) => Some(c.clone()),
             _ => None,
         }
     }
@@ -804,7 +823,7 @@ impl Shared {
             let mut rx = {
                 let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
                 match &*state {
-                    ConnState::Ready(c) => return Ok(c.clone()),
+                    ConnState::Ready(c, _) => return Ok(c.clone()),
                     ConnState::Connecting(rx) => rx.clone(),
                     ConnState::Idle {
                         retry_at,
@@ -922,7 +941,7 @@ impl Shared {
                 }
                 let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
                 tokio::spawn(self.clone().keep_clock(conns.data.clone(), epoch));
-                ConnState::Ready(conns)
+                ConnState::Ready(conns, Instant::now())
             }
             Ok(Err(e)) => self.failed(failures, redact(&e.to_string())),
             Err(_) => self.failed(
@@ -946,12 +965,44 @@ impl Shared {
         }
     }
 
+    /// Drops the connections (every caller runtime's too) after one was found closed. One
+    /// that had been up for [`HEALTHY_FOR`] is reopened by the next operation at once (Redis's
+    /// idle `timeout`, a proxy's, `CLIENT KILL` close healthy connections: the reconnect
+    /// costs that operation a few round trips instead of every caller during the backoff its
+    /// body); one that fails again soon after opening backs off.
     fn connection_lost(&self, error: &CacheError) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if matches!(*state, ConnState::Ready(_)) {
+        if let ConnState::Ready(_, since) = &*state {
             self.epoch.fetch_add(1, Ordering::AcqRel);
-            *state = self.failed(0, error.to_string());
+            *state = if since.elapsed() >= HEALTHY_FOR {
+                tracing::info!(error = %error, "redis connection closed; reconnecting");
+                ConnState::Idle {
+                    retry_at: Instant::now(),
+                    failures: 0,
+                    last_error: error.to_string(),
+                }
+            } else {
+                self.failed(0, error.to_string())
+            };
         }
+    }
+
+    /// Operations on the connections timed out until the breaker opened: they are replaced
+    /// as if lost (a single node or Sentinel; a cluster connection replaces its nodes'
+    /// connections itself).
+    pub(super) fn stalled(&self, error: &CacheError) {
+        if !matches!(*self.target, RedisTarget::Cluster(_)) {
+            self.connection_lost(error);
+        }
+    }
+
+    /// A tracked connection (`tracking.rs`) was found closed before a read was sent on it:
+    /// as [`connection_lost`](Self::connection_lost), so that the read waits for the
+    /// reconnect instead of failing.
+    pub(super) fn tracked_lost(&self) {
+        self.connection_lost(&CacheError::Unavailable(crate::ErrorSource::from(
+            "the tracked connection was closed".to_string(),
+        )));
     }
 
     fn failed(&self, failures: u32, error: String) -> ConnState {
@@ -964,6 +1015,10 @@ impl Shared {
         }
     }
 }
+
+/// How long connections must have been up for their loss to be reconnected without backoff
+/// ([`Shared::connection_lost`]).
+const HEALTHY_FOR: Duration = Duration::from_secs(1);
 
 /// How often a connection samples Redis's clock (docs/PROTOCOL.md §6): the estimate's error
 /// grows by at most [`clock::DRIFT_PPM`] × this between samples (1 ms).
@@ -1025,7 +1080,25 @@ pub(super) fn open_client(
     root_pem: Option<Vec<u8>>,
 ) -> redis::RedisResult<redis::Client> {
     prepare_tls(url.starts_with("rediss://"), root_pem.is_some())?;
-    redis::Client::open(url)
+    redis::Client::open(with_keepalive(url)?)
+}
+
+/// TCP keepalive on every connection to Redis: probes after [`KEEPALIVE_IDLE`] of silence,
+/// then every [`KEEPALIVE_INTERVAL`]. They keep an idle connection in the tables of the NATs,
+/// load balancers and firewalls on the way (which forget one silently after a few minutes:
+/// cloud load balancers at 4 to 10), and let the kernel find a peer that vanished.
+fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    let keepalive = redis::io::tcp::socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL);
+    redis::io::tcp::TcpSettings::default().set_keepalive(keepalive)
+}
+
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+
+fn with_keepalive(url: &str) -> redis::RedisResult<redis::ConnectionInfo> {
+    Ok(url.into_connection_info()?.set_tcp_settings(tcp_settings()))
 }
 
 /// A client for `url`; `rediss://` uses rustls (ring), with `root_pem` as the only trusted CA
@@ -1038,13 +1111,13 @@ pub(super) fn open_client(
     prepare_tls(url.starts_with("rediss://"), root_pem.is_some())?;
     match root_pem {
         Some(pem) => redis::Client::build_with_tls(
-            url,
+            with_keepalive(url)?,
             redis::TlsCertificates {
                 client_tls: None,
                 root_cert: Some(pem),
             },
         ),
-        None => redis::Client::open(url),
+        None => redis::Client::open(with_keepalive(url)?),
     }
 }
 
@@ -1067,7 +1140,8 @@ pub(super) fn open_sentinel(
         infos.iter().map(|i| i.addr().clone()),
         &s.master,
         SentinelServerType::Master,
-    )?;
+    )?
+    .set_client_to_redis_tcp_settings(tcp_settings());
     // The sentinels' own credentials come from their URLs.
     if let Some(i) = infos
         .iter()

@@ -335,6 +335,52 @@ async fn read_kept(
     }
 }
 
+/// The connection a plain read of an async caller goes through.
+enum Via {
+    Tracked(tracking::Tracked),
+    Conns(Conns),
+    /// The tracked connection, found closed.
+    Lost,
+}
+
+/// A plain read on `conns`: on their tracked connection if they have one (a closed one
+/// is a lost connection, the read not sent), else on the data connection.
+async fn read_on(
+    shared: &Shared,
+    k: &ReadKeys<'_>,
+    mut conns: Conns,
+    claim: Option<(u64, u64)>,
+    read_replicas: bool,
+) -> (Result<Fetched, CacheError>, Fault) {
+    match conns.tracked.take() {
+        Some(t) if t.tokens.is_lost() => {
+            shared.tracked_lost();
+            let e = CacheError::Unavailable(crate::ErrorSource::from(
+                "the tracked connection was closed".to_string(),
+            ));
+            (Err(e), Fault::Lost)
+        }
+        Some(t) => read_tracked(shared, k, t, claim).await,
+        None => read_untracked(shared, k, conns, claim, read_replicas).await,
+    }
+}
+
+/// A plain read on the data connection (`MGET value ticket tokens…`, the claims after it).
+async fn read_untracked(
+    shared: &Shared,
+    k: &ReadKeys<'_>,
+    conns: Conns,
+    claim: Option<(u64, u64)>,
+    read_replicas: bool,
+) -> (Result<Fetched, CacheError>, Fault) {
+    let read = untracked_read(k, claim, read_replicas);
+    let (res, fault) = run_op(shared, conns, Confirm::No, move |c| read.run(c)).await;
+    (
+        res.and_then(|(reply, claimed)| untracked_fetched(reply, claimed)),
+        fault,
+    )
+}
+
 /// A read on the tracked connection (docs/PROTOCOL.md §7.1, `tracking.rs`): [`read_kept`]
 /// when every scope token of the entry is cached and still is when the reply arrives (the
 /// pushes of writes that executed before the read were applied before it); otherwise `MGET
@@ -839,48 +885,57 @@ impl RedisTier {
         // if any, rides in the same pipeline); the others go on with the connections looked
         // up here.
         let picked = self.shared.caller_conns_with(|c| match &c.tracked {
-            Some(t) => Ok(t.clone()),
-            None => Err(c.clone()),
+            Some(t) if t.tokens.is_lost() => Via::Lost,
+            Some(t) => Via::Tracked(t.clone()),
+            None => Via::Conns(c.clone()),
         });
-        let caller_conns = match picked {
-            Some(Ok(t)) => {
-                let res = read_tracked(&self.shared, k, t, claim).await;
-                return self.settle(res);
+        let first = match picked {
+            Some(Via::Tracked(t)) => read_tracked(&self.shared, k, t, claim).await,
+            Some(Via::Conns(conns)) => {
+                read_untracked(&self.shared, k, conns, claim, read_replicas).await
+            }
+            // Redis closed the tracked connection since the last call (its idle `timeout`, a
+            // proxy's, `CLIENT KILL`): the read waits for the reconnect instead of failing.
+            Some(Via::Lost) => {
+                self.shared.tracked_lost();
+                return self.read_on_redis_thread(k, claim, false).await;
             }
             // A blocking caller (or the connection still coming up): the read runs on the
             // Redis thread, there too on the tracked connection if there is one.
-            None => return self.read_on_redis_thread(k, claim).await,
-            Some(Err(conns)) => conns,
+            None => return self.read_on_redis_thread(k, claim, true).await,
         };
-        let read = untracked_read(k, claim, self.read_replicas);
-        let (reply, claimed) = self
-            .exec_allowed(Some(caller_conns), Confirm::No, move |c| read.run(c))
-            .await?;
-        untracked_fetched(reply, claimed)
+        if first.1 == Fault::Lost {
+            // The connection was found closed as the read was sent: once more, on the Redis
+            // thread once it is reopened (a read is safe to repeat, its claim included: a
+            // claim that took answers with our own ticket). Only the second try counts.
+            return self.read_on_redis_thread(k, claim, false).await;
+        }
+        self.settle(first)
     }
 
     /// [`read_plain`](Self::read_plain) for a caller without connections of its own: on
-    /// the Redis thread, the keys copied there.
+    /// the Redis thread, the keys copied there. With `retry`, a read that finds the
+    /// connection closed is sent once more on a reopened one, within the same operation
+    /// timeout.
     async fn read_on_redis_thread(
         &self,
         k: &ReadKeys<'_>,
         claim: Option<(u64, u64)>,
+        retry: bool,
     ) -> Result<Fetched, CacheError> {
         let keys = crate::redis_request::OwnedReadKeys::of(k);
         let read_replicas = self.read_replicas;
-        self.on_redis_thread(
-            self.shared.op_timeout,
-            move |shared, mut conns| async move {
-                let k = keys.keys();
-                if let Some(t) = conns.tracked.take() {
-                    return read_tracked(&shared, &k, t, claim).await;
-                }
-                let read = untracked_read(&k, claim, read_replicas);
-                let (res, fault) = run_op(&shared, conns, Confirm::No, move |c| read.run(c)).await;
-                let res = res.and_then(|(reply, claimed)| untracked_fetched(reply, claimed));
-                (res, fault)
-            },
-        )
+        self.on_redis_thread(self.shared.op_timeout, move |shared, conns| async move {
+            let k = keys.keys();
+            let first = read_on(&shared, &k, conns, claim, read_replicas).await;
+            if !retry || first.1 != Fault::Lost {
+                return first;
+            }
+            match Shared::connection(&shared).await {
+                Ok(conns) => read_on(&shared, &k, conns, claim, read_replicas).await,
+                Err(_) => first,
+            }
+        })
         .await
     }
 
@@ -1067,15 +1122,25 @@ impl RedisTier {
         lease_ms: u64,
     ) -> Result<bool, CacheError> {
         self.exec(move |mut c| async move {
-            redis::cmd("SET")
+            // `GET`: the holder's token, so that an attempt sent twice (the connection was
+            // found closed, `Conn`) still knows the lock it took is its own.
+            let reply = redis::cmd("SET")
                 .arg(&lock_key)
                 .arg(&token)
                 .arg("NX")
+                .arg("GET")
                 .arg("PX")
                 .arg(lease_ms)
-                .query_async::<Option<String>>(&mut c)
-                .await
-                .map(|r| r.is_some())
+                .query_async::<redis::Value>(&mut c)
+                .await;
+            match reply {
+                Ok(redis::Value::Nil) => Ok(true),
+                Ok(redis::Value::BulkString(holder)) => Ok(holder == token.as_bytes()),
+                Ok(_) => Ok(false),
+                // Not a string at the lock key (foreign data): held by nobody we know.
+                Err(e) if e.code() == Some("WRONGTYPE") => Ok(false),
+                Err(e) => Err(e),
+            }
         })
         .await
     }
@@ -1639,7 +1704,16 @@ impl RedisTier {
             // Only an error that says nothing about this node's health (`WRONGTYPE`, ...)
             // counts as Redis answering; `READONLY`, `NOPERM`, `OOM`, ... are failures.
             (Ok(_), _) | (Err(_), Fault::Answered) => self.breaker.success(),
-            (Err(_), _) => self.breaker.failure(),
+            (Err(e), fault) => {
+                if self.breaker.failure() && fault == Fault::Timeout {
+                    // Nothing answered, several times in a row: the connections may be dead
+                    // without knowing it (a NAT, a load balancer or a firewall dropped them
+                    // without a reset; TCP notices after minutes). New ones are opened for
+                    // the next attempt; if the server itself hangs, that connect fails and
+                    // backs off.
+                    self.shared.stalled(e);
+                }
+            }
         }
         if let Err(e) = &res {
             self.shared.log.warn_error(

@@ -16,8 +16,9 @@ impl Scripts {
             // The read with lock (§7.3). KEYS: value, ticket, lock, scope tokens...;
             // ARGV: new ticket, ticket px, lock token, lease ms. A key without a ticket gets
             // ours (only when there is no value: a value without a ticket is unusable and
-            // the caller claims one). Returns {value or false, ticket or false, locked,
-            // tokens}.
+            // the caller claims one). The lock is ours if it was free or already holds our
+            // token (the script sent twice: `Conn` resends a request whose connection was
+            // found closed). Returns {value or false, ticket or false, locked, tokens}.
             read: Script::new(
                 r"
 local stamps = {}
@@ -31,7 +32,8 @@ if not t then
   t = ARGV[1]
 end
 local locked = 0
-if redis.call('SET', KEYS[3], ARGV[3], 'NX', 'PX', ARGV[4]) then locked = 1 end
+local holder = redis.pcall('SET', KEYS[3], ARGV[3], 'NX', 'GET', 'PX', ARGV[4])
+if holder == false or holder == ARGV[3] then locked = 1 end
 return {false, t, locked, stamps}",
             ),
             // The store (§7.2). KEYS: value, ticket, lock, scope tokens...; ARGV: ticket,

@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use redis::{PushInfo, PushKind, Value};
@@ -49,6 +49,9 @@ pub(crate) struct TokenCache {
     /// before a token read is sent, so that what was read is cached only if no push arrived
     /// while it was in flight (the push may concern a write that executed after the read).
     epoch: AtomicU64,
+    /// The connection is gone (`tokens.dead`, readable without the lock): a caller that finds
+    /// it so reconnects before its read instead of failing on it.
+    lost: AtomicBool,
 }
 
 struct Tokens {
@@ -86,7 +89,14 @@ impl TokenCache {
                 dead: false,
             }),
             epoch: AtomicU64::new(0),
+            lost: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the connection was closed (by Redis's idle `timeout`, a proxy, `CLIENT KILL`,
+    /// a restart): nothing is kept any more, and a read on it would fail.
+    pub(super) fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Tokens> {
@@ -122,6 +132,7 @@ impl TokenCache {
                 tokens.dead = true;
                 tokens.by_key.clear();
                 tokens.tickets.clear();
+                self.lost.store(true, Ordering::Release);
             }
             _ => {}
         }
