@@ -56,6 +56,23 @@ pub(crate) enum Conn {
 /// of the protocol may run twice (docs/PROTOCOL.md §8: writes are idempotent, a read's claim
 /// that took answers with our own ticket); the one whose answer changes, a lock attempt
 /// that took, then finds the lock held, and waits out its own lease, as after any failure.
+/// A request failed because its connection was closed before the reply (a cluster: or no
+/// connection to the node was left to send it on).
+fn closed(e: &RedisError) -> bool {
+    e.is_connection_dropped() || e.kind() == redis::ErrorKind::ClusterConnectionNotFound
+}
+
+/// A cluster connection repairs a closed node connection in the background and fails the
+/// requests meanwhile: a request that found it closed is resent after each of these waits
+/// (77 ms in all, within the default operation timeout) until one gets through.
+pub(super) const CLUSTER_REPAIR_WAITS: [Duration; 5] = [
+    Duration::from_millis(2),
+    Duration::from_millis(5),
+    Duration::from_millis(10),
+    Duration::from_millis(20),
+    Duration::from_millis(40),
+];
+
 impl redis::aio::ConnectionLike for Conn {
     fn req_packed_command<'a>(
         &'a mut self,
@@ -64,11 +81,21 @@ impl redis::aio::ConnectionLike for Conn {
         match self {
             Conn::Single(c) => Box::pin(async move {
                 match c.send_packed_command(cmd).await {
-                    Err(e) if e.is_connection_dropped() => c.send_packed_command(cmd).await,
+                    Err(e) if closed(&e) => c.send_packed_command(cmd).await,
                     reply => reply,
                 }
             }),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => Box::pin(async move {
+                let mut reply = c.req_packed_command(cmd).await;
+                for wait in CLUSTER_REPAIR_WAITS {
+                    match &reply {
+                        Err(e) if closed(e) => tokio::time::sleep(wait).await,
+                        _ => break,
+                    }
+                    reply = c.req_packed_command(cmd).await;
+                }
+                reply
+            }),
         }
     }
 
@@ -81,13 +108,21 @@ impl redis::aio::ConnectionLike for Conn {
         match self {
             Conn::Single(c) => Box::pin(async move {
                 match c.send_packed_commands(pipeline, offset, count).await {
-                    Err(e) if e.is_connection_dropped() => {
-                        c.send_packed_commands(pipeline, offset, count).await
-                    }
+                    Err(e) if closed(&e) => c.send_packed_commands(pipeline, offset, count).await,
                     replies => replies,
                 }
             }),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => Box::pin(async move {
+                let mut replies = c.req_packed_commands(pipeline, offset, count).await;
+                for wait in CLUSTER_REPAIR_WAITS {
+                    match &replies {
+                        Err(e) if closed(e) => tokio::time::sleep(wait).await,
+                        _ => break,
+                    }
+                    replies = c.req_packed_commands(pipeline, offset, count).await;
+                }
+                replies
+            }),
         }
     }
 
@@ -1177,7 +1212,7 @@ pub(super) fn open_sentinel(
 }
 
 fn is_connection_lost(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
+    e.is_io_error() || e.is_connection_refusal() || closed(e)
 }
 
 #[cfg(test)]

@@ -32,7 +32,9 @@ pub(crate) use crate::redis_request::{
 };
 pub(crate) use connection::RedisTarget;
 pub(crate) use connection::{key_slot, master_slot_ranges, ClusterTarget, Conn};
-use connection::{open_client, open_sentinel, Conns, Fault, SentinelTarget, Shared};
+use connection::{
+    open_client, open_sentinel, Conns, Fault, SentinelTarget, Shared, CLUSTER_REPAIR_WAITS,
+};
 use scripts::{parse_stamps, ScriptCall, Scripts};
 
 /// Pending key invalidations sent per round trip when draining.
@@ -907,16 +909,18 @@ impl RedisTier {
         if first.1 == Fault::Lost {
             // The connection was found closed as the read was sent: once more, on the Redis
             // thread once it is reopened (a read is safe to repeat, its claim included: a
-            // claim that took answers with our own ticket). Only the second try counts.
-            return self.read_on_redis_thread(k, claim, false).await;
+            // claim that took answers with our own ticket). Only the last try counts. A
+            // cluster connection repairs itself: there the read waits for it.
+            return self.read_on_redis_thread(k, claim, self.cluster).await;
         }
         self.settle(first)
     }
 
     /// [`read_plain`](Self::read_plain) for a caller without connections of its own: on
     /// the Redis thread, the keys copied there. With `retry`, a read that finds the
-    /// connection closed is sent once more on a reopened one, within the same operation
-    /// timeout.
+    /// connection closed is sent again, within the same operation timeout: once on the
+    /// reopened connections (single node, Sentinel), or after each of
+    /// [`CLUSTER_REPAIR_WAITS`] while a cluster connection repairs its node connections.
     async fn read_on_redis_thread(
         &self,
         k: &ReadKeys<'_>,
@@ -925,16 +929,25 @@ impl RedisTier {
     ) -> Result<Fetched, CacheError> {
         let keys = crate::redis_request::OwnedReadKeys::of(k);
         let read_replicas = self.read_replicas;
+        let waits: &'static [Duration] = match (retry, self.cluster) {
+            (false, _) => &[],
+            (true, false) => &[Duration::ZERO],
+            (true, true) => &CLUSTER_REPAIR_WAITS,
+        };
         self.on_redis_thread(self.shared.op_timeout, move |shared, conns| async move {
             let k = keys.keys();
-            let first = read_on(&shared, &k, conns, claim, read_replicas).await;
-            if !retry || first.1 != Fault::Lost {
-                return first;
+            let mut res = read_on(&shared, &k, conns, claim, read_replicas).await;
+            for wait in waits {
+                if res.1 != Fault::Lost {
+                    break;
+                }
+                tokio::time::sleep(*wait).await;
+                let Ok(conns) = Shared::connection(&shared).await else {
+                    break;
+                };
+                res = read_on(&shared, &k, conns, claim, read_replicas).await;
             }
-            match Shared::connection(&shared).await {
-                Ok(conns) => read_on(&shared, &k, conns, claim, read_replicas).await,
-                Err(_) => first,
-            }
+            res
         })
         .await
     }
