@@ -16,7 +16,8 @@
 //!   **wrong**. A value older than a version settled less than that before is stale within
 //!   the window (allowed for local copies, docs/PROTOCOL.md §5.4): counted and its age kept.
 //! - The **chaos** thread, every 0.5–1 s, does one of: `CLIENT KILL TYPE pubsub` (both
-//!   processes lose their subscriptions), `FLUSHALL`, `FLUSHDB`, an empty restart, a 300 ms
+//!   processes lose their subscriptions), `CLIENT KILL TYPE normal` (their data and tracked
+//!   connections, as an idle `timeout` or a proxy closes them), `FLUSHALL`, `FLUSHDB`, an empty restart, a 300 ms
 //!   SIGSTOP, `DEL` of every ticket or every scope token, or memory pressure with
 //!   `allkeys-random` eviction. `CHAOS_FAULTS=kill-pubsub,flushall` picks some of them and
 //!   `CHAOS_PERIOD_MS=100` fixes the period (e.g. to measure the staleness window under
@@ -351,6 +352,7 @@ impl Cluster {
 /// The faults, in rotation (`failover` only with `CHAOS_SENTINEL`).
 const FAULTS: &[&str] = &[
     "kill-pubsub",
+    "kill-normal",
     "flushall",
     "sigstop",
     "del-scopes",
@@ -374,6 +376,10 @@ fn inject(cluster: &Cluster, fault: &str) {
         },
         "kill-pubsub" => {
             let _ = server.cmd::<u64>(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+        }
+        // Every data and tracked connection closed, as by Redis's idle `timeout` or a proxy.
+        "kill-normal" => {
+            let _ = server.cmd::<u64>(&["CLIENT", "KILL", "TYPE", "normal"]);
         }
         "flushall" => {
             let _ = server.cmd::<()>(&["FLUSHALL", "SYNC"]);
