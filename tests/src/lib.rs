@@ -367,6 +367,17 @@ impl RedisServer {
             .expect("CLIENT KILL TYPE normal")
     }
 
+    /// Ordinary connections open now (`CLIENT LIST TYPE normal`: neither subscribers nor
+    /// replicas), the one asking excepted.
+    pub fn normal_clients(&self) -> usize {
+        let list: String = self
+            .cmd(&["CLIENT", "LIST", "TYPE", "normal"])
+            .expect("CLIENT LIST TYPE normal");
+        list.lines()
+            .filter(|l| !l.trim().is_empty() && !l.contains("cmd=client|list"))
+            .count()
+    }
+
     /// `CONFIG SET name value`.
     pub fn config_set(&self, name: &str, value: &str) {
         self.cmd::<()>(&["CONFIG", "SET", name, value])

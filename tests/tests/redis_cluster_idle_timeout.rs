@@ -17,22 +17,9 @@ async fn row(id: u64) -> String {
     format!("row {id}")
 }
 
-/// Plain (non-subscriber, non-replication) clients on every node, the asking one excepted.
-fn plain_clients(cluster: &RedisCluster) -> usize {
-    cluster
-        .nodes()
-        .iter()
-        .map(|n| {
-            let list: String = n.cmd(&["CLIENT", "LIST"]).expect("CLIENT LIST");
-            list.lines()
-                .filter(|l| {
-                    l.contains(" sub=0 psub=0 ssub=0 ")
-                        && l.contains(" flags=N ")
-                        && !l.contains("cmd=client|list")
-                })
-                .count()
-        })
-        .sum()
+/// Ordinary (non-subscriber, non-replication) connections on every node.
+fn normal_clients(cluster: &RedisCluster) -> usize {
+    cluster.nodes().iter().map(|n| n.normal_clients()).sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,7 +47,7 @@ async fn cluster_connections_closed_while_idle_cost_no_body_and_no_error() {
     eventually(
         Duration::from_secs(10),
         "the nodes to close every idle connection of the process",
-        || plain_clients(&cluster) == 0,
+        || normal_clients(&cluster) == 0,
     )
     .await;
 

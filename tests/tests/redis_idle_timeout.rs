@@ -31,14 +31,6 @@ fn blocking(id: u64) -> String {
     format!("blocking {id}")
 }
 
-/// Clients of the server other than subscribers and the one asking.
-fn plain_clients(server: &RedisServer) -> usize {
-    let list: String = server.cmd(&["CLIENT", "LIST"]).expect("CLIENT LIST");
-    list.lines()
-        .filter(|l| l.contains(" sub=0 psub=0 ssub=0 ") && !l.contains("cmd=client|list"))
-        .count()
-}
-
 /// Established TCP connections to the server from this host: how many, and how many have a
 /// keepalive timer (`ss`, Debian's iproute2).
 fn connections_with_keepalive(server: &RedisServer) -> (usize, usize) {
@@ -112,7 +104,7 @@ async fn connections_redis_closes_while_idle_cost_no_body_and_no_error() {
     eventually(
         Duration::from_secs(10),
         "Redis to close every idle connection of the process",
-        || plain_clients(&server) == 0,
+        || server.normal_clients() == 0,
     )
     .await;
 
@@ -134,7 +126,7 @@ async fn connections_redis_closes_while_idle_cost_no_body_and_no_error() {
     eventually(
         Duration::from_secs(10),
         "Redis to close the reopened connections",
-        || plain_clients(&server) == 0,
+        || server.normal_clients() == 0,
     )
     .await;
     invalidate_two_tier(1)
