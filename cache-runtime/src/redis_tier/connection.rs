@@ -50,12 +50,6 @@ pub(crate) enum Conn {
     Cluster(ClusterConnection),
 }
 
-/// A request that finds a single node's connection closed (by Redis's idle `timeout`, a
-/// proxy, `CLIENT KILL`, a restart: the manager reconnects when it notices) is sent once
-/// more, on the manager's new connection, instead of failing the operation. Every operation
-/// of the protocol may run twice (docs/PROTOCOL.md §8: writes are idempotent, a read's claim
-/// that took answers with our own ticket); the one whose answer changes, a lock attempt
-/// that took, then finds the lock held, and waits out its own lease, as after any failure.
 /// A request failed because its connection was closed before the reply (a cluster: or no
 /// connection to the node was left to send it on).
 fn closed(e: &RedisError) -> bool {
@@ -65,7 +59,7 @@ fn closed(e: &RedisError) -> bool {
 /// A cluster connection repairs a closed node connection in the background and fails the
 /// requests meanwhile: a request that found it closed is resent after each of these waits
 /// (77 ms in all, within the default operation timeout) until one gets through.
-pub(super) const CLUSTER_REPAIR_WAITS: [Duration; 5] = [
+const CLUSTER_REPAIR_WAITS: [Duration; 5] = [
     Duration::from_millis(2),
     Duration::from_millis(5),
     Duration::from_millis(10),
@@ -73,30 +67,45 @@ pub(super) const CLUSTER_REPAIR_WAITS: [Duration; 5] = [
     Duration::from_millis(40),
 ];
 
+/// The waits before each resend of a request (or a read) that found its connection closed:
+/// one resend at once on a single node or Sentinel (redis-rs's connection manager reconnects
+/// when it notices), a cluster's while it repairs its node connections.
+pub(super) fn resend_waits(cluster: bool) -> &'static [Duration] {
+    if cluster {
+        &CLUSTER_REPAIR_WAITS
+    } else {
+        &[Duration::ZERO]
+    }
+}
+
+/// One of [`resend_waits`] (none at all for a zero wait).
+pub(super) async fn resend_pause(wait: Duration) {
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// A request that finds its connection closed (by Redis's idle `timeout`, a proxy,
+/// `CLIENT KILL`, a restart) is resent ([`resend_waits`]) instead of failing the operation.
+/// Every operation of the protocol may run twice (docs/PROTOCOL.md §8.1: writes are
+/// idempotent, a read's claim that took answers with our own ticket, a lock attempt knows
+/// its own token).
 impl redis::aio::ConnectionLike for Conn {
     fn req_packed_command<'a>(
         &'a mut self,
         cmd: &'a redis::Cmd,
     ) -> redis::RedisFuture<'a, redis::Value> {
-        match self {
-            Conn::Single(c) => Box::pin(async move {
-                match c.send_packed_command(cmd).await {
-                    Err(e) if closed(&e) => c.send_packed_command(cmd).await,
-                    reply => reply,
+        Box::pin(async move {
+            let mut reply = self.send_command(cmd).await;
+            for &wait in resend_waits(self.is_cluster()) {
+                match &reply {
+                    Err(e) if closed(e) => resend_pause(wait).await,
+                    _ => break,
                 }
-            }),
-            Conn::Cluster(c) => Box::pin(async move {
-                let mut reply = c.req_packed_command(cmd).await;
-                for wait in CLUSTER_REPAIR_WAITS {
-                    match &reply {
-                        Err(e) if closed(e) => tokio::time::sleep(wait).await,
-                        _ => break,
-                    }
-                    reply = c.req_packed_command(cmd).await;
-                }
-                reply
-            }),
-        }
+                reply = self.send_command(cmd).await;
+            }
+            reply
+        })
     }
 
     fn req_packed_commands<'a>(
@@ -105,25 +114,17 @@ impl redis::aio::ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
-        match self {
-            Conn::Single(c) => Box::pin(async move {
-                match c.send_packed_commands(pipeline, offset, count).await {
-                    Err(e) if closed(&e) => c.send_packed_commands(pipeline, offset, count).await,
-                    replies => replies,
+        Box::pin(async move {
+            let mut replies = self.send_pipeline(pipeline, offset, count).await;
+            for &wait in resend_waits(self.is_cluster()) {
+                match &replies {
+                    Err(e) if closed(e) => resend_pause(wait).await,
+                    _ => break,
                 }
-            }),
-            Conn::Cluster(c) => Box::pin(async move {
-                let mut replies = c.req_packed_commands(pipeline, offset, count).await;
-                for wait in CLUSTER_REPAIR_WAITS {
-                    match &replies {
-                        Err(e) if closed(e) => tokio::time::sleep(wait).await,
-                        _ => break,
-                    }
-                    replies = c.req_packed_commands(pipeline, offset, count).await;
-                }
-                replies
-            }),
-        }
+                replies = self.send_pipeline(pipeline, offset, count).await;
+            }
+            replies
+        })
     }
 
     fn get_db(&self) -> i64 {
@@ -135,6 +136,33 @@ impl redis::aio::ConnectionLike for Conn {
 }
 
 impl Conn {
+    fn is_cluster(&self) -> bool {
+        matches!(self, Conn::Cluster(_))
+    }
+
+    /// One attempt of `cmd`.
+    async fn send_command(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+        match self {
+            Conn::Single(c) => c.send_packed_command(cmd).await,
+            Conn::Cluster(c) => redis::aio::ConnectionLike::req_packed_command(c, cmd).await,
+        }
+    }
+
+    /// One attempt of `pipeline`.
+    async fn send_pipeline(
+        &mut self,
+        pipeline: &redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisResult<Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.send_packed_commands(pipeline, offset, count).await,
+            Conn::Cluster(c) => {
+                redis::aio::ConnectionLike::req_packed_commands(c, pipeline, offset, count).await
+            }
+        }
+    }
+
     /// `WAIT n ms` on the connection that carried the write: on a cluster, the master of
     /// `key`'s slot (the same per-node connection, so `WAIT` covers the write), or every
     /// master when `key` is `None` (the smallest count wins). redis-rs would otherwise send
@@ -1033,11 +1061,13 @@ impl Shared {
 
     /// A tracked connection (`tracking.rs`) was found closed before a read was sent on it:
     /// as [`connection_lost`](Self::connection_lost), so that the read waits for the
-    /// reconnect instead of failing.
-    pub(super) fn tracked_lost(&self) {
-        self.connection_lost(&CacheError::Unavailable(crate::ErrorSource::from(
+    /// reconnect instead of failing. Returns the error recorded.
+    pub(super) fn tracked_lost(&self) -> CacheError {
+        let error = CacheError::Unavailable(crate::ErrorSource::from(
             "the tracked connection was closed".to_string(),
-        )));
+        ));
+        self.connection_lost(&error);
+        error
     }
 
     fn failed(&self, failures: u32, error: String) -> ConnState {

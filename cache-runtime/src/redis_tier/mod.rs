@@ -33,7 +33,7 @@ pub(crate) use crate::redis_request::{
 pub(crate) use connection::RedisTarget;
 pub(crate) use connection::{key_slot, master_slot_ranges, ClusterTarget, Conn};
 use connection::{
-    open_client, open_sentinel, Conns, Fault, SentinelTarget, Shared, CLUSTER_REPAIR_WAITS,
+    open_client, open_sentinel, resend_pause, resend_waits, Conns, Fault, SentinelTarget, Shared,
 };
 use scripts::{parse_stamps, ScriptCall, Scripts};
 
@@ -355,13 +355,7 @@ async fn read_on(
     read_replicas: bool,
 ) -> (Result<Fetched, CacheError>, Fault) {
     match conns.tracked.take() {
-        Some(t) if t.tokens.is_lost() => {
-            shared.tracked_lost();
-            let e = CacheError::Unavailable(crate::ErrorSource::from(
-                "the tracked connection was closed".to_string(),
-            ));
-            (Err(e), Fault::Lost)
-        }
+        Some(t) if t.tokens.is_lost() => (Err(shared.tracked_lost()), Fault::Lost),
         Some(t) => read_tracked(shared, k, t, claim).await,
         None => read_untracked(shared, k, conns, claim, read_replicas).await,
     }
@@ -899,7 +893,7 @@ impl RedisTier {
             // Redis closed the tracked connection since the last call (its idle `timeout`, a
             // proxy's, `CLIENT KILL`): the read waits for the reconnect instead of failing.
             Some(Via::Lost) => {
-                self.shared.tracked_lost();
+                let _ = self.shared.tracked_lost();
                 return self.read_on_redis_thread(k, claim, false).await;
             }
             // A blocking caller (or the connection still coming up): the read runs on the
@@ -918,9 +912,8 @@ impl RedisTier {
 
     /// [`read_plain`](Self::read_plain) for a caller without connections of its own: on
     /// the Redis thread, the keys copied there. With `retry`, a read that finds the
-    /// connection closed is sent again, within the same operation timeout: once on the
-    /// reopened connections (single node, Sentinel), or after each of
-    /// [`CLUSTER_REPAIR_WAITS`] while a cluster connection repairs its node connections.
+    /// connection closed is sent again on the reopened connections, within the same
+    /// operation timeout, after each of [`resend_waits`] (as a request is).
     async fn read_on_redis_thread(
         &self,
         k: &ReadKeys<'_>,
@@ -929,10 +922,10 @@ impl RedisTier {
     ) -> Result<Fetched, CacheError> {
         let keys = crate::redis_request::OwnedReadKeys::of(k);
         let read_replicas = self.read_replicas;
-        let waits: &'static [Duration] = match (retry, self.cluster) {
-            (false, _) => &[],
-            (true, false) => &[Duration::ZERO],
-            (true, true) => &CLUSTER_REPAIR_WAITS,
+        let waits = if retry {
+            resend_waits(self.cluster)
+        } else {
+            &[]
         };
         self.on_redis_thread(self.shared.op_timeout, move |shared, conns| async move {
             let k = keys.keys();
@@ -941,7 +934,7 @@ impl RedisTier {
                 if res.1 != Fault::Lost {
                     break;
                 }
-                tokio::time::sleep(*wait).await;
+                resend_pause(*wait).await;
                 let Ok(conns) = Shared::connection(&shared).await else {
                     break;
                 };

@@ -49,8 +49,8 @@ pub(crate) struct TokenCache {
     /// before a token read is sent, so that what was read is cached only if no push arrived
     /// while it was in flight (the push may concern a write that executed after the read).
     epoch: AtomicU64,
-    /// The connection is gone (`tokens.dead`, readable without the lock): a caller that finds
-    /// it so reconnects before its read instead of failing on it.
+    /// The connection is gone: nothing is cached any more, and a caller that finds it so
+    /// reconnects before its read instead of failing on it (read without the lock).
     lost: AtomicBool,
 }
 
@@ -67,8 +67,6 @@ struct Tokens {
     /// The key prefix of the kept tickets (the runtime's, one for all its caches), learnt
     /// from the first ticket kept.
     prefix: Option<Box<str>>,
-    /// The connection is gone: nothing is cached any more.
-    dead: bool,
 }
 
 struct KeptTicket {
@@ -86,7 +84,6 @@ impl TokenCache {
                 tickets: hashbrown::HashTable::new(),
                 hasher: Default::default(),
                 prefix: None,
-                dead: false,
             }),
             epoch: AtomicU64::new(0),
             lost: AtomicBool::new(false),
@@ -129,7 +126,6 @@ impl TokenCache {
             PushKind::Disconnection => {
                 let mut tokens = self.lock();
                 self.epoch.fetch_add(1, Ordering::AcqRel);
-                tokens.dead = true;
                 tokens.by_key.clear();
                 tokens.tickets.clear();
                 self.lost.store(true, Ordering::Release);
@@ -149,7 +145,7 @@ impl TokenCache {
     /// one is cached, and its entry's ticket if that is cached too (one lock for both).
     pub(super) fn kept(&self, k: &ReadKeys<'_>) -> Option<(Stamps, Option<u64>)> {
         let tokens = self.lock();
-        let stamps = Self::stamps_in(&tokens, k)?;
+        let stamps = self.stamps_in(&tokens, k)?;
         let ticket = match tokens.tickets.is_empty() || tokens.prefix.as_deref() != Some(k.prefix) {
             true => None,
             false => {
@@ -167,11 +163,11 @@ impl TokenCache {
     /// The stamps of `k`'s scopes (cache clear, global clear, tags, in that order) if every
     /// one is cached.
     pub(super) fn stamps(&self, k: &ReadKeys<'_>) -> Option<Stamps> {
-        Self::stamps_in(&self.lock(), k)
+        self.stamps_in(&self.lock(), k)
     }
 
-    fn stamps_in(tokens: &Tokens, k: &ReadKeys<'_>) -> Option<Stamps> {
-        if tokens.dead {
+    fn stamps_in(&self, tokens: &Tokens, k: &ReadKeys<'_>) -> Option<Stamps> {
+        if self.is_lost() {
             return None;
         }
         let mut stamps = Stamps::new();
@@ -253,7 +249,7 @@ impl TokenCache {
     /// is alive and no push arrived since (the push may concern a write after the read).
     fn lock_if_current(&self, epoch: u64) -> Option<std::sync::MutexGuard<'_, Tokens>> {
         let tokens = self.lock();
-        (!tokens.dead && self.epoch.load(Ordering::Acquire) == epoch).then_some(tokens)
+        (!self.is_lost() && self.epoch.load(Ordering::Acquire) == epoch).then_some(tokens)
     }
 
     /// The stamps looked up for `k` at `epoch` (with its ticket `ticket`, if the read relied
