@@ -15,7 +15,11 @@
 //! - `multi_publish_first`: the same in `MULTI`/`EXEC`;
 //! - `script_publish_first`: the same in one `EVAL` (`allow-oom`);
 //! - `reply_off`: `CLIENT REPLY OFF`, `DEL v t`, `SET t PX`, `PUBLISH`, `CLIENT REPLY ON`,
-//!   `GET t`: atomic in order, and the connection's first reply follows the push.
+//!   `GET t`: the message still after the `DEL`, and the connection's first reply follows
+//!   the push;
+//! - `reply_skip`: `CLIENT REPLY SKIP`, `DEL v t`, `CLIENT REPLY SKIP`, `SET t PX`,
+//!   `PUBLISH`, `GET t`: the same order, with the `PUBLISH`'s own reply (an error in it
+//!   stays visible) as the first of the loop.
 //!
 //! Redis queues a client for writing at the head of its pending list when the client's
 //! first reply of the event loop is added, so the client queued last is written first: in
@@ -31,13 +35,14 @@ use cache_benches::current_thread_runtime;
 use cache_tests::RedisServer;
 
 const CHANNEL: &str = "eo:bus:1";
-const SHAPES: [&str; 7] = [
+const SHAPES: [&str; 8] = [
     "del_only",
     "del_set_publish",
     "publish_first",
     "multi_publish_first",
     "script_publish_first",
     "reply_off",
+    "reply_skip",
     "ping",
 ];
 
@@ -125,6 +130,29 @@ async fn run_shape(
                 .req_packed_commands(&pipe, 0, 2)
                 .await
                 .expect("pipeline");
+            assert!(
+                matches!(&replies[1], redis::Value::BulkString(b) if b == b"ticket01"),
+                "{replies:?}"
+            );
+            return;
+        }
+        "reply_skip" => {
+            pipe.cmd("CLIENT").arg("REPLY").arg("SKIP");
+            pipe.cmd("DEL").arg(v).arg(t);
+            pipe.cmd("CLIENT").arg("REPLY").arg("SKIP");
+            pipe.cmd("SET")
+                .arg(t)
+                .arg("ticket01")
+                .arg("PX")
+                .arg(300_000);
+            pipe.cmd("PUBLISH").arg(CHANNEL).arg(message);
+            pipe.cmd("GET").arg(t);
+            // Two replies: the `PUBLISH`'s (receivers) and the `GET`'s.
+            let replies = conn
+                .req_packed_commands(&pipe, 0, 2)
+                .await
+                .expect("pipeline");
+            assert!(matches!(&replies[0], redis::Value::Int(1)), "{replies:?}");
             assert!(
                 matches!(&replies[1], redis::Value::BulkString(b) if b == b"ticket01"),
                 "{replies:?}"

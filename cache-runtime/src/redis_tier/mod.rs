@@ -1166,13 +1166,12 @@ impl RedisTier {
     }
 
     /// Invalidates one key: `DEL value ticket`, `SET ticket <new> PX px`, then `PUBLISH`,
-    /// pipelined (one round trip, no script). `DEL` comes first and is allowed under
-    /// `noeviction` OOM; deleting the ticket kills every schema version's value and every
-    /// in-flight store. The fresh random ticket only spares the next miss its claim round
-    /// trip: if Redis refuses it (OOM), the key simply has no ticket, as after a plain `DEL`.
-    /// `Ok` needs the `DEL` and the message. On a cluster the message goes with `SPUBLISH` to
-    /// the key's bucket channel, in the same pipeline on the key's master
-    /// (docs/PROTOCOL.md §5.3, §7.4).
+    /// in one script (one round trip). `DEL` comes first and is allowed under `noeviction`
+    /// OOM; deleting the ticket kills every schema version's value and every in-flight
+    /// store. The fresh random ticket only spares the next miss its claim round trip: if
+    /// Redis refuses it, the key simply has no ticket, as after a plain `DEL`. `Ok` needs the
+    /// `DEL` and the message. On a cluster the message goes with `SPUBLISH` to the key's
+    /// bucket channel, in the same script on the key's master (docs/PROTOCOL.md §5.3, §7.4).
     pub(crate) async fn invalidate(
         &self,
         value_key: String,
@@ -1181,34 +1180,24 @@ impl RedisTier {
         channel: String,
         message: String,
     ) -> Result<(), CacheError> {
+        let scripts = self.scripts.clone();
         let (publish, channel) = self.message_route(&value_key, channel);
         let (new_ticket, ticket_px) = fresh;
         self.exec_write(Some(value_key.clone()), move |mut c| async move {
-            let keys = value_key.len() + ticket_key.len();
-            let mut del = redis::Cmd::with_capacity(3, 3 + keys);
-            del.arg("DEL").arg(&value_key).arg(&ticket_key);
-            let mut set = redis::Cmd::with_capacity(5, ticket_key.len() + 48);
-            set.arg("SET")
+            let mut call = ScriptCall::new(
+                &scripts.invalidate,
+                2,
+                5,
+                value_key.len() + ticket_key.len() + channel.len() + message.len() + 48,
+            );
+            call.arg(&value_key)
                 .arg(&ticket_key)
                 .arg(ticket_text(new_ticket))
-                .arg("PX")
-                .arg(ticket_px.max(1));
-            let mut message_cmd = redis::Cmd::with_capacity(3, 8 + channel.len() + message.len());
-            message_cmd.arg(publish).arg(&channel).arg(&message);
-            let replies = redis::Pipeline::with_capacity(3)
-                .add_command(del)
-                .add_command(set)
-                .add_command(message_cmd)
-                .ignore_errors()
-                .query_async::<Vec<redis::Value>>(&mut c)
-                .await?;
-            // The `DEL` and the message must have run; the `SET` may be refused.
-            for (i, reply) in replies.into_iter().enumerate() {
-                if i != 1 {
-                    reply.extract_error()?;
-                }
-            }
-            Ok(())
+                .arg(ticket_px.max(1))
+                .arg(&channel)
+                .arg(&message)
+                .arg(publish);
+            call.invoke::<redis::Value>(&mut c).await.map(drop)
         })
         .await
     }
@@ -1681,8 +1670,14 @@ impl RedisTier {
 
 impl Scripts {
     /// Every script, for the health check's `SCRIPT LOAD`.
-    fn all(&self) -> [&redis::Script; 4] {
-        [&self.read, &self.store, &self.release, &self.populate]
+    fn all(&self) -> [&redis::Script; 5] {
+        [
+            &self.read,
+            &self.store,
+            &self.release,
+            &self.populate,
+            &self.invalidate,
+        ]
     }
 }
 

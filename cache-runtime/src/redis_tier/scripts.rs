@@ -8,6 +8,7 @@ pub(super) struct Scripts {
     pub(super) store: Script,
     pub(super) release: Script,
     pub(super) populate: Script,
+    pub(super) invalidate: Script,
 }
 
 impl Scripts {
@@ -98,6 +99,20 @@ for i = 3, #KEYS do
   out[#out + 1] = s
 end
 return out",
+            ),
+            // Invalidate (§7.4). KEYS: value, ticket; ARGV: new ticket, ticket px, channel,
+            // message, PUBLISH or SPUBLISH (cluster: the channel is in the keys' slot). `DEL`
+            // first (allowed under OOM); the fresh ticket only spares the next miss its claim,
+            // so its refusal is ignored; the message's error fails the call. A script, not a
+            // pipeline, for the order Redis writes the replies in: the caller's one reply is
+            // added after the message was queued for the subscribers, so Redis writes it
+            // first (it queues clients at the head of its pending list), and the process's
+            // own echo no longer takes the idle CPU before the caller's reply (§5.2).
+            invalidate: Script::new(
+                r"
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.pcall('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return redis.call(ARGV[5], ARGV[3], ARGV[4])",
             ),
         }
     }
