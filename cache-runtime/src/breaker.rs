@@ -61,6 +61,11 @@ impl Breaker {
         }
     }
 
+    /// Closed with no failure counted (no lock taken).
+    pub(crate) fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
     pub(crate) fn success(&self) {
         if self.healthy.load(Ordering::Acquire) {
             return;

@@ -24,6 +24,7 @@ use crate::config::{redact, ClusterConfig, Config, SentinelConfig, WaitReplicas}
 use crate::error::CacheError;
 use crate::log_limit::LogLimiter;
 
+use super::lane::Lane;
 use super::tracking::{self, Tracked};
 
 /// The connections of one master: `data` for reads and writes that do not wait, `write` for
@@ -38,6 +39,8 @@ pub(super) struct Conns {
     pub(super) data: Conn,
     pub(super) write: Conn,
     pub(super) tracked: Option<Tracked>,
+    /// Single node and Sentinel: the invalidation lane (`lane.rs`), connected on first use.
+    pub(super) lane: Option<Arc<Lane>>,
 }
 
 /// One logical connection: to a single master (URL or Sentinel), or to a cluster (a
@@ -924,6 +927,7 @@ impl Shared {
                     data,
                     write,
                     tracked: None,
+                    lane: None,
                 });
             }
         };
@@ -956,10 +960,12 @@ impl Shared {
                 None
             }
         };
+        let lane = Lane::new(client, self.connect_timeout, self.op_timeout).map(Arc::new);
         Ok(Conns {
             data,
             write,
             tracked,
+            lane,
         })
     }
 
@@ -976,6 +982,7 @@ impl Shared {
             mut data,
             write,
             tracked,
+            lane,
         } = self.open_managers(client.clone()).await?;
         *self.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(client);
         // Before the first read or write: values are stamped and judged on Redis's clock.
@@ -992,6 +999,7 @@ impl Shared {
             data,
             write,
             tracked,
+            lane,
         })
     }
 

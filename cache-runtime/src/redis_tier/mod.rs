@@ -23,6 +23,7 @@ use crate::error::{CacheError, InitError};
 use crate::pending::{Added, Pending, PendingOp};
 
 mod connection;
+mod lane;
 mod scripts;
 mod tracking;
 pub(crate) use tracking::resp3_client;
@@ -1180,6 +1181,12 @@ impl RedisTier {
         channel: String,
         message: String,
     ) -> Result<(), CacheError> {
+        if self
+            .invalidate_on_lane(&value_key, &ticket_key, fresh, &channel, &message)
+            .await
+        {
+            return Ok(());
+        }
         let scripts = self.scripts.clone();
         let (publish, channel) = self.message_route(&value_key, channel);
         let (new_ticket, ticket_px) = fresh;
@@ -1200,6 +1207,35 @@ impl RedisTier {
             call.invoke::<redis::Value>(&mut c).await.map(drop)
         })
         .await
+    }
+
+    /// [`invalidate`](Self::invalidate) on the caller's invalidation lane (`lane.rs`:
+    /// plain commands under `CLIENT REPLY SKIP`, no script): an async caller on a runtime
+    /// with its own connections, single node or Sentinel, Redis healthy, no write waiting
+    /// for replicas, the lane free. `true`: done; `false`: the script must do it.
+    async fn invalidate_on_lane(
+        &self,
+        value_key: &str,
+        ticket_key: &str,
+        fresh: (u64, u64),
+        channel: &str,
+        message: &str,
+    ) -> bool {
+        if self.cluster || !self.breaker.healthy() {
+            return false;
+        }
+        let Some((lane, mut data)) = self
+            .shared
+            .caller_conns_with(|c| c.lane.clone().map(|lane| (lane, c.data.clone())))
+            .flatten()
+        else {
+            return false;
+        };
+        if !lane.poll_ready() || self.shared.replicas_to_wait(&mut data).await != 0 {
+            return false;
+        }
+        lane.invalidate(value_key, ticket_key, fresh, channel, message)
+            .await
     }
 
     /// The token keys a scope invalidation deletes, from the scope's single-node key: that
