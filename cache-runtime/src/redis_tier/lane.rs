@@ -1,30 +1,33 @@
 //! The invalidation lane: a connection of its own per set of connections on which a key's
-//! invalidation is sent as plain commands, the ones before the bus message under
-//! `CLIENT REPLY SKIP` (docs/PROTOCOL.md §7.4):
+//! invalidation is sent as plain commands, the `DEL` under `CLIENT REPLY SKIP`
+//! (docs/PROTOCOL.md §7.4):
 //!
 //! ```text
-//! CLIENT REPLY SKIP · DEL v t · CLIENT REPLY SKIP · SET t <new> PX <ms> · PUBLISH <bus> <msg> · GET t
+//! CLIENT REPLY SKIP · DEL v t · PUBLISH <bus> <msg> · SET t <new> PX <ms>
 //! ```
 //!
 //! Why: Redis writes the client that got its first reply of the event loop last first. Here
 //! the caller's first reply (the `PUBLISH`'s) comes after the bus message's copy to this
 //! process's own subscriber, so the caller is answered before the echo wakes the
 //! subscriber's thread, as with the invalidate script, without the script's server time
-//! (≈ 7 µs of Lua per call on Redis 7.0, measured: docs/BENCHMARKS.md). `GET t` answering
-//! the new ticket proves the writes ran on a master that took them (a replica refuses them,
-//! `noeviction` refuses the `SET`): only then is the invalidation done here.
+//! (≈ 7 µs of Lua per call on Redis 7.0, measured: docs/BENCHMARKS.md). The `SET`'s `OK`
+//! proves the writes ran on a master that took them (a replica refuses them, `noeviction`
+//! refuses the `SET`): only then is the invalidation done here. The fresh ticket follows the
+//! message, so a reader that read the key in between may have claimed a ticket of its own;
+//! the `SET` replaces it, which only refuses that reader's store (one more miss).
 //!
 //! Why a connection of its own: a multiplexed connection matches replies to requests by
 //! count. A server, proxy or ACL that refuses `CLIENT REPLY` answers every command, and on a
 //! shared connection the extra replies would be handed to the requests behind (a read would
 //! get another key's value). On the lane one request is in flight at a time, its replies must
-//! have exactly the expected shape (an integer, then a bulk string or nil), and anything else
+//! have exactly the expected shape (an integer, then `OK` or an error), and anything else
 //! discards the connection, whose late replies then go nowhere, and turns the lane off. A new
 //! lane proves `CLIENT REPLY SKIP` before its first use. An invalidation that finds the lane
-//! off, busy (another invalidation of this runtime in flight), still opening, or not in sync
-//! with the writes' outcome runs the invalidate script on the shared connection instead: the
-//! lane only ever makes an invalidation faster, never different.
+//! off, busy (another invalidation of this runtime in flight), still opening, or whose `SET`
+//! was refused runs the invalidate script on the shared connection instead: the lane only
+//! ever makes an invalidation faster, never different.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,9 +38,9 @@ use crate::log_limit::LogLimiter;
 
 /// The shape of the lane's replies.
 enum Replies {
-    /// `PUBLISH`'s count, then the new ticket: done.
+    /// `PUBLISH`'s count, then the `SET`'s `OK`: done.
     Done,
-    /// In step, but the ticket is not the new one: the `SET` did not land (a replica, OOM).
+    /// In step, but the `SET` was refused (a replica, OOM).
     NotTaken,
     /// Not the two replies the pipeline answers when `CLIENT REPLY SKIP` works: the server
     /// or something between refused it (or the `PUBLISH` failed). The connection may hold
@@ -70,6 +73,8 @@ pub(super) struct Lane {
     connect_timeout: Duration,
     response_timeout: Duration,
     state: Mutex<State>,
+    /// Invalidations in a row that timed out or lost the connection.
+    failures: AtomicU32,
     log: LogLimiter,
 }
 
@@ -90,6 +95,7 @@ impl Lane {
                 retry_at: Instant::now(),
                 failures: 0,
             }),
+            failures: AtomicU32::new(0),
             log: LogLimiter::default(),
         })
     }
@@ -172,7 +178,8 @@ impl Lane {
         *self.state() = next;
     }
 
-    /// After a failure: closed for a while, or off after [`MAX_FAILURES`] in a row.
+    /// After a failure (`failures` before it): closed for a while, or off after
+    /// [`MAX_FAILURES`] in a row.
     fn failed(failures: u32) -> State {
         let failures = failures + 1;
         if failures >= MAX_FAILURES {
@@ -208,30 +215,27 @@ impl Lane {
         let Some(mut conn) = self.take() else {
             return false;
         };
-        let mut pipe = redis::pipe();
-        pipe.cmd("CLIENT")
-            .arg("REPLY")
-            .arg("SKIP")
-            .cmd("DEL")
-            .arg(value_key)
-            .arg(ticket_key)
-            .cmd("CLIENT")
-            .arg("REPLY")
-            .arg("SKIP")
-            .cmd("SET")
-            .arg(ticket_key)
-            .arg(super::ticket_text(new_ticket))
-            .arg("PX")
-            .arg(ticket_px.max(1))
-            .cmd("PUBLISH")
-            .arg(channel)
-            .arg(message)
-            .cmd("GET")
-            .arg(ticket_key);
+        // Each command sized up front: no buffer grows while the pipeline is written.
+        let cmd = |args: &[&[u8]]| {
+            let mut c = redis::Cmd::with_capacity(args.len(), args.iter().map(|a| a.len()).sum());
+            for a in args {
+                c.arg(*a);
+            }
+            c
+        };
+        let ticket = super::ticket_text(new_ticket);
+        let mut px = itoa::Buffer::new();
+        let px = px.format(ticket_px.max(1));
+        let (v, t) = (value_key.as_bytes(), ticket_key.as_bytes());
+        let mut pipe = redis::Pipeline::with_capacity(4);
+        pipe.add_command(cmd(&[b"CLIENT", b"REPLY", b"SKIP"]))
+            .add_command(cmd(&[b"DEL", v, t]))
+            .add_command(cmd(&[b"PUBLISH", channel.as_bytes(), message.as_bytes()]))
+            .add_command(cmd(&[b"SET", t, &ticket.0, b"PX", px.as_bytes()]));
         let replies = conn.send_packed_commands(&pipe, 0, 2).await;
         // The lane is `Busy` until this sets it again: no other request used the connection.
         let (next, done) = match replies {
-            Ok(replies) => match shape(&replies, new_ticket) {
+            Ok(replies) => match shape(&replies) {
                 Replies::Done => (State::Ready(conn), true),
                 Replies::NotTaken => (State::Ready(conn), false),
                 Replies::Foreign => {
@@ -240,20 +244,24 @@ impl Lane {
                 }
             },
             // Timed out or dropped: late replies may still come on it, so it is not reused.
-            Err(_) => (Self::failed(0), false),
+            Err(_) => (
+                Self::failed(self.failures.fetch_add(1, Ordering::Relaxed)),
+                false,
+            ),
         };
+        if done {
+            self.failures.store(0, Ordering::Relaxed);
+        }
         *self.state() = next;
         done
     }
 }
 
 /// What the lane's two replies say.
-fn shape(replies: &[Value], new_ticket: u64) -> Replies {
+fn shape(replies: &[Value]) -> Replies {
     match replies {
-        [Value::Int(_), Value::BulkString(t)] if super::parse_ticket(t) == Some(new_ticket) => {
-            Replies::Done
-        }
-        [Value::Int(_), Value::BulkString(_) | Value::Nil] => Replies::NotTaken,
+        [Value::Int(_), Value::Okay] => Replies::Done,
+        [Value::Int(_), Value::ServerError(_)] => Replies::NotTaken,
         _ => Replies::Foreign,
     }
 }
@@ -263,43 +271,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_the_publish_count_and_the_new_ticket_are_done() {
-        let new = 0x0123_4567_89ab_cdef;
-        let ticket = Value::BulkString(b"0123456789abcdef".to_vec());
+    fn only_the_publish_count_and_the_sets_ok_are_done() {
         assert!(matches!(
-            shape(&[Value::Int(1), ticket.clone()], new),
+            shape(&[Value::Int(1), Value::Okay]),
             Replies::Done
         ));
-        // In step, the SET not taken (a replica, OOM): run the script.
         assert!(matches!(
-            shape(&[Value::Int(1), Value::Nil], new),
+            shape(&[Value::Int(0), Value::Okay]),
+            Replies::Done
+        ));
+        // In step, the SET refused (a replica, OOM): run the script.
+        let oom = redis::parse_redis_value(b"-OOM command not allowed\r\n").unwrap();
+        assert!(matches!(
+            shape(&[Value::Int(1), oom.clone()]),
             Replies::NotTaken
         ));
-        assert!(matches!(
-            shape(
-                &[
-                    Value::Int(0),
-                    Value::BulkString(b"fedcba9876543210".to_vec())
-                ],
-                new
-            ),
-            Replies::NotTaken
-        ));
-        // `CLIENT REPLY` refused: its error, then the `DEL`'s count; or a proxy's `+OK` for
-        // it; or the `SET`'s `+OK` after a swallowed `CLIENT`: never in step.
+        // `CLIENT REPLY` refused: its error, then the `DEL`'s count; a proxy's own `+OK`
+        // for it; the `DEL`'s and `PUBLISH`'s counts after a swallowed `CLIENT`: never in
+        // step.
         let refused = redis::parse_redis_value(b"-NOPERM no permissions\r\n").unwrap();
         assert!(matches!(refused, Value::ServerError(_)));
         for foreign in [
             vec![refused.clone(), Value::Int(1)],
             vec![Value::Okay, Value::Int(1)],
-            vec![Value::Int(2), Value::Okay],
-            vec![ticket.clone()],
-            vec![Value::Int(1), ticket.clone(), Value::Int(1)],
+            vec![Value::Int(2), Value::Int(1)],
+            vec![oom, Value::Okay],
+            vec![Value::Okay],
+            vec![Value::Int(1), Value::Okay, Value::Okay],
         ] {
-            assert!(
-                matches!(shape(&foreign, new), Replies::Foreign),
-                "{foreign:?}"
-            );
+            assert!(matches!(shape(&foreign), Replies::Foreign), "{foreign:?}");
         }
     }
 }
