@@ -143,8 +143,11 @@ end",
                             .await
                             .expect("the source redis");
                         }
-                        Err(_) => {
-                            err.fetch_add(1, SeqCst);
+                        Err(e) => {
+                            // Kept and retried by the runtime; the first few are shown.
+                            if err.fetch_add(1, SeqCst) < 5 {
+                                println!("writer: an invalidation returned Err: {e}");
+                            }
                         }
                     }
                     tokio::time::sleep(Duration::from_millis(2)).await;

@@ -169,6 +169,25 @@ async fn invalidations_take_the_lane_and_every_fault_of_it_falls_back_to_the_scr
     assert_current(5).await;
     lane_up(&server).await;
 
+    // 3b. The server hangs (SIGSTOP) under an invalidation on the lane: `Err` (no answer
+    // within the timeout), kept and retried once the server answers again; the lane, closed
+    // with its connection, comes back.
+    for id in 0..KEYS {
+        item(id).await;
+    }
+    server.pause();
+    VERSIONS[6].fetch_add(1, SeqCst);
+    let hung = invalidate_item(6).await;
+    server.resume();
+    assert!(hung.is_err(), "a hung server's invalidation is not Ok: {hung:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cache_runtime::redis_status().pending_writes > 0 {
+        assert!(Instant::now() < deadline, "the kept invalidation was never retried");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_current(6).await;
+    lane_up(&server).await;
+
     // 4. `+client|reply` revoked while readers and writers run: no read ever sees a version
     // older than one whose invalidation returned Ok before the read started, every
     // invalidation returns Ok, and the lane turns itself off (the script takes over).

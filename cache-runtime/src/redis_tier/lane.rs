@@ -200,10 +200,12 @@ impl Lane {
         );
     }
 
-    /// Invalidates on the lane: `true` if done and confirmed (the new ticket is in force on
-    /// the server the lane writes to, the message published); `false` if the caller must
-    /// run the invalidation the usual way (nothing is promised by the lane then, though some
-    /// of its commands may have run: every one of them is harmless to run again).
+    /// Invalidates on the lane. [`Sent::Done`]: done and confirmed (the new ticket is in
+    /// force on the server the lane writes to, the message published). Otherwise nothing is
+    /// promised, though some of its commands may have run (every one of them is harmless to
+    /// run again): [`Sent::NotHere`], the caller runs the invalidation the usual way;
+    /// [`Sent::TimedOut`], the server did not answer within the operation timeout, which the
+    /// caller reports as it would its own (no second wait for a server that hangs).
     pub(super) async fn invalidate(
         &self,
         value_key: &str,
@@ -211,9 +213,9 @@ impl Lane {
         (new_ticket, ticket_px): (u64, u64),
         channel: &str,
         message: &str,
-    ) -> bool {
+    ) -> Sent {
         let Some(mut conn) = self.take() else {
-            return false;
+            return Sent::NotHere;
         };
         // Each command sized up front: no buffer grows while the pipeline is written.
         let cmd = |args: &[&[u8]]| {
@@ -234,27 +236,39 @@ impl Lane {
             .add_command(cmd(&[b"SET", t, &ticket.0, b"PX", px.as_bytes()]));
         let replies = conn.send_packed_commands(&pipe, 0, 2).await;
         // The lane is `Busy` until this sets it again: no other request used the connection.
-        let (next, done) = match replies {
+        let (next, sent) = match replies {
             Ok(replies) => match shape(&replies) {
-                Replies::Done => (State::Ready(conn), true),
-                Replies::NotTaken => (State::Ready(conn), false),
+                Replies::Done => (State::Ready(conn), Sent::Done),
+                Replies::NotTaken => (State::Ready(conn), Sent::NotHere),
                 Replies::Foreign => {
                     self.turned_off(&format!("{replies:?}"));
-                    (State::Off, false)
+                    (State::Off, Sent::NotHere)
                 }
             },
             // Timed out or dropped: late replies may still come on it, so it is not reused.
-            Err(_) => (
-                Self::failed(self.failures.fetch_add(1, Ordering::Relaxed)),
-                false,
-            ),
+            Err(e) => {
+                let next = Self::failed(self.failures.fetch_add(1, Ordering::Relaxed));
+                match e.is_timeout() {
+                    true => (next, Sent::TimedOut(e)),
+                    false => (next, Sent::NotHere),
+                }
+            }
         };
-        if done {
+        if matches!(sent, Sent::Done) {
             self.failures.store(0, Ordering::Relaxed);
         }
         *self.state() = next;
-        done
+        sent
     }
+}
+
+/// What became of an invalidation sent to the lane.
+pub(super) enum Sent {
+    Done,
+    /// Not sent, or not confirmed: the caller runs it the usual way.
+    NotHere,
+    /// No answer within the operation timeout.
+    TimedOut(redis::RedisError),
 }
 
 /// What the lane's two replies say.

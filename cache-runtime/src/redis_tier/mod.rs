@@ -1181,11 +1181,16 @@ impl RedisTier {
         channel: String,
         message: String,
     ) -> Result<(), CacheError> {
-        if self
+        match self
             .invalidate_on_lane(&value_key, &ticket_key, fresh, &channel, &message)
             .await
         {
-            return Ok(());
+            lane::Sent::Done => return Ok(()),
+            lane::Sent::TimedOut(e) => {
+                let (e, fault) = self.shared.failed_op(e);
+                return self.settle((Err(e), fault));
+            }
+            lane::Sent::NotHere => {}
         }
         let scripts = self.scripts.clone();
         let (publish, channel) = self.message_route(&value_key, channel);
@@ -1212,7 +1217,7 @@ impl RedisTier {
     /// [`invalidate`](Self::invalidate) on the caller's invalidation lane (`lane.rs`:
     /// plain commands under `CLIENT REPLY SKIP`, no script): an async caller on a runtime
     /// with its own connections, single node or Sentinel, Redis healthy, no write waiting
-    /// for replicas, the lane free. `true`: done; `false`: the script must do it.
+    /// for replicas, the lane free.
     async fn invalidate_on_lane(
         &self,
         value_key: &str,
@@ -1220,19 +1225,19 @@ impl RedisTier {
         fresh: (u64, u64),
         channel: &str,
         message: &str,
-    ) -> bool {
+    ) -> lane::Sent {
         if self.cluster || !self.breaker.healthy() {
-            return false;
+            return lane::Sent::NotHere;
         }
         let Some((lane, mut data)) = self
             .shared
             .caller_conns_with(|c| c.lane.clone().map(|lane| (lane, c.data.clone())))
             .flatten()
         else {
-            return false;
+            return lane::Sent::NotHere;
         };
         if !lane.poll_ready() || self.shared.replicas_to_wait(&mut data).await != 0 {
-            return false;
+            return lane::Sent::NotHere;
         }
         lane.invalidate(value_key, ticket_key, fresh, channel, message)
             .await
