@@ -410,6 +410,25 @@ impl RedisServer {
         info_field(&info, field)
     }
 
+    /// `(calls, rejected calls)` of one command in `INFO commandstats` (`"evalsha"`,
+    /// `"client|reply"`); `(0, 0)` for a command never called.
+    pub fn command_stats(&self, command: &str) -> (u64, u64) {
+        let info: String = self
+            .cmd(&["INFO", "commandstats"])
+            .expect("INFO commandstats");
+        let prefix = format!("cmdstat_{command}:");
+        let Some(line) = info.lines().find(|l| l.starts_with(&prefix)) else {
+            return (0, 0);
+        };
+        let field = |f: &str| {
+            line.split([':', ','])
+                .find_map(|kv| kv.strip_prefix(f))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("calls="), field("rejected_calls="))
+    }
+
     /// Keys matching `pattern` (`SCAN`, never `KEYS`).
     pub fn scan(&self, pattern: &str) -> Vec<String> {
         let mut c = self.client();

@@ -33,24 +33,6 @@ const ACL: &str = "cache on >secret resetkeys resetchannels ~{cr:* &cr:bus:* -@a
     +script|load +publish +subscribe +unsubscribe +time +role +wait +client|tracking \
     +client|caching +client|reply";
 
-/// `(calls, rejected calls)` of a command in `INFO commandstats` (`client|reply`, `evalsha`).
-fn command_stats(server: &RedisServer, name: &str) -> (u64, u64) {
-    let info: String = server.cmd(&["INFO", "commandstats"]).expect("INFO");
-    let Some(line) = info
-        .lines()
-        .find(|l| l.starts_with(&format!("cmdstat_{name}:")))
-    else {
-        return (0, 0);
-    };
-    let field = |f: &str| {
-        line.split([':', ','])
-            .find_map(|kv| kv.strip_prefix(f))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("calls="), field("rejected_calls="))
-}
-
 /// Writes a new version of `id` and invalidates it; the next read must see that version.
 async fn write(id: u64) -> u64 {
     let v = VERSIONS[id as usize].fetch_add(1, SeqCst) + 1;
@@ -73,11 +55,11 @@ async fn lane_up(server: &RedisServer) {
         for id in 0..KEYS {
             item(id).await;
         }
-        let before = command_stats(server, "client|reply").0;
+        let before = server.command_stats("client|reply").0;
         // `Err` while the runtime reconnects (kept and retried).
         VERSIONS[0].fetch_add(1, SeqCst);
         let _ = invalidate_item(0).await;
-        if command_stats(server, "client|reply").0 > before {
+        if server.command_stats("client|reply").0 > before {
             return;
         }
         assert!(
@@ -105,20 +87,20 @@ async fn invalidations_take_the_lane_and_every_fault_of_it_falls_back_to_the_scr
     for id in 0..KEYS {
         item(id).await;
     }
-    let (replies_before, _) = command_stats(&server, "client|reply");
-    let (scripts_before, _) = command_stats(&server, "evalsha");
+    let (replies_before, _) = server.command_stats("client|reply");
+    let (scripts_before, _) = server.command_stats("evalsha");
     let runs_before = BODY_RUNS.load(SeqCst);
     for id in 0..KEYS {
         write(id).await;
         assert_current(id).await;
     }
     assert_eq!(
-        command_stats(&server, "client|reply").0 - replies_before,
+        server.command_stats("client|reply").0 - replies_before,
         KEYS,
         "every invalidation on the lane"
     );
     assert_eq!(
-        command_stats(&server, "evalsha").0,
+        server.command_stats("evalsha").0,
         scripts_before,
         "no invalidate script while the lane answers"
     );
@@ -136,19 +118,19 @@ async fn invalidations_take_the_lane_and_every_fault_of_it_falls_back_to_the_scr
     }
     server.config_set("maxmemory-policy", "noeviction");
     server.config_set("maxmemory", "1");
-    let scripts_before = command_stats(&server, "evalsha").0;
+    let scripts_before = server.command_stats("evalsha").0;
     write(3).await;
     server.config_set("maxmemory", "0");
     assert!(
-        command_stats(&server, "evalsha").0 > scripts_before,
+        server.command_stats("evalsha").0 > scripts_before,
         "the refused SET sent the invalidation to the script"
     );
     assert_current(3).await;
-    let (replies_before, _) = command_stats(&server, "client|reply");
+    let (replies_before, _) = server.command_stats("client|reply");
     write(4).await;
     assert_current(4).await;
     assert_eq!(
-        command_stats(&server, "client|reply").0 - replies_before,
+        server.command_stats("client|reply").0 - replies_before,
         1,
         "the lane is still in step after an OOM refusal"
     );
@@ -179,10 +161,16 @@ async fn invalidations_take_the_lane_and_every_fault_of_it_falls_back_to_the_scr
     VERSIONS[6].fetch_add(1, SeqCst);
     let hung = invalidate_item(6).await;
     server.resume();
-    assert!(hung.is_err(), "a hung server's invalidation is not Ok: {hung:?}");
+    assert!(
+        hung.is_err(),
+        "a hung server's invalidation is not Ok: {hung:?}"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while cache_runtime::redis_status().pending_writes > 0 {
-        assert!(Instant::now() < deadline, "the kept invalidation was never retried");
+        assert!(
+            Instant::now() < deadline,
+            "the kept invalidation was never retried"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_current(6).await;
@@ -236,9 +224,9 @@ async fn invalidations_take_the_lane_and_every_fault_of_it_falls_back_to_the_scr
         .unwrap();
     // Until the lane has met the refusal and the script has answered after it.
     let deadline = Instant::now() + Duration::from_secs(10);
-    let scripts_at_revoke = command_stats(&server, "evalsha").0;
-    while command_stats(&server, "client|reply").1 == 0
-        || command_stats(&server, "evalsha").0 < scripts_at_revoke + 20
+    let scripts_at_revoke = server.command_stats("evalsha").0;
+    while server.command_stats("client|reply").1 == 0
+        || server.command_stats("evalsha").0 < scripts_at_revoke + 20
     {
         assert!(Instant::now() < deadline, "the lane never met the refusal");
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -253,13 +241,13 @@ async fn invalidations_take_the_lane_and_every_fault_of_it_falls_back_to_the_scr
         0,
         "no read saw a superseded or foreign value"
     );
-    let replies_after_off = command_stats(&server, "client|reply");
+    let replies_after_off = server.command_stats("client|reply");
     for id in 0..KEYS {
         write(id).await;
         assert_current(id).await;
     }
     assert_eq!(
-        command_stats(&server, "client|reply"),
+        server.command_stats("client|reply"),
         replies_after_off,
         "a refused lane stays off"
     );

@@ -24,24 +24,6 @@ const ACL_WITHOUT_REPLY: &str = "cache on >secret resetkeys resetchannels ~{cr:*
     +script|load +publish +subscribe +unsubscribe +time +role +wait +client|tracking \
     +client|caching";
 
-/// `(calls, rejected calls)` of a command in `INFO commandstats`.
-fn command_stats(server: &RedisServer, name: &str) -> (u64, u64) {
-    let info: String = server.cmd(&["INFO", "commandstats"]).expect("INFO");
-    let Some(line) = info
-        .lines()
-        .find(|l| l.starts_with(&format!("cmdstat_{name}:")))
-    else {
-        return (0, 0);
-    };
-    let field = |f: &str| {
-        line.split([':', ','])
-            .find_map(|kv| kv.strip_prefix(f))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("calls="), field("rejected_calls="))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_client_reply_every_invalidation_runs_the_script_and_stays_correct() {
     let server = RedisServer::start();
@@ -56,7 +38,7 @@ async fn without_client_reply_every_invalidation_runs_the_script_and_stays_corre
     // Enough calls for the runtime's own connections; invalidations until the lane has
     // tried its proof (refused).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while command_stats(&server, "client|reply").1 == 0 {
+    while server.command_stats("client|reply").1 == 0 {
         for id in 0..KEYS {
             item(id).await;
         }
@@ -69,7 +51,7 @@ async fn without_client_reply_every_invalidation_runs_the_script_and_stays_corre
     // an invalidation that returned Ok before it started.
     let settled: Arc<[AtomicU64; KEYS as usize]> =
         Arc::new([const { AtomicU64::new(0) }; KEYS as usize]);
-    let scripts_before = command_stats(&server, "evalsha").0;
+    let scripts_before = server.command_stats("evalsha").0;
     let mut tasks = Vec::new();
     for r in 0..3u64 {
         let settled = settled.clone();
@@ -105,11 +87,11 @@ async fn without_client_reply_every_invalidation_runs_the_script_and_stays_corre
     }
     // (Reads whose body heard of a write store with a script too.)
     assert!(
-        command_stats(&server, "evalsha").0 - scripts_before >= writes,
+        server.command_stats("evalsha").0 - scripts_before >= writes,
         "each invalidation ran the script"
     );
     assert_eq!(
-        command_stats(&server, "client|reply"),
+        server.command_stats("client|reply"),
         (0, 1),
         "one refused proof, never a lane request"
     );
