@@ -21,7 +21,7 @@ const KEYS: u64 = 16;
 static VERSIONS: [AtomicU64; KEYS as usize] = [const { AtomicU64::new(0) }; KEYS as usize];
 static BODY_RUNS: AtomicU64 = AtomicU64::new(0);
 
-#[cached(tier = "redis", ttl = 60, key = "lane:<id>")]
+#[cached(tier = "redis", ttl = 60, key = "lane:<id>", tags = ["k:<id>"])]
 async fn item(id: u64) -> u64 {
     BODY_RUNS.fetch_add(1, SeqCst);
     id * 1_000_000 + VERSIONS[id as usize].load(SeqCst)
@@ -33,12 +33,15 @@ const ACL: &str = "cache on >secret resetkeys resetchannels ~{cr:* &cr:bus:* -@a
     +script|load +publish +subscribe +unsubscribe +time +role +wait +client|tracking \
     +client|caching +client|reply";
 
-/// Writes a new version of `id` and invalidates it; the next read must see that version.
+/// Writes a new version of `id` and invalidates it (the key, or its tag `k:<id>` for every
+/// third version); the next read must see that version.
 async fn write(id: u64) -> u64 {
     let v = VERSIONS[id as usize].fetch_add(1, SeqCst) + 1;
-    invalidate_item(id)
-        .await
-        .expect("an invalidation returns Ok");
+    let done = match v % 3 {
+        0 => cache_runtime::invalidate_tag(&format!("k:{id}")).await,
+        _ => invalidate_item(id).await,
+    };
+    done.expect("an invalidation returns Ok");
     v
 }
 
@@ -82,7 +85,8 @@ async fn invalidations_take_the_lane_and_every_fault_of_it_falls_back_to_the_scr
     )
     .unwrap();
 
-    // 1. The lane is taken: one `CLIENT REPLY SKIP` per invalidation, no script.
+    // 1. The lane is taken: one `CLIENT REPLY SKIP` per invalidation (of a key or a tag),
+    // no script.
     lane_up(&server).await;
     for id in 0..KEYS {
         item(id).await;
@@ -90,13 +94,16 @@ async fn invalidations_take_the_lane_and_every_fault_of_it_falls_back_to_the_scr
     let (replies_before, _) = server.command_stats("client|reply");
     let (scripts_before, _) = server.command_stats("evalsha");
     let runs_before = BODY_RUNS.load(SeqCst);
-    for id in 0..KEYS {
-        write(id).await;
-        assert_current(id).await;
+    // Three versions of each key: two key invalidations and one tag invalidation each.
+    for _ in 0..3 {
+        for id in 0..KEYS {
+            write(id).await;
+            assert_current(id).await;
+        }
     }
     assert_eq!(
         server.command_stats("client|reply").0 - replies_before,
-        KEYS,
+        3 * KEYS,
         "every invalidation on the lane"
     );
     assert_eq!(
@@ -106,7 +113,7 @@ async fn invalidations_take_the_lane_and_every_fault_of_it_falls_back_to_the_scr
     );
     assert_eq!(
         BODY_RUNS.load(SeqCst) - runs_before,
-        KEYS,
+        3 * KEYS,
         "each invalidation made the next read run the body"
     );
 

@@ -1,18 +1,21 @@
-//! The invalidation lane: a connection of its own per set of connections on which a key's
+//! The invalidation lane: a connection of its own per set of connections on which an
 //! invalidation is sent as plain commands, the `DEL` under `CLIENT REPLY SKIP`
-//! (docs/PROTOCOL.md §7.4):
+//! (docs/PROTOCOL.md §7.4, §7.6):
 //!
 //! ```text
-//! CLIENT REPLY SKIP · DEL v t · PUBLISH <bus> <msg> · SET t <new> PX <ms>
+//! CLIENT REPLY SKIP · DEL v t · PUBLISH <bus> <msg> · SET t <new> PX <ms>     (a key)
+//! CLIENT REPLY SKIP · DEL <tokens> · PUBLISH <bus> <msg> · DEL <tokens>      (a tag, a clear)
 //! ```
 //!
 //! Why: Redis writes the client that got its first reply of the event loop last first. Here
 //! the caller's first reply (the `PUBLISH`'s) comes after the bus message's copy to this
 //! process's own subscriber, so the caller is answered before the echo wakes the
 //! subscriber's thread, as with the invalidate script, without the script's server time
-//! (≈ 7 µs of Lua per call on Redis 7.0, measured: docs/BENCHMARKS.md). The `SET`'s `OK`
-//! proves the writes ran on a master that took them (a replica refuses them, `noeviction`
-//! refuses the `SET`): only then is the invalidation done here. The fresh ticket follows the
+//! (≈ 7 µs of Lua per call on Redis 7.0, measured: docs/BENCHMARKS.md), and, for a scope,
+//! without the pipeline's order (`DEL`, `PUBLISH`), where the echo is written first. The
+//! last write's answer (`OK`, a count) proves the writes ran on a master that took them (a
+//! replica refuses them, `noeviction` refuses the `SET`): only then is the invalidation
+//! done here. The fresh ticket follows the
 //! message, so a reader that read the key in between may have claimed a ticket of its own;
 //! the `SET` replaces it, which only refuses that reader's store (one more miss).
 //!
@@ -38,9 +41,9 @@ use crate::log_limit::LogLimiter;
 
 /// The shape of the lane's replies.
 enum Replies {
-    /// `PUBLISH`'s count, then the `SET`'s `OK`: done.
+    /// `PUBLISH`'s count, then the last write's answer: done.
     Done,
-    /// In step, but the `SET` was refused (a replica, OOM).
+    /// In step, but the last write was refused (a replica; OOM for a key's `SET`).
     NotTaken,
     /// Not the two replies the pipeline answers when `CLIENT REPLY SKIP` works: the server
     /// or something between refused it (or the `PUBLISH` failed). The connection may hold
@@ -200,12 +203,14 @@ impl Lane {
         );
     }
 
-    /// Invalidates on the lane. [`Sent::Done`]: done and confirmed (the new ticket is in
-    /// force on the server the lane writes to, the message published). Otherwise nothing is
-    /// promised, though some of its commands may have run (every one of them is harmless to
-    /// run again): [`Sent::NotHere`], the caller runs the invalidation the usual way;
-    /// [`Sent::TimedOut`], the server did not answer within the operation timeout, which the
-    /// caller reports as it would its own (no second wait for a server that hangs).
+    /// Invalidates a key on the lane: `CLIENT REPLY SKIP`, `DEL v t`, `PUBLISH`, `SET t <new>
+    /// PX`, whose `OK` proves the writes ran on a master that took them. [`Sent::Done`]: done
+    /// and confirmed (the new ticket is in force on the server the lane writes to, the
+    /// message published). Otherwise nothing is promised, though some of its commands may
+    /// have run (every one of them is harmless to run again): [`Sent::NotHere`], the caller
+    /// runs the invalidation the usual way; [`Sent::TimedOut`], the server did not answer
+    /// within the operation timeout, which the caller reports as it would its own (no second
+    /// wait for a server that hangs).
     pub(super) async fn invalidate(
         &self,
         value_key: &str,
@@ -214,30 +219,55 @@ impl Lane {
         channel: &str,
         message: &str,
     ) -> Sent {
-        let Some(mut conn) = self.take() else {
-            return Sent::NotHere;
-        };
-        // Each command sized up front: no buffer grows while the pipeline is written.
-        let cmd = |args: &[&[u8]]| {
-            let mut c = redis::Cmd::with_capacity(args.len(), args.iter().map(|a| a.len()).sum());
-            for a in args {
-                c.arg(*a);
-            }
-            c
-        };
         let ticket = super::ticket_text(new_ticket);
         let mut px = itoa::Buffer::new();
         let px = px.format(ticket_px.max(1));
         let (v, t) = (value_key.as_bytes(), ticket_key.as_bytes());
         let mut pipe = redis::Pipeline::with_capacity(4);
-        pipe.add_command(cmd(&[b"CLIENT", b"REPLY", b"SKIP"]))
-            .add_command(cmd(&[b"DEL", v, t]))
-            .add_command(cmd(&[b"PUBLISH", channel.as_bytes(), message.as_bytes()]))
-            .add_command(cmd(&[b"SET", t, &ticket.0, b"PX", px.as_bytes()]));
-        let replies = conn.send_packed_commands(&pipe, 0, 2).await;
+        pipe.add_command(sized(&[b"CLIENT", b"REPLY", b"SKIP"]))
+            .add_command(sized(&[b"DEL", v, t]))
+            .add_command(sized(&[b"PUBLISH", channel.as_bytes(), message.as_bytes()]))
+            .add_command(sized(&[b"SET", t, &ticket.0, b"PX", px.as_bytes()]));
+        self.send(&pipe, Last::Okay).await
+    }
+
+    /// Invalidates a scope (a tag, a cache, everything) on the lane: `CLIENT REPLY SKIP`,
+    /// `DEL <tokens>`, `PUBLISH`, `DEL <tokens>` again, whose count proves the `DEL`s ran on a
+    /// master (a replica refuses them). A process that read a token between the two `DEL`s
+    /// may have created a new one; the second `DEL` removes it, which only refuses that
+    /// reader's store (one more miss). Outcomes as [`Lane::invalidate`].
+    pub(super) async fn invalidate_scope(
+        &self,
+        token_keys: &[String],
+        channel: &str,
+        message: &str,
+    ) -> Sent {
+        let del = || {
+            let mut c = redis::Cmd::with_capacity(
+                token_keys.len() + 1,
+                3 + token_keys.iter().map(String::len).sum::<usize>(),
+            );
+            c.arg("DEL").arg(token_keys);
+            c
+        };
+        let mut pipe = redis::Pipeline::with_capacity(4);
+        pipe.add_command(sized(&[b"CLIENT", b"REPLY", b"SKIP"]))
+            .add_command(del())
+            .add_command(sized(&[b"PUBLISH", channel.as_bytes(), message.as_bytes()]))
+            .add_command(del());
+        self.send(&pipe, Last::Count).await
+    }
+
+    /// Sends an invalidation's pipeline (`CLIENT REPLY SKIP` and three commands, two
+    /// replies) if the lane is ready, and judges its replies.
+    async fn send(&self, pipe: &redis::Pipeline, last: Last) -> Sent {
+        let Some(mut conn) = self.take() else {
+            return Sent::NotHere;
+        };
+        let replies = conn.send_packed_commands(pipe, 0, 2).await;
         // The lane is `Busy` until this sets it again: no other request used the connection.
         let (next, sent) = match replies {
-            Ok(replies) => match shape(&replies) {
+            Ok(replies) => match shape(&replies, last) {
                 Replies::Done => (State::Ready(conn), Sent::Done),
                 Replies::NotTaken => (State::Ready(conn), Sent::NotHere),
                 Replies::Foreign => {
@@ -262,6 +292,15 @@ impl Lane {
     }
 }
 
+/// A command sized up front: no buffer grows while the pipeline is written.
+fn sized(args: &[&[u8]]) -> redis::Cmd {
+    let mut c = redis::Cmd::with_capacity(args.len(), args.iter().map(|a| a.len()).sum());
+    for a in args {
+        c.arg(*a);
+    }
+    c
+}
+
 /// What became of an invalidation sent to the lane.
 pub(super) enum Sent {
     Done,
@@ -271,11 +310,21 @@ pub(super) enum Sent {
     TimedOut(redis::RedisError),
 }
 
-/// What the lane's two replies say.
-fn shape(replies: &[Value]) -> Replies {
-    match replies {
-        [Value::Int(_), Value::Okay] => Replies::Done,
-        [Value::Int(_), Value::ServerError(_)] => Replies::NotTaken,
+/// The answer of an invalidation's last write: `OK` (a key's `SET`) or a count (a scope's
+/// `DEL`).
+#[derive(Clone, Copy)]
+enum Last {
+    Okay,
+    Count,
+}
+
+/// What the lane's two replies say: the `PUBLISH`'s count, then the last write's answer
+/// (exactly of its kind) or its error.
+fn shape(replies: &[Value], last: Last) -> Replies {
+    match (replies, last) {
+        ([Value::Int(_), Value::Okay], Last::Okay)
+        | ([Value::Int(_), Value::Int(_)], Last::Count) => Replies::Done,
+        ([Value::Int(_), Value::ServerError(_)], _) => Replies::NotTaken,
         _ => Replies::Foreign,
     }
 }
@@ -285,35 +334,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_the_publish_count_and_the_sets_ok_are_done() {
+    fn only_the_publish_count_and_the_last_writes_answer_are_done() {
+        use Last::{Count, Okay};
         assert!(matches!(
-            shape(&[Value::Int(1), Value::Okay]),
+            shape(&[Value::Int(1), Value::Okay], Okay),
             Replies::Done
         ));
         assert!(matches!(
-            shape(&[Value::Int(0), Value::Okay]),
+            shape(&[Value::Int(0), Value::Okay], Okay),
             Replies::Done
         ));
-        // In step, the SET refused (a replica, OOM): run the script.
+        assert!(matches!(
+            shape(&[Value::Int(1), Value::Int(0)], Count),
+            Replies::Done
+        ));
+        // In step, the last write refused (a replica, OOM): the usual way.
         let oom = redis::parse_redis_value(b"-OOM command not allowed\r\n").unwrap();
-        assert!(matches!(
-            shape(&[Value::Int(1), oom.clone()]),
-            Replies::NotTaken
-        ));
-        // `CLIENT REPLY` refused: its error, then the `DEL`'s count; a proxy's own `+OK`
-        // for it; the `DEL`'s and `PUBLISH`'s counts after a swallowed `CLIENT`: never in
-        // step.
+        for last in [Okay, Count] {
+            assert!(matches!(
+                shape(&[Value::Int(1), oom.clone()], last),
+                Replies::NotTaken
+            ));
+        }
+        // `CLIENT REPLY` refused: its error, then the `DEL`'s count; a proxy's own `+OK` for
+        // it; the `DEL`'s and `PUBLISH`'s counts after a swallowed `CLIENT` (also caught by
+        // the proof on open, where `PING 1` answers first): never in step.
         let refused = redis::parse_redis_value(b"-NOPERM no permissions\r\n").unwrap();
         assert!(matches!(refused, Value::ServerError(_)));
-        for foreign in [
-            vec![refused.clone(), Value::Int(1)],
-            vec![Value::Okay, Value::Int(1)],
-            vec![Value::Int(2), Value::Int(1)],
-            vec![oom, Value::Okay],
-            vec![Value::Okay],
-            vec![Value::Int(1), Value::Okay, Value::Okay],
+        for (foreign, last) in [
+            (vec![refused.clone(), Value::Int(1)], Okay),
+            (vec![refused.clone(), Value::Int(1)], Count),
+            (vec![Value::Okay, Value::Int(1)], Okay),
+            (vec![Value::Okay, Value::Int(1)], Count),
+            (vec![Value::Int(2), Value::Int(1)], Okay),
+            (vec![Value::Int(1), Value::Okay], Count),
+            (vec![Value::Int(2), Value::Nil], Okay),
+            (vec![oom, Value::Okay], Okay),
+            (vec![Value::Okay], Okay),
+            (vec![Value::Int(1), Value::Okay, Value::Okay], Okay),
         ] {
-            assert!(matches!(shape(&foreign), Replies::Foreign), "{foreign:?}");
+            assert!(
+                matches!(shape(&foreign, last), Replies::Foreign),
+                "{foreign:?}"
+            );
         }
     }
 }

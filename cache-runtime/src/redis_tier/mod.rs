@@ -1181,10 +1181,14 @@ impl RedisTier {
         channel: String,
         message: String,
     ) -> Result<(), CacheError> {
-        match self
-            .invalidate_on_lane(&value_key, &ticket_key, fresh, &channel, &message)
-            .await
-        {
+        let on_lane = match self.invalidation_lane().await {
+            Some(lane) => {
+                lane.invalidate(&value_key, &ticket_key, fresh, &channel, &message)
+                    .await
+            }
+            None => lane::Sent::NotHere,
+        };
+        match on_lane {
             lane::Sent::Done => return Ok(()),
             lane::Sent::TimedOut(e) => {
                 let (e, fault) = self.shared.failed_op(e);
@@ -1214,33 +1218,22 @@ impl RedisTier {
         .await
     }
 
-    /// [`invalidate`](Self::invalidate) on the caller's invalidation lane (`lane.rs`:
-    /// plain commands under `CLIENT REPLY SKIP`, no script): an async caller on a runtime
-    /// with its own connections, single node or Sentinel, Redis healthy, no write waiting
-    /// for replicas, the lane free.
-    async fn invalidate_on_lane(
-        &self,
-        value_key: &str,
-        ticket_key: &str,
-        fresh: (u64, u64),
-        channel: &str,
-        message: &str,
-    ) -> lane::Sent {
+    /// The caller's invalidation lane (`lane.rs`: plain commands under `CLIENT REPLY SKIP`,
+    /// no script), if an invalidation may take it now: an async caller on a runtime with its
+    /// own connections, single node or Sentinel, Redis healthy, no write waiting for
+    /// replicas, the lane ready (a closed one starts opening for a later call).
+    async fn invalidation_lane(&self) -> Option<Arc<lane::Lane>> {
         if self.cluster || !self.breaker.healthy() {
-            return lane::Sent::NotHere;
+            return None;
         }
-        let Some((lane, mut data)) = self
+        let (lane, mut data) = self
             .shared
             .caller_conns_with(|c| c.lane.clone().map(|lane| (lane, c.data.clone())))
-            .flatten()
-        else {
-            return lane::Sent::NotHere;
-        };
+            .flatten()?;
         if !lane.poll_ready() || self.shared.replicas_to_wait(&mut data).await != 0 {
-            return lane::Sent::NotHere;
+            return None;
         }
-        lane.invalidate(value_key, ticket_key, fresh, channel, message)
-            .await
+        Some(lane)
     }
 
     /// The token keys a scope invalidation deletes, from the scope's single-node key: that
@@ -1319,6 +1312,18 @@ impl RedisTier {
         channel: String,
         message: String,
     ) -> Result<(), CacheError> {
+        let on_lane = match self.invalidation_lane().await {
+            Some(lane) => lane.invalidate_scope(&keys, &channel, &message).await,
+            None => lane::Sent::NotHere,
+        };
+        match on_lane {
+            lane::Sent::Done => return Ok(()),
+            lane::Sent::TimedOut(e) => {
+                let (e, fault) = self.shared.failed_op(e);
+                return self.settle((Err(e), fault));
+            }
+            lane::Sent::NotHere => {}
+        }
         let first = keys.first().cloned().unwrap_or_default();
         let pick = crate::key::redis_bucket(&first) as usize % keys.len().max(1);
         let (publish, channel) = self.message_route(keys.get(pick).unwrap_or(&first), channel);
