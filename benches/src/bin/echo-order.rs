@@ -19,7 +19,12 @@
 //!   the push;
 //! - `reply_skip`: `CLIENT REPLY SKIP`, `DEL v t`, `CLIENT REPLY SKIP`, `SET t PX`,
 //!   `PUBLISH`, `GET t`: the same order, with the `PUBLISH`'s own reply (an error in it
-//!   stays visible) as the first of the loop.
+//!   stays visible) as the first of the loop;
+//! - `lane_key`: the invalidation lane as built (docs/PROTOCOL.md §7.4): `CLIENT REPLY
+//!   SKIP`, `DEL v t`, `PUBLISH`, `SET t PX` (its `OK` the proof);
+//! - `scope_pipeline`: a tag invalidation's pipeline, `DEL token`, `PUBLISH` (§7.6);
+//! - `lane_scope`: the same on the lane, `CLIENT REPLY SKIP`, `DEL token`, `PUBLISH`,
+//!   `DEL token`.
 //!
 //! Redis queues a client for writing at the head of its pending list when the client's
 //! first reply of the event loop is added, so the client queued last is written first: in
@@ -35,7 +40,7 @@ use cache_benches::current_thread_runtime;
 use cache_tests::RedisServer;
 
 const CHANNEL: &str = "eo:bus:1";
-const SHAPES: [&str; 8] = [
+const SHAPES: [&str; 11] = [
     "del_only",
     "del_set_publish",
     "publish_first",
@@ -43,6 +48,9 @@ const SHAPES: [&str; 8] = [
     "script_publish_first",
     "reply_off",
     "reply_skip",
+    "lane_key",
+    "scope_pipeline",
+    "lane_scope",
     "ping",
 ];
 
@@ -155,6 +163,44 @@ async fn run_shape(
             assert!(matches!(&replies[0], redis::Value::Int(1)), "{replies:?}");
             assert!(
                 matches!(&replies[1], redis::Value::BulkString(b) if b == b"ticket01"),
+                "{replies:?}"
+            );
+            return;
+        }
+        "lane_key" => {
+            pipe.cmd("CLIENT").arg("REPLY").arg("SKIP");
+            pipe.cmd("DEL").arg(v).arg(t);
+            pipe.cmd("PUBLISH").arg(CHANNEL).arg(message);
+            pipe.cmd("SET")
+                .arg(t)
+                .arg("ticket01")
+                .arg("PX")
+                .arg(300_000);
+            let replies: Vec<redis::Value> = conn
+                .send_packed_commands(&pipe, 0, 2)
+                .await
+                .expect("pipeline");
+            assert!(
+                matches!(replies[..], [redis::Value::Int(1), redis::Value::Okay]),
+                "{replies:?}"
+            );
+            return;
+        }
+        "scope_pipeline" => {
+            pipe.cmd("DEL").arg(t);
+            pipe.cmd("PUBLISH").arg(CHANNEL).arg(message);
+        }
+        "lane_scope" => {
+            pipe.cmd("CLIENT").arg("REPLY").arg("SKIP");
+            pipe.cmd("DEL").arg(t);
+            pipe.cmd("PUBLISH").arg(CHANNEL).arg(message);
+            pipe.cmd("DEL").arg(t);
+            let replies: Vec<redis::Value> = conn
+                .send_packed_commands(&pipe, 0, 2)
+                .await
+                .expect("pipeline");
+            assert!(
+                matches!(replies[..], [redis::Value::Int(1), redis::Value::Int(0)]),
                 "{replies:?}"
             );
             return;
