@@ -1181,20 +1181,11 @@ impl RedisTier {
         channel: String,
         message: String,
     ) -> Result<(), CacheError> {
-        let on_lane = match self.invalidation_lane().await {
-            Some(lane) => {
-                lane.invalidate(&value_key, &ticket_key, fresh, &channel, &message)
-                    .await
+        if let Some(lane) = self.invalidation_lane().await {
+            let sent = lane.invalidate(&value_key, &ticket_key, fresh, &channel, &message);
+            if let Some(done) = self.lane_outcome(sent.await) {
+                return done;
             }
-            None => lane::Sent::NotHere,
-        };
-        match on_lane {
-            lane::Sent::Done => return Ok(()),
-            lane::Sent::TimedOut(e) => {
-                let (e, fault) = self.shared.failed_op(e);
-                return self.settle((Err(e), fault));
-            }
-            lane::Sent::NotHere => {}
         }
         let scripts = self.scripts.clone();
         let (publish, channel) = self.message_route(&value_key, channel);
@@ -1234,6 +1225,19 @@ impl RedisTier {
             return None;
         }
         Some(lane)
+    }
+
+    /// The invalidation's result if the lane settled it (done, or no answer within the
+    /// timeout: the caller's `Err`, counted as any); `None`: run it the usual way.
+    fn lane_outcome(&self, sent: lane::Sent) -> Option<Result<(), CacheError>> {
+        match sent {
+            lane::Sent::Done => Some(Ok(())),
+            lane::Sent::TimedOut(e) => {
+                let (e, fault) = self.shared.failed_op(e);
+                Some(self.settle((Err(e), fault)))
+            }
+            lane::Sent::NotHere => None,
+        }
     }
 
     /// The token keys a scope invalidation deletes, from the scope's single-node key: that
@@ -1312,17 +1316,11 @@ impl RedisTier {
         channel: String,
         message: String,
     ) -> Result<(), CacheError> {
-        let on_lane = match self.invalidation_lane().await {
-            Some(lane) => lane.invalidate_scope(&keys, &channel, &message).await,
-            None => lane::Sent::NotHere,
-        };
-        match on_lane {
-            lane::Sent::Done => return Ok(()),
-            lane::Sent::TimedOut(e) => {
-                let (e, fault) = self.shared.failed_op(e);
-                return self.settle((Err(e), fault));
+        if let Some(lane) = self.invalidation_lane().await {
+            let sent = lane.invalidate_scope(&keys, &channel, &message);
+            if let Some(done) = self.lane_outcome(sent.await) {
+                return done;
             }
-            lane::Sent::NotHere => {}
         }
         let first = keys.first().cloned().unwrap_or_default();
         let pick = crate::key::redis_bucket(&first) as usize % keys.len().max(1);
