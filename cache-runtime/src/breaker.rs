@@ -47,7 +47,7 @@ impl Breaker {
     /// Whether an operation may go to Redis now. In `Open`, the first call after the
     /// cool-down becomes the probe.
     pub(crate) fn allow(&self) -> bool {
-        if self.healthy.load(Ordering::Acquire) {
+        if self.healthy() {
             return true;
         }
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -67,7 +67,7 @@ impl Breaker {
     }
 
     pub(crate) fn success(&self) {
-        if self.healthy.load(Ordering::Acquire) {
+        if self.healthy() {
             return;
         }
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());

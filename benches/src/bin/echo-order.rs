@@ -86,6 +86,16 @@ fn subscribe_on_own_thread(url: String) {
     ready_rx.recv().expect("subscribed");
 }
 
+/// A pipeline under `CLIENT REPLY` that answers two replies (the request counts them).
+async fn two_replies(
+    conn: &mut redis::aio::MultiplexedConnection,
+    pipe: &redis::Pipeline,
+) -> Vec<redis::Value> {
+    conn.send_packed_commands(pipe, 0, 2)
+        .await
+        .expect("pipeline")
+}
+
 async fn run_shape(
     shape: usize,
     conn: &mut redis::aio::MultiplexedConnection,
@@ -94,7 +104,6 @@ async fn run_shape(
     t: &str,
     message: &str,
 ) {
-    use redis::aio::ConnectionLike;
     let mut pipe = redis::pipe();
     match SHAPES[shape] {
         "del_only" => {
@@ -134,10 +143,7 @@ async fn run_shape(
             pipe.cmd("GET").arg(t);
             // Two replies: `CLIENT REPLY ON`'s and the `GET`'s (the fresh ticket iff the
             // `SET`, and so the `DEL` before it, ran).
-            let replies = conn
-                .req_packed_commands(&pipe, 0, 2)
-                .await
-                .expect("pipeline");
+            let replies = two_replies(conn, &pipe).await;
             assert!(
                 matches!(&replies[1], redis::Value::BulkString(b) if b == b"ticket01"),
                 "{replies:?}"
@@ -156,10 +162,7 @@ async fn run_shape(
             pipe.cmd("PUBLISH").arg(CHANNEL).arg(message);
             pipe.cmd("GET").arg(t);
             // Two replies: the `PUBLISH`'s (receivers) and the `GET`'s.
-            let replies = conn
-                .req_packed_commands(&pipe, 0, 2)
-                .await
-                .expect("pipeline");
+            let replies = two_replies(conn, &pipe).await;
             assert!(matches!(&replies[0], redis::Value::Int(1)), "{replies:?}");
             assert!(
                 matches!(&replies[1], redis::Value::BulkString(b) if b == b"ticket01"),
@@ -176,10 +179,7 @@ async fn run_shape(
                 .arg("ticket01")
                 .arg("PX")
                 .arg(300_000);
-            let replies: Vec<redis::Value> = conn
-                .send_packed_commands(&pipe, 0, 2)
-                .await
-                .expect("pipeline");
+            let replies = two_replies(conn, &pipe).await;
             assert!(
                 matches!(replies[..], [redis::Value::Int(1), redis::Value::Okay]),
                 "{replies:?}"
@@ -195,10 +195,7 @@ async fn run_shape(
             pipe.cmd("DEL").arg(t);
             pipe.cmd("PUBLISH").arg(CHANNEL).arg(message);
             pipe.cmd("DEL").arg(t);
-            let replies: Vec<redis::Value> = conn
-                .send_packed_commands(&pipe, 0, 2)
-                .await
-                .expect("pipeline");
+            let replies = two_replies(conn, &pipe).await;
             assert!(
                 matches!(replies[..], [redis::Value::Int(1), redis::Value::Int(0)]),
                 "{replies:?}"

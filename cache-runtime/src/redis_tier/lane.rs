@@ -15,9 +15,9 @@
 //! without the pipeline's order (`DEL`, `PUBLISH`), where the echo is written first. The
 //! last write's answer (`OK`, a count) proves the writes ran on a master that took them (a
 //! replica refuses them, `noeviction` refuses the `SET`): only then is the invalidation
-//! done here. The fresh ticket follows the
-//! message, so a reader that read the key in between may have claimed a ticket of its own;
-//! the `SET` replaces it, which only refuses that reader's store (one more miss).
+//! done here. The fresh ticket follows the message, so a reader that read the key in between
+//! may have claimed a ticket of its own; the `SET` replaces it, which only refuses that
+//! reader's store (one more miss).
 //!
 //! Why a connection of its own: a multiplexed connection matches replies to requests by
 //! count. A server, proxy or ACL that refuses `CLIENT REPLY` answers every command, and on a
@@ -26,9 +26,9 @@
 //! have exactly the expected shape (an integer, then `OK` or an error), and anything else
 //! discards the connection, whose late replies then go nowhere, and turns the lane off. A new
 //! lane proves `CLIENT REPLY SKIP` before its first use. An invalidation that finds the lane
-//! off, busy (another invalidation of this runtime in flight), still opening, or whose `SET`
-//! was refused runs the invalidate script on the shared connection instead: the lane only
-//! ever makes an invalidation faster, never different.
+//! off, busy (another invalidation of this runtime in flight), still opening, or whose last
+//! write was refused runs as before on the shared connection (the invalidate script, or a
+//! scope's pipeline): the lane only ever makes an invalidation faster, never different.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -55,7 +55,6 @@ enum State {
     /// No connection; open one (in the background) from `retry_at` on.
     Closed {
         retry_at: Instant,
-        failures: u32,
     },
     Opening,
     Ready(MultiplexedConnection),
@@ -76,7 +75,8 @@ pub(super) struct Lane {
     connect_timeout: Duration,
     response_timeout: Duration,
     state: Mutex<State>,
-    /// Invalidations in a row that timed out or lost the connection.
+    /// Failures in a row (an open, or an invalidation that timed out or lost the
+    /// connection); reset by a confirmed invalidation.
     failures: AtomicU32,
     log: LogLimiter,
 }
@@ -96,7 +96,6 @@ impl Lane {
             response_timeout,
             state: Mutex::new(State::Closed {
                 retry_at: Instant::now(),
-                failures: 0,
             }),
             failures: AtomicU32::new(0),
             log: LogLimiter::default(),
@@ -119,10 +118,9 @@ impl Lane {
         let mut state = self.state();
         match &*state {
             State::Ready(_) => true,
-            State::Closed { retry_at, failures } if *retry_at <= Instant::now() => {
-                let failures = *failures;
+            State::Closed { retry_at } if *retry_at <= Instant::now() => {
                 *state = State::Opening;
-                handle.spawn(self.clone().open(failures));
+                handle.spawn(self.clone().open());
                 false
             }
             _ => false,
@@ -143,7 +141,7 @@ impl Lane {
 
     /// Connects and proves `CLIENT REPLY SKIP`: `CLIENT REPLY SKIP`, `PING 1`, `PING 2` must
     /// answer `2` alone.
-    async fn open(self: Arc<Self>, failures: u32) {
+    async fn open(self: Arc<Self>) {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.response_timeout));
@@ -176,21 +174,19 @@ impl Lane {
                 self.turned_off(&e.to_string());
                 State::Off
             }
-            _ => Self::failed(failures),
+            _ => self.failed(),
         };
         *self.state() = next;
     }
 
-    /// After a failure (`failures` before it): closed for a while, or off after
-    /// [`MAX_FAILURES`] in a row.
-    fn failed(failures: u32) -> State {
-        let failures = failures + 1;
+    /// After a failure: closed for a while, or off after [`MAX_FAILURES`] in a row.
+    fn failed(&self) -> State {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if failures >= MAX_FAILURES {
             return State::Off;
         }
         State::Closed {
             retry_at: Instant::now() + Duration::from_millis(100 << failures),
-            failures,
         }
     }
 
@@ -277,7 +273,7 @@ impl Lane {
             },
             // Timed out or dropped: late replies may still come on it, so it is not reused.
             Err(e) => {
-                let next = Self::failed(self.failures.fetch_add(1, Ordering::Relaxed));
+                let next = self.failed();
                 match e.is_timeout() {
                     true => (next, Sent::TimedOut(e)),
                     false => (next, Sent::NotHere),
