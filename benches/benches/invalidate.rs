@@ -5,16 +5,24 @@
 //! channel in the process (`hand_del_publish`; Redis delivers each message to the publisher's
 //! own subscription too, as it does ours). Most calls delete an existing entry:
 //! the key pools are refilled (untimed) whenever a contender has gone through them.
+//!
+//! Group `invalidate_tag`: one `cache_runtime::invalidate_tag` call (the tag's token deleted,
+//! the bus message published) against the hand-written floor of an O(1) tag invalidation,
+//! `DEL` of a tag-version key, and the same with its bus message (`DEL` + `PUBLISH`, one
+//! pipeline, subscribed in the process). Each call's tag has a live token (ours: created by
+//! a read of an entry carrying the tag; hand-written: `SET`), refilled like the key pools.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use cache_benches::{bench_mode, count_commands, criterion, current_thread_runtime, hand_key};
-use cache_benches::{hand_bus_subscriber, hand_del_publish};
+use cache_benches::{hand_bus_subscriber, hand_del_publish, HAND_BUS_CHANNEL};
 use cache_benches::{our_key, profile, record_commands, record_fact, redis_url, start_redis};
 use cache_benches::{process_cost, raw_ping, record_cost, Profile, FIRST_ID};
 use cached::{AsyncRedisCache, ConcurrentCachedAsync};
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use cache_benches::RedisServer;
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use redis::aio::ConnectionManager;
 
 const TTL: Duration = Duration::from_secs(300);
@@ -31,7 +39,7 @@ fn pool() -> u64 {
 /// After a refill of ours: lets the runtime's bus subscriber process the refill's messages
 /// before timing resumes (every `populate` publishes one, and this process receives its own).
 async fn settle(who: Who) {
-    if matches!(who, Who::Ours | Who::OursTwoTier) {
+    if who.ours() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
@@ -69,6 +77,17 @@ async fn rival(id: u64) -> Result<Profile, String> {
     Ok(profile(id))
 }
 
+/// An entry carrying the tag `team:<id>`: reading it creates the tag's token in Redis.
+#[cache_runtime::cached(tier = "redis", ttl = 300, key = "tagged:<id>", tags = ["team:<id>"])]
+async fn ours_tagged(id: u64) -> Profile {
+    profile(id)
+}
+
+/// The hand-written tag-version key of `team:<id>`.
+fn hand_tag_key(id: u64) -> String {
+    format!("hw:tag:team:{id}")
+}
+
 #[derive(Clone, Copy)]
 enum Who {
     Ours,
@@ -78,6 +97,18 @@ enum Who {
     /// written by hand.
     HandPublish,
     Rival,
+    /// `invalidate_tag("team:<id>")`.
+    OursTag,
+    /// `DEL` of the tag's version key.
+    HandTag,
+    /// `DEL` of the tag's version key + `PUBLISH`, one pipeline, subscribed in the process.
+    HandTagPublish,
+}
+
+impl Who {
+    fn ours(self) -> bool {
+        matches!(self, Who::Ours | Who::OursTwoTier | Who::OursTag)
+    }
 }
 
 /// Writes the pool's entries for one contender, 64 writes in flight.
@@ -108,6 +139,19 @@ async fn fill(who: Who, conn: &ConnectionManager, pool: u64) {
                     }
                     Who::Rival => {
                         rival_prime_cache(id).await.expect("prime");
+                    }
+                    Who::OursTag => {
+                        black_box(ours_tagged(id).await);
+                    }
+                    Who::HandTag | Who::HandTagPublish => {
+                        let _: () = redis::cmd("SET")
+                            .arg(hand_tag_key(id))
+                            .arg(id.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+                            .arg("PX")
+                            .arg(TTL.as_millis() as u64)
+                            .query_async(&mut conn)
+                            .await
+                            .expect("SET");
                     }
                 }
                 id += 64;
@@ -140,32 +184,116 @@ async fn invalidate(who: Who, conn: &mut ConnectionManager, id: u64) {
                     .expect("async_cache_delete"),
             );
         }
+        Who::OursTag => cache_runtime::invalidate_tag(&format!("team:{id}"))
+            .await
+            .expect("invalidate_tag"),
+        Who::HandTag => {
+            let _: i64 = redis::cmd("DEL")
+                .arg(hand_tag_key(id))
+                .query_async(conn)
+                .await
+                .expect("DEL");
+        }
+        Who::HandTagPublish => hand_tag_del_publish(conn, id).await,
     }
+}
+
+/// Hand-written tag invalidation with its bus message: `DEL` of the tag's version key and a
+/// `PUBLISH` shaped like ours (origin, action, time sent, tag), one pipeline.
+async fn hand_tag_del_publish(conn: &mut ConnectionManager, id: u64) {
+    let sent = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    let message = format!("C1\u{1f}00000000deadbeef\u{1f}T\u{1f}{sent}\u{1f}team:{id}");
+    let (deleted, receivers): (i64, i64) = redis::pipe()
+        .cmd("DEL")
+        .arg(hand_tag_key(id))
+        .cmd("PUBLISH")
+        .arg(HAND_BUS_CHANNEL)
+        .arg(message)
+        .query_async(conn)
+        .await
+        .expect("DEL + PUBLISH");
+    black_box((deleted, receivers));
 }
 
 fn invalidate_bench(c: &mut Criterion) {
     let server = start_redis();
     let rt = current_thread_runtime();
-    let pool = pool();
     let conn = rt.block_on(async {
         let client = redis::Client::open(server.url()).expect("client");
         ConnectionManager::new(client)
             .await
             .expect("connection manager")
     });
-    let contenders = [
+    hand_bus_subscriber();
+    let keys = [
         ("ours", Who::Ours),
         ("ours_local_redis", Who::OursTwoTier),
         ("hand_written", Who::Hand),
         ("hand_del_publish", Who::HandPublish),
         ("cached_crate", Who::Rival),
     ];
-    hand_bus_subscriber();
-    for (name, who) in contenders {
+    let mut g = c.benchmark_group("invalidate");
+    contenders(&mut g, server, &rt, &conn, "invalidate", &keys);
+    g.bench_function("raw_ping", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let mut c = conn.clone();
+            async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    raw_ping(&mut c).await;
+                }
+                start.elapsed()
+            }
+        })
+    });
+    g.finish();
+    let tags = [
+        ("ours", Who::OursTag),
+        ("hand_written", Who::HandTag),
+        ("hand_del_publish", Who::HandTagPublish),
+    ];
+    let mut g = c.benchmark_group("invalidate_tag");
+    contenders(&mut g, server, &rt, &conn, "invalidate_tag", &tags);
+    g.finish();
+    record_fact(
+        "invalidate",
+        "ours_stats",
+        format!("{:?}", ours_cache().stats()).into(),
+    );
+    record_fact(
+        "invalidate",
+        "ours_local_redis_stats",
+        format!("{:?}", ours_two_tier_cache().stats()).into(),
+    );
+    record_fact(
+        "invalidate_tag",
+        "ours_stats",
+        format!("{:?}", ours_tagged_cache().stats()).into(),
+    );
+}
+
+/// Counts each contender's commands and client cost (facts under `bench`), then times it in
+/// `g`, on pools of live entries (refilled, untimed, when a contender has gone through them).
+fn contenders(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    server: &RedisServer,
+    rt: &tokio::runtime::Runtime,
+    conn: &ConnectionManager,
+    bench: &str,
+    contenders: &[(&str, Who)],
+) {
+    let pool = pool();
+    for &(name, who) in contenders {
         rt.block_on(async {
-            fill(who, &conn, pool).await;
-            // The first use of a script loads it: not part of the steady state.
-            invalidate(who, &mut conn.clone(), 1).await;
+            fill(who, conn, pool).await;
+            // Not part of the steady state: the first use of a script loads it, and the
+            // runtime opens this runtime's own connections (the lane among them) after its
+            // first calls. Ids below the pool's.
+            for id in 1..=64 {
+                invalidate(who, &mut conn.clone(), id).await;
+            }
             settle(who).await;
         });
         let n = 100.min(pool);
@@ -177,7 +305,7 @@ fn invalidate_bench(c: &mut Criterion) {
                 }
             })
         });
-        record_commands("invalidate", &format!("commands/{name}"), &count);
+        record_commands(bench, &format!("commands/{name}"), &count);
         // Client-side cost (CPU of this process, context switches) on existing entries.
         let costed = (pool - n).min(2_000);
         let cost = process_cost(costed, || {
@@ -188,24 +316,23 @@ fn invalidate_bench(c: &mut Criterion) {
                 }
             })
         });
-        record_cost("invalidate", &format!("cost/{name}"), &cost);
+        record_cost(bench, &format!("cost/{name}"), &cost);
     }
 
     // The counting above deleted some entries: refill every pool once more.
     rt.block_on(async {
-        for (_, who) in contenders {
-            fill(who, &conn, pool).await;
+        for &(_, who) in contenders {
+            fill(who, conn, pool).await;
         }
         settle(Who::Ours).await;
     });
 
-    let mut g = c.benchmark_group("invalidate");
     g.throughput(Throughput::Elements(1));
-    for (name, who) in contenders {
+    for &(name, who) in contenders {
         // Across samples (criterion calls the closure once per sample).
         let mut next = 0u64;
         g.bench_function(name, |b| {
-            b.to_async(&rt).iter_custom(|iters| {
+            b.to_async(rt).iter_custom(|iters| {
                 let start = next;
                 next += iters;
                 let conn = conn.clone();
@@ -227,29 +354,6 @@ fn invalidate_bench(c: &mut Criterion) {
             })
         });
     }
-    g.bench_function("raw_ping", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let mut c = conn.clone();
-            async move {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    raw_ping(&mut c).await;
-                }
-                start.elapsed()
-            }
-        })
-    });
-    g.finish();
-    record_fact(
-        "invalidate",
-        "ours_stats",
-        format!("{:?}", ours_cache().stats()).into(),
-    );
-    record_fact(
-        "invalidate",
-        "ours_local_redis_stats",
-        format!("{:?}", ours_two_tier_cache().stats()).into(),
-    );
 }
 
 criterion_group! {

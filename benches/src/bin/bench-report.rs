@@ -42,6 +42,7 @@ const GROUPS: &[(&str, &str)] = &[
         "4. Stampede: 1 000 callers on one missing key",
     ),
     ("invalidate", "5. Invalidate (Redis tier)"),
+    ("invalidate_tag", "5. Tag invalidation"),
     ("codec_roundtrip", "6. Codec: encode + decode"),
 ];
 

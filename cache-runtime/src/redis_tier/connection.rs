@@ -827,6 +827,24 @@ impl Shared {
         (err, fault)
     }
 
+    /// [`replicas_to_wait`](Self::replicas_to_wait) when it needs no connection: not `Auto`,
+    /// or `Auto` with no `ROLE` refresh due. `None`: ask `replicas_to_wait`.
+    pub(super) fn replicas_known(&self) -> Option<u32> {
+        match self.wait {
+            WaitReplicas::Off => Some(0),
+            WaitReplicas::Count(n) => Some(n),
+            WaitReplicas::Auto => {
+                let checked = self
+                    .replicas
+                    .checked
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let due = checked.is_none_or(|t| t.elapsed() >= ROLE_REFRESH);
+                (!due).then(|| self.replicas.count.load(Ordering::Relaxed).min(1))
+            }
+        }
+    }
+
     /// The replicas a write must wait for: 0 = no `WAIT`.
     pub(super) async fn replicas_to_wait(&self, conn: &mut Conn) -> u32 {
         match self.wait {

@@ -1217,14 +1217,22 @@ impl RedisTier {
         if self.cluster || !self.breaker.healthy() {
             return None;
         }
-        let (lane, mut data) = self
+        let lane = self
             .shared
-            .caller_conns_with(|c| c.lane.clone().map(|lane| (lane, c.data.clone())))
+            .caller_conns_with(|c| c.lane.clone())
             .flatten()?;
-        if !lane.poll_ready() || self.shared.replicas_to_wait(&mut data).await != 0 {
+        if !lane.poll_ready() {
             return None;
         }
-        Some(lane)
+        // The data connection only when `ROLE` must be asked (every 10 s at most).
+        let replicas = match self.shared.replicas_known() {
+            Some(n) => n,
+            None => {
+                let mut data = self.shared.caller_conns_with(|c| c.data.clone())?;
+                self.shared.replicas_to_wait(&mut data).await
+            }
+        };
+        (replicas == 0).then_some(lane)
     }
 
     /// The invalidation's result if the lane settled it (done, or no answer within the
