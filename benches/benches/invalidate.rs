@@ -15,12 +15,12 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use cache_benches::RedisServer;
 use cache_benches::{bench_mode, count_commands, criterion, current_thread_runtime, hand_key};
 use cache_benches::{hand_bus_subscriber, hand_del_publish, HAND_BUS_CHANNEL};
 use cache_benches::{our_key, profile, record_commands, record_fact, redis_url, start_redis};
 use cache_benches::{process_cost, raw_ping, record_cost, Profile, FIRST_ID};
 use cached::{AsyncRedisCache, ConcurrentCachedAsync};
-use cache_benches::RedisServer;
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use redis::aio::ConnectionManager;

@@ -51,6 +51,29 @@ async fn a_master_that_lost_its_replica_to_a_promotion_never_confirms_a_write() 
         confirmed = invalidate_value(1).await;
     }
     confirmed.expect("confirmed by the replica while it replicates");
+    // Enough calls for this runtime to get connections of its own (the invalidation lane is
+    // one of them, opened in the background when an invalidation may take it), then
+    // invalidations: with a replica to wait for, none takes the lane (its `CLIENT REPLY
+    // SKIP` pipeline has no `WAIT`) and it is never opened; each invalidation waits.
+    for id in 0..64 {
+        assert_eq!(value(id).await, id);
+    }
+    let waits = master.command_stats("wait").0;
+    for _ in 0..10 {
+        // `Err` if a loaded machine missed a deadline; then time for a lane opened by
+        // mistake to come up and be taken.
+        let _ = invalidate_value(1).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        master.command_stats("client|reply").0,
+        0,
+        "no lane with a replica"
+    );
+    assert!(
+        master.command_stats("wait").0 >= waits + 10,
+        "every invalidation waited for the replica"
+    );
 
     // The replica is promoted; the old master is not demoted (yet) and reports 0 replicas.
     replica
@@ -75,4 +98,9 @@ async fn a_master_that_lost_its_replica_to_a_promotion_never_confirms_a_write() 
         "after one ROLE reading of 0 replicas, a write on the old master is still not Ok: {second:?}"
     );
     assert!(cache_runtime::redis_status().unconfirmed_writes >= 2);
+    assert_eq!(
+        master.command_stats("client|reply").0,
+        0,
+        "no lane while the runtime still counts a replica"
+    );
 }

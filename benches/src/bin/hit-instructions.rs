@@ -11,7 +11,7 @@
 //! contenders: local-ours local-hand local-cached local-quick local-mini
 //!             redis-ours redis-hand redis-hand-mget redis-cached
 //!             redis-ours-64 redis-hand-64 invalidate-ours invalidate-hand
-//!             invalidate-hand-publish
+//!             invalidate-hand-publish invalidate-tag-ours
 //!             miss-ours miss-ours-tagged miss-ours-two-tier miss-hand miss-cached
 //! ```
 //!
@@ -168,7 +168,7 @@ async fn hand_redis_mget(conn: &mut ConnectionManager, id: u64) -> Profile {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: hit-instructions <local-ours|local-ours-tagged|local-hand|local-cached|local-quick|local-mini|redis-ours|redis-hand|redis-hand-mget|redis-cached|redis-ours-64|redis-hand-64|invalidate-ours|invalidate-hand|invalidate-hand-publish|miss-ours|miss-ours-tagged|miss-ours-two-tier|miss-hand|miss-cached> <calls>";
+    let usage = "usage: hit-instructions <local-ours|local-ours-tagged|local-hand|local-cached|local-quick|local-mini|redis-ours|redis-hand|redis-hand-mget|redis-cached|redis-ours-64|redis-hand-64|invalidate-ours|invalidate-hand|invalidate-hand-publish|invalidate-tag-ours|miss-ours|miss-ours-tagged|miss-ours-two-tier|miss-hand|miss-cached> <calls>";
     let contender = args.next().expect(usage);
     alloc_count::count_from_now();
     let calls: u64 = args.next().and_then(|s| s.parse().ok()).expect(usage);
@@ -207,6 +207,27 @@ fn main() {
             warm.for_each(|id| drop(local_rival(id)));
             measured(calls, || {
                 ids(calls).for_each(|id| drop(black_box(local_rival(black_box(id)))))
+            });
+        }
+        "invalidate-tag-ours" => {
+            // `invalidate_tag` of a tag per call (`DEL` of its token, the bus message):
+            // against `invalidate-hand-publish`, the same two commands written by hand.
+            start_redis();
+            let rt = current_thread_runtime();
+            rt.block_on(async {
+                let tag = |id: u64| format!("team:{id}");
+                for id in warm {
+                    cache_runtime::invalidate_tag(&tag(id))
+                        .await
+                        .expect("invalidate_tag");
+                }
+                let before = allocs();
+                for id in ids(calls) {
+                    cache_runtime::invalidate_tag(&tag(black_box(id)))
+                        .await
+                        .expect("invalidate_tag");
+                }
+                report(calls, before);
             });
         }
         "invalidate-ours" | "invalidate-hand" | "invalidate-hand-publish" => {

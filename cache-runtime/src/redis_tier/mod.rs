@@ -1221,10 +1221,8 @@ impl RedisTier {
             .shared
             .caller_conns_with(|c| c.lane.clone())
             .flatten()?;
-        if !lane.poll_ready() {
-            return None;
-        }
-        // The data connection only when `ROLE` must be asked (every 10 s at most).
+        // Replicas first: a lane that would not be used is not opened. The data connection
+        // only when `ROLE` must be asked (every 10 s at most).
         let replicas = match self.shared.replicas_known() {
             Some(n) => n,
             None => {
@@ -1232,7 +1230,7 @@ impl RedisTier {
                 self.shared.replicas_to_wait(&mut data).await
             }
         };
-        (replicas == 0).then_some(lane)
+        (replicas == 0 && lane.poll_ready()).then_some(lane)
     }
 
     /// The invalidation's result if the lane settled it (done, or no answer within the
