@@ -17,7 +17,8 @@
 //!   the window (allowed for local copies, docs/PROTOCOL.md §5.4): counted and its age kept.
 //! - The **chaos** thread, every 0.5–1 s, does one of: `CLIENT KILL TYPE pubsub` (both
 //!   processes lose their subscriptions), `CLIENT KILL TYPE normal` (their data and tracked
-//!   connections, as an idle `timeout` or a proxy closes them), `FLUSHALL`, `FLUSHDB`, an empty restart, a 300 ms
+//!   connections, as an idle `timeout` or a proxy closes them), `FLUSHALL`, `FLUSHDB`, an empty restart, a
+//!   restart from an RDB snapshot taken 200 ms before (`SAVE`, then `kill -9`), a 300 ms
 //!   SIGSTOP, `DEL` of every ticket or every scope token, or memory pressure with
 //!   `allkeys-random` eviction. `CHAOS_FAULTS=kill-pubsub,flushall` picks some of them and
 //!   `CHAOS_PERIOD_MS=100` fixes the period (e.g. to measure the staleness window under
@@ -360,6 +361,7 @@ const FAULTS: &[&str] = &[
     "sigstop",
     "del-scopes",
     "restart-empty",
+    "restart-snapshot",
     "del-tickets",
     "eviction",
     "flushdb",
@@ -398,6 +400,14 @@ fn inject(cluster: &Cluster, fault: &str) {
             }
         }
         "restart-empty" => server.restart_empty(),
+        // An RDB snapshot, 200 ms of writes, a crash and a restart from the snapshot: the
+        // invalidations of those 200 ms are undone in Redis (docs/PROTOCOL.md §8.2).
+        "restart-snapshot" => {
+            if server.cmd::<()>(&["SAVE"]).is_ok() {
+                std::thread::sleep(Duration::from_millis(200));
+                server.restart_from_snapshot();
+            }
+        }
         "del-tickets" => {
             for k in server.scan("{chaos:*}:t:*") {
                 let _ = server.cmd::<u64>(&["DEL", &k]);

@@ -274,7 +274,9 @@ impl RedisServer {
     }
 
     /// Starts the server again on the same port (after `kill`). Data is gone, as after a
-    /// crash of a Redis without persistence.
+    /// crash of a Redis without persistence, unless a `SAVE` wrote a snapshot into the
+    /// server's directory: then the data set is that snapshot's (a crash of a Redis that
+    /// saves RDB snapshots, restarted from the last one).
     pub fn restart(&self) {
         self.kill();
         self.launch();
@@ -348,9 +350,25 @@ impl RedisServer {
     }
 
     /// Kills the process and starts an empty server on the same port and configuration: a
-    /// restart of a Redis without persistence.
+    /// restart of a Redis without persistence (a snapshot a `SAVE` left is removed first).
     pub fn restart_empty(&self) {
+        self.kill();
+        let _ = std::fs::remove_file(self.dir.join("dump.rdb"));
+        self.launch();
+    }
+
+    /// `SAVE`: an RDB snapshot of the data set now, which the next [`restart`](Self::restart)
+    /// or [`restart_from_snapshot`](Self::restart_from_snapshot) loads.
+    pub fn save_snapshot(&self) {
+        self.cmd::<()>(&["SAVE"]).expect("SAVE");
+    }
+
+    /// Kills the process (`SIGKILL`: nothing saved at exit) and starts it again from the last
+    /// [`save_snapshot`](Self::save_snapshot): a crash of a Redis that takes RDB snapshots,
+    /// restarted from its last one. The snapshot is then removed, so a later restart is empty.
+    pub fn restart_from_snapshot(&self) {
         self.restart();
+        let _ = std::fs::remove_file(self.dir.join("dump.rdb"));
     }
 
     /// `CLIENT KILL TYPE pubsub`: drops every subscriber (the runtime's bus included).

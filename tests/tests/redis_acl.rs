@@ -12,7 +12,7 @@ use cache_tests::RedisServer;
 const README_ACL: &str = "on >secret resetkeys resetchannels ~{cr:* &cr:bus:* -@all \
     +ping +auth +hello +select +get +mget +set +del +pexpire +pexpireat +pttl +evalsha \
     +script|load +publish +subscribe +unsubscribe +time +role +wait +client|tracking \
-    +client|caching +client|reply";
+    +client|caching +client|reply +info";
 
 /// The permissions the health check exercises (connection set-up ones aside: `auth`,
 /// `hello`, `select` happen before it can run).

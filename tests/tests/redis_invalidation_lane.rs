@@ -31,7 +31,7 @@ async fn item(id: u64) -> u64 {
 const ACL: &str = "cache on >secret resetkeys resetchannels ~{cr:* &cr:bus:* -@all \
     +ping +auth +hello +select +get +mget +set +del +pexpire +pexpireat +pttl +evalsha \
     +script|load +publish +subscribe +unsubscribe +time +role +wait +client|tracking \
-    +client|caching +client|reply";
+    +client|caching +client|reply +info";
 
 /// Writes a new version of `id` and invalidates it (the key, or its tag `k:<id>` for every
 /// third version); the next read must see that version.

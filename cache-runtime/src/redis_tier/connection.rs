@@ -635,6 +635,9 @@ pub(super) struct Shared {
     runtimes: Mutex<Vec<RuntimeConns>>,
     /// The Redis thread's own runtime, which uses the main connections.
     pub(super) home: std::sync::OnceLock<tokio::runtime::Id>,
+    /// The incarnation record's key and the global clear token's (`incarnation.rs`).
+    server_key: String,
+    global_token: String,
 }
 
 /// Callers' runtimes with a connection of their own, at most (the oldest is dropped first;
@@ -682,6 +685,8 @@ impl Shared {
             client: Mutex::new(None),
             runtimes: Mutex::new(Vec::new()),
             home: std::sync::OnceLock::new(),
+            server_key: crate::key::server_key(&config.key_prefix),
+            global_token: crate::key::scope_key(&config.key_prefix, crate::key::Scope::All),
         }
     }
 
@@ -1012,6 +1017,19 @@ impl Shared {
                 .checked
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        }
+        // Before the first read: data restored from another incarnation's persistence is
+        // invalidated (a cluster's nodes are not checked: docs/PROTOCOL.md §8.2).
+        if !matches!(*self.target, RedisTarget::Cluster(_)) {
+            let waits = !matches!(self.wait, WaitReplicas::Off | WaitReplicas::Count(0));
+            super::incarnation::check(
+                &mut data,
+                &self.server_key,
+                &self.global_token,
+                waits,
+                &self.log,
+            )
+            .await?;
         }
         Ok(Conns {
             data,

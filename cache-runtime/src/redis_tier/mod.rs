@@ -23,6 +23,7 @@ use crate::error::{CacheError, InitError};
 use crate::pending::{Added, Pending, PendingOp};
 
 mod connection;
+mod incarnation;
 mod lane;
 mod scripts;
 mod tracking;
