@@ -44,8 +44,8 @@ async fn values_invalidated_after_a_snapshot_are_not_served_after_a_restart_from
     server.save_snapshot();
     // Version 2: every key invalidated (acknowledged), half of them read again (Redis then
     // holds version 2 under a new ticket), half not (Redis holds no value).
-    for id in 0..KEYS {
-        SOURCE[id].store(2, SeqCst);
+    for (id, source) in SOURCE.iter().enumerate() {
+        source.store(2, SeqCst);
         remote_cache_invalidate(id).await;
         if id % 2 == 0 {
             assert_eq!(remote(id).await, 2);

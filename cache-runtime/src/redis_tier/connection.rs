@@ -1021,15 +1021,8 @@ impl Shared {
         // Before the first read: data restored from another incarnation's persistence is
         // invalidated (a cluster's nodes are not checked: docs/PROTOCOL.md §8.2).
         if !matches!(*self.target, RedisTarget::Cluster(_)) {
-            let waits = !matches!(self.wait, WaitReplicas::Off | WaitReplicas::Count(0));
-            super::incarnation::check(
-                &mut data,
-                &self.server_key,
-                &self.global_token,
-                waits,
-                &self.log,
-            )
-            .await?;
+            super::incarnation::check(&mut data, &self.server_key, &self.global_token, &self.log)
+                .await?;
         }
         Ok(Conns {
             data,

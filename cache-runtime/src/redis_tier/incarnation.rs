@@ -8,9 +8,11 @@
 //! value stamped with it is refused; the next token is random) before the connection serves
 //! a read, then the current incarnation is recorded.
 //!
-//! A replica promoted by a failover is another server too, but its data followed the master's
-//! (its `master_replid2` is the recorded master's replication id): when writes wait for a
-//! replica (`WAIT`), every write that returned `Ok` is on it, and its values are kept.
+//! A replica promoted by a failover is another server too, and is treated alike: what Redis
+//! reports does not tell the two apart (a master restarted from its snapshot reports a new
+//! `run_id` and its old replication id as `master_replid2`, checked on 7.0.15, as a promoted
+//! replica does), and a master restarted from an older snapshot resyncs its replicas to that
+//! older data, so not even `WAIT` makes a restart safe. A failover costs one miss per key.
 
 use super::connection::Conn;
 use crate::log_limit::LogLimiter;
@@ -22,57 +24,26 @@ pub(super) enum Found {
     First,
     /// The server that recorded it.
     Same,
-    /// A replica promoted from the server that recorded it, while writes waited for a
-    /// replica: its values are kept, the new server recorded.
-    Promoted,
     /// Another incarnation's data: every value was invalidated (global clear).
     Restored,
     /// `INFO` refused (the ACL lacks `+info`): not checked.
     Unchecked,
 }
 
-/// The fields of `INFO server replication` that identify a server and its data's history.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Identity {
-    run_id: String,
-    replid: String,
-    replid2: String,
+/// The `run_id` in an `INFO server` reply.
+fn run_id(info: &str) -> Option<&str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
 }
 
-fn identity(info: &str) -> Option<Identity> {
-    let field = |name: &str| {
-        info.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .map(|v| v.trim().to_string())
-    };
-    Some(Identity {
-        run_id: field("run_id").filter(|v| !v.is_empty())?,
-        replid: field("master_replid").unwrap_or_default(),
-        replid2: field("master_replid2").unwrap_or_default(),
-    })
-}
-
-/// The record's text: `<run_id> <master_replid>`.
-fn record(id: &Identity) -> String {
-    format!("{} {}", id.run_id, id.replid)
-}
-
-/// What the record says of the server now answering: `waits`, whether writes wait for a
-/// replica (then a promoted replica holds every write that returned `Ok`).
-fn judge(recorded: Option<&str>, now: &Identity, waits: bool) -> Found {
-    let Some(recorded) = recorded else {
-        return Found::First;
-    };
-    let mut parts = recorded.split(' ');
-    let (run_id, replid) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    if run_id == now.run_id {
-        return Found::Same;
-    }
-    let promoted = !replid.is_empty() && replid == now.replid2;
-    if promoted && waits {
-        Found::Promoted
-    } else {
-        Found::Restored
+/// What the record says of the server `run_id` now answering.
+fn judge(recorded: Option<&str>, run_id: &str) -> Found {
+    match recorded {
+        None => Found::First,
+        Some(r) if r == run_id => Found::Same,
+        Some(_) => Found::Restored,
     }
 }
 
@@ -83,14 +54,9 @@ pub(super) async fn check(
     conn: &mut Conn,
     server_key: &str,
     global_token: &str,
-    waits: bool,
     log: &LogLimiter,
 ) -> redis::RedisResult<Found> {
-    let info: redis::RedisResult<String> = redis::cmd("INFO")
-        .arg("server")
-        .arg("replication")
-        .query_async(conn)
-        .await;
+    let info: redis::RedisResult<String> = redis::cmd("INFO").arg("server").query_async(conn).await;
     let info = match info {
         Ok(info) => info,
         Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => {
@@ -103,11 +69,11 @@ pub(super) async fn check(
         }
         Err(e) => return Err(e),
     };
-    let Some(now) = identity(&info) else {
+    let Some(now) = run_id(&info) else {
         return Ok(Found::Unchecked);
     };
     let recorded: Option<String> = redis::cmd("GET").arg(server_key).query_async(conn).await?;
-    let found = judge(recorded.as_deref(), &now, waits);
+    let found = judge(recorded.as_deref(), now);
     if found == Found::Restored {
         // Before the record: a process that fails in between leaves the old record, and the
         // next connect clears again (one more miss per key, never an old value).
@@ -118,7 +84,7 @@ pub(super) async fn check(
         log.warn(
             "redis",
             "redis answers with data written under another server (restarted from a \
-             snapshot, or a failover without WAIT): every cached value was invalidated",
+             snapshot, or a failover): every cached value was invalidated",
         );
     }
     if found != Found::Same {
@@ -126,7 +92,7 @@ pub(super) async fn check(
         // more clear), which must not keep the connection from serving.
         let recorded: redis::RedisResult<()> = redis::cmd("SET")
             .arg(server_key)
-            .arg(record(&now))
+            .arg(now)
             .query_async(conn)
             .await;
         if let Err(e) = recorded {
@@ -144,38 +110,20 @@ pub(super) async fn check(
 mod tests {
     use super::*;
 
-    fn id(run_id: &str, replid: &str, replid2: &str) -> Identity {
-        Identity {
-            run_id: run_id.into(),
-            replid: replid.into(),
-            replid2: replid2.into(),
-        }
-    }
-
     #[test]
-    fn info_fields_are_read_by_name() {
-        let info = "# Server\r\nredis_version:7.0.15\r\nrun_id:abc\r\n# Replication\r\n\
-                    role:master\r\nmaster_replid:r1\r\nmaster_replid2:0000\r\n";
-        assert_eq!(identity(info), Some(id("abc", "r1", "0000")));
-        assert_eq!(identity("# Server\r\nrun_id:\r\n"), None);
-        assert_eq!(identity("garbage"), None);
+    fn the_run_id_is_read_by_name() {
+        let info = "# Server\r\nredis_version:7.0.15\r\nrun_id:abc\r\ntcp_port:6379\r\n";
+        assert_eq!(run_id(info), Some("abc"));
+        assert_eq!(run_id("# Server\r\nrun_id:\r\n"), None);
+        assert_eq!(run_id("garbage"), None);
     }
 
     #[test]
     fn only_another_incarnations_data_is_cleared() {
-        let now = id("new", "r2", "r1");
-        assert_eq!(judge(None, &now, true), Found::First);
-        assert_eq!(judge(Some("new r2"), &now, false), Found::Same);
-        // A restart from a snapshot: another run_id, the history not a promotion's.
-        assert_eq!(judge(Some("old r9"), &now, true), Found::Restored);
-        // A replica promoted from the recorded master: kept only if writes waited for it.
-        assert_eq!(judge(Some("old r1"), &now, true), Found::Promoted);
-        assert_eq!(judge(Some("old r1"), &now, false), Found::Restored);
-        // A foreign or damaged record is another incarnation's.
-        assert_eq!(judge(Some(""), &now, true), Found::Restored);
-        assert_eq!(
-            judge(Some("x"), &id("new", "r2", ""), true),
-            Found::Restored
-        );
+        assert_eq!(judge(None, "new"), Found::First);
+        assert_eq!(judge(Some("new"), "new"), Found::Same);
+        // A restart from a snapshot, a failover, a foreign or damaged record.
+        assert_eq!(judge(Some("old"), "new"), Found::Restored);
+        assert_eq!(judge(Some(""), "new"), Found::Restored);
     }
 }
