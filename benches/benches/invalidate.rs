@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use cache_benches::RedisServer;
 use cache_benches::{bench_mode, count_commands, criterion, current_thread_runtime, hand_key};
-use cache_benches::{hand_bus_subscriber, hand_del_publish, HAND_BUS_CHANNEL};
+use cache_benches::{hand_bus_subscriber, hand_del_publish, hand_del_publish_of};
 use cache_benches::{our_key, profile, record_commands, record_fact, redis_url, start_redis};
 use cache_benches::{process_cost, raw_ping, record_cost, Profile, FIRST_ID};
 use cached::{AsyncRedisCache, ConcurrentCachedAsync};
@@ -201,20 +201,7 @@ async fn invalidate(who: Who, conn: &mut ConnectionManager, id: u64) {
 /// Hand-written tag invalidation with its bus message: `DEL` of the tag's version key and a
 /// `PUBLISH` shaped like ours (origin, action, time sent, tag), one pipeline.
 async fn hand_tag_del_publish(conn: &mut ConnectionManager, id: u64) {
-    let sent = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros());
-    let message = format!("C1\u{1f}00000000deadbeef\u{1f}T\u{1f}{sent}\u{1f}team:{id}");
-    let (deleted, receivers): (i64, i64) = redis::pipe()
-        .cmd("DEL")
-        .arg(hand_tag_key(id))
-        .cmd("PUBLISH")
-        .arg(HAND_BUS_CHANNEL)
-        .arg(message)
-        .query_async(conn)
-        .await
-        .expect("DEL + PUBLISH");
-    black_box((deleted, receivers));
+    hand_del_publish_of(conn, &hand_tag_key(id), 'T', &format!("team:{id}")).await;
 }
 
 fn invalidate_bench(c: &mut Criterion) {

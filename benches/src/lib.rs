@@ -681,14 +681,25 @@ pub fn hand_bus_subscriber() {
 /// hand-written equivalent of ours' guarantee (the `DEL` and the message, one round trip).
 /// [`hand_bus_subscriber`] must be running for the message to be delivered as ours are.
 pub async fn hand_del_publish(conn: &mut redis::aio::ConnectionManager, id: u64) {
+    let target = format!("user:profile:{id}\u{1f}0");
+    hand_del_publish_of(conn, &hand_key(id), 'I', &target).await;
+}
+
+/// [`hand_del_publish`] of any key: `DEL key` + `PUBLISH` of a message shaped like ours
+/// (origin, `action`, time sent, `target`), one pipeline.
+pub async fn hand_del_publish_of(
+    conn: &mut redis::aio::ConnectionManager,
+    key: &str,
+    action: char,
+    target: &str,
+) {
     let sent = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros());
-    let message =
-        format!("C1\u{1f}00000000deadbeef\u{1f}I\u{1f}{sent}\u{1f}user:profile:{id}\u{1f}0");
+    let message = format!("C1\u{1f}00000000deadbeef\u{1f}{action}\u{1f}{sent}\u{1f}{target}");
     let (deleted, receivers): (i64, i64) = redis::pipe()
         .cmd("DEL")
-        .arg(hand_key(id))
+        .arg(key)
         .cmd("PUBLISH")
         .arg(HAND_BUS_CHANNEL)
         .arg(message)
