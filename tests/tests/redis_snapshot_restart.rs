@@ -2,8 +2,8 @@
 //! with the tickets and tokens saved beside them: every invalidation acknowledged after the
 //! save is undone in Redis, and the old values read as current. The runtime notices on
 //! reconnect that the data set was written under another server incarnation (`run_id`) and
-//! invalidates every value (global clear) before it serves a read: no caller, of a Redis-only
-//! or a two-tier cache, is served a value invalidated before the crash.
+//! invalidates every value (global clear) before it serves a read: no caller, of a Redis-only,
+//! a two-tier or a lock-reading cache, is served a value invalidated before the crash.
 
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::time::{Duration, Instant};
@@ -26,6 +26,12 @@ async fn two_tier(id: usize) -> u64 {
     SOURCE[id].load(SeqCst) + 1000
 }
 
+/// Its reads are the lock script's, on the data connection (not the tracked one).
+#[cached(tier = "redis", ttl = 300, key = "snap3:<id>", lock = true)]
+async fn locked(id: usize) -> u64 {
+    SOURCE[id].load(SeqCst) + 2000
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_invalidated_after_a_snapshot_are_not_served_after_a_restart_from_it() {
     let server = RedisServer::start();
@@ -40,6 +46,7 @@ async fn values_invalidated_after_a_snapshot_are_not_served_after_a_restart_from
     for id in 0..KEYS {
         assert_eq!(remote(id).await, 1);
         assert_eq!(two_tier(id).await, 1001);
+        assert_eq!(locked(id).await, 2001);
     }
     server.save_snapshot();
     // Version 2: every key invalidated (acknowledged), half of them read again (Redis then
@@ -50,6 +57,7 @@ async fn values_invalidated_after_a_snapshot_are_not_served_after_a_restart_from
         if id % 2 == 0 {
             assert_eq!(remote(id).await, 2);
             assert_eq!(two_tier(id).await, 1002);
+            assert_eq!(locked(id).await, 2002);
         }
     }
 
@@ -90,4 +98,5 @@ async fn values_invalidated_after_a_snapshot_are_not_served_after_a_restart_from
 async fn remote_cache_invalidate(id: usize) {
     invalidate_remote(id).await.expect("invalidate");
     invalidate_two_tier(id).await.expect("invalidate");
+    invalidate_locked(id).await.expect("invalidate");
 }

@@ -833,6 +833,12 @@ impl RedisTier {
     /// The read script (`lock = true`): value, ticket and tokens, the ticket set if missing
     /// and the lock tried, in one round trip (docs/PROTOCOL.md §7.3).
     pub(crate) async fn read(&self, req: ReadRequest) -> Result<Fetched, CacheError> {
+        // The script reads on the data connection, which redis-rs reconnects by itself: if
+        // Redis closed the tracked connection meanwhile (a restart), the connections are
+        // reopened first, so that the server's incarnation is checked (§8.2) before a read.
+        if self.tracked_connection_lost() {
+            let _ = self.shared.tracked_lost();
+        }
         let scripts = self.scripts.clone();
         type Reply = (Option<Vec<u8>>, Option<Vec<u8>>, i64, Vec<Option<Vec<u8>>>);
         let (value, ticket, locked, stamps) = self
@@ -864,6 +870,16 @@ impl RedisTier {
             stamps: parse_stamps(stamps),
             locked: locked == 1,
         })
+    }
+
+    /// Whether the tracked connection of the connections this caller would use (its
+    /// runtime's, or the main ones) was found closed.
+    fn tracked_connection_lost(&self) -> bool {
+        let lost = |c: &Conns| c.tracked.as_ref().is_some_and(|t| t.tokens.is_lost());
+        match self.shared.caller_conns_with(lost) {
+            Some(lost) => lost,
+            None => self.shared.ready().is_some_and(|c| lost(&c)),
+        }
     }
 
     /// A read without a lock attempt: one `MGET value ticket scope-tokens…` (one command,
