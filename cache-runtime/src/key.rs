@@ -161,12 +161,6 @@ pub fn scope_key(prefix: &str, scope: Scope<'_>) -> String {
     }
 }
 
-/// The Redis key recording which server incarnation wrote the data set (single node and
-/// Sentinel; docs/PROTOCOL.md §8.2), beside the scope tokens: `{prefix:scopes}:server`.
-pub(crate) fn server_key(prefix: &str) -> String {
-    format!("{{{prefix}:scopes}}:server")
-}
-
 /// A tag's token key on a single node, `{prefix:scopes}:t:<tag>`, as its parts: the one
 /// layout for every writer (a `String` in [`scope_key`], a command's buffer and the kept
 /// tokens' lookup key in the Redis tier).

@@ -685,7 +685,7 @@ impl Shared {
             client: Mutex::new(None),
             runtimes: Mutex::new(Vec::new()),
             home: std::sync::OnceLock::new(),
-            server_key: crate::key::server_key(&config.key_prefix),
+            server_key: super::incarnation::server_key(&config.key_prefix),
             global_token: crate::key::scope_key(&config.key_prefix, crate::key::Scope::All),
         }
     }

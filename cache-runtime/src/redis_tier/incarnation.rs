@@ -17,6 +17,12 @@
 use super::connection::Conn;
 use crate::log_limit::LogLimiter;
 
+/// The Redis key of the record: which server wrote the data set, beside the scope tokens
+/// (`{prefix:scopes}:server`; single node and Sentinel).
+pub(super) fn server_key(prefix: &str) -> String {
+    format!("{{{prefix}:scopes}}:server")
+}
+
 /// What a connect found.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Found {
@@ -109,6 +115,16 @@ pub(super) async fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_record_sits_beside_the_scope_tokens() {
+        assert_eq!(server_key("cr"), "{cr:scopes}:server");
+        let global = crate::key::scope_key("cr", crate::key::Scope::All);
+        assert_eq!(
+            super::super::key_slot(server_key("cr").as_bytes()),
+            super::super::key_slot(global.as_bytes())
+        );
+    }
 
     #[test]
     fn the_run_id_is_read_by_name() {
