@@ -65,7 +65,15 @@ pub(super) async fn check(
     let info: redis::RedisResult<String> = redis::cmd("INFO").arg("server").query_async(conn).await;
     let info = match info {
         Ok(info) => info,
-        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => {
+        // Refused by the ACL (`NOPERM`), or unknown to a proxy in front of Redis: connect
+        // without the check rather than not at all. A server still loading its data answers
+        // `INFO`; a lost connection fails the connect (retried).
+        Err(e)
+            if matches!(
+                e.kind(),
+                redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+            ) =>
+        {
             log.warn_error(
                 "redis",
                 "`INFO` refused (grant +info): a restart from a snapshot is not detected",
