@@ -53,7 +53,7 @@ async fn values_invalidated_after_a_snapshot_are_not_served_after_a_restart_from
     // holds version 2 under a new ticket), half not (Redis holds no value).
     for (id, source) in SOURCE.iter().enumerate() {
         source.store(2, SeqCst);
-        remote_cache_invalidate(id).await;
+        invalidate_every_cache(id).await;
         if id % 2 == 0 {
             assert_eq!(remote(id).await, 2);
             assert_eq!(two_tier(id).await, 1002);
@@ -71,9 +71,15 @@ async fn values_invalidated_after_a_snapshot_are_not_served_after_a_restart_from
         "the snapshot's values are back in Redis"
     );
 
-    // Every read from now on is version 2, from the source or from Redis once rewritten.
+    // Every read from now on is version 2, from the source or from Redis once rewritten
+    // (the lock-reading cache first: its reads do not go through the tracked connection).
     for round in 0..20 {
         for id in 0..KEYS {
+            assert_eq!(
+                locked(id).await,
+                2002,
+                "key {id}, round {round}: a restored value"
+            );
             assert_eq!(
                 remote(id).await,
                 2,
@@ -95,7 +101,8 @@ async fn values_invalidated_after_a_snapshot_are_not_served_after_a_restart_from
     }
 }
 
-async fn remote_cache_invalidate(id: usize) {
+/// Invalidates key `id` in the three caches.
+async fn invalidate_every_cache(id: usize) {
     invalidate_remote(id).await.expect("invalidate");
     invalidate_two_tier(id).await.expect("invalidate");
     invalidate_locked(id).await.expect("invalidate");
