@@ -607,6 +607,11 @@ pub(super) struct Replicas {
 /// How often `Auto` asks the master how many replicas it has.
 const ROLE_REFRESH: Duration = Duration::from_secs(10);
 
+/// Whether `Auto` must ask `ROLE` again, the last time being `checked`.
+fn role_refresh_due(checked: Option<Instant>) -> bool {
+    checked.is_none_or(|t| t.elapsed() >= ROLE_REFRESH)
+}
+
 /// What the Redis thread and every caller share: where the master is, the timeouts, the
 /// connection state and the connection's log limiter.
 /// What connections are opened from: one master's client, or the cluster's.
@@ -844,8 +849,8 @@ impl Shared {
                     .checked
                     .lock()
                     .unwrap_or_else(|p| p.into_inner());
-                let due = checked.is_none_or(|t| t.elapsed() >= ROLE_REFRESH);
-                (!due).then(|| self.replicas.count.load(Ordering::Relaxed).min(1))
+                (!role_refresh_due(*checked))
+                    .then(|| self.replicas.count.load(Ordering::Relaxed).min(1))
             }
         }
     }
@@ -862,7 +867,7 @@ impl Shared {
                         .checked
                         .lock()
                         .unwrap_or_else(|p| p.into_inner());
-                    let due = checked.is_none_or(|t| t.elapsed() >= ROLE_REFRESH);
+                    let due = role_refresh_due(*checked);
                     if due {
                         *checked = Some(Instant::now());
                     }
