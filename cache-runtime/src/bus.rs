@@ -476,6 +476,14 @@ pub(crate) async fn run(
             }
         }
         distrust();
+        if let crate::redis_tier::RedisTarget::Cluster(c) = &*client {
+            if counters().connected.load(Ordering::Relaxed) {
+                // A node may have died (and may come back restarted from its snapshot): the
+                // data connections check the masters' incarnation before the next read
+                // (§8.2). Told before the bus reports itself disconnected.
+                c.node_lost();
+            }
+        }
         let was_connected = counters().connected.swap(false, Ordering::Relaxed);
         metrics::gauge!("cache_bus_connected").set(0.0);
         if was_connected {

@@ -304,6 +304,36 @@ impl Conn {
         }
     }
 
+    /// `INFO server` of the master, or of every master of a cluster (each must answer: a
+    /// master's error reply is this call's error).
+    pub(super) async fn server_infos(&mut self) -> redis::RedisResult<Vec<String>> {
+        let info = || redis::cmd("INFO").arg("server").clone();
+        match self {
+            Conn::Cluster(c) => {
+                let v = c
+                    .route_command(
+                        info(),
+                        RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None)),
+                    )
+                    .await?;
+                let redis::Value::Map(per_node) = v else {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::UnexpectedReturnType,
+                        "unexpected INFO reply from the masters",
+                    )));
+                };
+                per_node
+                    .into_iter()
+                    .map(|(_, info)| match info {
+                        redis::Value::ServerError(e) => Err(e.into()),
+                        info => Ok(redis::from_redis_value(info)?),
+                    })
+                    .collect()
+            }
+            c => Ok(vec![info().query_async(c).await?]),
+        }
+    }
+
     /// `ROLE` of the master (single), or of every master (cluster): the fewest replicas any
     /// master reports; `None` if no master answered as one.
     pub(super) async fn master_replicas(&mut self) -> Option<u32> {
@@ -421,6 +451,8 @@ pub(crate) struct ClusterTarget {
     op_timeout: Duration,
     client: ClusterClient,
     write_client: ClusterClient,
+    /// The connection state told of a node connection the bus lost ([`Self::node_lost`]).
+    shared: std::sync::OnceLock<std::sync::Weak<Shared>>,
 }
 
 impl ClusterTarget {
@@ -443,7 +475,23 @@ impl ClusterTarget {
             op_timeout,
             client,
             write_client,
+            shared: std::sync::OnceLock::new(),
         })
+    }
+
+    /// `shared` is told of node connections the bus loses.
+    pub(super) fn watch(&self, shared: &Arc<Shared>) {
+        let _ = self.shared.set(Arc::downgrade(shared));
+    }
+
+    /// The bus lost a node's connection (a master killed, restarted, failed over, or the
+    /// connection dropped): the data connections are reopened, and the masters' incarnation
+    /// checked, before the next read (docs/PROTOCOL.md §8.2). The bus hears of it first: the
+    /// node's socket closes when it dies, before it can be restarted.
+    pub(crate) fn node_lost(&self) {
+        if let Some(shared) = self.shared.get().and_then(std::sync::Weak::upgrade) {
+            shared.node_lost("the invalidation bus lost a cluster node's connection");
+        }
     }
 
     /// A builder for this cluster (the bus adds RESP3 and its push sender).
@@ -640,9 +688,10 @@ pub(super) struct Shared {
     runtimes: Mutex<Vec<RuntimeConns>>,
     /// The Redis thread's own runtime, which uses the main connections.
     pub(super) home: std::sync::OnceLock<tokio::runtime::Id>,
-    /// The incarnation record's key and the global clear token's (`incarnation.rs`).
+    /// The incarnation record's key and the global clear token's (`incarnation.rs`; its
+    /// stripes on a cluster).
     server_key: String,
-    global_token: String,
+    global_tokens: Vec<String>,
 }
 
 /// Callers' runtimes with a connection of their own, at most (the oldest is dropped first;
@@ -691,7 +740,13 @@ impl Shared {
             runtimes: Mutex::new(Vec::new()),
             home: std::sync::OnceLock::new(),
             server_key: super::incarnation::server_key(&config.key_prefix),
-            global_token: crate::key::scope_key(&config.key_prefix, crate::key::Scope::All),
+            global_tokens: {
+                let global = crate::key::scope_key(&config.key_prefix, crate::key::Scope::All);
+                match config.cluster {
+                    Some(_) => crate::key::scope_token_keys(&config.key_prefix, &global),
+                    None => vec![global],
+                }
+            },
         }
     }
 
@@ -829,10 +884,14 @@ impl Shared {
                 CacheError::Redis(crate::ErrorSource::with_message(redact(&e.to_string()), e))
             }
         };
-        // A cluster connection repairs itself (reconnects nodes, refreshes the slot map): a
-        // lost node is a failure of this operation, not a reason to drop every node's.
-        if fault == Fault::Lost && !matches!(*self.target, RedisTarget::Cluster(_)) {
-            self.connection_lost(&err);
+        if fault == Fault::Lost {
+            match *self.target {
+                // A cluster connection would repair itself (reconnect the node, refresh the
+                // slot map), but the node may come back restarted from its snapshot: the
+                // connections are reopened, and every master's incarnation checked, first.
+                RedisTarget::Cluster(_) => self.node_lost(&err.to_string()),
+                _ => self.connection_lost(&err),
+            }
         }
         (err, fault)
     }
@@ -1024,11 +1083,9 @@ impl Shared {
                 .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         }
         // Before the first read: data restored from another incarnation's persistence is
-        // invalidated (a cluster's nodes are not checked: docs/PROTOCOL.md §8.2).
-        if !matches!(*self.target, RedisTarget::Cluster(_)) {
-            super::incarnation::check(&mut data, &self.server_key, &self.global_token, &self.log)
-                .await?;
-        }
+        // invalidated (docs/PROTOCOL.md §8.2; on a cluster, every master's).
+        super::incarnation::check(&mut data, &self.server_key, &self.global_tokens, &self.log)
+            .await?;
         Ok(Conns {
             data,
             write,
@@ -1038,15 +1095,30 @@ impl Shared {
     }
 
     async fn connect(self: Arc<Self>, done: watch::Sender<bool>, failures: u32) {
+        let opened_under = self.epoch.load(Ordering::Acquire);
         let attempt = tokio::time::timeout(self.connect_timeout, self.open()).await;
         let next = match attempt {
             Ok(Ok(conns)) => {
-                if failures > 0 {
-                    tracing::info!("connected to redis");
+                let epoch = opened_under + 1;
+                if self
+                    .epoch
+                    .compare_exchange(opened_under, epoch, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+                {
+                    // A cluster node was lost while this open ran: its check may have seen the
+                    // node before it was restarted. Opened again by the next operation.
+                    ConnState::Idle {
+                        retry_at: Instant::now(),
+                        failures,
+                        last_error: "a cluster node was lost while connecting".into(),
+                    }
+                } else {
+                    if failures > 0 {
+                        tracing::info!("connected to redis");
+                    }
+                    tokio::spawn(self.clone().keep_clock(conns.data.clone(), epoch));
+                    ConnState::Ready(conns, Instant::now())
                 }
-                let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
-                tokio::spawn(self.clone().keep_clock(conns.data.clone(), epoch));
-                ConnState::Ready(conns, Instant::now())
             }
             Ok(Err(e)) => self.failed(failures, redact(&e.to_string())),
             Err(_) => self.failed(
@@ -1090,6 +1162,16 @@ impl Shared {
                 self.failed(0, error.to_string())
             };
         }
+    }
+
+    /// A cluster node's connection was lost ([`ClusterTarget::node_lost`], or an operation's):
+    /// as [`connection_lost`](Self::connection_lost), and an open under way does not serve
+    /// either (it may have checked the node's incarnation before the node was restarted).
+    pub(super) fn node_lost(&self, why: &str) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.connection_lost(&CacheError::Unavailable(crate::ErrorSource::from(
+            why.to_string(),
+        )));
     }
 
     /// Operations on the connections timed out until the breaker opened: they are replaced

@@ -53,18 +53,34 @@ fn judge(recorded: Option<&str>, run_id: &str) -> Found {
     }
 }
 
-/// Checks the incarnation of the server `conn` reaches; on [`Found::Restored`] deletes
-/// `global_token` first, then records the server. `server_key`: the record's key, in the
-/// scope tokens' slot.
+/// The servers' incarnation: the `run_id` of the master, or of every master of a cluster
+/// (sorted, comma-separated: any master restarted, replaced or added changes it).
+fn incarnation(infos: &[String]) -> Option<String> {
+    let mut ids = infos
+        .iter()
+        .map(|i| run_id(i))
+        .collect::<Option<Vec<&str>>>()?;
+    if ids.is_empty() {
+        return None;
+    }
+    ids.sort_unstable();
+    Some(ids.join(","))
+}
+
+/// Checks the incarnation of the server(s) `conn` reaches; on [`Found::Restored`] deletes
+/// `global_tokens` first (the global clear token; on a cluster its stripes on every master),
+/// then records the incarnation. `server_key`: the record's key, in the scope tokens' slot.
+///
+/// On a cluster every master must answer: a master that cannot be reached fails the check
+/// (and the connect), so no read is served until it is back or replaced and judged.
 pub(super) async fn check(
     conn: &mut Conn,
     server_key: &str,
-    global_token: &str,
+    global_tokens: &[String],
     log: &LogLimiter,
 ) -> redis::RedisResult<Found> {
-    let info: redis::RedisResult<String> = redis::cmd("INFO").arg("server").query_async(conn).await;
-    let info = match info {
-        Ok(info) => info,
+    let infos = match conn.server_infos().await {
+        Ok(infos) => infos,
         // Refused by the ACL (`NOPERM`), or unknown to a proxy in front of Redis: connect
         // without the check rather than not at all. A server still loading its data answers
         // `INFO`; a lost connection fails the connect (retried).
@@ -83,18 +99,15 @@ pub(super) async fn check(
         }
         Err(e) => return Err(e),
     };
-    let Some(now) = run_id(&info) else {
+    let Some(now) = incarnation(&infos) else {
         return Ok(Found::Unchecked);
     };
     let recorded: Option<String> = redis::cmd("GET").arg(server_key).query_async(conn).await?;
-    let found = judge(recorded.as_deref(), now);
+    let found = judge(recorded.as_deref(), &now);
     if found == Found::Restored {
         // Before the record: a process that fails in between leaves the old record, and the
         // next connect clears again (one more miss per key, never an old value).
-        let _: () = redis::cmd("DEL")
-            .arg(global_token)
-            .query_async(conn)
-            .await?;
+        conn.del_everywhere(global_tokens).await?;
         log.warn(
             "redis",
             "redis answers with data written under another server (restarted from a \
@@ -106,7 +119,7 @@ pub(super) async fn check(
         // more clear), which must not keep the connection from serving.
         let recorded: redis::RedisResult<()> = redis::cmd("SET")
             .arg(server_key)
-            .arg(now)
+            .arg(&now)
             .query_async(conn)
             .await;
         if let Err(e) = recorded {
@@ -149,5 +162,18 @@ mod tests {
         // A restart from a snapshot, a failover, a foreign or damaged record.
         assert_eq!(judge(Some("old"), "new"), Found::Restored);
         assert_eq!(judge(Some(""), "new"), Found::Restored);
+    }
+
+    #[test]
+    fn a_clusters_incarnation_is_every_masters_in_any_order() {
+        let info = |id: &str| format!("# Server\r\nrun_id:{id}\r\n");
+        let a = incarnation(&[info("b"), info("a"), info("c")]);
+        assert_eq!(a.as_deref(), Some("a,b,c"));
+        assert_eq!(incarnation(&[info("c"), info("b"), info("a")]), a);
+        // One master restarted (or replaced by its replica): another incarnation.
+        assert_ne!(incarnation(&[info("a"), info("b"), info("d")]), a);
+        // A master whose reply has no run_id: not judged at all.
+        assert_eq!(incarnation(&[info("a"), "garbage".to_string()]), None);
+        assert_eq!(incarnation(&[]), None);
     }
 }

@@ -703,6 +703,9 @@ impl RedisTier {
             .expect("cache-runtime: the Redis I/O thread died at start");
         let shared = Arc::new(Shared::new(target, config));
         let _ = shared.home.set(handle.id());
+        if let RedisTarget::Cluster(c) = &*shared.target {
+            c.watch(&shared);
+        }
         Ok(Self {
             handle,
             shared,
