@@ -298,7 +298,7 @@ fn the_documented_cluster_acl_is_enough() {
     let s = setup();
     let rules = "on >secret resetkeys resetchannels ~{ta:* &{ta:* -@all +ping +auth +hello \
                  +select +get +mget +set +del +pexpire +pexpireat +pttl +evalsha +script|load +spublish \
-                 +ssubscribe +sunsubscribe +time +role +wait +cluster|slots";
+                 +ssubscribe +sunsubscribe +time +role +wait +cluster|slots +info";
     for n in s.cluster.nodes() {
         n.acl_setuser(&format!("cache_ta {rules}"));
     }
@@ -323,6 +323,20 @@ fn the_documented_cluster_acl_is_enough() {
     eventually_blocking(WITHIN, "the bus trusted as the ACL user", || {
         n.call("trusted") == "true"
     });
+    // The masters' incarnation was checked and recorded as this user (`+info`): one
+    // `run_id` per master.
+    let record = "{ta:scopes}:server";
+    let recorded: Option<String> = s
+        .cluster
+        .master_for_key(record)
+        .cmd(&["GET", record])
+        .unwrap();
+    let masters = s.cluster.masters().len();
+    assert_eq!(
+        recorded.map(|r| r.split(',').count()),
+        Some(masters),
+        "the incarnation record of the cluster's masters"
+    );
 }
 
 #[test]
