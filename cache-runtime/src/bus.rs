@@ -431,12 +431,16 @@ fn subscribed() {
     clear_shared();
 }
 
+/// Called by [`run`] when a subscription it had is lost.
+pub(crate) type SubscriptionLost = Box<dyn Fn() + Send + Sync>;
+
 /// Runs forever on the Redis thread: subscribe, apply, reconnect.
 #[cfg(feature = "redis")]
 pub(crate) async fn run(
     client: Arc<crate::redis_tier::RedisTarget>,
     prefix: String,
     timeout: Duration,
+    lost: SubscriptionLost,
 ) {
     let channel = channel(&prefix);
     // After a failure 100 ms, doubling up to 1.6 s; after a clean end 50 ms (the first
@@ -476,13 +480,11 @@ pub(crate) async fn run(
             }
         }
         distrust();
-        if let crate::redis_tier::RedisTarget::Cluster(c) = &*client {
-            if counters().connected.load(Ordering::Relaxed) {
-                // A node may have died (and may come back restarted from its snapshot): the
-                // data connections check the masters' incarnation before the next read
-                // (§8.2). Told before the bus reports itself disconnected.
-                c.node_lost();
-            }
+        if counters().connected.load(Ordering::Relaxed) {
+            // A server may have died (and may come back restarted from its snapshot): the
+            // connections check its incarnation before the next read (§8.2). Told before the
+            // bus reports itself disconnected.
+            lost();
         }
         let was_connected = counters().connected.swap(false, Ordering::Relaxed);
         metrics::gauge!("cache_bus_connected").set(0.0);

@@ -28,7 +28,12 @@ pub(crate) use crate::redis_request::{
 };
 
 /// The bus subscriber (`bus::run` re-exports this without the feature): never called.
-pub(crate) async fn run(target: Arc<RedisTarget>, _prefix: String, _timeout: Duration) {
+pub(crate) async fn run(
+    target: Arc<RedisTarget>,
+    _prefix: String,
+    _timeout: Duration,
+    _lost: crate::bus::SubscriptionLost,
+) {
     match target.0 {}
 }
 
@@ -125,6 +130,9 @@ impl RedisTier {
         match self.never {}
     }
     pub(crate) fn target(&self) -> Arc<RedisTarget> {
+        match self.never {}
+    }
+    pub(crate) fn subscription_lost_hook(&self) -> crate::bus::SubscriptionLost {
         match self.never {}
     }
     pub(crate) async fn health_check(

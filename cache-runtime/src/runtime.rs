@@ -24,6 +24,7 @@ fn make_runtime(config: Config) -> Result<Runtime, InitError> {
                 tier.target(),
                 config.key_prefix.clone(),
                 config.connect_timeout,
+                tier.subscription_lost_hook(),
             ));
             Some(tier)
         }

@@ -451,8 +451,6 @@ pub(crate) struct ClusterTarget {
     op_timeout: Duration,
     client: ClusterClient,
     write_client: ClusterClient,
-    /// The connection state told of a node connection the bus lost ([`Self::node_lost`]).
-    shared: std::sync::OnceLock<std::sync::Weak<Shared>>,
 }
 
 impl ClusterTarget {
@@ -475,23 +473,7 @@ impl ClusterTarget {
             op_timeout,
             client,
             write_client,
-            shared: std::sync::OnceLock::new(),
         })
-    }
-
-    /// `shared` is told of node connections the bus loses.
-    pub(super) fn watch(&self, shared: &Arc<Shared>) {
-        let _ = self.shared.set(Arc::downgrade(shared));
-    }
-
-    /// The bus lost a node's connection (a master killed, restarted, failed over, or the
-    /// connection dropped): the data connections are reopened, and the masters' incarnation
-    /// checked, before the next read (docs/PROTOCOL.md §8.2). The bus hears of it first: the
-    /// node's socket closes when it dies, before it can be restarted.
-    pub(crate) fn node_lost(&self) {
-        if let Some(shared) = self.shared.get().and_then(std::sync::Weak::upgrade) {
-            shared.node_lost("the invalidation bus lost a cluster node's connection");
-        }
     }
 
     /// A builder for this cluster (the bus adds RESP3 and its push sender).
@@ -889,7 +871,7 @@ impl Shared {
                 // A cluster connection would repair itself (reconnect the node, refresh the
                 // slot map), but the node may come back restarted from its snapshot: the
                 // connections are reopened, and every master's incarnation checked, first.
-                RedisTarget::Cluster(_) => self.node_lost(&err.to_string()),
+                RedisTarget::Cluster(_) => self.restart_suspected(&err.to_string()),
                 _ => self.connection_lost(&err),
             }
         }
@@ -1164,10 +1146,13 @@ impl Shared {
         }
     }
 
-    /// A cluster node's connection was lost ([`ClusterTarget::node_lost`], or an operation's):
-    /// as [`connection_lost`](Self::connection_lost), and an open under way does not serve
-    /// either (it may have checked the node's incarnation before the node was restarted).
-    pub(super) fn node_lost(&self, why: &str) {
+    /// A server may have died and may come back restarted from its snapshot: the bus lost
+    /// its subscription (a node's socket closes as it dies, long before it can be restarted),
+    /// or a cluster operation lost its node's connection. As
+    /// [`connection_lost`](Self::connection_lost) (the next operation reopens the connections
+    /// and checks the incarnation first, docs/PROTOCOL.md §8.2), and an open under way does
+    /// not serve either (it may have checked before the restart).
+    pub(super) fn restart_suspected(&self, why: &str) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.connection_lost(&CacheError::Unavailable(crate::ErrorSource::from(
             why.to_string(),

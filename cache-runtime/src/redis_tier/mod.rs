@@ -703,9 +703,6 @@ impl RedisTier {
             .expect("cache-runtime: the Redis I/O thread died at start");
         let shared = Arc::new(Shared::new(target, config));
         let _ = shared.home.set(handle.id());
-        if let RedisTarget::Cluster(c) = &*shared.target {
-            c.watch(&shared);
-        }
         Ok(Self {
             handle,
             shared,
@@ -1497,6 +1494,14 @@ impl RedisTier {
     }
 
     /// Where the master is, for the bus subscriber (which follows the same master).
+    /// What the bus calls when a subscription it had is lost (docs/PROTOCOL.md §8.2): the
+    /// server may have died and come back restarted from a snapshot, unseen by connections
+    /// that reconnect by themselves (a cluster's, an untracked data connection).
+    pub(crate) fn subscription_lost_hook(&self) -> crate::bus::SubscriptionLost {
+        let shared = self.shared.clone();
+        Box::new(move || shared.restart_suspected("the invalidation bus lost its subscription"))
+    }
+
     pub(crate) fn target(&self) -> Arc<RedisTarget> {
         self.shared.target.clone()
     }
