@@ -13,6 +13,11 @@
 //! `run_id` and its old replication id as `master_replid2`, checked on 7.0.15, as a promoted
 //! replica does), and a master restarted from an older snapshot resyncs its replicas to that
 //! older data, so not even `WAIT` makes a restart safe. A failover costs one miss per key.
+//!
+//! On a cluster the incarnation is every master's `run_id`, and the clear deletes the global
+//! token's stripes on every master. The check runs whenever the connections are (re)opened;
+//! the bus's lost subscriptions (and, on a cluster, an operation's lost node) reopen them, so
+//! that connections redis-rs reconnects by itself are checked too (docs/PROTOCOL.md §8.2).
 
 use super::connection::Conn;
 use crate::log_limit::LogLimiter;
