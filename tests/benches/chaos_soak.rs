@@ -26,6 +26,11 @@
 //! - `CHAOS_SENTINEL=1`: the cache Redis is a Sentinel set (1 master, 1 replica, 3
 //!   sentinels) that both processes reach through the sentinels; the faults hit the current
 //!   master and a `SENTINEL FAILOVER` joins the rotation.
+//! - `CHAOS_CLUSTER=1`: the cache Redis is a Redis Cluster (3 masters, each with a replica;
+//!   node timeout 1 s); each fault hits the next master in turn (restarts and pauses end
+//!   within the node timeout, so the restarted master serves its slots again, with an empty
+//!   or a restored data set), and a `CLUSTER FAILOVER` (a replica taking over its master's
+//!   slots) joins the rotation.
 //!
 //! The run fails on any wrong value or any error surfaced to a caller.
 
@@ -34,7 +39,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cache_runtime::{bus_status, cached, Config, BUS_WINDOW};
-use cache_tests::{RedisOptions, RedisServer, SentinelSet};
+use cache_tests::{RedisCluster, RedisOptions, RedisServer, SentinelSet};
 
 const KEYS: u64 = 200;
 /// Scheduling slack between the two processes' clocks and threads, on top of the window.
@@ -70,17 +75,22 @@ fn skewed(x: u64) -> u64 {
     (KEYS as f64 * u * u) as u64
 }
 
-/// Where the cache Redis is: `redis://…`, or `sentinel:<name>:<url>,<url>,…`.
+/// Where the cache Redis is: `redis://…`, `sentinel:<name>:<url>,<url>,…`, or
+/// `cluster:<url>,<url>,…`.
 fn init(cache: &str, source_url: &str, rt: &tokio::runtime::Runtime) {
     let builder = Config::builder()
         .key_prefix("chaos")
         .redis_timeout(Duration::from_millis(100));
-    let builder = match cache.strip_prefix("sentinel:") {
-        Some(rest) => {
+    let builder = match (
+        cache.strip_prefix("sentinel:"),
+        cache.strip_prefix("cluster:"),
+    ) {
+        (Some(rest), _) => {
             let (name, urls) = rest.split_once(':').expect("sentinel:<name>:<urls>");
             builder.redis_sentinel(urls.split(','), name)
         }
-        None => builder.redis_url(cache),
+        (_, Some(urls)) => builder.redis_cluster(urls.split(',')),
+        _ => builder.redis_url(cache),
     };
     cache_runtime::init(builder.build()).unwrap();
     let client = redis::Client::open(source_url).unwrap();
@@ -189,6 +199,8 @@ fn main() {
     let options = RedisOptions::new().arg("--maxmemory-samples", "10");
     let cache = Arc::new(if std::env::var_os("CHAOS_SENTINEL").is_some() {
         Cluster::Sentinel(SentinelSet::start_with_options("chaos", options))
+    } else if std::env::var_os("CHAOS_CLUSTER").is_some() {
+        Cluster::Shards(RedisCluster::start_with(3, options))
     } else {
         Cluster::Single(RedisServer::start_with_options(options))
     });
@@ -325,10 +337,11 @@ fn main() {
     assert_eq!(t.errors, 0, "errors surfaced to callers");
 }
 
-/// The cache Redis: one server, or a Sentinel set.
+/// The cache Redis: one server, a Sentinel set, or a Redis Cluster.
 enum Cluster {
     Single(RedisServer),
     Sentinel(SentinelSet),
+    Shards(RedisCluster),
 }
 
 impl Cluster {
@@ -341,19 +354,33 @@ impl Cluster {
                 set.master_name(),
                 set.sentinel_urls().join(",")
             ),
+            Cluster::Shards(c) => format!("cluster:{}", c.seed_urls().join(",")),
         }
     }
 
-    /// The node faults hit: the server, or the current master.
-    fn master(&self) -> &RedisServer {
+    /// The node the `n`th fault hits: the server, the current master, or a cluster's masters
+    /// in turn.
+    fn master(&self, n: u64) -> &RedisServer {
         match self {
             Cluster::Single(s) => s,
             Cluster::Sentinel(set) => set.master(),
+            Cluster::Shards(c) => {
+                let masters = c.masters();
+                masters[(n % masters.len() as u64) as usize]
+            }
+        }
+    }
+
+    /// Scope tokens: under `{chaos:scopes}`, or striped over the buckets on a cluster.
+    fn scope_pattern(&self) -> &'static str {
+        match self {
+            Cluster::Shards(_) => "{chaos:*}:s:*",
+            _ => "{chaos:scopes}:*",
         }
     }
 }
 
-/// The faults, in rotation (`failover` only with `CHAOS_SENTINEL`).
+/// The faults, in rotation (`failover` only with `CHAOS_SENTINEL` or `CHAOS_CLUSTER`).
 const FAULTS: &[&str] = &[
     "kill-pubsub",
     "kill-normal",
@@ -370,14 +397,29 @@ const FAULTS: &[&str] = &[
 
 /// Injects one fault. Best effort: behind Sentinel the node reported as master may be in
 /// the middle of a role change (a write then fails with `READONLY`), which is chaos too.
-fn inject(cluster: &Cluster, fault: &str) {
-    let server = cluster.master();
+fn inject(cluster: &Cluster, fault: &str, n: u64) {
+    let server = cluster.master(n);
     match fault {
         "failover" => match cluster {
             Cluster::Sentinel(set) => {
                 set.failover();
             }
-            Cluster::Single(_) => unreachable!("failover needs CHAOS_SENTINEL"),
+            // The replica of the master takes over its slots (`CLUSTER FAILOVER`: in step
+            // with the master, no write lost), then the cluster settles.
+            Cluster::Shards(c) => {
+                let topology = c.topology();
+                let master = topology.iter().find(|m| m.port == server.port());
+                let replica = master.and_then(|m| {
+                    topology
+                        .iter()
+                        .find(|r| r.master_id.as_deref() == Some(&m.id) && !r.is_failing())
+                });
+                if let Some(r) = replica {
+                    let _ = c.node(r.port).cmd::<()>(&["CLUSTER", "FAILOVER"]);
+                    c.wait_healthy();
+                }
+            }
+            Cluster::Single(_) => unreachable!("failover needs CHAOS_SENTINEL or CHAOS_CLUSTER"),
         },
         "kill-pubsub" => {
             let _ = server.cmd::<u64>(&["CLIENT", "KILL", "TYPE", "pubsub"]);
@@ -395,7 +437,7 @@ fn inject(cluster: &Cluster, fault: &str) {
             server.resume();
         }
         "del-scopes" => {
-            for k in server.scan("{chaos:scopes}:*") {
+            for k in server.scan(cluster.scope_pattern()) {
                 let _ = server.cmd::<u64>(&["DEL", &k]);
             }
         }
@@ -439,7 +481,7 @@ fn inject(cluster: &Cluster, fault: &str) {
 /// One fault every 0.5–1 s (`CHAOS_PERIOD_MS` sets a fixed period), in rotation over
 /// `CHAOS_FAULTS` (comma-separated names of [`FAULTS`]; all by default), until the end.
 fn chaos(cluster: &Cluster, total: Duration, done: &Mutex<Vec<&'static str>>) {
-    let sentinel = matches!(cluster, Cluster::Sentinel(_));
+    let failovers = !matches!(cluster, Cluster::Single(_));
     let chosen: Vec<&'static str> = match std::env::var("CHAOS_FAULTS") {
         Ok(list) => FAULTS
             .iter()
@@ -449,7 +491,7 @@ fn chaos(cluster: &Cluster, total: Duration, done: &Mutex<Vec<&'static str>>) {
         Err(_) => FAULTS
             .iter()
             .copied()
-            .filter(|f| sentinel || *f != "failover")
+            .filter(|f| failovers || *f != "failover")
             .collect(),
     };
     assert!(!chosen.is_empty(), "CHAOS_FAULTS names none of {FAULTS:?}");
@@ -462,7 +504,7 @@ fn chaos(cluster: &Cluster, total: Duration, done: &Mutex<Vec<&'static str>>) {
     std::thread::sleep(Duration::from_millis(700));
     while start.elapsed() + Duration::from_secs(1) < total {
         let fault = chosen[(n % chosen.len() as u64) as usize];
-        inject(cluster, fault);
+        inject(cluster, fault, n);
         done.lock().unwrap().push(fault);
         n += 1;
         let pause = period.unwrap_or(500 + (n * 137) % 500);
