@@ -1087,12 +1087,13 @@ impl Shared {
                     .compare_exchange(opened_under, epoch, Ordering::AcqRel, Ordering::Acquire)
                     .is_err()
                 {
-                    // A cluster node was lost while this open ran: its check may have seen the
-                    // node before it was restarted. Opened again by the next operation.
+                    // A restart was suspected while this open ran (`restart_suspected`): its
+                    // check may have seen the server before it restarted. Opened again by the
+                    // next operation.
                     ConnState::Idle {
                         retry_at: Instant::now(),
                         failures,
-                        last_error: "a cluster node was lost while connecting".into(),
+                        last_error: "a server may have restarted while connecting".into(),
                     }
                 } else {
                     if failures > 0 {

@@ -1493,7 +1493,6 @@ impl RedisTier {
         &self.handle
     }
 
-    /// Where the master is, for the bus subscriber (which follows the same master).
     /// What the bus calls when a subscription it had is lost (docs/PROTOCOL.md §8.2): the
     /// server may have died and come back restarted from a snapshot, unseen by connections
     /// that reconnect by themselves (a cluster's, an untracked data connection).
@@ -1502,6 +1501,7 @@ impl RedisTier {
         Box::new(move || shared.restart_suspected("the invalidation bus lost its subscription"))
     }
 
+    /// Where the master is, for the bus subscriber (which follows the same master).
     pub(crate) fn target(&self) -> Arc<RedisTarget> {
         self.shared.target.clone()
     }
