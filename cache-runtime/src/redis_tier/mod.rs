@@ -839,6 +839,9 @@ impl RedisTier {
         if self.tracked_connection_lost() {
             let _ = self.shared.tracked_lost();
         }
+        if self.cluster && self.shared.quarantined(key_slot(req.keys.value.as_bytes())) {
+            return Err(quarantined());
+        }
         let scripts = self.scripts.clone();
         type Reply = (Option<Vec<u8>>, Option<Vec<u8>>, i64, Vec<Option<Vec<u8>>>);
         let (value, ticket, locked, stamps) = self
@@ -894,6 +897,9 @@ impl RedisTier {
         let k = &req.keys;
         if !self.breaker.allow() {
             return Err(CacheError::CircuitOpen);
+        }
+        if self.cluster && self.shared.quarantined(k.slot) {
+            return Err(quarantined());
         }
         // An async caller with a tracked connection checks the tokens it keeps (its claim,
         // if any, rides in the same pipeline); the others go on with the connections looked
@@ -1757,6 +1763,14 @@ impl Scripts {
 }
 
 /// `health check: <step> failed: the redis user may not run 'zadd' (grant +zadd): NOPERM ...`
+/// A read of a cluster slot whose restarted master has not taken its share of the global
+/// clear yet (docs/PROTOCOL.md §8.2): refused, the body answers.
+fn quarantined() -> CacheError {
+    CacheError::Unavailable(crate::ErrorSource::from(
+        "the slot's master was restarted and its values are not cleared yet".to_string(),
+    ))
+}
+
 fn health_message(step: &str, msg: &str) -> String {
     let denied = msg
         .to_ascii_uppercase()
