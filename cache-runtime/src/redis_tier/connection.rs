@@ -1184,6 +1184,14 @@ impl Shared {
                 .await?;
         let pending = match found {
             super::incarnation::Found::Pending(p) => Some(p),
+            // A restarted master's clear is still pending: it is lifted only by a check.
+            super::incarnation::Found::Unchecked if self.quarantined.load(Ordering::Acquire) => {
+                return Err(RedisError::from((
+                    redis::ErrorKind::Client,
+                    "the servers' incarnation could not be checked while a restarted \
+                     master's clear is pending",
+                )));
+            }
             _ => None,
         };
         let conns = Conns {
