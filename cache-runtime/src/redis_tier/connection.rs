@@ -2,7 +2,7 @@
 //! backoff in the background, TLS clients, and how a failed operation is classified.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -213,34 +213,9 @@ impl Conn {
     /// moving meanwhile) is sent again as one multi-key `DEL`, which redis-rs splits by slot
     /// and routes with `MOVED` / `ASK`. Idempotent, so a retry of the whole call is harmless.
     pub(super) async fn del_everywhere(&mut self, keys: &[String]) -> redis::RedisResult<()> {
-        match self.del_everywhere_refused(keys).await? {
-            None => Ok(()),
-            Some((e, _)) => Err(e),
-        }
-    }
-
-    /// [`del_everywhere`](Self::del_everywhere), telling apart the masters that refused (a
-    /// server error, e.g. `CLUSTERDOWN` from a master in its writable delay after a restart):
-    /// their keys, not deleted, with the first refusal. A lost connection is an `Err`.
-    pub(super) async fn del_everywhere_refused(
-        &mut self,
-        keys: &[String],
-    ) -> redis::RedisResult<Option<(RedisError, Vec<String>)>> {
-        let refused = |e: &RedisError| {
-            matches!(
-                e.kind(),
-                redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
-            )
-        };
         let c = match self {
             Conn::Cluster(c) => c,
-            other => {
-                return match redis::cmd("DEL").arg(keys).query_async::<()>(other).await {
-                    Ok(()) => Ok(None),
-                    Err(e) if refused(&e) => Ok(Some((e, keys.to_vec()))),
-                    Err(e) => Err(e),
-                }
-            }
+            other => return redis::cmd("DEL").arg(keys).query_async(other).await,
         };
         let masters = master_slot_ranges(c).await?;
         let mut groups: Vec<Vec<&String>> = vec![Vec::new(); masters.len() + 1];
@@ -273,9 +248,10 @@ impl Conn {
                 if clean {
                     return Ok(());
                 }
-                // A master that refuses (`CLUSTERDOWN` in its writable delay, `OOM`, ...)
-                // refuses the slot-by-slot resend too, after redis-rs's retries of each: only
-                // a redirection (the slots moved meanwhile) is worth it.
+                // A master that refuses (`CLUSTERDOWN` in its writable delay after a restart,
+                // `OOM`, ...) refuses the slot-by-slot resend too, after redis-rs's retries of
+                // each (over a second: a connect's check timed out): only a redirection (the
+                // slots moved meanwhile) is worth it.
                 let refusal = match sent {
                     Ok(replies) => replies.into_iter().find_map(|v| match v {
                         redis::Value::ServerError(e) => Some(RedisError::from(e)),
@@ -283,33 +259,24 @@ impl Conn {
                     }),
                     Err(e) => Some(e),
                 };
-                if let Some(e) = refusal
-                    .filter(|e| refused(e) && !matches!(e.code(), Some("MOVED") | Some("ASK")))
-                {
-                    return Err((e, group));
+                if let Some(e) = refusal.filter(|e| {
+                    matches!(
+                        e.kind(),
+                        redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+                    ) && !matches!(e.code(), Some("MOVED") | Some("ASK"))
+                }) {
+                    return Err(e);
                 }
                 redis::cmd("DEL")
                     .arg(&group)
                     .query_async::<()>(&mut c)
                     .await
-                    .map_err(|e| (e, group))
             }
         });
-        let mut left: Option<(RedisError, Vec<String>)> = None;
         for res in futures_util::future::join_all(sends).await {
-            match res {
-                Ok(()) => {}
-                Err((e, group)) if refused(&e) => {
-                    let group = group.into_iter().cloned();
-                    match &mut left {
-                        Some((_, keys)) => keys.extend(group),
-                        None => left = Some((e, group.collect())),
-                    }
-                }
-                Err((e, _)) => return Err(e),
-            }
+            res?;
         }
-        Ok(left)
+        Ok(())
     }
 
     /// A read whose keys are all in `slot`, sent straight to that slot's master (or a
@@ -726,15 +693,7 @@ pub(super) struct Shared {
     /// stripes on a cluster).
     server_key: String,
     global_tokens: Vec<String>,
-    /// Cluster slots not to be read: a restarted master's, until its share of the global
-    /// clear is done (`incarnation::Pending`), tagged with the connection epoch that set them.
-    quarantine: Mutex<(u64, Vec<u16>)>,
-    /// Whether `quarantine` holds any slot (the read path's only look while it does not).
-    quarantined: AtomicBool,
 }
-
-/// How often a pending clear (`incarnation::Pending`) is tried again.
-const PENDING_CLEAR_EVERY: Duration = Duration::from_millis(50);
 
 /// Callers' runtimes with a connection of their own, at most (the oldest is dropped first;
 /// a runtime that ended leaves an entry behind until then).
@@ -789,58 +748,6 @@ impl Shared {
                     None => vec![global],
                 }
             },
-            quarantine: Mutex::new((0, Vec::new())),
-            quarantined: AtomicBool::new(false),
-        }
-    }
-
-    /// Whether cluster slot `slot` must not be read yet: its master was restarted (or
-    /// replaced) and the global clear could not reach it (docs/PROTOCOL.md §8.2).
-    #[inline]
-    pub(super) fn quarantined(&self, slot: u16) -> bool {
-        self.quarantined.load(Ordering::Acquire)
-            && self
-                .quarantine
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .1
-                .binary_search(&slot)
-                .is_ok()
-    }
-
-    /// The slots of `keys` quarantined for the connections of `epoch` (none: lifted).
-    fn set_quarantine(&self, epoch: u64, keys: &[String]) {
-        let mut slots: Vec<u16> = keys.iter().map(|k| key_slot(k.as_bytes())).collect();
-        slots.sort_unstable();
-        slots.dedup();
-        let mut q = self.quarantine.lock().unwrap_or_else(|p| p.into_inner());
-        self.quarantined.store(!slots.is_empty(), Ordering::Release);
-        *q = (epoch, slots);
-    }
-
-    /// Finishes a pending clear on the connections of `epoch`, then lifts the quarantine;
-    /// ends when the connections are replaced (the next open judges again).
-    async fn clear_pending(
-        self: Arc<Self>,
-        mut conn: Conn,
-        pending: super::incarnation::Pending,
-        epoch: u64,
-    ) {
-        loop {
-            tokio::time::sleep(PENDING_CLEAR_EVERY).await;
-            if self.epoch.load(Ordering::Acquire) != epoch {
-                return;
-            }
-            let done =
-                super::incarnation::finish(&mut conn, &self.server_key, &pending, &self.log).await;
-            if matches!(done, Ok(true)) {
-                let q = self.quarantine.lock().unwrap_or_else(|p| p.into_inner());
-                if q.0 == epoch {
-                    drop(q);
-                    self.set_quarantine(epoch, &[]);
-                }
-                return;
-            }
         }
     }
 
@@ -1150,7 +1057,7 @@ impl Shared {
         })
     }
 
-    async fn open(&self) -> redis::RedisResult<(Conns, Option<super::incarnation::Pending>)> {
+    async fn open(&self) -> redis::RedisResult<Conns> {
         // Resolved again on every connect: after a failover the sentinels name the new master.
         let client = match &*self.target {
             RedisTarget::Cluster(c) => {
@@ -1177,37 +1084,22 @@ impl Shared {
                 .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         }
         // Before the first read: data restored from another incarnation's persistence is
-        // invalidated (docs/PROTOCOL.md §8.2; on a cluster, every master's, a master that
-        // refuses the clear quarantined until it takes it).
-        let found =
-            super::incarnation::check(&mut data, &self.server_key, &self.global_tokens, &self.log)
-                .await?;
-        let pending = match found {
-            super::incarnation::Found::Pending(p) => Some(p),
-            // A restarted master's clear is still pending: it is lifted only by a check.
-            super::incarnation::Found::Unchecked if self.quarantined.load(Ordering::Acquire) => {
-                return Err(RedisError::from((
-                    redis::ErrorKind::Client,
-                    "the servers' incarnation could not be checked while a restarted \
-                     master's clear is pending",
-                )));
-            }
-            _ => None,
-        };
-        let conns = Conns {
+        // invalidated (docs/PROTOCOL.md §8.2; on a cluster, every master's).
+        super::incarnation::check(&mut data, &self.server_key, &self.global_tokens, &self.log)
+            .await?;
+        Ok(Conns {
             data,
             write,
             tracked,
             lane,
-        };
-        Ok((conns, pending))
+        })
     }
 
     async fn connect(self: Arc<Self>, done: watch::Sender<bool>, failures: u32) {
         let opened_under = self.epoch.load(Ordering::Acquire);
         let attempt = tokio::time::timeout(self.connect_timeout, self.open()).await;
         let next = match attempt {
-            Ok(Ok((conns, pending))) => {
+            Ok(Ok(conns)) => {
                 let epoch = opened_under + 1;
                 if self
                     .epoch
@@ -1225,15 +1117,6 @@ impl Shared {
                 } else {
                     if failures > 0 {
                         tracing::info!("connected to redis");
-                    }
-                    // Before the connections serve: a restarted master's slots stay unread
-                    // until its share of the clear is done.
-                    match pending {
-                        Some(p) => {
-                            self.set_quarantine(epoch, &p.keys);
-                            tokio::spawn(self.clone().clear_pending(conns.data.clone(), p, epoch));
-                        }
-                        None => self.set_quarantine(epoch, &[]),
                     }
                     tokio::spawn(self.clone().keep_clock(conns.data.clone(), epoch));
                     ConnState::Ready(conns, Instant::now())

@@ -39,19 +39,6 @@ pub(super) enum Found {
     Restored,
     /// `INFO` refused (the ACL lacks `+info`): not checked.
     Unchecked,
-    /// Another incarnation's data on a cluster, cleared on every master but those that
-    /// refused (a master in its writable delay after a restart): their slots must not be
-    /// read until [`finish`] has deleted these keys.
-    Pending(Pending),
-}
-
-/// What a [`Found::Pending`] check left to do.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) struct Pending {
-    /// The global token's stripes not deleted yet.
-    pub(super) keys: Vec<String>,
-    /// The incarnation to record once they are.
-    incarnation: String,
 }
 
 /// The `run_id` in an `INFO server` reply.
@@ -120,15 +107,7 @@ pub(super) async fn check(
     let Some(now) = incarnation(&infos) else {
         return Ok(Found::Unchecked);
     };
-    let recorded: Option<String> = match redis::cmd("GET").arg(server_key).query_async(conn).await {
-        Ok(recorded) => recorded,
-        // On a cluster the record's master may be the one restarting (it refuses every key
-        // during its writable delay): judged as another incarnation's, the safe side.
-        Err(e) if conn.is_cluster() && matches!(e.kind(), redis::ErrorKind::Server(_)) => {
-            Some(String::new())
-        }
-        Err(e) => return Err(e),
-    };
+    let recorded: Option<String> = redis::cmd("GET").arg(server_key).query_async(conn).await?;
     let found = match judge(recorded.as_deref(), &now) {
         // On a cluster the record's master may have been restarted empty while another came
         // back from its snapshot: no record is no proof of an empty data set there (one
@@ -139,61 +118,30 @@ pub(super) async fn check(
     if found == Found::Restored {
         // Before the record: a process that fails in between leaves the old record, and the
         // next connect clears again (one more miss per key, never an old value).
-        let refused = conn.del_everywhere_refused(global_tokens).await?;
+        conn.del_everywhere(global_tokens).await?;
         log.warn(
             "redis",
             "redis answers with data written under another server (restarted from a \
              snapshot, or a failover): every cached value was invalidated",
         );
-        match refused {
-            None => {}
-            // A single node that refuses cannot be read either: the connect fails.
-            Some((e, _)) if !conn.is_cluster() => return Err(e),
-            Some((_, keys)) => {
-                return Ok(Found::Pending(Pending {
-                    keys,
-                    incarnation: now,
-                }))
-            }
-        }
     }
     if found != Found::Same {
-        record(conn, server_key, &now, log).await;
+        // Refused under `noeviction` OOM: then the next connect judges again (at worst one
+        // more clear), which must not keep the connection from serving.
+        let recorded: redis::RedisResult<()> = redis::cmd("SET")
+            .arg(server_key)
+            .arg(&now)
+            .query_async(conn)
+            .await;
+        if let Err(e) = recorded {
+            log.warn_error(
+                "redis",
+                "cannot record the server's incarnation",
+                &e.to_string(),
+            );
+        }
     }
     Ok(found)
-}
-
-/// Deletes what a [`Found::Pending`] check left, then records the incarnation: `Ok(true)`
-/// once done, `Ok(false)` while a master still refuses.
-pub(super) async fn finish(
-    conn: &mut Conn,
-    server_key: &str,
-    pending: &Pending,
-    log: &LogLimiter,
-) -> redis::RedisResult<bool> {
-    if conn.del_everywhere_refused(&pending.keys).await?.is_some() {
-        return Ok(false);
-    }
-    record(conn, server_key, &pending.incarnation, log).await;
-    Ok(true)
-}
-
-/// Records the incarnation. Refused under `noeviction` OOM (or by a master restarting):
-/// then the next connect judges again (at worst one more clear), which must not keep the
-/// connection from serving.
-async fn record(conn: &mut Conn, server_key: &str, incarnation: &str, log: &LogLimiter) {
-    let recorded: redis::RedisResult<()> = redis::cmd("SET")
-        .arg(server_key)
-        .arg(incarnation)
-        .query_async(conn)
-        .await;
-    if let Err(e) = recorded {
-        log.warn_error(
-            "redis",
-            "cannot record the server's incarnation",
-            &e.to_string(),
-        );
-    }
 }
 
 #[cfg(test)]

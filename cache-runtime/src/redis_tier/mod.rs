@@ -371,11 +371,6 @@ async fn read_untracked(
     claim: Option<(u64, u64)>,
     read_replicas: bool,
 ) -> (Result<Fetched, CacheError>, Fault) {
-    // Looked at once the connections are in hand: a reconnect sets the quarantine before its
-    // connections serve (§8.2). Nothing is wrong with Redis: an answer, for the breaker.
-    if shared.quarantined(k.slot) {
-        return (Err(quarantined()), Fault::Answered);
-    }
     let read = untracked_read(k, claim, read_replicas);
     let (res, fault) = run_op(shared, conns, Confirm::No, move |c| read.run(c)).await;
     (
@@ -845,16 +840,10 @@ impl RedisTier {
             let _ = self.shared.tracked_lost();
         }
         let scripts = self.scripts.clone();
-        // Looked at once the connections are in hand: a reconnect sets the quarantine before
-        // its connections serve (§8.2).
-        let shared = self.cluster.then(|| self.shared.clone());
         type Reply = (Option<Vec<u8>>, Option<Vec<u8>>, i64, Vec<Option<Vec<u8>>>);
         let (value, ticket, locked, stamps) = self
             .exec(move |mut c| async move {
                 let keys = &req.keys;
-                if shared.is_some_and(|s| s.quarantined(key_slot(keys.value.as_bytes()))) {
-                    return Err(quarantined_error());
-                }
                 let (token, lease_ms) = &req.try_lock;
                 let mut call = ScriptCall::new(
                     &scripts.read,
@@ -1768,19 +1757,6 @@ impl Scripts {
 }
 
 /// `health check: <step> failed: the redis user may not run 'zadd' (grant +zadd): NOPERM ...`
-/// A read of a cluster slot whose restarted master has not taken its share of the global
-/// clear yet (docs/PROTOCOL.md §8.2): refused, the body answers.
-fn quarantined() -> CacheError {
-    CacheError::Unavailable(crate::ErrorSource::from(QUARANTINED.to_string()))
-}
-
-/// [`quarantined`] inside an operation: an error the breaker counts as an answer.
-fn quarantined_error() -> RedisError {
-    RedisError::from((redis::ErrorKind::Client, QUARANTINED))
-}
-
-const QUARANTINED: &str = "the slot's master was restarted and its values are not cleared yet";
-
 fn health_message(step: &str, msg: &str) -> String {
     let denied = msg
         .to_ascii_uppercase()
