@@ -11,7 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use cache_runtime::{cached, Config};
-use cache_tests::RedisCluster;
+use cache_tests::{eventually, RedisCluster};
+
+/// How long the bus may take to notice a subscription or its loss.
+const WITHIN: Duration = Duration::from_secs(30);
 
 const KEYS: usize = 48;
 const PREFIX: &str = "csnap";
@@ -39,14 +42,6 @@ fn value_key(logical: &str) -> String {
     cache_runtime::key::redis_keys(PREFIX, 1, logical).0
 }
 
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_invalidated_after_a_masters_snapshot_are_not_served_after_its_restart() {
     let cluster = RedisCluster::start();
@@ -57,7 +52,7 @@ async fn values_invalidated_after_a_masters_snapshot_are_not_served_after_its_re
             .build(),
     )
     .unwrap();
-    eventually("the bus to subscribe to every shard", || {
+    eventually(WITHIN, "the bus to subscribe to every shard", || {
         cache_runtime::bus_status().connected
     })
     .await;
@@ -101,7 +96,7 @@ async fn values_invalidated_after_a_masters_snapshot_are_not_served_after_its_re
     // real crash, long before a supervisor has restarted the server); then a restart from
     // the snapshot, well within the node timeout: no failover.
     cluster.node(victim).kill();
-    eventually("the bus to notice the lost node", || {
+    eventually(WITHIN, "the bus to notice the lost node", || {
         !cache_runtime::bus_status().connected
     })
     .await;

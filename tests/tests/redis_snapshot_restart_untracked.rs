@@ -10,7 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use cache_runtime::{cached, Config};
-use cache_tests::{RedisOptions, RedisServer};
+use cache_tests::{eventually, RedisOptions, RedisServer};
+
+/// How long the bus may take to notice a subscription or its loss.
+const WITHIN: Duration = Duration::from_secs(30);
 
 const KEYS: usize = 16;
 
@@ -27,14 +30,6 @@ async fn remote(id: usize) -> u64 {
     SOURCE[id].load(SeqCst)
 }
 
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untracked_reader_is_not_served_values_restored_from_a_snapshot() {
     // Defined at start, so the restarted server knows the user too.
@@ -45,7 +40,7 @@ async fn an_untracked_reader_is_not_served_values_restored_from_a_snapshot() {
             .build(),
     )
     .unwrap();
-    eventually("the bus to subscribe", || {
+    eventually(WITHIN, "the bus to subscribe", || {
         cache_runtime::bus_status().connected
     })
     .await;
@@ -71,7 +66,7 @@ async fn an_untracked_reader_is_not_served_values_restored_from_a_snapshot() {
     // A crash: the bus hears the socket close (as it would long before a supervisor has
     // restarted the server), then the restart from the snapshot.
     server.kill();
-    eventually("the bus to notice the crash", || {
+    eventually(WITHIN, "the bus to notice the crash", || {
         !cache_runtime::bus_status().connected
     })
     .await;
