@@ -741,13 +741,11 @@ impl Shared {
             runtimes: Mutex::new(Vec::new()),
             home: std::sync::OnceLock::new(),
             server_key: super::incarnation::server_key(&config.key_prefix),
-            global_tokens: {
-                let global = crate::key::scope_key(&config.key_prefix, crate::key::Scope::All);
-                match config.cluster {
-                    Some(_) => crate::key::scope_token_keys(&config.key_prefix, &global),
-                    None => vec![global],
-                }
-            },
+            global_tokens: super::scope_keys_on(
+                config.cluster.is_some(),
+                &config.key_prefix,
+                &crate::key::scope_key(&config.key_prefix, crate::key::Scope::All),
+            ),
         }
     }
 

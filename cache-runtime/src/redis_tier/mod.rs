@@ -1266,11 +1266,7 @@ impl RedisTier {
     /// The token keys a scope invalidation deletes, from the scope's single-node key: that
     /// key (single node, Sentinel), or the scope's token in every bucket (cluster).
     pub(crate) fn scope_keys(&self, prefix: &str, scope_key: &str) -> Vec<String> {
-        if self.cluster {
-            crate::key::scope_token_keys(prefix, scope_key)
-        } else {
-            vec![scope_key.to_string()]
-        }
+        scope_keys_on(self.cluster, prefix, scope_key)
     }
 
     /// How a message about `key` is published: `PUBLISH` on `channel` (single node,
@@ -1757,6 +1753,16 @@ impl Scripts {
 }
 
 /// `health check: <step> failed: the redis user may not run 'zadd' (grant +zadd): NOPERM ...`
+/// [`RedisTier::scope_keys`] before the tier exists: the scope's token key, or its stripe in
+/// every bucket on a cluster.
+pub(super) fn scope_keys_on(cluster: bool, prefix: &str, scope_key: &str) -> Vec<String> {
+    if cluster {
+        crate::key::scope_token_keys(prefix, scope_key)
+    } else {
+        vec![scope_key.to_string()]
+    }
+}
+
 fn health_message(step: &str, msg: &str) -> String {
     let denied = msg
         .to_ascii_uppercase()
