@@ -259,12 +259,9 @@ impl Conn {
                     }),
                     Err(e) => Some(e),
                 };
-                if let Some(e) = refusal.filter(|e| {
-                    matches!(
-                        e.kind(),
-                        redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
-                    ) && !matches!(e.code(), Some("MOVED") | Some("ASK"))
-                }) {
+                if let Some(e) = refusal
+                    .filter(|e| error_reply(e) && !matches!(e.code(), Some("MOVED") | Some("ASK")))
+                {
                     return Err(e);
                 }
                 redis::cmd("DEL")
@@ -435,6 +432,15 @@ pub(crate) async fn master_slot_ranges(
         }
     }
     Ok(masters)
+}
+
+/// Whether the server (or a proxy before it) answered with an error reply, as opposed to a
+/// transport failure.
+pub(super) fn error_reply(e: &RedisError) -> bool {
+    matches!(
+        e.kind(),
+        redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+    )
 }
 
 /// The cluster slot of a key (see [`crate::key::cluster_slot`]).

@@ -89,12 +89,7 @@ pub(super) async fn check(
         // Refused by the ACL (`NOPERM`), or unknown to a proxy in front of Redis: connect
         // without the check rather than not at all. A server still loading its data answers
         // `INFO`; a lost connection fails the connect (retried).
-        Err(e)
-            if matches!(
-                e.kind(),
-                redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
-            ) =>
-        {
+        Err(e) if super::connection::error_reply(&e) => {
             log.warn_error(
                 "redis",
                 "`INFO` refused (grant +info): a restart from a snapshot is not detected",
