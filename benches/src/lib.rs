@@ -88,6 +88,20 @@ pub fn criterion() -> Criterion {
         .nresamples(20_000)
 }
 
+/// Polls `fut` to completion on this thread with a no-op waker: the cost of the future
+/// itself, without an executor's (the `local_hit_future` group; a local hit is ready on its
+/// first poll, so the loop never spins there).
+pub fn poll_ready<F: std::future::Future>(fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::hint::spin_loop();
+    }
+}
+
 /// Runs `iters` calls of `f` split over two threads, each walking `ids` (whose length is a
 /// power of two) round-robin from its own offset; the wall time from start to both done.
 pub fn two_threads(ids: &[u64], iters: u64, f: &(dyn Fn(u64) -> Profile + Sync)) -> Duration {

@@ -53,6 +53,39 @@ impl HandStore for Moka {
     }
 }
 
+/// moka's `future::Cache` with `time_to_live`: what hand-written async code uses (the
+/// `local_hit_future` group's `hand_written`).
+pub struct MokaFuture(moka::future::Cache<String, Profile>);
+
+impl MokaFuture {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self(
+            moka::future::Cache::builder()
+                .max_capacity(CAPACITY)
+                .time_to_live(TTL)
+                .build(),
+        )
+    }
+
+    /// The profile of `id`, from the store or computed and stored.
+    pub async fn get(&self, id: u64) -> Profile {
+        let key = our_key(id);
+        if let Some(v) = self.0.get(&key).await {
+            return v;
+        }
+        let v = profile(id);
+        self.0.insert(key, v.clone()).await;
+        v
+    }
+}
+
+impl Default for MokaFuture {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A value with the instant it stops being served: stores without per-entry expiry check it
 /// on read (lazy expiry; an expired entry still counts against the capacity until evicted).
 #[derive(Clone)]

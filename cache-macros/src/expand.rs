@@ -179,15 +179,18 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         let (get_or_load, get_entry) = if detached {
             // The body may outlive the call (soft timeout, refresh ahead): owned arguments.
             (
-                quote!(get_or_load_detached::<#ret, #shape, _>(
-                    #k::key::IntoKey::into_key(#key), #body_future, #sharing)),
-                quote!(get_or_load_entry_detached::<#ret, #shape, _>(
-                    #k::key::IntoKey::into_key(#key), #body_future, #sharing)),
+                quote!(get_or_load_detached_with::<#ret, #shape, _, _>(
+                    #k::key::IntoKey::into_key(#key), move || #body_future, #sharing)),
+                quote!(get_or_load_entry_detached_with::<#ret, #shape, _, _>(
+                    #k::key::IntoKey::into_key(#key), move || #body_future, #sharing)),
             )
         } else {
             (
-                quote!(get_or_load::<#ret, #shape>(#key, #body_future, &#sharing)),
-                quote!(get_or_load_entry::<#ret, #shape>(#key, #body_future, &#sharing)),
+                // The body's future is made only on a miss (a hit's future stays small).
+                quote!(get_or_load_with::<#ret, #shape, _, _>(
+                    #key, move || #body_future, &#sharing)),
+                quote!(get_or_load_entry_with::<#ret, #shape, _, _>(
+                    #key, move || #body_future, &#sharing)),
             )
         };
         (

@@ -20,6 +20,10 @@ use serde_json::Value;
 const GROUPS: &[(&str, &str)] = &[
     ("local_hit", "1. Local hit, one thread"),
     (
+        "local_hit_future",
+        "1. Local hit, one thread, `async fn` (its future polled once)",
+    ),
+    (
         "local_hit_2_threads",
         "1. Local hit, two threads (throughput)",
     ),
@@ -310,6 +314,17 @@ fn budgets(
         out.push(Budget {
             what: "Local hit",
             rule: "≤ 1.05 × hand-written moka".into(),
+            measured: format!("{} vs {} = {:.2} ×", fmt_time(o), fmt_time(h), o / h),
+            met: Some(o <= 1.05 * h),
+        });
+    }
+    if let (Some(o), Some(h)) = (
+        get("local_hit_future", "ours"),
+        get("local_hit_future", "hand_written"),
+    ) {
+        out.push(Budget {
+            what: "Local hit, `async fn`",
+            rule: "≤ 1.05 × hand-written moka (`future::Cache`)".into(),
             measured: format!("{} vs {} = {:.2} ×", fmt_time(o), fmt_time(h), o / h),
             met: Some(o <= 1.05 * h),
         });

@@ -9,6 +9,7 @@
 //! ```text
 //! hit-instructions <contender> <calls>
 //! contenders: local-ours local-hand local-cached local-quick local-mini
+//!             local-ours-async local-hand-async local-cached-async
 //!             redis-ours redis-hand redis-hand-mget redis-cached
 //!             redis-ours-64 redis-hand-64 invalidate-ours invalidate-hand
 //!             invalidate-hand-publish invalidate-tag-ours
@@ -36,7 +37,7 @@ use std::time::Duration;
 use cache_benches::alloc_count;
 use cache_benches::stores::{self, HandStore};
 use cache_benches::{
-    current_thread_runtime, hand_key, hand_redis_get, init_local_only, our_key, profile,
+    current_thread_runtime, hand_key, hand_redis_get, init_local_only, our_key, poll_ready, profile,
 };
 use cache_benches::{hand_bus_subscriber, hand_del_publish};
 use cache_benches::{redis_url, server_cpu_seconds, start_redis};
@@ -99,6 +100,23 @@ fn local_ours_tagged(id: u64) -> Profile {
     convert = r#"{ our_key(id) }"#
 )]
 fn local_rival(id: u64) -> Profile {
+    profile(id)
+}
+
+/// `local_ours` as an `async fn` (the `-async` contenders poll each call's future once, with a
+/// no-op waker: `cache_benches::poll_ready`).
+#[cache_runtime::cached(tier = "local", ttl = 300, key = "user:profile:<id>")]
+async fn local_ours_async(id: u64) -> Profile {
+    profile(id)
+}
+
+#[cached::macros::cached(
+    max_size = 10_000,
+    ttl_secs = 300,
+    key = "String",
+    convert = r#"{ our_key(id) }"#
+)]
+async fn local_rival_async(id: u64) -> Profile {
     profile(id)
 }
 
@@ -168,7 +186,7 @@ async fn hand_redis_mget(conn: &mut ConnectionManager, id: u64) -> Profile {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: hit-instructions <local-ours|local-ours-tagged|local-hand|local-cached|local-quick|local-mini|redis-ours|redis-hand|redis-hand-mget|redis-cached|redis-ours-64|redis-hand-64|invalidate-ours|invalidate-hand|invalidate-hand-publish|invalidate-tag-ours|miss-ours|miss-ours-tagged|miss-ours-two-tier|miss-hand|miss-cached> <calls>";
+    let usage = "usage: hit-instructions <local-ours|local-ours-tagged|local-hand|local-cached|local-ours-async|local-hand-async|local-cached-async|local-quick|local-mini|redis-ours|redis-hand|redis-hand-mget|redis-cached|redis-ours-64|redis-hand-64|invalidate-ours|invalidate-hand|invalidate-hand-publish|invalidate-tag-ours|miss-ours|miss-ours-tagged|miss-ours-two-tier|miss-hand|miss-cached> <calls>";
     let contender = args.next().expect(usage);
     alloc_count::count_from_now();
     let calls: u64 = args.next().and_then(|s| s.parse().ok()).expect(usage);
@@ -201,6 +219,28 @@ fn main() {
             warm.for_each(|id| drop(store.get(id)));
             measured(calls, || {
                 ids(calls).for_each(|id| drop(black_box(store.get(black_box(id)))))
+            });
+        }
+        "local-ours-async" => {
+            init_local_only();
+            warm.for_each(|id| drop(poll_ready(local_ours_async(id))));
+            measured(calls, || {
+                ids(calls)
+                    .for_each(|id| drop(black_box(poll_ready(local_ours_async(black_box(id))))))
+            });
+        }
+        "local-hand-async" => {
+            let moka = stores::MokaFuture::new();
+            warm.for_each(|id| drop(poll_ready(moka.get(id))));
+            measured(calls, || {
+                ids(calls).for_each(|id| drop(black_box(poll_ready(moka.get(black_box(id))))))
+            });
+        }
+        "local-cached-async" => {
+            warm.for_each(|id| drop(poll_ready(local_rival_async(id))));
+            measured(calls, || {
+                ids(calls)
+                    .for_each(|id| drop(black_box(poll_ready(local_rival_async(black_box(id))))))
             });
         }
         "local-cached" => {

@@ -121,15 +121,18 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
 
     /// The detached waterfall: a local hit (starting a refresh ahead if due), the miss path
     /// under the soft timeout, or the plain waterfall (refreshing ahead a value found late).
-    pub(super) async fn load_detached<R, S, B>(
+    /// The body's future is made only where it is needed, and the miss paths are boxed, so
+    /// that this future (and its caller's) holds neither.
+    pub(super) async fn load_detached<R, S, F, B>(
         &'static self,
         key: Key,
-        body: B,
+        make_body: F,
         sharing: Sharing<R>,
     ) -> (R, Meta, Source)
     where
         S: Shape<R, Value = V> + 'static,
         R: Send + 'static,
+        F: FnOnce() -> B + Send + 'static,
         B: Future<Output = R> + Send + 'static,
     {
         let normal = self.mode.load(Ordering::Relaxed) == 0;
@@ -137,18 +140,20 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             // The hit is handled here (one local lookup), so a miss can go to `load_soft`.
             if let Some((v, meta)) = self.local_hit(&key.logical) {
                 if self.refresh_due(&meta) {
-                    self.refresh_in_background::<R, S, B>(key, body, sharing);
+                    self.refresh_in_background::<R, S, B>(key, make_body(), sharing);
                 }
                 return (S::rebuild(v), meta, Source::Local);
             }
             if let Some(soft) = self.soft_timeout {
-                return self
-                    .load_soft::<R, S, B>(key, Some(body), sharing, soft)
-                    .await;
+                let body = Some(make_body());
+                return Box::pin(self.load_soft::<R, S, B>(key, body, sharing, soft)).await;
             }
         }
-        let mut body = Some(body);
-        let out = self.load::<R, S, B>(&key, &mut body, &sharing).await;
+        let (out, body) = Box::pin(async {
+            let mut body = Some(make_body());
+            (self.load::<R, S, B>(&key, &mut body, &sharing).await, body)
+        })
+        .await;
         if let (Some(body), true, Source::Local | Source::Redis) = (body, normal, out.2) {
             if self.refresh_due(&out.1) {
                 self.refresh_in_background::<R, S, B>(key, body, sharing);

@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::bus;
-use crate::entry::ETag;
+use crate::entry::{ETag, Source};
 use crate::error::CacheError;
 use crate::flight::Flights;
 use crate::key::{IntoKey, KeyWriter};
@@ -223,6 +223,38 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     where
         S: Shape<R, Value = V>,
     {
+        self.get_or_load_with::<R, S, _, _>(key, move || body, sharing)
+            .await
+    }
+
+    /// [`get_or_load`](Self::get_or_load) with the body's future made by `make_body`, only
+    /// on a miss: what `#[cached]` calls for an `async fn`. A hit never builds the body's
+    /// future, and the miss path (Redis, the flight, the body) lives in a box of its own, so
+    /// the future this returns, and every future that awaits it, stays a few hundred bytes
+    /// whatever the body holds: a hit does not copy kilobytes of state a miss would need.
+    ///
+    /// ```
+    /// use cache_runtime::{Cache, Plain, Sharing};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let cache: Cache<u64> = Cache::builder("doc::with").build();
+    /// let id = 7;
+    /// let v = cache
+    ///     .get_or_load_with::<_, Plain, _, _>("k", move || async move { id * 2 }, &Sharing::none())
+    ///     .await;
+    /// assert_eq!(v, 14);
+    /// # });
+    /// ```
+    pub async fn get_or_load_with<R, S, F, B>(
+        &self,
+        key: impl IntoKey,
+        make_body: F,
+        sharing: &Sharing<R>,
+    ) -> R
+    where
+        S: Shape<R, Value = V>,
+        F: FnOnce() -> B,
+        B: Future<Output = R>,
+    {
         // The key stays a stack buffer through a local hit; only a miss owns it.
         let normal = self.mode.load(Ordering::Relaxed) == 0;
         if normal {
@@ -230,8 +262,8 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 return S::rebuild(hit.value().clone());
             }
         }
-        self.load_unhit::<R, S, _>(&key.into_key(), body, sharing, normal)
-            .await
+        let key = key.into_key();
+        Box::pin(self.load_unhit::<R, S, _>(&key, make_body(), sharing, normal)).await
     }
 
     /// The rest of a call whose local hit (`normal` mode) missed: the waterfall past the
@@ -291,9 +323,53 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     where
         S: EntryShape<R, Value = V>,
     {
+        self.get_or_load_entry_with::<R, S, _, _>(key, move || body, sharing)
+            .await
+    }
+
+    /// [`get_or_load_entry`](Self::get_or_load_entry) with the body's future made by
+    /// `make_body`, only on a miss, and the miss path boxed (see
+    /// [`get_or_load_with`](Self::get_or_load_with)): what `#[cached]` calls for the `_entry`
+    /// function of an `async fn`.
+    ///
+    /// ```
+    /// use cache_runtime::{Cache, Plain, Sharing, Source};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let cache: Cache<u32> = Cache::builder("doc::entry_with").etag().build();
+    /// let first = cache.get_or_load_entry_with::<_, Plain, _, _>("k", || async { 7 }, &Sharing::none()).await;
+    /// let again = cache.get_or_load_entry_with::<_, Plain, _, _>("k", || async { 8 }, &Sharing::none()).await;
+    /// assert_eq!((*first.value(), *again.value()), (7, 7));
+    /// assert_eq!((first.source(), again.source()), (Source::Body, Source::Local));
+    /// # });
+    /// ```
+    pub async fn get_or_load_entry_with<R, S, F, B>(
+        &self,
+        key: impl IntoKey,
+        make_body: F,
+        sharing: &Sharing<R>,
+    ) -> S::Entries
+    where
+        S: EntryShape<R, Value = V>,
+        F: FnOnce() -> B,
+        B: Future<Output = R>,
+    {
         self.want_etags();
         let key = key.into_key();
-        let (r, mut meta, source) = self.load::<R, S, _>(&key, &mut Some(body), sharing).await;
+        let hit = match self.mode.load(Ordering::Relaxed) == 0 {
+            true => self.local_hit(&key.logical),
+            false => None,
+        };
+        let (r, mut meta, source) = match hit {
+            Some((v, meta)) => (S::rebuild(v), meta, Source::Local),
+            None => {
+                let key = &key;
+                Box::pin(async move {
+                    let mut body = Some(make_body());
+                    self.load::<R, S, B>(key, &mut body, sharing).await
+                })
+                .await
+            }
+        };
         self.etag_for_entry::<R, S>(&r, &mut meta);
         S::with_entry(r, meta, key.tags.into(), source)
     }
@@ -343,7 +419,48 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         R: Send + 'static,
         B: Future<Output = R> + Send + 'static,
     {
-        self.load_detached::<R, S, B>(key, body, sharing).await.0
+        self.get_or_load_detached_with::<R, S, _, B>(key, move || body, sharing)
+            .await
+    }
+
+    /// [`get_or_load_detached`](Self::get_or_load_detached) with the body's future made by
+    /// `make_body`, only when it runs (a miss, or a refresh ahead started by a hit): what
+    /// `#[cached]` calls for an `async fn` with `soft_timeout` or `refresh_ahead`. As with
+    /// [`get_or_load_with`](Self::get_or_load_with), the future stays small whatever the body
+    /// holds.
+    ///
+    /// ```
+    /// use cache_runtime::{Cache, Plain, Sharing};
+    /// use std::sync::OnceLock;
+    /// use std::time::Duration;
+    ///
+    /// fn cache() -> &'static Cache<u64> {
+    ///     static C: OnceLock<Cache<u64>> = OnceLock::new();
+    ///     C.get_or_init(|| Cache::builder("doc::detached_with").ttl(Duration::from_secs(60)).refresh_ahead(0.8).build())
+    /// }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let id = 21;
+    /// let v = cache()
+    ///     .get_or_load_detached_with::<_, Plain, _, _>("k".into(), move || async move { id * 2 }, Sharing::none())
+    ///     .await;
+    /// assert_eq!(v, 42);
+    /// # });
+    /// ```
+    pub async fn get_or_load_detached_with<R, S, F, B>(
+        &'static self,
+        key: Key,
+        make_body: F,
+        sharing: Sharing<R>,
+    ) -> R
+    where
+        S: Shape<R, Value = V> + 'static,
+        R: Send + 'static,
+        F: FnOnce() -> B + Send + 'static,
+        B: Future<Output = R> + Send + 'static,
+    {
+        self.load_detached::<R, S, F, B>(key, make_body, sharing)
+            .await
+            .0
     }
 
     /// [`get_or_load_detached`](Self::get_or_load_detached) returning an
@@ -359,9 +476,46 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         R: Send + 'static,
         B: Future<Output = R> + Send + 'static,
     {
+        self.get_or_load_entry_detached_with::<R, S, _, B>(key, move || body, sharing)
+            .await
+    }
+
+    /// [`get_or_load_entry_detached`](Self::get_or_load_entry_detached) with the body's
+    /// future made only when it runs (see
+    /// [`get_or_load_detached_with`](Self::get_or_load_detached_with)).
+    ///
+    /// ```
+    /// use cache_runtime::{Cache, Plain, Sharing, Source};
+    /// use std::sync::OnceLock;
+    ///
+    /// fn cache() -> &'static Cache<u64> {
+    ///     static C: OnceLock<Cache<u64>> = OnceLock::new();
+    ///     C.get_or_init(|| Cache::builder("doc::entry_detached_with").refresh_ahead(0.8).build())
+    /// }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let load = || cache().get_or_load_entry_detached_with::<_, Plain, _, _>(
+    ///     "k".into(), || async { 42 }, Sharing::none());
+    /// assert_eq!(load().await.source(), Source::Body);
+    /// assert_eq!((*load().await.value(), load().await.source()), (42, Source::Local));
+    /// # });
+    /// ```
+    pub async fn get_or_load_entry_detached_with<R, S, F, B>(
+        &'static self,
+        key: Key,
+        make_body: F,
+        sharing: Sharing<R>,
+    ) -> S::Entries
+    where
+        S: EntryShape<R, Value = V> + 'static,
+        R: Send + 'static,
+        F: FnOnce() -> B + Send + 'static,
+        B: Future<Output = R> + Send + 'static,
+    {
         self.want_etags();
         let tags: Arc<[String]> = key.tags.clone().into();
-        let (r, mut meta, source) = self.load_detached::<R, S, B>(key, body, sharing).await;
+        let (r, mut meta, source) = self
+            .load_detached::<R, S, F, B>(key, make_body, sharing)
+            .await;
         self.etag_for_entry::<R, S>(&r, &mut meta);
         S::with_entry(r, meta, tags, source)
     }
