@@ -938,7 +938,9 @@ impl Shared {
                     due
                 };
                 if due {
-                    self.refresh_replicas(conn, false).await;
+                    // Boxed: a `ROLE` once a period, whose state would otherwise weigh on
+                    // the future of every write.
+                    Box::pin(self.refresh_replicas(conn, false)).await;
                 }
                 self.replicas.count.load(Ordering::Relaxed).min(1)
             }

@@ -1863,7 +1863,9 @@ where
         Confirm::Key(k) => Some(k.as_str()),
         _ => None,
     };
-    match write.wait(wanted, wait_ms, route).await {
+    // Boxed: only a write to a master with replicas waits, and the `WAIT`'s state (a cluster
+    // route's, on a cluster) would otherwise weigh on the future of every operation.
+    match Box::pin(write.wait(wanted, wait_ms, route)).await {
         Ok(acked) if acked >= wanted => (Ok(value), Fault::Answered),
         Ok(acked) => {
             counters::unconfirmed();
