@@ -186,9 +186,15 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
             )
         } else {
             (
-                // The body's future is made only on a miss (a hit's future stays small).
-                quote!(get_or_load_with::<#ret, #shape, _, _>(
-                    #key, move || #body_future, &#sharing)),
+                // With a local tier, the body's future is made and the miss path boxed only
+                // on a local miss: a hit's future stays small. A Redis-only cache has no hit
+                // to spare, and keeps its miss path inline (no allocation per call).
+                if opts.tier == Tier::Redis {
+                    quote!(get_or_load::<#ret, #shape>(#key, #body_future, &#sharing))
+                } else {
+                    quote!(get_or_load_with::<#ret, #shape, _, _>(
+                        #key, move || #body_future, &#sharing))
+                },
                 quote!(get_or_load_entry_with::<#ret, #shape, _, _>(
                     #key, move || #body_future, &#sharing)),
             )

@@ -213,7 +213,10 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
 
     /// The waterfall: local → Redis (promoting the value) → `body` (once per key across
     /// concurrent callers in this process, and across processes with a lock) → store in every
-    /// tier. Redis failures are misses.
+    /// tier. Redis failures are misses. The miss path is part of the returned future (no
+    /// allocation; several kilobytes of state): what `#[cached]` calls for a `tier = "redis"`
+    /// `async fn`. With a local tier, [`get_or_load_with`](Self::get_or_load_with) keeps a
+    /// hit's future small.
     pub async fn get_or_load<R, S>(
         &self,
         key: impl IntoKey,
@@ -223,15 +226,26 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     where
         S: Shape<R, Value = V>,
     {
-        self.get_or_load_with::<R, S, _, _>(key, move || body, sharing)
+        // The key stays a stack buffer through a local hit; only a miss owns it.
+        let normal = self.mode.load(Ordering::Relaxed) == 0;
+        if normal {
+            if let Some(hit) = self.local_hit_fresh(key.logical()) {
+                return S::rebuild(hit.value().clone());
+            }
+        }
+        self.load_unhit::<R, S, _>(&key.into_key(), body, sharing, normal)
             .await
     }
 
     /// [`get_or_load`](Self::get_or_load) with the body's future made by `make_body`, only
-    /// on a miss: what `#[cached]` calls for an `async fn`. A hit never builds the body's
-    /// future, and the miss path (Redis, the flight, the body) lives in a box of its own, so
-    /// the future this returns, and every future that awaits it, stays a few hundred bytes
-    /// whatever the body holds: a hit does not copy kilobytes of state a miss would need.
+    /// on a miss: what `#[cached]` calls for an `async fn` with a local tier. A hit never
+    /// builds the body's future, and the miss path (the flight, Redis, the body, the store)
+    /// lives in a box of its own, so the future this returns, and every future that awaits
+    /// it, stays a few hundred bytes whatever the body holds: a local hit does not move
+    /// kilobytes of state a miss would need. The price is one allocation per call that gets
+    /// past the local tier; [`get_or_load`](Self::get_or_load) keeps the miss path inline
+    /// instead (no allocation, a future of several kilobytes), which suits a cache without a
+    /// local tier, whose every call gets past it.
     ///
     /// ```
     /// use cache_runtime::{Cache, Plain, Sharing};
