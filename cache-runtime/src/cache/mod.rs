@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::bus;
-use crate::entry::{ETag, Source};
+use crate::entry::{ETag, Meta, Source};
 use crate::error::CacheError;
 use crate::flight::Flights;
 use crate::key::{IntoKey, KeyWriter};
@@ -235,6 +235,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         }
         self.load_unhit::<R, S, _>(&key.into_key(), body, sharing, normal)
             .await
+            .0
     }
 
     /// [`get_or_load`](Self::get_or_load) with the body's future made by `make_body`, only
@@ -277,20 +278,28 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             }
         }
         let key = key.into_key();
-        Box::pin(self.load_unhit::<R, S, _>(&key, make_body(), sharing, normal)).await
+        Box::pin(self.load_unhit::<R, S, _>(&key, make_body(), sharing, normal))
+            .await
+            .0
     }
 
     /// The rest of a call whose local hit (`normal` mode) missed: the waterfall past the
     /// local tier, or the whole of it outside normal mode.
-    async fn load_unhit<R, S, B>(&self, key: &Key, body: B, sharing: &Sharing<R>, normal: bool) -> R
+    async fn load_unhit<R, S, B>(
+        &self,
+        key: &Key,
+        body: B,
+        sharing: &Sharing<R>,
+        normal: bool,
+    ) -> (R, Meta, Source)
     where
         S: Shape<R, Value = V>,
         B: Future<Output = R>,
     {
         let body = &mut Some(body);
         match normal {
-            true => self.load_missed::<R, S, B>(key, body, sharing).await.0,
-            false => self.load::<R, S, B>(key, body, sharing).await.0,
+            true => self.load_missed::<R, S, B>(key, body, sharing).await,
+            false => self.load::<R, S, B>(key, body, sharing).await,
         }
     }
 
@@ -307,7 +316,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     where
         S: Shape<R, Value = V>,
     {
-        block_on_miss(self.load_unhit::<R, S, _>(&key, async move { body() }, sharing, normal))
+        block_on_miss(self.load_unhit::<R, S, _>(&key, async move { body() }, sharing, normal)).0
     }
 
     /// [`get_or_load`](Self::get_or_load), with the value wrapped in an [`Entry`](crate::Entry):
@@ -369,20 +378,14 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     {
         self.want_etags();
         let key = key.into_key();
-        let hit = match self.mode.load(Ordering::Relaxed) == 0 {
+        let normal = self.mode.load(Ordering::Relaxed) == 0;
+        let hit = match normal {
             true => self.local_hit(&key.logical),
             false => None,
         };
         let (r, mut meta, source) = match hit {
             Some((v, meta)) => (S::rebuild(v), meta, Source::Local),
-            None => {
-                let key = &key;
-                Box::pin(async move {
-                    let mut body = Some(make_body());
-                    self.load::<R, S, B>(key, &mut body, sharing).await
-                })
-                .await
-            }
+            None => Box::pin(self.load_unhit::<R, S, B>(&key, make_body(), sharing, normal)).await,
         };
         self.etag_for_entry::<R, S>(&r, &mut meta);
         S::with_entry(r, meta, key.tags.into(), source)

@@ -1752,7 +1752,6 @@ impl Scripts {
     }
 }
 
-/// `health check: <step> failed: the redis user may not run 'zadd' (grant +zadd): NOPERM ...`
 /// [`RedisTier::scope_keys`] before the tier exists: the scope's token key, or its stripe in
 /// every bucket on a cluster.
 pub(super) fn scope_keys_on(cluster: bool, prefix: &str, scope_key: &str) -> Vec<String> {
@@ -1763,6 +1762,7 @@ pub(super) fn scope_keys_on(cluster: bool, prefix: &str, scope_key: &str) -> Vec
     }
 }
 
+/// `health check: <step> failed: the redis user may not run 'zadd' (grant +zadd): NOPERM ...`
 fn health_message(step: &str, msg: &str) -> String {
     let denied = msg
         .to_ascii_uppercase()
