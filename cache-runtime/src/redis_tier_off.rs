@@ -42,6 +42,9 @@ pub(crate) mod counters {
     pub(crate) fn unconfirmed_writes() -> u64 {
         0
     }
+    pub(crate) fn pipelined_reads() -> (u64, u64) {
+        (0, 0)
+    }
 }
 
 #[allow(clippy::unused_async, dead_code)] // same signatures as the real tier

@@ -119,6 +119,13 @@ pub struct RedisStatus {
     /// [`WaitReplicas`](crate::WaitReplicas)) since start: each returned `Err` and was kept
     /// pending.
     pub unconfirmed_writes: u64,
+    /// Hits whose Redis read went in one pipeline with other callers' reads since start
+    /// (auto-pipelining: when many reads of one runtime are in flight at once, their `GET`s
+    /// share one request; docs/PROTOCOL.md §7.1).
+    pub pipelined_reads: u64,
+    /// The pipelines those reads went in (`pipelined_reads / read_pipelines` is their mean
+    /// size).
+    pub read_pipelines: u64,
 }
 
 /// See [`RedisStatus`].
@@ -129,12 +136,16 @@ pub fn redis_status() -> RedisStatus {
             breaker: r.breaker_state(),
             pending_writes: r.pending.len(),
             unconfirmed_writes: crate::redis_tier::counters::unconfirmed_writes(),
+            pipelined_reads: crate::redis_tier::counters::pipelined_reads().0,
+            read_pipelines: crate::redis_tier::counters::pipelined_reads().1,
         },
         None => RedisStatus {
             configured: false,
             breaker: BreakerState::Closed,
             pending_writes: 0,
             unconfirmed_writes: 0,
+            pipelined_reads: 0,
+            read_pipelines: 0,
         },
     }
 }

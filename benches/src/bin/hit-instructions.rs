@@ -49,6 +49,7 @@ use redis::aio::ConnectionManager;
 struct Before {
     allocs: u64,
     server_cpu: Option<f64>,
+    pipelined: (u64, u64),
 }
 
 fn allocs() -> Before {
@@ -56,6 +57,10 @@ fn allocs() -> Before {
         // Read first: the server's figure allocates.
         allocs: alloc_count::allocations(),
         server_cpu: server_cpu_seconds(),
+        pipelined: {
+            let s = cache_runtime::redis_status();
+            (s.pipelined_reads, s.read_pipelines)
+        },
     }
 }
 
@@ -69,6 +74,14 @@ fn report(calls: u64, before: Before) {
     if let (Some(start), Some(end)) = (before.server_cpu, server_cpu_seconds()) {
         let us = (end - start) * 1e6 / calls as f64;
         eprintln!("redis-server CPU per call: {us:.2} µs");
+        let status = cache_runtime::redis_status();
+        let pipelined = status.pipelined_reads - before.pipelined.0;
+        let pipelines = status.read_pipelines - before.pipelined.1;
+        eprintln!(
+            "our reads pipelined with others: {:.1} %, {:.1} per pipeline",
+            pipelined as f64 * 100.0 / calls as f64,
+            pipelined as f64 / pipelines.max(1) as f64
+        );
     }
 }
 

@@ -22,6 +22,7 @@ use crate::config::{redact, Config, WaitReplicas};
 use crate::error::{CacheError, InitError};
 use crate::pending::{Added, Pending, PendingOp};
 
+mod batch;
 mod connection;
 mod incarnation;
 mod lane;
@@ -281,9 +282,8 @@ async fn read_kept(
 ) -> redis::RedisResult<Option<Result<Fetched, CacheError>>> {
     match (claim, ticket) {
         (None, Some(ticket)) => {
-            let reply = get_of(k, k.value_middle)
-                .query_async::<redis::Value>(&mut t.conn)
-                .await;
+            // The hot read: pipelined with the others when many are in flight (`batch.rs`).
+            let reply = t.batch.query(&mut t.conn, get_of(k, k.value_middle)).await;
             let reply = value_reply(reply)?;
             let Some(stamps) = t.tokens.still_kept(k, stamps, Some(ticket), epoch) else {
                 return Ok(None);
@@ -1941,5 +1941,23 @@ pub(crate) mod counters {
     /// Writes the replicas did not confirm in time, since start.
     pub(crate) fn unconfirmed_writes() -> u64 {
         UNCONFIRMED.load(Ordering::Relaxed)
+    }
+
+    static PIPELINED: AtomicU64 = AtomicU64::new(0);
+    static PIPELINES: AtomicU64 = AtomicU64::new(0);
+
+    /// `n` reads sent together in one pipeline (`batch.rs`).
+    pub(crate) fn pipelined(n: u64) {
+        PIPELINED.fetch_add(n, Ordering::Relaxed);
+        PIPELINES.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("cache_redis_pipelined_reads").increment(n);
+    }
+
+    /// Reads sent in a pipeline with others, and those pipelines, since start.
+    pub(crate) fn pipelined_reads() -> (u64, u64) {
+        (
+            PIPELINED.load(Ordering::Relaxed),
+            PIPELINES.load(Ordering::Relaxed),
+        )
     }
 }

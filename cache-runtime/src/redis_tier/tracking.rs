@@ -40,6 +40,8 @@ const MAX_TICKETS: usize = 32_768;
 pub(crate) struct Tracked {
     pub(super) conn: redis::aio::MultiplexedConnection,
     pub(super) tokens: Arc<TokenCache>,
+    /// Plain reads pipelined under load (`batch.rs`).
+    pub(super) batch: super::batch::ReadBatch,
 }
 
 /// Scope tokens by key, as read on one tracked connection.
@@ -382,7 +384,12 @@ pub(super) async fn open(
         .arg("OPTIN")
         .query_async::<()>(&mut conn)
         .await?;
-    Ok(Tracked { conn, tokens })
+    let batch = super::batch::ReadBatch::spawn(conn.clone());
+    Ok(Tracked {
+        conn,
+        tokens,
+        batch,
+    })
 }
 
 #[cfg(test)]
