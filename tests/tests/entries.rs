@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
 use cache_runtime::{cached, codec, Cache, OkOnly, Sharing, Source, Tier};
-use cache_tests::shared_redis;
+use cache_tests::{shared_redis, shared_redis_with_bus};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,7 +31,7 @@ async fn local_card(id: u64) -> Result<Card, String> {
 #[tokio::test]
 async fn local_entries_keep_their_validators_until_the_value_changes() {
     // One runtime configuration per test binary: the harness Redis.
-    shared_redis();
+    shared_redis_with_bus().await;
     let first = local_card_entry(1).await.unwrap();
     assert_eq!(first.source(), Source::Body);
     let etag = first.etag().expect("etag = true gives an ETag");
@@ -102,7 +102,7 @@ async fn failing(id: u64) -> Result<Card, String> {
 #[tokio::test]
 async fn errors_pass_through_entries() {
     // One runtime configuration per test binary: the harness Redis.
-    shared_redis();
+    shared_redis_with_bus().await;
     assert_eq!(failing_entry(2).await.unwrap_err(), "no card 2");
 }
 
@@ -138,7 +138,7 @@ async fn found_entry(cache: &Cache<Card>, key: &str) -> cache_runtime::Entry<Car
 
 #[tokio::test]
 async fn every_process_sees_the_same_etag_and_creation_time() {
-    shared_redis();
+    shared_redis_with_bus().await;
     let written = redis_card_entry(7).await.unwrap();
     assert_eq!(written.source(), Source::Body);
     let etag = written.etag().expect("a Redis tier always gives an ETag");
@@ -180,7 +180,7 @@ async fn lazy_card(id: u64) -> Result<Card, String> {
 /// read first) still gets the tag every process computes for that value.
 #[tokio::test]
 async fn values_loaded_before_the_first_entry_call_still_get_their_etag() {
-    shared_redis();
+    shared_redis_with_bus().await;
     let want = codec::payload_etag(&card(9, 0));
     assert!(want.is_some());
 
@@ -214,7 +214,7 @@ async fn values_loaded_before_the_first_entry_call_still_get_their_etag() {
 /// ETags became lazy; back in normal mode the same call gets its tag.
 #[tokio::test]
 async fn bypassed_entries_carry_no_etag() {
-    shared_redis();
+    shared_redis_with_bus().await;
     let cache: Cache<Card> = Cache::builder("entries::bypassed").etag().build();
     let load = || async { Ok::<Card, String>(card(3, 0)) };
     cache.set_mode(cache_runtime::Mode::Bypass);
