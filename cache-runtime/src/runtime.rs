@@ -131,14 +131,17 @@ pub struct RedisStatus {
 /// See [`RedisStatus`].
 pub fn redis_status() -> RedisStatus {
     match &runtime().redis {
-        Some(r) => RedisStatus {
-            configured: true,
-            breaker: r.breaker_state(),
-            pending_writes: r.pending.len(),
-            unconfirmed_writes: crate::redis_tier::counters::unconfirmed_writes(),
-            pipelined_reads: crate::redis_tier::counters::pipelined_reads().0,
-            read_pipelines: crate::redis_tier::counters::pipelined_reads().1,
-        },
+        Some(r) => {
+            let (pipelined_reads, read_pipelines) = crate::redis_tier::counters::pipelined_reads();
+            RedisStatus {
+                configured: true,
+                breaker: r.breaker_state(),
+                pending_writes: r.pending.len(),
+                unconfirmed_writes: crate::redis_tier::counters::unconfirmed_writes(),
+                pipelined_reads,
+                read_pipelines,
+            }
+        }
         None => RedisStatus {
             configured: false,
             breaker: BreakerState::Closed,

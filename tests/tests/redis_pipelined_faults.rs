@@ -6,8 +6,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use cache_runtime::{cached, Config};
-use cache_tests::{wait_until, RedisServer};
+use cache_runtime::cached;
+use cache_tests::{shared_redis, wait_until};
 
 const TASKS: u64 = 64;
 /// Each task reads keys of its own (no flights joined: 64 reads in flight).
@@ -31,23 +31,40 @@ fn bodies() -> u64 {
     value_cache().stats().body_calls
 }
 
-/// Waits until `n` more calls have returned (each checked by its task).
-fn calls_go_on(n: u64, what: &str) {
+fn redis_hits() -> u64 {
+    value_cache().stats().redis_hits
+}
+
+/// While a fault lasts: callers get the body's value (their batch's error is their own) and
+/// calls go on (each checked by its task).
+fn callers_served_by_the_body(during: &str) {
+    let b = bodies();
+    wait_until(
+        WITHIN,
+        &format!("callers served by the body {during}"),
+        || bodies() >= b + TASKS,
+    );
     let from = CALLS.load(Ordering::SeqCst);
-    wait_until(WITHIN, what, || CALLS.load(Ordering::SeqCst) >= from + n);
+    wait_until(WITHIN, &format!("calls {during}"), || {
+        CALLS.load(Ordering::SeqCst) >= from + TASKS * 4
+    });
+}
+
+/// Once Redis is back: hits from Redis again, pipelined again.
+fn served_from_redis_again(after: &str) {
+    let (h, p) = (redis_hits(), pipelined());
+    wait_until(WITHIN, &format!("Redis hits again {after}"), || {
+        redis_hits() > h + 1_000
+    });
+    wait_until(WITHIN, &format!("reads pipelined again {after}"), || {
+        pipelined() > p + 1_000
+    });
 }
 
 #[test]
 fn pipelined_reads_survive_a_paused_and_a_killed_redis() {
-    let server = RedisServer::start();
-    cache_runtime::init(
-        Config::builder()
-            .redis_url(server.url())
-            .key_prefix("t")
-            .redis_timeout(Duration::from_millis(300))
-            .build(),
-    )
-    .unwrap();
+    // The harness server (key prefix `t`, 200 ms operation timeout).
+    let server = shared_redis();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -90,46 +107,21 @@ fn pipelined_reads_survive_a_paused_and_a_killed_redis() {
 
     // Killed and restarted at once: recovers (with pipelining as without).
     server.kill();
-    let h = value_cache().stats().redis_hits;
     server.restart();
-    wait_until(WITHIN, "Redis hits again after the first restart", || {
-        value_cache().stats().redis_hits > h + 1_000
-    });
+    served_from_redis_again("after the first restart");
 
     // Paused: in-flight batches time out, their callers run the body; calls go on.
-    let b = bodies();
     server.pause();
-    wait_until(
-        WITHIN,
-        "callers served by the body while Redis is paused",
-        || bodies() >= b + TASKS,
-    );
-    calls_go_on(TASKS * 4, "calls while Redis is paused");
+    callers_served_by_the_body("while Redis is paused");
     server.resume();
-    let p = pipelined();
-    wait_until(WITHIN, "reads pipelined again after the pause", || {
-        pipelined() > p + 1_000
-    });
+    served_from_redis_again("after the pause");
 
     // Killed and restarted empty: batches fail with the lost connection, callers get the
     // body's value, and once reconnected the values are stored and read again.
-    let b = bodies();
     server.kill();
-    wait_until(
-        WITHIN,
-        "callers served by the body while Redis is down",
-        || bodies() >= b + TASKS,
-    );
-    calls_go_on(TASKS * 4, "calls while Redis is down");
+    callers_served_by_the_body("while Redis is down");
     server.restart();
-    let p = pipelined();
-    let h = value_cache().stats().redis_hits;
-    wait_until(WITHIN, "Redis hits again after the restart", || {
-        value_cache().stats().redis_hits > h + 1_000
-    });
-    wait_until(WITHIN, "reads pipelined again after the restart", || {
-        pipelined() > p + 1_000
-    });
+    served_from_redis_again("after the restart");
 
     STOP.store(true, Ordering::SeqCst);
     reader.join().expect("a read was wrong");

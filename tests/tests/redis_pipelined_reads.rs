@@ -10,8 +10,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use cache_runtime::{cached, Config};
-use cache_tests::{wait_until, RedisServer};
+use cache_runtime::cached;
+use cache_tests::{shared_redis, wait_until};
 
 const KEYS: u64 = 256;
 const TASKS: u64 = 64;
@@ -74,14 +74,8 @@ static STOP: AtomicBool = AtomicBool::new(false);
 
 #[test]
 fn concurrent_hits_share_pipelines_and_still_see_a_deleted_ticket() {
-    let server = RedisServer::start();
-    cache_runtime::init(
-        Config::builder()
-            .redis_url(server.url())
-            .key_prefix("t")
-            .build(),
-    )
-    .unwrap();
+    // The harness server (key prefix `t`).
+    let server = shared_redis();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
