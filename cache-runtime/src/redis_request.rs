@@ -47,6 +47,28 @@ impl EntryKeys {
     }
 }
 
+/// A store without a script (`RedisTier::store_plain`): `bytes` for `ttl` under `ticket`,
+/// with the scope tokens `seen` (as in [`WriteRequest`]), its commands built before it is
+/// sent, so everything is borrowed.
+pub(crate) struct PlainStore<'a> {
+    pub keys: StoreKeys<'a>,
+    pub bytes: &'a [u8],
+    pub ttl: Duration,
+    pub ticket: u64,
+    pub ticket_px: u64,
+    pub extend_ticket: bool,
+    pub check_ticket: bool,
+    pub seen: &'a [u64],
+}
+
+/// The keys a plain store writes to.
+pub(crate) enum StoreKeys<'a> {
+    /// Built up front (a caller that has them anyway, such as the health probe).
+    Owned(&'a EntryKeys),
+    /// The cache's key scheme, written straight into the commands: no key string is built.
+    Scheme(ReadKeys<'a>),
+}
+
 /// A read with a lock attempt: the read script, which also sets `new_ticket` (for
 /// `ticket_px` ms) if the key has none and tries the lock (`try_lock`: token, lease ms).
 pub(crate) struct ReadRequest {

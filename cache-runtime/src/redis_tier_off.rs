@@ -24,7 +24,8 @@ pub(crate) struct RedisTier {
 pub(crate) struct RedisTarget(Infallible);
 
 pub(crate) use crate::redis_request::{
-    EntryKeys, Fetched, PlainRead, ReadKeys, ReadRequest, Stamps, WriteRequest,
+    EntryKeys, Fetched, PlainRead, PlainStore, ReadKeys, ReadRequest, Stamps, StoreKeys,
+    WriteRequest,
 };
 
 /// The bus subscriber (`bus::run` re-exports this without the feature): never called.
@@ -72,6 +73,9 @@ impl RedisTier {
         match self.never {}
     }
     pub(crate) async fn write_if(&self, _req: WriteRequest) -> Result<bool, CacheError> {
+        match self.never {}
+    }
+    pub(crate) async fn store_plain(&self, _req: PlainStore<'_>) -> Result<bool, CacheError> {
         match self.never {}
     }
     pub(crate) async fn try_lock(

@@ -298,7 +298,12 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
                 encode,
                 decode,
                 keys: KeyScheme::new(&rt.config.key_prefix, clear_scope, self.version),
-                retention: (ttl * 2).max(Duration::from_secs(86_400)),
+                // As `build` sets the cache's `none_ttl` and stale window.
+                ticket_px: super::redis_side::ticket_px_for(
+                    ttl,
+                    self.none_ttl.unwrap_or(ttl).max(Duration::from_millis(1)),
+                    self.stale.map_or(Duration::ZERO, |(stale, ..)| stale),
+                ),
                 ticketless: Default::default(),
                 last_envelope_len: Default::default(),
             }),

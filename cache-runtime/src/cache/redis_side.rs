@@ -43,7 +43,8 @@ use crate::key::{
 };
 use crate::pending::{Added, PendingOp};
 use crate::redis_tier::{
-    EntryKeys, Fetched, PlainRead, ReadKeys, ReadRequest, RedisTier, Stamps, WriteRequest,
+    EntryKeys, Fetched, PlainRead, PlainStore, ReadKeys, ReadRequest, RedisTier, Stamps, StoreKeys,
+    WriteRequest,
 };
 use crate::runtime::runtime;
 use crate::tier::Key;
@@ -246,9 +247,8 @@ pub(super) struct RedisSide<V> {
     pub(super) encode: EncodeFn<V>,
     pub(super) decode: DecodeFn<V>,
     pub(super) keys: KeyScheme,
-    /// The longest a ticket is kept (≥ 2 × ttl, ≥ 1 day); usually it is shorter (see
-    /// `ticket_px`).
-    pub(super) retention: Duration,
+    /// How long a ticket lives, in ms ([`ticket_px_for`], fixed by the configuration).
+    pub(super) ticket_px: u64,
     /// The last eight plain reads, a bit each: 1 = the key had no ticket. While half or
     /// more had none (a cache of mostly new keys), reads claim the ticket in the same round
     /// trip, so a miss costs two round trips instead of three (docs/PROTOCOL.md §7.2).
@@ -331,6 +331,15 @@ pub(super) enum Read<V> {
     Failed,
 }
 
+/// How long a ticket lives, in ms: past every value stored under it (`ttl`, `none_ttl`, kept
+/// `stale` past its expiry), plus the time a body may take to run (docs/PROTOCOL.md §2),
+/// and at most the longer of twice the TTL and a day; each store extends it (`PEXPIRE GT`).
+pub(super) fn ticket_px_for(ttl: Duration, none_ttl: Duration, stale: Duration) -> u64 {
+    let longest = ttl.max(none_ttl) * 2 + stale + FILL_ALLOWANCE;
+    let retention = (ttl * 2).max(Duration::from_secs(86_400));
+    longest.min(retention.max(FILL_ALLOWANCE)).as_millis() as u64
+}
+
 impl<V> Read<V> {
     fn unusable(seen: Seen) -> Self {
         Read::Missing {
@@ -342,11 +351,9 @@ impl<V> Read<V> {
 }
 
 impl<V: Clone + Send + Sync + 'static> Cache<V> {
-    /// How long a ticket lives: past every value stored under it, plus the time a body may
-    /// take to run (docs/PROTOCOL.md §2); each store extends it (`PEXPIRE GT`).
+    /// How long a ticket lives ([`ticket_px_for`]).
     fn ticket_px(&self, redis: &RedisSide<V>) -> u64 {
-        let longest = self.ttl.max(self.none_ttl) * 2 + self.stale_window() + FILL_ALLOWANCE;
-        longest.min(redis.retention.max(FILL_ALLOWANCE)).as_millis() as u64
+        redis.ticket_px
     }
 
     /// A claim under the ticket and scope tokens read; those missing (the key had no ticket,
@@ -814,6 +821,21 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let extend_ticket = claim
             .created
             .is_none_or(|t| t.elapsed() + ttl > Duration::from_millis(ticket_px));
+        let check_ticket = self.local.is_some();
+        if !conditional {
+            // The keys written straight into the commands (no key string built).
+            let req = PlainStore {
+                keys: StoreKeys::Scheme(redis.keys.read_keys(key)),
+                bytes: &bytes,
+                ttl,
+                ticket: claim.ticket,
+                ticket_px,
+                extend_ticket,
+                check_ticket,
+                seen: &claim.stamps,
+            };
+            return redis.tier.store_plain(req).await;
+        }
         let req = WriteRequest {
             keys: redis.keys.entry(key, conditional),
             bytes,
@@ -821,7 +843,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             ticket: claim.ticket,
             ticket_px,
             extend_ticket,
-            check_ticket: self.local.is_some(),
+            check_ticket,
             seen: claim.stamps,
             token: claim.token,
             conditional,

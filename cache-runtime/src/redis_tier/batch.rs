@@ -88,14 +88,14 @@ impl ReadBatch {
     /// Sends `cmd` (one command) on `conn`, alone or in a batch with other reads.
     pub(super) async fn query(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &MultiplexedConnection,
         cmd: redis::Cmd,
     ) -> RedisResult<Value> {
         let inner = &*self.inner;
         let before = inner.in_flight.fetch_add(1, Ordering::Relaxed);
         let _counted = InFlight(&inner.in_flight);
         if before < BATCH_FROM {
-            return cmd.query_async(conn).await;
+            return cmd.query_async(&mut conn.clone()).await;
         }
         let (tx, rx) = oneshot::channel();
         let queued = {
@@ -110,7 +110,7 @@ impl ReadBatch {
         };
         let opened = match queued {
             Ok(opened) => opened,
-            Err(cmd) => return cmd.query_async(conn).await,
+            Err(cmd) => return cmd.query_async(&mut conn.clone()).await,
         };
         if opened {
             // Full: a ring not yet answered, which takes this read too.

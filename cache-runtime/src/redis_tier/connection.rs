@@ -38,7 +38,7 @@ use super::tracking::{self, Tracked};
 pub(super) struct Conns {
     pub(super) data: Conn,
     pub(super) write: Conn,
-    pub(super) tracked: Option<Tracked>,
+    pub(super) tracked: Option<Arc<Tracked>>,
     /// Single node and Sentinel: the invalidation lane (`lane.rs`), connected on first use.
     pub(super) lane: Option<Arc<Lane>>,
 }
@@ -1042,7 +1042,9 @@ impl Shared {
             }
         };
         let tracked = match tracking::open(&client, self.connect_timeout, self.op_timeout).await {
-            Ok(t) => Some(t),
+            // Shared by the reads: a hit clones one `Arc`, not the connection (whose clone
+            // is several reference counts), unless it sends its request itself.
+            Ok(t) => Some(Arc::new(t)),
             Err(e) => {
                 // Correct either way; only slower (each hit reads its scope tokens).
                 self.log.warn_error(

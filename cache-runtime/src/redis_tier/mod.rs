@@ -31,7 +31,8 @@ mod tracking;
 pub(crate) use tracking::resp3_client;
 
 pub(crate) use crate::redis_request::{
-    EntryKeys, Fetched, PlainRead, ReadKeys, ReadRequest, Stamps, WriteRequest,
+    EntryKeys, Fetched, PlainRead, PlainStore, ReadKeys, ReadRequest, Stamps, StoreKeys,
+    WriteRequest,
 };
 pub(crate) use connection::RedisTarget;
 pub(crate) use connection::{key_slot, master_slot_ranges, ClusterTarget, Conn};
@@ -274,7 +275,7 @@ fn entry_of(
 /// reads everything again.
 async fn read_kept(
     k: &ReadKeys<'_>,
-    t: &mut tracking::Tracked,
+    t: &tracking::Tracked,
     stamps: Stamps,
     ticket: Option<u64>,
     claim: Option<(u64, u64)>,
@@ -283,7 +284,7 @@ async fn read_kept(
     match (claim, ticket) {
         (None, Some(ticket)) => {
             // The hot read: pipelined with the others when many are in flight (`batch.rs`).
-            let reply = t.batch.query(&mut t.conn, get_of(k, k.value_middle)).await;
+            let reply = t.batch.query(&t.conn, get_of(k, k.value_middle)).await;
             let reply = value_reply(reply)?;
             let Some(stamps) = t.tokens.still_kept(k, stamps, Some(ticket), epoch) else {
                 return Ok(None);
@@ -302,7 +303,7 @@ async fn read_kept(
             p.add_command(get_of(k, crate::key::TICKET_MIDDLE));
             let replies = p
                 .ignore_errors()
-                .query_async::<Vec<redis::Value>>(&mut t.conn)
+                .query_async::<Vec<redis::Value>>(&mut t.conn.clone())
                 .await?;
             let mut replies = replies.into_iter();
             let mut next = || replies.next().unwrap_or(redis::Value::Nil);
@@ -324,14 +325,15 @@ async fn read_kept(
             ))))
         }
         (Some((new, px)), _) => {
+            let mut conn = t.conn.clone();
             let replies = claiming_read(get_of(k, k.value_middle), k, new, px)
-                .query_async::<Vec<redis::Value>>(&mut t.conn)
+                .query_async::<Vec<redis::Value>>(&mut conn)
                 .await?;
             let (reply, claimed) = split_claims(replies, new)?;
             let Some(stamps) = t.tokens.still_kept(k, stamps, None, epoch) else {
                 return Ok(None);
             };
-            let entry = tracked_entry(reply, Some(new), &claimed, k, &mut t.conn).await?;
+            let entry = tracked_entry(reply, Some(new), &claimed, k, &mut conn).await?;
             Ok(Some(entry.map(|(value, found)| {
                 fetched(value, found, stamps, claimed)
             })))
@@ -341,7 +343,7 @@ async fn read_kept(
 
 /// The connection a plain read of an async caller goes through.
 enum Via {
-    Tracked(tracking::Tracked),
+    Tracked(Arc<tracking::Tracked>),
     Conns(Conns),
     /// The tracked connection, found closed.
     Lost,
@@ -388,7 +390,7 @@ async fn read_untracked(
 async fn read_tracked(
     shared: &Shared,
     k: &ReadKeys<'_>,
-    mut t: tracking::Tracked,
+    t: Arc<tracking::Tracked>,
     claim: Option<(u64, u64)>,
 ) -> (Result<Fetched, CacheError>, Fault) {
     let fail = |e| {
@@ -397,7 +399,7 @@ async fn read_tracked(
     };
     let epoch = t.tokens.epoch();
     if let Some((stamps, ticket)) = t.tokens.kept(k) {
-        match read_kept(k, &mut t, stamps, ticket, claim, epoch).await {
+        match read_kept(k, &t, stamps, ticket, claim, epoch).await {
             Ok(Some(res)) => return (res, Fault::Answered),
             // A token or the ticket was invalidated while the read was in flight: read
             // them all again.
@@ -418,9 +420,10 @@ async fn read_tracked(
         add_claims(&mut p, k, new, px);
     }
     // Errors come back in place: a claim Redis refuses (OOM) is dropped, the reads are not.
+    let mut conn = t.conn.clone();
     let replies = match p
         .ignore_errors()
-        .query_async::<Vec<redis::Value>>(&mut t.conn)
+        .query_async::<Vec<redis::Value>>(&mut conn)
         .await
     {
         Ok(v) => v,
@@ -440,7 +443,7 @@ async fn read_tracked(
         Some((new, _)) => claims_of(replies, new),
         None => Vec::new(),
     };
-    let entry = match tracked_entry(entry, claim.map(|c| c.0), &claimed, k, &mut t.conn).await {
+    let entry = match tracked_entry(entry, claim.map(|c| c.0), &claimed, k, &mut conn).await {
         Ok(entry) => entry,
         Err(e) => return fail(e),
     };
@@ -539,6 +542,86 @@ fn add_claims(p: &mut redis::Pipeline, k: &ReadKeys<'_>, new: u64, px: u64) {
             write_tag_token_key(set, k, tag)
         }));
     }
+}
+
+/// The commands of a plain store (`now_ms`: the reference clock, for the tag tokens'
+/// deadline): `GET t` (when `check_ticket`), `SET v <envelope> PX`, `PEXPIRE t keep GT`
+/// (when `extend_ticket`), one `PEXPIREAT … GT` per tag token the store did not create with
+/// its ticket; errors answered in place.
+fn plain_store_pipeline(req: &PlainStore<'_>, now_ms: u64) -> redis::Pipeline {
+    let ms = req.ttl.as_millis().max(1) as u64;
+    let keep = req.ticket_px.max(ms);
+    let deadline = tag_deadline(keep, now_ms);
+    let (clears, tags) = match &req.keys {
+        StoreKeys::Owned(keys) => (keys.clears, keys.stamps.len().saturating_sub(keys.clears)),
+        StoreKeys::Scheme(k) => (crate::key::CLEAR_TOKENS, k.tags.len()),
+    };
+    // A tag token this miss created with its ticket (in one pipeline: the same value, the
+    // same lifetime) outlives the value as that ticket does: not extended either. No write,
+    // so no push empties it from the processes that keep it, this one included.
+    let created_with_ticket =
+        |i: usize| !req.extend_ticket && req.seen.get(clears + i) == Some(&req.ticket);
+    let write_key = |cmd: &mut redis::Cmd, which: StoreKey| match (&req.keys, which) {
+        (StoreKeys::Owned(keys), StoreKey::Value) => {
+            cmd.arg(&keys.value);
+        }
+        (StoreKeys::Owned(keys), StoreKey::Ticket) => {
+            cmd.arg(&keys.ticket);
+        }
+        (StoreKeys::Owned(keys), StoreKey::Tag(i)) => {
+            cmd.arg(&*keys.stamps[clears + i]);
+        }
+        (StoreKeys::Scheme(k), StoreKey::Value) => {
+            write_bucket_key(cmd, k, k.value_middle, k.logical)
+        }
+        (StoreKeys::Scheme(k), StoreKey::Ticket) => {
+            write_bucket_key(cmd, k, crate::key::TICKET_MIDDLE, k.logical)
+        }
+        (StoreKeys::Scheme(k), StoreKey::Tag(i)) => write_tag_token_key(cmd, k, &k.tags[i]),
+    };
+    let key_len = match &req.keys {
+        StoreKeys::Owned(keys) => keys.value.len().max(keys.ticket.len()),
+        StoreKeys::Scheme(k) => k.prefix.len() + k.value_middle.len() + k.logical.len() + 16,
+    };
+    let mut p = redis::Pipeline::with_capacity(3 + tags);
+    if req.check_ticket {
+        let mut get = redis::Cmd::with_capacity(2, 3 + key_len);
+        get.arg("GET");
+        write_key(&mut get, StoreKey::Ticket);
+        p.add_command(get);
+    }
+    let mut set = redis::Cmd::with_capacity(5, key_len + req.bytes.len() + 28);
+    set.arg("SET");
+    write_key(&mut set, StoreKey::Value);
+    set.arg(req.bytes).arg("PX").arg(ms);
+    p.add_command(set);
+    let extends = req
+        .extend_ticket
+        .then_some(("PEXPIRE", StoreKey::Ticket, keep))
+        .into_iter()
+        .chain(
+            (0..tags)
+                .filter(|&i| !created_with_ticket(i))
+                .map(|i| ("PEXPIREAT", StoreKey::Tag(i), deadline)),
+        );
+    for (command, key, at) in extends {
+        let mut extend = redis::Cmd::with_capacity(4, key_len + 32);
+        extend.arg(command);
+        write_key(&mut extend, key);
+        extend.arg(at).arg("GT");
+        p.add_command(extend);
+    }
+    p.ignore_errors();
+    p
+}
+
+/// Which key of a [`PlainStore`] a command names.
+#[derive(Clone, Copy)]
+enum StoreKey {
+    Value,
+    Ticket,
+    /// The `i`-th tag's token.
+    Tag(usize),
 }
 
 /// Until when a store extends a tag's token, from `now_ms` (the reference clock: Redis's
@@ -1031,7 +1114,18 @@ impl RedisTier {
     /// refuse.
     pub(crate) async fn write_if(&self, req: WriteRequest) -> Result<bool, CacheError> {
         if !req.conditional {
-            return self.write_plain(req).await;
+            return self
+                .store_plain(PlainStore {
+                    keys: StoreKeys::Owned(&req.keys),
+                    bytes: &req.bytes,
+                    ttl: req.ttl,
+                    ticket: req.ticket,
+                    ticket_px: req.ticket_px,
+                    extend_ticket: req.extend_ticket,
+                    check_ticket: req.check_ticket,
+                    seen: &req.seen,
+                })
+                .await;
         }
         let ms = req.ttl.as_millis().max(1) as u64;
         let scripts = self.scripts.clone();
@@ -1069,61 +1163,14 @@ impl RedisTier {
         .await
     }
 
-    /// [`Self::write_if`] without a lock: one pipeline, no script (a script's server time is
-    /// several times the commands it runs).
-    async fn write_plain(&self, req: WriteRequest) -> Result<bool, CacheError> {
-        let ms = req.ttl.as_millis().max(1) as u64;
-        let keep = req.ticket_px.max(ms);
-        let deadline = tag_deadline(keep, crate::clock::now_unix_ms());
+    /// A store without a script (docs/PROTOCOL.md §4.2, a body that heard of no write): one
+    /// pipeline, built here from borrowed keys before it is sent. `Ok(false)` when
+    /// `check_ticket` and the ticket was no longer `ticket`.
+    pub(crate) async fn store_plain(&self, req: PlainStore<'_>) -> Result<bool, CacheError> {
+        let (check_ticket, ticket) = (req.check_ticket, req.ticket);
+        let p = plain_store_pipeline(&req, crate::clock::now_unix_ms());
         self.exec(move |mut c| async move {
-            let WriteRequest {
-                keys,
-                bytes,
-                ticket,
-                extend_ticket,
-                check_ticket,
-                seen,
-                ..
-            } = req;
-            let tags = keys.stamps.get(keys.clears..).unwrap_or_default();
-            // A tag token this miss created with its ticket (in one pipeline: the same value,
-            // the same lifetime) outlives the value as that ticket does: not extended either.
-            // No write, so no push empties it from the processes that keep it, this one
-            // included.
-            let created_with_ticket = |i: usize| {
-                !extend_ticket && seen.get(keys.clears + i).is_some_and(|s| *s == ticket)
-            };
-            let mut p = redis::Pipeline::with_capacity(3 + tags.len());
-            if check_ticket {
-                let mut get = redis::Cmd::with_capacity(2, 3 + keys.ticket.len());
-                get.arg("GET").arg(&keys.ticket);
-                p.add_command(get);
-            }
-            let mut set = redis::Cmd::with_capacity(5, keys.value.len() + bytes.len() + 28);
-            set.arg("SET")
-                .arg(&keys.value)
-                .arg(&bytes[..])
-                .arg("PX")
-                .arg(ms);
-            p.add_command(set);
-            for (command, key, at) in extend_ticket
-                .then_some(("PEXPIRE", &*keys.ticket, keep))
-                .into_iter()
-                .chain(
-                    tags.iter()
-                        .enumerate()
-                        .filter(|(i, _)| !created_with_ticket(*i))
-                        .map(|(_, t)| ("PEXPIREAT", &**t, deadline)),
-                )
-            {
-                let mut extend = redis::Cmd::with_capacity(4, key.len() + 32);
-                extend.arg(command).arg(key).arg(at).arg("GT");
-                p.add_command(extend);
-            }
-            let replies = p
-                .ignore_errors()
-                .query_async::<Vec<redis::Value>>(&mut c)
-                .await?;
+            let replies = p.query_async::<Vec<redis::Value>>(&mut c).await?;
             let mut ours = !check_ticket;
             for (i, reply) in replies.into_iter().enumerate() {
                 match reply.extract_error()? {
