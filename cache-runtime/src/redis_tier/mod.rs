@@ -615,6 +615,16 @@ fn plain_store_pipeline(req: &PlainStore<'_>, now_ms: u64) -> redis::Pipeline {
     p
 }
 
+/// An operation skipped because the breaker is open. It completes at once, without awaiting
+/// Redis, so it takes a unit of the task's cooperative budget (as Tokio's own resources do)
+/// and yields once that is spent: a caller that loops over calls during an outage, with
+/// bodies that do not await either, still lets its runtime run the tasks that end the outage
+/// (the reconnect, the breaker's probe) and everything else.
+async fn circuit_open<T>() -> Result<T, CacheError> {
+    tokio::task::coop::consume_budget().await;
+    Err(CacheError::CircuitOpen)
+}
+
 /// Which key of a [`PlainStore`] a command names.
 #[derive(Clone, Copy)]
 enum StoreKey {
@@ -839,7 +849,7 @@ impl RedisTier {
         Fut: Future<Output = Result<T, RedisError>> + Send,
     {
         if !self.breaker.allow() {
-            return Err(CacheError::CircuitOpen);
+            return circuit_open().await;
         }
         self.exec_allowed(self.shared.caller_conns(), confirm, op)
             .await
@@ -976,7 +986,7 @@ impl RedisTier {
         let claim = req.claim.filter(|_| !read_replicas);
         let k = &req.keys;
         if !self.breaker.allow() {
-            return Err(CacheError::CircuitOpen);
+            return circuit_open().await;
         }
         // An async caller with a tracked connection checks the tokens it keeps (its claim,
         // if any, rides in the same pipeline); the others go on with the connections looked
