@@ -178,6 +178,17 @@ impl RedisCluster {
             nodes,
             killed: std::sync::Mutex::new(Vec::new()),
         };
+        // `redis-cli` returns once every slot is covered; a replica may still be a master
+        // without slots until its `CLUSTER REPLICATE` has been gossiped, and `wait_healthy`
+        // takes a master for settled.
+        wait_until(SETTLE, "every replica to be attached to its master", || {
+            cluster
+                .topology()
+                .iter()
+                .filter(|n| n.master_id.is_some())
+                .count()
+                == masters
+        });
         cluster.wait_healthy();
         cluster
     }
