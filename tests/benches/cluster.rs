@@ -123,10 +123,7 @@ fn main() {
             .build(),
     )
     .expect("init");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = cache_tests::current_thread_runtime();
     rt.block_on(async {
         // The bus: 1 024 bucket channels and one probe channel per master, then one probe
         // round answered by every master.

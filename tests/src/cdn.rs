@@ -156,10 +156,7 @@ impl CdnContract {
         std::thread::Builder::new()
             .name("cdn-contract".into())
             .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("contract server runtime");
+                let rt = crate::current_thread_runtime();
                 rt.block_on(async move {
                     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                         .await

@@ -723,6 +723,19 @@ pub fn wait_until(within: Duration, what: &str, mut cond: impl FnMut() -> bool) 
     }
 }
 
+/// A current-thread Tokio runtime with I/O and timers: what a test that drives calls itself
+/// (a reader thread, a runtime of its own) runs them on.
+///
+/// ```
+/// assert_eq!(cache_tests::current_thread_runtime().block_on(async { 2 }), 2);
+/// ```
+pub fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread Tokio runtime")
+}
+
 /// Blocking [`eventually`].
 pub fn eventually_blocking(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;

@@ -49,10 +49,7 @@ impl Backend {
         std::thread::Builder::new()
             .name("edge-test-backend".into())
             .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
+                let rt = cache_tests::current_thread_runtime();
                 rt.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                     loop {
@@ -426,10 +423,7 @@ fn purge_paths_are_encoded_like_the_urls_clients_request() {
     // What a client sends for the query "a b/c": the macro percent-encodes the argument the
     // same way, so the purge hits the object Varnish cached under that URL.
     let url = "/t6/search/a%20b%2Fc";
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = cache_tests::current_thread_runtime();
     assert_eq!(rt.block_on(get(port, url, &[])).x_cache(), "MISS");
     assert_eq!(rt.block_on(get(port, url, &[])).x_cache(), "HIT");
     assert_eq!(edge_search("a b/c"), ["a b/c"]);

@@ -85,10 +85,7 @@ fn generated_futures_stay_small_whatever_the_body_holds() {
 fn a_small_future_still_runs_the_body_on_a_miss_and_serves_the_hit() {
     cache_runtime::init(cache_runtime::Config::builder().without_redis().build())
         .expect("the test configures the runtime first");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = cache_tests::current_thread_runtime();
     rt.block_on(async {
         assert_eq!(local_only(3).await, 3 * 16 * 1024);
         assert_eq!(local_only(3).await, 3 * 16 * 1024);

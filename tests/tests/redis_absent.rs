@@ -80,9 +80,5 @@ fn redis_absent_at_start_then_started() {
 }
 
 fn pollster_block<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
+    cache_tests::current_thread_runtime().block_on(f)
 }

@@ -32,10 +32,7 @@ fn calls_with_the_breaker_open_let_the_runtime_run_other_tasks() {
             .build(),
     )
     .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = cache_tests::current_thread_runtime();
     rt.block_on(async {
         assert_eq!(double(1).await, 2);
         server.kill();

@@ -30,12 +30,7 @@ fn a_busy_runtime_gets_its_own_connections_and_short_lived_ones_do_not() {
     )
     .unwrap();
     // The main connections come up with the first calls (and the bus subscribes).
-    let short_lived = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    };
+    let short_lived = || cache_tests::current_thread_runtime();
     short_lived().block_on(async { assert_eq!(value(1).await, 7) });
     wait_until(Duration::from_secs(10), "the bus to subscribe", || {
         cache_runtime::bus_status().connected

@@ -76,10 +76,7 @@ static STOP: AtomicBool = AtomicBool::new(false);
 fn concurrent_hits_share_pipelines_and_still_see_a_deleted_ticket() {
     // The harness server (key prefix `t`).
     let server = shared_redis();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = cache_tests::current_thread_runtime();
     // Fill Redis and read every key a few times: the runtime gets its own connections and
     // keeps every entry's ticket (a hit is then `GET v` alone, the read that is pipelined).
     rt.block_on(async {

@@ -751,10 +751,7 @@ fn a_million_invalidations_during_a_hang_stay_bounded_and_drain_fast() {
         set_db(&server, id, "new");
     }
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = cache_tests::current_thread_runtime();
     server.pause();
     let before = rss_bytes();
     rt.block_on(async {

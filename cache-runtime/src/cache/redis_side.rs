@@ -351,11 +351,6 @@ impl<V> Read<V> {
 }
 
 impl<V: Clone + Send + Sync + 'static> Cache<V> {
-    /// How long a ticket lives ([`ticket_px_for`]).
-    fn ticket_px(&self, redis: &RedisSide<V>) -> u64 {
-        redis.ticket_px
-    }
-
     /// A claim under the ticket and scope tokens read; those missing (the key had no ticket,
     /// a scope was invalidated since) are taken now with `SET NX GET` (one more round trip).
     /// `None`: Redis did not answer, or holds a foreign token; nothing is stored.
@@ -374,7 +369,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 .tier
                 .claim_tokens(
                     ticket.is_none().then(|| redis.keys.ticket(key)),
-                    self.ticket_px(redis),
+                    redis.ticket_px,
                     missing
                         .iter()
                         .map(|&i| (scope_keys[i].to_string(), i >= CLEAR_TOKENS))
@@ -520,14 +515,14 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                     keys: redis.keys.entry(key, true),
                     try_lock,
                     new_ticket: new.unwrap_or_else(new_ticket),
-                    ticket_px: self.ticket_px(redis),
+                    ticket_px: redis.ticket_px,
                 };
                 redis.tier.read(req).await
             }
             None => {
                 let req = PlainRead {
                     keys: redis.keys.read_keys(key),
-                    claim: new.map(|new| (new, self.ticket_px(redis))),
+                    claim: new.map(|new| (new, redis.ticket_px)),
                 };
                 redis.tier.read_plain(req).await
             }
@@ -691,7 +686,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 .replace_ticket(
                     &keys,
                     ticket,
-                    self.ticket_px(redis),
+                    redis.ticket_px,
                     redis.keys.channel.clone(),
                     bus::message(bus::Action::Updated, &key.logical),
                 )
@@ -751,7 +746,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             .invalidate(
                 value_key,
                 ticket_key,
-                (new_ticket(), self.ticket_px(r)),
+                (new_ticket(), r.ticket_px),
                 r.keys.channel.clone(),
                 bus::message(bus::Action::Invalidated, &key.logical),
             )
@@ -815,7 +810,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         // A lock holder's store is the script too (it releases the lock), whose third key
         // is the lock's; a plain store names none.
         let conditional = conditional || claim.token.is_some();
-        let (ttl, ticket_px) = (ttl + self.stale_window(), self.ticket_px(redis));
+        let (ttl, ticket_px) = (ttl + self.stale_window(), redis.ticket_px);
         // A ticket this call created lives `ticket_px` from its creation: past this value's
         // expiry unless the body took longer than the margin (twice the TTL and more).
         let extend_ticket = claim

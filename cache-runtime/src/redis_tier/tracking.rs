@@ -35,8 +35,8 @@ const MAX_TOKENS: usize = 32_768;
 /// through Redis lately). Past it an eighth of them, arbitrary ones, are dropped.
 const MAX_TICKETS: usize = 32_768;
 
-/// A tracked connection and the tokens it has read.
-#[derive(Clone)]
+/// A tracked connection and the tokens it has read (shared behind an `Arc`: a read borrows
+/// it and clones the connection only to send a request of its own).
 pub(crate) struct Tracked {
     pub(super) conn: redis::aio::MultiplexedConnection,
     pub(super) tokens: Arc<TokenCache>,
