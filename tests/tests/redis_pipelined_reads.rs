@@ -90,6 +90,7 @@ fn concurrent_hits_share_pipelines_and_still_see_a_deleted_ticket() {
 
     // Every caller gets its own key's value, from Redis, most of the reads pipelined.
     let before = pipelined();
+    let pipelines_before = cache_runtime::redis_status().read_pipelines;
     let hits = value_cache().stats().redis_hits;
     rt.block_on(round(|id, _, v| assert_eq!(v, expected(id, 1), "id {id}")));
     let reads = TASKS * KEYS - (TASKS - 1);
@@ -103,6 +104,13 @@ fn concurrent_hits_share_pipelines_and_still_see_a_deleted_ticket() {
     assert!(
         batched * 2 >= reads,
         "most of the {reads} concurrent reads were pipelined: {batched}"
+    );
+    // 64 reads ready at once go in batches of at most 32 (`batch.rs`, `BATCH_MAX`), each
+    // written before the next is taken, not in one pipeline of 64.
+    let pipelines = cache_runtime::redis_status().read_pipelines - pipelines_before;
+    assert!(
+        batched <= 32 * pipelines,
+        "{batched} reads in {pipelines} pipelines: more than 32 per pipeline"
     );
 
     // Rounds go on while the source changes and `CHANGED`'s ticket is deleted behind the
