@@ -53,6 +53,25 @@ struct Queue {
     closed: bool,
 }
 
+impl Queue {
+    /// The next batch: the oldest [`BATCH_MAX`] reads at most (the rest stay queued, in
+    /// order), and whether any stay.
+    fn take_batch(
+        &mut self,
+    ) -> (
+        Vec<redis::Cmd>,
+        Vec<oneshot::Sender<RedisResult<Value>>>,
+        bool,
+    ) {
+        let n = self.cmds.len().min(BATCH_MAX);
+        let rest = (self.cmds.split_off(n), self.waiters.split_off(n));
+        let cmds = std::mem::replace(&mut self.cmds, rest.0);
+        let waiters = std::mem::replace(&mut self.waiters, rest.1);
+        let more = !self.cmds.is_empty();
+        (cmds, waiters, more)
+    }
+}
+
 type Shared = Arc<Mutex<Queue>>;
 
 /// The batching side of a tracked connection (cloned with it).
@@ -163,18 +182,10 @@ async fn flusher(queue: Shared, mut rung: mpsc::Receiver<()>, conn: MultiplexedC
                     break;
                 }
                 loop {
-                    let (cmds, waiters, more) = {
-                        let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
-                        if q.cmds.len() > BATCH_MAX {
-                            let rest_c = q.cmds.split_off(BATCH_MAX);
-                            let rest_w = q.waiters.split_off(BATCH_MAX);
-                            let c = std::mem::replace(&mut q.cmds, rest_c);
-                            let w = std::mem::replace(&mut q.waiters, rest_w);
-                            (c, w, true)
-                        } else {
-                            (std::mem::take(&mut q.cmds), std::mem::take(&mut q.waiters), false)
-                        }
-                    };
+                    let (cmds, waiters, more) = queue
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .take_batch();
                     if cmds.is_empty() {
                         break;
                     }
