@@ -20,7 +20,13 @@ use crate::signature::{Analyzed, Kind, Param};
 use crate::template::{self, Segment};
 
 pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
-    let a = crate::signature::analyze(&f, opts.cache_none, opts.returns, &opts.krate, &opts.skip)?;
+    let a = crate::signature::analyze(
+        &f,
+        opts.cache_none,
+        opts.returns,
+        &opts.krate,
+        (&opts.skip, opts.tier != Tier::Local),
+    )?;
     let timeout_span = opts
         .fail_safe
         .as_ref()
@@ -137,11 +143,14 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
             quote!(#i: #t)
         })
         .collect();
-    let value_arg = if a.params.iter().any(|p| p.ident.unraw() == "value") {
-        Ident::new("cached_value", Span::call_site())
-    } else {
-        Ident::new("value", Span::call_site())
-    };
+    // `populate_NAME`'s value parameter: a name no parameter has (it shows in the docs).
+    let value_arg = ["value", "cached_value", "new_value"]
+        .into_iter()
+        .map(String::from)
+        .chain((1..).map(|n| format!("value_{n}")))
+        .find(|v| !a.params.iter().any(|p| p.ident.unraw() == v.as_str()))
+        .map(|v| Ident::new(&v, Span::call_site()))
+        .expect("finitely many parameters");
 
     let shape = match a.kind {
         Kind::Plain => quote!(#k::__private::Plain),
@@ -330,6 +339,8 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         }
 
         #[doc = #doc_populate]
+        // One parameter more than the function: a function at clippy's limit would pass it.
+        #[allow(clippy::too_many_arguments)]
         #at_companion
         #vis #asyncness fn #populate #generics (#self_arg #(#key_params,)* #value_arg: #value_ty)
             -> ::core::result::Result<(), #k::CacheError> #where_clause

@@ -83,7 +83,7 @@ use proc_macro::TokenStream;
 /// | `NAME_entry(params) -> R with V as Entry<V>` | `NAME`, with the value wrapped in a `cache_runtime::Entry` (ETag, creation time, tags, `source()`: local, Redis, body or stale), for HTTP responses: `Entry<T>`, `Result<Entry<T>, E>`, `Option<Entry<T>>`, `Entry<Option<T>>` with `cache_none`. |
 /// | `NAME_uncached(params) -> R` | The original body, without the cache. |
 /// | `invalidate_NAME(key params) -> Result<(), CacheError>` | Removes the entry from every tier (`Err`: Redis did not confirm; the local tier is always cleared). |
-/// | `populate_NAME(key params, value: V) -> Result<(), CacheError>` | Writes `value` into every tier (write-through). The argument is `cached_value` if a parameter is already called `value`. |
+/// | `populate_NAME(key params, value: V) -> Result<(), CacheError>` | Writes `value` into every tier (write-through). The argument is `cached_value` (or `new_value`, `value_1`, ...) if a parameter is already called `value`. |
 /// | `lookup_NAME(key params) -> Option<V>` | The cached value, without running the body. |
 /// | `refresh_NAME(params) -> R` | Runs the body now and stores a cacheable result in every tier. |
 /// | `NAME_cache() -> &'static Cache<V>` | The cache itself: `name()`, `stats()`, `clear()`, `set_mode(..)`, `redis_key(..)`, ... |
@@ -213,10 +213,15 @@ use proc_macro::TokenStream;
 /// ```
 ///
 /// Refused with an explanation at the offending token: `&mut self`, `self` by value,
-/// `&mut` parameters in the key (a hit would skip the mutation; a handle listed in
-/// `skip(...)`, such as a connection or a transaction, is accepted), `impl Trait` parameters or return
-/// types, returning `()` or a reference, `const`, `unsafe` and `extern` functions, and
-/// parameter patterns (`(a, b): (u8, u8)`, `_`: name the parameter and `skip` it).
+/// `self: Arc<Self>` (`self: &Self` is `&self`), `&mut` parameters in the key (a hit would skip
+/// the mutation; a handle listed in `skip(...)`, such as a connection or a transaction, is
+/// accepted), `impl Trait` parameters in the key (a skipped one, such as a progress callback,
+/// is accepted) or return types, returning `()`, a boxed future (what `#[async_trait]` makes of
+/// an `async fn`) or a value that borrows (a reference, or a type naming the function's
+/// lifetime; an `Err` may borrow, e.g. `Result<u8, &'static str>`, since errors are never
+/// stored; a `&'static` value is fine in a local-only cache), `const`, `unsafe` and `extern`
+/// functions, and parameter patterns (`(a, b): (u8, u8)`, `_`: name the parameter and `skip`
+/// it).
 ///
 /// # Trait impls
 ///

@@ -1,6 +1,7 @@
 //! Which function shapes can be cached, and what their parts are.
 
 use proc_macro2::Span;
+use quote::ToTokens;
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::visit::Visit;
@@ -51,7 +52,7 @@ pub fn analyze(
     cache_none: Option<Span>,
     returns: Returns,
     krate: &syn::Path,
-    skip: &[Ident],
+    (skip, redis): (&[Ident], bool),
 ) -> syn::Result<Analyzed> {
     let sig = &f.sig;
     if let Some(c) = &sig.constness {
@@ -81,10 +82,36 @@ pub fn analyze(
         match arg {
             FnArg::Receiver(r) => {
                 if r.colon_token.is_some() {
-                    return Err(Error::new_spanned(
-                        r,
-                        "only `&self` methods can be cached (not `self: Type`)",
-                    ));
+                    // `self: &Self` (or `&'a Self`) is `&self` spelled out.
+                    match &*r.ty {
+                        Type::Reference(tr)
+                            if tr.mutability.is_none()
+                                && r.mutability.is_none()
+                                && is_self_type(&tr.elem) =>
+                        {
+                            receiver = Some(r.self_token.span);
+                            continue;
+                        }
+                        Type::Reference(tr)
+                            if is_self_type(&tr.elem) && tr.mutability.is_some() =>
+                        {
+                            return Err(Error::new_spanned(
+                                tr.mutability,
+                                "`&mut self` methods cannot be cached: a cache hit skips the \
+                                 body, so its mutation would silently not happen; take `&self`",
+                            ))
+                        }
+                        other => {
+                            return Err(Error::new_spanned(
+                                r,
+                                format!(
+                                    "only `&self` methods can be cached, not `self: {}`: take \
+                                     `&self` (an `Arc<Self>` or a `Box<Self>` derefs to it)",
+                                    type_text(other)
+                                ),
+                            ))
+                        }
+                    }
                 }
                 match (&r.reference, &r.mutability) {
                     (Some(_), None) => receiver = Some(r.self_token.span),
@@ -146,6 +173,7 @@ pub fn analyze(
         ReturnType::Type(_, ty) => (**ty).clone(),
     };
     check_return_type(&ret)?;
+    let fn_lifetimes: Vec<&syn::Lifetime> = sig.generics.lifetimes().map(|l| &l.lifetime).collect();
 
     // By the type's name, unless the attribute says what it is: an alias (`AppResult<T>`,
     // `type Lookup = Option<User>`) is named through `__private::ResultLike` /
@@ -183,6 +211,15 @@ pub fn analyze(
         Returns::Inferred if is_named("Option") => option_kind(),
         Returns::Inferred => (Kind::Plain, ret.clone()),
     };
+    // What is stored: `T` of a `Result<T, E>` / `Option<T>` named as such (an error is
+    // never stored, so `E` may borrow, e.g. `&'static str`), else the whole type.
+    let stored = match kind {
+        Kind::OkOnly => named_as("Result"),
+        Kind::SomeOnly | Kind::SomeOrNone => named_as("Option"),
+        Kind::Plain => None,
+    }
+    .unwrap_or_else(|| ret.clone());
+    check_value_type(&stored, &fn_lifetimes, redis)?;
     // Only a plain value can hide an alias, unless the attribute said it is neither.
     let plain = matches!(kind, Kind::Plain);
     let alias_checks = AliasChecks {
@@ -226,48 +263,107 @@ fn last_segment(ty: &Type) -> Option<(Ident, Vec<Type>)> {
     Some((seg.ident.clone(), args))
 }
 
+/// What a type may not contain, by where it is.
+enum Place<'a> {
+    /// A parameter; `skipped`: listed in `skip(...)` (a handle the body uses: `&mut` and
+    /// `impl Trait` allowed, since it is not in the key).
+    Param { skipped: bool },
+    /// The whole return type.
+    Return,
+    /// The stored part of the return type; `lifetimes`: the function's lifetime parameters;
+    /// `redis`: the cache has a Redis tier (values are decoded there, into owned ones).
+    Value {
+        lifetimes: &'a [&'a syn::Lifetime],
+        redis: bool,
+    },
+}
+
 struct Finder<'a> {
-    ret: bool,
-    /// A parameter listed in `skip(...)`: `&mut` allowed.
-    skipped: bool,
+    place: Place<'a>,
     found: Option<Error>,
-    _p: std::marker::PhantomData<&'a ()>,
+}
+
+impl Finder<'_> {
+    fn fail(&mut self, e: Error) {
+        if self.found.is_none() {
+            self.found = Some(e);
+        }
+    }
 }
 
 impl<'ast> Visit<'ast> for Finder<'_> {
     fn visit_type_impl_trait(&mut self, i: &'ast syn::TypeImplTrait) {
-        if self.found.is_none() {
-            self.found = Some(Error::new_spanned(
+        match self.place {
+            Place::Return => self.fail(Error::new_spanned(
                 i,
-                if self.ret {
-                    "a cached function cannot return `impl Trait`: the cache must name the value type"
-                } else {
-                    "`impl Trait` parameters cannot be cached: the key needs a type that implements \
-                     `KeyPart`; name a type parameter (`fn f<T: KeyPart>(x: T)`) or take a concrete \
-                     type (e.g. `&str` instead of `impl AsRef<str>`)"
-                },
-            ));
+                "a cached function cannot return `impl Trait`: the cache must name the value type",
+            )),
+            Place::Param { skipped: false } => self.fail(Error::new_spanned(
+                i,
+                "`impl Trait` parameters cannot be in the key: the key needs a type that \
+                 implements `KeyPart`; name a type parameter (`fn f<T: KeyPart>(x: T)`) or take \
+                 a concrete type (e.g. `&str` instead of `impl AsRef<str>`); a parameter that \
+                 does not affect the result (a callback, a handle) can be listed in `skip(...)`",
+            )),
+            _ => {}
         }
     }
 
     fn visit_type_reference(&mut self, i: &'ast syn::TypeReference) {
-        if self.found.is_none() {
-            if self.ret {
-                self.found = Some(Error::new_spanned(
-                    i,
-                    "cached values are stored and cloned, so they cannot borrow; return an owned type \
-                     (`String`, `Vec<T>`, `Arc<T>`)",
-                ));
-            } else if let (Some(m), false) = (&i.mutability, self.skipped) {
-                self.found = Some(Error::new(
-                    m.span,
-                    "a `&mut` parameter in the key: a cache hit skips the body, so its mutation \
-                     would silently not happen; if it is a handle the body only uses (a connection, \
-                     a transaction) and it does not affect the result, list it in `skip(...)`",
-                ));
+        match self.place {
+            Place::Value { redis: true, .. } => self.fail(Error::new_spanned(
+                i,
+                "a value read from Redis is decoded into an owned value, so a cache with a Redis \
+                 tier cannot store references (not even `&'static` ones): return an owned type \
+                 (`String`, `Cow<'static, str>`, `Vec<T>`, `Arc<T>`)",
+            )),
+            Place::Value { .. } => {
+                let is_static = i.lifetime.as_ref().is_some_and(|l| l.ident == "static");
+                if !is_static || i.mutability.is_some() {
+                    self.fail(Error::new_spanned(
+                        i,
+                        "cached values are stored and cloned, so they cannot borrow; return an \
+                         owned type (`String`, `Vec<T>`, `Arc<T>`) or a `&'static` one",
+                    ));
+                }
             }
+            Place::Param { skipped: false } => {
+                if let Some(m) = &i.mutability {
+                    self.fail(Error::new(
+                        m.span,
+                        "a `&mut` parameter in the key: a cache hit skips the body, so its \
+                         mutation would silently not happen; if it is a handle the body only uses \
+                         (a connection, a transaction) and it does not affect the result, list it \
+                         in `skip(...)`",
+                    ));
+                }
+            }
+            _ => {}
         }
         syn::visit::visit_type_reference(self, i);
+    }
+
+    fn visit_lifetime(&mut self, l: &'ast syn::Lifetime) {
+        match self.place {
+            Place::Value { lifetimes, .. } if l.ident == "_" || lifetimes.contains(&l) => {
+                self.fail(Error::new_spanned(
+                    l,
+                    format!(
+                        "cached values outlive the call, so their type cannot name the \
+                         function's lifetime `{l}`; return an owned type (e.g. `Cow<'static, \
+                         str>`, `String`)"
+                    ),
+                ))
+            }
+            Place::Return if l.ident == "async_trait" => self.fail(Error::new_spanned(
+                l,
+                "`#[cached]` cannot wrap a method rewritten by `#[async_trait]` (it returns a boxed \
+                 future, which cannot be cached): use a native `async fn` in the trait with \
+                 `#[cached(in_trait)]` (Rust 1.75 and later), or cache a function that the \
+                 method calls",
+            )),
+            _ => {}
+        }
     }
 
     fn visit_type_bare_fn(&mut self, i: &'ast syn::TypeBareFn) {
@@ -276,13 +372,8 @@ impl<'ast> Visit<'ast> for Finder<'_> {
     }
 }
 
-fn find(ty: &Type, ret: bool, skipped: bool) -> syn::Result<()> {
-    let mut f = Finder {
-        ret,
-        skipped,
-        found: None,
-        _p: std::marker::PhantomData,
-    };
+fn find(ty: &Type, place: Place<'_>) -> syn::Result<()> {
+    let mut f = Finder { place, found: None };
     f.visit_type(ty);
     match f.found {
         Some(e) => Err(e),
@@ -291,7 +382,7 @@ fn find(ty: &Type, ret: bool, skipped: bool) -> syn::Result<()> {
 }
 
 fn check_param_type(ty: &Type, skipped: bool) -> syn::Result<()> {
-    find(ty, false, skipped)
+    find(ty, Place::Param { skipped })
 }
 
 fn check_return_type(ty: &Type) -> syn::Result<()> {
@@ -303,5 +394,63 @@ fn check_return_type(ty: &Type) -> syn::Result<()> {
             ));
         }
     }
-    find(ty, true, false)
+    if let Some(span) = boxed_future(ty) {
+        return Err(Error::new(
+            span,
+            "a cached function cannot return a boxed future (it cannot be stored or cloned): \
+             write an `async fn` (in a trait: a native `async fn` with `#[cached(in_trait)]`, \
+             not `#[async_trait]`)",
+        ));
+    }
+    find(ty, Place::Return)
+}
+
+fn check_value_type(ty: &Type, lifetimes: &[&syn::Lifetime], redis: bool) -> syn::Result<()> {
+    find(ty, Place::Value { lifetimes, redis })
+}
+
+/// `Pin<Box<dyn Future<..>>>` (what `#[async_trait]` and hand-written trait objects
+/// return): the span of the `dyn` type.
+fn boxed_future(ty: &Type) -> Option<Span> {
+    let (pin, args) = last_segment(ty)?;
+    if pin != "Pin" {
+        return None;
+    }
+    let (boxed, inner) = last_segment(args.first()?)?;
+    if boxed != "Box" {
+        return None;
+    }
+    let Type::TraitObject(obj) = inner.first()? else {
+        return None;
+    };
+    obj.bounds
+        .iter()
+        .any(|b| match b {
+            syn::TypeParamBound::Trait(t) => {
+                t.path.segments.last().is_some_and(|s| s.ident == "Future")
+            }
+            _ => false,
+        })
+        .then(|| obj.span())
+}
+
+/// A type as written, without the token stream's spaces (`Arc<Self>`, not `Arc < Self >`).
+fn type_text(ty: &Type) -> String {
+    let text = ty.to_token_stream().to_string();
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        let next = chars.peek().copied();
+        let glue = |n: Option<char>| matches!(n, Some('<' | '>' | ',' | ':'));
+        if c == ' ' && (glue(next) || out.ends_with(['<', '&', ':'])) {
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `Self`, as a type.
+fn is_self_type(ty: &Type) -> bool {
+    matches!(ty, Type::Path(p) if p.qself.is_none() && p.path.is_ident("Self"))
 }

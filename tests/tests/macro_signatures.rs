@@ -1,5 +1,5 @@
 //! The trybuild pass cases of the signatures a codebase has (generic impls, attributes,
-//! `mut` parameters, skipped `&mut` handles, associated functions, aliased `Result` / `Option` returns, raw identifiers, `crate = "..."`, trait impls),
+//! `mut` parameters, skipped `&mut` handles, associated functions, aliased `Result` / `Option` returns, borrowed errors and `&'static` values, raw identifiers, `crate = "..."`, trait impls),
 //! also built as an integration test of this crate: so they run here, and
 //! `cargo clippy --workspace --all-targets -- -D warnings` lints their expansion as a user
 //! crate's code.
@@ -10,6 +10,8 @@ mod aliased_returns;
 mod associated_fns;
 #[path = "ui/pass/attributes.rs"]
 mod attributes;
+#[path = "ui/pass/borrowed_parts.rs"]
+mod borrowed_parts;
 #[path = "ui/pass/crate_path.rs"]
 mod crate_path;
 #[path = "ui/pass/generic_impls.rs"]
@@ -26,6 +28,11 @@ mod trait_impls;
 #[test]
 fn aliased_result_and_option_returns() {
     aliased_returns::main();
+}
+
+#[test]
+fn borrowed_errors_static_values_and_companion_names() {
+    borrowed_parts::main();
 }
 
 #[test]
