@@ -1,7 +1,7 @@
 //! Support for generated code. Not a public API: names and signatures may change.
 #![doc(hidden)]
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::{Mutex, OnceLock, RwLock};
@@ -409,7 +409,9 @@ impl Slot {
     }
 }
 
-type Registry = Mutex<HashMap<(&'static str, String), &'static (dyn Any + Send + Sync)>>;
+/// Instances by call site, instantiation path and value type: two types may share a name
+/// (two blocks' local `struct X`), never a `TypeId`.
+type Registry = Mutex<HashMap<(&'static str, String, TypeId), &'static (dyn Any + Send + Sync)>>;
 /// Instances by generated function (its slot's address) and closure type name.
 type ByCaller = RwLock<HashMap<(usize, &'static str), &'static (dyn Any + Send + Sync)>>;
 
@@ -484,11 +486,11 @@ fn instance_slow<V: Send + Sync + 'static>(
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .entry((slot.site, path.clone()))
+        .entry((slot.site, path.clone(), TypeId::of::<V>()))
         .or_insert_with(|| Box::leak(Box::new(OnceLock::<Instance<V>>::new())));
     let typed = cell
         .downcast_ref::<OnceLock<Instance<V>>>()
-        .expect("one cached function has one value type per instantiation");
+        .expect("the registry is keyed by the value's TypeId");
     // Built outside the registry's lock: building may create other caches.
     let instance = typed.get_or_init(|| {
         let generic = has_type_args(&path);

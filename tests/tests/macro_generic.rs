@@ -124,3 +124,40 @@ fn redis_keys_carry_the_instantiation() {
     assert_eq!(Typed::<u8>::lookup_sized(9), None);
     assert_eq!(Typed::<u64>::lookup_sized(9), Some(8009));
 }
+
+#[cached(ttl = 60)]
+fn made<T: Default + Clone + Send + Sync + 'static>(id: u64) -> T {
+    let _ = id;
+    T::default()
+}
+
+// Two blocks' local `struct X` share a type name, not a type: each gets its own local cache
+// (one cache holding both types would have to refuse one of them).
+#[test]
+fn same_named_local_types_get_their_own_caches() {
+    shared_redis();
+    let first = {
+        #[derive(Default, Clone, Debug, PartialEq)]
+        struct X(u8);
+        made::<X>(1);
+        (std::any::type_name::<X>(), lookup_made::<X>(1))
+    };
+    let second = {
+        #[derive(Clone, Debug, PartialEq)]
+        struct X(String);
+        impl Default for X {
+            fn default() -> Self {
+                X("second".into())
+            }
+        }
+        (
+            std::any::type_name::<X>(),
+            made::<X>(1),
+            lookup_made::<X>(1),
+        )
+    };
+    assert_eq!(first.0, second.0, "the two types are named alike");
+    assert!(first.1.is_some(), "the first type's value is cached");
+    assert_eq!(second.1 .0, "second");
+    assert_eq!(second.2.map(|x| x.0), Some("second".to_string()));
+}
