@@ -257,7 +257,12 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         "The cache of {link} (of this instantiation, for a generic one): its name, tiers, \
          stats, local clear."
     );
-    let entry_ty = quote!(<#shape as #k::shape::EntryShape<#ret>>::Entries);
+    // At the return type: a value that is not `Clone` is reported there, not at the
+    // attribute.
+    let entry_ty = respan(
+        quote!(<#shape as #k::shape::EntryShape<#ret>>::Entries),
+        ret.span(),
+    );
     let (acc_generics, acc_where) = static_generics(generics);
 
     let [at_wrapper, at_uncached, at_entry, at_refresh, at_companion, at_accessor] = [
@@ -383,21 +388,23 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
 /// The runtime's path with every token at `span`, for code spanned at a user token: a
 /// diagnostic about that code then points at the token alone.
 fn at(k: &syn::Path, span: Span) -> TokenStream {
-    fn respan(ts: TokenStream, span: Span) -> TokenStream {
-        ts.into_iter()
-            .map(|mut t| {
-                if let proc_macro2::TokenTree::Group(g) = &t {
-                    let mut ng = proc_macro2::Group::new(g.delimiter(), respan(g.stream(), span));
-                    ng.set_span(span);
-                    t = proc_macro2::TokenTree::Group(ng);
-                } else {
-                    t.set_span(span);
-                }
-                t
-            })
-            .collect()
-    }
     respan(k.to_token_stream(), span)
+}
+
+/// `ts` with every token at `span`.
+fn respan(ts: TokenStream, span: Span) -> TokenStream {
+    ts.into_iter()
+        .map(|mut t| {
+            if let proc_macro2::TokenTree::Group(g) = &t {
+                let mut ng = proc_macro2::Group::new(g.delimiter(), respan(g.stream(), span));
+                ng.set_span(span);
+                t = proc_macro2::TokenTree::Group(ng);
+            } else {
+                t.set_span(span);
+            }
+            t
+        })
+        .collect()
 }
 
 /// The inputs with `mut` removed from `mut name: T` patterns.
