@@ -612,3 +612,35 @@ async fn scripts_flushed_from_redis_are_loaded_again() {
     let s = reloaded_cache().stats();
     assert_eq!(s.redis_errors, 0, "{s:?}");
 }
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Paged {
+    #[serde(flatten)]
+    page: Page,
+    total: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Page {
+    offset: u64,
+}
+
+#[cached(tier = "local+redis", ttl = 60, key = "paged:<id>")]
+fn paged(id: u64) -> Paged {
+    Paged {
+        page: Page { offset: id },
+        total: 1,
+    }
+}
+
+// bincode cannot write `#[serde(flatten)]`: the value stays local, and the failure is counted
+// (it used to go unnoticed).
+#[test]
+fn values_that_do_not_encode_stay_local_and_are_counted() {
+    shared_redis();
+    assert_eq!(paged(1).page.offset, 1);
+    assert!(!raw().exists::<_, bool>(&vkey(1, "paged:1")).unwrap());
+    assert_eq!(paged_cache().stats().encode_failures, 1);
+    assert_eq!(paged(1).page.offset, 1);
+    assert_eq!(paged_cache().stats().local_hits, 1);
+}

@@ -651,7 +651,15 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         if let Err(e) = &res {
             match e {
                 CacheError::TooLarge { .. } => self.counters.oversize.add(1),
-                CacheError::Encode(_) => {}
+                CacheError::Encode(e) => {
+                    self.counters.encode_failures.add(1);
+                    self.decode_log.warn_error(
+                        &self.name,
+                        "value does not encode for redis; kept out of redis (see the README on \
+                         serde attributes)",
+                        e,
+                    );
+                }
                 CacheError::Timeout(_) => {
                     self.counters.redis_errors.add(1);
                     self.counters.redis_timeouts.add(1);
