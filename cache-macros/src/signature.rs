@@ -47,6 +47,10 @@ pub struct AliasChecks {
     pub option: bool,
 }
 
+/// The error for `&mut self` and `self: &mut Self`.
+const MUT_SELF: &str = "`&mut self` methods cannot be cached: a cache hit skips the body, so its \
+                        mutation would silently not happen; take `&self`";
+
 pub fn analyze(
     f: &ItemFn,
     cache_none: Option<Span>,
@@ -84,42 +88,28 @@ pub fn analyze(
                 if r.colon_token.is_some() {
                     // `self: &Self` (or `&'a Self`) is `&self` spelled out.
                     match &*r.ty {
-                        Type::Reference(tr)
-                            if tr.mutability.is_none()
-                                && r.mutability.is_none()
-                                && is_self_type(&tr.elem) =>
-                        {
-                            receiver = Some(r.self_token.span);
-                            continue;
-                        }
-                        Type::Reference(tr)
-                            if is_self_type(&tr.elem) && tr.mutability.is_some() =>
-                        {
-                            return Err(Error::new_spanned(
-                                tr.mutability,
-                                "`&mut self` methods cannot be cached: a cache hit skips the \
-                                 body, so its mutation would silently not happen; take `&self`",
-                            ))
-                        }
-                        other => {
-                            return Err(Error::new_spanned(
-                                r,
-                                format!(
-                                    "only `&self` methods can be cached, not `self: {}`: take \
-                                     `&self` (an `Arc<Self>` or a `Box<Self>` derefs to it)",
-                                    type_text(other)
-                                ),
-                            ))
-                        }
+                        Type::Reference(tr) if is_self_type(&tr.elem) => match &tr.mutability {
+                            None if r.mutability.is_none() => {
+                                receiver = Some(r.self_token.span);
+                                continue;
+                            }
+                            Some(m) => return Err(Error::new(m.span, MUT_SELF)),
+                            None => {}
+                        },
+                        _ => {}
                     }
+                    return Err(Error::new_spanned(
+                        r,
+                        format!(
+                            "only `&self` methods can be cached, not `self: {}`: take `&self` \
+                             (an `Arc<Self>` or a `Box<Self>` derefs to it)",
+                            type_text(&r.ty)
+                        ),
+                    ));
                 }
                 match (&r.reference, &r.mutability) {
                     (Some(_), None) => receiver = Some(r.self_token.span),
-                    (Some(_), Some(m)) => return Err(Error::new(
-                        m.span,
-                        "`&mut self` methods cannot be cached: a cache hit skips the body, so its \
-                             mutation would silently not happen; take `&self`",
-                    )),
+                    (Some(_), Some(m)) => return Err(Error::new(m.span, MUT_SELF)),
                     (None, _) => {
                         return Err(Error::new(
                             r.self_token.span,
@@ -345,23 +335,15 @@ impl<'ast> Visit<'ast> for Finder<'_> {
 
     fn visit_lifetime(&mut self, l: &'ast syn::Lifetime) {
         match self.place {
-            Place::Value { lifetimes, .. } if l.ident == "_" || lifetimes.contains(&l) => {
-                self.fail(Error::new_spanned(
+            Place::Value { lifetimes, .. } if l.ident == "_" || lifetimes.contains(&l) => self
+                .fail(Error::new_spanned(
                     l,
                     format!(
                         "cached values outlive the call, so their type cannot name the \
                          function's lifetime `{l}`; return an owned type (e.g. `Cow<'static, \
                          str>`, `String`)"
                     ),
-                ))
-            }
-            Place::Return if l.ident == "async_trait" => self.fail(Error::new_spanned(
-                l,
-                "`#[cached]` cannot wrap a method rewritten by `#[async_trait]` (it returns a boxed \
-                 future, which cannot be cached): use a native `async fn` in the trait with \
-                 `#[cached(in_trait)]` (Rust 1.75 and later), or cache a function that the \
-                 method calls",
-            )),
+                )),
             _ => {}
         }
     }
