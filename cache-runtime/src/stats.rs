@@ -128,8 +128,8 @@ counters! {
     invalidations => "cache_invalidations_total";
     /// Values found in Redis that did not decode (corrupt, foreign, another type or version).
     decode_failures => "cache_decode_failures_total";
-    /// Values not written to Redis because they did not encode (a serde attribute bincode
-    /// cannot write, such as `#[serde(flatten)]`): kept in the local tier only, logged.
+    /// Values not written to Redis because they did not encode (their `Serialize` failed in
+    /// bincode and in MessagePack): kept in the local tier only, logged.
     encode_failures => "cache_encode_failures_total";
     /// Redis operations that failed or timed out (each one fell back to the source).
     redis_errors => "cache_redis_errors_total";

@@ -613,6 +613,20 @@ async fn scripts_flushed_from_redis_are_loaded_again() {
     assert_eq!(s.redis_errors, 0, "{s:?}");
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// bincode writes struct fields by position: a field skipped only sometimes would shift the
+/// next ones into its place.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Report {
+    #[serde(default, skip_serializing_if = "is_zero")]
+    retries: u32,
+    errors: Vec<String>,
+    code: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Paged {
     #[serde(flatten)]
@@ -625,22 +639,123 @@ struct Page {
     offset: u64,
 }
 
-#[cached(tier = "local+redis", ttl = 60, key = "paged:<id>")]
+/// Read with `deserialize_any`: bincode writes it but cannot read it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind")]
+enum Event {
+    Created { id: u64 },
+    Renamed { id: u64, to: String },
+}
+
+static SERDE_SHAPES_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(tier = "redis", ttl = 60, key = "report:<id>")]
+fn report(id: u32) -> Report {
+    SERDE_SHAPES_RUNS.fetch_add(1, SeqCst);
+    Report {
+        retries: id,
+        errors: vec![String::new()],
+        code: 9,
+    }
+}
+
+#[cached(tier = "redis", ttl = 60, key = "paged:<id>")]
 fn paged(id: u64) -> Paged {
+    SERDE_SHAPES_RUNS.fetch_add(1, SeqCst);
     Paged {
         page: Page { offset: id },
         total: 1,
     }
 }
 
-// bincode cannot write `#[serde(flatten)]`: the value stays local, and the failure is counted
-// (it used to go unnoticed).
+#[cached(tier = "redis", ttl = 60, key = "event:<id>")]
+fn event(id: u64) -> Event {
+    SERDE_SHAPES_RUNS.fetch_add(1, SeqCst);
+    match id {
+        0 => Event::Created { id },
+        _ => Event::Renamed {
+            id,
+            to: format!("n{id}"),
+        },
+    }
+}
+
+/// Values bincode would misread (a field skipped sometimes), cannot write (`flatten`) or
+/// cannot read (an internally tagged enum) are stored in the self-describing format and
+/// read back from Redis as written: every second call is a Redis hit of the same value.
+/// (Before: the skipped field's value came back as `{retries: 1, errors: [], code: 9}`, a
+/// counted hit; `flatten` never reached Redis; the enum was a decode failure on every read.)
+#[test]
+fn serde_shapes_bincode_cannot_round_trip_are_read_back_as_written() {
+    shared_redis();
+    let before = (
+        report_cache().stats(),
+        paged_cache().stats(),
+        event_cache().stats(),
+    );
+    // (value, the envelope's flags byte: 0 bincode, 1 MessagePack)
+    let first = report(0);
+    let flags = |key: &str| raw().get::<_, Vec<u8>>(vkey(1, key)).unwrap()[3];
+    assert_eq!(flags("report:0"), 1, "the skipped field's value is named");
+    assert_eq!(report(0), first);
+    assert_eq!((first.retries, first.errors.len()), (0, 1));
+    assert_eq!(report(4), report(4));
+    assert_eq!(flags("report:4"), 0, "nothing skipped: bincode");
+    assert_eq!(paged(3), paged(3));
+    assert_eq!(paged(3).page.offset, 3);
+    assert_eq!(flags("paged:3"), 1);
+    for id in [0, 1] {
+        assert_eq!(event(id), event(id));
+        assert_eq!(flags(&format!("event:{id}")), 1);
+    }
+    assert_eq!(
+        event(1),
+        Event::Renamed {
+            id: 1,
+            to: "n1".into()
+        }
+    );
+    assert_eq!(SERDE_SHAPES_RUNS.load(SeqCst), 5, "one body run per key");
+    let after = (
+        report_cache().stats(),
+        paged_cache().stats(),
+        event_cache().stats(),
+    );
+    for (b, a) in [
+        (before.0, after.0),
+        (before.1, after.1),
+        (before.2, after.2),
+    ] {
+        assert_eq!(a.decode_failures, b.decode_failures, "{a:?}");
+        assert_eq!(a.encode_failures, b.encode_failures, "{a:?}");
+        assert!(a.redis_hits > b.redis_hits, "{a:?}");
+    }
+}
+
+/// A value whose `Serialize` fails in every format.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+struct Unwritable(u64);
+
+impl Serialize for Unwritable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom(
+            "this value refuses to be written",
+        ))
+    }
+}
+
+#[cached(tier = "local+redis", ttl = 60, key = "unwritable:<id>")]
+fn unwritable(id: u64) -> Unwritable {
+    Unwritable(id)
+}
+
+// A value that does not encode stays local, and the failure is counted and logged.
 #[test]
 fn values_that_do_not_encode_stay_local_and_are_counted() {
     shared_redis();
-    assert_eq!(paged(1).page.offset, 1);
-    assert!(!raw().exists::<_, bool>(&vkey(1, "paged:1")).unwrap());
-    assert_eq!(paged_cache().stats().encode_failures, 1);
-    assert_eq!(paged(1).page.offset, 1);
-    assert_eq!(paged_cache().stats().local_hits, 1);
+    assert_eq!(unwritable(1), Unwritable(1));
+    assert!(!raw().exists::<_, bool>(&vkey(1, "unwritable:1")).unwrap());
+    assert_eq!(unwritable_cache().stats().encode_failures, 1);
+    assert_eq!(unwritable(1), Unwritable(1));
+    assert_eq!(unwritable_cache().stats().local_hits, 1);
 }

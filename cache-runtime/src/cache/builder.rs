@@ -176,7 +176,7 @@ impl<V> CacheBuilder<V> {
     }
 }
 
-impl<V: crate::__private::RedisValue> CacheBuilder<V> {
+impl<V: crate::__private::RedisValue + 'static> CacheBuilder<V> {
     /// Bounds the local tier by memory instead of entries: each entry weighs its key, its
     /// encoded size and a fixed overhead, and the least valuable entries are evicted past
     /// `bytes`. Needs a serde value (the size is measured without allocating).

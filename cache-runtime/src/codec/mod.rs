@@ -4,7 +4,9 @@
 //! offset size field
 //!      0    2 magic            b"CR"
 //!      2    1 wire version     2
-//!      3    1 flags            0 (reserved: anything else is rejected)
+//!      3    1 flags            bit 0: the payload's format, 0 bincode 2, 1 MessagePack with
+//!                              field names ([`PayloadFormat`]); other bits reserved (a value
+//!                              with any of them set is rejected)
 //!      4    8 type fingerprint u64 LE, FNV-1a of the value type's name and schema version
 //!     12    8 ticket           u64 LE: the key's random ticket the value was stored under
 //!                              (docs/PROTOCOL.md §4.1); a reader compares it with the ticket
@@ -17,17 +19,23 @@
 //!     44    1 stamp count      k ≤ 64
 //!     45   8k stamps           u64 LE each: the tag and clear counters the value was written
 //!                              under (until the scope floors of PROTOCOL.md §4.3 replace them)
-//!  45+8k    n payload          bincode 2 (standard config) of the value, via serde
+//!  45+8k    n payload          the value, via serde: bincode 2 (standard config), or
+//!                              MessagePack where bincode would not read it back as written
+//!                              (`payload`'s module docs)
 //! ```
 //!
 //! Wire version 1 values (no ticket) are rejected as [`DecodeError::Version`]: a miss.
 //!
 //! Anything that does not match exactly (magic, version, fingerprint, length, checksum, a
 //! payload that does not decode or leaves trailing bytes, an expiry in the past) is rejected
-//! as a [`DecodeError`]; the cache counts it and treats it as a miss. Bincode is the only
-//! serializer and it stays behind this module.
+//! as a [`DecodeError`]; the cache counts it and treats it as a miss. The serializers (bincode
+//! and rmp-serde) stay behind this module.
 
 use std::time::Duration;
+
+mod payload;
+
+pub use payload::PayloadFormat;
 
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -103,7 +111,7 @@ pub(crate) fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
 }
 
 /// Encodes a value with its envelope and the stamps it is written under.
-pub fn encode<V: Serialize>(
+pub fn encode<V: Serialize + DeserializeOwned + 'static>(
     value: &V,
     fingerprint: u64,
     ttl: Duration,
@@ -125,7 +133,7 @@ pub fn encode<V: Serialize>(
 /// assert_eq!(d.ticket, 0xfeed);
 /// assert_eq!(Some(d.etag), envelope_etag(&bytes));
 /// ```
-pub fn encode_at<V: Serialize>(
+pub fn encode_at<V: Serialize + DeserializeOwned + 'static>(
     value: &V,
     fingerprint: u64,
     ticket: u64,
@@ -139,7 +147,7 @@ pub fn encode_at<V: Serialize>(
 /// [`encode_at`] into a buffer of `capacity` bytes at first (a cache passes its previous
 /// envelope's length, so that a value like the last one is encoded without growing the
 /// buffer): the header, then the payload serialized in place, then its length and checksum.
-pub(crate) fn encode_sized<V: Serialize>(
+pub(crate) fn encode_sized<V: Serialize + DeserializeOwned + 'static>(
     value: &V,
     fingerprint: u64,
     ticket: u64,
@@ -156,7 +164,7 @@ pub(crate) fn encode_sized<V: Serialize>(
     let mut out = Vec::with_capacity(capacity.max(payload_at + 64));
     out.extend_from_slice(&MAGIC);
     out.push(WIRE_VERSION);
-    out.push(0);
+    out.push(0); // flags: the payload's format, below
     out.extend_from_slice(&fingerprint.to_le_bytes());
     out.extend_from_slice(&ticket.to_le_bytes());
     out.extend_from_slice(&created.to_le_bytes());
@@ -168,8 +176,8 @@ pub(crate) fn encode_sized<V: Serialize>(
         out.extend_from_slice(&s.to_le_bytes());
     }
     debug_assert_eq!(out.len(), payload_at);
-    bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard())
-        .map_err(|e| e.to_string())?;
+    let format = payload::write_payload(value, &mut out)?;
+    out[3] = format.flags();
     let len = u32::try_from(out.len() - payload_at).map_err(|_| "value above 4 GiB".to_string())?;
     out[36..40].copy_from_slice(&len.to_le_bytes());
     let crc = checksum(&out);
@@ -202,23 +210,20 @@ pub fn envelope_etag(bytes: &[u8]) -> Option<ETag> {
 /// let bytes = encode(&"v".to_string(), 1, Duration::from_secs(1), &[3]).unwrap();
 /// assert_eq!(payload_etag(&"v".to_string()), envelope_etag(&bytes));
 /// ```
-pub fn payload_etag<V: Serialize>(value: &V) -> Option<ETag> {
-    bincode::serde::encode_to_vec(value, bincode::config::standard())
-        .ok()
-        .map(|p| ETag::of(&p))
+pub fn payload_etag<V: Serialize + DeserializeOwned + 'static>(value: &V) -> Option<ETag> {
+    let mut payload = Vec::new();
+    payload::write_payload(value, &mut payload).ok()?;
+    Some(ETag::of(&payload))
 }
 
-/// The size of a value's payload, without allocating it (for `max_bytes` weighing).
+/// The size of a value's payload, without allocating it (for `max_bytes` weighing); 0 for a
+/// value that does not encode.
 ///
 /// ```
 /// assert_eq!(cache_runtime::codec::encoded_size(&"abc".to_string()), 4);
 /// ```
-pub fn encoded_size<V: Serialize>(value: &V) -> usize {
-    let mut w = bincode::enc::write::SizeWriter::default();
-    match bincode::serde::encode_into_writer(value, &mut w, bincode::config::standard()) {
-        Ok(()) => w.bytes_written,
-        Err(_) => 0,
-    }
+pub fn encoded_size<V: Serialize + DeserializeOwned + 'static>(value: &V) -> usize {
+    payload::payload_size(value)
 }
 
 /// A decoded envelope.
@@ -239,6 +244,8 @@ pub struct Decoded<V> {
     /// Whether it is before its expiry (otherwise it is within the grace period that
     /// [`decode_with_grace`] allowed: a stale fallback, not a hit).
     pub fresh: bool,
+    /// How the payload was encoded.
+    pub format: PayloadFormat,
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
@@ -295,6 +302,7 @@ pub fn decode_with_grace<V: DeserializeOwned>(
         stamps: stamps_in(h.stamps).collect(),
         etag: ETag::of(h.payload),
         fresh: h.fresh,
+        format: h.format,
     })
 }
 
@@ -310,6 +318,8 @@ pub(crate) struct Header<'a> {
     pub fresh: bool,
     /// The reference clock's time the expiry was checked against (Unix ms).
     pub now_unix_ms: u64,
+    /// How the payload is encoded.
+    pub format: PayloadFormat,
 }
 
 fn stamps_in(raw: &[u8]) -> impl Iterator<Item = u64> + '_ {
@@ -336,10 +346,10 @@ pub(crate) fn decode_checked<'a, V: DeserializeOwned>(
     if bytes[2] != WIRE_VERSION {
         return Err(DecodeError::Version(bytes[2]));
     }
-    if bytes[3] != 0 {
+    let Some(format) = PayloadFormat::from_flags(bytes[3]) else {
         // Reserved for future envelope features; a reader must not guess their meaning.
         return Err(DecodeError::Version(bytes[2]));
-    }
+    };
     if u64_at(bytes, 4) != fingerprint {
         return Err(DecodeError::Fingerprint);
     }
@@ -376,7 +386,7 @@ pub(crate) fn decode_checked<'a, V: DeserializeOwned>(
     if expires.saturating_add(grace.as_millis() as u64) <= now {
         return Err(DecodeError::Expired);
     }
-    let value = decode_payload(payload)?;
+    let value = payload::decode_payload(payload, format).map_err(DecodeError::Payload)?;
     let header = Header {
         ticket,
         created_unix_ms: created,
@@ -385,35 +395,9 @@ pub(crate) fn decode_checked<'a, V: DeserializeOwned>(
         payload,
         fresh: expires > now,
         now_unix_ms: now,
+        format,
     };
     Ok((header, value))
-}
-
-/// bincode's limit is a const generic: pick the smallest bucket that fits the payload, so a
-/// hostile length prefix inside a small payload cannot claim a huge allocation.
-fn decode_payload<V: DeserializeOwned>(payload: &[u8]) -> Result<V, DecodeError> {
-    const KIB: usize = 1024;
-    let std = bincode::config::standard();
-    let res = match payload.len() {
-        n if n <= 4 * KIB => {
-            bincode::serde::decode_from_slice(payload, std.with_limit::<{ 64 * KIB }>())
-        }
-        n if n <= 256 * KIB => {
-            bincode::serde::decode_from_slice(payload, std.with_limit::<{ 4 * 1024 * KIB }>())
-        }
-        n if n <= 4 * 1024 * KIB => {
-            bincode::serde::decode_from_slice(payload, std.with_limit::<{ 64 * 1024 * KIB }>())
-        }
-        _ => bincode::serde::decode_from_slice(payload, std.with_limit::<{ 1024 * 1024 * KIB }>()),
-    };
-    match res {
-        Ok((value, used)) if used == payload.len() => Ok(value),
-        Ok((_, used)) => Err(DecodeError::Payload(format!(
-            "{} trailing bytes",
-            payload.len() - used
-        ))),
-        Err(e) => Err(DecodeError::Payload(e.to_string())),
-    }
 }
 
 #[cfg(test)]
