@@ -47,7 +47,7 @@ async fn redis_tier_writes_with_px_and_reads_back() {
     // The documented key layout: prefix, wire version, schema version, template.
     let key = &vkey(1, "user:profile:1");
     let bytes: Vec<u8> = raw().get(key).unwrap();
-    let fp = codec::fingerprint(std::any::type_name::<Profile>(), 1);
+    let fp = codec::type_fingerprint::<Profile>(1);
     assert_eq!(
         codec::decode::<Profile>(&bytes, fp, 1 << 20).unwrap().value,
         profile(1)
@@ -188,7 +188,7 @@ async fn a_local_copy_never_outlives_the_redis_copy() {
     // The value in Redis now expires 150 ms from now (its envelope says so, as a writer's
     // short TTL would: the one-command hit reads the expiry from the envelope, not PTTL);
     // the promoted copy must not last longer.
-    let fp = codec::fingerprint("u64", 1);
+    let fp = codec::type_fingerprint::<u64>(1);
     let stored = codec::decode::<u64>(&raw().get::<_, Vec<u8>>(key).unwrap(), fp, 64).unwrap();
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -275,7 +275,7 @@ async fn corruptible(id: u64) -> Profile {
 #[tokio::test]
 async fn corrupt_foreign_and_wrongly_typed_values_are_misses() {
     shared_redis();
-    let fp = codec::fingerprint(std::any::type_name::<Profile>(), 1);
+    let fp = codec::type_fingerprint::<Profile>(1);
     let good = codec::encode(&profile(1), fp, Duration::from_secs(60), &[0, 0, 0]).unwrap();
     let mut flipped = good.clone();
     *flipped.last_mut().unwrap() ^= 0x40;
@@ -611,6 +611,101 @@ async fn scripts_flushed_from_redis_are_loaded_again() {
     assert_eq!(RELOADED_RUNS.load(SeqCst), 1);
     let s = reloaded_cache().stats();
     assert_eq!(s.redis_errors, 0, "{s:?}");
+}
+
+/// The value type of `pair`, as this build defines it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Pair {
+    hits: u64,
+    misses: u64,
+}
+
+/// The same type as an earlier build defined it: fields in the other order, no `version`
+/// bump.
+mod earlier_build {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    pub struct Pair {
+        pub misses: u64,
+        pub hits: u64,
+    }
+}
+
+static PAIR_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(tier = "local+redis", ttl = 60, key = "pair:<id>")]
+fn pair(id: u64) -> Pair {
+    PAIR_RUNS.fetch_add(1, SeqCst);
+    Pair {
+        hits: id,
+        misses: 100 + id,
+    }
+}
+
+/// A rolling deploy that changed the value type without bumping `version`: the earlier
+/// build's envelope (under the key's live ticket and scope stamps, so nothing else rejects
+/// it) names another shape, and is a counted miss; bincode alone would read its `misses`
+/// into `hits`.
+#[test]
+fn a_type_changed_without_a_version_bump_is_a_miss_not_a_misread() {
+    shared_redis();
+    assert_eq!(pair(1).hits, 1);
+    let key = &vkey(1, "pair:1");
+    let fp = codec::type_fingerprint::<Pair>(1);
+    let stored =
+        codec::decode::<Pair>(&raw().get::<_, Vec<u8>>(key).unwrap(), fp, 1 << 20).unwrap();
+    let earlier = earlier_build::Pair {
+        misses: 101,
+        hits: 1,
+    };
+    // What the earlier build writes: its own shape in the fingerprint.
+    let earlier_fp = codec::with_schema(
+        codec::fingerprint(std::any::type_name::<Pair>(), 1),
+        codec::schema_hash::<earlier_build::Pair>(),
+    );
+    assert_ne!(earlier_fp, fp);
+    let written = |fp| {
+        codec::encode_at(
+            &earlier,
+            fp,
+            stored.ticket,
+            stored.created_unix_ms,
+            Duration::from_secs(60),
+            &stored.stamps,
+        )
+        .unwrap()
+    };
+    // The hazard: the same bytes under this build's fingerprint decode, fields swapped.
+    let misread = codec::decode::<Pair>(&written(fp), fp, 1 << 20)
+        .unwrap()
+        .value;
+    assert_eq!((misread.hits, misread.misses), (101, 1));
+
+    let _: () = raw().set(key, written(earlier_fp)).unwrap();
+    pair_cache().clear_local();
+    let before = pair_cache().stats();
+    assert_eq!(
+        pair(1),
+        Pair {
+            hits: 1,
+            misses: 101
+        }
+    );
+    let after = pair_cache().stats();
+    assert_eq!(
+        after.decode_failures,
+        before.decode_failures + 1,
+        "{after:?}"
+    );
+    assert_eq!(PAIR_RUNS.load(SeqCst), 2, "the body ran instead");
+    let now = codec::decode::<Pair>(&raw().get::<_, Vec<u8>>(key).unwrap(), fp, 1 << 20);
+    assert_eq!(
+        now.map(|d| d.value),
+        Ok(Pair {
+            hits: 1,
+            misses: 101
+        }),
+        "overwritten"
+    );
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -50,11 +50,15 @@ pub struct CacheBuilder<V> {
     soft_timeout: Option<Duration>,
     refresh_ahead: Option<f64>,
     max_bytes: Option<(u64, WeighFn<V>)>,
-    redis: Option<(EncodeFn<V>, DecodeFn<V>)>,
+    /// The value's codec, and its schema hash (folded into the envelope's fingerprint).
+    redis: Option<(EncodeFn<V>, DecodeFn<V>, SchemaFn)>,
     etag: Option<EtagFn<V>>,
     key_space: Option<String>,
     _v: PhantomData<fn() -> V>,
 }
+
+/// `codec::schema_hash` of the value type.
+type SchemaFn = fn() -> u64;
 
 /// Local copies in `local+redis` live at most this long unless `local_ttl` says otherwise.
 pub const DEFAULT_LOCAL_TTL_CAP: Duration = Duration::from_secs(30);
@@ -192,6 +196,7 @@ impl<V: crate::__private::RedisValue + 'static> CacheBuilder<V> {
         self.redis = tier.has_redis().then_some((
             codec::encode_sized::<V> as EncodeFn<V>,
             codec::decode_checked::<V> as DecodeFn<V>,
+            codec::schema_hash::<V> as SchemaFn,
         ));
         if tier.has_redis() {
             self = self.etag();
@@ -226,6 +231,12 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
         let rt = runtime();
         let ttl = self.ttl.max(Duration::from_millis(1));
         let fingerprint = codec::fingerprint(std::any::type_name::<V>(), self.version);
+        // Envelopes also name the type's shape: a type changed without a `version` bump is
+        // another type to a reader, never bytes read into the wrong fields.
+        let envelope_fingerprint = match &self.redis {
+            Some((_, _, schema)) => codec::with_schema(fingerprint, schema()),
+            None => fingerprint,
+        };
         // What `clear()` covers: every cache over the same entries (see `key_space`).
         let clear_scope = match &self.key_space {
             Some(template) => format!("{template}#{fingerprint:016x}"),
@@ -255,7 +266,7 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
             side
         });
         Cache {
-            fingerprint,
+            fingerprint: envelope_fingerprint,
             clear_scope,
             max_value_bytes: rt.config.max_value_bytes,
             lock_lease: self.lock_lease.filter(|_| redis.is_some()),
@@ -293,7 +304,7 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
         clear_scope: &str,
     ) -> Option<RedisSide<V>> {
         match (self.redis, &rt.redis) {
-            (Some((encode, decode)), Some(tier)) => Some(RedisSide {
+            (Some((encode, decode, _)), Some(tier)) => Some(RedisSide {
                 tier,
                 encode,
                 decode,

@@ -34,8 +34,10 @@
 use std::time::Duration;
 
 mod payload;
+mod schema;
 
 pub use payload::PayloadFormat;
+pub use schema::schema_hash;
 
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -100,6 +102,33 @@ pub fn fingerprint(type_name: &str, schema_version: u32) -> u64 {
             .chain(&[0xff])
             .chain(&schema_version.to_le_bytes())
             .copied(),
+    )
+}
+
+/// [`fingerprint`] with a [`schema_hash`] folded in: what a cache writes into its envelopes
+/// and requires of what it reads.
+///
+/// ```
+/// use cache_runtime::codec::{fingerprint, schema_hash, type_fingerprint, with_schema};
+/// let fp = fingerprint(std::any::type_name::<Vec<u32>>(), 1);
+/// assert_eq!(type_fingerprint::<Vec<u32>>(1), with_schema(fp, schema_hash::<Vec<u32>>()));
+/// assert_ne!(type_fingerprint::<Vec<u32>>(1), fp);
+/// ```
+pub fn with_schema(fingerprint: u64, schema_hash: u64) -> u64 {
+    fnv1a(
+        fingerprint
+            .to_le_bytes()
+            .into_iter()
+            .chain(schema_hash.to_le_bytes()),
+    )
+}
+
+/// The fingerprint a cache of `V` with schema version `version` writes into its envelopes
+/// (the type's name, `version`, and its [`schema_hash`]).
+pub fn type_fingerprint<V: DeserializeOwned + 'static>(version: u32) -> u64 {
+    with_schema(
+        fingerprint(std::any::type_name::<V>(), version),
+        schema_hash::<V>(),
     )
 }
 
