@@ -50,7 +50,7 @@ use proc_macro::TokenStream;
 /// | `max_bytes` | `1048576`, `"512KiB"`, `"64MiB"`, `"1GiB"` | none | Bound the local tier by memory instead of entries (not with `capacity`; needs a serde value). |
 /// | `name` | string | the function's path (`Type::method` for methods) | The cache's name in stats, metrics and logs. |
 /// | `version` | integer | 1 | Schema version of the value type, part of the Redis key and of the value's fingerprint: bump it when the type changes. |
-/// | `cache_none` | `true`/`false`, or bare `cache_none` | `false` | `Option<T>` only: cache `None` too. |
+/// | `cache_none` | `true`/`false`, or bare `cache_none` | `false` | `Option<T>` only: cache `None` too (a `Result<Option<T>, E>` caches `Ok(None)` without it). |
 /// | `none_ttl` | duration | `ttl` | Lifetime of a cached `None`. Needs `cache_none`. |
 /// | `result` | `true`/`false`, or bare `result` | by name | The return type is a `Result` behind an alias (`AppResult<T>`): only `Ok` is cached. `result = false` caches the whole `Result`, errors included. |
 /// | `option` | `true`/`false`, or bare `option` | by name | The return type is an `Option` behind an alias: only `Some` is cached (`None` too with `cache_none`). `option = false` caches the whole `Option`. |

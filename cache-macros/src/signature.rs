@@ -217,9 +217,18 @@ pub fn analyze(
         option: plain && !matches!(returns, Returns::Option(false)),
     };
     if let (Some(span), false) = (cache_none, matches!(kind, Kind::SomeOrNone)) {
+        // `Result<Option<T>, E>`: every `Ok`, `Ok(None)` included, is already cached.
+        let ok_is_option = matches!(kind, Kind::OkOnly)
+            && named_as("Result")
+                .and_then(|ok| last_segment(&ok))
+                .is_some_and(|(name, _)| name == "Option");
         return Err(Error::new(
             span,
-            "`cache_none` needs a function that returns `Option<T>`",
+            if ok_is_option {
+                "`cache_none` is not needed here: every `Ok` value is cached, `Ok(None)` included; remove `cache_none` (or return `Option<T>` to cache `None`s)"
+            } else {
+                "`cache_none` needs a function that returns `Option<T>`"
+            },
         ));
     }
     Ok(Analyzed {

@@ -155,6 +155,33 @@ fn option_caches_some_and_none_only_when_asked() {
     assert_eq!(NEG_RUNS.load(SeqCst), 2);
 }
 
+static FOUND_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = 60, key = "found:<id>")]
+fn find(id: u32) -> Result<Option<u32>, String> {
+    FOUND_RUNS.fetch_add(1, SeqCst);
+    match id {
+        0 => Err("no id 0".into()),
+        _ => Ok((id % 2 == 0).then_some(id)),
+    }
+}
+
+// What `cache_none`'s error says of `Result<Option<T>, E>` (ui `cache_none_on_result_option`):
+// every `Ok` is cached, `Ok(None)` included; errors are not.
+#[test]
+fn result_of_option_caches_ok_none() {
+    setup();
+    assert_eq!(find(1), Ok(None));
+    assert_eq!(find(1), Ok(None));
+    assert_eq!(FOUND_RUNS.load(SeqCst), 1, "Ok(None) is cached");
+    assert_eq!(find(2), Ok(Some(2)));
+    assert_eq!(find(2), Ok(Some(2)));
+    assert_eq!(FOUND_RUNS.load(SeqCst), 2);
+    assert!(find(0).is_err());
+    assert!(find(0).is_err());
+    assert_eq!(FOUND_RUNS.load(SeqCst), 4, "errors are not cached");
+}
+
 #[derive(Debug, Clone)]
 struct User {
     id: u64,
