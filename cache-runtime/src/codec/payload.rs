@@ -98,9 +98,24 @@ const SELF_DESCRIBING: u8 = 2;
 /// The probe's finding for `V`, shared by every cache of the type (one per type, so that
 /// every cache and ETag of a value agree on its bytes).
 fn type_state<V: 'static>() -> &'static AtomicU8 {
+    thread_local! {
+        // The last type this thread encoded: a cache's stores find it without the shared lock.
+        static LAST: Cell<Option<(TypeId, &'static AtomicU8)>> = const { Cell::new(None) };
+    }
+    let id = TypeId::of::<V>();
+    if let Some((last, state)) = LAST.with(Cell::get) {
+        if last == id {
+            return state;
+        }
+    }
+    let state = registered_state(id);
+    LAST.with(|last| last.set(Some((id, state))));
+    state
+}
+
+fn registered_state(id: TypeId) -> &'static AtomicU8 {
     static TYPES: OnceLock<RwLock<HashMap<TypeId, &'static AtomicU8>>> = OnceLock::new();
     let types = TYPES.get_or_init(Default::default);
-    let id = TypeId::of::<V>();
     if let Some(state) = types.read().unwrap_or_else(|e| e.into_inner()).get(&id) {
         return state;
     }
