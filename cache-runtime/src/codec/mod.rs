@@ -430,8 +430,27 @@ pub(crate) fn decode_checked<'a, V: DeserializeOwned>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// An envelope built by hand around `payload` (fingerprint 7, no ticket, no stamps,
+    /// never expiring), its checksum right.
+    pub(crate) fn envelope(payload: &[u8], flags: u8) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&MAGIC);
+        bytes.extend_from_slice(&[WIRE_VERSION, flags]);
+        bytes.extend_from_slice(&7u64.to_le_bytes());
+        bytes.extend_from_slice(&0u64.to_le_bytes());
+        bytes.extend_from_slice(&0u64.to_le_bytes());
+        bytes.extend_from_slice(&u64::MAX.to_le_bytes());
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&[0; 4]);
+        bytes.push(0);
+        bytes.extend_from_slice(payload);
+        let crc = checksum(&bytes);
+        bytes[40..44].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    }
     use serde::Deserialize;
 
     #[test]
@@ -557,19 +576,7 @@ mod tests {
         // A payload that claims a 2^60-element Vec must fail fast, not allocate.
         let mut payload = vec![0xfd];
         payload.extend_from_slice(&(1u64 << 60).to_le_bytes());
-        let mut bytes = Vec::new();
-        bytes.extend_from_slice(&MAGIC);
-        bytes.extend_from_slice(&[WIRE_VERSION, 0]);
-        bytes.extend_from_slice(&7u64.to_le_bytes());
-        bytes.extend_from_slice(&0u64.to_le_bytes());
-        bytes.extend_from_slice(&0u64.to_le_bytes());
-        bytes.extend_from_slice(&u64::MAX.to_le_bytes());
-        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&[0; 4]);
-        bytes.push(0);
-        bytes.extend_from_slice(&payload);
-        let crc = checksum(&bytes);
-        bytes[40..44].copy_from_slice(&crc.to_le_bytes());
+        let bytes = envelope(&payload, 0);
         assert!(matches!(
             decode::<Vec<u64>>(&bytes, 7, 1 << 20),
             Err(DecodeError::Payload(_))

@@ -448,21 +448,13 @@ impl<'a, S: Serializer> Serializer for Guarded<'a, S> {
     #[inline]
     fn serialize_seq(self, len: Option<usize>) -> Result<Self::SerializeSeq, S::Error> {
         let inner = self.inner.serialize_seq(len)?;
-        Ok(Compound {
-            inner,
-            left: len,
-            verdict: self.verdict,
-        })
+        Ok(Compound::new(inner, len, self.verdict))
     }
 
     #[inline]
     fn serialize_tuple(self, len: usize) -> Result<Self::SerializeTuple, S::Error> {
         let inner = self.inner.serialize_tuple(len)?;
-        Ok(Compound {
-            inner,
-            left: Some(len),
-            verdict: self.verdict,
-        })
+        Ok(Compound::new(inner, Some(len), self.verdict))
     }
 
     #[inline]
@@ -472,11 +464,7 @@ impl<'a, S: Serializer> Serializer for Guarded<'a, S> {
         len: usize,
     ) -> Result<Self::SerializeTupleStruct, S::Error> {
         let inner = self.inner.serialize_tuple_struct(name, len)?;
-        Ok(Compound {
-            inner,
-            left: Some(len),
-            verdict: self.verdict,
-        })
+        Ok(Compound::new(inner, Some(len), self.verdict))
     }
 
     #[inline]
@@ -490,21 +478,13 @@ impl<'a, S: Serializer> Serializer for Guarded<'a, S> {
         let inner = self
             .inner
             .serialize_tuple_variant(name, index, variant, len)?;
-        Ok(Compound {
-            inner,
-            left: Some(len),
-            verdict: self.verdict,
-        })
+        Ok(Compound::new(inner, Some(len), self.verdict))
     }
 
     #[inline]
     fn serialize_map(self, len: Option<usize>) -> Result<Self::SerializeMap, S::Error> {
         let inner = self.inner.serialize_map(len)?;
-        Ok(Compound {
-            inner,
-            left: len,
-            verdict: self.verdict,
-        })
+        Ok(Compound::new(inner, len, self.verdict))
     }
 
     #[inline]
@@ -514,11 +494,7 @@ impl<'a, S: Serializer> Serializer for Guarded<'a, S> {
         len: usize,
     ) -> Result<Self::SerializeStruct, S::Error> {
         let inner = self.inner.serialize_struct(name, len)?;
-        Ok(Compound {
-            inner,
-            left: Some(len),
-            verdict: self.verdict,
-        })
+        Ok(Compound::new(inner, Some(len), self.verdict))
     }
 
     #[inline]
@@ -532,11 +508,7 @@ impl<'a, S: Serializer> Serializer for Guarded<'a, S> {
         let inner = self
             .inner
             .serialize_struct_variant(name, index, variant, len)?;
-        Ok(Compound {
-            inner,
-            left: Some(len),
-            verdict: self.verdict,
-        })
+        Ok(Compound::new(inner, Some(len), self.verdict))
     }
 
     #[inline]
@@ -559,6 +531,14 @@ struct Compound<'a, C> {
 }
 
 impl<'a, C> Compound<'a, C> {
+    fn new(inner: C, declared: Option<usize>, verdict: &'a Verdict) -> Self {
+        Compound {
+            inner,
+            left: declared,
+            verdict,
+        }
+    }
+
     /// Counts one more element, entry or field.
     #[inline]
     fn one_more<E: ser::Error>(&mut self) -> Result<(), E> {
@@ -691,9 +671,10 @@ field_compound! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::tests::envelope;
     use crate::codec::{
-        checksum, decode, encode, envelope_etag, fingerprint, payload_etag, DecodeError,
-        HEADER_LEN, MAGIC, WIRE_VERSION,
+        decode, encode, envelope_etag, fingerprint, payload_etag, DecodeError, HEADER_LEN,
+        WIRE_VERSION,
     };
     use serde::{Deserialize, Serialize};
     use std::time::Duration;
@@ -932,23 +913,6 @@ mod tests {
 
     /// A MessagePack envelope is validated like any other: its flags bit, a checksum that
     /// covers it, and a payload that is bounded in depth and length claims.
-    fn envelope(payload: &[u8], flags: u8) -> Vec<u8> {
-        let mut bytes = Vec::new();
-        bytes.extend_from_slice(&MAGIC);
-        bytes.extend_from_slice(&[WIRE_VERSION, flags]);
-        bytes.extend_from_slice(&7u64.to_le_bytes());
-        bytes.extend_from_slice(&0u64.to_le_bytes());
-        bytes.extend_from_slice(&0u64.to_le_bytes());
-        bytes.extend_from_slice(&u64::MAX.to_le_bytes());
-        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&[0; 4]);
-        bytes.push(0);
-        bytes.extend_from_slice(payload);
-        let crc = checksum(&bytes);
-        bytes[40..44].copy_from_slice(&crc.to_le_bytes());
-        bytes
-    }
-
     #[test]
     fn hostile_message_pack_is_rejected_without_harm() {
         // 2^32 - 1 elements claimed by an array of three bytes.
