@@ -196,7 +196,7 @@ impl<V: crate::__private::RedisValue + 'static> CacheBuilder<V> {
         self.redis = tier.has_redis().then_some((
             codec::encode_sized::<V> as EncodeFn<V>,
             codec::decode_checked::<V> as DecodeFn<V>,
-            codec::schema_hash::<V> as SchemaFn,
+            codec::schema_hash_memoized::<V> as SchemaFn,
         ));
         if tier.has_redis() {
             self = self.etag();

@@ -38,6 +38,7 @@ mod schema;
 
 pub use payload::PayloadFormat;
 pub use schema::schema_hash;
+pub(crate) use schema::schema_hash_memoized;
 
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -128,7 +129,7 @@ pub fn with_schema(fingerprint: u64, schema_hash: u64) -> u64 {
 pub fn type_fingerprint<V: DeserializeOwned + 'static>(version: u32) -> u64 {
     with_schema(
         fingerprint(std::any::type_name::<V>(), version),
-        schema_hash::<V>(),
+        schema_hash_memoized::<V>(),
     )
 }
 

@@ -12,6 +12,10 @@
 //! refuses the simple value, panics on it, or reads with `deserialize_any`, the pass stops
 //! there and the hash covers what was asked before: always at least the top-level names.
 
+use std::any::TypeId;
+use std::collections::HashMap;
+use std::sync::{OnceLock, RwLock};
+
 use serde::de::value::{Error, U32Deserializer};
 use serde::de::{
     self, DeserializeOwned, DeserializeSeed, EnumAccess, IntoDeserializer, MapAccess, SeqAccess,
@@ -61,6 +65,25 @@ pub fn schema_hash<V: DeserializeOwned>() -> u64 {
         }));
     }
     fnv1a(trace.bytes.iter().copied())
+}
+
+/// [`schema_hash`], traced once per type in the process: every cache of a type built after
+/// the first takes the hash from the memo (and a `Deserialize` that panics under the trace
+/// prints its message once, not once per cache).
+pub(crate) fn schema_hash_memoized<V: DeserializeOwned + 'static>() -> u64 {
+    static HASHES: OnceLock<RwLock<HashMap<TypeId, u64>>> = OnceLock::new();
+    let hashes = HASHES.get_or_init(Default::default);
+    let id = TypeId::of::<V>();
+    if let Some(&hash) = hashes.read().unwrap_or_else(|e| e.into_inner()).get(&id) {
+        return hash;
+    }
+    // Traced outside the lock: a `Deserialize` may itself build a cache of another type.
+    let hash = schema_hash::<V>();
+    *hashes
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(id)
+        .or_insert(hash)
 }
 
 /// What the passes recorded so far.
@@ -616,5 +639,44 @@ mod tests {
             schema_hash::<serde_json::Value>(),
             schema_hash::<Vec<serde_json::Value>>()
         );
+    }
+
+    /// Counts how often its `Deserialize` runs.
+    struct Counted;
+
+    static COUNTED_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    impl<'de> Deserialize<'de> for Counted {
+        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            COUNTED_RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            u64::deserialize(d).map(|_| Counted)
+        }
+    }
+
+    #[test]
+    fn the_memo_traces_a_type_once_and_agrees_with_the_trace() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let first = schema_hash_memoized::<Counted>();
+        let runs = COUNTED_RUNS.load(SeqCst);
+        assert_eq!(runs as u32, PASSES, "one trace of every pass");
+        for _ in 0..3 {
+            assert_eq!(schema_hash_memoized::<Counted>(), first);
+        }
+        assert_eq!(
+            COUNTED_RUNS.load(SeqCst),
+            runs,
+            "later caches of the type do not trace"
+        );
+        assert_eq!(
+            first,
+            schema_hash::<Counted>(),
+            "the memo holds the trace's hash"
+        );
+        assert_eq!(
+            schema_hash_memoized::<Profile>(),
+            schema_hash::<Profile>(),
+            "each type its own"
+        );
+        assert_ne!(schema_hash_memoized::<Profile>(), first);
     }
 }
