@@ -51,6 +51,7 @@ mod breaker;
 mod bus;
 mod cache;
 mod clock;
+mod coarse_clock;
 pub mod codec;
 mod config;
 pub mod edge;

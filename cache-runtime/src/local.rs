@@ -9,6 +9,10 @@
 //! Expiry is lazy: an entry past its deadline is never returned and is removed when read (or
 //! evicted like any other entry). Until then it counts against the capacity, so the bound
 //! holds whatever the clock does.
+//!
+//! A hit checks freshness on the coarse clock while its entry is far from stale, and on the
+//! precise one in the last [`MAX_LAG`](crate::coarse_clock::MAX_LAG) before it
+//! ([`coarse_clock`](crate::coarse_clock)): an entry is never served past `fresh_until`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,6 +21,7 @@ use std::time::Instant;
 use quick_cache::sync::Cache as Store;
 use quick_cache::{OptionsBuilder, Weighter};
 
+use crate::coarse_clock::SurelyBefore;
 use crate::entry::Meta;
 
 /// One stored value. The store holds it behind an `Arc`: a hit clones the pointer under the
@@ -28,6 +33,8 @@ struct Entry<V> {
     meta: Meta,
     /// Served until then; kept until `deadline` as a stale fallback (`stale = ...`).
     fresh_until: Instant,
+    /// `fresh_until` on the coarse clock: while it holds, a hit reads no precise clock.
+    surely_fresh: SurelyBefore,
     /// Never served from then on (a stale fallback either).
     deadline: Instant,
     /// The tier's epoch at insert: entries of an older epoch (before a `clear`) are dead.
@@ -149,8 +156,12 @@ impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
     #[inline]
     pub(crate) fn get_fresh(&self, key: &str) -> Option<Fresh<V>> {
         let entry = self.store.get(key)?;
+        let current = entry.epoch == self.epoch.load(Ordering::Acquire);
+        if current && entry.surely_fresh.holds() {
+            return Some(Fresh(entry));
+        }
         let now = Instant::now();
-        if entry.fresh_until > now && entry.epoch == self.epoch.load(Ordering::Acquire) {
+        if current && entry.fresh_until > now {
             return Some(Fresh(entry));
         }
         self.drop_expired(key, now, entry.deadline);
@@ -191,6 +202,7 @@ impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
             return;
         }
         let epoch = self.epoch.load(Ordering::Acquire);
+        let fresh_until = fresh_until.min(deadline);
         // An entry heavier than a shard's capacity is not kept (and any older one of the key
         // is removed): quick_cache's rule, as moka's for one heavier than the whole cache.
         self.store.insert(
@@ -198,7 +210,8 @@ impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
             Arc::new(Entry {
                 value,
                 meta,
-                fresh_until: fresh_until.min(deadline),
+                fresh_until,
+                surely_fresh: SurelyBefore::new(fresh_until),
                 deadline,
                 epoch,
                 generation,
@@ -290,6 +303,46 @@ mod tests {
         assert_eq!(t.entry_count(), 0, "the expired entry was freed on read");
     }
 
+    /// Hits check freshness on the coarse clock while the entry is far from stale: however
+    /// far, no entry is served once the precise clock has reached its `fresh_until`.
+    #[test]
+    fn no_entry_is_served_past_fresh_until() {
+        let lag = crate::coarse_clock::MAX_LAG;
+        let t = tier(100);
+        let lives = [
+            Duration::from_millis(3),
+            lag,
+            lag + Duration::from_millis(7),
+            lag * 2,
+        ];
+        let start = Instant::now();
+        for (i, life) in lives.iter().enumerate() {
+            let mut s = stored(i as u64, MIN, MIN, &[]);
+            s.fresh_until = start + *life;
+            t.insert(format!("k{i}"), s);
+        }
+        let mut hits = 0;
+        while Instant::now() < start + lag * 3 {
+            for (i, life) in lives.iter().enumerate() {
+                let read_at = Instant::now();
+                let hit = t.get(&format!("k{i}"));
+                if read_at >= start + *life {
+                    assert!(hit.is_none(), "k{i} served past its fresh_until");
+                } else if hit.is_some() {
+                    hits += 1;
+                }
+            }
+            std::thread::yield_now();
+        }
+        assert!(hits > 0, "fresh entries were served");
+        for i in 0..lives.len() {
+            assert_eq!(
+                t.get_stale(&format!("k{i}")).map(|(v, _)| v),
+                Some(i as u64)
+            );
+        }
+    }
+
     #[test]
     fn an_insert_already_past_its_deadline_removes_the_older_value() {
         let t = tier(100);
@@ -352,6 +405,7 @@ mod tests {
                 value: 2,
                 meta: meta(),
                 fresh_until: now + MIN,
+                surely_fresh: SurelyBefore::new(now + MIN),
                 deadline: now + MIN,
                 epoch: old_epoch,
                 generation: 0,
