@@ -41,6 +41,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 
 use crate::clock;
+use crate::coarse_clock::{AtomicSurelyBefore, SurelyBefore};
 use crate::metrics_shim as metrics;
 
 /// Version of the message format; part of the channel name.
@@ -63,16 +64,30 @@ static TRUST: Trust = Trust::new();
 /// stalled process): a flag set and cleared by that task would stay `true` past its deadline
 /// for as long as the task waits for a CPU, and with it local copies another process has
 /// invalidated.
+///
+/// Readers check the deadline on the coarse clock first ([`coarse_clock`](crate::coarse_clock)):
+/// while it is more than `MAX_LAG` away, a local hit reads no precise clock for it. The one
+/// writer (the subscriber task) clears the coarse check before it moves `until_us`, and sets
+/// it after: a coarse check that holds was computed from the deadline in force.
 struct Trust {
     /// µs on [`clock::mono_us`]; 0: not trusted.
     until_us: AtomicU64,
+    /// `until_us` on the coarse clock.
+    surely: AtomicSurelyBefore,
 }
 
 impl Trust {
     const fn new() -> Self {
         Trust {
             until_us: AtomicU64::new(0),
+            surely: AtomicSurelyBefore::new(),
         }
+    }
+
+    /// Trusted now.
+    #[inline]
+    fn trusted(&self) -> bool {
+        self.surely.load().holds() || self.trusted_at(Instant::now())
     }
 
     fn trusted_at(&self, now: Instant) -> bool {
@@ -83,21 +98,25 @@ impl Trust {
     /// Trusted until `deadline`. Returns `(was trusted, lapsed unnoticed)`.
     fn extend(&self, deadline: Instant, now: Instant) -> (bool, bool) {
         let until = (clock::mono_us(deadline) as u64).max(1);
+        self.surely.store(SurelyBefore::NEVER);
         let old = self.until_us.swap(until, Ordering::AcqRel);
+        self.surely.store(SurelyBefore::new(deadline));
         let was = old != 0 && (clock::mono_us(now) as u64) < old;
         (was, old != 0 && !was)
     }
 
     /// Not trusted from now on. Returns whether it was trusted (or lapsed unnoticed).
     fn revoke(&self) -> bool {
+        self.surely.store(SurelyBefore::NEVER);
         self.until_us.swap(0, Ordering::AcqRel) != 0
     }
 }
 
 /// Whether local copies of `local+redis` caches may be served now: the subscription is up
 /// and a probe sent less than [`BUS_WINDOW`] ago was answered.
+#[inline]
 pub(crate) fn trusted() -> bool {
-    TRUST.trusted_at(Instant::now())
+    TRUST.trusted()
 }
 
 /// Trusted until `deadline` (the send of an answered probe + [`BUS_WINDOW`]).
@@ -907,6 +926,38 @@ mod tests {
         assert!(t.revoke());
         assert!(!t.trusted_at(later));
         assert!(!t.revoke(), "revoked once");
+    }
+
+    /// The readers' check (coarse clock first): trusted while the deadline is ahead, never
+    /// once the precise clock has reached it, and not a moment after a revoke.
+    #[test]
+    fn the_coarse_check_never_outlives_the_deadline_or_a_revoke() {
+        let t = Trust::new();
+        assert!(!t.trusted());
+        let now = Instant::now();
+        t.extend(now + Duration::from_secs(60), now);
+        assert!(t.trusted());
+        assert!(t.revoke());
+        assert!(
+            !t.trusted(),
+            "a revoke ends trust at once, whatever the coarse clock says"
+        );
+        let lag = crate::coarse_clock::MAX_LAG;
+        let start = Instant::now();
+        let deadline = start + lag * 2;
+        t.extend(deadline, start);
+        let mut trusted = 0;
+        while Instant::now() < deadline + lag {
+            let read_at = Instant::now();
+            let is = t.trusted();
+            if read_at >= deadline {
+                assert!(!is, "trusted {:?} past the deadline", read_at - deadline);
+            } else if is {
+                trusted += 1;
+            }
+            std::thread::yield_now();
+        }
+        assert!(trusted > 0);
     }
 
     #[test]

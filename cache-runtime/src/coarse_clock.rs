@@ -13,6 +13,7 @@
 //! deadline itself with `Instant::now()`: the answer is always the precise clock's, the
 //! coarse clock only skips reading it while the deadline is far.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How far the coarse clock may lag the precise one: two ticks of a `HZ = 100` kernel (the
@@ -21,7 +22,10 @@ pub(crate) const MAX_LAG: Duration = Duration::from_millis(20);
 
 /// A deadline checked on the coarse clock (see the module docs).
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct SurelyBefore(Option<imp::Stamp>);
+pub(crate) struct SurelyBefore(
+    /// The coarse clock's reading (coarsetime's ticks) before which the check holds; 0 never.
+    u64,
+);
 
 impl SurelyBefore {
     /// Holds while the precise clock is surely before `deadline`; never, if `deadline` is
@@ -34,14 +38,35 @@ impl SurelyBefore {
             deadline
                 .checked_duration_since(now)
                 .and_then(|left| left.checked_sub(MAX_LAG))
-                .and_then(imp::after),
+                .map_or(0, imp::after),
         )
     }
+
+    /// A check that never holds.
+    pub(crate) const NEVER: Self = Self(0);
 
     /// Whether the deadline is surely still ahead (`false` says nothing: check it precisely).
     #[inline]
     pub(crate) fn holds(self) -> bool {
-        self.0.is_some_and(imp::before)
+        imp::before(self.0)
+    }
+}
+
+/// A [`SurelyBefore`] shared between threads: one writer moves it, any thread checks it.
+pub(crate) struct AtomicSurelyBefore(AtomicU64);
+
+impl AtomicSurelyBefore {
+    pub(crate) const fn new() -> Self {
+        Self(AtomicU64::new(0))
+    }
+
+    #[inline]
+    pub(crate) fn load(&self) -> SurelyBefore {
+        SurelyBefore(self.0.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn store(&self, check: SurelyBefore) {
+        self.0.store(check.0, Ordering::Release);
     }
 }
 
@@ -49,18 +74,18 @@ impl SurelyBefore {
 mod imp {
     use std::time::Duration;
 
-    /// `CLOCK_MONOTONIC_COARSE`, read by coarsetime (without its shared "recent" cell,
-    /// which every reading would otherwise write).
-    pub(super) type Stamp = coarsetime::Instant;
-
-    /// The coarse clock `left` from now, if representable.
-    pub(super) fn after(left: Duration) -> Option<Stamp> {
-        coarsetime::Instant::now_without_cache_update().checked_add(left.into())
+    /// The coarse clock's reading `left` from now (`CLOCK_MONOTONIC_COARSE`, read by
+    /// coarsetime without its shared "recent" cell, which every reading would otherwise
+    /// write); 0 if not representable.
+    pub(super) fn after(left: Duration) -> u64 {
+        coarsetime::Instant::now_without_cache_update()
+            .checked_add(left.into())
+            .map_or(0, |at| at.as_ticks())
     }
 
     #[inline]
-    pub(super) fn before(stamp: Stamp) -> bool {
-        coarsetime::Instant::now_without_cache_update() < stamp
+    pub(super) fn before(ticks: u64) -> bool {
+        coarsetime::Instant::now_without_cache_update().as_ticks() < ticks
     }
 }
 
@@ -70,16 +95,13 @@ mod imp {
 mod imp {
     use std::time::Duration;
 
-    #[derive(Clone, Copy, Debug)]
-    pub(super) enum Stamp {}
-
-    pub(super) fn after(_left: Duration) -> Option<Stamp> {
-        None
+    pub(super) fn after(_left: Duration) -> u64 {
+        0
     }
 
     #[inline]
-    pub(super) fn before(stamp: Stamp) -> bool {
-        match stamp {}
+    pub(super) fn before(_ticks: u64) -> bool {
+        false
     }
 }
 
@@ -105,6 +127,11 @@ mod tests {
         if let Some(past) = past {
             assert!(!SurelyBefore::new(past).holds());
         }
+        assert!(!SurelyBefore::NEVER.holds());
+        let shared = AtomicSurelyBefore::new();
+        assert!(!shared.load().holds());
+        shared.store(far);
+        assert_eq!(shared.load().holds(), far.holds());
         // Beyond any coarse clock's range: never holds, never panics.
         if let Some(huge) = Instant::now().checked_add(Duration::from_secs(u64::MAX / 4)) {
             let _ = SurelyBefore::new(huge).holds();

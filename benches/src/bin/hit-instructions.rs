@@ -14,12 +14,15 @@
 //!             redis-ours-64 redis-hand-64 invalidate-ours invalidate-hand
 //!             invalidate-hand-publish invalidate-tag-ours
 //!             miss-ours miss-ours-tagged miss-ours-two-tier miss-hand miss-cached
+//!             local-ours-two-tier
 //! ```
 //!
 //! `miss-ours` / `miss-hand` / `miss-cached` are the miss + populate path on a key never seen
 //! before (ours: `MGET` and the store script; hand-written: `GET`, body, encode, `SET PX`;
 //! the `cached` crate's `AsyncRedisCache`: `GET`, body, `SET PX`). `miss-ours-two-tier` is
-//! ours in `local+redis`: the miss also stores a local copy.
+//! ours in `local+redis`: the miss also stores a local copy. `local-ours-two-tier` is a local
+//! hit of that `local+redis` cache (served while the invalidation bus is trusted, which it
+//! waits for first; a call that finds it untrusted goes on to Redis and is reported).
 //!
 //! `redis-hand-mget` is the hand-written `GET` + decode with the same reply shape as ours: an
 //! `MGET` of the value and three more keys (16-byte strings, as a ticket and two scope
@@ -199,7 +202,7 @@ async fn hand_redis_mget(conn: &mut ConnectionManager, id: u64) -> Profile {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: hit-instructions <local-ours|local-ours-tagged|local-hand|local-cached|local-ours-async|local-hand-async|local-cached-async|local-quick|local-mini|redis-ours|redis-hand|redis-hand-mget|redis-cached|redis-ours-64|redis-hand-64|invalidate-ours|invalidate-hand|invalidate-hand-publish|invalidate-tag-ours|miss-ours|miss-ours-tagged|miss-ours-two-tier|miss-hand|miss-cached> <calls>";
+    let usage = "usage: hit-instructions <local-ours|local-ours-tagged|local-hand|local-cached|local-ours-async|local-hand-async|local-cached-async|local-quick|local-mini|redis-ours|redis-hand|redis-hand-mget|redis-cached|redis-ours-64|redis-hand-64|invalidate-ours|invalidate-hand|invalidate-hand-publish|invalidate-tag-ours|miss-ours|miss-ours-tagged|miss-ours-two-tier|miss-hand|miss-cached|local-ours-two-tier> <calls>";
     let contender = args.next().expect(usage);
     alloc_count::count_from_now();
     let calls: u64 = args.next().and_then(|s| s.parse().ok()).expect(usage);
@@ -458,6 +461,33 @@ fn main() {
                     }
                 }
             });
+        }
+        "local-ours-two-tier" => {
+            start_redis();
+            let rt = current_thread_runtime();
+            rt.block_on(async {
+                // Local copies are served only while the bus is trusted.
+                while !cache_runtime::bus_status().trusted {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                for id in warm {
+                    two_tier_ours(id).await;
+                }
+            });
+            let stats = || two_tier_ours_cache().stats();
+            let before = stats();
+            measured(calls, || {
+                rt.block_on(async {
+                    for id in ids(calls) {
+                        drop(black_box(two_tier_ours(black_box(id)).await));
+                    }
+                })
+            });
+            let after = stats();
+            let redis = (after.redis_hits + after.misses) - (before.redis_hits + before.misses);
+            if redis > 0 {
+                eprintln!("{redis} of {calls} calls were not local hits (the bus was not trusted)");
+            }
         }
         other => panic!("unknown contender {other:?}; {usage}"),
     }
