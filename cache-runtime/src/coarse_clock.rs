@@ -12,13 +12,22 @@
 //! platforms without a coarse monotonic clock) it does not hold, and the caller compares the
 //! deadline itself with `Instant::now()`: the answer is always the precise clock's, the
 //! coarse clock only skips reading it while the deadline is far.
+//!
+//! The lag bound is checked where it can be: every new check reads both clocks, and if the
+//! coarse clock has moved [`LAG_ALARM`] more or less than the precise one since the first
+//! reading (a kernel whose coarse clock stalls, or is another clock), the coarse path is
+//! switched off for the process and every check reads the precise clock.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// How far the coarse clock may lag the precise one: two ticks of a `HZ = 100` kernel (the
-/// coarsest in use), four of the common `HZ = 250`.
-pub(crate) const MAX_LAG: Duration = Duration::from_millis(20);
+/// How far the coarse clock may lag the precise one: three ticks of a `HZ = 100` kernel (the
+/// coarsest in use), seven of the common `HZ = 250`.
+pub(crate) const MAX_LAG: Duration = Duration::from_millis(30);
+
+/// A change of the two clocks' difference that turns the coarse path off: with the first
+/// reading's own lag (at most a tick, 10 ms), still below [`MAX_LAG`].
+pub(crate) const LAG_ALARM: Duration = Duration::from_millis(15);
 
 /// A deadline checked on the coarse clock (see the module docs).
 #[derive(Clone, Copy, Debug)]
@@ -38,7 +47,7 @@ impl SurelyBefore {
             deadline
                 .checked_duration_since(now)
                 .and_then(|left| left.checked_sub(MAX_LAG))
-                .map_or(0, imp::after),
+                .map_or(0, |left| imp::after(now, left)),
         )
     }
 
@@ -72,20 +81,69 @@ impl AtomicSurelyBefore {
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
 mod imp {
-    use std::time::Duration;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::OnceLock;
+    use std::time::{Duration, Instant};
 
-    /// The coarse clock's reading `left` from now (`CLOCK_MONOTONIC_COARSE`, read by
-    /// coarsetime without its shared "recent" cell, which every reading would otherwise
-    /// write); 0 if not representable.
-    pub(super) fn after(left: Duration) -> u64 {
+    use super::LAG_ALARM;
+
+    /// Set once the clocks were seen to disagree beyond [`LAG_ALARM`]; never cleared.
+    static OFF: AtomicBool = AtomicBool::new(false);
+
+    /// `CLOCK_MONOTONIC_COARSE`, read by coarsetime without its shared "recent" cell, which
+    /// every reading would otherwise write.
+    #[inline]
+    fn coarse() -> coarsetime::Instant {
         coarsetime::Instant::now_without_cache_update()
-            .checked_add(left.into())
-            .map_or(0, |at| at.as_ticks())
+    }
+
+    /// The coarse clock's reading `left` after `now` (read just before); 0 (never holds) if
+    /// not representable or the coarse path is off.
+    pub(super) fn after(now: Instant, left: Duration) -> u64 {
+        let c = coarse();
+        if !consistent(now, c) {
+            return 0;
+        }
+        c.checked_add(left.into()).map_or(0, |at| at.as_ticks())
+    }
+
+    /// Whether both clocks moved alike (within [`LAG_ALARM`]) since the process's first
+    /// reading of both; turns the coarse path off for good when they did not.
+    fn consistent(now: Instant, c: coarsetime::Instant) -> bool {
+        static FIRST: OnceLock<(Instant, coarsetime::Instant)> = OnceLock::new();
+        let &(p0, c0) = FIRST.get_or_init(|| (now, c));
+        let apart = apart_ns((p0, c0.as_ticks()), (now, c.as_ticks()));
+        if apart > LAG_ALARM.as_nanos() && !OFF.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                apart_ms = (apart / 1_000_000) as u64,
+                "the coarse monotonic clock strays from the precise one: local hits read the \
+                 precise clock from now on"
+            );
+        }
+        !OFF.load(Ordering::Relaxed)
+    }
+
+    /// How much more or less one clock moved than the other between two readings of both
+    /// (precise, coarse ticks), in nanoseconds.
+    pub(super) fn apart_ns(first: (Instant, u64), then: (Instant, u64)) -> u128 {
+        // Signed: another thread's first reading may be later than this one's.
+        let precise = match then.0.checked_duration_since(first.0) {
+            Some(d) => d.as_nanos() as i128,
+            None => -((first.0 - then.0).as_nanos() as i128),
+        };
+        // coarsetime's ticks are 32.32 fixed-point seconds.
+        let coarse = ((i128::from(then.1) - i128::from(first.1)) * 1_000_000_000) >> 32;
+        (precise - coarse).unsigned_abs()
     }
 
     #[inline]
     pub(super) fn before(ticks: u64) -> bool {
-        coarsetime::Instant::now_without_cache_update().as_ticks() < ticks
+        !OFF.load(Ordering::Relaxed) && coarse().as_ticks() < ticks
+    }
+
+    #[cfg(test)]
+    pub(super) fn off() -> bool {
+        OFF.load(Ordering::Relaxed)
     }
 }
 
@@ -95,7 +153,7 @@ mod imp {
 mod precise_only {
     use std::time::Duration;
 
-    pub(super) fn after(_left: Duration) -> u64 {
+    pub(super) fn after(_now: std::time::Instant, _left: Duration) -> u64 {
         0
     }
 
@@ -141,9 +199,33 @@ mod tests {
         }
     }
 
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn a_coarse_clock_that_strays_is_detected() {
+        let ms = |n: u64| (n << 32) / 1_000; // coarsetime ticks of n milliseconds
+        let p0 = Instant::now();
+        let first = (p0, ms(1_000_000));
+        let later = |precise_ms: u64, coarse_ms: u64| {
+            imp::apart_ns(
+                first,
+                (
+                    p0 + Duration::from_millis(precise_ms),
+                    ms(1_000_000 + coarse_ms),
+                ),
+            )
+        };
+        let alarm = LAG_ALARM.as_nanos();
+        assert!(later(500, 496) < alarm, "a tick behind: fine");
+        assert!(later(500, 500) < 1_000_000);
+        assert!(later(500, 480) > alarm, "20 ms behind");
+        assert!(later(500, 520) > alarm, "ahead of the precise clock");
+        // A first reading later than this one (another thread's): signed, not an underflow.
+        assert!(imp::apart_ns((p0 + Duration::from_millis(5), ms(1_000_005)), first) < alarm);
+    }
+
     #[test]
     fn without_a_coarse_clock_no_check_holds() {
-        let stamp = precise_only::after(Duration::from_secs(60));
+        let stamp = precise_only::after(Instant::now(), Duration::from_secs(60));
         assert!(!precise_only::before(stamp));
         assert!(!precise_only::before(u64::MAX));
     }
@@ -182,5 +264,10 @@ mod tests {
         if cfg!(any(target_os = "linux", target_os = "android")) {
             assert!(held > 0, "the later deadlines held for a while");
         }
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        assert!(
+            !imp::off(),
+            "the coarse clock kept within LAG_ALARM of the precise one"
+        );
     }
 }
