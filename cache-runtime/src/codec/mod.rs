@@ -40,10 +40,39 @@ pub use payload::PayloadFormat;
 pub use schema::schema_hash;
 pub(crate) use schema::schema_hash_memoized;
 
+use std::any::TypeId;
+use std::collections::HashMap;
+use std::sync::{OnceLock, RwLock};
+
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::clock;
 use crate::entry::ETag;
+
+/// A value kept once per type for the process's life (a type's payload state, its schema
+/// hash), read under a shared lock. A missing one is made outside the lock (making it may
+/// reach the memo for another type); if two threads make it at once, the first stored wins
+/// and both get that one.
+pub(crate) struct TypeMemo<T>(OnceLock<RwLock<HashMap<TypeId, T>>>);
+
+impl<T: Copy> TypeMemo<T> {
+    pub(crate) const fn new() -> Self {
+        Self(OnceLock::new())
+    }
+
+    pub(crate) fn get_or(&self, id: TypeId, make: impl FnOnce() -> T) -> T {
+        let memo = self.0.get_or_init(Default::default);
+        if let Some(&known) = memo.read().unwrap_or_else(|e| e.into_inner()).get(&id) {
+            return known;
+        }
+        let made = make();
+        *memo
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id)
+            .or_insert(made)
+    }
+}
 
 /// First bytes of every value the runtime writes.
 pub const MAGIC: [u8; 2] = *b"CR";
@@ -433,6 +462,7 @@ pub(crate) fn decode_checked<'a, V: DeserializeOwned>(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use serde::Deserialize;
 
     /// An envelope built by hand around `payload` (fingerprint 7, no ticket, no stamps,
     /// never expiring), its checksum right.
@@ -452,7 +482,6 @@ pub(crate) mod tests {
         bytes[40..44].copy_from_slice(&crc.to_le_bytes());
         bytes
     }
-    use serde::Deserialize;
 
     #[test]
     fn a_reader_accepts_only_the_ticket_and_stamps_it_read() {

@@ -30,13 +30,13 @@
 
 use std::any::TypeId;
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::fmt::Display;
 use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
-use std::sync::{OnceLock, RwLock};
 
 use serde::de::DeserializeOwned;
 use serde::ser::{self, Serialize, Serializer};
+
+use super::TypeMemo;
 
 /// How a payload is encoded: the envelope's flags, bit 0.
 ///
@@ -114,16 +114,10 @@ fn type_state<V: 'static>() -> &'static AtomicU8 {
 }
 
 fn registered_state(id: TypeId) -> &'static AtomicU8 {
-    static TYPES: OnceLock<RwLock<HashMap<TypeId, &'static AtomicU8>>> = OnceLock::new();
-    let types = TYPES.get_or_init(Default::default);
-    if let Some(state) = types.read().unwrap_or_else(|e| e.into_inner()).get(&id) {
-        return state;
-    }
-    let mut types = types.write().unwrap_or_else(|e| e.into_inner());
-    // Leaked once per value type: a handful of bytes for the process's life.
-    types
-        .entry(id)
-        .or_insert_with(|| Box::leak(Box::new(AtomicU8::new(UNPROBED))))
+    static TYPES: TypeMemo<&'static AtomicU8> = TypeMemo::new();
+    // Leaked once per value type (and once more by a thread that lost a race to register
+    // it): a few bytes for the process's life.
+    TYPES.get_or(id, || Box::leak(Box::new(AtomicU8::new(UNPROBED))))
 }
 
 /// Appends `value`'s payload to `out` and says in which format; `out` is unchanged on error.
@@ -677,6 +671,7 @@ mod tests {
         WIRE_VERSION,
     };
     use serde::{Deserialize, Serialize};
+    use std::collections::HashMap;
     use std::time::Duration;
 
     const TTL: Duration = Duration::from_secs(60);

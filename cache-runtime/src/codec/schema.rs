@@ -13,8 +13,6 @@
 //! there and the hash covers what was asked before: always at least the top-level names.
 
 use std::any::TypeId;
-use std::collections::HashMap;
-use std::sync::{OnceLock, RwLock};
 
 use serde::de::value::{Error, U32Deserializer};
 use serde::de::{
@@ -22,7 +20,7 @@ use serde::de::{
     VariantAccess, Visitor,
 };
 
-use super::fnv1a;
+use super::{fnv1a, TypeMemo};
 
 /// How deep the trace follows nested values: deep enough for any type's own fields, and the
 /// end of a recursive type (`Option<Box<Self>>`, `Vec<Self>`), which is traced this far.
@@ -71,19 +69,9 @@ pub fn schema_hash<V: DeserializeOwned>() -> u64 {
 /// the first takes the hash from the memo (and a `Deserialize` that panics under the trace
 /// prints its message once, not once per cache).
 pub(crate) fn schema_hash_memoized<V: DeserializeOwned + 'static>() -> u64 {
-    static HASHES: OnceLock<RwLock<HashMap<TypeId, u64>>> = OnceLock::new();
-    let hashes = HASHES.get_or_init(Default::default);
-    let id = TypeId::of::<V>();
-    if let Some(&hash) = hashes.read().unwrap_or_else(|e| e.into_inner()).get(&id) {
-        return hash;
-    }
-    // Traced outside the lock: a `Deserialize` may itself build a cache of another type.
-    let hash = schema_hash::<V>();
-    *hashes
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry(id)
-        .or_insert(hash)
+    static HASHES: TypeMemo<u64> = TypeMemo::new();
+    // Traced outside the memo's lock: a `Deserialize` may itself build a cache of another type.
+    HASHES.get_or(TypeId::of::<V>(), schema_hash::<V>)
 }
 
 /// What the passes recorded so far.
