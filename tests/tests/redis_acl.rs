@@ -12,7 +12,7 @@ use cache_tests::RedisServer;
 const README_ACL: &str = "on >secret resetkeys resetchannels ~{cr:* &cr:bus:* -@all \
     +ping +auth +hello +select +get +mget +set +del +pexpire +pexpireat +pttl +evalsha \
     +script|load +publish +subscribe +unsubscribe +time +role +wait +client|tracking \
-    +client|caching +client|reply +info";
+    +client|caching +client|reply +info +getex";
 
 /// The permissions the health check exercises (connection set-up ones aside: `auth`,
 /// `hello`, `select` happen before it can run).
@@ -96,6 +96,29 @@ async fn the_documented_acl_is_enough_and_each_missing_permission_is_named() {
             .await
             .unwrap_or_else(|e| panic!("with {perm} back: {e}"));
     }
+
+    // Without `getex` (an ACL written before it was needed): a store under a live ticket
+    // still checks and extends it (`GET` + `PEXPIRE … GT`, one command more), keeps its
+    // local copy, and counts no error; the health check does not ask for it.
+    server.acl_setuser("cache -getex");
+    invalidate_value(8).unwrap();
+    let ticket_key = server.scan("*:t:acl:8").pop().expect("a fresh ticket");
+    let cut: u64 = server.cmd(&["PEXPIRE", &ticket_key, "5000"]).unwrap();
+    assert_eq!(cut, 1);
+    let before = RUNS.load(SeqCst);
+    assert_eq!(call(8).await.unwrap(), 24);
+    assert_eq!(RUNS.load(SeqCst), before + 1);
+    let left: i64 = server.cmd(&["PTTL", &ticket_key]).unwrap();
+    assert!(left > 100_000, "the ticket was extended: {left} ms left");
+    assert_eq!(value_cache().peek_local("acl:8"), Some(24));
+    assert_eq!(value_cache().stats().redis_errors, 0);
+    cache_runtime::health_check()
+        .await
+        .expect("the health check does not ask for getex");
+    value_cache().clear_local();
+    assert_eq!(call(8).await.unwrap(), 24);
+    assert_eq!(RUNS.load(SeqCst), before + 1, "a Redis hit");
+    server.acl_setuser("cache +getex");
 
     // No permissions at all: values still come from the source, the errors are counted.
     server.acl_setuser("cache -@all");

@@ -298,7 +298,7 @@ fn the_documented_cluster_acl_is_enough() {
     let s = setup();
     let rules = "on >secret resetkeys resetchannels ~{ta:* &{ta:* -@all +ping +auth +hello \
                  +select +get +mget +set +del +pexpire +pexpireat +pttl +evalsha +script|load +spublish \
-                 +ssubscribe +sunsubscribe +time +role +wait +cluster|slots +info";
+                 +ssubscribe +sunsubscribe +time +role +wait +cluster|slots +info +getex";
     for n in s.cluster.nodes() {
         n.acl_setuser(&format!("cache_ta {rules}"));
     }

@@ -158,3 +158,79 @@ async fn a_store_reads_its_ticket_back_only_where_a_local_tier_keeps_a_copy() {
     assert_eq!(two_tier_store_cache().stats().redis_hits, 1);
     assert_eq!(redis_only_store_cache().stats().misses, 2);
 }
+
+#[cached(tier = "local+redis", ttl = 60, key = "cost-ticketed:<id>")]
+async fn two_tier_ticketed(id: u64) -> u64 {
+    id + 2
+}
+
+/// The common miss of a warm cache finds the key's ticket alive (its value expired, or an
+/// invalidation left a fresh ticket): the store must read it back and extend it, and a
+/// `local+redis` store does both in one command, `GETEX t PX keep`, instead of `GET t` and
+/// `PEXPIRE t keep GT`. The ticket's lifetime is then `keep` again (here it was cut to 5 s
+/// first, so an extension that did not happen fails the test), the local copy is kept, and
+/// other readers are served the value from Redis.
+#[tokio::test]
+async fn a_store_under_a_live_ticket_reads_and_extends_it_in_one_command() {
+    let server = shared_redis_with_bus().await;
+    assert_eq!(two_tier_ticketed(0).await, 2);
+    // Every read of this cache finds a ticket: it does not claim in its reads.
+    for id in 1..=8u64 {
+        invalidate_two_tier_ticketed(id).await.unwrap();
+        assert_eq!(two_tier_ticketed(id).await, id + 2);
+    }
+    invalidate_two_tier_ticketed(9).await.unwrap();
+    let ticket_key = server
+        .scan("*:t:cost-ticketed:9")
+        .pop()
+        .expect("a fresh ticket");
+    let cut: u64 = server.cmd(&["PEXPIRE", &ticket_key, "5000"]).unwrap();
+    assert_eq!(cut, 1);
+    server.log_every_command();
+    assert_eq!(two_tier_ticketed(9).await, 11);
+    let commands = server.slowlog_commands();
+
+    let ours: Vec<&Vec<String>> = commands
+        .iter()
+        .rev()
+        .filter(|c| c.iter().any(|a| a.ends_with("cost-ticketed:9")))
+        .collect();
+    let set_value = ours
+        .iter()
+        .position(|c| c[0].eq_ignore_ascii_case("set") && c[1].contains(":v2:"))
+        .unwrap_or_else(|| panic!("the value was stored: {ours:?}"));
+    // The read (its `GET`s or `MGET`), then the store: `GETEX t PX keep` and the `SET`.
+    assert!(set_value >= 2, "a read, then the store: {ours:?}");
+    let getex = &ours[set_value - 1];
+    assert!(
+        getex[0].eq_ignore_ascii_case("getex")
+            && getex[1] == ticket_key
+            && getex[2].eq_ignore_ascii_case("px"),
+        "the ticket read back and extended by GETEX: {ours:?}"
+    );
+    assert!(
+        ours[..set_value - 1]
+            .iter()
+            .all(|c| c[0].eq_ignore_ascii_case("get") || c[0].eq_ignore_ascii_case("mget")),
+        "only the read before the store: {ours:?}"
+    );
+    assert!(
+        !ours.iter().any(|c| c[0].eq_ignore_ascii_case("pexpire")),
+        "no PEXPIRE of the ticket: {ours:?}"
+    );
+    let ticket_left: i64 = server.cmd(&["PTTL", &ticket_key]).unwrap();
+    let value_key = &ours[set_value][1];
+    let value_left: i64 = server.cmd(&["PTTL", value_key]).unwrap();
+    assert!(
+        ticket_left > 100_000 && ticket_left > value_left,
+        "the ticket outlives the value again: {ticket_left} ms against {value_left} ms"
+    );
+    assert_eq!(
+        two_tier_ticketed_cache().peek_local("cost-ticketed:9"),
+        Some(11)
+    );
+    two_tier_ticketed_cache().clear_local();
+    assert_eq!(two_tier_ticketed(9).await, 11);
+    let stats = two_tier_ticketed_cache().stats();
+    assert_eq!((stats.redis_hits, stats.superseded), (1, 0), "{stats:?}");
+}

@@ -51,6 +51,9 @@ pub(crate) struct RedisTier {
     breaker: Arc<Breaker>,
     pub(crate) pending: Pending,
     retrying: AtomicBool,
+    /// The ACL refused `GETEX` once: plain stores check and extend tickets with `GET` and
+    /// `PEXPIRE` (docs/PROTOCOL.md §7.2, §10).
+    getex_refused: AtomicBool,
     /// Redis Cluster: bus messages go with `SPUBLISH` to bucket channels, scope tokens are
     /// striped per bucket.
     cluster: bool,
@@ -563,8 +566,13 @@ fn add_claims(p: &mut redis::Pipeline, k: &ReadKeys<'_>, new: u64, px: u64) {
 /// The commands of a plain store (`now_ms`: the reference clock, read only for the tag
 /// tokens' deadline): `GET t` (when `check_ticket`), `SET v <envelope> PX`, `PEXPIRE t keep GT`
 /// (when `extend_ticket`), one `PEXPIREAT … GT` per tag token the store did not create with
-/// its ticket; errors answered in place.
-fn plain_store_pipeline(req: &PlainStore<'_>, now_ms: impl FnOnce() -> u64) -> redis::Pipeline {
+/// its ticket; errors answered in place. With `getex`, a store that both checks and extends
+/// the ticket does it in one command, `GETEX t PX keep`, first (docs/PROTOCOL.md §7.2).
+fn plain_store_pipeline(
+    req: &PlainStore<'_>,
+    getex: bool,
+    now_ms: impl FnOnce() -> u64,
+) -> redis::Pipeline {
     let ms = req.ttl.as_millis().max(1) as u64;
     let keep = req.ticket_px.max(ms);
     let (clears, tags) = match &req.keys {
@@ -604,10 +612,16 @@ fn plain_store_pipeline(req: &PlainStore<'_>, now_ms: impl FnOnce() -> u64) -> r
         StoreKeys::Scheme(k) => k.prefix.len() + k.value_middle.len() + k.logical.len() + 16,
     };
     let mut p = redis::Pipeline::with_capacity(3 + tags);
+    // One command reads the ticket and moves its expiry to `keep` from now: tickets are all
+    // created with this cache's `keep`, so that is never shorter than what is left (§7.2).
+    let getex = getex && req.check_ticket && req.extend_ticket;
     if req.check_ticket {
-        let mut get = redis::Cmd::with_capacity(2, 3 + key_len);
-        get.arg("GET");
+        let mut get = redis::Cmd::with_capacity(if getex { 4 } else { 2 }, 24 + key_len);
+        get.arg(if getex { "GETEX" } else { "GET" });
         write_key(&mut get, StoreKey::Ticket);
+        if getex {
+            get.arg("PX").arg(keep);
+        }
         p.add_command(get);
     }
     let mut set = redis::Cmd::with_capacity(5, key_len + req.bytes.len() + 28);
@@ -615,8 +629,7 @@ fn plain_store_pipeline(req: &PlainStore<'_>, now_ms: impl FnOnce() -> u64) -> r
     write_key(&mut set, StoreKey::Value);
     set.arg(req.bytes).arg("PX").arg(ms);
     p.add_command(set);
-    let extends = req
-        .extend_ticket
+    let extends = (req.extend_ticket && !getex)
         .then_some(("PEXPIRE", StoreKey::Ticket, keep))
         .into_iter()
         .chain(
@@ -826,6 +839,7 @@ impl RedisTier {
             )),
             pending: Pending::new(&config.key_prefix),
             retrying: AtomicBool::new(false),
+            getex_refused: AtomicBool::new(false),
             cluster: config.cluster.is_some(),
             pending_prefix: config.key_prefix.clone(),
             read_replicas: config.read_from_replicas(),
@@ -1126,7 +1140,8 @@ impl RedisTier {
     ///                            tier: only when `check_ticket`; else the answer is `true`)
     /// SET v <envelope> PX ms
     /// PEXPIRE t keep GT       -- the ticket outlives the value (unless this call just
-    ///                            created it: it does already)
+    ///                            created it: it does already; with `check_ticket`,
+    ///                            `GETEX t PX keep` replaces `GET t` and this)
     /// PEXPIREAT <tag> q GT    -- each tag's token too, to a quantized deadline (not one
     ///                            this call created with the ticket)
     /// ```
@@ -1197,17 +1212,42 @@ impl RedisTier {
     /// pipeline, built here from borrowed keys before it is sent. `Ok(false)` when
     /// `check_ticket` and the ticket was no longer `ticket`.
     pub(crate) async fn store_plain(&self, req: PlainStore<'_>) -> Result<bool, CacheError> {
+        let getex = !self.getex_refused.load(Ordering::Relaxed);
+        if let Some(ours) = self.send_plain_store(&req, getex).await? {
+            return Ok(ours);
+        }
+        // `GETEX` refused (an ACL without `+getex`): the ticket was neither read nor
+        // extended. From now on the store reads and extends it as before, in two commands;
+        // this one is sent again that way (the `SET` writes the same envelope).
+        if !self.getex_refused.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "redis: `GETEX` refused (grant +getex): stores check and extend tickets with \
+                 `GET` + `PEXPIRE`, one command more per miss"
+            );
+        }
+        Ok(self.send_plain_store(&req, false).await?.unwrap_or(false))
+    }
+
+    /// Sends one plain store; `None` when `GETEX` was sent and refused by the ACL.
+    async fn send_plain_store(
+        &self,
+        req: &PlainStore<'_>,
+        getex: bool,
+    ) -> Result<Option<bool>, CacheError> {
         let (check_ticket, ticket) = (req.check_ticket, req.ticket);
-        let p = plain_store_pipeline(&req, crate::clock::now_unix_ms);
+        let getex = getex && check_ticket && req.extend_ticket;
+        let p = plain_store_pipeline(req, getex, crate::clock::now_unix_ms);
         self.exec(move |mut c| async move {
             let replies = p.query_async::<Vec<redis::Value>>(&mut c).await?;
-            let mut ours = !check_ticket;
+            let mut ours = Some(!check_ticket);
             for (i, reply) in replies.into_iter().enumerate() {
-                match reply.extract_error()? {
-                    redis::Value::BulkString(t) if check_ticket && i == 0 => {
-                        ours = parse_ticket(&t) == Some(ticket)
+                match reply.extract_error() {
+                    Ok(redis::Value::BulkString(t)) if check_ticket && i == 0 => {
+                        ours = Some(parse_ticket(&t) == Some(ticket))
                     }
-                    _ => {}
+                    Ok(_) => {}
+                    Err(e) if getex && i == 0 && e.code() == Some("NOPERM") => ours = None,
+                    Err(e) => return Err(e),
                 }
             }
             Ok(ours)
