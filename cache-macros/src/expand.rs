@@ -871,11 +871,15 @@ impl<'a> KeyPlan<'a> {
                     // Spanned at the receiver, so that a `Self` that is not a `KeyPart`
                     // is reported at `self`.
                     let s = syn::token::SelfValue { span };
+                    // `self: &Arc<Self>` is keyed as the `&Self` it derefs to, as in the
+                    // companions (which take `&self`): one requirement, one error.
+                    let expr = if a.pointer_receiver {
+                        quote_spanned!(span=> ::core::convert::identity::<&Self>(#s))
+                    } else {
+                        quote!(#s)
+                    };
                     pieces.push(Piece::Literal(quote!(":")));
-                    pieces.push(Piece::Arg {
-                        expr: quote!(#s),
-                        span,
-                    });
+                    pieces.push(Piece::Arg { expr, span });
                 }
                 for p in &a.params {
                     if !skipped(&p.ident.unraw().to_string()) {

@@ -180,7 +180,9 @@ use proc_macro::TokenStream;
 /// e.g. `my_app::Typed<u8>::sized`) is the cache's name (an explicit `name` gets it appended
 /// in brackets) and starts its keys: a template key of an instantiation with type arguments
 /// becomes `my_app::Typed<u8>::sized|typed:1:0`. Type parameters in the key need a `KeyPart`
-/// bound, a type parameter in `V` the value bounds above.
+/// bound, a type parameter in `V` the value bounds above. A type parameter that only a skipped
+/// parameter has (`fn load<E: Executor>(ex: &E, id: u64)` with `skip(ex)`) splits the cache
+/// too, and the companions name it: `invalidate_load::<PgPool>(id)`.
 ///
 /// ```
 /// use std::marker::PhantomData;
@@ -212,11 +214,18 @@ use proc_macro::TokenStream;
 /// assert!(Typed::<u8>::sized_cache().name().ends_with("Typed<u8>::sized"));
 /// ```
 ///
+/// A method may also borrow its receiver through a pointer, `self: &Arc<Self>` (or
+/// `&Rc<Self>`, `&Box<Self>`): `NAME`, `NAME_entry` and `refresh_NAME` keep that receiver, the
+/// other companions take `&self` (an `Arc<Self>` derefs to it), and keys are the same
+/// either way.
+///
 /// Refused with an explanation at the offending token: `&mut self`, `self` by value,
 /// `self: Arc<Self>` (`self: &Self` is `&self`), `&mut` parameters in the key (a hit would skip
 /// the mutation; a handle listed in `skip(...)`, such as a connection or a transaction, is
-/// accepted), `impl Trait` parameters in the key (a skipped one, such as a progress callback,
-/// is accepted) or return types, returning `()`, a boxed future (what `#[async_trait]` makes of
+/// accepted), `impl Trait` parameters, in the key or skipped (an `impl Trait` parameter is an
+/// anonymous type parameter: each argument type, so each closure, would get a cache of its
+/// own, which the companions could not reach; take a skipped `&dyn Fn(u8)` callback), `impl
+/// Trait` return types, returning `()`, a boxed future (what `#[async_trait]` makes of
 /// an `async fn`) or a value that borrows (a reference, or a type naming the function's
 /// lifetime; an `Err` may borrow, e.g. `Result<u8, &'static str>`, since errors are never
 /// stored; a `&'static` value is fine in a local-only cache), `const`, `unsafe` and `extern`

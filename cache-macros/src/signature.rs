@@ -29,6 +29,8 @@ pub struct Analyzed {
     pub is_async: bool,
     /// Span of `self` when the function is a `&self` method.
     pub receiver: Option<Span>,
+    /// The receiver is a reference to a pointer to `Self` (`self: &Arc<Self>`).
+    pub pointer_receiver: bool,
     pub params: Vec<Param>,
     pub ret: Type,
     pub kind: Kind,
@@ -81,12 +83,15 @@ pub fn analyze(
     // gets its own cache (see `cache_runtime::__private::instance`).
 
     let mut receiver = None;
+    let mut pointer_receiver = false;
     let mut params = Vec::new();
     for arg in &sig.inputs {
         match arg {
             FnArg::Receiver(r) => {
                 if r.colon_token.is_some() {
-                    // `self: &Self` (or `&'a Self`) is `&self` spelled out.
+                    // `self: &Self` (or `&'a Self`) is `&self` spelled out; `self: &Arc<Self>`
+                    // (`&Rc<Self>`, `&Box<Self>`, `&Pin<&Self>`) borrows as `&self` does. The
+                    // wrapper passes it on to `NAME_uncached`; the companions take `&self`.
                     match &*r.ty {
                         Type::Reference(tr) if is_self_type(&tr.elem) => match &tr.mutability {
                             None if r.mutability.is_none() => {
@@ -96,14 +101,29 @@ pub fn analyze(
                             Some(m) => return Err(Error::new(m.span, MUT_SELF)),
                             None => {}
                         },
+                        Type::Reference(tr)
+                            if tr.mutability.is_none()
+                                && r.mutability.is_none()
+                                && points_to_self(&tr.elem) =>
+                        {
+                            receiver = Some(r.self_token.span);
+                            pointer_receiver = true;
+                            continue;
+                        }
                         _ => {}
                     }
+                    let ty = type_text(&r.ty);
+                    // `self: Arc<Self>` by value: its borrowed form is accepted.
+                    let borrowed = if points_to_self(&r.ty) && r.mutability.is_none() {
+                        format!(", or `self: &{ty}`")
+                    } else {
+                        String::new()
+                    };
                     return Err(Error::new_spanned(
                         r,
                         format!(
-                            "only `&self` methods can be cached, not `self: {}`: take `&self` \
-                             (an `Arc<Self>` or a `Box<Self>` derefs to it)",
-                            type_text(&r.ty)
+                            "only `&self` methods can be cached, not `self: {ty}`: take `&self` \
+                             (an `Arc<Self>` or a `Box<Self>` derefs to it){borrowed}"
                         ),
                     ));
                 }
@@ -234,6 +254,7 @@ pub fn analyze(
     Ok(Analyzed {
         is_async: sig.asyncness.is_some(),
         receiver,
+        pointer_receiver,
         params,
         ret,
         kind,
@@ -264,8 +285,8 @@ fn last_segment(ty: &Type) -> Option<(Ident, Vec<Type>)> {
 
 /// What a type may not contain, by where it is.
 enum Place<'a> {
-    /// A parameter; `skipped`: listed in `skip(...)` (a handle the body uses: `&mut` and
-    /// `impl Trait` allowed, since it is not in the key).
+    /// A parameter; `skipped`: listed in `skip(...)` (a handle the body uses: `&mut`
+    /// allowed, since it is not in the key).
     Param { skipped: bool },
     /// The whole return type.
     Return,
@@ -299,10 +320,27 @@ impl<'ast> Visit<'ast> for Finder<'_> {
             )),
             Place::Param { skipped: false } => self.fail(Error::new_spanned(
                 i,
-                "`impl Trait` parameters cannot be in the key: the key needs a type that \
-                 implements `KeyPart`; name a type parameter (`fn f<T: KeyPart>(x: T)`) or take \
-                 a concrete type (e.g. `&str` instead of `impl AsRef<str>`); a parameter that \
-                 does not affect the result (a callback, a handle) can be listed in `skip(...)`",
+                format!(
+                    "`impl Trait` parameters cannot be in the key: the key needs a type that \
+                     implements `KeyPart`; name a type parameter (`fn f<T: KeyPart>(x: T)`) or \
+                     take a concrete type (e.g. `&str` instead of `impl AsRef<str>`); a parameter \
+                     that does not affect the result (a callback, a handle) can be taken as a \
+                     trait object (`{}`) and listed in `skip(...)`",
+                    trait_object(i)
+                ),
+            )),
+            // An `impl Trait` parameter is an anonymous type parameter: each argument type
+            // (each closure) would be an instantiation with a cache of its own, and the
+            // companions, which do not take the parameter, would reach none of them.
+            Place::Param { skipped: true } => self.fail(Error::new_spanned(
+                i,
+                format!(
+                    "a skipped `impl Trait` parameter still makes the function generic over its \
+                     type, so each argument type (each closure) would get a cache of its own, and \
+                     `invalidate_*`, `lookup_*` and `populate_*`, which do not take the parameter, \
+                     would reach none of them; take a trait object instead: `{}`",
+                    trait_object(i)
+                ),
             )),
             _ => {}
         }
@@ -360,6 +398,17 @@ impl<'ast> Visit<'ast> for Finder<'_> {
     fn visit_type_bare_fn(&mut self, i: &'ast syn::TypeBareFn) {
         // `fn(&mut T)` pointers are plain values.
         let _ = i;
+    }
+}
+
+/// `impl Fn(u8)` as the trait object to take instead: `&dyn Fn(u8)` (`&(dyn A + B)`).
+fn trait_object(i: &syn::TypeImplTrait) -> String {
+    let bounds = i.bounds.to_token_stream();
+    let text = type_text(&syn::parse_quote!(dyn #bounds));
+    if i.bounds.len() > 1 {
+        format!("&({text})")
+    } else {
+        format!("&{text}")
     }
 }
 
@@ -433,7 +482,9 @@ fn type_text(ty: &Type) -> String {
     while let Some(c) = chars.next() {
         let next = chars.peek().copied();
         let glue = |n: Option<char>| matches!(n, Some('<' | '>' | ',' | ':'));
-        if c == ' ' && (glue(next) || out.ends_with(['<', '&', ':'])) {
+        // `Fn(u8)`, not `Fn (u8)`.
+        let call = next == Some('(') && out.ends_with(|c: char| c.is_alphanumeric());
+        if c == ' ' && (glue(next) || call || out.ends_with(['<', '&', ':'])) {
             continue;
         }
         out.push(c);
@@ -444,4 +495,23 @@ fn type_text(ty: &Type) -> String {
 /// `Self`, as a type.
 fn is_self_type(ty: &Type) -> bool {
     matches!(ty, Type::Path(p) if p.qself.is_none() && p.path.is_ident("Self"))
+}
+
+/// `Arc<Self>`, `Rc<Self>`, `Box<Self>`, `Pin<&Self>` and their nestings: a pointer to `Self`
+/// that a shared reference gives shared access through.
+fn points_to_self(ty: &Type) -> bool {
+    match ty {
+        Type::Paren(p) => points_to_self(&p.elem),
+        Type::Reference(r) => {
+            r.mutability.is_none() && (is_self_type(&r.elem) || points_to_self(&r.elem))
+        }
+        _ => match last_segment(ty) {
+            Some((name, args))
+                if args.len() == 1 && ["Arc", "Rc", "Box", "Pin"].iter().any(|p| name == p) =>
+            {
+                is_self_type(&args[0]) || points_to_self(&args[0])
+            }
+            _ => false,
+        },
+    }
 }

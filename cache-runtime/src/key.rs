@@ -516,12 +516,14 @@ fn needs_escape(c: char) -> bool {
 
 /// A value that can be interpolated into a cache key.
 ///
-/// Implemented for integers, `bool`, `char`, strings, `Option`, slices, `Vec`, tuples (up to
-/// 6), `()`, smart pointers, floats, `Duration`, paths and OS strings, IP and socket
-/// addresses, and with the `uuid` / `chrono` features `uuid::Uuid` and chrono's dates and
-/// times. Implement it for your own key types; the encoding must be
-/// injective (distinct values, distinct output) and must escape separators, which
-/// [`KeyWriter::str`] and [`KeyWriter::display`] do for you:
+/// Implemented for integers (and their `NonZero` forms), `bool`, `char`, strings, `Option`,
+/// slices, `Vec`, `VecDeque`, `BTreeSet`, `BTreeMap`, tuples (up to 6), `()`, smart pointers
+/// and `Cow`, floats, `Duration`, paths and OS strings, IP and socket addresses, and with the
+/// `uuid` / `chrono` features `uuid::Uuid` and chrono's dates and times. Not for `HashMap` /
+/// `HashSet`: their order differs between processes (take a `BTreeMap` / `BTreeSet`).
+/// Implement it for your own key types; the encoding must be injective (distinct values,
+/// distinct output) and must escape separators, which [`KeyWriter::str`] and
+/// [`KeyWriter::display`] do for you:
 ///
 /// ```
 /// use cache_runtime::key::{KeyPart, KeyWriter};
@@ -579,11 +581,18 @@ macro_rules! nonzero_key_part {
     )*};
 }
 nonzero_key_part!(
+    std::num::NonZeroU8,
+    std::num::NonZeroU16,
     std::num::NonZeroU32,
     std::num::NonZeroU64,
+    std::num::NonZeroU128,
+    std::num::NonZeroUsize,
+    std::num::NonZeroI8,
+    std::num::NonZeroI16,
     std::num::NonZeroI32,
     std::num::NonZeroI64,
-    std::num::NonZeroUsize
+    std::num::NonZeroI128,
+    std::num::NonZeroIsize
 );
 
 /// As `Display` writes them, separators escaped (`127%2E0%2E0%2E1`, `1%2E5`).
@@ -696,9 +705,11 @@ impl KeyPart for String {
     }
 }
 
-impl KeyPart for std::borrow::Cow<'_, str> {
+/// As the borrowed form: `Cow<'_, str>` as a `str`, `Cow<'_, [T]>` as a slice, `Cow<'_, Path>`
+/// as a path.
+impl<B: KeyPart + ToOwned + ?Sized> KeyPart for std::borrow::Cow<'_, B> {
     fn write_key(&self, w: &mut KeyWriter) {
-        w.str(self);
+        (**self).write_key(w);
     }
 }
 
@@ -776,6 +787,43 @@ impl<T: KeyPart> KeyPart for Vec<T> {
 impl<T: KeyPart, const N: usize> KeyPart for [T; N] {
     fn write_key(&self, w: &mut KeyWriter) {
         self.as_slice().write_key(w);
+    }
+}
+
+/// In order, as a slice.
+impl<T: KeyPart> KeyPart for std::collections::VecDeque<T> {
+    fn write_key(&self, w: &mut KeyWriter) {
+        w.raw("[");
+        for item in self {
+            w.raw("+");
+            item.write_key(w);
+        }
+        w.raw("]");
+    }
+}
+
+/// In the set's (sorted) order, as a slice. (`HashSet` and `HashMap` have none: their
+/// iteration order differs between processes, so the same set would give another key.)
+impl<T: KeyPart> KeyPart for std::collections::BTreeSet<T> {
+    fn write_key(&self, w: &mut KeyWriter) {
+        w.raw("[");
+        for item in self {
+            w.raw("+");
+            item.write_key(w);
+        }
+        w.raw("]");
+    }
+}
+
+/// In the map's (sorted) order, as a slice of `(key, value)` tuples: `[+[k+v]+[k+v]]`.
+impl<K: KeyPart, V: KeyPart> KeyPart for std::collections::BTreeMap<K, V> {
+    fn write_key(&self, w: &mut KeyWriter) {
+        w.raw("[");
+        for entry in self {
+            w.raw("+");
+            entry.write_key(w);
+        }
+        w.raw("]");
     }
 }
 
@@ -891,6 +939,27 @@ mod tests {
         ];
         let set: HashSet<_> = values.iter().map(enc).collect();
         assert_eq!(set.len(), values.len(), "{set:?}");
+    }
+
+    #[test]
+    fn collections_encode_in_order_as_sequences() {
+        use std::borrow::Cow;
+        use std::collections::{BTreeMap, BTreeSet, VecDeque};
+        let set: BTreeSet<&str> = ["b", "a:"].into_iter().collect();
+        assert_eq!(enc(&set), "[+a%3A+b]");
+        let map: BTreeMap<&str, u8> = [("z", 1), ("a", 2)].into_iter().collect();
+        assert_eq!(enc(&map), enc(&vec![("a", 2u8), ("z", 1)]));
+        assert_eq!(enc(&map), "[+[a+2]+[z+1]]");
+        let deque: VecDeque<u8> = [3, 1].into_iter().collect();
+        assert_eq!(enc(&deque), enc(&vec![3u8, 1]));
+        assert_eq!(enc(&Cow::Borrowed("a b")), enc("a b"));
+        assert_eq!(enc(&Cow::<[u8]>::Owned(vec![1, 2])), "[+1+2]");
+        assert_eq!(enc(&std::num::NonZeroU8::new(7).unwrap()), "7");
+        assert_eq!(enc(&std::num::NonZeroI128::new(-7).unwrap()), "-7");
+        // An empty map and a map with one empty entry differ.
+        let empty: BTreeMap<String, String> = BTreeMap::new();
+        let one: BTreeMap<String, String> = [(String::new(), String::new())].into_iter().collect();
+        assert_ne!(enc(&empty), enc(&one));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The trybuild pass cases of the signatures a codebase has (generic impls, attributes,
-//! `mut` parameters, skipped `&mut` handles, associated functions, aliased `Result` / `Option` returns, borrowed errors and `&'static` values, raw identifiers, `crate = "..."`, trait impls),
+//! `mut` parameters, skipped `&mut` handles, associated functions, aliased `Result` / `Option` returns, borrowed errors and `&'static` values, raw identifiers, `crate = "..."`, trait impls, and the
+//! signatures of real codebases: services over pools, newtype ids, nested modules),
 //! also built as an integration test of this crate: so they run here, and
 //! `cargo clippy --workspace --all-targets -- -D warnings` lints their expansion as a user
 //! crate's code.
@@ -22,6 +23,8 @@ mod mut_handles;
 mod mut_params;
 #[path = "ui/pass/raw_idents.rs"]
 mod raw_idents;
+#[path = "ui/pass/real_codebases.rs"]
+mod real_codebases;
 #[path = "ui/pass/trait_impls.rs"]
 mod trait_impls;
 
@@ -68,6 +71,11 @@ fn mut_parameters() {
 #[test]
 fn raw_identifiers() {
     raw_idents::main();
+}
+
+#[test]
+fn signatures_of_real_codebases() {
+    real_codebases::main();
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Signatures of real codebases with borrowed parts that are not stored: an error type that
 //! borrows (`&'static str`: errors are never cached), a `&'static` value, `self: &Self`,
-//! a skipped `impl Fn` callback, parameters named `value` and `cached_value` (the
+//! a skipped `&dyn Fn` callback, parameters named `value` and `cached_value` (the
 //! populate companion picks a free name), and seven parameters (the populate companion's
 //! eighth does not trip `clippy::too_many_arguments` under `-D warnings`).
 #![deny(warnings)]
@@ -51,7 +51,7 @@ impl Repo {
 }
 
 #[cached(ttl = 60, skip(on_progress))]
-fn import(batch: u32, on_progress: impl Fn(u8)) -> u32 {
+fn import(batch: u32, on_progress: &dyn Fn(u8)) -> u32 {
     ran();
     on_progress(100);
     batch * 2
@@ -94,8 +94,8 @@ pub fn main() {
     assert_eq!(repo.lookup_load(1), Some(701));
 
     let seen = Cell::new(0);
-    assert_eq!(import(4, |p| seen.set(p)), 8);
-    assert_eq!(import(4, |_| panic!("a hit skips the body")), 8);
+    assert_eq!(import(4, &|p| seen.set(p)), 8);
+    assert_eq!(import(4, &|_| panic!("a hit skips the body")), 8);
     assert_eq!((seen.get(), runs()), (100, 6));
 
     assert_eq!(convert(5, false), 6);
