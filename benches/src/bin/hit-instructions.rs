@@ -14,7 +14,7 @@
 //!             redis-ours-64 redis-hand-64 invalidate-ours invalidate-hand
 //!             invalidate-hand-publish invalidate-tag-ours
 //!             miss-ours miss-ours-tagged miss-ours-two-tier miss-hand miss-cached
-//!             local-ours-two-tier
+//!             local-ours-two-tier invalidated-miss-ours-two-tier
 //! ```
 //!
 //! `miss-ours` / `miss-hand` / `miss-cached` are the miss + populate path on a key never seen
@@ -23,6 +23,11 @@
 //! ours in `local+redis`: the miss also stores a local copy. `local-ours-two-tier` is a local
 //! hit of that `local+redis` cache (served while the invalidation bus is trusted, which it
 //! waits for first; a call that finds it untrusted goes on to Redis and is reported).
+//!
+//! `invalidated-miss-ours-two-tier` is an invalidation followed by a miss of the same key in
+//! `local+redis`: the miss finds the fresh ticket the invalidation left (as a warm cache's
+//! misses find their ticket alive), reads with `MGET v t` and stores under that ticket; minus
+//! `invalidate-ours`, it prices that miss.
 //!
 //! `redis-hand-mget` is the hand-written `GET` + decode with the same reply shape as ours: an
 //! `MGET` of the value and three more keys (16-byte strings, as a ticket and two scope
@@ -202,7 +207,7 @@ async fn hand_redis_mget(conn: &mut ConnectionManager, id: u64) -> Profile {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: hit-instructions <local-ours|local-ours-tagged|local-hand|local-cached|local-ours-async|local-hand-async|local-cached-async|local-quick|local-mini|redis-ours|redis-hand|redis-hand-mget|redis-cached|redis-ours-64|redis-hand-64|invalidate-ours|invalidate-hand|invalidate-hand-publish|invalidate-tag-ours|miss-ours|miss-ours-tagged|miss-ours-two-tier|miss-hand|miss-cached|local-ours-two-tier> <calls>";
+    let usage = "usage: hit-instructions <local-ours|local-ours-tagged|local-hand|local-cached|local-ours-async|local-hand-async|local-cached-async|local-quick|local-mini|redis-ours|redis-hand|redis-hand-mget|redis-cached|redis-ours-64|redis-hand-64|invalidate-ours|invalidate-hand|invalidate-hand-publish|invalidate-tag-ours|miss-ours|miss-ours-tagged|miss-ours-two-tier|miss-hand|miss-cached|local-ours-two-tier|invalidated-miss-ours-two-tier> <calls>";
     let contender = args.next().expect(usage);
     alloc_count::count_from_now();
     let calls: u64 = args.next().and_then(|s| s.parse().ok()).expect(usage);
@@ -461,6 +466,26 @@ fn main() {
                     }
                 }
             });
+        }
+        "invalidated-miss-ours-two-tier" => {
+            start_redis();
+            let rt = current_thread_runtime();
+            let fresh = |from: u64, n: u64| (0..n).map(move |i| MISS_FIRST_ID + from + i);
+            rt.block_on(async {
+                for id in fresh(0, KEYS) {
+                    invalidate_two_tier_ours(id).await.expect("invalidate");
+                    two_tier_ours(id).await;
+                }
+                let before = allocs();
+                for id in fresh(KEYS, calls) {
+                    let id = black_box(id);
+                    invalidate_two_tier_ours(id).await.expect("invalidate");
+                    black_box(two_tier_ours(id).await);
+                }
+                report(calls, before);
+            });
+            let s = two_tier_ours_cache().stats();
+            assert_eq!(s.misses, KEYS + calls, "every call a miss: {s:?}");
         }
         "local-ours-two-tier" => {
             start_redis();
