@@ -767,14 +767,24 @@ impl<T: KeyPart> KeyPart for Option<T> {
 
 /// `[+a+b+c]` (and `[]` when empty): every element is introduced by `+`, so `[]` and `[""]`
 /// differ; brackets and `+` are escaped inside strings, so nesting stays unambiguous.
+/// `[+a+b]`: every sequence (slices, `Vec`, arrays, `VecDeque`, sorted sets and maps)
+/// encodes its items in order this way.
+fn write_sequence<I>(w: &mut KeyWriter, items: I)
+where
+    I: IntoIterator,
+    I::Item: KeyPart,
+{
+    w.raw("[");
+    for item in items {
+        w.raw("+");
+        item.write_key(w);
+    }
+    w.raw("]");
+}
+
 impl<T: KeyPart> KeyPart for [T] {
     fn write_key(&self, w: &mut KeyWriter) {
-        w.raw("[");
-        for item in self {
-            w.raw("+");
-            item.write_key(w);
-        }
-        w.raw("]");
+        write_sequence(w, self);
     }
 }
 
@@ -793,12 +803,7 @@ impl<T: KeyPart, const N: usize> KeyPart for [T; N] {
 /// In order, as a slice.
 impl<T: KeyPart> KeyPart for std::collections::VecDeque<T> {
     fn write_key(&self, w: &mut KeyWriter) {
-        w.raw("[");
-        for item in self {
-            w.raw("+");
-            item.write_key(w);
-        }
-        w.raw("]");
+        write_sequence(w, self);
     }
 }
 
@@ -806,24 +811,14 @@ impl<T: KeyPart> KeyPart for std::collections::VecDeque<T> {
 /// iteration order differs between processes, so the same set would give another key.)
 impl<T: KeyPart> KeyPart for std::collections::BTreeSet<T> {
     fn write_key(&self, w: &mut KeyWriter) {
-        w.raw("[");
-        for item in self {
-            w.raw("+");
-            item.write_key(w);
-        }
-        w.raw("]");
+        write_sequence(w, self);
     }
 }
 
 /// In the map's (sorted) order, as a slice of `(key, value)` tuples: `[+[k+v]+[k+v]]`.
 impl<K: KeyPart, V: KeyPart> KeyPart for std::collections::BTreeMap<K, V> {
     fn write_key(&self, w: &mut KeyWriter) {
-        w.raw("[");
-        for entry in self {
-            w.raw("+");
-            entry.write_key(w);
-        }
-        w.raw("]");
+        write_sequence(w, self);
     }
 }
 

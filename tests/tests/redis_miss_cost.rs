@@ -91,9 +91,8 @@ async fn two_tier_store(id: u64) -> u64 {
     id + 1
 }
 
-/// The commands of one miss's store, from the server's `SLOWLOG`: those after the value's
-/// read and claim, up to and including the value's `SET` (oldest first).
-fn store_commands(commands: &[Vec<String>], logical: &str) -> Vec<Vec<String>> {
+/// The commands naming `logical`, oldest first, and where among them its value's `SET` is.
+fn key_commands<'a>(commands: &'a [Vec<String>], logical: &str) -> (Vec<&'a Vec<String>>, usize) {
     let ours: Vec<&Vec<String>> = commands
         .iter()
         .rev()
@@ -103,6 +102,13 @@ fn store_commands(commands: &[Vec<String>], logical: &str) -> Vec<Vec<String>> {
         .iter()
         .position(|c| c[0].eq_ignore_ascii_case("set") && c[1].contains(":v2:"))
         .unwrap_or_else(|| panic!("the value of {logical} was stored: {ours:?}"));
+    (ours, set_value)
+}
+
+/// The commands of one miss's store, from the server's `SLOWLOG`: those after the value's
+/// read and claim, up to and including the value's `SET` (oldest first).
+fn store_commands(commands: &[Vec<String>], logical: &str) -> Vec<Vec<String>> {
+    let (ours, set_value) = key_commands(commands, logical);
     let claim = ours
         .iter()
         .position(|c| c[0].eq_ignore_ascii_case("set") && c.iter().any(|a| a == "NX"))
@@ -190,15 +196,7 @@ async fn a_store_under_a_live_ticket_reads_and_extends_it_in_one_command() {
     assert_eq!(two_tier_ticketed(9).await, 11);
     let commands = server.slowlog_commands();
 
-    let ours: Vec<&Vec<String>> = commands
-        .iter()
-        .rev()
-        .filter(|c| c.iter().any(|a| a.ends_with("cost-ticketed:9")))
-        .collect();
-    let set_value = ours
-        .iter()
-        .position(|c| c[0].eq_ignore_ascii_case("set") && c[1].contains(":v2:"))
-        .unwrap_or_else(|| panic!("the value was stored: {ours:?}"));
+    let (ours, set_value) = key_commands(&commands, "cost-ticketed:9");
     // The read (its `GET`s or `MGET`), then the store: `GETEX t PX keep` and the `SET`.
     assert!(set_value >= 2, "a read, then the store: {ours:?}");
     let getex = &ours[set_value - 1];

@@ -566,8 +566,9 @@ fn add_claims(p: &mut redis::Pipeline, k: &ReadKeys<'_>, new: u64, px: u64) {
 /// The commands of a plain store (`now_ms`: the reference clock, read only for the tag
 /// tokens' deadline): `GET t` (when `check_ticket`), `SET v <envelope> PX`, `PEXPIRE t keep GT`
 /// (when `extend_ticket`), one `PEXPIREAT … GT` per tag token the store did not create with
-/// its ticket; errors answered in place. With `getex`, a store that both checks and extends
-/// the ticket does it in one command, `GETEX t PX keep`, first (docs/PROTOCOL.md §7.2).
+/// its ticket; errors answered in place. With `getex` (only for a store that both checks
+/// and extends the ticket), both in one command, `GETEX t PX keep`, first (docs/PROTOCOL.md
+/// §7.2).
 fn plain_store_pipeline(
     req: &PlainStore<'_>,
     getex: bool,
@@ -614,7 +615,7 @@ fn plain_store_pipeline(
     let mut p = redis::Pipeline::with_capacity(3 + tags);
     // One command reads the ticket and moves its expiry to `keep` from now: tickets are all
     // created with this cache's `keep`, so that is never shorter than what is left (§7.2).
-    let getex = getex && req.check_ticket && req.extend_ticket;
+    debug_assert!(!getex || (req.check_ticket && req.extend_ticket));
     if req.check_ticket {
         let mut get = redis::Cmd::with_capacity(if getex { 4 } else { 2 }, 24 + key_len);
         get.arg(if getex { "GETEX" } else { "GET" });
