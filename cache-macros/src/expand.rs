@@ -14,6 +14,7 @@ use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{Error, Ident, ItemFn};
 
+use crate::erase;
 use crate::forward::{Forwarded, Target};
 use crate::options::{Options, Tier};
 use crate::signature::{Analyzed, Kind, Param};
@@ -81,18 +82,35 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     let site = quote_spanned! {name.span()=>
         ::core::concat!(::core::file!(), ":", ::core::line!(), ":", ::core::column!())
     };
+    // The wrapper and the functions with its parameters leave out the type arguments
+    // that only skipped parameters have (see `erase`); the companions lack them already.
+    let erasure = erase::erasure(
+        generics,
+        &a.params
+            .iter()
+            .filter(|p| !plan.key_params.iter().any(|k| k.ident == p.ident))
+            .map(|p| &p.ty)
+            .collect::<Vec<_>>(),
+        &plan
+            .key_params
+            .iter()
+            .map(|p| &p.ty)
+            .chain([ret])
+            .collect::<Vec<_>>(),
+    );
     // Through `__private::Check`: a value type that is not `Clone + Send + Sync + 'static`
     // is one error at its span, not one per generated function.
-    let get_instance = |generated: &Ident| {
+    let get_instance = |generated: &Ident, erased: u64| {
         let generated = generated.unraw().to_string();
         let slot = Ident::new("__SLOT", Span::mixed_site());
         let k = at(k, value_ty.span());
+        let erasing = (erased != 0).then(|| quote!(.erasing(#erased)));
         quote_spanned! {value_ty.span()=>
             let #inst = {
                 #[allow(unused_imports)]
                 use #k::__private::{CheckInstance as _, CheckInstanceFailed as _};
                 static #slot: #k::__private::Slot =
-                    #k::__private::Slot::new(#generated, #name_str, #site);
+                    #k::__private::Slot::new(#generated, #name_str, #site)#erasing;
                 (&#k::__private::Check::<#value_ty>::new()).instance(
                     &#slot,
                     ::core::any::type_name_of_val(&|| ()),
@@ -103,8 +121,8 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         }
     };
     let build_key = plan.tokens(k, &inst, &cache);
-    let prologue = |generated: &Ident| {
-        let get = get_instance(generated);
+    let prologue = |generated: &Ident, erased: u64| {
+        let get = get_instance(generated, erased);
         quote! {
             #get
             let #key = #build_key;
@@ -263,7 +281,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         quote!(<#shape as #k::shape::EntryShape<#ret>>::Entries),
         ret.span(),
     );
-    let (acc_generics, acc_where) = static_generics(generics);
+    let (acc_generics, acc_where) = static_generics(&erasure.kept);
 
     let [at_wrapper, at_uncached, at_entry, at_refresh, at_companion, at_accessor] = [
         Target::Wrapper,
@@ -275,7 +293,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     ]
     .map(|t| fwd.for_target(t));
 
-    let p_wrapper = prologue(name);
+    let p_wrapper = prologue(name, erasure.mask);
     let alias_check = alias_check(k, &a);
     // With `in_trait` the wrapper is also the body: it takes the attributes of both (a
     // `#[tracing::instrument]` below `#[cached]` then traces every call, hits included).
@@ -303,12 +321,14 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         name.unraw(),
         span = name.span()
     );
-    let p_entry = prologue(&entry);
-    let p_invalidate = prologue(&invalidate);
-    let p_populate = prologue(&populate);
-    let p_lookup = prologue(&lookup);
-    let p_refresh = prologue(&refresh);
-    let get_accessor = get_instance(&accessor);
+    let p_entry = prologue(&entry, erasure.mask);
+    let p_invalidate = prologue(&invalidate, 0);
+    let p_populate = prologue(&populate, 0);
+    let p_lookup = prologue(&lookup, 0);
+    let p_refresh = prologue(&refresh, erasure.mask);
+    let get_accessor = get_instance(&accessor, 0);
+    let companion_generics = &erasure.kept;
+    let companion_where = &companion_generics.where_clause;
 
     Ok(quote! {
         #[doc(hidden)]
@@ -333,8 +353,8 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
 
         #[doc = #doc_invalidate]
         #at_companion
-        #vis #asyncness fn #invalidate #generics (#self_arg #(#key_params),*)
-            -> ::core::result::Result<(), #k::CacheError> #where_clause
+        #vis #asyncness fn #invalidate #companion_generics (#self_arg #(#key_params),*)
+            -> ::core::result::Result<(), #k::CacheError> #companion_where
         {
             #p_invalidate
             #build_purge
@@ -347,8 +367,8 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         // One parameter more than the function: a function at clippy's limit would pass it.
         #[allow(clippy::too_many_arguments)]
         #at_companion
-        #vis #asyncness fn #populate #generics (#self_arg #(#key_params,)* #value_arg: #value_ty)
-            -> ::core::result::Result<(), #k::CacheError> #where_clause
+        #vis #asyncness fn #populate #companion_generics (#self_arg #(#key_params,)* #value_arg: #value_ty)
+            -> ::core::result::Result<(), #k::CacheError> #companion_where
         {
             #p_populate
             #build_purge
@@ -359,8 +379,8 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
 
         #[doc = #doc_lookup]
         #at_companion
-        #vis #asyncness fn #lookup #generics (#self_arg #(#key_params),*)
-            -> ::core::option::Option<#value_ty> #where_clause
+        #vis #asyncness fn #lookup #companion_generics (#self_arg #(#key_params),*)
+            -> ::core::option::Option<#value_ty> #companion_where
         {
             #p_lookup
             #cache.#look(#key) #aw

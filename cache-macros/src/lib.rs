@@ -2,6 +2,7 @@
 //! generates glue that calls `::cache_runtime`.
 
 mod duration;
+mod erase;
 mod expand;
 mod forward;
 mod options;
@@ -180,9 +181,40 @@ use proc_macro::TokenStream;
 /// e.g. `my_app::Typed<u8>::sized`) is the cache's name (an explicit `name` gets it appended
 /// in brackets) and starts its keys: a template key of an instantiation with type arguments
 /// becomes `my_app::Typed<u8>::sized|typed:1:0`. Type parameters in the key need a `KeyPart`
-/// bound, a type parameter in `V` the value bounds above. A type parameter that only a skipped
-/// parameter has (`fn load<E: Executor>(ex: &E, id: u64)` with `skip(ex)`) splits the cache
-/// too, and the companions name it: `invalidate_load::<PgPool>(id)`.
+/// bound, a type parameter in `V` the value bounds above.
+///
+/// **A type parameter that only skipped parameters have is skipped with them**: sqlx's
+/// `fn load<'c, E: Executor<'c, Database = Postgres>>(ex: E, id: i64)` with `skip(ex)` has one
+/// cache and one key per `id`, whether `ex` is a `&PgPool` or a `&mut Transaction`, and the
+/// companions do not have `E`: `invalidate_load(id)` drops the entry every executor reads. So
+/// do the parameters only such a bound names (`DB` in `E: Executor<'c, Database = DB>`), the
+/// const parameters of a skipped `[u8; N]` buffer, and skipped `impl Trait` parameters (a
+/// callback: every closure shares the cache). A type parameter that no parameter has, chosen by
+/// turbofish (`fn count<T: Table>(pool: &PgPool)`), may change the result, so it still splits
+/// the cache and the companions name it (`invalidate_count::<Users>()`).
+///
+/// ```
+/// use cache_runtime::cached;
+///
+/// trait Executor { fn name(&self, id: u64) -> String; }
+/// struct Pool;
+/// struct Transaction<'p>(&'p Pool);
+/// impl Executor for Pool { fn name(&self, id: u64) -> String { format!("user{id}") } }
+/// impl Executor for Transaction<'_> { fn name(&self, id: u64) -> String { self.0.name(id) } }
+///
+/// #[cached(ttl = 300, key = "user-name:<id>", skip(ex))]
+/// fn user_name<E: Executor>(ex: &E, id: u64) -> String {
+///     ex.name(id)
+/// }
+///
+/// let pool = Pool;
+/// user_name(&pool, 1);
+/// // The pool's entry, read through a transaction; one invalidation, no type named.
+/// assert_eq!(lookup_user_name(1), Some("user1".to_string()));
+/// assert_eq!(user_name(&Transaction(&pool), 1), "user1");
+/// invalidate_user_name(1).unwrap();
+/// assert_eq!(lookup_user_name(1), None);
+/// ```
 ///
 /// ```
 /// use std::marker::PhantomData;
@@ -222,10 +254,8 @@ use proc_macro::TokenStream;
 /// Refused with an explanation at the offending token: `&mut self`, `self` by value,
 /// `self: Arc<Self>` (`self: &Self` is `&self`), `&mut` parameters in the key (a hit would skip
 /// the mutation; a handle listed in `skip(...)`, such as a connection or a transaction, is
-/// accepted), `impl Trait` parameters, in the key or skipped (an `impl Trait` parameter is an
-/// anonymous type parameter: each argument type, so each closure, would get a cache of its
-/// own, which the companions could not reach; take a skipped `&dyn Fn(u8)` callback), `impl
-/// Trait` return types, returning `()`, a boxed future (what `#[async_trait]` makes of
+/// accepted), `impl Trait` parameters in the key (skip them, or name a type parameter with a
+/// `KeyPart` bound), `impl Trait` return types, returning `()`, a boxed future (what `#[async_trait]` makes of
 /// an `async fn`) or a value that borrows (a reference, or a type naming the function's
 /// lifetime; an `Err` may borrow, e.g. `Result<u8, &'static str>`, since errors are never
 /// stored; a `&'static` value is fine in a local-only cache), `const`, `unsafe` and `extern`

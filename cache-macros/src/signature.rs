@@ -80,7 +80,8 @@ pub fn analyze(
         return Err(Error::new_spanned(v, "variadic functions cannot be cached"));
     }
     // Generic functions (and functions of a generic `impl`) are fine: each instantiation
-    // gets its own cache (see `cache_runtime::__private::instance`).
+    // gets its own cache (see `cache_runtime::__private::instance`), except that type
+    // arguments only skipped parameters have are left out (see `erase`).
 
     let mut receiver = None;
     let mut pointer_receiver = false;
@@ -320,28 +321,14 @@ impl<'ast> Visit<'ast> for Finder<'_> {
             )),
             Place::Param { skipped: false } => self.fail(Error::new_spanned(
                 i,
-                format!(
-                    "`impl Trait` parameters cannot be in the key: the key needs a type that \
-                     implements `KeyPart`; name a type parameter (`fn f<T: KeyPart>(x: T)`) or \
-                     take a concrete type (e.g. `&str` instead of `impl AsRef<str>`); a parameter \
-                     that does not affect the result (a callback, a handle) can be taken as a \
-                     trait object (`{}`) and listed in `skip(...)`",
-                    trait_object(i)
-                ),
+                "`impl Trait` parameters cannot be in the key: the key needs a type that \
+                 implements `KeyPart`; name a type parameter (`fn f<T: KeyPart>(x: T)`) or take a \
+                 concrete type (e.g. `&str` instead of `impl AsRef<str>`); a parameter that does \
+                 not affect the result (a callback, a handle) can stay `impl Trait` if listed in \
+                 `skip(...)`",
             )),
-            // An `impl Trait` parameter is an anonymous type parameter: each argument type
-            // (each closure) would be an instantiation with a cache of its own, and the
-            // companions, which do not take the parameter, would reach none of them.
-            Place::Param { skipped: true } => self.fail(Error::new_spanned(
-                i,
-                format!(
-                    "a skipped `impl Trait` parameter still makes the function generic over its \
-                     type, so each argument type (each closure) would get a cache of its own, and \
-                     `invalidate_*`, `lookup_*` and `populate_*`, which do not take the parameter, \
-                     would reach none of them; take a trait object instead: `{}`",
-                    trait_object(i)
-                ),
-            )),
+            // An anonymous type parameter that only a skipped parameter has: erased, like a
+            // named one (see `erase`), so every closure shares the cache.
             _ => {}
         }
     }
@@ -398,17 +385,6 @@ impl<'ast> Visit<'ast> for Finder<'_> {
     fn visit_type_bare_fn(&mut self, i: &'ast syn::TypeBareFn) {
         // `fn(&mut T)` pointers are plain values.
         let _ = i;
-    }
-}
-
-/// `impl Fn(u8)` as the trait object to take instead: `&dyn Fn(u8)` (`&(dyn A + B)`).
-fn trait_object(i: &syn::TypeImplTrait) -> String {
-    let bounds = i.bounds.to_token_stream();
-    let text = type_text(&syn::parse_quote!(dyn #bounds));
-    if i.bounds.len() > 1 {
-        format!("&({text})")
-    } else {
-        format!("&{text}")
     }
 }
 

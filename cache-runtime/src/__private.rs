@@ -396,6 +396,9 @@ pub struct Slot {
     /// `file:line:column` of the cached function, so that two functions of the same path (in
     /// two blocks of one function) never share.
     site: &'static str,
+    /// Bit `i`: the generated function's `i`-th type or const argument (lifetimes not
+    /// counted, `impl Trait` parameters last) is left out of the instance's path.
+    erased: u64,
 }
 
 impl Slot {
@@ -405,7 +408,17 @@ impl Slot {
             generated,
             cached,
             site,
+            erased: 0,
         }
+    }
+
+    /// The type and const arguments (by position, see `erased`) that only skipped parameters
+    /// have: like the parameters, they do not tell entries apart, so every instantiation
+    /// that differs only in them shares one instance (`load::<PgPool>` and
+    /// `load::<Transaction>`), and the companions, which lack those parameters, reach it.
+    pub const fn erasing(mut self, erased: u64) -> Self {
+        self.erased = erased;
+        self
     }
 }
 
@@ -481,7 +494,7 @@ fn instance_slow<V: Send + Sync + 'static>(
         }
     }
     static REGISTRY: OnceLock<Registry> = OnceLock::new();
-    let path = instance_path(here, slot.generated, slot.cached);
+    let path = instance_path(here, slot.generated, slot.cached, slot.erased);
     let cell: &'static (dyn Any + Send + Sync) = *REGISTRY
         .get_or_init(Default::default)
         .lock()
@@ -516,25 +529,21 @@ fn instance_slow<V: Send + Sync + 'static>(
 /// `crate::Typed<'_, u8>::lookup_load<T>::{{closure}}::{{closure}}` with `generated` =
 /// `lookup_load` and `cached` = `load` → `crate::Typed<u8>::load<T>`: the trailing closures
 /// removed, the generated function's name replaced by the cached one's, erased lifetimes
-/// dropped. Falls back to the closure's name when the shape is unexpected (then each
-/// generated function has its own cache; a test in this module guards the shape).
-fn instance_path(here: &str, generated: &str, cached: &str) -> String {
+/// dropped, and the function's own arguments marked in `erased` (see [`Slot`]) left out.
+/// Falls back to the closure's name when the shape is unexpected (then each generated
+/// function has its own cache; a test in this module guards the shape).
+fn instance_path(here: &str, generated: &str, cached: &str, erased: u64) -> String {
     let mut s = here;
     while let Some(rest) = s.strip_suffix("::{{closure}}") {
         s = rest;
     }
-    // The last `::` outside angle brackets starts the generated function's segment.
-    let mut depth = 0i32;
+    // The last `::` outside brackets starts the generated function's segment.
     let mut cut = None;
-    let bytes = s.as_bytes();
-    for i in 0..bytes.len() {
-        match bytes[i] {
-            b'<' => depth += 1,
-            b'>' => depth -= 1,
-            b':' if depth == 0 && bytes.get(i + 1) == Some(&b':') => cut = Some(i),
-            _ => {}
+    scan_top_level(s, |i, bytes| {
+        if bytes[i] == b':' && bytes.get(i + 1) == Some(&b':') {
+            cut = Some(i);
         }
-    }
+    });
     let (parent, segment) = match cut {
         Some(i) => (&s[..i + 2], &s[i + 2..]),
         None => ("", s),
@@ -542,11 +551,66 @@ fn instance_path(here: &str, generated: &str, cached: &str) -> String {
     let Some(args) = segment.strip_prefix(generated) else {
         return here.to_string();
     };
-    if !(args.is_empty() || args.starts_with('<')) {
-        return here.to_string();
+    let kept = match args.strip_prefix('<').and_then(|a| a.strip_suffix('>')) {
+        None if args.is_empty() => Vec::new(),
+        None => return here.to_string(),
+        Some(inner) => top_level_args(inner)
+            .into_iter()
+            .filter(|a| *a != "'_")
+            .enumerate()
+            .filter(|(i, _)| *i >= 64 || erased & (1 << i) == 0)
+            .map(|(_, a)| a)
+            .collect(),
+    };
+    let parent = parent.replace("<'_>", "").replace("'_, ", "");
+    if kept.is_empty() {
+        format!("{parent}{cached}")
+    } else {
+        format!("{parent}{cached}<{}>", kept.join(", "))
     }
-    let path = format!("{parent}{cached}{args}");
-    path.replace("<'_>", "").replace("'_, ", "")
+}
+
+/// Calls `at(i, bytes)` for each byte of `s` outside every bracket (`<>`, `()`, `[]`, `{}`;
+/// the `>` of `->` and anything in a `char` const argument do not count).
+fn scan_top_level(s: &str, mut at: impl FnMut(usize, &[u8])) {
+    let bytes = s.as_bytes();
+    let mut depth = 0i32;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'<' | b'(' | b'[' | b'{' => depth += 1,
+            b'>' if i > 0 && bytes[i - 1] == b'-' => {}
+            b'>' | b')' | b']' | b'}' => depth -= 1,
+            // A `char` argument (`','`); `'_` is an erased lifetime.
+            b'\'' if !(bytes.get(i + 1) == Some(&b'_') && bytes.get(i + 2) != Some(&b'\'')) => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'\'' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            _ if depth == 0 => at(i, bytes),
+            _ => {}
+        }
+        i += 1;
+    }
+}
+
+/// `u8, (u8, u16), 4` → `["u8", "(u8, u16)", "4"]`.
+fn top_level_args(inner: &str) -> Vec<&str> {
+    let mut commas = Vec::new();
+    scan_top_level(inner, |i, bytes| {
+        if bytes[i] == b',' {
+            commas.push(i);
+        }
+    });
+    let mut out = Vec::with_capacity(commas.len() + 1);
+    let mut start = 0;
+    for c in commas {
+        out.push(inner[start..c].trim());
+        start = c + 1;
+    }
+    out.push(inner[start..].trim());
+    out
 }
 
 fn has_type_args(path: &str) -> bool {
@@ -584,37 +648,98 @@ mod instance_tests {
         let me = module_path!();
         let t = Typed::<u8>(PhantomData);
         assert_eq!(
-            instance_path(t.here(), "here", "load"),
+            instance_path(t.here(), "here", "load", 0),
             format!("{me}::Typed<u8>::load")
         );
         assert_eq!(
             instance_path(
                 Typed::<u64>::generic_here::<String>(),
                 "generic_here",
-                "load"
+                "load",
+                0
             ),
             format!("{me}::Typed<u64>::load<alloc::string::String>")
         );
         let fut = t.async_here();
         let here = pollster::block_on(fut);
         assert_eq!(
-            instance_path(here, "async_here", "load"),
+            instance_path(here, "async_here", "load", 0),
             format!("{me}::Typed<u8>::load")
         );
         assert_eq!(
-            instance_path(free_here(), "free_here", "square"),
+            instance_path(free_here(), "free_here", "square", 0),
             format!("{me}::square")
         );
         assert!(!has_type_args(&instance_path(
             free_here(),
             "free_here",
-            "x"
+            "x",
+            0
         )));
-        assert!(has_type_args(&instance_path(t.here(), "here", "x")));
+        assert!(has_type_args(&instance_path(t.here(), "here", "x", 0)));
         // An unexpected shape falls back to the name itself.
         assert_eq!(
-            instance_path("a::b::{{closure}}", "c", "d"),
+            instance_path("a::b::{{closure}}", "c", "d", 0),
             "a::b::{{closure}}"
+        );
+    }
+
+    fn skipping_here<E: ?Sized, const N: usize, T>(
+        _e: &E,
+        _t: T,
+        _f: impl Fn(u8) -> u8,
+    ) -> &'static str {
+        std::any::type_name_of_val(&|| ())
+    }
+
+    /// Arguments of every shape are told apart at their top-level commas, and the ones
+    /// marked erased are left out; `->` inside an argument is not a bracket.
+    #[test]
+    fn erased_arguments_leave_the_path() {
+        let me = module_path!();
+        let here = skipping_here::<(u8, u16), 3, fn(u8) -> u8>(&(1, 2), |x| x, |x| x);
+        assert_eq!(
+            instance_path(here, "skipping_here", "load", 0),
+            format!(
+                "{me}::load<(u8, u16), 3, fn(u8) -> u8, {me}::erased_arguments_leave_the_path::{{{{closure}}}}>"
+            )
+        );
+        // The executor, and the `impl Fn` (every position from the first `impl Trait` on).
+        assert_eq!(
+            instance_path(here, "skipping_here", "load", 1 | !0b111),
+            format!("{me}::load<3, fn(u8) -> u8>")
+        );
+        assert_eq!(
+            instance_path(here, "skipping_here", "load", !0),
+            format!("{me}::load")
+        );
+        // Two instantiations that differ only in erased arguments share the path.
+        let other = skipping_here::<str, 3, fn(u8) -> u8>("x", |x| x, |x: u8| x + 1);
+        assert_eq!(
+            instance_path(other, "skipping_here", "load", 1 | !0b111),
+            instance_path(here, "skipping_here", "load", 1 | !0b111)
+        );
+        // An `impl` argument with `->` keeps the cut at the function's segment.
+        assert_eq!(
+            instance_path(
+                "a::Typed<fn(u8) -> u8>::m<[u8; 3], 4>::{{closure}}",
+                "m",
+                "load",
+                0b1
+            ),
+            "a::Typed<fn(u8) -> u8>::load<4>"
+        );
+        assert_eq!(
+            instance_path("a::m<'_, ',', u8>::{{closure}}", "m", "load", 0b10),
+            "a::load<','>"
+        );
+        assert_eq!(
+            instance_path("a::Typed<'_, u8>::m<'_, u8>::{{closure}}", "m", "load", 0),
+            "a::Typed<u8>::load<u8>"
+        );
+        assert_eq!(
+            top_level_args("u8, (u8, u16), [u8; 2], fn(u8, u8) -> u8, 'x'"),
+            ["u8", "(u8, u16)", "[u8; 2]", "fn(u8, u8) -> u8", "'x'"]
         );
     }
 

@@ -1,6 +1,7 @@
 //! Generic `impl`s and generic functions: one cache per instantiation (type identity in the
-//! cache's name and in the key), in both directions, locally and in Redis. Every test starts
-//! the harness's Redis first: the runtime is configured once per process.
+//! cache's name and in the key), in both directions, locally and in Redis; type parameters
+//! that only skipped parameters have are skipped with them (one cache, one Redis key). Every
+//! test starts the harness's Redis first: the runtime is configured once per process.
 
 use std::marker::PhantomData;
 
@@ -89,6 +90,30 @@ fn companions_reach_their_own_instantiation() {
     ));
 }
 
+/// A type argument whose name has `->` (a `fn` pointer, `dyn Fn(u8) -> u8`): the wrapper
+/// and its companions still find one cache (the `>` of `->` is no bracket).
+#[test]
+fn arrow_type_arguments_keep_one_cache() {
+    shared_redis();
+    let f = typed::<fn(u8) -> u8>(4);
+    assert_eq!(f.sized_by_id(1), std::mem::size_of::<fn(u8) -> u8>() + 1);
+    assert_eq!(f.lookup_sized_by_id(1), Some(f.sized_by_id(1)));
+    assert_eq!(
+        Typed::<fn(u8) -> u8>::sized_by_id_cache()
+            .stats()
+            .body_calls,
+        1
+    );
+    f.invalidate_sized_by_id(1).unwrap();
+    assert_eq!(f.lookup_sized_by_id(1), None);
+    assert!(Typed::<fn(u8) -> u8>::sized_by_id_cache()
+        .name()
+        .ends_with("Typed<fn(u8) -> u8>::sized_by_id"));
+    let b = typed::<Box<dyn Fn(u8) -> u8 + Send + Sync>>(4);
+    b.sized_by_id(2);
+    assert!(b.lookup_sized_by_id(2).is_some());
+}
+
 #[test]
 fn generic_function_per_instantiation() {
     shared_redis();
@@ -123,6 +148,67 @@ fn redis_keys_carry_the_instantiation() {
     Typed::<u8>::invalidate_sized(9).unwrap();
     assert_eq!(Typed::<u8>::lookup_sized(9), None);
     assert_eq!(Typed::<u64>::lookup_sized(9), Some(8009));
+}
+
+/// sqlx's `E: Executor` shape: a handle the body reads through, skipped.
+trait Executor: Sync {
+    fn row(&self, id: u64) -> String;
+}
+
+struct Pool;
+struct Transaction<'p>(#[allow(dead_code)] &'p Pool);
+
+impl Executor for Pool {
+    fn row(&self, id: u64) -> String {
+        format!("pool-row{id}")
+    }
+}
+
+impl Executor for Transaction<'_> {
+    fn row(&self, id: u64) -> String {
+        format!("tx-row{id}")
+    }
+}
+
+static EXECUTOR_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[cached(tier = "redis", ttl = 300, key = "exec-user:<id>", skip(ex))]
+fn exec_user<E: Executor>(ex: &E, id: u64) -> String {
+    EXECUTOR_RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    ex.row(id)
+}
+
+#[test]
+fn skipped_type_parameters_share_one_redis_key() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let server = shared_redis();
+    let pool = Pool;
+    assert_eq!(exec_user(&pool, 5), "pool-row5");
+    // Read through a transaction: the pool's entry, from Redis (no local tier).
+    assert_eq!(exec_user(&Transaction(&pool), 5), "pool-row5");
+    assert_eq!(
+        EXECUTOR_RUNS.load(SeqCst),
+        1,
+        "the transaction missed the entry"
+    );
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("{t:*}:v2:*exec-user:5")
+        .query(&mut server.client())
+        .unwrap();
+    assert_eq!(keys.len(), 1, "one key for every executor: {keys:?}");
+    assert!(
+        !keys[0].contains('<'),
+        "no executor type in the key: {keys:?}"
+    );
+    assert_eq!(
+        exec_user_cache().redis_key("exec-user:5").as_deref(),
+        Some(keys[0].as_str())
+    );
+    // One invalidation, naming no type, reaches both.
+    invalidate_exec_user(5).unwrap();
+    assert_eq!(exec_user(&Transaction(&pool), 5), "tx-row5");
+    assert_eq!(exec_user(&pool, 5), "tx-row5");
+    assert_eq!(EXECUTOR_RUNS.load(SeqCst), 2);
 }
 
 #[cached(ttl = 60)]

@@ -3,9 +3,8 @@
 //! repositories, trait impls, an axum handler on a `Router`), each called twice with the body
 //! running once, then invalidated and called again with the body running again. Local tier
 //! only. The refused neighbours have fail cases: `impl Trait` parameters in the key
-//! (`impl_trait_param`) or skipped (`skipped_impl_trait_param`: take `&dyn Fn(u8)`), `unsafe
-//! fn` (`unsafe_fn`), `extern` (`extern_fn`), `self: Arc<Self>` (`self_typed_receiver`), a
-//! key type without `KeyPart` (`param_not_key_part`).
+//! (`impl_trait_param`), `unsafe fn` (`unsafe_fn`), `extern` (`extern_fn`), `self:
+//! Arc<Self>` (`self_typed_receiver`), a key type without `KeyPart` (`param_not_key_part`).
 #![deny(warnings)]
 
 use std::borrow::Cow;
@@ -112,6 +111,46 @@ pub mod sqlx {
     }
 
     impl std::error::Error for Error {}
+
+    pub trait Database: Send + Sync + 'static {}
+
+    impl Database for Postgres {}
+
+    /// A transaction borrows a connection of the pool.
+    pub struct Transaction<'c, DB> {
+        pool: &'c Pool<DB>,
+    }
+
+    impl<DB> Pool<DB> {
+        pub fn begin(&self) -> Transaction<'_, DB> {
+            Transaction { pool: self }
+        }
+    }
+
+    /// sqlx's `Executor<'c>`: implemented by `&Pool` and `&mut Transaction`, taken by value.
+    pub trait Executor<'c>: Send + Sized {
+        type Database: Database;
+
+        fn fetch_name(self, id: i64) -> Result<String, Error>;
+    }
+
+    impl<'c, DB: Database> Executor<'c> for &'c Pool<DB> {
+        type Database = DB;
+
+        fn fetch_name(self, id: i64) -> Result<String, Error> {
+            self.query();
+            Ok(format!("name{id}"))
+        }
+    }
+
+    impl<'c, 't, DB: Database> Executor<'c> for &'c mut Transaction<'t, DB> {
+        type Database = DB;
+
+        fn fetch_name(self, id: i64) -> Result<String, Error> {
+            self.pool.query();
+            Ok(format!("name{id}"))
+        }
+    }
 }
 
 /// anyhow's shape: `anyhow::Result<T>` with a defaulted, non-`Clone` error.
@@ -783,8 +822,8 @@ impl Version {
     }
 }
 
-/// sqlx's `E: Executor` pattern: a type parameter only a skipped parameter has. One cache
-/// per executor type; the companions take the type (`::<PgPool>`).
+/// sqlx's `E: Executor` pattern: a type parameter only a skipped parameter has is skipped
+/// with it. Every executor type shares the cache; the companions do not have `E`.
 pub trait Executor {
     fn fetch_one(&self, id: i64) -> String;
 }
@@ -802,6 +841,71 @@ static EXECUTOR: Runs = Runs::new();
 fn fetch_with<E: Executor + ?Sized>(ex: &E, id: i64) -> String {
     EXECUTOR.hit();
     ex.fetch_one(id)
+}
+
+impl Executor for str {
+    fn fetch_one(&self, id: i64) -> String {
+        format!("row{id}")
+    }
+}
+
+static SQLX_EXECUTOR: Runs = Runs::new();
+
+/// sqlx's own signature: read through `&PgPool` or `&mut Transaction` alike; `DB` is named
+/// only by the executor's bound, so it goes with it.
+#[cached(ttl = 60, key = "user-name:<id>", skip(ex))]
+async fn user_name<'c, E, DB>(ex: E, id: i64) -> Result<String, sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = DB>,
+    DB: sqlx::Database,
+{
+    SQLX_EXECUTOR.hit();
+    ex.fetch_name(id)
+}
+
+static KEYED_EXECUTOR: Runs = Runs::new();
+
+/// A type parameter in the key stays one (entries per `K`); the executor's goes.
+#[cached(ttl = 60, skip(ex))]
+fn keyed_with<K: KeyPart + fmt::Display, E: Executor + ?Sized>(ex: &E, k: K) -> String {
+    KEYED_EXECUTOR.hit();
+    format!("{k}:{}", ex.fetch_one(0))
+}
+
+pub trait Table {
+    const NAME: &'static str;
+}
+
+pub struct Users;
+pub struct Orders;
+
+impl Table for Users {
+    const NAME: &'static str = "users";
+}
+
+impl Table for Orders {
+    const NAME: &'static str = "orders";
+}
+
+static COUNT: Runs = Runs::new();
+
+/// A type parameter no parameter has (chosen by turbofish) changes the result: it splits
+/// the cache, and the companions name it.
+#[cached(ttl = 60, skip(pool))]
+fn row_count<T: Table>(pool: &sqlx::PgPool) -> String {
+    COUNT.hit();
+    pool.query();
+    T::NAME.to_string()
+}
+
+static IMPORT: Runs = Runs::new();
+
+/// A skipped `impl Fn` callback: every closure shares the cache.
+#[cached(ttl = 60, skip(on_progress))]
+fn import(batch: u32, on_progress: impl Fn(u8) + Send) -> u32 {
+    IMPORT.hit();
+    on_progress(100);
+    batch * 2
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1229,8 +1333,77 @@ pub async fn main() {
     once_then_again!(
         EXECUTOR,
         fetch_with(&*pool, 1),
-        invalidate_fetch_with::<sqlx::PgPool>(1).unwrap()
+        invalidate_fetch_with(1).unwrap()
     );
+    // Another executor type reads the same entry.
+    let runs = EXECUTOR.get();
+    assert_eq!(fetch_with("conn", 1), "row1");
+    assert_eq!(EXECUTOR.get(), runs);
+    assert_eq!(fetch_with_cache().name(), fetch_with_cache().name());
+    assert!(!fetch_with_cache().name().contains('<'));
+
+    // sqlx's executor: a read through a transaction is a hit of the pool's entry, and
+    // one invalidation (no type named) drops it for both.
+    let before = SQLX_EXECUTOR.get();
+    assert_eq!(user_name(&*pool, 4).await.unwrap(), "name4");
+    {
+        let mut tx = pool.begin();
+        assert_eq!(user_name(&mut tx, 4).await.unwrap(), "name4");
+    }
+    assert_eq!(
+        SQLX_EXECUTOR.get() - before,
+        1,
+        "a transaction missed the pool's entry"
+    );
+    invalidate_user_name(4).await.unwrap();
+    {
+        let mut tx = pool.begin();
+        assert_eq!(user_name(&mut tx, 4).await.unwrap(), "name4");
+    }
+    assert_eq!(user_name(&*pool, 4).await.unwrap(), "name4");
+    assert_eq!(
+        SQLX_EXECUTOR.get() - before,
+        2,
+        "the invalidation missed an executor"
+    );
+    assert_eq!(lookup_user_name(4).await, Some("name4".to_string()));
+
+    let before = KEYED_EXECUTOR.get();
+    assert_eq!(keyed_with(&*pool, 7u8), "7:row0");
+    assert_eq!(keyed_with("conn", 7u8), "7:row0");
+    assert_eq!(keyed_with("conn", 7u16), "7:row0");
+    assert_eq!(
+        KEYED_EXECUTOR.get() - before,
+        2,
+        "per key type, not per executor"
+    );
+    assert_eq!(lookup_keyed_with::<u8>(7), Some("7:row0".to_string()));
+    invalidate_keyed_with(7u16).unwrap();
+    assert_eq!(lookup_keyed_with::<u16>(7), None);
+    assert_eq!(lookup_keyed_with::<u8>(7), Some("7:row0".to_string()));
+
+    let before = COUNT.get();
+    assert_eq!(row_count::<Users>(&pool), "users");
+    assert_eq!(row_count::<Orders>(&pool), "orders");
+    assert_eq!(row_count::<Users>(&pool), "users");
+    assert_eq!(COUNT.get() - before, 2);
+    invalidate_row_count::<Orders>().unwrap();
+    assert_eq!(lookup_row_count::<Users>(), Some("users".to_string()));
+    assert_eq!(lookup_row_count::<Orders>(), None);
+
+    let before = IMPORT.get();
+    assert_eq!(import(3, |_| {}), 6);
+    let seen = AtomicUsize::new(0);
+    assert_eq!(
+        import(3, |p| {
+            seen.fetch_add(p as usize, Ordering::SeqCst);
+        }),
+        6
+    );
+    assert_eq!(IMPORT.get() - before, 1, "another closure missed the entry");
+    assert_eq!(seen.load(Ordering::SeqCst), 0, "a hit runs no body");
+    invalidate_import(3).unwrap();
+    assert_eq!(lookup_import(3), None);
 
     // Modules.
     once_then_again!(db::users::NAME, db::name(1), handlers::rename(1));
