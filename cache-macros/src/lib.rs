@@ -67,7 +67,7 @@ use proc_macro::TokenStream;
 /// | `purge` | `["/users/<id>"]` | none | Edge (CDN) paths that `invalidate_NAME`, `populate_NAME` and `refresh_NAME` purge through `cache_runtime::edge`; arguments are percent-encoded. |
 /// | `jitter` | fraction in (0, 0.5] | none | Spread each entry's TTL by ± this fraction. |
 /// | `mode` | `"normal"`, `"observe"`, `"bypass"` | `"normal"` | The starting mode (switch at run time with `NAME_cache().set_mode(..)`). |
-/// | `crate` | path string: `"my_app::cache"` | `"::cache_runtime"` | Where the generated code finds the runtime, for a crate that renames or re-exports it (as serde's `#[serde(crate = "...")]`). |
+/// | `crate` | path string: `"my_app::cache"` | the runtime's name in your `Cargo.toml` (`::cache_runtime`, or the name a `package = "cache-runtime"` rename gives it) | Where the generated code finds the runtime, for a crate that reaches it through a re-export (a facade crate; as serde's `#[serde(crate = "...")]`). |
 /// | `in_trait` | `true`/`false`, or bare `in_trait` | `false` | A method of a trait impl, or a trait's default method: generate the function alone, without companions. See [Trait impls](#trait-impls). Not with `purge` or `etag`. |
 ///
 /// # Generated items

@@ -498,7 +498,7 @@ impl Raw {
             }
         }
         let krate = match &self.krate {
-            None => syn::parse_quote!(::cache_runtime),
+            None => runtime_path(),
             Some(lit) => lit.parse::<syn::Path>().map_err(|_| {
                 Error::new(
                     lit.span(),
@@ -594,4 +594,21 @@ fn unknown_msg(what: &str) -> String {
         "unknown option {what}; expected one of: {}",
         KNOWN.join(", ")
     )
+}
+
+/// The runtime crate's path in the calling crate: `::cache_runtime`, or its name there when
+/// its `Cargo.toml` renames the dependency (`cache = { package = "cache-runtime", .. }`, also
+/// through `[workspace.dependencies]`). `crate = "..."` overrides it (a re-export).
+fn runtime_path() -> syn::Path {
+    use proc_macro_crate::{crate_name, FoundCrate};
+    match crate_name("cache-runtime") {
+        Ok(FoundCrate::Name(name)) if name != "cache_runtime" => {
+            let ident = syn::Ident::new(&name, proc_macro2::Span::call_site());
+            syn::parse_quote!(::#ident)
+        }
+        // The runtime's own tests, examples and doctests reach it as `::cache_runtime`; a
+        // crate that does not name it (a facade's user) gets rustc's error, with `crate =
+        // "..."` in the docs.
+        _ => syn::parse_quote!(::cache_runtime),
+    }
 }
