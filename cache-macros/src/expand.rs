@@ -407,7 +407,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
 
 /// The runtime's path with every token at `span`, for code spanned at a user token: a
 /// diagnostic about that code then points at the token alone.
-fn at(k: &syn::Path, span: Span) -> TokenStream {
+pub(crate) fn at(k: &syn::Path, span: Span) -> TokenStream {
     respan(k.to_token_stream(), span)
 }
 

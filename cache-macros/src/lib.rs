@@ -5,6 +5,7 @@ mod duration;
 mod erase;
 mod expand;
 mod forward;
+mod key_part;
 mod options;
 mod signature;
 mod template;
@@ -411,6 +412,59 @@ pub fn cached(attr: TokenStream, item: TokenStream) -> TokenStream {
             out.into()
         }
     }
+}
+
+/// Derives `cache_runtime::key::KeyPart` (use it through `cache_runtime::key::KeyPart`), so
+/// a struct or an enum can be a key parameter or a `<placeholder>` of a key template. Every
+/// field is written with its own `KeyPart` impl, and distinct values never share a key:
+///
+/// - a newtype is its field (`UserId(7)` → `7`);
+/// - named fields are `{name=value,name=value}`; other tuple fields `[a+b]`, like a tuple; a
+///   unit struct writes nothing;
+/// - an enum variant is its name, then its fields as above (`All`, `ById[7]`, `Page{n=2}`).
+///
+/// `#[key(skip)]` on a field leaves it out (what does not change the result: a request id,
+/// a trace span). Type parameters get a `KeyPart` bound. Unions are refused.
+///
+/// ```
+/// use cache_runtime::cached;
+/// use cache_runtime::key::{KeyPart, KeyWriter};
+///
+/// #[derive(KeyPart)]
+/// struct UserId(u64);
+///
+/// #[derive(KeyPart)]
+/// enum Sort { Newest, ByScore { min: u32 } }
+///
+/// #[derive(KeyPart)]
+/// struct Search {
+///     text: String,
+///     page: u32,
+///     sort: Sort,
+///     #[key(skip)]
+///     request_id: u64,
+/// }
+///
+/// #[cached(ttl = 60, key = "search:<user>:<q>")]
+/// fn search(user: UserId, q: &Search) -> Vec<String> {
+///     vec![format!("{} p{}", q.text, q.page)]
+/// }
+///
+/// let q = Search { text: "a b".into(), page: 2, sort: Sort::ByScore { min: 3 }, request_id: 1 };
+/// let mut w = KeyWriter::with_head("");
+/// q.write_key(&mut w);
+/// assert_eq!(w.finish(), "{text=a%20b,page=2,sort=ByScore{min=3}}");
+/// assert_eq!(search(UserId(7), &q), ["a b p2"]);
+/// let other_request = Search { request_id: 2, ..q };
+/// assert_eq!(lookup_search(UserId(7), &other_request), Some(vec!["a b p2".to_string()]));
+/// ```
+#[proc_macro_derive(KeyPart, attributes(key))]
+pub fn derive_key_part(item: TokenStream) -> TokenStream {
+    let krate = options::runtime_path();
+    syn::parse::<syn::DeriveInput>(item)
+        .and_then(|input| key_part::derive(input, &krate))
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
 }
 
 /// The key separators as an array literal, `&[':', '/', ...]`, for

@@ -599,7 +599,7 @@ fn unknown_msg(what: &str) -> String {
 /// The runtime crate's path in the calling crate: `::cache_runtime`, or its name there when
 /// its `Cargo.toml` renames the dependency (`cache = { package = "cache-runtime", .. }`, also
 /// through `[workspace.dependencies]`). `crate = "..."` overrides it (a re-export).
-fn runtime_path() -> syn::Path {
+pub(crate) fn runtime_path() -> syn::Path {
     use proc_macro_crate::{crate_name, FoundCrate};
     match crate_name("cache-runtime") {
         Ok(FoundCrate::Name(name)) if name != "cache_runtime" => {

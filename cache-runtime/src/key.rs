@@ -521,7 +521,8 @@ fn needs_escape(c: char) -> bool {
 /// and `Cow`, floats, `Duration`, paths and OS strings, IP and socket addresses, and with the
 /// `uuid` / `chrono` features `uuid::Uuid` and chrono's dates and times. Not for `HashMap` /
 /// `HashSet`: their order differs between processes (take a `BTreeMap` / `BTreeSet`).
-/// Implement it for your own key types; the encoding must be injective (distinct values,
+/// Derive it for your own key types (`#[derive(KeyPart)]`, see [the derive](macro@KeyPart)), or
+/// implement it; the encoding must be injective (distinct values,
 /// distinct output) and must escape separators, which [`KeyWriter::str`] and
 /// [`KeyWriter::display`] do for you:
 ///
@@ -542,14 +543,30 @@ fn needs_escape(c: char) -> bool {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be used in a cache key",
     label = "this value is interpolated into the cache key",
-    note = "implement `cache_runtime::key::KeyPart` for `{Self}` (usually `w.display(&self.id)`; \
-            for a type of another crate, on a newtype around it), use a field with \
+    note = "add `#[derive(cache_runtime::key::KeyPart)]` to `{Self}` or implement the trait (for \
+            a type of another crate, on a newtype around it), use a field with \
             `<param.field>`, or list the parameter in `skip(...)`"
 )]
 pub trait KeyPart {
     /// Appends this value's encoding.
     fn write_key(&self, w: &mut KeyWriter);
 }
+
+/// `#[derive(KeyPart)]` for structs and enums: every field with its own `KeyPart`
+/// (`{name=value,..}`, `[a+b]`, a newtype as its field, an enum variant's name first);
+/// `#[key(skip)]` leaves a field out. See [the derive's docs](macro@KeyPart).
+///
+/// ```
+/// use cache_runtime::key::{KeyPart, KeyWriter};
+///
+/// #[derive(KeyPart)]
+/// struct Page { tenant: u32, n: u32 }
+///
+/// let mut w = KeyWriter::with_head("");
+/// Page { tenant: 4, n: 2 }.write_key(&mut w);
+/// assert_eq!(w.finish(), "{tenant=4,n=2}");
+/// ```
+pub use cache_macros::KeyPart;
 
 macro_rules! int_key_part {
     ($($t:ty),*) => {$(

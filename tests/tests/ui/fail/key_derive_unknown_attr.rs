@@ -1,0 +1,9 @@
+use cache_runtime::key::KeyPart;
+
+#[derive(KeyPart)]
+struct Query {
+    #[key(rename = "q")]
+    text: String,
+}
+
+fn main() {}
