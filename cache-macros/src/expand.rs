@@ -27,6 +27,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         opts.returns,
         &opts.krate,
         (&opts.skip, opts.tier != Tier::Local),
+        opts.in_trait.is_some(),
     )?;
     let timeout_span = opts
         .fail_safe
@@ -146,8 +147,12 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     let self_arg = is_method.then(|| quote!(&self,));
     let call_args: Vec<&Ident> = a.params.iter().map(|p| &p.ident).collect();
     let body = &f.block;
+    // `#[async_trait]`'s boxed future, made before the wrapper's own (see the wrapper).
+    let boxed_body = Ident::new("__body", Span::mixed_site());
     // The body as a closure (blocking) or a future (async).
-    let (body_closure, body_future) = if carries_body {
+    let (body_closure, body_future) = if a.boxed.is_some() {
+        (quote!(), quote!(#boxed_body))
+    } else if carries_body {
         (quote!(move || -> #ret #body), quote!(async move #body))
     } else {
         let call = quote!(self.#uncached(#(#call_args),*));
@@ -302,13 +307,26 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     } else {
         at_wrapper
     };
-    let wrapper = quote! {
-        #at_wrapper
-        #vis #asyncness fn #name #generics (#wrapper_inputs) -> #ret #where_clause {
-            #alias_check
-            #p_wrapper
-            #cache.#get_or_load #aw
-        }
+    let wrapper = match &a.boxed {
+        None => quote! {
+            #at_wrapper
+            #vis #asyncness fn #name #generics (#wrapper_inputs) -> #ret #where_clause {
+                #alias_check
+                #p_wrapper
+                #cache.#get_or_load #aw
+            }
+        },
+        // `#[async_trait]` went first: the key is built from the arguments before its boxed
+        // future takes them, and the wrapper returns a boxed future of its own.
+        Some(boxed_ret) => quote! {
+            #at_wrapper
+            #vis fn #name #generics (#wrapper_inputs) -> #boxed_ret #where_clause {
+                #alias_check
+                #p_wrapper
+                let #boxed_body = #body;
+                ::std::boxed::Box::pin(async move { #cache.#get_or_load #aw })
+            }
+        },
     };
     if in_trait {
         return Ok(wrapper);
@@ -500,6 +518,17 @@ fn check_detached(opts: &Options, a: &Analyzed) -> syn::Result<bool> {
         (None, None) => return Ok(false),
     };
     let (name, span) = option;
+    if a.boxed.is_some() {
+        return Err(Error::new(
+            span,
+            format!(
+                "`{name}` runs the body in the background after the caller returned, which the \
+                 future of an `#[async_trait]` method (it borrows its arguments for \
+                 `'async_trait`) cannot do; cache a free `async fn` taking owned arguments and \
+                 call it from the method"
+            ),
+        ));
+    }
     if !a.is_async {
         return Err(Error::new(
             span,

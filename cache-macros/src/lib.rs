@@ -256,8 +256,8 @@ use proc_macro::TokenStream;
 /// `self: Arc<Self>` (`self: &Self` is `&self`), `&mut` parameters in the key (a hit would skip
 /// the mutation; a handle listed in `skip(...)`, such as a connection or a transaction, is
 /// accepted), `impl Trait` parameters in the key (skip them, or name a type parameter with a
-/// `KeyPart` bound), `impl Trait` return types, returning `()`, a boxed future (what `#[async_trait]` makes of
-/// an `async fn`) or a value that borrows (a reference, or a type naming the function's
+/// `KeyPart` bound), `impl Trait` return types, returning `()`, a boxed future outside an
+/// `#[async_trait]` impl's `in_trait` method, or a value that borrows (a reference, or a type naming the function's
 /// lifetime; an `Err` may borrow, e.g. `Result<u8, &'static str>`, since errors are never
 /// stored; a `&'static` value is fine in a local-only cache), `const`, `unsafe` and `extern`
 /// functions, and parameter patterns (`(a, b): (u8, u8)`, `_`: name the parameter and `skip`
@@ -308,9 +308,41 @@ use proc_macro::TokenStream;
 ///
 /// Without `in_trait`, rustc reports every companion as not a member of the trait (`E0407`);
 /// the first error, ``const `__NAME_in_a_trait_impl_needs_the_in_trait_option` is not a member
-/// of trait``, names the fix. `#[async_trait]` turns an `async fn` into a boxed future before
-/// `#[cached]` sees it: with it, cache an inherent `async fn` and call it from the trait method
-/// (native `async fn` in traits needs nothing more).
+/// of trait``, names the fix.
+///
+/// In an `#[async_trait]` impl, `in_trait` works the same way: `#[async_trait]` runs first and
+/// turns the `async fn` into a method returning `Pin<Box<dyn Future<Output = T> + Send>>`, and
+/// `#[cached]` caches `T` (the key is built from the arguments before the boxed future takes
+/// them), through `dyn Trait` too. `soft_timeout` and `refresh_ahead` are refused there: that
+/// future borrows its arguments, so it cannot finish in the background.
+///
+/// ```
+/// use async_trait::async_trait;
+/// use cache_runtime::cached;
+///
+/// #[async_trait]
+/// trait UserRepo: Send + Sync {
+///     async fn find(&self, id: u64) -> Result<Option<String>, String>;
+/// }
+///
+/// struct Pg { tenant: u64 }
+///
+/// #[async_trait]
+/// impl UserRepo for Pg {
+///     #[cached(in_trait, ttl = 60, key = "user:<self.tenant>:<id>", tags = ["user:<id>"])]
+///     async fn find(&self, id: u64) -> Result<Option<String>, String> {
+///         Ok(Some(format!("user {id} of tenant {}", self.tenant)))
+///     }
+/// }
+///
+/// let repo: Box<dyn UserRepo> = Box::new(Pg { tenant: 7 });
+/// let found = pollster::block_on(repo.find(1));
+/// assert_eq!(found, Ok(Some("user 1 of tenant 7".to_string())));
+/// cache_runtime::invalidate_tag_blocking("user:1").unwrap();
+/// ```
+///
+/// Or cache an inherent or free function and call it from the trait method, which also gives
+/// the companions:
 ///
 /// ```
 /// use cache_runtime::cached;

@@ -26,7 +26,11 @@ pub enum Kind {
 }
 
 pub struct Analyzed {
+    /// An `async fn`, or a method whose `#[async_trait]` made it return a boxed future.
     pub is_async: bool,
+    /// The boxed future's type as the signature writes it (`Pin<Box<dyn Future<Output =
+    /// T> + Send + 'async_trait>>`) when `#[async_trait]` went first; `ret` is then `T`.
+    pub boxed: Option<Type>,
     /// Span of `self` when the function is a `&self` method.
     pub receiver: Option<Span>,
     /// The receiver is a reference to a pointer to `Self` (`self: &Arc<Self>`).
@@ -59,6 +63,7 @@ pub fn analyze(
     returns: Returns,
     krate: &syn::Path,
     (skip, redis): (&[Ident], bool),
+    in_trait: bool,
 ) -> syn::Result<Analyzed> {
     let sig = &f.sig;
     if let Some(c) = &sig.constness {
@@ -183,6 +188,13 @@ pub fn analyze(
         }
         ReturnType::Type(_, ty) => (**ty).clone(),
     };
+    // `#[async_trait]` on the impl runs first and turns `async fn f(..) -> T` into
+    // `fn f(..) -> Pin<Box<dyn Future<Output = T> + Send + '_>>`: cached as the `async fn`,
+    // the wrapper boxing its own future.
+    let (ret, boxed) = match boxed_future(&ret) {
+        Some((_, Some(output))) if in_trait => (output, Some(ret)),
+        _ => (ret, None),
+    };
     check_return_type(&ret)?;
     let fn_lifetimes: Vec<&syn::Lifetime> = sig.generics.lifetimes().map(|l| &l.lifetime).collect();
 
@@ -253,7 +265,8 @@ pub fn analyze(
         ));
     }
     Ok(Analyzed {
-        is_async: sig.asyncness.is_some(),
+        is_async: sig.asyncness.is_some() || boxed.is_some(),
+        boxed,
         receiver,
         pointer_receiver,
         params,
@@ -410,12 +423,12 @@ fn check_return_type(ty: &Type) -> syn::Result<()> {
             ));
         }
     }
-    if let Some(span) = boxed_future(ty) {
+    if let Some((span, _)) = boxed_future(ty) {
         return Err(Error::new(
             span,
             "a cached function cannot return a boxed future (it cannot be stored or cloned): \
-             write an `async fn` (in a trait: a native `async fn` with `#[cached(in_trait)]`, \
-             not `#[async_trait]`)",
+             write an `async fn`; in an `#[async_trait]` impl, add `in_trait` \
+             (`#[cached(in_trait, ...)]`) and the method's output is cached",
         ));
     }
     find(ty, Place::Return)
@@ -426,8 +439,8 @@ fn check_value_type(ty: &Type, lifetimes: &[&syn::Lifetime], redis: bool) -> syn
 }
 
 /// `Pin<Box<dyn Future<..>>>` (what `#[async_trait]` and hand-written trait objects
-/// return): the span of the `dyn` type.
-fn boxed_future(ty: &Type) -> Option<Span> {
+/// return): the span of the `dyn` type, and its `Output` type.
+fn boxed_future(ty: &Type) -> Option<(Span, Option<Type>)> {
     let (pin, args) = last_segment(ty)?;
     if pin != "Pin" {
         return None;
@@ -439,15 +452,18 @@ fn boxed_future(ty: &Type) -> Option<Span> {
     let Type::TraitObject(obj) = inner.first()? else {
         return None;
     };
-    obj.bounds
-        .iter()
-        .any(|b| match b {
-            syn::TypeParamBound::Trait(t) => {
-                t.path.segments.last().is_some_and(|s| s.ident == "Future")
-            }
-            _ => false,
-        })
-        .then(|| obj.span())
+    let future = obj.bounds.iter().find_map(|b| match b {
+        syn::TypeParamBound::Trait(t) => t.path.segments.last().filter(|s| s.ident == "Future"),
+        _ => None,
+    })?;
+    let output = match &future.arguments {
+        PathArguments::AngleBracketed(a) => a.args.iter().find_map(|g| match g {
+            GenericArgument::AssocType(at) if at.ident == "Output" => Some(at.ty.clone()),
+            _ => None,
+        }),
+        _ => None,
+    };
+    Some((obj.span(), output))
 }
 
 /// A type as written, without the token stream's spaces (`Arc<Self>`, not `Arc < Self >`).
