@@ -17,6 +17,7 @@ use syn::{Error, Ident, ItemFn};
 use crate::erase;
 use crate::forward::{Forwarded, Target};
 use crate::options::{Options, Tier};
+use crate::patterns;
 use crate::signature::{Analyzed, Kind, Param};
 use crate::template::{self, Segment};
 
@@ -60,10 +61,12 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     // A function that carries its body (see the module docs) keeps its parameters' `mut`; a
     // method passes them on to `self.NAME_uncached(..)`, so they lose it (else `unused_mut`).
     let inputs = &f.sig.inputs;
+    // Parameter patterns (`Path(id): Path<u64>`) are taken whole (see `patterns`).
+    let whole_inputs = patterns::whole(inputs, &a.params);
     let wrapper_inputs = if carries_body {
-        inputs.clone()
+        whole_inputs
     } else {
-        without_mut(inputs)
+        without_mut(&whole_inputs)
     };
 
     let uncached = format_ident!("{}_uncached", name);
@@ -122,10 +125,16 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         }
     };
     let build_key = plan.tokens(k, &inst, &cache);
-    let prologue = |generated: &Ident, erased: u64| {
+    // The key reads parameter patterns' bindings by reference: every pattern in the
+    // functions that take every parameter, the key parameters' in the companions.
+    let skipped = |n: &str| opts.skip.iter().any(|s| s.unraw() == n);
+    let refs_all = patterns::by_ref(&a.params, &skipped);
+    let refs_key = patterns::by_ref(plan.key_params.iter().copied(), &skipped);
+    let prologue = |generated: &Ident, erased: u64, refs: &TokenStream| {
         let get = get_instance(generated, erased);
         quote! {
             #get
+            #refs
             let #key = #build_key;
         }
     };
@@ -146,7 +155,10 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     // `self` first for methods; then the parameters.
     let self_arg = is_method.then(|| quote!(&self,));
     let call_args: Vec<&Ident> = a.params.iter().map(|p| &p.ident).collect();
-    let body = &f.block;
+    let block = &f.block;
+    // A function that carries its body destructures its parameter patterns first.
+    let destructure = patterns::by_value(&a.params);
+    let body = &quote!({ #destructure #block });
     // `#[async_trait]`'s boxed future, made before the wrapper's own (see the wrapper).
     let boxed_body = Ident::new("__body", Span::mixed_site());
     // The body as a closure (blocking) or a future (async).
@@ -171,7 +183,12 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         .into_iter()
         .map(String::from)
         .chain((1..).map(|n| format!("value_{n}")))
-        .find(|v| !a.params.iter().any(|p| p.ident.unraw() == v.as_str()))
+        .find(|v| {
+            !a.params
+                .iter()
+                .flat_map(|p| &p.names)
+                .any(|n| n.unraw() == v.as_str())
+        })
         .map(|v| Ident::new(&v, Span::call_site()))
         .expect("finitely many parameters");
 
@@ -298,7 +315,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     ]
     .map(|t| fwd.for_target(t));
 
-    let p_wrapper = prologue(name, erasure.mask);
+    let p_wrapper = prologue(name, erasure.mask, &refs_all);
     let alias_check = alias_check(k, &a);
     // With `in_trait` the wrapper is also the body: it takes the attributes of both (a
     // `#[tracing::instrument]` below `#[cached]` then traces every call, hits included).
@@ -339,11 +356,11 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         name.unraw(),
         span = name.span()
     );
-    let p_entry = prologue(&entry, erasure.mask);
-    let p_invalidate = prologue(&invalidate, 0);
-    let p_populate = prologue(&populate, 0);
-    let p_lookup = prologue(&lookup, 0);
-    let p_refresh = prologue(&refresh, erasure.mask);
+    let p_entry = prologue(&entry, erasure.mask, &refs_all);
+    let p_invalidate = prologue(&invalidate, 0, &refs_key);
+    let p_populate = prologue(&populate, 0, &refs_key);
+    let p_lookup = prologue(&lookup, 0, &refs_key);
+    let p_refresh = prologue(&refresh, erasure.mask, &refs_all);
     let get_accessor = get_instance(&accessor, 0);
     let companion_generics = &erasure.kept;
     let companion_where = &companion_generics.where_clause;
@@ -360,7 +377,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         // A function without `self` carries its body, so this may be unused.
         #[allow(dead_code)]
         #at_uncached
-        #vis #asyncness fn #uncached #generics (#inputs) -> #ret #where_clause #body
+        #vis #asyncness fn #uncached #generics (#inputs) -> #ret #where_clause #block
 
         #[doc = #doc_entry]
         #at_entry
@@ -548,12 +565,16 @@ fn check_detached(opts: &Options, a: &Analyzed) -> syn::Result<bool> {
     }
     for p in &a.params {
         if let Some(span) = borrowed(&p.ty) {
+            let shown = match &p.pattern {
+                Some(pat) => pat.to_token_stream().to_string(),
+                None => p.ident.to_string(),
+            };
             return Err(Error::new(
                 span,
                 format!(
                     "`{name}` runs the body in the background after the caller returned, so parameter \
                      `{}` must be owned (e.g. `String` instead of `&str`, `Arc<T>` instead of `&T`)",
-                    p.ident
+                    shown
                 ),
             ));
         }
@@ -793,7 +814,12 @@ fn template_pieces(
                         ),
                     ));
                 }
-                let param = a.params.iter().find(|p| p.ident.unraw() == root);
+                // A parameter's name, or a binding of its pattern (`id` of `Path(id)`).
+                let param = a
+                    .params
+                    .iter()
+                    .flat_map(|p| &p.names)
+                    .find(|n| n.unraw() == root);
                 if !is_self && param.is_none() {
                     return Err(Error::new(
                         lit.span(),
@@ -812,8 +838,8 @@ fn template_pieces(
                     ));
                 }
                 let root_tokens = match param {
-                    Some(p) => {
-                        let mut id = p.ident.clone();
+                    Some(name) => {
+                        let mut id = name.clone();
                         id.set_span(lit.span());
                         quote!(#id)
                     }
@@ -856,7 +882,8 @@ impl<'a> KeyPlan<'a> {
             let mut names: Vec<String> = a
                 .params
                 .iter()
-                .map(|p| p.ident.unraw().to_string())
+                .flat_map(|p| &p.names)
+                .map(|n| n.unraw().to_string())
                 .collect();
             if is_method {
                 names.insert(0, "self".into());
@@ -868,8 +895,12 @@ impl<'a> KeyPlan<'a> {
             }
         };
         for s in &opts.skip {
-            let known =
-                a.params.iter().any(|p| p.ident.unraw() == s.unraw()) || (is_method && s == "self");
+            let known = a
+                .params
+                .iter()
+                .flat_map(|p| &p.names)
+                .any(|n| n.unraw() == s.unraw())
+                || (is_method && s == "self");
             if !known {
                 return Err(Error::new(
                     s.span(),
@@ -898,11 +929,11 @@ impl<'a> KeyPlan<'a> {
                         ),
                     ));
                 }
-                for p in &a.params {
-                    let n = p.ident.unraw().to_string();
+                for name in a.params.iter().flat_map(|p| &p.names) {
+                    let n = name.unraw().to_string();
                     if !skipped(&n) && !used.contains(&n) {
                         return Err(Error::new(
-                            p.ident.span(),
+                            name.span(),
                             format!(
                                 "parameter `{n}` is not part of the key \"{}\", so calls that differ only in \
                                  `{n}` would return the same cached value; add `<{n}>` to the key, or list it \
@@ -931,13 +962,19 @@ impl<'a> KeyPlan<'a> {
                     pieces.push(Piece::Arg { expr, span });
                 }
                 for p in &a.params {
-                    if !skipped(&p.ident.unraw().to_string()) {
-                        let id = &p.ident;
-                        pieces.push(Piece::Literal(quote!(":")));
-                        pieces.push(Piece::Arg {
-                            expr: quote!(#id),
-                            span: p.ty.span(),
-                        });
+                    for id in &p.names {
+                        if !skipped(&id.unraw().to_string()) {
+                            // At the type of a plain parameter, at a pattern's binding.
+                            let span = match p.pattern {
+                                None => p.ty.span(),
+                                Some(_) => id.span(),
+                            };
+                            pieces.push(Piece::Literal(quote!(":")));
+                            pieces.push(Piece::Arg {
+                                expr: quote!(#id),
+                                span,
+                            });
+                        }
                     }
                 }
             }
@@ -954,11 +991,7 @@ impl<'a> KeyPlan<'a> {
                 template_pieces(lit, "purge path", a, fn_name, &skipped, &param_names).map(|t| t.0)
             })
             .collect::<syn::Result<Vec<_>>>()?;
-        let key_params = a
-            .params
-            .iter()
-            .filter(|p| !skipped(&p.ident.unraw().to_string()))
-            .collect();
+        let key_params = a.params.iter().filter(|p| !p.skipped(skipped)).collect();
         Ok(Self {
             default_key: opts.key.is_none(),
             pieces,

@@ -7,6 +7,7 @@ mod expand;
 mod forward;
 mod key_part;
 mod options;
+mod patterns;
 mod signature;
 mod template;
 
@@ -260,8 +261,28 @@ use proc_macro::TokenStream;
 /// `#[async_trait]` impl's `in_trait` method, or a value that borrows (a reference, or a type naming the function's
 /// lifetime; an `Err` may borrow, e.g. `Result<u8, &'static str>`, since errors are never
 /// stored; a `&'static` value is fine in a local-only cache), `const`, `unsafe` and `extern`
-/// functions, and parameter patterns (`(a, b): (u8, u8)`, `_`: name the parameter and `skip`
-/// it).
+/// functions, a `_` parameter (name it and `skip` it), and parameter patterns with other than
+/// plain bindings, `_` and `..` (`ref`, literals, `x @ ..`).
+///
+/// Parameter patterns that destructure into plain bindings are fine, as axum handlers write
+/// their extractors: the bindings are what the key, templates and `skip(...)` name, and the
+/// companions take the argument whole.
+///
+/// ```
+/// use cache_runtime::cached;
+///
+/// struct Path<T>(T);
+/// struct State<S>(S);
+///
+/// #[cached(ttl = 60, key = "user:<id>", skip(db))]
+/// fn user(State(db): State<&str>, Path(id): Path<u64>) -> String {
+///     format!("{db}/user{id}")
+/// }
+///
+/// assert_eq!(user(State("pg"), Path(9)), "pg/user9");
+/// assert_eq!(lookup_user(Path(9)), Some("pg/user9".to_string()));
+/// invalidate_user(Path(9)).unwrap();
+/// ```
 ///
 /// # Trait impls
 ///

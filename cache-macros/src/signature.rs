@@ -10,8 +10,23 @@ use syn::{Error, FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, Retu
 use crate::options::Returns;
 
 pub struct Param {
+    /// The parameter's name; for a destructuring pattern, a generated one for the whole
+    /// argument (the generated functions take it whole, then destructure it).
     pub ident: Ident,
     pub ty: Type,
+    /// A destructuring pattern as written (`Path(id)` of `Path(id): Path<u64>`).
+    pub pattern: Option<Pat>,
+    /// What templates, the default key and `skip(...)` name: the parameter's name, or the
+    /// bindings of its pattern (`id`).
+    pub names: Vec<Ident>,
+}
+
+impl Param {
+    /// Whether nothing of it is in the key: every name skipped (a pattern that binds
+    /// nothing, `State(_)`, included).
+    pub fn skipped(&self, skip: impl Fn(&str) -> bool) -> bool {
+        self.names.iter().all(|n| skip(&n.unraw().to_string()))
+    }
 }
 
 pub enum Kind {
@@ -145,10 +160,10 @@ pub fn analyze(
                 }
             }
             FnArg::Typed(pt) => {
-                let ident =
+                let (ident, pattern, names) =
                     match &*pt.pat {
                         Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none() => {
-                            pi.ident.clone()
+                            (pi.ident.clone(), None, vec![pi.ident.clone()])
                         }
                         Pat::Wild(w) => return Err(Error::new_spanned(
                             w,
@@ -156,22 +171,27 @@ pub fn analyze(
                              from them): name it, e.g. `_pool: &Pool`, and list it in \
                              `skip(_pool)` if it does not affect the result",
                         )),
+                        // An extractor (`Path(id): Path<u64>`, `State(db): State<Db>`), a struct
+                        // or a tuple: its bindings are the names.
                         other => {
-                            return Err(Error::new_spanned(
-                                other,
-                                "cached functions need plain parameter names (`id: u64`), not \
-                             patterns; destructure inside the body",
-                            ))
+                            let mut names = Vec::new();
+                            pattern_bindings(other, &mut names)?;
+                            let whole =
+                                Ident::new(&format!("__arg{}", params.len()), Span::mixed_site());
+                            (whole, Some(other.clone()), names)
                         }
                     };
-                // A skipped parameter (a connection, a transaction) does not affect the
-                // result, so a `&mut` one is a handle the body uses, not an output.
-                let skipped = skip.iter().any(|s| s.unraw() == ident.unraw());
-                check_param_type(&pt.ty, skipped)?;
-                params.push(Param {
+                let param = Param {
                     ident,
                     ty: (*pt.ty).clone(),
-                });
+                    pattern,
+                    names,
+                };
+                // A skipped parameter (a connection, a transaction) does not affect the
+                // result, so a `&mut` one is a handle the body uses, not an output.
+                let skipped = param.skipped(|n| skip.iter().any(|s| s.unraw() == n));
+                check_param_type(&pt.ty, skipped)?;
+                params.push(param);
             }
         }
     }
@@ -275,6 +295,32 @@ pub fn analyze(
         value_ty,
         alias_checks,
     })
+}
+
+/// The names a parameter pattern binds: tuple-struct, struct, tuple and slice patterns of
+/// plain bindings (`id`, `mut id`), `_` and `..`.
+fn pattern_bindings(pat: &Pat, out: &mut Vec<Ident>) -> syn::Result<()> {
+    match pat {
+        Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none() => {
+            out.push(pi.ident.clone());
+            Ok(())
+        }
+        Pat::TupleStruct(t) => t.elems.iter().try_for_each(|p| pattern_bindings(p, out)),
+        Pat::Struct(st) => st
+            .fields
+            .iter()
+            .try_for_each(|f| pattern_bindings(&f.pat, out)),
+        Pat::Tuple(t) => t.elems.iter().try_for_each(|p| pattern_bindings(p, out)),
+        Pat::Slice(sl) => sl.elems.iter().try_for_each(|p| pattern_bindings(p, out)),
+        Pat::Paren(p) => pattern_bindings(&p.pat, out),
+        Pat::Wild(_) | Pat::Rest(_) => Ok(()),
+        other => Err(Error::new_spanned(
+            other,
+            "a cached function's parameter pattern may destructure (`Path(id): Path<u64>`, \
+             `Point { x, y }: Point`, `(a, b): (u8, u8)`) into plain bindings, `_` and `..`; \
+             take this part whole and destructure it inside the body",
+        )),
+    }
 }
 
 fn last_segment(ty: &Type) -> Option<(Ident, Vec<Type>)> {
