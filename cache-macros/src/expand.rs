@@ -802,7 +802,18 @@ fn template_pieces(
     let mut used = Vec::new();
     for seg in template::parse(lit)? {
         match seg {
-            Segment::Literal(text) => pieces.push(Piece::Literal(quote!(#text))),
+            Segment::Literal(text) => {
+                if let Some(p) = format_style_placeholder(&text, a) {
+                    return Err(Error::new(
+                        lit.span(),
+                        format!(
+                            "`{{{p}}}` in the {what} of `{fn_name}` is `format!` syntax; placeholders \
+                             are written `<{p}>`"
+                        ),
+                    ));
+                }
+                pieces.push(Piece::Literal(quote!(#text)))
+            }
             Segment::Placeholder { root, fields } => {
                 let is_self = root == "self";
                 if is_self && !is_method {
@@ -873,6 +884,33 @@ fn template_pieces(
         }
     }
     Ok((pieces, used))
+}
+
+/// A `{id}` / `{self.id}` in a template's literal text that names a parameter (or `self` of
+/// a method): `format!` syntax where `<id>` was meant.
+fn format_style_placeholder(text: &str, a: &Analyzed) -> Option<String> {
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let close = after.find('}')?;
+        let inner = after[..close].trim();
+        let root = inner.split('.').next().unwrap_or_default();
+        let names_param = a
+            .params
+            .iter()
+            .flat_map(|p| &p.names)
+            .any(|n| n.unraw() == root)
+            || (root == "self" && a.receiver.is_some());
+        if names_param
+            && inner
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == '_' || c == '.')
+        {
+            return Some(inner.to_string());
+        }
+        rest = &after[close + 1..];
+    }
+    None
 }
 
 impl<'a> KeyPlan<'a> {

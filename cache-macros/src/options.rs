@@ -5,6 +5,7 @@
 //! [`Raw::finish`] then checks the combinations.
 
 use proc_macro2::{Span, TokenStream};
+use quote::ToTokens;
 use syn::meta::ParseNestedMeta;
 use syn::spanned::Spanned;
 use syn::{Error, Ident, Lit, LitBool, LitInt, LitStr};
@@ -110,7 +111,7 @@ options! {
     tier: LitStr = "tier" by value, "a string: \"local\", \"redis\" or \"local+redis\"";
     ttl: Lit = "ttl" by value, DURATION;
     local_ttl: Lit = "local_ttl" by value, DURATION;
-    key: LitStr = "key" by value, "a string template, e.g. \"user:<id>\"";
+    key: LitStr = "key" by key_template, "a string template, e.g. \"user:<id>\"";
     skip: Vec<Ident> = "skip" by skip_list, "";
     capacity: LitInt = "capacity" by value, "an integer (max local entries)";
     name: LitStr = "name" by value, "a string";
@@ -198,6 +199,43 @@ fn value<T: syn::parse::Parse>(
             .map(|t| t.span())
             .unwrap_or_else(|_| fork.span());
         Error::new(span, format!("`{name}` expects {expected}"))
+    })
+}
+
+/// `key = "..."`; an expression instead of the template gets the template it meant:
+/// `key = id` → `key = "<id>"`, `key = self.id` → `key = "<self.id>"`.
+fn key_template(meta: &ParseNestedMeta<'_>, name: &str, expected: &str) -> syn::Result<LitStr> {
+    let fork = meta.input.fork();
+    value(meta, name, expected).map_err(|e| {
+        let _ = fork.parse::<syn::Token![=]>();
+        let placeholder = match fork.parse::<syn::Expr>() {
+            Ok(syn::Expr::Path(p)) if p.path.get_ident().is_some() => {
+                p.path.get_ident().map(|i| i.to_string())
+            }
+            Ok(syn::Expr::Field(f)) => Some(
+                f.to_token_stream()
+                    .to_string()
+                    .chars()
+                    .filter(|c| !c.is_whitespace())
+                    .collect(),
+            ),
+            _ => None,
+        };
+        match placeholder {
+            Some(p) => Error::new(
+                e.span(),
+                format!(
+                    "`key` is a string template, not an expression: `key = \"<{p}>\"` (or with a \
+                     prefix, `key = \"user:<{p}>\"`)"
+                ),
+            ),
+            None => Error::new(
+                e.span(),
+                "`key` is a string template, not an expression: write the key as text with \
+                 `<param>` or `<param.field>` placeholders, e.g. `key = \"user:<id>\"` (not \
+                 `format!`)",
+            ),
+        }
     })
 }
 
