@@ -157,8 +157,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     let call_args: Vec<&Ident> = a.params.iter().map(|p| &p.ident).collect();
     let block = &f.block;
     // A function that carries its body destructures its parameter patterns first.
-    let destructure = patterns::by_value(&a.params);
-    let body = &quote!({ #destructure #block });
+    let body = &patterns::with_bindings(block, &a.params);
     // `#[async_trait]`'s boxed future, made before the wrapper's own (see the wrapper).
     let boxed_body = Ident::new("__body", Span::mixed_site());
     // The body as a closure (blocking) or a future (async).

@@ -34,13 +34,17 @@ pub fn whole(
     out
 }
 
-/// `let PATTERN = __argN;` for each pattern: the body's bindings, by value.
-pub fn by_value(params: &[Param]) -> TokenStream {
+/// The body with `let PATTERN = __argN;` first for each pattern: its bindings, by value.
+/// The statements go inside the body's own braces (another block around it would be
+/// rustc's `unused_braces` in the user's code).
+pub fn with_bindings(body: &syn::Block, params: &[Param]) -> syn::Block {
+    let mut out = body.clone();
     let lets = params.iter().filter_map(|p| {
         let (pat, whole) = (p.pattern.as_ref()?, &p.ident);
-        Some(quote!(let #pat = #whole;))
+        Some(syn::parse_quote!(let #pat = #whole;))
     });
-    quote!(#(#lets)*)
+    out.stmts.splice(0..0, lets);
+    out
 }
 
 /// `let PATTERN = &__argN;` for each pattern of `params`: the bindings the key reads, by

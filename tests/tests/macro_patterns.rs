@@ -1,7 +1,10 @@
 //! Parameters written as patterns, as axum handlers and destructuring code write them:
 //! `Path(id): Path<u64>`, `State(state): State<AppState>`, `Point { x, y }: Point`,
 //! `(a, b): (u8, u8)`. The bindings are what keys, templates and `skip(...)` name; the
-//! companions take the argument whole (`invalidate_user(Path(9))`).
+//! companions take the argument whole (`invalidate_user(Path(9))`). Bodies of one
+//! expression, with and without patterns, compile without a warning (`deny(warnings)`):
+//! the destructuring goes inside the body's own braces.
+#![deny(warnings)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -50,6 +53,26 @@ impl Repo {
         self.runs.fetch_add(1, Ordering::SeqCst);
         self.tenant + left as u32 * 10 + right as u32
     }
+}
+
+// One line each, as written (rustc's `unused_braces` looks at one-line blocks only).
+#[rustfmt::skip]
+mod one_line {
+    use cache_runtime::cached;
+
+    #[cached(ttl = 60)]
+    pub fn one_expression(x: u64) -> u64 { x * 2 }
+
+    #[cached(ttl = 60)]
+    pub async fn one_expression_pattern((a, b): (u64, u64)) -> u64 { a + b }
+}
+use one_line::{lookup_one_expression_pattern, one_expression, one_expression_pattern};
+
+#[tokio::test]
+async fn one_expression_bodies() {
+    assert_eq!(one_expression(2), 4);
+    assert_eq!(one_expression_pattern((1, 2)).await, 3);
+    assert_eq!(lookup_one_expression_pattern((1, 2)).await, Some(3));
 }
 
 #[tokio::test]
