@@ -92,7 +92,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         generics,
         &a.params
             .iter()
-            .filter(|p| !plan.key_params.iter().any(|k| k.ident == p.ident))
+            .filter(|p| p.skipped(|n| opts.skips(n)))
             .map(|p| &p.ty)
             .collect::<Vec<_>>(),
         &plan
@@ -127,7 +127,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     let build_key = plan.tokens(k, &inst, &cache);
     // The key reads parameter patterns' bindings by reference: every pattern in the
     // functions that take every parameter, the key parameters' in the companions.
-    let skipped = |n: &str| opts.skip.iter().any(|s| s.unraw() == n);
+    let skipped = |n: &str| opts.skips(n);
     let refs_all = patterns::by_ref(&a.params, &skipped);
     let refs_key = patterns::by_ref(plan.key_params.iter().copied(), &skipped);
     let prologue = |generated: &Ident, erased: u64, refs: &TokenStream| {
@@ -182,12 +182,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         .into_iter()
         .map(String::from)
         .chain((1..).map(|n| format!("value_{n}")))
-        .find(|v| {
-            !a.params
-                .iter()
-                .flat_map(|p| &p.names)
-                .any(|n| n.unraw() == v.as_str())
-        })
+        .find(|v| !a.names().any(|n| n.unraw() == v.as_str()))
         .map(|v| Ident::new(&v, Span::call_site()))
         .expect("finitely many parameters");
 
@@ -825,11 +820,7 @@ fn template_pieces(
                     ));
                 }
                 // A parameter's name, or a binding of its pattern (`id` of `Path(id)`).
-                let param = a
-                    .params
-                    .iter()
-                    .flat_map(|p| &p.names)
-                    .find(|n| n.unraw() == root);
+                let param = a.names().find(|n| n.unraw() == root);
                 if !is_self && param.is_none() {
                     return Err(Error::new(
                         lit.span(),
@@ -894,12 +885,8 @@ fn format_style_placeholder(text: &str, a: &Analyzed) -> Option<String> {
         let close = after.find('}')?;
         let inner = after[..close].trim();
         let root = inner.split('.').next().unwrap_or_default();
-        let names_param = a
-            .params
-            .iter()
-            .flat_map(|p| &p.names)
-            .any(|n| n.unraw() == root)
-            || (root == "self" && a.receiver.is_some());
+        let names_param =
+            a.names().any(|n| n.unraw() == root) || (root == "self" && a.receiver.is_some());
         if names_param
             && inner
                 .chars()
@@ -916,12 +903,7 @@ impl<'a> KeyPlan<'a> {
     fn new(opts: &Options, a: &'a Analyzed, fn_name: &Ident) -> syn::Result<Self> {
         let is_method = a.receiver.is_some();
         let param_names = || {
-            let mut names: Vec<String> = a
-                .params
-                .iter()
-                .flat_map(|p| &p.names)
-                .map(|n| n.unraw().to_string())
-                .collect();
+            let mut names: Vec<String> = a.names().map(|n| n.unraw().to_string()).collect();
             if is_method {
                 names.insert(0, "self".into());
             }
@@ -932,12 +914,7 @@ impl<'a> KeyPlan<'a> {
             }
         };
         for s in &opts.skip {
-            let known = a
-                .params
-                .iter()
-                .flat_map(|p| &p.names)
-                .any(|n| n.unraw() == s.unraw())
-                || (is_method && s == "self");
+            let known = a.names().any(|n| n.unraw() == s.unraw()) || (is_method && s == "self");
             if !known {
                 return Err(Error::new(
                     s.span(),
@@ -948,7 +925,7 @@ impl<'a> KeyPlan<'a> {
                 ));
             }
         }
-        let skipped = |n: &str| opts.skip.iter().any(|s| s.unraw() == n);
+        let skipped = |n: &str| opts.skips(n);
         let self_skipped = skipped("self");
 
         let mut pieces = Vec::new();
@@ -966,7 +943,7 @@ impl<'a> KeyPlan<'a> {
                         ),
                     ));
                 }
-                for name in a.params.iter().flat_map(|p| &p.names) {
+                for name in a.names() {
                     let n = name.unraw().to_string();
                     if !skipped(&n) && !used.contains(&n) {
                         return Err(Error::new(

@@ -634,6 +634,15 @@ fn unknown_msg(what: &str) -> String {
     )
 }
 
+impl Options {
+    /// Whether `skip(...)` lists `name` (`self`, a parameter or a pattern's binding).
+    pub fn skips(&self, name: &str) -> bool {
+        self.skip
+            .iter()
+            .any(|s| syn::ext::IdentExt::unraw(s) == name)
+    }
+}
+
 /// The runtime crate's path in the calling crate: `::cache_runtime`, or its name there when
 /// its `Cargo.toml` renames the dependency (`cache = { package = "cache-runtime", .. }`, also
 /// through `[workspace.dependencies]`). `crate = "..."` overrides it (a re-export).

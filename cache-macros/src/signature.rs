@@ -323,6 +323,14 @@ fn pattern_bindings(pat: &Pat, out: &mut Vec<Ident>) -> syn::Result<()> {
     }
 }
 
+impl Analyzed {
+    /// Every name templates, the default key and `skip(...)` can use: the parameters' names
+    /// and their patterns' bindings, in order.
+    pub fn names(&self) -> impl Iterator<Item = &Ident> {
+        self.params.iter().flat_map(|p| &p.names)
+    }
+}
+
 fn last_segment(ty: &Type) -> Option<(Ident, Vec<Type>)> {
     let Type::Path(tp) = ty else { return None };
     if tp.qself.is_some() {

@@ -545,14 +545,9 @@ impl Worker {
 }
 
 /// A shard keyed by itself: the default key holds `self` (here a `&Rc<Self>`, in the
-/// companions a `&Self`: the same encoding).
+/// companions a `&Self`: the same encoding). Derived: a newtype is its field.
+#[derive(KeyPart)]
 pub struct Shard(u8);
-
-impl KeyPart for Shard {
-    fn write_key(&self, w: &mut KeyWriter) {
-        w.display(&self.0);
-    }
-}
 
 static RC_SELF: Runs = Runs::new();
 
@@ -799,14 +794,8 @@ where
     serde_json::from_str(raw).ok()
 }
 
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug, KeyPart)]
 pub struct Version(u32);
-
-impl KeyPart for Version {
-    fn write_key(&self, w: &mut KeyWriter) {
-        w.display(&self.0);
-    }
-}
 
 static SAME: Runs = Runs::new();
 
