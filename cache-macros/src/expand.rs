@@ -18,7 +18,7 @@ use crate::erase;
 use crate::forward::{Forwarded, Target};
 use crate::options::{Options, Tier};
 use crate::patterns;
-use crate::signature::{Analyzed, Kind, Param};
+use crate::signature::{Analyzed, Kind, Param, ReceiverKind};
 use crate::template::{self, Segment};
 
 pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
@@ -462,10 +462,15 @@ fn without_mut(
 ) -> Punctuated<syn::FnArg, syn::Token![,]> {
     let mut out = inputs.clone();
     for arg in out.iter_mut() {
-        if let syn::FnArg::Typed(pt) = arg {
-            if let syn::Pat::Ident(pi) = &mut *pt.pat {
-                pi.mutability = None;
+        match arg {
+            syn::FnArg::Typed(pt) => {
+                if let syn::Pat::Ident(pi) = &mut *pt.pat {
+                    pi.mutability = None;
+                }
             }
+            // `mut self` (by value): the binding's `mut`, not a `&mut` borrow.
+            syn::FnArg::Receiver(r) if r.reference.is_none() => r.mutability = None,
+            syn::FnArg::Receiver(_) => {}
         }
     }
     out
@@ -552,7 +557,7 @@ fn check_detached(opts: &Options, a: &Analyzed) -> syn::Result<bool> {
         return Err(Error::new(
             recv,
             format!(
-                "`{name}` runs the body in the background after the caller returned, which a `&self` \
+                "`{name}` runs the body in the background after the caller returned, which a \
                  method cannot do; use a free function taking owned arguments"
             ),
         ));
@@ -965,12 +970,17 @@ impl<'a> KeyPlan<'a> {
                     // Spanned at the receiver, so that a `Self` that is not a `KeyPart`
                     // is reported at `self`.
                     let s = syn::token::SelfValue { span };
-                    // `self: &Arc<Self>` is keyed as the `&Self` it derefs to, as in the
-                    // companions (which take `&self`): one requirement, one error.
-                    let expr = if a.pointer_receiver {
-                        quote_spanned!(span=> ::core::convert::identity::<&Self>(#s))
-                    } else {
-                        quote!(#s)
+                    // `self: &Arc<Self>` and `self: Arc<Self>` are keyed as the `&Self` they
+                    // deref to, as in the companions (which take `&self`): one requirement,
+                    // one error.
+                    let expr = match a.receiver_kind {
+                        ReceiverKind::Borrowed => quote!(#s),
+                        ReceiverKind::BorrowedPointer => {
+                            quote_spanned!(span=> ::core::convert::identity::<&Self>(#s))
+                        }
+                        ReceiverKind::Owned => {
+                            quote_spanned!(span=> ::core::convert::identity::<&Self>(&#s))
+                        }
                     };
                     pieces.push(Piece::Literal(quote!(":")));
                     pieces.push(Piece::Arg { expr, span });

@@ -251,10 +251,34 @@ use proc_macro::TokenStream;
 /// A method may also borrow its receiver through a pointer, `self: &Arc<Self>` (or
 /// `&Rc<Self>`, `&Box<Self>`): `NAME`, `NAME_entry` and `refresh_NAME` keep that receiver, the
 /// other companions take `&self` (an `Arc<Self>` derefs to it), and keys are the same
-/// either way.
+/// either way. It may take its receiver by value too: `self`, `mut self`, `self: Arc<Self>`
+/// (`Rc<Self>`, `Box<Self>`, `Pin<Box<Self>>`); the wrapper moves it into the body's call, a
+/// hit drops it, and the key reads it as `&Self`:
 ///
-/// Refused with an explanation at the offending token: `&mut self`, `self` by value,
-/// `self: Arc<Self>` (`self: &Self` is `&self`), `&mut` parameters in the key (a hit would skip
+/// ```
+/// use std::sync::Arc;
+/// use cache_runtime::cached;
+///
+/// struct Users {
+///     tenant: u32,
+/// }
+///
+/// impl Users {
+///     // A handle that callers clone into spawned tasks.
+///     #[cached(ttl = 60, key = "user:<self.tenant>:<id>")]
+///     async fn name(self: Arc<Self>, id: u64) -> String {
+///         format!("user {id} of tenant {}", self.tenant)
+///     }
+/// }
+///
+/// let users = Arc::new(Users { tenant: 7 });
+/// assert_eq!(pollster::block_on(users.clone().name(1)), "user 1 of tenant 7");
+/// let kept = pollster::block_on(users.lookup_name(1));
+/// assert_eq!(kept.as_deref(), Some("user 1 of tenant 7"));
+/// ```
+///
+/// Refused with an explanation at the offending token: `&mut self` and `self: Pin<&mut
+/// Self>` (a hit would skip the mutation; `self: &Self` is `&self`), `&mut` parameters in the key (a hit would skip
 /// the mutation; a handle listed in `skip(...)`, such as a connection or a transaction, is
 /// accepted), `impl Trait` parameters in the key (skip them, or name a type parameter with a
 /// `KeyPart` bound), `impl Trait` return types, returning `()`, a boxed future outside an

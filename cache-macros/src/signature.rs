@@ -46,10 +46,10 @@ pub struct Analyzed {
     /// The boxed future's type as the signature writes it (`Pin<Box<dyn Future<Output =
     /// T> + Send + 'async_trait>>`) when `#[async_trait]` went first; `ret` is then `T`.
     pub boxed: Option<Type>,
-    /// Span of `self` when the function is a `&self` method.
+    /// Span of `self` when the function is a method.
     pub receiver: Option<Span>,
-    /// The receiver is a reference to a pointer to `Self` (`self: &Arc<Self>`).
-    pub pointer_receiver: bool,
+    /// How the method takes `self` (`Borrowed` for a function without one).
+    pub receiver_kind: ReceiverKind,
     pub params: Vec<Param>,
     pub ret: Type,
     pub kind: Kind,
@@ -66,6 +66,21 @@ pub struct Analyzed {
 pub struct AliasChecks {
     pub result: bool,
     pub option: bool,
+}
+
+/// How a method takes `self`: what the key reads it through (`&Self` in every case, so
+/// that the companions, which take `&self`, build the same key).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ReceiverKind {
+    /// `&self`, `self: &Self`.
+    Borrowed,
+    /// A reference to a pointer to `Self`: `self: &Arc<Self>` (`&Rc<Self>`, `&Box<Self>`).
+    BorrowedPointer,
+    /// By value: `self`, `mut self`, `self: Arc<Self>` (`Rc`, `Box`, `Pin<Box<Self>>`). The
+    /// wrapper moves it into the body's call, as it moves the other arguments; a hit drops
+    /// it. (A mutation through `mut self` is of the method's own copy, which the caller
+    /// never sees, so a hit that skips it changes nothing the caller can observe.)
+    Owned,
 }
 
 /// The error for `&mut self` and `self: &mut Self`.
@@ -104,59 +119,51 @@ pub fn analyze(
     // arguments only skipped parameters have are left out (see `erase`).
 
     let mut receiver = None;
-    let mut pointer_receiver = false;
+    let mut receiver_kind = ReceiverKind::Borrowed;
     let mut params = Vec::new();
     for arg in &sig.inputs {
         match arg {
             FnArg::Receiver(r) => {
+                receiver = Some(r.self_token.span);
                 if r.colon_token.is_some() {
                     // `self: &Self` (or `&'a Self`) is `&self` spelled out; `self: &Arc<Self>`
-                    // (`&Rc<Self>`, `&Box<Self>`, `&Pin<&Self>`) borrows as `&self` does. The
+                    // (`&Rc<Self>`, `&Box<Self>`, `&Pin<&Self>`) borrows as `&self` does; and
+                    // `self: Arc<Self>` (`Box<Self>`, `Pin<Box<Self>>`) is taken by value. The
                     // wrapper passes it on to `NAME_uncached`; the companions take `&self`.
-                    match &*r.ty {
+                    receiver_kind = match &*r.ty {
                         Type::Reference(tr) if is_self_type(&tr.elem) => match &tr.mutability {
-                            None if r.mutability.is_none() => {
-                                receiver = Some(r.self_token.span);
-                                continue;
-                            }
+                            None => ReceiverKind::Borrowed,
                             Some(m) => return Err(Error::new(m.span, MUT_SELF)),
-                            None => {}
                         },
                         Type::Reference(tr)
-                            if tr.mutability.is_none()
-                                && r.mutability.is_none()
-                                && points_to_self(&tr.elem) =>
+                            if tr.mutability.is_none() && points_to_self(&tr.elem) =>
                         {
-                            receiver = Some(r.self_token.span);
-                            pointer_receiver = true;
-                            continue;
+                            ReceiverKind::BorrowedPointer
                         }
-                        _ => {}
-                    }
-                    let ty = type_text(&r.ty);
-                    // `self: Arc<Self>` by value: its borrowed form is accepted.
-                    let borrowed = if points_to_self(&r.ty) && r.mutability.is_none() {
-                        format!(", or `self: &{ty}`")
-                    } else {
-                        String::new()
+                        ty if !matches!(ty, Type::Reference(_))
+                            && (is_self_type(ty) || points_to_self(ty)) =>
+                        {
+                            ReceiverKind::Owned
+                        }
+                        ty => {
+                            return Err(Error::new_spanned(
+                                r,
+                                format!(
+                                    "only methods taking `&self` or `self` (by value, or as \
+                                     `Arc<Self>`, `Rc<Self>`, `Box<Self>`) can be cached, not \
+                                     `self: {}`: a cache hit skips the body, so a mutation \
+                                     through it would silently not happen",
+                                    type_text(ty)
+                                ),
+                            ));
+                        }
                     };
-                    return Err(Error::new_spanned(
-                        r,
-                        format!(
-                            "only `&self` methods can be cached, not `self: {ty}`: take `&self` \
-                             (an `Arc<Self>` or a `Box<Self>` derefs to it){borrowed}"
-                        ),
-                    ));
+                    continue;
                 }
                 match (&r.reference, &r.mutability) {
-                    (Some(_), None) => receiver = Some(r.self_token.span),
+                    (Some(_), None) => {}
                     (Some(_), Some(m)) => return Err(Error::new(m.span, MUT_SELF)),
-                    (None, _) => {
-                        return Err(Error::new(
-                            r.self_token.span,
-                            "methods taking `self` by value cannot be cached; take `&self`",
-                        ))
-                    }
+                    (None, _) => receiver_kind = ReceiverKind::Owned,
                 }
             }
             FnArg::Typed(pt) => {
@@ -288,7 +295,7 @@ pub fn analyze(
         is_async: sig.asyncness.is_some() || boxed.is_some(),
         boxed,
         receiver,
-        pointer_receiver,
+        receiver_kind,
         params,
         ret,
         kind,

@@ -1,5 +1,5 @@
 //! The trybuild pass cases of the signatures a codebase has (generic impls, attributes,
-//! `mut` parameters, skipped `&mut` handles, associated functions, aliased `Result` / `Option` returns, borrowed errors and `&'static` values, raw identifiers, `crate = "..."`, trait impls, and the
+//! `mut` parameters, skipped `&mut` handles, receivers by value (`self: Arc<Self>`, `self`), associated functions, aliased `Result` / `Option` returns, borrowed errors and `&'static` values, raw identifiers, `crate = "..."`, trait impls, and the
 //! signatures of real codebases: services over pools, newtype ids, nested modules),
 //! also built as an integration test of this crate: so they run here, and
 //! `cargo clippy --workspace --all-targets -- -D warnings` lints their expansion as a user
@@ -21,6 +21,8 @@ mod generic_impls;
 mod mut_handles;
 #[path = "ui/pass/mut_params.rs"]
 mod mut_params;
+#[path = "ui/pass/owned_receivers.rs"]
+mod owned_receivers;
 #[path = "ui/pass/raw_idents.rs"]
 mod raw_idents;
 #[path = "ui/pass/real_codebases.rs"]
@@ -66,6 +68,11 @@ fn skipped_mut_handles() {
 #[test]
 fn mut_parameters() {
     mut_params::main();
+}
+
+#[test]
+fn owned_receivers() {
+    owned_receivers::main();
 }
 
 #[test]
