@@ -517,10 +517,11 @@ fn needs_escape(c: char) -> bool {
 /// A value that can be interpolated into a cache key.
 ///
 /// Implemented for integers (and their `NonZero` forms), `bool`, `char`, strings, `Option`,
-/// slices, `Vec`, `VecDeque`, `BTreeSet`, `BTreeMap`, tuples (up to 6), `()`, smart pointers
+/// slices, `Vec`, `VecDeque`, `BTreeSet`, `BTreeMap`, `HashSet`, `HashMap`, tuples (up to 6), `()`, smart pointers
 /// and `Cow`, floats, `Duration`, paths and OS strings, IP and socket addresses, and with the
-/// `uuid` / `chrono` features `uuid::Uuid` and chrono's dates and times. Not for `HashMap` /
-/// `HashSet`: their order differs between processes (take a `BTreeMap` / `BTreeSet`).
+/// `uuid` / `chrono` features `uuid::Uuid` and chrono's dates and times. `HashSet` and
+/// `HashMap` are written in the order of their items' encodings (their own order differs
+/// between processes), so equal collections give one key.
 /// Derive it for your own key types (`#[derive(KeyPart)]`, see [the derive](macro@KeyPart)), or
 /// implement it; the encoding must be injective (distinct values,
 /// distinct output) and must escape separators, which [`KeyWriter::str`] and
@@ -824,8 +825,7 @@ impl<T: KeyPart> KeyPart for std::collections::VecDeque<T> {
     }
 }
 
-/// In the set's (sorted) order, as a slice. (`HashSet` and `HashMap` have none: their
-/// iteration order differs between processes, so the same set would give another key.)
+/// In the set's (sorted) order, as a slice.
 impl<T: KeyPart> KeyPart for std::collections::BTreeSet<T> {
     fn write_key(&self, w: &mut KeyWriter) {
         write_sequence(w, self);
@@ -836,6 +836,50 @@ impl<T: KeyPart> KeyPart for std::collections::BTreeSet<T> {
 impl<K: KeyPart, V: KeyPart> KeyPart for std::collections::BTreeMap<K, V> {
     fn write_key(&self, w: &mut KeyWriter) {
         write_sequence(w, self);
+    }
+}
+
+/// The items in the order of their encodings, as a sequence (`[+a+b]`). A hash set's
+/// iteration order differs between processes (each seeds its hasher at random) and between
+/// two equal sets in one process, so the items are encoded one by one first: equal
+/// collections give one key whatever their order, and distinct ones distinct keys (each
+/// item's encoding is injective, and so is the sequence of them). One allocation per item;
+/// a `BTreeSet` / `BTreeMap`, sorted already, writes in place.
+fn write_unordered<I>(w: &mut KeyWriter, items: I)
+where
+    I: IntoIterator,
+    I::Item: KeyPart,
+{
+    let mut encoded: Vec<String> = items
+        .into_iter()
+        .map(|item| {
+            let mut one = KeyWriter::with_head("");
+            item.write_key(&mut one);
+            one.finish()
+        })
+        .collect();
+    encoded.sort_unstable();
+    w.raw("[");
+    for item in &encoded {
+        w.raw("+");
+        w.raw(item);
+    }
+    w.raw("]");
+}
+
+/// In the order of the items' encodings (see `write_unordered`), as a sequence: `{3, 1}` and
+/// `{1, 3}` are both `[+1+3]`, in every process.
+impl<T: KeyPart, S> KeyPart for std::collections::HashSet<T, S> {
+    fn write_key(&self, w: &mut KeyWriter) {
+        write_unordered(w, self);
+    }
+}
+
+/// In the order of the `(key, value)` tuples' encodings, as a sequence: `[+[k+v]+[k+v]]`,
+/// the same in every process whatever the map's iteration order.
+impl<K: KeyPart, V: KeyPart, S> KeyPart for std::collections::HashMap<K, V, S> {
+    fn write_key(&self, w: &mut KeyWriter) {
+        write_unordered(w, self);
     }
 }
 
@@ -985,5 +1029,63 @@ mod tests {
         );
         assert_ne!(enc(&("1", "2")), enc(&("1+2", "")));
         assert_eq!(enc(&(1u8, "x", true)), "[1+x+true]");
+    }
+
+    #[test]
+    fn hash_collections_give_one_key_whatever_their_order() {
+        use std::collections::hash_map::RandomState;
+        use std::collections::{BTreeSet, HashMap};
+        // Each `RandomState` is seeded anew, as every process's is: the same items come out
+        // of the sets in different orders, the key does not change.
+        let items: Vec<u64> = (0..64).map(|i| i * 7919 % 1000).collect();
+        let keys: HashSet<String> = (0..16)
+            .map(|_| {
+                let mut set = HashSet::with_hasher(RandomState::new());
+                set.extend(items.iter().copied());
+                enc(&set)
+            })
+            .collect();
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        let orders: HashSet<Vec<u64>> = (0..16)
+            .map(|_| {
+                let mut set = HashSet::with_hasher(RandomState::new());
+                set.extend(items.iter().copied());
+                set.into_iter().collect()
+            })
+            .collect();
+        assert!(
+            orders.len() > 1,
+            "the sets' own orders differ (else this test proves nothing)"
+        );
+
+        let set: HashSet<&str> = ["b", "a:", "10", "9"].into_iter().collect();
+        assert_eq!(enc(&set), "[+10+9+a%3A+b]");
+        let map: HashMap<&str, u8> = [("z", 1), ("a", 2)].into_iter().collect();
+        assert_eq!(enc(&map), "[+[a+2]+[z+1]]");
+        let mut other = HashMap::with_hasher(RandomState::new());
+        other.extend([("a", 2u8), ("z", 1)]);
+        assert_eq!(enc(&map), enc(&other));
+
+        // Distinct collections, distinct keys: items that would run together, the empty
+        // item, nesting, and a map whose values swap.
+        let sets: Vec<HashSet<String>> = vec![
+            HashSet::new(),
+            [String::new()].into_iter().collect(),
+            ["a+b".into()].into_iter().collect(),
+            ["a".into(), "b".into()].into_iter().collect(),
+            ["[+a]".into()].into_iter().collect(),
+            ["a".into()].into_iter().collect(),
+        ];
+        let distinct: HashSet<String> = sets.iter().map(enc).collect();
+        assert_eq!(distinct.len(), sets.len(), "{distinct:?}");
+        let swapped: HashMap<&str, u8> = [("z", 2), ("a", 1)].into_iter().collect();
+        assert_ne!(enc(&map), enc(&swapped));
+        let nested: HashSet<BTreeSet<u8>> = [BTreeSet::from([1, 2]), BTreeSet::from([3])]
+            .into_iter()
+            .collect();
+        let regrouped: HashSet<BTreeSet<u8>> = [BTreeSet::from([1]), BTreeSet::from([2, 3])]
+            .into_iter()
+            .collect();
+        assert_ne!(enc(&nested), enc(&regrouped));
     }
 }

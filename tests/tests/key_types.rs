@@ -111,3 +111,57 @@ fn paths_that_are_not_utf8_keep_their_bytes() {
     let text = std::ffi::OsStr::new("%Pdata");
     assert!(!key_of(&text).starts_with("%P"), "{}", key_of(&text));
 }
+
+static SEARCHES: AtomicU32 = AtomicU32::new(0);
+
+/// A filter as a query string gives it: a set of tags and a map of field filters.
+#[cached(ttl = 60)]
+fn search(
+    tags: &std::collections::HashSet<String>,
+    filters: &std::collections::HashMap<String, u32>,
+) -> usize {
+    SEARCHES.fetch_add(1, Ordering::Relaxed);
+    tags.len() + filters.len()
+}
+
+#[test]
+fn hash_sets_and_maps_share_one_entry_whatever_their_order() {
+    use std::collections::hash_map::RandomState;
+    use std::collections::{HashMap, HashSet};
+    // Each collection gets a hasher seeded anew, as in another process: their iteration
+    // orders differ, their keys do not.
+    let tags = |items: &[&str]| {
+        let mut s = HashSet::with_hasher(RandomState::new());
+        s.extend(items.iter().map(|t| t.to_string()));
+        s
+    };
+    let filters = |items: &[(&str, u32)]| {
+        let mut m = HashMap::with_hasher(RandomState::new());
+        m.extend(items.iter().map(|(k, v)| (k.to_string(), *v)));
+        m
+    };
+    let names: Vec<String> = (0..40).map(|i| format!("tag{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let first = tags(&names);
+    assert_eq!(search(&first, &filters(&[("year", 2026), ("page", 2)])), 42);
+    for _ in 0..8 {
+        assert_eq!(
+            search(&tags(&names), &filters(&[("page", 2), ("year", 2026)])),
+            42
+        );
+    }
+    assert_eq!(
+        SEARCHES.load(Ordering::Relaxed),
+        1,
+        "every order hit the first entry"
+    );
+    assert_eq!(key_of(&first), key_of(&tags(&names)));
+
+    // Another set, another entry.
+    assert_eq!(
+        search(&tags(&names[1..]), &filters(&[("year", 2026), ("page", 2)])),
+        41
+    );
+    assert_eq!(search(&first, &filters(&[("year", 2026), ("page", 3)])), 42);
+    assert_eq!(SEARCHES.load(Ordering::Relaxed), 3);
+}
