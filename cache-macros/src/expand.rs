@@ -553,12 +553,16 @@ fn check_detached(opts: &Options, a: &Analyzed) -> syn::Result<bool> {
             ),
         ));
     }
-    if let Some(recv) = a.receiver {
+    // A receiver taken by value (`self: Arc<Self>`) is owned like the other arguments.
+    let owned_receiver = a.receiver_kind == ReceiverKind::Owned
+        && a.receiver_ty.as_ref().and_then(borrowed).is_none();
+    if let (Some(recv), false) = (a.receiver, owned_receiver) {
         return Err(Error::new(
             recv,
             format!(
                 "`{name}` runs the body in the background after the caller returned, which a \
-                 method cannot do; use a free function taking owned arguments"
+                 method borrowing `self` cannot do; take `self: Arc<Self>` (clone the `Arc` to \
+                 call it), or use a free function taking owned arguments"
             ),
         ));
     }

@@ -63,8 +63,8 @@ use proc_macro::TokenStream;
 /// | `stale` | duration | none | Fail-safe: keep each value this long past its TTL, and serve it when the body returns `Err`, panics or runs past `timeout`. |
 /// | `stale_retry` | duration | `"10s"` | After a failure, serve the stale value without running the body for that key for this long. Needs `stale`. |
 /// | `timeout` | duration | none | `async fn` only: abandon a body still running after this and serve the stale value (when there is one). Needs `stale`. |
-/// | `soft_timeout` | duration | none | `async fn` with owned parameters only; needs `stale`. Past this, return the stale value and let the body finish in the background. |
-/// | `refresh_ahead` | fraction in (0, 1), e.g. `0.8` | none | `async fn` with owned parameters only: a read of an entry older than this fraction of its TTL starts one background refresh and returns the current value. |
+/// | `soft_timeout` | duration | none | `async fn` with owned parameters only (a method: `self: Arc<Self>`); needs `stale`. Past this, return the stale value and let the body finish in the background. |
+/// | `refresh_ahead` | fraction in (0, 1), e.g. `0.8` | none | `async fn` with owned parameters only (a method: `self: Arc<Self>`): a read of an entry older than this fraction of its TTL starts one background refresh and returns the current value. |
 /// | `etag` | `true`/`false`, or bare `etag` | `false` (`true` with Redis) | A strong ETag per entry (see `NAME_entry`); needs a serde value. |
 /// | `purge` | `["/users/<id>"]` | none | Edge (CDN) paths that `invalidate_NAME`, `populate_NAME` and `refresh_NAME` purge through `cache_runtime::edge`; arguments are percent-encoded. |
 /// | `jitter` | fraction in (0, 0.5] | none | Spread each entry's TTL by ± this fraction. |

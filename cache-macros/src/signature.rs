@@ -50,6 +50,8 @@ pub struct Analyzed {
     pub receiver: Option<Span>,
     /// How the method takes `self` (`Borrowed` for a function without one).
     pub receiver_kind: ReceiverKind,
+    /// The receiver's type when the signature writes one (`self: Arc<Self>`).
+    pub receiver_ty: Option<Type>,
     pub params: Vec<Param>,
     pub ret: Type,
     pub kind: Kind,
@@ -120,12 +122,14 @@ pub fn analyze(
 
     let mut receiver = None;
     let mut receiver_kind = ReceiverKind::Borrowed;
+    let mut receiver_ty = None;
     let mut params = Vec::new();
     for arg in &sig.inputs {
         match arg {
             FnArg::Receiver(r) => {
                 receiver = Some(r.self_token.span);
                 if r.colon_token.is_some() {
+                    receiver_ty = Some((*r.ty).clone());
                     // `self: &Self` (or `&'a Self`) is `&self` spelled out; `self: &Arc<Self>`
                     // (`&Rc<Self>`, `&Box<Self>`, `&Pin<&Self>`) borrows as `&self` does; and
                     // `self: Arc<Self>` (`Box<Self>`, `Pin<Box<Self>>`) is taken by value. The
@@ -296,6 +300,7 @@ pub fn analyze(
         boxed,
         receiver,
         receiver_kind,
+        receiver_ty,
         params,
         ret,
         kind,

@@ -169,3 +169,116 @@ async fn refresh_ahead_refreshes_once_in_the_background_while_readers_keep_the_v
     assert_eq!(AHEAD_RUNS.load(SeqCst), 2);
     assert_eq!(ahead_cache().stats().refreshes_ahead, 1);
 }
+
+/// A service handle methods take as `self: Arc<Self>`: the method owns its receiver, so the
+/// body may finish or start after the caller returned, as a free function's does.
+struct Catalog {
+    version: AtomicU64,
+    runs: AtomicUsize,
+    hold: AtomicBool,
+    gate: Semaphore,
+}
+
+impl Catalog {
+    #[cached(
+        tier = "local+redis",
+        ttl = "2s",
+        key = "catalog:<id>",
+        skip(self),
+        refresh_ahead = 0.5
+    )]
+    async fn price(self: std::sync::Arc<Self>, id: u64) -> u64 {
+        self.runs.fetch_add(1, SeqCst);
+        if self.hold.load(SeqCst) {
+            self.gate.acquire().await.unwrap().forget();
+        }
+        id * 1000 + self.version.load(SeqCst)
+    }
+
+    #[cached(
+        tier = "local+redis",
+        ttl = "300ms",
+        key = "catalog_soft:<id>",
+        skip(self),
+        stale = "1h",
+        soft_timeout = "50ms"
+    )]
+    async fn stock(self: std::sync::Arc<Self>, id: u64) -> Result<u64, String> {
+        self.runs.fetch_add(1, SeqCst);
+        if self.hold.load(SeqCst) {
+            self.gate.acquire().await.unwrap().forget();
+        }
+        Ok(id * 1000 + self.version.load(SeqCst))
+    }
+}
+
+#[tokio::test]
+async fn arc_self_methods_refresh_ahead_and_finish_after_a_soft_timeout() {
+    use std::sync::Arc;
+    shared_redis_with_bus().await;
+    let catalog = Arc::new(Catalog {
+        version: AtomicU64::new(0),
+        runs: AtomicUsize::new(0),
+        hold: AtomicBool::new(false),
+        gate: Semaphore::new(0),
+    });
+
+    assert_eq!(catalog.clone().price(1).await, 1000);
+    // Past half of the 2 s TTL (time passing is what is under test): the read returns the
+    // current value and starts the refresh, which holds its own clone of the `Arc`.
+    catalog.version.store(1, SeqCst);
+    catalog.hold.store(true, SeqCst);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(catalog.clone().price(1).await, 1000);
+    eventually(Duration::from_secs(5), "the refresh body to start", || {
+        catalog.runs.load(SeqCst) == 2
+    })
+    .await;
+    assert_eq!(Arc::strong_count(&catalog), 2, "the refresh owns a clone");
+    assert_eq!(Catalog::price_cache().stats().refreshes_ahead, 1);
+    catalog.gate.add_permits(1);
+    eventually(Duration::from_secs(5), "the refreshed value", || {
+        Catalog::price_cache().peek_local("catalog:1") == Some(1001)
+    })
+    .await;
+    eventually(
+        Duration::from_secs(5),
+        "the refresh to drop its clone",
+        || Arc::strong_count(&catalog) == 1,
+    )
+    .await;
+    catalog.hold.store(false, SeqCst);
+
+    // A stale value served after the soft timeout; the body finishes in the background.
+    assert_eq!(catalog.clone().stock(2).await, Ok(2001));
+    catalog.version.store(2, SeqCst);
+    catalog.hold.store(true, SeqCst);
+    // Expired locally and in Redis (whose copy is kept an hour as the fallback).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while Catalog::stock_cache()
+        .lookup("catalog_soft:2")
+        .await
+        .is_some()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the entry never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let runs = catalog.runs.load(SeqCst);
+    assert_eq!(
+        catalog.clone().stock(2).await,
+        Ok(2001),
+        "stale, at the soft timeout"
+    );
+    assert_eq!(catalog.runs.load(SeqCst), runs + 1);
+    assert_eq!(Catalog::stock_cache().stats().soft_timeouts, 1);
+    catalog.gate.add_permits(1);
+    eventually(
+        Duration::from_secs(5),
+        "the background body's value",
+        || Catalog::stock_cache().peek_local("catalog_soft:2") == Some(2002),
+    )
+    .await;
+}
