@@ -374,6 +374,9 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         #vis #asyncness fn #uncached #generics (#inputs) -> #ret #where_clause #block
 
         #[doc = #doc_entry]
+        // Companions a caller does not use are not dead code of theirs (the lint would
+        // fire where a `macro_rules!` writes the function, in a module no one reaches).
+        #[allow(dead_code)]
         #at_entry
         #vis #asyncness fn #entry #generics (#wrapper_inputs) -> #entry_ty #where_clause {
             #p_entry
@@ -381,6 +384,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         }
 
         #[doc = #doc_invalidate]
+        #[allow(dead_code)]
         #at_companion
         #vis #asyncness fn #invalidate #companion_generics (#self_arg #(#key_params),*)
             -> ::core::result::Result<(), #k::CacheError> #companion_where
@@ -394,7 +398,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
 
         #[doc = #doc_populate]
         // One parameter more than the function: a function at clippy's limit would pass it.
-        #[allow(clippy::too_many_arguments)]
+        #[allow(clippy::too_many_arguments, dead_code)]
         #at_companion
         #vis #asyncness fn #populate #companion_generics (#self_arg #(#key_params,)* #value_arg: #value_ty)
             -> ::core::result::Result<(), #k::CacheError> #companion_where
@@ -407,6 +411,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         }
 
         #[doc = #doc_lookup]
+        #[allow(dead_code)]
         #at_companion
         #vis #asyncness fn #lookup #companion_generics (#self_arg #(#key_params),*)
             -> ::core::option::Option<#value_ty> #companion_where
@@ -416,6 +421,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         }
 
         #[doc = #doc_refresh]
+        #[allow(dead_code)]
         #at_refresh
         #vis #asyncness fn #refresh #generics (#wrapper_inputs) -> #ret #where_clause {
             #p_refresh
@@ -426,6 +432,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         }
 
         #[doc = #doc_accessor]
+        #[allow(dead_code)]
         #at_accessor
         #vis fn #accessor #acc_generics () -> &'static #k::Cache<#value_ty> #acc_where {
             #get_accessor
@@ -847,14 +854,20 @@ fn template_pieces(
                         ),
                     ));
                 }
+                // Shown at the template, resolved where the parameter is declared: a
+                // function a `macro_rules!` writes, with the template passed in by its caller,
+                // declares its parameters under the macro's hygiene, not the literal's.
                 let root_tokens = match param {
                     Some(name) => {
                         let mut id = name.clone();
-                        id.set_span(lit.span());
+                        id.set_span(name.span().located_at(lit.span()));
                         quote!(#id)
                     }
                     None => {
-                        let s = syn::token::SelfValue { span: lit.span() };
+                        let declared = a.receiver.unwrap_or_else(|| lit.span());
+                        let s = syn::token::SelfValue {
+                            span: declared.located_at(lit.span()),
+                        };
                         quote!(#s)
                     }
                 };

@@ -271,13 +271,22 @@ fn skip_list(meta: &ParseNestedMeta<'_>, _: &str, _: &str) -> syn::Result<Vec<Id
     Ok(list)
 }
 
+/// An array element as written: a `macro_rules!` fragment (`[$tag]` with `$tag:literal` or
+/// `:expr`) arrives wrapped in an invisible group, which is looked through.
+fn unwrap_group(elem: syn::Expr) -> syn::Expr {
+    match elem {
+        syn::Expr::Group(g) => unwrap_group(*g.expr),
+        other => other,
+    }
+}
+
 /// `tags = ["user:<id>", "catalog"]`.
 fn tag_list(meta: &ParseNestedMeta<'_>, name: &str, expected: &str) -> syn::Result<Vec<LitStr>> {
     let array: syn::ExprArray = value(meta, name, expected)?;
     array
         .elems
         .into_iter()
-        .map(|elem| match elem {
+        .map(|elem| match unwrap_group(elem) {
             syn::Expr::Lit(syn::ExprLit {
                 lit: Lit::Str(s), ..
             }) if !s.value().is_empty() => Ok(s),
@@ -294,7 +303,7 @@ fn purge_list(meta: &ParseNestedMeta<'_>, name: &str, expected: &str) -> syn::Re
     let array: syn::ExprArray = value(meta, name, expected)?;
     let mut paths = Vec::new();
     for elem in array.elems {
-        match elem {
+        match unwrap_group(elem) {
             syn::Expr::Lit(syn::ExprLit {
                 lit: Lit::Str(s), ..
             }) => {

@@ -1,5 +1,5 @@
 //! The trybuild pass cases of the signatures a codebase has (generic impls, attributes,
-//! `mut` parameters, skipped `&mut` handles, receivers by value (`self: Arc<Self>`, `self`), associated functions, aliased `Result` / `Option` returns, borrowed errors and `&'static` values, raw identifiers, `crate = "..."`, trait impls, and the
+//! `mut` parameters, skipped `&mut` handles, receivers by value (`self: Arc<Self>`, `self`), functions a `macro_rules!` writes, associated functions, aliased `Result` / `Option` returns, borrowed errors and `&'static` values, raw identifiers, `crate = "..."`, trait impls, and the
 //! signatures of real codebases: services over pools, newtype ids, nested modules),
 //! also built as an integration test of this crate: so they run here, and
 //! `cargo clippy --workspace --all-targets -- -D warnings` lints their expansion as a user
@@ -17,6 +17,8 @@ mod borrowed_parts;
 mod crate_path;
 #[path = "ui/pass/generic_impls.rs"]
 mod generic_impls;
+#[path = "ui/pass/macro_rules_items.rs"]
+mod macro_rules_items;
 #[path = "ui/pass/mut_handles.rs"]
 mod mut_handles;
 #[path = "ui/pass/mut_params.rs"]
@@ -58,6 +60,11 @@ fn crate_path_option() {
 #[test]
 fn generic_impls_and_functions() {
     generic_impls::main();
+}
+
+#[test]
+fn functions_written_by_macro_rules() {
+    macro_rules_items::main();
 }
 
 #[test]

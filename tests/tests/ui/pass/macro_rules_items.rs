@@ -1,0 +1,114 @@
+//! Cached functions that a `macro_rules!` writes, as codebases do for families of lookups:
+//! the template passed in by the macro's caller names parameters the macro declares (under
+//! the macro's hygiene), the parameter's name passed in by the caller with the template
+//! written in the macro, and a method whose `<self.field>` comes from the caller. Each
+//! template placeholder resolves to the parameter it names.
+#![deny(warnings)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use cache_runtime::cached;
+
+static RUNS: AtomicU32 = AtomicU32::new(0);
+
+fn ran() {
+    RUNS.fetch_add(1, Ordering::SeqCst);
+}
+
+fn runs() -> u32 {
+    RUNS.load(Ordering::SeqCst)
+}
+
+// The caller writes the template; the macro declares `id`.
+macro_rules! scaled_lookup {
+    ($name:ident, $key:literal, $factor:expr) => {
+        #[cached(ttl = 60, key = $key, tags = [$key])]
+        pub fn $name(id: u64) -> u64 {
+            ran();
+            id * $factor
+        }
+    };
+}
+scaled_lookup!(double, "double:<id>", 2);
+scaled_lookup!(triple, "triple:<id>", 3);
+
+// The caller names the parameter; the macro writes the template that names it.
+macro_rules! by_param {
+    ($name:ident, $param:ident) => {
+        #[cached(ttl = 60, key = "by_param:<n>:<m>")]
+        pub fn $name($param: u64, m: u64) -> u64 {
+            ran();
+            $param + m
+        }
+    };
+}
+by_param!(by_n, n);
+
+// Tags and purge paths as `macro_rules!` fragments (`$tag:literal`, `$path:expr`).
+macro_rules! tagged {
+    ($name:ident, $tag:literal, $path:expr) => {
+        #[cached(ttl = 60, key = "tagged:<id>", tags = [$tag, "all"], purge = [$path])]
+        pub fn $name(id: u64) -> u64 {
+            ran();
+            id
+        }
+    };
+}
+tagged!(tagged_item, "item:<id>", "/items/<id>");
+
+// A method: the caller writes `<self.shard>`; the macro declares `&self` and `id`.
+pub struct Shards {
+    shard: u32,
+}
+
+macro_rules! shard_lookup {
+    ($key:literal) => {
+        impl Shards {
+            #[cached(ttl = 60, key = $key)]
+            pub fn find(&self, id: u64) -> u64 {
+                ran();
+                u64::from(self.shard) * 100 + id
+            }
+        }
+    };
+}
+shard_lookup!("shard:<self.shard>:<id>");
+
+pub fn main() {
+    let before = runs();
+    assert_eq!(double(4), 8);
+    assert_eq!(double(4), 8);
+    assert_eq!(triple(4), 12);
+    assert_eq!(runs() - before, 2, "one body per function and argument");
+    assert_eq!(lookup_double(4), Some(8));
+    assert_eq!(lookup_double(5), None, "the key holds the argument");
+    invalidate_double(4).expect("local invalidation");
+    assert_eq!(lookup_double(4), None);
+
+    let before = runs();
+    assert_eq!(by_n(100, 2), 102);
+    assert_eq!(by_n(100, 2), 102);
+    assert_eq!(lookup_by_n(100, 2), Some(102));
+    assert_eq!(lookup_by_n(101, 2), None, "`<n>` is the caller's parameter");
+    assert_eq!(runs() - before, 1);
+
+    let before = runs();
+    assert_eq!(tagged_item(5), 5);
+    assert_eq!(tagged_item(5), 5);
+    assert_eq!(runs() - before, 1);
+    cache_runtime::invalidate_tag_blocking("item:5").expect("local tag invalidation");
+    assert_eq!(
+        lookup_tagged_item(5),
+        None,
+        "the tag from the fragment is the entry's"
+    );
+
+    let before = runs();
+    let a = Shards { shard: 1 };
+    let b = Shards { shard: 2 };
+    assert_eq!(a.find(3), 103);
+    assert_eq!(a.find(3), 103);
+    assert_eq!(b.find(3), 203, "`<self.shard>` is in the key");
+    assert_eq!(runs() - before, 2);
+    assert_eq!(b.lookup_find(3), Some(203));
+}
