@@ -134,7 +134,7 @@ pub fn analyze(
                     // (`&Rc<Self>`, `&Box<Self>`, `&Pin<&Self>`) borrows as `&self` does; and
                     // `self: Arc<Self>` (`Box<Self>`, `Pin<Box<Self>>`) is taken by value. The
                     // wrapper passes it on to `NAME_uncached`; the companions take `&self`.
-                    receiver_kind = match &*r.ty {
+                    receiver_kind = match ungrouped(&r.ty) {
                         Type::Reference(tr) if is_self_type(&tr.elem) => match &tr.mutability {
                             None => ReceiverKind::Borrowed,
                             Some(m) => return Err(Error::new(m.span, MUT_SELF)),
@@ -344,7 +344,9 @@ impl Analyzed {
 }
 
 fn last_segment(ty: &Type) -> Option<(Ident, Vec<Type>)> {
-    let Type::Path(tp) = ty else { return None };
+    let Type::Path(tp) = ungrouped(ty) else {
+        return None;
+    };
     if tp.qself.is_some() {
         return None;
     }
@@ -481,7 +483,7 @@ fn check_param_type(ty: &Type, skipped: bool) -> syn::Result<()> {
 }
 
 fn check_return_type(ty: &Type) -> syn::Result<()> {
-    if let Type::Tuple(t) = ty {
+    if let Type::Tuple(t) = ungrouped(ty) {
         if t.elems.is_empty() {
             return Err(Error::new_spanned(
                 t,
@@ -515,7 +517,7 @@ fn boxed_future(ty: &Type) -> Option<(Span, Option<Type>)> {
     if boxed != "Box" {
         return None;
     }
-    let Type::TraitObject(obj) = inner.first()? else {
+    let Type::TraitObject(obj) = ungrouped(inner.first()?) else {
         return None;
     };
     let future = obj.bounds.iter().find_map(|b| match b {
@@ -552,14 +554,23 @@ fn type_text(ty: &Type) -> String {
 
 /// `Self`, as a type.
 fn is_self_type(ty: &Type) -> bool {
-    matches!(ty, Type::Path(p) if p.qself.is_none() && p.path.is_ident("Self"))
+    matches!(ungrouped(ty), Type::Path(p) if p.qself.is_none() && p.path.is_ident("Self"))
+}
+
+/// The type inside the invisible groups a `macro_rules!` fragment arrives in (`-> $ret`
+/// with `$ret:ty` = `Result<u64, E>` is a `Result` as written) and inside parentheses.
+fn ungrouped(ty: &Type) -> &Type {
+    match ty {
+        Type::Group(g) => ungrouped(&g.elem),
+        Type::Paren(p) => ungrouped(&p.elem),
+        other => other,
+    }
 }
 
 /// `Arc<Self>`, `Rc<Self>`, `Box<Self>`, `Pin<&Self>` and their nestings: a pointer to `Self`
 /// that a shared reference gives shared access through.
 fn points_to_self(ty: &Type) -> bool {
-    match ty {
-        Type::Paren(p) => points_to_self(&p.elem),
+    match ungrouped(ty) {
         Type::Reference(r) => {
             r.mutability.is_none() && (is_self_type(&r.elem) || points_to_self(&r.elem))
         }

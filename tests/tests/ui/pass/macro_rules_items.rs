@@ -56,6 +56,25 @@ macro_rules! tagged {
 }
 tagged!(tagged_item, "item:<id>", "/items/<id>");
 
+// Types as fragments (`$ret:ty`, `$t:ty`): a `Result` / an `Option` passed in is one as
+// written (only `Ok` / `Some` cached), not an alias to declare.
+macro_rules! typed {
+    ($name:ident, $t:ty, $ret:ty, $body:expr) => {
+        #[cached(ttl = 60)]
+        pub fn $name(id: $t) -> $ret {
+            ran();
+            ($body)(id)
+        }
+    };
+}
+typed!(checked, u64, Result<u64, String>, |id| if id == 0 {
+    Err("zero".to_string())
+} else {
+    Ok(id)
+});
+typed!(found, u32, Option<u64>, |id| (id > 0)
+    .then_some(u64::from(id)));
+
 // A method: the caller writes `<self.shard>`; the macro declares `&self` and `id`.
 pub struct Shards {
     shard: u32,
@@ -102,6 +121,19 @@ pub fn main() {
         None,
         "the tag from the fragment is the entry's"
     );
+
+    let before = runs();
+    assert_eq!(checked(0), Err("zero".to_string()));
+    assert_eq!(checked(0), Err("zero".to_string()));
+    assert_eq!(runs() - before, 2, "an `Err` is never cached");
+    assert_eq!(checked(4), Ok(4));
+    assert_eq!(checked(4), Ok(4));
+    assert_eq!(lookup_checked(4), Some(4), "the cached value is the `Ok`'s");
+    assert_eq!(found(0), None);
+    assert_eq!(found(0), None);
+    assert_eq!(found(2), Some(2));
+    assert_eq!(lookup_found(2), Some(2));
+    assert_eq!(runs() - before, 6, "a `None` is never cached");
 
     let before = runs();
     let a = Shards { shard: 1 };
