@@ -173,10 +173,13 @@ use proc_macro::TokenStream;
 ///
 /// # Signatures
 ///
-/// Cached: `fn` and `async fn`; free functions, `&self` methods and associated functions
-/// without `self` in inherent `impl` blocks, and in trait impls with `in_trait` (see
+/// Cached: `fn` and `async fn`; free functions, `&self` methods (and methods taking `self`
+/// by value or as `self: Arc<Self>`, below) and associated functions without `self` in
+/// inherent `impl` blocks, and in trait impls with `in_trait` (see
 /// [Trait impls](#trait-impls)); lifetime, type and const parameters and `where`
-/// clauses; generic `impl` blocks; `mut` parameters; raw identifiers.
+/// clauses; generic `impl` blocks; `mut` parameters; raw identifiers; functions a
+/// `macro_rules!` writes, with the template, tags, types or patterns passed in as fragments
+/// (a placeholder resolves to the parameter it names, whichever side wrote it).
 ///
 /// **Generic functions and generic `impl`s get one cache per instantiation**: `Typed::<u8>`
 /// and `Typed::<u64>` never share an entry. The instantiation (its path with type arguments,
