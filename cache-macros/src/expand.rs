@@ -182,7 +182,11 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         .into_iter()
         .map(String::from)
         .chain((1..).map(|n| format!("value_{n}")))
-        .find(|v| !a.names().any(|n| n.unraw() == v.as_str()))
+        .find(|v| {
+            !a.names()
+                .chain(a.params.iter().map(|p| &p.ident))
+                .any(|n| n.unraw() == v.as_str())
+        })
         .map(|v| Ident::new(&v, Span::call_site()))
         .expect("finitely many parameters");
 

@@ -295,6 +295,7 @@ pub fn analyze(
             },
         ));
     }
+    name_whole_arguments(&mut params);
     Ok(Analyzed {
         is_async: sig.asyncness.is_some() || boxed.is_some(),
         boxed,
@@ -307,6 +308,67 @@ pub fn analyze(
         value_ty,
         alias_checks,
     })
+}
+
+/// Names the arguments that patterns take whole after what they destructure (`Path(id):
+/// Path<u64>` → `path`, `Point { x, y }` → `point`, `(a, b)` → `tuple`): the generated
+/// functions take them under these names, which their rustdoc shows. Hygienic
+/// (`mixed_site`) and distinct from every name of the signature, the others' bindings
+/// included (`_2`, `_3` … when two would meet).
+fn name_whole_arguments(params: &mut [Param]) {
+    let mut taken: Vec<String> = params
+        .iter()
+        .flat_map(|p| {
+            p.names
+                .iter()
+                .chain(p.pattern.is_none().then_some(&p.ident))
+        })
+        .map(|n| n.unraw().to_string())
+        .collect();
+    for p in params.iter_mut() {
+        let Some(pattern) = &p.pattern else { continue };
+        let base = match pattern {
+            Pat::TupleStruct(t) => t.path.segments.last().map(|s| snake_case(&s.ident)),
+            Pat::Struct(t) => t.path.segments.last().map(|s| snake_case(&s.ident)),
+            Pat::Tuple(_) => Some("tuple".to_string()),
+            Pat::Slice(_) => Some("slice".to_string()),
+            _ => None,
+        }
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| "arg".to_string());
+        // A keyword (`Type(t)` → `type`) is no parameter name.
+        let base = if syn::parse_str::<Ident>(&base).is_ok() {
+            base
+        } else {
+            format!("{base}_arg")
+        };
+        let name = std::iter::once(base.clone())
+            .chain((2..).map(|n| format!("{base}_{n}")))
+            .find(|n| !taken.contains(n))
+            .expect("finitely many names are taken");
+        p.ident = Ident::new(&name, Span::mixed_site());
+        taken.push(name);
+    }
+}
+
+/// `UserQuery` → `user_query`, `Path` → `path`, `JSON` → `json`.
+fn snake_case(ident: &Ident) -> String {
+    let text = ident.unraw().to_string();
+    let mut out = String::new();
+    let mut prev_lower = false;
+    for c in text.chars() {
+        if c.is_uppercase() {
+            if prev_lower {
+                out.push('_');
+            }
+            out.extend(c.to_lowercase());
+            prev_lower = false;
+        } else {
+            out.push(c);
+            prev_lower = c.is_lowercase() || c.is_ascii_digit();
+        }
+    }
+    out
 }
 
 /// The names a parameter pattern binds: tuple-struct, struct, tuple and slice patterns of
@@ -582,5 +644,67 @@ fn points_to_self(ty: &Type) -> bool {
             }
             _ => false,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names `name_whole_arguments` gives the parameters of `inputs`.
+    fn names_of(inputs: &str) -> Vec<String> {
+        let f: ItemFn = syn::parse_str(&format!("fn f({inputs}) -> u8 {{ 0 }}")).unwrap();
+        let mut params: Vec<Param> = f
+            .sig
+            .inputs
+            .iter()
+            .map(|arg| {
+                let FnArg::Typed(pt) = arg else {
+                    panic!("no receiver here")
+                };
+                let (ident, pattern, names) = match &*pt.pat {
+                    Pat::Ident(pi) => (pi.ident.clone(), None, vec![pi.ident.clone()]),
+                    other => {
+                        let mut names = Vec::new();
+                        pattern_bindings(other, &mut names).unwrap();
+                        (
+                            Ident::new("__arg", Span::call_site()),
+                            Some(other.clone()),
+                            names,
+                        )
+                    }
+                };
+                Param {
+                    ident,
+                    ty: (*pt.ty).clone(),
+                    pattern,
+                    names,
+                }
+            })
+            .collect();
+        name_whole_arguments(&mut params);
+        params.iter().map(|p| p.ident.to_string()).collect()
+    }
+
+    #[test]
+    fn whole_arguments_are_named_after_what_they_destructure() {
+        assert_eq!(
+            names_of("State(db): State<Db>, Path(id): Path<u64>"),
+            ["state", "path"]
+        );
+        assert_eq!(
+            names_of("UserQuery { q }: UserQuery, (a, b): (u8, u8), [x, y]: [u8; 2]"),
+            ["user_query", "tuple", "slice"]
+        );
+        // Distinct from each other and from every name of the signature.
+        assert_eq!(
+            names_of("Path(a): Path<u8>, Path(path): Path<u8>, path_2: u8"),
+            ["path_3", "path_4", "path_2"]
+        );
+        // Not a keyword; acronyms in one piece.
+        assert_eq!(
+            names_of("Type(t): Type, JSON(j): JSON"),
+            ["type_arg", "json"]
+        );
     }
 }
