@@ -5,19 +5,11 @@
 //! template placeholder resolves to the parameter it names.
 #![deny(warnings)]
 
-use std::sync::atomic::{AtomicU32, Ordering};
-
 use cache_runtime::cached;
 
-static RUNS: AtomicU32 = AtomicU32::new(0);
-
-fn ran() {
-    RUNS.fetch_add(1, Ordering::SeqCst);
-}
-
-fn runs() -> u32 {
-    RUNS.load(Ordering::SeqCst)
-}
+#[path = "support/runs.rs"]
+mod runs;
+use runs::{ran, runs};
 
 // The caller writes the template; the macro declares `id`.
 macro_rules! scaled_lookup {

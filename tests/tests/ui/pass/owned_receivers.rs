@@ -7,21 +7,14 @@
 #![deny(warnings)]
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use cache_runtime::cached;
 use cache_runtime::key::KeyPart;
 
-static RUNS: AtomicU32 = AtomicU32::new(0);
-
-fn ran() {
-    RUNS.fetch_add(1, Ordering::SeqCst);
-}
-
-fn runs() -> u32 {
-    RUNS.load(Ordering::SeqCst)
-}
+#[path = "support/runs.rs"]
+mod runs;
+use runs::{ran, runs};
 
 #[derive(Debug, PartialEq)]
 pub struct NotFound;
