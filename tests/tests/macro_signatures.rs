@@ -4,6 +4,9 @@
 //! also built as an integration test of this crate: so they run here, and
 //! `cargo clippy --workspace --all-targets -- -D warnings` lints their expansion as a user
 //! crate's code.
+// Each fixture includes `support/runs.rs` for a body count of its own (trybuild compiles
+// each alone, so they cannot share one module).
+#![allow(clippy::duplicate_mod)]
 
 #[path = "ui/pass/aliased_returns.rs"]
 mod aliased_returns;
