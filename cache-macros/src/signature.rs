@@ -171,33 +171,7 @@ pub fn analyze(
                 }
             }
             FnArg::Typed(pt) => {
-                let (ident, pattern, names) =
-                    match &*pt.pat {
-                        Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none() => {
-                            (pi.ident.clone(), None, vec![pi.ident.clone()])
-                        }
-                        Pat::Wild(w) => return Err(Error::new_spanned(
-                            w,
-                            "cached functions need a name for every parameter (the key is built \
-                             from them): name it, e.g. `_pool: &Pool`, and list it in \
-                             `skip(_pool)` if it does not affect the result",
-                        )),
-                        // An extractor (`Path(id): Path<u64>`, `State(db): State<Db>`), a struct
-                        // or a tuple: its bindings are the names.
-                        other => {
-                            let mut names = Vec::new();
-                            pattern_bindings(other, &mut names)?;
-                            let whole =
-                                Ident::new(&format!("__arg{}", params.len()), Span::mixed_site());
-                            (whole, Some(other.clone()), names)
-                        }
-                    };
-                let param = Param {
-                    ident,
-                    ty: (*pt.ty).clone(),
-                    pattern,
-                    names,
-                };
+                let param = Param::from_typed(pt)?;
                 // A skipped parameter (a connection, a transaction) does not affect the
                 // result, so a `&mut` one is a handle the body uses, not an output.
                 let skipped = param.skipped(|n| skip.iter().any(|s| s.unraw() == n));
@@ -308,6 +282,40 @@ pub fn analyze(
         value_ty,
         alias_checks,
     })
+}
+
+impl Param {
+    /// The parameter `pt` declares. A pattern's whole argument gets its name from
+    /// [`name_whole_arguments`], once every parameter's names are known.
+    fn from_typed(pt: &syn::PatType) -> syn::Result<Param> {
+        let (ident, pattern, names) = match &*pt.pat {
+            Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none() => {
+                (pi.ident.clone(), None, vec![pi.ident.clone()])
+            }
+            Pat::Wild(w) => {
+                return Err(Error::new_spanned(
+                    w,
+                    "cached functions need a name for every parameter (the key is built from \
+                     them): name it, e.g. `_pool: &Pool`, and list it in `skip(_pool)` if it \
+                     does not affect the result",
+                ))
+            }
+            // An extractor (`Path(id): Path<u64>`, `State(db): State<Db>`), a struct or a
+            // tuple: its bindings are the names.
+            other => {
+                let mut names = Vec::new();
+                pattern_bindings(other, &mut names)?;
+                let whole = Ident::new("__arg", Span::mixed_site());
+                (whole, Some(other.clone()), names)
+            }
+        };
+        Ok(Param {
+            ident,
+            ty: (*pt.ty).clone(),
+            pattern,
+            names,
+        })
+    }
 }
 
 /// Names the arguments that patterns take whole after what they destructure (`Path(id):
@@ -658,28 +666,9 @@ mod tests {
             .sig
             .inputs
             .iter()
-            .map(|arg| {
-                let FnArg::Typed(pt) = arg else {
-                    panic!("no receiver here")
-                };
-                let (ident, pattern, names) = match &*pt.pat {
-                    Pat::Ident(pi) => (pi.ident.clone(), None, vec![pi.ident.clone()]),
-                    other => {
-                        let mut names = Vec::new();
-                        pattern_bindings(other, &mut names).unwrap();
-                        (
-                            Ident::new("__arg", Span::call_site()),
-                            Some(other.clone()),
-                            names,
-                        )
-                    }
-                };
-                Param {
-                    ident,
-                    ty: (*pt.ty).clone(),
-                    pattern,
-                    names,
-                }
+            .map(|arg| match arg {
+                FnArg::Typed(pt) => Param::from_typed(pt).unwrap(),
+                FnArg::Receiver(_) => panic!("no receiver here"),
             })
             .collect();
         name_whole_arguments(&mut params);

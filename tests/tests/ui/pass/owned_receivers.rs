@@ -14,7 +14,9 @@ use cache_runtime::key::KeyPart;
 
 #[path = "support/runs.rs"]
 mod runs;
-use runs::{ran, runs};
+use runs::Runs;
+
+static RUNS: Runs = Runs::new();
 
 #[derive(Debug, PartialEq)]
 pub struct NotFound;
@@ -26,7 +28,7 @@ pub struct Service {
 impl Service {
     #[cached(ttl = 60, key = "by_arc:<self.tenant>:<id>")]
     pub async fn by_arc(self: Arc<Self>, id: u64) -> Result<u64, NotFound> {
-        ran();
+        RUNS.hit();
         if id == 0 {
             return Err(NotFound);
         }
@@ -37,7 +39,7 @@ impl Service {
     #[allow(clippy::boxed_local)]
     #[cached(ttl = 60, skip(self))]
     pub fn boxed(self: Box<Self>, id: u64) -> u64 {
-        ran();
+        RUNS.hit();
         u64::from(self.tenant) + id
     }
 }
@@ -51,7 +53,7 @@ impl Client {
     // The default key: `self` (a `KeyPart`) then `id`.
     #[cached(ttl = 60)]
     pub fn by_value(self, id: u64) -> u64 {
-        ran();
+        RUNS.hit();
         u64::from(self.shard) * 100 + id
     }
 
@@ -59,14 +61,14 @@ impl Client {
     // the caller sees.
     #[cached(ttl = 60, key = "mut_value:<self.shard>:<id>")]
     pub async fn mut_value(mut self, id: u64) -> Option<u64> {
-        ran();
+        RUNS.hit();
         self.shard += 1;
         Some(u64::from(self.shard) * 100 + id)
     }
 
     #[cached(ttl = 60)]
     pub async fn pinned(self: Pin<Box<Self>>, id: u64) -> u64 {
-        ran();
+        RUNS.hit();
         u64::from(self.shard) * 10 + id
     }
 }
@@ -80,7 +82,7 @@ pub trait Repo {
 impl Repo for Client {
     #[cached(ttl = 60, in_trait, skip(self))]
     async fn get(self: Arc<Self>, id: u64) -> Result<u64, NotFound> {
-        ran();
+        RUNS.hit();
         Ok(u64::from(self.shard) + id * 7)
     }
 }
@@ -94,57 +96,61 @@ pub fn main() {
 }
 
 async fn run() {
-    let before = runs();
+    let before = RUNS.get();
     let service = Arc::new(Service { tenant: 3 });
     assert_eq!(service.clone().by_arc(7).await, Ok(3007));
     assert_eq!(service.clone().by_arc(7).await, Ok(3007));
-    assert_eq!(runs() - before, 1, "the second call is a hit");
+    assert_eq!(RUNS.get() - before, 1, "the second call is a hit");
     assert_eq!(service.lookup_by_arc(7).await, Some(3007));
     // `Err` is not cached.
     assert_eq!(service.clone().by_arc(0).await, Err(NotFound));
     assert_eq!(service.clone().by_arc(0).await, Err(NotFound));
-    assert_eq!(runs() - before, 3);
+    assert_eq!(RUNS.get() - before, 3);
     service
         .invalidate_by_arc(7)
         .await
         .expect("local invalidation");
     assert_eq!(service.lookup_by_arc(7).await, None);
     assert_eq!(service.clone().by_arc(7).await, Ok(3007));
-    assert_eq!(runs() - before, 4, "the invalidated entry is loaded again");
+    assert_eq!(
+        RUNS.get() - before,
+        4,
+        "the invalidated entry is loaded again"
+    );
 
-    let before = runs();
+    let before = RUNS.get();
     assert_eq!(Box::new(Service { tenant: 1 }).boxed(5), 6);
     // Skipped `self`: another instance shares the entry.
     assert_eq!(Box::new(Service { tenant: 2 }).boxed(5), 6);
-    assert_eq!(runs() - before, 1);
+    assert_eq!(RUNS.get() - before, 1);
     assert_eq!(Service { tenant: 9 }.lookup_boxed(5), Some(6));
 
-    let before = runs();
+    let before = RUNS.get();
     let a = Client { shard: 4 };
     let b = Client { shard: 5 };
     assert_eq!(a.by_value(1), 401);
     assert_eq!(a.by_value(1), 401);
     assert_eq!(b.by_value(1), 501, "`self` is part of the default key");
-    assert_eq!(runs() - before, 2);
+    assert_eq!(RUNS.get() - before, 2);
     assert_eq!(a.lookup_by_value(1), Some(401));
     a.invalidate_by_value(1).expect("local invalidation");
     assert_eq!(a.lookup_by_value(1), None);
     assert_eq!(b.lookup_by_value(1), Some(501), "only `a`'s entry went");
 
-    let before = runs();
+    let before = RUNS.get();
     assert_eq!(a.mut_value(2).await, Some(502));
     assert_eq!(a.mut_value(2).await, Some(502));
-    assert_eq!(runs() - before, 1);
+    assert_eq!(RUNS.get() - before, 1);
     assert_eq!(a.shard, 4, "the caller's copy never changes");
     assert_eq!(a.lookup_mut_value(2).await, Some(502));
 
-    let before = runs();
+    let before = RUNS.get();
     assert_eq!(Box::pin(a).pinned(3).await, 43);
     assert_eq!(Box::pin(a).pinned(3).await, 43);
-    assert_eq!(runs() - before, 1);
+    assert_eq!(RUNS.get() - before, 1);
     assert_eq!(a.lookup_pinned(3).await, Some(43));
 
-    let before = runs();
+    let before = RUNS.get();
     let repo: Arc<dyn Repo + Send + Sync> = Arc::new(b);
     assert_eq!(repo.clone().get(2).await, Ok(19));
     assert_eq!(
@@ -152,5 +158,5 @@ async fn run() {
         Ok(19),
         "skipped `self`: one entry"
     );
-    assert_eq!(runs() - before, 1);
+    assert_eq!(RUNS.get() - before, 1);
 }

@@ -4,7 +4,7 @@
 //! running once, then invalidated and called again with the body running again. Local tier
 //! only. The refused neighbours have fail cases: `impl Trait` parameters in the key
 //! (`impl_trait_param`), `unsafe fn` (`unsafe_fn`), `extern` (`extern_fn`), `self:
-//! Arc<Self>` (`self_typed_receiver`), a key type without `KeyPart` (`param_not_key_part`).
+//! Pin<&mut Self>` (`self_pin_mut_receiver`), a key type without `KeyPart` (`param_not_key_part`).
 #![deny(warnings)]
 
 use std::borrow::Cow;
@@ -22,22 +22,9 @@ use cache_runtime::key::{KeyPart, KeyWriter};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// How many times a body ran.
-pub struct Runs(AtomicUsize);
-
-impl Runs {
-    pub const fn new() -> Self {
-        Self(AtomicUsize::new(0))
-    }
-
-    pub fn hit(&self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-
-    pub fn get(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
-    }
-}
+#[path = "support/runs.rs"]
+mod runs;
+use runs::Runs;
 
 /// `$call` twice: one body run; `$invalidate`; `$call` again: one more run, same value.
 macro_rules! once_then_again {

@@ -1,16 +1,24 @@
-//! How many times the fixture's bodies ran: a hit runs none. Each fixture that includes
-//! this module (`#[path = "support/runs.rs"] mod runs;`) has its own count.
+//! How many times a fixture's bodies ran: a hit runs none. Each ui pass fixture includes this
+//! module (`#[path = "support/runs.rs"] mod runs;`), so trybuild compiles it alone, and
+//! keeps a `static` `Runs` per function or group of functions it counts.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-static RUNS: AtomicU32 = AtomicU32::new(0);
+/// How many times a body ran.
+pub struct Runs(AtomicUsize);
 
-/// Called by every body.
-pub fn ran() {
-    RUNS.fetch_add(1, Ordering::SeqCst);
-}
+impl Runs {
+    pub const fn new() -> Self {
+        Self(AtomicUsize::new(0))
+    }
 
-/// Bodies run so far.
-pub fn runs() -> u32 {
-    RUNS.load(Ordering::SeqCst)
+    /// Called by the body.
+    pub fn hit(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Body runs so far.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
 }
