@@ -274,27 +274,48 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     } else {
         format!("`{name}`")
     };
-    let doc_uncached = format!("The body of {link}, without the cache.");
+    // An `# Errors` section on every generated function that returns a `Result`, as
+    // `clippy::missing_errors_doc` (pedantic) asks of public ones.
+    let body_errors = if matches!(a.kind, Kind::OkOnly) {
+        format!("\n\n# Errors\n\nThe body's `Err`, as {link} returns it (never cached).")
+    } else {
+        String::new()
+    };
+    let doc_uncached = format!("The body of {link}, without the cache.{body_errors}");
     let doc_invalidate = format!(
-        "Removes the entry of {link} for these arguments from every tier. The local tier is \
-         always cleared; `Err` means Redis did not confirm the delete."
+        "Removes the entry of {link} for these arguments from every tier.\n\n# Errors\n\n\
+         When Redis did not confirm the delete (kept and retried); the local tier is cleared \
+         all the same."
     );
     let doc_populate = format!(
         "Writes `{value_arg}` as the entry of {link} for these arguments into every tier \
-         (write-through). The local tier is always written; `Err` means Redis did not take it."
+         (write-through).\n\n# Errors\n\nWhen Redis did not take it; the local tier is \
+         written all the same."
     );
     let doc_lookup =
         format!("The cached value of {link} for these arguments, without running its body.");
-    let doc_refresh =
-        format!("Runs the body of {link} now and stores a cacheable result in every tier.");
+    let doc_refresh = format!(
+        "Runs the body of {link} now and stores a cacheable result in every tier.{body_errors}"
+    );
     let doc_entry = format!(
         "{link} with the value wrapped in a `cache_runtime::Entry`: its ETag, creation time, \
-         tags and source, for HTTP responses (see `cache_runtime::http`)."
+         tags and source, for HTTP responses (see `cache_runtime::http`).{body_errors}"
     );
     let doc_accessor = format!(
         "The cache of {link} (of this instantiation, for a generic one): its name, tiers, \
          stats, local clear."
     );
+    let [doc_uncached, doc_invalidate, doc_populate, doc_lookup, doc_refresh, doc_entry, doc_accessor] =
+        [
+            doc_uncached,
+            doc_invalidate,
+            doc_populate,
+            doc_lookup,
+            doc_refresh,
+            doc_entry,
+            doc_accessor,
+        ]
+        .map(|text| doc_attr(&text, name.span()));
     // At the return type: a value that is not `Clone` is reported there, not at the
     // attribute.
     let entry_ty = respan(
@@ -371,13 +392,13 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
 
         #wrapper
 
-        #[doc = #doc_uncached]
+        #doc_uncached
         // A function without `self` carries its body, so this may be unused.
         #[allow(dead_code)]
         #at_uncached
         #vis #asyncness fn #uncached #generics (#inputs) -> #ret #where_clause #block
 
-        #[doc = #doc_entry]
+        #doc_entry
         // Companions a caller does not use are not dead code of theirs (the lint would
         // fire where a `macro_rules!` writes the function, in a module no one reaches).
         #[allow(dead_code)]
@@ -387,7 +408,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
             #cache.#get_entry #aw
         }
 
-        #[doc = #doc_invalidate]
+        #doc_invalidate
         #[allow(dead_code)]
         #at_companion
         #vis #asyncness fn #invalidate #companion_generics (#self_arg #(#key_params),*)
@@ -400,7 +421,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
             #result
         }
 
-        #[doc = #doc_populate]
+        #doc_populate
         // One parameter more than the function: a function at clippy's limit would pass it.
         #[allow(clippy::too_many_arguments, dead_code)]
         #at_companion
@@ -414,7 +435,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
             #result
         }
 
-        #[doc = #doc_lookup]
+        #doc_lookup
         #[allow(dead_code)]
         #at_companion
         #vis #asyncness fn #lookup #companion_generics (#self_arg #(#key_params),*)
@@ -424,7 +445,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
             #cache.#look(#key) #aw
         }
 
-        #[doc = #doc_refresh]
+        #doc_refresh
         #[allow(dead_code)]
         #at_refresh
         #vis #asyncness fn #refresh #generics (#wrapper_inputs) -> #ret #where_clause {
@@ -435,7 +456,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
             #result
         }
 
-        #[doc = #doc_accessor]
+        #doc_accessor
         #[allow(dead_code)]
         #at_accessor
         #vis fn #accessor #acc_generics () -> &'static #k::Cache<#value_ty> #acc_where {
@@ -834,7 +855,7 @@ fn template_pieces(
                     return Err(Error::new(
                         lit.span(),
                         format!(
-                            "placeholder `<{root}>` in the {what}: `{fn_name}` is not a `&self` method; {}",
+                            "placeholder `<{root}>` in the {what}: `{fn_name}` is not a method (it has no `self`); {}",
                             param_names()
                         ),
                     ));
@@ -1067,4 +1088,12 @@ impl<'a> KeyPlan<'a> {
             #k::key::TaggedKey::new(#key, [#(#tags),*])
         }
     }
+}
+
+/// `#[doc = text]` at `span`, the function's name. Lints read generated docs only there:
+/// clippy skips doc attributes spanned in a macro's expansion, and `missing_errors_doc`
+/// (pedantic) would then find a public companion returning `Result` undocumented.
+fn doc_attr(text: &str, span: Span) -> TokenStream {
+    let lit = syn::LitStr::new(text, span);
+    quote_spanned!(span=> #[doc = #lit])
 }
