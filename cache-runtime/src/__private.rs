@@ -24,7 +24,8 @@ impl<T: Clone + Send + Sync + 'static> CacheValue for T {}
 #[diagnostic::on_unimplemented(
     message = "the cached value type `{Self}` must be `serde::Serialize + serde::de::DeserializeOwned` to use a Redis tier, `max_bytes` or `etag`",
     label = "this value is stored in Redis, weighed in bytes or hashed for its ETag",
-    note = "add `#[derive(serde::Serialize, serde::Deserialize)]`, or use `tier = \"local\"` without `max_bytes` and `etag`"
+    note = "add `#[derive(serde::Serialize, serde::Deserialize)]`, or use `tier = \"local\"` without `max_bytes` and `etag`",
+    note = "a response wrapper that is not serde (`axum::Json<T>`, `actix_web::web::Json<T>`): cache the function that returns `T` and wrap its value where the handler returns it"
 )]
 pub trait RedisValue: serde::Serialize + serde::de::DeserializeOwned {}
 impl<T: serde::Serialize + serde::de::DeserializeOwned> RedisValue for T {}

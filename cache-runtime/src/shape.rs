@@ -29,6 +29,27 @@ pub trait Shape<R> {
     fn cacheable(r: &R) -> Option<(&Self::Value, bool)>;
     /// The return value for a cached value.
     fn rebuild(v: Self::Value) -> R;
+    /// [`cacheable`](Self::cacheable) by value: the value to cache moved out of the result
+    /// (rebuilt with [`rebuild`](Self::rebuild)), or the result itself. A miss stores what
+    /// this gives, so that the call's future never holds the whole result across the store:
+    /// an error type that is not `Send` (`Box<dyn Error>`) then leaves the future `Send`, as
+    /// the function's own future was. The default clones.
+    ///
+    /// ```
+    /// use cache_runtime::shape::{OkOnly, Shape};
+    /// type R = Result<u8, Box<dyn std::error::Error>>;
+    /// assert_eq!(<OkOnly as Shape<R>>::into_cacheable(Ok(1)).ok(), Some((1, false)));
+    /// assert!(<OkOnly as Shape<R>>::into_cacheable(Err("no".into())).is_err());
+    /// ```
+    fn into_cacheable(r: R) -> Result<(Self::Value, bool), R>
+    where
+        Self::Value: Clone,
+    {
+        match Self::cacheable(&r) {
+            Some((v, negative)) => Ok((v.clone(), negative)),
+            None => Err(r),
+        }
+    }
     /// Whether the result is a failure (`Err`) for which a stale value may be served instead.
     fn is_failure(_r: &R) -> bool {
         false
@@ -56,6 +77,9 @@ impl<V: Clone> Shape<V> for Plain {
     fn rebuild(v: V) -> V {
         v
     }
+    fn into_cacheable(r: V) -> Result<(V, bool), V> {
+        Ok((r, false))
+    }
 }
 
 impl<T: Clone, E> Shape<Result<T, E>> for OkOnly {
@@ -65,6 +89,12 @@ impl<T: Clone, E> Shape<Result<T, E>> for OkOnly {
     }
     fn rebuild(v: T) -> Result<T, E> {
         Ok(v)
+    }
+    fn into_cacheable(r: Result<T, E>) -> Result<(T, bool), Result<T, E>> {
+        match r {
+            Ok(t) => Ok((t, false)),
+            Err(e) => Err(Err(e)),
+        }
     }
     fn is_failure(r: &Result<T, E>) -> bool {
         r.is_err()
@@ -79,6 +109,9 @@ impl<T: Clone> Shape<Option<T>> for SomeOnly {
     fn rebuild(v: T) -> Option<T> {
         Some(v)
     }
+    fn into_cacheable(r: Option<T>) -> Result<(T, bool), Option<T>> {
+        r.map(|t| (t, false)).ok_or(None)
+    }
 }
 
 impl<T: Clone> Shape<Option<T>> for SomeOrNone {
@@ -88,6 +121,10 @@ impl<T: Clone> Shape<Option<T>> for SomeOrNone {
     }
     fn rebuild(v: Option<T>) -> Option<T> {
         v
+    }
+    fn into_cacheable(r: Option<T>) -> Result<(Option<T>, bool), Option<T>> {
+        let negative = r.is_none();
+        Ok((r, negative))
     }
 }
 

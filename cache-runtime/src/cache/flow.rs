@@ -146,39 +146,43 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             self.counters.misses.add(1);
         }
         let body = body.take().expect("the body future is used at most once");
+        // Past the body, no await may hold anything of type `R` (the result, or a `Result`
+        // or temporary containing it): an error type that is not `Send` (`Box<dyn Error>`)
+        // then leaves this future `Send`, as the body's own was. So where the result is not
+        // stored, the lock is released without waiting, and where it is, only the value
+        // (`Send + Sync`) is kept across the store.
         let r = match self.run_body::<R, S>(key, body, fallback).await {
             Ok(r) => r,
             Err((fb, fb_meta)) => {
-                self.release(key, claim.and_then(Claim::into_token)).await;
+                self.release_detached(key, claim.and_then(Claim::into_token));
                 return hand_over::<R, S, V>(leader, fb, fb_meta, Source::Stale);
             }
         };
-        match S::cacheable(&r) {
-            Some((v, negative)) => {
-                // A failed Redis write is counted and logged; the caller still gets the value.
-                let heard = leader.detached();
-                let (_, meta) = self
-                    .store_fresh(key, v, negative, (seen_local, heard), claim)
-                    .await;
-                // Copied for concurrent callers only, if any joined.
-                leader.finish_with(|| {
-                    Outcome::Value(Got {
-                        value: v.clone(),
-                        meta,
-                        source: Source::Body,
-                    })
-                });
-                (r, meta, Source::Body)
-            }
-            None => {
-                self.release(key, claim.and_then(Claim::into_token)).await;
+        let (v, negative) = match S::into_cacheable(r) {
+            Ok(cacheable) => cacheable,
+            Err(r) => {
                 leader.finish(match (sharing.share)(&r) {
                     Some(b) => Outcome::Shared(b),
                     None => Outcome::Unshareable,
                 });
-                (r, Meta::fresh(Duration::ZERO, None), Source::Body)
+                self.release_detached(key, claim.and_then(Claim::into_token));
+                return (r, Meta::fresh(Duration::ZERO, None), Source::Body);
             }
-        }
+        };
+        // A failed Redis write is counted and logged; the caller still gets the value.
+        let heard = leader.detached();
+        let (_, meta) = self
+            .store_fresh(key, &v, negative, (seen_local, heard), claim)
+            .await;
+        // Copied for concurrent callers only, if any joined.
+        leader.finish_with(|| {
+            Outcome::Value(Got {
+                value: v.clone(),
+                meta,
+                source: Source::Body,
+            })
+        });
+        (S::rebuild(v), meta, Source::Body)
     }
 
     /// Whether a value read now is late enough in its TTL for a refresh ahead.

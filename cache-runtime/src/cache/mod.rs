@@ -622,10 +622,13 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     {
         let key = key.into_key();
         let r = self.timed(body).await;
-        if let Some((v, negative)) = S::cacheable(&r) {
-            let _ = self.store_explicit(&key, v.clone(), negative).await;
-        }
-        r
+        // Only the value is held across the store (see `Shape::into_cacheable`).
+        let (v, negative) = match S::into_cacheable(r) {
+            Ok(cacheable) => cacheable,
+            Err(r) => return r,
+        };
+        let _ = self.store_explicit(&key, v.clone(), negative).await;
+        S::rebuild(v)
     }
 
     /// Blocking [`refresh`](Self::refresh).

@@ -633,6 +633,28 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         }
     }
 
+    /// [`release`](Self::release) without waiting for Redis: where a miss's result is not
+    /// cached, the caller's future must not hold it across an await (its error type may not
+    /// be `Send`). The release runs on the Redis thread and lands about one round trip after
+    /// the call returned; a lock left behind by a failure expires with its lease anyway.
+    pub(super) fn release_detached(&self, key: &Key, token: Option<String>) {
+        if let (Some(redis), Some(token)) = (&self.redis, token) {
+            let tier = redis.tier;
+            let lock = redis.keys.lock(key);
+            let counters = self.counters.clone();
+            drop(tier.handle().spawn(async move {
+                match tier.release_lock(lock, token).await {
+                    Ok(()) => {}
+                    Err(CacheError::Timeout(_)) => {
+                        counters.redis_errors.add(1);
+                        counters.redis_timeouts.add(1);
+                    }
+                    Err(_) => counters.redis_errors.add(1),
+                }
+            }));
+        }
+    }
+
     /// Stores a body result in Redis if the key's ticket is still the claim's and the scope
     /// tokens are unchanged (one round trip, which also releases the lock). Sets the
     /// value's ETag from its encoding. `Ok(false)`: a write happened while the body ran;
