@@ -56,6 +56,36 @@ async fn load_local(id: u64) -> Result<u64, BoxError> {
     Ok(id)
 }
 
+/// `Send` but not `Sync`, as an error and as a skipped parameter.
+#[cached(
+    tier = "local+redis",
+    ttl = 60,
+    key = "send-ns:<id>",
+    skip(conn),
+    lock = true
+)]
+async fn send_not_sync(
+    id: u64,
+    conn: std::cell::Cell<u8>,
+) -> Result<u64, Box<dyn std::error::Error + Send>> {
+    tokio::task::yield_now().await;
+    Ok(id + u64::from(conn.get()))
+}
+
+/// A service that owns a connection that is not `Sync`, called by value.
+struct Service {
+    conn: std::cell::RefCell<u32>,
+    shard: u32,
+}
+
+impl Service {
+    #[cached(tier = "local+redis", ttl = 60, key = "send-svc:<self.shard>:<id>")]
+    async fn get(self, id: u64) -> Result<u64, BoxError> {
+        tokio::task::yield_now().await;
+        Ok(id + u64::from(*self.conn.borrow()))
+    }
+}
+
 /// Compiles only for a `Send` future: what `tokio::spawn` and axum ask of a handler's.
 fn send<F: Future + Send>(f: F) -> F {
     f
@@ -74,6 +104,18 @@ async fn futures_stay_send_with_an_error_that_is_not() {
     let _ = send(load_redis_only(1)).await;
     let _ = send(load_local(1)).await;
     let _ = send(load_local_entry(1)).await;
+    assert_eq!(
+        send(send_not_sync(1, std::cell::Cell::new(2))).await.ok(),
+        Some(3)
+    );
+    let service = || Service {
+        conn: std::cell::RefCell::new(5),
+        shard: 1,
+    };
+    assert_eq!(send(service().get(1)).await.ok(), Some(6));
+    // The companions take `&self` (so that a shared instance reaches them): their futures
+    // are `Send` where `Self` is `Sync`, as any `&self` method's.
+    assert_eq!(service().lookup_get(1).await, Some(6));
 
     // Spawned, as a handler would be, the error turned into the task's own.
     let spawned = |id| tokio::spawn(async move { load(id).await.map_err(|e| e.to_string()) });
