@@ -138,9 +138,13 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         B: Future<Output = R>,
     {
         let seen_local = self.local_generation(&key.logical);
-        let (claim, fallback) = match self.redis_fill(key, seen_local, refresh).await {
+        let (claim, fallback, mut unlock) = match self.redis_fill(key, seen_local, refresh).await {
             Fill::Found(v, meta) => return hand_over::<R, S, V>(leader, v, meta, Source::Redis),
-            Fill::Compute { claim, fallback } => (claim, fallback),
+            Fill::Compute {
+                claim,
+                fallback,
+                unlock,
+            } => (claim, fallback, unlock),
         };
         if count_miss {
             self.counters.misses.add(1);
@@ -149,12 +153,13 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         // Past the body, no await may hold anything of type `R` (the result, or a `Result`
         // or temporary containing it): an error type that is not `Send` (`Box<dyn Error>`)
         // then leaves this future `Send`, as the body's own was. So where the result is not
-        // stored, the lock is released without waiting, and where it is, only the value
-        // (`Send + Sync`) is kept across the store.
+        // stored, the lock (if this call holds it) is released without waiting, by dropping
+        // `unlock`, and where it is, only the value (`Send + Sync`) is kept across the store.
+        // Dropped with this future (cancelled), `unlock` releases the lock too.
         let r = match self.run_body::<R, S>(key, body, fallback).await {
             Ok(r) => r,
             Err((fb, fb_meta)) => {
-                self.release_detached(key, claim.and_then(Claim::into_token));
+                drop(unlock);
                 return hand_over::<R, S, V>(leader, fb, fb_meta, Source::Stale);
             }
         };
@@ -165,7 +170,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                     Some(b) => Outcome::Shared(b),
                     None => Outcome::Unshareable,
                 });
-                self.release_detached(key, claim.and_then(Claim::into_token));
+                drop(unlock);
                 return (r, Meta::fresh(Duration::ZERO, None), Source::Body);
             }
         };
@@ -174,6 +179,8 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let (_, meta) = self
             .store_fresh(key, &v, negative, (seen_local, heard), claim)
             .await;
+        // The store released the lock (its script, or `release` where it stored nothing).
+        unlock.disarm();
         // Copied for concurrent callers only, if any joined.
         leader.finish_with(|| {
             Outcome::Value(Got {

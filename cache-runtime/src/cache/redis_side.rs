@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use scopeguard::ScopeGuard;
 
 use crate::bus;
 use crate::codec::{self, DecodeError, Header};
@@ -47,6 +48,7 @@ use crate::redis_tier::{
     WriteRequest,
 };
 use crate::runtime::runtime;
+use crate::stats::Counters;
 use crate::tier::Key;
 
 use super::Cache;
@@ -302,7 +304,86 @@ pub(super) enum Fill<V> {
     Compute {
         claim: Option<Claim>,
         fallback: Option<(V, Meta)>,
+        /// Armed while this call holds the key's lock: see [`LockGuard`].
+        unlock: LockGuard,
     },
+}
+
+/// Releases the key's lock if the miss that holds it ends without releasing it itself: the
+/// call was cancelled while its body ran or its result was stored (a client gone, a
+/// `timeout` around the call, an aborted task), or its result is not stored (an `Err`, a
+/// stale value served). Dropped armed, it sends the release from the Redis thread, without
+/// waiting: a cancelled future cannot await, and a result that is not stored must not be
+/// held across an await (its type may not be `Send`). Without it, every caller of the key
+/// in every process would wait out the lease (10 s by default) behind a caller that is gone.
+/// The release deletes the lock only if it still holds this call's token, so a release of a
+/// lock already released, expired or taken over changes nothing.
+pub(super) struct LockGuard {
+    lock: Option<HeldLock>,
+    armed: bool,
+}
+
+struct HeldLock {
+    tier: &'static RedisTier,
+    key: String,
+    token: String,
+    counters: Arc<Counters>,
+}
+
+impl LockGuard {
+    /// A guard for a miss that takes no lock.
+    pub(super) fn none() -> Self {
+        Self {
+            lock: None,
+            armed: false,
+        }
+    }
+
+    fn new(tier: &'static RedisTier, key: String, token: String, counters: Arc<Counters>) -> Self {
+        Self {
+            lock: Some(HeldLock {
+                tier,
+                key,
+                token,
+                counters,
+            }),
+            armed: false,
+        }
+    }
+
+    /// From now on, the lock may be this call's (a read that may take it is on its way).
+    fn arm(&mut self) {
+        self.armed = self.lock.is_some();
+    }
+
+    /// The lock is not this call's, or was released by the call itself.
+    pub(super) fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        let Some(HeldLock {
+            tier,
+            key,
+            token,
+            counters,
+        }) = self.lock.take().filter(|_| self.armed)
+        else {
+            return;
+        };
+        drop(tier.handle().spawn(async move {
+            match tier.release_lock(key, token).await {
+                Ok(()) => {}
+                Err(CacheError::Timeout(_)) => {
+                    counters.redis_errors.add(1);
+                    counters.redis_timeouts.add(1);
+                }
+                Err(_) => counters.redis_errors.add(1),
+            }
+        }));
+    }
 }
 
 /// What a read saw besides a usable value: the ticket in force and the scope tokens (0:
@@ -418,14 +499,25 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                     return Fill::Compute {
                         claim: None,
                         fallback: None,
+                        unlock: LockGuard::none(),
                     }
                 }
             };
             let claim = self.claim(key, seen, None).await;
-            return Fill::Compute { claim, fallback };
+            return Fill::Compute {
+                claim,
+                fallback,
+                unlock: LockGuard::none(),
+            };
         };
         let mut fallback = None;
         let token = lock_token();
+        let mut unlock = LockGuard::new(
+            redis.tier,
+            redis.keys.lock(key),
+            token.clone(),
+            self.counters.clone(),
+        );
         let lease_ms = lease.as_millis().max(1) as u64;
         // Long enough for a crashed holder's lease to expire and a waiter to take over.
         let deadline = Instant::now() + lease * 2;
@@ -436,10 +528,15 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             .without_max_times()
             .build();
         loop {
+            // The read may take the lock: from here on a cancelled call releases it.
+            unlock.arm();
             let lock = Some((token.clone(), lease_ms));
             let (seen, locked, unusable) =
                 match self.redis_read(key, seen_local, lock, refresh).await {
-                    Read::Found(v, meta) => return Fill::Found(v, meta),
+                    Read::Found(v, meta) => {
+                        unlock.disarm();
+                        return Fill::Found(v, meta);
+                    }
                     Read::Missing {
                         seen,
                         locked,
@@ -451,10 +548,12 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                         (seen, false, true)
                     }
                     Read::Failed => {
+                        unlock.disarm();
                         return Fill::Compute {
                             claim: None,
                             fallback,
-                        }
+                            unlock,
+                        };
                     }
                 };
             let locked = locked
@@ -468,12 +567,23 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                     ));
             if locked || Instant::now() >= deadline {
                 if !locked {
+                    unlock.disarm();
                     self.counters.lock_timeouts.add(1);
                 }
                 let token = locked.then(|| token.clone());
                 let claim = self.claim(key, seen, token).await;
-                return Fill::Compute { claim, fallback };
+                if claim.is_none() {
+                    // `claim` released the lock itself.
+                    unlock.disarm();
+                }
+                return Fill::Compute {
+                    claim,
+                    fallback,
+                    unlock,
+                };
             }
+            // Not holding the lock while waiting for its holder.
+            unlock.disarm();
             self.counters.lock_waits.add(1);
             redis
                 .tier
@@ -633,28 +743,6 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         }
     }
 
-    /// [`release`](Self::release) without waiting for Redis: where a miss's result is not
-    /// cached, the caller's future must not hold it across an await (its error type may not
-    /// be `Send`). The release runs on the Redis thread and lands about one round trip after
-    /// the call returned; a lock left behind by a failure expires with its lease anyway.
-    pub(super) fn release_detached(&self, key: &Key, token: Option<String>) {
-        if let (Some(redis), Some(token)) = (&self.redis, token) {
-            let tier = redis.tier;
-            let lock = redis.keys.lock(key);
-            let counters = self.counters.clone();
-            drop(tier.handle().spawn(async move {
-                match tier.release_lock(lock, token).await {
-                    Ok(()) => {}
-                    Err(CacheError::Timeout(_)) => {
-                        counters.redis_errors.add(1);
-                        counters.redis_timeouts.add(1);
-                    }
-                    Err(_) => counters.redis_errors.add(1),
-                }
-            }));
-        }
-    }
-
     /// Stores a body result in Redis if the key's ticket is still the claim's and the scope
     /// tokens are unchanged (one round trip, which also releases the lock). Sets the
     /// value's ETag from its encoding. `Ok(false)`: a write happened while the body ran;
@@ -700,6 +788,9 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let Some(redis) = &self.redis else {
             return (Ok(()), 0);
         };
+        // Cancelled before Redis answered, the old value may still be there: invalidated as
+        // soon as Redis takes it, as after a failure.
+        let unconfirmed = scopeguard::guard((), |()| self.defer_invalidation(redis, key));
         let res = async {
             let ticket = new_ticket();
             let keys = redis.keys.entry(key, false);
@@ -742,6 +833,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             Ok(())
         }
         .await;
+        ScopeGuard::into_inner(unconfirmed);
         if matches!(
             res,
             Err(CacheError::Timeout(_)
@@ -763,6 +855,9 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             return Ok(());
         };
         let (value_key, ticket_key) = r.keys.value_and_ticket(key);
+        // Cancelled before Redis answered (a client gone, a `timeout` around the write), the
+        // invalidation may never have reached Redis: it is deferred as a failure is.
+        let unconfirmed = scopeguard::guard((), |()| self.defer_invalidation(r, key));
         let res = r
             .tier
             .invalidate(
@@ -778,6 +873,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 // version) drop their copies too, as remote processes do.
                 bus::apply_locally(bus::Action::Invalidated, &key.logical, 0)
             });
+        ScopeGuard::into_inner(unconfirmed);
         if res.is_err() {
             self.defer_invalidation(r, key);
         }
@@ -933,6 +1029,18 @@ pub(super) async fn invalidate_scope_everywhere(scope: Scope<'_>) -> Result<(), 
     let prefix = &rt.config.key_prefix;
     let key = scope_key(prefix, scope);
     let channel = bus::channel(prefix);
+    let defer = |key: String, channel: String| {
+        r.defer(PendingOp::Scope {
+            key,
+            channel,
+            action,
+            target: target.to_string(),
+        })
+    };
+    // Cancelled before Redis answered, the token may still be there: deferred as a failure.
+    let unconfirmed = scopeguard::guard((), |()| {
+        defer(key.clone(), channel.clone());
+    });
     let res = r
         .invalidate_scope(
             r.scope_keys(prefix, &key),
@@ -940,18 +1048,14 @@ pub(super) async fn invalidate_scope_everywhere(scope: Scope<'_>) -> Result<(), 
             bus::message(action, target),
         )
         .await;
+    ScopeGuard::into_inner(unconfirmed);
     if res.is_ok() {
         // Again after Redis: a load here may have read the old token meanwhile (other
         // processes apply the bus message, which is published after the delete).
         bus::apply_locally(action, target, 0);
     }
     if res.is_err() {
-        r.defer(PendingOp::Scope {
-            key,
-            channel,
-            action,
-            target: target.to_string(),
-        });
+        defer(key, channel);
     }
     res
 }
