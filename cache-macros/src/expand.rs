@@ -146,9 +146,11 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         (quote!(), quote!())
     } else {
         let paths = plan.purge.iter().map(|p| build_path(k, p));
+        // Enqueued when dropped: after the write, or where a cancelled caller's future is
+        // dropped (the purge is not lost with it).
         (
-            quote!(let #purge: ::std::vec::Vec<::std::string::String> = ::std::vec![#(#paths),*];),
-            quote!(#k::edge::enqueue_paths(#purge);),
+            quote!(let #purge = #k::edge::PurgeOnDrop::new(::std::vec![#(#paths),*]);),
+            quote!(::core::mem::drop(#purge);),
         )
     };
 

@@ -5,13 +5,15 @@
 //! while the write is on its way (`cache_tests::proxy`: it never reaches Redis, which keeps
 //! the old value and tag token, and does not restart, so nothing else would clear them); the
 //! caller is cancelled; once the runtime has new connections the kept writes land, and no
-//! call reads the old value again.
+//! call reads the old value again. The edge purge of a cancelled `invalidate_…` is not lost
+//! with its caller either.
 
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use cache_runtime::cached;
+use cache_runtime::edge::{self, Edge, FnPurger, PurgeBatch, PurgeError};
 use cache_tests::{eventually, proxy::Proxy, RedisServer};
 
 static VERSION: AtomicU64 = AtomicU64::new(0);
@@ -32,6 +34,18 @@ async fn team(id: u64) -> u64 {
 }
 
 /// The server, and the proxy the runtime reaches it through.
+#[cached(tier = "local+redis", ttl = 300, key = "cw-page:<id>", purge = ["/cw/pages/<id>"])]
+async fn page(id: u64) -> u64 {
+    id * 1000 + VERSION.load(SeqCst)
+}
+
+/// The paths the edge was asked to purge.
+static PURGED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn purged(path: &str) -> bool {
+    PURGED.lock().unwrap().iter().any(|p| p == path)
+}
+
 fn server() -> &'static (RedisServer, Proxy) {
     static SERVER: OnceLock<(RedisServer, Proxy)> = OnceLock::new();
     SERVER.get_or_init(|| {
@@ -50,6 +64,15 @@ fn server() -> &'static (RedisServer, Proxy) {
                 .build(),
         )
         .expect("configured once");
+        edge::install(
+            Edge::builder()
+                .purger(FnPurger::new("record", |b: &PurgeBatch| {
+                    PURGED.lock().unwrap().extend(b.paths().iter().cloned());
+                    Ok::<(), PurgeError>(())
+                }))
+                .build(),
+        )
+        .expect("installed once");
         (server, proxy)
     })
 }
@@ -97,6 +120,7 @@ async fn writes_cancelled_in_flight_are_kept_not_lost() {
     assert_eq!(price(1).await, 1000);
     assert_eq!(stock(1).await, 1000);
     assert_eq!(team(1).await, 1000);
+    assert_eq!(page(1).await, 1000);
     // Every value is in Redis now.
 
     // The source changes; each write is cancelled on its way.
@@ -104,12 +128,20 @@ async fn writes_cancelled_in_flight_are_kept_not_lost() {
     cancel_while_the_network_drops_it(invalidate_price(1)).await;
     cancel_while_the_network_drops_it(populate_stock(1, 1001)).await;
     cancel_while_the_network_drops_it(cache_runtime::invalidate_tag("cw-team:1")).await;
+    assert!(!purged("/cw/pages/1"));
+    cancel_while_the_network_drops_it(invalidate_page(1)).await;
+    eventually(Duration::from_secs(10), "the page is purged", || {
+        purged("/cw/pages/1")
+    })
+    .await;
 
     // Local copies dropped, so each call reads Redis: none finds the old value.
     price_cache().clear_local();
     stock_cache().clear_local();
     team_cache().clear_local();
+    page_cache().clear_local();
     assert_eq!(price(1).await, 1001, "the invalidation landed");
     assert_eq!(stock(1).await, 1001, "the populate's invalidation landed");
     assert_eq!(team(1).await, 1001, "the tag invalidation landed");
+    assert_eq!(page(1).await, 1001, "the invalidation landed");
 }

@@ -605,6 +605,34 @@ pub fn enqueue_paths(paths: Vec<String>) {
     }
 }
 
+/// Purges of these URL paths, enqueued (as [`enqueue_paths`]) when this is dropped. A
+/// generated `invalidate_*`, `populate_*` or `refresh_*` with `purge = [...]` holds one across
+/// its cache write and drops it after: the purge follows the write, and a caller cancelled
+/// during the write (a client disconnect, a `timeout` around the call; the write itself is
+/// then kept and retried) still purges the edge instead of losing the purge with its future.
+///
+/// ```
+/// let purge = cache_runtime::edge::PurgeOnDrop::new(vec!["/users/1".to_string()]);
+/// // ... the cache write ...
+/// drop(purge); // enqueued here, or wherever the future holding it is dropped
+/// ```
+#[derive(Debug)]
+#[must_use = "the purge is enqueued when this is dropped"]
+pub struct PurgeOnDrop(Vec<String>);
+
+impl PurgeOnDrop {
+    /// Purges of `paths`, enqueued on drop.
+    pub fn new(paths: Vec<String>) -> Self {
+        Self(paths)
+    }
+}
+
+impl Drop for PurgeOnDrop {
+    fn drop(&mut self) {
+        enqueue_paths(std::mem::take(&mut self.0));
+    }
+}
+
 /// Enqueues purges of these surrogate keys (tags) at every configured edge. Never blocks,
 /// never fails; a no-op when no edge is configured.
 ///
