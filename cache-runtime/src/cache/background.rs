@@ -242,7 +242,8 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
 /// Sleeps on the caller's Tokio runtime, or on the Redis thread, or (outside both) never
 /// wakes, which disables the timeout rather than panicking.
 async fn sleep_anywhere(d: Duration) {
-    if tokio::runtime::Handle::try_current().is_ok() {
+    // A blocking call's thread is its runtime's: that runtime's timer does not run meanwhile.
+    if !crate::blocking::in_blocking_call() && tokio::runtime::Handle::try_current().is_ok() {
         tokio::time::sleep(d).await;
     } else if let Some(r) = &runtime().redis {
         r.sleep(d).await;

@@ -208,7 +208,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
 
     /// Blocking [`clear`](Self::clear).
     pub fn clear_blocking(&self) -> Result<(), CacheError> {
-        pollster::block_on(self.clear())
+        crate::blocking::block_on(self.clear())
     }
 
     /// The waterfall: local → Redis (promoting the value) → `body` (once per key across
@@ -316,7 +316,13 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     where
         S: Shape<R, Value = V>,
     {
-        block_on_miss(self.load_unhit::<R, S, _>(&key, async move { body() }, sharing, normal)).0
+        crate::blocking::block_on(self.load_unhit::<R, S, _>(
+            &key,
+            async move { body() },
+            sharing,
+            normal,
+        ))
+        .0
     }
 
     /// [`get_or_load`](Self::get_or_load), with the value wrapped in an [`Entry`](crate::Entry):
@@ -401,7 +407,11 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     where
         S: EntryShape<R, Value = V>,
     {
-        block_on_miss(self.get_or_load_entry::<R, S>(key, async move { body() }, sharing))
+        crate::blocking::block_on(self.get_or_load_entry::<R, S>(
+            key,
+            async move { body() },
+            sharing,
+        ))
     }
 
     /// [`get_or_load`](Self::get_or_load) for a cache that lives for the whole program, with
@@ -582,7 +592,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
 
     /// Blocking [`lookup`](Self::lookup).
     pub fn lookup_blocking(&self, key: impl IntoKey) -> Option<V> {
-        pollster::block_on(self.lookup(key))
+        crate::blocking::block_on(self.lookup(key))
     }
 
     /// Removes the entry from every tier and, through the bus, from other processes' local
@@ -600,7 +610,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
 
     /// Blocking [`invalidate`](Self::invalidate).
     pub fn invalidate_blocking(&self, key: impl IntoKey) -> Result<(), CacheError> {
-        pollster::block_on(self.invalidate(key))
+        crate::blocking::block_on(self.invalidate(key))
     }
 
     /// Writes `value` into every tier (write-through after an update) and evicts other
@@ -612,7 +622,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
 
     /// Blocking [`populate`](Self::populate).
     pub fn populate_blocking(&self, key: impl IntoKey, value: V) -> Result<(), CacheError> {
-        pollster::block_on(self.populate(key, value))
+        crate::blocking::block_on(self.populate(key, value))
     }
 
     /// Runs `body` now (no lookup) and stores a cacheable result like [`populate`](Self::populate).
@@ -636,7 +646,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     where
         S: Shape<R, Value = V>,
     {
-        block_on_miss(self.refresh::<R, S>(key, async move { body() }))
+        crate::blocking::block_on(self.refresh::<R, S>(key, async move { body() }))
     }
 
     /// The local tier's copy of `key`, if any: no Redis, no stats. For tests and debugging.
@@ -693,16 +703,9 @@ pub async fn invalidate_tag(tag: &str) -> Result<(), CacheError> {
     res
 }
 
-/// Drives a blocking call's miss (which runs the body) on this thread. A recursive cached
-/// function nests one miss per level, each with the cache's frames around the body, so the
-/// stack is grown on demand (`stacker`) instead of overflowing a thread's default stack.
-fn block_on_miss<F: Future>(fut: F) -> F::Output {
-    stacker::maybe_grow(128 * 1024, 2 * 1024 * 1024, || pollster::block_on(fut))
-}
-
 /// Blocking [`invalidate_tag`].
 pub fn invalidate_tag_blocking(tag: &str) -> Result<(), CacheError> {
-    pollster::block_on(invalidate_tag(tag))
+    crate::blocking::block_on(invalidate_tag(tag))
 }
 
 /// Clears every cache in every tier and process (one `DEL` of the global clear token; no
@@ -719,7 +722,7 @@ pub async fn clear_all() -> Result<(), CacheError> {
 
 /// Blocking [`clear_all`].
 pub fn clear_all_blocking() -> Result<(), CacheError> {
-    pollster::block_on(clear_all())
+    crate::blocking::block_on(clear_all())
 }
 
 #[cfg(test)]

@@ -772,6 +772,10 @@ impl Shared {
         self: &Arc<Self>,
         pick: impl FnOnce(&Conns) -> T,
     ) -> Option<T> {
+        // A blocking call waits on this thread: its runtime cannot drive connections now.
+        if crate::blocking::in_blocking_call() {
+            return None;
+        }
         let handle = tokio::runtime::Handle::try_current().ok()?;
         let id = handle.id();
         if self.home.get() == Some(&id) {
