@@ -14,9 +14,12 @@
 //! (no copy of the key, no second hash).
 
 use std::any::Any;
+use std::future::Future;
 use std::hash::BuildHasher;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use smol_str::SmolStr;
 use tokio::sync::Notify;
@@ -108,6 +111,17 @@ impl<V> Flights<V> {
         let shard = Self::shard_of(hash);
         let mut map = self.lock(shard);
         if let Some(slot) = map.slots.find_mut(hash, |s| s.key == key) {
+            if body_running_here(self, slot.leader) {
+                // Re-entrant: a leader of its own, outside the map (its store is then the
+                // conditional one, as after a write: `detached`).
+                drop(map);
+                return Joined::Leader(Leader {
+                    flights: self,
+                    hash,
+                    leader: self.leaders.fetch_add(1, Ordering::Relaxed),
+                    done: false,
+                });
+            }
             let flight = slot.flight.get_or_insert_with(|| {
                 Arc::new(Flight {
                     outcome: Mutex::new(None),
@@ -196,6 +210,51 @@ impl<V> Shard<V> {
     }
 }
 
+// A call whose key's flight is led by a body running on this very thread, in the poll that
+// made this call, is re-entrant: the body calls its own function with the same key, directly
+// or through other functions (a reload-and-retry, a fallback that goes round). Waiting for
+// that flight would wait for itself forever, so the call leads a flight of its own that
+// nobody joins. Concurrent calls of one key in one task (`join_all` over repeated ids) are
+// not nested in each other's polls: they still share one flight.
+thread_local! {
+    /// The leaders (flights instance, leader number) whose body is being polled on this
+    /// thread, innermost last.
+    static RUNNING: std::cell::RefCell<Vec<(usize, u64)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn body_running_here<V>(flights: &Flights<V>, leader: u64) -> bool {
+    let me = flights as *const Flights<V> as usize;
+    RUNNING.with(|r| r.borrow().iter().any(|&(f, l)| f == me && l == leader))
+}
+
+pin_project_lite::pin_project! {
+    /// A leader's body, marked as running on the thread while it is polled (see
+    /// [`body_running_here`]).
+    pub(crate) struct Running<F> {
+        #[pin]
+        body: F,
+        mark: (usize, u64),
+    }
+}
+
+impl<F: Future> Future for Running<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        /// Unmarks, also when the body panics.
+        struct Unmark;
+        impl Drop for Unmark {
+            fn drop(&mut self) {
+                RUNNING.with(|r| r.borrow_mut().pop());
+            }
+        }
+        let this = self.project();
+        RUNNING.with(|r| r.borrow_mut().push(*this.mark));
+        let _unmark = Unmark;
+        this.body.poll(cx)
+    }
+}
+
 pub(crate) struct Leader<'a, V> {
     flights: &'a Flights<V>,
     /// The key's hash: with `leader`, what finds this flight's slot.
@@ -205,6 +264,15 @@ pub(crate) struct Leader<'a, V> {
 }
 
 impl<V> Leader<'_, V> {
+    /// `body`, marked while it is polled as this leader's running body: a call it makes for
+    /// the same key does not wait for this flight.
+    pub(crate) fn running<F: Future>(&self, body: F) -> Running<F> {
+        Running {
+            body,
+            mark: (self.flights as *const Flights<V> as usize, self.leader),
+        }
+    }
+
     /// Whether a write covering this key (an invalidation, a populate, its tag, a clear;
     /// here or heard on the bus) detached this flight since it started: its body may have
     /// read the source before that write.
@@ -288,13 +356,76 @@ mod tests {
         None
     }
 
+    /// `join` by another caller (a thread of its own): a join from the leader's own thread
+    /// is re-entrant, and leads apart.
+    fn join_elsewhere<'a>(flights: &'a Flights<u32>, key: &str) -> Joined<'a, u32> {
+        std::thread::scope(|s| s.spawn(|| flights.join(key, &[])).join().unwrap())
+    }
+
+    #[test]
+    fn a_join_from_inside_the_running_body_leads_apart_and_others_still_follow() {
+        let flights = Flights::<u32>::new();
+        let Joined::Leader(outer) = flights.join("k", &[]) else {
+            panic!("first join leads")
+        };
+        // A call the leader's body makes for the same key: re-entrant.
+        let inner = pollster::block_on(outer.running(async { flights.join("k", &[]) }));
+        let Joined::Leader(inner) = inner else {
+            panic!("re-entrant: leads apart (never waits for itself)")
+        };
+        assert!(
+            inner.detached(),
+            "outside the map: its store is the conditional one"
+        );
+        // A call outside the body (another caller, or a sibling in the same task) follows.
+        let Joined::Follower(sibling) = flights.join("k", &[]) else {
+            panic!("a call not nested in the body follows")
+        };
+        let Joined::Follower(other) = join_elsewhere(&flights, "k") else {
+            panic!("another thread follows")
+        };
+        // Another key's body running does not make this key's call re-entrant.
+        let Joined::Leader(b) = flights.join("b", &[]) else {
+            panic!("leads")
+        };
+        let nested = pollster::block_on(b.running(async { flights.join("k", &[]) }));
+        assert!(matches!(nested, Joined::Follower(_)));
+        inner.finish(Outcome::Value(1));
+        assert_eq!(flights.len(), 2, "the first flight runs on");
+        outer.finish(Outcome::Value(2));
+        assert_eq!(pollster::block_on(sibling.wait(|v| v, never)), Some(2));
+        assert_eq!(pollster::block_on(other.wait(|v| v, never)), Some(2));
+        b.finish(Outcome::Value(3));
+        assert_eq!(flights.len(), 0);
+    }
+
+    #[test]
+    fn the_mark_is_the_running_polls_only_and_survives_a_panic() {
+        let flights = Flights::<u32>::new();
+        let Joined::Leader(l) = flights.join("k", &[]) else {
+            panic!("leads")
+        };
+        let id = l.leader;
+        assert!(!body_running_here(&flights, id));
+        assert!(pollster::block_on(
+            l.running(async { body_running_here(&flights, id) })
+        ));
+        assert!(!body_running_here(&flights, id), "unmarked after the poll");
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pollster::block_on(l.running(async { panic!("body") }))
+        }));
+        assert!(panicked.is_err());
+        assert!(!body_running_here(&flights, id), "unmarked after a panic");
+        assert!(RUNNING.with(|r| r.borrow().is_empty()));
+    }
+
     #[test]
     fn dropped_leader_releases_waiters_and_the_key() {
         let flights = Flights::<u32>::new();
         let Joined::Leader(leader) = flights.join("k", &[]) else {
             panic!("first join leads")
         };
-        let Joined::Follower(f) = flights.join("k", &[]) else {
+        let Joined::Follower(f) = join_elsewhere(&flights, "k") else {
             panic!("second join follows")
         };
         drop(leader);
@@ -312,7 +443,7 @@ mod tests {
         assert_eq!(flights.detach_tagged("t"), vec!["a".to_string()]);
         assert_eq!(flights.len(), 2);
         assert!(matches!(flights.join("a", &[]), Joined::Leader(_)));
-        assert!(matches!(flights.join("b", &[]), Joined::Follower(_)));
+        assert!(matches!(join_elsewhere(&flights, "b"), Joined::Follower(_)));
     }
 
     #[test]
@@ -321,7 +452,7 @@ mod tests {
         let Joined::Leader(leader) = flights.join("k", &[]) else {
             panic!()
         };
-        let Joined::Follower(f) = flights.join("k", &[]) else {
+        let Joined::Follower(f) = join_elsewhere(&flights, "k") else {
             panic!()
         };
         let t = std::thread::spawn(move || pollster::block_on(f.wait(|v| v + 1, never)));
@@ -358,7 +489,7 @@ mod tests {
         let Joined::Leader(old) = flights.join("k", &["t".to_string()]) else {
             panic!("first join leads")
         };
-        let Joined::Follower(waiting) = flights.join("k", &[]) else {
+        let Joined::Follower(waiting) = join_elsewhere(&flights, "k") else {
             panic!("second join follows")
         };
         // A write detaches the running flight: the next caller leads a new one.
@@ -367,7 +498,7 @@ mod tests {
         let Joined::Leader(new) = flights.join("k", &[]) else {
             panic!("a detached key leads again")
         };
-        let Joined::Follower(late) = flights.join("k", &[]) else {
+        let Joined::Follower(late) = join_elsewhere(&flights, "k") else {
             panic!("joins the new flight")
         };
         // The old leader's outcome reaches only the follower that joined it.

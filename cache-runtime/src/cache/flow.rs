@@ -149,7 +149,9 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         if count_miss {
             self.counters.misses.add(1);
         }
-        let body = body.take().expect("the body future is used at most once");
+        // Marked while polled: a call the body makes for this same key leads apart instead
+        // of waiting for this flight (which waits for it).
+        let body = leader.running(body.take().expect("the body future is used at most once"));
         // Past the body, no await may hold anything of type `R` (the result, or a `Result`
         // or temporary containing it): an error type that is not `Send` (`Box<dyn Error>`)
         // then leaves this future `Send`, as the body's own was. So where the result is not

@@ -1,0 +1,99 @@
+//! A cached function whose body calls itself with the same key — directly, or through other
+//! functions (a reload-and-retry, a fallback that goes round) — completes, as it does
+//! uncached. The inner call does not wait for the outer call's flight, which waits for it:
+//! it runs its body apart (`flight.rs`: a call made from inside the polls of its key's
+//! running body). Before, such a call waited forever. Calls of one key that are concurrent in
+//! one task (`join!`, `join_all` over repeated ids) are not nested: they still share one body.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::time::Duration;
+
+use cache_runtime::cached;
+use cache_tests::shared_redis;
+
+static RETRY: AtomicBool = AtomicBool::new(true);
+static RUNS: AtomicU64 = AtomicU64::new(0);
+
+/// Reloads once by calling itself with the same key.
+#[cached(tier = "local+redis", ttl = 60, key = "reentrant:<id>")]
+async fn setting(id: u64) -> u64 {
+    RUNS.fetch_add(1, SeqCst);
+    if RETRY.swap(false, SeqCst) {
+        return Box::pin(setting(id)).await + 1;
+    }
+    id
+}
+
+static ROUND: AtomicBool = AtomicBool::new(true);
+
+/// `a` calls `b`, which calls `a` again with the same key.
+#[cached(tier = "redis", ttl = 60, key = "reentrant-a:<id>")]
+async fn a(id: u64) -> u64 {
+    Box::pin(b(id)).await + 1
+}
+
+#[cached(ttl = 60, key = "reentrant-b:<id>")]
+async fn b(id: u64) -> u64 {
+    if ROUND.swap(false, SeqCst) {
+        return Box::pin(a(id)).await * 10;
+    }
+    id
+}
+
+static SYNC_RETRY: AtomicBool = AtomicBool::new(true);
+
+#[cached(tier = "local+redis", ttl = 60, key = "reentrant-sync:<id>")]
+fn setting_sync(id: u64) -> u64 {
+    if SYNC_RETRY.swap(false, SeqCst) {
+        return setting_sync(id) + 1;
+    }
+    id
+}
+
+static SIBLING_RUNS: AtomicU64 = AtomicU64::new(0);
+
+#[cached(tier = "local+redis", ttl = 60, key = "reentrant-siblings:<id>")]
+async fn author(id: u64) -> u64 {
+    SIBLING_RUNS.fetch_add(1, SeqCst);
+    tokio::task::yield_now().await;
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_of_one_key_joined_in_one_task_share_one_body() {
+    shared_redis();
+    let all = tokio::join!(author(4), author(4), author(4), author(4));
+    assert_eq!(all, (4, 4, 4, 4));
+    assert_eq!(SIBLING_RUNS.load(SeqCst), 1);
+    assert_eq!(author_cache().stats().coalesced, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_functions_that_call_themselves_with_the_same_key_complete() {
+    shared_redis();
+    let direct = tokio::time::timeout(Duration::from_secs(10), setting(7)).await;
+    assert_eq!(
+        direct,
+        Ok(8),
+        "completes: the inner call returned 7, the outer 7 + 1"
+    );
+    assert_eq!(RUNS.load(SeqCst), 2);
+    // Then served from the cache: the inner call's value, stored first (the outer call's
+    // store found that a store happened while its body ran, and kept out of the way).
+    assert_eq!(setting(7).await, 7);
+    assert_eq!(RUNS.load(SeqCst), 2);
+
+    let round = tokio::time::timeout(Duration::from_secs(10), a(3)).await;
+    // a(3) → b(3) → a(3) → b(3) = 3 (b's second round), + 1 → 4, × 10 → 40, + 1 → 41.
+    assert_eq!(round, Ok(41));
+}
+
+#[test]
+fn blocking_functions_that_call_themselves_with_the_same_key_complete() {
+    shared_redis();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(setting_sync(5)).unwrap());
+    assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(6));
+    assert_eq!(setting_sync(5), 5, "the inner call's value, stored first");
+    assert_eq!(setting_sync_cache().stats().body_calls, 2);
+}
