@@ -339,6 +339,11 @@ impl RedisServer {
         cmd.query(&mut c)
     }
 
+    /// Whether `key` exists (`EXISTS`).
+    pub fn exists(&self, key: &str) -> bool {
+        self.cmd::<bool>(&["EXISTS", key]).expect("EXISTS")
+    }
+
     /// `FLUSHALL` (every database, synchronously).
     pub fn flushall(&self) {
         self.cmd::<()>(&["FLUSHALL", "SYNC"]).expect("FLUSHALL");
@@ -679,6 +684,12 @@ pub fn shared_redis() -> &'static RedisServer {
         .expect("the cache runtime is configured by the harness only");
         server
     })
+}
+
+/// The Redis key of the lock (`lock = true`) of the logical key `logical` under
+/// [`shared_redis`]'s configuration (prefix `t`, the first schema version).
+pub fn shared_lock_key(logical: &str) -> String {
+    cache_runtime::key::redis_keys("t", 1, logical).2
 }
 
 /// [`shared_redis`], once the invalidation bus has subscribed. The bus clears local tiers

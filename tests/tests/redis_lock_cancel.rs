@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::time::Duration;
 
 use cache_runtime::cached;
-use cache_tests::{eventually, shared_redis};
+use cache_tests::{eventually, shared_lock_key, shared_redis};
 use tokio::sync::Notify;
 
 static RUNS: AtomicU64 = AtomicU64::new(0);
@@ -16,16 +16,6 @@ static RUNS: AtomicU64 = AtomicU64::new(0);
 static HANG: AtomicBool = AtomicBool::new(true);
 static STARTED: Notify = Notify::const_new();
 static LOCKED_IN_BODY: AtomicBool = AtomicBool::new(false);
-
-fn lock_key(logical: &str) -> String {
-    cache_runtime::key::redis_keys("t", 1, logical).2
-}
-
-fn exists(key: &str) -> bool {
-    shared_redis()
-        .cmd::<bool>(&["EXISTS", key])
-        .expect("EXISTS")
-}
 
 #[cached(
     tier = "redis",
@@ -36,7 +26,10 @@ fn exists(key: &str) -> bool {
 )]
 async fn slow(id: u64) -> u64 {
     RUNS.fetch_add(1, SeqCst);
-    LOCKED_IN_BODY.store(exists(&lock_key(&format!("cancel-lock:{id}"))), SeqCst);
+    LOCKED_IN_BODY.store(
+        shared_redis().exists(&shared_lock_key(&format!("cancel-lock:{id}"))),
+        SeqCst,
+    );
     STARTED.notify_one();
     if HANG.load(SeqCst) {
         std::future::pending::<()>().await;
@@ -55,7 +48,10 @@ static PANICKED_UNDER_LOCK: AtomicBool = AtomicBool::new(false);
     lock_lease = "30s"
 )]
 async fn panicky(id: u64) -> u64 {
-    PANICKED_UNDER_LOCK.store(exists(&lock_key(&format!("panic-lock:{id}"))), SeqCst);
+    PANICKED_UNDER_LOCK.store(
+        shared_redis().exists(&shared_lock_key(&format!("panic-lock:{id}"))),
+        SeqCst,
+    );
     assert!(!PANICS.load(SeqCst), "the body panics");
     id
 }
@@ -76,7 +72,7 @@ async fn a_cancelled_lock_holder_releases_the_lock() {
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
     eventually(Duration::from_secs(5), "the lock is released", || {
-        !exists(&lock_key("cancel-lock:1"))
+        !shared_redis().exists(&shared_lock_key("cancel-lock:1"))
     })
     .await;
 
@@ -90,7 +86,7 @@ async fn a_cancelled_lock_holder_releases_the_lock() {
         "the body ran under the lock"
     );
     eventually(Duration::from_secs(5), "the lock is released", || {
-        !exists(&lock_key("cancel-lock:2"))
+        !shared_redis().exists(&shared_lock_key("cancel-lock:2"))
     })
     .await;
 
@@ -111,7 +107,7 @@ async fn a_cancelled_lock_holder_releases_the_lock() {
         "{s:?}"
     );
     // Stored, and the store released the lock.
-    assert!(!exists(&lock_key("cancel-lock:1")));
+    assert!(!shared_redis().exists(&shared_lock_key("cancel-lock:1")));
     assert_eq!(slow(1).await, 1);
     assert_eq!(RUNS.load(SeqCst), before.1 + 2, "a hit");
 }
@@ -126,7 +122,7 @@ async fn a_body_that_panics_under_the_lock_releases_it() {
         "the body ran under the lock"
     );
     eventually(Duration::from_secs(5), "the lock is released", || {
-        !exists(&lock_key("panic-lock:1"))
+        !shared_redis().exists(&shared_lock_key("panic-lock:1"))
     })
     .await;
     PANICS.store(false, SeqCst);

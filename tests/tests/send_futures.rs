@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::time::Duration;
 
 use cache_runtime::cached;
-use cache_tests::{eventually, shared_redis};
+use cache_tests::{eventually, shared_lock_key, shared_redis};
 
 type BoxError = Box<dyn std::error::Error>;
 
@@ -19,22 +19,12 @@ static RUNS: AtomicU64 = AtomicU64::new(0);
 static FAILED_RUNS: AtomicU64 = AtomicU64::new(0);
 static LOCK_HELD_IN_BODY: AtomicBool = AtomicBool::new(false);
 
-fn lock_key(logical: &str) -> String {
-    cache_runtime::key::redis_keys("t", 1, logical).2
-}
-
-fn exists(key: &str) -> bool {
-    shared_redis()
-        .cmd::<bool>(&["EXISTS", key])
-        .expect("EXISTS")
-}
-
 #[cached(tier = "local+redis", ttl = 60, key = "send:<id>", lock = true)]
 async fn load(id: u64) -> Result<u64, BoxError> {
     tokio::task::yield_now().await;
     if id == 0 {
         FAILED_RUNS.fetch_add(1, SeqCst);
-        LOCK_HELD_IN_BODY.store(exists(&lock_key("send:0")), SeqCst);
+        LOCK_HELD_IN_BODY.store(shared_redis().exists(&shared_lock_key("send:0")), SeqCst);
         return Err("no row 0".into());
     }
     RUNS.fetch_add(1, SeqCst);
@@ -135,7 +125,7 @@ async fn futures_stay_send_with_an_error_that_is_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_error_releases_the_lock_without_holding_the_result() {
     shared_redis();
-    let lock = lock_key("send:0");
+    let lock = shared_lock_key("send:0");
     let before = load_cache().stats();
     let runs = FAILED_RUNS.load(SeqCst);
     let err = tokio::spawn(async { load(0).await.map_err(|e| e.to_string()) })
@@ -148,13 +138,13 @@ async fn an_error_releases_the_lock_without_holding_the_result() {
     );
     // Released without waiting: it lands about one round trip after the call returned.
     eventually(Duration::from_secs(5), "the lock is released", || {
-        !exists(&lock)
+        !shared_redis().exists(&lock)
     })
     .await;
     // Errors are not cached: the next call runs the body again, and finds no lock to wait for.
     assert!(load(0).await.is_err());
     eventually(Duration::from_secs(5), "the lock is released", || {
-        !exists(&lock)
+        !shared_redis().exists(&lock)
     })
     .await;
     let s = load_cache().stats();
