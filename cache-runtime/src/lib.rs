@@ -44,8 +44,8 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 mod blocking;
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 mod breaker;
 // Without Redis, the bus and the deferred writes keep only their local halves.
 #[cfg_attr(not(feature = "redis"), allow(dead_code, unused_imports))]
