@@ -120,6 +120,7 @@ impl<V> Flights<V> {
                     hash,
                     leader: self.leaders.fetch_add(1, Ordering::Relaxed),
                     done: false,
+                    reentrant: true,
                 });
             }
             let flight = slot.flight.get_or_insert_with(|| {
@@ -147,6 +148,7 @@ impl<V> Flights<V> {
             hash,
             leader,
             done: false,
+            reentrant: false,
         })
     }
 
@@ -261,9 +263,17 @@ pub(crate) struct Leader<'a, V> {
     hash: u64,
     leader: u64,
     done: bool,
+    /// Led from inside the key's running body (see [`body_running_here`]).
+    reentrant: bool,
 }
 
 impl<V> Leader<'_, V> {
+    /// Whether this call was made from inside its key's running body: the caller that holds
+    /// the key's distributed lock, if any, is the one it runs for, so it does not wait for it.
+    pub(crate) fn reentrant(&self) -> bool {
+        self.reentrant
+    }
+
     /// `body`, marked while it is polled as this leader's running body: a call it makes for
     /// the same key does not wait for this flight.
     pub(crate) fn running<F: Future>(&self, body: F) -> Running<F> {

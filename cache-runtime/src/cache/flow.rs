@@ -138,7 +138,10 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         B: Future<Output = R>,
     {
         let seen_local = self.local_generation(&key.logical);
-        let (claim, fallback, mut unlock) = match self.redis_fill(key, seen_local, refresh).await {
+        let (claim, fallback, mut unlock) = match self
+            .redis_fill(key, seen_local, refresh, !leader.reentrant())
+            .await
+        {
             Fill::Found(v, meta) => return hand_over::<R, S, V>(leader, v, meta, Source::Redis),
             Fill::Compute {
                 claim,

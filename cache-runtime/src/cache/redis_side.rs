@@ -489,8 +489,17 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
 
     /// A miss's Redis side: read; with a lock, wait for the holder (polling, bounded by
     /// the lease) unless this call gets the lock. A stale fallback found on the way is kept.
-    pub(super) async fn redis_fill(&self, key: &Key, seen_local: u64, refresh: bool) -> Fill<V> {
-        let (Some(redis), Some(lease)) = (&self.redis, self.lock_lease) else {
+    /// `may_lock`: false for a re-entrant call, made from inside the body of the call that
+    /// holds the lock (it would wait for itself).
+    pub(super) async fn redis_fill(
+        &self,
+        key: &Key,
+        seen_local: u64,
+        refresh: bool,
+        may_lock: bool,
+    ) -> Fill<V> {
+        let lease = self.lock_lease.filter(|_| may_lock);
+        let (Some(redis), Some(lease)) = (&self.redis, lease) else {
             let (seen, fallback) = match self.redis_read(key, seen_local, None, refresh).await {
                 Read::Found(v, meta) => return Fill::Found(v, meta),
                 Read::Missing { seen, .. } => (seen, None),
