@@ -276,6 +276,8 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     } else {
         format!("`{name}`")
     };
+    // Spanned at the function's name, where lints read them (see `doc_attr`).
+    let doc = |text: String| doc_attr(&text, name.span());
     // An `# Errors` section on every generated function that returns a `Result`, as
     // `clippy::missing_errors_doc` (pedantic) asks of public ones.
     let body_errors = if matches!(a.kind, Kind::OkOnly) {
@@ -283,41 +285,33 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     } else {
         String::new()
     };
-    let doc_uncached = format!("The body of {link}, without the cache.{body_errors}");
-    let doc_invalidate = format!(
+    let doc_uncached = doc(format!(
+        "The body of {link}, without the cache.{body_errors}"
+    ));
+    let doc_invalidate = doc(format!(
         "Removes the entry of {link} for these arguments from every tier.\n\n# Errors\n\n\
          When Redis did not confirm the delete (kept and retried); the local tier is cleared \
          all the same."
-    );
-    let doc_populate = format!(
+    ));
+    let doc_populate = doc(format!(
         "Writes `{value_arg}` as the entry of {link} for these arguments into every tier \
          (write-through).\n\n# Errors\n\nWhen Redis did not take it; the local tier is \
          written all the same."
-    );
-    let doc_lookup =
-        format!("The cached value of {link} for these arguments, without running its body.");
-    let doc_refresh = format!(
+    ));
+    let doc_lookup = doc(format!(
+        "The cached value of {link} for these arguments, without running its body."
+    ));
+    let doc_refresh = doc(format!(
         "Runs the body of {link} now and stores a cacheable result in every tier.{body_errors}"
-    );
-    let doc_entry = format!(
+    ));
+    let doc_entry = doc(format!(
         "{link} with the value wrapped in a `cache_runtime::Entry`: its ETag, creation time, \
          tags and source, for HTTP responses (see `cache_runtime::http`).{body_errors}"
-    );
-    let doc_accessor = format!(
+    ));
+    let doc_accessor = doc(format!(
         "The cache of {link} (of this instantiation, for a generic one): its name, tiers, \
          stats, local clear."
-    );
-    let [doc_uncached, doc_invalidate, doc_populate, doc_lookup, doc_refresh, doc_entry, doc_accessor] =
-        [
-            doc_uncached,
-            doc_invalidate,
-            doc_populate,
-            doc_lookup,
-            doc_refresh,
-            doc_entry,
-            doc_accessor,
-        ]
-        .map(|text| doc_attr(&text, name.span()));
+    ));
     // At the return type: a value that is not `Clone` is reported there, not at the
     // attribute.
     let entry_ty = respan(

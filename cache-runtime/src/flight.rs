@@ -366,8 +366,7 @@ mod tests {
         None
     }
 
-    /// `join` by another caller (a thread of its own): a join from the leader's own thread
-    /// is re-entrant, and leads apart.
+    /// `join` by a caller on another thread.
     fn join_elsewhere<'a>(flights: &'a Flights<u32>, key: &str) -> Joined<'a, u32> {
         std::thread::scope(|s| s.spawn(|| flights.join(key, &[])).join().unwrap())
     }
@@ -435,7 +434,7 @@ mod tests {
         let Joined::Leader(leader) = flights.join("k", &[]) else {
             panic!("first join leads")
         };
-        let Joined::Follower(f) = join_elsewhere(&flights, "k") else {
+        let Joined::Follower(f) = flights.join("k", &[]) else {
             panic!("second join follows")
         };
         drop(leader);
@@ -453,7 +452,7 @@ mod tests {
         assert_eq!(flights.detach_tagged("t"), vec!["a".to_string()]);
         assert_eq!(flights.len(), 2);
         assert!(matches!(flights.join("a", &[]), Joined::Leader(_)));
-        assert!(matches!(join_elsewhere(&flights, "b"), Joined::Follower(_)));
+        assert!(matches!(flights.join("b", &[]), Joined::Follower(_)));
     }
 
     #[test]
@@ -462,7 +461,7 @@ mod tests {
         let Joined::Leader(leader) = flights.join("k", &[]) else {
             panic!()
         };
-        let Joined::Follower(f) = join_elsewhere(&flights, "k") else {
+        let Joined::Follower(f) = flights.join("k", &[]) else {
             panic!()
         };
         let t = std::thread::spawn(move || pollster::block_on(f.wait(|v| v + 1, never)));
@@ -499,7 +498,7 @@ mod tests {
         let Joined::Leader(old) = flights.join("k", &["t".to_string()]) else {
             panic!("first join leads")
         };
-        let Joined::Follower(waiting) = join_elsewhere(&flights, "k") else {
+        let Joined::Follower(waiting) = flights.join("k", &[]) else {
             panic!("second join follows")
         };
         // A write detaches the running flight: the next caller leads a new one.
@@ -508,7 +507,7 @@ mod tests {
         let Joined::Leader(new) = flights.join("k", &[]) else {
             panic!("a detached key leads again")
         };
-        let Joined::Follower(late) = join_elsewhere(&flights, "k") else {
+        let Joined::Follower(late) = flights.join("k", &[]) else {
             panic!("joins the new flight")
         };
         // The old leader's outcome reaches only the follower that joined it.

@@ -162,6 +162,20 @@ counters! {
 }
 
 impl Counters {
+    /// Counts one failed Redis operation by its kind.
+    pub fn redis_failed(&self, e: &crate::error::CacheError) {
+        use crate::error::CacheError;
+        match e {
+            CacheError::TooLarge { .. } => self.oversize.add(1),
+            CacheError::Encode(_) => self.encode_failures.add(1),
+            CacheError::Timeout(_) => {
+                self.redis_errors.add(1);
+                self.redis_timeouts.add(1);
+            }
+            _ => self.redis_errors.add(1),
+        }
+    }
+
     /// Records one body run.
     pub fn body(&self, elapsed: Duration) {
         self.body_calls.add(1);

@@ -662,22 +662,14 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     /// Counts a failed Redis operation by kind; passes the result through.
     fn count_redis<T>(&self, res: Result<T, CacheError>) -> Result<T, CacheError> {
         if let Err(e) = &res {
-            match e {
-                CacheError::TooLarge { .. } => self.counters.oversize.add(1),
-                CacheError::Encode(e) => {
-                    self.counters.encode_failures.add(1);
-                    self.decode_log.warn_error(
-                        &self.name,
-                        "value does not encode for redis; kept out of redis (see the README on \
-                         serde attributes)",
-                        e,
-                    );
-                }
-                CacheError::Timeout(_) => {
-                    self.counters.redis_errors.add(1);
-                    self.counters.redis_timeouts.add(1);
-                }
-                _ => self.counters.redis_errors.add(1),
+            self.counters.redis_failed(e);
+            if let CacheError::Encode(e) = e {
+                self.decode_log.warn_error(
+                    &self.name,
+                    "value does not encode for redis; kept out of redis (see the README on \
+                     serde attributes)",
+                    e,
+                );
             }
         }
         res

@@ -353,7 +353,7 @@ impl LockGuard {
 
     /// From now on, the lock may be this call's (a read that may take it is on its way).
     fn arm(&mut self) {
-        self.armed = self.lock.is_some();
+        self.armed = true;
     }
 
     /// The lock is not this call's, or was released by the call itself.
@@ -374,13 +374,8 @@ impl Drop for LockGuard {
             return;
         };
         drop(tier.handle().spawn(async move {
-            match tier.release_lock(key, token).await {
-                Ok(()) => {}
-                Err(CacheError::Timeout(_)) => {
-                    counters.redis_errors.add(1);
-                    counters.redis_timeouts.add(1);
-                }
-                Err(_) => counters.redis_errors.add(1),
+            if let Err(e) = tier.release_lock(key, token).await {
+                counters.redis_failed(&e);
             }
         }));
     }
@@ -797,8 +792,9 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let Some(redis) = &self.redis else {
             return (Ok(()), 0);
         };
-        // Cancelled before Redis answered, the old value may still be there: invalidated as
-        // soon as Redis takes it, as after a failure.
+        // Unless Redis answered (or refused for good), the old value may still be there:
+        // invalidated as soon as Redis takes it. Dropped armed, after a failure or with a
+        // cancelled caller (a client gone, a `timeout` around the write), this defers it.
         let unconfirmed = scopeguard::guard((), |()| self.defer_invalidation(redis, key));
         let res = async {
             let ticket = new_ticket();
@@ -842,17 +838,18 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             Ok(())
         }
         .await;
-        ScopeGuard::into_inner(unconfirmed);
-        if matches!(
+        let unreached = matches!(
             res,
             Err(CacheError::Timeout(_)
                 | CacheError::Unavailable(_)
                 | CacheError::CircuitOpen
                 | CacheError::Redis(_))
-        ) {
-            // Other processes may still read the old value: invalidate it as soon as Redis
-            // is back.
-            self.defer_invalidation(redis, key);
+        );
+        if unreached {
+            // Other processes may still read the old value.
+            drop(unconfirmed);
+        } else {
+            ScopeGuard::into_inner(unconfirmed);
         }
         (self.count_redis(res), 0)
     }
@@ -864,8 +861,9 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             return Ok(());
         };
         let (value_key, ticket_key) = r.keys.value_and_ticket(key);
-        // Cancelled before Redis answered (a client gone, a `timeout` around the write), the
-        // invalidation may never have reached Redis: it is deferred as a failure is.
+        // Deferred unless Redis confirms it: after a failure, and with a caller cancelled
+        // before Redis answered (a client gone, a `timeout` around the write), when it may
+        // never have reached Redis.
         let unconfirmed = scopeguard::guard((), |()| self.defer_invalidation(r, key));
         let res = r
             .tier
@@ -882,9 +880,10 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 // version) drop their copies too, as remote processes do.
                 bus::apply_locally(bus::Action::Invalidated, &key.logical, 0)
             });
-        ScopeGuard::into_inner(unconfirmed);
-        if res.is_err() {
-            self.defer_invalidation(r, key);
+        if res.is_ok() {
+            ScopeGuard::into_inner(unconfirmed);
+        } else {
+            drop(unconfirmed);
         }
         self.count_redis(res)
     }
@@ -1038,17 +1037,15 @@ pub(super) async fn invalidate_scope_everywhere(scope: Scope<'_>) -> Result<(), 
     let prefix = &rt.config.key_prefix;
     let key = scope_key(prefix, scope);
     let channel = bus::channel(prefix);
-    let defer = |key: String, channel: String| {
+    // Deferred unless Redis confirms it: after a failure, and with a caller cancelled before
+    // Redis answered, when the token may still be there.
+    let unconfirmed = scopeguard::guard((), |()| {
         r.defer(PendingOp::Scope {
-            key,
-            channel,
+            key: key.clone(),
+            channel: channel.clone(),
             action,
             target: target.to_string(),
-        })
-    };
-    // Cancelled before Redis answered, the token may still be there: deferred as a failure.
-    let unconfirmed = scopeguard::guard((), |()| {
-        defer(key.clone(), channel.clone());
+        });
     });
     let res = r
         .invalidate_scope(
@@ -1057,14 +1054,13 @@ pub(super) async fn invalidate_scope_everywhere(scope: Scope<'_>) -> Result<(), 
             bus::message(action, target),
         )
         .await;
-    ScopeGuard::into_inner(unconfirmed);
     if res.is_ok() {
+        ScopeGuard::into_inner(unconfirmed);
         // Again after Redis: a load here may have read the old token meanwhile (other
         // processes apply the bus message, which is published after the delete).
         bus::apply_locally(action, target, 0);
-    }
-    if res.is_err() {
-        defer(key, channel);
+    } else {
+        drop(unconfirmed);
     }
     res
 }
