@@ -781,9 +781,14 @@ impl Node {
     /// Starts `binary` (e.g. `env!("CARGO_BIN_EXE_cache-node")`) against `server`, with
     /// extra environment variables, and waits until it is ready.
     pub fn start(binary: &str, server: &RedisServer, env: &[(&str, &str)]) -> Self {
+        Self::start_at(binary, &server.url(), env)
+    }
+
+    /// [`start`](Self::start) with the Redis URL given (a Unix socket, another database).
+    pub fn start_at(binary: &str, url: &str, env: &[(&str, &str)]) -> Self {
         use std::io::BufRead;
         let mut cmd = Command::new(binary);
-        cmd.args(["--redis", &server.url()])
+        cmd.args(["--redis", url])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
