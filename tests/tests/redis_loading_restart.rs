@@ -36,8 +36,8 @@ async fn locked(id: usize) -> u64 {
 
 /// Reads every key of the three caches; panics on a value other than the source's.
 async fn read_all(round: u64) {
-    for id in 0..KEYS {
-        let v = SOURCE[id].load(SeqCst);
+    for (id, source) in SOURCE.iter().enumerate().take(KEYS) {
+        let v = source.load(SeqCst);
         assert_eq!(remote(id).await, v, "remote key {id}, round {round}");
         assert_eq!(
             two_tier(id).await,
