@@ -96,7 +96,9 @@ pub use config::{Config, ConfigBuilder, WaitReplicas};
 pub use entry::{ETag, Entry, Meta, Source};
 pub use error::{CacheError, ErrorSource, InitError};
 pub use observe::{Mode, ObserveReport, Verdict};
-pub use runtime::{config, health_check, init, redis_enabled, redis_status, RedisStatus};
+pub use runtime::{
+    config, drain, drain_blocking, health_check, init, redis_enabled, redis_status, RedisStatus,
+};
 pub use shape::{OkOnly, Plain, Sharing, SomeOnly, SomeOrNone};
 pub use stats::{caches, CacheInfo, Stats};
 pub use tier::{Key, Tier};

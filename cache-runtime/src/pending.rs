@@ -100,6 +100,8 @@ pub(crate) struct Pending {
     inner: Mutex<Inner>,
     any: AtomicBool,
     prefix: String,
+    /// Woken whenever the set empties (what [`crate::drain`] waits for).
+    emptied: tokio::sync::Notify,
 }
 
 impl Pending {
@@ -108,6 +110,7 @@ impl Pending {
             inner: Mutex::default(),
             any: AtomicBool::new(false),
             prefix: prefix.to_string(),
+            emptied: tokio::sync::Notify::new(),
         }
     }
 
@@ -241,9 +244,7 @@ impl Pending {
         for op in ops {
             inner.forget_key(op);
         }
-        if inner.is_empty() {
-            self.any.store(false, Ordering::Release);
-        }
+        self.settle(&inner);
     }
 
     /// The pending scope writes (at most [`MAX_SCOPES`] + 1).
@@ -254,8 +255,30 @@ impl Pending {
     pub(crate) fn done(&self, id: &str) {
         let mut inner = self.lock();
         inner.scopes.remove(id);
-        if inner.is_empty() {
+        self.settle(&inner);
+    }
+
+    /// After writes went through: when nothing is left, readers stop checking the set and
+    /// [`Self::wait_empty`] returns.
+    /// (Taken key invalidations still count: their batch may yet fail and be put back.)
+    fn settle(&self, inner: &Inner) {
+        if inner.is_empty() && inner.logicals.is_empty() {
             self.any.store(false, Ordering::Release);
+            self.emptied.notify_waiters();
+        }
+    }
+
+    /// Waits until no write is pending (taken ones included): at once if none is.
+    pub(crate) async fn wait_empty(&self) {
+        loop {
+            let emptied = self.emptied.notified();
+            tokio::pin!(emptied);
+            // Registered before the check, so an emptying in between is not missed.
+            emptied.as_mut().enable();
+            if self.len() == 0 {
+                return;
+            }
+            emptied.await;
         }
     }
 
@@ -332,6 +355,40 @@ mod tests {
         }
         assert_eq!(p.len(), 1, "one pending global clear");
         assert!(p.blocks("b:1", &[], "b"));
+    }
+
+    /// `wait_empty` returns at once on an empty set, and otherwise only once the last write
+    /// went through: not while a taken batch is still in flight, nor when it is put back.
+    #[test]
+    fn waiting_for_an_empty_set_ends_when_the_last_write_went_through() {
+        use std::future::Future;
+        use std::task::{Context, Poll};
+        let p = Pending::new("t");
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(Box::pin(p.wait_empty()).as_mut().poll(&mut cx).is_ready());
+        p.add(inv("a", 1));
+        p.add(PendingOp::Scope {
+            key: "t:tag:x".into(),
+            channel: "t:bus:1".into(),
+            action: Action::Tag,
+            target: "x".into(),
+        });
+        let mut wait = Box::pin(p.wait_empty());
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        let taken = p.take_keys(10);
+        p.restore(taken);
+        let taken = p.take_keys(10);
+        p.done(&p.scopes()[0].id());
+        assert!(
+            wait.as_mut().poll(&mut cx).is_pending(),
+            "a batch in flight"
+        );
+        assert!(
+            p.blocks("a:1", &[], "a"),
+            "and its key is not read from Redis"
+        );
+        p.keys_done(&taken);
+        assert_eq!(wait.as_mut().poll(&mut cx), Poll::Ready(()));
     }
 
     #[test]

@@ -153,6 +153,51 @@ pub fn redis_status() -> RedisStatus {
     }
 }
 
+/// Waits until the writes Redis has not taken yet went through, and the installed edge
+/// purger is idle ([`edge::flush_all`](crate::edge::flush_all)), for at most `timeout` in
+/// all; returns whether everything went through.
+///
+/// An invalidation, tag invalidation or clear that Redis did not take (down, timed out, the
+/// caller cancelled before Redis answered) returned `Err` or was dropped with its caller, and
+/// is kept pending: retried in the background every 100 ms, and meanwhile the entries it
+/// covers are not read from Redis here ([`RedisStatus::pending_writes`] counts them). A
+/// process that exits with writes pending loses them: other processes may read the old
+/// values from Redis until their TTL. Call `drain` at shutdown, once the service stopped
+/// taking requests (writes made meanwhile are waited for too, but one still in flight when
+/// `drain` returns is not).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use std::time::Duration;
+/// // On SIGTERM, after the server stopped accepting requests:
+/// if !cache_runtime::drain(Duration::from_secs(5)).await {
+///     eprintln!(
+///         "{} cache writes did not reach Redis",
+///         cache_runtime::redis_status().pending_writes
+///     );
+/// }
+/// # }
+/// ```
+pub async fn drain(timeout: std::time::Duration) -> bool {
+    let start = std::time::Instant::now();
+    let redis = match &runtime().redis {
+        Some(r) => r.drain(timeout).await,
+        None => true,
+    };
+    let edge = crate::edge::flush_all(timeout.saturating_sub(start.elapsed())).await;
+    redis && edge
+}
+
+/// Blocking [`drain`], for sync code and shutdown hooks (on any thread, a runtime's
+/// included: the wait runs on the runtime's Redis thread).
+///
+/// ```
+/// assert!(cache_runtime::drain_blocking(std::time::Duration::from_secs(1)));
+/// ```
+pub fn drain_blocking(timeout: std::time::Duration) -> bool {
+    crate::blocking::block_on(drain(timeout))
+}
+
 /// Checks that the runtime can really use Redis, as the configured user: it loads every
 /// script and runs each operation on probe keys under the key prefix (`{prefix}:health:*`),
 /// reads the server `TIME`, confirms with `ROLE` / `WAIT` when writes wait for replicas, and

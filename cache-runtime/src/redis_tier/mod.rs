@@ -1506,6 +1506,23 @@ impl RedisTier {
         }
     }
 
+    /// Waits until no write is pending, for at most `timeout` (on the Redis thread, whose
+    /// timer runs whatever the caller's thread is doing); whether none is.
+    pub(crate) async fn drain(&'static self, timeout: Duration) -> bool {
+        if self.pending.len() == 0 {
+            return true;
+        }
+        let pending = &self.pending;
+        self.handle
+            .spawn(async move {
+                tokio::time::timeout(timeout, pending.wait_empty())
+                    .await
+                    .is_ok()
+            })
+            .await
+            .unwrap_or(false)
+    }
+
     async fn retry_round(&'static self) -> Result<(), CacheError> {
         for op in self.pending.scopes() {
             if let PendingOp::Scope {
