@@ -179,6 +179,12 @@ impl RedisServer {
             .arg("--dir")
             .arg(&self.dir)
             .args(&self.extra_args)
+            // A sweep of every test under a server setting (`--tracking-table-max-keys 1`).
+            .args(
+                std::env::var("CACHE_TESTS_REDIS_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
