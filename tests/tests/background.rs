@@ -282,3 +282,133 @@ async fn arc_self_methods_refresh_ahead_and_finish_after_a_soft_timeout() {
     )
     .await;
 }
+
+/// An error type that is not `Send`, as in many applications.
+type BoxError = Box<dyn std::error::Error>;
+
+static BOXED_RUNS: AtomicUsize = AtomicUsize::new(0);
+static BOXED_VERSION: AtomicU64 = AtomicU64::new(0);
+static BOXED_FAIL: AtomicBool = AtomicBool::new(false);
+static BOXED_HOLD: AtomicBool = AtomicBool::new(false);
+static BOXED_GATE: Semaphore = Semaphore::const_new(0);
+
+/// The body of both caches below: held on the gate while `BOXED_HOLD` is set; an `Err` while
+/// `BOXED_FAIL` is.
+async fn boxed_body(id: u64) -> Result<u64, BoxError> {
+    BOXED_RUNS.fetch_add(1, SeqCst);
+    if BOXED_HOLD.load(SeqCst) {
+        BOXED_GATE.acquire().await.unwrap().forget();
+    }
+    if BOXED_FAIL.load(SeqCst) {
+        return Err(format!("row {id} unavailable").into());
+    }
+    Ok(id * 1000 + BOXED_VERSION.load(SeqCst))
+}
+
+#[cached(
+    tier = "local+redis",
+    ttl = "300ms",
+    key = "boxed-soft:<id>",
+    stale = "1h",
+    soft_timeout = "50ms"
+)]
+async fn boxed_soft(id: u64) -> Result<u64, BoxError> {
+    boxed_body(id).await
+}
+
+#[cached(
+    tier = "local",
+    ttl = "2s",
+    key = "boxed-ahead:<id>",
+    refresh_ahead = 0.5
+)]
+async fn boxed_ahead(id: u64) -> Result<u64, BoxError> {
+    boxed_body(id).await
+}
+
+/// A call as a handler makes it: on a task of its own (so its future must be `Send`), the
+/// error turned into the task's own.
+async fn spawned<F>(call: F) -> Result<u64, String>
+where
+    F: std::future::Future<Output = Result<u64, BoxError>> + Send + 'static,
+{
+    tokio::spawn(async move { call.await.map_err(|e| e.to_string()) })
+        .await
+        .unwrap()
+}
+
+/// `soft_timeout` and `refresh_ahead` with a result that is not `Send` (its error): the body
+/// runs on the caller's task until the caller leaves, and the task that finishes it only
+/// stores its value (an `Err` is dropped there), so nothing of the result crosses threads.
+/// Before, the body ran in a task from the start and its whole result had to be `Send`: a
+/// `Box<dyn Error>` function did not compile with either option.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_timeout_and_refresh_ahead_take_results_that_are_not_send() {
+    shared_redis_with_bus().await;
+    assert_eq!(spawned(boxed_soft(1)).await, Ok(1000));
+    BOXED_VERSION.store(1, SeqCst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while boxed_soft_cache().lookup("boxed-soft:1").await.is_some() {
+        assert!(std::time::Instant::now() < deadline, "never expired");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Past the soft timeout the caller gets the stale value; the body goes on in a task.
+    BOXED_HOLD.store(true, SeqCst);
+    let runs = BOXED_RUNS.load(SeqCst);
+    assert_eq!(spawned(boxed_soft(1)).await, Ok(1000));
+    assert_eq!(boxed_soft_cache().stats().soft_timeouts, 1);
+    assert_eq!(BOXED_RUNS.load(SeqCst), runs + 1);
+    BOXED_GATE.add_permits(1);
+    eventually(
+        Duration::from_secs(5),
+        "the background body to store",
+        || boxed_soft_cache().peek_local("boxed-soft:1") == Some(1001),
+    )
+    .await;
+    BOXED_HOLD.store(false, SeqCst);
+    assert_eq!(spawned(boxed_soft(1)).await, Ok(1001));
+
+    // A background body that fails: its error is dropped, the stale value stays the answer.
+    BOXED_FAIL.store(true, SeqCst);
+    BOXED_VERSION.store(2, SeqCst);
+    while boxed_soft_cache().lookup("boxed-soft:1").await.is_some() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    BOXED_HOLD.store(true, SeqCst);
+    let runs = BOXED_RUNS.load(SeqCst);
+    assert_eq!(spawned(boxed_soft(1)).await, Ok(1001));
+    BOXED_GATE.add_permits(1);
+    eventually(
+        Duration::from_secs(5),
+        "the failing background body",
+        || BOXED_RUNS.load(SeqCst) == runs + 1,
+    )
+    .await;
+    BOXED_HOLD.store(false, SeqCst);
+    // A failing body with a stale value kept: the fail-safe answers (the error is not cached).
+    assert_eq!(spawned(boxed_soft(1)).await, Ok(1001));
+    BOXED_FAIL.store(false, SeqCst);
+
+    // Refresh ahead: a read late in the TTL starts one refresh in a task.
+    assert_eq!(spawned(boxed_ahead(2)).await, Ok(2002));
+    BOXED_VERSION.store(3, SeqCst);
+    // Readers keep getting the current value at once until the refreshed one replaces it
+    // (past half the TTL; the entry expires at 2 s, so a read never waits for a body).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let runs = BOXED_RUNS.load(SeqCst);
+    loop {
+        let v = spawned(boxed_ahead(2)).await;
+        if v == Ok(2003) {
+            break;
+        }
+        assert_eq!(v, Ok(2002));
+        assert!(std::time::Instant::now() < deadline, "never refreshed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        BOXED_RUNS.load(SeqCst),
+        runs + 1,
+        "one refresh, in the background"
+    );
+    assert_eq!(boxed_ahead_cache().stats().refreshes_ahead, 1);
+}

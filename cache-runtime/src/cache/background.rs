@@ -131,7 +131,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     ) -> (R, Meta, Source)
     where
         S: Shape<R, Value = V> + 'static,
-        R: Send + 'static,
+        R: 'static,
         F: FnOnce() -> B + Send + 'static,
         B: Future<Output = R> + Send + 'static,
     {
@@ -162,8 +162,11 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         out
     }
 
-    /// The miss path in a task, raced against `soft`: past it, a stale value (local, or
-    /// Redis's) is returned and the task completes in the background, storing its result.
+    /// The miss path raced against `soft`: past it, a stale value (local, or Redis's) is
+    /// returned and the load is handed to a task, which completes the body and stores its
+    /// result. The load runs on the caller's task until then, so the body's result never
+    /// crosses threads and needs no `Send`: the task only ever stores it (a result that is not
+    /// cached, an `Err`, is dropped there, as nobody waits for it any more).
     async fn load_soft<R, S, B>(
         &'static self,
         key: Key,
@@ -173,31 +176,43 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     ) -> (R, Meta, Source)
     where
         S: Shape<R, Value = V> + 'static,
-        R: Send + 'static,
+        R: 'static,
         B: Future<Output = R> + Send + 'static,
     {
-        let task_key = key.clone();
-        let task = async move {
+        let load_key = key.clone();
+        let mut load = Box::pin(async move {
             let mut body = body;
-            self.load::<R, S, B>(&task_key, &mut body, &sharing).await
-        };
-        let mut handle = match spawn_task(task) {
-            Ok(handle) => handle,
-            // No runtime to finish a body in: wait for it here.
-            Err(task) => return task.await,
-        };
-        let timer = std::pin::pin!(sleep_anywhere(soft));
-        let handle = match select(&mut handle, timer).await {
-            Either::Left((done, _)) => return joined(done),
-            Either::Right(((), _)) => handle,
-        };
-        if let Some((v, meta)) = self.stale_fallback(&key).await {
-            self.counters.soft_timeouts.add(1);
-            self.counters.stale_served.add(1);
-            tracing::debug!(cache = %self.name, "body past soft_timeout; serving stale");
-            return (S::rebuild(v), meta, Source::Stale);
+            self.load::<R, S, B>(&load_key, &mut body, &sharing).await
+        });
+        if tokio::runtime::Handle::try_current().is_err() && runtime().redis.is_none() {
+            // No runtime to finish a body in after the caller left: wait for it here.
+            return load.await;
         }
-        joined(handle.await)
+        let timer = std::pin::pin!(sleep_anywhere(soft));
+        if let Either::Left((done, _)) = select(&mut load, timer).await {
+            return done;
+        }
+        // Past the soft timeout: the load goes on while the fallback is looked up, and wins
+        // if it finishes first (a fresh value beats a stale one).
+        let fallback = std::pin::pin!(self.stale_fallback(&key));
+        let stale = match select(&mut load, fallback).await {
+            Either::Left((done, _)) => return done,
+            Either::Right((stale, _)) => stale,
+        };
+        let Some((v, meta)) = stale else {
+            return load.await;
+        };
+        // (Checked below: there is a runtime to finish the body in. Were there none, it
+        // finishes here, before the stale value is returned.)
+        if let Err(finish) = spawn_task(async move {
+            drop(load.await);
+        }) {
+            finish.await;
+        }
+        self.counters.soft_timeouts.add(1);
+        self.counters.stale_served.add(1);
+        tracing::debug!(cache = %self.name, "body past soft_timeout; serving stale");
+        (S::rebuild(v), meta, Source::Stale)
     }
 
     /// A fallback for a soft timeout: a local copy (fresh if a write landed meanwhile, else
@@ -221,7 +236,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     fn refresh_in_background<R, S, B>(&'static self, key: Key, body: B, sharing: Sharing<R>)
     where
         S: Shape<R, Value = V> + 'static,
-        R: Send + 'static,
+        R: 'static,
         B: Future<Output = R> + Send + 'static,
     {
         let Joined::Leader(leader) = self.flights.join(&key.logical, &key.tags) else {
@@ -265,14 +280,5 @@ where
     match &runtime().redis {
         Some(r) => Ok(r.handle().spawn(task)),
         None => Err(task),
-    }
-}
-
-/// A background load's result; its panic is the caller's panic, as if run inline.
-fn joined<T>(done: Result<T, tokio::task::JoinError>) -> T {
-    match done {
-        Ok(v) => v,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(_) => panic!("cache_runtime: a background load was cancelled (runtime shut down)"),
     }
 }

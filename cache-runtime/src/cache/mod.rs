@@ -443,7 +443,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     ) -> R
     where
         S: Shape<R, Value = V> + 'static,
-        R: Send + 'static,
+        R: 'static,
         B: Future<Output = R> + Send + 'static,
     {
         self.get_or_load_detached_with::<R, S, _, B>(key, move || body, sharing)
@@ -481,7 +481,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     ) -> R
     where
         S: Shape<R, Value = V> + 'static,
-        R: Send + 'static,
+        R: 'static,
         F: FnOnce() -> B + Send + 'static,
         B: Future<Output = R> + Send + 'static,
     {
@@ -500,7 +500,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     ) -> S::Entries
     where
         S: EntryShape<R, Value = V> + 'static,
-        R: Send + 'static,
+        R: 'static,
         B: Future<Output = R> + Send + 'static,
     {
         self.get_or_load_entry_detached_with::<R, S, _, B>(key, move || body, sharing)
@@ -534,7 +534,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     ) -> S::Entries
     where
         S: EntryShape<R, Value = V> + 'static,
-        R: Send + 'static,
+        R: 'static,
         F: FnOnce() -> B + Send + 'static,
         B: Future<Output = R> + Send + 'static,
     {
