@@ -33,6 +33,7 @@
 
 use std::time::Duration;
 
+mod owned_strings;
 mod payload;
 mod schema;
 

@@ -36,6 +36,7 @@ use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use serde::de::DeserializeOwned;
 use serde::ser::{self, Serialize, Serializer};
 
+use super::owned_strings::OwnedFromBorrowed;
 use super::TypeMemo;
 
 /// How a payload is encoded: the envelope's flags, bit 0.
@@ -248,17 +249,29 @@ pub(crate) fn decode_payload<V: DeserializeOwned>(
 fn decode_bincode<V: DeserializeOwned>(payload: &[u8]) -> Result<V, String> {
     const KIB: usize = 1024;
     let std = bincode::config::standard();
+    // Owned strings read from the borrowed payload (see `owned_strings`).
+    let seed = || OwnedFromBorrowed::<V>(std::marker::PhantomData);
     let res = match payload.len() {
-        n if n <= 4 * KIB => {
-            bincode::serde::decode_from_slice(payload, std.with_limit::<{ 64 * KIB }>())
-        }
-        n if n <= 256 * KIB => {
-            bincode::serde::decode_from_slice(payload, std.with_limit::<{ 4 * 1024 * KIB }>())
-        }
-        n if n <= 4 * 1024 * KIB => {
-            bincode::serde::decode_from_slice(payload, std.with_limit::<{ 64 * 1024 * KIB }>())
-        }
-        _ => bincode::serde::decode_from_slice(payload, std.with_limit::<{ 1024 * 1024 * KIB }>()),
+        n if n <= 4 * KIB => bincode::serde::seed_decode_from_slice(
+            seed(),
+            payload,
+            std.with_limit::<{ 64 * KIB }>(),
+        ),
+        n if n <= 256 * KIB => bincode::serde::seed_decode_from_slice(
+            seed(),
+            payload,
+            std.with_limit::<{ 4 * 1024 * KIB }>(),
+        ),
+        n if n <= 4 * 1024 * KIB => bincode::serde::seed_decode_from_slice(
+            seed(),
+            payload,
+            std.with_limit::<{ 64 * 1024 * KIB }>(),
+        ),
+        _ => bincode::serde::seed_decode_from_slice(
+            seed(),
+            payload,
+            std.with_limit::<{ 1024 * 1024 * KIB }>(),
+        ),
     };
     match res {
         Ok((value, used)) if used == payload.len() => Ok(value),
