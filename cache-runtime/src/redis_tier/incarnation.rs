@@ -49,6 +49,28 @@ fn run_id(info: &str) -> Option<&str> {
         .filter(|v| !v.is_empty())
 }
 
+/// The `redis_version` of an `INFO server` reply, if it is older than 7.0: the runtime's
+/// commands need 7.0 (`SET … NX GET`, `PEXPIRE … GT`, `SPUBLISH`); on 6.x they are refused
+/// as syntax errors, so no store lands and nothing is ever served from Redis.
+pub(super) fn too_old(info: &str) -> Option<&str> {
+    let version = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .map(str::trim)?;
+    let major: u32 = version.split('.').next()?.parse().ok()?;
+    (major < 7).then_some(version)
+}
+
+/// What a server too old for the runtime is told (logged at connect, appended to a failed
+/// health check).
+pub(super) fn too_old_message(version: &str) -> String {
+    format!(
+        "the server reports redis_version {version}: cache-runtime needs Redis 7.0 or newer \
+         (or Valkey 7.2 or newer); on it every store is refused as a syntax error, so nothing \
+         is served from Redis and each call costs a round trip for nothing"
+    )
+}
+
 /// What the record says of the server `run_id` now answering.
 fn judge(recorded: Option<&str>, run_id: &str) -> Found {
     match recorded {
@@ -99,6 +121,13 @@ pub(super) async fn check(
         }
         Err(e) => return Err(e),
     };
+    if let Some(version) = infos.iter().find_map(|i| too_old(i)) {
+        // Once per process, past the log limiter: it explains every error that follows.
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::error!(subject = "redis", "{}", too_old_message(version));
+        }
+    }
     let Some(now) = incarnation(&infos) else {
         return Ok(Found::Unchecked);
     };
@@ -159,6 +188,23 @@ mod tests {
         assert_eq!(run_id(info), Some("abc"));
         assert_eq!(run_id("# Server\r\nrun_id:\r\n"), None);
         assert_eq!(run_id("garbage"), None);
+    }
+
+    #[test]
+    fn servers_older_than_7_are_named() {
+        let info = |v: &str| format!("# Server\r\nredis_version:{v}\r\nrun_id:abc\r\n");
+        assert_eq!(too_old(&info("6.2.14")), Some("6.2.14"));
+        assert_eq!(too_old(&info("6.0.16")), Some("6.0.16"));
+        assert_eq!(too_old(&info("7.0.15")), None);
+        assert_eq!(too_old(&info("7.2.4")), None, "Valkey reports 7.2.4");
+        assert_eq!(too_old(&info("8.0.1")), None);
+        assert_eq!(
+            too_old("# Server\r\nrun_id:abc\r\n"),
+            None,
+            "unknown: no claim"
+        );
+        assert_eq!(too_old(&info("garbage")), None);
+        assert!(too_old_message("6.2.14").contains("Redis 7.0 or newer"));
     }
 
     #[test]

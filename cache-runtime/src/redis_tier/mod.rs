@@ -1644,14 +1644,6 @@ impl RedisTier {
     /// failure names its step and, for `NOPERM`, the command the user may not run. Bypasses
     /// the breaker: it is the probe an operator asks for.
     pub(crate) async fn health_check(&self, prefix: &str, channel: &str) -> Result<(), CacheError> {
-        let step = |name: &'static str| {
-            move |e: CacheError| match e {
-                CacheError::Redis(msg) => {
-                    CacheError::Redis(msg.map_message(|m| health_message(name, m)))
-                }
-                other => other,
-            }
-        };
         let shared = self.shared.clone();
         let conns = self
             .handle
@@ -1662,6 +1654,44 @@ impl RedisTier {
             })
             .await
             .unwrap_or_else(|e| Err(CacheError::Unavailable(crate::ErrorSource::new(e))))?;
+        // A server older than 7.0 refuses the runtime's commands as syntax errors: the step
+        // that fails then says why (`INFO` refused by the ACL: no claim either way).
+        let too_old = conns
+            .data
+            .clone()
+            .server_infos()
+            .await
+            .ok()
+            .and_then(|infos| {
+                infos
+                    .iter()
+                    .find_map(|i| incarnation::too_old(i).map(str::to_owned))
+            });
+        match (self.health_steps(&conns, prefix, channel).await, too_old) {
+            (Err(CacheError::Redis(msg)), Some(version)) => {
+                Err(CacheError::Redis(msg.map_message(|m| {
+                    format!("{m} ({})", incarnation::too_old_message(&version))
+                })))
+            }
+            (checked, _) => checked,
+        }
+    }
+
+    /// The health check's steps (see [`Self::health_check`]).
+    async fn health_steps(
+        &self,
+        conns: &Conns,
+        prefix: &str,
+        channel: &str,
+    ) -> Result<(), CacheError> {
+        let step = |name: &'static str| {
+            move |e: CacheError| match e {
+                CacheError::Redis(msg) => {
+                    CacheError::Redis(msg.map_message(|m| health_message(name, m)))
+                }
+                other => other,
+            }
+        };
         let run = |conn: Conn, cmd: redis::Cmd, name: &'static str| {
             let shared = self.shared.clone();
             async move {
