@@ -29,20 +29,23 @@ async fn soft(id: u64) -> Result<u64, String> {
     Ok(id * 1000 + SOFT_VERSION.load(SeqCst))
 }
 
+/// Waits until `key` is no longer fresh in `cache` (expiry, what these tests are about, is
+/// time passing: polled).
+async fn until_expired(cache: &'static cache_runtime::Cache<u64>, key: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while cache.lookup(key).await.is_some() {
+        assert!(std::time::Instant::now() < deadline, "{key} never expired");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test]
 async fn soft_timeout_serves_stale_and_the_body_updates_the_cache_in_the_background() {
     shared_redis_with_bus().await;
     assert_eq!(soft(1).await.unwrap(), 1000);
     SOFT_VERSION.store(1, SeqCst);
     // Expired locally and in Redis (whose copy is kept an hour as the fallback).
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while soft_cache().lookup("soft:1").await.is_some() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the entry never expired"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_expired(soft_cache(), "soft:1").await;
 
     // The body is held past the soft timeout: the caller gets the stale value at once...
     SOFT_HOLD.store(true, SeqCst);
@@ -347,11 +350,7 @@ async fn soft_timeout_and_refresh_ahead_take_results_that_are_not_send() {
     shared_redis_with_bus().await;
     assert_eq!(spawned(boxed_soft(1)).await, Ok(1000));
     BOXED_VERSION.store(1, SeqCst);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while boxed_soft_cache().lookup("boxed-soft:1").await.is_some() {
-        assert!(std::time::Instant::now() < deadline, "never expired");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_expired(boxed_soft_cache(), "boxed-soft:1").await;
     // Past the soft timeout the caller gets the stale value; the body goes on in a task.
     BOXED_HOLD.store(true, SeqCst);
     let runs = BOXED_RUNS.load(SeqCst);
@@ -371,9 +370,7 @@ async fn soft_timeout_and_refresh_ahead_take_results_that_are_not_send() {
     // A background body that fails: its error is dropped, the stale value stays the answer.
     BOXED_FAIL.store(true, SeqCst);
     BOXED_VERSION.store(2, SeqCst);
-    while boxed_soft_cache().lookup("boxed-soft:1").await.is_some() {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_expired(boxed_soft_cache(), "boxed-soft:1").await;
     BOXED_HOLD.store(true, SeqCst);
     let runs = BOXED_RUNS.load(SeqCst);
     assert_eq!(spawned(boxed_soft(1)).await, Ok(1001));
