@@ -202,7 +202,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let Some((v, meta)) = stale else {
             return load.await;
         };
-        // (Checked below: there is a runtime to finish the body in. Were there none, it
+        // (Checked above: there is a runtime to finish the body in. Were there none, it
         // finishes here, before the stale value is returned.)
         if let Err(finish) = spawn_task(async move {
             drop(load.await);
