@@ -49,16 +49,19 @@ fn run_id(info: &str) -> Option<&str> {
         .filter(|v| !v.is_empty())
 }
 
-/// The `redis_version` of an `INFO server` reply, if it is older than 7.0: the runtime's
-/// commands need 7.0 (`SET … NX GET`, `PEXPIRE … GT`, `SPUBLISH`); on 6.x they are refused
-/// as syntax errors, so no store lands and nothing is ever served from Redis.
-pub(super) fn too_old(info: &str) -> Option<&str> {
-    let version = info
-        .lines()
-        .find_map(|l| l.strip_prefix("redis_version:"))
-        .map(str::trim)?;
-    let major: u32 = version.split('.').next()?.parse().ok()?;
-    (major < 7).then_some(version)
+/// The `redis_version` of the first of these `INFO server` replies (a cluster's: one per
+/// master) that is older than 7.0: the runtime's commands need 7.0 (`SET … NX GET`,
+/// `PEXPIRE … GT`, `SPUBLISH`); on 6.x they are refused as syntax errors, so no store lands
+/// and nothing is ever served from Redis.
+pub(super) fn too_old(infos: &[String]) -> Option<&str> {
+    infos.iter().find_map(|info| {
+        let version = info
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .map(str::trim)?;
+        let major: u32 = version.split('.').next()?.parse().ok()?;
+        (major < 7).then_some(version)
+    })
 }
 
 /// What a server too old for the runtime is told (logged at connect, appended to a failed
@@ -121,7 +124,7 @@ pub(super) async fn check(
         }
         Err(e) => return Err(e),
     };
-    if let Some(version) = infos.iter().find_map(|i| too_old(i)) {
+    if let Some(version) = too_old(&infos) {
         // Once per process, past the log limiter: it explains every error that follows.
         static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
         if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
@@ -192,18 +195,21 @@ mod tests {
 
     #[test]
     fn servers_older_than_7_are_named() {
-        let info = |v: &str| format!("# Server\r\nredis_version:{v}\r\nrun_id:abc\r\n");
+        let info = |v: &str| vec![format!("# Server\r\nredis_version:{v}\r\nrun_id:abc\r\n")];
         assert_eq!(too_old(&info("6.2.14")), Some("6.2.14"));
         assert_eq!(too_old(&info("6.0.16")), Some("6.0.16"));
         assert_eq!(too_old(&info("7.0.15")), None);
         assert_eq!(too_old(&info("7.2.4")), None, "Valkey reports 7.2.4");
         assert_eq!(too_old(&info("8.0.1")), None);
         assert_eq!(
-            too_old("# Server\r\nrun_id:abc\r\n"),
+            too_old(&["# Server\r\nrun_id:abc\r\n".to_string()]),
             None,
             "unknown: no claim"
         );
         assert_eq!(too_old(&info("garbage")), None);
+        // A cluster: any master too old is named.
+        let masters = [info("7.0.15"), info("6.2.14")].concat();
+        assert_eq!(too_old(&masters), Some("6.2.14"));
         assert!(too_old_message("6.2.14").contains("Redis 7.0 or newer"));
     }
 

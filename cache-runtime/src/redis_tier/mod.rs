@@ -1654,26 +1654,19 @@ impl RedisTier {
             })
             .await
             .unwrap_or_else(|e| Err(CacheError::Unavailable(crate::ErrorSource::new(e))))?;
-        // A server older than 7.0 refuses the runtime's commands as syntax errors: the step
-        // that fails then says why (`INFO` refused by the ACL: no claim either way).
-        let too_old = conns
-            .data
-            .clone()
-            .server_infos()
-            .await
-            .ok()
-            .and_then(|infos| {
-                infos
-                    .iter()
-                    .find_map(|i| incarnation::too_old(i).map(str::to_owned))
-            });
-        match (self.health_steps(&conns, prefix, channel).await, too_old) {
-            (Err(CacheError::Redis(msg)), Some(version)) => {
-                Err(CacheError::Redis(msg.map_message(|m| {
-                    format!("{m} ({})", incarnation::too_old_message(&version))
-                })))
+        match self.health_steps(&conns, prefix, channel).await {
+            // A server older than 7.0 refuses the runtime's commands as syntax errors: the
+            // step that failed then says why (`INFO` refused by the ACL: no claim either way).
+            Err(CacheError::Redis(msg)) => {
+                let infos = conns.data.clone().server_infos().await.unwrap_or_default();
+                Err(CacheError::Redis(match incarnation::too_old(&infos) {
+                    Some(version) => msg.map_message(|m| {
+                        format!("{m} ({})", incarnation::too_old_message(version))
+                    }),
+                    None => msg,
+                }))
             }
-            (checked, _) => checked,
+            checked => checked,
         }
     }
 
