@@ -263,6 +263,16 @@ impl RedisServer {
         }
     }
 
+    /// A raw client in database `db` (`SELECT`ed).
+    pub fn client_in(&self, db: u8) -> redis::Connection {
+        let mut c = self.client();
+        redis::cmd("SELECT")
+            .arg(db)
+            .query::<()>(&mut c)
+            .expect("SELECT");
+        c
+    }
+
     /// A raw (blocking) client, to check or tamper with what the cache wrote.
     pub fn client(&self) -> redis::Connection {
         self.raw_client()

@@ -46,11 +46,31 @@ async fn emit(line: String) {
     let _ = out.flush().await;
 }
 
-/// The "database": `db:<id>` in the same Redis (not a cache key). Bodies read it.
+/// The "database" row `id`: `db:<id>` in the same Redis (not a cache key).
+fn row_key(id: u64) -> String {
+    format!("db:{id}")
+}
+
+/// Writes row `id` of the nodes' "database" (in database 0 of `db`), as a test changes the
+/// source of truth.
+pub fn set_row(db: &crate::RedisServer, id: u64, value: &str) {
+    set_row_in(db, 0, id, value);
+}
+
+/// [`set_row`] for nodes whose URL names database `number`.
+pub fn set_row_in(db: &crate::RedisServer, number: u8, id: u64, value: &str) {
+    redis::cmd("SET")
+        .arg(row_key(id))
+        .arg(value)
+        .query::<()>(&mut db.client_in(number))
+        .expect("set the source of truth");
+}
+
+/// Reads row `id` of the "database": what bodies do.
 pub async fn db_get(id: u64) -> String {
     let mut c = DB.get().expect("db connection").clone();
     redis::cmd("GET")
-        .arg(format!("db:{id}"))
+        .arg(row_key(id))
         .query_async::<Option<String>>(&mut c)
         .await
         .ok()

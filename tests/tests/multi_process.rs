@@ -4,16 +4,13 @@
 
 use std::time::Duration;
 
+use cache_tests::node::set_row;
 use cache_tests::{eventually_blocking, Node, RedisOptions, RedisServer};
 use redis::Commands;
 
 const V1: &str = env!("CARGO_BIN_EXE_cache-node");
 const V2: &str = env!("CARGO_BIN_EXE_cache-node-v2");
 const WITHIN: Duration = Duration::from_secs(10);
-
-fn set_db(server: &RedisServer, id: u64, value: &str) {
-    let _: () = server.client().set(format!("db:{id}"), value).unwrap();
-}
 
 fn body_runs(server: &RedisServer, what: &str, id: u64) -> u64 {
     server
@@ -27,7 +24,7 @@ fn body_runs(server: &RedisServer, what: &str, id: u64) -> u64 {
 /// evicts `b`'s copy, and `b` then reads the new row.
 fn an_invalidation_evicts_the_other_copy(server: &RedisServer, a: &Node, b: &Node) {
     assert_eq!(b.call("peek 1"), "ada", "b holds a local copy");
-    set_db(server, 1, "grace");
+    set_row(server, 1, "grace");
     assert_eq!(a.call("invalidate 1"), "done");
     eventually_blocking(WITHIN, "b's local copy evicted by the bus", || {
         b.call("peek 1") == "-"
@@ -41,7 +38,7 @@ fn writes_in_one_process_evict_local_copies_in_the_others() {
     let (a, b) = (Node::start(V1, &server, &[]), Node::start(V1, &server, &[]));
     a.wait_subscribed(1, WITHIN);
     b.wait_subscribed(1, WITHIN);
-    set_db(&server, 1, "ada");
+    set_row(&server, 1, "ada");
     assert_eq!(a.call("get 1"), "ada");
     assert_eq!(b.call("get 1"), "ada");
     assert_eq!(
@@ -64,7 +61,7 @@ fn writes_in_one_process_evict_local_copies_in_the_others() {
 
     // Only real writes publish: a miss that fills the cache sends nothing.
     let (_, _, received_before, _) = b.bus();
-    set_db(&server, 2, "x");
+    set_row(&server, 2, "x");
     assert_eq!(a.call("get 2"), "x");
     assert_eq!(a.call("invalidate 3"), "done");
     eventually_blocking(WITHIN, "b receiving the invalidation", || {
@@ -110,7 +107,7 @@ fn the_bus_speaks_resp3_and_falls_back_to_resp2_where_hello_is_refused() {
             vec![expected.to_string(); 2],
             "one subscriber per process, speaking RESP{expected} (HELLO refused: {refuse_hello})"
         );
-        set_db(&server, 1, "ada");
+        set_row(&server, 1, "ada");
         assert_eq!(b.call("get 1"), "ada");
         an_invalidation_evicts_the_other_copy(&server, &a, &b);
         let (_, _, received, _) = a.bus();
@@ -123,12 +120,12 @@ fn a_value_read_before_an_invalidation_in_another_process_is_never_stored() {
     let server = RedisServer::start();
     let (a, b) = (Node::start(V1, &server, &[]), Node::start(V1, &server, &[]));
     a.wait_subscribed(1, WITHIN);
-    set_db(&server, 5, "old");
+    set_row(&server, 5, "old");
     // a misses, reads the old row, and is held between its body and its populate.
     let pending = a.send("get_paused 5");
     a.wait_event("paused 5");
     // Meanwhile the row changes and b invalidates.
-    set_db(&server, 5, "new");
+    set_row(&server, 5, "new");
     assert_eq!(b.call("invalidate 5"), "done");
     assert_eq!(a.call("resume 5"), "true");
     assert_eq!(
@@ -153,10 +150,10 @@ fn a_value_read_before_an_invalidation_in_another_process_is_never_stored() {
 fn a_value_read_before_an_invalidation_in_the_same_process_is_never_stored() {
     let server = RedisServer::start();
     let a = Node::start(V1, &server, &[]);
-    set_db(&server, 6, "old");
+    set_row(&server, 6, "old");
     let pending = a.send("get_paused 6");
     a.wait_event("paused 6");
-    set_db(&server, 6, "new");
+    set_row(&server, 6, "new");
     assert_eq!(a.call("invalidate 6"), "done");
     assert_eq!(a.call("resume 6"), "true");
     assert_eq!(a.reply(pending).unwrap(), "old");
@@ -170,7 +167,7 @@ fn a_bus_disconnect_drops_local_copies_and_the_bus_comes_back() {
     let server = RedisServer::start();
     let a = Node::start(V1, &server, &[]);
     a.wait_subscribed(1, WITHIN);
-    set_db(&server, 7, "x");
+    set_row(&server, 7, "x");
     assert_eq!(a.call("get 7"), "x");
     assert_eq!(a.call("peek 7"), "x");
     server.kill();
@@ -182,7 +179,7 @@ fn a_bus_disconnect_drops_local_copies_and_the_bus_comes_back() {
     );
     server.restart();
     a.wait_subscribed(2, WITHIN);
-    set_db(&server, 7, "y");
+    set_row(&server, 7, "y");
     assert_eq!(a.call("get 7"), "y");
 }
 
@@ -190,7 +187,7 @@ fn a_bus_disconnect_drops_local_copies_and_the_bus_comes_back() {
 fn four_processes_missing_together_run_the_body_once() {
     let server = RedisServer::start();
     let nodes: Vec<Node> = (0..4).map(|_| Node::start(V1, &server, &[])).collect();
-    set_db(&server, 9, "v9");
+    set_row(&server, 9, "v9");
     let pending: Vec<u64> = nodes.iter().map(|n| n.send("burst 9 100")).collect();
     for (node, id) in nodes.iter().zip(pending) {
         assert_eq!(
@@ -212,7 +209,7 @@ fn a_killed_lock_holder_does_not_block_the_others() {
     let nodes: Vec<Node> = (0..4)
         .map(|_| Node::start(V1, &server, &[("NODE_SLOW_FIRST_LOCK", "1")]))
         .collect();
-    set_db(&server, 10, "v10");
+    set_row(&server, 10, "v10");
     let pending: Vec<u64> = nodes.iter().map(|n| n.send("burst 10 50")).collect();
     let mut raw = server.client();
     let mut holder: Option<u32> = None;
@@ -244,7 +241,7 @@ fn tags_and_clears_reach_every_process() {
     let (a, b) = (Node::start(V1, &server, &[]), Node::start(V1, &server, &[]));
     b.wait_subscribed(1, WITHIN);
     for id in [11, 12, 13] {
-        set_db(&server, id, &format!("v{id}"));
+        set_row(&server, id, &format!("v{id}"));
         assert_eq!(a.call(&format!("get {id}")), format!("v{id}"));
         assert_eq!(b.call(&format!("get {id}")), format!("v{id}"));
         assert_eq!(b.call(&format!("peek {id}")), format!("v{id}"));
@@ -287,7 +284,7 @@ fn a_rolling_deploy_shares_invalidations_but_never_bytes() {
     let (old, new) = (Node::start(V1, &server, &[]), Node::start(V2, &server, &[]));
     old.wait_subscribed(1, WITHIN);
     new.wait_subscribed(1, WITHIN);
-    set_db(&server, 20, "ada");
+    set_row(&server, 20, "ada");
     assert_eq!(old.call("get 20"), "ada");
     assert_eq!(new.call("get 20"), "ada#v2");
     assert_eq!(
@@ -305,7 +302,7 @@ fn a_rolling_deploy_shares_invalidations_but_never_bytes() {
     assert_eq!(body_runs(&server, "profile", 20), 2);
 
     // An invalidation by either version clears the entry for both.
-    set_db(&server, 20, "grace");
+    set_row(&server, 20, "grace");
     assert_eq!(old.call("invalidate 20"), "done");
     eventually_blocking(WITHIN, "the new version's local copy evicted", || {
         new.call("peek 20") == "-"
@@ -314,7 +311,7 @@ fn a_rolling_deploy_shares_invalidations_but_never_bytes() {
     assert_eq!(new.call("get 20"), "grace#v2");
     assert_eq!(old.call("get 20"), "grace");
 
-    set_db(&server, 20, "hopper");
+    set_row(&server, 20, "hopper");
     assert_eq!(new.call("invalidate 20"), "done");
     eventually_blocking(WITHIN, "the old version's local copy evicted", || {
         old.call("peek 20") == "-"
@@ -328,11 +325,11 @@ fn an_invalidation_issued_during_an_outage_reaches_the_other_processes_afterward
     let server = RedisServer::start();
     let (a, b) = (Node::start(V1, &server, &[]), Node::start(V1, &server, &[]));
     b.wait_subscribed(1, WITHIN);
-    set_db(&server, 30, "old");
+    set_row(&server, 30, "old");
     assert_eq!(a.call("get 30"), "old");
     assert_eq!(b.call("get 30"), "old");
     // The row changes; the writer's invalidation hits a hung Redis.
-    set_db(&server, 30, "new");
+    set_row(&server, 30, "new");
     server.pause();
     let res = a.send("invalidate 30");
     assert!(a.reply(res).is_err(), "Redis did not confirm");

@@ -10,6 +10,7 @@
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use cache_tests::node::set_row;
 use cache_tests::{Node, RedisServer};
 use redis::Commands;
 
@@ -64,10 +65,6 @@ fn observed_shift(env: &[(&'static str, String)]) -> i64 {
     shifted - now
 }
 
-fn set_db(server: &RedisServer, id: u64, value: &str) {
-    let _: () = server.client().set(format!("db:{id}"), value).unwrap();
-}
-
 fn body_runs(server: &RedisServer, id: u64) -> u64 {
     server
         .client()
@@ -111,7 +108,7 @@ fn values_written_on_any_host_clock_are_fresh_on_every_other() {
         for _ in 0..3 {
             id += 1;
             let value = format!("v{id}");
-            set_db(&server, id, &value);
+            set_row(&server, id, &value);
             assert_eq!(writer.call(&format!("get {id}")), value);
             assert_eq!(body_runs(&server, id), 1);
             for (r, (reader_name, reader)) in nodes.iter().enumerate() {
@@ -148,7 +145,7 @@ fn a_skewed_host_still_sees_values_expire_after_their_ttl() {
     let lib = libfaketime();
     let server = RedisServer::start();
     let ahead = start(&server, &shifted(&lib, SKEW_S));
-    set_db(&server, 1, "old");
+    set_row(&server, 1, "old");
     assert_eq!(ahead.call("get 1"), "old");
     // The envelope's expiry, read back from Redis: within the TTL of Redis's own time, not
     // 301 s later.

@@ -59,7 +59,7 @@ fn node_with_prefix(s: &Setup, prefix: &str) -> Node {
 }
 
 fn set_db(s: &Setup, id: u64, value: &str) {
-    let _: () = s.db.client().set(format!("db:{id}"), value).unwrap();
+    cache_tests::node::set_row(&s.db, id, value);
 }
 
 fn body_runs(s: &Setup, what: &str, id: u64) -> u64 {

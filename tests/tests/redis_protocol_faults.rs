@@ -13,6 +13,7 @@
 use std::time::{Duration, Instant};
 
 use cache_runtime::cached;
+use cache_tests::node::set_row;
 use cache_tests::{eventually_blocking, Node, RedisOptions, RedisServer};
 
 const V1: &str = env!("CARGO_BIN_EXE_cache-node");
@@ -26,12 +27,6 @@ const TAG_STATE: &[&str] = &["t:tag:*", "{t:scopes}:t:*"];
 const CACHE_CLEAR_STATE: &[&str] = &["t:clear:*", "{t:scopes}:c:*"];
 /// The global clear counter (old) and the scope set (new).
 const GLOBAL_CLEAR_STATE: &[&str] = &["t:clear", "{t:scopes}:a"];
-
-fn set_db(server: &RedisServer, id: u64, value: &str) {
-    server
-        .cmd::<()>(&["SET", &format!("db:{id}"), value])
-        .expect("set the source of truth");
-}
 
 fn del_matching(server: &RedisServer, patterns: &[&str]) -> usize {
     let mut n = 0;
@@ -99,7 +94,7 @@ fn counter_goes_back(reset: Reset, write: Write, same_process: bool) {
     holder.wait_subscribed(1, WITHIN);
     other.wait_subscribed(1, WITHIN);
     let id = 7;
-    set_db(&server, id, "old");
+    set_row(&server, id, "old");
     // State N = 1 of the kind the write changes.
     invalidate_ok(writer, &write.command(id));
     let held = holder.send(&format!("get_paused {id}"));
@@ -122,7 +117,7 @@ fn counter_goes_back(reset: Reset, write: Write, same_process: bool) {
             );
         }
     }
-    set_db(&server, id, "new");
+    set_row(&server, id, "new");
     invalidate_ok(writer, &write.command(id));
     assert_eq!(holder.call(&format!("resume {id}")), "true");
     assert_eq!(
@@ -207,12 +202,12 @@ fn remote_copies_obey_invalidations_after_flushall() {
     for _ in 0..3 {
         invalidate_ok(&b, &format!("invalidate {id}"));
     }
-    set_db(&server, id, "a");
+    set_row(&server, id, "a");
     assert_eq!(a.call(&format!("get {id}")), "a");
     assert_eq!(a.call(&format!("peek {id}")), "a", "a holds a local copy");
 
     server.flushall();
-    set_db(&server, id, "b");
+    set_row(&server, id, "b");
     let (_, _, _, applied) = a.bus();
     invalidate_ok(&b, &format!("invalidate {id}"));
     eventually_blocking(WITHIN, "a to receive b's invalidation", || {
@@ -236,11 +231,11 @@ fn tag_invalidations_hold_under_allkeys_random_eviction() {
     writer.wait_subscribed(1, WITHIN);
     let ids: Vec<u64> = (1..=400).collect();
     for &id in &ids {
-        set_db(&server, id, &format!("old-{id}"));
+        set_row(&server, id, &format!("old-{id}"));
         assert_eq!(writer.call(&format!("get {id}")), format!("old-{id}"));
     }
     for &id in &ids {
-        set_db(&server, id, &format!("new-{id}"));
+        set_row(&server, id, &format!("new-{id}"));
         invalidate_ok(&writer, &format!("tag user:{id}"));
     }
     // Memory pressure: a budget 1 MiB above what is used, then 4 MiB of other data.
@@ -287,7 +282,7 @@ fn repeated_subscriber_drops_keep_the_staleness_window() {
     let mut stale = Vec::new();
     for round in 1..=6u64 {
         let id = 100 + round;
-        set_db(&server, id, "old");
+        set_row(&server, id, "old");
         assert_eq!(b.call(&format!("get {id}")), "old", "Redis holds the value");
         let (_, subscriptions, ..) = a.bus();
         assert!(server.kill_pubsub_clients() >= 1);
@@ -297,7 +292,7 @@ fn repeated_subscriber_drops_keep_the_staleness_window() {
         // During the gap, a reads the value from Redis (and may keep it locally)...
         assert_eq!(a.call(&format!("get {id}")), "old");
         // ... then the source changes and b's invalidation returns Ok.
-        set_db(&server, id, "new");
+        set_row(&server, id, "new");
         invalidate_ok(&b, &format!("invalidate {id}"));
         std::thread::sleep(WINDOW);
         let seen = a.call(&format!("get {id}"));
@@ -327,7 +322,7 @@ fn a_subscriber_cut_off_by_its_output_buffer_limit_keeps_the_window() {
     b.wait_subscribed(1, WITHIN);
     let ids: Vec<u64> = (1..=20).collect();
     for &id in &ids {
-        set_db(&server, id, "old");
+        set_row(&server, id, "old");
         assert_eq!(a.call(&format!("get {id}")), "old");
         assert_eq!(a.call(&format!("peek {id}")), "old", "a holds a local copy");
     }
@@ -341,7 +336,7 @@ fn a_subscriber_cut_off_by_its_output_buffer_limit_keeps_the_window() {
         .map(|i| b.send(&format!("tag {long_tag}{i}")))
         .collect();
     for &id in &ids {
-        set_db(&server, id, "new");
+        set_row(&server, id, "new");
         sent.push(b.send(&format!("invalidate {id}")));
     }
     sent.extend((256..512).map(|i| b.send(&format!("tag {long_tag}{i}"))));
@@ -383,9 +378,9 @@ fn invalidation_works_out_of_memory_with_noeviction() {
     a.wait_subscribed(1, WITHIN);
     b.wait_subscribed(1, WITHIN);
     let id = 5;
-    set_db(&server, id, "old");
+    set_row(&server, id, "old");
     assert_eq!(a.call(&format!("get {id}")), "old");
-    set_db(&server, id, "new");
+    set_row(&server, id, "new");
     server.config_set("maxmemory", "1");
     assert!(
         server.cmd::<()>(&["SET", "probe", "x"]).is_err(),
@@ -418,7 +413,7 @@ fn ticket_of(server: &RedisServer, id: u64) -> Option<String> {
 /// §7.2: half of its last eight reads found no ticket).
 fn warm_up_claiming_reads(server: &RedisServer, node: &Node, ids: std::ops::Range<u64>) {
     for id in ids {
-        set_db(server, id, "warm");
+        set_row(server, id, "warm");
         assert_eq!(node.call(&format!("get {id}")), "warm");
     }
 }
@@ -436,13 +431,13 @@ fn a_claim_inside_the_read_keeps_the_held_body_guarantee() {
     warm_up_claiming_reads(&server, &holder, 100..110);
 
     let id = 7;
-    set_db(&server, id, "old");
+    set_row(&server, id, "old");
     assert_eq!(ticket_of(&server, id), None, "a new key");
     let held = holder.send(&format!("get_paused {id}"));
     holder.wait_event(&format!("paused {id}"));
     let claimed = ticket_of(&server, id).expect("the read claimed the key's ticket");
 
-    set_db(&server, id, "new");
+    set_row(&server, id, "new");
     invalidate_ok(&other, &format!("invalidate {id}"));
     let fresh = ticket_of(&server, id).expect("the invalidation left a fresh ticket");
     assert_ne!(
@@ -495,7 +490,7 @@ impl HeldStore {
         let other = Node::start(V1, &server, &[]);
         holder.wait_subscribed(1, WITHIN);
         other.wait_subscribed(1, WITHIN);
-        set_db(&server, HELD_ID, "old");
+        set_row(&server, HELD_ID, "old");
         let held = holder.send(&format!("get_paused {HELD_ID}"));
         holder.wait_event(&format!("paused {HELD_ID}"));
         Self {
@@ -510,7 +505,7 @@ impl HeldStore {
     /// finishes. Returns the value key, its bytes before the held store, and the stores
     /// (`SET` and `EVALSHA`) the held body sent.
     fn finish_after_newer_store(&self) -> (String, Vec<u8>, Vec<Vec<String>>) {
-        set_db(&self.server, HELD_ID, "new");
+        set_row(&self.server, HELD_ID, "new");
         assert_eq!(self.other.call(&format!("get {HELD_ID}")), "new");
         let value_key = value_key_of(&self.server, HELD_ID);
         let newer: Vec<u8> = self.server.cmd(&["GET", &value_key]).expect("GET");
@@ -746,9 +741,9 @@ fn a_million_invalidations_during_a_hang_stay_bounded_and_drain_fast() {
     reader.wait_subscribed(1, WITHIN);
     let watched: Vec<u64> = (0..100).collect();
     for &id in &watched {
-        set_db(&server, id, "old");
+        set_row(&server, id, "old");
         assert_eq!(reader.call(&format!("get {id}")), "old");
-        set_db(&server, id, "new");
+        set_row(&server, id, "new");
     }
 
     let rt = cache_tests::current_thread_runtime();

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use cache_runtime::BUS_WINDOW;
+use cache_tests::node::set_row;
 use cache_tests::{Node, RedisServer, SentinelSet};
 
 const V1: &str = env!("CARGO_BIN_EXE_cache-node");
@@ -17,11 +18,6 @@ const WITHIN: Duration = Duration::from_secs(30);
 /// Scheduling slack between the test and the node processes, on top of the window.
 const SLACK: Duration = Duration::from_millis(100);
 const KEYS: u64 = 20;
-
-fn set_db(db: &RedisServer, id: u64, value: &str) {
-    db.cmd::<()>(&["SET", &format!("db:{id}"), value])
-        .expect("set the source of truth");
-}
 
 #[test]
 fn a_failover_under_two_processes_serves_nothing_invalidated() {
@@ -42,7 +38,7 @@ fn a_failover_under_two_processes_serves_nothing_invalidated() {
     let mut settled: HashMap<u64, (String, Instant)> = HashMap::new();
     for id in 1..=KEYS {
         let v = format!("r0-{id}");
-        set_db(&db, id, &v);
+        set_row(&db, id, &v);
         assert_eq!(a.call(&format!("get {id}")), v);
         assert_eq!(b.call(&format!("get {id}")), v);
         assert_eq!(b.call(&format!("peek {id}")), v, "B holds a local copy");
@@ -64,7 +60,7 @@ fn a_failover_under_two_processes_serves_nothing_invalidated() {
             round += 1;
             for id in 1..=KEYS {
                 let v = format!("r{round}-{id}");
-                set_db(&db, id, &v);
+                set_row(&db, id, &v);
                 // `Err` while the failover is under way (unconfirmed by the replica,
                 // `READONLY`, the master unreachable): retried.
                 let at = a.call_until_ok(&format!("invalidate {id}"), WITHIN);

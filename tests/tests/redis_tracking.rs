@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use cache_tests::node::set_row;
 use cache_tests::{eventually_blocking, Node, RedisServer};
 
 const V1: &str = env!("CARGO_BIN_EXE_cache-node");
@@ -19,18 +20,12 @@ const WITHIN: Duration = Duration::from_secs(10);
 const TAG_TOKEN: &str = "{t:scopes}:t:user:1";
 const GLOBAL_TOKEN: &str = "{t:scopes}:a";
 
-fn set_db(server: &RedisServer, id: u64, value: &str) {
-    server
-        .cmd::<()>(&["SET", &format!("db:{id}"), value])
-        .expect("set the source of truth");
-}
-
 /// A node that has served id 1 = `old` from Redis twice (so its tokens and the entry's
 /// ticket are kept), with no local copy left.
 fn reader_with_kept_tokens(server: &RedisServer) -> Node {
     let reader = Node::start(V1, server, &[]);
     reader.wait_subscribed(1, WITHIN);
-    set_db(server, 1, "old");
+    set_row(server, 1, "old");
     assert_eq!(reader.call("get 1"), "old");
     for _ in 0..2 {
         assert_eq!(reader.call("clear_local"), "done");
@@ -52,7 +47,7 @@ fn reader_with_kept_tokens(server: &RedisServer) -> Node {
 fn reads_new_after(remove: impl FnOnce(&RedisServer)) {
     let server = RedisServer::start();
     let reader = reader_with_kept_tokens(&server);
-    set_db(&server, 1, "new");
+    set_row(&server, 1, "new");
     remove(&server);
     assert_eq!(
         reader.call("get 1"),
@@ -135,7 +130,7 @@ fn flushall_empties_the_kept_tokens() {
         let ticket_key = s.scan("{t:*}:t:profile:1");
         let ticket: String = s.cmd(&["GET", &ticket_key[0]]).unwrap();
         s.flushall();
-        set_db(s, 1, "new");
+        set_row(s, 1, "new");
         let mut c = s.client();
         redis::cmd("SET")
             .arg(&value[0])
@@ -152,7 +147,7 @@ fn flushall_empties_the_kept_tokens() {
 fn a_dropped_tracking_connection_takes_its_tokens_along() {
     let server = RedisServer::start();
     let reader = reader_with_kept_tokens(&server);
-    set_db(&server, 1, "new");
+    set_row(&server, 1, "new");
     let list: String = server.cmd(&["CLIENT", "LIST"]).unwrap();
     let tracking: Vec<&str> = list
         .lines()
@@ -215,7 +210,7 @@ fn claiming_reads_use_the_kept_tokens_and_see_a_deleted_clear_token() {
         "GET value, no ticket, no token: {commands:?}"
     );
 
-    set_db(&server, 1, "new");
+    set_row(&server, 1, "new");
     let keys = server.scan("{t:scopes}:c:*");
     assert_eq!(keys.len(), 1, "one cache-clear token: {keys:?}");
     assert_eq!(server.cmd::<u64>(&["DEL", &keys[0]]).unwrap(), 1);
@@ -316,7 +311,7 @@ fn stores_extend_a_tag_token_once_per_quantum_and_clear_tokens_never_expire() {
     let server = RedisServer::start();
     let node = Node::start(V1, &server, &[]);
     node.wait_subscribed(1, WITHIN);
-    set_db(&server, 1, "old");
+    set_row(&server, 1, "old");
     server.log_every_command();
     assert_eq!(node.call("get 1"), "old");
     let ticket_key = server.scan("{t:*}:t:profile:1").pop().expect("a ticket");
@@ -368,7 +363,7 @@ fn stores_extend_a_tag_token_once_per_quantum_and_clear_tokens_never_expire() {
     let store_again = |value: &str| {
         server.log_every_command();
         assert_eq!(node.call("invalidate 1"), "done");
-        set_db(&server, 1, value);
+        set_row(&server, 1, value);
         assert_eq!(node.call("get 1"), value);
         // To an absolute deadline: every store of the quantum names the same one.
         let extensions = server.slowlog_commands_named("PEXPIREAT");

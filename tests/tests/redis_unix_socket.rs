@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use cache_tests::node::set_row_in;
 use cache_tests::{eventually_blocking, Node, RedisOptions, RedisServer};
 
 const NODE: &str = env!("CARGO_BIN_EXE_cache-node");
@@ -15,21 +16,12 @@ const WITHIN: Duration = Duration::from_secs(10);
 
 /// The keys of database `db`.
 fn keys_of(server: &RedisServer, db: u8) -> Vec<String> {
-    let mut c = server.client();
-    redis::cmd("SELECT").arg(db).query::<()>(&mut c).unwrap();
-    let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query(&mut server.client_in(db))
+        .unwrap();
     keys.sort();
     keys
-}
-
-fn set_row(server: &RedisServer, db: u8, id: u64, value: &str) {
-    let mut c = server.client();
-    redis::cmd("SELECT").arg(db).query::<()>(&mut c).unwrap();
-    redis::cmd("SET")
-        .arg(format!("db:{id}"))
-        .arg(value)
-        .query::<()>(&mut c)
-        .unwrap();
 }
 
 #[test]
@@ -52,8 +44,8 @@ fn processes_on_a_unix_socket_and_another_database_share_hits_and_invalidations(
     for n in [&a, &b, &other] {
         n.wait_subscribed(1, WITHIN);
     }
-    set_row(&server, 3, 1, "ada");
-    set_row(&server, 0, 1, "staging-ada");
+    set_row_in(&server, 3, 1, "ada");
+    set_row_in(&server, 0, 1, "staging-ada");
 
     assert_eq!(a.call("get 1"), "ada");
     assert_eq!(b.call("get 1"), "ada", "b is served a's value");
@@ -73,7 +65,7 @@ fn processes_on_a_unix_socket_and_another_database_share_hits_and_invalidations(
 
     // A write in database 3: the other process of that application drops its copy.
     assert_eq!(b.call("peek 1"), "ada");
-    set_row(&server, 3, 1, "grace");
+    set_row_in(&server, 3, 1, "grace");
     assert_eq!(a.call("invalidate 1"), "done");
     eventually_blocking(WITHIN, "b's copy evicted by the bus", || {
         b.call("peek 1") == "-"
@@ -85,7 +77,7 @@ fn processes_on_a_unix_socket_and_another_database_share_hits_and_invalidations(
     assert_eq!(other.call("get 1"), "staging-ada");
 
     // And its writes never cost database 3 an invalidation or a value.
-    set_row(&server, 0, 1, "staging-grace");
+    set_row_in(&server, 0, 1, "staging-grace");
     assert_eq!(other.call("invalidate 1"), "done");
     assert_eq!(other.call("get 1"), "staging-grace");
     assert_eq!(a.call("get 1"), "grace");
