@@ -142,6 +142,10 @@ impl OwnedReadKeys {
 pub(crate) struct PlainRead<'a> {
     pub keys: ReadKeys<'a>,
     pub claim: Option<(u64, u64)>,
+    /// The claims may go first, without the value's read: for a cache none of whose last
+    /// eight reads found a ticket (docs/PROTOCOL.md §7.2). A claim that creates the ticket
+    /// proves no value in Redis can be current; one that finds a ticket costs a second read.
+    pub claim_alone: bool,
 }
 
 /// One write of `bytes` for `ttl` under the key's ticket `ticket` and the scope tokens

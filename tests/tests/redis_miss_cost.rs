@@ -26,6 +26,9 @@ macro_rules! counted_value {
     };
 }
 
+/// Held by the tests that read the server's `SLOWLOG`: each resets it, so they take turns.
+static SLOWLOG: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 counted_value!(RedisOnlyRow, REDIS_ONLY_CLONES);
 counted_value!(TwoTierRow, TWO_TIER_CLONES);
 
@@ -127,6 +130,7 @@ fn store_commands(commands: &[Vec<String>], logical: &str) -> Vec<Vec<String>> {
 #[tokio::test]
 async fn a_store_reads_its_ticket_back_only_where_a_local_tier_keeps_a_copy() {
     let server = shared_redis_with_bus().await;
+    let _log = SLOWLOG.lock().await;
     // Connections up, scripts loaded.
     assert_eq!(redis_only_store(0).await, 1);
     assert_eq!(two_tier_store(0).await, 1);
@@ -179,6 +183,7 @@ async fn two_tier_ticketed(id: u64) -> u64 {
 #[tokio::test]
 async fn a_store_under_a_live_ticket_reads_and_extends_it_in_one_command() {
     let server = shared_redis_with_bus().await;
+    let _log = SLOWLOG.lock().await;
     assert_eq!(two_tier_ticketed(0).await, 2);
     // Every read of this cache finds a ticket: it does not claim in its reads.
     for id in 1..=8u64 {
@@ -231,4 +236,82 @@ async fn a_store_under_a_live_ticket_reads_and_extends_it_in_one_command() {
     assert_eq!(two_tier_ticketed(9).await, 11);
     let stats = two_tier_ticketed_cache().stats();
     assert_eq!((stats.redis_hits, stats.superseded), (1, 0), "{stats:?}");
+}
+
+static NEW_KEY_BODIES: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(tier = "redis", ttl = 60, key = "cost-alone:<id>")]
+async fn redis_only_new_keys(id: u64) -> u64 {
+    NEW_KEY_BODIES.fetch_add(1, SeqCst);
+    id + 3
+}
+
+/// The commands naming `logical` before its value's `SET` (all of them if none), oldest first.
+fn reads_of(commands: &[Vec<String>], logical: &str) -> Vec<Vec<String>> {
+    commands
+        .iter()
+        .rev()
+        .filter(|c| c.iter().any(|a| a.ends_with(logical)))
+        .take_while(|c| !(c[0].eq_ignore_ascii_case("set") && c[1].contains(":v2:")))
+        .cloned()
+        .collect()
+}
+
+fn is_claim(c: &[String]) -> bool {
+    c[0].eq_ignore_ascii_case("set") && c[1].contains(":t:") && c.iter().any(|a| a == "NX")
+}
+
+fn is_value_read(c: &[String]) -> bool {
+    (c[0].eq_ignore_ascii_case("get") || c[0].eq_ignore_ascii_case("mget")) && c[1].contains(":v2:")
+}
+
+/// A cache none of whose last eight reads found a ticket (a cache of new keys) claims the
+/// ticket without reading the value: a claim that creates the ticket proves no value in
+/// Redis is current (docs/PROTOCOL.md §7.2). One command fewer per miss. When the claim finds
+/// a ticket instead, the read follows (one round trip more) and a value there is still a
+/// hit; the cache then reads before it claims again.
+#[tokio::test]
+async fn a_cache_of_new_keys_claims_without_reading_the_value() {
+    let server = shared_redis_with_bus().await;
+    let _log = SLOWLOG.lock().await;
+    // Eight reads that find no ticket (more: the first ones are plain reads).
+    for id in 1..=12u64 {
+        assert_eq!(redis_only_new_keys(id).await, id + 3);
+    }
+    server.log_every_command();
+    let bodies = NEW_KEY_BODIES.load(SeqCst);
+    assert_eq!(redis_only_new_keys(100).await, 103);
+    let reads = reads_of(&server.slowlog_commands(), "cost-alone:100");
+    assert!(
+        reads.len() == 1 && is_claim(&reads[0]),
+        "the miss of a new key claims its ticket, alone: {reads:?}"
+    );
+    assert_eq!(NEW_KEY_BODIES.load(SeqCst), bodies + 1);
+
+    // Key 100 is in Redis now, under the ticket the miss claimed: the next claim finds that
+    // ticket, so the value is read, and served.
+    server.log_every_command();
+    let hits = redis_only_new_keys_cache().stats().redis_hits;
+    assert_eq!(redis_only_new_keys(100).await, 103);
+    assert_eq!(redis_only_new_keys_cache().stats().redis_hits, hits + 1);
+    assert_eq!(
+        NEW_KEY_BODIES.load(SeqCst),
+        bodies + 1,
+        "the body ran again"
+    );
+    let reads = reads_of(&server.slowlog_commands(), "cost-alone:100");
+    assert!(
+        reads.len() == 3 && is_claim(&reads[0]) && is_value_read(&reads[1]),
+        "a claim that found a ticket, then the read (and its claim): {reads:?}"
+    );
+
+    // That read found a ticket: the next miss reads the value before its claim again.
+    server.log_every_command();
+    assert_eq!(redis_only_new_keys(200).await, 203);
+    let reads = reads_of(&server.slowlog_commands(), "cost-alone:200");
+    assert!(
+        reads.len() == 2 && is_value_read(&reads[0]) && is_claim(&reads[1]),
+        "the read, then the claim, in one pipeline: {reads:?}"
+    );
+    assert_eq!(redis_only_new_keys_cache().stats().decode_failures, 0);
 }

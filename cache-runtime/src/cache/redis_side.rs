@@ -266,6 +266,11 @@ impl<V> RedisSide<V> {
         self.ticketless.load(Relaxed).count_ones() >= 4
     }
 
+    /// None of the last eight reads found a ticket: the claim goes without the read.
+    fn claims_alone(&self) -> bool {
+        self.ticketless.load(Relaxed) == u8::MAX
+    }
+
     fn note_read(&self, ticketless: bool) {
         let old = self.ticketless.load(Relaxed);
         let new = old << 1 | u8::from(ticketless);
@@ -637,6 +642,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 let req = PlainRead {
                     keys: redis.keys.read_keys(key),
                     claim: new.map(|new| (new, redis.ticket_px)),
+                    claim_alone: redis.claims_alone(),
                 };
                 redis.tier.read_plain(req).await
             }
