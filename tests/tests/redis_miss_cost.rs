@@ -246,6 +246,14 @@ async fn redis_only_new_keys(id: u64) -> u64 {
     id + 3
 }
 
+static NEW_KEY_BODIES_SYNC: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(tier = "redis", ttl = 60, key = "cost-alone-sync:<id>")]
+fn redis_only_new_keys_sync(id: u64) -> u64 {
+    NEW_KEY_BODIES_SYNC.fetch_add(1, SeqCst);
+    id + 3
+}
+
 /// The commands naming `logical` before its value's `SET` (all of them if none), oldest first.
 fn reads_of(commands: &[Vec<String>], logical: &str) -> Vec<Vec<String>> {
     commands
@@ -265,41 +273,41 @@ fn is_value_read(c: &[String]) -> bool {
     (c[0].eq_ignore_ascii_case("get") || c[0].eq_ignore_ascii_case("mget")) && c[1].contains(":v2:")
 }
 
-/// A cache none of whose last eight reads found a ticket (a cache of new keys) claims the
-/// ticket without reading the value: a claim that creates the ticket proves no value in
-/// Redis is current (docs/PROTOCOL.md §7.2). One command fewer per miss. When the claim finds
-/// a ticket instead, the read follows (one round trip more) and a value there is still a
-/// hit; the cache then reads before it claims again.
-#[tokio::test]
-async fn a_cache_of_new_keys_claims_without_reading_the_value() {
+/// The scenario of the claim alone for one cache (`template`: its key without the id):
+/// `call` runs the cached function, `hits` reads its Redis hits, `bodies` its body runs.
+async fn claims_alone_scenario<F, Fut>(
+    template: &str,
+    call: F,
+    hits: impl Fn() -> u64,
+    bodies: &AtomicUsize,
+) where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = u64>,
+{
     let server = shared_redis_with_bus().await;
     let _log = SLOWLOG.lock().await;
     // Eight reads that find no ticket (more: the first ones are plain reads).
     for id in 1..=12u64 {
-        assert_eq!(redis_only_new_keys(id).await, id + 3);
+        assert_eq!(call(id).await, id + 3);
     }
     server.log_every_command();
-    let bodies = NEW_KEY_BODIES.load(SeqCst);
-    assert_eq!(redis_only_new_keys(100).await, 103);
-    let reads = reads_of(&server.slowlog_commands(), "cost-alone:100");
+    let ran = bodies.load(SeqCst);
+    assert_eq!(call(100).await, 103);
+    let reads = reads_of(&server.slowlog_commands(), &format!("{template}100"));
     assert!(
         reads.len() == 1 && is_claim(&reads[0]),
         "the miss of a new key claims its ticket, alone: {reads:?}"
     );
-    assert_eq!(NEW_KEY_BODIES.load(SeqCst), bodies + 1);
+    assert_eq!(bodies.load(SeqCst), ran + 1);
 
     // Key 100 is in Redis now, under the ticket the miss claimed: the next claim finds that
     // ticket, so the value is read, and served.
     server.log_every_command();
-    let hits = redis_only_new_keys_cache().stats().redis_hits;
-    assert_eq!(redis_only_new_keys(100).await, 103);
-    assert_eq!(redis_only_new_keys_cache().stats().redis_hits, hits + 1);
-    assert_eq!(
-        NEW_KEY_BODIES.load(SeqCst),
-        bodies + 1,
-        "the body ran again"
-    );
-    let reads = reads_of(&server.slowlog_commands(), "cost-alone:100");
+    let before = hits();
+    assert_eq!(call(100).await, 103);
+    assert_eq!(hits(), before + 1, "served from Redis");
+    assert_eq!(bodies.load(SeqCst), ran + 1, "the body ran again");
+    let reads = reads_of(&server.slowlog_commands(), &format!("{template}100"));
     assert!(
         reads.len() == 3 && is_claim(&reads[0]) && is_value_read(&reads[1]),
         "a claim that found a ticket, then the read (and its claim): {reads:?}"
@@ -307,11 +315,44 @@ async fn a_cache_of_new_keys_claims_without_reading_the_value() {
 
     // That read found a ticket: the next miss reads the value before its claim again.
     server.log_every_command();
-    assert_eq!(redis_only_new_keys(200).await, 203);
-    let reads = reads_of(&server.slowlog_commands(), "cost-alone:200");
+    assert_eq!(call(200).await, 203);
+    let reads = reads_of(&server.slowlog_commands(), &format!("{template}200"));
     assert!(
         reads.len() == 2 && is_value_read(&reads[0]) && is_claim(&reads[1]),
         "the read, then the claim, in one pipeline: {reads:?}"
     );
+}
+
+/// A cache none of whose last eight reads found a ticket (a cache of new keys) claims the
+/// ticket without reading the value: a claim that creates the ticket proves no value in
+/// Redis is current (docs/PROTOCOL.md §7.2). One command fewer per miss. When the claim finds
+/// a ticket instead, the read follows (one round trip more) and a value there is still a
+/// hit; the cache then reads before it claims again.
+#[tokio::test]
+async fn a_cache_of_new_keys_claims_without_reading_the_value() {
+    claims_alone_scenario(
+        "cost-alone:",
+        redis_only_new_keys,
+        || redis_only_new_keys_cache().stats().redis_hits,
+        &NEW_KEY_BODIES,
+    )
+    .await;
     assert_eq!(redis_only_new_keys_cache().stats().decode_failures, 0);
+}
+
+/// The same for a blocking caller (a plain `fn`), whose reads run on the runtime's Redis
+/// thread.
+#[tokio::test]
+async fn a_blocking_cache_of_new_keys_claims_without_reading_the_value() {
+    claims_alone_scenario(
+        "cost-alone-sync:",
+        |id| async move {
+            tokio::task::spawn_blocking(move || redis_only_new_keys_sync(id))
+                .await
+                .expect("the blocking call")
+        },
+        || redis_only_new_keys_sync_cache().stats().redis_hits,
+        &NEW_KEY_BODIES_SYNC,
+    )
+    .await;
 }

@@ -386,12 +386,12 @@ async fn read_on(
     shared: &Shared,
     k: &ReadKeys<'_>,
     mut conns: Conns,
-    claim: Option<(u64, u64)>,
+    (claim, claim_alone): (Option<(u64, u64)>, bool),
     read_replicas: bool,
 ) -> (Result<Fetched, CacheError>, Fault) {
     match conns.tracked.take() {
         Some(t) if t.tokens.is_lost() => (Err(shared.tracked_lost()), Fault::Lost),
-        Some(t) => read_tracked(shared, k, t, claim, false).await,
+        Some(t) => read_tracked(shared, k, t, claim, claim_alone).await,
         None => read_untracked(shared, k, conns, claim, read_replicas).await,
     }
 }
@@ -1098,7 +1098,7 @@ impl RedisTier {
         // A replica read cannot carry a write: the claim then has its own round trip.
         let read_replicas = self.read_replicas;
         let claim = req.claim.filter(|_| !read_replicas);
-        let k = &req.keys;
+        let (k, alone) = (&req.keys, req.claim_alone);
         if !self.breaker.allow() {
             return circuit_open().await;
         }
@@ -1111,7 +1111,7 @@ impl RedisTier {
             None => Via::Conns(c.clone()),
         });
         let first = match picked {
-            Some(Via::Tracked(t)) => read_tracked(&self.shared, k, t, claim, req.claim_alone).await,
+            Some(Via::Tracked(t)) => read_tracked(&self.shared, k, t, claim, alone).await,
             Some(Via::Conns(conns)) => {
                 read_untracked(&self.shared, k, conns, claim, read_replicas).await
             }
@@ -1119,18 +1119,20 @@ impl RedisTier {
             // proxy's, `CLIENT KILL`): the read waits for the reconnect instead of failing.
             Some(Via::Lost) => {
                 let _ = self.shared.tracked_lost();
-                return self.read_on_redis_thread(k, claim, false).await;
+                return self.read_on_redis_thread(k, (claim, alone), false).await;
             }
             // A blocking caller (or the connection still coming up): the read runs on the
             // Redis thread, there too on the tracked connection if there is one.
-            None => return self.read_on_redis_thread(k, claim, true).await,
+            None => return self.read_on_redis_thread(k, (claim, alone), true).await,
         };
         if first.1 == Fault::Lost {
             // The connection was found closed as the read was sent: once more, on the Redis
             // thread once it is reopened (a read is safe to repeat, its claim included: a
             // claim that took answers with our own ticket). Only the last try counts. A
             // cluster connection repairs itself: there the read waits for it.
-            return self.read_on_redis_thread(k, claim, self.cluster).await;
+            return self
+                .read_on_redis_thread(k, (claim, alone), self.cluster)
+                .await;
         }
         self.settle(first)
     }
@@ -1142,7 +1144,7 @@ impl RedisTier {
     async fn read_on_redis_thread(
         &self,
         k: &ReadKeys<'_>,
-        claim: Option<(u64, u64)>,
+        claim: (Option<(u64, u64)>, bool),
         retry: bool,
     ) -> Result<Fetched, CacheError> {
         let keys = crate::redis_request::OwnedReadKeys::of(k);
