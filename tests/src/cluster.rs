@@ -294,6 +294,54 @@ impl RedisCluster {
                 },
             );
         }
+        self.wait_replicas_acknowledge();
+    }
+
+    /// Waits until every live master's replicas acknowledge a write within 100 ms (`WAIT`).
+    /// A replica whose link is up can still take its first acknowledgement past a cache's
+    /// 500 ms op timeout on a loaded 2-core host (seen in CI: a confirmed invalidation right
+    /// after the cluster formed returned `Err`); tests start once the path is prompt.
+    fn wait_replicas_acknowledge(&self) {
+        let masters = self.topology();
+        for n in masters
+            .iter()
+            .filter(|n| n.is_live_master() && !n.slots.is_empty())
+        {
+            let master = self.node(n.port);
+            let replicas: usize = master
+                .info_field("connected_slaves")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if replicas == 0 {
+                continue;
+            }
+            let key = (0..)
+                .map(|i| format!("harness:ack:{i}"))
+                .find(|k| n.serves(self.slot_of(k)))
+                .expect("a key of the master's slots");
+            let mut c = master.client();
+            wait_until(
+                SETTLE,
+                &format!(
+                    "node {}'s {replicas} replica(s) to acknowledge a write",
+                    n.port
+                ),
+                || {
+                    let acked: redis::RedisResult<usize> = redis::pipe()
+                        .cmd("SET")
+                        .arg(&key)
+                        .arg(1)
+                        .ignore()
+                        .cmd("WAIT")
+                        .arg(replicas)
+                        .arg(100)
+                        .query::<(usize,)>(&mut c)
+                        .map(|(acked,)| acked);
+                    matches!(acked, Ok(acked) if acked >= replicas)
+                },
+            );
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&key).query(&mut c);
+        }
     }
 
     /// SIGKILLs the master on `port` (which must be a live master); returns the port. Its
