@@ -2,7 +2,8 @@
 //! cluster-bus ports (`port + 10000`) are free too, created with
 //! `redis-cli --cluster create … --cluster-replicas 1 --cluster-yes`, ready when
 //! [`RedisCluster::start`] returns (every node `cluster_state:ok` and knowing every other,
-//! all 16384 slots served, every replica's `master_link_status:up`).
+//! all 16384 slots served, every replica's `master_link_status:up`, every master's replicas
+//! acknowledging a write within 100 ms).
 //!
 //! ```no_run
 //! use cache_tests::RedisCluster;
