@@ -297,7 +297,8 @@ async fn read_kept(
     t: &tracking::Tracked,
     stamps: Stamps,
     ticket: Option<u64>,
-    claim: Option<(u64, u64, bool)>,
+    claim: Option<(u64, u64)>,
+    claim_alone: bool,
     epoch: u64,
 ) -> redis::RedisResult<Option<Result<Fetched, CacheError>>> {
     match (claim, ticket) {
@@ -343,9 +344,9 @@ async fn read_kept(
                 Vec::new(),
             ))))
         }
-        (Some((new, px, alone)), _) => {
+        (Some((new, px)), _) => {
             let mut conn = t.conn.clone();
-            if alone {
+            if claim_alone {
                 let claimed = claims_alone(k, new, px, &mut conn).await?;
                 // The ticket is ours: no value in Redis names it, so none is current.
                 if claimed.first() == Some(&Some(new)) {
@@ -386,7 +387,8 @@ async fn read_on(
     shared: &Shared,
     k: &ReadKeys<'_>,
     mut conns: Conns,
-    (claim, claim_alone): (Option<(u64, u64)>, bool),
+    claim: Option<(u64, u64)>,
+    claim_alone: bool,
     read_replicas: bool,
 ) -> (Result<Fetched, CacheError>, Fault) {
     match conns.tracked.take() {
@@ -431,8 +433,7 @@ async fn read_tracked(
     };
     let epoch = t.tokens.epoch();
     if let Some((stamps, ticket)) = t.tokens.kept(k) {
-        let claim = claim.map(|(new, px)| (new, px, claim_alone));
-        match read_kept(k, &t, stamps, ticket, claim, epoch).await {
+        match read_kept(k, &t, stamps, ticket, claim, claim_alone, epoch).await {
             Ok(Some(res)) => return (res, Fault::Answered),
             // A token or the ticket was invalidated while the read was in flight: read
             // them all again.
@@ -573,11 +574,7 @@ async fn claims_alone(
     c: &mut (impl redis::aio::ConnectionLike + Send),
 ) -> redis::RedisResult<Vec<Option<u64>>> {
     if k.tags.is_empty() {
-        let key_len = k.prefix.len() + k.logical.len();
-        let claim = claim_command(key_len, new, Some(px), |set| {
-            write_bucket_key(set, k, crate::key::TICKET_MIDDLE, k.logical)
-        });
-        return match claim.query_async(c).await {
+        return match ticket_claim(k, new, px).query_async(c).await {
             Ok(reply) => Ok(claims_of(std::iter::once(reply), new)),
             // Refused (OOM, `LOADING`): no claim, as a pipeline answers it in place.
             Err(e) if e.code().is_some() => Ok(vec![None]),
@@ -590,12 +587,18 @@ async fn claims_alone(
     Ok(claims_of(replies.into_iter(), new))
 }
 
+/// The claim of the entry's ticket: `SET t new NX GET PX px`.
+fn ticket_claim(k: &ReadKeys<'_>, new: u64, px: u64) -> redis::Cmd {
+    let key_len = k.prefix.len() + k.logical.len();
+    claim_command(key_len, new, Some(px), |set| {
+        write_bucket_key(set, k, crate::key::TICKET_MIDDLE, k.logical)
+    })
+}
+
 /// Appends a read's claims to `p`: the ticket's, then each tag token's.
 fn add_claims(p: &mut redis::Pipeline, k: &ReadKeys<'_>, new: u64, px: u64) {
     let key_len = k.prefix.len() + k.logical.len();
-    p.add_command(claim_command(key_len, new, Some(px), |set| {
-        write_bucket_key(set, k, crate::key::TICKET_MIDDLE, k.logical)
-    }));
+    p.add_command(ticket_claim(k, new, px));
     for tag in k.tags {
         p.add_command(claim_command(key_len, new, Some(px), |set| {
             write_tag_token_key(set, k, tag)
@@ -606,10 +609,10 @@ fn add_claims(p: &mut redis::Pipeline, k: &ReadKeys<'_>, new: u64, px: u64) {
 /// The commands of a plain store (`now_ms`: the reference clock, read only for the tag
 /// tokens' deadline): `GET t` (when `check_ticket`), `SET v <envelope> PX`, `PEXPIRE t keep GT`
 /// (when `extend_ticket`), one `PEXPIREAT … GT` per tag token the store did not create with
-/// its ticket; errors answered in place. With `getex` (only for a store that both checks
+/// its ticket; errors answered in place (a lone `SET` goes alone, its error as `Err`). With `getex` (only for a store that both checks
 /// and extends the ticket), both in one command, `GETEX t PX keep`, first (docs/PROTOCOL.md
 /// §7.2).
-fn plain_store_pipeline(
+fn plain_store_commands(
     req: &PlainStore<'_>,
     getex: bool,
     now_ms: impl FnOnce() -> u64,
@@ -1119,11 +1122,11 @@ impl RedisTier {
             // proxy's, `CLIENT KILL`): the read waits for the reconnect instead of failing.
             Some(Via::Lost) => {
                 let _ = self.shared.tracked_lost();
-                return self.read_on_redis_thread(k, (claim, alone), false).await;
+                return self.read_on_redis_thread(k, claim, alone, false).await;
             }
             // A blocking caller (or the connection still coming up): the read runs on the
             // Redis thread, there too on the tracked connection if there is one.
-            None => return self.read_on_redis_thread(k, (claim, alone), true).await,
+            None => return self.read_on_redis_thread(k, claim, alone, true).await,
         };
         if first.1 == Fault::Lost {
             // The connection was found closed as the read was sent: once more, on the Redis
@@ -1131,7 +1134,7 @@ impl RedisTier {
             // claim that took answers with our own ticket). Only the last try counts. A
             // cluster connection repairs itself: there the read waits for it.
             return self
-                .read_on_redis_thread(k, (claim, alone), self.cluster)
+                .read_on_redis_thread(k, claim, alone, self.cluster)
                 .await;
         }
         self.settle(first)
@@ -1144,7 +1147,8 @@ impl RedisTier {
     async fn read_on_redis_thread(
         &self,
         k: &ReadKeys<'_>,
-        claim: (Option<(u64, u64)>, bool),
+        claim: Option<(u64, u64)>,
+        claim_alone: bool,
         retry: bool,
     ) -> Result<Fetched, CacheError> {
         let keys = crate::redis_request::OwnedReadKeys::of(k);
@@ -1156,7 +1160,7 @@ impl RedisTier {
         };
         self.on_redis_thread(self.shared.op_timeout, move |shared, conns| async move {
             let k = keys.keys();
-            let mut res = read_on(&shared, &k, conns, claim, read_replicas).await;
+            let mut res = read_on(&shared, &k, conns, claim, claim_alone, read_replicas).await;
             for wait in waits {
                 if res.1 != Fault::Lost {
                     break;
@@ -1165,7 +1169,7 @@ impl RedisTier {
                 let Ok(conns) = Shared::connection(&shared).await else {
                     break;
                 };
-                res = read_on(&shared, &k, conns, claim, read_replicas).await;
+                res = read_on(&shared, &k, conns, claim, claim_alone, read_replicas).await;
             }
             res
         })
@@ -1318,7 +1322,7 @@ impl RedisTier {
     ) -> Result<Option<bool>, CacheError> {
         let (check_ticket, ticket) = (req.check_ticket, req.ticket);
         let getex = getex && check_ticket && req.extend_ticket;
-        let p = plain_store_pipeline(req, getex, crate::clock::now_unix_ms);
+        let p = plain_store_commands(req, getex, crate::clock::now_unix_ms);
         self.exec(move |mut c| async move {
             let replies = p.query(&mut c).await?;
             let mut ours = Some(!check_ticket);
