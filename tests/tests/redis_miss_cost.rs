@@ -94,16 +94,28 @@ async fn two_tier_store(id: u64) -> u64 {
     id + 1
 }
 
-/// The commands naming `logical`, oldest first, and where among them its value's `SET` is.
-fn key_commands<'a>(commands: &'a [Vec<String>], logical: &str) -> (Vec<&'a Vec<String>>, usize) {
-    let ours: Vec<&Vec<String>> = commands
+/// The commands naming `logical`, oldest first (`SLOWLOG` lists the newest first).
+fn naming<'a, 'b>(
+    commands: &'a [Vec<String>],
+    logical: &'b str,
+) -> impl Iterator<Item = &'a Vec<String>> + use<'a, 'b> {
+    commands
         .iter()
         .rev()
-        .filter(|c| c.iter().any(|a| a.ends_with(logical)))
-        .collect();
+        .filter(move |c| c.iter().any(|a| a.ends_with(logical)))
+}
+
+/// The `SET` of an entry's value.
+fn is_value_set(c: &[String]) -> bool {
+    c[0].eq_ignore_ascii_case("set") && c[1].contains(":v2:")
+}
+
+/// The commands naming `logical`, oldest first, and where among them its value's `SET` is.
+fn key_commands<'a>(commands: &'a [Vec<String>], logical: &str) -> (Vec<&'a Vec<String>>, usize) {
+    let ours: Vec<&Vec<String>> = naming(commands, logical).collect();
     let set_value = ours
         .iter()
-        .position(|c| c[0].eq_ignore_ascii_case("set") && c[1].contains(":v2:"))
+        .position(|c| is_value_set(c))
         .unwrap_or_else(|| panic!("the value of {logical} was stored: {ours:?}"));
     (ours, set_value)
 }
@@ -256,11 +268,8 @@ fn redis_only_new_keys_sync(id: u64) -> u64 {
 
 /// The commands naming `logical` before its value's `SET` (all of them if none), oldest first.
 fn reads_of(commands: &[Vec<String>], logical: &str) -> Vec<Vec<String>> {
-    commands
-        .iter()
-        .rev()
-        .filter(|c| c.iter().any(|a| a.ends_with(logical)))
-        .take_while(|c| !(c[0].eq_ignore_ascii_case("set") && c[1].contains(":v2:")))
+    naming(commands, logical)
+        .take_while(|c| !is_value_set(c))
         .cloned()
         .collect()
 }
