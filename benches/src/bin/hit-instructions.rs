@@ -37,7 +37,8 @@
 //! It also prints, on stderr, the heap allocations per hit of the measured loop (the suite's
 //! counting global allocator, `cache_benches::alloc_count`: every thread of the process, so the runtime's Redis thread and the
 //! connection's driver are included): `cargo run --release -p cache-benches --bin
-//! hit-instructions -- redis-ours 20000`.
+//! hit-instructions -- redis-ours 20000`. With `STACK_PAINT=1` it also prints how many
+//! lines of this thread's stack the measured loop wrote (see [`PAINT`]).
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -60,7 +61,61 @@ struct Before {
     pipelined: (u64, u64),
 }
 
+/// `STACK_PAINT=1`: how much of the stack the measured loop touches. Before the loop,
+/// [`paint`] fills the [`PAINT`] bytes below its caller's frame with a pattern; after it,
+/// [`count_painted`] counts the 64-byte lines no longer holding it. The calls run on this
+/// thread (a current-thread runtime, the connection's driver task included), below that
+/// frame, so the count is every stack line the loop's calls wrote (their frames, and the
+/// temporaries futures are built in before they are moved into their parent's state): one
+/// part of a call's data working set, which `scripts/cachegrind-ops.sh` prices in cache
+/// misses (docs/BENCHMARKS.md, thirty-first round). A diagnostic: it writes and reads this
+/// thread's own stack mapping below the current frame, memory no Rust object owns.
+const PAINT: usize = 192 * 1024;
+const PAINT_PATTERN: u64 = 0xA5A5_A5A5_A5A5_A5A5;
+static PAINT_BASE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn stack_paint() -> bool {
+    std::env::var_os("STACK_PAINT").is_some()
+}
+
+#[inline(never)]
+fn paint() {
+    let here = 0u8;
+    // Below this frame (and a margin for it): where the caller's callees' frames will be.
+    let base = std::hint::black_box(&here) as *const u8 as usize - 512;
+    PAINT_BASE.store(base, std::sync::atomic::Ordering::SeqCst);
+    for a in (base - PAINT..base).step_by(8) {
+        // SAFETY: the main thread's stack mapping (8 MB by default) holds these addresses;
+        // nothing lives below the current frame.
+        unsafe { std::ptr::write_volatile(a as *mut u64, PAINT_PATTERN) };
+    }
+}
+
+#[inline(never)]
+fn count_painted() {
+    let base = PAINT_BASE.load(std::sync::atomic::Ordering::SeqCst);
+    let (mut lines, mut deepest) = (0, 0);
+    for line in (base - PAINT..base).step_by(64) {
+        // SAFETY: as in `paint`, which wrote every address read here.
+        let touched = (line..line + 64)
+            .step_by(8)
+            .any(|a| unsafe { std::ptr::read_volatile(a as *const u64) } != PAINT_PATTERN);
+        if touched {
+            lines += 1;
+            deepest = deepest.max(base - line);
+        }
+    }
+    eprintln!(
+        "stack lines touched: {lines} ({} KB), deepest {} KB",
+        lines * 64 / 1024,
+        deepest / 1024
+    );
+}
+
 fn allocs() -> Before {
+    if stack_paint() {
+        paint();
+    }
     Before {
         // Read first: the server's figure allocates.
         allocs: alloc_count::allocations(),
@@ -75,6 +130,9 @@ fn allocs() -> Before {
 /// Prints the allocations per hit since `before` on stderr, and the server's CPU per call
 /// when the contender talks to Redis.
 fn report(calls: u64, before: Before) {
+    if stack_paint() {
+        count_painted();
+    }
     let calls = calls.max(1);
     let after = alloc_count::allocations();
     let per = (after - before.allocs) as f64 / calls as f64;
