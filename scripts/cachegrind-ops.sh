@@ -15,12 +15,9 @@
 # Columns: Ir instructions; I1mr L1 instruction misses; D1mr / D1mw L1 data read / write
 # misses; Bcm / Bim mispredicted conditional / indirect branches.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-command -v valgrind >/dev/null || { echo "valgrind not found: apt-get install -y valgrind" >&2; exit 1; }
 N1=${N1:-1000}
 N2=${N2:-4000}
-cargo build -q --release -p cache-benches --bin hit-instructions
-BIN=${CARGO_TARGET_DIR:-target}/release/hit-instructions
+source "$(dirname "$0")/hit-instructions-env.sh"
 CONTENDERS=("$@")
 if [ ${#CONTENDERS[@]} -eq 0 ]; then
     CONTENDERS=(redis-ours redis-hand redis-cached miss-ours miss-hand miss-cached miss-ours-two-tier)

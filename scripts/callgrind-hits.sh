@@ -8,12 +8,9 @@
 #   bash scripts/callgrind-hits.sh                 # every contender
 #   bash scripts/callgrind-hits.sh local-ours ...  # some
 set -euo pipefail
-cd "$(dirname "$0")/.."
-command -v valgrind >/dev/null || { echo "valgrind not found: apt-get install -y valgrind" >&2; exit 1; }
 N1=${N1:-2000}
 N2=${N2:-12000}
-cargo build -q --release -p cache-benches --bin hit-instructions
-BIN=${CARGO_TARGET_DIR:-target}/release/hit-instructions
+source "$(dirname "$0")/hit-instructions-env.sh"
 CONTENDERS=("$@")
 if [ ${#CONTENDERS[@]} -eq 0 ]; then
     CONTENDERS=(local-ours local-ours-tagged local-hand local-cached local-ours-async local-hand-async local-cached-async local-quick local-mini redis-ours redis-hand redis-hand-mget redis-cached redis-ours-64 redis-hand-64 miss-ours miss-ours-tagged miss-ours-two-tier miss-hand miss-cached invalidate-ours invalidate-hand invalidate-hand-publish invalidate-tag-ours local-ours-two-tier invalidated-miss-ours-two-tier)

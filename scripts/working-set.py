@@ -2,9 +2,12 @@
 """The data working set of one call: distinct 64-byte lines a call touches, stack and the rest.
 
 Runs a contender of benches/src/bin/hit-instructions.rs under valgrind's lackey
-(`--trace-mem=yes`, every load and store of every thread), skips the first 80 % of the trace
-(start-up and warm-up), cuts the rest into windows of one call's data accesses (counted by
-cachegrind: its Dr + Dw per call, as scripts/cachegrind-ops.sh computes them) and prints, averaged over the windows,
+(`--trace-mem=yes`, every load and store of every thread) for 2 000 calls after its 1 000
+warm-up calls, skips the first 60 % of the trace (start-up, warm-up, the first measured calls),
+cuts the next twenty calls' worth into windows of one call's data accesses (counted by
+cachegrind: its Dr + Dw per call, as scripts/cachegrind-ops.sh computes them) and prints,
+averaged over the windows (which do not start where calls start: one window's count moves
+by ±40 % around the average),
 the distinct lines each touched: on the main thread's stack (where a current-thread runtime
 polls the call's futures), and elsewhere (heap, statics, other threads' stacks). A window
 that fits the L1 data cache (32 KB = 512 lines on the AMD EPYC VM of docs/BENCHMARKS.md) runs
@@ -12,7 +15,7 @@ from it; one that does not misses on every call. See docs/BENCHMARKS.md, thirty-
 
     CARGO_TARGET_DIR=/work/target-prof python3 scripts/working-set.py redis-ours redis-hand
 
-Each contender takes a minute or two and ~1.5 GB of temporary trace.
+Each contender takes two to four minutes and ~4 GB of temporary trace.
 """
 
 import collections
@@ -24,7 +27,7 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 BIN = os.path.join(TARGET, "release", "hit-instructions")
-CALLS = 300
+CALLS = 2000
 ENV = dict(os.environ, BENCH_REDIS_TIMEOUT_MS="5000")
 
 
@@ -58,7 +61,7 @@ def lines_per_window(contender, window):
         size = os.path.getsize(log)
         accesses = []
         with open(log, "rb") as trace:
-            trace.seek(int(size * 0.80))
+            trace.seek(int(size * 0.60))
             trace.readline()
             for line in trace:
                 if len(accesses) >= window * 20:
