@@ -12,8 +12,9 @@
 #   bash scripts/cachegrind-ops.sh miss-ours miss-hand   # some
 #   D1=65536,8,64 bash scripts/cachegrind-ops.sh ...     # another simulated L1 data cache
 #
-# Columns: Ir instructions; I1mr L1 instruction misses; D1mr / D1mw L1 data read / write
-# misses; Bcm / Bim mispredicted conditional / indirect branches.
+# Columns (EVENTS, any of cachegrind's, overrides them): Ir instructions; I1mr L1
+# instruction misses; D1mr / D1mw L1 data read / write misses; Bcm / Bim mispredicted
+# conditional / indirect branches.
 set -euo pipefail
 N1=${N1:-1000}
 N2=${N2:-4000}
@@ -28,25 +29,27 @@ if [ -n "${D1:-}" ]; then
 fi
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
-events() { # contender calls -> "Ir I1mr ... " totals (cachegrind's summary line)
+events() { # contender calls -> cachegrind's output file, with its `events:` and `summary:` lines
     BENCH_REDIS_TIMEOUT_MS=5000 valgrind --tool=cachegrind "${SIM[@]}" \
         --cachegrind-out-file="$OUT/$1.$2" "$BIN" "$1" "$2" >/dev/null 2>&1
-    sed -n 's/^summary: //p' "$OUT/$1.$2"
+    echo "$OUT/$1.$2"
 }
-header=$(sed -n 's/^events: //p' < <(BENCH_REDIS_TIMEOUT_MS=5000 valgrind --tool=cachegrind \
-    "${SIM[@]}" --cachegrind-out-file="$OUT/probe" "$BIN" local-ours 10 >/dev/null 2>&1; cat "$OUT/probe"))
-wanted=(Ir I1mr D1mr D1mw Bcm Bim)
+# The events to print (`EVENTS="Dr Dw"`: data reads and writes, as scripts/working-set.py asks).
+read -r -a wanted <<< "${EVENTS:-Ir I1mr D1mr D1mw Bcm Bim}"
 printf '| contender |'; printf ' %s |' "${wanted[@]}"; printf '\n|---|'; printf -- '---|%.0s' "${wanted[@]}"; printf '\n'
 for c in "${CONTENDERS[@]}"; do
     a=$(events "$c" "$N1")
     b=$(events "$c" "$N2")
+    header=$(sed -n 's/^events: //p' "$a")
+    x_all=$(sed -n 's/^summary: //p' "$a")
+    y_all=$(sed -n 's/^summary: //p' "$b")
     printf '| %s |' "$c"
     for w in "${wanted[@]}"; do
         i=0
         for name in $header; do
             if [ "$name" = "$w" ]; then
-                x=$(echo "$a" | cut -d' ' -f$((i + 1)))
-                y=$(echo "$b" | cut -d' ' -f$((i + 1)))
+                x=$(echo "$x_all" | cut -d' ' -f$((i + 1)))
+                y=$(echo "$y_all" | cut -d' ' -f$((i + 1)))
                 printf ' %d |' $(( (y - x) / (N2 - N1) ))
             fi
             i=$((i + 1))

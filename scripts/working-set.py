@@ -4,12 +4,11 @@
 Runs a contender of benches/src/bin/hit-instructions.rs under valgrind's lackey
 (`--trace-mem=yes`, every load and store of every thread) for 2 000 calls after its 1 000
 warm-up calls, skips the first 60 % of the trace (start-up, warm-up, the first measured calls),
-cuts the next twenty calls' worth into windows of one call's data accesses (counted by
-cachegrind: its Dr + Dw per call, as scripts/cachegrind-ops.sh computes them) and prints,
-averaged over the windows (which do not start where calls start: one window's count moves
-by ±40 % around the average),
-the distinct lines each touched: on the main thread's stack (where a current-thread runtime
-polls the call's futures), and elsewhere (heap, statics, other threads' stacks). A window
+cuts the next twenty calls' worth into windows of one call's data accesses (its Dr + Dw per
+call, from scripts/cachegrind-ops.sh) and prints, averaged over the windows, the distinct
+lines each touched: on the main thread's stack (where a current-thread runtime polls the
+call's futures), and elsewhere (heap, statics, other threads' stacks). The windows do not
+start where calls start: one window's count moves by ±40 % around the average. A window
 that fits the L1 data cache (32 KB = 512 lines on the AMD EPYC VM of docs/BENCHMARKS.md) runs
 from it; one that does not misses on every call. See docs/BENCHMARKS.md, thirty-first round.
 
@@ -32,23 +31,15 @@ ENV = dict(os.environ, BENCH_REDIS_TIMEOUT_MS="5000")
 
 
 def data_accesses_per_call(contender):
-    """Dr + Dw per call from cachegrind (N = 1 000 and 4 000, the difference)."""
-    totals = []
-    for n in (1000, 4000):
-        with tempfile.NamedTemporaryFile() as out:
-            subprocess.run(
-                ["valgrind", "--tool=cachegrind", "--cache-sim=yes",
-                 f"--cachegrind-out-file={out.name}", BIN, contender, str(n)],
-                env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-            events = summary = None
-            for line in open(out.name):
-                if line.startswith("events:"):
-                    events = line.split()[1:]
-                elif line.startswith("summary:"):
-                    summary = [int(x) for x in line.split()[1:]]
-            counts = dict(zip(events, summary))
-            totals.append(counts["Dr"] + counts["Dw"])
-    return (totals[1] - totals[0]) // 3000
+    """Dr + Dw per call, from scripts/cachegrind-ops.sh (N = 1 000 and 4 000, the difference;
+    it also builds the binary)."""
+    table = subprocess.run(
+        ["bash", os.path.join(ROOT, "scripts", "cachegrind-ops.sh"), contender],
+        env=dict(os.environ, EVENTS="Dr Dw", N1="1000", N2="4000"),
+        stdout=subprocess.PIPE, text=True, check=True).stdout
+    row = table.strip().splitlines()[-1]
+    reads, writes = (int(cell) for cell in row.strip("| ").split(" | ")[1:])
+    return reads + writes
 
 
 def lines_per_window(contender, window):
@@ -80,8 +71,6 @@ def lines_per_window(contender, window):
 
 def main():
     contenders = sys.argv[1:] or ["redis-ours", "redis-hand", "redis-cached"]
-    subprocess.run(["cargo", "build", "-q", "--release", "-p", "cache-benches", "--bin",
-                    "hit-instructions"], cwd=ROOT, check=True)
     print("| contender | data accesses per call | lines per call: stack | other | all (KB) |")
     print("|---|---|---|---|---|")
     for c in contenders:
