@@ -609,9 +609,9 @@ fn add_claims(p: &mut redis::Pipeline, k: &ReadKeys<'_>, new: u64, px: u64) {
 /// The commands of a plain store (`now_ms`: the reference clock, read only for the tag
 /// tokens' deadline): `GET t` (when `check_ticket`), `SET v <envelope> PX`, `PEXPIRE t keep GT`
 /// (when `extend_ticket`), one `PEXPIREAT … GT` per tag token the store did not create with
-/// its ticket; errors answered in place (a lone `SET` goes alone, its error as `Err`). With `getex` (only for a store that both checks
-/// and extends the ticket), both in one command, `GETEX t PX keep`, first (docs/PROTOCOL.md
-/// §7.2).
+/// its ticket; errors answered in place (a lone `SET` goes alone, its error as `Err`). With
+/// `getex` (only for a store that both checks and extends the ticket), both in one command,
+/// `GETEX t PX keep`, first (docs/PROTOCOL.md §7.2).
 fn plain_store_commands(
     req: &PlainStore<'_>,
     getex: bool,
