@@ -124,7 +124,7 @@ impl ReadBatch {
         let before = inner.in_flight.fetch_add(1, Ordering::Relaxed);
         let _counted = InFlight(&inner.in_flight);
         if before < BATCH_FROM {
-            return cmd.query_async(&mut conn.clone()).await;
+            return super::direct::query(&mut conn.clone(), &cmd).await;
         }
         let (tx, rx) = oneshot::channel();
         let queued = {
@@ -139,7 +139,7 @@ impl ReadBatch {
         };
         let opened = match queued {
             Ok(opened) => opened,
-            Err(cmd) => return cmd.query_async(&mut conn.clone()).await,
+            Err(cmd) => return super::direct::query(&mut conn.clone(), &cmd).await,
         };
         if opened {
             // Full: a ring not yet answered, which takes this read too.
@@ -217,14 +217,16 @@ async fn send(
 ) {
     let replies = if cmds.len() == 1 {
         let cmd = cmds.pop().expect("one command");
-        cmd.query_async::<Value>(&mut conn).await.map(|v| vec![v])
+        super::direct::query::<Value>(&mut conn, &cmd)
+            .await
+            .map(|v| vec![v])
     } else {
         super::counters::pipelined(cmds.len() as u64);
         let mut p = redis::Pipeline::with_capacity(cmds.len());
         for cmd in cmds {
             p.add_command(cmd);
         }
-        p.ignore_errors().query_async::<Vec<Value>>(&mut conn).await
+        super::direct::query_all(&mut conn, p.ignore_errors()).await
     };
     match replies {
         Ok(values) => {

@@ -98,17 +98,7 @@ impl redis::aio::ConnectionLike for Conn {
         &'a mut self,
         cmd: &'a redis::Cmd,
     ) -> redis::RedisFuture<'a, redis::Value> {
-        Box::pin(async move {
-            let mut reply = self.send_command(cmd).await;
-            for &wait in resend_waits(self.is_cluster()) {
-                match &reply {
-                    Err(e) if closed(e) => resend_pause(wait).await,
-                    _ => break,
-                }
-                reply = self.send_command(cmd).await;
-            }
-            reply
-        })
+        Box::pin(self.request(cmd))
     }
 
     fn req_packed_commands<'a>(
@@ -117,17 +107,7 @@ impl redis::aio::ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
-        Box::pin(async move {
-            let mut replies = self.send_pipeline(pipeline, offset, count).await;
-            for &wait in resend_waits(self.is_cluster()) {
-                match &replies {
-                    Err(e) if closed(e) => resend_pause(wait).await,
-                    _ => break,
-                }
-                replies = self.send_pipeline(pipeline, offset, count).await;
-            }
-            replies
-        })
+        Box::pin(self.request_all(pipeline, offset, count))
     }
 
     fn get_db(&self) -> i64 {
@@ -141,6 +121,39 @@ impl redis::aio::ConnectionLike for Conn {
 impl Conn {
     pub(super) fn is_cluster(&self) -> bool {
         matches!(self, Conn::Cluster(_))
+    }
+
+    /// `cmd`, resent while it finds its connection closed: what `req_packed_command`
+    /// boxes, awaited in place by [`direct::query`](super::direct::query).
+    pub(super) async fn request(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+        let mut reply = self.send_command(cmd).await;
+        for &wait in resend_waits(self.is_cluster()) {
+            match &reply {
+                Err(e) if closed(e) => resend_pause(wait).await,
+                _ => break,
+            }
+            reply = self.send_command(cmd).await;
+        }
+        reply
+    }
+
+    /// `pipeline`'s replies from `offset` (`count` of them), resent while it finds its
+    /// connection closed: what `req_packed_commands` boxes.
+    pub(super) async fn request_all(
+        &mut self,
+        pipeline: &redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisResult<Vec<redis::Value>> {
+        let mut replies = self.send_pipeline(pipeline, offset, count).await;
+        for &wait in resend_waits(self.is_cluster()) {
+            match &replies {
+                Err(e) if closed(e) => resend_pause(wait).await,
+                _ => break,
+            }
+            replies = self.send_pipeline(pipeline, offset, count).await;
+        }
+        replies
     }
 
     /// One attempt of `cmd`.
@@ -298,7 +311,7 @@ impl Conn {
                 )
                 .await
             }
-            c => cmd.query_async(c).await,
+            c => super::direct::query(c, &cmd).await,
         }
     }
 

@@ -24,6 +24,7 @@ use crate::pending::{Added, Pending, PendingOp};
 
 mod batch;
 mod connection;
+mod direct;
 mod incarnation;
 mod lane;
 mod scripts;
@@ -321,10 +322,7 @@ async fn read_kept(
             p.add_command(get_of(k, k.value_middle));
             p.cmd("CLIENT").arg("CACHING").arg("YES");
             p.add_command(get_of(k, crate::key::TICKET_MIDDLE));
-            let replies = p
-                .ignore_errors()
-                .query_async::<Vec<redis::Value>>(&mut t.conn.clone())
-                .await?;
+            let replies = direct::query_all(&mut t.conn.clone(), p.ignore_errors()).await?;
             let mut replies = replies.into_iter();
             let mut next = || replies.next().unwrap_or(redis::Value::Nil);
             let value = value_reply(Ok(next()))?;
@@ -358,9 +356,8 @@ async fn read_kept(
                 // A ticket was in force (or the claim was refused): the read below, whose
                 // claim finds the ticket again. One round trip more, on a misprediction.
             }
-            let replies = claiming_read(get_of(k, k.value_middle), k, new, px)
-                .query_async::<Vec<redis::Value>>(&mut conn)
-                .await?;
+            let read = claiming_read(get_of(k, k.value_middle), k, new, px);
+            let replies = direct::query_all(&mut conn, &read).await?;
             let (reply, claimed) = split_claims(replies, new)?;
             let Some(stamps) = t.tokens.still_kept(k, stamps, None, epoch) else {
                 return Ok(None);
@@ -455,11 +452,7 @@ async fn read_tracked(
     }
     // Errors come back in place: a claim Redis refuses (OOM) is dropped, the reads are not.
     let mut conn = t.conn.clone();
-    let replies = match p
-        .ignore_errors()
-        .query_async::<Vec<redis::Value>>(&mut conn)
-        .await
-    {
+    let replies = match direct::query_all(&mut conn, p.ignore_errors()).await {
         Ok(v) => v,
         Err(e) => return fail(e),
     };
@@ -533,7 +526,7 @@ impl UntrackedRead {
         };
         // A pipeline goes whole to the slot of its first single-key command (the ticket's
         // `SET`), which is the `MGET`'s slot.
-        split_claims(p.query_async::<Vec<redis::Value>>(&mut c).await?, new)
+        split_claims(direct::query_all(&mut c, &p).await?, new)
     }
 }
 
@@ -571,10 +564,10 @@ async fn claims_alone(
     k: &ReadKeys<'_>,
     new: u64,
     px: u64,
-    c: &mut (impl redis::aio::ConnectionLike + Send),
+    c: &mut (impl redis::aio::ConnectionLike + direct::Direct + Send),
 ) -> redis::RedisResult<Vec<Option<u64>>> {
     if k.tags.is_empty() {
-        return match ticket_claim(k, new, px).query_async(c).await {
+        return match direct::query(c, &ticket_claim(k, new, px)).await {
             Ok(reply) => Ok(claims_of(std::iter::once(reply), new)),
             // Refused (OOM, `LOADING`): no claim, as a pipeline answers it in place.
             Err(e) if e.code().is_some() => Ok(vec![None]),
@@ -583,7 +576,7 @@ async fn claims_alone(
     }
     let mut p = redis::Pipeline::with_capacity(1 + k.tags.len());
     add_claims(&mut p, k, new, px);
-    let replies = p.ignore_errors().query_async::<Vec<_>>(c).await?;
+    let replies = direct::query_all(c, p.ignore_errors()).await?;
     Ok(claims_of(replies.into_iter(), new))
 }
 
@@ -708,8 +701,8 @@ impl Commands {
     /// The replies, one per command: a pipeline's errors in place, a lone command's as `Err`.
     async fn query(self, c: &mut Conn) -> redis::RedisResult<Replies> {
         Ok(match self {
-            Commands::One(cmd) => Replies::One(Some(cmd.query_async(c).await?)),
-            Commands::Many(p) => Replies::Many(p.query_async::<Vec<_>>(c).await?.into_iter()),
+            Commands::One(cmd) => Replies::One(Some(direct::query(c, &cmd).await?)),
+            Commands::Many(p) => Replies::Many(direct::query_all(c, &p).await?.into_iter()),
         })
     }
 }

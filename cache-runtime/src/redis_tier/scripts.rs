@@ -145,9 +145,11 @@ impl<'s> ScriptCall<'s> {
     /// loaded, then the same command again.
     pub(super) async fn invoke<T: FromRedisValue>(
         &self,
-        con: &mut impl redis::aio::ConnectionLike,
+        con: &mut (impl redis::aio::ConnectionLike + super::direct::Direct),
     ) -> RedisResult<T> {
-        match self.cmd.query_async(con).await {
+        // In place, not boxed (`direct`): the script is on every store under a claim and every
+        // read of a `lock` cache; reloading it is rare.
+        match super::direct::query(con, &self.cmd).await {
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                 self.script.load_async(con).await?;
                 self.cmd.query_async(con).await
