@@ -199,9 +199,15 @@ fn remote_copies_obey_invalidations_after_flushall() {
     a.wait_subscribed(1, WITHIN);
     b.wait_subscribed(1, WITHIN);
     let id = 3;
+    let received = a.bus().2;
     for _ in 0..3 {
         invalidate_ok(&b, &format!("invalidate {id}"));
     }
+    // Applied before the read: one still on its way when the body ran would (rightly) keep
+    // its result out of the local tier, and the copy this test needs would not be there.
+    eventually_blocking(WITHIN, "a to receive b's three invalidations", || {
+        a.bus().2 >= received + 3
+    });
     set_row(&server, id, "a");
     assert_eq!(a.call(&format!("get {id}")), "a");
     assert_eq!(a.call(&format!("peek {id}")), "a", "a holds a local copy");

@@ -922,15 +922,36 @@ impl RedisTier {
         })
     }
 
-    /// Runs `op` on the Redis thread with the data connection, bounded by the operation
-    /// timeout.
+    /// Runs `op` with the data connection: [`exec_on`](Self::exec_on) without a `WAIT`,
+    /// its fast path written out here (an async caller with its connections up awaits `op`
+    /// in this future: no `exec_on`, `exec_allowed` and `run_op` futures around it, and only
+    /// the data connection cloned).
     async fn exec<T, F, Fut>(&self, op: F) -> Result<T, CacheError>
     where
         T: Send + 'static,
         F: FnOnce(Conn) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, RedisError>> + Send,
     {
-        self.exec_on(Confirm::No, op).await
+        if !self.breaker.allow() {
+            return circuit_open().await;
+        }
+        let Some(data) = self.shared.caller_conns_with(|c| c.data.clone()) else {
+            // A blocking caller, or the connection still coming up (see `exec_allowed`).
+            let timeout = self.shared.op_timeout;
+            return self
+                .on_redis_thread(timeout, move |shared, conns| async move {
+                    run_op(&shared, conns, Confirm::No, op).await
+                })
+                .await;
+        };
+        let res = match op(data).await {
+            Ok(v) => (Ok(v), Fault::Answered),
+            Err(e) => {
+                let (e, fault) = self.shared.failed_op(e);
+                (Err(e), fault)
+            }
+        };
+        self.settle(res)
     }
 
     /// A write that must survive a failover: `op` on the write connection, then `WAIT n` for
