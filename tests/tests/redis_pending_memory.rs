@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use cache_runtime::cached;
 use cache_tests::node::set_row;
-use cache_tests::{eventually_blocking, Node, RedisServer};
+use cache_tests::{eventually_blocking, Node};
 
 const V1: &str = env!("CARGO_BIN_EXE_cache-node");
 const WITHIN: Duration = Duration::from_secs(10);
@@ -40,22 +40,16 @@ fn rss_bytes() -> u64 {
 fn a_million_invalidations_during_a_hang_stay_bounded_and_drain_fast() {
     const KEYS: u64 = 1_000_000;
     const RSS_BOUND: u64 = 64 << 20;
-    let server = RedisServer::start();
-    cache_runtime::init(
-        cache_runtime::Config::builder()
-            .redis_url(server.url())
-            .key_prefix("t")
-            .redis_timeout(Duration::from_millis(200))
-            .build(),
-    )
-    .expect("the only runtime of this binary");
-    let reader = Node::start(V1, &server, &[]);
+    // Its own server, with this process's runtime configured for it (key prefix `t`, as the
+    // nodes', and a 200 ms timeout).
+    let server = cache_tests::shared_redis();
+    let reader = Node::start(V1, server, &[]);
     reader.wait_subscribed(1, WITHIN);
     let watched: Vec<u64> = (0..100).collect();
     for &id in &watched {
-        set_row(&server, id, "old");
+        set_row(server, id, "old");
         assert_eq!(reader.call(&format!("get {id}")), "old");
-        set_row(&server, id, "new");
+        set_row(server, id, "new");
     }
 
     let rt = cache_tests::current_thread_runtime();
@@ -85,7 +79,7 @@ fn a_million_invalidations_during_a_hang_stay_bounded_and_drain_fast() {
     );
     eprintln!("drained in {:?}", resumed.elapsed());
 
-    let newcomer = Node::start(V1, &server, &[]);
+    let newcomer = Node::start(V1, server, &[]);
     for &id in &watched {
         assert_eq!(newcomer.call(&format!("get {id}")), "new", "a new process");
         assert_eq!(reader.call(&format!("get {id}")), "new", "the reader");
