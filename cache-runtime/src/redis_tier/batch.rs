@@ -226,7 +226,7 @@ async fn send(
         for cmd in cmds {
             p.add_command(cmd);
         }
-        super::direct::query_all(&mut conn, p.ignore_errors()).await
+        super::direct::query_all(&mut conn, &p).await
     };
     match replies {
         Ok(values) => {

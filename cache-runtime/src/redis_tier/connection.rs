@@ -137,8 +137,10 @@ impl Conn {
         reply
     }
 
-    /// `pipeline`'s replies from `offset` (`count` of them), resent while it finds its
-    /// connection closed: what `req_packed_commands` boxes.
+    /// `pipeline`'s replies from `offset` (`count` of them), resent as
+    /// [`request`](Self::request) resends a command: what `req_packed_commands` boxes. (One
+    /// loop for both would take an async closure, whose future rustc cannot yet prove `Send`
+    /// for every borrow it is called with.)
     pub(super) async fn request_all(
         &mut self,
         pipeline: &redis::Pipeline,
@@ -889,6 +891,18 @@ impl Shared {
         match &*self.state.lock().unwrap_or_else(|p| p.into_inner()) {
             ConnState::Ready(c, _) => Some(c.clone()),
             _ => None,
+        }
+    }
+
+    /// An operation's result with what it says of the connection: `Answered` on success,
+    /// else [`failed_op`](Self::failed_op)'s classification.
+    pub(super) fn outcome<T>(&self, res: redis::RedisResult<T>) -> (Result<T, CacheError>, Fault) {
+        match res {
+            Ok(v) => (Ok(v), Fault::Answered),
+            Err(e) => {
+                let (e, fault) = self.failed_op(e);
+                (Err(e), fault)
+            }
         }
     }
 

@@ -2,9 +2,9 @@
 //!
 //! `Cmd::query_async` goes through `ConnectionLike::req_packed_command`, which boxes its
 //! future: an allocation of 1.1–1.4 KB (past glibc's thread cache) and a copy of the future
-//! into it, on every command. The hot commands (a hit's `GET`, a miss's claim and store) await
-//! the connection's own future in place instead: the same request, the same reply, the same
-//! errors.
+//! into it, on every command. The hot commands and pipelines (a hit's `GET` or `MGET`, a miss's
+//! claims and store, the scripts) await the connection's own future in place instead: the same
+//! request, the same replies, the same errors.
 
 use std::future::Future;
 
@@ -69,8 +69,9 @@ pub(super) async fn query<T: FromRedisValue>(
     Ok(T::from_redis_value(reply.extract_error()?)?)
 }
 
-/// `p.ignore_errors().query_async::<Vec<Value>>(c)`, without the box: one reply per command,
-/// an error reply in place (`Value::ServerError`). For pipelines that are not transactions
+/// What `p.ignore_errors().query_async::<Vec<Value>>(c)` answers, without the box: one reply
+/// per command, an error reply in place (`Value::ServerError`), whether or not `p` was marked
+/// `ignore_errors` (a flag only `query_async` reads). For pipelines that are not transactions
 /// and ignore no command's reply (`Pipeline::ignore`), as every one of the hot paths.
 pub(super) async fn query_all(c: &mut impl Direct, p: &redis::Pipeline) -> RedisResult<Vec<Value>> {
     debug_assert!(!p.is_transaction());

@@ -322,7 +322,7 @@ async fn read_kept(
             p.add_command(get_of(k, k.value_middle));
             p.cmd("CLIENT").arg("CACHING").arg("YES");
             p.add_command(get_of(k, crate::key::TICKET_MIDDLE));
-            let replies = direct::query_all(&mut t.conn.clone(), p.ignore_errors()).await?;
+            let replies = direct::query_all(&mut t.conn.clone(), &p).await?;
             let mut replies = replies.into_iter();
             let mut next = || replies.next().unwrap_or(redis::Value::Nil);
             let value = value_reply(Ok(next()))?;
@@ -424,10 +424,7 @@ async fn read_tracked(
     claim: Option<(u64, u64)>,
     claim_alone: bool,
 ) -> (Result<Fetched, CacheError>, Fault) {
-    let fail = |e| {
-        let (e, f) = shared.failed_op(e);
-        (Err(e), f)
-    };
+    let fail = |e| shared.outcome(Err(e));
     let epoch = t.tokens.epoch();
     if let Some((stamps, ticket)) = t.tokens.kept(k) {
         match read_kept(k, &t, stamps, ticket, claim, claim_alone, epoch).await {
@@ -452,7 +449,7 @@ async fn read_tracked(
     }
     // Errors come back in place: a claim Redis refuses (OOM) is dropped, the reads are not.
     let mut conn = t.conn.clone();
-    let replies = match direct::query_all(&mut conn, p.ignore_errors()).await {
+    let replies = match direct::query_all(&mut conn, &p).await {
         Ok(v) => v,
         Err(e) => return fail(e),
     };
@@ -554,7 +551,6 @@ fn claiming_read(read: redis::Cmd, k: &ReadKeys<'_>, new: u64, px: u64) -> redis
     let mut p = redis::Pipeline::with_capacity(2 + k.tags.len());
     p.add_command(read);
     add_claims(&mut p, k, new, px);
-    p.ignore_errors();
     p
 }
 
@@ -576,7 +572,7 @@ async fn claims_alone(
     }
     let mut p = redis::Pipeline::with_capacity(1 + k.tags.len());
     add_claims(&mut p, k, new, px);
-    let replies = direct::query_all(c, p.ignore_errors()).await?;
+    let replies = direct::query_all(c, &p).await?;
     Ok(claims_of(replies.into_iter(), new))
 }
 
@@ -684,7 +680,6 @@ fn plain_store_commands(
         extend.arg(at).arg("GT");
         p.add_command(extend);
     }
-    p.ignore_errors();
     Commands::Many(p)
 }
 
@@ -693,7 +688,7 @@ fn plain_store_commands(
 /// reply `Vec` and the pipeline's own allocation (≈ 1 100 instructions per miss, callgrind).
 enum Commands {
     One(redis::Cmd),
-    /// Errors answered in place (`ignore_errors`).
+    /// Errors answered in place ([`direct::query_all`]).
     Many(redis::Pipeline),
 }
 
@@ -936,21 +931,9 @@ impl RedisTier {
             return circuit_open().await;
         }
         let Some(data) = self.shared.caller_conns_with(|c| c.data.clone()) else {
-            // A blocking caller, or the connection still coming up (see `exec_allowed`).
-            let timeout = self.shared.op_timeout;
-            return self
-                .on_redis_thread(timeout, move |shared, conns| async move {
-                    run_op(&shared, conns, Confirm::No, op).await
-                })
-                .await;
+            return self.exec_on_redis_thread(Confirm::No, op).await;
         };
-        let res = match op(data).await {
-            Ok(v) => (Ok(v), Fault::Answered),
-            Err(e) => {
-                let (e, fault) = self.shared.failed_op(e);
-                (Err(e), fault)
-            }
-        };
+        let res = self.shared.outcome(op(data).await);
         self.settle(res)
     }
 
@@ -1008,9 +991,23 @@ impl RedisTier {
             let res = run_op(&self.shared, conns, confirm, op).await;
             return self.settle(res);
         }
-        // Otherwise (a blocking caller, or the connection still coming up): on the Redis
-        // thread, bounded by the operation timeout, connecting included. A confirmed write
-        // may use a second operation timeout for its `WAIT`.
+        self.exec_on_redis_thread(confirm, op).await
+    }
+
+    /// [`exec_allowed`](Self::exec_allowed) for a caller without connections of its own (a
+    /// blocking caller, or the connection still coming up): on the Redis thread, bounded by
+    /// the operation timeout, connecting included. A confirmed write may use a second
+    /// operation timeout for its `WAIT`.
+    async fn exec_on_redis_thread<T, F, Fut>(
+        &self,
+        confirm: Confirm,
+        op: F,
+    ) -> Result<T, CacheError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Conn) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, RedisError>> + Send,
+    {
         let timeout = self.shared.op_timeout * if confirm.waits() { 2 } else { 1 };
         self.on_redis_thread(timeout, move |shared, conns| async move {
             run_op(&shared, conns, confirm, op).await
@@ -2094,15 +2091,9 @@ where
     F: FnOnce(Conn) -> Fut,
     Fut: Future<Output = Result<T, RedisError>>,
 {
-    let fail = |e| {
-        let (e, f) = shared.failed_op(e);
-        (Err(e), f)
-    };
+    let fail = |e| shared.outcome(Err(e));
     if !confirm.waits() {
-        return match op(conns.data).await {
-            Ok(v) => (Ok(v), Fault::Answered),
-            Err(e) => fail(e),
-        };
+        return shared.outcome(op(conns.data).await);
     }
     let mut write = conns.write;
     let mut data = conns.data;
