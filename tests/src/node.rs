@@ -88,6 +88,16 @@ pub async fn count_body(what: &str, id: u64) -> u64 {
         .unwrap_or(0)
 }
 
+/// How many times the nodes ran the body of `what` for `id` ([`count_body`]), read from
+/// the "database" `db` by the test.
+pub fn body_runs(db: &crate::RedisServer, what: &str, id: u64) -> u64 {
+    redis::cmd("GET")
+        .arg(format!("body:{what}:{id}"))
+        .query::<Option<u64>>(&mut db.client())
+        .expect("read a body count")
+        .unwrap_or(0)
+}
+
 /// Records this process as the lock holder of `id` (`holder:<id>` = pid).
 pub async fn mark_holder(id: u64) {
     let mut c = DB.get().expect("db connection").clone();

@@ -4,21 +4,13 @@
 
 use std::time::Duration;
 
-use cache_tests::node::set_row;
+use cache_tests::node::{body_runs, set_row};
 use cache_tests::{eventually_blocking, Node, RedisOptions, RedisServer};
 use redis::Commands;
 
 const V1: &str = env!("CARGO_BIN_EXE_cache-node");
 const V2: &str = env!("CARGO_BIN_EXE_cache-node-v2");
 const WITHIN: Duration = Duration::from_secs(10);
-
-fn body_runs(server: &RedisServer, what: &str, id: u64) -> u64 {
-    server
-        .client()
-        .get::<_, Option<u64>>(format!("body:{what}:{id}"))
-        .unwrap()
-        .unwrap_or(0)
-}
 
 /// `b` holds a local copy of key 1 (`ada`); the row changes and `a` invalidates: the bus
 /// evicts `b`'s copy, and `b` then reads the new row.

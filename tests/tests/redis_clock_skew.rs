@@ -10,7 +10,7 @@
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cache_tests::node::set_row;
+use cache_tests::node::{body_runs, set_row};
 use cache_tests::{Node, RedisServer};
 use redis::Commands;
 
@@ -65,14 +65,6 @@ fn observed_shift(env: &[(&'static str, String)]) -> i64 {
     shifted - now
 }
 
-fn body_runs(server: &RedisServer, id: u64) -> u64 {
-    server
-        .client()
-        .get::<_, Option<u64>>(format!("body:profile:{id}"))
-        .unwrap()
-        .unwrap_or(0)
-}
-
 /// `redis_hits` from a node's `stats` (the `CacheStats` debug output).
 fn redis_hits(node: &Node) -> u64 {
     let stats = node.call("stats");
@@ -110,7 +102,7 @@ fn values_written_on_any_host_clock_are_fresh_on_every_other() {
             let value = format!("v{id}");
             set_row(&server, id, &value);
             assert_eq!(writer.call(&format!("get {id}")), value);
-            assert_eq!(body_runs(&server, id), 1);
+            assert_eq!(body_runs(&server, "profile", id), 1);
             for (r, (reader_name, reader)) in nodes.iter().enumerate() {
                 if r == w {
                     continue;
@@ -122,7 +114,7 @@ fn values_written_on_any_host_clock_are_fresh_on_every_other() {
                     "{reader_name} reading what {writer_name} wrote"
                 );
                 assert_eq!(
-                    body_runs(&server, id),
+                    body_runs(&server, "profile", id),
                     1,
                     "{reader_name} ran the body for a fresh value {writer_name} wrote: it \
                      judged its expiry on its own clock"

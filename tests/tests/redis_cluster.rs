@@ -11,8 +11,8 @@ use std::collections::BTreeSet;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use cache_tests::node::{body_runs, set_row};
 use cache_tests::{eventually_blocking, Node, RedisCluster, RedisServer};
-use redis::Commands;
 
 const V1: &str = env!("CARGO_BIN_EXE_cache-node");
 const WITHIN: Duration = Duration::from_secs(20);
@@ -58,17 +58,6 @@ fn node_with_prefix(s: &Setup, prefix: &str) -> Node {
     n
 }
 
-fn set_db(s: &Setup, id: u64, value: &str) {
-    cache_tests::node::set_row(&s.db, id, value);
-}
-
-fn body_runs(s: &Setup, what: &str, id: u64) -> u64 {
-    s.db.client()
-        .get::<_, Option<u64>>(format!("body:{what}:{id}"))
-        .unwrap()
-        .unwrap_or(0)
-}
-
 /// The value key of `profile:<id>` (schema 1, prefix `t`).
 fn value_key(id: u64) -> String {
     value_key_with("t", id)
@@ -104,7 +93,7 @@ fn values_spread_over_every_master_and_another_process_is_served_from_redis() {
     let (a, b) = (node(s), node(s));
     let ids: Vec<u64> = (1000..1060).collect();
     for &id in &ids {
-        set_db(s, id, &format!("v{id}"));
+        set_row(&s.db, id, &format!("v{id}"));
         assert_eq!(a.call(&format!("get {id}")), format!("v{id}"));
     }
     let mut owners = BTreeSet::new();
@@ -132,7 +121,11 @@ fn values_spread_over_every_master_and_another_process_is_served_from_redis() {
     }
     for &id in &ids {
         assert_eq!(b.call(&format!("get {id}")), format!("v{id}"));
-        assert_eq!(body_runs(s, "profile", id), 1, "b read id {id} from Redis");
+        assert_eq!(
+            body_runs(&s.db, "profile", id),
+            1,
+            "b read id {id} from Redis"
+        );
     }
     let stats = b.call("stats");
     assert!(stats.contains("redis_hits: 60"), "{stats}");
@@ -144,13 +137,13 @@ fn invalidations_and_populates_evict_other_processes_copies_on_every_shard() {
     let (a, b) = (node(s), node(s));
     let ids = ids_on_every_master(s, 2000, 4);
     for &id in &ids {
-        set_db(s, id, "old");
+        set_row(&s.db, id, "old");
         assert_eq!(a.call(&format!("get {id}")), "old");
         assert_eq!(b.call(&format!("get {id}")), "old");
         assert_eq!(b.call(&format!("peek {id}")), "old", "b holds a local copy");
     }
     for &id in &ids {
-        set_db(s, id, "new");
+        set_row(&s.db, id, "new");
         assert_eq!(a.call(&format!("invalidate {id}")), "done");
     }
     eventually_blocking(WITHIN, "b's copies evicted on every shard", || {
@@ -166,11 +159,17 @@ fn invalidations_and_populates_evict_other_processes_copies_on_every_shard() {
     eventually_blocking(WITHIN, "b's copies evicted by the populates", || {
         ids.iter().all(|id| b.call(&format!("peek {id}")) == "-")
     });
-    let runs_before: Vec<u64> = ids.iter().map(|&id| body_runs(s, "profile", id)).collect();
+    let runs_before: Vec<u64> = ids
+        .iter()
+        .map(|&id| body_runs(&s.db, "profile", id))
+        .collect();
     for &id in &ids {
         assert_eq!(b.call(&format!("get {id}")), format!("pop{id}"));
     }
-    let runs_after: Vec<u64> = ids.iter().map(|&id| body_runs(s, "profile", id)).collect();
+    let runs_after: Vec<u64> = ids
+        .iter()
+        .map(|&id| body_runs(&s.db, "profile", id))
+        .collect();
     assert_eq!(
         runs_before, runs_after,
         "populated values served from Redis"
@@ -182,11 +181,11 @@ fn a_value_read_before_an_invalidation_in_another_process_is_never_stored() {
     let s = setup();
     let (a, b) = (node(s), node(s));
     for id in ids_on_every_master(s, 3000, 1) {
-        set_db(s, id, "old");
+        set_row(&s.db, id, "old");
         // a misses, reads the old row, and is held between its read and its store.
         let pending = a.send(&format!("get_paused {id}"));
         a.wait_event(&format!("paused {id}"));
-        set_db(s, id, "new");
+        set_row(&s.db, id, "new");
         assert_eq!(b.call(&format!("invalidate {id}")), "done");
         assert_eq!(a.call(&format!("resume {id}")), "true");
         assert_eq!(a.reply(pending).unwrap(), "old", "started before the write");
@@ -206,7 +205,7 @@ fn tags_and_clears_reach_every_process_and_every_shard() {
     // Both processes hold `v` for every id, locally and in Redis.
     let load = |v: &str| {
         for &id in &ids {
-            set_db(s, id, v);
+            set_row(&s.db, id, v);
             assert_eq!(a.call(&format!("invalidate {id}")), "done");
             assert_eq!(a.call(&format!("get {id}")), v);
             eventually_blocking(WITHIN, "b to read the new value", || {
@@ -218,7 +217,7 @@ fn tags_and_clears_reach_every_process_and_every_shard() {
     // A tag (`user:<id>`) invalidated in a: b drops its copy, Redis refuses the value.
     load("one");
     for &id in &ids {
-        set_db(s, id, "two");
+        set_row(&s.db, id, "two");
         assert_eq!(a.call(&format!("tag user:{id}")), "done");
     }
     eventually_blocking(WITHIN, "b's tagged copies evicted", || {
@@ -231,7 +230,7 @@ fn tags_and_clears_reach_every_process_and_every_shard() {
     // A cache clear in b, then a global clear in a.
     load("three");
     for &id in &ids {
-        set_db(s, id, "four");
+        set_row(&s.db, id, "four");
     }
     assert_eq!(b.call("clear"), "done");
     eventually_blocking(WITHIN, "a's copies cleared", || {
@@ -241,7 +240,7 @@ fn tags_and_clears_reach_every_process_and_every_shard() {
         assert_eq!(a.call(&format!("get {id}")), "four");
     }
     for &id in &ids {
-        set_db(s, id, "five");
+        set_row(&s.db, id, "five");
     }
     assert_eq!(a.call("clear_all"), "done");
     eventually_blocking(WITHIN, "b's copies cleared by clear_all", || {
@@ -258,7 +257,7 @@ fn processes_missing_together_run_a_locked_body_once() {
     let s = setup();
     let nodes: Vec<Node> = (0..3).map(|_| node(s)).collect();
     for id in ids_on_every_master(s, 5000, 1) {
-        set_db(s, id, &format!("locked{id}"));
+        set_row(&s.db, id, &format!("locked{id}"));
         let sent: Vec<u64> = nodes
             .iter()
             .map(|n| n.send(&format!("burst {id} 8")))
@@ -267,7 +266,7 @@ fn processes_missing_together_run_a_locked_body_once() {
             assert_eq!(n.reply(req).unwrap(), format!("locked{id}"));
         }
         assert_eq!(
-            body_runs(s, "locked", id),
+            body_runs(&s.db, "locked", id),
             1,
             "24 calls in 3 processes, one body (id {id})"
         );
@@ -316,7 +315,7 @@ fn the_documented_cluster_acl_is_enough() {
     );
     n.wait_subscribed(1, WITHIN);
     assert_eq!(n.call("health"), "ok");
-    set_db(s, 6000, "acl");
+    set_row(&s.db, 6000, "acl");
     assert_eq!(n.call("get 6000"), "acl");
     assert_eq!(n.call("invalidate 6000"), "done");
     assert_eq!(n.call("tag user:6000"), "done");
@@ -371,7 +370,7 @@ fn with_read_from_replicas_hits_are_served_by_replicas() {
     );
     let ids = ids_on_every_master_with(s, "tr", 7000, 2);
     for &id in &ids {
-        set_db(s, id, &format!("r{id}"));
+        set_row(&s.db, id, &format!("r{id}"));
         assert_eq!(writer.call(&format!("get {id}")), format!("r{id}"));
     }
     // Correct values either way: a replica that has not replicated a store yet is a miss
