@@ -67,6 +67,56 @@ impl Estimate {
     fn per_element(&self) -> f64 {
         self.median / self.elements.unwrap_or(1.0)
     }
+
+    /// The median and the 95 % confidence interval's bounds, per element (ns).
+    fn span(&self) -> Span {
+        let n = self.elements.unwrap_or(1.0);
+        Span {
+            median: self.median / n,
+            lo: self.lo / n,
+            hi: self.hi / n,
+        }
+    }
+}
+
+/// A time per call with its 95 % confidence interval (ns).
+#[derive(Clone, Copy)]
+struct Span {
+    median: f64,
+    lo: f64,
+    hi: f64,
+}
+
+/// Whether `ours ≤ scale × theirs + slack` (ns), by the medians, and whether the confidence
+/// intervals settle it (every pair of values within them agrees with the medians).
+fn within(ours: Span, theirs: Span, scale: f64, slack: f64) -> Verdict {
+    let met = ours.median <= scale * theirs.median + slack;
+    let settled = if met {
+        ours.hi <= scale * theirs.lo + slack
+    } else {
+        ours.lo > scale * theirs.hi + slack
+    };
+    Verdict { met, settled }
+}
+
+/// A budget's verdict: by the medians, and whether the run's noise could reverse it.
+#[derive(Clone, Copy)]
+struct Verdict {
+    met: bool,
+    settled: bool,
+}
+
+impl Verdict {
+    fn exact(met: bool) -> Self {
+        Self { met, settled: true }
+    }
+
+    fn and(self, also: bool) -> Self {
+        Self {
+            met: self.met && also,
+            settled: self.settled || !also,
+        }
+    }
 }
 
 fn read_json(path: &Path) -> Option<Value> {
@@ -261,7 +311,17 @@ struct Budget {
     what: &'static str,
     rule: String,
     measured: String,
-    met: Option<bool>,
+    met: Verdict,
+}
+
+/// "ours vs theirs = ratio ×", by the medians.
+fn ratio(o: Span, h: Span) -> String {
+    format!(
+        "{} vs {} = {:.2} ×",
+        fmt_time(o.median),
+        fmt_time(h.median),
+        o.median / h.median
+    )
 }
 
 /// Heap allocations per call recorded by a cost pass (`cost/<contender>` facts).
@@ -278,7 +338,7 @@ fn allocs_per_call(
 fn within_3_us(
     what: &'static str,
     rule: &str,
-    (o, h): (f64, f64),
+    (o, h): (Span, Span),
     commands: Option<f64>,
     also: bool,
 ) -> Budget {
@@ -287,12 +347,12 @@ fn within_3_us(
         rule: rule.into(),
         measured: format!(
             "{} vs {} = {:+.1} µs; {} client command(s) per call",
-            fmt_time(o),
-            fmt_time(h),
-            (o - h) / 1e3,
+            fmt_time(o.median),
+            fmt_time(h.median),
+            (o.median - h.median) / 1e3,
             commands.map_or("n/a".into(), |r| format!("{r:.2}"))
         ),
-        met: Some(o <= h + 3_000.0 && also),
+        met: within(o, h, 1.0, 3_000.0).and(also),
     }
 }
 
@@ -302,20 +362,15 @@ fn budgets(
     groups: &BTreeMap<&str, BTreeMap<String, Estimate>>,
     facts: &BTreeMap<String, BTreeMap<String, Value>>,
 ) -> Vec<Budget> {
-    let get = |g: &str, c: &str| {
-        groups
-            .get(g)
-            .and_then(|m| m.get(c))
-            .map(Estimate::per_element)
-    };
+    let get = |g: &str, c: &str| groups.get(g).and_then(|m| m.get(c)).map(Estimate::span);
     let mut out = Vec::new();
 
     if let (Some(o), Some(h)) = (get("local_hit", "ours"), get("local_hit", "hand_written")) {
         out.push(Budget {
             what: "Local hit",
             rule: "≤ 1.05 × hand-written moka".into(),
-            measured: format!("{} vs {} = {:.2} ×", fmt_time(o), fmt_time(h), o / h),
-            met: Some(o <= 1.05 * h),
+            measured: ratio(o, h),
+            met: within(o, h, 1.05, 0.0),
         });
     }
     if let (Some(o), Some(h)) = (
@@ -325,8 +380,8 @@ fn budgets(
         out.push(Budget {
             what: "Local hit, `async fn`",
             rule: "≤ 1.05 × hand-written moka (`future::Cache`)".into(),
-            measured: format!("{} vs {} = {:.2} ×", fmt_time(o), fmt_time(h), o / h),
-            met: Some(o <= 1.05 * h),
+            measured: ratio(o, h),
+            met: within(o, h, 1.05, 0.0),
         });
     }
     if let (Some(o), Some(h)) = (get("redis_hit", "ours"), get("redis_hit", "hand_written")) {
@@ -348,7 +403,7 @@ fn budgets(
                 "{a:.1}{}",
                 h.map_or(String::new(), |h| format!(" (hand-written: {h:.1})"))
             ),
-            met: Some(a <= 20.0),
+            met: Verdict::exact(a <= 20.0),
         });
     }
     if let (Some(o), Some(h)) = (
@@ -360,11 +415,12 @@ fn budgets(
             rule: "throughput ≥ 0.9 × hand-written".into(),
             measured: format!(
                 "{} vs {} = {:.2} ×",
-                fmt_rate(1e9 / o),
-                fmt_rate(1e9 / h),
-                h / o
+                fmt_rate(1e9 / o.median),
+                fmt_rate(1e9 / h.median),
+                h.median / o.median
             ),
-            met: Some(h / o >= 0.9),
+            // Throughput ≥ 0.9 × theirs: time per call ≤ theirs / 0.9.
+            met: within(o, h, 1.0 / 0.9, 0.0),
         });
     }
     if let (Some(o), Some(h)) = (
@@ -386,28 +442,34 @@ fn budgets(
             rule: "≤ hand-written `DEL` + 3 µs".into(),
             measured: format!(
                 "{} vs {} = {:+.1} µs{}",
-                fmt_time(o),
-                fmt_time(h),
-                (o - h) / 1e3,
+                fmt_time(o.median),
+                fmt_time(h.median),
+                (o.median - h.median) / 1e3,
                 // The same guarantee by hand (`DEL` + `PUBLISH`, a subscriber in the
                 // process): what the bus message itself costs, apart from ours' code.
                 get("invalidate", "hand_del_publish").map_or(String::new(), |p| format!(
                     "; hand-written `DEL` + `PUBLISH` (subscribed) {}: ours {:+.1} µs",
-                    fmt_time(p),
-                    (o - p) / 1e3
+                    fmt_time(p.median),
+                    (o.median - p.median) / 1e3
                 ))
             ),
-            met: Some(o <= h + 3_000.0),
+            met: within(o, h, 1.0, 3_000.0),
         });
     }
     // Faster than the `cached` crate wherever both ran (throughput groups: time per call).
     let mut slower = Vec::new();
-    let mut compared = 0;
+    // "Faster everywhere" is settled if every comparison is; "not faster", if one slower
+    // path is.
+    let (mut compared, mut all_settled, mut slower_settled) = (0, true, false);
     for (name, _) in GROUPS {
         if let (Some(o), Some(r)) = (get(name, "ours"), get(name, "cached_crate")) {
             compared += 1;
-            if o > r {
-                slower.push(format!("{name} {:.2} ×", o / r));
+            let faster = within(o, r, 1.0, 0.0);
+            all_settled &= faster.settled;
+            if !faster.met {
+                slower_settled |= faster.settled;
+                let noise = if faster.settled { "" } else { " (CIs overlap)" };
+                slower.push(format!("{name} {:.2} ×{noise}", o.median / r.median));
             }
         }
     }
@@ -424,7 +486,14 @@ fn budgets(
                     slower.join(", ")
                 )
             },
-            met: Some(slower.is_empty()),
+            met: Verdict {
+                met: slower.is_empty(),
+                settled: if slower.is_empty() {
+                    all_settled
+                } else {
+                    slower_settled
+                },
+            },
         });
     }
     out
@@ -569,10 +638,13 @@ fn main() {
     }
     println!("### Budgets\n\n| budget | rule | measured | met |\n|---|---|---|---|");
     for b in budgets(&groups, &facts) {
-        let met = match b.met {
-            Some(true) => "**yes**",
-            Some(false) => "**no**",
-            None => "n/a",
+        // A verdict the confidence intervals do not settle is marked: on a noisy machine the
+        // next run may reverse it.
+        let met = match (b.met.met, b.met.settled) {
+            (true, true) => "**yes**",
+            (false, true) => "**no**",
+            (true, false) => "yes, within the 95 % CIs",
+            (false, false) => "no, within the 95 % CIs",
         };
         println!("| {} | {} | {} | {met} |", b.what, b.rule, b.measured);
     }
