@@ -664,3 +664,56 @@ fn main() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(median: f64, lo: f64, hi: f64) -> Span {
+        Span { median, lo, hi }
+    }
+
+    #[test]
+    fn a_verdict_is_settled_only_when_the_intervals_agree_with_the_medians() {
+        // Apart: settled either way.
+        let v = within(
+            span(100.0, 95.0, 105.0),
+            span(200.0, 190.0, 210.0),
+            1.0,
+            0.0,
+        );
+        assert!(v.met && v.settled);
+        let v = within(
+            span(200.0, 190.0, 210.0),
+            span(100.0, 95.0, 105.0),
+            1.0,
+            0.0,
+        );
+        assert!(!v.met && v.settled);
+        // Overlapping: the medians decide, unsettled.
+        let v = within(span(100.0, 90.0, 120.0), span(110.0, 95.0, 125.0), 1.0, 0.0);
+        assert!(v.met && !v.settled);
+        let v = within(span(110.0, 95.0, 125.0), span(100.0, 90.0, 120.0), 1.0, 0.0);
+        assert!(!v.met && !v.settled);
+        // The slack and the scale apply to the bounds too: +3 µs over 100 µs ± 1 µs.
+        let (ours, theirs) = (
+            span(102_000.0, 101_500.0, 102_500.0),
+            span(100_000.0, 99_800.0, 100_200.0),
+        );
+        assert!(within(ours, theirs, 1.0, 3_000.0).settled);
+        let v = within(ours, theirs, 1.0, 1_000.0);
+        assert!(!v.met && v.settled);
+    }
+
+    #[test]
+    fn a_failed_side_condition_settles_a_miss() {
+        let close = within(span(100.0, 90.0, 120.0), span(110.0, 95.0, 125.0), 1.0, 0.0);
+        let v = close.and(false);
+        assert!(
+            !v.met && v.settled,
+            "two commands instead of one is a miss, whatever the noise"
+        );
+        let v = close.and(true);
+        assert!(v.met && !v.settled);
+    }
+}
