@@ -917,10 +917,10 @@ impl RedisTier {
         })
     }
 
-    /// Runs `op` with the data connection: [`exec_on`](Self::exec_on) without a `WAIT`,
-    /// its fast path written out here (an async caller with its connections up awaits `op`
-    /// in this future: no `exec_on`, `exec_allowed` and `run_op` futures around it, and only
-    /// the data connection cloned).
+    /// Runs `op` with the data connection: [`exec_write`](Self::exec_write) without a
+    /// `WAIT`, its fast path written out here (an async caller with its connections up awaits
+    /// `op` in this future: no `run_op` future around it, and only the data connection
+    /// cloned).
     async fn exec<T, F, Fut>(&self, op: F) -> Result<T, CacheError>
     where
         T: Send + 'static,
@@ -953,48 +953,22 @@ impl RedisTier {
             Some(key) => Confirm::Key(key),
             None => Confirm::All,
         };
-        self.exec_on(confirm, op).await
-    }
-
-    async fn exec_on<T, F, Fut>(&self, confirm: Confirm, op: F) -> Result<T, CacheError>
-    where
-        T: Send + 'static,
-        F: FnOnce(Conn) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, RedisError>> + Send,
-    {
         if !self.breaker.allow() {
             return circuit_open().await;
         }
-        self.exec_allowed(self.shared.caller_conns(), confirm, op)
-            .await
-    }
-
-    /// [`exec_on`](Self::exec_on) past the breaker, with the caller's connections already
-    /// looked up (`Shared::caller_conns`).
-    async fn exec_allowed<T, F, Fut>(
-        &self,
-        caller_conns: Option<Conns>,
-        confirm: Confirm,
-        op: F,
-    ) -> Result<T, CacheError>
-    where
-        T: Send + 'static,
-        F: FnOnce(Conn) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, RedisError>> + Send,
-    {
         // Fast path: an async caller on a Tokio runtime, with the connection up, talks to a
         // multiplexed connection driven by its own runtime (opened on the runtime's first
         // call): no hop through the Redis thread, no extra timer (the connection's response
         // timeout is the operation timeout). Connecting, reconnects and blocking callers stay
         // on the Redis thread.
-        if let Some(conns) = caller_conns {
+        if let Some(conns) = self.shared.caller_conns() {
             let res = run_op(&self.shared, conns, confirm, op).await;
             return self.settle(res);
         }
         self.exec_on_redis_thread(confirm, op).await
     }
 
-    /// [`exec_allowed`](Self::exec_allowed) for a caller without connections of its own (a
+    /// [`exec`](Self::exec) or [`exec_write`](Self::exec_write) for a caller without connections of its own (a
     /// blocking caller, or the connection still coming up): on the Redis thread, bounded by
     /// the operation timeout, connecting included. A confirmed write may use a second
     /// operation timeout for its `WAIT`.
