@@ -968,10 +968,10 @@ impl RedisTier {
         self.exec_on_redis_thread(confirm, op).await
     }
 
-    /// [`exec`](Self::exec) or [`exec_write`](Self::exec_write) for a caller without connections of its own (a
-    /// blocking caller, or the connection still coming up): on the Redis thread, bounded by
-    /// the operation timeout, connecting included. A confirmed write may use a second
-    /// operation timeout for its `WAIT`.
+    /// [`exec`](Self::exec) or [`exec_write`](Self::exec_write) for a caller without
+    /// connections of its own (a blocking caller, or the connection still coming up): on the
+    /// Redis thread, bounded by the operation timeout, connecting included. A confirmed write
+    /// may use a second operation timeout for its `WAIT`.
     async fn exec_on_redis_thread<T, F, Fut>(
         &self,
         confirm: Confirm,
