@@ -65,8 +65,9 @@ pub fn our_key(id: u64) -> String {
 
 /// Hand-written Redis contenders' key: `hw:w1:v1:user:profile:1000042` (29 bytes). Ours has
 /// the `{prefix:bucket}:v2:<schema>:<key>` shape of `cache_runtime::key::redis_keys`, e.g.
-/// `{cb:517}:v2:1:user:profile:1000042` (32 to 35 bytes with `KEY_PREFIX`, by bucket): a
-/// few bytes longer, the hash tag and wire version that the hand-written code does without.
+/// `{cb:517}:v2:1.3fa9c1:user:profile:1000042` (39 to 42 bytes with `KEY_PREFIX`, by
+/// bucket): longer by the hash tag, the wire version and the key schema's digest, which the
+/// hand-written code does without.
 pub fn hand_key(id: u64) -> String {
     format!("hw:w1:v1:user:profile:{id}")
 }

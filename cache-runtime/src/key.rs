@@ -31,7 +31,7 @@ pub fn redis_bucket(logical: &str) -> u32 {
 /// use cache_runtime::key::{cluster_slot, redis_keys};
 /// assert_eq!(cluster_slot("foo"), 12182); // CLUSTER KEYSLOT foo
 /// assert_eq!(cluster_slot("{user1000}.following"), cluster_slot("{user1000}.followers"));
-/// let (value, ticket, lock) = redis_keys("cr", 1, "user:42");
+/// let (value, ticket, lock) = redis_keys("cr", cache_runtime::key::KeySchema::of::<u64>(1), "user:42");
 /// assert_eq!(cluster_slot(&value), cluster_slot(&ticket));
 /// assert_eq!(cluster_slot(&value), cluster_slot(&lock));
 /// ```
@@ -65,18 +65,85 @@ pub(crate) fn slot_of_bytes(key: &[u8]) -> u16 {
     crc % 16384
 }
 
-/// The Redis keys of one logical key (value, ticket, lock) for a key prefix and schema
-/// version, as the runtime writes them: for operators and tests (docs/PROTOCOL.md §2).
+/// What a cache's value and lock keys say of its value type: the `version` it was declared
+/// with and a digest of the fingerprint its envelopes carry (the type's name, `version` and
+/// shape, [`codec::type_fingerprint`](crate::codec::type_fingerprint)). Written
+/// `<version>.<digest>` (`1.3fa9c1`), in the keys as `v2:1.3fa9c1:` and `l:1.3fa9c1:`.
+///
+/// Why the digest: two builds of one cache whose value types differ (a field added without
+/// a `version` bump, during a rolling deploy) refuse each other's envelopes. Sharing one key
+/// they would overwrite each other's entries until the deploy ends, each read by the other
+/// build a miss; with the digest each build keeps entries of its own, and both still share
+/// the key's ticket, so one invalidation covers both (docs/PROTOCOL.md §2).
 ///
 /// ```
-/// let (value, ticket, lock) = cache_runtime::key::redis_keys("cr", 1, "user:42");
-/// let b = cache_runtime::key::redis_bucket("user:42");
-/// assert_eq!(value, format!("{{cr:{b}}}:v2:1:user:42"));
-/// assert_eq!(ticket, format!("{{cr:{b}}}:t:user:42"));
-/// assert_eq!(lock, format!("{{cr:{b}}}:l:1:user:42"));
+/// use cache_runtime::key::KeySchema;
+/// let schema = KeySchema::of::<Vec<u32>>(1);
+/// assert_eq!(schema.version(), 1);
+/// assert_eq!(schema, KeySchema::of::<Vec<u32>>(1), "stable for one type");
+/// assert_ne!(schema, KeySchema::of::<Vec<u64>>(1), "another shape");
+/// assert_ne!(schema, KeySchema::of::<Vec<u32>>(2), "another version");
+/// assert!(schema.to_string().starts_with("1."));
 /// ```
-pub fn redis_keys(prefix: &str, schema_version: u32, logical: &str) -> (String, String, String) {
-    let (value, lock) = key_middles(schema_version);
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KeySchema {
+    version: u32,
+    digest: u32,
+}
+
+impl KeySchema {
+    /// Six hex digits: two builds whose digests collide (one pair in 16 million) share a key
+    /// as before the digest, and still refuse each other's envelopes.
+    const DIGEST_MASK: u64 = 0xff_ffff;
+
+    /// The schema of a cache of `V` declared with `version`, as the cache computes it.
+    pub fn of<V: serde::de::DeserializeOwned + 'static>(version: u32) -> Self {
+        Self::from_fingerprint(version, crate::codec::type_fingerprint::<V>(version))
+    }
+
+    /// The schema of a cache declared with `version` whose envelopes carry `fingerprint`.
+    ///
+    /// ```
+    /// use cache_runtime::{codec, key::KeySchema};
+    /// let fp = codec::type_fingerprint::<String>(3);
+    /// assert_eq!(KeySchema::from_fingerprint(3, fp), KeySchema::of::<String>(3));
+    /// ```
+    pub fn from_fingerprint(version: u32, fingerprint: u64) -> Self {
+        let folded = fingerprint ^ (fingerprint >> 32);
+        Self {
+            version,
+            digest: (folded & Self::DIGEST_MASK) as u32,
+        }
+    }
+
+    /// The `version` the cache was declared with.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+}
+
+impl fmt::Display for KeySchema {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{:06x}", self.version, self.digest)
+    }
+}
+
+/// The Redis keys of one logical key (value, ticket, lock) for a key prefix and a cache's
+/// [`KeySchema`], as the runtime writes them: for operators and tests (docs/PROTOCOL.md §2).
+/// A cache gives its own with [`Cache::redis_key`](crate::Cache::redis_key) and
+/// [`Cache::key_schema`](crate::Cache::key_schema).
+///
+/// ```
+/// use cache_runtime::key::{redis_bucket, redis_keys, KeySchema};
+/// let schema = KeySchema::of::<String>(1);
+/// let (value, ticket, lock) = redis_keys("cr", schema, "user:42");
+/// let b = redis_bucket("user:42");
+/// assert_eq!(value, format!("{{cr:{b}}}:v2:{schema}:user:42"));
+/// assert_eq!(ticket, format!("{{cr:{b}}}:t:user:42"));
+/// assert_eq!(lock, format!("{{cr:{b}}}:l:{schema}:user:42"));
+/// ```
+pub fn redis_keys(prefix: &str, schema: KeySchema, logical: &str) -> (String, String, String) {
+    let (value, lock) = key_middles(schema);
     let b = redis_bucket(logical);
     (
         bucket_key_at(prefix, b, &value, logical),
@@ -87,10 +154,10 @@ pub fn redis_keys(prefix: &str, schema_version: u32, logical: &str) -> (String, 
 
 /// What goes between a key's hash tag and its logical key: the value's (`v<wire>:<schema>:`)
 /// and the lock's (`l:<schema>:`); the ticket's is [`TICKET_MIDDLE`].
-pub(crate) fn key_middles(schema_version: u32) -> (String, String) {
+pub(crate) fn key_middles(schema: KeySchema) -> (String, String) {
     (
-        format!("v{}:{schema_version}:", crate::codec::WIRE_VERSION),
-        format!("l:{schema_version}:"),
+        format!("v{}:{schema}:", crate::codec::WIRE_VERSION),
+        format!("l:{schema}:"),
     )
 }
 

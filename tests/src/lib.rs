@@ -702,10 +702,11 @@ pub fn shared_redis() -> &'static RedisServer {
     })
 }
 
-/// The Redis key of the lock (`lock = true`) of the logical key `logical` under
-/// [`shared_redis`]'s configuration (prefix `t`, the first schema version).
-pub fn shared_lock_key(logical: &str) -> String {
-    cache_runtime::key::redis_keys("t", 1, logical).2
+/// The Redis key of `cache`'s lock (`lock = true`) of the logical key `logical` under
+/// [`shared_redis`]'s configuration (prefix `t`, the cache's key schema).
+pub fn shared_lock_key<V>(cache: &cache_runtime::Cache<V>, logical: &str) -> String {
+    let schema = cache.key_schema().expect("a cache with a Redis tier");
+    cache_runtime::key::redis_keys("t", schema, logical).2
 }
 
 /// [`shared_redis`], once the invalidation bus has subscribed. The bus clears local tiers

@@ -9,8 +9,8 @@ use cache_tests::{eventually_blocking, free_port, RedisServer};
 use redis::Commands;
 
 /// The Redis key of a value (docs/PROTOCOL.md §2: bucket hash tag, wire version 2).
-fn vkey(schema: u32, logical: &str) -> String {
-    cache_runtime::key::redis_keys("t", schema, logical).0
+fn vkey<V>(cache: &cache_runtime::Cache<V>, logical: &str) -> String {
+    cache.redis_key(logical).expect("a cache with a Redis tier")
 }
 
 static RUNS: AtomicUsize = AtomicUsize::new(0);
@@ -71,7 +71,8 @@ fn redis_absent_at_start_then_started() {
     let mut raw = server.client();
     eventually_blocking(Duration::from_secs(15), "caching in the new Redis", || {
         redis_only(9);
-        raw.exists::<_, bool>(&vkey(1, "absent:9")).unwrap()
+        raw.exists::<_, bool>(&vkey(redis_only_cache(), "absent:9"))
+            .unwrap()
     });
     let runs = RUNS.load(SeqCst);
     assert_eq!(redis_only(9), 10);

@@ -25,9 +25,12 @@ async fn stock(id: u64) -> u64 {
     id * 1000 + REDIS_VERSION.load(SeqCst)
 }
 
-/// The value bytes Redis holds for `logical` (the first schema), or `None`.
+/// The value bytes Redis holds for `logical` (`price`'s key or `stock`'s: both cache a
+/// `u64`, version 1), or `None`.
 fn value_in_redis(logical: &str) -> Option<Vec<u8>> {
-    let key = cache_runtime::key::redis_keys("t", 1, logical).0;
+    let key = price_cache()
+        .redis_key(logical)
+        .expect("a cache with a Redis tier");
     shared_redis()
         .cmd::<Option<Vec<u8>>>(&["GET", &key])
         .expect("GET")
@@ -52,7 +55,7 @@ async fn invalidations_during_a_write_pause_never_let_the_old_value_back() {
         .expect("CLIENT PAUSE WRITE");
     assert_eq!(
         server
-            .cmd::<Option<Vec<u8>>>(&["GET", &cache_runtime::key::redis_keys("t", 1, "paused:1").0])
+            .cmd::<Option<Vec<u8>>>(&["GET", &price_cache().redis_key("paused:1").unwrap()])
             .expect("GET")
             .as_deref(),
         Some(old_price.as_slice()),

@@ -58,13 +58,15 @@ fn node_with_prefix(s: &Setup, prefix: &str) -> Node {
     n
 }
 
-/// The value key of `profile:<id>` (schema 1, prefix `t`).
+/// The value key of `profile:<id>` (prefix `t`; `cache-node`'s `profile`: version 1 of a
+/// `String`).
 fn value_key(id: u64) -> String {
     value_key_with("t", id)
 }
 
 fn value_key_with(prefix: &str, id: u64) -> String {
-    cache_runtime::key::redis_keys(prefix, 1, &format!("profile:{id}")).0
+    let schema = cache_runtime::key::KeySchema::of::<String>(1);
+    cache_runtime::key::redis_keys(prefix, schema, &format!("profile:{id}")).0
 }
 
 /// Ids whose keys (prefix `t`) live on each master: `per` ids for every master.

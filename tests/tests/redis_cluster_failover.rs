@@ -108,6 +108,13 @@ impl Run<'_> {
     }
 }
 
+/// The Redis key of `logical`'s ticket: in its entry's slot, like its value, whatever the
+/// nodes' value type.
+fn ticket_key(logical: &str) -> String {
+    let any_schema = cache_runtime::key::KeySchema::of::<String>(1);
+    cache_runtime::key::redis_keys("t", any_schema, logical).1
+}
+
 fn redis_hits(n: &Node) -> u64 {
     let stats = n.call("stats");
     stats
@@ -140,7 +147,7 @@ fn a_master_killed_while_two_processes_call_and_write_loses_nothing() {
     let mut per: HashMap<u16, usize> = HashMap::new();
     let mut id = 1;
     while ids.len() < 3 * masters.len() {
-        let key = cache_runtime::key::redis_keys("t", 1, &format!("profile:{id}")).0;
+        let key = ticket_key(&format!("profile:{id}"));
         let owner = cluster.master_for_key(&key).port();
         let n = per.entry(owner).or_default();
         if *n < 3 {
@@ -149,7 +156,7 @@ fn a_master_killed_while_two_processes_call_and_write_loses_nothing() {
         }
         id += 1;
     }
-    let victim_key = cache_runtime::key::redis_keys("t", 1, &format!("profile:{}", ids[0])).0;
+    let victim_key = ticket_key(&format!("profile:{}", ids[0]));
     let victim = cluster.master_for_key(&victim_key).port();
     let mut run = Run {
         db: &db,

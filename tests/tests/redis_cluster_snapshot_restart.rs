@@ -39,7 +39,10 @@ async fn locked(id: usize) -> u64 {
 }
 
 fn value_key(logical: &str) -> String {
-    cache_runtime::key::redis_keys(PREFIX, 1, logical).0
+    let schema = remote_cache()
+        .key_schema()
+        .expect("a cache with a Redis tier");
+    cache_runtime::key::redis_keys(PREFIX, schema, logical).0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -57,7 +57,9 @@ async fn value(id: u64) -> String {
 
 /// The Redis key of `tls:<id>` under `prefix` (docs/PROTOCOL.md §2).
 fn vkey(prefix: &str, id: u64) -> String {
-    cache_runtime::key::redis_keys(prefix, 1, &format!("tls:{id}")).0
+    // `value`'s key schema: version 1 of a `String` (the same in the child processes).
+    let schema = cache_runtime::key::KeySchema::of::<String>(1);
+    cache_runtime::key::redis_keys(prefix, schema, &format!("tls:{id}")).0
 }
 
 /// `per` ids for each master whose keys (under `prefix`) that master serves.

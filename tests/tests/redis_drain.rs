@@ -31,7 +31,11 @@ async fn drain_waits_for_the_writes_redis_did_not_take() {
     for id in 0..4 {
         assert_eq!(value(id).await, id * 10);
     }
-    let value_key = |id: u64| cache_runtime::key::redis_keys("t", 1, &format!("drain:{id}")).0;
+    let value_key = |id: u64| {
+        value_cache()
+            .redis_key(&format!("drain:{id}"))
+            .expect("a cache with a Redis tier")
+    };
     assert!(server.exists(&value_key(0)), "the values are in Redis");
 
     // Redis stops answering: the invalidations time out and are kept.

@@ -9,8 +9,8 @@ use cache_tests::{eventually, shared_redis};
 use redis::Commands;
 
 /// The Redis key of a value (docs/PROTOCOL.md §2: bucket hash tag, wire version 2).
-fn vkey(schema: u32, logical: &str) -> String {
-    cache_runtime::key::redis_keys("t", schema, logical).0
+fn vkey<V>(cache: &cache_runtime::Cache<V>, logical: &str) -> String {
+    cache.redis_key(logical).expect("a cache with a Redis tier")
 }
 
 static RUNS: AtomicUsize = AtomicUsize::new(0);
@@ -48,7 +48,10 @@ async fn calls_stay_correct_through_kill_restart_and_pause() {
             id * 2
         );
     }
-    assert!(in_redis(&vkey(1, "fault:0")) && in_redis(&vkey(1, "fault-r:0")));
+    assert!(
+        in_redis(&vkey(two_tier_cache(), "fault:0"))
+            && in_redis(&vkey(redis_only_cache(), "fault-r:0"))
+    );
     let healthy_runs = RUNS.load(SeqCst);
 
     // Killed: every call is still correct (from the body), and writes report the failure.
@@ -81,7 +84,7 @@ async fn calls_stay_correct_through_kill_restart_and_pause() {
         "a populate reaching the restarted Redis",
         || {
             let _ = futures_lite_block(two_tier(7));
-            in_redis(&vkey(1, "fault:7"))
+            in_redis(&vkey(two_tier_cache(), "fault:7"))
         },
     )
     .await;
@@ -95,7 +98,7 @@ async fn calls_stay_correct_through_kill_restart_and_pause() {
         "the redis-only cache writing again",
         || {
             redis_only(3);
-            in_redis(&vkey(1, "fault-r:3"))
+            in_redis(&vkey(redis_only_cache(), "fault-r:3"))
         },
     )
     .await;
@@ -108,7 +111,7 @@ async fn calls_stay_correct_through_kill_restart_and_pause() {
     server.resume();
     eventually(Duration::from_secs(15), "caching after SIGCONT", || {
         let _ = futures_lite_block(two_tier(200));
-        in_redis(&vkey(1, "fault:200"))
+        in_redis(&vkey(two_tier_cache(), "fault:200"))
     })
     .await;
 }

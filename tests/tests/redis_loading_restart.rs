@@ -114,7 +114,13 @@ async fn nothing_of_the_snapshot_is_served_while_redis_loads_it_or_after() {
             started.elapsed()
         })
     };
-    let (value_key, _, _) = cache_runtime::key::redis_keys("load", 1, &format!("load:{WITNESS}"));
+    let (value_key, _, _) = cache_runtime::key::redis_keys(
+        "load",
+        remote_cache()
+            .key_schema()
+            .expect("a cache with a Redis tier"),
+        &format!("load:{WITNESS}"),
+    );
     let restored: Option<Vec<u8>> = server.cmd(&["GET", &value_key]).expect("GET");
     assert!(
         restored.is_some(),

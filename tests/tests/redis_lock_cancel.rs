@@ -27,7 +27,7 @@ static LOCKED_IN_BODY: AtomicBool = AtomicBool::new(false);
 async fn slow(id: u64) -> u64 {
     RUNS.fetch_add(1, SeqCst);
     LOCKED_IN_BODY.store(
-        shared_redis().exists(&shared_lock_key(&format!("cancel-lock:{id}"))),
+        shared_redis().exists(&shared_lock_key(slow_cache(), &format!("cancel-lock:{id}"))),
         SeqCst,
     );
     STARTED.notify_one();
@@ -49,7 +49,10 @@ static PANICKED_UNDER_LOCK: AtomicBool = AtomicBool::new(false);
 )]
 async fn panicky(id: u64) -> u64 {
     PANICKED_UNDER_LOCK.store(
-        shared_redis().exists(&shared_lock_key(&format!("panic-lock:{id}"))),
+        shared_redis().exists(&shared_lock_key(
+            panicky_cache(),
+            &format!("panic-lock:{id}"),
+        )),
         SeqCst,
     );
     assert!(!PANICS.load(SeqCst), "the body panics");
@@ -72,7 +75,7 @@ async fn a_cancelled_lock_holder_releases_the_lock() {
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
     eventually(Duration::from_secs(5), "the lock is released", || {
-        !shared_redis().exists(&shared_lock_key("cancel-lock:1"))
+        !shared_redis().exists(&shared_lock_key(slow_cache(), "cancel-lock:1"))
     })
     .await;
 
@@ -86,7 +89,7 @@ async fn a_cancelled_lock_holder_releases_the_lock() {
         "the body ran under the lock"
     );
     eventually(Duration::from_secs(5), "the lock is released", || {
-        !shared_redis().exists(&shared_lock_key("cancel-lock:2"))
+        !shared_redis().exists(&shared_lock_key(slow_cache(), "cancel-lock:2"))
     })
     .await;
 
@@ -107,7 +110,7 @@ async fn a_cancelled_lock_holder_releases_the_lock() {
         "{s:?}"
     );
     // Stored, and the store released the lock.
-    assert!(!shared_redis().exists(&shared_lock_key("cancel-lock:1")));
+    assert!(!shared_redis().exists(&shared_lock_key(slow_cache(), "cancel-lock:1")));
     assert_eq!(slow(1).await, 1);
     assert_eq!(RUNS.load(SeqCst), before.1 + 2, "a hit");
 }
@@ -122,7 +125,7 @@ async fn a_body_that_panics_under_the_lock_releases_it() {
         "the body ran under the lock"
     );
     eventually(Duration::from_secs(5), "the lock is released", || {
-        !shared_redis().exists(&shared_lock_key("panic-lock:1"))
+        !shared_redis().exists(&shared_lock_key(panicky_cache(), "panic-lock:1"))
     })
     .await;
     PANICS.store(false, SeqCst);

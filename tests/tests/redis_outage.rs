@@ -10,8 +10,8 @@ use cache_tests::{eventually, RedisServer};
 use redis::Commands;
 
 /// The Redis key of a value (docs/PROTOCOL.md §2: bucket hash tag, wire version 2).
-fn vkey(schema: u32, logical: &str) -> String {
-    cache_runtime::key::redis_keys("t", schema, logical).0
+fn vkey<V>(cache: &cache_runtime::Cache<V>, logical: &str) -> String {
+    cache.redis_key(logical).expect("a cache with a Redis tier")
 }
 
 static VERSION: AtomicUsize = AtomicUsize::new(1);
@@ -45,9 +45,10 @@ async fn a_hung_redis_opens_the_breaker_and_invalidations_are_retried() {
     assert_eq!(row(1).await, "row 1 v1");
     assert!(server
         .client()
-        .exists::<_, bool>(&vkey(1, "outage:1"))
+        .exists::<_, bool>(&vkey(row_cache(), "outage:1"))
         .unwrap());
-    let ticket_key = cache_runtime::key::redis_keys("t", 1, "outage:1").1;
+    let ticket_key =
+        cache_runtime::key::redis_keys("t", row_cache().key_schema().unwrap(), "outage:1").1;
     let ticket_before: String = server.client().get(&ticket_key).unwrap();
 
     server.pause();

@@ -64,7 +64,13 @@ async fn values_invalidated_after_a_snapshot_are_not_served_after_a_restart_from
     // A crash and a restart from the snapshot: version 1 is back in Redis, under the tickets
     // and tokens it was stamped with (checked, or the test would prove nothing).
     server.restart_from_snapshot();
-    let (value_key, _, _) = cache_runtime::key::redis_keys("snap", 1, "snap:1");
+    let (value_key, _, _) = cache_runtime::key::redis_keys(
+        "snap",
+        remote_cache()
+            .key_schema()
+            .expect("a cache with a Redis tier"),
+        "snap:1",
+    );
     let restored: Option<Vec<u8>> = server.cmd(&["GET", &value_key]).expect("GET");
     assert!(
         restored.is_some(),

@@ -42,7 +42,13 @@ async fn lock_reads_after_a_restart_from_a_snapshot_serve_no_restored_value() {
         }
     }
     server.restart_from_snapshot();
-    let (value_key, _, _) = cache_runtime::key::redis_keys("snaplock", 1, "snaplock:1");
+    let (value_key, _, _) = cache_runtime::key::redis_keys(
+        "snaplock",
+        locked_cache()
+            .key_schema()
+            .expect("a cache with a Redis tier"),
+        "snaplock:1",
+    );
     let restored: Option<Vec<u8>> = server.cmd(&["GET", &value_key]).expect("GET");
     assert!(
         restored.is_some(),

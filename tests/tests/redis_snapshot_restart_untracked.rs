@@ -71,7 +71,13 @@ async fn an_untracked_reader_is_not_served_values_restored_from_a_snapshot() {
     })
     .await;
     server.restart_from_snapshot();
-    let (value_key, _, _) = cache_runtime::key::redis_keys("cr", 1, "snap:1");
+    let (value_key, _, _) = cache_runtime::key::redis_keys(
+        "cr",
+        remote_cache()
+            .key_schema()
+            .expect("a cache with a Redis tier"),
+        "snap:1",
+    );
     let restored: Option<Vec<u8>> = server.cmd(&["GET", &value_key]).expect("GET");
     assert!(
         restored.is_some(),

@@ -4,20 +4,27 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
 use cache_runtime::codec::{self, DecodeError};
-use cache_runtime::{cached, CacheError};
+use cache_runtime::{cached, Cache, CacheError};
 use cache_tests::shared_redis;
 use redis::Commands;
 use serde::{Deserialize, Serialize};
 
-/// The Redis key of a value (docs/PROTOCOL.md §2: bucket hash tag, wire version 2).
-fn vkey(schema: u32, logical: &str) -> String {
-    cache_runtime::key::redis_keys("t", schema, logical).0
+/// The Redis key of a value of `cache` (docs/PROTOCOL.md §2: bucket hash tag, wire version
+/// 2, the cache's key schema).
+fn vkey<V>(cache: &Cache<V>, logical: &str) -> String {
+    cache.redis_key(logical).expect("a cache with a Redis tier")
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Profile {
     id: u64,
     name: String,
+}
+
+/// The Redis key of `cache`'s distributed lock of `logical`.
+fn lock_key<V>(cache: &Cache<V>, logical: &str) -> String {
+    let schema = cache.key_schema().expect("a cache with a Redis tier");
+    cache_runtime::key::redis_keys("t", schema, logical).2
 }
 
 fn raw() -> redis::Connection {
@@ -45,7 +52,7 @@ async fn redis_tier_writes_with_px_and_reads_back() {
     assert!(redis_only_cache().redis_active());
     assert_eq!(redis_only(1).await.unwrap(), profile(1));
     // The documented key layout: prefix, wire version, schema version, template.
-    let key = &vkey(1, "user:profile:1");
+    let key = &vkey(redis_only_cache(), "user:profile:1");
     let bytes: Vec<u8> = raw().get(key).unwrap();
     let fp = codec::type_fingerprint::<Profile>(1);
     assert_eq!(
@@ -73,13 +80,13 @@ fn short_redis(id: u64) -> u64 {
 fn sub_second_ttl_is_kept_in_milliseconds() {
     shared_redis();
     assert_eq!(short_redis(5), 5);
-    let pttl: i64 = raw().pttl(vkey(1, "short:5")).unwrap();
+    let pttl: i64 = raw().pttl(vkey(short_redis_cache(), "short:5")).unwrap();
     assert!(pttl > 0 && pttl <= 250, "got {pttl}");
     assert_eq!(short_redis(5), 5);
     assert_eq!(SHORT_RUNS.load(SeqCst), 1);
     // Time passing is what is under test.
     std::thread::sleep(Duration::from_millis(300));
-    let exists: bool = raw().exists(vkey(1, "short:5")).unwrap();
+    let exists: bool = raw().exists(vkey(short_redis_cache(), "short:5")).unwrap();
     assert!(!exists);
     assert_eq!(short_redis(5), 5);
     assert_eq!(SHORT_RUNS.load(SeqCst), 2);
@@ -142,7 +149,7 @@ async fn written_elsewhere(id: u64) -> Profile {
 #[tokio::test]
 async fn invalidate_clears_both_tiers_and_populate_writes_both() {
     shared_redis();
-    let key = &vkey(1, "write:2");
+    let key = &vkey(written_cache(), "write:2");
     assert_eq!(written(2).await, profile(2));
     assert!(raw().exists::<_, bool>(key).unwrap());
     invalidate_written(2).await.expect("redis confirmed");
@@ -182,7 +189,7 @@ async fn promoted(id: u64) -> u64 {
 #[tokio::test]
 async fn a_local_copy_never_outlives_the_redis_copy() {
     shared_redis();
-    let key = &vkey(1, "promoted:1");
+    let key = &vkey(promoted_cache(), "promoted:1");
     assert_eq!(promoted(1).await, 1);
     promoted_cache().clear_local();
     // The value in Redis now expires 150 ms from now (its envelope says so, as a writer's
@@ -251,11 +258,15 @@ fn a_schema_version_bump_never_reads_old_bytes() {
     assert_eq!(schema_v1(1), (1, 1));
     assert_eq!(schema_v2(1).extra, "new");
     assert_eq!(V2_RUNS.load(SeqCst), 1, "v2 does not read v1's entry");
-    assert!(raw().exists::<_, bool>(&vkey(1, "schema:1")).unwrap());
-    assert!(raw().exists::<_, bool>(&vkey(2, "schema:1")).unwrap());
+    assert!(raw()
+        .exists::<_, bool>(&vkey(schema_v1_cache(), "schema:1"))
+        .unwrap());
+    assert!(raw()
+        .exists::<_, bool>(&vkey(schema_v2_cache(), "schema:1"))
+        .unwrap());
     // Even v1 bytes copied under v2's key are rejected (type fingerprint), not misread.
-    let old: Vec<u8> = raw().get(vkey(1, "schema:1")).unwrap();
-    let _: () = raw().set(vkey(2, "schema:1"), old).unwrap();
+    let old: Vec<u8> = raw().get(vkey(schema_v1_cache(), "schema:1")).unwrap();
+    let _: () = raw().set(vkey(schema_v2_cache(), "schema:1"), old).unwrap();
     let before = schema_v2_cache().stats().decode_failures;
     assert_eq!(schema_v2(1).extra, "new");
     assert_eq!(schema_v2_cache().stats().decode_failures, before + 1);
@@ -294,7 +305,7 @@ async fn corrupt_foreign_and_wrongly_typed_values_are_misses() {
         ("json", br#"{"id":1,"name":"user 1"}"#.to_vec()),
         ("empty", Vec::new()),
     ];
-    let key = &vkey(1, "corrupt:1");
+    let key = &vkey(corruptible_cache(), "corrupt:1");
     for (i, (what, bytes)) in bad_values.iter().enumerate() {
         let _: () = raw().set(key, bytes).unwrap();
         corruptible_cache().clear_local();
@@ -363,7 +374,9 @@ fn big(id: u64) -> Vec<u8> {
 fn values_over_the_cap_stay_local_and_are_counted() {
     shared_redis();
     assert_eq!(big(1).len(), 2 << 20);
-    assert!(!raw().exists::<_, bool>(&vkey(1, "big:1")).unwrap());
+    assert!(!raw()
+        .exists::<_, bool>(&vkey(big_cache(), "big:1"))
+        .unwrap());
     assert_eq!(big_cache().stats().oversize, 1);
     assert_eq!(big(1).len(), 2 << 20);
     assert_eq!(big_cache().stats().local_hits, 1);
@@ -398,11 +411,11 @@ fn sync_methods_use_redis_too() {
     assert_eq!(c.price("abc"), 300);
     // `/` is a separator, so it is escaped inside the value.
     assert!(raw()
-        .exists::<_, bool>(&vkey(1, "shop:eu%2Fnorth:item:abc"))
+        .exists::<_, bool>(&vkey(Catalog::price_cache(), "shop:eu%2Fnorth:item:abc"))
         .unwrap());
     c.invalidate_price("abc").unwrap();
     assert!(!raw()
-        .exists::<_, bool>(&vkey(1, "shop:eu%2Fnorth:item:abc"))
+        .exists::<_, bool>(&vkey(Catalog::price_cache(), "shop:eu%2Fnorth:item:abc"))
         .unwrap());
 }
 
@@ -439,7 +452,9 @@ async fn five_hundred_concurrent_misses_on_the_redis_tier_run_the_body_once() {
         assert_eq!(t.await.unwrap(), 1);
     }
     assert_eq!(STAMPEDE_RUNS.load(SeqCst), 1);
-    assert!(raw().exists::<_, bool>(&vkey(1, "stampede:1")).unwrap());
+    assert!(raw()
+        .exists::<_, bool>(&vkey(stampede_cache(), "stampede:1"))
+        .unwrap());
 }
 
 static LOCKED_RUNS: AtomicUsize = AtomicUsize::new(0);
@@ -462,7 +477,9 @@ async fn a_stale_value_does_not_make_a_lock_user_wait_for_nobody() {
     assert_eq!(locked_stale(1).await, 1);
     // The value stays in Redis but is stale after the clear.
     locked_stale_cache().clear().await.unwrap();
-    assert!(raw().exists::<_, bool>(&vkey(1, "locked-stale:1")).unwrap());
+    assert!(raw()
+        .exists::<_, bool>(&vkey(locked_stale_cache(), "locked-stale:1"))
+        .unwrap());
     assert_eq!(locked_stale(1).await, 1);
     let s = locked_stale_cache().stats();
     assert_eq!(LOCKED_RUNS.load(SeqCst), 2);
@@ -473,7 +490,7 @@ async fn a_stale_value_does_not_make_a_lock_user_wait_for_nobody() {
     );
     assert!(
         !raw()
-            .exists::<_, bool>(&cache_runtime::key::redis_keys("t", 1, "locked-stale:1").2)
+            .exists::<_, bool>(&lock_key(locked_stale_cache(), "locked-stale:1"))
             .unwrap(),
         "lock released"
     );
@@ -525,7 +542,8 @@ fn jitter_spreads_the_ttls_of_entries_written_together() {
     let mut ttls: Vec<i64> = (0..200)
         .map(|id| {
             jittered(id);
-            raw.pttl(vkey(1, &format!("jitter:{id}"))).unwrap()
+            raw.pttl(vkey(jittered_cache(), &format!("jitter:{id}")))
+                .unwrap()
         })
         .collect();
     ttls.sort_unstable();
@@ -552,7 +570,7 @@ async fn redis_fail_safe(id: u64) -> Result<u64, String> {
 async fn redis_keeps_the_stale_fallback_past_the_ttl() {
     shared_redis();
     assert_eq!(redis_fail_safe(3).await, Ok(3));
-    let pttl: i64 = raw().pttl(vkey(1, "fs:3")).unwrap();
+    let pttl: i64 = raw().pttl(vkey(redis_fail_safe_cache(), "fs:3")).unwrap();
     assert!(pttl > 100_000, "kept for ttl + stale, got {pttl}");
     // The TTL passing is what is under test.
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -591,7 +609,7 @@ async fn scripts_flushed_from_redis_are_loaded_again() {
             .query(&mut raw())
             .expect("SCRIPT FLUSH");
     };
-    let key = &vkey(1, "reloaded:1");
+    let key = &vkey(reloaded_cache(), "reloaded:1");
     // A miss and its store (the store script).
     flush();
     assert_eq!(reloaded(1).await, profile(1));
@@ -623,7 +641,7 @@ struct Pair {
 /// The same type as an earlier build defined it: fields in the other order, no `version`
 /// bump.
 mod earlier_build {
-    #[derive(serde::Serialize, serde::Deserialize)]
+    #[derive(Clone, serde::Serialize, serde::Deserialize)]
     pub struct Pair {
         pub misses: u64,
         pub hits: u64,
@@ -649,7 +667,7 @@ fn pair(id: u64) -> Pair {
 fn a_type_changed_without_a_version_bump_is_a_miss_not_a_misread() {
     shared_redis();
     assert_eq!(pair(1).hits, 1);
-    let key = &vkey(1, "pair:1");
+    let key = &vkey(pair_cache(), "pair:1");
     let fp = codec::type_fingerprint::<Pair>(1);
     let stored =
         codec::decode::<Pair>(&raw().get::<_, Vec<u8>>(key).unwrap(), fp, 1 << 20).unwrap();
@@ -705,6 +723,81 @@ fn a_type_changed_without_a_version_bump_is_a_miss_not_a_misread() {
             misses: 101
         }),
         "overwritten"
+    );
+}
+
+static NOW_RUNS: AtomicUsize = AtomicUsize::new(0);
+static EARLIER_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// This build's cache of a key template, and what an earlier build of it was: the same
+/// template and `version`, another shape (the earlier build's `Pair`).
+#[cached(tier = "redis", ttl = 60, key = "deploy:<id>")]
+fn deploy_now(id: u64) -> Pair {
+    NOW_RUNS.fetch_add(1, SeqCst);
+    Pair {
+        hits: id,
+        misses: 100 + id,
+    }
+}
+
+#[cached(tier = "redis", ttl = 60, key = "deploy:<id>")]
+fn deploy_earlier(id: u64) -> earlier_build::Pair {
+    EARLIER_RUNS.fetch_add(1, SeqCst);
+    earlier_build::Pair {
+        misses: 200 + id,
+        hits: id,
+    }
+}
+
+/// Both builds of a rolling deploy that changed the value type without a `version` bump
+/// keep entries of their own (the key schema's digest differs), so neither overwrites the
+/// other's and both hit; they share the key's ticket, so an invalidation by either covers
+/// both.
+#[test]
+fn a_type_changed_without_a_version_bump_keeps_entries_of_its_own() {
+    shared_redis();
+    let (now_key, earlier_key) = (
+        vkey(deploy_now_cache(), "deploy:1"),
+        vkey(deploy_earlier_cache(), "deploy:1"),
+    );
+    assert_ne!(now_key, earlier_key, "one value key per shape");
+    let (now_schema, earlier_schema) = (
+        deploy_now_cache().key_schema().unwrap(),
+        deploy_earlier_cache().key_schema().unwrap(),
+    );
+    assert_eq!((now_schema.version(), earlier_schema.version()), (1, 1));
+    assert_eq!(now_schema, cache_runtime::key::KeySchema::of::<Pair>(1));
+    let before = (deploy_now_cache().stats(), deploy_earlier_cache().stats());
+    // Interleaved, as two builds serving one key during the deploy.
+    for _ in 0..3 {
+        assert_eq!(deploy_now(1).misses, 101);
+        assert_eq!(deploy_earlier(1).misses, 201);
+    }
+    assert_eq!(
+        (NOW_RUNS.load(SeqCst), EARLIER_RUNS.load(SeqCst)),
+        (1, 1),
+        "each build's body ran once: its entry was not overwritten by the other's"
+    );
+    assert!(raw().exists::<_, bool>(&now_key).unwrap());
+    assert!(raw().exists::<_, bool>(&earlier_key).unwrap());
+    let after = (deploy_now_cache().stats(), deploy_earlier_cache().stats());
+    assert_eq!(
+        (after.0.redis_hits, after.1.redis_hits),
+        (before.0.redis_hits + 2, before.1.redis_hits + 2)
+    );
+    assert_eq!(
+        (after.0.decode_failures, after.1.decode_failures),
+        (before.0.decode_failures, before.1.decode_failures)
+    );
+
+    // One invalidation (the earlier build's) and neither value is served any more.
+    invalidate_deploy_earlier(1).unwrap();
+    assert_eq!(deploy_now(1).misses, 101);
+    assert_eq!(deploy_earlier(1).misses, 201);
+    assert_eq!(
+        (NOW_RUNS.load(SeqCst), EARLIER_RUNS.load(SeqCst)),
+        (2, 2),
+        "the shared ticket's deletion covers both shapes"
     );
 }
 
@@ -790,7 +883,14 @@ fn serde_shapes_bincode_cannot_round_trip_are_read_back_as_written() {
     );
     // (value, the envelope's flags byte: 0 bincode, 1 MessagePack)
     let first = report(0);
-    let flags = |key: &str| raw().get::<_, Vec<u8>>(vkey(1, key)).unwrap()[3];
+    let flags = |key: &str| {
+        let cache_key = match key.split(':').next() {
+            Some("report") => vkey(report_cache(), key),
+            Some("paged") => vkey(paged_cache(), key),
+            _ => vkey(event_cache(), key),
+        };
+        raw().get::<_, Vec<u8>>(cache_key).unwrap()[3]
+    };
     assert_eq!(flags("report:0"), 1, "the skipped field's value is named");
     assert_eq!(report(0), first);
     assert_eq!((first.retries, first.errors.len()), (0, 1));
@@ -849,7 +949,9 @@ fn unwritable(id: u64) -> Unwritable {
 fn values_that_do_not_encode_stay_local_and_are_counted() {
     shared_redis();
     assert_eq!(unwritable(1), Unwritable(1));
-    assert!(!raw().exists::<_, bool>(&vkey(1, "unwritable:1")).unwrap());
+    assert!(!raw()
+        .exists::<_, bool>(&vkey(unwritable_cache(), "unwritable:1"))
+        .unwrap());
     assert_eq!(unwritable_cache().stats().encode_failures, 1);
     assert_eq!(unwritable(1), Unwritable(1));
     assert_eq!(unwritable_cache().stats().local_hits, 1);

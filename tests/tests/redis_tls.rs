@@ -8,8 +8,8 @@ use cache_tests::{RedisServer, TlsFiles};
 use redis::Commands;
 
 /// The Redis key of a value (docs/PROTOCOL.md §2: bucket hash tag, wire version 2).
-fn vkey(schema: u32, logical: &str) -> String {
-    cache_runtime::key::redis_keys("t", schema, logical).0
+fn vkey<V>(cache: &cache_runtime::Cache<V>, logical: &str) -> String {
+    cache.redis_key(logical).expect("a cache with a Redis tier")
 }
 
 static RUNS: AtomicUsize = AtomicUsize::new(0);
@@ -35,7 +35,10 @@ async fn values_are_cached_through_a_tls_redis() {
     .unwrap();
     cache_runtime::health_check().await.expect("PING over TLS");
     assert_eq!(secret(1).await, "value 1");
-    let stored: bool = server.client().exists(vkey(1, "tls:1")).unwrap();
+    let stored: bool = server
+        .client()
+        .exists(vkey(secret_cache(), "tls:1"))
+        .unwrap();
     assert!(stored, "written to Redis over TLS");
     secret_cache().clear_local();
     assert_eq!(secret(1).await, "value 1");

@@ -255,7 +255,9 @@ fn a_hit_reads_the_value_alone_once_tokens_and_ticket_are_kept() {
 
 /// The entry's value and ticket keys of id 1.
 fn entry_keys(server: &RedisServer) -> (String, String) {
-    let values = server.scan("{t:*}:v2:1:profile:1");
+    // `cache-node`'s `profile`: version 1 of a `String`.
+    let schema = cache_runtime::key::KeySchema::of::<String>(1);
+    let values = server.scan(&format!("{{t:*}}:v2:{schema}:profile:1"));
     let tickets = server.scan("{t:*}:t:profile:1");
     assert_eq!(
         (values.len(), tickets.len()),

@@ -24,7 +24,10 @@ async fn load(id: u64) -> Result<u64, BoxError> {
     tokio::task::yield_now().await;
     if id == 0 {
         FAILED_RUNS.fetch_add(1, SeqCst);
-        LOCK_HELD_IN_BODY.store(shared_redis().exists(&shared_lock_key("send:0")), SeqCst);
+        LOCK_HELD_IN_BODY.store(
+            shared_redis().exists(&shared_lock_key(load_cache(), "send:0")),
+            SeqCst,
+        );
         return Err("no row 0".into());
     }
     RUNS.fetch_add(1, SeqCst);
@@ -125,7 +128,7 @@ async fn futures_stay_send_with_an_error_that_is_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_error_releases_the_lock_without_holding_the_result() {
     shared_redis();
-    let lock = shared_lock_key("send:0");
+    let lock = shared_lock_key(load_cache(), "send:0");
     let before = load_cache().stats();
     let runs = FAILED_RUNS.load(SeqCst);
     let err = tokio::spawn(async { load(0).await.map_err(|e| e.to_string()) })

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::codec;
 use crate::flight::Flights;
+use crate::key::KeySchema;
 use crate::local::LocalTier;
 use crate::log_limit::LogLimiter;
 use crate::observe::Mode;
@@ -246,7 +247,8 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
             Tier::LocalRedis => self.local_ttl.unwrap_or(DEFAULT_LOCAL_TTL_CAP).min(ttl),
             _ => ttl,
         };
-        let redis = self.redis_side(rt, ttl, &clear_scope);
+        let key_schema = KeySchema::from_fingerprint(self.version, envelope_fingerprint);
+        let redis = self.redis_side(rt, ttl, &clear_scope, key_schema);
         let counters = Arc::new(Counters::new(&self.name));
         stats::register(stats::Registered {
             name: self.name.clone(),
@@ -302,13 +304,14 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
         rt: &'static Runtime,
         ttl: Duration,
         clear_scope: &str,
+        key_schema: KeySchema,
     ) -> Option<RedisSide<V>> {
         match (self.redis, &rt.redis) {
             (Some((encode, decode, _)), Some(tier)) => Some(RedisSide {
                 tier,
                 encode,
                 decode,
-                keys: KeyScheme::new(&rt.config.key_prefix, clear_scope, self.version),
+                keys: KeyScheme::new(&rt.config.key_prefix, clear_scope, key_schema),
                 // As `build` sets the cache's `none_ttl` and stale window.
                 ticket_px: super::redis_side::ticket_px_for(
                     ttl,

@@ -175,10 +175,38 @@ impl<V> Cache<V> {
         KeyWriter::with_head("")
     }
 
-    /// The Redis key of `key`'s value (`{{prefix}:{bucket}}:v2:{version}:{key}`), if this cache uses
-    /// Redis. For operators and tests.
+    /// The Redis key of `key`'s value (`{{prefix}:{bucket}}:v2:{schema}:{key}`, `schema` as
+    /// [`key_schema`](Self::key_schema)), if this cache uses Redis. For operators and tests.
+    ///
+    /// ```
+    /// let cache = cache_runtime::Cache::<u64>::builder("doc::redis_key")
+    ///     .tier(cache_runtime::Tier::Redis)
+    ///     .build();
+    /// // `None` where no Redis is configured (the cache then has no Redis tier).
+    /// if let Some(key) = cache.redis_key("user:1") {
+    ///     let schema = cache.key_schema().unwrap();
+    ///     assert!(key.ends_with(&format!(":v2:{schema}:user:1")));
+    /// }
+    /// ```
     pub fn redis_key(&self, key: &str) -> Option<String> {
         self.redis.as_ref().map(|r| r.keys.value(&Key::new(key)))
+    }
+
+    /// What this cache's Redis value and lock keys name of its value type, if it uses Redis:
+    /// its `version` and a digest of its type's fingerprint
+    /// ([`KeySchema`](crate::key::KeySchema)). With
+    /// [`key::redis_keys`](crate::key::redis_keys) it gives every Redis key of an entry.
+    ///
+    /// ```
+    /// let cache = cache_runtime::Cache::<u64>::builder("doc::key_schema")
+    ///     .tier(cache_runtime::Tier::Redis)
+    ///     .build();
+    /// if let Some(schema) = cache.key_schema() {
+    ///     assert_eq!(schema, cache_runtime::key::KeySchema::of::<u64>(1), "version 1 of a u64");
+    /// }
+    /// ```
+    pub fn key_schema(&self) -> Option<crate::key::KeySchema> {
+        self.redis.as_ref().map(|r| r.keys.schema)
     }
 }
 

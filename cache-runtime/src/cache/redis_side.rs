@@ -4,7 +4,8 @@
 //! does not take a write. The transport (connection, scripts, timeouts, breaker) is
 //! [`RedisTier`]. The protocol is docs/PROTOCOL.md (stage 1: per-key tickets).
 //!
-//! Keys, for prefix `cr`, schema version `v`, logical key `k` and its bucket
+//! Keys, for prefix `cr`, key schema `v` (the `version` and a digest of the value type's
+//! fingerprint, `1.3fa9c1`: [`KeySchema`]), logical key `k` and its bucket
 //! `b = fnv1a(k) mod 1024` (the hash tag: one key's keys share a slot):
 //!
 //! ```text
@@ -39,8 +40,8 @@ use crate::codec::{self, DecodeError, Header};
 use crate::entry::Meta;
 use crate::error::CacheError;
 use crate::key::{
-    bucket_key, bucket_key_at, key_middles, redis_bucket, scope_key, scope_token_key, Scope,
-    CLEAR_TOKENS, REDIS_BUCKETS, TICKET_MIDDLE,
+    bucket_key, bucket_key_at, key_middles, redis_bucket, scope_key, scope_token_key, KeySchema,
+    Scope, CLEAR_TOKENS, REDIS_BUCKETS, TICKET_MIDDLE,
 };
 use crate::pending::{Added, PendingOp};
 use crate::redis_tier::{
@@ -97,6 +98,8 @@ fn new_ticket() -> u64 {
 pub(super) struct KeyScheme {
     prefix: String,
     /// `v{wire}:{schema}:` and `l:{schema}:`, between a key's hash tag and its logical key.
+    /// What the value and lock keys name of the value type.
+    pub(super) schema: KeySchema,
     value_middle: String,
     lock_middle: String,
     /// The cache-clear and global-clear token keys: one pair (single node, Sentinel), or
@@ -112,13 +115,13 @@ pub(super) struct KeyScheme {
 
 impl KeyScheme {
     /// The scheme of the runtime's Redis: striped scope tokens on a cluster.
-    pub(super) fn new(prefix: &str, cache: &str, version: u32) -> Self {
+    pub(super) fn new(prefix: &str, cache: &str, schema: KeySchema) -> Self {
         let striped = runtime().config.cluster.is_some();
-        Self::with_layout(prefix, cache, version, striped)
+        Self::with_layout(prefix, cache, schema, striped)
     }
 
-    pub(super) fn with_layout(prefix: &str, cache: &str, version: u32, striped: bool) -> Self {
-        let (value_middle, lock_middle) = key_middles(version);
+    pub(super) fn with_layout(prefix: &str, cache: &str, schema: KeySchema, striped: bool) -> Self {
+        let (value_middle, lock_middle) = key_middles(schema);
         let clears = if striped {
             (0..REDIS_BUCKETS)
                 .map(|b| {
@@ -142,6 +145,7 @@ impl KeyScheme {
         };
         Self {
             prefix: prefix.to_string(),
+            schema,
             value_middle,
             lock_middle,
             clears,
@@ -1081,14 +1085,16 @@ mod tests {
         let b = redis_bucket("user:42");
         assert!(b < REDIS_BUCKETS);
         for striped in [false, true] {
-            let keys = KeyScheme::with_layout("cr", "app::user", 3, striped);
+            let schema = KeySchema::from_fingerprint(3, 0x0123_4567_89ab_cdef);
+            assert_eq!(schema.to_string(), "3.888888", "version . digest");
+            let keys = KeyScheme::with_layout("cr", "app::user", schema, striped);
             let entry = keys.entry(&key, true);
-            assert_eq!(entry.value, format!("{{cr:{b}}}:v2:3:user:42"));
+            assert_eq!(entry.value, format!("{{cr:{b}}}:v2:3.888888:user:42"));
             assert_eq!(entry.ticket, format!("{{cr:{b}}}:t:user:42"));
-            assert_eq!(entry.lock, format!("{{cr:{b}}}:l:3:user:42"));
+            assert_eq!(entry.lock, format!("{{cr:{b}}}:l:3.888888:user:42"));
             assert_eq!(keys.channel, "cr:bus:1");
             assert_eq!(
-                crate::key::redis_keys("cr", 3, "user:42"),
+                crate::key::redis_keys("cr", schema, "user:42"),
                 (
                     entry.value.clone(),
                     entry.ticket.clone(),
@@ -1135,7 +1141,8 @@ mod tests {
         let long = "x".repeat(80);
         let key = Key::new("user:42").with_tags(vec!["t:1".into(), long]);
         for striped in [false, true] {
-            let keys = KeyScheme::with_layout("cr", "app::user", 3, striped);
+            let schema = KeySchema::from_fingerprint(3, 7);
+            let keys = KeyScheme::with_layout("cr", "app::user", schema, striped);
             let entry = keys.entry(&key, false);
             let mget = crate::redis_tier::mget_command(&keys.read_keys(&key));
             let args: Vec<String> = mget
