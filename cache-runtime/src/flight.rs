@@ -27,6 +27,12 @@ use tokio::sync::Notify;
 pub(crate) enum Outcome<V> {
     /// The value that was cached (or found in Redis).
     Value(V),
+    /// A value its sealed flight could not vouch for: Redis refused its store, so a write
+    /// covering its key landed while its body ran (see [`Leader::seal`]). Callers that joined
+    /// this flight try again; callers that join again after such a refusal take it (any
+    /// flight they join started after the one they first joined was sealed, so its body read
+    /// the source after they started).
+    Unverified(V),
     /// A non-cached result (an `Err`, a `None`) that waiters can rebuild.
     Shared(Box<dyn Any + Send>),
     /// A non-cached result that cannot be shared (non-`Clone` error): waiters run the body.
@@ -117,6 +123,7 @@ impl<V> Flights<V> {
                 drop(map);
                 return Joined::Leader(Leader {
                     flights: self,
+                    sealed: None,
                     hash,
                     leader: self.leaders.fetch_add(1, Ordering::Relaxed),
                     done: false,
@@ -145,6 +152,7 @@ impl<V> Flights<V> {
         );
         Joined::Leader(Leader {
             flights: self,
+            sealed: None,
             hash,
             leader,
             done: false,
@@ -259,6 +267,8 @@ impl<F: Future> Future for Running<F> {
 
 pub(crate) struct Leader<'a, V> {
     flights: &'a Flights<V>,
+    /// Taken out of the map by [`seal`](Self::seal): the flight its followers wait on, if any.
+    sealed: Option<Option<Arc<Flight<V>>>>,
     /// The key's hash: with `leader`, what finds this flight's slot.
     hash: u64,
     leader: u64,
@@ -287,10 +297,41 @@ impl<V> Leader<'_, V> {
     /// here or heard on the bus) detached this flight since it started: its body may have
     /// read the source before that write.
     pub(crate) fn detached(&self) -> bool {
+        if self.sealed.is_some() {
+            return true;
+        }
         let map = self.flights.lock(Flights::<V>::shard_of(self.hash));
         map.slots
             .find(self.hash, |s| s.leader == self.leader)
             .is_none()
+    }
+
+    /// Closes this flight: later callers of the key start a flight of their own, and what
+    /// this leader publishes reaches exactly the callers that joined before. Returns whether
+    /// any did. A check sent to Redis after this is therefore later than every follower's
+    /// start: a value it vouches for is fresh for all of them (docs/PROTOCOL.md §7.2).
+    pub(crate) fn seal(&mut self) -> bool {
+        let flight = self.take_flight();
+        let joined = flight.is_some();
+        self.sealed = Some(flight);
+        joined
+    }
+
+    /// Takes this flight out of the map (or of its shard's detached list): its followers'
+    /// flight, if anyone joined.
+    fn take_flight(&mut self) -> Option<Arc<Flight<V>>> {
+        if let Some(sealed) = self.sealed.take() {
+            return sealed;
+        }
+        let mut map = self.flights.lock(Flights::<V>::shard_of(self.hash));
+        let (hash, leader) = (self.hash, self.leader);
+        if let Ok(slot) = map.slots.find_entry(hash, |s| s.leader == leader) {
+            slot.remove().0.flight
+        } else {
+            // Detached by a write: found on the detached list if anyone waits.
+            let at = map.detached.iter().position(|(l, _)| *l == self.leader);
+            at.map(|i| map.detached.swap_remove(i).1)
+        }
     }
 
     pub(crate) fn finish(self, outcome: Outcome<V>) {
@@ -305,17 +346,7 @@ impl<V> Leader<'_, V> {
 
     fn publish(&mut self, outcome: impl FnOnce() -> Outcome<V>) {
         self.done = true;
-        let flight = {
-            let mut map = self.flights.lock(Flights::<V>::shard_of(self.hash));
-            let (hash, leader) = (self.hash, self.leader);
-            if let Ok(slot) = map.slots.find_entry(hash, |s| s.leader == leader) {
-                slot.remove().0.flight
-            } else {
-                // Detached by a write: found on the detached list if anyone waits.
-                let at = map.detached.iter().position(|(l, _)| *l == self.leader);
-                at.map(|i| map.detached.swap_remove(i).1)
-            }
-        };
+        let flight = self.take_flight();
         // Out of the map, nobody can join any more: only the followers that joined before
         // hold the flight.
         if let Some(flight) = flight {
@@ -334,12 +365,14 @@ impl<V> Drop for Leader<'_, V> {
 }
 
 impl<V: Clone> Flight<V> {
-    /// Waits for the leader. `None`: the caller must try again (the leader gave up, or its
-    /// result cannot be shared).
+    /// Waits for the leader. `None`: the caller must try again (the leader gave up, its
+    /// result cannot be shared, or its value is [`Outcome::Unverified`] and
+    /// `take_unverified` is false).
     pub(crate) async fn wait<R>(
         &self,
         rebuild: impl FnOnce(V) -> R,
         unshare: impl FnOnce(&(dyn Any + Send)) -> Option<R>,
+        take_unverified: bool,
     ) -> Option<R> {
         loop {
             // Registered before the check, so a publish in between is not missed.
@@ -349,6 +382,10 @@ impl<V: Clone> Flight<V> {
                 match &*outcome {
                     None => {}
                     Some(Outcome::Value(v)) => return Some(rebuild(v.clone())),
+                    Some(Outcome::Unverified(v)) if take_unverified => {
+                        return Some(rebuild(v.clone()))
+                    }
+                    Some(Outcome::Unverified(_)) => return None,
                     Some(Outcome::Shared(b)) => return unshare(b.as_ref()),
                     Some(Outcome::Unshareable | Outcome::Abandoned) => return None,
                 }
@@ -402,8 +439,11 @@ mod tests {
         inner.finish(Outcome::Value(1));
         assert_eq!(flights.len(), 2, "the first flight runs on");
         outer.finish(Outcome::Value(2));
-        assert_eq!(pollster::block_on(sibling.wait(|v| v, never)), Some(2));
-        assert_eq!(pollster::block_on(other.wait(|v| v, never)), Some(2));
+        assert_eq!(
+            pollster::block_on(sibling.wait(|v| v, never, false)),
+            Some(2)
+        );
+        assert_eq!(pollster::block_on(other.wait(|v| v, never, false)), Some(2));
         b.finish(Outcome::Value(3));
         assert_eq!(flights.len(), 0);
     }
@@ -439,7 +479,7 @@ mod tests {
         };
         drop(leader);
         assert_eq!(flights.len(), 0);
-        assert_eq!(pollster::block_on(f.wait(|v| v, never)), None);
+        assert_eq!(pollster::block_on(f.wait(|v| v, never, false)), None);
         assert!(matches!(flights.join("k", &[]), Joined::Leader(_)));
     }
 
@@ -464,7 +504,7 @@ mod tests {
         let Joined::Follower(f) = flights.join("k", &[]) else {
             panic!()
         };
-        let t = std::thread::spawn(move || pollster::block_on(f.wait(|v| v + 1, never)));
+        let t = std::thread::spawn(move || pollster::block_on(f.wait(|v| v + 1, never, false)));
         leader.finish(Outcome::Value(41));
         assert_eq!(t.join().unwrap(), Some(42));
     }
@@ -513,10 +553,69 @@ mod tests {
         // The old leader's outcome reaches only the follower that joined it.
         old.finish(Outcome::Value(1));
         assert_eq!(flights.parked(), 0);
-        assert_eq!(pollster::block_on(waiting.wait(|v| v, never)), Some(1));
+        assert_eq!(
+            pollster::block_on(waiting.wait(|v| v, never, false)),
+            Some(1)
+        );
         new.finish(Outcome::Value(2));
-        assert_eq!(pollster::block_on(late.wait(|v| v, never)), Some(2));
+        assert_eq!(pollster::block_on(late.wait(|v| v, never, false)), Some(2));
         assert_eq!(flights.len(), 0);
+    }
+
+    #[test]
+    fn a_sealed_flight_takes_no_new_callers_and_reports_its_followers() {
+        let flights = Flights::<u32>::new();
+        let Joined::Leader(mut alone) = flights.join("a", &[]) else {
+            panic!("first join leads")
+        };
+        assert!(!alone.seal(), "nobody joined");
+        let Joined::Leader(next) = flights.join("a", &[]) else {
+            panic!("a sealed flight is not joined: the caller leads")
+        };
+        alone.finish(Outcome::Value(1));
+        next.finish(Outcome::Value(2));
+
+        let Joined::Leader(mut old) = flights.join("b", &[]) else {
+            panic!()
+        };
+        let Joined::Follower(first) = flights.join("b", &[]) else {
+            panic!("joins the running flight")
+        };
+        let Joined::Follower(second) = flights.join("b", &[]) else {
+            panic!()
+        };
+        assert!(old.seal(), "two callers joined");
+        assert!(old.detached(), "sealed: its store is the checked one");
+        let Joined::Leader(new) = flights.join("b", &[]) else {
+            panic!("sealed: the next caller leads")
+        };
+        // Redis refused the store: its followers try again, unless they are trying again.
+        old.finish(Outcome::Unverified(1));
+        assert_eq!(pollster::block_on(first.wait(|v| v, never, false)), None);
+        assert_eq!(pollster::block_on(second.wait(|v| v, never, true)), Some(1));
+        new.finish(Outcome::Value(2));
+        assert_eq!((flights.len(), flights.parked()), (0, 0));
+    }
+
+    #[test]
+    fn a_sealed_leader_dropped_releases_its_followers() {
+        let flights = Flights::<u32>::new();
+        let Joined::Leader(mut leader) = flights.join("k", &[]) else {
+            panic!()
+        };
+        let Joined::Follower(f) = flights.join("k", &[]) else {
+            panic!()
+        };
+        // Detached by a write first, then sealed: the parked flight is the one sealed.
+        flights.detach("k");
+        assert!(leader.seal());
+        assert_eq!(flights.parked(), 0, "taken by the seal");
+        drop(leader);
+        assert_eq!(
+            pollster::block_on(f.wait(|v| v, never, true)),
+            None,
+            "abandoned"
+        );
     }
 
     #[test]

@@ -457,6 +457,73 @@ async fn five_hundred_concurrent_misses_on_the_redis_tier_run_the_body_once() {
         .unwrap());
 }
 
+static HELD_SOURCE: [AtomicUsize; 3] = [const { AtomicUsize::new(1) }; 3];
+static HELD_RUNS: AtomicUsize = AtomicUsize::new(0);
+static HELD_GATE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Reads its source, then (its first run only) waits at the gate.
+#[cached(tier = "redis", ttl = 60, key = "held:<id>", tags = ["held-team:<id>"])]
+async fn held(id: usize) -> usize {
+    let read = HELD_SOURCE[id].load(SeqCst);
+    if HELD_RUNS.fetch_add(1, SeqCst) == 0 {
+        HELD_GATE.notified().await;
+    }
+    read
+}
+
+/// A write lands in Redis while a body runs and its bus message never arrives (another
+/// process's invalidation during a subscriber drop: here the ticket or the tag token deleted
+/// behind the process's back). A call made after that write joins the running flight, which
+/// nothing detached; it must not be handed the value the body read before the write: the
+/// sealed flight's store is refused, and the call runs the body again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_after_an_unheard_write_is_not_handed_the_older_body_result() {
+    let server = shared_redis();
+    let schema = held_cache().key_schema().unwrap();
+    let ticket_of =
+        |id: usize| cache_runtime::key::redis_keys("t", schema, &format!("held:{id}")).1;
+    let cases: [(usize, String); 2] = [
+        (1, ticket_of(1)),
+        (2, "{t:scopes}:t:held-team:2".to_string()),
+    ];
+    for (id, written) in cases {
+        HELD_RUNS.store(0, SeqCst);
+        let joined = held_cache().stats().joined;
+        let leader = tokio::spawn(held(id));
+        cache_tests::eventually(Duration::from_secs(10), "the leader in its body", || {
+            HELD_RUNS.load(SeqCst) == 1
+        })
+        .await;
+        // The write: the source changes, then Redis loses the key's ticket (or its tag's
+        // token), with no bus message.
+        HELD_SOURCE[id].store(2, SeqCst);
+        let deleted: u64 = server.cmd(&["DEL", &written]).expect("DEL");
+        assert_eq!(deleted, 1, "{written} existed: the write changed something");
+        // A call started after the write, joined to the flight that started before it.
+        let follower = tokio::spawn(held(id));
+        cache_tests::eventually(
+            Duration::from_secs(10),
+            "the call joined the flight",
+            || held_cache().stats().joined == joined + 1,
+        )
+        .await;
+        HELD_GATE.notify_one();
+        assert_eq!(
+            leader.await.unwrap(),
+            1,
+            "the leader started before the write"
+        );
+        assert_eq!(
+            follower.await.unwrap(),
+            2,
+            "{written}: a call after the write gets the source after it"
+        );
+        assert_eq!(HELD_RUNS.load(SeqCst), 2, "the body ran again for it");
+        assert_eq!(held(id).await, 2, "and Redis holds the new value");
+        assert_eq!(HELD_RUNS.load(SeqCst), 2);
+    }
+}
+
 static LOCKED_RUNS: AtomicUsize = AtomicUsize::new(0);
 
 #[cached(

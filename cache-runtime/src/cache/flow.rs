@@ -67,6 +67,9 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         B: Future<Output = R>,
     {
         let mut joined = false;
+        // Set once a flight this call joined gave it nothing: every flight it joins from then
+        // on started after it did, so even an unverified value is fresh for it.
+        let mut retrying = false;
         loop {
             match self.flights.join(&key.logical, &key.tags) {
                 Joined::Follower(flight) => {
@@ -81,12 +84,14 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                                 (sharing.unshare)(b)
                                     .map(|r| (r, Meta::fresh(Duration::ZERO, None), Source::Body))
                             },
+                            retrying,
                         )
                         .await;
                     if let Some(r) = waited {
                         self.count_follower(r.2);
                         return r;
                     }
+                    retrying = true;
                     // The leader gave up or could not share its result: try again.
                     if let Some((v, meta)) = self.local_hit(&key.logical) {
                         return (S::rebuild(v), meta, Source::Local);
@@ -127,7 +132,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     pub(super) async fn lead<R, S, B>(
         &self,
         key: &Key,
-        leader: Leader<'_, Got<V>>,
+        mut leader: Leader<'_, Got<V>>,
         body: &mut Option<B>,
         sharing: &Sharing<R>,
         count_miss: bool,
@@ -181,18 +186,29 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         };
         // A failed Redis write is counted and logged; the caller still gets the value.
         let heard = leader.detached();
-        let (_, meta) = self
-            .store_fresh(key, &v, negative, (seen_local, heard), claim)
+        // A Redis-only cache vouches for the value to the callers that joined its flight
+        // with the store itself: sealed first (nobody joins after), then stored with the
+        // script, which refuses it if the key's ticket or a scope token changed since the
+        // read, i.e. if a write landed while the body ran, here or in any process, whether
+        // or not its bus message arrived (docs/PROTOCOL.md §7.2). A cache with a local tier
+        // keeps relying on the bus and its trust window for its flights, as for its copies.
+        let followers = self.local.is_none() && self.redis.is_some() && leader.seal();
+        let (_, meta, refused) = self
+            .store_fresh(key, &v, negative, (seen_local, heard || followers), claim)
             .await;
         // The store released the lock (its script, or `release` where it stored nothing).
         unlock.disarm();
         // Copied for concurrent callers only, if any joined.
         leader.finish_with(|| {
-            Outcome::Value(Got {
+            let got = Got {
                 value: v.clone(),
                 meta,
                 source: Source::Body,
-            })
+            };
+            match refused && followers {
+                true => Outcome::Unverified(got),
+                false => Outcome::Value(got),
+            }
         });
         (S::rebuild(v), meta, Source::Body)
     }
@@ -239,8 +255,9 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     /// which also releases the lock), then locally only if the ticket was still ours and no
     /// local write happened since the lookup (`seen_local`). `heard`: a write covering the
     /// key was heard while the body ran, so the Redis write is the conditional script
-    /// instead of a plain `SET` (docs/PROTOCOL.md §7.2). Returns Redis's answer and the
-    /// value's metadata.
+    /// instead of a plain `SET` (docs/PROTOCOL.md §7.2). Returns Redis's answer, the
+    /// value's metadata, and whether Redis refused the value as superseded (the script found
+    /// the key's ticket or a scope token changed since the read).
     pub(super) async fn store_fresh(
         &self,
         key: &Key,
@@ -248,7 +265,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         negative: bool,
         (seen_local, heard): (u64, bool),
         claim: Option<Claim>,
-    ) -> (Result<(), CacheError>, Meta) {
+    ) -> (Result<(), CacheError>, Meta, bool) {
         let ttl = self.entry_ttl(negative);
         // Taken before the Redis write: the local deadline then never passes Redis's expiry,
         // which starts when Redis receives the SET.
@@ -269,7 +286,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 // and bus-gap clears move it too, which would skip legitimate stores.)
                 self.release(key, claim.into_token()).await;
                 self.counters.superseded.add(1);
-                return (Ok(()), meta);
+                return (Ok(()), meta, false);
             }
             match self
                 .redis_store_fresh(key, value, &mut meta, ttl, (claim, heard))
@@ -278,7 +295,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 Ok(false) => {
                     // A write happened while the body ran: this value is stale.
                     self.counters.superseded.add(1);
-                    return (Ok(()), meta);
+                    return (Ok(()), meta, true);
                 }
                 written => res = self.count_redis(written.map(drop)),
             }
@@ -297,7 +314,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         } else if self.local.is_some() {
             self.counters.superseded.add(1);
         }
-        (res, meta)
+        (res, meta, false)
     }
 
     /// An explicit write (populate, refresh): bumps the generation (evicting other
