@@ -333,6 +333,11 @@ pub(crate) fn apply_locally(action: Action, target: &str, counter: u64) {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct BusStatus {
+    /// Whether this process subscribes (docs/PROTOCOL.md §5.2): since its first cache with a
+    /// local tier was built, or where only the subscription notices a restart (Sentinel, a
+    /// cluster, a server or ACL that refuses client tracking). A process whose caches are all
+    /// Redis-only does not: it publishes its writes for the others, and hears nothing.
+    pub wanted: bool,
     /// Whether the subscription is up now.
     pub connected: bool,
     /// Times the subscription was (re)established.
@@ -372,6 +377,7 @@ fn counters() -> &'static Counters {
 pub fn bus_status() -> BusStatus {
     let c = counters();
     BusStatus {
+        wanted: STARTED.load(Ordering::Relaxed),
         connected: c.connected.load(Ordering::Relaxed),
         subscriptions: c.subscriptions.load(Ordering::Relaxed),
         received: c.received.load(Ordering::Relaxed),
@@ -452,6 +458,52 @@ fn subscribed() {
 
 /// Called by [`run`] when a subscription it had is lost.
 pub(crate) type SubscriptionLost = Box<dyn Fn() + Send + Sync>;
+
+/// How to start the subscription (spawn [`run`]), until it is started.
+type Start = Box<dyn FnOnce() + Send>;
+
+static START: Mutex<Option<Start>> = Mutex::new(None);
+static WANTED: AtomicBool = AtomicBool::new(false);
+/// The subscriber was started (with a Redis tier configured, and wanted).
+static STARTED: AtomicBool = AtomicBool::new(false);
+
+/// The subscription is needed from now on: started now if the Redis tier is built, else as
+/// soon as it is ([`start_on_demand`]). What needs it (docs/PROTOCOL.md §5.2): a cache with
+/// a local tier (its copies are served only while the bus is trusted, and other processes'
+/// writes evict them), and restarts that only the subscription notices (§8.2: a reader
+/// without client tracking, Sentinel, a cluster). A process whose caches are all Redis-only
+/// on a single node with tracking has no subscriber: its writes publish for others, and no
+/// message, echo of its own writes included, wakes it.
+pub(crate) fn want() {
+    if WANTED.load(Ordering::Acquire) {
+        return;
+    }
+    WANTED.store(true, Ordering::SeqCst);
+    start_if_wanted();
+}
+
+/// Hands the bus how to start its subscription; `now`: start it at once (wanted whatever
+/// the caches, [`want`]).
+pub(crate) fn start_on_demand(start: Start, now: bool) {
+    *START.lock().unwrap_or_else(|p| p.into_inner()) = Some(start);
+    if now {
+        WANTED.store(true, Ordering::SeqCst);
+    }
+    start_if_wanted();
+}
+
+/// Both sides set their half (`WANTED`, `START`) before they look at the other's, so the
+/// later of the two starts it, once.
+fn start_if_wanted() {
+    if !WANTED.load(Ordering::SeqCst) {
+        return;
+    }
+    let start = START.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(start) = start {
+        STARTED.store(true, Ordering::Relaxed);
+        start();
+    }
+}
 
 /// Runs forever on the Redis thread: subscribe, apply, reconnect.
 #[cfg(feature = "redis")]

@@ -20,12 +20,14 @@ fn make_runtime(config: Config) -> Result<Runtime, InitError> {
     let redis = match config.redis_configured() {
         true => {
             let tier = RedisTier::new(&config)?;
-            tier.handle().spawn(bus::run(
-                tier.target(),
-                config.key_prefix.clone(),
-                config.connect_timeout,
-                tier.subscription_lost_hook(),
-            ));
+            let (handle, target) = (tier.handle().clone(), tier.target());
+            let (prefix, timeout) = (config.key_prefix.clone(), config.connect_timeout);
+            let lost = tier.subscription_lost_hook();
+            let start = move || drop(handle.spawn(bus::run(target, prefix, timeout, lost)));
+            // Restarts on Sentinel and a cluster are noticed by the subscription (§8.2); on a
+            // single node the first cache with a local tier, or tracking refused, starts it.
+            let now = config.sentinel.is_some() || config.cluster.is_some();
+            bus::start_on_demand(Box::new(start), now);
             Some(tier)
         }
         false => None,

@@ -714,8 +714,8 @@ pub fn shared_lock_key<V>(cache: &cache_runtime::Cache<V>, logical: &str) -> Str
 /// copies right after a first load wait for this first.
 pub async fn shared_redis_with_bus() -> &'static RedisServer {
     let server = shared_redis();
-    // Creates the runtime, which starts the bus.
-    let _ = cache_runtime::redis_status();
+    // A cache with a local tier wants the bus: the test's own may not be built yet.
+    let _ = cache_runtime::Cache::<u8>::builder("cache_tests::with_bus").build();
     eventually(
         Duration::from_secs(10),
         "the invalidation bus to subscribe",

@@ -189,6 +189,9 @@ pub fn serve(handlers: Handlers) {
             .await
             .expect("db connection");
         let _ = DB.set(conn);
+        // The node's caches are built now (the first with a local tier starts the bus's
+        // subscription), not on the first call: tests wait for the subscription first.
+        let _ = (handlers.stats)();
         let handlers = Arc::new(handlers);
         emit("! ready".into()).await;
         let mut lines = BufReader::new(tokio::io::stdin()).lines();

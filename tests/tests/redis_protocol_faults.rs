@@ -472,9 +472,10 @@ fn a_claim_inside_the_read_keeps_the_held_body_guarantee() {
     );
 }
 
-/// The value key of the nodes' `profile` cache for `id` (schema 1).
+/// The value key of the nodes' `profile` cache for `id` (version 1 of a `String`).
 fn value_key_of(server: &RedisServer, id: u64) -> String {
-    let keys = server.scan(&format!("{{t:*}}:v*:1:profile:{id}"));
+    let schema = cache_runtime::key::KeySchema::of::<String>(1);
+    let keys = server.scan(&format!("{{t:*}}:v2:{schema}:profile:{id}"));
     assert_eq!(keys.len(), 1, "one value key: {keys:?}");
     keys[0].clone()
 }

@@ -357,6 +357,8 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
             tagged: self.tagged,
         });
         local_side::register(&side);
+        // Local copies need the subscription: its messages evict them, its trust serves them.
+        crate::bus::want();
         Some(side)
     }
 }

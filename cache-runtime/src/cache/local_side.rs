@@ -151,7 +151,9 @@ pub(super) struct Written {
     pub(super) ttl: Duration,
 }
 
-/// Registers a bus target; the bus keeps it only while the cache holds the `Arc`.
+/// Registers a bus target; the bus keeps it only while the cache holds the `Arc`. A
+/// Redis-only cache's flights are one (this process's writes detach them) without needing
+/// the subscription: they vouch for their values with the store (docs/PROTOCOL.md §13 F9).
 pub(super) fn register<T: bus::Target + 'static>(target: &Arc<T>) {
     let weak: std::sync::Weak<dyn bus::Target> =
         Arc::downgrade(target) as std::sync::Weak<dyn bus::Target>;

@@ -1077,7 +1077,10 @@ impl Shared {
             // is several reference counts), unless it sends its request itself.
             Ok(t) => Some(Arc::new(t)),
             Err(e) => {
-                // Correct either way; only slower (each hit reads its scope tokens).
+                // Correct either way; only slower (each hit reads its scope tokens). Without
+                // the tracked connection only the subscription notices a restart behind the
+                // data connection's back (docs/PROTOCOL.md §8.2).
+                crate::bus::want();
                 self.log.warn_error(
                     "redis",
                     "client tracking refused (RESP3 `HELLO 3`, `CLIENT TRACKING`): hits read \

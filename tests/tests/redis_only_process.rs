@@ -1,0 +1,65 @@
+//! A process whose caches are all Redis-only, on a single node with client tracking, does
+//! not subscribe to the bus (docs/PROTOCOL.md §5.2): no connection, no probes, and no echo
+//! of its own writes waking it. Its writes still publish, and evict other processes' local
+//! copies.
+
+use std::time::Duration;
+
+use cache_runtime::{cached, Config};
+use cache_tests::node::set_row;
+use cache_tests::{eventually_blocking, Node, RedisServer};
+
+const NODE: &str = env!("CARGO_BIN_EXE_cache-node");
+const WITHIN: Duration = Duration::from_secs(10);
+
+/// The nodes' `profile` key and value type (version 1 of a `String`), without a local tier.
+#[cached(tier = "redis", ttl = 60, key = "profile:<id>")]
+async fn profile(id: u64) -> String {
+    format!("from the test process {id}")
+}
+
+/// The subscribers of the bus's channel, as the server counts them.
+fn subscribers(server: &RedisServer) -> u64 {
+    let reply: (String, u64) = server
+        .cmd(&["PUBSUB", "NUMSUB", "t:bus:1"])
+        .expect("PUBSUB NUMSUB");
+    reply.1
+}
+
+#[test]
+fn a_redis_only_process_does_not_subscribe_and_its_writes_still_evict_other_copies() {
+    let server = RedisServer::start();
+    cache_runtime::init(
+        Config::builder()
+            .redis_url(server.url())
+            .key_prefix("t")
+            .build(),
+    )
+    .unwrap();
+    let node = Node::start(NODE, &server, &[]);
+    node.wait_subscribed(1, WITHIN);
+    set_row(&server, 1, "ada");
+    assert_eq!(node.call("get 1"), "ada");
+    assert_eq!(node.call("peek 1"), "ada", "the node holds a local copy");
+
+    let rt = cache_tests::current_thread_runtime();
+    // Another cache (another name, no tags): its own entry under the same key's ticket.
+    assert_eq!(rt.block_on(profile(1)), "from the test process 1");
+    assert_eq!(rt.block_on(profile(1)), "from the test process 1");
+    assert_eq!(profile_cache().stats().redis_hits, 1, "cached in Redis");
+    let bus = cache_runtime::bus_status();
+    assert!(
+        !bus.wanted && !bus.connected && bus.subscriptions == 0,
+        "{bus:?}"
+    );
+    assert_eq!(subscribers(&server), 1, "the node alone is subscribed");
+
+    set_row(&server, 1, "grace");
+    rt.block_on(invalidate_profile(1)).expect("invalidate");
+    eventually_blocking(WITHIN, "the node's copy evicted by the message", || {
+        node.call("peek 1") == "-"
+    });
+    assert_eq!(node.call("get 1"), "grace");
+    assert_eq!(subscribers(&server), 1, "still the node alone");
+    assert_eq!(cache_runtime::bus_status().subscriptions, 0);
+}
