@@ -684,6 +684,20 @@ pub(crate) fn spawn_tied_to_process(cmd: Command) -> Child {
         .unwrap_or_else(|e| panic!("cannot start redis-server: {e}. {INSTALL_HINT}"))
 }
 
+/// A server of the test's own (which it may kill, pause or restart), with the cache runtime
+/// configured to use it: key prefix `prefix`, the default timeouts. Once per test binary.
+pub fn own_redis(prefix: &str) -> RedisServer {
+    let server = RedisServer::start();
+    cache_runtime::init(
+        cache_runtime::Config::builder()
+            .redis_url(server.url())
+            .key_prefix(prefix)
+            .build(),
+    )
+    .expect("the cache runtime is configured once per test binary");
+    server
+}
+
 /// The process-wide server of a test binary, started on first use, with the cache runtime
 /// configured to use it (key prefix `t`, 200 ms timeout).
 pub fn shared_redis() -> &'static RedisServer {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use cache_runtime::{cached, Config};
+use cache_runtime::cached;
 use cache_tests::{wait_until, RedisServer};
 
 #[cached(tier = "redis", ttl = 60, key = "caller_rt:<id>")]
@@ -21,14 +21,7 @@ fn clients(server: &RedisServer) -> u64 {
 
 #[test]
 fn a_busy_runtime_gets_its_own_connections_and_short_lived_ones_do_not() {
-    let server = RedisServer::start();
-    cache_runtime::init(
-        Config::builder()
-            .redis_url(server.url())
-            .key_prefix("t")
-            .build(),
-    )
-    .unwrap();
+    let server = cache_tests::own_redis("t");
     // The main connections come up with the first calls. This process's one cache is
     // Redis-only, on a single node with client tracking: no subscription (PROTOCOL §5.2).
     let short_lived = || cache_tests::current_thread_runtime();

@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
-use cache_runtime::{cached, BreakerState, Config};
+use cache_runtime::{cached, BreakerState};
 use cache_tests::{eventually, RedisServer};
 
 static BODIES: AtomicUsize = AtomicUsize::new(0);
@@ -73,14 +73,7 @@ async fn read_each_from_redis(id: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_redis_closes_while_idle_cost_no_body_and_no_error() {
-    let server = RedisServer::start();
-    cache_runtime::init(
-        Config::builder()
-            .redis_url(server.url())
-            .key_prefix("t")
-            .build(),
-    )
-    .unwrap();
+    let server = cache_tests::own_redis("t");
     // Filled, then read from Redis often enough that this runtime opens connections of its
     // own (the blocking caller keeps using the main ones).
     for _ in 0..40 {

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use cache_runtime::{cached, Config};
+use cache_runtime::cached;
 use cache_tests::node::set_row;
 use cache_tests::{eventually_blocking, Node, RedisServer};
 
@@ -28,14 +28,7 @@ fn subscribers(server: &RedisServer) -> u64 {
 
 #[test]
 fn a_redis_only_process_does_not_subscribe_and_its_writes_still_evict_other_copies() {
-    let server = RedisServer::start();
-    cache_runtime::init(
-        Config::builder()
-            .redis_url(server.url())
-            .key_prefix("t")
-            .build(),
-    )
-    .unwrap();
+    let server = cache_tests::own_redis("t");
     let node = Node::start(NODE, &server, &[]);
     node.wait_subscribed(1, WITHIN);
     set_row(&server, 1, "ada");

@@ -8,8 +8,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
-use cache_runtime::{cached, Config};
-use cache_tests::RedisServer;
+use cache_runtime::cached;
 
 const KEYS: usize = 16;
 
@@ -34,14 +33,7 @@ async fn locked(id: usize) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_invalidated_after_a_snapshot_are_not_served_after_a_restart_from_it() {
-    let server = RedisServer::start();
-    cache_runtime::init(
-        Config::builder()
-            .redis_url(server.url())
-            .key_prefix("snap")
-            .build(),
-    )
-    .unwrap();
+    let server = cache_tests::own_redis("snap");
     // Version 1 in Redis, and a snapshot of it.
     for id in 0..KEYS {
         assert_eq!(remote(id).await, 1);

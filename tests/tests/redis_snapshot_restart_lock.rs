@@ -7,8 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
-use cache_runtime::{cached, Config};
-use cache_tests::RedisServer;
+use cache_runtime::cached;
 
 const KEYS: usize = 16;
 
@@ -22,14 +21,7 @@ async fn locked(id: usize) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_reads_after_a_restart_from_a_snapshot_serve_no_restored_value() {
-    let server = RedisServer::start();
-    cache_runtime::init(
-        Config::builder()
-            .redis_url(server.url())
-            .key_prefix("snaplock")
-            .build(),
-    )
-    .unwrap();
+    let server = cache_tests::own_redis("snaplock");
     for id in 0..KEYS {
         assert_eq!(locked(id).await, 1);
     }
