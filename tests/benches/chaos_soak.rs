@@ -26,6 +26,8 @@
 //! - `CHAOS_SENTINEL=1`: the cache Redis is a Sentinel set (1 master, 1 replica, 3
 //!   sentinels) that both processes reach through the sentinels; the faults hit the current
 //!   master and a `SENTINEL FAILOVER` joins the rotation.
+//! - `CHAOS_REDIS_ONLY=1`: both processes cache with `tier = "redis"` instead (no local
+//!   copies: every call reads Redis; on a single node neither process subscribes).
 //! - `CHAOS_CLUSTER=1`: the cache Redis is a Redis Cluster (3 masters, each with a replica;
 //!   node timeout 1 s); each fault hits the next master in turn (restarts and pauses end
 //!   within the node timeout, so the restarted master serves its slots again, with an empty
@@ -60,7 +62,38 @@ fn now_us() -> u64 {
 
 #[cached(tier = "local+redis", ttl = 30, local_ttl = 5, key = "chaos:<id>", tags = ["k:<id>"])]
 async fn item(id: u64) -> Result<u64, String> {
-    // A 200 µs query.
+    query(id).await
+}
+
+/// `CHAOS_REDIS_ONLY=1`: both processes use this one instead, without a local tier. On a
+/// single node neither process then subscribes to the bus (docs/PROTOCOL.md §5.2), and
+/// concurrent calls of a key share flights that vouch for their values with the store (§13
+/// F9).
+#[cached(tier = "redis", ttl = 30, key = "chaos:<id>", tags = ["k:<id>"])]
+async fn item_redis(id: u64) -> Result<u64, String> {
+    query(id).await
+}
+
+fn redis_only() -> bool {
+    std::env::var_os("CHAOS_REDIS_ONLY").is_some()
+}
+
+async fn read(id: u64) -> Result<u64, String> {
+    match redis_only() {
+        true => item_redis(id).await,
+        false => item(id).await,
+    }
+}
+
+async fn invalidate(id: u64) -> Result<(), cache_runtime::CacheError> {
+    match redis_only() {
+        true => invalidate_item_redis(id).await,
+        false => invalidate_item(id).await,
+    }
+}
+
+/// The source's row: a 200 µs query.
+async fn query(id: u64) -> Result<u64, String> {
     tokio::time::sleep(Duration::from_micros(200)).await;
     redis::cmd("GET")
         .arg(format!("db:{id}"))
@@ -130,11 +163,11 @@ fn writer(total: Duration) {
                         .await
                         .expect("the source redis");
                     // Reads of this key in this process fill the cache meanwhile.
-                    let _ = item(id).await;
+                    let _ = read(id).await;
                     let res = if i % 3 == 0 {
                         cache_runtime::invalidate_tag(&format!("k:{id}")).await
                     } else {
-                        invalidate_item(id).await
+                        invalidate(id).await
                     };
                     match res {
                         Ok(()) => {
@@ -246,7 +279,7 @@ fn main() {
                         })
                         .unwrap_or((0, 0));
                     mine.reads += 1;
-                    match item(id).await {
+                    match read(id).await {
                         Ok(v) if v >= must => {}
                         Ok(v) => {
                             let age = started.saturating_sub(at);
@@ -285,8 +318,12 @@ fn main() {
     let mut t = std::mem::take(&mut *tally.lock().unwrap());
     t.stale_ages_us.sort_unstable();
     let faults = faults.lock().unwrap().clone();
-    let stats = item_cache().stats();
-    println!("chaos soak: {total:?}, reader process 16 tasks, writer process 2 tasks, {KEYS} keys (skewed)");
+    let stats = match redis_only() {
+        true => item_redis_cache().stats(),
+        false => item_cache().stats(),
+    };
+    let tier = if redis_only() { "redis" } else { "local+redis" };
+    println!("chaos soak: {total:?}, reader process 16 tasks, writer process 2 tasks, {KEYS} keys (skewed), tier {tier}");
     let mut counts: Vec<(&str, usize)> = FAULTS
         .iter()
         .map(|f| (*f, faults.iter().filter(|x| *x == f).count()))
