@@ -21,12 +21,6 @@ struct Profile {
     name: String,
 }
 
-/// The Redis key of `cache`'s distributed lock of `logical`.
-fn lock_key<V>(cache: &Cache<V>, logical: &str) -> String {
-    let schema = cache.key_schema().expect("a cache with a Redis tier");
-    cache_runtime::key::redis_keys("t", schema, logical).2
-}
-
 fn raw() -> redis::Connection {
     shared_redis().client()
 }
@@ -557,7 +551,10 @@ async fn a_stale_value_does_not_make_a_lock_user_wait_for_nobody() {
     );
     assert!(
         !raw()
-            .exists::<_, bool>(&lock_key(locked_stale_cache(), "locked-stale:1"))
+            .exists::<_, bool>(&cache_tests::shared_lock_key(
+                locked_stale_cache(),
+                "locked-stale:1"
+            ))
             .unwrap(),
         "lock released"
     );

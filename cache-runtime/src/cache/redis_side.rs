@@ -97,9 +97,9 @@ fn new_ticket() -> u64 {
 /// One cache's Redis keys (see the module docs).
 pub(super) struct KeyScheme {
     prefix: String,
-    /// `v{wire}:{schema}:` and `l:{schema}:`, between a key's hash tag and its logical key.
     /// What the value and lock keys name of the value type.
     pub(super) schema: KeySchema,
+    /// `v{wire}:{schema}:` and `l:{schema}:`, between a key's hash tag and its logical key.
     value_middle: String,
     lock_middle: String,
     /// The cache-clear and global-clear token keys: one pair (single node, Sentinel), or
