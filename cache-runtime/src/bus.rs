@@ -482,6 +482,13 @@ pub(crate) fn want() {
     start_if_wanted();
 }
 
+/// Whether this process subscribes (the subscriber was started): its own messages then echo
+/// back to it, which is what the invalidation lane's reply order is for (docs/PROTOCOL.md
+/// §7.4); a process that does not is sent plain pipelines.
+pub(crate) fn subscribes() -> bool {
+    STARTED.load(Ordering::Relaxed)
+}
+
 /// Hands the bus how to start its subscription; `now`: start it at once (wanted whatever
 /// the caches, [`want`]).
 pub(crate) fn start_on_demand(start: Start, now: bool) {

@@ -27,6 +27,14 @@ async fn item(id: u64) -> u64 {
     id * 1_000_000 + VERSIONS[id as usize].load(SeqCst)
 }
 
+/// A cache with a local tier: the process subscribes, so its own messages echo back to it,
+/// which is what the lane's reply order is for (a process that does not subscribe sends
+/// plain pipelines, docs/PROTOCOL.md §7.4).
+#[cached(tier = "local+redis", ttl = 60, key = "lane-copy:<id>")]
+async fn copy(id: u64) -> u64 {
+    id
+}
+
 /// The README's ACL line with `+client|reply` (the lane's permission).
 const ACL: &str = "cache on >secret resetkeys resetchannels ~{cr:* &cr:bus:* -@all \
     +ping +auth +hello +select +get +mget +set +del +pexpire +pexpireat +pttl +evalsha \
@@ -84,6 +92,8 @@ async fn invalidations_take_the_lane_and_every_fault_of_it_falls_back_to_the_scr
             .build(),
     )
     .unwrap();
+    copy_cache();
+    assert!(cache_runtime::bus_status().wanted, "a local tier subscribes");
 
     // 1. The lane is taken: one `CLIENT REPLY SKIP` per invalidation (of a key or a tag),
     // no script.

@@ -19,6 +19,14 @@ async fn item(id: u64) -> u64 {
     id * 1_000_000 + VERSIONS[id as usize].load(SeqCst)
 }
 
+/// A cache with a local tier: the process subscribes, so its own messages echo back to it,
+/// which is what the lane's reply order is for (a process that does not subscribe sends
+/// plain pipelines, docs/PROTOCOL.md §7.4).
+#[cached(tier = "local+redis", ttl = 60, key = "refused-copy:<id>")]
+async fn copy(id: u64) -> u64 {
+    id
+}
+
 const ACL_WITHOUT_REPLY: &str = "cache on >secret resetkeys resetchannels ~{cr:* &cr:bus:* \
     -@all +ping +auth +hello +select +get +mget +set +del +pexpire +pexpireat +pttl +evalsha \
     +script|load +publish +subscribe +unsubscribe +time +role +wait +client|tracking \
@@ -34,6 +42,8 @@ async fn without_client_reply_every_invalidation_runs_the_script_and_stays_corre
             .build(),
     )
     .unwrap();
+    copy_cache();
+    assert!(cache_runtime::bus_status().wanted, "a local tier subscribes");
 
     // Enough calls for the runtime's own connections; invalidations until the lane has
     // tried its proof (refused).

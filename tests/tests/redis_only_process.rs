@@ -1,7 +1,9 @@
 //! A process whose caches are all Redis-only, on a single node with client tracking, does
 //! not subscribe to the bus (docs/PROTOCOL.md §5.2): no connection, no probes, and no echo
 //! of its own writes waking it. Its writes still publish, and evict other processes' local
-//! copies.
+//! copies. Its invalidations are plain pipelines, `DEL` · `PUBLISH` · `SET` (§7.4): no
+//! script and no invalidation lane (their reply order is for a process that hears its own
+//! echo), any number in flight at once.
 
 use std::time::Duration;
 
@@ -55,4 +57,71 @@ fn a_redis_only_process_does_not_subscribe_and_its_writes_still_evict_other_copi
     assert_eq!(node.call("get 1"), "grace");
     assert_eq!(subscribers(&server), 1, "still the node alone");
     assert_eq!(cache_runtime::bus_status().subscriptions, 0);
+
+    // The invalidations, counted from the server's side: 16 at once, each its `DEL`,
+    // `PUBLISH` and `SET` (the fresh ticket), no `CLIENT REPLY` (the lane) and no script
+    // (the lane, one in flight, sent the others to the script).
+    let calls = |c: &str| server.command_stats(c).0;
+    let (del, publish, set, scripts) = (
+        calls("del"),
+        calls("publish"),
+        calls("set"),
+        calls("evalsha"),
+    );
+    let ids: Vec<u64> = (10..26).collect();
+    let rounds = rt.block_on(async {
+        for &id in &ids {
+            profile(id).await;
+        }
+        let mut runs = tokio::task::JoinSet::new();
+        for &id in &ids {
+            runs.spawn(invalidate_profile(id));
+        }
+        runs.join_all()
+            .await
+            .into_iter()
+            .filter(Result::is_ok)
+            .count()
+    });
+    assert_eq!(rounds, ids.len(), "every invalidation Ok");
+    assert_eq!(calls("del") - del, 16, "one DEL each");
+    assert_eq!(calls("publish") - publish, 16, "one message each");
+    assert!(
+        calls("set") - set >= 16,
+        "a fresh ticket each (and the reads' stores)"
+    );
+    assert_eq!(calls("client|reply"), 0, "no invalidation lane");
+    assert_eq!(calls("evalsha"), scripts, "no invalidate script");
+    let misses = profile_cache().stats().misses;
+    rt.block_on(profile(10));
+    assert_eq!(
+        profile_cache().stats().misses,
+        misses + 1,
+        "invalidated in Redis"
+    );
+
+    // `noeviction` OOM refuses the fresh ticket's `SET`, not the `DEL` or the message: the
+    // invalidation is Ok and took (the key simply has no ticket, as the script leaves it).
+    rt.block_on(profile(11));
+    let hits = profile_cache().stats().redis_hits;
+    rt.block_on(profile(11));
+    assert_eq!(profile_cache().stats().redis_hits, hits + 1, "cached again");
+    server.config_set("maxmemory-policy", "noeviction");
+    server.config_set("maxmemory", "1");
+    let result = rt.block_on(invalidate_profile(11));
+    server.config_set("maxmemory", "0");
+    result.expect("an invalidation under OOM is Ok");
+    let schema = profile_cache().key_schema().expect("a Redis tier");
+    let ticket_key = cache_runtime::key::redis_keys("t", schema, "profile:11").1;
+    assert_eq!(
+        server.cmd::<Option<String>>(&["GET", &ticket_key]).unwrap(),
+        None
+    );
+    let misses = profile_cache().stats().misses;
+    rt.block_on(profile(11));
+    assert_eq!(
+        profile_cache().stats().misses,
+        misses + 1,
+        "invalidated under OOM"
+    );
 }

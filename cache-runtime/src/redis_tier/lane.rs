@@ -289,7 +289,7 @@ impl Lane {
 }
 
 /// A command sized up front: no buffer grows while the pipeline is written.
-fn sized(args: &[&[u8]]) -> redis::Cmd {
+pub(super) fn sized(args: &[&[u8]]) -> redis::Cmd {
     let mut c = redis::Cmd::with_capacity(args.len(), args.iter().map(|a| a.len()).sum());
     for a in args {
         c.arg(*a);

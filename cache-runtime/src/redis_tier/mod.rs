@@ -1386,6 +1386,11 @@ impl RedisTier {
         channel: String,
         message: String,
     ) -> Result<(), CacheError> {
+        if !bus::subscribes() {
+            return self
+                .invalidate_plain(value_key, ticket_key, fresh, channel, message)
+                .await;
+        }
         if let Some(lane) = self.invalidation_lane().await {
             let sent = lane.invalidate(&value_key, &ticket_key, fresh, &channel, &message);
             if let Some(done) = self.lane_outcome(sent.await) {
@@ -1414,12 +1419,53 @@ impl RedisTier {
         .await
     }
 
+    /// [`Self::invalidate`] in a process that does not subscribe (docs/PROTOCOL.md §7.4): no
+    /// echo of its message comes back to it, so the script's (or the lane's) reply order buys
+    /// nothing, and the invalidation is one plain pipeline on the shared connection, `DEL v t`
+    /// · `PUBLISH` · `SET t <new> PX`, any number in flight at once. The script's semantics:
+    /// `Ok` needs the `DEL`'s count (a replica refuses it) and the message's; a refused `SET`
+    /// (`noeviction` OOM) leaves the key without a ticket, as the script's `pcall` does.
+    async fn invalidate_plain(
+        &self,
+        value_key: String,
+        ticket_key: String,
+        (new_ticket, ticket_px): (u64, u64),
+        channel: String,
+        message: String,
+    ) -> Result<(), CacheError> {
+        let (publish, channel) = self.message_route(&value_key, channel);
+        self.exec_write(Some(value_key.clone()), move |mut c| async move {
+            let ticket = ticket_text(new_ticket);
+            let mut px = itoa::Buffer::new();
+            let px = px.format(ticket_px.max(1));
+            let (v, t) = (value_key.as_bytes(), ticket_key.as_bytes());
+            let mut pipe = redis::Pipeline::with_capacity(3);
+            pipe.add_command(lane::sized(&[b"DEL", v, t]))
+                .add_command(lane::sized(&[
+                    publish.as_bytes(),
+                    channel.as_bytes(),
+                    message.as_bytes(),
+                ]))
+                .add_command(lane::sized(&[b"SET", t, &ticket.0, b"PX", px.as_bytes()]));
+            let mut replies = direct::query_all(&mut c, &pipe).await?.into_iter();
+            for _ in 0..2 {
+                replies
+                    .next()
+                    .unwrap_or(redis::Value::Nil)
+                    .extract_error()?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// The caller's invalidation lane (`lane.rs`: plain commands under `CLIENT REPLY SKIP`,
     /// no script), if an invalidation may take it now: an async caller on a runtime with its
     /// own connections, single node or Sentinel, Redis healthy, no write waiting for
     /// replicas, the lane ready (a closed one starts opening for a later call).
     async fn invalidation_lane(&self) -> Option<Arc<lane::Lane>> {
-        if self.cluster || !self.breaker.healthy() {
+        // Without a subscriber in the process there is no echo to answer the caller before.
+        if self.cluster || !self.breaker.healthy() || !bus::subscribes() {
             return None;
         }
         let lane = self
