@@ -16,8 +16,11 @@ pub(crate) struct Runtime {
 
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
 
-fn make_runtime(config: Config) -> Result<Runtime, InitError> {
-    let redis = match config.redis_configured() {
+/// A runtime, and how to start its bus subscription: handed to the bus only once the runtime
+/// is the one installed (two racing `init` calls both build one; the loser's, dropped, must
+/// not be the one whose subscriber starts).
+fn make_runtime(config: Config) -> Result<(Runtime, Option<BusStart>), InitError> {
+    let (redis, start) = match config.redis_configured() {
         true => {
             let tier = RedisTier::new(&config)?;
             let (handle, target) = (tier.handle().clone(), tier.target());
@@ -27,12 +30,22 @@ fn make_runtime(config: Config) -> Result<Runtime, InitError> {
             // Restarts on Sentinel and a cluster are noticed by the subscription (§8.2); on a
             // single node the first cache with a local tier, or tracking refused, starts it.
             let now = config.sentinel.is_some() || config.cluster.is_some();
-            bus::start_on_demand(Box::new(start), now);
-            Some(tier)
+            (Some(tier), Some(BusStart(Box::new(start), now)))
         }
-        false => None,
+        false => (None, None),
     };
-    Ok(Runtime { config, redis })
+    Ok((Runtime { config, redis }, start))
+}
+
+/// How to start the bus subscription of a runtime, and whether at once.
+struct BusStart(Box<dyn FnOnce() + Send>, bool);
+
+impl BusStart {
+    fn hand_over(start: Option<Self>) {
+        if let Some(BusStart(start, now)) = start {
+            bus::start_on_demand(start, now);
+        }
+    }
 }
 
 /// Configures the runtime. Call it once at start-up, before the first cached call.
@@ -46,10 +59,14 @@ pub fn init(config: Config) -> Result<(), InitError> {
     if RUNTIME.get().is_some() {
         return Err(InitError::AlreadyInitialized);
     }
-    let mut made = Some(make_runtime(config)?);
+    let (runtime, start) = make_runtime(config)?;
+    let mut made = Some(runtime);
     RUNTIME.get_or_init(|| made.take().expect("runtime built once"));
     match made {
-        None => Ok(()),
+        None => {
+            BusStart::hand_over(start);
+            Ok(())
+        }
         Some(_) => Err(InitError::AlreadyInitialized),
     }
 }
@@ -65,7 +82,10 @@ pub(crate) fn runtime() -> &'static Runtime {
             );
         }
         match make_runtime(config.clone()) {
-            Ok(rt) => rt,
+            Ok((rt, start)) => {
+                BusStart::hand_over(start);
+                rt
+            }
             Err(e) => {
                 tracing::error!(error = %e, "the Redis tier is disabled");
                 Runtime {

@@ -93,7 +93,10 @@ async fn invalidations_take_the_lane_and_every_fault_of_it_falls_back_to_the_scr
     )
     .unwrap();
     copy_cache();
-    assert!(cache_runtime::bus_status().wanted, "a local tier subscribes");
+    assert!(
+        cache_runtime::bus_status().wanted,
+        "a local tier subscribes"
+    );
 
     // 1. The lane is taken: one `CLIENT REPLY SKIP` per invalidation (of a key or a tag),
     // no script.

@@ -43,7 +43,10 @@ async fn without_client_reply_every_invalidation_runs_the_script_and_stays_corre
     )
     .unwrap();
     copy_cache();
-    assert!(cache_runtime::bus_status().wanted, "a local tier subscribes");
+    assert!(
+        cache_runtime::bus_status().wanted,
+        "a local tier subscribes"
+    );
 
     // Enough calls for the runtime's own connections; invalidations until the lane has
     // tried its proof (refused).
