@@ -12,7 +12,7 @@
 //!             local-ours-async local-hand-async local-cached-async
 //!             redis-ours redis-hand redis-hand-mget redis-cached
 //!             redis-ours-64 redis-hand-64 invalidate-ours invalidate-hand
-//!             invalidate-hand-publish invalidate-tag-ours
+//!             invalidate-hand-publish invalidate-tag-ours invalidate-ours-64 invalidate-hand-64
 //!             miss-ours miss-ours-tagged miss-ours-two-tier miss-hand miss-cached
 //!             local-ours-two-tier invalidated-miss-ours-two-tier
 //! ```
@@ -386,6 +386,48 @@ fn main() {
                     }
                     report(calls, before);
                 }
+            });
+        }
+        "invalidate-ours-64" | "invalidate-hand-64" => {
+            // Invalidations from 64 tasks at once on one thread: many in flight together.
+            start_redis();
+            let rt = current_thread_runtime();
+            rt.block_on(async {
+                let hand = match contender.as_str() {
+                    "invalidate-hand-64" => {
+                        let client = redis::Client::open(redis_url()).expect("redis url");
+                        Some(ConnectionManager::new(client).await.expect("connect"))
+                    }
+                    _ => None,
+                };
+                for id in warm {
+                    invalidate_redis_ours(id).await.expect("invalidate");
+                }
+                let before = allocs();
+                let tasks: Vec<_> = (0..TASKS)
+                    .map(|t| {
+                        let mut hand = hand.clone();
+                        tokio::spawn(async move {
+                            for i in (t..calls).step_by(TASKS as usize) {
+                                let id = black_box(FIRST_ID + i % KEYS);
+                                match &mut hand {
+                                    Some(conn) => {
+                                        let _: () = redis::cmd("DEL")
+                                            .arg(hand_key(id))
+                                            .query_async(conn)
+                                            .await
+                                            .expect("DEL");
+                                    }
+                                    None => invalidate_redis_ours(id).await.expect("invalidate"),
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.expect("task");
+                }
+                report(calls, before);
             });
         }
         "redis-ours-64" | "redis-hand-64" => {

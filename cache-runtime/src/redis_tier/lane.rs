@@ -209,22 +209,27 @@ impl Lane {
     /// wait for a server that hangs).
     pub(super) async fn invalidate(
         &self,
-        value_key: &str,
-        ticket_key: &str,
-        (new_ticket, ticket_px): (u64, u64),
-        channel: &str,
-        message: &str,
+        keys: (&str, &str),
+        fresh: (u64, u64),
+        message: (&str, &str),
     ) -> Sent {
-        let ticket = super::ticket_text(new_ticket);
-        let mut px = itoa::Buffer::new();
-        let px = px.format(ticket_px.max(1));
-        let (v, t) = (value_key.as_bytes(), ticket_key.as_bytes());
-        let mut pipe = redis::Pipeline::with_capacity(4);
-        pipe.add_command(sized(&[b"CLIENT", b"REPLY", b"SKIP"]))
-            .add_command(sized(&[b"DEL", v, t]))
-            .add_command(sized(&[b"PUBLISH", channel.as_bytes(), message.as_bytes()]))
-            .add_command(sized(&[b"SET", t, &ticket.0, b"PX", px.as_bytes()]));
+        let pipe = key_pipeline(true, keys, fresh, ("PUBLISH", message.0, message.1));
         self.send(&pipe, Last::Okay).await
+    }
+
+    /// [`Lane::invalidate`] for a process that does not subscribe (no echo to answer the
+    /// caller before): `DEL v t`, `PUBLISH`, `SET t <new> PX`, three replies. Done with the
+    /// `DEL`'s count and the message's (a refused `SET` leaves the key without a ticket, as the
+    /// invalidate script's `pcall` does); a refused `DEL` or message runs the usual way, which
+    /// reports it.
+    pub(super) async fn invalidate_plain(
+        &self,
+        keys: (&str, &str),
+        fresh: (u64, u64),
+        message: (&str, &str),
+    ) -> Sent {
+        let pipe = key_pipeline(false, keys, fresh, ("PUBLISH", message.0, message.1));
+        self.send(&pipe, Last::Plain).await
     }
 
     /// Invalidates a scope (a tag, a cache, everything) on the lane: `CLIENT REPLY SKIP`,
@@ -260,7 +265,10 @@ impl Lane {
         let Some(mut conn) = self.take() else {
             return Sent::NotHere;
         };
-        let replies = conn.send_packed_commands(pipe, 0, 2).await;
+        let replies = match last {
+            Last::Plain => conn.send_packed_commands(pipe, 0, 3).await,
+            _ => conn.send_packed_commands(pipe, 0, 2).await,
+        };
         // The lane is `Busy` until this sets it again: no other request used the connection.
         let (next, sent) = match replies {
             Ok(replies) => match shape(&replies, last) {
@@ -288,8 +296,34 @@ impl Lane {
     }
 }
 
+/// A key's invalidation: `DEL v t`, `<publish> <channel> <message>` (`PUBLISH`, or a
+/// cluster's `SPUBLISH`), `SET t <new> PX <ms>`, under `CLIENT REPLY SKIP` when `skip`.
+pub(super) fn key_pipeline(
+    skip: bool,
+    (value_key, ticket_key): (&str, &str),
+    (new_ticket, ticket_px): (u64, u64),
+    (publish, channel, message): (&str, &str, &str),
+) -> redis::Pipeline {
+    let ticket = super::ticket_text(new_ticket);
+    let mut px = itoa::Buffer::new();
+    let px = px.format(ticket_px.max(1));
+    let (v, t) = (value_key.as_bytes(), ticket_key.as_bytes());
+    let mut pipe = redis::Pipeline::with_capacity(4);
+    if skip {
+        pipe.add_command(sized(&[b"CLIENT", b"REPLY", b"SKIP"]));
+    }
+    pipe.add_command(sized(&[b"DEL", v, t]))
+        .add_command(sized(&[
+            publish.as_bytes(),
+            channel.as_bytes(),
+            message.as_bytes(),
+        ]))
+        .add_command(sized(&[b"SET", t, &ticket.0, b"PX", px.as_bytes()]));
+    pipe
+}
+
 /// A command sized up front: no buffer grows while the pipeline is written.
-pub(super) fn sized(args: &[&[u8]]) -> redis::Cmd {
+fn sized(args: &[&[u8]]) -> redis::Cmd {
     let mut c = redis::Cmd::with_capacity(args.len(), args.iter().map(|a| a.len()).sum());
     for a in args {
         c.arg(*a);
@@ -312,6 +346,8 @@ pub(super) enum Sent {
 enum Last {
     Okay,
     Count,
+    /// No `CLIENT REPLY SKIP`: the `DEL`'s count, the `PUBLISH`'s, the `SET`'s answer.
+    Plain,
 }
 
 /// What the lane's two replies say: the `PUBLISH`'s count, then the last write's answer
@@ -320,7 +356,14 @@ fn shape(replies: &[Value], last: Last) -> Replies {
     match (replies, last) {
         ([Value::Int(_), Value::Okay], Last::Okay)
         | ([Value::Int(_), Value::Int(_)], Last::Count) => Replies::Done,
-        ([Value::Int(_), Value::ServerError(_)], _) => Replies::NotTaken,
+        ([Value::Int(_), Value::Int(_), Value::Okay | Value::ServerError(_)], Last::Plain) => {
+            Replies::Done
+        }
+        // In step, the `DEL` or the message refused (a replica; an ACL): the usual way, which
+        // reports it.
+        ([Value::ServerError(_), _, _], Last::Plain)
+        | ([Value::Int(_), Value::ServerError(_), _], Last::Plain) => Replies::NotTaken,
+        ([Value::Int(_), Value::ServerError(_)], Last::Okay | Last::Count) => Replies::NotTaken,
         _ => Replies::Foreign,
     }
 }
@@ -328,6 +371,36 @@ fn shape(replies: &[Value], last: Last) -> Replies {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plain_pipeline_is_done_with_the_dels_and_the_messages_counts() {
+        let oom = redis::parse_redis_value(b"-OOM command not allowed\r\n").unwrap();
+        let readonly = redis::parse_redis_value(b"-READONLY replica\r\n").unwrap();
+        for done in [
+            [Value::Int(1), Value::Int(0), Value::Okay],
+            // The fresh ticket refused: the key has no ticket, as after the script's `pcall`.
+            [Value::Int(0), Value::Int(2), oom.clone()],
+        ] {
+            assert!(matches!(shape(&done, Last::Plain), Replies::Done));
+        }
+        for usual in [
+            [readonly.clone(), Value::Int(0), readonly.clone()],
+            [Value::Int(1), readonly.clone(), Value::Okay],
+        ] {
+            assert!(matches!(shape(&usual, Last::Plain), Replies::NotTaken));
+        }
+        for foreign in [
+            vec![Value::Int(1), Value::Int(0)],
+            vec![Value::Okay, Value::Int(1), Value::Okay],
+            vec![Value::Int(1), Value::Int(0), Value::Nil],
+            vec![Value::Int(1), Value::Int(0), Value::Okay, Value::Okay],
+        ] {
+            assert!(
+                matches!(shape(&foreign, Last::Plain), Replies::Foreign),
+                "{foreign:?}"
+            );
+        }
+    }
 
     #[test]
     fn only_the_publish_count_and_the_last_writes_answer_are_done() {

@@ -1386,16 +1386,25 @@ impl RedisTier {
         channel: String,
         message: String,
     ) -> Result<(), CacheError> {
-        if !bus::subscribes() {
+        // Without a subscriber in the process no echo of the message comes back to it: the
+        // lane's reply order (`CLIENT REPLY SKIP`) and the script's buy nothing, and plain
+        // pipelines run, on the lane when it is free, else on the shared connection.
+        let subscribes = bus::subscribes();
+        if let Some(lane) = self.invalidation_lane().await {
+            let keys = (value_key.as_str(), ticket_key.as_str());
+            let message = (channel.as_str(), message.as_str());
+            let sent = match subscribes {
+                true => lane.invalidate(keys, fresh, message).await,
+                false => lane.invalidate_plain(keys, fresh, message).await,
+            };
+            if let Some(done) = self.lane_outcome(sent) {
+                return done;
+            }
+        }
+        if !subscribes {
             return self
                 .invalidate_plain(value_key, ticket_key, fresh, channel, message)
                 .await;
-        }
-        if let Some(lane) = self.invalidation_lane().await {
-            let sent = lane.invalidate(&value_key, &ticket_key, fresh, &channel, &message);
-            if let Some(done) = self.lane_outcome(sent.await) {
-                return done;
-            }
         }
         let scripts = self.scripts.clone();
         let (publish, channel) = self.message_route(&value_key, channel);
@@ -1419,34 +1428,24 @@ impl RedisTier {
         .await
     }
 
-    /// [`Self::invalidate`] in a process that does not subscribe (docs/PROTOCOL.md §7.4): no
-    /// echo of its message comes back to it, so the script's (or the lane's) reply order buys
-    /// nothing, and the invalidation is one plain pipeline on the shared connection, `DEL v t`
-    /// · `PUBLISH` · `SET t <new> PX`, any number in flight at once. The script's semantics:
-    /// `Ok` needs the `DEL`'s count (a replica refuses it) and the message's; a refused `SET`
-    /// (`noeviction` OOM) leaves the key without a ticket, as the script's `pcall` does.
+    /// [`Self::invalidate`] in a process that does not subscribe (docs/PROTOCOL.md §7.4), when
+    /// the lane is busy, off or not for this caller: one plain pipeline on the shared
+    /// connection, `DEL v t` · `PUBLISH` · `SET t <new> PX`, any number in flight at once. The
+    /// script's semantics: `Ok` needs the `DEL`'s count (a replica refuses it) and the
+    /// message's; a refused `SET` (`noeviction` OOM) leaves the key without a ticket, as the
+    /// script's `pcall` does.
     async fn invalidate_plain(
         &self,
         value_key: String,
         ticket_key: String,
-        (new_ticket, ticket_px): (u64, u64),
+        fresh: (u64, u64),
         channel: String,
         message: String,
     ) -> Result<(), CacheError> {
         let (publish, channel) = self.message_route(&value_key, channel);
         self.exec_write(Some(value_key.clone()), move |mut c| async move {
-            let ticket = ticket_text(new_ticket);
-            let mut px = itoa::Buffer::new();
-            let px = px.format(ticket_px.max(1));
-            let (v, t) = (value_key.as_bytes(), ticket_key.as_bytes());
-            let mut pipe = redis::Pipeline::with_capacity(3);
-            pipe.add_command(lane::sized(&[b"DEL", v, t]))
-                .add_command(lane::sized(&[
-                    publish.as_bytes(),
-                    channel.as_bytes(),
-                    message.as_bytes(),
-                ]))
-                .add_command(lane::sized(&[b"SET", t, &ticket.0, b"PX", px.as_bytes()]));
+            let keys = (value_key.as_str(), ticket_key.as_str());
+            let pipe = lane::key_pipeline(false, keys, fresh, (publish, &channel, &message));
             let mut replies = direct::query_all(&mut c, &pipe).await?.into_iter();
             for _ in 0..2 {
                 replies
@@ -1464,8 +1463,7 @@ impl RedisTier {
     /// own connections, single node or Sentinel, Redis healthy, no write waiting for
     /// replicas, the lane ready (a closed one starts opening for a later call).
     async fn invalidation_lane(&self) -> Option<Arc<lane::Lane>> {
-        // Without a subscriber in the process there is no echo to answer the caller before.
-        if self.cluster || !self.breaker.healthy() || !bus::subscribes() {
+        if self.cluster || !self.breaker.healthy() {
             return None;
         }
         let lane = self
