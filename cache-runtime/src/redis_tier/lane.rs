@@ -29,6 +29,11 @@
 //! off, busy (another invalidation of this runtime in flight), still opening, or whose last
 //! write was refused runs as before on the shared connection (the invalidate script, or a
 //! scope's pipeline): the lane only ever makes an invalidation faster, never different.
+//!
+//! A process that does not subscribe hears no echo, so the reply order buys it nothing: its
+//! key invalidations go without `CLIENT REPLY SKIP`, `DEL v t` · `PUBLISH` · `SET`, three
+//! replies ([`Lane::invalidate_plain`]), and when the lane is busy the same pipeline goes on
+//! the shared connection instead of the script (§7.4).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
