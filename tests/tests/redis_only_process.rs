@@ -20,6 +20,14 @@ async fn profile(id: u64) -> String {
     format!("from the test process {id}")
 }
 
+static TEAM_RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A Redis-only cache with a tag.
+#[cached(tier = "redis", ttl = 60, key = "team:<id>", tags = ["team:<id>"])]
+async fn team(id: u64) -> u64 {
+    TEAM_RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + id
+}
+
 /// The subscribers of the bus's channel, as the server counts them.
 fn subscribers(server: &RedisServer) -> u64 {
     let reply: (String, u64) = server
@@ -103,6 +111,18 @@ fn a_redis_only_process_does_not_subscribe_and_its_writes_still_evict_other_copi
         misses + 1,
         "invalidated in Redis"
     );
+
+    // A tag's invalidation: `DEL` of its token and the message, once each (no `CLIENT REPLY
+    // SKIP` and no second `DEL` as its proof: the `DEL`'s own count is).
+    let first = rt.block_on(team(7));
+    assert_eq!(rt.block_on(team(7)), first, "cached");
+    let (del, publish, replies) = (calls("del"), calls("publish"), calls("client|reply"));
+    rt.block_on(cache_runtime::invalidate_tag("team:7"))
+        .expect("invalidate_tag");
+    assert_eq!(calls("del") - del, 1, "one DEL of the tag's token");
+    assert_eq!(calls("publish") - publish, 1, "one message");
+    assert_eq!(calls("client|reply"), replies, "no CLIENT REPLY");
+    assert_ne!(rt.block_on(team(7)), first, "the tagged entry invalidated");
 
     // `noeviction` OOM refuses the fresh ticket's `SET`, not the `DEL` or the message: the
     // invalidation is Ok and took (the key simply has no ticket, as the script leaves it).

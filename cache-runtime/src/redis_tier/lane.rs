@@ -31,9 +31,9 @@
 //! scope's pipeline): the lane only ever makes an invalidation faster, never different.
 //!
 //! A process that does not subscribe hears no echo, so the reply order buys it nothing: its
-//! key invalidations go without `CLIENT REPLY SKIP`, `DEL v t` · `PUBLISH` · `SET`, three
-//! replies ([`Lane::invalidate_plain`]), and when the lane is busy the same pipeline goes on
-//! the shared connection instead of the script (§7.4).
+//! invalidations go without `CLIENT REPLY SKIP`, a key's as `DEL v t` · `PUBLISH` · `SET`,
+//! three replies ([`Lane::invalidate_plain`]), a scope's as `DEL <tokens>` · `PUBLISH`; when
+//! the lane is busy a key's goes on the shared connection instead of the script (§7.4).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -241,12 +241,15 @@ impl Lane {
     /// `DEL <tokens>`, `PUBLISH`, `DEL <tokens>` again, whose count proves the `DEL`s ran on a
     /// master (a replica refuses them). A process that read a token between the two `DEL`s
     /// may have created a new one; the second `DEL` removes it, which only refuses that
-    /// reader's store (one more miss). Outcomes as [`Lane::invalidate`].
+    /// reader's store (one more miss). Without `skip` (a process that does not subscribe: no
+    /// echo to answer the caller before) `DEL <tokens>` and `PUBLISH`, both answered, the
+    /// `DEL`'s count the proof. Outcomes as [`Lane::invalidate`].
     pub(super) async fn invalidate_scope(
         &self,
         token_keys: &[String],
         channel: &str,
         message: &str,
+        skip: bool,
     ) -> Sent {
         let del = || {
             let mut c = redis::Cmd::with_capacity(
@@ -256,10 +259,15 @@ impl Lane {
             c.arg("DEL").arg(token_keys);
             c
         };
+        let publish = sized(&[b"PUBLISH", channel.as_bytes(), message.as_bytes()]);
         let mut pipe = redis::Pipeline::with_capacity(4);
+        if !skip {
+            pipe.add_command(del()).add_command(publish);
+            return self.send(&pipe, Last::PlainScope).await;
+        }
         pipe.add_command(sized(&[b"CLIENT", b"REPLY", b"SKIP"]))
             .add_command(del())
-            .add_command(sized(&[b"PUBLISH", channel.as_bytes(), message.as_bytes()]))
+            .add_command(publish)
             .add_command(del());
         self.send(&pipe, Last::Count).await
     }
@@ -270,10 +278,7 @@ impl Lane {
         let Some(mut conn) = self.take() else {
             return Sent::NotHere;
         };
-        let replies = match last {
-            Last::Plain => conn.send_packed_commands(pipe, 0, 3).await,
-            _ => conn.send_packed_commands(pipe, 0, 2).await,
-        };
+        let replies = conn.send_packed_commands(pipe, 0, last.replies()).await;
         // The lane is `Busy` until this sets it again: no other request used the connection.
         let (next, sent) = match replies {
             Ok(replies) => match shape(&replies, last) {
@@ -353,6 +358,18 @@ enum Last {
     Count,
     /// No `CLIENT REPLY SKIP`: the `DEL`'s count, the `PUBLISH`'s, the `SET`'s answer.
     Plain,
+    /// No `CLIENT REPLY SKIP`, a scope: the `DEL`'s count, the `PUBLISH`'s.
+    PlainScope,
+}
+
+impl Last {
+    /// The replies the pipeline answers.
+    fn replies(self) -> usize {
+        match self {
+            Last::Plain => 3,
+            Last::Okay | Last::Count | Last::PlainScope => 2,
+        }
+    }
 }
 
 /// What the lane's two replies say: the `PUBLISH`'s count, then the last write's answer
@@ -361,9 +378,10 @@ fn shape(replies: &[Value], last: Last) -> Replies {
     match (replies, last) {
         ([Value::Int(_), Value::Okay], Last::Okay)
         | ([Value::Int(_), Value::Int(_)], Last::Count) => Replies::Done,
-        ([Value::Int(_), Value::Int(_), Value::Okay | Value::ServerError(_)], Last::Plain) => {
-            Replies::Done
-        }
+        ([Value::Int(_), Value::Int(_), Value::Okay | Value::ServerError(_)], Last::Plain)
+        | ([Value::Int(_), Value::Int(_)], Last::PlainScope) => Replies::Done,
+        ([Value::ServerError(_), _], Last::PlainScope)
+        | ([Value::Int(_), Value::ServerError(_)], Last::PlainScope) => Replies::NotTaken,
         // In step, the `DEL` or the message refused (a replica; an ACL): the usual way, which
         // reports it.
         ([Value::ServerError(_), _, _], Last::Plain)
@@ -402,6 +420,32 @@ mod tests {
         ] {
             assert!(
                 matches!(shape(&foreign, Last::Plain), Replies::Foreign),
+                "{foreign:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_plain_scope_is_done_with_the_dels_and_the_messages_counts() {
+        let readonly = redis::parse_redis_value(b"-READONLY replica\r\n").unwrap();
+        let scope = Last::PlainScope;
+        assert!(matches!(
+            shape(&[Value::Int(0), Value::Int(3)], scope),
+            Replies::Done
+        ));
+        for usual in [
+            [readonly.clone(), Value::Int(0)],
+            [Value::Int(1), readonly.clone()],
+        ] {
+            assert!(matches!(shape(&usual, scope), Replies::NotTaken));
+        }
+        for foreign in [
+            vec![Value::Okay, Value::Int(1)],
+            vec![Value::Int(1)],
+            vec![Value::Int(1), Value::Int(0), Value::Int(0)],
+        ] {
+            assert!(
+                matches!(shape(&foreign, scope), Replies::Foreign),
                 "{foreign:?}"
             );
         }

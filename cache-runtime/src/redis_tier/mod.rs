@@ -1568,7 +1568,7 @@ impl RedisTier {
         message: String,
     ) -> Result<(), CacheError> {
         if let Some(lane) = self.invalidation_lane().await {
-            let sent = lane.invalidate_scope(&keys, &channel, &message);
+            let sent = lane.invalidate_scope(&keys, &channel, &message, bus::subscribes());
             if let Some(done) = self.lane_outcome(sent.await) {
                 return done;
             }
