@@ -13,7 +13,7 @@ N2=${N2:-12000}
 source "$(dirname "$0")/hit-instructions-env.sh"
 CONTENDERS=("$@")
 if [ ${#CONTENDERS[@]} -eq 0 ]; then
-    CONTENDERS=(local-ours local-ours-tagged local-hand local-cached local-ours-async local-hand-async local-cached-async local-quick local-mini redis-ours redis-hand redis-hand-mget redis-cached redis-ours-64 redis-hand-64 miss-ours miss-ours-tagged miss-ours-two-tier miss-hand miss-cached invalidate-ours invalidate-hand invalidate-hand-publish invalidate-tag-ours local-ours-two-tier invalidated-miss-ours-two-tier)
+    CONTENDERS=(local-ours local-ours-tagged local-hand local-cached local-ours-async local-hand-async local-cached-async local-quick local-mini redis-ours redis-hand redis-hand-mget redis-cached redis-ours-64 redis-hand-64 miss-ours miss-ours-tagged miss-ours-two-tier miss-hand miss-cached invalidate-ours invalidate-hand invalidate-hand-publish invalidate-hand-protocol invalidate-ours-64 invalidate-hand-64 invalidate-tag-ours local-ours-two-tier invalidated-miss-ours-two-tier)
 fi
 count() { # contender calls -> total instructions ("Collected" line of callgrind)
     BENCH_REDIS_TIMEOUT_MS=5000 valgrind --tool=callgrind --callgrind-out-file=/dev/null "$BIN" "$1" "$2" 2>&1 \

@@ -724,6 +724,35 @@ pub async fn hand_del_publish_of(
     std::hint::black_box((deleted, receivers));
 }
 
+/// Hand-written, what our invalidation of a key sends in a process that does not subscribe
+/// (docs/PROTOCOL.md §7.4): `DEL value ticket`, `PUBLISH` of a message shaped like ours, `SET
+/// ticket <16 hex digits> PX 600000`, one pipeline: the protocol's cost without our code.
+pub async fn hand_invalidate_protocol(conn: &mut redis::aio::ConnectionManager, id: u64) {
+    let key = hand_key(id);
+    let ticket_key = format!("{key}:t");
+    let sent = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    let message =
+        format!("C1\u{1f}00000000deadbeef\u{1f}I\u{1f}{sent}\u{1f}user:profile:{id}\u{1f}0");
+    let (deleted, receivers, ()): (i64, i64, ()) = redis::pipe()
+        .cmd("DEL")
+        .arg(&key)
+        .arg(&ticket_key)
+        .cmd("PUBLISH")
+        .arg(HAND_BUS_CHANNEL)
+        .arg(message)
+        .cmd("SET")
+        .arg(&ticket_key)
+        .arg(format!("{:016x}", sent as u64 ^ 0x9e37_79b9_7f4a_7c15))
+        .arg("PX")
+        .arg(600_000)
+        .query_async(conn)
+        .await
+        .expect("DEL + PUBLISH + SET");
+    std::hint::black_box((deleted, receivers));
+}
+
 /// Hand-written: `GET`, then bincode 2 (standard, serde) decode. A miss fills like ours
 /// (body, encode, `SET PX`) but the benchmark only reads warm keys.
 pub async fn hand_redis_get(conn: &mut redis::aio::ConnectionManager, id: u64) -> Profile {

@@ -12,7 +12,8 @@
 //!             local-ours-async local-hand-async local-cached-async
 //!             redis-ours redis-hand redis-hand-mget redis-cached
 //!             redis-ours-64 redis-hand-64 invalidate-ours invalidate-hand
-//!             invalidate-hand-publish invalidate-tag-ours invalidate-ours-64 invalidate-hand-64
+//!             invalidate-hand-publish invalidate-hand-protocol invalidate-tag-ours
+//!             invalidate-ours-64 invalidate-hand-64
 //!             miss-ours miss-ours-tagged miss-ours-two-tier miss-hand miss-cached
 //!             local-ours-two-tier invalidated-miss-ours-two-tier
 //! ```
@@ -48,7 +49,7 @@ use cache_benches::stores::{self, HandStore};
 use cache_benches::{
     current_thread_runtime, hand_key, hand_redis_get, init_local_only, our_key, poll_ready, profile,
 };
-use cache_benches::{hand_bus_subscriber, hand_del_publish};
+use cache_benches::{hand_bus_subscriber, hand_del_publish, hand_invalidate_protocol};
 use cache_benches::{redis_url, server_cpu_seconds, start_redis};
 use cache_benches::{Profile, FIRST_ID};
 use cached::AsyncRedisCache;
@@ -349,7 +350,10 @@ fn main() {
                 report(calls, before);
             });
         }
-        "invalidate-ours" | "invalidate-hand" | "invalidate-hand-publish" => {
+        "invalidate-ours"
+        | "invalidate-hand"
+        | "invalidate-hand-publish"
+        | "invalidate-hand-protocol" => {
             start_redis();
             let rt = current_thread_runtime();
             rt.block_on(async {
@@ -376,6 +380,8 @@ fn main() {
                     for id in ids(calls) {
                         if publish {
                             hand_del_publish(&mut conn, black_box(id)).await;
+                        } else if contender == "invalidate-hand-protocol" {
+                            hand_invalidate_protocol(&mut conn, black_box(id)).await;
                         } else {
                             let _: () = redis::cmd("DEL")
                                 .arg(hand_key(black_box(id)))
