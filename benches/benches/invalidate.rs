@@ -3,7 +3,9 @@
 //! `cached` crate's `async_cache_delete` (a plain `DEL`), and against the hand-written
 //! equivalent of ours' guarantee: `DEL` + `PUBLISH` in one pipeline, with a subscriber to the
 //! channel in the process (`hand_del_publish`; Redis delivers each message to the publisher's
-//! own subscription too, as it does ours). Most calls delete an existing entry:
+//! own subscription too, as it does ours), and against the hand-written equivalent of ours'
+//! commands in a process that does not subscribe (`hand_protocol`: `DEL v t`, `PUBLISH` to a
+//! channel nobody hears, `SET t PX`, one pipeline). Most calls delete an existing entry:
 //! the key pools are refilled (untimed) whenever a contender has gone through them.
 //!
 //! Group `invalidate_tag`: one `cache_runtime::invalidate_tag` call (the tag's token deleted,
@@ -15,6 +17,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use cache_benches::hand_invalidate_protocol;
 use cache_benches::RedisServer;
 use cache_benches::{bench_mode, count_commands, criterion, current_thread_runtime, hand_key};
 use cache_benches::{hand_bus_subscriber, hand_del_publish, hand_del_publish_of};
@@ -96,6 +99,9 @@ enum Who {
     /// Hand-written `DEL` + `PUBLISH` with a subscriber in the process: ours' guarantee
     /// written by hand.
     HandPublish,
+    /// Hand-written `DEL v t` + `PUBLISH` (to a channel nobody hears) + `SET t PX`: the
+    /// commands of ours in a process that does not subscribe.
+    HandProtocol,
     Rival,
     /// `invalidate_tag("team:<id>")`.
     OursTag,
@@ -124,7 +130,7 @@ async fn fill(who: Who, conn: &ConnectionManager, pool: u64) {
                     Who::OursTwoTier => populate_ours_two_tier(id, profile(id))
                         .await
                         .expect("populate"),
-                    Who::Hand | Who::HandPublish => {
+                    Who::Hand | Who::HandPublish | Who::HandProtocol => {
                         let b =
                             bincode::serde::encode_to_vec(profile(id), bincode::config::standard())
                                 .expect("encode");
@@ -175,6 +181,7 @@ async fn invalidate(who: Who, conn: &mut ConnectionManager, id: u64) {
                 .expect("DEL");
         }
         Who::HandPublish => hand_del_publish(conn, id).await,
+        Who::HandProtocol => hand_invalidate_protocol(conn, id).await,
         Who::Rival => {
             let store = RIVAL.get().expect("the rival store is built by the fill");
             black_box(
@@ -221,6 +228,7 @@ fn invalidate_bench(c: &mut Criterion) {
         ("ours", Who::Ours),
         ("hand_written", Who::Hand),
         ("hand_del_publish", Who::HandPublish),
+        ("hand_protocol", Who::HandProtocol),
         ("cached_crate", Who::Rival),
     ];
     let mut g = c.benchmark_group("invalidate");

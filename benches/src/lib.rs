@@ -724,9 +724,14 @@ pub async fn hand_del_publish_of(
     std::hint::black_box((deleted, receivers));
 }
 
+/// A bus channel no process subscribes to: [`hand_invalidate_protocol`]'s, as ours in a
+/// process that does not subscribe (no echo).
+pub const HAND_UNHEARD_CHANNEL: &str = "hw:bus:unheard";
+
 /// Hand-written, what our invalidation of a key sends in a process that does not subscribe
-/// (docs/PROTOCOL.md §7.4): `DEL value ticket`, `PUBLISH` of a message shaped like ours, `SET
-/// ticket <16 hex digits> PX 600000`, one pipeline: the protocol's cost without our code.
+/// (docs/PROTOCOL.md §7.4): `DEL value ticket`, `PUBLISH` of a message shaped like ours (to a
+/// channel nobody in the process hears), `SET ticket <16 hex digits> PX 600000`, one
+/// pipeline: the protocol's cost without our code.
 pub async fn hand_invalidate_protocol(conn: &mut redis::aio::ConnectionManager, id: u64) {
     let key = hand_key(id);
     let ticket_key = format!("{key}:t");
@@ -740,7 +745,7 @@ pub async fn hand_invalidate_protocol(conn: &mut redis::aio::ConnectionManager, 
         .arg(&key)
         .arg(&ticket_key)
         .cmd("PUBLISH")
-        .arg(HAND_BUS_CHANNEL)
+        .arg(HAND_UNHEARD_CHANNEL)
         .arg(message)
         .cmd("SET")
         .arg(&ticket_key)
