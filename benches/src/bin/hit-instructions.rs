@@ -250,6 +250,29 @@ fn ids(calls: u64) -> impl Iterator<Item = u64> {
     (0..calls).map(|i| FIRST_ID + i % KEYS)
 }
 
+/// Runs `call` for each id of `calls` calls, split between [`TASKS`] tasks at once on the
+/// current runtime; each task hands its own clone of `state` (a connection) from call to call.
+async fn from_tasks<S, F, Fut>(calls: u64, state: S, call: F)
+where
+    S: Clone + Send + 'static,
+    F: Fn(S, u64) -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future<Output = S> + Send,
+{
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let mut state = state.clone();
+            tokio::spawn(async move {
+                for i in (t..calls).step_by(TASKS as usize) {
+                    state = call(state, black_box(FIRST_ID + i % KEYS)).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+}
+
 /// Three keys holding 16-byte strings, read beside each value by `redis-hand-mget`.
 const HAND_MGET_EXTRA: [&str; 3] = ["hand:x1", "hand:x2", "hand:x3"];
 
@@ -410,29 +433,20 @@ fn main() {
                     invalidate_redis_ours(id).await.expect("invalidate");
                 }
                 let before = allocs();
-                let tasks: Vec<_> = (0..TASKS)
-                    .map(|t| {
-                        let mut hand = hand.clone();
-                        tokio::spawn(async move {
-                            for i in (t..calls).step_by(TASKS as usize) {
-                                let id = black_box(FIRST_ID + i % KEYS);
-                                match &mut hand {
-                                    Some(conn) => {
-                                        let _: () = redis::cmd("DEL")
-                                            .arg(hand_key(id))
-                                            .query_async(conn)
-                                            .await
-                                            .expect("DEL");
-                                    }
-                                    None => invalidate_redis_ours(id).await.expect("invalidate"),
-                                }
-                            }
-                        })
-                    })
-                    .collect();
-                for t in tasks {
-                    t.await.expect("task");
-                }
+                from_tasks(calls, hand, |mut hand, id| async move {
+                    match &mut hand {
+                        Some(conn) => {
+                            let _: () = redis::cmd("DEL")
+                                .arg(hand_key(id))
+                                .query_async(conn)
+                                .await
+                                .expect("DEL");
+                        }
+                        None => invalidate_redis_ours(id).await.expect("invalidate"),
+                    }
+                    hand
+                })
+                .await;
                 report(calls, before);
             });
         }
@@ -459,27 +473,18 @@ fn main() {
                     }
                 };
                 let before = allocs();
-                let tasks: Vec<_> = (0..TASKS)
-                    .map(|t| {
-                        let mut hand = hand.clone();
-                        tokio::spawn(async move {
-                            for i in (t..calls).step_by(TASKS as usize) {
-                                let id = FIRST_ID + i % KEYS;
-                                match &mut hand {
-                                    Some(conn) => {
-                                        black_box(hand_redis_get(conn, black_box(id)).await);
-                                    }
-                                    None => {
-                                        black_box(redis_ours(black_box(id)).await);
-                                    }
-                                }
-                            }
-                        })
-                    })
-                    .collect();
-                for t in tasks {
-                    t.await.expect("task");
-                }
+                from_tasks(calls, hand, |mut hand, id| async move {
+                    match &mut hand {
+                        Some(conn) => {
+                            black_box(hand_redis_get(conn, id).await);
+                        }
+                        None => {
+                            black_box(redis_ours(id).await);
+                        }
+                    }
+                    hand
+                })
+                .await;
                 report(calls, before);
             });
         }
