@@ -1,5 +1,6 @@
 //! `init` called from several threads at once: one runtime is installed, the others' calls
-//! return `AlreadyInitialized`, and the bus subscriber that starts is the installed runtime's.
+//! return `AlreadyInitialized` (their Redis threads end), and the bus subscriber that starts
+//! is the installed runtime's.
 //! Were it a losing runtime's, a dropped subscription would be reported to that runtime, and
 //! the installed one would not replace its connections (a restart may have gone unnoticed
 //! while nobody listened, docs/PROTOCOL.md §8.2).
@@ -33,6 +34,15 @@ fn tracked_clients(server: &RedisServer) -> BTreeSet<u64> {
         .collect()
 }
 
+/// This process's threads named `cache-runtime-redis` (`comm` keeps 15 bytes of a name).
+fn redis_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim_end() == "cache-runtime-r")
+        .count()
+}
+
 #[test]
 fn racing_inits_install_one_runtime_and_its_own_subscriber() {
     let server = RedisServer::start();
@@ -55,6 +65,8 @@ fn racing_inits_install_one_runtime_and_its_own_subscriber() {
     assert!(results
         .iter()
         .all(|r| matches!(r, Ok(()) | Err(InitError::AlreadyInitialized))));
+    // Each racer built a runtime with a Redis thread; the losers' end with their runtimes.
+    wait_until(WITHIN, "one Redis thread left", || redis_threads() == 1);
 
     let rt = cache_tests::current_thread_runtime();
     assert_eq!(rt.block_on(value(1)), 1);

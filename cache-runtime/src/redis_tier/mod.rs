@@ -62,6 +62,9 @@ pub(crate) struct RedisTier {
     pending_prefix: String,
     /// Cluster hits may be served by replicas.
     read_replicas: bool,
+    /// Dropped with the tier: its Redis thread then ends (a runtime that lost a race of
+    /// `init` calls is dropped; the installed one lives as long as the process).
+    _thread_stop: tokio::sync::oneshot::Sender<()>,
 }
 
 /// A ticket as stored in Redis: 16 lower-case hex digits, on the stack (a command argument:
@@ -884,6 +887,7 @@ impl RedisTier {
             (None, None) => return Err(InitError::InvalidUrl("no redis configured".into())),
         };
         let (tx, rx) = std::sync::mpsc::channel();
+        let (thread_stop, stopped) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new()
             .name("cache-runtime-redis".into())
             .spawn(move || {
@@ -892,7 +896,8 @@ impl RedisTier {
                     .build()
                     .expect("cache-runtime: cannot build the Redis I/O runtime");
                 let _ = tx.send(rt.handle().clone());
-                rt.block_on(std::future::pending::<()>());
+                // Until the tier is dropped (never, for the installed runtime).
+                let _ = rt.block_on(stopped);
             })
             .expect("cache-runtime: cannot spawn the Redis I/O thread");
         let handle = rx
@@ -914,6 +919,7 @@ impl RedisTier {
             cluster: config.cluster.is_some(),
             pending_prefix: config.key_prefix.clone(),
             read_replicas: config.read_from_replicas(),
+            _thread_stop: thread_stop,
         })
     }
 
