@@ -199,7 +199,8 @@ impl Lane {
         self.log.warn_error(
             "redis",
             "`CLIENT REPLY SKIP` refused (grant +client|reply for faster invalidations): \
-             invalidations use the invalidate script",
+             invalidations use the invalidate script (plain pipelines on the shared \
+             connection in a process that does not subscribe)",
             &crate::config::redact(reply),
         );
     }
