@@ -28,6 +28,12 @@ async fn team(id: u64) -> u64 {
     TEAM_RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + id
 }
 
+/// A cache with a local tier, built only at the end.
+#[cached(tier = "local+redis", ttl = 60, key = "copy:<id>")]
+async fn copy(id: u64) -> u64 {
+    id
+}
+
 /// The subscribers of the bus's channel, as the server counts them.
 fn subscribers(server: &RedisServer) -> u64 {
     let reply: (String, u64) = server
@@ -148,4 +154,17 @@ fn a_redis_only_process_does_not_subscribe_and_its_writes_still_evict_other_copi
         misses + 1,
         "invalidated under OOM"
     );
+
+    // A cache with a local tier built later: the process subscribes from then on, hears its
+    // own messages, and its invalidations go back to the lane's `CLIENT REPLY SKIP` order.
+    copy_cache();
+    eventually_blocking(WITHIN, "the process to subscribe", || {
+        cache_runtime::bus_status().connected
+    });
+    assert_eq!(subscribers(&server), 2, "the node and this process");
+    let replies = calls("client|reply");
+    eventually_blocking(WITHIN, "an invalidation under CLIENT REPLY SKIP", || {
+        rt.block_on(invalidate_profile(12)).expect("invalidate");
+        calls("client|reply") > replies
+    });
 }
