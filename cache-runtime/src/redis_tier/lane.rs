@@ -32,7 +32,7 @@
 //!
 //! A process that does not subscribe hears no echo, so the reply order buys it nothing: its
 //! invalidations go without `CLIENT REPLY SKIP`, a key's as `DEL v t` · `PUBLISH` · `SET`,
-//! three replies ([`Lane::invalidate_plain`]), a scope's as `DEL <tokens>` · `PUBLISH`; when
+//! three replies ([`Lane::invalidate`]), a scope's as `DEL <tokens>` · `PUBLISH`; when
 //! the lane is busy a key's goes on the shared connection instead of the script (§7.4).
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -206,9 +206,13 @@ impl Lane {
     }
 
     /// Invalidates a key on the lane: `CLIENT REPLY SKIP`, `DEL v t`, `PUBLISH`, `SET t <new>
-    /// PX`, whose `OK` proves the writes ran on a master that took them. [`Sent::Done`]: done
-    /// and confirmed (the new ticket is in force on the server the lane writes to, the
-    /// message published). Otherwise nothing is promised, though some of its commands may
+    /// PX`, whose `OK` proves the writes ran on a master that took them. Without `skip` (a
+    /// process that does not subscribe: no echo to answer the caller before) the same three
+    /// commands, all answered: done with the `DEL`'s count and the message's (a refused `SET`
+    /// leaves the key without a ticket, as the invalidate script's `pcall` does), and a refused
+    /// `DEL` or message runs the usual way, which reports it. [`Sent::Done`]: done and
+    /// confirmed (the message published, the new ticket in force on the server the lane writes
+    /// to, or refused as above). Otherwise nothing is promised, though some of its commands may
     /// have run (every one of them is harmless to run again): [`Sent::NotHere`], the caller
     /// runs the invalidation the usual way; [`Sent::TimedOut`], the server did not answer
     /// within the operation timeout, which the caller reports as it would its own (no second
@@ -218,24 +222,11 @@ impl Lane {
         keys: (&str, &str),
         fresh: (u64, u64),
         message: (&str, &str),
+        skip: bool,
     ) -> Sent {
-        let pipe = key_pipeline(true, keys, fresh, ("PUBLISH", message.0, message.1));
-        self.send(&pipe, Last::Okay).await
-    }
-
-    /// [`Lane::invalidate`] for a process that does not subscribe (no echo to answer the
-    /// caller before): `DEL v t`, `PUBLISH`, `SET t <new> PX`, three replies. Done with the
-    /// `DEL`'s count and the message's (a refused `SET` leaves the key without a ticket, as the
-    /// invalidate script's `pcall` does); a refused `DEL` or message runs the usual way, which
-    /// reports it.
-    pub(super) async fn invalidate_plain(
-        &self,
-        keys: (&str, &str),
-        fresh: (u64, u64),
-        message: (&str, &str),
-    ) -> Sent {
-        let pipe = key_pipeline(false, keys, fresh, ("PUBLISH", message.0, message.1));
-        self.send(&pipe, Last::Plain).await
+        let pipe = key_pipeline(skip, keys, fresh, ("PUBLISH", message.0, message.1));
+        let last = if skip { Last::Okay } else { Last::Plain };
+        self.send(&pipe, last).await
     }
 
     /// Invalidates a scope (a tag, a cache, everything) on the lane: `CLIENT REPLY SKIP`,
@@ -381,13 +372,13 @@ fn shape(replies: &[Value], last: Last) -> Replies {
         | ([Value::Int(_), Value::Int(_)], Last::Count) => Replies::Done,
         ([Value::Int(_), Value::Int(_), Value::Okay | Value::ServerError(_)], Last::Plain)
         | ([Value::Int(_), Value::Int(_)], Last::PlainScope) => Replies::Done,
-        ([Value::ServerError(_), _], Last::PlainScope)
-        | ([Value::Int(_), Value::ServerError(_)], Last::PlainScope) => Replies::NotTaken,
-        // In step, the `DEL` or the message refused (a replica; an ACL): the usual way, which
-        // reports it.
-        ([Value::ServerError(_), _, _], Last::Plain)
+        // In step, the last write refused (a replica; OOM for a key's `SET`), or without
+        // `CLIENT REPLY SKIP` the `DEL` or the message refused (a replica; an ACL): the usual
+        // way, which reports it.
+        ([Value::Int(_), Value::ServerError(_)], _)
+        | ([Value::ServerError(_), _], Last::PlainScope)
+        | ([Value::ServerError(_), _, _], Last::Plain)
         | ([Value::Int(_), Value::ServerError(_), _], Last::Plain) => Replies::NotTaken,
-        ([Value::Int(_), Value::ServerError(_)], Last::Okay | Last::Count) => Replies::NotTaken,
         _ => Replies::Foreign,
     }
 }

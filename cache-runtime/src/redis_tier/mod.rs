@@ -1399,10 +1399,7 @@ impl RedisTier {
         if let Some(lane) = self.invalidation_lane().await {
             let keys = (value_key.as_str(), ticket_key.as_str());
             let message = (channel.as_str(), message.as_str());
-            let sent = match subscribes {
-                true => lane.invalidate(keys, fresh, message).await,
-                false => lane.invalidate_plain(keys, fresh, message).await,
-            };
+            let sent = lane.invalidate(keys, fresh, message, subscribes).await;
             if let Some(done) = self.lane_outcome(sent) {
                 return done;
             }
