@@ -708,20 +708,26 @@ pub async fn hand_del_publish_of(
     action: char,
     target: &str,
 ) {
-    let sent = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros());
-    let message = format!("C1\u{1f}00000000deadbeef\u{1f}{action}\u{1f}{sent}\u{1f}{target}");
     let (deleted, receivers): (i64, i64) = redis::pipe()
         .cmd("DEL")
         .arg(key)
         .cmd("PUBLISH")
         .arg(HAND_BUS_CHANNEL)
-        .arg(message)
+        .arg(hand_bus_message(action, target).0)
         .query_async(conn)
         .await
         .expect("DEL + PUBLISH");
     std::hint::black_box((deleted, receivers));
+}
+
+/// A bus message shaped like ours (origin, `action`, time sent, `target`), and its time sent
+/// (µs since the epoch).
+fn hand_bus_message(action: char, target: &str) -> (String, u128) {
+    let sent = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    let message = format!("C1\u{1f}00000000deadbeef\u{1f}{action}\u{1f}{sent}\u{1f}{target}");
+    (message, sent)
 }
 
 /// A bus channel no process subscribes to: [`hand_invalidate_protocol`]'s, as ours in a
@@ -735,11 +741,7 @@ pub const HAND_UNHEARD_CHANNEL: &str = "hw:bus:unheard";
 pub async fn hand_invalidate_protocol(conn: &mut redis::aio::ConnectionManager, id: u64) {
     let key = hand_key(id);
     let ticket_key = format!("{key}:t");
-    let sent = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros());
-    let message =
-        format!("C1\u{1f}00000000deadbeef\u{1f}I\u{1f}{sent}\u{1f}user:profile:{id}\u{1f}0");
+    let (message, sent) = hand_bus_message('I', &format!("user:profile:{id}\u{1f}0"));
     let (deleted, receivers, ()): (i64, i64, ()) = redis::pipe()
         .cmd("DEL")
         .arg(&key)
