@@ -5,14 +5,11 @@ use syn::{Error, Lit};
 pub fn parse(lit: &Lit, what: &str) -> syn::Result<u64> {
     let ms = match lit {
         Lit::Int(i) => {
-            let secs: u64 = i.base10_parse().map_err(|_| {
-                Error::new(
-                    i.span(),
-                    format!("`{what}` must be a whole number of seconds"),
-                )
-            })?;
-            secs.checked_mul(1000)
-                .ok_or_else(|| Error::new(i.span(), format!("`{what}` is too large")))?
+            let max = format!("{} seconds", u64::MAX / 1000);
+            let secs: u64 = crate::options::unsigned(i, what, &max)?;
+            secs.checked_mul(1000).ok_or_else(|| {
+                Error::new(i.span(), format!("`{what}` is too large (at most {max})"))
+            })?
         }
         Lit::Str(s) => parse_str(&s.value())
             .map_err(|msg| Error::new(s.span(), format!("invalid duration for `{what}`: {msg}")))?,

@@ -156,7 +156,10 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
 
     // `self` first for methods; then the parameters.
     let self_arg = is_method.then(|| quote!(&self,));
-    let call_args: Vec<&Ident> = a.params.iter().map(|p| &p.ident).collect();
+    let call_args = a.params.iter().map(|p| {
+        let (cfg, i) = (&p.cfg, &p.ident);
+        quote!(#cfg #i)
+    });
     let block = &f.block;
     // A function that carries its body destructures its parameter patterns first.
     let body = &patterns::with_bindings(block, &a.params);
@@ -175,8 +178,8 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         .key_params
         .iter()
         .map(|p| {
-            let (i, t) = (&p.ident, &p.ty);
-            quote!(#i: #t)
+            let (attrs, i, t) = (&p.cfg_attrs, &p.ident, &p.ty);
+            quote!(#attrs #i: #t)
         })
         .collect();
     // `populate_NAME`'s value parameter: a name no parameter has (it shows in the docs).
@@ -770,12 +773,13 @@ fn build_tokens(opts: &Options, a: &Analyzed) -> TokenStream {
 fn build_writer(k: &syn::Path, pieces: &[Piece], writer: TokenStream) -> TokenStream {
     let w = Ident::new("__w", Span::mixed_site());
     let steps = pieces.iter().map(|p| match p {
-        Piece::Literal(t) => quote!(#w.literal(#t);),
-        Piece::Arg { expr, span } => {
+        Piece::Literal { text, cfg } => quote!(#cfg #w.literal(#text);),
+        Piece::Arg { expr, span, cfg } => {
             let k = at(k, *span);
-            quote_spanned! {*span=>
+            let write = quote_spanned! {*span=>
                 #k::key::KeyPart::write_key(&(#expr), &mut #w);
-            }
+            };
+            quote!(#cfg #write)
         }
     });
     quote! {{
@@ -789,12 +793,13 @@ fn build_writer(k: &syn::Path, pieces: &[Piece], writer: TokenStream) -> TokenSt
 fn build_path(k: &syn::Path, pieces: &[Piece]) -> TokenStream {
     let p = Ident::new("__path", Span::mixed_site());
     let steps = pieces.iter().map(|piece| match piece {
-        Piece::Literal(t) => quote!(#p.push_str(#t);),
-        Piece::Arg { expr, span } => {
+        Piece::Literal { text, cfg } => quote!(#cfg #p.push_str(#text);),
+        Piece::Arg { expr, span, cfg } => {
             let k = at(k, *span);
-            quote_spanned! {*span=>
+            let push = quote_spanned! {*span=>
                 #k::__private::push_path_arg(&mut #p, &(#expr));
-            }
+            };
+            quote!(#cfg #push)
         }
     });
     quote! {{
@@ -804,9 +809,18 @@ fn build_path(k: &syn::Path, pieces: &[Piece]) -> TokenStream {
     }}
 }
 
+/// `cfg`: the `#[cfg(...)]` of the parameter a piece is there for, on the statement that
+/// writes it: a parameter compiled out writes nothing.
 enum Piece {
-    Literal(TokenStream),
-    Arg { expr: TokenStream, span: Span },
+    Literal {
+        text: TokenStream,
+        cfg: TokenStream,
+    },
+    Arg {
+        expr: TokenStream,
+        span: Span,
+        cfg: TokenStream,
+    },
 }
 
 struct KeyPlan<'a> {
@@ -843,7 +857,10 @@ fn template_pieces(
                         ),
                     ));
                 }
-                pieces.push(Piece::Literal(quote!(#text)))
+                pieces.push(Piece::Literal {
+                    text: quote!(#text),
+                    cfg: TokenStream::new(),
+                })
             }
             Segment::Placeholder { root, fields } => {
                 let is_self = root == "self";
@@ -857,7 +874,11 @@ fn template_pieces(
                     ));
                 }
                 // A parameter's name, or a binding of its pattern (`id` of `Path(id)`).
-                let param = a.names().find(|n| n.unraw() == root);
+                let found = a
+                    .params
+                    .iter()
+                    .find_map(|p| Some((p.names.iter().find(|n| n.unraw() == root)?, p)));
+                let param = found.map(|(n, _)| n);
                 if !is_self && param.is_none() {
                     return Err(Error::new(
                         lit.span(),
@@ -911,6 +932,7 @@ fn template_pieces(
                 pieces.push(Piece::Arg {
                     expr: quote!(#root_tokens #(#field_tokens)*),
                     span: lit.span(),
+                    cfg: found.map(|(_, p)| p.cfg.clone()).unwrap_or_default(),
                 });
                 used.push(root);
             }
@@ -1020,8 +1042,15 @@ impl<'a> KeyPlan<'a> {
                             quote_spanned!(span=> ::core::convert::identity::<&Self>(&#s))
                         }
                     };
-                    pieces.push(Piece::Literal(quote!(":")));
-                    pieces.push(Piece::Arg { expr, span });
+                    pieces.push(Piece::Literal {
+                        text: quote!(":"),
+                        cfg: TokenStream::new(),
+                    });
+                    pieces.push(Piece::Arg {
+                        expr,
+                        span,
+                        cfg: TokenStream::new(),
+                    });
                 }
                 for p in &a.params {
                     for id in &p.names {
@@ -1031,10 +1060,15 @@ impl<'a> KeyPlan<'a> {
                                 None => p.ty.span(),
                                 Some(_) => id.span(),
                             };
-                            pieces.push(Piece::Literal(quote!(":")));
+                            // A parameter compiled out is left out, separator included.
+                            pieces.push(Piece::Literal {
+                                text: quote!(":"),
+                                cfg: p.cfg.clone(),
+                            });
                             pieces.push(Piece::Arg {
                                 expr: quote!(#id),
                                 span,
+                                cfg: p.cfg.clone(),
                             });
                         }
                     }

@@ -284,9 +284,11 @@ use proc_macro::TokenStream;
 /// Self>` (a hit would skip the mutation; `self: &Self` is `&self`), `&mut` parameters in the key (a hit would skip
 /// the mutation; a handle listed in `skip(...)`, such as a connection or a transaction, is
 /// accepted), `impl Trait` parameters in the key (skip them, or name a type parameter with a
-/// `KeyPart` bound), `impl Trait` return types, returning `()`, a boxed future outside an
-/// `#[async_trait]` impl's `in_trait` method, or a value that borrows (a reference, or a type naming the function's
-/// lifetime; an `Err` may borrow, e.g. `Result<u8, &'static str>`, since errors are never
+/// `KeyPart` bound), `impl Trait` return types (`impl Future`: write an `async fn`, which
+/// also implements a trait's `-> impl Future<Output = T> + Send` method), returning `()` or
+/// `!`, a boxed future (`Pin<Box<dyn Future>>`, `BoxFuture`, `LocalBoxFuture`) outside an
+/// `#[async_trait]` impl's `in_trait` method, or a value that borrows (a reference, or a type
+/// naming a lifetime other than `'static`; an `Err` may borrow, e.g. `Result<u8, &'static str>`, since errors are never
 /// stored; a `&'static` value is fine in a local-only cache), `const`, `unsafe` and `extern`
 /// functions, a `_` parameter (name it and `skip` it), and parameter patterns with other than
 /// plain bindings, `_` and `..` (`ref`, literals, `x @ ..`).
@@ -439,6 +441,23 @@ use proc_macro::TokenStream;
 /// `#[cfg_attr(pred, a, b)]` is read as `a` and `b`, each kept under `pred`. A deprecated
 /// cached function warns its callers, not its own definition (the generated
 /// functions allow `deprecated`).
+///
+/// A parameter's `#[cfg(...)]` goes with each use the generated code makes of it (the
+/// companions' parameter, its part of the key, the call to the body): where it is compiled
+/// out, so are they, and a template placeholder naming it writes nothing. Its
+/// `#[cfg_attr(...)]` goes to the companions' parameter too.
+///
+/// ```
+/// use cache_runtime::cached;
+///
+/// #[cached(ttl = 60, key = "user:<id>:<trace>")]
+/// fn user(id: u64, #[cfg(any())] trace: u64) -> String {
+///     format!("user {id}")
+/// }
+///
+/// assert_eq!(user(7), "user 7");
+/// assert_eq!(lookup_user(7).as_deref(), Some("user 7"));
+/// ```
 ///
 /// Attribute macros see what is below them. To trace every run of the body (misses and
 /// refreshes, not hits), put `#[tracing::instrument]` *above* `#[cached]`: it instruments the

@@ -414,7 +414,7 @@ impl Raw {
                         "`capacity` bounds the local tier, and `tier = \"redis\"` has none",
                     ));
                 }
-                let n: u64 = lit.base10_parse()?;
+                let n: u64 = unsigned(lit, "capacity", u64::MAX)?;
                 if n == 0 {
                     return Err(Error::new(lit.span(), "`capacity` must be at least 1"));
                 }
@@ -423,12 +423,7 @@ impl Raw {
         };
         let version = match &self.version {
             None => 1,
-            Some(lit) => lit.base10_parse::<u32>().map_err(|_| {
-                Error::new(
-                    lit.span(),
-                    "`version` must be an integer between 0 and 4294967295",
-                )
-            })?,
+            Some(lit) => unsigned::<u32>(lit, "version", u32::MAX)?,
         };
         if let Some(k) = &self.key {
             if k.value().is_empty() {
@@ -609,13 +604,23 @@ fn parse_bytes(lit: &Lit) -> syn::Result<u64> {
             "`max_bytes` expects bytes (`1048576`) or a size string (`\"512KiB\"`, `\"64MiB\"`, `\"1GiB\"`)",
         )
     };
+    let too_large = || {
+        Error::new(
+            lit.span(),
+            format!("`max_bytes` is too large (at most {} bytes)", u64::MAX),
+        )
+    };
     let n = match lit {
-        Lit::Int(i) => i.base10_parse::<u64>().map_err(|_| bad())?,
+        Lit::Int(i) => unsigned::<u64>(i, "max_bytes", format_args!("{} bytes", u64::MAX))?,
         Lit::Str(s) => {
             let v = s.value();
             let split = v.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
             let (num, unit) = v.split_at(split);
-            let num: u64 = num.parse().map_err(|_| bad())?;
+            let num: u64 = match num.parse() {
+                Ok(n) => n,
+                Err(_) if !num.is_empty() => return Err(too_large()),
+                Err(_) => return Err(bad()),
+            };
             let factor: u64 = match unit.trim() {
                 "B" => 1,
                 "KiB" => 1 << 10,
@@ -626,7 +631,7 @@ fn parse_bytes(lit: &Lit) -> syn::Result<u64> {
                 "GB" => 1_000_000_000,
                 _ => return Err(bad()),
             };
-            num.checked_mul(factor).ok_or_else(bad)?
+            num.checked_mul(factor).ok_or_else(too_large)?
         }
         _ => return Err(bad()),
     };
@@ -634,6 +639,25 @@ fn parse_bytes(lit: &Lit) -> syn::Result<u64> {
         return Err(Error::new(lit.span(), "`max_bytes` must be at least 1KiB"));
     }
     Ok(n)
+}
+
+/// An integer option's value: an error that says why at the literal when it is negative
+/// (`-1`, which syn reads as one literal) or does not fit `T`.
+/// `max`: the largest value, as the message shows it.
+pub(crate) fn unsigned<T: std::str::FromStr>(
+    lit: &LitInt,
+    what: &str,
+    max: impl std::fmt::Display,
+) -> syn::Result<T> {
+    let digits = lit.base10_digits();
+    digits.parse().map_err(|_| {
+        let why = if digits.starts_with('-') {
+            format!("`{what}` cannot be negative")
+        } else {
+            format!("`{what}` is too large (at most {max})")
+        };
+        Error::new(lit.span(), why)
+    })
 }
 
 fn unknown_msg(what: &str) -> String {

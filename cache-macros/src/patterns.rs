@@ -40,8 +40,8 @@ pub fn whole(
 pub fn with_bindings(body: &syn::Block, params: &[Param]) -> syn::Block {
     let mut out = body.clone();
     let lets = params.iter().filter_map(|p| {
-        let (pat, whole) = (p.pattern.as_ref()?, &p.ident);
-        Some(syn::parse_quote!(let #pat = #whole;))
+        let (pat, whole, cfg) = (p.pattern.as_ref()?, &p.ident, &p.cfg);
+        Some(syn::parse_quote!(#cfg let #pat = #whole;))
     });
     out.stmts.splice(0..0, lets);
     out
@@ -56,8 +56,8 @@ pub fn by_ref<'p>(
     let lets = params.into_iter().filter_map(|p| {
         let mut pat = p.pattern.clone()?;
         for_key(&mut pat, skipped);
-        let whole = &p.ident;
-        Some(quote!(let #pat = &#whole;))
+        let (whole, cfg) = (&p.ident, &p.cfg);
+        Some(quote!(#cfg let #pat = &#whole;))
     });
     quote!(#(#lets)*)
 }

@@ -1,7 +1,7 @@
 //! Which function shapes can be cached, and what their parts are.
 
-use proc_macro2::Span;
-use quote::ToTokens;
+use proc_macro2::{Span, TokenStream};
+use quote::{quote, ToTokens};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::visit::Visit;
@@ -19,6 +19,11 @@ pub struct Param {
     /// What templates, the default key and `skip(...)` name: the parameter's name, or the
     /// bindings of its pattern (`id`).
     pub names: Vec<Ident>,
+    /// Its `#[cfg(...)]` attributes, on every statement and argument that uses it: where
+    /// the parameter is compiled out, so is each use.
+    pub cfg: TokenStream,
+    /// Its `#[cfg(...)]` and `#[cfg_attr(...)]` attributes, for the companions' parameter.
+    pub cfg_attrs: TokenStream,
 }
 
 impl Param {
@@ -309,11 +314,19 @@ impl Param {
                 (whole, Some(other.clone()), names)
             }
         };
+        let is = |a: &&syn::Attribute, name: &str| a.path().is_ident(name);
+        let cfg = pt.attrs.iter().filter(|a| is(a, "cfg"));
+        let cfg_attrs = pt
+            .attrs
+            .iter()
+            .filter(|a| is(a, "cfg") || is(a, "cfg_attr"));
         Ok(Param {
             ident,
             ty: (*pt.ty).clone(),
             pattern,
             names,
+            cfg: quote!(#(#cfg)*),
+            cfg_attrs: quote!(#(#cfg_attrs)*),
         })
     }
 }
@@ -453,6 +466,8 @@ enum Place<'a> {
 struct Finder<'a> {
     place: Place<'a>,
     found: Option<Error>,
+    /// The lifetimes a `for<'x>` around the visited type binds.
+    higher_ranked: Vec<Ident>,
 }
 
 impl Finder<'_> {
@@ -466,6 +481,15 @@ impl Finder<'_> {
 impl<'ast> Visit<'ast> for Finder<'_> {
     fn visit_type_impl_trait(&mut self, i: &'ast syn::TypeImplTrait) {
         match self.place {
+            // What a trait's `-> impl Future<Output = T> + Send` method is implemented with
+            // (an `async fn` implements it, `Send` included when its future is).
+            Place::Return if i.bounds.iter().any(is_future_bound) => self.fail(Error::new_spanned(
+                i,
+                "a cached function cannot return `impl Future` (a future cannot be stored or \
+                 cloned): write it as an `async fn` returning the output type; it also \
+                 implements a trait method declared `-> impl Future<Output = T> + Send` (add \
+                 `in_trait` in a trait impl)",
+            )),
             Place::Return => self.fail(Error::new_spanned(
                 i,
                 "a cached function cannot return `impl Trait`: the cache must name the value type",
@@ -519,17 +543,48 @@ impl<'ast> Visit<'ast> for Finder<'_> {
     }
 
     fn visit_lifetime(&mut self, l: &'ast syn::Lifetime) {
-        match self.place {
-            Place::Value { lifetimes, .. } if l.ident == "_" || lifetimes.contains(&l) => self
-                .fail(Error::new_spanned(
-                    l,
-                    format!(
-                        "cached values outlive the call, so their type cannot name the \
-                         function's lifetime `{l}`; return an owned type (e.g. `Cow<'static, \
-                         str>`, `String`)"
-                    ),
-                )),
-            _ => {}
+        let Place::Value { lifetimes, .. } = self.place else {
+            return;
+        };
+        if l.ident == "static" || self.higher_ranked.contains(&l.ident) {
+            return;
+        }
+        self.fail(Error::new_spanned(
+            l,
+            if l.ident == "_" || lifetimes.contains(&l) {
+                format!(
+                    "cached values outlive the call, so their type cannot name the function's \
+                     lifetime `{l}`; return an owned type (e.g. `Cow<'static, str>`, `String`)"
+                )
+            } else {
+                // A lifetime of the `impl` (`impl<'a> Svc<'a>`) or of a trait object.
+                format!(
+                    "cached values are stored and cloned, so they cannot borrow (`{l}`); return \
+                     an owned type (`String`, `Cow<'static, str>`, `Vec<T>`, `Arc<T>`)"
+                )
+            },
+        ));
+    }
+
+    fn visit_trait_bound(&mut self, i: &'ast syn::TraitBound) {
+        // `for<'x> Fn(&'x T)`: the value does not borrow for `'x`.
+        let bound = i.lifetimes.iter().flat_map(|b| &b.lifetimes);
+        let before = self.higher_ranked.len();
+        self.higher_ranked.extend(bound.filter_map(|p| match p {
+            syn::GenericParam::Lifetime(l) => Some(l.lifetime.ident.clone()),
+            _ => None,
+        }));
+        syn::visit::visit_trait_bound(self, i);
+        self.higher_ranked.truncate(before);
+    }
+
+    fn visit_parenthesized_generic_arguments(
+        &mut self,
+        i: &'ast syn::ParenthesizedGenericArguments,
+    ) {
+        // `dyn Fn(&T) -> U`: its elided lifetimes are higher-ranked, as in a `fn` pointer.
+        if !matches!(self.place, Place::Value { .. }) {
+            syn::visit::visit_parenthesized_generic_arguments(self, i);
         }
     }
 
@@ -540,7 +595,11 @@ impl<'ast> Visit<'ast> for Finder<'_> {
 }
 
 fn find(ty: &Type, place: Place<'_>) -> syn::Result<()> {
-    let mut f = Finder { place, found: None };
+    let mut f = Finder {
+        place,
+        found: None,
+        higher_ranked: Vec::new(),
+    };
     f.visit_type(ty);
     match f.found {
         Some(e) => Err(e),
@@ -553,6 +612,12 @@ fn check_param_type(ty: &Type, skipped: bool) -> syn::Result<()> {
 }
 
 fn check_return_type(ty: &Type) -> syn::Result<()> {
+    if let Type::Never(n) = ungrouped(ty) {
+        return Err(Error::new_spanned(
+            n,
+            "the function never returns (`-> !`), so there is nothing to cache",
+        ));
+    }
     if let Type::Tuple(t) = ungrouped(ty) {
         if t.elems.is_empty() {
             return Err(Error::new_spanned(
@@ -577,9 +642,13 @@ fn check_value_type(ty: &Type, lifetimes: &[&syn::Lifetime], redis: bool) -> syn
 }
 
 /// `Pin<Box<dyn Future<..>>>` (what `#[async_trait]` and hand-written trait objects
-/// return): the span of the `dyn` type, and its `Output` type.
+/// return), or the `futures` aliases of it, `BoxFuture<'a, T>` and `LocalBoxFuture<'a, T>`:
+/// the span of the `dyn` type (of the alias), and its `Output` type.
 fn boxed_future(ty: &Type) -> Option<(Span, Option<Type>)> {
     let (pin, args) = last_segment(ty)?;
+    if pin == "BoxFuture" || pin == "LocalBoxFuture" {
+        return Some((ungrouped(ty).span(), args.first().cloned()));
+    }
     if pin != "Pin" {
         return None;
     }
@@ -602,6 +671,12 @@ fn boxed_future(ty: &Type) -> Option<(Span, Option<Type>)> {
         _ => None,
     };
     Some((obj.span(), output))
+}
+
+/// `Future<..>` (`std::future::Future`, `core::future::Future`, …) as a bound.
+fn is_future_bound(b: &syn::TypeParamBound) -> bool {
+    matches!(b, syn::TypeParamBound::Trait(t)
+        if t.path.segments.last().is_some_and(|s| s.ident == "Future"))
 }
 
 /// A type as written, without the token stream's spaces (`Arc<Self>`, not `Arc < Self >`).

@@ -16,6 +16,8 @@ mod associated_fns;
 mod attributes;
 #[path = "ui/pass/borrowed_parts.rs"]
 mod borrowed_parts;
+#[path = "ui/pass/cfg_params.rs"]
+mod cfg_params;
 #[path = "ui/pass/crate_path.rs"]
 mod crate_path;
 #[path = "ui/pass/generic_impls.rs"]
@@ -53,6 +55,11 @@ fn associated_functions() {
 #[test]
 fn attributes_forwarded() {
     attributes::main();
+}
+
+#[test]
+fn cfg_on_parameters() {
+    cfg_params::main();
 }
 
 #[test]

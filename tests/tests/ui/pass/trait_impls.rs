@@ -72,6 +72,33 @@ impl<T: Send + Sync + 'static> Repo for Typed<T> {
     }
 }
 
+// A trait that promises a `Send` future, and one returning the `futures` crate's alias
+// (as it defines it): an `async fn` implements the first, the boxed body the second.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+pub trait SendRepo {
+    fn find(&self, id: u64) -> impl std::future::Future<Output = u64> + Send;
+    fn boxed(&self, id: u64) -> BoxFuture<'_, u64>;
+}
+
+static FINDS: AtomicU32 = AtomicU32::new(0);
+
+impl SendRepo for Pg {
+    #[cached(ttl = 60, in_trait, skip(self))]
+    async fn find(&self, id: u64) -> u64 {
+        FINDS.fetch_add(1, Ordering::Relaxed);
+        id + 1
+    }
+
+    #[cached(ttl = 60, in_trait, key = "boxed:<self.tenant>:<id>")]
+    fn boxed(&self, id: u64) -> BoxFuture<'_, u64> {
+        Box::pin(async move {
+            FINDS.fetch_add(1, Ordering::Relaxed);
+            id + self.tenant
+        })
+    }
+}
+
 fn names() -> Vec<String> {
     cache_runtime::caches()
         .into_iter()
@@ -92,6 +119,11 @@ pub async fn main() {
     assert_eq!(Pg::count(1), 4);
     assert_eq!(pg.fetch(1).await, Ok(8));
     assert_eq!(pg.fetch(0).await, Err("no 0".to_string()));
+    assert_eq!(pg.find(1).await, 2);
+    assert_eq!(pg.find(1).await, 2);
+    assert_eq!(pg.boxed(1).await, 8);
+    assert_eq!(pg.boxed(1).await, 8);
+    assert_eq!(FINDS.load(Ordering::Relaxed), 2);
 
     // One cache per implementing type and instantiation, never a shared entry.
     assert_eq!(Typed::<u8>(PhantomData).load(1).as_deref(), Some("1:1"));
