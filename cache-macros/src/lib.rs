@@ -121,7 +121,9 @@ use proc_macro::TokenStream;
 /// ```
 ///
 /// `V` must be `Clone + Send + Sync + 'static` (every hit returns a clone: return `Arc<T>` for
-/// large values) and, with a Redis tier, `max_bytes` or `etag`, `Serialize + DeserializeOwned`.
+/// large values) and, with a Redis tier, `max_bytes` or `etag`, `Serialize + DeserializeOwned`
+/// (serde implements these for `Arc<T>` and `Rc<T>` only with its `rc` feature: `serde = {
+/// version = "1", features = ["derive", "rc"] }`).
 ///
 /// ```
 /// use cache_runtime::cached;

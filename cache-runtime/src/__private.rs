@@ -25,7 +25,8 @@ impl<T: Clone + Send + Sync + 'static> CacheValue for T {}
     message = "the cached value type `{Self}` must be `serde::Serialize + serde::de::DeserializeOwned` to use a Redis tier, `max_bytes` or `etag`",
     label = "this value is stored in Redis, weighed in bytes or hashed for its ETag",
     note = "add `#[derive(serde::Serialize, serde::Deserialize)]`, or use `tier = \"local\"` without `max_bytes` and `etag`",
-    note = "a response wrapper that is not serde (`axum::Json<T>`, `actix_web::web::Json<T>`): cache the function that returns `T` and wrap its value where the handler returns it"
+    note = "a response wrapper that is not serde (`axum::Json<T>`, `actix_web::web::Json<T>`): cache the function that returns `T` and wrap its value where the handler returns it",
+    note = "`Arc<T>` and `Rc<T>` are serde only with serde's `rc` feature, even when `T` derives both: `serde = {{ version = \"1\", features = [\"derive\", \"rc\"] }}`"
 )]
 pub trait RedisValue: serde::Serialize + serde::de::DeserializeOwned {}
 impl<T: serde::Serialize + serde::de::DeserializeOwned> RedisValue for T {}
