@@ -272,10 +272,11 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         )
     };
 
-    // Links only where the path is known: `Self::` for a method; a function without `self`
-    // may be free or associated.
+    // Links only where the page is known: a method's companions are on its type's page, so
+    // its anchor (not `Self::`, which rustdoc cannot resolve in an `impl dyn Trait` block); a
+    // function without `self` may be free or associated.
     let link = if is_method {
-        format!("[`{name}`](Self::{name})")
+        format!("[`{name}`](#method.{})", name.unraw())
     } else {
         format!("`{name}`")
     };
@@ -392,8 +393,9 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         #wrapper
 
         #doc_uncached
-        // A function without `self` carries its body, so this may be unused.
-        #[allow(dead_code)]
+        // A function without `self` carries its body, so this may be unused. A body that
+        // could be `const` cannot be: `#[cached]` refuses `const fn` (its wrapper is not).
+        #[allow(dead_code, clippy::missing_const_for_fn)]
         #at_uncached
         #vis #asyncness fn #uncached #generics (#inputs) -> #ret #where_clause #block
 

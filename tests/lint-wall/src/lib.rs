@@ -95,11 +95,41 @@ pub fn label(id: u64) -> String {
     format!("#{id}")
 }
 
+/// A body that could be `const` (`clippy::missing_const_for_fn`, nursery): `#[cached]`
+/// refuses `const fn`, so the lint must not ask for it.
+#[cached(ttl = 60)]
+#[must_use]
+pub fn double(id: u64) -> u64 {
+    id.wrapping_mul(2)
+}
+
+/// A store behind a trait object.
+pub trait Store {
+    /// Its shard.
+    fn shard(&self) -> u32;
+}
+
+impl dyn Store {
+    /// A method of the trait object, its entries shared by every store: the generated docs
+    /// link to it where rustdoc cannot resolve `Self::` (CI's `cargo doc`, warnings denied).
+    #[cached(ttl = 60, skip(self))]
+    #[must_use]
+    pub fn label(&self, id: u64) -> String {
+        format!("{}:{id}", self.shard())
+    }
+}
+
 /// A repository of one shard.
 #[derive(Clone, Copy, Debug)]
 pub struct Repo {
     /// The shard.
     pub shard: u32,
+}
+
+impl Store for Repo {
+    fn shard(&self) -> u32 {
+        self.shard
+    }
 }
 
 impl Repo {
@@ -180,6 +210,11 @@ mod tests {
         assert_eq!(Repo { shard: 1 }.owned(2), "1:2");
         assert_eq!(Repo { shard: 1 }.lookup_owned(2).as_deref(), Some("1:2"));
         assert_eq!(bare::bare_sync(900), Ok(3));
+        assert_eq!(double(2), 4);
+        assert_eq!(lookup_double(2), Some(4));
+        let store: &dyn Store = &Repo { shard: 5 };
+        assert_eq!(store.label(1), "5:1");
+        assert_eq!(store.lookup_label(1).as_deref(), Some("5:1"));
         assert_eq!(bare::lookup_bare_sync(900), Some(3));
     }
 }
