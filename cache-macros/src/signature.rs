@@ -566,6 +566,23 @@ impl<'ast> Visit<'ast> for Finder<'_> {
         ));
     }
 
+    fn visit_path_segment(&mut self, i: &'ast syn::PathSegment) {
+        // `Cow<str>`: a lifetime elided in a path (the one type that is known to have one).
+        if let (Place::Value { .. }, true) = (&self.place, i.ident == "Cow") {
+            let has_lifetime = matches!(&i.arguments, PathArguments::AngleBracketed(a)
+                if a.args.iter().any(|g| matches!(g, GenericArgument::Lifetime(_))));
+            if !has_lifetime {
+                self.fail(Error::new_spanned(
+                    i,
+                    "cached values are stored and cloned, so they cannot borrow (this `Cow` \
+                     elides its lifetime); return `Cow<'static, ..>` or an owned type (`String`, \
+                     `Vec<T>`, `Arc<T>`)",
+                ));
+            }
+        }
+        syn::visit::visit_path_segment(self, i);
+    }
+
     fn visit_trait_bound(&mut self, i: &'ast syn::TraitBound) {
         // `for<'x> Fn(&'x T)`: the value does not borrow for `'x`.
         let bound = i.lifetimes.iter().flat_map(|b| &b.lifetimes);

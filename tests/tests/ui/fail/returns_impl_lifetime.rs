@@ -21,6 +21,16 @@ impl<'a> Svc<'a> {
     pub fn names(&self, id: u64) -> Vec<Option<&'a str>> {
         vec![Some(self.prefix); id as usize]
     }
+
+    // A lifetime elided in a path.
+    #[cached(ttl = 60, skip(self))]
+    pub fn label(&self, id: u64) -> Cow<str> {
+        if id == 0 {
+            Cow::Borrowed(self.prefix)
+        } else {
+            Cow::Owned(id.to_string())
+        }
+    }
 }
 
 fn main() {}
