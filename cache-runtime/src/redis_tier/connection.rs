@@ -335,10 +335,11 @@ impl Conn {
         }
     }
 
-    /// `INFO server` of the master, or of every master of a cluster (each must answer: a
-    /// master's error reply is this call's error).
+    /// `INFO server replication` of the master, or of every master of a cluster (each must
+    /// answer: a master's error reply is this call's error).
     pub(super) async fn server_infos(&mut self) -> redis::RedisResult<Vec<String>> {
-        let info = || redis::cmd("INFO").arg("server").clone();
+        // Both sections in one command (Redis 7.0): the `run_id` and the `master_replid`.
+        let info = || redis::cmd("INFO").arg("server").arg("replication").clone();
         match self {
             Conn::Cluster(c) => {
                 let v = c

@@ -14,8 +14,16 @@
 //! replica does), and a master restarted from an older snapshot resyncs its replicas to that
 //! older data, so not even `WAIT` makes a restart safe. A failover costs one miss per key.
 //!
-//! On a cluster the incarnation is every master's `run_id`, and the clear deletes the global
-//! token's stripes on every master. The check runs whenever the connections are (re)opened;
+//! The data set can also be replaced under a running server: a full resync from another
+//! master (`REPLICAOF`, then `REPLICAOF NO ONE`: a rollback if that master started from an
+//! older snapshot). The incarnation therefore names the replication history too, the
+//! server's `master_replid` beside its `run_id`: a resync takes the master's id, a promotion
+//! a new one. A full resync sends every tracked connection a null invalidation, which makes
+//! the connections reopen and check (`tracking.rs`); a replica's check fails at its clear
+//! (`READONLY`), so nothing is served from it until it is a master again and cleared.
+//!
+//! On a cluster the incarnation is every master's `run_id` and `master_replid`, and the clear
+//! deletes the global token's stripes on every master. The check runs whenever the connections are (re)opened;
 //! the bus's lost subscriptions (and, on a cluster, an operation's lost node) reopen them, so
 //! that connections redis-rs reconnects by itself are checked too (docs/PROTOCOL.md §8.2).
 
@@ -35,6 +43,9 @@ pub(super) enum Found {
     First,
     /// The server that recorded it.
     Same,
+    /// The server that recorded it, in the format before the replication id was part of it
+    /// (`run_id` alone): taken as the same, and recorded again in the current format.
+    Upgraded,
     /// Another incarnation's data: every value was invalidated (global clear).
     Restored,
     /// `INFO` refused (the ACL lacks `+info`): not checked.
@@ -43,10 +54,26 @@ pub(super) enum Found {
 
 /// The `run_id` in an `INFO server` reply.
 fn run_id(info: &str) -> Option<&str> {
+    field(info, "run_id:")
+}
+
+/// The value of the `INFO` line starting with `name` (`run_id:`), if not empty.
+fn field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
     info.lines()
-        .find_map(|l| l.strip_prefix("run_id:"))
+        .find_map(|l| l.strip_prefix(name))
         .map(str::trim)
         .filter(|v| !v.is_empty())
+}
+
+/// One server's part of the incarnation: `run_id/master_replid` from an `INFO server
+/// replication` reply; the `run_id` alone where the replication section is missing (a proxy
+/// that filters `INFO`).
+fn server_incarnation(info: &str) -> Option<String> {
+    let run_id = run_id(info)?;
+    Some(match field(info, "master_replid:") {
+        Some(replid) => format!("{run_id}/{replid}"),
+        None => run_id.to_string(),
+    })
 }
 
 /// The `redis_version` of the first of these `INFO server` replies (a cluster's: one per
@@ -74,22 +101,34 @@ pub(super) fn too_old_message(version: &str) -> String {
     )
 }
 
-/// What the record says of the server `run_id` now answering.
-fn judge(recorded: Option<&str>, run_id: &str) -> Found {
+/// What the record says of the incarnation `now` answering.
+fn judge(recorded: Option<&str>, now: &str) -> Found {
     match recorded {
         None => Found::First,
-        Some(r) if r == run_id => Found::Same,
+        Some(r) if r == now => Found::Same,
+        Some(r) if r == without_replids(now) => Found::Upgraded,
         Some(_) => Found::Restored,
     }
 }
 
-/// The servers' incarnation: the `run_id` of the master, or of every master of a cluster
-/// (sorted, comma-separated: any master restarted, replaced or added changes it).
+/// `now` as recorded before the replication ids were part of it: each server's `run_id`.
+fn without_replids(now: &str) -> String {
+    let mut ids: Vec<&str> = now
+        .split(',')
+        .map(|s| s.split_once('/').map_or(s, |(run_id, _)| run_id))
+        .collect();
+    ids.sort_unstable();
+    ids.join(",")
+}
+
+/// The servers' incarnation: the master's `run_id/master_replid`, or every master's on a
+/// cluster (sorted, comma-separated: any master restarted, replaced, added, resynced from
+/// another or promoted changes it).
 fn incarnation(infos: &[String]) -> Option<String> {
     let mut ids = infos
         .iter()
-        .map(|i| run_id(i))
-        .collect::<Option<Vec<&str>>>()?;
+        .map(|i| server_incarnation(i))
+        .collect::<Option<Vec<String>>>()?;
     if ids.is_empty() {
         return None;
     }
@@ -148,8 +187,9 @@ pub(super) async fn check(
         conn.del_everywhere(global_tokens).await?;
         log.warn(
             "redis",
-            "redis answers with data written under another server (restarted from a \
-             snapshot, or a failover): every cached value was invalidated",
+            "redis answers with data written under another server, or replaced since \
+             (restarted from a snapshot, a failover, a resync from another master): every \
+             cached value was invalidated",
         );
     }
     if found != Found::Same {
@@ -220,6 +260,26 @@ mod tests {
         // A restart from a snapshot, a failover, a foreign or damaged record.
         assert_eq!(judge(Some("old"), "new"), Found::Restored);
         assert_eq!(judge(Some(""), "new"), Found::Restored);
+        // The same server, its data set resynced from another master or promoted.
+        assert_eq!(judge(Some("a/r1"), "a/r2"), Found::Restored);
+        assert_eq!(judge(Some("a/r1"), "b/r1"), Found::Restored);
+        // The record of an older release (`run_id` alone): the same, recorded again.
+        assert_eq!(judge(Some("a"), "a/r1"), Found::Upgraded);
+        assert_eq!(judge(Some("b"), "a/r1"), Found::Restored);
+        assert_eq!(judge(Some("a,b"), "b/r2,a/r1"), Found::Upgraded);
+        assert_eq!(judge(Some("a"), "a"), Found::Same, "no replication section");
+    }
+
+    #[test]
+    fn a_servers_incarnation_names_its_replication_history() {
+        let info = "# Server\r\nrun_id:abc\r\n\r\n# Replication\r\nrole:master\r\n\
+                    master_replid:r1\r\nmaster_replid2:0000\r\n";
+        assert_eq!(server_incarnation(info).as_deref(), Some("abc/r1"));
+        // `master_replid2` is not taken for `master_replid`.
+        let promoted = "run_id:abc\r\nmaster_replid2:r1\r\nmaster_replid:r2\r\n";
+        assert_eq!(server_incarnation(promoted).as_deref(), Some("abc/r2"));
+        assert_eq!(server_incarnation("run_id:abc\r\n").as_deref(), Some("abc"));
+        assert_eq!(server_incarnation("master_replid:r1\r\n"), None);
     }
 
     #[test]
@@ -227,6 +287,11 @@ mod tests {
         let info = |id: &str| format!("# Server\r\nrun_id:{id}\r\n");
         let a = incarnation(&[info("b"), info("a"), info("c")]);
         assert_eq!(a.as_deref(), Some("a,b,c"));
+        let with_replid = |id: &str| format!("run_id:{id}\r\nmaster_replid:r{id}\r\n");
+        assert_eq!(
+            incarnation(&[with_replid("b"), with_replid("a")]).as_deref(),
+            Some("a/ra,b/rb")
+        );
         assert_eq!(incarnation(&[info("c"), info("b"), info("a")]), a);
         // One master restarted (or replaced by its replica): another incarnation.
         assert_ne!(incarnation(&[info("a"), info("b"), info("d")]), a);

@@ -432,6 +432,8 @@ async fn read_tracked(
     if let Some((stamps, ticket)) = t.tokens.kept(k) {
         match read_kept(k, &t, stamps, ticket, claim, claim_alone, epoch).await {
             Ok(Some(res)) => return (res, Fault::Answered),
+            // The data set was replaced (a null invalidation): reopen and check first.
+            Ok(None) if t.tokens.is_lost() => return (Err(shared.tracked_lost()), Fault::Lost),
             // A token or the ticket was invalidated while the read was in flight: read
             // them all again.
             Ok(None) => {}
@@ -456,6 +458,11 @@ async fn read_tracked(
         Ok(v) => v,
         Err(e) => return fail(e),
     };
+    // The data set was replaced while the read was in flight (its push came first): what it
+    // read may be another incarnation's, judged only once the connections are reopened.
+    if t.tokens.is_lost() {
+        return (Err(shared.tracked_lost()), Fault::Lost);
+    }
     let mut replies = replies.into_iter();
     let mut next = || replies.next().unwrap_or(redis::Value::Nil);
     let (entry, caching, tokens) = match (

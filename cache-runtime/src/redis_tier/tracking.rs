@@ -93,7 +93,8 @@ impl TokenCache {
     }
 
     /// Whether the connection was closed (by Redis's idle `timeout`, a proxy, `CLIENT KILL`,
-    /// a restart): nothing is kept any more, and a read on it would fail.
+    /// a restart), or the server's data set replaced under it (a null invalidation): nothing
+    /// is kept any more, and the connections are to be reopened before the next read.
     pub(super) fn is_lost(&self) -> bool {
         self.lost.load(Ordering::Acquire)
     }
@@ -118,10 +119,16 @@ impl TokenCache {
                             }
                         }
                     }
-                    // A null key list: `FLUSHALL` / `FLUSHDB`, or a full resync of a replica.
+                    // A null key list: the data set was emptied or replaced (`FLUSHALL`,
+                    // `FLUSHDB`, a full resync from another master, `DEBUG RELOAD`). What
+                    // it holds now may be older data (a resync from a node that started
+                    // from a snapshot), which only the server's incarnation can tell: the
+                    // connection counts as lost, so the next read reopens the connections
+                    // and checks it first (docs/PROTOCOL.md §8.2).
                     _ => {
                         tokens.by_key.clear();
                         tokens.tickets.clear();
+                        self.lost.store(true, Ordering::Release);
                     }
                 }
             }
@@ -443,8 +450,16 @@ mod tests {
             data: vec![Value::Nil],
         });
         assert_eq!(cache.len(), 0, "a flush empties the cache");
-
+        assert!(
+            cache.is_lost(),
+            "a flush (or a resync) reopens the connections before the next read"
+        );
         cache.insert(&k, &[1, 2, 4], cache.epoch());
+        assert_eq!(cache.len(), 0, "nothing is kept after it");
+
+        let cache = TokenCache::new();
+        cache.insert(&k, &[1, 2, 4], cache.epoch());
+        assert!(cache.stamps(&k).is_some());
         cache.on_push(PushInfo {
             kind: PushKind::Disconnection,
             data: Vec::new(),
@@ -481,12 +496,9 @@ mod tests {
             kind: PushKind::Invalidate,
             data: vec![Value::Nil],
         });
+        assert!(cache.kept(&k).is_none(), "a flush removes every ticket");
+        let cache = TokenCache::new();
         cache.insert(&k, &[1, 2], cache.epoch());
-        assert_eq!(
-            cache.kept(&k).unwrap().1,
-            None,
-            "a flush removes every ticket"
-        );
         for i in 0..(MAX_TICKETS as u64 + 10) {
             let logical = format!("k{i}");
             let ki = ReadKeys {
