@@ -4,6 +4,37 @@
 
 use std::time::Duration;
 
+/// A random ticket (docs/PROTOCOL.md §4.1): never derived from a counter, never 0.
+pub(crate) fn new_ticket() -> u64 {
+    use std::hash::BuildHasher;
+    thread_local! {
+        static RNG: std::cell::Cell<u64> = std::cell::Cell::new(
+            std::collections::hash_map::RandomState::new().hash_one(crate::bus::instance_id()) | 1,
+        );
+    }
+    // xorshift64*, seeded per thread from the OS-seeded `RandomState`.
+    RNG.with(|r| {
+        let mut x = r.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        r.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d).max(1)
+    })
+}
+
+/// How long the fresh token of a tag invalidation lives until a store extends it (each
+/// store of a value stamped with it moves its expiry past the value's, docs/PROTOCOL.md §7.6):
+/// as long as a body may run and still store. A clear's token has no expiry, as when a read
+/// creates it.
+pub(crate) const FRESH_TAG_TOKEN_PX: u64 = 60_000;
+
+/// The fresh token a scope invalidation writes (docs/PROTOCOL.md §7.6), and its lifetime:
+/// [`FRESH_TAG_TOKEN_PX`] for a tag's, none for a clear's.
+pub(crate) fn fresh_token(tag: bool) -> (u64, Option<u64>) {
+    (new_ticket(), tag.then_some(FRESH_TAG_TOKEN_PX))
+}
+
 /// Scope tokens read or stamped (cache clear, global clear, tags): inline up to two tags,
 /// so a Redis hit allocates none.
 pub(crate) type Stamps = smallvec::SmallVec<[u64; 4]>;

@@ -44,6 +44,7 @@ use crate::key::{
     Scope, CLEAR_TOKENS, REDIS_BUCKETS, TICKET_MIDDLE,
 };
 use crate::pending::{Added, PendingOp};
+use crate::redis_request::{fresh_token, new_ticket};
 use crate::redis_tier::{
     EntryKeys, Fetched, PlainRead, PlainStore, ReadKeys, ReadRequest, RedisTier, Stamps, StoreKeys,
     WriteRequest,
@@ -74,25 +75,6 @@ const MAX_LOCK_POLL: Duration = Duration::from_millis(50);
 
 /// How long a body may run and still store (the ticket outlives values by this much).
 const FILL_ALLOWANCE: Duration = Duration::from_secs(60);
-
-/// A random ticket (docs/PROTOCOL.md §4.1): never derived from a counter, never 0.
-fn new_ticket() -> u64 {
-    use std::hash::BuildHasher;
-    thread_local! {
-        static RNG: std::cell::Cell<u64> = std::cell::Cell::new(
-            std::collections::hash_map::RandomState::new().hash_one(bus::instance_id()) | 1,
-        );
-    }
-    // xorshift64*, seeded per thread from the OS-seeded `RandomState`.
-    RNG.with(|r| {
-        let mut x = r.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        r.set(x);
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d).max(1)
-    })
-}
 
 /// One cache's Redis keys (see the module docs).
 pub(super) struct KeyScheme {
@@ -1060,6 +1042,7 @@ pub(super) async fn invalidate_scope_everywhere(scope: Scope<'_>) -> Result<(), 
     let res = r
         .invalidate_scope(
             r.scope_keys(prefix, &key),
+            fresh_token(action == bus::Action::Tag),
             channel.clone(),
             bus::message(action, target),
         )

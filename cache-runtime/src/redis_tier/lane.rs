@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! CLIENT REPLY SKIP · DEL v t · PUBLISH <bus> <msg> · SET t <new> PX <ms>     (a key)
-//! CLIENT REPLY SKIP · DEL <tokens> · PUBLISH <bus> <msg> · DEL <tokens>      (a tag, a clear)
+//! CLIENT REPLY SKIP · DEL s · PUBLISH <bus> <msg> · SET s <new> [PX <ms>]    (a tag, a clear)
 //! ```
 //!
 //! Why: Redis writes the client that got its first reply of the event loop last first. Here
@@ -13,11 +13,11 @@
 //! subscriber's thread, as with the invalidate script, without the script's server time
 //! (≈ 7 µs of Lua per call on Redis 7.0, measured: docs/BENCHMARKS.md), and, for a scope,
 //! without the pipeline's order (`DEL`, `PUBLISH`), where the echo is written first. The
-//! last write's answer (`OK`, a count) proves the writes ran on a master that took them (a
-//! replica refuses them, `noeviction` refuses the `SET`): only then is the invalidation
-//! done here. The fresh ticket follows the message, so a reader that read the key in between
-//! may have claimed a ticket of its own; the `SET` replaces it, which only refuses that
-//! reader's store (one more miss).
+//! last write's answer (`OK`) proves the writes ran on a master that took them (a replica
+//! refuses them, `noeviction` refuses the `SET`): only then is the invalidation done here.
+//! The fresh ticket (a scope's fresh token) follows the message, so a reader that read the
+//! key in between may have claimed one of its own; the `SET` replaces it, which only refuses
+//! that reader's store (one more miss).
 //!
 //! Why a connection of its own: a multiplexed connection matches replies to requests by
 //! count. A server, proxy or ACL that refuses `CLIENT REPLY` answers every command, and on a
@@ -32,7 +32,7 @@
 //!
 //! A process that does not subscribe hears no echo, so the reply order buys it nothing: its
 //! invalidations go without `CLIENT REPLY SKIP`, a key's as `DEL v t` · `PUBLISH` · `SET`,
-//! three replies ([`Lane::invalidate`]), a scope's as `DEL <tokens>` · `PUBLISH`; when
+//! three replies ([`Lane::invalidate`]), a scope's as `DEL s` · `PUBLISH` · `SET s`; when
 //! the lane is busy a key's goes on the shared connection instead of the script (§7.4).
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -229,39 +229,23 @@ impl Lane {
         self.send(&pipe, last).await
     }
 
-    /// Invalidates a scope (a tag, a cache, everything) on the lane: `CLIENT REPLY SKIP`,
-    /// `DEL <tokens>`, `PUBLISH`, `DEL <tokens>` again, whose count proves the `DEL`s ran on a
-    /// master (a replica refuses them). A process that read a token between the two `DEL`s
-    /// may have created a new one; the second `DEL` removes it, which only refuses that
-    /// reader's store (one more miss). Without `skip` (a process that does not subscribe: no
-    /// echo to answer the caller before) `DEL <tokens>` and `PUBLISH`, both answered, the
-    /// `DEL`'s count the proof. Outcomes as [`Lane::invalidate`].
+    /// Invalidates a scope (a tag, a cache, everything) on the lane, as a key
+    /// ([`Lane::invalidate`]) with its token for the value and the ticket: `CLIENT REPLY
+    /// SKIP`, `DEL s`, `PUBLISH`, `SET s <fresh> [PX]`, whose `OK` proves the writes ran on a
+    /// master that took them; without `skip` the same three commands, all answered. The
+    /// fresh token is a write even where the `DEL` found none, so every process that keeps
+    /// the token is told (docs/PROTOCOL.md §7.6). Outcomes as [`Lane::invalidate`].
     pub(super) async fn invalidate_scope(
         &self,
-        token_keys: &[String],
-        channel: &str,
-        message: &str,
+        token_key: &str,
+        fresh: (u64, Option<u64>),
+        (channel, message): (&str, &str),
         skip: bool,
     ) -> Sent {
-        let del = || {
-            let mut c = redis::Cmd::with_capacity(
-                token_keys.len() + 1,
-                3 + token_keys.iter().map(String::len).sum::<usize>(),
-            );
-            c.arg("DEL").arg(token_keys);
-            c
-        };
-        let publish = sized(&[b"PUBLISH", channel.as_bytes(), message.as_bytes()]);
-        let mut pipe = redis::Pipeline::with_capacity(4);
-        if !skip {
-            pipe.add_command(del()).add_command(publish);
-            return self.send(&pipe, Last::PlainScope).await;
-        }
-        pipe.add_command(sized(&[b"CLIENT", b"REPLY", b"SKIP"]))
-            .add_command(del())
-            .add_command(publish)
-            .add_command(del());
-        self.send(&pipe, Last::Count).await
+        let keys = [token_key.as_bytes()];
+        let pipe = invalidation_pipeline(skip, &keys, &keys, fresh, ("PUBLISH", channel, message));
+        let last = if skip { Last::Okay } else { Last::Plain };
+        self.send(&pipe, last).await
     }
 
     /// Sends an invalidation's pipeline (`CLIENT REPLY SKIP` and three commands, two
@@ -304,23 +288,65 @@ pub(super) fn key_pipeline(
     skip: bool,
     (value_key, ticket_key): (&str, &str),
     (new_ticket, ticket_px): (u64, u64),
+    publish: (&str, &str, &str),
+) -> redis::Pipeline {
+    let t = ticket_key.as_bytes();
+    invalidation_pipeline(
+        skip,
+        &[value_key.as_bytes(), t],
+        &[t],
+        (new_ticket, Some(ticket_px)),
+        publish,
+    )
+}
+
+/// A scope's invalidation: `DEL <tokens>`, `PUBLISH`, `SET <token> <fresh> [PX]` for each
+/// token, under `CLIENT REPLY SKIP` when `skip`.
+pub(super) fn scope_pipeline(
+    skip: bool,
+    token_keys: &[String],
+    fresh: (u64, Option<u64>),
+    publish: (&str, &str, &str),
+) -> redis::Pipeline {
+    let keys: smallvec::SmallVec<[&[u8]; 2]> = token_keys.iter().map(|k| k.as_bytes()).collect();
+    invalidation_pipeline(skip, &keys, &keys, fresh, publish)
+}
+
+/// `DEL <del…>`, `<publish> <channel> <message>`, then `SET <key> <fresh> [PX <ms>]` for each
+/// of `fresh_keys`, under `CLIENT REPLY SKIP` when `skip`: a key's or a scope's invalidation.
+fn invalidation_pipeline(
+    skip: bool,
+    del: &[&[u8]],
+    fresh_keys: &[&[u8]],
+    (fresh, px): (u64, Option<u64>),
     (publish, channel, message): (&str, &str, &str),
 ) -> redis::Pipeline {
-    let ticket = super::ticket_text(new_ticket);
-    let mut px = itoa::Buffer::new();
-    let px = px.format(ticket_px.max(1));
-    let (v, t) = (value_key.as_bytes(), ticket_key.as_bytes());
-    let mut pipe = redis::Pipeline::with_capacity(4);
+    let fresh = super::ticket_text(fresh);
+    let mut px_text = itoa::Buffer::new();
+    let px = px.map(|px| px_text.format(px.max(1)).as_bytes());
+    let mut pipe = redis::Pipeline::with_capacity(3 + usize::from(skip) + fresh_keys.len());
     if skip {
         pipe.add_command(sized(&[b"CLIENT", b"REPLY", b"SKIP"]));
     }
-    pipe.add_command(sized(&[b"DEL", v, t]))
-        .add_command(sized(&[
-            publish.as_bytes(),
-            channel.as_bytes(),
-            message.as_bytes(),
-        ]))
-        .add_command(sized(&[b"SET", t, &ticket.0, b"PX", px.as_bytes()]));
+    let mut del_cmd = redis::Cmd::with_capacity(
+        1 + del.len(),
+        3 + del.iter().map(|k| k.len()).sum::<usize>(),
+    );
+    del_cmd.arg("DEL");
+    for k in del {
+        del_cmd.arg(*k);
+    }
+    pipe.add_command(del_cmd).add_command(sized(&[
+        publish.as_bytes(),
+        channel.as_bytes(),
+        message.as_bytes(),
+    ]));
+    for k in fresh_keys {
+        pipe.add_command(match px {
+            Some(px) => sized(&[b"SET", k, &fresh.0, b"PX", px]),
+            None => sized(&[b"SET", k, &fresh.0]),
+        });
+    }
     pipe
 }
 
@@ -342,16 +368,13 @@ pub(super) enum Sent {
     TimedOut(redis::RedisError),
 }
 
-/// The answer of an invalidation's last write: `OK` (a key's `SET`) or a count (a scope's
-/// `DEL`).
+/// What an invalidation's pipeline answers.
 #[derive(Clone, Copy)]
 enum Last {
+    /// Under `CLIENT REPLY SKIP`: the `PUBLISH`'s count, the `SET`'s `OK`.
     Okay,
-    Count,
     /// No `CLIENT REPLY SKIP`: the `DEL`'s count, the `PUBLISH`'s, the `SET`'s answer.
     Plain,
-    /// No `CLIENT REPLY SKIP`, a scope: the `DEL`'s count, the `PUBLISH`'s.
-    PlainScope,
 }
 
 impl Last {
@@ -359,7 +382,7 @@ impl Last {
     fn replies(self) -> usize {
         match self {
             Last::Plain => 3,
-            Last::Okay | Last::Count | Last::PlainScope => 2,
+            Last::Okay => 2,
         }
     }
 }
@@ -368,15 +391,14 @@ impl Last {
 /// (exactly of its kind) or its error.
 fn shape(replies: &[Value], last: Last) -> Replies {
     match (replies, last) {
-        ([Value::Int(_), Value::Okay], Last::Okay)
-        | ([Value::Int(_), Value::Int(_)], Last::Count) => Replies::Done,
-        ([Value::Int(_), Value::Int(_), Value::Okay | Value::ServerError(_)], Last::Plain)
-        | ([Value::Int(_), Value::Int(_)], Last::PlainScope) => Replies::Done,
-        // In step, the last write refused (a replica; OOM for a key's `SET`), or without
+        ([Value::Int(_), Value::Okay], Last::Okay) => Replies::Done,
+        ([Value::Int(_), Value::Int(_), Value::Okay | Value::ServerError(_)], Last::Plain) => {
+            Replies::Done
+        }
+        // In step, the last write refused (a replica; OOM for the `SET`), or without
         // `CLIENT REPLY SKIP` the `DEL` or the message refused (a replica; an ACL): the usual
         // way, which reports it.
-        ([Value::Int(_), Value::ServerError(_)], _)
-        | ([Value::ServerError(_), _], Last::PlainScope)
+        ([Value::Int(_), Value::ServerError(_)], Last::Okay)
         | ([Value::ServerError(_), _, _], Last::Plain)
         | ([Value::Int(_), Value::ServerError(_), _], Last::Plain) => Replies::NotTaken,
         _ => Replies::Foreign,
@@ -418,34 +440,57 @@ mod tests {
     }
 
     #[test]
-    fn a_plain_scope_is_done_with_the_dels_and_the_messages_counts() {
-        let readonly = redis::parse_redis_value(b"-READONLY replica\r\n").unwrap();
-        let scope = Last::PlainScope;
-        assert!(matches!(
-            shape(&[Value::Int(0), Value::Int(3)], scope),
-            Replies::Done
-        ));
-        for usual in [
-            [readonly.clone(), Value::Int(0)],
-            [Value::Int(1), readonly.clone()],
-        ] {
-            assert!(matches!(shape(&usual, scope), Replies::NotTaken));
-        }
-        for foreign in [
-            vec![Value::Okay, Value::Int(1)],
-            vec![Value::Int(1)],
-            vec![Value::Int(1), Value::Int(0), Value::Int(0)],
-        ] {
-            assert!(
-                matches!(shape(&foreign, scope), Replies::Foreign),
-                "{foreign:?}"
-            );
-        }
+    fn a_scope_is_invalidated_as_a_key_with_its_token_for_value_and_ticket() {
+        let commands = |pipe: &redis::Pipeline| -> Vec<String> {
+            pipe.cmd_iter()
+                .map(|c| {
+                    c.args_iter()
+                        .map(|a| match a {
+                            redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
+                            _ => "<cursor>".into(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .collect()
+        };
+        let token = super::super::ticket_text(7);
+        let token = std::str::from_utf8(&token.0).unwrap();
+        let publish = ("PUBLISH", "cr:bus:1", "T1...");
+        // A tag's token: a fresh one with a lifetime; a clear's: without (as a read creates it).
+        let tag = ["{cr:scopes}:t:team:7".to_string()];
+        assert_eq!(
+            commands(&scope_pipeline(false, &tag, (7, Some(60_000)), publish)),
+            [
+                "DEL {cr:scopes}:t:team:7".to_string(),
+                "PUBLISH cr:bus:1 T1...".into(),
+                format!("SET {{cr:scopes}}:t:team:7 {token} PX 60000"),
+            ]
+        );
+        let clear = ["{cr:scopes}:a".to_string()];
+        assert_eq!(
+            commands(&scope_pipeline(true, &clear, (7, None), publish)),
+            [
+                "CLIENT REPLY SKIP".to_string(),
+                "DEL {cr:scopes}:a".into(),
+                "PUBLISH cr:bus:1 T1...".into(),
+                format!("SET {{cr:scopes}}:a {token}"),
+            ]
+        );
+        // A key's, for comparison: the same shape.
+        assert_eq!(
+            commands(&key_pipeline(false, ("v", "t"), (7, 5), publish)),
+            [
+                "DEL v t".to_string(),
+                "PUBLISH cr:bus:1 T1...".into(),
+                format!("SET t {token} PX 5"),
+            ]
+        );
     }
 
     #[test]
     fn only_the_publish_count_and_the_last_writes_answer_are_done() {
-        use Last::{Count, Okay};
+        use Last::Okay;
         assert!(matches!(
             shape(&[Value::Int(1), Value::Okay], Okay),
             Replies::Done
@@ -454,18 +499,12 @@ mod tests {
             shape(&[Value::Int(0), Value::Okay], Okay),
             Replies::Done
         ));
-        assert!(matches!(
-            shape(&[Value::Int(1), Value::Int(0)], Count),
-            Replies::Done
-        ));
         // In step, the last write refused (a replica, OOM): the usual way.
         let oom = redis::parse_redis_value(b"-OOM command not allowed\r\n").unwrap();
-        for last in [Okay, Count] {
-            assert!(matches!(
-                shape(&[Value::Int(1), oom.clone()], last),
-                Replies::NotTaken
-            ));
-        }
+        assert!(matches!(
+            shape(&[Value::Int(1), oom.clone()], Okay),
+            Replies::NotTaken
+        ));
         // `CLIENT REPLY` refused: its error, then the `DEL`'s count; a proxy's own `+OK` for
         // it; the `DEL`'s and `PUBLISH`'s counts after a swallowed `CLIENT` (also caught by
         // the proof on open, where `PING 1` answers first): never in step.
@@ -473,11 +512,9 @@ mod tests {
         assert!(matches!(refused, Value::ServerError(_)));
         for (foreign, last) in [
             (vec![refused.clone(), Value::Int(1)], Okay),
-            (vec![refused.clone(), Value::Int(1)], Count),
             (vec![Value::Okay, Value::Int(1)], Okay),
-            (vec![Value::Okay, Value::Int(1)], Count),
             (vec![Value::Int(2), Value::Int(1)], Okay),
-            (vec![Value::Int(1), Value::Okay], Count),
+            (vec![Value::Int(1), Value::Int(0)], Okay),
             (vec![Value::Int(2), Value::Nil], Okay),
             (vec![oom, Value::Okay], Okay),
             (vec![Value::Okay], Okay),

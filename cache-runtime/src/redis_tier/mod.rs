@@ -1567,18 +1567,25 @@ impl RedisTier {
 
     /// A tag invalidation or a clear: `DEL` of the scope's token in every bucket (`keys`),
     /// then the bus message (allowed under `noeviction` OOM, idempotent). Every value stamped
-    /// with a deleted token is refused from now on; the next token is a new random number.
-    /// Single node: one pipeline, one round trip. Cluster: the `DEL` is split per slot by the
-    /// cluster client (each master its part, in parallel), then `SPUBLISH` on the bucket
-    /// channel of the scope; `WAIT` (if any) goes to every master.
+    /// with a deleted token is refused from now on. Single node and Sentinel: one pipeline,
+    /// one round trip, `DEL <token>` · `PUBLISH` · `SET <token> <fresh> [PX]` (`fresh`: the new
+    /// token and, for a tag's, its lifetime; refused under OOM, which leaves no token, as a
+    /// `DEL` alone does). The `SET` is a write even where the `DEL` finds no token, so every
+    /// process that keeps the token (client tracking) is told to drop it: the data set may
+    /// have been swapped under it (`SWAPDB`), taking the token away without a push, and a
+    /// `DEL` of nothing tells nobody (docs/PROTOCOL.md §7.6). Cluster: the `DEL` is split per
+    /// slot by the cluster client (each master its part, in parallel), then `SPUBLISH` on the
+    /// bucket channel of the scope (no token is kept there, and there is one database);
+    /// `WAIT` (if any) goes to every master.
     pub(crate) async fn invalidate_scope(
         &self,
         keys: Vec<String>,
+        fresh: (u64, Option<u64>),
         channel: String,
         message: String,
     ) -> Result<(), CacheError> {
-        if let Some(lane) = self.invalidation_lane().await {
-            let sent = lane.invalidate_scope(&keys, &channel, &message, bus::subscribes());
+        if let (Some(lane), [token]) = (self.invalidation_lane().await, keys.as_slice()) {
+            let sent = lane.invalidate_scope(token, fresh, (&channel, &message), bus::subscribes());
             if let Some(done) = self.lane_outcome(sent.await) {
                 return done;
             }
@@ -1596,16 +1603,15 @@ impl RedisTier {
                     .query_async::<()>(&mut c)
                     .await;
             }
-            redis::pipe()
-                .cmd("DEL")
-                .arg(&keys)
-                .ignore()
-                .cmd(publish)
-                .arg(&channel)
-                .arg(&message)
-                .ignore()
-                .query_async::<()>(&mut c)
-                .await
+            let pipe = lane::scope_pipeline(false, &keys, fresh, (publish, &channel, &message));
+            let mut replies = direct::query_all(&mut c, &pipe).await?.into_iter();
+            for _ in 0..2 {
+                replies
+                    .next()
+                    .unwrap_or(redis::Value::Nil)
+                    .extract_error()?;
+            }
+            Ok(())
         })
         .await
     }
@@ -1658,6 +1664,7 @@ impl RedisTier {
             {
                 self.invalidate_scope(
                     self.scope_keys(&self.pending_prefix, key),
+                    crate::redis_request::fresh_token(*action == bus::Action::Tag),
                     channel.clone(),
                     bus::message(*action, target),
                 )
@@ -1941,8 +1948,14 @@ impl RedisTier {
                     ..
                 } = keys(k);
                 for scope in stamps {
-                    self.invalidate_scope(vec![scope.to_string()], channel.into(), msg.clone())
-                        .await?;
+                    let fresh = (5, Some(px));
+                    self.invalidate_scope(
+                        vec![scope.to_string()],
+                        fresh,
+                        channel.into(),
+                        msg.clone(),
+                    )
+                    .await?;
                 }
                 self.invalidate(value, ticket, (4, px), channel.into(), msg.clone())
                     .await?;
