@@ -353,8 +353,8 @@ fn main() {
             });
         }
         "invalidate-tag-ours" => {
-            // `invalidate_tag` of a tag per call (`DEL` of its token, the bus message):
-            // against `invalidate-hand-publish`, the same two commands written by hand.
+            // `invalidate_tag` of a tag per call (`DEL` of its token, the bus message, the
+            // fresh token's `SET`).
             start_redis();
             let rt = current_thread_runtime();
             rt.block_on(async {

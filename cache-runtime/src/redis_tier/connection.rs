@@ -335,11 +335,13 @@ impl Conn {
         }
     }
 
-    /// `INFO server replication` of the master, or of every master of a cluster (each must
-    /// answer: a master's error reply is this call's error).
+    /// `INFO` (its default sections) of the master, or of every master of a cluster (each
+    /// must answer: a master's error reply is this call's error).
     pub(super) async fn server_infos(&mut self) -> redis::RedisResult<Vec<String>> {
-        // Both sections in one command (Redis 7.0): the `run_id` and the `master_replid`.
-        let info = || redis::cmd("INFO").arg("server").arg("replication").clone();
+        // The default sections, `server` and `replication` among them (the `run_id`, the
+        // `master_replid`): one command on every version, where `INFO server replication`
+        // needs 7.0 (a 6.x server must still be named too old, `incarnation::too_old`).
+        let info = || redis::cmd("INFO").clone();
         match self {
             Conn::Cluster(c) => {
                 let v = c

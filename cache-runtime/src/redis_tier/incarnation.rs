@@ -52,7 +52,7 @@ pub(super) enum Found {
     Unchecked,
 }
 
-/// The `run_id` in an `INFO server` reply.
+/// The `run_id` in an `INFO` reply.
 fn run_id(info: &str) -> Option<&str> {
     field(info, "run_id:")
 }
@@ -65,9 +65,8 @@ fn field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
-/// One server's part of the incarnation: `run_id/master_replid` from an `INFO server
-/// replication` reply; the `run_id` alone where the replication section is missing (a proxy
-/// that filters `INFO`).
+/// One server's part of the incarnation: `run_id/master_replid` from an `INFO` reply; the
+/// `run_id` alone where the replication section is missing (a proxy that filters `INFO`).
 fn server_incarnation(info: &str) -> Option<String> {
     let run_id = run_id(info)?;
     Some(match field(info, "master_replid:") {
@@ -76,7 +75,7 @@ fn server_incarnation(info: &str) -> Option<String> {
     })
 }
 
-/// The `redis_version` of the first of these `INFO server` replies (a cluster's: one per
+/// The `redis_version` of the first of these `INFO` replies (a cluster's: one per
 /// master) that is older than 7.0: the runtime's commands need 7.0 (`SET … NX GET`,
 /// `PEXPIRE … GT`, `SPUBLISH`); on 6.x they are refused as syntax errors, so no store lands
 /// and nothing is ever served from Redis.

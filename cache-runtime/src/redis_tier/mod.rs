@@ -373,6 +373,21 @@ async fn read_kept(
     }
 }
 
+/// Sends a plain invalidation's pipeline (`DEL`, the message, the fresh ticket or token,
+/// `lane::key_pipeline` / `lane::scope_pipeline`): `Ok` needs the `DEL`'s and the message's
+/// replies (a replica refuses the `DEL`, an ACL the message); a refused `SET` (`noeviction`
+/// OOM) leaves no ticket or token, as the invalidate script's `pcall` does.
+async fn send_plain_invalidation(c: &mut Conn, pipe: &redis::Pipeline) -> redis::RedisResult<()> {
+    let mut replies = direct::query_all(c, pipe).await?.into_iter();
+    for _ in 0..2 {
+        replies
+            .next()
+            .unwrap_or(redis::Value::Nil)
+            .extract_error()?;
+    }
+    Ok(())
+}
+
 /// The connection a plain read of an async caller goes through.
 enum Via {
     Tracked(Arc<tracking::Tracked>),
@@ -1456,14 +1471,7 @@ impl RedisTier {
         self.exec_write(Some(value_key.clone()), move |mut c| async move {
             let keys = (value_key.as_str(), ticket_key.as_str());
             let pipe = lane::key_pipeline(false, keys, fresh, (publish, &channel, &message));
-            let mut replies = direct::query_all(&mut c, &pipe).await?.into_iter();
-            for _ in 0..2 {
-                replies
-                    .next()
-                    .unwrap_or(redis::Value::Nil)
-                    .extract_error()?;
-            }
-            Ok(())
+            send_plain_invalidation(&mut c, &pipe).await
         })
         .await
     }
@@ -1604,14 +1612,7 @@ impl RedisTier {
                     .await;
             }
             let pipe = lane::scope_pipeline(false, &keys, fresh, (publish, &channel, &message));
-            let mut replies = direct::query_all(&mut c, &pipe).await?.into_iter();
-            for _ in 0..2 {
-                replies
-                    .next()
-                    .unwrap_or(redis::Value::Nil)
-                    .extract_error()?;
-            }
-            Ok(())
+            send_plain_invalidation(&mut c, &pipe).await
         })
         .await
     }
