@@ -51,7 +51,7 @@ use proc_macro::TokenStream;
 /// | `skip(a, b)` | parameter names, `self` | none | Parameters that do not change the result (a pool, a logger). Every other parameter must be in the key. |
 /// | `capacity` | integer ≥ 1 | 10 000 | Maximum local entries. Not with `tier = "redis"`. |
 /// | `max_bytes` | `1048576`, `"512KiB"`, `"64MiB"`, `"1GiB"` | none | Bound the local tier by memory instead of entries (not with `capacity`; needs a serde value). |
-/// | `name` | string | the function's path (`Type::method` for methods) | The cache's name in stats, metrics and logs. |
+/// | `name` | string | the function's path (`Type::method` for methods) | The cache's name in stats, metrics and logs, and its `clear()` scope: two caches given the same name clear each other (a warning is logged when the second is created). |
 /// | `version` | integer | 1 | Schema version of the value type, part of the Redis key and of the value's fingerprint: bump it when the type changes. |
 /// | `cache_none` | `true`/`false`, or bare `cache_none` | `false` | `Option<T>` only: cache `None` too (a `Result<Option<T>, E>` caches `Ok(None)` without it). |
 /// | `none_ttl` | duration | `ttl` | Lifetime of a cached `None`. Needs `cache_none`. |

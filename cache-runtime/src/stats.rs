@@ -256,10 +256,24 @@ pub(crate) struct Registered {
 static REGISTRY: Mutex<Vec<Registered>> = Mutex::new(Vec::new());
 
 pub(crate) fn register(entry: Registered) {
-    REGISTRY
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(entry);
+    let mut registry = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
+    if name_taken(&registry, &entry.name) {
+        // Values never mix (each cache's keys are its own), but the name is the clear scope
+        // and the metrics' label: `clear()` of either clears both, and their counters share
+        // a series.
+        tracing::warn!(
+            subject = "cache",
+            cache = %entry.name,
+            "two caches share this name: `clear()` of either clears both and their metrics \
+             mix; give each its own `name`"
+        );
+    }
+    registry.push(entry);
+}
+
+/// Whether a cache named `name` is registered already.
+fn name_taken(registry: &[Registered], name: &str) -> bool {
+    registry.iter().any(|r| r.name == name)
 }
 
 /// Every cache created so far in this process (a `#[cached]` cache is created on its first
@@ -293,6 +307,20 @@ pub fn caches() -> Vec<CacheInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_second_cache_of_a_name_is_noticed() {
+        let entry = |name: &str| Registered {
+            name: name.into(),
+            tier: Tier::Local,
+            ttl: Duration::from_secs(1),
+            counters: Arc::new(Counters::new("t::dup")),
+        };
+        let registry = vec![entry("app::a"), entry("dup")];
+        assert!(name_taken(&registry, "dup"));
+        assert!(!name_taken(&registry, "app::b"));
+        assert!(!name_taken(&registry, "du"), "the whole name");
+    }
 
     #[test]
     fn every_counter_reaches_the_snapshot_and_is_reset() {
