@@ -626,10 +626,13 @@ pub(super) enum Fault {
     Lost,
     /// No answer in time.
     Timeout,
-    /// Redis answered but refused the operation (`NOPERM`, `OOM`, `LOADING`, `BUSY`,
-    /// `CROSSSLOT`, `CLUSTERDOWN`, `TRYAGAIN`, ...): a failure, not an answer.
+    /// Redis answered but refused the operation (`NOPERM`, `LOADING`, `BUSY`, `CROSSSLOT`,
+    /// `CLUSTERDOWN`, `TRYAGAIN`, ...): a failure, not an answer.
     Refused,
-    /// Any other server error: Redis is there and took the request (e.g. `WRONGTYPE`).
+    /// Any other server error: Redis is there and took the request (e.g. `WRONGTYPE`), and
+    /// `OOM`: a full server refuses writes but serves every read, which are what a cache is
+    /// for; counted as a failure, refused stores would open the breaker and send every read
+    /// to the source while Redis could serve it.
     Answered,
 }
 
@@ -637,8 +640,9 @@ pub(super) enum Fault {
 fn fault_of_code(code: &str) -> Option<Fault> {
     Some(match code {
         "READONLY" | "MASTERDOWN" => Fault::Lost,
-        "NOPERM" | "NOAUTH" | "WRONGPASS" | "OOM" | "LOADING" | "BUSY" | "CROSSSLOT"
-        | "CLUSTERDOWN" | "TRYAGAIN" | "MISCONF" | "NOREPLICAS" => Fault::Refused,
+        "NOPERM" | "NOAUTH" | "WRONGPASS" | "LOADING" | "BUSY" | "CROSSSLOT" | "CLUSTERDOWN"
+        | "TRYAGAIN" | "MISCONF" | "NOREPLICAS" => Fault::Refused,
+        "OOM" => Fault::Answered,
         // A redirection the cluster client did not follow (retries exhausted during a
         // resharding or failover, or a single-node URL pointed at a cluster node).
         "MOVED" | "ASK" => Fault::Refused,
@@ -1436,7 +1440,7 @@ mod tests {
     }
 
     #[test]
-    fn node_faults_are_failures_and_a_demoted_master_is_a_lost_connection() {
+    fn node_faults_are_failures_a_full_server_is_not_and_a_demoted_master_is_a_lost_connection() {
         let cases = [
             (
                 "READONLY You can't write against a read only replica.",
@@ -1449,7 +1453,7 @@ mod tests {
             ),
             (
                 "OOM command not allowed when used memory > 'maxmemory'.",
-                Fault::Refused,
+                Fault::Answered,
             ),
             (
                 "CROSSSLOT Keys in request don't hash to the same slot",
@@ -1478,9 +1482,18 @@ mod tests {
         }
         // A script relays the code of the command that failed inside it.
         let in_script = server_error(
-            "OOM command not allowed when used memory > 'maxmemory'. script: 1234, on @user_script:2.",
+            "NOPERM this user has no permissions to run the 'set' command script: 1234, on \
+             @user_script:2.",
         );
         assert_eq!(fault_of(&in_script), Fault::Refused);
+        let in_script = server_error(
+            "OOM command not allowed when used memory > 'maxmemory'. script: 1234, on @user_script:2.",
+        );
+        assert_eq!(
+            fault_of(&in_script),
+            Fault::Answered,
+            "a full server reads on"
+        );
     }
 
     #[test]

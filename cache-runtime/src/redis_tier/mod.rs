@@ -2080,8 +2080,9 @@ impl RedisTier {
     /// Breaker bookkeeping and rate-limited logging of one operation's result.
     fn settle<T>(&self, (res, fault): (Result<T, CacheError>, Fault)) -> Result<T, CacheError> {
         match (&res, fault) {
-            // Only an error that says nothing about this node's health (`WRONGTYPE`, ...)
-            // counts as Redis answering; `READONLY`, `NOPERM`, `OOM`, ... are failures.
+            // Only an error that says nothing about this node's health (`WRONGTYPE`, a
+            // write refused by a full server, `OOM`, ...) counts as Redis answering;
+            // `READONLY`, `NOPERM`, ... are failures.
             (Ok(_), _) | (Err(_), Fault::Answered) => self.breaker.success(),
             (Err(e), fault) => {
                 if self.breaker.failure() && fault == Fault::Timeout {
