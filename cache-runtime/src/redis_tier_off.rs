@@ -122,6 +122,7 @@ impl RedisTier {
     pub(crate) async fn invalidate_scope(
         &self,
         _keys: Vec<String>,
+        _fresh: (u64, Option<u64>),
         _channel: String,
         _message: String,
     ) -> Result<(), CacheError> {

@@ -324,7 +324,7 @@ fn invalidation_pipeline(
     let fresh = super::ticket_text(fresh);
     let mut px_text = itoa::Buffer::new();
     let px = px.map(|px| px_text.format(px.max(1)).as_bytes());
-    let mut pipe = redis::Pipeline::with_capacity(3 + usize::from(skip) + fresh_keys.len());
+    let mut pipe = redis::Pipeline::with_capacity(2 + usize::from(skip) + fresh_keys.len());
     if skip {
         pipe.add_command(sized(&[b"CLIENT", b"REPLY", b"SKIP"]));
     }
