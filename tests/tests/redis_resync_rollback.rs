@@ -6,7 +6,8 @@
 //! sends every tracked connection a null invalidation, which makes the runtime reopen its
 //! connections and judge the incarnation (`run_id` and `master_replid`, which the resync and
 //! the promotion change) before the next read: no caller, of a Redis-only, a two-tier or a
-//! lock-reading cache, is served a value invalidated before the rollback.
+//! lock-reading or a blocking caller's cache, is served a value invalidated before the
+//! rollback.
 
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::time::{Duration, Instant};
@@ -34,6 +35,20 @@ async fn two_tier(id: usize) -> u64 {
 #[cached(tier = "redis", ttl = 300, key = "rsy3:<id>", lock = true)]
 async fn locked(id: usize) -> u64 {
     SOURCE[id].load(SeqCst) + 2000
+}
+
+/// A blocking caller's: its reads run on the runtime's Redis thread, on that thread's own
+/// tracked connection.
+#[cached(tier = "redis", ttl = 300, key = "rsy4:<id>")]
+fn blocking(id: usize) -> u64 {
+    SOURCE[id].load(SeqCst) + 3000
+}
+
+/// `blocking(id)` off the async worker threads.
+async fn blocking_call(id: usize) -> u64 {
+    tokio::task::spawn_blocking(move || blocking(id))
+        .await
+        .expect("blocking call")
 }
 
 fn server() -> RedisServer {
@@ -76,6 +91,8 @@ async fn values_invalidated_before_a_rollback_by_resync_are_not_served() {
         assert_eq!(remote(id).await, 1);
         assert_eq!(two_tier(id).await, 1001);
         assert_eq!(locked(id).await, 2001);
+        assert_eq!(blocking_call(id).await, 3001);
+        assert_eq!(blocking_call(id).await, 3001);
     }
     replicate(&older, &node);
     promote(&older);
@@ -86,10 +103,15 @@ async fn values_invalidated_before_a_rollback_by_resync_are_not_served() {
         invalidate_remote(id).await.expect("invalidate");
         invalidate_two_tier(id).await.expect("invalidate");
         invalidate_locked(id).await.expect("invalidate");
+        tokio::task::spawn_blocking(move || invalidate_blocking(id))
+            .await
+            .expect("blocking call")
+            .expect("invalidate");
         if id % 2 == 0 {
             assert_eq!(remote(id).await, 2);
             assert_eq!(two_tier(id).await, 1002);
             assert_eq!(locked(id).await, 2002);
+            assert_eq!(blocking_call(id).await, 3002);
         }
     }
 
@@ -118,6 +140,7 @@ async fn values_invalidated_before_a_rollback_by_resync_are_not_served() {
             assert_eq!(locked(id).await, 2002, "{what}");
             assert_eq!(remote(id).await, 2, "{what}");
             assert_eq!(two_tier(id).await, 1002, "{what}");
+            assert_eq!(blocking_call(id).await, 3002, "{what}");
         }
     }
     // And the cache works again: values rewritten, then served from Redis.
