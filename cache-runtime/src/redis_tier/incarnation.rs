@@ -81,10 +81,7 @@ fn server_incarnation(info: &str) -> Option<String> {
 /// and nothing is ever served from Redis.
 pub(super) fn too_old(infos: &[String]) -> Option<&str> {
     infos.iter().find_map(|info| {
-        let version = info
-            .lines()
-            .find_map(|l| l.strip_prefix("redis_version:"))
-            .map(str::trim)?;
+        let version = field(info, "redis_version:")?;
         let major: u32 = version.split('.').next()?.parse().ok()?;
         (major < 7).then_some(version)
     })

@@ -242,8 +242,7 @@ impl Lane {
         (channel, message): (&str, &str),
         skip: bool,
     ) -> Sent {
-        let keys = [token_key.as_bytes()];
-        let pipe = invalidation_pipeline(skip, &keys, &keys, fresh, ("PUBLISH", channel, message));
+        let pipe = scope_pipeline(skip, &[token_key], fresh, ("PUBLISH", channel, message));
         let last = if skip { Last::Okay } else { Last::Plain };
         self.send(&pipe, last).await
     }
@@ -304,11 +303,11 @@ pub(super) fn key_pipeline(
 /// token, under `CLIENT REPLY SKIP` when `skip`.
 pub(super) fn scope_pipeline(
     skip: bool,
-    token_keys: &[String],
+    token_keys: &[impl AsRef<[u8]>],
     fresh: (u64, Option<u64>),
     publish: (&str, &str, &str),
 ) -> redis::Pipeline {
-    let keys: smallvec::SmallVec<[&[u8]; 2]> = token_keys.iter().map(|k| k.as_bytes()).collect();
+    let keys: smallvec::SmallVec<[&[u8]; 2]> = token_keys.iter().map(AsRef::as_ref).collect();
     invalidation_pipeline(skip, &keys, &keys, fresh, publish)
 }
 

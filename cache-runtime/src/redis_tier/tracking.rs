@@ -106,40 +106,30 @@ impl TokenCache {
     /// Applies one push of the tracked connection (called by redis-rs's driver, in order with
     /// the replies).
     pub(super) fn on_push(&self, info: PushInfo) {
-        match info.kind {
-            PushKind::Invalidate => {
-                let mut tokens = self.lock();
-                self.epoch.fetch_add(1, Ordering::AcqRel);
-                match info.data.first() {
-                    Some(Value::Array(keys)) => {
-                        for key in keys {
-                            if let Value::BulkString(key) = key {
-                                tokens.by_key.remove(key.as_slice());
-                                tokens.forget_ticket(key);
-                            }
-                        }
-                    }
-                    // A null key list: the data set was emptied or replaced (`FLUSHALL`,
-                    // `FLUSHDB`, a full resync from another master, `DEBUG RELOAD`). What
-                    // it holds now may be older data (a resync from a node that started
-                    // from a snapshot), which only the server's incarnation can tell: the
-                    // connection counts as lost, so the next read reopens the connections
-                    // and checks it first (docs/PROTOCOL.md §8.2).
-                    _ => {
-                        tokens.by_key.clear();
-                        tokens.tickets.clear();
-                        self.lost.store(true, Ordering::Release);
-                    }
-                }
-            }
-            PushKind::Disconnection => {
+        let keys = match (info.kind, info.data.first()) {
+            (PushKind::Invalidate, Some(Value::Array(keys))) => keys,
+            // A null key list: the data set was emptied or replaced (`FLUSHALL`, `FLUSHDB`, a
+            // full resync from another master, `DEBUG RELOAD`). What it holds now may be
+            // older data (a resync from a node that started from a snapshot), which only the
+            // server's incarnation can tell: as for a lost connection, the next read reopens
+            // the connections and checks it first (docs/PROTOCOL.md §8.2).
+            (PushKind::Invalidate | PushKind::Disconnection, _) => {
                 let mut tokens = self.lock();
                 self.epoch.fetch_add(1, Ordering::AcqRel);
                 tokens.by_key.clear();
                 tokens.tickets.clear();
                 self.lost.store(true, Ordering::Release);
+                return;
             }
-            _ => {}
+            _ => return,
+        };
+        let mut tokens = self.lock();
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        for key in keys {
+            if let Value::BulkString(key) = key {
+                tokens.by_key.remove(key.as_slice());
+                tokens.forget_ticket(key);
+            }
         }
     }
 
