@@ -296,6 +296,7 @@ async fn run(h: &Handlers, cmd: &str, args: &[String]) -> Result<String, String>
         },
         "pid" => std::process::id().to_string(),
         "pending" => cache_runtime::redis_status().pending_writes.to_string(),
+        "breaker" => format!("{:?}", cache_runtime::redis_status().breaker),
         other => return Err(format!("unknown command {other}")),
     })
 }

@@ -627,12 +627,14 @@ pub(super) enum Fault {
     /// No answer in time.
     Timeout,
     /// Redis answered but refused the operation (`NOPERM`, `LOADING`, `BUSY`, `CROSSSLOT`,
-    /// `CLUSTERDOWN`, `TRYAGAIN`, ...): a failure, not an answer.
+    /// `CLUSTERDOWN`, ...): a failure, not an answer.
     Refused,
-    /// Any other server error: Redis is there and took the request (e.g. `WRONGTYPE`), and
-    /// `OOM`: a full server refuses writes but serves every read, which are what a cache is
-    /// for; counted as a failure, refused stores would open the breaker and send every read
-    /// to the source while Redis could serve it.
+    /// Any other server error: Redis is there and took the request (e.g. `WRONGTYPE`). Also
+    /// two refusals of a healthy server that concern some keys only, where a failure would
+    /// open the breaker and send every read of every key to the source while Redis could
+    /// serve them: `OOM` (a full server refuses writes but serves every read, which are what
+    /// a cache is for) and `TRYAGAIN` (a cluster slot on the move: a request for several of
+    /// its keys of which some have been migrated, until the move is final).
     Answered,
 }
 
@@ -641,8 +643,8 @@ fn fault_of_code(code: &str) -> Option<Fault> {
     Some(match code {
         "READONLY" | "MASTERDOWN" => Fault::Lost,
         "NOPERM" | "NOAUTH" | "WRONGPASS" | "LOADING" | "BUSY" | "CROSSSLOT" | "CLUSTERDOWN"
-        | "TRYAGAIN" | "MISCONF" | "NOREPLICAS" => Fault::Refused,
-        "OOM" => Fault::Answered,
+        | "MISCONF" | "NOREPLICAS" => Fault::Refused,
+        "OOM" | "TRYAGAIN" => Fault::Answered,
         // A redirection the cluster client did not follow (retries exhausted during a
         // resharding or failover, or a single-node URL pointed at a cluster node).
         "MOVED" | "ASK" => Fault::Refused,
@@ -1465,7 +1467,7 @@ mod tests {
             ("ASK 3999 127.0.0.1:6381", Fault::Refused),
             (
                 "TRYAGAIN Multiple keys request during rehashing of slot",
-                Fault::Refused,
+                Fault::Answered,
             ),
             (
                 "LOADING Redis is loading the dataset in memory",

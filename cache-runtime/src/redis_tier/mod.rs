@@ -1434,6 +1434,7 @@ impl RedisTier {
         let scripts = self.scripts.clone();
         let (publish, channel) = self.message_route(&value_key, channel);
         let (new_ticket, ticket_px) = fresh;
+        let cluster = self.cluster;
         self.exec_write(Some(value_key.clone()), move |mut c| async move {
             let mut call = ScriptCall::new(
                 &scripts.invalidate,
@@ -1448,7 +1449,14 @@ impl RedisTier {
                 .arg(&channel)
                 .arg(&message)
                 .arg(publish);
-            call.invoke::<redis::Value>(&mut c).await.map(drop)
+            match call.invoke::<i64>(&mut c).await {
+                Ok(heard) if cluster => publish_if_unheard(&mut c, heard, &channel, &message).await,
+                Ok(_) => Ok(()),
+                Err(e) if cluster && e.code() == Some("TRYAGAIN") => {
+                    invalidate_apart(&mut c, (&value_key, &ticket_key), &channel, &message).await
+                }
+                Err(e) => Err(e),
+            }
         })
         .await
     }
@@ -1549,6 +1557,7 @@ impl RedisTier {
             keys.clears,
         );
         let (publish, channel) = self.message_route(&value, channel);
+        let cluster = self.cluster;
         self.exec_write(Some(value.clone()), move |mut c| async move {
             let mut call = ScriptCall::new(
                 &scripts.populate,
@@ -1566,9 +1575,17 @@ impl RedisTier {
                 .arg(&message)
                 .arg(publish)
                 .arg(clears);
-            call.invoke::<Vec<Option<Vec<u8>>>>(&mut c)
-                .await
-                .map(parse_stamps)
+            // The stamps, then how many subscribers heard the message.
+            let mut reply = call.invoke::<Vec<Option<Vec<u8>>>>(&mut c).await?;
+            let heard = reply
+                .pop()
+                .flatten()
+                .and_then(|n| std::str::from_utf8(&n).ok()?.parse().ok())
+                .unwrap_or(0);
+            if cluster {
+                publish_if_unheard(&mut c, heard, &channel, &message).await?;
+            }
+            Ok(parse_stamps(reply))
         })
         .await
     }
@@ -1701,40 +1718,48 @@ impl RedisTier {
         }
     }
 
-    /// Pending key invalidations in one pipeline: `DEL value ticket` + `PUBLISH` each. On a
-    /// cluster, one pipeline per bucket (a pipeline is single-slot), all in parallel; `Err` if
-    /// any failed (they are idempotent: the whole batch is retried).
+    /// Pending key invalidations: `DEL value ticket` + the message each. Single node and
+    /// Sentinel: one pipeline. Cluster: each key on its own, all in parallel
+    /// ([`invalidate_apart`]: the cluster client redirects a command, not a pipeline, to the
+    /// importing master of a slot on the move). `Err` if any failed (they are idempotent: the
+    /// whole batch is retried).
     async fn invalidate_batch(&self, batch: &[PendingOp]) -> Result<(), CacheError> {
-        let mut groups: std::collections::BTreeMap<u32, (String, redis::Pipeline)> =
-            std::collections::BTreeMap::new();
-        for op in batch {
-            if let PendingOp::Invalidate {
+        let keys = batch.iter().filter_map(|op| match op {
+            PendingOp::Invalidate {
                 value_key,
                 ticket_key,
                 channel,
                 logical,
                 ..
-            } = op
-            {
-                let bucket = if self.cluster {
-                    crate::key::redis_bucket(logical)
-                } else {
-                    0
-                };
-                let (publish, channel) = self.message_route(value_key, channel.clone());
-                let (_, p) = groups
-                    .entry(bucket)
-                    .or_insert_with(|| (value_key.clone(), redis::pipe()));
+            } => Some((value_key, ticket_key, channel, logical)),
+            _ => None,
+        });
+        if !self.cluster {
+            let mut p = redis::pipe();
+            let mut route = None;
+            for (value_key, ticket_key, channel, logical) in keys {
+                route.get_or_insert_with(|| value_key.clone());
                 p.cmd("DEL").arg(value_key).arg(ticket_key).ignore();
-                p.cmd(publish)
+                p.cmd("PUBLISH")
                     .arg(channel)
                     .arg(bus::message(bus::Action::Invalidated, logical))
                     .ignore();
             }
+            let Some(route) = route else {
+                return Ok(());
+            };
+            return self
+                .exec_write(Some(route), move |mut c| async move {
+                    p.query_async::<()>(&mut c).await
+                })
+                .await;
         }
-        let sends = groups.into_values().map(|(route, p)| {
-            self.exec_write(Some(route), move |mut c| async move {
-                p.query_async::<()>(&mut c).await
+        let sends = keys.map(|(value_key, ticket_key, _, logical)| {
+            let (value_key, ticket_key) = (value_key.clone(), ticket_key.clone());
+            let channel = bus::shard_channel_of(&value_key);
+            let message = bus::message(bus::Action::Invalidated, logical);
+            self.exec_write(Some(value_key.clone()), move |mut c| async move {
+                invalidate_apart(&mut c, (&value_key, &ticket_key), &channel, &message).await
             })
         });
         for res in futures_util::future::join_all(sends).await {
@@ -2057,6 +2082,57 @@ pub(super) fn scope_keys_on(cluster: bool, prefix: &str, scope_key: &str) -> Vec
     } else {
         vec![scope_key.to_string()]
     }
+}
+
+/// Publishes a key's message again, on its own, when the write's script or pipeline says
+/// it reached no subscriber (`heard`, `SPUBLISH`'s count; cluster only, where every process
+/// subscribes to every bucket channel, this one included). That happens when the write was
+/// redirected (`ASK`) to the importing master of a slot on the move: the keys had been
+/// migrated there, while every subscription still listens on the slot's owner, which serves
+/// the slot's shard channels until the move is final (docs/PROTOCOL.md §5.3). Routed by the
+/// channel, the message goes to that owner, after the write has run.
+async fn publish_if_unheard(
+    c: &mut Conn,
+    heard: i64,
+    channel: &str,
+    message: &str,
+) -> redis::RedisResult<()> {
+    if heard > 0 {
+        return Ok(());
+    }
+    redis::cmd("SPUBLISH")
+        .arg(channel)
+        .arg(message)
+        .query_async::<()>(c)
+        .await
+}
+
+/// A key's invalidation as commands of their own, each redirected (`ASK`) by the cluster
+/// client to wherever its key is while a slot is on the move: `DEL t` first (from then on no
+/// value of the key's is served, and none stored under the old ticket), `DEL v`, then the
+/// message, routed by its channel to the slot's owner, where every subscription listens
+/// until the move is final. For a slot on the move, where the importing master refuses the
+/// script (`TRYAGAIN`: one of its two keys is gone) and the cluster client does not redirect
+/// a pipeline (docs/PROTOCOL.md §5.3).
+async fn invalidate_apart(
+    c: &mut Conn,
+    (value_key, ticket_key): (&str, &str),
+    channel: &str,
+    message: &str,
+) -> redis::RedisResult<()> {
+    redis::cmd("DEL")
+        .arg(ticket_key)
+        .query_async::<()>(c)
+        .await?;
+    redis::cmd("DEL")
+        .arg(value_key)
+        .query_async::<()>(c)
+        .await?;
+    redis::cmd("SPUBLISH")
+        .arg(channel)
+        .arg(message)
+        .query_async::<()>(c)
+        .await
 }
 
 /// `health check: <step> failed: the redis user may not run 'zadd' (grant +zadd): NOPERM ...`

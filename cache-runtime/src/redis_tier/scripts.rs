@@ -78,12 +78,13 @@ return 0",
             // new ticket, ticket px, channel, message, PUBLISH or SPUBLISH (cluster: the
             // channel is in the keys' slot), how many scope tokens are clear tokens (first,
             // no TTL). A missing scope token gets the new ticket's value (any fresh random
-            // number will do), a tag's with its PX. Returns the scope tokens.
+            // number will do), a tag's with its PX. Returns the scope tokens, then how many
+            // subscribers heard the message (in decimal).
             populate: Script::new(
                 r"
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-redis.call(ARGV[5], ARGV[3], ARGV[4])
+local heard = redis.call(ARGV[5], ARGV[3], ARGV[4])
 local clears = tonumber(ARGV[6])
 local out = {}
 for i = 3, #KEYS do
@@ -98,6 +99,7 @@ for i = 3, #KEYS do
   end
   out[#out + 1] = s
 end
+out[#out + 1] = tostring(heard)
 return out",
             ),
             // Invalidate (§7.4). KEYS: value, ticket; ARGV: new ticket, ticket px, channel,
@@ -107,7 +109,8 @@ return out",
             // pipeline, for the order Redis writes the replies in: the caller's one reply is
             // added after the message was queued for the subscribers, so Redis writes it
             // first (it queues clients at the head of its pending list), and the process's
-            // own echo no longer takes the idle CPU before the caller's reply (§5.2).
+            // own echo no longer takes the idle CPU before the caller's reply (§5.2). Returns
+            // how many subscribers heard the message.
             invalidate: Script::new(
                 r"
 redis.call('DEL', KEYS[1], KEYS[2])
