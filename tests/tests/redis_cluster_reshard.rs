@@ -188,6 +188,14 @@ fn a_slot_moved_between_masters_loses_no_write() {
         "an invalidation, the value gone from the target",
         invalidated,
     );
+    // A tag's token stripe for the moving bucket is on the importing master too.
+    steps.change(
+        "a tag invalidation, the keys on the target",
+        populated,
+        |a, _| {
+            assert_eq!(a.call(&format!("tag user:{populated}")), "done");
+        },
+    );
 
     // The move is final: the source drops the slot's shard subscriptions (`sunsubscribe`),
     // and every process subscribes again on the new owner.
