@@ -484,6 +484,27 @@ pub trait IntoKey {
     fn logical(&self) -> &str;
     /// The owned key, tags included.
     fn into_key(self) -> crate::Key;
+    /// The tags alone, as an entry carries them (what an `_entry` call's local hit needs):
+    /// an untagged key's allocate nothing.
+    fn into_tags(self) -> std::sync::Arc<[String]>
+    where
+        Self: Sized,
+    {
+        shared_tags(self.into_key().tags)
+    }
+}
+
+/// `tags` as an entry carries them; none shares one empty list per thread instead of
+/// allocating (and keeps its count off other threads' cache lines).
+pub(crate) fn shared_tags(tags: Vec<String>) -> std::sync::Arc<[String]> {
+    thread_local! {
+        static NONE: std::sync::Arc<[String]> = std::sync::Arc::from(Vec::new());
+    }
+    if tags.is_empty() {
+        NONE.with(std::sync::Arc::clone)
+    } else {
+        tags.into()
+    }
 }
 
 impl<T: Into<crate::Key> + AsRef<str>> IntoKey for T {
@@ -534,6 +555,9 @@ impl<const N: usize> IntoKey for TaggedKey<N> {
     fn into_key(self) -> crate::Key {
         crate::Key::new(self.key.finish()).with_tags(self.tags.map(KeyWriter::finish).into())
     }
+    fn into_tags(self) -> std::sync::Arc<[String]> {
+        shared_tags(self.tags.map(KeyWriter::finish).into())
+    }
 }
 
 impl IntoKey for KeyWriter {
@@ -544,6 +568,10 @@ impl IntoKey for KeyWriter {
     #[inline]
     fn into_key(self) -> crate::Key {
         crate::Key::new(self.finish())
+    }
+    #[inline]
+    fn into_tags(self) -> std::sync::Arc<[String]> {
+        shared_tags(Vec::new())
     }
 }
 

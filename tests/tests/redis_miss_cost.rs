@@ -365,3 +365,62 @@ async fn a_blocking_cache_of_new_keys_claims_without_reading_the_value() {
     )
     .await;
 }
+
+static LOCKED_BODIES: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(tier = "redis", ttl = 60, key = "cost-locked:<id>", lock = true)]
+async fn locked_row(id: u64) -> u64 {
+    LOCKED_BODIES.fetch_add(1, SeqCst);
+    // Long enough for every concurrent caller to find the lock taken.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    id * 3
+}
+
+/// A hit needs no lock: a warm `lock = true` cache reads as a cache without one does
+/// (`GET v`, its ticket kept by client tracking), not through the script that may take the
+/// lock (`EVALSHA`: a read of the value, the ticket and the scope tokens, and its nested
+/// reply; docs/PROTOCOL.md §7.3). Concurrent misses of a new key still take the lock, so
+/// the body runs once.
+#[tokio::test]
+async fn a_locked_cache_hit_reads_without_the_lock_script() {
+    let server = shared_redis_with_bus().await;
+    let _log = SLOWLOG.lock().await;
+    // Loaded (misses), then read until the cache's last eight reads were hits.
+    for _ in 0..4 {
+        for id in 1..=4u64 {
+            assert_eq!(locked_row(id).await, id * 3);
+        }
+    }
+    server.log_every_command();
+    for _ in 0..3 {
+        for id in 1..=4u64 {
+            assert_eq!(locked_row(id).await, id * 3);
+        }
+    }
+    let commands = server.slowlog_commands();
+    let scripts = commands
+        .iter()
+        .filter(|c| c[0].eq_ignore_ascii_case("evalsha"))
+        .count();
+    let value_reads = commands
+        .iter()
+        .filter(|c| {
+            // `GET v`, or `MGET v t` while this runtime's own tracked connection opens.
+            ["get", "mget"].iter().any(|r| c[0].eq_ignore_ascii_case(r)) && c[1].contains(":v2:1.")
+        })
+        .count();
+    assert_eq!(scripts, 0, "a hit ran the lock script: {commands:?}");
+    assert_eq!(value_reads, 12, "one read per hit: {commands:?}");
+    assert_eq!(locked_row_cache().stats().redis_hits, 24);
+
+    let before = LOCKED_BODIES.load(SeqCst);
+    let calls = (0..8).map(|_| tokio::spawn(locked_row(99)));
+    for call in calls {
+        assert_eq!(call.await.unwrap(), 297);
+    }
+    assert_eq!(
+        LOCKED_BODIES.load(SeqCst) - before,
+        1,
+        "concurrent misses of a new key ran the body more than once"
+    );
+}

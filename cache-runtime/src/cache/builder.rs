@@ -319,6 +319,7 @@ impl<V: crate::__private::CacheValue> CacheBuilder<V> {
                     self.stale.map_or(Duration::ZERO, |(stale, ..)| stale),
                 ),
                 ticketless: Default::default(),
+                lock_misses: Default::default(),
                 last_envelope_len: Default::default(),
             }),
             (Some(_), None) => {

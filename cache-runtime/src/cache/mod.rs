@@ -411,18 +411,30 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         B: Future<Output = R>,
     {
         self.want_etags();
-        let key = key.into_key();
         let normal = self.mode.load(Ordering::Relaxed) == 0;
-        let hit = match normal {
-            true => self.local_hit(&key.logical),
-            false => None,
+        let key = match self.entry_local_hit::<R, S, _>(key, normal) {
+            Ok(hit) => return hit,
+            Err(key) => key.into_key(),
         };
-        let (r, mut meta, source) = match hit {
-            Some((v, meta)) => (S::rebuild(v), meta, Source::Local),
-            None => Box::pin(self.load_unhit::<R, S, B>(&key, make_body(), sharing, normal)).await,
-        };
+        let (r, mut meta, source) =
+            Box::pin(self.load_unhit::<R, S, B>(&key, make_body(), sharing, normal)).await;
         self.etag_for_entry::<R, S>(&r, &mut meta);
-        S::with_entry(r, meta, key.tags.into(), source)
+        S::with_entry(r, meta, crate::key::shared_tags(key.tags), source)
+    }
+
+    /// An `_entry` call's local hit, read with the key where it was written (no owned key,
+    /// no tags unless it has some); the key back on a miss.
+    fn entry_local_hit<R, S, K>(&self, key: K, normal: bool) -> Result<S::Entries, K>
+    where
+        S: EntryShape<R, Value = V>,
+        K: IntoKey,
+    {
+        let Some((v, mut meta)) = normal.then(|| self.local_hit(key.logical())).flatten() else {
+            return Err(key);
+        };
+        let r = S::rebuild(v);
+        self.etag_for_entry::<R, S>(&r, &mut meta);
+        Ok(S::with_entry(r, meta, key.into_tags(), Source::Local))
     }
 
     /// Blocking [`get_or_load_entry`](Self::get_or_load_entry).
@@ -435,6 +447,13 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     where
         S: EntryShape<R, Value = V>,
     {
+        // A local hit returns before `block_on` (and its waker) is set up.
+        self.want_etags();
+        let normal = self.mode.load(Ordering::Relaxed) == 0;
+        let key = match self.entry_local_hit::<R, S, _>(key, normal) {
+            Ok(hit) => return hit,
+            Err(key) => key,
+        };
         crate::blocking::block_on(self.get_or_load_entry::<R, S>(
             key,
             async move { body() },
@@ -567,7 +586,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         B: Future<Output = R> + Send + 'static,
     {
         self.want_etags();
-        let tags: Arc<[String]> = key.tags.clone().into();
+        let tags = crate::key::shared_tags(key.tags.clone());
         let (r, mut meta, source) = self
             .load_detached::<R, S, F, B>(key, make_body, sharing)
             .await;

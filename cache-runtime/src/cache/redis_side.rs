@@ -241,6 +241,11 @@ pub(super) struct RedisSide<V> {
     /// more had none (a cache of mostly new keys), reads claim the ticket in the same round
     /// trip, so a miss costs two round trips instead of three (docs/PROTOCOL.md §7.2).
     pub(super) ticketless: AtomicU8,
+    /// With `lock = true`, the last eight reads, a bit each: 1 = no usable value. While
+    /// fewer than half missed, a read goes first without the lock (a plain hit, §7.1), and
+    /// only a miss runs the script that may take it (one round trip more); otherwise
+    /// straight to the script (docs/PROTOCOL.md §7.3).
+    pub(super) lock_misses: AtomicU8,
     /// The length of the last envelope this cache encoded: the next one's buffer starts
     /// that large (plus an eighth), so that a value like the last is encoded without
     /// growing it.
@@ -258,12 +263,22 @@ impl<V> RedisSide<V> {
     }
 
     fn note_read(&self, ticketless: bool) {
-        let old = self.ticketless.load(Relaxed);
-        let new = old << 1 | u8::from(ticketless);
-        // No store while nothing changes: a cache of hits never writes the shared line.
-        if new != old {
-            self.ticketless.store(new, Relaxed);
-        }
+        note(&self.ticketless, ticketless);
+    }
+
+    /// Whether a read of a `lock = true` cache goes first without the lock.
+    fn hit_first(&self) -> bool {
+        self.lock_misses.load(Relaxed).count_ones() < 4
+    }
+}
+
+/// Shifts one read's bit into a history of eight.
+fn note(history: &AtomicU8, bit: bool) {
+    let old = history.load(Relaxed);
+    let new = old << 1 | u8::from(bit);
+    // No store while nothing changes: a cache of hits never writes the shared line.
+    if new != old {
+        history.store(new, Relaxed);
     }
 }
 
@@ -506,6 +521,25 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             };
         };
         let mut fallback = None;
+        // A hit needs no lock: read as a cache without one does (`GET v` with the ticket
+        // kept), and take the lock's script only on a miss.
+        let mut record = !redis.hit_first();
+        if !record {
+            let read = self.redis_read(key, seen_local, None, refresh).await;
+            note(&redis.lock_misses, !matches!(read, Read::Found(..)));
+            match read {
+                Read::Found(v, meta) => return Fill::Found(v, meta),
+                Read::Stale { value, .. } => fallback = Some(value),
+                Read::Missing { .. } => {}
+                Read::Failed => {
+                    return Fill::Compute {
+                        claim: None,
+                        fallback: None,
+                        unlock: LockGuard::none(),
+                    }
+                }
+            }
+        }
         let token = lock_token();
         let mut unlock = LockGuard::new(
             redis.tier,
@@ -526,31 +560,35 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             // The read may take the lock: from here on a cancelled call releases it.
             unlock.arm();
             let lock = Some((token.clone(), lease_ms));
-            let (seen, locked, unusable) =
-                match self.redis_read(key, seen_local, lock, refresh).await {
-                    Read::Found(v, meta) => {
-                        unlock.disarm();
-                        return Fill::Found(v, meta);
-                    }
-                    Read::Missing {
-                        seen,
-                        locked,
-                        unusable,
-                    } => (seen, locked, unusable),
-                    // A stale value blocks the script's lock attempt like any unusable value.
-                    Read::Stale { seen, value } => {
-                        fallback = Some(value);
-                        (seen, false, true)
-                    }
-                    Read::Failed => {
-                        unlock.disarm();
-                        return Fill::Compute {
-                            claim: None,
-                            fallback,
-                            unlock,
-                        };
-                    }
-                };
+            let read = self.redis_read(key, seen_local, lock, refresh).await;
+            if std::mem::take(&mut record) {
+                // Straight to the script: its first read tells whether hits came back.
+                note(&redis.lock_misses, !matches!(read, Read::Found(..)));
+            }
+            let (seen, locked, unusable) = match read {
+                Read::Found(v, meta) => {
+                    unlock.disarm();
+                    return Fill::Found(v, meta);
+                }
+                Read::Missing {
+                    seen,
+                    locked,
+                    unusable,
+                } => (seen, locked, unusable),
+                // A stale value blocks the script's lock attempt like any unusable value.
+                Read::Stale { seen, value } => {
+                    fallback = Some(value);
+                    (seen, false, true)
+                }
+                Read::Failed => {
+                    unlock.disarm();
+                    return Fill::Compute {
+                        claim: None,
+                        fallback,
+                        unlock,
+                    };
+                }
+            };
             let locked = locked
                 || (unusable
                     && matches!(
