@@ -45,14 +45,16 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         self.fail_safe.as_ref().map_or(Duration::ZERO, |f| f.stale)
     }
 
-    /// Runs the body; under the fail-safe, with a fallback at hand (`fallback`, or a stale
-    /// local copy), a failure (`Err`, panic, timeout) gives the fallback back as `Err`, and
-    /// the key's body is not retried before `stale_retry`.
+    /// Runs the body; under the fail-safe, with a fallback at hand (`fallback`, Redis's, or
+    /// a stale local copy: see [`local_stale`](Self::local_stale), `outage` saying whether
+    /// Redis failed to answer this call's read), a failure (`Err`, panic, timeout) gives the
+    /// fallback back as `Err`, and the key's body is not retried before `stale_retry`.
     pub(super) async fn run_body<R, S>(
         &self,
         key: &Key,
         body: impl Future<Output = R>,
         fallback: Option<(V, Meta)>,
+        outage: bool,
     ) -> Result<R, (V, Meta)>
     where
         S: Shape<R, Value = V>,
@@ -60,11 +62,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let Some(fs) = &self.fail_safe else {
             return Ok(self.timed(body).await);
         };
-        let fallback = fallback.or_else(|| {
-            self.local
-                .as_ref()
-                .and_then(|l| l.tier.get_stale(&key.logical))
-        });
+        let fallback = fallback.or_else(|| self.local_stale(&key.logical, outage));
         let Some(fallback) = fallback else {
             return Ok(self.timed(body).await);
         };
@@ -216,10 +214,15 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     }
 
     /// A fallback for a soft timeout: a local copy (fresh if a write landed meanwhile, else
-    /// stale), or a stale one still in Redis.
+    /// stale; a `local+redis` cache's only while the bus is trusted: the body is only slow,
+    /// and a copy invalidated unheard is never a fallback), or a stale one still in Redis,
+    /// which the read checks against its ticket and tokens.
     async fn stale_fallback(&self, key: &Key) -> Option<(V, Meta)> {
-        if let Some(local) = &self.local {
-            return local.tier.get_stale(&key.logical);
+        if self.local.is_some() {
+            let copy = self.local_stale(&key.logical, false);
+            if copy.is_some() || self.redis.is_none() {
+                return copy;
+            }
         }
         let seen = self.local_generation(&key.logical);
         match self.redis_read(key, seen, None, false).await {

@@ -166,7 +166,10 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         // stored, the lock (if this call holds it) is released without waiting, by dropping
         // `unlock`, and where it is, only the value (`Send + Sync`) is kept across the store.
         // Dropped with this future (cancelled), `unlock` releases the lock too.
-        let r = match self.run_body::<R, S>(key, body, fallback).await {
+        // Redis answered this call's read (it holds a claim) unless it failed: then a kept
+        // local copy may stand in for a failing body even while the bus is down.
+        let outage = claim.is_none();
+        let r = match self.run_body::<R, S>(key, body, fallback, outage).await {
             Ok(r) => r,
             Err((fb, fb_meta)) => {
                 drop(unlock);

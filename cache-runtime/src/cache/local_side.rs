@@ -171,6 +171,18 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         local.tier.get(key)
     }
 
+    /// A local copy kept past its TTL, as a fallback. A `local+redis` cache's copy only while
+    /// the bus is trusted (another process may have invalidated it unheard: an invalidated
+    /// value is never a fallback), or when `outage` (Redis did not answer this call's read:
+    /// the fail-safe's documented fallback during an outage, when the body fails too).
+    pub(super) fn local_stale(&self, key: &str, outage: bool) -> Option<(V, Meta)> {
+        let local = self.local.as_ref()?;
+        if local.shared && !outage && !bus::trusted() {
+            return None;
+        }
+        local.tier.get_stale(key)
+    }
+
     pub(super) fn local_hit(&self, key: &str) -> Option<(V, Meta)> {
         let hit = self.local_peek(key)?;
         self.counters.local_hits.add(1);
