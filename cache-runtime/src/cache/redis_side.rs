@@ -548,6 +548,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             self.counters.clone(),
         );
         let lease_ms = lease.as_millis().max(1) as u64;
+        let mut first_ticket: Option<Option<u64>> = None;
         // Long enough for a crashed holder's lease to expire and a waiter to take over.
         let deadline = Instant::now() + lease * 2;
         // Poll often at first (the holder may be about to store), then every 50 ms.
@@ -598,8 +599,15 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                             .await,
                         Ok(true)
                     ));
-            if locked || Instant::now() >= deadline {
-                if !locked {
+            // The key was written since this call first looked (its ticket changed: an
+            // invalidation, or a holder's claim after one): the value it waits for may be
+            // gone before it looks again, and a body run now reads the source after that
+            // write. Under a storm of writes to one hot key another process's callers
+            // would otherwise take the lock again and again while this one polls until
+            // its deadline (2 × the lease).
+            let written = *first_ticket.get_or_insert(seen.ticket) != seen.ticket;
+            if locked || written || Instant::now() >= deadline {
+                if !locked && !written {
                     unlock.disarm();
                     self.counters.lock_timeouts.add(1);
                 }
