@@ -100,6 +100,22 @@ impl Forwarded {
                 });
             }
         }
+        // A second `#[cached]` would go to `NAME_uncached` (as any other attribute macro
+        // does) and cache the body again, where `invalidate_NAME` never reaches.
+        if let Some(r) = rules.iter().find(|r| {
+            r.meta
+                .path()
+                .segments
+                .last()
+                .is_some_and(|s| s.ident == "cached")
+        }) {
+            return Err(syn::Error::new_spanned(
+                r.meta.path(),
+                "`#[cached]` may appear once on a function: a second one would cache its body \
+                 again, as `NAME_uncached`, where `invalidate_NAME` never reaches; merge the \
+                 options into one attribute",
+            ));
+        }
         let deprecated = rules.iter().any(|r| r.meta.path().is_ident("deprecated"));
         Ok(Self { rules, deprecated })
     }
