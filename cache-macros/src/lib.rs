@@ -496,10 +496,19 @@ pub fn cached(attr: TokenStream, item: TokenStream) -> TokenStream {
     let item2: proc_macro2::TokenStream = item.clone().into();
     let result = options::parse(attr.into()).and_then(|opts| {
         let f: syn::ItemFn = syn::parse2(item2.clone()).map_err(|e| {
-            syn::Error::new(
-                e.span(),
-                "#[cached] applies to functions and `&self` methods",
-            )
+            // A trait's method declaration (`fn load(&self, id: u64) -> u64;`): no body.
+            match syn::parse2::<syn::TraitItemFn>(item2.clone()) {
+                Ok(decl) if decl.default.is_none() => syn::Error::new_spanned(
+                    &decl.sig,
+                    "#[cached] needs the function's body, and a method declaration has none: \
+                     put `#[cached(in_trait, ...)]` on the method in each `impl` of the trait \
+                     (or on a default body written here)",
+                ),
+                _ => syn::Error::new(
+                    e.span(),
+                    "#[cached] applies to functions and `&self` methods",
+                ),
+            }
         })?;
         expand::expand(opts, f)
     });
