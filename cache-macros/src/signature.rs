@@ -315,7 +315,10 @@ impl Param {
             }
         };
         let is = |a: &&syn::Attribute, name: &str| a.path().is_ident(name);
-        let cfg = pt.attrs.iter().filter(|a| is(a, "cfg"));
+        let mut cfg = TokenStream::new();
+        for attr in &pt.attrs {
+            param_cfg(&attr.meta, &[], &mut cfg)?;
+        }
         let cfg_attrs = pt
             .attrs
             .iter()
@@ -325,10 +328,43 @@ impl Param {
             ty: (*pt.ty).clone(),
             pattern,
             names,
-            cfg: quote!(#(#cfg)*),
+            cfg,
             cfg_attrs: quote!(#(#cfg_attrs)*),
         })
     }
+}
+
+/// The `#[cfg(...)]` a parameter's attribute `meta` puts on it, into `out`: a `cfg` as
+/// written, and one inside `cfg_attr(pred, ...)` (nested ones too) as `cfg(any(not(pred),
+/// ..))`, which is what it means; `under`: the predicates of the `cfg_attr`s around `meta`.
+fn param_cfg(meta: &syn::Meta, under: &[syn::Meta], out: &mut TokenStream) -> syn::Result<()> {
+    match meta {
+        syn::Meta::List(l) if l.path.is_ident("cfg") && under.is_empty() => {
+            out.extend(quote!(#[#meta]));
+        }
+        syn::Meta::List(l) if l.path.is_ident("cfg") => {
+            let pred = &l.tokens;
+            out.extend(quote!(#[cfg(any(not(all(#(#under),*)), #pred))]));
+        }
+        syn::Meta::List(l) if l.path.is_ident("cfg_attr") => {
+            let (pred, metas) = l.parse_args_with(|input: syn::parse::ParseStream| {
+                let pred: syn::Meta = input.parse()?;
+                input.parse::<syn::Token![,]>()?;
+                let metas =
+                    syn::punctuated::Punctuated::<syn::Meta, syn::Token![,]>::parse_terminated(
+                        input,
+                    )?;
+                Ok((pred, metas))
+            })?;
+            let mut under = under.to_vec();
+            under.push(pred);
+            for m in &metas {
+                param_cfg(m, &under, out)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Names the arguments that patterns take whole after what they destructure (`Path(id):

@@ -37,6 +37,21 @@ pub fn templated(
     a + c
 }
 
+static NESTED: Runs = Runs::new();
+
+// A `cfg` inside a `cfg_attr` (nested ones too) is the `cfg` under its predicate: `b` and
+// `d` are compiled out (their `cfg_attr` holds), `c` is kept (its `cfg_attr` does not).
+#[cached(ttl = 60, key = "n:<a>:<b>:<c>:<d>", tags = ["n:<b>"])]
+pub fn nested(
+    a: u8,
+    #[cfg_attr(not(any()), cfg(any()))] b: u8,
+    #[cfg_attr(any(), cfg(any()))] c: u8,
+    #[cfg_attr(not(any()), allow(unused_variables), cfg_attr(not(any()), cfg(any())))] d: u8,
+) -> u8 {
+    NESTED.hit();
+    a + c
+}
+
 pub struct Point {
     pub x: u8,
     pub y: u8,
@@ -99,6 +114,14 @@ pub async fn main() {
     assert_eq!(patterns(Point { x: 1, y: 2 }, 4).await, 7);
     assert_eq!(PATTERNS.get(), 2);
     assert_eq!(lookup_patterns(Point { x: 1, y: 2 }, 4).await, Some(7));
+
+    assert_eq!(nested(1, 2), 3);
+    assert_eq!(nested(1, 2), 3);
+    assert_eq!(nested(1, 4), 5);
+    assert_eq!(NESTED.get(), 2);
+    assert_eq!(lookup_nested(1, 4), Some(5));
+    assert_eq!(invalidate_nested(1, 4), Ok(()));
+    assert_eq!(lookup_nested(1, 4), None);
 
     let svc = Svc { shard: 10 };
     assert_eq!(svc.method(1, 2), 13);
