@@ -84,7 +84,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     let build = build_tokens(&opts, &a);
     let name_str = name.unraw().to_string();
     let site = quote_spanned! {name.span()=>
-        ::core::concat!(::core::file!(), ":", ::core::line!(), ":", ::core::column!())
+        ::std::concat!(::std::file!(), ":", ::std::line!(), ":", ::std::column!())
     };
     // The wrapper and the functions with its parameters leave out the type arguments
     // that only skipped parameters have (see `erase`); the companions lack them already.
@@ -117,7 +117,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
                     #k::__private::Slot::new(#generated, #name_str, #site)#erasing;
                 (&#k::__private::Check::<#value_ty>::new()).instance(
                     &#slot,
-                    ::core::any::type_name_of_val(&|| ()),
+                    ::std::any::type_name_of_val(&|| ()),
                     #build,
                 )
             };
@@ -150,7 +150,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         // dropped (the purge is not lost with it).
         (
             quote!(let #purge = #k::edge::PurgeOnDrop::new(::std::vec![#(#paths),*]);),
-            quote!(::core::mem::drop(#purge);),
+            quote!(::std::mem::drop(#purge);),
         )
     };
 
@@ -207,12 +207,12 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         Kind::OkOnly => quote! {
             #k::Sharing::<#ret>::new(
                 |__r| match __r {
-                    ::core::result::Result::Err(__e) => {
+                    ::std::result::Result::Err(__e) => {
                         #[allow(unused_imports)]
                         use #k::__private::{ShareClone as _, ShareNever as _};
                         (&#k::__private::Probe(__e)).share()
                     }
-                    ::core::result::Result::Ok(_) => ::core::option::Option::None,
+                    ::std::result::Result::Ok(_) => ::std::option::Option::None,
                 },
                 |__b| {
                     #[allow(unused_imports)]
@@ -221,7 +221,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
                         <#ret as #k::__private::ResultLike>::Err,
                     >::new())
                     .unshare(__b)
-                    .map(::core::result::Result::Err)
+                    .map(::std::result::Result::Err)
                 },
             )
         },
@@ -413,7 +413,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         #[allow(dead_code)]
         #at_companion
         #vis #asyncness fn #invalidate #companion_generics (#self_arg #(#key_params),*)
-            -> ::core::result::Result<(), #k::CacheError> #companion_where
+            -> ::std::result::Result<(), #k::CacheError> #companion_where
         {
             #p_invalidate
             #build_purge
@@ -427,7 +427,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         #[allow(clippy::too_many_arguments, dead_code)]
         #at_companion
         #vis #asyncness fn #populate #companion_generics (#self_arg #(#key_params,)* #value_arg: #value_ty)
-            -> ::core::result::Result<(), #k::CacheError> #companion_where
+            -> ::std::result::Result<(), #k::CacheError> #companion_where
         {
             #p_populate
             #build_purge
@@ -440,7 +440,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         #[allow(dead_code)]
         #at_companion
         #vis #asyncness fn #lookup #companion_generics (#self_arg #(#key_params),*)
-            -> ::core::option::Option<#value_ty> #companion_where
+            -> ::std::option::Option<#value_ty> #companion_where
         {
             #p_lookup
             #cache.#look(#key) #aw
@@ -671,22 +671,22 @@ fn build_tokens(opts: &Options, a: &Analyzed) -> TokenStream {
     let vspan = v.span();
     let info = Ident::new("__info", Span::mixed_site());
     let explicit = match &opts.name {
-        Some(n) => quote!(::core::option::Option::Some(#n)),
-        None => quote!(::core::option::Option::None),
+        Some(n) => quote!(::std::option::Option::Some(#n)),
+        None => quote!(::std::option::Option::None),
     };
     let cache_name = quote!(#info.name(#explicit));
     let ttl = opts.ttl_ms;
     let version = opts.version;
-    let mut chain = quote!(.ttl(::core::time::Duration::from_millis(#ttl)).version(#version));
+    let mut chain = quote!(.ttl(::std::time::Duration::from_millis(#ttl)).version(#version));
     if let Some(template) = &opts.key {
         // Functions over the same template, version and type share entries, so `clear()`.
         chain.extend(quote!(.key_space(#template)));
     }
     if let Some(ms) = opts.local_ttl_ms {
-        chain.extend(quote!(.local_ttl(::core::time::Duration::from_millis(#ms))));
+        chain.extend(quote!(.local_ttl(::std::time::Duration::from_millis(#ms))));
     }
     if let Some((ms, _)) = opts.none_ttl_ms {
-        chain.extend(quote!(.none_ttl(::core::time::Duration::from_millis(#ms))));
+        chain.extend(quote!(.none_ttl(::std::time::Duration::from_millis(#ms))));
     }
     if let Some(n) = opts.capacity {
         chain.extend(quote!(.capacity(#n)));
@@ -698,13 +698,13 @@ fn build_tokens(opts: &Options, a: &Analyzed) -> TokenStream {
         let (stale, retry) = (fs.stale_ms, fs.retry_ms);
         let timeout = match &fs.timeout {
             Some((ms, _)) => {
-                quote!(::core::option::Option::Some(::core::time::Duration::from_millis(#ms)))
+                quote!(::std::option::Option::Some(::std::time::Duration::from_millis(#ms)))
             }
-            None => quote!(::core::option::Option::None),
+            None => quote!(::std::option::Option::None),
         };
         chain.extend(quote!(.stale(
-            ::core::time::Duration::from_millis(#stale),
-            ::core::time::Duration::from_millis(#retry),
+            ::std::time::Duration::from_millis(#stale),
+            ::std::time::Duration::from_millis(#retry),
             #timeout
         )));
     }
@@ -712,7 +712,7 @@ fn build_tokens(opts: &Options, a: &Analyzed) -> TokenStream {
         chain.extend(quote!(.jitter(#j)));
     }
     if let Some((ms, _)) = opts.soft_timeout {
-        chain.extend(quote!(.soft_timeout(::core::time::Duration::from_millis(#ms))));
+        chain.extend(quote!(.soft_timeout(::std::time::Duration::from_millis(#ms))));
     }
     if let Some(f) = &opts.refresh_ahead {
         chain.extend(quote!(.refresh_ahead(#f)));
@@ -722,7 +722,7 @@ fn build_tokens(opts: &Options, a: &Analyzed) -> TokenStream {
         chain.extend(quote!(.mode(#k::Mode::#m)));
     }
     if let Some(ms) = opts.lock_lease_ms {
-        chain.extend(quote!(.lock(::core::time::Duration::from_millis(#ms))));
+        chain.extend(quote!(.lock(::std::time::Duration::from_millis(#ms))));
     }
     // The bounds are checked through `__private::Check` (see there): a value type that is
     // not `Clone + Send + Sync` or, with a Redis tier, not serde is one error at its span,
@@ -1038,10 +1038,10 @@ impl<'a> KeyPlan<'a> {
                     let expr = match a.receiver_kind {
                         ReceiverKind::Borrowed => quote!(#s),
                         ReceiverKind::BorrowedPointer => {
-                            quote_spanned!(span=> ::core::convert::identity::<&Self>(#s))
+                            quote_spanned!(span=> ::std::convert::identity::<&Self>(#s))
                         }
                         ReceiverKind::Owned => {
-                            quote_spanned!(span=> ::core::convert::identity::<&Self>(&#s))
+                            quote_spanned!(span=> ::std::convert::identity::<&Self>(&#s))
                         }
                     };
                     pieces.push(Piece::Literal {

@@ -1,5 +1,50 @@
 //! A crate that depends on the runtime under another name (`renamed-cache = { package =
 //! "cache-runtime", .. }`): `#[cached]` without `crate = "..."` finds it by that name.
+//!
+//! In an edition 2015 crate too, where a global path starts at the crate root: the generated
+//! code names `::std` and the runtime under its name (an `extern crate` there), never
+//! `::core`, which such a crate does not have.
+//!
+//! ```edition2015
+//! #[macro_use]
+//! extern crate renamed_cache;
+//!
+//! use renamed_cache::key::KeyPart;
+//!
+//! #[derive(Clone, Copy, KeyPart)]
+//! struct Id(u64);
+//!
+//! #[cached(ttl = 60, key = "id:<id>", tags = ["id:<id>"])]
+//! fn find(id: Id) -> Option<u64> {
+//!     Some(id.0)
+//! }
+//!
+//! #[cached(ttl = 60, stale = "1m")]
+//! fn parse(text: String) -> Result<u64, String> {
+//!     text.parse().map_err(|_| text.clone())
+//! }
+//!
+//! struct Repo;
+//!
+//! impl Repo {
+//!     #[cached(ttl = 60, skip(self))]
+//!     fn load(&self, id: u64) -> u64 {
+//!         id * 2
+//!     }
+//! }
+//!
+//! fn main() {
+//!     assert_eq!(find(Id(1)), Some(1));
+//!     assert_eq!(lookup_find(Id(1)), Some(1));
+//!     invalidate_find(Id(1)).unwrap();
+//!     assert_eq!(lookup_find(Id(1)), None);
+//!     assert_eq!(parse("7".to_string()), Ok(7));
+//!     assert!(parse("x".to_string()).is_err());
+//!     assert_eq!(lookup_parse("7".to_string()), Some(7));
+//!     assert_eq!(Repo.load(2), 4);
+//!     assert_eq!(Repo.lookup_load(2), Some(4));
+//! }
+//! ```
 
 use renamed_cache::cached;
 
