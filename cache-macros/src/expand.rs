@@ -109,7 +109,11 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         let slot = Ident::new("__SLOT", Span::mixed_site());
         let k = at(k, value_ty.span());
         let erasing = (erased != 0).then(|| quote!(.erasing(#erased)));
+        // `unused_qualifications`: these paths are spanned at the user's tokens, and a
+        // `crate = "..."` path without a leading `::` is qualified where the user may have
+        // imported the item (`KeyPart`).
         quote_spanned! {value_ty.span()=>
+            #[allow(unused_qualifications)]
             let #inst = {
                 #[allow(unused_imports)]
                 use #k::__private::{CheckInstance as _, CheckInstanceFailed as _};
@@ -135,6 +139,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         quote! {
             #get
             #refs
+            #[allow(unused_qualifications)]
             let #key = #build_key;
         }
     };
@@ -149,7 +154,7 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         // Enqueued when dropped: after the write, or where a cancelled caller's future is
         // dropped (the purge is not lost with it).
         (
-            quote!(let #purge = #k::edge::PurgeOnDrop::new(::std::vec![#(#paths),*]);),
+            quote!(#[allow(unused_qualifications)] let #purge = #k::edge::PurgeOnDrop::new(::std::vec![#(#paths),*]);),
             quote!(::std::mem::drop(#purge);),
         )
     };
@@ -317,7 +322,8 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
          stats, local clear."
     ));
     // At the return type: a value that is not `Clone` is reported there, not at the
-    // attribute.
+    // attribute. (So a `crate = "..."` path without a leading `::` is there as if the user
+    // wrote it: `NAME_entry` allows `unused_qualifications`.)
     let entry_ty = respan(
         quote!(<#shape as #k::shape::EntryShape<#ret>>::Entries),
         ret.span(),
@@ -402,7 +408,8 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         #doc_entry
         // Companions a caller does not use are not dead code of theirs (the lint would
         // fire where a `macro_rules!` writes the function, in a module no one reaches).
-        #[allow(dead_code)]
+        // Its return type names the runtime at the user's return type (see `entry_ty`).
+        #[allow(dead_code, unused_qualifications)]
         #at_entry
         #vis #asyncness fn #entry #generics (#wrapper_inputs) -> #entry_ty #where_clause {
             #p_entry
@@ -654,13 +661,14 @@ fn alias_check(k: &syn::Path, a: &Analyzed) -> TokenStream {
         .option
         .then(|| quote_spanned!(ret.span()=> ReturnShapeAliasedOption as _,));
     quote_spanned! {ret.span()=>
-        {
+        #[allow(unused_qualifications)]
+        let () = {
             #[allow(unused_imports)]
             use #k::__private::{ReturnShapeAny as _, #result #option};
             #k::__private::return_shape_declared(
                 (&&#k::__private::ReturnProbe::<#ret>::NEW).return_shape(),
             );
-        }
+        };
     }
 }
 
