@@ -387,6 +387,43 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     let p_lookup = prologue(&lookup, 0, &refs_key);
     let p_refresh = prologue(&refresh, erasure.mask, &refs_all);
     let get_accessor = get_instance(&accessor, 0);
+    // The companions of a method taking `self` by value take `&self`, to build the key only.
+    // An `async fn` would hold that borrow in its future, which would then be `Send` only
+    // where `Self: Sync` (the method's own needs `Self: Send`): they build the key and return
+    // a future that does not borrow `self`.
+    let detach_self = a.is_async && a.receiver_kind == ReceiverKind::Owned;
+    let c_async = if detach_self {
+        quote!()
+    } else {
+        quote!(#asyncness)
+    };
+    let c_ret = |ty: TokenStream| {
+        if detach_self {
+            quote!(impl ::std::future::Future<Output = #ty>)
+        } else {
+            ty
+        }
+    };
+    let c_body = |stmts: TokenStream| {
+        if detach_self {
+            quote!(async move { #stmts })
+        } else {
+            stmts
+        }
+    };
+    let unit_result = c_ret(quote!(::std::result::Result<(), #k::CacheError>));
+    let lookup_ret = c_ret(quote!(::std::option::Option<#value_ty>));
+    let invalidate_body = c_body(quote! {
+        let #result = #cache.#inv(#key) #aw;
+        #send_purge
+        #result
+    });
+    let populate_body = c_body(quote! {
+        let #result = #cache.#pop(#key, #value_arg) #aw;
+        #send_purge
+        #result
+    });
+    let lookup_body = c_body(quote!(#cache.#look(#key) #aw));
     let companion_generics = &erasure.kept;
     let companion_where = &companion_generics.where_clause;
 
@@ -419,38 +456,34 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         #doc_invalidate
         #[allow(dead_code)]
         #at_companion
-        #vis #asyncness fn #invalidate #companion_generics (#self_arg #(#key_params),*)
-            -> ::std::result::Result<(), #k::CacheError> #companion_where
+        #vis #c_async fn #invalidate #companion_generics (#self_arg #(#key_params),*)
+            -> #unit_result #companion_where
         {
             #p_invalidate
             #build_purge
-            let #result = #cache.#inv(#key) #aw;
-            #send_purge
-            #result
+            #invalidate_body
         }
 
         #doc_populate
         // One parameter more than the function: a function at clippy's limit would pass it.
         #[allow(clippy::too_many_arguments, dead_code)]
         #at_companion
-        #vis #asyncness fn #populate #companion_generics (#self_arg #(#key_params,)* #value_arg: #value_ty)
-            -> ::std::result::Result<(), #k::CacheError> #companion_where
+        #vis #c_async fn #populate #companion_generics (#self_arg #(#key_params,)* #value_arg: #value_ty)
+            -> #unit_result #companion_where
         {
             #p_populate
             #build_purge
-            let #result = #cache.#pop(#key, #value_arg) #aw;
-            #send_purge
-            #result
+            #populate_body
         }
 
         #doc_lookup
         #[allow(dead_code)]
         #at_companion
-        #vis #asyncness fn #lookup #companion_generics (#self_arg #(#key_params),*)
-            -> ::std::option::Option<#value_ty> #companion_where
+        #vis #c_async fn #lookup #companion_generics (#self_arg #(#key_params),*)
+            -> #lookup_ret #companion_where
         {
             #p_lookup
-            #cache.#look(#key) #aw
+            #lookup_body
         }
 
         #doc_refresh

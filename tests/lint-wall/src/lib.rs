@@ -152,6 +152,14 @@ impl Repo {
     pub fn owned(self, id: u64) -> String {
         format!("{}:{id}", self.shard)
     }
+
+    /// An `async` method that takes its receiver by value: its companions return a future
+    /// that does not borrow `self`.
+    #[cached(ttl = 30, key = "owned-async:<self.shard>:<id>", tags = ["owned:<id>"])]
+    pub async fn owned_async(self, id: u64) -> Option<u64> {
+        query().await;
+        Some(id + u64::from(self.shard))
+    }
 }
 
 /// Functions in a module without the prelude: generated code names every path itself.
@@ -202,6 +210,11 @@ mod tests {
             assert_eq!(repo.load(1).await, Ok(4));
             assert_eq!(repo.lookup_load(1).await, Some(4));
             assert_eq!(bare::bare_async(5).await, Some(5));
+            assert_eq!(repo.owned_async(1).await, Some(4));
+            assert_eq!(repo.lookup_owned_async(1).await, Some(4));
+            assert_eq!(repo.invalidate_owned_async(1).await, Ok(()));
+            assert_eq!(repo.populate_owned_async(1, 9).await, Ok(()));
+            assert_eq!(repo.owned_async(1).await, Some(9));
         });
         assert_eq!(get_user_sync(2).map(|u| u.id), Ok(2));
         assert_eq!(lookup_get_user_sync(2).map(|u| u.id), Some(2));

@@ -73,6 +73,27 @@ impl Client {
     }
 }
 
+/// `Send` but not `Sync` (a `Cell`): a by-value method's future is `Send`, and so are its
+/// companions', which take `&self` only to build the key.
+#[derive(Clone)]
+pub struct Counter {
+    shard: u32,
+    calls: std::cell::Cell<u32>,
+}
+
+impl Counter {
+    #[cached(ttl = 60, key = "counter:<self.shard>:<name>", purge = ["/c/<name>"])]
+    pub async fn named(self, name: &str) -> u64 {
+        RUNS.hit();
+        self.calls.set(self.calls.get() + 1);
+        u64::from(self.shard) + name.len() as u64
+    }
+}
+
+fn send<T: Send>(t: T) -> T {
+    t
+}
+
 #[async_trait::async_trait]
 pub trait Repo {
     async fn get(self: Arc<Self>, id: u64) -> Result<u64, NotFound>;
@@ -149,6 +170,25 @@ async fn run() {
     assert_eq!(Box::pin(a).pinned(3).await, 43);
     assert_eq!(RUNS.get() - before, 1);
     assert_eq!(a.lookup_pinned(3).await, Some(43));
+
+    let before = RUNS.get();
+    let counter = Counter {
+        shard: 1,
+        calls: std::cell::Cell::new(0),
+    };
+    assert_eq!(send(counter.clone().named("ab")).await, 3);
+    assert_eq!(send(counter.lookup_named("ab")).await, Some(3));
+    send(counter.populate_named("ab", 7))
+        .await
+        .expect("local write");
+    assert_eq!(counter.clone().named("ab").await, 7);
+    // The companion's future does not borrow `counter` or the argument.
+    let name = String::from("ab");
+    let invalidated = send(counter.invalidate_named(&name));
+    drop(name);
+    invalidated.await.expect("local invalidation");
+    assert_eq!(counter.clone().named("ab").await, 3);
+    assert_eq!(RUNS.get() - before, 2);
 
     let before = RUNS.get();
     let repo: Arc<dyn Repo + Send + Sync> = Arc::new(b);
