@@ -255,6 +255,15 @@ fn skip_list(meta: &ParseNestedMeta<'_>, _: &str, _: &str) -> syn::Result<Vec<Id
             meta.error("`skip` takes a list of parameter names in parentheses: `skip(pool, ctx)`")
         );
     }
+    if let Ok(group) = meta.input.fork().parse::<proc_macro2::Group>() {
+        if group.stream().is_empty() {
+            return Err(Error::new(
+                group.span(),
+                "`skip()` names no parameter: list the parameters that do not affect the \
+                 result, `skip(pool, ctx)`, or remove it",
+            ));
+        }
+    }
     let mut list: Vec<Ident> = Vec::new();
     meta.parse_nested_meta(|inner| {
         let id = match inner.path.get_ident() {
