@@ -292,10 +292,13 @@ fn entry_of(
 /// - not its ticket, and no claim: `GET v`, `CLIENT CACHING yes`, `GET t`, the ticket read
 ///   after the value (a ticket that still matches then matched at the read: tickets never
 ///   repeat) and kept from then on;
-/// - a claim: `GET v` and the claims, whose reply is the ticket in force (`SET t new NX GET`).
+/// - a claim: `GET v` and the claims, whose reply is the ticket in force (`SET t new NX GET`),
+///   and for each tag in `unkept` (a claiming read only: tags whose token is not kept, their
+///   stamps 0 in `stamps`) the token in force, read after the value as a kept one was.
 ///
-/// `None` if a push overtook the read and what it relied on is no longer kept: the caller
-/// reads everything again.
+/// `None` if a push overtook the read and what it relied on is no longer kept, or a claim of
+/// a tag not kept was refused: the caller reads everything again.
+#[allow(clippy::too_many_arguments)]
 async fn read_kept(
     k: &ReadKeys<'_>,
     t: &tracking::Tracked,
@@ -304,7 +307,9 @@ async fn read_kept(
     claim: Option<(u64, u64)>,
     claim_alone: bool,
     epoch: u64,
+    unkept: u64,
 ) -> redis::RedisResult<Option<Result<Fetched, CacheError>>> {
+    debug_assert!(unkept == 0 || claim.is_some());
     match (claim, ticket) {
         (None, Some(ticket)) => {
             // The hot read: pipelined with the others when many are in flight (`batch.rs`).
@@ -347,30 +352,93 @@ async fn read_kept(
         }
         (Some((new, px)), _) => {
             let mut conn = t.conn.clone();
+            // The stamps still hold, and every tag not kept was claimed (its reply is the
+            // token in force).
+            let holds = |stamps: Stamps, claimed: &[Option<u64>]| {
+                let all_claimed = (0..k.tags.len()).all(|i| {
+                    unkept & tracking::tag_bit(i) == 0
+                        || claimed.get(1 + i).is_some_and(|c| c.is_some())
+                });
+                if !all_claimed {
+                    return None;
+                }
+                match unkept {
+                    0 => t.tokens.still_kept(k, stamps, None, epoch),
+                    _ => t.tokens.still_kept_but(k, stamps, unkept, epoch),
+                }
+            };
             if claim_alone {
-                let claimed = claims_alone(k, new, px, &mut conn).await?;
+                let claimed = claims_alone(k, new, px, unkept, &mut conn).await?;
                 // The ticket is ours: no value in Redis names it, so none is current.
                 if claimed.first() == Some(&Some(new)) {
-                    let Some(stamps) = t.tokens.still_kept(k, stamps, None, epoch) else {
+                    let Some(stamps) = holds(stamps, &claimed) else {
                         return Ok(None);
                     };
+                    keep_found_tags(k, t, unkept, new, &claimed).await;
                     return Ok(Some(Ok(fetched(None, None, stamps, claimed))));
                 }
                 // A ticket was in force (or the claim was refused): the read below, whose
                 // claim finds the ticket again. One round trip more, on a misprediction.
             }
-            let read = claiming_read(get_of(k, k.value_middle), k, new, px);
+            let read = claiming_read(get_of(k, k.value_middle), k, new, px, unkept);
             let replies = direct::query_all(&mut conn, &read).await?;
-            let (reply, claimed) = split_claims(replies, new)?;
-            let Some(stamps) = t.tokens.still_kept(k, stamps, None, epoch) else {
+            let (reply, claimed) = split_claims_in(replies, new, k.tags.len(), unkept)?;
+            let Some(stamps) = holds(stamps, &claimed) else {
                 return Ok(None);
             };
             let entry = tracked_entry(reply, Some(new), &claimed, k, &mut conn).await?;
+            keep_found_tags(k, t, unkept, new, &claimed).await;
             Ok(Some(entry.map(|(value, found)| {
                 fetched(value, found, stamps, claimed)
             })))
         }
     }
+}
+
+/// After a claiming read that claimed the tags in `unkept` (their replies in `claimed`):
+/// the tag tokens a claim found (not created, `new`: a shared tag whose token this
+/// connection stopped keeping, say after a store's extension pushed it) are read behind
+/// `CLIENT CACHING yes`, one round trip, and kept if no push arrived meanwhile, so that the
+/// next reads neither claim them nor extend them again. A token the claim created (a
+/// per-key tag, new with its key) is left alone: it costs nothing to claim. Best effort: a
+/// failure only leaves them not kept.
+async fn keep_found_tags(
+    k: &ReadKeys<'_>,
+    t: &tracking::Tracked,
+    unkept: u64,
+    new: u64,
+    claimed: &[Option<u64>],
+) {
+    let found = (0..k.tags.len().min(64))
+        .filter(|&i| unkept & tracking::tag_bit(i) != 0)
+        .filter(|&i| matches!(claimed.get(1 + i), Some(Some(c)) if *c != new))
+        .fold(0u64, |m, i| m | tracking::tag_bit(i));
+    if found == 0 {
+        return;
+    }
+    let epoch = t.tokens.epoch();
+    let mut p = redis::Pipeline::with_capacity(2);
+    p.cmd("CLIENT").arg("CACHING").arg("YES");
+    let mut mget = redis::Cmd::new();
+    mget.arg("MGET");
+    for (i, tag) in k.tags.iter().enumerate() {
+        if found & tracking::tag_bit(i) != 0 {
+            write_tag_token_key(&mut mget, k, tag);
+        }
+    }
+    p.add_command(mget);
+    let Ok(replies) = direct::query_all(&mut t.conn.clone(), &p).await else {
+        return;
+    };
+    let mut replies = replies.into_iter();
+    if !matches!(replies.next(), Some(redis::Value::Okay)) {
+        return;
+    }
+    let Some(Ok(items)) = replies.next().map(mget_items) else {
+        return;
+    };
+    t.tokens
+        .insert_tags(k, found, items.into_iter().map(token_of), epoch);
 }
 
 /// Sends a plain invalidation's pipeline (`DEL`, the message, the fresh ticket or token,
@@ -445,7 +513,7 @@ async fn read_tracked(
     let fail = |e| shared.outcome(Err(e));
     let epoch = t.tokens.epoch();
     if let Some((stamps, ticket)) = t.tokens.kept(k) {
-        match read_kept(k, &t, stamps, ticket, claim, claim_alone, epoch).await {
+        match read_kept(k, &t, stamps, ticket, claim, claim_alone, epoch, 0).await {
             Ok(Some(res)) => return (res, Fault::Answered),
             // The data set was replaced (a null invalidation): reopen and check first.
             Ok(None) if t.tokens.is_lost() => return (Err(shared.tracked_lost()), Fault::Lost),
@@ -454,19 +522,45 @@ async fn read_tracked(
             Ok(None) => {}
             Err(e) => return fail(e),
         }
+    } else if claim.is_some() && !k.tags.is_empty() {
+        // A claiming read whose clear tokens are kept, not all its tags' (a new per-key tag,
+        // `user:<id>`): the kept tokens as on a hit, the others from their claims' replies.
+
+        let epoch = t.tokens.epoch();
+        if let Some((stamps, unkept)) = t.tokens.kept_but_tags(k) {
+            match read_kept(k, &t, stamps, None, claim, claim_alone, epoch, unkept).await {
+                Ok(Some(res)) => return (res, Fault::Answered),
+                Ok(None) if t.tokens.is_lost() => return (Err(shared.tracked_lost()), Fault::Lost),
+                Ok(None) => {}
+                Err(e) => return fail(e),
+            }
+        }
     }
     let epoch = t.tokens.epoch();
+    // Tag tokens kept are not claimed (`add_claims`); the `MGET` reads them after the value.
+    let unkept = match claim {
+        Some(_) if !k.tags.is_empty() => t.tokens.unkept_tags(k),
+        _ => u64::MAX,
+    };
     let mut p = redis::Pipeline::with_capacity(4 + k.tags.len());
     // As above: a claiming read reads the value alone.
     p.add_command(match claim {
         None => mget_of(k, true, false),
         Some(_) => get_of(k, k.value_middle),
     });
+    // The claims before the token reads: a tag token a claim creates is then not yet
+    // tracked by this connection, so its creation pushes nothing here and the tokens read
+    // after it can be kept (before, every read that created a per-key tag's token kept
+    // nothing, its clear tokens included). The tokens are still read after the value.
+    let claims = match claim {
+        Some((new, px)) => {
+            add_claims(&mut p, k, new, px, unkept);
+            1 + (0..k.tags.len()).filter(|&i| claims_tag(unkept, i)).count()
+        }
+        None => 0,
+    };
     p.cmd("CLIENT").arg("CACHING").arg("YES");
     p.add_command(mget_of(k, false, true));
-    if let Some((new, px)) = claim {
-        add_claims(&mut p, k, new, px);
-    }
     // Errors come back in place: a claim Redis refuses (OOM) is dropped, the reads are not.
     let mut conn = t.conn.clone();
     let replies = match direct::query_all(&mut conn, &p).await {
@@ -479,18 +573,15 @@ async fn read_tracked(
         return (Err(shared.tracked_lost()), Fault::Lost);
     }
     let mut replies = replies.into_iter();
+    let entry = value_reply(Ok(replies.next().unwrap_or(redis::Value::Nil)));
+    let claimed = match claim {
+        Some((new, _)) => claims_in(replies.by_ref().take(claims), new, k.tags.len(), unkept),
+        None => Vec::new(),
+    };
     let mut next = || replies.next().unwrap_or(redis::Value::Nil);
-    let (entry, caching, tokens) = match (
-        value_reply(Ok(next())),
-        next().extract_error(),
-        next().extract_error(),
-    ) {
+    let (entry, caching, tokens) = match (entry, next().extract_error(), next().extract_error()) {
         (Ok(entry), Ok(caching), Ok(tokens)) => (entry, caching, tokens),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return fail(e),
-    };
-    let claimed = match claim {
-        Some((new, _)) => claims_of(replies, new),
-        None => Vec::new(),
     };
     let entry = match tracked_entry(entry, claim.map(|c| c.0), &claimed, k, &mut conn).await {
         Ok(entry) => entry,
@@ -524,7 +615,7 @@ fn untracked_read(
     let mget = mget_command(k);
     let request = match claim {
         None => Err(mget),
-        Some((new, px)) => Ok((claiming_read(mget, k, new, px), new)),
+        Some((new, px)) => Ok((claiming_read(mget, k, new, px, u64::MAX), new)),
     };
     UntrackedRead {
         request,
@@ -572,33 +663,41 @@ fn untracked_fetched(
 /// the keys; the cache-clear and global-clear tokens almost always exist: a missing one
 /// takes its own round trip). Errors come back in place: a claim Redis refuses (OOM) is
 /// dropped, the read is not ([`split_claims`]).
-fn claiming_read(read: redis::Cmd, k: &ReadKeys<'_>, new: u64, px: u64) -> redis::Pipeline {
+fn claiming_read(
+    read: redis::Cmd,
+    k: &ReadKeys<'_>,
+    new: u64,
+    px: u64,
+    unkept: u64,
+) -> redis::Pipeline {
     let mut p = redis::Pipeline::with_capacity(2 + k.tags.len());
     p.add_command(read);
-    add_claims(&mut p, k, new, px);
+    add_claims(&mut p, k, new, px, unkept);
     p
 }
 
 /// A read's claims without the read (`PlainRead::claim_alone`): the ticket's `SET … NX GET`
-/// alone (one command, no pipeline), or with each tag token's. Their replies, ticket first.
+/// alone (one command, no pipeline), or with the tag tokens' in `unkept`. Their replies in
+/// their places ([`claims_in`]), ticket first.
 async fn claims_alone(
     k: &ReadKeys<'_>,
     new: u64,
     px: u64,
+    unkept: u64,
     c: &mut (impl redis::aio::ConnectionLike + direct::Direct + Send),
 ) -> redis::RedisResult<Vec<Option<u64>>> {
-    if k.tags.is_empty() {
+    if !(0..k.tags.len()).any(|i| claims_tag(unkept, i)) {
         return match direct::query(c, &ticket_claim(k, new, px)).await {
-            Ok(reply) => Ok(claims_of(std::iter::once(reply), new)),
+            Ok(reply) => Ok(claims_in(std::iter::once(reply), new, k.tags.len(), 0)),
             // Refused (OOM, `LOADING`): no claim, as a pipeline answers it in place.
-            Err(e) if e.code().is_some() => Ok(vec![None]),
+            Err(e) if e.code().is_some() => Ok(vec![None; 1 + k.tags.len()]),
             Err(e) => Err(e),
         };
     }
     let mut p = redis::Pipeline::with_capacity(1 + k.tags.len());
-    add_claims(&mut p, k, new, px);
+    add_claims(&mut p, k, new, px, unkept);
     let replies = direct::query_all(c, &p).await?;
-    Ok(claims_of(replies.into_iter(), new))
+    Ok(claims_in(replies.into_iter(), new, k.tags.len(), unkept))
 }
 
 /// The claim of the entry's ticket: `SET t new NX GET PX px`.
@@ -609,15 +708,48 @@ fn ticket_claim(k: &ReadKeys<'_>, new: u64, px: u64) -> redis::Cmd {
     })
 }
 
-/// Appends a read's claims to `p`: the ticket's, then each tag token's.
-fn add_claims(p: &mut redis::Pipeline, k: &ReadKeys<'_>, new: u64, px: u64) {
+/// Appends a read's claims to `p`: the ticket's, then each tag token's in `unkept` (a mask
+/// of the tags, [`claims_tag`]). A tag token the tracked connection keeps is not claimed:
+/// it exists (its deletion, expiry or eviction would have pushed it out), and the kept
+/// value is the token in force when the read executed, by the argument that serves a hit
+/// with it (docs/PROTOCOL.md §7.1); its `SET … NX GET` would write nothing and answer that
+/// same token.
+fn add_claims(p: &mut redis::Pipeline, k: &ReadKeys<'_>, new: u64, px: u64, unkept: u64) {
     let key_len = k.prefix.len() + k.logical.len();
     p.add_command(ticket_claim(k, new, px));
-    for tag in k.tags {
-        p.add_command(claim_command(key_len, new, Some(px), |set| {
-            write_tag_token_key(set, k, tag)
-        }));
+    for (i, tag) in k.tags.iter().enumerate() {
+        if claims_tag(unkept, i) {
+            p.add_command(claim_command(key_len, new, Some(px), |set| {
+                write_tag_token_key(set, k, tag)
+            }));
+        }
     }
+}
+
+/// Whether a read claims its `i`-th tag's token, given the mask of the tags it claims
+/// (`u64::MAX`: all; a tag past the 64th always is).
+fn claims_tag(unkept: u64, i: usize) -> bool {
+    i >= 64 || unkept & (1 << i) != 0
+}
+
+/// The claims' replies as [`claims_of`] reads them, in their places: the ticket's, then one
+/// per tag, `None` for a tag not claimed (`unkept`, [`add_claims`]).
+fn claims_in(
+    replies: impl Iterator<Item = redis::Value>,
+    new: u64,
+    tags: usize,
+    unkept: u64,
+) -> Vec<Option<u64>> {
+    let mut claimed = claims_of(replies, new).into_iter();
+    let mut out = Vec::with_capacity(1 + tags);
+    out.push(claimed.next().flatten());
+    for i in 0..tags {
+        out.push(match claims_tag(unkept, i) {
+            true => claimed.next().flatten(),
+            false => None,
+        });
+    }
+    out
 }
 
 /// The commands of a plain store (`now_ms`: the reference clock, read only for the tag
@@ -626,11 +758,17 @@ fn add_claims(p: &mut redis::Pipeline, k: &ReadKeys<'_>, new: u64, px: u64) {
 /// its ticket; errors answered in place (a lone `SET` goes alone, its error as `Err`). With
 /// `getex` (only for a store that both checks and extends the ticket), both in one command,
 /// `GETEX t PX keep`, first (docs/PROTOCOL.md §7.2).
+///
+/// `extended` answers, for the deadline, the mask of the tags whose token this process's
+/// stores already extended to it (`TokenCache::extended_tags`): their `PEXPIREAT` would
+/// change nothing and is left out. Returns, with the commands, which tags' `PEXPIREAT` is
+/// sent ([`Extensions`]).
 fn plain_store_commands(
     req: &PlainStore<'_>,
     getex: bool,
     now_ms: impl FnOnce() -> u64,
-) -> Commands {
+    extended: impl FnOnce(u64) -> u64,
+) -> (Commands, Extensions) {
     let ms = req.ttl.as_millis().max(1) as u64;
     let keep = req.ticket_px.max(ms);
     let (clears, tags) = match &req.keys {
@@ -642,11 +780,24 @@ fn plain_store_commands(
     } else {
         0
     };
+    let done = if tags > 0 { extended(deadline) } else { 0 };
     // A tag token this miss created with its ticket (in one pipeline: the same value, the
     // same lifetime) outlives the value as that ticket does: not extended either. No write,
-    // so no push empties it from the processes that keep it, this one included.
+    // so no push empties it from the processes that keep it, this one included. Nor is one
+    // this process already extended to the same deadline (`extended`).
     let created_with_ticket =
         |i: usize| !req.extend_ticket && req.seen.get(clears + i) == Some(&req.ticket);
+    let skipped = |i: usize| created_with_ticket(i) || done & tracking::tag_bit(i) != 0;
+    let mut sent = Extensions {
+        deadline,
+        first: usize::from(req.check_ticket) + 1 + usize::from(req.extend_ticket && !getex),
+        tags: 0,
+    };
+    for i in 0..tags.min(64) {
+        if !skipped(i) {
+            sent.tags |= tracking::tag_bit(i);
+        }
+    }
     let write_key = |cmd: &mut redis::Cmd, which: StoreKey| match (&req.keys, which) {
         (StoreKeys::Owned(keys), StoreKey::Value) => {
             cmd.arg(&keys.value);
@@ -674,7 +825,7 @@ fn plain_store_commands(
         .into_iter()
         .chain(
             (0..tags)
-                .filter(|&i| !created_with_ticket(i))
+                .filter(|&i| !skipped(i))
                 .map(|i| ("PEXPIREAT", StoreKey::Tag(i), deadline)),
         );
     let mut set = redis::Cmd::with_capacity(5, key_len + req.bytes.len() + 28);
@@ -682,7 +833,7 @@ fn plain_store_commands(
     write_key(&mut set, StoreKey::Value);
     set.arg(req.bytes).arg("PX").arg(ms);
     if !req.check_ticket && extends.clone().next().is_none() {
-        return Commands::One(set);
+        return (Commands::One(set), sent);
     }
     let mut p = redis::Pipeline::with_capacity(3 + tags);
     // One command reads the ticket and moves its expiry to `keep` from now: tickets are all
@@ -705,7 +856,35 @@ fn plain_store_commands(
         extend.arg(at).arg("GT");
         p.add_command(extend);
     }
-    Commands::Many(p)
+    (Commands::Many(p), sent)
+}
+
+/// The tag tokens' `PEXPIREAT … GT` of a plain store: to `deadline`, for the tags in
+/// `tags` (a mask, [`tracking::tag_bit`]; tags past the 64th are sent but not in it), their
+/// replies in order from the `first`-th.
+#[derive(Clone, Copy)]
+struct Extensions {
+    deadline: u64,
+    first: usize,
+    tags: u64,
+}
+
+impl Extensions {
+    /// The mask of the tags whose `PEXPIREAT` Redis answered (an integer: set, or already
+    /// as late; not an error), from the store's `replies` (`ok[i]`: the `i`-th answered).
+    fn answered(&self, ok: impl Fn(usize) -> bool) -> u64 {
+        let mut answered = 0;
+        let mut at = self.first;
+        for i in 0..64 - self.tags.leading_zeros() as usize {
+            if self.tags & tracking::tag_bit(i) != 0 {
+                if ok(at) {
+                    answered |= tracking::tag_bit(i);
+                }
+                at += 1;
+            }
+        }
+        answered
+    }
 }
 
 /// A request of one command or more: a lone command goes without a pipeline (the store of a
@@ -812,6 +991,18 @@ fn split_claims(
     let mut replies = replies.into_iter();
     let reply = value_reply(Ok(replies.next().unwrap_or(redis::Value::Nil)))?;
     Ok((reply, claims_of(replies, new)))
+}
+
+/// [`split_claims`] of a read that claimed the tags in `unkept` only ([`claims_in`]).
+fn split_claims_in(
+    replies: Vec<redis::Value>,
+    new: u64,
+    tags: usize,
+    unkept: u64,
+) -> redis::RedisResult<(redis::Value, Vec<Option<u64>>)> {
+    let mut replies = replies.into_iter();
+    let reply = value_reply(Ok(replies.next().unwrap_or(redis::Value::Nil)))?;
+    Ok((reply, claims_in(replies, new, tags, unkept)))
 }
 
 /// A read's reply for the value (`GET v` or the `MGET`: a command's own result, or its
@@ -1335,23 +1526,52 @@ impl RedisTier {
     ) -> Result<Option<bool>, CacheError> {
         let (check_ticket, ticket) = (req.check_ticket, req.ticket);
         let getex = getex && check_ticket && req.extend_ticket;
-        let p = plain_store_commands(req, getex, crate::clock::now_unix_ms);
-        self.exec(move |mut c| async move {
-            let replies = p.query(&mut c).await?;
-            let mut ours = Some(!check_ticket);
-            for (i, reply) in replies.enumerate() {
-                match reply.extract_error() {
-                    Ok(redis::Value::BulkString(t)) if check_ticket && i == 0 => {
-                        ours = Some(parse_ticket(&t) == Some(ticket))
+        // A tagged store of an async caller with a tracked connection leaves out the tag
+        // extensions its earlier stores already made (docs/PROTOCOL.md §7.2): what it knows
+        // is kept with the tokens, per connection, and goes with their pushes.
+        let tokens = match &req.keys {
+            StoreKeys::Scheme(k) if !k.tags.is_empty() && !k.striped => self
+                .shared
+                .caller_conns_with(|c| c.tracked.as_ref().map(|t| t.tokens.clone()))
+                .flatten()
+                .filter(|t| !t.is_lost())
+                .map(|t| (t.epoch(), t, k)),
+            _ => None,
+        };
+        let tag_seen = &req.seen[req.seen.len().min(crate::key::CLEAR_TOKENS)..];
+        let (p, sent) =
+            plain_store_commands(
+                req,
+                getex,
+                crate::clock::now_unix_ms,
+                |deadline| match &tokens {
+                    Some((_, t, k)) => t.extended_tags(k, tag_seen, deadline),
+                    None => 0,
+                },
+            );
+        let (ours, answered) = self
+            .exec(move |mut c| async move {
+                let replies = p.query(&mut c).await?;
+                let mut ours = Some(!check_ticket);
+                let mut ok = 0u128;
+                for (i, reply) in replies.enumerate() {
+                    match reply.extract_error() {
+                        Ok(redis::Value::BulkString(t)) if check_ticket && i == 0 => {
+                            ours = Some(parse_ticket(&t) == Some(ticket))
+                        }
+                        Ok(redis::Value::Int(_)) if i < 128 => ok |= 1 << i,
+                        Ok(_) => {}
+                        Err(e) if getex && i == 0 && e.code() == Some("NOPERM") => ours = None,
+                        Err(e) => return Err(e),
                     }
-                    Ok(_) => {}
-                    Err(e) if getex && i == 0 && e.code() == Some("NOPERM") => ours = None,
-                    Err(e) => return Err(e),
                 }
-            }
-            Ok(ours)
-        })
-        .await
+                Ok((ours, sent.answered(|i| i < 128 && ok & (1 << i) != 0)))
+            })
+            .await?;
+        if let Some((epoch, t, k)) = &tokens {
+            t.note_extended(k, tag_seen, answered, sent.deadline, *epoch);
+        }
+        Ok(ours)
     }
 
     /// `SET lock token NX PX lease`: whether this call took the lock.

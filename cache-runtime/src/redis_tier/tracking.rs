@@ -58,7 +58,7 @@ pub(crate) struct TokenCache {
 
 struct Tokens {
     /// Hashed with foldhash (a per-process random seed), as the flight map.
-    by_key: HashMap<Box<[u8]>, u64, foldhash::fast::RandomState>,
+    by_key: HashMap<Box<[u8]>, KeptToken, foldhash::fast::RandomState>,
     /// Entry tickets, kept like the tokens: a hit whose ticket is kept reads its value
     /// alone (`GET v`). By the entry's logical key (its ticket key is `{prefix:bucket}:t:`
     /// and the logical key, the bucket a hash of it): a hit looks its ticket up without
@@ -69,6 +69,28 @@ struct Tokens {
     /// The key prefix of the kept tickets (the runtime's, one for all its caches), learnt
     /// from the first ticket kept.
     prefix: Option<Box<str>>,
+}
+
+/// A scope token kept, and the latest tag deadline this process's own stores are known to
+/// have set on it (`PEXPIREAT … GT` answered, docs/PROTOCOL.md §7.2): a store that would
+/// send the same deadline again leaves it out, since Redis would change nothing. Removed
+/// with the token by its push (any write to the key, its expiry or eviction), a flush or
+/// the connection's loss, so it never outlives the token's identity or its expiry.
+#[derive(Clone, Copy)]
+struct KeptToken {
+    token: u64,
+    /// 0: none known.
+    extended_to: u64,
+}
+
+/// Bit `i` of a tag mask (tags past the 64th are never in a mask: always claimed, always
+/// extended).
+pub(super) fn tag_bit(i: usize) -> u64 {
+    if i < 64 {
+        1 << i
+    } else {
+        0
+    }
 }
 
 struct KeptTicket {
@@ -171,13 +193,134 @@ impl TokenCache {
         }
         let mut stamps = Stamps::new();
         for c in k.clears {
-            stamps.push(*tokens.by_key.get(c.as_bytes())?);
+            stamps.push(tokens.by_key.get(c.as_bytes())?.token);
         }
         for tag in k.tags {
             let key = tag_token_key(k.prefix, tag);
-            stamps.push(*tokens.by_key.get(key.as_str().as_bytes())?);
+            stamps.push(tokens.by_key.get(key.as_str().as_bytes())?.token);
         }
         Some(stamps)
+    }
+
+    /// For a claiming read whose clear tokens are kept but not every tag's: the stamps (0
+    /// for a tag not kept) and the mask of the tags not kept, which the read claims (the
+    /// claim's reply is the token in force, read after the value: docs/PROTOCOL.md §7.1).
+    /// `None` if a clear token is not kept, or a tag past the 64th is not.
+    pub(super) fn kept_but_tags(&self, k: &ReadKeys<'_>) -> Option<(Stamps, u64)> {
+        let tokens = self.lock();
+        if self.is_lost() || k.striped {
+            return None;
+        }
+        let mut stamps = Stamps::new();
+        for c in k.clears {
+            stamps.push(tokens.by_key.get(c.as_bytes())?.token);
+        }
+        let mut unkept = 0;
+        for (i, tag) in k.tags.iter().enumerate() {
+            let key = tag_token_key(k.prefix, tag);
+            match tokens.by_key.get(key.as_str().as_bytes()) {
+                Some(kept) => stamps.push(kept.token),
+                None if i < 64 => {
+                    stamps.push(0);
+                    unkept |= tag_bit(i);
+                }
+                None => return None,
+            }
+        }
+        Some((stamps, unkept))
+    }
+
+    /// The mask of `k`'s tags whose token is not kept (all of them on a lost connection):
+    /// those a claiming read claims; a kept one exists and is read by the read.
+    pub(super) fn unkept_tags(&self, k: &ReadKeys<'_>) -> u64 {
+        let tokens = self.lock();
+        if self.is_lost() || k.striped {
+            return u64::MAX;
+        }
+        let mut unkept = 0;
+        for (i, tag) in k.tags.iter().enumerate().take(64) {
+            let key = tag_token_key(k.prefix, tag);
+            if !tokens.by_key.contains_key(key.as_str().as_bytes()) {
+                unkept |= tag_bit(i);
+            }
+        }
+        unkept
+    }
+
+    /// [`TokenCache::still_kept`] for a read looked up by [`TokenCache::kept_but_tags`]:
+    /// the stamps, if every tag kept then (not in `unkept`) still is with the same token when
+    /// the reply arrives (no push since, or looked up again). The claimed tags' stamps are
+    /// the claims' to fill in.
+    pub(super) fn still_kept_but(
+        &self,
+        k: &ReadKeys<'_>,
+        stamps: Stamps,
+        unkept: u64,
+        epoch: u64,
+    ) -> Option<Stamps> {
+        if self.epoch() == epoch {
+            return Some(stamps);
+        }
+        let (now, now_unkept) = self.kept_but_tags(k)?;
+        let same = stamps.iter().zip(&now).enumerate().all(|(i, (was, is))| {
+            match i.checked_sub(k.clears.len()) {
+                Some(tag) if unkept & tag_bit(tag) != 0 => true,
+                _ => was == is,
+            }
+        });
+        (same && now_unkept & !unkept == 0).then_some(stamps)
+    }
+
+    /// The mask of `k`'s tags (their stamps `seen`, one per tag) whose kept token is the
+    /// stamp and already has `deadline` (or a later one) from this process's stores: their
+    /// `PEXPIREAT token deadline GT` would change nothing.
+    pub(super) fn extended_tags(&self, k: &ReadKeys<'_>, seen: &[u64], deadline: u64) -> u64 {
+        if k.striped || self.is_lost() {
+            return 0;
+        }
+        let tokens = self.lock();
+        let mut done = 0;
+        for (i, (tag, &token)) in k.tags.iter().zip(seen).enumerate().take(64) {
+            let key = tag_token_key(k.prefix, tag);
+            if let Some(kept) = tokens.by_key.get(key.as_str().as_bytes()) {
+                if kept.token == token && kept.extended_to >= deadline {
+                    done |= tag_bit(i);
+                }
+            }
+        }
+        done
+    }
+
+    /// Notes that Redis answered `PEXPIREAT token deadline GT` for each tag in `sent`
+    /// (stamps `seen`), the store sent after `epoch` was taken: from then on the token's
+    /// expiry is `deadline` or later, until a write to it (whose push removes the note).
+    /// Noted only for a kept token that is the stamp, and only if no push arrived since
+    /// `epoch` (the push may be of a write after the extension).
+    pub(super) fn note_extended(
+        &self,
+        k: &ReadKeys<'_>,
+        seen: &[u64],
+        sent: u64,
+        deadline: u64,
+        epoch: u64,
+    ) {
+        if sent == 0 || k.striped {
+            return;
+        }
+        let Some(mut tokens) = self.lock_if_current(epoch) else {
+            return;
+        };
+        for (i, (tag, &token)) in k.tags.iter().zip(seen).enumerate().take(64) {
+            if sent & tag_bit(i) == 0 {
+                continue;
+            }
+            let key = tag_token_key(k.prefix, tag);
+            if let Some(kept) = tokens.by_key.get_mut(key.as_str().as_bytes()) {
+                if kept.token == token {
+                    kept.extended_to = kept.extended_to.max(deadline);
+                }
+            }
+        }
     }
 
     /// Caches the tokens a read found (`stamps`, in [`TokenCache::stamps`]'s order; 0 = none,
@@ -192,20 +335,48 @@ impl TokenCache {
         let mut stamps = stamps.iter();
         for c in k.clears {
             match stamps.next() {
-                Some(&t) if t != 0 => {
-                    tokens.by_key.insert(c.as_bytes().into(), t);
-                }
+                Some(&t) if t != 0 => keep_token(&mut tokens.by_key, c.as_bytes(), t),
                 _ => {}
             }
         }
         for tag in k.tags {
             match stamps.next() {
-                Some(&t) if t != 0 => {
-                    tokens
-                        .by_key
-                        .insert(tag_token_key(k.prefix, tag).as_str().as_bytes().into(), t);
-                }
+                Some(&t) if t != 0 => keep_token(
+                    &mut tokens.by_key,
+                    tag_token_key(k.prefix, tag).as_str().as_bytes(),
+                    t,
+                ),
                 _ => {}
+            }
+        }
+    }
+
+    /// Caches the tokens of `k`'s tags in `mask` (their values `found`, in tag order; 0 =
+    /// none, not cached), read behind `CLIENT CACHING yes` by a read sent after `epoch` was
+    /// taken, if no push arrived since.
+    pub(super) fn insert_tags(
+        &self,
+        k: &ReadKeys<'_>,
+        mask: u64,
+        found: impl Iterator<Item = u64>,
+        epoch: u64,
+    ) {
+        let Some(mut tokens) = self.lock_if_current(epoch) else {
+            return;
+        };
+        make_room(&mut tokens.by_key, mask.count_ones() as usize, MAX_TOKENS);
+        let tags = k
+            .tags
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| mask & tag_bit(*i) != 0);
+        for ((_, tag), t) in tags.zip(found) {
+            if t != 0 {
+                keep_token(
+                    &mut tokens.by_key,
+                    tag_token_key(k.prefix, tag).as_str().as_bytes(),
+                    t,
+                );
             }
         }
     }
@@ -279,9 +450,36 @@ impl TokenCache {
     }
 }
 
+/// Keeps `token` under `key`. The same token kept already keeps what is known of its
+/// expiry: no push removed it since, so no write changed it.
+fn keep_token(
+    map: &mut HashMap<Box<[u8]>, KeptToken, foldhash::fast::RandomState>,
+    key: &[u8],
+    token: u64,
+) {
+    match map.get_mut(key) {
+        Some(kept) if kept.token == token => {}
+        Some(kept) => {
+            *kept = KeptToken {
+                token,
+                extended_to: 0,
+            }
+        }
+        None => {
+            map.insert(
+                key.into(),
+                KeptToken {
+                    token,
+                    extended_to: 0,
+                },
+            );
+        }
+    }
+}
+
 /// Drops an eighth of `map`'s entries, arbitrary ones, if `adding` more would pass `max`.
 fn make_room(
-    map: &mut HashMap<Box<[u8]>, u64, foldhash::fast::RandomState>,
+    map: &mut HashMap<Box<[u8]>, KeptToken, foldhash::fast::RandomState>,
     adding: usize,
     max: usize,
 ) {
