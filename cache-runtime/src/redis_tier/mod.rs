@@ -374,7 +374,7 @@ async fn read_kept(
                     let Some(stamps) = holds(stamps, &claimed) else {
                         return Ok(None);
                     };
-                    keep_found_tags(k, t, unkept, new, &claimed).await;
+                    keep_found_tags(k, t, found_tags(k, unkept, new, &claimed)).await;
                     return Ok(Some(Ok(fetched(None, None, stamps, claimed))));
                 }
                 // A ticket was in force (or the claim was refused): the read below, whose
@@ -387,7 +387,7 @@ async fn read_kept(
                 return Ok(None);
             };
             let entry = tracked_entry(reply, Some(new), &claimed, k, &mut conn).await?;
-            keep_found_tags(k, t, unkept, new, &claimed).await;
+            keep_found_tags(k, t, found_tags(k, unkept, new, &claimed)).await;
             Ok(Some(entry.map(|(value, found)| {
                 fetched(value, found, stamps, claimed)
             })))
@@ -402,20 +402,27 @@ async fn read_kept(
 /// next reads neither claim them nor extend them again. A token the claim created (a
 /// per-key tag, new with its key) is left alone: it costs nothing to claim. Best effort: a
 /// failure only leaves them not kept.
-async fn keep_found_tags(
-    k: &ReadKeys<'_>,
-    t: &tracking::Tracked,
-    unkept: u64,
-    new: u64,
-    claimed: &[Option<u64>],
-) {
-    let found = (0..k.tags.len().min(64))
+/// (Boxed when there is something to read: the common claiming read, which has nothing to
+/// keep, carries no pipeline in its future.)
+async fn keep_found_tags(k: &ReadKeys<'_>, t: &tracking::Tracked, found: u64) {
+    if found != 0 {
+        Box::pin(read_and_keep_tags(k, t, found)).await;
+    }
+}
+
+/// The mask of the tags in `unkept` whose claim found a token (its reply not `new`).
+fn found_tags(k: &ReadKeys<'_>, unkept: u64, new: u64, claimed: &[Option<u64>]) -> u64 {
+    if unkept == 0 {
+        return 0;
+    }
+    (0..k.tags.len().min(64))
         .filter(|&i| unkept & tracking::tag_bit(i) != 0)
         .filter(|&i| matches!(claimed.get(1 + i), Some(Some(c)) if *c != new))
-        .fold(0u64, |m, i| m | tracking::tag_bit(i));
-    if found == 0 {
-        return;
-    }
+        .fold(0u64, |m, i| m | tracking::tag_bit(i))
+}
+
+/// [`keep_found_tags`]' round trip.
+async fn read_and_keep_tags(k: &ReadKeys<'_>, t: &tracking::Tracked, found: u64) {
     let epoch = t.tokens.epoch();
     let mut p = redis::Pipeline::with_capacity(2);
     p.cmd("CLIENT").arg("CACHING").arg("YES");
@@ -740,6 +747,10 @@ fn claims_in(
     tags: usize,
     unkept: u64,
 ) -> Vec<Option<u64>> {
+    // Every tag claimed (an untagged read, or none kept): the replies are in their places.
+    if (0..tags).all(|i| claims_tag(unkept, i)) {
+        return claims_of(replies, new);
+    }
     let mut claimed = claims_of(replies, new).into_iter();
     let mut out = Vec::with_capacity(1 + tags);
     out.push(claimed.next().flatten());
