@@ -197,17 +197,25 @@ fn claiming_reads_use_the_kept_tokens_and_see_a_deleted_clear_token() {
         claims.iter().any(|c| c[1].contains(":t:profile:1")),
         "the read claimed the ticket: {commands:?}"
     );
-    // The claim answers the ticket in force: the read itself is `GET value`, no token.
+    // The claim answers the ticket in force: the read itself is `GET value`, and the
+    // ticket is read by nothing else. (Scope tokens this connection does not keep yet are
+    // read behind `CLIENT CACHING yes`: the reader's runtime moves to connections of its own
+    // after its first calls, whose cache starts empty, at a moment the test does not choose.)
     let reads: Vec<&Vec<String>> = commands
         .iter()
         .filter(|c| c[0].eq_ignore_ascii_case("mget") || c[0].eq_ignore_ascii_case("get"))
         .collect();
-    assert_eq!(reads.len(), 1, "one read: {commands:?}");
+    let value_reads: Vec<&&Vec<String>> = reads.iter().filter(|c| c[1].contains(":v2:")).collect();
+    assert_eq!(value_reads.len(), 1, "one read of the value: {commands:?}");
     assert!(
-        reads[0].len() == 2
-            && reads[0][0].eq_ignore_ascii_case("get")
-            && reads[0][1].contains(":v2:"),
-        "GET value, no ticket, no token: {commands:?}"
+        value_reads[0].len() == 2 && value_reads[0][0].eq_ignore_ascii_case("get"),
+        "GET value alone: {commands:?}"
+    );
+    assert!(
+        !reads
+            .iter()
+            .any(|c| c.iter().any(|a| a.contains(":t:profile:"))),
+        "no read of the ticket: {commands:?}"
     );
 
     set_row(&server, 1, "new");
