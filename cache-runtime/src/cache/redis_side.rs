@@ -523,8 +523,10 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let mut fallback = None;
         // A hit needs no lock: read as a cache without one does (`GET v` with the ticket
         // kept), and take the lock's script only on a miss.
-        let mut record = !redis.hit_first();
-        if !record {
+        let hit_first = redis.hit_first();
+        // Straight to the script: its first read records whether hits came back.
+        let mut record = !hit_first;
+        if hit_first {
             let read = self.redis_read(key, seen_local, None, refresh).await;
             note(&redis.lock_misses, !matches!(read, Read::Found(..)));
             match read {
@@ -563,7 +565,6 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             let lock = Some((token.clone(), lease_ms));
             let read = self.redis_read(key, seen_local, lock, refresh).await;
             if std::mem::take(&mut record) {
-                // Straight to the script: its first read tells whether hits came back.
                 note(&redis.lock_misses, !matches!(read, Read::Found(..)));
             }
             let (seen, locked, unusable) = match read {
