@@ -1970,8 +1970,9 @@ impl RedisTier {
             let mut route = None;
             for (value_key, ticket_key, channel, logical) in keys {
                 route.get_or_insert_with(|| value_key.clone());
+                let (publish, channel) = self.message_route(value_key, channel.clone());
                 p.cmd("DEL").arg(value_key).arg(ticket_key).ignore();
-                p.cmd("PUBLISH")
+                p.cmd(publish)
                     .arg(channel)
                     .arg(bus::message(bus::Action::Invalidated, logical))
                     .ignore();
@@ -1985,9 +1986,9 @@ impl RedisTier {
                 })
                 .await;
         }
-        let sends = keys.map(|(value_key, ticket_key, _, logical)| {
+        let sends = keys.map(|(value_key, ticket_key, channel, logical)| {
             let (value_key, ticket_key) = (value_key.clone(), ticket_key.clone());
-            let channel = bus::shard_channel_of(&value_key);
+            let (_, channel) = self.message_route(&value_key, channel.clone());
             let message = bus::message(bus::Action::Invalidated, logical);
             self.exec_write(Some(value_key.clone()), move |mut c| async move {
                 invalidate_apart(&mut c, (&value_key, &ticket_key), &channel, &message).await
@@ -2331,6 +2332,11 @@ async fn publish_if_unheard(
     if heard > 0 {
         return Ok(());
     }
+    spublish(c, channel, message).await
+}
+
+/// `SPUBLISH` on its own, routed by the channel to its slot's owner.
+async fn spublish(c: &mut Conn, channel: &str, message: &str) -> redis::RedisResult<()> {
     redis::cmd("SPUBLISH")
         .arg(channel)
         .arg(message)
@@ -2359,11 +2365,7 @@ async fn invalidate_apart(
         .arg(value_key)
         .query_async::<()>(c)
         .await?;
-    redis::cmd("SPUBLISH")
-        .arg(channel)
-        .arg(message)
-        .query_async::<()>(c)
-        .await
+    spublish(c, channel, message).await
 }
 
 /// `health check: <step> failed: the redis user may not run 'zadd' (grant +zadd): NOPERM ...`
