@@ -723,6 +723,8 @@ pub(super) struct Shared {
     /// stripes on a cluster).
     server_key: String,
     global_tokens: Vec<String>,
+    /// Blocking callers' threads with a connection of their own (`blocking_conn.rs`).
+    pub(super) blocking_conns: std::sync::atomic::AtomicUsize,
 }
 
 /// Callers' runtimes with a connection of their own, at most (the oldest is dropped first;
@@ -776,7 +778,18 @@ impl Shared {
                 &config.key_prefix,
                 &crate::key::scope_key(&config.key_prefix, crate::key::Scope::All),
             ),
+            blocking_conns: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// See the `epoch` field: connections opened under another are not used.
+    pub(super) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// The incarnation record's key (`incarnation.rs`).
+    pub(super) fn server_key(&self) -> &str {
+        &self.server_key
     }
 
     /// Connections for an async caller, driven by the caller's own Tokio runtime (so a

@@ -97,6 +97,12 @@ pub(super) fn too_old_message(version: &str) -> String {
     )
 }
 
+/// Whether `recorded` names the incarnation of the server whose `INFO` is `info`: a check ran
+/// against it (and cleared first what an earlier incarnation left), so it may serve reads.
+pub(super) fn judged(info: &str, recorded: Option<&str>) -> bool {
+    server_incarnation(info).is_some_and(|now| judge(recorded, &now) == Found::Same)
+}
+
 /// What the record says of the incarnation `now` answering.
 fn judge(recorded: Option<&str>, now: &str) -> Found {
     match recorded {

@@ -23,6 +23,7 @@ use crate::error::{CacheError, InitError};
 use crate::pending::{Added, Pending, PendingOp};
 
 mod batch;
+mod blocking_conn;
 mod connection;
 mod direct;
 mod incarnation;
@@ -1339,9 +1340,15 @@ impl RedisTier {
                 let _ = self.shared.tracked_lost();
                 return self.read_on_redis_thread(k, claim, alone, false).await;
             }
-            // A blocking caller (or the connection still coming up): the read runs on the
-            // Redis thread, there too on the tracked connection if there is one.
-            None => return self.read_on_redis_thread(k, claim, alone, true).await,
+            // A blocking caller: on its thread's own connection if it has one. Otherwise (or
+            // the connection still coming up) the read runs on the Redis thread, there too
+            // on the tracked connection if there is one.
+            None => {
+                if let Some(res) = blocking_conn::read(&self.shared, k, claim) {
+                    return self.settle(res);
+                }
+                return self.read_on_redis_thread(k, claim, alone, true).await;
+            }
         };
         if first.1 == Fault::Lost {
             // The connection was found closed as the read was sent: once more, on the Redis

@@ -1,0 +1,284 @@
+//! A blocking caller's own connection (a cached `fn`, a `_blocking` function): a plain read
+//! sent and answered on the caller's thread, as a hand-written synchronous `GET` is, instead of
+//! a task on the Redis thread (two thread wake-ups per read: measured 2.2 × a hand-written
+//! sync hit's instructions, docs/BENCHMARKS.md, thirty-eighth round).
+//!
+//! Single node and Sentinel only (a cluster's reads go on through the Redis thread). What
+//! keeps a read on it as safe as one on the tracked connection (docs/PROTOCOL.md §8.2, §13
+//! F10):
+//!
+//! - *Opened only on a judged server*: when the main connections are up, and only if the
+//!   incarnation record names the incarnation this connection reaches (`INFO` and the record
+//!   read on it right after the connect). A server restarted from its snapshot, or resynced,
+//!   before the main connections noticed is refused until their check has cleared and
+//!   recorded it.
+//! - *Never reconnected by itself*: a closed connection is dropped; a reopen is judged again.
+//! - *Dropped with the main connections*: it belongs to their epoch, which every loss,
+//!   reopen or suspected restart bumps.
+//! - *In-band null pushes*: it is a RESP3 connection with `CLIENT TRACKING ON OPTIN` that
+//!   never opts a key in, so the only push it gets is the null invalidation of a data set
+//!   emptied or replaced (`FLUSHALL`, `FLUSHDB`, a resync). The server sends it before the
+//!   reply of any later command on the connection, so a reply that follows one is not served.
+//!
+//! The read itself is the untracked one (`MGET value ticket tokens…`, claims pipelined), so
+//! it needs no token kept in the process. A transport failure or a refusal to open sends the
+//! read through the Redis thread as before; a timeout is an answer (the breaker counts it).
+
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use redis::{ConnectionLike, PushInfo, PushKind, RedisError, Value};
+
+use super::connection::{Fault, RedisTarget, Shared};
+use super::{incarnation, split_claims, untracked_fetched, untracked_read};
+use crate::error::CacheError;
+use crate::redis_request::{Fetched, ReadKeys};
+
+/// Blocking calls a thread makes through the Redis thread before it opens its own
+/// connection: a thread that calls a handful of times (one per request) never opens one.
+const CALLS_BEFORE_OWN: u32 = 16;
+
+/// Threads with a connection of their own, at most, per runtime; the others go through the
+/// Redis thread.
+pub(super) const MAX_THREADS: usize = 64;
+
+/// The connection's name in `CLIENT LIST`.
+const CLIENT_NAME: &str = "cache-runtime-blocking";
+
+/// How long a thread whose open failed (or was refused) waits before it tries again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// One thread's connection.
+struct Own {
+    shared: Weak<Shared>,
+    epoch: u64,
+    conn: redis::Connection,
+    pushes: mpsc::Receiver<PushInfo>,
+}
+
+impl Drop for Own {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.blocking_conns.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// This thread's calls towards [`CALLS_BEFORE_OWN`], and its retry time after a failed open.
+#[derive(Clone, Copy)]
+struct Counting {
+    shared: *const Shared,
+    calls: u32,
+    retry_at: Option<Instant>,
+}
+
+thread_local! {
+    static OWN: RefCell<Option<Own>> = const { RefCell::new(None) };
+    static COUNTING: Cell<Counting> = const {
+        Cell::new(Counting { shared: std::ptr::null(), calls: 0, retry_at: None })
+    };
+}
+
+/// A plain read of a blocking caller on this thread's own connection; `None` when there is
+/// none to use (not a blocking call, a cluster, the main connections not up, this thread still
+/// counting, the connection lost): the caller then reads through the Redis thread.
+pub(super) fn read(
+    shared: &Arc<Shared>,
+    k: &ReadKeys<'_>,
+    claim: Option<(u64, u64)>,
+) -> Option<(Result<Fetched, CacheError>, Fault)> {
+    if !crate::blocking::in_blocking_call() || matches!(*shared.target, RedisTarget::Cluster(_)) {
+        return None;
+    }
+    let epoch = shared.epoch();
+    OWN.with(|own| {
+        let mut own = own.borrow_mut();
+        let usable = own.as_ref().is_some_and(|o| {
+            std::ptr::eq(o.shared.as_ptr(), Arc::as_ptr(shared)) && o.epoch == epoch
+        });
+        if !usable {
+            *own = None;
+            *own = Some(open(shared, epoch)?);
+        }
+        let o = own.as_mut()?;
+        let (res, keep) = read_on(o, k, claim)?;
+        if !keep {
+            *own = None;
+        }
+        Some(untracked(shared, res))
+    })
+}
+
+/// The read on `o`, and whether `o` can be used again. `None`: a transport failure (closed,
+/// reset) or a replaced data set; the read then goes through the Redis thread, which judges
+/// the main connections. A timeout is an answer (the breaker counts it), its connection
+/// dropped all the same: its reply may still come.
+fn read_on(
+    o: &mut Own,
+    k: &ReadKeys<'_>,
+    claim: Option<(u64, u64)>,
+) -> Option<(redis::RedisResult<(Value, Vec<Option<u64>>)>, bool)> {
+    let read = untracked_read(k, claim, false);
+    let res = match read.request {
+        Err(mget) => o
+            .conn
+            .req_packed_command(&mget.get_packed_command())
+            .and_then(Value::extract_error)
+            .map(|reply| (reply, Vec::new())),
+        Ok((p, new)) => o
+            .conn
+            .req_packed_commands(&p.get_packed_pipeline(), 0, p.len())
+            .and_then(|replies| split_claims(replies, new)),
+    };
+    // A null push came before the reply: the data set was replaced, and what the read found
+    // may be another incarnation's.
+    if replaced(&o.pushes) {
+        return None;
+    }
+    match res {
+        Err(e) if e.is_timeout() => Some((Err(e), false)),
+        Err(e) if !super::connection::error_reply(&e) => None,
+        res => Some((res, true)),
+    }
+}
+
+/// The read's result, classified as every operation's is (a timeout, a refusal).
+fn untracked(
+    shared: &Shared,
+    res: redis::RedisResult<(Value, Vec<Option<u64>>)>,
+) -> (Result<Fetched, CacheError>, Fault) {
+    let (res, fault) = shared.outcome(res);
+    (
+        res.and_then(|(reply, claimed)| untracked_fetched(reply, claimed)),
+        fault,
+    )
+}
+
+/// Whether a push received says the data set was emptied or replaced (a null invalidation),
+/// or the connection closed.
+fn replaced(pushes: &mpsc::Receiver<PushInfo>) -> bool {
+    let mut replaced = false;
+    while let Ok(p) = pushes.try_recv() {
+        replaced |= match p.kind {
+            PushKind::Invalidate => matches!(p.data.first(), None | Some(Value::Nil)),
+            PushKind::Disconnection => true,
+            _ => false,
+        };
+    }
+    replaced
+}
+
+/// This thread's connection, if it is its turn to open one and the open succeeds.
+fn open(shared: &Arc<Shared>, epoch: u64) -> Option<Own> {
+    let me = Arc::as_ptr(shared);
+    let mut c = COUNTING.get();
+    if c.shared != me {
+        c = Counting {
+            shared: me,
+            calls: 0,
+            retry_at: None,
+        };
+    }
+    c.calls = c.calls.saturating_add(1);
+    let due = c.calls > CALLS_BEFORE_OWN && c.retry_at.is_none_or(|t| Instant::now() >= t);
+    COUNTING.set(c);
+    if !due {
+        return None;
+    }
+    let later = |mut c: Counting| {
+        c.retry_at = Some(Instant::now() + RETRY_AFTER);
+        COUNTING.set(c);
+    };
+    // Judged by the main connections: up (their check ran under this epoch).
+    shared.ready()?;
+    let client = shared.single_client()?;
+    if shared.blocking_conns.fetch_add(1, Ordering::AcqRel) >= MAX_THREADS {
+        shared.blocking_conns.fetch_sub(1, Ordering::AcqRel);
+        later(c);
+        return None;
+    }
+    match connect(shared, &client) {
+        // Counted until `Own`'s drop gives the place back.
+        Ok((conn, pushes)) => {
+            let own = Own {
+                shared: Arc::downgrade(shared),
+                epoch,
+                conn,
+                pushes,
+            };
+            (shared.epoch() == epoch).then_some(own)
+        }
+        Err(e) => {
+            shared.blocking_conns.fetch_sub(1, Ordering::AcqRel);
+            later(c);
+            tracing::debug!(error = %e, "no connection of its own for a blocking caller");
+            None
+        }
+    }
+}
+
+/// Connects, turns tracking on (for the null pushes alone) and checks that the server was
+/// judged: the incarnation record names what this connection reaches.
+fn connect(
+    shared: &Shared,
+    client: &redis::Client,
+) -> redis::RedisResult<(redis::Connection, mpsc::Receiver<PushInfo>)> {
+    let client = super::tracking::resp3_client(client)?;
+    let mut conn = client.get_connection_with_timeout(shared.connect_timeout)?;
+    conn.set_read_timeout(Some(shared.op_timeout))?;
+    conn.set_write_timeout(Some(shared.op_timeout))?;
+    let (tx, pushes) = mpsc::channel();
+    conn.set_push_sender(tx);
+    let mut p = redis::pipe();
+    p.cmd("CLIENT").arg("TRACKING").arg("ON").arg("OPTIN");
+    p.cmd("INFO");
+    p.cmd("GET").arg(shared.server_key());
+    // For operators (`CLIENT LIST`); an ACL may refuse it, which changes nothing.
+    p.cmd("CLIENT").arg("SETNAME").arg(CLIENT_NAME);
+    let mut replies = conn
+        .req_packed_commands(&p.get_packed_pipeline(), 0, p.len())?
+        .into_iter();
+    let mut next = || replies.next().unwrap_or(Value::Nil).extract_error();
+    let ((), info, record): ((), String, Option<String>) = (
+        redis::from_redis_value(next()?)?,
+        redis::from_redis_value(next()?)?,
+        redis::from_redis_value(next()?)?,
+    );
+    if replaced(&pushes) || !incarnation::judged(&info, record.as_deref()) {
+        return Err(RedisError::from((
+            redis::ErrorKind::Client,
+            "the server's incarnation is not judged yet",
+        )));
+    }
+    Ok((conn, pushes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn push(kind: PushKind, data: Vec<Value>) -> PushInfo {
+        PushInfo { kind, data }
+    }
+
+    #[test]
+    fn only_a_null_invalidation_or_a_disconnection_replaces() {
+        let (tx, rx) = mpsc::channel();
+        assert!(!replaced(&rx));
+        tx.send(push(
+            PushKind::Invalidate,
+            vec![Value::Array(vec![Value::BulkString(b"k".to_vec())])],
+        ))
+        .unwrap();
+        assert!(!replaced(&rx));
+        tx.send(push(PushKind::Invalidate, vec![Value::Nil]))
+            .unwrap();
+        assert!(replaced(&rx));
+        assert!(!replaced(&rx), "drained");
+        tx.send(push(PushKind::Disconnection, vec![])).unwrap();
+        assert!(replaced(&rx));
+    }
+}
