@@ -3,8 +3,9 @@
 //! reads as safe as the tracked connection's (docs/PROTOCOL.md §8.2, §13 F10), each phase on
 //! one warm thread:
 //!
-//! 1. its hits go over its own connection (`CLIENT LIST`: named `cache-runtime-blocking`,
-//!    last command `mget`) and see a token deleted behind the process's back;
+//! 1. its hits and invalidations go over its own connection (`CLIENT LIST`: named
+//!    `cache-runtime-blocking`, last command `mget`, then `set`) and see a token deleted
+//!    behind the process's back;
 //! 2. it is not opened on a server whose incarnation the record does not name (not judged);
 //! 3. after a restart from a snapshot it is not reopened before the main connections have
 //!    judged (cleared) the server: no value invalidated before the restart is served;
@@ -125,8 +126,15 @@ fn a_blocking_threads_own_connection_serves_only_a_judged_server() {
         2,
         "a token deleted behind the process's back is seen"
     );
+    // Its invalidations too (a process without a subscriber: the plain pipeline, whose last
+    // command is the fresh ticket's `SET`).
     SOURCE[0].store(1, SeqCst);
     invalidate_row(0).expect("invalidate");
+    let own = own_connections(&node);
+    assert!(
+        own[0].contains("cmd=set"),
+        "the invalidation went there: {own:?}"
+    );
     assert_eq!(row(0), 1);
 
     // 2. Another thread, on a server whose record names another incarnation (as after a

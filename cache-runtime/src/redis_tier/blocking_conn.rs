@@ -48,8 +48,12 @@ pub(super) const MAX_THREADS: usize = 64;
 /// The connection's name in `CLIENT LIST`.
 const CLIENT_NAME: &str = "cache-runtime-blocking";
 
-/// How long a thread whose open failed (or was refused) waits before it tries again.
+/// How long a thread whose open failed, or whose connection timed out, waits before it
+/// tries again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The same after the server refused what the connection needs (the ACL).
+const RETRY_REFUSED: Duration = Duration::from_secs(60);
 
 /// One thread's connection.
 struct Own {
@@ -90,6 +94,48 @@ pub(super) fn read(
     k: &ReadKeys<'_>,
     claim: Option<(u64, u64)>,
 ) -> Option<(Result<Fetched, CacheError>, Fault)> {
+    let res = on_own(shared, |conn| {
+        match untracked_read(k, claim, false).request {
+            Err(mget) => conn
+                .req_packed_command(&mget.get_packed_command())
+                .and_then(Value::extract_error)
+                .map(|reply| (reply, Vec::new())),
+            Ok((p, new)) => conn
+                .req_packed_commands(&p.get_packed_pipeline(), 0, p.len())
+                .and_then(|replies| split_claims(replies, new)),
+        }
+    })?;
+    let (res, fault) = shared.outcome(res);
+    Some((
+        res.and_then(|(reply, claimed)| untracked_fetched(reply, claimed)),
+        fault,
+    ))
+}
+
+/// A write of a blocking caller (a key's invalidation) on this thread's own connection, as
+/// [`read`] does; `None` also for a write that waits for replicas (`WAIT`, on the Redis
+/// thread). A write sent here that failed as a transport goes through the Redis thread
+/// again: invalidations are safe to repeat (two fresh tickets, two messages).
+pub(super) fn write(
+    shared: &Arc<Shared>,
+    send: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<()>,
+) -> Option<(Result<(), CacheError>, Fault)> {
+    if shared.replicas_known() != Some(0) {
+        return None;
+    }
+    on_own(shared, send).map(|res| shared.outcome(res))
+}
+
+/// `op` on this thread's own connection (opened if it is its turn), or `None` (see
+/// [`read`]). A transport failure (closed, reset) or a replaced data set drops the connection
+/// and answers `None`: the operation then goes through the Redis thread, which judges the
+/// main connections. A timeout is an answer (the breaker counts it); its connection is
+/// dropped all the same (its reply may still come) and not reopened at once, which would
+/// cost the next call a connect to a server that may not answer.
+fn on_own<T>(
+    shared: &Arc<Shared>,
+    op: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+) -> Option<redis::RedisResult<T>> {
     if !crate::blocking::in_blocking_call() || matches!(*shared.target, RedisTarget::Cluster(_)) {
         return None;
     }
@@ -104,57 +150,28 @@ pub(super) fn read(
             *own = Some(open(shared, epoch)?);
         }
         let o = own.as_mut()?;
-        let (res, keep) = read_on(o, k, claim)?;
-        if !keep {
-            *own = None;
+        let res = op(&mut o.conn);
+        // A null push came before the reply: the data set was replaced, and what a read
+        // found may be another incarnation's.
+        let keep = match &res {
+            _ if replaced(&o.pushes) => None,
+            Err(e) if e.is_timeout() => Some(false),
+            Err(e) if !super::connection::error_reply(e) => None,
+            _ => Some(true),
+        };
+        match keep {
+            None => {
+                *own = None;
+                None
+            }
+            Some(false) => {
+                *own = None;
+                retry_later(shared, RETRY_AFTER);
+                Some(res)
+            }
+            Some(true) => Some(res),
         }
-        Some(untracked(shared, res))
     })
-}
-
-/// The read on `o`, and whether `o` can be used again. `None`: a transport failure (closed,
-/// reset) or a replaced data set; the read then goes through the Redis thread, which judges
-/// the main connections. A timeout is an answer (the breaker counts it), its connection
-/// dropped all the same: its reply may still come.
-fn read_on(
-    o: &mut Own,
-    k: &ReadKeys<'_>,
-    claim: Option<(u64, u64)>,
-) -> Option<(redis::RedisResult<(Value, Vec<Option<u64>>)>, bool)> {
-    let read = untracked_read(k, claim, false);
-    let res = match read.request {
-        Err(mget) => o
-            .conn
-            .req_packed_command(&mget.get_packed_command())
-            .and_then(Value::extract_error)
-            .map(|reply| (reply, Vec::new())),
-        Ok((p, new)) => o
-            .conn
-            .req_packed_commands(&p.get_packed_pipeline(), 0, p.len())
-            .and_then(|replies| split_claims(replies, new)),
-    };
-    // A null push came before the reply: the data set was replaced, and what the read found
-    // may be another incarnation's.
-    if replaced(&o.pushes) {
-        return None;
-    }
-    match res {
-        Err(e) if e.is_timeout() => Some((Err(e), false)),
-        Err(e) if !super::connection::error_reply(&e) => None,
-        res => Some((res, true)),
-    }
-}
-
-/// The read's result, classified as every operation's is (a timeout, a refusal).
-fn untracked(
-    shared: &Shared,
-    res: redis::RedisResult<(Value, Vec<Option<u64>>)>,
-) -> (Result<Fetched, CacheError>, Fault) {
-    let (res, fault) = shared.outcome(res);
-    (
-        res.and_then(|(reply, claimed)| untracked_fetched(reply, claimed)),
-        fault,
-    )
 }
 
 /// Whether a push received says the data set was emptied or replaced (a null invalidation),
@@ -188,16 +205,12 @@ fn open(shared: &Arc<Shared>, epoch: u64) -> Option<Own> {
     if !due {
         return None;
     }
-    let later = |mut c: Counting| {
-        c.retry_at = Some(Instant::now() + RETRY_AFTER);
-        COUNTING.set(c);
-    };
     // Judged by the main connections: up (their check ran under this epoch).
     shared.ready()?;
     let client = shared.single_client()?;
     if shared.blocking_conns.fetch_add(1, Ordering::AcqRel) >= MAX_THREADS {
         shared.blocking_conns.fetch_sub(1, Ordering::AcqRel);
-        later(c);
+        retry_later(shared, RETRY_AFTER);
         return None;
     }
     match connect(shared, &client) {
@@ -213,11 +226,22 @@ fn open(shared: &Arc<Shared>, epoch: u64) -> Option<Own> {
         }
         Err(e) => {
             shared.blocking_conns.fetch_sub(1, Ordering::AcqRel);
-            later(c);
+            // Refused (an ACL without `client|tracking` or `info`): for good, nearly.
+            let refused = super::connection::error_reply(&e);
+            retry_later(shared, if refused { RETRY_REFUSED } else { RETRY_AFTER });
             tracing::debug!(error = %e, "no connection of its own for a blocking caller");
             None
         }
     }
+}
+
+/// This thread tries to open its connection again only after `wait`.
+fn retry_later(shared: &Shared, wait: Duration) {
+    COUNTING.set(Counting {
+        shared,
+        calls: CALLS_BEFORE_OWN,
+        retry_at: Some(Instant::now() + wait),
+    });
 }
 
 /// Connects, turns tracking on (for the null pushes alone) and checks that the server was
@@ -227,7 +251,9 @@ fn connect(
     client: &redis::Client,
 ) -> redis::RedisResult<(redis::Connection, mpsc::Receiver<PushInfo>)> {
     let client = super::tracking::resp3_client(client)?;
-    let mut conn = client.get_connection_with_timeout(shared.connect_timeout)?;
+    // Within the caller's operation timeout: the open runs inside its call.
+    let mut conn =
+        client.get_connection_with_timeout(shared.op_timeout.min(shared.connect_timeout))?;
     conn.set_read_timeout(Some(shared.op_timeout))?;
     conn.set_write_timeout(Some(shared.op_timeout))?;
     let (tx, pushes) = mpsc::channel();

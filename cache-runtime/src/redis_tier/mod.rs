@@ -454,7 +454,13 @@ async fn read_and_keep_tags(k: &ReadKeys<'_>, t: &tracking::Tracked, found: u64)
 /// replies (a replica refuses the `DEL`, an ACL the message); a refused `SET` (`noeviction`
 /// OOM) leaves no ticket or token, as the invalidate script's `pcall` does.
 async fn send_plain_invalidation(c: &mut Conn, pipe: &redis::Pipeline) -> redis::RedisResult<()> {
-    let mut replies = direct::query_all(c, pipe).await?.into_iter();
+    plain_invalidation_sent(direct::query_all(c, pipe).await?)
+}
+
+/// A plain invalidation's replies: `Ok` needs the `DEL`'s and the message's (a refused
+/// `SET` of the fresh ticket leaves the key without one, as the script's `pcall` does).
+fn plain_invalidation_sent(replies: Vec<redis::Value>) -> redis::RedisResult<()> {
+    let mut replies = replies.into_iter();
     for _ in 0..2 {
         replies
             .next()
@@ -1656,8 +1662,11 @@ impl RedisTier {
         // lane's reply order (`CLIENT REPLY SKIP`) and the script's buy nothing, and plain
         // pipelines run, on the lane when it is free, else on the shared connection.
         let subscribes = bus::subscribes();
+        let keys = (value_key.as_str(), ticket_key.as_str());
+        if let Some(done) = self.invalidate_blocking(keys, fresh, &channel, &message, subscribes) {
+            return self.settle(done);
+        }
         if let Some(lane) = self.invalidation_lane().await {
-            let keys = (value_key.as_str(), ticket_key.as_str());
             let message = (channel.as_str(), message.as_str());
             let sent = lane.invalidate(keys, fresh, message, subscribes).await;
             if let Some(done) = self.lane_outcome(sent) {
@@ -1697,6 +1706,45 @@ impl RedisTier {
             }
         })
         .await
+    }
+
+    /// [`Self::invalidate`] of a blocking caller on its thread's own connection
+    /// (`blocking_conn.rs`): the script, or the plain pipeline where the process does not
+    /// subscribe, as on the Redis thread. `None`: the Redis thread's path.
+    fn invalidate_blocking(
+        &self,
+        (value_key, ticket_key): (&str, &str),
+        (new_ticket, ticket_px): (u64, u64),
+        channel: &str,
+        message: &str,
+        subscribes: bool,
+    ) -> Option<(Result<(), CacheError>, Fault)> {
+        let (publish, channel) = self.message_route(value_key, channel.to_string());
+        blocking_conn::write(&self.shared, |c| {
+            if subscribes {
+                self.scripts
+                    .invalidate
+                    .key(value_key)
+                    .key(ticket_key)
+                    .arg(ticket_text(new_ticket))
+                    .arg(ticket_px.max(1))
+                    .arg(&channel)
+                    .arg(message)
+                    .arg(publish)
+                    .invoke::<i64>(c)
+                    .map(drop)
+            } else {
+                let keys = (value_key, ticket_key);
+                let fresh = (new_ticket, ticket_px);
+                let pipe = lane::key_pipeline(false, keys, fresh, (publish, &channel, message));
+                plain_invalidation_sent(redis::ConnectionLike::req_packed_commands(
+                    c,
+                    &pipe.get_packed_pipeline(),
+                    0,
+                    pipe.len(),
+                )?)
+            }
+        })
     }
 
     /// [`Self::invalidate`] in a process that does not subscribe (docs/PROTOCOL.md §7.4), when
