@@ -490,6 +490,17 @@ async fn rmiss_cached(id: u64, org: u64) -> Result<Profile, String> {
     Ok(profile(id + org))
 }
 
+#[cached::macros::io_cached(
+    ty = "cached::RedisCache<String, Profile>",
+    create = r#"{ cached::RedisCache::builder("csy").connection_string(URL.get().unwrap()).ttl(Duration::from_secs(300)).build().unwrap() }"#,
+    key = "String",
+    convert = r#"{ format!("sy:{id}") }"#,
+    map_error = r#"|e| format!("{e:?}")"#
+)]
+fn rsync_cached(id: u64) -> Result<Profile, String> {
+    Ok(profile(id))
+}
+
 type Conn = redis::aio::ConnectionManager;
 async fn hand_get<V: serde::de::DeserializeOwned>(conn: &mut Conn, key: &str) -> Option<V> {
     let b: Option<Vec<u8>> = redis::cmd("GET").arg(key).query_async(conn).await.unwrap();
@@ -921,6 +932,18 @@ fn redis_main(who: &str, n: u64) {
             measure(n, Some(&server), || {
                 for id in ids(n, KEYS) {
                     black_box(rsync_ours(id));
+                }
+            });
+        }
+        "rsync-cached" => {
+            for _ in 0..3 {
+                for id in ids(KEYS, KEYS) {
+                    black_box(rsync_cached(id).unwrap());
+                }
+            }
+            measure(n, Some(&server), || {
+                for id in ids(n, KEYS) {
+                    black_box(rsync_cached(id).unwrap());
                 }
             });
         }
