@@ -316,8 +316,9 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
 
-/// Decodes and validates an envelope. Never panics; allocation is bounded by a small multiple
-/// of `max_payload` (bincode's decode limit).
+/// Decodes and validates an envelope. Never panics; what a payload's decode allocates and
+/// visits is bounded by its length: every length it declares is checked against what a payload
+/// of that size can hold before anything is allocated for it (`owned_strings`' module docs).
 ///
 /// ```
 /// use cache_runtime::codec::{decode, encode, fingerprint, DecodeError};

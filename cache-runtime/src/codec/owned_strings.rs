@@ -1,25 +1,91 @@
-//! Owned strings and byte buffers read from the borrowed payload (a serde `Deserializer`
-//! adapter over bincode's).
+//! The adapter every bincode payload is read through (a serde `Deserializer` over bincode's):
+//! owned strings and byte buffers read from the borrowed payload, and the lengths of
+//! sequences and maps charged against what the payload can hold.
 //!
-//! bincode 2 reads an owned `String` (`deserialize_string`, what `#[derive(Deserialize)]`
-//! asks for every `String` field) into a zero-filled buffer it allocates with
-//! `vec![0u8; len]`. Under glibc's allocator a zeroed allocation is `calloc`, which skips the
-//! per-thread cache and takes the allocator's slow path: for a value with half a dozen
-//! strings, about a tenth of a Redis hit's client instructions (docs/BENCHMARKS.md,
+//! **Owned strings.** bincode 2 reads an owned `String` (`deserialize_string`, what
+//! `#[derive(Deserialize)]` asks for every `String` field) into a zero-filled buffer it
+//! allocates with `vec![0u8; len]`. Under glibc's allocator a zeroed allocation is `calloc`,
+//! which skips the per-thread cache and takes the allocator's slow path: for a value with half
+//! a dozen strings, about a tenth of a Redis hit's client instructions (docs/BENCHMARKS.md,
 //! twenty-ninth round). The payload is a slice in memory, so this adapter asks bincode for
 //! the borrowed `&str` / `&[u8]` instead and hands the visitor an owned copy made with a
 //! plain allocation: the visitor still gets `visit_string` / `visit_byte_buf` with the
-//! same value, as before (a visitor that only implements those keeps working). Everything
-//! else is passed through unchanged, the adapter re-wrapping every nested deserializer
-//! (fields, elements, variants, options) so that strings at any depth are read this way.
+//! same value, as before (a visitor that only implements those keeps working). A string's
+//! length is checked against the bytes left before anything is allocated (bincode's
+//! `take_bytes`), so no owned string or buffer is ever allocated from a length prefix alone.
+//!
+//! **Sequence and map lengths.** bincode's serde decoder hands a visitor the length a
+//! sequence or map declares, unchecked (its byte limit is charged per primitive read, never
+//! for a length: it cannot stop `Vec<()>` with a length of 2^60 from spinning, and every
+//! element paid for the check). Every element of a value bincode wrote takes at least one
+//! byte, except the zero-byte ones (`()`, unit structs, `PhantomData`, empty structs and
+//! arrays). So the adapter charges each declared length, once, when the sequence or map
+//! starts, against a budget of the payload's length plus [`ZERO_BYTE_ELEMENTS`], for the
+//! whole decode: a length no payload of this size could hold (alone or added to the others,
+//! at any depth) is an error before its visitor sees it. That bounds the elements a decode
+//! visits, and so its time and what visitors allocate from the lengths (serde's own
+//! preallocate at most 1 MiB per container; a visitor that trusts `size_hint` entirely gets
+//! at most the budget), with nothing charged per element.
+//!
+//! Everything else is passed through unchanged, the adapter re-wrapping every nested
+//! deserializer (fields, elements, variants, options) so that strings and lengths at any
+//! depth are read this way.
 
+use std::cell::Cell;
 use std::fmt;
 
 use serde::de::{
     DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor,
 };
 
-/// Deserializes a `T` through [`Reroute`]: the seed bincode's `seed_decode_from_slice` takes.
+/// Elements of zero bytes (`()`, unit structs, `PhantomData`, empty structs) a payload may
+/// declare in all its sequences and maps together, beyond one element per payload byte.
+/// Visiting this many takes a few milliseconds; a value holding more decodes as an error (a
+/// miss).
+pub(super) const ZERO_BYTE_ELEMENTS: usize = 1 << 20;
+
+thread_local! {
+    /// The sequence and map elements the decode running on this thread may still declare
+    /// (see the module docs). A thread-local rather than a field of every wrapper: carried
+    /// through the wrappers, its pointer cost two instructions per element of a `Vec<u8>`
+    /// (the element loop kept one more value in memory).
+    static LEFT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Runs `decode` (a decode through [`OwnedFromBorrowed`]) with the budget of a payload of
+/// `payload_len` bytes, then puts back the budget it found: a `Deserialize` that decodes
+/// another payload inside its own (on this thread) leaves the outer one's as it was, and so
+/// does a decode that panics.
+pub(super) fn with_budget<R>(payload_len: usize, decode: impl FnOnce() -> R) -> R {
+    struct Restore(usize);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            LEFT.with(|left| left.set(self.0));
+        }
+    }
+    let budget = payload_len.saturating_add(ZERO_BYTE_ELEMENTS);
+    let _restore = Restore(LEFT.with(|left| left.replace(budget)));
+    decode()
+}
+
+/// Takes `declared` elements from this thread's budget, or fails if it holds fewer.
+#[inline]
+fn charge<E: serde::de::Error>(declared: Option<usize>) -> Result<(), E> {
+    // bincode always declares a length (a length-less sequence would have none to charge).
+    let declared = declared.unwrap_or(0);
+    LEFT.with(|left| match left.get().checked_sub(declared) {
+        Some(rest) => {
+            left.set(rest);
+            Ok(())
+        }
+        None => Err(E::custom(format_args!(
+            "a sequence or map of {declared} elements: more than the payload can hold"
+        ))),
+    })
+}
+
+/// Deserializes a `T` through [`Reroute`]: the seed bincode's `seed_decode_from_slice` takes
+/// (inside [`with_budget`]).
 pub(super) struct OwnedFromBorrowed<T>(pub(super) std::marker::PhantomData<T>);
 
 impl<'de, T: serde::Deserialize<'de>> DeserializeSeed<'de> for OwnedFromBorrowed<T> {
@@ -29,11 +95,20 @@ impl<'de, T: serde::Deserialize<'de>> DeserializeSeed<'de> for OwnedFromBorrowed
     }
 }
 
-/// The adapter: `deserialize_string` / `deserialize_byte_buf` become their borrowed forms.
+/// The adapter: `deserialize_string` / `deserialize_byte_buf` become their borrowed forms,
+/// and `deserialize_seq` / `deserialize_map` charge their length to the budget ([`charge`]).
 struct Reroute<D>(D);
 
-/// A visitor passed through, its nested accessors wrapped.
-struct Wrap<V>(V);
+/// A visitor passed through, its nested accessors wrapped; with `CHARGE`, the length of the
+/// sequence or map it is given is charged first (the visitor of a `deserialize_seq` or
+/// `deserialize_map`, whose length the input declares; a tuple's or a struct's is the type's).
+struct Wrap<V, const CHARGE: bool>(V);
+
+/// [`Wrap`] without a charge.
+#[inline]
+fn wrap<V>(inner: V) -> Wrap<V, false> {
+    Wrap(inner)
+}
 
 /// A seed passed through, the deserializer it is given wrapped.
 struct Seed<S>(S);
@@ -44,8 +119,9 @@ struct Owned<V>(V);
 
 macro_rules! forward_deserialize {
     ($($method:ident),* $(,)?) => {$(
+        #[inline]
         fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
-            self.0.$method(Wrap(visitor))
+            self.0.$method(wrap(visitor))
         }
     )*};
 }
@@ -73,69 +149,85 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Reroute<D> {
         deserialize_bytes,
         deserialize_option,
         deserialize_unit,
-        deserialize_seq,
-        deserialize_map,
         deserialize_identifier,
         deserialize_ignored_any,
     );
 
+    #[inline]
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+        self.0.deserialize_seq(Wrap::<V, true>(visitor))
+    }
+
+    #[inline]
+    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+        self.0.deserialize_map(Wrap::<V, true>(visitor))
+    }
+
+    #[inline]
     fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
         self.0.deserialize_str(Owned(visitor))
     }
 
+    #[inline]
     fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
         self.0.deserialize_bytes(Owned(visitor))
     }
 
+    #[inline]
     fn deserialize_unit_struct<V: Visitor<'de>>(
         self,
         name: &'static str,
         visitor: V,
     ) -> Result<V::Value, D::Error> {
-        self.0.deserialize_unit_struct(name, Wrap(visitor))
+        self.0.deserialize_unit_struct(name, wrap(visitor))
     }
 
+    #[inline]
     fn deserialize_newtype_struct<V: Visitor<'de>>(
         self,
         name: &'static str,
         visitor: V,
     ) -> Result<V::Value, D::Error> {
-        self.0.deserialize_newtype_struct(name, Wrap(visitor))
+        self.0.deserialize_newtype_struct(name, wrap(visitor))
     }
 
+    #[inline]
     fn deserialize_tuple<V: Visitor<'de>>(
         self,
         len: usize,
         visitor: V,
     ) -> Result<V::Value, D::Error> {
-        self.0.deserialize_tuple(len, Wrap(visitor))
+        self.0.deserialize_tuple(len, wrap(visitor))
     }
 
+    #[inline]
     fn deserialize_tuple_struct<V: Visitor<'de>>(
         self,
         name: &'static str,
         len: usize,
         visitor: V,
     ) -> Result<V::Value, D::Error> {
-        self.0.deserialize_tuple_struct(name, len, Wrap(visitor))
+        self.0.deserialize_tuple_struct(name, len, wrap(visitor))
     }
 
+    #[inline]
     fn deserialize_struct<V: Visitor<'de>>(
         self,
         name: &'static str,
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, D::Error> {
-        self.0.deserialize_struct(name, fields, Wrap(visitor))
+        self.0.deserialize_struct(name, fields, wrap(visitor))
     }
 
+    #[inline]
     fn deserialize_enum<V: Visitor<'de>>(
         self,
         name: &'static str,
         variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, D::Error> {
-        self.0.deserialize_enum(name, variants, Wrap(visitor))
+        self.0.deserialize_enum(name, variants, wrap(visitor))
     }
 
     fn is_human_readable(&self) -> bool {
@@ -145,13 +237,14 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Reroute<D> {
 
 macro_rules! forward_visit {
     ($($method:ident($ty:ty)),* $(,)?) => {$(
+        #[inline]
         fn $method<E: serde::de::Error>(self, v: $ty) -> Result<Self::Value, E> {
             self.0.$method(v)
         }
     )*};
 }
 
-impl<'de, V: Visitor<'de>> Visitor<'de> for Wrap<V> {
+impl<'de, V: Visitor<'de>, const CHARGE: bool> Visitor<'de> for Wrap<V, CHARGE> {
     type Value = V::Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -181,32 +274,45 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Wrap<V> {
         visit_byte_buf(Vec<u8>),
     );
 
+    #[inline]
     fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
         self.0.visit_none()
     }
 
+    #[inline]
     fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
         self.0.visit_unit()
     }
 
+    #[inline]
     fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         self.0.visit_some(Reroute(d))
     }
 
+    #[inline]
     fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         self.0.visit_newtype_struct(Reroute(d))
     }
 
+    #[inline]
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        self.0.visit_seq(Wrap(seq))
+        if CHARGE {
+            charge(seq.size_hint())?;
+        }
+        self.0.visit_seq(wrap(seq))
     }
 
+    #[inline]
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        self.0.visit_map(Wrap(map))
+        if CHARGE {
+            charge(map.size_hint())?;
+        }
+        self.0.visit_map(wrap(map))
     }
 
+    #[inline]
     fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Self::Value, A::Error> {
-        self.0.visit_enum(Wrap(data))
+        self.0.visit_enum(wrap(data))
     }
 }
 
@@ -244,70 +350,81 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Owned<V> {
 
 impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Seed<S> {
     type Value = S::Value;
+    #[inline]
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<S::Value, D::Error> {
         self.0.deserialize(Reroute(d))
     }
 }
 
-impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for Wrap<A> {
+impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for Wrap<A, false> {
     type Error = A::Error;
+    #[inline]
     fn next_element_seed<T: DeserializeSeed<'de>>(
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, A::Error> {
         self.0.next_element_seed(Seed(seed))
     }
+    #[inline]
     fn size_hint(&self) -> Option<usize> {
         self.0.size_hint()
     }
 }
 
-impl<'de, A: MapAccess<'de>> MapAccess<'de> for Wrap<A> {
+impl<'de, A: MapAccess<'de>> MapAccess<'de> for Wrap<A, false> {
     type Error = A::Error;
+    #[inline]
     fn next_key_seed<K: DeserializeSeed<'de>>(
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, A::Error> {
         self.0.next_key_seed(Seed(seed))
     }
+    #[inline]
     fn next_value_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<T::Value, A::Error> {
         self.0.next_value_seed(Seed(seed))
     }
+    #[inline]
     fn size_hint(&self) -> Option<usize> {
         self.0.size_hint()
     }
 }
 
-impl<'de, A: EnumAccess<'de>> EnumAccess<'de> for Wrap<A> {
+impl<'de, A: EnumAccess<'de>> EnumAccess<'de> for Wrap<A, false> {
     type Error = A::Error;
-    type Variant = Wrap<A::Variant>;
+    type Variant = Wrap<A::Variant, false>;
+    #[inline]
     fn variant_seed<T: DeserializeSeed<'de>>(
         self,
         seed: T,
     ) -> Result<(T::Value, Self::Variant), A::Error> {
         self.0
             .variant_seed(Seed(seed))
-            .map(|(value, variant)| (value, Wrap(variant)))
+            .map(|(value, variant)| (value, wrap(variant)))
     }
 }
 
-impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for Wrap<A> {
+impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for Wrap<A, false> {
     type Error = A::Error;
+    #[inline]
     fn unit_variant(self) -> Result<(), A::Error> {
         self.0.unit_variant()
     }
+    #[inline]
     fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, A::Error> {
         self.0.newtype_variant_seed(Seed(seed))
     }
+    #[inline]
     fn tuple_variant<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, A::Error> {
-        self.0.tuple_variant(len, Wrap(visitor))
+        self.0.tuple_variant(len, wrap(visitor))
     }
+    #[inline]
     fn struct_variant<V: Visitor<'de>>(
         self,
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, A::Error> {
-        self.0.struct_variant(fields, Wrap(visitor))
+        self.0.struct_variant(fields, wrap(visitor))
     }
 }
 
@@ -409,12 +526,14 @@ mod tests {
     fn decode<T: for<'de> Deserialize<'de>>(
         bytes: &[u8],
     ) -> Result<T, bincode::error::DecodeError> {
-        bincode::serde::seed_decode_from_slice(
-            OwnedFromBorrowed::<T>(std::marker::PhantomData),
-            bytes,
-            bincode::config::standard(),
-        )
-        .map(|(v, _)| v)
+        with_budget(bytes.len(), || {
+            bincode::serde::seed_decode_from_slice(
+                OwnedFromBorrowed::<T>(std::marker::PhantomData),
+                bytes,
+                bincode::config::standard(),
+            )
+            .map(|(v, _)| v)
+        })
     }
 
     #[test]

@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use serde::de::DeserializeOwned;
 use serde::ser::{self, Serialize, Serializer};
 
-use super::owned_strings::OwnedFromBorrowed;
+use super::owned_strings::{with_budget, OwnedFromBorrowed};
 use super::TypeMemo;
 
 /// How a payload is encoded: the envelope's flags, bit 0.
@@ -244,35 +244,21 @@ pub(crate) fn decode_payload<V: DeserializeOwned>(
     }
 }
 
-/// bincode's limit is a const generic: pick the smallest bucket that fits the payload, so a
-/// hostile length prefix inside a small payload cannot claim a huge allocation.
+/// Decodes a bincode payload, all of it, through the adapter of `owned_strings`: owned
+/// strings copied from the borrowed payload, and every sequence's and map's declared length
+/// charged once against what a payload of this size can hold (its module docs), so that a
+/// hostile length prefix is an error before anything is allocated or visited for it.
+///
+/// No byte limit: bincode charges one per primitive read, which on a slice only repeats the
+/// slice's own bounds check, and costs a third more than the decode itself for a large
+/// `Vec<u8>` (docs/BENCHMARKS.md, thirty-seventh round); the only reads it would bound that
+/// the slice does not, owned strings and byte buffers sized by their prefix, go through the
+/// adapter's borrowed forms instead.
 fn decode_bincode<V: DeserializeOwned>(payload: &[u8]) -> Result<V, String> {
-    const KIB: usize = 1024;
-    let std = bincode::config::standard();
-    // Owned strings read from the borrowed payload (see `owned_strings`).
-    let seed = || OwnedFromBorrowed::<V>(std::marker::PhantomData);
-    let res = match payload.len() {
-        n if n <= 4 * KIB => bincode::serde::seed_decode_from_slice(
-            seed(),
-            payload,
-            std.with_limit::<{ 64 * KIB }>(),
-        ),
-        n if n <= 256 * KIB => bincode::serde::seed_decode_from_slice(
-            seed(),
-            payload,
-            std.with_limit::<{ 4 * 1024 * KIB }>(),
-        ),
-        n if n <= 4 * 1024 * KIB => bincode::serde::seed_decode_from_slice(
-            seed(),
-            payload,
-            std.with_limit::<{ 64 * 1024 * KIB }>(),
-        ),
-        _ => bincode::serde::seed_decode_from_slice(
-            seed(),
-            payload,
-            std.with_limit::<{ 1024 * 1024 * KIB }>(),
-        ),
-    };
+    let seed = OwnedFromBorrowed::<V>(std::marker::PhantomData);
+    let res = with_budget(payload.len(), || {
+        bincode::serde::seed_decode_from_slice(seed, payload, bincode::config::standard())
+    });
     match res {
         Ok((value, used)) if used == payload.len() => Ok(value),
         Ok((_, used)) => Err(format!("{} trailing bytes", payload.len() - used)),
