@@ -37,6 +37,9 @@ mod owned_strings;
 mod payload;
 mod schema;
 
+#[cfg(test)]
+mod hostile;
+
 pub use payload::PayloadFormat;
 pub use schema::schema_hash;
 pub(crate) use schema::schema_hash_memoized;
