@@ -243,7 +243,30 @@ fn zero_byte_elements_are_allowed_up_to_the_bound() {
     assert_eq!(res.map(|v| v.len()), Ok((BOUND + 5) as usize));
     assert!(took < Duration::from_secs(5), "took {took:?}");
     let (res, _, _) = decode_alone::<Vec<()>>("past the bound", varint(BOUND + 6));
+    let res = res.map(|v| v.len());
     assert!(matches!(res, Err(DecodeError::Payload(_))), "{res:?}");
+}
+
+/// A value whose `Deserialize` decodes another envelope inside its own (reading nothing of
+/// the outer payload): a million zero-byte elements, nearly all of that payload's budget.
+#[derive(Debug)]
+struct DecodesInside(#[allow(dead_code)] usize);
+
+impl<'de> Deserialize<'de> for DecodesInside {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <()>::deserialize(d)?;
+        let inner = envelope(&varint(1 << 20), 0);
+        let v = decode::<Vec<()>>(&inner, 7, 1 << 30).map_err(serde::de::Error::custom)?;
+        Ok(DecodesInside(v.value.len()))
+    }
+}
+
+/// A decode inside a decode has a budget of its own, and the outer one's is as it was after
+/// it: the outer `Vec<()>` of 1 000 still fits.
+#[test]
+fn a_decode_inside_a_decode_keeps_the_outer_budget() {
+    let (res, _, _) = decode_alone::<(DecodesInside, Vec<()>)>("decode inside", varint(1000));
+    assert_eq!(res.map(|(_, v)| v.len()), Ok(1000));
 }
 
 /// `Vec<u8>` written as bytes (`serialize_bytes`), as `serde_bytes` and `bytes::Bytes` do.
