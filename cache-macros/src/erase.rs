@@ -96,6 +96,121 @@ pub fn erasure(generics: &Generics, skipped: &[&Type], kept: &[&Type]) -> Erasur
     }
 }
 
+/// Whether `Self`'s type arguments may be erased (`__private::Slot::erasing_self`), the
+/// impl-level counterpart of [`erasure`]: `self` (or a parameter of a type naming `Self`) is
+/// skipped, and no kept type (key parameters, return type) names `Self` or a projection
+/// (`R::Id`, `<R as Repo>::Id`), which may hide an impl's type parameter the attribute cannot
+/// see. A plain impl parameter in a kept type (`k: K`, `-> Vec<T>`) is caught at run time,
+/// by the resolved types (`phantom`).
+pub fn erases_self(self_skipped: bool, skipped: &[&Type], kept: &[&Type]) -> bool {
+    let (mut in_skipped, mut in_kept) = (SelfOrProjection(false), SelfOrProjection(false));
+    skipped.iter().for_each(|t| in_skipped.visit_type(t));
+    kept.iter().for_each(|t| in_kept.visit_type(t));
+    (self_skipped || in_skipped.0) && !in_kept.0
+}
+
+/// `(kept..)`, the types the runtime checks `Self`'s arguments against, with the function's
+/// lifetimes as `'_` (the accessor, which names them too, has none).
+pub fn phantom(generics: &Generics, kept: &[&Type]) -> Type {
+    struct Unnamed<'l>(Vec<&'l Ident>);
+    impl syn::visit_mut::VisitMut for Unnamed<'_> {
+        fn visit_lifetime_mut(&mut self, l: &mut syn::Lifetime) {
+            if self.0.contains(&&l.ident) {
+                *l = syn::Lifetime::new("'_", l.span());
+            }
+        }
+    }
+    let mut un = Unnamed(generics.lifetimes().map(|l| &l.lifetime.ident).collect());
+    // A type that cannot name an impl's parameter (`u64`, `Option<String>`) is left out: its
+    // name would match `Self`'s argument of that name (`Typed<u64>`, `id: u64`).
+    let mut tys: Vec<Type> = kept
+        .iter()
+        .filter(|t| !std_only(t))
+        .map(|t| (*t).clone())
+        .collect();
+    tys.iter_mut()
+        .for_each(|t| syn::visit_mut::VisitMut::visit_type_mut(&mut un, t));
+    syn::parse_quote!((#(#tys,)*))
+}
+
+/// Whether `ty` is made of primitives and standard containers only (`&str`, `Vec<u64>`,
+/// `Option<(String, bool)>`, `[u8; 16]`): no type parameter can hide in it.
+fn std_only(ty: &Type) -> bool {
+    const PRIMITIVES: &[&str] = &[
+        "bool", "char", "str", "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32",
+        "i64", "i128", "isize", "f32", "f64", "String",
+    ];
+    const CONTAINERS: &[&str] = &[
+        "Vec", "Option", "Result", "Box", "Arc", "Rc", "Cow", "HashMap", "BTreeMap", "HashSet",
+        "BTreeSet", "VecDeque",
+    ];
+    match ty {
+        Type::Group(g) => std_only(&g.elem),
+        Type::Paren(p) => std_only(&p.elem),
+        Type::Reference(r) => std_only(&r.elem),
+        Type::Slice(s) => std_only(&s.elem),
+        Type::Array(a) => {
+            matches!(
+                &a.len,
+                syn::Expr::Lit(syn::ExprLit {
+                    lit: syn::Lit::Int(_),
+                    ..
+                })
+            ) && std_only(&a.elem)
+        }
+        Type::Tuple(t) => t.elems.iter().all(std_only),
+        Type::Path(p) if p.qself.is_none() => {
+            let Some(last) = p.path.segments.last() else {
+                return false;
+            };
+            let name = last.ident.to_string();
+            match &last.arguments {
+                syn::PathArguments::None => PRIMITIVES.contains(&name.as_str()),
+                syn::PathArguments::AngleBracketed(a) => {
+                    CONTAINERS.contains(&name.as_str())
+                        && a.args.iter().all(|g| match g {
+                            syn::GenericArgument::Type(t) => std_only(t),
+                            syn::GenericArgument::Lifetime(_) => true,
+                            _ => false,
+                        })
+                }
+                syn::PathArguments::Parenthesized(_) => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+/// Finds `Self`, a qualified path (`<R as Repo>::Id`), a type macro, or a path that
+/// starts with a capitalised segment without arguments (`R::Id`: only a type parameter or
+/// `Self` has associated types through that shorthand).
+struct SelfOrProjection(bool);
+
+impl<'ast> Visit<'ast> for SelfOrProjection {
+    fn visit_type_path(&mut self, t: &'ast syn::TypePath) {
+        let first = t.path.segments.first();
+        let projection = t.path.segments.len() > 1
+            && t.path.leading_colon.is_none()
+            && first.is_some_and(|s| {
+                s.arguments.is_none() && s.ident.to_string().starts_with(char::is_uppercase)
+            });
+        if t.qself.is_some() || projection {
+            self.0 = true;
+        }
+        syn::visit::visit_type_path(self, t);
+    }
+
+    fn visit_type_macro(&mut self, _: &'ast syn::TypeMacro) {
+        self.0 = true;
+    }
+
+    fn visit_ident(&mut self, i: &'ast Ident) {
+        if i == "Self" {
+            self.0 = true;
+        }
+    }
+}
+
 /// `(bounded type, bounds)` for every inline bound and `where` predicate.
 fn bound_list(generics: &Generics) -> Vec<(Type, Vec<TypeParamBound>)> {
     let inline = generics.params.iter().filter_map(|p| match p {
@@ -226,6 +341,56 @@ mod tests {
                 .unwrap_or_default()
         );
         (e.mask, text.trim().to_string())
+    }
+
+    fn types(tys: &[&str]) -> Vec<Type> {
+        tys.iter().map(|t| syn::parse_str(t).unwrap()).collect()
+    }
+
+    #[test]
+    fn self_arguments_are_erased_with_a_skipped_self() {
+        let erases = |self_skipped, skipped: &[&str], kept: &[&str]| {
+            let (s, k) = (types(skipped), types(kept));
+            erases_self(
+                self_skipped,
+                &s.iter().collect::<Vec<_>>(),
+                &k.iter().collect::<Vec<_>>(),
+            )
+        };
+        assert!(erases(true, &["&Pool"], &["u64", "Result<User, E>"]));
+        // `self` in the key, or no `self` at all (an associated function, turbofish-like).
+        assert!(!erases(false, &[], &["u64", "User"]));
+        // A skipped `&Self` parameter counts as `self`.
+        assert!(erases(false, &["&Self"], &["u64", "User"]));
+        // `Self` or a projection in a kept type may name the impl's parameters.
+        assert!(!erases(true, &[], &["u64", "Option<Self>"]));
+        assert!(!erases(true, &[], &["R::Id", "User"]));
+        assert!(!erases(true, &[], &["u64", "Vec<<R as Repo>::Row>"]));
+        assert!(!erases(true, &[], &["ids!()", "u8"]));
+        // A module path is no projection.
+        assert!(erases(
+            true,
+            &[],
+            &["chrono::NaiveDate", "std::io::Result<u8>"]
+        ));
+    }
+
+    #[test]
+    fn the_runtime_checks_only_types_that_may_name_a_parameter() {
+        let f: syn::ItemFn = syn::parse_str("fn f<'a>() {}").unwrap();
+        let kept = types(&[
+            "u64",
+            "&'a str",
+            "Option<(String, [u8; 4])>",
+            "K",
+            "Vec<&'a T>",
+            "[u8; N]",
+        ]);
+        let t = phantom(&f.sig.generics, &kept.iter().collect::<Vec<_>>());
+        assert_eq!(
+            t.to_token_stream().to_string(),
+            "(K , Vec < & '_ T > , [u8 ; N] ,)"
+        );
     }
 
     #[test]

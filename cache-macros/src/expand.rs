@@ -88,20 +88,28 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
     };
     // The wrapper and the functions with its parameters leave out the type arguments
     // that only skipped parameters have (see `erase`); the companions lack them already.
-    let erasure = erase::erasure(
-        generics,
-        &a.params
-            .iter()
-            .filter(|p| p.skipped(|n| opts.skips(n)))
-            .map(|p| &p.ty)
-            .collect::<Vec<_>>(),
-        &plan
+    let skipped_tys: Vec<&syn::Type> = a
+        .params
+        .iter()
+        .filter(|p| p.skipped(|n| opts.skips(n)))
+        .map(|p| &p.ty)
+        .collect();
+    let kept_tys: Vec<&syn::Type> = plan.key_params.iter().map(|p| &p.ty).chain([ret]).collect();
+    let erasure = erase::erasure(generics, &skipped_tys, &kept_tys);
+    // `self` skipped: `Self`'s type arguments are erased too, unless a kept type names them
+    // (see `erase::erases_self`); the runtime reads the kept types, resolved, beside the
+    // closure (compiled-out parameters left out: their types may not exist).
+    let self_skipped = a.receiver.is_some() && opts.skips("self");
+    let erase_self = erase::erases_self(self_skipped, &skipped_tys, &kept_tys).then(|| {
+        let tys: Vec<&syn::Type> = plan
             .key_params
             .iter()
+            .filter(|p| p.cfg.is_empty())
             .map(|p| &p.ty)
             .chain([ret])
-            .collect::<Vec<_>>(),
-    );
+            .collect();
+        erase::phantom(generics, &tys)
+    });
     // Through `__private::Check`: a value type that is not `Clone + Send + Sync + 'static`
     // is one error at its span, not one per generated function.
     let get_instance = |generated: &Ident, erased: u64| {
@@ -109,6 +117,15 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         let slot = Ident::new("__SLOT", Span::mixed_site());
         let k = at(k, value_ty.span());
         let erasing = (erased != 0).then(|| quote!(.erasing(#erased)));
+        let (erasing_self, here) = match &erase_self {
+            Some(tys) => (
+                quote!(.erasing_self()),
+                quote!(::std::any::type_name_of_val(
+                    &(|| (), ::std::marker::PhantomData::<#tys>)
+                )),
+            ),
+            None => (quote!(), quote!(::std::any::type_name_of_val(&|| ()))),
+        };
         // `unused_qualifications`: these paths are spanned at the user's tokens, and a
         // `crate = "..."` path without a leading `::` is qualified where the user may have
         // imported the item (`KeyPart`).
@@ -118,10 +135,10 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
                 #[allow(unused_imports)]
                 use #k::__private::{CheckInstance as _, CheckInstanceFailed as _};
                 static #slot: #k::__private::Slot =
-                    #k::__private::Slot::new(#generated, #name_str, #site)#erasing;
+                    #k::__private::Slot::new(#generated, #name_str, #site)#erasing #erasing_self;
                 (&#k::__private::Check::<#value_ty>::new()).instance(
                     &#slot,
-                    ::std::any::type_name_of_val(&|| ()),
+                    #here,
                     #build,
                 )
             };

@@ -401,6 +401,9 @@ pub struct Slot {
     /// Bit `i`: the generated function's `i`-th type or const argument (lifetimes not
     /// counted, `impl Trait` parameters last) is left out of the instance's path.
     erased: u64,
+    /// `Self`'s type arguments may be left out too (see [`Slot::erasing_self`]); `here` is
+    /// then `(closure, PhantomData<(key types.., return type)>)`.
+    erase_self: bool,
 }
 
 impl Slot {
@@ -411,6 +414,7 @@ impl Slot {
             cached,
             site,
             erased: 0,
+            erase_self: false,
         }
     }
 
@@ -420,6 +424,19 @@ impl Slot {
     /// `load::<Transaction>`), and the companions, which lack those parameters, reach it.
     pub const fn erasing(mut self, erased: u64) -> Self {
         self.erased = erased;
+        self
+    }
+
+    /// A method whose `self` is skipped (and whose key types and return type do not name
+    /// `Self`): as for the function's own type parameters, `Self`'s type and const arguments
+    /// (`Service<Pg>`, `<Store<u8> as Repo>`) do not tell entries apart, so every
+    /// instantiation of a generic `impl` shares one instance (`Service::<A>::invalidate_get`
+    /// drops what `Service<B>` cached). Except an instantiation whose key types or return
+    /// type, as resolved, name one of those arguments (`fn get(&self, k: K)`, `-> Vec<T>`):
+    /// those tell entries apart, so its path keeps them. The macro passes the resolved
+    /// types beside the closure (see [`instance_path`]).
+    pub const fn erasing_self(mut self) -> Self {
+        self.erase_self = true;
         self
     }
 }
@@ -496,12 +513,22 @@ fn instance_slow<V: Send + Sync + 'static>(
         }
     }
     static REGISTRY: OnceLock<Registry> = OnceLock::new();
-    let path = instance_path(here, slot.generated, slot.cached, slot.erased);
+    let (closure, kept) = split_here(here, slot.erase_self);
+    let path = instance_path(closure, slot.generated, slot.cached, slot.erased);
+    let path = match kept {
+        Some(kept) => erase_self_args(&path, kept),
+        None => path,
+    };
+    // Instantiations whose key types differ never share an instance, whatever the path.
+    let id = match kept {
+        Some(kept) => format!("{path}\0{kept}"),
+        None => path.clone(),
+    };
     let cell: &'static (dyn Any + Send + Sync) = *REGISTRY
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .entry((slot.site, path.clone(), TypeId::of::<V>()))
+        .entry((slot.site, id, TypeId::of::<V>()))
         .or_insert_with(|| Box::leak(Box::new(OnceLock::<Instance<V>>::new())));
     let typed = cell
         .downcast_ref::<OnceLock<Instance<V>>>()
@@ -570,6 +597,102 @@ fn instance_path(here: &str, generated: &str, cached: &str, erased: u64) -> Stri
     } else {
         format!("{parent}{cached}<{}>", kept.join(", "))
     }
+}
+
+/// `here` as [`Slot::erasing_self`] has it, `(closure, core::marker::PhantomData<(..)>)`:
+/// the closure's name and the types' (`(..)`); otherwise `here` alone.
+fn split_here(here: &str, erase_self: bool) -> (&str, Option<&str>) {
+    let inner = match here.strip_prefix('(').and_then(|h| h.strip_suffix(')')) {
+        Some(inner) if erase_self => inner,
+        _ => return (here, None),
+    };
+    match top_level_args(inner)[..] {
+        [closure, kept] => (closure, Some(kept)),
+        _ => (here, None),
+    }
+}
+
+/// `path` (from [`instance_path`]) without the type and const arguments of `Self`, the
+/// segment before the function's: `a::Service<a::Pg>::get` → `a::Service::get`,
+/// `<a::Store<u8> as a::Repo>::load` → `<a::Store as a::Repo>::load` (the trait's arguments
+/// stay: another trait is another impl). Unchanged when `kept` (the key types and return
+/// type, resolved) names one of them, or `Self` is not a path (`<(u8, T) as Repo>`).
+fn erase_self_args(path: &str, kept: &str) -> String {
+    let mut cut = None;
+    scan_top_level(path, |i, bytes| {
+        if bytes[i] == b':' && bytes.get(i + 1) == Some(&b':') {
+            cut = Some(i);
+        }
+    });
+    let Some(cut) = cut else {
+        return path.to_string();
+    };
+    let (parent, rest) = path.split_at(cut);
+    let erased = match parent.strip_prefix('<').and_then(|p| p.strip_suffix('>')) {
+        Some(qualified) => {
+            let mut as_at = None;
+            scan_top_level(qualified, |i, _| {
+                if as_at.is_none() && qualified[i..].starts_with(" as ") {
+                    as_at = Some(i);
+                }
+            });
+            as_at.and_then(|i| {
+                let (self_ty, tr) = qualified.split_at(i);
+                Some(format!("<{}{tr}>", without_args(self_ty, kept)?))
+            })
+        }
+        None => without_args(parent, kept).map(str::to_string),
+    };
+    match erased {
+        Some(parent) => format!("{parent}{rest}"),
+        None => path.to_string(),
+    }
+}
+
+/// `a::Service<a::Pg, 3>` → `a::Service`, unless `kept` names an argument; `None` for a
+/// type that is not a path with arguments.
+fn without_args<'a>(ty: &'a str, kept: &str) -> Option<&'a str> {
+    let head_is_path = ty
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && !ty.starts_with("dyn ")
+        && !ty.starts_with("impl ");
+    let inner = ty.strip_suffix('>').filter(|_| head_is_path)?;
+    // The `<` that opens the group the final `>` closes.
+    let bytes = ty.as_bytes();
+    let (mut depth, mut open) = (0i32, None);
+    for (i, b) in bytes.iter().enumerate() {
+        match b {
+            b'<' => {
+                if depth == 0 {
+                    open = Some(i);
+                }
+                depth += 1;
+            }
+            b'>' if i > 0 && bytes[i - 1] == b'-' => {}
+            b'>' => depth -= 1,
+            _ => {}
+        }
+    }
+    let open = open?;
+    let args = &inner[open + 1..];
+    let named = top_level_args(args)
+        .into_iter()
+        .filter(|a| *a != "'_")
+        .any(|a| names(kept, a));
+    (!named).then_some(&ty[..open])
+}
+
+/// Whether the type name `outer` contains the type (or const) name `inner` as a whole:
+/// not as the tail of a longer path or identifier.
+fn names(outer: &str, inner: &str) -> bool {
+    let part = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b':';
+    let bytes = outer.as_bytes();
+    outer.match_indices(inner).any(|(i, _)| {
+        let end = i + inner.len();
+        (i == 0 || !part(bytes[i - 1])) && (end == bytes.len() || !part(bytes[end]))
+    })
 }
 
 /// Calls `at(i, bytes)` for each byte of `s` outside every bracket (`<>`, `()`, `[]`, `{}`;
@@ -743,6 +866,90 @@ mod instance_tests {
             top_level_args("u8, (u8, u16), [u8; 2], fn(u8, u8) -> u8, 'x'"),
             ["u8", "(u8, u16)", "[u8; 2]", "fn(u8, u8) -> u8", "'x'"]
         );
+    }
+
+    struct Service<R>(PhantomData<R>);
+    impl<R> Service<R> {
+        fn here<K>(&self) -> &'static str {
+            std::any::type_name_of_val(&(|| (), PhantomData::<(K, u64)>))
+        }
+    }
+    trait Repo {
+        fn here(&self) -> &'static str;
+    }
+    impl<R> Repo for Service<R> {
+        fn here(&self) -> &'static str {
+            std::any::type_name_of_val(&(|| (), PhantomData::<(u8, String)>))
+        }
+    }
+    struct A;
+    struct B;
+
+    fn self_erased(here: &str, generated: &str) -> String {
+        let (closure, kept) = split_here(here, true);
+        // `K` only chooses the key types here: the function's own arguments are erased.
+        let path = instance_path(closure, generated, "get", !0);
+        erase_self_args(&path, kept.expect("a (closure, types) pair"))
+    }
+
+    /// `Self`'s arguments leave the path of a method whose `self` is skipped, unless the
+    /// resolved key types or return type name one of them.
+    #[test]
+    fn self_arguments_leave_the_path() {
+        let me = module_path!();
+        let (a, b) = (Service::<A>(PhantomData), Service::<B>(PhantomData));
+        assert_eq!(
+            self_erased(a.here::<u64>(), "here"),
+            format!("{me}::Service::get")
+        );
+        assert_eq!(
+            self_erased(a.here::<u64>(), "here"),
+            self_erased(b.here::<u64>(), "here")
+        );
+        // A key type that is the argument (`k: R`) keeps it.
+        assert_eq!(
+            self_erased(a.here::<A>(), "here"),
+            format!("{me}::Service<{me}::A>::get")
+        );
+        assert_eq!(
+            self_erased(a.here::<Vec<A>>(), "here"),
+            format!("{me}::Service<{me}::A>::get")
+        );
+        // A trait impl: `Self`'s arguments go, the trait and the implementing type stay.
+        assert_eq!(
+            self_erased(Repo::here(&a), "here"),
+            format!("<{me}::Service as {me}::Repo>::get")
+        );
+        // Without the flag, `here` is the closure alone.
+        assert_eq!(split_here(a.here::<u8>(), false).1, None);
+        assert_eq!(
+            erase_self_args("a::S<u8, 3>::get<u16>", "(u16, alloc::string::String)"),
+            "a::S::get<u16>"
+        );
+        // A const argument the key's array type has; a prefix of a longer name is not it.
+        assert_eq!(
+            erase_self_args("a::S<u8, 3>::get", "([u8; 3], u64)"),
+            "a::S<u8, 3>::get"
+        );
+        assert_eq!(
+            erase_self_args("a::S<a::B>::get", "(a::BB, x::a::B)"),
+            "a::S::get"
+        );
+        assert_eq!(
+            erase_self_args("a::S<fn(u8) -> u8>::get", "(u64,)"),
+            "a::S::get"
+        );
+        // `Self` that is not a path with arguments stays as it is.
+        assert_eq!(
+            erase_self_args("<(u8, u16) as a::Repo>::get", "(u64,)"),
+            "<(u8, u16) as a::Repo>::get"
+        );
+        assert_eq!(
+            erase_self_args("<a::S<u8> as a::Repo<u16>>::get", "(u64,)"),
+            "<a::S as a::Repo<u16>>::get"
+        );
+        assert_eq!(erase_self_args("a::get", "(u64,)"), "a::get");
+        assert_eq!(erase_self_args("a::S::get", "(u64,)"), "a::S::get");
     }
 
     #[test]

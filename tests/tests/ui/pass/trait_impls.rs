@@ -57,9 +57,11 @@ impl Repo for Pg {
 pub struct Typed<T>(PhantomData<T>);
 
 impl<T: Send + Sync + 'static> Repo for Typed<T> {
+    // `self` skipped: every `T` shares the cache (`<Typed as Repo>::load`).
     #[cached(ttl = 60, in_trait, key = "user:<id>", skip(self))]
     fn load(&self, id: u64) -> Option<String> {
-        Some(format!("{id}:{}", std::mem::size_of::<T>()))
+        LOADS.fetch_add(1, Ordering::Relaxed);
+        Some(format!("typed {id}"))
     }
 
     #[cached(ttl = 60, in_trait)]
@@ -125,9 +127,14 @@ pub async fn main() {
     assert_eq!(pg.boxed(1).await, 8);
     assert_eq!(FINDS.load(Ordering::Relaxed), 2);
 
-    // One cache per implementing type and instantiation, never a shared entry.
-    assert_eq!(Typed::<u8>(PhantomData).load(1).as_deref(), Some("1:1"));
-    assert_eq!(Typed::<u64>(PhantomData).load(1).as_deref(), Some("1:8"));
+    // One cache per implementing type; the instantiations of a generic impl share it when
+    // `self` is skipped, and keep their own without `self` (`count`).
+    assert_eq!(Typed::<u8>(PhantomData).load(1).as_deref(), Some("typed 1"));
+    assert_eq!(
+        Typed::<u64>(PhantomData).load(1).as_deref(),
+        Some("typed 1")
+    );
+    assert_eq!(LOADS.load(Ordering::Relaxed), 3);
     assert_eq!(Typed::<u8>::count(3), 3);
     assert_eq!(Typed::<u64>::count(3), 24);
     assert_eq!(pg.width(1), std::mem::size_of::<Pg>() + 1);
