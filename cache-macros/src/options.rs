@@ -292,6 +292,14 @@ fn unwrap_group(elem: syn::Expr) -> syn::Expr {
 /// `tags = ["user:<id>", "catalog"]`.
 fn tag_list(meta: &ParseNestedMeta<'_>, name: &str, expected: &str) -> syn::Result<Vec<LitStr>> {
     let array: syn::ExprArray = value(meta, name, expected)?;
+    // As `skip()` and `purge = []`: an empty list says nothing, and may be a tag forgotten.
+    if array.elems.is_empty() {
+        return Err(Error::new_spanned(
+            &array,
+            "`tags = []` tags nothing: list the entries' tags, e.g. `tags = [\"user:<id>\"]`, \
+             or remove `tags`",
+        ));
+    }
     array
         .elems
         .into_iter()
