@@ -234,6 +234,26 @@ pub fn analyze(
         None => (Kind::SomeOnly, some_ty()),
     };
     let is_named = |want: &str| named_as(want).is_some();
+    // `result` / `option` on a type that cannot be an alias of one: an error here, at the
+    // return type, instead of unmet bounds deep in the generated code (an alias the name
+    // does not tell is checked by type, `__private::ResultLike` / `OptionLike`).
+    let declared = match returns {
+        Returns::Result(true) => Some(("result", "a", "Result", "Ok")),
+        Returns::Option(true) => Some(("option", "an", "Option", "Some")),
+        _ => None,
+    };
+    if let Some((option, article, want, cached)) = declared {
+        if let Some(shown) = not_an_alias_of(&ret, want) {
+            return Err(Error::new_spanned(
+                &ret,
+                format!(
+                    "`{option}` says this function returns {article} `{want}` behind an alias (only \
+                     `{cached}` is cached), but it returns {shown}; remove `{option}`: \
+                     other return types are cached whole (`Result` and `Option` by their name)"
+                ),
+            ));
+        }
+    }
     let (kind, value_ty) = match returns {
         Returns::Result(true) => (Kind::OkOnly, ok_ty()),
         Returns::Option(true) => option_kind(),
@@ -459,6 +479,33 @@ impl Analyzed {
     /// and their patterns' bindings, in order.
     pub fn names(&self) -> impl Iterator<Item = &Ident> {
         self.params.iter().flat_map(|p| &p.names)
+    }
+}
+
+/// How to name `ty` in an error when it certainly is not an alias of `want` (`Result` /
+/// `Option`): not a path (a tuple, a reference, ...), a primitive, or a standard type of
+/// another name (`String`, `Vec<T>`, the other one of `Result` / `Option`). `None` for any
+/// other path, which may be an alias.
+fn not_an_alias_of(ty: &Type, want: &str) -> Option<String> {
+    const PRIMITIVES: &[&str] = &[
+        "bool", "char", "str", "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32",
+        "i64", "i128", "isize", "f32", "f64",
+    ];
+    const STD: &[&str] = &[
+        "Result", "Option", "String", "Vec", "Box", "Arc", "Rc", "Cow", "HashMap", "BTreeMap",
+        "HashSet", "BTreeSet", "VecDeque", "PathBuf",
+    ];
+    let shown = || format!("`{}`", type_text(ty));
+    match ungrouped(ty) {
+        Type::Path(tp) if tp.qself.is_some() => None,
+        Type::Path(tp) => {
+            let last = tp.path.segments.last()?;
+            let name = last.ident.to_string();
+            let primitive = tp.path.segments.len() == 1 && PRIMITIVES.contains(&name.as_str());
+            (name != want && (primitive || STD.contains(&name.as_str()))).then(shown)
+        }
+        Type::Macro(_) | Type::Verbatim(_) | Type::Infer(_) => None,
+        _ => Some(shown()),
     }
 }
 
