@@ -406,6 +406,23 @@ impl RedisServer {
             .expect("CLIENT KILL TYPE normal")
     }
 
+    /// `REPLICAOF` `master`, then waits (up to 20 s) until the initial sync is done.
+    pub fn replicate_from(&self, master: &RedisServer) {
+        let port = master.port().to_string();
+        self.cmd::<()>(&["REPLICAOF", "127.0.0.1", &port])
+            .expect("REPLICAOF");
+        eventually_blocking(Duration::from_secs(20), "the replica synced", || {
+            self.info_field("master_link_status").as_deref() == Some("up")
+                && self.info_field("master_sync_in_progress").as_deref() == Some("0")
+        });
+    }
+
+    /// `REPLICAOF NO ONE`: a master again, with the data set it has.
+    pub fn promote(&self) {
+        self.cmd::<()>(&["REPLICAOF", "NO", "ONE"])
+            .expect("REPLICAOF NO ONE");
+    }
+
     /// Ordinary connections open now (`CLIENT LIST TYPE normal`: neither subscribers nor
     /// replicas), the one asking excepted.
     pub fn normal_clients(&self) -> usize {

@@ -18,7 +18,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use cache_runtime::cached;
-use cache_tests::{eventually_blocking, RedisOptions, RedisServer};
+use cache_tests::{eventually_blocking, RedisServer};
 
 const KEYS: usize = 8;
 const WITHIN: Duration = Duration::from_secs(20);
@@ -75,31 +75,10 @@ fn all_read(v: u64, rounds: usize, phase: &str) {
     }
 }
 
-fn server() -> RedisServer {
-    RedisServer::start_with_options(RedisOptions::new().arg("--repl-diskless-sync-delay", "0"))
-}
-
-/// `REPLICAOF` `master`, then waits until the initial sync is done.
-fn replicate(replica: &RedisServer, master: &RedisServer) {
-    let port = master.port().to_string();
-    replica
-        .cmd::<()>(&["REPLICAOF", "127.0.0.1", &port])
-        .expect("REPLICAOF");
-    eventually_blocking(WITHIN, "the replica synced", || {
-        replica.info_field("master_link_status").as_deref() == Some("up")
-            && replica.info_field("master_sync_in_progress").as_deref() == Some("0")
-    });
-}
-
-fn promote(node: &RedisServer) {
-    node.cmd::<()>(&["REPLICAOF", "NO", "ONE"])
-        .expect("REPLICAOF NO ONE");
-}
-
 #[test]
 fn a_blocking_threads_own_connection_serves_only_a_judged_server() {
-    let node = server();
-    let older = server();
+    let node = RedisServer::start();
+    let older = RedisServer::start();
     cache_runtime::init(
         cache_runtime::Config::builder()
             .redis_url(node.url())
@@ -185,14 +164,14 @@ fn a_blocking_threads_own_connection_serves_only_a_judged_server() {
     // 4. A rollback by resync: `older` takes a copy of version 2, every key goes to version
     // 3, and `node` resyncs from the copy and is promoted back (the same `run_id`, the same
     // connections: only the null push tells).
-    replicate(&older, &node);
-    promote(&older);
+    older.replicate_from(&node);
+    older.promote();
     next_version(3);
     let before = own_connections(&node);
     assert_eq!(before.len(), 1, "{before:?}");
     let run_id = node.info_field("run_id");
-    replicate(&node, &older);
-    promote(&node);
+    node.replicate_from(&older);
+    node.promote();
     assert_eq!(node.info_field("run_id"), run_id, "the same server");
     all_read(3, 10, "after a rollback by resync");
     let s = row_cache().stats();

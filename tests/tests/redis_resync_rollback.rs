@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use cache_runtime::cached;
-use cache_tests::{RedisOptions, RedisServer};
+use cache_tests::RedisServer;
 
 const KEYS: usize = 16;
 const WITHIN: Duration = Duration::from_secs(20);
@@ -51,34 +51,10 @@ async fn blocking_call(id: usize) -> u64 {
         .expect("blocking call")
 }
 
-fn server() -> RedisServer {
-    RedisServer::start_with_options(RedisOptions::new().arg("--repl-diskless-sync-delay", "0"))
-}
-
-/// `REPLICAOF` `master`, then waits until the initial sync is done.
-fn replicate(replica: &RedisServer, master: &RedisServer) {
-    let port = master.port().to_string();
-    replica
-        .cmd::<()>(&["REPLICAOF", "127.0.0.1", &port])
-        .expect("REPLICAOF");
-    let deadline = Instant::now() + WITHIN;
-    while replica.info_field("master_link_status").as_deref() != Some("up")
-        || replica.info_field("master_sync_in_progress").as_deref() != Some("0")
-    {
-        assert!(Instant::now() < deadline, "the replica never synced");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn promote(node: &RedisServer) {
-    node.cmd::<()>(&["REPLICAOF", "NO", "ONE"])
-        .expect("REPLICAOF NO ONE");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_invalidated_before_a_rollback_by_resync_are_not_served() {
-    let node = server();
-    let older = server();
+    let node = RedisServer::start();
+    let older = RedisServer::start();
     cache_runtime::init(
         cache_runtime::Config::builder()
             .redis_url(node.url())
@@ -94,8 +70,8 @@ async fn values_invalidated_before_a_rollback_by_resync_are_not_served() {
         assert_eq!(blocking_call(id).await, 3001);
         assert_eq!(blocking_call(id).await, 3001);
     }
-    replicate(&older, &node);
-    promote(&older);
+    older.replicate_from(&node);
+    older.promote();
     // Version 2: every key invalidated (acknowledged), half of them read again (Redis then
     // holds version 2 under a new ticket), half not (Redis holds no value).
     for (id, source) in SOURCE.iter().enumerate() {
@@ -119,8 +95,8 @@ async fn values_invalidated_before_a_rollback_by_resync_are_not_served() {
     // `run_id` and without closing a client's connection. Version 1 is back in Redis
     // (checked, or the test would prove nothing).
     let run_id = node.info_field("run_id");
-    replicate(&node, &older);
-    promote(&node);
+    node.replicate_from(&older);
+    node.promote();
     assert_eq!(node.info_field("run_id"), run_id, "the same server");
     let (value_key, _, _) = cache_runtime::key::redis_keys(
         "rsy",
