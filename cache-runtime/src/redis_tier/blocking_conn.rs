@@ -100,9 +100,9 @@ pub(super) fn read(
                 .req_packed_command(&mget.get_packed_command())
                 .and_then(Value::extract_error)
                 .map(|reply| (reply, Vec::new())),
-            Ok((p, new)) => conn
-                .req_packed_commands(&p.get_packed_pipeline(), 0, p.len())
-                .and_then(|replies| split_claims(replies, new)),
+            Ok((p, new)) => {
+                pipeline(conn, &p, shared.op_timeout).and_then(|replies| split_claims(replies, new))
+            }
         }
     })?;
     let (res, fault) = shared.outcome(res);
@@ -147,7 +147,13 @@ fn on_own<T>(
         });
         if !usable {
             *own = None;
-            *own = Some(open(shared, epoch)?);
+            *own = match open(shared, epoch) {
+                Opened::Yes(o) => Some(o),
+                Opened::No => return None,
+                // The server does not answer: that is this call's answer (the breaker
+                // counts it), not a second wait through the Redis thread.
+                Opened::TimedOut(e) => return Some(Err(e)),
+            };
         }
         let o = own.as_mut()?;
         let res = op(&mut o.conn);
@@ -188,8 +194,17 @@ fn replaced(pushes: &mpsc::Receiver<PushInfo>) -> bool {
     replaced
 }
 
+/// What [`open`] did.
+enum Opened {
+    Yes(Own),
+    /// Not this thread's turn, no place left, or it failed or was refused.
+    No,
+    /// The server did not answer within the operation timeout.
+    TimedOut(RedisError),
+}
+
 /// This thread's connection, if it is its turn to open one and the open succeeds.
-fn open(shared: &Arc<Shared>, epoch: u64) -> Option<Own> {
+fn open(shared: &Arc<Shared>, epoch: u64) -> Opened {
     let me = Arc::as_ptr(shared);
     let mut c = COUNTING.get();
     if c.shared != me {
@@ -203,15 +218,16 @@ fn open(shared: &Arc<Shared>, epoch: u64) -> Option<Own> {
     let due = c.calls > CALLS_BEFORE_OWN && c.retry_at.is_none_or(|t| Instant::now() >= t);
     COUNTING.set(c);
     if !due {
-        return None;
+        return Opened::No;
     }
     // Judged by the main connections: up (their check ran under this epoch).
-    shared.ready()?;
-    let client = shared.single_client()?;
+    let Some(client) = shared.ready().and_then(|_| shared.single_client()) else {
+        return Opened::No;
+    };
     if shared.blocking_conns.fetch_add(1, Ordering::AcqRel) >= MAX_THREADS {
         shared.blocking_conns.fetch_sub(1, Ordering::AcqRel);
         retry_later(shared, RETRY_AFTER);
-        return None;
+        return Opened::No;
     }
     match connect(shared, &client) {
         // Counted until `Own`'s drop gives the place back.
@@ -222,7 +238,10 @@ fn open(shared: &Arc<Shared>, epoch: u64) -> Option<Own> {
                 conn,
                 pushes,
             };
-            (shared.epoch() == epoch).then_some(own)
+            match shared.epoch() == epoch {
+                true => Opened::Yes(own),
+                false => Opened::No,
+            }
         }
         Err(e) => {
             shared.blocking_conns.fetch_sub(1, Ordering::AcqRel);
@@ -230,9 +249,45 @@ fn open(shared: &Arc<Shared>, epoch: u64) -> Option<Own> {
             let refused = super::connection::error_reply(&e);
             retry_later(shared, if refused { RETRY_REFUSED } else { RETRY_AFTER });
             tracing::debug!(error = %e, "no connection of its own for a blocking caller");
-            None
+            match e.is_timeout() {
+                true => Opened::TimedOut(e),
+                false => Opened::No,
+            }
         }
     }
+}
+
+/// Every command of `p` sent on `conn`, their replies (errors in place), all of them within
+/// `timeout` (the connection's read timeout, restored after): redis-rs's own pipeline read
+/// waits its read timeout once per reply, even after the first one timed out (a 3-command
+/// invalidation took 3 × the operation timeout on a hung server).
+pub(super) fn pipeline(
+    conn: &mut redis::Connection,
+    p: &redis::Pipeline,
+    timeout: Duration,
+) -> redis::RedisResult<Vec<Value>> {
+    let deadline = Instant::now() + timeout;
+    conn.send_packed_command(&p.get_packed_pipeline())?;
+    let mut replies = Vec::with_capacity(p.len());
+    let read = (|| {
+        while replies.len() < p.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(RedisError::from(std::io::Error::from(
+                    std::io::ErrorKind::TimedOut,
+                )));
+            }
+            conn.set_read_timeout(Some(left))?;
+            match conn.recv_response()? {
+                // Also sent to the push channel, which the caller reads.
+                Value::Push { .. } => {}
+                reply => replies.push(reply),
+            }
+        }
+        Ok(())
+    })();
+    conn.set_read_timeout(Some(timeout))?;
+    read.map(|()| replies)
 }
 
 /// This thread tries to open its connection again only after `wait`.
@@ -251,9 +306,11 @@ fn connect(
     client: &redis::Client,
 ) -> redis::RedisResult<(redis::Connection, mpsc::Receiver<PushInfo>)> {
     let client = super::tracking::resp3_client(client)?;
-    // Within the caller's operation timeout: the open runs inside its call.
+    // Within the caller's operation timeout, all of it: the open runs inside its call.
+    let started = Instant::now();
     let mut conn =
         client.get_connection_with_timeout(shared.op_timeout.min(shared.connect_timeout))?;
+    let left = shared.op_timeout.saturating_sub(started.elapsed());
     conn.set_read_timeout(Some(shared.op_timeout))?;
     conn.set_write_timeout(Some(shared.op_timeout))?;
     let (tx, pushes) = mpsc::channel();
@@ -264,9 +321,8 @@ fn connect(
     p.cmd("GET").arg(shared.server_key());
     // For operators (`CLIENT LIST`); an ACL may refuse it, which changes nothing.
     p.cmd("CLIENT").arg("SETNAME").arg(CLIENT_NAME);
-    let mut replies = conn
-        .req_packed_commands(&p.get_packed_pipeline(), 0, p.len())?
-        .into_iter();
+    let mut replies = pipeline(&mut conn, &p, left.max(Duration::from_millis(1)))?.into_iter();
+    conn.set_read_timeout(Some(shared.op_timeout))?;
     let mut next = || replies.next().unwrap_or(Value::Nil).extract_error();
     let ((), info, record): ((), String, Option<String>) = (
         redis::from_redis_value(next()?)?,

@@ -1719,6 +1719,10 @@ impl RedisTier {
         message: &str,
         subscribes: bool,
     ) -> Option<(Result<(), CacheError>, Fault)> {
+        // Only while the breaker is closed and clean (no probe of a half-open one taken).
+        if !self.breaker.healthy() {
+            return None;
+        }
         let (publish, channel) = self.message_route(value_key, channel.to_string());
         blocking_conn::write(&self.shared, |c| {
             if subscribes {
@@ -1737,12 +1741,7 @@ impl RedisTier {
                 let keys = (value_key, ticket_key);
                 let fresh = (new_ticket, ticket_px);
                 let pipe = lane::key_pipeline(false, keys, fresh, (publish, &channel, message));
-                plain_invalidation_sent(redis::ConnectionLike::req_packed_commands(
-                    c,
-                    &pipe.get_packed_pipeline(),
-                    0,
-                    pipe.len(),
-                )?)
+                plain_invalidation_sent(blocking_conn::pipeline(c, &pipe, self.shared.op_timeout)?)
             }
         })
     }
