@@ -30,7 +30,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use redis::{ConnectionLike, PushInfo, PushKind, RedisError, Value};
+use redis::{ConnectionLike, PushInfo, RedisError, Value};
 
 use super::connection::{Fault, RedisTarget, Shared};
 use super::{incarnation, split_claims, untracked_fetched, untracked_read};
@@ -185,11 +185,7 @@ fn on_own<T>(
 fn replaced(pushes: &mpsc::Receiver<PushInfo>) -> bool {
     let mut replaced = false;
     while let Ok(p) = pushes.try_recv() {
-        replaced |= match p.kind {
-            PushKind::Invalidate => matches!(p.data.first(), None | Some(Value::Nil)),
-            PushKind::Disconnection => true,
-            _ => false,
-        };
+        replaced |= super::tracking::data_set_lost(&p);
     }
     replaced
 }
@@ -311,7 +307,6 @@ fn connect(
     let mut conn =
         client.get_connection_with_timeout(shared.op_timeout.min(shared.connect_timeout))?;
     let left = shared.op_timeout.saturating_sub(started.elapsed());
-    conn.set_read_timeout(Some(shared.op_timeout))?;
     conn.set_write_timeout(Some(shared.op_timeout))?;
     let (tx, pushes) = mpsc::channel();
     conn.set_push_sender(tx);
@@ -341,6 +336,7 @@ fn connect(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use redis::PushKind;
 
     fn push(kind: PushKind, data: Vec<Value>) -> PushInfo {
         PushInfo { kind, data }

@@ -470,6 +470,26 @@ fn plain_invalidation_sent(replies: Vec<redis::Value>) -> redis::RedisResult<()>
     Ok(())
 }
 
+/// The invalidate script's call for a key (`value`, `ticket`): the fresh ticket and its
+/// lifetime, the bus message's channel and text, and the command that publishes it.
+fn invalidate_call<'s>(
+    script: &'s redis::Script,
+    (value_key, ticket_key): (&str, &str),
+    (new_ticket, ticket_px): (u64, u64),
+    (publish, channel, message): (&str, &str, &str),
+) -> ScriptCall<'s> {
+    let bytes = value_key.len() + ticket_key.len() + channel.len() + message.len() + 48;
+    let mut call = ScriptCall::new(script, 2, 5, bytes);
+    call.arg(value_key)
+        .arg(ticket_key)
+        .arg(ticket_text(new_ticket))
+        .arg(ticket_px.max(1))
+        .arg(channel)
+        .arg(message)
+        .arg(publish);
+    call
+}
+
 /// The connection a plain read of an async caller goes through.
 enum Via {
     Tracked(Arc<tracking::Tracked>),
@@ -1683,19 +1703,12 @@ impl RedisTier {
         let (new_ticket, ticket_px) = fresh;
         let cluster = self.cluster;
         self.exec_write(Some(value_key.clone()), move |mut c| async move {
-            let mut call = ScriptCall::new(
+            let call = invalidate_call(
                 &scripts.invalidate,
-                2,
-                5,
-                value_key.len() + ticket_key.len() + channel.len() + message.len() + 48,
+                (&value_key, &ticket_key),
+                (new_ticket, ticket_px),
+                (publish, &channel, &message),
             );
-            call.arg(&value_key)
-                .arg(&ticket_key)
-                .arg(ticket_text(new_ticket))
-                .arg(ticket_px.max(1))
-                .arg(&channel)
-                .arg(&message)
-                .arg(publish);
             match call.invoke::<i64>(&mut c).await {
                 Ok(heard) if cluster => publish_if_unheard(&mut c, heard, &channel, &message).await,
                 Ok(_) => Ok(()),
@@ -1725,21 +1738,18 @@ impl RedisTier {
         }
         let (publish, channel) = self.message_route(value_key, channel.to_string());
         blocking_conn::write(&self.shared, |c| {
+            let keys = (value_key, ticket_key);
+            let fresh = (new_ticket, ticket_px);
             if subscribes {
-                self.scripts
-                    .invalidate
-                    .key(value_key)
-                    .key(ticket_key)
-                    .arg(ticket_text(new_ticket))
-                    .arg(ticket_px.max(1))
-                    .arg(&channel)
-                    .arg(message)
-                    .arg(publish)
-                    .invoke::<i64>(c)
-                    .map(drop)
+                invalidate_call(
+                    &self.scripts.invalidate,
+                    keys,
+                    fresh,
+                    (publish, &channel, message),
+                )
+                .invoke_blocking::<i64>(c)
+                .map(drop)
             } else {
-                let keys = (value_key, ticket_key);
-                let fresh = (new_ticket, ticket_px);
                 let pipe = lane::key_pipeline(false, keys, fresh, (publish, &channel, message));
                 plain_invalidation_sent(blocking_conn::pipeline(c, &pipe, self.shared.op_timeout)?)
             }

@@ -160,6 +160,20 @@ impl<'s> ScriptCall<'s> {
             other => other,
         }
     }
+
+    /// [`invoke`](Self::invoke) on a blocking caller's own connection (`blocking_conn.rs`).
+    pub(super) fn invoke_blocking<T: FromRedisValue>(
+        &self,
+        con: &mut redis::Connection,
+    ) -> RedisResult<T> {
+        match self.cmd.query(con) {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.script.load(con)?;
+                self.cmd.query(con)
+            }
+            other => other,
+        }
+    }
 }
 
 /// Scope tokens as `MGET` returns them: a missing or foreign one reads as 0, which no

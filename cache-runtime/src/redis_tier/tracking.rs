@@ -128,14 +128,13 @@ impl TokenCache {
     /// Applies one push of the tracked connection (called by redis-rs's driver, in order with
     /// the replies).
     pub(super) fn on_push(&self, info: PushInfo) {
-        let keys = match (info.kind, info.data.first()) {
+        let keys = match (&info.kind, info.data.first()) {
             (PushKind::Invalidate, Some(Value::Array(keys))) => keys,
-            // A null key list: the data set was emptied or replaced (`FLUSHALL`, `FLUSHDB`, a
-            // full resync from another master, `DEBUG RELOAD`). What it holds now may be
-            // older data (a resync from a node that started from a snapshot), which only the
-            // server's incarnation can tell: as for a lost connection, the next read reopens
-            // the connections and checks it first (docs/PROTOCOL.md §8.2).
-            (PushKind::Invalidate | PushKind::Disconnection, _) => {
+            // What it holds now may be older data (a resync from a node that started from a
+            // snapshot), which only the server's incarnation can tell: as for a lost
+            // connection, the next read reopens the connections and checks it first
+            // (docs/PROTOCOL.md §8.2).
+            _ if data_set_lost(&info) => {
                 let mut tokens = self.lock();
                 self.epoch.fetch_add(1, Ordering::AcqRel);
                 tokens.by_key.clear();
@@ -550,6 +549,17 @@ pub(crate) fn resp3_client(client: &redis::Client) -> redis::RedisResult<redis::
         .clone()
         .set_protocol(redis::ProtocolVersion::RESP3);
     redis::Client::open(info.set_redis_settings(settings))
+}
+
+/// Whether a push says this connection no longer knows what the server holds: a null
+/// invalidation (the data set emptied or replaced: `FLUSHALL`, `FLUSHDB`, a full resync from
+/// another master, `DEBUG RELOAD`; anything but a key list) or the connection's loss.
+pub(super) fn data_set_lost(info: &PushInfo) -> bool {
+    match (&info.kind, info.data.first()) {
+        (PushKind::Invalidate, Some(Value::Array(_))) => false,
+        (PushKind::Invalidate | PushKind::Disconnection, _) => true,
+        _ => false,
+    }
 }
 
 /// Opens a tracked connection to `client`'s server: RESP3, pushes applied to a new
