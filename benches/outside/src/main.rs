@@ -973,6 +973,75 @@ fn redis_main(who: &str, n: u64) {
                 }
             });
         }
+        // Sync hits from THREADS threads (default 64) at once: throughput (wall ns per call
+        // is the total time over every thread's calls). Each thread warms itself first.
+        "rsyncmt-ours" | "rsyncmt-hand" | "rsyncmt-cached" => {
+            let threads: u64 = std::env::var("THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(64);
+            let per = n / threads;
+            let url = server.url();
+            let run = |calls: u64| {
+                let start = Arc::new(std::sync::Barrier::new(threads as usize + 1));
+                let done = Arc::new(std::sync::Barrier::new(threads as usize + 1));
+                let hs: Vec<_> = (0..threads)
+                    .map(|t| {
+                        let (start, done, url, who) = (start.clone(), done.clone(), url.clone(), who.to_string());
+                        std::thread::spawn(move || {
+                            let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+                            let mut call = |id: u64| -> Profile {
+                                match who.as_str() {
+                                    "rsyncmt-ours" => rsync_ours(id),
+                                    "rsyncmt-cached" => rsync_cached(id).unwrap(),
+                                    _ => {
+                                        let k = format!("hw:sy:{id}");
+                                        let b: Option<Vec<u8>> = redis::cmd("GET").arg(&k).query(&mut c).unwrap();
+                                        match b {
+                                            Some(b) => bincode::serde::decode_from_slice(&b, bincode::config::standard()).unwrap().0,
+                                            None => {
+                                                let v = profile(id);
+                                                let b = bincode::serde::encode_to_vec(&v, bincode::config::standard()).unwrap();
+                                                let _: () = redis::cmd("SET").arg(&k).arg(b).arg("PX").arg(300_000).query(&mut c).unwrap();
+                                                v
+                                            }
+                                        }
+                                    }
+                                }
+                            };
+                            for id in ids(64, KEYS) {
+                                black_box(call(id + t));
+                            }
+                            start.wait();
+                            for i in 0..calls {
+                                black_box(call(FIRST + (i * 7 + t * 131) % KEYS));
+                            }
+                            done.wait();
+                        })
+                    })
+                    .collect();
+                start.wait();
+                let t0 = Instant::now();
+                done.wait();
+                let dt = t0.elapsed();
+                for h in hs {
+                    h.join().unwrap();
+                }
+                dt
+            };
+            run(64);
+            // CPU per call: this process's (user + system, /proc/self/stat, 100 ticks/s) and
+            // the server's (INFO cpu); on 2 cores the sum sets the throughput.
+            let ticks = || -> u64 {
+                let st = std::fs::read_to_string("/proc/self/stat").unwrap();
+                let f: Vec<&str> = st.rsplit(')').next().unwrap().split_whitespace().collect();
+                f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+            };
+            let (s0, t0) = (server.cmdstats()["__cpu_us"].0, ticks());
+            let dt = run(per);
+            let (s1, t1) = (server.cmdstats()["__cpu_us"].0, ticks());
+            let calls = (per * threads) as f64;
+            eprintln!("client cpu usec/call: {:.2}", (t1 - t0) as f64 * 1e4 / calls);
+            eprintln!("server cpu usec/call: {:.2}", (s1 - s0) as f64 / calls);
+            eprintln!("wall ns/call: {:.0}", dt.as_nanos() as f64 / calls);
+        }
         "rhittag-ours" => hits!(KEYS, |id| rhittag_ours(id, id % 10).await),
         "rmisstagshared-ours" => misses!(|id| rmisstagshared_ours(id, id % 10).await),
         "rmiss-ours" => misses!(|id| rmiss_ours(id, id % 10).await),

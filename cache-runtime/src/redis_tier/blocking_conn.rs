@@ -3,6 +3,10 @@
 //! a task on the Redis thread (two thread wake-ups per read: measured 2.2 × a hand-written
 //! sync hit's instructions, docs/BENCHMARKS.md, thirty-eighth round).
 //!
+//! At most [`MAX_IN_FLIGHT`] such operations run at once in a process: beyond them a call
+//! takes the Redis thread, whose shared connection batches concurrent requests (the server's
+//! cost per request, measured in docs/BENCHMARKS.md, thirty-ninth round).
+//!
 //! Single node and Sentinel only (a cluster's reads go on through the Redis thread). What
 //! keeps a read on it as safe as one on the tracked connection (docs/PROTOCOL.md §8.2, §13
 //! F10):
@@ -25,7 +29,7 @@
 //! read through the Redis thread as before; a timeout is an answer (the breaker counts it).
 
 use std::cell::{Cell, RefCell};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -44,6 +48,17 @@ const CALLS_BEFORE_OWN: u32 = 16;
 /// Threads with a connection of their own, at most, per runtime; the others go through the
 /// Redis thread.
 pub(super) const MAX_THREADS: usize = 64;
+
+/// Operations on blocking callers' own connections in flight at once, at most, in the
+/// process; a call beyond them goes through the Redis thread, whose shared connection sends
+/// concurrent requests in one batch. Own connections pay off while few calls overlap (no
+/// thread wake-ups); with many, the server's cost per request decides (each own connection
+/// is one request per read and write of the server's event loop): measured in
+/// docs/BENCHMARKS.md, thirty-ninth round.
+const MAX_IN_FLIGHT: usize = 2;
+
+/// Operations in flight on own connections (see [`MAX_IN_FLIGHT`]).
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
 /// The connection's name in `CLIENT LIST`.
 const CLIENT_NAME: &str = "cache-runtime-blocking";
@@ -139,6 +154,7 @@ fn on_own<T>(
     if !crate::blocking::in_blocking_call() || matches!(*shared.target, RedisTarget::Cluster(_)) {
         return None;
     }
+    let _slot = InFlight::take()?;
     let epoch = shared.epoch();
     OWN.with(|own| {
         let mut own = own.borrow_mut();
@@ -178,6 +194,27 @@ fn on_own<T>(
             Some(true) => Some(res),
         }
     })
+}
+
+/// A place among the [`MAX_IN_FLIGHT`] operations, given back on drop.
+struct InFlight;
+
+impl InFlight {
+    fn take() -> Option<InFlight> {
+        match IN_FLIGHT.fetch_add(1, Ordering::Acquire) < MAX_IN_FLIGHT {
+            true => Some(InFlight),
+            false => {
+                IN_FLIGHT.fetch_sub(1, Ordering::Release);
+                None
+            }
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::Release);
+    }
 }
 
 /// Whether a push received says the data set was emptied or replaced (a null invalidation),
@@ -340,6 +377,20 @@ mod tests {
 
     fn push(kind: PushKind, data: Vec<Value>) -> PushInfo {
         PushInfo { kind, data }
+    }
+
+    #[test]
+    fn at_most_max_in_flight_operations_take_own_connections() {
+        // Nothing else in this crate's tests makes blocking calls on own connections.
+        let held: Vec<InFlight> = (0..MAX_IN_FLIGHT).map_while(|_| InFlight::take()).collect();
+        assert_eq!(held.len(), MAX_IN_FLIGHT);
+        assert!(
+            InFlight::take().is_none(),
+            "one more goes through the Redis thread"
+        );
+        drop(held);
+        assert!(InFlight::take().is_some(), "places are given back");
+        assert_eq!(IN_FLIGHT.load(Ordering::Acquire), 0);
     }
 
     #[test]
