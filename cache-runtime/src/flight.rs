@@ -247,17 +247,19 @@ pin_project_lite::pin_project! {
     }
 }
 
+/// Unmarks a running body, also when it panics.
+struct Unmark;
+
+impl Drop for Unmark {
+    fn drop(&mut self) {
+        RUNNING.with(|r| r.borrow_mut().pop());
+    }
+}
+
 impl<F: Future> Future for Running<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        /// Unmarks, also when the body panics.
-        struct Unmark;
-        impl Drop for Unmark {
-            fn drop(&mut self) {
-                RUNNING.with(|r| r.borrow_mut().pop());
-            }
-        }
         let this = self.project();
         RUNNING.with(|r| r.borrow_mut().push(*this.mark));
         let _unmark = Unmark;
@@ -291,6 +293,15 @@ impl<V> Leader<'_, V> {
             body,
             mark: (self.flights as *const Flights<V> as usize, self.leader),
         }
+    }
+
+    /// Runs a blocking body, marked while it runs as this leader's running body (the
+    /// synchronous [`running`](Self::running)).
+    pub(crate) fn run_marked<T>(&self, body: impl FnOnce() -> T) -> T {
+        let mark = (self.flights as *const Flights<V> as usize, self.leader);
+        RUNNING.with(|r| r.borrow_mut().push(mark));
+        let _unmark = Unmark;
+        body()
     }
 
     /// Whether a write covering this key (an invalidation, a populate, its tag, a clear;

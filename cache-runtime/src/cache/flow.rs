@@ -19,7 +19,7 @@ use crate::shape::{Shape, Sharing};
 use crate::tier::Key;
 
 use super::local_side::Written;
-use super::redis_side::{Claim, Fill};
+use super::redis_side::{Claim, Fill, LockGuard};
 use super::{Cache, DEFAULT_CAPACITY};
 
 /// A value as single-flight hands it to waiters: with its metadata and where it came from.
@@ -112,6 +112,98 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         }
     }
 
+    /// [`load_missed`](Self::load_missed) for a blocking call of a cache that has neither
+    /// Redis nor a fail-safe, whose leader never waits: it runs the body and stores its
+    /// result on the caller's stack, without a future (`block_on`, its waker and the miss
+    /// path's moved state cost more than the rest of such a miss). Only a follower waits
+    /// for its leader (`block_on`). The same flight, counters, generation check and store
+    /// as the asynchronous path.
+    pub(super) fn load_missed_blocking<R, S>(
+        &self,
+        key: &Key,
+        body: impl FnOnce() -> R,
+        sharing: &Sharing<R>,
+    ) -> R
+    where
+        S: Shape<R, Value = V>,
+    {
+        debug_assert!(self.redis.is_none() && self.fail_safe.is_none());
+        let mut joined = false;
+        // As in `load_missed`.
+        let mut retrying = false;
+        loop {
+            match self.flights.join(&key.logical, &key.tags) {
+                Joined::Follower(flight) => {
+                    if !joined {
+                        joined = true;
+                        self.counters.joined.add(1);
+                    }
+                    let waited = crate::blocking::block_on(flight.wait(
+                        |g: Got<V>| (S::rebuild(g.value), g.source),
+                        |b| (sharing.unshare)(b).map(|r| (r, Source::Body)),
+                        retrying,
+                    ));
+                    if let Some((r, source)) = waited {
+                        self.count_follower(source);
+                        return r;
+                    }
+                    retrying = true;
+                    if let Some((v, _)) = self.local_hit(&key.logical) {
+                        return S::rebuild(v);
+                    }
+                }
+                Joined::Leader(leader) => {
+                    // A flight may have completed between our local miss and the join.
+                    if let Some((v, meta)) = self.local_hit(&key.logical) {
+                        return hand_over::<R, S, V>(leader, v, meta, Source::Local).0;
+                    }
+                    return self.lead_blocking::<R, S>(key, leader, body, sharing);
+                }
+            }
+        }
+    }
+
+    /// [`lead`](Self::lead) for [`load_missed_blocking`](Self::load_missed_blocking): no
+    /// Redis to read or write, no fail-safe around the body.
+    fn lead_blocking<R, S>(
+        &self,
+        key: &Key,
+        leader: Leader<'_, Got<V>>,
+        body: impl FnOnce() -> R,
+        sharing: &Sharing<R>,
+    ) -> R
+    where
+        S: Shape<R, Value = V>,
+    {
+        let seen_local = self.local_generation(&key.logical);
+        self.counters.misses.add(1);
+        // Marked while it runs: a call the body makes for this same key leads apart.
+        let r = leader.run_marked(|| self.timed_blocking(body));
+        let (v, negative) = match S::into_cacheable(r) {
+            Ok(cacheable) => cacheable,
+            Err(r) => {
+                leader.finish(match (sharing.share)(&r) {
+                    Some(b) => Outcome::Shared(b),
+                    None => Outcome::Unshareable,
+                });
+                return r;
+            }
+        };
+        let ttl = self.entry_ttl(negative);
+        let start = Instant::now();
+        let meta = Meta::fresh(ttl, None);
+        let meta = self.keep_fresh(key, &v, meta, (ttl, start), seen_local, false);
+        // Copied for concurrent callers only, if any joined.
+        leader.finish_with(|| {
+            Outcome::Value(Got {
+                value: v.clone(),
+                meta,
+                source: Source::Body,
+            })
+        });
+        S::rebuild(v)
+    }
+
     /// Counts a call that joined a concurrent load by what that load found: a leader's
     /// Redis hit is a Redis hit for its followers too (not a miss: nothing ran for them).
     fn count_follower(&self, source: Source) {
@@ -143,10 +235,19 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         B: Future<Output = R>,
     {
         let seen_local = self.local_generation(&key.logical);
-        let (claim, fallback, mut unlock) = match self
-            .redis_fill(key, seen_local, refresh, !leader.reentrant())
-            .await
-        {
+        let fill = match self.redis {
+            // Nothing to read (as `redis_fill` answers, without its future).
+            None => Fill::Compute {
+                claim: None,
+                fallback: None,
+                unlock: LockGuard::none(),
+            },
+            Some(_) => {
+                self.redis_fill(key, seen_local, refresh, !leader.reentrant())
+                    .await
+            }
+        };
+        let (claim, fallback, mut unlock) = match fill {
             Fill::Found(v, meta) => return hand_over::<R, S, V>(leader, v, meta, Source::Redis),
             Fill::Compute {
                 claim,
@@ -188,7 +289,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             }
         };
         // A failed Redis write is counted and logged; the caller still gets the value.
-        let heard = leader.detached();
+        let heard = self.redis.is_some() && leader.detached();
         // A Redis-only cache vouches for the value to the callers that joined its flight
         // with the store itself: sealed first (nobody joins after), then stored with the
         // script, which refuses it if the key's ticket or a scope token changed since the
@@ -254,6 +355,14 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         r
     }
 
+    /// [`timed`](Self::timed) for a blocking body.
+    fn timed_blocking<R>(&self, body: impl FnOnce() -> R) -> R {
+        let start = Instant::now();
+        let r = tracing::debug_span!("cache.body", cache = %self.name).in_scope(body);
+        self.counters.body(start.elapsed());
+        r
+    }
+
     /// Stores a body result: in Redis under the ticket claimed at lookup (one round trip,
     /// which also releases the lock), then locally only if the ticket was still ours and no
     /// local write happened since the lookup (`seen_local`). `heard`: a write covering the
@@ -303,6 +412,23 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 written => res = self.count_redis(written.map(drop)),
             }
         }
+        let kept = res.is_ok() && self.redis.is_some();
+        let meta = self.keep_fresh(key, value, meta, (ttl, start), seen_local, kept);
+        (res, meta, false)
+    }
+
+    /// The local half of [`store_fresh`](Self::store_fresh): the value kept locally unless a
+    /// local write happened since the lookup (`seen_local`), counted as populated (or as
+    /// `kept` in Redis, without a local tier) or superseded. Returns its metadata.
+    fn keep_fresh(
+        &self,
+        key: &Key,
+        value: &V,
+        mut meta: Meta,
+        (ttl, start): (Duration, Instant),
+        seen_local: u64,
+        kept: bool,
+    ) -> Meta {
         self.etag_if_missing(&mut meta, value);
         let written = Written {
             generation: 0,
@@ -311,13 +437,13 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         };
         let stored = self
             .store_local_if_current(key, value, meta, written, seen_local)
-            .unwrap_or(res.is_ok() && self.redis.is_some());
+            .unwrap_or(kept);
         if stored {
             self.counters.populates.add(1);
         } else if self.local.is_some() {
             self.counters.superseded.add(1);
         }
-        (res, meta, false)
+        meta
     }
 
     /// An explicit write (populate, refresh): bumps the generation (evicting other

@@ -344,6 +344,13 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     where
         S: Shape<R, Value = V>,
     {
+        if normal && self.redis.is_none() && self.fail_safe.is_none() {
+            // Nothing to wait for but a concurrent leader. The stack grows on demand as in
+            // `block_on` (a recursive function nests one miss per level).
+            return stacker::maybe_grow(128 * 1024, 2 * 1024 * 1024, || {
+                self.load_missed_blocking::<R, S>(&key, body, sharing)
+            });
+        }
         crate::blocking::block_on(self.load_unhit::<R, S, _>(
             &key,
             async move { body() },
