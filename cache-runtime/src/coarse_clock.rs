@@ -40,9 +40,16 @@ impl SurelyBefore {
     /// Holds while the precise clock is surely before `deadline`; never, if `deadline` is
     /// less than [`MAX_LAG`] away now.
     pub(crate) fn new(deadline: Instant) -> Self {
+        Self::at(deadline, Instant::now())
+    }
+
+    /// [`new`](Self::new) with the precise clock's reading `now`, taken by the caller a few
+    /// instructions before (a store that checked its deadline against it, with no lock or
+    /// call between): as in `new`, whatever passes between `now` and the coarse reading
+    /// comes out of the margin [`MAX_LAG`] leaves above a tick.
+    pub(crate) fn at(deadline: Instant, now: Instant) -> Self {
         // The precise clock first: the coarse reading after it is not later than it, so the
         // coarse deadline is not later than `deadline` minus `MAX_LAG`.
-        let now = Instant::now();
         Self(
             deadline
                 .checked_duration_since(now)

@@ -492,6 +492,12 @@ pub trait IntoKey {
     {
         shared_tags(self.into_key().tags)
     }
+    /// Whether the key surely has no tags (`false`: it may have some), so that a call may
+    /// read [`logical`](IntoKey::logical) alone and never build the owned key.
+    #[doc(hidden)]
+    fn surely_untagged(&self) -> bool {
+        false
+    }
 }
 
 /// `tags` as an entry carries them; none shares one empty list per thread instead of
@@ -572,6 +578,10 @@ impl IntoKey for KeyWriter {
     #[inline]
     fn into_tags(self) -> std::sync::Arc<[String]> {
         shared_tags(Vec::new())
+    }
+    #[inline]
+    fn surely_untagged(&self) -> bool {
+        true
     }
 }
 

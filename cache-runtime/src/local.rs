@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use quick_cache::sync::Cache as Store;
 use quick_cache::{OptionsBuilder, Weighter};
+use smol_str::SmolStr;
 
 use crate::coarse_clock::SurelyBefore;
 use crate::entry::Meta;
@@ -70,8 +71,8 @@ impl<V> Fresh<V> {
 #[derive(Clone, Copy)]
 struct ByWeight;
 
-impl<V> Weighter<String, Arc<Entry<V>>> for ByWeight {
-    fn weight(&self, _key: &String, entry: &Arc<Entry<V>>) -> u64 {
+impl<V> Weighter<SmolStr, Arc<Entry<V>>> for ByWeight {
+    fn weight(&self, _key: &SmolStr, entry: &Arc<Entry<V>>) -> u64 {
         u64::from(entry.weight)
     }
 }
@@ -101,8 +102,10 @@ const MEAN_WEIGHT: u64 = 4096;
 const MIN_SHARD_ENTRIES: u64 = 32;
 
 pub(crate) struct LocalTier<V> {
-    /// Hashed with foldhash (a per-process random seed), as the flight map.
-    store: Store<String, Arc<Entry<V>>, ByWeight, foldhash::fast::RandomState>,
+    /// Hashed with foldhash (a per-process random seed), as the flight map. Keys up to 23
+    /// bytes are inline (`SmolStr`, as a flight's): storing one copies the caller's key
+    /// without an allocation. A `SmolStr` hashes and compares as its `str`.
+    store: Store<SmolStr, Arc<Entry<V>>, ByWeight, foldhash::fast::RandomState>,
     /// Bumped by `clear`: entries inserted under an older epoch are never returned, even if
     /// an insert raced with the clear.
     epoch: AtomicU64,
@@ -187,7 +190,7 @@ impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
         }
     }
 
-    pub(crate) fn insert(&self, key: String, stored: Stored<V>) {
+    pub(crate) fn insert(&self, key: &str, stored: Stored<V>) {
         let Stored {
             value,
             fresh_until,
@@ -197,8 +200,9 @@ impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
             weight,
             meta,
         } = stored;
-        if deadline <= Instant::now() {
-            self.store.remove(&key);
+        let now = Instant::now();
+        if deadline <= now {
+            self.store.remove(key);
             return;
         }
         let epoch = self.epoch.load(Ordering::Acquire);
@@ -206,12 +210,12 @@ impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
         // An entry heavier than a shard's capacity is not kept (and any older one of the key
         // is removed): quick_cache's rule, as moka's for one heavier than the whole cache.
         self.store.insert(
-            key,
+            SmolStr::new(key),
             Arc::new(Entry {
                 value,
                 meta,
                 fresh_until,
-                surely_fresh: SurelyBefore::new(fresh_until),
+                surely_fresh: SurelyBefore::at(fresh_until, now),
                 deadline,
                 epoch,
                 generation,
@@ -284,10 +288,10 @@ mod tests {
     #[test]
     fn a_value_past_fresh_until_is_not_a_hit_but_a_stale_fallback() {
         let t = tier(100);
-        t.insert("k".into(), stored(7, Duration::ZERO, MIN, &[]));
+        t.insert("k", stored(7, Duration::ZERO, MIN, &[]));
         assert_eq!(t.get("k").map(|(v, _)| v), None);
         assert_eq!(t.get_stale("k").map(|(v, _)| v), Some(7));
-        t.insert("f".into(), stored(8, MIN, MIN, &[]));
+        t.insert("f", stored(8, MIN, MIN, &[]));
         assert_eq!(t.get("f").map(|(v, _)| v), Some(8));
     }
 
@@ -295,7 +299,7 @@ mod tests {
     fn an_entry_past_its_deadline_is_never_returned_and_is_freed_when_read() {
         let t = tier(100);
         let short = Duration::from_millis(20);
-        t.insert("k".into(), stored(7, short, short, &[]));
+        t.insert("k", stored(7, short, short, &[]));
         assert_eq!(t.entry_count(), 1);
         std::thread::sleep(short * 3);
         assert!(t.get("k").is_none());
@@ -319,7 +323,7 @@ mod tests {
         for (i, life) in lives.iter().enumerate() {
             let mut s = stored(i as u64, MIN, MIN, &[]);
             s.fresh_until = start + *life;
-            t.insert(format!("k{i}"), s);
+            t.insert(&format!("k{i}"), s);
         }
         let mut hits = 0;
         while Instant::now() < start + lag * 3 {
@@ -346,10 +350,10 @@ mod tests {
     #[test]
     fn an_insert_already_past_its_deadline_removes_the_older_value() {
         let t = tier(100);
-        t.insert("k".into(), stored(7, MIN, MIN, &[]));
+        t.insert("k", stored(7, MIN, MIN, &[]));
         let mut dead = stored(8, MIN, MIN, &[]);
         dead.deadline = Instant::now();
-        t.insert("k".into(), dead);
+        t.insert("k", dead);
         assert!(t.get_stale("k").is_none());
         assert_eq!(t.entry_count(), 0);
     }
@@ -359,7 +363,7 @@ mod tests {
         for capacity in [1, 16, 100, 1_000, 10_000] {
             let t = tier(capacity);
             for i in 0..capacity * 5 + 100 {
-                t.insert(format!("k{i}"), stored(i, MIN, MIN, &[]));
+                t.insert(&format!("k{i}"), stored(i, MIN, MIN, &[]));
                 assert!(t.entry_count() <= capacity, "capacity {capacity}");
             }
             assert!(
@@ -377,14 +381,14 @@ mod tests {
         for i in 0..2_000u64 {
             let mut s = stored(i, MIN, MIN, &[]);
             s.weight = 1_000 + (i % 7) as u32 * 500;
-            t.insert(format!("k{i}"), s);
+            t.insert(&format!("k{i}"), s);
             assert!(t.weighted_size() <= capacity);
         }
         assert!(t.weighted_size() * 10 >= capacity * 8, "mostly used");
         // Heavier than the cache: not kept, and an older value of the key goes too.
         let mut huge = stored(1, MIN, MIN, &[]);
         huge.weight = capacity as u32 + 1;
-        t.insert("k1999".into(), huge);
+        t.insert("k1999", huge);
         assert!(t.get("k1999").is_none());
         assert!(t.weighted_size() <= capacity);
     }
@@ -392,7 +396,7 @@ mod tests {
     #[test]
     fn clear_drops_every_entry_and_a_racing_insert_of_the_old_epoch() {
         let t = tier(100);
-        t.insert("a".into(), stored(1, MIN, MIN, &[]));
+        t.insert("a", stored(1, MIN, MIN, &[]));
         // An insert that read the epoch before the clear but stores after it.
         let old_epoch = t.epoch.load(Ordering::Acquire);
         t.clear();
@@ -415,17 +419,17 @@ mod tests {
         );
         assert!(t.get("late").is_none());
         assert!(t.get_stale("late").is_none());
-        t.insert("b".into(), stored(3, MIN, MIN, &[]));
+        t.insert("b", stored(3, MIN, MIN, &[]));
         assert_eq!(t.get("b").map(|(v, _)| v), Some(3));
     }
 
     #[test]
     fn a_tag_removes_only_the_entries_carrying_it() {
         let t = tier(100);
-        t.insert("a".into(), stored(1, MIN, MIN, &["t:1"]));
-        t.insert("b".into(), stored(2, MIN, MIN, &["t:2", "t:1"]));
-        t.insert("c".into(), stored(3, MIN, MIN, &["t:2"]));
-        t.insert("d".into(), stored(4, MIN, MIN, &[]));
+        t.insert("a", stored(1, MIN, MIN, &["t:1"]));
+        t.insert("b", stored(2, MIN, MIN, &["t:2", "t:1"]));
+        t.insert("c", stored(3, MIN, MIN, &["t:2"]));
+        t.insert("d", stored(4, MIN, MIN, &[]));
         t.remove_tagged("t:1");
         assert!(t.get("a").is_none());
         assert!(t.get("b").is_none());
@@ -439,7 +443,7 @@ mod tests {
         let t = tier(100);
         let mut s = stored(1, MIN, MIN, &[]);
         s.generation = 5;
-        t.insert("k".into(), s);
+        t.insert("k", s);
         t.remove_older_than("k", 5);
         assert_eq!(t.get("k").map(|(v, _)| v), Some(1));
         t.remove_older_than("k", 6);
@@ -457,7 +461,7 @@ mod tests {
                         let k = format!("k{}", (i * 7 + w) % 2_000);
                         match t.get(&k) {
                             Some((v, _)) => assert_eq!(format!("k{v}"), k),
-                            None => t.insert(k, stored((i * 7 + w) % 2_000, MIN, MIN, &[])),
+                            None => t.insert(&k, stored((i * 7 + w) % 2_000, MIN, MIN, &[])),
                         }
                     }
                 });

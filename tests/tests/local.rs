@@ -507,6 +507,57 @@ fn recursive_sync_functions_work() {
     assert_eq!(fib_cache().stats().body_calls, 81);
 }
 
+static REENTERED: AtomicUsize = AtomicUsize::new(0);
+
+/// Calls itself once with its own key, from inside its body.
+#[cached(ttl = 60, key = "reenter-local:<id>")]
+fn reenter_local(id: u64) -> u64 {
+    if REENTERED.fetch_add(1, SeqCst) == 0 {
+        return reenter_local(id) + 1;
+    }
+    id
+}
+
+/// A blocking miss of a cache without Redis runs its leader's body without a future: the
+/// body is still marked as its flight's, so a call it makes for its own key leads apart
+/// instead of waiting for itself.
+#[test]
+fn a_blocking_local_function_that_calls_itself_with_its_key_completes() {
+    setup();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(reenter_local(5)).unwrap());
+    assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(6));
+    assert!([5, 6].contains(&reenter_local(5)));
+    let s = reenter_local_cache().stats();
+    assert_eq!((s.body_calls, s.misses), (2, 2), "{s:?}");
+}
+
+#[cached(ttl = 60, key = "depth:<n>")]
+fn depth(n: u64) -> u64 {
+    if n == 0 {
+        0
+    } else {
+        depth(n - 1) + 1
+    }
+}
+
+/// One miss nested per level, 20 000 deep on a 256 KiB thread: the stack grows on demand.
+#[test]
+fn deeply_recursive_blocking_misses_grow_the_stack() {
+    setup();
+    let t = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(|| depth(20_000))
+        .unwrap();
+    assert_eq!(t.join().unwrap(), 20_000);
+    let s = depth_cache().stats();
+    assert_eq!(
+        (s.body_calls, s.misses, s.populates),
+        (20_001, 20_001, 20_001),
+        "{s:?}"
+    );
+}
+
 #[cached(ttl = 60, key = "cap:<id>", capacity = 16)]
 fn bounded(id: u32) -> u32 {
     id

@@ -18,7 +18,7 @@ use crate::observe::{Mode, Observer};
 use crate::shape::{Shape, Sharing};
 use crate::tier::Key;
 
-use super::local_side::Written;
+use super::local_side::{named, Named, Written};
 use super::redis_side::{Claim, Fill, LockGuard};
 use super::{Cache, DEFAULT_CAPACITY};
 
@@ -120,10 +120,10 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     /// as the asynchronous path.
     pub(super) fn load_missed_blocking<R, S>(
         &self,
-        key: &Key,
+        key: Named<'_>,
         body: impl FnOnce() -> R,
         sharing: &Sharing<R>,
-    ) -> R
+    ) -> (R, Meta, Source)
     where
         S: Shape<R, Value = V>,
     {
@@ -132,30 +132,33 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         // As in `load_missed`.
         let mut retrying = false;
         loop {
-            match self.flights.join(&key.logical, &key.tags) {
+            match self.flights.join(key.0, key.1) {
                 Joined::Follower(flight) => {
                     if !joined {
                         joined = true;
                         self.counters.joined.add(1);
                     }
                     let waited = crate::blocking::block_on(flight.wait(
-                        |g: Got<V>| (S::rebuild(g.value), g.source),
-                        |b| (sharing.unshare)(b).map(|r| (r, Source::Body)),
+                        |g: Got<V>| (S::rebuild(g.value), g.meta, g.source),
+                        |b| {
+                            (sharing.unshare)(b)
+                                .map(|r| (r, Meta::fresh(Duration::ZERO, None), Source::Body))
+                        },
                         retrying,
                     ));
-                    if let Some((r, source)) = waited {
-                        self.count_follower(source);
+                    if let Some(r) = waited {
+                        self.count_follower(r.2);
                         return r;
                     }
                     retrying = true;
-                    if let Some((v, _)) = self.local_hit(&key.logical) {
-                        return S::rebuild(v);
+                    if let Some((v, meta)) = self.local_hit(key.0) {
+                        return (S::rebuild(v), meta, Source::Local);
                     }
                 }
                 Joined::Leader(leader) => {
                     // A flight may have completed between our local miss and the join.
-                    if let Some((v, meta)) = self.local_hit(&key.logical) {
-                        return hand_over::<R, S, V>(leader, v, meta, Source::Local).0;
+                    if let Some((v, meta)) = self.local_hit(key.0) {
+                        return hand_over::<R, S, V>(leader, v, meta, Source::Local);
                     }
                     return self.lead_blocking::<R, S>(key, leader, body, sharing);
                 }
@@ -167,18 +170,19 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     /// Redis to read or write, no fail-safe around the body.
     fn lead_blocking<R, S>(
         &self,
-        key: &Key,
+        key: Named<'_>,
         leader: Leader<'_, Got<V>>,
         body: impl FnOnce() -> R,
         sharing: &Sharing<R>,
-    ) -> R
+    ) -> (R, Meta, Source)
     where
         S: Shape<R, Value = V>,
     {
-        let seen_local = self.local_generation(&key.logical);
+        let seen_local = self.local_generation(key.0);
         self.counters.misses.add(1);
         // Marked while it runs: a call the body makes for this same key leads apart.
-        let r = leader.run_marked(|| self.timed_blocking(body));
+        // `ended`: the body's end, read for its time, is the store's start.
+        let (r, ended) = leader.run_marked(|| self.timed_blocking(body));
         let (v, negative) = match S::into_cacheable(r) {
             Ok(cacheable) => cacheable,
             Err(r) => {
@@ -186,13 +190,12 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                     Some(b) => Outcome::Shared(b),
                     None => Outcome::Unshareable,
                 });
-                return r;
+                return (r, Meta::fresh(Duration::ZERO, None), Source::Body);
             }
         };
         let ttl = self.entry_ttl(negative);
-        let start = Instant::now();
         let meta = Meta::fresh(ttl, None);
-        let meta = self.keep_fresh(key, &v, meta, (ttl, start), seen_local, false);
+        let meta = self.keep_fresh(key, &v, meta, (ttl, ended), seen_local, false);
         // Copied for concurrent callers only, if any joined.
         leader.finish_with(|| {
             Outcome::Value(Got {
@@ -201,7 +204,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 source: Source::Body,
             })
         });
-        S::rebuild(v)
+        (S::rebuild(v), meta, Source::Body)
     }
 
     /// Counts a call that joined a concurrent load by what that load found: a leader's
@@ -355,12 +358,13 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         r
     }
 
-    /// [`timed`](Self::timed) for a blocking body.
-    fn timed_blocking<R>(&self, body: impl FnOnce() -> R) -> R {
+    /// [`timed`](Self::timed) for a blocking body; also returns when it ended.
+    fn timed_blocking<R>(&self, body: impl FnOnce() -> R) -> (R, Instant) {
         let start = Instant::now();
         let r = tracing::debug_span!("cache.body", cache = %self.name).in_scope(body);
-        self.counters.body(start.elapsed());
-        r
+        let ended = Instant::now();
+        self.counters.body(ended.saturating_duration_since(start));
+        (r, ended)
     }
 
     /// Stores a body result: in Redis under the ticket claimed at lookup (one round trip,
@@ -413,7 +417,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             }
         }
         let kept = res.is_ok() && self.redis.is_some();
-        let meta = self.keep_fresh(key, value, meta, (ttl, start), seen_local, kept);
+        let meta = self.keep_fresh(named(key), value, meta, (ttl, start), seen_local, kept);
         (res, meta, false)
     }
 
@@ -422,7 +426,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     /// `kept` in Redis, without a local tier) or superseded. Returns its metadata.
     fn keep_fresh(
         &self,
-        key: &Key,
+        key: Named<'_>,
         value: &V,
         mut meta: Meta,
         (ttl, start): (Duration, Instant),

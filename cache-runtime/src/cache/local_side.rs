@@ -142,6 +142,15 @@ impl<V: Clone + Send + Sync + 'static> bus::Target for LocalSide<V> {
     }
 }
 
+/// A key as the local side reads it: the logical key and its tags, borrowed (from a
+/// [`Key`], or from a blocking call's key still on its stack).
+pub(super) type Named<'a> = (&'a str, &'a [String]);
+
+/// `key` as the local side reads it.
+pub(super) fn named(key: &Key) -> Named<'_> {
+    (&key.logical, &key.tags)
+}
+
 /// When and under what a value was written: the generation (first stamp) it was written
 /// under, when its Redis write began, and its TTL.
 #[derive(Clone, Copy)]
@@ -234,7 +243,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     /// A local entry for a value just stored (by a body or an explicit write): fresh for
     /// `min(local_ttl, ttl)` from its Redis write's start, kept as a stale fallback as long
     /// as Redis keeps it.
-    fn entry_for(&self, key: &Key, value: V, meta: Meta, w: Written) -> Stored<V> {
+    fn entry_for(&self, key: Named<'_>, value: V, meta: Meta, w: Written) -> Stored<V> {
         let lifetime = (
             w.start + self.local_ttl.min(w.ttl),
             w.start + w.ttl + self.stale_window(),
@@ -246,20 +255,20 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     /// Weighed here, before any stripe is taken: only the insert runs under it.
     fn entry_with(
         &self,
-        key: &Key,
+        (logical, tags): Named<'_>,
         value: V,
         meta: Meta,
         generation: u64,
         (fresh_until, deadline): (Instant, Instant),
     ) -> Stored<V> {
         Stored {
-            weight: self.weight_of(&key.logical, &value),
+            weight: self.weight_of(logical, &value),
             value,
             fresh_until,
             deadline,
             generation,
             // No allocation for an untagged entry.
-            tags: (!key.tags.is_empty()).then(|| key.tags.clone().into()),
+            tags: (!tags.is_empty()).then(|| tags.into()),
             meta,
         }
     }
@@ -267,7 +276,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     /// Stores a body result locally if no local write happened since the lookup (`seen`).
     pub(super) fn store_local_if_current(
         &self,
-        key: &Key,
+        key: Named<'_>,
         value: &V,
         meta: Meta,
         written: Written,
@@ -276,9 +285,11 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let local = self.local.as_ref()?;
         // Cloned only here: a cache without a local tier copies nothing.
         let entry = self.entry_for(key, value.clone(), meta, written);
-        Some(local.generations.if_current(&key.logical, seen, || {
-            local.tier.insert(key.logical.clone(), entry)
-        }))
+        Some(
+            local
+                .generations
+                .if_current(key.0, seen, || local.tier.insert(key.0, entry)),
+        )
     }
 
     /// Stores an explicit write locally, bumping the generation (so loads that started
@@ -287,10 +298,10 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let Some(local) = &self.local else {
             return;
         };
-        let entry = self.entry_for(key, value, meta, written);
-        local.generations.bump_with(&key.logical, || {
-            local.tier.insert(key.logical.clone(), entry)
-        });
+        let entry = self.entry_for(named(key), value, meta, written);
+        local
+            .generations
+            .bump_with(&key.logical, || local.tier.insert(&key.logical, entry));
     }
 
     /// Promotes a value read from Redis at `sent` (`pttl`: its remaining Redis lifetime),
@@ -321,9 +332,9 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 _ => return,
             }
         };
-        let entry = self.entry_with(key, value.clone(), meta, generation, lifetime);
+        let entry = self.entry_with(named(key), value.clone(), meta, generation, lifetime);
         local.generations.if_current(&key.logical, seen, || {
-            local.tier.insert(key.logical.clone(), entry)
+            local.tier.insert(&key.logical, entry)
         });
     }
 }

@@ -336,7 +336,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     #[inline(never)]
     fn load_unhit_blocking<R, S>(
         &self,
-        key: Key,
+        key: impl IntoKey,
         body: impl FnOnce() -> R,
         sharing: &Sharing<R>,
         normal: bool,
@@ -344,13 +344,21 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     where
         S: Shape<R, Value = V>,
     {
-        if normal && self.redis.is_none() && self.fail_safe.is_none() {
-            // Nothing to wait for but a concurrent leader. The stack grows on demand as in
-            // `block_on` (a recursive function nests one miss per level).
-            return stacker::maybe_grow(128 * 1024, 2 * 1024 * 1024, || {
-                self.load_missed_blocking::<R, S>(&key, body, sharing)
-            });
+        if normal && self.leads_blocking() {
+            // An untagged key stays where the caller wrote it: the local tier copies it
+            // (inline up to 23 bytes), nothing else needs it owned.
+            return grow_stack(|| {
+                if key.surely_untagged() {
+                    self.load_missed_blocking::<R, S>((key.logical(), &[]), body, sharing)
+                } else {
+                    let key = key.into_key();
+                    let named = (key.logical.as_str(), key.tags.as_slice());
+                    self.load_missed_blocking::<R, S>(named, body, sharing)
+                }
+            })
+            .0;
         }
+        let key = key.into_key();
         crate::blocking::block_on(self.load_unhit::<R, S, _>(
             &key,
             async move { body() },
@@ -445,6 +453,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     }
 
     /// Blocking [`get_or_load_entry`](Self::get_or_load_entry).
+    #[inline]
     pub fn get_or_load_entry_blocking<R, S>(
         &self,
         key: impl IntoKey,
@@ -461,11 +470,49 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             Ok(hit) => return hit,
             Err(key) => key,
         };
-        crate::blocking::block_on(self.get_or_load_entry::<R, S>(
-            key,
-            async move { body() },
-            sharing,
-        ))
+        self.load_entry_unhit_blocking::<R, S>(key, body, sharing, normal)
+    }
+
+    /// A blocking `_entry` call past its hit check (apart, as
+    /// [`load_unhit_blocking`](Self::load_unhit_blocking)).
+    #[inline(never)]
+    fn load_entry_unhit_blocking<R, S>(
+        &self,
+        key: impl IntoKey,
+        body: impl FnOnce() -> R,
+        sharing: &Sharing<R>,
+        normal: bool,
+    ) -> S::Entries
+    where
+        S: EntryShape<R, Value = V>,
+    {
+        if !(normal && self.leads_blocking()) {
+            return crate::blocking::block_on(self.get_or_load_entry::<R, S>(
+                key,
+                async move { body() },
+                sharing,
+            ));
+        }
+        let ((r, mut meta, source), tags) = grow_stack(|| {
+            if key.surely_untagged() {
+                let out = self.load_missed_blocking::<R, S>((key.logical(), &[]), body, sharing);
+                (out, key.into_tags())
+            } else {
+                let key = key.into_key();
+                let named = (key.logical.as_str(), key.tags.as_slice());
+                let out = self.load_missed_blocking::<R, S>(named, body, sharing);
+                (out, crate::key::shared_tags(key.tags))
+            }
+        });
+        self.etag_for_entry::<R, S>(&r, &mut meta);
+        S::with_entry(r, meta, tags, source)
+    }
+
+    /// Whether a blocking call's miss runs on the caller's stack, without a future
+    /// ([`load_missed_blocking`](Self::load_missed_blocking)): a cache without Redis, whose
+    /// body runs without the fail-safe, has nothing to wait for but a concurrent leader.
+    fn leads_blocking(&self) -> bool {
+        self.redis.is_none() && self.fail_safe.is_none()
     }
 
     /// [`get_or_load`](Self::get_or_load) for a cache that lives for the whole program, with
@@ -620,7 +667,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 return S::rebuild(hit.value().clone());
             }
         }
-        self.load_unhit_blocking::<R, S>(key.into_key(), body, sharing, normal)
+        self.load_unhit_blocking::<R, S>(key, body, sharing, normal)
     }
 
     /// The cached value, from the local tier or Redis (promoting it), without running the body.
@@ -769,6 +816,12 @@ pub async fn clear_all() -> Result<(), CacheError> {
 /// Blocking [`clear_all`].
 pub fn clear_all_blocking() -> Result<(), CacheError> {
     crate::blocking::block_on(clear_all())
+}
+
+/// Runs a blocking miss with the stack grown on demand, as `block_on` does: a recursive
+/// function nests one miss per level.
+fn grow_stack<T>(f: impl FnOnce() -> T) -> T {
+    stacker::maybe_grow(128 * 1024, 2 * 1024 * 1024, f)
 }
 
 #[cfg(test)]
