@@ -373,6 +373,21 @@ fn stale_ours(id: u64) -> Result<Profile, String> {
 async fn ahead_ours(id: u64) -> Profile {
     profile(id)
 }
+/// `ahead_ours` as generated code would call it with the key on its stack
+/// (`Cache::get_or_load_detached_keyed`): a hit builds no owned key.
+async fn ahead_keyed_ours(id: u64) -> Profile {
+    let cache = ahead_ours_cache();
+    let mut w = cache.key_writer();
+    w.literal("ra:");
+    KeyPart::write_key(&id, &mut w);
+    cache
+        .get_or_load_detached_keyed::<Profile, cache_runtime::Plain, _, _>(
+            w,
+            move || async move { profile(id) },
+            cache_runtime::Sharing::none(),
+        )
+        .await
+}
 #[cache_runtime::cached(ttl = 300, key = "ra0:<id>")]
 async fn ahead_base_ours(id: u64) -> Profile {
     profile(id)
@@ -764,6 +779,7 @@ fn main() {
         // ---- extras
         "stale-ours" => local_u64!(n, KEYS, |id| stale_ours(id)),
         "ahead-ours" => local_u64!(n, KEYS, |id| poll_ready(ahead_ours(id))),
+        "ahead-keyed-ours" => local_u64!(n, KEYS, |id| poll_ready(ahead_keyed_ours(id))),
         "ahead-base-ours" => local_u64!(n, KEYS, |id| poll_ready(ahead_base_ours(id))),
         "entry-ours" => local_u64!(n, KEYS, |id| entry_ours_entry(id)),
         "entry-ours-async" => local_u64!(n, KEYS, |id| poll_ready(entry_async_ours_entry(id))),

@@ -11,6 +11,7 @@ use futures_util::FutureExt;
 
 use crate::entry::{Meta, Source};
 use crate::flight::Joined;
+use crate::key::IntoKey;
 use crate::runtime::runtime;
 use crate::shape::{Shape, Sharing};
 use crate::tier::Key;
@@ -123,7 +124,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     /// that this future (and its caller's) holds neither.
     pub(super) async fn load_detached<R, S, F, B>(
         &'static self,
-        key: Key,
+        key: impl IntoKey,
         make_body: F,
         sharing: Sharing<R>,
     ) -> (R, Meta, Source)
@@ -136,12 +137,18 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let normal = self.mode.load(Ordering::Relaxed) == 0;
         if normal {
             // The hit is handled here (one local lookup), so a miss can go to `load_soft`.
-            if let Some((v, meta)) = self.local_hit(&key.logical) {
+            // It reads the key where the caller wrote it; only a refresh owns it.
+            if let Some(hit) = self.local_hit_fresh(key.logical()) {
+                let (r, meta) = (S::rebuild(hit.value().clone()), hit.meta());
+                drop(hit);
                 if self.refresh_due(&meta) {
-                    self.refresh_in_background::<R, S, B>(key, make_body(), sharing);
+                    self.refresh_in_background::<R, S, B>(key.into_key(), make_body(), sharing);
                 }
-                return (S::rebuild(v), meta, Source::Local);
+                return (r, meta, Source::Local);
             }
+        }
+        let key = key.into_key();
+        if normal {
             if let Some(soft) = self.soft_timeout {
                 let body = Some(make_body());
                 return Box::pin(self.load_soft::<R, S, B>(key, body, sharing, soft)).await;

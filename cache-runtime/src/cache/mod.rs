@@ -591,6 +591,28 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             .0
     }
 
+    /// [`get_or_load_detached_with`](Self::get_or_load_detached_with) with the key as
+    /// generated code writes it ([`IntoKey`]: a [`KeyWriter`](crate::key::KeyWriter) on the
+    /// caller's stack): a local hit reads it in place, and only a miss or a refresh ahead
+    /// builds the owned [`Key`](crate::Key).
+    #[doc(hidden)]
+    pub async fn get_or_load_detached_keyed<R, S, F, B>(
+        &'static self,
+        key: impl IntoKey,
+        make_body: F,
+        sharing: Sharing<R>,
+    ) -> R
+    where
+        S: Shape<R, Value = V> + 'static,
+        R: 'static,
+        F: FnOnce() -> B + Send + 'static,
+        B: Future<Output = R> + Send + 'static,
+    {
+        self.load_detached::<R, S, F, B>(key, make_body, sharing)
+            .await
+            .0
+    }
+
     /// [`get_or_load_detached`](Self::get_or_load_detached) returning an
     /// [`Entry`](crate::Entry) (see [`get_or_load_entry`](Self::get_or_load_entry)).
     pub async fn get_or_load_entry_detached<R, S, B>(
