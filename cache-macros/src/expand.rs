@@ -253,8 +253,9 @@ pub fn expand(opts: Options, f: ItemFn) -> syn::Result<TokenStream> {
         let (get_or_load, get_entry) = if detached {
             // The body may outlive the call (soft timeout, refresh ahead): owned arguments.
             (
-                quote!(get_or_load_detached_with::<#ret, #shape, _, _>(
-                    #k::key::IntoKey::into_key(#key), move || #body_future, #sharing)),
+                // The key as written: a local hit reads it in place, unowned.
+                quote!(get_or_load_detached_keyed::<#ret, #shape, _, _>(
+                    #key, move || #body_future, #sharing)),
                 quote!(get_or_load_entry_detached_with::<#ret, #shape, _, _>(
                     #k::key::IntoKey::into_key(#key), move || #body_future, #sharing)),
             )

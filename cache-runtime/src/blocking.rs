@@ -16,15 +16,25 @@ thread_local! {
 /// cached function nests one miss per level, each with the cache's frames around the body, so
 /// the stack is grown on demand (`stacker`) instead of overflowing a thread's default stack.
 pub(crate) fn block_on<F: Future>(fut: F) -> F::Output {
-    /// Restores the mark, also when `fut` panics.
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            BLOCKING.with(|b| b.set(self.0));
-        }
-    }
+    on_stack(|| pollster::block_on(fut))
+}
+
+/// Runs `f` on this thread as [`block_on`] runs a future: marked as blocking, the stack grown
+/// on demand. For a blocking call that has nothing to wait for (a miss of a cache without
+/// Redis runs its body on the caller's stack): what its body does meets the same thread as
+/// under `block_on`.
+pub(crate) fn on_stack<T>(f: impl FnOnce() -> T) -> T {
     let _restore = Restore(BLOCKING.with(|b| b.replace(true)));
-    stacker::maybe_grow(128 * 1024, 2 * 1024 * 1024, || pollster::block_on(fut))
+    stacker::maybe_grow(128 * 1024, 2 * 1024 * 1024, f)
+}
+
+/// Restores the mark, also when what runs under it panics.
+struct Restore(bool);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        BLOCKING.with(|b| b.set(self.0));
+    }
 }
 
 /// Whether this thread is waiting in [`block_on`]: its runtime, if any, is not running.
@@ -46,6 +56,9 @@ mod tests {
         assert!(nested);
         let panicked = std::panic::catch_unwind(|| block_on(async { panic!("body") }));
         assert!(panicked.is_err());
+        assert!(!in_blocking_call());
+        assert!(on_stack(in_blocking_call));
+        assert!(std::panic::catch_unwind(|| on_stack(|| panic!("body"))).is_err());
         assert!(!in_blocking_call());
     }
 }

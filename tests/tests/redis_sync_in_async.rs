@@ -24,6 +24,34 @@ fn sync_value(id: u64) -> u64 {
     id * 3
 }
 
+/// A local-only blocking function whose body waits for async Redis work by its own means (a
+/// hand-rolled `block_on`, as `futures::executor::block_on` does): its miss runs the body on
+/// the caller's stack, marked as blocking all the same, so that work goes to the Redis
+/// thread and does not wait for the blocked runtime.
+#[cached(tier = "local", ttl = 60, key = "sia-local:<id>")]
+fn local_over_redis(id: u64) -> u64 {
+    wait_here(warm(id)) + 1
+}
+
+/// Polls `fut` to completion on this thread, parking between polls.
+fn wait_here<F: std::future::Future>(fut: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::sync::Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if let std::task::Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
 /// Runs `f` on a thread, failing the test if it does not finish within `within`.
 fn within<T: Send + 'static>(within: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -61,6 +89,7 @@ fn blocking_calls_inside(rt: tokio::runtime::Runtime, id: u64) {
             }
             let before = (sync_value_cache().stats(), RUNS.load(SeqCst));
             // Blocking calls from inside the runtime's thread.
+            assert_eq!(local_over_redis(1000 + id), 1001 + id);
             assert_eq!(sync_value(id), id * 3);
             sync_value_cache().clear_local();
             assert_eq!(sync_value(id), id * 3);

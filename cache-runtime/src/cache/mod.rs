@@ -347,7 +347,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         if normal && self.leads_blocking() {
             // An untagged key stays where the caller wrote it: the local tier copies it
             // (inline up to 23 bytes), nothing else needs it owned.
-            return grow_stack(|| {
+            return crate::blocking::on_stack(|| {
                 if key.surely_untagged() {
                     self.load_missed_blocking::<R, S>((key.logical(), &[]), body, sharing)
                 } else {
@@ -493,7 +493,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 sharing,
             ));
         }
-        let ((r, mut meta, source), tags) = grow_stack(|| {
+        let ((r, mut meta, source), tags) = crate::blocking::on_stack(|| {
             if key.surely_untagged() {
                 let out = self.load_missed_blocking::<R, S>((key.logical(), &[]), body, sharing);
                 (out, key.into_tags())
@@ -838,12 +838,6 @@ pub async fn clear_all() -> Result<(), CacheError> {
 /// Blocking [`clear_all`].
 pub fn clear_all_blocking() -> Result<(), CacheError> {
     crate::blocking::block_on(clear_all())
-}
-
-/// Runs a blocking miss with the stack grown on demand, as `block_on` does: a recursive
-/// function nests one miss per level.
-fn grow_stack<T>(f: impl FnOnce() -> T) -> T {
-    stacker::maybe_grow(128 * 1024, 2 * 1024 * 1024, f)
 }
 
 #[cfg(test)]
