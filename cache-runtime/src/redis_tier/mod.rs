@@ -509,9 +509,19 @@ async fn read_on(
     read_replicas: bool,
 ) -> (Result<Fetched, CacheError>, Fault) {
     match conns.tracked.take() {
-        Some(t) if t.tokens.is_lost() => (Err(shared.tracked_lost()), Fault::Lost),
+        // Closed: reopened. A null push not judged yet: judged by the read.
+        Some(t) if t.tokens.is_gone() => (Err(shared.tracked_lost()), Fault::Lost),
         Some(t) => read_tracked(shared, k, t, claim, claim_alone).await,
         None => read_untracked(shared, k, conns, claim, read_replicas).await,
+    }
+}
+
+/// A tracked connection that may not be read on: judged again on it after a null push
+/// ([`tracking::Tracked::rejudge`]), else (closed, or not judged) the connections are
+/// reopened, and judged by their open.
+async fn judge_or_reopen(shared: &Shared, t: &tracking::Tracked) {
+    if t.tokens.is_gone() || !t.rejudge(shared.server_key(), shared.op_timeout).await {
+        let _ = shared.tracked_lost();
     }
 }
 
@@ -537,6 +547,11 @@ async fn read_untracked(
 /// value ticket` (or `GET value` and the claims), `CLIENT CACHING yes`, `MGET tokens…` in
 /// one pipeline, the tokens read after the value (a token that still matches then matched
 /// at the read) and cached from then on.
+///
+/// After a null invalidation (a flush of any database, a resync: `tracking.rs`) the server
+/// is judged again on the connection ([`tracking::Tracked::rejudge`]) and the read sent
+/// again; not judged (or the connection closed), the connections are reopened (a lost
+/// connection).
 async fn read_tracked(
     shared: &Shared,
     k: &ReadKeys<'_>,
@@ -544,13 +559,41 @@ async fn read_tracked(
     claim: Option<(u64, u64)>,
     claim_alone: bool,
 ) -> (Result<Fetched, CacheError>, Fault) {
-    let fail = |e| shared.outcome(Err(e));
+    // A read is safe to repeat, its claim included (a claim that took answers with our own
+    // ticket). Flushed again at every try: the reopen.
+    for _ in 0..3 {
+        if let Some(res) = read_tracked_once(shared, k, &t, claim, claim_alone).await {
+            return res;
+        }
+        if !t.rejudge(shared.server_key(), shared.op_timeout).await {
+            break;
+        }
+    }
+    (Err(shared.tracked_lost()), Fault::Lost)
+}
+
+/// One try of [`read_tracked`]; `None` if the connection may not be read on (a null
+/// invalidation not judged since, or the connection lost), or a null invalidation was
+/// applied while the read was in flight (its reply may be of a replaced data set).
+async fn read_tracked_once(
+    shared: &Shared,
+    k: &ReadKeys<'_>,
+    t: &tracking::Tracked,
+    claim: Option<(u64, u64)>,
+    claim_alone: bool,
+) -> Option<(Result<Fetched, CacheError>, Fault)> {
+    let fail = |e| Some(shared.outcome(Err(e)));
+    // Taken before anything is sent: a null push applied after it changes its era, so the
+    // reply of any read sent at it is refused (`flushed_since`, `still_kept`).
     let epoch = t.tokens.epoch();
+    if !tracking::usable(epoch) {
+        return None;
+    }
     if let Some((stamps, ticket)) = t.tokens.kept(k) {
-        match read_kept(k, &t, stamps, ticket, claim, claim_alone, epoch, 0).await {
-            Ok(Some(res)) => return (res, Fault::Answered),
-            // The data set was replaced (a null invalidation): reopen and check first.
-            Ok(None) if t.tokens.is_lost() => return (Err(shared.tracked_lost()), Fault::Lost),
+        match read_kept(k, t, stamps, ticket, claim, claim_alone, epoch, 0).await {
+            Ok(Some(res)) => return Some((res, Fault::Answered)),
+            // The data set may have been replaced (a null invalidation): judge first.
+            Ok(None) if t.tokens.flushed_since(epoch) => return None,
             // A token or the ticket was invalidated while the read was in flight: read
             // them all again.
             Ok(None) => {}
@@ -561,16 +604,22 @@ async fn read_tracked(
         // `user:<id>`): the kept tokens as on a hit, the others from their claims' replies.
 
         let epoch = t.tokens.epoch();
+        if !tracking::usable(epoch) {
+            return None;
+        }
         if let Some((stamps, unkept)) = t.tokens.kept_but_tags(k) {
-            match read_kept(k, &t, stamps, None, claim, claim_alone, epoch, unkept).await {
-                Ok(Some(res)) => return (res, Fault::Answered),
-                Ok(None) if t.tokens.is_lost() => return (Err(shared.tracked_lost()), Fault::Lost),
+            match read_kept(k, t, stamps, None, claim, claim_alone, epoch, unkept).await {
+                Ok(Some(res)) => return Some((res, Fault::Answered)),
+                Ok(None) if t.tokens.flushed_since(epoch) => return None,
                 Ok(None) => {}
                 Err(e) => return fail(e),
             }
         }
     }
     let epoch = t.tokens.epoch();
+    if !tracking::usable(epoch) {
+        return None;
+    }
     // Tag tokens kept are not claimed (`add_claims`); the `MGET` reads them after the value.
     let unkept = match claim {
         Some(_) if !k.tags.is_empty() => t.tokens.unkept_tags(k),
@@ -601,10 +650,11 @@ async fn read_tracked(
         Ok(v) => v,
         Err(e) => return fail(e),
     };
-    // The data set was replaced while the read was in flight (its push came first): what it
-    // read may be another incarnation's, judged only once the connections are reopened.
-    if t.tokens.is_lost() {
-        return (Err(shared.tracked_lost()), Fault::Lost);
+    // The data set may have been replaced while the read was in flight (its null push came
+    // first): what it read may be another incarnation's, never used; the read is sent again
+    // once the server is judged (on this connection, or on reopened ones).
+    if t.tokens.flushed_since(epoch) {
+        return None;
     }
     let mut replies = replies.into_iter();
     let entry = value_reply(Ok(replies.next().unwrap_or(redis::Value::Nil)));
@@ -629,7 +679,7 @@ async fn read_tracked(
         }
         Ok(fetched(value, found, stamps, claimed))
     });
-    (res, Fault::Answered)
+    Some((res, Fault::Answered))
 }
 
 /// A read that carries its scope tokens: `MGET value ticket tokens…`, with the claims (if
@@ -1287,10 +1337,9 @@ impl RedisTier {
     pub(crate) async fn read(&self, req: ReadRequest) -> Result<Fetched, CacheError> {
         // The script reads on the data connection, which redis-rs reconnects by itself: if
         // Redis closed the tracked connection meanwhile (a restart), the connections are
-        // reopened first, so that the server's incarnation is checked (§8.2) before a read.
-        if self.tracked_connection_lost() {
-            let _ = self.shared.tracked_lost();
-        }
+        // reopened first, so that the server's incarnation is checked (§8.2) before a read;
+        // after a null push on it, the server is judged again on it first.
+        self.judge_if_tracked_lost().await;
         let scripts = self.scripts.clone();
         type Reply = (Option<Vec<u8>>, Option<Vec<u8>>, i64, Vec<Option<Vec<u8>>>);
         let (value, ticket, locked, stamps) = self
@@ -1324,13 +1373,25 @@ impl RedisTier {
         })
     }
 
-    /// Whether the tracked connection of the connections this caller would use (its
-    /// runtime's, or the main ones) was found closed.
-    fn tracked_connection_lost(&self) -> bool {
-        let lost = |c: &Conns| c.tracked.as_ref().is_some_and(|t| t.tokens.is_lost());
+    /// If the tracked connection of the connections this caller would use (its runtime's,
+    /// or the main ones) may not be read on: judged again after a null push (a flush of any
+    /// database, a resync), or the connections reopened (closed, or not judged).
+    async fn judge_if_tracked_lost(&self) {
+        let lost = |c: &Conns| c.tracked.as_ref().filter(|t| t.tokens.is_lost()).cloned();
         match self.shared.caller_conns_with(lost) {
-            Some(lost) => lost,
-            None => self.shared.ready().is_some_and(|c| lost(&c)),
+            Some(Some(t)) => judge_or_reopen(&self.shared, &t).await,
+            Some(None) => {}
+            None => {
+                if let Some(t) = self.shared.ready().and_then(|c| lost(&c)) {
+                    // On the Redis thread, whose runtime drives the main connections (a
+                    // blocking caller's thread may have no runtime).
+                    let shared = self.shared.clone();
+                    let judged = self
+                        .handle
+                        .spawn(async move { judge_or_reopen(&shared, &t).await });
+                    let _ = judged.await;
+                }
+            }
         }
     }
 
@@ -1351,7 +1412,7 @@ impl RedisTier {
         // if any, rides in the same pipeline); the others go on with the connections looked
         // up here.
         let picked = self.shared.caller_conns_with(|c| match &c.tracked {
-            Some(t) if t.tokens.is_lost() => Via::Lost,
+            Some(t) if t.tokens.is_gone() => Via::Lost,
             Some(t) => Via::Tracked(t.clone()),
             None => Via::Conns(c.clone()),
         });

@@ -13,6 +13,14 @@
 //! reply arrives was in force when that read executed. A lost connection empties the cache
 //! and it is never used again (its connection is replaced).
 //!
+//! A null invalidation (a flush of *any* database of the server, a full resync, `DEBUG
+//! RELOAD`: client tracking ignores databases) empties the cache too, and makes the
+//! connection unusable until the server is judged again on it ([`Tracked::rejudge`]: the
+//! incarnation check of the open, `INFO` + `GET` of the record, docs/PROTOCOL.md §8.2); judged,
+//! the same connection serves on (a flush of another database costs one round trip, not a
+//! reopen); not judged, the connections are reopened and judged as after a loss. No reply
+//! of a read sent before the null push was applied is used (the epoch's era, below).
+//!
 //! Entry tickets are kept the same way (read after the value, behind `CLIENT CACHING yes`),
 //! so that a hit whose ticket and tokens are all kept reads its value alone (`GET v`).
 
@@ -20,6 +28,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use redis::{PushInfo, PushKind, Value};
 
@@ -44,16 +53,83 @@ pub(crate) struct Tracked {
     pub(super) batch: super::batch::ReadBatch,
 }
 
+impl Tracked {
+    /// After a null invalidation ([`TokenCache::is_lost`], not [`TokenCache::is_gone`]):
+    /// judges the server again on this very connection, as the open does (`INFO` and `GET`
+    /// of the incarnation record `server_key`, [`incarnation::judged`](super::incarnation::judged)),
+    /// within `timeout`. Judged (the record names the server this connection reaches, and no
+    /// other null push arrived before the reply), the connection serves on: its check executed
+    /// after the flush that pushed, and every read sent from now on executes after it. Not
+    /// judged (the record gone or another's, `INFO` or the record refused, loading, a
+    /// timeout, anything unexpected), the connection is given up: `false`, and the caller
+    /// reopens the connections, whose open judges and clears (docs/PROTOCOL.md §8.2). One
+    /// judgement at a time; the readers that wait for it take its outcome.
+    pub(super) async fn rejudge(&self, server_key: &str, timeout: Duration) -> bool {
+        let _one = self.tokens.judging.lock().await;
+        // A null push during a judgement makes it judge again, a few times at most.
+        for _ in 0..3 {
+            if self.tokens.is_gone() {
+                return false;
+            }
+            let since = self.tokens.epoch();
+            if usable(since) {
+                return true;
+            }
+            let mut p = redis::pipe();
+            p.cmd("INFO").cmd("GET").arg(server_key);
+            let mut conn = self.conn.clone();
+            let reply = tokio::time::timeout(
+                timeout,
+                p.query_async::<(String, Option<String>)>(&mut conn),
+            )
+            .await;
+            let judged = matches!(&reply, Ok(Ok((info, record)))
+                if super::incarnation::judged(info, record.as_deref()));
+            if !judged {
+                break;
+            }
+            if self.tokens.judged(since) {
+                return true;
+            }
+        }
+        self.tokens.give_up();
+        false
+    }
+}
+
 /// Scope tokens by key, as read on one tracked connection.
 pub(crate) struct TokenCache {
     map: Mutex<Tokens>,
-    /// Bumped (under the lock) by every invalidation push and by the connection's loss; read
-    /// before a token read is sent, so that what was read is cached only if no push arrived
+    /// Changed (under the lock) by every push, the connection's loss and a judgement; read
+    /// before a read is sent, so that what was read is used or cached only if no push arrived
     /// while it was in flight (the push may concern a write that executed after the read).
+    /// Bit 0 ([`LOST`]): the connection may not be read on (lost, or a null push not yet
+    /// judged); a key push adds [`PUSH`]; a null push, a judgement and the loss start a new
+    /// era (a multiple of [`ERA`]): a reply whose read was sent in another era is not used.
     epoch: AtomicU64,
-    /// The connection is gone: nothing is cached any more, and a caller that finds it so
-    /// reconnects before its read instead of failing on it (read without the lock).
-    lost: AtomicBool,
+    /// The connection is gone (closed, or a null push could not be judged on it): nothing is
+    /// cached any more, and a caller that finds it so reconnects before its read instead of
+    /// failing on it (read without the lock).
+    gone: AtomicBool,
+    /// One judgement at a time ([`Tracked::rejudge`]); the others wait for its outcome.
+    judging: tokio::sync::Mutex<()>,
+}
+
+/// [`TokenCache::epoch`]'s bit 0: not to be read on.
+const LOST: u64 = 1;
+/// What a key push adds to the epoch (bit 0 untouched).
+const PUSH: u64 = 2;
+/// An era of the epoch: from a null push, a judgement or the loss to the next.
+const ERA: u64 = 1 << 32;
+
+/// The first epoch of the era after `epoch`'s, `lost` or not.
+fn next_era(epoch: u64, lost: bool) -> u64 {
+    ((epoch / ERA).wrapping_add(1)).wrapping_mul(ERA) | u64::from(lost)
+}
+
+/// Whether a read may be sent at `epoch` (the connection not lost, no null push unjudged).
+pub(super) fn usable(epoch: u64) -> bool {
+    epoch & LOST == 0
 }
 
 struct Tokens {
@@ -110,15 +186,51 @@ impl TokenCache {
                 prefix: None,
             }),
             epoch: AtomicU64::new(0),
-            lost: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
+            judging: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// Whether the connection was closed (by Redis's idle `timeout`, a proxy, `CLIENT KILL`,
-    /// a restart), or the server's data set replaced under it (a null invalidation): nothing
-    /// is kept any more, and the connections are to be reopened before the next read.
+    /// Whether no read may be sent on the connection now: it was closed (by Redis's idle
+    /// `timeout`, a proxy, `CLIENT KILL`, a restart), or the server's data set may have been
+    /// replaced under it (a null invalidation) and it was not judged since. Nothing is kept.
     pub(super) fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::Acquire)
+        !usable(self.epoch.load(Ordering::Acquire))
+    }
+
+    /// Whether the connection is gone for good: closed, or a null push not judged on it
+    /// ([`Tracked::rejudge`]): the connections are to be reopened before the next read.
+    pub(super) fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::Acquire)
+    }
+
+    /// Whether a read sent at `epoch` (taken before it was sent) must not be used: a null
+    /// invalidation (or the loss) was applied since, so it may have executed on a replaced
+    /// data set, or the connection is not to be read on now.
+    pub(super) fn flushed_since(&self, epoch: u64) -> bool {
+        let now = self.epoch.load(Ordering::Acquire);
+        !usable(epoch) || !usable(now) || now / ERA != epoch / ERA
+    }
+
+    /// A judgement ([`Tracked::rejudge`]) sent at `since` (lost) found the server's
+    /// incarnation recorded: the connection serves again, in a new era, if no null push
+    /// arrived meanwhile (its flush may have followed the check) and it is not gone.
+    fn judged(&self, since: u64) -> bool {
+        let _tokens = self.lock();
+        let now = self.epoch.load(Ordering::Acquire);
+        if self.is_gone() || usable(now) || now / ERA != since / ERA {
+            return false;
+        }
+        self.epoch.store(next_era(now, false), Ordering::Release);
+        true
+    }
+
+    /// A judgement failed: the connection is not read on again (reopened).
+    fn give_up(&self) {
+        let _tokens = self.lock();
+        self.gone.store(true, Ordering::Release);
+        let now = self.epoch.load(Ordering::Acquire);
+        self.epoch.store(next_era(now, true), Ordering::Release);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Tokens> {
@@ -131,21 +243,26 @@ impl TokenCache {
         let keys = match (&info.kind, info.data.first()) {
             (PushKind::Invalidate, Some(Value::Array(keys))) => keys,
             // What it holds now may be older data (a resync from a node that started from a
-            // snapshot), which only the server's incarnation can tell: as for a lost
-            // connection, the next read reopens the connections and checks it first
-            // (docs/PROTOCOL.md §8.2).
+            // snapshot), which only the server's incarnation can tell: the next read judges
+            // it first (`Tracked::rejudge`), on this connection if it is still up, else as
+            // for a lost connection on reopened ones (docs/PROTOCOL.md §8.2). The server
+            // forgot what this connection tracked (its tracking table is emptied by any
+            // flush), so nothing kept is known to hold any more.
             _ if data_set_lost(&info) => {
                 let mut tokens = self.lock();
-                self.epoch.fetch_add(1, Ordering::AcqRel);
+                if !matches!(info.kind, PushKind::Invalidate) {
+                    self.gone.store(true, Ordering::Release);
+                }
+                let now = self.epoch.load(Ordering::Acquire);
+                self.epoch.store(next_era(now, true), Ordering::Release);
                 tokens.by_key.clear();
                 tokens.tickets.clear();
-                self.lost.store(true, Ordering::Release);
                 return;
             }
             _ => return,
         };
         let mut tokens = self.lock();
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.epoch.fetch_add(PUSH, Ordering::AcqRel);
         for key in keys {
             if let Value::BulkString(key) = key {
                 tokens.by_key.remove(key.as_slice());
@@ -157,6 +274,7 @@ impl TokenCache {
     /// The epoch to pass to [`TokenCache::insert`] for a read sent after this call, or to
     /// compare with later: unchanged, no push was applied since, so every token cached then
     /// still is, with the same value (a cached token only changes by a push removing it).
+    /// A read is sent only at a [`usable`] epoch.
     pub(super) fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
     }
@@ -257,8 +375,12 @@ impl TokenCache {
         unkept: u64,
         epoch: u64,
     ) -> Option<Stamps> {
-        if self.epoch() == epoch {
+        let now = self.epoch();
+        if now == epoch && usable(now) {
             return Some(stamps);
+        }
+        if now / ERA != epoch / ERA {
+            return None;
         }
         let (now, now_unkept) = self.kept_but_tags(k)?;
         let same = stamps.iter().zip(&now).enumerate().all(|(i, (was, is))| {
@@ -418,12 +540,13 @@ impl TokenCache {
     /// is alive and no push arrived since (the push may concern a write after the read).
     fn lock_if_current(&self, epoch: u64) -> Option<std::sync::MutexGuard<'_, Tokens>> {
         let tokens = self.lock();
-        (!self.is_lost() && self.epoch.load(Ordering::Acquire) == epoch).then_some(tokens)
+        (usable(epoch) && self.epoch.load(Ordering::Acquire) == epoch).then_some(tokens)
     }
 
     /// The stamps looked up for `k` at `epoch` (with its ticket `ticket`, if the read relied
     /// on one), if they still hold when its reply arrives: no push since (one atomic load),
-    /// or looked up again, the same ticket still kept. `None`: read everything again.
+    /// or looked up again, the same ticket still kept, in the same era (no null push since:
+    /// see [`TokenCache::flushed_since`]). `None`: read everything again.
     pub(super) fn still_kept(
         &self,
         k: &ReadKeys<'_>,
@@ -431,8 +554,12 @@ impl TokenCache {
         ticket: Option<u64>,
         epoch: u64,
     ) -> Option<Stamps> {
-        if self.epoch() == epoch {
+        let now = self.epoch();
+        if now == epoch && usable(now) {
             return Some(stamps);
+        }
+        if now / ERA != epoch / ERA {
+            return None;
         }
         match ticket {
             None => self.stamps(k),
@@ -777,6 +904,94 @@ mod tests {
             &[1, 2, MAX_TOKENS as u64],
             "the newest tokens are kept"
         );
+    }
+
+    fn null() -> PushInfo {
+        PushInfo {
+            kind: PushKind::Invalidate,
+            data: vec![Value::Nil],
+        }
+    }
+
+    #[test]
+    fn a_null_push_is_judged_in_place_and_no_read_sent_before_it_is_used() {
+        let clears: [Arc<str>; 2] = ["{cr:scopes}:c:app::a".into(), "{cr:scopes}:a".into()];
+        let k = keys(&clears, &[]);
+        let cache = TokenCache::new();
+        cache.insert(&k, &[1, 2], cache.epoch());
+        cache.insert_ticket(&k, 9, cache.epoch());
+        let before = cache.epoch();
+        assert!(usable(before) && !cache.flushed_since(before));
+        cache.on_push(invalidate(&["{cr:scopes}:t:other"]));
+        assert!(!cache.flushed_since(before), "a key push is no flush");
+        let before = cache.epoch();
+
+        // A flush of any database: nothing kept, not to be read on, not gone.
+        cache.on_push(null());
+        assert!(cache.is_lost() && !cache.is_gone());
+        assert!(cache.kept(&k).is_none());
+        let during = cache.epoch();
+        assert!(!usable(during));
+        cache.insert(&k, &[1, 2], during);
+        assert_eq!(cache.len(), 0, "nothing is kept while unjudged");
+        // A key push while unjudged (a read in flight re-tracked its key) keeps it so.
+        cache.on_push(invalidate(&["{cr:1}:t:k"]));
+        assert!(cache.is_lost());
+
+        // Judged: read on again, in a new era.
+        assert!(cache.judged(during));
+        assert!(!cache.is_lost() && !cache.is_gone());
+        let after = cache.epoch();
+        assert!(usable(after) && !cache.flushed_since(after));
+        assert!(!cache.judged(after), "judged once");
+        // A read sent before the flush (or while unjudged) is never used, even with its
+        // tokens and ticket kept again by a later read.
+        assert!(cache.flushed_since(before) && cache.flushed_since(during));
+        cache.insert(&k, &[1, 2], after);
+        cache.insert_ticket(&k, 9, after);
+        assert_eq!(cache.kept(&k).unwrap().1, Some(9));
+        let stamps: Stamps = [1, 2].into_iter().collect();
+        assert!(cache
+            .still_kept(&k, stamps.clone(), Some(9), before)
+            .is_none());
+        assert!(cache.still_kept(&k, stamps.clone(), None, during).is_none());
+        assert!(cache
+            .still_kept_but(&k, stamps.clone(), 0, before)
+            .is_none());
+        assert!(cache
+            .still_kept(&k, stamps.clone(), Some(9), after)
+            .is_some());
+        cache.on_push(invalidate(&["{cr:scopes}:t:other"]));
+        assert!(
+            cache
+                .still_kept(&k, stamps.clone(), Some(9), after)
+                .is_some(),
+            "a key push since: looked up again, in the same era"
+        );
+
+        // A second flush while judging: that judgement is void.
+        cache.on_push(null());
+        let first = cache.epoch();
+        cache.on_push(null());
+        assert!(!cache.judged(first), "a flush after the check was sent");
+        assert!(cache.judged(cache.epoch()));
+
+        // Not judged: gone for good.
+        cache.on_push(null());
+        cache.give_up();
+        assert!(cache.is_lost() && cache.is_gone());
+        assert!(!cache.judged(cache.epoch()));
+
+        // A lost connection is gone, never judged.
+        let cache = TokenCache::new();
+        cache.on_push(PushInfo {
+            kind: PushKind::Disconnection,
+            data: Vec::new(),
+        });
+        assert!(cache.is_lost() && cache.is_gone());
+        assert!(!cache.judged(cache.epoch()));
+        assert_eq!(next_era(ERA - 1, true), ERA | LOST);
+        assert_eq!(next_era(ERA | LOST, false), 2 * ERA);
     }
 
     #[test]
