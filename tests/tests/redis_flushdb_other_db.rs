@@ -1,0 +1,256 @@
+//! A flush of *another* database of the same server (docs/PROTOCOL.md §13 F10). Client
+//! tracking ignores databases: `FLUSHDB` of any database sends every tracked connection a
+//! null invalidation, which the runtime took as "the data set may have been replaced" and
+//! answered by reopening its connections; another application flushing its own database
+//! every 50 ms sent most reads to the source. Now the server is judged again on the live
+//! connection (`INFO` + `GET` of the incarnation record, as the open does): judged, the same
+//! connections serve on. A flush of *our* database is still a loss: nothing kept survives it,
+//! the record is gone, so the connections are reopened and the record written again.
+//!
+//! The caches read on database 0; another client flushes database 1 every 50 ms. Warm keys
+//! never run their body again (a Redis-only cache and a `lock = true` one), no connection is
+//! opened, and each flush costs one `INFO` (the judgement). Fails on the code before (the
+//! bodies ran again for a share of the reads, and the connections were reopened).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cache_runtime::cached;
+use cache_tests::RedisServer;
+
+const KEYS: usize = 16;
+/// How often the other application flushes its database.
+const EVERY: Duration = Duration::from_millis(50);
+/// How long the caches are read while it does.
+const FOR: Duration = Duration::from_secs(3);
+
+/// The source's version of every key.
+static VERSION: AtomicU64 = AtomicU64::new(1);
+static RUNS: AtomicU64 = AtomicU64::new(0);
+static LOCK_RUNS: AtomicU64 = AtomicU64::new(0);
+
+#[cached(tier = "redis", ttl = 300, key = "fod:<id>")]
+async fn remote(id: usize) -> u64 {
+    RUNS.fetch_add(1, SeqCst);
+    VERSION.load(SeqCst) * 1000 + id as u64
+}
+
+/// Its reads are the lock script's, on the data connection (judged on the tracked one).
+#[cached(tier = "redis", ttl = 300, key = "fodl:<id>", lock = true)]
+async fn locked(id: usize) -> u64 {
+    LOCK_RUNS.fetch_add(1, SeqCst);
+    VERSION.load(SeqCst) * 1000 + 500 + id as u64
+}
+
+/// `INFO stats`' `total_connections_received`, on the test's own connection.
+fn connections_received(c: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query(c)
+        .expect("INFO stats");
+    cache_tests::info_field(&info, "total_connections_received")
+        .and_then(|v| v.parse().ok())
+        .expect("total_connections_received")
+}
+
+/// `INFO commandstats`' calls of `INFO`, on the test's own connection.
+fn info_calls(c: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(c)
+        .expect("INFO commandstats");
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_info:calls="))
+        .and_then(|v| v.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Another application: writes a key into its database (`c` has `SELECT`ed it) and flushes
+/// it every [`EVERY`], until stopped. Returns the flushes.
+fn flush_in_a_loop(
+    mut c: redis::Connection,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut flushes = 0;
+        while !stop.load(SeqCst) {
+            redis::cmd("SET")
+                .arg("other:app")
+                .arg(flushes)
+                .query::<()>(&mut c)
+                .expect("SET");
+            redis::cmd("FLUSHDB").query::<()>(&mut c).expect("FLUSHDB");
+            flushes += 1;
+            std::thread::sleep(EVERY);
+        }
+        flushes
+    })
+}
+
+/// Reads every key of both caches from `tasks` tasks for `dur`, checking each value is
+/// `version`'s. Returns the reads.
+async fn read_for(dur: Duration, tasks: usize, version: u64) -> u64 {
+    let deadline = Instant::now() + dur;
+    let mut all = Vec::new();
+    for t in 0..tasks {
+        all.push(tokio::spawn(async move {
+            let mut reads = 0u64;
+            let mut id = t;
+            while Instant::now() < deadline {
+                id = (id + 1) % KEYS;
+                assert_eq!(remote(id).await, version * 1000 + id as u64);
+                assert_eq!(locked(id).await, version * 1000 + 500 + id as u64);
+                reads += 2;
+            }
+            reads
+        }));
+    }
+    let mut reads = 0;
+    for t in all {
+        reads += t.await.expect("reader");
+    }
+    reads
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_of_another_database_keeps_the_connections_and_a_flush_of_ours_is_a_loss() {
+    let node = RedisServer::start();
+    cache_runtime::init(
+        cache_runtime::Config::builder()
+            .redis_url(node.url())
+            .key_prefix("fod")
+            .build(),
+    )
+    .expect("init");
+    let mut own = node.client();
+
+    // Warm: every key stored, then read often enough that this runtime has connections of
+    // its own (opened after its first calls), every ticket and token kept.
+    for _ in 0..4 {
+        read_for(Duration::from_millis(200), 2, 1).await;
+    }
+    let runs = |name| match name {
+        "remote" => RUNS.load(SeqCst),
+        _ => LOCK_RUNS.load(SeqCst),
+    };
+    assert_eq!((runs("remote"), runs("locked")), (KEYS as u64, KEYS as u64));
+
+    // A plain hit's cost, no flush going on (printed: compared before → after the change).
+    let started = Instant::now();
+    const HITS: u32 = 20_000;
+    for i in 0..HITS {
+        assert_eq!(
+            remote(i as usize % KEYS).await,
+            1000 + (i as usize % KEYS) as u64
+        );
+    }
+    eprintln!(
+        "plain Redis hit, sequential: {:?} per call",
+        started.elapsed() / HITS
+    );
+    assert_eq!(runs("remote"), KEYS as u64, "warm keys are hits");
+
+    // Another application flushes database 1 every 50 ms while the caches are read.
+    let other = node.client_in(1);
+    let opened = connections_received(&mut own);
+    let infos = info_calls(&mut own);
+    let stop = Arc::new(AtomicBool::new(false));
+    let flusher = flush_in_a_loop(other, stop.clone());
+    let reads = read_for(FOR, 4, 1).await;
+    stop.store(true, SeqCst);
+    let flushes = flusher.join().expect("flusher");
+    let (ran, lock_ran) = (runs("remote") - KEYS as u64, runs("locked") - KEYS as u64);
+    let opened = connections_received(&mut own) - opened;
+    // Less the two `INFO` of the test's own.
+    let judged = info_calls(&mut own) - 2;
+    eprintln!(
+        "{flushes} flushes of database 1 every {EVERY:?}: {reads} reads, the body ran for \
+         {} ({:.2} %), {opened} connections opened, {} INFO",
+        ran + lock_ran,
+        100.0 * (ran + lock_ran) as f64 / reads as f64,
+        judged - infos
+    );
+    assert!(flushes >= 20, "{flushes} flushes");
+    assert_eq!(
+        (ran, lock_ran),
+        (0, 0),
+        "a warm key ran its body again during {flushes} flushes of another database"
+    );
+    assert_eq!(
+        opened, 0,
+        "connections reopened for a flush of another database"
+    );
+    // Each flush was noticed (its null push) and judged on the live connection.
+    assert!(
+        judged - infos >= flushes / 2,
+        "{} judgements for {flushes} flushes",
+        judged - infos
+    );
+
+    // A flush of *our* database is a loss: nothing kept survives it (here: the kept ticket
+    // of a value whose old envelope a late store writes back after the flush, without its
+    // ticket), the record is gone, so the connections are reopened and it is written again.
+    let (value_key, _, _) = cache_runtime::key::redis_keys(
+        "fod",
+        remote_cache()
+            .key_schema()
+            .expect("a cache with a Redis tier"),
+        "fod:0",
+    );
+    let record = "{fod:scopes}:server";
+    let old: Vec<u8> = redis::cmd("GET")
+        .arg(&value_key)
+        .query(&mut own)
+        .expect("GET");
+    assert!(redis::cmd("EXISTS")
+        .arg(record)
+        .query::<bool>(&mut own)
+        .expect("EXISTS"));
+    assert_eq!(remote(0).await, 1000, "a hit, its ticket kept");
+    VERSION.store(2, SeqCst);
+    let opened = connections_received(&mut own);
+    redis::cmd("FLUSHDB")
+        .query::<()>(&mut own)
+        .expect("FLUSHDB");
+    redis::cmd("SET")
+        .arg(&value_key)
+        .arg(&old)
+        .query::<()>(&mut own)
+        .expect("SET");
+    assert_eq!(
+        remote(0).await,
+        2000,
+        "the old value served after our flush"
+    );
+    assert_eq!(
+        locked(0).await,
+        2500,
+        "the old value served after our flush"
+    );
+    assert!(
+        connections_received(&mut own) > opened,
+        "the connections are reopened after a flush of our database"
+    );
+    let recorded: Option<String> = redis::cmd("GET").arg(record).query(&mut own).expect("GET");
+    let run_id = node.info_field("run_id").expect("run_id");
+    let replid = node.info_field("master_replid").expect("master_replid");
+    assert_eq!(
+        recorded,
+        Some(format!("{run_id}/{replid}")),
+        "the server judged again and recorded after the flush"
+    );
+    read_for(Duration::from_millis(300), 2, 2).await;
+
+    // And a flush of another database still judges in place afterwards.
+    let (ran, lock_ran) = (runs("remote"), runs("locked"));
+    let other = node.client_in(3);
+    let opened = connections_received(&mut own);
+    let stop = Arc::new(AtomicBool::new(false));
+    let flusher = flush_in_a_loop(other, stop.clone());
+    read_for(Duration::from_secs(1), 4, 2).await;
+    stop.store(true, SeqCst);
+    flusher.join().expect("flusher");
+    assert_eq!((runs("remote"), runs("locked")), (ran, lock_ran));
+    assert_eq!(connections_received(&mut own), opened);
+}
