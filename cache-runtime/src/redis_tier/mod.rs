@@ -520,7 +520,8 @@ async fn read_on(
 /// ([`tracking::Tracked::rejudge`]), else (closed, or not judged) the connections are
 /// reopened, and judged by their open.
 async fn judge_or_reopen(shared: &Shared, t: &tracking::Tracked) {
-    if t.tokens.is_gone() || !t.rejudge(shared.server_key(), shared.op_timeout).await {
+    let deadline = tokio::time::Instant::now() + shared.op_timeout;
+    if t.tokens.is_gone() || !t.rejudge(shared.server_key(), deadline).await {
         let _ = shared.tracked_lost();
     }
 }
@@ -559,15 +560,46 @@ async fn read_tracked(
     claim: Option<(u64, u64)>,
     claim_alone: bool,
 ) -> (Result<Fetched, CacheError>, Fault) {
-    // A read is safe to repeat, its claim included (a claim that took answers with our own
-    // ticket). Flushed again at every try: the reopen.
+    match read_tracked_once(shared, k, &t, claim, claim_alone).await {
+        Some(res) => res,
+        // Boxed: rare, and its state would otherwise weigh on the future of every read.
+        None => Box::pin(read_tracked_judged(shared, k, &t, claim, claim_alone)).await,
+    }
+}
+
+/// [`read_tracked`] after a null invalidation: the server judged again on the connection,
+/// then the read sent again (a read is safe to repeat, its claim included: a claim that took
+/// answers with our own ticket), the whole within one operation timeout. Not judged (or the
+/// connection closed, or flushed again at every try): the connections are reopened, as for
+/// a lost connection.
+async fn read_tracked_judged(
+    shared: &Shared,
+    k: &ReadKeys<'_>,
+    t: &tracking::Tracked,
+    claim: Option<(u64, u64)>,
+    claim_alone: bool,
+) -> (Result<Fetched, CacheError>, Fault) {
+    let deadline = tokio::time::Instant::now() + shared.op_timeout;
     for _ in 0..3 {
-        if let Some(res) = read_tracked_once(shared, k, &t, claim, claim_alone).await {
-            return res;
+        if !t.rejudge(shared.server_key(), deadline).await {
+            if tokio::time::Instant::now() >= deadline && !t.tokens.is_gone() {
+                break;
+            }
+            return (Err(shared.tracked_lost()), Fault::Lost);
         }
-        if !t.rejudge(shared.server_key(), shared.op_timeout).await {
-            break;
+        match tokio::time::timeout_at(
+            deadline,
+            read_tracked_once(shared, k, t, claim, claim_alone),
+        )
+        .await
+        {
+            Ok(Some(res)) => return res,
+            Ok(None) => {}
+            Err(_) => break,
         }
+    }
+    if tokio::time::Instant::now() >= deadline {
+        return (Err(CacheError::Timeout(shared.op_timeout)), Fault::Timeout);
     }
     (Err(shared.tracked_lost()), Fault::Lost)
 }

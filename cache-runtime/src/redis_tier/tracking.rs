@@ -28,7 +28,6 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use redis::{PushInfo, PushKind, Value};
 
@@ -57,15 +56,18 @@ impl Tracked {
     /// After a null invalidation ([`TokenCache::is_lost`], not [`TokenCache::is_gone`]):
     /// judges the server again on this very connection, as the open does (`INFO` and `GET`
     /// of the incarnation record `server_key`, [`incarnation::judged`](super::incarnation::judged)),
-    /// within `timeout`. Judged (the record names the server this connection reaches, and no
+    /// by `deadline`. Judged (the record names the server this connection reaches, and no
     /// other null push arrived before the reply), the connection serves on: its check executed
     /// after the flush that pushed, and every read sent from now on executes after it. Not
     /// judged (the record gone or another's, `INFO` or the record refused, loading, a
     /// timeout, anything unexpected), the connection is given up: `false`, and the caller
     /// reopens the connections, whose open judges and clears (docs/PROTOCOL.md §8.2). One
     /// judgement at a time; the readers that wait for it take its outcome.
-    pub(super) async fn rejudge(&self, server_key: &str, timeout: Duration) -> bool {
-        let _one = self.tokens.judging.lock().await;
+    pub(super) async fn rejudge(&self, server_key: &str, deadline: tokio::time::Instant) -> bool {
+        let Ok(_one) = tokio::time::timeout_at(deadline, self.tokens.judging.lock()).await else {
+            // Another judgement under way took the time: its outcome is the next read's.
+            return false;
+        };
         // A null push during a judgement makes it judge again, a few times at most.
         for _ in 0..3 {
             if self.tokens.is_gone() {
@@ -78,8 +80,8 @@ impl Tracked {
             let mut p = redis::pipe();
             p.cmd("INFO").cmd("GET").arg(server_key);
             let mut conn = self.conn.clone();
-            let reply = tokio::time::timeout(
-                timeout,
+            let reply = tokio::time::timeout_at(
+                deadline,
                 p.query_async::<(String, Option<String>)>(&mut conn),
             )
             .await;
