@@ -185,13 +185,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let (r, ended) = leader.run_marked(|| self.timed_blocking(body));
         let (v, negative) = match S::into_cacheable(r) {
             Ok(cacheable) => cacheable,
-            Err(r) => {
-                leader.finish(match (sharing.share)(&r) {
-                    Some(b) => Outcome::Shared(b),
-                    None => Outcome::Unshareable,
-                });
-                return (r, Meta::fresh(Duration::ZERO, None), Source::Body);
-            }
+            Err(r) => return hand_over_uncacheable(leader, r, sharing),
         };
         let ttl = self.entry_ttl(negative);
         let meta = Meta::fresh(ttl, None);
@@ -283,12 +277,8 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let (v, negative) = match S::into_cacheable(r) {
             Ok(cacheable) => cacheable,
             Err(r) => {
-                leader.finish(match (sharing.share)(&r) {
-                    Some(b) => Outcome::Shared(b),
-                    None => Outcome::Unshareable,
-                });
                 drop(unlock);
-                return (r, Meta::fresh(Duration::ZERO, None), Source::Body);
+                return hand_over_uncacheable(leader, r, sharing);
             }
         };
         // A failed Redis write is counted and logged; the caller still gets the value.
@@ -525,6 +515,20 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let factor = 1.0 + self.jitter * (2.0 * fastrand::f64() - 1.0);
         base.mul_f64(factor).max(Duration::from_millis(1))
     }
+}
+
+/// A leader's body result that is not cached (an `Err`, a `None` without `cache_none`): to
+/// the waiters if it can be shared with them, then to the caller.
+fn hand_over_uncacheable<R, V>(
+    leader: Leader<'_, Got<V>>,
+    r: R,
+    sharing: &Sharing<R>,
+) -> (R, Meta, Source) {
+    leader.finish(match (sharing.share)(&r) {
+        Some(b) => Outcome::Shared(b),
+        None => Outcome::Unshareable,
+    });
+    (r, Meta::fresh(Duration::ZERO, None), Source::Body)
 }
 
 /// A leader's answer that is a value (found, or a fallback): to the waiters, then to the
