@@ -516,6 +516,21 @@ fn rsync_cached(id: u64) -> Result<Profile, String> {
     Ok(profile(id))
 }
 
+/// A hand-written sync hit: `GET`, bincode; on a miss the body and `SET PX`.
+fn rsync_hand(c: &mut redis::Connection, id: u64) -> Profile {
+    let k = format!("hw:sy:{id}");
+    let b: Option<Vec<u8>> = redis::cmd("GET").arg(&k).query(c).unwrap();
+    match b {
+        Some(b) => bincode::serde::decode_from_slice(&b, bincode::config::standard()).unwrap().0,
+        None => {
+            let v = profile(id);
+            let b = bincode::serde::encode_to_vec(&v, bincode::config::standard()).unwrap();
+            let _: () = redis::cmd("SET").arg(&k).arg(b).arg("PX").arg(300_000).query(c).unwrap();
+            v
+        }
+    }
+}
+
 type Conn = redis::aio::ConnectionManager;
 async fn hand_get<V: serde::de::DeserializeOwned>(conn: &mut Conn, key: &str) -> Option<V> {
     let b: Option<Vec<u8>> = redis::cmd("GET").arg(key).query_async(conn).await.unwrap();
@@ -965,19 +980,7 @@ fn redis_main(who: &str, n: u64) {
         }
         "rsync-hand" => {
             let mut c = client.get_connection().unwrap();
-            let mut call = |id: u64| -> Profile {
-                let k = format!("hw:sy:{id}");
-                let b: Option<Vec<u8>> = redis::cmd("GET").arg(&k).query(&mut c).unwrap();
-                match b {
-                    Some(b) => bincode::serde::decode_from_slice(&b, bincode::config::standard()).unwrap().0,
-                    None => {
-                        let v = profile(id);
-                        let b = bincode::serde::encode_to_vec(&v, bincode::config::standard()).unwrap();
-                        let _: () = redis::cmd("SET").arg(&k).arg(b).arg("PX").arg(300_000).query(&mut c).unwrap();
-                        v
-                    }
-                }
-            };
+            let mut call = |id: u64| rsync_hand(&mut c, id);
             for _ in 0..3 {
                 for id in ids(KEYS, KEYS) {
                     black_box(call(id));
@@ -1007,19 +1010,7 @@ fn redis_main(who: &str, n: u64) {
                                 match who.as_str() {
                                     "rsyncmt-ours" => rsync_ours(id),
                                     "rsyncmt-cached" => rsync_cached(id).unwrap(),
-                                    _ => {
-                                        let k = format!("hw:sy:{id}");
-                                        let b: Option<Vec<u8>> = redis::cmd("GET").arg(&k).query(&mut c).unwrap();
-                                        match b {
-                                            Some(b) => bincode::serde::decode_from_slice(&b, bincode::config::standard()).unwrap().0,
-                                            None => {
-                                                let v = profile(id);
-                                                let b = bincode::serde::encode_to_vec(&v, bincode::config::standard()).unwrap();
-                                                let _: () = redis::cmd("SET").arg(&k).arg(b).arg("PX").arg(300_000).query(&mut c).unwrap();
-                                                v
-                                            }
-                                        }
-                                    }
+                                    _ => rsync_hand(&mut c, id),
                                 }
                             };
                             for id in ids(64, KEYS) {
