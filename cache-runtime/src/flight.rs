@@ -57,6 +57,9 @@ struct Slot<V> {
     tags: Box<[String]>,
     /// Created by the first follower.
     flight: Option<Arc<Flight<V>>>,
+    /// The leader may have sent its Redis read (from the slot's creation until
+    /// [`Leader::computing`]): a caller that starts now does not join (see [`Joined::Late`]).
+    reading: bool,
 }
 
 /// In-flight loads by key, in shards (by key hash), so concurrent misses of different keys
@@ -80,6 +83,24 @@ const SHARDS: usize = 16;
 pub(crate) enum Joined<'a, V> {
     Leader(Leader<'a, V>),
     Follower(Arc<Flight<V>>),
+    /// The key's leader may have sent its Redis read already: that read may have executed
+    /// before a write that returned before this caller started (in another process, unheard
+    /// here), so what it finds is not this caller's to take. It reads for itself, and joins
+    /// with [`Join::AfterOwnRead`] only if that read finds nothing (docs/PROTOCOL.md §13 F9).
+    Late,
+}
+
+/// How a caller joins its key's flight.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Join {
+    /// A new leader reads Redis first: callers that find its flight reading are
+    /// [`Joined::Late`].
+    ReadsFirst,
+    /// No Redis read before the body (no Redis tier): callers always join.
+    Computes,
+    /// A caller that was late and whose own read found nothing: it follows whatever flight
+    /// there is, and takes only a value that flight's body computed (not one it read).
+    AfterOwnRead,
 }
 
 impl<V> Flights<V> {
@@ -112,7 +133,7 @@ impl<V> Flights<V> {
         self.shards[shard].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn join(&self, key: &str, tags: &[String]) -> Joined<'_, V> {
+    pub(crate) fn join(&self, key: &str, tags: &[String], how: Join) -> Joined<'_, V> {
         let hash = self.hash(key);
         let shard = Self::shard_of(hash);
         let mut map = self.lock(shard);
@@ -129,6 +150,9 @@ impl<V> Flights<V> {
                     done: false,
                     reentrant: true,
                 });
+            }
+            if slot.reading && how == Join::ReadsFirst {
+                return Joined::Late;
             }
             let flight = slot.flight.get_or_insert_with(|| {
                 Arc::new(Flight {
@@ -147,6 +171,7 @@ impl<V> Flights<V> {
                 leader,
                 tags: tags.into(),
                 flight: None,
+                reading: how != Join::Computes,
             },
             |s| s.hash,
         );
@@ -317,6 +342,16 @@ impl<V> Leader<'_, V> {
             .is_none()
     }
 
+    /// The leader's Redis read found nothing and its body is about to run: callers that start
+    /// from now on join (the body reads the source after they started; its store is checked
+    /// for writes since, §7.2).
+    pub(crate) fn computing(&self) {
+        let mut map = self.flights.lock(Flights::<V>::shard_of(self.hash));
+        if let Some(slot) = map.slots.find_mut(self.hash, |s| s.leader == self.leader) {
+            slot.reading = false;
+        }
+    }
+
     /// Closes this flight: later callers of the key start a flight of their own, and what
     /// this leader publishes reaches exactly the callers that joined before. Returns whether
     /// any did. A check sent to Redis after this is therefore later than every follower's
@@ -416,17 +451,22 @@ mod tests {
 
     /// `join` by a caller on another thread.
     fn join_elsewhere<'a>(flights: &'a Flights<u32>, key: &str) -> Joined<'a, u32> {
-        std::thread::scope(|s| s.spawn(|| flights.join(key, &[])).join().unwrap())
+        std::thread::scope(|s| {
+            s.spawn(|| flights.join(key, &[], Join::Computes))
+                .join()
+                .unwrap()
+        })
     }
 
     #[test]
     fn a_join_from_inside_the_running_body_leads_apart_and_others_still_follow() {
         let flights = Flights::<u32>::new();
-        let Joined::Leader(outer) = flights.join("k", &[]) else {
+        let Joined::Leader(outer) = flights.join("k", &[], Join::Computes) else {
             panic!("first join leads")
         };
         // A call the leader's body makes for the same key: re-entrant.
-        let inner = pollster::block_on(outer.running(async { flights.join("k", &[]) }));
+        let inner =
+            pollster::block_on(outer.running(async { flights.join("k", &[], Join::Computes) }));
         let Joined::Leader(inner) = inner else {
             panic!("re-entrant: leads apart (never waits for itself)")
         };
@@ -435,17 +475,18 @@ mod tests {
             "outside the map: its store is the conditional one"
         );
         // A call outside the body (another caller, or a sibling in the same task) follows.
-        let Joined::Follower(sibling) = flights.join("k", &[]) else {
+        let Joined::Follower(sibling) = flights.join("k", &[], Join::Computes) else {
             panic!("a call not nested in the body follows")
         };
         let Joined::Follower(other) = join_elsewhere(&flights, "k") else {
             panic!("another thread follows")
         };
         // Another key's body running does not make this key's call re-entrant.
-        let Joined::Leader(b) = flights.join("b", &[]) else {
+        let Joined::Leader(b) = flights.join("b", &[], Join::Computes) else {
             panic!("leads")
         };
-        let nested = pollster::block_on(b.running(async { flights.join("k", &[]) }));
+        let nested =
+            pollster::block_on(b.running(async { flights.join("k", &[], Join::Computes) }));
         assert!(matches!(nested, Joined::Follower(_)));
         inner.finish(Outcome::Value(1));
         assert_eq!(flights.len(), 2, "the first flight runs on");
@@ -462,7 +503,7 @@ mod tests {
     #[test]
     fn the_mark_is_the_running_polls_only_and_survives_a_panic() {
         let flights = Flights::<u32>::new();
-        let Joined::Leader(l) = flights.join("k", &[]) else {
+        let Joined::Leader(l) = flights.join("k", &[], Join::Computes) else {
             panic!("leads")
         };
         let id = l.leader;
@@ -480,39 +521,77 @@ mod tests {
     }
 
     #[test]
+    fn a_caller_that_finds_the_leader_reading_is_late_until_it_computes() {
+        let flights: Flights<u32> = Flights::new();
+        let Joined::Leader(leader) = flights.join("k", &[], Join::ReadsFirst) else {
+            panic!("first caller leads");
+        };
+        assert!(matches!(
+            flights.join("k", &[], Join::ReadsFirst),
+            Joined::Late
+        ));
+        // Its own read found nothing: it follows, as do callers once the body runs.
+        let Joined::Follower(late) = flights.join("k", &[], Join::AfterOwnRead) else {
+            panic!("a late caller whose read missed follows");
+        };
+        leader.computing();
+        let Joined::Follower(after) = flights.join("k", &[], Join::ReadsFirst) else {
+            panic!("callers that start while the body runs follow");
+        };
+        assert!(Arc::ptr_eq(&late, &after));
+        // Without a read first, nobody is ever late.
+        let Joined::Leader(_local) = flights.join("l", &[], Join::Computes) else {
+            panic!("first caller leads");
+        };
+        assert!(matches!(
+            flights.join("l", &[], Join::ReadsFirst),
+            Joined::Follower(_)
+        ));
+    }
+
+    #[test]
     fn dropped_leader_releases_waiters_and_the_key() {
         let flights = Flights::<u32>::new();
-        let Joined::Leader(leader) = flights.join("k", &[]) else {
+        let Joined::Leader(leader) = flights.join("k", &[], Join::Computes) else {
             panic!("first join leads")
         };
-        let Joined::Follower(f) = flights.join("k", &[]) else {
+        let Joined::Follower(f) = flights.join("k", &[], Join::Computes) else {
             panic!("second join follows")
         };
         drop(leader);
         assert_eq!(flights.len(), 0);
         assert_eq!(pollster::block_on(f.wait(|v| v, never, false)), None);
-        assert!(matches!(flights.join("k", &[]), Joined::Leader(_)));
+        assert!(matches!(
+            flights.join("k", &[], Join::Computes),
+            Joined::Leader(_)
+        ));
     }
 
     #[test]
     fn a_tag_detaches_only_the_flights_that_carry_it() {
         let flights = Flights::<u32>::new();
-        let _a = flights.join("a", &["t".to_string()]);
-        let _b = flights.join("b", &["u".to_string()]);
-        let _c = flights.join("c", &[]);
+        let _a = flights.join("a", &["t".to_string()], Join::Computes);
+        let _b = flights.join("b", &["u".to_string()], Join::Computes);
+        let _c = flights.join("c", &[], Join::Computes);
         assert_eq!(flights.detach_tagged("t"), vec!["a".to_string()]);
         assert_eq!(flights.len(), 2);
-        assert!(matches!(flights.join("a", &[]), Joined::Leader(_)));
-        assert!(matches!(flights.join("b", &[]), Joined::Follower(_)));
+        assert!(matches!(
+            flights.join("a", &[], Join::Computes),
+            Joined::Leader(_)
+        ));
+        assert!(matches!(
+            flights.join("b", &[], Join::Computes),
+            Joined::Follower(_)
+        ));
     }
 
     #[test]
     fn waiters_get_the_value() {
         let flights = Flights::<u32>::new();
-        let Joined::Leader(leader) = flights.join("k", &[]) else {
+        let Joined::Leader(leader) = flights.join("k", &[], Join::Computes) else {
             panic!()
         };
-        let Joined::Follower(f) = flights.join("k", &[]) else {
+        let Joined::Follower(f) = flights.join("k", &[], Join::Computes) else {
             panic!()
         };
         let t = std::thread::spawn(move || pollster::block_on(f.wait(|v| v + 1, never, false)));
@@ -523,16 +602,16 @@ mod tests {
     #[test]
     fn a_leader_knows_whether_a_write_detached_it() {
         let flights = Flights::<u32>::new();
-        let Joined::Leader(a) = flights.join("a", &["t".to_string()]) else {
+        let Joined::Leader(a) = flights.join("a", &["t".to_string()], Join::Computes) else {
             panic!("first join leads")
         };
-        let Joined::Leader(b) = flights.join("b", &[]) else {
+        let Joined::Leader(b) = flights.join("b", &[], Join::Computes) else {
             panic!("another key leads apart")
         };
         flights.detach("b");
         assert!(!a.detached(), "a write to another key");
         assert!(b.detached());
-        let Joined::Leader(b2) = flights.join("b", &[]) else {
+        let Joined::Leader(b2) = flights.join("b", &[], Join::Computes) else {
             panic!("a detached key leads again")
         };
         assert!(!b2.detached(), "the new leader started after the write");
@@ -546,19 +625,19 @@ mod tests {
     #[test]
     fn a_detached_flight_still_reaches_its_followers_and_a_new_leader_runs_apart() {
         let flights = Flights::<u32>::new();
-        let Joined::Leader(old) = flights.join("k", &["t".to_string()]) else {
+        let Joined::Leader(old) = flights.join("k", &["t".to_string()], Join::Computes) else {
             panic!("first join leads")
         };
-        let Joined::Follower(waiting) = flights.join("k", &[]) else {
+        let Joined::Follower(waiting) = flights.join("k", &[], Join::Computes) else {
             panic!("second join follows")
         };
         // A write detaches the running flight: the next caller leads a new one.
         assert_eq!(flights.detach_tagged("t"), vec!["k".to_string()]);
         assert_eq!(flights.parked(), 1);
-        let Joined::Leader(new) = flights.join("k", &[]) else {
+        let Joined::Leader(new) = flights.join("k", &[], Join::Computes) else {
             panic!("a detached key leads again")
         };
-        let Joined::Follower(late) = flights.join("k", &[]) else {
+        let Joined::Follower(late) = flights.join("k", &[], Join::Computes) else {
             panic!("joins the new flight")
         };
         // The old leader's outcome reaches only the follower that joined it.
@@ -576,28 +655,28 @@ mod tests {
     #[test]
     fn a_sealed_flight_takes_no_new_callers_and_reports_its_followers() {
         let flights = Flights::<u32>::new();
-        let Joined::Leader(mut alone) = flights.join("a", &[]) else {
+        let Joined::Leader(mut alone) = flights.join("a", &[], Join::Computes) else {
             panic!("first join leads")
         };
         assert!(!alone.seal(), "nobody joined");
-        let Joined::Leader(next) = flights.join("a", &[]) else {
+        let Joined::Leader(next) = flights.join("a", &[], Join::Computes) else {
             panic!("a sealed flight is not joined: the caller leads")
         };
         alone.finish(Outcome::Value(1));
         next.finish(Outcome::Value(2));
 
-        let Joined::Leader(mut old) = flights.join("b", &[]) else {
+        let Joined::Leader(mut old) = flights.join("b", &[], Join::Computes) else {
             panic!()
         };
-        let Joined::Follower(first) = flights.join("b", &[]) else {
+        let Joined::Follower(first) = flights.join("b", &[], Join::Computes) else {
             panic!("joins the running flight")
         };
-        let Joined::Follower(second) = flights.join("b", &[]) else {
+        let Joined::Follower(second) = flights.join("b", &[], Join::Computes) else {
             panic!()
         };
         assert!(old.seal(), "two callers joined");
         assert!(old.detached(), "sealed: its store is the checked one");
-        let Joined::Leader(new) = flights.join("b", &[]) else {
+        let Joined::Leader(new) = flights.join("b", &[], Join::Computes) else {
             panic!("sealed: the next caller leads")
         };
         // Redis refused the store: its followers try again, unless they are trying again.
@@ -611,10 +690,10 @@ mod tests {
     #[test]
     fn a_sealed_leader_dropped_releases_its_followers() {
         let flights = Flights::<u32>::new();
-        let Joined::Leader(mut leader) = flights.join("k", &[]) else {
+        let Joined::Leader(mut leader) = flights.join("k", &[], Join::Computes) else {
             panic!()
         };
-        let Joined::Follower(f) = flights.join("k", &[]) else {
+        let Joined::Follower(f) = flights.join("k", &[], Join::Computes) else {
             panic!()
         };
         // Detached by a write first, then sealed: the parked flight is the one sealed.
@@ -634,13 +713,13 @@ mod tests {
         let flights = Flights::<u32>::new();
         let long_key = "k".repeat(100);
         for key in ["short", long_key.as_str()] {
-            let Joined::Leader(l) = flights.join(key, &[]) else {
+            let Joined::Leader(l) = flights.join(key, &[], Join::Computes) else {
                 panic!()
             };
             flights.detach(key);
             assert_eq!(flights.parked(), 0, "no follower: nothing to keep");
             l.finish(Outcome::Value(1));
-            let Joined::Leader(l) = flights.join(key, &[]) else {
+            let Joined::Leader(l) = flights.join(key, &[], Join::Computes) else {
                 panic!()
             };
             drop(l);

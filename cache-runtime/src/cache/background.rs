@@ -249,7 +249,10 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         R: 'static,
         B: Future<Output = R> + Send + 'static,
     {
-        let Joined::Leader(leader) = self.flights.join(&key.logical, &key.tags) else {
+        let Joined::Leader(leader) = self
+            .flights
+            .join(&key.logical, &key.tags, self.first_join())
+        else {
             return;
         };
         let task = async move {

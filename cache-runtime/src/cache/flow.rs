@@ -13,13 +13,13 @@ use tracing::Instrument;
 
 use crate::entry::{Meta, Source};
 use crate::error::CacheError;
-use crate::flight::{Joined, Leader, Outcome};
+use crate::flight::{Join, Joined, Leader, Outcome};
 use crate::observe::{Mode, Observer};
 use crate::shape::{Shape, Sharing};
 use crate::tier::Key;
 
 use super::local_side::{named, Named, Written};
-use super::redis_side::{Claim, Fill, LockGuard};
+use super::redis_side::{Claim, Fill, LockGuard, Read};
 use super::{Cache, DEFAULT_CAPACITY};
 
 /// A value as single-flight hands it to waiters: with its metadata and where it came from.
@@ -70,8 +70,17 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         // Set once a flight this call joined gave it nothing: every flight it joins from then
         // on started after it did, so even an unverified value is fresh for it.
         let mut retrying = false;
+        let mut how = self.first_join();
         loop {
-            match self.flights.join(&key.logical, &key.tags) {
+            match self.flights.join(&key.logical, &key.tags, how) {
+                // Its leader's read may have executed before a write that returned before
+                // this call started: this call reads for itself (docs/PROTOCOL.md §13 F9).
+                Joined::Late => {
+                    if let Some((v, meta)) = self.read_late(key).await {
+                        return (S::rebuild(v), meta, Source::Redis);
+                    }
+                    how = Join::AfterOwnRead;
+                }
                 Joined::Follower(flight) => {
                     if !joined {
                         joined = true;
@@ -87,9 +96,17 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                             retrying,
                         )
                         .await;
-                    if let Some(r) = waited {
-                        self.count_follower(r.2);
-                        return r;
+                    match waited {
+                        // A value that flight read, maybe before this call started: not
+                        // this call's (it joined late); it goes round again.
+                        Some(r) if how == Join::AfterOwnRead && r.2 == Source::Redis => {
+                            how = self.first_join();
+                        }
+                        Some(r) => {
+                            self.count_follower(r.2);
+                            return r;
+                        }
+                        None => {}
                     }
                     retrying = true;
                     // The leader gave up or could not share its result: try again.
@@ -132,7 +149,8 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         // As in `load_missed`.
         let mut retrying = false;
         loop {
-            match self.flights.join(key.0, key.1) {
+            match self.flights.join(key.0, key.1, Join::Computes) {
+                Joined::Late => unreachable!("no Redis read, nobody is late"),
                 Joined::Follower(flight) => {
                     if !joined {
                         joined = true;
@@ -201,6 +219,29 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         (S::rebuild(v), meta, Source::Body)
     }
 
+    /// How a call first joins its key's flight: late if its leader may have sent a Redis read
+    /// (a cache with a Redis tier), else always a follower.
+    pub(super) fn first_join(&self) -> Join {
+        match self.redis {
+            Some(_) => Join::ReadsFirst,
+            None => Join::Computes,
+        }
+    }
+
+    /// A late caller's own read of Redis ([`Joined::Late`]): the value if it is there and
+    /// usable, promoted as a leader's read is (a tagged key is not: only a flight's read,
+    /// which a tag invalidation detaches, promotes one).
+    async fn read_late(&self, key: &Key) -> Option<(V, Meta)> {
+        let seen_local = match key.tags.is_empty() {
+            true => self.local_generation(&key.logical),
+            false => u64::MAX,
+        };
+        match self.redis_read(key, seen_local, None, false).await {
+            Read::Found(v, meta) => Some((v, meta)),
+            _ => None,
+        }
+    }
+
     /// Counts a call that joined a concurrent load by what that load found: a leader's
     /// Redis hit is a Redis hit for its followers too (not a miss: nothing ran for them).
     fn count_follower(&self, source: Source) {
@@ -252,6 +293,10 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                 unlock,
             } => (claim, fallback, unlock),
         };
+        if self.redis.is_some() {
+            // Callers that start from now on follow: the body reads after they started.
+            leader.computing();
+        }
         if count_miss {
             self.counters.misses.add(1);
         }
