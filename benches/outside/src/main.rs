@@ -1049,6 +1049,47 @@ fn redis_main(who: &str, n: u64) {
             eprintln!("server cpu usec/call: {:.2}", (s1 - s0) as f64 / calls);
             eprintln!("wall ns/call: {:.0}", dt.as_nanos() as f64 / calls);
         }
+        // Redis hits from 64 tasks on a 2-worker runtime over a Zipf trace of the warm keys:
+        // hot keys are read by several tasks at once (throughput: wall ns per call).
+        "rmt-ours" | "rmt-hand" => {
+            let trace = Arc::new(zipf_trace(KEYS, 1.0, 0x9e3779b97f4a7c15));
+            let mrt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let mconn: Conn = mrt.block_on(client.get_connection_manager()).unwrap();
+            let run = |calls: u64| {
+                let tasks: Vec<_> = (0..64u64)
+                    .map(|t| {
+                        let (trace, mut conn, who) = (trace.clone(), mconn.clone(), who.to_string());
+                        mrt.spawn(async move {
+                            for i in 0..calls / 64 {
+                                let id = FIRST + trace[((t * 7919 + i) as usize) % TRACE];
+                                let v = match who.as_str() {
+                                    "rmt-ours" => rhit_ours(id).await,
+                                    _ => {
+                                        let k = format!("hw:user:profile:{id}");
+                                        hand_cached(&mut conn, &k, || profile(id)).await
+                                    }
+                                };
+                                black_box(v);
+                            }
+                        })
+                    })
+                    .collect();
+                mrt.block_on(async {
+                    for t in tasks {
+                        t.await.unwrap();
+                    }
+                });
+            };
+            mrt.block_on(async {
+                for id in ids(KEYS, KEYS) {
+                    black_box(rhit_ours(id).await);
+                    let mut conn = mconn.clone();
+                    hand_cached(&mut conn, &format!("hw:user:profile:{id}"), || profile(id)).await;
+                }
+            });
+            run(64 * 64);
+            measure(n, Some(&server), || run(n));
+        }
         "rhittag-ours" => hits!(KEYS, |id| rhittag_ours(id, id % 10).await),
         "rmisstagshared-ours" => misses!(|id| rmisstagshared_ours(id, id % 10).await),
         "rmiss-ours" => misses!(|id| rmiss_ours(id, id % 10).await),
