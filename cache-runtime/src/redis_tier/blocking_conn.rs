@@ -55,7 +55,7 @@ pub(super) const MAX_THREADS: usize = 64;
 /// thread wake-ups); with many, the server's cost per request decides (each own connection
 /// is one request per read and write of the server's event loop): measured in
 /// docs/BENCHMARKS.md, thirty-ninth round.
-const MAX_IN_FLIGHT: usize = 2;
+const MAX_IN_FLIGHT: usize = 8;
 
 /// Operations in flight on own connections (see [`MAX_IN_FLIGHT`]).
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
