@@ -121,12 +121,29 @@ async fn the_documented_acl_is_enough_and_each_missing_permission_is_named() {
     server.acl_setuser("cache +getex");
 
     // No permissions at all: values still come from the source, the errors are counted.
+    // The bus's probes are refused too, so it stops being trusted (PROTOCOL §5.2) and no
+    // local copy is served: an invalidation published now could not reach this process.
+    // Awaited rather than raced: whether a call lands before or after the first refused
+    // probe (every `BUS_WINDOW / 4`) is timing.
     server.acl_setuser("cache -@all");
-    value_cache().clear_local();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while cache_runtime::bus_status().trusted {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bus stays trusted while every probe is refused: {:?}",
+            cache_runtime::bus_status()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     let before = RUNS.load(SeqCst);
     assert_eq!(call(7).await.unwrap(), 21);
     assert_eq!(call(7).await.unwrap(), 21);
-    assert_eq!(RUNS.load(SeqCst), before + 1, "the local tier still caches");
+    assert_eq!(
+        RUNS.load(SeqCst),
+        before + 2,
+        "a local copy was served while the bus was not trusted"
+    );
+    assert!(!cache_runtime::bus_status().trusted);
     assert!(value_cache().stats().redis_errors >= 1);
     match cache_runtime::health_check().await {
         Err(CacheError::Redis(msg)) => assert!(msg.to_uppercase().contains("NOPERM"), "{msg}"),
