@@ -58,7 +58,8 @@ struct Slot<V> {
     /// Created by the first follower.
     flight: Option<Arc<Flight<V>>>,
     /// The leader may have sent its Redis read (from the slot's creation until
-    /// [`Leader::computing`]): a caller that starts now does not join (see [`Joined::Late`]).
+    /// [`Leader::computing`]): a caller that started after the slot was created joins it
+    /// late (see [`Joined::Late`]).
     reading: bool,
 }
 
@@ -83,24 +84,25 @@ const SHARDS: usize = 16;
 pub(crate) enum Joined<'a, V> {
     Leader(Leader<'a, V>),
     Follower(Arc<Flight<V>>),
-    /// The key's leader may have sent its Redis read already: that read may have executed
-    /// before a write that returned before this caller started (in another process, unheard
-    /// here), so what it finds is not this caller's to take. It reads for itself, and joins
-    /// with [`Join::AfterOwnRead`] only if that read finds nothing (docs/PROTOCOL.md §13 F9).
-    Late,
+    /// The key's leader may have sent its Redis read before this caller started: that read
+    /// may have executed before a write that returned before this caller started (in another
+    /// process, unheard here), so what it finds is not this caller's to take. The caller
+    /// waits for the flight and takes only a value its body computed (the body starts after
+    /// the read found nothing, so after the caller joined); a value the leader read sends it
+    /// round again, where every flight it can meet was created after it started
+    /// (docs/PROTOCOL.md §13 F9).
+    Late(Arc<Flight<V>>),
 }
 
 /// How a caller joins its key's flight.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Join {
-    /// A new leader reads Redis first: callers that find its flight reading are
-    /// [`Joined::Late`].
-    ReadsFirst,
+    /// A new leader reads Redis first. `since` is [`Flights::since`] taken at the caller's
+    /// start: a flight still reading whose leader is older is joined [`Joined::Late`]; one
+    /// created since, whatever it reads, was created after the caller started.
+    ReadsFirst { since: u64 },
     /// No Redis read before the body (no Redis tier): callers always join.
     Computes,
-    /// A caller that was late and whose own read found nothing: it follows whatever flight
-    /// there is, and takes only a value that flight's body computed (not one it read).
-    AfterOwnRead,
 }
 
 impl<V> Flights<V> {
@@ -117,6 +119,15 @@ impl<V> Flights<V> {
             leaders: AtomicU64::new(0),
             hasher: foldhash::fast::RandomState::default(),
         }
+    }
+
+    /// The id the next leader will get: every flight created after this call leads with an
+    /// id at least this, so its Redis read is sent after this call (a caller takes it at its
+    /// start, [`Join::ReadsFirst`]).
+    pub(crate) fn since(&self) -> u64 {
+        // Paired with the leaders' `fetch_add`: an id not below the value read here was
+        // handed out after this load.
+        self.leaders.load(Ordering::SeqCst)
     }
 
     fn hash(&self, key: &str) -> u64 {
@@ -146,23 +157,27 @@ impl<V> Flights<V> {
                     flights: self,
                     sealed: None,
                     hash,
-                    leader: self.leaders.fetch_add(1, Ordering::Relaxed),
+                    leader: self.leaders.fetch_add(1, Ordering::SeqCst),
                     done: false,
                     reentrant: true,
                 });
             }
-            if slot.reading && how == Join::ReadsFirst {
-                return Joined::Late;
-            }
+            let late = match how {
+                Join::ReadsFirst { since } => slot.reading && slot.leader < since,
+                Join::Computes => false,
+            };
             let flight = slot.flight.get_or_insert_with(|| {
                 Arc::new(Flight {
                     outcome: Mutex::new(None),
                     notify: Notify::new(),
                 })
             });
-            return Joined::Follower(flight.clone());
+            return match late {
+                true => Joined::Late(flight.clone()),
+                false => Joined::Follower(flight.clone()),
+            };
         }
-        let leader = self.leaders.fetch_add(1, Ordering::Relaxed);
+        let leader = self.leaders.fetch_add(1, Ordering::SeqCst);
         map.slots.insert_unique(
             hash,
             Slot {
@@ -521,30 +536,48 @@ mod tests {
     }
 
     #[test]
-    fn a_caller_that_finds_the_leader_reading_is_late_until_it_computes() {
+    fn a_caller_newer_than_a_reading_flight_is_late_and_an_older_one_follows() {
         let flights: Flights<u32> = Flights::new();
-        let Joined::Leader(leader) = flights.join("k", &[], Join::ReadsFirst) else {
+        // A caller that started before the flight was created: its leader's read is sent
+        // after that caller started.
+        let older = Join::ReadsFirst {
+            since: flights.since(),
+        };
+        let Joined::Leader(leader) = flights.join("k", &[], older) else {
             panic!("first caller leads");
         };
-        assert!(matches!(
-            flights.join("k", &[], Join::ReadsFirst),
-            Joined::Late
-        ));
-        // Its own read found nothing: it follows, as do callers once the body runs.
-        let Joined::Follower(late) = flights.join("k", &[], Join::AfterOwnRead) else {
-            panic!("a late caller whose read missed follows");
+        let Joined::Follower(first) = flights.join("k", &[], older) else {
+            panic!("a caller older than the flight follows");
         };
+        // A caller that started after the flight was created: the read may predate it.
+        let newer = Join::ReadsFirst {
+            since: flights.since(),
+        };
+        let Joined::Late(late) = flights.join("k", &[], newer) else {
+            panic!("a caller newer than a reading flight is late");
+        };
+        assert!(Arc::ptr_eq(&first, &late), "one flight, one read");
+        // Once the body runs, newer callers follow too (its value is computed after them).
         leader.computing();
-        let Joined::Follower(after) = flights.join("k", &[], Join::ReadsFirst) else {
-            panic!("callers that start while the body runs follow");
+        let Joined::Follower(after) = flights.join("k", &[], newer) else {
+            panic!("callers follow while the body runs");
         };
         assert!(Arc::ptr_eq(&late, &after));
+        drop(leader);
+        // The late caller goes round: any flight it meets now was created after it started.
+        let Joined::Leader(_next) = flights.join("k", &[], newer) else {
+            panic!("the key's flight is gone: it leads");
+        };
+        assert!(matches!(flights.join("k", &[], newer), Joined::Follower(_)));
         // Without a read first, nobody is ever late.
         let Joined::Leader(_local) = flights.join("l", &[], Join::Computes) else {
             panic!("first caller leads");
         };
+        let newest = Join::ReadsFirst {
+            since: flights.since(),
+        };
         assert!(matches!(
-            flights.join("l", &[], Join::ReadsFirst),
+            flights.join("l", &[], newest),
             Joined::Follower(_)
         ));
     }

@@ -19,7 +19,7 @@ use crate::shape::{Shape, Sharing};
 use crate::tier::Key;
 
 use super::local_side::{named, Named, Written};
-use super::redis_side::{Claim, Fill, LockGuard, Read};
+use super::redis_side::{Claim, Fill, LockGuard};
 use super::{Cache, DEFAULT_CAPACITY};
 
 /// A value as single-flight hands it to waiters: with its metadata and where it came from.
@@ -70,50 +70,14 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         // Set once a flight this call joined gave it nothing: every flight it joins from then
         // on started after it did, so even an unverified value is fresh for it.
         let mut retrying = false;
-        let mut how = self.first_join();
+        let how = self.first_join();
         loop {
-            match self.flights.join(&key.logical, &key.tags, how) {
+            let (flight, late) = match self.flights.join(&key.logical, &key.tags, how) {
+                Joined::Follower(flight) => (flight, false),
                 // Its leader's read may have executed before a write that returned before
-                // this call started: this call reads for itself (docs/PROTOCOL.md §13 F9).
-                Joined::Late => {
-                    if let Some((v, meta)) = self.read_late(key).await {
-                        return (S::rebuild(v), meta, Source::Redis);
-                    }
-                    how = Join::AfterOwnRead;
-                }
-                Joined::Follower(flight) => {
-                    if !joined {
-                        joined = true;
-                        self.counters.joined.add(1);
-                    }
-                    let waited = flight
-                        .wait(
-                            |g: Got<V>| (S::rebuild(g.value), g.meta, g.source),
-                            |b| {
-                                (sharing.unshare)(b)
-                                    .map(|r| (r, Meta::fresh(Duration::ZERO, None), Source::Body))
-                            },
-                            retrying,
-                        )
-                        .await;
-                    match waited {
-                        // A value that flight read, maybe before this call started: not
-                        // this call's (it joined late); it goes round again.
-                        Some(r) if how == Join::AfterOwnRead && r.2 == Source::Redis => {
-                            how = self.first_join();
-                        }
-                        Some(r) => {
-                            self.count_follower(r.2);
-                            return r;
-                        }
-                        None => {}
-                    }
-                    retrying = true;
-                    // The leader gave up or could not share its result: try again.
-                    if let Some((v, meta)) = self.local_hit(&key.logical) {
-                        return (S::rebuild(v), meta, Source::Local);
-                    }
-                }
+                // this call started: only a value its body computes is this call's
+                // (docs/PROTOCOL.md §13 F9).
+                Joined::Late(flight) => (flight, true),
                 Joined::Leader(leader) => {
                     // A flight may have completed between our local miss and the join.
                     if let Some((v, meta)) = self.local_hit(&key.logical) {
@@ -125,6 +89,39 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                         .lead::<R, S, B>(key, leader, body, sharing, true, false)
                         .await;
                 }
+            };
+            if !joined {
+                joined = true;
+                self.counters.joined.add(1);
+            }
+            let waited = flight
+                .wait(
+                    |g: Got<V>| (S::rebuild(g.value), g.meta, g.source),
+                    |b| {
+                        (sharing.unshare)(b)
+                            .map(|r| (r, Meta::fresh(Duration::ZERO, None), Source::Body))
+                    },
+                    retrying,
+                )
+                .await;
+            match waited {
+                // A value that flight read, maybe before this call started: not
+                // this call's (it joined late). It goes round again: every flight
+                // of the key it can meet now was created after it started.
+                Some(r) if late && r.2 == Source::Redis => {
+                    retrying = true;
+                    continue;
+                }
+                Some(r) => {
+                    self.count_follower(r.2);
+                    return r;
+                }
+                None => {}
+            }
+            retrying = true;
+            // The leader gave up or could not share its result: try again.
+            if let Some((v, meta)) = self.local_hit(&key.logical) {
+                return (S::rebuild(v), meta, Source::Local);
             }
         }
     }
@@ -150,8 +147,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let mut retrying = false;
         loop {
             match self.flights.join(key.0, key.1, Join::Computes) {
-                Joined::Late => unreachable!("no Redis read, nobody is late"),
-                Joined::Follower(flight) => {
+                Joined::Follower(flight) | Joined::Late(flight) => {
                     if !joined {
                         joined = true;
                         self.counters.joined.add(1);
@@ -219,26 +215,15 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         (S::rebuild(v), meta, Source::Body)
     }
 
-    /// How a call first joins its key's flight: late if its leader may have sent a Redis read
-    /// (a cache with a Redis tier), else always a follower.
+    /// How a call joins its key's flight, taken at its start: with a Redis tier, late to a
+    /// flight created before (its leader's read may have been sent before this call started),
+    /// else always a follower.
     pub(super) fn first_join(&self) -> Join {
         match self.redis {
-            Some(_) => Join::ReadsFirst,
+            Some(_) => Join::ReadsFirst {
+                since: self.flights.since(),
+            },
             None => Join::Computes,
-        }
-    }
-
-    /// A late caller's own read of Redis ([`Joined::Late`]): the value if it is there and
-    /// usable, promoted as a leader's read is (a tagged key is not: only a flight's read,
-    /// which a tag invalidation detaches, promotes one).
-    async fn read_late(&self, key: &Key) -> Option<(V, Meta)> {
-        let seen_local = match key.tags.is_empty() {
-            true => self.local_generation(&key.logical),
-            false => u64::MAX,
-        };
-        match self.redis_read(key, seen_local, None, false).await {
-            Read::Found(v, meta) => Some((v, meta)),
-            _ => None,
         }
     }
 

@@ -1,0 +1,139 @@
+//! A stampede on a missing key reads Redis once (docs/PROTOCOL.md §13 F9): callers that come
+//! while the leader's read is in flight wait for the flight instead of reading for
+//! themselves, and take the value its body computes (the body starts after they joined). A
+//! value the leader's read finds is not theirs (it may predate a write that returned before
+//! they started): they go round once and share the next flight's read, which was sent after
+//! they started. Deterministic: a proxy holds the server's replies while the callers join.
+
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::time::Duration;
+
+use cache_runtime::{cached, Config};
+use cache_tests::proxy::Proxy;
+use cache_tests::RedisServer;
+
+static RUNS: AtomicU64 = AtomicU64::new(0);
+
+#[cached(tier = "redis", ttl = 60, key = "stampede:<id>")]
+async fn row(id: u64) -> u64 {
+    RUNS.fetch_add(1, SeqCst);
+    id * 100
+}
+
+const CALLERS: u64 = 50;
+
+/// Calls of `names` the server executed so far (`INFO commandstats`; commands a script runs
+/// are counted too).
+fn calls(server: &RedisServer, names: &[&str]) -> u64 {
+    let info: String = server.cmd(&["INFO", "commandstats"]).expect("INFO");
+    names
+        .iter()
+        .filter_map(|name| {
+            let prefix = format!("cmdstat_{name}:");
+            let line = info.lines().find(|l| l.starts_with(&prefix))?;
+            line.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// Reads (`GET`, `MGET`) the server executed, a script's included.
+fn reads(server: &RedisServer) -> u64 {
+    calls(server, &["get", "mget"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_that_come_during_the_leaders_read_share_it() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.port());
+    cache_runtime::init(
+        Config::builder()
+            .redis_url(proxy.url())
+            .key_prefix("t")
+            .redis_timeout(Duration::from_secs(10))
+            .build(),
+    )
+    .unwrap();
+    // This runtime on connections of its own.
+    for _ in 0..64 {
+        assert_eq!(row(0).await, 0);
+    }
+
+    // A missing key: the leader's read executes, its reply held; then the stampede.
+    let runs = RUNS.load(SeqCst);
+    proxy.hold_replies();
+    let before = reads(&server);
+    let joined = row_cache().stats().joined;
+    let leader = tokio::spawn(row(1));
+    cache_tests::eventually(
+        Duration::from_secs(10),
+        "the leader's read executed",
+        || reads(&server) > before,
+    )
+    .await;
+    let stampede: Vec<_> = (0..CALLERS).map(|_| tokio::spawn(row(1))).collect();
+    cache_tests::eventually(
+        Duration::from_secs(10),
+        "every caller joined the flight or sent a read",
+        || row_cache().stats().joined + reads(&server) >= joined + before + 1 + CALLERS,
+    )
+    .await;
+    proxy.release_replies();
+    assert_eq!(leader.await.unwrap(), 100);
+    for t in stampede {
+        assert_eq!(t.await.unwrap(), 100);
+    }
+    assert_eq!(RUNS.load(SeqCst), runs + 1, "the body ran once");
+    // The leader's read, and the reads of its store's script (the ticket and the value it
+    // checks, a handful): each of the callers used to send its own read too.
+    let sent = reads(&server) - before;
+    assert!(
+        sent <= 5,
+        "one read for the leader and {CALLERS} callers: {sent} reads"
+    );
+
+    // A value in Redis: callers that come during the leader's read do not take what it
+    // finds; they share one read sent after they joined.
+    let before = reads(&server);
+    let scripts = calls(&server, &["evalsha", "eval"]);
+    proxy.hold_replies();
+    let leader = tokio::spawn(row(1));
+    cache_tests::eventually(
+        Duration::from_secs(10),
+        "the leader's read executed",
+        || reads(&server) > before,
+    )
+    .await;
+    let joined = row_cache().stats().joined;
+    let late: Vec<_> = (0..CALLERS).map(|_| tokio::spawn(row(1))).collect();
+    cache_tests::eventually(
+        Duration::from_secs(10),
+        "every caller joined the flight or sent a read",
+        || row_cache().stats().joined + reads(&server) >= joined + before + 1 + CALLERS,
+    )
+    .await;
+    proxy.release_replies();
+    assert_eq!(leader.await.unwrap(), 100);
+    for t in late {
+        assert_eq!(t.await.unwrap(), 100);
+    }
+    assert_eq!(RUNS.load(SeqCst), runs + 1, "Redis hits");
+    assert_eq!(
+        calls(&server, &["evalsha", "eval"]),
+        scripts,
+        "no store ran"
+    );
+    let sent = reads(&server) - before;
+    // At least the leader's and one after the callers joined; how many more depends on
+    // whether all of them join the second flight before its reply comes (timing, so only
+    // reported): each used to send its own.
+    assert!(
+        sent >= 2,
+        "the late callers read after they joined: {sent} reads"
+    );
+    eprintln!("hit: {sent} reads for 1 + {CALLERS} callers");
+}
