@@ -432,6 +432,10 @@ async fn rhit_ours(id: u64) -> Profile {
 fn rsync_ours(id: u64) -> Profile {
     profile(id)
 }
+#[cache_runtime::cached(tier = "redis", ttl = 300, key = "msy:<id>")]
+fn rmisssync_ours(id: u64) -> Profile {
+    profile(id)
+}
 #[cache_runtime::cached(tier = "redis", ttl = 300, lock, key = "lk:<id>")]
 async fn rlock_ours(id: u64) -> Profile {
     profile(id)
@@ -513,6 +517,17 @@ async fn rmiss_cached(id: u64, org: u64) -> Result<Profile, String> {
     map_error = r#"|e| format!("{e:?}")"#
 )]
 fn rsync_cached(id: u64) -> Result<Profile, String> {
+    Ok(profile(id))
+}
+
+#[cached::macros::concurrent_cached(
+    ty = "cached::RedisCache<String, Profile>",
+    create = r#"{ cached::RedisCache::builder("cmsy").connection_string(URL.get().unwrap()).ttl(Duration::from_secs(300)).build().unwrap() }"#,
+    key = "String",
+    convert = r#"{ format!("msy:{id}") }"#,
+    map_error = r#"|e| format!("{e:?}")"#
+)]
+fn rmisssync_cached(id: u64) -> Result<Profile, String> {
     Ok(profile(id))
 }
 
@@ -989,6 +1004,24 @@ fn redis_main(who: &str, n: u64) {
             measure(n, Some(&server), || {
                 for id in ids(n, KEYS) {
                     black_box(call(id));
+                }
+            });
+        }
+        // A sync fn's miss and populate: every measured call a new key (`GET` miss, the body,
+        // the store). The warm-up's 300 calls open the thread's own connection (after 16).
+        "rmisssync-ours" | "rmisssync-hand" | "rmisssync-cached" => {
+            let mut c = client.get_connection().unwrap();
+            let mut call = |id: u64| match who {
+                "rmisssync-ours" => rmisssync_ours(id),
+                "rmisssync-cached" => rmisssync_cached(id).unwrap(),
+                _ => rsync_hand(&mut c, id),
+            };
+            for id in 0..300u64 {
+                black_box(call(id));
+            }
+            measure(n, Some(&server), || {
+                for i in 0..n {
+                    black_box(call(50_000_000 + i));
                 }
             });
         }

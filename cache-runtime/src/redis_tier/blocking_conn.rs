@@ -109,7 +109,7 @@ pub(super) fn read(
     k: &ReadKeys<'_>,
     claim: Option<(u64, u64)>,
 ) -> Option<(Result<Fetched, CacheError>, Fault)> {
-    let res = on_own(shared, |conn| {
+    let res = on_own(shared, true, |conn| {
         match untracked_read(k, claim, false).request {
             Err(mget) => conn
                 .req_packed_command(&mget.get_packed_command())
@@ -138,17 +138,34 @@ pub(super) fn write(
     if shared.replicas_known() != Some(0) {
         return None;
     }
-    on_own(shared, send).map(|res| shared.outcome(res))
+    on_own(shared, true, send).map(|res| shared.outcome(res))
 }
 
-/// `op` on this thread's own connection (opened if it is its turn), or `None` (see
-/// [`read`]). A transport failure (closed, reset) or a replaced data set drops the connection
+/// A miss's store of a blocking caller (the plain pipeline or the `store` script) on this
+/// thread's own connection, if it has one (a store never opens it: the thread's reads do,
+/// after [`CALLS_BEFORE_OWN`] calls); `None` as for [`read`]. No `WAIT`: a store does not
+/// wait for replicas on the Redis thread either. A store whose reply follows a null push is
+/// not used and goes through the Redis thread again, as is one that failed as a transport:
+/// both are safe to repeat (docs/PROTOCOL.md §7.1): the plain store writes the same envelope
+/// under the same ticket and only extends expiries (`GT`, or to the cache's own `keep`), and
+/// the script writes only under the ticket and tokens read, so a second run after an
+/// invalidation writes nothing and answers "superseded".
+pub(super) fn store<T>(
+    shared: &Arc<Shared>,
+    send: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+) -> Option<(Result<T, CacheError>, Fault)> {
+    on_own(shared, false, send).map(|res| shared.outcome(res))
+}
+
+/// `op` on this thread's own connection (opened if `may_open` and it is its turn), or
+/// `None` (see [`read`]). A transport failure (closed, reset) or a replaced data set drops the connection
 /// and answers `None`: the operation then goes through the Redis thread, which judges the
 /// main connections. A timeout is an answer (the breaker counts it); its connection is
 /// dropped all the same (its reply may still come) and not reopened at once, which would
 /// cost the next call a connect to a server that may not answer.
 fn on_own<T>(
     shared: &Arc<Shared>,
+    may_open: bool,
     op: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
 ) -> Option<redis::RedisResult<T>> {
     if !crate::blocking::in_blocking_call() || matches!(*shared.target, RedisTarget::Cluster(_)) {
@@ -163,6 +180,9 @@ fn on_own<T>(
         });
         if !usable {
             *own = None;
+            if !may_open {
+                return None;
+            }
             *own = match open(shared, epoch) {
                 Opened::Yes(o) => Some(o),
                 Opened::No => return None,

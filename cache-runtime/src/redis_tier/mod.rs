@@ -872,6 +872,33 @@ fn claims_in(
     out
 }
 
+/// The `store` script's call for `req` (docs/PROTOCOL.md §7.2): writes only if the ticket and
+/// scope tokens are still the ones read, and releases the lock `req.token` still owns.
+fn store_call<'s>(scripts: &'s Scripts, req: &WriteRequest) -> ScriptCall<'s> {
+    let ms = req.ttl.as_millis().max(1) as u64;
+    let (keys, seen) = (&req.keys, &req.seen);
+    let token = req.token.as_deref().unwrap_or("");
+    let mut call = ScriptCall::new(
+        &scripts.store,
+        3 + keys.stamps.len(),
+        5 + seen.len(),
+        keys.total_len() + req.bytes.len() + token.len() + 16 * seen.len() + 64,
+    );
+    call.arg(&keys.value).arg(&keys.ticket).arg(&keys.lock);
+    for k in &keys.stamps {
+        call.arg(&**k);
+    }
+    call.arg(ticket_text(req.ticket))
+        .arg(&req.bytes[..])
+        .arg(ms)
+        .arg(req.ticket_px.max(ms))
+        .arg(token);
+    for s in seen {
+        call.arg(ticket_text(*s));
+    }
+    call
+}
+
 /// The commands of a plain store (`now_ms`: the reference clock, read only for the tag
 /// tokens' deadline): `GET t` (when `check_ticket`), `SET v <envelope> PX`, `PEXPIRE t keep GT`
 /// (when `extend_ticket`), one `PEXPIREAT … GT` per tag token the store did not create with
@@ -1022,6 +1049,25 @@ impl Commands {
         Ok(match self {
             Commands::One(cmd) => Replies::One(Some(direct::query(c, &cmd).await?)),
             Commands::Many(p) => Replies::Many(direct::query_all(c, &p).await?.into_iter()),
+        })
+    }
+
+    /// [`query`](Self::query) on a blocking caller's own connection (`blocking_conn.rs`),
+    /// every reply within `timeout`.
+    fn query_blocking(
+        &self,
+        c: &mut redis::Connection,
+        timeout: Duration,
+    ) -> redis::RedisResult<Replies> {
+        use redis::ConnectionLike;
+        Ok(match self {
+            Commands::One(cmd) => Replies::One(Some(
+                c.req_packed_command(&cmd.get_packed_command())
+                    .and_then(redis::Value::extract_error)?,
+            )),
+            Commands::Many(p) => {
+                Replies::Many(blocking_conn::pipeline(c, p, timeout)?.into_iter())
+            }
         })
     }
 }
@@ -1599,40 +1645,37 @@ impl RedisTier {
                 })
                 .await;
         }
-        let ms = req.ttl.as_millis().max(1) as u64;
+        // A blocking caller: on its thread's own connection if it has one (a fresh
+        // connection to a server that lost its scripts loads it, as on the Redis thread).
+        let own = self.blocking_store(|c| {
+            store_call(&self.scripts, &req)
+                .invoke_blocking::<i64>(c)
+                .map(|ok| ok == 1)
+        });
+        if let Some(res) = own {
+            return self.settle(res);
+        }
         let scripts = self.scripts.clone();
         self.exec(move |mut c| async move {
-            let WriteRequest {
-                keys,
-                bytes,
-                ticket,
-                ticket_px,
-                seen,
-                token,
-                ..
-            } = req;
-            let token = token.as_deref().unwrap_or("");
-            let mut call = ScriptCall::new(
-                &scripts.store,
-                3 + keys.stamps.len(),
-                5 + seen.len(),
-                keys.total_len() + bytes.len() + token.len() + 16 * seen.len() + 64,
-            );
-            call.arg(&keys.value).arg(&keys.ticket).arg(&keys.lock);
-            for k in &keys.stamps {
-                call.arg(&**k);
-            }
-            call.arg(ticket_text(ticket))
-                .arg(&bytes[..])
-                .arg(ms)
-                .arg(ticket_px.max(ms))
-                .arg(token);
-            for s in &seen {
-                call.arg(ticket_text(*s));
-            }
-            call.invoke::<i64>(&mut c).await.map(|ok| ok == 1)
+            store_call(&scripts, &req)
+                .invoke::<i64>(&mut c)
+                .await
+                .map(|ok| ok == 1)
         })
         .await
+    }
+
+    /// A store of a blocking caller on its thread's own connection (`blocking_conn::store`),
+    /// only while the breaker is closed and clean (no probe of a half-open one taken: the
+    /// Redis thread's path takes it); `None`: the Redis thread's path.
+    fn blocking_store<T>(
+        &self,
+        send: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Option<(Result<T, CacheError>, Fault)> {
+        if !self.breaker.healthy() {
+            return None;
+        }
+        blocking_conn::store(&self.shared, send)
     }
 
     /// A store without a script (docs/PROTOCOL.md §4.2, a body that heard of no write): one
@@ -1686,25 +1729,34 @@ impl RedisTier {
                     None => 0,
                 },
             );
-        let (ours, answered) = self
-            .exec(move |mut c| async move {
-                let replies = p.query(&mut c).await?;
-                let mut ours = Some(!check_ticket);
-                let mut ok = 0u128;
-                for (i, reply) in replies.enumerate() {
-                    match reply.extract_error() {
-                        Ok(redis::Value::BulkString(t)) if check_ticket && i == 0 => {
-                            ours = Some(parse_ticket(&t) == Some(ticket))
-                        }
-                        Ok(redis::Value::Int(_)) if i < 128 => ok |= 1 << i,
-                        Ok(_) => {}
-                        Err(e) if getex && i == 0 && e.code() == Some("NOPERM") => ours = None,
-                        Err(e) => return Err(e),
+        let answer = move |replies: Replies| {
+            let mut ours = Some(!check_ticket);
+            let mut ok = 0u128;
+            for (i, reply) in replies.enumerate() {
+                match reply.extract_error() {
+                    Ok(redis::Value::BulkString(t)) if check_ticket && i == 0 => {
+                        ours = Some(parse_ticket(&t) == Some(ticket))
                     }
+                    Ok(redis::Value::Int(_)) if i < 128 => ok |= 1 << i,
+                    Ok(_) => {}
+                    Err(e) if getex && i == 0 && e.code() == Some("NOPERM") => ours = None,
+                    Err(e) => return Err(e),
                 }
-                Ok((ours, sent.answered(|i| i < 128 && ok & (1 << i) != 0)))
-            })
-            .await?;
+            }
+            Ok((ours, sent.answered(|i| i < 128 && ok & (1 << i) != 0)))
+        };
+        // A blocking caller: on its thread's own connection if it has one (no hop to the
+        // Redis thread; docs/PROTOCOL.md §7.1), with the same commands and the same reading
+        // of their replies. It has no tracked connection: every extension is sent.
+        let timeout = self.shared.op_timeout;
+        let own = self.blocking_store(|c| p.query_blocking(c, timeout).and_then(answer));
+        let (ours, answered) = match own {
+            Some(res) => self.settle(res)?,
+            None => {
+                self.exec(move |mut c| async move { answer(p.query(&mut c).await?) })
+                    .await?
+            }
+        };
         if let Some((epoch, t, k)) = &tokens {
             t.note_extended(k, tag_seen, answered, sent.deadline, *epoch);
         }
