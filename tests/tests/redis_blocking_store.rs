@@ -16,7 +16,9 @@
 //! 5. a restart from a snapshot between the read and the store (the snapshot holds the
 //!    store's ticket, which an acknowledged invalidation had replaced): the store goes
 //!    through the Redis thread, which judges the server (the clear) first; the value it
-//!    writes is refused.
+//!    writes is refused;
+//! 6. a `lock = true` cache's lock script, lock attempt and holder's store, and
+//! 7. scope invalidations (a tag's, a cache clear) run on the own connection too.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
@@ -82,6 +84,11 @@ fn tagged_row(id: u64) -> u64 {
     body(id)
 }
 
+#[cached(tier = "redis", ttl = 300, lock, key = "bsk:<id>")]
+fn locked_row(id: u64) -> u64 {
+    body(id)
+}
+
 #[cached(tier = "local+redis", ttl = 300, key = "bsl:<id>")]
 fn two_tier_row(id: u64) -> u64 {
     body(id)
@@ -90,10 +97,11 @@ fn two_tier_row(id: u64) -> u64 {
 /// A `SLOWLOG` entry: the command's arguments and the client's name.
 struct Logged {
     args: Vec<String>,
+    addr: String,
     client: String,
 }
 
-/// Every command logged since [`RedisServer::log_every_command`], oldest first.
+/// Every command clients sent since [`RedisServer::log_every_command`], oldest first.
 fn logged(server: &RedisServer) -> Vec<Logged> {
     let text = |v: &redis::Value| match v {
         redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
@@ -104,9 +112,10 @@ fn logged(server: &RedisServer) -> Vec<Logged> {
     let mut out: Vec<Logged> = log
         .iter()
         .filter_map(|entry| match entry {
-            redis::Value::Array(f) => match (f.get(3), f.get(5)) {
-                (Some(redis::Value::Array(args)), Some(name)) => Some(Logged {
+            redis::Value::Array(f) => match (f.get(3), f.get(4), f.get(5)) {
+                (Some(redis::Value::Array(args)), Some(addr), Some(name)) => Some(Logged {
                     args: args.iter().map(text).collect(),
+                    addr: text(addr),
                     client: text(name),
                 }),
                 _ => None,
@@ -114,6 +123,8 @@ fn logged(server: &RedisServer) -> Vec<Logged> {
             _ => None,
         })
         .collect();
+    // Not the commands a script ran (their client is the script's, `?:0`).
+    out.retain(|l| l.addr != "?:0");
     out.reverse();
     out
 }
@@ -132,6 +143,16 @@ fn stores<'a>(log: &'a [Logged], template: &str, id: u64) -> Vec<&'a Logged> {
                 && value_key(&l.args[1], template, id)
                 && !l.args.iter().any(|a| a.eq_ignore_ascii_case("NX"))
         })
+        .collect()
+}
+
+/// The clients of the commands in `log` that name a key ending in `:{template}:{id}` (a
+/// value, ticket or lock key).
+fn clients_naming<'a>(log: &'a [Logged], template: &str, id: u64) -> Vec<(&'a str, &'a str, &'a str)> {
+    let end = format!(":{template}:{id}");
+    log.iter()
+        .filter(|l| l.args.iter().any(|a| a.ends_with(&end)))
+        .map(|l| (l.args[0].as_str(), l.client.as_str(), l.addr.as_str()))
         .collect()
 }
 
@@ -168,6 +189,15 @@ impl Worker {
                 let v = match which {
                     'p' => plain_row(id),
                     't' => tagged_row(id),
+                    'k' => locked_row(id),
+                    'g' => {
+                        cache_runtime::invalidate_tag_blocking("bs-shared").expect("tag");
+                        0
+                    }
+                    'c' => {
+                        locked_row_cache().clear_blocking().expect("clear");
+                        0
+                    }
                     _ => two_tier_row(id),
                 };
                 answered.send(v).unwrap();
@@ -361,4 +391,54 @@ fn a_blocking_callers_store_runs_on_its_own_connection() {
     eventually_blocking(WITHIN, "the worker's connection reopened", || {
         w.call('p', 5) == 2 && own_connections(&server) >= 1
     });
+
+    // 6. A `lock = true` cache: its misses' lock (the read script, or `SET l … NX GET`) and
+    // its holder's store (the store script, which releases the lock) on the own connection,
+    // from the first miss to the last (past four misses of eight reads go straight to the
+    // script).
+    server.log_every_command();
+    for id in 101..=106 {
+        assert_eq!(w.call('k', id), 1);
+    }
+    let log = logged(&server);
+    for id in 101..=106 {
+        let clients = clients_naming(&log, "bsk", id);
+        assert!(
+            clients.iter().any(|(c, ..)| c.eq_ignore_ascii_case("EVALSHA"))
+                && clients.iter().all(|(_, client, _)| *client == OWN),
+            "key {id}: every command of the locked miss on the own connection: {clients:?}"
+        );
+    }
+    let runs = BODY_RUNS.load(SeqCst);
+    assert_eq!(cold_read_locked(106), 1);
+    assert_eq!(BODY_RUNS.load(SeqCst), runs, "the holder's store is a Redis hit");
+
+    // 7. Scope invalidations (a tag's, a cache clear) on the own connection: the token's
+    // `DEL` comes from there, and every value stamped with the old token is refused.
+    server.log_every_command();
+    assert_eq!(w.call('g', 0), 0);
+    assert_eq!(w.call('c', 0), 0);
+    let log = logged(&server);
+    let deleted: Vec<_> = log
+        .iter()
+        .filter(|l| l.args[0].eq_ignore_ascii_case("DEL"))
+        .map(|l| (l.args[1].as_str(), l.client.as_str()))
+        .collect();
+    assert!(
+        deleted.len() == 2 && deleted.iter().all(|(_, client)| *client == OWN),
+        "the tag's and the clear's tokens deleted on the own connection: {deleted:?}"
+    );
+    let runs = BODY_RUNS.load(SeqCst);
+    assert_eq!(w.call('t', 1), 1);
+    assert_eq!(w.call('k', 101), 1);
+    assert_eq!(
+        BODY_RUNS.load(SeqCst),
+        runs + 2,
+        "values stamped with the deleted tokens refused"
+    );
+}
+
+/// Reads `locked_row(id)` on a fresh thread (through the Redis thread).
+fn cold_read_locked(id: u64) -> u64 {
+    std::thread::spawn(move || locked_row(id)).join().unwrap()
 }

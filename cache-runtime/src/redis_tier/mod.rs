@@ -872,6 +872,27 @@ fn claims_in(
     out
 }
 
+/// The read script's call for `req` (`lock = true`, docs/PROTOCOL.md §7.3).
+fn read_call<'s>(scripts: &'s Scripts, req: &ReadRequest) -> ScriptCall<'s> {
+    let keys = &req.keys;
+    let (token, lease_ms) = &req.try_lock;
+    let mut call = ScriptCall::new(
+        &scripts.read,
+        3 + keys.stamps.len(),
+        4,
+        keys.total_len() + token.len() + 48,
+    );
+    call.arg(&keys.value).arg(&keys.ticket).arg(&keys.lock);
+    for k in &keys.stamps {
+        call.arg(&**k);
+    }
+    call.arg(ticket_text(req.new_ticket))
+        .arg(req.ticket_px)
+        .arg(token)
+        .arg(*lease_ms);
+    call
+}
+
 /// The `store` script's call for `req` (docs/PROTOCOL.md §7.2): writes only if the ticket and
 /// scope tokens are still the ones read, and releases the lock `req.token` still owns.
 fn store_call<'s>(scripts: &'s Scripts, req: &WriteRequest) -> ScriptCall<'s> {
@@ -1417,30 +1438,23 @@ impl RedisTier {
         // Redis closed the tracked connection meanwhile (a restart), the connections are
         // reopened first, so that the server's incarnation is checked (§8.2) before a read;
         // after a null push on it, the server is judged again on it first.
-        self.judge_if_tracked_lost().await;
-        let scripts = self.scripts.clone();
+        //
+        // A blocking caller's own connection (§7.1) needs neither: it never reconnects by
+        // itself, and a reply that follows a null push is not used (the read then takes the
+        // path below).
         type Reply = (Option<Vec<u8>>, Option<Vec<u8>>, i64, Vec<Option<Vec<u8>>>);
-        let (value, ticket, locked, stamps) = self
-            .exec(move |mut c| async move {
-                let keys = &req.keys;
-                let (token, lease_ms) = &req.try_lock;
-                let mut call = ScriptCall::new(
-                    &scripts.read,
-                    3 + keys.stamps.len(),
-                    4,
-                    keys.total_len() + token.len() + 48,
-                );
-                call.arg(&keys.value).arg(&keys.ticket).arg(&keys.lock);
-                for k in &keys.stamps {
-                    call.arg(&**k);
-                }
-                call.arg(ticket_text(req.new_ticket))
-                    .arg(req.ticket_px)
-                    .arg(token)
-                    .arg(*lease_ms);
-                call.invoke::<Reply>(&mut c).await
-            })
-            .await?;
+        let own = self.blocking_op(|c| read_call(&self.scripts, &req).invoke_blocking::<Reply>(c));
+        let (value, ticket, locked, stamps) = match own {
+            Some(res) => self.settle(res)?,
+            None => {
+                self.judge_if_tracked_lost().await;
+                let scripts = self.scripts.clone();
+                self.exec(move |mut c| async move {
+                    read_call(&scripts, &req).invoke::<Reply>(&mut c).await
+                })
+                .await?
+            }
+        };
         Ok(Fetched {
             value,
             ticket: ticket.as_deref().and_then(parse_ticket),
@@ -1647,7 +1661,7 @@ impl RedisTier {
         }
         // A blocking caller: on its thread's own connection if it has one (a fresh
         // connection to a server that lost its scripts loads it, as on the Redis thread).
-        let own = self.blocking_store(|c| {
+        let own = self.blocking_op(|c| {
             store_call(&self.scripts, &req)
                 .invoke_blocking::<i64>(c)
                 .map(|ok| ok == 1)
@@ -1665,10 +1679,11 @@ impl RedisTier {
         .await
     }
 
-    /// A store of a blocking caller on its thread's own connection (`blocking_conn::store`),
-    /// only while the breaker is closed and clean (no probe of a half-open one taken: the
-    /// Redis thread's path takes it); `None`: the Redis thread's path.
-    fn blocking_store<T>(
+    /// A blocking caller's store, lock attempt or lock script on its thread's own
+    /// connection (`blocking_conn::store`), only while the breaker is closed and clean (no
+    /// probe of a half-open one taken: the Redis thread's path takes it); `None`: the Redis
+    /// thread's path.
+    fn blocking_op<T>(
         &self,
         send: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Option<(Result<T, CacheError>, Fault)> {
@@ -1749,7 +1764,7 @@ impl RedisTier {
         // Redis thread; docs/PROTOCOL.md §7.1), with the same commands and the same reading
         // of their replies. It has no tracked connection: every extension is sent.
         let timeout = self.shared.op_timeout;
-        let own = self.blocking_store(|c| p.query_blocking(c, timeout).and_then(answer));
+        let own = self.blocking_op(|c| p.query_blocking(c, timeout).and_then(answer));
         let (ours, answered) = match own {
             Some(res) => self.settle(res)?,
             None => {
@@ -1770,28 +1785,29 @@ impl RedisTier {
         token: String,
         lease_ms: u64,
     ) -> Result<bool, CacheError> {
-        self.exec(move |mut c| async move {
-            // `GET`: the holder's token, so that an attempt sent twice (the connection was
-            // found closed, `Conn`) still knows the lock it took is its own.
-            let reply = redis::cmd("SET")
-                .arg(&lock_key)
-                .arg(&token)
-                .arg("NX")
-                .arg("GET")
-                .arg("PX")
-                .arg(lease_ms)
-                .query_async::<redis::Value>(&mut c)
-                .await;
-            match reply {
-                Ok(redis::Value::Nil) => Ok(true),
-                Ok(redis::Value::BulkString(holder)) => Ok(holder == token.as_bytes()),
-                Ok(_) => Ok(false),
-                // Not a string at the lock key (foreign data): held by nobody we know.
-                Err(e) if e.code() == Some("WRONGTYPE") => Ok(false),
-                Err(e) => Err(e),
-            }
-        })
-        .await
+        // `GET`: the holder's token, so that an attempt sent twice (the connection was found
+        // closed, `Conn`; a blocking caller's own connection's reply not used) still knows
+        // the lock it took is its own.
+        let mut set = redis::cmd("SET");
+        set.arg(&lock_key)
+            .arg(&token)
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(lease_ms);
+        let taken = |reply: redis::RedisResult<redis::Value>, token: &str| match reply {
+            Ok(redis::Value::Nil) => Ok(true),
+            Ok(redis::Value::BulkString(holder)) => Ok(holder == token.as_bytes()),
+            Ok(_) => Ok(false),
+            // Not a string at the lock key (foreign data): held by nobody we know.
+            Err(e) if e.code() == Some("WRONGTYPE") => Ok(false),
+            Err(e) => Err(e),
+        };
+        if let Some(res) = self.blocking_op(|c| taken(set.query(c), &token)) {
+            return self.settle(res);
+        }
+        self.exec(move |mut c| async move { taken(set.query_async(&mut c).await, &token) })
+            .await
     }
 
     pub(crate) async fn release_lock(
@@ -1799,6 +1815,17 @@ impl RedisTier {
         lock_key: String,
         token: String,
     ) -> Result<(), CacheError> {
+        // A release sent twice (a reply not used on the own connection) deletes nothing the
+        // second time: the lock holds another token, or none.
+        let own = self.blocking_op(|c| {
+            let mut call =
+                ScriptCall::new(&self.scripts.release, 1, 1, lock_key.len() + token.len());
+            call.arg(&lock_key).arg(&token);
+            call.invoke_blocking::<i64>(c)
+        });
+        if let Some(res) = own {
+            return self.settle(res).map(drop);
+        }
         let scripts = self.scripts.clone();
         self.exec(move |mut c| async move {
             let mut call = ScriptCall::new(&scripts.release, 1, 1, lock_key.len() + token.len());
@@ -2049,6 +2076,9 @@ impl RedisTier {
         channel: String,
         message: String,
     ) -> Result<(), CacheError> {
+        if let Some(done) = self.invalidate_scope_blocking(&keys, fresh, &channel, &message) {
+            return self.settle(done);
+        }
         if let (Some(lane), [token]) = (self.invalidation_lane().await, keys.as_slice()) {
             let sent = lane.invalidate_scope(token, fresh, (&channel, &message), bus::subscribes());
             if let Some(done) = self.lane_outcome(sent.await) {
@@ -2072,6 +2102,28 @@ impl RedisTier {
             send_plain_invalidation(&mut c, &pipe).await
         })
         .await
+    }
+
+    /// [`Self::invalidate_scope`] of a blocking caller on its thread's own connection
+    /// (`blocking_conn.rs`), single node and Sentinel: the same pipeline (`DEL` · `PUBLISH` ·
+    /// `SET` fresh), not a write that waits for replicas. Sent twice (a reply not used, a
+    /// transport failure), it deletes the token again, publishes again and leaves another
+    /// fresh token: harmless. `None`: the Redis thread's path.
+    fn invalidate_scope_blocking(
+        &self,
+        keys: &[String],
+        fresh: (u64, Option<u64>),
+        channel: &str,
+        message: &str,
+    ) -> Option<(Result<(), CacheError>, Fault)> {
+        if self.cluster || !crate::blocking::in_blocking_call() || !self.breaker.healthy() {
+            return None;
+        }
+        let timeout = self.shared.op_timeout;
+        blocking_conn::write(&self.shared, |c| {
+            let pipe = lane::scope_pipeline(false, keys, fresh, ("PUBLISH", channel, message));
+            plain_invalidation_sent(blocking_conn::pipeline(c, &pipe, timeout)?)
+        })
     }
 
     /// Keeps a write that Redis did not take (maybe folded, see `pending`), and makes sure
