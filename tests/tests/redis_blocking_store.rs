@@ -148,7 +148,11 @@ fn stores<'a>(log: &'a [Logged], template: &str, id: u64) -> Vec<&'a Logged> {
 
 /// The clients of the commands in `log` that name a key ending in `:{template}:{id}` (a
 /// value, ticket or lock key).
-fn clients_naming<'a>(log: &'a [Logged], template: &str, id: u64) -> Vec<(&'a str, &'a str, &'a str)> {
+fn clients_naming<'a>(
+    log: &'a [Logged],
+    template: &str,
+    id: u64,
+) -> Vec<(&'a str, &'a str, &'a str)> {
     let end = format!(":{template}:{id}");
     log.iter()
         .filter(|l| l.args.iter().any(|a| a.ends_with(&end)))
@@ -307,7 +311,11 @@ fn a_blocking_callers_store_runs_on_its_own_connection() {
     invalidate_plain_row(2).expect("invalidate");
     let superseded = plain_row_cache().stats().superseded;
     release.send(()).unwrap();
-    assert_eq!(w.answer.recv().unwrap(), 1, "the body read before the write");
+    assert_eq!(
+        w.answer.recv().unwrap(),
+        1,
+        "the body read before the write"
+    );
     let log = logged(&server);
     let scripts: Vec<_> = log
         .iter()
@@ -343,11 +351,18 @@ fn a_blocking_callers_store_runs_on_its_own_connection() {
     assert_eq!(w.answer.recv().unwrap(), 1);
     let log = logged(&server);
     let s = stores(&log, "bsp", 3);
-    assert!(s.len() == 1 && s[0].client == OWN, "stored on the own connection");
+    assert!(
+        s.len() == 1 && s[0].client == OWN,
+        "stored on the own connection"
+    );
     let runs = BODY_RUNS.load(SeqCst);
     assert_eq!(cold_read(3), 2, "a value under a deleted ticket was served");
     assert_eq!(w.call('p', 3), 2);
-    assert_eq!(BODY_RUNS.load(SeqCst), runs + 1, "one body for the newer value");
+    assert_eq!(
+        BODY_RUNS.load(SeqCst),
+        runs + 1,
+        "one body for the newer value"
+    );
 
     // 4. `FLUSHALL` between the read and the store (the key's ticket gone with it, and the
     // source changed): the store's reply follows the null push on the own connection, so
@@ -385,7 +400,11 @@ fn a_blocking_callers_store_runs_on_its_own_connection() {
     release.send(()).unwrap();
     assert_eq!(w.answer.recv().unwrap(), 1);
     for round in 0..10 {
-        assert_eq!(cold_read(5), 2, "round {round}: a value invalidated before was served");
+        assert_eq!(
+            cold_read(5),
+            2,
+            "round {round}: a value invalidated before was served"
+        );
         assert_eq!(w.call('p', 5), 2, "round {round}");
     }
     eventually_blocking(WITHIN, "the worker's connection reopened", || {
@@ -404,14 +423,20 @@ fn a_blocking_callers_store_runs_on_its_own_connection() {
     for id in 101..=106 {
         let clients = clients_naming(&log, "bsk", id);
         assert!(
-            clients.iter().any(|(c, ..)| c.eq_ignore_ascii_case("EVALSHA"))
+            clients
+                .iter()
+                .any(|(c, ..)| c.eq_ignore_ascii_case("EVALSHA"))
                 && clients.iter().all(|(_, client, _)| *client == OWN),
             "key {id}: every command of the locked miss on the own connection: {clients:?}"
         );
     }
     let runs = BODY_RUNS.load(SeqCst);
     assert_eq!(cold_read_locked(106), 1);
-    assert_eq!(BODY_RUNS.load(SeqCst), runs, "the holder's store is a Redis hit");
+    assert_eq!(
+        BODY_RUNS.load(SeqCst),
+        runs,
+        "the holder's store is a Redis hit"
+    );
 
     // 7. Scope invalidations (a tag's, a cache clear) on the own connection: the token's
     // `DEL` comes from there, and every value stamped with the old token is refused.

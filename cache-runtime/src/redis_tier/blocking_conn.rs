@@ -27,6 +27,15 @@
 //! The read itself is the untracked one (`MGET value ticket tokens…`, claims pipelined), so
 //! it needs no token kept in the process. A transport failure or a refusal to open sends the
 //! read through the Redis thread as before; a timeout is an answer (the breaker counts it).
+//!
+//! The thread's writes go there too, under the same rules ([`write`], [`store`]): its key
+//! and scope invalidations (not one that waits for replicas), and, since the fortieth round,
+//! its miss's store (the plain pipeline or the `store` script), a `lock = true` miss's lock
+//! script, lock attempt and release. Each is safe to send again through the Redis thread when
+//! its reply is not used (a null push came first) or its transport failed: an invalidation
+//! leaves another fresh ticket or token and message; a plain store writes the same envelope
+//! under the same ticket and only extends expiries; the scripts write only under the ticket,
+//! tokens or lock token they name (docs/PROTOCOL.md §7.1).
 
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicUsize, Ordering};

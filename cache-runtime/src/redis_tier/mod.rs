@@ -1086,9 +1086,7 @@ impl Commands {
                 c.req_packed_command(&cmd.get_packed_command())
                     .and_then(redis::Value::extract_error)?,
             )),
-            Commands::Many(p) => {
-                Replies::Many(blocking_conn::pipeline(c, p, timeout)?.into_iter())
-            }
+            Commands::Many(p) => Replies::Many(blocking_conn::pipeline(c, p, timeout)?.into_iter()),
         })
     }
 }
