@@ -36,25 +36,56 @@ pub(crate) struct SurelyBefore(
     u64,
 );
 
+/// Both clocks read at once, the coarse one first: the coarse reading is then not later than
+/// the precise one, whatever happens between this reading and its use (see
+/// [`SurelyBefore::stamped`]). A store reads one when its value is ready and builds its
+/// entry's deadline check from it, instead of reading the clocks again at the insert.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Stamp {
+    /// The precise clock, read second.
+    precise: Instant,
+    /// The coarse clock (coarsetime's ticks; 0 where there is none), read first.
+    coarse: u64,
+}
+
+impl Stamp {
+    /// Reads the coarse clock, then the precise one.
+    #[inline]
+    pub(crate) fn now() -> Self {
+        let coarse = imp::ticks();
+        Self {
+            precise: Instant::now(),
+            coarse,
+        }
+    }
+
+    /// The precise clock's reading.
+    #[inline]
+    pub(crate) fn instant(self) -> Instant {
+        self.precise
+    }
+}
+
 impl SurelyBefore {
     /// Holds while the precise clock is surely before `deadline`; never, if `deadline` is
     /// less than [`MAX_LAG`] away now.
     pub(crate) fn new(deadline: Instant) -> Self {
-        Self::at(deadline, Instant::now())
+        Self::stamped(deadline, Stamp::now())
     }
 
-    /// [`new`](Self::new) with the precise clock's reading `now`, taken by the caller a few
-    /// instructions before (a store that checked its deadline against it, with no lock or
-    /// call between): as in `new`, whatever passes between `now` and the coarse reading
-    /// comes out of the margin [`MAX_LAG`] leaves above a tick.
-    pub(crate) fn at(deadline: Instant, now: Instant) -> Self {
-        // The precise clock first: the coarse reading after it is not later than it, so the
-        // coarse deadline is not later than `deadline` minus `MAX_LAG`.
+    /// [`new`](Self::new) with both clocks as `stamp` read them, at any time before. The coarse
+    /// reading `c` was taken first, so `c ≤ p` (`p`: the precise reading); the check holds at
+    /// a later coarse reading `c'` while `c' < c + (deadline − p − MAX_LAG)`, and then the
+    /// precise clock, at most a tick (≤ 10 ms) ahead of `c'`, is before
+    /// `c + deadline − p − MAX_LAG + tick ≤ deadline − (MAX_LAG − tick)`: before the
+    /// deadline, however long ago the stamp was read. (An older stamp only shortens the span
+    /// the check holds for.)
+    pub(crate) fn stamped(deadline: Instant, stamp: Stamp) -> Self {
         Self(
             deadline
-                .checked_duration_since(now)
+                .checked_duration_since(stamp.precise)
                 .and_then(|left| left.checked_sub(MAX_LAG))
-                .map_or(0, |left| imp::after(now, left)),
+                .map_or(0, |left| imp::after(stamp, left)),
         )
     }
 
@@ -104,11 +135,17 @@ mod imp {
         coarsetime::Instant::now_without_cache_update()
     }
 
-    /// The coarse clock's reading `left` after `now` (read just before); 0 (never holds) if
-    /// not representable or the coarse path is off.
-    pub(super) fn after(now: Instant, left: Duration) -> u64 {
-        let c = coarse();
-        if !consistent(now, c) {
+    /// The coarse clock's ticks now.
+    #[inline]
+    pub(super) fn ticks() -> u64 {
+        coarse().as_ticks()
+    }
+
+    /// The coarse reading `left` after `stamp`'s; 0 (never holds) if not representable or
+    /// the coarse path is off (or the stamp's two readings disagree beyond the alarm).
+    pub(super) fn after(stamp: super::Stamp, left: Duration) -> u64 {
+        let c = coarsetime::Instant::from_ticks(stamp.coarse);
+        if !consistent(stamp.precise, c) {
             return 0;
         }
         c.checked_add(left.into()).map_or(0, |at| at.as_ticks())
@@ -160,7 +197,11 @@ mod imp {
 mod precise_only {
     use std::time::Duration;
 
-    pub(super) fn after(_now: std::time::Instant, _left: Duration) -> u64 {
+    pub(super) fn ticks() -> u64 {
+        0
+    }
+
+    pub(super) fn after(_stamp: super::Stamp, _left: Duration) -> u64 {
         0
     }
 
@@ -232,9 +273,38 @@ mod tests {
 
     #[test]
     fn without_a_coarse_clock_no_check_holds() {
-        let stamp = precise_only::after(Instant::now(), Duration::from_secs(60));
+        let stamp = precise_only::after(Stamp::now(), Duration::from_secs(60));
         assert!(!precise_only::before(stamp));
         assert!(!precise_only::before(u64::MAX));
+    }
+
+    /// A check built from a stamp read long before (a store's stamp read when its value was
+    /// ready, the insert later): still never holds once the deadline has passed.
+    #[test]
+    fn a_check_from_an_old_stamp_never_holds_past_its_deadline() {
+        let stamp = Stamp::now();
+        // Older than the margin by the time the checks are built.
+        while Instant::now() < stamp.instant() + MAX_LAG * 2 {
+            std::thread::yield_now();
+        }
+        let start = Instant::now();
+        let deadlines: Vec<(Instant, SurelyBefore)> = (0..8)
+            .map(|i| {
+                let d = start + MAX_LAG + Duration::from_millis(i * 5);
+                (d, SurelyBefore::stamped(d, stamp))
+            })
+            .collect();
+        loop {
+            let checks: Vec<bool> = deadlines.iter().map(|(_, s)| s.holds()).collect();
+            let now = Instant::now();
+            for ((deadline, _), holds) in deadlines.iter().zip(checks) {
+                assert!(!holds || now < *deadline, "held past its deadline");
+            }
+            if now > deadlines.last().unwrap().0 + MAX_LAG {
+                break;
+            }
+            std::thread::yield_now();
+        }
     }
 
     /// The guarantee: whenever the check holds, the precise clock is before the deadline.

@@ -184,7 +184,11 @@ impl<V> Flights<V> {
                 hash,
                 key: SmolStr::new(key),
                 leader,
-                tags: tags.into(),
+                // An untagged key's slot builds no list (not even an empty one's copy).
+                tags: match tags {
+                    [] => Box::default(),
+                    tags => tags.into(),
+                },
                 flight: None,
                 reading: how != Join::Computes,
             },

@@ -22,7 +22,7 @@ use quick_cache::sync::Cache as Store;
 use quick_cache::{OptionsBuilder, Weighter};
 use smol_str::SmolStr;
 
-use crate::coarse_clock::SurelyBefore;
+use crate::coarse_clock::{Stamp, SurelyBefore};
 use crate::entry::Meta;
 
 /// One stored value. The store holds it behind an `Arc`: a hit clones the pointer under the
@@ -190,7 +190,17 @@ impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
         }
     }
 
+    /// Stores `stored` under `key`, its deadline check built from the clocks read now.
     pub(crate) fn insert(&self, key: &str, stored: Stored<V>) {
+        self.insert_at(key, stored, Stamp::now());
+    }
+
+    /// [`insert`](Self::insert) with the clocks as `now` read them, earlier (a store reads
+    /// them once, when its value is ready): the entry's coarse check is then built from that
+    /// reading, which only shortens the time it holds (`SurelyBefore::stamped`); a value
+    /// whose deadline passed since is stored dead (never returned, freed when read) instead of
+    /// removing the key.
+    pub(crate) fn insert_at(&self, key: &str, stored: Stored<V>, now: Stamp) {
         let Stored {
             value,
             fresh_until,
@@ -200,8 +210,7 @@ impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
             weight,
             meta,
         } = stored;
-        let now = Instant::now();
-        if deadline <= now {
+        if deadline <= now.instant() {
             self.store.remove(key);
             return;
         }
@@ -215,7 +224,7 @@ impl<V: Clone + Send + Sync + 'static> LocalTier<V> {
                 value,
                 meta,
                 fresh_until,
-                surely_fresh: SurelyBefore::at(fresh_until, now),
+                surely_fresh: SurelyBefore::stamped(fresh_until, now),
                 deadline,
                 epoch,
                 generation,

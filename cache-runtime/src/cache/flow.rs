@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
+use crate::coarse_clock::Stamp;
 use crate::entry::{Meta, Source};
 use crate::error::CacheError;
 use crate::flight::{Join, Joined, Leader, Outcome};
@@ -379,11 +380,13 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     }
 
     /// [`timed`](Self::timed) for a blocking body; also returns when it ended.
-    fn timed_blocking<R>(&self, body: impl FnOnce() -> R) -> (R, Instant) {
+    /// The end is read as a [`Stamp`] (both clocks), which the store then reuses.
+    fn timed_blocking<R>(&self, body: impl FnOnce() -> R) -> (R, Stamp) {
         let start = Instant::now();
         let r = tracing::debug_span!("cache.body", cache = %self.name).in_scope(body);
-        let ended = Instant::now();
-        self.counters.body(ended.saturating_duration_since(start));
+        let ended = Stamp::now();
+        self.counters
+            .body(ended.instant().saturating_duration_since(start));
         (r, ended)
     }
 
@@ -404,8 +407,8 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     ) -> (Result<(), CacheError>, Meta, bool) {
         let ttl = self.entry_ttl(negative);
         // Taken before the Redis write: the local deadline then never passes Redis's expiry,
-        // which starts when Redis receives the SET.
-        let start = Instant::now();
+        // which starts when Redis receives the SET. (The local insert reuses it.)
+        let start = Stamp::now();
         let mut meta = Meta::fresh(ttl, None);
         let mut res = Ok(());
         if let (Some(redis), Some(claim)) = (&self.redis, claim) {
@@ -449,7 +452,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         key: Named<'_>,
         value: &V,
         mut meta: Meta,
-        (ttl, start): (Duration, Instant),
+        (ttl, start): (Duration, Stamp),
         seen_local: u64,
         kept: bool,
     ) -> Meta {
@@ -483,7 +486,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         if let Some(local) = &self.local {
             local.generations.bump_with(&key.logical, || {});
         }
-        let start = Instant::now();
+        let start = Stamp::now();
         let mut meta = Meta::fresh(ttl, None);
         let (res, generation) = self.redis_store_explicit(key, &value, &mut meta, ttl).await;
         self.etag_if_missing(&mut meta, &value);

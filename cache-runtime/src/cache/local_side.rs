@@ -2,10 +2,12 @@
 //! never stored after it), the glue to the local tier (peek, hit, store, promote, drop), and
 //! the bus targets through which other processes' writes reach this process.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::bus;
+use crate::coarse_clock::Stamp;
 use crate::entry::Meta;
 use crate::flight::Flights;
 use crate::local::{Fresh, LocalTier, Stored};
@@ -18,8 +20,18 @@ use super::Cache;
 /// a bus eviction) bumps the key's stripe under its lock; a body result or a Redis promotion
 /// is stored locally only if the stripe did not move since the lookup started, so a value
 /// computed before an invalidation is never stored after it.
+///
+/// A stripe's count is an atomic beside its lock: reading it (a lookup's start) takes no
+/// lock; moving it (a bump) and acting on it (a store) do, so a store and a bump of one
+/// stripe never interleave.
 pub(super) struct Generations {
-    stripes: Box<[Mutex<u64>]>,
+    stripes: Box<[Stripe]>,
+}
+
+/// One stripe: its count, changed only under `lock`.
+struct Stripe {
+    lock: Mutex<()>,
+    count: AtomicU64,
 }
 
 const STRIPES: usize = 64;
@@ -27,31 +39,40 @@ const STRIPES: usize = 64;
 impl Generations {
     pub(super) fn new() -> Self {
         Self {
-            stripes: (0..STRIPES).map(|_| Mutex::new(0)).collect(),
+            stripes: (0..STRIPES)
+                .map(|_| Stripe {
+                    lock: Mutex::new(()),
+                    count: AtomicU64::new(0),
+                })
+                .collect(),
         }
     }
 
-    fn stripe(&self, key: &str) -> &Mutex<u64> {
+    fn stripe(&self, key: &str) -> &Stripe {
         // Any hash that spreads keys over stripes will do; it never leaves the process.
         let h = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
         &self.stripes[(h % STRIPES as u64) as usize]
     }
 
+    /// The key's generation now. Without the lock: a bump that this read misses is one the
+    /// store's check ([`if_current`](Self::if_current), under the lock) sees.
     pub(super) fn current(&self, key: &str) -> u64 {
-        *self.stripe(key).lock().unwrap_or_else(|p| p.into_inner())
+        self.stripe(key).count.load(Ordering::Acquire)
     }
 
     /// Bumps the generation and runs `f` while holding the stripe.
     pub(super) fn bump_with(&self, key: &str, f: impl FnOnce()) {
-        let mut g = self.stripe(key).lock().unwrap_or_else(|p| p.into_inner());
-        *g += 1;
+        let stripe = self.stripe(key);
+        let _held = stripe.lock.lock().unwrap_or_else(|p| p.into_inner());
+        stripe.count.fetch_add(1, Ordering::AcqRel);
         f();
     }
 
     /// Runs `f` only if the generation is still `seen`.
     pub(super) fn if_current(&self, key: &str, seen: u64, f: impl FnOnce()) -> bool {
-        let g = self.stripe(key).lock().unwrap_or_else(|p| p.into_inner());
-        let current = *g == seen;
+        let stripe = self.stripe(key);
+        let _held = stripe.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let current = stripe.count.load(Ordering::Acquire) == seen;
         if current {
             f();
         }
@@ -60,7 +81,8 @@ impl Generations {
 
     fn bump_all(&self) {
         for s in self.stripes.iter() {
-            *s.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+            let _held = s.lock.lock().unwrap_or_else(|p| p.into_inner());
+            s.count.fetch_add(1, Ordering::AcqRel);
         }
     }
 }
@@ -156,7 +178,9 @@ pub(super) fn named(key: &Key) -> Named<'_> {
 #[derive(Clone, Copy)]
 pub(super) struct Written {
     pub(super) generation: u64,
-    pub(super) start: Instant,
+    /// Both clocks, read once: the entry's lifetime starts at its precise reading, and the
+    /// insert builds the entry's coarse check from it (no clock read at the insert).
+    pub(super) start: Stamp,
     pub(super) ttl: Duration,
 }
 
@@ -244,9 +268,10 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
     /// `min(local_ttl, ttl)` from its Redis write's start, kept as a stale fallback as long
     /// as Redis keeps it.
     fn entry_for(&self, key: Named<'_>, value: V, meta: Meta, w: Written) -> Stored<V> {
+        let start = w.start.instant();
         let lifetime = (
-            w.start + self.local_ttl.min(w.ttl),
-            w.start + w.ttl + self.stale_window(),
+            start + self.local_ttl.min(w.ttl),
+            start + w.ttl + self.stale_window(),
         );
         self.entry_with(key, value, meta, w.generation, lifetime)
     }
@@ -285,11 +310,9 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         let local = self.local.as_ref()?;
         // Cloned only here: a cache without a local tier copies nothing.
         let entry = self.entry_for(key, value.clone(), meta, written);
-        Some(
-            local
-                .generations
-                .if_current(key.0, seen, || local.tier.insert(key.0, entry)),
-        )
+        Some(local.generations.if_current(key.0, seen, || {
+            local.tier.insert_at(key.0, entry, written.start)
+        }))
     }
 
     /// Stores an explicit write locally, bumping the generation (so loads that started
@@ -299,9 +322,9 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             return;
         };
         let entry = self.entry_for(named(key), value, meta, written);
-        local
-            .generations
-            .bump_with(&key.logical, || local.tier.insert(&key.logical, entry));
+        local.generations.bump_with(&key.logical, || {
+            local.tier.insert_at(&key.logical, entry, written.start)
+        });
     }
 
     /// Promotes a value read from Redis at `sent` (`pttl`: its remaining Redis lifetime),
