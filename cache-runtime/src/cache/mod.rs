@@ -879,6 +879,79 @@ mod tests {
         );
     }
 
+    /// A blocking miss of a local cache leads on the caller's stack (`load_missed_blocking`):
+    /// callers released together share one body run. The body returns only once every other
+    /// caller has joined its flight (the `joined` counter), so none can start after it.
+    #[test]
+    fn a_blocking_stampede_runs_the_body_once() {
+        const CALLERS: u64 = 8;
+        let c = cache("t::blocking_stampede");
+        let runs = AtomicUsize::new(0);
+        let start = std::sync::Barrier::new(CALLERS as usize);
+        std::thread::scope(|s| {
+            for _ in 0..CALLERS {
+                s.spawn(|| {
+                    start.wait();
+                    let v = c.get_or_load_blocking::<_, Plain>(
+                        "k",
+                        || {
+                            runs.fetch_add(1, Ordering::SeqCst);
+                            while c.stats().joined < CALLERS - 1 {
+                                std::thread::yield_now();
+                            }
+                            5u64
+                        },
+                        &Sharing::none(),
+                    );
+                    assert_eq!(v, 5);
+                });
+            }
+        });
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        let stats = c.stats();
+        assert_eq!(
+            (
+                stats.misses,
+                stats.coalesced,
+                stats.body_calls,
+                stats.populates
+            ),
+            (CALLERS, CALLERS - 1, 1, 1)
+        );
+        assert_eq!(c.lookup_blocking("k"), Some(5));
+    }
+
+    /// The blocking leader's store is checked against the key's generation as the
+    /// asynchronous one is: an invalidation while its body runs keeps its result out.
+    #[test]
+    fn a_blocking_invalidation_during_the_body_prevents_the_stale_store() {
+        let c = cache("t::blocking_race");
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                c.get_or_load_blocking::<_, Plain>(
+                    "k",
+                    move || {
+                        started_tx.send(()).unwrap();
+                        go_rx.recv().unwrap();
+                        1u64 // the "old row"
+                    },
+                    &Sharing::none(),
+                )
+            });
+            started_rx.recv().unwrap();
+            c.invalidate_blocking("k").unwrap();
+            go_tx.send(()).unwrap();
+            assert_eq!(reader.join().unwrap(), 1);
+        });
+        assert_eq!(c.lookup_blocking("k"), None, "stale value stored");
+        assert_eq!((c.stats().superseded, c.stats().populates), (1, 0));
+        // The next call runs the body and stores its value.
+        let v = c.get_or_load_blocking::<_, Plain>("k", || 2u64, &Sharing::none());
+        assert_eq!((v, c.lookup_blocking("k")), (2, Some(2)));
+    }
+
     #[tokio::test]
     async fn errors_are_not_cached_and_reach_waiters() {
         let c: Cache<u64> = cache("t::err");
