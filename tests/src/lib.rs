@@ -740,20 +740,115 @@ pub fn shared_lock_key<V>(cache: &cache_runtime::Cache<V>, logical: &str) -> Str
     cache_runtime::key::redis_keys("t", schema, logical).2
 }
 
-/// [`shared_redis`], once the invalidation bus has subscribed. The bus clears local tiers
-/// when it (re)subscribes, which refuses a value stored meanwhile: tests that assert on local
-/// copies right after a first load wait for this first.
+/// [`shared_redis`], once the invalidation bus has subscribed and is trusted. The bus clears
+/// local tiers when it (re)subscribes, which refuses a value stored meanwhile, and a
+/// `local+redis` cache serves its local copies only while the bus is trusted, which it is
+/// from the first probe answered after the subscription (docs/PROTOCOL.md §5.4): tests that
+/// assert on local copies (or on one body for calls that a first subscription landing in
+/// between would detach) wait for this first. The bus is started on the harness's
+/// initiative, so this holds whichever test of the binary runs first.
 pub async fn shared_redis_with_bus() -> &'static RedisServer {
     let server = shared_redis();
-    // A cache with a local tier wants the bus: the test's own may not be built yet.
-    let _ = cache_runtime::Cache::<u8>::builder("cache_tests::with_bus").build();
+    want_bus();
     eventually(
-        Duration::from_secs(10),
-        "the invalidation bus to subscribe",
-        || cache_runtime::bus_status().connected,
+        BUS_UP_WITHIN,
+        "the invalidation bus to subscribe and be trusted",
+        || bus_up(),
     )
     .await;
     server
+}
+
+/// Blocking [`shared_redis_with_bus`], for the tests that are not async.
+pub fn shared_redis_with_bus_blocking() -> &'static RedisServer {
+    let server = shared_redis();
+    want_bus();
+    eventually_blocking(
+        BUS_UP_WITHIN,
+        "the invalidation bus to subscribe and be trusted",
+        bus_up,
+    );
+    server
+}
+
+/// Runs `attempt` until one run of it had the bus trusted from its start to its end, with no
+/// lapse and no resubscription in between, and returns that run's result; panics after
+/// [`BUS_UP_WITHIN`] naming `what`. For assertions on local copies of `local+redis` caches,
+/// which are served only while the bus is trusted (docs/PROTOCOL.md §5.4): on a loaded
+/// machine a probe's answer can come late enough for trust to lapse for a moment, and a
+/// (re)subscription clears the local tiers; both are by design, and neither is what such a
+/// test is about. The attempt must start from a state of its own making (clear what it
+/// reads first) and return what it measured: a run that had the bus trusted throughout
+/// must then show exactly the local behaviour asserted on its result.
+pub fn trusted_throughout_blocking<T>(what: &str, mut attempt: impl FnMut() -> T) -> T {
+    let deadline = Instant::now() + BUS_UP_WITHIN;
+    loop {
+        eventually_blocking(
+            deadline.saturating_duration_since(Instant::now()),
+            &format!("the bus trusted, for: {what}"),
+            bus_up,
+        );
+        let before = cache_runtime::bus_status();
+        let out = attempt();
+        if held_trust(&before) {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the bus never stayed trusted for a whole attempt of: {what} ({:?})",
+            cache_runtime::bus_status()
+        );
+    }
+}
+
+/// Async [`trusted_throughout_blocking`].
+pub async fn trusted_throughout<T, F: std::future::Future<Output = T>>(
+    what: &str,
+    mut attempt: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + BUS_UP_WITHIN;
+    loop {
+        eventually(
+            deadline.saturating_duration_since(Instant::now()),
+            &format!("the bus trusted, for: {what}"),
+            bus_up,
+        )
+        .await;
+        let before = cache_runtime::bus_status();
+        let out = attempt().await;
+        if held_trust(&before) {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the bus never stayed trusted for a whole attempt of: {what} ({:?})",
+            cache_runtime::bus_status()
+        );
+    }
+}
+
+/// Whether the bus, trusted at `before`, is trusted now and was throughout: a lapse is
+/// counted in `distrusted` once noticed, and it is noticed before trust is extended again.
+fn held_trust(before: &cache_runtime::BusStatus) -> bool {
+    let after = cache_runtime::bus_status();
+    after.trusted
+        && after.connected
+        && after.distrusted == before.distrusted
+        && after.subscriptions == before.subscriptions
+}
+
+/// How long the bus may take to subscribe and answer its first probe: generous, for a loaded
+/// 2-core CI machine.
+const BUS_UP_WITHIN: Duration = Duration::from_secs(20);
+
+/// A cache with a local tier wants the bus: the test's own may not be built yet.
+fn want_bus() {
+    let _ = cache_runtime::Cache::<u8>::builder("cache_tests::with_bus").build();
+}
+
+fn bus_up() -> bool {
+    let s = cache_runtime::bus_status();
+    s.connected && s.trusted
 }
 
 /// Polls `cond` until it holds (or panics after `within`). For conditions that have no event
