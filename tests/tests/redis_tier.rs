@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use cache_runtime::codec::{self, DecodeError};
 use cache_runtime::{cached, Cache, CacheError};
-use cache_tests::shared_redis;
+use cache_tests::{
+    shared_redis, shared_redis_with_bus, shared_redis_with_bus_blocking, trusted_throughout,
+    trusted_throughout_blocking,
+};
 use redis::Commands;
 use serde::{Deserialize, Serialize};
 
@@ -103,13 +106,26 @@ async fn two_tier_elsewhere(id: u64) -> Profile {
 
 #[tokio::test]
 async fn local_miss_falls_through_to_redis_and_promotes() {
-    shared_redis();
+    shared_redis_with_bus().await;
     assert_eq!(two_tier(1).await, profile(1));
-    assert_eq!(two_tier_elsewhere(1).await, profile(1));
-    assert_eq!(two_tier_elsewhere(1).await, profile(1));
-    let s = two_tier_elsewhere_cache().stats();
+    // A Redis hit, then a local one, with the bus trusted throughout (a local copy is served
+    // only then: docs/PROTOCOL.md §5.4).
+    let (redis_hits, local_hits, body_calls) =
+        trusted_throughout("a Redis hit promoted to a local hit", || async {
+            two_tier_elsewhere_cache().clear_local();
+            let before = two_tier_elsewhere_cache().stats();
+            assert_eq!(two_tier_elsewhere(1).await, profile(1));
+            assert_eq!(two_tier_elsewhere(1).await, profile(1));
+            let s = two_tier_elsewhere_cache().stats();
+            (
+                s.redis_hits - before.redis_hits,
+                s.local_hits - before.local_hits,
+                s.body_calls - before.body_calls,
+            )
+        })
+        .await;
     assert_eq!(
-        (s.redis_hits, s.local_hits, s.body_calls),
+        (redis_hits, local_hits, body_calls),
         (1, 1, 0),
         "promoted after the Redis hit"
     );
@@ -142,7 +158,7 @@ async fn written_elsewhere(id: u64) -> Profile {
 
 #[tokio::test]
 async fn invalidate_clears_both_tiers_and_populate_writes_both() {
-    shared_redis();
+    shared_redis_with_bus().await;
     let key = &vkey(written_cache(), "write:2");
     assert_eq!(written(2).await, profile(2));
     assert!(raw().exists::<_, bool>(key).unwrap());
@@ -182,7 +198,7 @@ async fn promoted(id: u64) -> u64 {
 
 #[tokio::test]
 async fn a_local_copy_never_outlives_the_redis_copy() {
-    shared_redis();
+    shared_redis_with_bus().await;
     let key = &vkey(promoted_cache(), "promoted:1");
     assert_eq!(promoted(1).await, 1);
     promoted_cache().clear_local();
@@ -279,7 +295,7 @@ async fn corruptible(id: u64) -> Profile {
 
 #[tokio::test]
 async fn corrupt_foreign_and_wrongly_typed_values_are_misses() {
-    shared_redis();
+    shared_redis_with_bus().await;
     let fp = codec::type_fingerprint::<Profile>(1);
     let good = codec::encode(&profile(1), fp, Duration::from_secs(60), &[0, 0, 0]).unwrap();
     let mut flipped = good.clone();
@@ -366,14 +382,26 @@ fn big(id: u64) -> Vec<u8> {
 
 #[test]
 fn values_over_the_cap_stay_local_and_are_counted() {
-    shared_redis();
-    assert_eq!(big(1).len(), 2 << 20);
-    assert!(!raw()
-        .exists::<_, bool>(&vkey(big_cache(), "big:1"))
-        .unwrap());
-    assert_eq!(big_cache().stats().oversize, 1);
-    assert_eq!(big(1).len(), 2 << 20);
-    assert_eq!(big_cache().stats().local_hits, 1);
+    shared_redis_with_bus_blocking();
+    // Kept only locally, so served again only while the bus is trusted (docs/PROTOCOL.md
+    // §5.4): measured over a run that had it trusted throughout.
+    let (body_calls, oversize, local_hits) =
+        trusted_throughout_blocking("an oversize value served locally", || {
+            big_cache().clear_local();
+            let before = big_cache().stats();
+            assert_eq!(big(1).len(), 2 << 20);
+            assert!(!raw()
+                .exists::<_, bool>(&vkey(big_cache(), "big:1"))
+                .unwrap());
+            assert_eq!(big(1).len(), 2 << 20);
+            let s = big_cache().stats();
+            (
+                s.body_calls - before.body_calls,
+                s.oversize - before.oversize,
+                s.local_hits - before.local_hits,
+            )
+        });
+    assert_eq!((body_calls, oversize, local_hits), (1, 1, 1));
     match populate_big(2, vec![0; 2 << 20]) {
         Err(CacheError::TooLarge { size, limit }) => assert!(size > limit && limit == 1 << 20),
         other => panic!("expected TooLarge, got {other:?}"),
@@ -398,7 +426,7 @@ impl Catalog {
 
 #[test]
 fn sync_methods_use_redis_too() {
-    shared_redis();
+    shared_redis_with_bus_blocking();
     let c = Catalog {
         shop: "eu/north".into(),
     };
@@ -572,7 +600,7 @@ async fn tagged(id: u64, owner: u64) -> (u64, u64) {
 
 #[tokio::test]
 async fn tag_invalidation_reaches_both_tiers_of_tagged_entries_only() {
-    shared_redis();
+    shared_redis_with_bus().await;
     assert_eq!(tagged(1, 7).await, (1, 7));
     assert_eq!(tagged(2, 7).await, (2, 7));
     assert_eq!(tagged(3, 8).await, (3, 8));
@@ -603,7 +631,7 @@ fn jittered(id: u64) -> u64 {
 
 #[test]
 fn jitter_spreads_the_ttls_of_entries_written_together() {
-    shared_redis();
+    shared_redis_with_bus_blocking();
     let mut raw = raw();
     let mut ttls: Vec<i64> = (0..200)
         .map(|id| {
@@ -731,7 +759,7 @@ fn pair(id: u64) -> Pair {
 /// into `hits`.
 #[test]
 fn a_type_changed_without_a_version_bump_is_a_miss_not_a_misread() {
-    shared_redis();
+    shared_redis_with_bus_blocking();
     assert_eq!(pair(1).hits, 1);
     let key = &vkey(pair_cache(), "pair:1");
     let fp = codec::type_fingerprint::<Pair>(1);
@@ -1013,12 +1041,24 @@ fn unwritable(id: u64) -> Unwritable {
 // A value that does not encode stays local, and the failure is counted and logged.
 #[test]
 fn values_that_do_not_encode_stay_local_and_are_counted() {
-    shared_redis();
-    assert_eq!(unwritable(1), Unwritable(1));
-    assert!(!raw()
-        .exists::<_, bool>(&vkey(unwritable_cache(), "unwritable:1"))
-        .unwrap());
-    assert_eq!(unwritable_cache().stats().encode_failures, 1);
-    assert_eq!(unwritable(1), Unwritable(1));
-    assert_eq!(unwritable_cache().stats().local_hits, 1);
+    shared_redis_with_bus_blocking();
+    // Kept only locally, so served again only while the bus is trusted (docs/PROTOCOL.md
+    // §5.4): measured over a run that had it trusted throughout.
+    let (body_calls, encode_failures, local_hits) =
+        trusted_throughout_blocking("a value that does not encode served locally", || {
+            unwritable_cache().clear_local();
+            let before = unwritable_cache().stats();
+            assert_eq!(unwritable(1), Unwritable(1));
+            assert!(!raw()
+                .exists::<_, bool>(&vkey(unwritable_cache(), "unwritable:1"))
+                .unwrap());
+            assert_eq!(unwritable(1), Unwritable(1));
+            let s = unwritable_cache().stats();
+            (
+                s.body_calls - before.body_calls,
+                s.encode_failures - before.encode_failures,
+                s.local_hits - before.local_hits,
+            )
+        });
+    assert_eq!((body_calls, encode_failures, local_hits), (1, 1, 1));
 }
