@@ -1067,12 +1067,21 @@ impl Node {
         )
     }
 
+    /// Whether the node's bus is trusted now (its local copies of `local+redis` caches are
+    /// served: docs/PROTOCOL.md §5.4).
+    pub fn bus_trusted(&self) -> bool {
+        self.call("bus").split(' ').nth(4) == Some("true")
+    }
+
     /// Waits (up to `within`) until the node's bus is connected with at least `at_least`
-    /// subscriptions since start.
+    /// subscriptions since start, and trusted: a subscription is trusted from the first
+    /// probe answered after it (docs/PROTOCOL.md §5.4), and until then the node serves no
+    /// local copy, so a test that asserts on one (`peek`) right after this would race that
+    /// probe.
     pub fn wait_subscribed(&self, at_least: u64, within: Duration) {
-        eventually_blocking(within, "the node's bus subscription", || {
+        eventually_blocking(within, "the node's bus subscription, trusted", || {
             let (connected, subscriptions, ..) = self.bus();
-            connected && subscriptions >= at_least
+            connected && subscriptions >= at_least && self.bus_trusted()
         });
     }
 

@@ -273,8 +273,8 @@ async fn run(h: &Handlers, cmd: &str, args: &[String]) -> Result<String, String>
         "bus" => {
             let s = cache_runtime::bus_status();
             format!(
-                "{} {} {} {}",
-                s.connected, s.subscriptions, s.received, s.applied
+                "{} {} {} {} {}",
+                s.connected, s.subscriptions, s.received, s.applied, s.trusted
             )
         }
         "delays" => cache_runtime::recent_propagation_delays_us()
