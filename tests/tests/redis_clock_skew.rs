@@ -45,9 +45,14 @@ fn shifted(lib: &str, offset_s: i64) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// A node under `env`, once its bus is subscribed and trusted: the first subscription clears
+/// the local copies made before it, and none is served until its first probe is answered
+/// (docs/PROTOCOL.md §5.4), which a `peek` right after a read would race.
 fn start(server: &RedisServer, env: &[(&'static str, String)]) -> Node {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    Node::start(V1, server, &env)
+    let node = Node::start(V1, server, &env);
+    node.wait_subscribed(1, Duration::from_secs(20));
+    node
 }
 
 /// The wall clock `date` reads under `env`, minus the true one, in seconds.
