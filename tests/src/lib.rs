@@ -753,7 +753,7 @@ pub async fn shared_redis_with_bus() -> &'static RedisServer {
     eventually(
         BUS_UP_WITHIN,
         "the invalidation bus to subscribe and be trusted",
-        || bus_up(),
+        bus_up,
     )
     .await;
     server
