@@ -22,28 +22,24 @@ async fn row(id: u64) -> u64 {
 
 const CALLERS: u64 = 50;
 
-/// Calls of `names` the server executed so far (`INFO commandstats`; commands a script runs
-/// are counted too).
-fn calls(server: &RedisServer, names: &[&str]) -> u64 {
-    let info: String = server.cmd(&["INFO", "commandstats"]).expect("INFO");
-    names
+/// Reads of `value_key` (`GET`, `MGET`) the server executed since
+/// [`RedisServer::log_every_command`]: this key's only (the runtime reads other keys too: the
+/// incarnation record when a connection opens, scope tokens), and not those of a script
+/// (`SLOWLOG` logs the `EVALSHA`, not the commands it runs).
+fn reads(server: &RedisServer, value_key: &str) -> usize {
+    server
+        .slowlog_commands()
         .iter()
-        .filter_map(|name| {
-            let prefix = format!("cmdstat_{name}:");
-            let line = info.lines().find(|l| l.starts_with(&prefix))?;
-            line.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
+        .filter(|c| {
+            (c[0].eq_ignore_ascii_case("get") || c[0].eq_ignore_ascii_case("mget"))
+                && c[1..].iter().any(|a| a == value_key)
         })
-        .sum()
+        .count()
 }
 
-/// Reads (`GET`, `MGET`) the server executed, a script's included.
-fn reads(server: &RedisServer) -> u64 {
-    calls(server, &["get", "mget"])
+/// Scripts the server executed since [`RedisServer::log_every_command`].
+fn scripts(server: &RedisServer) -> usize {
+    server.slowlog_commands_named("evalsha").len() + server.slowlog_commands_named("eval").len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,23 +59,29 @@ async fn callers_that_come_during_the_leaders_read_share_it() {
         assert_eq!(row(0).await, 0);
     }
 
+    let schema = row_cache().key_schema().unwrap();
+    let (value_key, _, _) = cache_runtime::key::redis_keys("t", schema, "stampede:1");
+
     // A missing key: the leader's read executes, its reply held; then the stampede.
     let runs = RUNS.load(SeqCst);
+    server.log_every_command();
     proxy.hold_replies();
-    let before = reads(&server);
     let joined = row_cache().stats().joined;
     let leader = tokio::spawn(row(1));
     cache_tests::eventually(
         Duration::from_secs(10),
         "the leader's read executed",
-        || reads(&server) > before,
+        || reads(&server, &value_key) > 0,
     )
     .await;
     let stampede: Vec<_> = (0..CALLERS).map(|_| tokio::spawn(row(1))).collect();
     cache_tests::eventually(
         Duration::from_secs(10),
         "every caller joined the flight or sent a read",
-        || row_cache().stats().joined + reads(&server) >= joined + before + 1 + CALLERS,
+        || {
+            row_cache().stats().joined as usize + reads(&server, &value_key)
+                > joined as usize + CALLERS as usize
+        },
     )
     .await;
     proxy.release_replies();
@@ -88,24 +90,21 @@ async fn callers_that_come_during_the_leaders_read_share_it() {
         assert_eq!(t.await.unwrap(), 100);
     }
     assert_eq!(RUNS.load(SeqCst), runs + 1, "the body ran once");
-    // The leader's read, and the reads of its store's script (the ticket and the value it
-    // checks, a handful): each of the callers used to send its own read too.
-    let sent = reads(&server) - before;
-    assert!(
-        sent <= 5,
-        "one read for the leader and {CALLERS} callers: {sent} reads"
+    assert_eq!(
+        reads(&server, &value_key),
+        1,
+        "one read for the leader and {CALLERS} callers (each used to send its own)"
     );
 
     // A value in Redis: callers that come during the leader's read do not take what it
-    // finds; they share one read sent after they joined.
-    let before = reads(&server);
-    let scripts = calls(&server, &["evalsha", "eval"]);
+    // finds; they share a read sent after they joined.
+    server.log_every_command();
     proxy.hold_replies();
     let leader = tokio::spawn(row(1));
     cache_tests::eventually(
         Duration::from_secs(10),
         "the leader's read executed",
-        || reads(&server) > before,
+        || reads(&server, &value_key) > 0,
     )
     .await;
     let joined = row_cache().stats().joined;
@@ -113,7 +112,10 @@ async fn callers_that_come_during_the_leaders_read_share_it() {
     cache_tests::eventually(
         Duration::from_secs(10),
         "every caller joined the flight or sent a read",
-        || row_cache().stats().joined + reads(&server) >= joined + before + 1 + CALLERS,
+        || {
+            row_cache().stats().joined as usize + reads(&server, &value_key)
+                > joined as usize + CALLERS as usize
+        },
     )
     .await;
     proxy.release_replies();
@@ -122,13 +124,9 @@ async fn callers_that_come_during_the_leaders_read_share_it() {
         assert_eq!(t.await.unwrap(), 100);
     }
     assert_eq!(RUNS.load(SeqCst), runs + 1, "Redis hits");
-    assert_eq!(
-        calls(&server, &["evalsha", "eval"]),
-        scripts,
-        "no store ran"
-    );
-    let sent = reads(&server) - before;
-    // At least the leader's and one after the callers joined; how many more depends on
+    assert_eq!(scripts(&server), 0, "no store ran");
+    let sent = reads(&server, &value_key);
+    // The leader's, and at least one sent after the callers joined; how many more depends on
     // whether all of them join the second flight before its reply comes (timing, so only
     // reported): each used to send its own.
     assert!(
