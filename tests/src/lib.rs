@@ -509,6 +509,19 @@ impl RedisServer {
             .expect("SLOWLOG RESET");
     }
 
+    /// Reads of `key` (`GET`, `MGET`) in the `SLOWLOG`: this key's only (a runtime also reads
+    /// other keys: the incarnation record when a connection opens, scope tokens), and not a
+    /// script's (`SLOWLOG` logs the `EVALSHA`, not the commands it runs).
+    pub fn slowlog_reads_of(&self, key: &str) -> usize {
+        self.slowlog_commands()
+            .iter()
+            .filter(|c| {
+                (c[0].eq_ignore_ascii_case("get") || c[0].eq_ignore_ascii_case("mget"))
+                    && c[1..].iter().any(|a| a == key)
+            })
+            .count()
+    }
+
     /// The commands named `name` (any case) in the `SLOWLOG`, newest first.
     pub fn slowlog_commands_named(&self, name: &str) -> Vec<Vec<String>> {
         let mut commands = self.slowlog_commands();

@@ -21,24 +21,6 @@ async fn row(id: u64) -> u64 {
     id * 100 + VERSION.load(SeqCst)
 }
 
-/// Reads of `value_key` the server executed since [`RedisServer::log_every_command`] (`GET`
-/// and `MGET`, the hit's commands). Only this key's: the runtime reads other keys too (the
-/// scope tokens a fresh tracked connection reads before its first value, the incarnation
-/// check's `GET` of the server record when a connection opens, such as the connections this
-/// runtime moves to after its first calls), and counting every `GET` and `MGET` once took
-/// one of those for the leader's read: the leader then read after the invalidation and
-/// returned 102.
-fn reads(server: &RedisServer, value_key: &str) -> usize {
-    server
-        .slowlog_commands()
-        .iter()
-        .filter(|c| {
-            (c[0].eq_ignore_ascii_case("get") || c[0].eq_ignore_ascii_case("mget"))
-                && c[1..].iter().any(|a| a == value_key)
-        })
-        .count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_after_an_invalidation_does_not_take_a_read_sent_before_it() {
     let server = RedisServer::start();
@@ -67,7 +49,7 @@ async fn a_call_after_an_invalidation_does_not_take_a_read_sent_before_it() {
     cache_tests::eventually(
         Duration::from_secs(10),
         "the leader's read executed",
-        || reads(&server, &value_key) > 0,
+        || server.slowlog_reads_of(&value_key) > 0,
     )
     .await;
 
@@ -81,12 +63,12 @@ async fn a_call_after_an_invalidation_does_not_take_a_read_sent_before_it() {
     );
 
     // A call that starts now: it joins the leader's flight, or sends a read of its own.
-    let after = reads(&server, &value_key);
+    let after = server.slowlog_reads_of(&value_key);
     let late = tokio::spawn(row(1));
     cache_tests::eventually(
         Duration::from_secs(10),
         "the second call joined the flight or sent its own read",
-        || row_cache().stats().joined > joined || reads(&server, &value_key) > after,
+        || row_cache().stats().joined > joined || server.slowlog_reads_of(&value_key) > after,
     )
     .await;
     proxy.release_replies();

@@ -20,26 +20,42 @@ async fn row(id: u64) -> u64 {
     id * 100
 }
 
-const CALLERS: u64 = 50;
-
-/// Reads of `value_key` (`GET`, `MGET`) the server executed since
-/// [`RedisServer::log_every_command`]: this key's only (the runtime reads other keys too: the
-/// incarnation record when a connection opens, scope tokens), and not those of a script
-/// (`SLOWLOG` logs the `EVALSHA`, not the commands it runs).
-fn reads(server: &RedisServer, value_key: &str) -> usize {
-    server
-        .slowlog_commands()
-        .iter()
-        .filter(|c| {
-            (c[0].eq_ignore_ascii_case("get") || c[0].eq_ignore_ascii_case("mget"))
-                && c[1..].iter().any(|a| a == value_key)
-        })
-        .count()
-}
+const CALLERS: usize = 50;
 
 /// Scripts the server executed since [`RedisServer::log_every_command`].
 fn scripts(server: &RedisServer) -> usize {
     server.slowlog_commands_named("evalsha").len() + server.slowlog_commands_named("eval").len()
+}
+
+/// One call of `row(1)` whose read executes while the proxy holds its reply, then
+/// [`CALLERS`] calls that start meanwhile; every one must get the row. The `SLOWLOG` logs
+/// from the first call on.
+async fn stampede_during_a_held_read(server: &RedisServer, proxy: &Proxy, value_key: &str) {
+    server.log_every_command();
+    proxy.hold_replies();
+    let leader = tokio::spawn(row(1));
+    cache_tests::eventually(
+        Duration::from_secs(10),
+        "the leader's read executed",
+        || server.slowlog_reads_of(value_key) > 0,
+    )
+    .await;
+    let joined = row_cache().stats().joined as usize;
+    let callers: Vec<_> = (0..CALLERS).map(|_| tokio::spawn(row(1))).collect();
+    cache_tests::eventually(
+        Duration::from_secs(10),
+        "every caller joined the flight or sent a read",
+        || {
+            row_cache().stats().joined as usize + server.slowlog_reads_of(value_key)
+                > joined + CALLERS
+        },
+    )
+    .await;
+    proxy.release_replies();
+    assert_eq!(leader.await.unwrap(), 100);
+    for t in callers {
+        assert_eq!(t.await.unwrap(), 100);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,74 +74,25 @@ async fn callers_that_come_during_the_leaders_read_share_it() {
     for _ in 0..64 {
         assert_eq!(row(0).await, 0);
     }
-
     let schema = row_cache().key_schema().unwrap();
     let (value_key, _, _) = cache_runtime::key::redis_keys("t", schema, "stampede:1");
 
     // A missing key: the leader's read executes, its reply held; then the stampede.
     let runs = RUNS.load(SeqCst);
-    server.log_every_command();
-    proxy.hold_replies();
-    let joined = row_cache().stats().joined;
-    let leader = tokio::spawn(row(1));
-    cache_tests::eventually(
-        Duration::from_secs(10),
-        "the leader's read executed",
-        || reads(&server, &value_key) > 0,
-    )
-    .await;
-    let stampede: Vec<_> = (0..CALLERS).map(|_| tokio::spawn(row(1))).collect();
-    cache_tests::eventually(
-        Duration::from_secs(10),
-        "every caller joined the flight or sent a read",
-        || {
-            row_cache().stats().joined as usize + reads(&server, &value_key)
-                > joined as usize + CALLERS as usize
-        },
-    )
-    .await;
-    proxy.release_replies();
-    assert_eq!(leader.await.unwrap(), 100);
-    for t in stampede {
-        assert_eq!(t.await.unwrap(), 100);
-    }
+    stampede_during_a_held_read(&server, &proxy, &value_key).await;
     assert_eq!(RUNS.load(SeqCst), runs + 1, "the body ran once");
     assert_eq!(
-        reads(&server, &value_key),
+        server.slowlog_reads_of(&value_key),
         1,
         "one read for the leader and {CALLERS} callers (each used to send its own)"
     );
 
     // A value in Redis: callers that come during the leader's read do not take what it
     // finds; they share a read sent after they joined.
-    server.log_every_command();
-    proxy.hold_replies();
-    let leader = tokio::spawn(row(1));
-    cache_tests::eventually(
-        Duration::from_secs(10),
-        "the leader's read executed",
-        || reads(&server, &value_key) > 0,
-    )
-    .await;
-    let joined = row_cache().stats().joined;
-    let late: Vec<_> = (0..CALLERS).map(|_| tokio::spawn(row(1))).collect();
-    cache_tests::eventually(
-        Duration::from_secs(10),
-        "every caller joined the flight or sent a read",
-        || {
-            row_cache().stats().joined as usize + reads(&server, &value_key)
-                > joined as usize + CALLERS as usize
-        },
-    )
-    .await;
-    proxy.release_replies();
-    assert_eq!(leader.await.unwrap(), 100);
-    for t in late {
-        assert_eq!(t.await.unwrap(), 100);
-    }
+    stampede_during_a_held_read(&server, &proxy, &value_key).await;
     assert_eq!(RUNS.load(SeqCst), runs + 1, "Redis hits");
     assert_eq!(scripts(&server), 0, "no store ran");
-    let sent = reads(&server, &value_key);
+    let sent = server.slowlog_reads_of(&value_key);
     // The leader's, and at least one sent after the callers joined; how many more depends on
     // whether all of them join the second flight before its reply comes (timing, so only
     // reported): each used to send its own.
