@@ -1446,11 +1446,16 @@ impl RedisTier {
             Some(res) => self.settle(res)?,
             None => {
                 self.judge_if_tracked_lost().await;
-                let scripts = self.scripts.clone();
-                self.exec(move |mut c| async move {
-                    read_call(&scripts, &req).invoke::<Reply>(&mut c).await
-                })
-                .await?
+                match self.read_script_tracked::<Reply>(&req).await {
+                    Some(res) => self.settle(res)?,
+                    None => {
+                        let scripts = self.scripts.clone();
+                        self.exec(move |mut c| async move {
+                            read_call(&scripts, &req).invoke::<Reply>(&mut c).await
+                        })
+                        .await?
+                    }
+                }
             }
         };
         Ok(Fetched {
@@ -1461,6 +1466,37 @@ impl RedisTier {
             stamps: parse_stamps(stamps),
             locked: locked == 1,
         })
+    }
+
+    /// The read script on the tracked connection of the connections this caller would use
+    /// (its runtime's, or the main ones), its reply used only if no null push came before it
+    /// (`flushed_since`, as for the tracked hit, §7.1): a push and the reply share the socket,
+    /// so a script that executed after a flush or a resync is seen to. On the data
+    /// connection nothing orders the reply with the tracked connection's push, and a lock read
+    /// right after a resync to an older copy could return the restored value before the push
+    /// was taken (docs/PROTOCOL.md §13 F10). The script opts no key in: nothing is tracked.
+    /// `None`: not an async caller on connections of its runtime (a caller without them
+    /// reads through the Redis thread, whose runtime alone can time a request on the main
+    /// connections: that caller keeps the data connection and the window; a blocking caller
+    /// on its own connection has none, §7.1), no usable tracked connection, or a null push
+    /// came first (after which the server is judged again or the connections reopened): the
+    /// caller reads on the data connection, as before.
+    async fn read_script_tracked<T: redis::FromRedisValue>(
+        &self,
+        req: &ReadRequest,
+    ) -> Option<(Result<T, CacheError>, Fault)> {
+        let t = self.shared.caller_conns_with(|c| c.tracked.clone())??;
+        let epoch = t.tokens.epoch();
+        if !tracking::usable(epoch) {
+            return None;
+        }
+        let mut c = t.conn.clone();
+        let res = read_call(&self.scripts, req).invoke::<T>(&mut c).await;
+        if t.tokens.flushed_since(epoch) {
+            self.judge_if_tracked_lost().await;
+            return None;
+        }
+        Some(self.shared.outcome(res))
     }
 
     /// If the tracked connection of the connections this caller would use (its runtime's,
