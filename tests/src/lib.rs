@@ -786,7 +786,7 @@ pub fn shared_redis_with_bus_blocking() -> &'static RedisServer {
 
 /// Runs `attempt` until one run of it had the bus trusted from its start to its end, with no
 /// lapse and no resubscription in between, and returns that run's result; panics after
-/// [`BUS_UP_WITHIN`] naming `what`. For assertions on local copies of `local+redis` caches,
+/// `BUS_UP_WITHIN` (20 s) naming `what`. For assertions on local copies of `local+redis` caches,
 /// which are served only while the bus is trusted (docs/PROTOCOL.md §5.4): on a loaded
 /// machine a probe's answer can come late enough for trust to lapse for a moment, and a
 /// (re)subscription clears the local tiers; both are by design, and neither is what such a
