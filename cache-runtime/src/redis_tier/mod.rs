@@ -893,6 +893,13 @@ fn read_call<'s>(scripts: &'s Scripts, req: &ReadRequest) -> ScriptCall<'s> {
     call
 }
 
+/// The lock release script's call: deletes `lock_key` only while it holds `token`.
+fn release_call<'s>(scripts: &'s Scripts, lock_key: &str, token: &str) -> ScriptCall<'s> {
+    let mut call = ScriptCall::new(&scripts.release, 1, 1, lock_key.len() + token.len());
+    call.arg(lock_key).arg(token);
+    call
+}
+
 /// The `store` script's call for `req` (docs/PROTOCOL.md §7.2): writes only if the ticket and
 /// scope tokens are still the ones read, and releases the lock `req.token` still owns.
 fn store_call<'s>(scripts: &'s Scripts, req: &WriteRequest) -> ScriptCall<'s> {
@@ -1468,8 +1475,7 @@ impl RedisTier {
         })
     }
 
-    /// The read script on the tracked connection of the connections this caller would use
-    /// (its runtime's, or the main ones), its reply used only if no null push came before it
+    /// The read script on the tracked connection of this async caller's runtime, its reply used only if no null push came before it
     /// (`flushed_since`, as for the tracked hit, §7.1): a push and the reply share the socket,
     /// so a script that executed after a flush or a resync is seen to. On the data
     /// connection nothing orders the reply with the tracked connection's push, and a lock read
@@ -1852,19 +1858,17 @@ impl RedisTier {
         // A release sent twice (a reply not used on the own connection) deletes nothing the
         // second time: the lock holds another token, or none.
         let own = self.blocking_op(|c| {
-            let mut call =
-                ScriptCall::new(&self.scripts.release, 1, 1, lock_key.len() + token.len());
-            call.arg(&lock_key).arg(&token);
-            call.invoke_blocking::<i64>(c)
+            release_call(&self.scripts, &lock_key, &token).invoke_blocking::<i64>(c)
         });
         if let Some(res) = own {
             return self.settle(res).map(drop);
         }
         let scripts = self.scripts.clone();
         self.exec(move |mut c| async move {
-            let mut call = ScriptCall::new(&scripts.release, 1, 1, lock_key.len() + token.len());
-            call.arg(&lock_key).arg(&token);
-            call.invoke::<i64>(&mut c).await.map(drop)
+            release_call(&scripts, &lock_key, &token)
+                .invoke::<i64>(&mut c)
+                .await
+                .map(drop)
         })
         .await
     }
