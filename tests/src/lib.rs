@@ -399,6 +399,19 @@ impl RedisServer {
             .expect("CLIENT KILL TYPE pubsub")
     }
 
+    /// Connections with client tracking on (`CLIENT LIST`, flag `t`): those a null
+    /// invalidation push goes to.
+    pub fn tracking_clients(&self) -> usize {
+        let list: String = self.cmd(&["CLIENT", "LIST"]).expect("CLIENT LIST");
+        list.lines()
+            .filter(|l| {
+                l.split(' ')
+                    .find_map(|f| f.strip_prefix("flags="))
+                    .is_some_and(|flags| flags.contains('t'))
+            })
+            .count()
+    }
+
     /// `CLIENT KILL TYPE normal SKIPME yes`: drops every ordinary connection but the one
     /// sending the command. Returns how many were closed.
     pub fn kill_normal_clients(&self) -> u64 {

@@ -2,7 +2,9 @@
 //! open: what a NAT, a load balancer or a firewall does to a connection it dropped from its
 //! table (no `FIN`, no `RST`: the client's writes vanish and nothing ever comes back), while
 //! new connections get through. It can also hold the server's replies back for a while
-//! (a slow network on the way back): commands still reach the server and execute.
+//! (a slow network on the way back): commands still reach the server and execute; on every
+//! connection, or only on those on which the server sent a given sequence of bytes (a push
+//! held on its connection, while the others carry on).
 //!
 //! ```no_run
 //! let server = cache_tests::RedisServer::start();
@@ -28,9 +30,21 @@ struct Shared {
     generation: AtomicU64,
     /// Connections accepted so far.
     accepted: AtomicU64,
-    /// While true, what the server sends waits in the proxy ([`Proxy::hold_replies`]).
-    holding: Mutex<bool>,
+    /// What the server sends that waits in the proxy, until released.
+    holding: Mutex<Hold>,
     released: Condvar,
+    /// Connections held by [`Proxy::hold_replies_after`] so far.
+    held: AtomicU64,
+}
+
+#[derive(Default)]
+struct Hold {
+    /// Every connection's ([`Proxy::hold_replies`]).
+    all: bool,
+    /// The connections on which the server sends this ([`Proxy::hold_replies_after`]).
+    after: Option<Vec<u8>>,
+    /// Releases so far: a connection held in round `r` goes on once it is passed.
+    round: u64,
 }
 
 impl Proxy {
@@ -41,8 +55,9 @@ impl Proxy {
         let shared = Arc::new(Shared {
             generation: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
-            holding: Mutex::new(false),
+            holding: Mutex::new(Hold::default()),
             released: Condvar::new(),
+            held: AtomicU64::new(0),
         });
         let accepting = shared.clone();
         std::thread::spawn(move || {
@@ -94,12 +109,34 @@ impl Proxy {
     /// until [`release_replies`](Self::release_replies); what clients send still reaches the
     /// server, whose commands execute.
     pub fn hold_replies(&self) {
-        *self.shared.holding.lock().unwrap() = true;
+        self.shared.holding.lock().unwrap().all = true;
     }
 
-    /// Sends on what [`hold_replies`](Self::hold_replies) held, and everything after it.
+    /// From now on a connection on which the server sends `bytes` holds what the server
+    /// sends on it, from the read that carried them, until
+    /// [`release_replies`](Self::release_replies); the other connections carry on, and what
+    /// clients send still reaches the server. E.g. a RESP3 null invalidation push held on the
+    /// tracked connections while the data connection answers.
+    pub fn hold_replies_after(&self, bytes: &[u8]) {
+        assert!(!bytes.is_empty(), "nothing to look for");
+        self.shared.holding.lock().unwrap().after = Some(bytes.to_vec());
+    }
+
+    /// Connections held by [`hold_replies_after`](Self::hold_replies_after) so far (released
+    /// or not).
+    pub fn connections_held(&self) -> u64 {
+        self.shared.held.load(Ordering::SeqCst)
+    }
+
+    /// Sends on what [`hold_replies`](Self::hold_replies) and
+    /// [`hold_replies_after`](Self::hold_replies_after) held, and everything after it, and
+    /// stops looking for the bytes.
     pub fn release_replies(&self) {
-        *self.shared.holding.lock().unwrap() = false;
+        let mut hold = self.shared.holding.lock().unwrap();
+        *hold = Hold {
+            round: hold.round + 1,
+            ..Hold::default()
+        };
         self.shared.released.notify_all();
     }
 }
@@ -109,14 +146,33 @@ impl Proxy {
 /// `replies`: the server-to-client direction, which [`Proxy::hold_replies`] holds.
 fn pump(mut from: TcpStream, mut to: TcpStream, generation: u64, replies: bool, shared: &Shared) {
     let mut buf = [0u8; 16 * 1024];
+    // The end of what came before, for bytes split across reads; the round this connection
+    // is held in.
+    let mut tail: Vec<u8> = Vec::new();
+    let mut held_in: Option<u64> = None;
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
         if replies {
-            let held = shared.holding.lock().unwrap();
-            drop(shared.released.wait_while(held, |h| *h).unwrap());
+            let mut hold = shared.holding.lock().unwrap();
+            if let (None, Some(after)) = (held_in, &hold.after) {
+                tail.extend_from_slice(&buf[..n]);
+                if tail.windows(after.len()).any(|w| w == after.as_slice()) {
+                    held_in = Some(hold.round);
+                    shared.held.fetch_add(1, Ordering::SeqCst);
+                }
+                tail.drain(..tail.len().saturating_sub(after.len() - 1));
+            }
+            hold = shared
+                .released
+                .wait_while(hold, |h| h.all || held_in == Some(h.round))
+                .unwrap();
+            if held_in.is_some_and(|r| r != hold.round) {
+                held_in = None;
+                tail.clear();
+            }
         }
         if shared.generation.load(Ordering::SeqCst) != generation {
             continue;

@@ -1451,6 +1451,12 @@ impl RedisTier {
         let own = self.blocking_op(|c| read_call(&self.scripts, &req).invoke_blocking::<Reply>(c));
         let (value, ticket, locked, stamps) = match own {
             Some(res) => self.settle(res)?,
+            None if self.shared.caller_conns_with(|_| ()).is_none() => {
+                if !self.breaker.allow() {
+                    return circuit_open().await;
+                }
+                self.read_script_on_redis_thread::<Reply>(req).await?
+            }
             None => {
                 self.judge_if_tracked_lost().await;
                 match self.read_script_tracked::<Reply>(&req).await {
@@ -1503,6 +1509,48 @@ impl RedisTier {
             return None;
         }
         Some(self.shared.outcome(res))
+    }
+
+    /// The read script for a caller without connections of its own (a blocking caller
+    /// before its thread's connection, an async caller outside Tokio), on the Redis thread,
+    /// whose runtime drives the main connections: there on the main tracked connection, its
+    /// reply used only if no null push came before it, as
+    /// [`read_script_tracked`](Self::read_script_tracked) does for an async caller
+    /// (docs/PROTOCOL.md §13 F10). After a null push the server is judged again (or the
+    /// connections reopened) and the script sent on the data connection of the connections
+    /// then up; so it is without a usable tracked connection (a cluster, tracking refused).
+    async fn read_script_on_redis_thread<T>(&self, req: ReadRequest) -> Result<T, CacheError>
+    where
+        T: redis::FromRedisValue + Send + 'static,
+    {
+        let scripts = self.scripts.clone();
+        self.on_redis_thread(
+            self.shared.op_timeout,
+            move |shared, mut conns| async move {
+                if let Some(t) = conns.tracked.clone() {
+                    let epoch = t.tokens.epoch();
+                    if tracking::usable(epoch) {
+                        let res = read_call(&scripts, &req)
+                            .invoke::<T>(&mut t.conn.clone())
+                            .await;
+                        if !t.tokens.flushed_since(epoch) {
+                            return shared.outcome(res);
+                        }
+                    }
+                    if t.tokens.is_lost() {
+                        judge_or_reopen(&shared, &t).await;
+                    }
+                    // The connections up now (reopened, if they were).
+                    conns = match Shared::connection(&shared).await {
+                        Ok(c) => c,
+                        Err(e) => return (Err(e), Fault::Lost),
+                    };
+                }
+                let mut data = conns.data;
+                shared.outcome(read_call(&scripts, &req).invoke::<T>(&mut data).await)
+            },
+        )
+        .await
     }
 
     /// If the tracked connection of the connections this caller would use (its runtime's,
