@@ -22,7 +22,11 @@
 //! - *In-band null pushes*: it is a RESP3 connection with `CLIENT TRACKING ON OPTIN` that
 //!   never opts a key in, so the only push it gets is the null invalidation of a data set
 //!   emptied or replaced (`FLUSHALL`, `FLUSHDB`, a resync). The server sends it before the
-//!   reply of any later command on the connection, so a reply that follows one is not served.
+//!   reply of any later command on the connection, so a reply that follows one is not served,
+//!   and the connection is judged again on itself before its next use, as the open judges it
+//!   (since the forty-first round; before, it was dropped and a new one opened: one connect
+//!   per warm thread per flush of *any* database, client tracking ignoring databases). Not
+//!   judged (the record gone or another incarnation's), it is dropped.
 //!
 //! The read itself is the untracked one (`MGET value ticket tokens…`, claims pipelined), so
 //! it needs no token kept in the process. A transport failure or a refusal to open sends the
@@ -43,7 +47,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use redis::{ConnectionLike, PushInfo, RedisError, Value};
+use redis::{ConnectionLike, FromRedisValue, PushInfo, RedisError, Value};
 
 use super::connection::{Fault, RedisTarget, Shared};
 use super::{incarnation, split_claims, untracked_fetched, untracked_read};
@@ -85,6 +89,8 @@ struct Own {
     epoch: u64,
     conn: redis::Connection,
     pushes: mpsc::Receiver<PushInfo>,
+    /// A null push came: judged again ([`judge_again`]) before the connection's next use.
+    unjudged: bool,
 }
 
 impl Drop for Own {
@@ -201,13 +207,33 @@ fn on_own<T>(
             };
         }
         let o = own.as_mut()?;
+        if o.unjudged {
+            match judge_again(shared, o) {
+                Ok(true) => {}
+                Ok(false) => {
+                    *own = None;
+                    return None;
+                }
+                // The server does not answer: that is this call's answer, as for an open.
+                Err(e) => {
+                    *own = None;
+                    retry_later(shared, RETRY_AFTER);
+                    return Some(Err(e));
+                }
+            }
+        }
         let res = op(&mut o.conn);
-        // A null push came before the reply: the data set was replaced, and what a read
-        // found may be another incarnation's.
-        let keep = match &res {
-            _ if replaced(&o.pushes) => None,
-            Err(e) if e.is_timeout() => Some(false),
-            Err(e) if !super::connection::error_reply(e) => None,
+        let keep = match (&res, pushed(&o.pushes)) {
+            (_, Pushed::Closed) => None,
+            (Err(e), _) if e.is_timeout() => Some(false),
+            (Err(e), _) if !super::connection::error_reply(e) => None,
+            // A null push came before the reply: the data set may have been replaced, and
+            // what a read found may be another incarnation's. Not used; the connection is
+            // judged again before its next use.
+            (_, Pushed::Flushed) => {
+                o.unjudged = true;
+                return None;
+            }
             _ => Some(true),
         };
         match keep {
@@ -246,14 +272,55 @@ impl Drop for InFlight {
     }
 }
 
-/// Whether a push received says the data set was emptied or replaced (a null invalidation),
-/// or the connection closed.
-fn replaced(pushes: &mpsc::Receiver<PushInfo>) -> bool {
-    let mut replaced = false;
+/// What the pushes received since the last look say.
+#[derive(Debug, PartialEq)]
+enum Pushed {
+    /// Nothing that matters (the connection never opts a key in).
+    Nothing,
+    /// A null invalidation: the data set was emptied or replaced, in this database or
+    /// another (client tracking ignores databases).
+    Flushed,
+    /// The connection closed.
+    Closed,
+}
+
+/// Drains the pushes received: the worst of what they say.
+fn pushed(pushes: &mpsc::Receiver<PushInfo>) -> Pushed {
+    let mut seen = Pushed::Nothing;
     while let Ok(p) = pushes.try_recv() {
-        replaced |= super::tracking::data_set_lost(&p);
+        if p.kind == redis::PushKind::Disconnection {
+            seen = Pushed::Closed;
+        } else if seen == Pushed::Nothing && super::tracking::data_set_lost(&p) {
+            seen = Pushed::Flushed;
+        }
     }
-    replaced
+    seen
+}
+
+/// After a null push: judges the server again on `o`'s connection, as [`connect`] does
+/// (`INFO` and the incarnation record, [`incarnation::judged`]), within the operation
+/// timeout. Judged, and no other push before the replies: the connection serves on (its
+/// check executed after the flush, and every command sent from now on after it). As safe as
+/// a reopen, whose check is the same: a record naming this server after a flush means that
+/// nothing of ours was replaced, or that the main connections judged the replacement and
+/// cleared it before they wrote the record, or that our database was emptied (nothing in it
+/// to serve). Anything else: `Ok(false)`, and the connection is dropped; a timeout is
+/// `Err`.
+fn judge_again(shared: &Shared, o: &mut Own) -> redis::RedisResult<bool> {
+    let mut p = redis::pipe();
+    p.cmd("INFO");
+    p.cmd("GET").arg(shared.server_key());
+    let replies = match pipeline(&mut o.conn, &p, shared.op_timeout) {
+        Ok(replies) => replies,
+        Err(e) if e.is_timeout() => return Err(e),
+        Err(_) => return Ok(false),
+    };
+    let judged = match <(String, Option<String>)>::from_redis_value(Value::Array(replies)) {
+        Ok((info, record)) => incarnation::judged(&info, record.as_deref()),
+        Err(_) => false,
+    };
+    o.unjudged = !(judged && pushed(&o.pushes) == Pushed::Nothing);
+    Ok(!o.unjudged)
 }
 
 /// What [`open`] did.
@@ -299,6 +366,7 @@ fn open(shared: &Arc<Shared>, epoch: u64) -> Opened {
                 epoch,
                 conn,
                 pushes,
+                unjudged: false,
             };
             match shared.epoch() == epoch {
                 true => Opened::Yes(own),
@@ -390,7 +458,7 @@ fn connect(
         redis::from_redis_value(next()?)?,
         redis::from_redis_value(next()?)?,
     );
-    if replaced(&pushes) || !incarnation::judged(&info, record.as_deref()) {
+    if pushed(&pushes) != Pushed::Nothing || !incarnation::judged(&info, record.as_deref()) {
         return Err(RedisError::from((
             redis::ErrorKind::Client,
             "the server's incarnation is not judged yet",
@@ -423,20 +491,22 @@ mod tests {
     }
 
     #[test]
-    fn only_a_null_invalidation_or_a_disconnection_replaces() {
+    fn only_a_null_invalidation_flushes_and_a_disconnection_closes() {
         let (tx, rx) = mpsc::channel();
-        assert!(!replaced(&rx));
+        assert_eq!(pushed(&rx), Pushed::Nothing);
         tx.send(push(
             PushKind::Invalidate,
             vec![Value::Array(vec![Value::BulkString(b"k".to_vec())])],
         ))
         .unwrap();
-        assert!(!replaced(&rx));
+        assert_eq!(pushed(&rx), Pushed::Nothing);
         tx.send(push(PushKind::Invalidate, vec![Value::Nil]))
             .unwrap();
-        assert!(replaced(&rx));
-        assert!(!replaced(&rx), "drained");
+        assert_eq!(pushed(&rx), Pushed::Flushed);
+        assert_eq!(pushed(&rx), Pushed::Nothing, "drained");
         tx.send(push(PushKind::Disconnection, vec![])).unwrap();
-        assert!(replaced(&rx));
+        tx.send(push(PushKind::Invalidate, vec![Value::Nil]))
+            .unwrap();
+        assert_eq!(pushed(&rx), Pushed::Closed, "the worst of them");
     }
 }
