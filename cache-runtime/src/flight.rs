@@ -430,12 +430,13 @@ impl<V> Drop for Leader<'_, V> {
 }
 
 impl<V: Clone> Flight<V> {
-    /// Waits for the leader. `None`: the caller must try again (the leader gave up, its
-    /// result cannot be shared, or its value is [`Outcome::Unverified`] and
-    /// `take_unverified` is false).
+    /// Waits for the leader: what `take` makes of its value (from a reference, so that a
+    /// caller that refuses a value, say by its source, copies nothing). `None`: the caller
+    /// must try again (the leader gave up, its result cannot be shared, or its value is
+    /// [`Outcome::Unverified`] and `take_unverified` is false).
     pub(crate) async fn wait<R>(
         &self,
-        rebuild: impl FnOnce(V) -> R,
+        take: impl FnOnce(&V) -> R,
         unshare: impl FnOnce(&(dyn Any + Send)) -> Option<R>,
         take_unverified: bool,
     ) -> Option<R> {
@@ -446,10 +447,8 @@ impl<V: Clone> Flight<V> {
                 let outcome = self.outcome.lock().unwrap_or_else(|p| p.into_inner());
                 match &*outcome {
                     None => {}
-                    Some(Outcome::Value(v)) => return Some(rebuild(v.clone())),
-                    Some(Outcome::Unverified(v)) if take_unverified => {
-                        return Some(rebuild(v.clone()))
-                    }
+                    Some(Outcome::Value(v)) => return Some(take(v)),
+                    Some(Outcome::Unverified(v)) if take_unverified => return Some(take(v)),
                     Some(Outcome::Unverified(_)) => return None,
                     Some(Outcome::Shared(b)) => return unshare(b.as_ref()),
                     Some(Outcome::Unshareable | Outcome::Abandoned) => return None,
@@ -511,10 +510,13 @@ mod tests {
         assert_eq!(flights.len(), 2, "the first flight runs on");
         outer.finish(Outcome::Value(2));
         assert_eq!(
-            pollster::block_on(sibling.wait(|v| v, never, false)),
+            pollster::block_on(sibling.wait(|v| *v, never, false)),
             Some(2)
         );
-        assert_eq!(pollster::block_on(other.wait(|v| v, never, false)), Some(2));
+        assert_eq!(
+            pollster::block_on(other.wait(|v| *v, never, false)),
+            Some(2)
+        );
         b.finish(Outcome::Value(3));
         assert_eq!(flights.len(), 0);
     }
@@ -597,7 +599,7 @@ mod tests {
         };
         drop(leader);
         assert_eq!(flights.len(), 0);
-        assert_eq!(pollster::block_on(f.wait(|v| v, never, false)), None);
+        assert_eq!(pollster::block_on(f.wait(|v| *v, never, false)), None);
         assert!(matches!(
             flights.join("k", &[], Join::Computes),
             Joined::Leader(_)
@@ -681,11 +683,11 @@ mod tests {
         old.finish(Outcome::Value(1));
         assert_eq!(flights.parked(), 0);
         assert_eq!(
-            pollster::block_on(waiting.wait(|v| v, never, false)),
+            pollster::block_on(waiting.wait(|v| *v, never, false)),
             Some(1)
         );
         new.finish(Outcome::Value(2));
-        assert_eq!(pollster::block_on(late.wait(|v| v, never, false)), Some(2));
+        assert_eq!(pollster::block_on(late.wait(|v| *v, never, false)), Some(2));
         assert_eq!(flights.len(), 0);
     }
 
@@ -718,8 +720,11 @@ mod tests {
         };
         // Redis refused the store: its followers try again, unless they are trying again.
         old.finish(Outcome::Unverified(1));
-        assert_eq!(pollster::block_on(first.wait(|v| v, never, false)), None);
-        assert_eq!(pollster::block_on(second.wait(|v| v, never, true)), Some(1));
+        assert_eq!(pollster::block_on(first.wait(|v| *v, never, false)), None);
+        assert_eq!(
+            pollster::block_on(second.wait(|v| *v, never, true)),
+            Some(1)
+        );
         new.finish(Outcome::Value(2));
         assert_eq!((flights.len(), flights.parked()), (0, 0));
     }
@@ -739,7 +744,7 @@ mod tests {
         assert_eq!(flights.parked(), 0, "taken by the seal");
         drop(leader);
         assert_eq!(
-            pollster::block_on(f.wait(|v| v, never, true)),
+            pollster::block_on(f.wait(|v| *v, never, true)),
             None,
             "abandoned"
         );

@@ -3,7 +3,8 @@
 //! themselves, and take the value its body computes (the body starts after they joined). A
 //! value the leader's read finds is not theirs (it may predate a write that returned before
 //! they started): they go round once and share the next flight's read, which was sent after
-//! they started. Deterministic: a proxy holds the server's replies while the callers join.
+//! they started, and the value they refuse is not even copied for them. Deterministic: a
+//! proxy holds the server's replies while the callers join.
 
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::time::Duration;
@@ -13,11 +14,23 @@ use cache_tests::proxy::Proxy;
 use cache_tests::RedisServer;
 
 static RUNS: AtomicU64 = AtomicU64::new(0);
+static CLONES: AtomicU64 = AtomicU64::new(0);
+
+/// A row whose copies are counted.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Row(u64);
+
+impl Clone for Row {
+    fn clone(&self) -> Self {
+        CLONES.fetch_add(1, SeqCst);
+        Row(self.0)
+    }
+}
 
 #[cached(tier = "redis", ttl = 60, key = "stampede:<id>")]
-async fn row(id: u64) -> u64 {
+async fn row(id: u64) -> Row {
     RUNS.fetch_add(1, SeqCst);
-    id * 100
+    Row(id * 100)
 }
 
 const CALLERS: usize = 50;
@@ -52,9 +65,9 @@ async fn stampede_during_a_held_read(server: &RedisServer, proxy: &Proxy, value_
     )
     .await;
     proxy.release_replies();
-    assert_eq!(leader.await.unwrap(), 100);
+    assert_eq!(leader.await.unwrap(), Row(100));
     for t in callers {
-        assert_eq!(t.await.unwrap(), 100);
+        assert_eq!(t.await.unwrap(), Row(100));
     }
 }
 
@@ -72,7 +85,7 @@ async fn callers_that_come_during_the_leaders_read_share_it() {
     .unwrap();
     // This runtime on connections of its own.
     for _ in 0..64 {
-        assert_eq!(row(0).await, 0);
+        assert_eq!(row(0).await, Row(0));
     }
     let schema = row_cache().key_schema().unwrap();
     let (value_key, _, _) = cache_runtime::key::redis_keys("t", schema, "stampede:1");
@@ -89,7 +102,9 @@ async fn callers_that_come_during_the_leaders_read_share_it() {
 
     // A value in Redis: callers that come during the leader's read do not take what it
     // finds; they share a read sent after they joined.
+    let clones = CLONES.load(SeqCst);
     stampede_during_a_held_read(&server, &proxy, &value_key).await;
+    let clones = CLONES.load(SeqCst) - clones;
     assert_eq!(RUNS.load(SeqCst), runs + 1, "Redis hits");
     assert_eq!(scripts(&server), 0, "no store ran");
     let sent = server.slowlog_reads_of(&value_key);
@@ -100,5 +115,12 @@ async fn callers_that_come_during_the_leaders_read_share_it() {
         sent >= 2,
         "the late callers read after they joined: {sent} reads"
     );
-    eprintln!("hit: {sent} reads for 1 + {CALLERS} callers");
+    // Each caller that takes a flight's value gets a copy of it, and each flight with
+    // followers keeps one for them: at most one copy per caller and one per read. A late
+    // caller's refused value used to be copied too (another copy per caller).
+    assert!(
+        clones <= (CALLERS + sent) as u64,
+        "{clones} copies of the row for {CALLERS} callers and {sent} reads"
+    );
+    eprintln!("hit: {sent} reads, {clones} copies for 1 + {CALLERS} callers");
 }

@@ -97,23 +97,27 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
             }
             let waited = flight
                 .wait(
-                    |g: Got<V>| (S::rebuild(g.value), g.meta, g.source),
+                    |g: &Got<V>| match late && g.source == Source::Redis {
+                        // A value that flight read, maybe before this call started: not
+                        // this call's (it joined late), and not copied.
+                        true => None,
+                        false => Some((S::rebuild(g.value.clone()), g.meta, g.source)),
+                    },
                     |b| {
                         (sharing.unshare)(b)
-                            .map(|r| (r, Meta::fresh(Duration::ZERO, None), Source::Body))
+                            .map(|r| Some((r, Meta::fresh(Duration::ZERO, None), Source::Body)))
                     },
                     retrying,
                 )
                 .await;
             match waited {
-                // A value that flight read, maybe before this call started: not
-                // this call's (it joined late). It goes round again: every flight
-                // of the key it can meet now was created after it started.
-                Some(r) if late && r.2 == Source::Redis => {
+                // Refused: it goes round again, and every flight of the key it can meet
+                // now was created after it started.
+                Some(None) => {
                     retrying = true;
                     continue;
                 }
-                Some(r) => {
+                Some(Some(r)) => {
                     self.count_follower(r.2);
                     return r;
                 }
@@ -154,7 +158,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
                         self.counters.joined.add(1);
                     }
                     let waited = crate::blocking::block_on(flight.wait(
-                        |g: Got<V>| (S::rebuild(g.value), g.meta, g.source),
+                        |g: &Got<V>| (S::rebuild(g.value.clone()), g.meta, g.source),
                         |b| {
                             (sharing.unshare)(b)
                                 .map(|r| (r, Meta::fresh(Duration::ZERO, None), Source::Body))
