@@ -28,6 +28,11 @@
 //!   master and a `SENTINEL FAILOVER` joins the rotation.
 //! - `CHAOS_REDIS_ONLY=1`: both processes cache with `tier = "redis"` instead (no local
 //!   copies: every call reads Redis; on a single node neither process subscribes).
+//! - `CHAOS_LOCK=1`: the caches take the key's lock on a miss (`lock = true`), so their
+//!   reads are the lock script's while most of them miss.
+//! - `CHAOS_CALLER=blocking`: both processes call blocking `fn`s (reads and key and tag
+//!   invalidations) from Tokio's blocking threads, each of which gets a connection of its
+//!   own after a few calls; the source is read on a synchronous connection per thread.
 //! - `CHAOS_CLUSTER=1`: the cache Redis is a Redis Cluster (3 masters, each with a replica;
 //!   node timeout 1 s); each fault hits the next master in turn (restarts and pauses end
 //!   within the node timeout, so the restarted master serves its slots again, with an empty
@@ -60,38 +65,152 @@ fn now_us() -> u64 {
         .as_micros() as u64
 }
 
-#[cached(tier = "local+redis", ttl = 30, local_ttl = 5, key = "chaos:<id>", tags = ["k:<id>"])]
-async fn item(id: u64) -> Result<u64, String> {
-    query(id).await
+/// The caches under test, each as an `async fn` and as a blocking `fn` (`CHAOS_CALLER`):
+/// `local+redis` and, with `CHAOS_REDIS_ONLY=1`, `redis` (no local tier: every call reads
+/// Redis; on a single node neither process then subscribes to the bus, docs/PROTOCOL.md
+/// §5.2, and concurrent calls of a key share flights that vouch for their values with the
+/// store, §13 F9); with `CHAOS_LOCK=1`, `lock = true` (a miss takes the key's lock, and its
+/// reads are the lock script's while most of them miss).
+macro_rules! caches {
+    ($($name:ident, $blocking:ident: ($($attr:tt)*);)*) => {$(
+        #[cached($($attr)*, ttl = 30, key = "chaos:<id>", tags = ["k:<id>"])]
+        async fn $name(id: u64) -> Result<u64, String> {
+            query(id).await
+        }
+
+        #[cached($($attr)*, ttl = 30, key = "chaos:<id>", tags = ["k:<id>"])]
+        fn $blocking(id: u64) -> Result<u64, String> {
+            query_blocking(id)
+        }
+    )*};
 }
 
-/// `CHAOS_REDIS_ONLY=1`: both processes use this one instead, without a local tier. On a
-/// single node neither process then subscribes to the bus (docs/PROTOCOL.md §5.2), and
-/// concurrent calls of a key share flights that vouch for their values with the store (§13
-/// F9).
-#[cached(tier = "redis", ttl = 30, key = "chaos:<id>", tags = ["k:<id>"])]
-async fn item_redis(id: u64) -> Result<u64, String> {
-    query(id).await
+caches! {
+    item, item_b: (tier = "local+redis", local_ttl = 5);
+    item_redis, item_redis_b: (tier = "redis");
+    item_lock, item_lock_b: (tier = "local+redis", local_ttl = 5, lock = true);
+    item_redis_lock, item_redis_lock_b: (tier = "redis", lock = true);
 }
 
-/// `CHAOS_REDIS_ONLY` is set (read once: every read and write of the soak asks).
-fn redis_only() -> bool {
-    static SET: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *SET.get_or_init(|| std::env::var_os("CHAOS_REDIS_ONLY").is_some())
+/// Which of [`caches!`]'s both processes use: `CHAOS_REDIS_ONLY`, `CHAOS_LOCK` and
+/// `CHAOS_CALLER=blocking` (the writer process inherits them).
+#[derive(Clone, Copy, Debug)]
+struct Variant {
+    redis_only: bool,
+    lock: bool,
+    blocking: bool,
+}
+
+fn variant() -> Variant {
+    static SET: std::sync::OnceLock<Variant> = std::sync::OnceLock::new();
+    *SET.get_or_init(|| Variant {
+        redis_only: std::env::var_os("CHAOS_REDIS_ONLY").is_some(),
+        lock: std::env::var_os("CHAOS_LOCK").is_some(),
+        blocking: match std::env::var("CHAOS_CALLER").as_deref() {
+            Ok("blocking") => true,
+            Ok("async") | Err(_) => false,
+            Ok(other) => panic!("CHAOS_CALLER={other}: `async` or `blocking`"),
+        },
+    })
+}
+
+impl Variant {
+    fn describe(self) -> String {
+        format!(
+            "tier {}{}, {} callers",
+            if self.redis_only {
+                "redis"
+            } else {
+                "local+redis"
+            },
+            if self.lock { ", lock = true" } else { "" },
+            if self.blocking {
+                "blocking (`fn` on blocking threads)"
+            } else {
+                "async"
+            },
+        )
+    }
+
+    fn stats(self) -> cache_runtime::Stats {
+        match (self.redis_only, self.lock, self.blocking) {
+            (false, false, false) => item_cache().stats(),
+            (true, false, false) => item_redis_cache().stats(),
+            (false, true, false) => item_lock_cache().stats(),
+            (true, true, false) => item_redis_lock_cache().stats(),
+            (false, false, true) => item_b_cache().stats(),
+            (true, false, true) => item_redis_b_cache().stats(),
+            (false, true, true) => item_lock_b_cache().stats(),
+            (true, true, true) => item_redis_lock_b_cache().stats(),
+        }
+    }
+}
+
+/// A blocking call, off the runtime's workers (each blocking thread of the pool calls many
+/// times: it gets a connection of its own after a few calls, `redis_tier/blocking_conn.rs`).
+async fn on_blocking_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking call")
 }
 
 async fn read(id: u64) -> Result<u64, String> {
-    match redis_only() {
-        true => item_redis(id).await,
-        false => item(id).await,
+    let v = variant();
+    match (v.redis_only, v.lock, v.blocking) {
+        (false, false, false) => item(id).await,
+        (true, false, false) => item_redis(id).await,
+        (false, true, false) => item_lock(id).await,
+        (true, true, false) => item_redis_lock(id).await,
+        (false, false, true) => on_blocking_thread(move || item_b(id)).await,
+        (true, false, true) => on_blocking_thread(move || item_redis_b(id)).await,
+        (false, true, true) => on_blocking_thread(move || item_lock_b(id)).await,
+        (true, true, true) => on_blocking_thread(move || item_redis_lock_b(id)).await,
     }
 }
 
 async fn invalidate(id: u64) -> Result<(), cache_runtime::CacheError> {
-    match redis_only() {
-        true => invalidate_item_redis(id).await,
-        false => invalidate_item(id).await,
+    let v = variant();
+    match (v.redis_only, v.lock, v.blocking) {
+        (false, false, false) => invalidate_item(id).await,
+        (true, false, false) => invalidate_item_redis(id).await,
+        (false, true, false) => invalidate_item_lock(id).await,
+        (true, true, false) => invalidate_item_redis_lock(id).await,
+        (false, false, true) => on_blocking_thread(move || invalidate_item_b(id)).await,
+        (true, false, true) => on_blocking_thread(move || invalidate_item_redis_b(id)).await,
+        (false, true, true) => on_blocking_thread(move || invalidate_item_lock_b(id)).await,
+        (true, true, true) => on_blocking_thread(move || invalidate_item_redis_lock_b(id)).await,
     }
+}
+
+async fn invalidate_tag(tag: String) -> Result<(), cache_runtime::CacheError> {
+    match variant().blocking {
+        false => cache_runtime::invalidate_tag(&tag).await,
+        true => on_blocking_thread(move || cache_runtime::invalidate_tag_blocking(&tag)).await,
+    }
+}
+
+/// The source's URL, for the blocking callers' connections.
+static SOURCE_URL: OnceLock<String> = OnceLock::new();
+
+/// The source's row for a blocking caller: a 200 µs query on its thread's own connection.
+fn query_blocking(id: u64) -> Result<u64, String> {
+    thread_local! {
+        static CONN: std::cell::RefCell<Option<redis::Connection>> = const { std::cell::RefCell::new(None) };
+    }
+    std::thread::sleep(Duration::from_micros(200));
+    CONN.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            let url = SOURCE_URL.get().expect("source url");
+            let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
+            *c = Some(client.get_connection().map_err(|e| e.to_string())?);
+        }
+        let res = redis::cmd("GET")
+            .arg(format!("db:{id}"))
+            .query::<Option<u64>>(c.as_mut().expect("connected"));
+        if res.is_err() {
+            *c = None;
+        }
+        res.map(|v| v.unwrap_or(0)).map_err(|e| e.to_string())
+    })
 }
 
 /// The source's row: a 200 µs query.
@@ -128,6 +247,7 @@ fn init(cache: &str, source_url: &str, rt: &tokio::runtime::Runtime) {
         _ => builder.redis_url(cache),
     };
     cache_runtime::init(builder.build()).unwrap();
+    let _ = SOURCE_URL.set(source_url.to_string());
     let client = redis::Client::open(source_url).unwrap();
     let conn = rt
         .block_on(client.get_multiplexed_async_connection())
@@ -167,7 +287,7 @@ fn writer(total: Duration) {
                     // Reads of this key in this process fill the cache meanwhile.
                     let _ = read(id).await;
                     let res = if i % 3 == 0 {
-                        cache_runtime::invalidate_tag(&format!("k:{id}")).await
+                        invalidate_tag(format!("k:{id}")).await
                     } else {
                         invalidate(id).await
                     };
@@ -320,12 +440,11 @@ fn main() {
     let mut t = std::mem::take(&mut *tally.lock().unwrap());
     t.stale_ages_us.sort_unstable();
     let faults = faults.lock().unwrap().clone();
-    let stats = match redis_only() {
-        true => item_redis_cache().stats(),
-        false => item_cache().stats(),
-    };
-    let tier = if redis_only() { "redis" } else { "local+redis" };
-    println!("chaos soak: {total:?}, reader process 16 tasks, writer process 2 tasks, {KEYS} keys (skewed), tier {tier}");
+    let stats = variant().stats();
+    println!(
+        "chaos soak: {total:?}, reader process 16 tasks, writer process 2 tasks, {KEYS} keys (skewed), {}",
+        variant().describe()
+    );
     let mut counts: Vec<(&str, usize)> = FAULTS
         .iter()
         .map(|f| (*f, faults.iter().filter(|x| *x == f).count()))
