@@ -61,4 +61,7 @@ fi
 PATH="$PATH:/usr/sbin" varnishd -V 2>&1 | head -n 1
 
 cargo test --workspace --all-targets --no-fail-fast
+# The chaos soak's smoke run again, with blocking callers (their own connections) and
+# `lock = true` caches (the lock script's reads) under the same faults.
+CHAOS_CALLER=blocking CHAOS_LOCK=1 CHAOS_SECS=10 cargo test -p cache-tests --bench chaos_soak
 cargo test --workspace --doc --no-fail-fast

@@ -473,11 +473,12 @@ fn main() {
         t.stale_ages_us.last().copied().unwrap_or(0)
     );
     println!(
-        "reader cache: {} local hits, {} redis hits, {} body runs, {} redis errors, {} stale rejected; bus {:?}",
+        "reader cache: {} local hits, {} redis hits, {} body runs, {} redis errors ({} of them timeouts), {} stale rejected; bus {:?}",
         stats.local_hits,
         stats.redis_hits,
         stats.body_calls,
         stats.redis_errors,
+        stats.redis_timeouts,
         stats.stale_rejected,
         bus_status()
     );
