@@ -916,6 +916,31 @@ pub fn current_thread_runtime() -> tokio::runtime::Runtime {
         .expect("a current-thread Tokio runtime")
 }
 
+/// Polls `fut` to completion on this thread, parking it between polls: no runtime, as an
+/// executor other than Tokio's (or a plain thread) would. A cached `async fn` awaited this
+/// way is an async caller outside Tokio.
+///
+/// ```
+/// assert_eq!(cache_tests::poll_here(async { 1 + 1 }), 2);
+/// ```
+pub fn poll_here<F: std::future::Future>(fut: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::sync::Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if let std::task::Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
 /// Blocking [`eventually`].
 pub fn eventually_blocking(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;

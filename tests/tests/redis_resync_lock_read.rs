@@ -55,30 +55,11 @@ fn on_tokio(id: u32) -> u64 {
         .block_on(tokio_locked(id))
 }
 
-/// Polls `fut` to completion on this thread (no Tokio runtime), parking between polls.
-fn outside_tokio<F: std::future::Future>(fut: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: std::sync::Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = std::sync::Arc::new(Unpark(std::thread::current())).into();
-    let mut cx = std::task::Context::from_waker(&waker);
-    let mut fut = std::pin::pin!(fut);
-    loop {
-        if let std::task::Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park();
-    }
-}
-
 /// The three callers' reads of key `id`, each on a thread of its own (a new thread: no own
 /// connection).
 fn all_of(id: u32) -> (u64, u64, u64) {
     let b = std::thread::spawn(move || blocking_locked(id));
-    let a = std::thread::spawn(move || outside_tokio(async_locked(id)));
+    let a = std::thread::spawn(move || cache_tests::poll_here(async_locked(id)));
     let t = std::thread::spawn(move || on_tokio(id));
     let join = |h: std::thread::JoinHandle<u64>| h.join().expect("caller");
     (join(b), join(a), join(t))
@@ -110,8 +91,8 @@ fn a_lock_read_behind_an_untaken_null_push_never_returns_the_rolled_back_value()
     // Version 2: invalidated (acknowledged) and read again, so Redis holds it.
     SOURCE.store(2, SeqCst);
     invalidate_blocking_locked(0).expect("invalidate");
-    outside_tokio(invalidate_async_locked(0)).expect("invalidate");
-    outside_tokio(invalidate_tokio_locked(0)).expect("invalidate");
+    cache_tests::poll_here(invalidate_async_locked(0)).expect("invalidate");
+    cache_tests::poll_here(invalidate_tokio_locked(0)).expect("invalidate");
     assert_eq!(all(), (1002, 2002, 3002));
     assert_eq!(all(), (1002, 2002, 3002), "served from Redis");
     // Misses of other keys: a `lock = true` cache whose recent reads mostly missed reads

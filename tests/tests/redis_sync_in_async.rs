@@ -30,26 +30,7 @@ fn sync_value(id: u64) -> u64 {
 /// thread and does not wait for the blocked runtime.
 #[cached(tier = "local", ttl = 60, key = "sia-local:<id>")]
 fn local_over_redis(id: u64) -> u64 {
-    wait_here(warm(id)) + 1
-}
-
-/// Polls `fut` to completion on this thread, parking between polls.
-fn wait_here<F: std::future::Future>(fut: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: std::sync::Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = std::sync::Arc::new(Unpark(std::thread::current())).into();
-    let mut cx = std::task::Context::from_waker(&waker);
-    let mut fut = std::pin::pin!(fut);
-    loop {
-        if let std::task::Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park();
-    }
+    cache_tests::poll_here(warm(id)) + 1
 }
 
 /// Runs `f` on a thread, failing the test if it does not finish within `within`.
