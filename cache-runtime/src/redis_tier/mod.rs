@@ -1481,18 +1481,19 @@ impl RedisTier {
         })
     }
 
-    /// The read script on the tracked connection of this async caller's runtime, its reply used only if no null push came before it
-    /// (`flushed_since`, as for the tracked hit, §7.1): a push and the reply share the socket,
-    /// so a script that executed after a flush or a resync is seen to. On the data
-    /// connection nothing orders the reply with the tracked connection's push, and a lock read
-    /// right after a resync to an older copy could return the restored value before the push
-    /// was taken (docs/PROTOCOL.md §13 F10). The script opts no key in: nothing is tracked.
-    /// `None`: not an async caller on connections of its runtime (a caller without them
-    /// reads through the Redis thread, whose runtime alone can time a request on the main
-    /// connections: that caller keeps the data connection and the window; a blocking caller
-    /// on its own connection has none, §7.1), no usable tracked connection, or a null push
+    /// The read script on the tracked connection of this async caller's runtime, its reply
+    /// used only if no null push came before it (`flushed_since`, as for the tracked hit,
+    /// §7.1): a push and the reply share the socket, so a script that executed after a flush
+    /// or a resync is seen to. On the data connection nothing orders the reply with the
+    /// tracked connection's push, and a lock read right after a resync to an older copy could
+    /// return the restored value before the push was taken (docs/PROTOCOL.md §13 F10). The
+    /// script opts no key in: nothing is tracked. `None`: not an async caller on connections
+    /// of its runtime (a caller without them takes
+    /// [`read_script_on_redis_thread`](Self::read_script_on_redis_thread), whose runtime
+    /// alone can time a request on the main connections; a blocking caller on its own
+    /// connection has in-band pushes, §7.1), no usable tracked connection, or a null push
     /// came first (after which the server is judged again or the connections reopened): the
-    /// caller reads on the data connection, as before.
+    /// caller reads on the data connection.
     async fn read_script_tracked<T: redis::FromRedisValue>(
         &self,
         req: &ReadRequest,
